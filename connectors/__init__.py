@@ -1,0 +1,1 @@
+"""Destinations: file, Meta Custom Audiences, Google Ads Customer Match, and their sandboxes."""
