@@ -1,0 +1,3 @@
+from audiences.cli import main
+
+main()

@@ -1,0 +1,401 @@
+"""The build pipeline: sources → segment → candidates → policy gate → releases → files.
+
+One lazy polars plan per segment, collected once; the gate works on the collected
+candidates with vectorized masks; only the gate creates releases; the ``file``
+destination writes them atomically. Every build is recorded in the state DB and the
+audit log, blocked ones included.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from audiences.config import ProjectConfig
+from audiences.errors import AudiencesError, DataError, InternalError, SegmentError
+from audiences.identifiers import member_key
+from audiences.sources import Sources, diagnose_values, load_sources
+from audiences.state import connect, new_id, project_salt, transaction, utcnow
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class BuildResult:
+    build_id: str
+    segment: str
+    segment_digest: str
+    status: str  # released | blocked
+    candidates: int
+    released: dict[str, int] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    files: dict[str, dict[str, str]] = field(default_factory=dict)
+    reports: dict[str, str] = field(default_factory=dict)
+    policy_digest: str = ""
+    seconds: float = 0.0
+    outcome: Any = None  # the GateOutcome (releases for sync); not serialized
+
+    @property
+    def blocked(self) -> bool:
+        return self.status == "blocked"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "build_id": self.build_id,
+            "segment": self.segment,
+            "segment_digest": self.segment_digest,
+            "policy_digest": self.policy_digest,
+            "status": self.status,
+            "released": self.released,
+            "reasons": self.reasons,
+            "files": self.files,
+            "reports": self.reports,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def actor_name(by: str | None = None) -> str:
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def segment_context(config: ProjectConfig, as_of: date) -> Any:
+    from audiences.segments import SegmentContext
+
+    events = config.sources.events
+    return SegmentContext(
+        as_of=as_of,
+        contact_id=config.sources.contacts.id,
+        birth_date=config.identity.birth_date,
+        event_contact_id=events.contact_id if events else "contact_id",
+        event_type=events.type if events else "event_type",
+        event_time=events.time if events else "event_time",
+    )
+
+
+def age_expr(column: str | None, as_of: date) -> pl.Expr:
+    """Whole years at ``as_of``; null when the birth date is unknown."""
+    if column is None:
+        return pl.lit(None, dtype=pl.Int32).alias("age")
+    bd = pl.col(column)
+    before_birthday = (bd.dt.month().cast(pl.Int32) * 100 + bd.dt.day().cast(pl.Int32)) > (
+        as_of.month * 100 + as_of.day
+    )
+    return (
+        (pl.lit(as_of.year, dtype=pl.Int32) - bd.dt.year().cast(pl.Int32))
+        - before_birthday.cast(pl.Int32)
+    ).alias("age")
+
+
+def select_segments(config: ProjectConfig, names: list[str] | None) -> list[Any]:
+    from audiences.segments import load_segments
+
+    segments = load_segments(config.segments_dir)
+    if not names:
+        if not segments:
+            raise SegmentError(
+                f"no segment files in {config.segments_dir}", "add segments/<name>.yaml"
+            )
+        return segments
+    by_name = {s.name: s for s in segments}
+    chosen = []
+    for name in names:
+        if name not in by_name:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(by_name), n=1)
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else "run `audiences validate` to list segments"
+            )
+            raise SegmentError(f"no segment named {name!r} in {config.segments_dir}", hint)
+        chosen.append(by_name[name])
+    return chosen
+
+
+def validate_against_data(
+    config: ProjectConfig, segments: list[Any], sources: Sources, as_of: date
+) -> None:
+    from audiences.segments import validate_segment
+
+    ctx = segment_context(config, as_of)
+    contacts_schema = sources.contacts.collect_schema()
+    events_schema = sources.events.collect_schema() if sources.events is not None else None
+    for segment in segments:
+        unknown = [d for d in segment.destinations if d not in config.destinations]
+        if unknown:
+            known = ", ".join(sorted(config.destinations)) or "none"
+            raise SegmentError(
+                f"segment {segment.name!r} names unknown destination(s) {unknown} (configured: {known})",
+                "fix `destinations:` in the segment or add them to audiences.toml",
+                where=str(getattr(segment, "source_path", "") or segment.name),
+            )
+        issues = validate_segment(segment, contacts_schema, events_schema, ctx)
+        if issues:
+            first = issues[0]
+            raise SegmentError(
+                str(first.message),
+                getattr(first, "suggestion", None) or None,
+                where=f"{first.file}:{first.line}",
+            )
+
+
+def collect_candidates(
+    config: ProjectConfig, segment: Any, sources: Sources, as_of: date, salt: bytes
+) -> pl.DataFrame:
+    from audiences.segments import compile_segment
+
+    ctx = segment_context(config, as_of)
+    cid = config.sources.contacts.id
+    plan = compile_segment(segment, sources.contacts, sources.events, ctx).with_columns(
+        member_key(pl.col(cid), salt).alias("member_key"),
+        age_expr(config.identity.birth_date, as_of),
+    )
+    try:
+        frame = plan.collect(engine="streaming")
+    except pl.exceptions.PolarsError as exc:
+        raise _explain_collect_failure(config, exc) from None
+    if frame.height and frame.get_column(cid).is_duplicated().any():
+        dupes = int(frame.get_column(cid).is_duplicated().sum())
+        raise DataError(
+            f"source 'contacts' has duplicate ids in column {cid!r} ({dupes} rows in this segment)",
+            "each CRM record needs a unique id; deduplicate the export or point "
+            "[sources.contacts].id at the unique key",
+        )
+    return frame
+
+
+def _explain_collect_failure(config: ProjectConfig, exc: BaseException) -> AudiencesError:
+    err = diagnose_values("contacts", config.sources.contacts, config, exc)
+    if config.sources.events is not None and "cannot read" in err.what:
+        ev_err = diagnose_values("events", config.sources.events, config, exc)
+        if "cannot read" not in ev_err.what:
+            return ev_err
+    return err
+
+
+def build(
+    config: ProjectConfig,
+    names: list[str] | None = None,
+    *,
+    as_of: date | None = None,
+    actor: str | None = None,
+    progress: Progress | None = None,
+) -> list[BuildResult]:
+    """Build the named segments (all when ``names`` is empty)."""
+    from policies.gate import GateInput, evaluate, record
+    from policies.pack import load_pack
+
+    as_of = as_of or datetime.now(UTC).date()
+    who = actor_name(actor)
+    step = progress or (lambda _msg, _frac: None)
+    segments = select_segments(config, names)
+    step("loading sources", 0.02)
+    sources = load_sources(config)
+    validate_against_data(config, segments, sources, as_of)
+    pack = load_pack(config)
+    salt = project_salt(config.state_dir)
+    conn = connect(config.state_db)
+    results = []
+    try:
+        for i, segment in enumerate(segments):
+            started = time.perf_counter()
+            build_id = new_id("b")
+            frac = (i + 0.1) / len(segments)
+            step(f"{segment.name}: selecting members", frac)
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO builds(build_id, segment, segment_digest, policy_digest, "
+                    "source_digest, as_of, started_at, status, actor) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (
+                        build_id,
+                        segment.name,
+                        segment.digest,
+                        pack.digest,
+                        sources.digest,
+                        as_of.isoformat(),
+                        utcnow(),
+                        "running",
+                        who,
+                    ),
+                )
+            try:
+                candidates = collect_candidates(config, segment, sources, as_of, salt)
+                step(f"{segment.name}: policy gate", (i + 0.6) / len(segments))
+                outcome = evaluate(
+                    GateInput(
+                        build_id=build_id,
+                        segment=segment,
+                        config=config,
+                        pack=pack,
+                        candidates=candidates,
+                        destinations=list(segment.destinations),
+                        as_of=as_of,
+                        conn=conn,
+                        state_dir=config.state_dir,
+                        actor=who,
+                    )
+                )
+            except BaseException as exc:
+                _finish(conn, build_id, "failed", reasons=[_one_line(exc)])
+                raise
+            result = BuildResult(
+                build_id=build_id,
+                segment=segment.name,
+                segment_digest=segment.digest,
+                status="blocked" if outcome.blocked else "released",
+                candidates=candidates.height,
+                reasons=list(outcome.block_reasons),
+                policy_digest=pack.digest,
+                outcome=outcome,
+            )
+            if not outcome.blocked:
+                record(outcome, conn)
+                result.released = {d: r.members.height for d, r in outcome.releases.items()}
+                step(f"{segment.name}: writing release files", (i + 0.8) / len(segments))
+                result.files = write_file_destinations(config, outcome, build_id, segment)
+            result.reports = write_reports(config, build_id, outcome.report)
+            result.seconds = time.perf_counter() - started
+            _finish(
+                conn,
+                build_id,
+                result.status,
+                candidates=candidates.height,
+                members=max(result.released.values(), default=0),
+                reasons=result.reasons,
+                summary=result.to_dict(),
+            )
+            _audit(
+                conn,
+                who,
+                "build",
+                segment.name,
+                {
+                    "build_id": build_id,
+                    "status": result.status,
+                    "segment_digest": segment.digest,
+                    "policy_digest": pack.digest,
+                    "source_digest": sources.digest,
+                    "released": result.released,
+                    "reasons": result.reasons,
+                },
+            )
+            results.append(result)
+        step("done", 1.0)
+    finally:
+        conn.close()
+    return results
+
+
+def write_file_destinations(
+    config: ProjectConfig, outcome: Any, build_id: str, segment: Any
+) -> dict[str, dict[str, str]]:
+    from connectors.file import FileConnector
+    from connectors.registry import destination_config
+
+    files: dict[str, dict[str, str]] = {}
+    for name, release in outcome.releases.items():
+        spec = config.destination(name)
+        if spec.kind != "file":
+            continue
+        connector = FileConnector(name, destination_config(spec), root=config.root)
+        manifest = {
+            "build_id": build_id,
+            "segment": segment.name,
+            "segment_digest": segment.digest,
+            "policy_digest": release.policy_digest,
+            "verdict_digest": release.verdict_digest,
+            "members": release.members.height,
+            "coverage": identifier_coverage(release.members),
+            "created_at": utcnow(),
+        }
+        files[name] = connector.write(release, manifest)
+    return files
+
+
+def identifier_coverage(members: pl.DataFrame) -> dict[str, int]:
+    """People with a usable value per identifier column (counts only)."""
+    cols = [c for c in members.columns if c not in ("member_key",)]
+    if not cols or members.height == 0:
+        return {c: 0 for c in cols}
+    row = members.select([pl.col(c).is_not_null().sum().alias(c) for c in cols]).row(0, named=True)
+    return {k: int(v) for k, v in row.items()}
+
+
+def write_reports(config: ProjectConfig, build_id: str, report: dict[str, Any]) -> dict[str, str]:
+    from audiences.atomic import write_text
+    from policies.report import render
+
+    out = config.state_dir / "reports"
+    paths = {}
+    for fmt, suffix in (("json", "json"), ("md", "md"), ("html", "html")):
+        target = out / f"{build_id}.{suffix}"
+        write_text(target, render(report, fmt))
+        paths[fmt] = str(target)
+    return paths
+
+
+def _finish(
+    conn: Any,
+    build_id: str,
+    status: str,
+    *,
+    candidates: int | None = None,
+    members: int | None = None,
+    reasons: list[str] | None = None,
+    summary: dict[str, Any] | None = None,
+) -> None:
+    with transaction(conn):
+        conn.execute(
+            "UPDATE builds SET status=?, finished_at=?, candidates=?, members=?, reasons=?, "
+            "summary=? WHERE build_id=?",
+            (
+                status,
+                utcnow(),
+                candidates,
+                members,
+                json.dumps(reasons or []),
+                json.dumps(summary or {}, default=str),
+                build_id,
+            ),
+        )
+
+
+def _audit(conn: Any, actor: str, kind: str, subject: str, details: dict[str, Any]) -> None:
+    try:
+        from audiences import audit
+    except ImportError:  # audit log lands with the compliance workflow
+        return
+    audit.append(conn, kind=kind, subject=subject, details=details, actor=actor)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, AudiencesError):
+        return exc.message
+    return f"{type(exc).__name__}"
+
+
+def report_path(config: ProjectConfig, build_id: str, fmt: str) -> Path:
+    path = config.state_dir / "reports" / f"{build_id}.{fmt}"
+    if not path.exists():
+        raise DataError(
+            f"no {fmt} report for build {build_id!r} in {path.parent}",
+            "list builds with `audiences history SEGMENT` and pass a build id shown there",
+        )
+    return path
+
+
+__all__ = ["BuildResult", "InternalError", "build"]

@@ -1,0 +1,272 @@
+"""The project configuration (``audiences.toml``), validated once at load time.
+
+Every model is frozen with ``extra="forbid"``: a misspelt key is an error that
+names the file, the key and the fix, never a silently ignored setting. Secrets
+never live here — only the *names* of the environment variables that hold them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from audiences.errors import ConfigError
+from audiences.identifiers import IdentityMapping
+
+CONFIG_FILE = "audiences.toml"
+
+SourceFormat = Literal["csv", "parquet", "ndjson"]
+ColumnType = Literal["str", "int", "float", "bool", "date", "datetime", "list[str]"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceConfig(Model):
+    """One CRM table read from a file. Paths are relative to the project folder."""
+
+    path: str
+    format: SourceFormat | None = None
+    separator: str = Field(",", min_length=1, max_length=1)
+    list_separator: str = Field(";", min_length=1, max_length=1)
+    columns: dict[str, ColumnType] = Field(default_factory=dict)
+
+    @property
+    def resolved_format(self) -> SourceFormat:
+        if self.format:
+            return self.format
+        suffix = Path(self.path).suffix.lower()
+        formats: dict[str, SourceFormat] = {
+            ".csv": "csv",
+            ".parquet": "parquet",
+            ".pq": "parquet",
+            ".ndjson": "ndjson",
+            ".jsonl": "ndjson",
+        }
+        return formats.get(suffix, "csv")
+
+
+class ContactsSource(SourceConfig):
+    id: str = "contact_id"
+
+
+class EventsSource(SourceConfig):
+    contact_id: str = "contact_id"
+    type: str = "event_type"
+    time: str = "event_time"
+    sensitive_types: list[str] = Field(
+        default_factory=list,
+        description="event types whose mere presence is PHI (e.g. portal_login)",
+    )
+    sensitive_columns: list[str] = Field(
+        default_factory=list,
+        description="event columns that reveal health information (e.g. department)",
+    )
+
+
+class Sources(Model):
+    contacts: ContactsSource
+    events: EventsSource | None = None
+
+
+class ColumnRoles(Model):
+    sensitive: list[str] = Field(default_factory=list)
+    quasi_identifiers: list[str] = Field(default_factory=list)
+
+
+class ConsentColumns(Model):
+    """CRM columns that carry consent, authorization and suppression facts."""
+
+    marketing_opt_in: str | None = None
+    do_not_contact: str | None = None
+    deceased: str | None = None
+    hipaa_authorization_date: str | None = None
+    hipaa_authorization_expires: str | None = None
+    hipaa_authorization_revoked: str | None = None
+    ad_personalization: str | None = None
+    ad_user_data: str | None = None
+
+
+class SuppressionList(Model):
+    """A CSV of people who must never be targeted (emails, phones or CRM ids)."""
+
+    path: str
+    column: str
+    kind: Literal["email", "phone", "external_id"]
+
+
+class PolicyConfig(Model):
+    pack: str = "baseline"
+    suppression: list[SuppressionList] = Field(default_factory=list)
+
+
+class InsightsConfig(Model):
+    """Dimensions marketers may break DP counts down by, with their public key sets."""
+
+    dimensions: list[str] = Field(default_factory=lambda: ["age_band", "state", "sex"])
+    epsilon: float = 1.0
+
+
+class ProjectSection(Model):
+    name: str = "audiences"
+    state_dir: str = ".audiences"
+    state_db: str | None = None
+
+
+class DestinationSpec(BaseModel):
+    """A destination's settings; ``kind`` picks the connector whose model validates the rest."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    kind: str
+
+
+class Approvers(Model):
+    """Compliance officers whose Ed25519 public keys may sign approvals."""
+
+    require_approval: bool | None = None
+    keys: dict[str, str] = Field(default_factory=dict)
+
+
+class ProjectConfig(Model):
+    project: ProjectSection = Field(default_factory=ProjectSection)
+    sources: Sources
+    identity: IdentityMapping
+    columns: ColumnRoles = Field(default_factory=ColumnRoles)
+    consent: ConsentColumns = Field(default_factory=ConsentColumns)
+    destinations: dict[str, DestinationSpec] = Field(default_factory=dict)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    insights: InsightsConfig = Field(default_factory=InsightsConfig)
+    approvers: Approvers = Field(default_factory=Approvers)
+
+    # Set by load_config; not part of the file.
+    root: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("destinations")
+    @classmethod
+    def _destination_names(cls, value: dict[str, DestinationSpec]) -> dict[str, DestinationSpec]:
+        for name in value:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"destination name {name!r} must be letters, digits, - or _")
+        return value
+
+    @model_validator(mode="after")
+    def _roles_disjoint(self) -> ProjectConfig:
+        clash = set(self.columns.sensitive) & set(self.columns.quasi_identifiers)
+        if clash:
+            raise ValueError(
+                f"columns {sorted(clash)} are listed as both sensitive and quasi_identifiers"
+            )
+        return self
+
+    # ---- paths -------------------------------------------------------------------
+    def path(self, relative: str) -> Path:
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path(self.project.state_dir)
+
+    @property
+    def state_db(self) -> Path:
+        return (
+            self.path(self.project.state_db)
+            if self.project.state_db
+            else self.state_dir / "state.db"
+        )
+
+    @property
+    def segments_dir(self) -> Path:
+        return self.root / "segments"
+
+    @property
+    def policies_dir(self) -> Path:
+        return self.root / "policies"
+
+    def destination(self, name: str) -> DestinationSpec:
+        try:
+            return self.destinations[name]
+        except KeyError:
+            known = ", ".join(sorted(self.destinations)) or "none"
+            raise ConfigError(
+                f"unknown destination {name!r} (configured: {known})",
+                f"add [destinations.{name}] to {CONFIG_FILE} or fix the name",
+            ) from None
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _explain(exc: ValidationError, data: dict[str, Any]) -> tuple[str, str]:
+    err = exc.errors()[0]
+    loc = _location(tuple(err["loc"]))
+    if err["type"] == "extra_forbidden":
+        key = str(err["loc"][-1])
+        parent: Any = data
+        for part in err["loc"][:-1]:
+            parent = parent.get(part, {}) if isinstance(parent, dict) else {}
+        return (
+            f"unknown key {loc!r}",
+            _suggest_key(key, err["loc"][:-1]) or "remove it or check the spelling",
+        )
+    if err["type"] == "missing":
+        return f"missing key {loc!r}", "add it (see `audiences init` for a working example)"
+    more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+    return f"{loc}: {err['msg']}{more}", "fix the value"
+
+
+def _suggest_key(key: str, parent_loc: tuple[Any, ...]) -> str | None:
+    model: Any = ProjectConfig
+    for part in parent_loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    fields = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(key, fields, n=1)
+    return f"did you mean {close[0]!r}?" if close else None
+
+
+def load_config(path: Path | str = CONFIG_FILE) -> ProjectConfig:
+    """Read and validate ``audiences.toml``; every problem is a one-line ConfigError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(
+            f"no {path.name} at {path.parent}",
+            "run `audiences init DIR` to create a project, or pass --project DIR",
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"malformed TOML: {exc}", "fix the syntax", where=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("file is not UTF-8", "save it as UTF-8", where=str(path)) from None
+    try:
+        config = ProjectConfig.model_validate(data)
+    except ValidationError as exc:
+        what, fix = _explain(exc, data)
+        raise ConfigError(what, fix, where=str(path)) from None
+    config = config.model_copy(update={"root": path.parent.resolve()})
+    _validate_destinations(config, path)
+    return config
+
+
+def _validate_destinations(config: ProjectConfig, path: Path) -> None:
+    from connectors.registry import destination_config
+
+    for name, spec in config.destinations.items():
+        try:
+            destination_config(spec)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"[destinations.{name}] {exc.what}", exc.fix, where=str(path)
+            ) from None

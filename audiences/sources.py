@@ -1,0 +1,254 @@
+"""Lazy loading of the CRM sources declared in ``audiences.toml``.
+
+Sources stay :class:`polars.LazyFrame` until the pipeline's single collect. Cheap
+checks (file present, not empty, declared columns present) run up front; the
+expensive ones (values that don't parse, a CSV that isn't UTF-8) are diagnosed only
+when polars fails, so the happy path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from audiences.config import ColumnType, ProjectConfig, SourceConfig
+from audiences.errors import DataError
+
+_DTYPES: dict[str, pl.DataType] = {
+    "str": pl.String(),
+    "int": pl.Int64(),
+    "float": pl.Float64(),
+    "bool": pl.Boolean(),
+    "date": pl.Date(),
+    "datetime": pl.Datetime("us"),
+}
+
+
+@dataclass(frozen=True)
+class Sources:
+    contacts: pl.LazyFrame
+    events: pl.LazyFrame | None
+    digest: str  # content digest of every source file: the DP ledger's dataset id
+
+
+def _check_file(name: str, source: SourceConfig, config: ProjectConfig) -> Path:
+    path = config.path(source.path)
+    if not path.exists():
+        raise DataError(
+            f"source {name!r}: file {path} does not exist",
+            f"fix [sources.{name}].path in audiences.toml or run `audiences sample-data`",
+        )
+    if path.is_dir() or path.stat().st_size == 0:
+        raise DataError(f"source {name!r}: {path} is empty", "point the source at a file with data")
+    return path
+
+
+def _convert(column: str, kind: ColumnType, list_separator: str, current: pl.DataType) -> pl.Expr:
+    col = pl.col(column)
+    if kind == "list[str]":
+        if isinstance(current, pl.List):
+            return col.cast(pl.List(pl.String))
+        return col.cast(pl.String).str.split(list_separator).alias(column)
+    target = _DTYPES[kind]
+    if current == target:
+        return col
+    if current == pl.String:
+        if kind == "date":
+            return col.str.to_date(strict=True)
+        if kind == "datetime":
+            return col.str.to_datetime(time_unit="us", strict=True)
+        if kind == "bool":
+            lowered = col.str.strip_chars().str.to_lowercase()
+            return (
+                pl.when(lowered.is_in(["true", "t", "1", "yes", "y"]))
+                .then(True)
+                .when(lowered.is_in(["false", "f", "0", "no", "n"]))
+                .then(False)
+                .when(lowered.is_null() | (lowered == ""))
+                .then(None)
+                .otherwise(lowered.cast(pl.Boolean, strict=True))
+                .alias(column)
+            )
+    return col.cast(target, strict=True)
+
+
+def scan_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.LazyFrame:
+    path = _check_file(name, source, config)
+    fmt = source.resolved_format
+    try:
+        if fmt == "parquet":
+            lf = pl.scan_parquet(path)
+        elif fmt == "ndjson":
+            lf = pl.scan_ndjson(path, infer_schema_length=10_000)
+        else:
+            lf = pl.scan_csv(
+                path,
+                separator=source.separator,
+                try_parse_dates=True,
+                infer_schema_length=10_000,
+                encoding="utf8",
+            )
+        schema = lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise _diagnose(name, source, path, exc) from None
+    missing = [c for c in source.columns if c not in schema]
+    if missing:
+        raise DataError(
+            f"source {name!r} ({path.name}) has no column(s) {missing}",
+            f"fix [sources.{name}].columns or the file's header",
+        )
+    conversions = [
+        _convert(col, kind, source.list_separator, schema[col])
+        for col, kind in source.columns.items()
+    ]
+    return lf.with_columns(conversions) if conversions else lf
+
+
+def load_sources(config: ProjectConfig) -> Sources:
+    contacts = scan_source("contacts", config.sources.contacts, config)
+    schema = contacts.collect_schema()
+    cid = config.sources.contacts.id
+    if cid not in schema:
+        raise DataError(
+            f"source 'contacts' has no id column {cid!r}",
+            "set [sources.contacts].id to the CRM's person id column",
+        )
+    for role, column in config.identity.model_dump().items():
+        if role != "default_country" and column and column not in schema:
+            raise DataError(
+                f"identity {role!r} maps to column {column!r}, which source 'contacts' lacks",
+                f"fix [identity].{role} in audiences.toml",
+            )
+    events = None
+    if config.sources.events is not None:
+        ev = config.sources.events
+        events = scan_source("events", ev, config)
+        ev_schema = events.collect_schema()
+        for role, column in (("contact_id", ev.contact_id), ("type", ev.type), ("time", ev.time)):
+            if column not in ev_schema:
+                raise DataError(
+                    f"source 'events' has no {role} column {column!r}",
+                    f"set [sources.events].{role} to the right column",
+                )
+    return Sources(contacts=contacts, events=events, digest=source_digest(config))
+
+
+def source_digest(config: ProjectConfig) -> str:
+    """Content digest over every source file (cached by size and mtime in the state dir)."""
+    paths = [config.path(config.sources.contacts.path)]
+    if config.sources.events is not None:
+        paths.append(config.path(config.sources.events.path))
+    cache_path = config.state_dir / "digests.json"
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    except (OSError, ValueError):
+        cache = {}
+    outer = hashlib.sha256()
+    changed = False
+    for path in paths:
+        st = path.stat()
+        key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+        digest = cache.get(key)
+        if digest is None:
+            inner = hashlib.blake2b(digest_size=32)
+            with path.open("rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    inner.update(chunk)
+            digest = inner.hexdigest()
+            cache[key] = digest
+            changed = True
+        outer.update(digest.encode())
+    if changed and config.state_dir.exists():
+        from audiences.atomic import write_text
+
+        write_text(cache_path, json.dumps(cache))
+    return outer.hexdigest()
+
+
+def _diagnose(name: str, source: SourceConfig, path: Path, exc: BaseException) -> DataError:
+    """Turn a polars failure into a one-line error naming the file, the place and the fix."""
+    if source.resolved_format == "csv" and not _is_utf8(path):
+        return DataError(
+            f"source {name!r}: {path.name} is not UTF-8 text",
+            "re-save the CSV as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DataError(
+        f"source {name!r}: cannot read {path.name} ({first[:200]})",
+        "check the file format and [sources] settings",
+    )
+
+
+def _is_utf8(path: Path) -> bool:
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def diagnose_values(
+    name: str, source: SourceConfig, config: ProjectConfig, exc: BaseException
+) -> DataError:
+    """After a failed collect: find the column and first row whose value doesn't parse."""
+    path = config.path(source.path)
+    if source.resolved_format == "csv" and not _is_utf8(path):
+        return _diagnose(name, source, path, exc)
+    try:
+        if source.resolved_format == "csv":
+            raw = pl.scan_csv(path, separator=source.separator, infer_schema=False)
+        elif source.resolved_format == "parquet":
+            raw = pl.scan_parquet(path)
+        else:
+            raw = pl.scan_ndjson(path, infer_schema_length=10_000)
+        schema = raw.collect_schema()
+        for column, kind in source.columns.items():
+            if kind == "list[str]" or schema.get(column) != pl.String:
+                continue
+            converted = _convert(column, kind, source.list_separator, pl.String())
+            bad = (
+                raw.with_row_index("_row")
+                .select(pl.col("_row"), pl.col(column).alias("_raw"), converted.alias("_conv"))
+                .filter(pl.col("_raw").is_not_null() & pl.col("_conv").is_null())
+            )
+            # strict conversion raises; use the non-strict variant to locate rows
+            if kind in ("date", "datetime", "int", "float"):
+                loose = (
+                    pl.col(column).str.to_date(strict=False)
+                    if kind == "date"
+                    else pl.col(column).str.to_datetime(strict=False)
+                    if kind == "datetime"
+                    else pl.col(column).cast(_DTYPES[kind], strict=False)
+                )
+                bad = (
+                    raw.with_row_index("_row")
+                    .filter(pl.col(column).is_not_null() & (pl.col(column).str.strip_chars() != ""))
+                    .filter(loose.is_null())
+                    .select("_row")
+                )
+                found = bad.head(1).collect()
+                if found.height:
+                    line = int(found["_row"][0]) + (2 if source.resolved_format == "csv" else 1)
+                    return DataError(
+                        f"source {name!r}: column {column!r} holds a value that is not a {kind} "
+                        f"(first at {'line' if source.resolved_format == 'csv' else 'row'} {line} "
+                        f"of {path.name})",
+                        f"fix the data or the declared type in [sources.{name}].columns",
+                    )
+    except pl.exceptions.PolarsError:
+        pass
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DataError(
+        f"source {name!r}: cannot read {path.name} ({first[:200]})",
+        "check the file and the types declared in [sources] in audiences.toml",
+    )

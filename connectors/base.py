@@ -1,0 +1,77 @@
+"""The connector interface every destination implements.
+
+Connectors accept nothing but a gate-made :class:`policies.release.Release`
+(checked with ``require_release``). Credentials come from environment variables
+named in the destination's config, never from the config itself.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from audiences.errors import ConfigError
+
+Progress = Callable[[int], None]
+
+
+class DestinationConfig(BaseModel):
+    """Base of every destination's settings model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: str
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    add: bool
+    remove: bool
+    replace: bool
+
+
+@dataclass
+class BatchOutcome:
+    op: str  # add | remove | replace
+    size: int  # people sent
+    received: int  # people the platform took
+    invalid: int = 0  # rows the platform rejected
+    samples: list[str] = field(default_factory=list)  # platform's reasons, never values
+
+
+def secret_from_env(variable: str, *, destination: str, what: str) -> str:
+    """Read a secret from the environment; a missing one names the variable, never a value."""
+    value = os.environ.get(variable)
+    if not value:
+        raise ConfigError(
+            f"destination {destination!r} needs {what} in environment variable {variable}, "
+            "which is not set",
+            f"export {variable}=... (from your secrets manager) and run again",
+        )
+    return value
+
+
+class Connector(ABC):
+    """One destination. ``layout`` names the identifiers layout it uploads."""
+
+    kind: ClassVar[str]
+    config_model: ClassVar[type[DestinationConfig]]
+    capabilities: ClassVar[Capabilities]
+    layout: ClassVar[str | None] = None
+    add_batch_size: ClassVar[int] = 10_000
+    remove_batch_size: ClassVar[int] = 10_000
+
+    def __init__(self, name: str, config: DestinationConfig) -> None:
+        self.name = name
+        self.config = config
+
+    @abstractmethod
+    def account(self) -> str:
+        """The account the audience lives in (difference checks compare within one account)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"destination": self.name, "kind": self.kind, "account": self.account()}

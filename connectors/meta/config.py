@@ -1,0 +1,22 @@
+"""Settings of a ``meta`` destination (Meta Custom Audiences, customer file)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from connectors.base import DestinationConfig
+
+
+class MetaDestinationConfig(DestinationConfig):
+    kind: Literal["meta"] = "meta"
+    ad_account_id: str = Field(pattern=r"^act_\d{1,20}$", description="e.g. act_1234567890")
+    access_token_env: str = Field("META_ACCESS_TOKEN", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    app_secret_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    endpoint: str | None = Field(None, description="Graph API base URL override (sandbox)")
+    api_version: str = Field("v26.0", pattern=r"^v\d+\.\d+$")
+    customer_file_source: Literal[
+        "USER_PROVIDED_ONLY", "PARTNER_PROVIDED_ONLY", "BOTH_USER_AND_PARTNER_PROVIDED"
+    ] = "USER_PROVIDED_ONLY"
+    min_size: int = Field(100, ge=1)
