@@ -1,0 +1,429 @@
+"""The differential-privacy budget ledger: what was spent, on which data, and what is left.
+
+Budget semantics (PRIVACY.md rule 9: "never refresh a budget over unchanged data")
+------------------------------------------------------------------------------------
+
+Every spend is recorded in the ``dp_ledger`` table against the *source digest* it ran on
+(``dataset``) and the budget *period* it fell in (``2026-11``, ``2026-W47``, ...).
+A request for ``requested`` ε is allowed only when **both** caps hold:
+
+1. **Period cap** — the spend of the current period, summed over *every* dataset digest in
+   this state store, stays within ``epsilon_per_period``. A CRM that is refreshed daily gets
+   a new digest each day; without this cap each refresh would hand out a fresh budget for
+   nearly the same people. The period cap renews at the start of the next period.
+2. **Unchanged-data cap** (when ``refresh_on_unchanged_data`` is false, the default) — the
+   spend on *this* digest, summed over *all* periods, stays within ``epsilon_per_period``.
+   A new period therefore does **not** renew the budget over the same data: only a changed
+   source (a new digest) can be queried again, and then only within the period cap.
+
+With ``refresh_on_unchanged_data = true`` the second cap is dropped and the budget is the
+plain per-period one (rule 1 alone): it renews every period even over unchanged data. AWS
+Clean Rooms warns that periodic refresh over static data leaks; enable it only knowingly.
+
+δ is tracked the same way against ``delta_per_period`` (0 unless the policy allows δ > 0).
+
+Sums are compared with a relative tolerance of 1e-9 so that ten spends of 0.1 fill a budget
+of 1.0 exactly instead of failing on floating-point dust.
+
+Concurrency: :meth:`Ledger.spend` re-checks and inserts inside ``BEGIN IMMEDIATE``, so two
+processes cannot both pass the check and overspend; the second waits for the first (SQLite
+busy timeout) and then sees its spend.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from audiences.errors import BudgetExhausted, StateError, UsageError
+
+__all__ = [
+    "BudgetPolicy",
+    "Ledger",
+    "LedgerEntry",
+    "PrivacyBudget",
+    "next_period_start",
+    "period_label",
+]
+
+Period = Literal["day", "week", "month", "quarter"]
+
+_RELATIVE_TOLERANCE = 1e-9
+
+
+def _close_enough_le(a: float, b: float) -> bool:
+    """``a <= b`` up to floating-point dust."""
+    return a <= b + _RELATIVE_TOLERANCE * abs(b) + 1e-15
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyBudget:
+    """An (ε, δ) privacy budget: an immutable value with arithmetic and a partial order.
+
+    ``a <= b`` means *both* components of ``a`` are within ``b``'s (so two budgets can be
+    incomparable). Subtraction never goes below zero silently: it raises.
+    """
+
+    epsilon: float
+    delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value in (("epsilon", self.epsilon), ("delta", self.delta)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(
+                    f"privacy budget {name} must be a number, got {type(value).__name__}",
+                    f"give {name} as a finite number >= 0",
+                )
+            if not math.isfinite(value) or value < 0:
+                raise UsageError(
+                    f"privacy budget {name} must be finite and >= 0, got {value}",
+                    f"give {name} as a finite number >= 0",
+                )
+        if self.delta >= 1:
+            raise UsageError(
+                f"privacy budget delta must be < 1, got {self.delta}",
+                "delta is a probability of failure; use 0 or something like 1e-9",
+            )
+        object.__setattr__(self, "epsilon", float(self.epsilon))
+        object.__setattr__(self, "delta", float(self.delta))
+
+    @classmethod
+    def zero(cls) -> PrivacyBudget:
+        return cls(0.0, 0.0)
+
+    def __add__(self, other: PrivacyBudget) -> PrivacyBudget:
+        if not isinstance(other, PrivacyBudget):
+            return NotImplemented
+        return PrivacyBudget(self.epsilon + other.epsilon, min(self.delta + other.delta, 0.999999))
+
+    def __sub__(self, other: PrivacyBudget) -> PrivacyBudget:
+        if not isinstance(other, PrivacyBudget):
+            return NotImplemented
+        if not other <= self:
+            raise BudgetExhausted(
+                f"cannot subtract {other} from {self}: the result would be negative",
+                "request at most the remaining budget",
+            )
+        return PrivacyBudget(
+            max(self.epsilon - other.epsilon, 0.0), max(self.delta - other.delta, 0.0)
+        )
+
+    def __mul__(self, factor: float) -> PrivacyBudget:
+        if isinstance(factor, bool) or not isinstance(factor, int | float):
+            return NotImplemented
+        return PrivacyBudget(self.epsilon * factor, self.delta * factor)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, divisor: float) -> PrivacyBudget:
+        if isinstance(divisor, bool) or not isinstance(divisor, int | float):
+            return NotImplemented
+        if divisor <= 0:
+            raise UsageError(f"cannot split a budget by {divisor}", "divide by a number > 0")
+        return PrivacyBudget(self.epsilon / divisor, self.delta / divisor)
+
+    def __le__(self, other: PrivacyBudget) -> bool:
+        if not isinstance(other, PrivacyBudget):
+            return NotImplemented
+        return _close_enough_le(self.epsilon, other.epsilon) and _close_enough_le(
+            self.delta, other.delta
+        )
+
+    def __ge__(self, other: PrivacyBudget) -> bool:
+        if not isinstance(other, PrivacyBudget):
+            return NotImplemented
+        return other <= self
+
+    def __lt__(self, other: PrivacyBudget) -> bool:
+        if not isinstance(other, PrivacyBudget):
+            return NotImplemented
+        return self <= other and self != other
+
+    def __gt__(self, other: PrivacyBudget) -> bool:
+        if not isinstance(other, PrivacyBudget):
+            return NotImplemented
+        return other < self
+
+    def __str__(self) -> str:
+        text = f"ε={self.epsilon:.6g}"
+        return f"{text}, δ={self.delta:.3g}" if self.delta else text
+
+
+class BudgetPolicy(BaseModel):
+    """How much privacy budget may be spent, and how it renews (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epsilon_per_period: float = Field(gt=0, allow_inf_nan=False)
+    delta_per_period: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)
+    period: Period = "month"
+    max_epsilon_per_query: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    refresh_on_unchanged_data: bool = False
+
+    @field_validator("max_epsilon_per_query")
+    @classmethod
+    def _query_cap_within_period(cls, value: float, info: ValidationInfo) -> float:
+        per_period = info.data.get("epsilon_per_period")
+        if per_period is not None and value > per_period:
+            raise ValueError(
+                f"max_epsilon_per_query ({value}) exceeds epsilon_per_period ({per_period})"
+            )
+        return value
+
+    @property
+    def per_period(self) -> PrivacyBudget:
+        return PrivacyBudget(self.epsilon_per_period, self.delta_per_period)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One recorded spend (no PII: digests, labels, query descriptions)."""
+
+    id: int
+    dataset: str
+    period: str
+    budget: PrivacyBudget
+    query: str
+    actor: str
+    at: str
+
+
+def _as_datetime(as_of: date | datetime | None) -> datetime:
+    if as_of is None:
+        return datetime.now(UTC)
+    if isinstance(as_of, datetime):
+        return as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+    return datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
+
+
+def period_label(as_of: date | datetime, period: Period) -> str:
+    """The label of the budget period containing ``as_of``: ``2026-11-23``, ``2026-W47``,
+    ``2026-11`` or ``2026-Q4``."""
+    day = _as_datetime(as_of).astimezone(UTC).date()
+    if period == "day":
+        return day.isoformat()
+    if period == "week":
+        year, week, _ = day.isocalendar()
+        return f"{year}-W{week:02d}"
+    if period == "month":
+        return f"{day.year}-{day.month:02d}"
+    if period == "quarter":
+        return f"{day.year}-Q{(day.month - 1) // 3 + 1}"
+    raise UsageError(f"unknown budget period {period!r}", "use day, week, month or quarter")
+
+
+def next_period_start(as_of: date | datetime, period: Period) -> datetime:
+    """Midnight UTC at which the period after the one containing ``as_of`` starts."""
+    day = _as_datetime(as_of).astimezone(UTC).date()
+    if period == "day":
+        start = day + timedelta(days=1)
+    elif period == "week":
+        start = day + timedelta(days=7 - day.weekday())
+    elif period == "month":
+        start = date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+    elif period == "quarter":
+        first_month = ((day.month - 1) // 3) * 3 + 1
+        month = first_month + 3
+        start = date(day.year + (month > 12), (month - 1) % 12 + 1, 1)
+    else:
+        raise UsageError(f"unknown budget period {period!r}", "use day, week, month or quarter")
+    return datetime(start.year, start.month, start.day, tzinfo=UTC)
+
+
+def _short(digest: str) -> str:
+    return digest[:12] + "…" if len(digest) > 16 else digest
+
+
+class Ledger:
+    """The persistent budget ledger in the state database (table ``dp_ledger``)."""
+
+    def __init__(self, conn: sqlite3.Connection, policy: BudgetPolicy) -> None:
+        self.conn = conn
+        self.policy = policy
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _sum(self, where: str, params: tuple[object, ...]) -> PrivacyBudget:
+        try:
+            row = self.conn.execute(
+                "SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM dp_ledger "
+                f"WHERE {where}",
+                params,
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StateError(
+                f"cannot read the privacy budget ledger ({exc})",
+                "run `audiences status` to check the state database",
+            ) from exc
+        return PrivacyBudget(max(float(row[0]), 0.0), min(max(float(row[1]), 0.0), 0.999999))
+
+    def spent(self, dataset: str, period: str | None = None) -> PrivacyBudget:
+        """Budget spent on ``dataset`` in ``period`` (a label such as ``2026-11``; None = ever)."""
+        if period is None:
+            return self._sum("dataset = ?", (dataset,))
+        return self._sum("dataset = ? AND period = ?", (dataset, period))
+
+    def spent_in_period(self, period: str) -> PrivacyBudget:
+        """Budget spent in ``period`` over every dataset digest (the period cap)."""
+        return self._sum("period = ?", (period,))
+
+    def _caps(self, dataset: str, as_of: datetime) -> tuple[PrivacyBudget, PrivacyBudget]:
+        """(remaining under the period cap, remaining under the unchanged-data cap)."""
+        cap = self.policy.per_period
+        label = period_label(as_of, self.policy.period)
+        by_period = _floor_sub(cap, self.spent_in_period(label))
+        if self.policy.refresh_on_unchanged_data:
+            return by_period, cap
+        return by_period, _floor_sub(cap, self.spent(dataset))
+
+    def remaining(self, dataset: str, as_of: date | datetime | None = None) -> PrivacyBudget:
+        """Budget that may still be spent on ``dataset`` at ``as_of`` (both caps applied)."""
+        by_period, by_data = self._caps(dataset, _as_datetime(as_of))
+        return PrivacyBudget(
+            min(by_period.epsilon, by_data.epsilon), min(by_period.delta, by_data.delta)
+        )
+
+    def renews(self, dataset: str, as_of: date | datetime | None = None) -> str:
+        """When more budget becomes available for ``dataset``, in words."""
+        moment = _as_datetime(as_of)
+        next_start = next_period_start(moment, self.policy.period).strftime("%Y-%m-%d %H:%M UTC")
+        if not self.policy.refresh_on_unchanged_data:
+            _, by_data = self._caps(dataset, moment)
+            if by_data < self.policy.per_period:
+                return (
+                    "never, unless the data changes (budget is not refreshed over unchanged "
+                    f"data; a changed source gets a fresh budget, limited by the period cap "
+                    f"until {next_start})"
+                )
+        return next_start
+
+    def entries(
+        self,
+        dataset: str | None = None,
+        period: str | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[LedgerEntry]:
+        """Recorded spends, oldest first, optionally filtered (for `audiences budget`)."""
+        clauses, params = [], []
+        if dataset is not None:
+            clauses.append("dataset = ?")
+            params.append(dataset)
+        if period is not None:
+            clauses.append("period = ?")
+            params.append(period)
+        sql = "SELECT id, dataset, period, epsilon, delta, query, actor, at FROM dp_ledger"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        rows = self.conn.execute(sql, params).fetchall()
+        return [
+            LedgerEntry(
+                id=row[0],
+                dataset=row[1],
+                period=row[2],
+                budget=PrivacyBudget(max(row[3], 0.0), min(max(row[4], 0.0), 0.999999)),
+                query=row[5],
+                actor=row[6],
+                at=row[7],
+            )
+            for row in rows
+        ]
+
+    # -- checking and spending ----------------------------------------------------------------
+
+    def validate_request(self, requested: PrivacyBudget) -> None:
+        """Refuse a request that is not a sensible single query (exit 2)."""
+        if not isinstance(requested, PrivacyBudget):
+            raise UsageError(
+                f"requested budget must be a PrivacyBudget, got {type(requested).__name__}",
+                "build it with PrivacyBudget(epsilon, delta)",
+            )
+        if requested.epsilon <= 0:
+            raise UsageError(
+                f"epsilon must be > 0, got {requested.epsilon}",
+                "ask for a positive epsilon such as 0.1",
+            )
+        if requested.epsilon > self.policy.max_epsilon_per_query * (1 + _RELATIVE_TOLERANCE):
+            raise UsageError(
+                f"epsilon {requested.epsilon:g} exceeds the per-query cap "
+                f"{self.policy.max_epsilon_per_query:g}",
+                "ask for less, or have the policy's max_epsilon_per_query raised",
+            )
+        if requested.delta > 0 and self.policy.delta_per_period == 0:
+            raise UsageError(
+                f"delta {requested.delta:g} requested but the policy allows no delta",
+                "use pure ε-DP queries (delta = 0)",
+            )
+
+    def check(
+        self, dataset: str, requested: PrivacyBudget, as_of: date | datetime | None = None
+    ) -> PrivacyBudget:
+        """Raise :class:`BudgetExhausted` unless ``requested`` fits; return the remaining budget."""
+        self.validate_request(requested)
+        moment = _as_datetime(as_of)
+        remaining = self.remaining(dataset, moment)
+        if not requested <= remaining:
+            cap = self.policy.per_period
+            spent = _floor_sub(cap, remaining)
+            raise BudgetExhausted(
+                f"privacy budget exhausted for dataset {_short(dataset)}: requested "
+                f"{requested}, spent {spent}, remaining {remaining} of {cap} per "
+                f"{self.policy.period}; renews: {self.renews(dataset, moment)}",
+                "ask for a smaller epsilon, or wait until the budget renews",
+            )
+        return remaining
+
+    def spend(
+        self,
+        dataset: str,
+        requested: PrivacyBudget,
+        query: str,
+        actor: str,
+        as_of: date | datetime | None = None,
+    ) -> LedgerEntry:
+        """Check and record a spend atomically (``BEGIN IMMEDIATE``). Spend *before* querying:
+        a query that fails after the spend still counts (the data may have been touched)."""
+        self.validate_request(requested)
+        if not query or not actor:
+            raise UsageError("a ledger spend needs a query description and an actor")
+        moment = _as_datetime(as_of)
+        label = period_label(moment, self.policy.period)
+        at = moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        if self.conn.in_transaction:
+            raise StateError(
+                "the privacy ledger cannot spend inside an open transaction",
+                "commit or roll back first so the spend is checked and recorded atomically",
+            )
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StateError(
+                f"the state database is busy; the privacy ledger could not lock it ({exc})",
+                "retry when the other audiences run has finished",
+            ) from exc
+        try:
+            self.check(dataset, requested, moment)
+            cursor = self.conn.execute(
+                "INSERT INTO dp_ledger (dataset, period, epsilon, delta, query, actor, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (dataset, label, requested.epsilon, requested.delta, query, actor, at),
+            )
+            entry_id = int(cursor.lastrowid or 0)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return LedgerEntry(entry_id, dataset, label, requested, query, actor, at)
+
+
+def _floor_sub(a: PrivacyBudget, b: PrivacyBudget) -> PrivacyBudget:
+    """``a - b`` clamped at zero per component (remaining can't be negative)."""
+    return PrivacyBudget(max(a.epsilon - b.epsilon, 0.0), max(a.delta - b.delta, 0.0))
