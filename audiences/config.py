@@ -205,7 +205,9 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 
 def _explain(exc: ValidationError, data: dict[str, Any]) -> tuple[str, str]:
-    err = exc.errors()[0]
+    # A misspelt key also makes the real one "missing": report the misspelling first.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
     loc = _location(tuple(err["loc"]))
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])

@@ -1,0 +1,95 @@
+"""audiences.toml loading: the template loads; every bad input is one clear ConfigError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from audiences.config import load_config
+from audiences.errors import ConfigError
+from audiences.project import init_project
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    init_project(tmp_path / "p")
+    return tmp_path / "p"
+
+
+def test_template_loads(project: Path) -> None:
+    config = load_config(project)
+    assert config.sources.contacts.id == "contact_id"
+    assert config.identity.email == "email"
+    assert config.root == project.resolve()
+    assert config.state_db == project.resolve() / ".audiences" / "state.db"
+    assert set(config.destinations) == {"file", "meta", "google_ads"}
+    assert config.destination("meta").kind == "meta"
+
+
+def test_init_refuses_to_overwrite(project: Path) -> None:
+    with pytest.raises(ConfigError, match="already exists"):
+        init_project(project)
+    assert init_project(project, force=True)
+
+
+def _edit(project: Path, old: str, new: str) -> None:
+    path = project / "audiences.toml"
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "pattern"),
+    [
+        ("[project]", "[project\n", r"malformed TOML"),
+        ('id = "contact_id"', 'idd = "contact_id"', r"unknown key 'sources.contacts.idd'"),
+        ("[identity]", "[identty]", r"unknown key 'identty'.*did you mean 'identity'"),
+        (
+            'ad_account_id = "act_1000000001"',
+            'ad_account_id = "1000000001"',
+            r"\[destinations.meta\] ad_account_id",
+        ),
+        ('customer_id = "123-456-7890"', 'customer_id = "123-456"', r"10-digit"),
+        (
+            'kind = "file"',
+            'kind = "ftp"',
+            r"unknown destination kind 'ftp'.*file, google_ads, meta",
+        ),
+        (
+            'access_token_env = "META_ACCESS_TOKEN"',
+            'access_token = "EAAB123"',
+            r"unknown key 'access_token'",
+        ),
+        ('default_country = "US"', 'default_country = "United States"', r"default_country"),
+        (
+            'quasi_identifiers = ["birth_date", "zip", "sex"]',
+            'quasi_identifiers = ["birth_date", "zip", "sex", "insurance_type"]',
+            r"both sensitive and quasi_identifiers",
+        ),
+    ],
+)
+def test_bad_config(project: Path, old: str, new: str, pattern: str) -> None:
+    _edit(project, old, new)
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_config(project)
+    assert "audiences.toml" in info.value.message
+    assert "\n" not in info.value.message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no audiences.toml.*audiences init"):
+        load_config(tmp_path)
+
+
+def test_non_utf8(project: Path) -> None:
+    (project / "audiences.toml").write_bytes("name = 'caf\xe9'".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(project)
+
+
+def test_unknown_destination_name(project: Path) -> None:
+    config = load_config(project)
+    with pytest.raises(ConfigError, match=r"unknown destination 'tiktok' \(configured: file"):
+        config.destination("tiktok")
