@@ -1,0 +1,26 @@
+"""What a segment is evaluated against: the reference day and the column names that matter."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SegmentContext:
+    """The build's reference day and the source columns the segment language relies on.
+
+    ``birth_date`` is the contacts column ``age`` is derived from (None: no ``age``).
+    Defaults match the sample CRM (docs/internals.md).
+    """
+
+    as_of: dt.date
+    contact_id: str = "contact_id"
+    birth_date: str | None = "birth_date"
+    event_contact_id: str = "contact_id"
+    event_type: str = "event_type"
+    event_time: str = "event_time"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.as_of, dt.datetime) or not isinstance(self.as_of, dt.date):
+            raise TypeError("SegmentContext.as_of must be a datetime.date (a day, not a time)")
