@@ -74,7 +74,11 @@ class PolicyBlocked(AudiencesError):
     exit_code = EXIT_BLOCKED
 
     def __init__(
-        self, what: str, fix: str | None = None, *, where: str | None = None,
+        self,
+        what: str,
+        fix: str | None = None,
+        *,
+        where: str | None = None,
         reasons: list[str] | None = None,
     ) -> None:
         self.reasons = list(reasons or [])
@@ -101,8 +105,13 @@ class ConnectorError(AudiencesError):
     """A destination failed. ``transient`` errors may be retried; terminal ones may not."""
 
     def __init__(
-        self, what: str, fix: str | None = None, *, where: str | None = None,
-        transient: bool = False, code: str | int | None = None,
+        self,
+        what: str,
+        fix: str | None = None,
+        *,
+        where: str | None = None,
+        transient: bool = False,
+        code: str | int | None = None,
     ) -> None:
         self.transient = transient
         self.code = code
