@@ -797,6 +797,7 @@ def _project(
 class _MetaHandler(BaseHTTPRequestHandler):
     sandbox: MetaSandbox
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server_version = "MetaGraphSandbox/1.0"
     sys_version = ""
     timeout = 30
