@@ -196,7 +196,8 @@ CALLING_CODES.update(
         "kh": "855", "la": "856", "sm": "378", "va": "39",
     }
 )  # fmt: skip
-# Calling codes (Italy, San Marino) whose national numbers keep their leading 0.
+# Calling codes whose national numbers keep their leading 0 (Italy, San Marino); in
+# NANP (+1) a leading 0 is an invalid area code, not a trunk prefix.
 _KEEPS_LEADING_ZERO = ("39", "378")
 
 # Countries that use US ZIP codes and US state codes.
@@ -397,7 +398,7 @@ def _phone_digits(text: pl.Expr, calling_code: pl.Expr) -> tuple[pl.Expr, list]:
     national = (
         pl.when(nanp & (digits.str.len_bytes() == 11) & digits.str.starts_with("1"))
         .then(digits)
-        .when(calling_code.is_in(_KEEPS_LEADING_ZERO))
+        .when(nanp | calling_code.is_in(_KEEPS_LEADING_ZERO))
         .then(pl.concat_str([calling_code, digits]))
         .otherwise(pl.concat_str([calling_code, digits.str.strip_chars_start("0")]))
     )

@@ -1,0 +1,619 @@
+"""Identifier normalization and hashing.
+
+Expected values are normalized BY HAND from the platforms' documentation and hashed
+with hashlib here; the SDKs' helpers are never the oracle (they are known to be wrong,
+see test_differs_from_sdk_helpers).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import polars as pl
+import polars_hash as plh
+import pydantic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audiences.errors import ConfigError, DataError, InternalError
+from audiences.identifiers import (
+    LAYOUTS,
+    IdentityMapping,
+    hashed_layout,
+    identifier_quality,
+    member_key,
+    normalized_exprs,
+)
+
+AS_OF = dt.date(2025, 6, 1)
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+FULL = IdentityMapping(
+    external_id="contact_id",
+    email="email",
+    phone="phone",
+    first_name="first_name",
+    last_name="last_name",
+    zip="zip",
+    city="city",
+    state="state",
+    country="country",
+    birth_date="birth_date",
+    gender="sex",
+)
+
+COLUMNS = ("contact_id", "email", "phone", "first_name", "last_name", "zip", "city", "state")
+COLUMNS += ("country", "sex", "birth_date")
+
+
+def contacts(**columns: list) -> pl.LazyFrame:
+    """A contacts frame with just the given columns (text, birth_date as Date)."""
+    return pl.LazyFrame(
+        {
+            name: pl.Series(name, values, dtype=pl.Date if name == "birth_date" else pl.String)
+            for name, values in columns.items()
+        }
+    )
+
+
+def mapped(lf: pl.LazyFrame, identity: IdentityMapping | None) -> IdentityMapping:
+    """``identity``, or FULL restricted to the columns ``lf`` has."""
+    if identity is not None:
+        return identity
+    present = set(lf.collect_schema().names())
+    unmapped = {f: None for f in IdentityMapping.model_fields if getattr(FULL, f) not in present}
+    unmapped.pop("default_country", None)
+    return FULL.model_copy(update=unmapped)
+
+
+def normalized(
+    lf: pl.LazyFrame, layout: str, identity: IdentityMapping | None = None
+) -> pl.DataFrame:
+    exprs = normalized_exprs(mapped(lf, identity), layout, schema=lf.collect_schema(), as_of=AS_OF)  # type: ignore[arg-type]
+    return lf.select(**exprs).collect()
+
+
+def hashed(lf: pl.LazyFrame, layout: str, identity: IdentityMapping | None = None) -> pl.DataFrame:
+    return hashed_layout(lf, mapped(lf, identity), layout, as_of=AS_OF).collect()  # type: ignore[arg-type]
+
+
+def quality(lf: pl.LazyFrame, layout: str, identity: IdentityMapping | None = None) -> dict:
+    frame = identifier_quality(lf, mapped(lf, identity), layout, as_of=AS_OF).collect()  # type: ignore[arg-type]
+    return {(r["field"], r["status"], r["reason"]): r["rows"] for r in frame.to_dicts()}
+
+
+# --- SHA-256 -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["", "a", "john.doe+promo@gmail.com", "josé", "李小龍", "emoji 🙂", "x" * 1000]
+)
+def test_polars_hash_equals_hashlib(text: str) -> None:
+    frame = pl.DataFrame({"v": [text]}).lazy().select(plh.col("v").chash.sha2_256())
+    assert frame.collect().item() == sha(text)
+
+
+# --- email -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "meta", "google"),
+    [
+        ("  John.Doe+promo@GMail.com ", "john.doe+promo@gmail.com", "johndoe@gmail.com"),
+        ("J.O.H.N+a+b@googlemail.com", "j.o.h.n+a+b@googlemail.com", "john@googlemail.com"),
+        ("Jane.Roe+x@Example.COM", "jane.roe+x@example.com", "jane.roe+x@example.com"),
+        ("\tMARIA@hospital.org\n", "maria@hospital.org", "maria@hospital.org"),
+        ("josé@exämple.de", "josé@exämple.de", "josé@exämple.de"),
+    ],
+)
+def test_email_vectors(raw: str, meta: str, google: str) -> None:
+    lf = contacts(email=[raw])
+    assert hashed(lf, "meta")["EMAIL"].item() == sha(meta)
+    assert hashed(lf, "google_ads")["hashed_email"].item() == sha(google)
+    assert normalized(lf, "meta")["EMAIL"].item() == meta
+    assert normalized(lf, "google_ads")["hashed_email"].item() == google
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("john.doe.gmail.com", "no_at_sign"),
+        ("a@b@example.com", "multiple_at_signs"),
+        ("@example.com", "bad_local_part"),
+        ("john doe@example.com", "bad_local_part"),
+        ("john@example", "bad_domain"),
+        ("john@", "bad_domain"),
+        ("john@exa mple.com", "bad_domain"),
+        ("john@-example.com", "bad_domain"),
+    ],
+)
+def test_invalid_email_is_null_and_counted(raw: str, reason: str) -> None:
+    lf = contacts(email=[raw])
+    assert hashed(lf, "meta")["EMAIL"].item() is None
+    assert hashed(lf, "google_ads")["hashed_email"].item() is None
+    assert quality(lf, "meta")[("email", "invalid", reason)] == 1
+
+
+def test_gmail_address_left_empty_by_google_rules_is_invalid() -> None:
+    lf = contacts(email=["+promo@gmail.com"])
+    assert hashed(lf, "google_ads")["hashed_email"].item() is None
+    assert quality(lf, "google_ads")[("email", "invalid", "bad_local_part")] == 1
+    # Meta keeps the local part as written: valid there.
+    assert hashed(lf, "meta")["EMAIL"].item() == sha("+promo@gmail.com")
+
+
+# --- phone -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "country", "digits"),
+    [
+        ("(212) 555-0143", None, "12125550143"),
+        ("212.555.0143", None, "12125550143"),
+        ("212-555-0143", None, "12125550143"),
+        ("2125550143", None, "12125550143"),
+        ("+1 212 555 0143", None, "12125550143"),
+        ("1 (212) 555-0143", None, "12125550143"),
+        ("001-212-555-0143", None, "12125550143"),
+        ("  +1 (212) 555-0143 ", "United States", "12125550143"),
+        ("212-555-0143 ext. 12", None, "12125550143"),
+        ("212 555 0143 x12", None, "12125550143"),
+        ("+44 20 7031 3000", None, "442070313000"),
+        ("0044 20 7031 3000", None, "442070313000"),
+        ("011 44 20 7031 3000", None, "442070313000"),
+        ("020 7031 3000", "GB", "442070313000"),
+        ("020 7031 3000", "United Kingdom", "442070313000"),
+        ("06 1234 5678", "IT", "390612345678"),
+        ("(416) 555-0199", "Canada", "14165550199"),
+    ],
+)
+def test_phone_vectors(raw: str, country: str | None, digits: str) -> None:
+    lf = contacts(phone=[raw], country=[country])
+    assert normalized(lf, "meta")["PHONE"].item() == digits
+    assert hashed(lf, "meta")["PHONE"].item() == sha(digits)
+    assert normalized(lf, "google_ads")["hashed_phone_number"].item() == "+" + digits
+    assert hashed(lf, "google_ads")["hashed_phone_number"].item() == sha("+" + digits)
+
+
+def test_phone_uses_default_country_calling_code() -> None:
+    identity = IdentityMapping(phone="phone", default_country="GB")
+    lf = contacts(phone=["020 7031 3000", "+1 212 555 0143"])
+    assert normalized(lf, "meta", identity)["PHONE"].to_list() == ["442070313000", "12125550143"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "country", "reason"),
+    [
+        ("555-0143", None, "too_short"),
+        ("+1 212 555 01", None, "too_short"),
+        ("+1 212 555 0143 9", None, "too_long"),
+        ("+44 20 7031 3000 1234 5678", None, "too_long"),
+        ("+0 212 555 0143", None, "bad_country_code"),
+        ("(012) 555-0143", None, "bad_area_code"),
+        ("call me", None, "no_digits"),
+        ("7031 3000", "AQ", "unknown_calling_code"),
+    ],
+)
+def test_invalid_phone_is_null_and_counted(raw: str, country: str | None, reason: str) -> None:
+    lf = contacts(phone=[raw], country=[country])
+    assert hashed(lf, "meta")["PHONE"].item() is None
+    assert hashed(lf, "google_ads")["hashed_phone_number"].item() is None
+    assert quality(lf, "meta")[("phone", "invalid", reason)] == 1
+
+
+# --- names, city, state ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "meta", "google"),
+    [
+        ("José", "josé", "josé"),
+        ("Jose\u0301", "josé", "josé"),  # decomposed accent hashes like the composed one
+        ("  Smith-Jones ", "smithjones", "smith-jones"),
+        ("O'Brien", "obrien", "o'brien"),
+        ("MARY   Ann", "maryann", "mary ann"),
+        ("Zoë", "zoë", "zoë"),
+        ("Nguyễn", "nguyễn", "nguyễn"),
+    ],
+)
+def test_name_vectors(raw: str, meta: str, google: str) -> None:
+    lf = contacts(first_name=[raw], last_name=[raw])
+    meta_frame = hashed(lf, "meta")
+    google_frame = hashed(lf, "google_ads")
+    assert meta_frame["FN"].item() == meta_frame["LN"].item() == sha(meta)
+    assert google_frame["hashed_first_name"].item() == sha(google)
+    assert google_frame["hashed_last_name"].item() == sha(google)
+
+
+def test_name_without_letters_is_invalid() -> None:
+    lf = contacts(first_name=["123", "---x"])
+    assert normalized(lf, "meta")["FN"].to_list() == [None, "x"]
+    assert quality(lf, "meta")[("first_name", "invalid", "no_letters")] == 1
+
+
+@pytest.mark.parametrize(
+    ("city", "expected"), [("New York", "newyork"), ("St. Louis", "stlouis"), ("Bogotá", "bogotá")]
+)
+def test_city(city: str, expected: str) -> None:
+    assert hashed(contacts(city=[city]), "meta")["CT"].item() == sha(expected)
+
+
+@pytest.mark.parametrize(
+    ("state", "country", "expected"),
+    [
+        ("NY", None, "ny"),
+        ("ny", "US", "ny"),
+        ("N.Y.", None, "ny"),
+        ("New York", None, "ny"),
+        ("district of columbia", None, "dc"),
+        ("Ontario", "CA", "ontario"),
+        ("Île-de-France", "FR", "îledefrance"),
+    ],
+)
+def test_state(state: str, country: str | None, expected: str) -> None:
+    lf = contacts(state=[state], country=[country])
+    assert hashed(lf, "meta")["ST"].item() == sha(expected)
+
+
+def test_unknown_us_state_is_invalid() -> None:
+    lf = contacts(state=["ZZ", "Calif."], country=["US", None])
+    assert hashed(lf, "meta")["ST"].to_list() == [None, None]
+    assert quality(lf, "meta")[("state", "invalid", "unknown_state")] == 2
+
+
+# --- zip, country ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "country", "meta", "google"),
+    [
+        ("10027-1234", None, "10027", "10027"),
+        ("100271234", None, "10027", "10027"),
+        (" 100 27 ", None, "10027", "10027"),
+        ("02134", None, "02134", "02134"),
+        ("00901", "Puerto Rico", "00901", "00901"),
+        ("SW1A 1AA", "GB", "sw1a1aa", "SW1A 1AA"),
+        ("k1a  0b1", "CA", "k1a0b1", "K1A 0B1"),
+    ],
+)
+def test_zip(raw: str, country: str | None, meta: str, google: str) -> None:
+    lf = contacts(zip=[raw], country=[country])
+    assert hashed(lf, "meta")["ZIP"].item() == sha(meta)
+    assert hashed(lf, "google_ads")["postal_code"].item() == google
+
+
+@pytest.mark.parametrize("raw", ["1002", "10027-12", "ABCDE", "SW1A 1AA"])
+def test_bad_us_zip_is_invalid(raw: str) -> None:
+    lf = contacts(zip=[raw])
+    assert hashed(lf, "meta")["ZIP"].item() is None
+    assert hashed(lf, "google_ads")["postal_code"].item() is None
+    assert quality(lf, "meta")[("zip", "invalid", "not_5_digits")] == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("United States", "us"),
+        ("united states of america", "us"),
+        ("USA", "us"),
+        ("U.S.", "us"),
+        ("U.S.A.", "us"),
+        ("us", "us"),
+        (" US ", "us"),
+        ("UK", "gb"),
+        ("Great Britain", "gb"),
+        ("México", "mx"),
+        ("Viet Nam", "vn"),
+        ("DE", "de"),
+        ("fr", "fr"),
+    ],
+)
+def test_country(raw: str, code: str) -> None:
+    lf = contacts(country=[raw])
+    assert hashed(lf, "meta")["COUNTRY"].item() == sha(code)
+    assert hashed(lf, "google_ads")["country_code"].item() == code.upper()
+
+
+def test_blank_country_takes_default_and_unknown_is_invalid() -> None:
+    lf = contacts(country=[None, "  ", "Narnia", "XX"])
+    assert normalized(lf, "meta")["COUNTRY"].to_list() == ["us", "us", None, None]
+    assert hashed(lf, "google_ads")["country_code"].to_list() == ["US", "US", None, None]
+    counts = quality(lf, "meta")
+    assert counts[("country", "defaulted", None)] == 2
+    assert counts[("country", "invalid", "unknown_country")] == 2
+
+
+def test_unmapped_country_is_default_country() -> None:
+    identity = IdentityMapping(email="email", default_country="CA")
+    assert hashed(contacts(email=["a@b.ca"]), "google_ads", identity)["country_code"].item() == "CA"
+
+
+# --- birth date, gender, external id -----------------------------------------------------
+
+
+def test_birth_date_parts() -> None:
+    lf = contacts(birth_date=[dt.date(1985, 7, 4), dt.date(2001, 12, 25)])
+    frame = hashed(lf, "meta")
+    assert frame["DOBY"].to_list() == [sha("1985"), sha("2001")]
+    assert frame["DOBM"].to_list() == [sha("07"), sha("12")]
+    assert frame["DOBD"].to_list() == [sha("04"), sha("25")]
+
+
+def test_birth_date_from_text_and_datetime() -> None:
+    text = pl.LazyFrame({"birth_date": ["1985-07-04", "07/04/1985", "19850704", "soon"]})
+    identity = IdentityMapping(birth_date="birth_date")
+    assert normalized(text, "meta", identity)["DOBY"].to_list() == ["1985"] * 3 + [None]
+    assert quality(text, "meta", identity)[("birth_date", "invalid", "unparseable")] == 1
+    stamps = pl.LazyFrame({"birth_date": [dt.datetime(1985, 7, 4, 13, 30)]})
+    assert normalized(stamps, "meta", identity)["DOBD"].item() == "04"
+
+
+def test_implausible_birth_dates_are_invalid() -> None:
+    lf = contacts(birth_date=[dt.date(2025, 6, 2), dt.date(1890, 1, 1), AS_OF])
+    frame = normalized(lf, "meta")
+    assert frame["DOBY"].to_list() == [None, None, "2025"]
+    counts = quality(lf, "meta")
+    assert counts[("birth_date", "invalid", "future")] == 1
+    assert counts[("birth_date", "invalid", "implausible")] == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("F", "f"), ("female", "f"), ("Woman", "f"), ("M", "m"), (" MALE ", "m"), ("x", None)],
+)
+def test_gender(raw: str, expected: str | None) -> None:
+    got = hashed(contacts(sex=[raw]), "meta")["GEN"].item()
+    assert got == (sha(expected) if expected else None)
+
+
+def test_external_id_is_plain_and_trimmed() -> None:
+    frame = hashed(contacts(contact_id=[" C000000001 ", None]), "meta")
+    assert frame["EXTERN_ID"].to_list() == ["C000000001", None]
+
+
+# --- empty, already hashed, layout shape -------------------------------------------------
+
+
+def test_layout_columns_exactly() -> None:
+    lf = contacts(contact_id=["C1"], email=["a@example.com"])
+    assert hashed(lf, "meta").columns == list(LAYOUTS["meta"])
+    assert hashed(lf, "google_ads").columns == list(LAYOUTS["google_ads"])
+    kept = hashed_layout(lf, mapped(lf, None), "meta", keep=["contact_id"]).collect()
+    assert kept.columns == ["contact_id", *LAYOUTS["meta"]]
+
+
+@pytest.mark.parametrize("blank", [None, "", "   ", "\t", "N/A", "null", "-"])
+def test_empty_stays_null_never_hash_of_empty(blank: str | None) -> None:
+    lf = contacts(**{c: [blank] for c in COLUMNS if c not in ("country", "birth_date")})
+    lf = lf.with_columns(birth_date=pl.lit(None, pl.Date))
+    for layout in LAYOUTS:
+        frame = hashed(lf, layout)
+        values = [v for v in frame.row(0) if v is not None]
+        assert EMPTY_SHA256 not in values
+        # Only the country (filled from default_country) is present.
+        assert values == ([sha("us")] if layout == "meta" else ["US"])
+
+
+def test_already_hashed_values_pass_through_lowercased() -> None:
+    digest = sha("john@example.com")
+    lf = contacts(
+        email=[digest.upper()], phone=[digest], first_name=[f" {digest} "], last_name=["Doe"]
+    )
+    for layout, columns in [
+        ("meta", ("EMAIL", "PHONE", "FN")),
+        ("google_ads", ("hashed_email", "hashed_phone_number", "hashed_first_name")),
+    ]:
+        frame = hashed(lf, layout)
+        assert [frame[c].item() for c in columns] == [digest] * 3
+        counts = quality(lf, layout)
+        for field in ("email", "phone", "first_name"):
+            assert counts[(field, "already_hashed", None)] == 1
+        assert counts[("last_name", "valid", None)] == 1
+
+
+def test_hashes_are_lowercase_hex() -> None:
+    lf = contacts(email=["A@Example.com"], first_name=["Ann"], zip=["10027"], sex=["F"])
+    frame = hashed(lf, "meta").drop("EXTERN_ID")
+    for value in frame.row(0):
+        assert value is None or (len(value) == 64 and value == value.lower())
+
+
+# --- quality -----------------------------------------------------------------------------
+
+
+def test_quality_counts() -> None:
+    lf = contacts(
+        contact_id=["C1", "C2", "C3", "C4", "C5"],
+        email=["a@example.com", "nope", None, "b@example", sha("x")],
+        phone=["(212) 555-0143", "555-0143", "+1 212 555 0143 99", "", None],
+        zip=["10027", "1002", None, "02134-0001", "abc"],
+    )
+    identity = IdentityMapping(external_id="contact_id", email="email", phone="phone", zip="zip")
+    assert quality(lf, "meta", identity) == {
+        ("country", "defaulted", None): 5,
+        ("email", "already_hashed", None): 1,
+        ("email", "empty", None): 1,
+        ("email", "invalid", "bad_domain"): 1,
+        ("email", "invalid", "no_at_sign"): 1,
+        ("email", "valid", None): 1,
+        ("external_id", "valid", None): 5,
+        ("phone", "empty", None): 2,
+        ("phone", "invalid", "too_long"): 1,
+        ("phone", "invalid", "too_short"): 1,
+        ("phone", "valid", None): 1,
+        ("zip", "empty", None): 1,
+        ("zip", "invalid", "not_5_digits"): 2,
+        ("zip", "valid", None): 2,
+    }
+    # Google's layout has no external id, city, state, birth date or gender.
+    assert {field for field, _, _ in quality(lf, "google_ads", identity)} == {
+        "country",
+        "email",
+        "phone",
+        "zip",
+    }
+
+
+def test_quality_never_returns_values() -> None:
+    lf = contacts(email=["secret.person@example.com", "nope"], phone=["(212) 555-0143", "1"])
+    frame = identifier_quality(lf, mapped(lf, None), "meta", as_of=AS_OF).collect()
+    assert frame.columns == ["field", "status", "reason", "rows"]
+    text = str(frame.to_dicts())
+    assert "secret" not in text and "nope" not in text and "555" not in text
+
+
+# --- the SDKs' helpers are wrong: we differ on purpose -----------------------------------
+
+
+def test_differs_from_sdk_helpers() -> None:
+    from facebook_business.adobjects.customaudience import CustomAudience
+
+    row = ["José", "United States", "100 27", ""]
+    sdk = CustomAudience.format_params(
+        schema=["FN", "COUNTRY", "ZIP", "EMAIL"], users=[row], is_raw=True
+    )["payload"]["data"][0]
+    # What the Meta SDK does: drops é, truncates the country name, keeps the ZIP space,
+    # hashes the empty cell.
+    assert sdk == [sha("jos"), sha("un"), sha("100 27"), EMPTY_SHA256]
+    lf = contacts(first_name=[row[0]], country=[row[1]], zip=[row[2]], email=[row[3]])
+    ours = hashed(lf, "meta").select("FN", "COUNTRY", "ZIP", "EMAIL").row(0)
+    assert list(ours) == [sha("josé"), sha("us"), sha("10027"), None]
+    assert all(a != b for a, b in zip(ours, sdk, strict=True))
+
+    from examples.remarketing.add_customer_match_user_list import normalize_and_hash
+
+    # The google-ads example helper does not lowercase when it removes all whitespace.
+    assert normalize_and_hash(" Jane.Roe@Example.com ", True) == sha("Jane.Roe@Example.com")
+    lf = contacts(email=[" Jane.Roe@Example.com "])
+    assert hashed(lf, "google_ads")["hashed_email"].item() == sha("jane.roe@example.com")
+
+
+# --- idempotence -------------------------------------------------------------------------
+
+_local = st.text(st.sampled_from("abcXYZ.+_-09éÉ"), min_size=1, max_size=12)
+_domain = st.sampled_from(["gmail.com", "GoogleMail.com", "Example.ORG", "exämple.de", "x"])
+_emails = st.one_of(
+    st.builds(lambda a, d, s: f"{s}{a}@{d}{s}", _local, _domain, st.sampled_from(["", " ", "\t"])),
+    st.text(max_size=20),
+)
+
+
+def _renormalizes_to_itself(values: list[str], identity: IdentityMapping) -> None:
+    for layout in LAYOUTS:
+        first = normalized(pl.LazyFrame({"v": values}, schema={"v": pl.String}), layout, identity)
+        for column in first.columns:
+            again = normalized(first.lazy().select(pl.col(column).alias("v")), layout, identity)
+            assert again[column].to_list() == first[column].to_list(), (layout, column)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_emails, min_size=1, max_size=30))
+def test_email_normalization_is_idempotent(values: list[str]) -> None:
+    _renormalizes_to_itself(values, IdentityMapping(email="v"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(max_size=16), min_size=1, max_size=30))
+def test_name_normalization_is_idempotent(values: list[str]) -> None:
+    _renormalizes_to_itself(values, IdentityMapping(first_name="v"))
+
+
+# --- member key --------------------------------------------------------------------------
+
+SALT = bytes(range(32))
+
+
+def test_member_key_matches_hashlib() -> None:
+    ids = ["C000000001", " C000000002 ", "José-7", None, ""]
+    got = pl.DataFrame({"contact_id": ids}).select(member_key("contact_id", SALT))
+    assert got.schema == {"member_key": pl.UInt64}
+    expected = [
+        int.from_bytes(hashlib.sha256(SALT + i.strip().encode()).digest()[:8], "big")
+        for i in ids[:3]
+    ]
+    assert got["member_key"].to_list() == [*expected, None, None]
+
+
+def test_member_key_depends_on_salt_and_takes_expressions() -> None:
+    frame = pl.DataFrame({"id": ["C1"]})
+    a = frame.select(member_key(pl.col("id"), SALT)).item()
+    b = frame.select(member_key("id", SALT[::-1])).item()
+    assert a != b
+
+
+@pytest.mark.parametrize("salt", [b"", b"short", "not bytes"])
+def test_member_key_rejects_weak_salt(salt: bytes) -> None:
+    with pytest.raises(InternalError, match="salt of at least 16 bytes"):
+        member_key("id", salt)
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+EMAIL_ONLY = IdentityMapping(email="email")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"default_country": "XX"}, "not an ISO 3166-1 alpha-2 code"),
+        ({"default_country": "USA"}, "not an ISO 3166-1 alpha-2 code"),
+        ({"mail": "email"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_identity_mapping_rejects(kwargs: dict, pattern: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=pattern):
+        IdentityMapping(**kwargs)
+
+
+def test_identity_mapping_is_frozen_and_normalizes_default_country() -> None:
+    identity = IdentityMapping(default_country=" gb ")
+    assert identity.default_country == "GB"
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        identity.email = "email"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "pattern"),
+    [
+        (lambda lf: hashed_layout(lf, EMAIL_ONLY, "tiktok"), ConfigError, "unknown hashed layout"),
+        (
+            lambda lf: hashed_layout(lf, IdentityMapping(email="mail"), "meta"),
+            DataError,
+            "maps email to column 'mail', which the source does not have",
+        ),
+        (
+            lambda lf: identifier_quality(lf, IdentityMapping(phone="nope"), "google_ads"),
+            DataError,
+            "maps phone to column 'nope'",
+        ),
+        (
+            lambda lf: hashed_layout(lf, EMAIL_ONLY, "meta", keep=["member"]),
+            DataError,
+            "columns to keep are not in the source: member",
+        ),
+        (
+            lambda lf: hashed_layout(
+                lf.with_columns(EMAIL=pl.lit("x")), EMAIL_ONLY, "meta", keep=["EMAIL"]
+            ),
+            DataError,
+            "clash with meta layout columns: EMAIL",
+        ),
+        (
+            lambda lf: hashed_layout(
+                lf.with_columns(tags=pl.lit(["a"])), IdentityMapping(email="tags"), "meta"
+            ),
+            DataError,
+            "map email to a text or date column",
+        ),
+    ],
+)
+def test_bad_input(call, error: type[Exception], pattern: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(error, match=pattern):
+        call(contacts(email=["a@example.com"]))
