@@ -90,6 +90,10 @@ class _ComposeLoader(yaml.SafeLoader):
 
 def parse_segment(text: str, source: str = "<string>") -> Segment:
     """Parse the text of a segment file. ``source`` names it in error messages."""
+    return _Parser(source).segment(_compose(text, source))
+
+
+def _compose(text: str, source: str) -> yaml.Node | None:
     try:
         root = yaml.compose(text, Loader=_ComposeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -103,7 +107,27 @@ def parse_segment(text: str, source: str = "<string>") -> Segment:
         ) from None
     except yaml.YAMLError as exc:  # pragma: no cover - pyyaml raises marked errors in practice
         raise SegmentError(f"malformed YAML: {exc}", "fix the YAML syntax", where=source) from None
-    return _Parser(source).segment(root)
+    return root
+
+
+def yaml_data(text: str, source: str = "<string>") -> object:
+    """The YAML as plain Python values, with scalars resolved the way segment files are.
+
+    Used to check files against :func:`~audiences.segments.schema.segment_json_schema`.
+    """
+    return _plain(_compose(text, source))
+
+
+def _plain(node: yaml.Node | None, depth: int = 0) -> object:
+    if node is None:
+        return None
+    if depth > _MAX_DEPTH:
+        raise SegmentError("YAML nested too deeply", "simplify the file")
+    if isinstance(node, yaml.MappingNode):
+        return {str(k.value): _plain(v, depth + 1) for k, v in node.value}
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(item, depth + 1) for item in node.value]
+    return _scalar(node)
 
 
 def load_segment(path: str | Path) -> Segment:
