@@ -1,0 +1,637 @@
+"""Signed approvals: a compliance officer's Ed25519 signature bound to digests.
+
+An approval says: *this* segment definition (segment digest), under *this* policy pack
+(policy digest), may go to *these* destinations — signed with the private key of an
+approver whose public key is listed in ``audiences.toml`` (``[approvers] keys``).
+Anything else (a self-made key, an edited database row, a changed definition, pack or
+destination list) makes :func:`check_approval` refuse with an :class:`ApprovalError`
+(exit 3) that says what changed and what to do.
+
+The approvals table is a convenience copy: each approval and revocation is also an
+entry in the hash-chained audit log, and :func:`check_approval` checks the two agree, so
+un-revoking a segment with an SQL UPDATE or deleting a newer approval row is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import sqlite3
+import stat
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from audiences import audit
+from audiences.errors import ApprovalError, ConfigError
+
+APPROVAL_KIND = "approval"
+REVOCATION_KIND = "revocation"
+_DIFF_LINES = 40
+_DIFF_WIDTH = 160
+
+
+class SigningKeyError(ConfigError):
+    """A key file is missing, unreadable, not Ed25519, too open, or in the wrong place."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyPair:
+    key_id: str
+    private_path: Path
+    public_path: Path
+    public_base64: str  # raw 32-byte public key, base64: paste into [approvers] keys
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Approval:
+    id: int
+    segment: str
+    segment_digest: str
+    policy_digest: str
+    destinations: tuple[str, ...]
+    approver: str
+    key_id: str
+    signature: str
+    payload: str
+    note: str | None
+    definition: str
+    at: str
+    revoked_at: str | None = None
+    revoked_by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "segment": self.segment,
+            "segment_digest": self.segment_digest,
+            "policy_digest": self.policy_digest,
+            "destinations": list(self.destinations),
+            "approver": self.approver,
+            "key_id": self.key_id,
+            "note": self.note,
+            "at": self.at,
+            "revoked_at": self.revoked_at,
+            "revoked_by": self.revoked_by,
+        }
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """Fingerprint: first 16 hex digits of sha256 over the raw 32-byte public key."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_public_key(
+    value: str | bytes | Ed25519PublicKey, *, name: str = "key"
+) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM text or base64 (raw 32 bytes or DER)."""
+    if isinstance(value, Ed25519PublicKey):
+        return value
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    data = data.strip()
+    try:
+        if data.startswith(b"-----BEGIN"):
+            key: Any = serialization.load_pem_public_key(data)
+        else:
+            raw = base64.b64decode(data, validate=True)
+            key = (
+                Ed25519PublicKey.from_public_bytes(raw)
+                if len(raw) == 32
+                else serialization.load_der_public_key(raw)
+            )
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, Ed25519PublicKey):
+        raise SigningKeyError(
+            f"approver key {name!r} is not an Ed25519 public key (PEM or base64)",
+            "paste the .pub file written by `audiences keygen`, or its base64 line",
+        )
+    return key
+
+
+def trusted_key_index(
+    trusted_keys: Mapping[str, str | bytes | Ed25519PublicKey],
+) -> dict[str, tuple[str, Ed25519PublicKey]]:
+    """``{approver name: public key}`` (as in ``[approvers] keys``) → ``{key_id: (name, key)}``."""
+    index: dict[str, tuple[str, Ed25519PublicKey]] = {}
+    for name, value in trusted_keys.items():
+        public = load_public_key(value, name=name)
+        index[key_id(public)] = (name, public)
+    return index
+
+
+def load_private_key(path: Path | str, *, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """Read a private key written by :func:`generate_keypair`; refuse a group/world-readable one."""
+    path = Path(path).expanduser()
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SigningKeyError(
+            f"cannot read private key {path} ({exc.strerror})",
+            "pass the path written by `audiences keygen` with --key",
+        ) from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SigningKeyError(
+            f"private key {path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o})",
+            f"run `chmod 600 {path}`",
+        )
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except TypeError:
+        raise SigningKeyError(
+            f"private key {path} is encrypted and no passphrase was given"
+            if passphrase is None
+            else f"private key {path} is not encrypted but a passphrase was given",
+            "set the passphrase environment variable, or unset it for an unencrypted key",
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise SigningKeyError(
+            f"{path} is not a PEM private key, or the passphrase is wrong",
+            "pass the private key written by `audiences keygen`",
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningKeyError(
+            f"private key {path} is not an Ed25519 key",
+            "create one with `audiences keygen`",
+        )
+    return key
+
+
+def _enclosing_work_tree(path: Path) -> Path | None:
+    for parent in path.parents:
+        if (parent / ".git").exists():
+            return parent
+    return None
+
+
+def generate_keypair(
+    private_path: Path | str,
+    public_path: Path | str,
+    *,
+    project_dir: Path | str | None = None,
+    passphrase: bytes | None = None,
+) -> KeyPair:
+    """``audiences keygen``: a new Ed25519 key pair. The private key (PEM, mode 0600) must
+    live outside the project and any git work tree; nothing is ever overwritten."""
+    private_path = Path(private_path).expanduser().absolute()
+    public_path = Path(public_path).expanduser().absolute()
+    if project_dir is not None:
+        root = Path(project_dir).expanduser().resolve()
+        if private_path.resolve().is_relative_to(root):
+            raise SigningKeyError(
+                f"private key path {private_path} is inside the project {root}",
+                "keep private keys outside the project, e.g. --private ~/.audiences/NAME.key",
+            )
+    tree = _enclosing_work_tree(private_path.resolve())
+    if tree is not None:
+        raise SigningKeyError(
+            f"private key path {private_path} is inside the git work tree {tree}",
+            "keep private keys outside any repository, e.g. ~/.audiences/NAME.key",
+        )
+    for path in (private_path, public_path):
+        if path.exists():
+            raise SigningKeyError(
+                f"{path} already exists; keygen never overwrites a key",
+                "choose another path, or move the old key away deliberately",
+            )
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key()
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    public_pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_new(private_path, private_pem, 0o600)
+    try:
+        public_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_new(public_path, public_pem, 0o644)
+    except BaseException:
+        private_path.unlink()
+        raise
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return KeyPair(key_id(public), private_path, public_path, base64.b64encode(raw).decode())
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise SigningKeyError(
+            f"{path} already exists; keygen never overwrites a key",
+            "choose another path, or move the old key away deliberately",
+        ) from None
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- payload
+
+
+def _destinations(destinations: Iterable[str]) -> list[str]:
+    if isinstance(destinations, str):
+        destinations = [destinations]
+    return sorted(set(destinations))
+
+
+def approval_payload(
+    segment_name: str,
+    segment_digest: str,
+    policy_digest: str,
+    destinations: Iterable[str],
+    *,
+    approver: str,
+    key_id: str,
+    at: str,
+    definition_sha256: str,
+) -> bytes:
+    """The canonical JSON an approver signs (sorted keys and destinations, UTF-8)."""
+    return audit.canonical_json(
+        {
+            "type": "audiences.approval",
+            "v": 1,
+            "segment": segment_name,
+            "segment_digest": segment_digest,
+            "policy_digest": policy_digest,
+            "destinations": _destinations(destinations),
+            "approver": approver,
+            "key_id": key_id,
+            "at": at,
+            "definition_sha256": definition_sha256,
+        }
+    ).encode()
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _approve_hint(segment: str) -> str:
+    return (
+        f"ask a compliance officer to review it and run "
+        f"`audiences approve {segment} --by NAME --key PATH`"
+    )
+
+
+# --------------------------------------------------------------------------- approve / revoke
+
+
+def approve(
+    conn: sqlite3.Connection,
+    *,
+    segment_name: str,
+    segment_digest: str,
+    policy_digest: str,
+    destinations: Iterable[str],
+    definition_text: str,
+    approver: str,
+    private_key_path: Path | str,
+    trusted_keys: Mapping[str, str | bytes | Ed25519PublicKey],
+    note: str | None = None,
+    passphrase: bytes | None = None,
+    at: datetime | None = None,
+) -> Approval:
+    """Sign and record an approval. Refused unless the signing key is the key listed for
+    ``approver`` in ``[approvers] keys`` (a self-made key approves nothing)."""
+    private = load_private_key(private_key_path, passphrase=passphrase)
+    kid = key_id(private.public_key())
+    index = trusted_key_index(trusted_keys)
+    if kid not in index:
+        raise ApprovalError(
+            f"key {kid} ({private_key_path}) is not a trusted approver key",
+            "only keys listed under [approvers] keys in audiences.toml may approve; "
+            "a compliance officer adds theirs there (reviewed like any config change)",
+        )
+    owner = index[kid][0]
+    if owner != approver:
+        raise ApprovalError(
+            f"key {kid} belongs to approver {owner!r}, not {approver!r}",
+            f"approve with --by {owner} or with {approver}'s own key",
+        )
+    dests = _destinations(destinations)
+    stamp = audit.format_at(at)
+    payload = approval_payload(
+        segment_name,
+        segment_digest,
+        policy_digest,
+        dests,
+        approver=approver,
+        key_id=kid,
+        at=stamp,
+        definition_sha256=_sha256(definition_text),
+    )
+    signature = base64.b64encode(private.sign(payload)).decode()
+    with audit.write_transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO approvals(segment, segment_digest, policy_digest, destinations, "
+            "approver, key_id, signature, payload, note, definition, at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                segment_name,
+                segment_digest,
+                policy_digest,
+                audit.canonical_json(dests),
+                approver,
+                kid,
+                signature,
+                payload.decode(),
+                note,
+                definition_text,
+                stamp,
+            ),
+        )
+        approval_id = int(cur.lastrowid or 0)
+        audit.append(
+            conn,
+            kind=APPROVAL_KIND,
+            subject=segment_name,
+            details={
+                "approval_id": approval_id,
+                "segment_digest": segment_digest,
+                "policy_digest": policy_digest,
+                "destinations": dests,
+                "key_id": kid,
+                "signature": signature,
+            },
+            actor=approver,
+            at=at,
+        )
+    return Approval(
+        approval_id,
+        segment_name,
+        segment_digest,
+        policy_digest,
+        tuple(dests),
+        approver,
+        kid,
+        signature,
+        payload.decode(),
+        note,
+        definition_text,
+        stamp,
+    )
+
+
+_COLUMNS = (
+    "id, segment, segment_digest, policy_digest, destinations, approver, key_id, "
+    "signature, payload, note, definition, at, revoked_at, revoked_by"
+)
+
+
+def _latest(conn: sqlite3.Connection, segment_name: str) -> Approval | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM approvals WHERE segment = ? ORDER BY id DESC LIMIT 1",
+        (segment_name,),
+    ).fetchone()
+    if row is None:
+        return None
+    values = list(tuple(row))
+    try:
+        values[4] = tuple(json.loads(values[4]))
+    except (ValueError, TypeError):
+        values[4] = ("<unreadable>",)
+    return Approval(*values)
+
+
+def latest_approval(conn: sqlite3.Connection, segment_name: str) -> Approval | None:
+    """The segment's most recent approval row (revoked or not), unchecked: for ``status``."""
+    return _latest(conn, segment_name)
+
+
+def revoke(
+    conn: sqlite3.Connection, segment_name: str, by: str, *, at: datetime | None = None
+) -> Approval:
+    """Revoke the segment's current approval. Anyone may revoke (it only ever blocks)."""
+    stamp = audit.format_at(at)
+    with audit.write_transaction(conn):
+        current = _latest(conn, segment_name)
+        if current is None or current.revoked_at is not None:
+            raise ApprovalError(
+                f"segment {segment_name!r} has no approval to revoke"
+                + ("" if current is None else f" (already revoked by {current.revoked_by})"),
+                "check the segment name with `audiences status`",
+            )
+        conn.execute(
+            "UPDATE approvals SET revoked_at = ?, revoked_by = ? WHERE id = ?",
+            (stamp, by, current.id),
+        )
+        audit.append(
+            conn,
+            kind=REVOCATION_KIND,
+            subject=segment_name,
+            details={"approval_id": current.id, "segment_digest": current.segment_digest},
+            actor=by,
+            at=at,
+        )
+    return dataclasses.replace(current, revoked_at=stamp, revoked_by=by)
+
+
+# --------------------------------------------------------------------------- check
+
+
+def _last_audit_decision(conn: sqlite3.Connection, segment_name: str) -> audit.AuditEntry | None:
+    row = conn.execute(
+        "SELECT seq, at, actor, kind, subject, details, prev_hash, hash FROM audit "
+        "WHERE kind IN (?, ?) AND subject = ? ORDER BY seq DESC LIMIT 1",
+        (APPROVAL_KIND, REVOCATION_KIND, segment_name),
+    ).fetchone()
+    return None if row is None else audit.AuditEntry(*tuple(row))
+
+
+def _tampered(segment: str, what: str) -> ApprovalError:
+    return ApprovalError(
+        f"approval of segment {segment!r} does not verify: {what}",
+        "the state database was altered; run `audiences audit verify`, then "
+        + _approve_hint(segment),
+    )
+
+
+def _definition_diff(old: str, new: str) -> str:
+    lines = list(
+        difflib.unified_diff(
+            old.splitlines(), new.splitlines(), "approved", "current", lineterm="", n=1
+        )
+    )
+    shown = [
+        line if len(line) <= _DIFF_WIDTH else line[: _DIFF_WIDTH - 1] + "…"
+        for line in lines[:_DIFF_LINES]
+    ]
+    if len(lines) > _DIFF_LINES:
+        shown.append(f"… ({len(lines) - _DIFF_LINES} more diff lines)")
+    return "\n".join(shown)
+
+
+def check_approval(
+    conn: sqlite3.Connection,
+    *,
+    segment_name: str,
+    segment_digest: str,
+    policy_digest: str,
+    destinations: Iterable[str],
+    definition_text: str,
+    trusted_keys: Mapping[str, str | bytes | Ed25519PublicKey],
+) -> Approval:
+    """The segment's valid approval for exactly these digests and destinations, or an
+    :class:`ApprovalError` (exit 3) saying why not and what to do."""
+    current = _latest(conn, segment_name)
+    decision = _last_audit_decision(conn, segment_name)
+    if current is None and decision is None:
+        raise ApprovalError(
+            f"segment {segment_name!r} is not approved", _approve_hint(segment_name)
+        )
+    if decision is not None and decision.kind == REVOCATION_KIND:
+        raise ApprovalError(
+            f"the approval of segment {segment_name!r} was revoked by {decision.actor} "
+            f"at {decision.at}",
+            _approve_hint(segment_name),
+        )
+    if current is None:
+        raise _tampered(
+            segment_name,
+            f"audit entry {decision.seq} records an approval "  # type: ignore[union-attr]
+            "that is missing from the approvals table",
+        )
+    if current.revoked_at is not None:
+        raise ApprovalError(
+            f"the approval of segment {segment_name!r} was revoked by {current.revoked_by} "
+            f"at {current.revoked_at}",
+            _approve_hint(segment_name),
+        )
+    _check_signature(current, trusted_keys)
+    _check_record(current, decision)
+    _check_inputs(current, segment_digest, policy_digest, destinations, definition_text)
+    return current
+
+
+def _check_record(current: Approval, decision: audit.AuditEntry | None) -> None:
+    segment = current.segment
+    if decision is None:
+        raise _tampered(segment, f"approval {current.id} has no audit entry")
+    recomputed = audit.entry_hash(
+        decision.seq,
+        decision.at,
+        decision.actor,
+        decision.kind,
+        decision.subject,
+        decision.details,
+        decision.prev_hash,
+    )
+    if recomputed != decision.hash:
+        raise _tampered(segment, f"audit entry {decision.seq} does not match its hash")
+    try:
+        details = decision.details_dict()
+    except ValueError:
+        details = {}
+    if details.get("approval_id") != current.id or details.get("signature") != current.signature:
+        raise _tampered(
+            segment,
+            f"the latest approval in the audit log (entry {decision.seq}) is not "
+            f"approval {current.id} in the approvals table",
+        )
+
+
+def _check_signature(
+    current: Approval, trusted_keys: Mapping[str, str | bytes | Ed25519PublicKey]
+) -> None:
+    segment = current.segment
+    index = trusted_key_index(trusted_keys)
+    trusted = index.get(current.key_id)
+    if trusted is None:
+        raise ApprovalError(
+            f"the approval of segment {segment!r} is signed by key {current.key_id}, which is "
+            "not a trusted approver key in audiences.toml",
+            "if the approver's key was rotated, " + _approve_hint(segment),
+        )
+    try:
+        trusted[1].verify(base64.b64decode(current.signature), current.payload.encode())
+    except (InvalidSignature, ValueError):
+        raise _tampered(segment, "its signature does not match its payload") from None
+    try:
+        signed = json.loads(current.payload)
+    except ValueError:
+        raise _tampered(segment, "its payload is not JSON") from None
+    columns = {
+        "segment": current.segment,
+        "segment_digest": current.segment_digest,
+        "policy_digest": current.policy_digest,
+        "destinations": list(current.destinations),
+        "approver": current.approver,
+        "key_id": current.key_id,
+        "at": current.at,
+        "definition_sha256": _sha256(current.definition),
+    }
+    edited = sorted(name for name, value in columns.items() if signed.get(name) != value)
+    if signed.get("type") != "audiences.approval":
+        edited.insert(0, "type")
+    if edited:
+        raise _tampered(
+            segment, f"column(s) {', '.join(edited)} differ from what the approver signed"
+        )
+
+
+def _check_inputs(
+    current: Approval,
+    segment_digest: str,
+    policy_digest: str,
+    destinations: Iterable[str],
+    definition_text: str,
+) -> None:
+    segment = current.segment
+    reasons: list[str] = []
+    diff = ""
+    if current.segment_digest != segment_digest:
+        reasons.append(
+            f"the segment definition changed since {current.approver} approved it at "
+            f"{current.at} (digest {current.segment_digest[:12]} → {segment_digest[:12]})"
+        )
+        diff = _definition_diff(current.definition, definition_text)
+    if current.policy_digest != policy_digest:
+        reasons.append(
+            f"the policy pack changed since approval (digest {current.policy_digest[:12]} → "
+            f"{policy_digest[:12]})"
+        )
+    wanted = _destinations(destinations)
+    if list(current.destinations) != wanted:
+        added = sorted(set(wanted) - set(current.destinations))
+        removed = sorted(set(current.destinations) - set(wanted))
+        parts = [
+            f"added {', '.join(added)}" if added else "",
+            f"removed {', '.join(removed)}" if removed else "",
+        ]
+        reasons.append(
+            "the destinations changed since approval (" + "; ".join(p for p in parts if p) + ")"
+        )
+    if reasons:
+        what = f"segment {segment!r} is not approved as it stands: " + "; ".join(reasons)
+        if diff:
+            what += "\n" + diff + "\n"
+        error = ApprovalError(what, _approve_hint(segment))
+        error.diff = diff  # type: ignore[attr-defined]
+        raise error
