@@ -194,8 +194,13 @@ def build(
     as_of: date | None = None,
     actor: str | None = None,
     progress: Progress | None = None,
+    dry_run: bool = False,
 ) -> list[BuildResult]:
-    """Build the named segments (all when ``names`` is empty)."""
+    """Build the named segments (all when ``names`` is empty).
+
+    With ``dry_run`` the gate runs exactly as in a build but nothing is written: no
+    build row, no release, no files, no report, no audit entry (``audiences plan``).
+    """
     from policies.gate import GateInput, evaluate, record
     from policies.pack import load_pack
 
@@ -216,22 +221,24 @@ def build(
             build_id = new_id("b")
             frac = (i + 0.1) / len(segments)
             step(f"{segment.name}: selecting members", frac)
-            with transaction(conn):
-                conn.execute(
-                    "INSERT INTO builds(build_id, segment, segment_digest, policy_digest, "
-                    "source_digest, as_of, started_at, status, actor) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (
-                        build_id,
-                        segment.name,
-                        segment.digest,
-                        pack.digest,
-                        sources.digest,
-                        as_of.isoformat(),
-                        utcnow(),
-                        "running",
-                        who,
-                    ),
-                )
+            if not dry_run:
+                with transaction(conn):
+                    conn.execute(
+                        "INSERT INTO builds(build_id, segment, segment_digest, policy_digest, "
+                        "source_digest, as_of, started_at, status, actor) "
+                        "VALUES (?,?,?,?,?,?,?,?,?)",
+                        (
+                            build_id,
+                            segment.name,
+                            segment.digest,
+                            pack.digest,
+                            sources.digest,
+                            as_of.isoformat(),
+                            utcnow(),
+                            "running",
+                            who,
+                        ),
+                    )
             try:
                 candidates = collect_candidates(config, segment, sources, as_of, salt)
                 step(f"{segment.name}: policy gate", (i + 0.6) / len(segments))
@@ -250,7 +257,8 @@ def build(
                     )
                 )
             except BaseException as exc:
-                _finish(conn, build_id, "failed", reasons=[_one_line(exc)])
+                if not dry_run:
+                    _finish(conn, build_id, "failed", reasons=[_one_line(exc)])
                 raise
             result = BuildResult(
                 build_id=build_id,
@@ -262,6 +270,11 @@ def build(
                 policy_digest=pack.digest,
                 outcome=outcome,
             )
+            if dry_run:
+                result.released = {d: r.members.height for d, r in outcome.releases.items()}
+                result.seconds = time.perf_counter() - started
+                results.append(result)
+                continue
             if not outcome.blocked:
                 record(outcome, conn)
                 result.released = {d: r.members.height for d, r in outcome.releases.items()}

@@ -75,3 +75,33 @@ class Connector(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"destination": self.name, "kind": self.kind, "account": self.account()}
+
+
+class AudienceConnector(Connector):
+    """A destination that keeps an audience on a platform, changed by batches.
+
+    The sync engine (``audiences.sync``) diffs a release against what the platform
+    confirmed, journals every batch before sending it, and records it only after
+    :meth:`send` returns; ``send`` retries transient errors itself and raises a
+    terminal :class:`ConnectorError` otherwise.
+    """
+
+    def open(self) -> None:
+        """Read credentials (named environment variables) and build the SDK client."""
+
+    def close(self) -> None:
+        """Release network resources."""
+
+    @abstractmethod
+    def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
+        """Return the platform's audience id, creating the audience when ``remote_id`` is None."""
+
+    @abstractmethod
+    def batch_size(self, op: str) -> int:
+        """People per journaled batch for ``op`` (add | remove)."""
+
+    @abstractmethod
+    def send(
+        self, remote_id: str, op: str, rows: Any, *, seq: int, last: bool, session: dict[str, Any]
+    ) -> BatchOutcome:
+        """Send one batch (a polars DataFrame of the layout's columns) and confirm it."""

@@ -2,20 +2,127 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from connectors.base import Capabilities, Connector, DestinationConfig
+import polars as pl
+
+from connectors.base import (
+    AudienceConnector,
+    BatchOutcome,
+    Capabilities,
+    DestinationConfig,
+    secret_from_env,
+)
 from connectors.google_ads.config import GoogleAdsDestinationConfig
 
+IDENTIFIERS = [
+    "hashed_email",
+    "hashed_phone_number",
+    "hashed_first_name",
+    "hashed_last_name",
+    "country_code",
+    "postal_code",
+]
+CONSENT = ["ad_user_data", "ad_personalization"]
 
-class GoogleAdsConnector(Connector):
+
+class GoogleAdsConnector(AudienceConnector):
     kind: ClassVar[str] = "google_ads"
     config_model: ClassVar[type[DestinationConfig]] = GoogleAdsDestinationConfig
     capabilities: ClassVar[Capabilities] = Capabilities(add=True, remove=True, replace=True)
     layout: ClassVar[str | None] = "google_ads"
-    add_batch_size: ClassVar[int] = 10_000
+    # One journaled batch is one offline user data job; the client splits it into
+    # requests of <= 10,000 people / 100,000 identifiers.
+    add_batch_size: ClassVar[int] = 500_000
+    remove_batch_size: ClassVar[int] = 500_000
 
     config: GoogleAdsDestinationConfig
+    client: Any = None
+    poll_seconds: float = 30.0
 
     def account(self) -> str:
         return self.config.customer_id
+
+    def open(self) -> None:
+        from connectors.google_ads.client import GoogleAdsCustomerMatchClient
+
+        developer_token = secret_from_env(
+            self.config.developer_token_env, destination=self.name, what="a developer token"
+        )
+        access_token = secret_from_env(
+            self.config.access_token_env, destination=self.name, what="an OAuth access token"
+        )
+        self.client = GoogleAdsCustomerMatchClient(
+            self.config.customer_id,
+            developer_token,
+            access_token,
+            endpoint=self.config.endpoint,
+            login_customer_id=self.config.login_customer_id,
+            ca_file=self.config.ca_file,
+            developer_token_env=self.config.developer_token_env,
+            access_token_env=self.config.access_token_env,
+            poll_seconds=self.poll_seconds,
+        )
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
+        if remote_id:
+            return remote_id
+        return str(
+            self.client.create_user_list(name, description, self.config.membership_life_span_days)
+        )
+
+    def batch_size(self, op: str) -> int:
+        return self.add_batch_size if op == "add" else self.remove_batch_size
+
+    def send(
+        self,
+        remote_id: str,
+        op: str,
+        rows: pl.DataFrame,
+        *,
+        seq: int,
+        last: bool,
+        session: dict[str, Any],
+    ) -> BatchOutcome:
+        outcome = BatchOutcome(op=op, size=rows.height, received=0)
+        if op == "remove":
+            groups: list[tuple[tuple[str, str] | None, pl.DataFrame]] = [(None, rows)]
+        else:
+            # People with different consent go in separate jobs; no decision = UNSPECIFIED.
+            consent = rows.with_columns(
+                [
+                    pl.col(c).fill_null("UNSPECIFIED")
+                    if c in rows.columns
+                    else pl.lit("UNSPECIFIED").alias(c)
+                    for c in CONSENT
+                ]
+            )
+            groups = [
+                ((str(key[0]), str(key[1])), part)
+                for key, part in consent.partition_by(
+                    CONSENT, as_dict=True, maintain_order=True
+                ).items()
+            ]
+        for consent_pair, part in groups:
+            members = part.select([c for c in IDENTIFIERS if c in part.columns]).to_dicts()
+            # A full refresh empties the list once (remove_all first in the first job).
+            replace = op == "replace" and not session.get("cleared")
+            result = self.client.upload(
+                remote_id,
+                members,
+                remove=op == "remove",
+                consent=consent_pair,
+                replace=replace,
+            )
+            session["cleared"] = session.get("cleared") or replace
+            outcome.received += int(result.accepted)
+            outcome.invalid += int(result.rejected) + int(result.skipped)
+            outcome.samples.extend(sorted(result.rejected_by_code)[:5])
+            if result.match_rate_range:
+                session["match_rate_range"] = result.match_rate_range
+        return outcome

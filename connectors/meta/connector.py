@@ -2,19 +2,107 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from connectors.base import Capabilities, Connector, DestinationConfig
+import polars as pl
+
+from connectors.base import (
+    AudienceConnector,
+    BatchOutcome,
+    Capabilities,
+    DestinationConfig,
+    secret_from_env,
+)
 from connectors.meta.config import MetaDestinationConfig
 
+# The multi-key schema we upload (PLATFORMS.md); rows are normalized and hashed by
+# audiences.identifiers, never by the SDK's own (unfaithful) normaliser.
+SCHEMA = ["EXTERN_ID", "EMAIL", "PHONE", "FN", "LN", "ZIP", "CT", "ST", "COUNTRY", "DOBY", "GEN"]
 
-class MetaConnector(Connector):
+
+class MetaConnector(AudienceConnector):
     kind: ClassVar[str] = "meta"
     config_model: ClassVar[type[DestinationConfig]] = MetaDestinationConfig
     capabilities: ClassVar[Capabilities] = Capabilities(add=True, remove=True, replace=True)
     layout: ClassVar[str | None] = "meta"
+    add_batch_size: ClassVar[int] = 10_000
+    remove_batch_size: ClassVar[int] = 10_000
 
     config: MetaDestinationConfig
+    client: Any = None
 
     def account(self) -> str:
         return self.config.ad_account_id
+
+    def open(self) -> None:
+        from connectors.meta.client import MetaClient
+
+        token = secret_from_env(
+            self.config.access_token_env, destination=self.name, what="a Meta access token"
+        )
+        secret = (
+            secret_from_env(
+                self.config.app_secret_env, destination=self.name, what="the app secret"
+            )
+            if self.config.app_secret_env
+            else None
+        )
+        self.client = MetaClient(
+            token,
+            self.config.ad_account_id,
+            endpoint=self.config.endpoint,
+            api_version=self.config.api_version,
+            app_secret=secret,
+            token_env_var=self.config.access_token_env,
+        )
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
+        if remote_id:
+            return remote_id
+        return str(
+            self.client.create_audience(
+                name, description, customer_file_source=self.config.customer_file_source
+            )
+        )
+
+    def batch_size(self, op: str) -> int:
+        return self.add_batch_size if op == "add" else self.remove_batch_size
+
+    def send(
+        self,
+        remote_id: str,
+        op: str,
+        rows: pl.DataFrame,
+        *,
+        seq: int,
+        last: bool,
+        session: dict[str, Any],
+    ) -> BatchOutcome:
+        from connectors.meta.client import new_session_id, upload_session
+
+        data = rows.select([pl.col(c).fill_null("") for c in SCHEMA]).rows()
+        if op == "remove":
+            result = self.client.remove(remote_id, SCHEMA, data)
+        else:
+            session_id = session.setdefault("session_id", new_session_id())
+            session["batch_seq"] = session.get("batch_seq", 0) + 1
+            params = upload_session(
+                session_id,
+                session["batch_seq"],
+                last=last,
+                estimated_total=int(session.get("total", len(data))),
+            )
+            upload = self.client.replace if op == "replace" else self.client.add
+            result = upload(remote_id, SCHEMA, data, params)
+        return BatchOutcome(
+            op=op,
+            size=len(data),
+            received=int(result.num_received),
+            invalid=int(result.num_invalid_entries),
+            samples=[str(k) for k in list(result.invalid_entry_samples)[:5]],
+        )

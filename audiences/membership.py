@@ -1,0 +1,128 @@
+"""What each ad platform has confirmed, per (segment, destination), and the batch journal.
+
+The confirmed membership is a Parquet snapshot (``member_key`` plus the hashed rows
+that were uploaded, so removals can be sent later) under
+``.audiences/memberships/``. A sync writes each batch's rows to a journal file
+*before* sending it and records the batch in SQLite only *after* the platform
+confirms it. A run killed at any point is folded back on the next run: confirmed
+batches are applied to the snapshot, unconfirmed ones are simply planned again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from audiences.atomic import write_with
+from audiences.state import ensure_private_dir, transaction, utcnow
+
+KEY = "member_key"
+
+
+@dataclass(frozen=True)
+class MembershipStore:
+    state_dir: Path
+    segment: str
+    destination: str
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.state_dir / "memberships" / self.segment / f"{self.destination}.parquet"
+
+    def journal_dir(self, sync_id: str) -> Path:
+        return self.state_dir / "syncs" / sync_id
+
+    def load(self, columns: list[str] | None = None) -> pl.DataFrame:
+        if not self.snapshot_path.exists():
+            schema = {KEY: pl.UInt64, **{c: pl.String for c in (columns or [])}}
+            return pl.DataFrame(schema=schema)
+        return pl.read_parquet(self.snapshot_path)
+
+    def save(self, frame: pl.DataFrame) -> None:
+        ensure_private_dir(self.snapshot_path.parent)
+        write_with(self.snapshot_path, lambda tmp: frame.write_parquet(tmp))
+
+    # ---- journal -----------------------------------------------------------------
+    def write_intent(self, sync_id: str, seq: int, op: str, rows: pl.DataFrame) -> Path:
+        directory = ensure_private_dir(self.journal_dir(sync_id))
+        target = directory / f"{seq:06d}-{op}.parquet"
+        write_with(target, lambda tmp: rows.write_parquet(tmp))
+        return target
+
+    def fold(self, base: pl.DataFrame, batches: list[tuple[str, pl.DataFrame]]) -> pl.DataFrame:
+        """Apply confirmed batches, in order, to a snapshot (vectorized per batch).
+
+        ``clear`` empties the audience (a full refresh's first step), ``remove`` drops
+        members, ``add`` inserts or updates them.
+        """
+        out = base
+        for op, rows in batches:
+            if op == "clear":
+                out = out.clear()
+            elif op == "remove":
+                out = out.join(rows.select(KEY), on=KEY, how="anti")
+            else:
+                rows = rows.unique(subset=KEY, keep="last")
+                out = pl.concat(
+                    [out.join(rows.select(KEY), on=KEY, how="anti"), rows], how="diagonal_relaxed"
+                )
+        return out
+
+
+def close_sync(
+    conn,
+    store: MembershipStore,
+    sync_id: str,
+    *,
+    status: str,  # type: ignore[no-untyped-def]
+    error: str | None = None,
+    figures: dict[str, object] | None = None,
+) -> int:
+    """Fold the sync's confirmed batches into the snapshot, then mark the sync closed.
+
+    Returns how many confirmed batches were folded. Safe to call again after a crash
+    at any point: the snapshot is replaced atomically before the status changes, and
+    folding the same confirmed batches twice gives the same snapshot.
+    """
+    confirmed = conn.execute(
+        "SELECT seq, op FROM batches WHERE sync_id=? AND status='confirmed' ORDER BY seq",
+        (sync_id,),
+    ).fetchall()
+    directory = store.journal_dir(sync_id)
+    batches = []
+    for seq, op in confirmed:
+        path = directory / f"{int(seq):06d}-{op}.parquet"
+        if path.exists():
+            batches.append((str(op), pl.read_parquet(path)))
+    if batches:
+        store.save(store.fold(store.load(), batches))
+    sets = ["status=?", "finished_at=?", "error=coalesce(?, error)"]
+    values: list[object] = [status, utcnow(), error]
+    for column, value in (figures or {}).items():
+        sets.append(f"{column}=?")
+        values.append(value)
+    with transaction(conn):
+        conn.execute(f"UPDATE syncs SET {', '.join(sets)} WHERE sync_id=?", (*values, sync_id))
+    shutil.rmtree(directory, ignore_errors=True)
+    return len(batches)
+
+
+def recover_interrupted(conn, store: MembershipStore) -> list[str]:  # type: ignore[no-untyped-def]
+    """Fold the confirmed batches of syncs that died mid-way (kill -9) into the snapshot."""
+    rows = conn.execute(
+        "SELECT sync_id FROM syncs WHERE segment=? AND destination=? AND status='running' "
+        "ORDER BY started_at",
+        (store.segment, store.destination),
+    ).fetchall()
+    for (sync_id,) in rows:
+        close_sync(
+            conn,
+            store,
+            sync_id,
+            status="interrupted",
+            error="the run ended before finishing; its confirmed batches were kept",
+        )
+    return [r[0] for r in rows]

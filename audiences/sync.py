@@ -1,0 +1,515 @@
+"""Incremental, resumable sync of gate-made releases to ad platforms.
+
+``plan`` runs the gate exactly as a build would (dry run) and diffs each release
+against what the platform last confirmed: adds, removes and holds per destination,
+without calling a platform or changing any state. ``sync`` builds (recorded),
+folds any interrupted earlier run back in, then sends removals first and additions
+second, batch by batch: each batch is journaled before it is sent and recorded only
+after the platform confirms it. A run killed between batches is finished by the
+next one with no duplicates and no lost removals.
+
+Holds (difference protection for successive versions of one audience): when the
+pack's difference rule says ``hold``, adds and removes smaller than ``k_diff`` wait
+until each reaches ``k_diff``. Removals forced by consent, suppression,
+do-not-contact or death are never held: the law outranks the difference check.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import Any
+
+import polars as pl
+import yaml
+
+from audiences.build import BuildResult, actor_name, build
+from audiences.config import ProjectConfig
+from audiences.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, AudiencesError, ConnectorError
+from audiences.membership import KEY, MembershipStore, close_sync, recover_interrupted
+from audiences.state import connect, new_id, transaction, utcnow
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class DestinationPlan:
+    segment: str
+    destination: str
+    kind: str
+    account: str
+    release_id: str
+    opaque_name: str
+    remote_id: str | None
+    adds: pl.DataFrame
+    removes: pl.DataFrame
+    held_adds: int = 0
+    held_removes: int = 0
+    forced_removes: int = 0
+    confirmed: int = 0
+    members: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "segment": self.segment,
+            "destination": self.destination,
+            "kind": self.kind,
+            "account": self.account,
+            "audience": self.remote_id,
+            "opaque_name": self.opaque_name,
+            "release_members": self.members,
+            "confirmed_members": self.confirmed,
+            "adds": self.adds.height,
+            "removes": self.removes.height,
+            "held_adds": self.held_adds,
+            "held_removes": self.held_removes,
+            "forced_removes": self.forced_removes,
+        }
+
+
+@dataclass
+class DestinationSync:
+    segment: str
+    destination: str
+    status: str  # ok | failed | blocked | skipped
+    sync_id: str | None = None
+    audience: str | None = None
+    adds: int = 0
+    removes: int = 0
+    held_adds: int = 0
+    held_removes: int = 0
+    sent: int = 0
+    received: int = 0
+    invalid: int = 0
+    batches: int = 0
+    match_rate: float | None = None
+    recovered: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SyncReport:
+    results: list[DestinationSync]
+    audit_head: tuple[int, str] | None = None
+
+    @property
+    def exit_code(self) -> int:
+        statuses = {r.status for r in self.results}
+        if "failed" in statuses:
+            return EXIT_ERROR
+        if "blocked" in statuses:
+            return EXIT_BLOCKED
+        return EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        head = None
+        if self.audit_head:
+            head = {"seq": self.audit_head[0], "hash": self.audit_head[1]}
+        return {
+            "results": [r.to_dict() for r in self.results],
+            "exit_code": self.exit_code,
+            "audit_head": head,
+        }
+
+
+# ---------------------------------------------------------------------------- helpers
+def definition_text(segment: Any) -> str:
+    """The segment's canonical definition as YAML lines (for approval diffs)."""
+    return str(yaml.safe_dump(json.loads(segment.canonical()), sort_keys=True))
+
+
+def make_connector(config: ProjectConfig, name: str) -> Any:
+    from connectors.registry import connector_class, destination_config
+
+    spec = config.destination(name)
+    cls = connector_class(spec.kind)
+    return cls(name, destination_config(spec))
+
+
+def _remote_id(conn: Any, segment: str, destination: str) -> str | None:
+    row = conn.execute(
+        "SELECT remote_id FROM audiences_remote WHERE segment=? AND destination=?",
+        (segment, destination),
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def _confirmed_view(conn: Any, store: MembershipStore) -> pl.DataFrame:
+    """What the platform has confirmed, including batches of an interrupted run (read only)."""
+    snapshot = store.load()
+    pending = conn.execute(
+        "SELECT b.seq, b.op, b.sync_id FROM batches b JOIN syncs s ON s.sync_id=b.sync_id "
+        "WHERE s.segment=? AND s.destination=? AND s.status='running' AND b.status='confirmed' "
+        "ORDER BY s.started_at, b.seq",
+        (store.segment, store.destination),
+    ).fetchall()
+    batches = []
+    for seq, op, sync_id in pending:
+        path = store.journal_dir(sync_id) / f"{int(seq):06d}-{op}.parquet"
+        if path.exists():
+            batches.append((op, pl.read_parquet(path)))
+    return store.fold(snapshot, batches) if batches else snapshot
+
+
+def diff(
+    release_members: pl.DataFrame,
+    confirmed: pl.DataFrame,
+    *,
+    hold_k: int | None,
+    forced_keys: pl.Series | None,
+) -> tuple[pl.DataFrame, pl.DataFrame, int, int, int]:
+    """Adds, removes (vectorized anti-joins on member_key) and holds."""
+    current_keys = release_members.select(KEY)
+    adds = release_members.join(confirmed.select(KEY), on=KEY, how="anti")
+    removes = confirmed.join(current_keys, on=KEY, how="anti")
+    forced = removes.height * 0
+    if forced_keys is not None and removes.height:
+        forced_mask = removes.get_column(KEY).is_in(forced_keys.implode())
+        forced = int(forced_mask.sum())
+    else:
+        forced_mask = None
+    held_adds = held_removes = 0
+    if hold_k:
+        if 0 < adds.height < hold_k:
+            held_adds, adds = adds.height, adds.clear()
+        optional = removes.height - forced
+        if 0 < optional < hold_k:
+            held_removes = optional
+            removes = removes.filter(forced_mask) if forced_mask is not None else removes.clear()
+    return adds, removes, held_adds, held_removes, forced
+
+
+def _hold_threshold(outcome: Any, release: Any) -> int | None:
+    value = getattr(release, "hold_k", None)
+    if value is None:
+        value = getattr(outcome, "hold_k", None)
+    return int(value) if value else None
+
+
+def _forced_keys(outcome: Any) -> pl.Series | None:
+    keys = getattr(outcome, "forced_removal_keys", None)
+    return keys if isinstance(keys, pl.Series) else None
+
+
+def plan_destination(
+    conn: Any, config: ProjectConfig, outcome: Any, name: str, release: Any
+) -> DestinationPlan:
+    store = MembershipStore(config.state_dir, release.segment, name)
+    confirmed = _confirmed_view(conn, store)
+    adds, removes, held_adds, held_removes, forced = diff(
+        release.members,
+        confirmed,
+        hold_k=_hold_threshold(outcome, release),
+        forced_keys=_forced_keys(outcome),
+    )
+    return DestinationPlan(
+        segment=release.segment,
+        destination=name,
+        kind=release.destination_kind,
+        account=release.account,
+        release_id=release.release_id,
+        opaque_name=release.opaque_name,
+        remote_id=_remote_id(conn, release.segment, name),
+        adds=adds,
+        removes=removes,
+        held_adds=held_adds,
+        held_removes=held_removes,
+        forced_removes=forced,
+        confirmed=confirmed.height,
+        members=release.members.height,
+    )
+
+
+# ---------------------------------------------------------------------------- plan
+def plan(
+    config: ProjectConfig,
+    names: list[str] | None = None,
+    *,
+    as_of: date | None = None,
+    actor: str | None = None,
+) -> tuple[list[BuildResult], list[DestinationPlan]]:
+    """What a sync would do, per ad destination. Calls no platform; writes nothing."""
+    results = build(config, names, as_of=as_of, actor=actor, dry_run=True)
+    conn = connect(config.state_db)
+    plans = []
+    try:
+        for result in results:
+            if result.blocked:
+                continue
+            for name, release in result.outcome.releases.items():
+                if release.destination_kind == "file":
+                    continue
+                plans.append(plan_destination(conn, config, result.outcome, name, release))
+    finally:
+        conn.close()
+    return results, plans
+
+
+# ---------------------------------------------------------------------------- sync
+def sync(
+    config: ProjectConfig,
+    names: list[str] | None = None,
+    *,
+    as_of: date | None = None,
+    actor: str | None = None,
+    full_refresh: bool = False,
+    connector_factory: Callable[[ProjectConfig, str], Any] = make_connector,
+    progress: Progress | None = None,
+) -> SyncReport:
+    """Build, then push each release to its ad destinations. Failures don't stop others."""
+    who = actor_name(actor)
+    step = progress or (lambda _msg, _frac: None)
+    report = SyncReport(results=[])
+    results = build(config, names, as_of=as_of, actor=who, progress=step)
+    conn = connect(config.state_db)
+    try:
+        for result in results:
+            segment = result.segment
+            if result.blocked:
+                for dest in _segment_destinations(config, segment):
+                    report.results.append(
+                        _record_blocked(conn, segment, dest, "; ".join(result.reasons), who)
+                    )
+                continue
+            for name, release in result.outcome.releases.items():
+                if release.destination_kind == "file":
+                    report.results.append(
+                        DestinationSync(segment, name, "ok", adds=release.members.height)
+                    )
+                    continue
+                report.results.append(
+                    sync_destination(
+                        conn,
+                        config,
+                        result.outcome,
+                        name,
+                        release,
+                        who,
+                        full_refresh=full_refresh,
+                        connector_factory=connector_factory,
+                    )
+                )
+        report.audit_head = _audit_head(conn)
+    finally:
+        conn.close()
+    return report
+
+
+def _segment_destinations(config: ProjectConfig, segment: str) -> list[str]:
+    from audiences.segments import load_segments
+
+    for s in load_segments(config.segments_dir):
+        if s.name == segment:
+            return [d for d in s.destinations if config.destination(d).kind != "file"]
+    return []
+
+
+def _record_blocked(
+    conn: Any, segment: str, destination: str, reason: str, actor: str
+) -> DestinationSync:
+    sync_id = new_id("s")
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO syncs(sync_id, segment, destination, started_at, finished_at, status, "
+            "error) VALUES (?,?,?,?,?,?,?)",
+            (sync_id, segment, destination, utcnow(), utcnow(), "blocked", reason),
+        )
+    _audit(
+        conn,
+        actor,
+        "sync_blocked",
+        f"{segment}->{destination}",
+        {"sync_id": sync_id, "reason": reason},
+    )
+    return DestinationSync(segment, destination, "blocked", sync_id=sync_id, error=reason)
+
+
+def sync_destination(
+    conn: Any,
+    config: ProjectConfig,
+    outcome: Any,
+    name: str,
+    release: Any,
+    actor: str,
+    *,
+    full_refresh: bool = False,
+    connector_factory: Callable[[ProjectConfig, str], Any] = make_connector,
+) -> DestinationSync:
+    from policies.release import require_release
+
+    require_release(release)
+    started = time.perf_counter()
+    store = MembershipStore(config.state_dir, release.segment, name)
+    recovered = recover_interrupted(conn, store)
+    sync_id = new_id("s")
+    out = DestinationSync(release.segment, name, "failed", sync_id=sync_id, recovered=recovered)
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO syncs(sync_id, segment, destination, release_id, started_at, status) "
+            "VALUES (?,?,?,?,?,?)",
+            (sync_id, release.segment, name, release.release_id, utcnow(), "running"),
+        )
+    connector = None
+    try:
+        connector = connector_factory(config, name)
+        connector.open()
+        the_plan = plan_destination(conn, config, outcome, name, release)
+        remote_id = connector.ensure_audience(
+            the_plan.remote_id,
+            name=release.opaque_name,
+            description=f"audiences release {release.opaque_name}",
+        )
+        if the_plan.remote_id is None:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO audiences_remote(segment, destination, remote_id, created_at) "
+                    "VALUES (?,?,?,?)",
+                    (release.segment, name, remote_id, utcnow()),
+                )
+        out.audience = remote_id
+        out.held_adds, out.held_removes = the_plan.held_adds, the_plan.held_removes
+        if full_refresh:
+            work = [("replace", release.members)]
+            # the replace wipes everything else: record it as clear + adds
+        else:
+            work = [("remove", the_plan.removes), ("add", the_plan.adds)]
+        seq = 0
+        for op, frame in work:
+            if frame.height == 0 and op != "replace":
+                continue
+            size = connector.batch_size("add" if op == "replace" else op)
+            n = max(1, -(-frame.height // size))
+            session: dict[str, Any] = {"total": frame.height}
+            for i in range(n):
+                rows = frame.slice(i * size, size)
+                seq += 1
+                journal_op = op
+                if op == "replace":
+                    if i == 0:
+                        store.write_intent(sync_id, seq, "clear", rows.clear())
+                        seq += 1
+                    journal_op = "add"
+                store.write_intent(sync_id, seq, journal_op, rows)
+                result = connector.send(
+                    remote_id, op, rows, seq=seq, last=i == n - 1, session=session
+                )
+                with transaction(conn):
+                    if op == "replace" and i == 0:
+                        conn.execute(
+                            "INSERT INTO batches(sync_id, seq, op, size, status, received, "
+                            "invalid, at) VALUES (?,?,?,?,?,?,?,?)",
+                            (sync_id, seq - 1, "clear", 0, "confirmed", 0, 0, utcnow()),
+                        )
+                    conn.execute(
+                        "INSERT INTO batches(sync_id, seq, op, size, status, received, invalid, "
+                        "at) VALUES (?,?,?,?,?,?,?,?)",
+                        (
+                            sync_id,
+                            seq,
+                            journal_op,
+                            rows.height,
+                            "confirmed",
+                            result.received,
+                            result.invalid,
+                            utcnow(),
+                        ),
+                    )
+                _audit(
+                    conn,
+                    actor,
+                    "sync_batch",
+                    f"{release.segment}->{name}",
+                    {
+                        "sync_id": sync_id,
+                        "seq": seq,
+                        "op": op,
+                        "size": rows.height,
+                        "received": result.received,
+                        "invalid": result.invalid,
+                    },
+                )
+                out.batches += 1
+                out.sent += rows.height
+                out.received += result.received
+                out.invalid += result.invalid
+                if op == "remove":
+                    out.removes += rows.height
+                else:
+                    out.adds += rows.height
+        out.match_rate = round((out.received - out.invalid) / out.sent, 4) if out.sent else None
+        out.status = "ok"
+        close_sync(
+            conn,
+            store,
+            sync_id,
+            status="ok",
+            figures={
+                "adds": out.adds,
+                "removes": out.removes,
+                "holds": out.held_adds + out.held_removes,
+                "received": out.received,
+                "invalid": out.invalid,
+                "match_rate": out.match_rate,
+            },
+        )
+        if out.held_adds or out.held_removes:
+            _audit(
+                conn,
+                actor,
+                "hold",
+                f"{release.segment}->{name}",
+                {
+                    "sync_id": sync_id,
+                    "held_adds": out.held_adds,
+                    "held_removes": out.held_removes,
+                },
+            )
+    except AudiencesError as exc:
+        out.error = exc.message
+        if isinstance(exc, ConnectorError) and exc.code is not None:
+            out.error = f"{exc.message} [code {exc.code}]"
+        out.status = "blocked" if exc.exit_code == EXIT_BLOCKED else "failed"
+        close_sync(conn, store, sync_id, status=out.status, error=out.error)
+    except Exception as exc:  # a bug or an SDK surprise: keep the other segments going
+        out.error = f"internal error ({type(exc).__name__}) — run with --debug and report it"
+        close_sync(conn, store, sync_id, status="failed", error=out.error)
+    finally:
+        if connector is not None:
+            connector.close()
+        out.seconds = round(time.perf_counter() - started, 3)
+    _audit(
+        conn,
+        actor,
+        "sync",
+        f"{release.segment}->{name}",
+        {
+            "sync_id": sync_id,
+            "status": out.status,
+            "adds": out.adds,
+            "removes": out.removes,
+            "held_adds": out.held_adds,
+            "held_removes": out.held_removes,
+            "release_id": release.release_id,
+        },
+    )
+    return out
+
+
+def _audit(conn: Any, actor: str, kind: str, subject: str, details: dict[str, Any]) -> None:
+    from audiences import audit
+
+    audit.append(conn, kind=kind, subject=subject, details=details, actor=actor)
+
+
+def _audit_head(conn: Any) -> tuple[int, str] | None:
+    from audiences import audit
+
+    seq, digest = audit.head(conn)
+    return (seq, digest) if seq else None
