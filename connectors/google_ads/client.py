@@ -158,7 +158,8 @@ class GoogleAdsCustomerMatchClient:
 
     # ------------------------------------------------------------ services
 
-    def _service(self, name: str) -> Any:
+    def service(self, name: str) -> Any:
+        """The SDK service client ``name`` (e.g. ``"GoogleAdsService"``), cached."""
         service = self._services.get(name)
         if service is None:
             if self._root_certificates is None:
@@ -237,12 +238,13 @@ class GoogleAdsCustomerMatchClient:
         """
         import grpc
         from google.ads.googleads.errors import GoogleAdsException
+        from google.api_core.exceptions import GoogleAPICallError
 
         attempt = 1
         while True:
             try:
                 return method(request=request, timeout=self._rpc_timeout)
-            except (GoogleAdsException, grpc.RpcError) as exception:
+            except (GoogleAdsException, GoogleAPICallError, grpc.RpcError) as exception:
                 error = translate(exception, action=action, **self._env)
             if accept is not None and accept(error, attempt):
                 return None
@@ -303,7 +305,7 @@ class GoogleAdsCustomerMatchClient:
             customer_id=self.customer_id, operations=[operation]
         )
         response = self._call(
-            self._service("UserListService").mutate_user_lists, request, "create user list"
+            self.service("UserListService").mutate_user_lists, request, "create user list"
         )
         resource_name: str = response.results[0].resource_name
         _log.info("Google Ads: created user list %s", resource_name)
@@ -352,7 +354,7 @@ class GoogleAdsCustomerMatchClient:
         consent = _checked_consent(consent, adding=not remove)
         started = time.perf_counter()
         retries_before = self.retries
-        service = self._service("OfflineUserDataJobService")
+        service = self.service("OfflineUserDataJobService")
         job = self._create_job(service, user_list, consent)
         kind = "remove" if remove else "create"
 
@@ -565,7 +567,7 @@ class GoogleAdsCustomerMatchClient:
         request = google_ads_service.SearchGoogleAdsRequest(
             customer_id=self.customer_id, query=query
         )
-        pager = self._call(self._service("GoogleAdsService").search, request, action)
+        pager = self._call(self.service("GoogleAdsService").search, request, action)
         return list(pager)
 
 

@@ -2,7 +2,8 @@
 
 :func:`translate` turns what the SDK raises — ``GoogleAdsException`` (a ``GoogleAdsFailure``
 parsed from the trailing metadata) or a bare ``grpc.RpcError`` (transport failures, and
-``INTERNAL`` / ``RESOURCE_EXHAUSTED``, which the SDK's exception interceptor never wraps) —
+``INTERNAL`` / ``RESOURCE_EXHAUSTED``, which the SDK's exception interceptor never wraps,
+and which the GAPIC layer re-raises as ``google.api_core.exceptions.GoogleAPICallError``) —
 into one error whose ``transient`` flag drives retries. Messages carry error codes,
 request ids and the names of environment variables, never identifiers, triggers or
 tokens.
@@ -110,6 +111,7 @@ def translate(
     """Map an SDK or gRPC exception raised while doing ``action`` to a connector error."""
     import grpc
     from google.ads.googleads.errors import GoogleAdsException
+    from google.api_core import exceptions as core_exceptions
 
     if isinstance(exception, GoogleAdsException):
         codes = _failure_codes(exception.failure)
@@ -123,9 +125,17 @@ def translate(
             developer_token_env=developer_token_env,
             access_token_env=access_token_env,
         )
-    if isinstance(exception, grpc.RpcError) and hasattr(exception, "code"):
+    status: str | None = None
+    request_id: str | None = None
+    if isinstance(exception, core_exceptions.GoogleAPICallError):
+        # The GAPIC layer turns a bare grpc.RpcError into one of these.
+        grpc_status = exception.grpc_status_code
+        status = grpc_status.name if grpc_status is not None else "UNKNOWN"
+        request_id = _request_id(exception.response)
+    elif isinstance(exception, grpc.RpcError) and hasattr(exception, "code"):
         status = exception.code().name
         request_id = _request_id(exception)
+    if status is not None:
         if status == "UNAUTHENTICATED":
             return _auth_error(
                 "UNAUTHENTICATED", action, request_id, developer_token_env, access_token_env
@@ -151,9 +161,9 @@ def translate(
     )
 
 
-def _request_id(exception: Any) -> str | None:
+def _request_id(call: Any) -> str | None:
     try:
-        metadata = exception.trailing_metadata() or ()
+        metadata = call.trailing_metadata() or ()
     except Exception:  # a transport failure may carry no call
         return None
     for key, value in metadata:

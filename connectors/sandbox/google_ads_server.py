@@ -64,7 +64,7 @@ from google.ads.googleads.v26.services.types import (
     user_list_service,
 )
 from google.longrunning import operations_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, empty_pb2
 from google.rpc import status_pb2
 
 from connectors.sandbox.tls import LoopbackCertificate, make_loopback_certificate
@@ -263,6 +263,7 @@ class GoogleAdsSandbox:
         self._requested_port = port
         self._max_workers = max_workers
         self._lock = threading.Lock()
+        self._local = threading.local()  # per handler thread: delay of a "slow" fault
         self._ids = itertools.count(1_000_001)
         self.user_lists: dict[str, SandboxUserList] = {}
         self.jobs: dict[str, SandboxJob] = {}
@@ -396,6 +397,16 @@ class GoogleAdsSandbox:
                 },
             ),
             grpc.method_handlers_generic_handler(
+                "google.longrunning.Operations",
+                {
+                    "GetOperation": grpc.unary_unary_rpc_method_handler(
+                        self._served("GetOperation", self._get_operation),
+                        request_deserializer=operations_pb2.GetOperationRequest.FromString,
+                        response_serializer=operations_pb2.Operation.SerializeToString,
+                    )
+                },
+            ),
+            grpc.method_handlers_generic_handler(
                 f"{SERVICES_PREFIX}.GoogleAdsService",
                 {
                     "Search": unary(
@@ -422,6 +433,8 @@ class GoogleAdsSandbox:
             status = "OK"
             try:
                 self._before(method, request, context)
+                if method != "AddOfflineUserDataJobOperations":
+                    self._pause()  # adds pause inside their in-flight window instead
                 response = handler(request, context)
             except RequestFailed as failed:
                 status = failed.status.name
@@ -446,6 +459,7 @@ class GoogleAdsSandbox:
             status = "OK"
             try:
                 self._before(method, request, context)
+                self._pause()
                 responses = list(handler(request, context))
             except RequestFailed as failed:
                 status = failed.status.name
@@ -482,6 +496,7 @@ class GoogleAdsSandbox:
         return None
 
     def _before(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
+        self._local.delay = 0.0
         fault = self._take_fault(method)
         if fault is not None:
             self._raise_fault(fault)
@@ -505,7 +520,7 @@ class GoogleAdsSandbox:
                 ),
             )
         customer_id = getattr(request, "customer_id", None)
-        resource_name = getattr(request, "resource_name", None)
+        resource_name = getattr(request, "resource_name", None) or getattr(request, "name", None)
         if customer_id is None and resource_name:
             customer_id = resource_name.split("/")[1] if resource_name.count("/") >= 2 else ""
         if customer_id != self.customer_id:
@@ -518,9 +533,15 @@ class GoogleAdsSandbox:
                 ),
             )
 
+    def _pause(self) -> None:
+        delay = getattr(self._local, "delay", 0.0)
+        self._local.delay = 0.0
+        if delay:
+            time.sleep(delay)
+
     def _raise_fault(self, fault: Fault) -> None:
         if fault.kind == "slow":
-            time.sleep(fault.delay)
+            self._local.delay = fault.delay
             return
         if fault.kind == "concurrent_modification":
             raise RequestFailed(
@@ -746,6 +767,7 @@ class GoogleAdsSandbox:
                 )
             job.in_flight += 1
         try:
+            self._pause()
             return self._add_operations_to(job, request)
         finally:
             with self._lock:
@@ -910,17 +932,27 @@ class GoogleAdsSandbox:
                     del self._faults[i]
                     job.fail_with = FailureReason.UNKNOWN
                     break
-        metadata = any_pb2.Any(
-            type_url=JOB_METADATA_TYPE_URL,
-            value=job_types.OfflineUserDataJobMetadata.serialize(
-                job_types.OfflineUserDataJobMetadata(match_rate_range=MatchRateRange.UNSPECIFIED)
-            ),
-        )
-        return operations_pb2.Operation(
-            name=f"customers/{self.customer_id}/operations/{job.id}",
-            done=False,
-            metadata=metadata,
-        )
+        return _operation(job)
+
+    def _get_operation(
+        self, request: operations_pb2.GetOperationRequest, _context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:
+        """``google.longrunning.Operations/GetOperation`` for a run job (counts as a poll)."""
+        job_id = request.name.rsplit("/", 1)[-1]
+        with self._lock:
+            job = self.jobs.get(f"customers/{self.customer_id}/offlineUserDataJobs/{job_id}")
+            if job is None or not job.started:
+                raise RequestFailed(
+                    grpc.StatusCode.NOT_FOUND,
+                    ApiError(
+                        "mutate_error",
+                        "RESOURCE_NOT_FOUND",
+                        "The requested resource was not found.",
+                        (("name", None),),
+                    ),
+                )
+            self._advance(job)
+            return _operation(job)
 
     def _advance(self, job: SandboxJob) -> None:
         """One status poll of a started job: PENDING → RUNNING → SUCCESS (or FAILED)."""
@@ -1027,6 +1059,33 @@ class _Unavailable(Exception):
 def _operation_kind(operation: Any) -> str | None:
     """The ``operation`` oneof of a raw ``OfflineUserDataJobOperation`` protobuf."""
     return operation.WhichOneof("operation")
+
+
+def _operation(job: SandboxJob) -> operations_pb2.Operation:
+    """The long-running operation of a run job, as RunOfflineUserDataJob returns it."""
+    metadata = any_pb2.Any(
+        type_url=JOB_METADATA_TYPE_URL,
+        value=job_types.OfflineUserDataJobMetadata.serialize(
+            job_types.OfflineUserDataJobMetadata(
+                match_rate_range=(
+                    MatchRateRange.MATCH_RANGE_91_TO_100
+                    if job.status == Status.SUCCESS
+                    else MatchRateRange.UNSPECIFIED
+                )
+            )
+        ),
+    )
+    operation = operations_pb2.Operation(
+        name=f"{job.resource_name.split('/offlineUserDataJobs/')[0]}/operations/{job.id}",
+        metadata=metadata,
+        done=job.status in (Status.SUCCESS, Status.FAILED),
+    )
+    if job.status == Status.SUCCESS:
+        operation.response.Pack(empty_pb2.Empty())
+    elif job.status == Status.FAILED:
+        operation.error.code = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        operation.error.message = f"The job failed: {job.failure_reason.name}."
+    return operation
 
 
 def _partial_failure_status(errors: Sequence[ApiError]) -> status_pb2.Status:
