@@ -317,9 +317,14 @@ def approve(
     note: str | None = None,
     passphrase: bytes | None = None,
     at: datetime | None = None,
+    checkpoint: bool = True,
 ) -> Approval:
     """Sign and record an approval. Refused unless the signing key is the key listed for
-    ``approver`` in ``[approvers] keys`` (a self-made key approves nothing)."""
+    ``approver`` in ``[approvers] keys`` (a self-made key approves nothing).
+
+    With ``checkpoint`` (default) the approver's key also signs the audit head right
+    after the approval entry, so every approval anchors the log (see :func:`audit.checkpoint`).
+    """
     private = load_private_key(private_key_path, passphrase=passphrase)
     kid = key_id(private.public_key())
     index = trusted_key_index(trusted_keys)
@@ -383,6 +388,8 @@ def approve(
             actor=approver,
             at=at,
         )
+        if checkpoint:
+            audit.checkpoint(conn, private, kid, actor=approver, at=at)
     return Approval(
         approval_id,
         segment_name,

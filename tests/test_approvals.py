@@ -194,10 +194,12 @@ def test_approve_then_check(conn: sqlite3.Connection, keys: Keys) -> None:
         ("file_export", "meta_main"),
         "reviewed with legal",
     )
-    entry = audit.read_entries(conn)[-1]
+    entry, signed = audit.read_entries(conn)
     assert (entry.kind, entry.subject, entry.actor) == ("approval", "diabetes-outreach", "alice")
     assert entry.details_dict()["approval_id"] == made.id
-    assert audit.verify(conn).ok
+    assert (signed.kind, signed.details_dict()["hash"]) == ("checkpoint", entry.hash)
+    result = audit.verify(conn, public_keys=keys.trusted)
+    assert (result.ok, result.checkpoints) == (True, 1)
 
 
 def test_self_made_key_cannot_approve(conn: sqlite3.Connection, keys: Keys) -> None:
@@ -324,7 +326,9 @@ def test_revoke_blocks_and_reapproval_restores(conn: sqlite3.Connection, keys: K
         approvals.revoke(conn, "diabetes-outreach", "bob")
     approve(conn, keys)
     assert check(conn, keys).revoked_at is None
-    assert [e.kind for e in audit.read_entries(conn)] == ["approval", "revocation", "approval"]
+    kinds = [e.kind for e in audit.read_entries(conn)]
+    assert kinds == ["approval", "checkpoint", "revocation", "approval", "checkpoint"]
+    assert audit.verify(conn, public_keys=keys.trusted).checkpoints == 2
 
 
 def test_revoking_an_unapproved_segment_is_an_error(conn: sqlite3.Connection) -> None:
@@ -348,7 +352,7 @@ def test_deleting_a_newer_approval_does_not_revive_an_older_one(
     approve(conn, keys, segment_digest=digest(EDITED), definition_text=EDITED)
     conn.execute("DELETE FROM approvals WHERE id = 2")
     with pytest.raises(
-        ApprovalError, match=r"latest approval in the audit log .entry 2. is not approval 1"
+        ApprovalError, match=r"latest approval in the audit log .entry 3. is not approval 1"
     ):
         check(conn, keys)
 
