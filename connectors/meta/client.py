@@ -507,11 +507,11 @@ class MetaClient:
                 error = error_from_response(status, response.body(), operation=operation)
             if not error.transient or attempt >= self.retry.max_attempts:
                 if error.transient:
-                    log.warning("meta: giving up after %d attempts: %s", attempt, error.message)
+                    log.warning("giving up after %d attempts: %s", attempt, error.message)
                 raise error from None
             delay = self.retry.delay_s(attempt, self._rng)
             log.warning(
-                "meta: attempt %d of %d failed, retrying in %.2fs: %s",
+                "attempt %d of %d failed, retrying in %.2fs: %s",
                 attempt,
                 self.retry.max_attempts,
                 delay,

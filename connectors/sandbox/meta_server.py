@@ -41,6 +41,8 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -321,6 +323,8 @@ class MetaSandbox:
         self.min_size_after_removal = min_size_after_removal
         self.max_request_line_bytes = max_request_line_bytes
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
         self._audiences: dict[str, _Audience] = {}
         self._faults: list[_PendingFault] = []
         self._log: list[RequestRecord] = []
@@ -407,16 +411,16 @@ class MetaSandbox:
             self._token_expired = True
 
     def members(self, audience_id: str) -> set[tuple[str, ...]]:
-        with self._lock:
+        with self._settled():
             return set(self._audience(audience_id).members)
 
     def member_schema(self, audience_id: str) -> tuple[str, ...] | None:
-        with self._lock:
+        with self._settled():
             return self._audience(audience_id).schema
 
     def member_key_values(self, audience_id: str, key: str) -> set[str]:
         """Non-empty values of one schema key over the audience's members."""
-        with self._lock:
+        with self._settled():
             audience = self._audience(audience_id)
             if audience.schema is None:
                 return set()
@@ -426,25 +430,33 @@ class MetaSandbox:
             return {row[position] for row in audience.members if row[position]}
 
     def audience_ids(self) -> list[str]:
-        with self._lock:
+        with self._settled():
             return list(self._audiences)
 
     def audience_info(self, audience_id: str) -> dict[str, Any]:
-        with self._lock:
+        with self._settled():
             return self._describe(self._audience(audience_id), AUDIENCE_FIELDS)
 
     def request_log(self) -> list[RequestRecord]:
-        with self._lock:
+        with self._settled():
             return list(self._log)
 
     def server_time_s(self) -> float:
         """Total time spent handling requests (for client-minus-server overhead figures)."""
-        with self._lock:
+        with self._settled():
             return sum(r.duration_s for r in self._log)
 
     def reset_log(self) -> None:
-        with self._lock:
+        with self._settled():
             self._log.clear()
+
+    @contextmanager
+    def _settled(self, timeout_s: float = 10.0) -> Iterator[None]:
+        # A client sees the answer a moment before the handler thread records it: state
+        # queries wait until no request is in flight, so tests read a settled sandbox.
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
+            yield
 
     def _audience(self, audience_id: str) -> _Audience:
         try:
@@ -454,9 +466,15 @@ class MetaSandbox:
 
     # -- request handling (called from handler threads) ---------------------------------------
 
-    def _record(self, record: RequestRecord) -> None:
+    def _begin(self) -> None:
         with self._lock:
+            self._in_flight += 1
+
+    def _record(self, record: RequestRecord) -> None:
+        with self._idle:
             self._log.append(record)
+            self._in_flight -= 1
+            self._idle.notify_all()
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -816,21 +834,26 @@ class _MetaHandler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         started = time.perf_counter()
+        self.sandbox._begin()
         request_line_bytes = len(self.raw_requestline)
         path = urlsplit(self.path).path
-        body = self._read_body()
-        status, code, sent = self._answer(method, body, request_line_bytes)
-        self.sandbox._record(
-            RequestRecord(
-                method=method,
-                path=path,
-                status=status,
-                request_bytes=request_line_bytes + len(body),
-                response_bytes=sent,
-                duration_s=time.perf_counter() - started,
-                error_code=code,
+        body = b""
+        status, code, sent = 0, None, 0  # 0: the connection broke before an answer went out
+        try:
+            body = self._read_body()
+            status, code, sent = self._answer(method, body, request_line_bytes)
+        finally:
+            self.sandbox._record(
+                RequestRecord(
+                    method=method,
+                    path=path,
+                    status=status,
+                    request_bytes=request_line_bytes + len(body),
+                    response_bytes=sent,
+                    duration_s=time.perf_counter() - started,
+                    error_code=code,
+                )
             )
-        )
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
