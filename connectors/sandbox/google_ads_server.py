@@ -321,7 +321,8 @@ class GoogleAdsSandbox:
     ) -> None:
         """Queue ``times`` faults; each is consumed by the next call of ``method`` (or any).
 
-        ``slow`` delays the call by ``delay`` seconds and then serves it; ``job_failed``
+        ``slow`` delays the answer by ``delay`` seconds after doing the work (an add waits
+        inside its in-flight window, before the work, so a parallel add collides); ``job_failed``
         makes the next job that completes end ``FAILED``.
         """
         with self._lock:
@@ -433,9 +434,9 @@ class GoogleAdsSandbox:
             status = "OK"
             try:
                 self._before(method, request, context)
-                if method != "AddOfflineUserDataJobOperations":
-                    self._pause()  # adds pause inside their in-flight window instead
                 response = handler(request, context)
+                if method != "AddOfflineUserDataJobOperations":
+                    self._pause()  # the work is done, the answer is late (adds pause inside)
             except RequestFailed as failed:
                 status = failed.status.name
                 self._abort(context, failed, request_id)
