@@ -104,7 +104,7 @@ def test_create_and_read_audience(client: MetaClient, sandbox: MetaSandbox) -> N
     # built without FacebookAdsApi.init(): no crash-log excepthook posting tracebacks to Meta
     from facebook_business.crashreporter import CrashReporter
 
-    assert sys.excepthook is before is sys.__excepthook__
+    assert sys.excepthook is before
     assert CrashReporter.reporter_instance is None
 
 

@@ -21,6 +21,7 @@ from connectors.sandbox.meta_server import (
     Fault,
     MetaSandbox,
     is_health_suggestive,
+    main,
 )
 
 SCHEMA = ["EMAIL", "PHONE", "FN"]
@@ -436,7 +437,10 @@ def test_request_log_never_holds_the_token_or_the_rows(
 
 
 def test_sandbox_listens_only_on_loopback() -> None:
-    with pytest.raises(ValueError, match="only listens on a loopback address"):
-        MetaSandbox(host="0.0.0.0")
+    for host in ("0.0.0.0", "::1", "example.com"):
+        with pytest.raises(ValueError, match="only listens on an IPv4 loopback address"):
+            MetaSandbox(host=host)
     with pytest.raises(RuntimeError, match="not started"):
         _ = MetaSandbox().url
+    with pytest.raises(ValueError, match="only listens on an IPv4 loopback address"):
+        main(["--host", "192.0.2.1", "--port", "0"])

@@ -369,7 +369,7 @@ class MetaSandbox:
         if self._server is None:
             raise RuntimeError("the Meta sandbox is not started; call start() first")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     @property
     def access_token(self) -> str:
@@ -814,6 +814,7 @@ def _project(
 
 class _MetaHandler(BaseHTTPRequestHandler):
     sandbox: MetaSandbox
+    raw_requestline: bytes
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     server_version = "MetaGraphSandbox/1.0"
@@ -910,12 +911,12 @@ def _check_loopback(host: str) -> None:
     if host in _LOOPBACK_NAMES:
         return
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        loopback = ipaddress.IPv4Address(host).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
         raise ValueError(
-            f"the Meta sandbox only listens on a loopback address, not {host!r} — "
+            f"the Meta sandbox only listens on an IPv4 loopback address, not {host!r} — "
             "use 127.0.0.1 or localhost"
         )
 
