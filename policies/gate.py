@@ -1,0 +1,451 @@
+"""The policy gate: the only code that creates a :class:`~policies.release.Release`.
+
+``evaluate`` runs the pack's rules over the candidates a segment selected:
+
+1. **filter** rules, in pack order, each give a mask of people to exclude (consent,
+   suppression lists, minors, PHI authorization). A filter rule of severity ``warn``
+   reports but does not exclude. Candidates without a member key (no external id) are
+   excluded too: they could never be difference-checked or removed later.
+2. per destination, **destination** rules in pack order: health-restricted destinations,
+   opaque name, minimum size, difference protection against every earlier release to
+   the same account.
+3. any failed rule of severity ``block`` blocks the whole build (no release anywhere);
+   otherwise each destination gets a sealed release with the hashed identifiers of its
+   layout.
+
+``record`` persists the releases: membership files (sorted UInt64 member keys, 0600)
+under ``state_dir/releases`` and ``releases`` rows, in one transaction.
+
+Everything the gate decides is in ``GateOutcome.report``: a JSON document for
+compliance officers (render with :func:`policies.report.render`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from audiences.atomic import write_with
+from audiences.config import ProjectConfig
+from audiences.errors import ConfigError, InternalError
+from audiences.identifiers import LAYOUTS, hashed_layout
+from audiences.state import ensure_private_dir, new_id, project_salt, transaction, utcnow
+from policies import difference
+from policies.pack import Pack
+from policies.release import Release, _mint, require_release
+from policies.rules import (
+    FILTERS,
+    Destination,
+    FilterContext,
+    OpaqueNameParams,
+    Verdict,
+    make_opaque_name,
+    min_size,
+    opaque_name,
+    phi_finding,
+    segment_words,
+    sensitive_destination,
+)
+from policies.suppression import SuppressionSet
+
+REPORT_VERSION = 1
+CONFIDENTIAL = (
+    "CONFIDENTIAL — figures in this report are exact (not noised) and are for compliance "
+    "review only; do not share them with marketers or ad platforms."
+)
+RELEASES_DIR = "releases"
+
+
+@dataclass(frozen=True)
+class GateInput:
+    build_id: str
+    segment: Any  # audiences.segments.Segment
+    config: ProjectConfig
+    pack: Pack
+    candidates: pl.DataFrame  # member_key (UInt64) + every contacts column + age (Int32)
+    destinations: list[str]
+    as_of: dt.date
+    conn: sqlite3.Connection
+    state_dir: Path
+    actor: str
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    verdicts: list[Verdict]
+    blocked: bool
+    block_reasons: list[str]
+    releases: dict[str, Release]
+    report: dict[str, Any]
+    state_dir: Path = field(default=Path(".audiences"), repr=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Destinations
+
+
+def destination_of(config: ProjectConfig, name: str) -> tuple[Destination, tuple[str, ...]]:
+    """The destination as rules see it, and the identifier layouts its release carries."""
+    spec = config.destination(name)
+    extra = dict(spec.model_extra or {})
+    kind = spec.kind
+    if kind == "meta":
+        raw = str(extra.get("ad_account_id") or "").strip()
+        account = raw if raw.startswith("act_") else (f"act_{raw}" if raw else "")
+        layouts: tuple[str, ...] = ("meta",)
+    elif kind == "google_ads":
+        account = str(extra.get("customer_id") or "").replace("-", "").strip()
+        layouts = ("google_ads",)
+    elif kind == "file":
+        account = f"local:{extra.get('path', 'exports')}"
+        layouts = tuple(extra.get("layouts") or ("meta", "google_ads"))
+    else:
+        account = str(extra.get("account") or extra.get("account_id") or "")
+        layouts = tuple(extra.get("layouts") or ("meta", "google_ads"))
+    if not account:
+        raise ConfigError(
+            f"destination {name!r} ({kind}) has no account",
+            "set ad_account_id (meta) or customer_id (google_ads) in audiences.toml",
+        )
+    unknown = [layout for layout in layouts if layout not in LAYOUTS]
+    if unknown:
+        raise ConfigError(
+            f"destination {name!r} asks for unknown layouts {unknown}",
+            f"use {', '.join(LAYOUTS)}",
+        )
+    return Destination(name=name, kind=kind, account=account), layouts
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(inp: GateInput) -> GateOutcome:
+    config, pack, cand = inp.config, inp.pack, inp.candidates
+    if "member_key" not in cand.schema or cand.schema["member_key"] != pl.UInt64:
+        raise InternalError("candidates need a UInt64 member_key column")
+    phi = phi_finding(inp.segment, config)
+    suppression = SuppressionSet.load(list(pack.suppression_lists), config.identity.default_country)
+    ctx = FilterContext(config, cand, inp.as_of, phi, suppression)
+
+    # 1. filters
+    filter_verdicts: dict[str, Verdict] = {}
+    excluded = np.zeros(cand.height, dtype=bool)
+    for rule in pack.rules:
+        if rule.scope != "filter":
+            continue
+        verdict = FILTERS[rule.kind](rule, ctx)
+        before = int(excluded.sum())
+        if verdict.excluded is not None and rule.severity == "block" and verdict.passed:
+            excluded |= verdict.excluded.to_numpy()
+        removed = int(excluded.sum()) - before
+        evidence = {**verdict.evidence, "removed": removed}
+        if rule.severity == "warn" and verdict.evidence.get("excluded", 0):
+            verdict = _replace(
+                verdict,
+                passed=False,
+                evidence=evidence,
+                detail=verdict.detail + " (warn only: not removed)",
+            )
+        else:
+            verdict = _replace(verdict, evidence=evidence)
+        filter_verdicts[rule.id] = verdict
+    keys_all = cand.get_column("member_key")
+    no_key = keys_all.is_null().to_numpy() if cand.height else np.zeros(0, dtype=bool)
+    kept_mask = ~excluded & ~no_key
+    base = cand.filter(pl.Series(kept_mask)).unique("member_key", keep="first", maintain_order=True)
+    new_keys = difference.sorted_keys(base.get_column("member_key"))
+    exempt = difference.sorted_keys(keys_all.filter(pl.Series(excluded & ~no_key)))
+    if exempt.size and new_keys.size:
+        exempt = exempt[~_isin_sorted(exempt, new_keys)]
+
+    # 2. destinations
+    salt = project_salt(inp.state_dir)
+    words = segment_words(inp.segment)
+    dest_verdicts: dict[tuple[str, str], Verdict] = {}
+    dests: list[tuple[Destination, tuple[str, ...]]] = []
+    names: dict[str, str] = {}
+    holds: dict[str, tuple[str | None, int, int]] = {}
+    diff_checks: list[dict[str, Any]] = []
+    for dest_name in inp.destinations:
+        dest, layouts = destination_of(config, dest_name)
+        dests.append((dest, layouts))
+        earlier: list[difference.EarlierRelease] | None = None
+        name_rules = pack.of_kind("opaque_name")
+        params = name_rules[0].params if name_rules else OpaqueNameParams(prefix="aud", length=8)
+        names[dest_name] = make_opaque_name(inp.segment.name, salt, params, words)  # type: ignore[arg-type]
+        holds[dest_name] = (None, 0, 0)
+        for rule in pack.rules:
+            if rule.scope != "destination":
+                continue
+            if rule.kind == "sensitive_destination":
+                v = sensitive_destination(rule, dest, phi)
+            elif rule.kind == "opaque_name":
+                v = opaque_name(rule, dest, names[dest_name], words)
+            elif rule.kind == "min_size":
+                v = min_size(rule, dest, int(new_keys.size))
+            elif rule.kind == "difference":
+                if earlier is None:
+                    earlier = difference.earlier_releases(inp.conn, dest.account, inp.state_dir)
+                result = difference.check(rule, dest, inp.segment.name, new_keys, earlier, exempt)
+                v = result.verdict
+                k_diff = rule.params.k_diff  # type: ignore[attr-defined]
+                holds[dest_name] = (result.hold_against, result.holds, k_diff)
+                diff_checks += [
+                    {"destination": dest_name, "account": dest.account, "rule": rule.id, **c}
+                    for c in v.checks
+                ]
+            else:  # pragma: no cover - RULE_KINDS and this dispatch are kept in step
+                raise InternalError(f"no evaluator for rule kind {rule.kind}")
+            dest_verdicts[(rule.id, dest_name)] = v
+
+    # 3. verdicts in pack order, decision
+    verdicts: list[Verdict] = []
+    for rule in pack.rules:
+        if rule.scope == "filter":
+            verdicts.append(filter_verdicts[rule.id])
+        else:
+            verdicts += [dest_verdicts[(rule.id, d.name)] for d, _ in dests]
+    reasons = [v.reason() for v in verdicts if v.blocking]
+    if not inp.destinations:
+        reasons.append("gate: the segment names no destination — add `destinations:` to it")
+    blocked = bool(reasons)
+
+    releases: dict[str, Release] = {}
+    created_at = utcnow()
+    if not blocked:
+        layouts_needed = sorted({layout for _, ls in dests for layout in ls})
+        hashed = _hashed(base, config, layouts_needed, inp.as_of)
+        excluded_series = pl.Series("member_key", exempt, dtype=pl.UInt64)
+        for dest, layouts in dests:
+            members = _members(base, hashed, dest, layouts, config)
+            hold_against, n_holds, k_diff = holds[dest.name]
+            releases[dest.name] = _mint(
+                build_id=inp.build_id,
+                release_id=new_id("r"),
+                segment=inp.segment.name,
+                segment_digest=inp.segment.digest,
+                policy_digest=pack.digest,
+                verdict_digest=verdict_digest(verdicts, dest.name),
+                destination=dest.name,
+                kind=dest.kind,
+                account=dest.account,
+                created_at=created_at,
+                opaque_name=names[dest.name],
+                members=members,
+                layouts=layouts,
+                k_diff=k_diff,
+                hold_against=hold_against,
+                holds=n_holds,
+                excluded_keys=excluded_series,
+            )
+    report = _report(
+        inp, phi, verdicts, blocked, reasons, releases, diff_checks, int(no_key.sum()), base.height
+    )
+    return GateOutcome(
+        verdicts=verdicts,
+        blocked=blocked,
+        block_reasons=reasons,
+        releases=releases,
+        report=report,
+        state_dir=inp.state_dir,
+    )
+
+
+def _replace(v: Verdict, **changes: Any) -> Verdict:
+    from dataclasses import replace
+
+    return replace(v, **changes)
+
+
+def _isin_sorted(needles: np.ndarray, hay: np.ndarray) -> np.ndarray:
+    idx = np.searchsorted(hay, needles)
+    np.minimum(idx, hay.size - 1, out=idx)
+    return hay[idx] == needles
+
+
+def verdict_digest(verdicts: list[Verdict], destination: str) -> str:
+    """SHA-256 of the verdicts that cleared ``destination`` (global ones included)."""
+    body = [v.to_dict() for v in verdicts if v.destination in (None, destination)]
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _hashed(
+    base: pl.DataFrame, config: ProjectConfig, layouts: list[str], as_of: dt.date
+) -> dict[str, pl.DataFrame]:
+    plans = [hashed_layout(base.lazy(), config.identity, layout, as_of=as_of) for layout in layouts]  # type: ignore[arg-type]
+    return dict(zip(layouts, pl.collect_all(plans), strict=True))
+
+
+def consent_signal(frame: pl.DataFrame, column: str | None, name: str) -> pl.Expr:
+    """A CRM consent column as Google's GRANTED / DENIED / UNSPECIFIED."""
+    if column is None or column not in frame.schema:
+        return pl.lit("UNSPECIFIED").alias(name)
+    expr = pl.col(column)
+    if frame.schema[column] == pl.Boolean:
+        granted, denied = expr.eq(True), expr.eq(False)
+    else:
+        text = expr.cast(pl.String).str.strip_chars().str.to_lowercase()
+        granted = text.is_in(["granted", "grant", "true", "yes", "y", "1", "t"])
+        denied = text.is_in(["denied", "deny", "false", "no", "n", "0", "f"])
+    return (
+        pl.when(granted.fill_null(False))
+        .then(pl.lit("GRANTED"))
+        .when(denied.fill_null(False))
+        .then(pl.lit("DENIED"))
+        .otherwise(pl.lit("UNSPECIFIED"))
+        .alias(name)
+    )
+
+
+def _members(
+    base: pl.DataFrame,
+    hashed: dict[str, pl.DataFrame],
+    dest: Destination,
+    layouts: tuple[str, ...],
+    config: ProjectConfig,
+) -> pl.DataFrame:
+    parts = [base.select("member_key")]
+    if dest.kind in ("meta", "google_ads"):
+        parts.append(hashed[layouts[0]])
+    else:
+        parts += [hashed[layout].rename(lambda c, p=layout: f"{p}_{c}") for layout in layouts]
+    if dest.kind == "google_ads":
+        parts.append(
+            base.select(
+                consent_signal(base, config.consent.ad_user_data, "ad_user_data"),
+                consent_signal(base, config.consent.ad_personalization, "ad_personalization"),
+            )
+        )
+    return pl.concat(parts, how="horizontal")
+
+
+# ---------------------------------------------------------------------------------------
+# Recording
+
+
+def record(
+    outcome: GateOutcome, conn: sqlite3.Connection, state_dir: Path | None = None
+) -> list[str]:
+    """Persist the releases: membership files first (atomic, 0600), then the rows in one
+    transaction; files of a failed transaction are removed. Returns the release ids."""
+    if outcome.blocked:
+        raise InternalError("record() was called for a blocked gate outcome")
+    base_dir = Path(state_dir or outcome.state_dir)
+    folder = ensure_private_dir(base_dir / RELEASES_DIR)
+    written: list[Path] = []
+    rows = []
+    try:
+        for release in outcome.releases.values():
+            require_release(release)
+            keys = difference.sorted_keys(release.members.get_column("member_key"))
+            target = folder / f"{release.release_id}.parquet"
+            write_with(target, lambda tmp, k=keys: difference.write_membership(tmp, k), mode=0o600)
+            written.append(target)
+            rows.append(
+                (
+                    release.release_id,
+                    release.build_id,
+                    release.segment,
+                    release.destination,
+                    release.account,
+                    int(keys.size),
+                    f"{RELEASES_DIR}/{target.name}",
+                    release.verdict_digest,
+                    release.segment_digest,
+                    release.policy_digest,
+                    release.created_at,
+                )
+            )
+        with transaction(conn):
+            conn.executemany(
+                "INSERT INTO releases(release_id, build_id, segment, destination, account, "
+                "members, membership_path, verdict_digest, segment_digest, policy_digest, "
+                "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return [r[0] for r in rows]
+
+
+# ---------------------------------------------------------------------------------------
+# Report document
+
+
+def _report(
+    inp: GateInput,
+    phi: Any,
+    verdicts: list[Verdict],
+    blocked: bool,
+    reasons: list[str],
+    releases: dict[str, Release],
+    diff_checks: list[dict[str, Any]],
+    no_key: int,
+    eligible: int,
+) -> dict[str, Any]:
+    segment = inp.segment
+    canonical = segment.canonical() if hasattr(segment, "canonical") else "{}"
+    return {
+        "report_version": REPORT_VERSION,
+        "kind": "audiences compliance report",
+        "notice": CONFIDENTIAL,
+        "build_id": inp.build_id,
+        "generated_at": utcnow(),
+        "as_of": inp.as_of.isoformat(),
+        "actor": inp.actor,
+        "status": "blocked" if blocked else "released",
+        "block_reasons": list(reasons),
+        "pack": {
+            "name": inp.pack.name,
+            "version": inp.pack.version,
+            "digest": inp.pack.digest,
+            "description": inp.pack.description,
+            "extends": list(inp.pack.extends),
+            "origin": inp.pack.origin,
+        },
+        "segment": {
+            "name": segment.name,
+            "description": getattr(segment, "description", ""),
+            "digest": segment.digest,
+            "definition": json.loads(canonical),
+            **phi.to_dict(),
+        },
+        "figures": {
+            "candidates": inp.candidates.height,
+            "without_member_key": no_key,
+            "eligible_members": eligible,
+        },
+        "suppression_lists": [
+            {"path": str(s.path), "column": s.column, "kind": s.kind}
+            for s in inp.pack.suppression_lists
+        ],
+        "verdicts": [v.to_dict() for v in verdicts],
+        "difference_checks": diff_checks,
+        "releases": [r.describe() for r in releases.values()],
+        "destinations": list(inp.destinations),
+        "sign_off": {
+            "statement": (
+                "I have reviewed the rules, evidence and releases in this report and approve "
+                "the releases listed."
+            ),
+            "reviewer": None,
+            "role": None,
+            "date": None,
+            "signature": None,
+        },
+    }
+
+
+__all__ = ["GateInput", "GateOutcome", "destination_of", "evaluate", "record", "verdict_digest"]

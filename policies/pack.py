@@ -1,0 +1,423 @@
+"""Policy packs: YAML files of rules a compliance officer can read, validated at load time.
+
+A pack file::
+
+    name: hipaa-marketing
+    version: "1"
+    description: ...
+    extends: baseline            # optional: a built-in pack
+    rules:
+      - id: min-size
+        rule: min_size           # the rule kind (see policies/rules.py)
+        severity: block          # block | warn
+        params: {k: 100, platform_minimums: {meta: 100, google_ads: 100}}
+        rationale: why, in plain words
+        source: where a compliance officer can check it
+
+Built-in packs live in ``policies/packs/`` (package data). A project picks one with
+``[policy] pack = "..."`` in ``audiences.toml``: a built-in name, or a YAML file in the
+project's ``policies/`` folder that ``extends`` a built-in. In a pack that extends
+another, an entry whose ``id`` the base already has overrides it (params are merged key
+by key; severity, rationale and source replace the base's); a new ``id`` adds a rule and
+must be complete. Rules can't be removed or change kind: a project can only tighten,
+re-tune or (visibly, in every report) relax a rule to ``warn``.
+
+The pack digest is SHA-256 of the canonical resolved pack (JSON, sorted keys): any change
+to any rule, parameter, rationale or source changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from audiences.errors import ConfigError
+from policies.rules import RULE_KINDS, Params
+from policies.suppression import SuppressionSource, sources_from
+
+if TYPE_CHECKING:
+    from audiences.config import ProjectConfig
+
+Severity = Literal["block", "warn"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RuleEntry(_Model):
+    """A rule as written in a pack file (partial when it overrides a base rule)."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    rule: str | None = None
+    severity: Severity | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    rationale: str | None = None
+    source: str | None = None
+
+
+class PackFile(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    version: str
+    description: str = ""
+    extends: str | None = None
+    rules: list[RuleEntry] = Field(default_factory=list)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) else value
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A resolved rule: kind, severity and validated parameters."""
+
+    id: str
+    kind: str
+    severity: str
+    params: Params
+    rationale: str
+    source: str
+
+    @property
+    def scope(self) -> str:
+        return RULE_KINDS[self.kind].scope
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "rule": self.kind,
+            "severity": self.severity,
+            "params": self.params.model_dump(mode="json"),
+            "rationale": self.rationale,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A resolved pack (inheritance applied), plus the suppression lists in force."""
+
+    name: str
+    version: str
+    description: str
+    extends: tuple[str, ...]  # the chain of built-in packs it extends, nearest first
+    rules: tuple[Rule, ...]
+    origin: str  # "builtin:<name>" or the file path (not part of the digest)
+    suppression_lists: tuple[SuppressionSource, ...] = ()
+
+    def canonical(self) -> str:
+        body = {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "extends": list(self.extends),
+            "rules": [r.to_dict() for r in self.rules],
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @cached_property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.canonical().encode("utf-8")).hexdigest()
+
+    def rule(self, rule_id: str) -> Rule:
+        for r in self.rules:
+            if r.id == rule_id:
+                return r
+        raise KeyError(rule_id)
+
+    def of_kind(self, kind: str) -> list[Rule]:
+        return [r for r in self.rules if r.kind == kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**json.loads(self.canonical()), "digest": self.digest, "origin": self.origin}
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files("policies") / "packs"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read(text: str, where: str) -> PackFile:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark is not None else where
+        raise ConfigError("malformed YAML", "fix the syntax", where=at) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            "a policy pack must be a mapping", "see docs/policy-rules.md", where=where
+        )
+    try:
+        return PackFile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        loc = _rule_location(loc, data)
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(
+                f"unknown key {loc!r}", "remove it or check the spelling", where=where
+            ) from None
+        if err["type"] == "missing":
+            raise ConfigError(f"missing key {loc!r}", "add it", where=where) from None
+        raise ConfigError(f"{loc}: {err['msg']}", "fix the value", where=where) from None
+
+
+def _rule_location(loc: str, data: dict[str, Any]) -> str:
+    """``rules.2.params`` -> ``rule 'min-size' params`` when the id is known."""
+    parts = loc.split(".")
+    if len(parts) >= 2 and parts[0] == "rules" and parts[1].isdigit():
+        rules = data.get("rules") or []
+        i = int(parts[1])
+        if i < len(rules) and isinstance(rules[i], dict) and "id" in rules[i]:
+            rest = ".".join(parts[2:])
+            return f"rule {rules[i]['id']!r}" + (f" {rest}" if rest else "")
+    return loc
+
+
+def _builtin_text(name: str) -> str:
+    return (resources.files("policies") / "packs" / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def _validate_params(kind: str, params: dict[str, Any], rule_id: str, where: str) -> Params:
+    model = RULE_KINDS[kind].params
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "params"
+        if err["type"] == "missing":
+            what = f"rule {rule_id!r} ({kind}) is missing parameter {key!r}"
+            fix = f"add params.{key} (parameters of {kind}: {', '.join(model.model_fields)})"
+        elif err["type"] == "extra_forbidden":
+            what = f"rule {rule_id!r} ({kind}) has unknown parameter {key!r}"
+            fix = f"parameters of {kind} are: {', '.join(model.model_fields)}"
+        else:
+            what = f"rule {rule_id!r} ({kind}) parameter {key!r}: {err['msg']}"
+            fix = "fix the value (see docs/policy-rules.md)"
+            if (kind == "min_size" and key == "k") or (kind == "difference" and key == "k_diff"):
+                fix = f"set {key} to 2 or more (100 is the usual floor for ad platforms)"
+        raise ConfigError(what, fix, where=where) from None
+
+
+def _resolve(pack_file: PackFile, where: str, chain: tuple[str, ...]) -> Pack:
+    base: Pack | None = None
+    if pack_file.extends is not None:
+        names = builtin_names()
+        if pack_file.extends not in names:
+            raise ConfigError(
+                f"extends unknown pack {pack_file.extends!r}",
+                f"extend a built-in pack: {', '.join(names)}",
+                where=where,
+            )
+        if pack_file.extends in chain:
+            raise ConfigError(
+                f"packs extend each other in a loop ({' -> '.join(chain)})",
+                "break the loop",
+                where=where,
+            )
+        base = _resolve(
+            _read(_builtin_text(pack_file.extends), f"builtin:{pack_file.extends}"),
+            f"builtin:{pack_file.extends}",
+            (*chain, pack_file.extends),
+        )
+    merged: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    if base is not None:
+        for r in base.rules:
+            merged[r.id] = {**r.to_dict(), "params": r.params.model_dump(mode="python")}
+            order.append(r.id)
+    seen: set[str] = set()
+    for entry in pack_file.rules:
+        if entry.id in seen:
+            raise ConfigError(
+                f"rule {entry.id!r} appears twice", "merge the two entries", where=where
+            )
+        seen.add(entry.id)
+        if entry.rule is not None and entry.rule not in RULE_KINDS:
+            raise ConfigError(
+                f"rule {entry.id!r} has unknown rule kind {entry.rule!r}",
+                f"use one of: {', '.join(RULE_KINDS)}",
+                where=where,
+            )
+        if entry.id in merged:
+            current = merged[entry.id]
+            if entry.rule is not None and entry.rule != current["rule"]:
+                raise ConfigError(
+                    f"rule {entry.id!r} is a {current['rule']} rule in the base pack and can't "
+                    f"become {entry.rule}",
+                    "give the new rule its own id",
+                    where=where,
+                )
+            current["params"] = {**current["params"], **entry.params}
+            for key in ("severity", "rationale", "source"):
+                value = getattr(entry, key)
+                if value is not None:
+                    current[key] = value
+            continue
+        missing = [k for k in ("rule", "rationale", "source") if getattr(entry, k) in (None, "")]
+        if missing:
+            raise ConfigError(
+                f"new rule {entry.id!r} is missing {', '.join(missing)}",
+                "a new rule needs its kind (`rule`), a rationale and a source; to change a base "
+                "rule, use its id",
+                where=where,
+            )
+        merged[entry.id] = {
+            "id": entry.id,
+            "rule": entry.rule,
+            "severity": entry.severity or "block",
+            "params": dict(entry.params),
+            "rationale": entry.rationale,
+            "source": entry.source,
+        }
+        order.append(entry.id)
+    rules = tuple(
+        Rule(
+            id=rid,
+            kind=merged[rid]["rule"],
+            severity=merged[rid]["severity"],
+            params=_validate_params(merged[rid]["rule"], merged[rid]["params"], rid, where),
+            rationale=merged[rid]["rationale"],
+            source=merged[rid]["source"],
+        )
+        for rid in order
+    )
+    extends = () if base is None else (base.name, *base.extends)
+    return Pack(
+        name=pack_file.name,
+        version=pack_file.version,
+        description=pack_file.description,
+        extends=extends,
+        rules=rules,
+        origin=where,
+    )
+
+
+def builtin_pack(name: str) -> Pack:
+    names = builtin_names()
+    if name not in names:
+        raise ConfigError(f"no built-in policy pack {name!r}", f"use one of: {', '.join(names)}")
+    where = f"builtin:{name}"
+    return _resolve(_read(_builtin_text(name), where), where, (name,))
+
+
+def pack_from_file(path: Path) -> Pack:
+    """A project pack: it must extend a built-in pack."""
+    where = str(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"policy pack file {path} does not exist",
+            f"create it, or set [policy] pack to a built-in pack ({', '.join(builtin_names())})",
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("file is not UTF-8", "save it as UTF-8", where=where) from None
+    pack_file = _read(text, where)
+    if pack_file.extends is None:
+        raise ConfigError(
+            "a project policy pack must extend a built-in pack",
+            f"add `extends: {builtin_names()[0]}` (or another built-in pack)",
+            where=where,
+        )
+    return _resolve(pack_file, where, ())
+
+
+def _project_pack_path(config: ProjectConfig, spec: str) -> Path:
+    folder = config.policies_dir.resolve()
+    path = config.path(spec)
+    if not path.exists() and (folder / spec).exists():
+        path = folder / spec
+    resolved = path.resolve()
+    if folder not in resolved.parents:
+        raise ConfigError(
+            f"[policy] pack {spec!r} is neither a built-in pack ({', '.join(builtin_names())}) "
+            f"nor a file in the project's policies/ folder",
+            "put the pack in policies/<name>.yaml (compliance officers own that folder) and set "
+            '[policy] pack = "policies/<name>.yaml"',
+        )
+    return resolved
+
+
+def load_pack(config: ProjectConfig) -> Pack:
+    """Resolve ``[policy] pack``, validate every rule and the suppression lists in force."""
+    spec = config.policy.pack
+    pack = (
+        builtin_pack(spec)
+        if spec in builtin_names()
+        else pack_from_file(_project_pack_path(config, spec))
+    )
+    _check_against_config(pack, config)
+    lists = sources_from(
+        ((s.path, s.column, s.kind) for s in config.policy.suppression),
+        config.root,
+        "audiences.toml [policy] suppression",
+    )
+    for rule in pack.of_kind("suppression"):
+        lists += sources_from(
+            ((s.path, s.column, s.kind) for s in rule.params.lists),  # type: ignore[attr-defined]
+            config.root,
+            f"{pack.origin} rule {rule.id!r}",
+        )
+    for source in lists:
+        source.check()
+    if lists and not pack.of_kind("suppression"):
+        raise ConfigError(
+            "suppression lists are configured but the policy pack has no suppression rule",
+            "add a rule of kind `suppression` to the pack",
+            where=pack.origin,
+        )
+    return Pack(
+        name=pack.name,
+        version=pack.version,
+        description=pack.description,
+        extends=pack.extends,
+        rules=pack.rules,
+        origin=pack.origin,
+        suppression_lists=tuple(lists),
+    )
+
+
+def _check_against_config(pack: Pack, config: ProjectConfig) -> None:
+    for rule in pack.of_kind("consent"):
+        if rule.params.require_opt_in and config.consent.marketing_opt_in is None:  # type: ignore[attr-defined]
+            raise ConfigError(
+                f"rule {rule.id!r} requires marketing opt-in but [consent] marketing_opt_in is "
+                "not set in audiences.toml",
+                "name the CRM column that records marketing opt-in in [consent] marketing_opt_in",
+                where=pack.origin,
+            )
+    for kind in ("consent", "suppression"):
+        if not pack.of_kind(kind):
+            raise ConfigError(
+                f"the policy pack has no {kind} rule",
+                f"packs must keep a {kind} rule (extend a built-in pack)",
+                where=pack.origin,
+            )
+
+
+__all__ = [
+    "Pack",
+    "PackFile",
+    "Rule",
+    "RuleEntry",
+    "builtin_names",
+    "builtin_pack",
+    "load_pack",
+    "pack_from_file",
+]

@@ -1,0 +1,588 @@
+"""The rule kinds a policy pack can use, their parameters, and their verdicts.
+
+Each rule kind is a small unit: a frozen pydantic model of its parameters and a
+function that returns a :class:`Verdict`. There are two scopes:
+
+* **filter** rules (``consent``, ``suppression``, ``minors``, ``phi_authorization`` in
+  ``authorized_only`` mode) look at every candidate and return the boolean mask of rows
+  they exclude — vectorized polars, no per-row Python. They pass; their evidence says how
+  many people they removed.
+* **destination** rules (``sensitive_destination``, ``opaque_name``, ``min_size``,
+  ``difference``) judge what would be released to one destination and fail (block) or
+  warn.
+
+Evidence holds counts and names of columns / releases only — never a value from a row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from audiences.errors import DataError
+from audiences.segments.model import classify_field
+
+if TYPE_CHECKING:
+    from audiences.config import ProjectConfig
+    from policies.pack import Rule
+    from policies.suppression import SuppressionSet
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ConsentParams(Params):
+    require_opt_in: bool
+    exclude_do_not_contact: bool
+    exclude_deceased: bool
+
+
+class SuppressionListParam(Params):
+    path: str
+    column: str
+    kind: Literal["email", "phone", "external_id"]
+
+
+class SuppressionParams(Params):
+    lists: tuple[SuppressionListParam, ...] = ()
+
+
+class MinorsParams(Params):
+    min_age: int = Field(ge=13, le=30)
+    unknown_age: Literal["keep", "exclude"]
+
+
+class PhiParams(Params):
+    mode: Literal["authorized_only", "block"]
+
+
+class SensitiveDestinationParams(Params):
+    kinds: tuple[str, ...] = Field(min_length=1)
+
+
+class OpaqueNameParams(Params):
+    prefix: str = Field(pattern=r"^[a-z]{2,6}$")
+    length: int = Field(ge=8, le=24)
+
+
+class MinSizeParams(Params):
+    k: int = Field(ge=2)
+    platform_minimums: dict[str, int]
+    destination_minimums: dict[str, int] = Field(default_factory=dict)
+
+
+class DifferenceParams(Params):
+    k_diff: int = Field(ge=2)
+    on_small_change: Literal["block", "hold"]
+
+
+Scope = Literal["filter", "destination"]
+
+
+@dataclass(frozen=True)
+class RuleKind:
+    name: str
+    scope: Scope
+    params: type[Params]
+    summary: str
+
+
+RULE_KINDS: dict[str, RuleKind] = {
+    k.name: k
+    for k in (
+        RuleKind("consent", "filter", ConsentParams, "marketing opt-in, do-not-contact, deceased"),
+        RuleKind("suppression", "filter", SuppressionParams, "suppression lists (hashed match)"),
+        RuleKind("minors", "filter", MinorsParams, "exclude people under min_age"),
+        RuleKind(
+            "phi_authorization", "filter", PhiParams, "PHI-derived segments need authorization"
+        ),
+        RuleKind(
+            "sensitive_destination",
+            "destination",
+            SensitiveDestinationParams,
+            "refuse PHI-derived segments for destinations that forbid health targeting",
+        ),
+        RuleKind("opaque_name", "destination", OpaqueNameParams, "opaque audience names"),
+        RuleKind("min_size", "destination", MinSizeParams, "minimum release size k"),
+        RuleKind("difference", "destination", DifferenceParams, "difference protection"),
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Verdicts
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One rule's judgement (for one destination where the rule is per destination)."""
+
+    id: str
+    kind: str
+    severity: str  # block | warn
+    passed: bool
+    evidence: Mapping[str, int]
+    rationale: str
+    source: str
+    destination: str | None = None
+    detail: str = ""
+    checks: tuple[Mapping[str, Any], ...] = ()  # difference comparisons (ids, dates, counts)
+    excluded: pl.Series | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def status(self) -> str:
+        if self.passed:
+            return "pass"
+        return "warn" if self.severity == "warn" else "fail"
+
+    @property
+    def blocking(self) -> bool:
+        return not self.passed and self.severity == "block"
+
+    def reason(self) -> str:
+        where = f" [{self.destination}]" if self.destination else ""
+        return f"{self.id}{where}: {self.detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "severity": self.severity,
+            "status": self.status,
+            "passed": self.passed,
+            "destination": self.destination,
+            "evidence": {k: int(v) for k, v in self.evidence.items()},
+            "detail": self.detail,
+            "checks": [dict(c) for c in self.checks],
+            "rationale": self.rationale,
+            "source": self.source,
+        }
+
+
+def _verdict(
+    rule: Rule, passed: bool, evidence: Mapping[str, int], detail: str, **kw: Any
+) -> Verdict:
+    return Verdict(
+        id=rule.id,
+        kind=rule.kind,
+        severity=rule.severity,
+        passed=passed,
+        evidence=dict(evidence),
+        rationale=rule.rationale,
+        source=rule.source,
+        detail=detail,
+        **kw,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Context
+
+
+@dataclass(frozen=True)
+class PhiFinding:
+    """Whether a segment is PHI-derived, and which names (never values) made it so."""
+
+    columns: tuple[str, ...]
+    derived_fields: tuple[str, ...]
+    event_types: tuple[str, ...]
+    event_columns: tuple[str, ...]
+
+    @property
+    def derived(self) -> bool:
+        return bool(self.columns or self.derived_fields or self.event_types or self.event_columns)
+
+    def describe(self) -> str:
+        parts = [
+            f"{label} {', '.join(names)}"
+            for label, names in (
+                ("sensitive columns", self.columns),
+                ("derived fields", self.derived_fields),
+                ("sensitive event types", self.event_types),
+                ("sensitive event columns", self.event_columns),
+            )
+            if names
+        ]
+        return "; ".join(parts) if parts else "no sensitive data reached"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phi_derived": self.derived,
+            "columns": list(self.columns),
+            "derived_fields": list(self.derived_fields),
+            "event_types": list(self.event_types),
+            "event_columns": list(self.event_columns),
+        }
+
+
+def phi_finding(segment: Any, config: ProjectConfig) -> PhiFinding:
+    """A segment is PHI-derived if its definition reaches sensitive data of any kind."""
+    try:
+        refs = segment.references(birth_date=config.identity.birth_date)
+    except TypeError:  # a segment-like object whose references() takes no arguments
+        refs = segment.references()
+    sensitive = set(config.columns.sensitive)
+    events = config.sources.events
+    sensitive_types = set(events.sensitive_types) if events else set()
+    sensitive_event_columns = set(events.sensitive_columns) if events else set()
+    derived = []
+    for name in refs.derived_fields:
+        kind, base = classify_field(name)
+        if (kind == "days_since_column" and base in sensitive) or (
+            kind == "days_since_last_event" and base in sensitive_types
+        ):
+            derived.append(name)
+    return PhiFinding(
+        columns=tuple(sorted(set(refs.contact_columns) & sensitive)),
+        derived_fields=tuple(sorted(derived)),
+        event_types=tuple(sorted(set(refs.event_types) & sensitive_types)),
+        event_columns=tuple(sorted(set(refs.event_columns) & sensitive_event_columns)),
+    )
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A destination as the rules see it."""
+
+    name: str
+    kind: str
+    account: str
+
+
+@dataclass(frozen=True)
+class FilterContext:
+    config: ProjectConfig
+    candidates: pl.DataFrame
+    as_of: dt.date
+    phi: PhiFinding
+    suppression: SuppressionSet
+
+
+# ---------------------------------------------------------------------------------------
+# Column helpers (vectorized)
+
+
+def _column(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
+    if name not in candidates.schema:
+        raise DataError(
+            f"[consent] {role} names column {name!r}, which the contacts source does not have",
+            f"fix [consent] {role} in audiences.toml",
+        )
+    return pl.col(name)
+
+
+def truthy(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
+    """Boolean view of a flag column (Boolean, 0/1 or yes/no text); null stays null."""
+    expr = _column(candidates, name, role)
+    dtype = candidates.schema[name]
+    if dtype == pl.Boolean:
+        return expr
+    if dtype.is_numeric():
+        return expr != 0
+    text = expr.cast(pl.String).str.strip_chars().str.to_lowercase()
+    return (
+        pl.when(text.is_in(["true", "t", "yes", "y", "1"]))
+        .then(True)
+        .when(text.is_in(["false", "f", "no", "n", "0"]))
+        .then(False)
+        .otherwise(None)
+    )
+
+
+def as_date(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
+    expr = _column(candidates, name, role)
+    dtype = candidates.schema[name]
+    if dtype == pl.Date:
+        return expr
+    if isinstance(dtype, pl.Datetime):
+        return expr.dt.date()
+    return expr.cast(pl.String).str.strip_chars().str.to_date(strict=False)
+
+
+def _count(candidates: pl.DataFrame, mask: pl.Series) -> int:
+    return int(mask.sum()) if candidates.height else 0
+
+
+def _mask(candidates: pl.DataFrame, expr: pl.Expr) -> pl.Series:
+    if candidates.height == 0:
+        return pl.Series("excluded", [], dtype=pl.Boolean)
+    return candidates.select(expr.fill_null(False).alias("excluded")).to_series()
+
+
+# ---------------------------------------------------------------------------------------
+# Filter rules
+
+
+def consent(rule: Rule, ctx: FilterContext) -> Verdict:
+    p: ConsentParams = rule.params  # type: ignore[assignment]
+    c = ctx.config.consent
+    df = ctx.candidates
+    parts: dict[str, pl.Expr] = {}
+    skipped: list[str] = []
+    if p.require_opt_in:
+        if c.marketing_opt_in is None:  # load_pack refuses this; never silently skip
+            raise DataError(
+                "the consent rule requires marketing opt-in but [consent] marketing_opt_in "
+                "is not set",
+                "set [consent] marketing_opt_in in audiences.toml",
+            )
+        parts["no_opt_in"] = ~truthy(df, c.marketing_opt_in, "marketing_opt_in").fill_null(False)
+    for flag, role, column in (
+        (p.exclude_do_not_contact, "do_not_contact", c.do_not_contact),
+        (p.exclude_deceased, "deceased", c.deceased),
+    ):
+        if not flag:
+            continue
+        if column is None:
+            skipped.append(role)
+            continue
+        parts[role] = truthy(df, column, role).fill_null(False)
+    evidence = {"candidates": df.height}
+    if not parts or df.height == 0:
+        mask = _mask(df, pl.lit(False))
+        for name in parts:
+            evidence[name] = 0
+    else:
+        counts = df.select(*(e.alias(n) for n, e in parts.items())).sum().row(0, named=True)
+        evidence.update({n: int(v) for n, v in counts.items()})
+        mask = _mask(df, pl.any_horizontal(list(parts.values())))
+    evidence["excluded"] = _count(df, mask)
+    detail = f"{evidence['excluded']} of {df.height} candidates excluded"
+    if skipped:
+        detail += f"; no column configured for {', '.join(skipped)} (nothing checked)"
+    return _verdict(rule, True, evidence, detail, excluded=mask)
+
+
+def suppression(rule: Rule, ctx: FilterContext) -> Verdict:
+    df = ctx.candidates
+    mask = ctx.suppression.mask(df, ctx.config.identity)
+    n = _count(df, mask)
+    evidence = {
+        "candidates": df.height,
+        "lists": len(ctx.suppression.entries),
+        "list_entries": sum(ctx.suppression.entries.values()),
+        "excluded": n,
+    }
+    detail = f"{n} of {df.height} candidates on a suppression list"
+    return _verdict(rule, True, evidence, detail, excluded=mask)
+
+
+def minors(rule: Rule, ctx: FilterContext) -> Verdict:
+    p: MinorsParams = rule.params  # type: ignore[assignment]
+    df = ctx.candidates
+    if "age" not in df.schema:
+        raise DataError("the candidates have no 'age' column", "this is a bug in the build")
+    age = pl.col("age")
+    under = age < p.min_age
+    unknown = age.is_null()
+    counts = df.select(
+        under.fill_null(False).sum().alias("under_age"), unknown.sum().alias("unknown_age")
+    ).row(0, named=True)
+    expr = under | unknown if p.unknown_age == "exclude" else under
+    mask = _mask(df, expr)
+    evidence = {
+        "candidates": df.height,
+        "under_age": int(counts["under_age"] or 0),
+        "unknown_age": int(counts["unknown_age"] or 0),
+        "excluded": _count(df, mask),
+    }
+    detail = f"{evidence['excluded']} excluded: under {p.min_age}" + (
+        " or age unknown" if p.unknown_age == "exclude" else ""
+    )
+    return _verdict(rule, True, evidence, detail, excluded=mask)
+
+
+def valid_authorization(ctx: FilterContext) -> pl.Expr | None:
+    """True where a HIPAA marketing authorization is in force at ``as_of``."""
+    c = ctx.config.consent
+    if c.hipaa_authorization_date is None:
+        return None
+    df = ctx.candidates
+    day = pl.lit(ctx.as_of, dtype=pl.Date)
+    signed = as_date(df, c.hipaa_authorization_date, "hipaa_authorization_date")
+    valid = signed.is_not_null() & (signed <= day)
+    if c.hipaa_authorization_expires is not None:
+        expires = as_date(df, c.hipaa_authorization_expires, "hipaa_authorization_expires")
+        valid = valid & (expires.is_null() | (expires > day))
+    if c.hipaa_authorization_revoked is not None:
+        revoked = as_date(df, c.hipaa_authorization_revoked, "hipaa_authorization_revoked")
+        valid = valid & (revoked.is_null() | (revoked > day))
+    return valid.fill_null(False)
+
+
+def phi_authorization(rule: Rule, ctx: FilterContext) -> Verdict:
+    p: PhiParams = rule.params  # type: ignore[assignment]
+    df = ctx.candidates
+    if not ctx.phi.derived:
+        return _verdict(
+            rule,
+            True,
+            {"candidates": df.height, "phi_derived": 0, "excluded": 0},
+            "segment is not PHI-derived (" + ctx.phi.describe() + ")",
+            excluded=_mask(df, pl.lit(False)),
+        )
+    valid = valid_authorization(ctx)
+    lacking_expr = pl.lit(True) if valid is None else ~valid
+    lacking = _mask(df, lacking_expr)
+    n = _count(df, lacking)
+    evidence = {"candidates": df.height, "phi_derived": 1, "lacking_authorization": n}
+    why = f"PHI-derived segment ({ctx.phi.describe()})"
+    no_column = " — [consent] hipaa_authorization_date is not set, so nobody is authorized"
+    if p.mode == "block":
+        evidence["excluded"] = 0
+        return _verdict(
+            rule,
+            False,
+            evidence,
+            f"{why}: the pack blocks PHI-derived segments",
+            excluded=_mask(df, pl.lit(False)),
+        )
+    evidence["excluded"] = n
+    detail = f"{why}: released only to the {df.height - n} members with a valid authorization"
+    return _verdict(
+        rule, True, evidence, detail + (no_column if valid is None else ""), excluded=lacking
+    )
+
+
+FILTERS: dict[str, Callable[[Rule, FilterContext], Verdict]] = {
+    "consent": consent,
+    "suppression": suppression,
+    "minors": minors,
+    "phi_authorization": phi_authorization,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Destination rules (difference lives in policies.difference; the gate calls it)
+
+
+def sensitive_destination(rule: Rule, dest: Destination, phi: PhiFinding) -> Verdict:
+    p: SensitiveDestinationParams = rule.params  # type: ignore[assignment]
+    applies = dest.kind in p.kinds
+    refused = applies and phi.derived
+    evidence = {"phi_derived": int(phi.derived), "applies": int(applies)}
+    if refused:
+        detail = (
+            f"{dest.kind} forbids health-based customer lists and this segment is PHI-derived "
+            f"({phi.describe()})"
+        )
+    elif applies:
+        detail = f"segment is not PHI-derived; {dest.kind} may receive it"
+    else:
+        detail = f"does not apply to destination kind {dest.kind}"
+    return _verdict(rule, not refused, evidence, detail, destination=dest.name)
+
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+MIN_WORD = 3
+
+
+def segment_words(segment: Any) -> frozenset[str]:
+    """Every word (3+ letters/digits, lowercased) of the segment's name, description and
+    definition values — what must never show in a name sent to a platform."""
+    texts: list[str] = [str(getattr(segment, "name", "")), str(getattr(segment, "description", ""))]
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                walk(v)
+        elif value is not None and not isinstance(value, bool):
+            texts.append(str(value))
+
+    dump = getattr(segment, "model_dump", None)
+    if callable(dump):
+        walk(dump(mode="json"))
+    words = set()
+    for text in texts:
+        words.update(w for w in _WORD.findall(text.lower()) if len(w) >= MIN_WORD)
+    return frozenset(words)
+
+
+def leaked_words(name: str, words: frozenset[str]) -> list[str]:
+    lowered = name.lower()
+    return sorted(w for w in words if w in lowered)
+
+
+def make_opaque_name(
+    segment_name: str, salt: bytes, params: OpaqueNameParams, words: frozenset[str]
+) -> str:
+    """``<prefix>-<hex>`` from an HMAC of the segment name under the project salt.
+
+    Stable for a segment (so the platform audience keeps its name across builds) and
+    re-drawn deterministically until no word of the segment appears in it.
+    """
+    for attempt in range(10_000):
+        mac = hmac.new(salt, f"opaque-name\0{segment_name}\0{attempt}".encode(), hashlib.sha256)
+        name = f"{params.prefix}-{mac.hexdigest()[: params.length]}"
+        if not leaked_words(name, words):
+            return name
+    return name  # the verdict will refuse it
+
+
+def opaque_name(rule: Rule, dest: Destination, name: str, words: frozenset[str]) -> Verdict:
+    p: OpaqueNameParams = rule.params  # type: ignore[assignment]
+    leaks = leaked_words(name, words)
+    shaped = re.fullmatch(rf"{p.prefix}-[0-9a-f]{{{p.length}}}", name) is not None
+    passed = shaped and not leaks
+    evidence = {"words_checked": len(words), "words_found": len(leaks)}
+    if passed:
+        detail = f"platform name and description will be {name!r}; no segment word in it"
+    elif leaks:
+        detail = (
+            f"the opaque name would contain {len(leaks)} word(s) of the segment — change the "
+            "opaque_name prefix"
+        )
+    else:
+        detail = "the opaque name does not have the required shape"
+    return _verdict(rule, passed, evidence, detail, destination=dest.name)
+
+
+def size_threshold(params: MinSizeParams, dest: Destination) -> dict[str, int]:
+    platform = params.platform_minimums.get(dest.kind, 0)
+    own = params.destination_minimums.get(dest.name, 0)
+    return {
+        "pack_k": params.k,
+        "platform_minimum": platform,
+        "destination_minimum": own,
+        "threshold": max(params.k, platform, own),
+    }
+
+
+def min_size(rule: Rule, dest: Destination, members: int) -> Verdict:
+    p: MinSizeParams = rule.params  # type: ignore[assignment]
+    figures = size_threshold(p, dest)
+    passed = members >= figures["threshold"]
+    evidence = {"members": members, **figures}
+    if passed:
+        detail = f"{members} members ≥ minimum {figures['threshold']}"
+    else:
+        detail = (
+            f"{members} members is below the minimum of {figures['threshold']} for "
+            f"{dest.kind} — widen the segment"
+        )
+    return _verdict(rule, passed, evidence, detail, destination=dest.name)
+
+
+__all__ = [
+    "FILTERS",
+    "RULE_KINDS",
+    "Destination",
+    "FilterContext",
+    "PhiFinding",
+    "RuleKind",
+    "Verdict",
+    "phi_finding",
+    "segment_words",
+]
