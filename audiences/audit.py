@@ -109,6 +109,7 @@ class VerifyResult:
             "head": {"seq": self.head[0], "hash": self.head[1]},
             "checkpoints": self.checkpoints,
             "anchors": self.anchors,
+            "problems": list(self.problems),
         }
 
 
@@ -434,7 +435,10 @@ def verify(
 ) -> VerifyResult:
     """Recompute every hash and link, check seq runs 1..n, check every signed checkpoint
     (``public_keys``: trusted approvers as in ``[approvers] keys``, name → PEM/base64) and
-    every external anchor ``(seq, hash)``. Stops at the first bad entry and names it."""
+    every external anchor ``(seq, hash)``. Stops at the first bad entry and names it.
+
+    A checkpoint signed by a key not in ``public_keys`` (or with no keys given) makes the
+    result not ok: pass the project's approver keys whenever the log has checkpoints."""
     own_transaction = not conn.in_transaction
     if own_transaction:
         conn.execute("BEGIN")  # one consistent snapshot (WAL readers do not block writers)

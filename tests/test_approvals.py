@@ -362,3 +362,18 @@ def test_row_without_audit_entry_is_refused(conn: sqlite3.Connection, keys: Keys
     conn.execute("DELETE FROM audit")
     with pytest.raises(ApprovalError, match="approval 1 has no audit entry"):
         check(conn, keys)
+
+
+def test_works_on_the_real_state_database(tmp_path: Path, keys: Keys) -> None:
+    from audiences import state
+
+    conn = state.connect(tmp_path / ".audiences" / "state.db")
+    try:
+        made = approve(conn, keys)
+        assert check(conn, keys) == made
+        approvals.revoke(conn, "diabetes-outreach", "bob")
+        with pytest.raises(ApprovalError, match="was revoked by bob"):
+            check(conn, keys)
+        assert audit.verify(conn, public_keys=keys.trusted).ok
+    finally:
+        conn.close()

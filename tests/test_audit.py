@@ -9,6 +9,8 @@ import math
 import re
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -405,3 +407,35 @@ def test_export_replaces_atomically(conn: sqlite3.Connection, tmp_path: Path) ->
     fill(conn, 2)
     audit.export(conn, out)
     assert len(out.read_text().splitlines()) == 2
+
+
+# --------------------------------------------------------------------------- real state DB
+
+APPENDER = """
+import sys
+from pathlib import Path
+from audiences import audit, state
+conn = state.connect(Path(sys.argv[1]))
+for i in range(int(sys.argv[2])):
+    audit.append(conn, kind="sync_batch", subject="seg", details={"batch": i}, actor=sys.argv[3])
+"""
+
+
+def test_concurrent_writers_keep_one_chain(tmp_path: Path) -> None:
+    from audiences import state
+
+    db = tmp_path / ".audiences" / "state.db"
+    state.connect(db).close()
+    writers = [
+        subprocess.Popen([sys.executable, "-c", APPENDER, str(db), "40", name])
+        for name in ("cron", "ana")
+    ]
+    assert [w.wait(timeout=60) for w in writers] == [0, 0]
+    conn = state.connect(db)  # sqlite3.Row rows, as the CLI uses
+    result = audit.verify(conn)
+    assert (result.ok, result.entries) == (True, 80)
+    actors = [e.actor for e in audit.read_entries(conn)]
+    assert sorted(set(actors)) == ["ana", "cron"]
+    out = tmp_path / "audit.jsonl"
+    assert audit.export(conn, out) == 80
+    conn.close()
