@@ -228,6 +228,24 @@ def test_transient_errors_give_up_after_max_attempts(
     assert caught.value.message.startswith("meta: ")
 
 
+def test_meta_estimate_of_regained_access_drives_the_wait(
+    client: MetaClient, sandbox: MetaSandbox, sleeps: Sleeps, audience: str
+) -> None:
+    long_wait = Fault(code=80004, subcode=2446079, message="(#80004) too many calls",
+                      regain_access_minutes=5)  # fmt: skip
+    sandbox.inject(long_wait, path=r"/users$")
+    with pytest.raises(MetaRateLimited, match="error 80004/2446079") as caught:
+        client.add(audience, SCHEMA, rows_for(0, 5))
+    assert caught.value.retry_after_s == 300
+    assert sleeps == []  # 300 s is over the policy's max delay: stop now, resume later
+    assert len(sandbox.request_log()) == 2
+
+    with make_client(sandbox, sleeps, retry=RetryPolicy(base_delay_s=0.001, max_delay_s=600)) as c:
+        sandbox.inject(long_wait, path=r"/users$")
+        assert c.add(audience, SCHEMA, rows_for(0, 5)).num_received == 5
+    assert sleeps == [300]
+
+
 def test_a_timeout_is_retried(sandbox: MetaSandbox, sleeps: Sleeps) -> None:
     with make_client(sandbox, sleeps, timeout=0.2) as client:
         audience = client.create_audience("seg-1")

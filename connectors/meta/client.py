@@ -505,11 +505,21 @@ class MetaClient:
                 if 200 <= status < 300 and isinstance(body, dict) and "error" not in body:
                     return body
                 error = error_from_response(status, response.body(), operation=operation)
+            delay = self.retry.delay_s(attempt, self._rng)
+            if error.retry_after_s is not None:
+                delay = max(delay, error.retry_after_s)
+                if delay > self.retry.max_delay_s:  # Meta asks for a longer pause than we wait
+                    log.warning(
+                        "Meta asks to wait %.0f s, longer than the %.0f s retry limit: %s",
+                        delay,
+                        self.retry.max_delay_s,
+                        error.message,
+                    )
+                    raise error from None
             if not error.transient or attempt >= self.retry.max_attempts:
                 if error.transient:
                     log.warning("giving up after %d attempts: %s", attempt, error.message)
                 raise error from None
-            delay = self.retry.delay_s(attempt, self._rng)
             log.warning(
                 "attempt %d of %d failed, retrying in %.2fs: %s",
                 attempt,

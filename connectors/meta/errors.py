@@ -15,6 +15,7 @@ Meta's own (redacted) message, never from request parameters.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -132,6 +133,8 @@ class MetaError(ConnectorError):
         self.subcode = subcode
         self.http_status = http_status
         self.fbtrace_id = fbtrace_id
+        # Meta's own estimate of when the throttled account may call again (BUC header).
+        self.retry_after_s: float | None = None
         super().__init__(redact(what), fix, where="meta", transient=transient, code=code)
 
 
@@ -263,7 +266,7 @@ def error_from_request_error(
     if code is None and not isinstance(exc.body(), dict):
         return error_from_response(status, exc.body(), operation=operation)
     error = exc.body().get("error", {}) if isinstance(exc.body(), dict) else {}
-    return error_from_graph(
+    mapped = error_from_graph(
         code=code,
         subcode=exc.api_error_subcode(),
         message=exc.api_error_message(),
@@ -273,6 +276,33 @@ def error_from_request_error(
         operation=operation,
         token_env_var=token_env_var,
     )
+    if mapped.transient:
+        mapped.retry_after_s = regain_access_s(exc.http_headers())
+    return mapped
+
+
+def regain_access_s(headers: Any) -> float | None:
+    """Longest ``estimated_time_to_regain_access`` (minutes → seconds) in the usage headers.
+
+    Meta reports throttling per business use case in ``x-business-use-case-usage``:
+    ``{"<account id>": [{"type": "ads_management", ..., "estimated_time_to_regain_access": 5}]}``.
+    """
+    raw = headers.get("x-business-use-case-usage") if hasattr(headers, "get") else None
+    if not raw:
+        return None
+    try:
+        usage = json.loads(raw)
+    except ValueError:
+        return None
+    minutes = [
+        entry.get("estimated_time_to_regain_access")
+        for entries in (usage.values() if isinstance(usage, dict) else [])
+        if isinstance(entries, list)
+        for entry in entries
+        if isinstance(entry, dict)
+    ]
+    waits = [float(m) for m in minutes if isinstance(m, int | float) and m > 0]
+    return max(waits) * 60 if waits else None
 
 
 def error_from_response(status: int | None, body: Any, *, operation: str) -> MetaError:

@@ -119,6 +119,7 @@ class Fault:
     is_transient: bool | None = None
     html: str | None = None
     delay_s: float = 0.0
+    regain_access_minutes: int | None = None  # sent in x-business-use-case-usage
 
     @property
     def delays_only(self) -> bool:
@@ -237,8 +238,10 @@ class GraphError(Exception):
         error_type: str = "OAuthException",
         is_transient: bool | None = None,
         html: str | None = None,
+        regain_access_minutes: int | None = None,
     ) -> None:
         super().__init__(message)
+        self.regain_access_minutes = regain_access_minutes
         self.code = code
         self.message = message
         self.subcode = subcode
@@ -257,6 +260,7 @@ class GraphError(Exception):
             error_type=fault.error_type,
             is_transient=fault.is_transient,
             html=fault.html,
+            regain_access_minutes=fault.regain_access_minutes,
         )
 
     def body(self) -> dict[str, Any]:
@@ -475,6 +479,16 @@ class MetaSandbox:
             self._log.append(record)
             self._in_flight -= 1
             self._idle.notify_all()
+
+    def _usage_header(self, regain_access_minutes: int) -> str:
+        usage = {
+            "type": "ads_management",
+            "call_count": 100,
+            "total_cputime": 40,
+            "total_time": 60,
+            "estimated_time_to_regain_access": regain_access_minutes,
+        }
+        return json.dumps({account: [usage] for account in sorted(self._ad_account_ids)})
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -892,14 +906,28 @@ class _MetaHandler(BaseHTTPRequestHandler):
                 sent = self._send(error.http_status, error.html.encode(), "text/html")
                 return error.http_status, None, sent
             payload = json.dumps(error.body()).encode()
-            return error.http_status, error.code, self._send(error.http_status, payload)
+            headers = {}
+            if error.regain_access_minutes is not None:
+                headers["x-business-use-case-usage"] = self.sandbox._usage_header(
+                    error.regain_access_minutes
+                )
+            sent = self._send(error.http_status, payload, headers=headers)
+            return error.http_status, error.code, sent
         return 200, None, self._send(200, json.dumps(result).encode())
 
-    def _send(self, status: int, payload: bytes, content_type: str = "") -> int:
+    def _send(
+        self,
+        status: int,
+        payload: bytes,
+        content_type: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> int:
         self.send_response(status, HTTPStatus(status).phrase)
         self.send_header("Content-Type", content_type or "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("x-fb-trace-id", _fbtrace_id())
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
