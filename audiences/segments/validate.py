@@ -8,6 +8,7 @@ project config), and event *types* are values, not schema, so they are not check
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -137,7 +138,8 @@ def comparison_value(value: object, cat: Category) -> object:
     if cat == "date" and isinstance(value, str):
         return parse_iso_date(value)
     if cat == "datetime" and isinstance(value, str):
-        return parse_iso_datetime(value) or parse_iso_date(value)
+        day = parse_iso_date(value)
+        return dt.datetime.combine(day, dt.time()) if day else parse_iso_datetime(value)
     return value
 
 
