@@ -240,6 +240,41 @@ def build(
                         ),
                     )
             try:
+                approval_block = _approval_block(conn, config, segment, pack)
+                if approval_block is not None:
+                    result = BuildResult(
+                        build_id=build_id,
+                        segment=segment.name,
+                        segment_digest=segment.digest,
+                        status="blocked",
+                        candidates=0,
+                        reasons=[approval_block],
+                        policy_digest=pack.digest,
+                    )
+                    result.seconds = time.perf_counter() - started
+                    if not dry_run:
+                        _finish(
+                            conn,
+                            build_id,
+                            "blocked",
+                            reasons=result.reasons,
+                            summary=result.to_dict(),
+                        )
+                        _audit(
+                            conn,
+                            who,
+                            "build",
+                            segment.name,
+                            {
+                                "build_id": build_id,
+                                "status": "blocked",
+                                "segment_digest": segment.digest,
+                                "policy_digest": pack.digest,
+                                "reasons": result.reasons,
+                            },
+                        )
+                    results.append(result)
+                    continue
                 candidates = collect_candidates(config, segment, sources, as_of, salt)
                 step(f"{segment.name}: policy gate", (i + 0.6) / len(segments))
                 outcome = evaluate(
@@ -311,6 +346,22 @@ def build(
     finally:
         conn.close()
     return results
+
+
+def _approval_block(conn: Any, config: ProjectConfig, segment: Any, pack: Any) -> str | None:
+    """Why an approval-requiring build to ad destinations may not run, or None."""
+    from audiences import compliance
+    from audiences.errors import ApprovalError
+
+    if not compliance.approval_required(config, pack):
+        return None
+    if not compliance.ad_destinations(config, segment):
+        return None
+    try:
+        compliance.check(conn, config, segment, pack)
+    except ApprovalError as exc:
+        return f"approval: {exc.message}"
+    return None
 
 
 def write_file_destinations(

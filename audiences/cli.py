@@ -298,6 +298,421 @@ def report(obj: Context, build_id: str, fmt: str, out: Path | None) -> None:
         click.echo(text, nl=False)
 
 
+# ---------------------------------------------------------------------------- insights
+@cli.command()
+@click.argument("segment")
+@click.option("--epsilon", type=float, default=None, help="Privacy budget for this preview.")
+@click.option("--as-of", "as_of", default=None, help="Reference day (YYYY-MM-DD).")
+@click.option("--by", default=None, help="Who asks (default: OS user); recorded in the ledger.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def preview(
+    obj: Context,
+    segment: str,
+    epsilon: float | None,
+    as_of: str | None,
+    by: str | None,
+    as_json: bool,
+) -> None:
+    """Differentially private size and breakdowns of a segment."""
+    from audiences.insights import preview as run_preview
+
+    result = run_preview(obj.config(), segment, epsilon=epsilon, as_of=parse_as_of(as_of), actor=by)
+    doc = result.to_dict()
+    if as_json:
+        emit_json(doc)
+        return
+    from audiences.display import print_preview
+
+    print_preview(doc)
+
+
+@cli.command()
+@click.argument("segments", nargs=-1, required=True)
+@click.option("--epsilon", type=float, default=None)
+@click.option("--as-of", "as_of", default=None)
+@click.option("--by", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def overlap(
+    obj: Context,
+    segments: tuple[str, ...],
+    epsilon: float | None,
+    as_of: str | None,
+    by: str | None,
+    as_json: bool,
+) -> None:
+    """Differentially private overlap matrix of two or more segments."""
+    from audiences.insights import overlap as run_overlap
+
+    doc = run_overlap(
+        obj.config(), list(segments), epsilon=epsilon, as_of=parse_as_of(as_of), actor=by
+    )
+    if as_json:
+        emit_json(doc)
+        return
+    from audiences.display import print_overlap
+
+    print_overlap(doc)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def budget(obj: Context, as_json: bool) -> None:
+    """Show the privacy budget ledger and what remains."""
+    from audiences.insights import budget as run_budget
+
+    doc = run_budget(obj.config())
+    if as_json:
+        emit_json(doc)
+        return
+    from audiences.display import print_budget
+
+    print_budget(doc)
+
+
+# ---------------------------------------------------------------------------- sync
+@cli.command()
+@click.argument("segments", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every segment with an ad destination.")
+@click.option("--as-of", "as_of", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def plan(
+    obj: Context, segments: tuple[str, ...], all_: bool, as_of: str | None, as_json: bool
+) -> None:
+    """Show adds, removes and holds per destination; changes nothing anywhere."""
+    from audiences.sync import plan as run_plan
+
+    if not segments and not all_:
+        raise UsageError("name at least one segment or pass --all")
+    results, plans = run_plan(obj.config(), list(segments) or None, as_of=parse_as_of(as_of))
+    doc = {
+        "plans": [p.summary() for p in plans],
+        "blocked": [{"segment": r.segment, "reasons": r.reasons} for r in results if r.blocked],
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    from audiences.display import print_plans
+
+    print_plans(doc)
+
+
+@cli.command()
+@click.argument("segments", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every approved segment (for cron).")
+@click.option("--full-refresh", is_flag=True, help="Replace each audience instead of diffing.")
+@click.option("--as-of", "as_of", default=None)
+@click.option("--by", default=None, help="Actor recorded in the audit log (default: OS user).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON summary on stdout.")
+@click.option(
+    "--log-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Append one JSON line per destination to this file.",
+)
+@pass_ctx
+def sync(
+    obj: Context,
+    segments: tuple[str, ...],
+    all_: bool,
+    full_refresh: bool,
+    as_of: str | None,
+    by: str | None,
+    as_json: bool,
+    log_json: Path | None,
+) -> None:
+    """Build and push segments to their ad destinations (0 ok, 1 failed, 3 blocked, 75 locked)."""
+    from audiences.lock import ProjectLock
+    from audiences.sync import sync as run_sync
+
+    if not segments and not all_:
+        raise UsageError("name at least one segment or pass --all")
+    config = obj.config()
+    with ProjectLock(config.state_dir / "lock"), progress_bar(not as_json) as step:
+        report = run_sync(
+            config,
+            list(segments) or None,
+            as_of=parse_as_of(as_of),
+            actor=by,
+            full_refresh=full_refresh,
+            approved_only=all_,
+            progress=step,
+        )
+    doc = report.to_dict()
+    if log_json:
+        with log_json.open("a", encoding="utf-8") as fh:
+            for row in doc["results"]:
+                fh.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+    if as_json:
+        emit_json(doc)
+    else:
+        from audiences.display import print_syncs
+
+        print_syncs(doc)
+    sys.exit(report.exit_code)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def status(obj: Context, as_json: bool) -> None:
+    """Per segment and destination: last build and sync, members, adds, removes, errors."""
+    from audiences.history import status as run_status
+    from audiences.state import connect
+
+    conn = connect(obj.config().state_db)
+    try:
+        rows = run_status(conn)
+    finally:
+        conn.close()
+    if as_json:
+        emit_json({"status": rows})
+        return
+    from audiences.display import print_status
+
+    print_status(rows)
+
+
+@cli.command()
+@click.argument("segment")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def history(obj: Context, segment: str, limit: int, as_json: bool) -> None:
+    """Builds and syncs of one segment, newest first."""
+    from audiences.history import history as run_history
+    from audiences.state import connect
+
+    conn = connect(obj.config().state_db)
+    try:
+        doc = run_history(conn, segment, limit=limit)
+    finally:
+        conn.close()
+    if as_json:
+        emit_json(doc)
+        return
+    from audiences.display import print_history
+
+    print_history(doc)
+
+
+@cli.command()
+@click.option("--meta-port", type=int, default=18765, show_default=True)
+@click.option("--google-port", type=int, default=18766, show_default=True)
+@pass_ctx
+def sandbox(obj: Context, meta_port: int, google_port: int) -> None:
+    """Serve the Meta and Google Ads sandboxes on 127.0.0.1 until Ctrl-C."""
+    from audiences.sandboxes import serve_forever
+
+    serve_forever(obj.project, meta_port=meta_port, google_port=google_port)
+
+
+# ---------------------------------------------------------------------------- compliance
+@cli.command()
+@click.option(
+    "--private",
+    "private_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the private key (outside the repo).",
+)
+@click.option(
+    "--public",
+    "public_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the public key [default: PRIVATE.pub].",
+)
+@click.option("--name", default=None, help="Approver name for the audiences.toml line.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def keygen(
+    obj: Context, private_path: Path, public_path: Path | None, name: str | None, as_json: bool
+) -> None:
+    """Make an Ed25519 key pair for a compliance officer who approves segments."""
+    from audiences.approvals import generate_keypair
+
+    public_path = public_path or private_path.with_name(private_path.name + ".pub")
+    pair = generate_keypair(private_path, public_path, project_dir=obj.project)
+    who = name or "your.name"
+    doc = {
+        "key_id": pair.key_id,
+        "private": str(pair.private_path),
+        "public": str(pair.public_path),
+        "public_base64": pair.public_base64,
+        "toml": f'"{who}" = "{pair.public_base64}"',
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"Private key: {pair.private_path} (0600 — keep it outside the repo)", err=True)
+    click.echo("Add this line under [approvers] keys in audiences.toml:", err=True)
+    click.echo(doc["toml"])
+
+
+def _segment_and_pack(config: Any, name: str) -> tuple[Any, Any]:
+    from audiences.build import select_segments
+    from policies.pack import load_pack
+
+    (segment,) = select_segments(config, [name])
+    return segment, load_pack(config)
+
+
+@cli.command()
+@click.argument("segment")
+@click.option("--by", required=True, help="Approver name, as listed in [approvers] keys.")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The approver's private key.",
+)
+@click.option("--note", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def approve(
+    obj: Context, segment: str, by: str, key_path: Path, note: str | None, as_json: bool
+) -> None:
+    """Sign the approval of a segment's exact definition, pack and destinations."""
+    from audiences import compliance
+    from audiences.project import validate_project
+    from audiences.state import connect
+
+    config = obj.config()
+    validate_project(config, only=[segment])
+    seg, pack = _segment_and_pack(config, segment)
+    conn = connect(config.state_db)
+    try:
+        approval = compliance.approve(conn, config, seg, pack, by=by, key_path=key_path, note=note)
+    finally:
+        conn.close()
+    doc = {
+        "segment": seg.name,
+        "segment_digest": seg.digest,
+        "policy_digest": pack.digest,
+        "destinations": list(seg.destinations),
+        "approver": by,
+        "key_id": approval.key_id,
+    }
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(
+            f"Approved {seg.name} ({seg.digest[:19]}) for {', '.join(seg.destinations)} by {by}.",
+            err=True,
+        )
+
+
+@cli.command()
+@click.argument("segment")
+@click.option("--by", default=None, help="Who revokes (default: OS user).")
+@pass_ctx
+def revoke(obj: Context, segment: str, by: str | None) -> None:
+    """Revoke a segment's approval (syncs refuse it until approved again)."""
+    from audiences.approvals import revoke as run_revoke
+    from audiences.build import actor_name
+    from audiences.state import connect
+
+    conn = connect(obj.config().state_db)
+    try:
+        run_revoke(conn, segment, actor_name(by))
+    finally:
+        conn.close()
+    click.echo(f"Revoked the approval of {segment}.", err=True)
+
+
+@cli.group()
+def audit() -> None:
+    """Verify or export the tamper-evident audit log."""
+
+
+@audit.command("verify")
+@click.option(
+    "--anchor",
+    "anchors",
+    multiple=True,
+    help="SEQ:HASH from an earlier `sync --json` summary (audit_head); repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def audit_verify(obj: Context, anchors: tuple[str, ...], as_json: bool) -> None:
+    """Recompute the hash chain; name the first bad entry (exit 1 if any)."""
+    from audiences import audit as audit_log
+    from audiences.state import connect
+
+    config = obj.config()
+    conn = connect(config.state_db)
+    try:
+        result = audit_log.verify(
+            conn,
+            anchors=[audit_log.parse_anchor(a) for a in anchors],
+            public_keys=dict(config.approvers.keys),
+        )
+    finally:
+        conn.close()
+    doc = result.to_dict()
+    if as_json:
+        emit_json(doc)
+    elif result.ok:
+        click.echo(
+            f"audit log ok: {result.entries} entries, {result.checkpoints} signed "
+            f"checkpoint(s), {result.anchors} anchor(s); head {result.head[0]}:"
+            f"{result.head[1]}",
+            err=True,
+        )
+    else:
+        click.echo(
+            f"Error: audit log broken at entry {result.first_bad_seq}: {result.reason}", err=True
+        )
+    if not result.ok:
+        sys.exit(EXIT_ERROR)
+
+
+@audit.command("export")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@pass_ctx
+def audit_export(obj: Context, out: Path) -> None:
+    """Write the audit log as JSON lines (for a SIEM)."""
+    from audiences import audit as audit_log
+    from audiences.state import connect
+
+    conn = connect(obj.config().state_db)
+    try:
+        n = audit_log.export(conn, out)
+    finally:
+        conn.close()
+    click.echo(f"Wrote {n} entries to {out}", err=True)
+
+
+@audit.command("checkpoint")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="An approver's private key.",
+)
+@click.option("--by", default=None, help="Who signs (default: OS user).")
+@pass_ctx
+def audit_checkpoint(obj: Context, key_path: Path, by: str | None) -> None:
+    """Sign the current head of the audit log with an approver's key."""
+    from audiences import audit as audit_log
+    from audiences.approvals import load_private_key
+    from audiences.build import actor_name
+    from audiences.state import connect
+
+    conn = connect(obj.config().state_db)
+    try:
+        cp = audit_log.checkpoint(conn, load_private_key(key_path), actor=actor_name(by))
+    finally:
+        conn.close()
+    click.echo(f"Signed checkpoint at entry {cp.seq}", err=True)
+
+
 def main() -> None:
     cli(prog_name="audiences")
 

@@ -30,3 +30,168 @@ def print_builds(results: list[Any]) -> None:
             out.print(f"[red]blocked[/] {r.segment}: {reason}", highlight=False)
         if r.reports:
             out.print(f"report: {r.reports.get('html')}", highlight=False)
+
+
+def _table(title: str, columns: list[str]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column[:1].isdigit() else "left")
+    return table
+
+
+def print_preview(doc: dict[str, Any]) -> None:
+    out = console()
+    count = doc["count"]
+    out.print(
+        f"[bold]{doc['segment']}[/]: about {count['value']:,} people "
+        f"(95% interval {count['ci95'][0]:,}–{count['ci95'][1]:,}; ε={doc['epsilon']})",
+        highlight=False,
+    )
+    for name, rows in doc["breakdowns"].items():
+        table = _table(f"by {name}", [name, "people (noisy)", "95% interval"])
+        for row in rows:
+            table.add_row(
+                str(row["key"]), f"{row['count']:,}", f"{row['ci95'][0]:,}–{row['ci95'][1]:,}"
+            )
+        out.print(table)
+    out.print(
+        f"budget left: ε={doc['budget_remaining']['epsilon']:.3g}; renews: {doc['budget_renews']}",
+        highlight=False,
+    )
+    out.print(f"[dim]{doc['note']}[/]")
+
+
+def print_overlap(doc: dict[str, Any]) -> None:
+    segments = doc["segments"]
+    table = _table("Overlap (noisy people counts)", ["segment", *segments])
+    for row in doc["matrix"]:
+        table.add_row(row["segment"], *[f"{row[s]:,}" for s in segments])
+    out = console()
+    out.print(table)
+    ci = doc["ci95_half_width"]
+    out.print(
+        f"95% half-width: sizes ±{ci['sizes']:,}, overlaps ±{ci['overlaps']:,}; "
+        f"ε={doc['epsilon']}; budget left ε={doc['budget_remaining']['epsilon']:.3g}",
+        highlight=False,
+    )
+
+
+def print_budget(doc: dict[str, Any]) -> None:
+    policy = doc["policy"]
+    out = console()
+    out.print(
+        f"budget: ε={policy['epsilon_per_period']} per {policy['period']} "
+        f"(max ε={policy['max_epsilon_per_query']} per query); remaining for the current data: "
+        f"ε={doc['remaining']['epsilon']:.3g}; renews: {doc['renews']}",
+        highlight=False,
+    )
+    table = _table("Ledger", ["at", "period", "ε", "query", "actor"])
+    for e in doc["entries"]:
+        table.add_row(e["at"], e["period"], f"{e['epsilon']:.3g}", e["query"], e["actor"])
+    out.print(table)
+
+
+def print_plans(doc: dict[str, Any]) -> None:
+    table = _table(
+        "Plan (nothing has been sent)",
+        ["segment", "destination", "adds", "removes", "held", "audience"],
+    )
+    for p in doc["plans"]:
+        held = p["held_adds"] + p["held_removes"]
+        table.add_row(
+            p["segment"],
+            p["destination"],
+            f"{p['adds']:,}",
+            f"{p['removes']:,}",
+            f"{held:,}",
+            p["audience"] or "(new)",
+        )
+    out = console()
+    out.print(table)
+    for b in doc["blocked"]:
+        for reason in b["reasons"]:
+            out.print(f"[red]blocked[/] {b['segment']}: {reason}", highlight=False)
+
+
+def print_syncs(doc: dict[str, Any]) -> None:
+    table = _table(
+        "Sync",
+        ["segment", "destination", "status", "adds", "removes", "held", "invalid", "match rate"],
+    )
+    colours = {"ok": "green", "failed": "red", "blocked": "yellow", "skipped": "dim"}
+    for r in doc["results"]:
+        rate = "-" if r["match_rate"] is None else f"{r['match_rate']:.1%}"
+        table.add_row(
+            r["segment"],
+            r["destination"],
+            f"[{colours.get(r['status'], 'white')}]{r['status']}[/]",
+            f"{r['adds']:,}",
+            f"{r['removes']:,}",
+            f"{r['held_adds'] + r['held_removes']:,}",
+            f"{r['invalid']:,}",
+            rate,
+        )
+    out = console()
+    out.print(table)
+    for r in doc["results"]:
+        if r["error"]:
+            out.print(f"{r['segment']} → {r['destination']}: {r['error']}", highlight=False)
+    if doc.get("audit_head"):
+        head = doc["audit_head"]
+        out.print(f"audit head {head['seq']}:{head['hash']}", highlight=False)
+
+
+def print_status(rows: list[dict[str, Any]]) -> None:
+    table = _table(
+        "Status",
+        [
+            "segment",
+            "destination",
+            "last build",
+            "last sync",
+            "members",
+            "adds",
+            "removes",
+            "held",
+            "match rate",
+            "last error",
+        ],
+    )
+    for r in rows:
+        rate = "-" if r["match_rate"] is None else f"{r['match_rate']:.1%}"
+        table.add_row(
+            r["segment"],
+            r["destination"],
+            f"{r['build_status'] or '-'} {(r['built_at'] or '')[:16]}",
+            f"{r['sync_status'] or '-'} {(r['synced_at'] or '')[:16]}",
+            f"{r['members'] or 0:,}",
+            f"{r['adds'] or 0:,}",
+            f"{r['removes'] or 0:,}",
+            f"{r['holds'] or 0:,}",
+            rate,
+            (r["error"] or "")[:60],
+        )
+    console().print(table)
+
+
+def print_history(doc: dict[str, Any]) -> None:
+    out = console()
+    builds = _table(f"Builds of {doc['segment']}", ["build id", "started", "status", "why"])
+    for b in doc["builds"]:
+        builds.add_row(b["build_id"], b["started_at"][:19], b["status"], "; ".join(b["reasons"]))
+    out.print(builds)
+    syncs = _table(
+        "Syncs", ["sync id", "destination", "started", "status", "adds", "removes", "held", "error"]
+    )
+    for s in doc["syncs"]:
+        syncs.add_row(
+            s["sync_id"],
+            s["destination"],
+            s["started_at"][:19],
+            s["status"],
+            f"{s['adds']:,}",
+            f"{s['removes']:,}",
+            f"{s['holds']:,}",
+            s["error"] or "",
+        )
+    out.print(syncs)

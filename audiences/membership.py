@@ -97,10 +97,12 @@ def close_sync(
         path = directory / f"{int(seq):06d}-{op}.parquet"
         if path.exists():
             batches.append((str(op), pl.read_parquet(path)))
+    snapshot = store.load()
     if batches:
-        store.save(store.fold(store.load(), batches))
-    sets = ["status=?", "finished_at=?", "error=coalesce(?, error)"]
-    values: list[object] = [status, utcnow(), error]
+        snapshot = store.fold(snapshot, batches)
+        store.save(snapshot)
+    sets = ["status=?", "finished_at=?", "error=coalesce(?, error)", "members=?"]
+    values: list[object] = [status, utcnow(), error, snapshot.height]
     for column, value in (figures or {}).items():
         sets.append(f"{column}=?")
         values.append(value)

@@ -35,15 +35,17 @@ def init_project(directory: Path, *, force: bool = False) -> list[Path]:
     return written
 
 
-def validate_project(config: ProjectConfig, *, as_of: date | None = None) -> dict[str, Any]:
-    """Load the pack and every segment, and check them against the sources' schema."""
+def validate_project(
+    config: ProjectConfig, *, as_of: date | None = None, only: list[str] | None = None
+) -> dict[str, Any]:
+    """Load the pack and the segments (all, or ``only``), and check them against the data."""
     from audiences.build import select_segments, validate_against_data
     from audiences.sources import load_sources
     from policies.pack import load_pack
 
     as_of = as_of or datetime.now(UTC).date()
     pack = load_pack(config)
-    segments = select_segments(config, None)
+    segments = select_segments(config, only)
     sources = load_sources(config)
     validate_against_data(config, segments, sources, as_of)
     return {

@@ -620,13 +620,19 @@ def _check_rows(rows: int) -> None:
         )
 
 
+_LOOKUP_SLOTS = 1 << 16
+
+
 def _choice(rng: np.random.Generator, shares: Sequence[float], size: int) -> np.ndarray:
-    """Vectorized categorical draw (int8/int16 codes) with the given shares."""
+    """Vectorized categorical draw (int8/int16 codes) with the given shares.
+
+    A 65,536-slot lookup table indexed by uint16 draws: shares are kept to 1/65,536.
+    """
     cum = np.cumsum(np.asarray(shares, dtype=np.float64))
-    cum /= cum[-1]
-    codes = np.searchsorted(cum, rng.random(size, dtype=np.float32), side="right")
-    np.minimum(codes, len(cum) - 1, out=codes)
-    return codes.astype(np.int16 if len(cum) > 127 else np.int8)
+    bounds = np.round(cum / cum[-1] * _LOOKUP_SLOTS).astype(np.int64)
+    dtype = np.int16 if len(cum) > 127 else np.int8
+    lookup = np.repeat(np.arange(len(cum), dtype=dtype), np.diff(bounds, prepend=0))
+    return lookup[rng.integers(0, _LOOKUP_SLOTS, size, dtype=np.uint16)]
 
 
 def _name_tables() -> tuple[list[str], np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
@@ -759,8 +765,10 @@ def _draw_conditions(
     radix *= 3
     if radix >= 2**63:
         raise AssertionError("condition combinations do not fit in int64")
-    combos, inverse = np.unique(key, return_inverse=True)
-    return inverse.astype(np.int32), n_conditions, _combination_lists(combos)
+    keys = pl.Series(key)
+    combos = keys.unique().sort()
+    inverse = keys.replace_strict(combos, pl.int_range(len(combos), dtype=pl.Int32, eager=True))
+    return inverse.to_numpy().copy(), n_conditions, _combination_lists(combos.to_numpy())
 
 
 def _combination_lists(combos: np.ndarray) -> _ConditionLists:
@@ -851,11 +859,23 @@ def _gather(table: Sequence[str | None] | pl.Series, column: str) -> pl.Expr:
     return pl.lit(series).gather(pl.col(column))
 
 
-def _digits(width: int, prefix: str = "") -> pl.Series:
-    """``prefix`` + every ``width``-digit zero-padded number, in order."""
-    return pl.select(
-        pl.concat_str(pl.lit(prefix), pl.int_range(10**width).cast(pl.String).str.zfill(width))
-    ).to_series()
+def _fixed_digits(prefix: str, width: int) -> np.ndarray:
+    """Bytes array ``prefix`` + every ``width``-digit number, zero-padded (index = number)."""
+    numbers = np.arange(10**width, dtype=np.int64)
+    matrix = np.empty((numbers.size, len(prefix) + width), dtype=np.uint8)
+    matrix[:, : len(prefix)] = np.frombuffer(prefix.encode(), dtype=np.uint8)
+    for j in range(width):
+        matrix[:, len(prefix) + j] = 48 + (numbers // 10 ** (width - 1 - j)) % 10
+    return matrix.view(f"S{matrix.shape[1]}").ravel()
+
+
+def _identifiers(name: str, prefix: str, number: np.ndarray, digits: int) -> pl.Series:
+    """``prefix`` + ``number`` zero-padded to ``digits``, built as fixed-width bytes in numpy."""
+    high = len(prefix) + digits - 4
+    packed = np.empty(number.size, dtype=[("high", f"S{high}"), ("low", "S4")])
+    packed["high"] = _fixed_digits(prefix, digits - 4)[number // 10**4]
+    packed["low"] = _fixed_digits("", 4)[number % 10**4]
+    return pl.Series(name, packed.view(f"S{high + 4}")).cast(pl.String)
 
 
 def _missing(rng: np.random.Generator, n: int, column: str) -> np.ndarray:
@@ -873,7 +893,8 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
     if mult % 5 == 0:
         mult += 2
     number = (np.arange(n, dtype=np.int64) * mult + int(rng.integers(0, 10**9))) % 10**9
-    idx["id_hi"], idx["id_lo"] = number // 10**4, number % 10**4
+    contact_id = _identifiers("contact_id", "C", number, 9)
+    del number
 
     # Names: one spelling variant per row, applied to first and last name alike.
     variant = _choice(rng, _NAME_VARIANT_SHARES, n).astype(np.int32)
@@ -923,6 +944,7 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
     do_not_contact = rng.random(n, dtype=np.float32) < 0.03
     frame = pl.DataFrame(
         {
+            "contact_id": contact_id,
             **{k: pl.Series(k, v).cast(pl.UInt32) for k, v in idx.items()},
             "birth_date": pl.Series(birth, dtype=pl.Int32).cast(pl.Date),
             "no_birth_date": _missing(rng, n, "birth_date"),
@@ -944,14 +966,17 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
     states = [state for state, *_ in _CITIES]
     lists = p.lists
     exprs = [
-        pl.concat_str(_gather(_digits(5, "C"), "id_hi"), _gather(_digits(4), "id_lo")),
+        pl.col("contact_id"),
         pl.concat_str(
             _gather(email.lead_word, "email_a"),
             _gather(email.sep_word, "email_b"),
             _gather(email.numbers, "email_n"),
             _gather(email.tail, "email_tail"),
         ),
-        pl.concat_str(_gather(phone.prefixes, "phone_prefix"), _gather(_digits(4), "phone_line")),
+        pl.concat_str(
+            _gather(phone.prefixes, "phone_prefix"),
+            pl.lit(pl.Series(_fixed_digits("", 4)).cast(pl.String)).gather(pl.col("phone_line")),
+        ),
         _gather(first_table, "first"),
         pl.concat_str(_gather(last_table, "last"), _gather(suffix_table, "last2")),
         pl.when(pl.col("no_birth_date")).then(None).otherwise(pl.col("birth_date")),
@@ -1228,8 +1253,7 @@ def _events_frame(rng: np.random.Generator, p: _People, contact_ids: pl.Series) 
     number = (np.arange(total, dtype=np.int64) * mult + int(rng.integers(0, 10**10))) % 10**10
     frame = pl.DataFrame(
         {
-            "id_hi": number // 10**4,
-            "id_lo": number % 10**4,
+            "event_id": _identifiers("event_id", "E", number, 10),
             "owner": owner,
             "kind": kind,
             "event_time": pl.Series(time_us).cast(pl.Datetime("us")),
@@ -1239,9 +1263,7 @@ def _events_frame(rng: np.random.Generator, p: _People, contact_ids: pl.Series) 
     )
     del number, owner, kind, time_us, department, visit_type
     events = frame.lazy().select(
-        pl.concat_str(_gather(_digits(6, "E"), "id_hi"), _gather(_digits(4), "id_lo")).alias(
-            "event_id"
-        ),
+        pl.col("event_id"),
         pl.lit(contact_ids).gather(pl.col("owner")).alias("contact_id"),
         _gather(_EVENT_TYPES, "kind").alias("event_type"),
         pl.col("event_time"),

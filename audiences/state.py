@@ -120,6 +120,7 @@ CREATE TABLE syncs (
   received INTEGER NOT NULL DEFAULT 0,
   invalid INTEGER NOT NULL DEFAULT 0,
   match_rate REAL,
+  members INTEGER,               -- confirmed audience size after the sync
   error TEXT,
   summary TEXT
 );

@@ -16,7 +16,6 @@ do-not-contact or death are never held: the law outranks the difference check.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,6 @@ from datetime import date
 from typing import Any
 
 import polars as pl
-import yaml
 
 from audiences.build import BuildResult, actor_name, build
 from audiences.config import ProjectConfig
@@ -120,17 +118,14 @@ class SyncReport:
 
 
 # ---------------------------------------------------------------------------- helpers
-def definition_text(segment: Any) -> str:
-    """The segment's canonical definition as YAML lines (for approval diffs)."""
-    return str(yaml.safe_dump(json.loads(segment.canonical()), sort_keys=True))
-
-
 def make_connector(config: ProjectConfig, name: str) -> Any:
     from connectors.registry import connector_class, destination_config
 
     spec = config.destination(name)
     cls = connector_class(spec.kind)
-    return cls(name, destination_config(spec))
+    connector = cls(name, destination_config(spec))
+    connector.root = config.root
+    return connector
 
 
 def _remote_id(conn: Any, segment: str, destination: str) -> str | None:
@@ -262,11 +257,28 @@ def sync(
     full_refresh: bool = False,
     connector_factory: Callable[[ProjectConfig, str], Any] = make_connector,
     progress: Progress | None = None,
+    approved_only: bool = False,
 ) -> SyncReport:
-    """Build, then push each release to its ad destinations. Failures don't stop others."""
+    """Build, then push each release to its ad destinations. Failures don't stop others.
+
+    ``approved_only`` (``sync --all``, for cron) takes every segment with an ad
+    destination that a compliance officer approved at some point; segments never
+    approved, or whose approval was revoked, are listed as ``skipped``. A segment changed
+    since its approval is still taken, and refused by the build (``blocked``).
+    """
     who = actor_name(actor)
     step = progress or (lambda _msg, _frac: None)
     report = SyncReport(results=[])
+    if approved_only:
+        names, skipped = _approved_segments(config)
+        report.results.extend(skipped)
+        if not names:
+            conn = connect(config.state_db)
+            try:
+                report.audit_head = _audit_head(conn)
+            finally:
+                conn.close()
+            return report
     results = build(config, names, as_of=as_of, actor=who, progress=step)
     conn = connect(config.state_db)
     try:
@@ -300,6 +312,32 @@ def sync(
     finally:
         conn.close()
     return report
+
+
+def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[DestinationSync]]:
+    from audiences import compliance
+    from audiences.approvals import latest_approval
+    from audiences.segments import load_segments
+    from policies.pack import load_pack
+
+    pack = load_pack(config)
+    required = compliance.approval_required(config, pack)
+    conn = connect(config.state_db)
+    names, skipped = [], []
+    try:
+        for segment in load_segments(config.segments_dir):
+            ads = compliance.ad_destinations(config, segment)
+            if not ads:
+                continue
+            approval = latest_approval(conn, segment.name) if required else None
+            if required and (approval is None or approval.revoked_at is not None):
+                why = "not approved" if approval is None else "approval revoked"
+                skipped.extend(DestinationSync(segment.name, d, "skipped", error=why) for d in ads)
+                continue
+            names.append(segment.name)
+    finally:
+        conn.close()
+    return names, skipped
 
 
 def _segment_destinations(config: ProjectConfig, segment: str) -> list[str]:

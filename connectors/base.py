@@ -11,6 +11,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -68,6 +69,11 @@ class Connector(ABC):
     def __init__(self, name: str, config: DestinationConfig) -> None:
         self.name = name
         self.config = config
+        self.root = Path(".")  # the project folder: relative paths in the config resolve here
+
+    def resolve(self, path: str) -> str:
+        p = Path(path).expanduser()
+        return str(p if p.is_absolute() else self.root / p)
 
     @abstractmethod
     def account(self) -> str:

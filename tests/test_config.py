@@ -47,7 +47,7 @@ def _edit(project: Path, old: str, new: str) -> None:
         ('id = "contact_id"', 'idd = "contact_id"', r"unknown key 'sources.contacts.idd'"),
         ("[identity]", "[identty]", r"unknown key 'identty'.*did you mean 'identity'"),
         (
-            'ad_account_id = "act_1000000001"',
+            'ad_account_id = "act_1234567890"',
             'ad_account_id = "1000000001"',
             r"\[destinations.meta\] ad_account_id",
         ),

@@ -40,8 +40,7 @@ class FileConnector(Connector):
 
     @property
     def directory(self) -> Path:
-        base = Path(self.config.path).expanduser()
-        return base if base.is_absolute() else self.root / base
+        return Path(self.resolve(self.config.path))
 
     def account(self) -> str:
         return f"local:{self.config.path}"

@@ -58,7 +58,7 @@ class GoogleAdsConnector(AudienceConnector):
             access_token,
             endpoint=self.config.endpoint,
             login_customer_id=self.config.login_customer_id,
-            ca_file=self.config.ca_file,
+            ca_file=self.resolve(self.config.ca_file) if self.config.ca_file else None,
             developer_token_env=self.config.developer_token_env,
             access_token_env=self.config.access_token_env,
             poll_seconds=self.poll_seconds,

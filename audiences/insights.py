@@ -1,0 +1,266 @@
+"""Numbers for marketers: DP previews and overlaps against the persistent budget ledger.
+
+Every figure here went through OpenDP; the exact ones stay in compliance reports.
+The spend is recorded *before* the query runs (a query that fails after touching the
+data still counts), and the ledger is checked before an OpenDP context is built (a
+rejected query kills an OpenDP context, and contexts can't be saved).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import polars as pl
+
+from audiences.build import (
+    actor_name,
+    collect_candidates,
+    select_segments,
+    validate_against_data,
+)
+from audiences.config import ProjectConfig
+from audiences.errors import ConfigError, UsageError
+from audiences.sources import load_sources
+from audiences.state import connect, project_salt
+
+DEFAULT_POLICY = {
+    "epsilon_per_period": 10.0,
+    "delta_per_period": 0.0,
+    "period": "month",
+    "max_epsilon_per_query": 1.0,
+    "refresh_on_unchanged_data": False,
+}
+
+
+def budget_policy(config: ProjectConfig, pack: Any) -> Any:
+    """The budget the pack sets (``pack.budget``), else the conservative default."""
+    from policies.ledger import BudgetPolicy
+
+    settings = getattr(pack, "budget", None) or DEFAULT_POLICY
+    if not isinstance(settings, dict):
+        settings = dict(settings)
+    return BudgetPolicy(**settings)
+
+
+def dimensions(config: ProjectConfig, schema: pl.Schema) -> dict[str, Any]:
+    """Breakdown dimensions with *public* key sets (never taken from the data)."""
+    from policies import dp
+
+    known: dict[str, Any] = {
+        "age_band": (dp.age_band_expr("age"), dp.age_band_keys()),
+        "sex": (config.identity.gender or "sex", dp.sex_keys()),
+        "state": (config.identity.state or "state", dp.us_state_keys()),
+    }
+    language_keys = ["en", "es", "zh", "ru", "ko", "vi", "ht", "fr"]
+    out: dict[str, Any] = {}
+    for name in config.insights.dimensions:
+        if name in known:
+            out[name] = known[name]
+        elif name == "preferred_language":
+            out[name] = (name, language_keys)
+        else:
+            raise ConfigError(
+                f"[insights] dimension {name!r} has no public key set",
+                "use age_band, sex, state or preferred_language (keys must be public, "
+                "never derived from the data)",
+            )
+        column = out[name][0]
+        if isinstance(column, str) and column not in schema:
+            raise ConfigError(
+                f"[insights] dimension {name!r} needs column {column!r}, which contacts lack",
+                "fix [insights] dimensions or [identity]",
+            )
+    return out
+
+
+@dataclass
+class Preview:
+    segment: str
+    epsilon: float
+    result: Any
+    remaining: Any
+    renews: str
+
+    def to_dict(self) -> dict[str, Any]:
+        count = self.result.count
+        return {
+            "segment": self.segment,
+            "epsilon": self.epsilon,
+            "count": {
+                "value": count.shown,
+                "ci95": [round(count.ci95_low), round(count.ci95_high)],
+            },
+            "breakdowns": {
+                name: [
+                    {
+                        "key": row[name],
+                        "count": max(int(row["count"]), 0),
+                        "ci95": [round(row["ci95_low"]), round(row["ci95_high"])],
+                    }
+                    for row in frame.iter_rows(named=True)
+                ]
+                for name, frame in self.result.breakdowns.items()
+            },
+            "epsilon_used": self.result.epsilon_used,
+            "budget_remaining": {"epsilon": self.remaining.epsilon},
+            "budget_renews": self.renews,
+            "note": "differentially private figures (OpenDP); exact counts are for "
+            "compliance reports only",
+        }
+
+
+def _epsilon(config: ProjectConfig, requested: float | None) -> float:
+    value = config.insights.epsilon if requested is None else requested
+    if not value > 0 or value != value or value == float("inf"):
+        raise UsageError(
+            f"--epsilon {value} must be a positive finite number", "e.g. --epsilon 0.5"
+        )
+    return float(value)
+
+
+def preview(
+    config: ProjectConfig,
+    segment_name: str,
+    *,
+    epsilon: float | None = None,
+    as_of: date | None = None,
+    actor: str | None = None,
+) -> Preview:
+    from policies import dp
+    from policies.ledger import Ledger, PrivacyBudget
+    from policies.pack import load_pack
+
+    as_of = as_of or datetime.now(UTC).date()
+    eps = _epsilon(config, epsilon)
+    (segment,) = select_segments(config, [segment_name])
+    sources = load_sources(config)
+    validate_against_data(config, [segment], sources, as_of)
+    pack = load_pack(config)
+    dims = dimensions(config, sources.contacts.collect_schema())
+    conn = connect(config.state_db)
+    try:
+        ledger = Ledger(conn, budget_policy(config, pack))
+        requested = PrivacyBudget(eps, 0.0)
+        ledger.check(sources.digest, requested, as_of)
+        members = collect_candidates(
+            config, segment, sources, as_of, project_salt(config.state_dir)
+        )
+        ledger.spend(
+            sources.digest,
+            requested,
+            f"preview {segment.name} count+{','.join(dims)}",
+            actor_name(actor),
+            as_of,
+        )
+        result = dp.preview(members.lazy(), dims, epsilon_total=eps, person="member_key")
+        remaining = ledger.remaining(sources.digest, as_of)
+        renews = ledger.renews(sources.digest, as_of)
+        _audit(conn, actor_name(actor), segment.name, eps, "preview", sources.digest)
+    finally:
+        conn.close()
+    return Preview(segment.name, eps, result, remaining, renews)
+
+
+def overlap(
+    config: ProjectConfig,
+    names: list[str],
+    *,
+    epsilon: float | None = None,
+    as_of: date | None = None,
+    actor: str | None = None,
+) -> dict[str, Any]:
+    from policies import dp
+    from policies.ledger import Ledger, PrivacyBudget
+    from policies.pack import load_pack
+
+    if len(names) < 2:
+        raise UsageError("overlap needs at least two segments", "e.g. audiences overlap A B")
+    as_of = as_of or datetime.now(UTC).date()
+    eps = _epsilon(config, epsilon)
+    segments = select_segments(config, names)
+    sources = load_sources(config)
+    validate_against_data(config, segments, sources, as_of)
+    pack = load_pack(config)
+    salt = project_salt(config.state_dir)
+    conn = connect(config.state_db)
+    try:
+        ledger = Ledger(conn, budget_policy(config, pack))
+        requested = PrivacyBudget(eps, 0.0)
+        ledger.check(sources.digest, requested, as_of)
+        sets = {
+            s.name: collect_candidates(config, s, sources, as_of, salt).select("member_key").lazy()
+            for s in segments
+        }
+        ledger.spend(
+            sources.digest, requested, f"overlap {','.join(names)}", actor_name(actor), as_of
+        )
+        result = dp.dp_overlap(sets, epsilon=eps)
+        remaining = ledger.remaining(sources.digest, as_of)
+        _audit(conn, actor_name(actor), ",".join(names), eps, "overlap", sources.digest)
+    finally:
+        conn.close()
+    matrix = result.matrix.with_columns(
+        [pl.col(c).clip(lower_bound=0).round(0).cast(pl.Int64) for c in result.segments]
+    )
+    return {
+        "segments": result.segments,
+        "matrix": matrix.to_dicts(),
+        "ci95_half_width": {
+            "sizes": round(result.accuracy_diagonal),
+            "overlaps": round(result.accuracy_pairs),
+        },
+        "epsilon": eps,
+        "budget_remaining": {"epsilon": remaining.epsilon},
+        "note": "differentially private figures (OpenDP)",
+    }
+
+
+def budget(config: ProjectConfig, *, as_of: date | None = None) -> dict[str, Any]:
+    from audiences.sources import source_digest
+    from policies.ledger import Ledger
+    from policies.pack import load_pack
+
+    as_of = as_of or datetime.now(UTC).date()
+    pack = load_pack(config)
+    policy = budget_policy(config, pack)
+    dataset = source_digest(config)
+    conn = connect(config.state_db)
+    try:
+        ledger = Ledger(conn, policy)
+        entries = ledger.entries()
+        remaining = ledger.remaining(dataset, as_of)
+        renews = ledger.renews(dataset, as_of)
+    finally:
+        conn.close()
+    return {
+        "policy": policy.model_dump(),
+        "dataset": dataset,
+        "remaining": {"epsilon": remaining.epsilon, "delta": remaining.delta},
+        "renews": renews,
+        "entries": [
+            {
+                "at": e.at,
+                "dataset": e.dataset[:12],
+                "period": e.period,
+                "epsilon": e.budget.epsilon,
+                "delta": e.budget.delta,
+                "query": e.query,
+                "actor": e.actor,
+            }
+            for e in entries
+        ],
+    }
+
+
+def _audit(conn: Any, actor: str, subject: str, epsilon: float, kind: str, dataset: str) -> None:
+    from audiences import audit
+
+    audit.append(
+        conn,
+        kind="budget_spend",
+        subject=subject,
+        details={"query": kind, "epsilon": epsilon, "dataset": dataset},
+        actor=actor,
+    )
