@@ -675,7 +675,6 @@ class MetaSandbox:
             }
             if session is not None:
                 response["session_id"] = str(session["session_id"])
-            if session is not None:
                 key = f"{kind}:{session['session_id']}"
                 upload = audience.sessions.setdefault(key, _UploadSession(kind))
                 seq = int(session["batch_seq"])
