@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from audiences.errors import ConfigError
 from connectors.google_ads.client import (
     SDK_LOGGER,
     GoogleAdsCustomerMatchClient,
@@ -421,6 +422,26 @@ def test_auth_errors_are_terminal_and_name_the_variable(
     for secret in (ACCESS_TOKEN, DEVELOPER_TOKEN, *options.values()):
         if "token" in secret:
             assert secret not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [(None, "cannot be read"), (b"not a certificate", "holds no PEM certificate")],
+)
+def test_unusable_ca_file(
+    tmp_path: Path, sleeps: list[float], content: bytes | None, pattern: str
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    if content is not None:
+        ca_file.write_bytes(content)
+    with pytest.raises(ConfigError, match=pattern):
+        GoogleAdsCustomerMatchClient(
+            "1234567890",
+            DEVELOPER_TOKEN,
+            ACCESS_TOKEN,
+            endpoint="127.0.0.1:1",
+            ca_file=str(ca_file),
+        )
 
 
 def test_replace_cannot_remove(client: GoogleAdsCustomerMatchClient, user_list: str) -> None:

@@ -32,6 +32,7 @@ from connectors.sandbox.google_ads_server import (
     DEFAULT_DEVELOPER_TOKEN,
     FAILURE_TYPE_URL,
     GoogleAdsSandbox,
+    serve,
 )
 from connectors.sandbox.tls import make_loopback_certificate
 
@@ -135,22 +136,48 @@ def test_certificate_files_are_private_and_name_loopback() -> None:
         material.directory.rmdir()
 
 
-def test_sandbox_is_not_trusted_without_its_ca(sandbox: GoogleAdsSandbox) -> None:
+def test_a_client_trusting_another_ca_is_refused(sandbox: GoogleAdsSandbox) -> None:
+    # (Another CA rather than the default roots: loading gRPC's default roots in this
+    # process would freeze them for every later test.)
     from connectors.google_ads.errors import GoogleAdsTransientError
 
-    untrusted = GoogleAdsCustomerMatchClient(
-        sandbox.customer_id,
-        DEFAULT_DEVELOPER_TOKEN,
-        DEFAULT_ACCESS_TOKEN,
-        endpoint=sandbox.endpoint,
-        ca_file=None,  # the SDK's get_service: default roots only
-        max_attempts=1,
-        rpc_timeout_seconds=5,
-    )
-    with pytest.raises(GoogleAdsTransientError, match="UNAVAILABLE"):
-        untrusted.create_user_list("L1", "opaque", 30)
-    untrusted.close()
+    other = make_loopback_certificate()
+    try:
+        stranger = GoogleAdsCustomerMatchClient(
+            sandbox.customer_id,
+            DEFAULT_DEVELOPER_TOKEN,
+            DEFAULT_ACCESS_TOKEN,
+            endpoint=sandbox.endpoint,
+            ca_file=str(other.certificate_file),
+            max_attempts=1,
+            rpc_timeout_seconds=5,
+        )
+        with pytest.raises(GoogleAdsTransientError, match="UNAVAILABLE"):
+            stranger.create_user_list("L1", "opaque", 30)
+        stranger.close()
+    finally:
+        for path in other.directory.iterdir():
+            path.unlink()
+        other.directory.rmdir()
     assert sandbox.calls == []
+
+
+def test_serve_takes_tokens_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOOGLE_ADS_DEVELOPER_TOKEN", "env-dev-token")
+    monkeypatch.setenv("GOOGLE_ADS_ACCESS_TOKEN", "env-access-token")
+    server = serve(customer_id="1112223333")
+    try:
+        with GoogleAdsCustomerMatchClient(
+            "111-222-3333",
+            "env-dev-token",
+            "env-access-token",
+            endpoint=server.endpoint,
+            ca_file=server.ca_file,
+            max_attempts=1,
+        ) as ads:
+            assert ads.create_user_list("L1", "opaque", 0).startswith("customers/1112223333/")
+    finally:
+        server.stop()
 
 
 def test_stop_removes_the_key_material() -> None:
@@ -378,9 +405,10 @@ def test_job_status_progresses_with_polls_and_applies_at_success(
     job = new_job(client, user_list)
     add_ops(client, job, [person_op("create", ("hashed_email", sha("a@x.com")))])
     assert client.job_status(job)[0] == "PENDING"  # not run yet: polls do not advance it
-    run(client, job)
-    seen = [client.job_status(job)[0] for _ in range(5)]
-    assert seen == ["PENDING", "PENDING", "RUNNING", "SUCCESS", "SUCCESS"]
+    operation = run(client, job)
+    seen = [client.job_status(job)[0] for _ in range(4)]
+    assert seen == ["PENDING", "PENDING", "RUNNING", "SUCCESS"]
+    assert operation.done()  # the SDK's long-running operation reads GetOperation
     assert sandbox.members(user_list) == {frozenset({("hashed_email", sha("a@x.com"))})}
     assert client.job_status(job)[2] == "MATCH_RANGE_91_TO_100"
 

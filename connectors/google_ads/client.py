@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from audiences.errors import ConfigError
 from connectors.google_ads.errors import (
     CustomerDataTermsNotAccepted,
     GoogleAdsApiError,
@@ -151,7 +152,7 @@ class GoogleAdsCustomerMatchClient:
             version=API_VERSION,
             use_proto_plus=True,
         )
-        self._root_certificates = Path(ca_file).read_bytes() if ca_file else None
+        self._root_certificates = _read_ca_file(ca_file) if ca_file else None
         self._channel: Any = None
         self._services: dict[str, Any] = {}
         self.retries = 0
@@ -173,16 +174,16 @@ class GoogleAdsCustomerMatchClient:
         """The service client ``get_service`` builds, on a channel that trusts ``ca_file``."""
         import grpc
         from google.ads.googleads import client as sdk_client
-        from google.ads.googleads import util
         from google.ads.googleads.interceptors import (
             ExceptionInterceptor,
             LoggingInterceptor,
             MetadataInterceptor,
         )
+        from google.ads.googleads.util import convert_upper_case_to_snake_case
 
         module = importlib.import_module(
             f"google.ads.googleads.{API_VERSION}.services.services."
-            f"{util.convert_upper_case_to_snake_case(name)}"
+            f"{convert_upper_case_to_snake_case(name)}"
         )
         client_class = getattr(module, f"{name}Client")
         transport_class = client_class.get_transport_class("grpc")
@@ -282,24 +283,19 @@ class GoogleAdsCustomerMatchClient:
                 f"use 0 to {MAX_MEMBERSHIP_LIFE_SPAN_DAYS} days",
                 code="range_error.membership_life_span",
             )
-        from google.ads.googleads.v26.enums.types.customer_match_upload_key_type import (
-            CustomerMatchUploadKeyTypeEnum,
-        )
-        from google.ads.googleads.v26.enums.types.user_list_crm_data_source_type import (
-            UserListCrmDataSourceTypeEnum,
-        )
+        from google.ads.googleads.v26.common.types.user_lists import CrmBasedUserListInfo
+        from google.ads.googleads.v26.resources.types.user_list import UserList
         from google.ads.googleads.v26.services.types import user_list_service
 
-        operation = user_list_service.UserListOperation()
-        user_list = operation.create
-        user_list.name = name
-        user_list.description = description
-        user_list.membership_life_span = membership_life_span_days
-        user_list.crm_based_user_list.upload_key_type = (
-            CustomerMatchUploadKeyTypeEnum.CustomerMatchUploadKeyType.CONTACT_INFO
-        )
-        user_list.crm_based_user_list.data_source_type = (
-            UserListCrmDataSourceTypeEnum.UserListCrmDataSourceType.FIRST_PARTY
+        operation = user_list_service.UserListOperation(
+            create=UserList(
+                name=name,
+                description=description,
+                membership_life_span=membership_life_span_days,
+                crm_based_user_list=CrmBasedUserListInfo(
+                    upload_key_type="CONTACT_INFO", data_source_type="FIRST_PARTY"
+                ),
+            )
         )
         request = user_list_service.MutateUserListsRequest(
             customer_id=self.customer_id, operations=[operation]
@@ -444,24 +440,26 @@ class GoogleAdsCustomerMatchClient:
         return result
 
     def _create_job(self, service: Any, user_list: str, consent: Consent | None) -> str:
-        from google.ads.googleads.v26.enums.types.consent_status import ConsentStatusEnum
-        from google.ads.googleads.v26.enums.types.offline_user_data_job_type import (
-            OfflineUserDataJobTypeEnum,
+        from google.ads.googleads.v26.common.types.consent import Consent as ConsentMessage
+        from google.ads.googleads.v26.common.types.offline_user_data import (
+            CustomerMatchUserListMetadata,
+        )
+        from google.ads.googleads.v26.resources.types.offline_user_data_job import (
+            OfflineUserDataJob,
         )
         from google.ads.googleads.v26.services.types import offline_user_data_job_service
 
+        metadata = CustomerMatchUserListMetadata(user_list=user_list)
+        if consent is not None:  # enum values by name
+            metadata.consent = ConsentMessage(
+                ad_user_data=consent[0], ad_personalization=consent[1]
+            )
         request = offline_user_data_job_service.CreateOfflineUserDataJobRequest(
-            customer_id=self.customer_id
+            customer_id=self.customer_id,
+            job=OfflineUserDataJob(
+                type_="CUSTOMER_MATCH_USER_LIST", customer_match_user_list_metadata=metadata
+            ),
         )
-        request.job.type_ = (
-            OfflineUserDataJobTypeEnum.OfflineUserDataJobType.CUSTOMER_MATCH_USER_LIST
-        )
-        request.job.customer_match_user_list_metadata.user_list = user_list
-        if consent is not None:
-            statuses = ConsentStatusEnum.ConsentStatus
-            metadata_consent = request.job.customer_match_user_list_metadata.consent
-            metadata_consent.ad_user_data = statuses[consent[0]]
-            metadata_consent.ad_personalization = statuses[consent[1]]
         response = self._call(
             service.create_offline_user_data_job, request, "create offline user data job"
         )
@@ -569,6 +567,23 @@ class GoogleAdsCustomerMatchClient:
         )
         pager = self._call(self.service("GoogleAdsService").search, request, action)
         return list(pager)
+
+
+def _read_ca_file(ca_file: str) -> bytes:
+    try:
+        pem = Path(ca_file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"the Google Ads CA file {ca_file} cannot be read ({exc.strerror})",
+            "point ca_file at the PEM certificate the sandbox printed, or remove ca_file "
+            "to use the system's trusted roots",
+        ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ConfigError(
+            f"the Google Ads CA file {ca_file} holds no PEM certificate",
+            "point ca_file at the PEM certificate the sandbox printed",
+        )
+    return pem
 
 
 def _quoted(resource_name: str) -> str:

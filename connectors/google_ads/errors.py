@@ -115,10 +115,9 @@ def translate(
 
     if isinstance(exception, GoogleAdsException):
         codes = _failure_codes(exception.failure)
-        status = exception.error.code().name if exception.error is not None else "UNKNOWN"
         return _from_codes(
             codes,
-            status=status,
+            status=exception.error.code().name if exception.error is not None else "UNKNOWN",
             action=action,
             request_id=exception.request_id,
             api_message=_first_message(exception.failure),

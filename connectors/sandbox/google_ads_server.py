@@ -206,11 +206,11 @@ class SandboxJob:
     user_list: str
     ad_user_data: ConsentStatus
     ad_personalization: ConsentStatus
-    status: Status = Status.PENDING
-    failure_reason: FailureReason = FailureReason.UNSPECIFIED
+    status: int = Status.PENDING  # an OfflineUserDataJobStatus value
+    failure_reason: int = FailureReason.UNSPECIFIED  # an OfflineUserDataJobFailureReason value
     started: bool = False
     polls_after_run: int = 0
-    fail_with: FailureReason | None = None
+    fail_with: int | None = None
     staged: list[tuple[str, Person | None]] = field(default_factory=list)
     kinds: set[str] = field(default_factory=set)  # "create" / "remove" (remove_all apart)
     in_flight: int = 0
@@ -887,6 +887,7 @@ class GoogleAdsSandbox:
             if kind == "remove_all":
                 staged.append(("remove_all", None))
                 continue
+            assert kind is not None  # refused above
             person, problems = _person(getattr(operation, kind), index, kind)
             if problems:
                 errors.extend(problems)
@@ -1085,7 +1086,7 @@ def _operation(job: SandboxJob) -> operations_pb2.Operation:
         operation.response.Pack(empty_pb2.Empty())
     elif job.status == Status.FAILED:
         operation.error.code = grpc.StatusCode.FAILED_PRECONDITION.value[0]
-        operation.error.message = f"The job failed: {job.failure_reason.name}."
+        operation.error.message = f"The job failed: {FailureReason(job.failure_reason).name}."
     return operation
 
 
