@@ -643,3 +643,26 @@ def test_json_schema_rejects_what_the_loader_rejects(text: str) -> None:
     assert _check(yaml_data(text), schema, schema) != []
     with pytest.raises(SegmentError):
         parse_segment(text)
+
+
+# -- docs -----------------------------------------------------------------------------------
+
+DOCS = Path(__file__).parent.parent / "docs" / "segments.md"
+
+
+def doc_segments() -> list[str]:
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(encoding="utf-8"), flags=re.S)
+    return [b for b in blocks if b.startswith("name:")]
+
+
+def test_docs_show_the_brief_examples() -> None:
+    names = [parse_segment(text).name for text in doc_segments()]
+    assert "cardiology-lapsed" in names and len(names) >= 5
+
+
+@pytest.mark.parametrize("text", doc_segments())
+def test_docs_examples_parse_validate_and_fit_the_json_schema(text: str) -> None:
+    segment = parse_segment(text, source="docs/segments.md")
+    assert validate_segment(segment, CONTACTS_SCHEMA, EVENTS_SCHEMA, CTX) == []
+    schema = segment_json_schema()
+    assert _check(yaml_data(text), schema, schema) == []
