@@ -349,6 +349,8 @@ def record(
             require_release(release)
             keys = difference.sorted_keys(release.members.get_column("member_key"))
             target = folder / f"{release.release_id}.parquet"
+            if target.exists():
+                raise InternalError(f"release {release.release_id} is already recorded")
             write_with(target, lambda tmp, k=keys: difference.write_membership(tmp, k), mode=0o600)
             written.append(target)
             rows.append(

@@ -315,7 +315,12 @@ def _count(candidates: pl.DataFrame, mask: pl.Series) -> int:
 def _mask(candidates: pl.DataFrame, expr: pl.Expr) -> pl.Series:
     if candidates.height == 0:
         return pl.Series("excluded", [], dtype=pl.Boolean)
-    return candidates.select(expr.fill_null(False).alias("excluded")).to_series()
+    # with_columns broadcasts a literal to every row (select would give one row)
+    return (
+        candidates.with_columns(expr.fill_null(False).alias("__excluded"))
+        .get_column("__excluded")
+        .alias("excluded")
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -511,8 +516,12 @@ def segment_words(segment: Any) -> frozenset[str]:
 
 
 def leaked_words(name: str, words: frozenset[str]) -> list[str]:
+    """Words of the segment that appear anywhere inside ``name`` (substring match)."""
     lowered = name.lower()
-    return sorted(w for w in words if w in lowered)
+    pieces = {
+        lowered[i:j] for i in range(len(lowered)) for j in range(i + MIN_WORD, len(lowered) + 1)
+    }
+    return sorted(pieces & words)
 
 
 def make_opaque_name(
@@ -523,7 +532,7 @@ def make_opaque_name(
     Stable for a segment (so the platform audience keeps its name across builds) and
     re-drawn deterministically until no word of the segment appears in it.
     """
-    for attempt in range(10_000):
+    for attempt in range(1_000):
         mac = hmac.new(salt, f"opaque-name\0{segment_name}\0{attempt}".encode(), hashlib.sha256)
         name = f"{params.prefix}-{mac.hexdigest()[: params.length]}"
         if not leaked_words(name, words):
