@@ -198,6 +198,14 @@ def test_requests_also_split_at_100000_identifiers(
     assert sandbox.call_count(ADD, "OK") == 2
 
 
+def test_nobody_to_send_creates_no_job(
+    sandbox: GoogleAdsSandbox, client: GoogleAdsCustomerMatchClient, user_list: str
+) -> None:
+    result = client.upload(user_list, [{"hashed_email": None}], remove=True, consent=None)
+    assert (result.job, result.sent, result.skipped, result.requests) == (None, 0, 1, 0)
+    assert sandbox.jobs == {}
+
+
 def test_more_than_20_identifiers_refused_before_sending(
     client: GoogleAdsCustomerMatchClient, user_list: str
 ) -> None:

@@ -69,7 +69,7 @@ class JobResult:
     """What one offline user data job did. Row indices count from 0 in input order."""
 
     user_list: str
-    job: str
+    job: str | None  # None when nobody was sent (no job is created)
     operation: Literal["add", "remove"]
     replaced: bool
     sent: int  # people sent in operations
@@ -351,14 +351,14 @@ class GoogleAdsCustomerMatchClient:
         started = time.perf_counter()
         retries_before = self.retries
         service = self.service("OfflineUserDataJobService")
-        job = self._create_job(service, user_list, consent)
         kind = "remove" if remove else "create"
 
         rejected_rows: dict[str, set[int]] = defaultdict(set)
         rejected_by_code: Counter[str] = Counter()
         local_refusals: set[int] = set()
         sent = skipped = requests = 0
-        batch = self._new_batch(job)
+        job: str | None = None  # created with the first request
+        batch = self._new_batch()
         if replace:
             batch.request.operations.add().remove_all = True
             batch.rows.append(-1)
@@ -376,9 +376,10 @@ class GoogleAdsCustomerMatchClient:
                 batch.people >= batch_size
                 or batch.identifiers + len(identifiers) > MAX_IDENTIFIERS_PER_REQUEST
             ):
-                self._send(service, batch, rejected_rows, rejected_by_code)
+                job = job or self._create_job(service, user_list, consent)
+                self._send(service, job, batch, rejected_rows, rejected_by_code)
                 requests += 1
-                batch = self._new_batch(job)
+                batch = self._new_batch()
             user_data = getattr(batch.request.operations.add(), kind)
             for which, value in identifiers:
                 identifier = user_data.user_identifiers.add()
@@ -395,11 +396,15 @@ class GoogleAdsCustomerMatchClient:
             batch.identifiers += len(identifiers)
             sent += 1
         if batch.rows:
-            self._send(service, batch, rejected_rows, rejected_by_code)
+            job = job or self._create_job(service, user_list, consent)
+            self._send(service, job, batch, rejected_rows, rejected_by_code)
             requests += 1
 
-        self._run_job(service, job)
-        status, failure_reason, match_rate, polls = self._wait(job)
+        if job is None:  # nobody to send: no job at all
+            status, failure_reason, match_rate, polls = "SUCCESS", None, None, 0
+        else:
+            self._run_job(service, job)
+            status, failure_reason, match_rate, polls = self._wait(job)
         refused_by_api = {row for rows in rejected_rows.values() for row in rows} - local_refusals
         result = JobResult(
             user_list=user_list,
@@ -466,21 +471,23 @@ class GoogleAdsCustomerMatchClient:
         job: str = response.resource_name
         return job
 
-    def _new_batch(self, job: str) -> _Batch:
+    def _new_batch(self) -> _Batch:
         from google.ads.googleads.v26.services.types import offline_user_data_job_service
 
         raw = offline_user_data_job_service.AddOfflineUserDataJobOperationsRequest.pb()
-        return _Batch(raw(resource_name=job, enable_partial_failure=True))
+        return _Batch(raw(enable_partial_failure=True))
 
     def _send(
         self,
         service: Any,
+        job: str,
         batch: _Batch,
         rejected_rows: dict[str, set[int]],
         rejected_by_code: Counter[str],
     ) -> None:
         from google.ads.googleads.v26.services.types import offline_user_data_job_service
 
+        batch.request.resource_name = job
         request = offline_user_data_job_service.AddOfflineUserDataJobOperationsRequest.wrap(
             batch.request
         )
