@@ -7,8 +7,11 @@ its metadata, logging and exception interceptors included — can be driven agai
 * ``UserListService/MutateUserLists`` — create a ``CrmBasedUserList`` (``CONTACT_INFO``).
 * ``OfflineUserDataJobService/CreateOfflineUserDataJob``, ``AddOfflineUserDataJobOperations``,
   ``RunOfflineUserDataJob`` (returns a ``google.longrunning.Operation``).
+* ``google.longrunning.Operations/GetOperation`` for the SDK's operation future.
 * ``GoogleAdsService/Search`` and ``SearchStream`` for ``offline_user_data_job`` and
-  ``user_list`` rows.
+  ``user_list`` rows (a small GAQL subset: ``SELECT fields FROM resource [WHERE
+  resource.field = 'value']``; only the selected fields are filled). User list sizes are
+  exact member counts (the real API rounds them and reports small lists late).
 
 Whole-request failures end the call with a gRPC status and, like the real API, a
 serialized ``GoogleAdsFailure`` in the trailing metadata key
