@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -531,3 +532,28 @@ def test_calls_are_timed(sandbox: GoogleAdsSandbox, client: GoogleAdsCustomerMat
     new_list(client)
     assert sandbox.call_count("MutateUserLists", "OK") == 1
     assert sandbox.server_seconds("MutateUserLists") >= 0.05
+
+
+def test_parallel_adds_to_one_job_collide(
+    sandbox: GoogleAdsSandbox, client: GoogleAdsCustomerMatchClient
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    job = new_job(client, new_list(client))
+    sandbox.inject("slow", method="AddOfflineUserDataJobOperations", delay=0.3)
+
+    def add(i: int) -> str:
+        try:
+            add_ops(client, job, [person_op("create", ("hashed_email", sha(f"{i}@x.com")))])
+        except GoogleAdsException as exception:
+            return codes(exception)[0]
+        return "OK"
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(add, 1)
+        while not sandbox.jobs[job].in_flight:  # wait until the slow add is in flight
+            time.sleep(0.001)
+        second = pool.submit(add, 2)
+        outcomes = sorted([first.result(), second.result()])
+    assert outcomes == ["CONCURRENT_MODIFICATION", "OK"]
+    assert len(sandbox.jobs[job].staged) == 1
