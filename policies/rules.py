@@ -305,7 +305,12 @@ def as_date(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
         return expr
     if isinstance(dtype, pl.Datetime):
         return expr.dt.date()
-    return expr.cast(pl.String).str.strip_chars().str.to_date(strict=False)
+    return (
+        expr.cast(pl.String)
+        .str.strip_chars()
+        .str.slice(0, 10)
+        .str.to_date("%Y-%m-%d", strict=False)
+    )
 
 
 def _count(candidates: pl.DataFrame, mask: pl.Series) -> int:
