@@ -141,7 +141,7 @@ def validate_against_data(
             raise SegmentError(
                 f"segment {segment.name!r} names unknown destination(s) {unknown} (configured: {known})",
                 "fix `destinations:` in the segment or add them to audiences.toml",
-                where=str(getattr(segment, "source_path", "") or segment.name),
+                where=str(segment.source or segment.name),
             )
         issues = validate_segment(segment, contacts_schema, events_schema, ctx)
         if issues:

@@ -53,7 +53,7 @@ def validate_project(
         "segments": [
             {
                 "name": s.name,
-                "file": str(getattr(s, "source_path", "")),
+                "file": s.source or "",
                 "digest": s.digest,
                 "destinations": list(s.destinations),
             }

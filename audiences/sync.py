@@ -181,16 +181,9 @@ def diff(
     return adds, removes, held_adds, held_removes, forced
 
 
-def _hold_threshold(outcome: Any, release: Any) -> int | None:
-    value = getattr(release, "hold_k", None)
-    if value is None:
-        value = getattr(outcome, "hold_k", None)
-    return int(value) if value else None
-
-
-def _forced_keys(outcome: Any) -> pl.Series | None:
-    keys = getattr(outcome, "forced_removal_keys", None)
-    return keys if isinstance(keys, pl.Series) else None
+def _hold_threshold(release: Any) -> int | None:
+    """k_diff when the pack holds small changes (the gate blocks them otherwise)."""
+    return int(release.k_diff) if release.k_diff else None
 
 
 def plan_destination(
@@ -201,13 +194,13 @@ def plan_destination(
     adds, removes, held_adds, held_removes, forced = diff(
         release.members,
         confirmed,
-        hold_k=_hold_threshold(outcome, release),
-        forced_keys=_forced_keys(outcome),
+        hold_k=_hold_threshold(release),
+        forced_keys=release.excluded_keys,
     )
     return DestinationPlan(
         segment=release.segment,
         destination=name,
-        kind=release.destination_kind,
+        kind=release.kind,
         account=release.account,
         release_id=release.release_id,
         opaque_name=release.opaque_name,
@@ -239,7 +232,7 @@ def plan(
             if result.blocked:
                 continue
             for name, release in result.outcome.releases.items():
-                if release.destination_kind == "file":
+                if release.kind == "file":
                     continue
                 plans.append(plan_destination(conn, config, result.outcome, name, release))
     finally:
@@ -291,7 +284,7 @@ def sync(
                     )
                 continue
             for name, release in result.outcome.releases.items():
-                if release.destination_kind == "file":
+                if release.kind == "file":
                     report.results.append(
                         DestinationSync(segment, name, "ok", adds=release.members.height)
                     )
