@@ -60,6 +60,7 @@ def _markdown(r: dict[str, Any]) -> str:
         + (f", extends {_md(', '.join(pack['extends']))}" if pack["extends"] else ""),
         f"- Segment: {_md(seg['name'])} ({_md(seg['digest'])}); PHI-derived: "
         f"{'yes' if seg['phi_derived'] else 'no'}",
+        f"- Description: {_md(seg.get('description', ''))}",
         f"- Candidates: {r['figures']['candidates']} · eligible after filters: "
         f"{r['figures']['eligible_members']} · without member key: {r['figures']['without_member_key']}",
         "",
