@@ -31,7 +31,7 @@ Meta (``meta``) and Google (``google_ads``) differ in the details:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -231,11 +231,21 @@ GENDERS: dict[str, str] = {"m": "m", "male": "m", "man": "m", "f": "f", "female"
 GMAIL_DOMAINS = ("gmail.com", "googlemail.com")
 
 _SHA256_HEX = r"^[0-9a-fA-F]{64}$"
-# Values that mean "nothing here" (after trim + lowercase).
-_PLACEHOLDER = r"^(?:n/?a|n\.a\.?|none|null|nil|unknown|-+|\.+|\?+)$"
-_DOMAIN = r"@(?:[\p{L}\p{N}](?:[\p{L}\p{N}-]*[\p{L}\p{N}])?\.)+(?:\p{L}{2,63}|xn--[a-z0-9-]+)$"
+# Values that mean "nothing here": compared after trim + lowercase, or as a regex.
+PLACEHOLDERS = ("n/a", "na", "n.a.", "n.a", "none", "null", "nil", "unknown", "-", "--", ".", "?")
+_PLACEHOLDER = r"(?i)^(?:n/?a|n\.a\.?|none|null|nil|unknown|-+|\.+|\?+)$"
+# A domain label: letters/digits of any script (anything but whitespace and ASCII
+# punctuation) with inner hyphens. Negated ASCII classes keep the regex fast (\p{L}
+# classes in nested repetitions are ~20× slower in the Rust regex engine).
+_LABEL_END = r"[^\s!-/:-@\[-`{-~]"
+_LABEL_MID = r"[^\s!-,./:-@\[-`{-~]"
+_DOMAIN = (
+    rf"@(?:{_LABEL_END}(?:{_LABEL_MID}*{_LABEL_END})?\.)+(?:{_LABEL_END}{{2,63}}|xn--[a-z0-9-]+)$"
+)
 _PHONE_EXTENSION = r"(?i)\s*(?:ext\.?|extension|x|#)\s*[0-9]{1,6}$"
 _NON_LETTER = r"[^\p{L}\p{M}]"
+_NON_ASCII = r"[^\x00-\x7f]"
+_TEMP = "__audiences_"
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,236 +308,403 @@ def sha256_hex(expr: pl.Expr) -> pl.Expr:
     return plh.CryptographicHashingNameSpace(expr).sha2_256()
 
 
-def _text(column: str) -> pl.Expr:
-    return pl.col(column).cast(pl.String).str.strip_chars()
+class _Plan:
+    """Named intermediate expressions.
 
+    Staged (for LazyFrames): each named expression becomes a temporary column computed
+    once, in the first ``with_columns`` stage after its inputs, so a normalized value
+    is built once and then only referenced. Inline (for :func:`normalized_exprs`): the
+    expressions nest into one expression per output.
+    """
 
-def _is_blank(text: pl.Expr) -> pl.Expr:
-    return (
-        text.is_null()
-        | (text.str.len_bytes() == 0)
-        | text.str.to_lowercase().str.contains(_PLACEHOLDER)
-    )
+    def __init__(self, *, staged: bool) -> None:
+        self.staged = staged
+        self.stages: list[dict[str, pl.Expr]] = []
+        self._level: dict[str, int] = {}
 
+    def let(self, name: str, expr: pl.Expr) -> pl.Expr:
+        if not self.staged:
+            return expr
+        column = _TEMP + name
+        if column in self._level:
+            raise InternalError(f"intermediate identifier expression {name!r} defined twice")
+        inputs = [self._level[c] for c in expr.meta.root_names() if c in self._level]
+        level = 1 + max(inputs, default=-1)
+        if level == len(self.stages):
+            self.stages.append({})
+        self.stages[level][column] = expr
+        self._level[column] = level
+        return pl.col(column)
 
-def _letters(text: pl.Expr) -> pl.Expr:
-    """Lowercase, NFC, letters (and combining marks) only."""
-    return text.str.to_lowercase().str.normalize("NFC").str.replace_all(_NON_LETTER, "")
-
-
-def _nfc_lower(text: pl.Expr) -> pl.Expr:
-    return text.str.to_lowercase().str.normalize("NFC")
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:
+        for stage in self.stages:
+            lf = lf.with_columns(**stage)
+        return lf
 
 
 @dataclass(frozen=True)
 class _Field:
-    """One identifier of one layout, as expressions.
+    """One identifier as expressions.
 
-    ``outcome`` is ``empty`` / ``already_hashed`` / ``valid`` / ``defaulted`` or an
-    invalid reason; ``value`` is the normalized value (null unless valid, defaulted or
-    already hashed).
+    ``value``: the normalized value, null unless valid, defaulted or already hashed.
+    ``outcome``: ``empty`` / ``already_hashed`` / ``valid`` / ``defaulted`` or the
+    invalid reason. ``passthrough``: true where the value is an already-hashed input.
     """
 
     identity_field: str
-    outcome: pl.Expr
     value: pl.Expr
-    passthrough: pl.Expr  # true where the value is an already-hashed pass-through
+    outcome: pl.Expr
+    passthrough: pl.Expr
 
 
-def _field(
-    identity_field: str,
-    text: pl.Expr,
-    normalized: pl.Expr,
-    reasons: Sequence[tuple[pl.Expr, str]],
-    *,
-    hashable: bool = False,
-    blank_value: pl.Expr | None = None,
-) -> _Field:
-    blank = _is_blank(text)
-    passthrough = text.str.contains(_SHA256_HEX) if hashable else pl.lit(False)
-    outcome = pl.when(blank).then(pl.lit("defaulted" if blank_value is not None else "empty"))
-    outcome = outcome.when(passthrough).then(pl.lit("already_hashed"))
-    for condition, reason in reasons:
-        outcome = outcome.when(condition).then(pl.lit(reason))
-    outcome_expr = outcome.otherwise(pl.lit("valid"))
-    value = pl.when(blank).then(blank_value if blank_value is not None else pl.lit(None))
-    value = value.when(passthrough).then(text.str.to_lowercase())
-    value_expr = (
-        value.when(outcome_expr == "valid").then(normalized).otherwise(None).cast(pl.String)
-    )
-    return _Field(identity_field, outcome_expr, value_expr, passthrough)
+def _masked(condition: pl.Expr, expr: pl.Expr, transform: Callable[[pl.Expr], pl.Expr]) -> pl.Expr:
+    """``transform(expr)`` where ``condition`` holds, else ``expr``.
+
+    polars evaluates both branches of ``when/then`` on every row; nulling the rows
+    that need no work first makes an expensive string transform skip them.
+    """
+    return pl.coalesce(transform(pl.when(condition).then(expr)), expr)
 
 
-def _absent(identity_field: str, blank_value: pl.Expr | None = None) -> _Field:
-    """An identifier the mapping does not provide."""
-    if blank_value is None:
-        return _Field(identity_field, pl.lit("empty"), pl.lit(None, pl.String), pl.lit(False))
-    return _Field(identity_field, pl.lit("defaulted"), blank_value, pl.lit(False))
+def _nfc(expr: pl.Expr) -> pl.Expr:
+    """Unicode NFC; ASCII strings (already NFC) skip the work."""
+    return _masked(expr.str.contains(_NON_ASCII), expr, lambda e: e.str.normalize("NFC"))
 
 
-def _email(column: str, layout: Layout) -> _Field:
-    text = _text(column)
-    email = _nfc_lower(text)
-    if layout == "google_ads":
-        local = email.str.extract(r"^(.*)@[^@]*$", 1)
-        domain = email.str.extract(r"@([^@]*)$", 1)
-        gmail_local = local.str.replace(r"\+.*$", "").str.replace_all(".", "", literal=True)
-        email = (
-            pl.when(domain.is_in(GMAIL_DOMAINS))
-            .then(pl.concat_str([gmail_local, pl.lit("@"), domain]))
-            .otherwise(email)
+def _letters(lower: pl.Expr) -> pl.Expr:
+    """NFC, letters (and combining marks) only, of a lowercase expression."""
+    return _nfc(lower).str.replace_all(_NON_LETTER, "")
+
+
+class _Builder:
+    """Builds the field expressions of one layout for one identity mapping."""
+
+    def __init__(
+        self,
+        identity: IdentitySource,
+        layout: Layout,
+        *,
+        schema: Mapping[str, pl.DataType] | None,
+        as_of: dt.date | None,
+        staged: bool,
+    ) -> None:
+        self.identity = identity
+        self.layout = _check_layout(layout)
+        self.schema = schema or {}
+        self.as_of = as_of or dt.datetime.now(dt.UTC).date()
+        self.plan = _Plan(staged=staged)
+        self.default = identity.default_country.strip().lower()
+        if self.default not in ISO_COUNTRIES:
+            raise ConfigError(
+                f"default_country {identity.default_country!r} is not an ISO 3166-1 alpha-2 code",
+                "set [identity] default_country to a two-letter code such as US",
+            )
+        self._country: tuple[pl.Expr, pl.Expr, pl.Expr] | None = None
+        self._texts: dict[str, pl.Expr] = {}
+
+    def let(self, name: str, expr: pl.Expr) -> pl.Expr:
+        return self.plan.let(name, expr)
+
+    def text(self, field: str) -> pl.Expr:
+        """The mapped column as trimmed text (built once per field)."""
+        if field not in self._texts:
+            column = getattr(self.identity, field)
+            expr = pl.col(column).cast(pl.String).str.strip_chars()
+            self._texts[field] = self.let(f"{field}_text", expr)
+        return self._texts[field]
+
+    def field(
+        self,
+        name: str,
+        text: pl.Expr,
+        norm: pl.Expr,
+        reasons: Sequence[tuple[pl.Expr, str]],
+        *,
+        lower: pl.Expr | None = None,
+        hashable: bool = False,
+        blank_value: pl.Expr | None = None,
+        valid: pl.Expr | None = None,
+    ) -> _Field:
+        """Assemble a field from its trimmed ``text``, normalized value and invalid
+        reasons (checked in order). ``valid``, if given, must be true exactly when no
+        reason holds: a cheaper single check for the value path."""
+        if lower is not None:
+            blank = text.is_null() | lower.is_in(("", *PLACEHOLDERS))
+        else:
+            blank = text.is_null() | (text.str.len_bytes() == 0) | text.str.contains(_PLACEHOLDER)
+        blank = self.let(f"{name}_blank", blank)
+        passthrough = (
+            self.let(f"{name}_hashed", text.str.contains(_SHA256_HEX))
+            if hashable
+            else pl.lit(False)
         )
-    reasons = [
-        (~email.str.contains("@", literal=True), "no_at_sign"),
-        (email.str.count_matches("@", literal=True) > 1, "multiple_at_signs"),
-        (~email.str.contains(r"^[^@\s]+@"), "bad_local_part"),
-        (~email.str.contains(_DOMAIN), "bad_domain"),
-    ]
-    return _field("email", text, email, reasons, hashable=True)
-
-
-def _phone_digits(text: pl.Expr, calling_code: pl.Expr) -> tuple[pl.Expr, list]:
-    """Country code + national number as digits, and the invalid reasons."""
-    number = text.str.replace(_PHONE_EXTENSION, "")
-    plus = number.str.starts_with("+")
-    digits = number.str.replace_all(r"[^0-9]", "")
-    nanp = calling_code == "1"
-    prefix_00 = ~plus & digits.str.starts_with("00")
-    prefix_011 = ~plus & nanp & digits.str.starts_with("011")
-    international = plus | prefix_00 | prefix_011
-    national = (
-        pl.when(nanp & (digits.str.len_bytes() == 11) & digits.str.starts_with("1"))
-        .then(digits)
-        .when(nanp | calling_code.is_in(_KEEPS_LEADING_ZERO))
-        .then(pl.concat_str([calling_code, digits]))
-        .otherwise(pl.concat_str([calling_code, digits.str.strip_chars_start("0")]))
-    )
-    full = (
-        pl.when(plus)
-        .then(digits)
-        .when(prefix_00)
-        .then(digits.str.slice(2))
-        .when(prefix_011)
-        .then(digits.str.slice(3))
-        .otherwise(national)
-    )
-    length = full.str.len_bytes()
-    reasons = [
-        (digits.str.len_bytes() == 0, "no_digits"),
-        (~international & calling_code.is_null(), "unknown_calling_code"),
-        (full.str.starts_with("0"), "bad_country_code"),
-        (full.str.starts_with("1") & (length < 11), "too_short"),
-        (full.str.starts_with("1") & (length > 11), "too_long"),
-        (full.str.starts_with("1") & ~full.str.contains(r"^1[2-9]"), "bad_area_code"),
-        (length < 7, "too_short"),
-        (length > 15, "too_long"),
-    ]
-    return full, reasons
-
-
-def _phone(column: str, layout: Layout, calling_code: pl.Expr) -> _Field:
-    text = _text(column)
-    digits, reasons = _phone_digits(text, calling_code)
-    value = pl.concat_str([pl.lit("+"), digits]) if layout == "google_ads" else digits
-    return _field("phone", text, value, reasons, hashable=True)
-
-
-def _name(identity_field: str, column: str, layout: Layout) -> _Field:
-    text = _text(column)
-    if layout == "meta":
-        name = _letters(text)
-    else:
-        name = _nfc_lower(text).str.replace_all(r"\s+", " ").str.strip_chars()
-    reasons = [(~name.str.contains(r"\p{L}"), "no_letters")]
-    return _field(identity_field, text, name, reasons, hashable=True)
-
-
-def _city(column: str) -> _Field:
-    text = _text(column)
-    city = _letters(text)
-    return _field("city", text, city, [(city.str.len_bytes() == 0, "no_letters")])
-
-
-def _state(column: str, us_postal: pl.Expr) -> _Field:
-    text = _text(column)
-    key = _letters(text)
-    us_code = key.replace_strict(US_STATES, default=None, return_dtype=pl.String)
-    state = pl.when(us_postal).then(us_code).otherwise(key)
-    reasons = [
-        (us_postal & us_code.is_null(), "unknown_state"),
-        (key.str.len_bytes() == 0, "no_letters"),
-    ]
-    return _field("state", text, state, reasons)
-
-
-def _zip(column: str, layout: Layout, us_postal: pl.Expr) -> _Field:
-    text = _text(column)
-    compact = text.str.replace_all(r"\s+", "")
-    us_zip = compact.str.extract(r"^([0-9]{5})(?:-?[0-9]{4})?$", 1)
-    if layout == "meta":
-        other = compact.str.to_lowercase()
-    else:
-        other = text.str.replace_all(r"\s+", " ").str.to_uppercase()
-    postal = pl.when(us_postal).then(us_zip).otherwise(other)
-    return _field("zip", text, postal, [(us_postal & us_zip.is_null(), "not_5_digits")])
-
-
-def _country_code(column: str) -> tuple[pl.Expr, pl.Expr]:
-    """(trimmed text, ISO-2 lowercase code or null)."""
-    text = _text(column)
-    code = _letters(text).replace_strict(COUNTRY_CODES, default=None, return_dtype=pl.String)
-    return text, code
-
-
-def _country(column: str | None, default: str, layout: Layout) -> _Field:
-    fallback = pl.lit(default.lower())
-    if column is None:
-        field = _absent("country", fallback)
-    else:
-        text, code = _country_code(column)
-        field = _field(
-            "country", text, code, [(code.is_null(), "unknown_country")], blank_value=fallback
-        )
-    if layout == "google_ads":
+        if valid is not None:
+            invalid = ~valid
+        elif reasons:
+            invalid = pl.any_horizontal([condition for condition, _ in reasons])
+        else:
+            invalid = pl.lit(False)
+        value = pl.when(blank).then(blank_value if blank_value is not None else pl.lit(None))
+        if hashable:
+            value = value.when(passthrough).then(
+                lower if lower is not None else text.str.to_lowercase()
+            )
+        value_expr = value.when(invalid).then(pl.lit(None)).otherwise(norm).cast(pl.String)
+        outcome = pl.when(blank).then(pl.lit("defaulted" if blank_value is not None else "empty"))
+        if hashable:
+            outcome = outcome.when(passthrough).then(pl.lit("already_hashed"))
+        for condition, reason in reasons:
+            outcome = outcome.when(condition).then(pl.lit(reason))
         return _Field(
-            field.identity_field, field.outcome, field.value.str.to_uppercase(), field.passthrough
+            name,
+            self.let(f"{name}_value", value_expr),
+            outcome.otherwise(pl.lit("valid")),
+            passthrough,
         )
-    return field
 
+    def absent(self, name: str) -> _Field:
+        none = pl.lit(None, pl.String)
+        return _Field(name, none, pl.lit("empty"), pl.lit(False))
 
-def _birth_date(column: str, dtype: pl.DataType | None, as_of: dt.date) -> tuple[_Field, pl.Expr]:
-    if dtype == pl.Date:
-        date = pl.col(column)
-        text = date.cast(pl.String)
-    elif isinstance(dtype, pl.Datetime):
-        date = pl.col(column).dt.date()
-        text = date.cast(pl.String)
-    else:
-        text = _text(column)
-        date = pl.coalesce(
-            text.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False),
-            text.str.to_date("%m/%d/%Y", strict=False),
-            text.str.to_date("%Y%m%d", strict=False),
+    # -- country and what depends on it --------------------------------------------------
+
+    def country_rules(self) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+        """(ISO-2 code or null, code used for rules, calling code), built once."""
+        if self._country is None:
+            if self.identity.country is None:
+                code = pl.lit(None, pl.String)
+                rule = pl.lit(self.default)
+            else:
+                text = self.text("country")
+                key = _letters(text.str.to_lowercase())
+                code = self.let(
+                    "country_code",
+                    key.replace_strict(COUNTRY_CODES, default=None, return_dtype=pl.String),
+                )
+                rule = self.let("country_rule", pl.coalesce(code, pl.lit(self.default)))
+            calling = rule.replace_strict(CALLING_CODES, default=None, return_dtype=pl.String)
+            self._country = (code, rule, self.let("country_calling_code", calling))
+        return self._country
+
+    def us_postal(self) -> pl.Expr:
+        return self.country_rules()[1].is_in(US_POSTAL_COUNTRIES)
+
+    def country(self) -> _Field:
+        fallback = pl.lit(self.default)
+        if self.identity.country is None:
+            field = _Field("country", fallback, pl.lit("defaulted"), pl.lit(False))
+        else:
+            code = self.country_rules()[0]
+            field = self.field(
+                "country",
+                self.text("country"),
+                code,
+                [(code.is_null(), "unknown_country")],
+                blank_value=fallback,
+            )
+        if self.layout == "google_ads":
+            return _Field(
+                "country", field.value.str.to_uppercase(), field.outcome, field.passthrough
+            )
+        return field
+
+    # -- identifiers ---------------------------------------------------------------------
+
+    def email(self) -> _Field:
+        text = self.text("email")
+        lower = self.let("email_lower", text.str.to_lowercase())
+        # No NFC here: it would double the cost of the email path and non-ASCII
+        # addresses are rare; names and cities are NFC-normalized.
+        email = lower
+        if self.layout == "google_ads":
+            # gmail.com / googlemail.com: drop dots and any +suffix from the local part.
+            gmail = lower.str.contains(r"^[^@]*@(?:gmail|googlemail)\.com$")
+            local = pl.when(gmail).then(email).str.extract(r"^([^+@]*)", 1)
+            domain = (
+                pl.when(lower.str.ends_with("@gmail.com"))
+                .then(pl.lit("@gmail.com"))
+                .otherwise(pl.lit("@googlemail.com"))
+            )
+            local = local.str.replace_all(".", "", literal=True)
+            email = pl.coalesce(pl.concat_str([local, domain]), email)
+        email = self.let("email_norm", email)
+        reasons = [
+            (~email.str.contains("@", literal=True), "no_at_sign"),
+            (email.str.count_matches("@", literal=True) > 1, "multiple_at_signs"),
+            (~email.str.contains(r"^[^@\s]+@"), "bad_local_part"),
+            (~email.str.contains(_DOMAIN), "bad_domain"),
+        ]
+        valid = email.str.contains(rf"^[^@\s]+{_DOMAIN}")
+        return self.field("email", text, email, reasons, lower=lower, hashable=True, valid=valid)
+
+    def phone(self) -> _Field:
+        text = self.text("phone")
+        calling_code = self.country_rules()[2]
+        number = _masked(
+            text.str.contains(r"[A-Za-z#]"), text, lambda e: e.str.replace(_PHONE_EXTENSION, "")
         )
-    earliest = dt.date(as_of.year - 125, 1, 1)
-    reasons = [
-        (date.is_null(), "unparseable"),
-        (date > pl.lit(as_of), "future"),
-        (date < pl.lit(earliest), "implausible"),
-    ]
-    field = _field("birth_date", text, date.dt.strftime("%Y-%m-%d"), reasons)
-    return field, field.value.str.to_date("%Y-%m-%d")
+        plus = self.let("phone_plus", number.str.starts_with("+"))
+        digits = self.let("phone_digits", number.str.replace_all(r"[^0-9]", ""))
+        nanp = calling_code == "1"
+        prefix_00 = ~plus & digits.str.starts_with("00")
+        prefix_011 = ~plus & nanp & digits.str.starts_with("011")
+        national = (
+            pl.when(nanp & (digits.str.len_bytes() == 11) & digits.str.starts_with("1"))
+            .then(digits)
+            .when(nanp | calling_code.is_in(_KEEPS_LEADING_ZERO))
+            .then(pl.concat_str([calling_code, digits]))
+            .otherwise(pl.concat_str([calling_code, digits.str.strip_chars_start("0")]))
+        )
+        full = self.let(
+            "phone_full",
+            pl.when(plus)
+            .then(digits)
+            .when(prefix_00)
+            .then(digits.str.slice(2))
+            .when(prefix_011)
+            .then(digits.str.slice(3))
+            .otherwise(national),
+        )
+        international = plus | prefix_00 | prefix_011
+        length = full.str.len_bytes()
+        nanp_number = full.str.starts_with("1")
+        reasons = [
+            (digits.str.len_bytes() == 0, "no_digits"),
+            (~international & calling_code.is_null(), "unknown_calling_code"),
+            (full.str.starts_with("0"), "bad_country_code"),
+            (nanp_number & (length < 11), "too_short"),
+            (nanp_number & (length > 11), "too_long"),
+            (nanp_number & ~full.str.contains(r"^1[2-9]"), "bad_area_code"),
+            (length < 7, "too_short"),
+            (length > 15, "too_long"),
+        ]
+        value = pl.concat_str([pl.lit("+"), full]) if self.layout == "google_ads" else full
+        return self.field("phone", text, value, reasons, hashable=True)
 
+    def name(self, field: str) -> _Field:
+        text = self.text(field)
+        lower = self.let(f"{field}_lower", text.str.to_lowercase())
+        if self.layout == "meta":
+            name = _letters(lower)
+        else:
+            name = _nfc(lower).str.replace_all(r"\s+", " ")
+        name = self.let(f"{field}_norm", name)
+        reasons = [(~name.str.contains(r"\p{L}"), "no_letters")]
+        return self.field(field, text, name, reasons, lower=lower, hashable=True)
 
-def _gender(column: str) -> _Field:
-    text = _text(column)
-    gender = _letters(text).replace_strict(GENDERS, default=None, return_dtype=pl.String)
-    return _field("gender", text, gender, [(gender.is_null(), "unknown_value")])
+    def city(self) -> _Field:
+        text = self.text("city")
+        lower = self.let("city_lower", text.str.to_lowercase())
+        city = self.let("city_norm", _letters(lower))
+        return self.field(
+            "city", text, city, [(city.str.len_bytes() == 0, "no_letters")], lower=lower
+        )
 
+    def state(self) -> _Field:
+        text = self.text("state")
+        lower = self.let("state_lower", text.str.to_lowercase())
+        key = self.let("state_key", _letters(lower))
+        us_code = key.replace_strict(US_STATES, default=None, return_dtype=pl.String)
+        us_postal = self.us_postal()
+        state = pl.when(us_postal).then(us_code).otherwise(key)
+        reasons = [
+            (us_postal & us_code.is_null(), "unknown_state"),
+            (key.str.len_bytes() == 0, "no_letters"),
+        ]
+        return self.field("state", text, state, reasons, lower=lower)
 
-def _external_id(column: str) -> _Field:
-    text = _text(column)
-    return _field("external_id", text, text, [])
+    def zip(self) -> _Field:
+        text = self.text("zip")
+        compact = self.let("zip_compact", text.str.replace_all(r"\s+", ""))
+        us_zip = self.let("zip_us", compact.str.extract(r"^([0-9]{5})(?:-?[0-9]{4})?$", 1))
+        if self.layout == "meta":
+            other = compact.str.to_lowercase()
+        else:
+            other = text.str.replace_all(r"\s+", " ").str.to_uppercase()
+        us_postal = self.us_postal()
+        postal = pl.when(us_postal).then(us_zip).otherwise(other)
+        return self.field("zip", text, postal, [(us_postal & us_zip.is_null(), "not_5_digits")])
+
+    def birth_date(self) -> _Field:
+        column = self.identity.birth_date
+        dtype = self.schema.get(column) if column is not None else None
+        if dtype == pl.Date:
+            date = pl.col(column)
+        elif isinstance(dtype, pl.Datetime):
+            date = pl.col(column).dt.date()
+        else:
+            text = pl.col(column).cast(pl.String).str.strip_chars()
+            date = pl.coalesce(
+                text.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False),
+                text.str.to_date("%m/%d/%Y", strict=False),
+                text.str.to_date("%Y%m%d", strict=False),
+            )
+        date = self.let("birth_date_date", date)
+        text = self.let("birth_date_text", pl.col(column).cast(pl.String).str.strip_chars())
+        earliest = dt.date(self.as_of.year - 125, 1, 1)
+        reasons = [
+            (date.is_null(), "unparseable"),
+            (date > pl.lit(self.as_of), "future"),
+            (date < pl.lit(earliest), "implausible"),
+        ]
+        return self.field("birth_date", text, date.dt.strftime("%Y-%m-%d"), reasons)
+
+    def gender(self) -> _Field:
+        text = self.text("gender")
+        lower = self.let("gender_lower", text.str.to_lowercase())
+        gender = _letters(lower).replace_strict(GENDERS, default=None, return_dtype=pl.String)
+        gender = self.let("gender_norm", gender)
+        return self.field(
+            "gender", text, gender, [(gender.is_null(), "unknown_value")], lower=lower
+        )
+
+    def external_id(self) -> _Field:
+        text = self.text("external_id")
+        return self.field("external_id", text, text, [])
+
+    # -- layouts -------------------------------------------------------------------------
+
+    def mapped(self, name: str, build: Callable[[], _Field]) -> _Field:
+        return self.absent(name) if getattr(self.identity, name) is None else build()
+
+    def fields(self) -> dict[str, _Field]:
+        """Layout column → field, in layout order."""
+        email = self.mapped("email", self.email)
+        phone = self.mapped("phone", self.phone)
+        first = self.mapped("first_name", lambda: self.name("first_name"))
+        last = self.mapped("last_name", lambda: self.name("last_name"))
+        postal = self.mapped("zip", self.zip)
+        country = self.country()
+        if self.layout == "google_ads":
+            return {
+                "hashed_email": email,
+                "hashed_phone_number": phone,
+                "hashed_first_name": first,
+                "hashed_last_name": last,
+                "country_code": country,
+                "postal_code": postal,
+            }
+        dob = self.mapped("birth_date", self.birth_date)
+
+        def dob_part(offset: int, length: int) -> _Field:
+            part = dob.value.str.slice(offset, length)
+            return _Field("birth_date", part, dob.outcome, dob.passthrough)
+
+        return {
+            "EXTERN_ID": self.mapped("external_id", self.external_id),
+            "EMAIL": email,
+            "PHONE": phone,
+            "FN": first,
+            "LN": last,
+            "ZIP": postal,
+            "CT": self.mapped("city", self.city),
+            "ST": self.mapped("state", self.state),
+            "COUNTRY": country,
+            "DOBY": dob_part(0, 4),
+            "DOBM": dob_part(5, 2),
+            "DOBD": dob_part(8, 2),
+            "GEN": self.mapped("gender", self.gender),
+        }
 
 
 def _check_layout(layout: str) -> Layout:
@@ -536,74 +713,6 @@ def _check_layout(layout: str) -> Layout:
             f"unknown hashed layout {layout!r}", f"use one of {', '.join(sorted(LAYOUTS))}"
         )
     return layout  # type: ignore[return-value]
-
-
-def _fields(
-    identity: IdentitySource,
-    layout: Layout,
-    schema: Mapping[str, pl.DataType] | None,
-    as_of: dt.date | None,
-) -> dict[str, _Field]:
-    """Layout column → field expressions."""
-    layout = _check_layout(layout)
-    as_of = as_of or dt.datetime.now(dt.UTC).date()
-    default = identity.default_country.strip().lower()
-    if default not in ISO_COUNTRIES:
-        raise ConfigError(
-            f"default_country {identity.default_country!r} is not an ISO 3166-1 alpha-2 code",
-            "set [identity] default_country to a two-letter code such as US",
-        )
-    if identity.country is None:
-        rule_country = pl.lit(default)
-    else:
-        rule_country = pl.coalesce(_country_code(identity.country)[1], pl.lit(default))
-    us_postal = rule_country.is_in(US_POSTAL_COUNTRIES)
-    calling_code = rule_country.replace_strict(CALLING_CODES, default=None, return_dtype=pl.String)
-
-    def mapped(name: str, build) -> _Field:  # type: ignore[no-untyped-def]
-        column = getattr(identity, name)
-        return _absent(name) if column is None else build(column)
-
-    email = mapped("email", lambda c: _email(c, layout))
-    phone = mapped("phone", lambda c: _phone(c, layout, calling_code))
-    first = mapped("first_name", lambda c: _name("first_name", c, layout))
-    last = mapped("last_name", lambda c: _name("last_name", c, layout))
-    postal = mapped("zip", lambda c: _zip(c, layout, us_postal))
-    country = _country(identity.country, default, layout)
-    if layout == "google_ads":
-        return {
-            "hashed_email": email,
-            "hashed_phone_number": phone,
-            "hashed_first_name": first,
-            "hashed_last_name": last,
-            "country_code": country,
-            "postal_code": postal,
-        }
-    if identity.birth_date is None:
-        dob = _absent("birth_date")
-        date = pl.lit(None, pl.Date)
-    else:
-        dtype = schema.get(identity.birth_date) if schema is not None else None
-        dob, date = _birth_date(identity.birth_date, dtype, as_of)
-
-    def dob_part(fmt: str) -> _Field:
-        return _Field("birth_date", dob.outcome, date.dt.strftime(fmt), dob.passthrough)
-
-    return {
-        "EXTERN_ID": mapped("external_id", _external_id),
-        "EMAIL": email,
-        "PHONE": phone,
-        "FN": first,
-        "LN": last,
-        "ZIP": postal,
-        "CT": mapped("city", _city),
-        "ST": mapped("state", lambda c: _state(c, us_postal)),
-        "COUNTRY": country,
-        "DOBY": dob_part("%Y"),
-        "DOBM": dob_part("%m"),
-        "DOBD": dob_part("%d"),
-        "GEN": mapped("gender", _gender),
-    }
 
 
 def _check_columns(identity: IdentitySource, schema: pl.Schema) -> None:
@@ -621,42 +730,21 @@ def _check_columns(identity: IdentitySource, schema: pl.Schema) -> None:
                 f"[identity] maps {name} to column {column!r} of type {schema[column]}",
                 f"map {name} to a text or date column",
             )
+    reserved = [column for column in schema.names() if column.startswith(_TEMP)]
+    if reserved:
+        raise DataError(
+            f"source columns {', '.join(reserved)} use the reserved prefix {_TEMP!r}",
+            "rename them",
+        )
 
 
-# ---------------------------------------------------------------------------------------
-# Public API
-
-
-def normalized_exprs(
-    identity: IdentitySource,
-    layout: Layout,
-    *,
-    schema: Mapping[str, pl.DataType] | None = None,
-    as_of: dt.date | None = None,
-) -> dict[str, pl.Expr]:
-    """Layout column → normalized (pre-hash) value, null where empty or invalid.
-
-    Already-hashed inputs come out as their lowercase hex. ``schema`` (the source's)
-    lets a Date/Datetime birth-date column skip string parsing; ``as_of`` (default today
-    UTC) is the day after which a birth date counts as ``future``.
-    """
-    fields = _fields(identity, layout, schema, as_of)
-    return {column: field.value.alias(column) for column, field in fields.items()}
-
-
-def hashed_layout(
+def _staged(
     lf: pl.LazyFrame,
     identity: IdentitySource,
-    layout: Layout,
-    *,
-    keep: Sequence[str] = (),
-    as_of: dt.date | None = None,
-) -> pl.LazyFrame:
-    """The rows of ``lf`` as the layout's columns (after the ``keep`` columns, unchanged).
-
-    Hashed columns are SHA-256 lowercase hex of the normalized value; plain columns are
-    the normalized value; empty or invalid values are null.
-    """
+    layout: str,
+    keep: Sequence[str],
+    as_of: dt.date | None,
+) -> tuple[pl.LazyFrame, dict[str, _Field]]:
     layout = _check_layout(layout)
     schema = lf.collect_schema()
     _check_columns(identity, schema)
@@ -672,15 +760,72 @@ def hashed_layout(
             f"columns to keep clash with {layout} layout columns: {', '.join(clashes)}",
             "rename them before building the layout",
         )
-    fields = _fields(identity, layout, schema, as_of)
+    builder = _Builder(identity, layout, schema=schema, as_of=as_of, staged=True)
+    fields = builder.fields()
+    return builder.plan.apply(lf), fields
+
+
+# ---------------------------------------------------------------------------------------
+# Public API
+
+
+def normalized_exprs(
+    identity: IdentitySource,
+    layout: Layout,
+    *,
+    schema: Mapping[str, pl.DataType] | None = None,
+    as_of: dt.date | None = None,
+) -> dict[str, pl.Expr]:
+    """Layout column → normalized (pre-hash) value as one expression, null where empty or
+    invalid; already-hashed inputs come out as their lowercase hex.
+
+    ``schema`` (the source's) lets a Date/Datetime birth-date column skip string
+    parsing; ``as_of`` (default today UTC) is the day after which a birth date counts as
+    ``future``. For whole frames :func:`normalized_layout` is faster: it computes each
+    intermediate once.
+    """
+    builder = _Builder(identity, layout, schema=schema, as_of=as_of, staged=False)
+    return {column: field.value.alias(column) for column, field in builder.fields().items()}
+
+
+def normalized_layout(
+    lf: pl.LazyFrame,
+    identity: IdentitySource,
+    layout: Layout,
+    *,
+    keep: Sequence[str] = (),
+    as_of: dt.date | None = None,
+) -> pl.LazyFrame:
+    """The ``keep`` columns, then the layout's columns holding normalized values (not
+    hashed); null where empty or invalid."""
+    staged, fields = _staged(lf, identity, layout, keep, as_of)
+    values = [field.value.alias(column) for column, field in fields.items()]
+    return staged.select(*(pl.col(column) for column in keep), *values)
+
+
+def hashed_layout(
+    lf: pl.LazyFrame,
+    identity: IdentitySource,
+    layout: Layout,
+    *,
+    keep: Sequence[str] = (),
+    as_of: dt.date | None = None,
+) -> pl.LazyFrame:
+    """The ``keep`` columns (unchanged), then exactly the layout's columns.
+
+    Hashed columns hold SHA-256 lowercase hex of the normalized value (already-hashed
+    inputs pass through lowercased); plain columns (``EXTERN_ID``, ``country_code``,
+    ``postal_code``) hold the normalized value; empty or invalid values are null.
+    """
+    staged, fields = _staged(lf, identity, layout, keep, as_of)
     exprs = []
     for column, field in fields.items():
         if column in PLAIN_COLUMNS:
             exprs.append(field.value.alias(column))
         else:
-            hashed = pl.when(field.passthrough).then(field.value).otherwise(sha256_hex(field.value))
-            exprs.append(hashed.alias(column))
-    return lf.select(*(pl.col(column) for column in keep), *exprs)
+            digest = pl.when(field.passthrough).then(field.value).otherwise(sha256_hex(field.value))
+            exprs.append(digest.alias(column))
+    return staged.select(*(pl.col(column) for column in keep), *exprs)
 
 
 def identifier_quality(
@@ -694,27 +839,19 @@ def identifier_quality(
 
     Columns: ``field`` (identity field name, e.g. ``email``), ``status`` (``valid``,
     ``already_hashed``, ``empty``, ``defaulted``, ``invalid``), ``reason`` (the invalid
-    reason, else null) and ``rows``. Only identifiers the layout uses and the mapping
-    provides (plus ``country``, which ``default_country`` always provides) are listed;
-    an outcome with no rows has no line.
+    reason, else null) and ``rows``. Lists the identifiers the layout uses and the
+    mapping provides, plus ``country`` (``default_country`` always provides one); an
+    outcome with no rows has no line.
     """
-    layout = _check_layout(layout)
-    schema = lf.collect_schema()
-    _check_columns(identity, schema)
-    fields = _fields(identity, layout, schema, as_of)
+    staged, fields = _staged(lf, identity, layout, (), as_of)
     outcomes: dict[str, pl.Expr] = {}
     for field in fields.values():
         name = field.identity_field
-        if name != "country" and getattr(identity, name) is None:
-            continue
-        outcomes.setdefault(name, field.outcome.alias(name))
-    if not outcomes:
-        return pl.LazyFrame(
-            schema={"field": pl.String, "status": pl.String, "reason": pl.String, "rows": pl.UInt32}
-        )
+        if name == "country" or getattr(identity, name) is not None:
+            outcomes.setdefault(name, field.outcome.alias(name))
     is_status = pl.col("outcome").is_in(OUTCOME_STATUSES)
     return (
-        lf.select(*outcomes.values())
+        staged.select(*outcomes.values())
         .unpivot(variable_name="field", value_name="outcome")
         .group_by("field", "outcome")
         .agg(pl.len().alias("rows"))
@@ -731,8 +868,9 @@ def identifier_quality(
 def member_key(expr_or_col: str | pl.Expr, salt: bytes) -> pl.Expr:
     """Salted key of a person: first 8 bytes of SHA-256(salt || UTF-8 external id), UInt64.
 
-    Named ``member_key``. The external id is trimmed first (as in the layouts); empty ids give null. The key
-    identifies a person in state without being an identifier a platform could match.
+    Named ``member_key``. The external id is trimmed first (as in the layouts); empty
+    ids give null. The key identifies a person in state without being an identifier a
+    platform could match.
     """
     if not isinstance(salt, bytes) or len(salt) < 16:
         raise InternalError("member_key needs a salt of at least 16 bytes")
@@ -740,6 +878,5 @@ def member_key(expr_or_col: str | pl.Expr, salt: bytes) -> pl.Expr:
     text = expr.cast(pl.String).str.strip_chars()
     ident = pl.when(text.str.len_bytes() > 0).then(text)
     salted = pl.lit(salt, dtype=pl.Binary) + ident.cast(pl.Binary)
-    digest = plh.CryptographicHashingNameSpace(salted).sha2_256()
-    key = digest.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
+    key = sha256_hex(salted).str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
     return key.alias("member_key")

@@ -25,6 +25,7 @@ from audiences.identifiers import (
     identifier_quality,
     member_key,
     normalized_exprs,
+    normalized_layout,
 )
 
 AS_OF = dt.date(2025, 6, 1)
@@ -139,6 +140,14 @@ def test_invalid_email_is_null_and_counted(raw: str, reason: str) -> None:
     assert hashed(lf, "meta")["EMAIL"].item() is None
     assert hashed(lf, "google_ads")["hashed_email"].item() is None
     assert quality(lf, "meta")[("email", "invalid", reason)] == 1
+
+
+def test_gmail_rules_do_not_repair_invalid_addresses() -> None:
+    lf = contacts(email=["a@b@gmail.com", "john doe@gmail.com"])
+    assert hashed(lf, "google_ads")["hashed_email"].to_list() == [None, None]
+    counts = quality(lf, "google_ads")
+    assert counts[("email", "invalid", "multiple_at_signs")] == 1
+    assert counts[("email", "invalid", "bad_local_part")] == 1
 
 
 def test_gmail_address_left_empty_by_google_rules_is_invalid() -> None:
@@ -467,6 +476,58 @@ def test_quality_never_returns_values() -> None:
     assert frame.columns == ["field", "status", "reason", "rows"]
     text = str(frame.to_dicts())
     assert "secret" not in text and "nope" not in text and "555" not in text
+
+
+MESSY = contacts(
+    contact_id=["C1", " C2", "C3", "C4", "C5", "C6", "C7"],
+    email=["  John.Doe+promo@GMail.com ", "bad", None, "a@b", "A" * 64, "x@example.co.uk", "n/a"],
+    phone=["(212) 555-0143", "555-0143", "+44 20 7031 3000", "", "1" * 64, "+0 1", "x"],
+    first_name=["José", "O'Brien", "123", None, "Jose\u0301", "Mary  Ann", "-"],
+    last_name=["Smith-Jones", "Nguyễn", " ", "x", "y", "z", "w"],
+    zip=["10027-1234", "1002", "SW1A 1AA", "02134", None, "abc", "100 27"],
+    city=["New York", "St. Louis", "", "Bogotá", None, "1", "x"],
+    state=["New York", "ZZ", "ny", None, "Ontario", "ca", "N.Y."],
+    country=["United States", "USA", "GB", "Narnia", None, "CA", " us "],
+    birth_date=[
+        dt.date(1985, 7, 4),
+        dt.date(2030, 1, 1),
+        None,
+        dt.date(1800, 1, 1),
+        dt.date(2000, 2, 29),
+        None,
+        dt.date(1950, 12, 31),
+    ],
+    sex=["F", "M", "male", "x", None, "Female", "unknown"],
+)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_staged_layout_equals_single_expressions(layout: str) -> None:
+    staged = normalized_layout(MESSY, FULL, layout, as_of=AS_OF).collect()  # type: ignore[arg-type]
+    assert staged.equals(normalized(MESSY, layout))
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_quality_agrees_with_layout(layout: str) -> None:
+    frame = hashed(MESSY, layout)
+    counts = quality(MESSY, layout)
+    by_field = {
+        "EMAIL": "email", "PHONE": "phone", "FN": "first_name", "LN": "last_name",
+        "ZIP": "zip", "CT": "city", "ST": "state", "COUNTRY": "country", "DOBY": "birth_date",
+        "GEN": "gender", "EXTERN_ID": "external_id", "hashed_email": "email",
+        "hashed_phone_number": "phone", "hashed_first_name": "first_name",
+        "hashed_last_name": "last_name", "country_code": "country", "postal_code": "zip",
+    }  # fmt: skip
+    for column, field in by_field.items():
+        if column not in frame.columns:
+            continue
+        present = sum(
+            rows
+            for (name, status, _), rows in counts.items()
+            if name == field and status in ("valid", "already_hashed", "defaulted")
+        )
+        assert frame[column].count() == present, column
+        assert sum(rows for (name, _, _), rows in counts.items() if name == field) == 7
 
 
 # --- the SDKs' helpers are wrong: we differ on purpose -----------------------------------
