@@ -172,23 +172,24 @@ class _Compiler:
         """One row per contact with matching events: a count per distinct filter, last dates."""
         ctx = self.ctx
         time = pl.col(ctx.event_time)
-        wanted: list[pl.Expr] = []
-        aggs: list[pl.Expr] = []
+        matches: list[tuple[pl.Expr, str, str]] = []
         for name, event in self.plan.counts.values():
-            match = self.event_filter(event)
-            wanted.append(match)
-            aggs.append(match.sum().cast(pl.Int64).alias(name))
+            matches.append((self.event_filter(event), name, "count"))
         for event_type, name in self.plan.last_seen.items():
-            match = (self.event_type_expr() == event_type) & self.time_before(
-                self.ctx.as_of + dt.timedelta(days=1)
-            )
-            wanted.append(match)
-            aggs.append(time.filter(match).max().alias(name))
-        return (
-            events.filter(functools.reduce(operator.or_, wanted))
-            .group_by(ctx.event_contact_id)
-            .agg(aggs)
-        )
+            before_tomorrow = self.time_before(self.ctx.as_of + dt.timedelta(days=1))
+            matches.append(((self.event_type_expr() == event_type) & before_tomorrow, name, "last"))
+        # With a single aggregate the pre-filter already keeps exactly its rows, and
+        # skipping the per-group filter halves the group_by.
+        single = len(matches) == 1
+        aggs: list[pl.Expr] = []
+        for match, name, kind in matches:
+            if kind == "count":
+                counted = pl.len() if single else match.sum()
+                aggs.append(counted.cast(pl.Int64).alias(name))
+            else:
+                aggs.append((time if single else time.filter(match)).max().alias(name))
+        wanted = functools.reduce(operator.or_, [match for match, _, _ in matches])
+        return events.filter(wanted).group_by(ctx.event_contact_id).agg(aggs)
 
     # -- contact-level expressions -------------------------------------------------------
 
