@@ -230,9 +230,9 @@ def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
-def _scalar(node: yaml.ScalarNode) -> Scalar | None:
+def _scalar(node: yaml.Node) -> Scalar | None:
     text = node.value
-    if node.style is not None:  # quoted or block scalar: always a string
+    if getattr(node, "style", None) is not None:  # quoted or block scalar: always a string
         return text
     if text in ("", "~", "null", "Null", "NULL"):
         return None
@@ -472,7 +472,7 @@ class _Parser:
             flag = self.scalar(node, f"'{op}'", f"write {op}: true")
             if not isinstance(flag, bool):
                 raise self.error(node, f"'{op}' takes true or false", f"write {op}: true")
-            return Comparison(op=op, value=flag, line=line)
+            return Comparison(op=op, value=flag, line=line)  # type: ignore[arg-type]
         if op in ("in", "not_in", "between"):
             if not isinstance(node, yaml.SequenceNode):
                 shown = node.value if isinstance(node, yaml.ScalarNode) else "..."
@@ -492,7 +492,7 @@ class _Parser:
                 if not values:
                     raise self.error(node, f"'{op}' on '{field}' has an empty list", "list values")
                 values = tuple(sorted(set(values), key=lambda v: (type(v).__name__, str(v))))
-            return Comparison(op=op, value=values, line=line)
+            return Comparison(op=op, value=values, line=line)  # type: ignore[arg-type]
         value = self.value(node, op, field, days_field)
         if op == "starts_with" and isinstance(value, str) and value.endswith("*"):
             raise self.error(
@@ -500,7 +500,7 @@ class _Parser:
                 f"'starts_with' already matches a prefix; '{value}' would look for a literal '*'",
                 f"write starts_with: {value.rstrip('*')}",
             )
-        return Comparison(op=op, value=value, line=line)
+        return Comparison(op=op, value=value, line=line)  # type: ignore[arg-type]
 
     def value(self, node: yaml.Node, op: str, field: str, days_field: bool) -> Scalar:
         value = self.scalar(
