@@ -366,6 +366,14 @@ def _masked(condition: pl.Expr, expr: pl.Expr, transform: Callable[[pl.Expr], pl
     return pl.coalesce(transform(pl.when(condition).then(expr)), expr)
 
 
+def _first(cases: Sequence[tuple[pl.Expr, pl.Expr]], otherwise: pl.Expr) -> pl.Expr:
+    """The value of the first case whose condition is true, else ``otherwise``."""
+    expr = otherwise
+    for condition, value in reversed(cases):
+        expr = pl.when(condition).then(value).otherwise(expr)
+    return expr
+
+
 def _nfc(expr: pl.Expr) -> pl.Expr:
     """Unicode NFC; ASCII strings (already NFC) skip the work."""
     return _masked(expr.str.contains(_NON_ASCII), expr, lambda e: e.str.normalize("NFC"))
@@ -444,21 +452,20 @@ class _Builder:
             invalid = pl.any_horizontal([condition for condition, _ in reasons])
         else:
             invalid = pl.lit(False)
-        value = pl.when(blank).then(blank_value if blank_value is not None else pl.lit(None))
+        empty = blank_value if blank_value is not None else pl.lit(None, pl.String)
+        passed = lower if lower is not None else text.str.to_lowercase()
+        value_cases = [(blank, empty)]
+        outcome_cases = [(blank, pl.lit("defaulted" if blank_value is not None else "empty"))]
         if hashable:
-            value = value.when(passthrough).then(
-                lower if lower is not None else text.str.to_lowercase()
-            )
-        value_expr = value.when(invalid).then(pl.lit(None)).otherwise(norm).cast(pl.String)
-        outcome = pl.when(blank).then(pl.lit("defaulted" if blank_value is not None else "empty"))
-        if hashable:
-            outcome = outcome.when(passthrough).then(pl.lit("already_hashed"))
-        for condition, reason in reasons:
-            outcome = outcome.when(condition).then(pl.lit(reason))
+            value_cases.append((passthrough, passed))
+            outcome_cases.append((passthrough, pl.lit("already_hashed")))
+        value_cases.append((invalid, pl.lit(None, pl.String)))
+        outcome_cases += [(condition, pl.lit(reason)) for condition, reason in reasons]
+        value = _first(value_cases, norm).cast(pl.String)
         return _Field(
             name,
-            self.let(f"{name}_value", value_expr),
-            outcome.otherwise(pl.lit("valid")),
+            self.let(f"{name}_value", value),
+            _first(outcome_cases, pl.lit("valid")),
             passthrough,
         )
 
@@ -627,7 +634,9 @@ class _Builder:
 
     def birth_date(self) -> _Field:
         column = self.identity.birth_date
-        dtype = self.schema.get(column) if column is not None else None
+        if column is None:
+            raise InternalError("birth_date built without a mapped column")
+        dtype = self.schema.get(column)
         if dtype == pl.Date:
             date = pl.col(column)
         elif isinstance(dtype, pl.Datetime):
