@@ -490,6 +490,7 @@ _MISSING = {"email": 0.04, "phone": 0.05, "first_name": 0.02, "last_name": 0.02,
             "birth_date": 0.03, "sex": 0.02, "street": 0.04, "city": 0.03, "state": 0.02,
             "zip": 0.03, "country": 0.04}  # fmt: skip
 _DUPLICATE_SHARE = 0.02
+_CHUNK = 1_000_000  # rows per assembly step: bounds the memory of intermediate columns
 
 
 def _fold_accents(text: str) -> str:
@@ -535,7 +536,7 @@ def generate(rows: int, *, seed: int = 0, as_of: dt.date) -> tuple[pl.DataFrame,
     rng = np.random.default_rng(seed)
     people = _draw_people(rng, rows, as_of)
     contacts = _contacts_frame(rng, people)
-    events = _events_frame(rng, people, contacts.get_column("contact_id"))
+    events = _events_frame(rng, people, contacts.get_column("contact_id").rechunk())
     return contacts, events
 
 
@@ -816,10 +817,8 @@ def _combination_lists(combos: np.ndarray) -> _ConditionLists:
     )
     # Service lines and medications: distinct, in vocabulary order.
     width = max(len(_SERVICE_LINES), len(_MEDICATIONS))
-    pairs = np.unique(line_owner * width + line_values)
-    line_owner, line_values = pairs // width, pairs % width
-    pairs = np.unique(med_owner * width + med_values)
-    med_owner, med_values = pairs // width, pairs % width
+    line_owner, line_values = _distinct_pairs(line_owner, line_values, width)
+    med_owner, med_values = _distinct_pairs(med_owner, med_values, width)
 
     line_counts = np.bincount(line_owner, minlength=u).astype(np.int32)
     line_offsets = (np.cumsum(line_counts) - line_counts).astype(np.int64)
@@ -831,6 +830,17 @@ def _combination_lists(combos: np.ndarray) -> _ConditionLists:
         line_counts=line_counts,
         line_values=line_values.astype(np.int8),
     )
+
+
+def _distinct_pairs(
+    owner: np.ndarray, values: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct (owner, value) pairs, values in ``[0, width)``."""
+    pairs = np.sort(owner.astype(np.int64) * width + values)
+    keep = np.ones(pairs.size, dtype=bool)
+    keep[1:] = pairs[1:] != pairs[:-1]
+    pairs = pairs[keep]
+    return pairs // width, pairs % width
 
 
 def _lists(owner: np.ndarray, values: np.ndarray, vocabulary: Sequence[str], n: int) -> pl.Series:
@@ -916,9 +926,9 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
     email = _email_indices(rng, p, dup, src)
     phone = _phone_indices(rng, p, dup, src)
     address = _address_indices(rng, p, dup, src)
-    idx.update(email.indices)
-    idx.update(phone.indices)
-    idx.update(address.indices)
+    for pieces in (email, phone, address):
+        idx.update(pieces.indices)
+        pieces.indices = {}  # the index arrays live on only in the frame below
 
     idx["sex"] = np.where(_missing(rng, n, "sex"), 2, p.sex)
     idx["language"] = _languages(rng, p)
@@ -945,7 +955,7 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
     frame = pl.DataFrame(
         {
             "contact_id": contact_id,
-            **{k: pl.Series(k, v).cast(pl.UInt32) for k, v in idx.items()},
+            **{k: pl.Series(k, idx.pop(k)).cast(pl.UInt32) for k in list(idx)},
             "birth_date": pl.Series(birth, dtype=pl.Int32).cast(pl.Date),
             "no_birth_date": _missing(rng, n, "birth_date"),
             "created_at": pl.Series(created_us).cast(pl.Datetime("us")),
@@ -1009,7 +1019,11 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
         _gather(_INSURANCE, "insurance"),
     ]
     named = [e.alias(c) for e, c in zip(exprs, CONTACTS_SCHEMA.names(), strict=True)]
-    return frame.lazy().select(named).collect().cast(dict(CONTACTS_SCHEMA))
+    # Assemble the strings a chunk at a time: the pieces of a chunk stay small.
+    chunks = [
+        frame.slice(lo, _CHUNK).lazy().select(named).collect() for lo in range(0, max(n, 1), _CHUNK)
+    ]
+    return pl.concat(chunks, rechunk=False)
 
 
 @dataclasses.dataclass
@@ -1205,6 +1219,7 @@ def _insurance(rng: np.random.Generator, p: _People) -> np.ndarray:
 
 
 def _events_frame(rng: np.random.Generator, p: _People, contact_ids: pl.Series) -> pl.DataFrame:
+    """Events for every contact, built ``_CHUNK`` contacts at a time to bound memory."""
     n = p.n
     # Per-contact counts: more events for people with more conditions, gamma-Poisson spread.
     intensity = (1.0 + 0.6 * p.n_conditions.astype(np.float32)) * rng.gamma(1.5, 1 / 1.5, n).astype(
@@ -1213,64 +1228,90 @@ def _events_frame(rng: np.random.Generator, p: _People, contact_ids: pl.Series) 
     if n:
         intensity *= np.float32(_MEAN_EVENTS / max(float(intensity.mean()), 1e-9))
     counts = rng.poisson(intensity).astype(np.int64)
-    total = int(counts.sum())
-    owner = np.repeat(np.arange(n, dtype=np.int32), counts)
-
-    kind = _choice(rng, _EVENT_TYPE_SHARES, total)
-    no_email = ~p.has_email[owner]
-    kind[(kind == 3) & no_email] = 2  # no email, no email clicks: a portal login instead
-    # Days before as_of: exponential (most within 3 years), never before the record existed.
-    scale = np.array([420.0, 300.0, 250.0, 200.0], dtype=np.float32)[kind]
-    ago = (rng.standard_exponential(total, dtype=np.float32) * scale).astype(np.int32)
-    created = p.created_ago[owner]
-    ago = 1 + ago % created
-    # Some appointments are booked for the next 180 days (not for the deceased).
-    future = (kind == 1) & (rng.random(total, dtype=np.float32) < 0.35) & ~p.deceased[owner]
-    ago[future] = -rng.integers(1, 181, int(future.sum()), dtype=np.int32)
-    time_us = (p.as_of_day - ago).astype(np.int64) * _US_PER_DAY
-    time_us += rng.integers(6 * 3600, 22 * 3600, total, dtype=np.int64) * 1_000_000
-    del ago, created, scale
-
-    # Department: one of the person's service lines (primary care / pediatrics if none).
-    lists = p.lists
-    combo = p.condition_key[owner]
-    line_count = lists.line_counts[combo]
-    pick = (rng.random(total, dtype=np.float32) * line_count).astype(np.int64)
-    fallback = np.where(p.age[owner] < 18, _PEDIATRICS, _PRIMARY_CARE)
-    if lists.line_values.size:
-        at = np.minimum(lists.line_offsets[combo] + pick, lists.line_values.size - 1)
-        department = np.where(line_count > 0, lists.line_values[at], fallback)
-    else:
-        department = fallback
-    clinical = kind <= 1
-    department = np.where(clinical, department, len(_SERVICE_LINES)).astype(np.int8)
-    visit_type = np.where(kind == 0, _choice(rng, _VISIT_TYPE_SHARES, total), 4).astype(np.int8)
-    del combo, line_count, pick, fallback, clinical
-
+    del intensity
+    first_event = np.cumsum(counts) - counts
+    # event_id: an affine permutation of the event number over 10 digits (unique, unordered).
     mult = int(rng.integers(10**8, 9 * 10**8)) | 1
     if mult % 5 == 0:
         mult += 2
-    number = (np.arange(total, dtype=np.int64) * mult + int(rng.integers(0, 10**10))) % 10**10
-    frame = pl.DataFrame(
+    shift = int(rng.integers(0, 10**10))
+    # Per-contact lookups the chunks gather from.
+    fallback = np.where(p.age < 18, _PEDIATRICS, _PRIMARY_CARE).astype(np.int8)
+    line_counts = p.lists.line_counts[p.condition_key]
+    line_offsets = p.lists.line_offsets[p.condition_key]
+    chunks = []
+    for lo in range(0, max(n, 1), _CHUNK):
+        hi = min(lo + _CHUNK, n)
+        total = int(counts[lo:hi].sum())
+        owner = np.repeat(np.arange(lo, hi, dtype=np.int32), counts[lo:hi])
+        number = np.arange(total, dtype=np.int64) + (int(first_event[lo]) if hi > lo else 0)
+        number = (number * mult + shift) % 10**10
+        frame = _event_chunk(rng, p, owner, fallback, line_counts, line_offsets)
+        frame.insert_column(0, _identifiers("event_id", "E", number, 10))
+        del number, owner
+        chunks.append(
+            frame.lazy()
+            .select(
+                pl.col("event_id"),
+                pl.lit(contact_ids).gather(pl.col("owner")).alias("contact_id"),
+                _gather(_EVENT_TYPES, "kind").alias("event_type"),
+                pl.col("event_time"),
+                _gather([*_SERVICE_LINES, None], "department").alias("department"),
+                _gather([*_VISIT_TYPES, None], "visit_type").alias("visit_type"),
+            )
+            .collect()
+        )
+    return pl.concat(chunks, rechunk=False)
+
+
+def _event_chunk(
+    rng: np.random.Generator,
+    p: _People,
+    owner: np.ndarray,
+    fallback: np.ndarray,
+    line_counts: np.ndarray,
+    line_offsets: np.ndarray,
+) -> pl.DataFrame:
+    """Index columns (owner, kind, time, department, visit type) for one chunk of events."""
+    total = owner.size
+    kind = _choice(rng, _EVENT_TYPE_SHARES, total)
+    kind[(kind == 3) & ~p.has_email[owner]] = 2  # no email, no email clicks: a portal login
+    # Days before as_of: exponential (most within 3 years), never before the record existed.
+    scale = np.array([420.0, 300.0, 250.0, 200.0], dtype=np.float32)[kind]
+    ago = (rng.standard_exponential(total, dtype=np.float32) * scale).astype(np.int32)
+    del scale
+    ago %= p.created_ago[owner]
+    ago += 1
+    # Some appointments are booked for the next 180 days (not for the deceased).
+    future = (kind == 1) & (rng.random(total, dtype=np.float32) < 0.35) & ~p.deceased[owner]
+    ago[future] = -rng.integers(1, 181, int(future.sum()), dtype=np.int32)
+    del future
+    time_us = (p.as_of_day - ago).astype(np.int64) * _US_PER_DAY
+    del ago
+    time_us += rng.integers(6 * 3600, 22 * 3600, total, dtype=np.int64) * 1_000_000
+
+    # Department: one of the person's service lines (primary care / pediatrics if none).
+    values = p.lists.line_values
+    count = line_counts[owner]
+    pick = (rng.random(total, dtype=np.float32) * count).astype(np.int64)
+    if values.size:
+        pick += line_offsets[owner]
+        np.minimum(pick, values.size - 1, out=pick)
+        department = np.where(count > 0, values[pick], fallback[owner])
+    else:
+        department = fallback[owner]
+    del count, pick
+    department[kind > 1] = len(_SERVICE_LINES)  # null for portal logins and email clicks
+    visit_type = np.where(kind == 0, _choice(rng, _VISIT_TYPE_SHARES, total), 4).astype(np.int8)
+    return pl.DataFrame(
         {
-            "event_id": _identifiers("event_id", "E", number, 10),
             "owner": owner,
             "kind": kind,
             "event_time": pl.Series(time_us).cast(pl.Datetime("us")),
-            "department": department,
+            "department": department.astype(np.int8),
             "visit_type": visit_type,
         }
     )
-    del number, owner, kind, time_us, department, visit_type
-    events = frame.lazy().select(
-        pl.col("event_id"),
-        pl.lit(contact_ids).gather(pl.col("owner")).alias("contact_id"),
-        _gather(_EVENT_TYPES, "kind").alias("event_type"),
-        pl.col("event_time"),
-        _gather([*_SERVICE_LINES, None], "department").alias("department"),
-        _gather([*_VISIT_TYPES, None], "visit_type").alias("visit_type"),
-    )
-    return events.collect()
 
 
 # --------------------------------------------------------------------------- writing
