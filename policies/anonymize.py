@@ -227,7 +227,13 @@ class _Evaluation:
 
 
 class _Lattice:
-    """Integer-coded QIs with per-level lookup tables, and memoized node class tables."""
+    """Integer-coded QIs with per-level lookup tables, and memoized node class tables.
+
+    A node's table has one row per (class, sensitive value): ``key`` — the class, as one
+    UInt64 mixing the QI codes at the node's levels (``Σ code_i · stride_i``) — ``s`` (the
+    sensitive value's code, when there is one) and ``n`` (rows). One-column UInt64 group-bys
+    are ~3x faster than grouping on the separate code columns.
+    """
 
     def __init__(
         self,
@@ -241,34 +247,27 @@ class _Lattice:
         self.heights = [h.height for h in hierarchies]
         self.n = frame.height
         self.sensitive = sensitive
-        code_columns = [
-            (pl.col(q).rank("dense").fill_null(0).cast(pl.UInt32)).alias(f"q{i}")
-            for i, q in enumerate(qis)
-        ]
-        if sensitive is not None:
-            code_columns.append(
-                pl.col(sensitive).rank("dense").fill_null(0).cast(pl.UInt32).alias("s")
-            )
-        coded = frame.select(
-            *code_columns, *[pl.col(q).alias(f"raw{i}") for i, q in enumerate(qis)]
-        )
+        self.group = ["key", "s"] if sensitive else ["key"]
+        raw_codes = frame.select(
+            *[pl.col(q).rank("dense").fill_null(0).cast(pl.UInt32) for q in qis],
+            *([pl.col(sensitive).rank("dense").fill_null(0).cast(pl.UInt32).alias("s")]
+              if sensitive else []),
+        )  # fmt: skip
         # raw_lookups[i][b]: raw-value code of QI i → its level-b code;
-        # lookups[i][(a, b)]: level-a code → level-b code (a < b)
+        # lookups[i][(a, b)]: level-a code → level-b code (a < b); cards[i][b]: codes at b
         self.raw_lookups: list[list[np.ndarray]] = []
         self.lookups: list[dict[tuple[int, int], np.ndarray]] = []
-        for i, hierarchy in enumerate(hierarchies):
-            distinct = coded.select(f"q{i}", pl.col(f"raw{i}").alias(qis[i])).unique(f"q{i}")
+        self.cards: list[list[int]] = []
+        for i, (q, hierarchy) in enumerate(zip(qis, hierarchies, strict=True)):
+            distinct = pl.DataFrame({"raw": raw_codes[q], q: frame[q]}).unique("raw")
             labels = distinct.select(
-                pl.col(f"q{i}"),
-                *[
-                    hierarchy.expr(qis[i], lvl).alias(f"l{lvl}")
-                    for lvl in range(hierarchy.height + 1)
-                ],
+                pl.col("raw"),
+                *[hierarchy.expr(q, lvl).alias(f"l{lvl}") for lvl in range(hierarchy.height + 1)],
             )
             codes = labels.select(
-                pl.col(f"q{i}"),
+                pl.col("raw"),
                 *[
-                    (pl.col(f"l{lvl}").rank("dense").fill_null(0).cast(pl.UInt32)).alias(f"c{lvl}")
+                    pl.col(f"l{lvl}").rank("dense").fill_null(0).cast(pl.UInt32).alias(f"c{lvl}")
                     for lvl in range(hierarchy.height + 1)
                 ],
             )
@@ -277,51 +276,63 @@ class _Lattice:
                 pairs = codes.select(f"c{lvl}", f"c{lvl + 1}").unique()
                 if pairs.height != codes.select(f"c{lvl}").n_unique():
                     raise ConfigError(
-                        f"hierarchy {hierarchy.kind!r} of {qis[i]!r} is not nested: level "
+                        f"hierarchy {hierarchy.kind!r} of {q!r} is not nested: level "
                         f"{hierarchy.labels[lvl + 1]!r} splits values that level "
                         f"{hierarchy.labels[lvl]!r} groups together",
                         "make each level a coarsening of the one before",
                     )
-            base = codes[f"q{i}"].to_numpy()
-            size = int(base.max()) + 1 if len(base) else 1
-            raw: list[np.ndarray] = []
-            for level in range(hierarchy.height + 1):
-                mapping = np.zeros(size, dtype=np.uint32)
-                mapping[base] = level_codes[level]
-                raw.append(mapping)
-            self.raw_lookups.append(raw)
+            raw = codes["raw"].to_numpy()
+            raw_lookup = []
+            for lvl in range(hierarchy.height + 1):
+                mapping = np.zeros(int(raw.max()) + 1, dtype=np.uint64)
+                mapping[raw] = level_codes[lvl]
+                raw_lookup.append(mapping)
+            self.raw_lookups.append(raw_lookup)
+            self.cards.append([int(c.max()) + 1 for c in level_codes])
             step: dict[tuple[int, int], np.ndarray] = {}
             for a in range(hierarchy.height + 1):
-                source = level_codes[a]
-                width = int(source.max()) + 1 if len(source) else 1
                 for b in range(a + 1, hierarchy.height + 1):
-                    mapping = np.zeros(width, dtype=np.uint32)
-                    mapping[source] = level_codes[b]
+                    mapping = np.zeros(self.cards[i][a], dtype=np.uint64)
+                    mapping[level_codes[a]] = level_codes[b]
                     step[(a, b)] = mapping
             self.lookups.append(step)
-        group = [f"q{i}" for i in range(len(qis))] + (["s"] if sensitive else [])
-        base_table = coded.group_by(group).agg(pl.len().cast(pl.Int64).alias("n"))
         self.base_node = tuple(0 for _ in qis)
-        # the base table holds codes of the raw values; re-express them at level 0
-        bottom = base_table.with_columns(
-            pl.Series(f"q{i}", self.raw_lookups[i][0][base_table[f"q{i}"].to_numpy()])
-            for i in range(len(qis))
-        )
+        if math.prod(self.cards[i][0] for i in range(len(qis))) >= 2**63:
+            raise UsageError(
+                f"too many distinct combinations of {', '.join(qis)} to search",
+                "pre-coarsen a quasi-identifier (e.g. dates to months) or use fewer of them",
+            )
+        key = np.zeros(self.n, dtype=np.uint64)
+        for i, q in enumerate(qis):
+            level0 = self.raw_lookups[i][0][raw_codes[q].to_numpy()]
+            key += level0 * np.uint64(self._strides(self.base_node)[i])
+        base = pl.DataFrame(
+            {"key": key, **({"s": raw_codes["s"]} if sensitive else {})}
+        ).with_columns(pl.lit(1, dtype=pl.Int64).alias("n"))
         self.tables: dict[tuple[int, ...], pl.DataFrame] = {
-            self.base_node: bottom.group_by(group).agg(pl.col("n").sum())
+            self.base_node: base.group_by(self.group).agg(pl.col("n").sum())
         }
+
+    def _strides(self, node: tuple[int, ...]) -> list[int]:
+        strides, stride = [], 1
+        for i, level in enumerate(node):
+            strides.append(stride)
+            stride *= self.cards[i][level]
+        return strides
 
     def _roll(
         self, table: pl.DataFrame, source: tuple[int, ...], target: tuple[int, ...]
     ) -> pl.DataFrame:
-        columns = [
-            pl.Series(f"q{i}", self.lookups[i][(source[i], level)][table[f"q{i}"].to_numpy()])
-            for i, level in enumerate(target)
-            if source[i] != level
-        ]
-        rolled = table.with_columns(columns) if columns else table
-        group = [f"q{i}" for i in range(len(self.qis))] + (["s"] if self.sensitive else [])
-        return rolled.group_by(group).agg(pl.col("n").sum())
+        old_key = table["key"].to_numpy()
+        old_strides, new_strides = self._strides(source), self._strides(target)
+        key = np.zeros(len(old_key), dtype=np.uint64)
+        for i, (a, b) in enumerate(zip(source, target, strict=True)):
+            code = (old_key // np.uint64(old_strides[i])) % np.uint64(self.cards[i][a])
+            if a != b:
+                code = self.lookups[i][(a, b)][code]
+            key += code * np.uint64(new_strides[i])
+        rolled = table.with_columns(pl.Series("key", key))
+        return rolled.group_by(self.group).agg(pl.col("n").sum())
 
     def table(self, node: tuple[int, ...]) -> pl.DataFrame:
         """The class table of ``node``, rolled up from the smallest memoized ancestor."""
@@ -345,27 +356,25 @@ class _Lattice:
             del self.tables[node]
 
     def classes(self, node: tuple[int, ...]) -> pl.DataFrame:
-        """One row per class: size, distinct sensitive values (if any)."""
+        """One row per class: ``key``, ``size``, ``distinct`` sensitive values (if any)."""
         table = self.table(node)
-        codes = [f"q{i}" for i in range(len(self.qis))]
         if not self.sensitive:
             return table.rename({"n": "size"})
-        return table.group_by(codes).agg(
+        return table.group_by("key").agg(
             pl.col("n").sum().alias("size"), pl.len().cast(pl.Int64).alias("distinct")
         )
 
     def worst_distance(self, node: tuple[int, ...], kept: pl.DataFrame) -> float:
         """Largest total-variation distance of a kept class to the kept rows' distribution."""
-        codes = [f"q{i}" for i in range(len(self.qis))]
-        rows = self.table(node).join(kept.select(codes), on=codes, how="semi")
+        rows = self.table(node).join(kept.select("key"), on="key", how="semi")
         total = rows["n"].sum()
         if not total:
             return 0.0
         overall = rows.group_by("s").agg((pl.col("n").sum() / total).alias("p_all"))
         per_class = rows.join(overall, on="s").with_columns(
-            (pl.col("n") / pl.col("n").sum().over(codes)).alias("p_class")
+            (pl.col("n") / pl.col("n").sum().over("key")).alias("p_class")
         )
-        distances = per_class.group_by(codes).agg(
+        distances = per_class.group_by("key").agg(
             (
                 0.5 * ((pl.col("p_class") - pl.col("p_all")).abs() - pl.col("p_all")).sum() + 0.5
             ).alias("tv")
