@@ -31,8 +31,9 @@ Meta (``meta``) and Google (``google_ads``) differ in the details:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 import polars as pl
@@ -349,12 +350,22 @@ class _Field:
     ``value``: the normalized value, null unless valid, defaulted or already hashed.
     ``outcome``: ``empty`` / ``already_hashed`` / ``valid`` / ``defaulted`` or the
     invalid reason. ``passthrough``: true where the value is an already-hashed input.
+    ``digests``: for fields whose every valid value is in a small known set, value →
+    SHA-256 hex, precomputed (a lookup is several times cheaper than hashing per row).
     """
 
     identity_field: str
     value: pl.Expr
     outcome: pl.Expr
     passthrough: pl.Expr
+    digests: Mapping[str, str] | None = None
+
+    def with_digests(self, values: Iterable[str]) -> _Field:
+        return replace(self, digests=_digests(values))
+
+
+def _digests(values: Iterable[str]) -> dict[str, str]:
+    return {value: hashlib.sha256(value.encode()).hexdigest() for value in values}
 
 
 def _masked(condition: pl.Expr, expr: pl.Expr, transform: Callable[[pl.Expr], pl.Expr]) -> pl.Expr:
@@ -510,10 +521,8 @@ class _Builder:
                 blank_value=fallback,
             )
         if self.layout == "google_ads":
-            return _Field(
-                "country", field.value.str.to_uppercase(), field.outcome, field.passthrough
-            )
-        return field
+            return replace(field, value=field.value.str.to_uppercase())
+        return field.with_digests(ISO_COUNTRIES)
 
     # -- identifiers ---------------------------------------------------------------------
 
@@ -695,9 +704,12 @@ class _Builder:
             }
         dob = self.mapped("birth_date", self.birth_date)
 
-        def dob_part(offset: int, length: int) -> _Field:
+        def dob_part(offset: int, length: int, values: Iterable[int]) -> _Field:
             part = dob.value.str.slice(offset, length)
-            return _Field("birth_date", part, dob.outcome, dob.passthrough)
+            texts = [f"{value:0{length}d}" for value in values]
+            return _Field("birth_date", part, dob.outcome, dob.passthrough).with_digests(texts)
+
+        years = range(self.as_of.year - 126, self.as_of.year + 2)
 
         return {
             "EXTERN_ID": self.mapped("external_id", self.external_id),
@@ -709,10 +721,10 @@ class _Builder:
             "CT": self.mapped("city", self.city),
             "ST": self.mapped("state", self.state),
             "COUNTRY": country,
-            "DOBY": dob_part(0, 4),
-            "DOBM": dob_part(5, 2),
-            "DOBD": dob_part(8, 2),
-            "GEN": self.mapped("gender", self.gender),
+            "DOBY": dob_part(0, 4, years),
+            "DOBM": dob_part(5, 2, range(1, 13)),
+            "DOBD": dob_part(8, 2, range(1, 32)),
+            "GEN": self.mapped("gender", self.gender).with_digests(GENDERS.values()),
         }
 
 
@@ -831,6 +843,9 @@ def hashed_layout(
     for column, field in fields.items():
         if column in PLAIN_COLUMNS:
             exprs.append(field.value.alias(column))
+        elif field.digests is not None:
+            digest = field.value.replace_strict(field.digests, default=None, return_dtype=pl.String)
+            exprs.append(digest.alias(column))
         else:
             digest = pl.when(field.passthrough).then(field.value).otherwise(sha256_hex(field.value))
             exprs.append(digest.alias(column))

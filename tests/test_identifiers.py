@@ -365,9 +365,13 @@ def test_birth_date_from_text_and_datetime() -> None:
 
 
 def test_implausible_birth_dates_are_invalid() -> None:
-    lf = contacts(birth_date=[dt.date(2025, 6, 2), dt.date(1890, 1, 1), AS_OF])
+    lf = contacts(
+        birth_date=[dt.date(2025, 6, 2), dt.date(1899, 12, 31), AS_OF, dt.date(1900, 1, 1)]
+    )
     frame = normalized(lf, "meta")
-    assert frame["DOBY"].to_list() == [None, None, "2025"]
+    assert frame["DOBY"].to_list() == [None, None, "2025", "1900"]
+    # The oldest and newest valid years hash (through the precomputed digests) too.
+    assert hashed(lf, "meta")["DOBY"].to_list() == [None, None, sha("2025"), sha("1900")]
     counts = quality(lf, "meta")
     assert counts[("birth_date", "invalid", "future")] == 1
     assert counts[("birth_date", "invalid", "implausible")] == 1
