@@ -100,7 +100,11 @@ def sorted_keys(keys: pl.Series | np.ndarray) -> np.ndarray:
         keys = keys.drop_nulls().cast(pl.UInt64).to_numpy()
     arr = np.asarray(keys, dtype=np.uint64)
     if arr.size > 1 and not bool(np.all(arr[1:] > arr[:-1])):
-        arr = np.unique(arr)
+        arr = np.sort(arr)  # radix-free sort + neighbour compare beats np.unique's hashing
+        distinct = np.empty(arr.size, dtype=bool)
+        distinct[0] = True
+        np.not_equal(arr[1:], arr[:-1], out=distinct[1:])
+        arr = arr[distinct]
     return arr
 
 

@@ -36,7 +36,7 @@ import polars as pl
 from audiences.atomic import write_with
 from audiences.config import ProjectConfig
 from audiences.errors import ConfigError, InternalError
-from audiences.identifiers import LAYOUTS, hashed_layout
+from audiences.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layout
 from audiences.state import ensure_private_dir, new_id, project_salt, transaction, utcnow
 from policies import difference
 from policies.pack import Pack
@@ -161,8 +161,11 @@ def evaluate(inp: GateInput) -> GateOutcome:
     keys_all = cand.get_column("member_key")
     no_key = keys_all.is_null().to_numpy() if cand.height else np.zeros(0, dtype=bool)
     kept_mask = ~excluded & ~no_key
-    base = cand.filter(pl.Series(kept_mask)).unique("member_key", keep="first", maintain_order=True)
+    # only what a release carries: member key, identity columns, ad consent columns
+    base = cand.select(_release_columns(config, cand)).filter(pl.Series(kept_mask))
     new_keys = difference.sorted_keys(base.get_column("member_key"))
+    if new_keys.size != base.height:  # one person, several CRM records with one external id
+        base = base.unique("member_key", keep="first", maintain_order=True)
     exempt = difference.sorted_keys(keys_all.filter(pl.Series(excluded & ~no_key)))
     if exempt.size and new_keys.size:
         exempt = exempt[~_isin_sorted(exempt, new_keys)]
@@ -258,6 +261,17 @@ def evaluate(inp: GateInput) -> GateOutcome:
         report=report,
         state_dir=inp.state_dir,
     )
+
+
+def _release_columns(config: ProjectConfig, cand: pl.DataFrame) -> list[str]:
+    wanted = ["member_key"]
+    wanted += [getattr(config.identity, f) for f in IDENTITY_FIELDS]
+    wanted += [config.consent.ad_user_data, config.consent.ad_personalization]
+    seen: list[str] = []
+    for column in wanted:
+        if column is not None and column in cand.schema and column not in seen:
+            seen.append(column)
+    return seen
 
 
 def _replace(v: Verdict, **changes: Any) -> Verdict:
