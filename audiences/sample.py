@@ -544,14 +544,14 @@ def write(
     out_dir: Path,
     rows: int,
     *,
-    seed: int = 0,
+    seed: int,
     as_of: dt.date,
     formats: Sequence[str] = FORMATS,
 ) -> dict[str, list[Path]]:
     """Generate the sample CRM and write ``contacts`` and ``events`` in each format.
 
-    Each file is written to a temporary file in ``out_dir`` and renamed over the target,
-    so a crash never leaves a half-written file. Returns ``{"contacts": [...], "events":
+    Each file is written to a temporary file in ``out_dir`` (mode 0600: the rows look like
+    PII) and renamed over the target, so a crash never leaves a half-written file. Returns ``{"contacts": [...], "events":
     [...]}`` with the written paths in the order of ``formats``.
     """
     formats = tuple(formats)
@@ -1334,5 +1334,10 @@ def _atomic_target(target: Path) -> Iterator[Path]:
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp, target)
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # make the rename itself durable
+        finally:
+            os.close(folder)
     finally:
         tmp.unlink(missing_ok=True)

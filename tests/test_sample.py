@@ -353,6 +353,7 @@ def test_write_round_trips_parquet_and_csv(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "crm").iterdir()) == [
         "contacts.csv", "contacts.parquet", "events.csv", "events.parquet",
     ]  # fmt: skip
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "crm").iterdir()} == {0o600}
 
 
 def test_write_only_the_asked_formats(tmp_path: Path) -> None:
