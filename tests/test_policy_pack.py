@@ -205,7 +205,8 @@ def test_bad_config_suppression_lists(tmp_path, suppression, match):
 def test_pack_outside_policies_folder_is_refused(tmp_path):
     (tmp_path / "elsewhere.yaml").write_text("name: x\nversion: 1\nextends: baseline\n")
     with pytest.raises(
-        ConfigError, match=r"neither a built-in pack .* nor a file in the project's policies/ folder"
+        ConfigError,
+        match=r"neither a built-in pack .* nor a file in the project's policies/ folder",
     ):
         load_pack(config(tmp_path, "elsewhere.yaml"))
 
