@@ -24,14 +24,16 @@ Meta (``meta``) and Google (``google_ads``) differ in the details:
   international prefixes are removed.
 * names: Meta lowercases and keeps letters only (``Smith-Jones`` → ``smithjones``,
   ``José`` → ``josé``); Google lowercases, trims and collapses inner whitespace.
-* Unicode text is NFC-normalized, so ``José`` hashes the same whether the CRM stored
-  ``é`` or ``e`` + combining accent.
+* names, cities, states and countries are NFC-normalized, so ``José`` hashes the same
+  whether the CRM stored ``é`` or ``e`` + combining accent (emails are not: NFC would
+  double the cost of the email path for the rare non-ASCII address).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
@@ -230,11 +232,15 @@ US_STATES.update({name: code for code, names in _US_STATE_NAMES.items() for name
 GENDERS: dict[str, str] = {"m": "m", "male": "m", "man": "m", "f": "f", "female": "f", "woman": "f"}
 
 GMAIL_DOMAINS = ("gmail.com", "googlemail.com")
+_GMAIL = "^[^@]*@(?:" + "|".join(re.escape(domain) for domain in GMAIL_DOMAINS) + ")$"
 
 _SHA256_HEX = r"^[0-9a-fA-F]{64}$"
 # Values that mean "nothing here": compared after trim + lowercase, or as a regex.
-PLACEHOLDERS = ("n/a", "na", "n.a.", "n.a", "none", "null", "nil", "unknown", "-", "--", ".", "?")
-_PLACEHOLDER = r"(?i)^(?:n/?a|n\.a\.?|none|null|nil|unknown|-+|\.+|\?+)$"
+PLACEHOLDERS = (
+    "n/a", "na", "n.a.", "n.a", "none", "null", "nil", "unknown",
+    "-", "--", "---", ".", "..", "...", "?", "??", "???",
+)  # fmt: skip
+_PLACEHOLDER = "(?i)^(?:" + "|".join(re.escape(value) for value in PLACEHOLDERS) + ")$"
 # A domain label: letters/digits of any script (anything but whitespace and ASCII
 # punctuation) with inner hyphens. Negated ASCII classes keep the regex fast (\p{L}
 # classes in nested repetitions are ~20× slower in the Rust regex engine).
@@ -534,7 +540,7 @@ class _Builder:
         email = lower
         if self.layout == "google_ads":
             # gmail.com / googlemail.com: drop dots and any +suffix from the local part.
-            gmail = lower.str.contains(r"^[^@]*@(?:gmail|googlemail)\.com$")
+            gmail = lower.str.contains(_GMAIL)
             local = pl.when(gmail).then(email).str.extract(r"^([^+@]*)", 1)
             domain = (
                 pl.when(lower.str.ends_with("@gmail.com"))

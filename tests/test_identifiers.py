@@ -402,7 +402,7 @@ def test_layout_columns_exactly() -> None:
     assert kept.columns == ["contact_id", *LAYOUTS["meta"]]
 
 
-@pytest.mark.parametrize("blank", [None, "", "   ", "\t", "N/A", "null", "-"])
+@pytest.mark.parametrize("blank", [None, "", "   ", "\t", "N/A", "null", "-", "???", "Unknown"])
 def test_empty_stays_null_never_hash_of_empty(blank: str | None) -> None:
     lf = contacts(**{c: [blank] for c in COLUMNS if c not in ("country", "birth_date")})
     lf = lf.with_columns(birth_date=pl.lit(None, pl.Date))
