@@ -42,6 +42,9 @@ class BuildResult:
     policy_digest: str = ""
     seconds: float = 0.0
     outcome: Any = None  # the GateOutcome (releases for sync); not serialized
+    # The marketer-facing size: a differentially private count (exact counts stay in
+    # the compliance report and the state DB).
+    noisy_members: dict[str, Any] | None = None
 
     @property
     def blocked(self) -> bool:
@@ -54,7 +57,8 @@ class BuildResult:
             "segment_digest": self.segment_digest,
             "policy_digest": self.policy_digest,
             "status": self.status,
-            "released": self.released,
+            "released_to": sorted(self.released),
+            "members": self.noisy_members,
             "reasons": self.reasons,
             "files": self.files,
             "reports": self.reports,
@@ -315,6 +319,7 @@ def build(
                 result.released = {d: r.members.height for d, r in outcome.releases.items()}
                 step(f"{segment.name}: writing release files", (i + 0.8) / len(segments))
                 result.files = write_file_destinations(config, outcome, build_id, segment)
+                result.noisy_members = noisy_size(conn, outcome, pack, sources.digest, as_of, who)
             result.reports = write_reports(config, build_id, outcome.report)
             result.seconds = time.perf_counter() - started
             _finish(
@@ -346,6 +351,40 @@ def build(
     finally:
         conn.close()
     return results
+
+
+def noisy_size(
+    conn: Any, outcome: Any, pack: Any, dataset: str, as_of: date, actor: str
+) -> dict[str, Any]:
+    """The released people (over every destination) as a DP count, paid from the ledger."""
+    from audiences.errors import BudgetExhausted
+    from audiences.insights import budget_policy
+    from policies import dp
+    from policies.ledger import Ledger, PrivacyBudget
+
+    epsilon = pack.budget.build_summary_epsilon
+    if not epsilon:
+        return {"withheld": "the policy pack spends no privacy budget on build summaries"}
+    keys = pl.concat([r.members.select("member_key") for r in outcome.releases.values()])
+    ledger = Ledger(conn, budget_policy(pack))
+    requested = PrivacyBudget(epsilon, 0.0)
+    try:
+        ledger.spend(dataset, requested, "build summary count", actor, as_of)
+    except BudgetExhausted as exc:
+        return {"withheld": f"privacy budget exhausted ({exc.what})"}
+    _audit(
+        conn,
+        actor,
+        "budget_spend",
+        "build summary",
+        {"query": "build summary count", "epsilon": epsilon, "dataset": dataset},
+    )
+    noisy = dp.dp_count(keys.lazy(), epsilon=epsilon, person="member_key")
+    return {
+        "value": noisy.shown,
+        "ci95": [round(noisy.ci95_low), round(noisy.ci95_high)],
+        "epsilon": epsilon,
+    }
 
 
 def _approval_block(conn: Any, config: ProjectConfig, segment: Any, pack: Any) -> str | None:

@@ -1,46 +1,72 @@
 """`make demo`: the main job on bundled sample data with the embedded defaults.
 
-Runs the real CLI, command by command, in ``./demo`` (recreated each time):
-init → sample-data → validate → build (one segment is too small and is blocked by
-policy, exit 3) → preview (DP figures) → keygen + approve → sync to the sandbox ad
-platforms → status → audit verify. Each command is printed before it runs.
+Runs the real CLI, command by command, in ``./demo`` (recreated each time), against
+the project's own sandbox ad platforms on 127.0.0.1 (started by this process):
+
+init → sample-data → validate → keygen + approve (a compliance officer signs) →
+build --all (one segment is too small and is blocked by policy, exit 3) →
+preview (differentially private figures) → plan → sync --all (Meta and Google Ads
+sandboxes) → status → audit verify. Each command is printed before it runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-console = Console()
-ROWS = int(os.environ.get("AUDIENCES_DEMO_ROWS", "100000"))
+from audiences.sandboxes import SANDBOX_ENV, running
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+ROWS = int(os.environ.get("AUDIENCES_DEMO_ROWS", "200000"))
+APPROVER = "dana.compliance"
 
 
 def run(
-    args: list[str],
-    *,
-    project: Path,
-    expect: tuple[int, ...] = (0,),
-    env: dict[str, str] | None = None,
-    show: bool = True,
+    args: list[str], *, project: Path, expect: tuple[int, ...] = (0,), show: bool = True
 ) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "audiences", "-p", str(project), *args]
-    console.print(f"[bold cyan]$ audiences -p {project} {' '.join(args)}[/]", highlight=False)
+    console.print(f"\n[bold cyan]$ audiences -p {project} {' '.join(args)}[/]", highlight=False)
+    env = {**os.environ, **{k: os.environ.get(k) or v for k, v in SANDBOX_ENV.items()}}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if show and proc.stderr.strip():
-        console.print(proc.stderr.rstrip(), highlight=False, markup=False)
+    if show:
+        if proc.stdout.strip():
+            console.print(proc.stdout.rstrip(), highlight=False, markup=False)
+        if proc.stderr.strip():
+            console.print(proc.stderr.rstrip(), highlight=False, markup=False)
     if proc.returncode not in expect:
-        console.print(proc.stdout, markup=False)
+        if not show:
+            console.print(proc.stdout + proc.stderr, markup=False)
         raise SystemExit(f"demo step failed with exit code {proc.returncode}: {' '.join(args)}")
     return proc
+
+
+def point_at_sandboxes(project: Path, meta_url: str, google_endpoint: str) -> None:
+    toml = project / "audiences.toml"
+    text = toml.read_text(encoding="utf-8")
+    text = re.sub(r'endpoint = "http://127\.0\.0\.1:\d+"', f'endpoint = "{meta_url}"', text)
+    text = re.sub(r'endpoint = "localhost:\d+"', f'endpoint = "{google_endpoint}"', text)
+    toml.write_text(text, encoding="utf-8")
+
+
+def add_approver_key(project: Path, line: str) -> None:
+    toml = project / "audiences.toml"
+    text = toml.read_text(encoding="utf-8")
+    text = text.replace(
+        '# keys = { "dana.compliance" = "base64-public-key" }', f"keys = {{ {line} }}"
+    )
+    toml.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -48,28 +74,100 @@ def main() -> None:
     project = Path("demo")
     if project.exists():
         shutil.rmtree(project)
-    run(["init", str(project)], project=Path("."))
-    run(["sample-data", "--rows", str(ROWS), "--seed", "7", "--format", "parquet"], project=project)
-    run(["validate"], project=project)
-    proc = run(["build", "--all", "--json"], project=project, expect=(0, 3), show=False)
-    builds = json.loads(proc.stdout)["builds"]
-    table = Table(title=f"Demo builds on {ROWS:,} synthetic contacts", title_justify="left")
-    for column in ("segment", "status", "destinations", "why / report"):
+    as_of = datetime.now(UTC).date().isoformat()
+    keys = Path(tempfile.mkdtemp(prefix="audiences-demo-keys-"))  # outside the repo
+    try:
+        run(["init", str(project)], project=Path("."))
+        run(
+            [
+                "sample-data",
+                "--rows",
+                str(ROWS),
+                "--seed",
+                "7",
+                "--as-of",
+                as_of,
+                "--format",
+                "parquet",
+            ],
+            project=project,
+        )
+        run(["validate", "--as-of", as_of], project=project)
+        proc = run(
+            ["keygen", "--private", str(keys / "dana.key"), "--name", APPROVER, "--json"],
+            project=project,
+            show=False,
+        )
+        add_approver_key(project, json.loads(proc.stdout)["toml"])
+        console.print(
+            f"(added {APPROVER}'s public key to [approvers] keys; the private key stays in {keys})",
+            highlight=False,
+        )
+        for segment in ("cardiology-lapsed", "flu-shot-reminder"):
+            run(
+                [
+                    "approve",
+                    segment,
+                    "--by",
+                    APPROVER,
+                    "--key",
+                    str(keys / "dana.key"),
+                    "--note",
+                    "reviewed for the demo",
+                ],
+                project=project,
+            )
+        with running(project) as boxes:
+            point_at_sandboxes(project, boxes.meta_url, boxes.google_endpoint)
+            build = run(
+                ["build", "--all", "--as-of", as_of, "--json"],
+                project=project,
+                expect=(0, 3),
+                show=False,
+            )
+            builds = json.loads(build.stdout)["builds"]
+            run(
+                ["preview", "flu-shot-reminder", "--epsilon", "0.5", "--as-of", as_of],
+                project=project,
+            )
+            run(["plan", "--all", "--as-of", as_of], project=project)
+            sync = run(["sync", "--all", "--as-of", as_of, "--json"], project=project, show=False)
+            synced = json.loads(sync.stdout)
+            run(["status"], project=project)
+            run(["audit", "verify"], project=project)
+            audiences = {
+                "meta": {aid: len(boxes.meta.members(aid)) for aid in boxes.meta.audience_ids()},
+                "google_ads": {ul: len(boxes.google.members(ul)) for ul in boxes.google.user_lists},
+            }
+    finally:
+        shutil.rmtree(keys, ignore_errors=True)
+
+    table = Table(title=f"Demo: {ROWS:,} synthetic contacts", title_justify="left")
+    for column in ("segment", "build", "people (DP)", "why / report", "sync"):
         table.add_column(column)
     for b in builds:
         status = "[green]released[/]" if b["status"] == "released" else "[red]blocked (exit 3)[/]"
         why = "; ".join(b["reasons"]) if b["reasons"] else b["reports"].get("html", "")
-        table.add_row(b["segment"], status, ", ".join(sorted(b["released"])) or "-", why)
+        syncs = [
+            f"{r['destination']}: {r['status']}"
+            for r in synced["results"]
+            if r["segment"] == b["segment"]
+        ]
+        members = b.get("members") or {}
+        size = f"~{members['value']:,}" if "value" in members else "-"
+        table.add_row(b["segment"], status, size, escape(why), ", ".join(syncs) or "-")
     console.print(table)
     console.print(
-        f"build exit code: {proc.returncode} (3 = at least one segment blocked by policy)",
+        f"build exit code {build.returncode} (3 = a segment was blocked by policy); "
+        f"sync exit code {sync.returncode}",
         highlight=False,
     )
-    console.print(f"[bold]demo finished in {time.perf_counter() - started:.1f} s[/]")
-
-
-def _summary(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, indent=2, sort_keys=True)
+    console.print(f"sandbox audiences (people): {audiences}", highlight=False)
+    head = synced.get("audit_head") or {}
+    console.print(f"audit head {head.get('seq')}:{head.get('hash')}", highlight=False)
+    console.print(
+        f"[bold]demo finished in {time.perf_counter() - started:.1f} s[/] (project in ./{project})"
+    )
 
 
 if __name__ == "__main__":

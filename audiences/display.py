@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
 def console() -> Console:
-    return Console(soft_wrap=True)
+    import sys
+
+    # Pipes and cron mail get a wide page rather than rich's 80-column default.
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def print_builds(results: list[Any]) -> None:
@@ -17,17 +21,24 @@ def print_builds(results: list[Any]) -> None:
     table.add_column("segment")
     table.add_column("status")
     table.add_column("released to")
+    table.add_column("people (noisy, 95% interval)")
     table.add_column("build id")
     table.add_column("seconds", justify="right")
     for r in results:
         status = "[green]released[/]" if not r.blocked else "[red]blocked[/]"
         dests = ", ".join(sorted(r.released)) or "-"
-        table.add_row(r.segment, status, dests, r.build_id, f"{r.seconds:.2f}")
+        size = "-"
+        if r.noisy_members and "value" in r.noisy_members:
+            low, high = r.noisy_members["ci95"]
+            size = f"~{r.noisy_members['value']:,} ({low:,}–{high:,})"
+        elif r.noisy_members:
+            size = "withheld"
+        table.add_row(r.segment, status, dests, size, r.build_id, f"{r.seconds:.2f}")
     out = console()
     out.print(table)
     for r in results:
         for reason in r.reasons:
-            out.print(f"[red]blocked[/] {r.segment}: {reason}", highlight=False)
+            out.print(f"[red]blocked[/] {escape(r.segment)}: {escape(reason)}", highlight=False)
         if r.reports:
             out.print(f"report: {r.reports.get('html')}", highlight=False)
 
@@ -110,7 +121,7 @@ def print_plans(doc: dict[str, Any]) -> None:
     out.print(table)
     for b in doc["blocked"]:
         for reason in b["reasons"]:
-            out.print(f"[red]blocked[/] {b['segment']}: {reason}", highlight=False)
+            out.print(f"[red]blocked[/] {escape(b['segment'])}: {escape(reason)}", highlight=False)
 
 
 def print_syncs(doc: dict[str, Any]) -> None:
@@ -135,7 +146,9 @@ def print_syncs(doc: dict[str, Any]) -> None:
     out.print(table)
     for r in doc["results"]:
         if r["error"]:
-            out.print(f"{r['segment']} → {r['destination']}: {r['error']}", highlight=False)
+            out.print(
+                f"{r['segment']} → {r['destination']}: {r['error']}", highlight=False, markup=False
+            )
     if doc.get("audit_head"):
         head = doc["audit_head"]
         out.print(f"audit head {head['seq']}:{head['hash']}", highlight=False)
@@ -178,7 +191,9 @@ def print_history(doc: dict[str, Any]) -> None:
     out = console()
     builds = _table(f"Builds of {doc['segment']}", ["build id", "started", "status", "why"])
     for b in doc["builds"]:
-        builds.add_row(b["build_id"], b["started_at"][:19], b["status"], "; ".join(b["reasons"]))
+        builds.add_row(
+            b["build_id"], b["started_at"][:19], b["status"], escape("; ".join(b["reasons"]))
+        )
     out.print(builds)
     syncs = _table(
         "Syncs", ["sync id", "destination", "started", "status", "adds", "removes", "held", "error"]

@@ -25,22 +25,12 @@ from audiences.errors import ConfigError, UsageError
 from audiences.sources import load_sources
 from audiences.state import connect, project_salt
 
-DEFAULT_POLICY = {
-    "epsilon_per_period": 10.0,
-    "delta_per_period": 0.0,
-    "period": "month",
-    "max_epsilon_per_query": 1.0,
-    "refresh_on_unchanged_data": False,
-}
 
-
-def budget_policy(config: ProjectConfig, pack: Any) -> Any:
-    """The budget the pack sets (``pack.budget``), else the conservative default."""
+def budget_policy(pack: Any) -> Any:
+    """The budget the policy pack sets (``budget:`` in the pack YAML)."""
     from policies.ledger import BudgetPolicy
 
-    settings = getattr(pack, "budget", None) or DEFAULT_POLICY
-    if not isinstance(settings, dict):
-        settings = dict(settings)
+    settings = pack.budget.model_dump(exclude={"build_summary_epsilon"})
     return BudgetPolicy(**settings)
 
 
@@ -141,7 +131,7 @@ def preview(
     dims = dimensions(config, sources.contacts.collect_schema())
     conn = connect(config.state_db)
     try:
-        ledger = Ledger(conn, budget_policy(config, pack))
+        ledger = Ledger(conn, budget_policy(pack))
         requested = PrivacyBudget(eps, 0.0)
         ledger.check(sources.digest, requested, as_of)
         members = collect_candidates(
@@ -186,7 +176,7 @@ def overlap(
     salt = project_salt(config.state_dir)
     conn = connect(config.state_db)
     try:
-        ledger = Ledger(conn, budget_policy(config, pack))
+        ledger = Ledger(conn, budget_policy(pack))
         requested = PrivacyBudget(eps, 0.0)
         ledger.check(sources.digest, requested, as_of)
         sets = {
@@ -224,7 +214,7 @@ def budget(config: ProjectConfig, *, as_of: date | None = None) -> dict[str, Any
 
     as_of = as_of or datetime.now(UTC).date()
     pack = load_pack(config)
-    policy = budget_policy(config, pack)
+    policy = budget_policy(pack)
     dataset = source_digest(config)
     conn = connect(config.state_db)
     try:

@@ -474,7 +474,7 @@ def sync_destination(
                     out.removes += rows.height
                 else:
                     out.adds += rows.height
-        out.match_rate = round((out.received - out.invalid) / out.sent, 4) if out.sent else None
+        out.match_rate = round(out.received / out.sent, 4) if out.sent else None
         out.status = "ok"
         close_sync(
             conn,

@@ -232,6 +232,7 @@ def check(
         "holds": holds,
         "exempt_removals": prev.exempt_removals if prev is not None else 0,
     }
+    public: str | None = None
     if blocks:
         first = blocks[0]
         e = first.earlier
@@ -248,6 +249,13 @@ def check(
             )
         if len(blocks) > 1:
             detail += f" (and {len(blocks) - 1} more colliding release(s))"
+        if first.result != "error":
+            public = (
+                f"differs from release {e.release_id} (segment {e.segment!r} to {e.destination}, "
+                f"{e.created_at[:10]}) by between 1 and {p.k_diff - 1} people in some direction, "
+                "which would disclose them — change the segment so the two differ by more "
+                "(exact figures are in the compliance report)"
+            )
     elif hold_against is not None:
         detail = (
             f"small change against the previous version {hold_against}: the sync holds back "
@@ -265,6 +273,7 @@ def check(
         source=rule.source,
         destination=dest.name,
         detail=detail,
+        public_detail=public,
         checks=tuple(c.to_dict() for c in comparisons),
     )
     return DifferenceResult(verdict, comparisons, hold_against, holds)

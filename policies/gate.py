@@ -217,7 +217,7 @@ def evaluate(inp: GateInput) -> GateOutcome:
             verdicts.append(filter_verdicts[rule.id])
         else:
             verdicts += [dest_verdicts[(rule.id, d.name)] for d, _ in dests]
-    reasons = [v.reason() for v in verdicts if v.blocking]
+    reasons = [v.public_reason() for v in verdicts if v.blocking]
     if not inp.destinations:
         reasons.append("gate: the segment names no destination — add `destinations:` to it")
     blocked = bool(reasons)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -64,11 +64,29 @@ class RuleEntry(_Model):
     source: str | None = None
 
 
+class BudgetSettings(_Model):
+    """The differential-privacy budget for numbers shown to marketers (see policies.ledger)."""
+
+    epsilon_per_period: float = Field(gt=0, allow_inf_nan=False)
+    delta_per_period: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)
+    period: Literal["day", "week", "month", "quarter"] = "month"
+    max_epsilon_per_query: float = Field(1.0, gt=0, allow_inf_nan=False)
+    refresh_on_unchanged_data: bool = False
+    build_summary_epsilon: float = Field(
+        0.05,
+        ge=0,
+        allow_inf_nan=False,
+        description="ε spent on the noisy member count of each build summary (0: none)",
+    )
+
+
 class PackFile(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     version: str
     description: str = ""
     extends: str | None = None
+    require_approval: bool | None = None
+    budget: BudgetSettings | None = None
     rules: list[RuleEntry] = Field(default_factory=list)
 
     @field_validator("version", mode="before")
@@ -114,6 +132,8 @@ class Pack:
     rules: tuple[Rule, ...]
     origin: str  # "builtin:<name>" or the file path (not part of the digest)
     suppression_lists: tuple[SuppressionSource, ...] = ()
+    require_approval: bool = False
+    budget: BudgetSettings = field(default_factory=lambda: BudgetSettings(epsilon_per_period=10.0))
 
     def canonical(self) -> str:
         body = {
@@ -121,6 +141,8 @@ class Pack:
             "version": self.version,
             "description": self.description,
             "extends": list(self.extends),
+            "require_approval": self.require_approval,
+            "budget": self.budget.model_dump(mode="json"),
             "rules": [r.to_dict() for r in self.rules],
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -298,6 +320,16 @@ def _resolve(pack_file: PackFile, where: str, chain: tuple[str, ...]) -> Pack:
         for rid in order
     )
     extends = () if base is None else (base.name, *base.extends)
+    require_approval = pack_file.require_approval
+    if require_approval is None:
+        require_approval = base.require_approval if base is not None else False
+    elif base is not None and base.require_approval and not require_approval:
+        raise ConfigError(
+            f"pack {pack_file.name!r} turns off require_approval, which {base.name!r} requires",
+            "a project pack may tighten a built-in pack, not loosen this; remove the line",
+            where=where,
+        )
+    budget = pack_file.budget or (base.budget if base is not None else None)
     return Pack(
         name=pack_file.name,
         version=pack_file.version,
@@ -305,6 +337,8 @@ def _resolve(pack_file: PackFile, where: str, chain: tuple[str, ...]) -> Pack:
         extends=extends,
         rules=rules,
         origin=where,
+        require_approval=require_approval,
+        budget=budget or BudgetSettings(epsilon_per_period=10.0),
     )
 
 
@@ -390,6 +424,8 @@ def load_pack(config: ProjectConfig) -> Pack:
         rules=pack.rules,
         origin=pack.origin,
         suppression_lists=tuple(lists),
+        require_approval=pack.require_approval,
+        budget=pack.budget,
     )
 
 

@@ -135,6 +135,9 @@ class Verdict:
     source: str
     destination: str | None = None
     detail: str = ""
+    # The same reason without exact figures, for marketers (CLI output, exit messages):
+    # an exact count below k, or an exact difference, is what an attacker probes for.
+    public_detail: str | None = None
     checks: tuple[Mapping[str, Any], ...] = ()  # difference comparisons (ids, dates, counts)
     excluded: pl.Series | None = field(default=None, compare=False, repr=False)
 
@@ -151,6 +154,11 @@ class Verdict:
     def reason(self) -> str:
         where = f" [{self.destination}]" if self.destination else ""
         return f"{self.id}{where}: {self.detail}"
+
+    def public_reason(self) -> str:
+        """The reason with no exact figure in it (what the CLI shows a marketer)."""
+        where = f" [{self.destination}]" if self.destination else ""
+        return f"{self.id}{where}: {self.public_detail or self.detail}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -586,7 +594,13 @@ def min_size(rule: Rule, dest: Destination, members: int) -> Verdict:
             f"{members} members is below the minimum of {figures['threshold']} for "
             f"{dest.kind} — widen the segment"
         )
-    return _verdict(rule, passed, evidence, detail, destination=dest.name)
+    public = (
+        None
+        if passed
+        else f"fewer members than the minimum of {figures['threshold']} for {dest.kind} — "
+        "widen the segment (exact figures are in the compliance report)"
+    )
+    return _verdict(rule, passed, evidence, detail, destination=dest.name, public_detail=public)
 
 
 __all__ = [

@@ -18,6 +18,7 @@ class GoogleAdsDestinationConfig(DestinationConfig):
     endpoint: str | None = Field(None, description="host:port override (sandbox)")
     ca_file: str | None = Field(None, description="CA bundle for a TLS endpoint override")
     membership_life_span_days: int = Field(540, ge=0, le=540)
+    poll_seconds: float = Field(30.0, gt=0, le=3600, description="first job-status poll delay")
     min_size: int = Field(100, ge=1)
 
     @field_validator("customer_id", "login_customer_id")

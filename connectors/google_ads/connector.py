@@ -38,7 +38,6 @@ class GoogleAdsConnector(AudienceConnector):
 
     config: GoogleAdsDestinationConfig
     client: Any = None
-    poll_seconds: float = 30.0
 
     def account(self) -> str:
         return self.config.customer_id
@@ -61,7 +60,7 @@ class GoogleAdsConnector(AudienceConnector):
             ca_file=self.resolve(self.config.ca_file) if self.config.ca_file else None,
             developer_token_env=self.config.developer_token_env,
             access_token_env=self.config.access_token_env,
-            poll_seconds=self.poll_seconds,
+            poll_seconds=self.config.poll_seconds,
         )
 
     def close(self) -> None:
@@ -94,6 +93,8 @@ class GoogleAdsConnector(AudienceConnector):
             groups: list[tuple[tuple[str, str] | None, pl.DataFrame]] = [(None, rows)]
         else:
             # People with different consent go in separate jobs; no decision = UNSPECIFIED.
+            # Customer Match refuses a job whose consent is DENIED: those people are
+            # never sent (the gate should not release them; this is the last guard).
             consent = rows.with_columns(
                 [
                     pl.col(c).fill_null("UNSPECIFIED")
@@ -102,6 +103,12 @@ class GoogleAdsConnector(AudienceConnector):
                     for c in CONSENT
                 ]
             )
+            denied = pl.any_horizontal([pl.col(c) == "DENIED" for c in CONSENT])
+            refused = consent.filter(denied).height
+            outcome.invalid += refused
+            if refused:
+                outcome.samples.append(f"{refused} with consent DENIED not sent")
+            consent = consent.filter(~denied)
             groups = [
                 ((str(key[0]), str(key[1])), part)
                 for key, part in consent.partition_by(

@@ -102,7 +102,7 @@ class MetaConnector(AudienceConnector):
         return BatchOutcome(
             op=op,
             size=len(data),
-            received=int(result.num_received),
+            received=int(result.num_received) - int(result.num_invalid_entries),
             invalid=int(result.num_invalid_entries),
             samples=[str(k) for k in list(result.invalid_entry_samples)[:5]],
         )
