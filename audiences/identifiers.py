@@ -358,6 +358,7 @@ class _Field:
     invalid reason. ``passthrough``: true where the value is an already-hashed input.
     ``digests``: for fields whose every valid value is in a small known set, value →
     SHA-256 hex, precomputed (a lookup is several times cheaper than hashing per row).
+    ``digest``: the SHA-256 column built from the normalized value directly, if known.
     """
 
     identity_field: str
@@ -365,6 +366,7 @@ class _Field:
     outcome: pl.Expr
     passthrough: pl.Expr
     digests: Mapping[str, str] | None = None
+    digest: pl.Expr | None = None
 
     def with_digests(self, values: Iterable[str]) -> _Field:
         return replace(self, digests=_digests(values))
@@ -479,11 +481,18 @@ class _Builder:
         value_cases.append((invalid, pl.lit(None, pl.String)))
         outcome_cases += [(condition, pl.lit(reason)) for condition, reason in reasons]
         value = _first(value_cases, norm).cast(pl.String)
+        # The digest straight from the normalized value (one string column fewer).
+        digest = None
+        if blank_value is None:
+            drop = pl.lit(None, pl.String)
+            digest_cases = [(blank, drop), *value_cases[1:-1], (invalid, drop)]
+            digest = _first(digest_cases, sha256_hex(norm))
         return _Field(
             name,
             self.let(f"{name}_value", value),
             _first(outcome_cases, pl.lit("valid")),
             passthrough,
+            digest=digest,
         )
 
     def absent(self, name: str) -> _Field:
@@ -852,6 +861,8 @@ def hashed_layout(
         elif field.digests is not None:
             digest = field.value.replace_strict(field.digests, default=None, return_dtype=pl.String)
             exprs.append(digest.alias(column))
+        elif field.digest is not None:
+            exprs.append(field.digest.alias(column))
         else:
             digest = pl.when(field.passthrough).then(field.value).otherwise(sha256_hex(field.value))
             exprs.append(digest.alias(column))
