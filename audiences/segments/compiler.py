@@ -178,18 +178,28 @@ class _Compiler:
         for event_type, name in self.plan.last_seen.items():
             before_tomorrow = self.time_before(self.ctx.as_of + dt.timedelta(days=1))
             matches.append(((self.event_type_expr() == event_type) & before_tomorrow, name, "last"))
-        # With a single aggregate the pre-filter already keeps exactly its rows, and
-        # skipping the per-group filter halves the group_by.
-        single = len(matches) == 1
-        aggs: list[pl.Expr] = []
-        for match, name, kind in matches:
-            if kind == "count":
-                counted = pl.len() if single else match.sum()
-                aggs.append(counted.cast(pl.Int64).alias(name))
-            else:
-                aggs.append((time if single else time.filter(match)).max().alias(name))
         wanted = functools.reduce(operator.or_, [match for match, _, _ in matches])
-        return events.filter(wanted).group_by(ctx.event_contact_id).agg(aggs)
+        matching = events.filter(wanted)
+        if len(matches) == 1:
+            # The pre-filter keeps exactly the rows of the one aggregate.
+            _, name, kind = matches[0]
+            agg = pl.len() if kind == "count" else time.max()
+            return matching.group_by(ctx.event_contact_id).agg(agg.alias(name))
+        # Several aggregates: evaluate each filter once as a column before grouping, so the
+        # group_by only runs plain sums and maxima (its fast path).
+        columns = [
+            match.fill_null(False).alias(name)
+            if kind == "count"
+            else pl.when(match).then(time).alias(name)
+            for match, name, kind in matches
+        ]
+        aggs = [
+            pl.col(name).sum().cast(pl.Int64) if kind == "count" else pl.col(name).max()
+            for _, name, kind in matches
+        ]
+        return (
+            matching.select(ctx.event_contact_id, *columns).group_by(ctx.event_contact_id).agg(aggs)
+        )
 
     # -- contact-level expressions -------------------------------------------------------
 
