@@ -220,6 +220,8 @@ def build(
     conn = connect(config.state_db)
     results = []
     try:
+        if not dry_run:
+            record_pack_change(conn, pack, who)
         for i, segment in enumerate(segments):
             started = time.perf_counter()
             build_id = new_id("b")
@@ -351,6 +353,29 @@ def build(
     finally:
         conn.close()
     return results
+
+
+def record_pack_change(conn: Any, pack: Any, actor: str) -> None:
+    """Audit the policy pack in force whenever its digest differs from the last one seen."""
+    row = conn.execute(
+        "SELECT details FROM audit WHERE kind='pack_change' ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    previous = json.loads(row[0]).get("digest") if row else None
+    if previous == pack.digest:
+        return
+    _audit(
+        conn,
+        actor,
+        "pack_change",
+        pack.name,
+        {
+            "digest": pack.digest,
+            "previous_digest": previous,
+            "version": pack.version,
+            "origin": pack.origin,
+            "require_approval": pack.require_approval,
+        },
+    )
 
 
 def noisy_size(
