@@ -105,10 +105,6 @@ class _EventPlan:
     counts: dict[str, tuple[str, EventCondition]] = field(default_factory=dict)
     last_seen: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def empty(self) -> bool:
-        return not self.counts and not self.last_seen
-
 
 class _Compiler:
     def __init__(
