@@ -59,11 +59,13 @@ def make_project(
     *,
     destinations: str,
     pack: str = "hipaa-marketing",
+    require_approval: bool | None = None,
 ) -> Path:
     """A fresh project (the ``audiences init`` template) over the given source files.
 
     ``destinations`` replaces the template's ``[destinations.*]`` tables (TOML text);
     ``segments`` maps file stems to segment YAML and replaces the template segments.
+    ``require_approval`` sets ``[approvers] require_approval`` (default: the pack's).
     """
     from audiences.project import init_project
 
@@ -76,6 +78,8 @@ def make_project(
     toml = toml.replace('pack = "hipaa-marketing"', f"pack = {json.dumps(pack)}")
     head, _, tail = toml.partition("[destinations.file]")
     _, _, approvers = tail.partition("[approvers]")
+    if require_approval is not None:
+        approvers = f"\nrequire_approval = {str(require_approval).lower()}{approvers}"
     (folder / "audiences.toml").write_text(f"{head}{destinations}\n[approvers]{approvers}")
     for old in (folder / "segments").glob("*.yaml"):
         old.unlink()

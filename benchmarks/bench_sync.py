@@ -1,0 +1,323 @@
+"""Benchmark the sync: pushing a release to the Meta sandbox, and planning a diff.
+
+The issue's targets:
+
+(a) syncing 1M members to Meta: our side's overhead — client wall time minus the time
+    the platform spent answering — at most 20 s. Measured: a gate-made release from the
+    real build (sample CRM, a non-PHI segment sent to ``meta``) pushed with
+    ``audiences.sync.sync_destination`` (journal, batches, state, audit — the real code
+    path) to the Meta Graph API sandbox running in its own process; the sandbox reports
+    its own handling time (``MetaSandbox.server_time_s``). Baseline in the same run: the
+    same rows through the bare ``MetaClient.add`` in 10,000-row batches (no journal, no
+    state, no audit) to a second audience.
+(b) planning 10M previous vs 10M current members (~1 % churn) at most 3 s:
+    ``audiences.sync.diff`` on UInt64 member keys plus layout columns, against the
+    straightforward Python-set difference of the keys.
+
+    python -m benchmarks.bench_sync [--quick]
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks import AS_OF, DATA_DIR, ROOT, sample_crm
+from benchmarks.bench_build import make_project
+
+TOKEN = "sandbox-demo-token"
+ACCOUNT = "act_1234567890"
+SEGMENT = "bench-newsletter-readers"
+# Non-PHI (email clicks are not a sensitive event type); roughly 10 % of the contacts
+# end up released to Meta under hipaa-marketing.
+SEGMENT_YAML = f"""\
+name: {SEGMENT}
+description: Women who clicked a newsletter email in the last year
+destinations: [meta]
+where:
+  all:
+    - age: {{gte: 18}}
+    - sex: {{eq: F}}
+    - preferred_language: {{in: [en, es, zh, vi]}}
+    - event: {{type: email_click, within: 365d}}
+"""
+TARGET_OVERHEAD_S, TARGET_DIFF_S = 20.0, 3.0
+
+_SANDBOX_CHILD = """
+import json, sys
+from connectors.sandbox.meta_server import MetaSandbox
+box = MetaSandbox(port=0, access_token=sys.argv[1]).start()
+print(box.url, flush=True)
+for line in sys.stdin:
+    command = line.strip()
+    if command == "reset":
+        box.reset_log()
+        print("{}", flush=True)
+    elif command == "time":
+        log = box.request_log()
+        sizes = {a: len(box.members(a)) for a in box.audience_ids()}
+        print(json.dumps({"server_s": box.server_time_s(), "requests": len(log),
+                          "members": sizes}), flush=True)
+    else:
+        break
+box.stop()
+"""
+
+
+class SandboxProcess:
+    """The Meta sandbox in its own process (it does not share our GIL or cores' time)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SANDBOX_CHILD, TOKEN],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            raise RuntimeError("the Meta sandbox did not start")
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ---------------------------------------------------------------------------- (a) sync
+def measure_sync(rows: int) -> dict[str, Any]:
+    import polars as pl
+
+    from audiences.build import build
+    from audiences.config import load_config
+    from audiences.state import connect
+    from audiences.sync import sync_destination
+    from connectors.meta.client import MetaClient, new_session_id, upload_session
+    from connectors.meta.connector import SCHEMA
+
+    contacts, events = sample_crm(rows)
+    sandbox = SandboxProcess()
+    previous_token = os.environ.get("META_ACCESS_TOKEN")
+    os.environ["META_ACCESS_TOKEN"] = TOKEN
+    try:
+        destination = (
+            f'[destinations.meta]\nkind = "meta"\nad_account_id = "{ACCOUNT}"\n'
+            f'access_token_env = "META_ACCESS_TOKEN"\nendpoint = "{sandbox.url}"\n'
+        )
+        project = make_project(
+            DATA_DIR / f"sync-project-{rows}",
+            contacts,
+            events,
+            {SEGMENT: SEGMENT_YAML},
+            destinations=destination,
+            require_approval=False,  # a one-time human step, not part of the sync's cost
+        )
+        config = load_config(project / "audiences.toml")
+        started = time.perf_counter()
+        result = build(config, [SEGMENT], as_of=AS_OF, actor="bench")[0]
+        build_s = time.perf_counter() - started
+        if result.blocked:
+            raise RuntimeError(f"the benchmark segment was blocked: {result.reasons}")
+        release = result.outcome.releases["meta"]
+        members = release.members.height
+
+        sandbox.ask("reset")
+        conn = connect(config.state_db)
+        try:
+            started = time.perf_counter()
+            out = sync_destination(conn, config, result.outcome, "meta", release, "bench")
+            ours_s = time.perf_counter() - started
+        finally:
+            conn.close()
+        if out.status != "ok":
+            raise RuntimeError(f"sync failed: {out.error}")
+        ours = sandbox.ask("time")
+
+        sandbox.ask("reset")
+        frame = release.members
+        started = time.perf_counter()
+        client = MetaClient(TOKEN, ACCOUNT, endpoint=sandbox.url)
+        try:
+            audience = client.create_audience("bench-baseline-0001", "baseline")
+            session_id, size = new_session_id(), 10_000
+            batches = -(-frame.height // size)
+            for i in range(batches):
+                chunk = frame.slice(i * size, size)
+                data = chunk.select([pl.col(c).fill_null("") for c in SCHEMA]).rows()
+                params = upload_session(
+                    session_id, i + 1, last=i == batches - 1, estimated_total=frame.height
+                )
+                client.add(audience, SCHEMA, data, params)
+        finally:
+            client.close()
+        bare_s = time.perf_counter() - started
+        bare = sandbox.ask("time")
+    finally:
+        sandbox.close()
+        if previous_token is None:
+            os.environ.pop("META_ACCESS_TOKEN", None)
+        else:
+            os.environ["META_ACCESS_TOKEN"] = previous_token
+    return {
+        "contacts": rows,
+        "members": members,
+        "build_s": build_s,
+        "ours_s": ours_s,
+        "ours_server_s": ours["server_s"],
+        "ours_requests": ours["requests"],
+        "ours_confirmed": out.received,
+        "batches": out.batches,
+        "bare_s": bare_s,
+        "bare_server_s": bare["server_s"],
+        "bare_requests": bare["requests"],
+        "platform_members": ours["members"],
+    }
+
+
+# ---------------------------------------------------------------------------- (b) diff
+def diff_frames(members: int, churn: float, seed: int = 0) -> tuple[Any, Any, Any]:
+    """(current release members, confirmed snapshot, forced keys) with ~``churn`` change.
+
+    Columns as in a Meta release: ``member_key`` (UInt64) plus ``EXTERN_ID`` and two
+    64-character hashed identifier columns (``EMAIL``, ``PHONE``).
+    """
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    changed = int(members * churn)
+    keys = np.unique(rng.integers(1, 2**63, members + changed + members // 100, dtype=np.uint64))
+    keys = rng.permutation(keys)[: members + changed]
+    previous_keys, new_keys = keys[:members], keys[members:]
+    gone = rng.choice(members, changed, replace=False)
+    keep = np.ones(members, dtype=bool)
+    keep[gone] = False
+    current_keys = np.concatenate([previous_keys[keep], new_keys])
+
+    def hex_column(name: str, n: int) -> pl.Series:
+        raw = np.frombuffer(rng.bytes(32 * n), dtype="S32")
+        return pl.Series(name, raw, dtype=pl.Binary).bin.encode("hex")
+
+    def frame(keys: np.ndarray) -> pl.DataFrame:
+        n = keys.size
+        return pl.DataFrame(
+            [
+                pl.Series("member_key", keys, dtype=pl.UInt64),
+                pl.Series("EXTERN_ID", np.arange(n) + 10**9).cast(pl.String),
+                hex_column("EMAIL", n),
+                hex_column("PHONE", n),
+            ]
+        )
+
+    previous = frame(previous_keys)
+    current = frame(current_keys)
+    forced = pl.Series("member_key", previous_keys[gone[: changed // 2]], dtype=pl.UInt64)
+    return current, previous, forced
+
+
+def measure_diff(members: int, repeats: int = 3) -> dict[str, Any]:
+    from audiences.sync import diff
+
+    current, previous, forced = diff_frames(members, churn=0.01)
+    times, out = [], None
+    for _ in range(repeats):
+        gc.collect()
+        started = time.perf_counter()
+        out = diff(current, previous, hold_k=100, forced_keys=forced)
+        times.append(time.perf_counter() - started)
+    assert out is not None
+    adds, removes, _held_adds, _held_removes, forced_n = out
+
+    gc.collect()
+    started = time.perf_counter()
+    now = set(current.get_column("member_key").to_list())
+    before = set(previous.get_column("member_key").to_list())
+    set_adds, set_removes = now - before, before - now
+    set_s = time.perf_counter() - started
+    if len(set_adds) != adds.height or len(set_removes) != removes.height:
+        raise RuntimeError("diff and the set baseline disagree")
+    return {
+        "members": members,
+        "adds": adds.height,
+        "removes": removes.height,
+        "forced": forced_n,
+        "median_s": statistics.median(times),
+        "max_s": max(times),
+        "set_s": set_s,
+        "bytes": current.estimated_size() + previous.estimated_size(),
+    }
+
+
+def main(quick: bool = False) -> None:
+    sync_rows = 1_000_000 if quick else 10_000_000
+    diff_members = 1_000_000 if quick else 10_000_000
+
+    s = measure_sync(sync_rows)
+    ours_overhead = s["ours_s"] - s["ours_server_s"]
+    bare_overhead = s["bare_s"] - s["bare_server_s"]
+    print(
+        f"(a) sync to the Meta sandbox (own process): {s['members']:,} members released by the "
+        f"real build of {s['contacts']:,} contacts (build {s['build_s']:.1f} s, not counted)"
+    )
+    print(
+        f"{'what':<52}{'requests':>9}{'client s':>10}{'server s':>10}{'overhead s':>12}"
+        f"{'per 1M':>8}"
+    )
+    per_million = 1e6 / max(s["members"], 1)
+    print(
+        f"{'ours: sync_destination (journal, state, audit)':<52}{s['ours_requests']:>9}"
+        f"{s['ours_s']:>10.2f}{s['ours_server_s']:>10.2f}{ours_overhead:>12.2f}"
+        f"{ours_overhead * per_million:>8.1f}"
+    )
+    print(
+        f"{'baseline: bare MetaClient.add, 10k batches':<52}{s['bare_requests']:>9}"
+        f"{s['bare_s']:>10.2f}{s['bare_server_s']:>10.2f}{bare_overhead:>12.2f}"
+        f"{bare_overhead * per_million:>8.1f}"
+    )
+    print(
+        f"  {s['batches']} batches, {s['ours_confirmed']:,} rows confirmed by the sandbox; "
+        f"audience sizes on the platform: {sorted(s['platform_members'].values())}"
+    )
+    verdict = "ok" if ours_overhead * per_million <= TARGET_OVERHEAD_S else "MISSED"
+    print(f"  target: overhead <= {TARGET_OVERHEAD_S:g} s for 1M members: {verdict}")
+
+    d = measure_diff(diff_members)
+    print(
+        f"\n(b) plan: diff of {d['members']:,} previous vs current members (1 % churn; "
+        f"member_key + 3 layout columns, {d['bytes'] / 1e9:.1f} GB of frames)"
+    )
+    print(f"{'what':<52}{'adds':>10}{'removes':>10}{'median s':>10}{'max s':>8}")
+    print(
+        f"{'ours: audiences.sync.diff (hold_k=100, forced keys)':<52}{d['adds']:>10,}"
+        f"{d['removes']:>10,}{d['median_s']:>10.2f}{d['max_s']:>8.2f}"
+    )
+    print(
+        f"{'baseline: Python set difference of the keys only':<52}{d['adds']:>10,}"
+        f"{d['removes']:>10,}{d['set_s']:>10.2f}{'':>8}"
+    )
+    verdict = "ok" if d["max_s"] <= TARGET_DIFF_S else "MISSED"
+    print(f"  target: diff <= {TARGET_DIFF_S:g} s at 10M: {verdict}")
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv[1:])
