@@ -1,0 +1,380 @@
+"""Shared fixtures for the system tests: real projects, sample CRM data, real sandboxes.
+
+* ``sample_crm(rows)`` (session): a synthetic CRM written once per size with a fixed seed
+  and ``AS_OF``, copied into each project.
+* ``sandboxes`` (module): the Meta Graph API sandbox and the Google Ads gRPC/TLS sandbox on
+  127.0.0.1, started with random per-session tokens (so a leaked token is recognisable).
+* ``make_project(...)`` (function): a project made by ``audiences init`` with the sample
+  data, the destinations' endpoints pointed at the sandboxes, the sandbox CA in place, the
+  sandbox tokens in the environment, and only the segments the test asks for (from
+  ``tests/cases/sync``). Google Ads job polls and Meta retry pauses are shortened.
+
+Nothing here is autouse: other test files are not affected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import shutil
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from click.testing import CliRunner, Result
+
+AS_OF = date(2025, 6, 2)
+CASES = Path(__file__).parent / "cases" / "sync"
+SEED = 11
+
+
+# ------------------------------------------------------------------------------ data
+@pytest.fixture(scope="session")
+def sample_crm(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
+    """``sample_crm(rows)`` → folder with contacts.parquet and events.parquet (cached)."""
+    from audiences.sample import write
+
+    cache: dict[int, Path] = {}
+
+    def make(rows: int) -> Path:
+        if rows not in cache:
+            out = tmp_path_factory.mktemp(f"crm-{rows}")
+            write(out, rows, seed=SEED, as_of=AS_OF, formats=("parquet",))
+            cache[rows] = out
+        return cache[rows]
+
+    return make
+
+
+# ------------------------------------------------------------------------------ sandboxes
+@pytest.fixture(scope="session")
+def sandbox_tokens() -> dict[str, str]:
+    from audiences.sandboxes import SANDBOX_ENV
+
+    return {key: f"{value}-{secrets.token_hex(16)}" for key, value in SANDBOX_ENV.items()}
+
+
+@pytest.fixture(scope="module")
+def sandboxes(
+    tmp_path_factory: pytest.TempPathFactory, sandbox_tokens: dict[str, str]
+) -> Iterator[Any]:
+    from audiences.sandboxes import running
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in sandbox_tokens.items():
+            mp.setenv(key, value)
+        with running(tmp_path_factory.mktemp("sandboxes"), google_polls=1) as boxes:
+            yield boxes
+
+
+# ------------------------------------------------------------------------------ projects
+@dataclass
+class Project:
+    root: Path
+    boxes: Any
+    tokens: dict[str, str]
+    approver: Approver
+
+    # -- files
+    @property
+    def toml(self) -> Path:
+        return self.root / "audiences.toml"
+
+    @property
+    def state_db(self) -> Path:
+        return self.root / ".audiences" / "state.db"
+
+    def config(self) -> Any:
+        from audiences.config import load_config
+
+        return load_config(self.root)
+
+    def add_segment(self, case: str, *, approve: bool = True, name: str | None = None) -> Path:
+        """Copy ``tests/cases/sync/CASE.yaml`` in as segment ``name`` (default: CASE)."""
+        target = self.root / "segments" / f"{name or case}.yaml"
+        shutil.copyfile(CASES / f"{case}.yaml", target)
+        if approve:
+            self.approve(name or case)
+        return target
+
+    def approve(self, segment: str) -> None:
+        result = self.cli(
+            "approve", segment, "--by", self.approver.name, "--key", str(self.approver.private_key)
+        )
+        assert result.exit_code == 0, result.stderr
+
+    def contacts(self) -> pl.DataFrame:
+        return pl.read_parquet(self.root / "data" / "contacts.parquet")
+
+    def write_contacts(self, frame: pl.DataFrame) -> None:
+        frame.write_parquet(self.root / "data" / "contacts.parquet")
+
+    def keyed_contacts(self) -> pl.DataFrame:
+        """Contacts with the project's salted ``member_key`` (to name release members)."""
+        from audiences.identifiers import member_key
+        from audiences.state import project_salt
+
+        salt = project_salt(self.root / ".audiences")
+        return self.contacts().with_columns(member_key("contact_id", salt).alias("member_key"))
+
+    def contact_ids(self, members: pl.DataFrame) -> set[str]:
+        """Contact ids of release / snapshot rows (by member key)."""
+        keyed = self.keyed_contacts().select("member_key", "contact_id")
+        found = members.select("member_key").join(keyed, on="member_key", how="left")
+        assert found.get_column("contact_id").null_count() == 0
+        return set(found.get_column("contact_id").to_list())
+
+    def edit_toml(self, edit: Callable[[str], str]) -> None:
+        self.toml.write_text(edit(self.toml.read_text(encoding="utf-8")), encoding="utf-8")
+
+    # -- commands
+    def cli(self, *args: str) -> Result:
+        from audiences.cli import cli
+
+        return CliRunner().invoke(cli, ["-p", str(self.root), *args], catch_exceptions=False)
+
+    def cli_json(self, *args: str, expect: int = 0) -> dict[str, Any]:
+        result = self.cli(*args, "--json")
+        assert result.exit_code == expect, (result.exit_code, result.stdout, result.stderr)
+        doc: dict[str, Any] = json.loads(result.stdout)
+        return doc
+
+    # -- state
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.state_db)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def remote_id(self, segment: str, destination: str) -> str:
+        rows = self.query(
+            "SELECT remote_id FROM audiences_remote WHERE segment=? AND destination=?",
+            (segment, destination),
+        )
+        assert len(rows) == 1, rows
+        return str(rows[0][0])
+
+    def confirmed(self, segment: str, destination: str) -> pl.DataFrame:
+        """The confirmed membership snapshot the sync keeps for (segment, destination)."""
+        from audiences.membership import MembershipStore
+
+        return MembershipStore(self.root / ".audiences", segment, destination).load()
+
+    def release(self, segment: str, destination: str, as_of: date = AS_OF) -> Any:
+        """What the gate releases now (a dry run: writes nothing)."""
+        from audiences.sync import plan
+
+        results, _ = plan(self.config(), [segment], as_of=as_of)
+        (result,) = results
+        assert not result.blocked, result.reasons
+        return result.outcome.releases[destination]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Every file under .audiences (bytes) and every table's rows (for 'changed nothing')."""
+        state = self.root / ".audiences"
+        files = {
+            str(p.relative_to(state)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(state.rglob("*"))
+            if p.is_file() and p.name != "lock"
+        }
+        tables = [r[0] for r in self.query("SELECT name FROM sqlite_master WHERE type='table'")]
+        rows = {t: sorted(map(repr, self.query(f'SELECT * FROM "{t}"'))) for t in tables}
+        return {"files": files, "rows": rows}
+
+
+def meta_rows(members: pl.DataFrame) -> set[tuple[str, ...]]:
+    """Release rows as the Meta sandbox stores them (the connector's schema, '' for null)."""
+    from connectors.meta.connector import SCHEMA
+
+    return set(members.select([pl.col(c).fill_null("") for c in SCHEMA]).rows())
+
+
+def google_people(members: pl.DataFrame) -> set[frozenset[tuple[str, str]]]:
+    """Release rows as the Google Ads sandbox stores people (identifier sets)."""
+    people = set()
+    for row in members.to_dicts():
+        person = {(k, row[k]) for k in ("hashed_email", "hashed_phone_number") if row.get(k)}
+        address = [
+            row.get(k)
+            for k in ("hashed_first_name", "hashed_last_name", "country_code", "postal_code")
+        ]
+        if all(address):
+            first, last, country, postal = address
+            person.add(("address_info", f"{first}:{last}:{str(country).upper()}:{postal}"))
+        if person:
+            people.add(frozenset(person))
+    return people
+
+
+def google_identifiers(members: pl.DataFrame) -> pl.DataFrame:
+    """One row per (member_key, identifier) as Google Ads matches people."""
+    address = pl.concat_str(
+        [
+            pl.col("hashed_first_name"),
+            pl.col("hashed_last_name"),
+            pl.col("country_code").str.to_uppercase(),
+            pl.col("postal_code"),
+        ],
+        separator=":",
+    )
+    return (
+        members.select(
+            "member_key",
+            pl.concat_list(
+                ("e:" + pl.col("hashed_email")),
+                ("p:" + pl.col("hashed_phone_number")),
+                ("a:" + address),
+            ).alias("identifier"),
+        )
+        .explode("identifier")
+        .drop_nulls()
+    )
+
+
+def shared_google_keys(members: pl.DataFrame) -> set[int]:
+    """Members sharing an identifier with another member (Google removes them together)."""
+    ids = google_identifiers(members)
+    shared = ids.filter(pl.col("identifier").is_duplicated())
+    return set(shared.get_column("member_key").to_list())
+
+
+def external_ids(members: pl.DataFrame) -> set[str]:
+    return set(members.get_column("EXTERN_ID").to_list())
+
+
+def meta_sessions(boxes: Any, audience: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """Upload sessions the Meta sandbox saw for an audience: key → batch_seq → answer.
+
+    The sandbox has no public accessor for sessions; it records them per audience.
+    """
+    boxes.meta.request_log()  # waits until no request is in flight
+    audience_state = boxes.meta._audiences[audience]
+    return {key: dict(s.responses) for key, s in audience_state.sessions.items()}
+
+
+def rows_received(boxes: Any, audience: str, kind: str) -> int:
+    """Rows the Meta sandbox answered for all ``kind`` (add | remove) session batches."""
+    return sum(
+        int(answer["num_received"])
+        for key, batches in meta_sessions(boxes, audience).items()
+        if key.startswith(f"{kind}:")
+        for answer in batches.values()
+    )
+
+
+def fast_connectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short Meta retry pauses (the SDK and the sandbox stay real)."""
+    from connectors.meta.client import RetryPolicy
+    from connectors.meta.connector import MetaConnector
+
+    real_open = MetaConnector.open
+
+    def open_with_fast_retries(self: MetaConnector) -> None:
+        real_open(self)
+        self.client.retry = RetryPolicy(max_attempts=6, base_delay_s=0.005, max_delay_s=0.05)
+
+    monkeypatch.setattr(MetaConnector, "open", open_with_fast_retries)
+
+
+def _point_at_sandboxes(text: str, boxes: Any) -> str:
+    text, n_meta = re.subn(
+        r'endpoint = "http://127\.0\.0\.1:\d+"', f'endpoint = "{boxes.meta_url}"', text
+    )
+    text, n_google = re.subn(
+        r'endpoint = "(?:localhost|127\.0\.0\.1):\d+"',
+        f'endpoint = "{boxes.google_endpoint}"',
+        text,
+    )
+    assert n_meta == 1 and n_google == 1, "the template's sandbox endpoints changed"
+    # the sandbox finishes a job after two status polls: poll fast
+    text, n_poll = re.subn(r"(?m)^poll_seconds = .*$", "poll_seconds = 0.01", text)
+    if not n_poll:
+        text = re.sub(r'(?m)^(ca_file = ".*)$', r"\1\npoll_seconds = 0.01", text)
+    return text
+
+
+@dataclass(frozen=True)
+class Approver:
+    name: str
+    private_key: Path
+    public_base64: str
+
+
+@pytest.fixture(scope="session")
+def approver(tmp_path_factory: pytest.TempPathFactory) -> Approver:
+    """A compliance officer's key pair, outside every project."""
+    from audiences.approvals import generate_keypair
+
+    folder = tmp_path_factory.mktemp("officer-keys")
+    pair = generate_keypair(folder / "qa.key", folder / "qa.pub")
+    return Approver("qa.officer", pair.private_path, pair.public_base64)
+
+
+def trust(text: str, name: str, public_base64: str) -> str:
+    """audiences.toml text with ``name``'s key listed under [approvers]."""
+    assert text.count("[approvers]") == 1
+    return text.replace("[approvers]", f'[approvers]\nkeys = {{ "{name}" = "{public_base64}" }}')
+
+
+@pytest.fixture
+def make_project(
+    tmp_path: Path,
+    sample_crm: Callable[[int], Path],
+    sandboxes: Any,
+    sandbox_tokens: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    approver: Approver,
+) -> Iterator[Callable[..., Project]]:
+    """``make_project(rows=3000, segments=("name", ...), name="proj")`` → :class:`Project`.
+
+    The approver's key is listed in audiences.toml and the given segments are approved
+    (``approve=False`` leaves them unapproved and the key unlisted).
+    """
+    from audiences.project import init_project
+
+    for key, value in sandbox_tokens.items():
+        monkeypatch.setenv(key, value)
+    fast_connectors(monkeypatch)
+
+    def make(
+        *,
+        rows: int = 3000,
+        segments: tuple[str, ...] = (),
+        name: str = "proj",
+        approve: bool = True,
+    ) -> Project:
+        root = tmp_path / name
+        init_project(root)
+        for template_segment in (root / "segments").glob("*.yaml"):
+            template_segment.unlink()
+        data = root / "data"
+        data.mkdir()
+        for f in ("contacts.parquet", "events.parquet"):
+            shutil.copyfile(sample_crm(rows) / f, data / f)
+        project = Project(root, sandboxes, dict(sandbox_tokens), approver)
+        project.edit_toml(lambda text: _point_at_sandboxes(text, sandboxes))
+        if approve:
+            project.edit_toml(lambda t: trust(t, approver.name, approver.public_base64))
+        ca = root / ".audiences" / "sandbox" / "ca.pem"
+        ca.parent.mkdir(parents=True, mode=0o700)
+        shutil.copyfile(sandboxes.ca_file, ca)
+        for segment in segments:
+            project.add_segment(segment, approve=approve)
+        return project
+
+    yield make
+    # A fault left over would fire in the next test: drop it, then fail this one.
+    left = {"meta": sandboxes.meta.pending_faults(), "google": sandboxes.google.pending_faults()}
+    with sandboxes.meta._lock:
+        sandboxes.meta._faults.clear()
+    with sandboxes.google._lock:
+        sandboxes.google._faults.clear()
+    assert left == {"meta": 0, "google": 0}, f"faults injected but never consumed: {left}"
