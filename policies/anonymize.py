@@ -22,16 +22,23 @@ Optimum
     precision, then the lexicographically smaller node.
 
 Search
-    ``precision`` is a lower bound of ``loss`` and grows with every generalization step, so
-    nodes whose precision already exceeds the best loss found are never evaluated (nor,
-    therefore, any of their generalizations). k-anonymity and distinct l-diversity with
-    suppression are monotone — if a node qualifies, so does every generalization, with no
-    more suppression — so once a node qualifies with nothing suppressed, all of its
-    generalizations are dominated and skipped. (t-closeness with suppression is not
-    monotone; with ``t`` only the precision bound prunes.) Nodes are visited bottom-up
-    and each node's class table is *rolled up* from an already evaluated, more specific
-    node (integer codes, one polars group_by), never recomputed from the raw rows; the
-    exhaustive bound-and-prune search is exact, which the tests check against brute force.
+    Exact and best-first. Nodes are taken in order of ``precision``, a lower bound of
+    ``loss``: once it exceeds the best loss found, the search stops. k-anonymity and
+    distinct l-diversity with suppression are monotone — if a node meets them within the
+    limit, so does every generalization, with no more suppression — so (Flash-style) for
+    each node not yet decided we binary-search a chain of ever coarser nodes above it for
+    the lowest one that meets k/l: a failure rules out that node and everything below it,
+    a success everything above it, without evaluating them. A node that qualifies with
+    nothing suppressed dominates all its generalizations. (t-closeness with suppression is
+    not monotone: with ``t`` the chains still prune on k/l, and every remaining node is
+    checked for t.) Nothing that could beat the optimum is skipped; the tests check the
+    result against brute force.
+
+Evaluation
+    Each QI is coded once per hierarchy level (a small unsigned int per row); a node's
+    class key is one UInt64 built by multiply-add over the QIs' codes at its levels, and
+    its class sizes (with ``l``/``t``: per sensitive value) come from one ``np.bincount``,
+    or one sort when the key space is large — no strings, no group_by per node.
 
 Risk (ARX's three attacker models, on the released rows)
     * prosecutor — the attacker knows the person is in the export: a record's risk is
@@ -216,23 +223,71 @@ def k_anonymity(frame: pl.DataFrame | pl.LazyFrame, quasi_identifiers: Sequence[
 
 # -- the lattice --------------------------------------------------------------------------------
 
+# Class tables whose key space is at most this many slots (times the sensitive values) are
+# counted with one ``np.bincount``; larger ones by sorting the keys.
+_DENSE_SLOTS = 1 << 22
+# Before a combined key would pass this, it is re-coded densely (at most n distinct values).
+_KEY_SPACE = 1 << 62
+
 
 @dataclass(slots=True)
 class _Evaluation:
     node: tuple[int, ...]
-    qualifies: bool
+    meets_k: bool  # k (and l) within the suppression limit: monotone over the lattice
+    qualifies: bool  # ... and, with t, every kept class is t-close
     suppressed: int
     loss: float
     precision: float
+    worst_distance: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Classes:
+    """One node's equivalence classes: ``sizes`` per class and, with a sensitive column,
+    one entry per (class, sensitive value) present: ``pair_class`` (index into ``sizes``,
+    ascending), ``pair_value`` and ``pair_count``; ``distinct`` values per class."""
+
+    sizes: np.ndarray
+    distinct: np.ndarray | None = None
+    pair_class: np.ndarray | None = None
+    pair_value: np.ndarray | None = None
+    pair_count: np.ndarray | None = None
+
+
+def _small_dtype(cardinality: int) -> type[np.unsignedinteger]:
+    if cardinality <= 1 << 8:
+        return np.uint8
+    if cardinality <= 1 << 16:
+        return np.uint16
+    return np.uint32
+
+
+def _value_ids(series: pl.Series) -> np.ndarray:
+    """One integer id per distinct value (null included), by hash join: no string sort."""
+    name = series.name
+    ids = series.unique().to_frame().with_row_index("_id")
+    joined = series.to_frame().join(
+        ids, on=name, how="left", nulls_equal=True, maintain_order="left"
+    )
+    return joined["_id"].to_numpy()
+
+
+def _runs(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of a sorted array and how often each occurs."""
+    if sorted_keys.size == 0:
+        return sorted_keys, np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+    counts = np.diff(np.append(starts, sorted_keys.size))
+    return sorted_keys[starts], counts
 
 
 class _Lattice:
-    """Integer-coded QIs with per-level lookup tables, and memoized node class tables.
+    """Integer-coded quasi-identifiers, encoded once per hierarchy level.
 
-    A node's table has one row per (class, sensitive value): ``key`` — the class, as one
-    UInt64 mixing the QI codes at the node's levels (``Σ code_i · stride_i``) — ``s`` (the
-    sensitive value's code, when there is one) and ``n`` (rows). One-column UInt64 group-bys
-    are ~3x faster than grouping on the separate code columns.
+    ``codes[i][level]`` holds every row's code of QI ``i`` at ``level`` (small unsigned
+    ints, 0 = null); a node's class of a row is one UInt64 built by multiply-add over the
+    QIs (``key = key · card + code``), so evaluating a node is a few vector ops and one
+    ``np.bincount`` (or one sort when the key space is large) — no strings, no group_by.
     """
 
     def __init__(
@@ -246,140 +301,128 @@ class _Lattice:
         self.hierarchies = hierarchies
         self.heights = [h.height for h in hierarchies]
         self.n = frame.height
-        self.sensitive = sensitive
-        self.group = ["key", "s"] if sensitive else ["key"]
-        raw_codes = frame.select(
-            *[pl.col(q).rank("dense").fill_null(0).cast(pl.UInt32) for q in qis],
-            *([pl.col(sensitive).rank("dense").fill_null(0).cast(pl.UInt32).alias("s")]
-              if sensitive else []),
-        )  # fmt: skip
-        # raw_lookups[i][b]: raw-value code of QI i → its level-b code;
-        # lookups[i][(a, b)]: level-a code → level-b code (a < b); cards[i][b]: codes at b
-        self.raw_lookups: list[list[np.ndarray]] = []
-        self.lookups: list[dict[tuple[int, int], np.ndarray]] = []
+        self.codes: list[list[np.ndarray]] = []
         self.cards: list[list[int]] = []
-        for i, (q, hierarchy) in enumerate(zip(qis, hierarchies, strict=True)):
-            distinct = pl.DataFrame({"raw": raw_codes[q], q: frame[q]}).unique("raw")
+        self.label_tables: list[pl.DataFrame] = []  # per QI: raw code → label per level
+        for q, hierarchy in zip(qis, hierarchies, strict=True):
+            raw = _value_ids(frame[q])
+            distinct = pl.DataFrame({"raw": raw, q: frame[q]}).unique("raw")
             labels = distinct.select(
                 pl.col("raw"),
                 *[hierarchy.expr(q, lvl).alias(f"l{lvl}") for lvl in range(hierarchy.height + 1)],
             )
-            codes = labels.select(
-                pl.col("raw"),
-                *[
-                    pl.col(f"l{lvl}").rank("dense").fill_null(0).cast(pl.UInt32).alias(f"c{lvl}")
-                    for lvl in range(hierarchy.height + 1)
-                ],
+            coded = labels.with_columns(
+                pl.col(f"l{lvl}").rank("dense").fill_null(0).cast(pl.UInt32).alias(f"c{lvl}")
+                for lvl in range(hierarchy.height + 1)
             )
-            level_codes = [codes[f"c{lvl}"].to_numpy() for lvl in range(hierarchy.height + 1)]
             for lvl in range(hierarchy.height):
-                pairs = codes.select(f"c{lvl}", f"c{lvl + 1}").unique()
-                if pairs.height != codes.select(f"c{lvl}").n_unique():
+                pairs = coded.select(f"c{lvl}", f"c{lvl + 1}").unique()
+                if pairs.height != coded.select(f"c{lvl}").n_unique():
                     raise ConfigError(
                         f"hierarchy {hierarchy.kind!r} of {q!r} is not nested: level "
                         f"{hierarchy.labels[lvl + 1]!r} splits values that level "
                         f"{hierarchy.labels[lvl]!r} groups together",
                         "make each level a coarsening of the one before",
                     )
-            raw = codes["raw"].to_numpy()
-            raw_lookup = []
+            raw_of = coded["raw"].to_numpy()
+            per_level, cards = [], []
             for lvl in range(hierarchy.height + 1):
-                mapping = np.zeros(int(raw.max()) + 1, dtype=np.uint64)
-                mapping[raw] = level_codes[lvl]
-                raw_lookup.append(mapping)
-            self.raw_lookups.append(raw_lookup)
-            self.cards.append([int(c.max()) + 1 for c in level_codes])
-            step: dict[tuple[int, int], np.ndarray] = {}
-            for a in range(hierarchy.height + 1):
-                for b in range(a + 1, hierarchy.height + 1):
-                    mapping = np.zeros(self.cards[i][a], dtype=np.uint64)
-                    mapping[level_codes[a]] = level_codes[b]
-                    step[(a, b)] = mapping
-            self.lookups.append(step)
-        self.base_node = tuple(0 for _ in qis)
-        if math.prod(self.cards[i][0] for i in range(len(qis))) >= 2**63:
-            raise UsageError(
-                f"too many distinct combinations of {', '.join(qis)} to search",
-                "pre-coarsen a quasi-identifier (e.g. dates to months) or use fewer of them",
-            )
-        key = np.zeros(self.n, dtype=np.uint64)
-        for i, q in enumerate(qis):
-            level0 = self.raw_lookups[i][0][raw_codes[q].to_numpy()]
-            key += level0 * np.uint64(self._strides(self.base_node)[i])
-        base = pl.DataFrame(
-            {"key": key, **({"s": raw_codes["s"]} if sensitive else {})}
-        ).with_columns(pl.lit(1, dtype=pl.Int64).alias("n"))
-        self.tables: dict[tuple[int, ...], pl.DataFrame] = {
-            self.base_node: base.group_by(self.group).agg(pl.col("n").sum())
-        }
+                level_codes = coded[f"c{lvl}"].to_numpy()
+                card = int(level_codes.max()) + 1 if level_codes.size else 1
+                mapping = np.zeros(int(raw.max()) + 1 if raw.size else 1, dtype=_small_dtype(card))
+                mapping[raw_of] = level_codes
+                per_level.append(mapping[raw])
+                cards.append(card)
+            self.codes.append(per_level)
+            self.cards.append(cards)
+            self.label_tables.append(coded)
+        self.sensitive = sensitive
+        self.values: np.ndarray | None = None
+        self.value_card = 1
+        if sensitive is not None:
+            self.values = _value_ids(frame[sensitive])
+            self.value_card = int(self.values.max()) + 1 if self.n else 1
 
-    def _strides(self, node: tuple[int, ...]) -> list[int]:
-        strides, stride = [], 1
+    def keys(self, node: tuple[int, ...]) -> np.ndarray:
+        """Every row's class at ``node`` as one UInt64 (equal keys = same class)."""
+        key: np.ndarray | None = None
+        space = 1
         for i, level in enumerate(node):
-            strides.append(stride)
-            stride *= self.cards[i][level]
-        return strides
+            card = self.cards[i][level]
+            if card <= 1:
+                continue  # '*' (or a single value): no split
+            codes = self.codes[i][level]
+            if key is None:
+                key, space = codes.astype(np.uint64), card
+                continue
+            if space * card >= _KEY_SPACE:
+                distinct, key = np.unique(key, return_inverse=True)
+                key, space = key.astype(np.uint64).ravel(), distinct.size
+            key *= np.uint64(card)
+            key += codes
+            space *= card
+        if key is None:
+            return np.zeros(self.n, dtype=np.uint64)
+        return key
 
-    def _roll(
-        self, table: pl.DataFrame, source: tuple[int, ...], target: tuple[int, ...]
-    ) -> pl.DataFrame:
-        old_key = table["key"].to_numpy()
-        old_strides, new_strides = self._strides(source), self._strides(target)
-        key = np.zeros(len(old_key), dtype=np.uint64)
-        for i, (a, b) in enumerate(zip(source, target, strict=True)):
-            code = (old_key // np.uint64(old_strides[i])) % np.uint64(self.cards[i][a])
-            if a != b:
-                code = self.lookups[i][(a, b)][code]
-            key += code * np.uint64(new_strides[i])
-        rolled = table.with_columns(pl.Series("key", key))
-        return rolled.group_by(self.group).agg(pl.col("n").sum())
-
-    def table(self, node: tuple[int, ...]) -> pl.DataFrame:
-        """The class table of ``node``, rolled up from the smallest memoized ancestor."""
-        cached = self.tables.get(node)
-        if cached is not None:
-            return cached
-        best: tuple[int, ...] | None = None
-        for known, table in self.tables.items():
-            if all(a <= b for a, b in zip(known, node, strict=True)) and (
-                best is None or table.height < self.tables[best].height
-            ):
-                best = known
-        assert best is not None  # the bottom node is an ancestor of everything
-        table = self._roll(self.tables[best], best, node)
-        self.tables[node] = table
-        return table
-
-    def forget_below(self, height: int) -> None:
-        """Drop memoized tables of nodes lower than ``height`` (keeps memory bounded)."""
-        for node in [n for n in self.tables if sum(n) < height and n != self.base_node]:
-            del self.tables[node]
-
-    def classes(self, node: tuple[int, ...]) -> pl.DataFrame:
-        """One row per class: ``key``, ``size``, ``distinct`` sensitive values (if any)."""
-        table = self.table(node)
-        if not self.sensitive:
-            return table.rename({"n": "size"})
-        return table.group_by("key").agg(
-            pl.col("n").sum().alias("size"), pl.len().cast(pl.Int64).alias("distinct")
+    def classes(self, node: tuple[int, ...]) -> _Classes:
+        key = self.keys(node)
+        if self.values is None:
+            return _Classes(sizes=self._counts(key)[1])
+        key *= np.uint64(self.value_card)
+        key += self.values
+        pairs, pair_count = self._counts(key)
+        card = np.uint64(self.value_card)
+        pair_key = pairs // card
+        boundary = np.concatenate(([True], pair_key[1:] != pair_key[:-1]))
+        starts = np.flatnonzero(boundary)
+        return _Classes(
+            sizes=np.add.reduceat(pair_count, starts) if starts.size else pair_count,
+            distinct=np.diff(np.append(starts, pair_key.size)),
+            pair_class=np.cumsum(boundary) - 1,
+            pair_value=(pairs % card).astype(np.int64),
+            pair_count=pair_count,
         )
 
-    def worst_distance(self, node: tuple[int, ...], kept: pl.DataFrame) -> float:
+    @staticmethod
+    def _counts(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct keys ascending, rows per key)."""
+        space = int(key.max()) + 1 if key.size else 0
+        if space <= _DENSE_SLOTS:
+            counts = np.bincount(key.view(np.int64), minlength=space)
+            present = np.flatnonzero(counts)
+            return present.astype(np.uint64), counts[present]
+        return _runs(np.sort(key))
+
+    def worst_distance(self, classes: _Classes, kept: np.ndarray) -> float:
         """Largest total-variation distance of a kept class to the kept rows' distribution."""
-        rows = self.table(node).join(kept.select("key"), on="key", how="semi")
-        total = rows["n"].sum()
+        assert classes.pair_class is not None and classes.pair_count is not None
+        assert classes.pair_value is not None
+        on = kept[classes.pair_class]
+        cls, value = classes.pair_class[on], classes.pair_value[on]
+        count = classes.pair_count[on].astype(np.float64)
+        total = count.sum()
         if not total:
             return 0.0
-        overall = rows.group_by("s").agg((pl.col("n").sum() / total).alias("p_all"))
-        per_class = rows.join(overall, on="s").with_columns(
-            (pl.col("n") / pl.col("n").sum().over("key")).alias("p_class")
+        overall = np.bincount(value, weights=count, minlength=self.value_card) / total
+        share = count / classes.sizes[cls]
+        p_all = overall[value]
+        # Σ_v |p_class - p_all| over all v = Σ_present (|p_class - p_all| - p_all) + 1
+        term = np.abs(share - p_all) - p_all
+        starts = np.flatnonzero(np.concatenate(([True], cls[1:] != cls[:-1])))
+        distances = 0.5 * np.add.reduceat(term, starts) + 0.5
+        return float(distances.max())
+
+    def labels(self, i: int, level: int) -> pl.Series:
+        """Every row's label of QI ``i`` at ``level``, gathered by code (no string work)."""
+        table = self.label_tables[i].select(f"c{level}", f"l{level}").unique(f"c{level}")
+        card = self.cards[i][level]
+        by_code = (
+            pl.DataFrame({"code": np.arange(card, dtype=np.uint32)})
+            .join(table.rename({f"c{level}": "code"}), on="code", how="left")
+            .sort("code")[f"l{level}"]
         )
-        distances = per_class.group_by("key").agg(
-            (
-                0.5 * ((pl.col("p_class") - pl.col("p_all")).abs() - pl.col("p_all")).sum() + 0.5
-            ).alias("tv")
-        )
-        return float(distances["tv"].max() or 0.0)
+        return by_code.gather(pl.Series(self.codes[i][level]).cast(pl.UInt32))
 
 
 def _precision(node: tuple[int, ...], heights: Sequence[int]) -> float:
@@ -465,64 +508,127 @@ def _evaluate(
     limit_rows: float,
 ) -> _Evaluation:
     classes = lattice.classes(node)
-    small = pl.col("size") < k
+    small = classes.sizes < k
     if l is not None:
-        small = small | (pl.col("distinct") < l)
-    suppressed = int(classes.filter(small).select(pl.col("size").sum()).item() or 0)
+        assert classes.distinct is not None
+        small |= classes.distinct < l
+    suppressed = int(classes.sizes[small].sum())
     precision = _precision(node, lattice.heights)
-    qualifies = suppressed <= limit_rows
-    if qualifies and t is not None:
-        kept = classes.filter(~small)
-        qualifies = kept.height > 0 and lattice.worst_distance(node, kept) <= t + 1e-12
+    meets_k = suppressed <= limit_rows
+    qualifies = meets_k
+    worst = None
+    if meets_k and t is not None:
+        kept = ~small
+        worst = lattice.worst_distance(classes, kept) if kept.any() else None
+        qualifies = worst is not None and worst <= t + 1e-12
     loss = precision + (suppressed / lattice.n) * (1 - precision) if lattice.n else precision
-    return _Evaluation(node, qualifies, suppressed, loss, precision)
+    return _Evaluation(node, meets_k, qualifies, suppressed, loss, precision, worst)
 
 
-def _search(
-    lattice: _Lattice,
-    k: int,
-    l: int | None,  # noqa: E741
-    t: float | None,
-    suppression_limit: float,
-) -> tuple[_Evaluation | None, int, _Evaluation | None]:
-    """(best qualifying node, nodes evaluated, least-suppressing node seen)."""
-    heights = lattice.heights
-    nodes = sorted(
-        itertools.product(*(range(h + 1) for h in heights)),
-        key=lambda node: (sum(node), node),
-    )
-    limit_rows = suppression_limit * lattice.n
-    best: _Evaluation | None = None
-    closest: _Evaluation | None = None
-    zero_suppression: list[tuple[int, ...]] = []  # qualifying nodes with nothing suppressed
-    evaluated = 0
-    current_height = 0
-    for node in nodes:
-        if sum(node) > current_height + 1:
-            lattice.forget_below(sum(node) - 1)
-        current_height = sum(node)
-        precision = _precision(node, heights)
-        if best is not None and precision > best.loss + 1e-12:
-            continue
-        if t is None and any(
-            all(a <= b for a, b in zip(low, node, strict=True)) for low in zero_suppression
+def _at_most(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True))
+
+
+def _path_up(node: tuple[int, ...], heights: Sequence[int]) -> list[tuple[int, ...]]:
+    """``node`` and a chain of ever coarser nodes up to the top, raising the least
+    generalized QI (relative to its height) first."""
+    path, current = [node], list(node)
+    while any(level < height for level, height in zip(current, heights, strict=True)):
+        i = min(
+            (i for i, h in enumerate(heights) if current[i] < h),
+            key=lambda i: (current[i] / heights[i], i),
+        )
+        current[i] += 1
+        path.append(tuple(current))
+    return path
+
+
+class _Search:
+    """Best-first, exact search of the lattice (see the module docstring, "Search")."""
+
+    def __init__(
+        self,
+        lattice: _Lattice,
+        k: int,
+        l: int | None,  # noqa: E741
+        t: float | None,
+        suppression_limit: float,
+    ) -> None:
+        self.lattice, self.k, self.l, self.t = lattice, k, l, t
+        self.limit_rows = suppression_limit * lattice.n
+        self.evaluations: dict[tuple[int, ...], _Evaluation] = {}
+        self.failing: list[tuple[int, ...]] = []  # maximal nodes known to miss k/l
+        self.meeting: list[tuple[int, ...]] = []  # minimal nodes known to meet k/l
+        self.lossless: list[tuple[int, ...]] = []  # qualifying with nothing suppressed
+        self.best: _Evaluation | None = None
+        self.closest: _Evaluation | None = None
+
+    def run(self) -> tuple[_Evaluation | None, int, _Evaluation | None]:
+        """(best qualifying node, nodes evaluated, least-suppressing node seen)."""
+        heights = self.lattice.heights
+        nodes = sorted(
+            itertools.product(*(range(h + 1) for h in heights)),
+            key=lambda node: (_precision(node, heights), node),
+        )
+        for node in nodes:
+            if self.best is not None and _precision(node, heights) > self.best.loss + 1e-12:
+                break  # nodes come by precision, a lower bound of their loss
+            if node in self.evaluations or self.meets_k(node) is False:
+                continue
+            if self.t is None and any(_at_most(low, node) for low in self.lossless):
+                continue  # qualifies with loss = precision >= that node's: dominated
+            # Probe a chain above the node: the lowest node on it that meets k/l, by
+            # binary search; a failure there rules out the node and everything below.
+            path = _path_up(node, heights)
+            low, high = 0, len(path)
+            while low < high:
+                middle = (low + high) // 2
+                if self.meets_k(path[middle], evaluate=True):
+                    high = middle
+                else:
+                    low = middle + 1
+            if low == 0 and node not in self.evaluations:
+                self.evaluate(node)
+        return self.best, len(self.evaluations), self.closest
+
+    def meets_k(self, node: tuple[int, ...], *, evaluate: bool = False) -> bool | None:
+        """Whether ``node`` meets k/l within the suppression limit, from what is known
+        (monotonicity) or, with ``evaluate``, by evaluating it; None if unknown."""
+        known = self.evaluations.get(node)
+        if known is not None:
+            return known.meets_k
+        if any(_at_most(node, high) for high in self.failing):
+            return False
+        if any(_at_most(low, node) for low in self.meeting):
+            return True
+        return self.evaluate(node).meets_k if evaluate else None
+
+    def evaluate(self, node: tuple[int, ...]) -> _Evaluation:
+        evaluation = _evaluate(self.lattice, node, self.k, self.l, self.t, self.limit_rows)
+        self.evaluations[node] = evaluation
+        closest = self.closest
+        if closest is None or (evaluation.suppressed, -evaluation.precision, node) < (
+            closest.suppressed,
+            -closest.precision,
+            closest.node,
         ):
-            continue  # dominated: qualifies with loss = precision >= the ancestor's
-        evaluation = _evaluate(lattice, node, k, l, t, limit_rows)
-        evaluated += 1
-        if closest is None or evaluation.suppressed <= closest.suppressed:
-            closest = evaluation
+            self.closest = evaluation  # least suppression; ties: the coarsest
+        if not evaluation.meets_k:
+            self.failing = [f for f in self.failing if not _at_most(f, node)] + [node]
+            return evaluation
+        self.meeting = [m for m in self.meeting if not _at_most(node, m)] + [node]
         if not evaluation.qualifies:
-            continue
+            return evaluation
         if evaluation.suppressed == 0:
-            zero_suppression.append(node)
-        if best is None or (evaluation.loss, evaluation.precision, evaluation.node) < (
+            self.lossless.append(node)
+        best = self.best
+        if best is None or (evaluation.loss, evaluation.precision, node) < (
             best.loss,
             best.precision,
             best.node,
         ):
-            best = evaluation
-    return best, evaluated, closest
+            self.best = evaluation
+        return evaluation
 
 
 def _describe(node: tuple[int, ...], qis: list[str], hierarchies: list[Hierarchy]) -> str:
@@ -601,7 +707,7 @@ def anonymize(
             )
 
     lattice = _Lattice(frame, qis, hierarchies, sensitive)
-    best, evaluated, closest = _search(lattice, k, l, t, suppression_limit)
+    best, evaluated, closest = _Search(lattice, k, l, t, suppression_limit).run()
     nodes_total = math.prod(h + 1 for h in lattice.heights)
     model = f"k={k}" + (f", l={l}" if l else "") + (f", t={t:g}" if t else "")
     if best is None:
@@ -621,47 +727,63 @@ def anonymize(
         )
 
     node = best.node
-    generalized = frame.select(
-        *[h.expr(q, level) for q, h, level in zip(qis, hierarchies, node, strict=True)],
-        *([pl.col(sensitive)] if sensitive else []),
-        *[pl.col(column) for column in keep],
+    n = frame.height
+    # Suppress with a window over the node's integer class key (independent of the
+    # search's class tables: the counts must agree).
+    keyed = pl.DataFrame(
+        {"_key": lattice.keys(node), **({"_s": lattice.values} if sensitive else {})}
     )
-    small = pl.len().over(qis) < k
+    small = pl.len().over("_key") < k
     if l is not None:
-        small = small | (pl.col(sensitive).n_unique().over(qis) < l)
-    released = generalized.filter(~small).sort(qis, nulls_last=True, maintain_order=True)
-    suppressed = frame.height - released.height
+        small = small | (pl.col("_s").n_unique().over("_key") < l)
+    keep_row = keyed.select(~small).to_series()
+    suppressed = n - int(keep_row.sum())
     if suppressed != best.suppressed:
         raise InternalError(
             f"lattice search counted {best.suppressed} suppressed rows, the export {suppressed}"
         )
-
-    classes = released.group_by(qis).len()
-    sizes = classes["len"]
-    l_achieved = None
-    t_achieved = None
-    if sensitive is not None:
-        l_achieved = int(
-            released.group_by(qis).agg(pl.col(sensitive).n_unique())[sensitive].min() or 0
+    codes = [f"_c{i}" for i in range(len(qis))]
+    released = (
+        frame.select(
+            *[
+                pl.Series(code, lattice.codes[i][level])
+                for i, (code, level) in enumerate(zip(codes, node, strict=True))
+            ],
+            *[
+                lattice.labels(i, level).alias(q)
+                for i, (q, level) in enumerate(zip(qis, node, strict=True))
+            ],
+            *([pl.col(sensitive)] if sensitive else []),
+            *[pl.col(column) for column in keep],
         )
-        if t is not None:
-            kept = lattice.classes(node)
-            kept = kept.filter((pl.col("size") >= k) & (pl.col("distinct") >= (l or 1)))
-            t_achieved = lattice.worst_distance(node, kept)
-    n = frame.height
+        .filter(keep_row)
+        # Sorted by everything exported (codes order like the labels): rows that tie are
+        # identical in the file, so the original order (which can track ids) is gone.
+        .sort([*codes, *([sensitive] if sensitive else []), *keep], nulls_last=True)
+        .drop(codes)
+    )
+
+    classes = lattice.classes(node)
+    kept = classes.sizes >= k
+    if l is not None and classes.distinct is not None:
+        kept &= classes.distinct >= l
+    sizes = classes.sizes[kept]
+    l_achieved = None
+    if classes.distinct is not None:
+        l_achieved = int(classes.distinct[kept].min()) if sizes.size else 0
     metrics = AnonymizationMetrics(
         information_loss=best.loss,
         precision=best.precision,
-        discernibility=int((sizes.cast(pl.Int64) ** 2).sum()) + n * suppressed,
-        average_class_size=(released.height / classes.height / k) if classes.height else 0.0,
-        classes=classes.height,
+        discernibility=int((sizes.astype(np.int64) ** 2).sum()) + n * suppressed,
+        average_class_size=(released.height / sizes.size / k) if sizes.size else 0.0,
+        classes=int(sizes.size),
         rows_in=n,
         rows_out=released.height,
         suppressed=suppressed,
         suppressed_fraction=suppressed / n if n else 0.0,
-        k_achieved=int(sizes.min() or 0),  # type: ignore[arg-type]
+        k_achieved=int(sizes.min()) if sizes.size else 0,
         l_achieved=l_achieved,
-        t_achieved=t_achieved,
+        t_achieved=best.worst_distance if t is not None else None,
     )
     population_frame = None
     if population is not None:
