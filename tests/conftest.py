@@ -333,7 +333,7 @@ def make_project(
     monkeypatch: pytest.MonkeyPatch,
     approver: Approver,
 ) -> Iterator[Callable[..., Project]]:
-    """``make_project(rows=3000, segments=("name", ...), name="proj")`` → :class:`Project`.
+    """``make_project(rows=3000, segments=("name", ...), pack=None)`` → :class:`Project`.
 
     The approver's key is listed in audiences.toml and the given segments are approved
     (``approve=False`` leaves them unapproved and the key unlisted).
@@ -350,6 +350,7 @@ def make_project(
         segments: tuple[str, ...] = (),
         name: str = "proj",
         approve: bool = True,
+        pack: str | None = None,
     ) -> Project:
         root = tmp_path / name
         init_project(root)
@@ -361,6 +362,11 @@ def make_project(
             shutil.copyfile(sample_crm(rows) / f, data / f)
         project = Project(root, sandboxes, dict(sandbox_tokens), approver)
         project.edit_toml(lambda text: _point_at_sandboxes(text, sandboxes))
+        if pack is not None:  # a project pack from tests/cases/sync, before any approval
+            shutil.copyfile(CASES / f"{pack}.yaml", root / "policies" / f"{pack}.yaml")
+            project.edit_toml(
+                lambda t: re.sub(r'(?m)^pack = ".*?"', f'pack = "policies/{pack}.yaml"', t)
+            )
         if approve:
             project.edit_toml(lambda t: trust(t, approver.name, approver.public_base64))
         ca = root / ".audiences" / "sandbox" / "ca.pem"
