@@ -93,8 +93,16 @@ def scan_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.La
                 encoding="utf8",
             )
         schema = lf.collect_schema()
+        # A header without rows (a failed CRM export) would otherwise build an empty,
+        # all-text table and surface later as a confusing type or min-size error.
+        has_rows = lf.head(1).collect().height > 0
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise _diagnose(name, source, path, exc) from None
+    if not has_rows:
+        raise DataError(
+            f"source {name!r}: {path} has no rows",
+            f"re-export the table with its data, or fix [sources.{name}].path in audiences.toml",
+        )
     missing = [c for c in source.columns if c not in schema]
     if missing:
         raise DataError(
