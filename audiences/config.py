@@ -109,7 +109,7 @@ class InsightsConfig(Model):
     """Dimensions marketers may break DP counts down by, with their public key sets."""
 
     dimensions: list[str] = Field(default_factory=lambda: ["age_band", "state", "sex"])
-    epsilon: float = 1.0
+    epsilon: float = Field(default=1.0, gt=0, allow_inf_nan=False)
 
 
 class ProjectSection(Model):

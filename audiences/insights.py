@@ -101,8 +101,22 @@ class Preview:
         }
 
 
-def _epsilon(config: ProjectConfig, requested: float | None) -> float:
-    value = config.insights.epsilon if requested is None else requested
+def default_epsilon(config: ProjectConfig, pack: Any) -> float:
+    """``[insights] epsilon``, which must fit the pack's per-query cap (a config error)."""
+    value = float(config.insights.epsilon)
+    cap = pack.budget.max_epsilon_per_query
+    if value > cap:
+        raise ConfigError(
+            f"[insights] epsilon {value:g} exceeds the policy pack's per-query cap {cap:g}",
+            f"lower [insights] epsilon in audiences.toml to {cap:g} or less",
+        )
+    return value
+
+
+def _epsilon(config: ProjectConfig, requested: float | None, pack: Any) -> float:
+    if requested is None:
+        return default_epsilon(config, pack)
+    value = requested
     if not value > 0 or value != value or value == float("inf"):
         raise UsageError(
             f"--epsilon {value} must be a positive finite number", "e.g. --epsilon 0.5"
@@ -123,11 +137,11 @@ def preview(
     from policies.pack import load_pack
 
     as_of = as_of or datetime.now(UTC).date()
-    eps = _epsilon(config, epsilon)
+    pack = load_pack(config)
+    eps = _epsilon(config, epsilon, pack)
     (segment,) = select_segments(config, [segment_name])
     sources = load_sources(config)
     validate_against_data(config, [segment], sources, as_of)
-    pack = load_pack(config)
     dims = dimensions(config, sources.contacts.collect_schema())
     conn = connect(config.state_db)
     try:
@@ -168,11 +182,11 @@ def overlap(
     if len(names) < 2:
         raise UsageError("overlap needs at least two segments", "e.g. audiences overlap A B")
     as_of = as_of or datetime.now(UTC).date()
-    eps = _epsilon(config, epsilon)
+    pack = load_pack(config)
+    eps = _epsilon(config, epsilon, pack)
     segments = select_segments(config, names)
     sources = load_sources(config)
     validate_against_data(config, segments, sources, as_of)
-    pack = load_pack(config)
     salt = project_salt(config.state_dir)
     conn = connect(config.state_db)
     try:

@@ -40,14 +40,17 @@ def validate_project(
 ) -> dict[str, Any]:
     """Load the pack and the segments (all, or ``only``), and check them against the data."""
     from audiences.build import select_segments, validate_against_data
+    from audiences.insights import default_epsilon, dimensions
     from audiences.sources import load_sources
     from policies.pack import load_pack
 
     as_of = as_of or datetime.now(UTC).date()
     pack = load_pack(config)
+    default_epsilon(config, pack)
     segments = select_segments(config, only)
     sources = load_sources(config)
     validate_against_data(config, segments, sources, as_of)
+    dimensions(config, sources.contacts.collect_schema())
     return {
         "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
         "segments": [
