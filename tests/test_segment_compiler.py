@@ -790,3 +790,29 @@ def test_compiler_matches_reference(
     if exclude is not None:
         doc["exclude"] = exclude
     check_against_reference(doc, *data)
+
+
+@pytest.mark.parametrize("dtype", [pl.Date, pl.Datetime("ms"), pl.Datetime("ns")])
+def test_event_time_as_date_or_other_units(dtype: pl.DataType) -> None:
+    days = [-2, -1, 0, 1, 2]
+    events = pl.DataFrame(
+        {
+            "contact_id": [f"c{d}" for d in days],
+            "event_type": ["visit"] * len(days),
+            "event_time": [AS_OF + dt.timedelta(days=d) for d in days],
+        }
+    ).with_columns(pl.col("event_time").cast(dtype))
+    contacts = pl.DataFrame({"contact_id": [f"c{d}" for d in days]})
+
+    def ids(where: str) -> list[str]:
+        segment = parse_segment(f"name: t\nwhere: {where}")
+        lf = compile_segment(segment, contacts.lazy(), events.lazy(), CTX)
+        return sorted(lf.collect()["contact_id"].to_list())
+
+    assert ids("{event: {type: visit, within: 1d}}") == ["c-1", "c0"]
+    assert ids("{event: {type: visit, ahead: 1d}}") == ["c1"]
+    assert ids("{event: {type: visit, between: [2025-03-02, 2025-03-03]}}") == ["c1", "c2"]
+    assert ids("{days_since_last_visit: {gte: 1}}") == ["c-1", "c-2"]
+    assert ids(
+        "{any: [{days_since_last_visit: {lt: 1}}, {event: {type: visit, count: {eq: 0}}}]}"
+    ) == ["c0"]
