@@ -23,7 +23,7 @@ _COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
 
 _SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "https://github.com/audiences/audiences/segment.schema.json",
+    "$id": "urn:audiences:segment:v1",
     "title": "audiences segment",
     "description": "One audience segment: which contacts it selects and where it may go. "
     "See docs/segments.md.",
