@@ -71,6 +71,7 @@ import polars as pl
 from audiences.errors import ConfigError, DataError, InternalError, PolicyBlocked, UsageError
 
 __all__ = [
+    "HIERARCHIES",
     "AnonymizationMetrics",
     "AnonymizationResult",
     "Hierarchy",
@@ -171,6 +172,15 @@ def date_hierarchy() -> Hierarchy:
 def categorical_hierarchy() -> Hierarchy:
     """Value → ``*``."""
     return Hierarchy("categorical", ("value", SUPPRESSED), (lambda v: v.cast(pl.String), _star))
+
+
+HIERARCHIES: Mapping[str, Callable[[], Hierarchy]] = {
+    "age": age_hierarchy,
+    "zip": zip_hierarchy,
+    "date": date_hierarchy,
+    "categorical": categorical_hierarchy,
+}
+"""The built-in hierarchies by the names a configuration uses."""
 
 
 # -- results ------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,12 @@ import polars as pl
 
 from audiences.atomic import write_with
 from audiences.config import ProjectConfig
-from audiences.errors import ConfigError, InternalError
+from audiences.errors import ConfigError, InternalError, PolicyBlocked
 from audiences.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layout
 from audiences.state import ensure_private_dir, new_id, project_salt, transaction, utcnow
+from connectors.file import FileDestinationConfig, record_export
 from policies import difference
+from policies.anonymize import HIERARCHIES, anonymize
 from policies.pack import Pack
 from policies.release import Release, _mint, require_release
 from policies.rules import (
@@ -107,6 +109,8 @@ def destination_of(config: ProjectConfig, name: str) -> tuple[Destination, tuple
     elif kind == "file":
         account = f"local:{extra.get('path', 'exports')}"
         layouts = tuple(extra.get("layouts") or ("meta", "google_ads"))
+        if extra.get("attributes"):
+            layouts = ()  # a record-level export carries no identifiers
     else:
         account = str(extra.get("account") or extra.get("account_id") or "")
         layouts = tuple(extra.get("layouts") or ("meta", "google_ads"))
@@ -132,7 +136,7 @@ def evaluate(inp: GateInput) -> GateOutcome:
     config, pack, cand = inp.config, inp.pack, inp.candidates
     if "member_key" not in cand.schema or cand.schema["member_key"] != pl.UInt64:
         raise InternalError("candidates need a UInt64 member_key column")
-    phi = phi_finding(inp.segment, config)
+    phi = _with_exported_sensitive(phi_finding(inp.segment, config), config, inp.destinations)
     suppression = SuppressionSet.load(list(pack.suppression_lists), config.identity.default_country)
     ctx = FilterContext(config, cand, inp.as_of, phi, suppression)
 
@@ -178,9 +182,18 @@ def evaluate(inp: GateInput) -> GateOutcome:
     names: dict[str, str] = {}
     holds: dict[str, tuple[str | None, int, int]] = {}
     diff_checks: list[dict[str, Any]] = []
+    exports: dict[str, _RecordExport] = {}
     for dest_name in inp.destinations:
         dest, layouts = destination_of(config, dest_name)
         dests.append((dest, layouts))
+        dest_keys = new_keys
+        settings = record_export(config, dest_name)
+        if settings is not None:  # rules judge the rows that would really be released
+            exports[dest_name] = _record_export(
+                cand, kept_mask, new_keys.size != base.height, settings, dest
+            )
+            if exports[dest_name].members is not None:
+                dest_keys = exports[dest_name].keys
         earlier: list[difference.EarlierRelease] | None = None
         name_rules = pack.of_kind("opaque_name")
         params = name_rules[0].params if name_rules else OpaqueNameParams(prefix="aud", length=8)
@@ -194,11 +207,11 @@ def evaluate(inp: GateInput) -> GateOutcome:
             elif rule.kind == "opaque_name":
                 v = opaque_name(rule, dest, names[dest_name], words)
             elif rule.kind == "min_size":
-                v = min_size(rule, dest, int(new_keys.size))
+                v = min_size(rule, dest, int(dest_keys.size))
             elif rule.kind == "difference":
                 if earlier is None:
                     earlier = difference.earlier_releases(inp.conn, dest.account, inp.state_dir)
-                result = difference.check(rule, dest, inp.segment.name, new_keys, earlier, exempt)
+                result = difference.check(rule, dest, inp.segment.name, dest_keys, earlier, exempt)
                 v = result.verdict
                 k_diff = rule.params.k_diff  # type: ignore[attr-defined]
                 holds[dest_name] = (result.hold_against, result.holds, k_diff)
@@ -217,6 +230,7 @@ def evaluate(inp: GateInput) -> GateOutcome:
             verdicts.append(filter_verdicts[rule.id])
         else:
             verdicts += [dest_verdicts[(rule.id, d.name)] for d, _ in dests]
+    verdicts += [exports[d.name].verdict for d, _ in dests if d.name in exports]
     reasons = [v.public_reason() for v in verdicts if v.blocking]
     if not inp.destinations:
         reasons.append("gate: the segment names no destination — add `destinations:` to it")
@@ -229,7 +243,11 @@ def evaluate(inp: GateInput) -> GateOutcome:
         hashed = _hashed(base, config, layouts_needed, inp.as_of)
         excluded_series = pl.Series("member_key", exempt, dtype=pl.UInt64)
         for dest, layouts in dests:
-            members = _members(base, hashed, dest, layouts, config)
+            export = exports.get(dest.name)
+            if export is not None and export.members is not None:
+                members = export.members
+            else:
+                members = _members(base, hashed, dest, layouts, config)
             hold_against, n_holds, k_diff = holds[dest.name]
             releases[dest.name] = _mint(
                 build_id=inp.build_id,
@@ -253,6 +271,7 @@ def evaluate(inp: GateInput) -> GateOutcome:
     report = _report(
         inp, phi, verdicts, blocked, reasons, releases, diff_checks, int(no_key.sum()), base.height
     )
+    report["record_exports"] = [exports[d.name].summary for d, _ in dests if d.name in exports]
     return GateOutcome(
         verdicts=verdicts,
         blocked=blocked,
@@ -341,6 +360,183 @@ def _members(
             )
         )
     return pl.concat(parts, how="horizontal")
+
+
+# ---------------------------------------------------------------------------------------
+# Record-level exports (PRIVACY.md rule 10)
+
+RECORD_EXPORT_RULE = "record-export"
+RECORD_EXPORT_RATIONALE = (
+    "A file of rows about people is released only k-anonymous on the columns an outsider "
+    "could link on (optionally l-diverse or t-close on one sensitive column), within a "
+    "suppression limit, and without any identifier: a hashed email next to attributes "
+    "re-identifies the row for anyone who holds the email. The re-identification risk is "
+    "reported the way ARX does (prosecutor, journalist, marketer)."
+)
+RECORD_EXPORT_SOURCE = (
+    "45 CFR 164.514(b)(1) (expert determination); Sweeney 2002 (k-anonymity); "
+    "Machanavajjhala et al. 2007 (l-diversity); Li et al. 2007 (t-closeness); "
+    "ARX risk models (arx.deidentifier.org)"
+)
+_HIERARCHY_TYPES = {
+    "age": ("an integer column", lambda t: t.is_integer()),
+    "zip": ("a text column", lambda t: t == pl.String),
+    "date": ("a date or datetime column", lambda t: t == pl.Date or isinstance(t, pl.Datetime)),
+    "categorical": ("a single-valued column", lambda t: not t.is_nested()),
+}
+
+
+def _with_exported_sensitive(phi: Any, config: ProjectConfig, destinations: list[str]) -> Any:
+    """A record-level export that carries a declared sensitive column discloses it: the
+    build is then PHI-derived (authorization rules apply), whatever the segment reads."""
+    exported = set()
+    for name in destinations:
+        settings = record_export(config, name)
+        sensitive = settings.anonymity.sensitive if settings and settings.anonymity else None
+        if sensitive is not None and sensitive in config.columns.sensitive:
+            exported.add(sensitive)
+    if not exported - set(phi.columns):
+        return phi
+    return replace(phi, columns=tuple(sorted(exported | set(phi.columns))))
+
+
+@dataclass(frozen=True)
+class _RecordExport:
+    verdict: Verdict
+    members: pl.DataFrame | None  # member_key + generalized attributes (+ sensitive); None: refused
+    keys: np.ndarray  # sorted member keys of ``members``
+    summary: dict[str, Any]  # the report's ``record_exports`` entry
+
+
+def _record_export(
+    cand: pl.DataFrame,
+    kept_mask: np.ndarray,
+    deduplicate: bool,
+    settings: FileDestinationConfig,
+    dest: Destination,
+) -> _RecordExport:
+    """Anonymize the released people's attributes for one record-level file export."""
+    model = settings.anonymity
+    assert model is not None  # FileDestinationConfig requires it with attributes
+    for column, name in settings.attributes.items():
+        wanted, fits = _HIERARCHY_TYPES[name]
+        if column not in cand.schema:
+            raise ConfigError(
+                f"[destinations.{dest.name}] attribute {column!r} is not a contacts column",
+                "use a contacts column or the derived age",
+            )
+        if not fits(cand.schema[column]):
+            raise ConfigError(
+                f"[destinations.{dest.name}] attribute {column!r} ({cand.schema[column]}) "
+                f"does not fit the {name!r} hierarchy, which needs {wanted}",
+                "pick the hierarchy that fits the column",
+            )
+    if model.sensitive is not None and (
+        model.sensitive not in cand.schema or cand.schema[model.sensitive].is_nested()
+    ):
+        raise ConfigError(
+            f"[destinations.{dest.name}] anonymity.sensitive {model.sensitive!r} is not a "
+            "single-valued contacts column",
+            "name one column of single values (lists such as diagnosis codes can't be "
+            "l-diverse per value)",
+        )
+    columns = [*settings.attributes, *([model.sensitive] if model.sensitive else [])]
+    records = cand.select("member_key", *columns).filter(pl.Series(kept_mask))
+    if deduplicate:  # the same person twice: keep the row the hashed release keeps
+        records = records.unique("member_key", keep="first", maintain_order=True)
+    text = (
+        f"k={model.k}"
+        + (f", l={model.l}" if model.l else "")
+        + (f", t={model.t:g}" if model.t else "")
+    )
+    summary: dict[str, Any] = {
+        "destination": dest.name,
+        "attributes": dict(settings.attributes),
+        "model": model.model_dump(),
+        "identifiers": "none",
+        "rows_in": records.height,
+    }
+    qis = {column: HIERARCHIES[name]() for column, name in settings.attributes.items()}
+    try:
+        result = anonymize(
+            records,
+            qis,
+            k=model.k,
+            l=model.l,
+            t=model.t,
+            sensitive=model.sensitive,
+            suppression_limit=model.suppression_limit,
+            keep=["member_key"],
+        )
+    except PolicyBlocked as exc:
+        verdict = Verdict(
+            id=RECORD_EXPORT_RULE,
+            kind="k_anonymity",
+            severity="block",
+            passed=False,
+            evidence={"rows_in": records.height, "k": model.k},
+            rationale=RECORD_EXPORT_RATIONALE,
+            source=RECORD_EXPORT_SOURCE,
+            destination=dest.name,
+            detail=exc.what,
+            public_detail=(
+                f"no generalization of {', '.join(qis)} reaches {text} within the "
+                f"suppression limit of {model.suppression_limit:.0%} — {exc.fix} "
+                "(what was tried is in the compliance report)"
+            ),
+        )
+        summary.update(status="refused", detail=exc.what)
+        return _RecordExport(verdict, None, np.zeros(0, dtype=np.uint64), summary)
+    m, risk = result.metrics, result.risk
+    members = result.frame.select(
+        "member_key", *qis, *([model.sensitive] if model.sensitive else [])
+    )
+    levels = ", ".join(f"{q}={label}" for q, label in result.levels.items())
+    detail = (
+        f"{text} met at {levels}: {m.rows_out} of {m.rows_in} rows released, "
+        f"{m.suppressed} suppressed ({m.suppressed_fraction:.1%}); information loss "
+        f"{m.information_loss:.3f}, discernibility {m.discernibility}, {m.classes} classes, "
+        f"average class size {m.average_class_size:.2f}×k; re-identification risk: "
+        f"prosecutor max {risk.prosecutor_max:.3f} / average {risk.prosecutor_average:.3f} "
+        f"({risk.records_at_max_risk:.1%} of records at max), journalist max "
+        f"{risk.journalist_max:.3f} / average {risk.journalist_average:.3f} "
+        f"(population: {risk.population}), marketer {risk.marketer:.3f}"
+    )
+    evidence = {
+        "k": model.k,
+        "k_achieved": m.k_achieved,
+        **({"l_achieved": m.l_achieved} if m.l_achieved is not None else {}),
+        "rows_in": m.rows_in,
+        "rows_out": m.rows_out,
+        "suppressed": m.suppressed,
+        "classes": m.classes,
+        "nodes_evaluated": result.nodes_evaluated,
+        "nodes_total": result.nodes_total,
+    }
+    verdict = Verdict(
+        id=RECORD_EXPORT_RULE,
+        kind="k_anonymity",
+        severity="block",
+        passed=True,
+        evidence=evidence,
+        rationale=RECORD_EXPORT_RATIONALE,
+        source=RECORD_EXPORT_SOURCE,
+        destination=dest.name,
+        detail=detail,
+    )
+    summary.update(
+        status="released",
+        node={
+            q: {"level": level, "label": result.levels[q]}
+            for q, level in zip(qis, result.node, strict=True)
+        },
+        metrics=asdict(m),
+        risk=asdict(risk),
+        nodes_evaluated=result.nodes_evaluated,
+        nodes_total=result.nodes_total,
+        columns=[c for c in members.columns if c != "member_key"],
+    )
+    return _RecordExport(verdict, members, difference.sorted_keys(members["member_key"]), summary)
 
 
 # ---------------------------------------------------------------------------------------

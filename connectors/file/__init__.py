@@ -1,5 +1,32 @@
 """The ``file`` destination: hashed release files (Parquet and CSV) plus a manifest.
 
+Two kinds of file export:
+
+* **hashed identifiers** (the default): one row per member with the hashed identifier
+  columns of each layout in ``layouts`` — for uploading by hand to an ad platform;
+* **record-level** (``attributes`` + ``anonymity``, PRIVACY.md rule 10): one row per
+  member with *generalized* attribute columns (age band, ZIP3, sex ...) and optionally one
+  sensitive column, k-anonymous (optionally l-diverse / t-close) as the policy gate made
+  them with :func:`policies.anonymize.anonymize`. Such a file carries **no identifier at
+  all** — no hashed email, no member key: a hashed email next to attributes re-identifies
+  the row for anyone who holds that email, which would undo the k-anonymity. Asking for
+  ``layouts`` together with ``attributes`` is a configuration error.
+
+``[destinations.agency]`` example::
+
+    kind = "file"
+    path = "exports/agency"
+    formats = ["csv"]
+    attributes = {age = "age", zip = "zip", sex = "categorical"}
+    anonymity = {k = 10, l = 2, sensitive = "insurance_type", suppression_limit = 0.05}
+
+``attributes`` maps a candidate column to its generalization hierarchy (``age``, ``zip``,
+``date``, ``categorical``; see :data:`policies.anonymize.HIERARCHIES`). Every attribute
+must be a declared quasi-identifier (``[columns] quasi_identifiers``; the derived ``age``
+counts as one when the birth-date column is declared) and none may be a declared sensitive
+column: a sensitive value is exported only as ``anonymity.sensitive``, and only under
+l-diversity or t-closeness (checked by :func:`record_export` when the gate runs).
+
 Files are written to a temp name and renamed, 0600, so a crash never leaves a
 half-written export and other local users can't read it.
 """
@@ -8,13 +35,46 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import polars as pl
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from audiences.atomic import write_text, write_with
+from audiences.errors import ConfigError
 from connectors.base import Capabilities, Connector, DestinationConfig
+
+if TYPE_CHECKING:
+    from audiences.config import ProjectConfig
+
+HierarchyName = Literal["age", "zip", "date", "categorical"]
+_FIX_TABLE = "see docs/privacy-insights.md, 'Record-level exports'"
+
+
+class AnonymityModel(BaseModel):
+    """The privacy model a record-level export must meet (see policies.anonymize)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    k: int = Field(ge=2, description="every released row shares its attributes with k-1 others")
+    l: int | None = Field(None, ge=2, description="distinct sensitive values per class")  # noqa: E741
+    t: float | None = Field(None, gt=0, le=1, description="max class distance (total variation)")
+    sensitive: str | None = Field(None, min_length=1)
+    suppression_limit: float = Field(0.05, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sensitive_needs_protection(self) -> AnonymityModel:
+        if (self.l is not None or self.t is not None) and self.sensitive is None:
+            raise ConfigError(
+                "anonymity sets l or t but names no sensitive column",
+                'add anonymity.sensitive = "<column>" (e.g. insurance_type)',
+            )
+        if self.sensitive is not None and self.l is None and self.t is None:
+            raise ConfigError(
+                f"anonymity.sensitive = {self.sensitive!r} would export that column under "
+                "k-anonymity alone (a class where everyone shares the value discloses it)",
+                "add anonymity.l (e.g. 2) and/or anonymity.t (e.g. 0.3), or drop sensitive",
+            )
+        return self
 
 
 class FileDestinationConfig(DestinationConfig):
@@ -24,6 +84,97 @@ class FileDestinationConfig(DestinationConfig):
     layouts: list[Literal["meta", "google_ads"]] = Field(
         default_factory=lambda: ["meta", "google_ads"]
     )
+    attributes: dict[str, HierarchyName] = Field(
+        default_factory=dict,
+        description="record-level export: candidate column → generalization hierarchy",
+    )
+    anonymity: AnonymityModel | None = None
+
+    @model_validator(mode="after")
+    def _record_level(self) -> FileDestinationConfig:
+        if self.anonymity is not None and not self.attributes:
+            raise ConfigError(
+                "anonymity is set but no attributes are exported",
+                'add attributes = {column = "hierarchy", ...} or remove anonymity',
+            )
+        if not self.attributes:
+            return self
+        if self.anonymity is None:
+            raise ConfigError(
+                "a record-level export (attributes) needs an anonymity model",
+                "add anonymity = {k = 10, suppression_limit = 0.05} (k >= 2)",
+            )
+        if "layouts" in self.model_fields_set:
+            raise ConfigError(
+                "a record-level export (attributes) carries no identifiers, so it takes no "
+                "layouts: hashed identifiers next to attributes re-identify every row",
+                "remove layouts (or use a second file destination without attributes)",
+            )
+        if self.anonymity.sensitive in self.attributes:
+            raise ConfigError(
+                f"{self.anonymity.sensitive!r} is both an attribute and the sensitive column",
+                "list it only as anonymity.sensitive",
+            )
+        return self
+
+    @property
+    def record_level(self) -> bool:
+        return bool(self.attributes)
+
+
+def record_export(config: ProjectConfig, name: str) -> FileDestinationConfig | None:
+    """The validated settings of ``name`` if it is a record-level file export, else None.
+
+    Checks the export against the project's column roles: every attribute a declared
+    quasi-identifier, none a declared sensitive column, the sensitive column not a
+    quasi-identifier. Raises ConfigError naming the destination.
+    """
+    from connectors.registry import destination_config
+
+    spec = config.destination(name)
+    if spec.kind != "file":
+        return None
+    try:
+        settings = destination_config(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"[destinations.{name}] {exc.what}", exc.fix) from None
+    assert isinstance(settings, FileDestinationConfig)
+    if not settings.record_level:
+        return None
+    where = f"[destinations.{name}]"
+    roles = config.columns
+    quasi = set(roles.quasi_identifiers)
+    if not quasi:
+        raise ConfigError(
+            f"{where} exports attributes {sorted(settings.attributes)} but the project "
+            "declares no quasi-identifiers",
+            "list the columns an outsider could link on in [columns] quasi_identifiers "
+            '(e.g. ["birth_date", "zip", "sex"])',
+        )
+    birth_date = config.identity.birth_date
+    for column in settings.attributes:
+        if column in roles.sensitive:
+            raise ConfigError(
+                f"{where} attribute {column!r} is a sensitive column",
+                "a sensitive column is exported only as anonymity.sensitive, under "
+                "l-diversity or t-closeness; remove it from attributes",
+            )
+        declared = column in quasi or (column == "age" and birth_date in quasi)
+        if not declared:
+            raise ConfigError(
+                f"{where} attribute {column!r} is not a declared quasi-identifier",
+                f"add it to [columns] quasi_identifiers (every exported attribute is "
+                f"treated as one) or remove it; {_FIX_TABLE}",
+            )
+    sensitive = settings.anonymity.sensitive if settings.anonymity else None
+    if sensitive is not None and (
+        sensitive in quasi or (sensitive == "age" and birth_date in quasi)
+    ):
+        raise ConfigError(
+            f"{where} anonymity.sensitive {sensitive!r} is a quasi-identifier",
+            "pick a column that is not in [columns] quasi_identifiers",
+        )
+    return settings
 
 
 class FileConnector(Connector):
@@ -51,6 +202,7 @@ class FileConnector(Connector):
 
         require_release(release)
         out = self.directory / release.segment / release.build_id
+        # member_key is for state (difference checks) only: never written out
         members: pl.DataFrame = release.members.drop("member_key", strict=False)
         written: dict[str, str] = {}
         if "parquet" in self.config.formats:
@@ -62,6 +214,13 @@ class FileConnector(Connector):
             write_with(target, lambda tmp: members.write_csv(tmp))
             written["csv"] = str(target)
         manifest = {**manifest, "files": written}
+        if self.config.record_level:
+            assert self.config.anonymity is not None
+            manifest["record_level"] = {
+                "attributes": dict(self.config.attributes),
+                "anonymity": self.config.anonymity.model_dump(),
+                "columns": members.columns,
+            }
         target = out / "manifest.json"
         write_text(target, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         written["manifest"] = str(target)
