@@ -11,7 +11,9 @@ import pytest
 from pycanon import anonymity
 
 from audiences.errors import ConfigError, DataError, PolicyBlocked, UsageError
+from policies import anonymize as anonymize_module
 from policies.anonymize import (
+    HIERARCHIES,
     Hierarchy,
     age_hierarchy,
     anonymize,
@@ -160,6 +162,54 @@ def test_search_finds_the_brute_force_optimum(
     assert result.node == expected[1]
     assert result.metrics.information_loss == pytest.approx(expected[0])
     assert result.nodes_evaluated <= result.nodes_total == 5 * 4 * 2
+
+
+def _with_nulls(data: pl.DataFrame, seed: int) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    return data.with_columns(
+        pl.when(pl.Series(rng.random(data.height) < 0.05)).then(None).otherwise(pl.col(c)).alias(c)
+        for c in ("age", "zip")
+    )
+
+
+@pytest.mark.parametrize(
+    ("seed", "k", "l", "limit"),
+    [(11, 4, None, 0.05), (12, 3, 2, 0.1), (13, 6, None, 0.0), (14, 2, 3, 0.02)],
+)
+def test_search_finds_the_brute_force_optimum_on_four_qis_with_nulls(
+    seed: int,
+    k: int,
+    l: int | None,  # noqa: E741
+    limit: float,
+) -> None:
+    data = _with_nulls(_people(250, seed), seed)
+    sensitive = "insurance" if l else None
+    expected = _brute_force(data, _qis(), k, l, None, sensitive, limit)
+    if expected is None:
+        with pytest.raises(PolicyBlocked):
+            anonymize(data, _qis(), k=k, l=l, sensitive=sensitive, suppression_limit=limit)
+        return
+    result = anonymize(data, _qis(), k=k, l=l, sensitive=sensitive, suppression_limit=limit)
+    assert result.node == expected[1]
+    assert result.metrics.information_loss == pytest.approx(expected[0])
+    assert result.nodes_total == 5 * 4 * 4 * 2
+
+
+def test_sorted_and_recoded_class_keys_agree_with_bincount(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _with_nulls(_people(3000, seed=21), seed=21)
+    arguments = {"k": 5, "l": 2, "t": 0.4, "sensitive": "insurance", "suppression_limit": 0.05}
+    dense = anonymize(data, _qis(), **arguments)  # type: ignore[arg-type]
+    monkeypatch.setattr(anonymize_module, "_DENSE_SLOTS", 0)  # count by sorting keys
+    monkeypatch.setattr(anonymize_module, "_KEY_SPACE", 1 << 8)  # re-code keys densely
+    sparse = anonymize(data, _qis(), **arguments)  # type: ignore[arg-type]
+    assert sparse.node == dense.node
+    assert sparse.metrics == dense.metrics
+    assert sparse.frame.equals(dense.frame)
+
+
+def test_named_hierarchies() -> None:
+    assert set(HIERARCHIES) == {"age", "zip", "date", "categorical"}
+    assert [HIERARCHIES[name]().kind for name in HIERARCHIES] == list(HIERARCHIES)
 
 
 def test_refuses_when_no_node_qualifies() -> None:
