@@ -20,7 +20,13 @@ from typing import Any
 import polars as pl
 
 from audiences.config import ProjectConfig
-from audiences.errors import AudiencesError, DataError, InternalError, SegmentError
+from audiences.errors import (
+    AudiencesError,
+    ConnectorError,
+    DataError,
+    InternalError,
+    SegmentError,
+)
 from audiences.identifiers import member_key
 from audiences.sources import Sources, diagnose_values, load_sources
 from audiences.state import connect, new_id, project_salt, transaction, utcnow
@@ -316,13 +322,21 @@ def build(
                 result.seconds = time.perf_counter() - started
                 results.append(result)
                 continue
-            if not outcome.blocked:
-                record(outcome, conn)
-                result.released = {d: r.members.height for d, r in outcome.releases.items()}
-                step(f"{segment.name}: writing release files", (i + 0.8) / len(segments))
-                result.files = write_file_destinations(config, outcome, build_id, segment)
-                result.noisy_members = noisy_size(conn, outcome, pack, sources.digest, as_of, who)
-            result.reports = write_reports(config, build_id, outcome.report)
+            try:
+                if not outcome.blocked:
+                    record(outcome, conn)
+                    result.released = {d: r.members.height for d, r in outcome.releases.items()}
+                    step(f"{segment.name}: writing release files", (i + 0.8) / len(segments))
+                    result.files = write_file_destinations(config, outcome, build_id, segment)
+                    result.noisy_members = noisy_size(
+                        conn, outcome, pack, sources.digest, as_of, who
+                    )
+                result.reports = write_reports(config, build_id, outcome.report)
+            except BaseException as exc:
+                # e.g. the disk fills while writing release files: the build must not
+                # stay 'running' (history, status) — it failed, and says why.
+                _finish(conn, build_id, "failed", reasons=[_one_line(exc)])
+                raise
             result.seconds = time.perf_counter() - started
             _finish(
                 conn,
@@ -450,7 +464,15 @@ def write_file_destinations(
             "coverage": identifier_coverage(release.members),
             "created_at": utcnow(),
         }
-        files[name] = connector.write(release, manifest)
+        try:
+            files[name] = connector.write(release, manifest)
+        except OSError as exc:
+            # the manifest is written last: a folder without one is an unfinished release
+            raise ConnectorError(
+                f"destination {name!r}: cannot write the release files under "
+                f"{connector.directory} ({exc.strerror or exc or type(exc).__name__})",
+                "free disk space or fix the folder's permissions, then build again",
+            ) from None
     return files
 
 
