@@ -412,6 +412,7 @@ def sync_destination(
         else:
             work = [("remove", the_plan.removes), ("add", the_plan.adds)]
         seq = 0
+        unrecorded: list[tuple[Any, ...]] = []  # confirmed batches not yet in the DB
         for op, frame in work:
             if frame.height == 0 and op != "replace":
                 continue
@@ -431,27 +432,30 @@ def sync_destination(
                 result = connector.send(
                     remote_id, op, rows, seq=seq, last=i == n - 1, session=session
                 )
-                with transaction(conn):
-                    if op == "replace" and i == 0:
-                        conn.execute(
+                if op == "replace" and i == 0:
+                    unrecorded.append((sync_id, seq - 1, "clear", 0, "confirmed", 0, 0, utcnow()))
+                unrecorded.append(
+                    (
+                        sync_id,
+                        seq,
+                        journal_op,
+                        rows.height,
+                        "confirmed",
+                        result.received,
+                        result.invalid,
+                        utcnow(),
+                    )
+                )
+                # A replace takes effect when its last batch is in (Meta swaps the audience
+                # at last_batch_flag): its batches are confirmed together, or not at all.
+                if op != "replace" or i == n - 1:
+                    with transaction(conn):
+                        conn.executemany(
                             "INSERT INTO batches(sync_id, seq, op, size, status, received, "
                             "invalid, at) VALUES (?,?,?,?,?,?,?,?)",
-                            (sync_id, seq - 1, "clear", 0, "confirmed", 0, 0, utcnow()),
+                            unrecorded,
                         )
-                    conn.execute(
-                        "INSERT INTO batches(sync_id, seq, op, size, status, received, invalid, "
-                        "at) VALUES (?,?,?,?,?,?,?,?)",
-                        (
-                            sync_id,
-                            seq,
-                            journal_op,
-                            rows.height,
-                            "confirmed",
-                            result.received,
-                            result.invalid,
-                            utcnow(),
-                        ),
-                    )
+                    unrecorded = []
                 _audit(
                     conn,
                     actor,

@@ -407,6 +407,42 @@ def test_kill_9_between_batches_then_rerun(make_project: Any) -> None:
     assert add_sessions[1][1]["num_received"] == MetaConnector.add_batch_size
 
 
+@pytest.mark.parametrize("dies", [False, True], ids=["completes", "dies-mid-replace"])
+def test_full_refresh_replaces_the_audience_even_when_interrupted(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch, dies: bool
+) -> None:
+    """A Meta replace swaps the audience only at its last batch: a run that dies before
+    must leave state saying the old members are still there, so opt-outs still go."""
+    small_batches(monkeypatch, 250)
+    p = make_project(rows=3000, segments=("all-adults",))
+    first = p.release("all-adults", "meta")
+    (r1,) = sync(p.config(), ["all-adults"], as_of=AS_OF).results
+    opted_out = pick(external_ids(first.members), 120, seed=14)
+    update_contacts(p, opted_out, marketing_opt_in=False)
+    second = p.release("all-adults", "meta")
+    batches = math.ceil(second.members.height / 250)
+    assert batches >= 3
+
+    if dies:
+        with pytest.raises(ProcessDied):
+            sync(
+                p.config(),
+                ["all-adults"],
+                as_of=AS_OF,
+                full_refresh=True,
+                connector_factory=dying_after(2, sent=False),
+            )
+        # nothing of the unfinished replace reached the audience, and state knows it
+        assert p.boxes.meta.members(r1.audience) == meta_rows(first.members)
+        (r2,) = sync(p.config(), ["all-adults"], as_of=AS_OF).results
+        assert (r2.status, r2.adds, r2.removes) == ("ok", 0, 120)
+    else:
+        (r2,) = sync(p.config(), ["all-adults"], as_of=AS_OF, full_refresh=True).results
+        assert (r2.status, r2.adds, r2.batches) == ("ok", second.members.height, batches)
+    assert p.boxes.meta.members(r1.audience) == meta_rows(second.members)
+    assert meta_rows(p.confirmed("all-adults", "meta")) == meta_rows(second.members)
+
+
 # ------------------------------------------------------------------------------ 4. retries
 def test_transient_faults_are_retried_and_the_sync_succeeds(make_project: Any) -> None:
     p = make_project(rows=6000, segments=("all-adults", "west-coast"))
