@@ -87,8 +87,13 @@ def test_approvals_gate_every_sync(make_project: Any, tmp_path: Path) -> None:
     audience = ok["audience"]
     assert p.boxes.meta.members(audience) == meta_rows(release.members)
 
-    # a second approval of the same definition by a listed key is fine too
-    assert p.cli_json("history", "all-adults")["syncs"][0]["status"] == "ok"
+    # revoked: the named sync is blocked, cron skips it, the audience is left as it was
+    assert p.cli("revoke", "all-adults", "--by", "dana").exit_code == 0
+    r = p.cli("sync", "all-adults", "--as-of", DAY, "--json")
+    assert r.exit_code == 3 and "revoked" in json.loads(r.stdout)["results"][0]["error"]
+    (skipped,) = p.cli_json("sync", "--all", "--as-of", DAY)["results"]
+    assert (skipped["status"], skipped["error"]) == ("skipped", "approval revoked")
+    assert p.boxes.meta.members(audience) == meta_rows(release.members)
 
 
 @pytest.mark.xfail(
@@ -182,7 +187,7 @@ def test_sync_all_exit_codes(make_project: Any) -> None:
 
 def test_two_concurrent_cron_runs_one_exits_75_naming_the_holder(make_project: Any) -> None:
     p = make_project(rows=3000, segments=("all-adults",))
-    p.boxes.meta.inject(Fault(delay_s=2.0), method="POST", path=r"/users$")
+    p.boxes.meta.inject(Fault(delay_s=3.0), method="POST", path=r"/users$")
     command = [sys.executable, "-m", "audiences", "-p", str(p.root), "sync", "--all"]
     procs = [
         subprocess.Popen(
