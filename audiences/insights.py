@@ -65,6 +65,12 @@ def dimensions(config: ProjectConfig, schema: pl.Schema) -> dict[str, Any]:
     return out
 
 
+def interval(low: float, high: float) -> list[int]:
+    """A 95% interval for a count, as whole people within [0, ∞): a very negative noisy
+    count must not show an upper bound below zero (an interval that excludes every count)."""
+    return [max(round(low), 0), max(round(high), 0)]
+
+
 @dataclass
 class Preview:
     segment: str
@@ -80,14 +86,14 @@ class Preview:
             "epsilon": self.epsilon,
             "count": {
                 "value": count.shown,
-                "ci95": [round(count.ci95_low), round(count.ci95_high)],
+                "ci95": interval(count.ci95_low, count.ci95_high),
             },
             "breakdowns": {
                 name: [
                     {
                         "key": row[name],
                         "count": max(int(row["count"]), 0),
-                        "ci95": [round(row["ci95_low"]), round(row["ci95_high"])],
+                        "ci95": interval(row["ci95_low"], row["ci95_high"]),
                     }
                     for row in frame.iter_rows(named=True)
                 ]
@@ -181,6 +187,16 @@ def overlap(
 
     if len(names) < 2:
         raise UsageError("overlap needs at least two segments", "e.g. audiences overlap A B")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(f"segment(s) {repeated} named more than once", "name each segment once")
+    if len(names) > dp.MAX_OVERLAP_SEGMENTS:
+        # refused before anything is spent or collected
+        raise UsageError(
+            f"overlap compares at most {dp.MAX_OVERLAP_SEGMENTS} segments at a time, "
+            f"got {len(names)}",
+            "compare fewer segments at a time",
+        )
     as_of = as_of or datetime.now(UTC).date()
     pack = load_pack(config)
     eps = _epsilon(config, epsilon, pack)
