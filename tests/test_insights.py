@@ -1,0 +1,262 @@
+"""Marketer-facing numbers through the CLI: `preview`, `overlap` and `budget` on a real
+project, against the persistent ledger of the hipaa-marketing pack (ε 6 per month, at most
+1 per query, no refresh over unchanged data).
+
+DP figures are checked against exact counts recomputed here with polars, with bounds from
+the reported 95% intervals (a failure would need a noise draw beyond 3 half-widths).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from click.testing import CliRunner, Result
+
+from audiences.cli import cli
+
+AS_OF = date(2025, 6, 15)
+ROWS = 20_000
+SEED = 8
+SEGMENTS = {
+    "seniors": "name: seniors\ndestinations: [file]\nwhere:\n  age: {gte: 65}\n",
+    "ny-adults": (
+        "name: ny-adults\ndestinations: [file]\nwhere:\n  all:\n    - age: {gte: 18}\n"
+        "    - state: {eq: NY}\n"
+    ),
+    "women": "name: women\ndestinations: [file]\nwhere:\n  sex: {eq: F}\n",
+    **{
+        f"{state.lower()}-people": (
+            f"name: {state.lower()}-people\ndestinations: [file]\nwhere:\n  state: {{eq: {state}}}\n"
+        )
+        for state in ("CA", "TX", "FL", "PA")
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def crm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from audiences.sample import write
+
+    out = tmp_path_factory.mktemp("crm-insights")
+    write(out, ROWS, seed=SEED, as_of=AS_OF, formats=("parquet",))
+    return out
+
+
+def make_project(root: Path, crm: Path) -> Path:
+    from audiences.project import init_project
+
+    init_project(root)
+    shutil.copytree(crm, root / "data")
+    for template in (root / "segments").glob("*.yaml"):
+        template.unlink()
+    for name, text in SEGMENTS.items():
+        (root / "segments" / f"{name}.yaml").write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, crm: Path) -> Path:
+    return make_project(tmp_path_factory.mktemp("insights") / "project", crm)
+
+
+def run(root: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["-p", str(root), *args])
+
+
+def run_json(root: Path, *args: str) -> dict[str, Any]:
+    result = run(root, *args, "--json")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    doc: dict[str, Any] = json.loads(result.stdout)
+    return doc
+
+
+def preview(root: Path, segment: str, epsilon: float, by: str = "mia.marketing") -> Result:
+    args = ["preview", segment, "--epsilon", str(epsilon), "--as-of", AS_OF.isoformat()]
+    return run(root, *args, "--by", by, "--json")
+
+
+def exact_sizes(crm: Path) -> dict[str, set[str]]:
+    contacts = pl.read_parquet(crm / "contacts.parquet")
+    bd = pl.col("birth_date")
+    had_birthday = (bd.dt.month().cast(pl.Int32) * 100 + bd.dt.day().cast(pl.Int32)) <= (
+        AS_OF.month * 100 + AS_OF.day
+    )
+    aged = contacts.with_columns(
+        (AS_OF.year - bd.dt.year().cast(pl.Int32) - 1 + had_birthday.cast(pl.Int32)).alias("age")
+    )
+    chosen = {
+        "seniors": aged.filter(pl.col("age") >= 65),
+        "ny-adults": aged.filter((pl.col("age") >= 18) & (pl.col("state") == "NY")),
+        "women": aged.filter(pl.col("sex") == "F"),
+    }
+    return {name: set(frame.get_column("contact_id")) for name, frame in chosen.items()}
+
+
+def half_width(ci95: list[int], value: int) -> float:
+    return max(value - ci95[0], ci95[1] - value, 1)
+
+
+# ------------------------------------------------------------------------------ preview
+def test_preview_shape(project: Path) -> None:
+    from policies import dp
+
+    result = preview(project, "seniors", 0.5)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert set(doc) == {
+        "segment", "epsilon", "count", "breakdowns", "epsilon_used", "budget_remaining",
+        "budget_renews", "note",
+    }  # fmt: skip
+    assert doc["segment"] == "seniors" and doc["epsilon"] == 0.5
+    assert set(doc["count"]) == {"value", "ci95"}
+    low, high = doc["count"]["ci95"]
+    assert low <= doc["count"]["value"] <= high
+    # breakdown keys are the public key sets, whatever the data holds
+    public = {"age_band": dp.age_band_keys(), "state": dp.us_state_keys(), "sex": dp.sex_keys()}
+    assert {name: [row["key"] for row in rows] for name, rows in doc["breakdowns"].items()} == (
+        public
+    )
+    for rows in doc["breakdowns"].values():
+        for row in rows:
+            assert row["count"] >= 0 and row["ci95"][0] <= row["ci95"][1]
+    assert sum(doc["epsilon_used"].values()) == pytest.approx(0.5)
+    assert set(doc["epsilon_used"]) == {"count", *public}
+    assert "differentially private" in doc["note"]
+
+
+def test_preview_count_is_close_at_the_pack_cap(project: Path, crm: Path) -> None:
+    from policies.pack import builtin_pack
+
+    cap = builtin_pack("hipaa-marketing").budget.max_epsilon_per_query
+    doc = json.loads(preview(project, "seniors", cap).stdout)
+    exact = len(exact_sizes(crm)["seniors"])
+    value = doc["count"]["value"]
+    width = half_width(doc["count"]["ci95"], value)
+    assert width < 0.02 * exact  # at ε=1 the interval is narrow for ~4,000 people
+    assert abs(value - exact) <= 3 * width, (value, exact, width)
+    # the breakdown by sex adds up to the people of known sex, within its noise
+    by_sex = {row["key"]: row for row in doc["breakdowns"]["sex"]}
+    contacts = pl.read_parquet(crm / "contacts.parquet")
+    women = contacts.filter(pl.col("contact_id").is_in(sorted(exact_sizes(crm)["seniors"])))
+    women_exact = women.filter(pl.col("sex") == "F").height
+    assert abs(by_sex["F"]["count"] - women_exact) <= 3 * half_width(
+        by_sex["F"]["ci95"], by_sex["F"]["count"]
+    )
+
+
+def test_preview_is_recorded_in_the_ledger(project: Path) -> None:
+    before = run_json(project, "budget")
+    result = preview(project, "ny-adults", 0.25, by="sam.analyst")
+    assert result.exit_code == 0, result.stderr
+    # a new CliRunner invocation opens the state DB afresh: the spend is persistent
+    after = run_json(project, "budget")
+    assert len(after["entries"]) == len(before["entries"]) + 1
+    entry = after["entries"][-1]
+    assert entry["epsilon"] == 0.25 and entry["actor"] == "sam.analyst"
+    assert entry["query"].startswith("preview ny-adults")
+    assert entry["period"] == AS_OF.strftime("%Y-%m")
+    assert after["remaining"]["epsilon"] == pytest.approx(before["remaining"]["epsilon"] - 0.25)
+    assert json.loads(result.stdout)["budget_remaining"]["epsilon"] == pytest.approx(
+        after["remaining"]["epsilon"]
+    )
+
+
+@pytest.mark.parametrize("epsilon", ["0", "-1", "nan", "1.01"])
+def test_refused_requests_spend_nothing(project: Path, epsilon: str) -> None:
+    before = run_json(project, "budget")["entries"]
+    result = run(project, "preview", "seniors", "--epsilon", epsilon, "--as-of", AS_OF.isoformat())
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ") and len(result.stderr.splitlines()) == 1
+    assert run_json(project, "budget")["entries"] == before
+
+
+# ------------------------------------------------------------------------------ overlap
+def test_overlap_matrix(project: Path, crm: Path) -> None:
+    names = ["seniors", "ny-adults", "women"]
+    doc = run_json(project, "overlap", *names, "--epsilon", "1", "--as-of", AS_OF.isoformat())
+    assert doc["segments"] == names
+    assert [row["segment"] for row in doc["matrix"]] == names
+    for row in doc["matrix"]:
+        assert set(row) == {"segment", *names}
+        assert all(isinstance(row[n], int) and row[n] >= 0 for n in names)
+    cell = {(row["segment"], n): row[n] for row in doc["matrix"] for n in names}
+    assert all(cell[a, b] == cell[b, a] for a in names for b in names)
+    exact = exact_sizes(crm)
+    sizes, pairs = doc["ci95_half_width"]["sizes"], doc["ci95_half_width"]["overlaps"]
+    for a in names:
+        for b in names:
+            truth = len(exact[a] & exact[b])
+            bound = 3 * max(sizes if a == b else pairs, 1)
+            assert abs(cell[a, b] - truth) <= bound, (a, b, cell[a, b], truth)
+    assert doc["epsilon"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("names", "pattern"),
+    [
+        (["seniors"], "overlap needs at least two segments"),
+        (["seniors", "seniors"], "more than once"),
+        (list(SEGMENTS), "at most 6 segments at a time, got 7"),
+    ],
+    ids=["one", "repeated", "seven-or-more"],
+)
+def test_overlap_usage_errors_spend_nothing(project: Path, names: list[str], pattern: str) -> None:
+    before = run_json(project, "budget")["entries"]
+    result = run(project, "overlap", *names, "--epsilon", "0.1", "--as-of", AS_OF.isoformat())
+    assert result.exit_code == 2, result.stderr
+    assert pattern in result.stderr and len(result.stderr.splitlines()) == 1
+    assert run_json(project, "budget")["entries"] == before
+
+
+# ------------------------------------------------------------------------------ exhaustion
+def test_budget_exhaustion(tmp_path: Path, crm: Path) -> None:
+    root = make_project(tmp_path / "project", crm)
+    start = run_json(root, "budget")
+    assert start["entries"] == [] and start["remaining"]["epsilon"] == 6.0
+    cap = start["policy"]["max_epsilon_per_query"]
+    for _ in range(math.floor(start["remaining"]["epsilon"] / cap)):
+        assert preview(root, "seniors", cap).exit_code == 0
+    spent = run_json(root, "budget")
+    assert spent["remaining"]["epsilon"] == pytest.approx(0.0)
+    refused = run(root, "preview", "seniors", "--epsilon", "0.5", "--as-of", AS_OF.isoformat())
+    assert refused.exit_code == 1
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("Error: privacy budget exhausted for dataset ")
+    assert ": requested ε=0.5, spent ε=6, remaining ε=0 of ε=6 per month; " in line
+    assert "renews: never, unless the data changes" in line
+    assert "until 2025-07-01 00:00 UTC" in line  # the next period, from --as-of
+    assert "— ask for a smaller epsilon, or wait until the budget renews" in line
+    assert refused.stdout == ""
+    # refused: nothing recorded; the ledger still holds exactly the allowed spends
+    after = run_json(root, "budget")
+    assert after["entries"] == spent["entries"]
+    assert sum(e["epsilon"] for e in after["entries"]) == pytest.approx(6.0)
+    # overlap draws on the same budget
+    blocked = run(root, "overlap", "seniors", "women", "--as-of", AS_OF.isoformat())
+    assert blocked.exit_code == 1 and "privacy budget exhausted" in blocked.stderr
+
+
+def test_intervals_never_go_below_zero() -> None:
+    """A cell with no people can draw a very negative noisy count: shown as 0, its interval
+    must still contain 0 (was [0, -10] before the fix)."""
+    from types import SimpleNamespace
+
+    from audiences.insights import Preview
+
+    count = SimpleNamespace(shown=0, ci95_low=0.0, ci95_high=-10.4)
+    frame = pl.DataFrame({"sex": ["F", "M"], "count": [-25, 40], "ci95_low": [0.0, 25.0]})
+    frame = frame.with_columns(ci95_high=pl.Series([-10.0, 55.0]))
+    result = SimpleNamespace(count=count, breakdowns={"sex": frame}, epsilon_used={})
+    doc = Preview("s", 1.0, result, SimpleNamespace(epsilon=1.0), "never").to_dict()
+    assert doc["count"] == {"value": 0, "ci95": [0, 0]}
+    assert doc["breakdowns"]["sex"] == [
+        {"key": "F", "count": 0, "ci95": [0, 0]},
+        {"key": "M", "count": 40, "ci95": [25, 55]},
+    ]
