@@ -272,12 +272,15 @@ def main(quick: bool = False) -> None:
     sync_rows = 1_000_000 if quick else 10_000_000
     diff_members = 1_000_000 if quick else 10_000_000
 
+    load_before = os.getloadavg()[0]
     s = measure_sync(sync_rows)
     ours_overhead = s["ours_s"] - s["ours_server_s"]
     bare_overhead = s["bare_s"] - s["bare_server_s"]
     print(
         f"(a) sync to the Meta sandbox (own process): {s['members']:,} members released by the "
-        f"real build of {s['contacts']:,} contacts (build {s['build_s']:.1f} s, not counted)"
+        f"real build of {s['contacts']:,} contacts (build {s['build_s']:.1f} s, not counted); "
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+        f"({os.cpu_count()} CPUs, shared)"
     )
     print(
         f"{'what':<52}{'requests':>9}{'client s':>10}{'server s':>10}{'overhead s':>12}"
