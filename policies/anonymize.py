@@ -54,8 +54,11 @@ Risk (ARX's three attacker models, on the released rows)
 
 Only the QI columns (generalized), the sensitive column and the columns listed in
 ``keep`` are exported; everything else (names, emails, ids ...) is dropped. Direct
-identifiers must never be listed in ``keep``. Rows come out sorted by the generalized
-QIs, so the original row order (which can track record ids) is not released.
+identifiers must never be listed in ``keep``. Rows come out sorted by every exported
+column, so the original row order (which can track record ids) is not released. The
+generalized QI columns are ``pl.Enum`` whose categories are exactly the labels released
+(a suppressed row's label doesn't even survive in the dictionary); cast them to
+``pl.String`` for plain text (the file connector does).
 """
 
 from __future__ import annotations
@@ -225,10 +228,50 @@ class AnonymizationResult:
 
 
 def k_anonymity(frame: pl.DataFrame | pl.LazyFrame, quasi_identifiers: Sequence[str]) -> int:
-    """The k a table achieves: the size of its smallest equivalence class (0 if empty)."""
-    smallest = frame.lazy().group_by(list(quasi_identifiers)).len().select(pl.col("len").min())
+    """The k a table achieves: the size of its smallest equivalence class (0 if empty).
+
+    Enum / Categorical / Boolean / integer columns (exports come with Enum QIs) are
+    counted on their physical codes with one multiply-add key and one ``np.bincount``;
+    other types by a polars group_by."""
+    qis = list(quasi_identifiers)
+    if isinstance(frame, pl.DataFrame):
+        key = _code_key(frame, qis)
+        if key is not None:
+            counts = _Lattice._counts(key)[1]
+            return int(counts.min()) if counts.size else 0
+    smallest = frame.lazy().group_by(qis).len().select(pl.col("len").min())
     value = smallest.collect().item()
     return int(value or 0)
+
+
+def _code_key(frame: pl.DataFrame, columns: list[str]) -> np.ndarray | None:
+    """One UInt64 per row, equal exactly when the rows agree on ``columns``; None when a
+    column has no small integer physical form."""
+    key = np.zeros(frame.height, dtype=np.uint64)
+    space = 1
+    for column in columns:
+        dtype = frame.schema[column]
+        coded = isinstance(dtype, pl.Enum | pl.Categorical) or dtype == pl.Boolean
+        if not (coded or dtype.is_integer()) or dtype == pl.UInt64:
+            return None
+        physical = frame.get_column(column).to_physical()
+        if physical.dtype == pl.Boolean:
+            physical = physical.cast(pl.UInt8)
+        low = int(physical.min() or 0) if physical.len() else 0  # type: ignore[arg-type]
+        high = int(physical.max() or 0) if physical.len() else 0  # type: ignore[arg-type]
+        card = high - low + 1
+        if physical.null_count():
+            physical = physical.cast(pl.Int64).fill_null(high + 1)
+            card += 1  # nulls: one more slot
+        if space * card >= _KEY_SPACE:
+            return None
+        codes = physical.to_numpy()
+        if low:
+            codes = codes.astype(np.int64) - low
+        key *= np.uint64(card)
+        key += codes.astype(np.uint64, copy=False)
+        space *= card
+    return key
 
 
 # -- the lattice --------------------------------------------------------------------------------
@@ -423,8 +466,10 @@ class _Lattice:
         distances = 0.5 * np.add.reduceat(term, starts) + 0.5
         return float(distances.max())
 
-    def labels(self, i: int, level: int) -> pl.Series:
-        """Every row's label of QI ``i`` at ``level``, gathered by code (no string work)."""
+    def labels(self, i: int, level: int, codes: np.ndarray) -> pl.Series:
+        """The labels of QI ``i`` at ``level`` for the given row codes, as an Enum whose
+        categories are exactly the labels present (in sorted order): no label of a
+        suppressed row survives, even in the column's dictionary."""
         table = self.label_tables[i].select(f"c{level}", f"l{level}").unique(f"c{level}")
         card = self.cards[i][level]
         by_code = (
@@ -432,7 +477,10 @@ class _Lattice:
             .join(table.rename({f"c{level}": "code"}), on="code", how="left")
             .sort("code")[f"l{level}"]
         )
-        return by_code.gather(pl.Series(self.codes[i][level]).cast(pl.UInt32))
+        present = pl.Series(np.bincount(codes, minlength=card) > 0)
+        by_code = by_code.zip_with(present, pl.Series([None], dtype=pl.String))
+        categories = pl.Enum(by_code.drop_nulls())  # codes are dense ranks: already sorted
+        return by_code.cast(categories).gather(pl.Series(codes).cast(pl.UInt32))
 
 
 def _precision(node: tuple[int, ...], heights: Sequence[int]) -> float:
@@ -670,6 +718,7 @@ def _risk(
             "dataset",
         )
     sizes = population.group_by(qis).len().rename({"len": "F"})
+    classes = classes.with_columns(pl.col(qis).cast(pl.String))  # Enum labels → text
     joined = classes.join(sizes, on=qis, how="left", nulls_equal=True).with_columns(
         pl.max_horizontal(pl.col("F").fill_null(0), pl.col("f")).alias("F")
     )
@@ -753,20 +802,19 @@ def anonymize(
             f"lattice search counted {best.suppressed} suppressed rows, the export {suppressed}"
         )
     codes = [f"_c{i}" for i in range(len(qis))]
+    rows = keep_row.to_numpy()
+    kept_codes = [lattice.codes[i][level][rows] for i, level in enumerate(node)]
     released = (
-        frame.select(
+        frame.filter(keep_row)
+        .select(
+            *[pl.Series(code, c) for code, c in zip(codes, kept_codes, strict=True)],
             *[
-                pl.Series(code, lattice.codes[i][level])
-                for i, (code, level) in enumerate(zip(codes, node, strict=True))
-            ],
-            *[
-                lattice.labels(i, level).alias(q)
-                for i, (q, level) in enumerate(zip(qis, node, strict=True))
+                lattice.labels(i, level, c).alias(q)
+                for i, (q, level, c) in enumerate(zip(qis, node, kept_codes, strict=True))
             ],
             *([pl.col(sensitive)] if sensitive else []),
             *[pl.col(column) for column in keep],
         )
-        .filter(keep_row)
         # Sorted by everything exported (codes order like the labels): rows that tie are
         # identical in the file, so the original order (which can track ids) is gone.
         .sort([*codes, *([sensitive] if sensitive else []), *keep], nulls_last=True)

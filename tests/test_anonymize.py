@@ -207,6 +207,27 @@ def test_sorted_and_recoded_class_keys_agree_with_bincount(monkeypatch: pytest.M
     assert sparse.frame.equals(dense.frame)
 
 
+def test_k_anonymity_on_codes_matches_group_by() -> None:
+    rng = np.random.default_rng(5)
+    n = 5000
+    frame = pl.DataFrame(
+        {
+            "band": pl.Series(rng.choice(["20-29", "30-39", "40-49"], n)).cast(
+                pl.Enum(["20-29", "30-39", "40-49"])
+            ),
+            "zip3": pl.Series(rng.choice(["100**", "112**", None], n)).cast(pl.Categorical),
+            "offset": rng.integers(-3, 3, n),
+            "flag": rng.random(n) < 0.5,
+        }
+    ).with_columns(pl.when(pl.col("offset") == 0).then(None).otherwise("offset").alias("offset"))
+    columns = frame.columns
+    as_text = frame.with_columns(pl.all().cast(pl.String))  # takes the group_by path
+    expected = as_text.group_by(columns).len()["len"].min()
+    assert k_anonymity(frame, columns) == k_anonymity(as_text, columns) == expected
+    assert k_anonymity(frame.head(0), columns) == 0
+    assert k_anonymity(frame.lazy(), ["band"]) == frame["band"].value_counts()["count"].min()
+
+
 def test_named_hierarchies() -> None:
     assert set(HIERARCHIES) == {"age", "zip", "date", "categorical"}
     assert [HIERARCHIES[name]().kind for name in HIERARCHIES] == list(HIERARCHIES)

@@ -150,6 +150,7 @@ def test_k_anonymous_file_without_identifiers(project: dict[str, Any]) -> None:
     assert written.columns == ["age", "zip", "sex"]  # no identifier, not even the member key
     assert written.height == release.size
     from_parquet = pl.read_parquet(files["parquet"])
+    assert from_parquet.schema == written.schema == {c: pl.String for c in written.columns}
     assert from_parquet.equals(written)
     assert anonymity.k_anonymity(written.to_pandas(), ["age", "zip", "sex"]) >= 10
     text = Path(files["csv"]).read_text()

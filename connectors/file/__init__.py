@@ -204,6 +204,8 @@ class FileConnector(Connector):
         out = self.directory / release.segment / release.build_id
         # member_key is for state (difference checks) only: never written out
         members: pl.DataFrame = release.members.drop("member_key", strict=False)
+        # plain text labels in the files (record-level exports hold them as Enum in memory)
+        members = members.with_columns(pl.col(pl.Enum, pl.Categorical).cast(pl.String))
         written: dict[str, str] = {}
         if "parquet" in self.config.formats:
             target = out / "members.parquet"
