@@ -301,3 +301,63 @@ def test_load_config_rejects_identifiers_next_to_attributes(tmp_path: Path) -> N
     )
     with pytest.raises(ConfigError, match=r"\[destinations.agency\] a record-level export"):
         load_config(tmp_path)
+
+
+PROJECT_TOML = """
+[sources.contacts]
+path = "contacts.parquet"
+
+[identity]
+external_id = "contact_id"
+email = "email"
+phone = "phone"
+zip = "zip"
+birth_date = "birth_date"
+gender = "sex"
+
+[columns]
+sensitive = ["diagnosis_codes", "insurance_type"]
+quasi_identifiers = ["birth_date", "zip", "sex"]
+
+[consent]
+marketing_opt_in = "opt_in"
+
+[policy]
+pack = "baseline"
+
+[destinations.agency]
+kind = "file"
+path = "exports"
+formats = ["csv"]
+attributes = {age = "age", zip = "zip", sex = "categorical"}
+anonymity = {k = K, suppression_limit = 0.05}
+"""
+
+
+def test_cli_build_writes_the_export_or_exits_3(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from audiences.cli import cli
+
+    people(2000, seed=8).drop("member_key", "age").write_parquet(tmp_path / "contacts.parquet")
+    (tmp_path / "segments").mkdir()
+    (tmp_path / "segments" / "agency-file.yaml").write_text(
+        "name: agency-file\ndestinations: [agency]\nwhere:\n  age: {gte: 18}\n"
+    )
+    toml = tmp_path / "audiences.toml"
+    toml.write_text(PROJECT_TOML.replace("K", "10"))
+    build = ["-p", str(tmp_path), "build", "agency-file", "--as-of", "2025-06-01", "--json"]
+    result = CliRunner().invoke(cli, build)
+    assert result.exit_code == 0, result.output
+    (csv,) = (tmp_path / "exports" / "agency-file").rglob("members.csv")
+    written = pl.read_csv(csv, infer_schema=False)
+    assert written.columns == ["age", "zip", "sex"]
+    assert anonymity.k_anonymity(written.to_pandas(), written.columns) >= 10
+
+    toml.write_text(PROJECT_TOML.replace("K", "5000"))
+    result = CliRunner().invoke(cli, build)
+    assert result.exit_code == 3, result.output
+    doc = json.loads(result.stdout)
+    (reasons,) = [b["reasons"] for b in doc["builds"]]
+    assert any("record-export [agency]" in r and "k=5000" in r for r in reasons)
+    assert len(list((tmp_path / "exports" / "agency-file").rglob("members.csv"))) == 1
