@@ -45,7 +45,11 @@ class AudiencesGroup(click.Group):
             return super().invoke(ctx)
         except AudiencesError as exc:
             if debug:
-                raise
+                # the traceback, then the same line and exit code as without --debug
+                # (cron and systemd read 2, 3 and 75; --debug must not turn them into 1)
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
             click.echo(f"Error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
@@ -212,7 +216,7 @@ def validate(obj: Context, as_json: bool, as_of: str | None) -> None:
         emit_json(report)
     else:
         for seg in report["segments"]:
-            click.echo(f"ok  {seg['name']}  ({seg['file']}, digest {seg['digest'][:12]})")
+            click.echo(f"ok  {seg['name']}  ({seg['file']}, digest {seg['digest'][:19]})")
         click.echo(
             f"{len(report['segments'])} segment(s) valid; pack {report['pack']['name']} "
             f"{report['pack']['version']}",
