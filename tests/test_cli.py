@@ -166,6 +166,8 @@ def test_validate(flow: Workflow) -> None:
     assert f"{len(segments)} segment(s) valid; pack hipaa-marketing" in human.stderr
     doc = json_doc(ok(flow.cli("validate", "--as-of", AS_OF, "--json")))
     assert sorted(s["name"] for s in doc["segments"]) == segments
+    for seg in doc["segments"]:  # the short digest shows 12 hex digits, like `approve`
+        assert f"ok  {seg['name']}  ({seg['file']}, digest {seg['digest'][:19]})" in human.stdout
     assert doc["pack"]["name"] == "hipaa-marketing"
     assert all(s["digest"].startswith("sha256:") for s in doc["segments"])
 
@@ -415,3 +417,21 @@ def test_internal_error_is_one_line_unless_debug(flow: Workflow, debug: bool) ->
             "Error: internal error (ZeroDivisionError) — this is a bug in audiences; "
             "run again with --debug and report the traceback"
         ]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "line"),
+    [
+        (["build"], 2, "Error: name at least one segment or pass --all"),
+        (["report", "b-nope"], 1, "Error: no md report for build 'b-nope'"),
+        (["build", "--all", "--as-of", "06/15/2025"], 2, "Error: --as-of '06/15/2025' is not"),
+    ],
+)
+def test_debug_adds_the_traceback_and_keeps_the_exit_code(
+    flow: Workflow, args: list[str], code: int, line: str
+) -> None:
+    result = CliRunner().invoke(cli, ["--debug", "-p", str(flow.root), *args])
+    assert result.exit_code == code, result.stderr
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(line)
+    assert result.stdout == ""
