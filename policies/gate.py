@@ -189,9 +189,7 @@ def evaluate(inp: GateInput) -> GateOutcome:
         dest_keys = new_keys
         settings = record_export(config, dest_name)
         if settings is not None:  # rules judge the rows that would really be released
-            exports[dest_name] = _record_export(
-                cand, kept_mask, new_keys.size != base.height, settings, dest
-            )
+            exports[dest_name] = _record_export(cand, kept_mask, settings, dest)
             if exports[dest_name].members is not None:
                 dest_keys = exports[dest_name].keys
         earlier: list[difference.EarlierRelease] | None = None
@@ -411,7 +409,6 @@ class _RecordExport:
 def _record_export(
     cand: pl.DataFrame,
     kept_mask: np.ndarray,
-    deduplicate: bool,
     settings: FileDestinationConfig,
     dest: Destination,
 ) -> _RecordExport:
@@ -442,7 +439,9 @@ def _record_export(
         )
     columns = [*settings.attributes, *([model.sensitive] if model.sensitive else [])]
     records = cand.select("member_key", *columns).filter(pl.Series(kept_mask))
-    if deduplicate:  # the same person twice: keep the row the hashed release keeps
+    if records.get_column("member_key").n_unique() != records.height:
+        # one person, several CRM records: count them once (else classes look bigger than
+        # they are), keeping the row the hashed releases keep
         records = records.unique("member_key", keep="first", maintain_order=True)
     text = (
         f"k={model.k}"
