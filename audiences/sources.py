@@ -147,9 +147,11 @@ def load_sources(config: ProjectConfig) -> Sources:
 
 def source_digest(config: ProjectConfig) -> str:
     """Content digest over every source file (cached by size and mtime in the state dir)."""
-    paths = [config.path(config.sources.contacts.path)]
+    # missing or empty files are one-line DataErrors here too (`audiences budget` digests
+    # the sources without loading them)
+    paths = [_check_file("contacts", config.sources.contacts, config)]
     if config.sources.events is not None:
-        paths.append(config.path(config.sources.events.path))
+        paths.append(_check_file("events", config.sources.events, config))
     cache_path = config.state_dir / "digests.json"
     try:
         cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
