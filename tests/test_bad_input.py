@@ -210,6 +210,11 @@ CASES_TABLE = [
         id="missing-source-file",
     ),
     pytest.param(
+        toml_edit('path = "data/contacts.parquet"', 'path = "data/crm.parquet"'), ("budget",), 1,
+        r"source 'contacts': file .*crm\.parquet does not exist — fix \[sources\.contacts\]\.path",
+        id="missing-source-file-budget",
+    ),
+    pytest.param(
         empty_file("contacts.parquet"), BUILD, 1,
         r"source 'contacts': .*contacts\.parquet is empty",
         id="empty-source-file",
