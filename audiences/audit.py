@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -156,8 +157,12 @@ def entry_hash(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# Something shaped like an e-mail address (a diff's "@@ -1,3 +1,3 @@" is not).
+_EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
+
+
 def _check_text(value: str, where: str, kind: str) -> None:
-    if "@" in value:
+    if "@" in value and _EMAIL.search(value):
         # Never echo the value: it may be an e-mail address.
         raise InternalError(
             f"audit {kind} entry: {where} contains '@' and looks like an e-mail address; "

@@ -174,6 +174,7 @@ def collect_candidates(
         member_key(pl.col(cid), salt).alias("member_key"),
         age_expr(config.identity.birth_date, as_of),
     )
+    plan = mark_duplicates_of_opt_outs(plan, sources.contacts, config)
     try:
         frame = plan.collect(engine="streaming")
     except pl.exceptions.PolarsError as exc:
@@ -186,6 +187,69 @@ def collect_candidates(
             "[sources.contacts].id at the unique key",
         )
     return frame
+
+
+def _email_key(col: pl.Expr) -> pl.Expr:
+    key = col.cast(pl.String).str.strip_chars().str.to_lowercase()
+    return pl.when(key.str.contains("@")).then(key)
+
+
+def _phone_key(col: pl.Expr) -> pl.Expr:
+    digits = col.cast(pl.String).str.replace_all(r"\D", "")
+    return pl.when(digits.str.len_chars() >= 7).then(digits.str.slice(-10))
+
+
+def mark_duplicates_of_opt_outs(
+    plan: pl.LazyFrame, contacts: pl.LazyFrame, config: ProjectConfig
+) -> pl.LazyFrame:
+    """Flag candidates sharing an email or phone with any CRM record that opted out.
+
+    A person often has two CRM records; an opt-out (no marketing opt-in, do-not-contact,
+    deceased, ad personalization denied) on one of them must not be undone by the other,
+    since the platforms match people on any identifier. Matching keys (trimmed lowercase
+    email, last ten phone digits) stay inside this lazy plan; nothing is materialized
+    but the flag.
+    """
+    from policies.rules import DUPLICATE_OF_OPT_OUT, truthy
+
+    schema = contacts.collect_schema()
+    probe = pl.DataFrame(schema=schema)
+    c = config.consent
+    opted_out: list[pl.Expr] = []
+    if c.marketing_opt_in and c.marketing_opt_in in schema:
+        opted_out.append(truthy(probe, c.marketing_opt_in, "marketing_opt_in").not_())
+    for column in (c.do_not_contact, c.deceased):
+        if column and column in schema:
+            opted_out.append(truthy(probe, column, column))
+    if c.ad_personalization and c.ad_personalization in schema:
+        text = pl.col(c.ad_personalization).cast(pl.String).str.strip_chars().str.to_lowercase()
+        opted_out.append(text == "denied")
+    keyed = [
+        (col, fn)
+        for col, fn in ((config.identity.email, _email_key), (config.identity.phone, _phone_key))
+        if col in schema
+    ]
+    if not opted_out or not keyed:
+        return plan.with_columns(pl.lit(False).alias(DUPLICATE_OF_OPT_OUT))
+    who = contacts.filter(pl.any_horizontal([e.fill_null(False) for e in opted_out]))
+    hits = []
+    for i, (column, key_of) in enumerate(keyed):
+        key, hit = f"__optout_key_{i}", f"__optout_hit_{i}"
+        bad = (
+            who.select(key_of(pl.col(column)).alias(key))
+            .drop_nulls()
+            .unique()
+            .with_columns(pl.lit(True).alias(hit))
+        )
+        plan = (
+            plan.with_columns(key_of(pl.col(column)).alias(key))
+            .join(bad, on=key, how="left")
+            .drop(key)
+        )
+        hits.append(hit)
+    return plan.with_columns(
+        pl.any_horizontal([pl.col(h).fill_null(False) for h in hits]).alias(DUPLICATE_OF_OPT_OUT)
+    ).drop(hits)
 
 
 def _explain_collect_failure(config: ProjectConfig, exc: BaseException) -> AudiencesError:

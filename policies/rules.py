@@ -44,6 +44,16 @@ class ConsentParams(Params):
     require_opt_in: bool
     exclude_do_not_contact: bool
     exclude_deceased: bool
+    # A person who said no to personalized ads is in no ad audience (and Customer Match
+    # refuses DENIED consent outright).
+    exclude_ad_personalization_denied: bool = True
+    # An opt-out on one CRM record of a person applies to their duplicate records too
+    # (records sharing a normalized email or phone): platforms match on any key.
+    exclude_duplicates_of_opt_outs: bool = True
+
+
+# Set by the build: True where another CRM record with the same email or phone opted out.
+DUPLICATE_OF_OPT_OUT = "__duplicate_of_opt_out"
 
 
 class SuppressionListParam(Params):
@@ -364,6 +374,13 @@ def consent(rule: Rule, ctx: FilterContext) -> Verdict:
             skipped.append(role)
             continue
         parts[role] = truthy(df, column, role).fill_null(False)
+    if p.exclude_ad_personalization_denied and c.ad_personalization is not None:
+        consent_text = _column(df, c.ad_personalization, "ad_personalization").cast(pl.String)
+        parts["ad_personalization_denied"] = (
+            consent_text.str.strip_chars().str.to_lowercase() == "denied"
+        ).fill_null(False)
+    if p.exclude_duplicates_of_opt_outs and DUPLICATE_OF_OPT_OUT in df.columns:
+        parts["duplicate_of_opt_out"] = pl.col(DUPLICATE_OF_OPT_OUT).fill_null(False)
     evidence = {"candidates": df.height}
     if not parts or df.height == 0:
         mask = _mask(df, pl.lit(False))

@@ -272,6 +272,8 @@ def test_google_ads_refuses_phi_derived_segment(project):
 
 
 def test_google_ads_release_has_layout_and_consent_columns(project):
+    # people who denied ad personalization are in no ad audience (Customer Match also
+    # refuses DENIED outright): 50 granted + 50 undecided are released
     pers = ["granted", "denied", None] * 50
     outcome = run(project, NEWSLETTER, people(150, ad_pers=pers), ["gads"])
     members = outcome.releases["gads"].members
@@ -287,10 +289,10 @@ def test_google_ads_release_has_layout_and_consent_columns(project):
         "ad_personalization",
     ]
     assert sorted(members.get_column("ad_personalization").value_counts().rows()) == [
-        ("DENIED", 50),
         ("GRANTED", 50),
         ("UNSPECIFIED", 50),
     ]
+    assert verdict(outcome, "consent").evidence["ad_personalization_denied"] == 50
     assert set(members.get_column("ad_user_data")) == {"UNSPECIFIED"}
     assert outcome.releases["gads"].account == "1234567890"
 
