@@ -95,18 +95,13 @@ def segment_context(config: ProjectConfig, as_of: date) -> Any:
     )
 
 
-def age_expr(column: str | None, as_of: date) -> pl.Expr:
-    """Whole years at ``as_of``; null when the birth date is unknown."""
+def age_expr(column: str | None, as_of: date, schema: pl.Schema) -> pl.Expr:
+    """Whole years at ``as_of`` (the same figure the segment language's ``age`` uses)."""
+    from audiences.segments.compiler import age_years, as_date
+
     if column is None:
         return pl.lit(None, dtype=pl.Int32).alias("age")
-    bd = pl.col(column)
-    before_birthday = (bd.dt.month().cast(pl.Int32) * 100 + bd.dt.day().cast(pl.Int32)) > (
-        as_of.month * 100 + as_of.day
-    )
-    return (
-        (pl.lit(as_of.year, dtype=pl.Int32) - bd.dt.year().cast(pl.Int32))
-        - before_birthday.cast(pl.Int32)
-    ).alias("age")
+    return age_years(as_date(pl.col(column), schema[column]), as_of).cast(pl.Int32).alias("age")
 
 
 def select_segments(config: ProjectConfig, names: list[str] | None) -> list[Any]:
@@ -172,7 +167,7 @@ def collect_candidates(
     cid = config.sources.contacts.id
     plan = compile_segment(segment, sources.contacts, sources.events, ctx).with_columns(
         member_key(pl.col(cid), salt).alias("member_key"),
-        age_expr(config.identity.birth_date, as_of),
+        age_expr(config.identity.birth_date, as_of, sources.contacts.collect_schema()),
     )
     plan = mark_duplicates_of_opt_outs(plan, sources.contacts, config)
     try:

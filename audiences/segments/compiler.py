@@ -227,12 +227,7 @@ class _Compiler:
         if kind == "age":
             assert self.ctx.birth_date is not None
             born = _as_date(pl.col(self.ctx.birth_date), self.contacts_schema[self.ctx.birth_date])
-            day = self.ctx.as_of
-            not_yet = (born.dt.month().cast(pl.Int32) * 100 + born.dt.day().cast(pl.Int32)) > (
-                day.month * 100 + day.day
-            )
-            age = pl.lit(day.year) - born.dt.year().cast(pl.Int64) - not_yet.cast(pl.Int64)
-            return self.comparisons(age.cast(pl.Int64), cond, pl.Int64())
+            return self.comparisons(age_years(born, self.ctx.as_of), cond, pl.Int64())
         if kind == "days_since_column":
             value = _as_date(pl.col(base), self.contacts_schema[base])
             days = (as_of - value).dt.total_days().cast(pl.Int64)
@@ -427,6 +422,21 @@ def _day_start(day: dt.date, dtype: pl.DataType) -> pl.Expr:
     if isinstance(dtype, pl.Datetime):
         return _datetime_literal(day, dtype)
     return pl.lit(day, dtype=pl.Date)
+
+
+def age_years(born: pl.Expr, as_of: dt.date) -> pl.Expr:
+    """Whole years between a Date expression and ``as_of`` (null when unknown)."""
+    not_yet = (born.dt.month().cast(pl.Int32) * 100 + born.dt.day().cast(pl.Int32)) > (
+        as_of.month * 100 + as_of.day
+    )
+    return (pl.lit(as_of.year) - born.dt.year().cast(pl.Int64) - not_yet.cast(pl.Int64)).cast(
+        pl.Int64
+    )
+
+
+def as_date(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A Date view of a Date or Datetime column."""
+    return _as_date(value, dtype)
 
 
 def _as_date(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
