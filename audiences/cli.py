@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +20,14 @@ from typing import Any
 import click
 
 from audiences import __version__
-from audiences.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, AudiencesError, UsageError
+from audiences.errors import (
+    EXIT_BLOCKED,
+    EXIT_ERROR,
+    EXIT_LOCKED,
+    EXIT_OK,
+    AudiencesError,
+    UsageError,
+)
 
 
 class Context:
@@ -59,6 +67,22 @@ class AudiencesGroup(click.Group):
                 "Error: interrupted — nothing was half-written; run the command again", err=True
             )
             ctx.exit(130)
+        except sqlite3.OperationalError as exc:
+            if debug:
+                raise
+            if "locked" in str(exc) or "busy" in str(exc):
+                click.echo(
+                    "Error: the state database is locked by another process — wait for it to "
+                    "finish (see `audiences status`) and run again; nothing was changed",
+                    err=True,
+                )
+                ctx.exit(EXIT_LOCKED)
+            click.echo(
+                f"Error: state database error ({str(exc).splitlines()[0][:120]}) — check "
+                "the disk and .audiences/state.db; restore it from a backup if it is damaged",
+                err=True,
+            )
+            ctx.exit(EXIT_ERROR)
         except Exception as exc:
             if debug:
                 raise
