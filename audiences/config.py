@@ -247,7 +247,7 @@ def load_config(path: Path | str = CONFIG_FILE) -> ProjectConfig:
             "run `audiences init DIR` to create a project, or pass --project DIR",
         )
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # Notepad writes a BOM
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"malformed TOML: {exc}", "fix the syntax", where=str(path)) from None
     except UnicodeDecodeError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,10 @@ _DTYPES: dict[str, pl.DataType] = {
     "date": pl.Date(),
     "datetime": pl.Datetime("us"),
 }
+
+
+_TRUE_WORDS = ["true", "t", "1", "yes", "y"]
+_FALSE_WORDS = ["false", "f", "0", "no", "n"]
 
 
 @dataclass(frozen=True)
@@ -64,9 +69,9 @@ def _convert(column: str, kind: ColumnType, list_separator: str, current: pl.Dat
         if kind == "bool":
             lowered = col.str.strip_chars().str.to_lowercase()
             return (
-                pl.when(lowered.is_in(["true", "t", "1", "yes", "y"]))
+                pl.when(lowered.is_in(_TRUE_WORDS))
                 .then(True)
-                .when(lowered.is_in(["false", "f", "0", "no", "n"]))
+                .when(lowered.is_in(_FALSE_WORDS))
                 .then(False)
                 .when(lowered.is_null() | (lowered == ""))
                 .then(None)
@@ -186,9 +191,8 @@ def _diagnose(name: str, source: SourceConfig, path: Path, exc: BaseException) -
             f"source {name!r}: {path.name} is not UTF-8 text",
             "re-save the CSV as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
         )
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return DataError(
-        f"source {name!r}: cannot read {path.name} ({first[:200]})",
+        f"source {name!r}: cannot read {path.name} ({_polars_summary(exc)})",
         "check the file format and [sources] settings",
     )
 
@@ -225,40 +229,46 @@ def diagnose_values(
         for column, kind in source.columns.items():
             if kind == "list[str]" or schema.get(column) != pl.String:
                 continue
-            converted = _convert(column, kind, source.list_separator, pl.String())
-            bad = (
+            # strict conversion raises; a non-strict one locates the first bad row
+            text = pl.col(column).str.strip_chars()
+            if kind == "date":
+                parsed = pl.col(column).str.to_date(strict=False).is_not_null()
+            elif kind == "datetime":
+                parsed = pl.col(column).str.to_datetime(strict=False).is_not_null()
+            elif kind == "bool":
+                parsed = text.str.to_lowercase().is_in([*_TRUE_WORDS, *_FALSE_WORDS])
+            elif kind in ("int", "float"):
+                parsed = pl.col(column).cast(_DTYPES[kind], strict=False).is_not_null()
+            else:
+                continue
+            found = (
                 raw.with_row_index("_row")
-                .select(pl.col("_row"), pl.col(column).alias("_raw"), converted.alias("_conv"))
-                .filter(pl.col("_raw").is_not_null() & pl.col("_conv").is_null())
+                .filter(pl.col(column).is_not_null() & (text != "") & ~parsed)
+                .select("_row")
+                .head(1)
+                .collect()
             )
-            # strict conversion raises; use the non-strict variant to locate rows
-            if kind in ("date", "datetime", "int", "float"):
-                loose = (
-                    pl.col(column).str.to_date(strict=False)
-                    if kind == "date"
-                    else pl.col(column).str.to_datetime(strict=False)
-                    if kind == "datetime"
-                    else pl.col(column).cast(_DTYPES[kind], strict=False)
+            if found.height:
+                line = int(found["_row"][0]) + (2 if source.resolved_format == "csv" else 1)
+                return DataError(
+                    f"source {name!r}: column {column!r} holds a value that is not a {kind} "
+                    f"(first at {'line' if source.resolved_format == 'csv' else 'row'} {line} "
+                    f"of {path.name})",
+                    f"fix the data or the declared type in [sources.{name}].columns",
                 )
-                bad = (
-                    raw.with_row_index("_row")
-                    .filter(pl.col(column).is_not_null() & (pl.col(column).str.strip_chars() != ""))
-                    .filter(loose.is_null())
-                    .select("_row")
-                )
-                found = bad.head(1).collect()
-                if found.height:
-                    line = int(found["_row"][0]) + (2 if source.resolved_format == "csv" else 1)
-                    return DataError(
-                        f"source {name!r}: column {column!r} holds a value that is not a {kind} "
-                        f"(first at {'line' if source.resolved_format == 'csv' else 'row'} {line} "
-                        f"of {path.name})",
-                        f"fix the data or the declared type in [sources.{name}].columns",
-                    )
     except pl.exceptions.PolarsError:
         pass
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return DataError(
-        f"source {name!r}: cannot read {path.name} ({first[:200]})",
+        f"source {name!r}: cannot read {path.name} ({_polars_summary(exc)})",
         "check the file and the types declared in [sources] in audiences.toml",
     )
+
+
+def _polars_summary(exc: BaseException) -> str:
+    """The first line of a polars error without the cell values it quotes (they may be
+    raw PII: polars lists failed values, e.g. ``... for 1 out of 9 values: ["a@b.com"]``)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    first = re.sub(r"\s*for \d+ out of \d+ values:.*", "", first)
+    first = re.sub(r'"[^"]*"', '"…"', first)  # polars quotes values in double quotes
+    return first[:200]
