@@ -26,7 +26,7 @@ AS_OF = date(2025, 6, 15)
 CASES = Path(__file__).parent / "cases" / "bad"
 ADULTS = "name: adults\ndestinations: [file]\nwhere:\n  age: {gte: 18}\n"
 CSV_COLUMNS = (
-    'columns = { birth_date = "date", hipaa_auth_date = "date", hipaa_auth_expires = "date", '
+    'columns = { birth_date = "date", marketing_opt_in = "bool", hipaa_auth_date = "date", hipaa_auth_expires = "date", '
     'hipaa_auth_revoked_at = "date", diagnosis_codes = "list[str]", '
     'service_lines = "list[str]", medication_classes = "list[str]" }'
 )
@@ -118,6 +118,20 @@ def date_cell(row: int, value: str) -> Callable[[pl.DataFrame], pl.DataFrame]:
             .then(pl.lit(value))
             .otherwise(pl.col("birth_date"))
             .alias("birth_date")
+        )
+
+    return change
+
+
+def bool_cell(row: int, value: str) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """Declare marketing_opt_in a bool and put ``value`` in it at data row ``row``."""
+
+    def change(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(
+            pl.when(pl.int_range(pl.len()) == row)
+            .then(pl.lit(value))
+            .otherwise(pl.col("marketing_opt_in"))
+            .alias("marketing_opt_in")
         )
 
     return change
@@ -233,6 +247,12 @@ CASES_TABLE = [
         latin1, BUILD, 1,
         r"source 'contacts': contacts\.csv is not UTF-8 text — re-save the CSV as UTF-8",
         id="latin-1-csv",
+    ),
+    pytest.param(
+        contacts_csv(bool_cell(700, "maybe")), BUILD, 1,
+        r"source 'contacts': column 'marketing_opt_in' holds a value that is not a bool \(first "
+        r"at line 702 of contacts\.csv\)",
+        id="maybe-in-a-bool-column",
     ),
     pytest.param(
         contacts_csv(duplicate_an_adult), BUILD, 1,
@@ -364,3 +384,24 @@ def test_a_failed_build_is_recorded_as_failed(tmp_path: Path, crm: Path) -> None
         conn.close()
     assert [status for status, _ in rows] == ["failed"]
     assert "not a date" in rows[0][1]
+
+
+def test_a_toml_saved_with_a_bom_loads(tmp_path: Path, crm: Path) -> None:
+    """Windows editors save UTF-8 with a byte-order mark; that is still valid TOML."""
+    root = make_project(tmp_path / "project", crm)
+    toml = root / "audiences.toml"
+    toml.write_bytes(b"\xef\xbb\xbf" + toml.read_bytes())
+    result = run(root, *VALIDATE)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_polars_errors_lose_the_values_they_quote() -> None:
+    """Fallback messages quote polars, which lists failing cells (raw PII, possibly)."""
+    from audiences.sources import _polars_summary
+
+    with pytest.raises(pl.exceptions.InvalidOperationError) as caught:
+        pl.Series("email", ["jane.doe@example.com"]).cast(pl.Date, strict=True)
+    assert "jane.doe@example.com" in str(caught.value)
+    summary = _polars_summary(caught.value)
+    assert "jane" not in summary and "\n" not in summary
+    assert "failed in column 'email'" in summary
