@@ -17,8 +17,8 @@ Two anchors outside the attacker's reach close that gap:
   (kept by cron mail or a SIEM) fed back as ``verify(..., anchors=[(seq, hash)])``.
 
 ``details`` hold digests, counts and names of things (segments, destinations, rules) —
-never raw PII. :func:`append` rejects what obviously is not that: any string containing
-``@`` (an e-mail address) in ``details`` or ``subject``, and non-JSON values.
+never raw PII. :func:`append` rejects what obviously is not that: e-mail-shaped text
+(``x@y.z``) in ``details`` or ``subject``, and non-JSON values.
 """
 
 from __future__ import annotations
@@ -212,8 +212,9 @@ def _prepare(
     except (TypeError, ValueError):
         text = None
     if text is None or "@" in text:
-        _check_details(dict(details), "details", kind)
-        raise InternalError(f"audit {kind} entry: details are not canonical JSON")
+        _check_details(dict(details), "details", kind)  # raises on e-mail-shaped text
+        if text is None:
+            raise InternalError(f"audit {kind} entry: details are not canonical JSON")
     if len(text) > _MAX_DETAILS:
         raise InternalError(
             f"audit {kind} entry: details are {len(text)} characters long (limit "
