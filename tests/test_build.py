@@ -1,7 +1,7 @@
 """The build pipeline on a real project: release files, state, digests, privacy of outputs,
 and the issue's example segment under the hipaa-marketing pack.
 
-One project per module: the template's config, 100,000 synthetic contacts (enough for the
+One project per module: the template's config, 150,000 synthetic contacts (enough for the
 cardiology example to clear k=100 with HIPAA-authorized members only), a fixed ``as_of``,
 and three segments: the issue's example as written (``[meta, google_ads]``), a copy for
 ``[meta]`` only, and a plain adults-in-NY segment for the ``file`` destination. Expected
@@ -28,7 +28,7 @@ from click.testing import CliRunner, Result
 from audiences.cli import cli
 
 AS_OF = date(2025, 6, 15)
-ROWS = 100_000
+ROWS = 150_000
 SEED = 21
 EXAMPLE = Path(__file__).parent / "cases" / "segments" / "cardiology-lapsed.yaml"
 META_ONLY = "cardiology-lapsed-meta"
@@ -145,12 +145,41 @@ def with_age(contacts: pl.DataFrame) -> pl.DataFrame:
     return contacts.with_columns(age.alias("age"))
 
 
-def consented(frame: pl.DataFrame) -> pl.DataFrame:
-    """Baseline consent: opted in, not do-not-contact, not deceased (null = no)."""
-    return frame.filter(
-        pl.col("marketing_opt_in").fill_null(False)
-        & ~pl.col("do_not_contact").fill_null(False)
-        & ~pl.col("deceased").fill_null(False)
+def opted_out(contacts: pl.DataFrame) -> pl.Expr:
+    """No marketing opt-in, do-not-contact, deceased, or ad personalization denied."""
+    return (
+        ~pl.col("marketing_opt_in").fill_null(False)
+        | pl.col("do_not_contact").fill_null(False)
+        | pl.col("deceased").fill_null(False)
+        | (
+            pl.col("ad_personalization_consent").str.strip_chars().str.to_lowercase() == "denied"
+        ).fill_null(False)
+    )
+
+
+def email_key() -> pl.Expr:
+    key = pl.col("email").str.strip_chars().str.to_lowercase()
+    return pl.when(key.str.contains("@")).then(key)
+
+
+def phone_key() -> pl.Expr:
+    digits = pl.col("phone").str.replace_all(r"\D", "")
+    return pl.when(digits.str.len_chars() >= 7).then(digits.str.slice(-10))
+
+
+def consented(frame: pl.DataFrame, contacts: pl.DataFrame) -> pl.DataFrame:
+    """The consent rule: the person opted in and did not opt out anywhere — an opt-out on
+    any CRM record sharing their email or phone (trimmed, lowercase; last 10 digits) counts."""
+    out = contacts.filter(opted_out(contacts))
+    emails = out.select(email_key().alias("k")).drop_nulls()
+    phones = out.select(phone_key().alias("k")).drop_nulls()
+    return (
+        frame.filter(~opted_out(frame))
+        .with_columns(email_key().alias("k"))
+        .join(emails.unique(), on="k", how="anti")
+        .with_columns(phone_key().alias("k"))
+        .join(phones.unique(), on="k", how="anti")
+        .drop("k")
     )
 
 
@@ -224,7 +253,7 @@ def test_release_is_the_consented_adults_in_ny_one_row_each(built: Built) -> Non
     members = pl.read_parquet(release_dir(built) / "members.parquet")
     ids = members.get_column("meta_EXTERN_ID")
     assert ids.null_count() == 0 and ids.n_unique() == members.height
-    expected = consented(adults_ny(built.contacts())).get_column("contact_id")
+    expected = consented(adults_ny(built.contacts()), built.contacts()).get_column("contact_id")
     assert set(ids.to_list()) == set(expected.to_list())
     assert members.height >= 100
 
@@ -355,7 +384,9 @@ def test_no_raw_pii_in_any_output(built: Built) -> None:
         pl.read_parquet(release_dir(built) / "members.parquet").get_column("meta_EXTERN_ID")
     )
     authorized_ids = set(
-        consented(authorized(cardiology_lapsed(contacts, built.events()))).get_column("contact_id")
+        consented(authorized(cardiology_lapsed(contacts, built.events())), contacts).get_column(
+            "contact_id"
+        )
     )
     others = set(contacts.sample(200, seed=1).get_column("contact_id"))
     needles = raw_values(contacts, set(sorted(released)[:150]) | authorized_ids | others)
@@ -402,9 +433,10 @@ def test_the_meta_copy_releases_only_authorized_members(built: Built) -> None:
         "SELECT membership_path FROM releases WHERE build_id=?", (build["build_id"],)
     )
     released = set(pl.read_parquet(built.membership(path)).to_series().to_list())
-    candidates = cardiology_lapsed(built.contacts(), built.events())
-    expected = consented(authorized(candidates))
-    not_authorized = consented(candidates).join(expected, on="contact_id", how="anti")
+    contacts = built.contacts()
+    candidates = cardiology_lapsed(contacts, built.events())
+    expected = consented(authorized(candidates), contacts)
+    not_authorized = consented(candidates, contacts).join(expected, on="contact_id", how="anti")
     assert expected.height >= 100 and not_authorized.height > 0  # the rule has work to do
     assert released == set(built.member_keys(expected.get_column("contact_id")).to_list())
     assert released.isdisjoint(built.member_keys(not_authorized.get_column("contact_id")))
