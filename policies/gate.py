@@ -9,9 +9,14 @@
 2. per destination, **destination** rules in pack order: health-restricted destinations,
    opaque name, minimum size, difference protection against every earlier release to
    the same account.
+   A record-level ``file`` export (``attributes`` + ``anonymity``, PRIVACY.md rule 10) is
+   anonymized first (:func:`policies.anonymize.anonymize` on the released people's
+   attribute columns): a ``record-export`` verdict fails when no generalization meets
+   the model, and min-size / difference judge the rows actually released.
 3. any failed rule of severity ``block`` blocks the whole build (no release anywhere);
    otherwise each destination gets a sealed release with the hashed identifiers of its
-   layout.
+   layout — or, for a record-level export, ``member_key`` (state only, never written)
+   and the generalized attributes (+ the sensitive column), no identifiers.
 
 ``record`` persists the releases: membership files (sorted UInt64 member keys, 0600)
 under ``state_dir/releases`` and ``releases`` rows, in one transaction.
