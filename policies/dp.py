@@ -48,13 +48,42 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import opendp.prelude as dp
+
+# The parts of OpenDP this module uses, imported one by one: ``opendp.prelude`` also
+# imports scikit-learn when it is installed, which costs ~1.5 s at every CLI start.
+import opendp.combinators as _opendp_c
+import opendp.extras.polars as _opendp_polars
+import opendp.measurements as _opendp_m
 import polars as pl
+from opendp.accuracy import (
+    discrete_laplacian_scale_to_accuracy,
+    summarize_polars_measurement,
+)
+from opendp.context import Context, domain_of, unit_of
+from opendp.measures import max_divergence
+from opendp.metrics import symmetric_distance
+from opendp.mod import enable_features
 
 from audiences.errors import InternalError, SegmentError, UsageError
+
+dp = SimpleNamespace(
+    Context=Context,
+    c=_opendp_c,
+    m=_opendp_m,
+    discrete_laplacian_scale_to_accuracy=discrete_laplacian_scale_to_accuracy,
+    summarize_polars_measurement=summarize_polars_measurement,
+    domain_of=domain_of,
+    unit_of=unit_of,
+    max_divergence=max_divergence,
+    symmetric_distance=symmetric_distance,
+    enable_features=enable_features,
+    len=_opendp_polars.dp_len,
+    polars=_opendp_polars,
+)
 
 # OpenDP keeps its non-vetted ("contrib") measurements off until explicitly enabled. We
 # enable them here, and only here: this module is the one place that releases DP figures.
