@@ -34,6 +34,9 @@ half-written export and other local users can't read it.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -41,7 +44,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from audiences.atomic import write_text, write_with
-from audiences.errors import ConfigError
+from audiences.errors import ConfigError, InternalError
 from connectors.base import Capabilities, Connector, DestinationConfig
 
 if TYPE_CHECKING:
@@ -197,25 +200,42 @@ class FileConnector(Connector):
         return f"local:{self.config.path}"
 
     def write(self, release: Any, manifest: dict[str, Any]) -> dict[str, str]:
-        """Write a gate-made release; returns the paths written, by format."""
+        """Write a gate-made release; returns the paths written, by format.
+
+        Everything is written into a hidden temp folder beside the target, then renamed
+        into place in one step: a reader (or the next run after a crash) sees either the
+        complete export with its manifest or nothing.
+        """
         from policies.release import require_release
 
         require_release(release)
         out = self.directory / release.segment / release.build_id
+        if out.exists():
+            raise InternalError(f"export folder {out} already exists (build ids are unique)")
+        out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staging = Path(tempfile.mkdtemp(prefix=f".{release.build_id}.", dir=out.parent))
+        try:
+            names = self._write_files(release, manifest, staging)
+            os.replace(staging, out)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        return {kind: str(out / name) for kind, name in names.items()}
+
+    def _write_files(self, release: Any, manifest: dict[str, Any], folder: Path) -> dict[str, str]:
         # member_key is for state (difference checks) only: never written out
         members: pl.DataFrame = release.members.drop("member_key", strict=False)
         # plain text labels in the files (record-level exports hold them as Enum in memory)
         members = members.with_columns(pl.col(pl.Enum, pl.Categorical).cast(pl.String))
-        written: dict[str, str] = {}
+        names: dict[str, str] = {}
         if "parquet" in self.config.formats:
-            target = out / "members.parquet"
-            write_with(target, lambda tmp: members.write_parquet(tmp))
-            written["parquet"] = str(target)
+            write_with(folder / "members.parquet", lambda tmp: members.write_parquet(tmp))
+            names["parquet"] = "members.parquet"
         if "csv" in self.config.formats:
-            target = out / "members.csv"
-            write_with(target, lambda tmp: members.write_csv(tmp))
-            written["csv"] = str(target)
-        manifest = {**manifest, "files": written}
+            write_with(folder / "members.csv", lambda tmp: members.write_csv(tmp))
+            names["csv"] = "members.csv"
+        final = self.directory / release.segment / release.build_id
+        manifest = {**manifest, "files": {k: str(final / v) for k, v in names.items()}}
         if self.config.record_level:
             assert self.config.anonymity is not None
             manifest["record_level"] = {
@@ -223,7 +243,7 @@ class FileConnector(Connector):
                 "anonymity": self.config.anonymity.model_dump(),
                 "columns": members.columns,
             }
-        target = out / "manifest.json"
-        write_text(target, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        written["manifest"] = str(target)
-        return written
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+        write_text(folder / "manifest.json", text)
+        names["manifest"] = "manifest.json"
+        return names
