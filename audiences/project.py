@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from audiences.config import CONFIG_FILE, ProjectConfig
-from audiences.errors import ConfigError
+from audiences.errors import ConfigError, SegmentError
 
 
 def init_project(directory: Path, *, force: bool = False) -> list[Path]:
@@ -35,6 +35,42 @@ def init_project(directory: Path, *, force: bool = False) -> list[Path]:
     return written
 
 
+def check_event_types(config: ProjectConfig, segments: list[Any], sources: Any) -> None:
+    """A segment naming an event type no event has (a typo like `vist`) selects nobody:
+    refuse it here, with the closest type that exists. Reads one column of the events."""
+    import difflib
+
+    import polars as pl
+
+    if sources.events is None or config.sources.events is None:
+        return
+    wanted = {t: s for s in segments for t in s.references(config.identity.birth_date).event_types}
+    if not wanted:
+        return
+    column = config.sources.events.type
+    present = set(
+        sources.events.select(pl.col(column).cast(pl.String).unique())
+        .collect()
+        .to_series()
+        .drop_nulls()
+        .to_list()
+    )
+    for event_type, segment in sorted(wanted.items()):
+        if event_type not in present:
+            close = difflib.get_close_matches(event_type, sorted(present), n=1)
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else (f"event types in the data: {', '.join(sorted(present)[:12])}")
+            )
+            raise SegmentError(
+                f"segment {segment.name!r} uses event type {event_type!r}, which no event in "
+                f"the data has (it would select nobody)",
+                hint,
+                where=segment.source or segment.name,
+            )
+
+
 def validate_project(
     config: ProjectConfig, *, as_of: date | None = None, only: list[str] | None = None
 ) -> dict[str, Any]:
@@ -42,6 +78,7 @@ def validate_project(
     from audiences.build import select_segments, validate_against_data
     from audiences.insights import default_epsilon, dimensions
     from audiences.sources import load_sources
+    from connectors.file import record_export
     from policies.pack import load_pack
 
     as_of = as_of or datetime.now(UTC).date()
@@ -51,6 +88,9 @@ def validate_project(
     sources = load_sources(config)
     validate_against_data(config, segments, sources, as_of)
     dimensions(config, sources.contacts.collect_schema())
+    check_event_types(config, segments, sources)
+    for name in config.destinations:
+        record_export(config, name)
     return {
         "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
         "segments": [

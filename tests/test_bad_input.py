@@ -171,6 +171,12 @@ PREVIEW = ("preview", "adults", "--as-of", AS_OF.isoformat())
 # (setup, command, exit code, message pattern)
 CASES_TABLE = [
     pytest.param(
+        segment_case("segment-event-typo"), VALIDATE, 1,
+        r"segment-event-typo\.yaml: segment 'event-typo' uses event type 'vist', which no "
+        r"event in the data has .* did you mean 'visit'\?",
+        id="event-type-typo",
+    ),
+    pytest.param(
         segment_case("segment-malformed"), BUILD, 1,
         r"segments/segment-malformed\.yaml:6: malformed YAML: .* — check indentation",
         id="malformed-yaml-segment",
