@@ -1,6 +1,6 @@
 """The `Release`: the only thing a connector will upload, and only the gate makes one.
 
-A `Release` holds hashed identifiers only (never raw PII, never attributes), the digests
+A `Release` holds hashed identifiers (never raw PII) — or, for a record-level file export, generalized k-anonymous attributes and no identifier at all — and the digests
 that tie it to the segment definition, the policy pack and the verdicts, and an HMAC seal
 made with a key drawn at random when this module is imported. Three locks keep
 hand-made objects out:
