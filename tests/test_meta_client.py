@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from urllib.parse import quote_plus
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audiences.errors import ConfigError, ConnectorError, InternalError
 from connectors.meta import (
@@ -502,3 +504,26 @@ def test_unreachable_endpoint_is_transient_and_redacted(sleeps: Sleeps) -> None:
     assert caught.value.transient is True
     assert len(sleeps) == 1
     assert TOKEN not in str(caught.value)
+
+
+# -- fast form encoding of upload payloads ---------------------------------------------------
+
+
+@given(st.dictionaries(st.text(max_size=8), st.text(max_size=200), max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_form_encode_matches_urlencode(params: dict[str, str]) -> None:
+    from urllib.parse import urlencode
+
+    from connectors.meta.client import form_encode
+
+    assert form_encode(params) == urlencode(params)
+
+
+def test_form_encode_fast_path_on_a_payload() -> None:
+    from urllib.parse import urlencode
+
+    from connectors.meta.client import _graph_json, form_encode
+
+    payload = {"payload": _graph_json({"schema": ["EMAIL", "PHONE"], "data": [["a" * 64, ""]]})}
+    assert form_encode(payload) == urlencode(payload)
+    assert "%5B%5B%22aaaa" in form_encode(payload)

@@ -151,6 +151,32 @@ def _graph_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+# application/x-www-form-urlencoded, as urllib.parse.quote_plus does it. Upload payloads
+# are JSON of hex digests: only these punctuation bytes need escaping, so a few C-speed
+# str.replace passes do it (checked by a C-speed bytes.translate; anything else takes
+# the standard library's path).
+_PLAIN = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+_JSON_PUNCTUATION = {'"': "%22", ",": "%2C", "[": "%5B", "]": "%5D", "{": "%7B", "}": "%7D",
+                     ":": "%3A", " ": "+"}  # fmt: skip
+_FAST_BYTES = _PLAIN + "".join(_JSON_PUNCTUATION).encode()
+
+
+def form_encode(params: Mapping[str, str]) -> str:
+    """Form-encode string params exactly like ``urllib.parse.urlencode``, fast for payloads."""
+    from urllib.parse import quote_plus
+
+    parts = []
+    for key, value in params.items():
+        text = str(value)
+        if text.isascii() and not text.encode().translate(None, _FAST_BYTES):
+            for char, escaped in _JSON_PUNCTUATION.items():
+                text = text.replace(char, escaped)
+        else:
+            text = quote_plus(text)
+        parts.append(f"{quote_plus(key)}={text}")
+    return "&".join(parts)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -467,6 +493,34 @@ class MetaClient:
 
     # -- transport ---------------------------------------------------------------------------
 
+    def _post_form(self, path: tuple[str, ...], params: Mapping[str, str]) -> Any:
+        """``FacebookAdsApi.call`` for an upload POST, with the form body encoded by us.
+
+        The SDK hands ``requests`` a dict, which percent-encodes a 7 MB payload byte by
+        byte in Python (~0.4 s per 10,000 rows). The payload is JSON of hex digests, so
+        a translate table encodes it at C speed; the bytes on the wire are identical. The
+        session, headers, response object and error raising are the SDK's own.
+        """
+        from facebook_business.api import FacebookAdsApi, FacebookResponse
+
+        url = "/".join((self._graph, self.api_version, "/".join(path)))
+        headers = {
+            **FacebookAdsApi.HTTP_DEFAULT_HEADERS,
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        response = self._session.requests.request(
+            "POST", url, data=form_encode(params), headers=headers, timeout=self._session.timeout
+        )
+        fb_response = FacebookResponse(
+            body=response.text,
+            headers=response.headers,
+            http_status=response.status_code,
+            call={"method": "POST", "path": url, "params": {}, "headers": headers, "files": {}},
+        )
+        if fb_response.is_failure():
+            raise fb_response.error()
+        return fb_response
+
     def _call(
         self,
         method: str,
@@ -485,7 +539,10 @@ class MetaClient:
             started = time.perf_counter()
             error: MetaError
             try:
-                response = self._api.call(method, path, params=dict(params))
+                if method == "POST" and "payload" in params:
+                    response = self._post_form(path, params)
+                else:
+                    response = self._api.call(method, path, params=dict(params))
             except FacebookRequestError as exc:
                 error = error_from_request_error(
                     exc, operation=operation, token_env_var=self.token_env_var
