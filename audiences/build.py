@@ -170,6 +170,7 @@ def collect_candidates(
         age_expr(config.identity.birth_date, as_of, sources.contacts.collect_schema()),
     )
     plan = mark_duplicates_of_opt_outs(plan, sources.contacts, config)
+    plan = plan.select(gate_columns(config, plan.collect_schema()))
     try:
         frame = plan.collect(engine="streaming")
     except pl.exceptions.PolarsError as exc:
@@ -182,6 +183,31 @@ def collect_candidates(
             "[sources.contacts].id at the unique key",
         )
     return frame
+
+
+def gate_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:
+    """The candidate columns the gate and the release need — nothing else is read.
+
+    Projection pushdown then keeps polars from reading the clinical list columns (the
+    heaviest part of a CRM export) when the segment's own filters don't touch them.
+    """
+    from connectors.file import FileDestinationConfig
+    from connectors.registry import destination_config
+    from policies.rules import DUPLICATE_OF_OPT_OUT
+
+    wanted = {config.sources.contacts.id, "member_key", "age", DUPLICATE_OF_OPT_OUT}
+    wanted |= {c for c in config.identity.model_dump().values() if isinstance(c, str)}
+    wanted |= {c for c in config.consent.model_dump().values() if c}
+    wanted |= set(config.columns.quasi_identifiers)
+    for spec in config.destinations.values():
+        if spec.kind != "file":
+            continue
+        settings = destination_config(spec)
+        if isinstance(settings, FileDestinationConfig) and settings.record_level:
+            wanted |= set(settings.attributes)
+            if settings.anonymity is not None and settings.anonymity.sensitive:
+                wanted.add(settings.anonymity.sensitive)
+    return [c for c in schema.names() if c in wanted]
 
 
 def _email_key(col: pl.Expr) -> pl.Expr:
