@@ -53,6 +53,71 @@ def sample_crm(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path
     return make
 
 
+# ------------------------------------------------------------------------------ the rules
+# The consent rule restated from its documentation (PRIVACY.md, policies/packs/baseline.yaml)
+# over the sample CRM's columns, to compute what a release must hold independently of the
+# gate: a record is released only with a marketing opt-in, without do-not-contact, not
+# deceased, without denied ad personalization, and sharing no normalized email (trimmed,
+# lower case) or phone (last ten digits) with any record that opted out in one of those ways.
+def opted_out() -> pl.Expr:
+    denied = pl.col("ad_personalization_consent").str.strip_chars().str.to_lowercase() == "denied"
+    return (
+        ~pl.col("marketing_opt_in") | pl.col("do_not_contact") | pl.col("deceased") | denied
+    ).fill_null(False)
+
+
+def _identity_keys(contacts: pl.DataFrame) -> pl.DataFrame:
+    email = pl.col("email").str.strip_chars().str.to_lowercase()
+    digits = pl.col("phone").str.replace_all(r"\D", "")
+    return contacts.with_columns(
+        opted_out().alias("_opted_out"),
+        pl.when(email.str.contains("@")).then(email).alias("_email"),
+        pl.when(digits.str.len_chars() >= 7).then(digits.str.slice(-10)).alias("_phone"),
+    )
+
+
+def consented(contacts: pl.DataFrame) -> pl.Series:
+    """Per contact row: does the consent rule keep it (Boolean Series)?"""
+    keyed = _identity_keys(contacts)
+    out = keyed.filter(pl.col("_opted_out"))
+    shares = pl.col("_email").is_in(out.get_column("_email").drop_nulls().implode()) | pl.col(
+        "_phone"
+    ).is_in(out.get_column("_phone").drop_nulls().implode())
+    return keyed.select((~pl.col("_opted_out") & ~shares.fill_null(False)).alias("consented"))[
+        "consented"
+    ]
+
+
+def alone_in_opting_out(contacts: pl.DataFrame) -> pl.Series:
+    """Per row: does no *other* opted-out record share its email or phone (Boolean Series)?
+
+    Such a record joins once its own opt-out is lifted (nobody else holds it out).
+    """
+    keyed = _identity_keys(contacts)
+    others = [
+        pl.when(pl.col(k).is_not_null())
+        .then(
+            pl.col("_opted_out").cast(pl.Int32).sum().over(k) - pl.col("_opted_out").cast(pl.Int32)
+        )
+        .otherwise(0)
+        for k in ("_email", "_phone")
+    ]
+    return keyed.select((pl.sum_horizontal(others) == 0).alias("alone"))["alone"]
+
+
+def adults(as_of: date, min_age: int = 18) -> pl.Expr:
+    """Known birth date and at least ``min_age`` whole years old at ``as_of``."""
+    return pl.col("birth_date").is_not_null() & (
+        pl.col("birth_date") <= as_of.replace(year=as_of.year - min_age)
+    )
+
+
+def released_ids(contacts: pl.DataFrame, in_segment: pl.Expr) -> set[str]:
+    """Contact ids a release of the segment (``in_segment`` over contacts) must hold."""
+    kept = contacts.with_columns(consented(contacts)).filter(in_segment & pl.col("consented"))
+    return set(kept.get_column("contact_id").to_list())
+
+
 # ------------------------------------------------------------------------------ sandboxes
 @pytest.fixture(scope="session")
 def sandbox_tokens() -> dict[str, str]:

@@ -24,10 +24,13 @@ import pytest
 from conftest import (
     AS_OF,
     Project,
+    adults,
+    alone_in_opting_out,
     external_ids,
     google_people,
     meta_rows,
     meta_sessions,
+    released_ids,
     rows_received,
     shared_google_keys,
 )
@@ -37,6 +40,14 @@ from connectors.meta.connector import MetaConnector
 
 DAY = AS_OF.isoformat()
 WEST = ["CA", "OR", "WA", "NV", "AZ"]  # tests/cases/sync/west-coast.yaml
+# The segments of tests/cases/sync over the sample CRM's columns (for the model of releases)
+ALL_ADULTS = adults(AS_OF) & pl.col("preferred_language").is_in(["en", "es"])
+WEST_COAST = adults(AS_OF) & pl.col("state").is_in(WEST)
+OLDER_ADULTS = adults(AS_OF, 50)
+V2_STATES = ["CA", "NY", "TX", "FL", "IL", "MA", "NJ", "NC"]  # all-adults-v2.yaml
+# Rows of sample CRM for more than 25,000 all-adults members (three Meta add batches) and
+# more than 10,000 people joining between all-adults v1 and v2 (two add batches)
+BIG = 90_000
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -46,17 +57,31 @@ def pick(ids: set[str], n: int, seed: int) -> set[str]:
 
 
 def eligible_outsiders(project: Project, members: set[str], languages: tuple[str, ...]) -> set[str]:
-    """Adults of known age, in the segment's languages, not yet members only for lack of opt-in."""
-    adult_born_before = AS_OF.replace(year=AS_OF.year - 19)
-    frame = project.contacts().filter(
-        ~pl.col("marketing_opt_in")
+    """Adults of known age, in the segment's languages, not yet members only for lack of their
+    own opt-in: no other opt-out of theirs, none of a record sharing their email or phone."""
+    return outsiders(
+        project, members, adults(AS_OF) & pl.col("preferred_language").is_in(languages)
+    )
+
+
+def outsiders(project: Project, members: set[str], in_segment: pl.Expr) -> set[str]:
+    """People of the segment who join once they opt in to marketing (see eligible_outsiders)."""
+    contacts = project.contacts()
+    frame = contacts.with_columns(alone_in_opting_out(contacts)).filter(
+        in_segment
+        & ~pl.col("marketing_opt_in")
         & ~pl.col("do_not_contact")
         & ~pl.col("deceased")
-        & (pl.col("birth_date") < adult_born_before)
-        & pl.col("preferred_language").is_in(list(languages))
+        & (pl.col("ad_personalization_consent") != "denied").fill_null(True)
+        & pl.col("alone")
         & ~pl.col("contact_id").is_in(list(members))
     )
     return set(frame.get_column("contact_id").to_list())
+
+
+def in_segment_ids(project: Project, in_segment: pl.Expr) -> set[str]:
+    """Every record the segment's definition takes, before any policy rule."""
+    return set(project.contacts().filter(in_segment).get_column("contact_id").to_list())
 
 
 def update_contacts(project: Project, ids: set[str], **values: Any) -> None:
@@ -83,14 +108,6 @@ def requests_to(project: Project, audience: str) -> list[tuple[str, str, int]]:
     ]
 
 
-def grant_google_consent(project: Project) -> None:
-    """Nobody in the data denied ad personalization (see test_google_denied_consent_*)."""
-    frame = project.contacts()
-    project.write_contacts(
-        frame.with_columns(pl.col("ad_personalization_consent").replace({"denied": "granted"}))
-    )
-
-
 def small_batches(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     monkeypatch.setattr(MetaConnector, "add_batch_size", size)
     monkeypatch.setattr(MetaConnector, "remove_batch_size", size)
@@ -98,8 +115,9 @@ def small_batches(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
 
 # ------------------------------------------------------------------------------ 1. Meta
 def test_meta_first_sync_then_incremental_and_plan(make_project: Any) -> None:
-    p = make_project(rows=62_000, segments=("all-adults",))
+    p = make_project(rows=BIG, segments=("all-adults",))
     first = p.release("all-adults", "meta")
+    assert external_ids(first.members) == released_ids(p.contacts(), ALL_ADULTS)
     assert first.members.height > 25_000
 
     doc = p.cli_json("sync", "all-adults", "--as-of", DAY)
@@ -134,7 +152,8 @@ def test_meta_first_sync_then_incremental_and_plan(make_project: Any) -> None:
     assert sum(b["num_received"] for b in batches.values()) == n
     assert p.boxes.meta._audiences[audience].sessions[next(iter(sessions))].finished
 
-    # some members leave (opt-outs: forced; language change: optional), some join
+    # some members leave (opt-outs: forced, with the records sharing their email or phone;
+    # language change: optional), some join (and may free records their no-opt-in held out)
     ids = external_ids(first.members)
     opted_out = pick(ids, 150, seed=1)
     moved = pick(ids - opted_out, 130, seed=2)
@@ -143,28 +162,42 @@ def test_meta_first_sync_then_incremental_and_plan(make_project: Any) -> None:
     update_contacts(p, moved, preferred_language="fr")
     update_contacts(p, joiners, marketing_opt_in=True)
     second = p.release("all-adults", "meta")
-    assert external_ids(second.members) == (ids - opted_out - moved) | joiners
+    expected = released_ids(p.contacts(), ALL_ADULTS)
+    assert external_ids(second.members) == expected
+    leave, join = ids - expected, expected - ids
+    forced = leave & in_segment_ids(p, ALL_ADULTS)  # still in the segment: consent holds out
+    assert opted_out < forced and moved == leave - forced  # duplicates of opt-outs leave too
+    assert len(joiners & join) >= 190 and len(leave - forced) >= 100  # none held (k_diff 100)
 
     # plan: the same adds and removes, and nothing changes anywhere
     before = p.fingerprint()
     log_before = len(p.boxes.meta.request_log())
     plan = p.cli_json("plan", "all-adults", "--as-of", DAY)
     (summary,) = plan["plans"]
-    assert (summary["adds"], summary["removes"], summary["forced_removes"]) == (200, 280, 150)
+    assert (summary["adds"], summary["removes"], summary["forced_removes"]) == (
+        len(join),
+        len(leave),
+        len(forced),
+    )
     assert (summary["held_adds"], summary["held_removes"]) == (0, 0)
-    assert (summary["confirmed_members"], summary["release_members"]) == (n, n - 280 + 200)
+    assert (summary["confirmed_members"], summary["release_members"]) == (n, len(expected))
     assert p.fingerprint() == before
     assert len(p.boxes.meta.request_log()) == log_before
     assert p.boxes.meta.members(audience) == meta_rows(first.members)
 
     audiences_before = p.boxes.meta.audience_ids()
     r2 = only_result(p.cli_json("sync", "all-adults", "--as-of", DAY))
-    assert (r2["status"], r2["adds"], r2["removes"], r2["batches"]) == ("ok", 200, 280, 2)
+    assert (r2["status"], r2["adds"], r2["removes"], r2["batches"]) == (
+        "ok",
+        len(join),
+        len(leave),
+        2,
+    )
     assert r2["audience"] == audience
     assert p.boxes.meta.audience_ids() == audiences_before
     assert p.boxes.meta.members(audience) == meta_rows(second.members)
-    assert rows_received(p.boxes, audience, "add") == n + 200
-    assert rows_received(p.boxes, audience, "remove") == 280
+    assert rows_received(p.boxes, audience, "add") == n + len(join)
+    assert rows_received(p.boxes, audience, "remove") == len(leave)
     assert p.boxes.meta.audience_ids().count(audience) == 1
 
 
@@ -173,9 +206,9 @@ def test_google_ads_user_list_jobs_polled_and_removals_in_their_own_job(
     make_project: Any,
 ) -> None:
     p = make_project(rows=6000, segments=("west-coast",))
-    grant_google_consent(p)
     first = p.release("west-coast", "google_ads")
     n = first.members.height
+    assert p.contact_ids(first.members) == released_ids(p.contacts(), WEST_COAST)
     assert n > 400
 
     r = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
@@ -186,55 +219,72 @@ def test_google_ads_user_list_jobs_polled_and_removals_in_their_own_job(
     assert google.user_lists[user_list].name == first.opaque_name
     assert google.members(user_list) == google_people(first.members)
     jobs = [j for j in google.jobs.values() if j.user_list == user_list]
-    # one job per consent group (GRANTED, UNSPECIFIED), each run and polled to SUCCESS
-    assert len(jobs) == first.members.select("ad_user_data", "ad_personalization").n_unique()
+    # one job per consent group (GRANTED, UNSPECIFIED: DENIED is never released), each run
+    # and polled to SUCCESS
+    groups = first.members.select("ad_user_data", "ad_personalization").unique()
+    assert set(groups.get_column("ad_personalization")) == {"GRANTED", "UNSPECIFIED"}
+    assert len(jobs) == groups.height
     for job in jobs:
         assert job.status.name == "SUCCESS" and job.kinds == {"create"}
         assert job.polls_after_run == google.pending_polls + google.running_polls + 1
 
-    # Google removes everyone sharing an identifier with a removed person: leave duplicates
-    # of one person alone here (see test_opt_out_on_one_record_removes_the_duplicates_too)
-    unshared = first.members.filter(
-        ~pl.col("member_key").is_in(list(shared_google_keys(first.members)))
-    )
-    opted_out = pick(p.contact_ids(unshared), 120, seed=4)
+    # opt-outs (and the records sharing their email or phone) leave, in a removal job
+    ids = p.contact_ids(first.members)
+    opted_out = pick(ids, 120, seed=4)
     update_contacts(p, opted_out, marketing_opt_in=False)
     second = p.release("west-coast", "google_ads")
-    assert second.members.height == n - 120
+    expected = released_ids(p.contacts(), WEST_COAST)
+    assert p.contact_ids(second.members) == expected
+    assert expected <= ids - opted_out
 
     r2 = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
-    assert (r2["status"], r2["adds"], r2["removes"]) == ("ok", 0, 120)
+    assert (r2["status"], r2["adds"], r2["removes"]) == ("ok", 0, len(ids - expected))
     new_jobs = [j for j in google.jobs.values() if j.user_list == user_list and j not in jobs]
     assert [j.kinds for j in new_jobs] == [{"remove"}]
     assert google.members(user_list) == google_people(second.members)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the gate releases people whose ad_personalization consent is denied to "
-    "google_ads; the connector then drops them unsent while the sync records them as confirmed",
-)
 def test_google_ads_denied_consent_is_never_released_nor_confirmed(make_project: Any) -> None:
     p = make_project(rows=3000, segments=("west-coast",))
-    denied = p.keyed_contacts().filter(pl.col("ad_personalization_consent") == "denied")
+    contacts = p.keyed_contacts()
+    denied = contacts.filter(pl.col("ad_personalization_consent") == "denied")
+    # people the segment would take but for their denied ad personalization
+    held_out = denied.filter(
+        WEST_COAST & pl.col("marketing_opt_in") & ~pl.col("do_not_contact") & ~pl.col("deceased")
+    )
+    assert held_out.height >= 10
     release = p.release("west-coast", "google_ads")
+    assert p.contact_ids(release.members) == released_ids(contacts, WEST_COAST)
     r = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
     confirmed = p.confirmed("west-coast", "google_ads")
     assert r["status"] == "ok"
     # nobody who denied ad personalization is released, sent, or recorded as on the list
     assert not release.members.get_column("member_key").is_in(denied["member_key"]).any()
+    assert "DENIED" not in set(release.members.get_column("ad_personalization"))
     assert not confirmed.get_column("member_key").is_in(denied["member_key"]).any()
     assert p.boxes.google.members(r["audience"]) == google_people(confirmed)
 
+    # consent denied after the push: removed at the next sync (with the records sharing the
+    # person's email or phone), never held back though fewer than k_diff (100) leave
+    on_list = p.contact_ids(confirmed)
+    withdrawn = pick(on_list, 3, seed=15)
+    update_contacts(p, withdrawn, ad_personalization_consent="denied")
+    expected = released_ids(p.contacts(), WEST_COAST)
+    assert expected <= on_list - withdrawn
+    r2 = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
+    assert (r2["status"], r2["adds"], r2["removes"], r2["held_removes"]) == (
+        "ok",
+        0,
+        len(on_list - expected),
+        0,
+    )
+    confirmed = p.confirmed("west-coast", "google_ads")
+    assert p.contact_ids(confirmed) == expected
+    assert p.boxes.google.members(r["audience"]) == google_people(confirmed)
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an opt-out on one CRM record leaves the person's duplicate record released; "
-    "Customer Match then removes both (they share identifiers) while state keeps the duplicate",
-)
+
 def test_opt_out_on_one_record_removes_the_duplicates_too(make_project: Any) -> None:
     p = make_project(rows=6000, segments=("west-coast",))
-    grant_google_consent(p)
     first = p.release("west-coast", "google_ads")
     r = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
     shared = first.members.filter(
@@ -243,8 +293,21 @@ def test_opt_out_on_one_record_removes_the_duplicates_too(make_project: Any) -> 
     assert shared.height >= 2  # the sample CRM has people recorded twice
     opted_out = p.contact_ids(shared.head(1))
     update_contacts(p, opted_out, marketing_opt_in=False)
-    p.cli_json("sync", "west-coast", "--as-of", DAY)
+    expected = released_ids(p.contacts(), WEST_COAST)
+    assert p.contact_ids(p.release("west-coast", "google_ads").members) == expected
+    gone = p.contact_ids(first.members) - expected
+    assert opted_out < gone  # the person's other record leaves with the opted-out one
+
+    r2 = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
+    # forced removals: not held though fewer than k_diff (100)
+    assert (r2["status"], r2["adds"], r2["removes"], r2["held_removes"]) == (
+        "ok",
+        0,
+        len(gone),
+        0,
+    )
     confirmed = p.confirmed("west-coast", "google_ads")
+    assert p.contact_ids(confirmed) == expected
     # what state believes is on the list is what is on the list
     assert p.boxes.google.members(r["audience"]) == google_people(confirmed)
 
@@ -295,11 +358,16 @@ def test_crash_between_batches_then_rerun(
     audience, n = r1.audience, first.members.height
 
     ids = external_ids(first.members)
-    opted_out = pick(ids, 300, seed=5)  # removals: batches of 250 and 50
-    joiners = pick(eligible_outsiders(p, ids, ("en", "es")), 400, seed=6)  # adds: 250 + 150
+    opted_out = pick(ids, 300, seed=5)  # removals (with their duplicates): 250 + the rest
+    joiners = pick(eligible_outsiders(p, ids, ("en", "es")), 400, seed=6)  # adds: 250 + rest
     update_contacts(p, opted_out, marketing_opt_in=False)
     update_contacts(p, joiners, marketing_opt_in=True)
     second = p.release("all-adults", "meta")
+    expected = released_ids(p.contacts(), ALL_ADULTS)
+    assert external_ids(second.members) == expected
+    removes, adds = len(ids - expected), len(expected - ids)
+    # two batches each way; the last add batch is not below k_diff (100), so never held
+    assert 300 < removes <= 500 and 350 <= adds <= 500
 
     with pytest.raises(ProcessDied):
         sync(
@@ -318,35 +386,48 @@ def test_crash_between_batches_then_rerun(
     (r2,) = sync(p.config(), ["all-adults"], as_of=AS_OF).results
     assert r2.status == "ok" and r2.recovered == [crashed]
     # the rerun sends only what was not confirmed: a batch sent but unconfirmed goes again
-    confirmed_rows = [250, 50, 250][:confirmed_batches]
-    removes_left = 300 - sum(confirmed_rows[:2])
-    adds_left = 400 - sum(confirmed_rows[2:])
-    assert (r2.removes, r2.adds) == (removes_left, adds_left)
+    confirmed_rows = [250, removes - 250, 250][:confirmed_batches]
+    removes_left = removes - sum(confirmed_rows[:2])
+    adds_left = adds - sum(confirmed_rows[2:])
+    assert (r2.removes, r2.adds, r2.held_adds, r2.held_removes) == (
+        removes_left,
+        adds_left,
+        0,
+        0,
+    )
 
     assert p.boxes.meta.members(audience) == meta_rows(second.members)
     assert meta_rows(p.confirmed("all-adults", "meta")) == meta_rows(second.members)
     # no confirmed batch went twice; removals were not lost
-    resent = 150 if sent else 0  # the add batch that died after sending
-    assert rows_received(p.boxes, audience, "remove") == 300
-    assert rows_received(p.boxes, audience, "add") == n + 400 + resent
+    resent = adds - 250 if sent else 0  # the add batch that died after sending
+    assert rows_received(p.boxes, audience, "remove") == removes
+    assert rows_received(p.boxes, audience, "add") == n + adds + resent
 
 
 def test_kill_9_between_batches_then_rerun(make_project: Any) -> None:
     """A real `audiences sync` process killed with SIGKILL after two confirmed batches."""
     from connectors.sandbox.meta_server import Fault
 
-    p = make_project(rows=62_000)
+    p = make_project(rows=BIG)
     p.add_segment("all-adults-v1", name="all-adults")
     r1 = only_result(p.cli_json("sync", "all-adults", "--as-of", DAY))
     v1 = p.release("all-adults", "meta")
     audience = r1["audience"]
+    assert external_ids(v1.members) == released_ids(
+        p.contacts(), ALL_ADULTS & (pl.col("state") == "CA")
+    )
 
-    # v2: 150 members opt out (one removal batch) and 10,000+ people join (two add batches)
+    # v2: 150 members opt out, with the records sharing their email or phone (one removal
+    # batch) and 10,000+ people join (two add batches)
     opted_out = pick(external_ids(v1.members), 150, seed=7)
     update_contacts(p, opted_out, marketing_opt_in=False)
     p.add_segment("all-adults-v2", name="all-adults")
     v2 = p.release("all-adults", "meta")
-    adds = len(external_ids(v2.members) - external_ids(v1.members))
+    expected = released_ids(p.contacts(), ALL_ADULTS & pl.col("state").is_in(V2_STATES))
+    assert external_ids(v2.members) == expected
+    removes = len(external_ids(v1.members) - expected)
+    adds = len(expected - external_ids(v1.members))
+    assert 150 <= removes < MetaConnector.remove_batch_size
     assert MetaConnector.add_batch_size < adds < 2 * MetaConnector.add_batch_size
     last_batch = adds - MetaConnector.add_batch_size
 
@@ -400,7 +481,7 @@ def test_kill_9_between_batches_then_rerun(make_project: Any) -> None:
     )
     assert p.boxes.meta.members(audience) == meta_rows(v2.members)
     # removals went once; the rerun's one session carried exactly the unconfirmed batch
-    assert rows_received(p.boxes, audience, "remove") == 150
+    assert rows_received(p.boxes, audience, "remove") == removes
     add_sessions = [b for k, b in meta_sessions(p.boxes, audience).items() if k.startswith("add:")]
     assert len(add_sessions) == 3  # first sync, killed run, rerun
     assert [b["num_received"] for b in add_sessions[-1].values()] == [last_batch]
@@ -420,6 +501,10 @@ def test_full_refresh_replaces_the_audience_even_when_interrupted(
     opted_out = pick(external_ids(first.members), 120, seed=14)
     update_contacts(p, opted_out, marketing_opt_in=False)
     second = p.release("all-adults", "meta")
+    expected = released_ids(p.contacts(), ALL_ADULTS)
+    assert external_ids(second.members) == expected
+    removes = len(external_ids(first.members) - expected)  # opt-outs and their duplicates
+    assert removes >= 120
     batches = math.ceil(second.members.height / 250)
     assert batches >= 3
 
@@ -435,7 +520,7 @@ def test_full_refresh_replaces_the_audience_even_when_interrupted(
         # nothing of the unfinished replace reached the audience, and state knows it
         assert p.boxes.meta.members(r1.audience) == meta_rows(first.members)
         (r2,) = sync(p.config(), ["all-adults"], as_of=AS_OF).results
-        assert (r2.status, r2.adds, r2.removes) == ("ok", 0, 120)
+        assert (r2.status, r2.adds, r2.removes) == ("ok", 0, removes)
     else:
         (r2,) = sync(p.config(), ["all-adults"], as_of=AS_OF, full_refresh=True).results
         assert (r2.status, r2.adds, r2.batches) == ("ok", second.members.height, batches)
@@ -446,18 +531,23 @@ def test_full_refresh_replaces_the_audience_even_when_interrupted(
 # ------------------------------------------------------------------------------ 4. retries
 def test_transient_faults_are_retried_and_the_sync_succeeds(make_project: Any) -> None:
     p = make_project(rows=6000, segments=("all-adults", "west-coast"))
-    grant_google_consent(p)
     p.cli_json("sync", "all-adults", "west-coast", "--as-of", DAY)
     meta_first = p.release("all-adults", "meta")
     ids = external_ids(meta_first.members)
     west = set(p.contacts().filter(pl.col("state").is_in(WEST)).get_column("contact_id"))
     joiners = pick(eligible_outsiders(p, ids, ("en", "es")) & west, 110, seed=8)  # both lists
-    # (people on the Google list stay: see test_opt_out_on_one_record_removes_the_duplicates_too)
-    opted_out = pick(ids - p.contact_ids(p.release("west-coast", "google_ads").members), 120, 9)
+    opted_out = pick(ids, 120, seed=9)  # and the records sharing their email or phone
     update_contacts(p, joiners, marketing_opt_in=True)
     update_contacts(p, opted_out, marketing_opt_in=False)
     meta_release = p.release("all-adults", "meta")
     google_release = p.release("west-coast", "google_ads")
+    google_before = p.contact_ids(p.confirmed("west-coast", "google_ads"))
+    assert external_ids(meta_release.members) == released_ids(p.contacts(), ALL_ADULTS)
+    assert p.contact_ids(google_release.members) == released_ids(p.contacts(), WEST_COAST)
+    # every change is sent, nothing held (k_diff 100); opt-outs reach both lists
+    assert len(external_ids(meta_release.members) - ids) >= 100
+    assert len(p.contact_ids(google_release.members) - google_before) >= 100
+    assert opted_out & google_before
     audience = p.remote_id("all-adults", "meta")
     added_before = rows_received(p.boxes, audience, "add")
 
@@ -495,32 +585,34 @@ def test_transient_faults_are_retried_and_the_sync_succeeds(make_project: Any) -
 def test_terminal_fault_fails_one_destination_and_the_others_sync(
     make_project: Any, failing: str
 ) -> None:
-    p = make_project(rows=6000, segments=("older-adults", "west-coast"))
-    grant_google_consent(p)
+    # 8,000 rows: 120 people fifty or over on the West coast can join both lists
+    p = make_project(rows=8000, segments=("older-adults", "west-coast"))
     assert p.cli_json("sync", "--all", "--as-of", DAY)["exit_code"] == 0
     meta_v1 = p.release("older-adults", "meta")
     google_v1 = p.release("west-coast", "google_ads")
     # changes on both sides: removals (sent first) and additions
     meta_ids = external_ids(meta_v1.members)
     google_ids = p.contact_ids(google_v1.members)
-    unshared = p.contact_ids(
-        google_v1.members.filter(
-            ~pl.col("member_key").is_in(list(shared_google_keys(google_v1.members)))
-        )
+    opted_out = pick(meta_ids - google_ids, 110, seed=10) | pick(
+        google_ids - meta_ids, 100, seed=11
     )
-    opted_out = pick(meta_ids - google_ids, 110, seed=10) | pick(unshared - meta_ids, 100, seed=11)
-    outsiders = p.keyed_contacts().filter(
-        ~pl.col("marketing_opt_in")
-        & ~pl.col("do_not_contact")
-        & ~pl.col("deceased")
-        & (pl.col("birth_date") < AS_OF.replace(year=AS_OF.year - 51))
-        & pl.col("state").is_in(WEST)
-    )
-    joiners = pick(set(outsiders.get_column("contact_id").to_list()), 120, seed=12)
+    joiners = pick(outsiders(p, meta_ids | google_ids, OLDER_ADULTS & WEST_COAST), 120, seed=12)
     update_contacts(p, opted_out, marketing_opt_in=False)
     update_contacts(p, joiners, marketing_opt_in=True)
     meta_v2 = p.release("older-adults", "meta")
     google_v2 = p.release("west-coast", "google_ads")
+    # the model: opt-outs leave with the records sharing their email or phone; joiners join
+    # both (and may free records their missing opt-in held out)
+    meta_new = released_ids(p.contacts(), OLDER_ADULTS)
+    google_new = released_ids(p.contacts(), WEST_COAST)
+    assert (external_ids(meta_v2.members), p.contact_ids(google_v2.members)) == (
+        meta_new,
+        google_new,
+    )
+    meta_out, google_out = meta_ids - meta_new, google_ids - google_new
+    meta_in, google_in = meta_new - meta_ids, google_new - google_ids
+    assert len(meta_out) >= 110 and len(google_out) >= 100
+    assert len(meta_in) >= 100 and len(google_in) >= 100  # not held (k_diff 100)
     audience = p.remote_id("older-adults", "meta")
     user_list = p.remote_id("west-coast", "google_ads")
 
@@ -543,8 +635,8 @@ def test_terminal_fault_fails_one_destination_and_the_others_sync(
     assert p.boxes.meta.members(audience) == meta_rows(confirmed_meta)
     assert p.boxes.google.members(user_list) == google_people(confirmed_google)
     if failing == "meta":
-        assert bad["removes"] == 110 and bad["adds"] == 0
-        assert external_ids(confirmed_meta) == meta_ids - opted_out
+        assert bad["removes"] == len(meta_out) and bad["adds"] == 0
+        assert external_ids(confirmed_meta) == meta_ids - meta_out
         assert google_people(confirmed_google) == google_people(google_v2.members)
     else:  # the removal job is the first to fail: nothing changed on the list
         assert bad["removes"] == 0 and bad["adds"] == 0
@@ -555,27 +647,29 @@ def test_terminal_fault_fails_one_destination_and_the_others_sync(
     doc = p.cli_json("sync", "--all", "--as-of", DAY)
     by_segment = {r["segment"]: r for r in doc["results"]}
     assert (by_segment[other]["adds"], by_segment[other]["removes"]) == (0, 0)
-    assert by_segment[segment]["removes"] == (0 if failing == "meta" else 100)
-    assert by_segment[segment]["adds"] == 120
+    assert by_segment[segment]["removes"] == (0 if failing == "meta" else len(google_out))
+    assert by_segment[segment]["adds"] == len(meta_in if failing == "meta" else google_in)
     assert p.boxes.meta.members(audience) == meta_rows(meta_v2.members)
     assert p.boxes.google.members(user_list) == google_people(google_v2.members)
 
 
 # ------------------------------------------------------------------------------ 5. bad row
-def corrupting_one_row(column: str) -> Any:
-    """A connector factory whose first add batch carries one malformed hash."""
+def corrupting_one_row(column: str, corrupted: list[int]) -> Any:
+    """A connector factory whose first add batch carries one malformed hash: in the first
+    row with a value in ``column``; that row's member_key is appended to ``corrupted``."""
 
     def factory(config: Any, name: str) -> Any:
         connector = make_connector(config, name)
         real_send = connector.send
-        done = {"corrupted": False}
 
         def send(remote_id: str, op: str, rows: pl.DataFrame, **kw: Any) -> Any:
-            if op == "add" and not done["corrupted"]:
-                done["corrupted"] = True
-                first = pl.int_range(pl.len()) == 0
+            if op == "add" and not corrupted:
+                target = rows.get_column(column).is_not_null().arg_max()
+                assert target is not None and rows.get_column(column)[target] is not None
+                corrupted.append(rows.get_column("member_key")[target])
+                hit = pl.int_range(pl.len()) == target
                 rows = rows.with_columns(
-                    pl.when(first)
+                    pl.when(hit)
                     .then(pl.lit("not-a-sha256"))
                     .otherwise(pl.col(column))
                     .alias(column)
@@ -596,22 +690,22 @@ def test_one_bad_row_is_rejected_without_failing_its_batch(
     make_project: Any, segment: str, destination: str, column: str
 ) -> None:
     p = make_project(rows=3000, segments=(segment,))
-    grant_google_consent(p)
     release = p.release(segment, destination)
     n = release.members.height
-    # the first row of the first batch must carry an email for the corruption to bite
-    assert release.members.get_column(column)[0] is not None
-    report = sync(p.config(), [segment], as_of=AS_OF, connector_factory=corrupting_one_row(column))
+    corrupted: list[int] = []
+    factory = corrupting_one_row(column, corrupted)
+    report = sync(p.config(), [segment], as_of=AS_OF, connector_factory=factory)
     doc = json.loads(json.dumps(report.to_dict()))
     r = only_result(doc)
     assert (r["status"], r["sent"], r["invalid"], r["batches"]) == ("ok", n, 1, 1)
     assert r["match_rate"] == round((n - 1) / n, 4) < 1
+    assert len(corrupted) == 1
+    rest = release.members.filter(pl.col("member_key") != corrupted[0])
+    assert rest.height == n - 1
     if destination == "meta":
-        expected = meta_rows(release.members.slice(1))
-        assert p.boxes.meta.members(r["audience"]) == expected
+        assert p.boxes.meta.members(r["audience"]) == meta_rows(rest)
     else:
-        expected_people = google_people(release.members.slice(1))
-        assert p.boxes.google.members(r["audience"]) == expected_people
+        assert p.boxes.google.members(r["audience"]) == google_people(rest)
 
 
 # ------------------------------------------------------------------------------ 6. secrets
@@ -622,7 +716,6 @@ def test_no_token_in_logs_output_state_or_audit_export(
     for name in ("urllib3", "facebook_business", "connectors", "audiences", "grpc", "google"):
         caplog.set_level(logging.DEBUG, logger=name)
     p = make_project(rows=3000, segments=("all-adults", "west-coast"))
-    grant_google_consent(p)
     log_json = tmp_path / "sync-log.jsonl"
     outputs = []
     # a clean sync, one with retried faults, one with terminal auth failures on both
