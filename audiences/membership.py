@@ -6,6 +6,12 @@ that were uploaded, so removals can be sent later) under
 *before* sending it and records the batch in SQLite only *after* the platform
 confirms it. A run killed at any point is folded back on the next run: confirmed
 batches are applied to the snapshot, unconfirmed ones are simply planned again.
+
+A batch journaled but never confirmed may still have reached the platform (the process
+died after sending it). Its rows are kept as *unsure* (``<destination>.unsure.parquet``,
+with the batch's op in ``__op``) until a sync of that audience finishes: that sync settles
+them to the release, never holding them back (a person the platform may hold who opted out
+since must be removed; a person it may lack must be added).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from audiences.atomic import write_with
 from audiences.state import ensure_private_dir, transaction, utcnow
 
 KEY = "member_key"
+OP = "__op"  # add | remove: the op of the unconfirmed batch an unsure row was in
 
 
 @dataclass(frozen=True)
@@ -32,8 +39,19 @@ class MembershipStore:
     def snapshot_path(self) -> Path:
         return self.state_dir / "memberships" / self.segment / f"{self.destination}.parquet"
 
+    @property
+    def unsure_path(self) -> Path:
+        return self.snapshot_path.with_name(f"{self.destination}.unsure.parquet")
+
     def journal_dir(self, sync_id: str) -> Path:
         return self.state_dir / "syncs" / sync_id
+
+    def load_unsure(self) -> pl.DataFrame | None:
+        """Rows of batches an interrupted sync sent unconfirmed (``None``: there are none)."""
+        return pl.read_parquet(self.unsure_path) if self.unsure_path.exists() else None
+
+    def clear_unsure(self) -> None:
+        self.unsure_path.unlink(missing_ok=True)
 
     def load(self, columns: list[str] | None = None) -> pl.DataFrame:
         if not self.snapshot_path.exists():
@@ -81,7 +99,8 @@ def close_sync(
     error: str | None = None,
     figures: dict[str, object] | None = None,
 ) -> int:
-    """Fold the sync's confirmed batches into the snapshot, then mark the sync closed.
+    """Fold the sync's confirmed batches into the snapshot, then mark the sync closed
+    (unless it ended ``ok``, its unconfirmed batches' rows are kept as unsure).
 
     Returns how many confirmed batches were folded. Safe to call again after a crash
     at any point: the snapshot is replaced atomically before the status changes, and
@@ -101,6 +120,13 @@ def close_sync(
     if batches:
         snapshot = store.fold(snapshot, batches)
         store.save(snapshot)
+    unsure = _unconfirmed(conn, store, sync_id) if status != "ok" else []
+    if unsure:  # kept before the journal goes; the next sync settles them
+        kept = store.load_unsure()
+        frame = pl.concat([*([kept] if kept is not None else []), *unsure], how="diagonal_relaxed")
+        frame = frame.unique(keep="last", maintain_order=True)
+        ensure_private_dir(store.unsure_path.parent)
+        write_with(store.unsure_path, lambda tmp: frame.write_parquet(tmp))
     sets = ["status=?", "finished_at=?", "error=coalesce(?, error)", "members=?"]
     values: list[object] = [status, utcnow(), error, snapshot.height]
     for column, value in (figures or {}).items():
@@ -112,8 +138,43 @@ def close_sync(
     return len(batches)
 
 
+def _unconfirmed(conn, store: MembershipStore, sync_id: str) -> list[pl.DataFrame]:  # type: ignore[no-untyped-def]
+    """Rows of the sync's add / remove batches journaled (so maybe sent) but not confirmed."""
+    confirmed = {
+        int(seq)
+        for (seq,) in conn.execute(
+            "SELECT seq FROM batches WHERE sync_id=? AND status='confirmed'", (sync_id,)
+        )
+    }
+    directory = store.journal_dir(sync_id)
+    parts = []
+    for path in sorted(directory.glob("*.parquet")) if directory.exists() else []:
+        seq, _, op = path.stem.partition("-")
+        if op in ("add", "remove") and int(seq) not in confirmed:
+            parts.append(pl.read_parquet(path).with_columns(pl.lit(op).alias(OP)))
+    return parts
+
+
+def unconfirmed_batches(conn, store: MembershipStore) -> pl.DataFrame | None:  # type: ignore[no-untyped-def]
+    """Unconfirmed batch rows of syncs still marked running (op in ``__op``), or ``None``."""
+    rows = conn.execute(
+        "SELECT sync_id FROM syncs WHERE segment=? AND destination=? AND status='running' "
+        "ORDER BY started_at",
+        (store.segment, store.destination),
+    ).fetchall()
+    parts = [part for (sync_id,) in rows for part in _unconfirmed(conn, store, sync_id)]
+    return pl.concat(parts, how="diagonal_relaxed") if parts else None
+
+
+def unsure_rows(conn, store: MembershipStore) -> pl.DataFrame | None:  # type: ignore[no-untyped-def]
+    """Kept unsure rows plus those of syncs not yet recovered (``None`` if none)."""
+    parts = [f for f in (store.load_unsure(), unconfirmed_batches(conn, store)) if f is not None]
+    return pl.concat(parts, how="diagonal_relaxed") if parts else None
+
+
 def recover_interrupted(conn, store: MembershipStore) -> list[str]:  # type: ignore[no-untyped-def]
-    """Fold the confirmed batches of syncs that died mid-way (kill -9) into the snapshot."""
+    """Fold the confirmed batches of syncs that died mid-way (kill -9) into the snapshot;
+    the rows of their unconfirmed batches are kept as unsure (see the module docstring)."""
     rows = conn.execute(
         "SELECT sync_id FROM syncs WHERE segment=? AND destination=? AND status='running' "
         "ORDER BY started_at",

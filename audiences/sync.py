@@ -11,7 +11,9 @@ next one with no duplicates and no lost removals.
 Holds (difference protection for successive versions of one audience): when the
 pack's difference rule says ``hold``, adds and removes smaller than ``k_diff`` wait
 until each reaches ``k_diff``. Removals forced by consent, suppression,
-do-not-contact or death are never held: the law outranks the difference check.
+do-not-contact or death are never held: the law outranks the difference check. Nor are
+the people of a batch an interrupted run sent unconfirmed (the platform may hold them or
+not): they are settled to the release on the next run (see ``audiences.membership``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ import polars as pl
 from audiences.build import BuildResult, actor_name, build
 from audiences.config import ProjectConfig
 from audiences.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, AudiencesError, ConnectorError
-from audiences.membership import KEY, MembershipStore, close_sync, recover_interrupted
+from audiences.membership import (
+    KEY,
+    OP,
+    MembershipStore,
+    close_sync,
+    recover_interrupted,
+    unsure_rows,
+)
 from audiences.state import connect, new_id, transaction, utcnow
 
 Progress = Callable[[str, float], None]
@@ -159,11 +168,36 @@ def diff(
     *,
     hold_k: int | None,
     forced_keys: pl.Series | None,
+    unsure: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, int, int, int]:
-    """Adds, removes (vectorized anti-joins on member_key) and holds."""
+    """Adds, removes (vectorized anti-joins on member_key) and holds.
+
+    ``unsure`` rows (an interrupted run's unconfirmed batches, op in ``__op``) are settled
+    to the release and never held: added if released, removed if not.
+    """
     current_keys = release_members.select(KEY)
     adds = release_members.join(confirmed.select(KEY), on=KEY, how="anti")
     removes = confirmed.join(current_keys, on=KEY, how="anti")
+    settle_adds = settle_removes = None
+    if unsure is not None and unsure.height:
+        confirmed_keys = confirmed.select(KEY)
+        # the platform may hold people an unconfirmed add named, may lack people an
+        # unconfirmed remove named (who are still in the confirmed snapshot)
+        maybe_on = unsure.filter(pl.col(OP) == "add").join(confirmed_keys, on=KEY, how="anti")
+        maybe_off = unsure.filter(pl.col(OP) == "remove").join(confirmed_keys, on=KEY, how="semi")
+        keys = pl.concat([maybe_on.select(KEY), maybe_off.select(KEY)]).unique()
+        settle_adds = release_members.join(keys, on=KEY, how="semi")
+        settle_removes = pl.concat(
+            [
+                removes.join(keys, on=KEY, how="semi"),
+                maybe_on.join(current_keys, on=KEY, how="anti")
+                .unique(KEY, keep="last")
+                .select([c for c in removes.columns if c in maybe_on.columns]),
+            ],
+            how="diagonal_relaxed",
+        )
+        adds = adds.join(keys, on=KEY, how="anti")
+        removes = removes.join(keys, on=KEY, how="anti")
     forced = removes.height * 0
     if forced_keys is not None and removes.height:
         forced_mask = removes.get_column(KEY).is_in(forced_keys.implode())
@@ -178,6 +212,11 @@ def diff(
         if 0 < optional < hold_k:
             held_removes = optional
             removes = removes.filter(forced_mask) if forced_mask is not None else removes.clear()
+    if settle_adds is not None and settle_removes is not None:
+        adds = pl.concat([adds, settle_adds], how="diagonal_relaxed")
+        removes = pl.concat([removes, settle_removes], how="diagonal_relaxed")
+        if forced_keys is not None and settle_removes.height:
+            forced += int(settle_removes.get_column(KEY).is_in(forced_keys.implode()).sum())
     return adds, removes, held_adds, held_removes, forced
 
 
@@ -196,6 +235,7 @@ def plan_destination(
         confirmed,
         hold_k=_hold_threshold(release),
         forced_keys=release.excluded_keys,
+        unsure=unsure_rows(conn, store),
     )
     return DestinationPlan(
         segment=release.segment,
@@ -494,6 +534,7 @@ def sync_destination(
                 "match_rate": out.match_rate,
             },
         )
+        store.clear_unsure()  # this run settled them
         if out.held_adds or out.held_removes:
             _audit(
                 conn,

@@ -404,6 +404,45 @@ def test_crash_between_batches_then_rerun(
     assert rows_received(p.boxes, audience, "add") == n + adds + resent
 
 
+def test_crash_after_sending_a_small_last_batch_then_opt_out(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An add batch sent but unconfirmed when the process dies may be on the platform: the
+    rerun settles it though it is smaller than k_diff (100), so a later opt-out of one of
+    its people is removed (a hold would leave them on the platform, unknown to state)."""
+    small_batches(monkeypatch, 250)
+    p = make_project(rows=3000, segments=("all-adults",))
+    (r1,) = sync(p.config(), ["all-adults"], as_of=AS_OF).results
+    ids = external_ids(p.confirmed("all-adults", "meta"))
+    joiners = pick(eligible_outsiders(p, ids, ("en", "es")), 300, seed=16)
+    update_contacts(p, joiners, marketing_opt_in=True)
+    second = released_ids(p.contacts(), ALL_ADULTS)
+    adds = len(second - ids)
+    assert 250 + 1 <= adds < 250 + 100  # the last add batch is below k_diff
+
+    with pytest.raises(ProcessDied):  # dies after the platform took the second add batch
+        sync(p.config(), ["all-adults"], as_of=AS_OF, connector_factory=dying_after(1, sent=True))
+    assert len(p.boxes.meta.members(r1.audience)) == len(second)
+    ((crashed,),) = p.query("SELECT sync_id FROM syncs WHERE status = 'running'")
+    journal = p.root / ".audiences" / "syncs" / crashed / "000002-add.parquet"
+    last_batch = external_ids(pl.read_parquet(journal))  # sent, never confirmed
+    assert len(last_batch) == adds - 250
+    (r2,) = sync(p.config(), ["all-adults"], as_of=AS_OF).results
+    assert (r2.status, r2.adds, r2.held_adds, r2.removes) == ("ok", adds - 250, 0, 0)
+    confirmed = p.confirmed("all-adults", "meta")
+    assert external_ids(confirmed) == second
+    assert p.boxes.meta.members(r1.audience) == meta_rows(confirmed)
+
+    # one of the last batch's people opts out: removed at once
+    who = pick(last_batch, 1, seed=17)
+    update_contacts(p, who, marketing_opt_in=False)
+    (r3,) = sync(p.config(), ["all-adults"], as_of=AS_OF).results
+    assert r3.status == "ok" and r3.removes >= 1
+    confirmed = p.confirmed("all-adults", "meta")
+    assert not who & external_ids(confirmed)
+    assert p.boxes.meta.members(r1.audience) == meta_rows(confirmed)
+
+
 def test_kill_9_between_batches_then_rerun(make_project: Any) -> None:
     """A real `audiences sync` process killed with SIGKILL after two confirmed batches."""
     from connectors.sandbox.meta_server import Fault
