@@ -22,6 +22,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check audiences policies connectors tests benchmarks
 	$(BIN)/ruff format --check audiences policies connectors tests benchmarks
+	$(BIN)/mypy audiences policies connectors
 
 test: $(STAMP)
 	$(BIN)/ruff check audiences policies connectors tests benchmarks

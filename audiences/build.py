@@ -245,10 +245,10 @@ def mark_duplicates_of_opt_outs(
     if c.ad_personalization and c.ad_personalization in schema:
         text = pl.col(c.ad_personalization).cast(pl.String).str.strip_chars().str.to_lowercase()
         opted_out.append(text == "denied")
-    keyed = [
+    keyed: list[tuple[str, Any]] = [
         (col, fn)
         for col, fn in ((config.identity.email, _email_key), (config.identity.phone, _phone_key))
-        if col in schema
+        if col is not None and col in schema
     ]
     if not opted_out or not keyed:
         return plan.with_columns(pl.lit(False).alias(DUPLICATE_OF_OPT_OUT))

@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 CONTACTS_SCHEMA = pl.Schema(
-    {
+    {  # type: ignore[arg-type]
         "contact_id": pl.String,
         "email": pl.String,
         "phone": pl.String,
@@ -96,7 +96,7 @@ CONTACTS_SCHEMA = pl.Schema(
 )
 
 EVENTS_SCHEMA = pl.Schema(
-    {
+    {  # type: ignore[arg-type]
         "event_id": pl.String,
         "contact_id": pl.String,
         "event_type": pl.String,
@@ -1031,7 +1031,7 @@ class _Pieces:
     indices: dict[str, np.ndarray]
     lead_word: list[str | None] = dataclasses.field(default_factory=list)
     sep_word: list[str] = dataclasses.field(default_factory=list)
-    numbers: list[str] = dataclasses.field(default_factory=list)
+    numbers: Sequence[str | None] = dataclasses.field(default_factory=list)
     tail: list[str] = dataclasses.field(default_factory=list)
     prefixes: list[str | None] = dataclasses.field(default_factory=list)
     street_names: list[str] = dataclasses.field(default_factory=list)

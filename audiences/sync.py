@@ -356,7 +356,8 @@ def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[Destinati
     pack = load_pack(config)
     required = compliance.approval_required(config, pack)
     conn = connect(config.state_db)
-    names, skipped = [], []
+    names: list[str] = []
+    skipped: list[DestinationSync] = []
     try:
         for segment in load_segments(config.segments_dir):
             ads = compliance.ad_destinations(config, segment)

@@ -14,12 +14,12 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from audiences.errors import ConfigError
 
 if TYPE_CHECKING:
-    from connectors.base import Connector
+    from connectors.base import Connector, DestinationConfig
 
 GROUP = "audiences.connectors"
 
@@ -64,7 +64,7 @@ def connector_class(kind: str) -> type[Connector]:
     return cls
 
 
-def destination_config(spec: Any) -> BaseModel:
+def destination_config(spec: Any) -> DestinationConfig:
     """Validate a ``[destinations.NAME]`` table with its connector's config model."""
     cls = connector_class(spec.kind)
     data = spec.model_dump()

@@ -704,9 +704,9 @@ def _risk(
     n = released.height
     if n == 0:
         return ReidentificationRisk(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "dataset")
-    prosecutor_max = 1.0 / classes["f"].min()  # type: ignore[operator]
-    prosecutor_average = classes.height / n
-    at_max = classes.filter(pl.col("f") == classes["f"].min())["f"].sum() / n
+    prosecutor_max = float(1.0 / classes["f"].min())  # type: ignore[operator]
+    prosecutor_average = float(classes.height / n)
+    at_max = float(classes.filter(pl.col("f") == classes["f"].min())["f"].sum() / n)
     if population is None:
         return ReidentificationRisk(
             prosecutor_max,

@@ -28,6 +28,7 @@ compliance officers (render with :func:`policies.report.render`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import sqlite3
@@ -288,7 +289,7 @@ def evaluate(inp: GateInput) -> GateOutcome:
 def _release_columns(config: ProjectConfig, cand: pl.DataFrame) -> list[str]:
     wanted = ["member_key"]
     wanted += [getattr(config.identity, f) for f in IDENTITY_FIELDS]
-    wanted += [config.consent.ad_user_data, config.consent.ad_personalization]
+    wanted += [c for c in (config.consent.ad_user_data, config.consent.ad_personalization) if c]
     seen: list[str] = []
     for column in wanted:
         if column is not None and column in cand.schema and column not in seen:
@@ -354,7 +355,10 @@ def _members(
     if dest.kind in ("meta", "google_ads"):
         parts.append(hashed[layouts[0]])
     else:
-        parts += [hashed[layout].rename(lambda c, p=layout: f"{p}_{c}") for layout in layouts]
+        parts += [
+            hashed[layout].rename({c: f"{layout}_{c}" for c in hashed[layout].columns})
+            for layout in layouts
+        ]
     if dest.kind == "google_ads":
         parts.append(
             base.select(
@@ -565,7 +569,7 @@ def record(
             target = folder / f"{release.release_id}.parquet"
             if target.exists():
                 raise InternalError(f"release {release.release_id} is already recorded")
-            write_with(target, lambda tmp, k=keys: difference.write_membership(tmp, k), mode=0o600)
+            write_with(target, functools.partial(_write_keys, keys=keys), mode=0o600)
             written.append(target)
             rows.append(
                 (
@@ -665,3 +669,7 @@ def _report(
 
 
 __all__ = ["GateInput", "GateOutcome", "destination_of", "evaluate", "record", "verdict_digest"]
+
+
+def _write_keys(tmp: Path, *, keys: Any) -> None:
+    difference.write_membership(tmp, keys)

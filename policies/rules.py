@@ -539,7 +539,7 @@ def segment_words(segment: Any) -> frozenset[str]:
     dump = getattr(segment, "model_dump", None)
     if callable(dump):
         walk(dump(mode="json"))
-    words = set()
+    words: set[str] = set()
     for text in texts:
         words.update(w for w in _WORD.findall(text.lower()) if len(w) >= MIN_WORD)
     return frozenset(words)

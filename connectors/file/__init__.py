@@ -83,9 +83,11 @@ class AnonymityModel(BaseModel):
 class FileDestinationConfig(DestinationConfig):
     kind: Literal["file"] = "file"
     path: str = "exports"
-    formats: list[Literal["parquet", "csv"]] = Field(default_factory=lambda: ["parquet", "csv"])
+    formats: list[Literal["parquet", "csv"]] = Field(
+        default_factory=lambda: list[Literal["parquet", "csv"]](["parquet", "csv"])
+    )
     layouts: list[Literal["meta", "google_ads"]] = Field(
-        default_factory=lambda: ["meta", "google_ads"]
+        default_factory=lambda: list[Literal["meta", "google_ads"]](["meta", "google_ads"])
     )
     attributes: dict[str, HierarchyName] = Field(
         default_factory=dict,
