@@ -1023,7 +1023,39 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
     chunks = [
         frame.slice(lo, _CHUNK).lazy().select(named).collect() for lo in range(0, max(n, 1), _CHUNK)
     ]
-    return pl.concat(chunks, rechunk=False)
+    person = np.arange(n, dtype=np.int64)
+    person[dup] = src
+    return _one_mailbox_per_person(pl.concat(chunks, rechunk=False), person)
+
+
+def _one_mailbox_per_person(contacts: pl.DataFrame, person: np.ndarray) -> pl.DataFrame:
+    """Real mailboxes belong to one person: where two people drew the same mailbox (as
+    Google canonicalizes it: case, gmail dots and +tags folded), all but the first get a
+    number in the local part. A duplicate record keeps its person's mailbox."""
+    from audiences.identifiers import IdentityMapping, normalized_exprs
+
+    mailbox = normalized_exprs(
+        IdentityMapping(email="email"), "google_ads", schema=pl.Schema({"email": pl.String})
+    )["hashed_email"]
+    who = pl.Series("__person", person)
+    clash = (
+        contacts.select("email", who)
+        .with_columns(mailbox.alias("__mailbox"))
+        .select(
+            pl.col("__mailbox").is_not_null()
+            & (pl.col("__person") != pl.col("__person").min().over("__mailbox"))
+        )
+        .to_series()
+    )
+    head = pl.col("email").str.extract(r"^(\s*[^+@]*)", 1)
+    rest = pl.col("email").str.extract(
+        r"^\s*[^+@]*(.*)$",
+        1,
+    )
+    renamed = pl.concat_str([head, who.cast(pl.String), rest])
+    return contacts.with_columns(
+        pl.when(clash).then(renamed).otherwise(pl.col("email")).alias("email")
+    )
 
 
 @dataclasses.dataclass
@@ -1126,7 +1158,13 @@ def _email_indices(
 def _phone_indices(
     rng: np.random.Generator, p: _People, dup: np.ndarray, src: np.ndarray
 ) -> _Pieces:
-    """phone = prefix (format + area code + exchange 555) + 4-digit line."""
+    """phone = prefix (format + area code + exchange 500-599) + 4-digit line.
+
+    Exchange and line come from a permutation of the person's number, so two people in
+    one area code share a phone only past a million people there (a duplicate record
+    keeps its person's number). Synthetic numbers: never sync sample data to a real ad
+    account.
+    """
     n = p.n
     areas = sorted({a for *_, codes, _ in _CITIES for a in codes})
     area_index = {a: i for i, a in enumerate(areas)}
@@ -1135,16 +1173,22 @@ def _phone_indices(
     starts = np.cumsum(sizes) - sizes
     flat = np.array([a for codes in city_areas for a in codes])
     area = flat[starts[p.city] + (rng.random(n, dtype=np.float32) * sizes[p.city]).astype(np.int64)]
-    line = rng.integers(0, 10000, n)
+    person = np.arange(n, dtype=np.int64)
+    person[dup] = src
+    # 388,837 is coprime with 10**6: an affine map permuting each block of a million people
+    code = (person * 388_837 + int(rng.integers(0, 10**6))) % 10**6
+    line = code % 10_000
+    exchange = code // 10_000
     fmt = _choice(rng, _PHONE_FORMAT_SHARES, n).astype(np.int64)
-    area[dup], line[dup] = area[src], line[src]
+    area[dup] = area[src]
     fmt[dup] = (fmt[src] + rng.integers(1, len(_PHONE_FORMATS), dup.size)) % len(_PHONE_FORMATS)
     prefixes: list[str | None] = [
-        f"{pre}{open_}{a}{close}555{mid}"
+        f"{pre}{open_}{a}{close}{500 + x}{mid}"
         for pre, open_, close, mid in _PHONE_FORMATS
         for a in areas
+        for x in range(100)
     ] + [None]
-    prefix = fmt * len(areas) + area
+    prefix = (fmt * len(areas) + area) * 100 + exchange
     prefix[_missing(rng, n, "phone")] = len(prefixes) - 1
     return _Pieces(indices={"phone_prefix": prefix, "phone_line": line}, prefixes=prefixes)
 

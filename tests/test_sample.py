@@ -171,7 +171,7 @@ def test_messy_identifier_forms_are_present(
 def test_every_phone_is_a_us_number_in_some_format(contacts: pl.DataFrame) -> None:
     digits = contacts["phone"].drop_nulls().str.replace_all(r"\D", "")
     national = digits.str.replace(r"^(001|1)(\d{10})$", "$2")
-    assert national.str.contains(r"^[2-9]\d{2}555\d{4}$").all()
+    assert national.str.contains(r"^[2-9]\d{2}5\d{6}$").all()  # exchanges 500-599
 
 
 @pytest.mark.parametrize("column", IDENTIFIER_COLUMNS)
@@ -404,3 +404,28 @@ def test_bad_formats(tmp_path: Path, formats: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         sample.write(tmp_path, 10, seed=0, as_of=AS_OF, formats=formats)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_identifiers_belong_to_one_person_except_duplicates() -> None:
+    # Unrelated people never share a mailbox or a phone number (a duplicate record shares
+    # its person's): the duplicate-of-opt-out rule links records on them.
+    from audiences.identifiers import IdentityMapping, normalized_exprs
+
+    contacts, _ = sample.generate(60_000, seed=11, as_of=AS_OF)
+    identity = IdentityMapping(email="email", phone="phone")
+    keys = normalized_exprs(identity, "google_ads", schema=contacts.schema)
+    frame = contacts.select(
+        keys["hashed_email"].alias("mailbox"),
+        keys["hashed_phone_number"].alias("phone"),
+        pl.col("birth_date"),
+    )
+    for key in ("mailbox", "phone"):
+        shared = (
+            frame.drop_nulls([key, "birth_date"])
+            .group_by(key)
+            .agg(pl.len(), pl.col("birth_date").n_unique().alias("people"))
+            .filter(pl.col("len") > 1)
+        )
+        assert shared.height > 0, key  # duplicates do share their person's identifiers
+        # ... and a shared key is one person's: every record behind it has one birth date
+        assert shared["people"].max() == 1, key
