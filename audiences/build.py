@@ -210,16 +210,6 @@ def gate_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:
     return [c for c in schema.names() if c in wanted]
 
 
-def _email_key(col: pl.Expr) -> pl.Expr:
-    key = col.cast(pl.String).str.strip_chars().str.to_lowercase()
-    return pl.when(key.str.contains("@")).then(key)
-
-
-def _phone_key(col: pl.Expr) -> pl.Expr:
-    digits = col.cast(pl.String).str.replace_all(r"\D", "")
-    return pl.when(digits.str.len_chars() >= 7).then(digits.str.slice(-10))
-
-
 def mark_duplicates_of_opt_outs(
     plan: pl.LazyFrame, contacts: pl.LazyFrame, config: ProjectConfig
 ) -> pl.LazyFrame:
@@ -231,7 +221,8 @@ def mark_duplicates_of_opt_outs(
     email, last ten phone digits) stay inside this lazy plan; nothing is materialized
     but the flag.
     """
-    from policies.rules import DUPLICATE_OF_OPT_OUT, truthy
+    from audiences.identifiers import IdentityMapping, normalized_exprs
+    from policies.rules import DUPLICATE_OF_OPT_OUT, consent_signal, truthy
 
     schema = contacts.collect_schema()
     probe = pl.DataFrame(schema=schema)
@@ -243,30 +234,47 @@ def mark_duplicates_of_opt_outs(
         if column and column in schema:
             opted_out.append(truthy(probe, column, column))
     if c.ad_personalization and c.ad_personalization in schema:
-        text = pl.col(c.ad_personalization).cast(pl.String).str.strip_chars().str.to_lowercase()
-        opted_out.append(text == "denied")
-    keyed: list[tuple[str, Any]] = [
-        (col, fn)
-        for col, fn in ((config.identity.email, _email_key), (config.identity.phone, _phone_key))
-        if col is not None and col in schema
-    ]
+        opted_out.append(consent_signal(probe, c.ad_personalization, "ad") == "DENIED")
+    # Link records the way the platforms match people: the mailbox as Google
+    # canonicalizes it (case, gmail dots and +tags folded), the phone with its country
+    # code, and the name-and-postal-code tuple Customer Match matches on. Keys stay inside
+    # this lazy plan; only the flag comes out.
+    identity = config.identity
+    keyed: list[tuple[str, pl.Expr]] = []
+    if identity.email and identity.email in schema:
+        only = IdentityMapping(email=identity.email, default_country=identity.default_country)
+        keyed.append(
+            (identity.email, normalized_exprs(only, "google_ads", schema=schema)["hashed_email"])
+        )
+    if identity.phone and identity.phone in schema:
+        country = identity.country if identity.country in schema else None
+        only = IdentityMapping(
+            phone=identity.phone, country=country, default_country=identity.default_country
+        )
+        keyed.append((identity.phone, normalized_exprs(only, "meta", schema=schema)["PHONE"]))
+    address = (identity.first_name, identity.last_name, identity.zip)
+    if all(c and c in schema for c in address):
+        # Customer Match also matches first name + last name + country + postal code
+        parts = normalized_exprs(identity, "google_ads", schema=schema)
+        fields = ("hashed_first_name", "hashed_last_name", "country_code", "postal_code")
+        exprs = [parts[f] for f in fields]
+        tuple_key = pl.when(pl.all_horizontal([e.is_not_null() for e in exprs])).then(
+            pl.concat_str(exprs, separator="\x1f")
+        )
+        keyed.append(("address", tuple_key))
     if not opted_out or not keyed:
         return plan.with_columns(pl.lit(False).alias(DUPLICATE_OF_OPT_OUT))
     who = contacts.filter(pl.any_horizontal([e.fill_null(False) for e in opted_out]))
     hits = []
-    for i, (column, key_of) in enumerate(keyed):
+    for i, (_column, key_of) in enumerate(keyed):
         key, hit = f"__optout_key_{i}", f"__optout_hit_{i}"
         bad = (
-            who.select(key_of(pl.col(column)).alias(key))
+            who.select(key_of.alias(key))
             .drop_nulls()
             .unique()
             .with_columns(pl.lit(True).alias(hit))
         )
-        plan = (
-            plan.with_columns(key_of(pl.col(column)).alias(key))
-            .join(bad, on=key, how="left")
-            .drop(key)
-        )
+        plan = plan.with_columns(key_of.alias(key)).join(bad, on=key, how="left").drop(key)
         hits.append(hit)
     return plan.with_columns(
         pl.any_horizontal([pl.col(h).fill_null(False) for h in hits]).alias(DUPLICATE_OF_OPT_OUT)

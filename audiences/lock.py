@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,6 +130,11 @@ class ProjectLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             holder = _read_holder(fd)
+            # The winner writes its details right after taking the lock: give it a moment.
+            deadline = time.monotonic() + 0.5
+            while holder.pid is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+                holder = _read_holder(fd)
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise LockHeld(

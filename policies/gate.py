@@ -55,6 +55,7 @@ from policies.rules import (
     FilterContext,
     OpaqueNameParams,
     Verdict,
+    consent_signal,
     make_opaque_name,
     min_size,
     opaque_name,
@@ -321,27 +322,6 @@ def _hashed(
 ) -> dict[str, pl.DataFrame]:
     plans = [hashed_layout(base.lazy(), config.identity, layout, as_of=as_of) for layout in layouts]  # type: ignore[arg-type]
     return dict(zip(layouts, pl.collect_all(plans), strict=True))
-
-
-def consent_signal(frame: pl.DataFrame, column: str | None, name: str) -> pl.Expr:
-    """A CRM consent column as Google's GRANTED / DENIED / UNSPECIFIED."""
-    if column is None or column not in frame.schema:
-        return pl.lit("UNSPECIFIED").alias(name)
-    expr = pl.col(column)
-    if frame.schema[column] == pl.Boolean:
-        granted, denied = expr.eq(True), expr.eq(False)
-    else:
-        text = expr.cast(pl.String).str.strip_chars().str.to_lowercase()
-        granted = text.is_in(["granted", "grant", "true", "yes", "y", "1", "t"])
-        denied = text.is_in(["denied", "deny", "false", "no", "n", "0", "f"])
-    return (
-        pl.when(granted.fill_null(False))
-        .then(pl.lit("GRANTED"))
-        .when(denied.fill_null(False))
-        .then(pl.lit("DENIED"))
-        .otherwise(pl.lit("UNSPECIFIED"))
-        .alias(name)
-    )
 
 
 def _members(

@@ -298,6 +298,27 @@ def _column(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
     return pl.col(name)
 
 
+def consent_signal(frame: pl.DataFrame, column: str | None, name: str) -> pl.Expr:
+    """A CRM consent column as Google's GRANTED / DENIED / UNSPECIFIED."""
+    if column is None or column not in frame.schema:
+        return pl.lit("UNSPECIFIED").alias(name)
+    expr = pl.col(column)
+    if frame.schema[column] == pl.Boolean:
+        granted, denied = expr.eq(True), expr.eq(False)
+    else:
+        text = expr.cast(pl.String).str.strip_chars().str.to_lowercase()
+        granted = text.is_in(["granted", "grant", "true", "yes", "y", "1", "t"])
+        denied = text.is_in(["denied", "deny", "false", "no", "n", "0", "f"])
+    return (
+        pl.when(granted.fill_null(False))
+        .then(pl.lit("GRANTED"))
+        .when(denied.fill_null(False))
+        .then(pl.lit("DENIED"))
+        .otherwise(pl.lit("UNSPECIFIED"))
+        .alias(name)
+    )
+
+
 def truthy(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
     """Boolean view of a flag column (Boolean, 0/1 or yes/no text); null stays null."""
     expr = _column(candidates, name, role)
@@ -375,10 +396,9 @@ def consent(rule: Rule, ctx: FilterContext) -> Verdict:
             continue
         parts[role] = truthy(df, column, role).fill_null(False)
     if p.exclude_ad_personalization_denied and c.ad_personalization is not None:
-        consent_text = _column(df, c.ad_personalization, "ad_personalization").cast(pl.String)
-        parts["ad_personalization_denied"] = (
-            consent_text.str.strip_chars().str.to_lowercase() == "denied"
-        ).fill_null(False)
+        _column(df, c.ad_personalization, "ad_personalization")  # names a missing column
+        signal = consent_signal(df, c.ad_personalization, "ad_personalization")
+        parts["ad_personalization_denied"] = signal == "DENIED"
     if p.exclude_duplicates_of_opt_outs and DUPLICATE_OF_OPT_OUT in df.columns:
         parts["duplicate_of_opt_out"] = pl.col(DUPLICATE_OF_OPT_OUT).fill_null(False)
     evidence = {"candidates": df.height}

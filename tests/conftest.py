@@ -57,8 +57,9 @@ def sample_crm(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path
 # The consent rule restated from its documentation (PRIVACY.md, policies/packs/baseline.yaml)
 # over the sample CRM's columns, to compute what a release must hold independently of the
 # gate: a record is released only with a marketing opt-in, without do-not-contact, not
-# deceased, without denied ad personalization, and sharing no normalized email (trimmed,
-# lower case) or phone (last ten digits) with any record that opted out in one of those ways.
+# deceased, without denied ad personalization, and sharing no mailbox (as Google matches
+# it: see `mailbox`) or phone (last ten digits: the sample's phones are all US) with any
+# record that opted out in one of those ways.
 def opted_out() -> pl.Expr:
     denied = pl.col("ad_personalization_consent").str.strip_chars().str.to_lowercase() == "denied"
     return (
@@ -66,13 +67,39 @@ def opted_out() -> pl.Expr:
     ).fill_null(False)
 
 
+def mailbox(email: pl.Expr) -> pl.Expr:
+    """A mailbox as Google matches it: trimmed, lower case; for gmail.com and
+    googlemail.com, dots and any +tag removed from the local part."""
+    key = email.str.strip_chars().str.to_lowercase()
+    local = key.str.extract(r"^([^@]*)@", 1)
+    domain = key.str.extract(r"@(.*)$", 1)
+    gmail = domain.is_in(["gmail.com", "googlemail.com"])
+    folded = local.str.replace(r"\+.*$", "").str.replace_all(".", "", literal=True)
+    return pl.when(key.str.contains("@")).then(
+        pl.when(gmail).then(folded + "@" + domain).otherwise(key)
+    )
+
+
+def address(frame_names: tuple[str, str, str] = ("first_name", "last_name", "zip")) -> pl.Expr:
+    """The tuple Customer Match matches on: first and last name (trimmed, lower case,
+    inner spaces collapsed), country (every sample contact is in the US) and ZIP5."""
+    first, last, zip_code = frame_names
+
+    def name(column: str) -> pl.Expr:
+        text = pl.col(column).str.strip_chars().str.to_lowercase().str.replace_all(r"\s+", " ")
+        return pl.when(text != "").then(text)
+
+    zip5 = pl.col(zip_code).str.replace_all(r"\s", "").str.extract(r"^(\d{5})", 1)
+    return pl.concat_str([name(first), name(last), pl.lit("us"), zip5], separator="|")
+
+
 def _identity_keys(contacts: pl.DataFrame) -> pl.DataFrame:
-    email = pl.col("email").str.strip_chars().str.to_lowercase()
     digits = pl.col("phone").str.replace_all(r"\D", "")
     return contacts.with_columns(
         opted_out().alias("_opted_out"),
-        pl.when(email.str.contains("@")).then(email).alias("_email"),
+        mailbox(pl.col("email")).alias("_email"),
         pl.when(digits.str.len_chars() >= 7).then(digits.str.slice(-10)).alias("_phone"),
+        address().alias("_address"),
     )
 
 
@@ -80,16 +107,17 @@ def consented(contacts: pl.DataFrame) -> pl.Series:
     """Per contact row: does the consent rule keep it (Boolean Series)?"""
     keyed = _identity_keys(contacts)
     out = keyed.filter(pl.col("_opted_out"))
-    shares = pl.col("_email").is_in(out.get_column("_email").drop_nulls().implode()) | pl.col(
-        "_phone"
-    ).is_in(out.get_column("_phone").drop_nulls().implode())
+    shares = pl.any_horizontal(
+        pl.col(k).is_in(out.get_column(k).drop_nulls().implode())
+        for k in ("_email", "_phone", "_address")
+    )
     return keyed.select((~pl.col("_opted_out") & ~shares.fill_null(False)).alias("consented"))[
         "consented"
     ]
 
 
 def alone_in_opting_out(contacts: pl.DataFrame) -> pl.Series:
-    """Per row: does no *other* opted-out record share its email or phone (Boolean Series)?
+    """Per row: does no *other* opted-out record share its mailbox, phone or name-and-ZIP?
 
     Such a record joins once its own opt-out is lifted (nobody else holds it out).
     """
@@ -100,7 +128,7 @@ def alone_in_opting_out(contacts: pl.DataFrame) -> pl.Series:
             pl.col("_opted_out").cast(pl.Int32).sum().over(k) - pl.col("_opted_out").cast(pl.Int32)
         )
         .otherwise(0)
-        for k in ("_email", "_phone")
+        for k in ("_email", "_phone", "_address")
     ]
     return keyed.select((pl.sum_horizontal(others) == 0).alias("alone"))["alone"]
 

@@ -158,8 +158,9 @@ def opted_out(contacts: pl.DataFrame) -> pl.Expr:
 
 
 def email_key() -> pl.Expr:
-    key = pl.col("email").str.strip_chars().str.to_lowercase()
-    return pl.when(key.str.contains("@")).then(key)
+    from conftest import mailbox
+
+    return mailbox(pl.col("email"))
 
 
 def phone_key() -> pl.Expr:
@@ -169,18 +170,16 @@ def phone_key() -> pl.Expr:
 
 def consented(frame: pl.DataFrame, contacts: pl.DataFrame) -> pl.DataFrame:
     """The consent rule: the person opted in and did not opt out anywhere — an opt-out on
-    any CRM record sharing their email or phone (trimmed, lowercase; last 10 digits) counts."""
+    any CRM record sharing their mailbox (as Google matches it), phone (last 10 digits) or
+    name-and-ZIP counts."""
+    from conftest import address
+
     out = contacts.filter(opted_out(contacts))
-    emails = out.select(email_key().alias("k")).drop_nulls()
-    phones = out.select(phone_key().alias("k")).drop_nulls()
-    return (
-        frame.filter(~opted_out(frame))
-        .with_columns(email_key().alias("k"))
-        .join(emails.unique(), on="k", how="anti")
-        .with_columns(phone_key().alias("k"))
-        .join(phones.unique(), on="k", how="anti")
-        .drop("k")
-    )
+    kept = frame.filter(~opted_out(frame))
+    for key in (email_key(), phone_key(), address()):
+        taken = out.select(key.alias("k")).drop_nulls().unique()
+        kept = kept.with_columns(key.alias("k")).join(taken, on="k", how="anti").drop("k")
+    return kept
 
 
 def cardiology_lapsed(contacts: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:

@@ -312,13 +312,6 @@ def test_opt_out_on_one_record_removes_the_duplicates_too(make_project: Any) -> 
     assert p.boxes.google.members(r["audience"]) == google_people(confirmed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (audiences/build.py mark_duplicates_of_opt_outs): duplicates are matched on "
-    "trimmed lower-case email only, while the platforms match gmail addresses without dots "
-    "and +tags; the person's other record stays released and Customer Match removes it with "
-    "the opted-out one, so state keeps a member the list no longer has",
-)
 def test_opt_out_on_one_record_removes_a_gmail_spelling_duplicate(make_project: Any) -> None:
     p = make_project(rows=3000, segments=("west-coast",))
     a, b = sorted(released_ids(p.contacts(), WEST_COAST))[:2]
