@@ -210,18 +210,21 @@ def gate_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:
     return [c for c in schema.names() if c in wanted]
 
 
+def _link_columns(link: tuple[Any, str, list[str]]) -> set[str]:
+    only = link[0]
+    return {c for c in only.model_dump().values() if isinstance(c, str)}
+
+
 def mark_duplicates_of_opt_outs(
     plan: pl.LazyFrame, contacts: pl.LazyFrame, config: ProjectConfig
 ) -> pl.LazyFrame:
-    """Flag candidates sharing an email or phone with any CRM record that opted out.
+    """Flag candidates sharing an identifier with any CRM record that opted out.
 
     A person often has two CRM records; an opt-out (no marketing opt-in, do-not-contact,
     deceased, ad personalization denied) on one of them must not be undone by the other,
-    since the platforms match people on any identifier. Matching keys (trimmed lowercase
-    email, last ten phone digits) stay inside this lazy plan; nothing is materialized
-    but the flag.
+    since the platforms match people on any identifier.
     """
-    from audiences.identifiers import IdentityMapping, normalized_exprs
+    from audiences.identifiers import IdentityMapping, normalized_layout
     from policies.rules import DUPLICATE_OF_OPT_OUT, consent_signal, truthy
 
     schema = contacts.collect_schema()
@@ -238,43 +241,62 @@ def mark_duplicates_of_opt_outs(
     # Link records the way the platforms match people: the mailbox as Google
     # canonicalizes it (case, gmail dots and +tags folded), the phone with its country
     # code, and the name-and-postal-code tuple Customer Match matches on. Keys stay inside
-    # this lazy plan; only the flag comes out.
+    # this lazy plan; only the flag comes out. (normalized_layout stages its intermediate
+    # values as columns: the inline expressions are many times slower on phones.)
     identity = config.identity
-    keyed: list[tuple[str, pl.Expr]] = []
+    country = identity.country if identity.country in schema else None
+    links: list[tuple[IdentityMapping, str, list[str]]] = []
     if identity.email and identity.email in schema:
         only = IdentityMapping(email=identity.email, default_country=identity.default_country)
-        keyed.append(
-            (identity.email, normalized_exprs(only, "google_ads", schema=schema)["hashed_email"])
-        )
+        links.append((only, "google_ads", ["hashed_email"]))
     if identity.phone and identity.phone in schema:
-        country = identity.country if identity.country in schema else None
         only = IdentityMapping(
             phone=identity.phone, country=country, default_country=identity.default_country
         )
-        keyed.append((identity.phone, normalized_exprs(only, "meta", schema=schema)["PHONE"]))
-    address = (identity.first_name, identity.last_name, identity.zip)
-    if all(c and c in schema for c in address):
-        # Customer Match also matches first name + last name + country + postal code
-        parts = normalized_exprs(identity, "google_ads", schema=schema)
-        fields = ("hashed_first_name", "hashed_last_name", "country_code", "postal_code")
-        exprs = [parts[f] for f in fields]
-        tuple_key = pl.when(pl.all_horizontal([e.is_not_null() for e in exprs])).then(
-            pl.concat_str(exprs, separator="\x1f")
+        links.append((only, "meta", ["PHONE"]))
+    names = (identity.first_name, identity.last_name, identity.zip)
+    if all(c and c in schema for c in names):
+        only = IdentityMapping(
+            first_name=identity.first_name,
+            last_name=identity.last_name,
+            zip=identity.zip,
+            country=country,
+            default_country=identity.default_country,
         )
-        keyed.append(("address", tuple_key))
-    if not opted_out or not keyed:
+        links.append(
+            (
+                only,
+                "google_ads",
+                ["hashed_first_name", "hashed_last_name", "country_code", "postal_code"],
+            )
+        )
+    if not opted_out or not links:
         return plan.with_columns(pl.lit(False).alias(DUPLICATE_OF_OPT_OUT))
+
+    def with_key(
+        lf: pl.LazyFrame, link: tuple[IdentityMapping, str, list[str]], key: str
+    ) -> pl.LazyFrame:
+        only, layout, fields = link
+        keep = lf.collect_schema().names()
+        staged = normalized_layout(lf, only, layout, keep=keep)
+        parts = [pl.col(f) for f in fields]
+        value = pl.when(pl.all_horizontal([p.is_not_null() for p in parts])).then(
+            pl.concat_str(parts, separator="\x1f")
+        )
+        return staged.select(*keep, value.alias(key))
+
     who = contacts.filter(pl.any_horizontal([e.fill_null(False) for e in opted_out]))
     hits = []
-    for i, (_column, key_of) in enumerate(keyed):
+    for i, link in enumerate(links):
         key, hit = f"__optout_key_{i}", f"__optout_hit_{i}"
         bad = (
-            who.select(key_of.alias(key))
+            with_key(who.select([c for c in schema.names() if c in _link_columns(link)]), link, key)
+            .select(key)
             .drop_nulls()
             .unique()
             .with_columns(pl.lit(True).alias(hit))
         )
-        plan = plan.with_columns(key_of.alias(key)).join(bad, on=key, how="left").drop(key)
+        plan = with_key(plan, link, key).join(bad, on=key, how="left").drop(key)
         hits.append(hit)
     return plan.with_columns(
         pl.any_horizontal([pl.col(h).fill_null(False) for h in hits]).alias(DUPLICATE_OF_OPT_OUT)
