@@ -217,7 +217,34 @@ def diff(
         removes = pl.concat([removes, settle_removes], how="diagonal_relaxed")
         if forced_keys is not None and settle_removes.height:
             forced += int(settle_removes.get_column(KEY).is_in(forced_keys.implode()).sum())
+    # A member whose identifiers changed (new email, new phone) stays a member: the old
+    # row is removed and the new one added, never held (the audience's size is unchanged,
+    # and a later removal must reach the identifiers the platform actually has).
+    settled = keys if settle_adds is not None else None
+    new_rows, old_rows = changed_identifiers(release_members, confirmed, skip=settled)
+    if new_rows.height:
+        adds = pl.concat([adds, new_rows], how="diagonal_relaxed")
+        removes = pl.concat([removes, old_rows], how="diagonal_relaxed")
     return adds, removes, held_adds, held_removes, forced
+
+
+def changed_identifiers(
+    release_members: pl.DataFrame, confirmed: pl.DataFrame, *, skip: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(new rows, old rows) of members in both whose uploaded identifiers differ."""
+    columns = [c for c in release_members.columns if c != KEY and c in confirmed.columns]
+    if not columns or not confirmed.height or not release_members.height:
+        return release_members.clear(), confirmed.clear()
+    both = release_members.join(
+        confirmed.select(KEY, *columns), on=KEY, how="inner", suffix="__old"
+    )
+    if skip is not None and skip.height:
+        both = both.join(skip, on=KEY, how="anti")
+    differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}__old")) for c in columns])
+    changed = both.filter(differs)
+    new_rows = changed.select(release_members.columns)
+    old_rows = changed.select(KEY, *(pl.col(f"{c}__old").alias(c) for c in columns))
+    return new_rows, old_rows
 
 
 def _hold_threshold(release: Any) -> int | None:

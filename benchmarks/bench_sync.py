@@ -230,7 +230,9 @@ def diff_frames(members: int, churn: float, seed: int = 0) -> tuple[Any, Any, An
         )
 
     previous = frame(previous_keys)
-    current = frame(current_keys)
+    # members who stay keep the identifiers they were uploaded with
+    current = pl.concat([previous.filter(pl.Series(keep)), frame(new_keys)])
+    assert np.array_equal(current.get_column("member_key").to_numpy(), current_keys)
     forced = pl.Series("member_key", previous_keys[gone[: changed // 2]], dtype=pl.UInt64)
     return current, previous, forced
 

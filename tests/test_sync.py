@@ -810,3 +810,25 @@ def test_no_token_in_logs_output_state_or_audit_export(
             assert token not in text, where
         for f in files:
             assert token.encode() not in f.read_bytes(), f
+
+
+def test_changed_identifiers_are_replaced_not_held() -> None:
+    # A member who changed email stays a member: the old row is removed and the new one
+    # added (a later removal must reach what the platform has), even under holds.
+    from audiences.sync import diff
+
+    confirmed = pl.DataFrame(
+        {"member_key": [1, 2, 3], "EMAIL": ["a", "b", "c"], "PHONE": ["p", None, "r"]},
+        schema_overrides={"member_key": pl.UInt64},
+    )
+    release = pl.DataFrame(
+        {"member_key": [1, 2, 3, 4], "EMAIL": ["a", "b2", "c", "d"], "PHONE": ["p", "q", "r", "s"]},
+        schema_overrides={"member_key": pl.UInt64},
+    )
+    adds, removes, held_adds, held_removes, forced = diff(
+        release, confirmed, hold_k=100, forced_keys=None
+    )
+    # the pure add (key 4) is held below k_diff; the identifier change (key 2) is not
+    assert (held_adds, held_removes, forced) == (1, 0, 0)
+    assert adds.rows() == [(2, "b2", "q")]
+    assert removes.rows() == [(2, "b", None)]
