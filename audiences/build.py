@@ -380,26 +380,7 @@ def build(
                     )
                     result.seconds = time.perf_counter() - started
                     if not dry_run:
-                        _finish(
-                            conn,
-                            build_id,
-                            "blocked",
-                            reasons=result.reasons,
-                            summary=result.to_dict(),
-                        )
-                        _audit(
-                            conn,
-                            who,
-                            "build",
-                            segment.name,
-                            {
-                                "build_id": build_id,
-                                "status": "blocked",
-                                "segment_digest": segment.digest,
-                                "policy_digest": pack.digest,
-                                "reasons": result.reasons,
-                            },
-                        )
+                        _close_build(conn, who, result, sources.digest)
                     results.append(result)
                     continue
                 candidates = collect_candidates(config, segment, sources, as_of, salt)
@@ -453,30 +434,7 @@ def build(
                 _finish(conn, build_id, "failed", reasons=[_one_line(exc)])
                 raise
             result.seconds = time.perf_counter() - started
-            _finish(
-                conn,
-                build_id,
-                result.status,
-                candidates=candidates.height,
-                members=max(result.released.values(), default=0),
-                reasons=result.reasons,
-                summary=result.to_dict(),
-            )
-            _audit(
-                conn,
-                who,
-                "build",
-                segment.name,
-                {
-                    "build_id": build_id,
-                    "status": result.status,
-                    "segment_digest": segment.digest,
-                    "policy_digest": pack.digest,
-                    "source_digest": sources.digest,
-                    "released": result.released,
-                    "reasons": result.reasons,
-                },
-            )
+            _close_build(conn, who, result, sources.digest)
             results.append(result)
         step("done", 1.0)
     finally:
@@ -611,6 +569,34 @@ def write_reports(config: ProjectConfig, build_id: str, report: dict[str, Any]) 
         write_text(target, render(report, fmt))
         paths[fmt] = str(target)
     return paths
+
+
+def _close_build(conn: Any, actor: str, result: BuildResult, source_digest: str) -> None:
+    """Record a finished build (released or blocked) in state and in the audit log."""
+    _finish(
+        conn,
+        result.build_id,
+        result.status,
+        candidates=result.candidates,
+        members=max(result.released.values(), default=0),
+        reasons=result.reasons,
+        summary=result.to_dict(),
+    )
+    _audit(
+        conn,
+        actor,
+        "build",
+        result.segment,
+        {
+            "build_id": result.build_id,
+            "status": result.status,
+            "segment_digest": result.segment_digest,
+            "policy_digest": result.policy_digest,
+            "source_digest": source_digest,
+            "released": result.released,
+            "reasons": result.reasons,
+        },
+    )
 
 
 def _finish(
