@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from audiences import state
 from audiences.errors import BudgetExhausted, StateError, UsageError
 from policies.ledger import (
     BudgetPolicy,
@@ -18,20 +19,6 @@ from policies.ledger import (
     next_period_start,
     period_label,
 )
-
-DDL = """
-CREATE TABLE dp_ledger (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  dataset TEXT NOT NULL,
-  period TEXT NOT NULL,
-  epsilon REAL NOT NULL,
-  delta REAL NOT NULL DEFAULT 0,
-  query TEXT NOT NULL,
-  actor TEXT NOT NULL,
-  at TEXT NOT NULL
-);
-CREATE INDEX dp_ledger_dataset_period ON dp_ledger(dataset, period);
-"""
 
 DIGEST_A = "a" * 64
 DIGEST_B = "b" * 64
@@ -44,10 +31,9 @@ def _connect(path: Path | str = ":memory:") -> sqlite3.Connection:
 
 
 @pytest.fixture
-def conn() -> sqlite3.Connection:
-    connection = _connect()
-    connection.executescript(DDL)
-    return connection
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    # the real state database, migrated by audiences.state
+    return state.connect(tmp_path / "state.db")
 
 
 @pytest.fixture
@@ -217,8 +203,7 @@ def test_refresh_on_unchanged_data_renews_each_period(conn: sqlite3.Connection) 
 
 def test_ledger_survives_reconnect(tmp_path: Path, policy: BudgetPolicy) -> None:
     path = tmp_path / "state.db"
-    first = _connect(path)
-    first.executescript(DDL)
+    first = state.connect(path)
     Ledger(first, policy).spend(DIGEST_A, PrivacyBudget(0.5), "q1", "ana", NOV)
     first.close()
     second = _connect(path)
@@ -231,10 +216,7 @@ def test_ledger_survives_reconnect(tmp_path: Path, policy: BudgetPolicy) -> None
 
 def test_concurrent_spends_do_not_overspend(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    setup = _connect(path)
-    setup.execute("PRAGMA journal_mode=WAL")
-    setup.executescript(DDL)
-    setup.close()
+    state.connect(path).close()  # the real state database: WAL, migrated
     policy = BudgetPolicy(epsilon_per_period=1.0, max_epsilon_per_query=1.0)
     workers = 6
     barrier = threading.Barrier(workers)
