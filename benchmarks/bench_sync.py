@@ -34,19 +34,20 @@ from benchmarks.bench_build import make_project
 TOKEN = "sandbox-demo-token"
 ACCOUNT = "act_1234567890"
 SEGMENT = "bench-newsletter-readers"
-# Non-PHI (email clicks are not a sensitive event type); roughly 10 % of the contacts
-# end up released to Meta under hipaa-marketing.
+# Non-PHI (email clicks are not a sensitive event type); about 12 % of the contacts end
+# up released to Meta under hipaa-marketing (after opt-outs and their duplicates), so the
+# 10M sample gives a release of over 1M members.
 SEGMENT_YAML = f"""\
 name: {SEGMENT}
-description: Women who clicked a newsletter email in the last year
+description: Adults who clicked a newsletter email in the last year
 destinations: [meta]
 where:
   all:
     - age: {{gte: 18}}
-    - sex: {{eq: F}}
     - preferred_language: {{in: [en, es, zh, vi]}}
     - event: {{type: email_click, within: 365d}}
 """
+TARGET_MEMBERS_FULL = 1_000_000
 TARGET_OVERHEAD_S, TARGET_DIFF_S = 20.0, 3.0
 
 _SANDBOX_CHILD = """
@@ -303,12 +304,11 @@ def main(quick: bool = False) -> None:
         f"  {s['batches']} batches, {s['ours_confirmed']:,} rows confirmed by the sandbox; "
         f"audience sizes on the platform: {sorted(s['platform_members'].values())}"
     )
-    wanted = sync_rows // 10  # the segment releases about 10 % of the contacts
-    if s["members"] < wanted // 2:
+    if not quick and s["members"] < TARGET_MEMBERS_FULL:
         print(
-            f"  WARNING: only {s['members']:,} members released (about {wanted:,} expected): "
-            "the gate excluded more people than this benchmark was sized for; the per-1M "
-            "figure is extrapolated from few batches"
+            f"  WARNING: only {s['members']:,} members released, fewer than the "
+            f"{TARGET_MEMBERS_FULL:,} of the target: the per-1M figure is extrapolated "
+            "(the gate excluded more people than this benchmark was sized for)"
         )
     verdict = "ok" if ours_overhead * per_million <= TARGET_OVERHEAD_S else "MISSED"
     print(f"  target: overhead <= {TARGET_OVERHEAD_S:g} s for 1M members: {verdict}")
