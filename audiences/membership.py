@@ -16,6 +16,7 @@ since must be removed; a person it may lack must be added).
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,13 +78,18 @@ class MembershipStore:
         members, ``add`` inserts or updates them.
         """
         out = base
-        for op, rows in batches:
+        # Consecutive batches of one op are applied together: one join per run of adds or
+        # removes rather than per batch (a million members is a hundred batches).
+        for op, group in itertools.groupby(batches, key=lambda batch: batch[0]):
+            frames = [rows for _, rows in group]
             if op == "clear":
                 out = out.clear()
-            elif op == "remove":
+                continue
+            rows = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+            if op == "remove":
                 out = out.join(rows.select(KEY), on=KEY, how="anti")
             else:
-                rows = rows.unique(subset=KEY, keep="last")
+                rows = rows.unique(subset=KEY, keep="last", maintain_order=True)
                 out = pl.concat(
                     [out.join(rows.select(KEY), on=KEY, how="anti"), rows], how="diagonal_relaxed"
                 )
