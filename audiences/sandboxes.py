@@ -18,7 +18,7 @@ from typing import Any
 
 SANDBOX_ENV = {
     "META_ACCESS_TOKEN": "sandbox-demo-token",
-    "GOOGLE_ADS_DEVELOPER_TOKEN": "sandbox-developer-token",
+    "GOOGLE_ADS_DEVELOPER_TOKEN": "sandbox.developer.token",
     "GOOGLE_ADS_ACCESS_TOKEN": "sandbox-access-token",
 }
 

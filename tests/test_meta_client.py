@@ -37,7 +37,7 @@ from connectors.meta import (
 )
 from connectors.sandbox.meta_server import DEMO_AD_ACCOUNT_ID, FAULTS, Fault, MetaSandbox
 
-TOKEN = "EAAGsecretTokenValue7f3a9c1d"
+TOKEN = "fake.meta.token.7f3a9c1d"
 APP_SECRET = "app-secret-5b2e"
 PROOF = hmac.new(APP_SECRET.encode(), TOKEN.encode(), hashlib.sha256).hexdigest()
 SCHEMA = ["EMAIL", "PHONE", "FN", "LN", "ZIP", "COUNTRY"]
@@ -299,13 +299,13 @@ def test_terminal_errors_stop_without_retry(
 def test_wrong_token_names_the_variable_not_the_token(sandbox: MetaSandbox, sleeps: Sleeps) -> None:
     with (
         MetaClient(
-            "EAAGanotherWrongToken99", DEMO_AD_ACCOUNT_ID, endpoint=sandbox.url,
+            "fake.wrong.token.99", DEMO_AD_ACCOUNT_ID, endpoint=sandbox.url,
             token_env_var="CLINIC_META_TOKEN", sleep=sleeps,
         ) as client,
         pytest.raises(MetaAuthError, match="environment variable CLINIC_META_TOKEN") as caught,
     ):  # fmt: skip
         client.create_audience("seg-1")
-    assert "EAAGanotherWrongToken99" not in str(caught.value)
+    assert "fake.wrong.token.99" not in str(caught.value)
     assert caught.value.code == 190
 
 
