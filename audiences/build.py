@@ -159,8 +159,17 @@ def validate_against_data(
 
 
 def collect_candidates(
-    config: ProjectConfig, segment: Any, sources: Sources, as_of: date, salt: bytes
+    config: ProjectConfig,
+    segment: Any,
+    sources: Sources,
+    as_of: date,
+    salt: bytes,
+    *,
+    link_opt_outs: bool = True,
 ) -> pl.DataFrame:
+    """The segment's rows plus what the gate needs; ``link_opt_outs`` flags duplicates of
+    opt-outs (the consent rule's ``exclude_duplicates_of_opt_outs``; off for DP previews,
+    which count the segment before consent)."""
     from audiences.segments import compile_segment
 
     ctx = segment_context(config, as_of)
@@ -169,7 +178,8 @@ def collect_candidates(
         member_key(pl.col(cid), salt).alias("member_key"),
         age_expr(config.identity.birth_date, as_of, sources.contacts.collect_schema()),
     )
-    plan = mark_duplicates_of_opt_outs(plan, sources.contacts, config)
+    if link_opt_outs:
+        plan = mark_duplicates_of_opt_outs(plan, sources.contacts, config)
     plan = plan.select(gate_columns(config, plan.collect_schema()))
     try:
         frame = plan.collect(engine="streaming")
@@ -185,6 +195,14 @@ def collect_candidates(
     return frame
 
 
+def links_opt_outs(pack: Any) -> bool:
+    """Does the pack's consent rule exclude duplicates of opt-outs (the default)?"""
+    return any(
+        rule.kind == "consent" and getattr(rule.params, "exclude_duplicates_of_opt_outs", False)
+        for rule in pack.rules
+    )
+
+
 def gate_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:
     """The candidate columns the gate and the release need — nothing else is read.
 
@@ -196,6 +214,7 @@ def gate_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:
     from policies.rules import DUPLICATE_OF_OPT_OUT
 
     wanted = {config.sources.contacts.id, "member_key", "age", DUPLICATE_OF_OPT_OUT}
+    # (the flag is absent when the pack does not link duplicates: filtered below)
     wanted |= {c for c in config.identity.model_dump().values() if isinstance(c, str)}
     wanted |= {c for c in config.consent.model_dump().values() if c}
     wanted |= set(config.columns.quasi_identifiers)
@@ -278,7 +297,7 @@ def mark_duplicates_of_opt_outs(
     ) -> pl.LazyFrame:
         only, layout, fields = link
         keep = lf.collect_schema().names()
-        staged = normalized_layout(lf, only, layout, keep=keep)
+        staged = normalized_layout(lf, only, layout, keep=keep)  # type: ignore[arg-type]
         parts = [pl.col(f) for f in fields]
         value = pl.when(pl.all_horizontal([p.is_not_null() for p in parts])).then(
             pl.concat_str(parts, separator="\x1f")
@@ -383,7 +402,9 @@ def build(
                         _close_build(conn, who, result, sources.digest)
                     results.append(result)
                     continue
-                candidates = collect_candidates(config, segment, sources, as_of, salt)
+                candidates = collect_candidates(
+                    config, segment, sources, as_of, salt, link_opt_outs=links_opt_outs(pack)
+                )
                 step(f"{segment.name}: policy gate", (i + 0.6) / len(segments))
                 outcome = evaluate(
                     GateInput(

@@ -155,7 +155,7 @@ def preview(
         requested = PrivacyBudget(eps, 0.0)
         ledger.check(sources.digest, requested, as_of)
         members = collect_candidates(
-            config, segment, sources, as_of, project_salt(config.state_dir)
+            config, segment, sources, as_of, project_salt(config.state_dir), link_opt_outs=False
         )
         ledger.spend(
             sources.digest,
@@ -210,7 +210,9 @@ def overlap(
         requested = PrivacyBudget(eps, 0.0)
         ledger.check(sources.digest, requested, as_of)
         sets = {
-            s.name: collect_candidates(config, s, sources, as_of, salt).select("member_key").lazy()
+            s.name: collect_candidates(config, s, sources, as_of, salt, link_opt_outs=False)
+            .select("member_key")
+            .lazy()
             for s in segments
         }
         ledger.spend(

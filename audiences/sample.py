@@ -1035,7 +1035,9 @@ def _one_mailbox_per_person(contacts: pl.DataFrame, person: np.ndarray) -> pl.Da
     from audiences.identifiers import IdentityMapping, normalized_exprs
 
     mailbox = normalized_exprs(
-        IdentityMapping(email="email"), "google_ads", schema=pl.Schema({"email": pl.String})
+        IdentityMapping(email="email"),  # type: ignore[arg-type]
+        "google_ads",
+        schema=pl.Schema({"email": pl.String}),
     )["hashed_email"]
     who = pl.Series("__person", person)
     clash = (
