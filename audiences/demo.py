@@ -102,6 +102,7 @@ def main() -> None:
         console.print(
             f"(added {APPROVER}'s public key to [approvers] keys; the private key stays in {keys})",
             highlight=False,
+            markup=False,
         )
         for segment in ("cardiology-lapsed", "flu-shot-reminder"):
             run(

@@ -65,10 +65,12 @@ def dimensions(config: ProjectConfig, schema: pl.Schema) -> dict[str, Any]:
     return out
 
 
-def interval(low: float, high: float) -> list[int]:
-    """A 95% interval for a count, as whole people within [0, ∞): a very negative noisy
-    count must not show an upper bound below zero (an interval that excludes every count)."""
-    return [max(round(low), 0), max(round(high), 0)]
+def interval(value: float, low: float, high: float) -> list[int]:
+    """A 95% interval for a count, as whole people within [0, ∞). A negative noisy count
+    keeps the interval's width above zero ([0, half-width]) rather than collapsing to
+    "0–0", which would claim certainty the noise does not give."""
+    upper = high - min(value, 0.0)
+    return [max(round(low), 0), max(round(upper), 0)]
 
 
 @dataclass
@@ -86,14 +88,14 @@ class Preview:
             "epsilon": self.epsilon,
             "count": {
                 "value": count.shown,
-                "ci95": interval(count.ci95_low, count.ci95_high),
+                "ci95": interval(count.value, count.ci95_low, count.ci95_high),
             },
             "breakdowns": {
                 name: [
                     {
                         "key": row[name],
                         "count": max(int(row["count"]), 0),
-                        "ci95": interval(row["ci95_low"], row["ci95_high"]),
+                        "ci95": interval(row["count"], row["ci95_low"], row["ci95_high"]),
                     }
                     for row in frame.iter_rows(named=True)
                 ]

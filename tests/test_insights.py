@@ -245,18 +245,19 @@ def test_budget_exhaustion(tmp_path: Path, crm: Path) -> None:
 
 def test_intervals_never_go_below_zero() -> None:
     """A cell with no people can draw a very negative noisy count: shown as 0, its interval
-    must still contain 0 (was [0, -10] before the fix)."""
+    must still contain 0 (was [0, -10] before the fix) and keep the noise's half-width
+    ([0, 0] would claim a certainty the noise does not give)."""
     from types import SimpleNamespace
 
     from audiences.insights import Preview
 
-    count = SimpleNamespace(shown=0, ci95_low=0.0, ci95_high=-10.4)
+    count = SimpleNamespace(value=-25, shown=0, ci95_low=0.0, ci95_high=-10.4)
     frame = pl.DataFrame({"sex": ["F", "M"], "count": [-25, 40], "ci95_low": [0.0, 25.0]})
     frame = frame.with_columns(ci95_high=pl.Series([-10.0, 55.0]))
     result = SimpleNamespace(count=count, breakdowns={"sex": frame}, epsilon_used={})
     doc = Preview("s", 1.0, result, SimpleNamespace(epsilon=1.0), "never").to_dict()
-    assert doc["count"] == {"value": 0, "ci95": [0, 0]}
+    assert doc["count"] == {"value": 0, "ci95": [0, 15]}  # half-width 14.6
     assert doc["breakdowns"]["sex"] == [
-        {"key": "F", "count": 0, "ci95": [0, 0]},
+        {"key": "F", "count": 0, "ci95": [0, 15]},
         {"key": "M", "count": 40, "ci95": [25, 55]},
     ]
