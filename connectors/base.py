@@ -92,19 +92,24 @@ class AudienceConnector(Connector):
     terminal :class:`ConnectorError` otherwise.
     """
 
+    client: Any = None
+
     def open(self) -> None:
         """Read credentials (named environment variables) and build the SDK client."""
 
     def close(self) -> None:
         """Release network resources."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def batch_size(self, op: str) -> int:
+        """People per journaled batch for ``op`` (add | remove)."""
+        return self.add_batch_size if op == "add" else self.remove_batch_size
 
     @abstractmethod
     def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
         """Return the platform's audience id, creating the audience when ``remote_id`` is None."""
-
-    @abstractmethod
-    def batch_size(self, op: str) -> int:
-        """People per journaled batch for ``op`` (add | remove)."""
 
     @abstractmethod
     def send(

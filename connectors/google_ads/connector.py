@@ -37,7 +37,6 @@ class GoogleAdsConnector(AudienceConnector):
     remove_batch_size: ClassVar[int] = 500_000
 
     config: GoogleAdsDestinationConfig
-    client: Any = None
 
     def account(self) -> str:
         return self.config.customer_id
@@ -63,20 +62,12 @@ class GoogleAdsConnector(AudienceConnector):
             poll_seconds=self.config.poll_seconds,
         )
 
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-
     def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
         if remote_id:
             return remote_id
         return str(
             self.client.create_user_list(name, description, self.config.membership_life_span_days)
         )
-
-    def batch_size(self, op: str) -> int:
-        return self.add_batch_size if op == "add" else self.remove_batch_size
 
     def send(
         self,

@@ -29,7 +29,6 @@ class MetaConnector(AudienceConnector):
     remove_batch_size: ClassVar[int] = 10_000
 
     config: MetaDestinationConfig
-    client: Any = None
 
     def account(self) -> str:
         return self.config.ad_account_id
@@ -56,11 +55,6 @@ class MetaConnector(AudienceConnector):
             token_env_var=self.config.access_token_env,
         )
 
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-
     def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
         if remote_id:
             return remote_id
@@ -69,9 +63,6 @@ class MetaConnector(AudienceConnector):
                 name, description, customer_file_source=self.config.customer_file_source
             )
         )
-
-    def batch_size(self, op: str) -> int:
-        return self.add_batch_size if op == "add" else self.remove_batch_size
 
     def send(
         self,
