@@ -24,7 +24,6 @@ from audiences.errors import (
     AudiencesError,
     ConnectorError,
     DataError,
-    InternalError,
     SegmentError,
 )
 from audiences.identifiers import member_key
@@ -670,4 +669,4 @@ def report_path(config: ProjectConfig, build_id: str, fmt: str) -> Path:
     return path
 
 
-__all__ = ["BuildResult", "InternalError", "build"]
+__all__ = ["BuildResult", "build", "collect_candidates", "report_path"]
