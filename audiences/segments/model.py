@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,21 +36,7 @@ Operator = Literal[
     "contains",
     "starts_with",
 ]
-OPERATORS: tuple[str, ...] = (
-    "eq",
-    "ne",
-    "in",
-    "not_in",
-    "gt",
-    "gte",
-    "lt",
-    "lte",
-    "between",
-    "is_null",
-    "not_null",
-    "contains",
-    "starts_with",
-)
+OPERATORS: tuple[str, ...] = get_args(Operator)
 #: Operators allowed on an event ``count``.
 COUNT_OPERATORS: tuple[str, ...] = ("eq", "ne", "gt", "gte", "lt", "lte", "between")
 
