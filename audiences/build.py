@@ -177,11 +177,16 @@ def collect_candidates(
         member_key(pl.col(cid), salt).alias("member_key"),
         age_expr(config.identity.birth_date, as_of, sources.contacts.collect_schema()),
     )
-    if link_opt_outs:
-        plan = mark_duplicates_of_opt_outs(plan, sources.contacts, config)
     plan = plan.select(gate_columns(config, plan.collect_schema()))
     try:
         frame = plan.collect(engine="streaming")
+        if link_opt_outs:
+            from audiences.linkage import flag_duplicates_of_opt_outs
+            from policies.rules import DUPLICATE_OF_OPT_OUT
+
+            frame = flag_duplicates_of_opt_outs(
+                frame, sources.contacts, config, DUPLICATE_OF_OPT_OUT
+            )
     except pl.exceptions.PolarsError as exc:
         raise _explain_collect_failure(config, exc) from None
     if frame.height and frame.get_column(cid).is_duplicated().any():
@@ -210,10 +215,8 @@ def gate_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:
     """
     from connectors.file import FileDestinationConfig
     from connectors.registry import destination_config
-    from policies.rules import DUPLICATE_OF_OPT_OUT
 
-    wanted = {config.sources.contacts.id, "member_key", "age", DUPLICATE_OF_OPT_OUT}
-    # (the flag is absent when the pack does not link duplicates: filtered below)
+    wanted = {config.sources.contacts.id, "member_key", "age"}
     wanted |= {c for c in config.identity.model_dump().values() if isinstance(c, str)}
     wanted |= {c for c in config.consent.model_dump().values() if c}
     wanted |= set(config.columns.quasi_identifiers)
@@ -226,99 +229,6 @@ def gate_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:
             if settings.anonymity is not None and settings.anonymity.sensitive:
                 wanted.add(settings.anonymity.sensitive)
     return [c for c in schema.names() if c in wanted]
-
-
-def _link_columns(link: tuple[Any, str, list[str]]) -> set[str]:
-    only = link[0]
-    return {c for c in only.model_dump().values() if isinstance(c, str)}
-
-
-def mark_duplicates_of_opt_outs(
-    plan: pl.LazyFrame, contacts: pl.LazyFrame, config: ProjectConfig
-) -> pl.LazyFrame:
-    """Flag candidates sharing an identifier with any CRM record that opted out.
-
-    A person often has two CRM records; an opt-out (no marketing opt-in, do-not-contact,
-    deceased, ad personalization denied) on one of them must not be undone by the other,
-    since the platforms match people on any identifier.
-    """
-    from audiences.identifiers import IdentityMapping, normalized_layout
-    from policies.rules import DUPLICATE_OF_OPT_OUT, consent_signal, truthy
-
-    schema = contacts.collect_schema()
-    probe = pl.DataFrame(schema=schema)
-    c = config.consent
-    opted_out: list[pl.Expr] = []
-    if c.marketing_opt_in and c.marketing_opt_in in schema:
-        opted_out.append(truthy(probe, c.marketing_opt_in, "marketing_opt_in").not_())
-    for column in (c.do_not_contact, c.deceased):
-        if column and column in schema:
-            opted_out.append(truthy(probe, column, column))
-    if c.ad_personalization and c.ad_personalization in schema:
-        opted_out.append(consent_signal(probe, c.ad_personalization, "ad") == "DENIED")
-    # Link records the way the platforms match people: the mailbox as Google
-    # canonicalizes it (case, gmail dots and +tags folded), the phone with its country
-    # code, and the name-and-postal-code tuple Customer Match matches on. Keys stay inside
-    # this lazy plan; only the flag comes out. (normalized_layout stages its intermediate
-    # values as columns: the inline expressions are many times slower on phones.)
-    identity = config.identity
-    country = identity.country if identity.country in schema else None
-    links: list[tuple[IdentityMapping, str, list[str]]] = []
-    if identity.email and identity.email in schema:
-        only = IdentityMapping(email=identity.email, default_country=identity.default_country)
-        links.append((only, "google_ads", ["hashed_email"]))
-    if identity.phone and identity.phone in schema:
-        only = IdentityMapping(
-            phone=identity.phone, country=country, default_country=identity.default_country
-        )
-        links.append((only, "meta", ["PHONE"]))
-    names = (identity.first_name, identity.last_name, identity.zip)
-    if all(c and c in schema for c in names):
-        only = IdentityMapping(
-            first_name=identity.first_name,
-            last_name=identity.last_name,
-            zip=identity.zip,
-            country=country,
-            default_country=identity.default_country,
-        )
-        links.append(
-            (
-                only,
-                "google_ads",
-                ["hashed_first_name", "hashed_last_name", "country_code", "postal_code"],
-            )
-        )
-    if not opted_out or not links:
-        return plan.with_columns(pl.lit(False).alias(DUPLICATE_OF_OPT_OUT))
-
-    def with_key(
-        lf: pl.LazyFrame, link: tuple[IdentityMapping, str, list[str]], key: str
-    ) -> pl.LazyFrame:
-        only, layout, fields = link
-        keep = lf.collect_schema().names()
-        staged = normalized_layout(lf, only, layout, keep=keep)  # type: ignore[arg-type]
-        parts = [pl.col(f) for f in fields]
-        value = pl.when(pl.all_horizontal([p.is_not_null() for p in parts])).then(
-            pl.concat_str(parts, separator="\x1f")
-        )
-        return staged.select(*keep, value.alias(key))
-
-    who = contacts.filter(pl.any_horizontal([e.fill_null(False) for e in opted_out]))
-    hits = []
-    for i, link in enumerate(links):
-        key, hit = f"__optout_key_{i}", f"__optout_hit_{i}"
-        bad = (
-            with_key(who.select([c for c in schema.names() if c in _link_columns(link)]), link, key)
-            .select(key)
-            .drop_nulls()
-            .unique()
-            .with_columns(pl.lit(True).alias(hit))
-        )
-        plan = with_key(plan, link, key).join(bad, on=key, how="left").drop(key)
-        hits.append(hit)
-    return plan.with_columns(
-        pl.any_horizontal([pl.col(h).fill_null(False) for h in hits]).alias(DUPLICATE_OF_OPT_OUT)
-    ).drop(hits)
 
 
 def _explain_collect_failure(config: ProjectConfig, exc: BaseException) -> AudiencesError:

@@ -1,0 +1,313 @@
+"""Duplicates of opt-outs: which candidates share a matchable identifier with a CRM record
+that opted out.
+
+A person often has two CRM records. An opt-out (no marketing opt-in, do-not-contact,
+deceased, ad personalization denied) on one of them must not be undone by the other, since
+the platforms match people on any identifier. Records are linked the way the platforms
+match: the mailbox as Google canonicalizes it (case, gmail dots and ``+tags`` folded), the
+phone with its country code (Meta's layout), and the first name, last name, country and
+postal code tuple Customer Match matches on.
+
+Normalizing every opted-out record's identifiers on every build is the expensive part (43 %
+of a CRM can be opted out), so each link first compares a *coarse key* — a cheap function
+``g`` of the raw value with ``g(raw) == g(normalized(raw))`` for the rows it calls
+*reliable* — and normalizes only the rows whose coarse key also occurs on the other side
+(and the few unreliable rows, whose coarse key is taken from their normalized value).
+Equal normalized values have equal coarse keys, so the prefilter never drops a true
+match; it only saves work. ``tests/test_linkage.py`` checks the invariant on adversarial
+values and the whole result against the direct computation.
+
+Keys stay inside this module; only a boolean flag per candidate comes out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from audiences.identifiers import IdentityMapping, Layout, normalized_layout
+
+if TYPE_CHECKING:
+    from audiences.config import ProjectConfig
+
+__all__ = ["Link", "flag_duplicates_of_opt_outs", "links_for", "opted_out_expr"]
+
+_ROW = "__link_row"
+_KEY = "__link_key"
+_SEP = "\x1f"
+
+# How many trailing digits of a phone number the coarse key keeps. National numbers have
+# at least this many digits in most numbering plans; a shorter one is "unreliable" and
+# normalized in full.
+PHONE_TAIL = 10
+
+
+def _text(column: str) -> pl.Expr:
+    return pl.col(column).cast(pl.String)
+
+
+# Each stage adds two columns to a frame, named by ``out``: ``{out}`` the coarse key ``g``
+# of the given fields (raw CRM columns or normalized layout columns) and ``{out}_ok``
+# whether ``g`` of these raw values provably equals ``g`` of their normalized values.
+Stage = Callable[[pl.LazyFrame, Sequence[pl.Expr], str], pl.LazyFrame]
+
+
+def _email_stage(lf: pl.LazyFrame, fields: Sequence[pl.Expr], out: str) -> pl.LazyFrame:
+    """``g``: the local part up to the first ``+``, dots removed, and the last characters
+    of the address, all lowercased.
+
+    Invariant under everything the Google email normalization does: trimming,
+    lowercasing, gmail dot and ``+tag`` removal (the domain is kept); an already-hashed
+    value (no ``+``, ``@`` or ``.``) keeps its lowercase hex. Every row is reliable.
+    """
+    lower = fields[0].str.strip_chars().str.to_lowercase()
+    lf = lf.with_columns(lower.alias(out))
+    lower = pl.col(out)
+    local = lower.str.extract(r"^([^+@]*)", 1).str.replace_all(".", "", literal=True)
+    coarse = pl.concat_str([local, lower.str.slice(-8)], separator=_SEP)
+    return lf.with_columns(coarse.alias(out), pl.lit(True).alias(f"{out}_ok"))
+
+
+def _phone_stage(lf: pl.LazyFrame, fields: Sequence[pl.Expr], out: str) -> pl.LazyFrame:
+    """``g``: the number's last ``PHONE_TAIL`` digits, for a value of digits and the usual
+    punctuation (space, ``-``, ``(``, ``)``, ``.``, ``+``); else the last characters of
+    what is left once those are removed.
+
+    Reliable when the value is only digits and that punctuation and the normalized number
+    provably ends in the same digits. The normalization keeps the digits (``+`` given),
+    drops a ``00`` (or, in the NANP, ``011``) international prefix, or prefixes the
+    calling code to the digits with or without their leading zeros — so at least
+    ``len - 2`` (``00``), ``len - 3`` (``011``) or the number of digits after the leading
+    zeros survive at the end. Anything else (letters, an extension, a SHA-256, other
+    characters) is normalized in full.
+    """
+    digits = fields[0].str.replace_all(r"[ ()+.\-]+", "")
+    lf = lf.with_columns(digits.alias(out))
+    digits = pl.col(out)
+    number = digits.str.to_integer(base=10, strict=False)
+    lf = lf.with_columns(number.alias(f"{out}_n"))
+    number = pl.col(f"{out}_n")
+    length = digits.str.len_bytes()
+    kept = (
+        pl.when(digits.str.starts_with("011"))
+        .then(length >= PHONE_TAIL + 3)
+        .when(digits.str.starts_with("00"))
+        .then(length >= PHONE_TAIL + 2)
+        .otherwise(number >= 10 ** (PHONE_TAIL - 1))
+    )
+    only_digits = number.is_not_null() & (number >= 0) & ~digits.str.starts_with("-")
+    coarse = (
+        pl.when(only_digits)
+        .then((number % 10**PHONE_TAIL).cast(pl.String))
+        .otherwise(digits.str.to_lowercase().str.slice(-PHONE_TAIL))
+    )
+    reliable = (digits.str.len_bytes() == 0) | (only_digits & kept)
+    return lf.with_columns(coarse.alias(out), reliable.alias(f"{out}_ok")).drop(f"{out}_n")
+
+
+def _letters(value: pl.Expr) -> pl.Expr:
+    """ASCII letters of the lowercased value (whitespace, punctuation, accents dropped)."""
+    return value.str.to_lowercase().str.replace_all(r"[^a-z]+", "")
+
+
+# Combining marks let NFC fold an ASCII letter into a precomposed one (e + U+0301 → é),
+# and U+0130 lowercases to i + U+0307: such names are normalized in full.
+_COMBINING = r"[\p{M}\x{0130}]"
+
+
+def _name_zip_stage(lf: pl.LazyFrame, fields: Sequence[pl.Expr], out: str) -> pl.LazyFrame:
+    """``g``: the ASCII letters of first and last name, lowercased, and the first five
+    ASCII digits of the postal code (a US ZIP normalizes to exactly these; any other postal
+    code keeps its digits through case and whitespace normalization). The country is
+    left out.
+
+    Reliable unless a name holds a combining mark (NFC may then fold a letter into a
+    precomposed one).
+    """
+    first, last, postal = fields
+    coarse = pl.concat_str(
+        [_letters(first), _letters(last), postal.str.replace_all(r"[^0-9]+", "").str.slice(0, 5)],
+        separator=_SEP,
+    )
+    combining = first.str.contains(_COMBINING) | last.str.contains(_COMBINING)
+    return lf.with_columns(coarse.alias(out), (~combining).alias(f"{out}_ok"))
+
+
+@dataclass(frozen=True)
+class Link:
+    """One way two records can be the same person on a platform."""
+
+    name: str
+    identity: IdentityMapping
+    layout: Layout
+    fields: tuple[str, ...]  # the layout columns that make the key
+    stage: Stage
+
+    @property
+    def columns(self) -> list[str]:
+        """The CRM columns the link reads (country last, if mapped)."""
+        ident = self.identity
+        order = ("email", "phone", "first_name", "last_name", "zip", "country")
+        return [c for c in (getattr(ident, f) for f in order) if isinstance(c, str)]
+
+    def raw_fields(self) -> list[pl.Expr]:
+        """The CRM columns behind the key fields (the country aside), as text."""
+        ident = self.identity
+        names = {
+            "hashed_email": ident.email,
+            "PHONE": ident.phone,
+            "hashed_first_name": ident.first_name,
+            "hashed_last_name": ident.last_name,
+            "postal_code": ident.zip,
+        }
+        return [_text(names[f]) for f in self.fields if f in names]  # type: ignore[arg-type]
+
+    def norm_fields(self) -> list[pl.Expr]:
+        """The normalized layout columns behind the key fields (the country aside)."""
+        return [pl.col(f) for f in self.fields if f != "country_code"]
+
+    def key(self) -> pl.Expr:
+        """The exact link key over the normalized layout columns (null if any part is)."""
+        return pl.concat_str([pl.col(f) for f in self.fields], separator=_SEP)
+
+    @property
+    def out(self) -> str:
+        return f"__link_{self.name}"
+
+
+def links_for(config: ProjectConfig, schema: pl.Schema) -> list[Link]:
+    """The links the project's identity mapping allows."""
+    identity = config.identity
+    country = identity.country if identity.country in schema else None
+    default = identity.default_country
+    links: list[Link] = []
+    if identity.email and identity.email in schema:
+        only = IdentityMapping(email=identity.email, default_country=default)
+        links.append(Link("email", only, "google_ads", ("hashed_email",), _email_stage))
+    if identity.phone and identity.phone in schema:
+        only = IdentityMapping(phone=identity.phone, country=country, default_country=default)
+        links.append(Link("phone", only, "meta", ("PHONE",), _phone_stage))
+    names = (identity.first_name, identity.last_name, identity.zip)
+    if all(c and c in schema for c in names):
+        only = IdentityMapping(
+            first_name=identity.first_name,
+            last_name=identity.last_name,
+            zip=identity.zip,
+            country=country,
+            default_country=default,
+        )
+        fields = ("hashed_first_name", "hashed_last_name", "country_code", "postal_code")
+        links.append(Link("name_zip", only, "google_ads", fields, _name_zip_stage))
+    return links
+
+
+def opted_out_expr(config: ProjectConfig, schema: pl.Schema) -> pl.Expr | None:
+    """True for a CRM record that opted out of marketing or ad personalization, or must
+    not be contacted (do-not-contact, deceased); None when no consent column is mapped."""
+    from policies.rules import consent_signal, truthy
+
+    probe = pl.DataFrame(schema=schema)
+    c = config.consent
+    parts: list[pl.Expr] = []
+    if c.marketing_opt_in and c.marketing_opt_in in schema:
+        # no recorded opt-in is no opt-in, as in the consent rule
+        parts.append(~truthy(probe, c.marketing_opt_in, "marketing_opt_in").fill_null(False))
+    for column in (c.do_not_contact, c.deceased):
+        if column and column in schema:
+            parts.append(truthy(probe, column, column))
+    if c.ad_personalization and c.ad_personalization in schema:
+        parts.append(consent_signal(probe, c.ad_personalization, "ad") == "DENIED")
+    if not parts:
+        return None
+    return pl.any_horizontal([p.fill_null(False) for p in parts])
+
+
+def coarse_keys(frame: pl.DataFrame, link: Link) -> pl.DataFrame:
+    """(row, hash of ``g``) for every row of ``frame`` (``_ROW`` plus the link's columns):
+    ``g`` of the raw values where that provably equals ``g`` of the normalized ones, else
+    ``g`` of the normalized values. Rows whose ``g`` is null have no key."""
+    out = link.out
+    staged = link.stage(frame.lazy().select(_ROW, *link.columns), link.raw_fields(), out)
+    easy = staged.filter(pl.col(f"{out}_ok").fill_null(True)).select(_ROW, out)
+    hard = normalized_layout(
+        staged.filter(~pl.col(f"{out}_ok").fill_null(True)).select(_ROW, *link.columns),
+        link.identity,  # type: ignore[arg-type]
+        link.layout,
+        keep=[_ROW],
+    )
+    hard = link.stage(hard, link.norm_fields(), out).select(_ROW, out)
+    both = pl.concat([easy, hard]).drop_nulls(out)
+    return both.select(_ROW, pl.col(out).hash()).collect()
+
+
+def exact_keys(frame: pl.DataFrame, link: Link) -> pl.DataFrame:
+    """(row, exact link key) for every row of ``frame`` that has one."""
+    subset = frame.lazy().select(_ROW, *link.columns)
+    staged = normalized_layout(subset, link.identity, link.layout, keep=[_ROW])  # type: ignore[arg-type]
+    return staged.select(_ROW, link.key().alias(_KEY)).drop_nulls(_KEY).collect()
+
+
+def flag_duplicates_of_opt_outs(
+    candidates: pl.DataFrame, contacts: pl.LazyFrame, config: ProjectConfig, flag: str
+) -> pl.DataFrame:
+    """``candidates`` with a boolean column ``flag``: true where a candidate who did not opt
+    out shares an email, phone or name-and-postal-code key with a CRM record that did.
+
+    Candidates who opted out themselves are not flagged: the consent rule excludes them
+    under their own reason.
+    """
+    schema = contacts.collect_schema()
+    links = links_for(config, schema)
+    opted_out = opted_out_expr(config, schema)
+    if opted_out is None or not links or candidates.is_empty():
+        return candidates.with_columns(pl.lit(False).alias(flag))
+    columns = sorted({c for link in links for c in link.columns})
+    own = opted_out_expr(config, candidates.collect_schema())
+    cand = (
+        candidates.lazy()
+        .with_row_index(_ROW)
+        .filter(~own if own is not None else pl.lit(True))
+        .select(_ROW, *columns)
+        .collect()
+    )
+    # 1. The candidates' coarse keys (normalizing only their unreliable rows).
+    cand_coarse = {link.name: coarse_keys(cand, link) for link in links}
+    # 2. One streaming pass over the opted-out records keeps those that are unreliable
+    #    for a link or share a coarse key with a candidate; nothing else materializes.
+    scan = contacts.filter(opted_out).select(columns)
+    keep: list[pl.Expr] = []
+    for link in links:
+        scan = link.stage(scan, link.raw_fields(), link.out)
+        known = cand_coarse[link.name].get_column(link.out).implode()
+        keep.append(~pl.col(f"{link.out}_ok").fill_null(True))
+        keep.append(pl.col(link.out).hash().is_in(known).fill_null(False))
+    outs = (
+        scan.filter(pl.any_horizontal(keep))
+        .select(columns)
+        .with_row_index(_ROW)
+        .collect(engine="streaming")
+    )
+    # 3. Per link, exact keys for the rows whose coarse keys meet, then the exact join.
+    hits: list[pl.Series] = []
+    for link in links:
+        out_coarse = coarse_keys(outs, link)
+        mine = cand_coarse[link.name]
+        shared = mine.filter(pl.col(link.out).is_in(out_coarse.get_column(link.out).implode()))
+        if shared.is_empty():
+            continue
+        theirs = out_coarse.filter(pl.col(link.out).is_in(shared.get_column(link.out).implode()))
+        mine_keys = exact_keys(
+            cand.filter(pl.col(_ROW).is_in(shared.get_column(_ROW).implode())), link
+        )
+        their_keys = exact_keys(
+            outs.filter(pl.col(_ROW).is_in(theirs.get_column(_ROW).implode())), link
+        )
+        matched = mine_keys.filter(pl.col(_KEY).is_in(their_keys.get_column(_KEY).implode()))
+        hits.append(matched.get_column(_ROW))
+    rows = pl.concat(hits).unique() if hits else pl.Series(_ROW, [], dtype=pl.UInt32)
+    return candidates.with_columns(
+        pl.int_range(pl.len(), dtype=pl.UInt32).is_in(rows.implode()).alias(flag)
+    )

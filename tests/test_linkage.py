@@ -1,0 +1,471 @@
+"""Duplicates of opt-outs (audiences.linkage).
+
+The linkage compares cheap coarse keys before normalizing anything; a wrong coarse key
+would silently let a duplicate of an opted-out person through. So: (1) the invariant
+``g(raw) == g(normalized(raw))`` on every row the stage calls reliable, over adversarial
+values; (2) the whole result against a direct reference that normalizes every record and
+joins the exact keys; (3) the cases by hand — each way of writing the same person that the
+platforms would match, and the records that must not be linked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audiences.config import ProjectConfig
+from audiences.identifiers import normalized_layout
+from audiences.linkage import PHONE_TAIL, flag_duplicates_of_opt_outs, links_for
+
+FLAG = "dup"
+COLUMNS = ("contact_id", "email", "phone", "first_name", "last_name", "zip", "country")
+
+
+def config(**consent: Any) -> ProjectConfig:
+    consent = consent or {
+        "marketing_opt_in": "opt_in",
+        "do_not_contact": "dnc",
+        "deceased": "deceased",
+        "ad_personalization": "ad",
+    }
+    return ProjectConfig.model_validate(
+        {
+            "sources": {"contacts": {"path": "contacts.parquet", "id": "contact_id"}},
+            "identity": {
+                "external_id": "contact_id",
+                "email": "email",
+                "phone": "phone",
+                "first_name": "first_name",
+                "last_name": "last_name",
+                "zip": "zip",
+                "country": "country",
+            },
+            "consent": consent,
+            "destinations": {"file": {"kind": "file", "path": "exports"}},
+        }
+    )
+
+
+def person(i: int, *, opt_in: bool = True, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(contact_id=f"c{i}", country="US", opt_in=opt_in, dnc=False, deceased=False)
+    row["ad"] = "granted"
+    row.update(values)
+    return row
+
+
+def frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    schema = {c: pl.String for c in COLUMNS} | {
+        "opt_in": pl.Boolean,
+        "dnc": pl.Boolean,
+        "deceased": pl.Boolean,
+        "ad": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+def flagged(contacts: pl.DataFrame, cfg: ProjectConfig | None = None) -> set[str]:
+    """Ids flagged when every contact is a candidate."""
+    out = flag_duplicates_of_opt_outs(contacts, contacts.lazy(), cfg or config(), FLAG)
+    assert out.height == contacts.height
+    assert out.drop(FLAG).equals(contacts)
+    return set(out.filter(FLAG).get_column("contact_id").to_list())
+
+
+def reference(contacts: pl.DataFrame, candidates: pl.DataFrame) -> set[str]:
+    """Normalize every record in full and join the exact keys: no coarse keys."""
+    cfg = config()
+    opted_out = ~pl.col("opt_in").fill_null(False) | pl.col("dnc").fill_null(False)
+    opted_out = opted_out | pl.col("deceased").fill_null(False)
+    ad = pl.col("ad").str.strip_chars().str.to_lowercase()
+    opted_out = opted_out | ad.is_in(["denied", "deny", "false", "no", "n", "0", "f"]).fill_null(
+        False
+    )
+    found: set[str] = set()
+    for link in links_for(cfg, contacts.schema):
+
+        def keys(lf: pl.LazyFrame, link: Any = link) -> pl.DataFrame:
+            staged = normalized_layout(lf, link.identity, link.layout, keep=["contact_id"])
+            return staged.select("contact_id", link.key().alias("k")).drop_nulls("k").collect()
+
+        theirs = keys(contacts.lazy().filter(opted_out))
+        mine = keys(candidates.lazy().filter(~opted_out))
+        hit = mine.filter(pl.col("k").is_in(theirs.get_column("k").implode()))
+        found |= set(hit.get_column("contact_id").to_list())
+    return found
+
+
+# ------------------------------------------------------------------ 1. the coarse invariant
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_local = st.text(alphabet="abcxyz.+-_0123", min_size=1, max_size=10)
+_domain = st.sampled_from(["gmail.com", "googlemail.com", "example.org", "Mail.EXAMPLE.com"])
+emails = st.one_of(
+    st.builds(
+        lambda loc, d, pad: f"{pad}{loc}@{d}{pad}",
+        _local,
+        _domain,
+        st.sampled_from(["", " ", "\t"]),
+    ),
+    st.builds(lambda s: s.upper(), st.builds(lambda loc, d: f"{loc}@{d}", _local, _domain)),
+    st.builds(lambda t: sha(t), st.text(max_size=5)),
+    st.builds(lambda t: sha(t).upper(), st.text(max_size=5)),
+    st.text(max_size=12),
+)
+_digits = st.text(alphabet="0123456789", min_size=0, max_size=17)
+phones = st.one_of(
+    st.builds(
+        lambda d, p, s: p + s.join(d),
+        _digits,
+        st.sampled_from(["", "+", "00", "011", "0", "1"]),
+        st.sampled_from(["", " ", "-", "."]),
+    ),
+    st.builds(
+        lambda a, b, c: f"({a}) {b}-{c}",
+        st.text("0123456789", min_size=3, max_size=3),
+        st.text("0123456789", min_size=3, max_size=3),
+        st.text("0123456789", min_size=4, max_size=4),
+    ),
+    st.builds(
+        lambda d, x: f"{d} {x}",
+        _digits,
+        st.sampled_from(["x12", "ext. 7", "#99", "extension 123456"]),
+    ),
+    st.builds(lambda t: sha(t), st.text(max_size=5)),
+    st.builds(lambda d: sha(d)[:0] + "9" * 64, st.just("")),  # a SHA-256 of only digits
+    st.text(alphabet="0123456789 +-().x#/\u00a0\u0660", max_size=20),
+    st.text(max_size=12),
+)
+_name_chars = "aAbBzZ éÉe\u0301\u0130\u212aß'-.  \t\u0300ñ"
+names = st.one_of(st.text(alphabet=_name_chars, max_size=8), st.text(max_size=6))
+zips = st.one_of(
+    st.text(alphabet="0123456789- ", max_size=11),
+    st.sampled_from(["12345", "12345-6789", " 12345 ", "123456789", "SW1A 1AA", "k1a 0b1", "1234"]),
+    st.text(max_size=8),
+)
+countries = st.sampled_from(["US", "us", "GB", "Canada", "de", "IT", "Germany", None, "zz"])
+
+
+def invariant_holds(rows: list[dict[str, Any]]) -> None:
+    contacts = pl.DataFrame(rows, schema={c: pl.String for c in COLUMNS})
+    for link in links_for(config(), contacts.schema):
+        out = link.out
+        raw = link.stage(contacts.lazy(), link.raw_fields(), out).select(
+            "contact_id", pl.col(out).alias("g_raw"), pl.col(f"{out}_ok").alias("ok")
+        )
+        norm = normalized_layout(contacts.lazy(), link.identity, link.layout, keep=["contact_id"])
+        norm = link.stage(norm, link.norm_fields(), out).select(
+            "contact_id", pl.col(out).alias("g_norm"), link.key().alias("key")
+        )
+        both = raw.join(norm, on="contact_id").collect()
+        # every row with a key either is unreliable or has g(raw) == g(normalized)
+        broken = both.filter(
+            pl.col("key").is_not_null()
+            & pl.col("ok").fill_null(True)
+            & pl.col("g_raw").ne_missing(pl.col("g_norm"))
+        )
+        assert broken.is_empty(), (link.name, broken.to_dicts()[:3])
+        # a row with a key has a coarse key (the prefilter drops null ones)
+        assert both.filter(pl.col("key").is_not_null() & pl.col("g_norm").is_null()).is_empty()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "email": emails,
+                "phone": phones,
+                "first_name": names,
+                "last_name": names,
+                "zip": zips,
+                "country": countries,
+            }
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_coarse_key_of_a_reliable_raw_value_is_that_of_its_normalized_value(rows: list) -> None:
+    invariant_holds([{"contact_id": f"c{i}", **r} for i, r in enumerate(rows)])
+
+
+def test_invariant_on_the_values_most_likely_to_break_it() -> None:
+    rows = [
+        {
+            "email": " Pat.Lee+promo@GMAIL.com ",
+            "phone": "+1 (425) 554-6755",
+            "first_name": "Jose\u0301",
+        },
+        {"email": "p.a.t.lee@googlemail.com", "phone": "00 44 20 7946 0958", "country": "GB"},
+        {
+            "email": sha("x").upper(),
+            "phone": sha("y"),
+            "first_name": "\u212aim",
+            "last_name": "\u0130nce",
+        },
+        {
+            "email": "a@b",
+            "phone": "011 44 20 7946 0958",
+            "first_name": "Zoë",
+            "last_name": "O'Brien",
+        },
+        {"phone": "0000000001234567", "zip": "12345-6789", "first_name": "ß", "last_name": "x"},
+        {
+            "phone": "425 554 6755 ext. 12",
+            "zip": "SW1A 1AA",
+            "country": "GB",
+            "first_name": "a\u0300",
+        },
+        {
+            "phone": "0123 456789",
+            "country": "IT",
+            "first_name": "Ab",
+            "last_name": "Cd",
+            "zip": "00144",
+        },
+        {
+            "phone": "-4255546755",
+            "first_name": "  Mary   Ann ",
+            "last_name": "Smith-Jones",
+            "zip": "02134",
+        },
+    ]
+    invariant_holds(
+        [
+            {c: None for c in COLUMNS} | {"contact_id": f"c{i}", "country": "US"} | r
+            for i, r in enumerate(rows)
+        ]
+    )
+
+
+# ------------------------------------------------------------------ 2. against the reference
+_people = [
+    ("pat.lee", "4255546755", "Pat", "Lee", "98037"),
+    ("jsmith", "2125550100", "John", "Smith", "10001"),
+    ("maria.gomez", "3055550199", "María", "Gómez", "33101"),
+    ("o.brien", "6175550111", "Sean", "O'Brien", "02134"),
+]
+
+
+@st.composite
+def spelled(draw: Any, i: int) -> dict[str, Any]:
+    """A record of one of few people, spelled one of many ways, with random consent."""
+    local, phone, first, last, postal = draw(st.sampled_from(_people))
+    domain = draw(st.sampled_from(["gmail.com", "googlemail.com", "example.org"]))
+    if draw(st.booleans()):
+        local = local.replace(".", "") + draw(st.sampled_from(["", "+x", "+news"]))
+    email = draw(
+        st.sampled_from(
+            [f"{local}@{domain}", f" {local.upper()}@{domain} ", None, sha(f"{local}@{domain}")]
+        )
+    )
+    a, b, c = phone[:3], phone[3:6], phone[6:]
+    phone_value = draw(
+        st.sampled_from(
+            [
+                phone,
+                f"+1 {a} {b} {c}",
+                f"({a}) {b}-{c}",
+                f"1-{a}-{b}-{c}",
+                f"001{phone}",
+                f"011 1 {phone}",
+                f"{a}.{b}.{c} x12",
+                phone[-7:],
+                None,
+            ]
+        )
+    )
+    first_value = draw(st.sampled_from([first, first.upper(), f" {first} ", None, "Other"]))
+    decompose = draw(st.booleans())
+    last_value = last.replace("í", "i\u0301").replace("ó", "o\u0301") if decompose else last
+    zip_value = draw(st.sampled_from([postal, f"{postal}-1234", f" {postal}", "99999"]))
+    return person(
+        i,
+        opt_in=draw(st.booleans()),
+        dnc=draw(st.sampled_from([False, False, True, None])),
+        deceased=draw(st.sampled_from([False, None])),
+        ad=draw(st.sampled_from(["granted", "denied", None, "maybe"])),
+        email=email,
+        phone=phone_value,
+        first_name=first_value,
+        last_name=last_value,
+        zip=zip_value,
+        country=draw(st.sampled_from(["US", "us", None, "United States"])),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 30).flatmap(lambda n: st.tuples(*[spelled(i) for i in range(n)])), st.data())
+def test_flags_equal_the_direct_computation(rows: tuple, data: Any) -> None:
+    contacts = frame(list(rows))
+    # candidates: a random subset of the CRM (a segment), in a random order
+    picked = data.draw(st.lists(st.sampled_from(range(contacts.height)), unique=True))
+    candidates = contacts[picked] if picked else contacts.clear()
+    out = flag_duplicates_of_opt_outs(candidates, contacts.lazy(), config(), FLAG)
+    assert out.drop(FLAG).equals(candidates)
+    got = set(out.filter(FLAG).get_column("contact_id").to_list())
+    assert got == reference(contacts, candidates)
+
+
+# ------------------------------------------------------------------ 3. by hand
+@pytest.mark.parametrize(
+    ("opted_out", "other"),
+    [
+        ({"email": "pat.lee+promo@gmail.com"}, {"email": " PatLee@GMAIL.COM"}),
+        ({"email": "pat.lee@example.org"}, {"email": "Pat.Lee@Example.org "}),
+        ({"email": sha("pat@example.org")}, {"email": sha("pat@example.org").upper()}),
+        ({"phone": "(425) 554-6755"}, {"phone": "+1 425 554 6755"}),
+        ({"phone": "425.554.6755"}, {"phone": "0014255546755"}),
+        ({"phone": "1-425-554-6755"}, {"phone": "011 1 425 554 6755"}),
+        ({"phone": "425-554-6755 ext. 12"}, {"phone": "4255546755"}),
+        ({"phone": "020 7946 0958", "country": "GB"}, {"phone": "+44 20 7946 0958"}),
+        ({"phone": sha("+14255546755")}, {"phone": sha("+14255546755")}),
+        (
+            {"first_name": "José", "last_name": "Núñez", "zip": "33101"},
+            {"first_name": "JOSE\u0301", "last_name": "Nu\u0301n\u0303ez", "zip": "33101-0001"},
+        ),
+        (
+            {"first_name": "Mary Ann", "last_name": "Smith", "zip": "02134"},
+            {"first_name": " mary   ann", "last_name": "SMITH", "zip": " 02134 "},
+        ),
+        (
+            {"first_name": "\u212aim", "last_name": "Lee", "zip": "98037"},
+            {"first_name": "Kim", "last_name": "lee", "zip": "98037"},
+        ),
+    ],
+    ids=[
+        "gmail-dots-and-tag",
+        "case-and-space",
+        "already-hashed-email",
+        "phone-punctuation",
+        "phone-00-prefix",
+        "phone-011-prefix",
+        "phone-extension",
+        "phone-trunk-zero",
+        "already-hashed-phone",
+        "decomposed-accents-and-zip4",
+        "name-whitespace",
+        "kelvin-sign",
+    ],
+)
+def test_the_other_record_of_an_opted_out_person_is_flagged(
+    opted_out: dict[str, Any], other: dict[str, Any]
+) -> None:
+    contacts = frame([person(1, opt_in=False, **opted_out), person(2, **other), person(3)])
+    assert flagged(contacts) == {"c2"}
+
+
+@pytest.mark.parametrize(
+    ("opted_out", "other"),
+    [
+        ({"email": "pat.lee@example.org"}, {"email": "patlee@example.org"}),  # dots count off gmail
+        ({"email": "pat+x@example.org"}, {"email": "pat@example.org"}),
+        ({"email": "pat@gmail.com"}, {"email": "pat@example.org"}),
+        ({"phone": "425 554 6755"}, {"phone": "425 554 6756"}),
+        ({"phone": "425 554 6755"}, {"phone": "+44 425 554 6755"}),  # same digits, other country
+        (
+            {"first_name": "Pat", "last_name": "Lee", "zip": "98037"},
+            {"first_name": "Pat", "last_name": "Lee", "zip": "98038"},
+        ),
+        (
+            {"first_name": "Pat", "last_name": "Lee", "zip": "98037"},
+            {"first_name": "Pat", "last_name": "Lee", "zip": "98037", "country": "CA"},
+        ),
+        ({"phone": "not a number"}, {"phone": "not a number"}),  # invalid: no key at all
+        ({"email": ""}, {"email": ""}),
+    ],
+    ids=[
+        "dots-off-gmail",
+        "tag-off-gmail",
+        "other-domain",
+        "other-number",
+        "other-country-code",
+        "other-zip",
+        "other-country",
+        "invalid-phone",
+        "empty-email",
+    ],
+)
+def test_records_of_different_people_are_not_linked(
+    opted_out: dict[str, Any], other: dict[str, Any]
+) -> None:
+    contacts = frame([person(1, opt_in=False, **opted_out), person(2, **other)])
+    assert flagged(contacts) == set()
+
+
+@pytest.mark.parametrize(
+    "opt_out",
+    [
+        {"opt_in": False},
+        {"opt_in": None},
+        {"dnc": True},
+        {"deceased": True},
+        {"ad": "DENIED"},
+        {"ad": " no "},
+    ],
+)
+def test_every_kind_of_opt_out_links(opt_out: dict[str, Any]) -> None:
+    contacts = frame([person(1, phone="425 554 6755") | opt_out, person(2, phone="+14255546755")])
+    assert flagged(contacts) == {"c2"}
+
+
+def test_opted_out_candidates_are_left_to_their_own_reason() -> None:
+    contacts = frame(
+        [
+            person(1, opt_in=False, phone="425 554 6755"),
+            person(2, dnc=True, phone="+14255546755"),
+            person(3, phone="4255546755"),
+        ]
+    )
+    assert flagged(contacts) == {"c3"}
+
+
+def test_two_opted_in_records_of_one_person_stay() -> None:
+    contacts = frame([person(1, email="pat.lee@gmail.com"), person(2, email="patlee@gmail.com")])
+    assert flagged(contacts) == set()
+
+
+def test_unspecified_ad_consent_is_not_an_opt_out() -> None:
+    contacts = frame([person(1, ad="maybe", phone="4255546755"), person(2, phone="4255546755")])
+    assert flagged(contacts) == set()
+
+
+def test_no_consent_columns_no_flags() -> None:
+    contacts = frame([person(1, opt_in=False, phone="4255546755"), person(2, phone="4255546755")])
+    cfg = config(marketing_opt_in=None)
+    assert flagged(contacts, cfg) == set()
+
+
+def test_candidates_outside_the_crm_order_and_empty_frames() -> None:
+    contacts = frame([person(i, opt_in=i % 2 == 0, phone=f"425555{i:04d}") for i in range(40)])
+    contacts = contacts.with_columns(pl.col("phone").str.replace(r"^(.*)$", "$1"))
+    dupes = frame([person(100 + i, phone=f"+1 425 555 {i:04d}") for i in range(40)])
+    crm = pl.concat([contacts, dupes])
+    candidates = dupes.reverse()
+    out = flag_duplicates_of_opt_outs(candidates, crm.lazy(), config(), FLAG)
+    want = {f"c{100 + i}" for i in range(40) if i % 2 == 1}
+    assert set(out.filter(FLAG).get_column("contact_id").to_list()) == want
+    assert out.drop(FLAG).equals(candidates)
+    empty = flag_duplicates_of_opt_outs(candidates.clear(), crm.lazy(), config(), FLAG)
+    assert empty.is_empty() and FLAG in empty.columns
+
+
+def test_short_numbers_are_normalized_in_full() -> None:
+    # Seven digits with a calling code prepended: the tail of the normalized number is not
+    # the tail of the raw digits, so the stage must call it unreliable.
+    contacts = frame(
+        [
+            person(1, opt_in=False, phone="1234567", country="DE"),
+            person(2, phone="+49 1234567", country="DE"),
+        ]
+    )
+    assert PHONE_TAIL > 7
+    assert flagged(contacts) == {"c2"}
