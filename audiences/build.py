@@ -287,7 +287,7 @@ def build(
                             segment.name,
                             segment.digest,
                             pack.digest,
-                            sources.digest,
+                            None,  # set when the build closes: it is hashed meanwhile
                             as_of.isoformat(),
                             utcnow(),
                             "running",
@@ -511,6 +511,7 @@ def _close_build(conn: Any, actor: str, result: BuildResult, source_digest: str)
         members=max(result.released.values(), default=0),
         reasons=result.reasons,
         summary=result.to_dict(),
+        source_digest=source_digest,
     )
     _audit(
         conn,
@@ -538,11 +539,12 @@ def _finish(
     members: int | None = None,
     reasons: list[str] | None = None,
     summary: dict[str, Any] | None = None,
+    source_digest: str | None = None,
 ) -> None:
     with transaction(conn):
         conn.execute(
             "UPDATE builds SET status=?, finished_at=?, candidates=?, members=?, reasons=?, "
-            "summary=? WHERE build_id=?",
+            "summary=?, source_digest=COALESCE(?, source_digest) WHERE build_id=?",
             (
                 status,
                 utcnow(),
@@ -550,6 +552,7 @@ def _finish(
                 members,
                 json.dumps(reasons or []),
                 json.dumps(summary or {}, default=str),
+                source_digest,
                 build_id,
             ),
         )

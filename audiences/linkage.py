@@ -101,8 +101,9 @@ def _phone_stage(lf: pl.LazyFrame, fields: Sequence[pl.Expr], out: str) -> pl.La
     only_digits = number.is_not_null() & (number >= 0) & ~digits.str.starts_with("-")
     coarse = (
         pl.when(only_digits)
-        .then((number % 10**PHONE_TAIL).cast(pl.String))
-        .otherwise(digits.str.to_lowercase().str.slice(-PHONE_TAIL))
+        .then((number % 10**PHONE_TAIL).hash())
+        .when(digits.is_not_null())  # (hash() of a null is not null)
+        .then(digits.str.to_lowercase().str.slice(-PHONE_TAIL).hash())
     )
     reliable = (digits.str.len_bytes() == 0) | (only_digits & kept)
     return lf.with_columns(coarse.alias(out), reliable.alias(f"{out}_ok")).drop(f"{out}_n")
@@ -118,8 +119,14 @@ def _letters(value: pl.Expr) -> pl.Expr:
 _COMBINING = r"[\p{M}\x{0130}]"
 
 
+def _zip_part(fields: Sequence[pl.Expr]) -> pl.Expr:
+    """The first five ASCII digits of the postal code: a US ZIP normalizes to exactly these,
+    any other postal code keeps its digits through case and whitespace normalization."""
+    return fields[2].str.replace_all(r"[^0-9]+", "").str.slice(0, 5)
+
+
 def _name_zip_stage(lf: pl.LazyFrame, fields: Sequence[pl.Expr], out: str) -> pl.LazyFrame:
-    """``g``: the ASCII letters of first and last name, lowercased, and the first five
+    """``g``: the ASCII letters of first and last name together, lowercased, and the first five
     ASCII digits of the postal code (a US ZIP normalizes to exactly these; any other postal
     code keeps its digits through case and whitespace normalization). The country is
     left out.
@@ -127,13 +134,15 @@ def _name_zip_stage(lf: pl.LazyFrame, fields: Sequence[pl.Expr], out: str) -> pl
     Reliable unless a name holds a combining mark (NFC may then fold a letter into a
     precomposed one).
     """
-    first, last, postal = fields
+    first, last = fields[0], fields[1]
+    names = pl.concat_str([first, last], separator=_SEP)  # one pass over both names
+    lf = lf.with_columns(names.alias(out))
+    names = pl.col(out)
     coarse = pl.concat_str(
-        [_letters(first), _letters(last), postal.str.replace_all(r"[^0-9]+", "").str.slice(0, 5)],
+        [_letters(names), _zip_part(fields)],
         separator=_SEP,
     )
-    combining = first.str.contains(_COMBINING) | last.str.contains(_COMBINING)
-    return lf.with_columns(coarse.alias(out), (~combining).alias(f"{out}_ok"))
+    return lf.with_columns(coarse.alias(out), (~names.str.contains(_COMBINING)).alias(f"{out}_ok"))
 
 
 @dataclass(frozen=True)
@@ -207,7 +216,7 @@ def links_for(config: ProjectConfig, schema: pl.Schema) -> list[Link]:
 def opted_out_expr(config: ProjectConfig, schema: pl.Schema) -> pl.Expr | None:
     """True for a CRM record that opted out of marketing or ad personalization, or must
     not be contacted (do-not-contact, deceased); None when no consent column is mapped."""
-    from policies.rules import consent_signal, truthy
+    from policies.rules import consent_denied, truthy
 
     probe = pl.DataFrame(schema=schema)
     c = config.consent
@@ -219,7 +228,7 @@ def opted_out_expr(config: ProjectConfig, schema: pl.Schema) -> pl.Expr | None:
         if column and column in schema:
             parts.append(truthy(probe, column, column))
     if c.ad_personalization and c.ad_personalization in schema:
-        parts.append(consent_signal(probe, c.ad_personalization, "ad") == "DENIED")
+        parts.append(consent_denied(probe, c.ad_personalization))
     if not parts:
         return None
     return pl.any_horizontal([p.fill_null(False) for p in parts])
@@ -243,11 +252,47 @@ def coarse_keys(frame: pl.DataFrame, link: Link) -> pl.DataFrame:
     return both.select(_ROW, pl.col(out).hash()).collect()
 
 
-def exact_keys(frame: pl.DataFrame, link: Link) -> pl.DataFrame:
-    """(row, exact link key) for every row of ``frame`` that has one."""
+def exact_keys(frame: pl.DataFrame, link: Link) -> pl.LazyFrame:
+    """(row, exact link key, hash of ``g`` of the normalized values) for every row of
+    ``frame`` that has a key."""
     subset = frame.lazy().select(_ROW, *link.columns)
     staged = normalized_layout(subset, link.identity, link.layout, keep=[_ROW])  # type: ignore[arg-type]
-    return staged.select(_ROW, link.key().alias(_KEY)).drop_nulls(_KEY).collect()
+    staged = link.stage(staged, link.norm_fields(), link.out)
+    return staged.select(_ROW, link.key().alias(_KEY), pl.col(link.out).hash()).drop_nulls(_KEY)
+
+
+# The opted-out records' link columns and coarse keys depend on the export, not on the
+# segment: `build --all` and `sync --all` compute them once. One entry, keyed by the
+# contacts LazyFrame object (held, so its id cannot be reused) and the links.
+_INDEX: dict[tuple[int, str], tuple[pl.LazyFrame, pl.DataFrame]] = {}
+
+
+def _opt_out_index(
+    contacts: pl.LazyFrame, opted_out: pl.Expr, links: Sequence[Link], columns: list[str]
+) -> pl.DataFrame:
+    """(row, link columns, and per link the hash of ``g`` and whether it is reliable) for
+    every opted-out record."""
+    signature = repr(
+        (opted_out.meta.serialize(format="json"), [(k.name, k.identity) for k in links])
+    )
+    key = (id(contacts), signature)
+    if key in _INDEX:
+        return _INDEX[key][1]
+    staged = contacts.filter(opted_out).select(columns).with_row_index(_ROW)
+    for link in links:
+        staged = link.stage(staged, link.raw_fields(), link.out)
+    index = staged.select(
+        _ROW,
+        *columns,
+        *(  # (hash() of a null is not null)
+            pl.when(pl.col(link.out).is_not_null()).then(pl.col(link.out).hash()).alias(link.out)
+            for link in links
+        ),
+        *(pl.col(f"{link.out}_ok").fill_null(True) for link in links),
+    ).collect(engine="streaming")
+    _INDEX.clear()
+    _INDEX[key] = (contacts, index)
+    return index
 
 
 def flag_duplicates_of_opt_outs(
@@ -275,38 +320,33 @@ def flag_duplicates_of_opt_outs(
     )
     # 1. The candidates' coarse keys (normalizing only their unreliable rows).
     cand_coarse = {link.name: coarse_keys(cand, link) for link in links}
-    # 2. One streaming pass over the opted-out records keeps those that are unreliable
-    #    for a link or share a coarse key with a candidate; nothing else materializes.
-    scan = contacts.filter(opted_out).select(columns)
-    keep: list[pl.Expr] = []
+    # 2. The opted-out records that are unreliable for a link or share a coarse key with
+    #    a candidate (the records and their coarse keys are computed once per process).
+    index = _opt_out_index(contacts, opted_out, links, columns)
+    meets = []
     for link in links:
-        scan = link.stage(scan, link.raw_fields(), link.out)
         known = cand_coarse[link.name].get_column(link.out).implode()
-        keep.append(~pl.col(f"{link.out}_ok").fill_null(True))
-        keep.append(pl.col(link.out).hash().is_in(known).fill_null(False))
-    outs = (
-        scan.filter(pl.any_horizontal(keep))
-        .select(columns)
-        .with_row_index(_ROW)
-        .collect(engine="streaming")
+        meets.append(~pl.col(f"{link.out}_ok") | pl.col(link.out).is_in(known).fill_null(False))
+    outs = index.filter(pl.any_horizontal(meets)).select(_ROW, *columns)
+    # 3. Exact keys for those few opted-out rows; their coarse keys pick the candidates to
+    #    normalize; then the exact join, per link.
+    theirs = pl.collect_all([exact_keys(outs, link) for link in links])
+    wanted = [
+        cand_coarse[link.name]
+        .filter(pl.col(link.out).is_in(their.get_column(link.out).implode()))
+        .get_column(_ROW)
+        for link, their in zip(links, theirs, strict=True)
+    ]
+    mine = pl.collect_all(
+        [
+            exact_keys(cand.filter(pl.col(_ROW).is_in(rows.implode())), link)
+            for link, rows in zip(links, wanted, strict=True)
+        ]
     )
-    # 3. Per link, exact keys for the rows whose coarse keys meet, then the exact join.
-    hits: list[pl.Series] = []
-    for link in links:
-        out_coarse = coarse_keys(outs, link)
-        mine = cand_coarse[link.name]
-        shared = mine.filter(pl.col(link.out).is_in(out_coarse.get_column(link.out).implode()))
-        if shared.is_empty():
-            continue
-        theirs = out_coarse.filter(pl.col(link.out).is_in(shared.get_column(link.out).implode()))
-        mine_keys = exact_keys(
-            cand.filter(pl.col(_ROW).is_in(shared.get_column(_ROW).implode())), link
-        )
-        their_keys = exact_keys(
-            outs.filter(pl.col(_ROW).is_in(theirs.get_column(_ROW).implode())), link
-        )
-        matched = mine_keys.filter(pl.col(_KEY).is_in(their_keys.get_column(_KEY).implode()))
-        hits.append(matched.get_column(_ROW))
+    hits = [
+        m.filter(pl.col(_KEY).is_in(t.get_column(_KEY).implode())).get_column(_ROW)
+        for m, t in zip(mine, theirs, strict=True)
+    ]
     rows = pl.concat(hits).unique() if hits else pl.Series(_ROW, [], dtype=pl.UInt32)
     return candidates.with_columns(
         pl.int_range(pl.len(), dtype=pl.UInt32).is_in(rows.implode()).alias(flag)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,17 @@ _FALSE_WORDS = ["false", "f", "0", "no", "n"]
 class Sources:
     contacts: pl.LazyFrame
     events: pl.LazyFrame | None
-    digest: str  # content digest of every source file: the DP ledger's dataset id
+    pending_digest: Future[str]
+
+    @property
+    def digest(self) -> str:
+        """Content digest of every source file: the DP ledger's dataset id.
+
+        Computed in a background thread from :func:`load_sources` on (hashing a
+        10M-contact export takes about two seconds, and hashlib releases the GIL), so it
+        overlaps the build's own work; the first read waits for it.
+        """
+        return self.pending_digest.result()
 
 
 def _check_file(name: str, source: SourceConfig, config: ProjectConfig) -> Path:
@@ -147,7 +159,20 @@ def load_sources(config: ProjectConfig) -> Sources:
                     f"source 'events' has no {role} column {column!r}",
                     f"set [sources.events].{role} to the right column",
                 )
-    return Sources(contacts=contacts, events=events, digest=source_digest(config))
+    return Sources(contacts=contacts, events=events, pending_digest=_digest_in_background(config))
+
+
+def _digest_in_background(config: ProjectConfig) -> Future[str]:
+    future: Future[str] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(source_digest(config))
+        except BaseException as exc:  # handed to whoever reads the digest
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="audiences-source-digest", daemon=True).start()
+    return future
 
 
 def source_digest(config: ProjectConfig) -> str:

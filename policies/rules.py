@@ -298,17 +298,40 @@ def _column(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
     return pl.col(name)
 
 
+_GRANTED_WORDS = ("granted", "grant", "true", "yes", "y", "1", "t")
+_DENIED_WORDS = ("denied", "deny", "false", "no", "n", "0", "f")
+
+
+def _consent_words(frame: pl.DataFrame, column: str) -> tuple[pl.Expr, pl.Expr]:
+    """(granted, denied) of a consent column; a value is at most one of them."""
+    expr = pl.col(column)
+    if frame.schema[column] == pl.Boolean:
+        return expr.eq(True), expr.eq(False)
+    text = expr.cast(pl.String)
+    # Values already written as one of the words skip the strip and lowercase (a
+    # CRM-wide scan asks this of every record; the rest are cleaned first).
+    known = text.is_in(_GRANTED_WORDS + _DENIED_WORDS)
+    cleaned = pl.when(~known).then(text).str.strip_chars().str.to_lowercase()
+
+    def among(words: tuple[str, ...]) -> pl.Expr:
+        return pl.when(known).then(text.is_in(words)).otherwise(cleaned.is_in(words))
+
+    return among(_GRANTED_WORDS), among(_DENIED_WORDS)
+
+
+def consent_denied(frame: pl.DataFrame, column: str | None) -> pl.Expr:
+    """``consent_signal(...) == "DENIED"`` without building the labels (a CRM-wide scan
+    asks this of every record)."""
+    if column is None or column not in frame.schema:
+        return pl.lit(False)
+    return _consent_words(frame, column)[1].fill_null(False)
+
+
 def consent_signal(frame: pl.DataFrame, column: str | None, name: str) -> pl.Expr:
     """A CRM consent column as Google's GRANTED / DENIED / UNSPECIFIED."""
     if column is None or column not in frame.schema:
         return pl.lit("UNSPECIFIED").alias(name)
-    expr = pl.col(column)
-    if frame.schema[column] == pl.Boolean:
-        granted, denied = expr.eq(True), expr.eq(False)
-    else:
-        text = expr.cast(pl.String).str.strip_chars().str.to_lowercase()
-        granted = text.is_in(["granted", "grant", "true", "yes", "y", "1", "t"])
-        denied = text.is_in(["denied", "deny", "false", "no", "n", "0", "f"])
+    granted, denied = _consent_words(frame, column)
     return (
         pl.when(granted.fill_null(False))
         .then(pl.lit("GRANTED"))

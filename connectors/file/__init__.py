@@ -37,6 +37,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -230,12 +232,17 @@ class FileConnector(Connector):
         # plain text labels in the files (record-level exports hold them as Enum in memory)
         members = members.with_columns(pl.col(pl.Enum, pl.Categorical).cast(pl.String))
         names: dict[str, str] = {}
+        writers: list[tuple[str, str, Callable[[Path], object]]] = []
         if "parquet" in self.config.formats:
-            write_with(folder / "members.parquet", lambda tmp: members.write_parquet(tmp))
-            names["parquet"] = "members.parquet"
+            writers.append(("parquet", "members.parquet", lambda tmp: members.write_parquet(tmp)))
         if "csv" in self.config.formats:
-            write_with(folder / "members.csv", lambda tmp: members.write_csv(tmp))
-            names["csv"] = "members.csv"
+            writers.append(("csv", "members.csv", lambda tmp: members.write_csv(tmp)))
+        # polars writes without the GIL: the formats are written side by side
+        with ThreadPoolExecutor(max_workers=max(1, len(writers))) as pool:
+            jobs = [pool.submit(write_with, folder / name, write) for _, name, write in writers]
+            for job in jobs:
+                job.result()
+        names.update({kind: name for kind, name, _ in writers})
         final = self.directory / release.segment / release.build_id
         manifest = {**manifest, "files": {k: str(final / v) for k, v in names.items()}}
         if self.config.record_level:
