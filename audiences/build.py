@@ -185,7 +185,7 @@ def collect_candidates(
             from policies.rules import DUPLICATE_OF_OPT_OUT
 
             frame = flag_duplicates_of_opt_outs(
-                frame, sources.contacts, config, DUPLICATE_OF_OPT_OUT
+                frame, sources.contacts, config, DUPLICATE_OF_OPT_OUT, cache=sources.cache
             )
     except pl.exceptions.PolarsError as exc:
         raise _explain_collect_failure(config, exc) from None

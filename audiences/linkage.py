@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -261,23 +261,25 @@ def exact_keys(frame: pl.DataFrame, link: Link) -> pl.LazyFrame:
     return staged.select(_ROW, link.key().alias(_KEY), pl.col(link.out).hash()).drop_nulls(_KEY)
 
 
-# The opted-out records' link columns and coarse keys depend on the export, not on the
-# segment: `build --all` and `sync --all` compute them once. One entry, keyed by the
-# contacts LazyFrame object (held, so its id cannot be reused) and the links.
-_INDEX: dict[tuple[int, str], tuple[pl.LazyFrame, pl.DataFrame]] = {}
-
-
 def _opt_out_index(
-    contacts: pl.LazyFrame, opted_out: pl.Expr, links: Sequence[Link], columns: list[str]
+    contacts: pl.LazyFrame,
+    opted_out: pl.Expr,
+    links: Sequence[Link],
+    columns: list[str],
+    cache: dict[str, Any] | None,
 ) -> pl.DataFrame:
     """(row, link columns, and per link the hash of ``g`` and whether it is reliable) for
-    every opted-out record."""
-    signature = repr(
+    every opted-out record.
+
+    They depend on the export, not on the segment: with a ``cache`` (the ``Sources``
+    object's, so it lives as long as the loaded export) ``build --all`` and ``sync --all``
+    compute them once.
+    """
+    key = "opt-out-index:" + repr(
         (opted_out.meta.serialize(format="json"), [(k.name, k.identity) for k in links])
     )
-    key = (id(contacts), signature)
-    if key in _INDEX:
-        return _INDEX[key][1]
+    if cache is not None and key in cache:
+        return cache[key]  # type: ignore[no-any-return]
     staged = contacts.filter(opted_out).select(columns).with_row_index(_ROW)
     for link in links:
         staged = link.stage(staged, link.raw_fields(), link.out)
@@ -290,13 +292,18 @@ def _opt_out_index(
         ),
         *(pl.col(f"{link.out}_ok").fill_null(True) for link in links),
     ).collect(engine="streaming")
-    _INDEX.clear()
-    _INDEX[key] = (contacts, index)
+    if cache is not None:
+        cache[key] = index
     return index
 
 
 def flag_duplicates_of_opt_outs(
-    candidates: pl.DataFrame, contacts: pl.LazyFrame, config: ProjectConfig, flag: str
+    candidates: pl.DataFrame,
+    contacts: pl.LazyFrame,
+    config: ProjectConfig,
+    flag: str,
+    *,
+    cache: dict[str, Any] | None = None,
 ) -> pl.DataFrame:
     """``candidates`` with a boolean column ``flag``: true where a candidate who did not opt
     out shares an email, phone or name-and-postal-code key with a CRM record that did.
@@ -322,7 +329,7 @@ def flag_duplicates_of_opt_outs(
     cand_coarse = {link.name: coarse_keys(cand, link) for link in links}
     # 2. The opted-out records that are unreliable for a link or share a coarse key with
     #    a candidate (the records and their coarse keys are computed once per process).
-    index = _opt_out_index(contacts, opted_out, links, columns)
+    index = _opt_out_index(contacts, opted_out, links, columns, cache)
     meets = []
     for link in links:
         known = cand_coarse[link.name].get_column(link.out).implode()

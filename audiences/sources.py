@@ -13,8 +13,9 @@ import json
 import re
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -40,6 +41,8 @@ class Sources:
     contacts: pl.LazyFrame
     events: pl.LazyFrame | None
     pending_digest: Future[str]
+    # per-export results shared by the segments of one run (the opt-out index)
+    cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def digest(self) -> str:

@@ -469,3 +469,28 @@ def test_short_numbers_are_normalized_in_full() -> None:
     )
     assert PHONE_TAIL > 7
     assert flagged(contacts) == {"c2"}
+
+
+def test_the_opt_out_index_is_shared_per_export_and_keyed_by_the_consent_mapping() -> None:
+    contacts = frame(
+        [
+            person(1, opt_in=False, phone="425 554 6755"),
+            person(2, dnc=True, email="pat@example.org"),
+            person(3, phone="+1 425 554 6755"),
+            person(4, email=" PAT@example.org"),
+        ]
+    )
+    cache: dict[str, Any] = {}
+
+    def ids(cfg: ProjectConfig, rows: list[int]) -> set[str]:
+        out = flag_duplicates_of_opt_outs(contacts[rows], contacts.lazy(), cfg, FLAG, cache=cache)
+        return set(out.filter(FLAG).get_column("contact_id").to_list())
+
+    assert ids(config(), [2, 3]) == {"c3", "c4"}
+    assert len(cache) == 1
+    assert ids(config(), [3]) == {"c4"}  # another segment, the same index
+    assert len(cache) == 1
+    # without the do-not-contact column, record 2 is no opt-out: a new index, fewer links
+    no_dnc = config(marketing_opt_in="opt_in", deceased="deceased", ad_personalization="ad")
+    assert ids(no_dnc, [2, 3]) == {"c3"}
+    assert len(cache) == 2
