@@ -234,7 +234,15 @@ class FileConnector(Connector):
         names: dict[str, str] = {}
         writers: list[tuple[str, str, Callable[[Path], object]]] = []
         if "parquet" in self.config.formats:
-            writers.append(("parquet", "members.parquet", lambda tmp: members.write_parquet(tmp)))
+            # zstd level 1: hex digests barely compress further at level 3 (72 vs 69 MB for
+            # 451k members) and it writes in half the time
+            writers.append(
+                (
+                    "parquet",
+                    "members.parquet",
+                    lambda tmp: members.write_parquet(tmp, compression="zstd", compression_level=1),
+                )
+            )
         if "csv" in self.config.formats:
             writers.append(("csv", "members.csv", lambda tmp: members.write_csv(tmp)))
         # polars writes without the GIL: the formats are written side by side
