@@ -869,6 +869,76 @@ def hashed_layout(
     return staged.select(*(pl.col(column) for column in keep), *exprs)
 
 
+# Identity fields whose values repeat across people (names, places, birth dates): on a
+# materialized frame their layout columns are computed once per distinct value and joined
+# back — several times cheaper than normalizing every row for a large release.
+_REPEATING = ("first_name", "last_name", "zip", "city", "state", "birth_date", "gender")
+_BY_COUNTRY = ("zip", "state")  # their rules depend on the row's country
+
+
+def hashed_layout_frame(
+    frame: pl.DataFrame,
+    identity: IdentitySource,
+    layout: Layout,
+    *,
+    keep: Sequence[str] = (),
+    as_of: dt.date | None = None,
+    min_rows: int = 10_000,
+) -> pl.DataFrame:
+    """Exactly ``hashed_layout(frame.lazy(), ...).collect()``, computed faster: the
+    repeating fields once per distinct (value, country) — below ``min_rows`` rows the
+    joins cost more than they save."""
+    layout = _check_layout(layout)
+    mapping = IdentityMapping(
+        **{name: getattr(identity, name) for name in IDENTITY_FIELDS},
+        default_country=identity.default_country,
+    )
+    repeating = [name for name in _REPEATING if getattr(mapping, name) is not None]
+    if frame.height < min_rows or not repeating:
+        return hashed_layout(frame.lazy(), mapping, layout, keep=keep, as_of=as_of).collect()  # type: ignore[arg-type]
+    builder = _Builder(mapping, layout, schema=frame.schema, as_of=as_of, staged=True)  # type: ignore[arg-type]
+    owner = {column: field.identity_field for column, field in builder.fields().items()}
+    per_row = mapping.model_copy(update={name: None for name in repeating})
+    plans = [hashed_layout(frame.lazy(), per_row, layout, keep=keep, as_of=as_of)]  # type: ignore[arg-type]
+    replaced: list[str] = []
+    for name in repeating:
+        columns = [getattr(mapping, name)]
+        if name in _BY_COUNTRY and mapping.country is not None and mapping.country != columns[0]:
+            columns.append(mapping.country)
+        # the distinct values under temporary names (a CRM column may be called "ZIP")
+        keys = [f"__hl_key_{i}" for i in range(len(columns))]
+        country = None
+        if name in _BY_COUNTRY and mapping.country is not None:
+            country = keys[columns.index(mapping.country)]
+        only = IdentityMapping(
+            **{name: keys[0]}, country=country, default_country=mapping.default_country
+        )
+        outputs = [column for column, field in owner.items() if field == name]
+        distinct = (
+            frame.lazy()
+            .select([pl.col(c).alias(k) for c, k in zip(columns, keys, strict=True)])
+            .unique()
+        )
+        table = hashed_layout(distinct, only, layout, keep=keys, as_of=as_of)  # type: ignore[arg-type]
+        plans.append(
+            frame.lazy()
+            .select(columns)
+            .join(
+                table.select(*keys, *(pl.col(c).alias(f"__hl_out_{c}") for c in outputs)),
+                left_on=columns,
+                right_on=keys,
+                how="left",
+                nulls_equal=True,
+                maintain_order="left",
+            )
+            .select(pl.col(f"__hl_out_{c}").alias(c) for c in outputs)
+        )
+        replaced += outputs
+    main, *parts = pl.collect_all(plans)
+    result = pl.concat([main.drop(replaced), *parts], how="horizontal")
+    return result.select(*keep, *LAYOUTS[layout])
+
+
 def identifier_quality(
     lf: pl.LazyFrame,
     identity: IdentitySource,

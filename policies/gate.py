@@ -42,7 +42,7 @@ import polars as pl
 from audiences.atomic import write_with
 from audiences.config import ProjectConfig
 from audiences.errors import ConfigError, InternalError, PolicyBlocked
-from audiences.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layout
+from audiences.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layout_frame
 from audiences.state import ensure_private_dir, new_id, project_salt, transaction, utcnow
 from connectors.file import FileDestinationConfig, record_export
 from policies import difference
@@ -320,8 +320,8 @@ def verdict_digest(verdicts: list[Verdict], destination: str) -> str:
 def _hashed(
     base: pl.DataFrame, config: ProjectConfig, layouts: list[str], as_of: dt.date
 ) -> dict[str, pl.DataFrame]:
-    plans = [hashed_layout(base.lazy(), config.identity, layout, as_of=as_of) for layout in layouts]  # type: ignore[arg-type]
-    return dict(zip(layouts, pl.collect_all(plans), strict=True))
+    frames = [hashed_layout_frame(base, config.identity, layout, as_of=as_of) for layout in layouts]  # type: ignore[arg-type]
+    return dict(zip(layouts, frames, strict=True))
 
 
 def _members(

@@ -22,6 +22,7 @@ from audiences.identifiers import (
     LAYOUTS,
     IdentityMapping,
     hashed_layout,
+    hashed_layout_frame,
     identifier_quality,
     member_key,
     normalized_exprs,
@@ -588,6 +589,41 @@ def test_email_normalization_is_idempotent(values: list[str]) -> None:
 @given(st.lists(st.text(max_size=16), min_size=1, max_size=30))
 def test_name_normalization_is_idempotent(values: list[str]) -> None:
     _renormalizes_to_itself(values, IdentityMapping(first_name="v"))
+
+
+# --- hashed_layout_frame: the distinct-value path equals the row path ----------------------
+
+_pick = st.sampled_from
+_frames = st.fixed_dictionaries(
+    {
+        "contact_id": st.text(max_size=4),
+        "email": st.one_of(st.none(), _emails),
+        "phone": st.one_of(st.none(), _pick(["+1 (425) 554-6755", "020 7946 0958", "x", ""])),
+        "first_name": st.one_of(
+            st.none(), _pick(["Zoë", "ZOE", " zoe ", "Jo-Ann", "N/A"]), st.text(max_size=5)
+        ),
+        "last_name": st.one_of(st.none(), _pick(["Núñez", "Nu\u0301n\u0303ez", "O'Brien", ""])),
+        "ZIP": st.one_of(
+            st.none(), _pick(["12345", "12345-6789", " 02134", "SW1A 1AA", "1234", "abc"])
+        ),
+        "city": st.one_of(st.none(), _pick(["New York", "new  york", "São Paulo", "--"])),
+        "state": st.one_of(st.none(), _pick(["NY", "new york", "Ontario", "zz", "Calif."])),
+        "country": st.one_of(st.none(), _pick(["US", "us", "Canada", "GB", "Brasil", "zz"])),
+        "sex": st.one_of(st.none(), _pick(["F", "male", "x", "Female "])),
+        "birth_date": st.one_of(st.none(), st.dates(dt.date(1890, 1, 1), dt.date(2030, 1, 1))),
+    }
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_frames, min_size=1, max_size=40), st.sampled_from(sorted(LAYOUTS)))
+def test_hashed_layout_frame_equals_hashed_layout(rows: list, layout: str) -> None:
+    schema = {c: pl.String for c in rows[0]} | {"birth_date": pl.Date}
+    frame = pl.DataFrame(rows, schema=schema)
+    identity = FULL.model_copy(update={"zip": "ZIP"})  # a CRM column named like a layout column
+    want = hashed_layout(frame.lazy(), identity, layout, keep=["contact_id"], as_of=AS_OF).collect()  # type: ignore[arg-type]
+    got = hashed_layout_frame(frame, identity, layout, keep=["contact_id"], as_of=AS_OF, min_rows=0)  # type: ignore[arg-type]
+    assert got.equals(want)
 
 
 # --- member key --------------------------------------------------------------------------
