@@ -22,6 +22,8 @@ Keys stay inside this module; only a boolean flag per candidate comes out.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -330,31 +332,39 @@ def flag_duplicates_of_opt_outs(
     # 2. The opted-out records that are unreliable for a link or share a coarse key with
     #    a candidate (the records and their coarse keys are computed once per process).
     index = _opt_out_index(contacts, opted_out, links, columns, cache)
-    meets = []
-    for link in links:
-        known = cand_coarse[link.name].get_column(link.out).implode()
-        meets.append(~pl.col(f"{link.out}_ok") | pl.col(link.out).is_in(known).fill_null(False))
-    outs = index.filter(pl.any_horizontal(meets)).select(_ROW, *columns)
+    # (Series operations: the same mask as one any_horizontal expression took 2.5x longer)
+    meets = [
+        (
+            ~index.get_column(f"{link.out}_ok")
+            | index.get_column(link.out).is_in(
+                cand_coarse[link.name].get_column(link.out).implode()
+            )
+        ).fill_null(False)
+        for link in links
+    ]
+    outs = index.select(_ROW, *columns).filter(functools.reduce(operator.or_, meets))
     # 3. Exact keys for those few opted-out rows; their coarse keys pick the candidates to
     #    normalize; then the exact join, per link.
     theirs = pl.collect_all([exact_keys(outs, link) for link in links])
+    # (Series operations and a semi join: the same as filter expressions took 5x longer)
     wanted = [
-        cand_coarse[link.name]
-        .filter(pl.col(link.out).is_in(their.get_column(link.out).implode()))
-        .get_column(_ROW)
+        cand_coarse[link.name].filter(
+            cand_coarse[link.name].get_column(link.out).is_in(their.get_column(link.out).implode())
+        )
         for link, their in zip(links, theirs, strict=True)
     ]
     mine = pl.collect_all(
         [
-            exact_keys(cand.filter(pl.col(_ROW).is_in(rows.implode())), link)
+            exact_keys(cand.join(rows.select(_ROW), on=_ROW, how="semi"), link)
             for link, rows in zip(links, wanted, strict=True)
         ]
     )
     hits = [
-        m.filter(pl.col(_KEY).is_in(t.get_column(_KEY).implode())).get_column(_ROW)
+        m.filter(m.get_column(_KEY).is_in(t.get_column(_KEY).implode())).get_column(_ROW)
         for m, t in zip(mine, theirs, strict=True)
     ]
-    rows = pl.concat(hits).unique() if hits else pl.Series(_ROW, [], dtype=pl.UInt32)
-    return candidates.with_columns(
-        pl.int_range(pl.len(), dtype=pl.UInt32).is_in(rows.implode()).alias(flag)
-    )
+    flagged = pl.Series(_ROW, [], dtype=pl.UInt32)
+    for hit in hits:
+        flagged = pl.concat([flagged, hit])
+    mask = pl.Series(flag, range(candidates.height), dtype=pl.UInt32).is_in(flagged.implode())
+    return candidates.with_columns(mask.alias(flag))
