@@ -742,7 +742,17 @@ def audit_checkpoint(obj: Context, key_path: Path, by: str | None) -> None:
 
 
 def main() -> None:
-    cli(prog_name="audiences")
+    cli(args=_debug_first(sys.argv[1:]), prog_name="audiences")
+
+
+def _debug_first(args: list[str]) -> list[str]:
+    """Accept ``--debug`` anywhere (``audiences build x --debug`` as well as
+    ``audiences --debug build x``): it is a group option, so move it to the front."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return args
+    rest = [a for a in args[:end] if a != "--debug"]
+    return ["--debug", *rest, *args[end:]]
 
 
 if __name__ == "__main__":

@@ -419,6 +419,24 @@ def test_internal_error_is_one_line_unless_debug(flow: Workflow, debug: bool) ->
         ]
 
 
+@pytest.mark.parametrize("where", ["front", "end"])
+def test_debug_is_accepted_after_the_subcommand_too(flow: Workflow, where: str) -> None:
+    args = [sys.executable, "-c", INTERNAL_ERROR, "-p", str(flow.root), "budget"]
+    args = [*args, "--debug"] if where == "end" else [*args[:3], "--debug", *args[3:]]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    assert "ZeroDivisionError: boom" in proc.stderr
+    assert "No such option" not in proc.stderr
+
+
+def test_debug_after_a_double_dash_is_left_alone() -> None:
+    from audiences.cli import _debug_first
+
+    assert _debug_first(["build", "x", "--debug"]) == ["--debug", "build", "x"]
+    assert _debug_first(["build", "--", "--debug"]) == ["build", "--", "--debug"]
+    assert _debug_first(["status"]) == ["status"]
+
+
 @pytest.mark.parametrize(
     ("args", "code", "line"),
     [
