@@ -308,6 +308,18 @@ def build(
                     )
                     result.seconds = time.perf_counter() - started
                     if not dry_run:
+                        from policies.gate import approval_block_report
+
+                        report = approval_block_report(
+                            build_id=build_id,
+                            segment=segment,
+                            config=config,
+                            pack=pack,
+                            as_of=as_of,
+                            actor=who,
+                            reason=approval_block,
+                        )
+                        result.reports = write_reports(config, build_id, report)
                         _close_build(conn, who, result, sources.digest)
                     results.append(result)
                     continue

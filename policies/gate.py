@@ -584,6 +584,80 @@ def record(
 # Report document
 
 
+def approval_block_report(
+    *,
+    build_id: str,
+    segment: Any,
+    config: ProjectConfig,
+    pack: Any,
+    as_of: dt.date,
+    actor: str,
+    reason: str,
+) -> dict[str, Any]:
+    """The compliance report of a build stopped before the gate ran, because the segment
+    has no valid approval for what it is now: no candidates were read, nothing released."""
+    phi = _with_exported_sensitive(phi_finding(segment, config), config, list(segment.destinations))
+    verdict = {
+        "id": "approval",
+        "kind": "approval",
+        "severity": "block",
+        "status": "fail",
+        "passed": False,
+        "destination": None,
+        "evidence": {},
+        "detail": reason,
+        "checks": [],
+        "rationale": (
+            "Segments sent to ad platforms under this pack need a compliance officer's signed "
+            "approval of their exact definition, the pack and their destinations."
+        ),
+        "source": "the pack's require_approval (or [approvers] require_approval)",
+    }
+    canonical = segment.canonical() if hasattr(segment, "canonical") else "{}"
+    return {
+        "report_version": REPORT_VERSION,
+        "kind": "audiences compliance report",
+        "notice": CONFIDENTIAL,
+        "build_id": build_id,
+        "generated_at": utcnow(),
+        "as_of": as_of.isoformat(),
+        "actor": actor,
+        "status": "blocked",
+        "block_reasons": [reason],
+        "pack": {
+            "name": pack.name,
+            "version": pack.version,
+            "digest": pack.digest,
+            "description": pack.description,
+            "extends": list(pack.extends),
+            "origin": pack.origin,
+        },
+        "segment": {
+            "name": segment.name,
+            "description": getattr(segment, "description", ""),
+            "digest": segment.digest,
+            "definition": json.loads(canonical),
+            **phi.to_dict(),
+        },
+        "figures": {"candidates": 0, "without_member_key": 0, "eligible_members": 0},
+        "suppression_lists": [],
+        "verdicts": [verdict],
+        "difference_checks": [],
+        "releases": [],
+        "destinations": list(segment.destinations),
+        "sign_off": {
+            "statement": (
+                "I have reviewed this report: the build was stopped before any candidate was "
+                "read because the segment is not approved as it stands."
+            ),
+            "reviewer": None,
+            "role": None,
+            "date": None,
+            "signature": None,
+        },
+    }
+
+
 def _report(
     inp: GateInput,
     phi: Any,

@@ -59,6 +59,14 @@ def test_approvals_gate_every_sync(make_project: Any, tmp_path: Path) -> None:
     p.edit_toml(lambda t: trust(t, "dana", doc["public_base64"]))
     r = p.cli("sync", "all-adults", "--as-of", DAY, "--json")
     assert r.exit_code == 3 and "not approved" in json.loads(r.stdout)["results"][0]["error"]
+    # the blocked build still leaves a compliance report saying why (no candidates read)
+    build_id = p.query("SELECT build_id FROM builds ORDER BY started_at DESC LIMIT 1")[0][0]
+    md = p.cli("report", build_id, "--format", "md")
+    assert md.exit_code == 0, md.stderr
+    assert "BLOCKED" in md.stdout and "not approved" in md.stdout
+    assert "| approval | approval |" in md.stdout
+    report = json.loads(p.cli("report", build_id, "--format", "json").stdout)
+    assert report["figures"]["candidates"] == 0 and report["releases"] == []
 
     # a key that is not listed approves nothing, under any name
     other = p.cli_json("keygen", "--private", str(keys / "mallory.key"), "--name", "mallory")
