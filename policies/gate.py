@@ -613,6 +613,31 @@ def approval_block_report(
         ),
         "source": "the pack's require_approval (or [approvers] require_approval)",
     }
+    report = _report_head(build_id, segment, pack, as_of, actor, phi, [reason])
+    return {
+        **report,
+        "figures": {"candidates": 0, "without_member_key": 0, "eligible_members": 0},
+        "suppression_lists": [],
+        "verdicts": [verdict],
+        "difference_checks": [],
+        "releases": [],
+        "destinations": list(segment.destinations),
+        "sign_off": _sign_off(
+            "I have reviewed this report: the build was stopped before any candidate was read "
+            "because the segment is not approved as it stands."
+        ),
+    }
+
+
+def _report_head(
+    build_id: str,
+    segment: Any,
+    pack: Any,
+    as_of: dt.date,
+    actor: str,
+    phi: Any,
+    reasons: list[str],
+) -> dict[str, Any]:
     canonical = segment.canonical() if hasattr(segment, "canonical") else "{}"
     return {
         "report_version": REPORT_VERSION,
@@ -622,8 +647,8 @@ def approval_block_report(
         "generated_at": utcnow(),
         "as_of": as_of.isoformat(),
         "actor": actor,
-        "status": "blocked",
-        "block_reasons": [reason],
+        "status": "blocked" if reasons else "released",
+        "block_reasons": list(reasons),
         "pack": {
             "name": pack.name,
             "version": pack.version,
@@ -639,23 +664,11 @@ def approval_block_report(
             "definition": json.loads(canonical),
             **phi.to_dict(),
         },
-        "figures": {"candidates": 0, "without_member_key": 0, "eligible_members": 0},
-        "suppression_lists": [],
-        "verdicts": [verdict],
-        "difference_checks": [],
-        "releases": [],
-        "destinations": list(segment.destinations),
-        "sign_off": {
-            "statement": (
-                "I have reviewed this report: the build was stopped before any candidate was "
-                "read because the segment is not approved as it stands."
-            ),
-            "reviewer": None,
-            "role": None,
-            "date": None,
-            "signature": None,
-        },
     }
+
+
+def _sign_off(statement: str) -> dict[str, Any]:
+    return {"statement": statement, "reviewer": None, "role": None, "date": None, "signature": None}
 
 
 def _report(
@@ -669,33 +682,10 @@ def _report(
     no_key: int,
     eligible: int,
 ) -> dict[str, Any]:
-    segment = inp.segment
-    canonical = segment.canonical() if hasattr(segment, "canonical") else "{}"
+    head = _report_head(inp.build_id, inp.segment, inp.pack, inp.as_of, inp.actor, phi, reasons)
+    head["status"] = "blocked" if blocked else "released"
     return {
-        "report_version": REPORT_VERSION,
-        "kind": "audiences compliance report",
-        "notice": CONFIDENTIAL,
-        "build_id": inp.build_id,
-        "generated_at": utcnow(),
-        "as_of": inp.as_of.isoformat(),
-        "actor": inp.actor,
-        "status": "blocked" if blocked else "released",
-        "block_reasons": list(reasons),
-        "pack": {
-            "name": inp.pack.name,
-            "version": inp.pack.version,
-            "digest": inp.pack.digest,
-            "description": inp.pack.description,
-            "extends": list(inp.pack.extends),
-            "origin": inp.pack.origin,
-        },
-        "segment": {
-            "name": segment.name,
-            "description": getattr(segment, "description", ""),
-            "digest": segment.digest,
-            "definition": json.loads(canonical),
-            **phi.to_dict(),
-        },
+        **head,
         "figures": {
             "candidates": inp.candidates.height,
             "without_member_key": no_key,
@@ -709,16 +699,10 @@ def _report(
         "difference_checks": diff_checks,
         "releases": [r.describe() for r in releases.values()],
         "destinations": list(inp.destinations),
-        "sign_off": {
-            "statement": (
-                "I have reviewed the rules, evidence and releases in this report and approve "
-                "the releases listed."
-            ),
-            "reviewer": None,
-            "role": None,
-            "date": None,
-            "signature": None,
-        },
+        "sign_off": _sign_off(
+            "I have reviewed the rules, evidence and releases in this report and approve "
+            "the releases listed."
+        ),
     }
 
 
