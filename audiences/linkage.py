@@ -330,7 +330,7 @@ def flag_duplicates_of_opt_outs(
     # 1. The candidates' coarse keys (normalizing only their unreliable rows).
     cand_coarse = {link.name: coarse_keys(cand, link) for link in links}
     # 2. The opted-out records that are unreliable for a link or share a coarse key with
-    #    a candidate (the records and their coarse keys are computed once per process).
+    #    a candidate (the records and their coarse keys: once per loaded export).
     index = _opt_out_index(contacts, opted_out, links, columns, cache)
     # (Series operations: the same mask as one any_horizontal expression took 2.5x longer)
     meets = [
@@ -363,8 +363,6 @@ def flag_duplicates_of_opt_outs(
         m.filter(m.get_column(_KEY).is_in(t.get_column(_KEY).implode())).get_column(_ROW)
         for m, t in zip(mine, theirs, strict=True)
     ]
-    flagged = pl.Series(_ROW, [], dtype=pl.UInt32)
-    for hit in hits:
-        flagged = pl.concat([flagged, hit])
+    flagged = pl.concat(hits)  # one Series per link (there is at least one link)
     mask = pl.Series(flag, range(candidates.height), dtype=pl.UInt32).is_in(flagged.implode())
     return candidates.with_columns(mask.alias(flag))
