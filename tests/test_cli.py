@@ -429,6 +429,41 @@ def test_debug_is_accepted_after_the_subcommand_too(flow: Workflow, where: str) 
     assert "No such option" not in proc.stderr
 
 
+EXIT_NOW = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: print('exit handler ran', file=sys.stderr))\n"
+    "from audiences.cli import _exit_now\n"
+    "sys.stdout.write('x' * 200_000)\n"  # buffered, not yet flushed
+    "_exit_now(sys.argv[1] if sys.argv[1] != 'none' else None)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "returncode", "message"),
+    [("none", 0, ""), ("3", 1, "3"), ("message", 1, "message")],
+)
+def test_the_fast_exit_flushes_output_and_runs_exit_handlers(
+    code: str, returncode: int, message: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_NOW, code], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == returncode
+    assert proc.stdout == "x" * 200_000
+    lines = proc.stderr.splitlines()
+    assert lines == ([message] if message else []) + ["exit handler ran"]
+
+
+def test_the_command_line_keeps_its_exit_codes_and_whole_output(flow: Workflow) -> None:
+    run = [sys.executable, "-m", "audiences", "-p", str(flow.root)]
+    ok = subprocess.run([*run, "schema"], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0
+    assert json.loads(ok.stdout)["title"]
+    usage = subprocess.run([*run, "build"], capture_output=True, text=True, check=False)
+    assert usage.returncode == 2
+    assert usage.stderr.startswith("Error: name at least one segment or pass --all")
+
+
 def test_debug_after_a_double_dash_is_left_alone() -> None:
     from audiences.cli import _debug_first
 
