@@ -330,11 +330,17 @@ class _Plan:
         self._level: dict[str, int] = {}
 
     def let(self, name: str, expr: pl.Expr) -> pl.Expr:
+        """The column holding ``expr``. Layouts built on one plan share the intermediates
+        they compute alike (the trimmed phone, its digits, ...); a name already given to
+        a different expression gets a numbered variant."""
         if not self.staged:
             return expr
-        column = _TEMP + name
-        if column in self._level:
-            raise InternalError(f"intermediate identifier expression {name!r} defined twice")
+        column, n = _TEMP + name, 1
+        while column in self._level:
+            if self.stages[self._level[column]][column].meta.eq(expr):
+                return pl.col(column)
+            n += 1
+            column = f"{_TEMP}{name}_{n}"
         inputs = [self._level[c] for c in expr.meta.root_names() if c in self._level]
         level = 1 + max(inputs, default=-1)
         if level == len(self.stages):
@@ -414,12 +420,13 @@ class _Builder:
         schema: Mapping[str, pl.DataType] | None,
         as_of: dt.date | None,
         staged: bool,
+        plan: _Plan | None = None,
     ) -> None:
         self.identity = identity
         self.layout = _check_layout(layout)
         self.schema = schema or {}
         self.as_of = as_of or dt.datetime.now(dt.UTC).date()
-        self.plan = _Plan(staged=staged)
+        self.plan = plan or _Plan(staged=staged)
         self.default = identity.default_country.strip().lower()
         if self.default not in ISO_COUNTRIES:
             raise ConfigError(
@@ -781,7 +788,20 @@ def _staged(
     keep: Sequence[str],
     as_of: dt.date | None,
 ) -> tuple[pl.LazyFrame, dict[str, _Field]]:
-    layout = _check_layout(layout)
+    staged, [fields] = _staged_layouts(lf, identity, [layout], keep, as_of)
+    return staged, fields
+
+
+def _staged_layouts(
+    lf: pl.LazyFrame,
+    identity: IdentitySource,
+    layouts: Sequence[str],
+    keep: Sequence[str],
+    as_of: dt.date | None,
+) -> tuple[pl.LazyFrame, list[dict[str, _Field]]]:
+    """The frame with every intermediate the layouts need (computed once when layouts
+    share it), and each layout's fields."""
+    checked = [_check_layout(layout) for layout in layouts]
     schema = lf.collect_schema()
     _check_columns(identity, schema)
     missing = [column for column in keep if column not in schema]
@@ -790,15 +810,19 @@ def _staged(
             f"columns to keep are not in the source: {', '.join(missing)}",
             "keep only columns the source has",
         )
-    clashes = [column for column in keep if column in LAYOUTS[layout]]
-    if clashes:
-        raise DataError(
-            f"columns to keep clash with {layout} layout columns: {', '.join(clashes)}",
-            "rename them before building the layout",
-        )
-    builder = _Builder(identity, layout, schema=schema, as_of=as_of, staged=True)
-    fields = builder.fields()
-    return builder.plan.apply(lf), fields
+    for layout in checked:
+        clashes = [column for column in keep if column in LAYOUTS[layout]]
+        if clashes:
+            raise DataError(
+                f"columns to keep clash with {layout} layout columns: {', '.join(clashes)}",
+                "rename them before building the layout",
+            )
+    plan = _Plan(staged=True)
+    fields = [
+        _Builder(identity, layout, schema=schema, as_of=as_of, staged=True, plan=plan).fields()
+        for layout in checked
+    ]
+    return plan.apply(lf), fields
 
 
 # ---------------------------------------------------------------------------------------
@@ -854,6 +878,11 @@ def hashed_layout(
     ``postal_code``) hold the normalized value; empty or invalid values are null.
     """
     staged, fields = _staged(lf, identity, layout, keep, as_of)
+    return staged.select(*(pl.col(column) for column in keep), *_hashed_exprs(fields))
+
+
+def _hashed_exprs(fields: Mapping[str, _Field]) -> list[pl.Expr]:
+    """The layout columns as :func:`hashed_layout` documents them."""
     exprs = []
     for column, field in fields.items():
         if column in PLAIN_COLUMNS:
@@ -866,7 +895,7 @@ def hashed_layout(
         else:
             digest = pl.when(field.passthrough).then(field.value).otherwise(sha256_hex(field.value))
             exprs.append(digest.alias(column))
-    return staged.select(*(pl.col(column) for column in keep), *exprs)
+    return exprs
 
 
 # Identity fields whose values repeat across people (names, places, birth dates): on a
@@ -885,22 +914,77 @@ def hashed_layout_frame(
     as_of: dt.date | None = None,
     min_rows: int = 10_000,
 ) -> pl.DataFrame:
-    """Exactly ``hashed_layout(frame.lazy(), ...).collect()``, computed faster: the
-    repeating fields once per distinct (value, country) — below ``min_rows`` rows the
-    joins cost more than they save."""
-    layout = _check_layout(layout)
+    """Exactly ``hashed_layout(frame.lazy(), ...).collect()``, computed faster: see
+    :func:`hashed_layouts_frame`."""
+    frames = hashed_layouts_frame(
+        frame, identity, [layout], keep=keep, as_of=as_of, min_rows=min_rows
+    )
+    return frames[layout]
+
+
+def hashed_layouts_frame(
+    frame: pl.DataFrame,
+    identity: IdentitySource,
+    layouts: Sequence[Layout],
+    *,
+    keep: Sequence[str] = (),
+    as_of: dt.date | None = None,
+    min_rows: int = 10_000,
+) -> dict[str, pl.DataFrame]:
+    """Per layout, exactly ``hashed_layout(frame.lazy(), ..., layout).collect()``, computed
+    faster: the layouts share the per-row work they have in common (an email's trimmed
+    lowercase form, a phone's digits and calling code), and the repeating fields are
+    computed once per distinct (value, country) — below ``min_rows`` rows the joins cost
+    more than they save."""
+    layouts = [_check_layout(layout) for layout in layouts]
     mapping = IdentityMapping(
         **{name: getattr(identity, name) for name in IDENTITY_FIELDS},
         default_country=identity.default_country,
     )
     repeating = [name for name in _REPEATING if getattr(mapping, name) is not None]
-    if frame.height < min_rows or not repeating:
-        return hashed_layout(frame.lazy(), mapping, layout, keep=keep, as_of=as_of).collect()  # type: ignore[arg-type]
+    if frame.height < min_rows:
+        repeating = []
+    per_row = mapping.model_copy(update={name: None for name in repeating})
+    staged, per_layout = _staged_layouts(frame.lazy(), per_row, layouts, keep, as_of)  # type: ignore[arg-type]
+    # each layout's per-row columns under temporary names (the layouts share some names)
+    rows = [f"__hl_row_{i}_" for i in range(len(layouts))]
+    plans = [
+        staged.select(
+            *(pl.col(column) for column in keep),
+            *(
+                expr.alias(prefix + column)
+                for prefix, fields in zip(rows, per_layout, strict=True)
+                for column, expr in zip(fields, _hashed_exprs(fields), strict=True)
+            ),
+        )
+    ]
+    joined = [_per_distinct_plan(frame, mapping, layout, repeating, as_of) for layout in layouts]
+    main, *parts = pl.collect_all(plans + [plan for plan in joined if plan is not None])
+    out: dict[str, pl.DataFrame] = {}
+    for layout, prefix, plan in zip(layouts, rows, joined, strict=True):
+        distinct = set() if plan is None else set(plan.collect_schema().names())
+        row_part = main.select(
+            *keep, *(pl.col(prefix + c).alias(c) for c in LAYOUTS[layout] if c not in distinct)
+        )
+        result = row_part if plan is None else pl.concat([row_part, parts.pop(0)], how="horizontal")
+        out[layout] = result.select(*keep, *LAYOUTS[layout])
+    return out
+
+
+def _per_distinct_plan(
+    frame: pl.DataFrame,
+    mapping: IdentityMapping,
+    layout: Layout,
+    repeating: Sequence[str],
+    as_of: dt.date | None,
+) -> pl.LazyFrame | None:
+    """The layout columns of the repeating fields per row of ``frame``, each computed once
+    per distinct (value, country) and joined back in row order; None without any."""
+    if not repeating:
+        return None
     builder = _Builder(mapping, layout, schema=frame.schema, as_of=as_of, staged=True)  # type: ignore[arg-type]
     owner = {column: field.identity_field for column, field in builder.fields().items()}
-    per_row = mapping.model_copy(update={name: None for name in repeating})
-    plans = [hashed_layout(frame.lazy(), per_row, layout, keep=keep, as_of=as_of)]  # type: ignore[arg-type]
-    replaced: list[str] = []
+    parts = []
     for name in repeating:
         columns = [getattr(mapping, name)]
         if name in _BY_COUNTRY and mapping.country is not None and mapping.country != columns[0]:
@@ -920,7 +1004,7 @@ def hashed_layout_frame(
             .unique()
         )
         table = hashed_layout(distinct, only, layout, keep=keys, as_of=as_of)  # type: ignore[arg-type]
-        plans.append(
+        parts.append(
             frame.lazy()
             .select(columns)
             .join(
@@ -933,10 +1017,7 @@ def hashed_layout_frame(
             )
             .select(pl.col(f"__hl_out_{c}").alias(c) for c in outputs)
         )
-        replaced += outputs
-    main, *parts = pl.collect_all(plans)
-    result = pl.concat([main.drop(replaced), *parts], how="horizontal")
-    return result.select(*keep, *LAYOUTS[layout])
+    return pl.concat(parts, how="horizontal")
 
 
 def identifier_quality(

@@ -42,7 +42,7 @@ import polars as pl
 from audiences.atomic import write_with
 from audiences.config import ProjectConfig
 from audiences.errors import ConfigError, InternalError, PolicyBlocked
-from audiences.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layout_frame
+from audiences.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layouts_frame
 from audiences.state import ensure_private_dir, new_id, project_salt, transaction, utcnow
 from connectors.file import FileDestinationConfig, record_export
 from policies import difference
@@ -320,8 +320,7 @@ def verdict_digest(verdicts: list[Verdict], destination: str) -> str:
 def _hashed(
     base: pl.DataFrame, config: ProjectConfig, layouts: list[str], as_of: dt.date
 ) -> dict[str, pl.DataFrame]:
-    frames = [hashed_layout_frame(base, config.identity, layout, as_of=as_of) for layout in layouts]  # type: ignore[arg-type]
-    return dict(zip(layouts, frames, strict=True))
+    return hashed_layouts_frame(base, config.identity, layouts, as_of=as_of)  # type: ignore[arg-type]
 
 
 def _members(

@@ -23,6 +23,7 @@ from audiences.identifiers import (
     IdentityMapping,
     hashed_layout,
     hashed_layout_frame,
+    hashed_layouts_frame,
     identifier_quality,
     member_key,
     normalized_exprs,
@@ -624,6 +625,24 @@ def test_hashed_layout_frame_equals_hashed_layout(rows: list, layout: str) -> No
     want = hashed_layout(frame.lazy(), identity, layout, keep=["contact_id"], as_of=AS_OF).collect()  # type: ignore[arg-type]
     got = hashed_layout_frame(frame, identity, layout, keep=["contact_id"], as_of=AS_OF, min_rows=0)  # type: ignore[arg-type]
     assert got.equals(want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_frames, min_size=1, max_size=40), st.sampled_from([0, 10_000]))
+def test_layouts_built_together_equal_each_built_alone(rows: list, min_rows: int) -> None:
+    # built together they share intermediates (an email's lowercase form, a phone's
+    # digits): sharing must never hand one layout the other's value
+    schema = {c: pl.String for c in rows[0]} | {"birth_date": pl.Date}
+    frame = pl.DataFrame(rows, schema=schema)
+    identity = FULL.model_copy(update={"zip": "ZIP"})
+    layouts = ["google_ads", "meta"]
+    got = hashed_layouts_frame(
+        frame, identity, layouts, keep=["contact_id"], as_of=AS_OF, min_rows=min_rows
+    )  # type: ignore[arg-type]
+    assert list(got) == layouts
+    for layout in layouts:
+        want = hashed_layout(frame.lazy(), identity, layout, keep=["contact_id"], as_of=AS_OF)  # type: ignore[arg-type]
+        assert got[layout].equals(want.collect()), layout
 
 
 # --- member key --------------------------------------------------------------------------
