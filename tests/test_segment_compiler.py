@@ -816,3 +816,86 @@ def test_event_time_as_date_or_other_units(dtype: pl.DataType) -> None:
     assert ids(
         "{any: [{days_since_last_visit: {lt: 1}}, {event: {type: visit, count: {eq: 0}}}]}"
     ) == ["c0"]
+
+
+# --- age as a birth-date range ------------------------------------------------------------
+
+_AGE_OPS = ["eq", "gt", "gte", "lt", "lte", "between", "ne", "in"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.dates(dt.date(1904, 1, 1), dt.date(2096, 12, 31)),
+        st.sampled_from([dt.date(2024, 2, 29), dt.date(2025, 2, 28), dt.date(2025, 3, 1)]),
+    ),
+    st.sampled_from(_AGE_OPS),
+    st.lists(st.integers(-3, 130), min_size=2, max_size=2),
+    st.lists(
+        st.one_of(st.none(), st.dates(dt.date(1800, 1, 1), dt.date(2100, 12, 31))),
+        min_size=1,
+        max_size=30,
+    ),
+    st.lists(st.tuples(st.integers(-3, 130), st.integers(-2, 2)), max_size=30),
+)
+def test_an_age_comparison_as_birth_dates_equals_the_age_in_years(
+    as_of: dt.date,
+    op: str,
+    numbers: list[int],
+    anywhere: list[dt.date | None],
+    near: list[tuple[int, int]],
+) -> None:
+    from audiences.segments.compiler import _age_as_birth_dates, _compare, age_years, born_by
+    from audiences.segments.model import Comparison
+
+    # most of them a day or two around a birthday: where the two could disagree
+    born = list(anywhere)
+    for years, days in near:
+        last = born_by(as_of, years)
+        if last is not None and dt.date(1, 1, 3) < last < dt.date(9999, 12, 29):
+            born.append(last + dt.timedelta(days=days))
+
+    value: Any = tuple(sorted(numbers)) if op in ("between", "in") else numbers[0]
+    comparison = Comparison(op=op, value=value)  # type: ignore[arg-type]
+    frame = pl.DataFrame({"born": born}, schema={"born": pl.Date})
+    col = pl.col("born")
+    direct = _compare(age_years(col, as_of), comparison, "number", pl.Int64())
+    ranged = _age_as_birth_dates(col, comparison, as_of)
+    if op in ("ne", "in"):
+        assert ranged is None  # no single range: compared as years
+        return
+    assert ranged is not None
+    got = frame.select(ranged.alias("x")).to_series().to_list()
+    want = frame.select(direct.alias("x")).to_series().to_list()
+    assert got == want
+
+
+@pytest.mark.parametrize(
+    ("as_of", "years", "last"),
+    [
+        (dt.date(2024, 2, 29), 1, dt.date(2023, 2, 28)),  # born 1 March 2023: not yet 1
+        (dt.date(2024, 2, 29), 4, dt.date(2020, 2, 29)),
+        (dt.date(2025, 3, 1), 25, dt.date(2000, 3, 1)),
+        (dt.date(2025, 3, 1), 2026, None),  # before year 1: no range, compared as years
+    ],
+)
+def test_the_last_birth_date_of_an_age(as_of: dt.date, years: int, last: dt.date | None) -> None:
+    from audiences.segments.compiler import born_by
+
+    assert born_by(as_of, years) == last
+
+
+def test_age_conditions_reach_the_parquet_reader(tmp_path: Path) -> None:
+    born = [dt.date(1960, 3, 1), dt.date(1960, 3, 2), None, dt.date(2000, 2, 29)]
+    path = tmp_path / "contacts.parquet"
+    pl.DataFrame(
+        {"contact_id": ["a", "b", "c", "d"], "birth_date": born},
+        schema_overrides={"birth_date": pl.Date},
+    ).write_parquet(path)
+    segment = parse_segment("name: s\nwhere: {age: {between: [25, 64]}}")
+    ctx = SegmentContext(as_of=AS_OF, contact_id="contact_id", birth_date="birth_date")
+    plan = compile_segment(segment, pl.scan_parquet(path), None, ctx)
+    scan = plan.explain().split("SELECTION:")[1]
+    assert "birth_date" in scan and "dt.year" not in scan  # a plain date range, pushed down
+    # a turned 65 on as_of, b is 64 until tomorrow, d (born 29 February) turned 25
+    assert plan.collect().get_column("contact_id").to_list() == ["b", "d"]

@@ -21,6 +21,7 @@ unknown**. See docs/segments.md.
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import functools
 import operator
@@ -227,6 +228,10 @@ class _Compiler:
         if kind == "age":
             assert self.ctx.birth_date is not None
             born = _as_date(pl.col(self.ctx.birth_date), self.contacts_schema[self.ctx.birth_date])
+            if self.contacts_schema[self.ctx.birth_date] == pl.Date:
+                ranges = [_age_as_birth_dates(born, c, self.ctx.as_of) for c in cond.comparisons]
+                if all(r is not None for r in ranges):
+                    return _and(ranges)  # type: ignore[arg-type]
             return self.comparisons(age_years(born, self.ctx.as_of), cond, pl.Int64())
         if kind == "days_since_column":
             value = _as_date(pl.col(base), self.contacts_schema[base])
@@ -432,6 +437,59 @@ def age_years(born: pl.Expr, as_of: dt.date) -> pl.Expr:
     return (pl.lit(as_of.year) - born.dt.year().cast(pl.Int64) - not_yet.cast(pl.Int64)).cast(
         pl.Int64
     )
+
+
+def born_by(as_of: dt.date, years: int) -> dt.date | None:
+    """The last birth date of someone ``years`` old or older on ``as_of`` (None if out of
+    the calendar's range): ``age_years(born) >= years`` exactly when ``born <= born_by``."""
+    year = as_of.year - years
+    if not dt.MINYEAR <= year <= dt.MAXYEAR:
+        return None
+    day = as_of.day
+    if as_of.month == 2 and day == 29 and not calendar.isleap(year):
+        day = 28  # born on 29 February counts from 1 March; nobody was born on the 29th
+    return dt.date(year, as_of.month, day)
+
+
+def _age_as_birth_dates(born: pl.Expr, comparison: Comparison, as_of: dt.date) -> pl.Expr | None:
+    """An ``age`` comparison as a birth-date range (None if it has no exact one).
+
+    Exactly as ``age_years`` compares, nulls included, but a plain date comparison: the
+    Parquet reader applies it while decoding, and skips row groups by their statistics.
+    """
+    op, raw = comparison.op, comparison.value
+    given = raw if isinstance(raw, tuple) else (raw,)
+    values = [v for v in given if isinstance(v, int) and not isinstance(v, bool)]
+    if len(values) != len(given):
+        return None
+
+    def at_least(years: int) -> pl.Expr | None:  # age >= years
+        last = born_by(as_of, years)
+        return None if last is None else born <= pl.lit(last, dtype=pl.Date)
+
+    def below(years: int) -> pl.Expr | None:  # age < years
+        last = born_by(as_of, years)
+        return None if last is None else born > pl.lit(last, dtype=pl.Date)
+
+    first = values[0]
+    bounds: list[pl.Expr | None]
+    if op == "gte":
+        bounds = [at_least(first)]
+    elif op == "gt":
+        bounds = [at_least(first + 1)]
+    elif op == "lt":
+        bounds = [below(first)]
+    elif op == "lte":
+        bounds = [below(first + 1)]
+    elif op == "eq":
+        bounds = [at_least(first), below(first + 1)]
+    elif op == "between":
+        bounds = [at_least(first), below(values[1] + 1)]
+    else:
+        return None
+    if any(b is None for b in bounds):
+        return None
+    return _and(bounds)  # type: ignore[arg-type]
 
 
 def as_date(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
