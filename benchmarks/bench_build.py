@@ -22,6 +22,9 @@ What runs
       identifiers in a per-row Python loop (hashlib) and writes a CSV. Full size when
       ``--baseline-full`` is given, else measured on 1M contacts and scaled linearly
       (said so in the table).
+    * the same three builds with a project pack that turns the consent rule's
+      duplicate-of-opt-out linkage off (the job as issue #2 specified it), against a
+      baseline without the linkage.
 
     python -m benchmarks.bench_build [--quick] [--baseline-full]
 """
@@ -116,7 +119,7 @@ build.write_file_destinations = timed("files", build.write_file_destinations)
 gate.evaluate = timed("gate", gate.evaluate)
 gate.record = timed("record", gate.record)
 gate._hashed = timed("hashing", gate._hashed)  # identifier normalization + SHA-256, in the gate
-from audiences.cli import cli
+from audiences.cli import _exit_now, cli
 code = 0
 try:
     cli.main(args=sys.argv[1:], prog_name="audiences")
@@ -124,7 +127,7 @@ except SystemExit as exc:
     code = exc.code or 0
 phases["in_process"] = time.perf_counter() - started
 sys.stderr.write("\\nPHASES " + json.dumps(phases) + "\\n")
-sys.exit(code)
+_exit_now(code)  # as the `audiences` command leaves
 """
 
 # The baseline: pandas + hashlib, one Python iteration per selected person.
@@ -289,7 +292,7 @@ def main(quick: bool = False, baseline_full: bool = False) -> None:
         pack="policies/nolink.yaml",
     )
     (nolink_project / "policies" / "nolink.yaml").write_text(NOLINK_PACK)
-    nolink = measured_build(nolink_project)
+    nolinks = [measured_build(nolink_project) for _ in labels]
 
     base_rows = rows if baseline_full else min(rows, BASELINE_ROWS)
     base_contacts, base_events = (contacts, events) if base_rows == rows else sample_crm(base_rows)
@@ -325,11 +328,12 @@ def main(quick: bool = False, baseline_full: bool = False) -> None:
         f"{label:<48}{int(base_released * scale):>11,}{base_seconds:>9.2f}"
         f"{base_run.peak_rss_bytes / 1e9:>8.2f}GB{'1.0x':>13}{'':>11}"
     )
-    run, phases, released = nolink
-    print(
-        f"{'ours, pack without the opt-out linkage':<48}{released:>11,}{run.seconds:>9.2f}"
-        f"{run.peak_rss_bytes / 1e9:>8.2f}GB{plain_seconds / run.seconds:>12.1f}x{'':>11}"
-    )
+    for label, (run, _, released) in zip(labels, nolinks, strict=True):
+        label = f"ours without the linkage, {label}"
+        print(
+            f"{label:<48}{released:>11,}{run.seconds:>9.2f}"
+            f"{run.peak_rss_bytes / 1e9:>8.2f}GB{plain_seconds / run.seconds:>12.1f}x{'':>11}"
+        )
     label = "baseline without the opt-out linkage" + suffix
     print(
         f"{label:<48}{int(plain_released * scale):>11,}{plain_seconds:>9.2f}"
@@ -347,7 +351,11 @@ def main(quick: bool = False, baseline_full: bool = False) -> None:
             f"RSS {base_run.peak_rss_bytes / 1e9:.2f} GB; time and rows scaled x{scale:g}, "
             "RSS as measured"
         )
-    for label, (run, phases, _) in zip(labels, runs, strict=True):
+    named = [*zip(labels, runs, strict=True)]
+    named += [
+        (f"without the linkage, {label}", r) for label, r in zip(labels, nolinks, strict=True)
+    ]
+    for label, (run, phases, _) in named:
         stages = sum(phases.get(k, 0.0) for k in ("collect", "gate", "record", "files"))
         print(
             f"  {label}: stages (s): select members {phases.get('collect', 0):.2f}; "
@@ -365,6 +373,8 @@ def main(quick: bool = False, baseline_full: bool = False) -> None:
         "of the first build's wall"
     )
     best, worst = min(r.seconds for r, _, _ in runs), max(r.seconds for r, _, _ in runs)
+    plain_best = min(r.seconds for r, _, _ in nolinks)
+    plain_worst = max(r.seconds for r, _, _ in nolinks)
     targets = [
         (f"wall <= {TARGET_S:g} s (best {best:.1f}, worst {worst:.1f})", worst <= TARGET_S),
         (
@@ -376,9 +386,9 @@ def main(quick: bool = False, baseline_full: bool = False) -> None:
             base_seconds / worst >= TARGET_SPEEDUP,
         ),
         (
-            f"without the linkage: wall {nolink[0].seconds:.1f} s, "
-            f"{plain_seconds / nolink[0].seconds:.1f}x its baseline",
-            nolink[0].seconds <= TARGET_S and plain_seconds / nolink[0].seconds >= TARGET_SPEEDUP,
+            f"without the linkage: wall {plain_best:.1f}-{plain_worst:.1f} s, "
+            f"{plain_seconds / plain_worst:.1f}x-{plain_seconds / plain_best:.1f}x its baseline",
+            plain_worst <= TARGET_S and plain_seconds / plain_worst >= TARGET_SPEEDUP,
         ),
         (
             f"gate adds <= {TARGET_GATE_SHARE:.0%}",
@@ -389,4 +399,12 @@ def main(quick: bool = False, baseline_full: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv[1:], baseline_full="--baseline-full" in sys.argv[1:])
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1M contacts instead of 10M")
+    parser.add_argument(
+        "--baseline-full", action="store_true", help="the baselines on every contact, unscaled"
+    )
+    args = parser.parse_args()
+    main(quick=args.quick, baseline_full=args.baseline_full)
