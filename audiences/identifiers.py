@@ -421,8 +421,12 @@ class _Builder:
         as_of: dt.date | None,
         staged: bool,
         plan: _Plan | None = None,
+        country_codes: Mapping[str, str] | None = None,
     ) -> None:
         self.identity = identity
+        # raw country value -> ISO code, worked out once per distinct value by the same
+        # expressions (see _country_codes); rows look their code up instead
+        self.country_codes = country_codes
         self.layout = _check_layout(layout)
         self.schema = schema or {}
         self.as_of = as_of or dt.datetime.now(dt.UTC).date()
@@ -515,11 +519,14 @@ class _Builder:
                 code = pl.lit(None, pl.String)
                 rule = pl.lit(self.default)
             else:
-                text = self.text("country")
-                key = _letters(text.str.to_lowercase())
+                if self.country_codes is not None:
+                    key = pl.col(self.identity.country).cast(pl.String)
+                    codes: Mapping[str, str] = self.country_codes
+                else:
+                    key = _letters(self.text("country").str.to_lowercase())
+                    codes = COUNTRY_CODES
                 code = self.let(
-                    "country_code",
-                    key.replace_strict(COUNTRY_CODES, default=None, return_dtype=pl.String),
+                    "country_code", key.replace_strict(codes, default=None, return_dtype=pl.String)
                 )
                 rule = self.let("country_rule", pl.coalesce(code, pl.lit(self.default)))
             calling = rule.replace_strict(CALLING_CODES, default=None, return_dtype=pl.String)
@@ -798,6 +805,7 @@ def _staged_layouts(
     layouts: Sequence[str],
     keep: Sequence[str],
     as_of: dt.date | None,
+    country_codes: Mapping[str, str] | None = None,
 ) -> tuple[pl.LazyFrame, list[dict[str, _Field]]]:
     """The frame with every intermediate the layouts need (computed once when layouts
     share it), and each layout's fields."""
@@ -819,7 +827,15 @@ def _staged_layouts(
             )
     plan = _Plan(staged=True)
     fields = [
-        _Builder(identity, layout, schema=schema, as_of=as_of, staged=True, plan=plan).fields()
+        _Builder(
+            identity,
+            layout,
+            schema=schema,
+            as_of=as_of,
+            staged=True,
+            plan=plan,
+            country_codes=country_codes,
+        ).fields()
         for layout in checked
     ]
     return plan.apply(lf), fields
@@ -901,7 +917,16 @@ def _hashed_exprs(fields: Mapping[str, _Field]) -> list[pl.Expr]:
 # Identity fields whose values repeat across people (names, places, birth dates): on a
 # materialized frame their layout columns are computed once per distinct value and joined
 # back — several times cheaper than normalizing every row for a large release.
-_REPEATING = ("first_name", "last_name", "zip", "city", "state", "birth_date", "gender")
+_REPEATING = (
+    "first_name",
+    "last_name",
+    "zip",
+    "city",
+    "state",
+    "birth_date",
+    "gender",
+    "country",
+)
 _BY_COUNTRY = ("zip", "state")  # their rules depend on the row's country
 
 
@@ -944,8 +969,13 @@ def hashed_layouts_frame(
     repeating = [name for name in _REPEATING if getattr(mapping, name) is not None]
     if frame.height < min_rows:
         repeating = []
-    per_row = mapping.model_copy(update={name: None for name in repeating})
-    staged, per_layout = _staged_layouts(frame.lazy(), per_row, layouts, keep, as_of)  # type: ignore[arg-type]
+    # the per-row fields still need each row's country rules (a phone's calling code):
+    # the country column stays mapped for them, its code looked up per distinct value
+    per_row = mapping.model_copy(update={name: None for name in repeating if name != "country"})
+    codes = _country_codes(frame, mapping, as_of) if "country" in repeating else None
+    staged, per_layout = _staged_layouts(frame.lazy(), per_row, layouts, keep, as_of, codes)  # type: ignore[arg-type]
+    joined = [_per_distinct_plan(frame, mapping, layout, repeating, as_of) for layout in layouts]
+    by_distinct = [set() if plan is None else set(plan.collect_schema().names()) for plan in joined]
     # each layout's per-row columns under temporary names (the layouts share some names)
     rows = [f"__hl_row_{i}_" for i in range(len(layouts))]
     plans = [
@@ -953,22 +983,41 @@ def hashed_layouts_frame(
             *(pl.col(column) for column in keep),
             *(
                 expr.alias(prefix + column)
-                for prefix, fields in zip(rows, per_layout, strict=True)
+                for prefix, fields, distinct in zip(rows, per_layout, by_distinct, strict=True)
                 for column, expr in zip(fields, _hashed_exprs(fields), strict=True)
+                if column not in distinct
             ),
         )
     ]
-    joined = [_per_distinct_plan(frame, mapping, layout, repeating, as_of) for layout in layouts]
     main, *parts = pl.collect_all(plans + [plan for plan in joined if plan is not None])
     out: dict[str, pl.DataFrame] = {}
-    for layout, prefix, plan in zip(layouts, rows, joined, strict=True):
-        distinct = set() if plan is None else set(plan.collect_schema().names())
+    for layout, prefix, plan, distinct in zip(layouts, rows, joined, by_distinct, strict=True):
         row_part = main.select(
             *keep, *(pl.col(prefix + c).alias(c) for c in LAYOUTS[layout] if c not in distinct)
         )
         result = row_part if plan is None else pl.concat([row_part, parts.pop(0)], how="horizontal")
         out[layout] = result.select(*keep, *LAYOUTS[layout])
     return out
+
+
+def _country_codes(
+    frame: pl.DataFrame, mapping: IdentityMapping, as_of: dt.date | None
+) -> dict[str, str]:
+    """Each distinct raw value of the country column → its ISO code, by the per-row
+    expressions themselves (values without a code are left out: they look up null)."""
+    assert mapping.country is not None
+    key = "__hl_key_0"
+    only = IdentityMapping(country=key, default_country=mapping.default_country)
+    builder = _Builder(only, "meta", schema=None, as_of=as_of, staged=False)  # type: ignore[arg-type]
+    table = (
+        frame.select(pl.col(mapping.country).cast(pl.String).alias(key))
+        .unique()
+        .select(key, builder.country_rules()[0].alias("code"))
+        .drop_nulls()
+    )
+    return dict(
+        zip(table.get_column(key).to_list(), table.get_column("code").to_list(), strict=True)
+    )
 
 
 def _per_distinct_plan(
@@ -995,7 +1044,7 @@ def _per_distinct_plan(
         if name in _BY_COUNTRY and mapping.country is not None:
             country = keys[columns.index(mapping.country)]
         only = IdentityMapping(
-            **{name: keys[0]}, country=country, default_country=mapping.default_country
+            **{"country": country, name: keys[0]}, default_country=mapping.default_country
         )
         outputs = [column for column, field in owner.items() if field == name]
         distinct = (

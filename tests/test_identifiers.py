@@ -599,7 +599,10 @@ _frames = st.fixed_dictionaries(
     {
         "contact_id": st.text(max_size=4),
         "email": st.one_of(st.none(), _emails),
-        "phone": st.one_of(st.none(), _pick(["+1 (425) 554-6755", "020 7946 0958", "x", ""])),
+        "phone": st.one_of(
+            st.none(),
+            _pick(["+1 (425) 554-6755", "020 7946 0958", "(11) 91234-5678", "x", ""]),
+        ),
         "first_name": st.one_of(
             st.none(), _pick(["Zoë", "ZOE", " zoe ", "Jo-Ann", "N/A"]), st.text(max_size=5)
         ),
@@ -609,7 +612,12 @@ _frames = st.fixed_dictionaries(
         ),
         "city": st.one_of(st.none(), _pick(["New York", "new  york", "São Paulo", "--"])),
         "state": st.one_of(st.none(), _pick(["NY", "new york", "Ontario", "zz", "Calif."])),
-        "country": st.one_of(st.none(), _pick(["US", "us", "Canada", "GB", "Brasil", "zz"])),
+        "country": st.one_of(
+            st.none(),
+            _pick(["US", "us", " U.S. ", "United States", "Canada", "GB", "Brasil", "zz"]),
+            _pick([" GB", "Brasil ", "united kingdom", "", "  ", "N/A", "unknown", "de\u0301"]),
+            st.text(max_size=4),
+        ),
         "sex": st.one_of(st.none(), _pick(["F", "male", "x", "Female "])),
         "birth_date": st.one_of(st.none(), st.dates(dt.date(1890, 1, 1), dt.date(2030, 1, 1))),
     }
@@ -643,6 +651,24 @@ def test_layouts_built_together_equal_each_built_alone(rows: list, min_rows: int
     for layout in layouts:
         want = hashed_layout(frame.lazy(), identity, layout, keep=["contact_id"], as_of=AS_OF)  # type: ignore[arg-type]
         assert got[layout].equals(want.collect()), layout
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_frames, min_size=1, max_size=40))
+def test_country_looked_up_per_distinct_value_whatever_its_type(rows: list) -> None:
+    # the rows' country codes come from a table of the distinct raw values: a Categorical
+    # country column must look up exactly what its text does
+    schema = {c: pl.String for c in rows[0]} | {"birth_date": pl.Date}
+    frame = pl.DataFrame(rows, schema=schema)
+    identity = FULL.model_copy(update={"zip": "ZIP"})
+    layouts = ["google_ads", "meta"]
+    want = hashed_layouts_frame(frame, identity, layouts, keep=["contact_id"], as_of=AS_OF)  # type: ignore[arg-type]
+    categorical = frame.with_columns(pl.col("country").cast(pl.Categorical))
+    got = hashed_layouts_frame(
+        categorical, identity, layouts, keep=["contact_id"], as_of=AS_OF, min_rows=0
+    )  # type: ignore[arg-type]
+    for layout in layouts:
+        assert got[layout].equals(want[layout]), layout
 
 
 # --- member key --------------------------------------------------------------------------
