@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import blake3
 import polars as pl
 
 from audiences.config import ColumnType, ProjectConfig, SourceConfig
@@ -197,11 +198,12 @@ def source_digest(config: ProjectConfig) -> str:
         key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
         digest = cache.get(key)
         if digest is None:
-            # SHA-256: with the CPU's SHA extensions about twice as fast as BLAKE2b (0.6 vs
-            # 1.07 s for an 834 MB export here). Files digested before keep their cached
+            # BLAKE3, one thread: 0.26 CPU-s for an 834 MB export here, against 0.6 for
+            # SHA-256 and 1.07 for BLAKE2b; on a build's first run it shares the cores with
+            # the segment's query. Files digested before keep their cached SHA-256 or
             # BLAKE2b digest, so their dataset id (the DP ledger's key) does not change.
             with path.open("rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+                digest = hashlib.file_digest(fh, blake3.blake3).hexdigest()  # type: ignore[arg-type]
             cache[key] = digest
             changed = True
         outer.update(digest.encode())

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import blake3
 import pytest
 
 from audiences.config import ProjectConfig, load_config
@@ -27,18 +28,22 @@ def project(tmp_path: Path) -> ProjectConfig:
     return load_config(root / "audiences.toml")
 
 
-def sha256_of(*files: Path) -> str:
+def digest_of(*files: Path) -> str:
     outer = hashlib.sha256()
     for path in files:
-        outer.update(hashlib.sha256(path.read_bytes()).hexdigest().encode())
+        outer.update(blake3.blake3(path.read_bytes()).hexdigest().encode())
     return outer.hexdigest()
 
 
-def test_the_digest_is_sha256_over_each_file_s_sha256(project: ProjectConfig) -> None:
+def test_the_digest_is_sha256_over_each_file_s_blake3(project: ProjectConfig) -> None:
     data = project.root / "data"
-    want = sha256_of(data / "contacts.parquet", data / "events.parquet")
+    want = digest_of(data / "contacts.parquet", data / "events.parquet")
     assert source_digest(project) == want
     assert load_sources(project).digest == want  # the background thread's result
+    # the published BLAKE3 vector for b"abc" (the library is not checked against itself)
+    assert blake3.blake3(b"abc").hexdigest() == (
+        "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+    )
 
 
 def test_changed_content_changes_the_digest_even_at_the_same_size(
@@ -54,13 +59,16 @@ def test_changed_content_changes_the_digest_even_at_the_same_size(
     assert source_digest(project) != before
 
 
-def test_a_file_digested_before_keeps_its_dataset_id(project: ProjectConfig) -> None:
-    # A digest cached by an earlier version (BLAKE2b) stays the file's dataset id while the
-    # file is unchanged: an upgrade must not hand out a fresh privacy budget.
+@pytest.mark.parametrize("algorithm", ["blake2b", "sha256"])
+def test_a_file_digested_before_keeps_its_dataset_id(
+    project: ProjectConfig, algorithm: str
+) -> None:
+    # A digest cached by an earlier version (BLAKE2b, then SHA-256) stays the file's
+    # dataset id while the file is unchanged: an upgrade must not hand out a fresh budget.
     data = project.root / "data"
     contacts, events = data / "contacts.parquet", data / "events.parquet"
     earlier = {
-        p: hashlib.blake2b(p.read_bytes(), digest_size=32).hexdigest() for p in (contacts, events)
+        p: hashlib.new(algorithm, p.read_bytes()).hexdigest()[:64] for p in (contacts, events)
     }
     cache = {f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}": d for p, d in earlier.items()}
     (project.state_dir / "digests.json").write_text(json.dumps(cache))
