@@ -402,7 +402,11 @@ def main(quick: bool = False, baseline_full: bool = False) -> None:
             checks <= TARGET_GATE_SHARE * (run.seconds - checks),
         ),
     ]
-    print("targets: " + "; ".join(f"{name} {'ok' if ok else 'MISSED'}" for name, ok in targets))
+    verdicts = "; ".join(f"{name} {'ok' if ok else 'MISSED'}" for name, ok in targets)
+    if rows == 10_000_000:
+        print("targets: " + verdicts)
+    else:  # the issue states its targets for 10M contacts; start-up weighs more below
+        print(f"targets (stated for 10M contacts; at {rows:,} for reference only): " + verdicts)
 
 
 if __name__ == "__main__":
