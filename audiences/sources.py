@@ -210,7 +210,7 @@ def source_digest(config: ProjectConfig) -> str:
     if changed and config.state_dir.exists():
         from audiences.atomic import write_text
 
-        write_text(cache_path, json.dumps(cache))
+        write_text(cache_path, json.dumps(cache), durable=False)  # a cache: lost, re-digested
     return outer.hexdigest()
 
 

@@ -459,11 +459,58 @@ def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path: Path) -> None
     assert target.stat().st_mode & 0o777 == 0o600
 
 
+def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths os.fsync is called on, from now on (the real fsync still runs)."""
+    seen: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_durable_writes_reach_the_disk_before_and_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audiences.atomic import write_text, write_with
+
+    seen = _fsyncs(monkeypatch)
+    target = tmp_path / "state" / "r-1.parquet"
+    write_with(target, lambda tmp: pl.DataFrame({"k": [1, 2]}).write_parquet(tmp))
+    # the temp file's data first (before it takes the name), then the folder's entry
+    assert len(seen) == 2
+    assert Path(seen[0]).parent == target.parent and Path(seen[0]).name.endswith(".tmp")
+    assert Path(seen[1]) == target.parent
+    seen.clear()
+    write_text(tmp_path / "export.csv", "a\n", durable=False)
+    assert seen == []
+
+
+def test_state_files_are_durable_and_export_files_are_not(
+    built: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _fsyncs(monkeypatch)
+    result = built.cli("build", FILE_SEGMENT, "--as-of", AS_OF.isoformat())
+    assert result.exit_code == 0, result.output
+    synced = [Path(p) for p in seen]
+    # the release's membership keys (read by every later difference check) and the
+    # compliance reports are flushed; the export files and their manifest are not
+    assert any(p.parent.name == "releases" and p.name.endswith(".tmp") for p in synced)
+    assert any(p.parent.name == "reports" and ".html." in p.name for p in synced)
+    exports = [p for p in synced if "members." in p.name or "manifest" in p.name]
+    assert exports == []
+
+
 def test_a_build_that_fails_mid_write_leaves_no_release_files(
     built: Built, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     previous = release_dir(built)
     before = {p: p.read_bytes() for p in previous.iterdir()}
+    existing = set(previous.parent.iterdir())  # other tests' builds share the project
 
     def crash(self: pl.DataFrame, file: Any, *args: Any, **kwargs: Any) -> None:
         Path(file).write_text("meta_EXTERN_ID\nC0", encoding="utf-8")
@@ -478,9 +525,7 @@ def test_a_build_that_fails_mid_write_leaves_no_release_files(
         "build again"
     ]
     assert {p: p.read_bytes() for p in previous.iterdir()} == before
-    failed = [
-        d for d in previous.parent.iterdir() if d != previous and d.name not in _other_builds(built)
-    ]
+    failed = [d for d in previous.parent.iterdir() if d not in existing]
     for folder in failed:
         names = sorted(p.name for p in folder.iterdir())
         assert "manifest.json" not in names and "members.csv" not in names, names
@@ -490,7 +535,3 @@ def test_a_build_that_fails_mid_write_leaves_no_release_files(
         (FILE_SEGMENT,),
     )
     assert status == "failed"
-
-
-def _other_builds(built: Built) -> set[str]:
-    return {b["build_id"] for b in built.builds.values()}
