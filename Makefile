@@ -23,9 +23,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check audiences policies connectors tests benchmarks
 	$(BIN)/ruff format --check audiences policies connectors tests benchmarks
 	$(BIN)/mypy audiences policies connectors
+	$(BIN)/lint-imports
 
 test: $(STAMP)
 	$(BIN)/ruff check audiences policies connectors tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

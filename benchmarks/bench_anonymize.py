@@ -23,7 +23,7 @@ import time
 import numpy as np
 import polars as pl
 
-from policies.anonymize import (
+from policies.privacy.anonymize import (
     _evaluate,
     _Lattice,
     age_hierarchy,

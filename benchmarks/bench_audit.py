@@ -1,7 +1,7 @@
-"""Audit chain verification: :func:`audiences.audit.verify` vs a naive verifier.
+"""Audit chain verification: :func:`audiences.compliance.audit.verify` vs a naive verifier.
 
 Builds a log of N realistic entries (sync batches, builds, releases with digests and
-counts) through :func:`audiences.audit.append_many` (the bulk mode of the real append
+counts) through :func:`audiences.compliance.audit.append_many` (the bulk mode of the real append
 path), then measures in this run:
 
 * ``verify``: the library — one cursor in seq order, the canonical record rebuilt by
@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
-from audiences import audit
+from audiences.compliance import audit
 
 DDL = """
 CREATE TABLE audit (

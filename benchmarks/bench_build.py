@@ -74,7 +74,7 @@ def make_project(
     ``segments`` maps file stems to segment YAML and replaces the template segments.
     ``require_approval`` sets ``[approvers] require_approval`` (default: the pack's).
     """
-    from audiences.project import init_project
+    from audiences.pipeline.project import init_project
 
     if folder.exists():
         shutil.rmtree(folder)
@@ -105,7 +105,8 @@ formats = ["parquet", "csv"]
 _BUILD_CHILD = """
 import json, sys, time
 started = time.perf_counter()
-import audiences.build as build
+import audiences.pipeline.build as build
+import audiences.pipeline.select as select
 import policies.gate as gate
 phases = {}
 def timed(name, fn):
@@ -116,7 +117,8 @@ def timed(name, fn):
         finally:
             phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
     return wrapper
-build.collect_candidates = timed("collect", build.collect_candidates)
+select.collect_candidates = timed("collect", select.collect_candidates)
+build.collect_candidates = select.collect_candidates
 build.write_file_destinations = timed("files", build.write_file_destinations)
 gate.evaluate = timed("gate", gate.evaluate)
 gate.record = timed("record", gate.record)

@@ -6,7 +6,7 @@
 Baseline: the stock OpenDP Context API on the same data and budget —
 ``Context.compositor(split_by_weights=...)`` then ``context.query()...release()``, which
 binary-searches the noise scale for every query (``LazyFrameQuery.resolve``) and hands the
-raw string columns to OpenDP. Ours: ``policies.dp.preview`` (explicit scale checked
+raw string columns to OpenDP. Ours: ``policies.privacy.dp.preview`` (explicit scale checked
 against OpenDP's privacy map, Enum-coded columns, one adaptive compositor).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import opendp.prelude as dp
 import polars as pl
 
-from policies.dp import age_band_expr, age_band_keys, preview
+from policies.privacy.dp import age_band_expr, age_band_keys, preview
 
 EPSILON = 1.0
 
@@ -79,12 +79,12 @@ def main(quick: bool = False) -> None:
     print(f"{'implementation':42} {'cold s':>8} {'warm s (best of 3)':>20}")
     for name, run in (
         ("stock OpenDP Context API (baseline)", stock_opendp),
-        ("policies.dp.preview", ours),
+        ("policies.privacy.dp.preview", ours),
     ):
         cold = run(lf)
         warm = min(run(lf) for _ in range(3))
         print(f"{name:42} {cold:>8.3f} {warm:>20.3f}")
-    print("target: warm <= 1.5 s for policies.dp.preview on 1M contacts")
+    print("target: warm <= 1.5 s for policies.privacy.dp.preview on 1M contacts")
 
 
 if __name__ == "__main__":

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from audiences.config import ProjectConfig
-from audiences.identifiers import member_key
-from audiences.state import connect, transaction
+from audiences.core.config import ProjectConfig
+from audiences.core.state import connect, transaction
+from audiences.crm.identifiers import member_key
 from policies import difference
 from policies.gate import GateInput, evaluate
-from policies.pack import Rule, builtin_pack
-from policies.rules import Destination, DifferenceParams
+from policies.pack import builtin_pack
+from policies.rules import Destination, DifferenceParams, Rule
 
 AS_OF = dt.date(2025, 6, 1)
 SALT = b"benchmark-salt-0123456789abcdef!"

@@ -4,14 +4,14 @@ Rows are messy synthetic emails (case noise, surrounding whitespace, gmail dots 
 +tags, some invalid, some null). Measured in this run:
 
 * ``meta EMAIL``: the full Meta layout email path (trim, lowercase, NFC, validation,
-  already-hashed pass-through, SHA-256) via :func:`audiences.identifiers.hashed_layout`.
+  already-hashed pass-through, SHA-256) via :func:`audiences.crm.identifiers.hashed_layout`.
 * ``google hashed_email``: the same with Google's gmail rules.
 * ``polars-hash sha256 (raw)``: SHA-256 of the raw column, no normalization: the floor.
 * ``hashlib per row``: Python ``strip().lower()`` + ``hashlib.sha256`` on a sample,
   the baseline (it validates nothing).
 
 A second table runs whole layouts (every identifier mapped) on the synthetic CRM from
-:mod:`audiences.sample`.
+:mod:`audiences.demo.sample`.
 
 Run: ``python -m benchmarks.bench_hashing [--quick]`` (quick: 1M rows, else 10M).
 """
@@ -30,7 +30,7 @@ import polars_hash as plh
 from rich.console import Console
 from rich.table import Table
 
-from audiences.identifiers import LAYOUTS, IdentityMapping, hashed_layout
+from audiences.crm.identifiers import LAYOUTS, IdentityMapping, hashed_layout
 
 AS_OF = dt.date(2025, 6, 1)
 SAMPLE_ROWS = 200_000
@@ -129,7 +129,7 @@ def _email_results(rows: int) -> tuple[list[tuple[str, int, float]], float]:
 
 def _layout_results(rows: int) -> tuple[list[tuple[str, int, float]], float]:
     """Whole layouts on the synthetic CRM (every identifier mapped)."""
-    from audiences import sample
+    from audiences.demo import sample
 
     contacts, _ = sample.generate(rows, seed=0, as_of=AS_OF)
     lf = contacts.lazy()

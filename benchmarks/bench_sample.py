@@ -19,7 +19,7 @@ import time
 AS_OF = dt.date(2025, 6, 1)
 _CHILD = """
 import datetime as dt, json, resource, sys, time
-from audiences import sample
+from audiences.demo import sample
 rows = int(sys.argv[1])
 start = time.perf_counter()
 contacts, events = sample.generate(rows, seed=0, as_of=dt.date(2025, 6, 1))

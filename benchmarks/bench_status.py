@@ -3,7 +3,7 @@
 The issue's target: status over 500 segments x 3 destinations with a realistic history
 (30 builds per segment, each released to 3 destinations, and 30 syncs per segment x
 destination) in at most 1 s. Measured: open the state DB with
-``audiences.state.connect`` and run ``audiences.history.status`` (what the command
+``audiences.core.state.connect`` and run ``audiences.pipeline.history.status`` (what the command
 does), on a fresh connection each time. Baseline in the same run: the straightforward
 N+1 way (list the pairs, then three small queries per pair).
 
@@ -26,7 +26,7 @@ DESTINATIONS = ("file", "meta", "google_ads")
 AD_DESTINATIONS = ("meta", "google_ads")
 TARGET_S = 1.0
 
-# audiences.history's status query before this benchmark (window functions over the whole
+# audiences.pipeline.history's status query before this benchmark (window functions over the whole
 # history), kept to show what the change bought.
 WINDOW_STATUS_SQL = """
 WITH last_sync AS (
@@ -59,7 +59,7 @@ ORDER BY p.segment, p.destination
 
 def populate(db: Path, segments: int, history: int) -> dict[str, int]:
     """A state DB with ``history`` builds per segment and ``history`` syncs per pair."""
-    from audiences.state import connect, transaction
+    from audiences.core.state import connect, transaction
 
     conn = connect(db)
     start = dt.datetime(2024, 1, 1, 6, 0, tzinfo=dt.UTC)
@@ -157,7 +157,7 @@ def window_status(conn: Any) -> list[dict[str, Any]]:
 
 
 def _timed(fn: Any, db: Path, repeats: int) -> tuple[list[float], list[dict[str, Any]]]:
-    from audiences.state import connect
+    from audiences.core.state import connect
 
     times, rows = [], []
     for _ in range(repeats):
@@ -172,7 +172,7 @@ def _timed(fn: Any, db: Path, repeats: int) -> tuple[list[float], list[dict[str,
 
 
 def main(quick: bool = False) -> None:
-    from audiences.history import status
+    from audiences.pipeline.history import status
 
     segments, history = (100, 30) if quick else (500, 30)
     repeats = 5

@@ -5,13 +5,13 @@ The issue's targets:
 (a) syncing 1M members to Meta: our side's overhead — client wall time minus the time
     the platform spent answering — at most 20 s. Measured: a gate-made release from the
     real build (sample CRM, a non-PHI segment sent to ``meta``) pushed with
-    ``audiences.sync.sync_destination`` (journal, batches, state, audit — the real code
+    ``audiences.pipeline.sync.sync_destination`` (journal, batches, state, audit — the real code
     path) to the Meta Graph API sandbox running in its own process; the sandbox reports
     its own handling time (``MetaSandbox.server_time_s``). Baseline in the same run: the
     same rows through the bare ``MetaClient.add`` in 10,000-row batches (no journal, no
     state, no audit) to a second audience.
 (b) planning 10M previous vs 10M current members (~1 % churn) at most 3 s:
-    ``audiences.sync.diff`` on UInt64 member keys plus layout columns, against the
+    ``audiences.pipeline.sync.diff`` on UInt64 member keys plus layout columns, against the
     straightforward Python-set difference of the keys.
 
     python -m benchmarks.bench_sync [--quick]
@@ -109,10 +109,10 @@ class SandboxProcess:
 def measure_sync(rows: int) -> dict[str, Any]:
     import polars as pl
 
-    from audiences.build import build
-    from audiences.config import load_config
-    from audiences.state import connect
-    from audiences.sync import sync_destination
+    from audiences.core.config import load_config
+    from audiences.core.state import connect
+    from audiences.pipeline.build import build
+    from audiences.pipeline.sync import sync_destination
     from connectors.meta.client import MetaClient, new_session_id, upload_session
     from connectors.meta.connector import SCHEMA
 
@@ -239,7 +239,7 @@ def diff_frames(members: int, churn: float, seed: int = 0) -> tuple[Any, Any, An
 
 
 def measure_diff(members: int, repeats: int = 3) -> dict[str, Any]:
-    from audiences.sync import diff
+    from audiences.pipeline.sync import diff
 
     current, previous, forced = diff_frames(members, churn=0.01)
     times, out = [], None
@@ -320,7 +320,7 @@ def main(quick: bool = False) -> None:
     )
     print(f"{'what':<52}{'adds':>10}{'removes':>10}{'median s':>10}{'max s':>8}")
     print(
-        f"{'ours: audiences.sync.diff (hold_k=100, forced keys)':<52}{d['adds']:>10,}"
+        f"{'ours: audiences.pipeline.sync.diff (hold_k=100, forced keys)':<52}{d['adds']:>10,}"
         f"{d['removes']:>10,}{d['median_s']:>10.2f}{d['max_s']:>8.2f}"
     )
     print(

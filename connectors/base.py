@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from audiences.errors import ConfigError
+from audiences.core.errors import ConfigError
 
 Progress = Callable[[int], None]
 
@@ -86,7 +86,7 @@ class Connector(ABC):
 class AudienceConnector(Connector):
     """A destination that keeps an audience on a platform, changed by batches.
 
-    The sync engine (``audiences.sync``) diffs a release against what the platform
+    The sync engine (``audiences.pipeline.sync``) diffs a release against what the platform
     confirmed, journals every batch before sending it, and records it only after
     :meth:`send` returns; ``send`` retries transient errors itself and raises a
     terminal :class:`ConnectorError` otherwise.

@@ -1,83 +1,23 @@
-"""Connector registry: destination kinds come from the ``audiences.connectors`` entry points.
+"""The connector of each destination kind, as the sync engine uses it.
 
-A third party adds a destination by shipping a package that declares::
-
-    [project.entry-points."audiences.connectors"]
-    my_kind = "my_package.connector:MyConnector"
-
-Entry points are resolved lazily; SDKs are imported only when a connector runs.
+Kinds are plugins (:mod:`audiences.core.plugins`): the built-in ``file``, ``meta`` and
+``google_ads``, and whatever a third-party package registers under the
+``audiences.connectors`` entry point group.
 """
 
 from __future__ import annotations
 
-from functools import cache
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
-from pydantic import ValidationError
-
-from audiences.errors import ConfigError
-
-if TYPE_CHECKING:
-    from connectors.base import Connector, DestinationConfig
-
-GROUP = "audiences.connectors"
-
-# Built-in kinds resolve without package metadata (e.g. running from a source tree).
-BUILTIN = {
-    "file": "connectors.file:FileConnector",
-    "meta": "connectors.meta.connector:MetaConnector",
-    "google_ads": "connectors.google_ads.connector:GoogleAdsConnector",
-}
-
-
-@cache
-def _targets() -> dict[str, str]:
-    targets = dict(BUILTIN)
-    for ep in entry_points(group=GROUP):
-        targets.setdefault(ep.name, ep.value)
-    return targets
-
-
-def kinds() -> list[str]:
-    return sorted(_targets())
+from audiences.core import plugins
+from connectors.base import Connector, DestinationConfig
 
 
 def connector_class(kind: str) -> type[Connector]:
-    target = _targets().get(kind)
-    if target is None:
-        raise ConfigError(
-            f"unknown destination kind {kind!r}",
-            f"use one of: {', '.join(kinds())} (or install the package that provides it)",
-        )
-    module_name, _, attr = target.partition(":")
-    import importlib
-
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"destination kind {kind!r} cannot be loaded ({exc.name} is missing)",
-            f"pip install the package that provides {exc.name}",
-        ) from None
-    cls: type[Connector] = getattr(module, attr)
-    return cls
+    """The connector class of ``kind``; ConfigError names the kinds there are."""
+    return cast("type[Connector]", plugins.plugin(kind))
 
 
 def destination_config(spec: Any) -> DestinationConfig:
-    """Validate a ``[destinations.NAME]`` table with its connector's config model."""
-    cls = connector_class(spec.kind)
-    data = spec.model_dump()
-    try:
-        return cls.config_model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(table)"
-        if err["type"] == "extra_forbidden":
-            return_fix = f"remove {loc!r}; {spec.kind} destinations take: " + ", ".join(
-                sorted(cls.config_model.model_fields)
-            )
-            raise ConfigError(f"unknown key {loc!r}", return_fix) from None
-        if err["type"] == "missing":
-            raise ConfigError(f"missing key {loc!r}", f"add {loc} = ...") from None
-        raise ConfigError(f"{loc}: {err['msg']}", "fix the value") from None
+    """A ``[destinations.NAME]`` table validated by its connector's settings model."""
+    return cast(DestinationConfig, plugins.destination_config(spec))

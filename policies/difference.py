@@ -37,9 +37,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from audiences.errors import InternalError
-from policies.pack import Rule
-from policies.rules import Destination, DifferenceParams, Verdict
+from audiences.core.errors import InternalError
+from policies.rules import Destination, DifferenceParams, Rule, Verdict
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@
    opaque name, minimum size, difference protection against every earlier release to
    the same account.
    A record-level ``file`` export (``attributes`` + ``anonymity``, PRIVACY.md rule 10) is
-   anonymized first (:func:`policies.anonymize.anonymize` on the released people's
+   anonymized first (:func:`policies.privacy.anonymize.anonymize` on the released people's
    attribute columns): a ``record-export`` verdict fails when no generalization meets
    the model, and min-size / difference judge the rows actually released.
 3. any failed rule of severity ``block`` blocks the whole build (no release anywhere);
@@ -32,6 +32,7 @@ import functools
 import hashlib
 import json
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,15 +40,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from audiences.atomic import write_with
-from audiences.config import ProjectConfig
-from audiences.errors import ConfigError, InternalError, PolicyBlocked
-from audiences.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layouts_frame
-from audiences.state import ensure_private_dir, new_id, project_salt, transaction, utcnow
-from connectors.file import FileDestinationConfig, record_export
+from audiences.core.atomic import write_with
+from audiences.core.config import ProjectConfig
+from audiences.core.errors import ConfigError, InternalError, PolicyBlocked
+from audiences.core.state import ensure_private_dir, new_id, project_salt, transaction, utcnow
+from audiences.crm.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layouts_frame
 from policies import difference
-from policies.anonymize import HIERARCHIES, anonymize
 from policies.pack import Pack
+from policies.privacy.anonymize import HIERARCHIES, anonymize
+from policies.privacy.record_level import RecordLevel
 from policies.release import Release, _mint, require_release
 from policies.rules import (
     FILTERS,
@@ -85,6 +86,9 @@ class GateInput:
     conn: sqlite3.Connection
     state_dir: Path
     actor: str
+    # record-level file exports among ``destinations`` (resolved by the pipeline from the
+    # destinations' settings): their rows are anonymized here before anything is released
+    record_exports: Mapping[str, RecordLevel] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,7 @@ def evaluate(inp: GateInput) -> GateOutcome:
     config, pack, cand = inp.config, inp.pack, inp.candidates
     if "member_key" not in cand.schema or cand.schema["member_key"] != pl.UInt64:
         raise InternalError("candidates need a UInt64 member_key column")
-    phi = _with_exported_sensitive(phi_finding(inp.segment, config), config, inp.destinations)
+    phi = _with_exported_sensitive(phi_finding(inp.segment, config), config, inp.record_exports)
     suppression = SuppressionSet.load(list(pack.suppression_lists), config.identity.default_country)
     ctx = FilterContext(config, cand, inp.as_of, phi, suppression)
 
@@ -194,7 +198,12 @@ def evaluate(inp: GateInput) -> GateOutcome:
         dest, layouts = destination_of(config, dest_name)
         dests.append((dest, layouts))
         dest_keys = new_keys
-        settings = record_export(config, dest_name)
+        settings = inp.record_exports.get(dest_name)
+        if settings is None and not layouts:
+            raise InternalError(
+                f"destination {dest_name!r} is a record-level export but the gate was given "
+                "no record-level settings for it (GateInput.record_exports)"
+            )
         if settings is not None:  # rules judge the rows that would really be released
             exports[dest_name] = _record_export(cand, kept_mask, settings, dest)
             if exports[dest_name].members is not None:
@@ -372,13 +381,14 @@ _HIERARCHY_TYPES = {
 }
 
 
-def _with_exported_sensitive(phi: Any, config: ProjectConfig, destinations: list[str]) -> Any:
+def _with_exported_sensitive(
+    phi: Any, config: ProjectConfig, record_exports: Mapping[str, RecordLevel]
+) -> Any:
     """A record-level export that carries a declared sensitive column discloses it: the
     build is then PHI-derived (authorization rules apply), whatever the segment reads."""
     exported = set()
-    for name in destinations:
-        settings = record_export(config, name)
-        sensitive = settings.anonymity.sensitive if settings and settings.anonymity else None
+    for settings in record_exports.values():
+        sensitive = settings.anonymity.sensitive
         if sensitive is not None and sensitive in config.columns.sensitive:
             exported.add(sensitive)
     if not exported - set(phi.columns):
@@ -397,12 +407,11 @@ class _RecordExport:
 def _record_export(
     cand: pl.DataFrame,
     kept_mask: np.ndarray,
-    settings: FileDestinationConfig,
+    settings: RecordLevel,
     dest: Destination,
 ) -> _RecordExport:
     """Anonymize the released people's attributes for one record-level file export."""
     model = settings.anonymity
-    assert model is not None  # FileDestinationConfig requires it with attributes
     for column, name in settings.attributes.items():
         wanted, fits = _HIERARCHY_TYPES[name]
         if column not in cand.schema:
@@ -592,10 +601,11 @@ def approval_block_report(
     as_of: dt.date,
     actor: str,
     reason: str,
+    record_exports: Mapping[str, RecordLevel],
 ) -> dict[str, Any]:
     """The compliance report of a build stopped before the gate ran, because the segment
     has no valid approval for what it is now: no candidates were read, nothing released."""
-    phi = _with_exported_sensitive(phi_finding(segment, config), config, list(segment.destinations))
+    phi = _with_exported_sensitive(phi_finding(segment, config), config, record_exports)
     verdict = {
         "id": "approval",
         "kind": "approval",

@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from audiences.errors import ConfigError
-from policies.rules import RULE_KINDS, Params
+from audiences.core.errors import ConfigError
+from policies.rules import RULE_KINDS, Params, Rule
 from policies.suppression import SuppressionSource, sources_from
 
 if TYPE_CHECKING:
-    from audiences.config import ProjectConfig
+    from audiences.core.config import ProjectConfig
 
 Severity = Literal["block", "warn"]
 
@@ -65,7 +65,7 @@ class RuleEntry(_Model):
 
 
 class BudgetSettings(_Model):
-    """The differential-privacy budget for numbers shown to marketers (see policies.ledger)."""
+    """The differential-privacy budget for numbers shown to marketers (see policies.privacy.ledger)."""
 
     epsilon_per_period: float = Field(gt=0, allow_inf_nan=False)
     delta_per_period: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)
@@ -93,32 +93,6 @@ class PackFile(_Model):
     @classmethod
     def _version_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int | float) else value
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A resolved rule: kind, severity and validated parameters."""
-
-    id: str
-    kind: str
-    severity: str
-    params: Params
-    rationale: str
-    source: str
-
-    @property
-    def scope(self) -> str:
-        return RULE_KINDS[self.kind].scope
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "rule": self.kind,
-            "severity": self.severity,
-            "params": self.params.model_dump(mode="json"),
-            "rationale": self.rationale,
-            "source": self.source,
-        }
 
 
 @dataclass(frozen=True)

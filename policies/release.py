@@ -26,7 +26,7 @@ from typing import Any
 
 import polars as pl
 
-from audiences.errors import InternalError
+from audiences.core.errors import InternalError
 
 # Drawn once per process; never stored, logged or shown.
 _SEAL_KEY = secrets.token_bytes(32)

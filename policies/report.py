@@ -12,7 +12,7 @@ import html
 import json
 from typing import Any, Literal
 
-from audiences.errors import UsageError
+from audiences.core.errors import UsageError
 
 Format = Literal["json", "md", "html"]
 FORMATS: tuple[str, ...] = ("json", "md", "html")

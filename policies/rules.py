@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from audiences.errors import DataError
+from audiences.core.errors import DataError
+from audiences.crm.consent import column as _column
+from audiences.crm.consent import consent_signal, truthy
 from audiences.segments.model import classify_field
 
 if TYPE_CHECKING:
-    from audiences.config import ProjectConfig
-    from policies.pack import Rule
+    from audiences.core.config import ProjectConfig
     from policies.suppression import SuppressionSet
 
 
@@ -287,77 +288,6 @@ class FilterContext:
 
 # ---------------------------------------------------------------------------------------
 # Column helpers (vectorized)
-
-
-def _column(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
-    if name not in candidates.schema:
-        raise DataError(
-            f"[consent] {role} names column {name!r}, which the contacts source does not have",
-            f"fix [consent] {role} in audiences.toml",
-        )
-    return pl.col(name)
-
-
-_GRANTED_WORDS = ("granted", "grant", "true", "yes", "y", "1", "t")
-_DENIED_WORDS = ("denied", "deny", "false", "no", "n", "0", "f")
-
-
-def _consent_words(frame: pl.DataFrame, column: str) -> tuple[pl.Expr, pl.Expr]:
-    """(granted, denied) of a consent column; a value is at most one of them."""
-    expr = pl.col(column)
-    if frame.schema[column] == pl.Boolean:
-        return expr.eq(True), expr.eq(False)
-    text = expr.cast(pl.String)
-    # Values already written as one of the words skip the strip and lowercase (a
-    # CRM-wide scan asks this of every record; the rest are cleaned first).
-    known = text.is_in(_GRANTED_WORDS + _DENIED_WORDS)
-    cleaned = pl.when(~known).then(text).str.strip_chars().str.to_lowercase()
-
-    def among(words: tuple[str, ...]) -> pl.Expr:
-        return pl.when(known).then(text.is_in(words)).otherwise(cleaned.is_in(words))
-
-    return among(_GRANTED_WORDS), among(_DENIED_WORDS)
-
-
-def consent_denied(frame: pl.DataFrame, column: str | None) -> pl.Expr:
-    """``consent_signal(...) == "DENIED"`` without building the labels (a CRM-wide scan
-    asks this of every record)."""
-    if column is None or column not in frame.schema:
-        return pl.lit(False)
-    return _consent_words(frame, column)[1].fill_null(False)
-
-
-def consent_signal(frame: pl.DataFrame, column: str | None, name: str) -> pl.Expr:
-    """A CRM consent column as Google's GRANTED / DENIED / UNSPECIFIED."""
-    if column is None or column not in frame.schema:
-        return pl.lit("UNSPECIFIED").alias(name)
-    granted, denied = _consent_words(frame, column)
-    return (
-        pl.when(granted.fill_null(False))
-        .then(pl.lit("GRANTED"))
-        .when(denied.fill_null(False))
-        .then(pl.lit("DENIED"))
-        .otherwise(pl.lit("UNSPECIFIED"))
-        .alias(name)
-    )
-
-
-def truthy(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
-    """Boolean view of a flag column (Boolean, 0/1 or yes/no text); null stays null."""
-    expr = _column(candidates, name, role)
-    dtype = candidates.schema[name]
-    if dtype == pl.Boolean:
-        return expr
-    if dtype.is_numeric():
-        return expr != 0
-    text = expr.cast(pl.String).str.strip_chars().str.to_lowercase()
-    return (
-        pl.when(text.is_in(["true", "t", "yes", "y", "1"]))
-        .then(True)
-        .when(text.is_in(["false", "f", "no", "n", "0"]))
-        .then(False)
-        .otherwise(None)
-    )
 
 
 def as_date(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
@@ -674,3 +604,29 @@ __all__ = [
     "phi_finding",
     "segment_words",
 ]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A resolved rule: kind, severity and validated parameters."""
+
+    id: str
+    kind: str
+    severity: str
+    params: Params
+    rationale: str
+    source: str
+
+    @property
+    def scope(self) -> str:
+        return RULE_KINDS[self.kind].scope
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "rule": self.kind,
+            "severity": self.severity,
+            "params": self.params.model_dump(mode="json"),
+            "rationale": self.rationale,
+            "source": self.source,
+        }

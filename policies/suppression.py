@@ -1,7 +1,7 @@
 """Suppression lists: people who must never be targeted, matched on normalized hashes.
 
 A list is a CSV with one column of emails, phones or CRM ids. Each value is normalized
-the way :mod:`audiences.identifiers` normalizes it for upload (email: Meta's rule and
+the way :mod:`audiences.crm.identifiers` normalizes it for upload (email: Meta's rule and
 Google's, which also folds gmail dots and ``+tags``; phone: digits with the calling code
 of ``default_country``; external id: trimmed) and hashed with SHA-256 inside one lazy
 polars plan, so only hashes are ever materialized — raw values are never held in a
@@ -18,8 +18,8 @@ from typing import Literal
 
 import polars as pl
 
-from audiences.errors import ConfigError, DataError
-from audiences.identifiers import IdentityMapping, normalized_layout, sha256_hex
+from audiences.core.errors import ConfigError, DataError
+from audiences.crm.identifiers import IdentityMapping, normalized_layout, sha256_hex
 
 Kind = Literal["email", "phone", "external_id"]
 

@@ -39,7 +39,7 @@ SEED = 11
 @pytest.fixture(scope="session")
 def sample_crm(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
     """``sample_crm(rows)`` → folder with contacts.parquet and events.parquet (cached)."""
-    from audiences.sample import write
+    from audiences.demo.sample import write
 
     cache: dict[int, Path] = {}
 
@@ -149,7 +149,7 @@ def released_ids(contacts: pl.DataFrame, in_segment: pl.Expr) -> set[str]:
 # ------------------------------------------------------------------------------ sandboxes
 @pytest.fixture(scope="session")
 def sandbox_tokens() -> dict[str, str]:
-    from audiences.sandboxes import SANDBOX_ENV
+    from audiences.demo.sandboxes import SANDBOX_ENV
 
     return {key: f"{value}-{secrets.token_hex(16)}" for key, value in SANDBOX_ENV.items()}
 
@@ -158,7 +158,7 @@ def sandbox_tokens() -> dict[str, str]:
 def sandboxes(
     tmp_path_factory: pytest.TempPathFactory, sandbox_tokens: dict[str, str]
 ) -> Iterator[Any]:
-    from audiences.sandboxes import running
+    from audiences.demo.sandboxes import running
 
     with pytest.MonkeyPatch.context() as mp:
         for key, value in sandbox_tokens.items():
@@ -185,7 +185,7 @@ class Project:
         return self.root / ".audiences" / "state.db"
 
     def config(self) -> Any:
-        from audiences.config import load_config
+        from audiences.core.config import load_config
 
         return load_config(self.root)
 
@@ -211,8 +211,8 @@ class Project:
 
     def keyed_contacts(self) -> pl.DataFrame:
         """Contacts with the project's salted ``member_key`` (to name release members)."""
-        from audiences.identifiers import member_key
-        from audiences.state import project_salt
+        from audiences.core.state import project_salt
+        from audiences.crm.identifiers import member_key
 
         salt = project_salt(self.root / ".audiences")
         return self.contacts().with_columns(member_key("contact_id", salt).alias("member_key"))
@@ -257,13 +257,13 @@ class Project:
 
     def confirmed(self, segment: str, destination: str) -> pl.DataFrame:
         """The confirmed membership snapshot the sync keeps for (segment, destination)."""
-        from audiences.membership import MembershipStore
+        from audiences.pipeline.membership import MembershipStore
 
         return MembershipStore(self.root / ".audiences", segment, destination).load()
 
     def release(self, segment: str, destination: str, as_of: date = AS_OF) -> Any:
         """What the gate releases now (a dry run: writes nothing)."""
-        from audiences.sync import plan
+        from audiences.pipeline.sync import plan
 
         results, _ = plan(self.config(), [segment], as_of=as_of)
         (result,) = results
@@ -404,7 +404,7 @@ class Approver:
 @pytest.fixture(scope="session")
 def approver(tmp_path_factory: pytest.TempPathFactory) -> Approver:
     """A compliance officer's key pair, outside every project."""
-    from audiences.approvals import generate_keypair
+    from audiences.compliance.keys import generate_keypair
 
     folder = tmp_path_factory.mktemp("officer-keys")
     pair = generate_keypair(folder / "qa.key", folder / "qa.pub")
@@ -431,7 +431,7 @@ def make_project(
     The approver's key is listed in audiences.toml and the given segments are approved
     (``approve=False`` leaves them unapproved and the key unlisted).
     """
-    from audiences.project import init_project
+    from audiences.pipeline.project import init_project
 
     for key, value in sandbox_tokens.items():
         monkeypatch.setenv(key, value)

@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 from pycanon import anonymity
 
-from audiences.errors import ConfigError, DataError, PolicyBlocked, UsageError
-from policies import anonymize as anonymize_module
-from policies.anonymize import (
+from audiences.core.errors import ConfigError, DataError, PolicyBlocked, UsageError
+from policies.privacy import anonymize as anonymize_module
+from policies.privacy.anonymize import (
     HIERARCHIES,
     Hierarchy,
     age_hierarchy,

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from audiences import approvals, audit
-from audiences.approvals import SigningKeyError
-from audiences.errors import EXIT_BLOCKED, ApprovalError
+from audiences.compliance import approvals, audit
+from audiences.compliance import keys as signing_keys
+from audiences.compliance.keys import SigningKeyError
+from audiences.core.errors import EXIT_BLOCKED, ApprovalError
 
 DDL = """
 CREATE TABLE approvals (
@@ -63,7 +64,7 @@ class Keys:
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     home = tmp_path_factory.mktemp("keys")
     pairs = {
-        name: approvals.generate_keypair(home / f"{name}.key", home / f"{name}.pub")
+        name: signing_keys.generate_keypair(home / f"{name}.key", home / f"{name}.pub")
         for name in ("alice", "bob", "mallory")
     }
     trusted = {
@@ -120,18 +121,18 @@ def check(conn: sqlite3.Connection, keys: Keys, **overrides: object) -> approval
 
 
 def test_keygen_writes_a_private_0600_key_and_never_overwrites(tmp_path: Path) -> None:
-    pair = approvals.generate_keypair(tmp_path / "k" / "ann.key", tmp_path / "ann.pub")
+    pair = signing_keys.generate_keypair(tmp_path / "k" / "ann.key", tmp_path / "ann.pub")
     assert stat.S_IMODE(pair.private_path.stat().st_mode) == 0o600
     assert pair.public_path.read_text().startswith("-----BEGIN PUBLIC KEY-----")
-    private = approvals.load_private_key(pair.private_path)
-    assert approvals.key_id(private.public_key()) == pair.key_id
+    private = signing_keys.load_private_key(pair.private_path)
+    assert signing_keys.key_id(private.public_key()) == pair.key_id
     assert len(pair.key_id) == 16
-    assert approvals.key_id(approvals.load_public_key(pair.public_base64)) == pair.key_id
+    assert signing_keys.key_id(signing_keys.load_public_key(pair.public_base64)) == pair.key_id
     before = pair.private_path.read_bytes()
     with pytest.raises(SigningKeyError, match="already exists; keygen never overwrites"):
-        approvals.generate_keypair(pair.private_path, tmp_path / "other.pub")
+        signing_keys.generate_keypair(pair.private_path, tmp_path / "other.pub")
     with pytest.raises(SigningKeyError, match="already exists"):
-        approvals.generate_keypair(tmp_path / "other.key", pair.public_path)
+        signing_keys.generate_keypair(tmp_path / "other.key", pair.public_path)
     assert pair.private_path.read_bytes() == before
     assert not (tmp_path / "other.key").exists()
 
@@ -140,28 +141,30 @@ def test_keygen_refuses_paths_inside_the_project_or_a_repo(tmp_path: Path) -> No
     project = tmp_path / "project"
     project.mkdir()
     with pytest.raises(SigningKeyError, match="inside the project"):
-        approvals.generate_keypair(
+        signing_keys.generate_keypair(
             project / "keys" / "a.key", tmp_path / "a.pub", project_dir=project
         )
     repo = tmp_path / "repo"
     (repo / ".git").mkdir(parents=True)
     with pytest.raises(SigningKeyError, match="inside the git work tree"):
-        approvals.generate_keypair(repo / "secrets" / "a.key", tmp_path / "b.pub")
+        signing_keys.generate_keypair(repo / "secrets" / "a.key", tmp_path / "b.pub")
     assert not (repo / "secrets" / "a.key").exists()
 
 
 def test_private_key_passphrase_and_permissions(tmp_path: Path) -> None:
-    pair = approvals.generate_keypair(tmp_path / "e.key", tmp_path / "e.pub", passphrase=b"s3cret")
-    assert approvals.load_private_key(pair.private_path, passphrase=b"s3cret")
+    pair = signing_keys.generate_keypair(
+        tmp_path / "e.key", tmp_path / "e.pub", passphrase=b"s3cret"
+    )
+    assert signing_keys.load_private_key(pair.private_path, passphrase=b"s3cret")
     with pytest.raises(SigningKeyError, match="encrypted and no passphrase"):
-        approvals.load_private_key(pair.private_path)
+        signing_keys.load_private_key(pair.private_path)
     with pytest.raises(SigningKeyError, match="passphrase is wrong"):
-        approvals.load_private_key(pair.private_path, passphrase=b"nope")
+        signing_keys.load_private_key(pair.private_path, passphrase=b"nope")
     pair.private_path.chmod(0o640)
     with pytest.raises(SigningKeyError, match=r"readable by other users.*chmod 600"):
-        approvals.load_private_key(pair.private_path, passphrase=b"s3cret")
+        signing_keys.load_private_key(pair.private_path, passphrase=b"s3cret")
     with pytest.raises(SigningKeyError, match="cannot read private key"):
-        approvals.load_private_key(tmp_path / "missing.key")
+        signing_keys.load_private_key(tmp_path / "missing.key")
 
 
 @pytest.mark.parametrize(
@@ -170,7 +173,7 @@ def test_private_key_passphrase_and_permissions(tmp_path: Path) -> None:
 )
 def test_bad_trusted_keys_are_config_errors(value: str) -> None:
     with pytest.raises(SigningKeyError, match="approver key 'dora' is not an Ed25519 public key"):
-        approvals.trusted_key_index({"dora": value})
+        signing_keys.trusted_key_index({"dora": value})
 
 
 def test_payload_is_canonical_and_sorts_destinations() -> None:
@@ -238,7 +241,7 @@ def test_key_removed_from_trusted_list_is_refused(conn: sqlite3.Connection, keys
 
 def test_wrong_key_id_in_row_is_refused(conn: sqlite3.Connection, keys: Keys) -> None:
     approve(conn, keys)
-    bob_id = approvals.key_id(approvals.load_public_key(keys.trusted["bob"]))
+    bob_id = signing_keys.key_id(signing_keys.load_public_key(keys.trusted["bob"]))
     conn.execute("UPDATE approvals SET key_id = ?", (bob_id,))
     with pytest.raises(ApprovalError, match="signature does not match its payload"):
         check(conn, keys)
@@ -365,7 +368,7 @@ def test_row_without_audit_entry_is_refused(conn: sqlite3.Connection, keys: Keys
 
 
 def test_works_on_the_real_state_database(tmp_path: Path, keys: Keys) -> None:
-    from audiences import state
+    from audiences.core import state
 
     conn = state.connect(tmp_path / ".audiences" / "state.db")
     try:

@@ -19,8 +19,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audiences import audit
-from audiences.errors import InternalError, UsageError
+from audiences.compliance import audit
+from audiences.core.errors import InternalError, UsageError
 
 # The v1 DDL of the three tables this module uses (created by audiences/state.py).
 DDL = """
@@ -414,7 +414,8 @@ def test_export_replaces_atomically(conn: sqlite3.Connection, tmp_path: Path) ->
 APPENDER = """
 import sys
 from pathlib import Path
-from audiences import audit, state
+from audiences.compliance import audit
+from audiences.core import state
 conn = state.connect(Path(sys.argv[1]))
 for i in range(int(sys.argv[2])):
     audit.append(conn, kind="sync_batch", subject="seg", details={"batch": i}, actor=sys.argv[3])
@@ -422,7 +423,7 @@ for i in range(int(sys.argv[2])):
 
 
 def test_concurrent_writers_keep_one_chain(tmp_path: Path) -> None:
-    from audiences import state
+    from audiences.core import state
 
     db = tmp_path / ".audiences" / "state.db"
     state.connect(db).close()

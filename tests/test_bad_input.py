@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from audiences.cli import cli
-from audiences.project import init_project
+from audiences.pipeline.project import init_project
 
 AS_OF = date(2025, 6, 15)
 CASES = Path(__file__).parent / "cases" / "bad"
@@ -36,7 +36,7 @@ Setup = Callable[[Path], None]
 
 @pytest.fixture(scope="module")
 def crm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from audiences.sample import write
+    from audiences.demo.sample import write
 
     out = tmp_path_factory.mktemp("crm-bad")
     write(out, 2_000, seed=3, as_of=AS_OF, formats=("parquet", "csv"))
@@ -403,7 +403,7 @@ def test_a_toml_saved_with_a_bom_loads(tmp_path: Path, crm: Path) -> None:
 
 def test_polars_errors_lose_the_values_they_quote() -> None:
     """Fallback messages quote polars, which lists failing cells (raw PII, possibly)."""
-    from audiences.sources import _polars_summary
+    from audiences.crm.sources import _polars_summary
 
     with pytest.raises(pl.exceptions.InvalidOperationError) as caught:
         pl.Series("email", ["jane.doe@example.com"]).cast(pl.Date, strict=True)

@@ -76,8 +76,8 @@ class Built:
         return pl.read_parquet(self.root / "data" / "events.parquet")
 
     def member_keys(self, contact_ids: pl.Series) -> pl.Series:
-        from audiences.identifiers import member_key
-        from audiences.state import project_salt
+        from audiences.core.state import project_salt
+        from audiences.crm.identifiers import member_key
 
         salt = project_salt(self.root / ".audiences")
         frame = pl.DataFrame({"contact_id": contact_ids})
@@ -86,9 +86,9 @@ class Built:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    from audiences.approvals import generate_keypair
-    from audiences.project import init_project
-    from audiences.sample import write
+    from audiences.compliance.keys import generate_keypair
+    from audiences.demo.sample import write
+    from audiences.pipeline.project import init_project
 
     base = tmp_path_factory.mktemp("build")
     root = base / "project"
@@ -443,7 +443,7 @@ def test_the_meta_copy_releases_only_authorized_members(built: Built) -> None:
 
 # ------------------------------------------------------------------------------ atomicity
 def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path: Path) -> None:
-    from audiences.atomic import write_text, write_with
+    from audiences.core.atomic import write_text, write_with
 
     target = tmp_path / "members.csv"
     write_text(target, "previous\n")
@@ -476,7 +476,7 @@ def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_durable_writes_reach_the_disk_before_and_after_the_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audiences.atomic import write_text, write_with
+    from audiences.core.atomic import write_text, write_with
 
     seen = _fsyncs(monkeypatch)
     target = tmp_path / "state" / "r-1.parquet"

@@ -21,8 +21,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from audiences import __version__
-from audiences.approvals import APPROVAL_KIND
 from audiences.cli import cli
+from audiences.compliance.approvals import APPROVAL_KIND
 
 AS_OF = "2025-06-15"
 ROWS = 20_000
@@ -391,7 +391,7 @@ def test_init_refuses_an_existing_project(flow: Workflow) -> None:
 
 # ------------------------------------------------------------------------------ --debug
 INTERNAL_ERROR = (
-    "import sys, audiences.insights as insights\n"
+    "import sys, audiences.pipeline.insights as insights\n"
     "def broken(*args, **kwargs):\n"
     "    raise ZeroDivisionError('boom')\n"
     "insights.budget = broken\n"

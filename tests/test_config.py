@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from audiences.config import load_config
-from audiences.errors import ConfigError
-from audiences.project import init_project
+from audiences.core.config import load_config
+from audiences.core.errors import ConfigError
+from audiences.pipeline.project import init_project
 
 
 @pytest.fixture

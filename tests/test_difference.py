@@ -16,8 +16,7 @@ from policies.difference import (
     sorted_keys,
     write_membership,
 )
-from policies.pack import Rule
-from policies.rules import Destination, DifferenceParams
+from policies.rules import Destination, DifferenceParams, Rule
 
 DEST = Destination(name="meta", kind="meta", account="act_1")
 K = 50

@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from audiences.errors import SegmentError, UsageError
-from policies.dp import (
+from audiences.core.errors import SegmentError, UsageError
+from policies.privacy.dp import (
     NoisyCount,
     age_band_expr,
     age_band_keys,

@@ -16,12 +16,12 @@ import polars as pl
 import pytest
 from pycanon import anonymity
 
-from audiences.config import ProjectConfig, load_config
-from audiences.errors import ConfigError
-from audiences.identifiers import member_key
+from audiences.core.config import ProjectConfig, load_config
+from audiences.core.errors import ConfigError
+from audiences.core.state import connect, transaction
+from audiences.crm.identifiers import member_key
 from audiences.segments import parse_segment
-from audiences.state import connect, transaction
-from connectors.file import FileConnector, FileDestinationConfig, record_export
+from connectors.file import FileConnector, FileDestinationConfig, record_export, record_exports
 from policies.gate import GateInput, GateOutcome, evaluate, record
 from policies.pack import load_pack
 from policies.report import render
@@ -117,6 +117,7 @@ def run(project: dict[str, Any], config: ProjectConfig, frame: pl.DataFrame) -> 
             conn=project["conn"],
             state_dir=project["state_dir"],
             actor="tester",
+            record_exports=record_exports(config, ["agency"]),
         )
     )
 

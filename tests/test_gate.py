@@ -15,11 +15,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from audiences.config import ProjectConfig
-from audiences.errors import InternalError
-from audiences.identifiers import member_key
+from audiences.core.config import ProjectConfig
+from audiences.core.errors import InternalError
+from audiences.core.state import connect, transaction
+from audiences.crm.identifiers import member_key
 from audiences.segments import parse_segment
-from audiences.state import connect, transaction
 from policies import release as release_module
 from policies.difference import read_membership
 from policies.gate import GateInput, GateOutcome, evaluate, record

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from audiences.errors import ConfigError
+from audiences.core.errors import ConfigError
 from connectors.google_ads.client import (
     SDK_LOGGER,
     GoogleAdsCustomerMatchClient,

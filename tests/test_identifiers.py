@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audiences.errors import ConfigError, DataError, InternalError
-from audiences.identifiers import (
+from audiences.core.errors import ConfigError, DataError, InternalError
+from audiences.crm.identifiers import (
     LAYOUTS,
     IdentityMapping,
     hashed_layout,

@@ -42,7 +42,7 @@ SEGMENTS = {
 
 @pytest.fixture(scope="module")
 def crm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from audiences.sample import write
+    from audiences.demo.sample import write
 
     out = tmp_path_factory.mktemp("crm-insights")
     write(out, ROWS, seed=SEED, as_of=AS_OF, formats=("parquet",))
@@ -50,7 +50,7 @@ def crm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_project(root: Path, crm: Path) -> Path:
-    from audiences.project import init_project
+    from audiences.pipeline.project import init_project
 
     init_project(root)
     shutil.copytree(crm, root / "data")
@@ -105,7 +105,7 @@ def half_width(ci95: list[int], value: int) -> float:
 
 # ------------------------------------------------------------------------------ preview
 def test_preview_shape(project: Path) -> None:
-    from policies import dp
+    from policies.privacy import dp
 
     result = preview(project, "seniors", 0.5)
     assert result.exit_code == 0, result.stderr
@@ -249,7 +249,7 @@ def test_intervals_never_go_below_zero() -> None:
     ([0, 0] would claim a certainty the noise does not give)."""
     from types import SimpleNamespace
 
-    from audiences.insights import Preview
+    from audiences.pipeline.insights import Preview
 
     count = SimpleNamespace(value=-25, shown=0, ci95_low=0.0, ci95_high=-10.4)
     frame = pl.DataFrame({"sex": ["F", "M"], "count": [-25, 40], "ci95_low": [0.0, 25.0]})

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from audiences import state
-from audiences.errors import BudgetExhausted, StateError, UsageError
-from policies.ledger import (
+from audiences.core import state
+from audiences.core.errors import BudgetExhausted, StateError, UsageError
+from policies.privacy.ledger import (
     BudgetPolicy,
     Ledger,
     PrivacyBudget,
@@ -32,7 +32,7 @@ def _connect(path: Path | str = ":memory:") -> sqlite3.Connection:
 
 @pytest.fixture
 def conn(tmp_path: Path) -> sqlite3.Connection:
-    # the real state database, migrated by audiences.state
+    # the real state database, migrated by audiences.core.state
     return state.connect(tmp_path / "state.db")
 
 

@@ -1,4 +1,4 @@
-"""Duplicates of opt-outs (audiences.linkage).
+"""Duplicates of opt-outs (audiences.crm.linkage).
 
 The linkage compares cheap coarse keys before normalizing anything; a wrong coarse key
 would silently let a duplicate of an opted-out person through. So: (1) the invariant
@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audiences.config import ProjectConfig
-from audiences.identifiers import normalized_layout
-from audiences.linkage import PHONE_TAIL, flag_duplicates_of_opt_outs, links_for
+from audiences.core.config import ProjectConfig
+from audiences.crm.identifiers import normalized_layout
+from audiences.crm.linkage import PHONE_TAIL, flag_duplicates_of_opt_outs, links_for
 
 FLAG = "dup"
 COLUMNS = ("contact_id", "email", "phone", "first_name", "last_name", "zip", "country")

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from audiences.errors import EXIT_LOCKED, LockHeld
-from audiences.lock import ProjectLock, lock_holder
+from audiences.core.errors import EXIT_LOCKED, LockHeld
+from audiences.core.lock import ProjectLock, lock_holder
 
 HOLDER = """
 import sys, time
-from audiences.lock import ProjectLock
+from audiences.core.lock import ProjectLock
 lock = ProjectLock(sys.argv[1], command="audiences sync --all --json")
 lock.acquire()
 print("locked", flush=True)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audiences.errors import ConfigError, ConnectorError, InternalError
+from audiences.core.errors import ConfigError, ConnectorError, InternalError
 from connectors.meta import (
     MetaAudienceFlagged,
     MetaAudienceUpdateFailed,

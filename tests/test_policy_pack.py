@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from audiences.config import ProjectConfig
-from audiences.errors import ConfigError
+from audiences.core.config import ProjectConfig
+from audiences.core.errors import ConfigError
 from policies.pack import builtin_names, builtin_pack, load_pack
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from audiences.config import ProjectConfig
-from audiences.errors import UsageError
-from audiences.identifiers import member_key
+from audiences.core.config import ProjectConfig
+from audiences.core.errors import UsageError
+from audiences.core.state import connect, transaction
+from audiences.crm.identifiers import member_key
 from audiences.segments import parse_segment
-from audiences.state import connect, transaction
 from policies.gate import GateInput, evaluate, record
 from policies.pack import load_pack
 from policies.report import render

@@ -9,13 +9,14 @@ from typing import Any
 import polars as pl
 import pytest
 
-from audiences.config import ProjectConfig
+from audiences.core.config import ProjectConfig
 from audiences.segments import parse_segment
-from policies.pack import Rule, builtin_pack
+from policies.pack import builtin_pack
 from policies.rules import (
     Destination,
     FilterContext,
     MinSizeParams,
+    Rule,
     consent,
     min_size,
     minors,

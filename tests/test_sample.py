@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from audiences import sample
-from audiences.errors import UsageError
+from audiences.core.errors import UsageError
+from audiences.demo import sample
 
 AS_OF = dt.date(2025, 6, 1)
 ROWS = 20_000
@@ -409,7 +409,7 @@ def test_bad_formats(tmp_path: Path, formats: list[str], message: str) -> None:
 def test_identifiers_belong_to_one_person_except_duplicates() -> None:
     # Unrelated people never share a mailbox or a phone number (a duplicate record shares
     # its person's): the duplicate-of-opt-out rule links records on them.
-    from audiences.identifiers import IdentityMapping, normalized_exprs
+    from audiences.crm.identifiers import IdentityMapping, normalized_exprs
 
     contacts, _ = sample.generate(60_000, seed=11, as_of=AS_OF)
     identity = IdentityMapping(email="email", phone="phone")

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audiences.errors import SegmentError
+from audiences.core.errors import SegmentError
 from audiences.segments import SegmentContext, compile_segment, load_segment, parse_segment
 
 EXAMPLE = Path(__file__).parent / "cases" / "segments" / "cardiology-lapsed.yaml"

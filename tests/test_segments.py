@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import yaml
 
-from audiences.errors import SegmentError
+from audiences.core.errors import SegmentError
 from audiences.segments import (
     SegmentContext,
     check_segment,

@@ -11,15 +11,15 @@ from pathlib import Path
 import blake3
 import pytest
 
-from audiences.config import ProjectConfig, load_config
-from audiences.errors import DataError
-from audiences.sources import load_sources, source_digest
+from audiences.core.config import ProjectConfig, load_config
+from audiences.core.errors import DataError
+from audiences.crm.sources import load_sources, source_digest
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> ProjectConfig:
-    from audiences.project import init_project
-    from audiences.sample import write
+    from audiences.demo.sample import write
+    from audiences.pipeline.project import init_project
 
     root = tmp_path / "project"
     init_project(root)

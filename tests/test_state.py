@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from audiences import state
-from audiences.errors import StateError
+from audiences.core import state
+from audiences.core.errors import StateError
 
 
 def test_fresh_db_is_migrated_and_private(tmp_path: Path) -> None:

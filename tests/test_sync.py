@@ -35,7 +35,7 @@ from conftest import (
     shared_google_keys,
 )
 
-from audiences.sync import make_connector, sync
+from audiences.pipeline.sync import make_connector, sync
 from connectors.meta.connector import MetaConnector
 
 DAY = AS_OF.isoformat()
@@ -815,7 +815,7 @@ def test_no_token_in_logs_output_state_or_audit_export(
 def test_changed_identifiers_are_replaced_not_held() -> None:
     # A member who changed email stays a member: the old row is removed and the new one
     # added (a later removal must reach what the platform has), even under holds.
-    from audiences.sync import diff
+    from audiences.pipeline.sync import diff
 
     confirmed = pl.DataFrame(
         {"member_key": [1, 2, 3], "EMAIL": ["a", "b", "c"], "PHONE": ["p", None, "r"]},

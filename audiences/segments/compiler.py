@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from audiences.errors import InternalError
+from audiences.core.errors import InternalError
 from audiences.segments.context import SegmentContext
 from audiences.segments.model import (
     AllOf,
@@ -56,7 +56,7 @@ def compile_segment(
 ) -> pl.LazyFrame:
     """The contacts rows ``segment`` selects: every contacts column, nothing else, no duplicates.
 
-    Validates first and raises :class:`~audiences.errors.SegmentError` if the segment does
+    Validates first and raises :class:`~audiences.core.errors.SegmentError` if the segment does
     not fit the schemas.
     """
     contacts_schema = contacts.collect_schema()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from audiences.errors import SegmentError
+from audiences.core.errors import SegmentError
 from audiences.segments.model import (
     COUNT_OPERATORS,
     DAYS_SINCE_PREFIX,

@@ -15,7 +15,7 @@ from typing import Literal
 
 import polars as pl
 
-from audiences.errors import SegmentError
+from audiences.core.errors import SegmentError
 from audiences.segments.context import SegmentContext
 from audiences.segments.loader import parse_iso_date, parse_iso_datetime, suggest
 from audiences.segments.model import (

@@ -7,7 +7,7 @@ Two kinds of file export:
 * **record-level** (``attributes`` + ``anonymity``, PRIVACY.md rule 10): one row per
   member with *generalized* attribute columns (age band, ZIP3, sex ...) and optionally one
   sensitive column, k-anonymous (optionally l-diverse / t-close) as the policy gate made
-  them with :func:`policies.anonymize.anonymize`. Such a file carries **no identifier at
+  them with :func:`policies.privacy.anonymize.anonymize`. Such a file carries **no identifier at
   all** — no hashed email, no member key: a hashed email next to attributes re-identifies
   the row for anyone who holds that email, which would undo the k-anonymity. Asking for
   ``layouts`` together with ``attributes`` is a configuration error.
@@ -21,7 +21,7 @@ Two kinds of file export:
     anonymity = {k = 10, l = 2, sensitive = "insurance_type", suppression_limit = 0.05}
 
 ``attributes`` maps a candidate column to its generalization hierarchy (``age``, ``zip``,
-``date``, ``categorical``; see :data:`policies.anonymize.HIERARCHIES`). Every attribute
+``date``, ``categorical``; see :data:`policies.privacy.anonymize.HIERARCHIES`). Every attribute
 must be a declared quasi-identifier (``[columns] quasi_identifiers``; the derived ``age``
 counts as one when the birth-date column is declared) and none may be a declared sensitive
 column: a sensitive value is exported only as ``anonymity.sensitive``, and only under
@@ -37,49 +37,21 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from audiences.atomic import write_text, write_with
-from audiences.errors import ConfigError, InternalError
+from audiences.core.atomic import write_text, write_with
+from audiences.core.errors import ConfigError, InternalError
 from connectors.base import Capabilities, Connector, DestinationConfig
+from policies.privacy.record_level import AnonymityModel, HierarchyName, RecordLevel, check_roles
 
 if TYPE_CHECKING:
-    from audiences.config import ProjectConfig
-
-HierarchyName = Literal["age", "zip", "date", "categorical"]
-_FIX_TABLE = "see docs/privacy-insights.md, 'Record-level exports'"
-
-
-class AnonymityModel(BaseModel):
-    """The privacy model a record-level export must meet (see policies.anonymize)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    k: int = Field(ge=2, description="every released row shares its attributes with k-1 others")
-    l: int | None = Field(None, ge=2, description="distinct sensitive values per class")  # noqa: E741
-    t: float | None = Field(None, gt=0, le=1, description="max class distance (total variation)")
-    sensitive: str | None = Field(None, min_length=1)
-    suppression_limit: float = Field(0.05, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _sensitive_needs_protection(self) -> AnonymityModel:
-        if (self.l is not None or self.t is not None) and self.sensitive is None:
-            raise ConfigError(
-                "anonymity sets l or t but names no sensitive column",
-                'add anonymity.sensitive = "<column>" (e.g. insurance_type)',
-            )
-        if self.sensitive is not None and self.l is None and self.t is None:
-            raise ConfigError(
-                f"anonymity.sensitive = {self.sensitive!r} would export that column under "
-                "k-anonymity alone (a class where everyone shares the value discloses it)",
-                "add anonymity.l (e.g. 2) and/or anonymity.t (e.g. 0.3), or drop sensitive",
-            )
-        return self
+    from audiences.core.config import ProjectConfig
 
 
 class FileDestinationConfig(DestinationConfig):
@@ -129,7 +101,7 @@ class FileDestinationConfig(DestinationConfig):
         return bool(self.attributes)
 
 
-def record_export(config: ProjectConfig, name: str) -> FileDestinationConfig | None:
+def record_export(config: ProjectConfig, name: str) -> RecordLevel | None:
     """The validated settings of ``name`` if it is a record-level file export, else None.
 
     Checks the export against the project's column roles: every attribute a declared
@@ -148,40 +120,14 @@ def record_export(config: ProjectConfig, name: str) -> FileDestinationConfig | N
     assert isinstance(settings, FileDestinationConfig)
     if not settings.record_level:
         return None
-    where = f"[destinations.{name}]"
-    roles = config.columns
-    quasi = set(roles.quasi_identifiers)
-    if not quasi:
-        raise ConfigError(
-            f"{where} exports attributes {sorted(settings.attributes)} but the project "
-            "declares no quasi-identifiers",
-            "list the columns an outsider could link on in [columns] quasi_identifiers "
-            '(e.g. ["birth_date", "zip", "sex"])',
-        )
-    birth_date = config.identity.birth_date
-    for column in settings.attributes:
-        if column in roles.sensitive:
-            raise ConfigError(
-                f"{where} attribute {column!r} is a sensitive column",
-                "a sensitive column is exported only as anonymity.sensitive, under "
-                "l-diversity or t-closeness; remove it from attributes",
-            )
-        declared = column in quasi or (column == "age" and birth_date in quasi)
-        if not declared:
-            raise ConfigError(
-                f"{where} attribute {column!r} is not a declared quasi-identifier",
-                f"add it to [columns] quasi_identifiers (every exported attribute is "
-                f"treated as one) or remove it; {_FIX_TABLE}",
-            )
-    sensitive = settings.anonymity.sensitive if settings.anonymity else None
-    if sensitive is not None and (
-        sensitive in quasi or (sensitive == "age" and birth_date in quasi)
-    ):
-        raise ConfigError(
-            f"{where} anonymity.sensitive {sensitive!r} is a quasi-identifier",
-            "pick a column that is not in [columns] quasi_identifiers",
-        )
-    return settings
+    assert settings.anonymity is not None  # FileDestinationConfig requires it with attributes
+    return check_roles(RecordLevel(name, dict(settings.attributes), settings.anonymity), config)
+
+
+def record_exports(config: ProjectConfig, names: Iterable[str]) -> dict[str, RecordLevel]:
+    """The record-level exports among destinations ``names``, checked (for the gate)."""
+    found = {name: record_export(config, name) for name in names}
+    return {name: settings for name, settings in found.items() if settings is not None}
 
 
 class FileConnector(Connector):
@@ -247,7 +193,7 @@ class FileConnector(Connector):
             writers.append(("csv", "members.csv", lambda tmp: members.write_csv(tmp)))
         # polars writes without the GIL: the formats are written side by side
         with ThreadPoolExecutor(max_workers=max(1, len(writers))) as pool:
-            # not flushed to disk (durable=False, see audiences.atomic): 0.5 GB for a 10M
+            # not flushed to disk (durable=False, see audiences.core.atomic): 0.5 GB for a 10M
             # CRM's release; after a power loss mid-write, build again
             jobs = [
                 pool.submit(write_with, folder / name, write, durable=False)

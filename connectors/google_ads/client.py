@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from audiences.errors import ConfigError
+from audiences.core.errors import ConfigError
 from connectors.google_ads.errors import (
     CustomerDataTermsNotAccepted,
     GoogleAdsApiError,
@@ -52,7 +52,7 @@ CONSENT_VALUES = ("GRANTED", "DENIED", "UNSPECIFIED")
 
 _log = logging.getLogger(__name__)
 
-# Identifier fields of one person, as audiences.identifiers' ``google_ads`` layout names them.
+# Identifier fields of one person, as audiences.crm.identifiers' ``google_ads`` layout names them.
 EMAIL = "hashed_email"
 PHONE = "hashed_phone_number"
 FIRST_NAME = "hashed_first_name"

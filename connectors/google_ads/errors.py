@@ -1,4 +1,4 @@
-"""Google Ads failures as :class:`~audiences.errors.ConnectorError` subclasses.
+"""Google Ads failures as :class:`~audiences.core.errors.ConnectorError` subclasses.
 
 :func:`translate` turns what the SDK raises — ``GoogleAdsException`` (a ``GoogleAdsFailure``
 parsed from the trailing metadata) or a bare ``grpc.RpcError`` (transport failures, and
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from audiences.errors import ConnectorError
+from audiences.core.errors import ConnectorError
 
 DATA_MANAGER_HINT = (
     "Google accepts Customer Match uploads through the Google Ads API only from developer "

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from audiences.errors import ConfigError, InternalError
+from audiences.core.errors import ConfigError, InternalError
 from connectors.meta.errors import (
     DEFAULT_TOKEN_ENV_VAR,
     MetaError,

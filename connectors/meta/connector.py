@@ -16,7 +16,7 @@ from connectors.base import (
 from connectors.meta.config import MetaDestinationConfig
 
 # The multi-key schema we upload (PLATFORMS.md); rows are normalized and hashed by
-# audiences.identifiers, never by the SDK's own (unfaithful) normaliser.
+# audiences.crm.identifiers, never by the SDK's own (unfaithful) normaliser.
 SCHEMA = ["EXTERN_ID", "EMAIL", "PHONE", "FN", "LN", "ZIP", "CT", "ST", "COUNTRY", "DOBY", "GEN"]
 
 

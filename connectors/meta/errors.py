@@ -23,7 +23,7 @@ import traceback
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from audiences.errors import ConnectorError
+from audiences.core.errors import ConnectorError
 
 DEFAULT_TOKEN_ENV_VAR = "META_ACCESS_TOKEN"
 REDACTED = "[REDACTED]"

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from audiences.sandboxes import SANDBOX_ENV, running
+from audiences.demo.sandboxes import SANDBOX_ENV, running
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 ROWS = int(os.environ.get("AUDIENCES_DEMO_ROWS", "200000"))

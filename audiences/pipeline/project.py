@@ -8,8 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from audiences.config import CONFIG_FILE, ProjectConfig
-from audiences.errors import ConfigError, SegmentError
+from audiences.core.config import CONFIG_FILE, ProjectConfig
+from audiences.core.errors import ConfigError, SegmentError
 
 
 def init_project(directory: Path, *, force: bool = False) -> list[Path]:
@@ -20,7 +20,7 @@ def init_project(directory: Path, *, force: bool = False) -> list[Path]:
             f"{directory / CONFIG_FILE} already exists",
             "pick an empty folder, or pass --force to overwrite the template files",
         )
-    template = resources.files("audiences") / "templates" / "project"
+    template = resources.files("audiences.pipeline") / "templates" / "project"
     written: list[Path] = []
     with resources.as_file(template) as source:
         for path in sorted(Path(source).rglob("*")):
@@ -75,9 +75,9 @@ def validate_project(
     config: ProjectConfig, *, as_of: date | None = None, only: list[str] | None = None
 ) -> dict[str, Any]:
     """Load the pack and the segments (all, or ``only``), and check them against the data."""
-    from audiences.build import select_segments, validate_against_data
-    from audiences.insights import default_epsilon, dimensions
-    from audiences.sources import load_sources
+    from audiences.crm.sources import load_sources
+    from audiences.pipeline.insights import default_epsilon, dimensions
+    from audiences.pipeline.select import select_segments, validate_against_data
     from connectors.file import record_export
     from policies.pack import load_pack
 

@@ -21,7 +21,7 @@ Public keys
 Budget
     These functions spend exactly the ε they are given, in one OpenDP compositor per call
     (``preview`` splits its ε over the count and each breakdown by weights). They do not
-    touch the ledger: the caller spends from :class:`policies.ledger.Ledger` *first*, then
+    touch the ledger: the caller spends from :class:`policies.privacy.ledger.Ledger` *first*, then
     queries; a query that fails after the spend still counts.
 
 Speed
@@ -68,7 +68,7 @@ from opendp.measures import max_divergence
 from opendp.metrics import symmetric_distance
 from opendp.mod import enable_features
 
-from audiences.errors import InternalError, SegmentError, UsageError
+from audiences.core.errors import InternalError, SegmentError, UsageError
 
 dp = SimpleNamespace(
     Context=Context,

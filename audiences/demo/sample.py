@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from audiences.errors import UsageError
+from audiences.core.errors import UsageError
 
 __all__ = [
     "CONTACTS_SCHEMA",
@@ -1032,7 +1032,7 @@ def _one_mailbox_per_person(contacts: pl.DataFrame, person: np.ndarray) -> pl.Da
     """Real mailboxes belong to one person: where two people drew the same mailbox (as
     Google canonicalizes it: case, gmail dots and +tags folded), all but the first get a
     number in the local part. A duplicate record keeps its person's mailbox."""
-    from audiences.identifiers import IdentityMapping, normalized_exprs
+    from audiences.crm.identifiers import IdentityMapping, normalized_exprs
 
     mailbox = normalized_exprs(
         IdentityMapping(email="email"),  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from audiences.errors import LockHeld, StateError
+from audiences.core.errors import LockHeld, StateError
 
 _MAX_COMMAND = 200
 

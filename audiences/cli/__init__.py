@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import click
 
 from audiences import __version__
-from audiences.errors import (
+from audiences.core.errors import (
     EXIT_BLOCKED,
     EXIT_ERROR,
     EXIT_LOCKED,
@@ -38,7 +38,7 @@ class Context:
         self.debug = debug
 
     def config(self) -> Any:
-        from audiences.config import load_config
+        from audiences.core.config import load_config
 
         return load_config(self.project)
 
@@ -167,7 +167,7 @@ def cli(ctx: click.Context, project: Path, debug: bool) -> None:
 @click.option("--force", is_flag=True, help="Write into a folder that already has audiences.toml.")
 def init(directory: Path, force: bool) -> None:
     """Create a project: audiences.toml, segments/, policies/, .gitignore."""
-    from audiences.project import init_project
+    from audiences.pipeline.project import init_project
 
     written = init_project(directory, force=force)
     click.echo(f"Created project in {directory} ({len(written)} files).", err=True)
@@ -212,7 +212,7 @@ def sample_data(
     """Write a synthetic healthcare CRM (contacts and events)."""
     from datetime import UTC, datetime
 
-    from audiences.sample import write
+    from audiences.demo.sample import write
 
     day = parse_as_of(as_of) or datetime.now(UTC).date()
     target = out or (obj.project / "data")
@@ -235,7 +235,7 @@ def sample_data(
 @pass_ctx
 def validate(obj: Context, as_json: bool, as_of: str | None) -> None:
     """Check audiences.toml, the policy pack and every segment against the data schema."""
-    from audiences.project import validate_project
+    from audiences.pipeline.project import validate_project
 
     report = validate_project(obj.config(), as_of=parse_as_of(as_of))
     if as_json:
@@ -275,7 +275,7 @@ def build(
     as_json: bool,
 ) -> None:
     """Build segments through the policy gate and write releases."""
-    from audiences.build import build as run_build
+    from audiences.pipeline.build import build as run_build
 
     if not segments and not all_:
         raise UsageError("name at least one segment or pass --all", "e.g. audiences build --all")
@@ -295,7 +295,7 @@ def build(
             }
         )
     else:
-        from audiences.display import print_builds
+        from audiences.cli.display import print_builds
 
         print_builds(results)
     if blocked:
@@ -316,11 +316,11 @@ def build(
 @pass_ctx
 def report(obj: Context, build_id: str, fmt: str, out: Path | None) -> None:
     """Print (or write) the compliance report of a build."""
-    from audiences.build import report_path
+    from audiences.pipeline.build import report_path
 
     text = report_path(obj.config(), build_id, fmt).read_text(encoding="utf-8")
     if out:
-        from audiences.atomic import write_text
+        from audiences.core.atomic import write_text
 
         write_text(out, text)
         click.echo(f"Wrote {out}", err=True)
@@ -345,14 +345,14 @@ def preview(
     as_json: bool,
 ) -> None:
     """Differentially private size and breakdowns of a segment."""
-    from audiences.insights import preview as run_preview
+    from audiences.pipeline.insights import preview as run_preview
 
     result = run_preview(obj.config(), segment, epsilon=epsilon, as_of=parse_as_of(as_of), actor=by)
     doc = result.to_dict()
     if as_json:
         emit_json(doc)
         return
-    from audiences.display import print_preview
+    from audiences.cli.display import print_preview
 
     print_preview(doc)
 
@@ -373,7 +373,7 @@ def overlap(
     as_json: bool,
 ) -> None:
     """Differentially private overlap matrix of two or more segments."""
-    from audiences.insights import overlap as run_overlap
+    from audiences.pipeline.insights import overlap as run_overlap
 
     doc = run_overlap(
         obj.config(), list(segments), epsilon=epsilon, as_of=parse_as_of(as_of), actor=by
@@ -381,7 +381,7 @@ def overlap(
     if as_json:
         emit_json(doc)
         return
-    from audiences.display import print_overlap
+    from audiences.cli.display import print_overlap
 
     print_overlap(doc)
 
@@ -391,13 +391,13 @@ def overlap(
 @pass_ctx
 def budget(obj: Context, as_json: bool) -> None:
     """Show the privacy budget ledger and what remains."""
-    from audiences.insights import budget as run_budget
+    from audiences.pipeline.insights import budget as run_budget
 
     doc = run_budget(obj.config())
     if as_json:
         emit_json(doc)
         return
-    from audiences.display import print_budget
+    from audiences.cli.display import print_budget
 
     print_budget(doc)
 
@@ -413,7 +413,7 @@ def plan(
     obj: Context, segments: tuple[str, ...], all_: bool, as_of: str | None, as_json: bool
 ) -> None:
     """Show adds, removes and holds per destination; changes nothing anywhere."""
-    from audiences.sync import plan as run_plan
+    from audiences.pipeline.sync import plan as run_plan
 
     if not segments and not all_:
         raise UsageError("name at least one segment or pass --all")
@@ -425,7 +425,7 @@ def plan(
     if as_json:
         emit_json(doc)
         return
-    from audiences.display import print_plans
+    from audiences.cli.display import print_plans
 
     print_plans(doc)
 
@@ -455,8 +455,8 @@ def sync(
     log_json: Path | None,
 ) -> None:
     """Build and push segments to their ad destinations (0 ok, 1 failed, 3 blocked, 75 locked)."""
-    from audiences.lock import ProjectLock
-    from audiences.sync import sync as run_sync
+    from audiences.core.lock import ProjectLock
+    from audiences.pipeline.sync import sync as run_sync
 
     if not segments and not all_:
         raise UsageError("name at least one segment or pass --all")
@@ -479,7 +479,7 @@ def sync(
     if as_json:
         emit_json(doc)
     else:
-        from audiences.display import print_syncs
+        from audiences.cli.display import print_syncs
 
         print_syncs(doc)
     sys.exit(report.exit_code)
@@ -490,8 +490,8 @@ def sync(
 @pass_ctx
 def status(obj: Context, as_json: bool) -> None:
     """Per segment and destination: last build and sync, members, adds, removes, errors."""
-    from audiences.history import status as run_status
-    from audiences.state import connect
+    from audiences.core.state import connect
+    from audiences.pipeline.history import status as run_status
 
     conn = connect(obj.config().state_db)
     try:
@@ -501,7 +501,7 @@ def status(obj: Context, as_json: bool) -> None:
     if as_json:
         emit_json({"status": rows})
         return
-    from audiences.display import print_status
+    from audiences.cli.display import print_status
 
     print_status(rows)
 
@@ -513,8 +513,8 @@ def status(obj: Context, as_json: bool) -> None:
 @pass_ctx
 def history(obj: Context, segment: str, limit: int, as_json: bool) -> None:
     """Builds and syncs of one segment, newest first."""
-    from audiences.history import history as run_history
-    from audiences.state import connect
+    from audiences.core.state import connect
+    from audiences.pipeline.history import history as run_history
 
     conn = connect(obj.config().state_db)
     try:
@@ -524,7 +524,7 @@ def history(obj: Context, segment: str, limit: int, as_json: bool) -> None:
     if as_json:
         emit_json(doc)
         return
-    from audiences.display import print_history
+    from audiences.cli.display import print_history
 
     print_history(doc)
 
@@ -535,7 +535,7 @@ def history(obj: Context, segment: str, limit: int, as_json: bool) -> None:
 @pass_ctx
 def sandbox(obj: Context, meta_port: int, google_port: int) -> None:
     """Serve the Meta and Google Ads sandboxes on 127.0.0.1 until Ctrl-C."""
-    from audiences.sandboxes import serve_forever
+    from audiences.demo.sandboxes import serve_forever
 
     serve_forever(obj.project, meta_port=meta_port, google_port=google_port)
 
@@ -563,7 +563,7 @@ def keygen(
     obj: Context, private_path: Path, public_path: Path | None, name: str | None, as_json: bool
 ) -> None:
     """Make an Ed25519 key pair for a compliance officer who approves segments."""
-    from audiences.approvals import generate_keypair
+    from audiences.compliance.keys import generate_keypair
 
     public_path = public_path or private_path.with_name(private_path.name + ".pub")
     pair = generate_keypair(private_path, public_path, project_dir=obj.project)
@@ -584,7 +584,7 @@ def keygen(
 
 
 def _segment_and_pack(config: Any, name: str) -> tuple[Any, Any]:
-    from audiences.build import select_segments
+    from audiences.pipeline.select import select_segments
     from policies.pack import load_pack
 
     (segment,) = select_segments(config, [name])
@@ -608,9 +608,9 @@ def approve(
     obj: Context, segment: str, by: str, key_path: Path, note: str | None, as_json: bool
 ) -> None:
     """Sign the approval of a segment's exact definition, pack and destinations."""
-    from audiences import compliance
-    from audiences.project import validate_project
-    from audiences.state import connect
+    from audiences.compliance import workflow as compliance
+    from audiences.core.state import connect
+    from audiences.pipeline.project import validate_project
 
     config = obj.config()
     validate_project(config, only=[segment])
@@ -643,9 +643,9 @@ def approve(
 @pass_ctx
 def revoke(obj: Context, segment: str, by: str | None) -> None:
     """Revoke a segment's approval (syncs refuse it until approved again)."""
-    from audiences.approvals import revoke as run_revoke
-    from audiences.build import actor_name
-    from audiences.state import connect
+    from audiences.compliance.approvals import revoke as run_revoke
+    from audiences.core.actor import actor_name
+    from audiences.core.state import connect
 
     conn = connect(obj.config().state_db)
     try:
@@ -671,8 +671,8 @@ def audit() -> None:
 @pass_ctx
 def audit_verify(obj: Context, anchors: tuple[str, ...], as_json: bool) -> None:
     """Recompute the hash chain; name the first bad entry (exit 1 if any)."""
-    from audiences import audit as audit_log
-    from audiences.state import connect
+    from audiences.compliance import audit as audit_log
+    from audiences.core.state import connect
 
     config = obj.config()
     conn = connect(config.state_db)
@@ -707,8 +707,8 @@ def audit_verify(obj: Context, anchors: tuple[str, ...], as_json: bool) -> None:
 @pass_ctx
 def audit_export(obj: Context, out: Path) -> None:
     """Write the audit log as JSON lines (for a SIEM)."""
-    from audiences import audit as audit_log
-    from audiences.state import connect
+    from audiences.compliance import audit as audit_log
+    from audiences.core.state import connect
 
     conn = connect(obj.config().state_db)
     try:
@@ -730,10 +730,10 @@ def audit_export(obj: Context, out: Path) -> None:
 @pass_ctx
 def audit_checkpoint(obj: Context, key_path: Path, by: str | None) -> None:
     """Sign the current head of the audit log with an approver's key."""
-    from audiences import audit as audit_log
-    from audiences.approvals import load_private_key
-    from audiences.build import actor_name
-    from audiences.state import connect
+    from audiences.compliance import audit as audit_log
+    from audiences.compliance.keys import load_private_key
+    from audiences.core.actor import actor_name
+    from audiences.core.state import connect
 
     conn = connect(obj.config().state_db)
     try:

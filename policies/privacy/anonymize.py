@@ -71,7 +71,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from audiences.errors import ConfigError, DataError, InternalError, PolicyBlocked, UsageError
+from audiences.core.errors import ConfigError, DataError, InternalError, PolicyBlocked, UsageError
 
 __all__ = [
     "HIERARCHIES",

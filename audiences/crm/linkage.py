@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from audiences.identifiers import IdentityMapping, Layout, normalized_layout
+from audiences.crm.identifiers import IdentityMapping, Layout, normalized_layout
 
 if TYPE_CHECKING:
-    from audiences.config import ProjectConfig
+    from audiences.core.config import ProjectConfig
 
 __all__ = ["Link", "flag_duplicates_of_opt_outs", "links_for", "opted_out_expr"]
 
@@ -247,7 +247,7 @@ def links_for(config: ProjectConfig, schema: pl.Schema) -> list[Link]:
 def opted_out_expr(config: ProjectConfig, schema: pl.Schema) -> pl.Expr | None:
     """True for a CRM record that opted out of marketing or ad personalization, or must
     not be contacted (do-not-contact, deceased); None when no consent column is mapped."""
-    from policies.rules import consent_denied, truthy
+    from audiences.crm.consent import consent_denied, truthy
 
     probe = pl.DataFrame(schema=schema)
     c = config.consent

@@ -14,29 +14,18 @@ from typing import Any
 
 import polars as pl
 
-from audiences.build import (
-    actor_name,
-    collect_candidates,
-    select_segments,
-    validate_against_data,
-)
-from audiences.config import ProjectConfig
-from audiences.errors import ConfigError, UsageError
-from audiences.sources import load_sources
-from audiences.state import connect, project_salt
-
-
-def budget_policy(pack: Any) -> Any:
-    """The budget the policy pack sets (``budget:`` in the pack YAML)."""
-    from policies.ledger import BudgetPolicy
-
-    settings = pack.budget.model_dump(exclude={"build_summary_epsilon"})
-    return BudgetPolicy(**settings)
+from audiences.core.actor import actor_name
+from audiences.core.config import ProjectConfig
+from audiences.core.errors import ConfigError, UsageError
+from audiences.core.state import connect, project_salt
+from audiences.crm.sources import load_sources
+from audiences.pipeline.select import collect_candidates, select_segments, validate_against_data
+from policies.privacy.ledger import budget_policy
 
 
 def dimensions(config: ProjectConfig, schema: pl.Schema) -> dict[str, Any]:
     """Breakdown dimensions with *public* key sets (never taken from the data)."""
-    from policies import dp
+    from policies.privacy import dp
 
     known: dict[str, Any] = {
         "age_band": (dp.age_band_expr("age"), dp.age_band_keys()),
@@ -140,9 +129,9 @@ def preview(
     as_of: date | None = None,
     actor: str | None = None,
 ) -> Preview:
-    from policies import dp
-    from policies.ledger import Ledger, PrivacyBudget
     from policies.pack import load_pack
+    from policies.privacy import dp
+    from policies.privacy.ledger import Ledger, PrivacyBudget
 
     as_of = as_of or datetime.now(UTC).date()
     pack = load_pack(config)
@@ -183,9 +172,9 @@ def overlap(
     as_of: date | None = None,
     actor: str | None = None,
 ) -> dict[str, Any]:
-    from policies import dp
-    from policies.ledger import Ledger, PrivacyBudget
     from policies.pack import load_pack
+    from policies.privacy import dp
+    from policies.privacy.ledger import Ledger, PrivacyBudget
 
     if len(names) < 2:
         raise UsageError("overlap needs at least two segments", "e.g. audiences overlap A B")
@@ -242,9 +231,9 @@ def overlap(
 
 
 def budget(config: ProjectConfig, *, as_of: date | None = None) -> dict[str, Any]:
-    from audiences.sources import source_digest
-    from policies.ledger import Ledger
+    from audiences.crm.sources import source_digest
     from policies.pack import load_pack
+    from policies.privacy.ledger import Ledger
 
     as_of = as_of or datetime.now(UTC).date()
     pack = load_pack(config)
@@ -279,7 +268,7 @@ def budget(config: ProjectConfig, *, as_of: date | None = None) -> dict[str, Any
 
 
 def _audit(conn: Any, actor: str, subject: str, epsilon: float, kind: str, dataset: str) -> None:
-    from audiences import audit
+    from audiences.compliance import audit
 
     audit.append(
         conn,

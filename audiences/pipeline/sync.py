@@ -13,7 +13,7 @@ pack's difference rule says ``hold``, adds and removes smaller than ``k_diff`` w
 until each reaches ``k_diff``. Removals forced by consent, suppression,
 do-not-contact or death are never held: the law outranks the difference check. Nor are
 the people of a batch an interrupted run sent unconfirmed (the platform may hold them or
-not): they are settled to the release on the next run (see ``audiences.membership``).
+not): they are settled to the release on the next run (see ``audiences.pipeline.membership``).
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from typing import Any
 
 import polars as pl
 
-from audiences.build import BuildResult, actor_name, build
-from audiences.config import ProjectConfig
-from audiences.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, AudiencesError, ConnectorError
-from audiences.membership import (
+from audiences.core.actor import actor_name
+from audiences.core.config import ProjectConfig
+from audiences.core.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, AudiencesError, ConnectorError
+from audiences.core.state import connect, new_id, transaction, utcnow
+from audiences.pipeline.build import BuildResult, build
+from audiences.pipeline.membership import (
     KEY,
     OP,
     MembershipStore,
@@ -37,7 +39,6 @@ from audiences.membership import (
     recover_interrupted,
     unsure_rows,
 )
-from audiences.state import connect, new_id, transaction, utcnow
 
 Progress = Callable[[str, float], None]
 
@@ -375,8 +376,8 @@ def sync(
 
 
 def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[DestinationSync]]:
-    from audiences import compliance
-    from audiences.approvals import latest_approval
+    from audiences.compliance import workflow as compliance
+    from audiences.compliance.approvals import latest_approval
     from audiences.segments import load_segments
     from policies.pack import load_pack
 
@@ -607,13 +608,13 @@ def sync_destination(
 
 
 def _audit(conn: Any, actor: str, kind: str, subject: str, details: dict[str, Any]) -> None:
-    from audiences import audit
+    from audiences.compliance import audit
 
     audit.append(conn, kind=kind, subject=subject, details=details, actor=actor)
 
 
 def _audit_head(conn: Any) -> tuple[int, str] | None:
-    from audiences import audit
+    from audiences.compliance import audit
 
     seq, digest = audit.head(conn)
     return (seq, digest) if seq else None

@@ -40,9 +40,10 @@ from typing import Literal, Protocol
 
 import polars as pl
 import polars_hash as plh
-from pydantic import BaseModel, ConfigDict, field_validator
 
-from audiences.errors import ConfigError, DataError, InternalError
+from audiences.core.config import IdentityMapping
+from audiences.core.countries import ISO_COUNTRIES
+from audiences.core.errors import ConfigError, DataError, InternalError
 
 Layout = Literal["meta", "google_ads"]
 
@@ -95,18 +96,6 @@ OUTCOME_STATUSES = ("empty", "already_hashed", "valid", "defaulted")
 # ---------------------------------------------------------------------------------------
 # Reference tables (compact; keys are lowercase letters only).
 
-_ISO_ALPHA2 = """
-    ad ae af ag ai al am ao aq ar as at au aw ax az ba bb bd be bf bg bh bi bj bl bm bn bo
-    bq br bs bt bv bw by bz ca cc cd cf cg ch ci ck cl cm cn co cr cu cv cw cx cy cz de dj
-    dk dm do dz ec ee eg eh er es et fi fj fk fm fo fr ga gb gd ge gf gg gh gi gl gm gn gp
-    gq gr gs gt gu gw gy hk hm hn hr ht hu id ie il im in io iq ir is it je jm jo jp ke kg
-    kh ki km kn kp kr kw ky kz la lb lc li lk lr ls lt lu lv ly ma mc md me mf mg mh mk ml
-    mm mn mo mp mq mr ms mt mu mv mw mx my mz na nc ne nf ng ni nl no np nr nu nz om pa pe
-    pf pg ph pk pl pm pn pr ps pt pw py qa re ro rs ru rw sa sb sc sd se sg sh si sj sk sl
-    sm sn so sr ss st sv sx sy sz tc td tf tg th tj tk tl tm tn to tr tt tv tw tz ua ug um
-    us uy uz va vc ve vg vi vn vu wf ws ye yt za zm zw
-"""
-ISO_COUNTRIES = frozenset(_ISO_ALPHA2.split())
 
 _COUNTRY_ALIASES = {  # ISO code: other spellings (lowercase letters only)
     "us": "usa unitedstates unitedstatesofamerica america estadosunidos eeuu",
@@ -274,36 +263,6 @@ class IdentitySource(Protocol):
     birth_date: str | None
     gender: str | None
     default_country: str
-
-
-class IdentityMapping(BaseModel):
-    """``[identity]`` in audiences.toml: canonical identifier → CRM column (or None)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    external_id: str | None = None
-    email: str | None = None
-    phone: str | None = None
-    first_name: str | None = None
-    last_name: str | None = None
-    zip: str | None = None
-    city: str | None = None
-    state: str | None = None
-    country: str | None = None
-    birth_date: str | None = None
-    gender: str | None = None
-    default_country: str = "US"
-
-    @field_validator("default_country")
-    @classmethod
-    def _iso_alpha2(cls, value: str) -> str:
-        code = value.strip().lower()
-        if code not in ISO_COUNTRIES:
-            raise ValueError(
-                f"default_country {value!r} is not an ISO 3166-1 alpha-2 code — "
-                "use a two-letter code such as US"
-            )
-        return code.upper()
 
 
 # ---------------------------------------------------------------------------------------

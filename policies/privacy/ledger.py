@@ -36,11 +36,14 @@ import math
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from audiences.errors import BudgetExhausted, StateError, UsageError
+from audiences.core.errors import BudgetExhausted, StateError, UsageError
+
+if TYPE_CHECKING:
+    from policies.pack import Pack
 
 __all__ = [
     "BudgetPolicy",
@@ -427,3 +430,8 @@ class Ledger:
 def _floor_sub(a: PrivacyBudget, b: PrivacyBudget) -> PrivacyBudget:
     """``a - b`` clamped at zero per component (remaining can't be negative)."""
     return PrivacyBudget(max(a.epsilon - b.epsilon, 0.0), max(a.delta - b.delta, 0.0))
+
+
+def budget_policy(pack: Pack) -> BudgetPolicy:
+    """The budget a policy pack sets (``budget:`` in the pack YAML)."""
+    return BudgetPolicy(**pack.budget.model_dump(exclude={"build_summary_epsilon"}))

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from audiences import approvals
-from audiences.config import ProjectConfig
-from audiences.errors import ApprovalError, ConfigError
+from audiences.compliance import approvals
+from audiences.core.config import ProjectConfig
+from audiences.core.errors import ApprovalError, ConfigError
 
 
 def definition_text(segment: Any) -> str:

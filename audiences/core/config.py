@@ -14,13 +14,43 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from audiences.errors import ConfigError
-from audiences.identifiers import IdentityMapping
+from audiences.core.countries import ISO_COUNTRIES
+from audiences.core.errors import ConfigError
 
 CONFIG_FILE = "audiences.toml"
 
 SourceFormat = Literal["csv", "parquet", "ndjson"]
 ColumnType = Literal["str", "int", "float", "bool", "date", "datetime", "list[str]"]
+
+
+class IdentityMapping(BaseModel):
+    """``[identity]`` in audiences.toml: canonical identifier → CRM column (or None)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    external_id: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    zip: str | None = None
+    city: str | None = None
+    state: str | None = None
+    country: str | None = None
+    birth_date: str | None = None
+    gender: str | None = None
+    default_country: str = "US"
+
+    @field_validator("default_country")
+    @classmethod
+    def _iso_alpha2(cls, value: str) -> str:
+        code = value.strip().lower()
+        if code not in ISO_COUNTRIES:
+            raise ValueError(
+                f"default_country {value!r} is not an ISO 3166-1 alpha-2 code — "
+                "use a two-letter code such as US"
+            )
+        return code.upper()
 
 
 class Model(BaseModel):
@@ -263,7 +293,7 @@ def load_config(path: Path | str = CONFIG_FILE) -> ProjectConfig:
 
 
 def _validate_destinations(config: ProjectConfig, path: Path) -> None:
-    from connectors.registry import destination_config
+    from audiences.core.plugins import destination_config
 
     for name, spec in config.destinations.items():
         try:

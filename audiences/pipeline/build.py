@@ -8,7 +8,6 @@ audit log, blocked ones included.
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from collections.abc import Callable
@@ -19,16 +18,22 @@ from typing import Any
 
 import polars as pl
 
-from audiences.config import ProjectConfig
-from audiences.errors import (
+from audiences.core.actor import actor_name
+from audiences.core.config import ProjectConfig
+from audiences.core.errors import (
     AudiencesError,
     ConnectorError,
     DataError,
-    SegmentError,
 )
-from audiences.identifiers import member_key
-from audiences.sources import Sources, diagnose_values, load_sources
-from audiences.state import connect, new_id, project_salt, transaction, utcnow
+from audiences.core.state import connect, new_id, project_salt, transaction, utcnow
+from audiences.crm.sources import load_sources
+from audiences.pipeline.select import (
+    collect_candidates,
+    links_opt_outs,
+    select_segments,
+    validate_against_data,
+)
+from connectors.file import record_exports
 
 Progress = Callable[[str, float], None]
 
@@ -69,175 +74,6 @@ class BuildResult:
             "reports": self.reports,
             "seconds": round(self.seconds, 3),
         }
-
-
-def actor_name(by: str | None = None) -> str:
-    if by:
-        return by
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-def segment_context(config: ProjectConfig, as_of: date) -> Any:
-    from audiences.segments import SegmentContext
-
-    events = config.sources.events
-    return SegmentContext(
-        as_of=as_of,
-        contact_id=config.sources.contacts.id,
-        birth_date=config.identity.birth_date,
-        event_contact_id=events.contact_id if events else "contact_id",
-        event_type=events.type if events else "event_type",
-        event_time=events.time if events else "event_time",
-    )
-
-
-def age_expr(column: str | None, as_of: date, schema: pl.Schema) -> pl.Expr:
-    """Whole years at ``as_of`` (the same figure the segment language's ``age`` uses)."""
-    from audiences.segments.compiler import age_years, as_date
-
-    if column is None:
-        return pl.lit(None, dtype=pl.Int32).alias("age")
-    return age_years(as_date(pl.col(column), schema[column]), as_of).cast(pl.Int32).alias("age")
-
-
-def select_segments(config: ProjectConfig, names: list[str] | None) -> list[Any]:
-    from audiences.segments import load_segments
-
-    segments = load_segments(config.segments_dir)
-    if not names:
-        if not segments:
-            raise SegmentError(
-                f"no segment files in {config.segments_dir}", "add segments/<name>.yaml"
-            )
-        return segments
-    by_name = {s.name: s for s in segments}
-    chosen = []
-    for name in names:
-        if name not in by_name:
-            import difflib
-
-            close = difflib.get_close_matches(name, list(by_name), n=1)
-            hint = (
-                f"did you mean {close[0]!r}?"
-                if close
-                else "run `audiences validate` to list segments"
-            )
-            raise SegmentError(f"no segment named {name!r} in {config.segments_dir}", hint)
-        chosen.append(by_name[name])
-    return chosen
-
-
-def validate_against_data(
-    config: ProjectConfig, segments: list[Any], sources: Sources, as_of: date
-) -> None:
-    from audiences.segments import validate_segment
-
-    ctx = segment_context(config, as_of)
-    contacts_schema = sources.contacts.collect_schema()
-    events_schema = sources.events.collect_schema() if sources.events is not None else None
-    for segment in segments:
-        unknown = [d for d in segment.destinations if d not in config.destinations]
-        if unknown:
-            known = ", ".join(sorted(config.destinations)) or "none"
-            raise SegmentError(
-                f"segment {segment.name!r} names unknown destination(s) {unknown} (configured: {known})",
-                "fix `destinations:` in the segment or add them to audiences.toml",
-                where=str(segment.source or segment.name),
-            )
-        issues = validate_segment(segment, contacts_schema, events_schema, ctx)
-        if issues:
-            first = issues[0]
-            raise SegmentError(
-                str(first.message),
-                getattr(first, "suggestion", None) or None,
-                where=f"{first.file}:{first.line}",
-            )
-
-
-def collect_candidates(
-    config: ProjectConfig,
-    segment: Any,
-    sources: Sources,
-    as_of: date,
-    salt: bytes,
-    *,
-    link_opt_outs: bool = True,
-) -> pl.DataFrame:
-    """The segment's rows plus what the gate needs; ``link_opt_outs`` flags duplicates of
-    opt-outs (the consent rule's ``exclude_duplicates_of_opt_outs``; off for DP previews,
-    which count the segment before consent)."""
-    from audiences.segments import compile_segment
-
-    ctx = segment_context(config, as_of)
-    cid = config.sources.contacts.id
-    plan = compile_segment(segment, sources.contacts, sources.events, ctx).with_columns(
-        member_key(pl.col(cid), salt).alias("member_key"),
-        age_expr(config.identity.birth_date, as_of, sources.contacts.collect_schema()),
-    )
-    plan = plan.select(gate_columns(config, plan.collect_schema()))
-    try:
-        frame = plan.collect(engine="streaming")
-        if link_opt_outs:
-            from audiences.linkage import flag_duplicates_of_opt_outs
-            from policies.rules import DUPLICATE_OF_OPT_OUT
-
-            frame = flag_duplicates_of_opt_outs(
-                frame, sources.contacts, config, DUPLICATE_OF_OPT_OUT, cache=sources.cache
-            )
-    except pl.exceptions.PolarsError as exc:
-        raise _explain_collect_failure(config, exc) from None
-    if frame.height and frame.get_column(cid).is_duplicated().any():
-        dupes = int(frame.get_column(cid).is_duplicated().sum())
-        raise DataError(
-            f"source 'contacts' has duplicate ids in column {cid!r} ({dupes} rows in this segment)",
-            "each CRM record needs a unique id; deduplicate the export or point "
-            "[sources.contacts].id at the unique key",
-        )
-    return frame
-
-
-def links_opt_outs(pack: Any) -> bool:
-    """Does the pack's consent rule exclude duplicates of opt-outs (the default)?"""
-    return any(
-        rule.kind == "consent" and getattr(rule.params, "exclude_duplicates_of_opt_outs", False)
-        for rule in pack.rules
-    )
-
-
-def gate_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:
-    """The candidate columns the gate and the release need — nothing else is read.
-
-    Projection pushdown then keeps polars from reading the clinical list columns (the
-    heaviest part of a CRM export) when the segment's own filters don't touch them.
-    """
-    from connectors.file import FileDestinationConfig
-    from connectors.registry import destination_config
-
-    wanted = {config.sources.contacts.id, "member_key", "age"}
-    wanted |= {c for c in config.identity.model_dump().values() if isinstance(c, str)}
-    wanted |= {c for c in config.consent.model_dump().values() if c}
-    wanted |= set(config.columns.quasi_identifiers)
-    for spec in config.destinations.values():
-        if spec.kind != "file":
-            continue
-        settings = destination_config(spec)
-        if isinstance(settings, FileDestinationConfig) and settings.record_level:
-            wanted |= set(settings.attributes)
-            if settings.anonymity is not None and settings.anonymity.sensitive:
-                wanted.add(settings.anonymity.sensitive)
-    return [c for c in schema.names() if c in wanted]
-
-
-def _explain_collect_failure(config: ProjectConfig, exc: BaseException) -> AudiencesError:
-    err = diagnose_values("contacts", config.sources.contacts, config, exc)
-    if config.sources.events is not None and "cannot read" in err.what:
-        ev_err = diagnose_values("events", config.sources.events, config, exc)
-        if "cannot read" not in ev_err.what:
-            return ev_err
-    return err
 
 
 def build(
@@ -318,6 +154,7 @@ def build(
                             as_of=as_of,
                             actor=who,
                             reason=approval_block,
+                            record_exports=record_exports(config, segment.destinations),
                         )
                         result.reports = write_reports(config, build_id, report)
                         _close_build(conn, who, result, sources.digest)
@@ -339,6 +176,7 @@ def build(
                         conn=conn,
                         state_dir=config.state_dir,
                         actor=who,
+                        record_exports=record_exports(config, segment.destinations),
                     )
                 )
             except BaseException as exc:
@@ -411,10 +249,9 @@ def noisy_size(
     conn: Any, outcome: Any, pack: Any, dataset: str, as_of: date, actor: str
 ) -> dict[str, Any]:
     """The released people (over every destination) as a DP count, paid from the ledger."""
-    from audiences.errors import BudgetExhausted
-    from audiences.insights import budget_policy
-    from policies import dp
-    from policies.ledger import Ledger, PrivacyBudget
+    from audiences.core.errors import BudgetExhausted
+    from policies.privacy import dp
+    from policies.privacy.ledger import Ledger, PrivacyBudget, budget_policy
 
     epsilon = pack.budget.build_summary_epsilon
     if not epsilon:
@@ -443,8 +280,8 @@ def noisy_size(
 
 def _approval_block(conn: Any, config: ProjectConfig, segment: Any, pack: Any) -> str | None:
     """Why an approval-requiring build to ad destinations may not run, or None."""
-    from audiences import compliance
-    from audiences.errors import ApprovalError
+    from audiences.compliance import workflow as compliance
+    from audiences.core.errors import ApprovalError
 
     if not compliance.approval_required(config, pack):
         return None
@@ -501,7 +338,7 @@ def identifier_coverage(members: pl.DataFrame) -> dict[str, int]:
 
 
 def write_reports(config: ProjectConfig, build_id: str, report: dict[str, Any]) -> dict[str, str]:
-    from audiences.atomic import write_text
+    from audiences.core.atomic import write_text
     from policies.report import render
 
     out = config.state_dir / "reports"
@@ -572,7 +409,7 @@ def _finish(
 
 def _audit(conn: Any, actor: str, kind: str, subject: str, details: dict[str, Any]) -> None:
     try:
-        from audiences import audit
+        from audiences.compliance import audit
     except ImportError:  # audit log lands with the compliance workflow
         return
     audit.append(conn, kind=kind, subject=subject, details=details, actor=actor)

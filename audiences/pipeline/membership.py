@@ -23,8 +23,8 @@ from pathlib import Path
 
 import polars as pl
 
-from audiences.atomic import write_with
-from audiences.state import ensure_private_dir, transaction, utcnow
+from audiences.core.atomic import write_with
+from audiences.core.state import ensure_private_dir, transaction, utcnow
 
 KEY = "member_key"
 OP = "__op"  # add | remove: the op of the unconfirmed batch an unsure row was in

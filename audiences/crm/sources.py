@@ -20,8 +20,8 @@ from typing import Any
 import blake3
 import polars as pl
 
-from audiences.config import ColumnType, ProjectConfig, SourceConfig
-from audiences.errors import DataError
+from audiences.core.config import ColumnType, ProjectConfig, SourceConfig
+from audiences.core.errors import DataError
 
 _DTYPES: dict[str, pl.DataType] = {
     "str": pl.String(),
@@ -208,7 +208,7 @@ def source_digest(config: ProjectConfig) -> str:
             changed = True
         outer.update(digest.encode())
     if changed and config.state_dir.exists():
-        from audiences.atomic import write_text
+        from audiences.core.atomic import write_text
 
         write_text(cache_path, json.dumps(cache), durable=False)  # a cache: lost, re-digested
     return outer.hexdigest()

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from audiences.errors import StateError
+from audiences.core.errors import StateError
 
 SCHEMA_VERSION = 2
 

@@ -39,7 +39,9 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audiences.errors import InternalError, StateError, UsageError
+from audiences.compliance.keys import key_id as fingerprint
+from audiences.compliance.keys import trusted_key_index
+from audiences.core.errors import InternalError, StateError, UsageError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -310,7 +312,13 @@ def append_many(
 def checkpoint_payload(seq: int, hash_: str, at: str) -> bytes:
     """What a checkpoint signs: canonical JSON naming the log, the head and the time."""
     return canonical_json(
-        {"type": "audiences.audit.checkpoint", "v": 1, "seq": seq, "hash": hash_, "at": at}
+        {
+            "type": "audiences.compliance.audit.checkpoint",
+            "v": 1,
+            "seq": seq,
+            "hash": hash_,
+            "at": at,
+        }
     ).encode()
 
 
@@ -324,7 +332,6 @@ def checkpoint(
 ) -> Checkpoint:
     """Sign the current head with an approver's Ed25519 key, store the signature in
     ``audit_checkpoints`` and append a ``checkpoint`` entry that carries it too."""
-    from audiences.approvals import key_id as fingerprint
 
     own_id = fingerprint(private_key.public_key())
     if key_id is not None and key_id != own_id:
@@ -387,8 +394,6 @@ def _load_checkpoints(
 ) -> tuple[list[_Expectation], list[str], set[tuple[int, str, str, str, str]]]:
     """Check every stored checkpoint's signature; return hash claims and problems."""
     from cryptography.exceptions import InvalidSignature
-
-    from audiences.approvals import trusted_key_index
 
     index = trusted_key_index(public_keys or {})
     claims: list[_Expectation] = []

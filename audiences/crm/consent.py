@@ -1,0 +1,84 @@
+"""Consent columns as the CRM writes them, read as granted / denied / unknown.
+
+A consent or flag column may be Boolean, numeric (0/1) or text (``yes``/``no``,
+``granted``/``denied``, ...). Every rule that reads one (marketing opt-in, ad
+personalization, do-not-contact, ...) and the duplicate-of-opt-out linkage read it here,
+so one value has one meaning everywhere.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from audiences.core.errors import DataError
+
+
+def column(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
+    if name not in candidates.schema:
+        raise DataError(
+            f"[consent] {role} names column {name!r}, which the contacts source does not have",
+            f"fix [consent] {role} in audiences.toml",
+        )
+    return pl.col(name)
+
+
+_GRANTED_WORDS = ("granted", "grant", "true", "yes", "y", "1", "t")
+_DENIED_WORDS = ("denied", "deny", "false", "no", "n", "0", "f")
+
+
+def _consent_words(frame: pl.DataFrame, column: str) -> tuple[pl.Expr, pl.Expr]:
+    """(granted, denied) of a consent column; a value is at most one of them."""
+    expr = pl.col(column)
+    if frame.schema[column] == pl.Boolean:
+        return expr.eq(True), expr.eq(False)
+    text = expr.cast(pl.String)
+    # Values already written as one of the words skip the strip and lowercase (a
+    # CRM-wide scan asks this of every record; the rest are cleaned first).
+    known = text.is_in(_GRANTED_WORDS + _DENIED_WORDS)
+    cleaned = pl.when(~known).then(text).str.strip_chars().str.to_lowercase()
+
+    def among(words: tuple[str, ...]) -> pl.Expr:
+        return pl.when(known).then(text.is_in(words)).otherwise(cleaned.is_in(words))
+
+    return among(_GRANTED_WORDS), among(_DENIED_WORDS)
+
+
+def consent_denied(frame: pl.DataFrame, column: str | None) -> pl.Expr:
+    """``consent_signal(...) == "DENIED"`` without building the labels (a CRM-wide scan
+    asks this of every record)."""
+    if column is None or column not in frame.schema:
+        return pl.lit(False)
+    return _consent_words(frame, column)[1].fill_null(False)
+
+
+def consent_signal(frame: pl.DataFrame, column: str | None, name: str) -> pl.Expr:
+    """A CRM consent column as Google's GRANTED / DENIED / UNSPECIFIED."""
+    if column is None or column not in frame.schema:
+        return pl.lit("UNSPECIFIED").alias(name)
+    granted, denied = _consent_words(frame, column)
+    return (
+        pl.when(granted.fill_null(False))
+        .then(pl.lit("GRANTED"))
+        .when(denied.fill_null(False))
+        .then(pl.lit("DENIED"))
+        .otherwise(pl.lit("UNSPECIFIED"))
+        .alias(name)
+    )
+
+
+def truthy(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
+    """Boolean view of a flag column (Boolean, 0/1 or yes/no text); null stays null."""
+    expr = column(candidates, name, role)
+    dtype = candidates.schema[name]
+    if dtype == pl.Boolean:
+        return expr
+    if dtype.is_numeric():
+        return expr != 0
+    text = expr.cast(pl.String).str.strip_chars().str.to_lowercase()
+    return (
+        pl.when(text.is_in(["true", "t", "yes", "y", "1"]))
+        .then(True)
+        .when(text.is_in(["false", "f", "no", "n", "0"]))
+        .then(False)
+        .otherwise(None)
+    )
