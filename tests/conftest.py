@@ -54,7 +54,7 @@ def sample_crm(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path
 
 
 # ------------------------------------------------------------------------------ the rules
-# The consent rule restated from its documentation (PRIVACY.md, policies/packs/baseline.yaml)
+# The consent rule restated from its documentation (docs/policy-rules.md, policies/packs/baseline.yaml)
 # over the sample CRM's columns, to compute what a release must hold independently of the
 # gate: a record is released only with a marketing opt-in, without do-not-contact, not
 # deceased, without denied ad personalization, and sharing no mailbox (as Google matches

@@ -1,4 +1,4 @@
-"""Record-level file exports through the policy gate (PRIVACY.md rule 10).
+"""Record-level file exports through the policy gate (docs/privacy-insights.md, "Record-level exports").
 
 The gate anonymizes the released people's attribute columns, the file connector writes
 them; pycanon checks the written file independently.
