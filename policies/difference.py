@@ -188,6 +188,63 @@ def check(
     p: DifferenceParams = rule.params  # type: ignore[assignment]
     same = [e for e in earlier if e.segment == segment and e.destination == dest.name]
     previous = same[-1].release_id if same else None
+    comparisons = _compare_releases(
+        p, dest, segment, new, earlier, exempt, previous, workers=workers
+    )
+    blocks = [c for c in comparisons if c.result in ("block", "error")]
+    holds_on = [c for c in comparisons if c.result == "hold"]
+    prev = next((c for c in comparisons if c.previous_version), None)
+    hold_against = previous if holds_on else None
+    holds = 0
+    if hold_against is not None and prev is not None:
+        holds = sum(x for x in (prev.only_new, prev.only_old) if 0 < x < p.k_diff)
+    evidence = {
+        "members": int(new.size),
+        "k_diff": p.k_diff,
+        "earlier_releases_compared": len(comparisons),
+        "collisions": len(blocks),
+        "held_comparisons": len(holds_on),
+        "holds": holds,
+        "exempt_removals": prev.exempt_removals if prev is not None else 0,
+    }
+    public: str | None = None
+    if blocks:
+        detail, public = _collision_detail(blocks, p)
+    elif hold_against is not None:
+        detail = (
+            f"small change against the previous version {hold_against}: the sync holds back "
+            f"{holds} change(s) until adds and removes each reach {p.k_diff}"
+        )
+    else:
+        detail = f"checked against {len(comparisons)} earlier release(s) to account {dest.account}"
+    verdict = Verdict(
+        id=rule.id,
+        kind=rule.kind,
+        severity=rule.severity,
+        passed=not blocks,
+        evidence=evidence,
+        rationale=rule.rationale,
+        source=rule.source,
+        destination=dest.name,
+        detail=detail,
+        public_detail=public,
+        checks=tuple(c.to_dict() for c in comparisons),
+    )
+    return DifferenceResult(verdict, comparisons, hold_against, holds)
+
+
+def _compare_releases(
+    p: DifferenceParams,
+    dest: Destination,
+    segment: str,
+    new: np.ndarray,
+    earlier: Sequence[EarlierRelease],
+    exempt: np.ndarray | None,
+    previous: str | None,
+    *,
+    workers: int | None,
+) -> tuple[Comparison, ...]:
+    """One comparison per earlier release (on a small thread pool when there are several)."""
 
     def one(e: EarlierRelease) -> Comparison:
         same_audience = e.segment == segment and e.destination == dest.name
@@ -211,71 +268,37 @@ def check(
     n_workers = workers or min(4, os.cpu_count() or 1)
     if len(earlier) > 1 and n_workers > 1:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            comparisons = tuple(pool.map(one, earlier))
-    else:
-        comparisons = tuple(one(e) for e in earlier)
+            return tuple(pool.map(one, earlier))
+    return tuple(one(e) for e in earlier)
 
-    blocks = [c for c in comparisons if c.result in ("block", "error")]
-    holds_on = [c for c in comparisons if c.result == "hold"]
-    prev = next((c for c in comparisons if c.previous_version), None)
-    hold_against = previous if holds_on else None
-    holds = 0
-    if hold_against is not None and prev is not None:
-        holds = sum(x for x in (prev.only_new, prev.only_old) if 0 < x < p.k_diff)
-    evidence = {
-        "members": int(new.size),
-        "k_diff": p.k_diff,
-        "earlier_releases_compared": len(comparisons),
-        "collisions": len(blocks),
-        "held_comparisons": len(holds_on),
-        "holds": holds,
-        "exempt_removals": prev.exempt_removals if prev is not None else 0,
-    }
+
+def _collision_detail(blocks: list[Comparison], p: DifferenceParams) -> tuple[str, str | None]:
+    """The verdict's detail (exact figures) and public detail (none for an unreadable
+    release) for the first colliding release."""
+    first = blocks[0]
+    e = first.earlier
     public: str | None = None
-    if blocks:
-        first = blocks[0]
-        e = first.earlier
-        if first.result == "error":
-            detail = (
-                f"cannot check against release {e.release_id} ({e.segment}, {e.created_at[:10]}): "
-                "its membership file is missing or unreadable — restore .audiences/releases from a backup"
-            )
-        else:
-            detail = (
-                f"differs from release {e.release_id} (segment {e.segment!r} to {e.destination}, "
-                f"{e.created_at[:10]}) by {first.only_new} added and {first.only_old} removed "
-                f"people; 1 to {p.k_diff - 1} in either direction would disclose them"
-            )
-        if len(blocks) > 1:
-            detail += f" (and {len(blocks) - 1} more colliding release(s))"
-        if first.result != "error":
-            public = (
-                f"differs from release {e.release_id} (segment {e.segment!r} to {e.destination}, "
-                f"{e.created_at[:10]}) by between 1 and {p.k_diff - 1} people in some direction, "
-                "which would disclose them — change the segment so the two differ by more "
-                "(exact figures are in the compliance report)"
-            )
-    elif hold_against is not None:
+    if first.result == "error":
         detail = (
-            f"small change against the previous version {hold_against}: the sync holds back "
-            f"{holds} change(s) until adds and removes each reach {p.k_diff}"
+            f"cannot check against release {e.release_id} ({e.segment}, {e.created_at[:10]}): "
+            "its membership file is missing or unreadable — restore .audiences/releases from a backup"
         )
     else:
-        detail = f"checked against {len(comparisons)} earlier release(s) to account {dest.account}"
-    verdict = Verdict(
-        id=rule.id,
-        kind=rule.kind,
-        severity=rule.severity,
-        passed=not blocks,
-        evidence=evidence,
-        rationale=rule.rationale,
-        source=rule.source,
-        destination=dest.name,
-        detail=detail,
-        public_detail=public,
-        checks=tuple(c.to_dict() for c in comparisons),
-    )
-    return DifferenceResult(verdict, comparisons, hold_against, holds)
+        detail = (
+            f"differs from release {e.release_id} (segment {e.segment!r} to {e.destination}, "
+            f"{e.created_at[:10]}) by {first.only_new} added and {first.only_old} removed "
+            f"people; 1 to {p.k_diff - 1} in either direction would disclose them"
+        )
+    if len(blocks) > 1:
+        detail += f" (and {len(blocks) - 1} more colliding release(s))"
+    if first.result != "error":
+        public = (
+            f"differs from release {e.release_id} (segment {e.segment!r} to {e.destination}, "
+            f"{e.created_at[:10]}) by between 1 and {p.k_diff - 1} people in some direction, "
+            "which would disclose them — change the segment so the two differ by more "
+            "(exact figures are in the compliance report)"
+        )
+    return detail, public
 
 
 __all__ = [

@@ -9,8 +9,8 @@
 2. per destination, **destination** rules in pack order: health-restricted destinations,
    opaque name, minimum size, difference protection against every earlier release to
    the same account.
-   A record-level ``file`` export (``attributes`` + ``anonymity``, PRIVACY.md rule 10) is
-   anonymized first (:func:`policies.privacy.anonymize.anonymize` on the released people's
+   A record-level ``file`` export (``attributes`` + ``anonymity``, docs/privacy-insights.md
+   §2) is anonymized first (:func:`policies.privacy.anonymize.anonymize` on the released people's
    attribute columns): a ``record-export`` verdict fails when no generalization meets
    the model, and min-size / difference judge the rows actually released.
 3. any failed rule of severity ``block`` blocks the whole build (no release anywhere);
@@ -32,7 +32,7 @@ import functools
 import hashlib
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,10 +44,12 @@ from audiences.core.atomic import write_with
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import ConfigError, InternalError, PolicyBlocked
 from audiences.core.state import ensure_private_dir, new_id, project_salt, transaction, utcnow
+from audiences.crm.consent import consent_signal
 from audiences.crm.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layouts_frame
+from audiences.segments import Segment
 from policies import difference
 from policies.pack import Pack
-from policies.privacy.anonymize import HIERARCHIES, anonymize
+from policies.privacy.anonymize import HIERARCHIES, AnonymizationResult, anonymize
 from policies.privacy.record_level import RecordLevel
 from policies.release import Release, _mint, require_release
 from policies.rules import (
@@ -55,8 +57,9 @@ from policies.rules import (
     Destination,
     FilterContext,
     OpaqueNameParams,
+    PhiFinding,
+    Rule,
     Verdict,
-    consent_signal,
     make_opaque_name,
     min_size,
     opaque_name,
@@ -77,7 +80,7 @@ RELEASES_DIR = "releases"
 @dataclass(frozen=True)
 class GateInput:
     build_id: str
-    segment: Any  # audiences.segments.Segment
+    segment: Segment
     config: ProjectConfig
     pack: Pack
     candidates: pl.DataFrame  # member_key (UInt64) + every contacts column + age (Int32)
@@ -144,6 +147,8 @@ def destination_of(config: ProjectConfig, name: str) -> tuple[Destination, tuple
 
 
 def evaluate(inp: GateInput) -> GateOutcome:
+    """Run the pack's rules over the segment's candidates; seal one release per
+    destination unless a ``block`` rule fails."""
     config, pack, cand = inp.config, inp.pack, inp.candidates
     if "member_key" not in cand.schema or cand.schema["member_key"] != pl.UInt64:
         raise InternalError("candidates need a UInt64 member_key column")
@@ -152,8 +157,48 @@ def evaluate(inp: GateInput) -> GateOutcome:
     ctx = FilterContext(config, cand, inp.as_of, phi, suppression)
 
     # 1. filters
-    filter_verdicts: dict[str, Verdict] = {}
-    excluded = np.zeros(cand.height, dtype=bool)
+    filter_verdicts, excluded = _filter_verdicts(pack, ctx)
+    eligible = _eligible_members(config, cand, excluded)
+
+    # 2. destinations
+    checks = _check_destinations(inp, phi, eligible)
+
+    # 3. verdicts in pack order, decision
+    verdicts = _verdicts_in_pack_order(pack, filter_verdicts, checks)
+    reasons = [v.public_reason() for v in verdicts if v.blocking]
+    if not inp.destinations:
+        reasons.append("gate: the segment names no destination — add `destinations:` to it")
+    blocked = bool(reasons)
+    releases = {} if blocked else _mint_releases(inp, eligible, checks, verdicts)
+    diff_checks = [c for check in checks for c in check.diff_checks]
+    report = _report(
+        inp,
+        phi,
+        verdicts,
+        blocked,
+        reasons,
+        releases,
+        diff_checks,
+        eligible.without_key,
+        eligible.members.height,
+    )
+    report["record_exports"] = [c.export.summary for c in checks if c.export is not None]
+    return GateOutcome(
+        verdicts=verdicts,
+        blocked=blocked,
+        block_reasons=reasons,
+        releases=releases,
+        report=report,
+        state_dir=inp.state_dir,
+    )
+
+
+def _filter_verdicts(pack: Pack, ctx: FilterContext) -> tuple[dict[str, Verdict], np.ndarray]:
+    """Each filter rule's verdict (by rule id), and the mask of candidates they exclude.
+
+    A ``warn`` filter reports the people it would exclude but keeps them."""
+    verdicts: dict[str, Verdict] = {}
+    excluded = np.zeros(ctx.candidates.height, dtype=bool)
     for rule in pack.rules:
         if rule.scope != "filter":
             continue
@@ -164,136 +209,184 @@ def evaluate(inp: GateInput) -> GateOutcome:
         removed = int(excluded.sum()) - before
         evidence = {**verdict.evidence, "removed": removed}
         if rule.severity == "warn" and verdict.evidence.get("excluded", 0):
-            verdict = _replace(
+            verdict = replace(
                 verdict,
                 passed=False,
                 evidence=evidence,
                 detail=verdict.detail + " (warn only: not removed)",
             )
         else:
-            verdict = _replace(verdict, evidence=evidence)
-        filter_verdicts[rule.id] = verdict
+            verdict = replace(verdict, evidence=evidence)
+        verdicts[rule.id] = verdict
+    return verdicts, excluded
+
+
+@dataclass(frozen=True)
+class _Eligible:
+    """The candidates the filters kept, one row per member key."""
+
+    members: pl.DataFrame  # member key, identity columns, ad consent columns
+    keys: np.ndarray  # sorted member keys of ``members``
+    exempt: np.ndarray  # sorted keys the filters removed: exempt removals (difference)
+    kept_mask: np.ndarray  # over the candidates: kept and with a member key
+    without_key: int  # candidates without a member key
+
+
+def _eligible_members(config: ProjectConfig, cand: pl.DataFrame, excluded: np.ndarray) -> _Eligible:
+    """The members a release may carry: not excluded, with a member key, deduplicated."""
     keys_all = cand.get_column("member_key")
     no_key = keys_all.is_null().to_numpy() if cand.height else np.zeros(0, dtype=bool)
     kept_mask = ~excluded & ~no_key
     # only what a release carries: member key, identity columns, ad consent columns
-    base = cand.select(_release_columns(config, cand)).filter(pl.Series(kept_mask))
-    new_keys = difference.sorted_keys(base.get_column("member_key"))
-    if new_keys.size != base.height:  # one person, several CRM records with one external id
-        base = base.unique("member_key", keep="first", maintain_order=True)
+    members = cand.select(_release_columns(config, cand)).filter(pl.Series(kept_mask))
+    keys = difference.sorted_keys(members.get_column("member_key"))
+    if keys.size != members.height:  # one person, several CRM records with one external id
+        members = members.unique("member_key", keep="first", maintain_order=True)
     exempt = difference.sorted_keys(keys_all.filter(pl.Series(excluded & ~no_key)))
-    if exempt.size and new_keys.size:
-        exempt = exempt[~_isin_sorted(exempt, new_keys)]
+    if exempt.size and keys.size:
+        exempt = exempt[~_isin_sorted(exempt, keys)]
+    return _Eligible(members, keys, exempt, kept_mask, int(no_key.sum()))
 
-    # 2. destinations
+
+@dataclass
+class _DestinationCheck:
+    """What the destination rules found for one destination."""
+
+    dest: Destination
+    layouts: tuple[str, ...]
+    opaque_name: str
+    export: _RecordExport | None  # a record-level export's anonymized rows
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # by rule id
+    hold: tuple[str | None, int, int] = (None, 0, 0)  # hold_against, holds, k_diff
+    diff_checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _check_destinations(
+    inp: GateInput, phi: PhiFinding, eligible: _Eligible
+) -> list[_DestinationCheck]:
     salt = project_salt(inp.state_dir)
     words = segment_words(inp.segment)
-    dest_verdicts: dict[tuple[str, str], Verdict] = {}
-    dests: list[tuple[Destination, tuple[str, ...]]] = []
-    names: dict[str, str] = {}
-    holds: dict[str, tuple[str | None, int, int]] = {}
-    diff_checks: list[dict[str, Any]] = []
-    exports: dict[str, _RecordExport] = {}
-    for dest_name in inp.destinations:
-        dest, layouts = destination_of(config, dest_name)
-        dests.append((dest, layouts))
-        dest_keys = new_keys
-        settings = inp.record_exports.get(dest_name)
-        if settings is None and not layouts:
-            raise InternalError(
-                f"destination {dest_name!r} is a record-level export but the gate was given "
-                "no record-level settings for it (GateInput.record_exports)"
-            )
-        if settings is not None:  # rules judge the rows that would really be released
-            exports[dest_name] = _record_export(cand, kept_mask, settings, dest)
-            if exports[dest_name].members is not None:
-                dest_keys = exports[dest_name].keys
-        earlier: list[difference.EarlierRelease] | None = None
-        name_rules = pack.of_kind("opaque_name")
-        params = name_rules[0].params if name_rules else OpaqueNameParams(prefix="aud", length=8)
-        names[dest_name] = make_opaque_name(inp.segment.name, salt, params, words)  # type: ignore[arg-type]
-        holds[dest_name] = (None, 0, 0)
-        for rule in pack.rules:
-            if rule.scope != "destination":
-                continue
-            if rule.kind == "sensitive_destination":
-                v = sensitive_destination(rule, dest, phi)
-            elif rule.kind == "opaque_name":
-                v = opaque_name(rule, dest, names[dest_name], words)
-            elif rule.kind == "min_size":
-                v = min_size(rule, dest, int(dest_keys.size))
-            elif rule.kind == "difference":
-                if earlier is None:
-                    earlier = difference.earlier_releases(inp.conn, dest.account, inp.state_dir)
-                result = difference.check(rule, dest, inp.segment.name, dest_keys, earlier, exempt)
-                v = result.verdict
-                k_diff = rule.params.k_diff  # type: ignore[attr-defined]
-                holds[dest_name] = (result.hold_against, result.holds, k_diff)
-                diff_checks += [
-                    {"destination": dest_name, "account": dest.account, "rule": rule.id, **c}
-                    for c in v.checks
-                ]
-            else:  # pragma: no cover - RULE_KINDS and this dispatch are kept in step
-                raise InternalError(f"no evaluator for rule kind {rule.kind}")
-            dest_verdicts[(rule.id, dest_name)] = v
+    return [_check_destination(inp, name, phi, eligible, salt, words) for name in inp.destinations]
 
-    # 3. verdicts in pack order, decision
+
+def _check_destination(
+    inp: GateInput,
+    dest_name: str,
+    phi: PhiFinding,
+    eligible: _Eligible,
+    salt: bytes,
+    words: frozenset[str],
+) -> _DestinationCheck:
+    """Run the destination rules, in pack order, for one destination."""
+    dest, layouts = destination_of(inp.config, dest_name)
+    dest_keys = eligible.keys
+    settings = inp.record_exports.get(dest_name)
+    if settings is None and not layouts:
+        raise InternalError(
+            f"destination {dest_name!r} is a record-level export but the gate was given "
+            "no record-level settings for it (GateInput.record_exports)"
+        )
+    export = None
+    if settings is not None:  # rules judge the rows that would really be released
+        export = _record_export(inp.candidates, eligible.kept_mask, settings, dest)
+        if export.members is not None:
+            dest_keys = export.keys
+    name_rules = inp.pack.of_kind("opaque_name")
+    params = name_rules[0].params if name_rules else OpaqueNameParams(prefix="aud", length=8)
+    name = make_opaque_name(inp.segment.name, salt, params, words)  # type: ignore[arg-type]
+    check = _DestinationCheck(dest, layouts, name, export)
+    earlier: list[difference.EarlierRelease] | None = None
+    for rule in inp.pack.rules:
+        if rule.scope != "destination":
+            continue
+        if rule.kind == "sensitive_destination":
+            v = sensitive_destination(rule, dest, phi)
+        elif rule.kind == "opaque_name":
+            v = opaque_name(rule, dest, name, words)
+        elif rule.kind == "min_size":
+            v = min_size(rule, dest, int(dest_keys.size))
+        elif rule.kind == "difference":
+            if earlier is None:
+                earlier = difference.earlier_releases(inp.conn, dest.account, inp.state_dir)
+            v = _difference_verdict(inp, rule, check, dest_keys, earlier, eligible.exempt)
+        else:  # pragma: no cover - RULE_KINDS and this dispatch are kept in step
+            raise InternalError(f"no evaluator for rule kind {rule.kind}")
+        check.verdicts[rule.id] = v
+    return check
+
+
+def _difference_verdict(
+    inp: GateInput,
+    rule: Rule,
+    check: _DestinationCheck,
+    dest_keys: np.ndarray,
+    earlier: list[difference.EarlierRelease],
+    exempt: np.ndarray,
+) -> Verdict:
+    """The difference rule's verdict; records the hold and the per-release checks."""
+    dest = check.dest
+    result = difference.check(rule, dest, inp.segment.name, dest_keys, earlier, exempt)
+    k_diff = rule.params.k_diff  # type: ignore[attr-defined]
+    check.hold = (result.hold_against, result.holds, k_diff)
+    check.diff_checks += [
+        {"destination": dest.name, "account": dest.account, "rule": rule.id, **c}
+        for c in result.verdict.checks
+    ]
+    return result.verdict
+
+
+def _verdicts_in_pack_order(
+    pack: Pack, filter_verdicts: dict[str, Verdict], checks: list[_DestinationCheck]
+) -> list[Verdict]:
+    """Filter verdicts, then each destination rule's per destination, then the
+    record-level export verdicts."""
     verdicts: list[Verdict] = []
     for rule in pack.rules:
         if rule.scope == "filter":
             verdicts.append(filter_verdicts[rule.id])
         else:
-            verdicts += [dest_verdicts[(rule.id, d.name)] for d, _ in dests]
-    verdicts += [exports[d.name].verdict for d, _ in dests if d.name in exports]
-    reasons = [v.public_reason() for v in verdicts if v.blocking]
-    if not inp.destinations:
-        reasons.append("gate: the segment names no destination — add `destinations:` to it")
-    blocked = bool(reasons)
+            verdicts += [c.verdicts[rule.id] for c in checks]
+    verdicts += [c.export.verdict for c in checks if c.export is not None]
+    return verdicts
 
+
+def _mint_releases(
+    inp: GateInput, eligible: _Eligible, checks: list[_DestinationCheck], verdicts: list[Verdict]
+) -> dict[str, Release]:
+    """A sealed release per destination: hashed identifiers of its layouts, or a
+    record-level export's anonymized rows."""
     releases: dict[str, Release] = {}
     created_at = utcnow()
-    if not blocked:
-        layouts_needed = sorted({layout for _, ls in dests for layout in ls})
-        hashed = _hashed(base, config, layouts_needed, inp.as_of)
-        excluded_series = pl.Series("member_key", exempt, dtype=pl.UInt64)
-        for dest, layouts in dests:
-            export = exports.get(dest.name)
-            if export is not None and export.members is not None:
-                members = export.members
-            else:
-                members = _members(base, hashed, dest, layouts, config)
-            hold_against, n_holds, k_diff = holds[dest.name]
-            releases[dest.name] = _mint(
-                build_id=inp.build_id,
-                release_id=new_id("r"),
-                segment=inp.segment.name,
-                segment_digest=inp.segment.digest,
-                policy_digest=pack.digest,
-                verdict_digest=verdict_digest(verdicts, dest.name),
-                destination=dest.name,
-                kind=dest.kind,
-                account=dest.account,
-                created_at=created_at,
-                opaque_name=names[dest.name],
-                members=members,
-                layouts=layouts,
-                k_diff=k_diff,
-                hold_against=hold_against,
-                holds=n_holds,
-                excluded_keys=excluded_series,
-            )
-    report = _report(
-        inp, phi, verdicts, blocked, reasons, releases, diff_checks, int(no_key.sum()), base.height
-    )
-    report["record_exports"] = [exports[d.name].summary for d, _ in dests if d.name in exports]
-    return GateOutcome(
-        verdicts=verdicts,
-        blocked=blocked,
-        block_reasons=reasons,
-        releases=releases,
-        report=report,
-        state_dir=inp.state_dir,
-    )
+    layouts_needed = sorted({layout for c in checks for layout in c.layouts})
+    hashed = _hashed(eligible.members, inp.config, layouts_needed, inp.as_of)
+    excluded_series = pl.Series("member_key", eligible.exempt, dtype=pl.UInt64)
+    for check in checks:
+        dest, layouts = check.dest, check.layouts
+        if check.export is not None and check.export.members is not None:
+            members = check.export.members
+        else:
+            members = _members(eligible.members, hashed, dest, layouts, inp.config)
+        hold_against, n_holds, k_diff = check.hold
+        releases[dest.name] = _mint(
+            build_id=inp.build_id,
+            release_id=new_id("r"),
+            segment=inp.segment.name,
+            segment_digest=inp.segment.digest,
+            policy_digest=inp.pack.digest,
+            verdict_digest=verdict_digest(verdicts, dest.name),
+            destination=dest.name,
+            kind=dest.kind,
+            account=dest.account,
+            created_at=created_at,
+            opaque_name=check.opaque_name,
+            members=members,
+            layouts=layouts,
+            k_diff=k_diff,
+            hold_against=hold_against,
+            holds=n_holds,
+            excluded_keys=excluded_series,
+        )
+    return releases
 
 
 def _release_columns(config: ProjectConfig, cand: pl.DataFrame) -> list[str]:
@@ -307,16 +400,11 @@ def _release_columns(config: ProjectConfig, cand: pl.DataFrame) -> list[str]:
     return seen
 
 
-def _replace(v: Verdict, **changes: Any) -> Verdict:
-    from dataclasses import replace
-
-    return replace(v, **changes)
-
-
 def _isin_sorted(needles: np.ndarray, hay: np.ndarray) -> np.ndarray:
     idx = np.searchsorted(hay, needles)
     np.minimum(idx, hay.size - 1, out=idx)
-    return hay[idx] == needles
+    found: np.ndarray = hay[idx] == needles
+    return found
 
 
 def verdict_digest(verdicts: list[Verdict], destination: str) -> str:
@@ -358,7 +446,7 @@ def _members(
 
 
 # ---------------------------------------------------------------------------------------
-# Record-level exports (PRIVACY.md rule 10)
+# Record-level exports (docs/privacy-insights.md §2)
 
 RECORD_EXPORT_RULE = "record-export"
 RECORD_EXPORT_RATIONALE = (
@@ -373,7 +461,7 @@ RECORD_EXPORT_SOURCE = (
     "Machanavajjhala et al. 2007 (l-diversity); Li et al. 2007 (t-closeness); "
     "ARX risk models (arx.deidentifier.org)"
 )
-_HIERARCHY_TYPES = {
+_HIERARCHY_TYPES: dict[str, tuple[str, Callable[[pl.DataType], bool]]] = {
     "age": ("an integer column", lambda t: t.is_integer()),
     "zip": ("a text column", lambda t: t == pl.String),
     "date": ("a date or datetime column", lambda t: t == pl.Date or isinstance(t, pl.Datetime)),
@@ -382,11 +470,11 @@ _HIERARCHY_TYPES = {
 
 
 def _with_exported_sensitive(
-    phi: Any, config: ProjectConfig, record_exports: Mapping[str, RecordLevel]
-) -> Any:
+    phi: PhiFinding, config: ProjectConfig, record_exports: Mapping[str, RecordLevel]
+) -> PhiFinding:
     """A record-level export that carries a declared sensitive column discloses it: the
     build is then PHI-derived (authorization rules apply), whatever the segment reads."""
-    exported = set()
+    exported: set[str] = set()
     for settings in record_exports.values():
         sensitive = settings.anonymity.sensitive
         if sensitive is not None and sensitive in config.columns.sensitive:
@@ -411,6 +499,41 @@ def _record_export(
     dest: Destination,
 ) -> _RecordExport:
     """Anonymize the released people's attributes for one record-level file export."""
+    _check_record_columns(cand, settings, dest)
+    model = settings.anonymity
+    columns = [*settings.attributes, *([model.sensitive] if model.sensitive else [])]
+    records = cand.select("member_key", *columns).filter(pl.Series(kept_mask))
+    if records.get_column("member_key").n_unique() != records.height:
+        # one person, several CRM records: count them once (else classes look bigger than
+        # they are), keeping the row the hashed releases keep
+        records = records.unique("member_key", keep="first", maintain_order=True)
+    summary: dict[str, Any] = {
+        "destination": dest.name,
+        "attributes": dict(settings.attributes),
+        "model": model.model_dump(),
+        "identifiers": "none",
+        "rows_in": records.height,
+    }
+    qis = {column: HIERARCHIES[name]() for column, name in settings.attributes.items()}
+    try:
+        result = anonymize(
+            records,
+            qis,
+            k=model.k,
+            l=model.l,
+            t=model.t,
+            sensitive=model.sensitive,
+            suppression_limit=model.suppression_limit,
+            keep=["member_key"],
+        )
+    except PolicyBlocked as exc:
+        return _refused_export(exc, settings, dest, records.height, summary)
+    return _released_export(result, settings, dest, summary)
+
+
+def _check_record_columns(cand: pl.DataFrame, settings: RecordLevel, dest: Destination) -> None:
+    """Each attribute is a contacts column that fits its hierarchy; the sensitive column
+    holds single values."""
     model = settings.anonymity
     for column, name in settings.attributes.items():
         wanted, fits = _HIERARCHY_TYPES[name]
@@ -434,62 +557,64 @@ def _record_export(
             "name one column of single values (lists such as diagnosis codes can't be "
             "l-diverse per value)",
         )
-    columns = [*settings.attributes, *([model.sensitive] if model.sensitive else [])]
-    records = cand.select("member_key", *columns).filter(pl.Series(kept_mask))
-    if records.get_column("member_key").n_unique() != records.height:
-        # one person, several CRM records: count them once (else classes look bigger than
-        # they are), keeping the row the hashed releases keep
-        records = records.unique("member_key", keep="first", maintain_order=True)
-    text = (
+
+
+def _model_text(settings: RecordLevel) -> str:
+    """The anonymity model in short: ``k=10, l=2, t=0.2``."""
+    model = settings.anonymity
+    return (
         f"k={model.k}"
         + (f", l={model.l}" if model.l else "")
         + (f", t={model.t:g}" if model.t else "")
     )
-    summary: dict[str, Any] = {
-        "destination": dest.name,
-        "attributes": dict(settings.attributes),
-        "model": model.model_dump(),
-        "identifiers": "none",
-        "rows_in": records.height,
-    }
-    qis = {column: HIERARCHIES[name]() for column, name in settings.attributes.items()}
-    try:
-        result = anonymize(
-            records,
-            qis,
-            k=model.k,
-            l=model.l,
-            t=model.t,
-            sensitive=model.sensitive,
-            suppression_limit=model.suppression_limit,
-            keep=["member_key"],
-        )
-    except PolicyBlocked as exc:
-        verdict = Verdict(
-            id=RECORD_EXPORT_RULE,
-            kind="k_anonymity",
-            severity="block",
-            passed=False,
-            evidence={"rows_in": records.height, "k": model.k},
-            rationale=RECORD_EXPORT_RATIONALE,
-            source=RECORD_EXPORT_SOURCE,
-            destination=dest.name,
-            detail=exc.what,
-            public_detail=(
-                f"no generalization of {', '.join(qis)} reaches {text} within the "
-                f"suppression limit of {model.suppression_limit:.0%} — {exc.fix} "
-                "(what was tried is in the compliance report)"
-            ),
-        )
-        summary.update(status="refused", detail=exc.what)
-        return _RecordExport(verdict, None, np.zeros(0, dtype=np.uint64), summary)
+
+
+def _refused_export(
+    exc: PolicyBlocked,
+    settings: RecordLevel,
+    dest: Destination,
+    rows_in: int,
+    summary: dict[str, Any],
+) -> _RecordExport:
+    """The failed ``record-export`` verdict: no generalization meets the model."""
+    model = settings.anonymity
+    verdict = Verdict(
+        id=RECORD_EXPORT_RULE,
+        kind="k_anonymity",
+        severity="block",
+        passed=False,
+        evidence={"rows_in": rows_in, "k": model.k},
+        rationale=RECORD_EXPORT_RATIONALE,
+        source=RECORD_EXPORT_SOURCE,
+        destination=dest.name,
+        detail=exc.what,
+        public_detail=(
+            f"no generalization of {', '.join(settings.attributes)} reaches "
+            f"{_model_text(settings)} within the suppression limit of "
+            f"{model.suppression_limit:.0%} — {exc.fix} "
+            "(what was tried is in the compliance report)"
+        ),
+    )
+    summary.update(status="refused", detail=exc.what)
+    return _RecordExport(verdict, None, np.zeros(0, dtype=np.uint64), summary)
+
+
+def _released_export(
+    result: AnonymizationResult,
+    settings: RecordLevel,
+    dest: Destination,
+    summary: dict[str, Any],
+) -> _RecordExport:
+    """The passed ``record-export`` verdict, with the generalized rows it releases."""
+    model = settings.anonymity
+    qis = list(settings.attributes)
     m, risk = result.metrics, result.risk
     members = result.frame.select(
         "member_key", *qis, *([model.sensitive] if model.sensitive else [])
     )
     levels = ", ".join(f"{q}={label}" for q, label in result.levels.items())
     detail = (
-        f"{text} met at {levels}: {m.rows_out} of {m.rows_in} rows released, "
+        f"{_model_text(settings)} met at {levels}: {m.rows_out} of {m.rows_in} rows released, "
         f"{m.suppressed} suppressed ({m.suppressed_fraction:.1%}); information loss "
         f"{m.information_loss:.3f}, discernibility {m.discernibility}, {m.classes} classes, "
         f"average class size {m.average_class_size:.2f}×k; re-identification risk: "
@@ -595,9 +720,9 @@ def record(
 def approval_block_report(
     *,
     build_id: str,
-    segment: Any,
+    segment: Segment,
     config: ProjectConfig,
-    pack: Any,
+    pack: Pack,
     as_of: dt.date,
     actor: str,
     reason: str,
@@ -640,11 +765,11 @@ def approval_block_report(
 
 def _report_head(
     build_id: str,
-    segment: Any,
-    pack: Any,
+    segment: Segment,
+    pack: Pack,
     as_of: dt.date,
     actor: str,
-    phi: Any,
+    phi: PhiFinding,
     reasons: list[str],
 ) -> dict[str, Any]:
     canonical = segment.canonical() if hasattr(segment, "canonical") else "{}"
@@ -682,7 +807,7 @@ def _sign_off(statement: str) -> dict[str, Any]:
 
 def _report(
     inp: GateInput,
-    phi: Any,
+    phi: PhiFinding,
     verdicts: list[Verdict],
     blocked: bool,
     reasons: list[str],
@@ -718,5 +843,5 @@ def _report(
 __all__ = ["GateInput", "GateOutcome", "destination_of", "evaluate", "record", "verdict_digest"]
 
 
-def _write_keys(tmp: Path, *, keys: Any) -> None:
+def _write_keys(tmp: Path, *, keys: np.ndarray) -> None:
     difference.write_membership(tmp, keys)

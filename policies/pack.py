@@ -211,77 +211,8 @@ def _validate_params(kind: str, params: dict[str, Any], rule_id: str, where: str
 
 
 def _resolve(pack_file: PackFile, where: str, chain: tuple[str, ...]) -> Pack:
-    base: Pack | None = None
-    if pack_file.extends is not None:
-        names = builtin_names()
-        if pack_file.extends not in names:
-            raise ConfigError(
-                f"extends unknown pack {pack_file.extends!r}",
-                f"extend a built-in pack: {', '.join(names)}",
-                where=where,
-            )
-        if pack_file.extends in chain:
-            raise ConfigError(
-                f"packs extend each other in a loop ({' -> '.join(chain)})",
-                "break the loop",
-                where=where,
-            )
-        base = _resolve(
-            _read(_builtin_text(pack_file.extends), f"builtin:{pack_file.extends}"),
-            f"builtin:{pack_file.extends}",
-            (*chain, pack_file.extends),
-        )
-    merged: dict[str, dict[str, Any]] = {}
-    order: list[str] = []
-    if base is not None:
-        for r in base.rules:
-            merged[r.id] = {**r.to_dict(), "params": r.params.model_dump(mode="python")}
-            order.append(r.id)
-    seen: set[str] = set()
-    for entry in pack_file.rules:
-        if entry.id in seen:
-            raise ConfigError(
-                f"rule {entry.id!r} appears twice", "merge the two entries", where=where
-            )
-        seen.add(entry.id)
-        if entry.rule is not None and entry.rule not in RULE_KINDS:
-            raise ConfigError(
-                f"rule {entry.id!r} has unknown rule kind {entry.rule!r}",
-                f"use one of: {', '.join(RULE_KINDS)}",
-                where=where,
-            )
-        if entry.id in merged:
-            current = merged[entry.id]
-            if entry.rule is not None and entry.rule != current["rule"]:
-                raise ConfigError(
-                    f"rule {entry.id!r} is a {current['rule']} rule in the base pack and can't "
-                    f"become {entry.rule}",
-                    "give the new rule its own id",
-                    where=where,
-                )
-            current["params"] = {**current["params"], **entry.params}
-            for key in ("severity", "rationale", "source"):
-                value = getattr(entry, key)
-                if value is not None:
-                    current[key] = value
-            continue
-        missing = [k for k in ("rule", "rationale", "source") if getattr(entry, k) in (None, "")]
-        if missing:
-            raise ConfigError(
-                f"new rule {entry.id!r} is missing {', '.join(missing)}",
-                "a new rule needs its kind (`rule`), a rationale and a source; to change a base "
-                "rule, use its id",
-                where=where,
-            )
-        merged[entry.id] = {
-            "id": entry.id,
-            "rule": entry.rule,
-            "severity": entry.severity or "block",
-            "params": dict(entry.params),
-            "rationale": entry.rationale,
-            "source": entry.source,
-        }
-        order.append(entry.id)
+    base = _base_pack(pack_file, where, chain)
+    merged, order = _merge_rules(base, pack_file.rules, where)
     rules = tuple(
         Rule(
             id=rid,
@@ -294,15 +225,6 @@ def _resolve(pack_file: PackFile, where: str, chain: tuple[str, ...]) -> Pack:
         for rid in order
     )
     extends = () if base is None else (base.name, *base.extends)
-    require_approval = pack_file.require_approval
-    if require_approval is None:
-        require_approval = base.require_approval if base is not None else False
-    elif base is not None and base.require_approval and not require_approval:
-        raise ConfigError(
-            f"pack {pack_file.name!r} turns off require_approval, which {base.name!r} requires",
-            "a project pack may tighten a built-in pack, not loosen this; remove the line",
-            where=where,
-        )
     budget = pack_file.budget or (base.budget if base is not None else None)
     return Pack(
         name=pack_file.name,
@@ -311,9 +233,116 @@ def _resolve(pack_file: PackFile, where: str, chain: tuple[str, ...]) -> Pack:
         extends=extends,
         rules=rules,
         origin=where,
-        require_approval=require_approval,
+        require_approval=_require_approval(pack_file, base, where),
         budget=budget or BudgetSettings(epsilon_per_period=10.0),
     )
+
+
+def _base_pack(pack_file: PackFile, where: str, chain: tuple[str, ...]) -> Pack | None:
+    """The resolved built-in pack ``pack_file`` extends, if any."""
+    if pack_file.extends is None:
+        return None
+    names = builtin_names()
+    if pack_file.extends not in names:
+        raise ConfigError(
+            f"extends unknown pack {pack_file.extends!r}",
+            f"extend a built-in pack: {', '.join(names)}",
+            where=where,
+        )
+    if pack_file.extends in chain:
+        raise ConfigError(
+            f"packs extend each other in a loop ({' -> '.join(chain)})",
+            "break the loop",
+            where=where,
+        )
+    return _resolve(
+        _read(_builtin_text(pack_file.extends), f"builtin:{pack_file.extends}"),
+        f"builtin:{pack_file.extends}",
+        (*chain, pack_file.extends),
+    )
+
+
+def _merge_rules(
+    base: Pack | None, entries: list[RuleEntry], where: str
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The base pack's rules with ``entries`` applied (rule id -> raw rule), in order:
+    base rules first, then new rules in file order."""
+    merged: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    if base is not None:
+        for r in base.rules:
+            merged[r.id] = {**r.to_dict(), "params": r.params.model_dump(mode="python")}
+            order.append(r.id)
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.id in seen:
+            raise ConfigError(
+                f"rule {entry.id!r} appears twice", "merge the two entries", where=where
+            )
+        seen.add(entry.id)
+        if entry.rule is not None and entry.rule not in RULE_KINDS:
+            raise ConfigError(
+                f"rule {entry.id!r} has unknown rule kind {entry.rule!r}",
+                f"use one of: {', '.join(RULE_KINDS)}",
+                where=where,
+            )
+        if entry.id in merged:
+            _override_rule(merged[entry.id], entry, where)
+            continue
+        merged[entry.id] = _new_rule(entry, where)
+        order.append(entry.id)
+    return merged, order
+
+
+def _override_rule(current: dict[str, Any], entry: RuleEntry, where: str) -> None:
+    """Apply an entry to the base rule of its id: params merge key by key; severity,
+    rationale and source replace the base's. The kind can't change."""
+    if entry.rule is not None and entry.rule != current["rule"]:
+        raise ConfigError(
+            f"rule {entry.id!r} is a {current['rule']} rule in the base pack and can't "
+            f"become {entry.rule}",
+            "give the new rule its own id",
+            where=where,
+        )
+    current["params"] = {**current["params"], **entry.params}
+    for key in ("severity", "rationale", "source"):
+        value = getattr(entry, key)
+        if value is not None:
+            current[key] = value
+
+
+def _new_rule(entry: RuleEntry, where: str) -> dict[str, Any]:
+    """A rule the base pack doesn't have: it must be complete."""
+    missing = [k for k in ("rule", "rationale", "source") if getattr(entry, k) in (None, "")]
+    if missing:
+        raise ConfigError(
+            f"new rule {entry.id!r} is missing {', '.join(missing)}",
+            "a new rule needs its kind (`rule`), a rationale and a source; to change a base "
+            "rule, use its id",
+            where=where,
+        )
+    return {
+        "id": entry.id,
+        "rule": entry.rule,
+        "severity": entry.severity or "block",
+        "params": dict(entry.params),
+        "rationale": entry.rationale,
+        "source": entry.source,
+    }
+
+
+def _require_approval(pack_file: PackFile, base: Pack | None, where: str) -> bool:
+    """The pack's own setting, else the base's; a pack can't turn off its base's."""
+    require_approval = pack_file.require_approval
+    if require_approval is None:
+        return base.require_approval if base is not None else False
+    if base is not None and base.require_approval and not require_approval:
+        raise ConfigError(
+            f"pack {pack_file.name!r} turns off require_approval, which {base.name!r} requires",
+            "a project pack may tighten a built-in pack, not loosen this; remove the line",
+            where=where,
+        )
+    return require_approval
 
 
 def builtin_pack(name: str) -> Pack:

@@ -194,11 +194,11 @@ def require_release(obj: object) -> Release:
 
     Connectors call this before uploading anything.
     """
-    if type(obj) is not Release or not obj.verify():  # type: ignore[union-attr]
+    if type(obj) is not Release or not obj.verify():
         raise InternalError(
             f"refusing a {type(obj).__name__} that is not a sealed Release from the policy gate"
         )
-    return obj  # type: ignore[return-value]
+    return obj
 
 
 __all__ = ["Release", "frame_digest", "require_release"]

@@ -18,8 +18,9 @@ from typing import Literal
 
 import polars as pl
 
+from audiences.core.config import IdentityMapping
 from audiences.core.errors import ConfigError, DataError
-from audiences.crm.identifiers import IdentityMapping, normalized_layout, sha256_hex
+from audiences.crm.identifiers import normalized_layout, sha256_hex
 
 Kind = Literal["email", "phone", "external_id"]
 

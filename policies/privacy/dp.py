@@ -1,7 +1,7 @@
 """Differentially private insights with OpenDP 0.16 (polars integration).
 
 Numbers shown to marketers — sizes, breakdowns, overlaps — go through here
-(PRIVACY.md rule 9). Every figure comes with the noise scale OpenDP used and a 95 %
+(docs/privacy-insights.md §1). Every figure comes with the noise scale OpenDP used and a 95 %
 interval derived from that noise distribution (OpenDP's accuracy helpers), never from
 the exact value.
 

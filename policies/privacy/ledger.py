@@ -1,7 +1,7 @@
 """The differential-privacy budget ledger: what was spent, on which data, and what is left.
 
-Budget semantics (PRIVACY.md rule 9: "never refresh a budget over unchanged data")
-------------------------------------------------------------------------------------
+Budget semantics (docs/privacy-insights.md, "The budget": no refresh over unchanged data)
+-----------------------------------------------------------------------------------------
 
 Every spend is recorded in the ``dp_ledger`` table against the *source digest* it ran on
 (``dataset``) and the budget *period* it fell in (``2026-11``, ``2026-W47``, ...).
