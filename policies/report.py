@@ -38,6 +38,17 @@ def _definition(report: dict[str, Any]) -> str:
     )
 
 
+def _first_per_rule(verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first verdict of each rule id, in order: one rationale line per rule."""
+    seen: set[str] = set()
+    first = []
+    for v in verdicts:
+        if v["id"] not in seen:
+            seen.add(v["id"])
+            first.append(v)
+    return first
+
+
 # ---------------------------------------------------------------------------------------
 # Markdown
 
@@ -48,8 +59,25 @@ def _md(value: Any) -> str:
 
 
 def _markdown(r: dict[str, Any]) -> str:
+    out = _md_header(r)
+    if r["block_reasons"]:
+        out += ["## Block reasons", ""] + [f"- {_md(x)}" for x in r["block_reasons"]] + [""]
+    out += _md_verdicts(r["verdicts"])
+    out += _md_difference_checks(r["difference_checks"])
+    out += _md_releases(r["releases"])
+    if r["suppression_lists"]:
+        out += ["", "## Suppression lists applied", ""]
+        out += [
+            f"- {_md(s['path'])} ({_md(s['kind'])}, column {_md(s['column'])})"
+            for s in r["suppression_lists"]
+        ]
+    out += _md_definition_and_sign_off(r)
+    return "\n".join(out)
+
+
+def _md_header(r: dict[str, Any]) -> list[str]:
     pack, seg = r["pack"], r["segment"]
-    out = [
+    return [
         f"# Compliance report — build {_md(r['build_id'])}",
         "",
         f"> **{_md(r['notice'])}**",
@@ -65,62 +93,65 @@ def _markdown(r: dict[str, Any]) -> str:
         f"{r['figures']['eligible_members']} · without member key: {r['figures']['without_member_key']}",
         "",
     ]
-    if r["block_reasons"]:
-        out += ["## Block reasons", ""] + [f"- {_md(x)}" for x in r["block_reasons"]] + [""]
-    out += [
+
+
+def _md_verdicts(verdicts: list[dict[str, Any]]) -> list[str]:
+    out = [
         "## Rule verdicts",
         "",
         "| rule | kind | destination | severity | result | evidence | detail |",
         "|---|---|---|---|---|---|---|",
     ]
-    for v in r["verdicts"]:
+    for v in verdicts:
         out.append(
             f"| {_md(v['id'])} | {_md(v['kind'])} | {_md(v['destination'] or '—')} | "
             f"{_md(v['severity'])} | **{_md(v['status'].upper())}** | "
             f"{_md(_evidence_text(v['evidence']))} | {_md(v['detail'])} |"
         )
     out += ["", "### Rationale and sources", ""]
-    seen = set()
-    for v in r["verdicts"]:
-        if v["id"] in seen:
-            continue
-        seen.add(v["id"])
+    for v in _first_per_rule(verdicts):
         out.append(f"- **{_md(v['id'])}** — {_md(v['rationale'])} *Source:* {_md(v['source'])}")
-    out += ["", "## Difference checks", ""]
-    if r["difference_checks"]:
-        out += [
-            "| destination | account | earlier release | segment | date | added | removed | exempt removals | result |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for c in r["difference_checks"]:
-            out.append(
-                f"| {_md(c['destination'])} | {_md(c['account'])} | {_md(c['release_id'])} | "
-                f"{_md(c['segment'])} | {_md(c['created_at'][:10])} | {c['only_new']} | "
-                f"{c['only_old']} | {c['exempt_removals']} | {_md(c['result'])} |"
-            )
-    else:
-        out.append("No earlier releases to the same accounts.")
-    out += ["", "## Releases", ""]
-    if r["releases"]:
-        out += [
-            "| destination | kind | account | opaque name | members | release | held changes |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for rel in r["releases"]:
-            held = f"{rel['holds']} (vs {rel['hold_against']})" if rel["hold_against"] else "0"
-            out.append(
-                f"| {_md(rel['destination'])} | {_md(rel['kind'])} | {_md(rel['account'])} | "
-                f"`{_md(rel['opaque_name'])}` | {rel['members']} | {_md(rel['release_id'])} | {held} |"
-            )
-    else:
-        out.append("Nothing was released.")
-    if r["suppression_lists"]:
-        out += ["", "## Suppression lists applied", ""]
-        out += [
-            f"- {_md(s['path'])} ({_md(s['kind'])}, column {_md(s['column'])})"
-            for s in r["suppression_lists"]
-        ]
-    out += [
+    return out
+
+
+def _md_difference_checks(checks: list[dict[str, Any]]) -> list[str]:
+    head = ["", "## Difference checks", ""]
+    if not checks:
+        return [*head, "No earlier releases to the same accounts."]
+    out = [
+        *head,
+        "| destination | account | earlier release | segment | date | added | removed | exempt removals | result |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in checks:
+        out.append(
+            f"| {_md(c['destination'])} | {_md(c['account'])} | {_md(c['release_id'])} | "
+            f"{_md(c['segment'])} | {_md(c['created_at'][:10])} | {c['only_new']} | "
+            f"{c['only_old']} | {c['exempt_removals']} | {_md(c['result'])} |"
+        )
+    return out
+
+
+def _md_releases(releases: list[dict[str, Any]]) -> list[str]:
+    head = ["", "## Releases", ""]
+    if not releases:
+        return [*head, "Nothing was released."]
+    out = [
+        *head,
+        "| destination | kind | account | opaque name | members | release | held changes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rel in releases:
+        held = f"{rel['holds']} (vs {rel['hold_against']})" if rel["hold_against"] else "0"
+        out.append(
+            f"| {_md(rel['destination'])} | {_md(rel['kind'])} | {_md(rel['account'])} | "
+            f"`{_md(rel['opaque_name'])}` | {rel['members']} | {_md(rel['release_id'])} | {held} |"
+        )
+    return out
+
+
+def _md_definition_and_sign_off(r: dict[str, Any]) -> list[str]:
+    return [
         "",
         "## Segment definition",
         "",
@@ -138,7 +169,6 @@ def _markdown(r: dict[str, Any]) -> str:
         "- Signature: ____________________",
         "",
     ]
-    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -186,9 +216,32 @@ def _table(head: list[str], rows: list[str]) -> str:
 
 
 def _html(r: dict[str, Any]) -> str:
+    parts = _html_head_and_summary(r)
+    if r["block_reasons"]:
+        parts.append("<h2>Why the build was blocked</h2><ul>")
+        parts += [f"<li>{_e(x)}</li>" for x in r["block_reasons"]]
+        parts.append("</ul>")
+    parts += _html_verdicts(r["verdicts"])
+    parts += _html_difference_checks(r["difference_checks"])
+    parts += _html_releases(r["releases"])
+    if r["suppression_lists"]:
+        parts.append("<h2>Suppression lists applied</h2><ul>")
+        parts += [
+            f"<li><code>{_e(s['path'])}</code> ({_e(s['kind'])}, column {_e(s['column'])})</li>"
+            for s in r["suppression_lists"]
+        ]
+        parts.append("</ul>")
+    parts.append("<h2>Segment definition (canonical)</h2>")
+    parts.append(f"<pre>{_e(_definition(r))}</pre>")
+    parts.append(_html_sign_off(r))
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _html_head_and_summary(r: dict[str, Any]) -> list[str]:
     pack, seg, fig = r["pack"], r["segment"], r["figures"]
     status = r["status"]
-    parts = [
+    return [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -214,134 +267,117 @@ def _html(r: dict[str, Any]) -> str:
         f"{_e(fig['without_member_key'])} without a member key (excluded)</dd>",
         "</dl>",
     ]
-    if r["block_reasons"]:
-        parts.append("<h2>Why the build was blocked</h2><ul>")
-        parts += [f"<li>{_e(x)}</li>" for x in r["block_reasons"]]
-        parts.append("</ul>")
-    rows = []
-    for v in r["verdicts"]:
-        rows.append(
-            _row(
-                [
-                    _e(v["id"]),
-                    _e(v["kind"]),
-                    _e(v["destination"] or "all"),
-                    _e(v["severity"]),
-                    _e(v["status"].upper()),
-                    "<br>".join(f"{_e(k)}: {_e(n)}" for k, n in v["evidence"].items()),
-                    _e(v["detail"]),
-                ],
-                ["", "", "", "", _e(v["status"]), "num", ""],
-            )
+
+
+def _html_verdicts(verdicts: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        _row(
+            [
+                _e(v["id"]),
+                _e(v["kind"]),
+                _e(v["destination"] or "all"),
+                _e(v["severity"]),
+                _e(v["status"].upper()),
+                "<br>".join(f"{_e(k)}: {_e(n)}" for k, n in v["evidence"].items()),
+                _e(v["detail"]),
+            ],
+            ["", "", "", "", _e(v["status"]), "num", ""],
         )
-    parts.append("<h2>Rule verdicts</h2>")
-    parts.append(
-        _table(["rule", "kind", "destination", "severity", "result", "evidence", "detail"], rows)
-    )
-    parts.append("<h2>Rationale and sources</h2>")
-    seen: set[str] = set()
-    rat = []
-    for v in r["verdicts"]:
-        if v["id"] in seen:
-            continue
-        seen.add(v["id"])
-        rat.append(_row([_e(v["id"]), _e(v["rationale"]), _e(v["source"])]))
-    parts.append(_table(["rule", "rationale", "source"], rat))
-    parts.append("<h2>Difference checks</h2>")
-    if r["difference_checks"]:
-        drows = [
-            _row(
-                [
-                    _e(c["destination"]),
-                    _e(c["account"]),
-                    f"<code>{_e(c['release_id'])}</code>",
-                    _e(c["segment"]),
-                    _e(str(c["created_at"])[:10]),
-                    _e(c["members"]),
-                    _e(c["only_new"]),
-                    _e(c["only_old"]),
-                    _e(c["exempt_removals"]),
-                    _e(c["result"]),
-                ],
-                ["", "", "", "", "", "num", "num", "num", "num", _e(c["result"])],
-            )
-            for c in r["difference_checks"]
+        for v in verdicts
+    ]
+    rationale = [
+        _row([_e(v["id"]), _e(v["rationale"]), _e(v["source"])]) for v in _first_per_rule(verdicts)
+    ]
+    return [
+        "<h2>Rule verdicts</h2>",
+        _table(["rule", "kind", "destination", "severity", "result", "evidence", "detail"], rows),
+        "<h2>Rationale and sources</h2>",
+        _table(["rule", "rationale", "source"], rationale),
+    ]
+
+
+def _html_difference_checks(checks: list[dict[str, Any]]) -> list[str]:
+    if not checks:
+        return [
+            "<h2>Difference checks</h2>",
+            "<p>No earlier releases to the same accounts: nothing to compare.</p>",
         ]
-        parts.append(
-            _table(
-                [
-                    "destination",
-                    "account",
-                    "earlier release",
-                    "segment",
-                    "date",
-                    "its members",
-                    "added",
-                    "removed",
-                    "exempt removals",
-                    "result",
-                ],
-                drows,
-            )
+    rows = [
+        _row(
+            [
+                _e(c["destination"]),
+                _e(c["account"]),
+                f"<code>{_e(c['release_id'])}</code>",
+                _e(c["segment"]),
+                _e(str(c["created_at"])[:10]),
+                _e(c["members"]),
+                _e(c["only_new"]),
+                _e(c["only_old"]),
+                _e(c["exempt_removals"]),
+                _e(c["result"]),
+            ],
+            ["", "", "", "", "", "num", "num", "num", "num", _e(c["result"])],
         )
-    else:
-        parts.append("<p>No earlier releases to the same accounts: nothing to compare.</p>")
-    parts.append("<h2>What was released where</h2>")
-    if r["releases"]:
-        rrows = [
-            _row(
-                [
-                    _e(rel["destination"]),
-                    _e(rel["kind"]),
-                    _e(rel["account"]),
-                    f"<code>{_e(rel['opaque_name'])}</code>",
-                    _e(rel["members"]),
-                    f"<code>{_e(rel['release_id'])}</code>",
-                    _e(f"{rel['holds']} vs {rel['hold_against']}" if rel["hold_against"] else "0"),
-                    f"<code>{_e(rel['verdict_digest'])}</code>",
-                ],
-                ["", "", "", "", "num", "", "", ""],
-            )
-            for rel in r["releases"]
-        ]
-        parts.append(
-            _table(
-                [
-                    "destination",
-                    "kind",
-                    "account",
-                    "name sent",
-                    "members",
-                    "release",
-                    "held changes",
-                    "verdict digest",
-                ],
-                rrows,
-            )
+        for c in checks
+    ]
+    head = [
+        "destination",
+        "account",
+        "earlier release",
+        "segment",
+        "date",
+        "its members",
+        "added",
+        "removed",
+        "exempt removals",
+        "result",
+    ]
+    return ["<h2>Difference checks</h2>", _table(head, rows)]
+
+
+def _html_releases(releases: list[dict[str, Any]]) -> list[str]:
+    if not releases:
+        return ["<h2>What was released where</h2>", "<p>Nothing was released.</p>"]
+    rows = [
+        _row(
+            [
+                _e(rel["destination"]),
+                _e(rel["kind"]),
+                _e(rel["account"]),
+                f"<code>{_e(rel['opaque_name'])}</code>",
+                _e(rel["members"]),
+                f"<code>{_e(rel['release_id'])}</code>",
+                _e(f"{rel['holds']} vs {rel['hold_against']}" if rel["hold_against"] else "0"),
+                f"<code>{_e(rel['verdict_digest'])}</code>",
+            ],
+            ["", "", "", "", "num", "", "", ""],
         )
-    else:
-        parts.append("<p>Nothing was released.</p>")
-    if r["suppression_lists"]:
-        parts.append("<h2>Suppression lists applied</h2><ul>")
-        parts += [
-            f"<li><code>{_e(s['path'])}</code> ({_e(s['kind'])}, column {_e(s['column'])})</li>"
-            for s in r["suppression_lists"]
-        ]
-        parts.append("</ul>")
-    parts.append("<h2>Segment definition (canonical)</h2>")
-    parts.append(f"<pre>{_e(_definition(r))}</pre>")
-    parts.append(
+        for rel in releases
+    ]
+    head = [
+        "destination",
+        "kind",
+        "account",
+        "name sent",
+        "members",
+        "release",
+        "held changes",
+        "verdict digest",
+    ]
+    return ["<h2>What was released where</h2>", _table(head, rows)]
+
+
+def _html_sign_off(r: dict[str, Any]) -> str:
+    return (
         '<h2>Sign-off</h2><div class="sign">'
         f"<p>{_e(r['sign_off']['statement'])}</p>"
         '<p>Reviewer: <span class="line"></span></p>'
         '<p>Role: <span class="line"></span></p>'
         '<p>Date: <span class="line"></span></p>'
         '<p>Signature: <span class="line"></span></p>'
-        f'<p class="small">Build {_e(r["build_id"])} · pack digest {_e(pack["digest"])} · '
-        f"segment digest {_e(seg['digest'])}</p></div>"
+        f'<p class="small">Build {_e(r["build_id"])} · pack digest {_e(r["pack"]["digest"])} · '
+        f"segment digest {_e(r['segment']['digest'])}</p></div>"
     )
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
 
 
 def _phi_names(seg: dict[str, Any]) -> str:

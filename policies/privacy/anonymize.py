@@ -1,4 +1,4 @@
-"""k-anonymous record-level exports, ARX-style (PRIVACY.md rule 10).
+"""k-anonymous record-level exports, ARX-style (docs/privacy-insights.md, section 2).
 
 Model
     Each quasi-identifier (QI) has a *generalization hierarchy*: level 0 is the value
@@ -756,55 +756,118 @@ def anonymize(
     _check_inputs(frame.schema, quasi_identifiers, k, l, t, sensitive, suppression_limit, keep)
     qis = list(quasi_identifiers)
     hierarchies = [quasi_identifiers[q] for q in qis]
-    if population is not None:
-        population = population.collect() if isinstance(population, pl.LazyFrame) else population
-        missing = [q for q in qis if q not in population.columns]
-        if missing:
-            raise DataError(
-                f"population table lacks quasi-identifier columns {missing}",
-                "give the population the same quasi-identifier columns as the data",
-            )
+    population_table = _population_table(population, qis)
 
     lattice = _Lattice(frame, qis, hierarchies, sensitive)
     best, evaluated, closest = _Search(lattice, k, l, t, suppression_limit).run()
     nodes_total = math.prod(h + 1 for h in lattice.heights)
-    model = f"k={k}" + (f", l={l}" if l else "") + (f", t={t:g}" if t else "")
     if best is None:
-        detail = ""
-        if closest is not None:
-            detail = (
-                f"; the closest ({_describe(closest.node, qis, hierarchies)}) suppresses "
-                f"{closest.suppressed} of {frame.height} rows"
-            )
-        raise PolicyBlocked(
-            f"no generalization of {', '.join(qis)} reaches {model} with at most "
-            f"{suppression_limit:.1%} of rows suppressed ({evaluated} of {nodes_total} "
-            f"lattice nodes evaluated{detail})",
-            "raise the suppression limit, lower k/l or raise t, add coarser hierarchy "
-            "levels, or export fewer quasi-identifiers",
-            reasons=[f"no qualifying node for {model}"],
+        raise _no_qualifying_node(
+            lattice, frame.height, k, l, t, suppression_limit, closest, evaluated, nodes_total
         )
 
     node = best.node
-    n = frame.height
-    # Suppress with a window over the node's integer class key (independent of the
-    # search's class tables: the counts must agree).
+    keep_row = _kept_rows(lattice, node, k, l, sensitive)
+    suppressed = frame.height - int(keep_row.sum())
+    if suppressed != best.suppressed:
+        raise InternalError(
+            f"lattice search counted {best.suppressed} suppressed rows, the export {suppressed}"
+        )
+    released = _released_frame(frame, lattice, node, keep_row, sensitive, keep)
+    population_frame = None
+    if population_table is not None:
+        population_frame = population_table.select(
+            h.expr(q, level) for q, h, level in zip(qis, hierarchies, node, strict=True)
+        )
+    return AnonymizationResult(
+        frame=released,
+        levels={q: h.labels[level] for q, h, level in zip(qis, hierarchies, node, strict=True)},
+        node=node,
+        metrics=_metrics(lattice, best, released, k, l, t, suppressed),
+        risk=_risk(released, qis, population_frame),
+        nodes_evaluated=evaluated,
+        nodes_total=nodes_total,
+    )
+
+
+def _population_table(
+    population: pl.DataFrame | pl.LazyFrame | None, qis: list[str]
+) -> pl.DataFrame | None:
+    """The journalist/marketer population, collected; it must have every QI column."""
+    if population is None:
+        return None
+    table = population.collect() if isinstance(population, pl.LazyFrame) else population
+    missing = [q for q in qis if q not in table.columns]
+    if missing:
+        raise DataError(
+            f"population table lacks quasi-identifier columns {missing}",
+            "give the population the same quasi-identifier columns as the data",
+        )
+    return table
+
+
+def _no_qualifying_node(
+    lattice: _Lattice,
+    rows: int,
+    k: int,
+    l: int | None,  # noqa: E741
+    t: float | None,
+    suppression_limit: float,
+    closest: _Evaluation | None,
+    evaluated: int,
+    nodes_total: int,
+) -> PolicyBlocked:
+    """The refusal when no node qualifies, naming the closest node the search saw."""
+    qis, hierarchies = lattice.qis, lattice.hierarchies
+    model = f"k={k}" + (f", l={l}" if l else "") + (f", t={t:g}" if t else "")
+    detail = ""
+    if closest is not None:
+        detail = (
+            f"; the closest ({_describe(closest.node, qis, hierarchies)}) suppresses "
+            f"{closest.suppressed} of {rows} rows"
+        )
+    return PolicyBlocked(
+        f"no generalization of {', '.join(qis)} reaches {model} with at most "
+        f"{suppression_limit:.1%} of rows suppressed ({evaluated} of {nodes_total} "
+        f"lattice nodes evaluated{detail})",
+        "raise the suppression limit, lower k/l or raise t, add coarser hierarchy "
+        "levels, or export fewer quasi-identifiers",
+        reasons=[f"no qualifying node for {model}"],
+    )
+
+
+def _kept_rows(
+    lattice: _Lattice,
+    node: tuple[int, ...],
+    k: int,
+    l: int | None,  # noqa: E741
+    sensitive: str | None,
+) -> pl.Series:
+    """Which rows survive suppression at ``node``: a window over the node's integer class
+    key (independent of the search's class tables: the counts must agree)."""
     keyed = pl.DataFrame(
         {"_key": lattice.keys(node), **({"_s": lattice.values} if sensitive else {})}
     )
     small = pl.len().over("_key") < k
     if l is not None:
         small = small | (pl.col("_s").n_unique().over("_key") < l)
-    keep_row = keyed.select(~small).to_series()
-    suppressed = n - int(keep_row.sum())
-    if suppressed != best.suppressed:
-        raise InternalError(
-            f"lattice search counted {best.suppressed} suppressed rows, the export {suppressed}"
-        )
+    return keyed.select(~small).to_series()
+
+
+def _released_frame(
+    frame: pl.DataFrame,
+    lattice: _Lattice,
+    node: tuple[int, ...],
+    keep_row: pl.Series,
+    sensitive: str | None,
+    keep: list[str],
+) -> pl.DataFrame:
+    """The exported rows: generalized QIs (as Enums), the sensitive and ``keep`` columns."""
+    qis = lattice.qis
     codes = [f"_c{i}" for i in range(len(qis))]
     rows = keep_row.to_numpy()
     kept_codes = [lattice.codes[i][level][rows] for i, level in enumerate(node)]
-    released = (
+    return (
         frame.filter(keep_row)
         .select(
             *[pl.Series(code, c) for code, c in zip(codes, kept_codes, strict=True)],
@@ -821,7 +884,19 @@ def anonymize(
         .drop(codes)
     )
 
-    classes = lattice.classes(node)
+
+def _metrics(
+    lattice: _Lattice,
+    best: _Evaluation,
+    released: pl.DataFrame,
+    k: int,
+    l: int | None,  # noqa: E741
+    t: float | None,
+    suppressed: int,
+) -> AnonymizationMetrics:
+    """The chosen node's loss and class figures, over the released classes."""
+    n = lattice.n
+    classes = lattice.classes(best.node)
     kept = classes.sizes >= k
     if l is not None and classes.distinct is not None:
         kept &= classes.distinct >= l
@@ -829,7 +904,7 @@ def anonymize(
     l_achieved = None
     if classes.distinct is not None:
         l_achieved = int(classes.distinct[kept].min()) if sizes.size else 0
-    metrics = AnonymizationMetrics(
+    return AnonymizationMetrics(
         information_loss=best.loss,
         precision=best.precision,
         discernibility=int((sizes.astype(np.int64) ** 2).sum()) + n * suppressed,
@@ -842,19 +917,4 @@ def anonymize(
         k_achieved=int(sizes.min()) if sizes.size else 0,
         l_achieved=l_achieved,
         t_achieved=best.worst_distance if t is not None else None,
-    )
-    population_frame = None
-    if population is not None:
-        population_frame = population.select(
-            h.expr(q, level) for q, h, level in zip(qis, hierarchies, node, strict=True)
-        )
-    risk = _risk(released, qis, population_frame)
-    return AnonymizationResult(
-        frame=released,
-        levels={q: h.labels[level] for q, h, level in zip(qis, hierarchies, node, strict=True)},
-        node=node,
-        metrics=metrics,
-        risk=risk,
-        nodes_evaluated=evaluated,
-        nodes_total=nodes_total,
     )
