@@ -95,7 +95,24 @@ class AudienceConnector(Connector):
     client: Any = None
 
     def open(self) -> None:
-        """Read credentials (named environment variables) and build the SDK client."""
+        """Read the :meth:`credentials` from the environment and :meth:`connect` with them.
+
+        A connector that names no credentials builds no client.
+        """
+        secrets = {
+            name: secret_from_env(variable, destination=self.name, what=what) if variable else None
+            for name, (variable, what) in self.credentials().items()
+        }
+        if secrets:
+            self.client = self.connect(secrets)
+
+    def credentials(self) -> dict[str, tuple[str | None, str]]:
+        """Secret name → (its environment variable, or None when not configured; what it is)."""
+        return {}
+
+    def connect(self, secrets: dict[str, str | None]) -> Any:
+        """The SDK client, built from the secrets that :meth:`credentials` names."""
+        raise NotImplementedError(f"{type(self).__name__} names credentials but cannot connect")
 
     def close(self) -> None:
         """Release network resources."""

@@ -4,9 +4,9 @@ Two kinds of file export:
 
 * **hashed identifiers** (the default): one row per member with the hashed identifier
   columns of each layout in ``layouts`` — for uploading by hand to an ad platform;
-* **record-level** (``attributes`` + ``anonymity``, PRIVACY.md rule 10): one row per
-  member with *generalized* attribute columns (age band, ZIP3, sex ...) and optionally one
-  sensitive column, k-anonymous (optionally l-diverse / t-close) as the policy gate made
+* **record-level** (``attributes`` + ``anonymity``; docs/privacy-insights.md, section 2):
+  one row per member with *generalized* attribute columns (age band, ZIP3, sex ...) and
+  optionally one sensitive column, k-anonymous (optionally l-diverse / t-close) as the policy gate made
   them with :func:`policies.privacy.anonymize.anonymize`. Such a file carries **no identifier at
   all** — no hashed email, no member key: a hashed email next to attributes re-identifies
   the row for anyone who holds that email, which would undo the k-anonymity. Asking for

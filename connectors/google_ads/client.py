@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from audiences.core.errors import ConfigError
+from audiences.core.errors import ConfigError, ConnectorError
 from connectors.google_ads.errors import (
     CustomerDataTermsNotAccepted,
     GoogleAdsApiError,
@@ -42,6 +42,7 @@ from connectors.google_ads.errors import (
     OfflineJobFailed,
     translate,
 )
+from connectors.retry import RetryPolicy
 
 API_VERSION = "v26"
 SDK_LOGGER = "google.ads.googleads.client"
@@ -94,6 +95,77 @@ class _Batch:
     people: int = 0
     identifiers: int = 0
 
+    def add_person(self, row: int, kind: str, identifiers: list[tuple[str, Any]]) -> None:
+        """One ``create`` or ``remove`` operation holding the person's identifiers."""
+        user_data = getattr(self.request.operations.add(), kind)
+        for which, value in identifiers:
+            identifier = user_data.user_identifiers.add()
+            if which == "address_info":
+                first, last, country, postal = value
+                identifier.address_info.hashed_first_name = first
+                identifier.address_info.hashed_last_name = last
+                identifier.address_info.country_code = country
+                identifier.address_info.postal_code = postal
+            else:
+                setattr(identifier, which, value)
+        self.rows.append(row)
+        self.people += 1
+        self.identifiers += len(identifiers)
+
+
+@dataclass
+class _Upload:
+    """One upload while it runs: its job, what was sent, and who was refused (by row)."""
+
+    user_list: str
+    consent: Consent | None
+    job: str | None = None  # created with the first request
+    sent: int = 0
+    skipped: int = 0
+    requests: int = 0
+    rejected_rows: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    rejected_by_code: Counter[str] = field(default_factory=Counter)
+    local_refusals: set[int] = field(default_factory=set)  # refused before sending
+
+    def refuse(self, row: int, code: str) -> None:
+        self.local_refusals.add(row)
+        self.rejected_rows[code].add(row)
+        self.rejected_by_code[code] += 1
+
+    def result(
+        self,
+        *,
+        operation: Literal["add", "remove"],
+        replaced: bool,
+        status: str,
+        failure_reason: str | None,
+        match_rate_range: str | None,
+        polls: int,
+        retries: int,
+        seconds: float,
+    ) -> JobResult:
+        refused_by_api = {r for rows in self.rejected_rows.values() for r in rows}
+        refused_by_api -= self.local_refusals
+        return JobResult(
+            user_list=self.user_list,
+            job=self.job,
+            operation=operation,
+            replaced=replaced,
+            sent=self.sent,
+            accepted=self.sent - len(refused_by_api),
+            rejected=len(refused_by_api) + len(self.local_refusals),
+            skipped=self.skipped,
+            rejected_by_code=dict(self.rejected_by_code),
+            rejected_rows={code: tuple(sorted(rows)) for code, rows in self.rejected_rows.items()},
+            requests=self.requests,
+            status=status,
+            failure_reason=failure_reason,
+            match_rate_range=match_rate_range,
+            polls=polls,
+            retries=retries,
+            seconds=seconds,
+        )
+
 
 class GoogleAdsCustomerMatchClient:
     """Customer Match for one Google Ads customer, through google-ads (API v26).
@@ -135,9 +207,11 @@ class GoogleAdsCustomerMatchClient:
             "developer_token_env": developer_token_env,
             "access_token_env": access_token_env,
         }
-        self._max_attempts = max_attempts
-        self._backoff = backoff_seconds
-        self._max_backoff = max_backoff_seconds
+        self.retry = RetryPolicy(
+            max_attempts=max_attempts,
+            base_delay_s=backoff_seconds,
+            max_delay_s=max_backoff_seconds,
+        )
         self._poll = poll_seconds
         self._max_poll = max_poll_seconds
         self._poll_timeout = poll_timeout_seconds
@@ -241,37 +315,33 @@ class GoogleAdsCustomerMatchClient:
         from google.ads.googleads.errors import GoogleAdsException
         from google.api_core.exceptions import GoogleAPICallError
 
-        attempt = 1
-        while True:
+        def attempt(number: int) -> Any:
             try:
                 return method(request=request, timeout=self._rpc_timeout)
             except (GoogleAdsException, GoogleAPICallError, grpc.RpcError) as exception:
                 error = translate(exception, action=action, **self._env)
-            if accept is not None and accept(error, attempt):
+            if accept is not None and accept(error, number):
                 return None
-            if not error.transient or attempt >= self._max_attempts:
-                if error.transient:
-                    error = type(error)(
-                        f"{error.what} after {attempt} attempts",
-                        error.fix,
-                        code=str(error.code),
-                        transient=True,
-                        request_id=error.request_id,
-                    )
-                raise error from None
-            delay = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
-            delay *= 0.5 + self._random.random() / 2
+            raise error  # outside the except clause: the SDK's exception is not chained
+
+        def log_retry(error: ConnectorError, attempt: int, delay: float) -> None:
             _log.info(
                 "Google Ads %s: %s; retry %d of %d in %.2fs",
                 action,
                 error.code,
                 attempt,
-                self._max_attempts - 1,
+                self.retry.max_attempts - 1,
                 delay,
             )
             self.retries += 1
-            self._sleep(delay)
-            attempt += 1
+
+        return self.retry.call(
+            attempt,
+            sleep=self._sleep,
+            rng=self._random,
+            on_retry=log_retry,
+            on_give_up=_counted_attempts,
+        )
 
     # ------------------------------------------------------------ user lists
 
@@ -351,73 +421,18 @@ class GoogleAdsCustomerMatchClient:
         started = time.perf_counter()
         retries_before = self.retries
         service = self.service("OfflineUserDataJobService")
-        kind = "remove" if remove else "create"
-
-        rejected_rows: dict[str, set[int]] = defaultdict(set)
-        rejected_by_code: Counter[str] = Counter()
-        local_refusals: set[int] = set()
-        sent = skipped = requests = 0
-        job: str | None = None  # created with the first request
-        batch = self._new_batch()
-        if replace:
-            batch.request.operations.add().remove_all = True
-            batch.rows.append(-1)
-        for row, member in enumerate(members):
-            identifiers = _identifiers(member)
-            if not identifiers:
-                skipped += 1
-                continue
-            if len(identifiers) > MAX_IDENTIFIERS_PER_PERSON:
-                local_refusals.add(row)
-                rejected_rows["TOO_MANY_USER_IDENTIFIERS"].add(row)
-                rejected_by_code["TOO_MANY_USER_IDENTIFIERS"] += 1
-                continue
-            if (
-                batch.people >= batch_size
-                or batch.identifiers + len(identifiers) > MAX_IDENTIFIERS_PER_REQUEST
-            ):
-                job = job or self._create_job(service, user_list, consent)
-                self._send(service, job, batch, rejected_rows, rejected_by_code)
-                requests += 1
-                batch = self._new_batch()
-            user_data = getattr(batch.request.operations.add(), kind)
-            for which, value in identifiers:
-                identifier = user_data.user_identifiers.add()
-                if which == "address_info":
-                    first, last, country, postal = value
-                    identifier.address_info.hashed_first_name = first
-                    identifier.address_info.hashed_last_name = last
-                    identifier.address_info.country_code = country
-                    identifier.address_info.postal_code = postal
-                else:
-                    setattr(identifier, which, value)
-            batch.rows.append(row)
-            batch.people += 1
-            batch.identifiers += len(identifiers)
-            sent += 1
-        if batch.rows:
-            job = job or self._create_job(service, user_list, consent)
-            self._send(service, job, batch, rejected_rows, rejected_by_code)
-            requests += 1
-
-        if job is None:  # nobody to send: no job at all
+        upload = _Upload(user_list, consent)
+        self._send_members(
+            service, upload, members, remove=remove, replace=replace, batch_size=batch_size
+        )
+        if upload.job is None:  # nobody to send: no job at all
             status, failure_reason, match_rate, polls = "SUCCESS", None, None, 0
         else:
-            self._run_job(service, job)
-            status, failure_reason, match_rate, polls = self._wait(job)
-        refused_by_api = {row for rows in rejected_rows.values() for row in rows} - local_refusals
-        result = JobResult(
-            user_list=user_list,
-            job=job,
+            self._run_job(service, upload.job)
+            status, failure_reason, match_rate, polls = self._wait(upload.job)
+        result = upload.result(
             operation="remove" if remove else "add",
             replaced=replace,
-            sent=sent,
-            accepted=sent - len(refused_by_api),
-            rejected=len(refused_by_api) + len(local_refusals),
-            skipped=skipped,
-            rejected_by_code=dict(rejected_by_code),
-            rejected_rows={code: tuple(sorted(rows)) for code, rows in rejected_rows.items()},
-            requests=requests,
             status=status,
             failure_reason=failure_reason,
             match_rate_range=match_rate,
@@ -427,22 +442,63 @@ class GoogleAdsCustomerMatchClient:
         )
         _log.info(
             "Google Ads job %s: %s, %d sent, %d rejected, %d skipped, %d requests, %d polls",
-            job,
+            upload.job,
             status,
             result.sent,
             result.rejected,
             result.skipped,
-            requests,
+            result.requests,
             polls,
         )
         if status != "SUCCESS":
             raise OfflineJobFailed(
-                f"Google Ads offline user data job {job} ended {status}"
+                f"Google Ads offline user data job {upload.job} ended {status}"
                 + (f" ({failure_reason})" if failure_reason else ""),
                 "upload again later; if it fails again, check the list in the Google Ads UI",
                 code=f"offline_user_data_job.{failure_reason or status}",
             )
         return result
+
+    def _send_members(
+        self,
+        service: Any,
+        upload: _Upload,
+        members: Iterable[Member],
+        *,
+        remove: bool,
+        replace: bool,
+        batch_size: int,
+    ) -> None:
+        """Send ``members`` in requests of at most ``batch_size`` people; the job starts with
+        the first request."""
+        kind = "remove" if remove else "create"
+        batch = self._new_batch()
+        if replace:
+            batch.request.operations.add().remove_all = True
+            batch.rows.append(-1)
+        for row, member in enumerate(members):
+            identifiers = _identifiers(member)
+            if not identifiers:
+                upload.skipped += 1
+                continue
+            if len(identifiers) > MAX_IDENTIFIERS_PER_PERSON:
+                upload.refuse(row, "TOO_MANY_USER_IDENTIFIERS")
+                continue
+            if (
+                batch.people >= batch_size
+                or batch.identifiers + len(identifiers) > MAX_IDENTIFIERS_PER_REQUEST
+            ):
+                self._send_batch(service, upload, batch)
+                batch = self._new_batch()
+            batch.add_person(row, kind, identifiers)
+            upload.sent += 1
+        if batch.rows:
+            self._send_batch(service, upload, batch)
+
+    def _send_batch(self, service: Any, upload: _Upload, batch: _Batch) -> None:
+        upload.job = upload.job or self._create_job(service, upload.user_list, upload.consent)
+        self._send(service, upload.job, batch, upload.rejected_rows, upload.rejected_by_code)
+        upload.requests += 1
 
     def _create_job(self, service: Any, user_list: str, consent: Consent | None) -> str:
         from google.ads.googleads.v26.common.types.consent import Consent as ConsentMessage
@@ -574,6 +630,19 @@ class GoogleAdsCustomerMatchClient:
         )
         pager = self._call(self.service("GoogleAdsService").search, request, action)
         return list(pager)
+
+
+def _counted_attempts(error: ConnectorError, attempts: int, why: str) -> ConnectorError:
+    """A transient error given up on, its message saying how many attempts were made."""
+    if not isinstance(error, GoogleAdsApiError):
+        return error
+    return type(error)(
+        f"{error.what} after {attempts} attempts",
+        error.fix,
+        code=str(error.code),
+        transient=True,
+        request_id=error.request_id,
+    )
 
 
 def _read_ca_file(ca_file: str) -> bytes:

@@ -11,7 +11,6 @@ from connectors.base import (
     BatchOutcome,
     Capabilities,
     DestinationConfig,
-    secret_from_env,
 )
 from connectors.google_ads.config import GoogleAdsDestinationConfig
 
@@ -41,19 +40,19 @@ class GoogleAdsConnector(AudienceConnector):
     def account(self) -> str:
         return self.config.customer_id
 
-    def open(self) -> None:
+    def credentials(self) -> dict[str, tuple[str | None, str]]:
+        return {
+            "developer_token": (self.config.developer_token_env, "a developer token"),
+            "access_token": (self.config.access_token_env, "an OAuth access token"),
+        }
+
+    def connect(self, secrets: dict[str, str | None]) -> Any:
         from connectors.google_ads.client import GoogleAdsCustomerMatchClient
 
-        developer_token = secret_from_env(
-            self.config.developer_token_env, destination=self.name, what="a developer token"
-        )
-        access_token = secret_from_env(
-            self.config.access_token_env, destination=self.name, what="an OAuth access token"
-        )
-        self.client = GoogleAdsCustomerMatchClient(
+        return GoogleAdsCustomerMatchClient(
             self.config.customer_id,
-            developer_token,
-            access_token,
+            secrets["developer_token"] or "",
+            secrets["access_token"] or "",
             endpoint=self.config.endpoint,
             login_customer_id=self.config.login_customer_id,
             ca_file=self.resolve(self.config.ca_file) if self.config.ca_file else None,

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from audiences.core.errors import ConfigError, InternalError
+from audiences.core.errors import ConfigError, ConnectorError, InternalError
 from connectors.meta.errors import (
     DEFAULT_TOKEN_ENV_VAR,
     MetaError,
@@ -39,6 +39,7 @@ from connectors.meta.errors import (
     install_log_redaction,
     register_secret,
 )
+from connectors.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -77,31 +78,6 @@ AUDIENCE_FIELDS = (
     "operation_status",
     "delivery_status",
 )
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter for transient errors.
-
-    Attempt ``n`` (1-based) that fails waits ``min(max_delay_s, base_delay_s * 2**(n-1))``
-    scaled by a random factor in ``[1 - jitter, 1]``; after ``max_attempts`` the error is
-    raised.
-    """
-
-    max_attempts: int = 6
-    base_delay_s: float = 2.0
-    max_delay_s: float = 120.0
-    jitter: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if self.base_delay_s < 0 or self.max_delay_s < 0 or not 0 <= self.jitter <= 1:
-            raise ValueError("delays must be >= 0 and jitter within [0, 1]")
-
-    def delay_s(self, failed_attempt: int, rng: random.Random) -> float:
-        delay = min(self.max_delay_s, self.base_delay_s * 2 ** (failed_attempt - 1))
-        return delay * (1 - self.jitter * rng.random())
 
 
 @dataclass(frozen=True)
@@ -530,58 +506,64 @@ class MetaClient:
         operation: str,
     ) -> dict[str, Any]:
         """One Graph request with retries; returns the JSON object or raises a MetaError."""
+        return self.retry.call(
+            lambda _attempt: self._request(method, path, params, operation=operation),
+            sleep=self._sleep,
+            rng=self._rng,
+            on_retry=self._log_retry,
+            on_give_up=self._log_give_up,
+        )
+
+    def _request(
+        self,
+        method: str,
+        path: tuple[str, ...],
+        params: Mapping[str, str],
+        *,
+        operation: str,
+    ) -> dict[str, Any]:
+        """One Graph request; returns the JSON object or raises a MetaError."""
         import requests
         from facebook_business.exceptions import FacebookRequestError
 
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.perf_counter()
-            error: MetaError
-            try:
-                if method == "POST" and "payload" in params:
-                    response = self._post_form(path, params)
-                else:
-                    response = self._api.call(method, path, params=dict(params))
-            except FacebookRequestError as exc:
-                error = error_from_request_error(
-                    exc, operation=operation, token_env_var=self.token_env_var
-                )
-            except requests.RequestException as exc:
-                error = error_from_transport(exc, operation=operation, endpoint=self._graph)
+        started = time.perf_counter()
+        error: MetaError
+        try:
+            if method == "POST" and "payload" in params:
+                response = self._post_form(path, params)
             else:
-                status = response.status()
-                body = response.json()
-                log.debug(
-                    "meta %s /%s: HTTP %s in %.3fs",
-                    method,
-                    "/".join(path),
-                    status,
-                    time.perf_counter() - started,
-                )
-                if 200 <= status < 300 and isinstance(body, dict) and "error" not in body:
-                    return body
-                error = error_from_response(status, response.body(), operation=operation)
-            delay = self.retry.delay_s(attempt, self._rng)
-            if error.retry_after_s is not None:
-                delay = max(delay, error.retry_after_s)
-                if delay > self.retry.max_delay_s:  # Meta asks for a longer pause than we wait
-                    log.warning(
-                        "Meta asks to wait %.0f s, longer than the %.0f s retry limit: %s",
-                        delay,
-                        self.retry.max_delay_s,
-                        error.message,
-                    )
-                    raise error from None
-            if not error.transient or attempt >= self.retry.max_attempts:
-                if error.transient:
-                    log.warning("giving up after %d attempts: %s", attempt, error.message)
-                raise error from None
-            log.warning(
-                "attempt %d of %d failed, retrying in %.2fs: %s",
-                attempt,
-                self.retry.max_attempts,
-                delay,
-                error.message,
+                response = self._api.call(method, path, params=dict(params))
+        except FacebookRequestError as exc:
+            error = error_from_request_error(
+                exc, operation=operation, token_env_var=self.token_env_var
             )
-            self._sleep(delay)
+        except requests.RequestException as exc:
+            error = error_from_transport(exc, operation=operation, endpoint=self._graph)
+        else:
+            status = response.status()
+            body = response.json()
+            log.debug(
+                "meta %s /%s: HTTP %s in %.3fs",
+                method,
+                "/".join(path),
+                status,
+                time.perf_counter() - started,
+            )
+            if 200 <= status < 300 and isinstance(body, dict) and "error" not in body:
+                return body
+            error = error_from_response(status, response.body(), operation=operation)
+        raise error  # outside the except clauses: the SDK's exception (and URL) is not chained
+
+    def _log_retry(self, error: ConnectorError, attempt: int, delay: float) -> None:
+        log.warning(
+            "attempt %d of %d failed, retrying in %.2fs: %s",
+            attempt,
+            self.retry.max_attempts,
+            delay,
+            error.message,
+        )
+
+    @staticmethod
+    def _log_give_up(error: ConnectorError, attempts: int, why: str) -> ConnectorError:
+        log.warning("giving up on Meta (%s): %s", why, error.message)
+        return error

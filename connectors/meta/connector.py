@@ -11,12 +11,11 @@ from connectors.base import (
     BatchOutcome,
     Capabilities,
     DestinationConfig,
-    secret_from_env,
 )
 from connectors.meta.config import MetaDestinationConfig
 
-# The multi-key schema we upload (PLATFORMS.md); rows are normalized and hashed by
-# audiences.crm.identifiers, never by the SDK's own (unfaithful) normaliser.
+# The multi-key schema we upload (docs/internals.md, "Hashed layouts"); rows are normalized
+# and hashed by audiences.crm.identifiers, never by the SDK's own (unfaithful) normaliser.
 SCHEMA = ["EXTERN_ID", "EMAIL", "PHONE", "FN", "LN", "ZIP", "CT", "ST", "COUNTRY", "DOBY", "GEN"]
 
 
@@ -33,25 +32,21 @@ class MetaConnector(AudienceConnector):
     def account(self) -> str:
         return self.config.ad_account_id
 
-    def open(self) -> None:
+    def credentials(self) -> dict[str, tuple[str | None, str]]:
+        return {
+            "access_token": (self.config.access_token_env, "a Meta access token"),
+            "app_secret": (self.config.app_secret_env, "the app secret"),
+        }
+
+    def connect(self, secrets: dict[str, str | None]) -> Any:
         from connectors.meta.client import MetaClient
 
-        token = secret_from_env(
-            self.config.access_token_env, destination=self.name, what="a Meta access token"
-        )
-        secret = (
-            secret_from_env(
-                self.config.app_secret_env, destination=self.name, what="the app secret"
-            )
-            if self.config.app_secret_env
-            else None
-        )
-        self.client = MetaClient(
-            token,
+        return MetaClient(
+            secrets["access_token"] or "",
             self.config.ad_account_id,
             endpoint=self.config.endpoint,
             api_version=self.config.api_version,
-            app_secret=secret,
+            app_secret=secrets["app_secret"],
             token_env_var=self.config.access_token_env,
         )
 
