@@ -148,19 +148,7 @@ def approve(
     """
     private = load_private_key(private_key_path, passphrase=passphrase)
     kid = key_id(private.public_key())
-    index = trusted_key_index(trusted_keys)
-    if kid not in index:
-        raise ApprovalError(
-            f"key {kid} ({private_key_path}) is not a trusted approver key",
-            "only keys listed under [approvers] keys in audiences.toml may approve; "
-            "a compliance officer adds theirs there (reviewed like any config change)",
-        )
-    owner = index[kid][0]
-    if owner != approver:
-        raise ApprovalError(
-            f"key {kid} belongs to approver {owner!r}, not {approver!r}",
-            f"approve with --by {owner} or with {approver}'s own key",
-        )
+    _check_approver_key(kid, private_key_path, approver, trusted_keys)
     dests = _destinations(destinations)
     stamp = audit.format_at(at)
     payload = approval_payload(
@@ -174,45 +162,8 @@ def approve(
         definition_sha256=_sha256(definition_text),
     )
     signature = base64.b64encode(private.sign(payload)).decode()
-    with audit.write_transaction(conn):
-        cur = conn.execute(
-            "INSERT INTO approvals(segment, segment_digest, policy_digest, destinations, "
-            "approver, key_id, signature, payload, note, definition, at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                segment_name,
-                segment_digest,
-                policy_digest,
-                audit.canonical_json(dests),
-                approver,
-                kid,
-                signature,
-                payload.decode(),
-                note,
-                definition_text,
-                stamp,
-            ),
-        )
-        approval_id = int(cur.lastrowid or 0)
-        audit.append(
-            conn,
-            kind=APPROVAL_KIND,
-            subject=segment_name,
-            details={
-                "approval_id": approval_id,
-                "segment_digest": segment_digest,
-                "policy_digest": policy_digest,
-                "destinations": dests,
-                "key_id": kid,
-                "signature": signature,
-            },
-            actor=approver,
-            at=at,
-        )
-        if checkpoint:
-            audit.checkpoint(conn, private, kid, actor=approver, at=at)
-    return Approval(
-        approval_id,
+    unsaved = Approval(
+        0,  # the row id, known once inserted
         segment_name,
         segment_digest,
         policy_digest,
@@ -225,6 +176,73 @@ def approve(
         definition_text,
         stamp,
     )
+    with audit.write_transaction(conn):
+        approval = _record_approval(conn, unsaved, at)
+        if checkpoint:
+            audit.checkpoint(conn, private, kid, actor=approver, at=at)
+    return approval
+
+
+def _check_approver_key(
+    kid: str,
+    private_key_path: Path | str,
+    approver: str,
+    trusted_keys: Mapping[str, str | bytes | Ed25519PublicKey],
+) -> None:
+    """Refuse a key that is not listed in ``[approvers] keys`` or is listed for someone else."""
+    index = trusted_key_index(trusted_keys)
+    if kid not in index:
+        raise ApprovalError(
+            f"key {kid} ({private_key_path}) is not a trusted approver key",
+            "only keys listed under [approvers] keys in audiences.toml may approve; "
+            "a compliance officer adds theirs there (reviewed like any config change)",
+        )
+    owner = index[kid][0]
+    if owner != approver:
+        raise ApprovalError(
+            f"key {kid} belongs to approver {owner!r}, not {approver!r}",
+            f"approve with --by {owner} or with {approver}'s own key",
+        )
+
+
+def _record_approval(conn: sqlite3.Connection, unsaved: Approval, at: datetime | None) -> Approval:
+    """Insert the signed approval and append its audit entry; return it with its row id."""
+    dests = list(unsaved.destinations)
+    cur = conn.execute(
+        "INSERT INTO approvals(segment, segment_digest, policy_digest, destinations, "
+        "approver, key_id, signature, payload, note, definition, at) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            unsaved.segment,
+            unsaved.segment_digest,
+            unsaved.policy_digest,
+            audit.canonical_json(dests),
+            unsaved.approver,
+            unsaved.key_id,
+            unsaved.signature,
+            unsaved.payload,
+            unsaved.note,
+            unsaved.definition,
+            unsaved.at,
+        ),
+    )
+    approval_id = int(cur.lastrowid or 0)
+    audit.append(
+        conn,
+        kind=APPROVAL_KIND,
+        subject=unsaved.segment,
+        details={
+            "approval_id": approval_id,
+            "segment_digest": unsaved.segment_digest,
+            "policy_digest": unsaved.policy_digest,
+            "destinations": dests,
+            "key_id": unsaved.key_id,
+            "signature": unsaved.signature,
+        },
+        actor=unsaved.approver,
+        at=at,
+    )
+    return dataclasses.replace(unsaved, id=approval_id)
 
 
 _COLUMNS = (

@@ -471,11 +471,43 @@ def _verify(
     expected: dict[int, list[_Expectation]] = {}
     for claim in claims:
         expected.setdefault(claim.seq, []).append(claim)
-    checkpoint_rows = len(stored)
+    walk = _walk_chain(conn, expected, stored)
+    n = walk.entries
+    head = (n, walk.prev)
+    failure = walk.failure or _cut_short(n, expected)
+    if failure is not None:
+        seq, reason = failure
+        return VerifyResult(False, n, seq, reason, head, problems=[*problems, reason])
+    if walk.checkpoints != len(stored):
+        problems.append(
+            f"audit_checkpoints holds {len(stored)} checkpoints but the chain records "
+            f"{walk.checkpoints}"
+        )
+    verified = len([c for c in claims if c.source != "external anchor"])
+    if problems:
+        return VerifyResult(False, n, None, problems[0], head, verified, len(anchors), problems)
+    return VerifyResult(True, n, None, None, head, verified, len(anchors))
 
-    def bad(seq: int, reason: str, good: int, head_: tuple[int, str]) -> VerifyResult:
-        return VerifyResult(False, good, seq, reason, head_, problems=[*problems, reason])
 
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """How far the chain verified: ``entries`` good entries, the last one hashing to
+    ``prev``, ``checkpoints`` of them checkpoint entries; ``failure`` is the first bad
+    entry's ``(seq, reason)``, None if every entry was good."""
+
+    entries: int
+    prev: str
+    checkpoints: int
+    failure: tuple[int, str] | None = None
+
+
+def _walk_chain(
+    conn: sqlite3.Connection,
+    expected: dict[int, list[_Expectation]],
+    stored: set[tuple[int, str, str, str, str]],
+) -> _Walk:
+    """Check each entry's seq, link, hash, the claims on it (popped from ``expected``) and,
+    for a checkpoint entry, its stored checkpoint, in seq order; stop at the first bad one."""
     sha256 = hashlib.sha256
     enc = encode_basestring
     record = _RECORD_HEX_PREV
@@ -487,66 +519,52 @@ def _verify(
     )
     n = 0
     prev = GENESIS_HASH
-    checkpoint_entries = 0
+    checkpoints = 0
     row: tuple[Any, ...] = ()
     try:
         for row in cursor:
             seq, at, actor, kind, subject, details, prev_hash, digest = row
             if seq != n + 1:
-                return bad(n + 1, _gap_reason(n + 1, seq), n, (n, prev))
+                return _Walk(n, prev, checkpoints, (n + 1, _gap_reason(n + 1, seq)))
             if prev_hash != prev:
-                return bad(*_link_failure(row, n, prev), n, (n, prev))
+                return _Walk(n, prev, checkpoints, _link_failure(row, n, prev))
             text = record % (enc(actor), enc(at), details, enc(kind), prev, seq, enc(subject))
             if sha256(text.encode()).hexdigest() != digest:
-                return bad(
-                    seq,
-                    f"entry {seq} does not match its hash (its contents were edited)",
-                    n,
-                    (n, prev),
-                )
+                reason = f"entry {seq} does not match its hash (its contents were edited)"
+                return _Walk(n, prev, checkpoints, (seq, reason))
             if seq in expected:
                 for claim in expected.pop(seq):
                     if claim.hash != digest:
-                        return bad(
-                            seq,
+                        reason = (
                             f"entry {seq} differs from the {claim.source} "
-                            f"(the chain was rewritten at or before entry {seq})",
-                            n,
-                            (n, prev),
+                            f"(the chain was rewritten at or before entry {seq})"
                         )
+                        return _Walk(n, prev, checkpoints, (seq, reason))
             if kind == CHECKPOINT_KIND:
-                checkpoint_entries += 1
+                checkpoints += 1
                 problem = _check_checkpoint_entry(details, seq, prev_hash, stored, at)
                 if problem:
-                    return bad(seq, problem, n, (n, prev))
+                    return _Walk(n, prev, checkpoints, (seq, problem))
             prev = digest
             n += 1
     except (TypeError, ValueError):
-        seq = n + 1
-        return bad(seq, f"entry {seq} is malformed ({_describe(row)})", n, (n, prev))
+        reason = f"entry {n + 1} is malformed ({_describe(row)})"
+        return _Walk(n, prev, checkpoints, (n + 1, reason))
     finally:
         cursor.close()
-    if expected:
-        missing = min(expected)
-        claim = expected[missing][0]
-        return bad(
-            n + 1,
-            f"the log ends at entry {n} but the {claim.source} covers entry {missing} "
-            "(entries were deleted from the end)",
-            n,
-            (n, prev),
-        )
-    if checkpoint_entries != checkpoint_rows:
-        problems.append(
-            f"audit_checkpoints holds {checkpoint_rows} checkpoints but the chain records "
-            f"{checkpoint_entries}"
-        )
-    verified = len([c for c in claims if c.source != "external anchor"])
-    if problems:
-        return VerifyResult(
-            False, n, None, problems[0], (n, prev), verified, len(anchors), problems
-        )
-    return VerifyResult(True, n, None, None, (n, prev), verified, len(anchors))
+    return _Walk(n, prev, checkpoints)
+
+
+def _cut_short(n: int, expected: dict[int, list[_Expectation]]) -> tuple[int, str] | None:
+    """A claim on an entry past the log's last entry ``n``: entries were cut off the end."""
+    if not expected:
+        return None
+    missing = min(expected)
+    reason = (
+        f"the log ends at entry {n} but the {expected[missing][0].source} covers entry "
+        f"{missing} (entries were deleted from the end)"
+    )
+    return n + 1, reason
 
 
 def _describe(row: tuple[Any, ...]) -> str:

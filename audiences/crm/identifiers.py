@@ -1,10 +1,10 @@
 """Identifier normalization and SHA-256 hashing per ad-platform layout.
 
 Everything here builds polars expressions: no Python runs per row. The rules follow
-the platforms' documentation (see ``PLATFORMS.md``), not the SDKs' helpers, which are
-known to be wrong (the Meta SDK drops accented letters, turns ``United States`` into
-``un``, keeps spaces in ZIPs and hashes empty cells; the google-ads example helper does
-not lowercase).
+the platforms' documentation (summed up below; the layouts' columns are in
+docs/internals.md, "Hashed layouts"), not the SDKs' helpers, which are known to be
+wrong (the Meta SDK drops accented letters, turns ``United States`` into ``un``, keeps
+spaces in ZIPs and hashes empty cells; the google-ads example helper does not lowercase).
 
 Per identifier a row is in exactly one *outcome*: ``empty`` (null, blank, or a
 placeholder like ``N/A``), ``already_hashed`` (64 hex characters in an email, phone or
@@ -41,7 +41,8 @@ from typing import Literal, Protocol
 import polars as pl
 import polars_hash as plh
 
-from audiences.core.config import IdentityMapping
+# re-exported: docs/internals.md documents IdentityMapping as part of this module
+from audiences.core.config import IdentityMapping as IdentityMapping
 from audiences.core.countries import ISO_COUNTRIES
 from audiences.core.errors import ConfigError, DataError, InternalError
 

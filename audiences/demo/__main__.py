@@ -1,4 +1,4 @@
-"""``python -m audiences.demo.run``: the whole job on bundled sample data (``make demo``)."""
+"""``python -m audiences.demo`` (``make demo``): the whole job on bundled sample data."""
 
 from audiences.demo.run import main
 

@@ -19,8 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -77,81 +79,109 @@ def main() -> None:
     as_of = datetime.now(UTC).date().isoformat()
     keys = Path(tempfile.mkdtemp(prefix="audiences-demo-keys-"))  # outside the repo
     try:
-        run(["init", str(project)], project=Path("."))
-        run(
-            [
-                "sample-data",
-                "--rows",
-                str(ROWS),
-                "--seed",
-                "7",
-                "--as-of",
-                as_of,
-                "--format",
-                "parquet",
-            ],
-            project=project,
-        )
-        run(["validate", "--as-of", as_of], project=project)
-        proc = run(
-            ["keygen", "--private", str(keys / "dana.key"), "--name", APPROVER, "--json"],
-            project=project,
-            show=False,
-        )
-        add_approver_key(project, json.loads(proc.stdout)["toml"])
-        console.print(
-            f"(added {APPROVER}'s public key to [approvers] keys; the private key stays in {keys})",
-            highlight=False,
-            markup=False,
-        )
-        for segment in ("cardiology-lapsed", "flu-shot-reminder"):
-            run(
-                [
-                    "approve",
-                    segment,
-                    "--by",
-                    APPROVER,
-                    "--key",
-                    str(keys / "dana.key"),
-                    "--note",
-                    "reviewed for the demo",
-                ],
-                project=project,
-            )
+        _set_up_and_approve(project, as_of, keys)
         with running(project) as boxes:
             point_at_sandboxes(project, boxes.meta_url, boxes.google_endpoint)
-            build = run(
-                ["build", "--all", "--as-of", as_of, "--json"],
-                project=project,
-                expect=(0, 3),
-                show=False,
-            )
-            builds = json.loads(build.stdout)["builds"]
-            run(
-                ["preview", "flu-shot-reminder", "--epsilon", "0.5", "--as-of", as_of],
-                project=project,
-            )
-            run(["plan", "--all", "--as-of", as_of], project=project)
-            sync = run(["sync", "--all", "--as-of", as_of, "--json"], project=project, show=False)
-            synced = json.loads(sync.stdout)
-            run(["status"], project=project)
-            run(["audit", "verify"], project=project)
+            outcome = _build_and_sync(project, as_of)
             audiences = {
                 "meta": {aid: len(boxes.meta.members(aid)) for aid in boxes.meta.audience_ids()},
                 "google_ads": {ul: len(boxes.google.members(ul)) for ul in boxes.google.user_lists},
             }
     finally:
         shutil.rmtree(keys, ignore_errors=True)
+    _print_summary(outcome, audiences)
+    console.print(
+        f"[bold]demo finished in {time.perf_counter() - started:.1f} s[/] (project in ./{project})"
+    )
 
+
+def _set_up_and_approve(project: Path, as_of: str, keys: Path) -> None:
+    """init → sample-data → validate → keygen (the public key into the config) → approve."""
+    run(["init", str(project)], project=Path("."))
+    run(
+        [
+            "sample-data",
+            "--rows",
+            str(ROWS),
+            "--seed",
+            "7",
+            "--as-of",
+            as_of,
+            "--format",
+            "parquet",
+        ],
+        project=project,
+    )
+    run(["validate", "--as-of", as_of], project=project)
+    proc = run(
+        ["keygen", "--private", str(keys / "dana.key"), "--name", APPROVER, "--json"],
+        project=project,
+        show=False,
+    )
+    add_approver_key(project, json.loads(proc.stdout)["toml"])
+    console.print(
+        f"(added {APPROVER}'s public key to [approvers] keys; the private key stays in {keys})",
+        highlight=False,
+        markup=False,
+    )
+    for segment in ("cardiology-lapsed", "flu-shot-reminder"):
+        run(
+            [
+                "approve",
+                segment,
+                "--by",
+                APPROVER,
+                "--key",
+                str(keys / "dana.key"),
+                "--note",
+                "reviewed for the demo",
+            ],
+            project=project,
+        )
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """The ``build --all`` and ``sync --all`` exit codes and JSON summaries."""
+
+    build_exit: int
+    builds: list[dict[str, Any]]
+    sync_exit: int
+    synced: dict[str, Any]
+
+
+def _build_and_sync(project: Path, as_of: str) -> _Outcome:
+    """build → preview → plan → sync → status → audit verify, against the sandboxes."""
+    build = run(
+        ["build", "--all", "--as-of", as_of, "--json"],
+        project=project,
+        expect=(0, 3),
+        show=False,
+    )
+    builds = json.loads(build.stdout)["builds"]
+    run(
+        ["preview", "flu-shot-reminder", "--epsilon", "0.5", "--as-of", as_of],
+        project=project,
+    )
+    run(["plan", "--all", "--as-of", as_of], project=project)
+    sync = run(["sync", "--all", "--as-of", as_of, "--json"], project=project, show=False)
+    synced = json.loads(sync.stdout)
+    run(["status"], project=project)
+    run(["audit", "verify"], project=project)
+    return _Outcome(build.returncode, builds, sync.returncode, synced)
+
+
+def _print_summary(outcome: _Outcome, audiences: dict[str, dict[str, int]]) -> None:
+    """One row per segment (build, DP size, why / report, sync), exit codes, audit head."""
     table = Table(title=f"Demo: {ROWS:,} synthetic contacts", title_justify="left")
     for column in ("segment", "build", "people (DP)", "why / report", "sync"):
         table.add_column(column)
-    for b in builds:
+    for b in outcome.builds:
         status = "[green]released[/]" if b["status"] == "released" else "[red]blocked (exit 3)[/]"
         why = "; ".join(b["reasons"]) if b["reasons"] else b["reports"].get("html", "")
         syncs = [
             f"{r['destination']}: {r['status']}"
-            for r in synced["results"]
+            for r in outcome.synced["results"]
             if r["segment"] == b["segment"]
         ]
         members = b.get("members") or {}
@@ -159,16 +189,13 @@ def main() -> None:
         table.add_row(b["segment"], status, size, escape(why), ", ".join(syncs) or "-")
     console.print(table)
     console.print(
-        f"build exit code {build.returncode} (3 = a segment was blocked by policy); "
-        f"sync exit code {sync.returncode}",
+        f"build exit code {outcome.build_exit} (3 = a segment was blocked by policy); "
+        f"sync exit code {outcome.sync_exit}",
         highlight=False,
     )
     console.print(f"sandbox audiences (people): {audiences}", highlight=False)
-    head = synced.get("audit_head") or {}
+    head = outcome.synced.get("audit_head") or {}
     console.print(f"audit head {head.get('seq')}:{head.get('hash')}", highlight=False)
-    console.print(
-        f"[bold]demo finished in {time.perf_counter() - started:.1f} s[/] (project in ./{project})"
-    )
 
 
 if __name__ == "__main__":

@@ -896,33 +896,8 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
     n = p.n
     dup = np.flatnonzero(p.duplicate)
     src = p.source[dup]
-    idx: dict[str, np.ndarray] = {}
-
-    # contact_id: an affine permutation of the row number over 9 digits (unique, unordered).
-    mult = int(rng.integers(10**8, 9 * 10**8)) | 1
-    if mult % 5 == 0:
-        mult += 2
-    number = (np.arange(n, dtype=np.int64) * mult + int(rng.integers(0, 10**9))) % 10**9
-    contact_id = _identifiers("contact_id", "C", number, 9)
-    del number
-
-    # Names: one spelling variant per row, applied to first and last name alike.
-    variant = _choice(rng, _NAME_VARIANT_SHARES, n).astype(np.int32)
-    variant[dup] = (variant[src] + rng.integers(1, _NAME_VARIANTS, dup.size)) % _NAME_VARIANTS
-    first_table = [v for name in _FIRST for v in _name_variants(name)] + [None]
-    last_table = [v for name in _LAST for v in _name_variants(name)] + [None]
-    idx["first"] = np.where(
-        _missing(rng, n, "first_name"), len(first_table) - 1, p.first * _NAME_VARIANTS + variant
-    )
-    # A hyphenated last name is written in one case, without the padding variant.
-    hyphenated = p.last2 >= 0
-    last_variant = np.where(hyphenated & (variant == 4), 0, variant)
-    suffix_table = [""] + [f"-{v}" for name in _LAST for v in _name_variants(name)]
-    idx["last2"] = np.where(hyphenated, 1 + p.last2 * _NAME_VARIANTS + last_variant, 0)
-    idx["last"] = np.where(
-        _missing(rng, n, "last_name"), len(last_table) - 1, p.last * _NAME_VARIANTS + last_variant
-    )
-
+    contact_id = _contact_ids(rng, n)
+    idx = _name_indices(rng, p, dup, src)
     email = _email_indices(rng, p, dup, src)
     phone = _phone_indices(rng, p, dup, src)
     address = _address_indices(rng, p, dup, src)
@@ -933,8 +908,66 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
     idx["sex"] = np.where(_missing(rng, n, "sex"), 2, p.sex)
     idx["language"] = _languages(rng, p)
     idx["insurance"] = _insurance(rng, p)
+    frame = _drawn_frame(rng, p, contact_id, idx)
+    contacts = _assemble_contacts(frame, email, phone, address, p.lists)
+    person = np.arange(n, dtype=np.int64)
+    person[dup] = src
+    return _one_mailbox_per_person(contacts, person)
 
-    # Dates and consent.
+
+def _contact_ids(rng: np.random.Generator, n: int) -> pl.Series:
+    """An affine permutation of the row number over 9 digits (unique, unordered)."""
+    mult = int(rng.integers(10**8, 9 * 10**8)) | 1
+    if mult % 5 == 0:
+        mult += 2
+    number = (np.arange(n, dtype=np.int64) * mult + int(rng.integers(0, 10**9))) % 10**9
+    return _identifiers("contact_id", "C", number, 9)
+
+
+def _first_names() -> list[str | None]:
+    """Every spelling variant of every first name, then None (missing)."""
+    return [v for name in _FIRST for v in _name_variants(name)] + [None]
+
+
+def _last_names() -> list[str | None]:
+    """Every spelling variant of every last name, then None (missing)."""
+    return [v for name in _LAST for v in _name_variants(name)] + [None]
+
+
+def _last_name_suffixes() -> list[str]:
+    """No suffix, then ``-`` + every spelling variant of every last name (hyphenated)."""
+    return [""] + [f"-{v}" for name in _LAST for v in _name_variants(name)]
+
+
+def _name_indices(
+    rng: np.random.Generator, p: _People, dup: np.ndarray, src: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Indices into the name tables: one spelling variant per row, applied to first and
+    last name alike (a duplicate record spells its person's name another way)."""
+    n = p.n
+    variant = _choice(rng, _NAME_VARIANT_SHARES, n).astype(np.int32)
+    variant[dup] = (variant[src] + rng.integers(1, _NAME_VARIANTS, dup.size)) % _NAME_VARIANTS
+    idx: dict[str, np.ndarray] = {}
+    idx["first"] = np.where(
+        _missing(rng, n, "first_name"), len(_first_names()) - 1, p.first * _NAME_VARIANTS + variant
+    )
+    # A hyphenated last name is written in one case, without the padding variant.
+    hyphenated = p.last2 >= 0
+    last_variant = np.where(hyphenated & (variant == 4), 0, variant)
+    idx["last2"] = np.where(hyphenated, 1 + p.last2 * _NAME_VARIANTS + last_variant, 0)
+    idx["last"] = np.where(
+        _missing(rng, n, "last_name"),
+        len(_last_names()) - 1,
+        p.last * _NAME_VARIANTS + last_variant,
+    )
+    return idx
+
+
+def _drawn_frame(
+    rng: np.random.Generator, p: _People, contact_id: pl.Series, idx: dict[str, np.ndarray]
+) -> pl.DataFrame:
+    """The contact ids, the table indices (moved out of ``idx``), dates and consent flags."""
+    n = p.n
     birth = p.as_of_day - p.age_days
     created_us = (p.as_of_day - p.created_ago).astype(np.int64) * _US_PER_DAY + rng.integers(
         7 * 3600, 21 * 3600, n
@@ -952,7 +985,7 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
     )
     idx["ad_consent"] = _choice(rng, (0.35, 0.20, 0.45), n)
     do_not_contact = rng.random(n, dtype=np.float32) < 0.03
-    frame = pl.DataFrame(
+    return pl.DataFrame(
         {
             "contact_id": contact_id,
             **{k: pl.Series(k, idx.pop(k)).cast(pl.UInt32) for k in list(idx)},
@@ -971,10 +1004,18 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
             "combo": p.condition_key,
         }
     )
-    del idx
+
+
+def _assemble_contacts(
+    frame: pl.DataFrame,
+    email: _Pieces,
+    phone: _Pieces,
+    address: _Pieces,
+    lists: _ConditionLists,
+) -> pl.DataFrame:
+    """The contacts table: each column's strings gathered from its tables by the indices."""
     city_variants = [v for _, city, *_ in _CITIES for v in (city, city.upper(), city.lower())]
     states = [state for state, *_ in _CITIES]
-    lists = p.lists
     exprs = [
         pl.col("contact_id"),
         pl.concat_str(
@@ -987,8 +1028,8 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
             _gather(phone.prefixes, "phone_prefix"),
             pl.lit(pl.Series(_fixed_digits("", 4)).cast(pl.String)).gather(pl.col("phone_line")),
         ),
-        _gather(first_table, "first"),
-        pl.concat_str(_gather(last_table, "last"), _gather(suffix_table, "last2")),
+        _gather(_first_names(), "first"),
+        pl.concat_str(_gather(_last_names(), "last"), _gather(_last_name_suffixes(), "last2")),
         pl.when(pl.col("no_birth_date")).then(None).otherwise(pl.col("birth_date")),
         _gather(("F", "M", None), "sex"),
         pl.concat_str(
@@ -1021,11 +1062,10 @@ def _contacts_frame(rng: np.random.Generator, p: _People) -> pl.DataFrame:
     named = [e.alias(c) for e, c in zip(exprs, CONTACTS_SCHEMA.names(), strict=True)]
     # Assemble the strings a chunk at a time: the pieces of a chunk stay small.
     chunks = [
-        frame.slice(lo, _CHUNK).lazy().select(named).collect() for lo in range(0, max(n, 1), _CHUNK)
+        frame.slice(lo, _CHUNK).lazy().select(named).collect()
+        for lo in range(0, max(frame.height, 1), _CHUNK)
     ]
-    person = np.arange(n, dtype=np.int64)
-    person[dup] = src
-    return _one_mailbox_per_person(pl.concat(chunks, rechunk=False), person)
+    return pl.concat(chunks, rechunk=False)
 
 
 def _one_mailbox_per_person(contacts: pl.DataFrame, person: np.ndarray) -> pl.DataFrame:
@@ -1082,13 +1122,10 @@ def _email_indices(
     A/B come from one word table (ASCII first name, first initial, ASCII last name, empty),
     each in 3 cases. Patterns: first.last, flast, first, lastf.
     """
-    n = p.n
     first_words = [_email_word(x) for x in _FIRST]
     last_words = [_email_word(x) for x in _LAST]
     initials = [w[:1] for w in first_words]
     words = [*first_words, *initials, *last_words, ""]
-    n_first, n_last = len(first_words), len(last_words)
-    off_initial, off_last, empty = n_first, 2 * n_first, 2 * n_first + n_last
     cases = len(_EMAIL_CASE_SHARES)
     leads = ("", " ", "  ", "\t")
     seps = ("", ".", "_")
@@ -1096,7 +1133,52 @@ def _email_indices(
         lead + c for lead in leads for w in words for c in _email_cases(w)
     ] + [None]
     sep_word = [s + c for s in seps for w in words for c in _email_cases(w)]
+    # Numbers: none, the birth year (2 or 4 digits) or a random 1-4 digit number.
+    numbers = ["", *(str(i) for i in range(10000))]
+    m = _draw_mailboxes(rng, p, len(first_words), len(last_words))
+    _respell_duplicate_mailboxes(rng, m, dup, src)
 
+    n_words = len(words)
+    tail_domains = [*_EMAIL_DOMAINS, "googlemail.com"]
+    tail = [
+        f"{t}@{c}{w}"
+        for t in _EMAIL_TAGS
+        for d in tail_domains
+        for c in _email_cases(d)
+        for w in ("", " ", "  ")
+    ]
+    lead_idx = (m.lead * n_words + m.word_a) * cases + m.case
+    sep_idx = (m.sep * n_words + m.word_b) * cases + m.case
+    tail_idx = ((m.tag * len(tail_domains) + m.domain) * cases + m.case) * 3 + m.trail
+    lead_idx[~p.has_email] = len(lead_word) - 1
+    return _Pieces(
+        indices={"email_a": lead_idx, "email_b": sep_idx, "email_n": m.number, "email_tail": tail_idx},
+        lead_word=lead_word, sep_word=sep_word, numbers=numbers, tail=tail,
+    )  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Mailboxes:
+    """Per row: the pattern, the two words and their separator, the number, domain, +tag,
+    letter case and leading / trailing whitespace of the e-mail address."""
+
+    pattern: np.ndarray
+    word_a: np.ndarray
+    word_b: np.ndarray
+    sep: np.ndarray
+    domain: np.ndarray
+    number: np.ndarray
+    case: np.ndarray
+    lead: np.ndarray
+    trail: np.ndarray
+    tag: np.ndarray
+
+
+def _draw_mailboxes(rng: np.random.Generator, p: _People, n_first: int, n_last: int) -> _Mailboxes:
+    """Draw every row's address; the word table holds ``n_first`` first names, as many
+    initials, ``n_last`` last names and the empty word, in this order."""
+    n = p.n
+    off_initial, off_last, empty = n_first, 2 * n_first, 2 * n_first + n_last
     pattern = _choice(rng, (0.45, 0.25, 0.15, 0.15), n)
     word_a = np.select(
         [pattern == 0, pattern == 1, pattern == 2],
@@ -1110,8 +1192,6 @@ def _email_indices(
     sep = np.where(pattern == 0, _choice(rng, (0.35, 0.5, 0.15), n), 0).astype(np.int32)
     domain = _choice(rng, _EMAIL_DOMAIN_SHARES, n).astype(np.int32)
     domain[(domain == _GMAIL) & (rng.random(n, dtype=np.float32) < 0.04)] = _GOOGLEMAIL
-    # Numbers: none, the birth year (2 or 4 digits) or a random 1-4 digit number.
-    numbers = ["", *(str(i) for i in range(10000))]
     kind = _choice(rng, (0.35, 0.12, 0.08, 0.45), n)
     birth_year = ((p.as_of_day - p.age_days) // 365.25 + 1970).astype(np.int64)
     number = np.select(
@@ -1124,37 +1204,25 @@ def _email_indices(
     trail = _choice(rng, (0.95, 0.04, 0.01), n).astype(np.int32)
     gmail = (domain == _GMAIL) | (domain == _GOOGLEMAIL)
     tag = np.where(gmail, _choice(rng, (0.85, 0.05, 0.03, 0.03, 0.02, 0.02), n), 0).astype(np.int32)
+    return _Mailboxes(pattern, word_a, word_b, sep, domain, number, case, lead, trail, tag)
 
-    # The duplicate row of a person has the same mailbox, written differently.
-    for arr in (pattern, word_a, word_b, sep, domain, number):
+
+def _respell_duplicate_mailboxes(
+    rng: np.random.Generator, m: _Mailboxes, dup: np.ndarray, src: np.ndarray
+) -> None:
+    """The duplicate row of a person has the same mailbox, written differently."""
+    for arr in (m.pattern, m.word_a, m.word_b, m.sep, m.domain, m.number):
         arr[dup] = arr[src]
-    gmail = (domain == _GMAIL) | (domain == _GOOGLEMAIL)
+    gmail = (m.domain == _GMAIL) | (m.domain == _GOOGLEMAIL)
     change = rng.integers(0, 3, dup.size)
     dup_gmail = gmail[dup]
     # gmail: flip the dots (same mailbox for gmail) or add a +tag; others: case or spaces.
-    new_sep = np.where(sep[dup] == 1, 0, 1)
-    sep[dup] = np.where(dup_gmail & (change == 0) & (pattern[dup] == 0), new_sep, sep[dup])
+    new_sep = np.where(m.sep[dup] == 1, 0, 1)
+    sep, tag, case, lead = m.sep, m.tag, m.case, m.lead
+    sep[dup] = np.where(dup_gmail & (change == 0) & (m.pattern[dup] == 0), new_sep, sep[dup])
     tag[dup] = np.where(dup_gmail & (change == 1), 1 + (tag[src] % 5), tag[src])
-    case[dup] = np.where(change == 2, (case[src] + 1) % cases, case[src])
+    case[dup] = np.where(change == 2, (case[src] + 1) % len(_EMAIL_CASE_SHARES), case[src])
     lead[dup] = np.where(~dup_gmail | (change == 0), np.where(lead[src] == 0, 1, 0), lead[src])
-
-    n_words = len(words)
-    tail_domains = [*_EMAIL_DOMAINS, "googlemail.com"]
-    tail = [
-        f"{t}@{c}{w}"
-        for t in _EMAIL_TAGS
-        for d in tail_domains
-        for c in _email_cases(d)
-        for w in ("", " ", "  ")
-    ]
-    lead_idx = (lead * n_words + word_a) * cases + case
-    sep_idx = (sep * n_words + word_b) * cases + case
-    tail_idx = ((tag * len(tail_domains) + domain) * cases + case) * 3 + trail
-    lead_idx[~p.has_email] = len(lead_word) - 1
-    return _Pieces(
-        indices={"email_a": lead_idx, "email_b": sep_idx, "email_n": number, "email_tail": tail_idx},
-        lead_word=lead_word, sep_word=sep_word, numbers=numbers, tail=tail,
-    )  # fmt: skip
 
 
 def _phone_indices(
