@@ -1,0 +1,215 @@
+"""Compliance commands: ``keygen``, ``approve``, ``revoke`` and the ``audit`` group
+(``verify``, ``export``, ``checkpoint``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from audiences.cli.group import Context, cli, emit_json, pass_ctx
+from audiences.core.errors import EXIT_ERROR
+
+
+@cli.command()
+@click.option(
+    "--private",
+    "private_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the private key (outside the repo).",
+)
+@click.option(
+    "--public",
+    "public_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the public key [default: PRIVATE.pub].",
+)
+@click.option("--name", default=None, help="Approver name for the audiences.toml line.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def keygen(
+    obj: Context, private_path: Path, public_path: Path | None, name: str | None, as_json: bool
+) -> None:
+    """Make an Ed25519 key pair for a compliance officer who approves segments."""
+    from audiences.compliance.keys import generate_keypair
+
+    public_path = public_path or private_path.with_name(private_path.name + ".pub")
+    pair = generate_keypair(private_path, public_path, project_dir=obj.project)
+    who = name or "your.name"
+    doc = {
+        "key_id": pair.key_id,
+        "private": str(pair.private_path),
+        "public": str(pair.public_path),
+        "public_base64": pair.public_base64,
+        "toml": f'"{who}" = "{pair.public_base64}"',
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"Private key: {pair.private_path} (0600 — keep it outside the repo)", err=True)
+    click.echo("Add this line under [approvers] keys in audiences.toml:", err=True)
+    click.echo(doc["toml"])
+
+
+def _segment_and_pack(config: Any, name: str) -> tuple[Any, Any]:
+    from audiences.pipeline.select import select_segments
+    from policies.pack import load_pack
+
+    (segment,) = select_segments(config, [name])
+    return segment, load_pack(config)
+
+
+@cli.command()
+@click.argument("segment")
+@click.option("--by", required=True, help="Approver name, as listed in [approvers] keys.")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The approver's private key.",
+)
+@click.option("--note", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def approve(
+    obj: Context, segment: str, by: str, key_path: Path, note: str | None, as_json: bool
+) -> None:
+    """Sign the approval of a segment's exact definition, pack and destinations."""
+    from audiences.compliance import workflow as compliance
+    from audiences.core.state import connect
+    from audiences.pipeline.project import validate_project
+
+    config = obj.config()
+    validate_project(config, only=[segment])
+    seg, pack = _segment_and_pack(config, segment)
+    conn = connect(config.state_db)
+    try:
+        approval = compliance.approve(conn, config, seg, pack, by=by, key_path=key_path, note=note)
+    finally:
+        conn.close()
+    doc = {
+        "segment": seg.name,
+        "segment_digest": seg.digest,
+        "policy_digest": pack.digest,
+        "destinations": list(seg.destinations),
+        "approver": by,
+        "key_id": approval.key_id,
+    }
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(
+            f"Approved {seg.name} ({seg.digest[:19]}) for {', '.join(seg.destinations)} by {by}.",
+            err=True,
+        )
+
+
+@cli.command()
+@click.argument("segment")
+@click.option("--by", default=None, help="Who revokes (default: OS user).")
+@pass_ctx
+def revoke(obj: Context, segment: str, by: str | None) -> None:
+    """Revoke a segment's approval (syncs refuse it until approved again)."""
+    from audiences.compliance.approvals import revoke as run_revoke
+    from audiences.core.actor import actor_name
+    from audiences.core.state import connect
+
+    conn = connect(obj.config().state_db)
+    try:
+        run_revoke(conn, segment, actor_name(by))
+    finally:
+        conn.close()
+    click.echo(f"Revoked the approval of {segment}.", err=True)
+
+
+@cli.group()
+def audit() -> None:
+    """Verify or export the tamper-evident audit log."""
+
+
+@audit.command("verify")
+@click.option(
+    "--anchor",
+    "anchors",
+    multiple=True,
+    help="SEQ:HASH from an earlier `sync --json` summary (audit_head); repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def audit_verify(obj: Context, anchors: tuple[str, ...], as_json: bool) -> None:
+    """Recompute the hash chain; name the first bad entry (exit 1 if any)."""
+    from audiences.compliance import audit as audit_log
+    from audiences.core.state import connect
+
+    config = obj.config()
+    conn = connect(config.state_db)
+    try:
+        result = audit_log.verify(
+            conn,
+            anchors=[audit_log.parse_anchor(a) for a in anchors],
+            public_keys=dict(config.approvers.keys),
+        )
+    finally:
+        conn.close()
+    doc = result.to_dict()
+    if as_json:
+        emit_json(doc)
+    elif result.ok:
+        click.echo(
+            f"audit log ok: {result.entries} entries, {result.checkpoints} signed "
+            f"checkpoint(s), {result.anchors} anchor(s); head {result.head[0]}:"
+            f"{result.head[1]}",
+            err=True,
+        )
+    else:
+        click.echo(
+            f"Error: audit log broken at entry {result.first_bad_seq}: {result.reason}", err=True
+        )
+    if not result.ok:
+        sys.exit(EXIT_ERROR)
+
+
+@audit.command("export")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@pass_ctx
+def audit_export(obj: Context, out: Path) -> None:
+    """Write the audit log as JSON lines (for a SIEM)."""
+    from audiences.compliance import audit as audit_log
+    from audiences.core.state import connect
+
+    conn = connect(obj.config().state_db)
+    try:
+        n = audit_log.export(conn, out)
+    finally:
+        conn.close()
+    click.echo(f"Wrote {n} entries to {out}", err=True)
+
+
+@audit.command("checkpoint")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="An approver's private key.",
+)
+@click.option("--by", default=None, help="Who signs (default: OS user).")
+@pass_ctx
+def audit_checkpoint(obj: Context, key_path: Path, by: str | None) -> None:
+    """Sign the current head of the audit log with an approver's key."""
+    from audiences.compliance import audit as audit_log
+    from audiences.compliance.keys import load_private_key
+    from audiences.core.actor import actor_name
+    from audiences.core.state import connect
+
+    conn = connect(obj.config().state_db)
+    try:
+        cp = audit_log.checkpoint(conn, load_private_key(key_path), actor=actor_name(by))
+    finally:
+        conn.close()
+    click.echo(f"Signed checkpoint at entry {cp.seq}", err=True)

@@ -1,0 +1,116 @@
+"""Project commands: ``init``, ``sample-data``, ``validate``, ``schema``, ``sandbox``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from audiences.cli.group import Context, cli, emit_json, parse_as_of, pass_ctx
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Write into a folder that already has audiences.toml.")
+def init(directory: Path, force: bool) -> None:
+    """Create a project: audiences.toml, segments/, policies/, .gitignore."""
+    from audiences.pipeline.project import init_project
+
+    written = init_project(directory, force=force)
+    click.echo(f"Created project in {directory} ({len(written)} files).", err=True)
+    click.echo(f"Next: audiences -p {directory} sample-data --rows 100000", err=True)
+
+
+@cli.command("sample-data")
+@click.option(
+    "--rows",
+    type=click.IntRange(1, 200_000_000),
+    default=100_000,
+    show_default=True,
+    help="Contacts to generate.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder [default: PROJECT/data].",
+)
+@click.option("--as-of", "as_of", default=None, help="Reference day (YYYY-MM-DD) [default: today].")
+@click.option(
+    "--format",
+    "formats",
+    type=click.Choice(["parquet", "csv"]),
+    multiple=True,
+    default=("parquet", "csv"),
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
+@pass_ctx
+def sample_data(
+    obj: Context,
+    rows: int,
+    seed: int,
+    out: Path | None,
+    as_of: str | None,
+    formats: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Write a synthetic healthcare CRM (contacts and events)."""
+    from datetime import UTC, datetime
+
+    from audiences.demo.sample import write
+
+    day = parse_as_of(as_of) or datetime.now(UTC).date()
+    target = out or (obj.project / "data")
+    written = write(target, rows, seed=seed, as_of=day, formats=formats)
+    doc = {
+        "rows": rows,
+        "seed": seed,
+        "as_of": day.isoformat(),
+        "files": {k: [str(p) for p in v] for k, v in written.items()},
+    }
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(f"Wrote {rows:,} contacts to {target}", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--as-of", "as_of", default=None, help="Reference day (YYYY-MM-DD).")
+@pass_ctx
+def validate(obj: Context, as_json: bool, as_of: str | None) -> None:
+    """Check audiences.toml, the policy pack and every segment against the data schema."""
+    from audiences.pipeline.project import validate_project
+
+    report = validate_project(obj.config(), as_of=parse_as_of(as_of))
+    if as_json:
+        emit_json(report)
+    else:
+        for seg in report["segments"]:
+            click.echo(f"ok  {seg['name']}  ({seg['file']}, digest {seg['digest'][:19]})")
+        click.echo(
+            f"{len(report['segments'])} segment(s) valid; pack {report['pack']['name']} "
+            f"{report['pack']['version']}",
+            err=True,
+        )
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of segment files (for editors)."""
+    from audiences.segments import segment_json_schema
+
+    emit_json(segment_json_schema())
+
+
+@cli.command()
+@click.option("--meta-port", type=int, default=18765, show_default=True)
+@click.option("--google-port", type=int, default=18766, show_default=True)
+@pass_ctx
+def sandbox(obj: Context, meta_port: int, google_port: int) -> None:
+    """Serve the Meta and Google Ads sandboxes on 127.0.0.1 until Ctrl-C."""
+    from audiences.demo.sandboxes import serve_forever
+
+    serve_forever(obj.project, meta_port=meta_port, google_port=google_port)
