@@ -9,12 +9,13 @@ audit log, blocked ones included.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -26,7 +27,7 @@ from audiences.core.errors import (
     DataError,
 )
 from audiences.core.state import connect, new_id, project_salt, transaction, utcnow
-from audiences.crm.sources import load_sources
+from audiences.crm.sources import Sources, load_sources
 from audiences.pipeline.select import (
     collect_candidates,
     links_opt_outs,
@@ -34,6 +35,11 @@ from audiences.pipeline.select import (
     validate_against_data,
 )
 from connectors.file import record_exports
+
+if TYPE_CHECKING:
+    from audiences.segments import Segment
+    from policies.gate import GateOutcome
+    from policies.pack import Pack
 
 Progress = Callable[[str, float], None]
 
@@ -51,7 +57,7 @@ class BuildResult:
     reports: dict[str, str] = field(default_factory=dict)
     policy_digest: str = ""
     seconds: float = 0.0
-    outcome: Any = None  # the GateOutcome (releases for sync); not serialized
+    outcome: GateOutcome | None = None  # releases for sync; not serialized
     # The marketer-facing size: a differentially private count (exact counts stay in
     # the compliance report and the state DB).
     noisy_members: dict[str, Any] | None = None
@@ -90,7 +96,6 @@ def build(
     With ``dry_run`` the gate runs exactly as in a build but nothing is written: no
     build row, no release, no files, no report, no audit entry (``audiences plan``).
     """
-    from policies.gate import GateInput, evaluate, record
     from policies.pack import load_pack
 
     as_of = as_of or datetime.now(UTC).date()
@@ -107,122 +112,173 @@ def build(
     try:
         if not dry_run:
             record_pack_change(conn, pack, who)
+        run = _BuildRun(config, conn, pack, sources, salt, as_of, who, step, dry_run)
         for i, segment in enumerate(segments):
-            started = time.perf_counter()
-            build_id = new_id("b")
-            frac = (i + 0.1) / len(segments)
-            step(f"{segment.name}: selecting members", frac)
-            if not dry_run:
-                with transaction(conn):
-                    conn.execute(
-                        "INSERT INTO builds(build_id, segment, segment_digest, policy_digest, "
-                        "source_digest, as_of, started_at, status, actor) "
-                        "VALUES (?,?,?,?,?,?,?,?,?)",
-                        (
-                            build_id,
-                            segment.name,
-                            segment.digest,
-                            pack.digest,
-                            None,  # set when the build closes: it is hashed meanwhile
-                            as_of.isoformat(),
-                            utcnow(),
-                            "running",
-                            who,
-                        ),
-                    )
-            try:
-                approval_block = _approval_block(conn, config, segment, pack)
-                if approval_block is not None:
-                    result = BuildResult(
-                        build_id=build_id,
-                        segment=segment.name,
-                        segment_digest=segment.digest,
-                        status="blocked",
-                        candidates=0,
-                        reasons=[approval_block],
-                        policy_digest=pack.digest,
-                    )
-                    result.seconds = time.perf_counter() - started
-                    if not dry_run:
-                        from policies.gate import approval_block_report
-
-                        report = approval_block_report(
-                            build_id=build_id,
-                            segment=segment,
-                            config=config,
-                            pack=pack,
-                            as_of=as_of,
-                            actor=who,
-                            reason=approval_block,
-                            record_exports=record_exports(config, segment.destinations),
-                        )
-                        result.reports = write_reports(config, build_id, report)
-                        _close_build(conn, who, result, sources.digest)
-                    results.append(result)
-                    continue
-                candidates = collect_candidates(
-                    config, segment, sources, as_of, salt, link_opt_outs=links_opt_outs(pack)
-                )
-                step(f"{segment.name}: policy gate", (i + 0.6) / len(segments))
-                outcome = evaluate(
-                    GateInput(
-                        build_id=build_id,
-                        segment=segment,
-                        config=config,
-                        pack=pack,
-                        candidates=candidates,
-                        destinations=list(segment.destinations),
-                        as_of=as_of,
-                        conn=conn,
-                        state_dir=config.state_dir,
-                        actor=who,
-                        record_exports=record_exports(config, segment.destinations),
-                    )
-                )
-            except BaseException as exc:
-                if not dry_run:
-                    _finish(conn, build_id, "failed", reasons=[_one_line(exc)])
-                raise
-            result = BuildResult(
-                build_id=build_id,
-                segment=segment.name,
-                segment_digest=segment.digest,
-                status="blocked" if outcome.blocked else "released",
-                candidates=candidates.height,
-                reasons=list(outcome.block_reasons),
-                policy_digest=pack.digest,
-                outcome=outcome,
-            )
-            if dry_run:
-                result.released = {d: r.members.height for d, r in outcome.releases.items()}
-                result.seconds = time.perf_counter() - started
-                results.append(result)
-                continue
-            try:
-                if not outcome.blocked:
-                    record(outcome, conn)
-                    result.released = {d: r.members.height for d, r in outcome.releases.items()}
-                    step(f"{segment.name}: writing release files", (i + 0.8) / len(segments))
-                    result.files = write_file_destinations(config, outcome, build_id, segment)
-                    result.noisy_members = noisy_size(
-                        conn, outcome, pack, sources.digest, as_of, who
-                    )
-                result.reports = write_reports(config, build_id, outcome.report)
-            except BaseException as exc:
-                # e.g. the disk fills while writing release files: the build must not
-                # stay 'running' (history, status) — it failed, and says why.
-                _finish(conn, build_id, "failed", reasons=[_one_line(exc)])
-                raise
-            result.seconds = time.perf_counter() - started
-            _close_build(conn, who, result, sources.digest)
-            results.append(result)
+            results.append(_build_segment(run, segment, i, len(segments)))
         step("done", 1.0)
     finally:
         conn.close()
     return results
 
 
-def record_pack_change(conn: Any, pack: Any, actor: str) -> None:
+@dataclass(frozen=True)
+class _BuildRun:
+    """What every segment of one build shares."""
+
+    config: ProjectConfig
+    conn: sqlite3.Connection
+    pack: Pack
+    sources: Sources
+    salt: bytes
+    as_of: date
+    actor: str
+    step: Progress
+    dry_run: bool
+
+
+def _build_segment(run: _BuildRun, segment: Segment, i: int, total: int) -> BuildResult:
+    """One segment through the gate: blocked, released (and recorded), or a dry run."""
+    started = time.perf_counter()
+    build_id = new_id("b")
+    run.step(f"{segment.name}: selecting members", (i + 0.1) / total)
+    if not run.dry_run:
+        _open_build(run, build_id, segment)
+    try:
+        approval_block = _approval_block(run.conn, run.config, segment, run.pack)
+        if approval_block is not None:
+            return _blocked_by_approval(run, build_id, segment, approval_block, started)
+        candidates = collect_candidates(
+            run.config,
+            segment,
+            run.sources,
+            run.as_of,
+            run.salt,
+            link_opt_outs=links_opt_outs(run.pack),
+        )
+        run.step(f"{segment.name}: policy gate", (i + 0.6) / total)
+        outcome = _gate(run, build_id, segment, candidates)
+    except BaseException as exc:
+        if not run.dry_run:
+            _finish(run.conn, build_id, "failed", reasons=[_one_line(exc)])
+        raise
+    result = BuildResult(
+        build_id=build_id,
+        segment=segment.name,
+        segment_digest=segment.digest,
+        status="blocked" if outcome.blocked else "released",
+        candidates=candidates.height,
+        reasons=list(outcome.block_reasons),
+        policy_digest=run.pack.digest,
+        outcome=outcome,
+    )
+    if run.dry_run:
+        result.released = {d: r.members.height for d, r in outcome.releases.items()}
+        result.seconds = time.perf_counter() - started
+        return result
+    try:
+        _release(run, result, segment, outcome, (i + 0.8) / total)
+    except BaseException as exc:
+        # e.g. the disk fills while writing release files: the build must not
+        # stay 'running' (history, status) — it failed, and says why.
+        _finish(run.conn, build_id, "failed", reasons=[_one_line(exc)])
+        raise
+    result.seconds = time.perf_counter() - started
+    _close_build(run.conn, run.actor, result, run.sources.digest)
+    return result
+
+
+def _open_build(run: _BuildRun, build_id: str, segment: Segment) -> None:
+    """The build's 'running' row, before anything is selected."""
+    with transaction(run.conn):
+        run.conn.execute(
+            "INSERT INTO builds(build_id, segment, segment_digest, policy_digest, "
+            "source_digest, as_of, started_at, status, actor) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                build_id,
+                segment.name,
+                segment.digest,
+                run.pack.digest,
+                None,  # set when the build closes: it is hashed meanwhile
+                run.as_of.isoformat(),
+                utcnow(),
+                "running",
+                run.actor,
+            ),
+        )
+
+
+def _blocked_by_approval(
+    run: _BuildRun, build_id: str, segment: Segment, reason: str, started: float
+) -> BuildResult:
+    """The segment needs an approval it lacks: blocked before any member is selected."""
+    result = BuildResult(
+        build_id=build_id,
+        segment=segment.name,
+        segment_digest=segment.digest,
+        status="blocked",
+        candidates=0,
+        reasons=[reason],
+        policy_digest=run.pack.digest,
+    )
+    result.seconds = time.perf_counter() - started
+    if not run.dry_run:
+        from policies.gate import approval_block_report
+
+        report = approval_block_report(
+            build_id=build_id,
+            segment=segment,
+            config=run.config,
+            pack=run.pack,
+            as_of=run.as_of,
+            actor=run.actor,
+            reason=reason,
+            record_exports=record_exports(run.config, segment.destinations),
+        )
+        result.reports = write_reports(run.config, build_id, report)
+        _close_build(run.conn, run.actor, result, run.sources.digest)
+    return result
+
+
+def _gate(run: _BuildRun, build_id: str, segment: Segment, candidates: pl.DataFrame) -> GateOutcome:
+    """The policy gate's verdicts and releases for the segment's candidates."""
+    from policies.gate import GateInput, evaluate
+
+    return evaluate(
+        GateInput(
+            build_id=build_id,
+            segment=segment,
+            config=run.config,
+            pack=run.pack,
+            candidates=candidates,
+            destinations=list(segment.destinations),
+            as_of=run.as_of,
+            conn=run.conn,
+            state_dir=run.config.state_dir,
+            actor=run.actor,
+            record_exports=record_exports(run.config, segment.destinations),
+        )
+    )
+
+
+def _release(
+    run: _BuildRun, result: BuildResult, segment: Segment, outcome: GateOutcome, frac: float
+) -> None:
+    """Record a passing gate's releases, write its file destinations and the reports."""
+    from policies.gate import record
+
+    if not outcome.blocked:
+        record(outcome, run.conn)
+        result.released = {d: r.members.height for d, r in outcome.releases.items()}
+        run.step(f"{segment.name}: writing release files", frac)
+        result.files = write_file_destinations(run.config, outcome, result.build_id, segment)
+        result.noisy_members = noisy_size(
+            run.conn, outcome, run.pack, run.sources.digest, run.as_of, run.actor
+        )
+    result.reports = write_reports(run.config, result.build_id, outcome.report)
+
+
+def record_pack_change(conn: sqlite3.Connection, pack: Pack, actor: str) -> None:
     """Audit the policy pack in force whenever its digest differs from the last one seen."""
     row = conn.execute(
         "SELECT details FROM audit WHERE kind='pack_change' ORDER BY seq DESC LIMIT 1"
@@ -246,7 +302,12 @@ def record_pack_change(conn: Any, pack: Any, actor: str) -> None:
 
 
 def noisy_size(
-    conn: Any, outcome: Any, pack: Any, dataset: str, as_of: date, actor: str
+    conn: sqlite3.Connection,
+    outcome: GateOutcome,
+    pack: Pack,
+    dataset: str,
+    as_of: date,
+    actor: str,
 ) -> dict[str, Any]:
     """The released people (over every destination) as a DP count, paid from the ledger."""
     from audiences.core.errors import BudgetExhausted
@@ -278,7 +339,9 @@ def noisy_size(
     }
 
 
-def _approval_block(conn: Any, config: ProjectConfig, segment: Any, pack: Any) -> str | None:
+def _approval_block(
+    conn: sqlite3.Connection, config: ProjectConfig, segment: Segment, pack: Pack
+) -> str | None:
     """Why an approval-requiring build to ad destinations may not run, or None."""
     from audiences.compliance import workflow as compliance
     from audiences.core.errors import ApprovalError
@@ -295,7 +358,7 @@ def _approval_block(conn: Any, config: ProjectConfig, segment: Any, pack: Any) -
 
 
 def write_file_destinations(
-    config: ProjectConfig, outcome: Any, build_id: str, segment: Any
+    config: ProjectConfig, outcome: GateOutcome, build_id: str, segment: Segment
 ) -> dict[str, dict[str, str]]:
     from connectors.file import FileConnector
     from connectors.registry import destination_config
@@ -350,7 +413,9 @@ def write_reports(config: ProjectConfig, build_id: str, report: dict[str, Any]) 
     return paths
 
 
-def _close_build(conn: Any, actor: str, result: BuildResult, source_digest: str) -> None:
+def _close_build(
+    conn: sqlite3.Connection, actor: str, result: BuildResult, source_digest: str
+) -> None:
     """Record a finished build (released or blocked) in state and in the audit log."""
     _finish(
         conn,
@@ -380,7 +445,7 @@ def _close_build(conn: Any, actor: str, result: BuildResult, source_digest: str)
 
 
 def _finish(
-    conn: Any,
+    conn: sqlite3.Connection,
     build_id: str,
     status: str,
     *,
@@ -407,7 +472,9 @@ def _finish(
         )
 
 
-def _audit(conn: Any, actor: str, kind: str, subject: str, details: dict[str, Any]) -> None:
+def _audit(
+    conn: sqlite3.Connection, actor: str, kind: str, subject: str, details: dict[str, Any]
+) -> None:
     try:
         from audiences.compliance import audit
     except ImportError:  # audit log lands with the compliance workflow

@@ -8,9 +8,10 @@ rejected query kills an OpenDP context, and contexts can't be saved).
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -20,20 +21,27 @@ from audiences.core.errors import ConfigError, UsageError
 from audiences.core.state import connect, project_salt
 from audiences.crm.sources import load_sources
 from audiences.pipeline.select import collect_candidates, select_segments, validate_against_data
-from policies.privacy.ledger import budget_policy
+from policies.privacy.ledger import PrivacyBudget, budget_policy
+
+if TYPE_CHECKING:
+    from policies.pack import Pack
+    from policies.privacy.dp import PreviewResult
+
+# A breakdown dimension: its column (or expression) and its public keys.
+DimensionSpec = tuple[str | pl.Expr, list[str]]
 
 
-def dimensions(config: ProjectConfig, schema: pl.Schema) -> dict[str, Any]:
+def dimensions(config: ProjectConfig, schema: pl.Schema) -> dict[str, DimensionSpec]:
     """Breakdown dimensions with *public* key sets (never taken from the data)."""
     from policies.privacy import dp
 
-    known: dict[str, Any] = {
+    known: dict[str, DimensionSpec] = {
         "age_band": (dp.age_band_expr("age"), dp.age_band_keys()),
         "sex": (config.identity.gender or "sex", dp.sex_keys()),
         "state": (config.identity.state or "state", dp.us_state_keys()),
     }
     language_keys = ["en", "es", "zh", "ru", "ko", "vi", "ht", "fr"]
-    out: dict[str, Any] = {}
+    out: dict[str, DimensionSpec] = {}
     for name in config.insights.dimensions:
         if name in known:
             out[name] = known[name]
@@ -66,8 +74,8 @@ def interval(value: float, low: float, high: float) -> list[int]:
 class Preview:
     segment: str
     epsilon: float
-    result: Any
-    remaining: Any
+    result: PreviewResult
+    remaining: PrivacyBudget
     renews: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,7 +106,7 @@ class Preview:
         }
 
 
-def default_epsilon(config: ProjectConfig, pack: Any) -> float:
+def default_epsilon(config: ProjectConfig, pack: Pack) -> float:
     """``[insights] epsilon``, which must fit the pack's per-query cap (a config error)."""
     value = float(config.insights.epsilon)
     cap = pack.budget.max_epsilon_per_query
@@ -110,7 +118,7 @@ def default_epsilon(config: ProjectConfig, pack: Any) -> float:
     return value
 
 
-def _epsilon(config: ProjectConfig, requested: float | None, pack: Any) -> float:
+def _epsilon(config: ProjectConfig, requested: float | None, pack: Pack) -> float:
     if requested is None:
         return default_epsilon(config, pack)
     value = requested
@@ -131,7 +139,7 @@ def preview(
 ) -> Preview:
     from policies.pack import load_pack
     from policies.privacy import dp
-    from policies.privacy.ledger import Ledger, PrivacyBudget
+    from policies.privacy.ledger import Ledger
 
     as_of = as_of or datetime.now(UTC).date()
     pack = load_pack(config)
@@ -174,7 +182,7 @@ def overlap(
 ) -> dict[str, Any]:
     from policies.pack import load_pack
     from policies.privacy import dp
-    from policies.privacy.ledger import Ledger, PrivacyBudget
+    from policies.privacy.ledger import Ledger
 
     if len(names) < 2:
         raise UsageError("overlap needs at least two segments", "e.g. audiences overlap A B")
@@ -267,7 +275,9 @@ def budget(config: ProjectConfig, *, as_of: date | None = None) -> dict[str, Any
     }
 
 
-def _audit(conn: Any, actor: str, subject: str, epsilon: float, kind: str, dataset: str) -> None:
+def _audit(
+    conn: sqlite3.Connection, actor: str, subject: str, epsilon: float, kind: str, dataset: str
+) -> None:
     from audiences.compliance import audit
 
     audit.append(

@@ -6,10 +6,14 @@ import shutil
 from datetime import UTC, date, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audiences.core.config import CONFIG_FILE, ProjectConfig
 from audiences.core.errors import ConfigError, SegmentError
+
+if TYPE_CHECKING:
+    from audiences.crm.sources import Sources
+    from audiences.segments import Segment
 
 
 def init_project(directory: Path, *, force: bool = False) -> list[Path]:
@@ -35,7 +39,7 @@ def init_project(directory: Path, *, force: bool = False) -> list[Path]:
     return written
 
 
-def check_event_types(config: ProjectConfig, segments: list[Any], sources: Any) -> None:
+def check_event_types(config: ProjectConfig, segments: list[Segment], sources: Sources) -> None:
     """A segment naming an event type no event has (a typo like `vist`) selects nobody:
     refuse it here, with the closest type that exists. Reads one column of the events."""
     import difflib

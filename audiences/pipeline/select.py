@@ -8,7 +8,7 @@ the pack's consent rule asks for it, flags records that duplicate an opt-out.
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -17,8 +17,12 @@ from audiences.core.errors import AudiencesError, DataError, SegmentError
 from audiences.crm.identifiers import member_key
 from audiences.crm.sources import Sources, diagnose_values
 
+if TYPE_CHECKING:
+    from audiences.segments import Segment, SegmentContext
+    from policies.pack import Pack
 
-def segment_context(config: ProjectConfig, as_of: date) -> Any:
+
+def segment_context(config: ProjectConfig, as_of: date) -> SegmentContext:
     from audiences.segments import SegmentContext
 
     events = config.sources.events
@@ -41,7 +45,7 @@ def age_expr(column: str | None, as_of: date, schema: pl.Schema) -> pl.Expr:
     return age_years(as_date(pl.col(column), schema[column]), as_of).cast(pl.Int32).alias("age")
 
 
-def select_segments(config: ProjectConfig, names: list[str] | None) -> list[Any]:
+def select_segments(config: ProjectConfig, names: list[str] | None) -> list[Segment]:
     from audiences.segments import load_segments
 
     segments = load_segments(config.segments_dir)
@@ -69,7 +73,7 @@ def select_segments(config: ProjectConfig, names: list[str] | None) -> list[Any]
 
 
 def validate_against_data(
-    config: ProjectConfig, segments: list[Any], sources: Sources, as_of: date
+    config: ProjectConfig, segments: list[Segment], sources: Sources, as_of: date
 ) -> None:
     from audiences.segments import validate_segment
 
@@ -97,7 +101,7 @@ def validate_against_data(
 
 def collect_candidates(
     config: ProjectConfig,
-    segment: Any,
+    segment: Segment,
     sources: Sources,
     as_of: date,
     salt: bytes,
@@ -137,7 +141,7 @@ def collect_candidates(
     return frame
 
 
-def links_opt_outs(pack: Any) -> bool:
+def links_opt_outs(pack: Pack) -> bool:
     """Does the pack's consent rule exclude duplicates of opt-outs (the default)?"""
     return any(
         rule.kind == "consent" and getattr(rule.params, "exclude_duplicates_of_opt_outs", False)

@@ -18,11 +18,12 @@ not): they are settled to the release on the next run (see ``audiences.pipeline.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 
@@ -39,8 +40,14 @@ from audiences.pipeline.membership import (
     recover_interrupted,
     unsure_rows,
 )
+from connectors.base import AudienceConnector, BatchOutcome
+
+if TYPE_CHECKING:
+    from policies.gate import GateOutcome
+    from policies.release import Release
 
 Progress = Callable[[str, float], None]
+ConnectorFactory = Callable[[ProjectConfig, str], AudienceConnector]
 
 
 @dataclass
@@ -128,17 +135,17 @@ class SyncReport:
 
 
 # ---------------------------------------------------------------------------- helpers
-def make_connector(config: ProjectConfig, name: str) -> Any:
+def make_connector(config: ProjectConfig, name: str) -> AudienceConnector:
     from connectors.registry import connector_class, destination_config
 
     spec = config.destination(name)
     cls = connector_class(spec.kind)
     connector = cls(name, destination_config(spec))
     connector.root = config.root
-    return connector
+    return cast(AudienceConnector, connector)
 
 
-def _remote_id(conn: Any, segment: str, destination: str) -> str | None:
+def _remote_id(conn: sqlite3.Connection, segment: str, destination: str) -> str | None:
     row = conn.execute(
         "SELECT remote_id FROM audiences_remote WHERE segment=? AND destination=?",
         (segment, destination),
@@ -146,7 +153,7 @@ def _remote_id(conn: Any, segment: str, destination: str) -> str | None:
     return str(row[0]) if row else None
 
 
-def _confirmed_view(conn: Any, store: MembershipStore) -> pl.DataFrame:
+def _confirmed_view(conn: sqlite3.Connection, store: MembershipStore) -> pl.DataFrame:
     """What the platform has confirmed, including batches of an interrupted run (read only)."""
     snapshot = store.load()
     pending = conn.execute(
@@ -248,13 +255,17 @@ def changed_identifiers(
     return new_rows, old_rows
 
 
-def _hold_threshold(release: Any) -> int | None:
+def _hold_threshold(release: Release) -> int | None:
     """k_diff when the pack holds small changes (the gate blocks them otherwise)."""
     return int(release.k_diff) if release.k_diff else None
 
 
 def plan_destination(
-    conn: Any, config: ProjectConfig, outcome: Any, name: str, release: Any
+    conn: sqlite3.Connection,
+    config: ProjectConfig,
+    outcome: GateOutcome,
+    name: str,
+    release: Release,
 ) -> DestinationPlan:
     store = MembershipStore(config.state_dir, release.segment, name)
     confirmed = _confirmed_view(conn, store)
@@ -297,12 +308,13 @@ def plan(
     plans = []
     try:
         for result in results:
-            if result.blocked:
+            outcome = result.outcome
+            if result.blocked or outcome is None:  # only a blocked build lacks an outcome
                 continue
-            for name, release in result.outcome.releases.items():
+            for name, release in outcome.releases.items():
                 if release.kind == "file":
                     continue
-                plans.append(plan_destination(conn, config, result.outcome, name, release))
+                plans.append(plan_destination(conn, config, outcome, name, release))
     finally:
         conn.close()
     return results, plans
@@ -316,7 +328,7 @@ def sync(
     as_of: date | None = None,
     actor: str | None = None,
     full_refresh: bool = False,
-    connector_factory: Callable[[ProjectConfig, str], Any] = make_connector,
+    connector_factory: ConnectorFactory = make_connector,
     progress: Progress | None = None,
     approved_only: bool = False,
 ) -> SyncReport:
@@ -344,35 +356,50 @@ def sync(
     conn = connect(config.state_db)
     try:
         for result in results:
-            segment = result.segment
-            if result.blocked:
-                for dest in _segment_destinations(config, segment):
-                    report.results.append(
-                        _record_blocked(conn, segment, dest, "; ".join(result.reasons), who)
-                    )
-                continue
-            for name, release in result.outcome.releases.items():
-                if release.kind == "file":
-                    report.results.append(
-                        DestinationSync(segment, name, "ok", adds=release.members.height)
-                    )
-                    continue
-                report.results.append(
-                    sync_destination(
-                        conn,
-                        config,
-                        result.outcome,
-                        name,
-                        release,
-                        who,
-                        full_refresh=full_refresh,
-                        connector_factory=connector_factory,
-                    )
-                )
+            report.results.extend(
+                _sync_segment(conn, config, result, who, full_refresh, connector_factory)
+            )
         report.audit_head = _audit_head(conn)
     finally:
         conn.close()
     return report
+
+
+def _sync_segment(
+    conn: sqlite3.Connection,
+    config: ProjectConfig,
+    result: BuildResult,
+    actor: str,
+    full_refresh: bool,
+    connector_factory: ConnectorFactory,
+) -> list[DestinationSync]:
+    """One build's ad destinations: all blocked, or each release pushed (files are done)."""
+    segment = result.segment
+    outcome = result.outcome
+    if result.blocked or outcome is None:  # only a blocked build lacks an outcome
+        reason = "; ".join(result.reasons)
+        return [
+            _record_blocked(conn, segment, dest, reason, actor)
+            for dest in _segment_destinations(config, segment)
+        ]
+    synced = []
+    for name, release in outcome.releases.items():
+        if release.kind == "file":
+            synced.append(DestinationSync(segment, name, "ok", adds=release.members.height))
+            continue
+        synced.append(
+            sync_destination(
+                conn,
+                config,
+                outcome,
+                name,
+                release,
+                actor,
+                full_refresh=full_refresh,
+                connector_factory=connector_factory,
+            )
+        )
+    return synced
 
 
 def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[DestinationSync]]:
@@ -412,7 +439,7 @@ def _segment_destinations(config: ProjectConfig, segment: str) -> list[str]:
 
 
 def _record_blocked(
-    conn: Any, segment: str, destination: str, reason: str, actor: str
+    conn: sqlite3.Connection, segment: str, destination: str, reason: str, actor: str
 ) -> DestinationSync:
     sync_id = new_id("s")
     with transaction(conn):
@@ -432,16 +459,17 @@ def _record_blocked(
 
 
 def sync_destination(
-    conn: Any,
+    conn: sqlite3.Connection,
     config: ProjectConfig,
-    outcome: Any,
+    outcome: GateOutcome,
     name: str,
-    release: Any,
+    release: Release,
     actor: str,
     *,
     full_refresh: bool = False,
-    connector_factory: Callable[[ProjectConfig, str], Any] = make_connector,
+    connector_factory: ConnectorFactory = make_connector,
 ) -> DestinationSync:
+    """Push one release to one ad destination: removals, then additions, batch by batch."""
     from policies.release import require_release
 
     require_release(release)
@@ -450,132 +478,18 @@ def sync_destination(
     recovered = recover_interrupted(conn, store)
     sync_id = new_id("s")
     out = DestinationSync(release.segment, name, "failed", sync_id=sync_id, recovered=recovered)
-    with transaction(conn):
-        conn.execute(
-            "INSERT INTO syncs(sync_id, segment, destination, release_id, started_at, status) "
-            "VALUES (?,?,?,?,?,?)",
-            (sync_id, release.segment, name, release.release_id, utcnow(), "running"),
-        )
+    _open_sync(conn, sync_id, release, name)
     connector = None
     try:
         connector = connector_factory(config, name)
         connector.open()
         the_plan = plan_destination(conn, config, outcome, name, release)
-        remote_id = connector.ensure_audience(
-            the_plan.remote_id,
-            name=release.opaque_name,
-            description=f"audiences release {release.opaque_name}",
-        )
-        if the_plan.remote_id is None:
-            with transaction(conn):
-                conn.execute(
-                    "INSERT INTO audiences_remote(segment, destination, remote_id, created_at) "
-                    "VALUES (?,?,?,?)",
-                    (release.segment, name, remote_id, utcnow()),
-                )
+        remote_id = _ensure_destination_audience(conn, connector, the_plan, release)
         out.audience = remote_id
         out.held_adds, out.held_removes = the_plan.held_adds, the_plan.held_removes
-        if full_refresh:
-            work = [("replace", release.members)]
-            # the replace wipes everything else: record it as clear + adds
-        else:
-            work = [("remove", the_plan.removes), ("add", the_plan.adds)]
-        seq = 0
-        unrecorded: list[tuple[Any, ...]] = []  # confirmed batches not yet in the DB
-        for op, frame in work:
-            if frame.height == 0 and op != "replace":
-                continue
-            size = connector.batch_size("add" if op == "replace" else op)
-            n = max(1, -(-frame.height // size))
-            session: dict[str, Any] = {"total": frame.height}
-            for i in range(n):
-                rows = frame.slice(i * size, size)
-                seq += 1
-                journal_op = op
-                if op == "replace":
-                    if i == 0:
-                        store.write_intent(sync_id, seq, "clear", rows.clear())
-                        seq += 1
-                    journal_op = "add"
-                store.write_intent(sync_id, seq, journal_op, rows)
-                result = connector.send(
-                    remote_id, op, rows, seq=seq, last=i == n - 1, session=session
-                )
-                if op == "replace" and i == 0:
-                    unrecorded.append((sync_id, seq - 1, "clear", 0, "confirmed", 0, 0, utcnow()))
-                unrecorded.append(
-                    (
-                        sync_id,
-                        seq,
-                        journal_op,
-                        rows.height,
-                        "confirmed",
-                        result.received,
-                        result.invalid,
-                        utcnow(),
-                    )
-                )
-                # A replace takes effect when its last batch is in (Meta swaps the audience
-                # at last_batch_flag): its batches are confirmed together, or not at all.
-                if op != "replace" or i == n - 1:
-                    with transaction(conn):
-                        conn.executemany(
-                            "INSERT INTO batches(sync_id, seq, op, size, status, received, "
-                            "invalid, at) VALUES (?,?,?,?,?,?,?,?)",
-                            unrecorded,
-                        )
-                    unrecorded = []
-                _audit(
-                    conn,
-                    actor,
-                    "sync_batch",
-                    f"{release.segment}->{name}",
-                    {
-                        "sync_id": sync_id,
-                        "seq": seq,
-                        "op": op,
-                        "size": rows.height,
-                        "received": result.received,
-                        "invalid": result.invalid,
-                    },
-                )
-                out.batches += 1
-                out.sent += rows.height
-                out.received += result.received
-                out.invalid += result.invalid
-                if op == "remove":
-                    out.removes += rows.height
-                else:
-                    out.adds += rows.height
-        out.match_rate = round(out.received / out.sent, 4) if out.sent else None
-        out.status = "ok"
-        close_sync(
-            conn,
-            store,
-            sync_id,
-            status="ok",
-            figures={
-                "adds": out.adds,
-                "removes": out.removes,
-                "holds": out.held_adds + out.held_removes,
-                "received": out.received,
-                "invalid": out.invalid,
-                "match_rate": out.match_rate,
-            },
-        )
-        store.clear_unsure()  # this run settled them
-        if out.held_adds or out.held_removes:
-            _audit(
-                conn,
-                actor,
-                "hold",
-                f"{release.segment}->{name}",
-                {
-                    "sync_id": sync_id,
-                    "held_adds": out.held_adds,
-                    "held_removes": out.held_removes,
-                },
-            )
+        run = _DestinationRun(conn, store, connector, remote_id, sync_id, actor, out)
+        _send_batches(run, _member_changes(the_plan, release, full_refresh))
+        _close_ok(run)
     except AudiencesError as exc:
         out.error = exc.message
         if isinstance(exc, ConnectorError) and exc.code is not None:
@@ -607,13 +521,200 @@ def sync_destination(
     return out
 
 
-def _audit(conn: Any, actor: str, kind: str, subject: str, details: dict[str, Any]) -> None:
+# A confirmed batch's row in the ``batches`` table:
+# (sync_id, seq, op, size, status, received, invalid, at)
+_BatchRow = tuple[str, int, str, int, str, int, int, str]
+
+
+@dataclass(frozen=True)
+class _DestinationRun:
+    """One sync of one release to one destination, once its audience exists."""
+
+    conn: sqlite3.Connection
+    store: MembershipStore
+    connector: AudienceConnector
+    remote_id: str
+    sync_id: str
+    actor: str
+    out: DestinationSync
+
+    @property
+    def subject(self) -> str:
+        return f"{self.out.segment}->{self.out.destination}"
+
+
+def _open_sync(conn: sqlite3.Connection, sync_id: str, release: Release, name: str) -> None:
+    """The sync's 'running' row, before the platform is called."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO syncs(sync_id, segment, destination, release_id, started_at, status) "
+            "VALUES (?,?,?,?,?,?)",
+            (sync_id, release.segment, name, release.release_id, utcnow(), "running"),
+        )
+
+
+def _ensure_destination_audience(
+    conn: sqlite3.Connection,
+    connector: AudienceConnector,
+    the_plan: DestinationPlan,
+    release: Release,
+) -> str:
+    """The platform's audience id, created (and remembered) on the first sync."""
+    remote_id = connector.ensure_audience(
+        the_plan.remote_id,
+        name=release.opaque_name,
+        description=f"audiences release {release.opaque_name}",
+    )
+    if the_plan.remote_id is None:
+        with transaction(conn):
+            conn.execute(
+                "INSERT INTO audiences_remote(segment, destination, remote_id, created_at) "
+                "VALUES (?,?,?,?)",
+                (release.segment, the_plan.destination, remote_id, utcnow()),
+            )
+    return remote_id
+
+
+def _member_changes(
+    the_plan: DestinationPlan, release: Release, full_refresh: bool
+) -> list[tuple[str, pl.DataFrame]]:
+    """(op, rows) in sending order: removals before additions, or one replace."""
+    if full_refresh:
+        # the replace wipes everything else: record it as clear + adds
+        return [("replace", release.members)]
+    return [("remove", the_plan.removes), ("add", the_plan.adds)]
+
+
+def _send_batches(run: _DestinationRun, changes: list[tuple[str, pl.DataFrame]]) -> None:
+    """Send every change, numbering the journaled batches across ops."""
+    seq = 0
+    for op, frame in changes:
+        if frame.height == 0 and op != "replace":
+            continue
+        seq = _send_op(run, op, frame, seq)
+
+
+def _send_op(run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int) -> int:
+    """Journal, send and record one op's batches; returns the last batch's seq."""
+    size = run.connector.batch_size("add" if op == "replace" else op)
+    n = max(1, -(-frame.height // size))
+    session: dict[str, Any] = {"total": frame.height}
+    unrecorded: list[_BatchRow] = []  # confirmed batches not yet in the DB
+    for i in range(n):
+        rows = frame.slice(i * size, size)
+        seq += 1
+        journal_op = op
+        if op == "replace":
+            if i == 0:
+                run.store.write_intent(run.sync_id, seq, "clear", rows.clear())
+                seq += 1
+            journal_op = "add"
+        run.store.write_intent(run.sync_id, seq, journal_op, rows)
+        result = run.connector.send(
+            run.remote_id, op, rows, seq=seq, last=i == n - 1, session=session
+        )
+        if op == "replace" and i == 0:
+            unrecorded.append((run.sync_id, seq - 1, "clear", 0, "confirmed", 0, 0, utcnow()))
+        unrecorded.append(
+            (
+                run.sync_id,
+                seq,
+                journal_op,
+                rows.height,
+                "confirmed",
+                result.received,
+                result.invalid,
+                utcnow(),
+            )
+        )
+        # A replace takes effect when its last batch is in (Meta swaps the audience
+        # at last_batch_flag): its batches are confirmed together, or not at all.
+        if op != "replace" or i == n - 1:
+            _record_batches(run.conn, unrecorded)
+            unrecorded = []
+        _audit_batch(run, seq, op, rows.height, result)
+    return seq
+
+
+def _record_batches(conn: sqlite3.Connection, rows: list[_BatchRow]) -> None:
+    with transaction(conn):
+        conn.executemany(
+            "INSERT INTO batches(sync_id, seq, op, size, status, received, "
+            "invalid, at) VALUES (?,?,?,?,?,?,?,?)",
+            rows,
+        )
+
+
+def _audit_batch(run: _DestinationRun, seq: int, op: str, size: int, result: BatchOutcome) -> None:
+    """Audit one confirmed batch and add it to the sync's figures."""
+    _audit(
+        run.conn,
+        run.actor,
+        "sync_batch",
+        run.subject,
+        {
+            "sync_id": run.sync_id,
+            "seq": seq,
+            "op": op,
+            "size": size,
+            "received": result.received,
+            "invalid": result.invalid,
+        },
+    )
+    out = run.out
+    out.batches += 1
+    out.sent += size
+    out.received += result.received
+    out.invalid += result.invalid
+    if op == "remove":
+        out.removes += size
+    else:
+        out.adds += size
+
+
+def _close_ok(run: _DestinationRun) -> None:
+    """Close a sync the platform confirmed in full; audit any hold it kept back."""
+    out = run.out
+    out.match_rate = round(out.received / out.sent, 4) if out.sent else None
+    out.status = "ok"
+    close_sync(
+        run.conn,
+        run.store,
+        run.sync_id,
+        status="ok",
+        figures={
+            "adds": out.adds,
+            "removes": out.removes,
+            "holds": out.held_adds + out.held_removes,
+            "received": out.received,
+            "invalid": out.invalid,
+            "match_rate": out.match_rate,
+        },
+    )
+    run.store.clear_unsure()  # this run settled them
+    if out.held_adds or out.held_removes:
+        _audit(
+            run.conn,
+            run.actor,
+            "hold",
+            run.subject,
+            {
+                "sync_id": run.sync_id,
+                "held_adds": out.held_adds,
+                "held_removes": out.held_removes,
+            },
+        )
+
+
+def _audit(
+    conn: sqlite3.Connection, actor: str, kind: str, subject: str, details: dict[str, Any]
+) -> None:
     from audiences.compliance import audit
 
     audit.append(conn, kind=kind, subject=subject, details=details, actor=actor)
 
 
-def _audit_head(conn: Any) -> tuple[int, str] | None:
+def _audit_head(conn: sqlite3.Connection) -> tuple[int, str] | None:
     from audiences.compliance import audit
 
     seq, digest = audit.head(conn)
