@@ -9,24 +9,19 @@ from typing import Any
 
 import click
 
-from audiences.cli.group import Context, cli, emit_json, pass_ctx
+from audiences.cli.group import Context, cli, emit_json, file_option, pass_ctx
 from audiences.core.errors import EXIT_ERROR
 
 
 @cli.command()
-@click.option(
+@file_option(
     "--private",
     "private_path",
-    type=click.Path(dir_okay=False, path_type=Path),
     required=True,
     help="Where to write the private key (outside the repo).",
 )
-@click.option(
-    "--public",
-    "public_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Where to write the public key [default: PRIVATE.pub].",
+@file_option(
+    "--public", "public_path", help="Where to write the public key [default: PRIVATE.pub]."
 )
 @click.option("--name", default=None, help="Approver name for the audiences.toml line.")
 @click.option("--json", "as_json", is_flag=True)
@@ -66,13 +61,7 @@ def _segment_and_pack(config: Any, name: str) -> tuple[Any, Any]:
 @cli.command()
 @click.argument("segment")
 @click.option("--by", required=True, help="Approver name, as listed in [approvers] keys.")
-@click.option(
-    "--key",
-    "key_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    required=True,
-    help="The approver's private key.",
-)
+@file_option("--key", "key_path", exists=True, required=True, help="The approver's private key.")
 @click.option("--note", default=None)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
@@ -175,7 +164,7 @@ def audit_verify(obj: Context, anchors: tuple[str, ...], as_json: bool) -> None:
 
 
 @audit.command("export")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@file_option("--out", required=True, help="The JSON-lines file to write.")
 @pass_ctx
 def audit_export(obj: Context, out: Path) -> None:
     """Write the audit log as JSON lines (for a SIEM)."""
@@ -191,13 +180,7 @@ def audit_export(obj: Context, out: Path) -> None:
 
 
 @audit.command("checkpoint")
-@click.option(
-    "--key",
-    "key_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    required=True,
-    help="An approver's private key.",
-)
+@file_option("--key", "key_path", exists=True, required=True, help="An approver's private key.")
 @click.option("--by", default=None, help="Who signs (default: OS user).")
 @pass_ctx
 def audit_checkpoint(obj: Context, key_path: Path, by: str | None) -> None:

@@ -38,6 +38,14 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+def file_option(
+    *decls: str, exists: bool = False, **kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An option that names a file (not a folder), given to the command as a Path."""
+    kind = click.Path(dir_okay=False, exists=exists, path_type=Path)
+    return click.option(*decls, type=kind, **kwargs)
+
+
 class AudiencesGroup(click.Group):
     """Turns every AudiencesError into one line and its exit code."""
 

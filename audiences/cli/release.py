@@ -12,7 +12,15 @@ from pathlib import Path
 
 import click
 
-from audiences.cli.group import Context, cli, emit_json, parse_as_of, pass_ctx, progress_bar
+from audiences.cli.group import (
+    Context,
+    cli,
+    emit_json,
+    file_option,
+    parse_as_of,
+    pass_ctx,
+    progress_bar,
+)
 from audiences.core.errors import EXIT_BLOCKED, EXIT_OK, UsageError
 
 
@@ -64,12 +72,7 @@ def build(
 @click.option(
     "--format", "fmt", type=click.Choice(["html", "md", "json"]), default="md", show_default=True
 )
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write to a file instead of stdout.",
-)
+@file_option("--out", help="Write to a file instead of stdout.")
 @pass_ctx
 def report(obj: Context, build_id: str, fmt: str, out: Path | None) -> None:
     """Print (or write) the compliance report of a build."""
@@ -119,12 +122,7 @@ def plan(
 @click.option("--as-of", "as_of", default=None)
 @click.option("--by", default=None, help="Actor recorded in the audit log (default: OS user).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary on stdout.")
-@click.option(
-    "--log-json",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Append one JSON line per destination to this file.",
-)
+@file_option("--log-json", help="Append one JSON line per destination to this file.")
 @pass_ctx
 def sync(
     obj: Context,
