@@ -19,9 +19,22 @@ revoked authorization) must be removed from audiences already pushed at once; th
 removals are exempt (``exempt_removals``) — they disclose only that the person left an
 audience the platform already saw them in.
 
+Only **live** audiences count: for each audience (segment × destination) on the account
+the newest release, since that is what the platform holds; superseded versions of other
+audiences can no longer be targeted. The new release is compared with the previous version
+of its own audience (the hold above) and with each other live audience (pairwise), and
+then **as a whole** (:func:`composition`): a platform can intersect and subtract every
+audience an account holds, so the union of the live audiences' members is grouped by
+membership pattern (which audiences each person is in), and every pattern the change
+touches must hold 0 or at least ``k_diff`` people *as the account would stand after the
+sync* — adds and removes the sync holds back do not count as sent. Three audiences
+P = NY+TX+one person, Q = NY+FL and R = TX+IL differ pairwise by hundreds, yet
+P − Q − R is one person: the pattern "P only" holds 1, and P is blocked.
+
 Both arrays are sorted, so counting the intersection is one ``np.searchsorted`` (which
 follows sorted needles cheaply) and one comparison: ~25 ms for 1M vs 1M; the comparisons
-run on a small thread pool (numpy releases the GIL).
+run on a small thread pool (numpy releases the GIL). The patterns are one polars group-by
+over a membership bitmask.
 """
 
 from __future__ import annotations
@@ -174,6 +187,18 @@ def earlier_releases(
     return out
 
 
+def live_audiences(
+    earlier: Sequence[EarlierRelease], segment: str, destination: str
+) -> tuple[EarlierRelease | None, list[EarlierRelease]]:
+    """(the previous version of this audience, the newest release of every other audience
+    of the account): what the platform holds before this release."""
+    newest: dict[tuple[str, str], EarlierRelease] = {}
+    for e in earlier:  # oldest first: later ones replace earlier versions
+        newest[(e.segment, e.destination)] = e
+    previous = newest.pop((segment, destination), None)
+    return previous, list(newest.values())
+
+
 def check(
     rule: Rule,
     dest: Destination,
@@ -184,44 +209,48 @@ def check(
     *,
     workers: int | None = None,
 ) -> DifferenceResult:
-    """Compare ``new`` (sorted unique keys) with every earlier release to the account."""
+    """Compare ``new`` (sorted unique keys) with the live audiences of the account: the
+    previous version of this audience (hold), each other audience (pairwise), and all of
+    them together (:func:`composition`)."""
     p: DifferenceParams = rule.params  # type: ignore[assignment]
-    same = [e for e in earlier if e.segment == segment and e.destination == dest.name]
-    previous = same[-1].release_id if same else None
-    comparisons = _compare_releases(
-        p, dest, segment, new, earlier, exempt, previous, workers=workers
+    previous, others = live_audiences(earlier, segment, dest.name)
+    live = [*others, *([previous] if previous is not None else [])]
+    memberships = _read_memberships(live, workers)
+    comparisons = tuple(
+        _compare(p, e, segment, dest, new, memberships[e.release_id], exempt, previous)
+        for e in live
     )
     blocks = [c for c in comparisons if c.result in ("block", "error")]
-    holds_on = [c for c in comparisons if c.result == "hold"]
     prev = next((c for c in comparisons if c.previous_version), None)
-    hold_against = previous if holds_on else None
+    hold_against = prev.earlier.release_id if prev is not None and prev.result == "hold" else None
     holds = 0
     if hold_against is not None and prev is not None:
         holds = sum(x for x in (prev.only_new, prev.only_old) if 0 < x < p.k_diff)
+    mix = None
+    readable = {rid: keys for rid, keys in memberships.items() if keys is not None}
+    if len(readable) == len(memberships):
+        before = readable[previous.release_id] if previous is not None else _EMPTY
+        after = _as_synced(before, new, exempt, p.k_diff if hold_against else 0)
+        named = [(f"{e.segment} → {e.destination}", readable[e.release_id]) for e in others]
+        mix = composition(before, after, named, p.k_diff, exempt)
     evidence = {
         "members": int(new.size),
         "k_diff": p.k_diff,
         "earlier_releases_compared": len(comparisons),
+        "live_audiences": len(others) + 1,
         "collisions": len(blocks),
-        "held_comparisons": len(holds_on),
+        "held_comparisons": int(hold_against is not None),
         "holds": holds,
         "exempt_removals": prev.exempt_removals if prev is not None else 0,
+        "membership_patterns": mix.patterns if mix is not None else 0,
+        "small_patterns": len(mix.small) if mix is not None else 0,
     }
-    public: str | None = None
-    if blocks:
-        detail, public = _collision_detail(blocks, p)
-    elif hold_against is not None:
-        detail = (
-            f"small change against the previous version {hold_against}: the sync holds back "
-            f"{holds} change(s) until adds and removes each reach {p.k_diff}"
-        )
-    else:
-        detail = f"checked against {len(comparisons)} earlier release(s) to account {dest.account}"
+    detail, public = _detail(blocks, mix, p, dest, hold_against, holds, len(comparisons))
     verdict = Verdict(
         id=rule.id,
         kind=rule.kind,
         severity=rule.severity,
-        passed=not blocks,
+        passed=not blocks and (mix is None or mix.passed),
         evidence=evidence,
         rationale=rule.rationale,
         source=rule.source,
@@ -233,43 +262,111 @@ def check(
     return DifferenceResult(verdict, comparisons, hold_against, holds)
 
 
-def _compare_releases(
-    p: DifferenceParams,
-    dest: Destination,
-    segment: str,
-    new: np.ndarray,
-    earlier: Sequence[EarlierRelease],
-    exempt: np.ndarray | None,
-    previous: str | None,
-    *,
-    workers: int | None,
-) -> tuple[Comparison, ...]:
-    """One comparison per earlier release (on a small thread pool when there are several)."""
+_EMPTY = np.zeros(0, dtype=np.uint64)
 
-    def one(e: EarlierRelease) -> Comparison:
-        same_audience = e.segment == segment and e.destination == dest.name
-        is_previous = e.release_id == previous
+
+def _as_synced(
+    before: np.ndarray, new: np.ndarray, exempt: np.ndarray | None, k: int
+) -> np.ndarray:
+    """The audience as the platform will hold it after the sync: with ``k`` > 0 (a hold),
+    an add set or a removal set smaller than ``k`` stays back; exempt removals always go."""
+    if k == 0:
+        return new
+    adds = np.setdiff1d(new, before, assume_unique=True)
+    gone = np.setdiff1d(before, new, assume_unique=True)
+    if exempt is not None and exempt.size:
+        gone = np.setdiff1d(gone, exempt, assume_unique=True)
+    kept = np.intersect1d(before, new, assume_unique=True)
+    parts = [kept]
+    if adds.size >= k:
+        parts.append(adds)
+    if 0 < gone.size < k:
+        parts.append(gone)
+    return sorted_keys(np.concatenate(parts))
+
+
+def _read_memberships(
+    live: Sequence[EarlierRelease], workers: int | None
+) -> dict[str, np.ndarray | None]:
+    """Each live release's members (None when the file is missing or unreadable)."""
+
+    def one(e: EarlierRelease) -> np.ndarray | None:
         try:
-            old = read_membership(e.membership_path)
+            return read_membership(e.membership_path)
         except (OSError, pl.exceptions.PolarsError, InternalError):
-            return Comparison(
-                e, 0, 0, 0, same_audience, is_previous, "error", "membership file unreadable"
-            )
-        only_new, only_old, exempt_n = compare_sets(new, old, exempt)
-        small = 0 < only_new < p.k_diff or 0 < only_old < p.k_diff
-        if not small:
-            result = "pass"
-        elif same_audience and p.on_small_change == "hold":
-            result = "hold"
-        else:
-            result = "block"
-        return Comparison(e, only_new, only_old, exempt_n, same_audience, is_previous, result)
+            return None
 
     n_workers = workers or min(4, os.cpu_count() or 1)
-    if len(earlier) > 1 and n_workers > 1:
+    if len(live) > 1 and n_workers > 1:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            return tuple(pool.map(one, earlier))
-    return tuple(one(e) for e in earlier)
+            found = list(pool.map(one, live))
+    else:
+        found = [one(e) for e in live]
+    return {e.release_id: keys for e, keys in zip(live, found, strict=True)}
+
+
+def _compare(
+    p: DifferenceParams,
+    e: EarlierRelease,
+    segment: str,
+    dest: Destination,
+    new: np.ndarray,
+    old: np.ndarray | None,
+    exempt: np.ndarray | None,
+    previous: EarlierRelease | None,
+) -> Comparison:
+    """One live audience against the new release."""
+    same_audience = e.segment == segment and e.destination == dest.name
+    is_previous = previous is not None and e.release_id == previous.release_id
+    if old is None:
+        return Comparison(
+            e, 0, 0, 0, same_audience, is_previous, "error", "membership file unreadable"
+        )
+    only_new, only_old, exempt_n = compare_sets(new, old, exempt)
+    small = 0 < only_new < p.k_diff or 0 < only_old < p.k_diff
+    if not small:
+        result = "pass"
+    elif same_audience and p.on_small_change == "hold":
+        result = "hold"
+    else:
+        result = "block"
+    return Comparison(e, only_new, only_old, exempt_n, same_audience, is_previous, result)
+
+
+def _detail(
+    blocks: list[Comparison],
+    mix: Composition | None,
+    p: DifferenceParams,
+    dest: Destination,
+    hold_against: str | None,
+    holds: int,
+    compared: int,
+) -> tuple[str, str | None]:
+    """The verdict's detail (exact figures, for the report) and public detail."""
+    if blocks:
+        return _collision_detail(blocks, p)
+    if mix is not None and not mix.passed:
+        (audiences, people), *more = mix.small
+        also = f" (and {len(more)} more such group(s))" if more else ""
+        detail = (
+            f"together with the account's other live audiences this release leaves {people} "
+            f"people who are in exactly: {', '.join(audiences)}{also}; "
+            f"intersecting and subtracting audiences would single them out (fewer than "
+            f"{p.k_diff})"
+        )
+        public = (
+            "together with the account's other live audiences this release leaves a group "
+            f"of between 1 and {p.k_diff - 1} people that a combination of audiences would "
+            "single out — change the segment so it overlaps the others less narrowly "
+            "(exact figures are in the compliance report)"
+        )
+        return detail, public
+    if hold_against is not None:
+        return (
+            f"small change against the previous version {hold_against}: the sync holds back "
+            f"{holds} change(s) until adds and removes each reach {p.k_diff}"
+        ), None
+    return f"checked against {compared} live audience(s) of account {dest.account}", None
 
 
 def _collision_detail(blocks: list[Comparison], p: DifferenceParams) -> tuple[str, str | None]:
@@ -301,12 +398,103 @@ def _collision_detail(blocks: list[Comparison], p: DifferenceParams) -> tuple[st
     return detail, public
 
 
+# ---------------------------------------------------------------------------------------
+# Composition: membership patterns over every live audience of the account
+
+
+@dataclass(frozen=True)
+class Composition:
+    """The patterns a change touches that would hold between 1 and ``k_diff - 1`` people."""
+
+    audiences: int  # live audiences of the account, this one included
+    patterns: int  # non-empty membership patterns after the change
+    small: tuple[tuple[tuple[str, ...], int], ...]  # (audiences in the pattern, people)
+
+    @property
+    def passed(self) -> bool:
+        return not self.small
+
+
+_WORD = 60  # audiences per bitmask column; as many columns as the account needs
+
+
+def composition(
+    before: np.ndarray,
+    after: np.ndarray,
+    others: Sequence[tuple[str, np.ndarray]],
+    k_diff: int,
+    exempt: np.ndarray | None = None,
+) -> Composition:
+    """Membership patterns over ``others`` (name, sorted keys) plus this audience, which
+    goes from ``before`` to ``after``. A pattern is *touched* when someone who is not in
+    ``exempt`` enters or leaves this audience with that combination of other audiences;
+    every touched pattern, with or without this audience, must hold 0 or >= ``k_diff``."""
+    keys, masks = _patterns(before, after, others)
+    if keys.size == 0:
+        return Composition(len(others) + 1, 0, ())
+    own = masks[:, -1]
+    b, a = (own & 1) > 0, (own & 2) > 0
+    changed = a != b
+    if exempt is not None and exempt.size:
+        changed &= ~np.isin(keys, exempt, assume_unique=True)
+    words = [f"w{i}" for i in range(masks.shape[1] - 1)]
+    people = pl.DataFrame({**{w: masks[:, i] for i, w in enumerate(words)}, "a": a})
+    in_some_other = pl.any_horizontal(pl.col(w) > 0 for w in words)
+    counts = people.filter(pl.col("a") | in_some_other).group_by(*words, "a").len()
+    touched = people.filter(pl.Series(changed)).select(words).unique()
+    small_rows = counts.join(touched, on=words, how="semi").filter(pl.col("len") < k_diff)
+    names = [name for name, _ in others]
+    small = tuple(
+        sorted(
+            (_pattern_names(row[: len(words)], bool(row[-2]), names), int(row[-1]))
+            for row in small_rows.select(*words, "a", "len").iter_rows()
+        )
+    )
+    return Composition(len(others) + 1, counts.height, small)
+
+
+def _patterns(
+    before: np.ndarray, after: np.ndarray, others: Sequence[tuple[str, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every person of the account once (sorted keys) and their membership bitmask: one
+    column per ``_WORD`` other audiences, the last column this audience (1 before, 2 after).
+
+    The arrays are sorted already, so a stable sort of their concatenation only merges
+    runs (timsort); each person's bits are then summed over their run of rows."""
+    n_words = max(1, -(-len(others) // _WORD))
+    sets = [(keys, i // _WORD, 1 << (i % _WORD)) for i, (_, keys) in enumerate(others)]
+    sets += [(before, n_words, 1), (after, n_words, 2)]
+    sets = [(keys, column, bit) for keys, column, bit in sets if keys.size]
+    if not sets:
+        return np.zeros(0, dtype=np.uint64), np.zeros((0, n_words + 1), dtype=np.uint64)
+    all_keys = np.concatenate([keys for keys, _, _ in sets])
+    bits = np.zeros((all_keys.size, n_words + 1), dtype=np.uint64)
+    start = 0
+    for keys, column, bit in sets:
+        bits[start : start + keys.size, column] = bit
+        start += keys.size
+    order = np.argsort(all_keys, kind="stable")
+    all_keys = all_keys[order]
+    first = np.empty(all_keys.size, dtype=bool)
+    first[0] = True
+    np.not_equal(all_keys[1:], all_keys[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    return all_keys[starts], np.add.reduceat(bits[order], starts, axis=0)
+
+
+def _pattern_names(masks: Sequence[int], mine: bool, names: Sequence[str]) -> tuple[str, ...]:
+    inside = [name for i, name in enumerate(names) if int(masks[i // _WORD]) >> (i % _WORD) & 1]
+    return (*inside, "(this audience)") if mine else tuple(inside)
+
+
 __all__ = [
     "Comparison",
+    "Composition",
     "DifferenceResult",
     "EarlierRelease",
     "check",
     "compare_sets",
+    "composition",
     "count_common",
     "earlier_releases",
     "read_membership",
