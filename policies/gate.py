@@ -46,6 +46,7 @@ from audiences.core.errors import ConfigError, InternalError, PolicyBlocked
 from audiences.core.state import ensure_private_dir, new_id, project_salt, transaction, utcnow
 from audiences.crm.consent import consent_signal
 from audiences.crm.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layouts_frame
+from audiences.crm.linkage import person_keys
 from audiences.segments import Segment
 from policies import difference
 from policies.pack import Pack
@@ -183,6 +184,7 @@ def evaluate(inp: GateInput) -> GateOutcome:
         eligible.members.height,
     )
     report["record_exports"] = [c.export.summary for c in checks if c.export is not None]
+    report["figures"]["eligible_records"] = eligible.records  # people are counted once
     return GateOutcome(
         verdicts=verdicts,
         blocked=blocked,
@@ -223,13 +225,14 @@ def _filter_verdicts(pack: Pack, ctx: FilterContext) -> tuple[dict[str, Verdict]
 
 @dataclass(frozen=True)
 class _Eligible:
-    """The candidates the filters kept, one row per member key."""
+    """The candidates the filters kept, one row per person."""
 
     members: pl.DataFrame  # member key, identity columns, ad consent columns
     keys: np.ndarray  # sorted member keys of ``members``
     exempt: np.ndarray  # sorted keys the filters removed: exempt removals (difference)
     kept_mask: np.ndarray  # over the candidates: kept and with a member key
     without_key: int  # candidates without a member key
+    records: int  # CRM records behind ``members`` (people are counted once)
 
 
 def _eligible_members(config: ProjectConfig, cand: pl.DataFrame, excluded: np.ndarray) -> _Eligible:
@@ -238,14 +241,36 @@ def _eligible_members(config: ProjectConfig, cand: pl.DataFrame, excluded: np.nd
     no_key = keys_all.is_null().to_numpy() if cand.height else np.zeros(0, dtype=bool)
     kept_mask = ~excluded & ~no_key
     # only what a release carries: member key, identity columns, ad consent columns
-    members = cand.select(_release_columns(config, cand)).filter(pl.Series(kept_mask))
+    columns = _release_columns(config, cand)
+    cid = config.sources.contacts.id
+    records = cand.select(*columns, *([cid] if cid not in columns else [])).filter(
+        pl.Series(kept_mask)
+    )
+    members = _one_row_per_person(config, records)
     keys = difference.sorted_keys(members.get_column("member_key"))
-    if keys.size != members.height:  # one person, several CRM records with one external id
-        members = members.unique("member_key", keep="first", maintain_order=True)
     exempt = difference.sorted_keys(keys_all.filter(pl.Series(excluded & ~no_key)))
     if exempt.size and keys.size:
         exempt = exempt[~_isin_sorted(exempt, keys)]
-    return _Eligible(members, keys, exempt, kept_mask, int(no_key.sum()))
+    return _Eligible(members, keys, exempt, kept_mask, int(no_key.sum()), records.height)
+
+
+def _one_row_per_person(config: ProjectConfig, records: pl.DataFrame) -> pl.DataFrame:
+    """People, not records: records sharing a normalized email or phone (or one member key)
+    are one person, released once as the record with the smallest CRM id (its member key),
+    each identifier taken from the first of the person's records, by CRM id, that has it."""
+    cid = config.sources.contacts.id
+    persons = person_keys(records, config, by=cid)
+    if persons.n_unique() == records.height and records.get_column("member_key").is_unique().all():
+        return records.drop(cid) if cid not in _release_columns(config, records) else records
+    keep = [c for c in records.columns if c != "__person"]
+    merged = (
+        records.with_columns(persons.alias("__person"))
+        .sort("__person", cid)
+        .group_by("__person", maintain_order=True)
+        .agg(pl.all().drop_nulls().first())
+    )
+    release_columns = _release_columns(config, records)
+    return merged.select([c for c in keep if c in release_columns])
 
 
 @dataclass

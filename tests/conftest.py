@@ -141,9 +141,35 @@ def adults(as_of: date, min_age: int = 18) -> pl.Expr:
 
 
 def released_ids(contacts: pl.DataFrame, in_segment: pl.Expr) -> set[str]:
-    """Contact ids a release of the segment (``in_segment`` over contacts) must hold."""
+    """Contact ids a release of the segment (``in_segment`` over contacts) must hold: one
+    per person — records sharing a mailbox or phone are one person (transitively), released
+    as the record with the smallest contact id."""
     kept = contacts.with_columns(consented(contacts)).filter(in_segment & pl.col("consented"))
-    return set(kept.get_column("contact_id").to_list())
+    return set(people(_identity_keys(kept)).values())
+
+
+def people(keyed: pl.DataFrame) -> dict[str, str]:
+    """contact id -> the smallest contact id of its person (a plain union-find)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for key in ("_email", "_phone"):
+        first: dict[str, str] = {}
+        for cid, value in keyed.select("contact_id", key).iter_rows():
+            find(cid)
+            if value is None:
+                continue
+            if value in first:
+                a, b = find(cid), find(first[value])
+                parent[max(a, b)] = min(a, b)
+            else:
+                first[value] = cid
+    return {cid: find(cid) for cid in keyed.get_column("contact_id").to_list()}
 
 
 # ------------------------------------------------------------------------------ sandboxes

@@ -166,7 +166,7 @@ def test_meta_first_sync_then_incremental_and_plan(make_project: Any) -> None:
     assert external_ids(second.members) == expected
     leave, join = ids - expected, expected - ids
     forced = leave & in_segment_ids(p, ALL_ADULTS)  # still in the segment: consent holds out
-    assert opted_out < forced and moved == leave - forced  # duplicates of opt-outs leave too
+    assert opted_out <= forced and moved == leave - forced  # duplicates of opt-outs leave too
     assert len(joiners & join) >= 190 and len(leave - forced) >= 100  # none held (k_diff 100)
 
     # plan: the same adds and removes, and nothing changes anywhere
@@ -385,7 +385,7 @@ def test_crash_between_batches_then_rerun(
     audience, n = r1.audience, first.members.height
 
     ids = external_ids(first.members)
-    opted_out = pick(ids, 300, seed=5)  # removals (with their duplicates): 250 + the rest
+    opted_out = pick(ids, 300, seed=5)  # removals: 250 + the rest (one row per person)
     joiners = pick(eligible_outsiders(p, ids, ("en", "es")), 400, seed=6)  # adds: 250 + rest
     update_contacts(p, opted_out, marketing_opt_in=False)
     update_contacts(p, joiners, marketing_opt_in=True)
@@ -394,7 +394,7 @@ def test_crash_between_batches_then_rerun(
     assert external_ids(second.members) == expected
     removes, adds = len(ids - expected), len(expected - ids)
     # two batches each way; the last add batch is not below k_diff (100), so never held
-    assert 300 < removes <= 500 and 350 <= adds <= 500
+    assert 300 <= removes <= 500 and 350 <= adds <= 500
 
     with pytest.raises(ProcessDied):
         sync(

@@ -18,6 +18,10 @@ match; it only saves work. ``tests/test_linkage.py`` checks the invariant on adv
 values and the whole result against the direct computation.
 
 Keys stay inside this module; only a boolean flag per candidate comes out.
+
+:func:`person_keys` uses the same exact keys to count people, not records: records that
+share a normalized email or phone are one person (transitively), so ``min-size``, the
+difference checks and the release see each person once.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from audiences.crm.identifiers import IdentityMapping, Layout, normalized_layout
 if TYPE_CHECKING:
     from audiences.core.config import ProjectConfig
 
-__all__ = ["Link", "flag_duplicates_of_opt_outs", "links_for", "opted_out_expr"]
+__all__ = ["Link", "flag_duplicates_of_opt_outs", "links_for", "opted_out_expr", "person_keys"]
 
 _ROW = "__link_row"
 _KEY = "__link_key"
@@ -395,3 +399,46 @@ def flag_duplicates_of_opt_outs(
     flagged = pl.concat(hits)  # one Series per link (there is at least one link)
     mask = pl.Series(flag, range(candidates.height), dtype=pl.UInt32).is_in(flagged.implode())
     return candidates.with_columns(mask.alias(flag))
+
+
+PERSON_LINKS = ("email", "phone")  # the platforms' primary match keys
+
+
+def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Series:
+    """For each row of ``records``, the person it belongs to, named by the smallest value of
+    column ``by`` (the CRM id) among the records linked to it by a shared normalized email
+    or phone, transitively (label propagation until nothing changes). A record linked to
+    no other is its own person."""
+    links = [
+        link for link in links_for(config, records.collect_schema()) if link.name in PERSON_LINKS
+    ]
+    labels = records.get_column(by).alias(by)
+    if not links or records.height < 2:
+        return labels
+    columns = sorted({c for link in links for c in link.columns})
+    rows = records.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias(_ROW), *columns)
+    edges = [
+        k.select(_ROW, _KEY).filter(pl.col(_KEY).is_duplicated())
+        for k in exact_keys([rows] * len(links), links)
+    ]
+    edges = [e for e in edges if e.height]
+    if not edges:
+        return labels
+    label = pl.DataFrame({_ROW: rows.get_column(_ROW), by: labels})
+    for _ in range(64):  # a chain of n linked records settles in at most n rounds
+        before = label.get_column(by)
+        for edge in edges:
+            smallest = (
+                edge.join(label, on=_ROW)
+                .with_columns(pl.col(by).min().over(_KEY).alias("__min"))
+                .group_by(_ROW)
+                .agg(pl.col("__min").min())
+            )
+            label = (
+                label.join(smallest, on=_ROW, how="left")
+                .with_columns(pl.min_horizontal(by, "__min").alias(by))
+                .drop("__min")
+            )
+        if label.get_column(by).equals(before):
+            break
+    return label.sort(_ROW).get_column(by)

@@ -1,0 +1,84 @@
+"""People, not records: k, difference checks and releases count persons.
+
+A person with two CRM records (both opted in) must count once toward ``min-size`` and
+appear once in each release — otherwise 57 people on 114 records pass k = 100.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from test_gate import NEWSLETTER, make_config, people, run
+
+from audiences.core.state import connect
+from audiences.crm.linkage import person_keys
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    state_dir = tmp_path / ".audiences"
+    conn = connect(state_dir / "state.db")
+    yield {"root": tmp_path, "state_dir": state_dir, "conn": conn}
+    conn.close()
+
+
+def twice(n: int, start: int = 0) -> pl.DataFrame:
+    """``n`` people with two records each: the second record has its own id and phone
+    but the first record's email (written differently: case and spaces)."""
+    first = people(n, start)
+    second = people(n, start + 500_000).with_columns(
+        pl.Series("email", [f"  person.{i}@example.COM" for i in range(start, start + n)])
+    )
+    return pl.concat([first, second])
+
+
+def test_sixty_people_on_120_records_never_pass_k_100(project: dict[str, Any]) -> None:
+    outcome = run(project, NEWSLETTER, twice(60), ["meta"])
+    assert outcome.blocked
+    min_size = next(v for v in outcome.verdicts if v.kind == "min_size")
+    assert not min_size.passed and min_size.evidence["members"] == 60
+    figures = outcome.report["figures"]
+    assert (figures["eligible_members"], figures["eligible_records"]) == (60, 120)
+
+
+def test_each_person_is_released_once_with_all_their_identifiers(project: dict[str, Any]) -> None:
+    frame = twice(150).with_columns(
+        # the first records lack a phone: the person's phone comes from the second record
+        pl.when(pl.col("contact_id") < "C000500000")
+        .then(None)
+        .otherwise(pl.col("phone"))
+        .alias("phone")
+    )
+    outcome = run(project, NEWSLETTER, frame, ["meta"])
+    assert not outcome.blocked, outcome.block_reasons
+    members = outcome.releases["meta"].members
+    assert members.height == 150
+    assert members.get_column("EMAIL").n_unique() == 150  # never the same hashed email twice
+    assert members.get_column("PHONE").null_count() == 0
+    assert set(members.get_column("EXTERN_ID")) == {f"C{i:09d}" for i in range(150)}
+
+
+def test_links_are_transitive_and_named_by_the_smallest_id(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    records = pl.DataFrame(
+        {
+            "contact_id": ["C3", "C1", "C2", "C9"],
+            "email": ["a@x.org", "b@x.org", "A@X.org ", "z@x.org"],
+            "phone": ["(212) 555-0001", "212-555-0002", "2125550002", None],
+        }
+    )
+    # C3 ~ C2 by email, C2 ~ C1 by phone: one person, named C1; C9 alone
+    assert person_keys(records, config, by="contact_id").to_list() == ["C1", "C1", "C1", "C9"]
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_tiny_inputs(tmp_path: Path, n: int) -> None:
+    records = pl.DataFrame(
+        {"contact_id": ["C1"][:n], "email": ["a@x.org"][:n], "phone": [None][:n]}
+    )
+    records = records.with_columns(pl.col("phone").cast(pl.String))
+    assert person_keys(records, make_config(tmp_path), by="contact_id").to_list() == ["C1"][:n]
