@@ -549,3 +549,33 @@ def test_form_encode_fast_path_on_a_payload() -> None:
     payload = {"payload": _graph_json({"schema": ["EMAIL", "PHONE"], "data": [["a" * 64, ""]]})}
     assert form_encode(payload) == urlencode(payload)
     assert "%5B%5B%22aaaa" in form_encode(payload)
+
+
+# ------------------------------------------------------- checked against the installed SDK
+def test_api_version_fields_and_enums_match_the_installed_sdk() -> None:
+    from facebook_business.adobjects.customaudience import CustomAudience
+    from facebook_business.adobjects.customaudiencestatus import CustomAudienceStatus
+    from facebook_business.apiconfig import ads_api_config
+
+    from connectors.meta.client import (
+        AUDIENCE_FIELDS,
+        CUSTOMER_FILE_SOURCES,
+        DEFAULT_API_VERSION,
+        MULTI_KEY_FIELDS,
+    )
+    from connectors.meta.config import GRAPH_API_VERSION, MetaDestinationConfig
+    from connectors.meta.connector import SCHEMA as CONNECTOR_SCHEMA
+    from connectors.sandbox import meta_server
+
+    assert ads_api_config["API_VERSION"] == GRAPH_API_VERSION == "v26.0"
+    assert DEFAULT_API_VERSION == meta_server.DEFAULT_API_VERSION == GRAPH_API_VERSION
+    assert MetaDestinationConfig.model_fields["api_version"].default == GRAPH_API_VERSION
+    fields = {v for k, v in vars(CustomAudience.Field).items() if not k.startswith("_")}
+    assert set(AUDIENCE_FIELDS) <= fields
+    assert {"code", "description"} <= set(vars(CustomAudienceStatus.Field).values())
+    assert CustomAudience.Field.operation_status == "operation_status"
+    sources = {v for k, v in vars(CustomAudience.CustomerFileSource).items() if not k.startswith("_")}
+    assert sources == set(CUSTOMER_FILE_SOURCES)
+    keys = {v for k, v in vars(CustomAudience.Schema.MultiKeySchema).items() if not k.startswith("_")}
+    assert set(MULTI_KEY_FIELDS) <= keys and set(CONNECTOR_SCHEMA) <= keys
+    assert CustomAudience.Subtype.custom == "CUSTOM"
