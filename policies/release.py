@@ -252,9 +252,7 @@ class ReleaseBatch:
     def verify(self) -> bool:
         """True when this is an unaltered batch minted here."""
         try:
-            return type(self) is ReleaseBatch and hmac.compare_digest(
-                _batch_seal(self), self.seal
-            )
+            return type(self) is ReleaseBatch and hmac.compare_digest(_batch_seal(self), self.seal)
         except Exception:  # a hand-made object may lack fields or hold the wrong types
             return False
 
@@ -281,7 +279,9 @@ def _rows_outside(rows: pl.DataFrame, source: pl.DataFrame) -> int | None:
         return None
 
 
-def _mint_batch(release: object, op: str, rows: object, source: pl.DataFrame | None) -> ReleaseBatch:
+def _mint_batch(
+    release: object, op: str, rows: object, source: pl.DataFrame | None
+) -> ReleaseBatch:
     checked = require_release(release)
     if op not in BATCH_OPS:
         raise InternalError(f"unknown batch op {op!r}; ops are {', '.join(BATCH_OPS)}")

@@ -97,7 +97,9 @@ def test_audience_connector_refuses_every_raw_path(project: Any, destination: st
                          release.account, "add", five, "0" * 64, None)  # fmt: skip
 
         # rows that are not the release's members can't be minted into a batch
-        stranger = five.head(1).with_columns(pl.lit(sha("stranger@example.com")).alias(COLUMN[destination]))
+        stranger = five.head(1).with_columns(
+            pl.lit(sha("stranger@example.com")).alias(COLUMN[destination])
+        )
         refused(lambda: release_batch(release, "add", stranger), "1 rows not in the release")
         refused(lambda: release_batch(release, "add", five.drop("member_key")), "other columns")
 
@@ -111,7 +113,9 @@ def test_audience_connector_refuses_every_raw_path(project: Any, destination: st
         refused(lambda: connector.send(remote_id, "add", edited, **kw), "sealed ReleaseBatch")
         relabelled = release_batch(release, "add", five)
         object.__setattr__(relabelled, "op", "replace")
-        refused(lambda: connector.send(remote_id, "replace", relabelled, **kw), "sealed ReleaseBatch")
+        refused(
+            lambda: connector.send(remote_id, "replace", relabelled, **kw), "sealed ReleaseBatch"
+        )
 
         # a genuine batch sent as another op, to another audience, or of another release
         refused(lambda: connector.send(remote_id, "remove", batch, **kw), "sent as 'remove'")

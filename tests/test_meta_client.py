@@ -574,8 +574,12 @@ def test_api_version_fields_and_enums_match_the_installed_sdk() -> None:
     assert set(AUDIENCE_FIELDS) <= fields
     assert {"code", "description"} <= set(vars(CustomAudienceStatus.Field).values())
     assert CustomAudience.Field.operation_status == "operation_status"
-    sources = {v for k, v in vars(CustomAudience.CustomerFileSource).items() if not k.startswith("_")}
+    sources = {
+        v for k, v in vars(CustomAudience.CustomerFileSource).items() if not k.startswith("_")
+    }
     assert sources == set(CUSTOMER_FILE_SOURCES)
-    keys = {v for k, v in vars(CustomAudience.Schema.MultiKeySchema).items() if not k.startswith("_")}
+    keys = {
+        v for k, v in vars(CustomAudience.Schema.MultiKeySchema).items() if not k.startswith("_")
+    }
     assert set(MULTI_KEY_FIELDS) <= keys and set(CONNECTOR_SCHEMA) <= keys
     assert CustomAudience.Subtype.custom == "CUSTOM"

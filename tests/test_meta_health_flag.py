@@ -14,7 +14,9 @@ DAY = AS_OF.isoformat()
 
 
 def adds_sent(boxes: Any) -> int:
-    return sum(1 for r in boxes.meta.request_log() if r.method == "POST" and r.path.endswith("/users"))
+    return sum(
+        1 for r in boxes.meta.request_log() if r.method == "POST" and r.path.endswith("/users")
+    )
 
 
 def test_a_flagged_audience_takes_no_more_adds_and_the_sync_fails(make_project: Any) -> None:

@@ -471,10 +471,14 @@ def test_a_session_must_number_its_batches_from_one_without_gaps(
 ) -> None:
     audience_id = create(api)
     if then is None:
-        error = graph_error(lambda: upload(api, audience_id, [person(1)], session=session(first, False)))
+        error = graph_error(
+            lambda: upload(api, audience_id, [person(1)], session=session(first, False))
+        )
     else:
         upload(api, audience_id, [person(1)], session=session(first, False))
-        error = graph_error(lambda: upload(api, audience_id, [person(2)], session=session(then, True)))
+        error = graph_error(
+            lambda: upload(api, audience_id, [person(2)], session=session(then, True))
+        )
     assert error.api_error_code() == 100
     assert "batch_seq" in error.api_error_message()
     expected = set() if then is None else {tuple(person(1))}

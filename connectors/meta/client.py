@@ -25,7 +25,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -36,7 +36,6 @@ from connectors.meta.config import GRAPH_API_VERSION
 from connectors.meta.errors import (
     DEFAULT_TOKEN_ENV_VAR,
     MetaError,
-    MetaRequestTooLong,
     error_from_request_error,
     error_from_response,
     error_from_transport,
