@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import weakref
 from dataclasses import InitVar, dataclass, fields
 from typing import Any
 
@@ -269,20 +270,62 @@ def _batch_seal(batch: ReleaseBatch) -> str:
 
 
 def _rows_outside(rows: pl.DataFrame, source: pl.DataFrame) -> int | None:
-    """How many of ``rows`` are not a row of ``source`` (on rows' columns); None: unlike."""
+    """How many of ``rows`` are not a row of ``source`` (on rows' columns); None: unlike.
+
+    Exact: the source rows of the batch's member keys (a join on the UInt64 key) are
+    compared with the batch on every column, so a 10,000-row batch of a 450,000-member
+    release takes milliseconds.
+    """
     if "member_key" not in rows.columns or not set(rows.columns) <= set(source.columns):
         return None
     try:
-        known = source.select(rows.columns).unique()
-        return rows.join(known, on=rows.columns, how="anti", nulls_equal=True).height
+        keys = rows.select("member_key").unique()
+        candidates = source.select(rows.columns).join(keys, on="member_key", how="semi")
+        return rows.join(candidates, on=rows.columns, how="anti", nulls_equal=True).height
     except pl.exceptions.PolarsError:  # columns of other types: not rows of the source
         return None
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """What a release held when its seal was last verified (members cloned)."""
+
+    seal: str
+    release_id: str
+    destination: str
+    kind: str
+    account: str
+    members: pl.DataFrame
+
+
+# Verifying a release digests every member (~0.4 s for 450,000): batches of one release
+# are checked against the content it had when verified, so later edits to the release
+# (which break its seal anyway) can't widen what a batch may hold.
+_VERIFIED: weakref.WeakKeyDictionary[Release, _Verified] = weakref.WeakKeyDictionary()
+
+
+def _verified(release: object) -> _Verified:
+    if type(release) is Release:
+        hit = _VERIFIED.get(release)
+        if hit is not None and hmac.compare_digest(hit.seal, release.seal):
+            return hit
+    checked = require_release(release)
+    hit = _Verified(
+        checked.seal,
+        checked.release_id,
+        checked.destination,
+        checked.kind,
+        checked.account,
+        checked.members.clone(),
+    )
+    _VERIFIED[checked] = hit
+    return hit
 
 
 def _mint_batch(
     release: object, op: str, rows: object, source: pl.DataFrame | None
 ) -> ReleaseBatch:
-    checked = require_release(release)
+    checked = _verified(release)
     if op not in BATCH_OPS:
         raise InternalError(f"unknown batch op {op!r}; ops are {', '.join(BATCH_OPS)}")
     if not isinstance(rows, pl.DataFrame):
@@ -294,6 +337,7 @@ def _mint_batch(
         raise InternalError(
             f"refusing a {op} batch of release {checked.release_id}: {count} not in {whence}"
         )
+    rows = rows.clone()  # the batch's own frame: edits to the caller's are not the batch's
     draft = ReleaseBatch(
         release_id=checked.release_id,
         release_seal=checked.seal,

@@ -189,3 +189,15 @@ def test_file_connector_refuses_every_raw_path(project: Any, tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
     written = connector.write(release, {})
     assert Path(written["manifest"]).parent.parent.name == release.segment == "guards"
+
+
+def test_attack_editing_the_release_after_a_first_batch_widens_nothing(project: Any) -> None:
+    release = releases(project)["meta"]
+    release_batch(release, "add", release.members.head(5))  # verified (and remembered) here
+    release.members[0, "EMAIL"] = sha("stranger@example.com")  # then edited in place
+    stranger = release.members.head(1)
+    refused(lambda: release_batch(release, "add", stranger), "1 rows not in the release")
+    assert not release.verify()
+    fresh = releases(project)["meta"]
+    object.__setattr__(fresh, "members", stranger)  # a swapped frame fails the seal at once
+    refused(lambda: release_batch(fresh, "add", stranger), "not a sealed Release")
