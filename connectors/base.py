@@ -1,8 +1,13 @@
 """The connector interface every destination implements.
 
 Connectors accept nothing but a gate-made :class:`policies.release.Release`
-(checked with ``require_release``). Credentials come from environment variables
-named in the destination's config, never from the config itself.
+(checked with ``require_release``) and, for each batch of members, a sealed
+:class:`policies.release.ReleaseBatch` minted from that release: an audience connector is
+opened for one release by :meth:`AudienceConnector.ensure_audience`, which names the
+audience after the release (its opaque name), and :meth:`AudienceConnector.send` refuses
+anything but a batch of that release (docs/platforms.md, "What a connector accepts").
+Credentials come from environment variables named in the destination's config, never
+from the config itself.
 """
 
 from __future__ import annotations
@@ -12,11 +17,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from audiences.core.errors import ConfigError
+from audiences.core.errors import ConfigError, InternalError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from policies.release import Release, ReleaseBatch
 
 Progress = Callable[[int], None]
 
@@ -93,6 +103,8 @@ class AudienceConnector(Connector):
     """
 
     client: Any = None
+    release: Release | None = None  # the release ensure_audience opened this connector for
+    remote_id: str | None = None  # ... and its audience on the platform
 
     def open(self) -> None:
         """Read the :meth:`credentials` from the environment and :meth:`connect` with them.
@@ -124,12 +136,69 @@ class AudienceConnector(Connector):
         """People per journaled batch for ``op`` (add | remove)."""
         return self.add_batch_size if op == "add" else self.remove_batch_size
 
-    @abstractmethod
-    def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
-        """Return the platform's audience id, creating the audience when ``remote_id`` is None."""
+    def ensure_audience(self, release: Release, remote_id: str | None = None) -> str:
+        """Open this connector for ``release``: the platform's audience id, creating the
+        audience (named after the release's opaque name) when ``remote_id`` is None.
+
+        Refuses anything but a sealed release made for this destination and account.
+        """
+        from policies.release import require_release
+
+        checked = require_release(release)
+        mine = (self.name, self.kind, self.account())
+        theirs = (checked.destination, checked.kind, checked.account)
+        if theirs != mine:
+            raise InternalError(
+                f"refusing release {checked.release_id}: it was made for destination "
+                f"{checked.destination!r} ({checked.kind}, {checked.account}), not {self.name!r}"
+            )
+        if remote_id is None:
+            name = checked.opaque_name
+            remote_id = self._create_audience(name, f"audiences release {name}")
+        else:
+            self._check_audience(remote_id)
+        self.release, self.remote_id = checked, remote_id
+        return remote_id
+
+    def send(
+        self,
+        remote_id: str,
+        op: str,
+        rows: ReleaseBatch,
+        *,
+        seq: int,
+        last: bool,
+        session: dict[str, Any],
+    ) -> BatchOutcome:
+        """Send one sealed batch of the release this connector was opened for, and confirm it."""
+        from policies.release import require_batch
+
+        if self.release is None or self.remote_id is None:
+            raise InternalError("send before ensure_audience: open the audience for a release")
+        batch = require_batch(rows, self.release)
+        if (remote_id, op) != (self.remote_id, batch.op):
+            raise InternalError(
+                f"refusing a {batch.op} batch sent as {op!r} to audience {remote_id}: this "
+                f"connector was opened for audience {self.remote_id}"
+            )
+        return self._send(remote_id, op, batch.rows, seq=seq, last=last, session=session)
 
     @abstractmethod
-    def send(
-        self, remote_id: str, op: str, rows: Any, *, seq: int, last: bool, session: dict[str, Any]
+    def _create_audience(self, name: str, description: str) -> str:
+        """Create the audience (the name is the release's opaque name) and return its id."""
+
+    def _check_audience(self, remote_id: str) -> None:
+        """Check an existing audience before anything is sent to it (default: nothing)."""
+
+    @abstractmethod
+    def _send(
+        self,
+        remote_id: str,
+        op: str,
+        rows: pl.DataFrame,
+        *,
+        seq: int,
+        last: bool,
+        session: dict[str, Any],
     ) -> BatchOutcome:
-        """Send one batch (a polars DataFrame of the layout's columns) and confirm it."""
+        """Send the rows of a checked batch (the layout's columns) and confirm them."""

@@ -129,32 +129,54 @@ def test_add_25000_rows_in_three_batches_of_one_session(
     assert len(sandbox.request_log()) == 1 + 3 + 1
 
 
-def test_remove_in_url_sized_batches(
+def test_remove_posts_method_delete_with_the_payload_in_the_body(
     client: MetaClient, sandbox: MetaSandbox, audience: str
 ) -> None:
     everyone = rows_for(0, 300)
     client.add(audience, SCHEMA, everyone)
     sandbox.reset_log()
     result = client.remove(audience, SCHEMA, everyone[:250])
-    assert (result.num_received, result.num_invalid_entries) == (250, 0)
+    assert (result.num_received, result.num_invalid_entries, result.requests) == (250, 0, 1)
     assert sandbox.members(audience) == {tuple(r) for r in everyone[250:]}
-    log = sandbox.request_log()
-    assert len(log) == result.requests > 1
-    assert all(r.method == "DELETE" and r.status == 200 for r in log)
-    # "DELETE " + URL path and query + " HTTP/1.1\r\n": each URL stayed under 8,000 bytes
-    assert max(r.request_bytes for r in log) <= 8_000
-    assert max(r.request_bytes for r in log) > 6_000  # and the batches were not needlessly small
-    size = client.removal_batch_size(audience, SCHEMA, everyone)
-    assert result.requests == -(-250 // size)
+    (record,) = sandbox.request_log()
+    # Graph's method override: a POST run as DELETE, the 250 rows in its body
+    assert (record.http_method, record.method, record.status) == ("POST", "DELETE", 200)
+    assert record.request_bytes > 250 * 6 * 64
 
 
-def test_removal_batch_size_follows_the_row_width(client: MetaClient, audience: str) -> None:
-    wide = rows_for(0, 500)
-    narrow = [[row[0]] for row in wide]
-    wide_size = client.removal_batch_size(audience, SCHEMA, wide)
-    narrow_size = client.removal_batch_size(audience, ["EMAIL"], narrow)
-    assert 10 <= wide_size < narrow_size // 4
-    assert narrow_size <= 8_000 // 64
+def test_ten_thousand_removals_take_one_request_and_more_go_in_one_session(
+    client: MetaClient, sandbox: MetaSandbox, audience: str
+) -> None:
+    everyone = rows_for(0, 10_001)
+    client.add(audience, SCHEMA, everyone[:10_000])
+    client.add(audience, SCHEMA, everyone[10_000:])
+    sandbox.reset_log()
+    assert client.remove(audience, SCHEMA, everyone[:10_000]).requests == 1
+    client.add(audience, SCHEMA, everyone[:10_000])
+    sandbox.reset_log()
+    result = client.remove(audience, SCHEMA, everyone)
+    assert (result.requests, result.num_received) == (2, 10_001)
+    assert sandbox.members(audience) == set()
+    sessions = sandbox._audiences[audience].sessions  # one remove session, batches 1 and 2
+    (key,) = [k for k in sessions if k == f"remove:{result.session_id}"]
+    assert sorted(sessions[key].responses) == [1, 2] and sessions[key].finished
+
+
+def test_the_token_is_in_no_url(
+    sandbox: MetaSandbox, sleeps: Sleeps, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # urllib3 logs every request line
+    with make_client(sandbox, sleeps) as client:
+        audience = client.create_audience("seg-1")
+        client.add(audience, SCHEMA, rows_for(0, 5))
+        client.remove(audience, SCHEMA, rows_for(0, 2))
+        client.get_audience(audience)
+        client.delete_audience(audience)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
+    requests = [line for line in lines if " HTTP/1.1" in line]
+    assert len(requests) == 5
+    assert not any("access_token" in line or TOKEN in line for line in requests)
+    assert not any("payload" in line for line in requests)
 
 
 def test_replace_swaps_membership_at_the_last_batch(
@@ -310,14 +332,13 @@ def test_wrong_token_names_the_variable_not_the_token(sandbox: MetaSandbox, slee
 
 
 def test_request_too_long_is_caught(sandbox: MetaSandbox, sleeps: Sleeps) -> None:
-    with make_client(sandbox, sleeps, max_url_bytes=1_000_000) as client:
+    with make_client(sandbox, sleeps) as client:
         audience = client.create_audience("seg-1")
-        client.add(audience, SCHEMA, rows_for(0, 100))
+        sandbox.max_request_line_bytes = 60  # a proxy in between with a short line limit
         with pytest.raises(MetaRequestTooLong, match="request too long \\(HTTP 414\\)"):
-            client.remove(audience, SCHEMA, rows_for(0, 100))
+            client.get_audience(audience)
     assert sleeps == []
-    assert [r.status for r in sandbox.request_log()] == [200, 200, 414]
-    assert len(sandbox.members(audience)) == 100
+    assert [r.status for r in sandbox.request_log()] == [200, 414]
 
 
 def test_flagged_audience_raises_meta_audience_flagged(
@@ -460,7 +481,8 @@ def test_no_secret_in_any_log_record_or_error(
             client.add(audience, SCHEMA, rows_for(0, 3))
         errors.append(terminal.value)
     urls = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
-    assert any("access_token=[REDACTED]&appsecret_proof=[REDACTED]" in u for u in urls)
+    assert not any("access_token" in u for u in urls)  # in bodies and headers only
+    assert any("appsecret_proof=[REDACTED]" in u for u in urls)  # GET queries hold the proof
     assert any(
         r.levelno == logging.WARNING and "retrying" in r.getMessage() for r in caplog.records
     )
@@ -482,7 +504,7 @@ def test_tls_error_text_is_redacted(sandbox: MetaSandbox, sleeps: Sleeps) -> Non
     ):
         client.create_audience("seg-1")
     message = str(caught.value)
-    assert "access_token=[REDACTED]" in message  # requests put the URL in its error text
+    assert "access_token" not in message  # requests put the URL in its error text: no token
     assert TOKEN not in message and PROOF not in message
     assert TOKEN not in "".join(traceback.format_exception(caught.value))
     assert sleeps == []
@@ -527,3 +549,37 @@ def test_form_encode_fast_path_on_a_payload() -> None:
     payload = {"payload": _graph_json({"schema": ["EMAIL", "PHONE"], "data": [["a" * 64, ""]]})}
     assert form_encode(payload) == urlencode(payload)
     assert "%5B%5B%22aaaa" in form_encode(payload)
+
+
+# ------------------------------------------------------- checked against the installed SDK
+def test_api_version_fields_and_enums_match_the_installed_sdk() -> None:
+    from facebook_business.adobjects.customaudience import CustomAudience
+    from facebook_business.adobjects.customaudiencestatus import CustomAudienceStatus
+    from facebook_business.apiconfig import ads_api_config
+
+    from connectors.meta.client import (
+        AUDIENCE_FIELDS,
+        CUSTOMER_FILE_SOURCES,
+        DEFAULT_API_VERSION,
+        MULTI_KEY_FIELDS,
+    )
+    from connectors.meta.config import GRAPH_API_VERSION, MetaDestinationConfig
+    from connectors.meta.connector import SCHEMA as CONNECTOR_SCHEMA
+    from connectors.sandbox import meta_server
+
+    assert ads_api_config["API_VERSION"] == GRAPH_API_VERSION == "v26.0"
+    assert DEFAULT_API_VERSION == meta_server.DEFAULT_API_VERSION == GRAPH_API_VERSION
+    assert MetaDestinationConfig.model_fields["api_version"].default == GRAPH_API_VERSION
+    fields = {v for k, v in vars(CustomAudience.Field).items() if not k.startswith("_")}
+    assert set(AUDIENCE_FIELDS) <= fields
+    assert {"code", "description"} <= set(vars(CustomAudienceStatus.Field).values())
+    assert CustomAudience.Field.operation_status == "operation_status"
+    sources = {
+        v for k, v in vars(CustomAudience.CustomerFileSource).items() if not k.startswith("_")
+    }
+    assert sources == set(CUSTOMER_FILE_SOURCES)
+    keys = {
+        v for k, v in vars(CustomAudience.Schema.MultiKeySchema).items() if not k.startswith("_")
+    }
+    assert set(MULTI_KEY_FIELDS) <= keys and set(CONNECTOR_SCHEMA) <= keys
+    assert CustomAudience.Subtype.custom == "CUSTOM"

@@ -444,3 +444,62 @@ def test_sandbox_listens_only_on_loopback() -> None:
         _ = MetaSandbox().url
     with pytest.raises(ValueError, match="only listens on an IPv4 loopback address"):
         main(["--host", "192.0.2.1", "--port", "0"])
+
+
+# ---------------------------------------------------------------- Graph's method override
+def test_a_post_with_method_delete_removes_as_graph_does(
+    sandbox: MetaSandbox, api: FacebookAdsApi
+) -> None:
+    audience_id = create(api)
+    upload(api, audience_id, [person(1), person(2), person(3)])
+    sandbox.reset_log()
+    params = {"payload": {"schema": SCHEMA, "data": [person(1), person(2)]}, "method": "delete"}
+    answer = api.call("POST", (audience_id, "users"), params=params).json()  # the real SDK
+    assert answer["num_received"] == 2
+    assert sandbox.members(audience_id) == {tuple(person(3))}
+    (record,) = sandbox.request_log()
+    assert (record.http_method, record.method, record.status) == ("POST", "DELETE", 200)
+    params["method"] = "PATCH"
+    error = graph_error(lambda: api.call("POST", (audience_id, "users"), params=params))
+    assert error.api_error_code() == 100 and "method override" in error.api_error_message()
+
+
+# ---------------------------------------------------------------- upload sessions in order
+@pytest.mark.parametrize(("first", "then"), [(2, None), (1, 3)], ids=["starts-at-2", "gap"])
+def test_a_session_must_number_its_batches_from_one_without_gaps(
+    sandbox: MetaSandbox, api: FacebookAdsApi, first: int, then: int | None
+) -> None:
+    audience_id = create(api)
+    if then is None:
+        error = graph_error(
+            lambda: upload(api, audience_id, [person(1)], session=session(first, False))
+        )
+    else:
+        upload(api, audience_id, [person(1)], session=session(first, False))
+        error = graph_error(
+            lambda: upload(api, audience_id, [person(2)], session=session(then, True))
+        )
+    assert error.api_error_code() == 100
+    assert "batch_seq" in error.api_error_message()
+    expected = set() if then is None else {tuple(person(1))}
+    assert sandbox.members(audience_id) == expected
+    # the session goes on in order; a repeated batch is answered again and changes nothing
+    upload(api, audience_id, [person(1)], session=session(1, False))
+    upload(api, audience_id, [person(1)], session=session(1, False))
+    upload(api, audience_id, [person(2)], session=session(2, True))
+    assert sandbox.members(audience_id) == {tuple(person(1)), tuple(person(2))}
+
+
+def test_fault_injection_flags_an_audience_after_an_upload(
+    sandbox: MetaSandbox, api: FacebookAdsApi
+) -> None:
+    audience_id = create(api)
+    sandbox.flag_after_upload()
+    upload(api, audience_id, [person(1)])  # accepted, then the classifier flags it
+    status = api.call("GET", (audience_id,), params={"fields": "operation_status"}).json()
+    assert status["operation_status"]["code"] == 471
+    error = graph_error(lambda: upload(api, audience_id, [person(2)]))
+    assert error.api_error_subcode() == 1713230
+    other = create(api, "seg-0b1d")
+    sandbox.flag_audience(other)
+    assert sandbox.audience_info(other)["operation_status"]["code"] == 471

@@ -722,11 +722,15 @@ def test_terminal_fault_fails_one_destination_and_the_others_sync(
 # ------------------------------------------------------------------------------ 5. bad row
 def corrupting_one_row(column: str, corrupted: list[int]) -> Any:
     """A connector factory whose first add batch carries one malformed hash: in the first
-    row with a value in ``column``; that row's member_key is appended to ``corrupted``."""
+    row with a value in ``column``; that row's member_key is appended to ``corrupted``.
+
+    The row is corrupted below the release guard (``_send``, after the sealed batch was
+    checked), as a platform would see a bad hash; an edited batch is refused
+    (tests/test_connector_guards.py)."""
 
     def factory(config: Any, name: str) -> Any:
         connector = make_connector(config, name)
-        real_send = connector.send
+        real_send = connector._send
 
         def send(remote_id: str, op: str, rows: pl.DataFrame, **kw: Any) -> Any:
             if op == "add" and not corrupted:
@@ -742,7 +746,7 @@ def corrupting_one_row(column: str, corrupted: list[int]) -> Any:
                 )
             return real_send(remote_id, op, rows, **kw)
 
-        connector.send = send
+        connector._send = send
         return connector
 
     return factory

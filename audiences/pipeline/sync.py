@@ -44,7 +44,7 @@ from connectors.base import AudienceConnector, BatchOutcome
 
 if TYPE_CHECKING:
     from policies.gate import GateOutcome
-    from policies.release import Release
+    from policies.release import Release, ReleaseBatch
 
 Progress = Callable[[str, float], None]
 ConnectorFactory = Callable[[ProjectConfig, str], AudienceConnector]
@@ -560,11 +560,7 @@ def _ensure_destination_audience(
     release: Release,
 ) -> str:
     """The platform's audience id, created (and remembered) on the first sync."""
-    remote_id = connector.ensure_audience(
-        the_plan.remote_id,
-        name=release.opaque_name,
-        description=f"audiences release {release.opaque_name}",
-    )
+    remote_id = connector.ensure_audience(release, the_plan.remote_id)
     if the_plan.remote_id is None:
         with transaction(conn):
             conn.execute(
@@ -600,6 +596,7 @@ def _send_op(run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int) -> in
     n = max(1, -(-frame.height // size))
     session: dict[str, Any] = {"total": frame.height}
     unrecorded: list[_BatchRow] = []  # confirmed batches not yet in the DB
+    sent_before = _sent_before(run) if op == "remove" else None
     for i in range(n):
         rows = frame.slice(i * size, size)
         seq += 1
@@ -611,7 +608,12 @@ def _send_op(run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int) -> in
             journal_op = "add"
         run.store.write_intent(run.sync_id, seq, journal_op, rows)
         result = run.connector.send(
-            run.remote_id, op, rows, seq=seq, last=i == n - 1, session=session
+            run.remote_id,
+            op,
+            _sealed(run.connector, op, rows, sent_before),
+            seq=seq,
+            last=i == n - 1,
+            session=session,
         )
         if op == "replace" and i == 0:
             unrecorded.append((run.sync_id, seq - 1, "clear", 0, "confirmed", 0, 0, utcnow()))
@@ -634,6 +636,24 @@ def _send_op(run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int) -> in
             unrecorded = []
         _audit_batch(run, seq, op, rows.height, result)
     return seq
+
+
+def _sent_before(run: _DestinationRun) -> pl.DataFrame:
+    """Rows the platform was sent before: the confirmed view plus unconfirmed batches."""
+    parts = [_confirmed_view(run.conn, run.store), unsure_rows(run.conn, run.store)]
+    return pl.concat([p for p in parts if p is not None], how="diagonal_relaxed")
+
+
+def _sealed(
+    connector: AudienceConnector, op: str, rows: pl.DataFrame, sent_before: pl.DataFrame | None
+) -> ReleaseBatch:
+    """``rows`` as a batch sealed from the release the connector was opened for."""
+    from policies.release import release_batch, removal_batch
+
+    assert connector.release is not None  # ensure_audience opened it
+    if sent_before is not None:
+        return removal_batch(connector.release, rows, confirmed=sent_before)
+    return release_batch(connector.release, op, rows)
 
 
 def _record_batches(conn: sqlite3.Connection, rows: list[_BatchRow]) -> None:

@@ -173,6 +173,9 @@ class FileConnector(Connector):
         return {kind: str(out / name) for kind, name in names.items()}
 
     def _write_files(self, release: Any, manifest: dict[str, Any], folder: Path) -> dict[str, str]:
+        from policies.release import require_release
+
+        require_release(release)  # checked again here: the private path is no way around
         # member_key is for state (difference checks) only: never written out
         members: pl.DataFrame = release.members.drop("member_key", strict=False)
         # plain text labels in the files (record-level exports hold them as Enum in memory)

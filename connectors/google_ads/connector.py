@@ -61,14 +61,12 @@ class GoogleAdsConnector(AudienceConnector):
             poll_seconds=self.config.poll_seconds,
         )
 
-    def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
-        if remote_id:
-            return remote_id
+    def _create_audience(self, name: str, description: str) -> str:
         return str(
             self.client.create_user_list(name, description, self.config.membership_life_span_days)
         )
 
-    def send(
+    def _send(
         self,
         remote_id: str,
         op: str,

@@ -2,16 +2,19 @@
 
 It builds ``FacebookSession`` + ``FacebookAdsApi`` itself instead of calling
 ``FacebookAdsApi.init()``, whose default ``crash_log=True`` installs an excepthook that
-posts tracebacks to Meta. Requests go through ``FacebookAdsApi.call`` (the SDK's transport,
-parameter encoding and error parsing) with finished, hashed rows: the SDK's own normaliser
-(``CustomAudienceMixin.format_params``) is bypassed on purpose.
+posts tracebacks to Meta. Requests go out on the SDK's session and come back as the SDK's
+``FacebookResponse`` (and its ``FacebookRequestError``), with finished, hashed rows: the
+SDK's own normaliser (``CustomAudienceMixin.format_params``) is bypassed on purpose, and so
+is ``FacebookAdsApi.call``, which puts the access token in every URL.
 
-``FacebookAdsApi.call`` takes any answer that is not Graph JSON with an ``error`` key as a
-success (an HTML 414 or 502 page included), and the SDK's object parsers crash on such
-pages; every answer is therefore checked here for status and shape.
+The SDK takes any answer that is not Graph JSON with an ``error`` key as a success (an HTML
+414 or 502 page included), and its object parsers crash on such pages; every answer is
+therefore checked here for status and shape.
 
-Removals are ``DELETE`` requests whose whole payload travels in the URL, so they are cut
-into batches whose measured URL stays under ``max_url_bytes``.
+Removals are ``POST`` requests with Graph's ``method=DELETE`` override, so their payload
+travels in the body (a real ``DELETE`` carries it in a URL capped near 8,000 bytes: about
+10 people a request). The access token travels in the form body of every POST and in the
+``Authorization`` header of every GET and DELETE, never in a URL.
 """
 
 from __future__ import annotations
@@ -22,17 +25,17 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from audiences.core.errors import ConfigError, ConnectorError, InternalError
+from connectors.meta.config import GRAPH_API_VERSION
 from connectors.meta.errors import (
     DEFAULT_TOKEN_ENV_VAR,
     MetaError,
-    MetaRequestTooLong,
     error_from_request_error,
     error_from_response,
     error_from_transport,
@@ -43,10 +46,9 @@ from connectors.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_VERSION = "v26.0"
+DEFAULT_API_VERSION = GRAPH_API_VERSION
 GRAPH_URL = "https://graph.facebook.com"
 MAX_ROWS_PER_REQUEST = 10_000
-DEFAULT_MAX_URL_BYTES = 8_000
 MULTI_KEY_FIELDS = frozenset(
     {
         "EXTERN_ID",
@@ -180,7 +182,6 @@ class MetaClient:
         app_secret: str | None = None,
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
-        max_url_bytes: int = DEFAULT_MAX_URL_BYTES,
         token_env_var: str = DEFAULT_TOKEN_ENV_VAR,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -217,7 +218,6 @@ class MetaClient:
         self.ad_account_id = account
         self.api_version = api_version
         self.retry = retry or RetryPolicy()
-        self.max_url_bytes = max_url_bytes
         self.token_env_var = token_env_var
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -340,16 +340,28 @@ class MetaClient:
         *,
         session_id: int | None = None,
     ) -> BatchResult:
-        """Remove ``rows`` in one session of URL-sized ``DELETE`` batches; returns the sums."""
+        """Remove ``rows`` in one session of ≤ 10,000-row requests; returns the sums.
+
+        Each request is a ``POST`` to ``/{audience_id}/users`` with ``method=DELETE`` in the
+        form body: Graph's method override, which every endpoint accepts, so the payload
+        travels in the body like an add instead of in a length-capped DELETE URL
+        (docs/platforms.md, "Removals").
+        """
         self._check_rows(schema, rows, limit=None)
         if not rows:
             return BatchResult(0, 0, requests=0)
         session_id = session_id or new_session_id()
         total: BatchResult | None = None
-        batches = self._removal_batches(audience_id, schema, rows, session_id)
-        for batch_seq, (start, stop, params) in enumerate(batches, start=1):
+        requests = -(-len(rows) // MAX_ROWS_PER_REQUEST)
+        for batch_seq in range(1, requests + 1):
+            start = (batch_seq - 1) * MAX_ROWS_PER_REQUEST
+            stop = min(len(rows), start + MAX_ROWS_PER_REQUEST)
+            session = upload_session(
+                session_id, batch_seq, last=batch_seq == requests, estimated_total=len(rows)
+            )
+            params = {"method": "DELETE", **self._upload_params(schema, rows[start:stop], session)}
             answer = self._call(
-                "DELETE",
+                "POST",
                 (audience_id, "users"),
                 params,
                 operation=f"removing members from audience {audience_id} "
@@ -359,56 +371,6 @@ class MetaClient:
             total = result if total is None else total + result
         assert total is not None
         return total
-
-    def removal_batch_size(
-        self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]]
-    ) -> int:
-        """How many of the first ``rows`` fit one removal request under ``max_url_bytes``."""
-        for start, stop, _ in self._removal_batches(audience_id, schema, rows, new_session_id()):
-            return stop - start
-        return 0
-
-    def _removal_batches(
-        self,
-        audience_id: str,
-        schema: Sequence[str],
-        rows: Sequence[Sequence[str]],
-        session_id: int,
-    ) -> Iterator[tuple[int, int, dict[str, str]]]:
-        base_url = f"{self._graph}/{self.api_version}/{audience_id}/users"
-        secret_params = urlencode(self._session.requests.params)
-        # Estimate the encoded bytes of one row from a sample, then measure each batch.
-        sample = rows[:64]
-        per_row = max(len(urlencode({"p": _graph_json(list(r))})) - 1 for r in sample)
-        start, size, batch_seq = 0, MAX_ROWS_PER_REQUEST, 0
-        while start < len(rows):
-            batch_seq += 1
-            fixed = len(base_url) + 1 + len(secret_params) + 1
-            size = min(size, MAX_ROWS_PER_REQUEST, max(1, self.max_url_bytes // per_row))
-            while True:
-                stop = min(len(rows), start + size)
-                params = self._upload_params(
-                    schema,
-                    rows[start:stop],
-                    upload_session(
-                        session_id,
-                        batch_seq,
-                        last=stop == len(rows),
-                        estimated_total=len(rows),
-                    ),
-                )
-                length = fixed + len(urlencode(params))
-                if length <= self.max_url_bytes:
-                    break
-                if size == 1:
-                    raise MetaRequestTooLong(
-                        f"one removal row makes a {length}-byte URL, over the "
-                        f"{self.max_url_bytes}-byte limit",
-                        "remove with fewer identifier columns, or raise max_url_bytes",
-                    )
-                size = max(1, min(size - 1, int(size * self.max_url_bytes / length * 0.97)))
-            yield start, stop, params
-            start = stop
 
     def _upload(
         self,
@@ -469,29 +431,41 @@ class MetaClient:
 
     # -- transport ---------------------------------------------------------------------------
 
-    def _post_form(self, path: tuple[str, ...], params: Mapping[str, str]) -> Any:
-        """``FacebookAdsApi.call`` for an upload POST, with the form body encoded by us.
+    def _http(self, method: str, path: tuple[str, ...], params: Mapping[str, str]) -> Any:
+        """One Graph request on the SDK's session, answered as the SDK's ``FacebookResponse``.
 
-        The SDK hands ``requests`` a dict, which percent-encodes a 7 MB payload byte by
-        byte in Python (~0.4 s per 10,000 rows). The payload is JSON of hex digests, so
-        a translate table encodes it at C speed; the bytes on the wire are identical. The
-        session, headers, response object and error raising are the SDK's own.
+        The SDK's ``FacebookAdsApi.call`` puts the token in every URL (its session's query
+        parameters). Here a POST carries it in the form body, a GET or DELETE in the
+        ``Authorization: OAuth`` header; Graph accepts both (docs/platforms.md, "Tokens").
+        The body is form-encoded by :func:`form_encode` (C-speed for the hashed payload;
+        the same bytes as ``urlencode``). Headers, response object and the error it raises
+        are the SDK's own.
         """
         from facebook_business.api import FacebookAdsApi, FacebookResponse
 
         url = "/".join((self._graph, self.api_version, "/".join(path)))
-        headers = {
-            **FacebookAdsApi.HTTP_DEFAULT_HEADERS,
-            "Content-Type": "application/x-www-form-urlencoded",
-        }
-        response = self._session.requests.request(
-            "POST", url, data=form_encode(params), headers=headers, timeout=self._session.timeout
-        )
+        credentials = {k: str(v) for k, v in self._session.requests.params.items()}
+        no_query: dict[str, str | None] = dict.fromkeys(credentials)  # None: not in the URL
+        headers = dict(FacebookAdsApi.HTTP_DEFAULT_HEADERS)
+        request = self._session.requests.request
+        if method == "POST":
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            body = form_encode({**params, **credentials})
+            response = request(
+                method, url, params=no_query, data=body, headers=headers,
+                timeout=self._session.timeout,
+            )  # fmt: skip
+        else:
+            headers["Authorization"] = f"OAuth {credentials.pop('access_token', '')}"
+            query: dict[str, str | None] = {**no_query, **params, **credentials}
+            response = request(
+                method, url, params=query, headers=headers, timeout=self._session.timeout
+            )
         fb_response = FacebookResponse(
             body=response.text,
             headers=response.headers,
             http_status=response.status_code,
-            call={"method": "POST", "path": url, "params": {}, "headers": headers, "files": {}},
+            call={"method": method, "path": url, "params": {}, "headers": {}, "files": {}},
         )
         if fb_response.is_failure():
             raise fb_response.error()
@@ -529,10 +503,7 @@ class MetaClient:
         started = time.perf_counter()
         error: MetaError
         try:
-            if method == "POST" and "payload" in params:
-                response = self._post_form(path, params)
-            else:
-                response = self._api.call(method, path, params=dict(params))
+            response = self._http(method, path, params)
         except FacebookRequestError as exc:
             error = error_from_request_error(
                 exc, operation=operation, token_env_var=self.token_env_var

@@ -8,6 +8,10 @@ from pydantic import Field
 
 from connectors.base import DestinationConfig
 
+# The Graph / Marketing API version, in this one place: the installed facebook-business
+# (26.0.3) is built for it (tests/test_meta_client.py checks the SDK's API_VERSION).
+GRAPH_API_VERSION = "v26.0"
+
 
 class MetaDestinationConfig(DestinationConfig):
     kind: Literal["meta"] = "meta"
@@ -15,7 +19,7 @@ class MetaDestinationConfig(DestinationConfig):
     access_token_env: str = Field("META_ACCESS_TOKEN", pattern=r"^[A-Z_][A-Z0-9_]*$")
     app_secret_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]*$")
     endpoint: str | None = Field(None, description="Graph API base URL override (sandbox)")
-    api_version: str = Field("v26.0", pattern=r"^v\d+\.\d+$")
+    api_version: str = Field(GRAPH_API_VERSION, pattern=r"^v\d+\.\d+$")
     customer_file_source: Literal[
         "USER_PROVIDED_ONLY", "PARTNER_PROVIDED_ONLY", "BOTH_USER_AND_PARTNER_PROVIDED"
     ] = "USER_PROVIDED_ONLY"

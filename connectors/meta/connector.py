@@ -13,6 +13,7 @@ from connectors.base import (
     DestinationConfig,
 )
 from connectors.meta.config import MetaDestinationConfig
+from connectors.meta.errors import FLAGGED_STATUS, MetaAudienceFlagged
 
 # The multi-key schema we upload (docs/internals.md, "Hashed layouts"); rows are normalized
 # and hashed by audiences.crm.identifiers, never by the SDK's own (unfaithful) normaliser.
@@ -28,6 +29,7 @@ class MetaConnector(AudienceConnector):
     remove_batch_size: ClassVar[int] = 10_000
 
     config: MetaDestinationConfig
+    _flagged: bool = False  # Meta flagged the open audience (operation_status 471)
 
     def account(self) -> str:
         return self.config.ad_account_id
@@ -50,16 +52,37 @@ class MetaConnector(AudienceConnector):
             token_env_var=self.config.access_token_env,
         )
 
-    def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
-        if remote_id:
-            return remote_id
+    def _create_audience(self, name: str, description: str) -> str:
         return str(
             self.client.create_audience(
                 name, description, customer_file_source=self.config.customer_file_source
             )
         )
 
-    def send(
+    def _check_audience(self, remote_id: str) -> None:
+        # An audience Meta flagged on an earlier run takes no more adds (removals still go).
+        self._flagged = self._status_code(remote_id) == FLAGGED_STATUS
+
+    def _status_code(self, remote_id: str) -> int | None:
+        """The audience's ``operation_status`` code (docs/platforms.md, "Health flag")."""
+        answer = self.client.get_audience(remote_id, ("id", "operation_status"))
+        status = answer.get("operation_status")
+        code = status.get("code") if isinstance(status, dict) else None
+        return int(code) if isinstance(code, int | str) and str(code).isdigit() else None
+
+    def _flagged_error(self, remote_id: str, when: str) -> MetaAudienceFlagged:
+        name = self.release.opaque_name if self.release is not None else "?"
+        return MetaAudienceFlagged(
+            f"Meta flagged audience {remote_id} ({name}) as suggesting a health condition "
+            f"(operation_status {FLAGGED_STATUS}) {when}; no more people are added to it",
+            "its name and description are already neutral release codes, so the segment "
+            "itself reads as a health condition: compliance must review and change the "
+            "segment's definition (or stop sending it to Meta) before it is synced again; "
+            "removals still go through",
+            code=FLAGGED_STATUS,
+        )
+
+    def _send(
         self,
         remote_id: str,
         op: str,
@@ -71,6 +94,8 @@ class MetaConnector(AudienceConnector):
     ) -> BatchOutcome:
         from connectors.meta.client import new_session_id, upload_session
 
+        if op != "remove" and self._flagged:
+            raise self._flagged_error(remote_id, "on an earlier upload")
         data = rows.select([pl.col(c).fill_null("") for c in SCHEMA]).rows()
         if op == "remove":
             result = self.client.remove(remote_id, SCHEMA, data)
@@ -85,6 +110,12 @@ class MetaConnector(AudienceConnector):
             )
             upload = self.client.replace if op == "replace" else self.client.add
             result = upload(remote_id, SCHEMA, data, params)
+        # After every upload: Meta's classifier may flag the audience (status 471). Adds
+        # stop at once; removals (which the law may require) go on, and the next add
+        # batch, in this run or the next, reports the flag.
+        self._flagged = self._flagged or self._status_code(remote_id) == FLAGGED_STATUS
+        if self._flagged and op != "remove":
+            raise self._flagged_error(remote_id, f"after {op} batch {seq}")
         return BatchOutcome(
             op=op,
             size=len(data),

@@ -311,7 +311,8 @@ def error_from_response(status: int | None, body: Any, *, operation: str) -> Met
     if status == 414:
         return MetaRequestTooLong(
             f"Meta refused {operation}: request too long (HTTP 414)",
-            "send smaller batches: lower max_url_bytes for removals",
+            "a server between this machine and Meta refused a long request line; "
+            "check the endpoint and any proxy, and report this with --debug output",
             http_status=status,
         )
     if status == 429 or (status is not None and status >= 500):

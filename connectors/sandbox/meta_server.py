@@ -3,20 +3,27 @@
 It speaks the wire protocol the ``facebook-business`` SDK speaks (``/v26.0/...`` paths,
 form-encoded POST bodies, everything in the query string for GET and DELETE, JSON answers
 and Graph-shaped errors), so the real SDK can be driven against it by pointing
-``FacebookSession.GRAPH`` at :attr:`MetaSandbox.url`.
+``FacebookSession.GRAPH`` at :attr:`MetaSandbox.url`. As Graph does, it takes the access
+token from the query, the form body or an ``Authorization: OAuth`` header, and honours the
+``method`` override (``GET`` / ``POST`` / ``DELETE``, any case) of a POST, so a removal can
+be a POST to ``/{audience_id}/users`` with ``method=DELETE`` and the payload in its body.
 
 What it implements:
 
 * ``POST /act_{id}/customaudiences`` · ``GET /{audience_id}`` · ``DELETE /{audience_id}``
 * ``POST /{audience_id}/users`` (add) · ``DELETE /{audience_id}/users`` (remove) ·
   ``POST /{audience_id}/usersreplace`` (replace, applied when ``last_batch_flag`` arrives)
+* upload sessions: ``batch_seq`` starts at 1 and goes up by one (a repeated batch is
+  answered again and changes nothing); a first batch other than 1 or a gap is error 100
 * multi-key ``payload = {schema, data}`` checks: known keys, row width, 64-hex lowercase
   hashes (bad rows are counted in ``num_invalid_entries``, the rest is accepted),
   at most 10,000 rows a request (error 100)
 * ``access_token`` check (error 190), optional ``appsecret_proof`` check
 * request lines longer than 16 KiB answer HTTP 414 with an HTML body (as front-end servers do)
 * audiences whose name or description suggests a health condition are flagged
-  (operation status 471) and refuse membership updates (error 100, subcode 1713230)
+  (operation status 471) and refuse membership updates (error 100, subcode 1713230);
+  :meth:`MetaSandbox.flag_audience` and :meth:`MetaSandbox.flag_after_upload` flag one as
+  Meta's classifier does after it looked at the members (fault injection)
 * optional refusal of removals that leave an audience below a minimum size (error 2650)
 * a queue of injected faults (rate limits, 5xx, HTML pages, slow answers, expired token)
 
@@ -25,8 +32,8 @@ schema of its first upload), so tests can assert the end state exactly. Meta mat
 people on any key; the sandbox removes a member only when the removal row is the same
 tuple, which is stricter and therefore catches connectors that remove with other rows.
 
-The request log records method, path (never the query string, so never the token),
-sizes, status and duration.
+The request log records method (the override, if any; ``http_method`` is the wire's),
+path (never the query string, so never the token), sizes, status and duration.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-DEFAULT_API_VERSION = "v26.0"
+from connectors.meta.config import GRAPH_API_VERSION as DEFAULT_API_VERSION
+
 DEMO_ACCESS_TOKEN = "sandbox-demo-token"
 DEMO_AD_ACCOUNT_ID = "1234567890"
 MAX_ROWS_PER_REQUEST = 10_000
@@ -200,6 +208,7 @@ class RequestRecord:
     response_bytes: int
     duration_s: float
     error_code: int | None
+    http_method: str = ""  # the method on the wire (POST for a method=DELETE override)
 
 
 @dataclass
@@ -331,6 +340,7 @@ class MetaSandbox:
         self._in_flight = 0
         self._audiences: dict[str, _Audience] = {}
         self._faults: list[_PendingFault] = []
+        self._flag_after_upload = False
         self._log: list[RequestRecord] = []
         self._ids = itertools.count(23_850_000_000_000_001)
         self._server: ThreadingHTTPServer | None = None
@@ -413,6 +423,16 @@ class MetaSandbox:
         """From now on the configured token answers error 190/463 (session expired)."""
         with self._lock:
             self._token_expired = True
+
+    def flag_audience(self, audience_id: str) -> None:
+        """Flag an audience now: operation status 471, membership updates refused."""
+        with self._lock:
+            self._audience(audience_id).flagged = True
+
+    def flag_after_upload(self) -> None:
+        """The next membership update is accepted, then its audience is flagged (471)."""
+        with self._lock:
+            self._flag_after_upload = True
 
     def members(self, audience_id: str) -> set[tuple[str, ...]]:
         with self._settled():
@@ -680,6 +700,15 @@ class MetaSandbox:
                 seq = int(session["batch_seq"])
                 if seq in upload.responses:  # a retried batch: answer it again, change nothing
                     return upload.responses[seq]
+                expected = len(upload.responses) + 1
+                if seq != expected:
+                    if not upload.responses:
+                        audience.sessions.pop(key)
+                    raise _invalid_parameter(
+                        f"Param session[batch_seq] is {seq}; session "
+                        f"{session['session_id']} expects batch {expected} next (batches are "
+                        "numbered from 1 without gaps)"
+                    )
                 if upload.finished:
                     raise _invalid_parameter(
                         f"The session {session['session_id']} has already ended "
@@ -715,6 +744,9 @@ class MetaSandbox:
                         audience.members = upload.staged
                         upload.staged = set()
             audience.updated = int(time.time())
+            if self._flag_after_upload:
+                self._flag_after_upload = False
+                audience.flagged = True
             return response
 
 
@@ -828,6 +860,7 @@ def _project(
 class _MetaHandler(BaseHTTPRequestHandler):
     sandbox: MetaSandbox
     raw_requestline: bytes
+    effective_method: str = ""
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     server_version = "MetaGraphSandbox/1.0"
@@ -853,19 +886,21 @@ class _MetaHandler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         body = b""
         status, code, sent = 0, None, 0  # 0: the connection broke before an answer went out
+        self.effective_method = method
         try:
             body = self._read_body()
             status, code, sent = self._answer(method, body, request_line_bytes)
         finally:
             self.sandbox._record(
                 RequestRecord(
-                    method=method,
+                    method=self.effective_method,
                     path=path,
                     status=status,
                     request_bytes=request_line_bytes + len(body),
                     response_bytes=sent,
                     duration_s=time.perf_counter() - started,
                     error_code=code,
+                    http_method=method,
                 )
             )
 
@@ -888,16 +923,17 @@ class _MetaHandler(BaseHTTPRequestHandler):
         if segments and _VERSION_PREFIX.match(segments[0]):
             segments = segments[1:]
         try:
+            params = dict(parse_qsl(split.query, keep_blank_values=True))
+            content_type = self.headers.get("Content-Type", "")
+            if body and content_type.startswith("application/x-www-form-urlencoded"):
+                params.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+            method = self._override(method, params)
             fault = self.sandbox._take_fault(method, split.path)
             if fault is not None:
                 if fault.delay_s:
                     time.sleep(fault.delay_s)
                 if not fault.delays_only:
                     raise GraphError.from_fault(fault)
-            params = dict(parse_qsl(split.query, keep_blank_values=True))
-            content_type = self.headers.get("Content-Type", "")
-            if body and content_type.startswith("application/x-www-form-urlencoded"):
-                params.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
             self.sandbox._check_token(params, self.headers.get("Authorization"))
             result = self.sandbox.handle(method, segments, params)
         except GraphError as error:
@@ -913,6 +949,16 @@ class _MetaHandler(BaseHTTPRequestHandler):
             sent = self._send(error.http_status, payload, headers=headers)
             return error.http_status, error.code, sent
         return 200, None, self._send(200, json.dumps(result).encode())
+
+    def _override(self, method: str, params: dict[str, str]) -> str:
+        """Graph's ``method`` parameter: a POST may ask to be run as GET or DELETE."""
+        asked = params.pop("method", None)
+        if asked is None or method != "POST":
+            return method
+        if asked.upper() not in {"GET", "POST", "DELETE"}:
+            raise _invalid_parameter(f"Unsupported method override {asked!r}")
+        self.effective_method = asked.upper()
+        return self.effective_method
 
     def _send(
         self,
