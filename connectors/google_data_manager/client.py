@@ -210,7 +210,8 @@ class DataManagerClient:
 
         def attempt(_number: int) -> Any:
             try:
-                return method(request=request, timeout=self._rpc_timeout, **kwargs)
+                # retry=None: the SDK's own retries would hide attempts from the one policy
+                return method(request=request, timeout=self._rpc_timeout, retry=None, **kwargs)
             except GoogleAPICallError as exception:
                 error = translate(exception, action=action, **self._names)
             raise error  # outside the except clause: the SDK's exception is not chained
