@@ -283,8 +283,9 @@ def _check_destination(
     dest_keys = eligible.keys
     if dest.kind in GOOGLE_KINDS:  # Google takes nobody whose consent is DENIED
         dest_keys = difference.sorted_keys(
-            eligible.members.filter(~_google_denied(eligible.members, inp.config))
-            .get_column("member_key")
+            eligible.members.filter(~_google_denied(eligible.members, inp.config)).get_column(
+                "member_key"
+            )
         )
     settings = inp.record_exports.get(dest_name)
     if settings is None and not layouts:

@@ -81,9 +81,16 @@ def test_user_list_is_found_by_its_opaque_name(client: DataManagerClient) -> Non
 def test_ingest_and_remove_round_trip(
     sandbox: DataManagerSandbox, client: DataManagerClient, user_list: str
 ) -> None:
-    members = [person(i, ad_user_data="GRANTED", ad_personalization="GRANTED") for i in range(25_000)]
+    members = [
+        person(i, ad_user_data="GRANTED", ad_personalization="GRANTED") for i in range(25_000)
+    ]
     added = client.upload(user_list, members, terms_accepted=True)
-    assert (added.sent, added.accepted, added.rejected, len(added.requests)) == (25_000, 25_000, 0, 3)
+    assert (added.sent, added.accepted, added.rejected, len(added.requests)) == (
+        25_000,
+        25_000,
+        0,
+        3,
+    )
     assert added.match_rate_range == "MATCH_RATE_RANGE_61_TO_70"
     assert sandbox.members(user_list) == {stored(i) for i in range(25_000)}
     removed = client.upload(user_list, [person(i) for i in range(100)], remove=True)
@@ -99,8 +106,12 @@ def test_consent_goes_per_member(
     from connectors.google_data_manager.client import _add_member
 
     raw = types.IngestAudienceMembersRequest.pb()()
-    _add_member(raw.audience_members.add(), person(1, ad_user_data="GRANTED",
-                ad_personalization="GRANTED"), 0, adding=True)
+    _add_member(
+        raw.audience_members.add(),
+        person(1, ad_user_data="GRANTED", ad_personalization="GRANTED"),
+        0,
+        adding=True,
+    )
     _add_member(raw.audience_members.add(), person(2), 1, adding=True)
     granted, unspecified = raw.audience_members
     assert (granted.consent.ad_user_data, granted.consent.ad_personalization) == (1, 1)
@@ -151,8 +162,13 @@ def test_a_request_processing_for_a_while_is_polled_with_backoff(
 ) -> None:
     pauses: list[float] = []
     with DataManagerClient(
-        sandbox.customer_id, TOKEN, endpoint=sandbox.endpoint, ca_file=sandbox.ca_file,
-        poll_seconds=1.0, max_poll_seconds=8.0, sleep=pauses.append,
+        sandbox.customer_id,
+        TOKEN,
+        endpoint=sandbox.endpoint,
+        ca_file=sandbox.ca_file,
+        poll_seconds=1.0,
+        max_poll_seconds=8.0,
+        sleep=pauses.append,
     ) as c:
         sandbox.inject("processing", polls=4)
         result = c.upload(user_list, [person(i) for i in range(10)], terms_accepted=True)
@@ -169,8 +185,13 @@ def test_a_failed_request_raises_and_a_stuck_one_times_out(
         client.upload(user_list, [person(1)], terms_accepted=True)
     assert sandbox.members(user_list) == frozenset()
     with DataManagerClient(
-        sandbox.customer_id, TOKEN, endpoint=sandbox.endpoint, ca_file=sandbox.ca_file,
-        poll_seconds=1.0, poll_timeout_seconds=3.0, sleep=lambda _s: None,
+        sandbox.customer_id,
+        TOKEN,
+        endpoint=sandbox.endpoint,
+        ca_file=sandbox.ca_file,
+        poll_seconds=1.0,
+        poll_timeout_seconds=3.0,
+        sleep=lambda _s: None,
     ) as slow:
         sandbox.inject("processing", polls=100)
         with pytest.raises(DataManagerRequestFailed, match="still PROCESSING") as caught:
@@ -200,10 +221,16 @@ def test_bad_input_is_one_line_naming_the_setting(
     sandbox: DataManagerSandbox, client: DataManagerClient, user_list: str
 ) -> None:
     cases: list[tuple[Any, str]] = [
-        (lambda: client.upload(user_list, [person(1, country_code="USA")], terms_accepted=True),
-         r"region code 'USA' is not ISO 3166-1 alpha-2.*\[identity\] country"),
-        (lambda: client.upload(client.user_list_name("424242"), [person(1)], terms_accepted=True),
-         "user list does not exist.*user_list_id"),
+        (
+            lambda: client.upload(user_list, [person(1, country_code="USA")], terms_accepted=True),
+            r"region code 'USA' is not ISO 3166-1 alpha-2.*\[identity\] country",
+        ),
+        (
+            lambda: client.upload(
+                client.user_list_name("424242"), [person(1)], terms_accepted=True
+            ),
+            "user list does not exist.*user_list_id",
+        ),
         (lambda: client.upload(user_list, [person(1)]), "accept_customer_match_terms = true"),
     ]
     for call, pattern in cases:
@@ -211,7 +238,10 @@ def test_bad_input_is_one_line_naming_the_setting(
             call()
         assert "\n" not in str(caught.value)
     expired = DataManagerClient(
-        sandbox.customer_id, "expired", endpoint=sandbox.endpoint, ca_file=sandbox.ca_file,
+        sandbox.customer_id,
+        "expired",
+        endpoint=sandbox.endpoint,
+        ca_file=sandbox.ca_file,
         access_token_env="MY_DM_TOKEN",
     )
     with pytest.raises(DataManagerAuthError, match="MY_DM_TOKEN") as caught:
@@ -239,7 +269,8 @@ def test_the_sandbox_refuses_a_bad_region_code_as_a_whole_request(
         )
     )
     request = types.IngestAudienceMembersRequest(
-        destinations=[client._destination(user_list)], audience_members=[member],
+        destinations=[client._destination(user_list)],
+        audience_members=[member],
         encoding=types.Encoding.HEX,
         terms_of_service=types.TermsOfService(customer_match_terms_of_service_status=1),
     )

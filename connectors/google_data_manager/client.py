@@ -262,7 +262,10 @@ class DataManagerClient:
 
         request = types.GetUserListRequest(name=self.user_list_name(name))
         return self._call(
-            self.user_lists.get_user_list, request, "read user list", metadata=self._account_headers()
+            self.user_lists.get_user_list,
+            request,
+            "read user list",
+            metadata=self._account_headers(),
         )
 
     def create_user_list(self, display_name: str, description: str, membership_days: int) -> str:
@@ -278,7 +281,9 @@ class DataManagerClient:
 
         info = types.IngestedUserListInfo(
             upload_key_types=[types.IngestedUserListInfo.UploadKeyType.CONTACT_ID],
-            contact_id_info=types.ContactIdInfo(data_source_type=types.DataSourceType.DATA_SOURCE_TYPE_FIRST_PARTY),
+            contact_id_info=types.ContactIdInfo(
+                data_source_type=types.DataSourceType.DATA_SOURCE_TYPE_FIRST_PARTY
+            ),
         )
         user_list = types.UserList(
             display_name=display_name,
@@ -428,7 +433,9 @@ class DataManagerClient:
             if state.pending:
                 raise DataManagerTransientError(
                     f"{len(state.pending)} Data Manager request(s) still PROCESSING",
-                    "wait", code="PROCESSING", transient=True,
+                    "wait",
+                    code="PROCESSING",
+                    transient=True,
                 )
 
         def gave_up(error: ConnectorError, attempts: int, why: str) -> ConnectorError:

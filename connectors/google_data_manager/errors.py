@@ -151,9 +151,7 @@ def translate(
         )
     message = getattr(exception, "message", "") or ""
     return DataManagerRequestInvalid(
-        f"Data Manager API refused {action}: {status}"
-        + (f" ({message})" if message else "")
-        + ref,
+        f"Data Manager API refused {action}: {status}" + (f" ({message})" if message else "") + ref,
         f"check the settings in {where} and the uploaded layout; rerun with --debug",
         code=code,
         request_id=request_id,

@@ -677,7 +677,9 @@ def serve(*, port: int = 0, customer_id: str = DEFAULT_CUSTOMER_ID, polls: int =
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the sandbox in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(prog="data-manager-sandbox", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="data-manager-sandbox", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--customer-id", default=DEFAULT_CUSTOMER_ID)
     parser.add_argument("--polls", type=int, default=1, help="status checks until processed")
@@ -695,4 +697,3 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
