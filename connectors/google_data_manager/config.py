@@ -41,9 +41,6 @@ class GoogleDataManagerDestinationConfig(DestinationConfig):
     poll_seconds: float = Field(30.0, gt=0, le=3600, description="first request-status poll")
     max_poll_seconds: float = Field(600.0, gt=0, le=3600)
     poll_timeout_seconds: float = Field(24 * 3600.0, gt=0)
-    validate_first: bool = Field(
-        False, description="send each request with validate_only before the real one"
-    )
     min_size: int = Field(100, ge=1)
 
     @field_validator("customer_id", "login_customer_id")
