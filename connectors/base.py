@@ -52,6 +52,9 @@ class BatchOutcome:
     received: int  # people the platform took
     invalid: int = 0  # rows the platform rejected
     samples: list[str] = field(default_factory=list)  # platform's reasons, never values
+    # member_keys of people refused before sending (counted in ``invalid``): the sync
+    # engine records them as rejected, not as members
+    rejected_keys: list[int] = field(default_factory=list)
 
 
 def secret_from_env(variable: str, *, destination: str, what: str) -> str:

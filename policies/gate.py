@@ -55,6 +55,7 @@ from policies.privacy.record_level import RecordLevel
 from policies.release import Release, _mint, require_release
 from policies.rules import (
     FILTERS,
+    GOOGLE_KINDS,
     Destination,
     FilterContext,
     OpaqueNameParams,
@@ -118,7 +119,7 @@ def destination_of(config: ProjectConfig, name: str) -> tuple[Destination, tuple
         raw = str(extra.get("ad_account_id") or "").strip()
         account = raw if raw.startswith("act_") else (f"act_{raw}" if raw else "")
         layouts: tuple[str, ...] = ("meta",)
-    elif kind == "google_ads":
+    elif kind in GOOGLE_KINDS:  # one Google Ads account, whichever API uploads to it
         account = str(extra.get("customer_id") or "").replace("-", "").strip()
         layouts = ("google_ads",)
     elif kind == "file":
@@ -305,6 +306,12 @@ def _check_destination(
     """Run the destination rules, in pack order, for one destination."""
     dest, layouts = destination_of(inp.config, dest_name)
     dest_keys = eligible.keys
+    if dest.kind in GOOGLE_KINDS:  # Google takes nobody whose consent is DENIED
+        dest_keys = difference.sorted_keys(
+            eligible.members.filter(~_google_denied(eligible.members, inp.config)).get_column(
+                "member_key"
+            )
+        )
     settings = inp.record_exports.get(dest_name)
     if settings is None and not layouts:
         raise InternalError(
@@ -392,6 +399,10 @@ def _mint_releases(
         else:
             members = _members(eligible.members, hashed, dest, layouts, inp.config)
         hold_against, n_holds, k_diff = check.hold
+        excluded = excluded_series
+        if dest.kind in GOOGLE_KINDS:  # a DENIED member's removal is forced, never held
+            denied = eligible.members.filter(_google_denied(eligible.members, inp.config))
+            excluded = pl.concat([excluded_series, denied.get_column("member_key")])
         releases[dest.name] = _mint(
             build_id=inp.build_id,
             release_id=new_id("r"),
@@ -409,7 +420,7 @@ def _mint_releases(
             k_diff=k_diff,
             hold_against=hold_against,
             holds=n_holds,
-            excluded_keys=excluded_series,
+            excluded_keys=excluded,
         )
     return releases
 
@@ -453,21 +464,33 @@ def _members(
     config: ProjectConfig,
 ) -> pl.DataFrame:
     parts = [base.select("member_key")]
-    if dest.kind in ("meta", "google_ads"):
+    if dest.kind in ("meta", *GOOGLE_KINDS):
         parts.append(hashed[layouts[0]])
     else:
         parts += [
             hashed[layout].rename({c: f"{layout}_{c}" for c in hashed[layout].columns})
             for layout in layouts
         ]
-    if dest.kind == "google_ads":
+    if dest.kind in GOOGLE_KINDS:
         parts.append(
             base.select(
                 consent_signal(base, config.consent.ad_user_data, "ad_user_data"),
                 consent_signal(base, config.consent.ad_personalization, "ad_personalization"),
             )
         )
+        members = pl.concat(parts, how="horizontal")
+        return members.filter(~_google_denied(base, config))
     return pl.concat(parts, how="horizontal")
+
+
+def _google_denied(base: pl.DataFrame, config: ProjectConfig) -> pl.Series:
+    """Rows whose ad_user_data or ad_personalization consent is DENIED (Google refuses them)."""
+    signals = base.select(
+        consent_signal(base, config.consent.ad_user_data, "ad_user_data"),
+        consent_signal(base, config.consent.ad_personalization, "ad_personalization"),
+    )
+    denied = (signals["ad_user_data"] == "DENIED") | (signals["ad_personalization"] == "DENIED")
+    return denied.alias("denied")
 
 
 # ---------------------------------------------------------------------------------------

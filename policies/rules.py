@@ -76,6 +76,15 @@ class PhiParams(Params):
     mode: Literal["authorized_only", "block"]
 
 
+# Destination kinds that upload to one Google Ads account: a rule naming one names both.
+GOOGLE_KINDS = ("google_ads", "google_data_manager")
+
+
+def rule_kinds_of(kind: str) -> tuple[str, ...]:
+    """The destination kinds a pack's rule may name for ``kind`` (itself, or its platform)."""
+    return GOOGLE_KINDS if kind in GOOGLE_KINDS else (kind,)
+
+
 class SensitiveDestinationParams(Params):
     kinds: tuple[str, ...] = Field(min_length=1)
 
@@ -475,7 +484,7 @@ FILTERS: dict[str, Callable[[Rule, FilterContext], Verdict]] = {
 
 def sensitive_destination(rule: Rule, dest: Destination, phi: PhiFinding) -> Verdict:
     p: SensitiveDestinationParams = rule.params  # type: ignore[assignment]
-    applies = dest.kind in p.kinds
+    applies = any(kind in p.kinds for kind in rule_kinds_of(dest.kind))
     refused = applies and phi.derived
     evidence = {"phi_derived": int(phi.derived), "applies": int(applies)}
     if refused:
@@ -562,7 +571,7 @@ def opaque_name(rule: Rule, dest: Destination, name: str, words: frozenset[str])
 
 
 def size_threshold(params: MinSizeParams, dest: Destination) -> dict[str, int]:
-    platform = params.platform_minimums.get(dest.kind, 0)
+    platform = max(params.platform_minimums.get(k, 0) for k in rule_kinds_of(dest.kind))
     own = params.destination_minimums.get(dest.name, 0)
     return {
         "pack_k": params.k,

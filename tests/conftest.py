@@ -404,6 +404,8 @@ def fast_connectors(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _point_at_sandboxes(text: str, boxes: Any) -> str:
+    text, n_dm = re.subn(r'endpoint = "localhost:18767"', "endpoint = DATA_MANAGER", text)
+    assert n_dm == 1, "the template's Data Manager sandbox endpoint changed"
     text, n_meta = re.subn(
         r'endpoint = "http://127\.0\.0\.1:\d+"', f'endpoint = "{boxes.meta_url}"', text
     )
@@ -413,6 +415,7 @@ def _point_at_sandboxes(text: str, boxes: Any) -> str:
         text,
     )
     assert n_meta == 1 and n_google == 1, "the template's sandbox endpoints changed"
+    text = text.replace("endpoint = DATA_MANAGER", f'endpoint = "{boxes.data_manager_endpoint}"')
     # the sandbox finishes a job after two status polls: poll fast
     text, n_poll = re.subn(r"(?m)^poll_seconds = .*$", "poll_seconds = 0.01", text)
     if not n_poll:
@@ -491,6 +494,7 @@ def make_project(
         ca = root / ".audiences" / "sandbox" / "ca.pem"
         ca.parent.mkdir(parents=True, mode=0o700)
         shutil.copyfile(sandboxes.ca_file, ca)
+        shutil.copyfile(sandboxes.data_manager_ca_file, ca.parent / "data-manager-ca.pem")
         for segment in segments:
             project.add_segment(segment, approve=approve)
         return project
@@ -502,4 +506,8 @@ def make_project(
         sandboxes.meta._faults.clear()
     with sandboxes.google._lock:
         sandboxes.google._faults.clear()
-    assert left == {"meta": 0, "google": 0}, f"faults injected but never consumed: {left}"
+    left["data_manager"] = sandboxes.data_manager.pending_faults()
+    sandboxes.data_manager.clear_faults()
+    assert left == {"meta": 0, "google": 0, "data_manager": 0}, (
+        f"faults injected but never consumed: {left}"
+    )

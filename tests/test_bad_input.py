@@ -215,7 +215,7 @@ CASES_TABLE = [
     pytest.param(
         toml_edit('kind = "meta"', 'kind = "tiktok"'), VALIDATE, 1,
         r"\[destinations\.meta\] unknown destination kind 'tiktok' — use one of: file, "
-        r"google_ads, meta",
+        r"google_ads, google_data_manager, meta",
         id="unknown-destination-kind",
     ),
     pytest.param(

@@ -28,7 +28,7 @@ AS_OF = "2025-06-15"
 ROWS = 20_000
 SEED = 5
 APPROVER = "dana.compliance"
-# flu-shot-reminder (file, meta, google_ads) is large enough at 20,000 rows to pass k=100;
+# flu-shot-reminder (file, meta, google: the Data Manager API) is large enough at 20,000 rows to pass k=100;
 # newsletter-nyc is too small for it, so `build --all` exits 3.
 RELEASED = "flu-shot-reminder"
 BLOCKED = "newsletter-nyc"
@@ -177,7 +177,7 @@ def test_build_all_json(flow: Workflow) -> None:
     assert sorted(builds) == sorted(p.stem for p in (flow.root / "segments").glob("*.yaml"))
     released = builds[RELEASED]
     assert released["status"] == "released"
-    assert released["released_to"] == ["file", "google_ads", "meta"]
+    assert released["released_to"] == ["file", "google", "meta"]
     assert released["reasons"] == []
     assert set(released["files"]["file"]) == {"parquet", "csv", "manifest"}
     assert set(released["reports"]) == {"html", "md", "json"}
@@ -249,7 +249,7 @@ def test_history(flow: Workflow) -> None:
 def test_status(flow: Workflow) -> None:
     doc = json_doc(ok(flow.cli("status", "--json")))
     pairs = {(r["segment"], r["destination"]) for r in doc["status"]}
-    assert {(RELEASED, d) for d in ("file", "google_ads", "meta")} <= pairs
+    assert {(RELEASED, d) for d in ("file", "google", "meta")} <= pairs
     assert all(r["build_status"] == "released" for r in doc["status"] if r["segment"] == RELEASED)
     assert RELEASED in ok(flow.cli("status")).stdout
 
@@ -288,7 +288,7 @@ def test_plan_changes_nothing(flow: Workflow) -> None:
     exports = sorted((flow.root / "exports").rglob("*"))
     doc = json_doc(ok(flow.cli("plan", RELEASED, "--as-of", AS_OF, "--json")))
     plans = {p["destination"]: p for p in doc["plans"]}
-    assert sorted(plans) == ["google_ads", "meta"]  # the file destination is not synced
+    assert sorted(plans) == ["google", "meta"]  # the file destination is not synced
     assert all(p["adds"] > 0 and p["removes"] == 0 for p in plans.values())
     assert flow.query("SELECT count(*) FROM builds") == before
     assert sorted((flow.root / "exports").rglob("*")) == exports

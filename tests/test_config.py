@@ -23,7 +23,7 @@ def test_template_loads(project: Path) -> None:
     assert config.identity.email == "email"
     assert config.root == project.resolve()
     assert config.state_db == project.resolve() / ".audiences" / "state.db"
-    assert set(config.destinations) == {"file", "meta", "google_ads"}
+    assert set(config.destinations) == {"file", "meta", "google", "google_ads"}
     assert config.destination("meta").kind == "meta"
 
 
@@ -55,7 +55,7 @@ def _edit(project: Path, old: str, new: str) -> None:
         (
             'kind = "file"',
             'kind = "ftp"',
-            r"unknown destination kind 'ftp'.*file, google_ads, meta",
+            r"unknown destination kind 'ftp'.*file, google_ads, google_data_manager, meta",
         ),
         (
             'access_token_env = "META_ACCESS_TOKEN"',

@@ -388,7 +388,8 @@ def test_not_allowlisted_points_to_the_data_manager_api(
     message = str(caught.value)
     assert "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE" in message
     assert "Data Manager API" in message
-    assert "audienceMembers:ingest" in message and "google-ads-datamanager" in message
+    assert 'kind = "google_data_manager"' in message
+    assert "GOOGLE_DATA_MANAGER_ACCESS_TOKEN" in message
     assert not caught.value.transient
     assert sandbox.call_count("CreateOfflineUserDataJob") == 1  # not retried
 

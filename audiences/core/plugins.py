@@ -25,6 +25,7 @@ BUILTIN = {
     "file": "connectors.file:FileConnector",
     "meta": "connectors.meta.connector:MetaConnector",
     "google_ads": "connectors.google_ads.connector:GoogleAdsConnector",
+    "google_data_manager": "connectors.google_data_manager.connector:GoogleDataManagerConnector",
 }
 
 

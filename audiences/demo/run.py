@@ -54,10 +54,13 @@ def run(
     return proc
 
 
-def point_at_sandboxes(project: Path, meta_url: str, google_endpoint: str) -> None:
+def point_at_sandboxes(
+    project: Path, meta_url: str, google_endpoint: str, data_manager_endpoint: str
+) -> None:
     toml = project / "audiences.toml"
     text = toml.read_text(encoding="utf-8")
     text = re.sub(r'endpoint = "http://127\.0\.0\.1:\d+"', f'endpoint = "{meta_url}"', text)
+    text = text.replace('endpoint = "localhost:18767"', f'endpoint = "{data_manager_endpoint}"')
     text = re.sub(r'endpoint = "localhost:\d+"', f'endpoint = "{google_endpoint}"', text)
     toml.write_text(text, encoding="utf-8")
 
@@ -81,11 +84,16 @@ def main() -> None:
     try:
         _set_up_and_approve(project, as_of, keys)
         with running(project) as boxes:
-            point_at_sandboxes(project, boxes.meta_url, boxes.google_endpoint)
+            point_at_sandboxes(
+                project, boxes.meta_url, boxes.google_endpoint, boxes.data_manager_endpoint
+            )
             outcome = _build_and_sync(project, as_of)
             audiences = {
                 "meta": {aid: len(boxes.meta.members(aid)) for aid in boxes.meta.audience_ids()},
                 "google_ads": {ul: len(boxes.google.members(ul)) for ul in boxes.google.user_lists},
+                "google_data_manager": {
+                    ul: len(boxes.data_manager.members(ul)) for ul in boxes.data_manager.user_lists
+                },
             }
     finally:
         shutil.rmtree(keys, ignore_errors=True)

@@ -1,8 +1,8 @@
-"""Run the project's own Meta and Google Ads sandboxes (for `audiences sandbox` and the demo).
+"""Run the project's own Meta, Google Ads and Data Manager sandboxes (`audiences sandbox`, demo).
 
-Both listen on 127.0.0.1 only. The Google Ads sandbox serves TLS with a certificate
-made at start; its CA is copied to ``.audiences/sandbox/ca.pem`` where the template's
-``ca_file`` points. Tokens are the sandbox defaults unless the environment sets them.
+All listen on 127.0.0.1 only. The Google Ads and Data Manager sandboxes serve TLS with a
+certificate made at start; their CAs are copied to ``.audiences/sandbox/ca.pem`` and
+``.audiences/sandbox/data-manager-ca.pem`` where the template's ``ca_file`` settings point. Tokens are the sandbox defaults unless the environment sets them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ SANDBOX_ENV = {
     "META_ACCESS_TOKEN": "sandbox-demo-token",
     "GOOGLE_ADS_DEVELOPER_TOKEN": "sandbox.developer.token",
     "GOOGLE_ADS_ACCESS_TOKEN": "sandbox-access-token",
+    "GOOGLE_DATA_MANAGER_ACCESS_TOKEN": "sandbox-data-manager-token",
 }
 
 
@@ -28,6 +29,8 @@ class Sandboxes:
     meta: Any
     google: Any
     ca_file: Path
+    data_manager: Any = None
+    data_manager_ca_file: Path | None = None
 
     @property
     def meta_url(self) -> str:
@@ -37,11 +40,21 @@ class Sandboxes:
     def google_endpoint(self) -> str:
         return str(self.google.endpoint)
 
+    @property
+    def data_manager_endpoint(self) -> str:
+        return str(self.data_manager.endpoint)
+
 
 @contextmanager
 def running(
-    project: Path, *, meta_port: int = 0, google_port: int = 0, google_polls: int = 1
+    project: Path,
+    *,
+    meta_port: int = 0,
+    google_port: int = 0,
+    google_polls: int = 1,
+    data_manager_port: int = 0,
 ) -> Iterator[Sandboxes]:
+    from connectors.sandbox.data_manager_server import DataManagerSandbox
     from connectors.sandbox.google_ads_server import GoogleAdsSandbox
     from connectors.sandbox.meta_server import MetaSandbox
 
@@ -54,26 +67,50 @@ def running(
         pending_polls=google_polls,
         running_polls=google_polls,
     )
+    data_manager = DataManagerSandbox(
+        port=data_manager_port,
+        access_token=env["GOOGLE_DATA_MANAGER_ACCESS_TOKEN"],
+        processing_polls=google_polls,
+    )
     meta.start()
     try:
         google.start()
         try:
-            target = Path(project) / ".audiences" / "sandbox" / "ca.pem"
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            shutil.copyfile(google.ca_file, target)
-            target.chmod(0o600)
-            yield Sandboxes(meta=meta, google=google, ca_file=target)
+            data_manager.start()
+            try:
+                target = _copy_ca(project, google.ca_file, "ca.pem")
+                dm_target = _copy_ca(project, data_manager.ca_file, "data-manager-ca.pem")
+                yield Sandboxes(meta, google, target, data_manager, dm_target)
+            finally:
+                data_manager.stop()
         finally:
             google.stop()
     finally:
         meta.stop()
 
 
-def serve_forever(project: Path, *, meta_port: int, google_port: int) -> None:
-    with running(project, meta_port=meta_port, google_port=google_port) as boxes:
+def _copy_ca(project: Path, ca_file: str, name: str) -> Path:
+    target = Path(project) / ".audiences" / "sandbox" / name
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.copyfile(ca_file, target)
+    target.chmod(0o600)
+    return target
+
+
+def serve_forever(
+    project: Path, *, meta_port: int, google_port: int, data_manager_port: int = 18767
+) -> None:
+    with running(
+        project, meta_port=meta_port, google_port=google_port, data_manager_port=data_manager_port
+    ) as boxes:
         print(f"Meta Graph API sandbox:   {boxes.meta_url}", flush=True)
         print(
             f"Google Ads API sandbox:   {boxes.google_endpoint} (TLS, CA {boxes.ca_file})",
+            flush=True,
+        )
+        print(
+            f"Data Manager API sandbox: {boxes.data_manager_endpoint} "
+            f"(TLS, CA {boxes.data_manager_ca_file})",
             flush=True,
         )
         print("Tokens (sandbox only; export them before `audiences sync`):", flush=True)

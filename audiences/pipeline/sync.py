@@ -615,6 +615,9 @@ def _send_op(run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int) -> in
             last=i == n - 1,
             session=session,
         )
+        if result.rejected_keys:  # refused, never sent: not members (journal rewritten)
+            kept = rows.filter(~pl.col(KEY).is_in(result.rejected_keys))
+            run.store.write_intent(run.sync_id, seq, journal_op, kept)
         if op == "replace" and i == 0:
             unrecorded.append((run.sync_id, seq - 1, "clear", 0, "confirmed", 0, 0, utcnow()))
         unrecorded.append(

@@ -17,9 +17,11 @@ from typing import Any
 from audiences.core.errors import ConnectorError
 
 DATA_MANAGER_HINT = (
-    "Google accepts Customer Match uploads through the Google Ads API only from developer "
-    "tokens that already used it; upload through the Data Manager API instead "
-    "(audienceMembers:ingest, PyPI package google-ads-datamanager)"
+    "since 2026-04-01 Google takes Customer Match uploads through the Google Ads API only "
+    "from allowlisted developer tokens: switch the destination to the Data Manager API — in "
+    'audiences.toml set kind = "google_data_manager", access_token_env = '
+    '"GOOGLE_DATA_MANAGER_ACCESS_TOKEN", accept_customer_match_terms = true, drop '
+    "developer_token_env (docs/platforms.md, Migrating from google_ads)"
 )
 
 # ErrorCode enum names that mean "try again later".

@@ -1,0 +1,172 @@
+"""The ``google_data_manager`` destination: Customer Match lists via the Data Manager API.
+
+The sync engine journals each batch before :meth:`send` and records it only when ``send``
+returns, so ``send`` returns only once the platform confirmed every request of the
+batch (SUCCESS or PARTIAL_SUCCESS; a FAILED request or one still PROCESSING when polling
+gives up raises, and the batch is sent again by a later run — ingesting and removing are
+idempotent on the platform). People refused before sending (consent DENIED, a region
+code that is not ISO 3166-1 alpha-2, no identifier) are returned as ``rejected_keys``:
+the engine records them as rejected, not as members.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import polars as pl
+
+from audiences.core.countries import ISO_COUNTRIES
+from connectors.base import AudienceConnector, BatchOutcome, Capabilities, DestinationConfig
+from connectors.google_data_manager.config import GoogleDataManagerDestinationConfig
+
+KEY = "member_key"
+IDENTIFIERS = [
+    "hashed_email",
+    "hashed_phone_number",
+    "hashed_first_name",
+    "hashed_last_name",
+    "country_code",
+    "postal_code",
+]
+ADDRESS = ["hashed_first_name", "hashed_last_name", "country_code", "postal_code"]
+CONSENT = ["ad_user_data", "ad_personalization"]
+
+
+class GoogleDataManagerConnector(AudienceConnector):
+    kind: ClassVar[str] = "google_data_manager"
+    config_model: ClassVar[type[DestinationConfig]] = GoogleDataManagerDestinationConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(add=True, remove=True, replace=True)
+    layout: ClassVar[str | None] = "google_ads"  # same normalization and hashing
+    # One journaled batch is ten requests of 10,000 people, polled together.
+    add_batch_size: ClassVar[int] = 100_000
+    remove_batch_size: ClassVar[int] = 100_000
+
+    config: GoogleDataManagerDestinationConfig
+
+    def account(self) -> str:
+        return self.config.customer_id  # as google_ads: one Google account, one history
+
+    def credentials(self) -> dict[str, tuple[str | None, str]]:
+        return {"access_token": (self.config.access_token_env, "an OAuth access token")}
+
+    def connect(self, secrets: dict[str, str | None]) -> Any:
+        from connectors.google_data_manager.client import DataManagerClient
+
+        return DataManagerClient(
+            self.config.customer_id,
+            secrets["access_token"] or "",
+            destination=self.name,
+            login_customer_id=self.config.login_customer_id,
+            endpoint=self.config.endpoint,
+            ca_file=self.resolve(self.config.ca_file) if self.config.ca_file else None,
+            access_token_env=self.config.access_token_env,
+            poll_seconds=self.config.poll_seconds,
+            max_poll_seconds=self.config.max_poll_seconds,
+            poll_timeout_seconds=self.config.poll_timeout_seconds,
+        )
+
+    def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
+        """The list's resource name: remembered, configured, found by its opaque name, or new.
+
+        Finding by name first means a run killed between creating the list and recording
+        it does not make a second list.
+        """
+        if remote_id:
+            return str(self.client.user_list_name(remote_id))
+        if self.config.user_list_id:
+            configured = self.client.user_list_name(self.config.user_list_id)
+            self.client.get_user_list(configured)  # NOT_FOUND names user_list_id
+            return str(configured)
+        found = self.client.find_user_list(name)
+        if found:
+            return str(found)
+        return str(
+            self.client.create_user_list(name, description, self.config.membership_duration_days)
+        )
+
+    def send(
+        self,
+        remote_id: str,
+        op: str,
+        rows: pl.DataFrame,
+        *,
+        seq: int,
+        last: bool,
+        session: dict[str, Any],
+    ) -> BatchOutcome:
+        from connectors.google_data_manager.client import raise_failed
+
+        outcome = BatchOutcome(op=op, size=rows.height, received=0)
+        sendable = self._screen(rows, outcome, adding=op != "remove")
+        ids: list[str] = []
+        if op == "replace" and not session.get("cleared"):
+            # the list is emptied, and the platform confirms it, before anything is added
+            outcomes, _ = self.client.wait([self.client.remove_all(remote_id)])
+            raise_failed(outcomes)
+            session["cleared"] = True
+        columns = [c for c in IDENTIFIERS + CONSENT if c in sendable.columns]
+        if sendable.height:
+            ids, _sent = self.client.send_members(
+                remote_id,
+                sendable.select(columns).iter_rows(named=True),
+                remove=op == "remove",
+                default_consent=(
+                    self.config.default_ad_user_data,
+                    self.config.default_ad_personalization,
+                ),
+                terms_accepted=self.config.accept_customer_match_terms,
+                validate_only=False,
+            )
+        outcomes, _polls = self.client.wait(ids)
+        raise_failed(outcomes)
+        rejected = sum(o.failed_records for o in outcomes)
+        outcome.received += sendable.height - rejected
+        outcome.invalid += rejected
+        for o in outcomes:
+            outcome.samples += [f"{n} {reason}" for reason, n in sorted(o.errors.items())][:5]
+            if o.match_rate_range:
+                session["match_rate_range"] = o.match_rate_range
+        return outcome
+
+    def _screen(self, rows: pl.DataFrame, outcome: BatchOutcome, *, adding: bool) -> pl.DataFrame:
+        """The rows that can be sent; the others are counted and returned as rejected keys.
+
+        An address whose region code is not ISO 3166-1 alpha-2 is dropped (the person's
+        other identifiers still go); a person left with no identifier, or (adding) with
+        consent DENIED, is not sent.
+        """
+        frame = rows
+        if "country_code" in frame.columns:
+            bad_region = pl.col("country_code").is_not_null() & ~pl.col(
+                "country_code"
+            ).str.to_lowercase().is_in(sorted(ISO_COUNTRIES))
+            dropped = frame.filter(bad_region).height
+            if dropped:
+                outcome.samples.append(
+                    f"{dropped} addresses without an ISO 3166-1 alpha-2 region code not sent "
+                    "(fix [identity] country / default_country)"
+                )
+                frame = frame.with_columns(
+                    [pl.when(bad_region).then(None).otherwise(pl.col(c)).alias(c) for c in ADDRESS]
+                )
+        present = [c for c in ("hashed_email", "hashed_phone_number") if c in frame.columns]
+        has_address = pl.all_horizontal(
+            [pl.col(c).is_not_null() & (pl.col(c) != "") for c in ADDRESS if c in frame.columns]
+            or [pl.lit(False)]
+        )
+        usable = pl.any_horizontal(
+            [pl.col(c).is_not_null() & (pl.col(c) != "") for c in present] + [has_address]
+        )
+        refused = ~usable
+        if adding:
+            for c in CONSENT:
+                if c in frame.columns:
+                    refused = refused | (pl.col(c) == "DENIED").fill_null(False)
+        flagged = frame.with_columns(refused.alias("__refused"))
+        out = flagged.filter(pl.col("__refused"))
+        if out.height:
+            outcome.invalid += out.height
+            outcome.samples.append(f"{out.height} not sent (consent DENIED or no identifier)")
+            if KEY in out.columns:
+                outcome.rejected_keys.extend(out.get_column(KEY).to_list())
+        return flagged.filter(~pl.col("__refused")).drop("__refused")

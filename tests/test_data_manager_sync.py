@@ -1,0 +1,169 @@
+"""`audiences sync` to the google_data_manager destination: the real client, the sandbox."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+import pytest
+from conftest import AS_OF, released_ids
+from test_sync import WEST_COAST, ProcessDied, dying_after, only_result
+
+from audiences.pipeline.sync import sync
+from connectors.google_data_manager.connector import GoogleDataManagerConnector
+
+DAY = AS_OF.isoformat()
+SEGMENT = """name: west-coast
+description: Grown-ups living on the Pacific side
+destinations: [google]
+where:
+  all:
+    - age: {gte: 18}
+    - state: {in: [CA, OR, WA, NV, AZ]}
+"""
+PHI_SEGMENT = """name: heart-patients
+description: Cardiology patients
+destinations: [google]
+where:
+  all:
+    - age: {gte: 18}
+    - event:
+        type: visit
+        where: {department: {eq: cardiology}}
+        count: {gte: 1}
+        within: 730d
+"""
+
+
+def dm_people(members: pl.DataFrame) -> set[frozenset[tuple[str, str]]]:
+    """Release rows as the Data Manager sandbox stores people."""
+    people = set()
+    for row in members.to_dicts():
+        person = {
+            (kind, row[k])
+            for kind, k in (("email", "hashed_email"), ("phone", "hashed_phone_number"))
+            if row.get(k)
+        }
+        address = [row.get(k) for k in ("hashed_first_name", "hashed_last_name")]
+        country, postal = row.get("country_code"), row.get("postal_code")
+        if all(address) and country and postal:
+            person.add(("address", f"{address[0]}:{address[1]}:{str(country).upper()}:{postal}"))
+        if person:
+            people.add(frozenset(person))
+    return people
+
+
+def project(make_project: Any, text: str = SEGMENT, rows: int = 3000) -> Any:
+    p = make_project(rows=rows)
+    name = text.split("\n", 1)[0].removeprefix("name: ")
+    (p.root / "segments" / f"{name}.yaml").write_text(text, encoding="utf-8")
+    p.approve(name)
+    return p
+
+
+def test_sync_adds_then_removes_through_the_data_manager(make_project: Any) -> None:
+    p = project(make_project, rows=6000)
+    first = p.release("west-coast", "google")
+    assert p.contact_ids(first.members) == released_ids(p.contacts(), WEST_COAST)
+    r = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
+    assert (r["status"], r["adds"], r["invalid"]) == ("ok", first.members.height, 0)
+    box = p.boxes.data_manager
+    assert r["audience"].startswith("accountTypes/GOOGLE_ADS/accounts/1234567890/userLists/")
+    assert box.members(r["audience"]) == dm_people(first.members)
+    assert [ul.display_name for ul in box.user_lists.values() if ul.name == r["audience"]] == [
+        first.opaque_name
+    ]
+    ids = p.contact_ids(first.members)
+    leaving = set(sorted(ids)[:30])
+    frame = p.contacts()
+    p.write_contacts(
+        frame.with_columns(
+            pl.when(pl.col("contact_id").is_in(list(leaving)))
+            .then(False)
+            .otherwise(pl.col("marketing_opt_in"))
+            .alias("marketing_opt_in")
+        )
+    )
+    second = p.release("west-coast", "google")
+    r2 = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
+    assert r2["status"] == "ok" and r2["removes"] >= 30 and r2["adds"] == 0
+    assert box.members(r["audience"]) == dm_people(second.members)
+    assert dm_people(p.confirmed("west-coast", "google")) == dm_people(second.members)
+
+
+def test_denied_ad_user_data_is_never_released_nor_sent(make_project: Any) -> None:
+    p = project(make_project)
+    frame = p.contacts()
+    denied_ids = set(frame.filter(WEST_COAST).get_column("contact_id").head(200).to_list())
+    p.write_contacts(
+        frame.with_columns(
+            pl.when(pl.col("contact_id").is_in(list(denied_ids)))
+            .then(pl.lit("denied"))
+            .otherwise(pl.lit("granted"))
+            .alias("ad_user_data_consent")
+        )
+    )
+    p.edit_toml(
+        lambda t: t.replace(
+            '# ad_user_data = "ad_user_data_consent"', 'ad_user_data = "ad_user_data_consent"'
+        )
+    )
+    release = p.release("west-coast", "google")
+    assert not p.contact_ids(release.members) & denied_ids
+    assert set(release.members.get_column("ad_user_data")) == {"GRANTED"}
+    r = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
+    assert r["status"] == "ok"
+    assert p.boxes.data_manager.members(r["audience"]) == dm_people(release.members)
+
+
+def test_partial_success_rows_are_counted_rejected(make_project: Any) -> None:
+    p = project(make_project)
+    p.boxes.data_manager.inject("partial", count=7)
+    (r,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
+    assert (r.status, r.invalid) == ("ok", 7)
+    assert r.received == r.sent - 7
+    ((invalid,),) = p.query("SELECT sum(invalid) FROM batches WHERE sync_id = ?", (r.sync_id,))
+    assert invalid == 7
+
+
+@pytest.mark.parametrize("sent", [False, True], ids=["dies-before-sending", "dies-after-sending"])
+def test_crash_at_every_batch_boundary_loses_and_duplicates_nothing(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch, sent: bool
+) -> None:
+    monkeypatch.setattr(GoogleDataManagerConnector, "add_batch_size", 100)
+    monkeypatch.setattr(GoogleDataManagerConnector, "remove_batch_size", 100)
+    p = project(make_project, rows=6000)
+    release = p.release("west-coast", "google")
+    batches = -(-release.members.height // 100)
+    assert batches >= 3
+    crashes = 0
+    while True:  # each run confirms one batch and dies at the next boundary
+        try:
+            (r,) = sync(
+                p.config(), ["west-coast"], as_of=AS_OF, connector_factory=dying_after(1, sent=sent)
+            ).results
+            break
+        except ProcessDied:
+            crashes += 1
+    assert crashes >= 2 and r.status == "ok"
+    audience = p.remote_id("west-coast", "google")
+    assert len(p.boxes.data_manager.user_lists) >= 1
+    lists = [ul for ul in p.boxes.data_manager.user_lists.values() if ul.name == audience]
+    assert len(lists) == 1  # found by its opaque name, never made twice
+    confirmed = p.confirmed("west-coast", "google")
+    # what state says is exactly what the platform holds: nothing lost, nothing twice
+    assert p.boxes.data_manager.members(audience) == dm_people(confirmed)
+    assert confirmed.get_column("member_key").is_unique().all()
+    # everyone released is on the list, but a last remainder under k_diff (100) held back
+    assert confirmed.height + r.held_adds == release.members.height
+    assert r.held_adds < 100
+    assert set(confirmed.get_column("member_key")) <= set(release.members.get_column("member_key"))
+
+
+def test_a_phi_derived_segment_never_reaches_it(make_project: Any) -> None:
+    p = project(make_project, PHI_SEGMENT)
+    before = len(p.boxes.data_manager.requests)
+    doc = p.cli_json("sync", "heart-patients", "--as-of", DAY, expect=3)
+    assert {r["status"] for r in doc["results"]} == {"blocked"}
+    assert "forbids health-based customer lists" in doc["results"][0]["error"]
+    assert len(p.boxes.data_manager.requests) == before
