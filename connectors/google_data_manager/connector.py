@@ -11,13 +11,16 @@ the engine records them as rejected, not as members.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 
 from audiences.core.countries import ISO_COUNTRIES
 from connectors.base import AudienceConnector, BatchOutcome, Capabilities, DestinationConfig
 from connectors.google_data_manager.config import GoogleDataManagerDestinationConfig
+
+if TYPE_CHECKING:
+    from policies.release import Release
 
 KEY = "member_key"
 IDENTIFIERS = [
@@ -65,14 +68,19 @@ class GoogleDataManagerConnector(AudienceConnector):
             poll_timeout_seconds=self.config.poll_timeout_seconds,
         )
 
-    def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
-        """The list's resource name: remembered, configured, found by its opaque name, or new.
+    def ensure_audience(self, release: Release, remote_id: str | None = None) -> str:
+        """The list's resource name (an id remembered in state becomes one), opened for
+        ``release`` as every connector is."""
+        if remote_id:
+            remote_id = str(self.client.user_list_name(remote_id))
+        return super().ensure_audience(release, remote_id)
+
+    def _create_audience(self, name: str, description: str) -> str:
+        """The configured list, else the list found by its opaque name, else a new one.
 
         Finding by name first means a run killed between creating the list and recording
         it does not make a second list.
         """
-        if remote_id:
-            return str(self.client.user_list_name(remote_id))
         if self.config.user_list_id:
             configured = self.client.user_list_name(self.config.user_list_id)
             self.client.get_user_list(configured)  # NOT_FOUND names user_list_id
@@ -84,7 +92,7 @@ class GoogleDataManagerConnector(AudienceConnector):
             self.client.create_user_list(name, description, self.config.membership_duration_days)
         )
 
-    def send(
+    def _send(
         self,
         remote_id: str,
         op: str,
