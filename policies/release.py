@@ -57,6 +57,7 @@ _SEALED_FIELDS = (
     "k_diff",
     "hold_against",
     "holds",
+    "purpose",
 )
 
 
@@ -81,6 +82,9 @@ class Release:
     * ``excluded_keys``: member keys that this build's filter rules excluded (opt-outs,
       suppression lists, deceased, minors, missing or revoked authorization). Any of them
       already pushed must be removed at once, never held.
+    * ``purpose``: ``release`` for a build's release; ``removal`` for a removal-only release
+      (:func:`policies.gate.forced_removals`): its ``members`` are platform rows that must be
+      removed now, whatever blocks the segment's adds. It is never added, never recorded.
     """
 
     build_id: str
@@ -100,6 +104,7 @@ class Release:
     hold_against: str | None
     holds: int
     excluded_keys: pl.Series
+    purpose: str  # "release" | "removal" (removal-only: remove ``members``, never add)
     seal: str
     _capability: InitVar[object]
 
@@ -150,6 +155,7 @@ class Release:
             "hold_against": self.hold_against,
             "holds": self.holds,
             "excluded_keys": self.excluded_keys.len(),
+            "purpose": self.purpose,
             "segment_digest": self.segment_digest,
             "policy_digest": self.policy_digest,
             "verdict_digest": self.verdict_digest,

@@ -159,6 +159,8 @@ class FileConnector(Connector):
         from policies.release import require_release
 
         require_release(release)
+        if release.purpose != "release":
+            raise InternalError("a removal-only release is never written to a file")
         out = self.directory / release.segment / release.build_id
         if out.exists():
             raise InternalError(f"export folder {out} already exists (build ids are unique)")
