@@ -300,7 +300,7 @@ def _check_destination(
         if rule.scope != "destination":
             continue
         if rule.kind == "sensitive_destination":
-            v = sensitive_destination(rule, dest, phi)
+            v = _sensitive_verdict(rule, dest, layouts, inp.config, phi)
         elif rule.kind == "opaque_name":
             v = opaque_name(rule, dest, name, words)
         elif rule.kind == "min_size":
@@ -313,6 +313,31 @@ def _check_destination(
             raise InternalError(f"no evaluator for rule kind {rule.kind}")
         check.verdicts[rule.id] = v
     return check
+
+
+def file_platform(config: ProjectConfig, name: str) -> str:
+    """What a file destination is for: ``meta``, ``google_ads`` or ``other`` (its ``for``)."""
+    extra = dict(config.destination(name).model_extra or {})
+    return str(extra.get("for") or "other")
+
+
+def _sensitive_verdict(
+    rule: Rule, dest: Destination, layouts: tuple[str, ...], config: ProjectConfig, phi: PhiFinding
+) -> Verdict:
+    """A file is judged as every platform it is for or carries a layout of: a PHI-derived
+    segment never leaves as a Customer Match upload, in a file or otherwise."""
+    if dest.kind != "file":
+        return sensitive_destination(rule, dest, phi)
+    purpose = file_platform(config, dest.name)
+    platforms = sorted({purpose, *layouts} - {"other"})
+    verdicts = [sensitive_destination(rule, replace(dest, kind=k), phi) for k in platforms]
+    chosen = next((v for v in verdicts if not v.passed), None) or next(
+        (v for v in verdicts if v.evidence.get("applies")), None
+    )
+    if chosen is None:
+        return sensitive_destination(rule, dest, phi)
+    what = f"file for {purpose} carrying layouts {', '.join(layouts) or 'none'}"
+    return replace(chosen, detail=f"{what}: {chosen.detail}")
 
 
 def _difference_verdict(
@@ -471,6 +496,39 @@ def forced_removals(inp: RemovalInput) -> RemovalOutcome:
             purpose="removal",
         )
     return RemovalOutcome(releases, verdicts, gone)
+
+
+def takedown_release(
+    build_id: str,
+    segment: str,
+    config: ProjectConfig,
+    pack: Pack,
+    destination: str,
+    rows: pl.DataFrame,
+) -> Release:
+    """A removal-only release of every row a platform audience holds (``audiences
+    takedown``): it can only take people off a platform."""
+    dest, layouts = destination_of(config, destination)
+    return _mint(
+        build_id=build_id,
+        release_id=new_id("rm"),
+        segment=segment,
+        segment_digest="",
+        policy_digest=pack.digest,
+        verdict_digest="takedown",
+        destination=destination,
+        kind=dest.kind,
+        account=dest.account,
+        created_at=utcnow(),
+        opaque_name="",
+        members=rows,
+        layouts=layouts,
+        k_diff=0,
+        hold_against=None,
+        holds=0,
+        excluded_keys=rows.get_column("member_key"),
+        purpose="removal",
+    )
 
 
 def _release_columns(config: ProjectConfig, cand: pl.DataFrame) -> list[str]:
@@ -935,6 +993,7 @@ __all__ = [
     "evaluate",
     "forced_removals",
     "record",
+    "takedown_release",
     "verdict_digest",
 ]
 

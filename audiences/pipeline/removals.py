@@ -46,7 +46,11 @@ def live_destinations(conn: sqlite3.Connection, config: ProjectConfig, segment: 
         "SELECT destination FROM audiences_remote WHERE segment=? ORDER BY destination",
         (segment,),
     ).fetchall()
-    return [str(d) for (d,) in rows if str(d) in config.destinations]
+    return [
+        str(d)
+        for (d,) in rows
+        if str(d) in config.destinations and config.destination(str(d)).kind != "file"
+    ]
 
 
 def on_platform(conn: sqlite3.Connection, store: MembershipStore) -> pl.DataFrame:

@@ -420,7 +420,11 @@ def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[Destinati
     skipped: list[DestinationSync] = []
     try:
         for segment in load_segments(config.segments_dir):
-            ads = compliance.ad_destinations(config, segment)
+            ads = [
+                d
+                for d in compliance.ad_destinations(config, segment)
+                if config.destination(d).kind != "file"
+            ]
             if not ads:
                 continue
             approval = latest_approval(conn, segment.name) if required else None

@@ -61,6 +61,13 @@ class GoogleAdsConnector(AudienceConnector):
             poll_seconds=self.config.poll_seconds,
         )
 
+    can_remove_all: ClassVar[bool] = True
+
+    def remove_all(self, remote_id: str) -> BatchOutcome:
+        """One offline user data job holding only ``remove_all``."""
+        result = self.client.remove_all(remote_id)
+        return BatchOutcome(op="clear", size=0, received=int(result.accepted))
+
     def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
         if remote_id:
             return remote_id

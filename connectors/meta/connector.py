@@ -50,6 +50,11 @@ class MetaConnector(AudienceConnector):
             token_env_var=self.config.access_token_env,
         )
 
+    can_delete: ClassVar[bool] = True
+
+    def delete_audience(self, remote_id: str) -> None:
+        self.client.delete_audience(remote_id)
+
     def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
         if remote_id:
             return remote_id
