@@ -4,6 +4,7 @@ before approval. Real CLI, real SDKs, the project's sandboxes on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -118,3 +119,92 @@ def test_revoked_approval_still_removes_consent_withdrawals(make_project: Any) -
     # the audit log names the forced removals of the blocked sync
     rows = p.query("SELECT details FROM audit WHERE kind='sync_blocked'")
     assert sum(json.loads(d)["forced_removes"] for (d,) in rows) == 2 * len(members - must_stay)
+
+
+# ----------------------------------------------------------------------- 3. files
+CARDIO = """name: heart-file
+description: People seen in cardiology
+destinations: [{dest}]
+where:
+  all:
+    - age: {{gte: 18}}
+    - service_lines: {{contains: cardiology}}
+"""
+
+
+def file_destination(p: Project, name: str, target: str, layouts: str) -> None:
+    p.edit_toml(
+        lambda t: (
+            t
+            + f'\n[destinations.{name}]\nkind = "file"\npath = "exports"\n'
+            + f'for = "{target}"\nlayouts = {layouts}\n'
+        )
+    )
+
+
+def test_file_only_segment_without_approval_is_blocked(make_project: Any) -> None:
+    p = make_project(rows=3000)
+    write_segment(p, BOTH.replace("[meta, google_ads]", "[file]"), name="grown-ups")
+    doc = p.cli_json("build", "grown-ups", "--as-of", DAY, expect=3)
+    (b,) = doc["builds"]
+    assert b["status"] == "blocked" and b["reasons"][0].startswith("approval: ")
+    assert not (p.root / "exports").exists() or not list((p.root / "exports").rglob("*.csv"))
+    p.approve("grown-ups")
+    (b,) = p.cli_json("build", "grown-ups", "--as-of", DAY)["builds"]
+    folders = {path.parent.parent.name for path in (p.root / "exports").rglob("members.csv")}
+    assert len(folders) == 1 and "grown" not in next(iter(folders))
+    report = json.loads((p.root / ".audiences" / "reports" / f"{b['build_id']}.json").read_text())
+    written = {w["format"]: w for w in report["files_written"]}
+    assert set(written) == {"csv", "parquet"}
+    assert written["csv"]["rows"] > 0 and "google_ads_hashed_email" in written["csv"]["fields"]
+
+
+def test_phi_derived_file_for_google_ads_is_blocked(make_project: Any) -> None:
+    p = make_project(rows=3000)
+    file_destination(p, "cm-upload", "google_ads", '["google_ads"]')
+    file_destination(p, "meta-upload", "meta", '["meta"]')
+    write_segment(p, CARDIO.format(dest="cm-upload"), name="heart-file")
+    p.approve("heart-file")
+    (b,) = p.cli_json("build", "heart-file", "--as-of", DAY, expect=3)["builds"]
+    assert any(r.startswith("google-health [cm-upload]") for r in b["reasons"]), b["reasons"]
+    # a file "for meta" that still carries the Customer Match layout is refused too
+    p.edit_toml(
+        lambda t: t.replace(
+            'for = "meta"\nlayouts = ["meta"]', 'for = "meta"\nlayouts = ["meta", "google_ads"]'
+        )
+    )
+    write_segment(p, CARDIO.format(dest="meta-upload"), name="heart-file")
+    p.approve("heart-file")
+    (b,) = p.cli_json("build", "heart-file", "--as-of", DAY, expect=3)["builds"]
+    assert any(r.startswith("google-health [meta-upload]") for r in b["reasons"]), b["reasons"]
+    assert not list((p.root / "exports").rglob("*.csv")) if (p.root / "exports").exists() else True
+
+
+# ----------------------------------------------------------------------- 5. review
+def test_review_shows_what_would_be_released_before_approval(make_project: Any) -> None:
+    p = make_project(rows=3000)
+    write_segment(p, BOTH)
+    # unapproved: build stops before the gate, plan exits 3 like build
+    p.cli_json("plan", "grown-ups", "--as-of", DAY, expect=3)
+    doc = p.cli_json("review", "grown-ups", "--as-of", DAY)
+    assert doc["status"] == "reviewed" and doc["released_to"] == ["google_ads", "meta"]
+    report = json.loads(Path(doc["reports"]["json"]).read_text())
+    assert report["review"]["build_id"] == doc["build_id"]
+    assert report["figures"]["candidates"] > report["figures"]["eligible_members"] > 0
+    assert {v["id"] for v in report["verdicts"]} >= {"consent", "minors"}
+    assert p.query("SELECT count(*) FROM releases")[0][0] == 0  # nothing released
+    assert not list((p.root / "exports").rglob("*")) if (p.root / "exports").exists() else True
+    result = p.cli(
+        "approve", "grown-ups", "--by", "qa.officer", "--key", str(p.approver.private_key)
+    )
+    assert result.exit_code == 0 and doc["build_id"] in result.stderr
+    approved = p.cli_json(
+        "approve", "grown-ups", "--by", "qa.officer", "--key", str(p.approver.private_key)
+    )
+    assert approved["review"]["build_id"] == doc["build_id"]
+    notes = [n for (n,) in p.query("SELECT note FROM approvals WHERE segment='grown-ups'")]
+    assert all(doc["build_id"] in n for n in notes)
+    details = [
+        json.loads(d) for (d,) in p.query("SELECT details FROM audit WHERE kind='approval_review'")
+    ]
+    assert {d["review_build_id"] for d in details} == {doc["build_id"]}
