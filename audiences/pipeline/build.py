@@ -178,33 +178,38 @@ def review(
         }
         result.reports = write_reports(config, build_id, report)
         result.seconds = time.perf_counter() - started
-        _finish(
-            conn,
-            build_id,
-            "review" if not outcome.blocked else "review_blocked",
-            candidates=result.candidates,
-            members=max(result.released.values(), default=0),
-            reasons=result.reasons,
-            summary=result.to_dict(),
-            source_digest=sources.digest,
-        )
-        _audit(
-            conn,
-            who,
-            "review",
-            segment.name,
-            {
-                "build_id": build_id,
-                "status": result.status,
-                "segment_digest": segment.digest,
-                "policy_digest": pack.digest,
-                "source_digest": sources.digest,
-                "reasons": result.reasons,
-            },
-        )
+        _close_review(conn, who, result, sources.digest)
     finally:
         conn.close()
     return result
+
+
+def _close_review(conn: sqlite3.Connection, actor: str, result: BuildResult, digest: str) -> None:
+    """Record a finished review (status ``review`` / ``review_blocked``) and audit it."""
+    _finish(
+        conn,
+        result.build_id,
+        "review_blocked" if result.blocked else "review",
+        candidates=result.candidates,
+        members=max(result.released.values(), default=0),
+        reasons=result.reasons,
+        summary=result.to_dict(),
+        source_digest=digest,
+    )
+    _audit(
+        conn,
+        actor,
+        "review",
+        result.segment,
+        {
+            "build_id": result.build_id,
+            "status": result.status,
+            "segment_digest": result.segment_digest,
+            "policy_digest": result.policy_digest,
+            "source_digest": digest,
+            "reasons": result.reasons,
+        },
+    )
 
 
 def latest_review(
