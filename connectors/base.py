@@ -139,6 +139,18 @@ class AudienceConnector(Connector):
         """People per journaled batch for ``op`` (add | remove)."""
         return self.add_batch_size if op == "add" else self.remove_batch_size
 
+    # Takedown (``audiences takedown``): what the platform offers besides removing people.
+    can_remove_all: ClassVar[bool] = False  # empty the audience in one call
+    can_delete: ClassVar[bool] = False  # delete the audience itself
+
+    def remove_all(self, remote_id: str) -> BatchOutcome:
+        """Empty the platform audience (every member, whoever added them)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot empty an audience in one call")
+
+    def delete_audience(self, remote_id: str) -> None:
+        """Delete the platform audience."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete an audience")
+
     def ensure_audience(self, release: Release, remote_id: str | None = None) -> str:
         """Open this connector for ``release``: the platform's audience id, creating the
         audience (named after the release's opaque name) when ``remote_id`` is None.

@@ -332,7 +332,7 @@ def _check_destination(
         if rule.scope != "destination":
             continue
         if rule.kind == "sensitive_destination":
-            v = sensitive_destination(rule, dest, phi)
+            v = _sensitive_verdict(rule, dest, layouts, inp.config, phi)
         elif rule.kind == "opaque_name":
             v = opaque_name(rule, dest, name, words)
         elif rule.kind == "min_size":
@@ -345,6 +345,31 @@ def _check_destination(
             raise InternalError(f"no evaluator for rule kind {rule.kind}")
         check.verdicts[rule.id] = v
     return check
+
+
+def file_platform(config: ProjectConfig, name: str) -> str:
+    """What a file destination is for: ``meta``, ``google_ads`` or ``other`` (its ``for``)."""
+    extra = dict(config.destination(name).model_extra or {})
+    return str(extra.get("for") or "other")
+
+
+def _sensitive_verdict(
+    rule: Rule, dest: Destination, layouts: tuple[str, ...], config: ProjectConfig, phi: PhiFinding
+) -> Verdict:
+    """A file is judged as every platform it is for or carries a layout of: a PHI-derived
+    segment never leaves as a Customer Match upload, in a file or otherwise."""
+    if dest.kind != "file":
+        return sensitive_destination(rule, dest, phi)
+    purpose = file_platform(config, dest.name)
+    platforms = sorted({purpose, *layouts} - {"other"})
+    verdicts = [sensitive_destination(rule, replace(dest, kind=k), phi) for k in platforms]
+    chosen = next((v for v in verdicts if not v.passed), None) or next(
+        (v for v in verdicts if v.evidence.get("applies")), None
+    )
+    if chosen is None:
+        return sensitive_destination(rule, dest, phi)
+    what = f"file for {purpose} carrying layouts {', '.join(layouts) or 'none'}"
+    return replace(chosen, detail=f"{what}: {chosen.detail}")
 
 
 def _difference_verdict(
@@ -421,8 +446,125 @@ def _mint_releases(
             hold_against=hold_against,
             holds=n_holds,
             excluded_keys=excluded,
+            purpose="release",
         )
     return releases
+
+
+@dataclass(frozen=True)
+class RemovalInput:
+    """What :func:`forced_removals` judges: the people a platform audience holds now."""
+
+    build_id: str
+    segment: Segment
+    config: ProjectConfig
+    pack: Pack
+    # current CRM rows of the people on the platforms (member_key + the gate's columns + age,
+    # and the linkage flag when the pack links duplicates of opt-outs), whatever the
+    # segment's definition says today
+    current: pl.DataFrame
+    platform: Mapping[str, pl.DataFrame]  # destination → rows on it (member_key + uploaded)
+    as_of: dt.date
+    state_dir: Path
+
+
+@dataclass(frozen=True)
+class RemovalOutcome:
+    releases: dict[str, Release]  # removal-only releases (purpose "removal"), maybe empty
+    verdicts: list[Verdict]  # the filter verdicts over the people on the platforms
+    gone: int  # people on a platform whose CRM record is gone (removed too)
+
+
+def forced_removals(inp: RemovalInput) -> RemovalOutcome:
+    """Removal-only releases: the people on each platform audience that the pack's filter
+    rules exclude on current data (consent, do-not-contact, deceased, suppression,
+    authorization, ad personalization, linkage), plus those whose CRM record is gone.
+
+    Runs when a segment's adds are blocked (no approval, a failing rule, min-size): these
+    removals never wait for anything. Nothing is recorded; the releases carry only rows the
+    platform already holds, so nothing new can leave the system through them.
+    """
+    cand = inp.current.filter(pl.col("member_key").is_not_null())
+    phi = phi_finding(inp.segment, inp.config)
+    suppression = SuppressionSet.load(
+        list(inp.pack.suppression_lists), inp.config.identity.default_country
+    )
+    ctx = FilterContext(inp.config, cand, inp.as_of, phi, suppression)
+    by_rule, excluded = _filter_verdicts(inp.pack, ctx)
+    keys = cand.get_column("member_key")
+    kept = difference.sorted_keys(keys.filter(pl.Series(~excluded)))
+    verdicts = [by_rule[r.id] for r in inp.pack.rules if r.scope == "filter"]
+    releases: dict[str, Release] = {}
+    gone = 0
+    created_at = utcnow()
+    name_rules = inp.pack.of_kind("opaque_name")
+    params = name_rules[0].params if name_rules else OpaqueNameParams(prefix="aud", length=8)
+    salt = project_salt(inp.state_dir)
+    name = make_opaque_name(inp.segment.name, salt, params, segment_words(inp.segment))  # type: ignore[arg-type]
+    known = difference.sorted_keys(keys)
+    for dest_name, rows in inp.platform.items():
+        dest, layouts = destination_of(inp.config, dest_name)
+        platform_keys = rows.get_column("member_key")
+        in_crm = pl.Series(_isin_sorted(platform_keys.to_numpy(), known)) if known.size else None
+        allowed = pl.Series(_isin_sorted(platform_keys.to_numpy(), kept)) if kept.size else None
+        drop = ~allowed if allowed is not None else pl.Series([True] * rows.height)
+        if in_crm is not None:
+            gone += int((~in_crm).sum())
+        members = rows.filter(drop) if rows.height else rows
+        releases[dest_name] = _mint(
+            build_id=inp.build_id,
+            release_id=new_id("rm"),
+            segment=inp.segment.name,
+            segment_digest=inp.segment.digest,
+            policy_digest=inp.pack.digest,
+            verdict_digest=verdict_digest(verdicts, dest_name),
+            destination=dest_name,
+            kind=dest.kind,
+            account=dest.account,
+            created_at=created_at,
+            opaque_name=name,
+            members=members,
+            layouts=layouts,
+            k_diff=0,
+            hold_against=None,
+            holds=0,
+            excluded_keys=members.get_column("member_key"),
+            purpose="removal",
+        )
+    return RemovalOutcome(releases, verdicts, gone)
+
+
+def takedown_release(
+    build_id: str,
+    segment: str,
+    config: ProjectConfig,
+    pack: Pack,
+    destination: str,
+    rows: pl.DataFrame,
+) -> Release:
+    """A removal-only release of every row a platform audience holds (``audiences
+    takedown``): it can only take people off a platform."""
+    dest, layouts = destination_of(config, destination)
+    return _mint(
+        build_id=build_id,
+        release_id=new_id("rm"),
+        segment=segment,
+        segment_digest="",
+        policy_digest=pack.digest,
+        verdict_digest="takedown",
+        destination=destination,
+        kind=dest.kind,
+        account=dest.account,
+        created_at=utcnow(),
+        opaque_name="",
+        members=rows,
+        layouts=layouts,
+        k_diff=0,
+        hold_against=None,
+        holds=0,
+        excluded_keys=rows.get_column("member_key"),
+        purpose="removal",
+    )
 
 
 def _release_columns(config: ProjectConfig, cand: pl.DataFrame) -> list[str]:
@@ -726,6 +868,8 @@ def record(
     try:
         for release in outcome.releases.values():
             require_release(release)
+            if release.purpose != "release":
+                raise InternalError("a removal-only release is never recorded")
             keys = difference.sorted_keys(release.members.get_column("member_key"))
             target = folder / f"{release.release_id}.parquet"
             if target.exists():
@@ -888,7 +1032,18 @@ def _report(
     }
 
 
-__all__ = ["GateInput", "GateOutcome", "destination_of", "evaluate", "record", "verdict_digest"]
+__all__ = [
+    "GateInput",
+    "GateOutcome",
+    "RemovalInput",
+    "RemovalOutcome",
+    "destination_of",
+    "evaluate",
+    "forced_removals",
+    "record",
+    "takedown_release",
+    "verdict_digest",
+]
 
 
 def _write_keys(tmp: Path, *, keys: np.ndarray) -> None:

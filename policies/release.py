@@ -60,6 +60,7 @@ _SEALED_FIELDS = (
     "k_diff",
     "hold_against",
     "holds",
+    "purpose",
 )
 
 
@@ -84,6 +85,9 @@ class Release:
     * ``excluded_keys``: member keys that this build's filter rules excluded (opt-outs,
       suppression lists, deceased, minors, missing or revoked authorization). Any of them
       already pushed must be removed at once, never held.
+    * ``purpose``: ``release`` for a build's release; ``removal`` for a removal-only release
+      (:func:`policies.gate.forced_removals`): its ``members`` are platform rows that must be
+      removed now, whatever blocks the segment's adds. It is never added, never recorded.
     """
 
     build_id: str
@@ -103,6 +107,7 @@ class Release:
     hold_against: str | None
     holds: int
     excluded_keys: pl.Series
+    purpose: str  # "release" | "removal" (removal-only: remove ``members``, never add)
     seal: str
     _capability: InitVar[object]
 
@@ -153,6 +158,7 @@ class Release:
             "hold_against": self.hold_against,
             "holds": self.holds,
             "excluded_keys": self.excluded_keys.len(),
+            "purpose": self.purpose,
             "segment_digest": self.segment_digest,
             "policy_digest": self.policy_digest,
             "verdict_digest": self.verdict_digest,
@@ -357,6 +363,10 @@ def release_batch(release: Release, op: str, rows: pl.DataFrame) -> ReleaseBatch
     """A sealed add / replace batch: ``rows`` must be rows of ``release.members``."""
     if op == "remove":
         raise InternalError("a removal batch is minted by removal_batch (from the snapshot)")
+    if release.purpose == "removal":
+        raise InternalError(
+            f"release {release.release_id} only removes people: it mints no {op} batch"
+        )
     return _mint_batch(release, op, rows, None)
 
 

@@ -118,7 +118,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         encoding="utf-8",
     )
     state = Built(root, {})
-    for name in ("cardiology-lapsed", META_ONLY):
+    for name in ("cardiology-lapsed", META_ONLY, FILE_SEGMENT):
         approve = state.cli("approve", name, "--by", APPROVER, "--key", str(pair.private_path))
         assert approve.exit_code == 0, approve.stderr
     validate = state.cli("validate", "--as-of", AS_OF.isoformat(), "--json")

@@ -188,7 +188,7 @@ def test_file_connector_refuses_every_raw_path(project: Any, tmp_path: Path) -> 
     refused(lambda: connector.write(edited, {}), "not a sealed Release")
     assert not (tmp_path / "out").exists()
     written = connector.write(release, {})
-    assert Path(written["manifest"]).parent.parent.name == release.segment == "guards"
+    assert Path(written["manifest"]).parent.parent.name == release.opaque_name  # opaque folder
 
 
 def test_attack_editing_the_release_after_a_first_batch_widens_nothing(project: Any) -> None:

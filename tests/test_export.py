@@ -366,7 +366,10 @@ def test_cli_build_writes_the_export_or_exits_3(tmp_path: Path) -> None:
     build = ["-p", str(tmp_path), "build", "agency-file", "--as-of", "2025-06-01", "--json"]
     result = CliRunner().invoke(cli, build)
     assert result.exit_code == 0, result.output
-    (csv,) = (tmp_path / "exports" / "agency-file").rglob("members.csv")
+    # the export folder carries the audience's opaque name, never the segment's
+    assert not (tmp_path / "exports" / "agency-file").exists()
+    (csv,) = (tmp_path / "exports").rglob("members.csv")
+    assert csv.parent.parent.name.startswith("aud-")
     written = pl.read_csv(csv, infer_schema=False)
     assert written.columns == ["age", "zip", "sex"]
     assert anonymity.k_anonymity(written.to_pandas(), written.columns) >= 10
@@ -377,4 +380,4 @@ def test_cli_build_writes_the_export_or_exits_3(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     (reasons,) = [b["reasons"] for b in doc["builds"]]
     assert any("record-export [agency]" in r and "k=5000" in r for r in reasons)
-    assert len(list((tmp_path / "exports" / "agency-file").rglob("members.csv"))) == 1
+    assert len(list((tmp_path / "exports").rglob("members.csv"))) == 1

@@ -71,6 +71,7 @@ def approve(
     """Sign the approval of a segment's exact definition, pack and destinations."""
     from audiences.compliance import workflow as compliance
     from audiences.core.state import connect
+    from audiences.pipeline.build import latest_review
     from audiences.pipeline.project import validate_project
 
     config = obj.config()
@@ -78,7 +79,11 @@ def approve(
     seg, pack = _segment_and_pack(config, segment)
     conn = connect(config.state_db)
     try:
+        seen = latest_review(conn, seg.name, seg.digest, pack.digest)
+        if seen is not None:  # the approval names the review it was based on
+            note = f"{note} · review {seen['build_id']}" if note else f"review {seen['build_id']}"
         approval = compliance.approve(conn, config, seg, pack, by=by, key_path=key_path, note=note)
+        _record_review(conn, seg.name, approval.id, seen, by)
     finally:
         conn.close()
     doc = {
@@ -88,32 +93,80 @@ def approve(
         "destinations": list(seg.destinations),
         "approver": by,
         "key_id": approval.key_id,
+        "review": seen,
     }
     if as_json:
         emit_json(doc)
-    else:
+        return
+    click.echo(
+        f"Approved {seg.name} ({seg.digest[:19]}) for {', '.join(seg.destinations)} by {by}.",
+        err=True,
+    )
+    if seen is None:
         click.echo(
-            f"Approved {seg.name} ({seg.digest[:19]}) for {', '.join(seg.destinations)} by {by}.",
+            f"No review of this definition on record: run `audiences review {seg.name}` to see "
+            "what it would release before signing.",
             err=True,
         )
+    else:
+        verdict = "passes" if seen["status"] == "reviewed" else "; ".join(seen["reasons"])
+        click.echo(f"Based on review {seen['build_id']} ({seen['at']}): {verdict}", err=True)
+
+
+def _record_review(conn: Any, segment: str, approval_id: int, seen: Any, by: str) -> None:
+    from audiences.compliance import audit
+
+    audit.append(
+        conn,
+        kind="approval_review",
+        subject=segment,
+        details={
+            "approval_id": approval_id,
+            "review_build_id": seen["build_id"] if seen else None,
+            "review_status": seen["status"] if seen else None,
+        },
+        actor=by,
+    )
 
 
 @cli.command()
 @click.argument("segment")
 @click.option("--by", default=None, help="Who revokes (default: OS user).")
+@click.option("--takedown", "take_down", is_flag=True, help="Also empty its live audiences.")
+@click.option("--delete", is_flag=True, help="With --takedown: delete the audiences (Meta).")
 @pass_ctx
-def revoke(obj: Context, segment: str, by: str | None) -> None:
-    """Revoke a segment's approval (syncs refuse it until approved again)."""
+def revoke(obj: Context, segment: str, by: str | None, take_down: bool, delete: bool) -> None:
+    """Revoke a segment's approval (syncs refuse it until approved again).
+
+    Revoking stops adds; the platform audience stays live (forced removals still go).
+    ``--takedown`` also empties it everywhere (``audiences takedown``)."""
     from audiences.compliance.approvals import revoke as run_revoke
     from audiences.core.actor import actor_name
+    from audiences.core.errors import UsageError
     from audiences.core.state import connect
 
-    conn = connect(obj.config().state_db)
+    if delete and not take_down:
+        raise UsageError(
+            "--delete goes with --takedown", "e.g. audiences revoke X --takedown --delete"
+        )
+    config = obj.config()
+    conn = connect(config.state_db)
     try:
         run_revoke(conn, segment, actor_name(by))
     finally:
         conn.close()
     click.echo(f"Revoked the approval of {segment}.", err=True)
+    if take_down:
+        from audiences.cli.lifecycle import print_takedown, run_takedown
+        from audiences.core.errors import DataError
+
+        try:
+            rows, code = run_takedown(config, segment, by=by, destination=None, delete=delete)
+        except DataError as exc:  # never synced: the revocation alone is complete
+            click.echo(f"Nothing to take down: {exc.message}", err=True)
+            return
+        print_takedown(rows)
+        sys.exit(code)
 
 
 @cli.group()

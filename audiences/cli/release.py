@@ -107,12 +107,14 @@ def plan(
         "plans": [p.summary() for p in plans],
         "blocked": [{"segment": r.segment, "reasons": r.reasons} for r in results if r.blocked],
     }
+    code = EXIT_BLOCKED if doc["blocked"] else EXIT_OK
     if as_json:
-        emit_json(doc)
-        return
-    from audiences.cli.display import print_plans
+        emit_json({**doc, "exit_code": code})
+    else:
+        from audiences.cli.display import print_plans
 
-    print_plans(doc)
+        print_plans(doc)
+    sys.exit(code)  # 3 when a segment is blocked, like build
 
 
 @cli.command()

@@ -8,6 +8,7 @@ audit log, blocked ones included.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -119,6 +120,118 @@ def build(
     finally:
         conn.close()
     return results
+
+
+def review(
+    config: ProjectConfig, name: str, *, as_of: date | None = None, actor: str | None = None
+) -> BuildResult:
+    """The whole gate on current data, whatever the approval says; nothing is released.
+
+    Writes the compliance report the officer reviews before signing (``audiences review``)
+    and records a ``review`` build: ``audiences approve`` names it in the approval.
+    Status ``reviewed`` (the gate passes) or ``blocked`` (a rule fails).
+    """
+    from policies.pack import load_pack
+
+    as_of = as_of or datetime.now(UTC).date()
+    who = actor_name(actor)
+    (segment,) = select_segments(config, [name])
+    sources = load_sources(config)
+    validate_against_data(config, [segment], sources, as_of)
+    pack = load_pack(config)
+    conn = connect(config.state_db)
+    try:
+        run = _BuildRun(
+            config,
+            conn,
+            pack,
+            sources,
+            project_salt(config.state_dir),
+            as_of,
+            who,
+            lambda _msg, _frac: None,
+            False,
+        )
+        started = time.perf_counter()
+        build_id = new_id("v")
+        _open_build(run, build_id, segment)
+        candidates = collect_candidates(
+            config, segment, sources, as_of, run.salt, link_opt_outs=links_opt_outs(pack)
+        )
+        outcome = _gate(run, build_id, segment, candidates)
+        result = BuildResult(
+            build_id=build_id,
+            segment=segment.name,
+            segment_digest=segment.digest,
+            status="blocked" if outcome.blocked else "reviewed",
+            candidates=candidates.height,
+            released={d: r.members.height for d, r in outcome.releases.items()},
+            reasons=list(outcome.block_reasons),
+            policy_digest=pack.digest,
+        )
+        report = {**outcome.report, "status": "blocked" if outcome.blocked else "reviewed"}
+        report["review"] = {
+            "build_id": build_id,
+            "note": "a review: the gate ran on current data and nothing was released; "
+            "the sizes are what a build would release now",
+            "would_release": result.released,
+        }
+        result.reports = write_reports(config, build_id, report)
+        result.seconds = time.perf_counter() - started
+        _close_review(conn, who, result, sources.digest)
+    finally:
+        conn.close()
+    return result
+
+
+def _close_review(conn: sqlite3.Connection, actor: str, result: BuildResult, digest: str) -> None:
+    """Record a finished review (status ``review`` / ``review_blocked``) and audit it."""
+    _finish(
+        conn,
+        result.build_id,
+        "review_blocked" if result.blocked else "review",
+        candidates=result.candidates,
+        members=max(result.released.values(), default=0),
+        reasons=result.reasons,
+        summary=result.to_dict(),
+        source_digest=digest,
+    )
+    _audit(
+        conn,
+        actor,
+        "review",
+        result.segment,
+        {
+            "build_id": result.build_id,
+            "status": result.status,
+            "segment_digest": result.segment_digest,
+            "policy_digest": result.policy_digest,
+            "source_digest": digest,
+            "reasons": result.reasons,
+        },
+    )
+
+
+def latest_review(
+    conn: sqlite3.Connection, segment: str, segment_digest: str, policy_digest: str
+) -> dict[str, Any] | None:
+    """The newest review of exactly this definition under this pack, or None."""
+    row = conn.execute(
+        "SELECT build_id, status, reasons, summary, finished_at FROM builds WHERE segment=? "
+        "AND segment_digest=? AND policy_digest=? AND status IN ('review', 'review_blocked') "
+        "ORDER BY finished_at DESC LIMIT 1",
+        (segment, segment_digest, policy_digest),
+    ).fetchone()
+    if row is None:
+        return None
+    summary = json.loads(row[3] or "{}")
+    return {
+        "build_id": row[0],
+        "status": "reviewed" if row[1] == "review" else "blocked",
+        "reasons": json.loads(row[2] or "[]"),
+        "destinations": summary.get("released_to", []),
+        "at": row[4],
+    }
 
 
 @dataclass(frozen=True)
@@ -272,6 +385,7 @@ def _release(
         result.released = {d: r.members.height for d, r in outcome.releases.items()}
         run.step(f"{segment.name}: writing release files", frac)
         result.files = write_file_destinations(run.config, outcome, result.build_id, segment)
+        outcome.report["files_written"] = files_written(outcome, result.files, run.config.root)
         result.noisy_members = noisy_size(
             run.conn, outcome, run.pack, run.sources.digest, run.as_of, run.actor
         )
@@ -342,7 +456,7 @@ def noisy_size(
 def _approval_block(
     conn: sqlite3.Connection, config: ProjectConfig, segment: Segment, pack: Pack
 ) -> str | None:
-    """Why an approval-requiring build to ad destinations may not run, or None."""
+    """Why an approval-requiring build (to any destination, files included) may not run."""
     from audiences.compliance import workflow as compliance
     from audiences.core.errors import ApprovalError
 
@@ -371,7 +485,7 @@ def write_file_destinations(
         connector = FileConnector(name, destination_config(spec), root=config.root)
         manifest = {
             "build_id": build_id,
-            "segment": segment.name,
+            "audience": release.opaque_name,
             "segment_digest": segment.digest,
             "policy_digest": release.policy_digest,
             "verdict_digest": release.verdict_digest,
@@ -381,6 +495,7 @@ def write_file_destinations(
         }
         try:
             files[name] = connector.write(release, manifest)
+            _remember_export(config, segment.name, name, connector.directory / release.opaque_name)
         except OSError as exc:
             # the manifest is written last: a folder without one is an unfinished release
             raise ConnectorError(
@@ -389,6 +504,50 @@ def write_file_destinations(
                 "free disk space or fix the folder's permissions, then build again",
             ) from None
     return files
+
+
+def _remember_export(config: ProjectConfig, segment: str, name: str, folder: Path) -> None:
+    """The export folder is the file destination's live 'audience' (for takedown)."""
+    try:
+        where = str(folder.relative_to(config.root))
+    except ValueError:
+        where = str(folder)
+    conn = connect(config.state_db)
+    try:
+        with transaction(conn):
+            conn.execute(
+                "INSERT OR REPLACE INTO audiences_remote(segment, destination, remote_id, "
+                "created_at) VALUES (?,?,?,?)",
+                (segment, name, where, utcnow()),
+            )
+    finally:
+        conn.close()
+
+
+def files_written(
+    outcome: GateOutcome, files: dict[str, dict[str, str]], root: Path
+) -> list[dict[str, Any]]:
+    """Each file written: path, rows, identifier fields (for the report)."""
+    out = []
+    for name, paths in files.items():
+        release = outcome.releases[name]
+        fields = [c for c in release.members.columns if c != "member_key"]
+        for fmt, path in paths.items():
+            if fmt == "manifest":
+                continue
+            shown = Path(path)
+            with contextlib.suppress(ValueError):
+                shown = shown.relative_to(root)
+            out.append(
+                {
+                    "destination": name,
+                    "path": str(shown),
+                    "format": fmt,
+                    "rows": release.members.height,
+                    "fields": fields,
+                }
+            )
+    return out
 
 
 def identifier_coverage(members: pl.DataFrame) -> dict[str, int]:

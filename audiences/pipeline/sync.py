@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
@@ -93,7 +93,8 @@ class DestinationSync:
     sync_id: str | None = None
     audience: str | None = None
     adds: int = 0
-    removes: int = 0
+    removes: int = 0  # every removal sent, forced ones included
+    forced_removes: int = 0  # removals the filter rules force (never held, never blocked)
     held_adds: int = 0
     held_removes: int = 0
     sent: int = 0
@@ -352,12 +353,13 @@ def sync(
             finally:
                 conn.close()
             return report
-    results = build(config, names, as_of=as_of, actor=who, progress=step)
+    day = as_of or datetime.now(UTC).date()
+    results = build(config, names, as_of=day, actor=who, progress=step)
     conn = connect(config.state_db)
     try:
         for result in results:
             report.results.extend(
-                _sync_segment(conn, config, result, who, full_refresh, connector_factory)
+                _sync_segment(conn, config, result, who, full_refresh, connector_factory, day)
             )
         report.audit_head = _audit_head(conn)
     finally:
@@ -372,20 +374,23 @@ def _sync_segment(
     actor: str,
     full_refresh: bool,
     connector_factory: ConnectorFactory,
+    as_of: date,
 ) -> list[DestinationSync]:
     """One build's ad destinations: all blocked, or each release pushed (files are done)."""
     segment = result.segment
     outcome = result.outcome
     if result.blocked or outcome is None:  # only a blocked build lacks an outcome
-        reason = "; ".join(result.reasons)
-        return [
-            _record_blocked(conn, segment, dest, reason, actor)
-            for dest in _segment_destinations(config, segment)
-        ]
+        from audiences.pipeline.removals import sync_blocked
+
+        return sync_blocked(conn, config, result, actor, as_of, connector_factory)
     synced = []
     for name, release in outcome.releases.items():
         if release.kind == "file":
             synced.append(DestinationSync(segment, name, "ok", adds=release.members.height))
+            continue
+        down = taken_down_block(conn, segment, name)
+        if down is not None:
+            synced.append(_record_blocked(conn, segment, name, down, actor))
             continue
         synced.append(
             sync_destination(
@@ -415,7 +420,11 @@ def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[Destinati
     skipped: list[DestinationSync] = []
     try:
         for segment in load_segments(config.segments_dir):
-            ads = compliance.ad_destinations(config, segment)
+            ads = [
+                d
+                for d in compliance.ad_destinations(config, segment)
+                if config.destination(d).kind != "file"
+            ]
             if not ads:
                 continue
             approval = latest_approval(conn, segment.name) if required else None
@@ -427,6 +436,30 @@ def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[Destinati
     finally:
         conn.close()
     return names, skipped
+
+
+def taken_down_block(conn: sqlite3.Connection, segment: str, destination: str) -> str | None:
+    """Why adds to a taken-down audience are refused (no approval since), or None."""
+    row = conn.execute(
+        "SELECT finished_at FROM syncs WHERE segment=? AND destination=? AND release_id=? "
+        "AND status IN ('taken_down', 'takedown_partial') ORDER BY finished_at DESC LIMIT 1",
+        (segment, destination, TAKEDOWN),
+    ).fetchone()
+    if row is None:
+        return None
+    approved = conn.execute(
+        "SELECT max(at) FROM approvals WHERE segment=? AND revoked_at IS NULL", (segment,)
+    ).fetchone()
+    if approved and approved[0] and str(approved[0]) > str(row[0]):
+        return None
+    return (
+        f"the {destination} audience of {segment!r} was taken down at {row[0]}; nothing is "
+        f"added to it until a compliance officer approves the segment again "
+        f"(audiences review {segment}, then audiences approve {segment} --by NAME --key PATH)"
+    )
+
+
+TAKEDOWN = "takedown"  # syncs.release_id of a takedown run
 
 
 def _segment_destinations(config: ProjectConfig, segment: str) -> list[str]:
@@ -487,6 +520,7 @@ def sync_destination(
         remote_id = _ensure_destination_audience(conn, connector, the_plan, release)
         out.audience = remote_id
         out.held_adds, out.held_removes = the_plan.held_adds, the_plan.held_removes
+        out.forced_removes = the_plan.forced_removes
         run = _DestinationRun(conn, store, connector, remote_id, sync_id, actor, out)
         _send_batches(run, _member_changes(the_plan, release, full_refresh))
         _close_ok(run)
@@ -513,6 +547,7 @@ def sync_destination(
             "status": out.status,
             "adds": out.adds,
             "removes": out.removes,
+            "forced_removes": out.forced_removes,
             "held_adds": out.held_adds,
             "held_removes": out.held_removes,
             "release_id": release.release_id,

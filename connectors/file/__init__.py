@@ -68,6 +68,8 @@ class FileDestinationConfig(DestinationConfig):
         description="record-level export: candidate column → generalization hierarchy",
     )
     anonymity: AnonymityModel | None = None
+    # which platform the file is for: that platform's destination rules apply to it
+    target: Literal["meta", "google_ads", "other"] = Field(default="other", alias="for")
 
     @model_validator(mode="after")
     def _record_level(self) -> FileDestinationConfig:
@@ -159,7 +161,10 @@ class FileConnector(Connector):
         from policies.release import require_release
 
         require_release(release)
-        out = self.directory / release.segment / release.build_id
+        if release.purpose != "release":
+            raise InternalError("a removal-only release is never written to a file")
+        # the folder carries the audience's opaque name, never the segment's
+        out = self.directory / release.opaque_name / release.build_id
         if out.exists():
             raise InternalError(f"export folder {out} already exists (build ids are unique)")
         out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -205,7 +210,7 @@ class FileConnector(Connector):
             for job in jobs:
                 job.result()
         names.update({kind: name for kind, name, _ in writers})
-        final = self.directory / release.segment / release.build_id
+        final = self.directory / release.opaque_name / release.build_id
         manifest = {**manifest, "files": {k: str(final / v) for k, v in names.items()}}
         if self.config.record_level:
             assert self.config.anonymity is not None

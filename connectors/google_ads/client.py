@@ -459,6 +459,10 @@ class GoogleAdsCustomerMatchClient:
             )
         return result
 
+    def remove_all(self, user_list: str) -> JobResult:
+        """Empty a user list: one job whose only operation is ``remove_all``."""
+        return self.upload(user_list, [], remove=False, consent=UNSPECIFIED_CONSENT, replace=True)
+
     def _send_members(
         self,
         service: Any,
@@ -670,6 +674,9 @@ def _quoted(resource_name: str) -> str:
             code="resource_name.invalid",
         )
     return resource_name
+
+
+UNSPECIFIED_CONSENT: Consent = ("UNSPECIFIED", "UNSPECIFIED")
 
 
 def _checked_consent(consent: Consent | None, *, adding: bool) -> Consent | None:

@@ -61,6 +61,13 @@ class GoogleAdsConnector(AudienceConnector):
             poll_seconds=self.config.poll_seconds,
         )
 
+    can_remove_all: ClassVar[bool] = True
+
+    def remove_all(self, remote_id: str) -> BatchOutcome:
+        """One offline user data job holding only ``remove_all``."""
+        result = self.client.remove_all(remote_id)
+        return BatchOutcome(op="clear", size=0, received=int(result.accepted))
+
     def _create_audience(self, name: str, description: str) -> str:
         return str(
             self.client.create_user_list(name, description, self.config.membership_life_span_days)

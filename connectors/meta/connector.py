@@ -52,6 +52,11 @@ class MetaConnector(AudienceConnector):
             token_env_var=self.config.access_token_env,
         )
 
+    can_delete: ClassVar[bool] = True
+
+    def delete_audience(self, remote_id: str) -> None:
+        self.client.delete_audience(remote_id)
+
     def _create_audience(self, name: str, description: str) -> str:
         return str(
             self.client.create_audience(

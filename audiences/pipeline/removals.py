@@ -1,0 +1,225 @@
+"""Removals that nothing blocks: a blocked segment's live audiences are still cleaned.
+
+When a segment's adds are blocked (an unapproved edit, a revoked approval, a failing rule,
+min-size), its platform audiences stay live. Every sync then still removes from each live
+audience the people the pack's filter rules exclude on current data (consent,
+do-not-contact, deceased, suppression, expired or revoked authorization, ad-personalization
+denial, duplicates of opt-outs) and the people whose CRM record is gone. The gate judges
+them (:func:`policies.gate.forced_removals`, removal-only sealed releases) and the removals
+go through the normal journaled batch path, so a killed run is finished by the next one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import date
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from audiences.core.config import ProjectConfig
+from audiences.core.errors import EXIT_BLOCKED, AudiencesError
+from audiences.core.state import new_id, project_salt
+from audiences.pipeline.membership import KEY, OP, MembershipStore, close_sync, unsure_rows
+from audiences.pipeline.membership import recover_interrupted as _recover
+from audiences.pipeline.sync import (
+    ConnectorFactory,
+    DestinationSync,
+    _audit,
+    _DestinationRun,
+    _open_sync,
+    _record_blocked,
+    _remote_id,
+    _segment_destinations,
+    _send_batches,
+)
+
+if TYPE_CHECKING:
+    from audiences.crm.sources import Sources
+    from audiences.pipeline.build import BuildResult
+    from policies.release import Release
+
+
+def live_destinations(conn: sqlite3.Connection, config: ProjectConfig, segment: str) -> list[str]:
+    """Ad destinations (still configured) where the segment has a platform audience."""
+    rows = conn.execute(
+        "SELECT destination FROM audiences_remote WHERE segment=? ORDER BY destination",
+        (segment,),
+    ).fetchall()
+    return [
+        str(d)
+        for (d,) in rows
+        if str(d) in config.destinations and config.destination(str(d)).kind != "file"
+    ]
+
+
+def on_platform(conn: sqlite3.Connection, store: MembershipStore) -> pl.DataFrame:
+    """Rows the platform holds or may hold: the confirmed snapshot plus unconfirmed adds."""
+    snapshot = store.load()
+    unsure = unsure_rows(conn, store)
+    if unsure is None or not unsure.height:
+        return snapshot
+    maybe = (
+        unsure.filter(pl.col(OP) == "add").drop(OP).join(snapshot.select(KEY), on=KEY, how="anti")
+    )
+    if not maybe.height:
+        return snapshot
+    maybe = maybe.unique(KEY, keep="last", maintain_order=True)
+    return pl.concat([snapshot, maybe], how="diagonal_relaxed")
+
+
+def current_rows(
+    config: ProjectConfig,
+    sources: Sources,
+    keys: pl.Series,
+    as_of: date,
+    salt: bytes,
+    *,
+    link_opt_outs: bool,
+) -> pl.DataFrame:
+    """The current CRM rows of the people with ``keys`` (the gate's columns), whatever any
+    segment's definition says; flags duplicates of opt-outs over the whole CRM."""
+    from audiences.crm.identifiers import member_key
+    from audiences.pipeline.select import age_expr, gate_columns
+
+    cid = config.sources.contacts.id
+    schema = sources.contacts.collect_schema()
+    plan = sources.contacts.with_columns(
+        member_key(pl.col(cid), salt).alias(KEY),
+        age_expr(config.identity.birth_date, as_of, schema),
+    ).filter(pl.col(KEY).is_in(keys.implode()))
+    plan = plan.select(gate_columns(config, plan.collect_schema()))
+    frame = plan.collect(engine="streaming")
+    if link_opt_outs:
+        from audiences.crm.linkage import flag_duplicates_of_opt_outs
+        from policies.rules import DUPLICATE_OF_OPT_OUT
+
+        frame = flag_duplicates_of_opt_outs(
+            frame, sources.contacts, config, DUPLICATE_OF_OPT_OUT, cache=sources.cache
+        )
+    return frame
+
+
+def removal_releases(
+    conn: sqlite3.Connection,
+    config: ProjectConfig,
+    segment_name: str,
+    destinations: list[str],
+    as_of: date,
+    build_id: str,
+) -> dict[str, Release]:
+    """The gate's removal-only release for each of ``destinations`` (audiences it holds)."""
+    from audiences.crm.sources import load_sources
+    from audiences.pipeline.select import links_opt_outs, select_segments
+    from policies.gate import RemovalInput, forced_removals
+    from policies.pack import load_pack
+
+    platform: dict[str, pl.DataFrame] = {}
+    for name in destinations:
+        store = MembershipStore(config.state_dir, segment_name, name)
+        _recover(conn, store)
+        platform[name] = on_platform(conn, store)
+    if not any(f.height for f in platform.values()):
+        return {}
+    (segment,) = select_segments(config, [segment_name])
+    pack = load_pack(config)
+    keys = pl.concat([f.get_column(KEY) for f in platform.values()]).unique()
+    sources = load_sources(config)
+    salt = project_salt(config.state_dir)
+    current = current_rows(config, sources, keys, as_of, salt, link_opt_outs=links_opt_outs(pack))
+    outcome = forced_removals(
+        RemovalInput(build_id, segment, config, pack, current, platform, as_of, config.state_dir)
+    )
+    return outcome.releases
+
+
+def sync_blocked(
+    conn: sqlite3.Connection,
+    config: ProjectConfig,
+    result: BuildResult,
+    actor: str,
+    as_of: date,
+    connector_factory: ConnectorFactory,
+) -> list[DestinationSync]:
+    """A blocked build's destinations: adds refused, forced removals sent where live."""
+    segment = result.segment
+    reason = "; ".join(result.reasons)
+    live = live_destinations(conn, config, segment)
+    ads = [d for d in _segment_destinations(config, segment) if d not in live]
+    out = [_record_blocked(conn, segment, dest, reason, actor) for dest in ads]
+    if not live:
+        return out
+    releases = removal_releases(conn, config, segment, live, as_of, result.build_id)
+    for name in live:
+        release = releases.get(name)
+        if release is None:  # nothing on the platform to judge
+            out.append(_record_blocked(conn, segment, name, reason, actor))
+            continue
+        out.append(send_removals(conn, config, release, actor, reason, connector_factory))
+    return out
+
+
+def send_removals(
+    conn: sqlite3.Connection,
+    config: ProjectConfig,
+    release: Release,
+    actor: str,
+    reason: str,
+    connector_factory: ConnectorFactory,
+) -> DestinationSync:
+    """Send a removal-only release through the journaled batch path; status ``blocked``."""
+    from policies.release import require_release
+
+    require_release(release)
+    if release.purpose != "removal":
+        raise AudiencesError("send_removals takes a removal-only release")
+    name, segment = release.destination, release.segment
+    store = MembershipStore(config.state_dir, segment, name)
+    sync_id = new_id("s")
+    remote_id = _remote_id(conn, segment, name) or ""
+    out = DestinationSync(segment, name, "blocked", sync_id=sync_id, audience=remote_id)
+    _open_sync(conn, sync_id, release, name)
+    connector = None
+    try:
+        if release.members.height:
+            connector = connector_factory(config, name)
+            connector.open()
+            connector.ensure_audience(release, remote_id)
+            run = _DestinationRun(conn, store, connector, remote_id, sync_id, actor, out)
+            _send_batches(run, [("remove", release.members)])
+        out.forced_removes = out.removes
+        left = store.load().height - out.removes
+        out.error = (
+            f"{reason} — adds are blocked, but the {name} audience {remote_id} is still live "
+            f"(about {max(left, 0):,} people): {out.forced_removes:,} people the policy now "
+            f"excludes were removed from it; to empty it run `audiences takedown {segment}`"
+        )
+        status = "blocked"
+    except AudiencesError as exc:
+        out.error = f"{reason} — forced removals failed: {exc.message}"
+        out.status = status = "failed" if exc.exit_code != EXIT_BLOCKED else "blocked"
+    finally:
+        if connector is not None:
+            connector.close()
+    close_sync(
+        conn,
+        store,
+        sync_id,
+        status=status,
+        error=out.error,
+        figures={"removes": out.removes, "received": out.received, "invalid": out.invalid},
+    )
+    _audit(
+        conn,
+        actor,
+        "sync_blocked",
+        f"{segment}->{name}",
+        {
+            "sync_id": sync_id,
+            "reason": reason,
+            "forced_removes": out.forced_removes,
+            "status": out.status,
+            "release_id": release.release_id,
+        },
+    )
+    return out

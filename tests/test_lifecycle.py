@@ -1,0 +1,210 @@
+"""Issue #16: removals are never blocked; the file destination is a destination; review
+before approval. Real CLI, real SDKs, the project's sandboxes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from conftest import AS_OF, Project, google_people, meta_rows, released_ids
+
+DAY = AS_OF.isoformat()
+BOTH = """name: grown-ups
+description: Grown-ups who read English
+destinations: [meta, google_ads]
+where:
+  all:
+    - age: {gte: 18}
+    - preferred_language: {in: [en]}
+"""
+IN_SEGMENT = (pl.col("preferred_language") == "en") & pl.col("birth_date").is_not_null()
+
+
+def write_segment(p: Project, text: str, name: str = "grown-ups") -> None:
+    (p.root / "segments" / f"{name}.yaml").write_text(text, encoding="utf-8")
+
+
+def update(p: Project, ids: set[str], **values: Any) -> None:
+    frame = p.contacts()
+    hit = pl.col("contact_id").is_in(list(ids))
+    p.write_contacts(
+        frame.with_columns(
+            [pl.when(hit).then(pl.lit(v)).otherwise(pl.col(c)).alias(c) for c, v in values.items()]
+        )
+    )
+
+
+def pick(ids: set[str], n: int, seed: int) -> set[str]:
+    return set(pl.Series(sorted(ids)).sample(n, seed=seed, shuffle=True).to_list())
+
+
+def synced(p: Project, segment: str = "grown-ups") -> dict[str, dict[str, Any]]:
+    doc = p.cli_json("sync", segment, "--as-of", DAY)
+    return {r["destination"]: r for r in doc["results"]}
+
+
+def on_platforms(p: Project, segment: str = "grown-ups") -> None:
+    """Both sandboxes hold exactly the confirmed snapshots, person by person."""
+    meta = p.confirmed(segment, "meta")
+    google = p.confirmed(segment, "google_ads")
+    assert p.boxes.meta.members(p.remote_id(segment, "meta")) == meta_rows(meta)
+    assert p.boxes.google.members(p.remote_id(segment, "google_ads")) == google_people(google)
+
+
+def first_sync(p: Project) -> set[str]:
+    write_segment(p, BOTH)
+    p.approve("grown-ups")
+    first = synced(p)
+    assert {r["status"] for r in first.values()} == {"ok"}
+    on_platforms(p)
+    members = p.contact_ids(p.confirmed("grown-ups", "meta"))
+    assert members == p.contact_ids(p.confirmed("grown-ups", "google_ads"))
+    return members
+
+
+# ----------------------------------------------------------------------- 1. removals
+def test_opt_outs_reach_both_platforms_while_an_unapproved_edit_blocks_adds(
+    make_project: Any,
+) -> None:
+    p = make_project(rows=4000)
+    members = first_sync(p)
+    leavers = pick(members, 150, seed=5)
+    dnc = pick(members - leavers, 20, seed=6)
+    update(p, leavers, marketing_opt_in=False)
+    update(p, dnc, do_not_contact=True)
+    joiners = set(
+        p.contacts().filter(IN_SEGMENT & pl.col("marketing_opt_in")).get_column("contact_id")
+    )
+    # the segment is edited: unapproved, so nothing may be added
+    write_segment(p, BOTH.replace("gte: 18", "gte: 21"))
+    results = p.cli_json("sync", "grown-ups", "--as-of", DAY, expect=3)["results"]
+    by_dest = {r["destination"]: r for r in results}
+    must_stay = released_ids(p.contacts(), pl.col("contact_id").is_in(list(members)))
+    for dest in ("meta", "google_ads"):
+        r = by_dest[dest]
+        assert r["status"] == "blocked" and r["adds"] == 0
+        assert r["forced_removes"] == r["removes"] == len(members - must_stay) >= 170
+        assert "still live" in r["error"] and "approval" in r["error"]
+        assert f"{r['forced_removes']:,} people" in r["error"]
+        left = p.contact_ids(p.confirmed("grown-ups", dest))
+        assert left == must_stay
+        assert not left & (leavers | dnc)
+        assert not (left - members) & joiners  # nobody was added
+    on_platforms(p)
+    # a rerun finds nothing more to remove and still exits 3
+    again = p.cli_json("sync", "grown-ups", "--as-of", DAY, expect=3)["results"]
+    assert {r["forced_removes"] for r in again} == {0}
+    on_platforms(p)
+
+
+def test_revoked_approval_still_removes_consent_withdrawals(make_project: Any) -> None:
+    p = make_project(rows=3000)
+    members = first_sync(p)
+    revoked_auth = pick(members, 30, seed=8)
+    denied = pick(members - revoked_auth, 30, seed=9)
+    dead = pick(members - revoked_auth - denied, 5, seed=10)
+    update(p, denied, ad_personalization_consent="denied")
+    update(p, dead, deceased=True)
+    update(p, revoked_auth, marketing_opt_in=False)
+    assert p.cli("revoke", "grown-ups", "--by", "qa.officer").exit_code == 0
+    results = p.cli_json("sync", "grown-ups", "--as-of", DAY, expect=3)["results"]
+    must_stay = released_ids(p.contacts(), pl.col("contact_id").is_in(list(members)))
+    for r in results:
+        assert r["status"] == "blocked" and "revoked" in r["error"]
+        assert r["forced_removes"] == len(members - must_stay) >= 65
+        assert p.contact_ids(p.confirmed("grown-ups", r["destination"])) == must_stay
+    on_platforms(p)
+    # the audit log names the forced removals of the blocked sync
+    rows = p.query("SELECT details FROM audit WHERE kind='sync_blocked'")
+    assert sum(json.loads(d)["forced_removes"] for (d,) in rows) == 2 * len(members - must_stay)
+
+
+# ----------------------------------------------------------------------- 3. files
+CARDIO = """name: heart-file
+description: People seen in cardiology
+destinations: [{dest}]
+where:
+  all:
+    - age: {{gte: 18}}
+    - service_lines: {{contains: cardiology}}
+"""
+
+
+def file_destination(p: Project, name: str, target: str, layouts: str) -> None:
+    p.edit_toml(
+        lambda t: (
+            t
+            + f'\n[destinations.{name}]\nkind = "file"\npath = "exports"\n'
+            + f'for = "{target}"\nlayouts = {layouts}\n'
+        )
+    )
+
+
+def test_file_only_segment_without_approval_is_blocked(make_project: Any) -> None:
+    p = make_project(rows=3000)
+    write_segment(p, BOTH.replace("[meta, google_ads]", "[file]"), name="grown-ups")
+    doc = p.cli_json("build", "grown-ups", "--as-of", DAY, expect=3)
+    (b,) = doc["builds"]
+    assert b["status"] == "blocked" and b["reasons"][0].startswith("approval: ")
+    assert not (p.root / "exports").exists() or not list((p.root / "exports").rglob("*.csv"))
+    p.approve("grown-ups")
+    (b,) = p.cli_json("build", "grown-ups", "--as-of", DAY)["builds"]
+    folders = {path.parent.parent.name for path in (p.root / "exports").rglob("members.csv")}
+    assert len(folders) == 1 and "grown" not in next(iter(folders))
+    report = json.loads((p.root / ".audiences" / "reports" / f"{b['build_id']}.json").read_text())
+    written = {w["format"]: w for w in report["files_written"]}
+    assert set(written) == {"csv", "parquet"}
+    assert written["csv"]["rows"] > 0 and "google_ads_hashed_email" in written["csv"]["fields"]
+
+
+def test_phi_derived_file_for_google_ads_is_blocked(make_project: Any) -> None:
+    p = make_project(rows=3000)
+    file_destination(p, "cm-upload", "google_ads", '["google_ads"]')
+    file_destination(p, "meta-upload", "meta", '["meta"]')
+    write_segment(p, CARDIO.format(dest="cm-upload"), name="heart-file")
+    p.approve("heart-file")
+    (b,) = p.cli_json("build", "heart-file", "--as-of", DAY, expect=3)["builds"]
+    assert any(r.startswith("google-health [cm-upload]") for r in b["reasons"]), b["reasons"]
+    # a file "for meta" that still carries the Customer Match layout is refused too
+    p.edit_toml(
+        lambda t: t.replace(
+            'for = "meta"\nlayouts = ["meta"]', 'for = "meta"\nlayouts = ["meta", "google_ads"]'
+        )
+    )
+    write_segment(p, CARDIO.format(dest="meta-upload"), name="heart-file")
+    p.approve("heart-file")
+    (b,) = p.cli_json("build", "heart-file", "--as-of", DAY, expect=3)["builds"]
+    assert any(r.startswith("google-health [meta-upload]") for r in b["reasons"]), b["reasons"]
+    assert not list((p.root / "exports").rglob("*.csv")) if (p.root / "exports").exists() else True
+
+
+# ----------------------------------------------------------------------- 5. review
+def test_review_shows_what_would_be_released_before_approval(make_project: Any) -> None:
+    p = make_project(rows=3000)
+    write_segment(p, BOTH)
+    # unapproved: build stops before the gate, plan exits 3 like build
+    p.cli_json("plan", "grown-ups", "--as-of", DAY, expect=3)
+    doc = p.cli_json("review", "grown-ups", "--as-of", DAY)
+    assert doc["status"] == "reviewed" and doc["released_to"] == ["google_ads", "meta"]
+    report = json.loads(Path(doc["reports"]["json"]).read_text())
+    assert report["review"]["build_id"] == doc["build_id"]
+    assert report["figures"]["candidates"] > report["figures"]["eligible_members"] > 0
+    assert {v["id"] for v in report["verdicts"]} >= {"consent", "minors"}
+    assert p.query("SELECT count(*) FROM releases")[0][0] == 0  # nothing released
+    assert not list((p.root / "exports").rglob("*")) if (p.root / "exports").exists() else True
+    result = p.cli(
+        "approve", "grown-ups", "--by", "qa.officer", "--key", str(p.approver.private_key)
+    )
+    assert result.exit_code == 0 and doc["build_id"] in result.stderr
+    approved = p.cli_json(
+        "approve", "grown-ups", "--by", "qa.officer", "--key", str(p.approver.private_key)
+    )
+    assert approved["review"]["build_id"] == doc["build_id"]
+    notes = [n for (n,) in p.query("SELECT note FROM approvals WHERE segment='grown-ups'")]
+    assert all(doc["build_id"] in n for n in notes)
+    details = [
+        json.loads(d) for (d,) in p.query("SELECT details FROM audit WHERE kind='approval_review'")
+    ]
+    assert {d["review_build_id"] for d in details} == {doc["build_id"]}
