@@ -453,3 +453,108 @@ def test_css_string_cannot_break_out_of_the_style():
     from policies.report import css_string
 
     assert str(css_string('a"</style><script>')) == '"a\\22 \\3c \\2f style\\3e \\3c script\\3e "'
+
+
+# ---------------------------------------------------------------------------------------
+# The funnel adds up for any gate outcome
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PERSON = st.tuples(
+    st.booleans(),  # opted in
+    st.booleans(),  # do not contact
+    st.one_of(st.none(), st.integers(10, 90)),  # age
+    st.one_of(st.none(), st.integers(0, 40)),  # external id (None: no member key; shared: dupes)
+)
+
+
+def random_candidates(people: list[tuple[bool, bool, int | None, int | None]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "contact_id": [None if e is None else f"C{e:05d}" for *_, e in people],
+            "email": [f"p{i}@example.com" for i in range(len(people))],
+            "opt_in": [p[0] for p in people],
+            "dnc": [p[1] for p in people],
+            "zip": ["10001"] * len(people),
+            "age": pl.Series([p[2] for p in people], dtype=pl.Int32),
+        },
+        schema_overrides={"contact_id": pl.String},
+    ).with_columns(member_key("contact_id", b"r" * 32))
+
+
+def small_minimums(pack, k: int):
+    import dataclasses
+
+    def small(rule):
+        if rule.kind == "min_size":
+            params = rule.params.model_copy(
+                update={"k": k, "platform_minimums": {}, "destination_minimums": {}}
+            )
+            return dataclasses.replace(rule, params=params)
+        if rule.kind == "difference":
+            return dataclasses.replace(rule, params=rule.params.model_copy(update={"k_diff": k}))
+        return rule
+
+    return dataclasses.replace(pack, rules=tuple(small(r) for r in pack.rules))
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(people=st.lists(PERSON, max_size=60), k=st.integers(2, 30))
+def test_funnel_counts_add_up_for_random_gate_outcomes(tmp_path_factory, people, k):
+    import tempfile
+
+    from policies.report.funnel import chart, funnel
+
+    with tempfile.TemporaryDirectory(dir=tmp_path_factory.getbasetemp()) as folder:
+        root = Path(folder)
+        cfg = ProjectConfig.model_validate(
+            {
+                "sources": {"contacts": {"path": "c.csv"}},
+                "identity": {"external_id": "contact_id", "email": "email"},
+                "consent": {"marketing_opt_in": "opt_in", "do_not_contact": "dnc"},
+                "destinations": {
+                    "meta": {"kind": "meta", "ad_account_id": "act_9"},
+                    "file": {"kind": "file", "path": "exports"},
+                },
+            }
+        ).model_copy(update={"root": root})
+        pack = small_minimums(load_pack(cfg), k)  # so that some outcomes release
+        conn = connect(root / "s.db")
+        with transaction(conn):
+            conn.execute(
+                "INSERT INTO builds(build_id, segment, segment_digest, as_of, started_at, "
+                "status, actor) VALUES ('b','s','d','2025-06-01','t','running','me')"
+            )
+        o = evaluate(
+            GateInput(
+                "b",
+                SEGMENT,
+                cfg,
+                pack,
+                random_candidates(people),
+                ["meta", "file"],
+                AS_OF,
+                conn,
+                root,
+                "me",
+            )
+        )
+        conn.close()
+    f = funnel(o.report)
+    assert f.selected == len(people)
+    assert all(s.removed >= 0 and s.remaining >= 0 for s in f.steps)
+    assert f.selected - sum(s.removed for s in f.steps) == f.eligible
+    assert f.steps[-1].remaining == f.eligible if f.steps else f.selected == f.eligible
+    for outlet in f.outlets:
+        assert outlet.released + outlet.withheld == f.eligible
+        assert outlet.released == (
+            0 if o.blocked else o.releases[outlet.destination].members.height
+        )
+    assert f.adds_up
+    bars = chart(f).bars
+    assert all(0 <= b.kept + b.removed <= 520.5 for b in bars)
+    text = render(o.report, "md")
+    assert f"| **{f.eligible:,}** |" in text or o.blocked
