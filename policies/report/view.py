@@ -144,7 +144,8 @@ def paragraph(
     if f.stopped_early:
         out.append(
             f"On {r['as_of']} the build stopped before reading anyone, because "
-            f"{_reason(r['block_reasons'])}. Nothing was released."
+            f"{_reason([x.removeprefix('approval: ') for x in r['block_reasons']])}. "
+            "Nothing was released."
         )
         return " ".join(out)
     out.append(f"On {r['as_of']} it selected {f.selected:,} people.")
