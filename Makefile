@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean report-screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: $(STAMP)
 	$(BIN)/ruff check audiences policies connectors tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# The first screen of a released compliance report, as docs/compliance-workflow.md shows
+# it (needs chromium: apt-get install chromium).
+report-screenshot: $(STAMP)
+	REPORT_SCREENSHOT=docs/images/report-first-screen.png $(BIN)/python -m pytest -q \
+		tests/test_report_browser.py -k released
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -48,6 +48,7 @@ from audiences.crm.consent import consent_signal
 from audiences.crm.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layouts_frame
 from audiences.crm.linkage import person_keys
 from audiences.segments import Segment
+from audiences.segments.reading import definition_yaml, reading
 from policies import difference
 from policies.pack import Pack
 from policies.privacy.anonymize import HIERARCHIES, AnonymizationResult, anonymize
@@ -939,9 +940,10 @@ def approval_block_report(
         ),
         "source": "the pack's require_approval (or [approvers] require_approval)",
     }
-    report = _report_head(build_id, segment, pack, as_of, actor, phi, [reason])
+    report = _report_head(build_id, segment, pack, as_of, actor, phi, [reason], config)
     return {
         **report,
+        "approvers": sorted(config.approvers.keys),
         "figures": {"candidates": 0, "without_member_key": 0, "eligible_members": 0},
         "suppression_lists": [],
         "verdicts": [verdict],
@@ -963,8 +965,10 @@ def _report_head(
     actor: str,
     phi: PhiFinding,
     reasons: list[str],
+    config: ProjectConfig,
 ) -> dict[str, Any]:
     canonical = segment.canonical() if hasattr(segment, "canonical") else "{}"
+    templates = config.report.templates
     return {
         "report_version": REPORT_VERSION,
         "kind": "audiences compliance report",
@@ -973,6 +977,8 @@ def _report_head(
         "generated_at": utcnow(),
         "as_of": as_of.isoformat(),
         "actor": actor,
+        "operator": config.project.operator,
+        **({"report_templates": str(config.path(templates))} if templates else {}),
         "status": "blocked" if reasons else "released",
         "block_reasons": list(reasons),
         "pack": {
@@ -988,9 +994,18 @@ def _report_head(
             "description": getattr(segment, "description", ""),
             "digest": segment.digest,
             "definition": json.loads(canonical),
+            **_segment_for_people(segment),
             **phi.to_dict(),
         },
     }
+
+
+def _segment_for_people(segment: Segment) -> dict[str, str]:
+    """The segment's YAML as approved and its plain-English reading (docs/segments.md)."""
+    if not isinstance(segment, Segment):
+        return {}
+    text, origin = definition_yaml(segment)
+    return {"yaml": text, "yaml_source": origin, "reading": reading(segment)}
 
 
 def _sign_off(statement: str) -> dict[str, Any]:
@@ -1008,7 +1023,9 @@ def _report(
     no_key: int,
     eligible: int,
 ) -> dict[str, Any]:
-    head = _report_head(inp.build_id, inp.segment, inp.pack, inp.as_of, inp.actor, phi, reasons)
+    head = _report_head(
+        inp.build_id, inp.segment, inp.pack, inp.as_of, inp.actor, phi, reasons, inp.config
+    )
     head["status"] = "blocked" if blocked else "released"
     return {
         **head,

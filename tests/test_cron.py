@@ -64,7 +64,8 @@ def test_approvals_gate_every_sync(make_project: Any, tmp_path: Path) -> None:
     md = p.cli("report", build_id, "--format", "md")
     assert md.exit_code == 0, md.stderr
     assert "BLOCKED" in md.stdout and "not approved" in md.stdout
-    assert "| approval | approval |" in md.stdout
+    assert "FAIL · Compliance approval (rule approval" in md.stdout
+    assert "audiences approve all-adults --by NAME --key PATH" in md.stdout
     report = json.loads(p.cli("report", build_id, "--format", "json").stdout)
     assert report["figures"]["candidates"] == 0 and report["releases"] == []
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
+import markupsafe
 import polars as pl
 import pytest
 
@@ -118,6 +120,7 @@ def test_html_is_self_contained_escaped_and_signable(outcomes):
         "CONFIDENTIAL",
         "Sign-off",
         "Reviewer",
+        "Filing review",
         outcomes[0].releases["meta"].release_id,
         outcomes[1].releases["meta"].opaque_name,
         "act_9",
@@ -150,7 +153,7 @@ def test_blocked_report_lists_reasons(tmp_path):
     page = render(o.report, "html")
     assert "BLOCKED" in page and "Why the build was blocked" in page
     assert "Nothing was released" in page
-    assert "min-size [meta]" in render(o.report, "md")
+    assert "min-size \\[meta\\]" in render(o.report, "md")
     conn.close()
 
 
@@ -159,3 +162,399 @@ def test_unknown_format_is_a_usage_error(outcomes):
         UsageError, match="unknown report format 'pdf' — use one of: json, md, html"
     ):
         render(outcomes[0].report, "pdf")
+
+
+# ---------------------------------------------------------------------------------------
+# The report a privacy officer reads (issue #20): first screen, definition, evidence,
+# releases, sign-off, templates.
+
+APPROVAL = {
+    "id": 7,
+    "approver": "dana.compliance",
+    "key_id": "9f86d081884c7d65",
+    "at": "2025-05-30T09:12:00Z",
+    "note": "reviewed with legal, ticket COMP-142",
+    "signature_verified": True,
+}
+
+
+def approval_blocked_report(tmp_path: Path, segment=SEGMENT) -> dict:
+    from policies.gate import approval_block_report
+
+    cfg = config(tmp_path)
+    return approval_block_report(
+        build_id="b-approval",
+        segment=segment,
+        config=cfg,
+        pack=load_pack(cfg),
+        as_of=AS_OF,
+        actor="root",
+        reason=f"segment '{segment.name}' is not approved",
+        record_exports={},
+    )
+
+
+def blocked_report(tmp_path: Path) -> dict:
+    conn = connect(tmp_path / "s.db")
+    cfg = config(tmp_path)
+    o = evaluate(
+        GateInput(
+            "b", SEGMENT, cfg, load_pack(cfg), candidates(20), ["meta"], AS_OF, conn, tmp_path, "me"
+        )
+    )
+    conn.close()
+    return o.report
+
+
+@pytest.fixture
+def three(outcomes, tmp_path) -> dict[str, dict]:
+    released = {**outcomes[1].report, "approval": {**APPROVAL, "segment_digest": SEGMENT.digest}}
+    return {
+        "released": released,
+        "blocked": blocked_report(tmp_path / "blocked"),
+        "approval": approval_blocked_report(tmp_path),
+    }
+
+
+@pytest.mark.parametrize("which", ["released", "blocked", "approval"])
+@pytest.mark.parametrize("fmt", ["html", "md"])
+def test_three_reports_carry_every_section(three, which, fmt):
+    from policies.report.funnel import funnel
+    from policies.report.view import build_view
+
+    report = three[which]
+    text = render(report, fmt)
+    view = build_view(report)
+    f = funnel(report)
+    assert f.adds_up
+    assert f.selected - sum(s.removed for s in f.steps) == f.eligible
+    # the paragraph, the reading and the YAML as written
+    first = view.paragraph.split(" On ")[0]
+    assert (str(markupsafe.escape(first)) if fmt == "html" else md_plain(first)) in text
+    assert "Readers" in view.reading or "living in" in view.reading
+    yaml_line = "  zip: {eq: '10001'}"
+    assert (str(markupsafe.escape(yaml_line)) if fmt == "html" else yaml_line) in text
+    assert report["segment"]["yaml"].splitlines()[0] in text
+    # the funnel with its exact counts
+    assert f"{f.selected:,}" in text and f"{f.eligible:,}" in text
+    if fmt == "html":
+        assert "<svg" in text and 'data-section="funnel"' in text
+    # the release table, or the statement that nothing left
+    if which == "released":
+        assert "act_9" in text or "act\\_9" in text
+        assert "EMAIL (SHA-256)" in text and "aud-" in text
+        assert "dana.compliance" in text and "9f86d081884c7d65" in text
+        assert "signature verified" in text and "ticket COMP-142" in text
+        assert "approves exactly this definition" in text
+    else:
+        assert "Nothing was released" in text
+    if which == "approval":
+        assert "audiences approve ny-newsletter --by NAME --key PATH" in text
+
+
+def md_plain(text: str) -> str:
+    from policies.report import md_escape
+
+    return str(md_escape(text))
+
+
+def test_released_paragraph_says_what_who_where_and_whose_approval(three):
+    from policies.report.view import build_view
+
+    p = build_view(three["released"]).paragraph
+    assert p.startswith("The segment “ny-newsletter” selects people living in 10001.")
+    assert "it selected 305 people" in p
+    assert "The privacy gate removed 31 of them (no marketing consent or opted out: 31)" in p
+    assert "leaving 274" in p and "274 to meta (act_9)" in p
+    assert "dana.compliance's approval of 2025-05-30T09:12:00Z (signature verified)" in p
+
+
+def test_funnel_reasons_and_steps_follow_the_rules(three):
+    from policies.report.funnel import funnel
+
+    f = funnel(three["released"])
+    consent = f.steps[0]
+    assert (consent.rule, consent.removed, consent.remaining) == ("consent", 31, 274)
+    assert ("No marketing opt-in", 31) in consent.reasons
+    assert [o.released for o in f.outlets] == [274]
+    blocked = funnel(three["blocked"])
+    assert [(o.released, o.withheld) for o in blocked.outlets] == [(0, blocked.eligible)]
+    stopped = funnel(three["approval"])
+    assert stopped.stopped_early and stopped.selected == stopped.eligible == 0
+
+
+def test_hostile_description_is_escaped_in_html_and_literal_in_markdown(tmp_path):
+    segment = parse_segment(
+        "name: hostile\n"
+        "description: '<script>alert(1)</script> {{ 7*7 }} {% if x %}'\n"
+        "destinations: [meta]\nwhere:\n  zip: {eq: '10001'}\n"
+    )
+    report = approval_blocked_report(tmp_path, segment)
+    page = render(report, "html")
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; {{ 7*7 }} {% if x %}" in page
+    md = render(report, "md")
+    assert "\\<script\\>alert(1)\\</script\\> {{ 7\\*7 }} {% if x %}" in md
+    # outside code blocks (where the YAML shows it verbatim) no raw tag reaches a renderer
+    assert "<script>" not in re.sub(r"(?ms)^```.*?^```", "", md)
+
+
+def test_every_rule_kind_and_evidence_key_has_a_glossary_entry(outcomes, tmp_path):
+    from policies.report.glossary import GATE_KINDS, GLOSSARY
+    from policies.rules import RULE_KINDS
+
+    assert set(RULE_KINDS) | GATE_KINDS <= set(GLOSSARY), "add the rule kind to the glossary"
+    reports = [o.report for o in outcomes] + [blocked_report(tmp_path)]
+    seen = {(v["kind"], k) for r in reports for v in r["verdicts"] for k in v["evidence"]}
+    assert {kind for kind, _ in seen} >= set(RULE_KINDS)  # the run covered every kind
+    missing = sorted((kind, key) for kind, key in seen if key not in GLOSSARY[kind].terms)
+    assert not missing, f"evidence keys without a label and explanation: {missing}"
+    for entry in GLOSSARY.values():
+        for t in entry.terms.values():
+            assert t.label and t.explanation and "\n" not in t.explanation
+
+
+def test_evidence_is_labelled_and_explained(outcomes):
+    page = render(outcomes[1].report, "html")
+    assert "Removals that need no protection" in page and "exempt_removals" not in page
+    assert "Pack minimum" in page and "pack_k" not in page
+    assert "Small changes held back" in page and "held_comparisons" not in page
+    assert "Matched by this rule" in page and "Removed at this step" in page
+    assert "Segment definition (canonical)" not in page
+
+
+def test_operator_names_the_builder_and_the_os_user_is_the_fallback(tmp_path, outcomes):
+    report = outcomes[1].report
+    assert report["operator"] is None
+    assert "set <code>[project] operator</code>" in render(report, "html")
+    named = {**report, "operator": "Marketing ops <J. Doe>"}
+    page = render(named, "html")
+    assert "Marketing ops &lt;J. Doe&gt;" in page and "[project] operator" not in page
+    cfg = ProjectConfig.model_validate(
+        {
+            "project": {"operator": "J. Doe"},
+            "sources": {"contacts": {"path": "c.csv"}},
+            "identity": {"email": "email"},
+        }
+    )
+    assert cfg.project.operator == "J. Doe"
+
+
+def test_yaml_is_the_file_as_written_while_it_still_matches(tmp_path):
+    from audiences.segments import load_segment
+    from audiences.segments.reading import definition_yaml
+
+    text = (
+        "# approved 2025-05 by dana\nname: cardiology-lapsed\ndestinations: [meta]\nwhere:\n"
+        "  all:\n    - age: {between: [50, 75]}\n    - state: {in: [NY, NJ]}\n"
+        "    - event:\n        type: visit\n        where: {department: {eq: cardiology}}\n"
+        "        count: {gte: 1}\n        within: 730d\n"
+        "    - not:\n        event: {type: appointment, ahead: 90d}\n"
+    )
+    path = tmp_path / "cardiology-lapsed.yaml"
+    path.write_text(text, encoding="utf-8")
+    segment = load_segment(path)
+    assert definition_yaml(segment) == (text, "file")
+    path.write_text(text.replace("75", "80"), encoding="utf-8")  # edited since it was loaded
+    canonical, origin = definition_yaml(segment)
+    assert origin == "canonical" and "# approved" not in canonical
+    assert parse_segment(canonical).digest == segment.digest
+
+
+def test_reading_of_the_docs_example():
+    from audiences.segments.reading import reading
+
+    segment = parse_segment(
+        "name: cardiology-lapsed\nwhere:\n  all:\n    - age: {between: [50, 75]}\n"
+        "    - state: {in: [NY, NJ]}\n    - event:\n        type: visit\n"
+        "        where: {department: {eq: cardiology}}\n        within: 730d\n"
+        "    - not:\n        event: {type: appointment, ahead: 90d}\n"
+    )
+    assert reading(segment) == (
+        "Adults 50–75 living in NJ or NY, with at least one cardiology visit in the last "
+        "730 days, and with no appointment in the next 90 days."
+    )
+    other = parse_segment(
+        "name: x\nwhere:\n  any:\n    - days_since_last_visit: {gt: 18mo}\n"
+        "    - diagnosis_codes: {in: [E11*, I25*]}\nexclude:\n  do_not_mail: {eq: true}\n"
+    )
+    assert reading(other) == (
+        "People either whose last visit was more than 540 days ago or whose diagnosis codes "
+        "is codes starting E11 or codes starting I25, excluding anyone whose do not mail is yes."
+    )
+
+
+def custom_templates(tmp_path: Path, body: str) -> Path:
+    folder = tmp_path / "templates"
+    folder.mkdir(parents=True)
+    (folder / "report.html.j2").write_text(body, encoding="utf-8")
+    return folder
+
+
+def test_an_organisations_template_is_used_and_must_keep_every_section(outcomes, tmp_path):
+    from audiences.core.errors import ConfigError
+    from policies.report import REQUIRED_SECTIONS
+
+    report = outcomes[1].report
+    sections = "".join(f'<div data-section="{s}"></div>' for s in REQUIRED_SECTIONS)
+    ok = custom_templates(
+        tmp_path / "ok",
+        "<p>St. Example Hospital {{ v.report.segment.name }}</p>"
+        + sections
+        + '{% include "funnel.html.j2" %}',
+    )
+    page = render(report, "html", templates=ok)
+    assert "St. Example Hospital ny-newsletter" in page and "<svg" in page
+    # the setting travels in the report document from [report] templates
+    assert "St. Example Hospital" in render({**report, "report_templates": str(ok)}, "html")
+    short = custom_templates(tmp_path / "short", sections.replace("sign-off", "signature"))
+    with pytest.raises(ConfigError, match="lacks required section\\(s\\): sign-off"):
+        render(report, "html", templates=short)
+    broken = custom_templates(tmp_path / "broken", "{% if %}")
+    with pytest.raises(ConfigError, match=r"report template .*report\.html\.j2 failed"):
+        render(report, "html", templates=broken)
+    with pytest.raises(ConfigError, match="does not exist"):
+        render(report, "html", templates=tmp_path / "nowhere")
+
+
+def test_report_templates_setting_reaches_the_report(tmp_path):
+    cfg = ProjectConfig.model_validate(
+        {
+            "sources": {"contacts": {"path": "c.csv"}},
+            "identity": {"email": "email"},
+            "consent": {"marketing_opt_in": "opt_in"},
+            "report": {"templates": "branding"},
+        }
+    ).model_copy(update={"root": tmp_path})
+    from policies.gate import approval_block_report
+
+    report = approval_block_report(
+        build_id="b",
+        segment=SEGMENT,
+        config=cfg,
+        pack=load_pack(cfg),
+        as_of=AS_OF,
+        actor="me",
+        reason="not approved",
+        record_exports={},
+    )
+    assert report["report_templates"] == str(tmp_path / "branding")
+
+
+def test_print_stylesheet_has_page_headers_and_numbers(outcomes):
+    page = render(outcomes[1].report, "html")
+    assert "@page" in page and "counter(page)" in page and "counter(pages)" in page
+    assert "@top-left" in page and "ny\\2d newsletter" not in page
+    assert '"Compliance report · ny-newsletter · build b1"' in page
+    assert "break-inside:avoid" in page and "thead{display:table-header-group}" in page
+
+
+def test_css_string_cannot_break_out_of_the_style():
+    from policies.report import css_string
+
+    assert str(css_string('a"</style><script>')) == '"a\\22 \\3c \\2f style\\3e \\3c script\\3e "'
+
+
+# ---------------------------------------------------------------------------------------
+# The funnel adds up for any gate outcome
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PERSON = st.tuples(
+    st.booleans(),  # opted in
+    st.booleans(),  # do not contact
+    st.one_of(st.none(), st.integers(10, 90)),  # age
+    st.one_of(st.none(), st.integers(0, 40)),  # external id (None: no member key; shared: dupes)
+)
+
+
+def random_candidates(people: list[tuple[bool, bool, int | None, int | None]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "contact_id": [None if e is None else f"C{e:05d}" for *_, e in people],
+            "email": [f"p{i}@example.com" for i in range(len(people))],
+            "opt_in": [p[0] for p in people],
+            "dnc": [p[1] for p in people],
+            "zip": ["10001"] * len(people),
+            "age": pl.Series([p[2] for p in people], dtype=pl.Int32),
+        },
+        schema_overrides={"contact_id": pl.String},
+    ).with_columns(member_key("contact_id", b"r" * 32))
+
+
+def small_minimums(pack, k: int):
+    import dataclasses
+
+    def small(rule):
+        if rule.kind == "min_size":
+            params = rule.params.model_copy(
+                update={"k": k, "platform_minimums": {}, "destination_minimums": {}}
+            )
+            return dataclasses.replace(rule, params=params)
+        if rule.kind == "difference":
+            return dataclasses.replace(rule, params=rule.params.model_copy(update={"k_diff": k}))
+        return rule
+
+    return dataclasses.replace(pack, rules=tuple(small(r) for r in pack.rules))
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(people=st.lists(PERSON, max_size=60), k=st.integers(2, 30))
+def test_funnel_counts_add_up_for_random_gate_outcomes(tmp_path_factory, people, k):
+    import tempfile
+
+    from policies.report.funnel import chart, funnel
+
+    with tempfile.TemporaryDirectory(dir=tmp_path_factory.getbasetemp()) as folder:
+        root = Path(folder)
+        cfg = ProjectConfig.model_validate(
+            {
+                "sources": {"contacts": {"path": "c.csv"}},
+                "identity": {"external_id": "contact_id", "email": "email"},
+                "consent": {"marketing_opt_in": "opt_in", "do_not_contact": "dnc"},
+                "destinations": {
+                    "meta": {"kind": "meta", "ad_account_id": "act_9"},
+                    "file": {"kind": "file", "path": "exports"},
+                },
+            }
+        ).model_copy(update={"root": root})
+        pack = small_minimums(load_pack(cfg), k)  # so that some outcomes release
+        conn = connect(root / "s.db")
+        with transaction(conn):
+            conn.execute(
+                "INSERT INTO builds(build_id, segment, segment_digest, as_of, started_at, "
+                "status, actor) VALUES ('b','s','d','2025-06-01','t','running','me')"
+            )
+        o = evaluate(
+            GateInput(
+                "b",
+                SEGMENT,
+                cfg,
+                pack,
+                random_candidates(people),
+                ["meta", "file"],
+                AS_OF,
+                conn,
+                root,
+                "me",
+            )
+        )
+        conn.close()
+    f = funnel(o.report)
+    assert f.selected == len(people)
+    assert all(s.removed >= 0 and s.remaining >= 0 for s in f.steps)
+    assert f.selected - sum(s.removed for s in f.steps) == f.eligible
+    assert f.steps[-1].remaining == f.eligible if f.steps else f.selected == f.eligible
+    for outlet in f.outlets:
+        assert outlet.released + outlet.withheld == f.eligible
+        assert outlet.released == (
+            0 if o.blocked else o.releases[outlet.destination].members.height
+        )
+    assert f.adds_up
+    bars = chart(f).bars
+    assert all(0 <= b.kept + b.removed <= 520.5 for b in bars)
+    text = render(o.report, "md")
+    assert f"| **{f.eligible:,}** |" in text or o.blocked

@@ -146,6 +146,16 @@ class ProjectSection(Model):
     name: str = "audiences"
     state_dir: str = ".audiences"
     state_db: str | None = None
+    #: Who runs the builds, as compliance reports name them (e.g. "Marketing ops — J. Doe");
+    #: unset, reports fall back to the OS user that ran the build.
+    operator: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class ReportSection(Model):
+    """``[report]``: ``templates`` is a folder of the organisation's own compliance-report
+    templates (``report.html.j2``, ``report.md.j2``), relative to the project folder."""
+
+    templates: str | None = None
 
 
 class DestinationSpec(BaseModel):
@@ -172,6 +182,7 @@ class ProjectConfig(Model):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     insights: InsightsConfig = Field(default_factory=InsightsConfig)
     approvers: Approvers = Field(default_factory=Approvers)
+    report: ReportSection = Field(default_factory=ReportSection)
 
     # Set by load_config; not part of the file.
     root: Path = Field(default=Path("."), exclude=True)

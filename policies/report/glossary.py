@@ -1,0 +1,214 @@
+"""What each rule kind and each evidence key means, in words a privacy officer reads.
+
+Verdicts carry evidence as ``{key: count}`` (policies/rules.py, policies/difference.py,
+the record-level export in policies/gate.py). The report shows every key with its label
+and a one-line explanation from here; ``tests/test_report.py`` fails when a rule kind in
+:data:`policies.rules.RULE_KINDS`, or an evidence key a rule reports, has no entry, so a
+new rule cannot ship without one (docs/policy-rules.md describes the rules themselves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Term:
+    label: str
+    explanation: str
+
+
+@dataclass(frozen=True)
+class KindEntry:
+    """A rule kind: its plain name, what its funnel step removes, its evidence terms."""
+
+    label: str
+    removes: str  # the funnel step's label for a filter kind ("" for destination kinds)
+    terms: dict[str, Term]
+
+
+_CANDIDATES = Term("People selected", "people the segment selected, before any rule")
+_EXCLUDED = Term(
+    "Matched by this rule",
+    "people this rule applies to, counted on their own; someone an earlier rule already "
+    "removed is counted here too",
+)
+_REMOVED = Term(
+    "Removed at this step",
+    "people this rule took out of the audience that no earlier rule had removed: the "
+    "funnel step (a warn-only rule removes nobody)",
+)
+_MEMBERS = Term("People to release", "people the release to this destination would carry")
+_PHI = Term("PHI-derived", "1 when the segment reads health information, else 0")
+
+GLOSSARY: dict[str, KindEntry] = {
+    "consent": KindEntry(
+        "Consent and opt-outs",
+        "No marketing consent or opted out",
+        {
+            "candidates": _CANDIDATES,
+            "no_opt_in": Term("No marketing opt-in", "never opted in to marketing"),
+            "do_not_contact": Term("Do not contact", "asked not to be contacted"),
+            "deceased": Term("Deceased", "recorded as deceased"),
+            "ad_personalization_denied": Term(
+                "Declined personalized ads", "said no to ad personalization (platform consent)"
+            ),
+            "duplicate_of_opt_out": Term(
+                "Duplicate of an opt-out",
+                "another CRM record with the same email or phone opted out",
+            ),
+            "excluded": _EXCLUDED,
+            "removed": _REMOVED,
+        },
+    ),
+    "suppression": KindEntry(
+        "Suppression lists",
+        "On a suppression list",
+        {
+            "candidates": _CANDIDATES,
+            "lists": Term("Lists applied", "suppression lists read for this build"),
+            "list_entries": Term("List entries", "entries across those lists"),
+            "excluded": _EXCLUDED,
+            "removed": _REMOVED,
+        },
+    ),
+    "minors": KindEntry(
+        "Minors",
+        "Under age or age unknown",
+        {
+            "candidates": _CANDIDATES,
+            "under_age": Term("Under the minimum age", "younger than the pack's minimum age"),
+            "unknown_age": Term("Age unknown", "no birth date, so nobody can show they are adults"),
+            "excluded": _EXCLUDED,
+            "removed": _REMOVED,
+        },
+    ),
+    "phi_authorization": KindEntry(
+        "HIPAA marketing authorization",
+        "No valid HIPAA authorization",
+        {
+            "candidates": _CANDIDATES,
+            "phi_derived": _PHI,
+            "lacking_authorization": Term(
+                "Without authorization",
+                "no signed HIPAA marketing authorization in force on the build day",
+            ),
+            "excluded": _EXCLUDED,
+            "removed": _REMOVED,
+        },
+    ),
+    "sensitive_destination": KindEntry(
+        "Health-restricted destinations",
+        "",
+        {
+            "phi_derived": _PHI,
+            "applies": Term(
+                "Destination restricted",
+                "1 when this destination's platform forbids health-based customer lists",
+            ),
+        },
+    ),
+    "opaque_name": KindEntry(
+        "Opaque audience name",
+        "",
+        {
+            "words_checked": Term(
+                "Segment words checked", "words of the segment that must not appear in the name"
+            ),
+            "words_found": Term("Words found", "segment words the platform name would reveal"),
+        },
+    ),
+    "min_size": KindEntry(
+        "Minimum audience size",
+        "",
+        {
+            "members": _MEMBERS,
+            "pack_k": Term("Pack minimum", "the smallest audience the policy pack allows (k)"),
+            "platform_minimum": Term(
+                "Platform minimum", "the smallest list the platform accepts (0: none)"
+            ),
+            "destination_minimum": Term(
+                "Destination minimum", "a stricter minimum set for this destination (0: none)"
+            ),
+            "threshold": Term("Minimum applied", "the largest of the three minimums"),
+        },
+    ),
+    "difference": KindEntry(
+        "Difference protection",
+        "",
+        {
+            "members": _MEMBERS,
+            "k_diff": Term(
+                "Smallest safe change",
+                "two audiences on one account must differ by 0 or at least this many people",
+            ),
+            "earlier_releases_compared": Term(
+                "Earlier releases compared", "releases already sent to the same account"
+            ),
+            "collisions": Term(
+                "Unsafe differences", "earlier releases this one differs from by too few people"
+            ),
+            "held_comparisons": Term(
+                "Small changes held back",
+                "comparisons with the previous version where the change is held until it is "
+                "large enough",
+            ),
+            "holds": Term(
+                "People held back", "adds or removes the sync postpones until they reach k_diff"
+            ),
+            "exempt_removals": Term(
+                "Removals that need no protection",
+                "people the rules removed (opt-outs, suppression, …) who leave an audience "
+                "already sent: removing them discloses nothing new",
+            ),
+        },
+    ),
+    "k_anonymity": KindEntry(
+        "Record-level export anonymity",
+        "",
+        {
+            "k": Term("Required k", "each released row must look like at least k-1 others"),
+            "k_achieved": Term("k achieved", "the smallest group of look-alike rows released"),
+            "l_achieved": Term(
+                "l achieved", "the fewest distinct sensitive values in any group of rows"
+            ),
+            "rows_in": Term("Rows before anonymization", "one per person eligible"),
+            "rows_out": Term("Rows released", "rows in the export file"),
+            "suppressed": Term("Rows withheld", "rows left out so that the rest are anonymous"),
+            "classes": Term("Groups of look-alike rows", "equivalence classes in the export"),
+            "nodes_evaluated": Term(
+                "Generalizations tried", "generalization levels the search evaluated"
+            ),
+            "nodes_total": Term("Generalizations possible", "size of the search lattice"),
+        },
+    ),
+    "approval": KindEntry("Compliance approval", "", {}),
+}
+
+#: Kinds of verdicts the gate makes that are not pack rule kinds.
+GATE_KINDS = frozenset({"k_anonymity", "approval"})
+
+
+def kind_label(kind: str) -> str:
+    entry = GLOSSARY.get(kind)
+    return entry.label if entry else kind.replace("_", " ").capitalize()
+
+
+def term(kind: str, key: str) -> Term:
+    """The term for one evidence key; an unknown one reads as its own words (the test
+    suite makes sure none is unknown)."""
+    entry = GLOSSARY.get(kind)
+    found = entry.terms.get(key) if entry else None
+    return found or Term(key.replace("_", " ").capitalize(), "")
+
+
+def ordered(kind: str, evidence: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Evidence in the glossary's order (the order a person reads it in), unknown keys last."""
+    entry = GLOSSARY.get(kind)
+    order = {key: i for i, key in enumerate(entry.terms)} if entry else {}
+    return sorted(evidence.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
+
+
+__all__ = ["GATE_KINDS", "GLOSSARY", "KindEntry", "Term", "kind_label", "ordered", "term"]
