@@ -145,7 +145,22 @@ GLOSSARY: dict[str, KindEntry] = {
                 "two audiences on one account must differ by 0 or at least this many people",
             ),
             "earlier_releases_compared": Term(
-                "Earlier releases compared", "releases already sent to the same account"
+                "Live audiences compared",
+                "the newest release of each audience on the same account, this one's previous "
+                "version included",
+            ),
+            "live_audiences": Term(
+                "Audiences on the account",
+                "live audiences of the account after this release, this one included",
+            ),
+            "membership_patterns": Term(
+                "Membership patterns",
+                "groups of people by which of the account's audiences they are in",
+            ),
+            "small_patterns": Term(
+                "Groups too small",
+                "patterns this release changes that would hold 1 to k_diff-1 people: "
+                "combining audiences would single them out",
             ),
             "collisions": Term(
                 "Unsafe differences", "earlier releases this one differs from by too few people"
