@@ -68,17 +68,19 @@ def build(
 
 
 @cli.command()
-@click.argument("build_id")
+@click.argument("build_id", metavar="BUILD_ID|SEGMENT")
 @click.option(
     "--format", "fmt", type=click.Choice(["html", "md", "json"]), default="md", show_default=True
 )
 @file_option("--out", help="Write to a file instead of stdout.")
 @pass_ctx
 def report(obj: Context, build_id: str, fmt: str, out: Path | None) -> None:
-    """Print (or write) the compliance report of a build."""
-    from audiences.pipeline.build import report_path
+    """Print (or write) the compliance report of a build, or of a segment's newest build,
+    with the syncs that carried its releases."""
+    from audiences.pipeline.evidence import report_document
+    from policies.report import render
 
-    text = report_path(obj.config(), build_id, fmt).read_text(encoding="utf-8")
+    text = render(report_document(obj.config(), build_id), fmt)
     if out:
         from audiences.core.atomic import write_text
 

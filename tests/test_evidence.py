@@ -1,0 +1,35 @@
+"""The report of a released build shows the syncs that carried it (issue #16, evidence)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from conftest import AS_OF
+
+from audiences.pipeline.sync import sync
+
+
+def test_the_report_of_a_segment_names_its_syncs(make_project: Any) -> None:
+    p = make_project(rows=3000, segments=("all-adults",))
+    (result,) = sync(p.config(), ["all-adults"], as_of=AS_OF).results
+    assert result.status == "ok"
+    by_segment = p.cli("report", "all-adults", "--format", "json")
+    assert by_segment.exit_code == 0, by_segment.stderr
+    doc = json.loads(by_segment.stdout)
+    (carried,) = doc["syncs"]
+    assert carried["destination"] == "meta" and carried["status"] == "ok"
+    assert carried["audience_id"] == p.remote_id("all-adults", "meta")
+    assert carried["adds"] == result.adds > 0
+    by_build = p.cli("report", doc["build_id"], "--format", "json")
+    assert json.loads(by_build.stdout)["syncs"] == doc["syncs"]
+    markdown = p.cli("report", "all-adults", "--format", "md").stdout
+    assert carried["sync_id"] in markdown or carried["audience_id"] in markdown
+
+
+def test_an_unknown_reference_is_one_line_with_the_fix(make_project: Any) -> None:
+    p = make_project(rows=3000, segments=("all-adults",))
+    out = p.cli("report", "no-such-thing")
+    assert out.exit_code == 1
+    assert "no build and no segment named 'no-such-thing'" in out.stderr
+    assert "Traceback" not in out.stderr
