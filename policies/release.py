@@ -359,14 +359,26 @@ def _mint_batch(
     return draft
 
 
-def release_batch(release: Release, op: str, rows: pl.DataFrame) -> ReleaseBatch:
-    """A sealed add / replace batch: ``rows`` must be rows of ``release.members``."""
+def release_batch(
+    release: Release, op: str, rows: pl.DataFrame, *, confirmed: pl.DataFrame | None = None
+) -> ReleaseBatch:
+    """A sealed add / replace batch: ``rows`` must be rows of ``release.members`` — or, for
+    a replace that keeps people whose removal is held, rows of ``confirmed`` (what the
+    platform was sent before)."""
     if op == "remove":
         raise InternalError("a removal batch is minted by removal_batch (from the snapshot)")
     if release.purpose == "removal":
         raise InternalError(
             f"release {release.release_id} only removes people: it mints no {op} batch"
         )
+    if op == "replace" and confirmed is not None and isinstance(rows, pl.DataFrame):
+        members = _verified(release).members
+        if set(rows.columns) <= set(members.columns) & set(confirmed.columns):
+            either = pl.concat(
+                [members.select(rows.columns), confirmed.select(rows.columns)],
+                how="vertical_relaxed",
+            )
+            return _mint_batch(release, op, rows, either)
     return _mint_batch(release, op, rows, None)
 
 

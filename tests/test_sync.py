@@ -589,7 +589,8 @@ def test_full_refresh_replaces_the_audience_even_when_interrupted(
         assert (r2.status, r2.adds, r2.removes) == ("ok", 0, removes)
     else:
         (r2,) = sync(p.config(), ["all-adults"], as_of=AS_OF, full_refresh=True).results
-        assert (r2.status, r2.adds, r2.batches) == ("ok", second.members.height, batches)
+        assert (r2.status, r2.replaced, r2.batches) == ("ok", second.members.height, batches)
+        assert (r2.adds, r2.removes) == (0, removes)  # what the replace changed
     assert p.boxes.meta.members(r1.audience) == meta_rows(second.members)
     assert meta_rows(p.confirmed("all-adults", "meta")) == meta_rows(second.members)
 
@@ -836,3 +837,22 @@ def test_changed_identifiers_are_replaced_not_held() -> None:
     assert (held_adds, held_removes, forced) == (1, 0, 0)
     assert adds.rows() == [(2, "b2", "q")]
     assert removes.rows() == [(2, "b", None)]
+
+
+def test_full_refresh_holds_small_changes_like_an_incremental_sync(make_project: Any) -> None:
+    """A full refresh is no way around difference protection: a change a normal sync holds
+    (3 people leave the segment, 3 join; k_diff 10) stays held, and the result says so."""
+    p = make_project(rows=2000, segments=("all-adults",), pack="nightly-pack")
+    first = p.release("all-adults", "meta")
+    (r1,) = sync(p.config(), ["all-adults"], as_of=AS_OF).results
+    ids = external_ids(first.members)
+    movers = pick(ids, 3, seed=21)
+    joiners = pick(eligible_outsiders(p, ids, ("en", "es")), 3, seed=22)
+    update_contacts(p, movers, preferred_language="fr")
+    update_contacts(p, joiners, marketing_opt_in=True)
+    before = p.boxes.meta.members(r1.audience)
+    (r2,) = sync(p.config(), ["all-adults"], as_of=AS_OF, full_refresh=True).results
+    assert r2.status == "ok", r2.error
+    assert (r2.adds, r2.removes) == (0, 0)
+    assert r2.held_adds >= 3 and r2.held_removes == 3
+    assert p.boxes.meta.members(r1.audience) == before  # nothing of the small change went out

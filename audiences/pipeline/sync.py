@@ -97,6 +97,7 @@ class DestinationSync:
     forced_removes: int = 0  # removals the filter rules force (never held, never blocked)
     held_adds: int = 0
     held_removes: int = 0
+    replaced: int = 0  # a full refresh: the audience's whole membership, sent as a replace
     sent: int = 0
     received: int = 0
     invalid: int = 0
@@ -522,7 +523,11 @@ def sync_destination(
         out.held_adds, out.held_removes = the_plan.held_adds, the_plan.held_removes
         out.forced_removes = the_plan.forced_removes
         run = _DestinationRun(conn, store, connector, remote_id, sync_id, actor, out)
-        _send_batches(run, _member_changes(the_plan, release, full_refresh))
+        if full_refresh:
+            _send_batches(run, [("replace", _refreshed(the_plan, release, _sent_before(run)))])
+            out.adds, out.removes = the_plan.adds.height, the_plan.removes.height
+        else:
+            _send_batches(run, [("remove", the_plan.removes), ("add", the_plan.adds)])
         _close_ok(run)
     except AudiencesError as exc:
         out.error = exc.message
@@ -606,14 +611,24 @@ def _ensure_destination_audience(
     return remote_id
 
 
-def _member_changes(
-    the_plan: DestinationPlan, release: Release, full_refresh: bool
-) -> list[tuple[str, pl.DataFrame]]:
-    """(op, rows) in sending order: removals before additions, or one replace."""
-    if full_refresh:
-        # the replace wipes everything else: record it as clear + adds
-        return [("replace", release.members)]
-    return [("remove", the_plan.removes), ("add", the_plan.adds)]
+def _refreshed(the_plan: DestinationPlan, release: Release, sent: pl.DataFrame) -> pl.DataFrame:
+    """A full refresh's rows: the audience exactly as an incremental sync would leave it —
+    what the platform holds, minus the plan's removes, plus its adds. Held changes stay
+    held: held adds are not sent, and people whose removal is held stay (their rows as sent
+    before)."""
+    on_platform = sent.get_column(KEY).unique()
+    target = pl.concat(
+        [
+            on_platform.filter(~on_platform.is_in(the_plan.removes.get_column(KEY).implode())),
+            the_plan.adds.get_column(KEY),
+        ]
+    ).unique()
+    from_release = release.members.filter(pl.col(KEY).is_in(target.implode()))
+    kept = sent.filter(
+        pl.col(KEY).is_in(target.implode())
+        & ~pl.col(KEY).is_in(release.members.get_column(KEY).implode())
+    ).unique(KEY, keep="last")
+    return pl.concat([from_release, kept.select(from_release.columns)], how="vertical_relaxed")
 
 
 def _send_batches(run: _DestinationRun, changes: list[tuple[str, pl.DataFrame]]) -> None:
@@ -631,7 +646,7 @@ def _send_op(run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int) -> in
     n = max(1, -(-frame.height // size))
     session: dict[str, Any] = {"total": frame.height}
     unrecorded: list[_BatchRow] = []  # confirmed batches not yet in the DB
-    sent_before = _sent_before(run) if op == "remove" else None
+    sent_before = _sent_before(run) if op in ("remove", "replace") else None
     for i in range(n):
         rows = frame.slice(i * size, size)
         seq += 1
@@ -689,9 +704,9 @@ def _sealed(
     from policies.release import release_batch, removal_batch
 
     assert connector.release is not None  # ensure_audience opened it
-    if sent_before is not None:
+    if op == "remove" and sent_before is not None:
         return removal_batch(connector.release, rows, confirmed=sent_before)
-    return release_batch(connector.release, op, rows)
+    return release_batch(connector.release, op, rows, confirmed=sent_before)
 
 
 def _record_batches(conn: sqlite3.Connection, rows: list[_BatchRow]) -> None:
@@ -726,6 +741,8 @@ def _audit_batch(run: _DestinationRun, seq: int, op: str, size: int, result: Bat
     out.invalid += result.invalid
     if op == "remove":
         out.removes += size
+    elif op == "replace":
+        out.replaced += size
     else:
         out.adds += size
 
