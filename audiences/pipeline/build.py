@@ -353,7 +353,7 @@ def _approval_block(
     from audiences.compliance import workflow as compliance
     from audiences.core.errors import ApprovalError
 
-    if not compliance.approval_required(config, pack):
+    if not compliance.approval_binds(conn, config, segment, pack):
         return None
     if not compliance.ad_destinations(config, segment):
         return None
