@@ -49,12 +49,20 @@ def effective_policy(config: ProjectConfig, segment: Any, pack: Any) -> dict[str
         "consent": config.consent.model_dump(mode="json"),
         "identity": config.identity.model_dump(mode="json"),
         "suppression": [s.model_dump(mode="json") for s in config.policy.suppression],
-        "destinations": {
-            name: config.destination(name).model_dump(mode="json")
-            for name in sorted(segment.destinations)
-        },
+        "destinations": {name: _destination(config, name) for name in sorted(segment.destinations)},
         "approvers": {"require_approval": config.approvers.require_approval},
     }
+
+
+# How a connector reaches its platform, not who is released or where: moving the sandbox
+# endpoint or a CA file needs no new approval (docs/compliance-workflow.md).
+_TRANSPORT = frozenset({"endpoint", "ca_file", "poll_seconds", "timeout_seconds"})
+
+
+def _destination(config: ProjectConfig, name: str) -> dict[str, Any]:
+    """A destination's platform, account, layout and release settings (no transport)."""
+    spec = config.destination(name).model_dump(mode="json")
+    return {k: v for k, v in spec.items() if k not in _TRANSPORT and not k.endswith("_env")}
 
 
 def definition_text(segment: Any, config: ProjectConfig | None = None, pack: Any = None) -> str:
