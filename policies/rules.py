@@ -294,6 +294,13 @@ class FilterContext:
     phi: PhiFinding
     suppression: SuppressionSet
 
+    def __post_init__(self) -> None:
+        # Protective rules judge people on the day data leaves, never a caller's date
+        # (docs/policy-rules.md, "What the gate defends against").
+        from audiences.core import clock
+
+        clock.release_day(self.as_of, what="the policy gate")
+
 
 # ---------------------------------------------------------------------------------------
 # Column helpers (vectorized)

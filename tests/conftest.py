@@ -14,6 +14,7 @@ Nothing here is autouse: other test files are not affected.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -22,7 +23,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +36,37 @@ CASES = Path(__file__).parent / "cases" / "sync"
 SEED = 11
 
 
+# ------------------------------------------------------------------------------ clock
+@contextlib.contextmanager
+def frozen_clock(day: date) -> Iterator[None]:
+    """The wall clock of this test process stopped at noon UTC on ``day``.
+
+    The protective rules judge people on ``audiences.core.clock.today()`` and a release
+    refuses any other ``--as-of`` (docs/policy-rules.md); tests on fixed sample data stop
+    the clock in-process, never through anything a production run would read.
+    """
+    from audiences.core import clock
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(clock, "now", lambda: datetime.combine(day, time(12), UTC))
+        yield
+
+
 # ------------------------------------------------------------------------------ data
 @pytest.fixture(scope="session")
-def sample_crm(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
-    """``sample_crm(rows)`` → folder with contacts.parquet and events.parquet (cached)."""
+def sample_crm(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``sample_crm(rows, as_of=AS_OF)`` → folder with contacts.parquet and events.parquet
+    (cached); a test whose subprocess releases on the real clock passes today's date."""
     from audiences.demo.sample import write
 
-    cache: dict[int, Path] = {}
+    cache: dict[tuple[int, date], Path] = {}
 
-    def make(rows: int) -> Path:
-        if rows not in cache:
+    def make(rows: int, as_of: date = AS_OF) -> Path:
+        if (rows, as_of) not in cache:
             out = tmp_path_factory.mktemp(f"crm-{rows}")
-            write(out, rows, seed=SEED, as_of=AS_OF, formats=("parquet",))
-            cache[rows] = out
-        return cache[rows]
+            write(out, rows, seed=SEED, as_of=as_of, formats=("parquet",))
+            cache[rows, as_of] = out
+        return cache[rows, as_of]
 
     return make
 
@@ -449,7 +467,7 @@ def trust(text: str, name: str, public_base64: str) -> str:
 @pytest.fixture
 def make_project(
     tmp_path: Path,
-    sample_crm: Callable[[int], Path],
+    sample_crm: Callable[..., Path],
     sandboxes: Any,
     sandbox_tokens: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -473,6 +491,7 @@ def make_project(
         name: str = "proj",
         approve: bool = True,
         pack: str | None = None,
+        as_of: date = AS_OF,
     ) -> Project:
         root = tmp_path / name
         init_project(root)
@@ -481,7 +500,7 @@ def make_project(
         data = root / "data"
         data.mkdir()
         for f in ("contacts.parquet", "events.parquet"):
-            shutil.copyfile(sample_crm(rows) / f, data / f)
+            shutil.copyfile(sample_crm(rows, as_of) / f, data / f)
         project = Project(root, sandboxes, dict(sandbox_tokens), approver)
         project.edit_toml(lambda text: _point_at_sandboxes(text, sandboxes))
         if pack is not None:  # a project pack from tests/cases/sync, before any approval

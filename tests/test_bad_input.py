@@ -11,18 +11,28 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
+from conftest import frozen_clock
 
 from audiences.cli import cli
 from audiences.pipeline.project import init_project
 
 AS_OF = date(2025, 6, 15)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
+
 CASES = Path(__file__).parent / "cases" / "bad"
 ADULTS = "name: adults\ndestinations: [file]\nwhere:\n  age: {gte: 18}\n"
 CSV_COLUMNS = (

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -24,10 +25,20 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
+from conftest import frozen_clock
 
 from audiences.cli import cli
 
 AS_OF = date(2025, 6, 15)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
+
 ROWS = 150_000
 SEED = 21
 EXAMPLE = Path(__file__).parent / "cases" / "segments" / "cardiology-lapsed.yaml"

@@ -13,18 +13,30 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import click
 import pytest
 from click.testing import CliRunner, Result
+from conftest import frozen_clock
 
 from audiences import __version__
 from audiences.cli import cli
 from audiences.compliance.approvals import APPROVAL_KIND
 
 AS_OF = "2025-06-15"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on date.fromisoformat(AS_OF): the wall clock stops there (in this process)."""
+    with frozen_clock(date.fromisoformat(AS_OF)):
+        yield
+
+
 ROWS = 20_000
 SEED = 5
 APPROVER = "dana.compliance"

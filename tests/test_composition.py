@@ -7,12 +7,13 @@ person. Pairwise checks pass it; the pattern check must not.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import AS_OF
+from conftest import AS_OF, frozen_clock
 
 from policies.difference import (
     EarlierRelease,
@@ -23,6 +24,14 @@ from policies.difference import (
     write_membership,
 )
 from policies.rules import Destination, DifferenceParams, Rule
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
 
 K = 100
 EMPTY = np.zeros(0, dtype=np.uint64)

@@ -11,17 +11,20 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pytest
 from conftest import (
     AS_OF,
     adults,
     consented,
     external_ids,
+    frozen_clock,
     google_people,
     meta_rows,
     released_ids,
@@ -31,6 +34,13 @@ from conftest import (
 from connectors.sandbox.meta_server import Fault
 
 DAY = AS_OF.isoformat()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
 
 
 def results_by_segment(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -184,7 +194,7 @@ def test_two_concurrent_cron_runs_one_exits_75_naming_the_holder(make_project: A
     command = [sys.executable, "-m", "audiences", "-p", str(p.root), "sync", "--all"]
     procs = [
         subprocess.Popen(
-            [*command, "--as-of", DAY, "--json"],
+            [*command, "--json"],  # the real clock: a release takes no other day
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -325,7 +335,8 @@ def test_a_month_of_nightly_syncs_with_holds(make_project: Any) -> None:
         judged = contacts.with_columns(consented(contacts))
         held_out = set(judged.filter(segment & ~pl.col("consented"))["contact_id"])
 
-        doc = p.cli_json("sync", "--all", "--as-of", day.isoformat())
+        with frozen_clock(day):
+            doc = p.cli_json("sync", "--all", "--as-of", day.isoformat())
         (r,) = doc["results"]
         assert r["status"] == "ok", (night, r)
         audience = audience or r["audience"]

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
 import pytest
-from conftest import AS_OF, released_ids
+from conftest import AS_OF, frozen_clock, released_ids
 from test_sync import WEST_COAST, ProcessDied, dying_after, only_result
 
 from audiences.pipeline.sync import sync
 from connectors.google_data_manager.connector import GoogleDataManagerConnector
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
 
 DAY = AS_OF.isoformat()
 SEGMENT = """name: west-coast
@@ -108,6 +117,7 @@ def test_denied_ad_user_data_is_never_released_nor_sent(make_project: Any) -> No
             '# ad_user_data = "ad_user_data_consent"', 'ad_user_data = "ad_user_data_consent"'
         )
     )
+    p.approve("west-coast")  # a new consent mapping is part of what the officer approves
     release = p.release("west-coast", "google")
     assert not p.contact_ids(release.members) & denied_ids
     assert set(release.members.get_column("ad_user_data")) == {"GRANTED"}

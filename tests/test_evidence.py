@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
-from conftest import AS_OF
+import pytest
+from conftest import AS_OF, frozen_clock
 
 from audiences.pipeline.sync import sync
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
 
 
 def test_the_report_of_a_segment_names_its_syncs(make_project: Any) -> None:

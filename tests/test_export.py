@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
+from conftest import frozen_clock
 from pycanon import anonymity
 
 from audiences.core.config import ProjectConfig, load_config
@@ -27,6 +29,15 @@ from policies.pack import load_pack
 from policies.report import render
 
 AS_OF = dt.date(2025, 6, 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
+
 SALT = b"test-salt-for-member-keys-000000"
 INSURANCE = ["commercial", "medicare", "medicaid", "self_pay"]
 AGENCY = parse_segment("name: agency-file\ndestinations: [agency]\nwhere:\n  age: {gte: 18}\n")

@@ -8,12 +8,14 @@ import datetime as dt
 import pickle
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
+from conftest import frozen_clock
 
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import InternalError
@@ -27,6 +29,15 @@ from policies.pack import load_pack
 from policies.release import Release, require_release
 
 AS_OF = dt.date(2025, 6, 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
+
 SALT = b"test-salt-for-member-keys-000000"
 
 

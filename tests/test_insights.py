@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,20 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
+from conftest import frozen_clock
 
 from audiences.cli import cli
 
 AS_OF = date(2025, 6, 15)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
+
 ROWS = 20_000
 SEED = 8
 SEGMENTS = {

@@ -4,11 +4,21 @@ before approval. Real CLI, real SDKs, the project's sandboxes on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from conftest import AS_OF, Project, google_people, meta_rows, released_ids
+import pytest
+from conftest import AS_OF, Project, frozen_clock, google_people, meta_rows, released_ids
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
 
 DAY = AS_OF.isoformat()
 BOTH = """name: grown-ups

@@ -4,11 +4,21 @@ non-zero. The Meta sandbox flags the audience (fault injection); the SDK is real
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from conftest import AS_OF
+import pytest
+from conftest import AS_OF, frozen_clock
 
 from audiences.core.errors import EXIT_ERROR
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
 
 DAY = AS_OF.isoformat()
 

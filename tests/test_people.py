@@ -12,10 +12,18 @@ from typing import Any
 
 import polars as pl
 import pytest
-from test_gate import NEWSLETTER, make_config, people, run
+from conftest import frozen_clock
+from test_gate import AS_OF, NEWSLETTER, make_config, people, run
 
 from audiences.core.state import connect
 from audiences.crm.linkage import person_keys
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
 
 
 @pytest.fixture

@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import markupsafe
 import polars as pl
 import pytest
+from conftest import frozen_clock
 
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import UsageError
@@ -21,6 +23,13 @@ from policies.pack import load_pack
 from policies.report import render
 
 AS_OF = dt.date(2025, 6, 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
 
 
 def config(root: Path) -> ProjectConfig:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+from conftest import frozen_clock
 
 from audiences.core.config import ProjectConfig
 from audiences.segments import parse_segment
@@ -28,6 +30,15 @@ from policies.rules import (
 from policies.suppression import SuppressionSet, sources_from
 
 AS_OF = dt.date(2025, 6, 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
+
 BASE = builtin_pack("baseline")
 HIPAA = builtin_pack("hipaa-marketing")
 

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from conftest import (
     adults,
     alone_in_opting_out,
     external_ids,
+    frozen_clock,
     google_people,
     meta_rows,
     meta_sessions,
@@ -39,6 +42,15 @@ from audiences.pipeline.sync import make_connector, sync
 from connectors.meta.connector import MetaConnector
 
 DAY = AS_OF.isoformat()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
+
 WEST = ["CA", "OR", "WA", "NV", "AZ"]  # tests/cases/sync/west-coast.yaml
 # The segments of tests/cases/sync over the sample CRM's columns (for the model of releases)
 ALL_ADULTS = adults(AS_OF) & pl.col("preferred_language").is_in(["en", "es"])
@@ -471,16 +483,26 @@ def test_crash_after_sending_a_small_last_batch_then_opt_out(
 
 
 def test_kill_9_between_batches_then_rerun(make_project: Any) -> None:
-    """A real `audiences sync` process killed with SIGKILL after two confirmed batches."""
+    """A real `audiences sync` process killed with SIGKILL after two confirmed batches.
+
+    The child process judges people on the real clock, so the data is dated today and
+    this process's clock is set to today too."""
+    today = datetime.now(UTC).date()
+    with frozen_clock(today):
+        _kill_9_between_batches_then_rerun(make_project(rows=BIG, as_of=today), today)
+
+
+def _kill_9_between_batches_then_rerun(p: Any, today: date) -> None:
     from connectors.sandbox.meta_server import Fault
 
-    p = make_project(rows=BIG)
+    day = today.isoformat()
+    all_adults = adults(today) & pl.col("preferred_language").is_in(["en", "es"])
     p.add_segment("all-adults-v1", name="all-adults")
-    r1 = only_result(p.cli_json("sync", "all-adults", "--as-of", DAY))
-    v1 = p.release("all-adults", "meta")
+    r1 = only_result(p.cli_json("sync", "all-adults", "--as-of", day))
+    v1 = p.release("all-adults", "meta", today)
     audience = r1["audience"]
     assert external_ids(v1.members) == released_ids(
-        p.contacts(), ALL_ADULTS & (pl.col("state") == "CA")
+        p.contacts(), all_adults & (pl.col("state") == "CA")
     )
 
     # v2: 150 members opt out, with the records sharing their email or phone (one removal
@@ -488,8 +510,8 @@ def test_kill_9_between_batches_then_rerun(make_project: Any) -> None:
     opted_out = pick(external_ids(v1.members), 150, seed=7)
     update_contacts(p, opted_out, marketing_opt_in=False)
     p.add_segment("all-adults-v2", name="all-adults")
-    v2 = p.release("all-adults", "meta")
-    expected = released_ids(p.contacts(), ALL_ADULTS & pl.col("state").is_in(V2_STATES))
+    v2 = p.release("all-adults", "meta", today)
+    expected = released_ids(p.contacts(), all_adults & pl.col("state").is_in(V2_STATES))
     assert external_ids(v2.members) == expected
     removes = len(external_ids(v1.members) - expected)
     adds = len(expected - external_ids(v1.members))
@@ -510,7 +532,7 @@ def test_kill_9_between_batches_then_rerun(make_project: Any) -> None:
             "sync",
             "all-adults",
             "--as-of",
-            DAY,
+            day,
         ],
         env={**os.environ, **p.tokens},
         stdout=subprocess.DEVNULL,
@@ -538,7 +560,7 @@ def test_kill_9_between_batches_then_rerun(make_project: Any) -> None:
     )
     assert confirmed == 2
 
-    r2 = only_result(p.cli_json("sync", "all-adults", "--as-of", DAY))
+    r2 = only_result(p.cli_json("sync", "all-adults", "--as-of", day))
     assert (r2["status"], r2["recovered"], r2["removes"], r2["adds"]) == (
         "ok",
         [crashed],

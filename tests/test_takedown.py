@@ -7,12 +7,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import AS_OF, Project, google_people, meta_rows
+from conftest import AS_OF, Project, frozen_clock, google_people, meta_rows
 
 from connectors.meta.connector import MetaConnector
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
 
 DAY = AS_OF.isoformat()
 BOTH = """name: grown-ups

@@ -14,6 +14,7 @@ Modules:
 - ``release``: ``build``, ``report``, ``plan``, ``sync``, ``status``, ``history``.
 - ``compliance``: ``keygen``, ``approve``, ``revoke``, ``audit verify|export|checkpoint``.
 - ``lifecycle``: ``review``, ``takedown``.
+- ``approvers``: ``approvers list|add|remove`` (signed changes of the trusted keys).
 - ``display``: rich tables for the terminal.
 - this module: registers the command modules on ``cli`` and holds ``main`` (the
   ``audiences`` entry point), ``_exit_now`` and ``_debug_first``.
@@ -30,7 +31,7 @@ import sys
 from typing import NoReturn
 
 # Importing a command module registers its commands on ``cli``.
-from audiences.cli import compliance, insights, lifecycle, project, release  # noqa: F401
+from audiences.cli import approvers, compliance, insights, lifecycle, project, release  # noqa: F401
 from audiences.cli.group import cli
 
 __all__ = ["cli", "main"]

@@ -90,6 +90,7 @@ def approve(
         "segment": seg.name,
         "segment_digest": seg.digest,
         "policy_digest": pack.digest,
+        "effective_policy_digest": approval.policy_digest,
         "destinations": list(seg.destinations),
         "approver": by,
         "key_id": approval.key_id,

@@ -27,7 +27,13 @@ from audiences.core.errors import EXIT_BLOCKED, EXIT_OK, UsageError
 @cli.command()
 @click.argument("segments", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Build every segment in segments/.")
-@click.option("--as-of", "as_of", default=None, help="Reference day (YYYY-MM-DD) [default: today].")
+@click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    help="Only today (YYYY-MM-DD): a build that releases judges people on the day data "
+    "leaves; review another day with `plan --as-of`.",
+)
 @click.option("--by", default=None, help="Who runs the build (default: OS user).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
@@ -93,7 +99,13 @@ def report(obj: Context, build_id: str, fmt: str, out: Path | None) -> None:
 @cli.command()
 @click.argument("segments", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every segment with an ad destination.")
-@click.option("--as-of", "as_of", default=None)
+@click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    help="Review the segment's conditions on another day (YYYY-MM-DD); consent, "
+    "authorizations, minors and suppression are still judged today.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def plan(
@@ -123,7 +135,9 @@ def plan(
 @click.argument("segments", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every approved segment (for cron).")
 @click.option("--full-refresh", is_flag=True, help="Replace each audience instead of diffing.")
-@click.option("--as-of", "as_of", default=None)
+@click.option(
+    "--as-of", "as_of", default=None, help="Only today (YYYY-MM-DD): a sync releases data."
+)
 @click.option("--by", default=None, help="Actor recorded in the audit log (default: OS user).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary on stdout.")
 @file_option("--log-json", help="Append one JSON line per destination to this file.")

@@ -194,8 +194,8 @@ def _check_approver_key(
     if kid not in index:
         raise ApprovalError(
             f"key {kid} ({private_key_path}) is not a trusted approver key",
-            "only keys listed under [approvers] keys in audiences.toml may approve; "
-            "a compliance officer adds theirs there (reviewed like any config change)",
+            "only trusted approver keys may approve; a trusted approver adds a key with "
+            "`audiences approvers add NAME --public BASE64 --by EXISTING --key EXISTING.key`",
         )
     owner = index[kid][0]
     if owner != approver:
@@ -412,7 +412,7 @@ def _check_signature(
     if trusted is None:
         raise ApprovalError(
             f"the approval of segment {segment!r} is signed by key {current.key_id}, which is "
-            "not a trusted approver key in audiences.toml",
+            "not a trusted approver key",
             "if the approver's key was rotated, " + _approve_hint(segment),
         )
     try:
@@ -459,10 +459,14 @@ def _check_inputs(
         )
         diff = _definition_diff(current.definition, definition_text)
     if current.policy_digest != policy_digest:
+        # the effective policy: the pack and what audiences.toml decides (who, where, by
+        # whom approved); its readable part is in the definition text (docs/policy-rules.md)
         reasons.append(
-            f"the policy pack changed since approval (digest {current.policy_digest[:12]} → "
-            f"{policy_digest[:12]})"
+            "the effective policy (policy pack, audiences.toml or trusted approvers) changed "
+            f"since approval (digest {current.policy_digest[:19]} → {policy_digest[:19]})"
         )
+        if not diff and current.definition != definition_text:
+            diff = _definition_diff(current.definition, definition_text)
     wanted = _destinations(destinations)
     if list(current.destinations) != wanted:
         added = sorted(set(wanted) - set(current.destinations))

@@ -14,12 +14,13 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from audiences.core import clock
 from audiences.core.actor import actor_name
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import (
@@ -96,10 +97,14 @@ def build(
 
     With ``dry_run`` the gate runs exactly as in a build but nothing is written: no
     build row, no release, no files, no report, no audit entry (``audiences plan``).
+    ``as_of`` moves only the segment's own conditions, and only in a dry run: the rules
+    that protect people always judge them on :func:`clock.today`, and a build that
+    releases refuses any other day (docs/policy-rules.md, "What the gate defends against").
     """
     from policies.pack import load_pack
 
-    as_of = as_of or datetime.now(UTC).date()
+    today = clock.today() if dry_run else clock.release_day(as_of, what="a build that releases")
+    as_of = as_of or today
     who = actor_name(actor)
     step = progress or (lambda _msg, _frac: None)
     segments = select_segments(config, names)
@@ -113,7 +118,7 @@ def build(
     try:
         if not dry_run:
             record_pack_change(conn, pack, who)
-        run = _BuildRun(config, conn, pack, sources, salt, as_of, who, step, dry_run)
+        run = _BuildRun(config, conn, pack, sources, salt, as_of, today, who, step, dry_run)
         for i, segment in enumerate(segments):
             results.append(_build_segment(run, segment, i, len(segments)))
         step("done", 1.0)
@@ -133,7 +138,8 @@ def review(
     """
     from policies.pack import load_pack
 
-    as_of = as_of or datetime.now(UTC).date()
+    today = clock.today()  # a review moves only the segment's conditions, never the rules'
+    as_of = as_of or today
     who = actor_name(actor)
     (segment,) = select_segments(config, [name])
     sources = load_sources(config)
@@ -148,6 +154,7 @@ def review(
             sources,
             project_salt(config.state_dir),
             as_of,
+            today,
             who,
             lambda _msg, _frac: None,
             False,
@@ -156,7 +163,13 @@ def review(
         build_id = new_id("v")
         _open_build(run, build_id, segment)
         candidates = collect_candidates(
-            config, segment, sources, as_of, run.salt, link_opt_outs=links_opt_outs(pack)
+            config,
+            segment,
+            sources,
+            as_of,
+            run.salt,
+            link_opt_outs=links_opt_outs(pack),
+            protect_on=today,
         )
         outcome = _gate(run, build_id, segment, candidates)
         result = BuildResult(
@@ -243,7 +256,8 @@ class _BuildRun:
     pack: Pack
     sources: Sources
     salt: bytes
-    as_of: date
+    as_of: date  # the segment's conditions (another day only in a dry run)
+    today: date  # the protective rules' day: always the wall clock
     actor: str
     step: Progress
     dry_run: bool
@@ -267,6 +281,7 @@ def _build_segment(run: _BuildRun, segment: Segment, i: int, total: int) -> Buil
             run.as_of,
             run.salt,
             link_opt_outs=links_opt_outs(run.pack),
+            protect_on=run.today,
         )
         run.step(f"{segment.name}: policy gate", (i + 0.6) / total)
         outcome = _gate(run, build_id, segment, candidates)
@@ -365,7 +380,7 @@ def _gate(run: _BuildRun, build_id: str, segment: Segment, candidates: pl.DataFr
             pack=run.pack,
             candidates=candidates,
             destinations=list(segment.destinations),
-            as_of=run.as_of,
+            as_of=run.today,
             conn=run.conn,
             state_dir=run.config.state_dir,
             actor=run.actor,
@@ -387,7 +402,7 @@ def _release(
         result.files = write_file_destinations(run.config, outcome, result.build_id, segment)
         outcome.report["files_written"] = files_written(outcome, result.files, run.config.root)
         result.noisy_members = noisy_size(
-            run.conn, outcome, run.pack, run.sources.digest, run.as_of, run.actor
+            run.conn, outcome, run.pack, run.sources.digest, run.today, run.actor
         )
     result.reports = write_reports(run.config, result.build_id, outcome.report)
 
@@ -460,7 +475,7 @@ def _approval_block(
     from audiences.compliance import workflow as compliance
     from audiences.core.errors import ApprovalError
 
-    if not compliance.approval_required(config, pack):
+    if not compliance.approval_binds(conn, config, segment, pack):
         return None
     if not compliance.ad_destinations(config, segment):
         return None

@@ -107,17 +107,22 @@ def collect_candidates(
     salt: bytes,
     *,
     link_opt_outs: bool = True,
+    protect_on: date | None = None,
 ) -> pl.DataFrame:
-    """The segment's rows plus what the gate needs; ``link_opt_outs`` flags duplicates of
-    opt-outs (the consent rule's ``exclude_duplicates_of_opt_outs``; off for DP previews,
-    which count the segment before consent)."""
+    """The segment's rows at ``as_of`` plus what the gate needs; ``link_opt_outs`` flags
+    duplicates of opt-outs (the consent rule's ``exclude_duplicates_of_opt_outs``; off for
+    DP previews, which count the segment before consent). The ``age`` the minors rule
+    reads is taken on ``protect_on`` (default: today, the wall clock), never ``as_of``."""
+    from audiences.core import clock
     from audiences.segments import compile_segment
+
+    protect_on = protect_on or clock.today()
 
     ctx = segment_context(config, as_of)
     cid = config.sources.contacts.id
     plan = compile_segment(segment, sources.contacts, sources.events, ctx).with_columns(
         member_key(pl.col(cid), salt).alias("member_key"),
-        age_expr(config.identity.birth_date, as_of, sources.contacts.collect_schema()),
+        age_expr(config.identity.birth_date, protect_on, sources.contacts.collect_schema()),
     )
     plan = plan.select(gate_columns(config, plan.collect_schema()))
     try:

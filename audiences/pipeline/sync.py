@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 
+from audiences.core import clock
 from audiences.core.actor import actor_name
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, AudiencesError, ConnectorError
@@ -341,6 +342,7 @@ def sync(
     approved, or whose approval was revoked, are listed as ``skipped``. A segment changed
     since its approval is still taken, and refused by the build (``blocked``).
     """
+    clock.release_day(as_of, what="sync")  # docs/policy-rules.md: no other day
     who = actor_name(actor)
     step = progress or (lambda _msg, _frac: None)
     report = SyncReport(results=[])
