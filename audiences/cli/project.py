@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -77,24 +78,41 @@ def sample_data(
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document, also on failure.")
 @click.option("--as-of", "as_of", default=None, help="Reference day (YYYY-MM-DD).")
 @pass_ctx
-def validate(obj: Context, as_json: bool, as_of: str | None) -> None:
-    """Check audiences.toml, the policy pack and every segment against the data schema."""
-    from audiences.pipeline.project import validate_project
+@click.pass_context
+def validate(ctx: click.Context, obj: Context, as_json: bool, as_of: str | None) -> None:
+    """Check audiences.toml, the policy pack, every segment and the data itself.
 
-    report = validate_project(obj.config(), as_of=parse_as_of(as_of))
+    Reports every problem of every file (errors, then warnings); exits 1 on any error.
+    """
+    from audiences.pipeline.project import check_project
+
+    report = check_project(obj.config(), as_of=parse_as_of(as_of))
     if as_json:
         emit_json(report)
     else:
-        for seg in report["segments"]:
-            click.echo(f"ok  {seg['name']}  ({seg['file']}, digest {seg['digest'][:19]})")
-        click.echo(
-            f"{len(report['segments'])} segment(s) valid; pack {report['pack']['name']} "
-            f"{report['pack']['version']}",
-            err=True,
-        )
+        _print_findings(report)
+    if report["errors"]:
+        ctx.exit(1)
+
+
+def _print_findings(report: dict[str, Any]) -> None:
+    for kind, findings in (("Error", report["errors"]), ("Warning", report["warnings"])):
+        for f in findings:
+            where = f"{f['file']}:{f['line']}" if f["line"] else (f["file"] or "")
+            text = f"{where}: {f['message']}" if where else f["message"]
+            click.echo(f"{kind}: {text} — {f['fix']}", err=True)
+    if report["errors"]:
+        return
+    for seg in report["segments"]:
+        click.echo(f"ok  {seg['name']}  ({seg['file']}, digest {seg['digest'][:19]})")
+    click.echo(
+        f"{len(report['segments'])} segment(s) valid; pack {report['pack']['name']} "
+        f"{report['pack']['version']}",
+        err=True,
+    )
 
 
 @cli.command()

@@ -824,6 +824,71 @@ def normalized_exprs(
     return {column: field.value.alias(column) for column, field in builder.fields().items()}
 
 
+# Identity fields whose canonical value segment conditions and DP breakdowns compare,
+# and whether that value is shown in capitals (ISO and USPS codes, F/M).
+CANONICAL_FIELDS: dict[str, bool] = {
+    "gender": True,
+    "state": True,
+    "country": True,
+    "zip": False,
+    "first_name": False,
+    "last_name": False,
+    "city": False,
+    "email": False,
+    "phone": False,
+}
+
+
+def canonical_expr(
+    identity: IdentitySource, field: str, *, schema: Mapping[str, pl.DataType] | None = None
+) -> pl.Expr:
+    """The value of identity ``field`` as the upload layer normalizes it (Meta's rules:
+    ``Female`` → ``F``, ``New York`` / ``ny`` → ``NY``, ``United States`` → ``US``,
+    ``10001-1234`` → ``10001``, names lowercase letters, phones digits with the calling
+    code); null where empty or invalid. One meaning per value: segment conditions and
+    DP breakdowns compare this, not the raw text."""
+    if field not in CANONICAL_FIELDS:
+        raise InternalError(f"no canonical form for identity field {field!r}")
+    if getattr(identity, field) is None:
+        raise InternalError(f"canonical_expr({field!r}) without a mapped column")
+    builder = _Builder(identity, "meta", schema=schema, as_of=None, staged=False)
+    if field in ("first_name", "last_name"):
+        built = builder.name(field)
+    else:
+        built = getattr(builder, field)()
+    value = built.value.str.to_uppercase() if CANONICAL_FIELDS[field] else built.value
+    return value.alias(str(getattr(identity, field)))
+
+
+def canonical_values(
+    identity: IdentitySource, field: str, values: Sequence[str]
+) -> list[str | None]:
+    """:func:`canonical_expr` applied to literal values (a segment's ``in: [NY, NJ]``):
+    what those values mean, read with ``default_country`` as their country."""
+    column = "__audiences_literal"
+    mapping: dict[str, str | None] = {name: None for name in IDENTITY_FIELDS}
+    mapping[field] = column
+    literal = _LiteralIdentity(**mapping, default_country=identity.default_country)
+    frame = pl.DataFrame({column: pl.Series(list(values), dtype=pl.String)})
+    return frame.select(canonical_expr(literal, field)).to_series().to_list()
+
+
+@dataclass(frozen=True)
+class _LiteralIdentity:
+    external_id: str | None
+    email: str | None
+    phone: str | None
+    first_name: str | None
+    last_name: str | None
+    zip: str | None
+    city: str | None
+    state: str | None
+    country: str | None
+    birth_date: str | None
+    gender: str | None
+    default_country: str
+
+
 def normalized_layout(
     lf: pl.LazyFrame,
     identity: IdentitySource,
