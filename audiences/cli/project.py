@@ -1,4 +1,5 @@
-"""Project commands: ``init``, ``sample-data``, ``validate``, ``schema``, ``sandbox``."""
+"""Project commands: ``init``, ``sample-data``, ``validate``, ``columns``, ``schema``,
+``sandbox``."""
 
 from __future__ import annotations
 
@@ -113,6 +114,27 @@ def _print_findings(report: dict[str, Any]) -> None:
         f"{report['pack']['version']}",
         err=True,
     )
+
+
+@cli.command()
+@click.argument("source", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
+@pass_ctx
+def columns(obj: Context, source: str | None, as_json: bool) -> None:
+    """The columns of the CRM sources: declared and inferred type, empty share, distinct
+    values, role, and the values that occur at least k times (k: the pack's min size)."""
+    from audiences.pipeline.columns import columns_report
+    from audiences.pipeline.project import min_size_k
+    from policies.pack import load_pack
+
+    config = obj.config()
+    doc = columns_report(config, source, k=min_size_k(load_pack(config)))
+    if as_json:
+        emit_json(doc)
+        return
+    from audiences.cli.display import print_columns
+
+    print_columns(doc)
 
 
 @cli.command()

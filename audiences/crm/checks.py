@@ -77,8 +77,8 @@ class Finding:
 
 def shape(value: str, limit: int = 24) -> str:
     """The shape of a value without the value: digits → N, letters → A, the rest kept."""
-    text = re.sub(r"[0-9]", "N", value)
-    text = re.sub(r"[^\W\d_]", "A", text)
+    text = re.sub(r"[^\W\d_]", "A", value)
+    text = re.sub(r"[0-9]", "N", text)
     return text if len(text) <= limit else text[:limit] + "…"
 
 

@@ -101,7 +101,9 @@ def _convert(column: str, spec: ColumnSpec, list_separator: str, current: pl.Dat
     return col.cast(target, strict=True)
 
 
-def scan_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.LazyFrame:
+def read_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.LazyFrame:
+    """The source with the types polars infers (no declared conversions), checked to
+    exist, be readable and have rows."""
     path = _check_file(name, source, config)
     fmt = source.resolved_format
     try:
@@ -117,7 +119,7 @@ def scan_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.La
                 infer_schema_length=10_000,
                 encoding="utf8",
             )
-        schema = lf.collect_schema()
+        lf.collect_schema()
         # A header without rows (a failed CRM export) would otherwise build an empty,
         # all-text table and surface later as a confusing type or min-size error.
         has_rows = lf.head(1).collect().height > 0
@@ -128,10 +130,16 @@ def scan_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.La
             f"source {name!r}: {path} has no rows",
             f"re-export the table with its data, or fix [sources.{name}].path in audiences.toml",
         )
+    return lf
+
+
+def scan_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.LazyFrame:
+    lf = read_source(name, source, config)
+    schema = lf.collect_schema()
     missing = [c for c in source.columns if c not in schema]
     if missing:
         raise DataError(
-            f"source {name!r} ({path.name}) has no column(s) {missing}",
+            f"source {name!r} ({config.path(source.path).name}) has no column(s) {missing}",
             f"fix [sources.{name}].columns or the file's header",
         )
     conversions = [
