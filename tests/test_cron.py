@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 from conftest import (
     AS_OF,
+    STATE,
     adults,
     consented,
     external_ids,
@@ -166,7 +167,7 @@ def test_sync_all_exit_codes(make_project: Any) -> None:
     doc = p.cli_json("sync", "--all", "--as-of", DAY)
     by = results_by_segment(doc)
     assert [by[s]["status"] for s in ("older-adults", "young-adults", "west-coast")] == ["ok"] * 3
-    west_coast = adults(AS_OF) & pl.col("state").is_in(["CA", "OR", "WA", "NV", "AZ"])
+    west_coast = adults(AS_OF) & STATE.is_in(["CA", "OR", "WA", "NV", "AZ"])
     assert by["west-coast"]["removes"] == len(west - released_ids(p.contacts(), west_coast)) >= 20
     for segment in ("older-adults", "young-adults"):
         audience = p.remote_id(segment, "meta")

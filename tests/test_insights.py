@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
+from conftest import STATE
 
 from audiences.cli import cli
 
@@ -93,7 +94,7 @@ def exact_sizes(crm: Path) -> dict[str, set[str]]:
     )
     chosen = {
         "seniors": aged.filter(pl.col("age") >= 65),
-        "ny-adults": aged.filter((pl.col("age") >= 18) & (pl.col("state") == "NY")),
+        "ny-adults": aged.filter((pl.col("age") >= 18) & (STATE == "NY")),
         "women": aged.filter(pl.col("sex") == "F"),
     }
     return {name: set(frame.get_column("contact_id")) for name, frame in chosen.items()}
@@ -112,7 +113,7 @@ def test_preview_shape(project: Path) -> None:
     doc = json.loads(result.stdout)
     assert set(doc) == {
         "segment", "epsilon", "count", "breakdowns", "epsilon_used", "budget_remaining",
-        "budget_renews", "note",
+        "budget_renews", "note", "looks_remaining", "default_epsilon",
     }  # fmt: skip
     assert doc["segment"] == "seniors" and doc["epsilon"] == 0.5
     assert set(doc["count"]) == {"value", "ci95"}
@@ -125,7 +126,12 @@ def test_preview_shape(project: Path) -> None:
     )
     for rows in doc["breakdowns"].values():
         for row in rows:
-            assert row["count"] >= 0 and row["ci95"][0] <= row["ci95"][1]
+            assert row["ci95"][0] <= row["ci95"][1]
+            # a cell within the noise is a bound, not a number
+            if row["below_threshold"]:
+                assert row["count"] is None and row["threshold"] == row["ci95"][1]
+            else:
+                assert row["count"] >= 0
     assert sum(doc["epsilon_used"].values()) == pytest.approx(0.5)
     assert set(doc["epsilon_used"]) == {"count", *public}
     assert "differentially private" in doc["note"]
@@ -258,6 +264,6 @@ def test_intervals_never_go_below_zero() -> None:
     doc = Preview("s", 1.0, result, SimpleNamespace(epsilon=1.0), "never").to_dict()
     assert doc["count"] == {"value": 0, "ci95": [0, 15]}  # half-width 14.6
     assert doc["breakdowns"]["sex"] == [
-        {"key": "F", "count": 0, "ci95": [0, 15]},
-        {"key": "M", "count": 40, "ci95": [25, 55]},
+        {"key": "F", "count": None, "below_threshold": True, "threshold": 15, "ci95": [0, 15]},
+        {"key": "M", "count": 40, "below_threshold": False, "ci95": [25, 55]},
     ]

@@ -88,7 +88,15 @@ def print_columns(doc: dict[str, Any]) -> None:
     for name, source in doc["sources"].items():
         table = _table(
             f"{name} ({source['path']})",
-            ["column", "declared", "inferred", "empty", "distinct", "role", f"values (≥ {doc['k']} rows)"],
+            [
+                "column",
+                "declared",
+                "inferred",
+                "empty",
+                "distinct",
+                "role",
+                f"values (≥ {doc['k']} rows)",
+            ],
         )
         for c in source["columns"]:
             declared = c["declared"] or "-"

@@ -211,9 +211,7 @@ def check_mapped_columns(config: ProjectConfig, schema: pl.Schema, file: str) ->
     return findings
 
 
-def check_consent_values(
-    config: ProjectConfig, contacts: pl.LazyFrame, file: str
-) -> list[Finding]:
+def check_consent_values(config: ProjectConfig, contacts: pl.LazyFrame, file: str) -> list[Finding]:
     """Consent and flag columns hold only words of the vocabulary (or nothing)."""
     schema = contacts.collect_schema()
     roles = {role: getattr(config.consent, role) for role in (*_CONSENT_ROLES, *_FLAG_ROLES)}

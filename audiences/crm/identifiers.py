@@ -250,20 +250,32 @@ _TEMP = "__audiences_"
 
 
 class IdentitySource(Protocol):
-    """What the layout functions read from an identity mapping (duck-typed)."""
+    """What the layout functions read from an identity mapping (duck-typed, read-only)."""
 
-    external_id: str | None
-    email: str | None
-    phone: str | None
-    first_name: str | None
-    last_name: str | None
-    zip: str | None
-    city: str | None
-    state: str | None
-    country: str | None
-    birth_date: str | None
-    gender: str | None
-    default_country: str
+    @property
+    def external_id(self) -> str | None: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def phone(self) -> str | None: ...
+    @property
+    def first_name(self) -> str | None: ...
+    @property
+    def last_name(self) -> str | None: ...
+    @property
+    def zip(self) -> str | None: ...
+    @property
+    def city(self) -> str | None: ...
+    @property
+    def state(self) -> str | None: ...
+    @property
+    def country(self) -> str | None: ...
+    @property
+    def birth_date(self) -> str | None: ...
+    @property
+    def gender(self) -> str | None: ...
+    @property
+    def default_country(self) -> str: ...
 
 
 # ---------------------------------------------------------------------------------------
@@ -868,25 +880,11 @@ def canonical_values(
     column = "__audiences_literal"
     mapping: dict[str, str | None] = {name: None for name in IDENTITY_FIELDS}
     mapping[field] = column
-    literal = _LiteralIdentity(**mapping, default_country=identity.default_country)
+    literal = IdentityMapping.model_validate(
+        {**mapping, "default_country": identity.default_country}
+    )
     frame = pl.DataFrame({column: pl.Series(list(values), dtype=pl.String)})
     return frame.select(canonical_expr(literal, field)).to_series().to_list()
-
-
-@dataclass(frozen=True)
-class _LiteralIdentity:
-    external_id: str | None
-    email: str | None
-    phone: str | None
-    first_name: str | None
-    last_name: str | None
-    zip: str | None
-    city: str | None
-    state: str | None
-    country: str | None
-    birth_date: str | None
-    gender: str | None
-    default_country: str
 
 
 def normalized_layout(
@@ -998,7 +996,7 @@ def hashed_layouts_frame(
     # the country column stays mapped for them, its code looked up per distinct value
     per_row = mapping.model_copy(update={name: None for name in repeating if name != "country"})
     codes = _country_codes(frame, mapping, as_of) if "country" in repeating else None
-    staged, per_layout = _staged_layouts(frame.lazy(), per_row, layouts, keep, as_of, codes)  # type: ignore[arg-type]
+    staged, per_layout = _staged_layouts(frame.lazy(), per_row, layouts, keep, as_of, codes)
     joined = [_per_distinct_plan(frame, mapping, layout, repeating, as_of) for layout in layouts]
     by_distinct = [set() if plan is None else set(plan.collect_schema().names()) for plan in joined]
     # each layout's per-row columns under temporary names (the layouts share some names)
@@ -1033,7 +1031,7 @@ def _country_codes(
     assert mapping.country is not None
     key = "__hl_key_0"
     only = IdentityMapping(country=key, default_country=mapping.default_country)
-    builder = _Builder(only, "meta", schema=None, as_of=as_of, staged=False)  # type: ignore[arg-type]
+    builder = _Builder(only, "meta", schema=None, as_of=as_of, staged=False)
     table = (
         frame.select(pl.col(mapping.country).cast(pl.String).alias(key))
         .unique()
@@ -1056,7 +1054,7 @@ def _per_distinct_plan(
     per distinct (value, country) and joined back in row order; None without any."""
     if not repeating:
         return None
-    builder = _Builder(mapping, layout, schema=frame.schema, as_of=as_of, staged=True)  # type: ignore[arg-type]
+    builder = _Builder(mapping, layout, schema=frame.schema, as_of=as_of, staged=True)
     owner = {column: field.identity_field for column, field in builder.fields().items()}
     parts = []
     for name in repeating:
@@ -1077,7 +1075,7 @@ def _per_distinct_plan(
             .select([pl.col(c).alias(k) for c, k in zip(columns, keys, strict=True)])
             .unique()
         )
-        table = hashed_layout(distinct, only, layout, keep=keys, as_of=as_of)  # type: ignore[arg-type]
+        table = hashed_layout(distinct, only, layout, keep=keys, as_of=as_of)
         parts.append(
             frame.lazy()
             .select(columns)

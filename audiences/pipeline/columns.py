@@ -72,11 +72,15 @@ def _columns(
     inferred = frame.collect_schema()
     declared = source.column_specs()
     names = list(inferred)
-    stats = frame.select(
-        pl.len().alias("__rows"),
-        *[pl.col(c).null_count().alias(f"{c}\x00nulls") for c in names],
-        *[pl.col(c).n_unique().alias(f"{c}\x00distinct") for c in names],
-    ).collect(engine="streaming").row(0, named=True)
+    stats = (
+        frame.select(
+            pl.len().alias("__rows"),
+            *[pl.col(c).null_count().alias(f"{c}\x00nulls") for c in names],
+            *[pl.col(c).n_unique().alias(f"{c}\x00distinct") for c in names],
+        )
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
     rows = max(int(stats["__rows"]), 1)
     out = []
     for column in names:
@@ -111,7 +115,7 @@ def _common_values(frame: pl.LazyFrame, column: str, k: int) -> dict[str, Any]:
     return {"values": common, "rarer_values": counts.height - len(common)}
 
 
-def _type_name(dtype: pl.DataType) -> str:
+def _type_name(dtype: Any) -> str:
     names = {
         pl.String: "str",
         pl.Int64: "int",

@@ -26,8 +26,8 @@ from policies.privacy.ledger import PrivacyBudget, budget_policy
 if TYPE_CHECKING:
     from audiences.segments import Segment
     from policies.pack import Pack
-    from policies.privacy.ledger import Ledger
     from policies.privacy.dp import PreviewResult
+    from policies.privacy.ledger import Ledger
 
 # A breakdown dimension: its column (or expression) and its public keys.
 DimensionSpec = tuple[str | pl.Expr, list[str]]

@@ -99,8 +99,9 @@ def validate_project(
         first = errors[0]
         more = f" (and {len(errors) - 1} more problem(s): run `audiences validate`)"
         where = f"{first['file']}:{first['line']}" if first["line"] else first["file"]
-        raise DataError(first["message"], first["fix"] + (more if len(errors) > 1 else ""),
-                        where=where)
+        raise DataError(
+            first["message"], first["fix"] + (more if len(errors) > 1 else ""), where=where
+        )
     return report
 
 

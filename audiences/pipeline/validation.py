@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from audiences.core.config import ProjectConfig
+from audiences.core.config import ProjectConfig, SourceConfig
 from audiences.core.errors import AudiencesError, SegmentError
 from audiences.crm.checks import (
     Finding,
@@ -103,15 +103,18 @@ class Validation:
             loaded[segment.name] = segment
         if not only:
             if not loaded and not self.errors:
-                self.error("segment", SegmentError(f"no segment files in {directory}",
-                                                   "add segments/<name>.yaml"))
+                self.error(
+                    "segment",
+                    SegmentError(f"no segment files in {directory}", "add segments/<name>.yaml"),
+                )
             return [loaded[name] for name in sorted(loaded)]
         for name in only:
             if name not in loaded:
                 close = difflib.get_close_matches(name, list(loaded), n=1)
                 hint = f"did you mean {close[0]!r}?" if close else "run `audiences validate`"
-                self.error("segment", SegmentError(f"no segment named {name!r} in {directory}",
-                                                   hint))
+                self.error(
+                    "segment", SegmentError(f"no segment named {name!r} in {directory}", hint)
+                )
         return [loaded[name] for name in only if name in loaded]
 
     def sources(self) -> Sources | None:
@@ -119,7 +122,7 @@ class Validation:
         from audiences.crm.sources import load_sources, scan_source
 
         config = self.config
-        named = [("contacts", config.sources.contacts)]
+        named: list[tuple[str, SourceConfig]] = [("contacts", config.sources.contacts)]
         if config.sources.events is not None:
             named.append(("events", config.sources.events))
         readable = True
@@ -259,8 +262,10 @@ class Validation:
             fix = f"did you mean {match!r}?"
             if same_case and not folded:
                 source = "events" if test.events else "contacts"
-                fix += (f" — or add {test.field!r} to [sources.{source}] case_insensitive "
-                        "in audiences.toml")
+                fix += (
+                    f" — or add {test.field!r} to [sources.{source}] case_insensitive "
+                    "in audiences.toml"
+                )
         return Finding(
             "warning",
             "value-not-in-data",
