@@ -402,7 +402,7 @@ def _unknown(name: str, candidates: Iterable[str], where: str) -> str:
     match = suggest(name, candidates)
     if match is not None:
         return f"did you mean '{match}'?"
-    return f"check the spelling; the {where} columns are listed by 'audiences schema'"
+    return f"check the spelling; `audiences columns` lists the {where} columns"
 
 
 @dataclass(frozen=True)
