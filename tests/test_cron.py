@@ -199,7 +199,9 @@ def test_two_concurrent_cron_runs_one_exits_75_naming_the_holder(make_project: A
     stderr = outs[loser][1]
     assert stderr.count("\n") == 1 and "another run holds the project lock" in stderr
     assert f"pid {procs[winner].pid}" in stderr and "sync --all" in stderr
-    assert outs[loser][0] == ""
+    # --json: the refusal is one document on stdout too (cron mails stdout)
+    refusal = json.loads(outs[loser][0])
+    assert refusal["ok"] is False and refusal["error"]["exit_code"] == 75
     (result,) = json.loads(outs[winner][0])["results"]
     assert result["status"] == "ok"
     # one run synced; the lock is free again afterwards

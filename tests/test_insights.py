@@ -238,7 +238,8 @@ def test_budget_exhaustion(tmp_path: Path, crm: Path) -> None:
     assert ": requested ε=0.5, spent ε=6, remaining ε=0 of ε=6 per month; " in line
     assert "renews: never, unless the data changes" in line
     assert "until 2025-07-01 00:00 UTC" in line  # the next period, from --as-of
-    assert "— ask for a smaller epsilon, or wait until the budget renews" in line
+    # nothing is left: a smaller epsilon cannot help, so the advice does not suggest one
+    assert "— the budget is spent: a smaller ε cannot help; it renews: never" in line
     assert refused.stdout == ""
     # refused: nothing recorded; the ledger still holds exactly the allowed spends
     after = run_json(root, "budget")

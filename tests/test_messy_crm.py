@@ -299,7 +299,7 @@ def test_budget_exhausted_advice_can_work(project: Path) -> None:
     assert "--epsilon 0.5" in refused.stderr
     assert run(project, "preview", "ny-nj", "--as-of", AS_OF, "--epsilon", "0.5").exit_code == 0
     spent = run(project, "preview", "ny-nj", "--as-of", AS_OF, "--epsilon", "0.1")
-    assert spent.exit_code == 1 and "wait until it renews" in spent.stderr
+    assert spent.exit_code == 1 and "a smaller ε cannot help; it renews" in spent.stderr
 
 
 # ------------------------------------------------------------------------------ columns

@@ -243,9 +243,7 @@ def check_budget(ledger: Ledger, dataset: str, requested: PrivacyBudget, as_of: 
                 f"intervals), or wait until it renews ({renews})"
             )
         else:
-            fix = f"the budget is spent: wait until it renews ({renews}); asking again " + (
-                "with a smaller ε cannot help"
-            )
+            fix = f"the budget is spent: a smaller ε cannot help; it renews: {renews}"
         raise BudgetExhausted(exc.what, fix, where=exc.where) from None
 
 
