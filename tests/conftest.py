@@ -32,6 +32,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 AS_OF = date(2025, 6, 2)
+# The sample CRM's state as segments compare it (``ny`` and ``NY`` are one state).
+STATE = pl.col("state").str.strip_chars().str.to_uppercase()
 CASES = Path(__file__).parent / "cases" / "sync"
 SEED = 11
 

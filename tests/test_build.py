@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
-from conftest import frozen_clock
+from conftest import STATE, frozen_clock
 
 from audiences.cli import cli
 
@@ -144,7 +144,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 # ------------------------------------------------------------------------------ expected
 def adults_ny(contacts: pl.DataFrame) -> pl.DataFrame:
-    return with_age(contacts).filter((pl.col("age") >= 18) & (pl.col("state") == "NY"))
+    return with_age(contacts).filter((pl.col("age") >= 18) & (STATE == "NY"))
 
 
 def with_age(contacts: pl.DataFrame) -> pl.DataFrame:
@@ -215,7 +215,7 @@ def cardiology_lapsed(contacts: pl.DataFrame, events: pl.DataFrame) -> pl.DataFr
     ).select("contact_id")
     return (
         with_age(contacts)
-        .filter(pl.col("age").is_between(50, 75) & pl.col("state").is_in(["NY", "NJ"]))
+        .filter(pl.col("age").is_between(50, 75) & STATE.is_in(["NY", "NJ"]))
         .join(seen.unique(), on="contact_id", how="semi")
         .join(booked.unique(), on="contact_id", how="anti")
     )

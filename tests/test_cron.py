@@ -21,6 +21,7 @@ import polars as pl
 import pytest
 from conftest import (
     AS_OF,
+    STATE,
     adults,
     consented,
     external_ids,
@@ -177,7 +178,7 @@ def test_sync_all_exit_codes(make_project: Any) -> None:
     doc = p.cli_json("sync", "--all", "--as-of", DAY)
     by = results_by_segment(doc)
     assert [by[s]["status"] for s in ("older-adults", "young-adults", "west-coast")] == ["ok"] * 3
-    west_coast = adults(AS_OF) & pl.col("state").is_in(["CA", "OR", "WA", "NV", "AZ"])
+    west_coast = adults(AS_OF) & STATE.is_in(["CA", "OR", "WA", "NV", "AZ"])
     assert by["west-coast"]["removes"] == len(west - released_ids(p.contacts(), west_coast)) >= 20
     for segment in ("older-adults", "young-adults"):
         audience = p.remote_id(segment, "meta")
@@ -209,7 +210,9 @@ def test_two_concurrent_cron_runs_one_exits_75_naming_the_holder(make_project: A
     stderr = outs[loser][1]
     assert stderr.count("\n") == 1 and "another run holds the project lock" in stderr
     assert f"pid {procs[winner].pid}" in stderr and "sync --all" in stderr
-    assert outs[loser][0] == ""
+    # --json: the refusal is one document on stdout too (cron mails stdout)
+    refusal = json.loads(outs[loser][0])
+    assert refusal["ok"] is False and refusal["error"]["exit_code"] == 75
     (result,) = json.loads(outs[winner][0])["results"]
     assert result["status"] == "ok"
     # one run synced; the lock is free again afterwards

@@ -54,7 +54,11 @@ def test_breakdown_exact_in_key_order(people: pl.DataFrame) -> None:
     )
     assert result.select("state", "count").to_dicts() == expected.to_dicts()
     assert result["count"].to_list() == [1, 4, 2, 0]  # ZZ and null are outside the key set
-    assert result.columns == ["state", "count", "ci95_low", "ci95_high", "epsilon", "scale"]
+    assert result.columns == [
+        "state", "count", "ci95_low", "ci95_high", "epsilon", "scale", "below_threshold",
+    ]  # fmt: skip
+    # exact answers: only the empty cell's interval reaches 0
+    assert result["below_threshold"].to_list() == [False, False, False, True]
 
 
 def test_two_dimensional_breakdown_exact(people: pl.DataFrame) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
-from conftest import frozen_clock
+from conftest import STATE, frozen_clock
 
 from audiences.cli import cli
 
@@ -104,7 +104,7 @@ def exact_sizes(crm: Path) -> dict[str, set[str]]:
     )
     chosen = {
         "seniors": aged.filter(pl.col("age") >= 65),
-        "ny-adults": aged.filter((pl.col("age") >= 18) & (pl.col("state") == "NY")),
+        "ny-adults": aged.filter((pl.col("age") >= 18) & (STATE == "NY")),
         "women": aged.filter(pl.col("sex") == "F"),
     }
     return {name: set(frame.get_column("contact_id")) for name, frame in chosen.items()}
@@ -123,7 +123,7 @@ def test_preview_shape(project: Path) -> None:
     doc = json.loads(result.stdout)
     assert set(doc) == {
         "segment", "epsilon", "count", "breakdowns", "epsilon_used", "budget_remaining",
-        "budget_renews", "note",
+        "budget_renews", "note", "looks_remaining", "default_epsilon",
     }  # fmt: skip
     assert doc["segment"] == "seniors" and doc["epsilon"] == 0.5
     assert set(doc["count"]) == {"value", "ci95"}
@@ -136,7 +136,12 @@ def test_preview_shape(project: Path) -> None:
     )
     for rows in doc["breakdowns"].values():
         for row in rows:
-            assert row["count"] >= 0 and row["ci95"][0] <= row["ci95"][1]
+            assert row["ci95"][0] <= row["ci95"][1]
+            # a cell within the noise is a bound, not a number
+            if row["below_threshold"]:
+                assert row["count"] is None and row["threshold"] == row["ci95"][1]
+            else:
+                assert row["count"] >= 0
     assert sum(doc["epsilon_used"].values()) == pytest.approx(0.5)
     assert set(doc["epsilon_used"]) == {"count", *public}
     assert "differentially private" in doc["note"]
@@ -243,7 +248,8 @@ def test_budget_exhaustion(tmp_path: Path, crm: Path) -> None:
     assert ": requested ε=0.5, spent ε=6, remaining ε=0 of ε=6 per month; " in line
     assert "renews: never, unless the data changes" in line
     assert "until 2025-07-01 00:00 UTC" in line  # the next period, from --as-of
-    assert "— ask for a smaller epsilon, or wait until the budget renews" in line
+    # nothing is left: a smaller epsilon cannot help, so the advice does not suggest one
+    assert "— the budget is spent: a smaller ε cannot help; it renews: never" in line
     assert refused.stdout == ""
     # refused: nothing recorded; the ledger still holds exactly the allowed spends
     after = run_json(root, "budget")
@@ -269,6 +275,6 @@ def test_intervals_never_go_below_zero() -> None:
     doc = Preview("s", 1.0, result, SimpleNamespace(epsilon=1.0), "never").to_dict()
     assert doc["count"] == {"value": 0, "ci95": [0, 15]}  # half-width 14.6
     assert doc["breakdowns"]["sex"] == [
-        {"key": "F", "count": 0, "ci95": [0, 15]},
-        {"key": "M", "count": 40, "ci95": [25, 55]},
+        {"key": "F", "count": None, "below_threshold": True, "threshold": 15, "ci95": [0, 15]},
+        {"key": "M", "count": 40, "below_threshold": False, "ci95": [25, 55]},
     ]

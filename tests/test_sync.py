@@ -25,6 +25,7 @@ import polars as pl
 import pytest
 from conftest import (
     AS_OF,
+    STATE,
     Project,
     adults,
     alone_in_opting_out,
@@ -54,7 +55,7 @@ def _stopped_clock() -> Iterator[None]:
 WEST = ["CA", "OR", "WA", "NV", "AZ"]  # tests/cases/sync/west-coast.yaml
 # The segments of tests/cases/sync over the sample CRM's columns (for the model of releases)
 ALL_ADULTS = adults(AS_OF) & pl.col("preferred_language").is_in(["en", "es"])
-WEST_COAST = adults(AS_OF) & pl.col("state").is_in(WEST)
+WEST_COAST = adults(AS_OF) & STATE.is_in(WEST)
 OLDER_ADULTS = adults(AS_OF, 50)
 V2_STATES = ["CA", "NY", "TX", "FL", "IL", "MA", "NJ", "NC"]  # all-adults-v2.yaml
 # Rows of sample CRM for more than 25,000 all-adults members (three Meta add batches) and
@@ -501,9 +502,7 @@ def _kill_9_between_batches_then_rerun(p: Any, today: date) -> None:
     r1 = only_result(p.cli_json("sync", "all-adults", "--as-of", day))
     v1 = p.release("all-adults", "meta", today)
     audience = r1["audience"]
-    assert external_ids(v1.members) == released_ids(
-        p.contacts(), all_adults & (pl.col("state") == "CA")
-    )
+    assert external_ids(v1.members) == released_ids(p.contacts(), all_adults & (STATE == "CA"))
 
     # v2: 150 members opt out, with the records sharing their email or phone (one removal
     # batch) and 10,000+ people join (two add batches)
@@ -511,7 +510,7 @@ def _kill_9_between_batches_then_rerun(p: Any, today: date) -> None:
     update_contacts(p, opted_out, marketing_opt_in=False)
     p.add_segment("all-adults-v2", name="all-adults")
     v2 = p.release("all-adults", "meta", today)
-    expected = released_ids(p.contacts(), all_adults & pl.col("state").is_in(V2_STATES))
+    expected = released_ids(p.contacts(), all_adults & STATE.is_in(V2_STATES))
     assert external_ids(v2.members) == expected
     removes = len(external_ids(v1.members) - expected)
     adds = len(expected - external_ids(v1.members))
@@ -623,7 +622,7 @@ def test_transient_faults_are_retried_and_the_sync_succeeds(make_project: Any) -
     p.cli_json("sync", "all-adults", "west-coast", "--as-of", DAY)
     meta_first = p.release("all-adults", "meta")
     ids = external_ids(meta_first.members)
-    west = set(p.contacts().filter(pl.col("state").is_in(WEST)).get_column("contact_id"))
+    west = set(p.contacts().filter(STATE.is_in(WEST)).get_column("contact_id"))
     joiners = pick(eligible_outsiders(p, ids, ("en", "es")) & west, 110, seed=8)  # both lists
     opted_out = pick(ids, 120, seed=9)  # and the records sharing their email or phone
     update_contacts(p, joiners, marketing_opt_in=True)

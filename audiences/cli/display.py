@@ -61,15 +61,57 @@ def print_preview(doc: dict[str, Any]) -> None:
     for name, rows in doc["breakdowns"].items():
         table = _table(f"by {name}", [name, "people (noisy)", "95% interval"])
         for row in rows:
+            if row.get("below_threshold"):
+                # indistinguishable from noise: a bound, not a number
+                table.add_row(str(row["key"]), f"< {row['threshold']:,}", "")
+                continue
             table.add_row(
                 str(row["key"]), f"{row['count']:,}", f"{row['ci95'][0]:,}–{row['ci95'][1]:,}"
             )
         out.print(table)
+    looks = doc.get("looks_remaining")
+    more = (
+        f" ({looks} more preview(s) at ε={doc['default_epsilon']:g})" if looks is not None else ""
+    )
     out.print(
-        f"budget left: ε={doc['budget_remaining']['epsilon']:.3g}; renews: {doc['budget_renews']}",
+        f"budget left: ε={doc['budget_remaining']['epsilon']:.3g}{more}; "
+        f"renews: {doc['budget_renews']}",
         highlight=False,
     )
+    if any(r.get("below_threshold") for rows in doc["breakdowns"].values() for r in rows):
+        out.print("[dim]< N: fewer than N people (the cell is within the noise)[/]")
     out.print(f"[dim]{doc['note']}[/]")
+
+
+def print_columns(doc: dict[str, Any]) -> None:
+    out = console()
+    for name, source in doc["sources"].items():
+        table = _table(
+            f"{name} ({source['path']})",
+            [
+                "column",
+                "declared",
+                "inferred",
+                "empty",
+                "distinct",
+                "role",
+                f"values (≥ {doc['k']} rows)",
+            ],
+        )
+        for c in source["columns"]:
+            declared = c["declared"] or "-"
+            if c.get("format"):
+                declared += f" ({c['format']})"
+            values = "-"
+            if "values" in c:
+                values = ", ".join(c["values"]) or "(none that common)"
+                if c["rarer_values"]:
+                    values += f" + {c['rarer_values']} rarer"
+            table.add_row(
+                escape(c["name"]), declared, c["inferred"], f"{c['null_share']:.0%}",
+                f"{c['distinct']:,}", c["role"], escape(values),
+            )  # fmt: skip
+        out.print(table)
 
 
 def print_overlap(doc: dict[str, Any]) -> None:

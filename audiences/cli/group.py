@@ -51,6 +51,8 @@ class AudiencesGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         debug = "--debug" in sys.argv[1:] or bool(ctx.params.get("debug"))
+        # the subcommand's arguments (click hands them on and clears them)
+        as_json = "--json" in [*ctx._protected_args, *ctx.args]
         try:
             return super().invoke(ctx)
         except AudiencesError as exc:
@@ -61,6 +63,8 @@ class AudiencesGroup(click.Group):
 
                 traceback.print_exc(file=sys.stderr)
             click.echo(f"Error: {exc.message}", err=True)
+            if as_json:  # scripts read stdout: one document on failure too
+                emit_json({"ok": False, "error": _error_doc(exc)})
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -94,6 +98,17 @@ class AudiencesGroup(click.Group):
                 err=True,
             )
             ctx.exit(EXIT_ERROR)
+
+
+def _error_doc(exc: AudiencesError) -> dict[str, Any]:
+    return {
+        "code": type(exc).__name__,
+        "message": exc.message,
+        "what": exc.what,
+        "fix": exc.fix,
+        "where": exc.where,
+        "exit_code": exc.exit_code,
+    }
 
 
 def emit_json(document: Any) -> None:

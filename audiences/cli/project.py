@@ -1,8 +1,10 @@
-"""Project commands: ``init``, ``sample-data``, ``validate``, ``schema``, ``sandbox``."""
+"""Project commands: ``init``, ``sample-data``, ``validate``, ``columns``, ``schema``,
+``sandbox``."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -77,24 +79,62 @@ def sample_data(
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document, also on failure.")
 @click.option("--as-of", "as_of", default=None, help="Reference day (YYYY-MM-DD).")
 @pass_ctx
-def validate(obj: Context, as_json: bool, as_of: str | None) -> None:
-    """Check audiences.toml, the policy pack and every segment against the data schema."""
-    from audiences.pipeline.project import validate_project
+@click.pass_context
+def validate(ctx: click.Context, obj: Context, as_json: bool, as_of: str | None) -> None:
+    """Check audiences.toml, the policy pack, every segment and the data itself.
 
-    report = validate_project(obj.config(), as_of=parse_as_of(as_of))
+    Reports every problem of every file (errors, then warnings); exits 1 on any error.
+    """
+    from audiences.pipeline.project import check_project
+
+    report = check_project(obj.config(), as_of=parse_as_of(as_of))
     if as_json:
         emit_json(report)
     else:
-        for seg in report["segments"]:
-            click.echo(f"ok  {seg['name']}  ({seg['file']}, digest {seg['digest'][:19]})")
-        click.echo(
-            f"{len(report['segments'])} segment(s) valid; pack {report['pack']['name']} "
-            f"{report['pack']['version']}",
-            err=True,
-        )
+        _print_findings(report)
+    if report["errors"]:
+        ctx.exit(1)
+
+
+def _print_findings(report: dict[str, Any]) -> None:
+    for kind, findings in (("Error", report["errors"]), ("Warning", report["warnings"])):
+        for f in findings:
+            where = f"{f['file']}:{f['line']}" if f["line"] else (f["file"] or "")
+            text = f"{where}: {f['message']}" if where else f["message"]
+            click.echo(f"{kind}: {text} — {f['fix']}", err=True)
+    if report["errors"]:
+        return
+    for seg in report["segments"]:
+        click.echo(f"ok  {seg['name']}  ({seg['file']}, digest {seg['digest'][:19]})")
+    click.echo(
+        f"{len(report['segments'])} segment(s) valid; pack {report['pack']['name']} "
+        f"{report['pack']['version']}",
+        err=True,
+    )
+
+
+@cli.command()
+@click.argument("source", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
+@pass_ctx
+def columns(obj: Context, source: str | None, as_json: bool) -> None:
+    """The columns of the CRM sources: declared and inferred type, empty share, distinct
+    values, role, and the values that occur at least k times (k: the pack's min size)."""
+    from audiences.pipeline.columns import columns_report
+    from audiences.pipeline.project import min_size_k
+    from policies.pack import load_pack
+
+    config = obj.config()
+    doc = columns_report(config, source, k=min_size_k(load_pack(config)))
+    if as_json:
+        emit_json(doc)
+        return
+    from audiences.cli.display import print_columns
+
+    print_columns(doc)
 
 
 @cli.command()

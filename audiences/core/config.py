@@ -57,6 +57,27 @@ class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ColumnSpec(Model):
+    """A declared column written as a table: ``{type = "date", format = "%m/%d/%Y"}``.
+
+    ``format`` (strftime codes) applies to ``date`` and ``datetime`` columns only.
+    """
+
+    type: ColumnType
+    format: str | None = Field(default=None, min_length=2)
+
+    @model_validator(mode="after")
+    def _format_for_dates(self) -> ColumnSpec:
+        if self.format is not None:
+            if self.type not in ("date", "datetime"):
+                raise ValueError(f"format applies to date and datetime columns, not {self.type}")
+            if "%" not in self.format:
+                raise ValueError(
+                    f"format {self.format!r} has no strftime code — write e.g. %m/%d/%Y"
+                )
+        return self
+
+
 class SourceConfig(Model):
     """One CRM table read from a file. Paths are relative to the project folder."""
 
@@ -64,7 +85,19 @@ class SourceConfig(Model):
     format: SourceFormat | None = None
     separator: str = Field(",", min_length=1, max_length=1)
     list_separator: str = Field(";", min_length=1, max_length=1)
-    columns: dict[str, ColumnType] = Field(default_factory=dict)
+    columns: dict[str, ColumnType | ColumnSpec] = Field(default_factory=dict)
+    case_insensitive: list[str] = Field(
+        default_factory=list,
+        description="text columns whose values compare without regard to case "
+        "(segment conditions and validate's value checks)",
+    )
+
+    def column_specs(self) -> dict[str, ColumnSpec]:
+        """Every declared column as a :class:`ColumnSpec` (the plain ``"date"`` form too)."""
+        return {
+            name: spec if isinstance(spec, ColumnSpec) else ColumnSpec(type=spec)
+            for name, spec in self.columns.items()
+        }
 
     @property
     def resolved_format(self) -> SourceFormat:

@@ -22,8 +22,40 @@ def column(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
     return pl.col(name)
 
 
-_GRANTED_WORDS = ("granted", "grant", "true", "yes", "y", "1", "t")
-_DENIED_WORDS = ("denied", "deny", "false", "no", "n", "0", "f")
+# Compared after trimming, lowercasing and turning runs of spaces, ``_`` and ``-`` into
+# one space (``Opted-In`` → ``opted in``). HubSpot, Salesforce and Epic exports write the
+# longer forms.
+_GRANTED_WORDS = (
+    "granted", "grant", "true", "yes", "y", "1", "t",
+    "opted in", "opt in", "optedin", "optin", "subscribed", "consented", "consent given",
+    "accepted", "agreed", "allowed", "on",
+)  # fmt: skip
+_DENIED_WORDS = (
+    "denied", "deny", "false", "no", "n", "0", "f",
+    "opted out", "opt out", "optedout", "optout", "unsubscribed", "not subscribed",
+    "declined", "refused", "withdrawn", "revoked", "rejected", "off",
+)  # fmt: skip
+GRANTED_WORDS = _GRANTED_WORDS
+DENIED_WORDS = _DENIED_WORDS
+
+
+def cleaned_word(text: pl.Expr) -> pl.Expr:
+    """A consent or flag value as the vocabulary spells it: trimmed, lowercase, one space
+    for each run of spaces, ``_`` and ``-``."""
+    return text.str.strip_chars().str.to_lowercase().str.replace_all(r"[\s_\-]+", " ")
+
+
+def recognised(frame_schema: pl.Schema, column: str) -> pl.Expr:
+    """True where the column's value is empty or a word of the vocabulary (Boolean and
+    0/1 columns always are)."""
+    dtype = frame_schema[column]
+    if dtype == pl.Boolean:
+        return pl.lit(True)
+    if dtype.is_numeric():
+        return pl.col(column).is_null() | pl.col(column).is_in([0, 1])
+    text = pl.col(column).cast(pl.String)
+    word = cleaned_word(text)
+    return text.is_null() | (word == "") | word.is_in(_GRANTED_WORDS + _DENIED_WORDS)
 
 
 def _consent_words(frame: pl.DataFrame, column: str) -> tuple[pl.Expr, pl.Expr]:
@@ -35,7 +67,7 @@ def _consent_words(frame: pl.DataFrame, column: str) -> tuple[pl.Expr, pl.Expr]:
     # Values already written as one of the words skip the strip and lowercase (a
     # CRM-wide scan asks this of every record; the rest are cleaned first).
     known = text.is_in(_GRANTED_WORDS + _DENIED_WORDS)
-    cleaned = pl.when(~known).then(text).str.strip_chars().str.to_lowercase()
+    cleaned = cleaned_word(pl.when(~known).then(text))
 
     def among(words: tuple[str, ...]) -> pl.Expr:
         return pl.when(known).then(text.is_in(words)).otherwise(cleaned.is_in(words))
@@ -74,11 +106,11 @@ def truthy(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
         return expr
     if dtype.is_numeric():
         return expr != 0
-    text = expr.cast(pl.String).str.strip_chars().str.to_lowercase()
+    text = cleaned_word(expr.cast(pl.String))
     return (
-        pl.when(text.is_in(["true", "t", "yes", "y", "1"]))
+        pl.when(text.is_in(_GRANTED_WORDS))
         .then(True)
-        .when(text.is_in(["false", "f", "no", "n", "0"]))
+        .when(text.is_in(_DENIED_WORDS))
         .then(False)
         .otherwise(None)
     )

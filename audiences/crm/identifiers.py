@@ -250,20 +250,32 @@ _TEMP = "__audiences_"
 
 
 class IdentitySource(Protocol):
-    """What the layout functions read from an identity mapping (duck-typed)."""
+    """What the layout functions read from an identity mapping (duck-typed, read-only)."""
 
-    external_id: str | None
-    email: str | None
-    phone: str | None
-    first_name: str | None
-    last_name: str | None
-    zip: str | None
-    city: str | None
-    state: str | None
-    country: str | None
-    birth_date: str | None
-    gender: str | None
-    default_country: str
+    @property
+    def external_id(self) -> str | None: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def phone(self) -> str | None: ...
+    @property
+    def first_name(self) -> str | None: ...
+    @property
+    def last_name(self) -> str | None: ...
+    @property
+    def zip(self) -> str | None: ...
+    @property
+    def city(self) -> str | None: ...
+    @property
+    def state(self) -> str | None: ...
+    @property
+    def country(self) -> str | None: ...
+    @property
+    def birth_date(self) -> str | None: ...
+    @property
+    def gender(self) -> str | None: ...
+    @property
+    def default_country(self) -> str: ...
 
 
 # ---------------------------------------------------------------------------------------
@@ -824,6 +836,57 @@ def normalized_exprs(
     return {column: field.value.alias(column) for column, field in builder.fields().items()}
 
 
+# Identity fields whose canonical value segment conditions and DP breakdowns compare,
+# and whether that value is shown in capitals (ISO and USPS codes, F/M).
+CANONICAL_FIELDS: dict[str, bool] = {
+    "gender": True,
+    "state": True,
+    "country": True,
+    "zip": False,
+    "first_name": False,
+    "last_name": False,
+    "city": False,
+    "email": False,
+    "phone": False,
+}
+
+
+def canonical_expr(
+    identity: IdentitySource, field: str, *, schema: Mapping[str, pl.DataType] | None = None
+) -> pl.Expr:
+    """The value of identity ``field`` as the upload layer normalizes it (Meta's rules:
+    ``Female`` → ``F``, ``New York`` / ``ny`` → ``NY``, ``United States`` → ``US``,
+    ``10001-1234`` → ``10001``, names lowercase letters, phones digits with the calling
+    code); null where empty or invalid. One meaning per value: segment conditions and
+    DP breakdowns compare this, not the raw text."""
+    if field not in CANONICAL_FIELDS:
+        raise InternalError(f"no canonical form for identity field {field!r}")
+    if getattr(identity, field) is None:
+        raise InternalError(f"canonical_expr({field!r}) without a mapped column")
+    builder = _Builder(identity, "meta", schema=schema, as_of=None, staged=False)
+    if field in ("first_name", "last_name"):
+        built = builder.name(field)
+    else:
+        built = getattr(builder, field)()
+    value = built.value.str.to_uppercase() if CANONICAL_FIELDS[field] else built.value
+    return value.alias(str(getattr(identity, field)))
+
+
+def canonical_values(
+    identity: IdentitySource, field: str, values: Sequence[str]
+) -> list[str | None]:
+    """:func:`canonical_expr` applied to literal values (a segment's ``in: [NY, NJ]``):
+    what those values mean, read with ``default_country`` as their country."""
+    column = "__audiences_literal"
+    mapping: dict[str, str | None] = {name: None for name in IDENTITY_FIELDS}
+    mapping[field] = column
+    literal = IdentityMapping.model_validate(
+        {**mapping, "default_country": identity.default_country}
+    )
+    frame = pl.DataFrame({column: pl.Series(list(values), dtype=pl.String)})
+    return frame.select(canonical_expr(literal, field)).to_series().to_list()
+
+
 def normalized_layout(
     lf: pl.LazyFrame,
     identity: IdentitySource,
@@ -933,7 +996,7 @@ def hashed_layouts_frame(
     # the country column stays mapped for them, its code looked up per distinct value
     per_row = mapping.model_copy(update={name: None for name in repeating if name != "country"})
     codes = _country_codes(frame, mapping, as_of) if "country" in repeating else None
-    staged, per_layout = _staged_layouts(frame.lazy(), per_row, layouts, keep, as_of, codes)  # type: ignore[arg-type]
+    staged, per_layout = _staged_layouts(frame.lazy(), per_row, layouts, keep, as_of, codes)
     joined = [_per_distinct_plan(frame, mapping, layout, repeating, as_of) for layout in layouts]
     by_distinct = [set() if plan is None else set(plan.collect_schema().names()) for plan in joined]
     # each layout's per-row columns under temporary names (the layouts share some names)
@@ -968,7 +1031,7 @@ def _country_codes(
     assert mapping.country is not None
     key = "__hl_key_0"
     only = IdentityMapping(country=key, default_country=mapping.default_country)
-    builder = _Builder(only, "meta", schema=None, as_of=as_of, staged=False)  # type: ignore[arg-type]
+    builder = _Builder(only, "meta", schema=None, as_of=as_of, staged=False)
     table = (
         frame.select(pl.col(mapping.country).cast(pl.String).alias(key))
         .unique()
@@ -991,7 +1054,7 @@ def _per_distinct_plan(
     per distinct (value, country) and joined back in row order; None without any."""
     if not repeating:
         return None
-    builder = _Builder(mapping, layout, schema=frame.schema, as_of=as_of, staged=True)  # type: ignore[arg-type]
+    builder = _Builder(mapping, layout, schema=frame.schema, as_of=as_of, staged=True)
     owner = {column: field.identity_field for column, field in builder.fields().items()}
     parts = []
     for name in repeating:
@@ -1012,7 +1075,7 @@ def _per_distinct_plan(
             .select([pl.col(c).alias(k) for c, k in zip(columns, keys, strict=True)])
             .unique()
         )
-        table = hashed_layout(distinct, only, layout, keep=keys, as_of=as_of)  # type: ignore[arg-type]
+        table = hashed_layout(distinct, only, layout, keep=keys, as_of=as_of)
         parts.append(
             frame.lazy()
             .select(columns)

@@ -280,9 +280,7 @@ def coarse_keys(frame: pl.DataFrame, link: Link) -> pl.DataFrame:
     hard = staged.filter(~ok).select(_ROW, *link.columns)
     if hard.is_empty():
         return easy.drop_nulls(out)
-    hard = _collect(
-        normalized_layout(hard.lazy(), link.identity, link.layout, keep=[_ROW])  # type: ignore[arg-type]
-    )
+    hard = _collect(normalized_layout(hard.lazy(), link.identity, link.layout, keep=[_ROW]))
     hard = link.stage(hard, link.norm_fields(), out).select(_ROW, out)
     return pl.concat([easy, hard]).drop_nulls(out)
 
@@ -294,7 +292,7 @@ def exact_keys(frames: Sequence[pl.DataFrame], links: Sequence[Link]) -> list[pl
         [
             normalized_layout(
                 frame.lazy().select(_ROW, *link.columns),
-                link.identity,  # type: ignore[arg-type]
+                link.identity,
                 link.layout,
                 keep=[_ROW],
             )

@@ -20,7 +20,7 @@ from typing import Any
 import blake3
 import polars as pl
 
-from audiences.core.config import ColumnType, ProjectConfig, SourceConfig
+from audiences.core.config import ColumnSpec, ProjectConfig, SourceConfig
 from audiences.core.errors import DataError
 
 _DTYPES: dict[str, pl.DataType] = {
@@ -35,6 +35,7 @@ _DTYPES: dict[str, pl.DataType] = {
 
 _TRUE_WORDS = ["true", "t", "1", "yes", "y"]
 _FALSE_WORDS = ["false", "f", "0", "no", "n"]
+BOOL_WORDS = [*_TRUE_WORDS, *_FALSE_WORDS]
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ def _check_file(name: str, source: SourceConfig, config: ProjectConfig) -> Path:
     return path
 
 
-def _convert(column: str, kind: ColumnType, list_separator: str, current: pl.DataType) -> pl.Expr:
-    col = pl.col(column)
+def _convert(column: str, spec: ColumnSpec, list_separator: str, current: pl.DataType) -> pl.Expr:
+    col, kind = pl.col(column), spec.type
     if kind == "list[str]":
         if isinstance(current, pl.List):
             return col.cast(pl.List(pl.String))
@@ -77,11 +78,14 @@ def _convert(column: str, kind: ColumnType, list_separator: str, current: pl.Dat
     target = _DTYPES[kind]
     if current == target:
         return col
+    if spec.format is not None and kind in ("date", "datetime") and current != pl.String:
+        col, current = col.cast(pl.String), pl.String()  # CSV inference guessed otherwise
     if current == pl.String:
         if kind == "date":
-            return col.str.to_date(strict=True)
+            return col.str.strip_chars().str.to_date(spec.format, strict=True).alias(column)
         if kind == "datetime":
-            return col.str.to_datetime(time_unit="us", strict=True)
+            text = col.str.strip_chars()
+            return text.str.to_datetime(spec.format, time_unit="us", strict=True).alias(column)
         if kind == "bool":
             lowered = col.str.strip_chars().str.to_lowercase()
             return (
@@ -97,7 +101,9 @@ def _convert(column: str, kind: ColumnType, list_separator: str, current: pl.Dat
     return col.cast(target, strict=True)
 
 
-def scan_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.LazyFrame:
+def read_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.LazyFrame:
+    """The source with the types polars infers (no declared conversions), checked to
+    exist, be readable and have rows."""
     path = _check_file(name, source, config)
     fmt = source.resolved_format
     try:
@@ -113,7 +119,7 @@ def scan_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.La
                 infer_schema_length=10_000,
                 encoding="utf8",
             )
-        schema = lf.collect_schema()
+        lf.collect_schema()
         # A header without rows (a failed CRM export) would otherwise build an empty,
         # all-text table and surface later as a confusing type or min-size error.
         has_rows = lf.head(1).collect().height > 0
@@ -124,15 +130,21 @@ def scan_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.La
             f"source {name!r}: {path} has no rows",
             f"re-export the table with its data, or fix [sources.{name}].path in audiences.toml",
         )
+    return lf
+
+
+def scan_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.LazyFrame:
+    lf = read_source(name, source, config)
+    schema = lf.collect_schema()
     missing = [c for c in source.columns if c not in schema]
     if missing:
         raise DataError(
-            f"source {name!r} ({path.name}) has no column(s) {missing}",
+            f"source {name!r} ({config.path(source.path).name}) has no column(s) {missing}",
             f"fix [sources.{name}].columns or the file's header",
         )
     conversions = [
-        _convert(col, kind, source.list_separator, schema[col])
-        for col, kind in source.columns.items()
+        _convert(col, spec, source.list_separator, schema[col])
+        for col, spec in source.column_specs().items()
     ]
     return lf.with_columns(conversions) if conversions else lf
 
@@ -256,15 +268,16 @@ def diagnose_values(
         else:
             raw = pl.scan_ndjson(path, infer_schema_length=10_000)
         schema = raw.collect_schema()
-        for column, kind in source.columns.items():
+        for column, spec in source.column_specs().items():
+            kind = spec.type
             if kind == "list[str]" or schema.get(column) != pl.String:
                 continue
             # strict conversion raises; a non-strict one locates the first bad row
             text = pl.col(column).str.strip_chars()
             if kind == "date":
-                parsed = pl.col(column).str.to_date(strict=False).is_not_null()
+                parsed = text.str.to_date(spec.format, strict=False).is_not_null()
             elif kind == "datetime":
-                parsed = pl.col(column).str.to_datetime(strict=False).is_not_null()
+                parsed = text.str.to_datetime(spec.format, strict=False).is_not_null()
             elif kind == "bool":
                 parsed = text.str.to_lowercase().is_in([*_TRUE_WORDS, *_FALSE_WORDS])
             elif kind in ("int", "float"):

@@ -24,8 +24,10 @@ from audiences.pipeline.select import collect_candidates, select_segments, valid
 from policies.privacy.ledger import PrivacyBudget, budget_policy
 
 if TYPE_CHECKING:
+    from audiences.segments import Segment
     from policies.pack import Pack
     from policies.privacy.dp import PreviewResult
+    from policies.privacy.ledger import Ledger
 
 # A breakdown dimension: its column (or expression) and its public keys.
 DimensionSpec = tuple[str | pl.Expr, list[str]]
@@ -37,8 +39,8 @@ def dimensions(config: ProjectConfig, schema: pl.Schema) -> dict[str, DimensionS
 
     known: dict[str, DimensionSpec] = {
         "age_band": (dp.age_band_expr("age"), dp.age_band_keys()),
-        "sex": (config.identity.gender or "sex", dp.sex_keys()),
-        "state": (config.identity.state or "state", dp.us_state_keys()),
+        "sex": (_canonical(config, "gender", schema, "sex"), dp.sex_keys()),
+        "state": (_canonical(config, "state", schema, "state"), dp.us_state_keys()),
     }
     language_keys = ["en", "es", "zh", "ru", "ko", "vi", "ht", "fr"]
     out: dict[str, DimensionSpec] = {}
@@ -62,12 +64,67 @@ def dimensions(config: ProjectConfig, schema: pl.Schema) -> dict[str, DimensionS
     return out
 
 
+def _canonical(config: ProjectConfig, field: str, schema: pl.Schema, default: str) -> pl.Expr | str:
+    """The identity field's values as the upload layer and the segment language read
+    them (``Female`` → ``F``, ``New York`` → ``NY``): one meaning per value."""
+    from audiences.crm.identifiers import canonical_expr
+
+    column = getattr(config.identity, field)
+    if column is None or column not in schema:
+        return column or default
+    return canonical_expr(config.identity, field, schema=schema)
+
+
+def segment_keys(config: ProjectConfig, segment: Segment, dims: dict[str, DimensionSpec]) -> None:
+    """Narrow the state keys to the states a segment requires (``state: {in: [NY, NJ]}``
+    at its top level): the keys stay public — they come from the segment file, not the
+    data — and no noise-only cell of a state the segment excludes is shown."""
+    from audiences.crm.identifiers import canonical_values
+    from audiences.segments.compiler import top_level_parts
+    from audiences.segments.model import FieldCondition
+
+    column = config.identity.state
+    if "state" not in dims or column is None:
+        return
+    expr, keys = dims["state"]
+    for part in top_level_parts(segment):
+        if not isinstance(part, FieldCondition) or part.field != column:
+            continue
+        for comparison in part.comparisons:
+            if comparison.op not in ("eq", "in"):
+                continue
+            raw = comparison.value if isinstance(comparison.value, tuple) else (comparison.value,)
+            if any(not isinstance(v, str) or v.endswith("*") for v in raw):
+                continue
+            wanted = set(canonical_values(config.identity, "state", [str(v) for v in raw]))
+            keys = [k for k in keys if k in wanted] or keys
+    dims["state"] = (expr, keys)
+
+
 def interval(value: float, low: float, high: float) -> list[int]:
     """A 95% interval for a count, as whole people within [0, ∞). A negative noisy count
     keeps the interval's width above zero ([0, half-width]) rather than collapsing to
     "0–0", which would claim certainty the noise does not give."""
     upper = high - min(value, 0.0)
     return [max(round(low), 0), max(round(upper), 0)]
+
+
+def _cell(name: str, row: dict[str, Any]) -> dict[str, Any]:
+    """One breakdown cell. A cell whose 95 % interval includes 0 is indistinguishable
+    from noise: it is shown as ``< upper bound`` (``below_threshold``), not as a number."""
+    ci95 = interval(row["count"], row["ci95_low"], row["ci95_high"])
+    below = bool(row.get("below_threshold", row["ci95_low"] <= 0))
+    cell: dict[str, Any] = {"key": row[name], "below_threshold": below, "ci95": ci95}
+    if below:
+        cell.update(count=None, threshold=ci95[1])
+    else:
+        cell["count"] = max(int(row["count"]), 0)
+    return cell
+
+
+def looks(remaining: float, epsilon: float) -> int:
+    """Previews at ``epsilon`` the remaining budget still allows."""
+    return int(remaining / epsilon + 1e-9) if epsilon > 0 else 0
 
 
 @dataclass
@@ -77,6 +134,7 @@ class Preview:
     result: PreviewResult
     remaining: PrivacyBudget
     renews: str
+    default_epsilon: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         count = self.result.count
@@ -88,18 +146,13 @@ class Preview:
                 "ci95": interval(count.value, count.ci95_low, count.ci95_high),
             },
             "breakdowns": {
-                name: [
-                    {
-                        "key": row[name],
-                        "count": max(int(row["count"]), 0),
-                        "ci95": interval(row["count"], row["ci95_low"], row["ci95_high"]),
-                    }
-                    for row in frame.iter_rows(named=True)
-                ]
+                name: [_cell(name, row) for row in frame.iter_rows(named=True)]
                 for name, frame in self.result.breakdowns.items()
             },
             "epsilon_used": self.result.epsilon_used,
             "budget_remaining": {"epsilon": self.remaining.epsilon},
+            "looks_remaining": looks(self.remaining.epsilon, self.default_epsilon),
+            "default_epsilon": self.default_epsilon,
             "budget_renews": self.renews,
             "note": "differentially private figures (OpenDP); exact counts are for "
             "compliance reports only",
@@ -148,11 +201,12 @@ def preview(
     sources = load_sources(config)
     validate_against_data(config, [segment], sources, as_of)
     dims = dimensions(config, sources.contacts.collect_schema())
+    segment_keys(config, segment, dims)
     conn = connect(config.state_db)
     try:
         ledger = Ledger(conn, budget_policy(pack))
         requested = PrivacyBudget(eps, 0.0)
-        ledger.check(sources.digest, requested, as_of)
+        check_budget(ledger, sources.digest, requested, as_of)
         members = collect_candidates(
             config, segment, sources, as_of, project_salt(config.state_dir), link_opt_outs=False
         )
@@ -169,7 +223,28 @@ def preview(
         _audit(conn, actor_name(actor), segment.name, eps, "preview", sources.digest)
     finally:
         conn.close()
-    return Preview(segment.name, eps, result, remaining, renews)
+    return Preview(segment.name, eps, result, remaining, renews, default_epsilon(config, pack))
+
+
+def check_budget(ledger: Ledger, dataset: str, requested: PrivacyBudget, as_of: date) -> None:
+    """The ledger's check, with advice that can work: the largest ε that still fits, or
+    the day the budget renews when nothing useful is left."""
+    from audiences.core.errors import BudgetExhausted
+
+    try:
+        ledger.check(dataset, requested, as_of)
+    except BudgetExhausted as exc:
+        left = ledger.remaining(dataset, as_of).epsilon
+        usable = int(left * 1000) / 1000  # rounded down: it must fit
+        renews = ledger.renews(dataset, as_of)
+        if usable >= 0.01:
+            fix = (
+                f"ask for at most the remaining budget: --epsilon {usable:g} (wider "
+                f"intervals), or wait until it renews ({renews})"
+            )
+        else:
+            fix = f"the budget is spent: a smaller ε cannot help; it renews: {renews}"
+        raise BudgetExhausted(exc.what, fix, where=exc.where) from None
 
 
 def overlap(
@@ -207,7 +282,7 @@ def overlap(
     try:
         ledger = Ledger(conn, budget_policy(pack))
         requested = PrivacyBudget(eps, 0.0)
-        ledger.check(sources.digest, requested, as_of)
+        check_budget(ledger, sources.digest, requested, as_of)
         sets = {
             s.name: collect_candidates(config, s, sources, as_of, salt, link_opt_outs=False)
             .select("member_key")

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audiences.core.config import CONFIG_FILE, ProjectConfig
-from audiences.core.errors import ConfigError, SegmentError
+from audiences.core.errors import ConfigError, DataError, SegmentError
 
 if TYPE_CHECKING:
     from audiences.crm.sources import Sources
     from audiences.segments import Segment
+    from policies.pack import Pack
 
 
 def init_project(directory: Path, *, force: bool = False) -> list[Path]:
@@ -42,15 +43,24 @@ def init_project(directory: Path, *, force: bool = False) -> list[Path]:
 def check_event_types(config: ProjectConfig, segments: list[Segment], sources: Sources) -> None:
     """A segment naming an event type no event has (a typo like `vist`) selects nobody:
     refuse it here, with the closest type that exists. Reads one column of the events."""
+    problems = event_type_problems(config, segments, sources)
+    if problems:
+        raise problems[0]
+
+
+def event_type_problems(
+    config: ProjectConfig, segments: list[Segment], sources: Sources
+) -> list[SegmentError]:
+    """Every event type a segment names that no event in the data has."""
     import difflib
 
     import polars as pl
 
     if sources.events is None or config.sources.events is None:
-        return
+        return []
     wanted = {t: s for s in segments for t in s.references(config.identity.birth_date).event_types}
     if not wanted:
-        return
+        return []
     column = config.sources.events.type
     present = set(
         sources.events.select(pl.col(column).cast(pl.String).unique())
@@ -59,6 +69,7 @@ def check_event_types(config: ProjectConfig, segments: list[Segment], sources: S
         .drop_nulls()
         .to_list()
     )
+    problems = []
     for event_type, segment in sorted(wanted.items()):
         if event_type not in present:
             close = difflib.get_close_matches(event_type, sorted(present), n=1)
@@ -67,36 +78,54 @@ def check_event_types(config: ProjectConfig, segments: list[Segment], sources: S
                 if close
                 else (f"event types in the data: {', '.join(sorted(present)[:12])}")
             )
-            raise SegmentError(
-                f"segment {segment.name!r} uses event type {event_type!r}, which no event in "
-                f"the data has (it would select nobody)",
-                hint,
-                where=segment.source or segment.name,
+            problems.append(
+                SegmentError(
+                    f"segment {segment.name!r} uses event type {event_type!r}, which no event "
+                    f"in the data has (it would select nobody)",
+                    hint,
+                    where=segment.source or segment.name,
+                )
             )
+    return problems
 
 
 def validate_project(
     config: ProjectConfig, *, as_of: date | None = None, only: list[str] | None = None
 ) -> dict[str, Any]:
-    """Load the pack and the segments (all, or ``only``), and check them against the data."""
-    from audiences.crm.sources import load_sources
-    from audiences.pipeline.insights import default_epsilon, dimensions
-    from audiences.pipeline.select import select_segments, validate_against_data
-    from connectors.file import record_export
-    from policies.pack import load_pack
+    """:func:`check_project`, raising its first error (for commands that validate first)."""
+    report = check_project(config, as_of=as_of, only=only)
+    errors = report["errors"]
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more problem(s): run `audiences validate`)"
+        where = f"{first['file']}:{first['line']}" if first["line"] else first["file"]
+        raise DataError(
+            first["message"], first["fix"] + (more if len(errors) > 1 else ""), where=where
+        )
+    return report
 
-    as_of = as_of or datetime.now(UTC).date()
-    pack = load_pack(config)
-    default_epsilon(config, pack)
-    segments = select_segments(config, only)
-    sources = load_sources(config)
-    validate_against_data(config, segments, sources, as_of)
-    dimensions(config, sources.contacts.collect_schema())
-    check_event_types(config, segments, sources)
-    for name in config.destinations:
-        record_export(config, name)
+
+def check_project(
+    config: ProjectConfig, *, as_of: date | None = None, only: list[str] | None = None
+) -> dict[str, Any]:
+    """Load the pack and the segments (all, or ``only``), and check them against the
+    data: every problem of every file, as errors and warnings (see docs/segments.md)."""
+    from audiences.pipeline.validation import Validation
+
+    run = Validation(config, as_of or datetime.now(UTC).date())
+    pack = run.pack()
+    segments = run.segments(only)
+    sources = run.sources()
+    if sources is not None:
+        run.against_data(segments, sources, k=min_size_k(pack))
+    run.destinations()
     return {
-        "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
+        "ok": not run.errors,
+        "errors": [f.to_dict() for f in run.errors],
+        "warnings": [f.to_dict() for f in run.warnings],
+        "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest}
+        if pack is not None
+        else None,
         "segments": [
             {
                 "name": s.name,
@@ -107,3 +136,11 @@ def validate_project(
             for s in segments
         ],
     }
+
+
+def min_size_k(pack: Pack | None) -> int:
+    """The pack's minimum release size (the ``k`` below which values are never shown)."""
+    for rule in pack.rules if pack is not None else ():
+        if rule.kind == "min_size":
+            return int(getattr(rule.params, "k", 100))
+    return 100

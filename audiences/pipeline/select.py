@@ -33,6 +33,9 @@ def segment_context(config: ProjectConfig, as_of: date) -> SegmentContext:
         event_contact_id=events.contact_id if events else "contact_id",
         event_type=events.type if events else "event_type",
         event_time=events.time if events else "event_time",
+        identity=config.identity,
+        case_insensitive=frozenset(config.sources.contacts.case_insensitive),
+        event_case_insensitive=frozenset(events.case_insensitive if events else ()),
     )
 
 

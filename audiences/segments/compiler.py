@@ -224,6 +224,12 @@ class _Compiler:
         as_of = pl.lit(self.ctx.as_of, dtype=pl.Date)
         if kind == "column":
             dtype = self.contacts_schema[cond.field]
+            if category(dtype) == "string":
+                identity_field = self.ctx.identity_field(cond.field)
+                if identity_field is not None:
+                    return self.canonical(cond, identity_field)
+                if cond.field in self.ctx.case_insensitive:
+                    return self.folded(pl.col(cond.field), cond, dtype)
             return self.comparisons(pl.col(cond.field), cond, dtype)
         if kind == "age":
             assert self.ctx.birth_date is not None
@@ -243,6 +249,35 @@ class _Compiler:
         last = _as_date(pl.col(name), self.events_schema[self.ctx.event_time])
         days = (as_of - last).dt.total_days().cast(pl.Int64)
         return self.comparisons(days, cond, pl.Int64())
+
+    def canonical(self, cond: FieldCondition, identity_field: str) -> pl.Expr:
+        """A condition on an identity-mapped column: equality tests compare the values
+        the upload layer normalizes to (``ny``, ``New York`` → ``NY``) on both sides;
+        the other text tests ignore case; null tests read the column as it is."""
+        from audiences.crm.identifiers import canonical_expr, canonical_values
+
+        assert self.ctx.identity is not None
+        column = canonical_expr(self.ctx.identity, identity_field, schema=self.contacts_schema)
+        raw = pl.col(cond.field).cast(pl.String)
+        parts = []
+        for comparison in cond.comparisons:
+            values = _values(comparison)
+            exact = not _split_patterns(values)[1]
+            if comparison.op in ("eq", "ne", "in", "not_in") and exact:
+                given = [str(v) for v in values]
+                meant = canonical_values(self.ctx.identity, identity_field, given)
+                normal = tuple(m if m is not None else g for m, g in zip(meant, given, strict=True))
+                parts.append(_compare_string(column, comparison.op, normal))
+            elif comparison.op in ("is_null", "not_null"):
+                parts.append(_compare(raw, comparison, "string", pl.String()))
+            else:
+                parts.append(_folded_compare(raw, comparison))
+        return _and(parts)
+
+    def folded(self, value: pl.Expr, cond: FieldCondition, dtype: pl.DataType) -> pl.Expr:
+        """A case-insensitive text column: both sides lowercase."""
+        text = value if dtype == pl.String else value.cast(pl.String)
+        return _and([_folded_compare(text, c) for c in cond.comparisons])
 
     def comparisons(self, value: pl.Expr, cond: FieldCondition, dtype: pl.DataType) -> pl.Expr:
         cat = category(dtype)
@@ -289,7 +324,10 @@ class _Compiler:
             return ~self.event_condition(cond.condition)
         if isinstance(cond, EventCondition):  # pragma: no cover - the loader forbids it
             raise InternalError("event condition nested in an event filter")
-        return self.comparisons(pl.col(cond.field), cond, self.events_schema[cond.field])
+        dtype = self.events_schema[cond.field]
+        if cond.field in self.ctx.event_case_insensitive and category(dtype) == "string":
+            return self.folded(pl.col(cond.field), cond, dtype)
+        return self.comparisons(pl.col(cond.field), cond, dtype)
 
     def window(self, window: Window) -> pl.Expr:
         as_of = self.ctx.as_of
@@ -335,6 +373,19 @@ def _compare(value: pl.Expr, comparison: Comparison, cat: Category, dtype: pl.Da
         value, cat = value.dt.date(), "date"
     converted = [_literal(comparison_value(v, cat), cat, dtype) for v in values]
     return _ordered(value, op, converted)
+
+
+def _values(comparison: Comparison) -> tuple[object, ...]:
+    raw = comparison.value
+    return raw if isinstance(raw, tuple) else (raw,)
+
+
+def _folded_compare(text: pl.Expr, comparison: Comparison) -> pl.Expr:
+    """A text comparison with both sides lowercase (null tests unchanged)."""
+    if comparison.op in ("is_null", "not_null"):
+        return _compare(text, comparison, "string", pl.String())
+    lowered = tuple(str(v).lower() for v in _values(comparison))
+    return _compare_string(text.str.to_lowercase(), comparison.op, lowered)
 
 
 def _ordered(value: pl.Expr, op: str, values: list[pl.Expr]) -> pl.Expr:

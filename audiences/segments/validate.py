@@ -402,4 +402,45 @@ def _unknown(name: str, candidates: Iterable[str], where: str) -> str:
     match = suggest(name, candidates)
     if match is not None:
         return f"did you mean '{match}'?"
-    return f"check the spelling; the {where} columns are listed by 'audiences schema'"
+    return f"check the spelling; `audiences columns` lists the {where} columns"
+
+
+@dataclass(frozen=True)
+class ValueTest:
+    """An equality test of a segment (``eq`` / ``in`` / ``ne`` / ``not_in``) on a text
+    column: its values can be checked against the values the data holds."""
+
+    field: str
+    line: int | None
+    values: tuple[str, ...]
+    events: bool
+
+
+def value_tests(segment: Segment) -> list[ValueTest]:
+    """The equality tests of ``segment`` on plain columns, with their exact values
+    (prefix patterns such as ``NY*`` are left out)."""
+    found: list[ValueTest] = []
+
+    def walk(cond: Condition, events: bool) -> None:
+        if isinstance(cond, AllOf | AnyOf):
+            for child in cond.conditions:
+                walk(child, events)
+        elif isinstance(cond, Not):
+            walk(cond.condition, events)
+        elif isinstance(cond, EventCondition):
+            if cond.where is not None:
+                walk(cond.where, True)
+        elif events or classify_field(cond.field)[0] == "column":
+            for comparison in cond.comparisons:
+                if comparison.op not in _EQUALITY:
+                    continue
+                raw = comparison.value
+                values = raw if isinstance(raw, tuple) else (raw,)
+                exact = tuple(v for v in values if isinstance(v, str) and not v.endswith("*"))
+                if exact:
+                    found.append(ValueTest(cond.field, comparison.line or cond.line, exact, events))
+
+    walk(segment.where, False)
+    if segment.exclude is not None:
+        walk(segment.exclude, False)
+    return found

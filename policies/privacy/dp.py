@@ -453,6 +453,9 @@ def _breakdown_frame(
         (pl.col(_COUNT) + accuracy).cast(pl.Float64).alias("ci95_high"),
         pl.lit(epsilon).alias("epsilon"),
         pl.lit(scale).alias("scale"),
+        # The 95 % interval reaches 0: the cell is indistinguishable from noise and is
+        # shown as "below its upper bound", not as a number (post-processing: no budget).
+        (pl.col(_COUNT) - accuracy <= 0).alias("below_threshold"),
     )
 
 
@@ -489,7 +492,7 @@ def dp_breakdown(
     """Noisy counts of people per cell of the public key set ``keys`` (columns ``by``).
 
     Returns one row per key, in key order: ``*by, count, ci95_low, ci95_high, epsilon,
-    scale``. Cells absent from the data are still released (with noise) — the key set is
+    scale, below_threshold`` (the interval includes 0). Cells absent from the data are still released (with noise) — the key set is
     public, so its shape says nothing about the data.
     """
     epsilon = _check_epsilon(epsilon)

@@ -1,0 +1,134 @@
+"""``audiences columns``: the columns of a source as the tool reads them.
+
+Per column: the declared type (``[sources.*].columns``), the type read from the file,
+the share of empty cells, the number of distinct values, its role, and — for text columns
+with few distinct values — the values that occur at least ``k`` times (``k``: the pack's
+minimum release size). Rarer values are counted, never shown; values of sensitive and
+identity columns are never shown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from audiences.core.config import ProjectConfig, SourceConfig
+from audiences.core.errors import UsageError
+
+# Text columns with at most this many distinct values list their common values.
+MAX_LISTED = 30
+
+
+def roles(config: ProjectConfig, source: str) -> dict[str, str]:
+    """Column → role: identity, consent, sensitive, quasi-identifier (else none)."""
+    out: dict[str, str] = {}
+    if source == "contacts":
+        out[config.sources.contacts.id] = "identity"
+        for field, column in config.identity.model_dump().items():
+            if field != "default_country" and column:
+                out[column] = "identity"
+        for column in config.consent.model_dump().values():
+            if column:
+                out[column] = "consent"
+    for column in config.columns.quasi_identifiers:
+        out.setdefault(column, "quasi-identifier")
+    for column in config.columns.sensitive:
+        out[column] = "sensitive"
+    events = config.sources.events
+    if source == "events" and events is not None:
+        out[events.contact_id] = "identity"
+        for column in events.sensitive_columns:
+            out[column] = "sensitive"
+    return out
+
+
+def columns_report(config: ProjectConfig, source: str | None, *, k: int) -> dict[str, Any]:
+    """The columns of one source (``contacts`` or ``events``) or of both."""
+    from audiences.crm.sources import read_source
+
+    configured: dict[str, SourceConfig] = {"contacts": config.sources.contacts}
+    if config.sources.events is not None:
+        configured["events"] = config.sources.events
+    if source is not None and source not in configured:
+        raise UsageError(
+            f"no source named {source!r}", f"use one of: {', '.join(sorted(configured))}"
+        )
+    names = [source] if source else list(configured)
+    out: dict[str, Any] = {"k": k, "sources": {}}
+    for name in names:
+        spec = configured[name]
+        frame = read_source(name, spec, config)
+        out["sources"][name] = {
+            "path": spec.path,
+            "columns": _columns(frame, spec, roles(config, name), k),
+        }
+    return out
+
+
+def _columns(
+    frame: pl.LazyFrame, source: SourceConfig, role_of: dict[str, str], k: int
+) -> list[dict[str, Any]]:
+    inferred = frame.collect_schema()
+    declared = source.column_specs()
+    names = list(inferred)
+    stats = (
+        frame.select(
+            pl.len().alias("__rows"),
+            *[pl.col(c).null_count().alias(f"{c}\x00nulls") for c in names],
+            *[pl.col(c).n_unique().alias(f"{c}\x00distinct") for c in names],
+        )
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
+    rows = max(int(stats["__rows"]), 1)
+    out = []
+    for column in names:
+        role = role_of.get(column, "none")
+        distinct = int(stats[f"{column}\x00distinct"])
+        spec = declared.get(column)
+        entry: dict[str, Any] = {
+            "name": column,
+            "declared": spec.type if spec else None,
+            "format": spec.format if spec else None,
+            "inferred": _type_name(inferred[column]),
+            "null_share": round(int(stats[f"{column}\x00nulls"]) / rows, 4),
+            "distinct": distinct,
+            "role": role,
+        }
+        listable = inferred[column] == pl.String and role not in ("sensitive", "identity")
+        if listable and distinct <= MAX_LISTED:
+            entry.update(_common_values(frame, column, k))
+        out.append(entry)
+    return out
+
+
+def _common_values(frame: pl.LazyFrame, column: str, k: int) -> dict[str, Any]:
+    counts = (
+        frame.select(pl.col(column).cast(pl.String))
+        .drop_nulls()
+        .group_by(column)
+        .len()
+        .collect(engine="streaming")
+    )
+    common = sorted(str(v) for v, n in counts.iter_rows() if n >= k)
+    return {"values": common, "rarer_values": counts.height - len(common)}
+
+
+def _type_name(dtype: Any) -> str:
+    names = {
+        pl.String: "str",
+        pl.Int64: "int",
+        pl.Int32: "int",
+        pl.Float64: "float",
+        pl.Boolean: "bool",
+        pl.Date: "date",
+    }
+    for known, name in names.items():
+        if dtype == known:
+            return name
+    if isinstance(dtype, pl.Datetime):
+        return "datetime"
+    if isinstance(dtype, pl.List):
+        return f"list[{_type_name(dtype.inner)}]"
+    return str(dtype)

@@ -1,0 +1,331 @@
+"""``audiences validate``: every problem of every file in one run, as findings.
+
+The schema checks of the segment language, plus checks of the data itself — declared
+types parse on every row, mapped identity and consent columns exist, consent values are
+words the tool understands, the values a segment compares occur in the data, a segment
+selects somebody — so a CRM export that would fail the nightly ``build`` fails here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from audiences.core.config import ProjectConfig, SourceConfig
+from audiences.core.errors import AudiencesError, SegmentError
+from audiences.crm.checks import (
+    Finding,
+    check_consent_values,
+    check_mapped_columns,
+    check_types,
+    raw_frame,
+)
+
+if TYPE_CHECKING:
+    from audiences.crm.sources import Sources
+    from audiences.segments import Segment
+    from audiences.segments.validate import ValueTest
+    from policies.pack import Pack
+
+# Columns with at most this many distinct values have their segment values checked.
+LOW_CARDINALITY = 50
+
+
+class Validation:
+    """Collects findings; each step carries on after the problems of the one before."""
+
+    def __init__(self, config: ProjectConfig, as_of: date) -> None:
+        self.config = config
+        self.as_of = as_of
+        self.findings: list[Finding] = []
+        self._distinct: dict[tuple[bool, str], dict[str, int] | None] = {}
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def error(self, code: str, exc: AudiencesError, file: str | None = None) -> None:
+        self.findings.append(Finding.from_error(code, exc, file))
+
+    # -- pack, segments, sources ---------------------------------------------------------
+
+    def pack(self) -> Pack | None:
+        from audiences.pipeline.insights import default_epsilon
+        from policies.pack import load_pack
+
+        try:
+            pack = load_pack(self.config)
+        except AudiencesError as exc:
+            self.error("pack", exc)
+            return None
+        try:
+            default_epsilon(self.config, pack)
+        except AudiencesError as exc:
+            self.error("config", exc, "audiences.toml")
+        return pack
+
+    def segments(self, only: list[str] | None) -> list[Segment]:
+        from audiences.pipeline.select import select_segments
+        from audiences.segments import load_segment
+
+        directory = self.config.segments_dir
+        if not directory.is_dir():
+            try:
+                return select_segments(self.config, only)
+            except AudiencesError as exc:
+                self.error("segment", exc)
+                return []
+        loaded: dict[str, Segment] = {}
+        for path in sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml")):
+            try:
+                segment = load_segment(path)
+            except AudiencesError as exc:
+                self.error("segment", exc, str(path))
+                continue
+            if segment.name in loaded:
+                self.error(
+                    "segment",
+                    SegmentError(
+                        f"segment name '{segment.name}' is defined twice: in "
+                        f"{loaded[segment.name].source} and {path}",
+                        "rename one of them; segment names must be unique",
+                    ),
+                    str(path),
+                )
+            loaded[segment.name] = segment
+        if not only:
+            if not loaded and not self.errors:
+                self.error(
+                    "segment",
+                    SegmentError(f"no segment files in {directory}", "add segments/<name>.yaml"),
+                )
+            return [loaded[name] for name in sorted(loaded)]
+        for name in only:
+            if name not in loaded:
+                close = difflib.get_close_matches(name, list(loaded), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "run `audiences validate`"
+                self.error(
+                    "segment", SegmentError(f"no segment named {name!r} in {directory}", hint)
+                )
+        return [loaded[name] for name in only if name in loaded]
+
+    def sources(self) -> Sources | None:
+        """The sources, lazily loaded, or None when a file cannot be read at all."""
+        from audiences.crm.sources import load_sources, scan_source
+
+        config = self.config
+        named: list[tuple[str, SourceConfig]] = [("contacts", config.sources.contacts)]
+        if config.sources.events is not None:
+            named.append(("events", config.sources.events))
+        readable = True
+        for name, source in named:
+            try:
+                scan_source(name, source, config)
+            except AudiencesError as exc:
+                self.error("source", exc, Path(source.path).name)
+                readable = False
+                continue
+            self.findings += check_types(name, source, config)
+        if not readable:
+            return None
+        contacts = config.sources.contacts
+        file = Path(contacts.path).name
+        raw = raw_frame(contacts, config.path(contacts.path))
+        mapped = check_mapped_columns(config, raw.collect_schema(), file)
+        self.findings += mapped
+        self.findings += check_consent_values(config, raw, file)
+        if mapped:
+            return None
+        try:
+            return load_sources(config)
+        except AudiencesError as exc:
+            self.error("source", exc, file)
+            return None
+
+    def destinations(self) -> None:
+        from connectors.file import record_export
+
+        for name in self.config.destinations:
+            try:
+                record_export(self.config, name)
+            except AudiencesError as exc:
+                self.error("destination", exc, "audiences.toml")
+
+    # -- segments against the data -------------------------------------------------------
+
+    def against_data(self, segments: list[Segment], sources: Sources, *, k: int) -> None:
+        from audiences.pipeline.insights import dimensions
+        from audiences.pipeline.project import event_type_problems
+        from audiences.pipeline.select import segment_context
+        from audiences.segments import validate_segment
+
+        ctx = segment_context(self.config, self.as_of)
+        contacts_schema = sources.contacts.collect_schema()
+        events_schema = sources.events.collect_schema() if sources.events is not None else None
+        data_ok = not self.errors
+        for segment in segments:
+            before = len(self.errors)
+            self.unknown_destinations(segment)
+            for issue in validate_segment(segment, contacts_schema, events_schema, ctx):
+                self.error("segment", issue.to_error())
+            if len(self.errors) == before:
+                for problem in event_type_problems(self.config, [segment], sources):
+                    self.error("event-type", problem)
+            if data_ok and len(self.errors) == before:
+                self.values(segment, sources, k)
+                self.selects_somebody(segment, sources)
+        try:
+            dimensions(self.config, contacts_schema)
+        except AudiencesError as exc:
+            self.error("config", exc, "audiences.toml")
+
+    def unknown_destinations(self, segment: Segment) -> None:
+        unknown = [d for d in segment.destinations if d not in self.config.destinations]
+        if unknown:
+            known = ", ".join(sorted(self.config.destinations)) or "none"
+            self.error(
+                "segment",
+                SegmentError(
+                    f"segment {segment.name!r} names unknown destination(s) {unknown} "
+                    f"(configured: {known})",
+                    "fix `destinations:` in the segment or add them to audiences.toml",
+                    where=str(segment.source or segment.name),
+                ),
+            )
+
+    def selects_somebody(self, segment: Segment, sources: Sources) -> None:
+        from audiences.pipeline.select import segment_context
+        from audiences.segments import compile_segment
+
+        ctx = segment_context(self.config, self.as_of)
+        plan = compile_segment(segment, sources.contacts, sources.events, ctx)
+        try:
+            empty = plan.select(pl.len()).collect(engine="streaming").item() == 0
+        except pl.exceptions.PolarsError:
+            return  # the type checks above report values that do not parse
+        if empty:
+            self.findings.append(
+                Finding(
+                    "warning",
+                    "selects-nobody",
+                    f"segment {segment.name!r} selects nobody in the data",
+                    "check its values (see `audiences columns`) and conditions",
+                    segment.source or segment.name,
+                    segment.line,
+                )
+            )
+
+    def values(self, segment: Segment, sources: Sources, k: int) -> None:
+        from audiences.segments.validate import value_tests
+
+        for test in value_tests(segment):
+            counts = self.distinct(test.field, test.events, sources)
+            if counts is None:
+                continue
+            for value in test.values:
+                finding = self.missing_value(segment, test, value, counts, k)
+                if finding is not None:
+                    self.findings.append(finding)
+
+    def distinct(self, column: str, events: bool, sources: Sources) -> dict[str, int] | None:
+        """Value → rows of a low-cardinality text column (canonical values for identity
+        columns, lowercase for case-insensitive ones); None for any other column."""
+        key = (events, column)
+        if key not in self._distinct:
+            self._distinct[key] = _value_counts(self.config, column, events, sources)
+        return self._distinct[key]
+
+    def missing_value(
+        self, segment: Segment, test: ValueTest, value: str, counts: dict[str, int], k: int
+    ) -> Finding | None:
+        config = self.config
+        folded = _folds(config, test.field, test.events)
+        meant = _meaning(config, test.field, test.events, value)
+        if meant in counts:
+            return None
+        common = [v for v, n in counts.items() if n >= k]
+        same_case = [v for v in common if v.lower() == value.lower()]
+        close = same_case or difflib.get_close_matches(
+            value.lower(), [v.lower() for v in common], n=1
+        )
+        fix = "check the value (`audiences columns` lists the common ones)"
+        if close:
+            match = next(v for v in common if v.lower() == close[0].lower())
+            fix = f"did you mean {match!r}?"
+            if same_case and not folded:
+                source = "events" if test.events else "contacts"
+                fix += (
+                    f" — or add {test.field!r} to [sources.{source}] case_insensitive "
+                    "in audiences.toml"
+                )
+        return Finding(
+            "warning",
+            "value-not-in-data",
+            f"segment {segment.name!r}: no row has {test.field!r} = {value!r} "
+            "(this test matches nobody)",
+            fix,
+            segment.source or segment.name,
+            test.line,
+            test.field,
+        )
+
+
+def _folds(config: ProjectConfig, column: str, events: bool) -> bool:
+    source = config.sources.events if events else config.sources.contacts
+    return source is not None and column in source.case_insensitive
+
+
+def _identity_field(config: ProjectConfig, column: str, events: bool) -> str | None:
+    from audiences.crm.identifiers import CANONICAL_FIELDS
+
+    if events:
+        return None
+    return next((f for f in CANONICAL_FIELDS if getattr(config.identity, f) == column), None)
+
+
+def _meaning(config: ProjectConfig, column: str, events: bool, value: str) -> str:
+    """A segment value as the compiler compares it."""
+    from audiences.crm.identifiers import canonical_values
+
+    field = _identity_field(config, column, events)
+    if field is not None:
+        return canonical_values(config.identity, field, [value])[0] or value
+    return value.lower() if _folds(config, column, events) else value
+
+
+def _value_counts(
+    config: ProjectConfig, column: str, events: bool, sources: Sources
+) -> dict[str, int] | None:
+    from audiences.crm.identifiers import canonical_expr
+
+    frame = sources.events if events else sources.contacts
+    if frame is None:
+        return None
+    schema = frame.collect_schema()
+    if column not in schema or schema[column] not in (pl.String, pl.Categorical):
+        return None
+    field = _identity_field(config, column, events)
+    if field is not None:
+        value = canonical_expr(config.identity, field, schema=schema)
+    elif _folds(config, column, events):
+        value = pl.col(column).cast(pl.String).str.to_lowercase()
+    else:
+        value = pl.col(column).cast(pl.String)
+    counts = (
+        frame.select(value.alias("value"))
+        .group_by("value")
+        .len()
+        .head(LOW_CARDINALITY + 1)
+        .collect(engine="streaming")
+    )
+    if counts.height > LOW_CARDINALITY:
+        return None
+    return {str(v): int(n) for v, n in counts.iter_rows() if v is not None}
