@@ -50,6 +50,7 @@ from audiences.segments import Segment
 from policies import difference
 from policies.pack import Pack
 from policies.privacy.anonymize import HIERARCHIES, AnonymizationResult, anonymize
+from policies.privacy.coarse import blocked_report, rounding
 from policies.privacy.record_level import RecordLevel
 from policies.release import Release, _mint, require_release
 from policies.rules import (
@@ -183,6 +184,8 @@ def evaluate(inp: GateInput) -> GateOutcome:
         eligible.members.height,
     )
     report["record_exports"] = [c.export.summary for c in checks if c.export is not None]
+    if blocked:  # no exact count below k in a blocked build's report (issue #15)
+        report = blocked_report(report, rounding(pack).k)
     return GateOutcome(
         verdicts=verdicts,
         blocked=blocked,

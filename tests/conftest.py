@@ -9,7 +9,8 @@
   sandbox tokens in the environment, and only the segments the test asks for (from
   ``tests/cases/sync``). Google Ads job polls and Meta retry pauses are shortened.
 
-Nothing here is autouse: other test files are not affected.
+Autouse: only ``private_ledger``, which points the per-user privacy-budget ledger at the
+test's own folder (in-process: production reads no variable that could move it).
 """
 
 from __future__ import annotations
@@ -33,6 +34,39 @@ from click.testing import CliRunner, Result
 AS_OF = date(2025, 6, 2)
 CASES = Path(__file__).parent / "cases" / "sync"
 SEED = 11
+
+
+# ------------------------------------------------------------------------------ ledger
+@pytest.fixture(autouse=True)
+def private_ledger(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test gets its own per-user ledger folder (never the real account's)."""
+    from policies.privacy import ledger
+
+    home = tmp_path_factory.mktemp("ledger-home")
+    monkeypatch.setattr(ledger, "LEDGER_HOME", home)
+    return home
+
+
+# `python -m audiences` for a child process, with the ledger home of the test (a child
+# does not see the monkeypatch; production has no way to move the ledger).
+_LAUNCH = (
+    "import os, sys\n"
+    "sys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())]\n"
+    "from pathlib import Path\n"
+    "from policies.privacy import ledger\n"
+    "ledger.LEDGER_HOME = Path(sys.argv.pop(1))\n"
+    "from audiences.cli import main\n"
+    "main()\n"
+)
+
+
+def audiences_command(ledger_home: Path) -> list[str]:
+    """The argv prefix that runs the CLI in a child process against ``ledger_home``."""
+    import sys
+
+    return [sys.executable, "-c", _LAUNCH, str(ledger_home)]
 
 
 # ------------------------------------------------------------------------------ data

@@ -10,7 +10,6 @@ import os
 import re
 import sqlite3
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import polars as pl
 from conftest import (
     AS_OF,
     adults,
+    audiences_command,
     consented,
     external_ids,
     google_people,
@@ -177,10 +177,12 @@ def test_sync_all_exit_codes(make_project: Any) -> None:
     )
 
 
-def test_two_concurrent_cron_runs_one_exits_75_naming_the_holder(make_project: Any) -> None:
+def test_two_concurrent_cron_runs_one_exits_75_naming_the_holder(
+    make_project: Any, private_ledger: Path
+) -> None:
     p = make_project(rows=3000, segments=("all-adults",))
     p.boxes.meta.inject(Fault(delay_s=3.0), method="POST", path=r"/users$")
-    command = [sys.executable, "-m", "audiences", "-p", str(p.root), "sync", "--all"]
+    command = [*audiences_command(private_ledger), "-p", str(p.root), "sync", "--all"]
     procs = [
         subprocess.Popen(
             [*command, "--as-of", DAY, "--json"],

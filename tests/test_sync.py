@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from conftest import (
     Project,
     adults,
     alone_in_opting_out,
+    audiences_command,
     external_ids,
     google_people,
     meta_rows,
@@ -470,7 +470,7 @@ def test_crash_after_sending_a_small_last_batch_then_opt_out(
     assert p.boxes.meta.members(r1.audience) == meta_rows(confirmed)
 
 
-def test_kill_9_between_batches_then_rerun(make_project: Any) -> None:
+def test_kill_9_between_batches_then_rerun(make_project: Any, private_ledger: Path) -> None:
     """A real `audiences sync` process killed with SIGKILL after two confirmed batches."""
     from connectors.sandbox.meta_server import Fault
 
@@ -502,9 +502,7 @@ def test_kill_9_between_batches_then_rerun(make_project: Any) -> None:
     p.boxes.meta.inject(Fault(delay_s=2.0), method="POST", path=r"/users$")
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "audiences",
+            *audiences_command(private_ledger),
             "-p",
             str(p.root),
             "sync",
