@@ -37,6 +37,18 @@ SEED = 11
 
 
 # ------------------------------------------------------------------------------ ledger
+@pytest.fixture(scope="session", autouse=True)
+def _session_ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Module- and session-scoped fixtures (set up before ``private_ledger``) spend into a
+    session folder: no test ever writes the real account's ledger."""
+    from policies.privacy import ledger
+
+    before = ledger.LEDGER_HOME
+    ledger.LEDGER_HOME = tmp_path_factory.mktemp("ledger-session")
+    yield
+    ledger.LEDGER_HOME = before
+
+
 @pytest.fixture(autouse=True)
 def private_ledger(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

@@ -90,6 +90,8 @@ def validate(obj: Context, as_json: bool, as_of: str | None) -> None:
     else:
         for seg in report["segments"]:
             click.echo(f"ok  {seg['name']}  ({seg['file']}, digest {seg['digest'][:19]})")
+        for warning in report["warnings"]:
+            click.echo(f"warning: {warning}", err=True)
         click.echo(
             f"{len(report['segments'])} segment(s) valid; pack {report['pack']['name']} "
             f"{report['pack']['version']}",

@@ -76,7 +76,10 @@ def validate_against_data(
     config: ProjectConfig, segments: list[Segment], sources: Sources, as_of: date
 ) -> None:
     from audiences.segments import validate_segment
+    from policies.pack import load_pack
+    from policies.rules import require_classified
 
+    require_classified(segments, config, load_pack(config))
     ctx = segment_context(config, as_of)
     contacts_schema = sources.contacts.collect_schema()
     events_schema = sources.events.collect_schema() if sources.events is not None else None
