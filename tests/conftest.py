@@ -81,6 +81,25 @@ def audiences_command(ledger_home: Path) -> list[str]:
     return [sys.executable, "-c", _LAUNCH, str(ledger_home)]
 
 
+# ------------------------------------------------------------------------------ figures
+def coarse(n: int, k: int = 100) -> str:
+    """A people count as plan/sync/status/history show it (the template pack's k = 100)."""
+    from policies.privacy.coarse import coarse_count
+
+    return coarse_count(n, k, k)
+
+
+SYNC_FIGURES = ("adds", "removes", "holds", "received", "invalid", "members")
+
+
+def sync_row(p: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """The exact figures of a CLI sync result, from the state DB (the officer's record)."""
+    (row,) = p.query(
+        f"SELECT {', '.join(SYNC_FIGURES)} FROM syncs WHERE sync_id = ?", (result["sync_id"],)
+    )
+    return dict(zip(SYNC_FIGURES, row, strict=True))
+
+
 # ------------------------------------------------------------------------------ data
 @pytest.fixture(scope="session")
 def sample_crm(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
