@@ -13,6 +13,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,23 @@ class Workflow:
     def released(self) -> dict[str, Any]:
         (doc,) = [b for b in self.build_doc["builds"] if b["segment"] == RELEASED]
         return doc
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One privacy-budget ledger for the module: `flow` (module-scoped) spends into it."""
+    from policies.privacy import ledger
+
+    before = ledger.LEDGER_HOME
+    ledger.LEDGER_HOME = tmp_path_factory.mktemp("cli-ledger")
+    yield ledger.LEDGER_HOME
+    ledger.LEDGER_HOME = before
+
+
+@pytest.fixture(autouse=True)
+def private_ledger(module_ledger: Path) -> Path:
+    """Overrides conftest's per-test ledger: the tests read what `flow` spent."""
+    return module_ledger
 
 
 @pytest.fixture(scope="module")

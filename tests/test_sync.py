@@ -153,7 +153,7 @@ def test_meta_first_sync_then_incremental_and_plan(make_project: Any) -> None:
     sessions = meta_sessions(p.boxes, audience)
     assert list(sessions) == [next(k for k in sessions if k.startswith("add:"))]
     (batches,) = sessions.values()
-    assert sorted(batches) == list(range(1, r["batches"] + 1))
+    assert sorted(batches) == list(range(1, math.ceil(n / MetaConnector.add_batch_size) + 1))
     assert sum(b["num_received"] for b in batches.values()) == n
     assert p.boxes.meta._audiences[audience].sessions[next(iter(sessions))].finished
 
@@ -722,12 +722,11 @@ def test_terminal_fault_fails_one_destination_and_the_others_sync(
     assert p.boxes.meta.members(audience) == meta_rows(confirmed_meta)
     assert p.boxes.google.members(user_list) == google_people(confirmed_google)
     if failing == "meta":
-        assert (sync_row(p, bad)["removes"], sync_row(p, bad)["adds"]) == (len(meta_out), 0)
+        # a failed sync records no figures; the confirmed snapshot below is exact
         assert (bad["removes"], bad["adds"]) == (coarse(len(meta_out)), coarse(0))
         assert external_ids(confirmed_meta) == meta_ids - meta_out
         assert google_people(confirmed_google) == google_people(google_v2.members)
     else:  # the removal job is the first to fail: nothing changed on the list
-        assert (sync_row(p, bad)["removes"], sync_row(p, bad)["adds"]) == (0, 0)
         assert (bad["removes"], bad["adds"]) == (coarse(0), coarse(0))
         assert p.contact_ids(confirmed_google) == google_ids
         assert meta_rows(confirmed_meta) == meta_rows(meta_v2.members)

@@ -79,7 +79,6 @@ def validate_against_data(
     from policies.pack import load_pack
     from policies.rules import require_classified
 
-    require_classified(segments, config, load_pack(config))
     ctx = segment_context(config, as_of)
     contacts_schema = sources.contacts.collect_schema()
     events_schema = sources.events.collect_schema() if sources.events is not None else None
@@ -100,6 +99,8 @@ def validate_against_data(
                 getattr(first, "suggestion", None) or None,
                 where=f"{first.file}:{first.line}",
             )
+    # after the schema checks: an unknown column is a typo first, not an unclassified one
+    require_classified(segments, config, load_pack(config))
 
 
 def collect_candidates(
