@@ -52,6 +52,7 @@ from audiences.segments.reading import definition_yaml, reading
 from policies import difference
 from policies.pack import Pack
 from policies.privacy.anonymize import HIERARCHIES, AnonymizationResult, anonymize
+from policies.privacy.coarse import blocked_report, rounding
 from policies.privacy.record_level import RecordLevel
 from policies.release import Release, _mint, require_release
 from policies.rules import (
@@ -187,6 +188,8 @@ def evaluate(inp: GateInput) -> GateOutcome:
     )
     report["record_exports"] = [c.export.summary for c in checks if c.export is not None]
     report["figures"]["eligible_records"] = eligible.records  # people are counted once
+    if blocked:  # no exact count below k in a blocked build's report (issue #15)
+        report = blocked_report(report, rounding(pack).k)
     return GateOutcome(
         verdicts=verdicts,
         blocked=blocked,

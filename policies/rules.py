@@ -20,14 +20,14 @@ import datetime as dt
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from audiences.core.errors import DataError
+from audiences.core.errors import ConfigError, DataError
 from audiences.crm.consent import column as _column
 from audiences.crm.consent import consent_signal, truthy
 from audiences.segments.model import classify_field
@@ -252,29 +252,119 @@ class PhiFinding:
         }
 
 
+_SEPARATORS = re.compile(r"[\s_.\-]+")
+
+
+def sensitivity_key(name: str) -> str:
+    """How sensitive names and values are compared: case-folded, trimmed, with ``_ - .``
+    and white space removed — ``Portal_Login``, ``portal-login`` and ``PORTAL LOGIN`` are
+    one event type (docs/policy-rules.md, "Sensitivity matching")."""
+    return _SEPARATORS.sub("", name.casefold().strip())
+
+
+def _matching(names: Iterable[str], sensitive: Iterable[str]) -> tuple[str, ...]:
+    """The ``names`` (as the segment spells them) that match a sensitive name."""
+    keys = {sensitivity_key(s) for s in sensitive}
+    return tuple(sorted({n for n in names if sensitivity_key(n) in keys}))
+
+
 def phi_finding(segment: Any, config: ProjectConfig) -> PhiFinding:
     """A segment is PHI-derived if its definition reaches sensitive data of any kind."""
     try:
         refs = segment.references(birth_date=config.identity.birth_date)
     except TypeError:  # a segment-like object whose references() takes no arguments
         refs = segment.references()
-    sensitive = set(config.columns.sensitive)
+    sensitive = {sensitivity_key(c) for c in config.columns.sensitive}
     events = config.sources.events
-    sensitive_types = set(events.sensitive_types) if events else set()
-    sensitive_event_columns = set(events.sensitive_columns) if events else set()
+    sensitive_types = list(events.sensitive_types) if events else []
+    sensitive_event_columns = list(events.sensitive_columns) if events else []
+    type_keys = {sensitivity_key(t) for t in sensitive_types}
     derived = []
     for name in refs.derived_fields:
         kind, base = classify_field(name)
-        if (kind == "days_since_column" and base in sensitive) or (
-            kind == "days_since_last_event" and base in sensitive_types
+        if (kind == "days_since_column" and sensitivity_key(base) in sensitive) or (
+            kind == "days_since_last_event" and sensitivity_key(base) in type_keys
         ):
             derived.append(name)
     return PhiFinding(
-        columns=tuple(sorted(set(refs.contact_columns) & sensitive)),
+        columns=_matching(refs.contact_columns, config.columns.sensitive),
         derived_fields=tuple(sorted(derived)),
-        event_types=tuple(sorted(set(refs.event_types) & sensitive_types)),
-        event_columns=tuple(sorted(set(refs.event_columns) & sensitive_event_columns)),
+        event_types=_matching(refs.event_types, sensitive_types),
+        event_columns=_matching(refs.event_columns, sensitive_event_columns),
     )
+
+
+# Column names that suggest a value derived from clinical data (a care-program flag, a
+# condition cohort, a lab result): `validate` warns when such a column is undeclared.
+DERIVED_HINTS = (
+    "care",
+    "program",
+    "condition",
+    "diagnos",
+    "dx",
+    "icd",
+    "medication",
+    "rx",
+    "lab",
+    "clinical",
+    "disease",
+    "chronic",
+    "treatment",
+    "therapy",
+    "procedure",
+    "pregnan",
+    "cohort",
+    "risk",
+)
+
+
+def classified_columns(config: ProjectConfig) -> set[str]:
+    """Sensitivity keys of the contacts columns whose sensitivity the config states:
+    ``[columns]`` sensitive / not_sensitive / quasi_identifiers, and the columns mapped as
+    the contact id, identity fields and consent facts."""
+    names = [
+        *config.columns.sensitive,
+        *config.columns.not_sensitive,
+        *config.columns.quasi_identifiers,
+        config.sources.contacts.id,
+        *(v for v in config.identity.model_dump().values() if isinstance(v, str)),
+        *(v for v in config.consent.model_dump().values() if isinstance(v, str)),
+    ]
+    return {sensitivity_key(n) for n in names}
+
+
+def unclassified_columns(segments: Iterable[Any], config: ProjectConfig) -> list[str]:
+    """Contacts columns the segments read that the config classifies neither way."""
+    known = classified_columns(config)
+    used: set[str] = set()
+    for segment in segments:
+        try:
+            refs = segment.references(birth_date=config.identity.birth_date)
+        except TypeError:
+            refs = segment.references()
+        used |= set(refs.contact_columns)
+    return sorted(c for c in used if sensitivity_key(c) not in known)
+
+
+def requires_classification(pack_name: str, extends: Iterable[str]) -> bool:
+    """Packs under which every contacts column a segment reads must be classified."""
+    return "hipaa-marketing" in (pack_name, *extends)
+
+
+def require_classified(segments: Iterable[Any], config: ProjectConfig, pack: Any) -> None:
+    """Under hipaa-marketing, refuse segments reading unclassified contacts columns: a
+    column derived from diagnoses (a care-program flag) would otherwise not count as PHI."""
+    if not requires_classification(pack.name, pack.extends):
+        return
+    missing = unclassified_columns(segments, config)
+    if missing:
+        listed = ", ".join(f'"{c}"' for c in missing)
+        raise ConfigError(
+            f"under {pack.name}, contacts column(s) {listed} used by a segment are classified "
+            "neither sensitive nor not sensitive",
+            f"add to audiences.toml under [columns] either `sensitive = [..., {listed}]` "
+            f"(health data or derived from it) or `not_sensitive = [{listed}]`",
+        )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@
   sandbox tokens in the environment, and only the segments the test asks for (from
   ``tests/cases/sync``). Google Ads job polls and Meta retry pauses are shortened.
 
-Nothing here is autouse: other test files are not affected.
+Autouse: only ``private_ledger``, which points the per-user privacy-budget ledger at the
+test's own folder (in-process: production reads no variable that could move it).
 """
 
 from __future__ import annotations
@@ -52,6 +53,70 @@ def frozen_clock(day: date) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(clock, "now", lambda: datetime.combine(day, time(12), UTC))
         yield
+
+
+# ------------------------------------------------------------------------------ ledger
+@pytest.fixture(scope="session", autouse=True)
+def _session_ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Module- and session-scoped fixtures (set up before ``private_ledger``) spend into a
+    session folder: no test ever writes the real account's ledger."""
+    from policies.privacy import ledger
+
+    before = ledger.LEDGER_HOME
+    ledger.LEDGER_HOME = tmp_path_factory.mktemp("ledger-session")
+    yield
+    ledger.LEDGER_HOME = before
+
+
+@pytest.fixture(autouse=True)
+def private_ledger(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test gets its own per-user ledger folder (never the real account's)."""
+    from policies.privacy import ledger
+
+    home = tmp_path_factory.mktemp("ledger-home")
+    monkeypatch.setattr(ledger, "LEDGER_HOME", home)
+    return home
+
+
+# `python -m audiences` for a child process, with the ledger home of the test (a child
+# does not see the monkeypatch; production has no way to move the ledger).
+_LAUNCH = (
+    "import os, sys\n"
+    "sys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())]\n"
+    "from pathlib import Path\n"
+    "from policies.privacy import ledger\n"
+    "ledger.LEDGER_HOME = Path(sys.argv.pop(1))\n"
+    "from audiences.cli import main\n"
+    "main()\n"
+)
+
+
+def audiences_command(ledger_home: Path) -> list[str]:
+    """The argv prefix that runs the CLI in a child process against ``ledger_home``."""
+    import sys
+
+    return [sys.executable, "-c", _LAUNCH, str(ledger_home)]
+
+
+# ------------------------------------------------------------------------------ figures
+def coarse(n: int, k: int = 100) -> str:
+    """A people count as plan/sync/status/history show it (the template pack's k = 100)."""
+    from policies.privacy.coarse import coarse_count
+
+    return coarse_count(n, k, k)
+
+
+SYNC_FIGURES = ("adds", "removes", "holds", "received", "invalid", "members")
+
+
+def sync_row(p: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """The exact figures of a CLI sync result, from the state DB (the officer's record)."""
+    (row,) = p.query(
+        f"SELECT {', '.join(SYNC_FIGURES)} FROM syncs WHERE sync_id = ?", (result["sync_id"],)
+    )
+    return dict(zip(SYNC_FIGURES, row, strict=True))
 
 
 # ------------------------------------------------------------------------------ data

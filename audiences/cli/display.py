@@ -8,6 +8,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+COARSE_NOTE = (
+    "people counts are coarse (below k shown as '< k', others as a range); "
+    "exact figures are in the compliance reports"
+)
+
+
+def _figure(value: object) -> str:
+    """A people count as the marketer view carries it (already coarse), or '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise TypeError("display got an exact people count; pass it through coarsen() first")
+    return str(value)
+
 
 def console() -> Console:
     import sys
@@ -150,17 +164,17 @@ def print_plans(doc: dict[str, Any]) -> None:
         ["segment", "destination", "adds", "removes", "held", "audience"],
     )
     for p in doc["plans"]:
-        held = p["held_adds"] + p["held_removes"]
         table.add_row(
             p["segment"],
             p["destination"],
-            f"{p['adds']:,}",
-            f"{p['removes']:,}",
-            f"{held:,}",
+            _figure(p["adds"]),
+            _figure(p["removes"]),
+            _figure(p["held"]),
             p["audience"] or "(new)",
         )
     out = console()
     out.print(table)
+    out.print(f"[dim]{COARSE_NOTE}[/]")
     for b in doc["blocked"]:
         for reason in b["reasons"]:
             out.print(f"[red]blocked[/] {escape(b['segment'])}: {escape(reason)}", highlight=False)
@@ -178,14 +192,15 @@ def print_syncs(doc: dict[str, Any]) -> None:
             r["segment"],
             r["destination"],
             f"[{colours.get(r['status'], 'white')}]{r['status']}[/]",
-            f"{r['adds']:,}",
-            f"{r['removes']:,}",
-            f"{r['held_adds'] + r['held_removes']:,}",
-            f"{r['invalid']:,}",
+            _figure(r["adds"]),
+            _figure(r["removes"]),
+            _figure(r["held"]),
+            _figure(r["invalid"]),
             rate,
         )
     out = console()
     out.print(table)
+    out.print(f"[dim]{COARSE_NOTE}[/]")
     for r in doc["results"]:
         if r["error"]:
             out.print(
@@ -219,14 +234,16 @@ def print_status(rows: list[dict[str, Any]]) -> None:
             r["destination"],
             f"{r['build_status'] or '-'} {(r['built_at'] or '')[:16]}",
             f"{r['sync_status'] or '-'} {(r['synced_at'] or '')[:16]}",
-            f"{r['members'] or 0:,}",
-            f"{r['adds'] or 0:,}",
-            f"{r['removes'] or 0:,}",
-            f"{r['holds'] or 0:,}",
+            _figure(r["members"]),
+            _figure(r["adds"]),
+            _figure(r["removes"]),
+            _figure(r["holds"]),
             rate,
             (r["error"] or "")[:60],
         )
-    console().print(table)
+    out = console()
+    out.print(table)
+    out.print(f"[dim]{COARSE_NOTE}[/]")
 
 
 def print_history(doc: dict[str, Any]) -> None:
@@ -246,9 +263,10 @@ def print_history(doc: dict[str, Any]) -> None:
             s["destination"],
             s["started_at"][:19],
             s["status"],
-            f"{s['adds']:,}",
-            f"{s['removes']:,}",
-            f"{s['holds']:,}",
+            _figure(s["adds"]),
+            _figure(s["removes"]),
+            _figure(s["holds"]),
             s["error"] or "",
         )
     out.print(syncs)
+    out.print(f"[dim]{COARSE_NOTE}[/]")

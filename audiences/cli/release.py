@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,6 +23,20 @@ from audiences.cli.group import (
     progress_bar,
 )
 from audiences.core.errors import EXIT_BLOCKED, EXIT_OK, UsageError
+
+
+def marketer_view(obj: Context, doc: Any) -> Any:
+    """``doc`` with every people count coarse (docs/privacy-insights.md, "Coarse figures"):
+    plan, sync, status and history are marketer-facing; exact figures stay in the reports."""
+    from policies.pack import load_pack
+    from policies.privacy.coarse import coarsen, rounding
+
+    return coarsen(doc, rounding(load_pack(obj.config())))
+
+
+def _with_held(row: dict[str, Any]) -> dict[str, Any]:
+    """The row plus ``held`` (adds and removes held back), summed before coarsening."""
+    return {**row, "held": row["held_adds"] + row["held_removes"]}
 
 
 @cli.command()
@@ -117,10 +132,13 @@ def plan(
     if not segments and not all_:
         raise UsageError("name at least one segment or pass --all")
     results, plans = run_plan(obj.config(), list(segments) or None, as_of=parse_as_of(as_of))
-    doc = {
-        "plans": [p.summary() for p in plans],
-        "blocked": [{"segment": r.segment, "reasons": r.reasons} for r in results if r.blocked],
-    }
+    doc = marketer_view(
+        obj,
+        {
+            "plans": [_with_held(p.summary()) for p in plans],
+            "blocked": [{"segment": r.segment, "reasons": r.reasons} for r in results if r.blocked],
+        },
+    )
     code = EXIT_BLOCKED if doc["blocked"] else EXIT_OK
     if as_json:
         emit_json({**doc, "exit_code": code})
@@ -169,7 +187,8 @@ def sync(
             approved_only=all_,
             progress=step,
         )
-    doc = report.to_dict()
+    raw = report.to_dict()
+    doc = marketer_view(obj, {**raw, "results": [_with_held(r) for r in raw["results"]]})
     if log_json:
         with log_json.open("a", encoding="utf-8") as fh:
             for row in doc["results"]:
@@ -196,6 +215,7 @@ def status(obj: Context, as_json: bool) -> None:
         rows = run_status(conn)
     finally:
         conn.close()
+    rows = marketer_view(obj, rows)
     if as_json:
         emit_json({"status": rows})
         return
@@ -216,7 +236,7 @@ def history(obj: Context, segment: str, limit: int, as_json: bool) -> None:
 
     conn = connect(obj.config().state_db)
     try:
-        doc = run_history(conn, segment, limit=limit)
+        doc = marketer_view(obj, run_history(conn, segment, limit=limit))
     finally:
         conn.close()
     if as_json:

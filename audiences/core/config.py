@@ -140,6 +140,9 @@ class Sources(Model):
 class ColumnRoles(Model):
     sensitive: list[str] = Field(default_factory=list)
     quasi_identifiers: list[str] = Field(default_factory=list)
+    # Contacts columns declared *not* health data (hipaa-marketing requires every column a
+    # segment reads to be classified: sensitive, not_sensitive or an identity/consent role).
+    not_sensitive: list[str] = Field(default_factory=list)
 
 
 class ConsentColumns(Model):
@@ -234,6 +237,11 @@ class ProjectConfig(Model):
         if clash:
             raise ValueError(
                 f"columns {sorted(clash)} are listed as both sensitive and quasi_identifiers"
+            )
+        both = set(self.columns.sensitive) & set(self.columns.not_sensitive)
+        if both:
+            raise ValueError(
+                f"columns {sorted(both)} are listed as both sensitive and not_sensitive"
             )
         return self
 

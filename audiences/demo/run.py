@@ -33,12 +33,24 @@ from audiences.demo.sandboxes import SANDBOX_ENV, running
 console = Console(width=None if sys.stdout.isatty() else 160)
 ROWS = int(os.environ.get("AUDIENCES_DEMO_ROWS", "200000"))
 APPROVER = "dana.compliance"
+DEMO_LEDGER = Path("demo") / ".ledger"
+_LAUNCH = (
+    "import os, sys\n"
+    "sys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())]\n"
+    "from pathlib import Path\n"
+    "from policies.privacy import ledger\n"
+    "ledger.LEDGER_HOME = Path(sys.argv.pop(1))\n"
+    "from audiences.cli import main\n"
+    "main()\n"
+)
 
 
 def run(
     args: list[str], *, project: Path, expect: tuple[int, ...] = (0,), show: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "audiences", "-p", str(project), *args]
+    # The demo's synthetic data spends from a ledger of its own (./demo/.ledger), not the
+    # account's: rerunning `make demo` must not use up the budget of real projects.
+    cmd = [sys.executable, "-c", _LAUNCH, str(DEMO_LEDGER.resolve()), "-p", str(project), *args]
     console.print(f"\n[bold cyan]$ audiences -p {project} {' '.join(args)}[/]", highlight=False)
     env = {**os.environ, **{k: os.environ.get(k) or v for k, v in SANDBOX_ENV.items()}}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)

@@ -402,7 +402,7 @@ def _release(
         result.files = write_file_destinations(run.config, outcome, result.build_id, segment)
         outcome.report["files_written"] = files_written(outcome, result.files, run.config.root)
         result.noisy_members = noisy_size(
-            run.conn, outcome, run.pack, run.sources.digest, run.today, run.actor
+            run.conn, outcome, run.pack, run.sources.digest, run.today, run.actor, run.config
         )
     result.reports = write_reports(run.config, result.build_id, outcome.report)
 
@@ -437,20 +437,21 @@ def noisy_size(
     dataset: str,
     as_of: date,
     actor: str,
+    config: ProjectConfig,
 ) -> dict[str, Any]:
     """The released people (over every destination) as a DP count, paid from the ledger."""
     from audiences.core.errors import BudgetExhausted
     from policies.privacy import dp
-    from policies.privacy.ledger import Ledger, PrivacyBudget, budget_policy
+    from policies.privacy.ledger import PrivacyBudget, budget_policy, open_ledger
 
     epsilon = pack.budget.build_summary_epsilon
     if not epsilon:
         return {"withheld": "the policy pack spends no privacy budget on build summaries"}
     keys = pl.concat([r.members.select("member_key") for r in outcome.releases.values()])
-    ledger = Ledger(conn, budget_policy(pack))
     requested = PrivacyBudget(epsilon, 0.0)
     try:
-        ledger.spend(dataset, requested, "build summary count", actor, as_of)
+        with open_ledger(config, budget_policy(pack)) as ledger:
+            ledger.spend(dataset, requested, "build summary count", actor, as_of)
     except BudgetExhausted as exc:
         return {"withheld": f"privacy budget exhausted ({exc.what})"}
     _audit(

@@ -192,7 +192,7 @@ def preview(
 ) -> Preview:
     from policies.pack import load_pack
     from policies.privacy import dp
-    from policies.privacy.ledger import Ledger
+    from policies.privacy.ledger import open_ledger
 
     as_of = as_of or datetime.now(UTC).date()
     pack = load_pack(config)
@@ -203,8 +203,8 @@ def preview(
     dims = dimensions(config, sources.contacts.collect_schema())
     segment_keys(config, segment, dims)
     conn = connect(config.state_db)
+    ledger = open_ledger(config, budget_policy(pack))
     try:
-        ledger = Ledger(conn, budget_policy(pack))
         requested = PrivacyBudget(eps, 0.0)
         check_budget(ledger, sources.digest, requested, as_of)
         members = collect_candidates(
@@ -222,6 +222,7 @@ def preview(
         renews = ledger.renews(sources.digest, as_of)
         _audit(conn, actor_name(actor), segment.name, eps, "preview", sources.digest)
     finally:
+        ledger.close()
         conn.close()
     return Preview(segment.name, eps, result, remaining, renews, default_epsilon(config, pack))
 
@@ -257,7 +258,7 @@ def overlap(
 ) -> dict[str, Any]:
     from policies.pack import load_pack
     from policies.privacy import dp
-    from policies.privacy.ledger import Ledger
+    from policies.privacy.ledger import open_ledger
 
     if len(names) < 2:
         raise UsageError("overlap needs at least two segments", "e.g. audiences overlap A B")
@@ -279,8 +280,8 @@ def overlap(
     validate_against_data(config, segments, sources, as_of)
     salt = project_salt(config.state_dir)
     conn = connect(config.state_db)
+    ledger = open_ledger(config, budget_policy(pack))
     try:
-        ledger = Ledger(conn, budget_policy(pack))
         requested = PrivacyBudget(eps, 0.0)
         check_budget(ledger, sources.digest, requested, as_of)
         sets = {
@@ -296,6 +297,7 @@ def overlap(
         remaining = ledger.remaining(sources.digest, as_of)
         _audit(conn, actor_name(actor), ",".join(names), eps, "overlap", sources.digest)
     finally:
+        ledger.close()
         conn.close()
     matrix = result.matrix.with_columns(
         [pl.col(c).clip(lower_bound=0).round(0).cast(pl.Int64) for c in result.segments]
@@ -316,20 +318,16 @@ def overlap(
 def budget(config: ProjectConfig, *, as_of: date | None = None) -> dict[str, Any]:
     from audiences.crm.sources import source_digest
     from policies.pack import load_pack
-    from policies.privacy.ledger import Ledger
+    from policies.privacy.ledger import open_ledger
 
     as_of = as_of or datetime.now(UTC).date()
     pack = load_pack(config)
     policy = budget_policy(pack)
     dataset = source_digest(config)
-    conn = connect(config.state_db)
-    try:
-        ledger = Ledger(conn, policy)
+    with open_ledger(config, policy) as ledger:
         entries = ledger.entries()
         remaining = ledger.remaining(dataset, as_of)
         renews = ledger.renews(dataset, as_of)
-    finally:
-        conn.close()
     return {
         "policy": policy.model_dump(),
         "dataset": dataset,

@@ -89,6 +89,53 @@ def event_type_problems(
     return problems
 
 
+def check_sensitive_present(config: ProjectConfig, sources: Sources) -> list[str]:
+    """Refuse a configured sensitive event type or column that never occurs in the data (a
+    misspelling leaves the real one unprotected); return warnings about undeclared contacts
+    columns whose names suggest data derived from sensitive ones."""
+    import polars as pl
+
+    from policies.rules import DERIVED_HINTS, classified_columns, sensitivity_key
+
+    contacts = list(sources.contacts.collect_schema().names())
+    _require_names("[columns] sensitive", config.columns.sensitive, contacts)
+    events = config.sources.events
+    if events is not None and sources.events is not None:
+        _require_names(
+            "[sources.events] sensitive_columns",
+            events.sensitive_columns,
+            list(sources.events.collect_schema().names()),
+        )
+        present = (
+            sources.events.select(pl.col(events.type).cast(pl.String).unique())
+            .collect()
+            .to_series()
+            .drop_nulls()
+            .to_list()
+        )
+        _require_names("[sources.events] sensitive_types", events.sensitive_types, present)
+    known = classified_columns(config)
+    return [
+        f"contacts column {c!r} looks derived from health data but is not classified: add it "
+        "to [columns] sensitive (or not_sensitive if it is not)"
+        for c in contacts
+        if sensitivity_key(c) not in known and any(h in sensitivity_key(c) for h in DERIVED_HINTS)
+    ]
+
+
+def _require_names(setting: str, wanted: list[str], present: list[str]) -> None:
+    from policies.rules import sensitivity_key
+
+    keys = {sensitivity_key(p) for p in present}
+    missing = [w for w in wanted if sensitivity_key(w) not in keys]
+    if missing:
+        shown = ", ".join(sorted(present)[:12]) or "none"
+        raise ConfigError(
+            f"{setting} lists {missing}, which never occur in the data (present: {shown})",
+            "fix the spelling, or remove the entry if the data really has none",
+        )
+
+
 def validate_project(
     config: ProjectConfig, *, as_of: date | None = None, only: list[str] | None = None
 ) -> dict[str, Any]:
@@ -118,6 +165,7 @@ def check_project(
     sources = run.sources()
     if sources is not None:
         run.against_data(segments, sources, k=min_size_k(pack))
+        run.sensitivity(segments, sources, pack)
     run.destinations()
     return {
         "ok": not run.errors,

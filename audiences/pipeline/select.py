@@ -79,6 +79,8 @@ def validate_against_data(
     config: ProjectConfig, segments: list[Segment], sources: Sources, as_of: date
 ) -> None:
     from audiences.segments import validate_segment
+    from policies.pack import load_pack
+    from policies.rules import require_classified
 
     ctx = segment_context(config, as_of)
     contacts_schema = sources.contacts.collect_schema()
@@ -100,6 +102,8 @@ def validate_against_data(
                 getattr(first, "suggestion", None) or None,
                 where=f"{first.file}:{first.line}",
             )
+    # after the schema checks: an unknown column is a typo first, not an unclassified one
+    require_classified(segments, config, load_pack(config))
 
 
 def collect_candidates(

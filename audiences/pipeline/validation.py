@@ -150,6 +150,27 @@ class Validation:
             self.error("source", exc, file)
             return None
 
+    def sensitivity(self, segments: list[Segment], sources: Sources, pack: Pack | None) -> None:
+        """Configured sensitive names that never occur (a misspelling leaves the real one
+        unprotected), unclassified columns a segment reads under hipaa-marketing, and
+        warnings about unclassified columns that look derived from health data."""
+        from audiences.pipeline.project import check_sensitive_present
+        from policies.rules import require_classified
+
+        try:
+            for warning in check_sensitive_present(self.config, sources):
+                what, _, fix = warning.partition(": add it")
+                self.findings.append(
+                    Finding("warning", "sensitivity", what, "add it" + fix, "audiences.toml")
+                )
+        except AudiencesError as exc:
+            self.error("sensitivity", exc, "audiences.toml")
+        if pack is not None:
+            try:
+                require_classified(segments, self.config, pack)
+            except AudiencesError as exc:
+                self.error("classification", exc, "audiences.toml")
+
     def destinations(self) -> None:
         from connectors.file import record_export
 

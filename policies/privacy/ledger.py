@@ -25,6 +25,18 @@ Clean Rooms warns that periodic refresh over static data leaks; enable it only k
 Sums are compared with a relative tolerance of 1e-9 so that ten spends of 0.1 fill a budget
 of 1.0 exactly instead of failing on floating-point dust.
 
+Where it lives: keyed to the data, not to the project folder
+------------------------------------------------------------
+The ledger of a project is the **per-user** file ``ledger.sqlite`` under
+``~/.local/share/audiences/ledger/`` (the home directory of the OS account, read from the
+password database, not from ``$HOME``), shared by every project of that account. Spends are
+recorded there with the dataset digest and the project's *scope* (a digest of the resolved
+source file paths): a copy of the project, or a new ``state_dir``, over the same data sees
+the same spends; the period cap (rule 1) sums the spends of the same scope, so copies of a
+project reading the same CRM files share it too. Spends recorded by earlier versions in
+the project's state database are imported once. Tests point :data:`LEDGER_HOME` elsewhere
+in-process; nothing a production run reads (no environment variable, no config key) moves it.
+
 Concurrency: :meth:`Ledger.spend` re-checks and inserts inside ``BEGIN IMMEDIATE``, so two
 processes cannot both pass the check and overspend; the second waits for the first (SQLite
 busy timeout) and then sees its spend.
@@ -32,10 +44,14 @@ busy timeout) and then sees its spend.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
+import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -43,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from audiences.core.errors import BudgetExhausted, StateError, UsageError
 
 if TYPE_CHECKING:
+    from audiences.core.config import ProjectConfig
     from policies.pack import Pack
 
 __all__ = [
@@ -50,8 +67,11 @@ __all__ = [
     "Ledger",
     "LedgerEntry",
     "PrivacyBudget",
+    "ledger_home",
     "next_period_start",
+    "open_ledger",
     "period_label",
+    "source_scope",
 ]
 
 Period = Literal["day", "week", "month", "quarter"]
@@ -245,9 +265,23 @@ def _short(digest: str) -> str:
 class Ledger:
     """The persistent budget ledger in the state database (table ``dp_ledger``)."""
 
-    def __init__(self, conn: sqlite3.Connection, policy: BudgetPolicy) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, policy: BudgetPolicy, *, scope: str | None = None
+    ) -> None:
         self.conn = conn
         self.policy = policy
+        # The per-user ledger (open_ledger) tags spends with the project's source scope and
+        # applies the period cap per scope; a bare dp_ledger table has no scope column.
+        self.scope = scope
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -272,8 +306,10 @@ class Ledger:
         return self._sum("dataset = ? AND period = ?", (dataset, period))
 
     def spent_in_period(self, period: str) -> PrivacyBudget:
-        """Budget spent in ``period`` over every dataset digest (the period cap)."""
-        return self._sum("period = ?", (period,))
+        """Budget spent in ``period`` over every dataset digest of this scope (the period cap)."""
+        if self.scope is None:
+            return self._sum("period = ?", (period,))
+        return self._sum("period = ? AND scope = ?", (period, self.scope))
 
     def _caps(self, dataset: str, as_of: datetime) -> tuple[PrivacyBudget, PrivacyBudget]:
         """(remaining under the period cap, remaining under the unchanged-data cap)."""
@@ -313,7 +349,11 @@ class Ledger:
         limit: int | None = None,
     ) -> list[LedgerEntry]:
         """Recorded spends, oldest first, optionally filtered (for `audiences budget`)."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[object] = []
+        if self.scope is not None and dataset is None:
+            clauses.append("scope = ?")
+            params.append(self.scope)
         if dataset is not None:
             clauses.append("dataset = ?")
             params.append(dataset)
@@ -414,11 +454,19 @@ class Ledger:
             ) from exc
         try:
             self.check(dataset, requested, moment)
-            cursor = self.conn.execute(
-                "INSERT INTO dp_ledger (dataset, period, epsilon, delta, query, actor, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (dataset, label, requested.epsilon, requested.delta, query, actor, at),
-            )
+            row = (dataset, label, requested.epsilon, requested.delta, query, actor, at)
+            if self.scope is None:
+                cursor = self.conn.execute(
+                    "INSERT INTO dp_ledger (dataset, period, epsilon, delta, query, actor, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+            else:
+                cursor = self.conn.execute(
+                    "INSERT INTO dp_ledger (dataset, period, epsilon, delta, query, actor, at, "
+                    "scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*row, self.scope),
+                )
             entry_id = int(cursor.lastrowid or 0)
             self.conn.execute("COMMIT")
         except BaseException:
@@ -435,3 +483,105 @@ def _floor_sub(a: PrivacyBudget, b: PrivacyBudget) -> PrivacyBudget:
 def budget_policy(pack: Pack) -> BudgetPolicy:
     """The budget a policy pack sets (``budget:`` in the pack YAML)."""
     return BudgetPolicy(**pack.budget.model_dump(exclude={"build_summary_epsilon"}))
+
+
+# -- the per-user ledger ---------------------------------------------------------------------
+
+# Where the per-user ledger lives; None = the OS account's home. Tests set this in-process.
+LEDGER_HOME: Path | None = None
+
+_SHARED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dp_ledger (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  scope TEXT NOT NULL,
+  dataset TEXT NOT NULL,
+  period TEXT NOT NULL,
+  epsilon REAL NOT NULL,
+  delta REAL NOT NULL DEFAULT 0,
+  query TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dp_ledger_dataset ON dp_ledger(dataset, period);
+CREATE INDEX IF NOT EXISTS dp_ledger_scope ON dp_ledger(scope, period);
+"""
+
+
+def _account_home() -> Path:
+    """The OS account's home from the password database (``$HOME`` is not consulted: a
+    run with another ``HOME`` must not find a fresh ledger)."""
+    try:
+        import pwd
+
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except (ImportError, KeyError):  # pragma: no cover - Windows, or a uid without an entry
+        return Path.home()
+
+
+def ledger_home() -> Path:
+    """The folder of the per-user ledger."""
+    if LEDGER_HOME is not None:
+        return LEDGER_HOME
+    return _account_home() / ".local" / "share" / "audiences" / "ledger"
+
+
+def source_scope(config: ProjectConfig) -> str:
+    """The project's data location: a digest of its resolved source file paths."""
+    paths = [config.path(config.sources.contacts.path)]
+    if config.sources.events is not None:
+        paths.append(config.path(config.sources.events.path))
+    text = "\n".join(str(p.resolve()) for p in paths)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _connect_shared(home: Path) -> sqlite3.Connection:
+    from audiences.core.state import ensure_private_dir
+
+    path = home / "ledger.sqlite"
+    try:
+        ensure_private_dir(home)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        with contextlib.suppress(PermissionError):
+            path.chmod(0o600)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.executescript(_SHARED_SCHEMA)
+    except (OSError, sqlite3.DatabaseError) as exc:
+        raise StateError(
+            f"cannot open the privacy budget ledger {path} ({exc})",
+            "check that the folder is writable by this account; never delete the ledger",
+        ) from None
+    return conn
+
+
+def _import_legacy(conn: sqlite3.Connection, state_db: Path, scope: str) -> None:
+    """Copy the spends an earlier version recorded in the project's state DB, once (a row
+    already present, field for field, is not copied again: copies of a project don't
+    count their history twice)."""
+    if not state_db.exists():
+        return
+    try:
+        legacy = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = legacy.execute(
+                "SELECT dataset, period, epsilon, delta, query, actor, at FROM dp_ledger"
+            ).fetchall()
+        finally:
+            legacy.close()
+    except sqlite3.Error:
+        return  # no dp_ledger table (a fresh state DB): nothing to import
+    for row in rows:
+        conn.execute(
+            "INSERT INTO dp_ledger (scope, dataset, period, epsilon, delta, query, actor, at) "
+            "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM dp_ledger WHERE "
+            "dataset=? AND period=? AND epsilon=? AND delta=? AND query=? AND actor=? AND at=?)",
+            (scope, *row, *row),
+        )
+
+
+def open_ledger(config: ProjectConfig, policy: BudgetPolicy) -> Ledger:
+    """The project's ledger in the per-user store (close it, or use it as a context)."""
+    scope = source_scope(config)
+    conn = _connect_shared(ledger_home())
+    _import_legacy(conn, config.state_db, scope)
+    return Ledger(conn, policy, scope=scope)
