@@ -144,7 +144,8 @@ def _set_up_and_approve(project: Path, as_of: str, keys: Path) -> None:
         highlight=False,
         markup=False,
     )
-    for segment in ("cardiology-lapsed", "flu-shot-reminder"):
+    for segment in ("cardiology-lapsed", "flu-shot-reminder", "newsletter-nyc"):
+        run(["review", segment], project=project, expect=(0, 3))  # what the officer signs
         run(
             [
                 "approve",
@@ -183,7 +184,7 @@ def _build_and_sync(project: Path, as_of: str) -> _Outcome:
         ["preview", "flu-shot-reminder", "--epsilon", "0.5", "--as-of", as_of],
         project=project,
     )
-    run(["plan", "--all", "--as-of", as_of], project=project)
+    run(["plan", "--all", "--as-of", as_of], project=project, expect=(0, 3))  # 3: one is blocked
     sync = run(["sync", "--all", "--as-of", as_of, "--json"], project=project, show=False)
     synced = json.loads(sync.stdout)
     run(["status"], project=project)

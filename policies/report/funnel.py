@@ -4,6 +4,10 @@ inline SVG chart (drawn by the template, so every label is escaped there).
 
 Invariant (tested with hypothesis): ``selected - sum(step.removed) == eligible`` and, per
 destination, ``released + withheld == eligible``.
+
+The report of a *blocked* build shows no exact count below k (policies/privacy/coarse.py):
+such a figure arrives as text (``"< 100"``), is shown as it is, and the steps that depend
+on it are shown as text too (``Funnel.exact`` is then false and the chart draws no bars).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Any
 
 from policies.report.glossary import GLOSSARY, kind_label, ordered, term
 
+Count = int | str  # a count, or a coarse figure ("< 100") of a blocked build's report
+
 
 @dataclass(frozen=True)
 class Step:
@@ -20,9 +26,9 @@ class Step:
 
     label: str
     rule: str | None
-    removed: int
-    remaining: int
-    reasons: tuple[tuple[str, int], ...] = ()  # overlapping: one person can have several
+    removed: Count
+    remaining: Count
+    reasons: tuple[tuple[str, Count], ...] = ()  # overlapping: one person can have several
     note: str = ""
 
 
@@ -33,23 +39,43 @@ class Outlet:
     destination: str
     kind: str
     account: str
-    released: int
-    withheld: int
+    released: Count
+    withheld: Count
     note: str
 
 
 @dataclass(frozen=True)
 class Funnel:
-    selected: int
+    selected: Count
     steps: tuple[Step, ...]
-    eligible: int
+    eligible: Count
     outlets: tuple[Outlet, ...]
     stopped_early: bool  # the build stopped before any candidate was read (approval)
 
     @property
+    def exact(self) -> bool:
+        counts = [self.selected, self.eligible]
+        counts += [c for s in self.steps for c in (s.removed, s.remaining)]
+        counts += [c for o in self.outlets for c in (o.released, o.withheld)]
+        return all(isinstance(c, int) for c in counts)
+
+    @property
     def adds_up(self) -> bool:
-        steps_ok = self.selected - sum(s.removed for s in self.steps) == self.eligible
-        return steps_ok and all(o.released + o.withheld == self.eligible for o in self.outlets)
+        if not self.exact:
+            return False
+        total = _i(self.selected) - sum(_i(s.removed) for s in self.steps)
+        return total == self.eligible and all(
+            _i(o.released) + _i(o.withheld) == self.eligible for o in self.outlets
+        )
+
+
+def _i(count: Count) -> int:
+    return count if isinstance(count, int) else 0
+
+
+def count_minus(a: Count, b: Count) -> Count:
+    """``a - b`` when both are exact, else the coarse figure shown as unknown."""
+    return a - b if isinstance(a, int) and isinstance(b, int) else "—"
 
 
 _FILTER_KINDS = frozenset(k for k, e in GLOSSARY.items() if e.removes)
@@ -58,24 +84,24 @@ _FILTER_KINDS = frozenset(k for k, e in GLOSSARY.items() if e.removes)
 def funnel(report: dict[str, Any]) -> Funnel:
     """The funnel of a report document (policies/gate.py)."""
     fig = report["figures"]
-    selected, eligible = int(fig["candidates"]), int(fig["eligible_members"])
+    selected, eligible = count_of(fig["candidates"]), count_of(fig["eligible_members"])
     remaining = selected
     steps: list[Step] = []
     for v in report["verdicts"]:
         if v["destination"] is not None or "removed" not in v["evidence"]:
             continue
-        removed = int(v["evidence"]["removed"])
-        remaining -= removed
+        removed = count_of(v["evidence"]["removed"])
+        remaining = count_minus(remaining, removed)
         steps.append(_filter_step(v, removed, remaining))
-    other = remaining - eligible
-    if other:
+    other = count_minus(remaining, eligible)
+    if other != 0 and not (isinstance(other, str) and isinstance(eligible, str)):
         steps.append(
             Step(
                 "No member key, or a duplicate record",
                 None,
                 other,
                 eligible,
-                note=f"{fig['without_member_key']:,} CRM records had no member key (external "
+                note=f"{shown(count_of(fig['without_member_key']))} CRM records had no member key (external "
                 "id); several records of one person are released once",
             )
         )
@@ -84,13 +110,19 @@ def funnel(report: dict[str, Any]) -> Funnel:
     return Funnel(selected, tuple(steps), eligible, outlets, stopped)
 
 
-def _filter_step(v: dict[str, Any], removed: int, remaining: int) -> Step:
+def count_of(value: Any) -> Count:
+    return (
+        int(value) if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+    )
+
+
+def _filter_step(v: dict[str, Any], removed: Count, remaining: Count) -> Step:
     kind = v["kind"]
     entry = GLOSSARY.get(kind)
     label = entry.removes if entry and entry.removes else kind_label(kind)
     skip = {"candidates", "excluded", "removed", "phi_derived", "lists", "list_entries"}
     reasons = tuple(
-        (term(kind, k).label, int(n))
+        (term(kind, k).label, count_of(n))
         for k, n in ordered(kind, v["evidence"])
         if k not in skip and kind in _FILTER_KINDS
     )
@@ -104,19 +136,21 @@ def _destinations(report: dict[str, Any]) -> list[str]:
     return names
 
 
-def _outlet(report: dict[str, Any], name: str, eligible: int) -> Outlet:
+def _outlet(report: dict[str, Any], name: str, eligible: Count) -> Outlet:
     release = next((r for r in report["releases"] if r["destination"] == name), None)
     if release is None:
         why = "build blocked: nothing released" if report["status"] == "blocked" else "not released"
         return Outlet(name, "", "", 0, eligible, why)
-    released = int(release["members"])
+    released = count_of(release["members"])
     export = next(
         (e for e in report.get("record_exports", []) if e.get("destination") == name), None
     )
     note = "released"
     if export is not None:
         note = "record-level export: rows withheld to reach k-anonymity"
-    return Outlet(name, release["kind"], release["account"], released, eligible - released, note)
+    return Outlet(
+        name, release["kind"], release["account"], released, count_minus(eligible, released), note
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -147,20 +181,24 @@ class Chart:
 
 
 def chart(f: Funnel) -> Chart:
-    scale = BAR_W / f.selected if f.selected else 0.0
+    """Bars to scale for an exact funnel; for a coarse one (a blocked build's report) the
+    figures only, no bar lengths that would give the counts away."""
+    scale = BAR_W / f.selected if f.exact and isinstance(f.selected, int) and f.selected else 0.0
     rows: list[tuple[str, str, int, int, bool]] = [
-        ("Selected by the segment", f"{f.selected:,}", f.selected, 0, False)
+        ("Selected by the segment", shown(f.selected), _i(f.selected), 0, False)
     ]
     before = f.selected
     for s in f.steps:
-        figure = f"−{s.removed:,} → {s.remaining:,}" if s.removed else f"{s.remaining:,}"
-        rows.append((s.label, figure, s.remaining, before - s.remaining, False))
+        figure = f"−{shown(s.removed)} → {shown(s.remaining)}" if s.removed else shown(s.remaining)
+        rows.append((s.label, figure, _i(s.remaining), _i(count_minus(before, s.remaining)), False))
         before = s.remaining
     for o in f.outlets:
         shown_kind = o.kind and o.kind != o.destination
         label = f"Released to {o.destination}" + (f" ({o.kind})" if shown_kind else "")
-        figure = f"{o.released:,}" + (f" (−{o.withheld:,})" if o.withheld and o.released else "")
-        rows.append((label, figure, o.released, o.withheld, True))
+        figure = shown(o.released) + (
+            f" (−{shown(o.withheld)})" if o.withheld and o.released else ""
+        )
+        rows.append((label, figure, _i(o.released), _i(o.withheld), True))
     bars = tuple(
         Bar(i * ROW, label, figure, round(kept * scale, 1), round(gone * scale, 1), final)
         for i, (label, figure, kept, gone, final) in enumerate(rows)
@@ -168,4 +206,8 @@ def chart(f: Funnel) -> Chart:
     return Chart(WIDTH, len(bars) * ROW, bars)
 
 
-__all__ = ["Bar", "Chart", "Funnel", "Outlet", "Step", "chart", "funnel"]
+def shown(count: Count) -> str:
+    return f"{count:,}" if isinstance(count, int) else count
+
+
+__all__ = ["Bar", "Chart", "Count", "Funnel", "Outlet", "Step", "chart", "funnel"]

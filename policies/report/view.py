@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from audiences.crm.identifiers import LAYOUTS, PLAIN_COLUMNS
-from policies.report.funnel import Chart, Funnel, chart, funnel
+from policies.report.funnel import Chart, Funnel, chart, count_minus, count_of, funnel, shown
 from policies.report.glossary import kind_label, ordered, term
 
 PLATFORMS = {
@@ -148,20 +148,22 @@ def paragraph(
             "Nothing was released."
         )
         return " ".join(out)
-    out.append(f"On {r['as_of']} it selected {f.selected:,} people.")
+    out.append(f"On {r['as_of']} it selected {shown(f.selected)} people.")
     removed = [s for s in f.steps if s.removed]
     if removed:
-        parts = "; ".join(f"{s.label.lower()}: {s.removed:,}" for s in removed)
+        parts = "; ".join(f"{s.label.lower()}: {shown(s.removed)}" for s in removed)
         out.append(
-            f"The privacy gate removed {f.selected - f.eligible:,} of them ({parts}), "
-            f"leaving {f.eligible:,}."
+            f"The privacy gate removed {shown(count_minus(f.selected, f.eligible))} of them "
+            f"({parts}), leaving {shown(f.eligible)}."
         )
     else:
-        out.append(f"The privacy gate removed nobody: {f.eligible:,} remained.")
+        out.append(f"The privacy gate removed nobody: {shown(f.eligible)} remained.")
     if r["status"] == "blocked":
         out.append(f"The build was blocked: {_reason(r['block_reasons'])}. Nothing was released.")
     else:
-        sent = [f"{o.released:,} to {o.destination} ({o.account})" for o in f.outlets if o.released]
+        sent = [
+            f"{shown(o.released)} to {o.destination} ({o.account})" for o in f.outlets if o.released
+        ]
         names = sorted({rel["opaque_name"] for rel in r["releases"]})
         out.append(f"It released {_and(sent)}, under the audience name {_and(names)}.")
     if approval is not None:
@@ -179,7 +181,7 @@ def _reason(reasons: list[str]) -> str:
 def _verdict(v: dict[str, Any]) -> VerdictView:
     kind = v["kind"]
     evidence = tuple(
-        Evidence(k, term(kind, k).label, f"{int(n):,}", term(kind, k).explanation)
+        Evidence(k, term(kind, k).label, shown(count_of(n)), term(kind, k).explanation)
         for k, n in ordered(kind, v["evidence"])
     )
     return VerdictView(
