@@ -165,7 +165,7 @@ class Validation:
                 )
         except AudiencesError as exc:
             self.error("sensitivity", exc, "audiences.toml")
-        if pack is not None:
+        if pack is not None and not self.errors:  # a typo is a typo first, not unclassified
             try:
                 require_classified(segments, self.config, pack)
             except AudiencesError as exc:
