@@ -128,6 +128,11 @@ class AudienceConnector(Connector):
     def ensure_audience(self, remote_id: str | None, *, name: str, description: str) -> str:
         """Return the platform's audience id, creating the audience when ``remote_id`` is None."""
 
+    def find_audience(self, name: str) -> str | None:
+        """The id of this account's audience named ``name`` (``None``: not found, or the
+        platform cannot be searched by name). Used when creating it failed as a duplicate."""
+        return None
+
     @abstractmethod
     def send(
         self, remote_id: str, op: str, rows: Any, *, seq: int, last: bool, session: dict[str, Any]
