@@ -13,6 +13,7 @@ Modules:
 - ``insights``: ``preview``, ``overlap``, ``budget``.
 - ``release``: ``build``, ``report``, ``plan``, ``sync``, ``status``, ``history``.
 - ``compliance``: ``keygen``, ``approve``, ``revoke``, ``audit verify|export|checkpoint``.
+- ``state``: ``state backup|restore|adopt|repair``.
 - ``display``: rich tables for the terminal.
 - this module: registers the command modules on ``cli`` and holds ``main`` (the
   ``audiences`` entry point), ``_exit_now`` and ``_debug_first``.
@@ -29,7 +30,7 @@ import sys
 from typing import NoReturn
 
 # Importing a command module registers its commands on ``cli``.
-from audiences.cli import compliance, insights, project, release  # noqa: F401
+from audiences.cli import compliance, insights, project, release, state  # noqa: F401
 from audiences.cli.group import cli
 
 __all__ = ["cli", "main"]

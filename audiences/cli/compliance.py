@@ -76,11 +76,16 @@ def approve(
     config = obj.config()
     validate_project(config, only=[segment])
     seg, pack = _segment_and_pack(config, segment)
-    conn = connect(config.state_db)
-    try:
-        approval = compliance.approve(conn, config, seg, pack, by=by, key_path=key_path, note=note)
-    finally:
-        conn.close()
+    from audiences.core.lock import ProjectLock
+
+    with ProjectLock(config.state_dir / "lock"):
+        conn = connect(config.state_db)
+        try:
+            approval = compliance.approve(
+                conn, config, seg, pack, by=by, key_path=key_path, note=note
+            )
+        finally:
+            conn.close()
     doc = {
         "segment": seg.name,
         "segment_digest": seg.digest,
@@ -106,13 +111,16 @@ def revoke(obj: Context, segment: str, by: str | None) -> None:
     """Revoke a segment's approval (syncs refuse it until approved again)."""
     from audiences.compliance.approvals import revoke as run_revoke
     from audiences.core.actor import actor_name
+    from audiences.core.lock import ProjectLock
     from audiences.core.state import connect
 
-    conn = connect(obj.config().state_db)
-    try:
-        run_revoke(conn, segment, actor_name(by))
-    finally:
-        conn.close()
+    config = obj.config()
+    with ProjectLock(config.state_dir / "lock"):
+        conn = connect(config.state_db)
+        try:
+            run_revoke(conn, segment, actor_name(by))
+        finally:
+            conn.close()
     click.echo(f"Revoked the approval of {segment}.", err=True)
 
 
@@ -155,12 +163,25 @@ def audit_verify(obj: Context, anchors: tuple[str, ...], as_json: bool) -> None:
             f"{result.head[1]}",
             err=True,
         )
+        click.echo(_checkpoint_age(result.checkpoint_age_seconds()), err=True)
     else:
         click.echo(
             f"Error: audit log broken at entry {result.first_bad_seq}: {result.reason}", err=True
         )
     if not result.ok:
         sys.exit(EXIT_ERROR)
+
+
+def _checkpoint_age(age: float | None) -> str:
+    if age is None:
+        return (
+            "no signed checkpoint: entries cut off the end of the log go unnoticed unless "
+            "you pass an --anchor (see docs/compliance-workflow.md)"
+        )
+    return (
+        f"newest signed checkpoint: {age / 3600:.1f} h old (entries after it are covered "
+        "by the chain only)"
+    )
 
 
 @audit.command("export")

@@ -149,7 +149,8 @@ CREATE TABLE batches (
 # unreadable): their next sync is a full replace, never a diff against "empty". The
 # state's identity (``meta.state_id``) is compared with the audience record kept outside
 # the database (``audiences.pipeline.state_record``); batches confirmed from v3 on each
-# have an audit entry (``meta.batch_audit_since``; ``audit verify`` cross-checks them).
+# have an audit entry, as has each audience link: ``audit verify`` cross-checks the rows
+# after ``meta.audit_covers_batches_after`` / ``audit_covers_audiences_after`` (rowids).
 _V3 = """
 CREATE TABLE replace_due (
   segment TEXT NOT NULL,
@@ -159,7 +160,10 @@ CREATE TABLE replace_due (
   PRIMARY KEY (segment, destination)
 );
 INSERT OR IGNORE INTO meta(key, value)
-  VALUES ('batch_audit_since', strftime('%Y-%m-%dT%H:%M:%f000Z', 'now'));
+  SELECT 'audit_covers_batches_after', CAST(coalesce(max(rowid), 0) AS TEXT) FROM batches;
+INSERT OR IGNORE INTO meta(key, value)
+  SELECT 'audit_covers_audiences_after', CAST(coalesce(max(rowid), 0) AS TEXT)
+  FROM audiences_remote;
 """
 
 MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}

@@ -359,6 +359,7 @@ def sync(
     connector_factory: ConnectorFactory = make_connector,
     progress: Progress | None = None,
     approved_only: bool = False,
+    checkpoint_key: Path | None = None,
 ) -> SyncReport:
     """Build, then push each release to its ad destinations. Failures don't stop others.
 
@@ -366,6 +367,9 @@ def sync(
     destination that a compliance officer approved at some point; segments never
     approved, or whose approval was revoked, are listed as ``skipped``. A segment changed
     since its approval is still taken, and refused by the build (``blocked``).
+
+    ``checkpoint_key`` (an approver's private key, for the scheduled job): the audit head
+    is signed at the end (``audit.checkpoint``), so a later cut of the log's tail shows.
     """
     who = actor_name(actor)
     step = progress or (lambda _msg, _frac: None)
@@ -388,11 +392,20 @@ def sync(
             report.results.extend(
                 _sync_segment(conn, config, result, who, full_refresh, connector_factory)
             )
+        if checkpoint_key is not None:
+            _checkpoint(conn, checkpoint_key, who)
         report.audit_head = _audit_head(conn)
         state_record.write(conn, config.state_dir)
     finally:
         conn.close()
     return report
+
+
+def _checkpoint(conn: sqlite3.Connection, key: Path, actor: str) -> None:
+    from audiences.compliance import audit
+    from audiences.compliance.keys import load_private_key
+
+    audit.checkpoint(conn, load_private_key(key), actor=actor)
 
 
 def _check_state(config: ProjectConfig) -> None:
