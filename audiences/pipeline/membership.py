@@ -16,6 +16,7 @@ since must be removed; a person it may lack must be added).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 from dataclasses import dataclass
@@ -156,10 +157,17 @@ def close_sync(
         batches.append((str(op), store.read_journal(sync_id, int(seq), str(op))))
     # a replace does not start from the old snapshot (which may be the unreadable one)
     cleared = bool(batches) and batches[0][0] == "clear"
-    snapshot = pl.DataFrame(schema={KEY: pl.UInt64}) if cleared else store.load()
+    members: int | None = None
     if batches:
+        snapshot = pl.DataFrame(schema={KEY: pl.UInt64}) if cleared else store.load()
         snapshot = store.fold(snapshot, batches)
         store.save(snapshot)
+        members = snapshot.height
+    elif store.snapshot_path.exists():
+        with contextlib.suppress(UnreadableStateFile):  # the failure being recorded
+            members = store.load().height
+    else:
+        members = 0
     unsure = _unconfirmed(conn, store, sync_id) if status != "ok" else []
     if unsure:  # kept before the journal goes; the next sync settles them
         kept = store.load_unsure()
@@ -168,7 +176,7 @@ def close_sync(
         ensure_private_dir(store.unsure_path.parent)
         write_with(store.unsure_path, lambda tmp: frame.write_parquet(tmp))
     sets = ["status=?", "finished_at=?", "error=coalesce(?, error)", "members=?"]
-    values: list[object] = [status, utcnow(), error, snapshot.height]
+    values: list[object] = [status, utcnow(), error, members]
     for column, value in (figures or {}).items():
         sets.append(f"{column}=?")
         values.append(value)
