@@ -2,7 +2,9 @@
 
 A backup (:func:`backup`) is one tar archive (mode 0600) holding a copy of the state
 database made with SQLite's online backup API (consistent while readers run), the
-confirmed membership snapshots (``memberships/``), the project salt, the audience
+confirmed membership snapshots (``memberships/``), the release membership keys
+(``releases/``, which difference checks read) and compliance reports (``reports/``),
+the project salt, the audience
 record and its key (``audiences.pipeline.state_record``) and ``backup.json`` (format,
 time, the state's identity and audit head). Take it under the project lock (the CLI
 does), so no sync is half-way.
@@ -41,6 +43,9 @@ from audiences.pipeline.membership import (
 
 FORMAT = "audiences-state-backup/1"
 _FILES = (state_record.SALT_NAME, state_record.KEY_NAME, state_record.RECORD_NAME)
+# snapshots, release membership keys (difference checks read the previous release's)
+# and compliance reports
+_FOLDERS = ("memberships", "releases", "reports")
 
 
 @dataclass
@@ -101,9 +106,9 @@ def _write_archive(path: Path, db_copy: Path, state_dir: Path, info: dict[str, A
         for name in _FILES:
             if (state_dir / name).exists():
                 tar.add(state_dir / name, arcname=name)
-        memberships = state_dir / "memberships"
-        if memberships.exists():
-            tar.add(memberships, arcname="memberships")
+        for folder in _FOLDERS:
+            if (state_dir / folder).exists():
+                tar.add(state_dir / folder, arcname=folder)
 
 
 # ---------------------------------------------------------------------------- restore
@@ -115,7 +120,7 @@ def _open_archive(archive: Path, into: Path) -> dict[str, Any]:
             for member in tar.getmembers():
                 name = Path(member.name)
                 top = name.parts[0] if name.parts else ""
-                allowed = top in ("backup.json", "state.db", "memberships", *_FILES)
+                allowed = top in ("backup.json", "state.db", *_FOLDERS, *_FILES)
                 if name.is_absolute() or ".." in name.parts or not allowed:
                     raise StateError(
                         f"backup {archive} holds an unexpected file {member.name}", fix
@@ -173,12 +178,13 @@ def restore(config: ProjectConfig, archive: Path, actor: str) -> RestoreReport:
         stamp = new_id("r")
         for suffix in ("", "-wal", "-shm"):  # the WAL holds the newest commits
             _move_aside(Path(f"{db}{suffix}"), stamp, report)
-        _move_aside(state_dir / "memberships", stamp, report)
         _move_aside(state_dir / "syncs", stamp, report)  # journals of the replaced state
         shutil.copy2(unpacked / "state.db", db)
         db.chmod(0o600)
-        if (unpacked / "memberships").exists():
-            shutil.copytree(unpacked / "memberships", state_dir / "memberships")
+        for folder in _FOLDERS:
+            if (unpacked / folder).exists():
+                _move_aside(state_dir / folder, stamp, report)
+                shutil.copytree(unpacked / folder, state_dir / folder)
         if not (state_dir / state_record.SALT_NAME).exists() and (unpacked / "salt").exists():
             shutil.copy2(unpacked / "salt", state_dir / state_record.SALT_NAME)
         _record_newest(state_dir, unpacked)
