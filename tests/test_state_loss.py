@@ -285,3 +285,39 @@ def test_library_sync_uses_the_same_connectors(make_project: Any) -> None:
     delete_state_db(p)
     with pytest.raises(StateError, match="state adopt"):
         sync(p.config(), ["all-adults"], as_of=AS_OF)
+
+
+# ------------------------------------------------------------------------------ small ones
+def test_keygen_outside_a_project_takes_a_key_in_that_folder(tmp_path: Path) -> None:
+    """A folder is a project when it holds audiences.toml: `keygen` run from / (or any
+    folder without one) does not call the folder a project."""
+    from click.testing import CliRunner
+
+    from audiences.cli import cli
+
+    folder = tmp_path / "officer"
+    folder.mkdir()
+    key = folder / "dana.key"
+    r = CliRunner().invoke(cli, ["-p", str(folder), "keygen", "--private", str(key)])
+    assert r.exit_code == 0, r.stderr
+    assert key.exists()
+    (folder / "audiences.toml").write_text("")  # now it is one: keys stay out of it
+    r = CliRunner().invoke(cli, ["-p", str(folder), "keygen", "--private", str(folder / "b.key")])
+    assert r.exit_code == 1 and "inside the project" in r.stderr
+
+
+def test_sdk_log_lines_only_with_debug(tmp_path: Path) -> None:
+    import logging
+
+    from click.testing import CliRunner
+
+    from audiences.cli import cli
+
+    sdk = logging.getLogger("google.ads.googleads")
+    try:
+        assert CliRunner().invoke(cli, ["-p", str(tmp_path), "schema"]).exit_code == 0
+        assert sdk.getEffectiveLevel() > logging.WARNING
+        assert CliRunner().invoke(cli, ["--debug", "-p", str(tmp_path), "schema"]).exit_code == 0
+        assert sdk.getEffectiveLevel() == logging.INFO
+    finally:
+        sdk.setLevel(logging.NOTSET)

@@ -33,7 +33,9 @@ def keygen(
     from audiences.compliance.keys import generate_keypair
 
     public_path = public_path or private_path.with_name(private_path.name + ".pub")
-    pair = generate_keypair(private_path, public_path, project_dir=obj.project)
+    # a folder is a project when it holds audiences.toml (`keygen` run from / is not in one)
+    project = obj.project if (obj.project / "audiences.toml").is_file() else None
+    pair = generate_keypair(private_path, public_path, project_dir=project)
     who = name or "your.name"
     doc = {
         "key_id": pair.key_id,
