@@ -688,9 +688,9 @@ def _batch_entries(conn: sqlite3.Connection) -> dict[tuple[str, int], tuple[Any,
     entries: dict[tuple[str, int], tuple[Any, ...]] = {}
     for (details,) in conn.execute("SELECT details FROM audit WHERE kind='sync_batch'"):
         d = json.loads(details)
-        if isinstance(d, dict) and "digest" in d:
+        if isinstance(d, dict) and "digest" in d and "sync_id" in d and "seq" in d:
             key = (str(d["sync_id"]), int(d["seq"]))
-            entries[key] = (d["op"], d["size"], d["received"], d["invalid"])
+            entries[key] = tuple(d.get(k) for k in ("op", "size", "received", "invalid"))
     return entries
 
 
