@@ -321,3 +321,19 @@ def test_sdk_log_lines_only_with_debug(tmp_path: Path) -> None:
         assert sdk.getEffectiveLevel() == logging.INFO
     finally:
         sdk.setLevel(logging.NOTSET)
+
+
+def test_a_project_without_a_record_gets_one_from_its_state(make_project: Any) -> None:
+    """Projects synced before the record existed: the first sync writes it from state."""
+    p = make_project(rows=3000, segments=("all-adults",))
+    (first,) = p.cli_json("sync", "all-adults", "--as-of", DAY)["results"]
+    record = p.root / ".audiences" / "audiences.manifest.json"
+    record.unlink()
+    assert p.cli("plan", "all-adults", "--as-of", DAY).exit_code == 0
+    assert not record.exists()  # plan writes nothing
+    (r,) = p.cli_json("sync", "all-adults", "--as-of", DAY)["results"]
+    assert (r["status"], r["replaced"]) == ("ok", None)
+    doc = json.loads(record.read_text())
+    assert doc["audiences"] == [
+        {"segment": "all-adults", "destination": "meta", "remote_id": first["audience"]}
+    ]

@@ -149,7 +149,7 @@ def current(conn: sqlite3.Connection, state_dir: Path) -> AudienceRecord:
     )
 
 
-def _write(conn: sqlite3.Connection, state_dir: Path) -> AudienceRecord:
+def write(conn: sqlite3.Connection, state_dir: Path) -> AudienceRecord:
     """Write the record of the state as it is now (atomically, signed, 0600)."""
     record = current(conn, state_dir)
     secret = _secret(state_dir, create=True)
@@ -188,13 +188,16 @@ def problems(conn: sqlite3.Connection, state_dir: Path) -> tuple[AudienceRecord 
     return record, None
 
 
-def check(conn: sqlite3.Connection, state_dir: Path, db_path: Path, *, write: bool = True) -> None:
+def check(
+    conn: sqlite3.Connection, state_dir: Path, db_path: Path, *, bootstrap: bool = True
+) -> None:
     """Refuse (exit 1) a state database that does not account for the recorded audiences;
-    write the record first when the project has none yet (unless ``write`` is False)."""
+    write the record first when the project has none yet (``bootstrap``; plan does not)."""
     record, why = problems(conn, state_dir)
     if record is None:
-        if write and conn.execute("SELECT 1 FROM audiences_remote LIMIT 1").fetchone() is not None:
-            _write(conn, state_dir)
+        known = conn.execute("SELECT 1 FROM audiences_remote LIMIT 1").fetchone() is not None
+        if bootstrap and known:
+            write(conn, state_dir)
         return
     if why is not None:
         raise StateError(
@@ -241,8 +244,5 @@ def adopt(conn: sqlite3.Connection, state_dir: Path, actor: str) -> list[tuple[s
         discard_interrupted(conn, MembershipStore(state_dir, segment, destination))
         schedule_replace(conn, segment, destination, "adopted by `audiences state adopt`")
         adopted.append((segment, destination, remote_id))
-    _write(conn, state_dir)
+    write(conn, state_dir)
     return adopted
-
-
-write = _write

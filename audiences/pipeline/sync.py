@@ -332,7 +332,7 @@ def plan(
     conn = connect(config.state_db)
     plans = []
     try:
-        state_record.check(conn, config.state_dir, config.state_db, write=False)
+        state_record.check(conn, config.state_dir, config.state_db, bootstrap=False)
         for result in results:
             outcome = result.outcome
             if result.blocked or outcome is None:  # only a blocked build lacks an outcome
