@@ -198,6 +198,11 @@ class AudienceConnector(Connector):
             )
         return self._send(remote_id, op, batch.rows, seq=seq, last=last, session=session)
 
+    def find_audience(self, name: str) -> str | None:
+        """The id of this account's audience named ``name`` (``None``: not found, or the
+        platform cannot be searched by name). Used when creating it failed as a duplicate."""
+        return None
+
     @abstractmethod
     def _create_audience(self, name: str, description: str) -> str:
         """Create the audience (the name is the release's opaque name) and return its id."""

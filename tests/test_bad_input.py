@@ -169,6 +169,33 @@ def empty_file(name: str) -> Setup:
     return setup
 
 
+def null_an_adults_id(frame: pl.DataFrame) -> pl.DataFrame:
+    first = frame.with_row_index("_i").filter(pl.col("birth_date").str.starts_with("196"))
+    row = int(first["_i"][0])
+    ids = frame.get_column("contact_id").to_list()
+    ids[row] = None
+    return frame.with_columns(pl.Series("contact_id", ids, dtype=pl.String))
+
+
+def ragged_csv(root: Path) -> None:
+    use_csv_contacts(root)
+    path = root / "data" / "contacts.csv"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[499] = lines[499].rstrip("\n") + ",extra\n"  # line 500 of the file
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+def deep_segment(levels: int) -> Setup:
+    def setup(root: Path) -> None:
+        inner = "{age: {gte: 18}}"
+        for _ in range(levels):
+            inner = "{all: [" + inner + "]}"
+        text = f"name: adults\ndestinations: [file]\nwhere: {inner}\n"
+        (root / "segments" / "adults.yaml").write_text(text, encoding="utf-8")
+
+    return setup
+
+
 def header_only_csv(root: Path) -> None:
     use_csv_contacts(root)
     path = root / "data" / "contacts.csv"
@@ -271,6 +298,31 @@ CASES_TABLE = [
         r"source 'contacts': column 'marketing_opt_in' holds a value that is not a bool \(first "
         r"at line 702 of contacts\.csv\)",
         id="maybe-in-a-bool-column",
+    ),
+    pytest.param(
+        contacts_csv(null_an_adults_id), BUILD, 1,
+        r"1 row\(s\) without an id in column 'contact_id' .* — every CRM record needs an id",
+        id="missing-contact-id",
+    ),
+    pytest.param(
+        ragged_csv, BUILD, 1,
+        r"line 500 of contacts\.csv has \d+ fields, the header has \d+ — fix that row",
+        id="ragged-csv-row",
+    ),
+    pytest.param(
+        toml_edit('state_dir = ".audiences"', 'state_dir = "/proc/nope"'), BUILD, 1,
+        r"cannot create the state folder /proc/nope .* — set state_dir in audiences\.toml",
+        id="unusable-state-dir",
+    ),
+    pytest.param(
+        deep_segment(2000), BUILD, 1,
+        r"nested too deeply \(segments allow 64 levels of conditions\)",
+        id="segment-nested-2000-deep",
+    ),
+    pytest.param(
+        deep_segment(70), BUILD, 1,
+        r"conditions nested too deeply \(the limit is 64 levels\)",
+        id="segment-nested-70-deep",
     ),
     pytest.param(
         contacts_csv(duplicate_an_adult), BUILD, 1,

@@ -629,7 +629,11 @@ def test_full_refresh_replaces_the_audience_even_when_interrupted(
         assert (r2.status, r2.adds, r2.removes) == ("ok", 0, removes)
     else:
         (r2,) = sync(p.config(), ["all-adults"], as_of=AS_OF, full_refresh=True).results
-        assert (r2.status, r2.replaced, r2.batches) == ("ok", second.members.height, batches)
+        assert (r2.status, r2.replaced_members, r2.batches) == (
+            "ok",
+            second.members.height,
+            batches,
+        )
         assert (r2.adds, r2.removes) == (0, removes)  # what the replace changed
     assert p.boxes.meta.members(r1.audience) == meta_rows(second.members)
     assert meta_rows(p.confirmed("all-adults", "meta")) == meta_rows(second.members)

@@ -15,6 +15,7 @@ Modules:
 - ``compliance``: ``keygen``, ``approve``, ``revoke``, ``audit verify|export|checkpoint``.
 - ``lifecycle``: ``review``, ``takedown``.
 - ``approvers``: ``approvers list|add|remove`` (signed changes of the trusted keys).
+- ``state``: ``state backup|restore|adopt|repair``.
 - ``display``: rich tables for the terminal.
 - this module: registers the command modules on ``cli`` and holds ``main`` (the
   ``audiences`` entry point), ``_exit_now`` and ``_debug_first``.
@@ -31,7 +32,7 @@ import sys
 from typing import NoReturn
 
 # Importing a command module registers its commands on ``cli``.
-from audiences.cli import approvers, compliance, insights, lifecycle, project, release  # noqa: F401
+from audiences.cli import approvers, compliance, insights, lifecycle, project, release, state  # noqa: F401
 from audiences.cli.group import cli
 
 __all__ = ["cli", "main"]

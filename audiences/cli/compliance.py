@@ -33,7 +33,9 @@ def keygen(
     from audiences.compliance.keys import generate_keypair
 
     public_path = public_path or private_path.with_name(private_path.name + ".pub")
-    pair = generate_keypair(private_path, public_path, project_dir=obj.project)
+    # a folder is a project when it holds audiences.toml (`keygen` run from / is not in one)
+    project = obj.project if (obj.project / "audiences.toml").is_file() else None
+    pair = generate_keypair(private_path, public_path, project_dir=project)
     who = name or "your.name"
     doc = {
         "key_id": pair.key_id,
@@ -77,15 +79,22 @@ def approve(
     config = obj.config()
     validate_project(config, only=[segment])
     seg, pack = _segment_and_pack(config, segment)
-    conn = connect(config.state_db)
-    try:
-        seen = latest_review(conn, seg.name, seg.digest, pack.digest)
-        if seen is not None:  # the approval names the review it was based on
-            note = f"{note} · review {seen['build_id']}" if note else f"review {seen['build_id']}"
-        approval = compliance.approve(conn, config, seg, pack, by=by, key_path=key_path, note=note)
-        _record_review(conn, seg.name, approval.id, seen, by)
-    finally:
-        conn.close()
+    from audiences.core.lock import ProjectLock
+
+    with ProjectLock(config.state_dir / "lock"):
+        conn = connect(config.state_db)
+        try:
+            seen = latest_review(conn, seg.name, seg.digest, pack.digest)
+            if seen is not None:  # the approval names the review it was based on
+                note = (
+                    f"{note} · review {seen['build_id']}" if note else f"review {seen['build_id']}"
+                )
+            approval = compliance.approve(
+                conn, config, seg, pack, by=by, key_path=key_path, note=note
+            )
+            _record_review(conn, seg.name, approval.id, seen, by)
+        finally:
+            conn.close()
     doc = {
         "segment": seg.name,
         "segment_digest": seg.digest,
@@ -144,6 +153,7 @@ def revoke(obj: Context, segment: str, by: str | None, take_down: bool, delete: 
     from audiences.compliance.approvals import revoke as run_revoke
     from audiences.core.actor import actor_name
     from audiences.core.errors import UsageError
+    from audiences.core.lock import ProjectLock
     from audiences.core.state import connect
 
     if delete and not take_down:
@@ -151,11 +161,12 @@ def revoke(obj: Context, segment: str, by: str | None, take_down: bool, delete: 
             "--delete goes with --takedown", "e.g. audiences revoke X --takedown --delete"
         )
     config = obj.config()
-    conn = connect(config.state_db)
-    try:
-        run_revoke(conn, segment, actor_name(by))
-    finally:
-        conn.close()
+    with ProjectLock(config.state_dir / "lock"):
+        conn = connect(config.state_db)
+        try:
+            run_revoke(conn, segment, actor_name(by))
+        finally:
+            conn.close()
     click.echo(f"Revoked the approval of {segment}.", err=True)
     if take_down:
         from audiences.cli.lifecycle import print_takedown, run_takedown
@@ -209,12 +220,25 @@ def audit_verify(obj: Context, anchors: tuple[str, ...], as_json: bool) -> None:
             f"{result.head[1]}",
             err=True,
         )
+        click.echo(_checkpoint_age(result.checkpoint_age_seconds()), err=True)
     else:
         click.echo(
             f"Error: audit log broken at entry {result.first_bad_seq}: {result.reason}", err=True
         )
     if not result.ok:
         sys.exit(EXIT_ERROR)
+
+
+def _checkpoint_age(age: float | None) -> str:
+    if age is None:
+        return (
+            "no signed checkpoint: entries cut off the end of the log go unnoticed unless "
+            "you pass an --anchor (see docs/compliance-workflow.md)"
+        )
+    return (
+        f"newest signed checkpoint: {age / 3600:.1f} h old (entries after it are covered "
+        "by the chain only)"
+    )
 
 
 @audit.command("export")

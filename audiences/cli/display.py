@@ -174,6 +174,10 @@ def print_plans(doc: dict[str, Any]) -> None:
         )
     out = console()
     out.print(table)
+    for p in doc["plans"]:
+        if p.get("replace"):
+            what = f"{p['segment']} → {p['destination']}: replaced in full ({p['replace']})"
+            out.print(what, highlight=False, markup=False)
     out.print(f"[dim]{COARSE_NOTE}[/]")
     for b in doc["blocked"]:
         for reason in b["reasons"]:
@@ -205,6 +209,12 @@ def print_syncs(doc: dict[str, Any]) -> None:
         if r["error"]:
             out.print(
                 f"{r['segment']} → {r['destination']}: {r['error']}", highlight=False, markup=False
+            )
+        elif r.get("replaced") and r["status"] == "ok":
+            out.print(
+                f"{r['segment']} → {r['destination']}: replaced in full ({r['replaced']})",
+                highlight=False,
+                markup=False,
             )
     if doc.get("audit_head"):
         head = doc["audit_head"]

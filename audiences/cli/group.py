@@ -171,6 +171,8 @@ def cli(ctx: click.Context, project: Path, debug: bool) -> None:
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    # The Google Ads client logs whole requests (hashed identifiers) at DEBUG.
-    logging.getLogger("google.ads.googleads.client").setLevel(logging.INFO)
+    # The Google Ads client logs whole requests (hashed identifiers) at DEBUG, and each
+    # failed request ("IsFault: True") at INFO/WARNING: the connector already turns a
+    # failure into one line, so the SDK's own log lines show only with --debug.
+    logging.getLogger("google.ads.googleads").setLevel(logging.INFO if debug else logging.CRITICAL)
     ctx.obj = Context(project, debug)

@@ -67,8 +67,10 @@ def build(
         raise UsageError("name at least one segment or pass --all", "e.g. audiences build --all")
     if segments and all_:
         raise UsageError("pass segment names or --all, not both")
+    from audiences.core.lock import ProjectLock
+
     config = obj.config()
-    with progress_bar(not as_json) as step:
+    with ProjectLock(config.state_dir / "lock"), progress_bar(not as_json) as step:
         results = run_build(
             config, list(segments) or None, as_of=parse_as_of(as_of), actor=by, progress=step
         )
@@ -159,6 +161,12 @@ def plan(
 @click.option("--by", default=None, help="Actor recorded in the audit log (default: OS user).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary on stdout.")
 @file_option("--log-json", help="Append one JSON line per destination to this file.")
+@file_option(
+    "--checkpoint-key",
+    exists=True,
+    envvar="AUDIENCES_CHECKPOINT_KEY",
+    help="Sign the audit head at the end with this approver key (env AUDIENCES_CHECKPOINT_KEY).",
+)
 @pass_ctx
 def sync(
     obj: Context,
@@ -169,6 +177,7 @@ def sync(
     by: str | None,
     as_json: bool,
     log_json: Path | None,
+    checkpoint_key: Path | None,
 ) -> None:
     """Build and push segments to their ad destinations (0 ok, 1 failed, 3 blocked, 75 locked)."""
     from audiences.core.lock import ProjectLock
@@ -186,6 +195,7 @@ def sync(
             full_refresh=full_refresh,
             approved_only=all_,
             progress=step,
+            checkpoint_key=checkpoint_key,
         )
     raw = report.to_dict()
     doc = marketer_view(obj, {**raw, "results": [_with_held(r) for r in raw["results"]]})

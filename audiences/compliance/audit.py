@@ -102,9 +102,18 @@ class VerifyResult:
     checkpoints: int = 0  # signed checkpoints verified
     anchors: int = 0  # external anchors verified
     problems: list[str] = field(default_factory=list)
+    newest_checkpoint_at: str | None = None  # when the newest signed checkpoint was made
+
+    def checkpoint_age_seconds(self, now: datetime | None = None) -> float | None:
+        if self.newest_checkpoint_at is None:
+            return None
+        at = datetime.fromisoformat(self.newest_checkpoint_at.replace("Z", "+00:00"))
+        return round(((now or datetime.now(UTC)) - at.replace(tzinfo=UTC)).total_seconds(), 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "newest_checkpoint_at": self.newest_checkpoint_at,
+            "checkpoint_age_seconds": self.checkpoint_age_seconds(),
             "ok": self.ok,
             "entries": self.entries,
             "first_bad_seq": self.first_bad_seq,
@@ -484,9 +493,13 @@ def _verify(
             f"{walk.checkpoints}"
         )
     verified = len([c for c in claims if c.source != "external anchor"])
+    problems.extend(cross_check(conn))
+    newest = max((row[4] for row in stored), default=None)
     if problems:
-        return VerifyResult(False, n, None, problems[0], head, verified, len(anchors), problems)
-    return VerifyResult(True, n, None, None, head, verified, len(anchors))
+        return VerifyResult(
+            False, n, None, problems[0], head, verified, len(anchors), problems, newest
+        )
+    return VerifyResult(True, n, None, None, head, verified, len(anchors), [], newest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -657,3 +670,77 @@ def read_entries(conn: sqlite3.Connection, *, since: int = 0) -> list[AuditEntry
     except sqlite3.DatabaseError as exc:
         raise StateError(f"cannot read the audit log ({exc})", "check the state DB") from None
     return [AuditEntry(*tuple(r)) for r in rows]
+
+
+# --------------------------------------------------------------------------- cross-check
+
+
+def _covered_after(conn: sqlite3.Connection, key: str) -> int | None:
+    """Rowid after which a table's rows must all have audit entries (None: not tracked)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    except sqlite3.OperationalError:  # a log without the state tables (tests, exports)
+        return None
+    return None if row is None else int(row[0])
+
+
+def _batch_entries(conn: sqlite3.Connection) -> dict[tuple[str, int], tuple[Any, ...]]:
+    entries: dict[tuple[str, int], tuple[Any, ...]] = {}
+    for (details,) in conn.execute("SELECT details FROM audit WHERE kind='sync_batch'"):
+        d = json.loads(details)
+        if isinstance(d, dict) and "digest" in d and "sync_id" in d and "seq" in d:
+            key = (str(d["sync_id"]), int(d["seq"]))
+            entries[key] = tuple(d.get(k) for k in ("op", "size", "received", "invalid"))
+    return entries
+
+
+def cross_check(conn: sqlite3.Connection) -> list[str]:
+    """Compare the sync tables with the chain: every confirmed batch (and every audience
+    link) recorded since the audit covered them must match its entry, and every entry
+    its row. An edit, insertion or deletion in ``batches`` or ``audiences_remote`` that
+    the chain does not record is named."""
+    after = _covered_after(conn, "audit_covers_batches_after")
+    if after is None:
+        return []
+    entries = _batch_entries(conn)
+    problems = []
+    seen = set()
+    for rowid, sync_id, seq, op, size, received, invalid in conn.execute(
+        "SELECT rowid, sync_id, seq, op, size, received, invalid FROM batches ORDER BY rowid"
+    ):
+        key = (str(sync_id), int(seq))
+        seen.add(key)
+        entry = entries.get(key)
+        if entry is None:
+            if rowid > after:
+                problems.append(
+                    f"batches row {sync_id}#{seq} has no audit entry (added outside audiences)"
+                )
+        elif entry != (op, size, received, invalid):
+            problems.append(f"batches row {sync_id}#{seq} differs from its audit entry (edited)")
+    for sync_id, seq in sorted(set(entries) - seen):
+        problems.append(f"batch {sync_id}#{seq} is in the audit log but not in batches (deleted)")
+    return problems + _cross_check_audiences(conn)
+
+
+def _cross_check_audiences(conn: sqlite3.Connection) -> list[str]:
+    after = _covered_after(conn, "audit_covers_audiences_after")
+    if after is None:
+        return []
+    linked: dict[str, str] = {}
+    for subject, details in conn.execute(
+        "SELECT subject, details FROM audit WHERE kind='audience' ORDER BY seq"
+    ):
+        linked[str(subject)] = str(json.loads(details).get("remote_id"))
+    problems = []
+    for rowid, segment, destination, remote_id in conn.execute(
+        "SELECT rowid, segment, destination, remote_id FROM audiences_remote"
+    ):
+        subject = f"{segment}->{destination}"
+        expected = linked.get(subject)
+        if (expected is None and rowid > after) or (expected not in (None, str(remote_id))):
+            problems.append(
+                f"audiences_remote row {subject} (audience {remote_id}) does not match the "
+                "audit log (edited outside audiences)"
+            )
+    return problems

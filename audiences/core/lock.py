@@ -118,7 +118,13 @@ class ProjectLock:
     def acquire(self) -> LockHolder:
         if self._fd is not None:
             raise StateError(f"lock {self.path} is already held by this object", None)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"cannot create the state folder {self.path.parent} ({exc.strerror or exc})",
+                "set state_dir in audiences.toml ([project]) to a writable local folder",
+            ) from None
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:

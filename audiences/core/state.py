@@ -21,7 +21,7 @@ from pathlib import Path
 
 from audiences.core.errors import StateError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -145,7 +145,28 @@ CREATE TABLE batches (
 );
 """
 
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+# v3: audiences whose platform contents are unknown (state lost, snapshot or journal
+# unreadable): their next sync is a full replace, never a diff against "empty". The
+# state's identity (``meta.state_id``) is compared with the audience record kept outside
+# the database (``audiences.pipeline.state_record``); batches confirmed from v3 on each
+# have an audit entry, as has each audience link: ``audit verify`` cross-checks the rows
+# after ``meta.audit_covers_batches_after`` / ``audit_covers_audiences_after`` (rowids).
+_V3 = """
+CREATE TABLE replace_due (
+  segment TEXT NOT NULL,
+  destination TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  at TEXT NOT NULL,
+  PRIMARY KEY (segment, destination)
+);
+INSERT OR IGNORE INTO meta(key, value)
+  SELECT 'audit_covers_batches_after', CAST(coalesce(max(rowid), 0) AS TEXT) FROM batches;
+INSERT OR IGNORE INTO meta(key, value)
+  SELECT 'audit_covers_audiences_after', CAST(coalesce(max(rowid), 0) AS TEXT)
+  FROM audiences_remote;
+"""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
 
 
 def utcnow() -> str:
@@ -158,7 +179,13 @@ def new_id(prefix: str) -> str:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StateError(
+            f"cannot create the state folder {path} ({exc.strerror or exc})",
+            "set state_dir in audiences.toml ([project]) to a writable local folder",
+        ) from None
     with contextlib.suppress(PermissionError):
         path.chmod(0o700)
     return path
@@ -186,6 +213,7 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
         _migrate(conn, path)
+        _ensure_state_id(conn)
     except sqlite3.DatabaseError as exc:
         raise StateError(
             f"state database {path} is unreadable ({exc})",
@@ -226,6 +254,29 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 (str(target),),
             )
+
+
+def _ensure_state_id(conn: sqlite3.Connection) -> None:
+    """Give the database its identity once (the audience record names it)."""
+    if conn.execute("SELECT 1 FROM meta WHERE key='state_id'").fetchone() is None:
+        with transaction(conn):
+            conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES('state_id', ?)",
+                (secrets.token_hex(16),),
+            )
+
+
+def state_id(conn: sqlite3.Connection) -> str:
+    """This state database's identity (random, made when the database was created)."""
+    row = conn.execute("SELECT value FROM meta WHERE key='state_id'").fetchone()
+    if row is None:
+        raise StateError("the state database has no identity", "run any command to upgrade it")
+    return str(row[0])
+
+
+def meta_value(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _statements(script: str) -> Iterator[str]:

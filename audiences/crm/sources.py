@@ -233,9 +233,39 @@ def _diagnose(name: str, source: SourceConfig, path: Path, exc: BaseException) -
             f"source {name!r}: {path.name} is not UTF-8 text",
             "re-save the CSV as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
         )
+    ragged = _ragged_row(source, path) if source.resolved_format == "csv" else None
+    if ragged is not None:
+        return ragged_error(name, path, *ragged)
     return DataError(
         f"source {name!r}: cannot read {path.name} ({_polars_summary(exc)})",
         "check the file format and [sources] settings",
+    )
+
+
+def _ragged_row(source: SourceConfig, path: Path) -> tuple[int, int, int] | None:
+    """(line, fields, header fields) of the first CSV row whose field count differs from
+    the header's, or None. Quoted fields may span lines: the line is where the row ends."""
+    import csv
+
+    try:
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh, delimiter=source.separator)
+            header = next(reader, None)
+            if header is None:
+                return None
+            for row in reader:
+                if row and len(row) != len(header):
+                    return reader.line_num, len(row), len(header)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
+
+
+def ragged_error(name: str, path: Path, line: int, fields: int, expected: int) -> DataError:
+    return DataError(
+        f"source {name!r}: line {line} of {path.name} has {fields} fields, the header has "
+        f"{expected}",
+        "fix that row (an unquoted separator or a missing field) and export again",
     )
 
 
@@ -260,6 +290,9 @@ def diagnose_values(
     path = config.path(source.path)
     if source.resolved_format == "csv" and not _is_utf8(path):
         return _diagnose(name, source, path, exc)
+    ragged = _ragged_row(source, path) if source.resolved_format == "csv" else None
+    if ragged is not None:
+        return ragged_error(name, path, *ragged)
     try:
         if source.resolved_format == "csv":
             raw = pl.scan_csv(path, separator=source.separator, infer_schema=False)

@@ -16,6 +16,7 @@ since must be removed; a person it may lack must be added).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 from dataclasses import dataclass
@@ -24,10 +25,34 @@ from pathlib import Path
 import polars as pl
 
 from audiences.core.atomic import write_with
+from audiences.core.errors import StateError
 from audiences.core.state import ensure_private_dir, transaction, utcnow
 
 KEY = "member_key"
 OP = "__op"  # add | remove: the op of the unconfirmed batch an unsure row was in
+
+
+class UnreadableStateFile(StateError):
+    """A snapshot, unsure or journal file that cannot be read (truncated, garbled, gone)."""
+
+    def __init__(self, path: Path, what: str, reason: str, segment: str, destination: str) -> None:
+        super().__init__(
+            f"{what} {path} is unreadable ({reason}); what the platform holds for "
+            f"{segment}->{destination} is unknown",
+            "run `audiences state repair` (the audience is then replaced in full on its next "
+            f"sync) or `audiences sync {segment} --full-refresh`",
+        )
+        self.path = path
+
+
+def _read(path: Path, what: str, store: MembershipStore) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except FileNotFoundError:
+        raise UnreadableStateFile(path, what, "missing", store.segment, store.destination) from None
+    except Exception as exc:  # polars raises ComputeError, OSError, ... for a damaged file
+        reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        raise UnreadableStateFile(path, what, reason, store.segment, store.destination) from None
 
 
 @dataclass(frozen=True)
@@ -49,7 +74,9 @@ class MembershipStore:
 
     def load_unsure(self) -> pl.DataFrame | None:
         """Rows of batches an interrupted sync sent unconfirmed (``None``: there are none)."""
-        return pl.read_parquet(self.unsure_path) if self.unsure_path.exists() else None
+        if not self.unsure_path.exists():
+            return None
+        return _read(self.unsure_path, "unsure-rows file", self)
 
     def clear_unsure(self) -> None:
         self.unsure_path.unlink(missing_ok=True)
@@ -58,7 +85,12 @@ class MembershipStore:
         if not self.snapshot_path.exists():
             schema = {KEY: pl.UInt64, **{c: pl.String for c in (columns or [])}}
             return pl.DataFrame(schema=schema)
-        return pl.read_parquet(self.snapshot_path)
+        return _read(self.snapshot_path, "membership snapshot", self)
+
+    def read_journal(self, sync_id: str, seq: int, op: str) -> pl.DataFrame:
+        """A journaled batch's rows; a missing or damaged file is an UnreadableStateFile."""
+        path = self.journal_dir(sync_id) / f"{int(seq):06d}-{op}.parquet"
+        return _read(path, "sync journal file", self)
 
     def save(self, frame: pl.DataFrame) -> None:
         ensure_private_dir(self.snapshot_path.parent)
@@ -119,13 +151,23 @@ def close_sync(
     directory = store.journal_dir(sync_id)
     batches = []
     for seq, op in confirmed:
-        path = directory / f"{int(seq):06d}-{op}.parquet"
-        if path.exists():
-            batches.append((str(op), pl.read_parquet(path)))
-    snapshot = store.load()
+        if op == "clear":  # a replace's first step: no rows, nothing journaled to read
+            batches.append(("clear", pl.DataFrame(schema={KEY: pl.UInt64})))
+            continue
+        batches.append((str(op), store.read_journal(sync_id, int(seq), str(op))))
+    # a replace does not start from the old snapshot (which may be the unreadable one)
+    cleared = bool(batches) and batches[0][0] == "clear"
+    members: int | None = None
     if batches:
+        snapshot = pl.DataFrame(schema={KEY: pl.UInt64}) if cleared else store.load()
         snapshot = store.fold(snapshot, batches)
         store.save(snapshot)
+        members = snapshot.height
+    elif store.snapshot_path.exists():
+        with contextlib.suppress(UnreadableStateFile):  # the failure being recorded
+            members = store.load().height
+    else:
+        members = 0
     unsure = _unconfirmed(conn, store, sync_id) if status != "ok" else []
     if unsure:  # kept before the journal goes; the next sync settles them
         kept = store.load_unsure()
@@ -134,7 +176,7 @@ def close_sync(
         ensure_private_dir(store.unsure_path.parent)
         write_with(store.unsure_path, lambda tmp: frame.write_parquet(tmp))
     sets = ["status=?", "finished_at=?", "error=coalesce(?, error)", "members=?"]
-    values: list[object] = [status, utcnow(), error, snapshot.height]
+    values: list[object] = [status, utcnow(), error, members]
     for column, value in (figures or {}).items():
         sets.append(f"{column}=?")
         values.append(value)
@@ -157,7 +199,7 @@ def _unconfirmed(conn, store: MembershipStore, sync_id: str) -> list[pl.DataFram
     for path in sorted(directory.glob("*.parquet")) if directory.exists() else []:
         seq, _, op = path.stem.partition("-")
         if op in ("add", "remove") and int(seq) not in confirmed:
-            parts.append(pl.read_parquet(path).with_columns(pl.lit(op).alias(OP)))
+            parts.append(_read(path, "sync journal file", store).with_columns(pl.lit(op).alias(OP)))
     return parts
 
 
@@ -195,3 +237,65 @@ def recover_interrupted(conn, store: MembershipStore) -> list[str]:  # type: ign
             error="the run ended before finishing; its confirmed batches were kept",
         )
     return [r[0] for r in rows]
+
+
+# ---- unknown platform contents: full replaces --------------------------------------
+def replace_reason(conn, store: MembershipStore) -> str | None:  # type: ignore[no-untyped-def]
+    """Why the audience's next sync must replace it in full (``None``: a diff is safe).
+
+    Scheduled replaces (``state adopt``, ``state repair``, a restore older than the
+    audience record) and a snapshot gone missing although batches were confirmed for this
+    audience before: without the snapshot nobody knows who is on the platform.
+    """
+    row = conn.execute(
+        "SELECT reason FROM replace_due WHERE segment=? AND destination=?",
+        (store.segment, store.destination),
+    ).fetchone()
+    if row is not None:
+        return str(row[0])
+    if store.snapshot_path.exists():
+        return None
+    earlier = conn.execute(
+        "SELECT 1 FROM batches b JOIN syncs s ON s.sync_id=b.sync_id WHERE s.segment=? "
+        "AND s.destination=? AND s.status!='running' AND b.status='confirmed' LIMIT 1",
+        (store.segment, store.destination),
+    ).fetchone()
+    if earlier is None:
+        return None
+    return f"membership snapshot {store.snapshot_path} is missing"
+
+
+def schedule_replace(conn, segment: str, destination: str, reason: str) -> None:  # type: ignore[no-untyped-def]
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO replace_due(segment, destination, reason, at) VALUES (?,?,?,?) "
+            "ON CONFLICT(segment, destination) DO UPDATE SET reason=excluded.reason, at=excluded.at",
+            (segment, destination, reason, utcnow()),
+        )
+
+
+def replace_done(conn, segment: str, destination: str) -> None:  # type: ignore[no-untyped-def]
+    with transaction(conn):
+        conn.execute(
+            "DELETE FROM replace_due WHERE segment=? AND destination=?", (segment, destination)
+        )
+
+
+def discard_interrupted(conn, store: MembershipStore) -> list[str]:  # type: ignore[no-untyped-def]
+    """Close interrupted syncs without reading their journals, and forget unsure rows:
+    for an audience about to be replaced in full (what it holds no longer matters)."""
+    rows = conn.execute(
+        "SELECT sync_id FROM syncs WHERE segment=? AND destination=? AND status='running'",
+        (store.segment, store.destination),
+    ).fetchall()
+    with transaction(conn):
+        for (sync_id,) in rows:
+            conn.execute(
+                "UPDATE syncs SET status='interrupted', finished_at=?, error=coalesce(error, ?) "
+                "WHERE sync_id=?",
+                (utcnow(), "the run ended before finishing; the audience is replaced", sync_id),
+            )
+    for (sync_id,) in rows:
+        shutil.rmtree(store.journal_dir(sync_id), ignore_errors=True)
+    store.clear_unsure()
+    return [str(r[0]) for r in rows]

@@ -185,7 +185,9 @@ def send_removals(
             connector = connector_factory(config, name)
             connector.open()
             connector.ensure_audience(release, remote_id)
-            run = _DestinationRun(conn, store, connector, remote_id, sync_id, actor, out)
+            run = _DestinationRun(
+                conn, store, connector, remote_id, sync_id, actor, out, release.release_id
+            )
             _send_batches(run, [("remove", release.members)])
         out.forced_removes = out.removes
         left = store.load().height - out.removes

@@ -143,6 +143,14 @@ def collect_candidates(
             )
     except pl.exceptions.PolarsError as exc:
         raise _explain_collect_failure(config, exc) from None
+    missing = frame.get_column(cid).null_count() if frame.height else 0
+    if missing:
+        raise DataError(
+            f"source 'contacts' has {missing} row(s) without an id in column {cid!r} "
+            "(in this segment)",
+            "every CRM record needs an id; fix the export or point [sources.contacts].id at "
+            "a column that is always filled",
+        )
     if frame.height and frame.get_column(cid).is_duplicated().any():
         dupes = int(frame.get_column(cid).is_duplicated().sum())
         raise DataError(

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
@@ -32,13 +33,18 @@ from audiences.core.actor import actor_name
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, AudiencesError, ConnectorError
 from audiences.core.state import connect, new_id, transaction, utcnow
+from audiences.pipeline import state_record
 from audiences.pipeline.build import BuildResult, build
 from audiences.pipeline.membership import (
     KEY,
     OP,
     MembershipStore,
+    UnreadableStateFile,
     close_sync,
+    discard_interrupted,
     recover_interrupted,
+    replace_done,
+    replace_reason,
     unsure_rows,
 )
 from connectors.base import AudienceConnector, BatchOutcome
@@ -67,6 +73,7 @@ class DestinationPlan:
     forced_removes: int = 0
     confirmed: int = 0
     members: int = 0
+    replace: str | None = None  # why the audience is replaced in full (None: a diff)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -83,6 +90,7 @@ class DestinationPlan:
             "held_adds": self.held_adds,
             "held_removes": self.held_removes,
             "forced_removes": self.forced_removes,
+            "replace": self.replace,
         }
 
 
@@ -98,13 +106,14 @@ class DestinationSync:
     forced_removes: int = 0  # removals the filter rules force (never held, never blocked)
     held_adds: int = 0
     held_removes: int = 0
-    replaced: int = 0  # a full refresh: the audience's whole membership, sent as a replace
+    replaced_members: int = 0  # people sent in a replace (a full refresh)
     sent: int = 0
     received: int = 0
     invalid: int = 0
     batches: int = 0
     match_rate: float | None = None
     recovered: list[str] = field(default_factory=list)
+    replaced: str | None = None  # why the audience was replaced in full (None: a diff)
     error: str | None = None
     seconds: float = 0.0
 
@@ -165,11 +174,12 @@ def _confirmed_view(conn: sqlite3.Connection, store: MembershipStore) -> pl.Data
         "ORDER BY s.started_at, b.seq",
         (store.segment, store.destination),
     ).fetchall()
-    batches = []
-    for seq, op, sync_id in pending:
-        path = store.journal_dir(sync_id) / f"{int(seq):06d}-{op}.parquet"
-        if path.exists():
-            batches.append((op, pl.read_parquet(path)))
+    batches = [
+        (str(op), pl.DataFrame(schema={KEY: pl.UInt64}))
+        if op == "clear"
+        else (str(op), store.read_journal(sync_id, int(seq), str(op)))
+        for seq, op, sync_id in pending
+    ]
     return store.fold(snapshot, batches) if batches else snapshot
 
 
@@ -269,16 +279,30 @@ def plan_destination(
     outcome: GateOutcome,
     name: str,
     release: Release,
+    *,
+    replace: str | None = None,
 ) -> DestinationPlan:
+    """The diff against the confirmed snapshot, or (``replace`` says why) a full replace:
+    what the platform holds is unknown, so the snapshot is not read at all."""
     store = MembershipStore(config.state_dir, release.segment, name)
-    confirmed = _confirmed_view(conn, store)
-    adds, removes, held_adds, held_removes, forced = diff(
-        release.members,
-        confirmed,
-        hold_k=_hold_threshold(release),
-        forced_keys=release.excluded_keys,
-        unsure=unsure_rows(conn, store),
-    )
+    if replace is not None:
+        confirmed = release.members.clear()
+        adds, removes, held_adds, held_removes, forced = (
+            release.members,
+            release.members.clear(),
+            0,
+            0,
+            0,
+        )
+    else:
+        confirmed = _confirmed_view(conn, store)
+        adds, removes, held_adds, held_removes, forced = diff(
+            release.members,
+            confirmed,
+            hold_k=_hold_threshold(release),
+            forced_keys=release.excluded_keys,
+            unsure=unsure_rows(conn, store),
+        )
     return DestinationPlan(
         segment=release.segment,
         destination=name,
@@ -294,6 +318,7 @@ def plan_destination(
         forced_removes=forced,
         confirmed=confirmed.height,
         members=release.members.height,
+        replace=replace,
     )
 
 
@@ -310,6 +335,7 @@ def plan(
     conn = connect(config.state_db)
     plans = []
     try:
+        state_record.check(conn, config.state_dir, config.state_db, bootstrap=False)
         for result in results:
             outcome = result.outcome
             if result.blocked or outcome is None:  # only a blocked build lacks an outcome
@@ -317,7 +343,9 @@ def plan(
             for name, release in outcome.releases.items():
                 if release.kind == "file":
                     continue
-                plans.append(plan_destination(conn, config, outcome, name, release))
+                store = MembershipStore(config.state_dir, release.segment, name)
+                why = replace_reason(conn, store)
+                plans.append(plan_destination(conn, config, outcome, name, release, replace=why))
     finally:
         conn.close()
     return results, plans
@@ -334,6 +362,7 @@ def sync(
     connector_factory: ConnectorFactory = make_connector,
     progress: Progress | None = None,
     approved_only: bool = False,
+    checkpoint_key: Path | None = None,
 ) -> SyncReport:
     """Build, then push each release to its ad destinations. Failures don't stop others.
 
@@ -341,11 +370,15 @@ def sync(
     destination that a compliance officer approved at some point; segments never
     approved, or whose approval was revoked, are listed as ``skipped``. A segment changed
     since its approval is still taken, and refused by the build (``blocked``).
+
+    ``checkpoint_key`` (an approver's private key, for the scheduled job): the audit head
+    is signed at the end (``audit.checkpoint``), so a later cut of the log's tail shows.
     """
     clock.release_day(as_of, what="sync")  # docs/policy-rules.md: no other day
     who = actor_name(actor)
     step = progress or (lambda _msg, _frac: None)
     report = SyncReport(results=[])
+    _check_state(config)
     if approved_only:
         names, skipped = _approved_segments(config)
         report.results.extend(skipped)
@@ -364,10 +397,30 @@ def sync(
             report.results.extend(
                 _sync_segment(conn, config, result, who, full_refresh, connector_factory, day)
             )
+        if checkpoint_key is not None:
+            _checkpoint(conn, checkpoint_key, who)
         report.audit_head = _audit_head(conn)
+        state_record.write(conn, config.state_dir)
     finally:
         conn.close()
     return report
+
+
+def _checkpoint(conn: sqlite3.Connection, key: Path, actor: str) -> None:
+    from audiences.compliance import audit
+    from audiences.compliance.keys import load_private_key
+
+    audit.checkpoint(conn, load_private_key(key), actor=actor)
+
+
+def _check_state(config: ProjectConfig) -> None:
+    """Refuse to sync with a state that does not account for the platform audiences the
+    project has (``audiences.pipeline.state_record``): deleted, or older than the record."""
+    conn = connect(config.state_db)
+    try:
+        state_record.check(conn, config.state_dir, config.state_db)
+    finally:
+        conn.close()
 
 
 def _sync_segment(
@@ -511,7 +564,10 @@ def sync_destination(
     require_release(release)
     started = time.perf_counter()
     store = MembershipStore(config.state_dir, release.segment, name)
-    recovered = recover_interrupted(conn, store)
+    try:
+        recovered, replace = _settle_store(conn, store, full_refresh)
+    except UnreadableStateFile as exc:
+        return DestinationSync(release.segment, name, "failed", error=exc.message)
     sync_id = new_id("s")
     out = DestinationSync(release.segment, name, "failed", sync_id=sync_id, recovered=recovered)
     _open_sync(conn, sync_id, release, name)
@@ -519,14 +575,24 @@ def sync_destination(
     try:
         connector = connector_factory(config, name)
         connector.open()
-        the_plan = plan_destination(conn, config, outcome, name, release)
-        remote_id = _ensure_destination_audience(conn, connector, the_plan, release)
-        out.audience = remote_id
+        the_plan = plan_destination(conn, config, outcome, name, release, replace=replace)
+        remote_id, found = _ensure_destination_audience(
+            conn, connector, the_plan, release, store.state_dir, actor
+        )
+        if found:  # a list of ours the state did not know: its members are unknown
+            the_plan = plan_destination(conn, config, outcome, name, release, replace=found)
+        out.audience, out.replaced = remote_id, the_plan.replace
         out.held_adds, out.held_removes = the_plan.held_adds, the_plan.held_removes
         out.forced_removes = the_plan.forced_removes
-        run = _DestinationRun(conn, store, connector, remote_id, sync_id, actor, out)
-        if full_refresh:
-            _send_batches(run, [("replace", _refreshed(the_plan, release, _sent_before(run)))])
+        run = _DestinationRun(
+            conn, store, connector, remote_id, sync_id, actor, out, release.release_id
+        )
+        if the_plan.replace is not None:  # what the platform holds is unknown: all of it
+            _send_batches(run, [("replace", release.members)])
+        elif full_refresh:
+            rows = _refreshed(the_plan, release, _sent_before(run))
+            _send_batches(run, [("replace", rows)])
+            out.replaced_members = rows.height  # the batches' rows; what changed:
             out.adds, out.removes = the_plan.adds.height, the_plan.removes.height
         else:
             _send_batches(run, [("remove", the_plan.removes), ("add", the_plan.adds)])
@@ -558,14 +624,26 @@ def sync_destination(
             "held_adds": out.held_adds,
             "held_removes": out.held_removes,
             "release_id": release.release_id,
+            "replaced": out.replaced,
         },
     )
     return out
 
 
-# A confirmed batch's row in the ``batches`` table:
-# (sync_id, seq, op, size, status, received, invalid, at)
-_BatchRow = tuple[str, int, str, int, str, int, int, str]
+def _settle_store(
+    conn: sqlite3.Connection, store: MembershipStore, full_refresh: bool
+) -> tuple[list[str], str | None]:
+    """(interrupted syncs closed, why this sync replaces the audience in full or None).
+
+    When what the platform holds is unknown (``membership.replace_reason``) or a full
+    refresh was asked for, interrupted runs are closed without reading their journals
+    (the replace makes them moot); otherwise their confirmed batches are folded in."""
+    why = replace_reason(conn, store)
+    if why is None and full_refresh:
+        why = "--full-refresh"
+    if why is not None:
+        return discard_interrupted(conn, store), why
+    return recover_interrupted(conn, store), None
 
 
 @dataclass(frozen=True)
@@ -579,6 +657,7 @@ class _DestinationRun:
     sync_id: str
     actor: str
     out: DestinationSync
+    release_id: str
 
     @property
     def subject(self) -> str:
@@ -600,17 +679,44 @@ def _ensure_destination_audience(
     connector: AudienceConnector,
     the_plan: DestinationPlan,
     release: Release,
-) -> str:
-    """The platform's audience id, created (and remembered) on the first sync."""
-    remote_id = connector.ensure_audience(release, the_plan.remote_id)
-    if the_plan.remote_id is None:
-        with transaction(conn):
-            conn.execute(
-                "INSERT INTO audiences_remote(segment, destination, remote_id, created_at) "
-                "VALUES (?,?,?,?)",
-                (release.segment, the_plan.destination, remote_id, utcnow()),
-            )
-    return remote_id
+    state_dir: Path,
+    actor: str,
+) -> tuple[str, str | None]:
+    """The platform's audience id, created (and remembered, in the state and in the
+    audience record) on the first sync; and, when the platform already had a list of that
+    name the state did not know (Google's NAME_ALREADY_USED), why it must be replaced."""
+    if the_plan.remote_id is not None:
+        return connector.ensure_audience(release, the_plan.remote_id), None
+    found = None
+    try:
+        remote_id = connector.ensure_audience(release, None)
+    except ConnectorError as exc:
+        existing = _existing_audience(connector, release.opaque_name, exc)
+        if existing is None:
+            raise
+        remote_id = connector.ensure_audience(release, existing)
+        found = (
+            f"the platform already had audience {existing} of this name; its members are unknown"
+        )
+    subject = f"{release.segment}->{the_plan.destination}"
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO audiences_remote(segment, destination, remote_id, created_at) "
+            "VALUES (?,?,?,?)",
+            (release.segment, the_plan.destination, remote_id, utcnow()),
+        )
+        how = "found" if found else "created"
+        details = {"remote_id": remote_id, "how": how}
+        _audit(conn, actor, "audience", subject, details)
+    state_record.write(conn, state_dir)
+    return remote_id, found
+
+
+def _existing_audience(connector: AudienceConnector, name: str, exc: ConnectorError) -> str | None:
+    """The platform's audience named ``name``, when creating it failed because it exists."""
+    if "NAME_ALREADY_USED" not in str(exc.code or ""):
+        return None
+    return connector.find_audience(name)
 
 
 def _refreshed(the_plan: DestinationPlan, release: Release, sent: pl.DataFrame) -> pl.DataFrame:
@@ -647,7 +753,7 @@ def _send_op(run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int) -> in
     size = run.connector.batch_size("add" if op == "replace" else op)
     n = max(1, -(-frame.height // size))
     session: dict[str, Any] = {"total": frame.height}
-    unrecorded: list[_BatchRow] = []  # confirmed batches not yet in the DB
+    unrecorded: list[_Batch] = []  # confirmed batches not yet in the DB
     sent_before = _sent_before(run) if op in ("remove", "replace") else None
     for i in range(n):
         rows = frame.slice(i * size, size)
@@ -671,25 +777,13 @@ def _send_op(run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int) -> in
             kept = rows.filter(~pl.col(KEY).is_in(result.rejected_keys))
             run.store.write_intent(run.sync_id, seq, journal_op, kept)
         if op == "replace" and i == 0:
-            unrecorded.append((run.sync_id, seq - 1, "clear", 0, "confirmed", 0, 0, utcnow()))
-        unrecorded.append(
-            (
-                run.sync_id,
-                seq,
-                journal_op,
-                rows.height,
-                "confirmed",
-                result.received,
-                result.invalid,
-                utcnow(),
-            )
-        )
+            unrecorded.append(_Batch(seq - 1, "clear", rows.clear(), BatchOutcome("clear", 0, 0)))
+        unrecorded.append(_Batch(seq, journal_op, rows, result))
         # A replace takes effect when its last batch is in (Meta swaps the audience
         # at last_batch_flag): its batches are confirmed together, or not at all.
         if op != "replace" or i == n - 1:
-            _record_batches(run.conn, unrecorded)
+            _record_batches(run, unrecorded)
             unrecorded = []
-        _audit_batch(run, seq, op, rows.height, result)
     return seq
 
 
@@ -711,40 +805,87 @@ def _sealed(
     return release_batch(connector.release, op, rows, confirmed=sent_before)
 
 
-def _record_batches(conn: sqlite3.Connection, rows: list[_BatchRow]) -> None:
-    with transaction(conn):
-        conn.executemany(
+@dataclass(frozen=True)
+class _Batch:
+    """A batch the platform confirmed: its seq, journaled op, rows and the answer."""
+
+    seq: int
+    op: str  # add | remove | clear
+    rows: pl.DataFrame
+    result: BatchOutcome
+
+    def digest(self) -> str:
+        """SHA-256 of the batch's sorted member keys (what left, without who)."""
+        import hashlib
+
+        keys = self.rows.get_column(KEY).sort() if KEY in self.rows.columns else pl.Series([])
+        return hashlib.sha256(keys.cast(pl.UInt64).to_numpy().tobytes()).hexdigest()
+
+
+def _record_batches(run: _DestinationRun, batches: list[_Batch]) -> None:
+    """Record confirmed batches and their audit entries in one transaction, then the
+    audience record (its audit head moved: a restore older than this is noticed)."""
+    from audiences.compliance import audit
+
+    at = utcnow()
+    rows = [
+        (
+            run.sync_id,
+            b.seq,
+            b.op,
+            b.rows.height,
+            "confirmed",
+            b.result.received,
+            b.result.invalid,
+            at,
+        )
+        for b in batches
+    ]
+    with transaction(run.conn):
+        run.conn.executemany(
             "INSERT INTO batches(sync_id, seq, op, size, status, received, "
             "invalid, at) VALUES (?,?,?,?,?,?,?,?)",
             rows,
         )
+        audit.append_many(run.conn, [_batch_entry(run, b) for b in batches])
+    state_record.write(run.conn, run.store.state_dir)
+    for b in batches:
+        _count_batch(run.out, b)
 
 
-def _audit_batch(run: _DestinationRun, seq: int, op: str, size: int, result: BatchOutcome) -> None:
-    """Audit one confirmed batch and add it to the sync's figures."""
-    _audit(
-        run.conn,
-        run.actor,
-        "sync_batch",
-        run.subject,
-        {
+def _batch_entry(run: _DestinationRun, batch: _Batch) -> dict[str, Any]:
+    """The audit entry of one confirmed batch (``audit verify`` cross-checks ``batches``)."""
+    return {
+        "kind": "sync_batch",
+        "subject": run.subject,
+        "actor": run.actor,
+        "details": {
             "sync_id": run.sync_id,
-            "seq": seq,
-            "op": op,
-            "size": size,
-            "received": result.received,
-            "invalid": result.invalid,
+            "seq": batch.seq,
+            "op": batch.op,
+            "size": batch.rows.height,
+            "received": batch.result.received,
+            "invalid": batch.result.invalid,
+            "segment": run.out.segment,
+            "destination": run.out.destination,
+            "audience": run.remote_id,
+            "release_id": run.release_id,
+            "digest": batch.digest(),
         },
-    )
-    out = run.out
+    }
+
+
+def _count_batch(out: DestinationSync, batch: _Batch) -> None:
+    """Add one confirmed batch to the sync's figures."""
+    if batch.op == "clear":
+        return
+    size = batch.rows.height
     out.batches += 1
     out.sent += size
-    out.received += result.received
-    out.invalid += result.invalid
-    if op == "remove":
+    out.received += batch.result.received
+    out.invalid += batch.result.invalid
+    if batch.op == "remove":
         out.removes += size
-    elif op == "replace":
-        out.replaced += size
     else:
         out.adds += size
 
@@ -769,6 +910,8 @@ def _close_ok(run: _DestinationRun) -> None:
         },
     )
     run.store.clear_unsure()  # this run settled them
+    if out.replaced is not None:
+        replace_done(run.conn, out.segment, out.destination)
     if out.held_adds or out.held_removes:
         _audit(
             run.conn,

@@ -36,12 +36,13 @@ from audiences.pipeline.sync import (
     ConnectorFactory,
     DestinationSync,
     _audit,
+    _Batch,
     _DestinationRun,
     _record_batches,
     _send_batches,
     make_connector,
 )
-from connectors.base import AudienceConnector
+from connectors.base import AudienceConnector, BatchOutcome
 
 META_MIN_SIZE = 2650  # Meta's "would leave the audience too small" refusal
 
@@ -192,7 +193,7 @@ class _Takedown:
         self._open(sync_id)
         counter = DestinationSync(self.segment, self.name, "failed", sync_id=sync_id)
         run = _DestinationRun(
-            self.conn, store, connector, self.remote_id, sync_id, self.actor, counter
+            self.conn, store, connector, self.remote_id, sync_id, self.actor, counter, TAKEDOWN
         )
         try:
             self._empty(run, store)
@@ -239,9 +240,7 @@ class _Takedown:
             store.write_intent(run.sync_id, 1, "clear", store.load().clear())
             result = run.connector.remove_all(run.remote_id)
             run.out.removes += store.load().height
-            _record_batches(
-                run.conn, [(run.sync_id, 1, "clear", 0, "confirmed", result.received, 0, utcnow())]
-            )
+            _record_batches(run, [_Batch(1, "clear", store.load().clear(), result)])
             return
         from policies.gate import takedown_release
         from policies.pack import load_pack
@@ -273,7 +272,8 @@ class _Takedown:
                 out.error = f"deleting the audience failed: {exc.message}"
                 out.status = "failed"
                 return
-        _record_batches(run.conn, [(run.sync_id, seq, "clear", 0, "confirmed", 0, 0, utcnow())])
+        cleared = BatchOutcome("clear", 0, 0)
+        _record_batches(run, [_Batch(seq, "clear", run.store.load().clear(), cleared)])
         with transaction(run.conn):
             run.conn.execute(
                 "DELETE FROM audiences_remote WHERE segment=? AND destination=?",

@@ -105,6 +105,12 @@ def _compose(text: str, source: str) -> yaml.Node | None:
             "check indentation, colons and brackets on that line",
             where=f"{source}{line}",
         ) from None
+    except RecursionError:  # pyyaml composes nested flow collections recursively
+        raise SegmentError(
+            f"the YAML is nested too deeply (segments allow {_MAX_DEPTH} levels of conditions)",
+            "flatten the all/any/not nesting (see docs/segments.md)",
+            where=source,
+        ) from None
     except yaml.YAMLError as exc:  # pragma: no cover - pyyaml raises marked errors in practice
         raise SegmentError(f"malformed YAML: {exc}", "fix the YAML syntax", where=source) from None
     return root
@@ -379,7 +385,11 @@ class _Parser:
 
     def condition(self, node: yaml.Node, *, scope: str, depth: int) -> Condition:
         if depth > _MAX_DEPTH:
-            raise self.error(node, "conditions nested too deeply", "simplify the segment")
+            raise self.error(
+                node,
+                f"conditions nested too deeply (the limit is {_MAX_DEPTH} levels)",
+                "flatten the all/any/not nesting (see docs/segments.md)",
+            )
         fix = (
             "write a condition such as {state: {in: [NY, NJ]}}, or all:/any:/not:"
             if scope == "contacts"

@@ -377,6 +377,15 @@ class GoogleAdsCustomerMatchClient:
         _log.info("Google Ads: created user list %s", resource_name)
         return resource_name
 
+    def find_user_list(self, name: str) -> str | None:
+        """The resource name of the customer's user list called ``name``, if any."""
+        quoted = name.replace("\\", "\\\\").replace("'", "\\'")
+        rows = self._search(
+            f"SELECT user_list.resource_name FROM user_list WHERE user_list.name = '{quoted}'",
+            "find user list",
+        )
+        return str(rows[0].user_list.resource_name) if rows else None
+
     def user_list_size(self, user_list: str) -> int:
         """``size_for_display`` of a user list as the API reports it."""
         rows = self._search(

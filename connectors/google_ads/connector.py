@@ -73,6 +73,9 @@ class GoogleAdsConnector(AudienceConnector):
             self.client.create_user_list(name, description, self.config.membership_life_span_days)
         )
 
+    def find_audience(self, name: str) -> str | None:
+        return self.client.find_user_list(name)  # type: ignore[no-any-return]
+
     def _send(
         self,
         remote_id: str,
