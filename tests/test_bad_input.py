@@ -54,10 +54,11 @@ def crm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_project(root: Path, crm: Path, *, csv: bool = False) -> Path:
-    """The template project with one file-destination segment (approval switched off: a
-    file destination needs one like any other under hipaa-marketing)."""
+    """The template project with one file-destination segment under the baseline pack
+    (these tests are about bad input, not approvals: hipaa-marketing requires one, and
+    audiences.toml may not switch that off)."""
     init_project(root)
-    edit_toml(root, "[approvers]", "[approvers]\nrequire_approval = false")
+    edit_toml(root, 'pack = "hipaa-marketing"', 'pack = "baseline"')
     shutil.copytree(crm, root / "data")
     for template in (root / "segments").glob("*.yaml"):
         template.unlink()
@@ -100,7 +101,8 @@ def segment_case(name: str) -> Setup:
 def pack_case(name: str) -> Setup:
     def setup(root: Path) -> None:
         shutil.copyfile(CASES / f"{name}.yaml", root / "policies" / "house.yaml")
-        edit_toml(root, 'pack = "hipaa-marketing"', 'pack = "policies/house.yaml"')
+        # make_project has already switched the pack line to the baseline pack
+        edit_toml(root, 'pack = "baseline"', 'pack = "policies/house.yaml"')
 
     return setup
 

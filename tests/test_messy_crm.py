@@ -13,7 +13,7 @@ import csv
 import json
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,21 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
+from conftest import frozen_clock
 
 from audiences.cli import cli
 
 CASE = Path(__file__).parent / "cases" / "messy_crm"
 AS_OF = "2025-06-02"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(date.fromisoformat(AS_OF)):
+        yield
+
+
 ROWS = 800
 HEADER = [
     "Record ID", "First Name", "Last Name", "Email", "Phone Number", "Date of Birth", "Sex",

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AS_OF
+from conftest import AS_OF, frozen_clock
 
 from policies.privacy.coarse import (
     PEOPLE_COUNT_KEYS,
@@ -24,6 +25,13 @@ from policies.privacy.coarse import (
 )
 
 DAY = AS_OF.isoformat()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
 
 
 def exact_counts(value: Any, path: str = "") -> list[str]:
@@ -173,14 +181,21 @@ def test_attack_a_one_person_file_segment_report_does_not_answer_yes_or_no(
     shown = []
     for who in (yes, no):
         (p.root / "segments" / "probe.yaml").write_text(_one_person_segment(who))
+        p.approve("probe")  # approved, so the gate reads the candidates (not stopped early)
         build = p.cli_json("build", "probe", "--as-of", DAY, expect=3)
         (b,) = build["builds"]
         assert b["status"] == "blocked" and b["members"] is None
         report = json.loads(p.cli("report", b["build_id"], "--format", "json").stdout)
         text = p.cli("report", b["build_id"], "--format", "md").stdout
-        assert "Candidates: < 100" in text
+        # the funnel as the officer reads it: the coarse figure, the same for 1 and 0
+        table = text.split("<!-- section: funnel -->")[1].split("<!-- section: definition -->")[0]
+        assert "| Selected by the segment | — | — | \\< 100 |" in table
         shown.append(
-            (report["figures"], [(v["id"], v["evidence"], v["detail"]) for v in report["verdicts"]])
+            (
+                report["figures"],
+                [(v["id"], v["evidence"], v["detail"]) for v in report["verdicts"]],
+                table,
+            )
         )
     assert shown[0] == shown[1]  # nothing tells the two apart
     assert shown[0][0]["candidates"] == "< 100"

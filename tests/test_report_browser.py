@@ -29,6 +29,7 @@ import test_report as reports  # the report fixtures of tests/test_report.py
 from policies.report import render
 
 outcomes = reports.outcomes  # the fixture, reused
+_stopped_clock = reports._stopped_clock  # its data is fixed on the day test_report stops at
 WIDTHS = (1280, 390)
 TIMEOUT = 120
 MEASURE = """

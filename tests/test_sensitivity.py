@@ -9,15 +9,23 @@ under hipaa-marketing a segment may read only classified contacts columns.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
 import pytest
-from conftest import AS_OF
+from conftest import AS_OF, frozen_clock
 
 from policies.rules import sensitivity_key
 
 DAY = AS_OF.isoformat()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
 
 
 @pytest.mark.parametrize(
@@ -131,8 +139,15 @@ def test_validate_warns_about_an_undeclared_derived_column(make_project: Any) ->
     _add_care_program(p)  # no segment reads it: a warning, not an error
     result = p.cli("validate", "--as-of", DAY)
     assert result.exit_code == 0, result.stderr
-    assert "warning: contacts column 'care_program' looks derived from health data" in (
-        result.stderr
+    assert (
+        "Warning: audiences.toml: contacts column 'care_program' looks derived from health data"
+        in result.stderr
+    )
+    assert "add it to [columns] sensitive" in result.stderr
+    doc = p.cli_json("validate", "--as-of", DAY)
+    assert not doc["errors"]
+    assert any(
+        "'care_program' looks derived from health data" in w["message"] for w in doc["warnings"]
     )
 
 

@@ -9,18 +9,36 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
-from conftest import AS_OF, Project, adults, google_people, meta_rows, released_ids
+from conftest import (
+    AS_OF,
+    STATE,
+    Project,
+    adults,
+    frozen_clock,
+    google_people,
+    meta_rows,
+    released_ids,
+)
 
 from audiences.pipeline.sync import make_connector, sync
 
 DAY = AS_OF.isoformat()
 ALL_ADULTS = adults(AS_OF) & pl.col("preferred_language").is_in(["en", "es"])
-WEST_COAST = adults(AS_OF) & pl.col("state").is_in(["CA", "OR", "WA", "NV", "AZ"])
+# segments compare states case-insensitively (``ca`` is CA): conftest.STATE
+WEST_COAST = adults(AS_OF) & STATE.is_in(["CA", "OR", "WA", "NV", "AZ"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
 
 
 def opt_out(p: Project, n: int, seed: int) -> None:
