@@ -91,9 +91,7 @@ def segment_sql(
     construct the dialect cannot express exactly.
     """
     if dialect not in DIALECTS:
-        raise SegmentError(
-            f"unknown SQL dialect '{dialect}'", "use one of: " + ", ".join(DIALECTS)
-        )
+        raise SegmentError(f"unknown SQL dialect '{dialect}'", "use one of: " + ", ".join(DIALECTS))
     check_segment(segment, contacts_schema, events_schema, ctx)
     compiler = _SqlCompiler(contacts_schema, events_schema, ctx, dialect, tables)
     return compiler.select(segment, list(columns) if columns else [ctx.contact_id])
@@ -155,7 +153,7 @@ class _SqlCompiler:
                     f"contacts table '{self.tables.contacts}' has no column '{name}'",
                     "select only columns the contacts table has",
                 )
-        filters: list[exp.Expression] = []
+        filters: list[exp.Expr] = []
         for part in top_level_parts(segment):
             event, negated = part, False
             if isinstance(part, Not) and isinstance(part.condition, EventCondition):
@@ -199,8 +197,8 @@ class _SqlCompiler:
     def aggregates(self) -> exp.Subquery:
         """One row per contact with events: a count per distinct filter, last times."""
         time = _col(self.ctx.event_time, _EVENTS)
-        matches: list[exp.Expression] = []
-        outputs: list[exp.Expression] = []
+        matches: list[exp.Expr] = []
+        outputs: list[exp.Expr] = []
         for name, event in self.plan.counts.values():
             match = self.event_filter(event)
             matches.append(match.copy())
@@ -226,7 +224,7 @@ class _SqlCompiler:
 
     # -- contact level -------------------------------------------------------------------
 
-    def condition(self, cond: Condition) -> exp.Expression:
+    def condition(self, cond: Condition) -> exp.Expr:
         if isinstance(cond, AllOf):
             return exp.and_(*(self.condition(c) for c in cond.conditions))
         if isinstance(cond, AnyOf):
@@ -247,7 +245,7 @@ class _SqlCompiler:
             self.plan.counts[key] = (f"count_{len(self.plan.counts)}", event)
         return self.plan.counts[key][0]
 
-    def contact_field(self, cond: FieldCondition) -> exp.Expression:
+    def contact_field(self, cond: FieldCondition) -> exp.Expr:
         kind, base = classify_field(cond.field)
         if kind == "column":
             column = _col(cond.field, _CONTACTS)
@@ -284,30 +282,30 @@ class _SqlCompiler:
 
     def derived_days(
         self,
-        value: exp.Expression,
+        value: exp.Expr,
         dtype: pl.DataType,
         cond: FieldCondition,
         last_day: _LastDay,
-    ) -> exp.Expression:
+    ) -> exp.Expr:
         """Comparisons of a whole number that falls as the day of ``value`` rises.
 
         ``N >= k`` exactly when ``day(value) <= last_day(k)``; every operator is written
         with that, so the column is compared with literals only.
         """
 
-        def at_least(k: int) -> exp.Expression:  # N >= k
+        def at_least(k: int) -> exp.Expr:  # N >= k
             return self.day_before(value.copy(), dtype, last_day(k) + 1)
 
-        def below(k: int) -> exp.Expression:  # N < k
+        def below(k: int) -> exp.Expr:  # N < k
             return self.day_from(value.copy(), dtype, last_day(k) + 1)
 
-        def equals(v: object) -> exp.Expression:
+        def equals(v: object) -> exp.Expr:
             assert isinstance(v, int | float)
             if v != math.floor(v):
                 return _known_false(value.copy())
             return exp.and_(at_least(int(v)), below(int(v) + 1))
 
-        parts: list[exp.Expression] = []
+        parts: list[exp.Expr] = []
         for comparison in cond.comparisons:
             op, values = comparison.op, _values(comparison)
             if op in ("is_null", "not_null"):
@@ -331,7 +329,7 @@ class _SqlCompiler:
 
     # -- days and instants ---------------------------------------------------------------
 
-    def day_from(self, value: exp.Expression, dtype: pl.DataType, ordinal: int) -> exp.Expression:
+    def day_from(self, value: exp.Expr, dtype: pl.DataType, ordinal: int) -> exp.Expr:
         """``day(value) >= day ordinal``: unknown for null, like any comparison."""
         if ordinal <= 1:
             return _known_true(value)
@@ -339,9 +337,7 @@ class _SqlCompiler:
             return _known_false(value)
         return exp.GTE(this=value, expression=self.day_start(dt.date.fromordinal(ordinal), dtype))
 
-    def day_before(
-        self, value: exp.Expression, dtype: pl.DataType, ordinal: int
-    ) -> exp.Expression:
+    def day_before(self, value: exp.Expr, dtype: pl.DataType, ordinal: int) -> exp.Expr:
         """``day(value) < day ordinal``."""
         if ordinal <= 1:
             return _known_false(value)
@@ -349,17 +345,17 @@ class _SqlCompiler:
             return _known_true(value)
         return exp.LT(this=value, expression=self.day_start(dt.date.fromordinal(ordinal), dtype))
 
-    def day_start(self, day: dt.date, dtype: pl.DataType) -> exp.Expression:
+    def day_start(self, day: dt.date, dtype: pl.DataType) -> exp.Expr:
         if isinstance(dtype, pl.Datetime):
             return self.instant(dt.datetime.combine(day, dt.time()), dtype)
         return exp.cast(exp.Literal.string(day.isoformat()), exp.DataType.Type.DATE)
 
-    def day_start_event(self, day: dt.date, plus_days: int = 0) -> exp.Expression:
+    def day_start_event(self, day: dt.date, plus_days: int = 0) -> exp.Expr:
         assert self.events_schema is not None
         dtype = self.events_schema[self.ctx.event_time]
         return self.day_start(day + dt.timedelta(days=plus_days), dtype)
 
-    def instant(self, value: dt.datetime, dtype: pl.Datetime) -> exp.Expression:
+    def instant(self, value: dt.datetime, dtype: pl.Datetime) -> exp.Expr:
         """A literal of a date-time column's type; a wall time in the column's zone."""
         if dtype.time_zone is None:
             text = value.isoformat(sep=" ")
@@ -376,20 +372,18 @@ class _SqlCompiler:
 
     # -- comparisons ---------------------------------------------------------------------
 
-    def comparisons(
-        self, value: exp.Expression, cond: FieldCondition, dtype: pl.DataType
-    ) -> exp.Expression:
+    def comparisons(self, value: exp.Expr, cond: FieldCondition, dtype: pl.DataType) -> exp.Expr:
         cat = category(dtype)
         return exp.and_(*(self.compare(value, c, cat, dtype, cond.field) for c in cond.comparisons))
 
     def compare(
         self,
-        value: exp.Expression,
+        value: exp.Expr,
         comparison: Comparison,
         cat: Category,
         dtype: pl.DataType,
         name: str,
-    ) -> exp.Expression:
+    ) -> exp.Expr:
         op, values = comparison.op, _values(comparison)
         if op in ("is_null", "not_null"):
             return _null_test(value.copy(), comparison)
@@ -403,7 +397,7 @@ class _SqlCompiler:
         literals = [self.literal(comparison_value(v, cat), cat, dtype) for v in values]
         return _ordered(value.copy(), op, literals)
 
-    def literal(self, value: object, cat: Category, dtype: pl.DataType) -> exp.Expression:
+    def literal(self, value: object, cat: Category, dtype: pl.DataType) -> exp.Expr:
         if cat == "date":
             assert isinstance(value, dt.date)
             return self.day_start(value, pl.Date())
@@ -417,14 +411,15 @@ class _SqlCompiler:
         return exp.Literal.string(str(value))
 
     def compare_days(
-        self, value: exp.Expression, op: str, values: tuple[object, ...], dtype: pl.Datetime
-    ) -> exp.Expression:
+        self, value: exp.Expr, op: str, values: tuple[object, ...], dtype: pl.Datetime
+    ) -> exp.Expr:
         """Date-only values against a date-time column: the day of the value, exactly."""
         days = [dt.date.fromisoformat(str(v)).toordinal() for v in values]
 
-        def on(day: int) -> exp.Expression:
+        def on(day: int) -> exp.Expr:
             return exp.and_(
-                self.day_from(value.copy(), dtype, day), self.day_before(value.copy(), dtype, day + 1)
+                self.day_from(value.copy(), dtype, day),
+                self.day_before(value.copy(), dtype, day + 1),
             )
 
         if op in ("eq", "in"):
@@ -443,10 +438,10 @@ class _SqlCompiler:
         }
         return bounds[op]()
 
-    def string_matches(self, value: exp.Expression, values: tuple[object, ...]) -> exp.Expression:
+    def string_matches(self, value: exp.Expr, values: tuple[object, ...]) -> exp.Expr:
         exact = [str(v) for v in values if not str(v).endswith("*")]
         prefixes = [str(v)[:-1] for v in values if str(v).endswith("*")]
-        parts: list[exp.Expression] = []
+        parts: list[exp.Expr] = []
         if len(exact) == 1:
             parts.append(exp.EQ(this=value.copy(), expression=exp.Literal.string(exact[0])))
         elif exact:
@@ -456,9 +451,7 @@ class _SqlCompiler:
         parts += [_starts_with(value.copy(), p) for p in prefixes]
         return exp.or_(*parts)
 
-    def compare_string(
-        self, value: exp.Expression, op: str, values: tuple[object, ...]
-    ) -> exp.Expression:
+    def compare_string(self, value: exp.Expr, op: str, values: tuple[object, ...]) -> exp.Expr:
         if op in ("eq", "in"):
             return self.string_matches(value, values)
         if op in ("ne", "not_in"):
@@ -476,9 +469,12 @@ class _SqlCompiler:
         return _ordered(value, op, [exp.Literal.string(str(v)) for v in values])
 
     def compare_list(
-        self, value: exp.Expression, op: str, values: tuple[object, ...], name: str
-    ) -> exp.Expression:
-        """True if any element matches; a null list is unknown, null elements never match."""
+        self, value: exp.Expr, op: str, values: tuple[object, ...], name: str
+    ) -> exp.Expr:
+        """True if any element matches; a null list is unknown, null elements never match.
+
+        ``contains`` on a list means an element equal to the value, as in polars.
+        """
         if self.dialect == "snowflake":
             raise SegmentError(
                 f"list column '{name}' cannot be tested on Snowflake yet (its array elements "
@@ -490,9 +486,7 @@ class _SqlCompiler:
         element = _col(element_name, alias)
         if op == "starts_with":
             match = _starts_with(element, str(values[0]))
-        elif op == "contains":  # pragma: no cover - validation keeps 'contains' for text
-            raise SegmentError(f"'contains' on the list column '{name}'", "use in: or eq:")
-        else:
+        else:  # eq, in, contains (an element equal to it), ne, not_in
             match = self.string_matches(element, values)
         elements = exp.Unnest(
             expressions=[value.copy()],
@@ -500,9 +494,7 @@ class _SqlCompiler:
                 this=exp.to_identifier(alias), columns=[exp.to_identifier(element_name)]
             ),
         )
-        any_match = exp.Exists(
-            this=exp.select(exp.Literal.number(1)).from_(elements).where(match)
-        )
+        any_match = exp.Exists(this=exp.select(exp.Literal.number(1)).from_(elements).where(match))
         known = exp.Case(
             ifs=[exp.If(this=exp.Is(this=value.copy(), expression=exp.Null()), true=exp.Null())]
         )
@@ -511,13 +503,13 @@ class _SqlCompiler:
 
     # -- event level ---------------------------------------------------------------------
 
-    def event_type_is(self, types: list[str]) -> exp.Expression:
+    def event_type_is(self, types: list[str]) -> exp.Expr:
         column = _col(self.ctx.event_type, _EVENTS)
         if len(types) == 1:
             return exp.EQ(this=column, expression=exp.Literal.string(types[0]))
         return exp.In(this=column, expressions=[exp.Literal.string(t) for t in types])
 
-    def event_filter(self, event: EventCondition) -> exp.Expression:
+    def event_filter(self, event: EventCondition) -> exp.Expr:
         parts = [self.event_type_is(list(event.types))]
         if event.window is not None:
             parts.append(self.window(event.window))
@@ -525,7 +517,7 @@ class _SqlCompiler:
             parts.append(exp.paren(self.event_condition(event.where)))
         return exp.and_(*parts)
 
-    def event_condition(self, cond: Condition) -> exp.Expression:
+    def event_condition(self, cond: Condition) -> exp.Expr:
         assert self.events_schema is not None
         if isinstance(cond, AllOf):
             return exp.and_(*(self.event_condition(c) for c in cond.conditions))
@@ -538,7 +530,7 @@ class _SqlCompiler:
         column = _col(cond.field, _EVENTS)
         return self.comparisons(column, cond, self.events_schema[cond.field])
 
-    def window(self, window: Window) -> exp.Expression:
+    def window(self, window: Window) -> exp.Expr:
         as_of = self.ctx.as_of
         if window.kind == "within":
             assert window.days is not None
@@ -568,38 +560,38 @@ def _values(comparison: Comparison) -> tuple[object, ...]:
     return raw if isinstance(raw, tuple) else (raw,)
 
 
-def _not(condition: exp.Expression) -> exp.Expression:
+def _not(condition: exp.Expr) -> exp.Expr:
     return exp.Not(this=exp.paren(condition))
 
 
-def _null_test(value: exp.Expression, comparison: Comparison) -> exp.Expression:
+def _null_test(value: exp.Expr, comparison: Comparison) -> exp.Expr:
     wants_null = (comparison.op == "is_null") == bool(comparison.value)
     test = exp.Is(this=value, expression=exp.Null())
     return test if wants_null else exp.Not(this=test)
 
 
-def _unknown() -> exp.Expression:
+def _unknown() -> exp.Expr:
     return exp.cast(exp.Null(), exp.DataType.Type.BOOLEAN)
 
 
-def _known_true(value: exp.Expression) -> exp.Expression:
+def _known_true(value: exp.Expr) -> exp.Expr:
     """True where ``value`` is not null, unknown where it is."""
     return exp.paren(exp.or_(exp.Not(this=exp.Is(this=value, expression=exp.Null())), _unknown()))
 
 
-def _known_false(value: exp.Expression) -> exp.Expression:
+def _known_false(value: exp.Expr) -> exp.Expr:
     """False where ``value`` is not null, unknown where it is."""
     return exp.paren(exp.and_(exp.Is(this=value, expression=exp.Null()), _unknown()))
 
 
-def _starts_with(value: exp.Expression, prefix: str) -> exp.Expression:
+def _starts_with(value: exp.Expr, prefix: str) -> exp.Expr:
     if not prefix:
         return _known_true(value)
     return exp.StartsWith(this=value, expression=exp.Literal.string(prefix))
 
 
-def _ordered(value: exp.Expression, op: str, values: Sequence[object]) -> exp.Expression:
-    literals = [v if isinstance(v, exp.Expression) else exp.convert(v) for v in values]
+def _ordered(value: exp.Expr, op: str, values: Sequence[object]) -> exp.Expr:
+    literals = [v if isinstance(v, exp.Expr) else exp.convert(v) for v in values]
     first = literals[0]
     if op == "eq":
         return exp.EQ(this=value, expression=first)
