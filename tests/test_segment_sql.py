@@ -267,3 +267,44 @@ def test_unknown_dialect_is_named() -> None:
             tables=TABLES,
             dialect="oracle",  # type: ignore[arg-type]
         )
+
+
+# -- running in a DuckDB database file -------------------------------------------------------
+
+
+def test_segment_runs_in_a_duckdb_file(tmp_path: Path) -> None:
+    from audiences.segments.sql_run import run_segment_in_duckdb
+
+    contacts = contacts_frame(
+        [
+            {"contact_id": "a", "state": "NY", "birth_date": dt.date(1960, 2, 29)},
+            {"contact_id": "b", "state": "NJ", "birth_date": dt.date(1960, 3, 2)},
+            {"contact_id": "c", "state": None, "birth_date": None},
+        ]
+    )
+    events = events_frame(
+        [{"contact_id": "a", "event_type": "visit", "event_time": dt.datetime(2024, 2, 1)}], "UTC"
+    )
+    database = tmp_path / "crm.duckdb"
+    with duckdb.connect(str(database)) as connection:
+        for name, frame in (("contacts", contacts), ("events", events)):
+            connection.register("frame", frame.to_arrow())
+            connection.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")  # fixed names
+            connection.unregister("frame")
+    segment = parse_segment(
+        "name: t\nwhere:\n  age: {gte: 64}\n  event: {type: visit, within: 30d}\n", source="t.yaml"
+    )
+    ctx = SegmentContext(as_of=dt.date(2024, 2, 29))
+    got = run_segment_in_duckdb(segment, database, ctx, tables=TABLES)
+    expected = compile_segment(segment, contacts.lazy(), events.lazy(), ctx).collect()
+    assert got.columns == contacts.columns
+    assert got.to_dicts() == expected.to_dicts() == [contacts.row(0, named=True)]
+    with pytest.raises(Exception, match="DuckDB table 'missing' does not exist"):
+        run_segment_in_duckdb(segment, database, ctx, tables=SqlTables(contacts="missing"))
+    with pytest.raises(Exception, match="unknown column 'nope'"):
+        run_segment_in_duckdb(
+            parse_segment("name: t\nwhere:\n  nope: {eq: 1}\n", source="t.yaml"),
+            database,
+            ctx,
+            tables=TABLES,
+        )
