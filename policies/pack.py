@@ -513,7 +513,8 @@ def _check_against_config(pack: Pack, config: ProjectConfig) -> None:
                 where=pack.origin,
             )
     for rule in pack.rules:
-        for key in REQUIRED_CONSENT.get(rule.kind, lambda _: ())(rule.params):
+        reads = REQUIRED_CONSENT.get(rule.kind)
+        for key in reads(rule.params) if reads is not None else ():
             if getattr(config.consent, key) is None:
                 raise ConfigError(
                     f"rule {rule.id!r} ({rule.kind}) reads [consent] {key}, which is not set in "

@@ -194,7 +194,7 @@ def test_jurisdiction_pack_cannot_carry_destination_rules(tmp_path):
         "    rationale: r\n    source: s\n"
     )
     cfg = config(tmp_path, packs=["baseline", "policies/wa.yaml"])
-    with pytest.raises(ConfigError, match="destination rules .* apply to the whole release"):
+    with pytest.raises(ConfigError, match=r"destination rules .* apply to the whole release"):
         load_pack(cfg)
 
 
@@ -245,13 +245,13 @@ def test_wa_health_inferring_event_type_counts_as_health(project):
 
     cfg = config(project["root"])
     ctx = FilterContext(cfg, crowd(1), AS_OF, finding(portal, cfg), None, segment=portal)  # type: ignore[arg-type]
-    assert "portal_login" in health_inferring(HealthDataConsentParams(consent="share_health_data"), ctx)
+    assert "portal_login" in health_inferring(
+        HealthDataConsentParams(consent="share_health_data"), ctx
+    )
 
 
 def test_wa_geofence_segment_is_refused_when_washington_people_are_selected(project):
-    geo = segment(
-        "name: nearby\ndestinations: [meta]\nwhere:\n  distance_to_clinic_km: {lt: 2}\n"
-    )
+    geo = segment("name: nearby\ndestinations: [meta]\nwhere:\n  distance_to_clinic_km: {lt: 2}\n")
     frame = crowd(150, state=["WA"] + ["NY"] * 149, distance_to_clinic_km=1)
     outcome = run(project, geo, frame, ["meta"], config=config(project["root"]))
     assert outcome.blocked and not outcome.releases

@@ -29,10 +29,10 @@ if TYPE_CHECKING:
     from audiences.core.config import ProjectConfig
 
 # EU member states plus Iceland, Liechtenstein and Norway (EEA Agreement).
-EEA_COUNTRIES = frozenset(
-    "at be bg hr cy cz dk ee fi fr de gr hu ie it lv lt lu mt nl pl pt ro sk si es se "
-    "is li no".split()
-)
+EEA_COUNTRIES = frozenset((
+    "at", "be", "bg", "hr", "cy", "cz", "dk", "ee", "fi", "fr", "de", "gr", "hu", "ie", "it",
+    "lv", "lt", "lu", "mt", "nl", "pl", "pt", "ro", "sk", "si", "es", "se", "is", "li", "no",
+))  # fmt: skip
 EEA = "EEA"
 UK = "UK"
 UNKNOWN = "unknown"
@@ -50,7 +50,7 @@ def _derived(candidates: pl.DataFrame, config: ProjectConfig) -> pl.Expr:
     """One code per row (null where undetermined), from the normalized state and country."""
     if config.identity.state is None and config.identity.country is None:
         return pl.lit(None, dtype=pl.String)
-    exprs = normalized_exprs(config.identity, "meta", schema=candidates.schema)
+    exprs = normalized_exprs(config.identity, "meta", schema=candidates.schema)  # type: ignore[arg-type]
     country, state = exprs["COUNTRY"], exprs["ST"]
     us_state = state.replace_strict(US_STATES, default=None, return_dtype=pl.String)
     return (
@@ -90,7 +90,7 @@ def _override(name: str) -> pl.Expr:
 def jurisdictions(candidates: pl.DataFrame, config: ProjectConfig) -> pl.Series:
     """Each candidate's jurisdictions (``List[String]``); an empty list where unknown."""
     derived = _derived(candidates, config)
-    as_list = pl.when(derived.is_not_null()).then(pl.concat_list(derived))
+    as_list: pl.Expr = pl.when(derived.is_not_null()).then(pl.concat_list(derived))
     column = config.policy.jurisdiction_column
     if column is not None:
         if column not in candidates.schema:
