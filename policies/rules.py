@@ -779,7 +779,9 @@ def health_data_consent(rule: Rule, ctx: FilterContext) -> Verdict:
         lacking = _mask(df, pl.lit(True))
         note = f" — [consent] {p.consent} is not set, so nobody has consented"
     else:
-        lacking = _mask(df, ~truthy(df, column, p.consent).fill_null(False))
+        _column(df, column, p.consent)  # names a missing column
+        # granted: true / yes / 1 / granted; withdrawn, denied or unknown is no consent
+        lacking = _mask(df, consent_signal(df, column, p.consent) != "GRANTED")
         note = ""
     n = _count(df, lacking)
     evidence = {
