@@ -10,7 +10,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
-from test_gate import AS_OF, NEWSLETTER, make_config, people, project, run, segment, verdict
+from test_gate import (  # noqa: F401  (project: the fixture; _stopped_clock: AS_OF's clock)
+    AS_OF,
+    NEWSLETTER,
+    _stopped_clock,
+    make_config,
+    people,
+    project,
+    run,
+    segment,
+    verdict,
+)
 
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import ConfigError
