@@ -8,11 +8,20 @@ things several of them share:
   Parquet under ``benchmarks/.data/`` (gitignored) and reused, keyed by (rows, seed,
   generator digest): a changed generator makes a new sample;
 * :func:`run_child` — run a command in a child process and return its wall time and
-  *its own* peak RSS (``os.wait4``), so a figure never includes the parent's memory.
+  *its own* peak RSS (``os.wait4``), so a figure never includes the parent's memory;
+* :func:`stopped_clock` / :data:`STOP_CLOCK` — the wall clock stopped at noon UTC on
+  :data:`AS_OF`, in this process / at the top of a child's ``-c`` script. A release is
+  judged on ``audiences.core.clock.today()`` and refuses any other day; the samples are
+  generated for ``AS_OF``, so benchmarks stop the clock in their own processes (the
+  sanctioned way, as the tests do), never through a flag or a variable;
+* :func:`approver` / :func:`trust_and_approve` — the one-time human step under
+  ``hipaa-marketing``, done untimed in setup: a key pair outside any work tree, its
+  public key under ``[approvers] keys``, each benchmark segment approved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import inspect
@@ -22,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +39,90 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 AS_OF = dt.date(2025, 6, 1)  # every benchmark builds "as of" this day: results are repeatable
 
-__all__ = ["AS_OF", "DATA_DIR", "ROOT", "ChildRun", "generator_digest", "run_child", "sample_crm"]
+__all__ = [
+    "AS_OF",
+    "DATA_DIR",
+    "ROOT",
+    "STOP_CLOCK",
+    "Approver",
+    "ChildRun",
+    "approver",
+    "generator_digest",
+    "run_child",
+    "sample_crm",
+    "stopped_clock",
+    "trust_and_approve",
+]
+
+# The first lines of a child's ``-c`` script: the same stopped clock as :func:`stopped_clock`.
+STOP_CLOCK = f"""
+import datetime as _dt
+from audiences.core import clock as _clock
+_clock.now = lambda: _dt.datetime({AS_OF.year}, {AS_OF.month}, {AS_OF.day}, 12, tzinfo=_dt.UTC)
+"""
+
+
+@contextlib.contextmanager
+def stopped_clock() -> Iterator[None]:
+    """This process's wall clock stopped at noon UTC on :data:`AS_OF` while inside."""
+    from unittest import mock
+
+    from audiences.core import clock
+
+    noon = dt.datetime(AS_OF.year, AS_OF.month, AS_OF.day, 12, tzinfo=dt.UTC)
+    with mock.patch.object(clock, "now", lambda: noon):
+        yield
+
+
+@dataclass(frozen=True)
+class Approver:
+    name: str
+    private_key: Path
+    public_base64: str
+
+
+_APPROVER: list[Approver] = []
+
+
+def approver() -> Approver:
+    """A compliance officer's key pair for this benchmark process, made once in a
+    temporary folder outside any git work tree (removed when the process exits)."""
+    if not _APPROVER:
+        import atexit
+
+        from audiences.compliance.keys import generate_keypair
+
+        folder = Path(tempfile.mkdtemp(prefix="audiences-bench-keys-"))
+        atexit.register(shutil.rmtree, folder, True)
+        pair = generate_keypair(folder / "bench.key", folder / "bench.pub")
+        _APPROVER.append(Approver("bench.officer", pair.private_path, pair.public_base64))
+    return _APPROVER[0]
+
+
+def trust_and_approve(project: Path, segments: list[str]) -> None:
+    """List :func:`approver`'s public key under ``[approvers] keys`` in the project's
+    audiences.toml, then approve each segment with the real ``audiences approve``
+    (in-process). Call it once the project's configuration is final: an approval binds
+    the effective policy."""
+    from click.testing import CliRunner
+
+    from audiences.cli import cli
+
+    officer = approver()
+    toml = project / "audiences.toml"
+    text = toml.read_text(encoding="utf-8")
+    if text.count("[approvers]") != 1:
+        raise RuntimeError(f"{toml}: expected one [approvers] table")
+    line = f'keys = {{ "{officer.name}" = "{officer.public_base64}" }}'
+    toml.write_text(text.replace("[approvers]", f"[approvers]\n{line}"), encoding="utf-8")
+    for segment in segments:
+        args = ["-p", str(project), "approve", segment, "--by", officer.name]
+        result = CliRunner().invoke(cli, [*args, "--key", str(officer.private_key)])
+        if result.exit_code != 0:
+            raise RuntimeError(
+                f"approving {segment} failed (exit {result.exit_code}): "
+                f"{result.output}{result.exception or ''}"
+            )
 
 
 @dataclass(frozen=True)
@@ -72,10 +165,13 @@ def check(run: ChildRun, what: str, ok: tuple[int, ...] = (0,)) -> ChildRun:
 def generator_digest() -> str:
     """12 hex digits that change whenever the sample generator or the chunking changes.
 
-    SHA-256 of ``audiences/sample.py`` and of :func:`_generate`'s source: a cached sample
+    SHA-256 of the generator module's file (``audiences/demo/sample.py``, found through the
+    module, not a hard-coded path) and of :func:`_generate`'s source: a cached sample
     made by an older generator is never reused (it silently skewed release sizes once).
     """
-    digest = hashlib.sha256((ROOT / "audiences" / "sample.py").read_bytes())
+    from audiences.demo import sample
+
+    digest = hashlib.sha256(Path(inspect.getfile(sample)).read_bytes())
     digest.update(inspect.getsource(_generate).encode())
     return digest.hexdigest()[:12]
 

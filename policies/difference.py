@@ -228,7 +228,10 @@ def check(
         holds = sum(x for x in (prev.only_new, prev.only_old) if 0 < x < p.k_diff)
     mix = None
     readable = {rid: keys for rid, keys in memberships.items() if keys is not None}
-    if len(readable) == len(memberships):
+    # Patterns need other audiences, and an audience too small to be released at all is
+    # judged by min-size alone: a pattern check on it would answer "is this one person in
+    # the segment?" through pass / fail even in the blocked build's report.
+    if others and new.size >= p.k_diff and len(readable) == len(memberships):
         before = readable[previous.release_id] if previous is not None else _EMPTY
         after = _as_synced(before, new, exempt, p.k_diff if hold_against else 0)
         named = [(f"{e.segment} → {e.destination}", readable[e.release_id]) for e in others]

@@ -56,7 +56,6 @@ from policies.privacy.coarse import blocked_report, rounding
 from policies.privacy.record_level import RecordLevel
 from policies.release import Release, _mint, require_release
 from policies.rules import (
-    FILTERS,
     GOOGLE_KINDS,
     Destination,
     FilterContext,
@@ -68,6 +67,7 @@ from policies.rules import (
     min_size,
     opaque_name,
     phi_finding,
+    run_filter,
     segment_words,
     sensitive_destination,
 )
@@ -158,7 +158,7 @@ def evaluate(inp: GateInput) -> GateOutcome:
         raise InternalError("candidates need a UInt64 member_key column")
     phi = _with_exported_sensitive(phi_finding(inp.segment, config), config, inp.record_exports)
     suppression = SuppressionSet.load(list(pack.suppression_lists), config.identity.default_country)
-    ctx = FilterContext(config, cand, inp.as_of, phi, suppression)
+    ctx = FilterContext(config, cand, inp.as_of, phi, suppression, segment=inp.segment)
 
     # 1. filters
     filter_verdicts, excluded = _filter_verdicts(pack, ctx)
@@ -209,7 +209,7 @@ def _filter_verdicts(pack: Pack, ctx: FilterContext) -> tuple[dict[str, Verdict]
     for rule in pack.rules:
         if rule.scope != "filter":
             continue
-        verdict = FILTERS[rule.kind](rule, ctx)
+        verdict = run_filter(rule, ctx)  # narrowed to a jurisdiction pack's people
         before = int(excluded.sum())
         if verdict.excluded is not None and rule.severity == "block" and verdict.passed:
             excluded |= verdict.excluded.to_numpy()
@@ -493,7 +493,7 @@ def forced_removals(inp: RemovalInput) -> RemovalOutcome:
     suppression = SuppressionSet.load(
         list(inp.pack.suppression_lists), inp.config.identity.default_country
     )
-    ctx = FilterContext(inp.config, cand, inp.as_of, phi, suppression)
+    ctx = FilterContext(inp.config, cand, inp.as_of, phi, suppression, segment=inp.segment)
     by_rule, excluded = _filter_verdicts(inp.pack, ctx)
     keys = cand.get_column("member_key")
     kept = difference.sorted_keys(keys.filter(pl.Series(~excluded)))

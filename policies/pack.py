@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -40,7 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from audiences.core.errors import ConfigError
-from policies.rules import RULE_KINDS, Params, Rule
+from policies.rules import REQUIRED_CONSENT, RULE_KINDS, Params, Rule
 from policies.suppression import SuppressionSource, sources_from
 
 if TYPE_CHECKING:
@@ -87,7 +87,20 @@ class PackFile(_Model):
     extends: str | None = None
     require_approval: bool | None = None
     budget: BudgetSettings | None = None
+    # a jurisdiction pack: listed after the base in [policy] packs, its rules apply to
+    # the people of these jurisdictions (US-WA, EEA, UK …) and of unknown jurisdiction
+    jurisdictions: list[str] = Field(default_factory=list)
     rules: list[RuleEntry] = Field(default_factory=list)
+
+    @field_validator("jurisdictions")
+    @classmethod
+    def _known_jurisdictions(cls, value: list[str]) -> list[str]:
+        from audiences.crm.jurisdiction import KNOWN
+
+        unknown = [code for code in value if code not in KNOWN]
+        if unknown:
+            raise ValueError(f"unknown jurisdiction(s) {unknown} (use US-WA, EEA, UK …)")
+        return value
 
     @field_validator("version", mode="before")
     @classmethod
@@ -108,9 +121,10 @@ class Pack:
     suppression_lists: tuple[SuppressionSource, ...] = ()
     require_approval: bool = False
     budget: BudgetSettings = field(default_factory=lambda: BudgetSettings(epsilon_per_period=10.0))
+    jurisdictions: tuple[str, ...] = ()  # a jurisdiction pack's (see PackFile)
 
     def canonical(self) -> str:
-        body = {
+        body: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
             "description": self.description,
@@ -119,6 +133,8 @@ class Pack:
             "budget": self.budget.model_dump(mode="json"),
             "rules": [r.to_dict() for r in self.rules],
         }
+        if self.jurisdictions:
+            body["jurisdictions"] = list(self.jurisdictions)
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     @cached_property
@@ -235,6 +251,7 @@ def _resolve(pack_file: PackFile, where: str, chain: tuple[str, ...]) -> Pack:
         origin=where,
         require_approval=_require_approval(pack_file, base, where),
         budget=budget or BudgetSettings(epsilon_per_period=10.0),
+        jurisdictions=tuple(pack_file.jurisdictions or (base.jurisdictions if base else ())),
     )
 
 
@@ -392,13 +409,10 @@ def _project_pack_path(config: ProjectConfig, spec: str) -> Path:
 
 
 def load_pack(config: ProjectConfig) -> Pack:
-    """Resolve ``[policy] pack``, validate every rule and the suppression lists in force."""
-    spec = config.policy.pack
-    pack = (
-        builtin_pack(spec)
-        if spec in builtin_names()
-        else pack_from_file(_project_pack_path(config, spec))
-    )
+    """Resolve ``[policy] pack`` (or ``packs``: a base and jurisdiction packs), validate
+    every rule and the suppression lists in force."""
+    specs = config.policy.pack_specs
+    pack = _combine(_pack_of(config, specs[0]), [_pack_of(config, s) for s in specs[1:]])
     _check_against_config(pack, config)
     lists = sources_from(
         ((s.path, s.column, s.kind) for s in config.policy.suppression),
@@ -432,6 +446,63 @@ def load_pack(config: ProjectConfig) -> Pack:
     )
 
 
+def _pack_of(config: ProjectConfig, spec: str) -> Pack:
+    if spec in builtin_names():
+        return builtin_pack(spec)
+    return pack_from_file(_project_pack_path(config, spec))
+
+
+def _combine(base: Pack, extra: list[Pack]) -> Pack:
+    """The base pack plus jurisdiction packs whose (filter) rules apply to the people of
+    their jurisdictions only; min-size and difference stay the base's, on the whole release."""
+    if base.jurisdictions:
+        raise ConfigError(
+            f"{base.name!r} is a jurisdiction pack ({', '.join(base.jurisdictions)}) and "
+            "can't be the base",
+            f'list it after a base pack: [policy] packs = ["hipaa-marketing", "{base.name}"]',
+            where=base.origin,
+        )
+    rules = list(base.rules)
+    for pack in extra:
+        _check_jurisdiction_pack(pack, rules)
+        rules += [replace(r, jurisdictions=pack.jurisdictions) for r in pack.rules]
+    if not extra:
+        return base
+    return replace(
+        base,
+        name=" + ".join([base.name, *(p.name for p in extra)]),
+        description=" ".join([base.description, *(p.description for p in extra)]),
+        rules=tuple(rules),
+        require_approval=base.require_approval or any(p.require_approval for p in extra),
+    )
+
+
+def _check_jurisdiction_pack(pack: Pack, rules: list[Rule]) -> None:
+    if not pack.jurisdictions:
+        raise ConfigError(
+            f"pack {pack.name!r} is not a jurisdiction pack: only the first of [policy] packs "
+            "applies to everyone",
+            "put it first, or give it `jurisdictions:` (e.g. [US-WA])",
+            where=pack.origin,
+        )
+    ids = {r.id for r in rules}
+    for rule in pack.rules:
+        if rule.scope != "filter":
+            raise ConfigError(
+                f"rule {rule.id!r} of jurisdiction pack {pack.name!r} is a {rule.kind} rule: "
+                "destination rules (min size, difference …) apply to the whole release",
+                "move it to the base pack",
+                where=pack.origin,
+            )
+        if rule.id in ids:
+            raise ConfigError(
+                f"rule id {rule.id!r} of pack {pack.name!r} is already used by an earlier pack",
+                "give the rule its own id",
+                where=pack.origin,
+            )
+        ids.add(rule.id)
+
+
 def _check_against_config(pack: Pack, config: ProjectConfig) -> None:
     for rule in pack.of_kind("consent"):
         if rule.params.require_opt_in and config.consent.marketing_opt_in is None:  # type: ignore[attr-defined]
@@ -441,6 +512,16 @@ def _check_against_config(pack: Pack, config: ProjectConfig) -> None:
                 "name the CRM column that records marketing opt-in in [consent] marketing_opt_in",
                 where=pack.origin,
             )
+    for rule in pack.rules:
+        reads = REQUIRED_CONSENT.get(rule.kind)
+        for key in reads(rule.params) if reads is not None else ():
+            if getattr(config.consent, key) is None:
+                raise ConfigError(
+                    f"rule {rule.id!r} ({rule.kind}) reads [consent] {key}, which is not set in "
+                    "audiences.toml",
+                    f"name the CRM column that records it in [consent] {key}",
+                    where=pack.origin,
+                )
     for kind in ("consent", "suppression"):
         if not pack.of_kind(kind):
             raise ConfigError(

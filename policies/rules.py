@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
@@ -383,6 +383,8 @@ class FilterContext:
     as_of: dt.date
     phi: PhiFinding
     suppression: SuppressionSet
+    # the segment judged (jurisdiction rules read the names its definition reaches)
+    segment: Any = None
 
     def __post_init__(self) -> None:
         # Protective rules judge people on the day data leaves, never a caller's date
@@ -722,6 +724,9 @@ class Rule:
     params: Params
     rationale: str
     source: str
+    # a jurisdiction pack's rule applies to the people of these jurisdictions only
+    # (and to people whose jurisdiction is unknown); empty: to everyone
+    jurisdictions: tuple[str, ...] = ()
 
     @property
     def scope(self) -> str:
@@ -735,4 +740,298 @@ class Rule:
             "params": self.params.model_dump(mode="json"),
             "rationale": self.rationale,
             "source": self.source,
+            **({"jurisdictions": list(self.jurisdictions)} if self.jurisdictions else {}),
         }
+
+
+# ---------------------------------------------------------------------------------------
+# Jurisdiction rules (wa-mhmda, gdpr-health, ccpa-sensitive) and jurisdiction scoping
+
+
+class HealthDataConsentParams(Params):
+    # the [consent] key naming the CRM column that records the consent
+    consent: Literal["share_health_data", "explicit_health_marketing"]
+    # columns / event types that reveal or infer health; unset: the project's sensitive
+    # columns ([columns] sensitive) and sensitive event types ([sources.events])
+    health_columns: tuple[str, ...] | None = None
+    health_event_types: tuple[str, ...] | None = None
+
+
+class HealthGeofenceParams(Params):
+    # a segment field is location-based when a word of its name (split at _ - . and
+    # spaces) starts with one of these
+    field_words: tuple[str, ...] = Field(
+        default=(
+            "geofence",
+            "geo",
+            "distance",
+            "near",
+            "radius",
+            "proximity",
+            "latitude",
+            "longitude",
+        ),
+        min_length=1,
+    )
+
+
+class AdConsentSignalsParams(Params):
+    require: tuple[Literal["ad_user_data", "ad_personalization"], ...] = Field(
+        default=("ad_user_data", "ad_personalization"), min_length=1
+    )
+
+
+class SensitivePiOptOutParams(Params):
+    honour: tuple[Literal["limit_sensitive_pi", "opt_out_of_sharing"], ...] = Field(
+        default=("limit_sensitive_pi", "opt_out_of_sharing"), min_length=1
+    )
+
+
+RULE_KINDS.update(
+    {
+        k.name: k
+        for k in (
+            RuleKind(
+                "health_data_consent",
+                "filter",
+                HealthDataConsentParams,
+                "health-derived segments need a recorded consent (to share / explicit)",
+            ),
+            RuleKind(
+                "health_geofence",
+                "filter",
+                HealthGeofenceParams,
+                "refuse location-based conditions (geofences near health facilities)",
+            ),
+            RuleKind(
+                "ad_consent_signals",
+                "filter",
+                AdConsentSignalsParams,
+                "people need the ad consent signals GRANTED",
+            ),
+            RuleKind(
+                "sensitive_pi_opt_out",
+                "filter",
+                SensitivePiOptOutParams,
+                "honour limit-use-of-sensitive-PI and opt-out-of-sharing (GPC) requests",
+            ),
+        )
+    }
+)
+
+
+def _references(ctx: FilterContext) -> Any | None:
+    """The names the segment's definition reaches (None when the gate gave no segment)."""
+    segment = ctx.segment
+    if segment is None:
+        return None
+    try:
+        return segment.references(birth_date=ctx.config.identity.birth_date)
+    except TypeError:  # a segment-like object whose references() takes no arguments
+        return segment.references()
+
+
+def _referenced_names(refs: Any) -> list[str]:
+    names: set[str] = set()
+    for attr in ("contact_columns", "derived_fields", "event_types", "event_columns"):
+        names |= set(getattr(refs, attr, ()) or ())
+    return sorted(names)
+
+
+def health_inferring(p: HealthDataConsentParams, ctx: FilterContext) -> list[str]:
+    """The health-inferring names the segment reaches (and ``phi`` when PHI-derived)."""
+    config = ctx.config
+    columns = set(p.health_columns if p.health_columns is not None else config.columns.sensitive)
+    events = config.sources.events
+    default_types = events.sensitive_types if events else []
+    types = set(p.health_event_types if p.health_event_types is not None else default_types)
+    refs = _references(ctx)
+    found: set[str] = set()
+    if refs is not None:
+        found |= set(refs.contact_columns) & columns
+        found |= set(refs.event_types) & types
+        for name in refs.derived_fields:
+            kind, base = classify_field(name)
+            if (kind == "days_since_column" and base in columns) or (
+                kind == "days_since_last_event" and base in types
+            ):
+                found.add(name)
+    return sorted(found) + (["phi"] if ctx.phi.derived else [])
+
+
+def health_data_consent(rule: Rule, ctx: FilterContext) -> Verdict:
+    p: HealthDataConsentParams = rule.params  # type: ignore[assignment]
+    df = ctx.candidates
+    names = health_inferring(p, ctx)
+    if not names:
+        return _verdict(
+            rule,
+            True,
+            {"candidates": df.height, "health_derived": 0, "lacking_consent": 0, "excluded": 0},
+            "segment reaches no health data and infers no health",
+            excluded=_mask(df, pl.lit(False)),
+        )
+    column = getattr(ctx.config.consent, p.consent)
+    if column is None:
+        lacking = _mask(df, pl.lit(True))
+        note = f" — [consent] {p.consent} is not set, so nobody has consented"
+    else:
+        _column(df, column, p.consent)  # names a missing column
+        # granted: true / yes / 1 / granted; withdrawn, denied or unknown is no consent
+        lacking = _mask(df, consent_signal(df, column, p.consent) != "GRANTED")
+        note = ""
+    n = _count(df, lacking)
+    evidence = {
+        "candidates": df.height,
+        "health_derived": 1,
+        "lacking_consent": n,
+        "excluded": n,
+    }
+    detail = (
+        f"health-derived segment ({len(names)} health-inferring name(s)): released only to "
+        f"people with a recorded {p.consent.replace('_', ' ')} consent" + note
+    )
+    return _verdict(rule, True, evidence, detail, excluded=lacking)
+
+
+_NAME_WORDS = re.compile(r"[^A-Za-z0-9]+")
+
+
+def geofence_fields(p: HealthGeofenceParams, refs: Any) -> list[str]:
+    """Segment names with a word starting with one of ``field_words`` (``near_clinic``,
+    ``distance_to_hospital_km``); ``linear_score`` is not one."""
+    if refs is None:
+        return []
+    prefixes = tuple(w.lower() for w in p.field_words)
+    return [
+        name
+        for name in _referenced_names(refs)
+        if any(w.startswith(prefixes) for w in _NAME_WORDS.split(name.lower()) if w)
+    ]
+
+
+def health_geofence(rule: Rule, ctx: FilterContext) -> Verdict:
+    p: HealthGeofenceParams = rule.params  # type: ignore[assignment]
+    df = ctx.candidates
+    fields = geofence_fields(p, _references(ctx))
+    evidence = {"candidates": df.height, "location_fields": len(fields), "excluded": 0}
+    if not fields:
+        return _verdict(
+            rule,
+            True,
+            evidence,
+            "segment has no location-based condition",
+            excluded=_mask(df, pl.lit(False)),
+        )
+    detail = (
+        f"the segment targets by location ({', '.join(fields)}): geofencing around health "
+        "facilities is unlawful — remove the location condition"
+    )
+    # everyone is affected: the gate narrows this to the pack's jurisdictions
+    return _verdict(rule, False, evidence, detail, excluded=_mask(df, pl.lit(True)))
+
+
+def ad_consent_signals(rule: Rule, ctx: FilterContext) -> Verdict:
+    p: AdConsentSignalsParams = rule.params  # type: ignore[assignment]
+    df = ctx.candidates
+    parts: dict[str, pl.Expr] = {}
+    for signal in p.require:
+        column = getattr(ctx.config.consent, signal)
+        if column is not None:
+            _column(df, column, signal)  # names a missing column
+        parts[f"{signal}_not_granted"] = consent_signal(df, column, signal) != "GRANTED"
+    evidence: dict[str, int] = {"candidates": df.height}
+    if df.height == 0:
+        evidence.update(dict.fromkeys(parts, 0))
+        mask = _mask(df, pl.lit(False))
+    else:
+        counts = df.select(*(e.alias(n) for n, e in parts.items())).sum().row(0, named=True)
+        evidence.update({n: int(v) for n, v in counts.items()})
+        mask = _mask(df, pl.any_horizontal(list(parts.values())))
+    evidence["excluded"] = _count(df, mask)
+    detail = f"released only to people with {' and '.join(p.require)} consent GRANTED"
+    return _verdict(rule, True, evidence, detail, excluded=mask)
+
+
+def sensitive_pi_opt_out(rule: Rule, ctx: FilterContext) -> Verdict:
+    p: SensitivePiOptOutParams = rule.params  # type: ignore[assignment]
+    df = ctx.candidates
+    parts: dict[str, pl.Expr] = {}
+    for request in p.honour:
+        column = getattr(ctx.config.consent, request)
+        if column is None:  # load_pack refuses this; never silently skip
+            raise DataError(
+                f"rule {rule.id!r} honours {request} but [consent] {request} is not set",
+                f"set [consent] {request} in audiences.toml",
+            )
+        parts[request] = truthy(df, column, request).fill_null(False)
+    evidence: dict[str, int] = {"candidates": df.height}
+    if df.height == 0:
+        evidence.update(dict.fromkeys(parts, 0))
+        mask = _mask(df, pl.lit(False))
+    else:
+        counts = df.select(*(e.alias(n) for n, e in parts.items())).sum().row(0, named=True)
+        evidence.update({n: int(v) for n, v in counts.items()})
+        mask = _mask(df, pl.any_horizontal(list(parts.values())))
+    evidence["excluded"] = _count(df, mask)
+    detail = f"people who asked to {' or '.join(_REQUESTS[r] for r in p.honour)} are excluded"
+    return _verdict(rule, True, evidence, detail, excluded=mask)
+
+
+_REQUESTS = {
+    "limit_sensitive_pi": "limit the use of their sensitive personal information",
+    "opt_out_of_sharing": "opt out of sharing (or sent Global Privacy Control)",
+}
+
+FILTERS.update(
+    {
+        "health_data_consent": health_data_consent,
+        "health_geofence": health_geofence,
+        "ad_consent_signals": ad_consent_signals,
+        "sensitive_pi_opt_out": sensitive_pi_opt_out,
+    }
+)
+
+# The [consent] keys each jurisdiction rule kind reads (load_pack checks they are set).
+REQUIRED_CONSENT: dict[str, Callable[[Params], tuple[str, ...]]] = {
+    "health_data_consent": lambda p: (p.consent,),  # type: ignore[attr-defined]
+    "ad_consent_signals": lambda p: tuple(p.require),  # type: ignore[attr-defined]
+    "sensitive_pi_opt_out": lambda p: tuple(p.honour),  # type: ignore[attr-defined]
+}
+
+
+def run_filter(rule: Rule, ctx: FilterContext) -> Verdict:
+    """The filter rule's verdict; a jurisdiction pack's rule is narrowed to the people of
+    its jurisdictions and the people whose jurisdiction is unknown (strictest treatment)."""
+    verdict = FILTERS[rule.kind](rule, ctx)
+    return scoped(rule, ctx, verdict) if rule.jurisdictions else verdict
+
+
+def scoped(rule: Rule, ctx: FilterContext, verdict: Verdict) -> Verdict:
+    """``verdict`` with its exclusion mask ANDed with the jurisdiction mask and its
+    evidence counted per jurisdiction (``in_us_wa``, ``excluded_us_wa``, ``in_unknown``…)."""
+    from audiences.crm.jurisdiction import evidence_suffix, in_jurisdictions, jurisdictions
+
+    df = ctx.candidates
+    found = jurisdictions(df, ctx.config)
+    inside, unknown = in_jurisdictions(found, rule.jurisdictions)
+    scope = inside | unknown
+    base = verdict.excluded if verdict.excluded is not None else _mask(df, pl.lit(False))
+    excluded = (base & scope).alias("excluded") if df.height else base
+    evidence = dict(verdict.evidence)
+    for code in rule.jurisdictions:
+        member = found.list.contains(code).fill_null(False) if df.height else scope
+        key = evidence_suffix(code)
+        evidence[f"in_{key}"] = _count(df, member)
+        evidence[f"excluded_{key}"] = _count(df, excluded & member) if df.height else 0
+    evidence["in_unknown"] = _count(df, unknown)
+    evidence["excluded_unknown"] = _count(df, excluded & unknown) if df.height else 0
+    evidence["out_of_jurisdiction"] = df.height - _count(df, scope)
+    evidence["excluded"] = _count(df, excluded)
+    in_scope = _count(df, scope)
+    where = f"{', '.join(rule.jurisdictions)} (+{evidence['in_unknown']} of unknown jurisdiction)"
+    if in_scope == 0:
+        detail = f"applies to {where}: nobody selected is in its jurisdiction"
+        return replace(verdict, passed=True, evidence=evidence, detail=detail, excluded=excluded)
+    detail = f"applies to {where}: {evidence['excluded']} of {in_scope} excluded; {verdict.detail}"
+    return replace(verdict, evidence=evidence, detail=detail, excluded=excluded)

@@ -42,3 +42,16 @@ def test_an_unknown_reference_is_one_line_with_the_fix(make_project: Any) -> Non
     assert out.exit_code == 1
     assert "no build and no segment named 'no-such-thing'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_report_of_a_released_build_names_its_approval(make_project: Any) -> None:
+    p = make_project(rows=3000, segments=("all-adults",))
+    (result,) = sync(p.config(), ["all-adults"], as_of=AS_OF).results
+    assert result.status == "ok"
+    doc = json.loads(p.cli("report", "all-adults", "--format", "json").stdout)
+    approval = doc["approval"]
+    assert approval["approver"] == p.approver.name and approval["signature_verified"] is True
+    assert approval["segment_digest"] == doc["segment"]["digest"]
+    assert len(approval["key_id"]) == 16
+    markdown = p.cli("report", "all-adults", "--format", "md").stdout
+    assert p.approver.name in markdown and approval["key_id"] in markdown

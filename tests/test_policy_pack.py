@@ -30,7 +30,13 @@ def project_pack(root: Path, text: str, name: str = "ours.yaml") -> str:
 
 
 def test_builtin_packs_load_and_validate():
-    assert builtin_names() == ["baseline", "hipaa-marketing"]
+    assert builtin_names() == [
+        "baseline",
+        "ccpa-sensitive",
+        "gdpr-health",
+        "hipaa-marketing",
+        "wa-mhmda",
+    ]
     base = builtin_pack("baseline")
     kinds = [r.kind for r in base.rules]
     for kind in ("consent", "suppression", "minors", "phi_authorization", "min_size", "difference"):
@@ -141,7 +147,7 @@ BAD_PACKS = [
     (
         "unknown base",
         "name: x\nversion: 1\nextends: strict\n",
-        r"extends unknown pack 'strict' — extend a built-in pack: baseline, hipaa-marketing",
+        r"extends unknown pack 'strict' — extend a built-in pack: baseline, ccpa-sensitive, gdpr-health, hipaa-marketing, wa-mhmda",
     ),
     (
         "unknown key",

@@ -215,6 +215,36 @@ def blocked_report(tmp_path: Path) -> dict:
     return o.report
 
 
+def jurisdiction_report(root: Path) -> dict:
+    """A build under every jurisdiction pack (their rule kinds and per-jurisdiction evidence)."""
+    consent = ("share_health_data", "explicit_health_marketing", "limit_sensitive_pi")
+    cfg = config(root).model_copy(
+        update={
+            "identity": config(root).identity.model_copy(update={"state": "state"}),
+            "consent": config(root).consent.model_copy(
+                update={
+                    **dict.fromkeys(consent, "opt_in"),
+                    "opt_out_of_sharing": "dnc",
+                    "ad_user_data": "opt_in",
+                    "ad_personalization": "opt_in",
+                }
+            ),
+            "policy": config(root).policy.model_copy(
+                update={"packs": ["baseline", "wa-mhmda", "gdpr-health", "ccpa-sensitive"]}
+            ),
+        }
+    )
+    frame = candidates(150).with_columns(
+        pl.Series("state", ["WA", "CA", None] * 50), pl.lit(False).alias("dnc")
+    )
+    conn = connect(root / "s.db")
+    o = evaluate(
+        GateInput("bj", SEGMENT, cfg, load_pack(cfg), frame, ["meta"], AS_OF, conn, root, "me")
+    )
+    conn.close()
+    return o.report
+
+
 @pytest.fixture
 def three(outcomes, tmp_path) -> dict[str, dict]:
     released = {**outcomes[1].report, "approval": {**APPROVAL, "segment_digest": SEGMENT.digest}}
@@ -319,6 +349,7 @@ def test_every_rule_kind_and_evidence_key_has_a_glossary_entry(outcomes, tmp_pat
 
     assert set(RULE_KINDS) | GATE_KINDS <= set(GLOSSARY), "add the rule kind to the glossary"
     reports = [o.report for o in outcomes] + [blocked_report(tmp_path)]
+    reports.append(jurisdiction_report(tmp_path / "jurisdictions"))
     seen = {(v["kind"], k) for r in reports for v in r["verdicts"] for k in v["evidence"]}
     assert {kind for kind, _ in seen} >= set(RULE_KINDS)  # the run covered every kind
     missing = sorted((kind, key) for kind, key in seen if key not in GLOSSARY[kind].terms)

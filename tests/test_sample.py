@@ -42,6 +42,11 @@ DOCUMENTED_CONTACTS = {
     "service_lines": pl.List(pl.String),
     "medication_classes": pl.List(pl.String),
     "insurance_type": pl.String,
+    "ad_user_data_consent": pl.String,
+    "share_health_data": pl.String,
+    "explicit_health_marketing": pl.String,
+    "limit_sensitive_pi": pl.Boolean,
+    "opt_out_of_sharing": pl.Boolean,
 }
 DOCUMENTED_EVENTS = {
     "event_id": pl.String,
@@ -429,3 +434,21 @@ def test_identifiers_belong_to_one_person_except_duplicates() -> None:
         assert shared.height > 0, key  # duplicates do share their person's identifiers
         # ... and a shared key is one person's: every record behind it has one birth date
         assert shared["people"].max() == 1, key
+
+
+def test_privacy_consent_columns_come_last_with_missing_and_withdrawn_values(crm):
+    contacts, _ = crm
+    assert contacts.columns[-len(sample.PRIVACY_COLUMNS) :] == list(sample.PRIVACY_COLUMNS)
+    for column in ("share_health_data", "explicit_health_marketing"):
+        values = set(contacts.get_column(column).to_list())
+        assert values == {"granted", "withdrawn", "denied", None}
+    assert set(contacts.get_column("ad_user_data_consent").to_list()) == {
+        "granted",
+        "denied",
+        None,
+    }
+    for column in ("limit_sensitive_pi", "opt_out_of_sharing"):
+        counts = contacts.get_column(column).value_counts().to_dict(as_series=False)
+        assert set(counts[column]) == {True, False, None}
+    gpc = contacts.get_column("opt_out_of_sharing").mean()
+    assert 0.05 < float(gpc or 0) < 0.2  # a few per cent send GPC

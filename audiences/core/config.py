@@ -156,6 +156,13 @@ class ConsentColumns(Model):
     hipaa_authorization_revoked: str | None = None
     ad_personalization: str | None = None
     ad_user_data: str | None = None
+    # Jurisdiction packs (docs/policy-rules.md): consent to share consumer health data
+    # (Washington MHMDA), explicit consent to health marketing (GDPR Art. 9), "limit use
+    # of my sensitive PI" and opt-out of sharing / Global Privacy Control (CCPA/CPRA).
+    share_health_data: str | None = None
+    explicit_health_marketing: str | None = None
+    limit_sensitive_pi: str | None = None
+    opt_out_of_sharing: str | None = None
 
 
 class SuppressionList(Model):
@@ -169,6 +176,25 @@ class SuppressionList(Model):
 class PolicyConfig(Model):
     pack: str = "baseline"
     suppression: list[SuppressionList] = Field(default_factory=list)
+    # Several packs: the first is the base (applies to everyone); each further one is a
+    # jurisdiction pack whose rules apply to the people of its jurisdiction only.
+    packs: list[str] | None = Field(default=None, min_length=1)
+    # A CRM column whose codes (US-WA, EEA, UK, DE …) override the derived jurisdiction.
+    jurisdiction_column: str | None = None
+
+    @model_validator(mode="after")
+    def _one_base(self) -> PolicyConfig:
+        if self.packs and "pack" in self.model_fields_set and self.pack != self.packs[0]:
+            raise ValueError(
+                f"pack {self.pack!r} and packs {self.packs!r} disagree on the base pack — "
+                "keep only packs (its first entry is the base)"
+            )
+        return self
+
+    @property
+    def pack_specs(self) -> tuple[str, ...]:
+        """The packs in force, base first."""
+        return tuple(self.packs) if self.packs else (self.pack,)
 
 
 class InsightsConfig(Model):

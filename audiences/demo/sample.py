@@ -92,7 +92,22 @@ CONTACTS_SCHEMA = pl.Schema(
         "service_lines": pl.List(pl.String),
         "medication_classes": pl.List(pl.String),
         "insurance_type": pl.String,
+        # privacy-law consents (jurisdiction packs), drawn after everything else from their
+        # own generator, so the columns above keep their values for a seed
+        "ad_user_data_consent": pl.String,
+        "share_health_data": pl.String,
+        "explicit_health_marketing": pl.String,
+        "limit_sensitive_pi": pl.Boolean,
+        "opt_out_of_sharing": pl.Boolean,
     }
+)
+# The columns drawn by _privacy_consents (the last of CONTACTS_SCHEMA).
+PRIVACY_COLUMNS = (
+    "ad_user_data_consent",
+    "share_health_data",
+    "explicit_health_marketing",
+    "limit_sensitive_pi",
+    "opt_out_of_sharing",
 )
 
 EVENTS_SCHEMA = pl.Schema(
@@ -537,7 +552,35 @@ def generate(rows: int, *, seed: int = 0, as_of: dt.date) -> tuple[pl.DataFrame,
     people = _draw_people(rng, rows, as_of)
     contacts = _contacts_frame(rng, people)
     events = _events_frame(rng, people, contacts.get_column("contact_id").rechunk())
-    return contacts, events
+    return _privacy_consents(contacts, seed), events
+
+
+def _privacy_consents(contacts: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """The privacy-law consent columns, from a generator of their own (seeded by ``seed``):
+    consents to share health data and to health marketing are rare and sometimes
+    withdrawn; a few people limit the use of sensitive data or send GPC; some unknown."""
+    rng = np.random.default_rng([seed, 23])
+    n = contacts.height
+    granted = ("granted", "denied", None)
+    withdrawn = ("granted", "withdrawn", "denied", None)
+
+    def text(values: Sequence[str | None], shares: Sequence[float]) -> pl.Series:
+        picks = _choice(rng, shares, n)
+        return pl.Series([*values]).gather(pl.Series(picks, dtype=pl.UInt32))
+
+    def flag(yes: float, unknown: float) -> pl.Series:
+        draw = rng.random(n, dtype=np.float32)
+        known = pl.Series(draw <= 1 - unknown)
+        return pl.Series(draw < yes).zip_with(known, pl.Series([None] * n, dtype=pl.Boolean))
+
+    columns = {
+        "ad_user_data_consent": text(granted, (0.40, 0.15, 0.45)),
+        "share_health_data": text(withdrawn, (0.22, 0.04, 0.06, 0.68)),
+        "explicit_health_marketing": text(withdrawn, (0.18, 0.03, 0.05, 0.74)),
+        "limit_sensitive_pi": flag(0.04, 0.25),
+        "opt_out_of_sharing": flag(0.09, 0.25),
+    }
+    return contacts.with_columns(v.alias(k) for k, v in columns.items())
 
 
 def write(
@@ -1059,7 +1102,8 @@ def _assemble_contacts(
         pl.lit(lists.medication_classes).gather(pl.col("combo")),
         _gather(_INSURANCE, "insurance"),
     ]
-    named = [e.alias(c) for e, c in zip(exprs, CONTACTS_SCHEMA.names(), strict=True)]
+    drawn = [c for c in CONTACTS_SCHEMA.names() if c not in PRIVACY_COLUMNS]
+    named = [e.alias(c) for e, c in zip(exprs, drawn, strict=True)]
     # Assemble the strings a chunk at a time: the pieces of a chunk stay small.
     chunks = [
         frame.slice(lo, _CHUNK).lazy().select(named).collect()

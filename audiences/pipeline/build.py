@@ -39,6 +39,7 @@ from audiences.pipeline.select import (
 from connectors.file import record_exports
 
 if TYPE_CHECKING:
+    from audiences.compliance.approvals import Approval
     from audiences.segments import Segment
     from policies.gate import GateOutcome
     from policies.pack import Pack
@@ -271,7 +272,7 @@ def _build_segment(run: _BuildRun, segment: Segment, i: int, total: int) -> Buil
     if not run.dry_run:
         _open_build(run, build_id, segment)
     try:
-        approval_block = _approval_block(run.conn, run.config, segment, run.pack)
+        approval_block, approval = _approval_block(run.conn, run.config, segment, run.pack)
         if approval_block is not None:
             return _blocked_by_approval(run, build_id, segment, approval_block, started)
         candidates = collect_candidates(
@@ -285,6 +286,8 @@ def _build_segment(run: _BuildRun, segment: Segment, i: int, total: int) -> Buil
         )
         run.step(f"{segment.name}: policy gate", (i + 0.6) / total)
         outcome = _gate(run, build_id, segment, candidates)
+        if approval is not None:  # the evidence: which signed approval allowed this build
+            outcome.report["approval"] = approval_evidence(approval)
     except BaseException as exc:
         if not run.dry_run:
             _finish(run.conn, build_id, "failed", reasons=[_one_line(exc)])
@@ -471,20 +474,39 @@ def noisy_size(
 
 def _approval_block(
     conn: sqlite3.Connection, config: ProjectConfig, segment: Segment, pack: Pack
-) -> str | None:
-    """Why an approval-requiring build (to any destination, files included) may not run."""
+) -> tuple[str | None, Approval | None]:
+    """Why an approval-requiring build (to any destination, files included) may not run,
+    or the approval that allows it (None when the pack requires none)."""
     from audiences.compliance import workflow as compliance
     from audiences.core.errors import ApprovalError
 
     if not compliance.approval_binds(conn, config, segment, pack):
-        return None
+        return None, None
     if not compliance.ad_destinations(config, segment):
-        return None
+        return None, None
     try:
-        compliance.check(conn, config, segment, pack)
+        approval: Approval = compliance.check(conn, config, segment, pack)
     except ApprovalError as exc:
-        return f"approval: {exc.message}"
-    return None
+        return f"approval: {exc.message}", None
+    return None, approval
+
+
+def approval_evidence(approval: Approval) -> dict[str, Any]:
+    """What a report says of the approval that allowed its build. ``check`` verified the
+    signature against a trusted key, the digests and the audit chain before the build ran."""
+    note = approval.note or ""
+    review = next((w for w in note.split() if w.startswith("v-")), None)
+    return {
+        "approver": approval.approver,
+        "key_id": approval.key_id,
+        "at": approval.at,
+        "note": note,
+        "signature_verified": True,
+        "segment_digest": approval.segment_digest,
+        "policy_digest": approval.policy_digest,
+        "destinations": list(approval.destinations),
+        "review_build_id": review,
+    }
 
 
 def write_file_destinations(

@@ -182,6 +182,8 @@ def gate_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:
     wanted |= {c for c in config.identity.model_dump().values() if isinstance(c, str)}
     wanted |= {c for c in config.consent.model_dump().values() if c}
     wanted |= set(config.columns.quasi_identifiers)
+    if config.policy.jurisdiction_column:  # jurisdiction packs read it
+        wanted.add(config.policy.jurisdiction_column)
     for spec in config.destinations.values():
         if spec.kind != "file":
             continue

@@ -202,6 +202,116 @@ GLOSSARY: dict[str, KindEntry] = {
     "approval": KindEntry("Compliance approval", "", {}),
 }
 
+GLOSSARY.update(
+    {
+        "health_data_consent": KindEntry(
+            "Consent for health data",
+            "No consent for health data",
+            {
+                "candidates": _CANDIDATES,
+                "health_derived": Term(
+                    "Health-derived",
+                    "1 when the segment reads or infers health (PHI or health-inferring "
+                    "columns or event types), else 0",
+                ),
+                "lacking_consent": Term(
+                    "Without consent",
+                    "no recorded consent of the kind this rule requires (to share health "
+                    "data, or explicit consent to health marketing), or consent withdrawn",
+                ),
+                "excluded": _EXCLUDED,
+                "removed": _REMOVED,
+            },
+        ),
+        "health_geofence": KindEntry(
+            "Location targeting near health facilities",
+            "Location-based segment",
+            {
+                "candidates": _CANDIDATES,
+                "location_fields": Term(
+                    "Location-based conditions",
+                    "segment fields named like geofence, distance, near, radius or proximity",
+                ),
+                "excluded": _EXCLUDED,
+                "removed": _REMOVED,
+            },
+        ),
+        "ad_consent_signals": KindEntry(
+            "Ad consent signals",
+            "Ad consent not granted",
+            {
+                "candidates": _CANDIDATES,
+                "ad_user_data_not_granted": Term(
+                    "Ad user data not granted",
+                    "consent to send their data to the ad platform is denied or not recorded",
+                ),
+                "ad_personalization_not_granted": Term(
+                    "Ad personalization not granted",
+                    "consent to personalized ads is denied or not recorded",
+                ),
+                "excluded": _EXCLUDED,
+                "removed": _REMOVED,
+            },
+        ),
+        "sensitive_pi_opt_out": KindEntry(
+            "Sensitive data and sharing opt-outs",
+            "Limited sensitive data or opted out of sharing",
+            {
+                "candidates": _CANDIDATES,
+                "limit_sensitive_pi": Term(
+                    "Limit use of sensitive data",
+                    "asked to limit the use of their sensitive personal information",
+                ),
+                "opt_out_of_sharing": Term(
+                    "Opted out of sharing",
+                    "opted out of sale or sharing, or sent a Global Privacy Control signal",
+                ),
+                "excluded": _EXCLUDED,
+                "removed": _REMOVED,
+            },
+        ),
+    }
+)
+
+
+def _jurisdiction_terms() -> dict[str, Term]:
+    """Evidence a jurisdiction pack's rule adds, per jurisdiction it applies to."""
+    from audiences.crm.jurisdiction import KNOWN, evidence_suffix
+
+    terms: dict[str, Term] = {}
+    for code in KNOWN:
+        key = evidence_suffix(code)
+        terms[f"in_{key}"] = Term(f"In {code}", f"people selected whose jurisdiction is {code}")
+        terms[f"excluded_{key}"] = Term(
+            f"Matched in {code}", f"people of {code} this rule applies to and matched"
+        )
+    terms["in_unknown"] = Term(
+        "Jurisdiction unknown",
+        "people whose state or country could not be determined: every jurisdiction pack in "
+        "force applies to them (the strictest treatment)",
+    )
+    terms["excluded_unknown"] = Term(
+        "Matched, jurisdiction unknown", "people of unknown jurisdiction this rule matched"
+    )
+    terms["out_of_jurisdiction"] = Term(
+        "Outside the jurisdiction", "people selected this jurisdiction rule does not apply to"
+    )
+    return terms
+
+
+# Any filter rule of a jurisdiction pack reports its evidence per jurisdiction.
+for _kind in (
+    "consent",
+    "suppression",
+    "minors",
+    "phi_authorization",
+    "health_data_consent",
+    "health_geofence",
+    "ad_consent_signals",
+    "sensitive_pi_opt_out",
+):
+    GLOSSARY[_kind].terms.update(_jurisdiction_terms())
+
 #: Kinds of verdicts the gate makes that are not pack rule kinds.
 GATE_KINDS = frozenset({"k_anonymity", "approval"})
 

@@ -1,0 +1,132 @@
+"""Each contact's privacy jurisdiction(s), from the normalized state and country.
+
+* a US state or territory (the row's country is the US, or a country that uses US state
+  codes) gives ``US-<state>``: ``US-WA``, ``US-CA``, ``US-NV``, ``US-CT`` …
+* a country of the European Economic Area gives ``EEA``; the United Kingdom gives ``UK``;
+* any other recognised country gives its ISO code (``CA`` is Canada, ``US-CA``
+  California).
+
+The row's country is normalized as the identifiers are (``USA``, ``United States`` → US);
+an empty country takes ``[identity] default_country``. A US row without a recognisable
+state, or a country nobody recognises, has **no** jurisdiction: the policy gate then
+applies every jurisdiction pack in force to that person (the strictest treatment) and
+counts them.
+
+``[policy] jurisdiction_column`` names a CRM column that overrides the derivation where it
+holds a value: one or more codes separated by ``;`` or ``,`` (``US-WA``, ``EEA``, ``UK``,
+or a country code such as ``DE`` → ``EEA``, ``GB`` → ``UK``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from audiences.crm.identifiers import US_POSTAL_COUNTRIES, US_STATES, normalized_exprs
+
+if TYPE_CHECKING:
+    from audiences.core.config import ProjectConfig
+
+# EU member states plus Iceland, Liechtenstein and Norway (EEA Agreement).
+EEA_COUNTRIES = frozenset((
+    "at", "be", "bg", "hr", "cy", "cz", "dk", "ee", "fi", "fr", "de", "gr", "hu", "ie", "it",
+    "lv", "lt", "lu", "mt", "nl", "pl", "pt", "ro", "sk", "si", "es", "se", "is", "li", "no",
+))  # fmt: skip
+EEA = "EEA"
+UK = "UK"
+UNKNOWN = "unknown"
+# Jurisdictions a pack may name: every US state/territory, the EEA and the UK.
+US_JURISDICTIONS = tuple(sorted({f"US-{code.upper()}" for code in US_STATES.values()}))
+KNOWN = (*US_JURISDICTIONS, EEA, UK)
+
+
+def evidence_suffix(code: str) -> str:
+    """The evidence-key form of a jurisdiction: ``US-WA`` → ``us_wa``."""
+    return code.lower().replace("-", "_")
+
+
+def _derived(candidates: pl.DataFrame, config: ProjectConfig) -> pl.Expr:
+    """One code per row (null where undetermined), from the normalized state and country."""
+    if config.identity.state is None and config.identity.country is None:
+        return pl.lit(None, dtype=pl.String)
+    exprs = normalized_exprs(config.identity, "meta", schema=candidates.schema)
+    country, state = exprs["COUNTRY"], exprs["ST"]
+    us_state = state.replace_strict(US_STATES, default=None, return_dtype=pl.String)
+    return (
+        pl.when(country == "us")
+        .then(pl.concat_str(pl.lit("US-"), us_state.str.to_uppercase()))
+        .when(country.is_in(US_POSTAL_COUNTRIES))  # Puerto Rico, Guam …: US territories
+        .then(pl.concat_str(pl.lit("US-"), country.str.to_uppercase()))
+        .when(country.is_in(sorted(EEA_COUNTRIES)))
+        .then(pl.lit(EEA))
+        .when(country == "gb")
+        .then(pl.lit(UK))
+        .otherwise(country.str.to_uppercase())
+    )
+
+
+def _override(name: str) -> pl.Expr:
+    """The override column as a list of codes (null where empty)."""
+    tokens = (
+        pl.col(name)
+        .cast(pl.String)
+        .str.replace_all(",", ";")
+        .str.split(";")
+        .list.eval(pl.element().str.strip_chars().str.to_uppercase())
+        .list.eval(pl.element().filter(pl.element().str.len_bytes() > 0))
+    )
+    eea = [c.upper() for c in sorted(EEA_COUNTRIES)] + ["EU"]
+    mapped = tokens.list.eval(
+        pl.when(pl.element().is_in(eea))
+        .then(pl.lit(EEA))
+        .when(pl.element().is_in(["GB"]))
+        .then(pl.lit(UK))
+        .otherwise(pl.element())
+    ).list.unique(maintain_order=True)
+    return pl.when(mapped.list.len() > 0).then(mapped)
+
+
+def jurisdictions(candidates: pl.DataFrame, config: ProjectConfig) -> pl.Series:
+    """Each candidate's jurisdictions (``List[String]``); an empty list where unknown."""
+    derived = _derived(candidates, config)
+    as_list: pl.Expr = pl.when(derived.is_not_null()).then(pl.concat_list(derived))
+    column = config.policy.jurisdiction_column
+    if column is not None:
+        if column not in candidates.schema:
+            from audiences.core.errors import DataError
+
+            raise DataError(
+                f"[policy] jurisdiction_column names column {column!r}, which the contacts "
+                "source does not have",
+                "fix [policy] jurisdiction_column in audiences.toml",
+            )
+        as_list = pl.coalesce(_override(column), as_list)
+    if candidates.height == 0:
+        return pl.Series("jurisdictions", [], dtype=pl.List(pl.String))
+    empty = pl.lit([], dtype=pl.List(pl.String))
+    return (
+        candidates.with_columns(pl.coalesce(as_list, empty).alias("__jurisdictions"))
+        .get_column("__jurisdictions")
+        .alias("jurisdictions")
+    )
+
+
+def in_jurisdictions(found: pl.Series, codes: tuple[str, ...]) -> tuple[pl.Series, pl.Series]:
+    """(in any of ``codes``, jurisdiction unknown) for each candidate."""
+    wanted = list(codes)
+    inside = found.list.eval(pl.element().is_in(wanted)).list.any().fill_null(False)
+    unknown = found.list.len().fill_null(0) == 0
+    return inside.alias("inside"), unknown.alias("unknown")
+
+
+__all__ = [
+    "EEA",
+    "EEA_COUNTRIES",
+    "KNOWN",
+    "UK",
+    "UNKNOWN",
+    "evidence_suffix",
+    "in_jurisdictions",
+    "jurisdictions",
+]

@@ -1,0 +1,412 @@
+"""Jurisdictions per person and the jurisdiction packs (wa-mhmda, gdpr-health,
+ccpa-sensitive): pass, fail and edge cases, and the attacks each rule stops."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from test_gate import (  # noqa: F401  (project: the fixture; _stopped_clock: AS_OF's clock)
+    AS_OF,
+    NEWSLETTER,
+    _stopped_clock,
+    make_config,
+    people,
+    project,
+    run,
+    segment,
+    verdict,
+)
+
+from audiences.core.config import ProjectConfig
+from audiences.core.errors import ConfigError
+from audiences.crm.jurisdiction import jurisdictions
+from policies.gate import RemovalInput, forced_removals
+from policies.pack import builtin_names, builtin_pack, load_pack
+from policies.report.glossary import GLOSSARY
+
+__all__ = ["project"]  # the fixture, shared with test_gate
+
+ALL_PACKS = ["hipaa-marketing", "wa-mhmda", "gdpr-health", "ccpa-sensitive"]
+CONSENT = {
+    "marketing_opt_in": "opt_in",
+    "do_not_contact": "dnc",
+    "deceased": "deceased",
+    "hipaa_authorization_date": "auth",
+    "hipaa_authorization_expires": "auth_expires",
+    "hipaa_authorization_revoked": "auth_revoked",
+    "ad_personalization": "ad_pers",
+    "ad_user_data": "ad_data",
+    "share_health_data": "share",
+    "explicit_health_marketing": "explicit",
+    "limit_sensitive_pi": "limit",
+    "opt_out_of_sharing": "gpc",
+}
+IDENTITY = {
+    "external_id": "contact_id",
+    "email": "email",
+    "phone": "phone",
+    "zip": "zip",
+    "state": "state",
+    "country": "country",
+    "birth_date": "birth_date",
+    "gender": "sex",
+}
+
+
+def config(root: Path, packs: list[str] | None = None, **policy: Any) -> ProjectConfig:
+    return make_config(
+        root,
+        identity=IDENTITY,
+        consent=CONSENT,
+        policy={"packs": packs or ALL_PACKS, **policy},
+    )
+
+
+def crowd(n: int, start: int = 0, **columns: Any) -> pl.DataFrame:
+    """People in NY who gave every consent; override columns per test."""
+    base: dict[str, Any] = {
+        "state": "NY",
+        "country": "US",
+        "ad_data": "granted",
+        "share": True,
+        "explicit": True,
+        "limit": False,
+        "gpc": False,
+    }
+    base.update(columns)
+    return people(n, start, **base)
+
+
+def keys_of(frame: pl.DataFrame, rows: list[int]) -> set[int]:
+    return set(frame.get_column("member_key").gather(rows).to_list())
+
+
+def released(outcome: Any, dest: str = "meta") -> set[int]:
+    return set(outcome.releases[dest].members.get_column("member_key").to_list())
+
+
+# ---------------------------------------------------------------------------------------
+# Jurisdiction per person
+
+
+def test_jurisdiction_from_normalized_state_and_country(tmp_path):
+    frame = pl.DataFrame(
+        {
+            "state": ["WA", "washington", "ca", None, "Bavaria", None, "NY", "ON", None],
+            "country": ["US", None, "usa", "DE", "DE", "United Kingdom", "Narnia", "CA", "US"],
+        }
+    )
+    found = jurisdictions(frame, config(tmp_path)).to_list()
+    assert found == [
+        ["US-WA"],
+        ["US-WA"],  # an empty country takes default_country (US)
+        ["US-CA"],
+        ["EEA"],
+        ["EEA"],
+        ["UK"],
+        [],  # unrecognised country: unknown
+        ["CA"],  # Canada, not California
+        [],  # a US row without a state: unknown
+    ]
+
+
+def test_jurisdiction_column_overrides_where_it_has_a_value(tmp_path):
+    frame = pl.DataFrame(
+        {
+            "state": ["NY", "NY", "NY", "NY"],
+            "country": ["US"] * 4,
+            "residence": ["us-wa", "DE", "US-WA; US-CA", " "],
+        }
+    )
+    cfg = config(tmp_path, jurisdiction_column="residence")
+    assert jurisdictions(frame, cfg).to_list() == [
+        ["US-WA"],
+        ["EEA"],
+        ["US-WA", "US-CA"],
+        ["US-NY"],  # blank override: derived
+    ]
+
+
+def test_jurisdiction_column_missing_is_a_one_line_error(tmp_path):
+    frame = pl.DataFrame({"state": ["NY"], "country": ["US"]})
+    with pytest.raises(Exception, match="jurisdiction_column names column 'nope'"):
+        jurisdictions(frame, config(tmp_path, jurisdiction_column="nope"))
+
+
+# ---------------------------------------------------------------------------------------
+# Packs: sources, loading, several at once
+
+
+def test_every_rule_of_every_builtin_pack_has_source_and_rationale():
+    for name in builtin_names():
+        pack = builtin_pack(name)
+        assert pack.description.strip(), name
+        for rule in pack.rules:
+            assert rule.rationale.strip() and rule.source.strip(), (name, rule.id)
+            if pack.jurisdictions:  # the date it applies from, in the source
+                assert re.search(r"\b20\d\d-\d\d-\d\d\b", rule.source), (name, rule.id)
+
+
+def test_packs_combine_base_first_and_scope_jurisdiction_rules(tmp_path):
+    pack = load_pack(config(tmp_path))
+    assert pack.name == "hipaa-marketing + wa-mhmda + gdpr-health + ccpa-sensitive"
+    scoped = {r.id: r.jurisdictions for r in pack.rules if r.jurisdictions}
+    assert scoped == {
+        "mhmda-consent-to-share": ("US-WA",),
+        "mhmda-no-geofence": ("US-WA",),
+        "gdpr-explicit-health-consent": ("EEA", "UK"),
+        "gdpr-ad-consent-signals": ("EEA", "UK"),
+        "ccpa-opt-outs": ("US-CA",),
+    }
+    assert pack.require_approval  # from hipaa-marketing
+    assert pack.digest != load_pack(config(tmp_path, packs=["hipaa-marketing"])).digest
+    single = make_config(tmp_path, pack="hipaa-marketing")  # `pack = "..."` keeps working
+    assert load_pack(single).digest == builtin_pack("hipaa-marketing").digest
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"packs": ["wa-mhmda"]}, "is a jurisdiction pack"),
+        ({"packs": ["baseline", "hipaa-marketing"]}, "is not a jurisdiction pack"),
+        ({"packs": ["baseline", "wa-mhmda", "wa-mhmda"]}, "already used by an earlier pack"),
+    ],
+)
+def test_bad_pack_lists_are_one_line_errors(tmp_path, policy, message):
+    cfg = make_config(tmp_path, identity=IDENTITY, consent=CONSENT, policy=policy)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_pack(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_pack_and_packs_must_agree(tmp_path):
+    with pytest.raises(ValueError, match="disagree on the base pack"):
+        make_config(tmp_path, policy={"pack": "baseline", "packs": ["hipaa-marketing"]})
+
+
+def test_jurisdiction_rule_needs_its_consent_column(tmp_path):
+    consent = {k: v for k, v in CONSENT.items() if k != "opt_out_of_sharing"}
+    cfg = make_config(tmp_path, identity=IDENTITY, consent=consent, policy={"packs": ALL_PACKS})
+    with pytest.raises(ConfigError, match=r"reads \[consent\] opt_out_of_sharing"):
+        load_pack(cfg)
+
+
+def test_jurisdiction_pack_cannot_carry_destination_rules(tmp_path):
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "wa.yaml").write_text(
+        "name: wa-small\nversion: '1'\nextends: wa-mhmda\nrules:\n"
+        "  - id: tiny\n    rule: min_size\n    params: {k: 2, platform_minimums: {}}\n"
+        "    rationale: r\n    source: s\n"
+    )
+    cfg = config(tmp_path, packs=["baseline", "policies/wa.yaml"])
+    with pytest.raises(ConfigError, match=r"destination rules .* apply to the whole release"):
+        load_pack(cfg)
+
+
+# ---------------------------------------------------------------------------------------
+# wa-mhmda
+
+
+def test_wa_health_segment_needs_consent_to_share_in_washington_only(project):
+    # 0-49 NY without consent to share (kept), 50-99 WA with it (kept), 100-119 WA
+    # without it (removed), 120-129 unknown jurisdiction without it (removed: strictest)
+    state = ["NY"] * 50 + ["WA"] * 70 + [None] * 10
+    share = [False] * 50 + [True] * 50 + [False] * 30
+    frame = crowd(130, state=state, share=share)
+    frame = pl.concat([frame, crowd(100, start=1000)])
+    diabetes = segment(
+        "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    cfg = config(project["root"], packs=["hipaa-marketing", "wa-mhmda"])
+    outcome = run(project, diabetes, frame, ["meta"], config=cfg)
+    assert not outcome.blocked, outcome.block_reasons
+    v = verdict(outcome, "mhmda-consent-to-share")
+    assert v.evidence["in_us_wa"] == 70 and v.evidence["excluded_us_wa"] == 20
+    assert v.evidence["in_unknown"] == 10 and v.evidence["excluded_unknown"] == 10
+    assert v.evidence["excluded"] == 30 and v.evidence["removed"] == 30
+    assert v.evidence["out_of_jurisdiction"] == 150
+    out = released(outcome)
+    assert not keys_of(frame, list(range(100, 130))) & out
+    assert keys_of(frame, list(range(0, 100))) <= out
+    assert "US-WA" in v.detail and v.rationale and "19.373" in v.source
+
+
+def test_wa_non_health_segment_needs_no_consent_to_share(project):
+    frame = crowd(150, state="WA", share=False)
+    outcome = run(project, NEWSLETTER, frame, ["meta"], config=config(project["root"]))
+    v = verdict(outcome, "mhmda-consent-to-share")
+    assert v.evidence["health_derived"] == 0 and v.evidence["excluded"] == 0
+    assert len(released(outcome)) == 150
+
+
+def test_wa_health_inferring_event_type_counts_as_health(project):
+    # portal_login is a sensitive event type: visiting the portal infers health
+    portal = segment(
+        "name: portal\ndestinations: [meta]\nwhere:\n  event:\n    type: portal_login\n"
+        "    within: 30d\n"
+    )
+    from policies.rules import FilterContext, HealthDataConsentParams, health_inferring
+    from policies.rules import phi_finding as finding
+
+    cfg = config(project["root"])
+    ctx = FilterContext(cfg, crowd(1), AS_OF, finding(portal, cfg), None, segment=portal)  # type: ignore[arg-type]
+    assert "portal_login" in health_inferring(
+        HealthDataConsentParams(consent="share_health_data"), ctx
+    )
+
+
+def test_wa_geofence_segment_is_refused_when_washington_people_are_selected(project):
+    geo = segment("name: nearby\ndestinations: [meta]\nwhere:\n  distance_to_clinic_km: {lt: 2}\n")
+    frame = crowd(150, state=["WA"] + ["NY"] * 149, distance_to_clinic_km=1)
+    outcome = run(project, geo, frame, ["meta"], config=config(project["root"]))
+    assert outcome.blocked and not outcome.releases
+    v = verdict(outcome, "mhmda-no-geofence")
+    assert v.status == "fail" and "distance_to_clinic_km" in v.detail
+    assert v.evidence["location_fields"] == 1 and v.evidence["in_us_wa"] == 1
+
+
+def test_geofence_rule_edges(project):
+    # nobody in Washington (nor of unknown jurisdiction): the rule has nothing to refuse;
+    # a name that merely contains "near" (linear) is not location-based
+    geo = segment("name: nearby\ndestinations: [meta]\nwhere:\n  near_hospital: {eq: true}\n")
+    frame = crowd(150, near_hospital=True)
+    outcome = run(project, geo, frame, ["meta"], config=config(project["root"]))
+    assert verdict(outcome, "mhmda-no-geofence").status == "pass"
+    unknown = crowd(150, state=None, near_hospital=True)
+    assert run(project, geo, unknown, ["meta"], config=config(project["root"])).blocked
+    linear = segment("name: lin\ndestinations: [meta]\nwhere:\n  linear_score: {gt: 1}\n")
+    wa = crowd(150, state="WA", linear_score=2)
+    outcome = run(project, linear, wa, ["meta"], config=config(project["root"]))
+    assert verdict(outcome, "mhmda-no-geofence").status == "pass"
+
+
+# ---------------------------------------------------------------------------------------
+# gdpr-health
+
+
+def test_eea_member_without_consent_signals_is_never_released_to_google(project):
+    # 0-99 NY (signals not needed beyond not DENIED); 100-149 DE both granted;
+    # 150-159 DE without ad_user_data; 160-169 FR ad_personalization unspecified;
+    # 170-179 UK denied ad_user_data
+    country = ["US"] * 100 + ["DE"] * 60 + ["FR"] * 10 + ["GB"] * 10
+    state = ["NY"] * 100 + [None] * 80
+    ad_data = ["granted"] * 150 + [None] * 10 + ["granted"] * 10 + ["denied"] * 10
+    ad_pers = ["granted"] * 160 + [None] * 10 + ["granted"] * 10
+    frame = crowd(180, country=country, state=state, ad_data=ad_data, ad_pers=ad_pers)
+    outcome = run(project, NEWSLETTER, frame, ["gads", "meta"], config=config(project["root"]))
+    assert not outcome.blocked, outcome.block_reasons
+    v = verdict(outcome, "gdpr-ad-consent-signals")
+    assert v.evidence["in_eea"] == 70 and v.evidence["excluded_eea"] == 20
+    assert v.evidence["in_uk"] == 10 and v.evidence["excluded_uk"] == 10
+    lacking = keys_of(frame, list(range(150, 180)))
+    assert not lacking & released(outcome, "gads")
+    assert not lacking & released(outcome, "meta")
+    signals = outcome.releases["gads"].members.filter(
+        pl.col("member_key").is_in(list(keys_of(frame, list(range(100, 150)))))
+    )
+    assert signals.height == 50
+    assert set(signals.get_column("ad_user_data")) == {"GRANTED"}
+    assert set(signals.get_column("ad_personalization")) == {"GRANTED"}
+
+
+def test_eea_health_segment_needs_explicit_consent(project):
+    diabetes = segment(
+        "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    explicit = [True] * 120 + [False] * 20 + [None] * 10
+    frame = crowd(150, country="IE", state=None, explicit=explicit)
+    outcome = run(project, diabetes, frame, ["meta"], config=config(project["root"]))
+    v = verdict(outcome, "gdpr-explicit-health-consent")
+    assert v.evidence["excluded_eea"] == 30 and v.evidence["lacking_consent"] == 30
+    assert not keys_of(frame, list(range(120, 150))) & released(outcome)
+    assert "Art. 9(2)(a)" in v.source
+
+
+# ---------------------------------------------------------------------------------------
+# ccpa-sensitive
+
+
+def test_california_opt_outs_are_removed_from_every_audience(project):
+    # 0-149 CA: 140-144 limit sensitive PI, 145-149 GPC; 150-159 NY with GPC (out of
+    # scope); 160-164 unknown jurisdiction with GPC (strictest: removed)
+    state = ["CA"] * 150 + ["NY"] * 10 + [None] * 5
+    limit = [False] * 140 + [True] * 5 + [False] * 20
+    gpc = [False] * 145 + [True] * 20
+    frame = crowd(165, state=state, limit=limit, gpc=gpc)
+    outcome = run(project, NEWSLETTER, frame, ["meta", "gads"], config=config(project["root"]))
+    v = verdict(outcome, "ccpa-opt-outs")
+    assert v.evidence["excluded_us_ca"] == 10 and v.evidence["excluded_unknown"] == 5
+    assert v.evidence["limit_sensitive_pi"] == 5 and v.evidence["opt_out_of_sharing"] == 20
+    gone = keys_of(frame, list(range(140, 150)) + list(range(160, 165)))
+    for dest in ("meta", "gads"):
+        assert not gone & released(outcome, dest)
+        assert keys_of(frame, list(range(150, 160))) <= released(outcome, dest)
+    assert "1798.121" in v.source and "7025" in v.source
+
+
+def test_consent_withdrawn_after_a_release_is_removed_on_the_next_build(project):
+    cfg = config(project["root"])
+    first = run(project, NEWSLETTER, crowd(200, state="CA"), ["meta"], config=cfg, keep=True)
+    assert len(released(first)) == 200
+    gpc = [False] * 200
+    gpc[7] = True  # person 7 sends Global Privacy Control after the release
+    now = crowd(200, state="CA", gpc=gpc)
+    second = run(project, NEWSLETTER, now, ["meta"], config=cfg)
+    withdrawn = now.get_column("member_key")[7]
+    assert withdrawn not in released(second)
+    assert second.releases["meta"].excluded_keys.to_list() == [withdrawn]  # forced, not held
+    # and when the build's adds are blocked, the sync's forced removals take them off
+    removal = forced_removals(
+        RemovalInput(
+            "b-removal",
+            NEWSLETTER,
+            cfg,
+            load_pack(cfg),
+            now,
+            {"meta": first.releases["meta"].members},
+            AS_OF,
+            project["state_dir"],
+        )
+    )
+    assert removal.releases["meta"].members.get_column("member_key").to_list() == [withdrawn]
+
+
+# ---------------------------------------------------------------------------------------
+# Whole-release rules, and the report
+
+
+def test_min_size_applies_to_the_whole_release_across_jurisdictions(project):
+    # 60 WA + 60 EEA people: neither group alone reaches k=100, the release does
+    state = ["WA"] * 60 + [None] * 60
+    country = ["US"] * 60 + ["NL"] * 60
+    frame = crowd(120, state=state, country=country)
+    outcome = run(project, NEWSLETTER, frame, ["meta"], config=config(project["root"]))
+    assert not outcome.blocked
+    assert verdict(outcome, "min-size", "meta").evidence["members"] == 120
+
+
+def test_report_groups_evidence_by_jurisdiction_with_glossary_entries(project):
+    frame = crowd(150, state=["WA", "CA"] * 75)
+    outcome = run(project, NEWSLETTER, frame, ["meta"], config=config(project["root"]))
+    missing = [
+        (v["kind"], key)
+        for v in outcome.report["verdicts"]
+        for key in v["evidence"]
+        if key not in GLOSSARY[v["kind"]].terms
+    ]
+    assert not missing
+    keys = {k for v in outcome.report["verdicts"] for k in v["evidence"]}
+    assert {"in_us_wa", "in_us_ca", "in_eea", "in_uk", "in_unknown"} <= keys
+
+
+def test_jurisdiction_scope_is_vectorized_and_handles_no_candidates(project):
+    empty = crowd(150).head(0)
+    outcome = run(project, NEWSLETTER, empty, ["meta"], config=config(project["root"]))
+    assert outcome.blocked  # min-size, not a crash
+    assert verdict(outcome, "ccpa-opt-outs").evidence["in_us_ca"] == 0
+    assert np.all([v.evidence.get("excluded", 0) == 0 for v in outcome.verdicts])
