@@ -402,7 +402,9 @@ def _release(
         record(outcome, run.conn)
         result.released = {d: r.members.height for d, r in outcome.releases.items()}
         run.step(f"{segment.name}: writing release files", frac)
-        result.files = write_file_destinations(run.config, outcome, result.build_id, segment)
+        result.files = write_file_destinations(
+            run.config, outcome, result.build_id, segment, actor=run.actor
+        )
         outcome.report["files_written"] = files_written(outcome, result.files, run.config.root)
         result.noisy_members = noisy_size(
             run.conn, outcome, run.pack, run.sources.digest, run.today, run.actor, run.config
@@ -510,7 +512,12 @@ def approval_evidence(approval: Approval) -> dict[str, Any]:
 
 
 def write_file_destinations(
-    config: ProjectConfig, outcome: GateOutcome, build_id: str, segment: Segment
+    config: ProjectConfig,
+    outcome: GateOutcome,
+    build_id: str,
+    segment: Segment,
+    *,
+    actor: str = "audiences",
 ) -> dict[str, dict[str, str]]:
     from connectors.file import FileConnector
     from connectors.registry import destination_config
@@ -533,7 +540,8 @@ def write_file_destinations(
         }
         try:
             files[name] = connector.write(release, manifest)
-            _remember_export(config, segment.name, name, connector.directory / release.opaque_name)
+            folder = connector.directory / release.opaque_name
+            _remember_export(config, segment.name, name, folder, actor)
         except OSError as exc:
             # the manifest is written last: a folder without one is an unfinished release
             raise ConnectorError(
@@ -544,8 +552,11 @@ def write_file_destinations(
     return files
 
 
-def _remember_export(config: ProjectConfig, segment: str, name: str, folder: Path) -> None:
-    """The export folder is the file destination's live 'audience' (for takedown)."""
+def _remember_export(
+    config: ProjectConfig, segment: str, name: str, folder: Path, actor: str
+) -> None:
+    """The export folder is the file destination's live 'audience' (for takedown), recorded
+    with its audit entry (``audit verify`` cross-checks audiences_remote with the log)."""
     try:
         where = str(folder.relative_to(config.root))
     except ValueError:
@@ -558,6 +569,8 @@ def _remember_export(config: ProjectConfig, segment: str, name: str, folder: Pat
                 "created_at) VALUES (?,?,?,?)",
                 (segment, name, where, utcnow()),
             )
+            details = {"remote_id": where, "how": "exported"}
+            _audit(conn, actor, "audience", f"{segment}->{name}", details)
     finally:
         conn.close()
 

@@ -168,6 +168,8 @@ def send_removals(
     connector_factory: ConnectorFactory,
 ) -> DestinationSync:
     """Send a removal-only release through the journaled batch path; status ``blocked``."""
+    from policies.pack import load_pack
+    from policies.privacy.coarse import coarse_count, rounding
     from policies.release import require_release
 
     require_release(release)
@@ -191,10 +193,13 @@ def send_removals(
             _send_batches(run, [("remove", release.members)])
         out.forced_removes = out.removes
         left = store.load().height - out.removes
+        # the message reaches marketers: people counts as coarse as every other figure
+        r = rounding(load_pack(config))
+        live, gone = (coarse_count(max(n, 0), r.k, r.step) for n in (left, out.forced_removes))
         out.error = (
             f"{reason} — adds are blocked, but the {name} audience {remote_id} is still live "
-            f"(about {max(left, 0):,} people): {out.forced_removes:,} people the policy now "
-            f"excludes were removed from it; to empty it run `audiences takedown {segment}`"
+            f"({live} people): {gone} people the policy now excludes were removed from it; "
+            f"to empty it run `audiences takedown {segment}`"
         )
         status = "blocked"
     except AudiencesError as exc:

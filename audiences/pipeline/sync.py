@@ -575,27 +575,21 @@ def sync_destination(
     try:
         connector = connector_factory(config, name)
         connector.open()
-        the_plan = plan_destination(conn, config, outcome, name, release, replace=replace)
+        # "--full-refresh" is the caller's choice, not unknown state: holds still apply
+        unknown = None if replace == "--full-refresh" else replace
+        the_plan = plan_destination(conn, config, outcome, name, release, replace=unknown)
         remote_id, found = _ensure_destination_audience(
             conn, connector, the_plan, release, store.state_dir, actor
         )
         if found:  # a list of ours the state did not know: its members are unknown
             the_plan = plan_destination(conn, config, outcome, name, release, replace=found)
-        out.audience, out.replaced = remote_id, the_plan.replace
+        out.audience, out.replaced = remote_id, the_plan.replace or replace
         out.held_adds, out.held_removes = the_plan.held_adds, the_plan.held_removes
         out.forced_removes = the_plan.forced_removes
         run = _DestinationRun(
             conn, store, connector, remote_id, sync_id, actor, out, release.release_id
         )
-        if the_plan.replace is not None:  # what the platform holds is unknown: all of it
-            _send_batches(run, [("replace", release.members)])
-        elif full_refresh:
-            rows = _refreshed(the_plan, release, _sent_before(run))
-            _send_batches(run, [("replace", rows)])
-            out.replaced_members = rows.height  # the batches' rows; what changed:
-            out.adds, out.removes = the_plan.adds.height, the_plan.removes.height
-        else:
-            _send_batches(run, [("remove", the_plan.removes), ("add", the_plan.adds)])
+        _send_changes(run, the_plan, release, full_refresh)
         _close_ok(run)
     except AudiencesError as exc:
         out.error = exc.message
@@ -628,6 +622,22 @@ def sync_destination(
         },
     )
     return out
+
+
+def _send_changes(
+    run: _DestinationRun, the_plan: DestinationPlan, release: Release, full_refresh: bool
+) -> None:
+    """Removals then additions; a replace of everything when what the platform holds is
+    unknown; on ``--full-refresh`` a replace that keeps the holds."""
+    if the_plan.replace is not None:  # what the platform holds is unknown: all of it
+        _send_batches(run, [("replace", release.members)])
+    elif full_refresh:
+        rows = _refreshed(the_plan, release, _sent_before(run))
+        _send_batches(run, [("replace", rows)])
+        run.out.replaced_members = rows.height  # the batches' rows; what changed:
+        run.out.adds, run.out.removes = the_plan.adds.height, the_plan.removes.height
+    else:
+        _send_batches(run, [("remove", the_plan.removes), ("add", the_plan.adds)])
 
 
 def _settle_store(
