@@ -33,13 +33,11 @@ import argparse
 import datetime as dt
 import itertools
 import os
-import shutil
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,7 +48,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from audiences.core.countries import ISO_COUNTRIES
-from connectors.sandbox.tls import LoopbackCertificate, make_loopback_certificate
+from connectors.sandbox.tls import LoopbackGrpcSandbox
 
 PREFIX = "google.ads.datamanager.v1"
 DEFAULT_CUSTOMER_ID = "1234567890"
@@ -126,7 +124,7 @@ def _bad(field_path: str, description: str) -> _Refused:
     )
 
 
-class DataManagerSandbox:
+class DataManagerSandbox(LoopbackGrpcSandbox):
     """Customer Match part of the Data Manager API, over TLS on 127.0.0.1."""
 
     def __init__(
@@ -149,50 +147,6 @@ class DataManagerSandbox:
         self.requests: dict[str, SandboxRequest] = {}
         self._faults: deque[Fault] = deque()
         self.calls: list[tuple[str, str]] = []  # (method, status name)
-        self._server: grpc.Server | None = None
-        self._certificate: LoopbackCertificate | None = None
-        self.port = 0
-
-    # -- lifecycle
-
-    def start(self) -> DataManagerSandbox:
-        self._certificate = make_loopback_certificate()
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._max_workers),
-            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
-        )
-        server.add_generic_rpc_handlers(self._handlers())
-        credentials = grpc.ssl_server_credentials(
-            [(self._certificate.private_key_pem, self._certificate.certificate_pem)]
-        )
-        self.port = server.add_secure_port(f"127.0.0.1:{self._requested_port}", credentials)
-        server.start()
-        self._server = server
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(grace=None)
-            self._server = None
-        if self._certificate is not None:
-            shutil.rmtree(self._certificate.directory, ignore_errors=True)
-            self._certificate = None
-
-    def __enter__(self) -> DataManagerSandbox:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def ca_file(self) -> str:
-        if self._certificate is None:
-            raise RuntimeError("the sandbox is not running")
-        return str(self._certificate.certificate_file)
 
     # -- test controls
 

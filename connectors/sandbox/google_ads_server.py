@@ -37,13 +37,11 @@ import argparse
 import itertools
 import os
 import re
-import shutil
 import threading
 import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,7 +68,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import status_pb2
 
-from connectors.sandbox.tls import LoopbackCertificate, make_loopback_certificate
+from connectors.sandbox.tls import LoopbackGrpcSandbox
 
 API_VERSION = "v26"
 SERVICES_PREFIX = f"google.ads.googleads.{API_VERSION}.services"
@@ -238,7 +236,7 @@ class CallRecord:
 # ---------------------------------------------------------------- the sandbox
 
 
-class GoogleAdsSandbox:
+class GoogleAdsSandbox(LoopbackGrpcSandbox):
     """Customer Match part of the Google Ads API, served over TLS on 127.0.0.1.
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. Clients trust
@@ -272,50 +270,6 @@ class GoogleAdsSandbox:
         self.jobs: dict[str, SandboxJob] = {}
         self._faults: deque[Fault] = deque()
         self.calls: list[CallRecord] = []
-        self._server: grpc.Server | None = None
-        self._certificate: LoopbackCertificate | None = None
-        self.port: int = 0
-
-    # -- lifecycle
-
-    def start(self) -> GoogleAdsSandbox:
-        self._certificate = make_loopback_certificate()
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._max_workers),
-            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
-        )
-        server.add_generic_rpc_handlers(self._handlers())
-        credentials = grpc.ssl_server_credentials(
-            [(self._certificate.private_key_pem, self._certificate.certificate_pem)]
-        )
-        self.port = server.add_secure_port(f"127.0.0.1:{self._requested_port}", credentials)
-        server.start()
-        self._server = server
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(grace=None)
-            self._server = None
-        if self._certificate is not None:
-            shutil.rmtree(self._certificate.directory, ignore_errors=True)
-            self._certificate = None
-
-    def __enter__(self) -> GoogleAdsSandbox:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def ca_file(self) -> str:
-        if self._certificate is None:
-            raise RuntimeError("the sandbox is not running")
-        return str(self._certificate.certificate_file)
 
     # -- test controls
 

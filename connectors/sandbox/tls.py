@@ -12,10 +12,15 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import shutil
 import tempfile
+from collections.abc import Sequence
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -104,3 +109,57 @@ def make_loopback_certificate(
     _write_private(material.certificate_file, certificate_pem)
     _write_private(material.private_key_file, private_key_pem)
     return material
+
+
+class LoopbackGrpcSandbox:
+    """A gRPC server on 127.0.0.1 behind a throwaway certificate (the Google clients open
+    secure channels only). Subclasses give ``_handlers()``; ``_max_workers`` and
+    ``_requested_port`` (0: any free port) are set by their ``__init__``."""
+
+    _max_workers: int
+    _requested_port: int
+    _server: grpc.Server | None = None
+    _certificate: LoopbackCertificate | None = None
+    port: int = 0
+
+    def _handlers(self) -> Sequence[grpc.GenericRpcHandler]:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self._certificate = make_loopback_certificate()
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self._max_workers),
+            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        )
+        server.add_generic_rpc_handlers(self._handlers())
+        credentials = grpc.ssl_server_credentials(
+            [(self._certificate.private_key_pem, self._certificate.certificate_pem)]
+        )
+        self.port = server.add_secure_port(f"127.0.0.1:{self._requested_port}", credentials)
+        server.start()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=None)
+            self._server = None
+        if self._certificate is not None:
+            shutil.rmtree(self._certificate.directory, ignore_errors=True)
+            self._certificate = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> str:
+        if self._certificate is None:
+            raise RuntimeError("the sandbox is not running")
+        return str(self._certificate.certificate_file)
