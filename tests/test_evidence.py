@@ -55,3 +55,17 @@ def test_the_report_of_a_released_build_names_its_approval(make_project: Any) ->
     assert len(approval["key_id"]) == 16
     markdown = p.cli("report", "all-adults", "--format", "md").stdout
     assert p.approver.name in markdown and approval["key_id"] in markdown
+
+
+def test_a_sync_row_keeps_its_forced_removals_and_holds(make_project: Any) -> None:
+    p = make_project(rows=3000, segments=("all-adults",))
+    (result,) = sync(p.config(), ["all-adults"], as_of=AS_OF).results
+    (summary,) = p.query("SELECT summary FROM syncs WHERE sync_id = ?", (result.sync_id,))[0]
+    assert json.loads(summary) == {
+        "forced_removes": result.forced_removes,
+        "held_adds": result.held_adds,
+        "held_removes": result.held_removes,
+        "replaced": result.replaced,
+    }
+    doc = json.loads(p.cli("report", "all-adults", "--format", "json").stdout)
+    assert doc["syncs"][0]["forced_removes"] == result.forced_removes

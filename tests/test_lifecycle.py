@@ -247,3 +247,34 @@ def test_review_shows_what_would_be_released_before_approval(make_project: Any) 
         json.loads(d) for (d,) in p.query("SELECT details FROM audit WHERE kind='approval_review'")
     ]
     assert {d["review_build_id"] for d in details} == {doc["build_id"]}
+
+
+def test_suppressed_members_are_removed_while_the_config_edit_is_unapproved(
+    make_project: Any,
+) -> None:
+    """The finding of issue #16: 150 current members go onto the suppression list (an
+    audiences.toml edit, so the segment is no longer approved as it stands); the sync is
+    blocked for adds but takes all 150 off both platforms."""
+    p = make_project(rows=4000)
+    members = first_sync(p)
+    with_email = p.contacts().filter(pl.col("email").is_not_null())["contact_id"]
+    suppressed = pick(members & set(with_email.to_list()), 150, seed=11)
+    emails = p.contacts().filter(pl.col("contact_id").is_in(list(suppressed)))["email"]
+    (p.root / "data" / "suppressed.csv").write_text(
+        "email\n" + "\n".join(emails.to_list()), encoding="utf-8"
+    )
+    p.edit_toml(
+        lambda t: t.replace(
+            "[policy]\n",
+            '[policy]\nsuppression = [{ path = "data/suppressed.csv", column = "email", '
+            'kind = "email" }]\n',
+            1,
+        )
+    )
+    results = p.cli_json("sync", "grown-ups", "--as-of", DAY, expect=3)["results"]
+    for r in results:
+        assert r["status"] == "blocked" and "approval" in r["error"]
+        assert sync_row(p, r)["adds"] == 0 and forced_removes(p, r) >= 140
+        left = p.contact_ids(p.confirmed("grown-ups", r["destination"]))
+        assert not left & suppressed
+    on_platforms(p)

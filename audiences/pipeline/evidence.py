@@ -39,7 +39,7 @@ def syncs_of(conn: sqlite3.Connection, build_id: str) -> list[dict[str, Any]]:
     report is the compliance officer's)."""
     rows = conn.execute(
         "SELECT s.destination, s.sync_id, s.started_at, s.finished_at, s.status, s.adds, "
-        "s.removes, s.received, s.invalid, s.match_rate, r.remote_id "
+        "s.removes, s.received, s.invalid, s.match_rate, r.remote_id, s.summary "
         "FROM syncs s JOIN releases rel ON rel.release_id = s.release_id "
         "LEFT JOIN audiences_remote r ON r.segment = s.segment AND r.destination = s.destination "
         "WHERE rel.build_id = ? ORDER BY s.started_at, s.sync_id",
@@ -47,6 +47,7 @@ def syncs_of(conn: sqlite3.Connection, build_id: str) -> list[dict[str, Any]]:
     ).fetchall()
     out = []
     for row in rows:
+        summary = _summary(row[11])
         out.append(
             {
                 "destination": row[0],
@@ -57,6 +58,8 @@ def syncs_of(conn: sqlite3.Connection, build_id: str) -> list[dict[str, Any]]:
                 "audience_id": row[10] or "",
                 "adds": row[5],
                 "removes": row[6],
+                "forced_removes": summary.get("forced_removes", 0),
+                "held": summary.get("held_adds", 0) + summary.get("held_removes", 0),
                 "received": row[7],
                 "invalid": row[8],
                 "match_rate": "" if row[9] is None else row[9],
@@ -77,6 +80,14 @@ def report_document(config: ProjectConfig, ref: str) -> dict[str, Any]:
     finally:
         conn.close()
     return doc
+
+
+def _summary(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 __all__ = ["report_document", "resolve_build", "syncs_of"]

@@ -32,6 +32,7 @@ from audiences.pipeline.sync import (
     _remote_id,
     _segment_destinations,
     _send_batches,
+    sync_summary,
 )
 
 if TYPE_CHECKING:
@@ -214,7 +215,12 @@ def send_removals(
         sync_id,
         status=status,
         error=out.error,
-        figures={"removes": out.removes, "received": out.received, "invalid": out.invalid},
+        figures={
+            "removes": out.removes,
+            "received": out.received,
+            "invalid": out.invalid,
+            "summary": sync_summary(out),
+        },
     )
     _audit(
         conn,

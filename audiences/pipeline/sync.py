@@ -18,6 +18,7 @@ not): they are settled to the release on the next run (see ``audiences.pipeline.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -900,6 +901,19 @@ def _count_batch(out: DestinationSync, batch: _Batch) -> None:
         out.adds += size
 
 
+def sync_summary(out: DestinationSync) -> str:
+    """The sync row's summary: what the columns do not hold (the report shows it)."""
+    return json.dumps(
+        {
+            "forced_removes": out.forced_removes,
+            "held_adds": out.held_adds,
+            "held_removes": out.held_removes,
+            "replaced": out.replaced,
+        },
+        sort_keys=True,
+    )
+
+
 def _close_ok(run: _DestinationRun) -> None:
     """Close a sync the platform confirmed in full; audit any hold it kept back."""
     out = run.out
@@ -917,6 +931,7 @@ def _close_ok(run: _DestinationRun) -> None:
             "received": out.received,
             "invalid": out.invalid,
             "match_rate": out.match_rate,
+            "summary": sync_summary(out),
         },
     )
     run.store.clear_unsure()  # this run settled them
