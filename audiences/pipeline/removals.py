@@ -20,9 +20,7 @@ import polars as pl
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import EXIT_BLOCKED, AudiencesError
 from audiences.core.state import new_id, project_salt
-from audiences.pipeline.membership import KEY, OP, MembershipStore, close_sync, unsure_rows
-from audiences.pipeline.membership import recover_interrupted as _recover
-from audiences.pipeline.sync import (
+from audiences.pipeline.batches import (
     ConnectorFactory,
     DestinationSync,
     _audit,
@@ -34,6 +32,8 @@ from audiences.pipeline.sync import (
     _send_batches,
     sync_summary,
 )
+from audiences.pipeline.membership import KEY, OP, MembershipStore, close_sync, unsure_rows
+from audiences.pipeline.membership import recover_interrupted as _recover
 
 if TYPE_CHECKING:
     from audiences.crm.sources import Sources

@@ -29,9 +29,7 @@ from typing import Any
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import EXIT_ERROR, EXIT_OK, ConfigError, ConnectorError, DataError
 from audiences.core.state import connect, new_id, transaction, utcnow
-from audiences.pipeline.membership import MembershipStore, close_sync, recover_interrupted
-from audiences.pipeline.removals import on_platform
-from audiences.pipeline.sync import (
+from audiences.pipeline.batches import (
     TAKEDOWN,
     ConnectorFactory,
     DestinationSync,
@@ -42,6 +40,8 @@ from audiences.pipeline.sync import (
     _send_batches,
     make_connector,
 )
+from audiences.pipeline.membership import MembershipStore, close_sync, recover_interrupted
+from audiences.pipeline.removals import on_platform
 from connectors.base import AudienceConnector, BatchOutcome
 
 META_MIN_SIZE = 2650  # Meta's "would leave the audience too small" refusal

@@ -1,0 +1,328 @@
+"""Sending journaled batches to one destination, and recording what the platform confirmed.
+
+Shared by the sync (``audiences.pipeline.sync``), the forced removals of a blocked segment
+(``audiences.pipeline.removals``) and takedown (``audiences.pipeline.takedown``): each batch
+is journaled before it is sent, recorded with its audit entry only after the platform
+confirms it, and folded into the confirmed membership when the run closes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+import polars as pl
+
+from audiences.core.config import ProjectConfig
+from audiences.core.state import new_id, transaction, utcnow
+from audiences.pipeline import state_record
+from audiences.pipeline.membership import (
+    KEY,
+    MembershipStore,
+    unsure_rows,
+)
+from connectors.base import AudienceConnector, BatchOutcome
+
+if TYPE_CHECKING:
+    from policies.release import Release, ReleaseBatch
+
+
+ConnectorFactory = Callable[[ProjectConfig, str], AudienceConnector]
+
+
+@dataclass
+class DestinationSync:
+    segment: str
+    destination: str
+    status: str  # ok | failed | blocked | skipped
+    sync_id: str | None = None
+    audience: str | None = None
+    adds: int = 0
+    removes: int = 0  # every removal sent, forced ones included
+    forced_removes: int = 0  # removals the filter rules force (never held, never blocked)
+    held_adds: int = 0
+    held_removes: int = 0
+    replaced_members: int = 0  # people sent in a replace (a full refresh)
+    sent: int = 0
+    received: int = 0
+    invalid: int = 0
+    batches: int = 0
+    match_rate: float | None = None
+    recovered: list[str] = field(default_factory=list)
+    replaced: str | None = None  # why the audience was replaced in full (None: a diff)
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_connector(config: ProjectConfig, name: str) -> AudienceConnector:
+    from connectors.registry import connector_class, destination_config
+
+    spec = config.destination(name)
+    cls = connector_class(spec.kind)
+    connector = cls(name, destination_config(spec))
+    connector.root = config.root
+    return cast(AudienceConnector, connector)
+
+
+def _remote_id(conn: sqlite3.Connection, segment: str, destination: str) -> str | None:
+    row = conn.execute(
+        "SELECT remote_id FROM audiences_remote WHERE segment=? AND destination=?",
+        (segment, destination),
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def _confirmed_view(conn: sqlite3.Connection, store: MembershipStore) -> pl.DataFrame:
+    """What the platform has confirmed, including batches of an interrupted run (read only)."""
+    snapshot = store.load()
+    pending = conn.execute(
+        "SELECT b.seq, b.op, b.sync_id FROM batches b JOIN syncs s ON s.sync_id=b.sync_id "
+        "WHERE s.segment=? AND s.destination=? AND s.status='running' AND b.status='confirmed' "
+        "ORDER BY s.started_at, b.seq",
+        (store.segment, store.destination),
+    ).fetchall()
+    batches = [
+        (str(op), pl.DataFrame(schema={KEY: pl.UInt64}))
+        if op == "clear"
+        else (str(op), store.read_journal(sync_id, int(seq), str(op)))
+        for seq, op, sync_id in pending
+    ]
+    return store.fold(snapshot, batches) if batches else snapshot
+
+
+TAKEDOWN = "takedown"  # syncs.release_id of a takedown run
+
+
+def _segment_destinations(config: ProjectConfig, segment: str) -> list[str]:
+    from audiences.segments import load_segments
+
+    for s in load_segments(config.segments_dir):
+        if s.name == segment:
+            return [d for d in s.destinations if config.destination(d).kind != "file"]
+    return []
+
+
+def _record_blocked(
+    conn: sqlite3.Connection, segment: str, destination: str, reason: str, actor: str
+) -> DestinationSync:
+    sync_id = new_id("s")
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO syncs(sync_id, segment, destination, started_at, finished_at, status, "
+            "error) VALUES (?,?,?,?,?,?,?)",
+            (sync_id, segment, destination, utcnow(), utcnow(), "blocked", reason),
+        )
+    _audit(
+        conn,
+        actor,
+        "sync_blocked",
+        f"{segment}->{destination}",
+        {"sync_id": sync_id, "reason": reason},
+    )
+    return DestinationSync(segment, destination, "blocked", sync_id=sync_id, error=reason)
+
+
+@dataclass(frozen=True)
+class _DestinationRun:
+    """One sync of one release to one destination, once its audience exists."""
+
+    conn: sqlite3.Connection
+    store: MembershipStore
+    connector: AudienceConnector
+    remote_id: str
+    sync_id: str
+    actor: str
+    out: DestinationSync
+    release_id: str
+
+    @property
+    def subject(self) -> str:
+        return f"{self.out.segment}->{self.out.destination}"
+
+
+def _open_sync(conn: sqlite3.Connection, sync_id: str, release: Release, name: str) -> None:
+    """The sync's 'running' row, before the platform is called."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO syncs(sync_id, segment, destination, release_id, started_at, status) "
+            "VALUES (?,?,?,?,?,?)",
+            (sync_id, release.segment, name, release.release_id, utcnow(), "running"),
+        )
+
+
+def _send_batches(run: _DestinationRun, changes: list[tuple[str, pl.DataFrame]]) -> None:
+    """Send every change, numbering the journaled batches across ops."""
+    seq = 0
+    for op, frame in changes:
+        if frame.height == 0 and op != "replace":
+            continue
+        seq = _send_op(run, op, frame, seq)
+
+
+def _send_op(run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int) -> int:
+    """Journal, send and record one op's batches; returns the last batch's seq."""
+    size = run.connector.batch_size("add" if op == "replace" else op)
+    n = max(1, -(-frame.height // size))
+    session: dict[str, Any] = {"total": frame.height}
+    unrecorded: list[_Batch] = []  # confirmed batches not yet in the DB
+    sent_before = _sent_before(run) if op in ("remove", "replace") else None
+    for i in range(n):
+        rows = frame.slice(i * size, size)
+        seq += 1
+        journal_op = op
+        if op == "replace":
+            if i == 0:
+                run.store.write_intent(run.sync_id, seq, "clear", rows.clear())
+                seq += 1
+            journal_op = "add"
+        run.store.write_intent(run.sync_id, seq, journal_op, rows)
+        result = run.connector.send(
+            run.remote_id,
+            op,
+            _sealed(run.connector, op, rows, sent_before),
+            seq=seq,
+            last=i == n - 1,
+            session=session,
+        )
+        if result.rejected_keys:  # refused, never sent: not members (journal rewritten)
+            kept = rows.filter(~pl.col(KEY).is_in(result.rejected_keys))
+            run.store.write_intent(run.sync_id, seq, journal_op, kept)
+        if op == "replace" and i == 0:
+            unrecorded.append(_Batch(seq - 1, "clear", rows.clear(), BatchOutcome("clear", 0, 0)))
+        unrecorded.append(_Batch(seq, journal_op, rows, result))
+        # A replace takes effect when its last batch is in (Meta swaps the audience
+        # at last_batch_flag): its batches are confirmed together, or not at all.
+        if op != "replace" or i == n - 1:
+            _record_batches(run, unrecorded)
+            unrecorded = []
+    return seq
+
+
+def _sent_before(run: _DestinationRun) -> pl.DataFrame:
+    """Rows the platform was sent before: the confirmed view plus unconfirmed batches."""
+    parts = [_confirmed_view(run.conn, run.store), unsure_rows(run.conn, run.store)]
+    return pl.concat([p for p in parts if p is not None], how="diagonal_relaxed")
+
+
+def _sealed(
+    connector: AudienceConnector, op: str, rows: pl.DataFrame, sent_before: pl.DataFrame | None
+) -> ReleaseBatch:
+    """``rows`` as a batch sealed from the release the connector was opened for."""
+    from policies.release import release_batch, removal_batch
+
+    assert connector.release is not None  # ensure_audience opened it
+    if op == "remove" and sent_before is not None:
+        return removal_batch(connector.release, rows, confirmed=sent_before)
+    return release_batch(connector.release, op, rows, confirmed=sent_before)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A batch the platform confirmed: its seq, journaled op, rows and the answer."""
+
+    seq: int
+    op: str  # add | remove | clear
+    rows: pl.DataFrame
+    result: BatchOutcome
+
+    def digest(self) -> str:
+        """SHA-256 of the batch's sorted member keys (what left, without who)."""
+        import hashlib
+
+        keys = self.rows.get_column(KEY).sort() if KEY in self.rows.columns else pl.Series([])
+        return hashlib.sha256(keys.cast(pl.UInt64).to_numpy().tobytes()).hexdigest()
+
+
+def _record_batches(run: _DestinationRun, batches: list[_Batch]) -> None:
+    """Record confirmed batches and their audit entries in one transaction, then the
+    audience record (its audit head moved: a restore older than this is noticed)."""
+    from audiences.compliance import audit
+
+    at = utcnow()
+    rows = [
+        (
+            run.sync_id,
+            b.seq,
+            b.op,
+            b.rows.height,
+            "confirmed",
+            b.result.received,
+            b.result.invalid,
+            at,
+        )
+        for b in batches
+    ]
+    with transaction(run.conn):
+        run.conn.executemany(
+            "INSERT INTO batches(sync_id, seq, op, size, status, received, "
+            "invalid, at) VALUES (?,?,?,?,?,?,?,?)",
+            rows,
+        )
+        audit.append_many(run.conn, [_batch_entry(run, b) for b in batches])
+    state_record.write(run.conn, run.store.state_dir)
+    for b in batches:
+        _count_batch(run.out, b)
+
+
+def _batch_entry(run: _DestinationRun, batch: _Batch) -> dict[str, Any]:
+    """The audit entry of one confirmed batch (``audit verify`` cross-checks ``batches``)."""
+    return {
+        "kind": "sync_batch",
+        "subject": run.subject,
+        "actor": run.actor,
+        "details": {
+            "sync_id": run.sync_id,
+            "seq": batch.seq,
+            "op": batch.op,
+            "size": batch.rows.height,
+            "received": batch.result.received,
+            "invalid": batch.result.invalid,
+            "segment": run.out.segment,
+            "destination": run.out.destination,
+            "audience": run.remote_id,
+            "release_id": run.release_id,
+            "digest": batch.digest(),
+        },
+    }
+
+
+def _count_batch(out: DestinationSync, batch: _Batch) -> None:
+    """Add one confirmed batch to the sync's figures."""
+    if batch.op == "clear":
+        return
+    size = batch.rows.height
+    out.batches += 1
+    out.sent += size
+    out.received += batch.result.received
+    out.invalid += batch.result.invalid
+    if batch.op == "remove":
+        out.removes += size
+    else:
+        out.adds += size
+
+
+def sync_summary(out: DestinationSync) -> str:
+    """The sync row's summary: what the columns do not hold (the report shows it)."""
+    return json.dumps(
+        {
+            "forced_removes": out.forced_removes,
+            "held_adds": out.held_adds,
+            "held_removes": out.held_removes,
+            "replaced": out.replaced,
+        },
+        sort_keys=True,
+    )
+
+
+def _audit(
+    conn: sqlite3.Connection, actor: str, kind: str, subject: str, details: dict[str, Any]
+) -> None:
+    from audiences.compliance import audit
+
+    audit.append(conn, kind=kind, subject=subject, details=details, actor=actor)
