@@ -57,6 +57,25 @@ class BatchOutcome:
     rejected_keys: list[int] = field(default_factory=list)
 
 
+def read_ca_file(ca_file: str, platform: str) -> bytes:
+    """The PEM certificate a gRPC connector trusts instead of the system roots (the
+    project's sandboxes); a one-line ConfigError names the file and the fix."""
+    try:
+        pem = Path(ca_file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"the {platform} CA file {ca_file} cannot be read ({exc.strerror})",
+            "point ca_file at the PEM certificate the sandbox wrote, or remove ca_file "
+            "to use the system's trusted roots",
+        ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ConfigError(
+            f"the {platform} CA file {ca_file} holds no PEM certificate",
+            "point ca_file at the PEM certificate the sandbox wrote",
+        )
+    return pem
+
+
 def secret_from_env(variable: str, *, destination: str, what: str) -> str:
     """Read a secret from the environment; a missing one names the variable, never a value."""
     value = os.environ.get(variable)

@@ -31,10 +31,10 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from audiences.core.errors import ConfigError, ConnectorError
+from audiences.core.errors import ConnectorError
+from connectors.base import read_ca_file
 from connectors.google_ads.errors import (
     CustomerDataTermsNotAccepted,
     GoogleAdsApiError,
@@ -226,7 +226,7 @@ class GoogleAdsCustomerMatchClient:
             version=API_VERSION,
             use_proto_plus=True,
         )
-        self._root_certificates = _read_ca_file(ca_file) if ca_file else None
+        self._root_certificates = read_ca_file(ca_file, "Google Ads") if ca_file else None
         self._channel: Any = None
         self._services: dict[str, Any] = {}
         self.retries = 0
@@ -656,23 +656,6 @@ def _counted_attempts(error: ConnectorError, attempts: int, why: str) -> Connect
         transient=True,
         request_id=error.request_id,
     )
-
-
-def _read_ca_file(ca_file: str) -> bytes:
-    try:
-        pem = Path(ca_file).read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"the Google Ads CA file {ca_file} cannot be read ({exc.strerror})",
-            "point ca_file at the PEM certificate the sandbox printed, or remove ca_file "
-            "to use the system's trusted roots",
-        ) from None
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
-        raise ConfigError(
-            f"the Google Ads CA file {ca_file} holds no PEM certificate",
-            "point ca_file at the PEM certificate the sandbox printed",
-        )
-    return pem
 
 
 def _quoted(resource_name: str) -> str:

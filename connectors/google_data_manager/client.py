@@ -28,11 +28,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from audiences.core.countries import ISO_COUNTRIES
 from audiences.core.errors import ConfigError, ConnectorError
+from connectors.base import read_ca_file
 from connectors.google_data_manager.errors import (
     DataManagerApiError,
     DataManagerRequestFailed,
@@ -176,7 +176,7 @@ class DataManagerClient:
         self._rpc_timeout = rpc_timeout_seconds
         self._sleep = sleep
         self._random = random.Random()
-        root_certificates = _read_ca_file(ca_file) if ca_file else None
+        root_certificates = read_ca_file(ca_file, "Data Manager") if ca_file else None
         self._channel = IngestionServiceGrpcTransport.create_channel(
             endpoint or DEFAULT_ENDPOINT,
             credentials=google.oauth2.credentials.Credentials(token=access_token),
@@ -633,20 +633,3 @@ def _counted(error: ConnectorError, attempts: int, why: str) -> ConnectorError:
         transient=True,
         request_id=error.request_id,
     )
-
-
-def _read_ca_file(ca_file: str) -> bytes:
-    try:
-        pem = Path(ca_file).read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"the Data Manager CA file {ca_file} cannot be read ({exc.strerror})",
-            "point ca_file at the PEM certificate the sandbox wrote, or remove ca_file "
-            "to use the system's trusted roots",
-        ) from None
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
-        raise ConfigError(
-            f"the Data Manager CA file {ca_file} holds no PEM certificate",
-            "point ca_file at the PEM certificate the sandbox wrote",
-        )
-    return pem
