@@ -330,16 +330,7 @@ class _Compiler:
         return self.comparisons(pl.col(cond.field), cond, dtype)
 
     def window(self, window: Window) -> pl.Expr:
-        as_of = self.ctx.as_of
-        if window.kind == "within":
-            assert window.days is not None
-            first, last = as_of - dt.timedelta(days=window.days), as_of
-        elif window.kind == "ahead":
-            assert window.days is not None
-            first, last = as_of + dt.timedelta(days=1), as_of + dt.timedelta(days=window.days)
-        else:
-            assert window.start is not None and window.end is not None
-            first, last = dt.date.fromisoformat(window.start), dt.date.fromisoformat(window.end)
+        first, last = window.day_range(self.ctx.as_of)
         return self.time_from(first) & self.time_before(last + dt.timedelta(days=1))
 
     def time_from(self, day: dt.date) -> pl.Expr:

@@ -10,6 +10,7 @@ validation can point at ``file:line``.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
@@ -79,6 +80,17 @@ class Window(_Node):
     days: int | None = None
     start: str | None = None
     end: str | None = None
+
+    def day_range(self, as_of: dt.date) -> tuple[dt.date, dt.date]:
+        """The first and last day an event may fall on (both included), at ``as_of``."""
+        if self.kind == "within":
+            assert self.days is not None
+            return as_of - dt.timedelta(days=self.days), as_of
+        if self.kind == "ahead":
+            assert self.days is not None
+            return as_of + dt.timedelta(days=1), as_of + dt.timedelta(days=self.days)
+        assert self.start is not None and self.end is not None
+        return dt.date.fromisoformat(self.start), dt.date.fromisoformat(self.end)
 
 
 class EventCondition(_Node):

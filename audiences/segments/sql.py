@@ -531,16 +531,7 @@ class _SqlCompiler:
         return self.comparisons(column, cond, self.events_schema[cond.field])
 
     def window(self, window: Window) -> exp.Expr:
-        as_of = self.ctx.as_of
-        if window.kind == "within":
-            assert window.days is not None
-            first, last = as_of - dt.timedelta(days=window.days), as_of
-        elif window.kind == "ahead":
-            assert window.days is not None
-            first, last = as_of + dt.timedelta(days=1), as_of + dt.timedelta(days=window.days)
-        else:
-            assert window.start is not None and window.end is not None
-            first, last = dt.date.fromisoformat(window.start), dt.date.fromisoformat(window.end)
+        first, last = window.day_range(self.ctx.as_of)
         time = _col(self.ctx.event_time, _EVENTS)
         return exp.and_(
             exp.GTE(this=time, expression=self.day_start_event(first)),
