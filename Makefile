@@ -28,7 +28,7 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check audiences policies connectors tests benchmarks
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 # The first screen of a released compliance report, as docs/compliance-workflow.md shows
 # it (needs chromium: apt-get install chromium).
