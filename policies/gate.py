@@ -507,7 +507,6 @@ def forced_removals(inp: RemovalInput) -> RemovalOutcome:
     name = make_opaque_name(inp.segment.name, salt, params, segment_words(inp.segment))  # type: ignore[arg-type]
     known = difference.sorted_keys(keys)
     for dest_name, rows in inp.platform.items():
-        dest, layouts = destination_of(inp.config, dest_name)
         platform_keys = rows.get_column("member_key")
         in_crm = pl.Series(_isin_sorted(platform_keys.to_numpy(), known)) if known.size else None
         allowed = pl.Series(_isin_sorted(platform_keys.to_numpy(), kept)) if kept.size else None
@@ -515,25 +514,17 @@ def forced_removals(inp: RemovalInput) -> RemovalOutcome:
         if in_crm is not None:
             gone += int((~in_crm).sum())
         members = rows.filter(drop) if rows.height else rows
-        releases[dest_name] = _mint(
-            build_id=inp.build_id,
-            release_id=new_id("rm"),
-            segment=inp.segment.name,
+        releases[dest_name] = _removal(
+            inp.build_id,
+            inp.segment.name,
+            inp.pack,
+            dest_name,
+            members,
             segment_digest=inp.segment.digest,
-            policy_digest=inp.pack.digest,
             verdict_digest=verdict_digest(verdicts, dest_name),
-            destination=dest_name,
-            kind=dest.kind,
-            account=dest.account,
             created_at=created_at,
             opaque_name=name,
-            members=members,
-            layouts=layouts,
-            k_diff=0,
-            hold_against=None,
-            holds=0,
-            excluded_keys=members.get_column("member_key"),
-            purpose="removal",
+            config=inp.config,
         )
     return RemovalOutcome(releases, verdicts, gone)
 
@@ -548,19 +539,47 @@ def takedown_release(
 ) -> Release:
     """A removal-only release of every row a platform audience holds (``audiences
     takedown``): it can only take people off a platform."""
+    return _removal(
+        build_id,
+        segment,
+        pack,
+        destination,
+        rows,
+        segment_digest="",
+        verdict_digest="takedown",
+        created_at=utcnow(),
+        opaque_name="",
+        config=config,
+    )
+
+
+def _removal(
+    build_id: str,
+    segment: str,
+    pack: Pack,
+    destination: str,
+    rows: pl.DataFrame,
+    *,
+    segment_digest: str,
+    verdict_digest: str,
+    created_at: str,
+    opaque_name: str,
+    config: ProjectConfig,
+) -> Release:
+    """A sealed release whose only effect is to take ``rows`` off ``destination``."""
     dest, layouts = destination_of(config, destination)
     return _mint(
         build_id=build_id,
         release_id=new_id("rm"),
         segment=segment,
-        segment_digest="",
+        segment_digest=segment_digest,
         policy_digest=pack.digest,
-        verdict_digest="takedown",
+        verdict_digest=verdict_digest,
         destination=destination,
         kind=dest.kind,
         account=dest.account,
-        created_at=utcnow(),
-        opaque_name="",
+        created_at=created_at,
+        opaque_name=opaque_name,
         members=rows,
         layouts=layouts,
         k_diff=0,

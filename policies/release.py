@@ -30,6 +30,7 @@ from typing import Any
 import polars as pl
 
 from audiences.core.errors import InternalError
+from audiences.core.records import pick
 
 # Drawn once per process; never stored, logged or shown.
 _SEAL_KEY = secrets.token_bytes(32)
@@ -144,26 +145,11 @@ class Release:
 
     def describe(self) -> dict[str, Any]:
         """Figures and identifiers for reports and logs (no member data)."""
-        return {
-            "release_id": self.release_id,
-            "build_id": self.build_id,
-            "segment": self.segment,
-            "destination": self.destination,
-            "kind": self.kind,
-            "account": self.account,
-            "opaque_name": self.opaque_name,
-            "members": self.members.height,
-            "layouts": list(self.layouts),
-            "k_diff": self.k_diff,
-            "hold_against": self.hold_against,
-            "holds": self.holds,
-            "excluded_keys": self.excluded_keys.len(),
-            "purpose": self.purpose,
-            "segment_digest": self.segment_digest,
-            "policy_digest": self.policy_digest,
-            "verdict_digest": self.verdict_digest,
-            "created_at": self.created_at,
-        }
+        out = pick(self, "release_id build_id segment destination kind account opaque_name")
+        out |= {"members": self.members.height, "layouts": list(self.layouts)}
+        out |= pick(self, "k_diff hold_against holds")
+        out["excluded_keys"] = self.excluded_keys.len()
+        return out | pick(self, "purpose segment_digest policy_digest verdict_digest created_at")
 
 
 def frame_digest(frame: pl.DataFrame | pl.Series) -> str:

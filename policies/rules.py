@@ -28,6 +28,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from audiences.core.errors import ConfigError, DataError
+from audiences.core.records import pick
 from audiences.crm.consent import column as _column
 from audiences.crm.consent import consent_signal, truthy
 from audiences.segments.model import classify_field
@@ -181,19 +182,10 @@ class Verdict:
         return f"{self.id}{where}: {self.public_detail or self.detail}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "severity": self.severity,
-            "status": self.status,
-            "passed": self.passed,
-            "destination": self.destination,
-            "evidence": {k: int(v) for k, v in self.evidence.items()},
-            "detail": self.detail,
-            "checks": [dict(c) for c in self.checks],
-            "rationale": self.rationale,
-            "source": self.source,
-        }
+        out = pick(self, "id kind severity status passed destination")
+        out["evidence"] = {k: int(v) for k, v in self.evidence.items()}
+        out |= {"detail": self.detail, "checks": [dict(c) for c in self.checks]}
+        return out | pick(self, "rationale source")
 
 
 def _verdict(
@@ -940,15 +932,7 @@ def ad_consent_signals(rule: Rule, ctx: FilterContext) -> Verdict:
         if column is not None:
             _column(df, column, signal)  # names a missing column
         parts[f"{signal}_not_granted"] = consent_signal(df, column, signal) != "GRANTED"
-    evidence: dict[str, int] = {"candidates": df.height}
-    if df.height == 0:
-        evidence.update(dict.fromkeys(parts, 0))
-        mask = _mask(df, pl.lit(False))
-    else:
-        counts = df.select(*(e.alias(n) for n, e in parts.items())).sum().row(0, named=True)
-        evidence.update({n: int(v) for n, v in counts.items()})
-        mask = _mask(df, pl.any_horizontal(list(parts.values())))
-    evidence["excluded"] = _count(df, mask)
+    evidence, mask = _flagged(df, parts)
     detail = f"released only to people with {' and '.join(p.require)} consent GRANTED"
     return _verdict(rule, True, evidence, detail, excluded=mask)
 
@@ -965,6 +949,14 @@ def sensitive_pi_opt_out(rule: Rule, ctx: FilterContext) -> Verdict:
                 f"set [consent] {request} in audiences.toml",
             )
         parts[request] = truthy(df, column, request).fill_null(False)
+    evidence, mask = _flagged(df, parts)
+    detail = f"people who asked to {' or '.join(_REQUESTS[r] for r in p.honour)} are excluded"
+    return _verdict(rule, True, evidence, detail, excluded=mask)
+
+
+def _flagged(df: pl.DataFrame, parts: dict[str, pl.Expr]) -> tuple[dict[str, int], pl.Series]:
+    """Evidence (candidates, people each flag catches, excluded) and the exclusion mask of
+    people any of the boolean ``parts`` flags."""
     evidence: dict[str, int] = {"candidates": df.height}
     if df.height == 0:
         evidence.update(dict.fromkeys(parts, 0))
@@ -974,8 +966,7 @@ def sensitive_pi_opt_out(rule: Rule, ctx: FilterContext) -> Verdict:
         evidence.update({n: int(v) for n, v in counts.items()})
         mask = _mask(df, pl.any_horizontal(list(parts.values())))
     evidence["excluded"] = _count(df, mask)
-    detail = f"people who asked to {' or '.join(_REQUESTS[r] for r in p.honour)} are excluded"
-    return _verdict(rule, True, evidence, detail, excluded=mask)
+    return evidence, mask
 
 
 _REQUESTS = {

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from audiences.compliance import audit
 from audiences.compliance.keys import key_id, load_private_key, trusted_key_index
 from audiences.core.errors import ApprovalError
+from audiences.core.records import pick
 
 APPROVAL_KIND = "approval"
 REVOCATION_KIND = "revocation"
@@ -58,19 +59,9 @@ class Approval:
     revoked_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "segment": self.segment,
-            "segment_digest": self.segment_digest,
-            "policy_digest": self.policy_digest,
-            "destinations": list(self.destinations),
-            "approver": self.approver,
-            "key_id": self.key_id,
-            "note": self.note,
-            "at": self.at,
-            "revoked_at": self.revoked_at,
-            "revoked_by": self.revoked_by,
-        }
+        out = pick(self, "id segment segment_digest policy_digest destinations approver")
+        out["destinations"] = list(self.destinations)
+        return out | pick(self, "key_id note at revoked_at revoked_by")
 
 
 # --------------------------------------------------------------------------- payload

@@ -220,15 +220,7 @@ def check(conn: sqlite3.Connection, config: ProjectConfig, segment: Any, pack: A
             "[approvers] keys, then `audiences approve`",
         )
     trusted = _trusted(conn, config, record=False)
-    return approvals.check_approval(
-        conn,
-        segment_name=segment.name,
-        segment_digest=segment.digest,
-        policy_digest=policy_digest(config, segment, pack, trusted),
-        destinations=list(segment.destinations),
-        definition_text=definition_text(segment, config, pack),
-        trusted_keys=trusted,
-    )
+    return approvals.check_approval(conn, **_binding(config, segment, pack, trusted))
 
 
 def approve(
@@ -244,18 +236,23 @@ def approve(
     approval_required(config, pack)  # refuses a lowered requirement before signing
     with audit.write_transaction(conn):
         trusted = _trusted(conn, config, record=True)
-    return approvals.approve(
-        conn,
-        segment_name=segment.name,
-        segment_digest=segment.digest,
-        policy_digest=policy_digest(config, segment, pack, trusted),
-        destinations=list(segment.destinations),
-        definition_text=definition_text(segment, config, pack),
-        approver=by,
-        private_key_path=key_path,
-        trusted_keys=trusted,
-        note=note,
-    )
+    binding = _binding(config, segment, pack, trusted)
+    return approvals.approve(conn, **binding, approver=by, private_key_path=key_path, note=note)
+
+
+def _binding(
+    config: ProjectConfig, segment: Any, pack: Any, trusted: dict[str, str]
+) -> dict[str, Any]:
+    """What an approval is bound to: the segment, the effective policy, its destinations
+    and the approver keys trusted now (the same for signing and for checking)."""
+    return {
+        "segment_name": segment.name,
+        "segment_digest": segment.digest,
+        "policy_digest": policy_digest(config, segment, pack, trusted),
+        "destinations": list(segment.destinations),
+        "definition_text": definition_text(segment, config, pack),
+        "trusted_keys": trusted,
+    }
 
 
 def change_approver(

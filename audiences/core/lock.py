@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from audiences.core.errors import LockHeld, StateError
+from audiences.core.records import pick
 
 _MAX_COMMAND = 200
 
@@ -54,13 +55,7 @@ class LockHolder:
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "pid": self.pid,
-            "host": self.host,
-            "user": self.user,
-            "started_at": self.started_at,
-            "command": self.command,
-        }
+        return pick(self, "pid host user started_at command")
 
 
 def _read_holder(fd: int) -> LockHolder:

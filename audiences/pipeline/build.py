@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from audiences.compliance import audit
 from audiences.core import clock
 from audiences.core.actor import actor_name
 from audiences.core.config import ProjectConfig
@@ -28,6 +29,7 @@ from audiences.core.errors import (
     ConnectorError,
     DataError,
 )
+from audiences.core.records import pick
 from audiences.core.state import connect, new_id, project_salt, transaction, utcnow
 from audiences.crm.sources import Sources, load_sources
 from audiences.pipeline.select import (
@@ -70,19 +72,9 @@ class BuildResult:
         return self.status == "blocked"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "build_id": self.build_id,
-            "segment": self.segment,
-            "segment_digest": self.segment_digest,
-            "policy_digest": self.policy_digest,
-            "status": self.status,
-            "released_to": sorted(self.released),
-            "members": self.noisy_members,
-            "reasons": self.reasons,
-            "files": self.files,
-            "reports": self.reports,
-            "seconds": round(self.seconds, 3),
-        }
+        out = pick(self, "build_id segment segment_digest policy_digest status")
+        out |= {"released_to": sorted(self.released), "members": self.noisy_members}
+        return out | pick(self, "reasons files reports") | {"seconds": round(self.seconds, 3)}
 
 
 def build(
@@ -200,30 +192,8 @@ def review(
 
 def _close_review(conn: sqlite3.Connection, actor: str, result: BuildResult, digest: str) -> None:
     """Record a finished review (status ``review`` / ``review_blocked``) and audit it."""
-    _finish(
-        conn,
-        result.build_id,
-        "review_blocked" if result.blocked else "review",
-        candidates=result.candidates,
-        members=max(result.released.values(), default=0),
-        reasons=result.reasons,
-        summary=result.to_dict(),
-        source_digest=digest,
-    )
-    _audit(
-        conn,
-        actor,
-        "review",
-        result.segment,
-        {
-            "build_id": result.build_id,
-            "status": result.status,
-            "segment_digest": result.segment_digest,
-            "policy_digest": result.policy_digest,
-            "source_digest": digest,
-            "reasons": result.reasons,
-        },
-    )
+    status = "review_blocked" if result.blocked else "review"
+    _close(conn, actor, result, status, "review", digest, {})
 
 
 def latest_review(
@@ -627,31 +597,39 @@ def _close_build(
     conn: sqlite3.Connection, actor: str, result: BuildResult, source_digest: str
 ) -> None:
     """Record a finished build (released or blocked) in state and in the audit log."""
+    extra = {"released": result.released}
+    _close(conn, actor, result, result.status, "build", source_digest, extra)
+
+
+def _close(
+    conn: sqlite3.Connection,
+    actor: str,
+    result: BuildResult,
+    status: str,
+    kind: str,
+    source_digest: str,
+    extra: dict[str, Any],
+) -> None:
+    """The build row's final status and summary, then one audit entry of ``kind``."""
     _finish(
         conn,
         result.build_id,
-        result.status,
+        status,
         candidates=result.candidates,
         members=max(result.released.values(), default=0),
         reasons=result.reasons,
         summary=result.to_dict(),
         source_digest=source_digest,
     )
-    _audit(
-        conn,
-        actor,
-        "build",
-        result.segment,
-        {
-            "build_id": result.build_id,
-            "status": result.status,
-            "segment_digest": result.segment_digest,
-            "policy_digest": result.policy_digest,
-            "source_digest": source_digest,
-            "released": result.released,
-            "reasons": result.reasons,
-        },
-    )
+    details = pick(result, "build_id status segment_digest policy_digest")
+    details |= {"source_digest": source_digest, **extra, "reasons": result.reasons}
+    audit.append(conn, kind=kind, subject=result.segment, details=details, actor=actor)
+
+
+def _audit(
+    conn: sqlite3.Connection, actor: str, kind: str, subject: str, details: dict[str, Any]
+) -> None:
+    audit.append(conn, kind=kind, subject=subject, details=details, actor=actor)
 
 
 def _finish(
@@ -680,16 +658,6 @@ def _finish(
                 build_id,
             ),
         )
-
-
-def _audit(
-    conn: sqlite3.Connection, actor: str, kind: str, subject: str, details: dict[str, Any]
-) -> None:
-    try:
-        from audiences.compliance import audit
-    except ImportError:  # audit log lands with the compliance workflow
-        return
-    audit.append(conn, kind=kind, subject=subject, details=details, actor=actor)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -32,6 +32,7 @@ from audiences.core import clock
 from audiences.core.actor import actor_name
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, AudiencesError, ConnectorError
+from audiences.core.records import pick
 from audiences.core.state import connect, new_id, transaction, utcnow
 from audiences.pipeline import state_record
 from audiences.pipeline.batches import (
@@ -90,22 +91,11 @@ class DestinationPlan:
     replace: str | None = None  # why the audience is replaced in full (None: a diff)
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "segment": self.segment,
-            "destination": self.destination,
-            "kind": self.kind,
-            "account": self.account,
-            "audience": self.remote_id,
-            "opaque_name": self.opaque_name,
-            "release_members": self.members,
-            "confirmed_members": self.confirmed,
-            "adds": self.adds.height,
-            "removes": self.removes.height,
-            "held_adds": self.held_adds,
-            "held_removes": self.held_removes,
-            "forced_removes": self.forced_removes,
-            "replace": self.replace,
-        }
+        out = pick(self, "segment destination kind account")
+        out |= {"audience": self.remote_id, "opaque_name": self.opaque_name}
+        out |= {"release_members": self.members, "confirmed_members": self.confirmed}
+        out |= {"adds": self.adds.height, "removes": self.removes.height}
+        return out | pick(self, "held_adds held_removes forced_removes replace")
 
 
 @dataclass
