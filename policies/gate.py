@@ -539,18 +539,7 @@ def takedown_release(
 ) -> Release:
     """A removal-only release of every row a platform audience holds (``audiences
     takedown``): it can only take people off a platform."""
-    return _removal(
-        build_id,
-        segment,
-        pack,
-        destination,
-        rows,
-        segment_digest="",
-        verdict_digest="takedown",
-        created_at=utcnow(),
-        opaque_name="",
-        config=config,
-    )
+    return _removal(build_id, segment, pack, destination, rows, config=config)
 
 
 def _removal(
@@ -560,13 +549,14 @@ def _removal(
     destination: str,
     rows: pl.DataFrame,
     *,
-    segment_digest: str,
-    verdict_digest: str,
-    created_at: str,
-    opaque_name: str,
     config: ProjectConfig,
+    segment_digest: str = "",
+    verdict_digest: str = "takedown",
+    created_at: str | None = None,
+    opaque_name: str = "",
 ) -> Release:
-    """A sealed release whose only effect is to take ``rows`` off ``destination``."""
+    """A sealed release whose only effect is to take ``rows`` off ``destination`` (the
+    defaults are a takedown's: no segment digest, no verdicts, no name)."""
     dest, layouts = destination_of(config, destination)
     return _mint(
         build_id=build_id,
@@ -578,7 +568,7 @@ def _removal(
         destination=destination,
         kind=dest.kind,
         account=dest.account,
-        created_at=created_at,
+        created_at=created_at or utcnow(),
         opaque_name=opaque_name,
         members=rows,
         layouts=layouts,

@@ -165,16 +165,9 @@ def review(
             protect_on=today,
         )
         outcome = _gate(run, build_id, segment, candidates)
-        result = BuildResult(
-            build_id=build_id,
-            segment=segment.name,
-            segment_digest=segment.digest,
-            status="blocked" if outcome.blocked else "reviewed",
-            candidates=candidates.height,
-            released={d: r.members.height for d, r in outcome.releases.items()},
-            reasons=list(outcome.block_reasons),
-            policy_digest=pack.digest,
-        )
+        result = _result(build_id, segment, candidates, outcome, pack, "reviewed")
+        result.released = {d: r.members.height for d, r in outcome.releases.items()}
+        result.outcome = None  # a review releases nothing
         report = {**outcome.report, "status": "blocked" if outcome.blocked else "reviewed"}
         report["review"] = {
             "build_id": build_id,
@@ -188,6 +181,27 @@ def review(
     finally:
         conn.close()
     return result
+
+
+def _result(
+    build_id: str,
+    segment: Segment,
+    candidates: pl.DataFrame,
+    outcome: GateOutcome,
+    pack: Pack,
+    status: str,
+) -> BuildResult:
+    """The result of one segment's gate run: ``status`` unless the gate blocked it."""
+    return BuildResult(
+        build_id=build_id,
+        segment=segment.name,
+        segment_digest=segment.digest,
+        status="blocked" if outcome.blocked else status,
+        candidates=candidates.height,
+        reasons=list(outcome.block_reasons),
+        policy_digest=pack.digest,
+        outcome=outcome,
+    )
 
 
 def _close_review(conn: sqlite3.Connection, actor: str, result: BuildResult, digest: str) -> None:
@@ -262,16 +276,7 @@ def _build_segment(run: _BuildRun, segment: Segment, i: int, total: int) -> Buil
         if not run.dry_run:
             _finish(run.conn, build_id, "failed", reasons=[_one_line(exc)])
         raise
-    result = BuildResult(
-        build_id=build_id,
-        segment=segment.name,
-        segment_digest=segment.digest,
-        status="blocked" if outcome.blocked else "released",
-        candidates=candidates.height,
-        reasons=list(outcome.block_reasons),
-        policy_digest=run.pack.digest,
-        outcome=outcome,
-    )
+    result = _result(build_id, segment, candidates, outcome, run.pack, "released")
     if run.dry_run:
         result.released = {d: r.members.height for d, r in outcome.releases.items()}
         result.seconds = time.perf_counter() - started
