@@ -61,6 +61,12 @@ TOML_ATTACKS = {
     "deceased unmapped": (r'^deceased = "deceased"$', "", "deceased"),
     "pack swapped": (r'^pack = "[^"]*"', 'pack = "baseline"', "baseline"),
     "ad account changed": (r'^ad_account_id = ".*"$', 'ad_account_id = "act_999"', "act_999"),
+    # exfiltration: the approved upload sent to another server that answers like Meta
+    "endpoint redirected": (
+        r'^endpoint = "(https?)://127\.0\.0\.1:(\d+)"',
+        r'endpoint = "\1://127.0.0.2:\2"',
+        "127.0.0.2",
+    ),
 }
 
 

@@ -54,13 +54,15 @@ def effective_policy(config: ProjectConfig, segment: Any, pack: Any) -> dict[str
     }
 
 
-# How a connector reaches its platform, not who is released or where: moving the sandbox
-# endpoint or a CA file needs no new approval (docs/compliance-workflow.md).
-_TRANSPORT = frozenset({"endpoint", "ca_file", "poll_seconds", "timeout_seconds"})
+# Timing only. The endpoint and the CA file are bound: they decide which server receives
+# the hashed members, so pointing an approved upload at another server (or trusting another
+# CA for it) needs a new approval (docs/compliance-workflow.md).
+_TRANSPORT = frozenset({"poll_seconds", "timeout_seconds"})
 
 
 def _destination(config: ProjectConfig, name: str) -> dict[str, Any]:
-    """A destination's platform, account, layout and release settings (no transport)."""
+    """A destination's platform, account, endpoint, layout and release settings (no timing,
+    no credential variable names)."""
     spec = config.destination(name).model_dump(mode="json")
     return {k: v for k, v in spec.items() if k not in _TRANSPORT and not k.endswith("_env")}
 
