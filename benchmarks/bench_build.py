@@ -560,9 +560,9 @@ def _print_builds(
         f"{plain_run.peak_rss_bytes / 1e9:>8.2f}GB{'1.0x':>13}{'':>11}"
     )
     print(
-        "  each baseline does the same job as the build above it (the same consent exclusions"
-        " incl. ad personalization denied, Google's mailbox canonicalization, and with the"
-        " linkage: mailbox, phone and name + ZIP sets of every opted-out record)"
+        "  each pandas baseline: the consent exclusions of the build above it (incl. ad"
+        " personalization denied), Google's mailbox canonicalization, and with the linkage:"
+        " mailbox, phone and name + ZIP sets of every opted-out record; but records, not people"
     )
     for what, ours_n, base_n in (
         ("default pack", runs[0][2], base_released),
