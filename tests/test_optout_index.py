@@ -250,3 +250,41 @@ def test_the_index_holds_no_raw_identifier(project: Path) -> None:
     for column in [c for c in plain.columns if plain.schema[c] == pl.UInt64]:
         shared = stored.get_column(column).drop_nulls().is_in(plain.get_column(column).implode())
         assert not shared.any()
+
+
+def test_attack_rewritten_data_with_the_old_size_and_time_is_not_matched_to_the_old_index(
+    project: Path,
+) -> None:
+    """The source digest is cached by size and modification time: an export rewritten with
+    both kept (``touch -r``, a coarse file system) keeps its cached digest. The index must
+    not: a newly opted-out record's duplicates would otherwise go through."""
+    import os
+
+    data = project / "data" / "contacts.parquet"
+    contacts = pl.read_parquet(data)
+    contacts.write_parquet(data, compression="uncompressed", statistics=False)
+    before_flags, _ = flags(project)
+    before = data.stat()
+    digest = load_sources(config_of(project)).digest
+    # two opted-in records of one mailbox, neither flagged: one of them now opts out
+    mailbox = pl.col("email").str.strip_chars().str.to_lowercase()
+    pairs = contacts.filter(
+        pl.col("marketing_opt_in").fill_null(False)
+        & ~pl.col("do_not_contact")
+        & ~pl.col("deceased")
+        & pl.col("email").is_not_null()
+        & ~pl.col("contact_id").is_in(sorted(before_flags))
+    ).filter(mailbox.is_duplicated())
+    target = pairs.sort(mailbox, "contact_id").get_column("contact_id")[0]
+    flip = pl.col("contact_id") == target
+    changed = contacts.with_columns(
+        pl.when(flip).then(False).otherwise(pl.col("marketing_opt_in")).alias("marketing_opt_in")
+    )
+    changed.write_parquet(data, compression="uncompressed", statistics=False)
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (data.stat().st_size, data.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert load_sources(config_of(project)).digest == digest  # the digest cache is fooled
+    expected = reference(project)
+    assert expected - before_flags  # the other record is now a duplicate of an opt-out
+    after, store = flags(project)
+    assert after == expected and store.computed == 1

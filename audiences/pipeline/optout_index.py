@@ -4,7 +4,9 @@ The duplicate-of-opt-out linkage (:mod:`audiences.crm.linkage`) needs, for every
 record that opted out, its coarse link keys. They depend on the data and on the identity
 and consent mapping, not on the segment, so a night of builds over one export computes
 them once: ``.audiences/optout-index.bin`` holds the index of the last export seen, keyed
-by the source digest and the mapping's identity (``linkage.index_identity``).
+by the source digest, the contacts file's size, modification and change times and inode
+(the digest is cached by size and modification time alone: a rewrite that keeps both
+still changes the change time), and the mapping's identity (``linkage.index_identity``).
 
 What the file holds, and what it does not: per opted-out record that could match anyone,
 its row position in the contacts source and, per link (email, phone, name + postal code),
@@ -61,10 +63,12 @@ class StateIndexStore(IndexStore):
     """The opt-out index of one export in ``state_dir``, authenticated with keys derived
     from the project secret (created on first use, as the audience record does)."""
 
-    def __init__(self, state_dir: Path, digest: Callable[[], str]) -> None:
+    def __init__(self, state_dir: Path, digest: Callable[[], str], contacts: Path) -> None:
         self.path = state_dir / INDEX_NAME
         self._state_dir = state_dir
         self._digest = digest
+        self._contacts = contacts
+        self._seen: list[int] | None = None  # the file as it was before the index was read
         self._secret: bytes | None = None
         self.computed = 0  # indexes computed and saved by this store (tests, benchmarks)
 
@@ -78,11 +82,19 @@ class StateIndexStore(IndexStore):
         a, b, c, d = struct.unpack("<4Q", raw)
         return (a, b, c, d)
 
+    def _file(self) -> list[int]:
+        """The contacts file as the file system knows it. The source digest is cached by
+        size and modification time; the change time and inode also change when the file
+        is rewritten, even with its old size and a restored modification time."""
+        st = self._contacts.stat()
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
     def _mac(self, body: bytes) -> bytes:
         key = _derived(self._key(), b"file mac")
         return blake3.blake3(body, key=key, max_threads=blake3.blake3.AUTO).digest()
 
     def load(self, identity: str) -> pl.DataFrame | None:
+        self._seen = self._file()  # before the contacts are read for a new index
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -98,7 +110,8 @@ class StateIndexStore(IndexStore):
         (size,) = struct.unpack(">I", body[:4])
         try:
             header = json.loads(body[4 : 4 + size])
-            if header.get("digest") != self._digest() or header.get("identity") != identity:
+            same = (header.get("digest"), header.get("file"), header.get("identity"))
+            if same != (self._digest(), self._seen, identity):
                 return None  # another export or mapping: recomputed, silently (expected)
             index = pl.read_parquet(io.BytesIO(body[4 + size :]))
         except (ValueError, pl.exceptions.PolarsError, OSError):
@@ -116,7 +129,13 @@ class StateIndexStore(IndexStore):
     def save(self, identity: str, index: pl.DataFrame) -> None:
         self.computed += 1
         header = json.dumps(
-            {"v": 1, "digest": self._digest(), "identity": identity, "rows": index.height},
+            {
+                "v": 1,
+                "digest": self._digest(),
+                "file": self._seen if self._seen is not None else self._file(),
+                "identity": identity,
+                "rows": index.height,
+            },
             sort_keys=True,
         ).encode()
         buffer = io.BytesIO()
@@ -132,6 +151,7 @@ def store_for(config: ProjectConfig, sources: Sources) -> StateIndexStore:
     key = "opt-out-index-store"
     store = sources.cache.get(key)
     if not isinstance(store, StateIndexStore):
-        store = StateIndexStore(config.state_dir, lambda: sources.digest)
+        contacts = config.path(config.sources.contacts.path)
+        store = StateIndexStore(config.state_dir, lambda: sources.digest, contacts)
         sources.cache[key] = store
     return store
