@@ -327,6 +327,8 @@ _POS = "__link_pos"
 INDEX_FORMAT = 1  # bump when the index's columns or the coarse keys change
 Seeds = tuple[int, int, int, int]
 UNKEYED: Seeds = (0, 0, 0, 0)  # an index that never leaves the process
+# the row index type of this polars build (UInt32, or UInt64 in the big-index build)
+_INDEX_DTYPE = pl.DataFrame({"x": [0]}).with_row_index(_POS).schema[_POS]
 
 
 class IndexStore(Protocol):
@@ -365,7 +367,7 @@ def index_identity(config: ProjectConfig, schema: pl.Schema) -> str:
 
 def index_schema(links: Sequence[Link]) -> pl.Schema:
     """The columns of an opt-out index over ``links``."""
-    columns: dict[str, pl.DataType] = {_POS: pl.UInt32()}
+    columns: dict[str, pl.DataType] = {_POS: _INDEX_DTYPE}
     for link in links:
         columns |= {link.out: pl.UInt64(), f"{link.out}_ok": pl.Boolean()}
     return pl.Schema(columns)
