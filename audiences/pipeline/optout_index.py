@@ -106,7 +106,9 @@ class StateIndexStore(IndexStore):
             return self._distrust("is not an opt-out index (damaged or replaced)")
         mac, body = data[len(_MAGIC) : len(_MAGIC) + _MAC_SIZE], data[len(_MAGIC) + _MAC_SIZE :]
         if not hmac.compare_digest(mac, self._mac(body)):
-            return self._distrust("fails its authentication (edited, replaced or damaged)")
+            return self._distrust(
+                "fails its authentication (edited, replaced or damaged, or record.key changed)"
+            )
         (size,) = struct.unpack(">I", body[:4])
         try:
             header = json.loads(body[4 : 4 + size])
