@@ -367,7 +367,8 @@ def disagreements(build_file: Path, duckdb_file: Path) -> tuple[list[str], list[
     import polars as pl
 
     ours, theirs = pl.read_parquet(build_file), pl.read_parquet(duckdb_file)
-    failures, notes = [], []
+    failures: list[str] = []
+    notes: list[str] = []
     if ours.height != theirs.height:
         failures.append(f"rows: build {ours.height:,}, DuckDB {theirs.height:,}")
     email = "google_ads_hashed_email"
