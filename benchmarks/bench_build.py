@@ -22,17 +22,28 @@ What runs
       Setup, untimed: the project's segment is approved by a benchmark key pair (the
       one-time human step ``hipaa-marketing`` requires), after the config is final.
     * baseline: the same job written the straightforward way — pandas reads the Parquet
-      files, filters, then normalizes and SHA-256-hashes each selected person's
+      files, filters, then normalizes and SHA-256-hashes each selected record's
       identifiers in a per-row Python loop (hashlib) and writes the same two files the
       build writes (a CSV row by row with ``csv.writer``, then the rows as Parquet with
-      pandas ``to_parquet``). Full size when
-      ``--baseline-full`` is given, else measured on 1M contacts and scaled linearly
-      (said so in the table).
+      pandas ``to_parquet``). Measured on every contact (never scaled from a smaller
+      sample). People, not records, as the build: records sharing a Google mailbox or
+      a phone are merged (union-find, per row) before hashing. The table notes any
+      difference in the number of rows released.
     * the same three builds with a project pack that turns the consent rule's
       duplicate-of-opt-out linkage off (the job as issue #2 specified it), against a
       baseline without the linkage.
+    * engine pairs (``--engine-pairs N``, default 3): the job as a hand-written DuckDB SQL
+      script (``benchmarks/duckdb_job.py``: the same segment, consent rule with the
+      linkage, people not records, the release's identifier normalization, the same two
+      files), interleaved with the build in one run. Each pair is A B A B on a fresh
+      project: the first build (it computes the opt-out index), DuckDB on that segment, a
+      second segment over the same data (the index is reused: the table checks that the
+      index file was not rewritten), DuckDB on that segment. Every DuckDB output is
+      compared with the build's release file: the row count and the set of hashed emails
+      must be equal (the benchmark fails otherwise); any other column that differs is
+      reported. Ratios per pair, then medians with min-max.
 
-    python -m benchmarks.bench_build [--quick] [--baseline-full]
+    python -m benchmarks.bench_build [--quick] [--engine-pairs N] [--engines-only]
 """
 
 from __future__ import annotations
@@ -40,7 +51,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import (
@@ -69,8 +82,16 @@ where:
     - preferred_language: {{in: [en, es]}}
     - event: {{type: email_click, within: 365d}}
 """
+SECOND_SEGMENT = "bench-reachable-adults-midwest-south"
+FIRST_STATES, SECOND_STATES = ("NY", "NJ", "CA", "TX", "FL"), ("IL", "PA", "OH", "GA", "NC")
+SECOND_SEGMENT_YAML = (
+    SEGMENT_YAML.replace(f"name: {SEGMENT}", f"name: {SECOND_SEGMENT}")
+    .replace("in: [NY, NJ, CA, TX, FL]", "in: [IL, PA, OH, GA, NC]")
+    .replace("in five large states", "in five other states")
+)
 TARGET_S, TARGET_RSS_GB, TARGET_SPEEDUP, TARGET_GATE_SHARE = 10.0, 6.0, 10.0, 0.20
-BASELINE_ROWS = 1_000_000
+# issue #22, at 10M: the build vs the DuckDB script of the same job, medians of the pairs
+TARGET_VS_DUCKDB_FIRST, TARGET_VS_DUCKDB_SECOND = 1.5, 2.5
 
 
 def make_project(
@@ -237,6 +258,26 @@ if link_opt_outs:
                   or (fn and ln and zip5 and (fn, ln, zip5) in names))
         keep.append(not linked)
     selected = selected[keep]
+# People, not records: records sharing a Google mailbox or a phone are one person
+# (union-find, per row), released once as the smallest CRM id, each field from the
+# person's first record (by CRM id) that has it.
+selected = selected.sort_values("contact_id")
+parent = list(range(len(selected)))
+def find(i):
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+first_with = {}
+for i, r in enumerate(selected.itertuples(index=False)):
+    for key in (("e", google_email(r.email)), ("p", phone(r.phone))):
+        if key[1]:
+            j = first_with.setdefault(key, i)
+            a, b = find(i), find(j)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+person = [find(i) for i in range(len(selected))]
+selected = selected.assign(_person=person).groupby("_person", sort=True).first()
 rows = []
 csv_file = open(out_path, "w", newline="")
 out = csv.writer(csv_file)
@@ -274,9 +315,9 @@ def measured_build(project: Path) -> tuple[ChildRun, dict[str, float], int]:
     return run, phases, int(manifest["members"])
 
 
-def run_build(project: Path) -> tuple[ChildRun, dict[str, float], dict]:
+def run_build(project: Path, segment: str = SEGMENT) -> tuple[ChildRun, dict[str, float], dict]:
     """One measured ``audiences build`` in a child; (run, phase seconds, build JSON)."""
-    args = [sys.executable, "-c", _BUILD_CHILD, "-p", str(project), "build", SEGMENT]
+    args = [sys.executable, "-c", _BUILD_CHILD, "-p", str(project), "build", segment]
     args += ["--json"]  # released on the child's (stopped) clock: AS_OF
     # cwd is the repository, not the project: `python -m` puts cwd on sys.path first.
     run = check(run_child(args, cwd=ROOT), "audiences build")
@@ -306,14 +347,164 @@ rules:
 """
 
 
-def main(quick: bool = False, baseline_full: bool = False) -> None:
+DUCKDB_JOB = Path(__file__).resolve().parent / "duckdb_job.py"
+
+
+def run_duckdb(
+    contacts: Path, events: Path, out: Path, states: tuple[str, ...], *, link: bool = True
+) -> tuple[ChildRun, int]:
+    """The DuckDB script of the same job in a child; (run, rows it released)."""
+    args = [sys.executable, str(DUCKDB_JOB), str(contacts), str(events), str(out)]
+    args += [AS_OF.isoformat(), "link" if link else "no-link", ",".join(states)]
+    run = check(run_child(args, cwd=ROOT), "DuckDB script")
+    return run, int(json.loads(run.stdout.strip().splitlines()[-1])["rows"])
+
+
+def disagreements(build_file: Path, duckdb_file: Path) -> tuple[list[str], list[str]]:
+    """(failures, notes) comparing the build's release file with the DuckDB output: the
+    row count and the set of hashed emails must be equal; other columns that differ,
+    person by person, are noted."""
+    import polars as pl
+
+    ours, theirs = pl.read_parquet(build_file), pl.read_parquet(duckdb_file)
+    failures: list[str] = []
+    notes: list[str] = []
+    if ours.height != theirs.height:
+        failures.append(f"rows: build {ours.height:,}, DuckDB {theirs.height:,}")
+    email = "google_ads_hashed_email"
+    mine, other = set(ours.get_column(email)), set(theirs.get_column(email))
+    if mine != other:
+        failures.append(
+            f"hashed emails: {len(mine - other):,} only in the build, {len(other - mine):,} "
+            "only in DuckDB"
+        )
+    if failures:
+        return failures, notes
+    # the same people: each other column compared row by row (person by CRM id)
+    key = "meta_EXTERN_ID"
+    ours, theirs = ours.sort(key), theirs.sort(key)
+    for column in ours.columns:
+        if column != email and (
+            column not in theirs.columns
+            or not ours.get_column(column).equals(theirs.get_column(column))
+        ):
+            notes.append(column)
+    return failures, notes
+
+
+@dataclass
+class Pair:
+    """One job of an engine pair: the build (A) and the DuckDB script (B) of a segment."""
+
+    job: str
+    build: ChildRun
+    duckdb: ChildRun
+    rows: int
+    agrees: str
+    index_reused: bool | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.duckdb.seconds / self.build.seconds
+
+
+def engine_pairs(rows: int, contacts: Path, events: Path, pairs: int) -> list[Pair]:
+    """``pairs`` rounds of A B A B (see the module docstring); raises on a disagreement."""
+    done: list[Pair] = []
+    out = DATA_DIR / f"duckdb-{rows}.csv"
+    for _ in range(pairs):
+        project = make_project(
+            DATA_DIR / f"engine-project-{rows}",
+            contacts,
+            events,
+            {SEGMENT: SEGMENT_YAML, SECOND_SEGMENT: SECOND_SEGMENT_YAML},
+            destinations=FILE_DESTINATION,
+        )
+        index = project / ".audiences" / "optout-index.bin"
+        stamp = None
+        jobs = (
+            ("first build, fresh project", SEGMENT, FIRST_STATES),
+            ("second segment, same data", SECOND_SEGMENT, SECOND_STATES),
+        )
+        for job, segment, states in jobs:
+            build, _, result = run_build(project, segment)  # A
+            if result["status"] != "released":
+                raise RuntimeError(f"{segment} was blocked: {result['reasons']}")
+            reused: bool | None = None if stamp is None else index.stat().st_mtime_ns == stamp
+            stamp = index.stat().st_mtime_ns
+            duck, released = run_duckdb(contacts, events, out, states)  # B
+            failures, notes = disagreements(
+                Path(result["files"]["file"]["parquet"]), Path(f"{out}.parquet")
+            )
+            if failures:
+                raise RuntimeError(f"{job}: the DuckDB script disagrees: " + "; ".join(failures))
+            agrees = "rows+emails" + (f" (differ: {', '.join(notes)})" if notes else ", all 19")
+            done.append(Pair(job, build, duck, released, agrees, reused))
+    out.unlink(missing_ok=True)
+    Path(f"{out}.parquet").unlink(missing_ok=True)
+    return done
+
+
+def _spread(values: list[float], unit: str = "") -> str:
+    return f"{statistics.median(values):.2f}{unit} ({min(values):.2f}-{max(values):.2f})"
+
+
+def print_engine_pairs(rows: int, pairs: list[Pair], load: tuple[float, float]) -> None:
+    print(
+        f"\nengine pairs, {rows:,} contacts: A = audiences build (default pack, file "
+        "destination), B = the DuckDB script of the same job; run A B A B; load average "
+        f"{load[0]:.1f} before, {load[1]:.1f} after ({os.cpu_count()} CPUs, shared)"
+    )
+    print(
+        f"{'job':<30}{'rows':>9}{'build s':>9}{'DuckDB s':>10}{'B/A':>7}{'build RSS':>11}"
+        f"{'DuckDB RSS':>12}  index reused  agreement"
+    )
+    for p in pairs:
+        reused = "-" if p.index_reused is None else ("yes" if p.index_reused else "NO")
+        print(
+            f"{p.job:<30}{p.rows:>9,}{p.build.seconds:>9.2f}{p.duckdb.seconds:>10.2f}"
+            f"{p.ratio:>6.2f}x{p.build.peak_rss_bytes / 1e9:>9.2f}GB"
+            f"{p.duckdb.peak_rss_bytes / 1e9:>10.2f}GB  {reused:<12}  {p.agrees}"
+        )
+    verdicts = []
+    for job, target in zip(
+        ("first build, fresh project", "second segment, same data"),
+        (TARGET_VS_DUCKDB_FIRST, TARGET_VS_DUCKDB_SECOND),
+        strict=True,
+    ):
+        mine = [p for p in pairs if p.job == job]
+        ratios = [p.ratio for p in mine]
+        print(
+            f"  {job}: median (min-max) over {len(mine)} pairs: build "
+            f"{_spread([p.build.seconds for p in mine], ' s')}, DuckDB "
+            f"{_spread([p.duckdb.seconds for p in mine], ' s')}, DuckDB/build "
+            f"{_spread(ratios, 'x')}; peak RSS build "
+            f"{_spread([p.build.peak_rss_bytes / 1e9 for p in mine], ' GB')}, DuckDB "
+            f"{_spread([p.duckdb.peak_rss_bytes / 1e9 for p in mine], ' GB')}"
+        )
+        ok = statistics.median(ratios) >= target
+        verdicts.append(f"{job} >= {target:g}x DuckDB {'ok' if ok else 'MISSED'}")
+    stated = (
+        "targets"
+        if rows == 10_000_000
+        else f"targets (stated for 10M; at {rows:,} for reference only)"
+    )
+    print(f"{stated}: " + "; ".join(verdicts))
+
+
+def main(quick: bool = False, engine_pairs_n: int = 3, engines_only: bool = False) -> None:
     with stopped_clock():  # the approvals are signed on the day the builds release: AS_OF
-        _main(quick, baseline_full)
+        rows = 1_000_000 if quick else 10_000_000
+        contacts, events = sample_crm(rows)
+        if engine_pairs_n:
+            load_before = os.getloadavg()[0]
+            pairs = engine_pairs(rows, contacts, events, engine_pairs_n)
+            print_engine_pairs(rows, pairs, (load_before, os.getloadavg()[0]))
+        if not engines_only:
+            _main(rows, contacts, events)
 
 
-def _main(quick: bool, baseline_full: bool) -> None:
-    rows = 1_000_000 if quick else 10_000_000
-    contacts, events = sample_crm(rows)
+def _main(rows: int, contacts: Path, events: Path) -> None:
     project = make_project(
         DATA_DIR / f"build-project-{rows}",
         contacts,
@@ -337,21 +528,29 @@ def _main(quick: bool, baseline_full: bool) -> None:
     )
     nolinks = [measured_build(nolink_project) for _ in labels]
 
-    base_rows = rows if baseline_full else min(rows, BASELINE_ROWS)
-    base_contacts, base_events = (contacts, events) if base_rows == rows else sample_crm(base_rows)
-    out = DATA_DIR / f"baseline-{base_rows}.csv"
-    base_run, base_released = run_baseline(base_contacts, base_events, out, link=True)
-    plain_run, plain_released = run_baseline(base_contacts, base_events, out, link=False)
+    out = DATA_DIR / f"baseline-{rows}.csv"
+    base_run, base_released = run_baseline(contacts, events, out, link=True)
+    plain_run, plain_released = run_baseline(contacts, events, out, link=False)
     out.unlink(missing_ok=True)
     Path(f"{out}.parquet").unlink(missing_ok=True)
-    scale = rows / base_rows
-    base_seconds = base_run.seconds * scale
-    plain_seconds = plain_run.seconds * scale
+    base = (base_run, base_released, plain_run, plain_released)
+    _print_builds(rows, (load_before, os.getloadavg()[0]), labels, runs, nolinks, base)
 
+
+def _print_builds(
+    rows: int,
+    load: tuple[float, float],
+    labels: tuple[str, ...],
+    runs: list[tuple[ChildRun, dict[str, float], int]],
+    nolinks: list[tuple[ChildRun, dict[str, float], int]],
+    base: tuple[ChildRun, int, ChildRun, int],
+) -> None:
+    base_run, base_released, plain_run, plain_released = base
+    base_seconds, plain_seconds = base_run.seconds, plain_run.seconds
     print(
         f"{rows:,} contacts; segment: 3 attribute conditions + 1 event condition; "
         "pack hipaa-marketing; file destination (Parquet + CSV, Meta + Google Ads layouts); "
-        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+        f"load average {load[0]:.1f} before, {load[1]:.1f} after "
         f"({os.cpu_count()} CPUs, shared)"
     )
     print(
@@ -366,10 +565,9 @@ def _main(quick: bool, baseline_full: bool) -> None:
             f"{label:<48}{released:>11,}{run.seconds:>9.2f}{run.peak_rss_bytes / 1e9:>8.2f}GB"
             f"{base_seconds / run.seconds:>12.1f}x{checks / (run.seconds - checks):>11.0%}"
         )
-    suffix = f" (1M, x{scale:g})" if scale != 1 else ""
-    label = "baseline: pandas + hashlib per row" + suffix
+    label = "baseline: pandas + hashlib per row"
     print(
-        f"{label:<48}{int(base_released * scale):>11,}{base_seconds:>9.2f}"
+        f"{label:<48}{base_released:>11,}{base_seconds:>9.2f}"
         f"{base_run.peak_rss_bytes / 1e9:>8.2f}GB{'1.0x':>13}{'':>11}"
     )
     for label, (run, _, released) in zip(labels, nolinks, strict=True):
@@ -378,34 +576,36 @@ def _main(quick: bool, baseline_full: bool) -> None:
             f"{label:<48}{released:>11,}{run.seconds:>9.2f}"
             f"{run.peak_rss_bytes / 1e9:>8.2f}GB{plain_seconds / run.seconds:>12.1f}x{'':>11}"
         )
-    label = "baseline without the opt-out linkage" + suffix
+    label = "baseline without the opt-out linkage"
     print(
-        f"{label:<48}{int(plain_released * scale):>11,}{plain_seconds:>9.2f}"
+        f"{label:<48}{plain_released:>11,}{plain_seconds:>9.2f}"
         f"{plain_run.peak_rss_bytes / 1e9:>8.2f}GB{'1.0x':>13}{'':>11}"
     )
     print(
-        "  each baseline does the same job as the build above it (the same consent exclusions"
-        " incl. ad personalization denied, Google's mailbox canonicalization, and with the"
-        " linkage: mailbox, phone and name + ZIP sets of every opted-out record)"
+        "  each pandas baseline: the consent exclusions of the build above it (incl. ad"
+        " personalization denied), Google's mailbox canonicalization, and with the linkage:"
+        " mailbox, phone and name + ZIP sets of every opted-out record; people, not records"
     )
-    if scale == 1:  # the same contacts: the counts must agree if the jobs are the same
-        for what, ours_n, base_n in (
-            ("default pack", runs[0][2], base_released),
-            ("without the linkage", nolinks[0][2], plain_released),
-        ):
-            if ours_n != base_n:
-                print(
-                    f"  NOTE ({what}): ours released {ours_n:,}, its baseline {base_n:,} "
-                    f"({ours_n - base_n:+,}): the baseline no longer does exactly the same "
-                    "job; the speed-ups compare slightly different jobs"
-                )
-    if scale != 1:
-        print(
-            f"  baselines measured on {base_rows:,} contacts: {base_run.seconds:.2f} s and "
-            f"{plain_run.seconds:.2f} s, {base_released:,} and {plain_released:,} rows, peak "
-            f"RSS {base_run.peak_rss_bytes / 1e9:.2f} GB; time and rows scaled x{scale:g}, "
-            "RSS as measured"
-        )
+    for what, ours_n, base_n in (
+        ("default pack", runs[0][2], base_released),
+        ("without the linkage", nolinks[0][2], plain_released),
+    ):
+        if ours_n != base_n:
+            print(
+                f"  NOTE ({what}): ours released {ours_n:,}, its pandas baseline {base_n:,} "
+                f"({ours_n - base_n:+,}): the baseline no longer does exactly the same job"
+            )
+    _print_stages(rows, labels, runs, nolinks, base_seconds, plain_seconds)
+
+
+def _print_stages(
+    rows: int,
+    labels: tuple[str, ...],
+    runs: list[tuple[ChildRun, dict[str, float], int]],
+    nolinks: list[tuple[ChildRun, dict[str, float], int]],
+    base_seconds: float,
+    plain_seconds: float,
+) -> None:
     named = [*zip(labels, runs, strict=True)]
     named += [
         (f"without the linkage, {label}", r) for label, r in zip(labels, nolinks, strict=True)
@@ -463,7 +663,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1M contacts instead of 10M")
     parser.add_argument(
-        "--baseline-full", action="store_true", help="the baselines on every contact, unscaled"
+        "--engine-pairs",
+        type=int,
+        default=3,
+        metavar="N",
+        help="rounds of build / DuckDB script, interleaved (default 3; 0 skips them)",
+    )
+    parser.add_argument(
+        "--engines-only", action="store_true", help="only the engine pairs, not the build table"
     )
     args = parser.parse_args()
-    main(quick=args.quick, baseline_full=args.baseline_full)
+    main(quick=args.quick, engine_pairs_n=args.engine_pairs, engines_only=args.engines_only)

@@ -419,6 +419,7 @@ def test_no_raw_pii_in_any_output(built: Built) -> None:
     }
     assert any(name.endswith("state.db") for name in haystacks)
     assert any("reports" in name for name in haystacks)
+    assert any(name.endswith("optout-index.bin") for name in haystacks)  # the linkage's cache
     haystacks["cli output"] = "\n".join(built.outputs).encode("utf-8")
     leaks = [(name, n) for name, data in haystacks.items() for n in needles if n in data]
     assert leaks == []

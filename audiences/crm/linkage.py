@@ -17,7 +17,9 @@ Equal normalized values have equal coarse keys, so the prefilter never drops a t
 match; it only saves work. ``tests/test_linkage.py`` checks the invariant on adversarial
 values and the whole result against the direct computation.
 
-Keys stay inside this module; only a boolean flag per candidate comes out.
+Keys stay inside this module; only a boolean flag per candidate comes out, and the opt-out
+index (row positions and keyed coarse hashes, see :func:`compute_opt_out_index`) that a
+:class:`IndexStore` may keep between runs.
 
 :func:`person_keys` uses the same exact keys to count people, not records: records that
 share a normalized email or phone are one person (transitively), so ``min-size``, the
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
@@ -37,7 +39,16 @@ from audiences.crm.identifiers import IdentityMapping, Layout, normalized_layout
 if TYPE_CHECKING:
     from audiences.core.config import ProjectConfig
 
-__all__ = ["Link", "flag_duplicates_of_opt_outs", "links_for", "opted_out_expr", "person_keys"]
+__all__ = [
+    "IndexStore",
+    "Link",
+    "compute_opt_out_index",
+    "flag_duplicates_of_opt_outs",
+    "index_identity",
+    "links_for",
+    "opted_out_expr",
+    "person_keys",
+]
 
 _ROW = "__link_row"
 _KEY = "__link_key"
@@ -307,32 +318,128 @@ def exact_keys(frames: Sequence[pl.DataFrame], links: Sequence[Link]) -> list[pl
     ]
 
 
+# The opt-out index: what the linkage needs of the opted-out records, per export. It holds
+# no identifier: per opted-out record its row position in the contacts source and, per
+# link, a *keyed* hash of its coarse key (``g`` rehashed with the store's secret seeds) and
+# whether that ``g`` is reliable. The few records whose coarse key meets a candidate's are
+# read again, by position, for their exact keys.
+_POS = "__link_pos"
+INDEX_FORMAT = 1  # bump when the index's columns or the coarse keys change
+Seeds = tuple[int, int, int, int]
+UNKEYED: Seeds = (0, 0, 0, 0)  # an index that never leaves the process
+# the row index type of this polars build (UInt32, or UInt64 in the big-index build)
+_INDEX_DTYPE = pl.DataFrame({"x": [0]}).with_row_index(_POS).schema[_POS]
+
+
+class IndexStore(Protocol):
+    """Where an opt-out index outlives the process (the pipeline's state-folder cache)."""
+
+    def seeds(self) -> Seeds:
+        """The secret seeds the index's coarse keys are rehashed with."""
+
+    def load(self, identity: str) -> pl.DataFrame | None:
+        """The stored index for ``identity`` if it is there, whole and authentic."""
+
+    def save(self, identity: str, index: pl.DataFrame) -> None: ...
+
+
+def index_identity(config: ProjectConfig, schema: pl.Schema) -> str:
+    """What an opt-out index depends on besides the data: the identity and consent mapping
+    (the links and the opt-out expression, with the consent vocabulary), how the contacts
+    source is read (row positions), the index format and the polars version (``g`` is a
+    polars hash, which polars does not promise to keep across versions)."""
+    import hashlib
+    import json
+
+    opted_out = opted_out_expr(config, schema)
+    body = {
+        "format": INDEX_FORMAT,
+        "polars": pl.__version__,
+        "phone_tail": PHONE_TAIL,
+        "opted_out": None if opted_out is None else opted_out.meta.serialize(format="json"),
+        "links": [[k.name, k.identity.model_dump(mode="json")] for k in links_for(config, schema)],
+        "contacts": config.sources.contacts.model_dump(mode="json"),
+        "schema": [[name, str(dtype)] for name, dtype in schema.items()],
+    }
+    text = json.dumps(body, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def index_schema(links: Sequence[Link]) -> pl.Schema:
+    """The columns of an opt-out index over ``links``."""
+    columns: dict[str, pl.DataType] = {_POS: _INDEX_DTYPE}
+    for link in links:
+        columns |= {link.out: pl.UInt64(), f"{link.out}_ok": pl.Boolean()}
+    return pl.Schema(columns)
+
+
+def _keyed(g: pl.Expr, seeds: Seeds) -> pl.Expr:
+    return pl.when(g.is_not_null()).then(g.hash(*seeds))
+
+
+def compute_opt_out_index(
+    contacts: pl.LazyFrame, config: ProjectConfig, seeds: Seeds
+) -> pl.DataFrame:
+    """The opt-out index of ``contacts``: (``_POS``, and per link its keyed ``g`` and
+    whether ``g`` is reliable) for every opted-out record that has a key or is unreliable
+    for some link — the others can match nobody. Reads only the consent and key columns;
+    the raw key columns are dropped as soon as each link's ``g`` is taken."""
+    schema = contacts.collect_schema()
+    links = links_for(config, schema)
+    opted_out = opted_out_expr(config, schema)
+    if opted_out is None or not links:
+        return pl.DataFrame(schema=index_schema(links))
+    columns = sorted({c for link in links for c in link.columns})
+    records = _collect(contacts.with_row_index(_POS).filter(opted_out).select(_POS, *columns))
+    parts = [records.select(_POS)]
+    for link in links:
+        staged = link.stage(records.select(link.columns), link.raw_fields(), link.out)
+        parts.append(
+            staged.select(
+                _keyed(pl.col(link.out), seeds).alias(link.out),
+                pl.col(f"{link.out}_ok").fill_null(True),
+            )
+        )
+    del records
+    index = pl.concat(parts, how="horizontal")
+    can_match = [pl.col(k.out).is_not_null() | ~pl.col(f"{k.out}_ok") for k in links]
+    return index.filter(pl.any_horizontal(can_match))
+
+
 def _opt_out_index(
     contacts: pl.LazyFrame,
-    opted_out: pl.Expr,
-    links: Sequence[Link],
-    columns: list[str],
+    config: ProjectConfig,
     cache: dict[str, Any] | None,
-) -> pl.DataFrame:
-    """(row, link columns, and per link ``g`` and whether it is reliable) for every
-    opted-out record.
-
-    They depend on the export, not on the segment: with a ``cache`` (the ``Sources``
-    object's, so it lives as long as the loaded export) ``build --all`` and ``sync --all``
-    compute them once.
-    """
-    key = "opt-out-index:" + repr(
-        (opted_out.meta.serialize(format="json"), [(k.name, k.identity) for k in links])
-    )
+    store: IndexStore | None,
+) -> tuple[pl.DataFrame, Seeds]:
+    """The opt-out index and its seeds: from ``cache`` (the ``Sources`` object's, so
+    ``build --all`` and ``sync --all`` read it once), else from ``store`` (computed once
+    per export), else computed."""
+    identity = index_identity(config, contacts.collect_schema())
+    seeds = store.seeds() if store is not None else UNKEYED
+    key = f"opt-out-index:{identity}:{hash(seeds)}"
     if cache is not None and key in cache:
-        return cache[key]  # type: ignore[no-any-return]
-    index = _collect(contacts.filter(opted_out).select(columns).with_row_index(_ROW))
-    for link in links:
-        index = link.stage(index, link.raw_fields(), link.out)
-        index = index.with_columns(pl.col(f"{link.out}_ok").fill_null(True))
+        return cache[key], seeds
+    index = store.load(identity) if store is not None else None
+    links = links_for(config, contacts.collect_schema())
+    if index is not None and index.schema != index_schema(links):
+        index = None  # (an authentic index of another layout: never guessed at)
+    if index is None:
+        index = compute_opt_out_index(contacts, config, seeds)
+        if store is not None:
+            store.save(identity, index)
     if cache is not None:
         cache[key] = index
-    return index
+    return index, seeds
+
+
+def _records_at(contacts: pl.LazyFrame, positions: pl.Series, columns: list[str]) -> pl.DataFrame:
+    """The key columns of the contacts at ``positions`` (as ``_ROW``)."""
+    return _collect(
+        contacts.with_row_index(_POS)
+        .filter(pl.col(_POS).is_in(positions.implode()))
+        .select(pl.col(_POS).alias(_ROW), *columns)
+    )
 
 
 def flag_duplicates_of_opt_outs(
@@ -342,6 +449,7 @@ def flag_duplicates_of_opt_outs(
     flag: str,
     *,
     cache: dict[str, Any] | None = None,
+    store: IndexStore | None = None,
 ) -> pl.DataFrame:
     """``candidates`` with a boolean column ``flag``: true where a candidate who did not opt
     out shares an email, phone or name-and-postal-code key with a CRM record that did.
@@ -366,22 +474,23 @@ def flag_duplicates_of_opt_outs(
     # 1. The candidates' coarse keys (normalizing only their unreliable rows).
     cand_coarse = {link.name: coarse_keys(cand, link) for link in links}
     # 2. The opted-out records that are unreliable for a link or share a coarse key with
-    #    a candidate (the records and their coarse keys: once per loaded export).
-    index = _opt_out_index(contacts, opted_out, links, columns, cache)
+    #    a candidate (the index: once per export), read again by position.
+    index, seeds = _opt_out_index(contacts, config, cache, store)
     # (Series operations: as one any_horizontal filter expression they took 2.5x longer)
-    meets = [
-        (
-            ~index.get_column(f"{link.out}_ok")
-            | index.get_column(link.out).is_in(
-                cand_coarse[link.name].get_column(link.out).implode()
-            )
-        ).fill_null(False)
-        for link in links
-    ]
-    rows = index.select(_ROW, *columns)
+    meets = []
+    for link in links:
+        keyed = cand_coarse[link.name].select(_keyed(pl.col(link.out), seeds)).to_series()
+        meet = ~index.get_column(f"{link.out}_ok") | index.get_column(link.out).is_in(
+            keyed.implode()
+        )
+        meets.append(index.get_column(_POS).filter(meet.fill_null(False)))
+    wanted_rows = pl.concat(meets).unique()
+    if wanted_rows.is_empty():  # no opted-out record can share a key with a candidate
+        return candidates.with_columns(pl.lit(False).alias(flag))
+    rows = _records_at(contacts, wanted_rows, columns)
     # 3. Exact keys for those few opted-out rows; their coarse keys pick the candidates to
     #    normalize; then the exact join, per link.
-    theirs = exact_keys([rows.filter(meet) for meet in meets], links)
+    theirs = exact_keys([rows.filter(pl.col(_ROW).is_in(meet.implode())) for meet in meets], links)
     # (Series operations and a semi join: the same as filter expressions took 5x longer)
     wanted = [
         cand_coarse[link.name].filter(

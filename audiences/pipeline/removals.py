@@ -92,12 +92,9 @@ def current_rows(
     plan = plan.select(gate_columns(config, plan.collect_schema()))
     frame = plan.collect(engine="streaming")
     if link_opt_outs:
-        from audiences.crm.linkage import flag_duplicates_of_opt_outs
-        from policies.rules import DUPLICATE_OF_OPT_OUT
+        from audiences.pipeline.select import flag_opt_out_duplicates
 
-        frame = flag_duplicates_of_opt_outs(
-            frame, sources.contacts, config, DUPLICATE_OF_OPT_OUT, cache=sources.cache
-        )
+        frame = flag_opt_out_duplicates(config, sources, frame)
     return frame
 
 

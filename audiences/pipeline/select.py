@@ -135,12 +135,7 @@ def collect_candidates(
     try:
         frame = plan.collect(engine="streaming")
         if link_opt_outs:
-            from audiences.crm.linkage import flag_duplicates_of_opt_outs
-            from policies.rules import DUPLICATE_OF_OPT_OUT
-
-            frame = flag_duplicates_of_opt_outs(
-                frame, sources.contacts, config, DUPLICATE_OF_OPT_OUT, cache=sources.cache
-            )
+            frame = flag_opt_out_duplicates(config, sources, frame)
     except pl.exceptions.PolarsError as exc:
         raise _explain_collect_failure(config, exc) from None
     missing = frame.get_column(cid).null_count() if frame.height else 0
@@ -159,6 +154,25 @@ def collect_candidates(
             "[sources.contacts].id at the unique key",
         )
     return frame
+
+
+def flag_opt_out_duplicates(
+    config: ProjectConfig, sources: Sources, frame: pl.DataFrame
+) -> pl.DataFrame:
+    """``frame`` with the consent rule's duplicate-of-opt-out flag, the opt-out index read
+    from the state folder when this export's is there (computed and kept there if not)."""
+    from audiences.crm.linkage import flag_duplicates_of_opt_outs
+    from audiences.pipeline.optout_index import store_for
+    from policies.rules import DUPLICATE_OF_OPT_OUT
+
+    return flag_duplicates_of_opt_outs(
+        frame,
+        sources.contacts,
+        config,
+        DUPLICATE_OF_OPT_OUT,
+        cache=sources.cache,
+        store=store_for(config, sources),
+    )
 
 
 def links_opt_outs(pack: Pack) -> bool:

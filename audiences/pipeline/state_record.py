@@ -96,6 +96,14 @@ def _secret(state_dir: Path, *, create: bool) -> bytes | None:
     return data
 
 
+def project_secret(state_dir: Path) -> bytes:
+    """The project secret (``record.key``, created if missing): other state-folder files
+    derive their own keys from it (the opt-out index)."""
+    secret = _secret(state_dir, create=True)
+    assert secret is not None  # created above
+    return secret
+
+
 def _sign(secret: bytes, body: dict[str, Any]) -> str:
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()

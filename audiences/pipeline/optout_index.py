@@ -1,0 +1,159 @@
+"""The opt-out index, computed once per export and kept in the state folder.
+
+The duplicate-of-opt-out linkage (:mod:`audiences.crm.linkage`) needs, for every CRM
+record that opted out, its coarse link keys. They depend on the data and on the identity
+and consent mapping, not on the segment, so a night of builds over one export computes
+them once: ``.audiences/optout-index.bin`` holds the index of the last export seen, keyed
+by the source digest, the contacts file's size, modification and change times and inode
+(the digest is cached by size and modification time alone: a rewrite that keeps both
+still changes the change time), and the mapping's identity (``linkage.index_identity``).
+
+What the file holds, and what it does not: per opted-out record that could match anyone,
+its row position in the contacts source and, per link (email, phone, name + postal code),
+a 64-bit *keyed* hash of its coarse key plus one reliability bit. No email, phone, name or
+postal code, nor an unkeyed hash of one. The coarse keys are polars' seeded hash of the
+linkage's coarse key, with seeds derived (HMAC-SHA256) from the project secret
+``.audiences/record.key``. The file alone tells how many records opted out and where they
+sit in the export; whoever also holds ``record.key`` (the whole state folder) can test a
+guessed mailbox, phone tail or name + ZIP for "some record with this coarse key opted out"
+— the export itself tells them more. The seeded hash is not a cryptographic MAC; the
+file's integrity is: the whole file is authenticated with a keyed BLAKE3 under another key
+derived from ``record.key``.
+
+Never trusted when in doubt: a file that is missing, truncated, fails its MAC, or was made
+for other data or another mapping is recomputed (and rewritten); a damaged or forged one
+is reported with a warning. An edit that drops opt-outs from the file therefore cannot
+drop them from a build without ``record.key``. The file is written atomically (0600),
+without an fsync: it is re-creatable, and a crash leaves it whole or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import logging
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import blake3
+import polars as pl
+
+from audiences.core.atomic import write_with
+from audiences.core.config import ProjectConfig
+from audiences.crm.linkage import IndexStore, Seeds
+from audiences.crm.sources import Sources
+from audiences.pipeline import state_record
+
+__all__ = ["INDEX_NAME", "StateIndexStore", "store_for"]
+
+INDEX_NAME = "optout-index.bin"
+_MAGIC = b"audiences opt-out index v1\n"
+_MAC_SIZE = 32
+_log = logging.getLogger(__name__)
+
+
+def _derived(secret: bytes, purpose: bytes) -> bytes:
+    return hmac.new(secret, b"audiences opt-out index\0" + purpose, hashlib.sha256).digest()
+
+
+class StateIndexStore(IndexStore):
+    """The opt-out index of one export in ``state_dir``, authenticated with keys derived
+    from the project secret (created on first use, as the audience record does)."""
+
+    def __init__(self, state_dir: Path, digest: Callable[[], str], contacts: Path) -> None:
+        self.path = state_dir / INDEX_NAME
+        self._state_dir = state_dir
+        self._digest = digest
+        self._contacts = contacts
+        self._seen: list[int] | None = None  # the file as it was before the index was read
+        self._secret: bytes | None = None
+        self.computed = 0  # indexes computed and saved by this store (tests, benchmarks)
+
+    def _key(self) -> bytes:
+        if self._secret is None:
+            self._secret = state_record.project_secret(self._state_dir)
+        return self._secret
+
+    def seeds(self) -> Seeds:
+        raw = _derived(self._key(), b"coarse key seeds")
+        a, b, c, d = struct.unpack("<4Q", raw)
+        return (a, b, c, d)
+
+    def _file(self) -> list[int]:
+        """The contacts file as the file system knows it. The source digest is cached by
+        size and modification time; the change time and inode also change when the file
+        is rewritten, even with its old size and a restored modification time."""
+        st = self._contacts.stat()
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+    def _mac(self, body: bytes) -> bytes:
+        key = _derived(self._key(), b"file mac")
+        return blake3.blake3(body, key=key, max_threads=blake3.blake3.AUTO).digest()
+
+    def load(self, identity: str) -> pl.DataFrame | None:
+        self._seen = self._file()  # before the contacts are read for a new index
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return self._distrust(f"cannot be read ({exc.strerror})")
+        head = len(_MAGIC) + _MAC_SIZE + 4
+        if len(data) < head or not data.startswith(_MAGIC):
+            return self._distrust("is not an opt-out index (damaged or replaced)")
+        mac, body = data[len(_MAGIC) : len(_MAGIC) + _MAC_SIZE], data[len(_MAGIC) + _MAC_SIZE :]
+        if not hmac.compare_digest(mac, self._mac(body)):
+            return self._distrust(
+                "fails its authentication (edited, replaced or damaged, or record.key changed)"
+            )
+        (size,) = struct.unpack(">I", body[:4])
+        try:
+            header = json.loads(body[4 : 4 + size])
+            same = (header.get("digest"), header.get("file"), header.get("identity"))
+            if same != (self._digest(), self._seen, identity):
+                return None  # another export or mapping: recomputed, silently (expected)
+            index = pl.read_parquet(io.BytesIO(body[4 + size :]))
+        except (ValueError, pl.exceptions.PolarsError, OSError):
+            return self._distrust("cannot be parsed")
+        if index.height != header.get("rows"):
+            return self._distrust("does not hold the rows it declares")
+        return index
+
+    def _distrust(self, why: str) -> pl.DataFrame | None:
+        _log.warning(
+            "the opt-out index %s %s; it is not used, the index is recomputed", self.path, why
+        )
+        return None
+
+    def save(self, identity: str, index: pl.DataFrame) -> None:
+        self.computed += 1
+        header = json.dumps(
+            {
+                "v": 1,
+                "digest": self._digest(),
+                "file": self._seen if self._seen is not None else self._file(),
+                "identity": identity,
+                "rows": index.height,
+            },
+            sort_keys=True,
+        ).encode()
+        buffer = io.BytesIO()
+        index.write_parquet(buffer, compression="lz4", statistics=False)
+        body = struct.pack(">I", len(header)) + header + buffer.getvalue()
+        blob = _MAGIC + self._mac(body) + body
+        write_with(self.path, lambda tmp: tmp.write_bytes(blob), durable=False)
+
+
+def store_for(config: ProjectConfig, sources: Sources) -> StateIndexStore:
+    """The project's store for the export ``sources`` loaded (one per loaded export, so
+    the segments of one run share its counters)."""
+    key = "opt-out-index-store"
+    store = sources.cache.get(key)
+    if not isinstance(store, StateIndexStore):
+        contacts = config.path(config.sources.contacts.path)
+        store = StateIndexStore(config.state_dir, lambda: sources.digest, contacts)
+        sources.cache[key] = store
+    return store

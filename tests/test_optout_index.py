@@ -1,0 +1,290 @@
+"""The opt-out index kept in the state folder (audiences.pipeline.optout_index).
+
+Computed once per export and reused by later builds; recomputed when the data or the
+identity / consent mapping changes; never trusted when damaged or forged (a marketer who
+edits it to drop opt-outs gets them back, with a warning); and free of raw identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import AS_OF, SEED
+
+import audiences.crm.linkage as linkage
+from audiences.core.config import ProjectConfig, load_config
+from audiences.crm.sources import load_sources
+from audiences.pipeline import optout_index
+from audiences.pipeline.select import flag_opt_out_duplicates
+from policies.rules import DUPLICATE_OF_OPT_OUT as FLAG
+
+ROWS = 3000
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from audiences.demo.sample import write
+
+    out = tmp_path_factory.mktemp("optout-crm")
+    write(out, ROWS, seed=SEED, as_of=AS_OF, formats=("parquet",))
+    return out
+
+
+@pytest.fixture
+def project(tmp_path: Path, sample: Path) -> Path:
+    from audiences.pipeline.project import init_project
+
+    root = tmp_path / "project"
+    init_project(root)
+    data = root / "data"
+    data.mkdir(exist_ok=True)
+    for name in ("contacts.parquet", "events.parquet"):
+        (data / name).write_bytes((sample / name).read_bytes())
+    return root
+
+
+def config_of(root: Path) -> ProjectConfig:
+    return load_config(root / "audiences.toml")
+
+
+def index_file(root: Path) -> Path:
+    return config_of(root).state_dir / optout_index.INDEX_NAME
+
+
+def flags(root: Path) -> tuple[set[str], optout_index.StateIndexStore]:
+    """Ids flagged with every contact a candidate, through the state-folder index (a fresh
+    load of the sources: a new process as far as the cache is concerned)."""
+    config = config_of(root)
+    sources = load_sources(config)
+    frame = sources.contacts.collect()
+    out = flag_opt_out_duplicates(config, sources, frame)
+    store = optout_index.store_for(config, sources)
+    return set(out.filter(FLAG).get_column("contact_id")), store
+
+
+def reference(root: Path) -> set[str]:
+    """The same flags computed in memory, without any stored index."""
+    config = config_of(root)
+    contacts = pl.read_parquet(root / "data" / "contacts.parquet")
+    out = linkage.flag_duplicates_of_opt_outs(contacts, contacts.lazy(), config, FLAG)
+    return set(out.filter(FLAG).get_column("contact_id"))
+
+
+def no_compute(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: object) -> None:
+        raise AssertionError("the opt-out index was computed again")
+
+    monkeypatch.setattr(linkage, "compute_opt_out_index", refuse)
+
+
+def test_second_build_reuses_the_index_of_the_same_export(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = reference(project)
+    assert len(expected) > 10  # the sample has duplicates of opt-outs
+    first, store = flags(project)
+    assert first == expected and store.computed == 1
+    path = index_file(project)
+    stamp = path.stat().st_mtime_ns
+    assert path.stat().st_mode & 0o777 == 0o600
+    no_compute(monkeypatch)  # the second "process" must not compute it
+    second, store = flags(project)
+    assert second == expected and store.computed == 0
+    assert path.stat().st_mtime_ns == stamp
+
+
+def test_changed_data_invalidates_the_index(project: Path) -> None:
+    flags(project)
+    data = project / "data" / "contacts.parquet"
+    contacts = pl.read_parquet(data)
+    # a flagged candidate's opted-out twin opts back in, an untouched person opts out
+    flagged = sorted(reference(project))
+    opted = contacts.filter(pl.col("marketing_opt_in").not_()).get_column("contact_id")
+    changed = contacts.with_columns(
+        pl.when(pl.col("contact_id").is_in(opted.head(200).implode()))
+        .then(True)
+        .otherwise(pl.col("marketing_opt_in"))
+        .alias("marketing_opt_in")
+    )
+    changed.write_parquet(data)
+    expected = reference(project)
+    assert expected != set(flagged)
+    after, store = flags(project)
+    assert after == expected and store.computed == 1
+
+
+def test_changed_consent_mapping_invalidates_the_index(project: Path) -> None:
+    before, _ = flags(project)
+    toml = project / "audiences.toml"
+    text = toml.read_text()
+    assert re.search(r'(?m)^do_not_contact = "do_not_contact"$', text)
+    toml.write_text(re.sub(r'(?m)^do_not_contact = "do_not_contact"$', "", text))
+    expected = reference(project)
+    assert expected != before  # fewer opt-outs: fewer duplicates of them
+    after, store = flags(project)
+    assert after == expected and store.computed == 1
+
+
+def test_changed_identity_mapping_invalidates_the_index(project: Path) -> None:
+    flags(project)
+    toml = project / "audiences.toml"
+    text = toml.read_text()
+    assert re.search(r'(?m)^phone = "phone"$', text)
+    toml.write_text(re.sub(r'(?m)^phone = "phone"$', "", text))
+    after, store = flags(project)
+    assert after == reference(project) and store.computed == 1
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # truncated
+        lambda data: data[:-40] + bytes(b ^ 0xFF for b in data[-40:]),  # bits flipped
+        lambda data: b"",  # emptied
+        lambda data: b"PAR1" + data[4:],  # not ours
+    ],
+    ids=["truncated", "flipped", "empty", "magic"],
+)
+def test_a_damaged_index_is_recomputed_with_a_warning(
+    project: Path, damage: Callable[[bytes], bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    expected, _ = flags(project)
+    path = index_file(project)
+    path.write_bytes(damage(path.read_bytes()))
+    with caplog.at_level(logging.WARNING):
+        again, store = flags(project)
+    assert again == expected and store.computed == 1
+    assert "opt-out index" in caplog.text and "recomputed" in caplog.text
+    assert flags(project)[1].computed == 0  # and rewritten whole
+
+
+def forged(path: Path, index: pl.DataFrame, key: bytes) -> None:
+    """The stored index replaced by ``index`` with the header kept and a MAC under ``key``
+    (what someone without the project secret can do)."""
+    import io
+
+    import blake3
+
+    data = path.read_bytes()
+    magic = optout_index._MAGIC
+    body = data[len(magic) + 32 :]
+    (size,) = struct.unpack(">I", body[:4])
+    buffer = io.BytesIO()
+    index.write_parquet(buffer)
+    new_body = body[: 4 + size] + buffer.getvalue()
+    path.write_bytes(magic + blake3.blake3(new_body, key=key).digest() + new_body)
+
+
+def test_attack_an_index_edited_to_drop_opt_outs_is_not_used(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected, store = flags(project)
+    path = index_file(project)
+    stored = store.load(linkage.index_identity(config_of(project), _schema(project)))
+    assert stored is not None and stored.height > 100
+    # the marketer empties the index (no opt-outs: nobody flagged) and signs it with a key
+    # of their own, then with a MAC under a key derived the way the project's is, but
+    # from a guessed secret
+    for key in (bytes(32), optout_index._derived(b"guess" * 8, b"file mac")):
+        forged(path, stored.clear(), key)
+        with caplog.at_level(logging.WARNING):
+            again, store = flags(project)
+        assert again == expected and store.computed == 1
+        assert "fails its authentication" in caplog.text
+        caplog.clear()
+
+
+def test_attack_an_authentic_index_of_other_data_or_mapping_is_not_used(project: Path) -> None:
+    """Replaying the project's own index made under a narrower consent mapping (fewer
+    opt-outs) over the current one: it names another mapping, so it is recomputed."""
+    toml = project / "audiences.toml"
+    text = toml.read_text()
+    toml.write_text(re.sub(r'(?m)^do_not_contact = "do_not_contact"$', "", text))
+    flags(project)
+    narrow = index_file(project).read_bytes()
+    toml.write_text(text)
+    expected, _ = flags(project)
+    index_file(project).write_bytes(narrow)
+    again, store = flags(project)
+    assert again == expected == reference(project) and store.computed == 1
+
+
+def _schema(root: Path) -> pl.Schema:
+    return load_sources(config_of(root)).contacts.collect_schema()
+
+
+def raw_needles(contacts: pl.DataFrame) -> list[bytes]:
+    """Every raw email and phone of the sample, and their obvious normalizations."""
+    values: set[str] = set()
+    for raw in contacts.get_column("email").drop_nulls().to_list():
+        values.update({raw, raw.strip(), raw.strip().lower()})
+    for raw in contacts.get_column("phone").drop_nulls().to_list():
+        digits = re.sub(r"\D", "", raw)
+        values.update({raw, raw.strip(), digits, digits[-10:]})
+    for column in ("first_name", "last_name"):
+        values.update(n.strip() for n in contacts.get_column(column).drop_nulls() if len(n) >= 7)
+    return sorted(v.encode("utf-8") for v in values if len(v) >= 7)
+
+
+def test_the_index_holds_no_raw_identifier(project: Path) -> None:
+    flags(project)
+    contacts = pl.read_parquet(project / "data" / "contacts.parquet")
+    needles = raw_needles(contacts)
+    assert len(needles) > 5000
+    data = index_file(project).read_bytes()
+    assert [n for n in needles if n in data] == []
+    # nor the unkeyed coarse keys the in-memory index uses: they are rehashed with the
+    # project's secret seeds
+    config = config_of(project)
+    plain = linkage.compute_opt_out_index(contacts.lazy(), config, linkage.UNKEYED)
+    stored = optout_index.store_for(config, load_sources(config)).load(
+        linkage.index_identity(config, contacts.collect_schema())
+    )
+    assert stored is not None and stored.height == plain.height
+    for column in [c for c in plain.columns if plain.schema[c] == pl.UInt64]:
+        shared = stored.get_column(column).drop_nulls().is_in(plain.get_column(column).implode())
+        assert not shared.any()
+
+
+def test_attack_rewritten_data_with_the_old_size_and_time_is_not_matched_to_the_old_index(
+    project: Path,
+) -> None:
+    """The source digest is cached by size and modification time: an export rewritten with
+    both kept (``touch -r``, a coarse file system) keeps its cached digest. The index must
+    not: a newly opted-out record's duplicates would otherwise go through."""
+    import os
+
+    data = project / "data" / "contacts.parquet"
+    contacts = pl.read_parquet(data)
+    contacts.write_parquet(data, compression="uncompressed", statistics=False)
+    before_flags, _ = flags(project)
+    before = data.stat()
+    digest = load_sources(config_of(project)).digest
+    # two opted-in records of one mailbox, neither flagged: one of them now opts out
+    mailbox = pl.col("email").str.strip_chars().str.to_lowercase()
+    pairs = contacts.filter(
+        pl.col("marketing_opt_in").fill_null(False)
+        & ~pl.col("do_not_contact")
+        & ~pl.col("deceased")
+        & pl.col("email").is_not_null()
+        & ~pl.col("contact_id").is_in(sorted(before_flags))
+    ).filter(mailbox.is_duplicated())
+    target = pairs.sort(mailbox, "contact_id").get_column("contact_id")[0]
+    flip = pl.col("contact_id") == target
+    changed = contacts.with_columns(
+        pl.when(flip).then(False).otherwise(pl.col("marketing_opt_in")).alias("marketing_opt_in")
+    )
+    changed.write_parquet(data, compression="uncompressed", statistics=False)
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (data.stat().st_size, data.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert load_sources(config_of(project)).digest == digest  # the digest cache is fooled
+    expected = reference(project)
+    assert expected - before_flags  # the other record is now a duplicate of an opt-out
+    after, store = flags(project)
+    assert after == expected and store.computed == 1
