@@ -8,19 +8,75 @@ from typing import Any
 
 import click
 
-from audiences.cli.group import Context, cli, emit_json, parse_as_of, pass_ctx
+from audiences.cli.group import Context, cli, emit_json, file_option, parse_as_of, pass_ctx
+from audiences.core.errors import UsageError
+
+INIT_EXAMPLES = """\b
+Examples:
+  audiences init clinic
+  audiences init clinic --from ~/exports/contacts.csv --events ~/exports/visits.csv
+"""
 
 
-@cli.command()
+@cli.command(epilog=INIT_EXAMPLES)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Write into a folder that already has audiences.toml.")
-def init(directory: Path, force: bool) -> None:
-    """Create a project: audiences.toml, segments/, policies/, .gitignore."""
-    from audiences.pipeline.project import init_project
+@file_option(
+    "--from",
+    "from_",
+    exists=True,
+    help="Propose audiences.toml from your own contacts export (CSV, Parquet, NDJSON).",
+)
+@file_option("--events", exists=True, help="With --from: your events export (visits, clicks...).")
+@click.option(
+    "--pack",
+    default="hipaa-marketing",
+    show_default=True,
+    help="With --from: the built-in policy pack to start from.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --from: print the proposal as JSON.")
+def init(
+    directory: Path,
+    force: bool,
+    from_: Path | None,
+    events: Path | None,
+    pack: str,
+    as_json: bool,
+) -> None:
+    """Create a project: audiences.toml, segments/, policies/, .gitignore.
 
-    written = init_project(directory, force=force)
+    With --from, audiences.toml is proposed from your CRM export: identity, consent and
+    event columns mapped by name and content, types and date formats declared, and the
+    columns and event types that look clinical listed as `unclassified` (validate fails
+    until you classify them). No value of a person is copied into it.
+    """
+    if from_ is None:
+        if events is not None:
+            raise UsageError(
+                "--events needs --from",
+                "e.g. audiences init DIR --from contacts.csv --events events.csv",
+            )
+        from audiences.pipeline.project import init_project
+
+        written = init_project(directory, force=force)
+        click.echo(f"Created project in {directory} ({len(written)} files).", err=True)
+        click.echo(f"Next: audiences -p {directory} sample-data --rows 100000", err=True)
+        return
+    from audiences.pipeline.scaffold import scaffold_with_pack
+
+    written, proposal = scaffold_with_pack(directory, from_, events, pack=pack, force=force)
+    if as_json:
+        emit_json({"ok": True, "files": [str(p) for p in written], **proposal.to_dict()})
+        return
+    from audiences.cli.display import print_proposal
+
+    print_proposal(proposal.to_dict())
     click.echo(f"Created project in {directory} ({len(written)} files).", err=True)
-    click.echo(f"Next: audiences -p {directory} sample-data --rows 100000", err=True)
+    click.echo(
+        f"Next: check {directory}/audiences.toml (every TODO), then audiences -p {directory} "
+        "validate",
+        err=True,
+    )
 
 
 @cli.command("sample-data")

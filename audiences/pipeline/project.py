@@ -23,6 +23,11 @@ def init_project(directory: Path, *, force: bool = False) -> list[Path]:
             f"{directory / CONFIG_FILE} already exists",
             "pick an empty folder, or pass --force to overwrite the template files",
         )
+    return copy_template(directory)
+
+
+def copy_template(directory: Path, *, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Copy the project template's files into ``directory`` (``skip``: top-level names)."""
     template = resources.files("audiences.pipeline") / "templates" / "project"
     written: list[Path] = []
     with resources.as_file(template) as source:
@@ -30,6 +35,8 @@ def init_project(directory: Path, *, force: bool = False) -> list[Path]:
             if path.is_dir() or "__pycache__" in path.parts:
                 continue
             rel = path.relative_to(source)
+            if rel.parts[0] in skip:
+                continue
             name = ".gitignore" if rel.name == "gitignore" else rel.name
             target = directory / rel.parent / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +75,7 @@ def check_project(
     if sources is not None:
         run.against_data(segments, sources, k=min_size_k(pack))
         run.sensitivity(segments, sources, pack)
+    run.unclassified()
     run.destinations()
     return {
         "ok": not run.errors,

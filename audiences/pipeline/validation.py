@@ -170,6 +170,40 @@ class Validation:
             except AudiencesError as exc:
                 self.error("classification", exc, "audiences.toml")
 
+    def unclassified(self) -> None:
+        """Names ``init --from`` left to classify: an error each until the user decides."""
+        events = self.config.sources.events
+        todo = [
+            (
+                "[columns]",
+                "unclassified",
+                "sensitive",
+                "not_sensitive",
+                self.config.columns.unclassified,
+            )
+        ]
+        if events is not None:
+            todo += [
+                ("[sources.events]", "unclassified_types", "sensitive_types",
+                 "not_sensitive_types", events.unclassified_types),
+                ("[sources.events]", "unclassified_columns", "sensitive_columns",
+                 "not_sensitive_columns", events.unclassified_columns),
+            ]  # fmt: skip
+        for table, key, yes, no, names in todo:
+            for name in names:
+                self.findings.append(
+                    Finding(
+                        "error",
+                        "unclassified",
+                        f"{table} {key} still lists {name!r}: is it health data?",
+                        f"move it to {yes} (clinical, a patient's status such as a visit, or "
+                        f'derived from them — docs/policy-rules.md, "Patient status is PHI") '
+                        f"or to {no}, in audiences.toml",
+                        "audiences.toml",
+                        column=name,
+                    )
+                )
+
     def destinations(self) -> None:
         from connectors.file import record_export
 
