@@ -8,7 +8,16 @@ from typing import Any
 
 import click
 
-from audiences.cli.group import Context, cli, emit_json, file_option, parse_as_of, pass_ctx
+from audiences.cli.group import (
+    Context,
+    cli,
+    emit_json,
+    file_option,
+    parse_as_of,
+    pass_ctx,
+    progress_bar,
+    quiet_option,
+)
 from audiences.core.errors import UsageError
 
 INIT_EXAMPLES = """\b
@@ -104,6 +113,7 @@ def init(
     show_default=True,
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
+@quiet_option
 @pass_ctx
 def sample_data(
     obj: Context,
@@ -121,7 +131,8 @@ def sample_data(
 
     day = parse_as_of(as_of) or datetime.now(UTC).date()
     target = out or (obj.project / "data")
-    written = write(target, rows, seed=seed, as_of=day, formats=formats)
+    with progress_bar(not obj.quiet, "sample-data") as step:
+        written = write(target, rows, seed=seed, as_of=day, formats=formats, progress=step)
     doc = {
         "rows": rows,
         "seed": seed,
@@ -137,6 +148,7 @@ def sample_data(
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document, also on failure.")
 @click.option("--as-of", "as_of", default=None, help="Reference day (YYYY-MM-DD).")
+@quiet_option
 @pass_ctx
 @click.pass_context
 def validate(ctx: click.Context, obj: Context, as_json: bool, as_of: str | None) -> None:
@@ -146,7 +158,8 @@ def validate(ctx: click.Context, obj: Context, as_json: bool, as_of: str | None)
     """
     from audiences.pipeline.project import check_project
 
-    report = check_project(obj.config(), as_of=parse_as_of(as_of))
+    with progress_bar(not obj.quiet, "validate") as step:
+        report = check_project(obj.config(), as_of=parse_as_of(as_of), progress=step)
     if as_json:
         emit_json(report)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from importlib import resources
 from pathlib import Path
@@ -62,17 +63,25 @@ def validate_project(
 
 
 def check_project(
-    config: ProjectConfig, *, as_of: date | None = None, only: list[str] | None = None
+    config: ProjectConfig,
+    *,
+    as_of: date | None = None,
+    only: list[str] | None = None,
+    progress: Callable[[str, float], None] | None = None,
 ) -> dict[str, Any]:
     """Load the pack and the segments (all, or ``only``), and check them against the
     data: every problem of every file, as errors and warnings (see docs/segments.md)."""
     from audiences.pipeline.validation import Validation
 
+    step = progress or (lambda _msg, _frac: None)
     run = Validation(config, as_of or datetime.now(UTC).date())
+    step("policy pack and segments", 0.05)
     pack = run.pack()
     segments = run.segments(only)
+    step("reading sources and checking their values", 0.2)
     sources = run.sources()
     if sources is not None:
+        step(f"checking {len(segments)} segment(s) against the data", 0.6)
         run.against_data(segments, sources, k=min_size_k(pack))
         run.sensitivity(segments, sources, pack)
     run.unclassified()
