@@ -55,9 +55,9 @@ def preview(
 
 @cli.command()
 @click.argument("segments", nargs=-1, required=True)
-@click.option("--epsilon", type=float, default=None)
-@click.option("--as-of", "as_of", default=None)
-@click.option("--by", default=None)
+@click.option("--epsilon", type=float, default=None, help="Privacy budget for this overlap.")
+@click.option("--as-of", "as_of", default=None, help="Reference day (YYYY-MM-DD).")
+@click.option("--by", default=None, help="Who asks (default: OS user); recorded in the ledger.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def overlap(

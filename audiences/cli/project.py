@@ -20,14 +20,8 @@ from audiences.cli.group import (
 )
 from audiences.core.errors import UsageError
 
-INIT_EXAMPLES = """\b
-Examples:
-  audiences init clinic
-  audiences init clinic --from ~/exports/contacts.csv --events ~/exports/visits.csv
-"""
 
-
-@cli.command(epilog=INIT_EXAMPLES)
+@cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Write into a folder that already has audiences.toml.")
 @file_option(
@@ -96,7 +90,9 @@ def init(
     show_default=True,
     help="Contacts to generate.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same data)."
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -107,6 +103,7 @@ def init(
 @click.option(
     "--format",
     "formats",
+    help="File format(s) to write (repeat the option for both).",
     type=click.Choice(["parquet", "csv"]),
     multiple=True,
     default=("parquet", "csv"),
@@ -215,8 +212,10 @@ def schema() -> None:
 
 
 @cli.command()
-@click.option("--meta-port", type=int, default=18765, show_default=True)
-@click.option("--google-port", type=int, default=18766, show_default=True)
+@click.option("--meta-port", type=int, default=18765, show_default=True, help="Meta sandbox port.")
+@click.option(
+    "--google-port", type=int, default=18766, show_default=True, help="Google Ads sandbox port."
+)
 @pass_ctx
 def sandbox(obj: Context, meta_port: int, google_port: int) -> None:
     """Serve the Meta and Google Ads sandboxes on 127.0.0.1 until Ctrl-C."""

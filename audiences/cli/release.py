@@ -106,7 +106,12 @@ def build(
 @cli.command()
 @click.argument("build_id", metavar="BUILD_ID|SEGMENT")
 @click.option(
-    "--format", "fmt", type=click.Choice(["html", "md", "json"]), default="md", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["html", "md", "json"]),
+    default="md",
+    show_default=True,
+    help="Report format.",
 )
 @file_option("--out", help="Write to a file instead of stdout.")
 @pass_ctx
@@ -252,7 +257,13 @@ def status(obj: Context, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("segment")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=20,
+    show_default=True,
+    help="Newest entries to show.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def history(obj: Context, segment: str, limit: int, as_json: bool) -> None:
