@@ -163,8 +163,8 @@ def test_relative_links_resolve() -> None:
 # * after `keygen --name NAME`, the printed line goes under [approvers] keys (the step the
 #   example's comment asks for);
 # * the placeholders BUILD_ID, BASE64 and SEQ:HASH become the newest build id, a fresh
-#   public key and the audit head; `~` is a scratch home and absolute paths live under a
-#   scratch root.
+#   public key and the audit head; `~` is a scratch home (with the messy CRM export of
+#   tests/test_init_from.py in ~/exports) and absolute paths live under a scratch root.
 #
 # Comments the test understands (invisible in the rendered page):
 #
@@ -249,8 +249,17 @@ class Scenario:
         # its own home (`~`) and root (absolute paths) inside the scratch folder
         self.paths = {"base": folder, "home": folder / "home", "root": folder / "root"}
         self.paths["home"].mkdir(exist_ok=True)
+        self.exports()
         self.boxes = boxes
         self.extra = extra
+
+    def exports(self) -> None:
+        """The user's CRM exports in ~/exports (the messy HubSpot/Epic-style fixture)."""
+        from test_init_from import messy_events, write_events
+        from test_messy_crm import messy_rows, write_csv
+
+        write_csv(self.paths["home"] / "exports" / "contacts.csv", messy_rows())
+        write_events(self.paths["home"] / "exports" / "events.csv", messy_events())
 
     def project(self) -> Path:
         return self.cwd
@@ -402,13 +411,7 @@ def test_every_command_shows_an_example_and_every_option_has_help() -> None:
 
 
 def test_help_examples_run(scratch: object, tmp_path: Path) -> None:
-    from test_init_from import messy_events, write_events
-    from test_messy_crm import messy_rows, write_csv
-
     scenario = Scenario(tmp_path, scratch, [])
-    exports = scenario.paths["home"] / "exports"  # the user's CRM exports
-    write_csv(exports / "contacts.csv", messy_rows())
-    write_events(exports / "events.csv", messy_events())
     for path, example in help_examples():
         if "until Ctrl-C" in example:
             continue  # a server: the test serves its own sandboxes
