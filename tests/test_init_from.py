@@ -241,3 +241,33 @@ def test_usage_errors(tmp_path: Path, export: Path) -> None:
     init_from(tmp_path / "p", export)
     again = run("init", str(tmp_path / "p"), "--from", str(export / "contacts.csv"))
     assert again.exit_code == 1 and "already exists" in again.stderr
+
+
+def test_validate_warns_about_clinical_names_left_unclassified(
+    tmp_path: Path, export: Path
+) -> None:
+    """Issue #19, item 6: a project written by hand (no `unclassified` list) still hears
+    about its visit events, its Department columns and its lifecycle stage."""
+    root = tmp_path / "p"
+    init_from(root, export, "--pack", "baseline")
+    classify(root)
+    path = root / "audiences.toml"
+    text = path.read_text()
+    text = text.replace(
+        'sensitive_types = ["Office Visit", "Telehealth Visit"]', "sensitive_types = []"
+    )
+    text = text.replace('sensitive_columns = ["Department"]', "sensitive_columns = []")
+    text = text.replace('not_sensitive = ["Lifecycle Stage"]', "not_sensitive = []")
+    text = text.replace('sensitive = ["Department"]\nquasi', "sensitive = []\nquasi")
+    path.write_text(text)
+    result = run("-p", str(root), "validate", "--json")
+    assert result.exit_code == 0, result.stdout  # warnings, not errors
+    messages = sorted(w["message"] for w in json.loads(result.stdout)["warnings"])
+    assert [m.split(" looks")[0] for m in messages] == [
+        "contacts column 'Department'",
+        "contacts column 'Lifecycle Stage'",
+        "event column 'Department'",
+        "event type 'Office Visit'",
+        "event type 'Telehealth Visit'",
+    ]
+    assert "Email Click" not in json.dumps(messages) and "Channel" not in json.dumps(messages)
