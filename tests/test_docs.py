@@ -448,3 +448,38 @@ def test_markers_and_continuations_are_read(tmp_path: Path) -> None:
         (11, "audiences takedown x --by a   # one", True),
         (12, "audiences revoke x --by a", True),
     ]
+
+
+# ------------------------------------------------------------- commands named in errors
+def named_in_code() -> list[tuple[str, str]]:
+    """(file, `audiences ...`) of every command an error, hint or docstring names."""
+    found = []
+    for folder in ("audiences", "policies", "connectors"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            text = re.sub(r'"\s*\n\s*f?"', "", text)  # implicit string concatenation
+            found += [(path.name, m) for m in re.findall(r"`(audiences [^`]+)`", text)]
+    return found
+
+
+def test_commands_named_by_the_code_exist_with_their_options() -> None:
+    """An error that points at a command points at one that exists, with options it has."""
+    known = commands()
+    group_options = {o for p in cli.params for o in getattr(p, "opts", [])}
+    checked = 0
+    for where, text in named_in_code():
+        words = re.sub(r"[\[\]|]", " ", text.split(" | ")[0]).split()[1:]
+        words = [w for w in words if w not in group_options and w != "-p"]
+        if not words or words[0].startswith("-"):
+            continue
+        first, rest = words[0], words[1:]
+        for name in first.split("/"):
+            path = name
+            if isinstance(known.get(name), click.Group) and rest and not rest[0].startswith("-"):
+                path = f"{name} {rest[0].split('/')[0]}"
+            assert path in known, f"{where}: `{text}` names no command"
+            options = {o for p in known[path].params for o in getattr(p, "opts", [])}
+            for option in (w for w in rest if w.startswith("--")):
+                assert option in options, f"{where}: `{text}`: {path} has no {option}"
+            checked += 1
+    assert checked >= 40, checked
