@@ -95,7 +95,8 @@ def test_init_from_maps_the_messy_export(tmp_path: Path, export: Path) -> None:
     }  # fmt: skip
     assert doc["event_types_to_classify"] == ["Email Click", "Office Visit", "Telehealth Visit"]
     assert doc["event_columns_to_classify"] == ["Department"]  # Channel is not clinical
-    assert doc["not_mapped"] == []
+    (note,) = doc["not_mapped"]  # the export has no city column
+    assert note.startswith("no column found for identity city: map them under [identity]")
 
 
 def test_no_value_of_a_person_is_copied_into_the_config(tmp_path: Path, export: Path) -> None:
@@ -271,3 +272,33 @@ def test_validate_warns_about_clinical_names_left_unclassified(
         "event type 'Telehealth Visit'",
     ]
     assert "Email Click" not in json.dumps(messages) and "Channel" not in json.dumps(messages)
+
+
+def test_a_typed_parquet_export(tmp_path: Path) -> None:
+    """Parquet keeps its own types: a Date column needs no format, a Boolean opt-in is a
+    consent column, an integer id is declared text (ids keep their leading zeros)."""
+    import polars as pl
+
+    rows = messy_rows(400)
+    frame = pl.DataFrame(rows).with_columns(
+        pl.col("Date of Birth").str.to_date("%m/%d/%Y"),
+        (pl.col("Marketing Opt-In") == "Opted In").alias("Marketing Opt-In"),
+        pl.col("Record ID").cast(pl.Int64),
+    )
+    path = tmp_path / "contacts.parquet"
+    frame.write_parquet(path)
+    result = run("init", str(tmp_path / "p"), "--from", str(path), "--json", "--pack", "baseline")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["consent"] == {"marketing_opt_in": "Marketing Opt-In"}
+    assert doc["types"]["contacts"]["Date of Birth"] == {"type": "date"}
+    assert doc["types"]["contacts"]["Record ID"] == {"type": "str"}
+    toml = tmp_path / "p" / "audiences.toml"
+    toml.write_text(
+        toml.read_text()
+        .replace('unclassified = ["Lifecycle Stage", "Department"]', "")
+        .replace("sensitive = []\nquasi", 'sensitive = ["Department"]\nquasi')
+        .replace("not_sensitive = []", 'not_sensitive = ["Lifecycle Stage"]')
+    )
+    checked = run("-p", str(tmp_path / "p"), "validate", "--json")
+    assert checked.exit_code == 0, checked.stdout

@@ -127,6 +127,12 @@ def _map_identity(proposal: Proposal) -> None:
             continue
         proposal.identity[field_name] = match.name
         used.add(match.name)
+    missing = [f for f in IDENTITY_HEADERS if f not in proposal.identity and f != "external_id"]
+    if missing:
+        proposal.notes.append(
+            f"no column found for identity {', '.join(missing)}: map them under [identity] "
+            "if the export has them (platforms match on more identifiers)"
+        )
     rows = proposal.contacts.rows
     ident = proposal.identity.get("external_id")
     if ident is None or proposal.contacts.column(ident).distinct < rows:
