@@ -52,7 +52,11 @@ def keygen(
         emit_json(doc)
         return
     click.echo(f"Private key: {pair.private_path} (0600 — keep it outside the repo)", err=True)
-    click.echo("Add this line under [approvers] keys in audiences.toml:", err=True)
+    click.echo(
+        "Paste this line into audiences.toml: under [approvers.keys], or inside "
+        f'[approvers] keys = {{ ... }} (a first key: keys = {{ {doc["toml"]} }}):',
+        err=True,
+    )
     click.echo(doc["toml"])
 
 
