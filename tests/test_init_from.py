@@ -302,3 +302,27 @@ def test_a_typed_parquet_export(tmp_path: Path) -> None:
     )
     checked = run("-p", str(tmp_path / "p"), "validate", "--json")
     assert checked.exit_code == 0, checked.stdout
+
+
+def test_types_read_on_the_sample_are_checked_on_every_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Types are guessed on the first rows; a later row that breaks them is still found."""
+    from audiences.crm import inference
+
+    monkeypatch.setattr(inference, "SAMPLE", 50)
+    rows = messy_rows()
+    _mixed_dates(rows[600:])  # only after the sample
+    rows[700]["Marketing Opt-In"] = "Status 7 xq"  # one unknown consent word, late
+    path = tmp_path / "contacts.csv"
+    write_csv(path, rows)
+    result = CliRunner().invoke(cli, ["init", str(tmp_path / "p"), "--from", str(path)])
+    assert result.exit_code == 1
+    assert "column 'Date of Birth' mixes date formats" in result.stderr, result.stderr
+    clean = messy_rows()
+    clean[700]["Marketing Opt-In"] = "Status 7 xq"
+    write_csv(path, clean)
+    result = CliRunner().invoke(cli, ["init", str(tmp_path / "p"), "--from", str(path)])
+    assert result.exit_code == 1
+    assert "named like the consent fact marketing_opt_in" in result.stderr
+    assert "xq" not in result.stderr and not (tmp_path / "p").exists()

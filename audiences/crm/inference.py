@@ -26,6 +26,8 @@ from audiences.crm.checks import DATE_FORMATS, DATETIME_FORMATS, shape
 VOCABULARY = 50
 # Date-times with fractional seconds, as databases export them, besides checks' formats.
 DATETIMES = (*DATETIME_FORMATS, "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f")
+# Rows read to guess types and contents (then checked on every row).
+SAMPLE = 20_000
 # Share of filled values that must look like the field for a content match.
 CONTENT_SHARE = 0.9
 
@@ -157,19 +159,63 @@ def scan_export(path: Path) -> pl.LazyFrame:
 
 
 def profile(path: Path, *, min_count: int) -> Profile:
-    """Counts every column of the export needs, in one pass over the file."""
+    """Counts every column of the export needs. Types and contents are read on the first
+    SAMPLE rows, then checked on every row (a type that fails later is read again on the
+    whole file); empty cells, distinct values and consent words count every row."""
     frame = scan_export(path)
     schema = frame.collect_schema()
-    text = [c for c, t in schema.items() if t == pl.String]
-    exprs: list[pl.Expr] = [pl.len().alias("\x00rows")]
-    for name in schema.names():
-        exprs += _column_exprs(name, schema[name] == pl.String)
-    stats = frame.select(exprs).collect(engine="streaming").row(0, named=True)
-    columns = [_column(name, schema[name], stats) for name in schema.names()]
+    names = schema.names()
+    sample = _stats(frame.head(SAMPLE), names, schema)
+    columns = [_column(name, schema[name], sample) for name in names]
+    full_exprs: list[pl.Expr] = [pl.len().alias("\x00rows")]
     for column in columns:
-        if column.name in text and 0 < column.distinct <= VOCABULARY:
+        full_exprs += _whole_file_exprs(column, schema[column.name] == pl.String)
+    full = frame.select(full_exprs).collect(engine="streaming").row(0, named=True)
+    for i, column in enumerate(columns):
+        tag = f"{column.name}\x00"
+        if full.get(tag + "typed", full[tag + "filled"]) != full[tag + "filled"]:
+            column = _column(column.name, schema[column.name], _stats(frame, [column.name], schema))
+            columns[i] = column
+        column.filled, column.distinct = int(full[tag + "filled"]), int(full[tag + "n"])
+        if tag + "words" in full:
+            column.consent_words = full[tag + "words"] == column.filled
+            column.case_variants = int(full[tag + "lower"]) < column.distinct
+        if schema[column.name] == pl.String and 0 < column.distinct <= VOCABULARY:
             _vocabulary(frame, column, min_count)
-    return Profile(path, int(stats["\x00rows"]), columns)
+    return Profile(path, int(full["\x00rows"]), columns)
+
+
+def _stats(frame: pl.LazyFrame, names: list[str], schema: pl.Schema) -> dict[str, Any]:
+    exprs: list[pl.Expr] = []
+    for name in names:
+        exprs += _column_exprs(name, schema[name] == pl.String)
+    return frame.select(exprs).collect(engine="streaming").row(0, named=True)
+
+
+def _whole_file_exprs(column: Column, text: bool) -> list[pl.Expr]:
+    """Counts over every row: filled, distinct, consent words, case variants, and whether
+    the type read on the sample parses everywhere (``typed``)."""
+    name, tag = column.name, f"{column.name}\x00"
+    filled = _filled(name)
+    value = pl.col(name).cast(pl.String).str.strip_chars()
+    exprs = [filled.sum().alias(tag + "filled"), value.filter(filled).n_unique().alias(tag + "n")]
+    if not text:
+        return exprs
+    exprs += [
+        (filled & consent.recognised(pl.Schema({name: pl.String}), name))
+        .sum()
+        .alias(tag + "words"),
+        value.filter(filled).str.to_lowercase().n_unique().alias(tag + "lower"),
+    ]
+    parsed = {
+        "date": lambda: value.str.to_date(column.format, strict=False),
+        "datetime": lambda: value.str.to_datetime(column.format, time_unit="us", strict=False),
+        "int": lambda: value.cast(pl.Int64, strict=False),
+        "float": lambda: value.cast(pl.Float64, strict=False),
+    }
+    if column.dtype in parsed:
+        exprs.append(_count(filled, parsed[column.dtype](), tag + "typed"))
+    return exprs
 
 
 def _filled(name: str) -> pl.Expr:
