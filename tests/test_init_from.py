@@ -326,3 +326,36 @@ def test_types_read_on_the_sample_are_checked_on_every_row(
     assert result.exit_code == 1
     assert "named like the consent fact marketing_opt_in" in result.stderr
     assert "xq" not in result.stderr and not (tmp_path / "p").exists()
+
+
+def test_nothing_is_approved_while_a_name_is_unclassified(tmp_path: Path, export: Path) -> None:
+    """The attack: approve first, classify "not sensitive" later. `approve` validates the
+    project first, and the approval binds what the gate counts as sensitive."""
+    root = tmp_path / "p"
+    init_from(root, export)
+    key = tmp_path / "keys" / "alice.key"
+    made = run("-p", str(root), "keygen", "--private", str(key))
+    assert made.exit_code == 0, made.output
+    toml = root / "audiences.toml"
+    toml.write_text(
+        toml.read_text().replace("[approvers]", f"[approvers]\nkeys = {{ {made.stdout.strip()} }}")
+    )
+    refused = run("-p", str(root), "approve", "everyone-adult", "--by", "alice", "--key", str(key))
+    assert refused.exit_code == 1
+    assert "unclassified still lists" in refused.stderr and "5 more problem(s)" in refused.stderr
+
+    from audiences.compliance.workflow import effective_policy
+    from audiences.core.config import load_config
+    from audiences.segments import load_segment
+    from policies.pack import load_pack
+
+    config = load_config(root)
+    segment = load_segment(root / "segments" / "everyone-adult.yaml")
+    before = effective_policy(config, segment, load_pack(config))["sensitivity"]
+    assert before["events.sensitive_types"] == ["Email Click", "Office Visit", "Telehealth Visit"]
+    classify(root)
+    config = load_config(root)
+    after = effective_policy(config, segment, load_pack(config))["sensitivity"]
+    assert after["events.sensitive_types"] == ["Office Visit", "Telehealth Visit"]  # changed
+    assert before["columns.sensitive"] == ["Department", "Lifecycle Stage"]
+    assert after["columns.sensitive"] == ["Department"]  # Lifecycle Stage: not sensitive
