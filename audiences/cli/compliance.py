@@ -54,7 +54,7 @@ def keygen(
     click.echo(f"Private key: {pair.private_path} (0600 — keep it outside the repo)", err=True)
     click.echo(
         "Paste this line into audiences.toml: under [approvers.keys], or inside "
-        f'[approvers] keys = {{ ... }} (a first key: keys = {{ {doc["toml"]} }}):',
+        f"[approvers] keys = {{ ... }} (a first key: keys = {{ {doc['toml']} }}):",
         err=True,
     )
     click.echo(doc["toml"])
