@@ -173,13 +173,15 @@ def test_unclassified_names_count_as_sensitive_meanwhile(tmp_path: Path, export:
 
 def test_content_decides_when_the_header_does_not(tmp_path: Path) -> None:
     rows = messy_rows(300)
-    header = [h if h != "Email" else "Contact Info" for h in HEADER] + ["Email Opt Out"]
+    header = [h if h != "Email" else "Contact Info" for h in HEADER]
+    header += ["Email Opt Out", "Newsletter"]
     path = tmp_path / "contacts.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         for i, row in enumerate(rows):
-            writer.writerow([row[h] for h in HEADER] + ["true" if i % 7 == 0 else "false"])
+            flags = ["true" if i % 7 == 0 else "false", "Unsubscribed" if i % 3 else "Subscribed"]
+            writer.writerow([row[h] for h in HEADER] + flags)
     result = run("init", str(tmp_path / "p"), "--from", str(path), "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
@@ -189,6 +191,8 @@ def test_content_decides_when_the_header_does_not(tmp_path: Path) -> None:
         "do_not_contact": "Email Opt Out",
         "marketing_opt_in": "Marketing Opt-In",
     }
+    # a column of consent words under another name is pointed out, never guessed
+    assert any(n.startswith("'Newsletter' holds only consent words") for n in doc["not_mapped"])
 
 
 def _forty_consent_values(rows: list[dict[str, str]]) -> None:

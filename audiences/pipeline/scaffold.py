@@ -177,6 +177,14 @@ def _map_consent(proposal: Proposal) -> None:
                 proposal.consent[role] = column.name
                 mapped.add(column.name)
             break
+    for column in proposal.contacts.columns:
+        if column.name in mapped or column.dtype != "str" or not column.consent_words:
+            continue
+        if column.distinct >= 2:  # only consent words (yes/no, opted in/out...): by content
+            proposal.notes.append(
+                f"{column.name!r} holds only consent words: map it under [consent] if it is "
+                "a consent (an opt-out column as do_not_contact, never as marketing_opt_in)"
+            )
     if "marketing_opt_in" not in proposal.consent:
         proposal.notes.append(
             "no marketing opt-in column found: map [consent] marketing_opt_in to the CRM's "
