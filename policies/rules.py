@@ -266,10 +266,14 @@ def phi_finding(segment: Any, config: ProjectConfig) -> PhiFinding:
         refs = segment.references(birth_date=config.identity.birth_date)
     except TypeError:  # a segment-like object whose references() takes no arguments
         refs = segment.references()
-    sensitive = {sensitivity_key(c) for c in config.columns.sensitive}
+    # Names `init --from` left for the user to classify count as sensitive until then.
+    contact_columns = [*config.columns.sensitive, *config.columns.unclassified]
+    sensitive = {sensitivity_key(c) for c in contact_columns}
     events = config.sources.events
-    sensitive_types = list(events.sensitive_types) if events else []
-    sensitive_event_columns = list(events.sensitive_columns) if events else []
+    sensitive_types = [*events.sensitive_types, *events.unclassified_types] if events else []
+    sensitive_event_columns = (
+        [*events.sensitive_columns, *events.unclassified_columns] if events else []
+    )
     type_keys = {sensitivity_key(t) for t in sensitive_types}
     derived = []
     for name in refs.derived_fields:
@@ -279,7 +283,7 @@ def phi_finding(segment: Any, config: ProjectConfig) -> PhiFinding:
         ):
             derived.append(name)
     return PhiFinding(
-        columns=_matching(refs.contact_columns, config.columns.sensitive),
+        columns=_matching(refs.contact_columns, contact_columns),
         derived_fields=tuple(sorted(derived)),
         event_types=_matching(refs.event_types, sensitive_types),
         event_columns=_matching(refs.event_columns, sensitive_event_columns),

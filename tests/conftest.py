@@ -11,6 +11,10 @@
 
 Autouse: only ``private_ledger``, which points the per-user privacy-budget ledger at the
 test's own folder (in-process: production reads no variable that could move it).
+
+``AUDIENCES_QUIET=1`` is set for the whole session: commands run here are not on a
+terminal, so they would print a progress line per stage on stderr, and many tests read
+stderr as the one error line. tests/test_progress.py unsets it and checks the lines.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import secrets
 import shutil
@@ -31,6 +36,8 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
+
+os.environ["AUDIENCES_QUIET"] = "1"  # see the module docstring
 
 AS_OF = date(2025, 6, 2)
 # The sample CRM's state as segments compare it (``ny`` and ``NY`` are one state).

@@ -17,6 +17,7 @@ Modules:
 - ``approvers``: ``approvers list|add|remove`` (signed changes of the trusted keys).
 - ``state``: ``state backup|restore|adopt|repair``.
 - ``display``: rich tables for the terminal.
+- ``examples``: the examples each command's ``--help`` shows (run by tests/test_docs.py).
 - this module: registers the command modules on ``cli`` and holds ``main`` (the
   ``audiences`` entry point), ``_exit_now`` and ``_debug_first``.
 
@@ -33,7 +34,10 @@ from typing import NoReturn
 
 # Importing a command module registers its commands on ``cli``.
 from audiences.cli import approvers, compliance, insights, lifecycle, project, release, state  # noqa: F401
+from audiences.cli.examples import attach
 from audiences.cli.group import cli
+
+attach(cli)  # each command's --help shows its examples (tests/test_docs.py runs them)
 
 __all__ = ["cli", "main"]
 

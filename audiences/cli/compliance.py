@@ -23,7 +23,11 @@ from audiences.core.errors import EXIT_ERROR
 @file_option(
     "--public", "public_path", help="Where to write the public key [default: PRIVATE.pub]."
 )
-@click.option("--name", default=None, help="Approver name for the audiences.toml line.")
+@click.option(
+    "--name",
+    default=None,
+    help="Approver name for the audiences.toml line [default: the private key file's stem].",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def keygen(
@@ -36,7 +40,7 @@ def keygen(
     # a folder is a project when it holds audiences.toml (`keygen` run from / is not in one)
     project = obj.project if (obj.project / "audiences.toml").is_file() else None
     pair = generate_keypair(private_path, public_path, project_dir=project)
-    who = name or "your.name"
+    who = name or private_path.stem  # ~/.audiences/alice.key → "alice"
     doc = {
         "key_id": pair.key_id,
         "private": str(pair.private_path),
@@ -48,7 +52,11 @@ def keygen(
         emit_json(doc)
         return
     click.echo(f"Private key: {pair.private_path} (0600 — keep it outside the repo)", err=True)
-    click.echo("Add this line under [approvers] keys in audiences.toml:", err=True)
+    click.echo(
+        "Paste this line into audiences.toml: under [approvers.keys], or inside "
+        f"[approvers] keys = {{ ... }} (a first key: keys = {{ {doc['toml']} }}):",
+        err=True,
+    )
     click.echo(doc["toml"])
 
 
@@ -64,7 +72,7 @@ def _segment_and_pack(config: Any, name: str) -> tuple[Any, Any]:
 @click.argument("segment")
 @click.option("--by", required=True, help="Approver name, as listed in [approvers] keys.")
 @file_option("--key", "key_path", exists=True, required=True, help="The approver's private key.")
-@click.option("--note", default=None)
+@click.option("--note", default=None, help="Why (a ticket, a review), kept with the approval.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def approve(

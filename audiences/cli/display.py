@@ -128,6 +128,33 @@ def print_columns(doc: dict[str, Any]) -> None:
         out.print(table)
 
 
+def print_proposal(doc: dict[str, Any]) -> None:
+    """What ``init --from`` mapped, declared and left to the user (column names only)."""
+    out = console()
+    table = _table(f"contacts ({doc['contacts']['rows']:,} rows)", ["column", "proposed as"])
+    table.add_row(escape(doc["contact_id"]), "contact id")
+    for role, column in doc["identity"].items():
+        if role != "external_id":
+            table.add_row(escape(column), f"identity {role}")
+    for role, column in doc["consent"].items():
+        table.add_row(escape(column), f"consent {role}")
+    for column, spec in doc["types"].get("contacts", {}).items():
+        table.add_row(escape(column), " ".join(spec.values()))
+    for column in doc["unclassified"]:
+        table.add_row(escape(column), "TODO: sensitive or not_sensitive?")
+    out.print(table)
+    if doc["events"]:
+        roles = ", ".join(f"{k} = {escape(v)}" for k, v in doc["event_roles"].items())
+        out.print(f"events ({doc['events']['rows']:,} rows): {roles}")
+        if doc["event_types_to_classify"]:
+            types = ", ".join(escape(t) for t in doc["event_types_to_classify"])
+            out.print(f"  TODO: classify event types {types}")
+        for column in doc["event_columns_to_classify"]:
+            out.print(f"  TODO: classify event column {escape(column)}")
+    for note in doc["not_mapped"]:
+        out.print(f"not mapped: {escape(note)}")
+
+
 def print_overlap(doc: dict[str, Any]) -> None:
     segments = doc["segments"]
     table = _table("Overlap (noisy people counts)", ["segment", *segments])

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -28,6 +30,8 @@ class Context:
     def __init__(self, project: Path, debug: bool) -> None:
         self.project = project
         self.debug = debug
+        # `--quiet` (or AUDIENCES_QUIET=1): no progress lines or bar on stderr
+        self.quiet = os.environ.get("AUDIENCES_QUIET", "") not in ("", "0")
 
     def config(self) -> Any:
         from audiences.core.config import load_config
@@ -124,11 +128,37 @@ def parse_as_of(value: str | None) -> date | None:
         raise UsageError(f"--as-of {value!r} is not a date", "use YYYY-MM-DD") from None
 
 
+def _quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    obj = ctx.find_object(Context)
+    if value and obj is not None:
+        obj.quiet = True
+
+
+def quiet_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--quiet``: no progress on stderr (errors and results still print)."""
+    return click.option(
+        "--quiet",
+        "-q",
+        is_flag=True,
+        expose_value=False,
+        callback=_quiet,
+        help="No progress lines or bar on stderr (also AUDIENCES_QUIET=1).",
+    )(command)
+
+
 @contextmanager
-def progress_bar(enabled: bool) -> Iterator[Callable[[str, float], None]]:
-    """A rich progress bar on stderr for interactive runs; silent otherwise."""
-    if not enabled or not sys.stderr.isatty():
+def progress_bar(
+    enabled: bool, command: str = "audiences"
+) -> Iterator[Callable[[str, float], None]]:
+    """Progress of a long command on stderr: a rich bar on a terminal, one plain line per
+    stage otherwise (cron, CI: time of day, the stage, seconds since the start — no
+    personal data), nothing when ``enabled`` is false (``--quiet``). Never on stdout, so
+    ``--json`` stays one document."""
+    if not enabled:
         yield lambda _msg, _frac: None
+        return
+    if not sys.stderr.isatty():
+        yield _stage_lines(command)
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -141,6 +171,21 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str, float], None]]:
     ) as bar:
         task = bar.add_task("starting", total=1.0)
         yield lambda msg, frac: bar.update(task, description=msg, completed=frac)
+
+
+def _stage_lines(command: str) -> Callable[[str, float], None]:
+    start, last = time.monotonic(), [""]
+
+    def line(message: str, _fraction: float) -> None:
+        if message == last[0]:
+            return
+        last[0] = message
+        stamp = time.strftime("%H:%M:%S", time.gmtime())
+        elapsed = time.monotonic() - start
+        text = f"done in {elapsed:.1f} s" if message == "done" else f"{message}… {elapsed:.1f} s"
+        click.echo(f"{stamp} {command}: {text}", err=True)
+
+    return line
 
 
 def _stderr_console() -> Any:

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import click
 
-from audiences.cli.group import Context, cli, emit_json, parse_as_of, pass_ctx
+from audiences.cli.group import (
+    Context,
+    cli,
+    emit_json,
+    parse_as_of,
+    pass_ctx,
+    progress_bar,
+    quiet_option,
+)
 
 
 @cli.command()
@@ -13,7 +21,8 @@ from audiences.cli.group import Context, cli, emit_json, parse_as_of, pass_ctx
 @click.option("--epsilon", type=float, default=None, help="Privacy budget for this preview.")
 @click.option("--as-of", "as_of", default=None, help="Reference day (YYYY-MM-DD).")
 @click.option("--by", default=None, help="Who asks (default: OS user); recorded in the ledger.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@quiet_option
 @pass_ctx
 def preview(
     obj: Context,
@@ -26,7 +35,15 @@ def preview(
     """Differentially private size and breakdowns of a segment."""
     from audiences.pipeline.insights import preview as run_preview
 
-    result = run_preview(obj.config(), segment, epsilon=epsilon, as_of=parse_as_of(as_of), actor=by)
+    with progress_bar(not obj.quiet, "preview") as step:
+        result = run_preview(
+            obj.config(),
+            segment,
+            epsilon=epsilon,
+            as_of=parse_as_of(as_of),
+            actor=by,
+            progress=step,
+        )
     doc = result.to_dict()
     if as_json:
         emit_json(doc)
@@ -38,9 +55,9 @@ def preview(
 
 @cli.command()
 @click.argument("segments", nargs=-1, required=True)
-@click.option("--epsilon", type=float, default=None)
-@click.option("--as-of", "as_of", default=None)
-@click.option("--by", default=None)
+@click.option("--epsilon", type=float, default=None, help="Privacy budget for this overlap.")
+@click.option("--as-of", "as_of", default=None, help="Reference day (YYYY-MM-DD).")
+@click.option("--by", default=None, help="Who asks (default: OS user); recorded in the ledger.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def overlap(

@@ -8,19 +8,78 @@ from typing import Any
 
 import click
 
-from audiences.cli.group import Context, cli, emit_json, parse_as_of, pass_ctx
+from audiences.cli.group import (
+    Context,
+    cli,
+    emit_json,
+    file_option,
+    parse_as_of,
+    pass_ctx,
+    progress_bar,
+    quiet_option,
+)
+from audiences.core.errors import UsageError
 
 
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Write into a folder that already has audiences.toml.")
-def init(directory: Path, force: bool) -> None:
-    """Create a project: audiences.toml, segments/, policies/, .gitignore."""
-    from audiences.pipeline.project import init_project
+@file_option(
+    "--from",
+    "from_",
+    exists=True,
+    help="Propose audiences.toml from your own contacts export (CSV, Parquet, NDJSON).",
+)
+@file_option("--events", exists=True, help="With --from: your events export (visits, clicks...).")
+@click.option(
+    "--pack",
+    default="hipaa-marketing",
+    show_default=True,
+    help="With --from: the built-in policy pack to start from.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --from: print the proposal as JSON.")
+def init(
+    directory: Path,
+    force: bool,
+    from_: Path | None,
+    events: Path | None,
+    pack: str,
+    as_json: bool,
+) -> None:
+    """Create a project: audiences.toml, segments/, policies/, .gitignore.
 
-    written = init_project(directory, force=force)
+    With --from, audiences.toml is proposed from your CRM export: identity, consent and
+    event columns mapped by name and content, types and date formats declared, and the
+    columns and event types that look clinical listed as `unclassified` (validate fails
+    until you classify them). No value of a person is copied into it.
+    """
+    if from_ is None:
+        if events is not None:
+            raise UsageError(
+                "--events needs --from",
+                "e.g. audiences init DIR --from contacts.csv --events events.csv",
+            )
+        from audiences.pipeline.project import init_project
+
+        written = init_project(directory, force=force)
+        click.echo(f"Created project in {directory} ({len(written)} files).", err=True)
+        click.echo(f"Next: audiences -p {directory} sample-data --rows 100000", err=True)
+        return
+    from audiences.pipeline.scaffold import scaffold_with_pack
+
+    written, proposal = scaffold_with_pack(directory, from_, events, pack=pack, force=force)
+    if as_json:
+        emit_json({"ok": True, "files": [str(p) for p in written], **proposal.to_dict()})
+        return
+    from audiences.cli.display import print_proposal
+
+    print_proposal(proposal.to_dict())
     click.echo(f"Created project in {directory} ({len(written)} files).", err=True)
-    click.echo(f"Next: audiences -p {directory} sample-data --rows 100000", err=True)
+    click.echo(
+        f"Next: check {directory}/audiences.toml (every TODO), then audiences -p {directory} "
+        "validate",
+        err=True,
+    )
 
 
 @cli.command("sample-data")
@@ -31,7 +90,9 @@ def init(directory: Path, force: bool) -> None:
     show_default=True,
     help="Contacts to generate.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same data)."
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -42,12 +103,14 @@ def init(directory: Path, force: bool) -> None:
 @click.option(
     "--format",
     "formats",
+    help="File format(s) to write (repeat the option for both).",
     type=click.Choice(["parquet", "csv"]),
     multiple=True,
     default=("parquet", "csv"),
     show_default=True,
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
+@quiet_option
 @pass_ctx
 def sample_data(
     obj: Context,
@@ -65,7 +128,8 @@ def sample_data(
 
     day = parse_as_of(as_of) or datetime.now(UTC).date()
     target = out or (obj.project / "data")
-    written = write(target, rows, seed=seed, as_of=day, formats=formats)
+    with progress_bar(not obj.quiet, "sample-data") as step:
+        written = write(target, rows, seed=seed, as_of=day, formats=formats, progress=step)
     doc = {
         "rows": rows,
         "seed": seed,
@@ -81,6 +145,7 @@ def sample_data(
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document, also on failure.")
 @click.option("--as-of", "as_of", default=None, help="Reference day (YYYY-MM-DD).")
+@quiet_option
 @pass_ctx
 @click.pass_context
 def validate(ctx: click.Context, obj: Context, as_json: bool, as_of: str | None) -> None:
@@ -90,7 +155,8 @@ def validate(ctx: click.Context, obj: Context, as_json: bool, as_of: str | None)
     """
     from audiences.pipeline.project import check_project
 
-    report = check_project(obj.config(), as_of=parse_as_of(as_of))
+    with progress_bar(not obj.quiet, "validate") as step:
+        report = check_project(obj.config(), as_of=parse_as_of(as_of), progress=step)
     if as_json:
         emit_json(report)
     else:
@@ -146,8 +212,10 @@ def schema() -> None:
 
 
 @cli.command()
-@click.option("--meta-port", type=int, default=18765, show_default=True)
-@click.option("--google-port", type=int, default=18766, show_default=True)
+@click.option("--meta-port", type=int, default=18765, show_default=True, help="Meta sandbox port.")
+@click.option(
+    "--google-port", type=int, default=18766, show_default=True, help="Google Ads sandbox port."
+)
 @pass_ctx
 def sandbox(obj: Context, meta_port: int, google_port: int) -> None:
     """Serve the Meta and Google Ads sandboxes on 127.0.0.1 until Ctrl-C."""

@@ -21,6 +21,7 @@ from audiences.cli.group import (
     parse_as_of,
     pass_ctx,
     progress_bar,
+    quiet_option,
 )
 from audiences.core.errors import EXIT_BLOCKED, EXIT_OK, UsageError
 
@@ -32,6 +33,13 @@ def marketer_view(obj: Context, doc: Any) -> Any:
     from policies.privacy.coarse import coarsen, rounding
 
     return coarsen(doc, rounding(load_pack(obj.config())))
+
+
+def _append_lines(path: Path, rows: list[Any]) -> None:
+    """One JSON line per row, appended (a cron log: `--log-json` on build and sync)."""
+    with path.open("a", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, sort_keys=True, default=str) + "\n")
 
 
 def _with_held(row: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +58,9 @@ def _with_held(row: dict[str, Any]) -> dict[str, Any]:
     "leaves; review another day with `plan --as-of`.",
 )
 @click.option("--by", default=None, help="Who runs the build (default: OS user).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@file_option("--log-json", help="Append one JSON line per segment built to this file.")
+@quiet_option
 @pass_ctx
 def build(
     obj: Context,
@@ -59,6 +69,7 @@ def build(
     as_of: str | None,
     by: str | None,
     as_json: bool,
+    log_json: Path | None,
 ) -> None:
     """Build segments through the policy gate and write releases."""
     from audiences.pipeline.build import build as run_build
@@ -70,11 +81,13 @@ def build(
     from audiences.core.lock import ProjectLock
 
     config = obj.config()
-    with ProjectLock(config.state_dir / "lock"), progress_bar(not as_json) as step:
+    with ProjectLock(config.state_dir / "lock"), progress_bar(not obj.quiet, "build") as step:
         results = run_build(
             config, list(segments) or None, as_of=parse_as_of(as_of), actor=by, progress=step
         )
     blocked = [r for r in results if r.blocked]
+    if log_json:
+        _append_lines(log_json, [r.to_dict() for r in results])
     if as_json:
         emit_json(
             {
@@ -93,7 +106,12 @@ def build(
 @cli.command()
 @click.argument("build_id", metavar="BUILD_ID|SEGMENT")
 @click.option(
-    "--format", "fmt", type=click.Choice(["html", "md", "json"]), default="md", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["html", "md", "json"]),
+    default="md",
+    show_default=True,
+    help="Report format.",
 )
 @file_option("--out", help="Write to a file instead of stdout.")
 @pass_ctx
@@ -123,7 +141,8 @@ def report(obj: Context, build_id: str, fmt: str, out: Path | None) -> None:
     help="Review the segment's conditions on another day (YYYY-MM-DD); consent, "
     "authorizations, minors and suppression are still judged today.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@quiet_option
 @pass_ctx
 def plan(
     obj: Context, segments: tuple[str, ...], all_: bool, as_of: str | None, as_json: bool
@@ -133,7 +152,10 @@ def plan(
 
     if not segments and not all_:
         raise UsageError("name at least one segment or pass --all")
-    results, plans = run_plan(obj.config(), list(segments) or None, as_of=parse_as_of(as_of))
+    with progress_bar(not obj.quiet, "plan") as step:
+        results, plans = run_plan(
+            obj.config(), list(segments) or None, as_of=parse_as_of(as_of), progress=step
+        )
     doc = marketer_view(
         obj,
         {
@@ -161,6 +183,7 @@ def plan(
 @click.option("--by", default=None, help="Actor recorded in the audit log (default: OS user).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary on stdout.")
 @file_option("--log-json", help="Append one JSON line per destination to this file.")
+@quiet_option
 @file_option(
     "--checkpoint-key",
     exists=True,
@@ -186,7 +209,7 @@ def sync(
     if not segments and not all_:
         raise UsageError("name at least one segment or pass --all")
     config = obj.config()
-    with ProjectLock(config.state_dir / "lock"), progress_bar(not as_json) as step:
+    with ProjectLock(config.state_dir / "lock"), progress_bar(not obj.quiet, "sync") as step:
         report = run_sync(
             config,
             list(segments) or None,
@@ -200,9 +223,7 @@ def sync(
     raw = report.to_dict()
     doc = marketer_view(obj, {**raw, "results": [_with_held(r) for r in raw["results"]]})
     if log_json:
-        with log_json.open("a", encoding="utf-8") as fh:
-            for row in doc["results"]:
-                fh.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+        _append_lines(log_json, doc["results"])
     if as_json:
         emit_json(doc)
     else:
@@ -236,7 +257,13 @@ def status(obj: Context, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("segment")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=20,
+    show_default=True,
+    help="Newest entries to show.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def history(obj: Context, segment: str, limit: int, as_json: bool) -> None:

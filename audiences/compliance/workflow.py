@@ -40,11 +40,19 @@ def effective_policy(config: ProjectConfig, segment: Any, pack: Any) -> dict[str
             "digest": pack.digest,
             "require_approval": _pack_requires(pack),
         },
+        # what the gate counts as sensitive: names `init --from` left unclassified count
+        # (declaring one not sensitive later changes this, and needs a new approval)
         "sensitivity": {
-            "columns.sensitive": sorted(config.columns.sensitive),
+            "columns.sensitive": sorted([*config.columns.sensitive, *config.columns.unclassified]),
             "columns.quasi_identifiers": sorted(config.columns.quasi_identifiers),
-            "events.sensitive_types": sorted(events.sensitive_types) if events else [],
-            "events.sensitive_columns": sorted(events.sensitive_columns) if events else [],
+            "events.sensitive_types": sorted([*events.sensitive_types, *events.unclassified_types])
+            if events
+            else [],
+            "events.sensitive_columns": sorted(
+                [*events.sensitive_columns, *events.unclassified_columns]
+            )
+            if events
+            else [],
         },
         "consent": config.consent.model_dump(mode="json"),
         "identity": config.identity.model_dump(mode="json"),

@@ -130,6 +130,39 @@ class EventsSource(SourceConfig):
         default_factory=list,
         description="event columns that reveal health information (e.g. department)",
     )
+    # Declared not health data (for a covered entity a visit is PHI: docs/policy-rules.md).
+    not_sensitive_types: list[str] = Field(default_factory=list)
+    not_sensitive_columns: list[str] = Field(default_factory=list)
+    # Written by `init --from` for the user to decide: `validate` fails until each entry is
+    # moved to sensitive_* or not_sensitive_*; the gate counts them as sensitive meanwhile.
+    unclassified_types: list[str] = Field(default_factory=list)
+    unclassified_columns: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_class(self) -> EventsSource:
+        _disjoint(
+            "[sources.events]",
+            sensitive_types=self.sensitive_types,
+            not_sensitive_types=self.not_sensitive_types,
+            unclassified_types=self.unclassified_types,
+        )
+        _disjoint(
+            "[sources.events]",
+            sensitive_columns=self.sensitive_columns,
+            not_sensitive_columns=self.not_sensitive_columns,
+            unclassified_columns=self.unclassified_columns,
+        )
+        return self
+
+
+def _disjoint(table: str, **lists: list[str]) -> None:
+    """No name in two of the lists (a name has one class)."""
+    items = list(lists.items())
+    for i, (first, a) in enumerate(items):
+        for second, b in items[i + 1 :]:
+            clash = sorted(set(a) & set(b))
+            if clash:
+                raise ValueError(f"{table} lists {clash} in both {first} and {second} — keep one")
 
 
 class Sources(Model):
@@ -143,6 +176,8 @@ class ColumnRoles(Model):
     # Contacts columns declared *not* health data (hipaa-marketing requires every column a
     # segment reads to be classified: sensitive, not_sensitive or an identity/consent role).
     not_sensitive: list[str] = Field(default_factory=list)
+    # Written by `init --from` for the user to decide (see EventsSource.unclassified_types).
+    unclassified: list[str] = Field(default_factory=list)
 
 
 class ConsentColumns(Model):
@@ -269,6 +304,12 @@ class ProjectConfig(Model):
             raise ValueError(
                 f"columns {sorted(both)} are listed as both sensitive and not_sensitive"
             )
+        _disjoint(
+            "[columns]",
+            sensitive=self.columns.sensitive,
+            not_sensitive=self.columns.not_sensitive,
+            unclassified=self.columns.unclassified,
+        )
         return self
 
     # ---- paths -------------------------------------------------------------------

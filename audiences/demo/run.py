@@ -53,6 +53,7 @@ def run(
     cmd = [sys.executable, "-c", _LAUNCH, str(DEMO_LEDGER.resolve()), "-p", str(project), *args]
     console.print(f"\n[bold cyan]$ audiences -p {project} {' '.join(args)}[/]", highlight=False)
     env = {**os.environ, **{k: os.environ.get(k) or v for k, v in SANDBOX_ENV.items()}}
+    env["AUDIENCES_QUIET"] = "1"  # output is shown after each step: stage lines add nothing
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if show:
         if proc.stdout.strip():

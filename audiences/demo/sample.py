@@ -47,7 +47,7 @@ import datetime as dt
 import os
 import tempfile
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -590,8 +590,10 @@ def write(
     seed: int,
     as_of: dt.date,
     formats: Sequence[str] = FORMATS,
+    progress: Callable[[str, float], None] | None = None,
 ) -> dict[str, list[Path]]:
-    """Generate the sample CRM and write ``contacts`` and ``events`` in each format.
+    """Generate the sample CRM and write ``contacts`` and ``events`` in each format
+    (``progress(stage, fraction)`` is told each stage, with its row counts).
 
     Each file is written to a temporary file in ``out_dir`` (mode 0600: the rows look like
     PII) and renamed over the target, so a crash never leaves a half-written file. Returns ``{"contacts": [...], "events":
@@ -612,12 +614,17 @@ def write(
             f"cannot create the sample data folder {out_dir} ({exc.strerror})",
             "choose a writable folder",
         ) from exc
+    step = progress or (lambda _msg, _frac: None)
+    step(f"generating {rows:,} contacts and their events", 0.0)
     contacts, events = generate(rows, seed=seed, as_of=as_of)
     written: dict[str, list[Path]] = {}
+    files = 2 * len(dict.fromkeys(formats))
     for name, frame in (("contacts", contacts), ("events", events)):
         written[name] = []
         for fmt in dict.fromkeys(formats):
             target = out_dir / f"{name}.{fmt}"
+            done = sum(len(paths) for paths in written.values())
+            step(f"writing {target.name} ({frame.height:,} rows)", 0.5 + 0.5 * done / files)
             with _atomic_target(target) as tmp:
                 if fmt == "parquet":
                     frame.write_parquet(tmp, compression="zstd", statistics=True)

@@ -9,6 +9,7 @@ rejected query kills an OpenDP context, and contexts can't be saved).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
@@ -189,16 +190,20 @@ def preview(
     epsilon: float | None = None,
     as_of: date | None = None,
     actor: str | None = None,
+    progress: Callable[[str, float], None] | None = None,
 ) -> Preview:
     from policies.pack import load_pack
     from policies.privacy import dp
     from policies.privacy.ledger import open_ledger
 
+    step = progress or (lambda _msg, _frac: None)
     as_of = as_of or datetime.now(UTC).date()
     pack = load_pack(config)
     eps = _epsilon(config, epsilon, pack)
     (segment,) = select_segments(config, [segment_name])
+    step("reading sources", 0.05)
     sources = load_sources(config)
+    step(f"{segment.name}: checking against the data", 0.2)
     validate_against_data(config, [segment], sources, as_of)
     dims = dimensions(config, sources.contacts.collect_schema())
     segment_keys(config, segment, dims)
@@ -207,9 +212,11 @@ def preview(
     try:
         requested = PrivacyBudget(eps, 0.0)
         check_budget(ledger, sources.digest, requested, as_of)
+        step(f"{segment.name}: selecting members", 0.4)
         members = collect_candidates(
             config, segment, sources, as_of, project_salt(config.state_dir), link_opt_outs=False
         )
+        step(f"{segment.name}: noisy counts", 0.8)  # never the exact count: a marketer sees it
         ledger.spend(
             sources.digest,
             requested,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,11 @@ def init_project(directory: Path, *, force: bool = False) -> list[Path]:
             f"{directory / CONFIG_FILE} already exists",
             "pick an empty folder, or pass --force to overwrite the template files",
         )
+    return copy_template(directory)
+
+
+def copy_template(directory: Path, *, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Copy the project template's files into ``directory`` (``skip``: top-level names)."""
     template = resources.files("audiences.pipeline") / "templates" / "project"
     written: list[Path] = []
     with resources.as_file(template) as source:
@@ -30,6 +36,8 @@ def init_project(directory: Path, *, force: bool = False) -> list[Path]:
             if path.is_dir() or "__pycache__" in path.parts:
                 continue
             rel = path.relative_to(source)
+            if rel.parts[0] in skip:
+                continue
             name = ".gitignore" if rel.name == "gitignore" else rel.name
             target = directory / rel.parent / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -55,19 +63,28 @@ def validate_project(
 
 
 def check_project(
-    config: ProjectConfig, *, as_of: date | None = None, only: list[str] | None = None
+    config: ProjectConfig,
+    *,
+    as_of: date | None = None,
+    only: list[str] | None = None,
+    progress: Callable[[str, float], None] | None = None,
 ) -> dict[str, Any]:
     """Load the pack and the segments (all, or ``only``), and check them against the
     data: every problem of every file, as errors and warnings (see docs/segments.md)."""
     from audiences.pipeline.validation import Validation
 
+    step = progress or (lambda _msg, _frac: None)
     run = Validation(config, as_of or datetime.now(UTC).date())
+    step("policy pack and segments", 0.05)
     pack = run.pack()
     segments = run.segments(only)
+    step("reading sources and checking their values", 0.2)
     sources = run.sources()
     if sources is not None:
+        step(f"checking {len(segments)} segment(s) against the data", 0.6)
         run.against_data(segments, sources, k=min_size_k(pack))
         run.sensitivity(segments, sources, pack)
+    run.unclassified()
     run.destinations()
     return {
         "ok": not run.errors,

@@ -272,9 +272,10 @@ def plan(
     *,
     as_of: date | None = None,
     actor: str | None = None,
+    progress: Progress | None = None,
 ) -> tuple[list[BuildResult], list[DestinationPlan]]:
     """What a sync would do, per ad destination. Calls no platform; writes nothing."""
-    results = build(config, names, as_of=as_of, actor=actor, dry_run=True)
+    results = build(config, names, as_of=as_of, actor=actor, dry_run=True, progress=progress)
     conn = connect(config.state_db)
     plans = []
     try:

@@ -24,6 +24,7 @@ from audiences.crm.checks import (
     check_types,
     raw_frame,
 )
+from audiences.crm.inference import looks_clinical
 
 if TYPE_CHECKING:
     from audiences.crm.sources import Sources
@@ -164,11 +165,51 @@ class Validation:
                 )
         except AudiencesError as exc:
             self.error("sensitivity", exc, "audiences.toml")
+        if not self.errors:  # advice, once the project has no errors
+            for warning in clinical_warnings(self.config, sources):
+                what, _, fix = warning.partition(": add it")
+                self.findings.append(
+                    Finding("warning", "sensitivity", what, "add it" + fix, "audiences.toml")
+                )
         if pack is not None and not self.errors:  # a typo is a typo first, not unclassified
             try:
                 require_classified(segments, self.config, pack)
             except AudiencesError as exc:
                 self.error("classification", exc, "audiences.toml")
+
+    def unclassified(self) -> None:
+        """Names ``init --from`` left to classify: an error each until the user decides."""
+        events = self.config.sources.events
+        todo = [
+            (
+                "[columns]",
+                "unclassified",
+                "sensitive",
+                "not_sensitive",
+                self.config.columns.unclassified,
+            )
+        ]
+        if events is not None:
+            todo += [
+                ("[sources.events]", "unclassified_types", "sensitive_types",
+                 "not_sensitive_types", events.unclassified_types),
+                ("[sources.events]", "unclassified_columns", "sensitive_columns",
+                 "not_sensitive_columns", events.unclassified_columns),
+            ]  # fmt: skip
+        for table, key, yes, no, names in todo:
+            for name in names:
+                self.findings.append(
+                    Finding(
+                        "error",
+                        "unclassified",
+                        f"{table} {key} still lists {name!r}: is it health data?",
+                        f"move it to {yes} (clinical, a patient's status such as a visit, or "
+                        f'derived from them — docs/policy-rules.md, "Patient status is PHI") '
+                        f"or to {no}, in audiences.toml",
+                        "audiences.toml",
+                        column=name,
+                    )
+                )
 
     def destinations(self) -> None:
         from connectors.file import record_export
@@ -416,13 +457,81 @@ def check_sensitive_present(config: ProjectConfig, sources: Sources) -> list[str
             .to_list()
         )
         _require_names("[sources.events] sensitive_types", events.sensitive_types, present)
-    known = classified_columns(config)
-    return [
-        f"contacts column {c!r} looks derived from health data but is not classified: add it "
-        "to [columns] sensitive (or not_sensitive if it is not)"
+    known = classified_columns(config) | {sensitivity_key(c) for c in config.columns.unclassified}
+    derived = [
+        c
         for c in contacts
         if sensitivity_key(c) not in known and any(h in sensitivity_key(c) for h in DERIVED_HINTS)
     ]
+    return [
+        f"contacts column {c!r} looks derived from health data but is not classified: add it "
+        "to [columns] sensitive (or not_sensitive if it is not)"
+        for c in derived
+    ]
+
+
+def clinical_warnings(config: ProjectConfig, sources: Sources) -> list[str]:
+    """Contacts columns, event columns and event types whose names read as clinical or as
+    a patient's status (department, visit, lifecycle, ...) and that the config classifies
+    neither way (docs/policy-rules.md, "Patient status is PHI")."""
+    from policies.rules import DERIVED_HINTS, classified_columns, sensitivity_key
+
+    known = classified_columns(config) | {sensitivity_key(c) for c in config.columns.unclassified}
+    return [
+        f"contacts column {c!r} looks clinical or like a patient's status but is not "
+        "classified: add it to [columns] sensitive (or not_sensitive if it is not; "
+        'docs/policy-rules.md, "Patient status is PHI")'
+        for c in sources.contacts.collect_schema().names()
+        if sensitivity_key(c) not in known
+        and looks_clinical(c)
+        and not any(h in sensitivity_key(c) for h in DERIVED_HINTS)  # warned already
+    ] + _clinical_events(config, sources)
+
+
+def _clinical_events(config: ProjectConfig, sources: Sources) -> list[str]:
+    """Event columns and event types (those seen in at least 10 events, at most 200 kinds)
+    that look clinical or like a patient's status and are classified neither way."""
+    import polars as pl
+
+    from policies.rules import sensitivity_key
+
+    events = config.sources.events
+    if events is None or sources.events is None:
+        return []
+    said = {
+        sensitivity_key(n)
+        for n in (
+            *events.sensitive_columns, *events.not_sensitive_columns,
+            *events.unclassified_columns, events.contact_id, events.type, events.time,
+        )
+    }  # fmt: skip
+    out = [
+        f"event column {c!r} looks clinical but is not classified: add it to [sources.events] "
+        "sensitive_columns (or not_sensitive_columns if it is not)"
+        for c in sources.events.collect_schema().names()
+        if sensitivity_key(c) not in said and looks_clinical(c)
+    ]
+    counts = (
+        sources.events.group_by(pl.col(events.type).cast(pl.String).alias("t"))
+        .len()
+        .filter(pl.col("t").is_not_null() & (pl.col("len") >= 10))
+        .head(201)
+        .collect()
+    )
+    if counts.height > 200:
+        return out
+    typed = {
+        sensitivity_key(t)
+        for t in (*events.sensitive_types, *events.not_sensitive_types, *events.unclassified_types)
+    }
+    out += [
+        f"event type {t!r} looks clinical or like a patient's status (a visit is PHI for a "
+        "covered entity) but is not classified: add it to [sources.events] sensitive_types "
+        '(or not_sensitive_types if it is not; docs/policy-rules.md, "Patient status is PHI")'
+        for t in sorted(counts["t"].to_list())
+        if sensitivity_key(t) not in typed and looks_clinical(t)
+    ]
+    return out
 
 
 def _require_names(setting: str, wanted: list[str], present: list[str]) -> None:
