@@ -55,6 +55,11 @@ class BatchOutcome:
     # member_keys of people refused before sending (counted in ``invalid``): the sync
     # engine records them as rejected, not as members
     rejected_keys: list[int] = field(default_factory=list)
+    # member_keys of people sent in a request the platform took only in part without
+    # saying which of its people it refused (Data Manager PARTIAL_SUCCESS): what the
+    # platform holds for them is unknown. The sync engine records them neither as members
+    # nor as removed, keeps them as unsure and sends them again on the next sync.
+    unknown_keys: list[int] = field(default_factory=list)
 
 
 def read_ca_file(ca_file: str, platform: str) -> bytes:

@@ -130,14 +130,70 @@ def test_denied_ad_user_data_is_never_released_nor_sent(make_project: Any) -> No
     assert p.boxes.data_manager.members(r["audience"]) == dm_people(release.members)
 
 
-def test_partial_success_rows_are_counted_rejected(make_project: Any) -> None:
+def test_partial_success_people_stay_unknown_until_sent_again(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PARTIAL_SUCCESS counts the refused but never names them: the request's people are
+    neither members nor non-members in state; the next sync sends them again."""
+    import connectors.google_data_manager.client as dm_client
+
+    monkeypatch.setattr(dm_client, "MAX_MEMBERS_PER_REQUEST", 100)
     p = project(make_project)
-    p.boxes.data_manager.inject("partial", count=7)
+    release = p.release("west-coast", "google")
+    assert release.members.height > 200  # the partial request is one of several
+    box = p.boxes.data_manager
+    box.inject("partial", method="IngestAudienceMembers", count=7)
     (r,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
-    assert (r.status, r.invalid) == ("ok", 7)
-    assert r.received == r.sent - 7
-    ((invalid,),) = p.query("SELECT sum(invalid) FROM batches WHERE sync_id = ?", (r.sync_id,))
-    assert invalid == 7
+    assert (r.status, r.invalid, r.received) == ("ok", 7, r.sent - 7)
+    assert r.membership_unknown == 100  # the whole first request
+    audience = r.audience
+    confirmed = p.confirmed("west-coast", "google")
+    first = release.members.head(100)
+    # none of the partial request's people is recorded as a member...
+    assert not set(confirmed.get_column("member_key")) & set(first.get_column("member_key"))
+    assert confirmed.height == release.members.height - 100
+    # ...while 393 of them are on the list: state never claims to know which
+    assert len(box.members(audience) & dm_people(first)) == 93
+    (summary,) = p.query("SELECT summary FROM syncs WHERE sync_id = ?", (r.sync_id,))[0]
+    assert '"membership_unknown": 100' in summary
+    report = p.cli("report", "west-coast")
+    assert report.exit_code == 0 and "membership unknown: 100" in report.output
+    text = p.cli("sync", "west-coast", "--as-of", DAY)  # nothing changed: only the unknown
+    assert text.exit_code == 0 and "only in part" not in text.output
+    exact = p.query(
+        "SELECT adds, removes FROM syncs WHERE destination = 'google' ORDER BY started_at"
+    )[-1]
+    assert exact == (100, 0)  # sent again, though the snapshot's diff had nothing to add
+    assert p.confirmed("west-coast", "google").height == release.members.height
+    assert box.members(audience) == dm_people(release.members)
+    unsure = p.root / ".audiences" / "memberships" / "west-coast" / "google.unsure.parquet"
+    assert not unsure.exists()
+
+
+def test_a_partial_removal_is_sent_again(make_project: Any) -> None:
+    p = project(make_project)
+    release = p.release("west-coast", "google")
+    (r,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
+    leaving = set(sorted(p.contact_ids(release.members))[:30])
+    frame = p.contacts()
+    p.write_contacts(
+        frame.with_columns(
+            pl.when(pl.col("contact_id").is_in(list(leaving)))
+            .then(False)
+            .otherwise(pl.col("marketing_opt_in"))
+            .alias("marketing_opt_in")
+        )
+    )
+    after = p.release("west-coast", "google")
+    p.boxes.data_manager.inject("partial", method="RemoveAudienceMembers", count=5)
+    (r2,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
+    assert r2.status == "ok" and r2.membership_unknown == r2.removes >= 30
+    # the removal is not recorded: state still lists them (maybe on the platform)
+    assert p.confirmed("west-coast", "google").height == release.members.height
+    doc = p.cli_json("sync", "west-coast", "--as-of", DAY)
+    assert only_result(doc)["membership_unknown_any"] is False
+    assert p.boxes.data_manager.members(r.audience) == dm_people(after.members)
+    assert dm_people(p.confirmed("west-coast", "google")) == dm_people(after.members)
 
 
 @pytest.mark.parametrize("sent", [False, True], ids=["dies-before-sending", "dies-after-sending"])

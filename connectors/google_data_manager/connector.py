@@ -6,11 +6,14 @@ batch (SUCCESS or PARTIAL_SUCCESS; a FAILED request or one still PROCESSING when
 gives up raises, and the batch is sent again by a later run — ingesting and removing are
 idempotent on the platform). People refused before sending (consent DENIED, a region
 code that is not ISO 3166-1 alpha-2, no identifier) are returned as ``rejected_keys``:
-the engine records them as rejected, not as members.
+the engine records them as rejected, not as members. The people of a PARTIAL_SUCCESS
+request are returned as ``unknown_keys``: the platform counts what it refused but does
+not say who, so the engine keeps them as unsure and sends them again on the next sync.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
@@ -20,6 +23,7 @@ from connectors.base import AudienceConnector, BatchOutcome, Capabilities, Desti
 from connectors.google_data_manager.config import GoogleDataManagerDestinationConfig
 
 if TYPE_CHECKING:
+    from connectors.google_data_manager.client import RequestOutcome
     from policies.release import Release
 
 KEY = "member_key"
@@ -134,6 +138,7 @@ class GoogleDataManagerConnector(AudienceConnector):
             outcome.samples += [f"{n} {reason}" for reason, n in sorted(o.errors.items())][:5]
             if o.match_rate_range:
                 session["match_rate_range"] = o.match_rate_range
+        _unknown_members(outcome, outcomes, sendable)
         return outcome
 
     def _screen(self, rows: pl.DataFrame, outcome: BatchOutcome, *, adding: bool) -> pl.DataFrame:
@@ -178,3 +183,28 @@ class GoogleDataManagerConnector(AudienceConnector):
             if KEY in out.columns:
                 outcome.rejected_keys.extend(out.get_column(KEY).to_list())
         return flagged.filter(~pl.col("__refused")).drop("__refused")
+
+
+def _unknown_members(
+    outcome: BatchOutcome, outcomes: Sequence[RequestOutcome], sent: pl.DataFrame
+) -> None:
+    """The people of every request that ended PARTIAL_SUCCESS, as ``unknown_keys``.
+
+    The request status counts the refused records per reason but never names them
+    (``ErrorInfo.error_counts``), so nobody of such a request is known to be on the list
+    or off it. Request ``i`` held rows ``i * MAX_MEMBERS_PER_REQUEST`` onwards, in order.
+    """
+    from connectors.google_data_manager.client import MAX_MEMBERS_PER_REQUEST
+
+    partial = [i for i, o in enumerate(outcomes) if o.status == "PARTIAL_SUCCESS"]
+    if not partial:
+        return
+    keys = sent.get_column(KEY)
+    for i in partial:
+        outcome.unknown_keys += keys.slice(
+            i * MAX_MEMBERS_PER_REQUEST, MAX_MEMBERS_PER_REQUEST
+        ).to_list()
+    outcome.samples.append(
+        f"{len(outcome.unknown_keys)} people in {len(partial)} PARTIAL_SUCCESS request(s): "
+        "the platform does not say which it refused; they are sent again on the next sync"
+    )
