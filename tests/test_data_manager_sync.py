@@ -237,3 +237,73 @@ def test_a_phi_derived_segment_never_reaches_it(make_project: Any) -> None:
     assert {r["status"] for r in doc["results"]} == {"blocked"}
     assert "forbids health-based customer lists" in doc["results"][0]["error"]
     assert len(p.boxes.data_manager.requests) == before
+
+
+@pytest.mark.parametrize("destination", ["google", "google_ads"])
+def test_eea_people_are_sent_only_with_both_signals_granted_in_the_crm(
+    make_project: Any, destination: str
+) -> None:
+    """The attack: a config that maps no Google consent column releases everyone with
+    UNSPECIFIED consent; neither Google connector sends the EEA / UK / CH people among them."""
+    from conftest import google_people
+
+    from connectors.google_common import CONSENT_REGIONS
+
+    p = project(make_project, SEGMENT.replace("[google]", f"[{destination}]"))
+    p.edit_toml(lambda t: t.replace('ad_personalization = "ad_personalization_consent"\n', ""))
+    p.approve("west-coast")
+    frame = p.contacts()
+    moved = sorted(released_ids(frame, WEST_COAST))[:120]  # back later: adds over k_diff
+    countries = pl.Series(["Germany", "FR", "ie", "United Kingdom"] * 30)
+    p.write_contacts(
+        frame.join(pl.DataFrame({"contact_id": moved, "moved_to": countries}), "contact_id", "left")
+        .with_columns(pl.coalesce("moved_to", "country").alias("country"))
+        .drop("moved_to")
+    )
+    release = p.release("west-coast", destination)
+    in_eea = pl.col("country_code").is_in(sorted(CONSENT_REGIONS))
+    eea = release.members.filter(in_eea)
+    assert eea.height >= 100 and "GRANTED" not in set(eea.get_column("ad_user_data"))
+    (r,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
+    assert r.status == "ok" and r.invalid == eea.height
+    confirmed = p.confirmed("west-coast", destination)
+    assert confirmed.height == release.members.height - eea.height
+    assert confirmed.filter(in_eea).height == 0
+    people = dm_people if destination == "google" else google_people
+    box = p.boxes.data_manager if destination == "google" else p.boxes.google
+    assert box.members(r.audience) == people(confirmed)  # nobody from the EEA on the list
+    # ... because the connector never sent them, not because the platform refused them
+    if destination == "google":
+        assert r.membership_unknown == 0
+        assert not any(request.errors for request in box.requests_for(r.audience))
+    else:
+        assert not any(j.refused for j in box.jobs.values() if j.user_list == r.audience)
+
+    # with both columns mapped and both granted in the CRM, they go
+    p.edit_toml(
+        lambda t: t.replace(
+            '# ad_user_data = "ad_user_data_consent"',
+            'ad_user_data = "ad_user_data_consent"\nad_personalization = "ad_personalization_consent"',
+        )
+    )
+    p.approve("west-coast")
+    eea_ids = set(moved)
+    p.write_contacts(
+        p.contacts().with_columns(
+            [
+                pl.when(pl.col("contact_id").is_in(list(eea_ids)))
+                .then(pl.lit("granted"))
+                .otherwise(pl.col(c))
+                .alias(c)
+                for c in ("ad_user_data_consent", "ad_personalization_consent")
+            ]
+        )
+    )
+    again = p.release("west-coast", destination)
+    granted = again.members.filter(in_eea)
+    assert granted.height >= eea.height and set(granted.get_column("ad_user_data")) == {"GRANTED"}
+    (r2,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
+    assert r2.status == "ok" and r2.held_adds == 0
+    confirmed = p.confirmed("west-coast", destination)
+    assert confirmed.filter(in_eea).height == granted.height
+    assert box.members(r.audience) == people(confirmed)

@@ -13,16 +13,7 @@ from connectors.base import (
     DestinationConfig,
 )
 from connectors.google_ads.config import GoogleAdsDestinationConfig
-
-IDENTIFIERS = [
-    "hashed_email",
-    "hashed_phone_number",
-    "hashed_first_name",
-    "hashed_last_name",
-    "country_code",
-    "postal_code",
-]
-CONSENT = ["ad_user_data", "ad_personalization"]
+from connectors.google_common import CONSENT, IDENTIFIERS, KEY, screen
 
 
 class GoogleAdsConnector(AudienceConnector):
@@ -87,26 +78,22 @@ class GoogleAdsConnector(AudienceConnector):
         session: dict[str, Any],
     ) -> BatchOutcome:
         outcome = BatchOutcome(op=op, size=rows.height, received=0)
+        # Who may not be sent at all (no identifier; adding: consent DENIED, or EEA / UK /
+        # CH without both signals GRANTED in the CRM) is refused here, the last guard.
+        sendable = screen(rows, outcome, adding=op != "remove")
         if op == "remove":
-            groups: list[tuple[tuple[str, str] | None, pl.DataFrame]] = [(None, rows)]
+            groups: list[tuple[tuple[str, str] | None, pl.DataFrame]] = [(None, sendable)]
         else:
-            # People with different consent go in separate jobs; no decision = UNSPECIFIED.
-            # Customer Match refuses a job whose consent is DENIED: those people are
-            # never sent (the gate should not release them; this is the last guard).
-            consent = rows.with_columns(
+            # Customer Match takes consent per job: people with different consent go in
+            # separate jobs; no decision = UNSPECIFIED (allowed outside the EEA only).
+            consent = sendable.with_columns(
                 [
                     pl.col(c).fill_null("UNSPECIFIED")
-                    if c in rows.columns
+                    if c in sendable.columns
                     else pl.lit("UNSPECIFIED").alias(c)
                     for c in CONSENT
                 ]
             )
-            denied = pl.any_horizontal([pl.col(c) == "DENIED" for c in CONSENT])
-            refused = consent.filter(denied).height
-            outcome.invalid += refused
-            if refused:
-                outcome.samples.append(f"{refused} with consent DENIED not sent")
-            consent = consent.filter(~denied)
             groups = [
                 ((str(key[0]), str(key[1])), part)
                 for key, part in consent.partition_by(
@@ -114,6 +101,8 @@ class GoogleAdsConnector(AudienceConnector):
                 ).items()
             ]
         for consent_pair, part in groups:
+            if not part.height and not (op == "replace" and not session.get("cleared")):
+                continue
             members = part.select([c for c in IDENTIFIERS if c in part.columns]).to_dicts()
             # A full refresh empties the list once (remove_all first in the first job).
             replace = op == "replace" and not session.get("cleared")
@@ -128,6 +117,9 @@ class GoogleAdsConnector(AudienceConnector):
             outcome.received += int(result.accepted)
             outcome.invalid += int(result.rejected) + int(result.skipped)
             outcome.samples.extend(sorted(result.rejected_by_code)[:5])
+            refused = sorted({row for rows in result.rejected_rows.values() for row in rows})
+            if refused and KEY in part.columns:  # refused by the API: not members
+                outcome.rejected_keys += part.get_column(KEY).gather(refused).to_list()
             if result.match_rate_range:
                 session["match_rate_range"] = result.match_rate_range
         return outcome

@@ -18,7 +18,9 @@ code that is not ISO 3166-1 alpha-2, more than 10,000 members, encoding unset, C
 Match terms not ACCEPTED); an unknown list is ``NOT_FOUND``, another account
 ``PERMISSION_DENIED``, a wrong token ``UNAUTHENTICATED``. A member whose consent (its own,
 else the request's) is DENIED for ``ad_user_data`` or ``ad_personalization`` is refused
-in processing (``DENIED_CONSENT``): never added.
+in processing (``DENIED_CONSENT``): never added; so is a member whose address is in the
+EEA, the UK or Switzerland without both signals GRANTED (``UNKNOWN_CONSENT``: Google's EU
+user consent policy).
 
 Faults are queued with :meth:`DataManagerSandbox.inject`: ``resource_exhausted`` (with a
 ``RetryInfo``), ``unavailable``, ``permission_denied``, ``unauthenticated`` end the next
@@ -48,6 +50,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from audiences.core.countries import ISO_COUNTRIES
+from connectors.google_common import CONSENT_REGIONS
 from connectors.sandbox.tls import LoopbackGrpcSandbox
 
 PREFIX = "google.ads.datamanager.v1"
@@ -97,7 +100,7 @@ class SandboxRequest:
     request_id: str
     kind: Literal["ingest", "remove", "remove_all"]
     user_list: int
-    people: list[tuple[Person, bool]]  # (person, consent allows it)
+    people: list[tuple[Person, int]]  # (person, ProcessingErrorReason its consent gets, or 0)
     polls_left: int
     refused_tail: int = 0  # partial fault: the last N are refused
     fail: bool = False
@@ -377,7 +380,7 @@ class DataManagerSandbox(LoopbackGrpcSandbox):
             )
         return stored
 
-    def _members(self, request: Any, *, adding: bool) -> list[tuple[Person, bool]]:
+    def _members(self, request: Any, *, adding: bool) -> list[tuple[Person, int]]:
         if request.encoding != types.Encoding.HEX:
             raise _bad("encoding", "must be HEX for hashed identifiers")
         if not 0 < len(request.audience_members) <= MAX_MEMBERS:
@@ -386,17 +389,23 @@ class DataManagerSandbox(LoopbackGrpcSandbox):
         people = []
         for i, member in enumerate(request.audience_members):
             person = _person(member, f"audience_members[{i}]")
-            allowed = True
+            refusal = 0
             if default is not None:
                 own = member.consent if "consent" in member else None
-                for signal in ("ad_user_data", "ad_personalization"):
-                    value = getattr(own, signal) if own is not None else 0
-                    value = value or getattr(default, signal)
-                    allowed = allowed and value != DENIED
-            people.append((person, allowed))
+                values = [
+                    (getattr(own, signal) if own is not None else 0) or getattr(default, signal)
+                    for signal in ("ad_user_data", "ad_personalization")
+                ]
+                regions = {v.split(":")[2] for k, v in person if k == "address"}
+                if DENIED in values:
+                    refusal = Reason.PROCESSING_ERROR_REASON_DENIED_CONSENT
+                elif regions & CONSENT_REGIONS and values != [GRANTED, GRANTED]:
+                    # EU user consent policy: EEA / UK / CH data needs both GRANTED
+                    refusal = Reason.PROCESSING_ERROR_REASON_UNKNOWN_CONSENT
+            people.append((person, refusal))
         return people
 
-    def _new_request(self, kind: Any, list_id: int, people: list[tuple[Person, bool]]) -> str:
+    def _new_request(self, kind: Any, list_id: int, people: list[tuple[Person, int]]) -> str:
         request_id = uuid.uuid4().hex
         fault = self._take_fault(_method(kind), ("processing", "partial", "failed"))
         pending = SandboxRequest(request_id, kind, list_id, people, self.processing_polls)
@@ -466,11 +475,11 @@ class DataManagerSandbox(LoopbackGrpcSandbox):
         if pending.kind == "remove_all":
             stored.members.clear()
         cut = len(pending.people) - pending.refused_tail
-        for i, (person, allowed) in enumerate(pending.people):
+        for i, (person, refusal) in enumerate(pending.people):
             if i >= cut:
                 reason = Reason.PROCESSING_ERROR_REASON_INVALID_FORMAT
-            elif not allowed:
-                reason = Reason.PROCESSING_ERROR_REASON_DENIED_CONSENT
+            elif refusal:
+                reason = refusal
             else:
                 if pending.kind == "ingest":
                     stored.members.add(person)

@@ -68,6 +68,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import status_pb2
 
+from connectors.google_common import CONSENT_REGIONS
 from connectors.sandbox.tls import LoopbackGrpcSandbox
 
 API_VERSION = "v26"
@@ -215,6 +216,7 @@ class SandboxJob:
     staged: list[tuple[str, Person | None]] = field(default_factory=list)
     kinds: set[str] = field(default_factory=set)  # "create" / "remove" (remove_all apart)
     in_flight: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # operations refused, per error code
 
 
 @dataclass(frozen=True)
@@ -846,6 +848,8 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
                 continue
             assert kind is not None  # refused above
             person, problems = _person(getattr(operation, kind), index, kind)
+            if kind == "create" and not problems and not _consent_given(job, person):
+                problems = [_no_eea_consent(index)]
             if problems:
                 errors.extend(problems)
             elif person is not None:
@@ -864,6 +868,8 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
                 )
             job.staged.extend(staged)
             job.kinds |= request_kinds
+            for error in errors:
+                job.refused[error.code] = job.refused.get(error.code, 0) + 1
         response = offline_user_data_job_service.AddOfflineUserDataJobOperationsResponse()
         if errors:
             response.partial_failure_error = _partial_failure_status(errors)
@@ -1063,6 +1069,25 @@ def _partial_failure_status(errors: Sequence[ApiError]) -> status_pb2.Status:
 
 def _path_text(path: tuple[tuple[str, int | None], ...]) -> str:
     return ".".join(name if index is None else f"{name}[{index}]" for name, index in path)
+
+
+def _consent_given(job: SandboxJob, person: Person | None) -> bool:
+    """Whether the job's consent allows adding ``person``: a person whose address is in
+    the EEA, the UK or Switzerland needs both signals GRANTED (EU user consent policy)."""
+    regions = {value.rsplit(":", 2)[1] for kind, value in person or () if kind == "address_info"}
+    if not regions & CONSENT_REGIONS:
+        return True
+    return job.ad_user_data == job.ad_personalization == ConsentStatus.GRANTED
+
+
+def _no_eea_consent(index: int) -> ApiError:
+    return ApiError(
+        "offline_user_data_job_error",
+        "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS",
+        "Data of users in the EEA, the UK or Switzerland needs consent: ad_user_data and "
+        "ad_personalization GRANTED.",
+        (("operations", index), ("create", None)),
+    )
 
 
 def _person(user_data: Any, index: int, kind: str) -> tuple[Person | None, list[ApiError]]:

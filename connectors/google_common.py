@@ -1,0 +1,139 @@
+"""What the two Google destinations (``google_ads``, ``google_data_manager``) share.
+
+Both upload the ``google_ads`` identifier layout (``audiences.crm.identifiers``) plus the
+consent signals ``ad_user_data`` / ``ad_personalization`` to a Customer Match list of one
+Google Ads account, so they share its settings (:class:`GoogleAccountConfig`) and the
+last guard before sending (:func:`screen`): who may not be sent at all.
+
+Consent in the EEA. Google's EU user consent policy requires both signals GRANTED for
+the data of users in the EEA (and, under the same policy, the UK and Switzerland); the
+API refuses to use it otherwise. A member whose address country is one of
+:data:`CONSENT_REGIONS`, or whose country is unknown (the CRM value was not recognised:
+they may be anywhere), is sent only with both signals GRANTED **from the CRM's consent
+columns** — never on a request-level default and never UNSPECIFIED: a config that maps
+no consent column uploads nobody from those countries.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import polars as pl
+from pydantic import Field, field_validator
+
+from audiences.core.countries import ISO_COUNTRIES
+from audiences.crm.identifiers import LAYOUTS
+from audiences.crm.jurisdiction import EEA_COUNTRIES
+from connectors.base import DestinationConfig
+
+if TYPE_CHECKING:
+    from connectors.base import BatchOutcome
+
+KEY = "member_key"
+IDENTIFIERS = list(LAYOUTS["google_ads"])  # hashed email, phone, names; country, postal code
+ADDRESS = ["hashed_first_name", "hashed_last_name", "country_code", "postal_code"]
+CONSENT = ["ad_user_data", "ad_personalization"]
+# Where Google's EU user consent policy needs both signals GRANTED (uppercase ISO codes).
+CONSENT_REGIONS = frozenset({c.upper() for c in EEA_COUNTRIES} | {"GB", "CH"})
+
+
+def customer_id(value: str | None) -> str | None:
+    """A Google Ads customer id as 10 digits (dashes dropped); None stays None."""
+    if value is None:
+        return None
+    digits = value.replace("-", "")
+    if len(digits) != 10 or not digits.isdigit():
+        raise ValueError("must be a 10-digit Google Ads customer id, e.g. 123-456-7890")
+    return digits
+
+
+class GoogleAccountConfig(DestinationConfig):
+    """Settings every Google destination has: the account, the endpoint, the minimum."""
+
+    customer_id: str = Field(description="the Google Ads account that owns the list: 123-456-7890")
+    login_customer_id: str | None = Field(None, description="manager account, if one links it")
+    endpoint: str | None = Field(None, description="host:port override (sandbox)")
+    ca_file: str | None = Field(None, description="CA bundle for a TLS endpoint override")
+    min_size: int = Field(100, ge=1)
+
+    @field_validator("customer_id", "login_customer_id")
+    @classmethod
+    def _ten_digits(cls, value: str | None) -> str | None:
+        return customer_id(value)
+
+
+def _present(column: str) -> pl.Expr:
+    return pl.col(column).is_not_null() & (pl.col(column) != "")
+
+
+def screen(rows: pl.DataFrame, outcome: BatchOutcome, *, adding: bool) -> pl.DataFrame:
+    """The rows that may be sent; the others are counted in ``outcome`` (``invalid``, a
+    sample per reason) and returned as its ``rejected_keys``.
+
+    An address whose region code is not ISO 3166-1 alpha-2 is dropped (the person's other
+    identifiers still go). Not sent: a person left with no identifier; when adding, one
+    whose consent is DENIED, or one in :data:`CONSENT_REGIONS` (or of unknown country)
+    without both signals GRANTED.
+    """
+    frame = rows
+    if "country_code" in frame.columns:
+        bad_region = _present("country_code") & ~pl.col("country_code").str.to_lowercase().is_in(
+            sorted(ISO_COUNTRIES)
+        )
+        dropped = frame.filter(bad_region).height
+        if dropped:
+            outcome.samples.append(
+                f"{dropped} addresses without an ISO 3166-1 alpha-2 region code not sent "
+                "(fix [identity] country / default_country)"
+            )
+            frame = frame.with_columns(
+                [
+                    pl.when(bad_region).then(None).otherwise(pl.col(c)).alias(c)
+                    for c in ADDRESS
+                    if c in frame.columns
+                ]
+            )
+    emails_phones = [_present(c) for c in IDENTIFIERS[:2] if c in frame.columns]
+    address = [_present(c) for c in ADDRESS if c in frame.columns]
+    has_address = pl.all_horizontal(address) if len(address) == len(ADDRESS) else pl.lit(False)
+    reasons = {
+        "no identifier (email, phone or full address)": ~pl.any_horizontal(
+            [*emails_phones, has_address]
+        )
+    }
+    if adding:
+        signals = [pl.col(c) if c in frame.columns else pl.lit(None, pl.String) for c in CONSENT]
+        reasons["consent DENIED"] = pl.any_horizontal([s == "DENIED" for s in signals]).fill_null(
+            False
+        )
+        country = (
+            pl.col("country_code").str.to_uppercase()
+            if "country_code" in frame.columns
+            else pl.lit(None, pl.String)
+        )
+        needs_grant = country.is_null() | country.is_in(sorted(CONSENT_REGIONS))
+        granted = pl.all_horizontal([(s == "GRANTED").fill_null(False) for s in signals])
+        reasons[
+            "in the EEA, UK or Switzerland (or of unknown country) without ad_user_data and "
+            "ad_personalization GRANTED in the CRM"
+        ] = needs_grant & ~granted
+    return _refuse(frame, reasons, outcome)
+
+
+def _refuse(
+    frame: pl.DataFrame, reasons: dict[str, pl.Expr], outcome: BatchOutcome
+) -> pl.DataFrame:
+    """``frame`` without the rows any reason refuses; those counted, sampled and keyed."""
+    names = [f"__refused_{i}" for i in range(len(reasons))]
+    flagged = frame.with_columns([e.alias(n) for n, e in zip(names, reasons.values(), strict=True)])
+    refused = pl.any_horizontal([pl.col(n) for n in names])
+    out = flagged.filter(refused)
+    if out.height:
+        counts = out.select([pl.col(n).sum() for n in names]).row(0)
+        outcome.invalid += out.height
+        outcome.samples += [
+            f"{n} not sent: {reason}" for reason, n in zip(reasons, counts, strict=True) if n
+        ]
+        if KEY in out.columns:
+            outcome.rejected_keys.extend(out.get_column(KEY).to_list())
+    return flagged.filter(~refused).drop(names)
