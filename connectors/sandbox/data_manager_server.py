@@ -150,6 +150,7 @@ class DataManagerSandbox(LoopbackGrpcSandbox):
         self.requests: dict[str, SandboxRequest] = {}
         self._faults: deque[Fault] = deque()
         self.calls: list[tuple[str, str]] = []  # (method, status name)
+        self.handling_s = 0.0  # time spent in handlers (client-minus-server overhead figures)
 
     # -- test controls
 
@@ -253,10 +254,12 @@ class DataManagerSandbox(LoopbackGrpcSandbox):
     def _served(self, method: str, handler: Callable[[Any], Any]) -> Any:
         def serve_call(request: Any, context: grpc.ServicerContext) -> Any:
             request_id = uuid.uuid4().hex
+            started = time.perf_counter()
             try:
                 self._before(method, context)
                 response = handler(request)
             except _Refused as refused:
+                self._handled(started)
                 self.calls.append((method, refused.code.name))
                 context.set_trailing_metadata((("request-id", request_id),))
                 status = status_pb2.Status(code=refused.code.value[0], message=refused.message)
@@ -265,11 +268,16 @@ class DataManagerSandbox(LoopbackGrpcSandbox):
                     packed.Pack(detail)
                     status.details.append(packed)
                 context.abort_with_status(rpc_status.to_status(status))
+            self._handled(started)
             self.calls.append((method, "OK"))
             context.set_trailing_metadata((("request-id", request_id),))
             return response
 
         return serve_call
+
+    def _handled(self, started: float) -> None:
+        with self._lock:
+            self.handling_s += time.perf_counter() - started
 
     def _take_fault(self, method: str, kinds: Sequence[str]) -> Fault | None:
         with self._lock:
