@@ -62,6 +62,21 @@ class BatchOutcome:
     unknown_keys: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One checked batch on its way to the platform (what :meth:`AudienceConnector._send`
+    gets): the audience, the op, the rows (the layout's columns and ``member_key``), the
+    batch's number and whether it is the op's last, and the op's ``session`` (state kept
+    across its batches, e.g. Meta's upload session or ``cleared`` for a replace)."""
+
+    remote_id: str
+    op: str
+    rows: pl.DataFrame
+    seq: int
+    last: bool
+    session: dict[str, Any]
+
+
 def read_ca_file(ca_file: str, platform: str) -> bytes:
     """The PEM certificate a gRPC connector trusts instead of the system roots (the
     project's sandboxes); a one-line ConfigError names the file and the fix."""
@@ -220,7 +235,7 @@ class AudienceConnector(Connector):
                 f"refusing a {batch.op} batch sent as {op!r} to audience {remote_id}: this "
                 f"connector was opened for audience {self.remote_id}"
             )
-        return self._send(remote_id, op, batch.rows, seq=seq, last=last, session=session)
+        return self._send(Outgoing(remote_id, op, batch.rows, seq, last, session))
 
     def find_audience(self, name: str) -> str | None:
         """The id of this account's audience named ``name`` (``None``: not found, or the
@@ -235,14 +250,5 @@ class AudienceConnector(Connector):
         """Check an existing audience before anything is sent to it (default: nothing)."""
 
     @abstractmethod
-    def _send(
-        self,
-        remote_id: str,
-        op: str,
-        rows: pl.DataFrame,
-        *,
-        seq: int,
-        last: bool,
-        session: dict[str, Any],
-    ) -> BatchOutcome:
+    def _send(self, batch: Outgoing) -> BatchOutcome:
         """Send the rows of a checked batch (the layout's columns) and confirm them."""

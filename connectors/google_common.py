@@ -2,8 +2,10 @@
 
 Both upload the ``google_ads`` identifier layout (``audiences.crm.identifiers``) plus the
 consent signals ``ad_user_data`` / ``ad_personalization`` to a Customer Match list of one
-Google Ads account, so they share its settings (:class:`GoogleAccountConfig`) and the
-last guard before sending (:func:`screen`): who may not be sent at all.
+Google Ads account, so they share its settings (:class:`GoogleAccountConfig`), the last
+guard before sending (:func:`screen`: who may not be sent at all), and what their gRPC
+clients have in common (:class:`GoogleApiError`, :class:`GoogleClient`: retries with the
+one policy, attempts counted, the SDK logger kept quiet).
 
 Consent in the EEA. Google's EU user consent policy requires both signals GRANTED for
 the data of users in the EEA (and, under the same policy, the UK and Switzerland); the
@@ -16,21 +18,28 @@ no consent column uploads nobody from those countries.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import random
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import polars as pl
 from pydantic import Field, field_validator
 
 from audiences.core.countries import ISO_COUNTRIES
+from audiences.core.errors import ConnectorError
 from audiences.crm.identifiers import LAYOUTS
 from audiences.crm.jurisdiction import EEA_COUNTRIES
 from connectors.base import DestinationConfig
+from connectors.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from connectors.base import BatchOutcome
 
 KEY = "member_key"
 IDENTIFIERS = list(LAYOUTS["google_ads"])  # hashed email, phone, names; country, postal code
+EMAIL, PHONE, FIRST_NAME, LAST_NAME, COUNTRY, POSTAL_CODE = IDENTIFIERS
+CONSENT_VALUES = ("GRANTED", "DENIED", "UNSPECIFIED")
 ADDRESS = ["hashed_first_name", "hashed_last_name", "country_code", "postal_code"]
 CONSENT = ["ad_user_data", "ad_personalization"]
 # Where Google's EU user consent policy needs both signals GRANTED (uppercase ISO codes).
@@ -137,3 +146,107 @@ def _refuse(
         if KEY in out.columns:
             outcome.rejected_keys.extend(out.get_column(KEY).to_list())
     return flagged.filter(~refused).drop(names)
+
+
+# ---------------------------------------------------------------------------- clients
+
+
+class GoogleApiError(ConnectorError):
+    """A Google API call failed (Google Ads or Data Manager). ``code`` is the error code or
+    the gRPC status; ``retry_after_s`` is the server's RetryInfo, when it sent one."""
+
+    def __init__(
+        self,
+        what: str,
+        fix: str | None = None,
+        *,
+        code: str | None = None,
+        transient: bool = False,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
+        where: str | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.retry_after_s = retry_after_s
+        super().__init__(what, fix, where=where, transient=transient, code=code)
+
+
+def counted_attempts(error: ConnectorError, attempts: int, why: str) -> ConnectorError:
+    """A transient error given up on, its message saying how many attempts were made."""
+    if not isinstance(error, GoogleApiError):
+        return error
+    return type(error)(
+        f"{error.what} after {attempts} attempts ({why})",
+        error.fix,
+        code=str(error.code),
+        transient=True,
+        request_id=error.request_id,
+    )
+
+
+class GoogleClient:
+    """What both Google clients share: the SDK logger kept at WARNING (at DEBUG it prints
+    whole requests), one retry policy whose attempts are counted, and ``with`` support."""
+
+    platform: ClassVar[str]  # "Google Ads", "Data Manager": in log lines
+    _log: ClassVar[logging.Logger]
+
+    def __init__(
+        self,
+        *,
+        sdk_logger: str,
+        max_attempts: int,
+        backoff_seconds: float,
+        max_backoff_seconds: float,
+        rpc_timeout_seconds: float,
+        sleep: Callable[[float], None],
+    ) -> None:
+        logging.getLogger(sdk_logger).setLevel(logging.WARNING)
+        self.retry = RetryPolicy(
+            max_attempts=max_attempts, base_delay_s=backoff_seconds, max_delay_s=max_backoff_seconds
+        )
+        self._rpc_timeout = rpc_timeout_seconds
+        self._sleep = sleep
+        self._random = random.Random()
+        self.retries = 0
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _retried(self, attempt: Callable[[int], Any], action: str) -> Any:
+        """``attempt(number)`` under the retry policy; every retry logged and counted."""
+
+        def log_retry(error: ConnectorError, number: int, delay: float) -> None:
+            self._log.info(
+                "%s %s: %s; retry %d of %d in %.2fs",
+                self.platform,
+                action,
+                error.code,
+                number,
+                self.retry.max_attempts - 1,
+                delay,
+            )
+            self.retries += 1
+
+        return self.retry.call(
+            attempt,
+            sleep=self._sleep,
+            rng=self._random,
+            on_retry=log_retry,
+            on_give_up=counted_attempts,
+        )
+
+
+def values(value: str | Sequence[str] | None) -> list[str]:
+    """A member's identifier cell as a list of non-empty values (one or several)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    return [v for v in value if v]

@@ -11,6 +11,7 @@ from connectors.base import (
     BatchOutcome,
     Capabilities,
     DestinationConfig,
+    Outgoing,
 )
 from connectors.google_ads.config import GoogleAdsDestinationConfig
 from connectors.google_common import CONSENT, IDENTIFIERS, KEY, screen
@@ -67,16 +68,8 @@ class GoogleAdsConnector(AudienceConnector):
     def find_audience(self, name: str) -> str | None:
         return self.client.find_user_list(name)  # type: ignore[no-any-return]
 
-    def _send(
-        self,
-        remote_id: str,
-        op: str,
-        rows: pl.DataFrame,
-        *,
-        seq: int,
-        last: bool,
-        session: dict[str, Any],
-    ) -> BatchOutcome:
+    def _send(self, batch: Outgoing) -> BatchOutcome:
+        remote_id, op, rows, session = batch.remote_id, batch.op, batch.rows, batch.session
         outcome = BatchOutcome(op=op, size=rows.height, received=0)
         # Who may not be sent at all (no identifier; adding: consent DENIED, or EEA / UK /
         # CH without both signals GRANTED in the CRM) is refused here, the last guard.

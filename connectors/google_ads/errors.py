@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from audiences.core.errors import ConnectorError
+from connectors.google_common import GoogleApiError
 
 DATA_MANAGER_HINT = (
     "since 2026-04-01 Google takes Customer Match uploads through the Google Ads API only "
@@ -42,21 +42,8 @@ TRANSIENT_STATUSES = frozenset(
 AUTH_CATEGORIES = frozenset({"authentication_error", "authorization_error"})
 
 
-class GoogleAdsApiError(ConnectorError):
+class GoogleAdsApiError(GoogleApiError):
     """A Google Ads API call failed. ``code`` is ``category.CODE`` (or the gRPC status)."""
-
-    def __init__(
-        self,
-        what: str,
-        fix: str | None = None,
-        *,
-        code: str | None = None,
-        transient: bool = False,
-        request_id: str | None = None,
-        where: str | None = None,
-    ) -> None:
-        self.request_id = request_id
-        super().__init__(what, fix, where=where, transient=transient, code=code)
 
 
 class GoogleAdsTransientError(GoogleAdsApiError):

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 
-from connectors.base import AudienceConnector, BatchOutcome, Capabilities, DestinationConfig
+from connectors.base import (
+    AudienceConnector,
+    BatchOutcome,
+    Capabilities,
+    DestinationConfig,
+    Outgoing,
+)
 from connectors.google_common import CONSENT, IDENTIFIERS, KEY, screen
 from connectors.google_data_manager.config import GoogleDataManagerDestinationConfig
 
@@ -86,16 +92,8 @@ class GoogleDataManagerConnector(AudienceConnector):
             self.client.create_user_list(name, description, self.config.membership_duration_days)
         )
 
-    def _send(
-        self,
-        remote_id: str,
-        op: str,
-        rows: pl.DataFrame,
-        *,
-        seq: int,
-        last: bool,
-        session: dict[str, Any],
-    ) -> BatchOutcome:
+    def _send(self, batch: Outgoing) -> BatchOutcome:
+        remote_id, op, rows, session = batch.remote_id, batch.op, batch.rows, batch.session
         from connectors.google_data_manager.client import raise_failed
 
         outcome = BatchOutcome(op=op, size=rows.height, received=0)

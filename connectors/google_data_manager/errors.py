@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audiences.core.errors import ConnectorError
+from connectors.google_common import GoogleApiError
 
 # gRPC statuses that mean "try again later".
 TRANSIENT_STATUSES = frozenset(
@@ -20,22 +20,8 @@ TRANSIENT_STATUSES = frozenset(
 )
 
 
-class DataManagerApiError(ConnectorError):
+class DataManagerApiError(GoogleApiError):
     """A Data Manager API call failed. ``code`` is the gRPC status or ``STATUS.reason``."""
-
-    def __init__(
-        self,
-        what: str,
-        fix: str | None = None,
-        *,
-        code: str | None = None,
-        transient: bool = False,
-        request_id: str | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        self.request_id = request_id
-        self.retry_after_s = retry_after_s
-        super().__init__(what, fix, transient=transient, code=code)
 
 
 class DataManagerTransientError(DataManagerApiError):
