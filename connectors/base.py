@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -75,6 +75,34 @@ class Outgoing:
     seq: int
     last: bool
     session: dict[str, Any]
+
+
+class Closing:
+    """``with`` support for a platform client whose :meth:`close` releases its connections."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A package's module ``__getattr__`` that imports each name from its module
+    (``exports``: name → module path) on first use, so that importing the package does not
+    import the platform's SDK."""
+    from importlib import import_module
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(import_module(module), name)
+
+    return __getattr__
 
 
 def read_ca_file(ca_file: str, platform: str) -> bytes:

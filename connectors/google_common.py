@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 import polars as pl
 from pydantic import Field, field_validator
@@ -30,7 +31,7 @@ from audiences.core.countries import ISO_COUNTRIES
 from audiences.core.errors import ConnectorError
 from audiences.crm.identifiers import LAYOUTS
 from audiences.crm.jurisdiction import EEA_COUNTRIES
-from connectors.base import DestinationConfig
+from connectors.base import AudienceConnector, Capabilities, Closing, DestinationConfig
 from connectors.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -69,6 +70,23 @@ class GoogleAccountConfig(DestinationConfig):
     @classmethod
     def _ten_digits(cls, value: str | None) -> str | None:
         return customer_id(value)
+
+
+class GoogleConnector(AudienceConnector):
+    """Both Google kinds: a Customer Match list of one Google Ads account (difference
+    protection and takedown treat the two kinds as the same account), the ``google_ads``
+    layout, adds, removes and replaces."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(add=True, remove=True, replace=True)
+    layout: ClassVar[str | None] = "google_ads"
+    config: GoogleAccountConfig
+
+    def account(self) -> str:
+        return self.config.customer_id
+
+    def ca_file(self) -> str | None:
+        """The configured CA file, resolved against the project folder (None: system roots)."""
+        return self.resolve(self.config.ca_file) if self.config.ca_file else None
 
 
 def _present(column: str) -> pl.Expr:
@@ -171,6 +189,18 @@ class GoogleApiError(ConnectorError):
         super().__init__(what, fix, where=where, transient=transient, code=code)
 
 
+def request_id(call: Any) -> str | None:
+    """The ``request-id`` trailing metadata of a gRPC call (None: no call, or none sent)."""
+    try:
+        metadata = call.trailing_metadata() or () if call is not None else ()
+    except Exception:  # a transport failure may carry no call
+        return None
+    for key, value in metadata:
+        if key == "request-id":
+            return str(value)
+    return None
+
+
 def counted_attempts(error: ConnectorError, attempts: int, why: str) -> ConnectorError:
     """A transient error given up on, its message saying how many attempts were made."""
     if not isinstance(error, GoogleApiError):
@@ -184,7 +214,18 @@ def counted_attempts(error: ConnectorError, attempts: int, why: str) -> Connecto
     )
 
 
-class GoogleClient:
+class RetryOptions(TypedDict, total=False):
+    """Keyword options of both Google clients: attempts, backoff, RPC deadline, and the
+    sleep function (tests record the waits instead of waiting)."""
+
+    max_attempts: int
+    backoff_seconds: float
+    max_backoff_seconds: float
+    rpc_timeout_seconds: float
+    sleep: Callable[[float], None]
+
+
+class GoogleClient(Closing):
     """What both Google clients share: the SDK logger kept at WARNING (at DEBUG it prints
     whole requests), one retry policy whose attempts are counted, and ``with`` support."""
 
@@ -195,11 +236,11 @@ class GoogleClient:
         self,
         *,
         sdk_logger: str,
-        max_attempts: int,
-        backoff_seconds: float,
-        max_backoff_seconds: float,
-        rpc_timeout_seconds: float,
-        sleep: Callable[[float], None],
+        max_attempts: int = 5,
+        backoff_seconds: float = 1.0,
+        max_backoff_seconds: float = 60.0,
+        rpc_timeout_seconds: float = 600.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         logging.getLogger(sdk_logger).setLevel(logging.WARNING)
         self.retry = RetryPolicy(
@@ -209,15 +250,6 @@ class GoogleClient:
         self._sleep = sleep
         self._random = random.Random()
         self.retries = 0
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def _retried(self, attempt: Callable[[int], Any], action: str) -> Any:
         """``attempt(number)`` under the retry policy; every retry logged and counted."""

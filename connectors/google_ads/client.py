@@ -30,7 +30,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from connectors.base import read_ca_file
 from connectors.google_ads.errors import (
@@ -40,19 +40,11 @@ from connectors.google_ads.errors import (
     OfflineJobFailed,
     translate,
 )
-from connectors.google_common import (
-    CONSENT_VALUES,
-    COUNTRY,
-    EMAIL,
-    FIRST_NAME,
-    LAST_NAME,
-    PHONE,
-    POSTAL_CODE,
-    GoogleClient,
-    values,
-)
+from connectors.google_common import CONSENT_VALUES, IDENTIFIERS, GoogleClient, RetryOptions, values
 
 API_VERSION = "v26"
+# a member's columns, as the google_ads layout (audiences.crm.identifiers) names them
+EMAIL, PHONE, FIRST_NAME, LAST_NAME, COUNTRY, POSTAL_CODE = IDENTIFIERS
 SDK_LOGGER = "google.ads.googleads.client"
 MAX_IDENTIFIERS_PER_REQUEST = 100_000
 MAX_IDENTIFIERS_PER_PERSON = 20
@@ -189,25 +181,14 @@ class GoogleAdsCustomerMatchClient(GoogleClient):
         ca_file: str | None = None,
         developer_token_env: str = "GOOGLE_ADS_DEVELOPER_TOKEN",
         access_token_env: str = "GOOGLE_ADS_ACCESS_TOKEN",
-        max_attempts: int = 5,
-        backoff_seconds: float = 1.0,
-        max_backoff_seconds: float = 60.0,
         poll_seconds: float = 30.0,
         max_poll_seconds: float = 900.0,
         poll_timeout_seconds: float = 12 * 3600.0,
-        rpc_timeout_seconds: float = 600.0,
-        sleep: Callable[[float], None] = time.sleep,
+        **retry: Unpack[RetryOptions],
     ) -> None:
         # Before anything can log a request: the SDK logs whole requests at DEBUG, and
         # whole failed requests at INFO.
-        super().__init__(
-            sdk_logger=SDK_LOGGER,
-            max_attempts=max_attempts,
-            backoff_seconds=backoff_seconds,
-            max_backoff_seconds=max_backoff_seconds,
-            rpc_timeout_seconds=rpc_timeout_seconds,
-            sleep=sleep,
-        )
+        super().__init__(sdk_logger=SDK_LOGGER, **retry)
         import google.oauth2.credentials
         from google.ads.googleads.client import GoogleAdsClient
 

@@ -7,30 +7,23 @@ from typing import Any, ClassVar
 import polars as pl
 
 from connectors.base import (
-    AudienceConnector,
     BatchOutcome,
-    Capabilities,
     DestinationConfig,
     Outgoing,
 )
 from connectors.google_ads.config import GoogleAdsDestinationConfig
-from connectors.google_common import CONSENT, IDENTIFIERS, KEY, screen
+from connectors.google_common import CONSENT, IDENTIFIERS, KEY, GoogleConnector, screen
 
 
-class GoogleAdsConnector(AudienceConnector):
+class GoogleAdsConnector(GoogleConnector):
     kind: ClassVar[str] = "google_ads"
     config_model: ClassVar[type[DestinationConfig]] = GoogleAdsDestinationConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(add=True, remove=True, replace=True)
-    layout: ClassVar[str | None] = "google_ads"
     # One journaled batch is one offline user data job; the client splits it into
     # requests of <= 10,000 people / 100,000 identifiers.
     add_batch_size: ClassVar[int] = 500_000
     remove_batch_size: ClassVar[int] = 500_000
 
     config: GoogleAdsDestinationConfig
-
-    def account(self) -> str:
-        return self.config.customer_id
 
     def credentials(self) -> dict[str, tuple[str | None, str]]:
         return {
@@ -47,7 +40,7 @@ class GoogleAdsConnector(AudienceConnector):
             secrets["access_token"] or "",
             endpoint=self.config.endpoint,
             login_customer_id=self.config.login_customer_id,
-            ca_file=self.resolve(self.config.ca_file) if self.config.ca_file else None,
+            ca_file=self.ca_file(),
             developer_token_env=self.config.developer_token_env,
             access_token_env=self.config.access_token_env,
             poll_seconds=self.config.poll_seconds,

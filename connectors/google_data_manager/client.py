@@ -27,22 +27,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from audiences.core.countries import ISO_COUNTRIES
 from audiences.core.errors import ConfigError, ConnectorError
 from connectors.base import read_ca_file
-from connectors.google_common import (
-    CONSENT_VALUES,
-    COUNTRY,
-    EMAIL,
-    FIRST_NAME,
-    LAST_NAME,
-    PHONE,
-    POSTAL_CODE,
-    GoogleClient,
-    values,
-)
+from connectors.google_common import CONSENT_VALUES, IDENTIFIERS, GoogleClient, RetryOptions, values
 from connectors.google_data_manager.errors import (
     DataManagerRequestFailed,
     DataManagerRequestInvalid,
@@ -52,6 +42,8 @@ from connectors.google_data_manager.errors import (
 from connectors.retry import RetryPolicy
 
 SDK_LOGGER = "google.ads.datamanager_v1"
+# a member's columns, as the google_ads layout (audiences.crm.identifiers) names them
+EMAIL, PHONE, FIRST_NAME, LAST_NAME, COUNTRY, POSTAL_CODE = IDENTIFIERS
 DEFAULT_ENDPOINT = "datamanager.googleapis.com:443"
 MAX_MEMBERS_PER_REQUEST = 10_000
 MAX_IDENTIFIERS_PER_MEMBER = 10
@@ -144,23 +136,12 @@ class DataManagerClient(GoogleClient):
         endpoint: str | None = None,
         ca_file: str | None = None,
         access_token_env: str = "GOOGLE_DATA_MANAGER_ACCESS_TOKEN",
-        max_attempts: int = 5,
-        backoff_seconds: float = 1.0,
-        max_backoff_seconds: float = 60.0,
         poll_seconds: float = 30.0,
         max_poll_seconds: float = 600.0,
         poll_timeout_seconds: float = 24 * 3600.0,
-        rpc_timeout_seconds: float = 600.0,
-        sleep: Callable[[float], None] = time.sleep,
+        **retry: Unpack[RetryOptions],
     ) -> None:
-        super().__init__(
-            sdk_logger=SDK_LOGGER,
-            max_attempts=max_attempts,
-            backoff_seconds=backoff_seconds,
-            max_backoff_seconds=max_backoff_seconds,
-            rpc_timeout_seconds=rpc_timeout_seconds,
-            sleep=sleep,
-        )
+        super().__init__(sdk_logger=SDK_LOGGER, **retry)
         import google.oauth2.credentials
         import grpc
         from google.ads import datamanager_v1

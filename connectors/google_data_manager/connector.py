@@ -21,13 +21,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import polars as pl
 
 from connectors.base import (
-    AudienceConnector,
     BatchOutcome,
-    Capabilities,
     DestinationConfig,
     Outgoing,
 )
-from connectors.google_common import CONSENT, IDENTIFIERS, KEY, screen
+from connectors.google_common import CONSENT, IDENTIFIERS, KEY, GoogleConnector, screen
 from connectors.google_data_manager.config import GoogleDataManagerDestinationConfig
 
 if TYPE_CHECKING:
@@ -35,19 +33,14 @@ if TYPE_CHECKING:
     from policies.release import Release
 
 
-class GoogleDataManagerConnector(AudienceConnector):
+class GoogleDataManagerConnector(GoogleConnector):
     kind: ClassVar[str] = "google_data_manager"
     config_model: ClassVar[type[DestinationConfig]] = GoogleDataManagerDestinationConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(add=True, remove=True, replace=True)
-    layout: ClassVar[str | None] = "google_ads"  # same normalization and hashing
     # One journaled batch is ten requests of 10,000 people, polled together.
     add_batch_size: ClassVar[int] = 100_000
     remove_batch_size: ClassVar[int] = 100_000
 
     config: GoogleDataManagerDestinationConfig
-
-    def account(self) -> str:
-        return self.config.customer_id  # as google_ads: one Google account, one history
 
     def credentials(self) -> dict[str, tuple[str | None, str]]:
         return {"access_token": (self.config.access_token_env, "an OAuth access token")}
@@ -61,7 +54,7 @@ class GoogleDataManagerConnector(AudienceConnector):
             destination=self.name,
             login_customer_id=self.config.login_customer_id,
             endpoint=self.config.endpoint,
-            ca_file=self.resolve(self.config.ca_file) if self.config.ca_file else None,
+            ca_file=self.ca_file(),
             access_token_env=self.config.access_token_env,
             poll_seconds=self.config.poll_seconds,
             max_poll_seconds=self.config.max_poll_seconds,

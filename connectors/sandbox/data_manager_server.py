@@ -51,7 +51,7 @@ from grpc_status import rpc_status
 
 from audiences.core.countries import ISO_COUNTRIES
 from connectors.google_common import CONSENT_REGIONS
-from connectors.sandbox.tls import LoopbackGrpcSandbox
+from connectors.sandbox.tls import LoopbackGrpcSandbox, run_until_interrupted
 
 PREFIX = "google.ads.datamanager.v1"
 DEFAULT_CUSTOMER_ID = "1234567890"
@@ -657,13 +657,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sandbox = serve(port=args.port, customer_id=args.customer_id, polls=args.polls)
     print(f"Data Manager sandbox listening on {sandbox.endpoint} (TLS, CA {sandbox.ca_file})")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.stop()
+    run_until_interrupted(sandbox.stop)
 
 
 if __name__ == "__main__":

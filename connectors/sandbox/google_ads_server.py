@@ -69,7 +69,7 @@ from google.protobuf import any_pb2, empty_pb2
 from google.rpc import status_pb2
 
 from connectors.google_common import CONSENT_REGIONS
-from connectors.sandbox.tls import LoopbackGrpcSandbox
+from connectors.sandbox.tls import LoopbackGrpcSandbox, run_until_interrupted
 
 API_VERSION = "v26"
 SERVICES_PREFIX = f"google.ads.googleads.{API_VERSION}.services"
@@ -657,14 +657,7 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
                 ),
             )
         if not self.allowlisted:
-            raise RequestFailed(
-                grpc.StatusCode.PERMISSION_DENIED,
-                ApiError(
-                    "not_allowlisted_error",
-                    "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE",
-                    "Customer is not allowlisted for accessing this feature.",
-                ),
-            )
+            raise _not_allowlisted()
         metadata = job.customer_match_user_list_metadata
         with self._lock:
             if metadata.user_list not in self.user_lists:
@@ -697,15 +690,7 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
     def _job(self, resource_name: str) -> SandboxJob:
         job = self.jobs.get(resource_name)
         if job is None:
-            raise RequestFailed(
-                grpc.StatusCode.NOT_FOUND,
-                ApiError(
-                    "mutate_error",
-                    "RESOURCE_NOT_FOUND",
-                    "The requested resource was not found.",
-                    (("resource_name", None),),
-                ),
-            )
+            raise _not_found("resource_name")
         return job
 
     def _add_operations(
@@ -739,23 +724,9 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
         request: offline_user_data_job_service.AddOfflineUserDataJobOperationsRequest,
     ) -> offline_user_data_job_service.AddOfflineUserDataJobOperationsResponse:
         if not self.allowlisted:
-            raise RequestFailed(
-                grpc.StatusCode.PERMISSION_DENIED,
-                ApiError(
-                    "not_allowlisted_error",
-                    "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE",
-                    "Customer is not allowlisted for accessing this feature.",
-                ),
-            )
+            raise _not_allowlisted()
         if job.started:
-            raise RequestFailed(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                ApiError(
-                    "offline_user_data_job_error",
-                    "JOB_ALREADY_STARTED",
-                    "The job has already been started; operations can no longer be added.",
-                ),
-            )
+            raise _already_started("; operations can no longer be added")
         # raw protobuf: iterating proto-plus wrappers costs ~10x more on 10,000 people
         operations = list(type(request).pb(request).operations)
         if not operations:
@@ -858,14 +829,7 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
             raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, *errors)
         with self._lock:
             if job.started:  # ran while this request was being checked
-                raise RequestFailed(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    ApiError(
-                        "offline_user_data_job_error",
-                        "JOB_ALREADY_STARTED",
-                        "The job has already been started; operations can no longer be added.",
-                    ),
-                )
+                raise _already_started("; operations can no longer be added")
             job.staged.extend(staged)
             job.kinds |= request_kinds
             for error in errors:
@@ -883,14 +847,7 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
         with self._lock:
             job = self._job(request.resource_name)
             if job.started:
-                raise RequestFailed(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    ApiError(
-                        "offline_user_data_job_error",
-                        "JOB_ALREADY_STARTED",
-                        "The job has already been started.",
-                    ),
-                )
+                raise _already_started("")
             job.started = True
             for i, fault in enumerate(self._faults):
                 if fault.kind == "job_failed":
@@ -907,15 +864,7 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
         with self._lock:
             job = self.jobs.get(f"customers/{self.customer_id}/offlineUserDataJobs/{job_id}")
             if job is None or not job.started:
-                raise RequestFailed(
-                    grpc.StatusCode.NOT_FOUND,
-                    ApiError(
-                        "mutate_error",
-                        "RESOURCE_NOT_FOUND",
-                        "The requested resource was not found.",
-                        (("name", None),),
-                    ),
-                )
+                raise _not_found("name")
             self._advance(job)
             return _operation(job)
 
@@ -1069,6 +1018,40 @@ def _partial_failure_status(errors: Sequence[ApiError]) -> status_pb2.Status:
 
 def _path_text(path: tuple[tuple[str, int | None], ...]) -> str:
     return ".".join(name if index is None else f"{name}[{index}]" for name, index in path)
+
+
+def _not_allowlisted() -> RequestFailed:
+    return RequestFailed(
+        grpc.StatusCode.PERMISSION_DENIED,
+        ApiError(
+            "not_allowlisted_error",
+            "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE",
+            "Customer is not allowlisted for accessing this feature.",
+        ),
+    )
+
+
+def _already_started(more: str) -> RequestFailed:
+    return RequestFailed(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ApiError(
+            "offline_user_data_job_error",
+            "JOB_ALREADY_STARTED",
+            f"The job has already been started{more}.",
+        ),
+    )
+
+
+def _not_found(field_name: str) -> RequestFailed:
+    return RequestFailed(
+        grpc.StatusCode.NOT_FOUND,
+        ApiError(
+            "mutate_error",
+            "RESOURCE_NOT_FOUND",
+            "The requested resource was not found.",
+            ((field_name, None),),
+        ),
+    )
 
 
 def _consent_given(job: SandboxJob, person: Person | None) -> bool:
@@ -1319,13 +1302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "tokens: $GOOGLE_ADS_DEVELOPER_TOKEN / $GOOGLE_ADS_ACCESS_TOKEN if set, "
         "else the sandbox defaults"
     )
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.stop()
+    run_until_interrupted(sandbox.stop)
 
 
 if __name__ == "__main__":
