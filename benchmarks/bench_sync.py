@@ -255,13 +255,14 @@ def measure_sync(rows: int) -> dict[str, Any]:
         started = time.perf_counter()
         result = build(config, [SEGMENT], actor="bench")[0]  # today: AS_OF (stopped clock)
         build_s = time.perf_counter() - started
-        if result.blocked:
+        if result.blocked or result.outcome is None:
             raise RuntimeError(f"the benchmark segment was blocked: {result.reasons}")
+        releases = result.outcome.releases
         _import_sdks()  # once per process, not per member: untimed
         s = _timed_sync(config, result, "meta", meta)
-        s.update(_bare_meta(result.outcome.releases["meta"].members, meta))
+        s.update(_bare_meta(releases["meta"].members, meta))
         g = _timed_sync(config, result, "google", dm)
-        g.update(_bare_data_manager(result.outcome.releases["google"].members, dm))
+        g.update(_bare_data_manager(releases["google"].members, dm))
     finally:
         meta.close()
         dm.close()
