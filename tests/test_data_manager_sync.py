@@ -307,3 +307,21 @@ def test_eea_people_are_sent_only_with_both_signals_granted_in_the_crm(
     confirmed = p.confirmed("west-coast", destination)
     assert confirmed.filter(in_eea).height == granted.height
     assert box.members(r.audience) == people(confirmed)
+
+
+def test_a_takedown_the_platform_took_in_part_says_so_and_finishes_on_rerun(
+    make_project: Any,
+) -> None:
+    p = project(make_project)
+    (r,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
+    box, on_list = p.boxes.data_manager, p.confirmed("west-coast", "google").height
+    box.inject("partial", method="RemoveAudienceMembers", count=3)
+    out = p.cli("takedown", "west-coast", "--destination", "google", "--by", "qa.officer")
+    assert out.exit_code == 1 and "Traceback" not in out.stderr
+    assert "PARTIAL_SUCCESS" in out.stderr and "run the takedown again" in out.stderr
+    assert len(box.members(r.audience)) == 3  # on the list still: never reported as gone
+    assert p.confirmed("west-coast", "google").height == on_list
+    doc = p.cli_json("takedown", "west-coast", "--destination", "google", "--by", "qa.officer")
+    ((status, remaining),) = [(t["status"], t["remaining"]) for t in doc["takedown"]]
+    assert (status, remaining) == ("taken_down", 0)
+    assert box.members(r.audience) == frozenset()
