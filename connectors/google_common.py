@@ -98,11 +98,12 @@ def screen(rows: pl.DataFrame, outcome: BatchOutcome, *, adding: bool) -> pl.Dat
     sample per reason) and returned as its ``rejected_keys``.
 
     An address whose region code is not ISO 3166-1 alpha-2 is dropped (the person's other
-    identifiers still go). Not sent: a person left with no identifier; when adding, one
-    whose consent is DENIED, or one in :data:`CONSENT_REGIONS` (or of unknown country)
-    without both signals GRANTED.
+    identifiers still go). Not sent: a person left with no identifier (when removing, not
+    refused either: there is nothing to remove); when adding, one whose consent is DENIED,
+    or one in :data:`CONSENT_REGIONS` (or of unknown country) without both signals GRANTED.
     """
-    frame = rows
+    texts = [c for c in (*CONSENT, "country_code") if c in rows.columns]
+    frame = rows.with_columns(pl.col(texts).cast(pl.String))  # an all-null column is Null-typed
     if "country_code" in frame.columns:
         bad_region = _present("country_code") & ~pl.col("country_code").str.to_lowercase().is_in(
             sorted(ISO_COUNTRIES)
@@ -123,27 +124,28 @@ def screen(rows: pl.DataFrame, outcome: BatchOutcome, *, adding: bool) -> pl.Dat
     emails_phones = [_present(c) for c in IDENTIFIERS[:2] if c in frame.columns]
     address = [_present(c) for c in ADDRESS if c in frame.columns]
     has_address = pl.all_horizontal(address) if len(address) == len(ADDRESS) else pl.lit(False)
+    no_identifier = ~pl.any_horizontal([*emails_phones, has_address])
+    if not adding:
+        # nothing names them to the platform, so nothing of theirs is there to remove: they
+        # are not sent, and leave state with the batch (a refused removal would stay forever)
+        nameless = frame.filter(no_identifier).height
+        if nameless:
+            outcome.samples.append(f"{nameless} without an identifier: nothing to remove")
+        return frame.filter(~no_identifier)
+    signals = [pl.col(c) if c in frame.columns else pl.lit(None, pl.String) for c in CONSENT]
+    country = (
+        pl.col("country_code").str.to_uppercase()
+        if "country_code" in frame.columns
+        else pl.lit(None, pl.String)
+    )
+    needs_grant = country.is_null() | country.is_in(sorted(CONSENT_REGIONS))
+    granted = pl.all_horizontal([(s == "GRANTED").fill_null(False) for s in signals])
     reasons = {
-        "no identifier (email, phone or full address)": ~pl.any_horizontal(
-            [*emails_phones, has_address]
-        )
+        "no identifier (email, phone or full address)": no_identifier,
+        "consent DENIED": pl.any_horizontal([s == "DENIED" for s in signals]).fill_null(False),
+        "in the EEA, UK or Switzerland (or of unknown country) without ad_user_data and "
+        "ad_personalization GRANTED in the CRM": needs_grant & ~granted,
     }
-    if adding:
-        signals = [pl.col(c) if c in frame.columns else pl.lit(None, pl.String) for c in CONSENT]
-        reasons["consent DENIED"] = pl.any_horizontal([s == "DENIED" for s in signals]).fill_null(
-            False
-        )
-        country = (
-            pl.col("country_code").str.to_uppercase()
-            if "country_code" in frame.columns
-            else pl.lit(None, pl.String)
-        )
-        needs_grant = country.is_null() | country.is_in(sorted(CONSENT_REGIONS))
-        granted = pl.all_horizontal([(s == "GRANTED").fill_null(False) for s in signals])
-        reasons[
-            "in the EEA, UK or Switzerland (or of unknown country) without ad_user_data and "
-            "ad_personalization GRANTED in the CRM"
-        ] = needs_grant & ~granted
     return _refuse(frame, reasons, outcome)
 
 
