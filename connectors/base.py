@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -55,6 +55,54 @@ class BatchOutcome:
     # member_keys of people refused before sending (counted in ``invalid``): the sync
     # engine records them as rejected, not as members
     rejected_keys: list[int] = field(default_factory=list)
+    # member_keys of people sent in a request the platform took only in part without
+    # saying which of its people it refused (Data Manager PARTIAL_SUCCESS): what the
+    # platform holds for them is unknown. The sync engine records them neither as members
+    # nor as removed, keeps them as unsure and sends them again on the next sync.
+    unknown_keys: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One checked batch on its way to the platform (what :meth:`AudienceConnector._send`
+    gets): the audience, the op, the rows (the layout's columns and ``member_key``), the
+    batch's number and whether it is the op's last, and the op's ``session`` (state kept
+    across its batches, e.g. Meta's upload session or ``cleared`` for a replace)."""
+
+    remote_id: str
+    op: str
+    rows: pl.DataFrame
+    seq: int
+    last: bool
+    session: dict[str, Any]
+
+
+class Closing:
+    """``with`` support for a platform client whose :meth:`close` releases its connections."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A package's module ``__getattr__`` that imports each name from its module
+    (``exports``: name → module path) on first use, so that importing the package does not
+    import the platform's SDK."""
+    from importlib import import_module
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(import_module(module), name)
+
+    return __getattr__
 
 
 def read_ca_file(ca_file: str, platform: str) -> bytes:
@@ -215,7 +263,7 @@ class AudienceConnector(Connector):
                 f"refusing a {batch.op} batch sent as {op!r} to audience {remote_id}: this "
                 f"connector was opened for audience {self.remote_id}"
             )
-        return self._send(remote_id, op, batch.rows, seq=seq, last=last, session=session)
+        return self._send(Outgoing(remote_id, op, batch.rows, seq, last, session))
 
     def find_audience(self, name: str) -> str | None:
         """The id of this account's audience named ``name`` (``None``: not found, or the
@@ -230,14 +278,5 @@ class AudienceConnector(Connector):
         """Check an existing audience before anything is sent to it (default: nothing)."""
 
     @abstractmethod
-    def _send(
-        self,
-        remote_id: str,
-        op: str,
-        rows: pl.DataFrame,
-        *,
-        seq: int,
-        last: bool,
-        session: dict[str, Any],
-    ) -> BatchOutcome:
+    def _send(self, batch: Outgoing) -> BatchOutcome:
         """Send the rows of a checked batch (the layout's columns) and confirm them."""

@@ -147,6 +147,43 @@ def test_the_sandbox_refuses_denied_members_as_the_api_does(
     assert len(sandbox.members(user_list)) == 3
 
 
+@pytest.mark.parametrize(
+    ("default", "own", "refused"),
+    [
+        ((0, 0), {}, 2),  # UNSPECIFIED: the EEA members are refused
+        ((1, 1), {}, 0),  # request-level GRANTED applies to them
+        ((0, 0), {"ad_user_data": "GRANTED", "ad_personalization": "GRANTED"}, 0),
+        ((1, 0), {}, 2),  # one signal is not enough
+    ],
+)
+def test_sandbox_eea_consent(  # the sandbox refuses EEA people without both GRANTED
+    sandbox: DataManagerSandbox,
+    client: DataManagerClient,
+    user_list: str,
+    default: tuple[int, int],
+    own: dict[str, str],
+    refused: int,
+) -> None:
+    from google.ads.datamanager_v1 import types
+
+    from connectors.google_data_manager.client import _add_member
+
+    raw = types.IngestAudienceMembersRequest.pb()()
+    raw.destinations.append(type(client._destination(user_list)).pb(client._destination(user_list)))
+    raw.encoding = types.Encoding.HEX
+    raw.terms_of_service.customer_match_terms_of_service_status = 1
+    raw.consent.ad_user_data, raw.consent.ad_personalization = default
+    for i, country in enumerate(["DE", "US", "ie", "US"]):  # two in the EEA
+        _add_member(
+            raw.audience_members.add(), person(i, country_code=country, **own), i, adding=True
+        )
+    request = types.IngestAudienceMembersRequest.wrap(raw)
+    request_id = client.ingestion.ingest_audience_members(request=request).request_id
+    (outcome,), _ = client.wait([request_id])
+    assert outcome.errors == ({"UNKNOWN_CONSENT": refused} if refused else {})
+    assert len(sandbox.members(user_list)) == 4 - refused
+
+
 def test_partial_success_is_counted_as_rejected(
     sandbox: DataManagerSandbox, client: DataManagerClient, user_list: str
 ) -> None:

@@ -130,14 +130,70 @@ def test_denied_ad_user_data_is_never_released_nor_sent(make_project: Any) -> No
     assert p.boxes.data_manager.members(r["audience"]) == dm_people(release.members)
 
 
-def test_partial_success_rows_are_counted_rejected(make_project: Any) -> None:
+def test_partial_success_people_stay_unknown_until_sent_again(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PARTIAL_SUCCESS counts the refused but never names them: the request's people are
+    neither members nor non-members in state; the next sync sends them again."""
+    import connectors.google_data_manager.client as dm_client
+
+    monkeypatch.setattr(dm_client, "MAX_MEMBERS_PER_REQUEST", 100)
     p = project(make_project)
-    p.boxes.data_manager.inject("partial", count=7)
+    release = p.release("west-coast", "google")
+    assert release.members.height > 200  # the partial request is one of several
+    box = p.boxes.data_manager
+    box.inject("partial", method="IngestAudienceMembers", count=7)
     (r,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
-    assert (r.status, r.invalid) == ("ok", 7)
-    assert r.received == r.sent - 7
-    ((invalid,),) = p.query("SELECT sum(invalid) FROM batches WHERE sync_id = ?", (r.sync_id,))
-    assert invalid == 7
+    assert (r.status, r.invalid, r.received) == ("ok", 7, r.sent - 7)
+    assert r.membership_unknown == 100  # the whole first request
+    audience = r.audience
+    confirmed = p.confirmed("west-coast", "google")
+    first = release.members.head(100)
+    # none of the partial request's people is recorded as a member...
+    assert not set(confirmed.get_column("member_key")) & set(first.get_column("member_key"))
+    assert confirmed.height == release.members.height - 100
+    # ...while 393 of them are on the list: state never claims to know which
+    assert len(box.members(audience) & dm_people(first)) == 93
+    (summary,) = p.query("SELECT summary FROM syncs WHERE sync_id = ?", (r.sync_id,))[0]
+    assert '"membership_unknown": 100' in summary
+    report = p.cli("report", "west-coast")
+    assert report.exit_code == 0 and "membership unknown: 100" in report.output
+    text = p.cli("sync", "west-coast", "--as-of", DAY)  # nothing changed: only the unknown
+    assert text.exit_code == 0 and "only in part" not in text.output
+    exact = p.query(
+        "SELECT adds, removes FROM syncs WHERE destination = 'google' ORDER BY started_at"
+    )[-1]
+    assert exact == (100, 0)  # sent again, though the snapshot's diff had nothing to add
+    assert p.confirmed("west-coast", "google").height == release.members.height
+    assert box.members(audience) == dm_people(release.members)
+    unsure = p.root / ".audiences" / "memberships" / "west-coast" / "google.unsure.parquet"
+    assert not unsure.exists()
+
+
+def test_a_partial_removal_is_sent_again(make_project: Any) -> None:
+    p = project(make_project)
+    release = p.release("west-coast", "google")
+    (r,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
+    leaving = set(sorted(p.contact_ids(release.members))[:30])
+    frame = p.contacts()
+    p.write_contacts(
+        frame.with_columns(
+            pl.when(pl.col("contact_id").is_in(list(leaving)))
+            .then(False)
+            .otherwise(pl.col("marketing_opt_in"))
+            .alias("marketing_opt_in")
+        )
+    )
+    after = p.release("west-coast", "google")
+    p.boxes.data_manager.inject("partial", method="RemoveAudienceMembers", count=5)
+    (r2,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
+    assert r2.status == "ok" and r2.membership_unknown == r2.removes >= 30
+    # the removal is not recorded: state still lists them (maybe on the platform)
+    assert p.confirmed("west-coast", "google").height == release.members.height
+    doc = p.cli_json("sync", "west-coast", "--as-of", DAY)
+    assert only_result(doc)["membership_unknown_any"] is False
+    assert p.boxes.data_manager.members(r.audience) == dm_people(after.members)
+    assert dm_people(p.confirmed("west-coast", "google")) == dm_people(after.members)
 
 
 @pytest.mark.parametrize("sent", [False, True], ids=["dies-before-sending", "dies-after-sending"])
@@ -181,3 +237,91 @@ def test_a_phi_derived_segment_never_reaches_it(make_project: Any) -> None:
     assert {r["status"] for r in doc["results"]} == {"blocked"}
     assert "forbids health-based customer lists" in doc["results"][0]["error"]
     assert len(p.boxes.data_manager.requests) == before
+
+
+@pytest.mark.parametrize("destination", ["google", "google_ads"])
+def test_eea_people_are_sent_only_with_both_signals_granted_in_the_crm(
+    make_project: Any, destination: str
+) -> None:
+    """The attack: a config that maps no Google consent column releases everyone with
+    UNSPECIFIED consent; neither Google connector sends the EEA / UK / CH people among them."""
+    from conftest import google_people
+
+    from connectors.google_common import CONSENT_REGIONS
+
+    p = project(make_project, SEGMENT.replace("[google]", f"[{destination}]"))
+    p.edit_toml(lambda t: t.replace('ad_personalization = "ad_personalization_consent"\n', ""))
+    p.approve("west-coast")
+    frame = p.contacts()
+    moved = sorted(released_ids(frame, WEST_COAST))[:120]  # back later: adds over k_diff
+    countries = pl.Series(["Germany", "FR", "ie", "United Kingdom"] * 30)
+    p.write_contacts(
+        frame.join(pl.DataFrame({"contact_id": moved, "moved_to": countries}), "contact_id", "left")
+        .with_columns(pl.coalesce("moved_to", "country").alias("country"))
+        .drop("moved_to")
+    )
+    release = p.release("west-coast", destination)
+    in_eea = pl.col("country_code").is_in(sorted(CONSENT_REGIONS))
+    eea = release.members.filter(in_eea)
+    assert eea.height >= 100 and "GRANTED" not in set(eea.get_column("ad_user_data"))
+    (r,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
+    assert r.status == "ok" and r.invalid == eea.height
+    confirmed = p.confirmed("west-coast", destination)
+    assert confirmed.height == release.members.height - eea.height
+    assert confirmed.filter(in_eea).height == 0
+    people = dm_people if destination == "google" else google_people
+    box = p.boxes.data_manager if destination == "google" else p.boxes.google
+    assert box.members(r.audience) == people(confirmed)  # nobody from the EEA on the list
+    # ... because the connector never sent them, not because the platform refused them
+    if destination == "google":
+        assert r.membership_unknown == 0
+        assert not any(request.errors for request in box.requests_for(r.audience))
+    else:
+        assert not any(j.refused for j in box.jobs.values() if j.user_list == r.audience)
+
+    # with both columns mapped and both granted in the CRM, they go
+    p.edit_toml(
+        lambda t: t.replace(
+            '# ad_user_data = "ad_user_data_consent"',
+            'ad_user_data = "ad_user_data_consent"\nad_personalization = "ad_personalization_consent"',
+        )
+    )
+    p.approve("west-coast")
+    eea_ids = set(moved)
+    p.write_contacts(
+        p.contacts().with_columns(
+            [
+                pl.when(pl.col("contact_id").is_in(list(eea_ids)))
+                .then(pl.lit("granted"))
+                .otherwise(pl.col(c))
+                .alias(c)
+                for c in ("ad_user_data_consent", "ad_personalization_consent")
+            ]
+        )
+    )
+    again = p.release("west-coast", destination)
+    granted = again.members.filter(in_eea)
+    assert granted.height >= eea.height and set(granted.get_column("ad_user_data")) == {"GRANTED"}
+    (r2,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
+    assert r2.status == "ok" and r2.held_adds == 0
+    confirmed = p.confirmed("west-coast", destination)
+    assert confirmed.filter(in_eea).height == granted.height
+    assert box.members(r.audience) == people(confirmed)
+
+
+def test_a_takedown_the_platform_took_in_part_says_so_and_finishes_on_rerun(
+    make_project: Any,
+) -> None:
+    p = project(make_project)
+    (r,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
+    box, on_list = p.boxes.data_manager, p.confirmed("west-coast", "google").height
+    box.inject("partial", method="RemoveAudienceMembers", count=3)
+    out = p.cli("takedown", "west-coast", "--destination", "google", "--by", "qa.officer")
+    assert out.exit_code == 1 and "Traceback" not in out.stderr
+    assert "PARTIAL_SUCCESS" in out.stderr and "run the takedown again" in out.stderr
+    assert len(box.members(r.audience)) == 3  # on the list still: never reported as gone
+    assert p.confirmed("west-coast", "google").height == on_list
+    doc = p.cli_json("takedown", "west-coast", "--destination", "google", "--by", "qa.officer")
+    ((status, remaining),) = [(t["status"], t["remaining"]) for t in doc["takedown"]]
+    assert (status, remaining) == ("taken_down", 0)
+    assert box.members(r.audience) == frozenset()

@@ -65,6 +65,7 @@ def test_a_sync_row_keeps_its_forced_removals_and_holds(make_project: Any) -> No
         "forced_removes": result.forced_removes,
         "held_adds": result.held_adds,
         "held_removes": result.held_removes,
+        "membership_unknown": result.membership_unknown,
         "replaced": result.replaced,
     }
     doc = json.loads(p.cli("report", "all-adults", "--format", "json").stdout)

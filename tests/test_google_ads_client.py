@@ -46,9 +46,22 @@ def people(start: int, stop: int) -> list[dict[str, str]]:
     ]
 
 
-def as_members(rows: list[dict[str, str]]) -> frozenset[frozenset[tuple[str, str]]]:
+def as_members(
+    rows: list[dict[str, str]], *, addresses: bool = False
+) -> frozenset[frozenset[tuple[str, str]]]:
     """What the sandbox should hold for ``rows`` — built independently of the client."""
-    return frozenset(frozenset(row.items()) for row in rows)
+    if not addresses:
+        return frozenset(frozenset(row.items()) for row in rows)
+    parts = ("hashed_first_name", "hashed_last_name", "country_code", "postal_code")
+    return frozenset(
+        frozenset(
+            {
+                ("hashed_email", row["hashed_email"]),
+                ("address_info", ":".join(row[k] for k in parts)),
+            }
+        )
+        for row in rows
+    )
 
 
 @pytest.fixture
@@ -247,6 +260,37 @@ def test_denied_consent_refused_before_anything_is_sent(
         client.upload(user_list, people(0, 5), remove=False, consent=consent)
     assert len(sandbox.calls) == calls_before
     assert sandbox.jobs == {}
+
+
+@pytest.mark.parametrize(
+    ("consent", "refused"),
+    [(("UNSPECIFIED", "UNSPECIFIED"), 2), (("GRANTED", "UNSPECIFIED"), 2), (GRANTED, 0)],
+)
+def test_the_sandbox_refuses_eea_people_without_both_signals_granted(
+    sandbox: GoogleAdsSandbox,
+    client: GoogleAdsCustomerMatchClient,
+    user_list: str,
+    consent: tuple[str, str],
+    refused: int,
+) -> None:
+    rows = [
+        {
+            "hashed_email": sha(f"e{i}@x.com"),
+            "hashed_first_name": sha(f"f{i}"),
+            "hashed_last_name": sha(f"l{i}"),
+            "country_code": country,
+            "postal_code": "10115",
+        }
+        for i, country in enumerate(["DE", "US", "FR", "CA"])
+    ]
+    result = client.upload(user_list, rows, remove=False, consent=consent)
+    eea = (0, 2) if refused else ()
+    assert result.rejected_rows == (
+        {"CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS": eea} if refused else {}
+    )
+    assert sandbox.members(user_list) == as_members(
+        [r for i, r in enumerate(rows) if i not in eea], addresses=True
+    )
 
 
 @pytest.mark.parametrize(

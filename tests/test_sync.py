@@ -7,6 +7,7 @@ exactly against what the policy gate releases.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ from conftest import (
 )
 
 from audiences.pipeline.sync import make_connector, sync
+from connectors.base import Outgoing
 from connectors.meta.connector import MetaConnector
 
 DAY = AS_OF.isoformat()
@@ -783,8 +785,9 @@ def corrupting_one_row(column: str, corrupted: list[int]) -> Any:
         connector = make_connector(config, name)
         real_send = connector._send
 
-        def send(remote_id: str, op: str, rows: pl.DataFrame, **kw: Any) -> Any:
-            if op == "add" and not corrupted:
+        def send(batch: Outgoing) -> Any:
+            rows = batch.rows
+            if batch.op == "add" and not corrupted:
                 target = rows.get_column(column).is_not_null().arg_max()
                 assert target is not None and rows.get_column(column)[target] is not None
                 corrupted.append(rows.get_column("member_key")[target])
@@ -795,7 +798,7 @@ def corrupting_one_row(column: str, corrupted: list[int]) -> Any:
                     .otherwise(pl.col(column))
                     .alias(column)
                 )
-            return real_send(remote_id, op, rows, **kw)
+            return real_send(dataclasses.replace(batch, rows=rows))
 
         connector._send = send
         return connector

@@ -243,6 +243,14 @@ def print_syncs(doc: dict[str, Any]) -> None:
                 highlight=False,
                 markup=False,
             )
+        if r.get("membership_unknown_any"):
+            out.print(
+                f"{r['segment']} → {r['destination']}: the platform took "
+                f"{_figure(r['membership_unknown'])} people only in part without saying which "
+                "it refused; they are sent again on the next sync",
+                highlight=False,
+                markup=False,
+            )
     if doc.get("audit_head"):
         head = doc["audit_head"]
         out.print(f"audit head {head['seq']}:{head['hash']}", highlight=False)

@@ -21,6 +21,7 @@ from audiences.core.state import new_id, transaction, utcnow
 from audiences.pipeline import state_record
 from audiences.pipeline.membership import (
     KEY,
+    OP,
     MembershipStore,
     unsure_rows,
 )
@@ -46,6 +47,9 @@ class DestinationSync:
     held_adds: int = 0
     held_removes: int = 0
     replaced_members: int = 0  # people sent in a replace (a full refresh)
+    # people the platform took in part without saying whom it refused (Data Manager
+    # PARTIAL_SUCCESS): neither members nor removed in state; sent again next sync
+    membership_unknown: int = 0
     sent: int = 0
     received: int = 0
     invalid: int = 0
@@ -57,7 +61,8 @@ class DestinationSync:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # a flag beside the count: the marketer view makes every count coarse, even 0
+        return {**asdict(self), "membership_unknown_any": self.membership_unknown > 0}
 
 
 def make_connector(config: ProjectConfig, name: str) -> AudienceConnector:
@@ -140,6 +145,9 @@ class _DestinationRun:
     actor: str
     out: DestinationSync
     release_id: str
+    # rows of this run's batches whose fate the platform did not tell (``unknown_keys``),
+    # op in ``__op``: still unsure when the run closes
+    unknown: list[pl.DataFrame] = field(default_factory=list)
 
     @property
     def subject(self) -> str:
@@ -190,9 +198,7 @@ def _send_op(run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int) -> in
             last=i == n - 1,
             session=session,
         )
-        if result.rejected_keys:  # refused, never sent: not members (journal rewritten)
-            kept = rows.filter(~pl.col(KEY).is_in(result.rejected_keys))
-            run.store.write_intent(run.sync_id, seq, journal_op, kept)
+        _journal_outcome(run, seq, journal_op, rows, result)
         if op == "replace" and i == 0:
             unrecorded.append(_Batch(seq - 1, "clear", rows.clear(), BatchOutcome("clear", 0, 0)))
         unrecorded.append(_Batch(seq, journal_op, rows, result))
@@ -202,6 +208,28 @@ def _send_op(run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int) -> in
             _record_batches(run, unrecorded)
             unrecorded = []
     return seq
+
+
+def _journal_outcome(
+    run: _DestinationRun, seq: int, op: str, rows: pl.DataFrame, result: BatchOutcome
+) -> None:
+    """Rewrite a sent batch's journal to what the platform confirmed.
+
+    Refused rows (``rejected_keys``) are not members. Rows whose fate is unknown
+    (``unknown_keys``) are kept as unsure first — so a crash before the batch is recorded
+    loses nothing — then left out of the journal: folding it neither adds nor removes them.
+    """
+    if not result.rejected_keys and not result.unknown_keys:
+        return
+    if result.unknown_keys:
+        unknown = rows.filter(pl.col(KEY).is_in(result.unknown_keys)).with_columns(
+            pl.lit(op).alias(OP)
+        )
+        run.store.add_unsure(unknown)
+        run.unknown.append(unknown)
+        run.out.membership_unknown += unknown.height
+    out = result.rejected_keys + result.unknown_keys
+    run.store.write_intent(run.sync_id, seq, op, rows.filter(~pl.col(KEY).is_in(out)))
 
 
 def _sent_before(run: _DestinationRun) -> pl.DataFrame:
@@ -314,6 +342,7 @@ def sync_summary(out: DestinationSync) -> str:
             "forced_removes": out.forced_removes,
             "held_adds": out.held_adds,
             "held_removes": out.held_removes,
+            "membership_unknown": out.membership_unknown,
             "replaced": out.replaced,
         },
         sort_keys=True,

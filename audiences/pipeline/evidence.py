@@ -60,6 +60,8 @@ def syncs_of(conn: sqlite3.Connection, build_id: str) -> list[dict[str, Any]]:
                 "removes": row[6],
                 "forced_removes": summary.get("forced_removes", 0),
                 "held": summary.get("held_adds", 0) + summary.get("held_removes", 0),
+                # sent, but the platform did not say whether it took them: sent again
+                "membership_unknown": summary.get("membership_unknown", 0),
                 "received": row[7],
                 "invalid": row[8],
                 "match_rate": "" if row[9] is None else row[9],

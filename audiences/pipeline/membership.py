@@ -11,7 +11,11 @@ A batch journaled but never confirmed may still have reached the platform (the p
 died after sending it). Its rows are kept as *unsure* (``<destination>.unsure.parquet``,
 with the batch's op in ``__op``) until a sync of that audience finishes: that sync settles
 them to the release, never holding them back (a person the platform may hold who opted out
-since must be removed; a person it may lack must be added).
+since must be removed; a person it may lack must be added). The people of a confirmed
+batch whose request the platform took only in part without naming the refused
+(``BatchOutcome.unknown_keys``: Data Manager PARTIAL_SUCCESS) are unsure the same way:
+left out of the batch's journal (so neither added to nor removed from the snapshot) and
+kept until a later sync settles them.
 """
 
 from __future__ import annotations
@@ -80,6 +84,21 @@ class MembershipStore:
 
     def clear_unsure(self) -> None:
         self.unsure_path.unlink(missing_ok=True)
+
+    def add_unsure(self, rows: pl.DataFrame) -> None:
+        """Keep ``rows`` (op in ``__op``) as unsure, beside the rows kept already."""
+        kept = self.load_unsure()
+        frame = pl.concat([*([kept] if kept is not None else []), rows], how="diagonal_relaxed")
+        frame = frame.unique(keep="last", maintain_order=True)
+        ensure_private_dir(self.unsure_path.parent)
+        write_with(self.unsure_path, lambda tmp: frame.write_parquet(tmp))
+
+    def settle_unsure(self, left: list[pl.DataFrame]) -> None:
+        """A finished sync settled the unsure rows; keep only ``left`` (rows it sent whose
+        fate the platform did not tell: a PARTIAL_SUCCESS request's people)."""
+        self.clear_unsure()
+        if left:
+            self.add_unsure(pl.concat(left, how="diagonal_relaxed"))
 
     def load(self, columns: list[str] | None = None) -> pl.DataFrame:
         if not self.snapshot_path.exists():
@@ -170,11 +189,7 @@ def close_sync(
         members = 0
     unsure = _unconfirmed(conn, store, sync_id) if status != "ok" else []
     if unsure:  # kept before the journal goes; the next sync settles them
-        kept = store.load_unsure()
-        frame = pl.concat([*([kept] if kept is not None else []), *unsure], how="diagonal_relaxed")
-        frame = frame.unique(keep="last", maintain_order=True)
-        ensure_private_dir(store.unsure_path.parent)
-        write_with(store.unsure_path, lambda tmp: frame.write_parquet(tmp))
+        store.add_unsure(pl.concat(unsure, how="diagonal_relaxed"))
     sets = ["status=?", "finished_at=?", "error=coalesce(?, error)", "members=?"]
     values: list[object] = [status, utcnow(), error, members]
     for column, value in (figures or {}).items():

@@ -531,6 +531,7 @@ def sync_destination(
             "held_removes": out.held_removes,
             "release_id": release.release_id,
             "replaced": out.replaced,
+            "membership_unknown": out.membership_unknown,
         },
     )
     return out
@@ -653,7 +654,7 @@ def _close_ok(run: _DestinationRun) -> None:
             "summary": sync_summary(out),
         },
     )
-    run.store.clear_unsure()  # this run settled them
+    run.store.settle_unsure(run.unknown)  # this run settled them, but for what it left unknown
     if out.replaced is not None:
         replace_done(run.conn, out.segment, out.destination)
     if out.held_adds or out.held_removes:

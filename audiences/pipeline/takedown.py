@@ -198,6 +198,14 @@ class _Takedown:
         try:
             self._empty(run, store)
             out.status = "taken_down"
+            if counter.membership_unknown:  # the platform did not say who it still holds
+                out.status, out.error = (
+                    "partial",
+                    (
+                        f"the platform took {counter.membership_unknown:,} removals only in part "
+                        "without saying which (PARTIAL_SUCCESS)"
+                    ),
+                )
         except ConnectorError as exc:
             out.error = f"{exc.message} [code {exc.code}]" if exc.code is not None else exc.message
             out.status = "partial" if exc.code in (META_MIN_SIZE, str(META_MIN_SIZE)) else "failed"
@@ -217,9 +225,14 @@ class _Takedown:
         )
         out.remaining = 0 if out.deleted else store.load().height
         if out.status == "partial":
+            fix = (
+                "rerun with --delete to delete the audience itself"
+                if connector.can_delete
+                else "run the takedown again (their removals are sent again)"
+            )
             out.error = (
-                f"{out.error} — {out.remaining:,} people remain in the {self.name} audience "
-                f"{self.remote_id}; rerun with --delete to delete the audience itself"
+                f"{out.error} — {out.remaining:,} people may remain in the {self.name} "
+                f"audience {self.remote_id}; {fix}"
             )
             with transaction(self.conn):
                 self.conn.execute("UPDATE syncs SET error=? WHERE sync_id=?", (out.error, sync_id))

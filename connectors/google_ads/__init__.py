@@ -5,8 +5,7 @@ Names resolve lazily so that importing the package does not import the google-ad
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from connectors.base import lazy_exports
 
 _EXPORTS = {
     "GoogleAdsCustomerMatchClient": "connectors.google_ads.client",
@@ -15,10 +14,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

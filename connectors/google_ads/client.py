@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
-from audiences.core.errors import ConnectorError
 from connectors.base import read_ca_file
 from connectors.google_ads.errors import (
     CustomerDataTermsNotAccepted,
@@ -42,24 +40,18 @@ from connectors.google_ads.errors import (
     OfflineJobFailed,
     translate,
 )
-from connectors.retry import RetryPolicy
+from connectors.google_common import CONSENT_VALUES, IDENTIFIERS, GoogleClient, RetryOptions, values
 
 API_VERSION = "v26"
+# a member's columns, as the google_ads layout (audiences.crm.identifiers) names them
+EMAIL, PHONE, FIRST_NAME, LAST_NAME, COUNTRY, POSTAL_CODE = IDENTIFIERS
 SDK_LOGGER = "google.ads.googleads.client"
 MAX_IDENTIFIERS_PER_REQUEST = 100_000
 MAX_IDENTIFIERS_PER_PERSON = 20
 MAX_MEMBERSHIP_LIFE_SPAN_DAYS = 540
-CONSENT_VALUES = ("GRANTED", "DENIED", "UNSPECIFIED")
 
 _log = logging.getLogger(__name__)
 
-# Identifier fields of one person, as audiences.crm.identifiers' ``google_ads`` layout names them.
-EMAIL = "hashed_email"
-PHONE = "hashed_phone_number"
-FIRST_NAME = "hashed_first_name"
-LAST_NAME = "hashed_last_name"
-COUNTRY = "country_code"
-POSTAL_CODE = "postal_code"
 
 Consent = tuple[str, str]
 Member = Mapping[str, str | Sequence[str] | None]
@@ -167,13 +159,16 @@ class _Upload:
         )
 
 
-class GoogleAdsCustomerMatchClient:
+class GoogleAdsCustomerMatchClient(GoogleClient):
     """Customer Match for one Google Ads customer, through google-ads (API v26).
 
     ``access_token`` is a ready OAuth access token (never a refresh token: credentials
     built from one call Google at once). ``endpoint`` (``host:port``) and ``ca_file``
     point the client at a sandbox. The ``*_env`` names only appear in error messages.
     """
+
+    platform = "Google Ads"
+    _log = _log
 
     def __init__(
         self,
@@ -186,18 +181,14 @@ class GoogleAdsCustomerMatchClient:
         ca_file: str | None = None,
         developer_token_env: str = "GOOGLE_ADS_DEVELOPER_TOKEN",
         access_token_env: str = "GOOGLE_ADS_ACCESS_TOKEN",
-        max_attempts: int = 5,
-        backoff_seconds: float = 1.0,
-        max_backoff_seconds: float = 60.0,
         poll_seconds: float = 30.0,
         max_poll_seconds: float = 900.0,
         poll_timeout_seconds: float = 12 * 3600.0,
-        rpc_timeout_seconds: float = 600.0,
-        sleep: Callable[[float], None] = time.sleep,
+        **retry: Unpack[RetryOptions],
     ) -> None:
         # Before anything can log a request: the SDK logs whole requests at DEBUG, and
         # whole failed requests at INFO.
-        logging.getLogger(SDK_LOGGER).setLevel(logging.WARNING)
+        super().__init__(sdk_logger=SDK_LOGGER, **retry)
         import google.oauth2.credentials
         from google.ads.googleads.client import GoogleAdsClient
 
@@ -207,17 +198,9 @@ class GoogleAdsCustomerMatchClient:
             "developer_token_env": developer_token_env,
             "access_token_env": access_token_env,
         }
-        self.retry = RetryPolicy(
-            max_attempts=max_attempts,
-            base_delay_s=backoff_seconds,
-            max_delay_s=max_backoff_seconds,
-        )
         self._poll = poll_seconds
         self._max_poll = max_poll_seconds
         self._poll_timeout = poll_timeout_seconds
-        self._rpc_timeout = rpc_timeout_seconds
-        self._sleep = sleep
-        self._random = random.Random()
         self._ads = GoogleAdsClient(
             credentials=google.oauth2.credentials.Credentials(token=access_token),
             developer_token=developer_token,
@@ -229,7 +212,6 @@ class GoogleAdsCustomerMatchClient:
         self._root_certificates = read_ca_file(ca_file, "Google Ads") if ca_file else None
         self._channel: Any = None
         self._services: dict[str, Any] = {}
-        self.retries = 0
 
     # ------------------------------------------------------------ services
 
@@ -289,12 +271,6 @@ class GoogleAdsCustomerMatchClient:
                 service.transport.close()
         self._services.clear()
 
-    def __enter__(self) -> GoogleAdsCustomerMatchClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     # ------------------------------------------------------------ calls with retries
 
     def _call(
@@ -324,24 +300,7 @@ class GoogleAdsCustomerMatchClient:
                 return None
             raise error  # outside the except clause: the SDK's exception is not chained
 
-        def log_retry(error: ConnectorError, attempt: int, delay: float) -> None:
-            _log.info(
-                "Google Ads %s: %s; retry %d of %d in %.2fs",
-                action,
-                error.code,
-                attempt,
-                self.retry.max_attempts - 1,
-                delay,
-            )
-            self.retries += 1
-
-        return self.retry.call(
-            attempt,
-            sleep=self._sleep,
-            rng=self._random,
-            on_retry=log_retry,
-            on_give_up=_counted_attempts,
-        )
+        return self._retried(attempt, action)
 
     # ------------------------------------------------------------ user lists
 
@@ -645,19 +604,6 @@ class GoogleAdsCustomerMatchClient:
         return list(pager)
 
 
-def _counted_attempts(error: ConnectorError, attempts: int, why: str) -> ConnectorError:
-    """A transient error given up on, its message saying how many attempts were made."""
-    if not isinstance(error, GoogleAdsApiError):
-        return error
-    return type(error)(
-        f"{error.what} after {attempts} attempts",
-        error.fix,
-        code=str(error.code),
-        transient=True,
-        request_id=error.request_id,
-    )
-
-
 def _quoted(resource_name: str) -> str:
     if "'" in resource_name or "\\" in resource_name:
         raise GoogleAdsRequestInvalid(
@@ -698,18 +644,10 @@ def _checked_consent(consent: Consent | None, *, adding: bool) -> Consent | None
     return normalized
 
 
-def _values(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value] if value else []
-    return [v for v in value if v]
-
-
 def _identifiers(member: Member) -> list[tuple[str, Any]]:
     """One person's identifiers: emails, phones, then the address when complete."""
-    identifiers: list[tuple[str, Any]] = [(EMAIL, v) for v in _values(member.get(EMAIL))]
-    identifiers += [(PHONE, v) for v in _values(member.get(PHONE))]
+    identifiers: list[tuple[str, Any]] = [(EMAIL, v) for v in values(member.get(EMAIL))]
+    identifiers += [(PHONE, v) for v in values(member.get(PHONE))]
     address = tuple(member.get(k) for k in (FIRST_NAME, LAST_NAME, COUNTRY, POSTAL_CODE))
     if all(isinstance(part, str) and part for part in address):
         identifiers.append(("address_info", address))

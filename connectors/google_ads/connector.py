@@ -7,38 +7,23 @@ from typing import Any, ClassVar
 import polars as pl
 
 from connectors.base import (
-    AudienceConnector,
     BatchOutcome,
-    Capabilities,
     DestinationConfig,
+    Outgoing,
 )
 from connectors.google_ads.config import GoogleAdsDestinationConfig
-
-IDENTIFIERS = [
-    "hashed_email",
-    "hashed_phone_number",
-    "hashed_first_name",
-    "hashed_last_name",
-    "country_code",
-    "postal_code",
-]
-CONSENT = ["ad_user_data", "ad_personalization"]
+from connectors.google_common import CONSENT, IDENTIFIERS, KEY, GoogleConnector, screen
 
 
-class GoogleAdsConnector(AudienceConnector):
+class GoogleAdsConnector(GoogleConnector):
     kind: ClassVar[str] = "google_ads"
     config_model: ClassVar[type[DestinationConfig]] = GoogleAdsDestinationConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(add=True, remove=True, replace=True)
-    layout: ClassVar[str | None] = "google_ads"
     # One journaled batch is one offline user data job; the client splits it into
     # requests of <= 10,000 people / 100,000 identifiers.
     add_batch_size: ClassVar[int] = 500_000
     remove_batch_size: ClassVar[int] = 500_000
 
     config: GoogleAdsDestinationConfig
-
-    def account(self) -> str:
-        return self.config.customer_id
 
     def credentials(self) -> dict[str, tuple[str | None, str]]:
         return {
@@ -55,7 +40,7 @@ class GoogleAdsConnector(AudienceConnector):
             secrets["access_token"] or "",
             endpoint=self.config.endpoint,
             login_customer_id=self.config.login_customer_id,
-            ca_file=self.resolve(self.config.ca_file) if self.config.ca_file else None,
+            ca_file=self.ca_file(),
             developer_token_env=self.config.developer_token_env,
             access_token_env=self.config.access_token_env,
             poll_seconds=self.config.poll_seconds,
@@ -76,37 +61,25 @@ class GoogleAdsConnector(AudienceConnector):
     def find_audience(self, name: str) -> str | None:
         return self.client.find_user_list(name)  # type: ignore[no-any-return]
 
-    def _send(
-        self,
-        remote_id: str,
-        op: str,
-        rows: pl.DataFrame,
-        *,
-        seq: int,
-        last: bool,
-        session: dict[str, Any],
-    ) -> BatchOutcome:
+    def _send(self, batch: Outgoing) -> BatchOutcome:
+        remote_id, op, rows, session = batch.remote_id, batch.op, batch.rows, batch.session
         outcome = BatchOutcome(op=op, size=rows.height, received=0)
+        # Who may not be sent at all (no identifier; adding: consent DENIED, or EEA / UK /
+        # CH without both signals GRANTED in the CRM) is refused here, the last guard.
+        sendable = screen(rows, outcome, adding=op != "remove")
         if op == "remove":
-            groups: list[tuple[tuple[str, str] | None, pl.DataFrame]] = [(None, rows)]
+            groups: list[tuple[tuple[str, str] | None, pl.DataFrame]] = [(None, sendable)]
         else:
-            # People with different consent go in separate jobs; no decision = UNSPECIFIED.
-            # Customer Match refuses a job whose consent is DENIED: those people are
-            # never sent (the gate should not release them; this is the last guard).
-            consent = rows.with_columns(
+            # Customer Match takes consent per job: people with different consent go in
+            # separate jobs; no decision = UNSPECIFIED (allowed outside the EEA only).
+            consent = sendable.with_columns(
                 [
                     pl.col(c).fill_null("UNSPECIFIED")
-                    if c in rows.columns
+                    if c in sendable.columns
                     else pl.lit("UNSPECIFIED").alias(c)
                     for c in CONSENT
                 ]
             )
-            denied = pl.any_horizontal([pl.col(c) == "DENIED" for c in CONSENT])
-            refused = consent.filter(denied).height
-            outcome.invalid += refused
-            if refused:
-                outcome.samples.append(f"{refused} with consent DENIED not sent")
-            consent = consent.filter(~denied)
             groups = [
                 ((str(key[0]), str(key[1])), part)
                 for key, part in consent.partition_by(
@@ -114,6 +87,8 @@ class GoogleAdsConnector(AudienceConnector):
                 ).items()
             ]
         for consent_pair, part in groups:
+            if not part.height and not (op == "replace" and not session.get("cleared")):
+                continue
             members = part.select([c for c in IDENTIFIERS if c in part.columns]).to_dicts()
             # A full refresh empties the list once (remove_all first in the first job).
             replace = op == "replace" and not session.get("cleared")
@@ -128,6 +103,9 @@ class GoogleAdsConnector(AudienceConnector):
             outcome.received += int(result.accepted)
             outcome.invalid += int(result.rejected) + int(result.skipped)
             outcome.samples.extend(sorted(result.rejected_by_code)[:5])
+            refused = sorted({row for rows in result.rejected_rows.values() for row in rows})
+            if refused and KEY in part.columns:  # refused by the API: not members
+                outcome.rejected_keys += part.get_column(KEY).gather(refused).to_list()
             if result.match_rate_range:
                 session["match_rate_range"] = result.match_rate_range
         return outcome

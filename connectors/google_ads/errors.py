@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from audiences.core.errors import ConnectorError
+from connectors.google_common import GoogleApiError
+from connectors.google_common import request_id as request_id_of
 
 DATA_MANAGER_HINT = (
     "since 2026-04-01 Google takes Customer Match uploads through the Google Ads API only "
@@ -42,21 +43,8 @@ TRANSIENT_STATUSES = frozenset(
 AUTH_CATEGORIES = frozenset({"authentication_error", "authorization_error"})
 
 
-class GoogleAdsApiError(ConnectorError):
+class GoogleAdsApiError(GoogleApiError):
     """A Google Ads API call failed. ``code`` is ``category.CODE`` (or the gRPC status)."""
-
-    def __init__(
-        self,
-        what: str,
-        fix: str | None = None,
-        *,
-        code: str | None = None,
-        transient: bool = False,
-        request_id: str | None = None,
-        where: str | None = None,
-    ) -> None:
-        self.request_id = request_id
-        super().__init__(what, fix, where=where, transient=transient, code=code)
 
 
 class GoogleAdsTransientError(GoogleAdsApiError):
@@ -132,10 +120,10 @@ def translate(
         # The GAPIC layer turns a bare grpc.RpcError into one of these.
         grpc_status = exception.grpc_status_code
         status = grpc_status.name if grpc_status is not None else "UNKNOWN"
-        request_id = _request_id(exception.response)
+        request_id = request_id_of(exception.response)
     elif isinstance(exception, grpc.RpcError) and hasattr(exception, "code"):
         status = exception.code().name
-        request_id = _request_id(exception)
+        request_id = request_id_of(exception)
     if status is not None:
         if status == "UNAUTHENTICATED":
             return _auth_error(
@@ -160,17 +148,6 @@ def translate(
         "rerun with --debug for details",
         code=type(exception).__name__,
     )
-
-
-def _request_id(call: Any) -> str | None:
-    try:
-        metadata = call.trailing_metadata() or ()
-    except Exception:  # a transport failure may carry no call
-        return None
-    for key, value in metadata:
-        if key == "request-id":
-            return str(value)
-    return None
 
 
 def _auth_error(

@@ -23,18 +23,17 @@ set to WARNING because at DEBUG it can print whole requests.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from audiences.core.countries import ISO_COUNTRIES
 from audiences.core.errors import ConfigError, ConnectorError
 from connectors.base import read_ca_file
+from connectors.google_common import CONSENT_VALUES, IDENTIFIERS, GoogleClient, RetryOptions, values
 from connectors.google_data_manager.errors import (
-    DataManagerApiError,
     DataManagerRequestFailed,
     DataManagerRequestInvalid,
     DataManagerTransientError,
@@ -43,20 +42,14 @@ from connectors.google_data_manager.errors import (
 from connectors.retry import RetryPolicy
 
 SDK_LOGGER = "google.ads.datamanager_v1"
+# a member's columns, as the google_ads layout (audiences.crm.identifiers) names them
+EMAIL, PHONE, FIRST_NAME, LAST_NAME, COUNTRY, POSTAL_CODE = IDENTIFIERS
 DEFAULT_ENDPOINT = "datamanager.googleapis.com:443"
 MAX_MEMBERS_PER_REQUEST = 10_000
 MAX_IDENTIFIERS_PER_MEMBER = 10
 MAX_MEMBERSHIP_DAYS = 540
-CONSENT_VALUES = ("GRANTED", "DENIED", "UNSPECIFIED")
 TERMINAL = ("SUCCESS", "PARTIAL_SUCCESS", "FAILED")
 
-# Identifier fields of one person, as audiences.crm.identifiers' ``google_ads`` layout names them.
-EMAIL = "hashed_email"
-PHONE = "hashed_phone_number"
-FIRST_NAME = "hashed_first_name"
-LAST_NAME = "hashed_last_name"
-COUNTRY = "country_code"
-POSTAL_CODE = "postal_code"
 CONSENT_FIELDS = ("ad_user_data", "ad_personalization")
 
 Member = Mapping[str, str | Sequence[str] | None]
@@ -122,13 +115,16 @@ class _Polling:
     polls: int = 0
 
 
-class DataManagerClient:
+class DataManagerClient(GoogleClient):
     """Customer Match lists of one Google Ads account through the Data Manager API.
 
     ``access_token`` is a ready OAuth access token (scope ``.../auth/datamanager``).
     ``endpoint`` (``host:port``) and ``ca_file`` point the client at a sandbox. The
     ``access_token_env`` and ``destination`` names only appear in error messages.
     """
+
+    platform = "Data Manager"
+    _log = _log
 
     def __init__(
         self,
@@ -140,16 +136,12 @@ class DataManagerClient:
         endpoint: str | None = None,
         ca_file: str | None = None,
         access_token_env: str = "GOOGLE_DATA_MANAGER_ACCESS_TOKEN",
-        max_attempts: int = 5,
-        backoff_seconds: float = 1.0,
-        max_backoff_seconds: float = 60.0,
         poll_seconds: float = 30.0,
         max_poll_seconds: float = 600.0,
         poll_timeout_seconds: float = 24 * 3600.0,
-        rpc_timeout_seconds: float = 600.0,
-        sleep: Callable[[float], None] = time.sleep,
+        **retry: Unpack[RetryOptions],
     ) -> None:
-        logging.getLogger(SDK_LOGGER).setLevel(logging.WARNING)
+        super().__init__(sdk_logger=SDK_LOGGER, **retry)
         import google.oauth2.credentials
         import grpc
         from google.ads import datamanager_v1
@@ -163,9 +155,6 @@ class DataManagerClient:
         self.customer_id = customer_id.replace("-", "")
         self.login_customer_id = login_customer_id.replace("-", "") if login_customer_id else None
         self._names = {"destination": destination, "access_token_env": access_token_env}
-        self.retry = RetryPolicy(
-            max_attempts=max_attempts, base_delay_s=backoff_seconds, max_delay_s=max_backoff_seconds
-        )
         self.polling = RetryPolicy(
             max_attempts=1_000_000,
             base_delay_s=poll_seconds,
@@ -173,9 +162,6 @@ class DataManagerClient:
             jitter=0.2,
             max_total_s=poll_timeout_seconds,
         )
-        self._rpc_timeout = rpc_timeout_seconds
-        self._sleep = sleep
-        self._random = random.Random()
         root_certificates = read_ca_file(ca_file, "Data Manager") if ca_file else None
         self._channel = IngestionServiceGrpcTransport.create_channel(
             endpoint or DEFAULT_ENDPOINT,
@@ -189,18 +175,11 @@ class DataManagerClient:
         self.user_lists = datamanager_v1.UserListServiceClient(
             transport=UserListServiceGrpcTransport(channel=self._channel)
         )
-        self.retries = 0
 
     def close(self) -> None:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
-
-    def __enter__(self) -> DataManagerClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------ calls with retries
 
@@ -216,13 +195,7 @@ class DataManagerClient:
                 error = translate(exception, action=action, **self._names)
             raise error  # outside the except clause: the SDK's exception is not chained
 
-        def log_retry(error: ConnectorError, attempt: int, delay: float) -> None:
-            _log.info("Data Manager %s: %s; retry %d in %.2fs", action, error.code, attempt, delay)
-            self.retries += 1
-
-        return self.retry.call(
-            attempt, sleep=self._sleep, rng=self._random, on_retry=log_retry, on_give_up=_counted
-        )
+        return self._retried(attempt, action)
 
     def _account_headers(self) -> list[tuple[str, str]]:
         if not self.login_customer_id:
@@ -535,14 +508,6 @@ def _checked_consent(consent: Sequence[str | None], *, index: int | None) -> Con
     return values[0], values[1]
 
 
-def _values(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value] if value else []
-    return [v for v in value if v]
-
-
 def _hashed(value: str, index: int, name: str) -> str:
     if len(value) != 64 or not _HEX.issuperset(value):
         raise DataManagerRequestInvalid(
@@ -556,9 +521,9 @@ def _hashed(value: str, index: int, name: str) -> str:
 def _add_member(raw: Any, member: Member, index: int, *, adding: bool) -> None:
     """Fill one raw ``AudienceMember``: all of the person's identifiers, and consent."""
     identifiers = raw.user_data.user_identifiers
-    for email in _values(member.get(EMAIL)):
+    for email in values(member.get(EMAIL)):
         identifiers.add().email_address = _hashed(email, index, EMAIL)
-    for phone in _values(member.get(PHONE)):
+    for phone in values(member.get(PHONE)):
         identifiers.add().phone_number = _hashed(phone, index, PHONE)
     first, last = member.get(FIRST_NAME), member.get(LAST_NAME)
     country, postal = member.get(COUNTRY), member.get(POSTAL_CODE)
@@ -621,15 +586,3 @@ def _outcome(request_id: str, status: Any) -> RequestOutcome | None:
     elif which == "audience_members_removal_status":
         records = int(status.audience_members_removal_status.user_data_removal_status.record_count)
     return RequestOutcome(request_id, name, records, dict(errors), match_rate)
-
-
-def _counted(error: ConnectorError, attempts: int, why: str) -> ConnectorError:
-    if not isinstance(error, DataManagerApiError):
-        return error
-    return type(error)(
-        f"{error.what} after {attempts} attempts ({why})",
-        error.fix,
-        code=str(error.code),
-        transient=True,
-        request_id=error.request_id,
-    )

@@ -6,48 +6,41 @@ batch (SUCCESS or PARTIAL_SUCCESS; a FAILED request or one still PROCESSING when
 gives up raises, and the batch is sent again by a later run — ingesting and removing are
 idempotent on the platform). People refused before sending (consent DENIED, a region
 code that is not ISO 3166-1 alpha-2, no identifier) are returned as ``rejected_keys``:
-the engine records them as rejected, not as members.
+the engine records them as rejected, not as members (``connectors.google_common.screen``:
+in the EEA, the UK and Switzerland only people with both consent signals GRANTED in the
+CRM are sent). The people of a PARTIAL_SUCCESS request are returned as ``unknown_keys``:
+the platform counts what it refused but does not say who, so the engine keeps them as
+unsure and sends them again on the next sync.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 
-from audiences.core.countries import ISO_COUNTRIES
-from connectors.base import AudienceConnector, BatchOutcome, Capabilities, DestinationConfig
+from connectors.base import (
+    BatchOutcome,
+    DestinationConfig,
+    Outgoing,
+)
+from connectors.google_common import CONSENT, IDENTIFIERS, KEY, GoogleConnector, screen
 from connectors.google_data_manager.config import GoogleDataManagerDestinationConfig
 
 if TYPE_CHECKING:
+    from connectors.google_data_manager.client import RequestOutcome
     from policies.release import Release
 
-KEY = "member_key"
-IDENTIFIERS = [
-    "hashed_email",
-    "hashed_phone_number",
-    "hashed_first_name",
-    "hashed_last_name",
-    "country_code",
-    "postal_code",
-]
-ADDRESS = ["hashed_first_name", "hashed_last_name", "country_code", "postal_code"]
-CONSENT = ["ad_user_data", "ad_personalization"]
 
-
-class GoogleDataManagerConnector(AudienceConnector):
+class GoogleDataManagerConnector(GoogleConnector):
     kind: ClassVar[str] = "google_data_manager"
     config_model: ClassVar[type[DestinationConfig]] = GoogleDataManagerDestinationConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(add=True, remove=True, replace=True)
-    layout: ClassVar[str | None] = "google_ads"  # same normalization and hashing
     # One journaled batch is ten requests of 10,000 people, polled together.
     add_batch_size: ClassVar[int] = 100_000
     remove_batch_size: ClassVar[int] = 100_000
 
     config: GoogleDataManagerDestinationConfig
-
-    def account(self) -> str:
-        return self.config.customer_id  # as google_ads: one Google account, one history
 
     def credentials(self) -> dict[str, tuple[str | None, str]]:
         return {"access_token": (self.config.access_token_env, "an OAuth access token")}
@@ -61,7 +54,7 @@ class GoogleDataManagerConnector(AudienceConnector):
             destination=self.name,
             login_customer_id=self.config.login_customer_id,
             endpoint=self.config.endpoint,
-            ca_file=self.resolve(self.config.ca_file) if self.config.ca_file else None,
+            ca_file=self.ca_file(),
             access_token_env=self.config.access_token_env,
             poll_seconds=self.config.poll_seconds,
             max_poll_seconds=self.config.max_poll_seconds,
@@ -92,20 +85,12 @@ class GoogleDataManagerConnector(AudienceConnector):
             self.client.create_user_list(name, description, self.config.membership_duration_days)
         )
 
-    def _send(
-        self,
-        remote_id: str,
-        op: str,
-        rows: pl.DataFrame,
-        *,
-        seq: int,
-        last: bool,
-        session: dict[str, Any],
-    ) -> BatchOutcome:
+    def _send(self, batch: Outgoing) -> BatchOutcome:
+        remote_id, op, rows, session = batch.remote_id, batch.op, batch.rows, batch.session
         from connectors.google_data_manager.client import raise_failed
 
         outcome = BatchOutcome(op=op, size=rows.height, received=0)
-        sendable = self._screen(rows, outcome, adding=op != "remove")
+        sendable = screen(rows, outcome, adding=op != "remove")
         ids: list[str] = []
         if op == "replace" and not session.get("cleared"):
             # the list is emptied, and the platform confirms it, before anything is added
@@ -134,47 +119,30 @@ class GoogleDataManagerConnector(AudienceConnector):
             outcome.samples += [f"{n} {reason}" for reason, n in sorted(o.errors.items())][:5]
             if o.match_rate_range:
                 session["match_rate_range"] = o.match_rate_range
+        _unknown_members(outcome, outcomes, sendable)
         return outcome
 
-    def _screen(self, rows: pl.DataFrame, outcome: BatchOutcome, *, adding: bool) -> pl.DataFrame:
-        """The rows that can be sent; the others are counted and returned as rejected keys.
 
-        An address whose region code is not ISO 3166-1 alpha-2 is dropped (the person's
-        other identifiers still go); a person left with no identifier, or (adding) with
-        consent DENIED, is not sent.
-        """
-        frame = rows
-        if "country_code" in frame.columns:
-            bad_region = pl.col("country_code").is_not_null() & ~pl.col(
-                "country_code"
-            ).str.to_lowercase().is_in(sorted(ISO_COUNTRIES))
-            dropped = frame.filter(bad_region).height
-            if dropped:
-                outcome.samples.append(
-                    f"{dropped} addresses without an ISO 3166-1 alpha-2 region code not sent "
-                    "(fix [identity] country / default_country)"
-                )
-                frame = frame.with_columns(
-                    [pl.when(bad_region).then(None).otherwise(pl.col(c)).alias(c) for c in ADDRESS]
-                )
-        present = [c for c in ("hashed_email", "hashed_phone_number") if c in frame.columns]
-        has_address = pl.all_horizontal(
-            [pl.col(c).is_not_null() & (pl.col(c) != "") for c in ADDRESS if c in frame.columns]
-            or [pl.lit(False)]
-        )
-        usable = pl.any_horizontal(
-            [pl.col(c).is_not_null() & (pl.col(c) != "") for c in present] + [has_address]
-        )
-        refused = ~usable
-        if adding:
-            for c in CONSENT:
-                if c in frame.columns:
-                    refused = refused | (pl.col(c) == "DENIED").fill_null(False)
-        flagged = frame.with_columns(refused.alias("__refused"))
-        out = flagged.filter(pl.col("__refused"))
-        if out.height:
-            outcome.invalid += out.height
-            outcome.samples.append(f"{out.height} not sent (consent DENIED or no identifier)")
-            if KEY in out.columns:
-                outcome.rejected_keys.extend(out.get_column(KEY).to_list())
-        return flagged.filter(~pl.col("__refused")).drop("__refused")
+def _unknown_members(
+    outcome: BatchOutcome, outcomes: Sequence[RequestOutcome], sent: pl.DataFrame
+) -> None:
+    """The people of every request that ended PARTIAL_SUCCESS, as ``unknown_keys``.
+
+    The request status counts the refused records per reason but never names them
+    (``ErrorInfo.error_counts``), so nobody of such a request is known to be on the list
+    or off it. Request ``i`` held rows ``i * MAX_MEMBERS_PER_REQUEST`` onwards, in order.
+    """
+    from connectors.google_data_manager.client import MAX_MEMBERS_PER_REQUEST
+
+    partial = [i for i, o in enumerate(outcomes) if o.status == "PARTIAL_SUCCESS"]
+    if not partial:
+        return
+    keys = sent.get_column(KEY)
+    for i in partial:
+        outcome.unknown_keys += keys.slice(
+            i * MAX_MEMBERS_PER_REQUEST, MAX_MEMBERS_PER_REQUEST
+        ).to_list()
+    outcome.samples.append(
+        f"{len(outcome.unknown_keys)} people in {len(partial)} PARTIAL_SUCCESS request(s): "
+        "the platform does not say which it refused; they are sent again on the next sync"
+    )

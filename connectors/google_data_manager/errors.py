@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from audiences.core.errors import ConnectorError
+from connectors.google_common import GoogleApiError
+from connectors.google_common import request_id as request_id_of
 
 # gRPC statuses that mean "try again later".
 TRANSIENT_STATUSES = frozenset(
@@ -20,22 +21,8 @@ TRANSIENT_STATUSES = frozenset(
 )
 
 
-class DataManagerApiError(ConnectorError):
+class DataManagerApiError(GoogleApiError):
     """A Data Manager API call failed. ``code`` is the gRPC status or ``STATUS.reason``."""
-
-    def __init__(
-        self,
-        what: str,
-        fix: str | None = None,
-        *,
-        code: str | None = None,
-        transient: bool = False,
-        request_id: str | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        self.request_id = request_id
-        self.retry_after_s = retry_after_s
-        super().__init__(what, fix, transient=transient, code=code)
 
 
 class DataManagerTransientError(DataManagerApiError):
@@ -72,18 +59,6 @@ def _details(exception: Any) -> tuple[list[tuple[str, str]], str | None, float |
     return violations, reason, retry_after
 
 
-def _request_id(exception: Any) -> str | None:
-    response = getattr(exception, "response", None)
-    try:
-        metadata = response.trailing_metadata() or () if response is not None else ()
-    except Exception:  # a transport failure may carry no call
-        return None
-    for key, value in metadata:
-        if key == "request-id":
-            return str(value)
-    return None
-
-
 def translate(
     exception: BaseException,
     *,
@@ -103,7 +78,7 @@ def translate(
     grpc_status = exception.grpc_status_code
     status = grpc_status.name if grpc_status is not None else "UNKNOWN"
     violations, reason, retry_after = _details(exception)
-    request_id = _request_id(exception)
+    request_id = request_id_of(getattr(exception, "response", None))
     code = f"{status}.{reason}" if reason else status
     ref = f" (request id {request_id})" if request_id else ""
     where = f"[destinations.{destination}]"

@@ -27,12 +27,12 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 from audiences.core.errors import ConfigError, ConnectorError, InternalError
-from connectors.meta.config import GRAPH_API_VERSION
+from connectors.base import Closing
+from connectors.meta.config import GRAPH_API_VERSION, MULTI_KEY_FIELDS
 from connectors.meta.errors import (
     DEFAULT_TOKEN_ENV_VAR,
     MetaError,
@@ -49,25 +49,6 @@ log = logging.getLogger(__name__)
 DEFAULT_API_VERSION = GRAPH_API_VERSION
 GRAPH_URL = "https://graph.facebook.com"
 MAX_ROWS_PER_REQUEST = 10_000
-MULTI_KEY_FIELDS = frozenset(
-    {
-        "EXTERN_ID",
-        "EMAIL",
-        "PHONE",
-        "GEN",
-        "DOBY",
-        "DOBM",
-        "DOBD",
-        "LN",
-        "FN",
-        "FI",
-        "CT",
-        "ST",
-        "ZIP",
-        "MADID",
-        "COUNTRY",
-    }
-)
 CUSTOMER_FILE_SOURCES = frozenset(
     {"USER_PROVIDED_ONLY", "PARTNER_PROVIDED_ONLY", "BOTH_USER_AND_PARTNER_PROVIDED"}
 )
@@ -164,7 +145,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class MetaClient:
+class MetaClient(Closing):
     """Creates Custom Audiences and uploads hashed members through the facebook-business SDK.
 
     ``endpoint`` replaces ``https://graph.facebook.com`` (plain ``http://`` only on a
@@ -246,17 +227,6 @@ class MetaClient:
 
     def close(self) -> None:
         self._session.requests.close()
-
-    def __enter__(self) -> MetaClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- audiences -------------------------------------------------------------------------
 

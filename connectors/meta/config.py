@@ -11,6 +11,26 @@ from connectors.base import DestinationConfig
 # The Graph / Marketing API version, in this one place: the installed facebook-business
 # (26.0.3) is built for it (tests/test_meta_client.py checks the SDK's API_VERSION).
 GRAPH_API_VERSION = "v26.0"
+# The customer-file multi-key schema fields of that version (the SDK's
+# CustomAudience.Schema.MultiKeySchema, checked by tests/test_meta_client.py): what the
+# client may send and what the sandbox accepts.
+MULTI_KEY_FIELDS = (
+    "EXTERN_ID",
+    "EMAIL",
+    "PHONE",
+    "GEN",
+    "DOBY",
+    "DOBM",
+    "DOBD",
+    "LN",
+    "FN",
+    "FI",
+    "CT",
+    "ST",
+    "ZIP",
+    "MADID",
+    "COUNTRY",
+)
 
 
 class MetaDestinationConfig(DestinationConfig):

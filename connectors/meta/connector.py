@@ -11,6 +11,7 @@ from connectors.base import (
     BatchOutcome,
     Capabilities,
     DestinationConfig,
+    Outgoing,
 )
 from connectors.meta.config import MetaDestinationConfig
 from connectors.meta.errors import FLAGGED_STATUS, MetaAudienceFlagged
@@ -87,16 +88,8 @@ class MetaConnector(AudienceConnector):
             code=FLAGGED_STATUS,
         )
 
-    def _send(
-        self,
-        remote_id: str,
-        op: str,
-        rows: pl.DataFrame,
-        *,
-        seq: int,
-        last: bool,
-        session: dict[str, Any],
-    ) -> BatchOutcome:
+    def _send(self, batch: Outgoing) -> BatchOutcome:
+        remote_id, op, rows, session = batch.remote_id, batch.op, batch.rows, batch.session
         from connectors.meta.client import new_session_id, upload_session
 
         if op != "remove" and self._flagged:
@@ -110,7 +103,7 @@ class MetaConnector(AudienceConnector):
             params = upload_session(
                 session_id,
                 session["batch_seq"],
-                last=last,
+                last=batch.last,
                 estimated_total=int(session.get("total", len(data))),
             )
             upload = self.client.replace if op == "replace" else self.client.add
@@ -120,7 +113,7 @@ class MetaConnector(AudienceConnector):
         # batch, in this run or the next, reports the flag.
         self._flagged = self._flagged or self._status_code(remote_id) == FLAGGED_STATUS
         if self._flagged and op != "remove":
-            raise self._flagged_error(remote_id, f"after {op} batch {seq}")
+            raise self._flagged_error(remote_id, f"after {op} batch {batch.seq}")
         return BatchOutcome(
             op=op,
             size=len(data),

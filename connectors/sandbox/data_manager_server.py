@@ -18,7 +18,9 @@ code that is not ISO 3166-1 alpha-2, more than 10,000 members, encoding unset, C
 Match terms not ACCEPTED); an unknown list is ``NOT_FOUND``, another account
 ``PERMISSION_DENIED``, a wrong token ``UNAUTHENTICATED``. A member whose consent (its own,
 else the request's) is DENIED for ``ad_user_data`` or ``ad_personalization`` is refused
-in processing (``DENIED_CONSENT``): never added.
+in processing (``DENIED_CONSENT``): never added; so is a member whose address is in the
+EEA, the UK or Switzerland without both signals GRANTED (``UNKNOWN_CONSENT``: Google's EU
+user consent policy).
 
 Faults are queued with :meth:`DataManagerSandbox.inject`: ``resource_exhausted`` (with a
 ``RetryInfo``), ``unavailable``, ``permission_denied``, ``unauthenticated`` end the next
@@ -48,7 +50,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from audiences.core.countries import ISO_COUNTRIES
-from connectors.sandbox.tls import LoopbackGrpcSandbox
+from connectors.google_common import CONSENT_REGIONS
+from connectors.sandbox.tls import LoopbackGrpcSandbox, run_until_interrupted
 
 PREFIX = "google.ads.datamanager.v1"
 DEFAULT_CUSTOMER_ID = "1234567890"
@@ -97,7 +100,7 @@ class SandboxRequest:
     request_id: str
     kind: Literal["ingest", "remove", "remove_all"]
     user_list: int
-    people: list[tuple[Person, bool]]  # (person, consent allows it)
+    people: list[tuple[Person, int]]  # (person, ProcessingErrorReason its consent gets, or 0)
     polls_left: int
     refused_tail: int = 0  # partial fault: the last N are refused
     fail: bool = False
@@ -147,6 +150,7 @@ class DataManagerSandbox(LoopbackGrpcSandbox):
         self.requests: dict[str, SandboxRequest] = {}
         self._faults: deque[Fault] = deque()
         self.calls: list[tuple[str, str]] = []  # (method, status name)
+        self.handling_s = 0.0  # time spent in handlers (client-minus-server overhead figures)
 
     # -- test controls
 
@@ -250,10 +254,12 @@ class DataManagerSandbox(LoopbackGrpcSandbox):
     def _served(self, method: str, handler: Callable[[Any], Any]) -> Any:
         def serve_call(request: Any, context: grpc.ServicerContext) -> Any:
             request_id = uuid.uuid4().hex
+            started = time.perf_counter()
             try:
                 self._before(method, context)
                 response = handler(request)
             except _Refused as refused:
+                self._handled(started)
                 self.calls.append((method, refused.code.name))
                 context.set_trailing_metadata((("request-id", request_id),))
                 status = status_pb2.Status(code=refused.code.value[0], message=refused.message)
@@ -262,11 +268,16 @@ class DataManagerSandbox(LoopbackGrpcSandbox):
                     packed.Pack(detail)
                     status.details.append(packed)
                 context.abort_with_status(rpc_status.to_status(status))
+            self._handled(started)
             self.calls.append((method, "OK"))
             context.set_trailing_metadata((("request-id", request_id),))
             return response
 
         return serve_call
+
+    def _handled(self, started: float) -> None:
+        with self._lock:
+            self.handling_s += time.perf_counter() - started
 
     def _take_fault(self, method: str, kinds: Sequence[str]) -> Fault | None:
         with self._lock:
@@ -377,7 +388,7 @@ class DataManagerSandbox(LoopbackGrpcSandbox):
             )
         return stored
 
-    def _members(self, request: Any, *, adding: bool) -> list[tuple[Person, bool]]:
+    def _members(self, request: Any, *, adding: bool) -> list[tuple[Person, int]]:
         if request.encoding != types.Encoding.HEX:
             raise _bad("encoding", "must be HEX for hashed identifiers")
         if not 0 < len(request.audience_members) <= MAX_MEMBERS:
@@ -386,17 +397,23 @@ class DataManagerSandbox(LoopbackGrpcSandbox):
         people = []
         for i, member in enumerate(request.audience_members):
             person = _person(member, f"audience_members[{i}]")
-            allowed = True
+            refusal = 0
             if default is not None:
                 own = member.consent if "consent" in member else None
-                for signal in ("ad_user_data", "ad_personalization"):
-                    value = getattr(own, signal) if own is not None else 0
-                    value = value or getattr(default, signal)
-                    allowed = allowed and value != DENIED
-            people.append((person, allowed))
+                values = [
+                    (getattr(own, signal) if own is not None else 0) or getattr(default, signal)
+                    for signal in ("ad_user_data", "ad_personalization")
+                ]
+                regions = {v.split(":")[2] for k, v in person if k == "address"}
+                if DENIED in values:
+                    refusal = Reason.PROCESSING_ERROR_REASON_DENIED_CONSENT
+                elif regions & CONSENT_REGIONS and values != [GRANTED, GRANTED]:
+                    # EU user consent policy: EEA / UK / CH data needs both GRANTED
+                    refusal = Reason.PROCESSING_ERROR_REASON_UNKNOWN_CONSENT
+            people.append((person, refusal))
         return people
 
-    def _new_request(self, kind: Any, list_id: int, people: list[tuple[Person, bool]]) -> str:
+    def _new_request(self, kind: Any, list_id: int, people: list[tuple[Person, int]]) -> str:
         request_id = uuid.uuid4().hex
         fault = self._take_fault(_method(kind), ("processing", "partial", "failed"))
         pending = SandboxRequest(request_id, kind, list_id, people, self.processing_polls)
@@ -466,11 +483,11 @@ class DataManagerSandbox(LoopbackGrpcSandbox):
         if pending.kind == "remove_all":
             stored.members.clear()
         cut = len(pending.people) - pending.refused_tail
-        for i, (person, allowed) in enumerate(pending.people):
+        for i, (person, refusal) in enumerate(pending.people):
             if i >= cut:
                 reason = Reason.PROCESSING_ERROR_REASON_INVALID_FORMAT
-            elif not allowed:
-                reason = Reason.PROCESSING_ERROR_REASON_DENIED_CONSENT
+            elif refusal:
+                reason = refusal
             else:
                 if pending.kind == "ingest":
                     stored.members.add(person)
@@ -640,13 +657,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sandbox = serve(port=args.port, customer_id=args.customer_id, polls=args.polls)
     print(f"Data Manager sandbox listening on {sandbox.endpoint} (TLS, CA {sandbox.ca_file})")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.stop()
+    run_until_interrupted(sandbox.stop)
 
 
 if __name__ == "__main__":

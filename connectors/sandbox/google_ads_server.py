@@ -68,7 +68,8 @@ from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import status_pb2
 
-from connectors.sandbox.tls import LoopbackGrpcSandbox
+from connectors.google_common import CONSENT_REGIONS
+from connectors.sandbox.tls import LoopbackGrpcSandbox, run_until_interrupted
 
 API_VERSION = "v26"
 SERVICES_PREFIX = f"google.ads.googleads.{API_VERSION}.services"
@@ -215,6 +216,7 @@ class SandboxJob:
     staged: list[tuple[str, Person | None]] = field(default_factory=list)
     kinds: set[str] = field(default_factory=set)  # "create" / "remove" (remove_all apart)
     in_flight: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # operations refused, per error code
 
 
 @dataclass(frozen=True)
@@ -655,14 +657,7 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
                 ),
             )
         if not self.allowlisted:
-            raise RequestFailed(
-                grpc.StatusCode.PERMISSION_DENIED,
-                ApiError(
-                    "not_allowlisted_error",
-                    "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE",
-                    "Customer is not allowlisted for accessing this feature.",
-                ),
-            )
+            raise _not_allowlisted()
         metadata = job.customer_match_user_list_metadata
         with self._lock:
             if metadata.user_list not in self.user_lists:
@@ -695,15 +690,7 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
     def _job(self, resource_name: str) -> SandboxJob:
         job = self.jobs.get(resource_name)
         if job is None:
-            raise RequestFailed(
-                grpc.StatusCode.NOT_FOUND,
-                ApiError(
-                    "mutate_error",
-                    "RESOURCE_NOT_FOUND",
-                    "The requested resource was not found.",
-                    (("resource_name", None),),
-                ),
-            )
+            raise _not_found("resource_name")
         return job
 
     def _add_operations(
@@ -737,23 +724,9 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
         request: offline_user_data_job_service.AddOfflineUserDataJobOperationsRequest,
     ) -> offline_user_data_job_service.AddOfflineUserDataJobOperationsResponse:
         if not self.allowlisted:
-            raise RequestFailed(
-                grpc.StatusCode.PERMISSION_DENIED,
-                ApiError(
-                    "not_allowlisted_error",
-                    "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE",
-                    "Customer is not allowlisted for accessing this feature.",
-                ),
-            )
+            raise _not_allowlisted()
         if job.started:
-            raise RequestFailed(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                ApiError(
-                    "offline_user_data_job_error",
-                    "JOB_ALREADY_STARTED",
-                    "The job has already been started; operations can no longer be added.",
-                ),
-            )
+            raise _already_started("; operations can no longer be added")
         # raw protobuf: iterating proto-plus wrappers costs ~10x more on 10,000 people
         operations = list(type(request).pb(request).operations)
         if not operations:
@@ -846,6 +819,8 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
                 continue
             assert kind is not None  # refused above
             person, problems = _person(getattr(operation, kind), index, kind)
+            if kind == "create" and not problems and not _consent_given(job, person):
+                problems = [_no_eea_consent(index)]
             if problems:
                 errors.extend(problems)
             elif person is not None:
@@ -854,16 +829,11 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
             raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, *errors)
         with self._lock:
             if job.started:  # ran while this request was being checked
-                raise RequestFailed(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    ApiError(
-                        "offline_user_data_job_error",
-                        "JOB_ALREADY_STARTED",
-                        "The job has already been started; operations can no longer be added.",
-                    ),
-                )
+                raise _already_started("; operations can no longer be added")
             job.staged.extend(staged)
             job.kinds |= request_kinds
+            for error in errors:
+                job.refused[error.code] = job.refused.get(error.code, 0) + 1
         response = offline_user_data_job_service.AddOfflineUserDataJobOperationsResponse()
         if errors:
             response.partial_failure_error = _partial_failure_status(errors)
@@ -877,14 +847,7 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
         with self._lock:
             job = self._job(request.resource_name)
             if job.started:
-                raise RequestFailed(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    ApiError(
-                        "offline_user_data_job_error",
-                        "JOB_ALREADY_STARTED",
-                        "The job has already been started.",
-                    ),
-                )
+                raise _already_started("")
             job.started = True
             for i, fault in enumerate(self._faults):
                 if fault.kind == "job_failed":
@@ -901,15 +864,7 @@ class GoogleAdsSandbox(LoopbackGrpcSandbox):
         with self._lock:
             job = self.jobs.get(f"customers/{self.customer_id}/offlineUserDataJobs/{job_id}")
             if job is None or not job.started:
-                raise RequestFailed(
-                    grpc.StatusCode.NOT_FOUND,
-                    ApiError(
-                        "mutate_error",
-                        "RESOURCE_NOT_FOUND",
-                        "The requested resource was not found.",
-                        (("name", None),),
-                    ),
-                )
+                raise _not_found("name")
             self._advance(job)
             return _operation(job)
 
@@ -1063,6 +1018,59 @@ def _partial_failure_status(errors: Sequence[ApiError]) -> status_pb2.Status:
 
 def _path_text(path: tuple[tuple[str, int | None], ...]) -> str:
     return ".".join(name if index is None else f"{name}[{index}]" for name, index in path)
+
+
+def _not_allowlisted() -> RequestFailed:
+    return RequestFailed(
+        grpc.StatusCode.PERMISSION_DENIED,
+        ApiError(
+            "not_allowlisted_error",
+            "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE",
+            "Customer is not allowlisted for accessing this feature.",
+        ),
+    )
+
+
+def _already_started(more: str) -> RequestFailed:
+    return RequestFailed(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ApiError(
+            "offline_user_data_job_error",
+            "JOB_ALREADY_STARTED",
+            f"The job has already been started{more}.",
+        ),
+    )
+
+
+def _not_found(field_name: str) -> RequestFailed:
+    return RequestFailed(
+        grpc.StatusCode.NOT_FOUND,
+        ApiError(
+            "mutate_error",
+            "RESOURCE_NOT_FOUND",
+            "The requested resource was not found.",
+            ((field_name, None),),
+        ),
+    )
+
+
+def _consent_given(job: SandboxJob, person: Person | None) -> bool:
+    """Whether the job's consent allows adding ``person``: a person whose address is in
+    the EEA, the UK or Switzerland needs both signals GRANTED (EU user consent policy)."""
+    regions = {value.rsplit(":", 2)[1] for kind, value in person or () if kind == "address_info"}
+    if not regions & CONSENT_REGIONS:
+        return True
+    return job.ad_user_data == job.ad_personalization == ConsentStatus.GRANTED
+
+
+def _no_eea_consent(index: int) -> ApiError:
+    return ApiError(
+        "offline_user_data_job_error",
+        "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS",
+        "Data of users in the EEA, the UK or Switzerland needs consent: ad_user_data and "
+        "ad_personalization GRANTED.",
+        (("operations", index), ("create", None)),
+    )
 
 
 def _person(user_data: Any, index: int, kind: str) -> tuple[Person | None, list[ApiError]]:
@@ -1294,13 +1302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "tokens: $GOOGLE_ADS_DEVELOPER_TOKEN / $GOOGLE_ADS_ACCESS_TOKEN if set, "
         "else the sandbox defaults"
     )
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.stop()
+    run_until_interrupted(sandbox.stop)
 
 
 if __name__ == "__main__":

@@ -57,29 +57,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from connectors.meta.config import GRAPH_API_VERSION as DEFAULT_API_VERSION
+from connectors.meta.config import MULTI_KEY_FIELDS
+from connectors.sandbox.tls import run_until_interrupted
 
 DEMO_ACCESS_TOKEN = "sandbox-demo-token"
 DEMO_AD_ACCOUNT_ID = "1234567890"
 MAX_ROWS_PER_REQUEST = 10_000
 MAX_REQUEST_LINE_BYTES = 16 * 1024
 
-MULTI_KEY_FIELDS = (
-    "EXTERN_ID",
-    "EMAIL",
-    "PHONE",
-    "GEN",
-    "DOBY",
-    "DOBM",
-    "DOBD",
-    "LN",
-    "FN",
-    "FI",
-    "CT",
-    "ST",
-    "ZIP",
-    "MADID",
-    "COUNTRY",
-)
 UNHASHED_FIELDS = frozenset({"EXTERN_ID", "MADID"})
 CUSTOMER_FILE_SOURCES = frozenset(
     {"USER_PROVIDED_ONLY", "PARTNER_PROVIDED_ONLY", "BOTH_USER_AND_PARTNER_PROVIDED"}
@@ -1001,11 +986,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765) -> None:
         print(f"  access token (demo only): {sandbox.access_token}", flush=True)
         print(f"  ad account: act_{DEMO_AD_ACCOUNT_ID}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
-        try:
-            while True:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            print("stopped", flush=True)
+        run_until_interrupted()
 
 
 def main(argv: list[str] | None = None) -> None:

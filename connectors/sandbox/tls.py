@@ -14,7 +14,8 @@ import ipaddress
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,3 +164,15 @@ class LoopbackGrpcSandbox:
         if self._certificate is None:
             raise RuntimeError("the sandbox is not running")
         return str(self._certificate.certificate_file)
+
+
+def run_until_interrupted(stop: Callable[[], None] | None = None) -> None:
+    """Block until Ctrl-C (a sandbox served in the foreground), then ``stop`` it."""
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    finally:
+        if stop is not None:
+            stop()
