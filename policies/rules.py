@@ -719,6 +719,8 @@ class Rule:
     # a jurisdiction pack's rule applies to the people of these jurisdictions only
     # (and to people whose jurisdiction is unknown); empty: to everyone
     jurisdictions: tuple[str, ...] = ()
+    # the jurisdiction pack it came from (reports group by it; not part of the digest)
+    pack: str = field(default="", compare=False)
 
     @property
     def scope(self) -> str:

@@ -410,3 +410,95 @@ def test_jurisdiction_scope_is_vectorized_and_handles_no_candidates(project):
     assert outcome.blocked  # min-size, not a crash
     assert verdict(outcome, "ccpa-opt-outs").evidence["in_us_ca"] == 0
     assert np.all([v.evidence.get("excluded", 0) == 0 for v in outcome.verdicts])
+
+
+def _mixed_crowd() -> pl.DataFrame:
+    """NY (no jurisdiction pack), WA, CA, EEA and unknown people; some lack each consent."""
+    state = ["NY"] * 150 + ["WA"] * 40 + ["CA"] * 30 + [None] * 20 + [None] * 5
+    country = ["US"] * 220 + ["DE"] * 20 + [None] * 5
+    share = [True] * 150 + [True] * 10 + [False] * 30 + [True] * 50 + [False] * 5
+    gpc = [False] * 190 + [True] * 12 + [False] * 43
+    return crowd(245, state=state, country=country, share=share, gpc=gpc)
+
+
+def test_report_section_by_jurisdiction_names_pack_rule_and_people_matched(project):
+    from html import unescape
+
+    from policies.report import render
+
+    frame = _mixed_crowd()
+    packs = ["hipaa-marketing", "wa-mhmda", "ccpa-sensitive"]
+    diabetes = segment(
+        "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    outcome = run(project, diabetes, frame, ["meta"], config=config(project["root"], packs=packs))
+    assert not outcome.blocked, outcome.block_reasons
+    by_id = {v["id"]: v for v in outcome.report["verdicts"]}
+    assert by_id["mhmda-consent-to-share"]["pack"] == "wa-mhmda"
+    assert by_id["mhmda-consent-to-share"]["jurisdictions"] == ["US-WA"]
+    assert "pack" not in by_id["consent"]  # the base pack's rules apply to everyone
+    text = render(outcome.report, "md")
+    section = text.split("<!-- section: jurisdictions -->")[1].split("<!-- section:")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    # Washington: 40 selected there, 30 without consent to share; 5 unknown (state and
+    # country empty) without it: the strictest treatment applies the WA rule to them too
+    assert rows[0].startswith("| Washington (US-WA) | 40 | wa-mhmda |")
+    assert "mhmda-consent-to-share" in rows[0] and rows[0].endswith("| 30 | PASS |")
+    assert "no-geofence" in rows[1] and rows[1].endswith("| 0 | PASS |")
+    ca = next(r for r in rows if r.startswith("| California (US-CA) | 30 |"))
+    assert "ccpa-opt-outs" in ca and ca.endswith("| 12 | PASS |")
+    unknown = [r for r in rows if r.startswith("| Jurisdiction unknown |")]
+    assert unknown and unknown[0].startswith("| Jurisdiction unknown | 5 |")
+    assert unknown[0].endswith("| 5 | PASS |")  # all five lack consent to share
+    assert "Germany" not in section and "EEA" not in section  # gdpr-health is not in force
+    page = unescape(render(outcome.report, "html"))
+    assert 'data-section="jurisdictions"' in page and "Washington (US-WA)" in page
+    assert "The base pack hipaa-marketing applies to everyone" in page
+
+
+def test_blocked_report_by_jurisdiction_shows_no_count_below_k(project):
+    from policies.report import render
+
+    frame = _mixed_crowd().head(230)  # 150 NY + 40 WA + 30 CA + 10 EEA
+    diabetes = segment(
+        "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    cfg = config(project["root"], packs=["hipaa-marketing", "wa-mhmda"])
+    frame = frame.with_columns(pl.Series("opt_in", [False] * 150 + [True] * 80))  # < k left
+    outcome = run(project, diabetes, frame, ["meta"], config=cfg)
+    assert outcome.blocked
+    text = render(outcome.report, "md")
+    section = text.split("<!-- section: jurisdictions -->")[1].split("<!-- section:")[0]
+    assert "| Washington (US-WA) | \\< 100 |" in section
+    assert not re.search(r"\| (40|30|10) \|", section)  # the exact counts below k are gone
+    page = render(outcome.report, "html")
+    jurisdiction_part = page.split('data-section="jurisdictions"')[1].split("</section>")[0]
+    assert "&lt; 100" in jurisdiction_part and ">40<" not in jurisdiction_part
+
+
+def test_every_builtin_rule_appears_with_its_rationale_and_source_in_the_report(project):
+    from html import unescape
+
+    from policies.report import render
+    from policies.report.glossary import JURISDICTION_NAMES
+
+    frame = _mixed_crowd()
+    for base in ("baseline", "hipaa-marketing"):
+        packs = [base, "wa-mhmda", "gdpr-health", "ccpa-sensitive"]
+        cfg = config(project["root"], packs=packs)
+        outcome = run(
+            project,
+            segment(
+                f"name: d-{base}\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {{contains: E11.9}}\n"
+            ),
+            frame,
+            ["meta"],
+            config=cfg,
+        )
+        page = unescape(render(outcome.report, "html"))
+        for name in packs:
+            pack = builtin_pack(name)
+            assert set(pack.jurisdictions) <= set(JURISDICTION_NAMES), name
+            for rule in pack.rules:
+                card = page.split(f'id="rule-{rule.id}-')[1].split("</article>")[0]
+                assert rule.rationale in card and rule.source in card, (name, rule.id)
