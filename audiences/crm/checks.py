@@ -31,8 +31,14 @@ DATETIME_FORMATS = (
     "%m/%d/%Y %H:%M:%S",
     "%m/%d/%Y %I:%M %p",
 )
-_FLAG_ROLES = ("do_not_contact", "deceased")
-_CONSENT_ROLES = ("marketing_opt_in", "ad_personalization", "ad_user_data")
+_FLAG_ROLES = ("do_not_contact", "deceased", "limit_sensitive_pi", "opt_out_of_sharing")
+_CONSENT_ROLES = (
+    "marketing_opt_in",
+    "ad_personalization",
+    "ad_user_data",
+    "share_health_data",
+    "explicit_health_marketing",
+)
 _DATE_ROLES = (
     "hipaa_authorization_date",
     "hipaa_authorization_expires",
