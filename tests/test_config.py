@@ -27,6 +27,28 @@ def test_template_loads(project: Path) -> None:
     assert config.destination("meta").kind == "meta"
 
 
+def test_template_maps_consent_per_purpose_and_documents_the_jurisdiction_packs(
+    project: Path,
+) -> None:
+    from policies.pack import load_pack
+
+    config = load_config(project)
+    assert config.consent.share_health_data == "share_health_data"
+    assert config.consent.explicit_health_marketing == "explicit_health_marketing"
+    assert config.consent.limit_sensitive_pi == "limit_sensitive_pi"
+    assert config.consent.opt_out_of_sharing == "opt_out_of_sharing"
+    assert config.policy.pack_specs == ("hipaa-marketing",)  # mapped, they change nothing
+    # the two commented lines the template documents turn the packs on
+    toml = project / "audiences.toml"
+    text = toml.read_text(encoding="utf-8")
+    for line in ("# packs = [", "# ad_user_data = "):
+        assert text.count(line) == 1, line
+        text = text.replace(line, line.removeprefix("# "))
+    toml.write_text(text, encoding="utf-8")
+    pack = load_pack(load_config(project))
+    assert pack.name == "hipaa-marketing + wa-mhmda + gdpr-health + ccpa-sensitive"
+
+
 def test_init_refuses_to_overwrite(project: Path) -> None:
     with pytest.raises(ConfigError, match="already exists"):
         init_project(project)
