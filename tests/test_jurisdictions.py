@@ -502,3 +502,31 @@ def test_every_builtin_rule_appears_with_its_rationale_and_source_in_the_report(
             for rule in pack.rules:
                 card = page.split(f'id="rule-{rule.id}-')[1].split("</article>")[0]
                 assert rule.rationale in card and rule.source in card, (name, rule.id)
+
+
+def test_demo_summary_shows_who_the_packs_kept_out_in_coarse_figures(project, tmp_path):
+    import json
+
+    from audiences.demo.run import jurisdiction_lines
+
+    state = ["NY"] * 300 + ["WA"] * 150 + [None] * 10
+    share = [True] * 300 + [False] * 130 + [True] * 20 + [False] * 10
+    frame = crowd(460, state=state, share=share)
+    diabetes = segment(
+        "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    cfg = config(project["root"], packs=["hipaa-marketing", "wa-mhmda"])
+    outcome = run(project, diabetes, frame, ["meta"], config=cfg)
+    assert not outcome.blocked, outcome.block_reasons
+    path = tmp_path / "b-1.json"
+    path.write_text(json.dumps(outcome.report, default=str), encoding="utf-8")
+    build = {"segment": "diabetes", "status": "released", "reports": {"json": str(path)}}
+    lines = jurisdiction_lines([build, {**build, "status": "blocked"}])
+    assert lines[1] == "diabetes (released under hipaa-marketing + wa-mhmda):"
+    assert lines[2] == (
+        "  Washington (US-WA): 100-199 people — no consent for health data "
+        "(wa-mhmda rule mhmda-consent-to-share)"
+    )
+    assert lines[3].startswith("  Jurisdiction unknown: < 100 people — no consent")
+    assert lines[4].endswith("b-1.html") and len(lines) == 5  # blocked builds: nothing
+    assert not re.search(r"\b(130|10|150)\b", "\n".join(lines))  # no exact figure
