@@ -22,6 +22,7 @@ import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
@@ -384,6 +385,17 @@ class FilterContext:
         from audiences.core import clock
 
         clock.release_day(self.as_of, what="the policy gate")
+
+    @cached_property
+    def persons(self) -> pl.Series | None:
+        """The person of each candidate record (records sharing a normalized email or
+        phone are one person); None without the CRM id column. Computed once per gate."""
+        from audiences.crm.linkage import person_keys
+
+        cid = self.config.sources.contacts.id
+        if cid not in self.candidates.columns:
+            return None
+        return person_keys(self.candidates, self.config, by=cid)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1000,6 +1012,23 @@ def run_filter(rule: Rule, ctx: FilterContext) -> Verdict:
     return scoped(rule, ctx, verdict) if rule.jurisdictions else verdict
 
 
+def _whole_people(ctx: FilterContext, excluded: pl.Series) -> tuple[pl.Series, int]:
+    """``excluded`` widened to every candidate record of the people it excludes, and how
+    many records that added. A jurisdiction rule judges a person's request or consent: a
+    "limit use" request, a GPC opt-out or a withdrawn consent on one CRM record holds for
+    the person's other records too (they share an email or phone the platforms match on)."""
+    n = int(excluded.sum()) if excluded.len() else 0
+    persons = ctx.persons if 0 < n < excluded.len() else None
+    if persons is None:
+        return excluded, 0
+    wider = (
+        pl.DataFrame({"p": persons, "x": excluded})
+        .select(pl.col("x").any().over("p").alias("excluded"))
+        .to_series()
+    )
+    return wider, int(wider.sum()) - n
+
+
 def scoped(rule: Rule, ctx: FilterContext, verdict: Verdict) -> Verdict:
     """``verdict`` with its exclusion mask ANDed with the jurisdiction mask and its
     evidence counted per jurisdiction (``in_us_wa``, ``excluded_us_wa``, ``in_unknown``…)."""
@@ -1011,7 +1040,9 @@ def scoped(rule: Rule, ctx: FilterContext, verdict: Verdict) -> Verdict:
     scope = inside | unknown
     base = verdict.excluded if verdict.excluded is not None else _mask(df, pl.lit(False))
     excluded = (base & scope).alias("excluded") if df.height else base
+    excluded, linked = _whole_people(ctx, excluded)
     evidence = dict(verdict.evidence)
+    evidence["linked_records"] = linked
     for code in rule.jurisdictions:
         member = found.list.contains(code).fill_null(False) if df.height else scope
         key = evidence_suffix(code)

@@ -530,3 +530,38 @@ def test_demo_summary_shows_who_the_packs_kept_out_in_coarse_figures(project, tm
     assert lines[3].startswith("  Jurisdiction unknown: < 100 people — no consent")
     assert lines[4].endswith("b-1.html") and len(lines) == 5  # blocked builds: nothing
     assert not re.search(r"\b(130|10|150)\b", "\n".join(lines))  # no exact figure
+
+
+def test_a_request_on_one_record_holds_for_every_record_of_the_person(project):
+    # The attack: a person's second CRM record (same email, or same phone) lacks the GPC
+    # flag her first one carries; records sharing an identifier are one person, and the
+    # opt-out is hers, so neither record may be released.
+    frame = crowd(200, state="CA")
+    by_email = crowd(1, start=5000, state="CA", gpc=True).with_columns(
+        pl.lit(frame["email"][0]).alias("email")
+    )
+    by_phone = crowd(1, start=5001, state="CA", limit=True).with_columns(
+        pl.lit(frame["phone"][1]).alias("phone")
+    )
+    records = pl.concat([frame, by_email, by_phone])
+    cfg = config(project["root"], packs=["baseline", "ccpa-sensitive"])
+    outcome = run(project, NEWSLETTER, records, ["meta"], config=cfg)
+    out = released(outcome)
+    assert not keys_of(records, [0, 1, 200, 201]) & out
+    assert keys_of(records, list(range(2, 200))) <= out and len(out) == 198
+    v = verdict(outcome, "ccpa-opt-outs")
+    assert v.evidence["excluded"] == 4 and v.evidence["linked_records"] == 2
+    assert v.evidence["excluded_us_ca"] == 4 and v.evidence["removed"] == 4
+    # withdrawn consent to share on the second record of a Washington person: the same
+    diabetes = segment(
+        "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    wa = crowd(150, state="WA")
+    twin = crowd(1, start=6000, state="WA", share="withdrawn").with_columns(
+        pl.lit(wa["email"][3]).alias("email")
+    )
+    wa_records = pl.concat([wa, twin], how="diagonal_relaxed")
+    cfg = config(project["root"], packs=["hipaa-marketing", "wa-mhmda"])
+    outcome = run(project, diabetes, wa_records, ["meta"], config=cfg)
+    assert not keys_of(wa_records, [3, 150]) & released(outcome)
+    assert verdict(outcome, "mhmda-consent-to-share").evidence["linked_records"] == 1

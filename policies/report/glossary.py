@@ -293,6 +293,12 @@ def _jurisdiction_terms() -> dict[str, Term]:
     terms["excluded_unknown"] = Term(
         "Matched, jurisdiction unknown", "people of unknown jurisdiction this rule matched"
     )
+    terms["linked_records"] = Term(
+        "Other records of the same people",
+        "CRM records sharing a normalized email or phone with a record this rule excludes: "
+        "the request or the missing consent is the person's, so these records go too "
+        "(counted in the figures above)",
+    )
     terms["out_of_jurisdiction"] = Term(
         "Outside the jurisdiction", "people selected this jurisdiction rule does not apply to"
     )
