@@ -349,7 +349,7 @@ def reference_persons(contacts: pl.DataFrame) -> list[str]:
     return [find(cid) for cid in contacts.get_column("contact_id").to_list()]
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(st.integers(1, 30).flatmap(lambda n: st.tuples(*[spelled(i) for i in range(n)])))
 def test_person_keys_equal_the_direct_computation(rows: tuple) -> None:
     # person_keys normalizes only the records whose coarse key another record shares
