@@ -295,7 +295,9 @@ def jurisdiction_lines(builds: list[dict[str, Any]]) -> list[str]:
             )
     if lines:
         lines.insert(
-            0, "People the jurisdiction packs kept out (coarse figures: below k shows as '< k'):"
+            0,
+            "People each jurisdiction rule keeps out (each rule counted on its own: an earlier "
+            "rule may exclude them too; coarse figures, below k shows as '< k'):",
         )
     return lines
 
