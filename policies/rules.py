@@ -884,7 +884,8 @@ def health_data_consent(rule: Rule, ctx: FilterContext) -> Verdict:
     else:
         _column(df, column, p.consent)  # names a missing column
         # granted: true / yes / 1 / granted; withdrawn, denied or unknown is no consent
-        lacking = _mask(df, consent_signal(df, column, p.consent) != "GRANTED")
+        words = ctx.config.consent.vocabulary(p.consent)  # the column's own words, if any
+        lacking = _mask(df, consent_signal(df, column, p.consent, words) != "GRANTED")
         note = ""
     n = _count(df, lacking)
     evidence = {
@@ -962,7 +963,8 @@ def sensitive_pi_opt_out(rule: Rule, ctx: FilterContext) -> Verdict:
                 f"rule {rule.id!r} honours {request} but [consent] {request} is not set",
                 f"set [consent] {request} in audiences.toml",
             )
-        parts[request] = truthy(df, column, request).fill_null(False)
+        words = ctx.config.consent.vocabulary(request)
+        parts[request] = truthy(df, column, request, words).fill_null(False)
     evidence, mask = _flagged(df, parts)
     detail = f"people who asked to {' or '.join(_REQUESTS[r] for r in p.honour)} are excluded"
     return _verdict(rule, True, evidence, detail, excluded=mask)

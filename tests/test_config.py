@@ -90,6 +90,27 @@ def _edit(project: Path, old: str, new: str) -> None:
             'quasi_identifiers = ["birth_date", "zip", "sex", "insurance_type"]',
             r"both sensitive and quasi_identifiers",
         ),
+        (  # per-purpose words: only for the per-purpose columns ...
+            "\n[policy]\n",
+            '\n[consent.words.marketing_opt_in]\ngranted = ["Y"]\ndenied = ["N"]\n\n[policy]\n',
+            r"only the per-purpose consent columns",
+        ),
+        (  # ... one meaning per word (compared as cleaned: case, spaces, _ and -)
+            "\n[policy]\n",
+            '\n[consent.words.opt_out_of_sharing]\ngranted = ["GPC sent"]\n'
+            'denied = ["gpc_SENT", "none"]\n\n[policy]\n',
+            r"\['gpc sent'\] are both granted and denied",
+        ),
+        (
+            "\n[policy]\n",
+            '\n[consent.words.limit_sensitive_pi]\ngranted = ["Y"]\ndenied = []\n\n[policy]\n',
+            r"consent.words.limit_sensitive_pi.denied",
+        ),
+        (  # ... of a column that is mapped
+            'opt_out_of_sharing = "opt_out_of_sharing"',
+            '[consent.words.opt_out_of_sharing]\ngranted = ["Y"]\ndenied = ["N"]',
+            r"\[consent.words.opt_out_of_sharing\] but \[consent\] opt_out_of_sharing is not set",
+        ),
     ],
 )
 def test_bad_config(project: Path, old: str, new: str, pattern: str) -> None:

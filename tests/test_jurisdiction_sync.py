@@ -105,3 +105,30 @@ def test_a_california_opt_out_after_the_release_is_a_forced_removal_on_the_next_
         assert forced_removes(p, r) == sync_row(p, r)["removes"] == len(gone)
         assert p.contact_ids(p.confirmed("grown-ups", r["destination"])) == members - gone
     on_platforms(p)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # an override column that puts everyone in New York: Washington's rules fall away
+        ("\n[policy]\n", '\n[policy]\njurisdiction_column = "preferred_language"\n'),
+        # own words that read every GPC signal as "no request"
+        (
+            "\n[policy]\n",
+            '\n[consent.words.opt_out_of_sharing]\ngranted = ["never"]\n'
+            'denied = ["true", "false"]\n\n[policy]\n',
+        ),
+    ],
+    ids=["jurisdiction-column", "own-words"],
+)
+def test_attack_moving_people_out_of_a_pack_after_approval_blocks(
+    make_project: Any, old: str, new: str
+) -> None:
+    p = with_packs(make_project)
+    write_segment(p, BOTH)
+    p.approve("grown-ups")
+    p.edit_toml(lambda text: text.replace(old, new, 1))
+    result = p.cli("sync", "grown-ups", "--as-of", AS_OF.isoformat())
+    assert result.exit_code == 3, (result.stdout, result.stderr)
+    assert "effective policy" in result.stdout + result.stderr
+    assert "changed since approval" in result.stdout + result.stderr

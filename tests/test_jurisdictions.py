@@ -565,3 +565,49 @@ def test_a_request_on_one_record_holds_for_every_record_of_the_person(project):
     outcome = run(project, diabetes, wa_records, ["meta"], config=cfg)
     assert not keys_of(wa_records, [3, 150]) & released(outcome)
     assert verdict(outcome, "mhmda-consent-to-share").evidence["linked_records"] == 1
+
+
+def test_per_purpose_consent_columns_read_their_own_words(project):
+    # An Epic-style export writes its own words: "Y - shared" / "N" / "Revoked by patient"
+    # for the consent to share, "GPC received" / "none" for the opt-out flag.
+    share = ["Y - shared"] * 80 + ["N"] * 10 + ["Revoked by patient"] * 10 + ["Y - shared"] * 50
+    gpc = ["none"] * 140 + ["GPC received"] * 10
+    frame = crowd(150, state=["WA"] * 100 + ["CA"] * 50, share=share, gpc=gpc)
+    diabetes = segment(
+        "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    words = {
+        "share_health_data": {"granted": ["y - shared"], "denied": ["N", "revoked by patient"]},
+        "opt_out_of_sharing": {"granted": ["GPC received"], "denied": ["none"]},
+    }
+
+    def outcome(consent: dict[str, Any]) -> Any:
+        cfg = make_config(
+            project["root"],
+            identity=IDENTITY,
+            consent=consent,
+            policy={"packs": ["hipaa-marketing", "wa-mhmda", "ccpa-sensitive"]},
+        )
+        return run(project, diabetes, frame, ["meta"], config=cfg)
+
+    own = outcome({**CONSENT, "words": words})
+    out = released(own)
+    assert keys_of(frame, [*range(80), *range(100, 140)]) == out
+    assert verdict(own, "mhmda-consent-to-share").evidence["excluded_us_wa"] == 20
+    assert verdict(own, "ccpa-opt-outs").evidence["opt_out_of_sharing"] == 10
+    # without its words, the export's words are no words: nobody has consented to share
+    # (fail closed) and — worse — "GPC received" is no opt-out: validate refuses such a
+    # column (tests/test_messy_crm.py) and the words above fix it
+    shared = outcome(CONSENT)
+    assert verdict(shared, "mhmda-consent-to-share").evidence["excluded_us_wa"] == 100
+    assert verdict(shared, "ccpa-opt-outs").evidence["opt_out_of_sharing"] == 0
+    # and a word of the shared vocabulary means nothing in a column with its own words
+    yes = frame.with_columns(pl.lit("yes").alias("share"))
+    cfg = make_config(
+        project["root"],
+        identity=IDENTITY,
+        consent={**CONSENT, "words": words},
+        policy={"packs": ["hipaa-marketing", "wa-mhmda"]},
+    )
+    v = verdict(run(project, diabetes, yes, ["meta"], config=cfg), "mhmda-consent-to-share")
+    assert v.evidence["excluded_us_wa"] == 100

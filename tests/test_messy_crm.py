@@ -184,6 +184,15 @@ def test_per_purpose_consent_and_opt_out_columns_are_checked_too(project: Path) 
     assert finding["code"] == "unrecognised-consent" and finding["column"] == "Lifecycle Stage"
     assert finding["message"].startswith("[consent] opt_out_of_sharing column")
     assert "subscriber" not in json.dumps(doc)  # no value shown, only shapes
+    assert "[consent.words.opt_out_of_sharing]" in finding["fix"]
+    # the column's own words make it readable (and only they: "lead" is declared denied)
+    words = (
+        '\n[consent.words.opt_out_of_sharing]\ngranted = ["customer"]\n'
+        'denied = ["lead", "subscriber", "evangelist"]\n\n[policy]\n'
+    )
+    edit(project, "\n[policy]\n", words)
+    status, doc = validate_doc(project)
+    assert status == 0 and doc["errors"] == [], doc["errors"]
 
 
 def test_segment_values_missing_from_the_data_are_warnings(project: Path) -> None:
