@@ -454,6 +454,13 @@ def test_report_section_by_jurisdiction_names_pack_rule_and_people_matched(proje
     page = unescape(render(outcome.report, "html"))
     assert 'data-section="jurisdictions"' in page and "Washington (US-WA)" in page
     assert "The base pack hipaa-marketing applies to everyone" in page
+    # every term of the section is explained, from the glossary, in both formats
+    from policies.report.glossary import JURISDICTION_TERMS
+
+    html_section = page.split('data-section="jurisdictions"')[1].split("</section>")[0]
+    for t in JURISDICTION_TERMS.values():
+        assert t.label in html_section and t.explanation in html_section, t
+        assert t.label in section and t.explanation in section.replace("\\", ""), t
 
 
 def test_blocked_report_by_jurisdiction_shows_no_count_below_k(project):

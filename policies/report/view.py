@@ -14,7 +14,15 @@ from typing import Any
 
 from audiences.crm.identifiers import LAYOUTS, PLAIN_COLUMNS
 from policies.report.funnel import Chart, Funnel, chart, count_minus, count_of, funnel, shown
-from policies.report.glossary import GLOSSARY, jurisdiction_label, kind_label, ordered, term
+from policies.report.glossary import (
+    GLOSSARY,
+    JURISDICTION_TERMS,
+    Term,
+    jurisdiction_label,
+    kind_label,
+    ordered,
+    term,
+)
 
 PLATFORMS = {
     "meta": "Meta Custom Audience",
@@ -104,6 +112,7 @@ class View:
     yaml_source: str
     verdicts: tuple[VerdictView, ...]
     jurisdictions: tuple[JurisdictionView, ...]
+    jurisdiction_terms: dict[str, Term]  # the section's column labels and what they mean
     base_pack: str
     releases: tuple[ReleaseView, ...]
     approval: ApprovalView | None
@@ -132,6 +141,7 @@ def build_view(r: dict[str, Any]) -> View:
         yaml_source=seg.get("yaml_source") or "canonical",
         verdicts=tuple(_verdict(v) for v in r["verdicts"]),
         jurisdictions=jurisdictions(r),
+        jurisdiction_terms=JURISDICTION_TERMS,
         base_pack=str(r["pack"]["name"]).split(" + ")[0],
         releases=tuple(_release(r, rel) for rel in r["releases"]),
         approval=approval,
