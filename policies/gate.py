@@ -1020,6 +1020,16 @@ def _segment_for_people(segment: Segment) -> dict[str, str]:
     return {"yaml": text, "yaml_source": origin, "reading": reading(segment)}
 
 
+def _verdict_entry(pack: Pack, verdict: Verdict) -> dict[str, Any]:
+    """A verdict as the report holds it; a jurisdiction pack's rule also names its pack
+    and jurisdictions (the report's "By jurisdiction" section groups by them)."""
+    entry = verdict.to_dict()
+    rule = next((r for r in pack.rules if r.id == verdict.id and r.jurisdictions), None)
+    if rule is not None:
+        entry |= {"pack": rule.pack, "jurisdictions": list(rule.jurisdictions)}
+    return entry
+
+
 def _sign_off(statement: str) -> dict[str, Any]:
     return {"statement": statement, "reviewer": None, "role": None, "date": None, "signature": None}
 
@@ -1050,7 +1060,7 @@ def _report(
             {"path": str(s.path), "column": s.column, "kind": s.kind}
             for s in inp.pack.suppression_lists
         ],
-        "verdicts": [v.to_dict() for v in verdicts],
+        "verdicts": [_verdict_entry(inp.pack, v) for v in verdicts],
         "difference_checks": diff_checks,
         "releases": [r.describe() for r in releases.values()],
         "destinations": list(inp.destinations),

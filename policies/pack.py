@@ -465,7 +465,7 @@ def _combine(base: Pack, extra: list[Pack]) -> Pack:
     rules = list(base.rules)
     for pack in extra:
         _check_jurisdiction_pack(pack, rules)
-        rules += [replace(r, jurisdictions=pack.jurisdictions) for r in pack.rules]
+        rules += [replace(r, jurisdictions=pack.jurisdictions, pack=pack.name) for r in pack.rules]
     if not extra:
         return base
     return replace(

@@ -22,6 +22,7 @@ import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
@@ -389,6 +390,17 @@ class FilterContext:
 
         clock.release_day(self.as_of, what="the policy gate")
 
+    @cached_property
+    def persons(self) -> pl.Series | None:
+        """The person of each candidate record (records sharing a normalized email or
+        phone are one person); None without the CRM id column. Computed once per gate."""
+        from audiences.crm.linkage import person_keys
+
+        cid = self.config.sources.contacts.id
+        if cid not in self.candidates.columns:
+            return None
+        return person_keys(self.candidates, self.config, by=cid)
+
 
 # ---------------------------------------------------------------------------------------
 # Column helpers (vectorized)
@@ -723,6 +735,8 @@ class Rule:
     # a jurisdiction pack's rule applies to the people of these jurisdictions only
     # (and to people whose jurisdiction is unknown); empty: to everyone
     jurisdictions: tuple[str, ...] = ()
+    # the jurisdiction pack it came from (reports group by it; not part of the digest)
+    pack: str = field(default="", compare=False)
 
     @property
     def scope(self) -> str:
@@ -874,7 +888,8 @@ def health_data_consent(rule: Rule, ctx: FilterContext) -> Verdict:
     else:
         _column(df, column, p.consent)  # names a missing column
         # granted: true / yes / 1 / granted; withdrawn, denied or unknown is no consent
-        lacking = _mask(df, consent_signal(df, column, p.consent) != "GRANTED")
+        words = ctx.config.consent.vocabulary(p.consent)  # the column's own words, if any
+        lacking = _mask(df, consent_signal(df, column, p.consent, words) != "GRANTED")
         note = ""
     n = _count(df, lacking)
     evidence = {
@@ -952,7 +967,8 @@ def sensitive_pi_opt_out(rule: Rule, ctx: FilterContext) -> Verdict:
                 f"rule {rule.id!r} honours {request} but [consent] {request} is not set",
                 f"set [consent] {request} in audiences.toml",
             )
-        parts[request] = truthy(df, column, request).fill_null(False)
+        words = ctx.config.consent.vocabulary(request)
+        parts[request] = truthy(df, column, request, words).fill_null(False)
     evidence, mask = _flagged(df, parts)
     detail = f"people who asked to {' or '.join(_REQUESTS[r] for r in p.honour)} are excluded"
     return _verdict(rule, True, evidence, detail, excluded=mask)
@@ -1002,6 +1018,23 @@ def run_filter(rule: Rule, ctx: FilterContext) -> Verdict:
     return scoped(rule, ctx, verdict) if rule.jurisdictions else verdict
 
 
+def _whole_people(ctx: FilterContext, excluded: pl.Series) -> tuple[pl.Series, int]:
+    """``excluded`` widened to every candidate record of the people it excludes, and how
+    many records that added. A jurisdiction rule judges a person's request or consent: a
+    "limit use" request, a GPC opt-out or a withdrawn consent on one CRM record holds for
+    the person's other records too (they share an email or phone the platforms match on)."""
+    n = int(excluded.sum()) if excluded.len() else 0
+    persons = ctx.persons if 0 < n < excluded.len() else None
+    if persons is None:
+        return excluded, 0
+    wider = (
+        pl.DataFrame({"p": persons, "x": excluded})
+        .select(pl.col("x").any().over("p").alias("excluded"))
+        .to_series()
+    )
+    return wider, int(wider.sum()) - n
+
+
 def scoped(rule: Rule, ctx: FilterContext, verdict: Verdict) -> Verdict:
     """``verdict`` with its exclusion mask ANDed with the jurisdiction mask and its
     evidence counted per jurisdiction (``in_us_wa``, ``excluded_us_wa``, ``in_unknown``…)."""
@@ -1013,7 +1046,9 @@ def scoped(rule: Rule, ctx: FilterContext, verdict: Verdict) -> Verdict:
     scope = inside | unknown
     base = verdict.excluded if verdict.excluded is not None else _mask(df, pl.lit(False))
     excluded = (base & scope).alias("excluded") if df.height else base
+    excluded, linked = _whole_people(ctx, excluded)
     evidence = dict(verdict.evidence)
+    evidence["linked_records"] = linked
     for code in rule.jurisdictions:
         member = found.list.contains(code).fill_null(False) if df.height else scope
         key = evidence_suffix(code)

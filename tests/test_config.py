@@ -27,6 +27,28 @@ def test_template_loads(project: Path) -> None:
     assert config.destination("meta").kind == "meta"
 
 
+def test_template_maps_consent_per_purpose_and_documents_the_jurisdiction_packs(
+    project: Path,
+) -> None:
+    from policies.pack import load_pack
+
+    config = load_config(project)
+    assert config.consent.share_health_data == "share_health_data"
+    assert config.consent.explicit_health_marketing == "explicit_health_marketing"
+    assert config.consent.limit_sensitive_pi == "limit_sensitive_pi"
+    assert config.consent.opt_out_of_sharing == "opt_out_of_sharing"
+    assert config.policy.pack_specs == ("hipaa-marketing",)  # mapped, they change nothing
+    # the two commented lines the template documents turn the packs on
+    toml = project / "audiences.toml"
+    text = toml.read_text(encoding="utf-8")
+    for line in ("# packs = [", "# ad_user_data = "):
+        assert text.count(line) == 1, line
+        text = text.replace(line, line.removeprefix("# "))
+    toml.write_text(text, encoding="utf-8")
+    pack = load_pack(load_config(project))
+    assert pack.name == "hipaa-marketing + wa-mhmda + gdpr-health + ccpa-sensitive"
+
+
 def test_init_refuses_to_overwrite(project: Path) -> None:
     with pytest.raises(ConfigError, match="already exists"):
         init_project(project)
@@ -67,6 +89,27 @@ def _edit(project: Path, old: str, new: str) -> None:
             'quasi_identifiers = ["birth_date", "zip", "sex"]',
             'quasi_identifiers = ["birth_date", "zip", "sex", "insurance_type"]',
             r"both sensitive and quasi_identifiers",
+        ),
+        (  # per-purpose words: only for the per-purpose columns ...
+            "\n[policy]\n",
+            '\n[consent.words.marketing_opt_in]\ngranted = ["Y"]\ndenied = ["N"]\n\n[policy]\n',
+            r"only the per-purpose consent columns",
+        ),
+        (  # ... one meaning per word (compared as cleaned: case, spaces, _ and -)
+            "\n[policy]\n",
+            '\n[consent.words.opt_out_of_sharing]\ngranted = ["GPC sent"]\n'
+            'denied = ["gpc_SENT", "none"]\n\n[policy]\n',
+            r"\['gpc sent'\] are both granted and denied",
+        ),
+        (
+            "\n[policy]\n",
+            '\n[consent.words.limit_sensitive_pi]\ngranted = ["Y"]\ndenied = []\n\n[policy]\n',
+            r"consent.words.limit_sensitive_pi.denied",
+        ),
+        (  # ... of a column that is mapped
+            'opt_out_of_sharing = "opt_out_of_sharing"',
+            '[consent.words.opt_out_of_sharing]\ngranted = ["Y"]\ndenied = ["N"]',
+            r"\[consent.words.opt_out_of_sharing\] but \[consent\] opt_out_of_sharing is not set",
         ),
     ],
 )

@@ -410,3 +410,211 @@ def test_jurisdiction_scope_is_vectorized_and_handles_no_candidates(project):
     assert outcome.blocked  # min-size, not a crash
     assert verdict(outcome, "ccpa-opt-outs").evidence["in_us_ca"] == 0
     assert np.all([v.evidence.get("excluded", 0) == 0 for v in outcome.verdicts])
+
+
+def _mixed_crowd() -> pl.DataFrame:
+    """NY (no jurisdiction pack), WA, CA, EEA and unknown people; some lack each consent."""
+    state = ["NY"] * 150 + ["WA"] * 40 + ["CA"] * 30 + [None] * 20 + [None] * 5
+    country = ["US"] * 220 + ["DE"] * 20 + [None] * 5
+    share = [True] * 150 + [True] * 10 + [False] * 30 + [True] * 50 + [False] * 5
+    gpc = [False] * 190 + [True] * 12 + [False] * 43
+    return crowd(245, state=state, country=country, share=share, gpc=gpc)
+
+
+def test_report_section_by_jurisdiction_names_pack_rule_and_people_matched(project):
+    from html import unescape
+
+    from policies.report import render
+
+    frame = _mixed_crowd()
+    packs = ["hipaa-marketing", "wa-mhmda", "ccpa-sensitive"]
+    diabetes = segment(
+        "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    outcome = run(project, diabetes, frame, ["meta"], config=config(project["root"], packs=packs))
+    assert not outcome.blocked, outcome.block_reasons
+    by_id = {v["id"]: v for v in outcome.report["verdicts"]}
+    assert by_id["mhmda-consent-to-share"]["pack"] == "wa-mhmda"
+    assert by_id["mhmda-consent-to-share"]["jurisdictions"] == ["US-WA"]
+    assert "pack" not in by_id["consent"]  # the base pack's rules apply to everyone
+    text = render(outcome.report, "md")
+    section = text.split("<!-- section: jurisdictions -->")[1].split("<!-- section:")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    # Washington: 40 selected there, 30 without consent to share; 5 unknown (state and
+    # country empty) without it: the strictest treatment applies the WA rule to them too
+    assert rows[0].startswith("| Washington (US-WA) | 40 | wa-mhmda |")
+    assert "mhmda-consent-to-share" in rows[0] and rows[0].endswith("| 30 | PASS |")
+    assert "no-geofence" in rows[1] and rows[1].endswith("| 0 | PASS |")
+    ca = next(r for r in rows if r.startswith("| California (US-CA) | 30 |"))
+    assert "ccpa-opt-outs" in ca and ca.endswith("| 12 | PASS |")
+    unknown = [r for r in rows if r.startswith("| Jurisdiction unknown |")]
+    assert unknown and unknown[0].startswith("| Jurisdiction unknown | 5 |")
+    assert unknown[0].endswith("| 5 | PASS |")  # all five lack consent to share
+    assert "Germany" not in section and "EEA" not in section  # gdpr-health is not in force
+    page = unescape(render(outcome.report, "html"))
+    assert 'data-section="jurisdictions"' in page and "Washington (US-WA)" in page
+    assert "The base pack hipaa-marketing applies to everyone" in page
+    # every term of the section is explained, from the glossary, in both formats
+    from policies.report.glossary import JURISDICTION_TERMS
+
+    html_section = page.split('data-section="jurisdictions"')[1].split("</section>")[0]
+    for t in JURISDICTION_TERMS.values():
+        assert t.label in html_section and t.explanation in html_section, t
+        assert t.label in section and t.explanation in section.replace("\\", ""), t
+
+
+def test_blocked_report_by_jurisdiction_shows_no_count_below_k(project):
+    from policies.report import render
+
+    frame = _mixed_crowd().head(230)  # 150 NY + 40 WA + 30 CA + 10 EEA
+    diabetes = segment(
+        "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    cfg = config(project["root"], packs=["hipaa-marketing", "wa-mhmda"])
+    frame = frame.with_columns(pl.Series("opt_in", [False] * 150 + [True] * 80))  # < k left
+    outcome = run(project, diabetes, frame, ["meta"], config=cfg)
+    assert outcome.blocked
+    text = render(outcome.report, "md")
+    section = text.split("<!-- section: jurisdictions -->")[1].split("<!-- section:")[0]
+    assert "| Washington (US-WA) | \\< 100 |" in section
+    assert not re.search(r"\| (40|30|10) \|", section)  # the exact counts below k are gone
+    page = render(outcome.report, "html")
+    jurisdiction_part = page.split('data-section="jurisdictions"')[1].split("</section>")[0]
+    assert "&lt; 100" in jurisdiction_part and ">40<" not in jurisdiction_part
+
+
+def test_every_builtin_rule_appears_with_its_rationale_and_source_in_the_report(project):
+    from html import unescape
+
+    from policies.report import render
+    from policies.report.glossary import JURISDICTION_NAMES
+
+    frame = _mixed_crowd()
+    for base in ("baseline", "hipaa-marketing"):
+        packs = [base, "wa-mhmda", "gdpr-health", "ccpa-sensitive"]
+        cfg = config(project["root"], packs=packs)
+        outcome = run(
+            project,
+            segment(
+                f"name: d-{base}\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {{contains: E11.9}}\n"
+            ),
+            frame,
+            ["meta"],
+            config=cfg,
+        )
+        page = unescape(render(outcome.report, "html"))
+        for name in packs:
+            pack = builtin_pack(name)
+            assert set(pack.jurisdictions) <= set(JURISDICTION_NAMES), name
+            for rule in pack.rules:
+                card = page.split(f'id="rule-{rule.id}-')[1].split("</article>")[0]
+                assert rule.rationale in card and rule.source in card, (name, rule.id)
+
+
+def test_demo_summary_shows_who_the_packs_kept_out_in_coarse_figures(project, tmp_path):
+    import json
+
+    from audiences.demo.run import jurisdiction_lines
+
+    state = ["NY"] * 300 + ["WA"] * 150 + [None] * 10
+    share = [True] * 300 + [False] * 130 + [True] * 20 + [False] * 10
+    frame = crowd(460, state=state, share=share)
+    diabetes = segment(
+        "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    cfg = config(project["root"], packs=["hipaa-marketing", "wa-mhmda"])
+    outcome = run(project, diabetes, frame, ["meta"], config=cfg)
+    assert not outcome.blocked, outcome.block_reasons
+    path = tmp_path / "b-1.json"
+    path.write_text(json.dumps(outcome.report, default=str), encoding="utf-8")
+    build = {"segment": "diabetes", "status": "released", "reports": {"json": str(path)}}
+    lines = jurisdiction_lines([build, {**build, "status": "blocked"}])
+    assert lines[1] == "diabetes (released under hipaa-marketing + wa-mhmda):"
+    assert lines[2] == (
+        "  Washington (US-WA): 100-199 people — no consent for health data "
+        "(wa-mhmda rule mhmda-consent-to-share)"
+    )
+    assert lines[3].startswith("  Jurisdiction unknown: < 100 people — no consent")
+    assert lines[4].endswith("b-1.html") and len(lines) == 5  # blocked builds: nothing
+    assert not re.search(r"\b(130|10|150)\b", "\n".join(lines))  # no exact figure
+
+
+def test_a_request_on_one_record_holds_for_every_record_of_the_person(project):
+    # The attack: a person's second CRM record (same email, or same phone) lacks the GPC
+    # flag her first one carries; records sharing an identifier are one person, and the
+    # opt-out is hers, so neither record may be released.
+    frame = crowd(200, state="CA")
+    by_email = crowd(1, start=5000, state="CA", gpc=True).with_columns(
+        pl.lit(frame["email"][0]).alias("email")
+    )
+    by_phone = crowd(1, start=5001, state="CA", limit=True).with_columns(
+        pl.lit(frame["phone"][1]).alias("phone")
+    )
+    records = pl.concat([frame, by_email, by_phone])
+    cfg = config(project["root"], packs=["baseline", "ccpa-sensitive"])
+    outcome = run(project, NEWSLETTER, records, ["meta"], config=cfg)
+    out = released(outcome)
+    assert not keys_of(records, [0, 1, 200, 201]) & out
+    assert keys_of(records, list(range(2, 200))) <= out and len(out) == 198
+    v = verdict(outcome, "ccpa-opt-outs")
+    assert v.evidence["excluded"] == 4 and v.evidence["linked_records"] == 2
+    assert v.evidence["excluded_us_ca"] == 4 and v.evidence["removed"] == 4
+    # withdrawn consent to share on the second record of a Washington person: the same
+    diabetes = segment(
+        "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    wa = crowd(150, state="WA")
+    twin = crowd(1, start=6000, state="WA", share="withdrawn").with_columns(
+        pl.lit(wa["email"][3]).alias("email")
+    )
+    wa_records = pl.concat([wa, twin], how="diagonal_relaxed")
+    cfg = config(project["root"], packs=["hipaa-marketing", "wa-mhmda"])
+    outcome = run(project, diabetes, wa_records, ["meta"], config=cfg)
+    assert not keys_of(wa_records, [3, 150]) & released(outcome)
+    assert verdict(outcome, "mhmda-consent-to-share").evidence["linked_records"] == 1
+
+
+def test_per_purpose_consent_columns_read_their_own_words(project):
+    # An Epic-style export writes its own words: "Y - shared" / "N" / "Revoked by patient"
+    # for the consent to share, "GPC received" / "none" for the opt-out flag.
+    share = ["Y - shared"] * 80 + ["N"] * 10 + ["Revoked by patient"] * 10 + ["Y - shared"] * 50
+    gpc = ["none"] * 140 + ["GPC received"] * 10
+    frame = crowd(150, state=["WA"] * 100 + ["CA"] * 50, share=share, gpc=gpc)
+    diabetes = segment(
+        "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    words = {
+        "share_health_data": {"granted": ["y - shared"], "denied": ["N", "revoked by patient"]},
+        "opt_out_of_sharing": {"granted": ["GPC received"], "denied": ["none"]},
+    }
+
+    def outcome(consent: dict[str, Any]) -> Any:
+        cfg = make_config(
+            project["root"],
+            identity=IDENTITY,
+            consent=consent,
+            policy={"packs": ["hipaa-marketing", "wa-mhmda", "ccpa-sensitive"]},
+        )
+        return run(project, diabetes, frame, ["meta"], config=cfg)
+
+    own = outcome({**CONSENT, "words": words})
+    out = released(own)
+    assert keys_of(frame, [*range(80), *range(100, 140)]) == out
+    assert verdict(own, "mhmda-consent-to-share").evidence["excluded_us_wa"] == 20
+    assert verdict(own, "ccpa-opt-outs").evidence["opt_out_of_sharing"] == 10
+    # without its words, the export's words are no words: nobody has consented to share
+    # (fail closed) and — worse — "GPC received" is no opt-out: validate refuses such a
+    # column (tests/test_messy_crm.py) and the words above fix it
+    shared = outcome(CONSENT)
+    assert verdict(shared, "mhmda-consent-to-share").evidence["excluded_us_wa"] == 100
+    assert verdict(shared, "ccpa-opt-outs").evidence["opt_out_of_sharing"] == 0
+    # and a word of the shared vocabulary means nothing in a column with its own words
+    yes = frame.with_columns(pl.lit("yes").alias("share"))
+    cfg = make_config(
+        project["root"],
+        identity=IDENTITY,
+        consent={**CONSENT, "words": words},
+        policy={"packs": ["hipaa-marketing", "wa-mhmda"]},
+    )
+    v = verdict(run(project, diabetes, yes, ["meta"], config=cfg), "mhmda-consent-to-share")
+    assert v.evidence["excluded_us_wa"] == 100

@@ -20,7 +20,13 @@ from hypothesis import strategies as st
 
 from audiences.core.config import ProjectConfig
 from audiences.crm.identifiers import normalized_layout
-from audiences.crm.linkage import PHONE_TAIL, flag_duplicates_of_opt_outs, links_for
+from audiences.crm.linkage import (
+    PERSON_LINKS,
+    PHONE_TAIL,
+    flag_duplicates_of_opt_outs,
+    links_for,
+    person_keys,
+)
 
 FLAG = "dup"
 COLUMNS = ("contact_id", "email", "phone", "first_name", "last_name", "zip", "country")
@@ -318,6 +324,37 @@ def test_flags_equal_the_direct_computation(rows: tuple, data: Any) -> None:
     assert out.drop(FLAG).equals(candidates)
     got = set(out.filter(FLAG).get_column("contact_id").to_list())
     assert got == reference(contacts, candidates)
+
+
+def reference_persons(contacts: pl.DataFrame) -> list[str]:
+    """Each record's person (the smallest contact id linked to it by an exact email or
+    phone key, transitively): every record normalized in full, no coarse keys."""
+    parent = {cid: cid for cid in contacts.get_column("contact_id").to_list()}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for link in links_for(config(), contacts.schema):
+        if link.name not in PERSON_LINKS:
+            continue
+        staged = normalized_layout(contacts.lazy(), link.identity, link.layout, keep=["contact_id"])
+        keyed = staged.select("contact_id", link.key().alias("k")).drop_nulls("k").collect()
+        for _, group in keyed.group_by("k"):
+            ids = group.get_column("contact_id").to_list()
+            for other in ids[1:]:
+                a, b = find(ids[0]), find(other)
+                parent[max(a, b)] = min(a, b)
+    return [find(cid) for cid in contacts.get_column("contact_id").to_list()]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 30).flatmap(lambda n: st.tuples(*[spelled(i) for i in range(n)])))
+def test_person_keys_equal_the_direct_computation(rows: tuple) -> None:
+    # person_keys normalizes only the records whose coarse key another record shares
+    contacts = frame(list(rows))
+    assert person_keys(contacts, config(), by="contact_id").to_list() == reference_persons(contacts)
 
 
 # ------------------------------------------------------------------ 3. by hand

@@ -169,6 +169,32 @@ def test_unrecognised_consent_values_are_an_error_without_the_values(project: Pa
     assert "xq" not in json.dumps(doc) and "AAAAAA N" in finding["message"]
 
 
+def test_per_purpose_consent_and_opt_out_columns_are_checked_too(project: Path) -> None:
+    # An opt-out flag whose values are no flag words would silently not be honoured (a
+    # California GPC opt-out read as "no request"): validate refuses it, naming the role.
+    edit(
+        project,
+        'marketing_opt_in = "Marketing Opt-In"',
+        'marketing_opt_in = "Marketing Opt-In"\nshare_health_data = "Marketing Opt-In"\n'
+        'opt_out_of_sharing = "Lifecycle Stage"',
+    )
+    status, doc = validate_doc(project)
+    assert status == 1
+    (finding,) = doc["errors"]
+    assert finding["code"] == "unrecognised-consent" and finding["column"] == "Lifecycle Stage"
+    assert finding["message"].startswith("[consent] opt_out_of_sharing column")
+    assert "subscriber" not in json.dumps(doc)  # no value shown, only shapes
+    assert "[consent.words.opt_out_of_sharing]" in finding["fix"]
+    # the column's own words make it readable (and only they: "lead" is declared denied)
+    words = (
+        '\n[consent.words.opt_out_of_sharing]\ngranted = ["customer"]\n'
+        'denied = ["lead", "subscriber", "evangelist"]\n\n[policy]\n'
+    )
+    edit(project, "\n[policy]\n", words)
+    status, doc = validate_doc(project)
+    assert status == 0 and doc["errors"] == [], doc["errors"]
+
+
 def test_segment_values_missing_from_the_data_are_warnings(project: Path) -> None:
     edit(project, "in: [customer]", "in: [custmer]", "segments/customers.yaml")
     edit(project, 'case_insensitive = ["Department"]', "case_insensitive = []")

@@ -126,13 +126,41 @@ def three_reports(outcomes, tmp_path) -> dict[str, dict[str, Any]]:
         },
         "blocked": reports.blocked_report(tmp_path / "blocked"),
         "approval-blocked": reports.approval_blocked_report(tmp_path),
+        "jurisdictions": jurisdiction_report(tmp_path / "jurisdictions"),
     }
 
 
-@pytest.mark.parametrize("which", ["released", "blocked", "approval-blocked"])
+def jurisdiction_report(root: Path) -> dict[str, Any]:
+    """A release under hipaa-marketing and the three jurisdiction packs (WA, CA, EEA and
+    unknown people): the report's "By jurisdiction" table."""
+    import test_jurisdictions as juris
+
+    from audiences.core.state import connect
+
+    conn = connect(root / ".audiences" / "state.db")
+    try:
+        project = {"root": root, "state_dir": root / ".audiences", "conn": conn}
+        outcome = juris.run(
+            project,
+            juris.segment(
+                "name: diabetes\ndestinations: [meta]\nwhere:\n"
+                "  diagnosis_codes: {contains: E11.9}\n"
+            ),
+            juris._mixed_crowd(),
+            ["meta"],
+            config=juris.config(root),
+        )
+    finally:
+        conn.close()
+    assert outcome.report["status"] == "released", outcome.block_reasons
+    return outcome.report
+
+
+@pytest.mark.parametrize("which", ["released", "blocked", "approval-blocked", "jurisdictions"])
 def test_report_fits_the_viewport_and_draws_the_funnel(three_reports, which, tmp_path):
     binary = chromium()
     page = render(three_reports[which], "html")
+    assert ('data-section="jurisdictions"' in page) == (which == "jurisdictions")
     for width in WIDTHS:
         m = measure(binary, page, tmp_path, width)
         assert m["width"] == width, m

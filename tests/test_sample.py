@@ -392,6 +392,8 @@ def test_failed_write_leaves_old_files_and_no_temp_files(
         ({"rows": True}, "rows must be a whole number"),
         ({"rows": 10, "as_of": "2025-06-01"}, "as_of must be a date"),
         ({"rows": 10, "as_of": dt.datetime(2025, 6, 1)}, "as_of must be a date"),
+        ({"rows": 10, "abroad": -1}, "rows must be between 0 and"),
+        ({"rows": sample.MAX_ROWS, "abroad": 1}, "rows plus abroad must be at most"),
     ],
 )
 def test_bad_generate_arguments(kwargs: dict[str, object], message: str) -> None:
@@ -452,3 +454,43 @@ def test_privacy_consent_columns_come_last_with_missing_and_withdrawn_values(crm
         assert set(counts[column]) == {True, False, None}
     gpc = contacts.get_column("opt_out_of_sharing").mean()
     assert 0.05 < float(gpc or 0) < 0.2  # a few per cent send GPC
+
+
+def test_people_abroad_follow_and_leave_the_rows_before_them_unchanged(
+    crm: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
+    from audiences.core.config import IdentityMapping, ProjectConfig
+    from audiences.crm.jurisdiction import jurisdictions
+
+    contacts, events = sample.generate(ROWS, seed=7, as_of=AS_OF, abroad=1_500)
+    assert_frame_equal(contacts.head(ROWS), crm[0])  # what tests and benchmarks rely on
+    assert_frame_equal(events.head(crm[1].height), crm[1])
+    assert contacts.schema == sample.CONTACTS_SCHEMA and contacts.height == ROWS + 1_500
+    assert contacts["contact_id"].is_unique().all() and events["event_id"].is_unique().all()
+    assert events.join(contacts, on="contact_id", how="anti").height == 0
+    abroad = contacts.tail(1_500)
+    assert abroad["state"].is_null().all()
+    assert abroad["phone"].drop_nulls().str.starts_with("+").all()
+    assert {"DE", "FR", "IE", "GB", "Germany"} <= set(abroad["country"])
+    config = ProjectConfig.model_validate(
+        {
+            "sources": {"contacts": {"path": "contacts.parquet"}},
+            "identity": IdentityMapping(state="state", country="country").model_dump(),
+        }
+    )
+    found = jurisdictions(contacts, config)
+    codes = found.list.first().value_counts().to_dict(as_series=False)
+    counted = dict(zip(codes["jurisdictions"], codes["count"], strict=True))
+    assert counted["EEA"] + counted["UK"] == 1_500  # every one of them, and no US record
+    assert counted["US-WA"] > 100 and counted["US-CA"] > 1_000  # people the packs apply to
+    # people abroad carry the same consent vocabulary (with missing and withdrawn values)
+    assert set(abroad["explicit_health_marketing"]) == {"granted", "withdrawn", "denied", None}
+    # no mailbox is shared between a US record and a record abroad
+    from audiences.crm.identifiers import normalized_exprs
+
+    mailbox = normalized_exprs(
+        IdentityMapping(email="email"), "google_ads", schema=contacts.schema
+    )["hashed_email"]
+    keyed = contacts.select(mailbox.alias("m"), (pl.int_range(pl.len()) >= ROWS).alias("away"))
+    mixed = keyed.drop_nulls("m").group_by("m").agg(pl.col("away").n_unique().alias("sides"))
+    assert mixed["sides"].max() == 1

@@ -158,6 +158,13 @@ def test_meta_refusal_below_minimum_is_reported_then_delete_takes_it_down(
     # deleted: nothing live; a rerun says so and exits 0
     again = p.cli_json("takedown", "grown-ups", "--destination", "meta", "--by", "qa.officer")
     assert [r["status"] for r in again["takedown"]] == ["already"]
+    # approved again, the next sync makes a new audience (the deleted one is forgotten by
+    # the state and by the audience record alike: no "state.db does not know" refusal)
+    p.approve("grown-ups")
+    after = p.cli_json("sync", "grown-ups", "--as-of", DAY)["results"]
+    assert {r["status"] for r in after} == {"ok"}
+    new = p.remote_id("grown-ups", "meta")
+    assert new != ids["meta"] and p.boxes.meta.members(new)
 
 
 def test_revoke_takedown_does_both(make_project: Any) -> None:

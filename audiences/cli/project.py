@@ -94,6 +94,14 @@ def init(
     "--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same data)."
 )
 @click.option(
+    "--abroad",
+    type=click.IntRange(0, 100_000_000),
+    default=0,
+    show_default=True,
+    help="Also write this many contacts living in the EEA and the UK, after the --rows "
+    "ones (which stay the same).",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -116,6 +124,7 @@ def sample_data(
     obj: Context,
     rows: int,
     seed: int,
+    abroad: int,
     out: Path | None,
     as_of: str | None,
     formats: tuple[str, ...],
@@ -129,9 +138,12 @@ def sample_data(
     day = parse_as_of(as_of) or datetime.now(UTC).date()
     target = out or (obj.project / "data")
     with progress_bar(not obj.quiet, "sample-data") as step:
-        written = write(target, rows, seed=seed, as_of=day, formats=formats, progress=step)
+        written = write(
+            target, rows, seed=seed, as_of=day, formats=formats, progress=step, abroad=abroad
+        )
     doc = {
         "rows": rows,
+        "abroad": abroad,
         "seed": seed,
         "as_of": day.isoformat(),
         "files": {k: [str(p) for p in v] for k, v in written.items()},
@@ -139,7 +151,8 @@ def sample_data(
     if as_json:
         emit_json(doc)
     else:
-        click.echo(f"Wrote {rows:,} contacts to {target}", err=True)
+        more = f" (and {abroad:,} in the EEA and the UK)" if abroad else ""
+        click.echo(f"Wrote {rows:,} contacts{more} to {target}", err=True)
 
 
 @cli.command()

@@ -57,6 +57,8 @@ def effective_policy(config: ProjectConfig, segment: Any, pack: Any) -> dict[str
         "consent": config.consent.model_dump(mode="json"),
         "identity": config.identity.model_dump(mode="json"),
         "suppression": [s.model_dump(mode="json") for s in config.policy.suppression],
+        # which jurisdiction packs apply to whom (an override column could move everyone)
+        "jurisdiction_column": config.policy.jurisdiction_column,
         "destinations": {name: _destination(config, name) for name in sorted(segment.destinations)},
         "approvers": {"require_approval": config.approvers.require_approval},
     }

@@ -8,6 +8,7 @@ never live here — only the *names* of the environment variables that hold them
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -180,6 +181,39 @@ class ColumnRoles(Model):
     unclassified: list[str] = Field(default_factory=list)
 
 
+# The consent columns that may declare their own words (the per-purpose consents the
+# jurisdiction packs read); the others read the shared vocabulary (audiences.crm.consent).
+OWN_WORDS_ROLES = (
+    "share_health_data",
+    "explicit_health_marketing",
+    "limit_sensitive_pi",
+    "opt_out_of_sharing",
+)
+
+
+def clean_word(text: str) -> str:
+    """A consent word as compared: trimmed, lower case, each run of spaces, ``_`` and ``-``
+    one space (``Opted-In`` → ``opted in``), as ``audiences.crm.consent.cleaned_word``."""
+    return re.sub(r"[\s_\-]+", " ", text.strip().lower())
+
+
+class ConsentWords(Model):
+    """A per-purpose consent column's own words: what it writes for granted (for a flag:
+    set) and for denied (not set). Nothing else counts as either."""
+
+    granted: list[str] = Field(min_length=1)
+    denied: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _apart(self) -> ConsentWords:
+        both = sorted({clean_word(w) for w in self.granted} & {clean_word(w) for w in self.denied})
+        if both:
+            raise ValueError(f"{both} are both granted and denied — give each word one meaning")
+        if any(not clean_word(w) for w in [*self.granted, *self.denied]):
+            raise ValueError("an empty word — an empty value already counts as unknown")
+        return self
+
+
 class ConsentColumns(Model):
     """CRM columns that carry consent, authorization and suppression facts."""
 
@@ -198,6 +232,27 @@ class ConsentColumns(Model):
     explicit_health_marketing: str | None = None
     limit_sensitive_pi: str | None = None
     opt_out_of_sharing: str | None = None
+    # Their own words, per purpose: [consent.words.share_health_data] granted = [...] …
+    words: dict[str, ConsentWords] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _words_of_mapped_purposes(self) -> ConsentColumns:
+        for role in self.words:
+            if role not in OWN_WORDS_ROLES:
+                raise ValueError(
+                    f"[consent.words.{role}]: only the per-purpose consent columns "
+                    f"({', '.join(OWN_WORDS_ROLES)}) take their own words"
+                )
+            if getattr(self, role) is None:
+                raise ValueError(f"[consent.words.{role}] but [consent] {role} is not set")
+        return self
+
+    def vocabulary(self, role: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """(granted, denied) words of a column with its own words, cleaned; else None."""
+        own = self.words.get(role)
+        if own is None:
+            return None
+        return tuple(map(clean_word, own.granted)), tuple(map(clean_word, own.denied))
 
 
 class SuppressionList(Model):

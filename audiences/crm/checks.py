@@ -16,7 +16,7 @@ from typing import Literal
 
 import polars as pl
 
-from audiences.core.config import ColumnSpec, ProjectConfig, SourceConfig
+from audiences.core.config import OWN_WORDS_ROLES, ColumnSpec, ProjectConfig, SourceConfig
 from audiences.core.errors import AudiencesError
 from audiences.crm import consent
 
@@ -31,8 +31,14 @@ DATETIME_FORMATS = (
     "%m/%d/%Y %H:%M:%S",
     "%m/%d/%Y %I:%M %p",
 )
-_FLAG_ROLES = ("do_not_contact", "deceased")
-_CONSENT_ROLES = ("marketing_opt_in", "ad_personalization", "ad_user_data")
+_FLAG_ROLES = ("do_not_contact", "deceased", "limit_sensitive_pi", "opt_out_of_sharing")
+_CONSENT_ROLES = (
+    "marketing_opt_in",
+    "ad_personalization",
+    "ad_user_data",
+    "share_health_data",
+    "explicit_health_marketing",
+)
 _DATE_ROLES = (
     "hipaa_authorization_date",
     "hipaa_authorization_expires",
@@ -220,7 +226,7 @@ def check_consent_values(config: ProjectConfig, contacts: pl.LazyFrame, file: st
         return []
     exprs = []
     for role, column in checked.items():
-        bad = ~consent.recognised(schema, column)
+        bad = ~consent.recognised(schema, column, config.consent.vocabulary(role))
         exprs += [
             bad.sum().alias(f"{role}:rows"),
             pl.col(column).cast(pl.String).filter(bad).unique().head(3).implode()
@@ -229,11 +235,13 @@ def check_consent_values(config: ProjectConfig, contacts: pl.LazyFrame, file: st
         ]  # fmt: skip
     stats = contacts.select(exprs).collect().row(0, named=True)
     findings = []
-    words = ", ".join(sorted({*consent.GRANTED_WORDS, *consent.DENIED_WORDS}))
+    shared = ", ".join(sorted({*consent.GRANTED_WORDS, *consent.DENIED_WORDS}))
     for role, column in checked.items():
         rows = int(stats[f"{role}:rows"])
         if not rows:
             continue
+        own = config.consent.vocabulary(role)
+        words = ", ".join(sorted({*own[0], *own[1]})) if own else shared
         shapes = sorted({shape(str(v)) for v in stats[f"{role}:examples"]})
         findings.append(
             Finding(
@@ -243,7 +251,12 @@ def check_consent_values(config: ProjectConfig, contacts: pl.LazyFrame, file: st
                 f"{stats[f'{role}:distinct']} value(s) that are not consent words "
                 f"(shapes {', '.join(shapes)}); they would count as no consent",
                 f"map them to the accepted words in the export ({words}; case, spaces, _ "
-                "and - do not matter)",
+                "and - do not matter)"
+                + (
+                    f", or declare the column's own words under [consent.words.{role}]"
+                    if role in OWN_WORDS_ROLES
+                    else ""
+                ),
                 file,
                 column=column,
             )

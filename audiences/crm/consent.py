@@ -37,6 +37,9 @@ _DENIED_WORDS = (
 )  # fmt: skip
 GRANTED_WORDS = _GRANTED_WORDS
 DENIED_WORDS = _DENIED_WORDS
+# A column's own (granted, denied) words, cleaned ([consent.words], ConsentColumns.vocabulary):
+# they replace the shared vocabulary for that column.
+Words = tuple[tuple[str, ...], tuple[str, ...]]
 
 
 def cleaned_word(text: pl.Expr) -> pl.Expr:
@@ -45,34 +48,38 @@ def cleaned_word(text: pl.Expr) -> pl.Expr:
     return text.str.strip_chars().str.to_lowercase().str.replace_all(r"[\s_\-]+", " ")
 
 
-def recognised(frame_schema: pl.Schema, column: str) -> pl.Expr:
+def recognised(frame_schema: pl.Schema, column: str, words: Words | None = None) -> pl.Expr:
     """True where the column's value is empty or a word of the vocabulary (Boolean and
-    0/1 columns always are)."""
+    0/1 columns always are; with its own ``words``, only those words are)."""
     dtype = frame_schema[column]
     if dtype == pl.Boolean:
         return pl.lit(True)
-    if dtype.is_numeric():
+    if dtype.is_numeric() and words is None:
         return pl.col(column).is_null() | pl.col(column).is_in([0, 1])
+    granted, denied = words or (_GRANTED_WORDS, _DENIED_WORDS)
     text = pl.col(column).cast(pl.String)
     word = cleaned_word(text)
-    return text.is_null() | (word == "") | word.is_in(_GRANTED_WORDS + _DENIED_WORDS)
+    return text.is_null() | (word == "") | word.is_in(granted + denied)
 
 
-def _consent_words(frame: pl.DataFrame, column: str) -> tuple[pl.Expr, pl.Expr]:
+def _consent_words(
+    frame: pl.DataFrame, column: str, words: Words | None = None
+) -> tuple[pl.Expr, pl.Expr]:
     """(granted, denied) of a consent column; a value is at most one of them."""
     expr = pl.col(column)
     if frame.schema[column] == pl.Boolean:
         return expr.eq(True), expr.eq(False)
+    granted, denied = words or (_GRANTED_WORDS, _DENIED_WORDS)
     text = expr.cast(pl.String)
     # Values already written as one of the words skip the strip and lowercase (a
     # CRM-wide scan asks this of every record; the rest are cleaned first).
-    known = text.is_in(_GRANTED_WORDS + _DENIED_WORDS)
+    known = text.is_in(granted + denied)
     cleaned = cleaned_word(pl.when(~known).then(text))
 
     def among(words: tuple[str, ...]) -> pl.Expr:
         return pl.when(known).then(text.is_in(words)).otherwise(cleaned.is_in(words))
 
-    return among(_GRANTED_WORDS), among(_DENIED_WORDS)
+    return among(granted), among(denied)
 
 
 def consent_denied(frame: pl.DataFrame, column: str | None) -> pl.Expr:
@@ -83,11 +90,14 @@ def consent_denied(frame: pl.DataFrame, column: str | None) -> pl.Expr:
     return _consent_words(frame, column)[1].fill_null(False)
 
 
-def consent_signal(frame: pl.DataFrame, column: str | None, name: str) -> pl.Expr:
-    """A CRM consent column as Google's GRANTED / DENIED / UNSPECIFIED."""
+def consent_signal(
+    frame: pl.DataFrame, column: str | None, name: str, words: Words | None = None
+) -> pl.Expr:
+    """A CRM consent column as Google's GRANTED / DENIED / UNSPECIFIED (``words``: the
+    column's own words, if it has them)."""
     if column is None or column not in frame.schema:
         return pl.lit("UNSPECIFIED").alias(name)
-    granted, denied = _consent_words(frame, column)
+    granted, denied = _consent_words(frame, column, words)
     return (
         pl.when(granted.fill_null(False))
         .then(pl.lit("GRANTED"))
@@ -98,19 +108,15 @@ def consent_signal(frame: pl.DataFrame, column: str | None, name: str) -> pl.Exp
     )
 
 
-def truthy(candidates: pl.DataFrame, name: str, role: str) -> pl.Expr:
-    """Boolean view of a flag column (Boolean, 0/1 or yes/no text); null stays null."""
+def truthy(candidates: pl.DataFrame, name: str, role: str, words: Words | None = None) -> pl.Expr:
+    """Boolean view of a flag column (Boolean, 0/1 or yes/no text, or the column's own
+    ``words``); null stays null, and so does a value that is no word."""
     expr = column(candidates, name, role)
     dtype = candidates.schema[name]
     if dtype == pl.Boolean:
         return expr
-    if dtype.is_numeric():
+    if dtype.is_numeric() and words is None:
         return expr != 0
+    granted, denied = words or (_GRANTED_WORDS, _DENIED_WORDS)
     text = cleaned_word(expr.cast(pl.String))
-    return (
-        pl.when(text.is_in(_GRANTED_WORDS))
-        .then(True)
-        .when(text.is_in(_DENIED_WORDS))
-        .then(False)
-        .otherwise(None)
-    )
+    return pl.when(text.is_in(granted)).then(True).when(text.is_in(denied)).then(False)

@@ -524,6 +524,17 @@ def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Ser
         return labels
     columns = sorted({c for link in links for c in link.columns})
     rows = records.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias(_ROW), *columns)
+    # Equal exact keys have equal coarse keys: only rows whose coarse key another row
+    # shares can be linked, and only they are normalized (a few per cent of a CRM).
+    shared = pl.concat(
+        [
+            coarse_keys(rows, link).filter(pl.col(link.out).is_duplicated()).get_column(_ROW)
+            for link in links
+        ]
+    )
+    if shared.is_empty():
+        return labels
+    rows = rows.filter(pl.col(_ROW).is_in(shared.unique().implode()))
     edges = [
         k.select(_ROW, _KEY).filter(pl.col(_KEY).is_duplicated())
         for k in exact_keys([rows] * len(links), links)
@@ -531,7 +542,7 @@ def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Ser
     edges = [e for e in edges if e.height]
     if not edges:
         return labels
-    label = pl.DataFrame({_ROW: rows.get_column(_ROW), by: labels})
+    label = pl.DataFrame({_ROW: rows.get_column(_ROW), by: labels.gather(rows.get_column(_ROW))})
     for _ in range(64):  # a chain of n linked records settles in at most n rounds
         before = label.get_column(by)
         for edge in edges:
@@ -548,4 +559,4 @@ def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Ser
             )
         if label.get_column(by).equals(before):
             break
-    return label.sort(_ROW).get_column(by)
+    return labels.scatter(label.get_column(_ROW), label.get_column(by))

@@ -3,10 +3,17 @@
 Runs the real CLI, command by command, in ``./demo`` (recreated each time), against
 the project's own sandbox ad platforms on 127.0.0.1 (started by this process):
 
-init → sample-data → validate → keygen + approve (a compliance officer signs) →
-build --all (one segment is too small and is blocked by policy, exit 3) →
-preview (differentially private figures) → plan → sync --all (Meta and Google Ads
-sandboxes) → status → audit verify. Each command is printed before it runs.
+init → sample-data (with people in the EEA and the UK) → the jurisdiction packs turned on
+→ validate → keygen + approve (a compliance officer signs) → build --all (one segment is
+too small and is blocked by policy, exit 3) → preview (differentially private figures) →
+plan → sync --all (Meta and Google Ads sandboxes) → status → audit verify. Each command
+is printed before it runs.
+
+The project runs under ``hipaa-marketing`` plus the jurisdiction packs ``wa-mhmda``,
+``gdpr-health`` and ``ccpa-sensitive`` (the template's commented ``packs`` line), and adds
+one nationwide health segment (``diabetes-outreach``): the summary shows, per
+jurisdiction, the people each jurisdiction rule kept out of its release and why, in
+coarse figures (docs/privacy-insights.md, "Coarse figures").
 """
 
 from __future__ import annotations
@@ -78,6 +85,42 @@ def point_at_sandboxes(
     toml.write_text(text, encoding="utf-8")
 
 
+# A health segment for the patients outside New York and New Jersey: Washington,
+# California and EEA people among them, so the jurisdiction packs have people to judge.
+# (Outside NY and NJ it shares nobody with cardiology-lapsed, the other Meta audience of
+# the account: difference protection would refuse a small overlap.)
+DIABETES = """\
+name: diabetes-outreach
+description: Adults with type 2 diabetes outside NY and NJ, for the telehealth program
+destinations: [meta]
+where:
+  all:
+    - age: {gte: 18}
+    - diagnosis_codes: {contains: "E11*"}
+    - any: [{state: {not_in: [NY, NJ]}}, {state: {is_null: true}}]
+"""
+SEGMENTS = ("cardiology-lapsed", "flu-shot-reminder", "newsletter-nyc", "diabetes-outreach")
+
+
+def enable_jurisdiction_packs(project: Path) -> None:
+    """Uncomment the template's ``packs`` line and the ``ad_user_data`` mapping that
+    gdpr-health reads (the way the template documents), and add the health segment."""
+    toml = project / "audiences.toml"
+    text = toml.read_text(encoding="utf-8")
+    for line in ("# packs = [", "# ad_user_data = "):
+        if text.count(line) != 1:
+            raise SystemExit(f"the project template no longer has the line {line!r}")
+        text = text.replace(line, line.removeprefix("# "))
+    toml.write_text(text, encoding="utf-8")
+    (project / "segments" / "diabetes-outreach.yaml").write_text(DIABETES, encoding="utf-8")
+    console.print(
+        "(turned on [policy] packs = hipaa-marketing + wa-mhmda + gdpr-health + "
+        "ccpa-sensitive, mapped [consent] ad_user_data, added segments/diabetes-outreach.yaml)",
+        highlight=False,
+        markup=False,
+    )
+
+
 def add_approver_key(project: Path, line: str) -> None:
     toml = project / "audiences.toml"
     text = toml.read_text(encoding="utf-8")
@@ -130,9 +173,12 @@ def _set_up_and_approve(project: Path, as_of: str, keys: Path) -> None:
             as_of,
             "--format",
             "parquet",
+            "--abroad",
+            str(max(ROWS // 100, 1)),
         ],
         project=project,
     )
+    enable_jurisdiction_packs(project)
     run(["validate", "--as-of", as_of], project=project)
     proc = run(
         ["keygen", "--private", str(keys / "dana.key"), "--name", APPROVER, "--json"],
@@ -145,7 +191,7 @@ def _set_up_and_approve(project: Path, as_of: str, keys: Path) -> None:
         highlight=False,
         markup=False,
     )
-    for segment in ("cardiology-lapsed", "flu-shot-reminder", "newsletter-nyc"):
+    for segment in SEGMENTS:
         run(["review", segment], project=project, expect=(0, 3))  # what the officer signs
         run(
             [
@@ -216,8 +262,45 @@ def _print_summary(outcome: _Outcome, audiences: dict[str, dict[str, int]]) -> N
         highlight=False,
     )
     console.print(f"sandbox audiences (people): {audiences}", highlight=False)
+    for line in jurisdiction_lines(outcome.builds):
+        console.print(line, highlight=False, markup=False)
     head = outcome.synced.get("audit_head") or {}
     console.print(f"audit head {head.get('seq')}:{head.get('hash')}", highlight=False)
+
+
+def jurisdiction_lines(builds: list[dict[str, Any]]) -> list[str]:
+    """Per released build, per jurisdiction: the people each jurisdiction rule kept out and
+    why, from the build's compliance report, in coarse figures (the pack's k)."""
+    from policies.privacy.coarse import DEFAULT_K, coarse_count
+    from policies.report.view import jurisdictions
+
+    lines = []
+    for b in builds:
+        path = (b.get("reports") or {}).get("json")
+        if b["status"] != "released" or not path:
+            continue
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        ks = [v["evidence"].get("pack_k") for v in report["verdicts"]]
+        k = max((int(x) for x in ks if isinstance(x, int)), default=DEFAULT_K)
+        kept_out = [
+            f"  {j.label}: {coarse_count(int(x.matched.replace(',', '')), k, k)} people — "
+            f"{x.removes.lower()} ({x.pack} rule {x.id})"
+            for j in jurisdictions(report)
+            for x in j.rules
+            if x.matched[:1].isdigit() and int(x.matched.replace(",", ""))
+        ]
+        if kept_out:
+            lines += [f"{b['segment']} (released under {report['pack']['name']}):", *kept_out]
+            lines.append(
+                f"  why, with each rule's statute and date: {Path(path).with_suffix('.html')}"
+            )
+    if lines:
+        lines.insert(
+            0,
+            "People each jurisdiction rule keeps out (each rule counted on its own: an earlier "
+            "rule may exclude them too; coarse figures, below k shows as '< k'):",
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -538,12 +538,24 @@ _EMAIL_CASE_SHARES = (0.86, 0.09, 0.05)
 # --------------------------------------------------------------------------- public API
 
 
-def generate(rows: int, *, seed: int = 0, as_of: dt.date) -> tuple[pl.DataFrame, pl.DataFrame]:
+def generate(
+    rows: int, *, seed: int = 0, as_of: dt.date, abroad: int = 0
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Return ``(contacts, events)``: ``rows`` synthetic CRM records and their events.
 
-    Deterministic: the same ``rows``, ``seed`` and ``as_of`` give identical frames.
+    ``abroad`` more records (and their events) follow the ``rows`` ones: people living in
+    the EEA and the UK (see ``_ABROAD``), drawn from generators of their own, so the first
+    ``rows`` records and their events are the same with or without them.
+
+    Deterministic: the same ``rows``, ``seed``, ``as_of`` and ``abroad`` give identical frames.
     """
     _check_rows(rows)
+    _check_rows(abroad)
+    if rows + abroad > MAX_ROWS:
+        raise UsageError(
+            f"rows plus abroad must be at most {MAX_ROWS:,}, got {rows + abroad:,}",
+            "choose a smaller size",
+        )
     if not isinstance(as_of, dt.date) or isinstance(as_of, dt.datetime):
         raise UsageError(
             f"as_of must be a date, got {type(as_of).__name__}", "pass a datetime.date"
@@ -552,14 +564,20 @@ def generate(rows: int, *, seed: int = 0, as_of: dt.date) -> tuple[pl.DataFrame,
     people = _draw_people(rng, rows, as_of)
     contacts = _contacts_frame(rng, people)
     events = _events_frame(rng, people, contacts.get_column("contact_id").rechunk())
-    return _privacy_consents(contacts, seed), events
+    contacts = _privacy_consents(contacts, seed)
+    if abroad:
+        more_contacts, more_events = _abroad(abroad, seed, as_of, contacts, events)
+        contacts = pl.concat([contacts, more_contacts])
+        events = pl.concat([events, more_events])
+    return contacts, events
 
 
-def _privacy_consents(contacts: pl.DataFrame, seed: int) -> pl.DataFrame:
-    """The privacy-law consent columns, from a generator of their own (seeded by ``seed``):
-    consents to share health data and to health marketing are rare and sometimes
-    withdrawn; a few people limit the use of sensitive data or send GPC; some unknown."""
-    rng = np.random.default_rng([seed, 23])
+def _privacy_consents(contacts: pl.DataFrame, seed: int, *stream: int) -> pl.DataFrame:
+    """The privacy-law consent columns, from a generator of their own (seeded by ``seed``
+    and ``stream``): consents to share health data and to health marketing are rare and
+    sometimes withdrawn; a few people limit the use of sensitive data or send GPC; some
+    unknown."""
+    rng = np.random.default_rng([seed, 23, *stream])
     n = contacts.height
     granted = ("granted", "denied", None)
     withdrawn = ("granted", "withdrawn", "denied", None)
@@ -591,8 +609,10 @@ def write(
     as_of: dt.date,
     formats: Sequence[str] = FORMATS,
     progress: Callable[[str, float], None] | None = None,
+    abroad: int = 0,
 ) -> dict[str, list[Path]]:
-    """Generate the sample CRM and write ``contacts`` and ``events`` in each format
+    """Generate the sample CRM (``rows`` records, then ``abroad`` records of people in the
+    EEA and the UK) and write ``contacts`` and ``events`` in each format
     (``progress(stage, fraction)`` is told each stage, with its row counts).
 
     Each file is written to a temporary file in ``out_dir`` (mode 0600: the rows look like
@@ -615,8 +635,8 @@ def write(
             "choose a writable folder",
         ) from exc
     step = progress or (lambda _msg, _frac: None)
-    step(f"generating {rows:,} contacts and their events", 0.0)
-    contacts, events = generate(rows, seed=seed, as_of=as_of)
+    step(f"generating {rows + abroad:,} contacts and their events", 0.0)
+    contacts, events = generate(rows, seed=seed, as_of=as_of, abroad=abroad)
     written: dict[str, list[Path]] = {}
     files = 2 * len(dict.fromkeys(formats))
     for name, frame in (("contacts", contacts), ("events", events)):
@@ -1378,6 +1398,118 @@ def _languages(rng: np.random.Generator, p: _People) -> np.ndarray:
 def _insurance(rng: np.random.Generator, p: _People) -> np.ndarray:
     bracket = np.select([p.age < 18, p.age < 26, p.age < 65], [0, 1, 2], 3)
     return _choice_by(rng, _INSURANCE_BY_AGE, bracket)
+
+
+# --------------------------------------------------------------------------- abroad
+
+# People living in the EEA and the UK (``generate(..., abroad=N)``): (spellings of the
+# country, calling code, e-mail top-level domain, cities as (name, area code, postcodes),
+# weight). The first spelling is the usual one; the others are what people also type.
+_ABROAD: tuple[
+    tuple[tuple[str, ...], str, str, tuple[tuple[str, str, tuple[str, ...]], ...], float], ...
+] = (
+    (("DE", "Germany", "Deutschland"), "49", "de",
+     (("Berlin", "30", ("10115", "10178", "10435")), ("München", "89", ("80331", "80469")),
+      ("Hamburg", "40", ("20095", "20354"))), 3.0),
+    (("FR", "France"), "33", "fr",
+     (("Paris", "1", ("75001", "75011", "75015")), ("Lyon", "4", ("69001", "69003"))), 2.5),
+    (("IE", "Ireland"), "353", "ie",
+     (("Dublin", "1", ("D02 X285", "D04 C932", "D08 VF8H")), ("Cork", "21", ("T12 X70A",))), 1.5),
+    (("NL", "Netherlands"), "31", "nl",
+     (("Amsterdam", "20", ("1012 AB", "1017 CT")), ("Rotterdam", "10", ("3011 AD",))), 1.5),
+    (("ES", "Spain", "España"), "34", "es",
+     (("Madrid", "91", ("28001", "28013")), ("Barcelona", "93", ("08001", "08008"))), 1.5),
+    (("IT", "Italy"), "39", "it",
+     (("Roma", "06", ("00184", "00186")), ("Milano", "02", ("20121",))), 1.5),
+    (("SE", "Sweden"), "46", "se", (("Stockholm", "8", ("111 22", "114 35")),), 0.8),
+    (("GB", "United Kingdom", "UK"), "44", "co.uk",
+     (("London", "20", ("SW1A 1AA", "EC1A 1BB", "N1 9GU")),
+      ("Manchester", "161", ("M1 1AE",))), 3.0),
+)  # fmt: skip
+
+
+def _abroad(
+    n: int, seed: int, as_of: dt.date, contacts: pl.DataFrame, events: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``n`` records of people living in the EEA and the UK, with their events.
+
+    Drawn like the others (from a generator of their own), then moved abroad: country,
+    city, postcode, no US state, the phone in the country's international form, the
+    e-mail at the country's top-level domain (so no mailbox is shared with a US record).
+    Contact and event ids avoid the ids of ``contacts`` and ``events``."""
+    rng = np.random.default_rng([seed, 44])
+    people = _draw_people(rng, n, as_of)
+    drawn = _contacts_frame(rng, people)
+    ids = _fresh_ids(rng, n, contacts.get_column("contact_id"), "contact_id", "C", 9)
+    more_events = _events_frame(rng, people, ids)
+    event_ids = _fresh_ids(
+        rng, more_events.height, events.get_column("event_id"), "event_id", "E", 10
+    )
+    more_events = more_events.with_columns(event_ids)
+    moved = drawn.with_columns(ids, *_abroad_columns(rng, people))
+    return _privacy_consents(moved, seed, 1), more_events
+
+
+def _abroad_columns(rng: np.random.Generator, p: _People) -> list[pl.Expr]:
+    """Country, city, state (none), postcode, phone and e-mail of people abroad."""
+    places = [
+        (c, city, area, code, weight / len(cities) / len(codes))
+        for c, (_, _, _, cities, weight) in enumerate(_ABROAD)
+        for city, area, codes in cities
+        for code in codes
+    ]
+    place = _choice(rng, [w for *_, w in places], p.n).astype(np.int64)
+    dup = np.flatnonzero(p.duplicate)
+    place[dup] = place[p.source[dup]]
+    # the usual spelling of the country, or (one in five) another one
+    country = np.array([c for c, *_ in places], dtype=np.int64)[place]
+    others = np.array([len(entry[0]) - 1 for entry in _ABROAD])[country]
+    other = rng.random(p.n, dtype=np.float32) < 0.2
+    variant = np.where(other & (others > 0), 1 + rng.integers(0, 2, p.n) % np.maximum(others, 1), 0)
+    first = np.cumsum([0, *(len(entry[0]) for entry in _ABROAD)])[:-1]
+    spelling = pl.Series(first[country] + variant, dtype=pl.UInt32)
+    at = pl.Series(place, dtype=pl.UInt32)
+
+    def by_place(values: list[str]) -> pl.Expr:
+        return pl.lit(pl.Series(values)).gather(at)
+
+    digits = pl.col("phone").str.replace_all(r"\D", "").str.slice(-7)
+    phone = pl.concat_str(
+        by_place([f"+{_ABROAD[c][1]} {area} " for c, _, area, _, _ in places]),
+        digits.str.slice(0, 3),
+        pl.lit(" "),
+        digits.str.slice(3),
+    )
+    email = pl.concat_str(
+        pl.col("email").str.extract(r"^(.*)\.(?:com|net)\s*$", 1),
+        pl.lit("."),
+        by_place([_ABROAD[c][2] for c, *_ in places]),
+        pl.col("email").str.extract(r"(\s*)$", 1),
+    )
+    return [
+        pl.lit(pl.Series([s for entry in _ABROAD for s in entry[0]]))
+        .gather(spelling)
+        .alias("country"),
+        by_place([city for _, city, *_ in places]).alias("city"),
+        pl.lit(None, dtype=pl.String).alias("state"),
+        by_place([code for *_, code, _ in places]).alias("zip"),
+        pl.when(pl.col("phone").is_not_null()).then(phone).alias("phone"),
+        pl.when(pl.col("email").is_not_null()).then(email).alias("email"),
+    ]
+
+
+def _fresh_ids(
+    rng: np.random.Generator, n: int, taken: pl.Series, name: str, prefix: str, digits: int
+) -> pl.Series:
+    """``n`` distinct random ids (``prefix`` + ``digits`` digits) none of ``taken`` holds."""
+    found = pl.Series(name, [], dtype=pl.String)
+    while found.len() < n:
+        want = n - found.len()
+        drawn = _identifiers(name, prefix, rng.integers(0, 10**digits, 2 * want + 16), digits)
+        fresh = drawn.unique(maintain_order=True)
+        fresh = fresh.filter(~fresh.is_in(taken.implode()) & ~fresh.is_in(found.implode()))
+        found = pl.concat([found, fresh.head(want)])
+    return found
 
 
 # --------------------------------------------------------------------------- events

@@ -29,7 +29,7 @@ def roles(config: ProjectConfig, source: str) -> dict[str, str]:
             if field != "default_country" and column:
                 out[column] = "identity"
         for column in config.consent.model_dump().values():
-            if column:
+            if isinstance(column, str):  # (not the per-purpose words)
                 out[column] = "consent"
     for column in config.columns.quasi_identifiers:
         out.setdefault(column, "quasi-identifier")

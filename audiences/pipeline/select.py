@@ -194,7 +194,7 @@ def gate_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:
 
     wanted = {config.sources.contacts.id, "member_key", "age"}
     wanted |= {c for c in config.identity.model_dump().values() if isinstance(c, str)}
-    wanted |= {c for c in config.consent.model_dump().values() if c}
+    wanted |= {c for c in config.consent.model_dump().values() if isinstance(c, str)}
     wanted |= set(config.columns.quasi_identifiers)
     if config.policy.jurisdiction_column:  # jurisdiction packs read it
         wanted.add(config.policy.jurisdiction_column)

@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -333,7 +333,7 @@ def sync(
             finally:
                 conn.close()
             return report
-    day = as_of or datetime.now(UTC).date()
+    day = as_of or clock.today()  # the clock the protective rules read
     results = build(config, names, as_of=day, actor=who, progress=step)
     conn = connect(config.state_db)
     try:

@@ -29,6 +29,7 @@ from typing import Any
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import EXIT_ERROR, EXIT_OK, ConfigError, ConnectorError, DataError
 from audiences.core.state import connect, new_id, transaction, utcnow
+from audiences.pipeline import state_record
 from audiences.pipeline.batches import (
     TAKEDOWN,
     ConnectorFactory,
@@ -292,6 +293,8 @@ class _Takedown:
                 "DELETE FROM audiences_remote WHERE segment=? AND destination=?",
                 (self.segment, self.name),
             )
+        # the audience record must forget it too, or the next sync refuses the state
+        state_record.write(run.conn, run.store.state_dir)
         out.deleted, out.status, out.error = True, "taken_down", None
 
     def _audit(self, out: TakedownResult) -> None:

@@ -293,6 +293,12 @@ def _jurisdiction_terms() -> dict[str, Term]:
     terms["excluded_unknown"] = Term(
         "Matched, jurisdiction unknown", "people of unknown jurisdiction this rule matched"
     )
+    terms["linked_records"] = Term(
+        "Other records of the same people",
+        "CRM records sharing a normalized email or phone with a record this rule excludes: "
+        "the request or the missing consent is the person's, so these records go too "
+        "(counted in the figures above)",
+    )
     terms["out_of_jurisdiction"] = Term(
         "Outside the jurisdiction", "people selected this jurisdiction rule does not apply to"
     )
@@ -311,6 +317,51 @@ for _kind in (
     "sensitive_pi_opt_out",
 ):
     GLOSSARY[_kind].terms.update(_jurisdiction_terms())
+
+# The report's "By jurisdiction" section: what each jurisdiction is called, and its columns.
+JURISDICTION_NAMES: dict[str, str] = {
+    "US-WA": "Washington",
+    "US-CA": "California",
+    "US-NV": "Nevada",
+    "US-CT": "Connecticut",
+    "EEA": "European Economic Area",
+    "UK": "United Kingdom",
+    "unknown": "Jurisdiction unknown",
+}
+JURISDICTION_TERMS: dict[str, Term] = {
+    "jurisdiction": Term(
+        "Jurisdiction",
+        "where a person lives, from the normalized state and country (or the "
+        "[policy] jurisdiction_column override); it decides which jurisdiction packs apply",
+    ),
+    "people": Term(
+        "People selected there",
+        "people the segment selected whose jurisdiction this is, before any rule",
+    ),
+    "pack": Term(
+        "Pack",
+        "the jurisdiction pack the rule comes from; the base pack applies to everyone",
+    ),
+    "matched": Term(
+        "Matched by this rule",
+        "people of this jurisdiction the rule excludes, counted on their own (someone an "
+        "earlier rule already removed is counted here too)",
+    ),
+    "unknown": Term(
+        "Jurisdiction unknown",
+        "people whose state or country could not be determined: every jurisdiction pack in "
+        "force applies to them (the strictest treatment)",
+    ),
+}
+
+
+def jurisdiction_label(code: str) -> str:
+    """``Washington (US-WA)``; a code with no name here reads as itself."""
+    name = JURISDICTION_NAMES.get(code)
+    if code == "unknown":
+        return name or code
+    return f"{name} ({code})" if name else code
+
 
 #: Kinds of verdicts the gate makes that are not pack rule kinds.
 GATE_KINDS = frozenset({"k_anonymity", "approval"})
@@ -336,4 +387,15 @@ def ordered(kind: str, evidence: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return sorted(evidence.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
 
 
-__all__ = ["GATE_KINDS", "GLOSSARY", "KindEntry", "Term", "kind_label", "ordered", "term"]
+__all__ = [
+    "GATE_KINDS",
+    "GLOSSARY",
+    "JURISDICTION_NAMES",
+    "JURISDICTION_TERMS",
+    "KindEntry",
+    "Term",
+    "jurisdiction_label",
+    "kind_label",
+    "ordered",
+    "term",
+]

@@ -14,7 +14,15 @@ from typing import Any
 
 from audiences.crm.identifiers import LAYOUTS, PLAIN_COLUMNS
 from policies.report.funnel import Chart, Funnel, chart, count_minus, count_of, funnel, shown
-from policies.report.glossary import kind_label, ordered, term
+from policies.report.glossary import (
+    GLOSSARY,
+    JURISDICTION_TERMS,
+    Term,
+    jurisdiction_label,
+    kind_label,
+    ordered,
+    term,
+)
 
 PLATFORMS = {
     "meta": "Meta Custom Audience",
@@ -72,6 +80,25 @@ class ApprovalView:
 
 
 @dataclass(frozen=True)
+class JurisdictionRuleView:
+    pack: str
+    id: str
+    rule: str  # the kind's plain name
+    removes: str  # what the rule takes out, in words
+    status: str
+    matched: str  # people of the jurisdiction the rule excludes
+    source: str
+
+
+@dataclass(frozen=True)
+class JurisdictionView:
+    code: str
+    label: str
+    people: str  # people selected whose jurisdiction this is
+    rules: tuple[JurisdictionRuleView, ...]
+
+
+@dataclass(frozen=True)
 class View:
     report: dict[str, Any]
     status: str
@@ -84,6 +111,9 @@ class View:
     yaml: str
     yaml_source: str
     verdicts: tuple[VerdictView, ...]
+    jurisdictions: tuple[JurisdictionView, ...]
+    jurisdiction_terms: dict[str, Term]  # the section's column labels and what they mean
+    base_pack: str
     releases: tuple[ReleaseView, ...]
     approval: ApprovalView | None
     operator: str
@@ -110,6 +140,9 @@ def build_view(r: dict[str, Any]) -> View:
         yaml=seg.get("yaml") or _yaml_of(seg.get("definition") or {}),
         yaml_source=seg.get("yaml_source") or "canonical",
         verdicts=tuple(_verdict(v) for v in r["verdicts"]),
+        jurisdictions=jurisdictions(r),
+        jurisdiction_terms=JURISDICTION_TERMS,
+        base_pack=str(r["pack"]["name"]).split(" + ")[0],
         releases=tuple(_release(r, rel) for rel in r["releases"]),
         approval=approval,
         operator=operator or str(r.get("actor") or "unknown"),
@@ -196,6 +229,36 @@ def _verdict(v: dict[str, Any]) -> VerdictView:
         source=v["source"],
         evidence=evidence,
     )
+
+
+def jurisdictions(r: dict[str, Any]) -> tuple[JurisdictionView, ...]:
+    """The jurisdiction packs' verdicts grouped by jurisdiction: per jurisdiction, the
+    people selected there and, per rule that applied, the people it matched. People of
+    unknown jurisdiction come last: every jurisdiction rule applies to them. Counts come
+    from the verdicts' evidence, so a blocked report's "< k" stays "< k"."""
+    from audiences.crm.jurisdiction import UNKNOWN, evidence_suffix
+
+    scoped = [v for v in r["verdicts"] if v.get("jurisdictions")]
+    codes = [*dict.fromkeys(c for v in scoped for c in v["jurisdictions"])]
+    out = []
+    for code in [*codes, UNKNOWN] if scoped else []:
+        key = "unknown" if code == UNKNOWN else evidence_suffix(code)
+        applied = [v for v in scoped if code == UNKNOWN or code in v["jurisdictions"]]
+        rules = tuple(
+            JurisdictionRuleView(
+                pack=str(v.get("pack") or ""),
+                id=v["id"],
+                rule=kind_label(v["kind"]),
+                removes=GLOSSARY[v["kind"]].removes if v["kind"] in GLOSSARY else "",
+                status=v["status"],
+                matched=shown(count_of(v["evidence"].get(f"excluded_{key}", 0))),
+                source=v["source"],
+            )
+            for v in applied
+        )
+        people = shown(count_of(applied[0]["evidence"].get(f"in_{key}", 0)))
+        out.append(JurisdictionView(code, jurisdiction_label(code), people, rules))
+    return tuple(out)
 
 
 def _release(r: dict[str, Any], rel: dict[str, Any]) -> ReleaseView:
@@ -289,4 +352,14 @@ def _yaml_of(definition: dict[str, Any]) -> str:
         return json.dumps(definition, indent=2, sort_keys=True, ensure_ascii=False)
 
 
-__all__ = ["ApprovalView", "Evidence", "ReleaseView", "VerdictView", "View", "build_view"]
+__all__ = [
+    "ApprovalView",
+    "Evidence",
+    "JurisdictionRuleView",
+    "JurisdictionView",
+    "ReleaseView",
+    "VerdictView",
+    "View",
+    "build_view",
+    "jurisdictions",
+]
