@@ -180,8 +180,8 @@ def _table_error(name: str, database: Database, table: str, exc: BaseException) 
     import psycopg
 
     shown = f"{database.schema}.{table}" if database.schema else table
-    missing = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
-    if isinstance(exc, duckdb.CatalogException | missing):
+    missing = (duckdb.CatalogException, psycopg.errors.UndefinedTable)
+    if isinstance(exc, (*missing, psycopg.errors.InvalidSchemaName)):
         return DataError(
             f"source {name!r}: {database.where()} has no table or view {shown}",
             f"create it, or fix [sources.{name}].table (and schema) in audiences.toml",
@@ -228,8 +228,9 @@ def table_schema(name: str, connection: Any, database: Database, table: str) -> 
 
 
 def has_rows(name: str, connection: Any, database: Database, table: str) -> bool:
-    query = exp.select(exp.Literal.number(1)).from_(table_ref(database, table)).limit(1)
-    frame = fetch(name, connection, database, query, pl.Schema({"1": pl.Int32()}))
+    one = exp.alias_(exp.Literal.number(1), "one", quoted=True)
+    query = exp.select(one).from_(table_ref(database, table)).limit(1)
+    frame = fetch(name, connection, database, query, pl.Schema({"one": pl.Int32()}))
     return frame.height > 0
 
 
