@@ -136,3 +136,183 @@ def test_csv_duckdb_and_postgres_release_the_same_people(
     assert people["pg"].equals(people["csv"])
     assert verdict(builds["duck"]) == verdict(builds["csv"])
     assert verdict(builds["pg"]) == verdict(builds["csv"])
+
+
+# -- the DP ledger's dataset id ----------------------------------------------------------------
+
+
+def small_crm() -> dict[str, pl.DataFrame]:
+    contacts = pl.DataFrame(
+        {
+            "contact_id": ["C1", "C2", "C3"],
+            "email": ["a@example.com", None, ""],
+            "birth_date": [date(1960, 2, 29), date(1990, 1, 31), None],
+            "diagnosis_codes": [["E11.9"], [], None],
+        }
+    )
+    return {"contacts": contacts}
+
+
+def config_for(root: Path, contacts: str) -> Any:
+    from audiences.core.config import ProjectConfig
+
+    data = {"sources": {"contacts": json.loads(contacts)}, "identity": {"email": "email"}}
+    return ProjectConfig.model_validate(data).model_copy(update={"root": root})
+
+
+def digests(root: Path, source: str, load: Callable[[dict[str, pl.DataFrame]], None]) -> list[str]:
+    """The dataset id of: the CRM, the same rows in another order, one value changed, one
+    row duplicated, and the CRM again."""
+    from audiences.crm.sources import source_digest
+
+    config = config_for(root, source)
+    base = small_crm()["contacts"]
+    variants = [
+        base,
+        base.reverse(),
+        base.with_columns(pl.when(pl.col("contact_id") == "C2").then(pl.lit("b@example.com"))
+                          .otherwise(pl.col("email")).alias("email")),  # fmt: skip
+        pl.concat([base, base.head(1)]),
+        base,
+    ]
+    out = []
+    for frame in variants:
+        load({"contacts": frame})
+        out.append(source_digest(config))
+    return out
+
+
+def test_duckdb_dataset_id_is_the_table_contents(tmp_path: Path) -> None:
+    path = tmp_path / "crm.duckdb"
+    ids = digests(tmp_path, '{"kind": "duckdb", "path": "crm.duckdb", "table": "contacts"}',
+                  lambda frames: load_duckdb(path, frames))  # fmt: skip
+    same, reordered, changed, duplicated, again = ids
+    assert same == reordered == again
+    assert len({same, changed, duplicated}) == 3
+
+
+def test_postgres_dataset_id_is_the_table_contents(
+    tmp_path: Path, postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRM_TEST_URL", postgres.url)
+    ids = digests(tmp_path, '{"kind": "postgres", "uri_env": "CRM_TEST_URL", "schema": "d", '
+                  '"table": "contacts"}',
+                  lambda frames: load_postgres(postgres.conninfo, frames, schema="d"))  # fmt: skip
+    same, reordered, changed, duplicated, again = ids
+    assert same == reordered == again
+    assert len({same, changed, duplicated}) == 3
+
+
+# -- bad input: one line, the exit code, never the URI -----------------------------------------
+
+SECRET = "s3cret-Pa55word"
+
+
+@pytest.fixture(scope="module")
+def pg_crm(postgres: Any, crm: dict[str, pl.DataFrame]) -> Any:
+    load_postgres(postgres.conninfo, crm, schema="bad")
+    return postgres
+
+
+def pg_project(tmp_path: Path, approver: Approver, *, table: str = "contacts",
+               declared: str = DECLARED) -> Path:  # fmt: skip
+    root = make(tmp_path, "p", approver, sources_toml(
+        f'kind = "postgres"\nuri_env = "CRM_TEST_URL"\nschema = "bad"\ntable = "{table}"',
+        'kind = "postgres"\nuri_env = "CRM_TEST_URL"\nschema = "bad"\ntable = "events"'))  # fmt: skip
+    toml = root / "audiences.toml"
+    toml.write_text(toml.read_text().replace(DECLARED, declared))
+    return root
+
+
+def secret_url(postgres: Any, *, port: int | None = None, db: str = "postgres") -> str:
+    return f"postgresql://{postgres.user}:{SECRET}@127.0.0.1:{port or postgres.port}/{db}"
+
+
+def assert_one_line(result: Result, pattern: str, *, url: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+    assert SECRET not in result.output and url not in result.output
+    assert "Traceback" not in result.output
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("case", "pattern"),
+    [
+        ("no variable", r"environment variable CRM_TEST_URL is not set"),
+        ("unreachable", r"CRM_TEST_URL: the server cannot be reached"),
+        ("no database", r"CRM_TEST_URL: the database does not exist"),
+        ("bad uri", r"\$CRM_TEST_URL does not hold a valid PostgreSQL connection URI"),
+        ("no table", r"source 'contacts': .* has no table or view bad\.patients"),
+        ("no column", r"source 'contacts' \(table bad\.contacts .*\) has no column\(s\) \['mrn'\]"),
+        ("wrong type", r"column 'email' of table bad\.contacts .* is text in the database, "
+                       r"declared date — declare it as str"),
+    ],
+)  # fmt: skip
+def test_postgres_bad_input_is_one_line_without_the_uri(
+    tmp_path: Path,
+    approver: Approver,
+    pg_crm: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    pattern: str,
+) -> None:
+    url = secret_url(pg_crm)
+    table, declared = "contacts", DECLARED
+    if case == "unreachable":
+        url = secret_url(pg_crm, port=closed_port())
+    elif case == "no database":
+        url = secret_url(pg_crm, db="nosuchdb")
+    elif case == "bad uri":
+        url = f"postgresql://{pg_crm.user}:{SECRET}@127.0.0.1:{pg_crm.port}/postgres?sslmode=maybe"
+    elif case == "no table":
+        table = "patients"
+    elif case == "no column":
+        declared = DECLARED.replace("birth_date = ", 'mrn = "str", birth_date = ')
+    elif case == "wrong type":
+        declared = DECLARED.replace("birth_date = ", 'email = "date", birth_date = ')
+    if case != "no variable":
+        monkeypatch.setenv("CRM_TEST_URL", url)
+    else:
+        monkeypatch.delenv("CRM_TEST_URL", raising=False)
+    root = pg_project(tmp_path, approver, table=table, declared=declared)
+    commands = [("validate",), ("build", "warehouse-adults")]
+    if case not in ("no column", "wrong type"):  # `columns` shows the table as it is
+        commands.append(("columns",))
+    for command in commands:
+        result = run(root, *command)
+        if command == ("validate",):  # validate lists every problem: one line each
+            assert result.exit_code == 1, result.output
+            assert re.search(pattern, result.output), result.output
+            assert SECRET not in result.output and url not in result.output
+            continue
+        assert_one_line(result, pattern, url=url)
+    leaked = [p for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaked == []
+
+
+def test_the_uri_is_nowhere_after_a_build(
+    tmp_path: Path, approver: Approver, pg_crm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build, report and status from PostgreSQL with a password in the URI: the password
+    and the URI appear in no output, no file of the project (state, reports, exports)."""
+    url = secret_url(pg_crm)
+    monkeypatch.setenv("CRM_TEST_URL", url)
+    root = pg_project(tmp_path, approver)
+    build = approve_and_build(root, approver)
+    assert build["status"] == "released"
+    outputs = [run(root, *c).output for c in (("report", "warehouse-adults"), ("status",),
+                                               ("history", "warehouse-adults"), ("budget",))]  # fmt: skip
+    for text in outputs:
+        assert SECRET not in text and url not in text
+    leaked = [p for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaked == []

@@ -153,6 +153,8 @@ class Database:
 
     def _unreachable(self, exc: BaseException) -> DataError:
         text = str(exc).lower()  # read for its kind only: it may quote host or user
+        if "invalid" in text and "value" in text:  # an option of the URI (sslmode=...)
+            return self._bad_uri()
         if "password" in text or "authentication" in text or "role" in text:
             reason, fix = "the server refused the credentials", "check the user and password"
         elif "does not exist" in text:

@@ -172,7 +172,10 @@ def _sql_word(dtype: pl.DataType) -> str:
         return "a timestamp"
     if isinstance(dtype, pl.List):
         return "an array"
-    return "an integer" if dtype.is_integer() else f"a {_declared_word(dtype)}"
+    if dtype.is_integer():
+        return "an integer"
+    words = {"float": "a floating-point number", "bool": "a boolean", "date": "a date"}
+    return words.get(_declared_word(dtype), "text")
 
 
 def _declared_word(dtype: pl.DataType) -> str:
