@@ -316,3 +316,70 @@ def test_the_uri_is_nowhere_after_a_build(
         assert SECRET not in text and url not in text
     leaked = [p for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert leaked == []
+
+
+# -- the selection inside the database ---------------------------------------------------------
+
+SEGMENTS = {
+    # all in SQL: age, a list prefix, an event count in a window, days since the last visit
+    "sql": "age: {between: [30, 60]}\n    - diagnosis_codes: {starts_with: E11}\n"
+    "    - event: {type: visit, within: 365d, count: {gte: 2}}\n"
+    "    - days_since_last_visit: {lte: 400}",
+    # identity-mapped text (state, sex) is compared normalized: applied in polars afterwards
+    "identity": "state: {in: [new york, CA, tx]}\n    - sex: {eq: female}\n"
+    "    - event: {type: email_click, within: 180d}",
+    # a case-insensitive column
+    "folded": "preferred_language: {in: [EN, Es]}\n    - age: {gte: 65}",
+    # a normalized comparison inside an OR with events: the whole segment runs in polars
+    "fallback": "any:\n        - state: {eq: new york}\n"
+    "        - event: {type: appointment, ahead: 30d}",
+}
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_the_database_selects_what_polars_selects(
+    tmp_path: Path,
+    crm: dict[str, pl.DataFrame],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+) -> None:
+    from audiences.core.config import ProjectConfig
+    from audiences.crm.sources import load_sources
+    from audiences.pipeline.select import gate_columns, segment_context
+    from audiences.segments import compile_segment, parse_segment
+    from audiences.segments.sql_run import run_segment_in_tables
+
+    if backend == "duckdb":
+        load_duckdb(tmp_path / "crm.duckdb", crm)
+        where: dict[str, Any] = {"kind": "duckdb", "path": "crm.duckdb"}
+    else:
+        postgres = request.getfixturevalue("postgres")
+        load_postgres(postgres.conninfo, crm, schema="sel")
+        monkeypatch.setenv("CRM_TEST_URL", postgres.url)
+        where = {"kind": "postgres", "uri_env": "CRM_TEST_URL", "schema": "sel"}
+    config = ProjectConfig.model_validate({
+        "sources": {
+            "contacts": {**where, "table": "contacts", "case_insensitive": ["preferred_language"]},
+            "events": {**where, "table": "events"},
+        },
+        "identity": {"email": "email", "state": "state", "gender": "sex", "country": "country",
+                     "birth_date": "birth_date", "zip": "zip"},
+        "consent": {"marketing_opt_in": "marketing_opt_in"},
+    }).model_copy(update={"root": tmp_path})  # fmt: skip
+    sources = load_sources(config)
+    ctx = segment_context(config, AS_OF)
+    wanted = gate_columns(config, sources.contacts.collect_schema())
+    for name, conditions in SEGMENTS.items():
+        segment = parse_segment(f"name: {name}\nwhere:\n  all:\n    - {conditions}\n")
+        expected = compile_segment(segment, crm["contacts"].lazy(), crm["events"].lazy(), ctx)
+        expected_ids = set(expected.collect().get_column("contact_id"))
+        got = run_segment_in_tables(
+            segment, sources.tables["contacts"], sources.tables["events"], ctx, wanted
+        )
+        if name == "fallback":
+            assert got is None
+            continue
+        assert got is not None and got.columns == wanted, name
+        assert set(got.get_column("contact_id")) == expected_ids, name
+        assert len(expected_ids) > 0, name
