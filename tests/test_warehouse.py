@@ -57,7 +57,9 @@ def sources_toml(contacts: str, events: str) -> Callable[[str], str]:
     return edit
 
 
-def make(tmp: Path, name: str, approver: Approver, edit: Callable[[str], str]) -> Path:
+def make(
+    tmp: Path, name: str, approver: Approver, edit: Callable[[str], str], *, declare: bool = True
+) -> Path:
     root = tmp / name
     init_project(root)
     for template in (root / "segments").glob("*.yaml"):
@@ -65,7 +67,9 @@ def make(tmp: Path, name: str, approver: Approver, edit: Callable[[str], str]) -
     (root / "data").mkdir()
     toml = root / "audiences.toml"
     text = trust(edit(toml.read_text()), approver.name, approver.public_base64)
-    toml.write_text(text.replace("id = \"contact_id\"\n", f'id = "contact_id"\n{DECLARED}\n', 1))
+    if declare:
+        text = text.replace('id = "contact_id"\n', f'id = "contact_id"\n{DECLARED}\n', 1)
+    toml.write_text(text)
     shutil.copyfile(CASE, root / "segments" / CASE.name)
     return root
 
@@ -383,3 +387,61 @@ def test_the_database_selects_what_polars_selects(
         assert got is not None and got.columns == wanted, name
         assert set(got.get_column("contact_id")) == expected_ids, name
         assert len(expected_ids) > 0, name
+
+
+def test_debug_logs_never_hold_the_uri(
+    tmp_path: Path,
+    approver: Approver,
+    pg_crm: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """--debug (tracebacks and every library's debug log) on a working and a failing
+    connection: the password is in no record and no output."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    root = pg_project(tmp_path, approver)
+    outputs = []
+    for url in (secret_url(pg_crm), secret_url(pg_crm, port=closed_port())):
+        monkeypatch.setenv("CRM_TEST_URL", url)
+        outputs += [run(root, "--debug", *c).output for c in (("validate",), ("columns",))]
+    assert any("cannot be reached" in text for text in outputs)
+    assert all(SECRET not in text for text in outputs)
+    assert not [r for r in caplog.records if SECRET in r.getMessage()]
+
+
+# -- the documented example ------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "warehouse.md"
+
+
+def doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", DOC.read_text(), re.DOTALL | re.MULTILINE)
+
+
+def test_the_documented_duckdb_example_validates_and_builds(
+    tmp_path: Path, crm: dict[str, pl.DataFrame], approver: Approver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """docs/warehouse.md's DuckDB configuration and loading snippet, as written."""
+    duckdb_toml, postgres_toml = doc_blocks("toml")
+    [loading] = doc_blocks("python")
+
+    def documented(text: str) -> str:
+        start, end = text.index("[sources.contacts]"), text.index("[identity]")
+        return text[:start] + duckdb_toml + "\n" + text[end:]
+
+    root = make(tmp_path, "doc", approver, documented, declare=False)
+    for name, frame in crm.items():
+        frame.write_parquet(root / "data" / f"{name}.parquet")
+    monkeypatch.chdir(root)
+    exec(compile(loading, str(DOC), "exec"), {})  # noqa: S102 - the documented snippet
+    validated = run(root, "validate")
+    assert validated.exit_code == 0, validated.output
+    assert approve_and_build(root, approver)["status"] == "released"
+    from audiences.core.config import load_config
+
+    (root / "audiences.toml").write_text(documented((root / "audiences.toml").read_text())
+                                         .replace(duckdb_toml, postgres_toml))  # fmt: skip
+    assert load_config(root).sources.contacts.uri_env == "CRM_DATABASE_URL"
