@@ -26,7 +26,9 @@ from audiences.pipeline.project import init_project
 AS_OF = date(2025, 6, 2)
 CASE = Path(__file__).parent / "cases" / "warehouse" / "warehouse-adults.yaml"
 LISTS = ("diagnosis_codes", "service_lines", "medication_classes")
-DECLARED = "columns = { birth_date = \"date\", " + ", ".join(f'{c} = "list[str]"' for c in LISTS) + " }"
+DECLARED = (
+    'columns = { birth_date = "date", ' + ", ".join(f'{c} = "list[str]"' for c in LISTS) + " }"
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,8 +77,15 @@ def make(
 
 
 def approve_and_build(root: Path, approver: Approver) -> dict[str, Any]:
-    approved = run(root, "approve", "warehouse-adults", "--by", approver.name, "--key",
-                   str(approver.private_key))  # fmt: skip
+    approved = run(
+        root,
+        "approve",
+        "warehouse-adults",
+        "--by",
+        approver.name,
+        "--key",
+        str(approver.private_key),
+    )
     assert approved.exit_code == 0, approved.output
     built = run(root, "build", "warehouse-adults", "--json")
     assert built.exit_code == 0, built.output
@@ -97,8 +106,10 @@ def verdict(build: dict[str, Any]) -> dict[str, Any]:
     # the audience's opaque name is per project (salted); everything else must agree
     text = re.sub(r"aud-[0-9a-f]{8}", "aud-*", Path(build["reports"]["json"]).read_text())
     report = json.loads(text)
-    releases = [{k: r[k] for k in ("destination", "members", "excluded_keys", "holds")}
-                for r in report["releases"]]  # fmt: skip
+    releases = [
+        {k: r[k] for k in ("destination", "members", "excluded_keys", "holds")}
+        for r in report["releases"]
+    ]
     return {
         "status": (build["status"], report["status"], report["block_reasons"]),
         "figures": report["figures"],
@@ -114,27 +125,47 @@ def test_csv_duckdb_and_postgres_release_the_same_people(
     postgres: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    csv = make(tmp_path, "csv", approver, sources_toml(
-        'path = "data/contacts.csv"', 'path = "data/events.csv"'))  # fmt: skip
+    csv = make(
+        tmp_path,
+        "csv",
+        approver,
+        sources_toml('path = "data/contacts.csv"', 'path = "data/events.csv"'),
+    )
     for name, frame in crm.items():
         lists = [pl.col(c).list.join(";") for c in LISTS if c in frame.columns]
         frame.with_columns(lists).write_csv(csv / "data" / f"{name}.csv")
 
-    duck = make(tmp_path, "duck", approver, sources_toml(
-        'kind = "duckdb"\npath = "data/crm.duckdb"\ntable = "contacts"',
-        'kind = "duckdb"\npath = "data/crm.duckdb"\ntable = "events"'))  # fmt: skip
+    duck = make(
+        tmp_path,
+        "duck",
+        approver,
+        sources_toml(
+            'kind = "duckdb"\npath = "data/crm.duckdb"\ntable = "contacts"',
+            'kind = "duckdb"\npath = "data/crm.duckdb"\ntable = "events"',
+        ),
+    )
     load_duckdb(duck / "data" / "crm.duckdb", crm)
 
-    pg = make(tmp_path, "pg", approver, sources_toml(
-        'kind = "postgres"\nuri_env = "CRM_TEST_URL"\nschema = "crm"\ntable = "contacts"',
-        'kind = "postgres"\nuri_env = "CRM_TEST_URL"\nschema = "crm"\ntable = "events"'))  # fmt: skip
+    pg = make(
+        tmp_path,
+        "pg",
+        approver,
+        sources_toml(
+            'kind = "postgres"\nuri_env = "CRM_TEST_URL"\nschema = "crm"\ntable = "contacts"',
+            'kind = "postgres"\nuri_env = "CRM_TEST_URL"\nschema = "crm"\ntable = "events"',
+        ),
+    )
     load_postgres(postgres.conninfo, crm, schema="crm")
     monkeypatch.setenv("CRM_TEST_URL", postgres.url)
 
-    builds = {name: approve_and_build(root, approver) for name, root in
-              (("csv", csv), ("duck", duck), ("pg", pg))}  # fmt: skip
-    people = {name: released(root, builds[name]) for name, root in
-              (("csv", csv), ("duck", duck), ("pg", pg))}  # fmt: skip
+    builds = {
+        name: approve_and_build(root, approver)
+        for name, root in (("csv", csv), ("duck", duck), ("pg", pg))
+    }
+    people = {
+        name: released(root, builds[name])
+        for name, root in (("csv", csv), ("duck", duck), ("pg", pg))
+    }
     assert builds["csv"]["status"] == "released" and people["csv"].height >= 100
     assert people["duck"].equals(people["csv"])
     assert people["pg"].equals(people["csv"])
@@ -174,8 +205,12 @@ def digests(root: Path, source: str, load: Callable[[dict[str, pl.DataFrame]], N
     variants = [
         base,
         base.reverse(),
-        base.with_columns(pl.when(pl.col("contact_id") == "C2").then(pl.lit("b@example.com"))
-                          .otherwise(pl.col("email")).alias("email")),  # fmt: skip
+        base.with_columns(
+            pl.when(pl.col("contact_id") == "C2")
+            .then(pl.lit("b@example.com"))
+            .otherwise(pl.col("email"))
+            .alias("email")
+        ),
         pl.concat([base, base.head(1)]),
         base,
     ]
@@ -188,8 +223,11 @@ def digests(root: Path, source: str, load: Callable[[dict[str, pl.DataFrame]], N
 
 def test_duckdb_dataset_id_is_the_table_contents(tmp_path: Path) -> None:
     path = tmp_path / "crm.duckdb"
-    ids = digests(tmp_path, '{"kind": "duckdb", "path": "crm.duckdb", "table": "contacts"}',
-                  lambda frames: load_duckdb(path, frames))  # fmt: skip
+    ids = digests(
+        tmp_path,
+        '{"kind": "duckdb", "path": "crm.duckdb", "table": "contacts"}',
+        lambda frames: load_duckdb(path, frames),
+    )
     same, reordered, changed, duplicated, again = ids
     assert same == reordered == again
     assert len({same, changed, duplicated}) == 3
@@ -199,9 +237,11 @@ def test_postgres_dataset_id_is_the_table_contents(
     tmp_path: Path, postgres: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CRM_TEST_URL", postgres.url)
-    ids = digests(tmp_path, '{"kind": "postgres", "uri_env": "CRM_TEST_URL", "schema": "d", '
-                  '"table": "contacts"}',
-                  lambda frames: load_postgres(postgres.conninfo, frames, schema="d"))  # fmt: skip
+    ids = digests(
+        tmp_path,
+        '{"kind": "postgres", "uri_env": "CRM_TEST_URL", "schema": "d", "table": "contacts"}',
+        lambda frames: load_postgres(postgres.conninfo, frames, schema="d"),
+    )
     same, reordered, changed, duplicated, again = ids
     assert same == reordered == again
     assert len({same, changed, duplicated}) == 3
@@ -218,11 +258,18 @@ def pg_crm(postgres: Any, crm: dict[str, pl.DataFrame]) -> Any:
     return postgres
 
 
-def pg_project(tmp_path: Path, approver: Approver, *, table: str = "contacts",
-               declared: str = DECLARED) -> Path:  # fmt: skip
-    root = make(tmp_path, "p", approver, sources_toml(
-        f'kind = "postgres"\nuri_env = "CRM_TEST_URL"\nschema = "bad"\ntable = "{table}"',
-        'kind = "postgres"\nuri_env = "CRM_TEST_URL"\nschema = "bad"\ntable = "events"'))  # fmt: skip
+def pg_project(
+    tmp_path: Path, approver: Approver, *, table: str = "contacts", declared: str = DECLARED
+) -> Path:
+    root = make(
+        tmp_path,
+        "p",
+        approver,
+        sources_toml(
+            f'kind = "postgres"\nuri_env = "CRM_TEST_URL"\nschema = "bad"\ntable = "{table}"',
+            'kind = "postgres"\nuri_env = "CRM_TEST_URL"\nschema = "bad"\ntable = "events"',
+        ),
+    )
     toml = root / "audiences.toml"
     toml.write_text(toml.read_text().replace(DECLARED, declared))
     return root
@@ -258,10 +305,13 @@ def closed_port() -> int:
         ("bad uri", r"\$CRM_TEST_URL does not hold a valid PostgreSQL connection URI"),
         ("no table", r"source 'contacts': .* has no table or view bad\.patients"),
         ("no column", r"source 'contacts' \(table bad\.contacts .*\) has no column\(s\) \['mrn'\]"),
-        ("wrong type", r"column 'email' of table bad\.contacts .* is text in the database, "
-                       r"declared date — declare it as str"),
+        (
+            "wrong type",
+            r"column 'email' of table bad\.contacts .* is text in the database, "
+            r"declared date — declare it as str",
+        ),
     ],
-)  # fmt: skip
+)
 def test_postgres_bad_input_is_one_line_without_the_uri(
     tmp_path: Path,
     approver: Approver,
@@ -314,8 +364,15 @@ def test_the_uri_is_nowhere_after_a_build(
     root = pg_project(tmp_path, approver)
     build = approve_and_build(root, approver)
     assert build["status"] == "released"
-    outputs = [run(root, *c).output for c in (("report", "warehouse-adults"), ("status",),
-                                               ("history", "warehouse-adults"), ("budget",))]  # fmt: skip
+    outputs = [
+        run(root, *c).output
+        for c in (
+            ("report", "warehouse-adults"),
+            ("status",),
+            ("history", "warehouse-adults"),
+            ("budget",),
+        )
+    ]
     for text in outputs:
         assert SECRET not in text and url not in text
     leaked = [p for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
@@ -362,15 +419,27 @@ def test_the_database_selects_what_polars_selects(
         load_postgres(postgres.conninfo, crm, schema="sel")
         monkeypatch.setenv("CRM_TEST_URL", postgres.url)
         where = {"kind": "postgres", "uri_env": "CRM_TEST_URL", "schema": "sel"}
-    config = ProjectConfig.model_validate({
-        "sources": {
-            "contacts": {**where, "table": "contacts", "case_insensitive": ["preferred_language"]},
-            "events": {**where, "table": "events"},
-        },
-        "identity": {"email": "email", "state": "state", "gender": "sex", "country": "country",
-                     "birth_date": "birth_date", "zip": "zip"},
-        "consent": {"marketing_opt_in": "marketing_opt_in"},
-    }).model_copy(update={"root": tmp_path})  # fmt: skip
+    config = ProjectConfig.model_validate(
+        {
+            "sources": {
+                "contacts": {
+                    **where,
+                    "table": "contacts",
+                    "case_insensitive": ["preferred_language"],
+                },
+                "events": {**where, "table": "events"},
+            },
+            "identity": {
+                "email": "email",
+                "state": "state",
+                "gender": "sex",
+                "country": "country",
+                "birth_date": "birth_date",
+                "zip": "zip",
+            },
+            "consent": {"marketing_opt_in": "marketing_opt_in"},
+        }
+    ).model_copy(update={"root": tmp_path})
     sources = load_sources(config)
     ctx = segment_context(config, AS_OF)
     wanted = gate_columns(config, sources.contacts.collect_schema())
@@ -421,9 +490,11 @@ def doc_blocks(language: str) -> list[str]:
 
 
 def test_the_documented_duckdb_example_validates_and_builds(
-    tmp_path: Path, crm: dict[str, pl.DataFrame], approver: Approver,
+    tmp_path: Path,
+    crm: dict[str, pl.DataFrame],
+    approver: Approver,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     """docs/warehouse.md's DuckDB configuration and loading snippet, as written."""
     duckdb_toml, postgres_toml = doc_blocks("toml")
     [loading] = doc_blocks("python")
@@ -436,12 +507,13 @@ def test_the_documented_duckdb_example_validates_and_builds(
     for name, frame in crm.items():
         frame.write_parquet(root / "data" / f"{name}.parquet")
     monkeypatch.chdir(root)
-    exec(compile(loading, str(DOC), "exec"), {})  # noqa: S102 - the documented snippet
+    exec(compile(loading, str(DOC), "exec"), {})
     validated = run(root, "validate")
     assert validated.exit_code == 0, validated.output
     assert approve_and_build(root, approver)["status"] == "released"
     from audiences.core.config import load_config
 
-    (root / "audiences.toml").write_text(documented((root / "audiences.toml").read_text())
-                                         .replace(duckdb_toml, postgres_toml))  # fmt: skip
+    (root / "audiences.toml").write_text(
+        documented((root / "audiences.toml").read_text()).replace(duckdb_toml, postgres_toml)
+    )
     assert load_config(root).sources.contacts.uri_env == "CRM_DATABASE_URL"

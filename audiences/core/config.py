@@ -154,7 +154,7 @@ class SourceConfig(Model):
     def resolved_format(self) -> SourceFormat:
         if self.format:
             return self.format
-        suffix = Path(self.path).suffix.lower()
+        suffix = Path(self.path or "").suffix.lower()
         formats: dict[str, SourceFormat] = {
             ".csv": "csv",
             ".parquet": "parquet",

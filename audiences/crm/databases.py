@@ -124,20 +124,20 @@ class Database:
                     "fix [sources].path in audiences.toml (the .duckdb file)",
                 )
             try:
-                connection = duckdb.connect(str(path), read_only=True)
+                duck = duckdb.connect(str(path), read_only=True)
             except duckdb.Error as exc:
                 raise DataError(
                     f"cannot open DuckDB database {path.name} ({type(exc).__name__})",
                     "check that the file is a DuckDB database and readable",
                 ) from None
-            with connection:
-                yield connection
+            with duck:
+                yield duck
             return
         import psycopg
 
         uri = self._uri()
         try:
-            connection = psycopg.connect(
+            pg = psycopg.connect(
                 uri,
                 autocommit=True,
                 connect_timeout=10,
@@ -148,8 +148,8 @@ class Database:
             raise self._bad_uri() from None
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
-        with connection:
-            yield connection
+        with pg:
+            yield pg
 
     def _unreachable(self, exc: BaseException) -> DataError:
         text = str(exc).lower()  # read for its kind only: it may quote host or user
@@ -160,7 +160,10 @@ class Database:
         elif "does not exist" in text:
             reason, fix = "the database does not exist", "check the database name in the URI"
         else:
-            reason, fix = "the server cannot be reached", "check the host and port, and that it runs"
+            reason, fix = (
+                "the server cannot be reached",
+                "check the host and port, and that it runs",
+            )
         return DataError(
             f"cannot connect to the PostgreSQL database of ${self.uri_env}: {reason}",
             f"{fix} in ${self.uri_env}",
@@ -402,4 +405,3 @@ def table_digest(name: str, database: Database, table: str) -> str:
         "sums": [str(row[1]), str(row[2])],
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
-

@@ -51,15 +51,19 @@ def _pg_text(name: str, dtype: pl.DataType) -> pl.Expr:
     """The column as PostgreSQL's CSV input reads it (arrays as ``{"a","b"}`` literals)."""
     column = pl.col(name)
     if isinstance(dtype, pl.List):
-        escaped = pl.element().str.replace_all("\\", "\\\\", literal=True).str.replace_all(
-            '"', '\\"', literal=True
+        escaped = (
+            pl.element()
+            .str.replace_all("\\", "\\\\", literal=True)
+            .str.replace_all('"', '\\"', literal=True)
         )
         element = pl.when(pl.element().is_null()).then(pl.lit("NULL"))
         quoted = element.otherwise(pl.lit('"') + escaped + pl.lit('"'))
         joined = column.list.eval(quoted).list.join(",")
         return (pl.lit("{") + joined + pl.lit("}")).alias(name)
     if isinstance(dtype, pl.Datetime):
-        return column.dt.strftime("%Y-%m-%d %H:%M:%S%.6f%z" if dtype.time_zone else "%Y-%m-%d %H:%M:%S%.6f")
+        return column.dt.strftime(
+            "%Y-%m-%d %H:%M:%S%.6f%z" if dtype.time_zone else "%Y-%m-%d %H:%M:%S%.6f"
+        )
     return column.cast(pl.String)
 
 
@@ -72,7 +76,9 @@ def load_postgres(
 
     with psycopg.connect(conninfo, autocommit=True) as connection:
         if schema is not None:
-            connection.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            connection.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+            )
         for name, frame in frames.items():
             table = sql.Identifier(schema, name) if schema else sql.Identifier(name)
             columns = sql.SQL(", ").join(

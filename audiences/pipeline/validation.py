@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl

@@ -23,7 +23,15 @@ from audiences.crm.databases import cast_columns, fetch
 from audiences.crm.sources import TableSource
 from audiences.segments.compiler import compile_segment, top_level_parts
 from audiences.segments.context import SegmentContext
-from audiences.segments.model import AllOf, AnyOf, Condition, EventCondition, Not, Segment, classify_field
+from audiences.segments.model import (
+    AllOf,
+    AnyOf,
+    Condition,
+    EventCondition,
+    Not,
+    Segment,
+    classify_field,
+)
 from audiences.segments.sql import SqlTables, segment_sql
 from audiences.segments.validate import category
 

@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from audiences.core.errors import BudgetExhausted, StateError, UsageError
 
 if TYPE_CHECKING:
-    from audiences.core.config import ProjectConfig
+    from audiences.core.config import ProjectConfig, SourceConfig
     from policies.pack import Pack
 
 __all__ = [
@@ -528,7 +528,7 @@ def ledger_home() -> Path:
 def source_scope(config: ProjectConfig) -> str:
     """The project's data location: a digest of its resolved source file paths, or of its
     database (file, or host, port, database and user) and tables."""
-    sources = [config.sources.contacts]
+    sources: list[SourceConfig] = [config.sources.contacts]
     if config.sources.events is not None:
         sources.append(config.sources.events)
     if config.sources.contacts.is_database:
