@@ -125,6 +125,8 @@ class Database:
                 )
             try:
                 duck = duckdb.connect(str(path), read_only=True)
+                # no progress bar: DuckDB draws it on stdout, where --json documents go
+                duck.execute("SET enable_progress_bar = false")
             except duckdb.Error as exc:
                 raise DataError(
                     f"cannot open DuckDB database {path.name} ({type(exc).__name__})",
