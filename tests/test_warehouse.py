@@ -201,6 +201,7 @@ def digests(root: Path, source: str, load: Callable[[dict[str, pl.DataFrame]], N
     from audiences.crm.sources import source_digest
 
     config = config_for(root, source)
+    config.state_dir.mkdir()  # DuckDB digests are cached there, keyed to the file's state
     base = small_crm()["contacts"]
     variants = [
         base,
@@ -231,6 +232,7 @@ def test_duckdb_dataset_id_is_the_table_contents(tmp_path: Path) -> None:
     same, reordered, changed, duplicated, again = ids
     assert same == reordered == again
     assert len({same, changed, duplicated}) == 3
+    assert len(json.loads((tmp_path / ".audiences" / "digests.json").read_text())) == 5
 
 
 def test_postgres_dataset_id_is_the_table_contents(

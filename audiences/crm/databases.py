@@ -368,15 +368,40 @@ def cast_columns(frame: pl.DataFrame, conversions: dict[str, pl.DataType]) -> pl
 
 #: Per row: MD5 of the row's text, its two 64-bit halves summed over the table (a sum, so
 #: the order rows come in does not matter; duplicates count). With the row count and the
-#: column names and types, a change to any value of any row changes the digest.
+#: column names and types, a change to any value of any row changes the digest. The row's
+#: text: PostgreSQL's ``row::text`` (in the session's fixed UTC / ISO settings); on DuckDB
+#: each column cast to text on its own (``N`` for null, ``V`` + text otherwise, joined by
+#: the unit separator), not the row's struct, whose text form has changed between versions.
 _DIGEST_SQL = {
-    "duckdb": "SELECT COUNT(*), SUM(md5_number_upper(CAST(r AS VARCHAR))), "
-    "SUM(md5_number_lower(CAST(r AS VARCHAR))) FROM t AS r",
+    "duckdb": "SELECT COUNT(*), SUM(md5_number_upper(x)), SUM(md5_number_lower(x)) FROM t AS r",
     "postgres": "SELECT COUNT(*), "
     "SUM(CAST(CAST('x' || SUBSTR(MD5(CAST(r AS TEXT)), 1, 16) AS BIT(64)) AS BIGINT)), "
     "SUM(CAST(CAST('x' || SUBSTR(MD5(CAST(r AS TEXT)), 17, 16) AS BIT(64)) AS BIGINT)) "
     "FROM t AS r",
 }
+
+
+def _duckdb_row_text(schema: pl.Schema) -> exp.Expr:
+    parts: list[exp.Expr] = []
+    for name in schema.names():
+        column = exp.column(name, table="r", quoted=True)
+        text = exp.DPipe(this=exp.Literal.string("V"), expression=exp.cast(column, "VARCHAR"))
+        value = exp.Case(
+            ifs=[
+                exp.If(
+                    this=exp.Is(this=column.copy(), expression=exp.Null()),
+                    true=exp.Literal.string("N"),
+                )
+            ],
+            default=text,
+        )
+        parts.append(value)
+    row: exp.Expr = parts[0]
+    for part in parts[1:]:
+        row = exp.DPipe(
+            this=exp.DPipe(this=row, expression=exp.Literal.string("\x1f")), expression=part
+        )
+    return row
 
 
 def table_digest(name: str, database: Database, table: str) -> str:
@@ -389,6 +414,11 @@ def table_digest(name: str, database: Database, table: str) -> str:
     found.replace(reference)
     with database.connect() as connection:
         schema = table_schema(name, connection, database, table)
+        if database.kind == "duckdb":
+            row_text = _duckdb_row_text(schema)
+            for placeholder in list(query.find_all(exp.Column)):
+                if placeholder.name == "x":
+                    placeholder.replace(row_text.copy())
         sql = query.sql(dialect=database.dialect)
         try:
             if database.kind == "duckdb":

@@ -350,10 +350,38 @@ def _tables_digest(config: ProjectConfig) -> str:
     if config.sources.events is not None:
         named.append(("events", config.sources.events))
     outer = hashlib.sha256(b"tables")
+    cache_path = config.state_dir / "digests.json"
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    except (OSError, ValueError):
+        cache = {}
+    changed = False
     for name, source in named:
         assert source.table is not None
-        outer.update(table_digest(name, database_of(source, config), source.table).encode())
+        database = database_of(source, config)
+        key = _duckdb_cache_key(database, source.table)  # PostgreSQL: digested every time
+        digest = cache.get(key) if key else None
+        if digest is None:
+            digest = table_digest(name, database, source.table)
+            if key:
+                cache[key], changed = digest, True
+        outer.update(digest.encode())
+    if changed and config.state_dir.exists():
+        from audiences.core.atomic import write_text
+
+        write_text(cache_path, json.dumps(cache), durable=False)  # a cache: lost, re-digested
     return outer.hexdigest()
+
+
+def _duckdb_cache_key(database: Database, table: str) -> str | None:
+    """A DuckDB table's digest stays valid while its file and write-ahead log are unchanged."""
+    if database.kind != "duckdb" or database.path is None or not database.path.is_file():
+        return None
+    parts = [f"duckdb:{database.path.resolve()}:{database.schema or ''}.{table}"]
+    for path in (database.path, database.path.with_name(database.path.name + ".wal")):
+        st = path.stat() if path.exists() else None
+        parts.append(f"{st.st_size}:{st.st_mtime_ns}" if st else "-")
+    return ":".join(parts)
 
 
 def _diagnose(name: str, source: SourceConfig, path: Path, exc: BaseException) -> DataError:
