@@ -519,3 +519,54 @@ def test_the_documented_duckdb_example_validates_and_builds(
         documented((root / "audiences.toml").read_text()).replace(duckdb_toml, postgres_toml)
     )
     assert load_config(root).sources.contacts.uri_env == "CRM_DATABASE_URL"
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("contacts", "events", "message"),
+    [
+        ('kind = "postgres"\ntable = "contacts"', None, r'kind = "postgres" source needs uri_env'),
+        ('kind = "duckdb"\npath = "crm.duckdb"', None, r'kind = "duckdb" source needs table'),
+        (
+            'kind = "postgres"\nuri_env = "X"\ntable = "c"\npath = "crm.db"',
+            None,
+            r'path does not apply to a kind = "postgres" source',
+        ),
+        ('path = "c.csv"\ntable = "contacts"', None, r'table does not apply to a kind = "file"'),
+        (
+            'kind = "postgres"\nuri_env = "postgresql://u:pw@h/db"\ntable = "c"',
+            None,
+            r"uri_env: String should match pattern",
+        ),
+        (
+            'kind = "postgres"\nuri = "postgresql://u:pw@h/db"\ntable = "c"',
+            None,
+            r"unknown key 'sources.contacts.uri'",
+        ),
+        (
+            'kind = "duckdb"\npath = "crm.duckdb"\ntable = "contacts"',
+            'path = "events.csv"',
+            r"must be tables of the same database",
+        ),
+        (
+            'kind = "duckdb"\npath = "crm.duckdb"\ntable = "contacts"',
+            'kind = "duckdb"\npath = "other.duckdb"\ntable = "events"',
+            r"must be tables of the same database",
+        ),
+    ],
+)
+def test_database_source_settings_are_checked(
+    tmp_path: Path, contacts: str, events: str | None, message: str
+) -> None:
+    from audiences.core.config import load_config
+    from audiences.core.errors import ConfigError
+
+    text = f"[sources.contacts]\n{contacts}\n"
+    if events is not None:
+        text += f"[sources.events]\n{events}\n"
+    (tmp_path / "audiences.toml").write_text(text + '[identity]\nemail = "email"\n')
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(tmp_path)
+    assert "pw@" not in caught.value.message  # a URI written by mistake is not echoed

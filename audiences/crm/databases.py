@@ -339,13 +339,14 @@ def scan_table(
         query = exp.select(*(exp.column(c, quoted=True) for c in read_columns)).from_(
             table_ref(database, table)
         )
-        if n_rows is not None:
+        if n_rows is not None and predicate is None:  # a filter first needs every row
             query = query.limit(n_rows)
         with database.connect() as connection:
             frame = fetch(name, connection, database, query, _subset(schema, read_columns))
         frame = cast_columns(frame, conversions)
         if predicate is not None:
             frame = frame.filter(predicate)
+            frame = frame.head(n_rows) if n_rows is not None else frame
         yield frame.select(columns)
 
     return register_io_source(read, schema=converted)
