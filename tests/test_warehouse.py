@@ -570,3 +570,20 @@ def test_database_source_settings_are_checked(
     with pytest.raises(ConfigError, match=message) as caught:
         load_config(tmp_path)
     assert "pw@" not in caught.value.message  # a URI written by mistake is not echoed
+
+
+def test_a_query_the_database_cancels_is_one_line(
+    tmp_path: Path, approver: Approver, pg_crm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table is locked by another session and the URI sets a statement timeout: the
+    database cancels the build's query; the error names the table and the fix."""
+    import psycopg
+
+    url = secret_url(pg_crm) + "?options=-c%20statement_timeout%3D300"
+    monkeypatch.setenv("CRM_TEST_URL", url)
+    root = pg_project(tmp_path, approver)
+    with psycopg.connect(pg_crm.conninfo) as holder:
+        holder.execute("LOCK TABLE bad.contacts IN ACCESS EXCLUSIVE MODE")
+        result = run(root, "build", "warehouse-adults")
+        holder.rollback()
+    assert_one_line(result, r"the database cancelled the query on bad\.contacts", url=url)

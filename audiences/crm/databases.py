@@ -137,14 +137,18 @@ class Database:
             return
         import psycopg
 
+        import psycopg.conninfo
+
         uri = self._uri()
         try:
+            # the URI's own options (e.g. a statement_timeout) stay; ours come last and win
+            given = psycopg.conninfo.conninfo_to_dict(uri).get("options") or ""
             pg = psycopg.connect(
                 uri,
                 autocommit=True,
                 connect_timeout=10,
                 application_name="audiences",
-                options=_PG_OPTIONS,
+                options=f"{given} {_PG_OPTIONS}".strip(),
             )
         except psycopg.ProgrammingError:
             raise self._bad_uri() from None
