@@ -587,3 +587,49 @@ def test_a_query_the_database_cancels_is_one_line(
         result = run(root, "build", "warehouse-adults")
         holder.rollback()
     assert_one_line(result, r"the database cancelled the query on bad\.contacts", url=url)
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_a_declared_version_column_gives_the_dataset_id(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """With ``version_column`` the id is the row count and the column's greatest value:
+    bumping it or removing a row changes the id; an update that does not bump it keeps the
+    id (the budget stays shared: the safe direction)."""
+    from audiences.crm.sources import source_digest
+
+    base = small_crm()["contacts"].with_columns(pl.Series("version", [1, 2, 3]))
+    if backend == "duckdb":
+        where = {"kind": "duckdb", "path": "crm.duckdb"}
+
+        def load(frame: pl.DataFrame) -> None:
+            load_duckdb(tmp_path / "crm.duckdb", {"contacts": frame})
+    else:
+        postgres = request.getfixturevalue("postgres")
+        monkeypatch.setenv("CRM_TEST_URL", postgres.url)
+        where = {"kind": "postgres", "uri_env": "CRM_TEST_URL", "schema": "v"}
+
+        def load(frame: pl.DataFrame) -> None:
+            load_postgres(postgres.conninfo, {"contacts": frame}, schema="v")
+
+    source = {**where, "table": "contacts", "version_column": "version"}
+    config = config_for(tmp_path, json.dumps(source))
+    config.state_dir.mkdir()
+    email = pl.when(pl.col("contact_id") == "C2").then(pl.lit("b@example.com"))
+    changed = base.with_columns(email.otherwise(pl.col("email")).alias("email"))
+    ids = []
+    for frame in (
+        base,
+        base.reverse(),
+        changed.with_columns(pl.col("version").replace(2, 4)),  # updated, version bumped
+        changed,  # updated, version not bumped
+        base.head(2).with_columns(pl.col("version").replace(2, 3)),  # a row removed
+    ):
+        load(frame)
+        ids.append(source_digest(config))
+    same, reordered, bumped, unbumped, removed = ids
+    assert same == reordered == unbumped
+    assert len({same, bumped, removed}) == 3
+    missing = config_for(tmp_path, json.dumps({**source, "version_column": "nope"}))
+    with pytest.raises(Exception, match=r"the version column 'nope' is not in table contacts"):
+        source_digest(missing)

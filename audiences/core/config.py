@@ -94,6 +94,13 @@ class SourceConfig(Model):
     table: str | None = Field(default=None, min_length=1)
     db_schema: str | None = Field(default=None, alias="schema", min_length=1)
     uri_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    version_column: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a database table's column that grows with every change (a snapshot "
+        "id, an updated_at kept by a trigger): the dataset id is then read from it and "
+        "the row count instead of digesting every row",
+    )
     format: SourceFormat | None = None
     separator: str = Field(",", min_length=1, max_length=1)
     list_separator: str = Field(";", min_length=1, max_length=1)
@@ -109,13 +116,13 @@ class SourceConfig(Model):
         needed = {"file": ("path",), "duckdb": ("path", "table"), "postgres": ("uri_env", "table")}
         allowed = {
             "file": {"path"},
-            "duckdb": {"path", "table", "db_schema"},
-            "postgres": {"uri_env", "table", "db_schema"},
+            "duckdb": {"path", "table", "db_schema", "version_column"},
+            "postgres": {"uri_env", "table", "db_schema", "version_column"},
         }[self.kind]
         for key in needed[self.kind]:
             if getattr(self, key) is None:
                 raise ValueError(f'a kind = "{self.kind}" source needs {key}')
-        for key in ("path", "table", "db_schema", "uri_env"):
+        for key in ("path", "table", "db_schema", "uri_env", "version_column"):
             if key not in allowed and getattr(self, key) is not None:
                 shown = "schema" if key == "db_schema" else key
                 raise ValueError(f'{shown} does not apply to a kind = "{self.kind}" source')

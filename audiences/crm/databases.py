@@ -409,8 +409,13 @@ def _duckdb_row_text(schema: pl.Schema) -> exp.Expr:
     return row
 
 
-def table_digest(name: str, database: Database, table: str) -> str:
-    """A digest of every row of ``table``, computed by the database (the DP dataset id)."""
+def table_digest(
+    name: str, database: Database, table: str, version_column: str | None = None
+) -> str:
+    """A digest of every row of ``table``, computed by the database (the DP dataset id);
+    with ``version_column``, of the row count and that column's greatest value."""
+    if version_column is not None:
+        return _version_digest(name, database, table, version_column)
     query = sqlglot.parse_one(_DIGEST_SQL[database.kind], dialect=database.dialect)
     found = query.find(exp.Table)
     assert found is not None
@@ -440,5 +445,35 @@ def table_digest(name: str, database: Database, table: str) -> str:
         "columns": [[column, str(dtype)] for column, dtype in schema.items()],
         "rows": int(row[0]),
         "sums": [str(row[1]), str(row[2])],
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def _version_digest(name: str, database: Database, table: str, column: str) -> str:
+    """The dataset id from a declared version column: ``COUNT(*)`` and ``MAX(column)``.
+
+    A change that leaves both alone (an update that does not bump the column) keeps the
+    id, so further spends are charged to the same budget: the safe direction."""
+    version = exp.column(column, quoted=True)
+    text = "TEXT" if database.kind == "postgres" else "VARCHAR"
+    output = pl.Schema({"rows": pl.Int64(), "version": pl.String()})
+    aliased = exp.select(
+        exp.alias_(exp.Count(this=exp.Star()), "rows", quoted=True),
+        exp.alias_(exp.cast(exp.Max(this=version), text), "version", quoted=True),
+    ).from_(table_ref(database, table))
+    with database.connect() as connection:
+        schema = table_schema(name, connection, database, table)
+        if column not in schema:
+            raise DataError(
+                f"source {name!r}: the version column {column!r} is not in table {table}",
+                f"fix [sources.{name}].version_column in audiences.toml",
+            )
+        row = fetch(name, connection, database, aliased, output).row(0)
+    document = {
+        "kind": database.kind,
+        "table": table,
+        "columns": [[c, str(dtype)] for c, dtype in schema.items()],
+        "rows": int(row[0]),
+        "version": [column, row[1]],
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()

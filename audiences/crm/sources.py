@@ -360,10 +360,10 @@ def _tables_digest(config: ProjectConfig) -> str:
         assert source.table is not None
         database = database_of(source, config)
         key = _duckdb_cache_key(database, source.table)  # PostgreSQL: digested every time
-        digest = cache.get(key) if key else None
+        digest = cache.get(key) if key and source.version_column is None else None
         if digest is None:
-            digest = table_digest(name, database, source.table)
-            if key:
+            digest = table_digest(name, database, source.table, source.version_column)
+            if key and source.version_column is None:
                 cache[key], changed = digest, True
         outer.update(digest.encode())
     if changed and config.state_dir.exists():
