@@ -136,7 +136,6 @@ class Database:
                 yield duck
             return
         import psycopg
-
         import psycopg.conninfo
 
         uri = self._uri()
