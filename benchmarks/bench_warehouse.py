@@ -87,19 +87,31 @@ def project_for(name: str, contacts: Path, events: Path, edit: Any | None) -> Pa
 
 
 def measure(project: Path) -> dict[str, Any]:
+    """Three builds (median, spread, peak RSS, the selection's median), then the dataset id
+    computed once in this process without its cache."""
+    from audiences.core.config import load_config
+    from audiences.crm.sources import source_digest
+
     runs: list[ChildRun] = []
+    collect: list[float] = []
     members = set()
     for _ in range(BUILDS):
-        run, _phases, exact = measured_build(project)
+        run, phases, exact = measured_build(project)
         runs.append(run)
+        collect.append(phases.get("collect", float("nan")))
         members.add(exact)
     if len(members) != 1:
         raise RuntimeError(f"{project.name}: builds released different sizes {members}")
+    (project / ".audiences" / "digests.json").unlink(missing_ok=True)
+    started = time.perf_counter()
+    source_digest(load_config(project))
     return {
         "seconds": statistics.median(r.seconds for r in runs),
         "spread": (min(r.seconds for r in runs), max(r.seconds for r in runs)),
         "rss_gb": max(r.peak_rss_bytes for r in runs) / 2**30,
         "members": members.pop(),
+        "collect": statistics.median(collect),
+        "dataset_id": time.perf_counter() - started,
     }
 
 
@@ -195,10 +207,19 @@ def _main(quick: bool) -> None:
             )
             results["PostgreSQL"] = measure(pg)
             floors["PostgreSQL"] = floor_query(pg)
+            # the same tables with a version column: the dataset id without the full scan
+            versioned = {n: f.with_row_index("row_version") for n, f in frames.items()}
+            load_postgres(server.conninfo, versioned, schema="crmv")
+            where = f'uri_env = "{URI_ENV}"\nschema = "crmv"\nversion_column = "row_version"'
+            pgv = project_for(
+                f"postgres-version-{rows}", contacts, events, database_sources("postgres", where)
+            )
+            results["PG, version col"] = measure(pgv)
+            floors["PG, version col"] = floor_query(pgv)
             del os.environ[URI_ENV]
     load_after = os.getloadavg()[0]
     _table(rows, results, floors, (load_before, load_after))
-    for name in ("parquet", "duckdb", "postgres"):
+    for name in ("parquet", "duckdb", "postgres", "postgres-version"):
         shutil.rmtree(DATA_DIR / f"warehouse-{name}-{rows}", ignore_errors=True)
 
 
@@ -213,21 +234,27 @@ def _table(
         f"(1-min load average {load[0]:.2f} before, {load[1]:.2f} after)"
     )
     print(
-        f"{'source':<15} {'median s':>9} {'min-max s':>13} {'peak RSS GB':>12} "
-        f"{'members':>9} {'SQL floor s':>12} {'selected':>9} {'build/floor':>12}"
+        f"{'source':<16} {'median s':>8} {'min-max s':>12} {'RSS GB':>7} {'members':>8} "
+        f"{'select s':>9} {'id s':>6} {'floor s':>8} {'selected':>9} {'build/floor':>11}"
     )
     for name, r in results.items():
         floor = floors.get(name)
         floor_cols = (
-            f"{floor[0]:>12.3f} {floor[1]:>9,} {r['seconds'] / floor[0]:>11.1f}x"
+            f"{floor[0]:>8.3f} {floor[1]:>9,} {r['seconds'] / floor[0]:>10.1f}x"
             if floor
-            else f"{'-':>12} {'-':>9} {'-':>12}"
+            else f"{'-':>8} {'-':>9} {'-':>11}"
         )
         spread = f"{r['spread'][0]:.2f}-{r['spread'][1]:.2f}"
         print(
-            f"{name:<15} {r['seconds']:>9.2f} {spread:>13} {r['rss_gb']:>12.2f} "
-            f"{r['members']:>9,} {floor_cols}"
+            f"{name:<16} {r['seconds']:>8.2f} {spread:>12} {r['rss_gb']:>7.2f} "
+            f"{r['members']:>8,} {r['collect']:>9.2f} {r['dataset_id']:>6.2f} {floor_cols}"
         )
+    print(
+        "select s: the build's selection (collect_candidates: the segment and the linkage "
+        "of duplicates of opt-outs), median; id s: the dataset id computed once without its "
+        "cache (the first build waits for it; DuckDB and Parquet builds after it read the "
+        "cache); floor: the whole segment as one SQL query, alone"
+    )
     if len({r["members"] for r in results.values()}) != 1:
         raise RuntimeError("the sources released different member counts")
 
