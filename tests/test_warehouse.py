@@ -304,6 +304,7 @@ def closed_port() -> int:
         ("no variable", r"environment variable CRM_TEST_URL is not set"),
         ("unreachable", r"CRM_TEST_URL: the server cannot be reached"),
         ("no database", r"CRM_TEST_URL: the database does not exist"),
+        ("unknown user", r"CRM_TEST_URL: the server refused the credentials"),
         ("bad uri", r"\$CRM_TEST_URL does not hold a valid PostgreSQL connection URI"),
         ("no table", r"source 'contacts': .* has no table or view bad\.patients"),
         ("no column", r"source 'contacts' \(table bad\.contacts .*\) has no column\(s\) \['mrn'\]"),
@@ -328,6 +329,8 @@ def test_postgres_bad_input_is_one_line_without_the_uri(
         url = secret_url(pg_crm, port=closed_port())
     elif case == "no database":
         url = secret_url(pg_crm, db="nosuchdb")
+    elif case == "unknown user":
+        url = secret_url(pg_crm).replace(f"//{pg_crm.user}:", "//nosuchuser:")
     elif case == "bad uri":
         url = f"postgresql://{pg_crm.user}:{SECRET}@127.0.0.1:{pg_crm.port}/postgres?sslmode=maybe"
     elif case == "no table":

@@ -160,18 +160,19 @@ class Database:
         text = str(exc).lower()  # read for its kind only: it may quote host or user
         if "invalid" in text and "value" in text:  # an option of the URI (sslmode=...)
             return self._bad_uri()
+        var = f"${self.uri_env}"
         if "password" in text or "authentication" in text or "role" in text:
-            reason, fix = "the server refused the credentials", "check the user and password"
-        elif "does not exist" in text:
-            reason, fix = "the database does not exist", "check the database name in the URI"
-        else:
             reason, fix = (
-                "the server cannot be reached",
-                "check the host and port, and that it runs",
+                "the server refused the credentials",
+                f"check the user and password in {var}",
             )
+        elif "does not exist" in text:
+            reason, fix = "the database does not exist", f"check the database name in {var}"
+        else:
+            reason = "the server cannot be reached"
+            fix = f"check the host and port in {var} and that the server runs"
         return DataError(
-            f"cannot connect to the PostgreSQL database of ${self.uri_env}: {reason}",
-            f"{fix} in ${self.uri_env}",
+            f"cannot connect to the PostgreSQL database of ${self.uri_env}: {reason}", fix
         )
 
 
