@@ -636,3 +636,41 @@ def test_a_declared_version_column_gives_the_dataset_id(
     missing = config_for(tmp_path, json.dumps({**source, "version_column": "nope"}))
     with pytest.raises(Exception, match=r"the version column 'nope' is not in table contacts"):
         source_digest(missing)
+
+
+def test_a_duckdb_file_another_process_writes_is_one_line(
+    tmp_path: Path, crm: dict[str, pl.DataFrame], approver: Approver
+) -> None:
+    """DuckDB lets one process write a file and no other open it: the build says so."""
+    import subprocess
+    import sys
+
+    root = make(
+        tmp_path,
+        "locked",
+        approver,
+        sources_toml(
+            'kind = "duckdb"\npath = "data/crm.duckdb"\ntable = "contacts"',
+            'kind = "duckdb"\npath = "data/crm.duckdb"\ntable = "events"',
+        ),
+    )
+    load_duckdb(root / "data" / "crm.duckdb", crm)
+    hold = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(60)"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", hold, str(root / "data" / "crm.duckdb")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "held"
+        result = run(root, "build", "warehouse-adults")
+    finally:
+        writer.kill()
+        writer.wait()
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert re.fullmatch(
+        r"Error: cannot open DuckDB database crm\.duckdb \(\w+\) — .*not held open for "
+        r"writing by another process",
+        line,
+    ), line

@@ -130,7 +130,8 @@ class Database:
             except duckdb.Error as exc:
                 raise DataError(
                     f"cannot open DuckDB database {path.name} ({type(exc).__name__})",
-                    "check that the file is a DuckDB database and readable",
+                    "check that it is a DuckDB database file, readable, and not held open for writing "
+                    "by another process",
                 ) from None
             with duck:
                 yield duck
