@@ -53,8 +53,7 @@ def run(root: Path, *args: str) -> Result:
 def sources_toml(contacts: str, events: str) -> Callable[[str], str]:
     def edit(text: str) -> str:
         text = re.sub(r'(?m)^path = "data/contacts\.parquet".*$', contacts, text)
-        text = re.sub(r'(?m)^path = "data/events\.parquet".*$', events, text)
-        return text.replace("# columns = { birth_date", "# was: columns = { birth_date")
+        return re.sub(r'(?m)^path = "data/events\.parquet".*$', events, text)
 
     return edit
 
