@@ -666,6 +666,8 @@ def test_a_duckdb_file_another_process_writes_is_one_line(
     finally:
         writer.kill()
         writer.wait()
+        if writer.stdout is not None:
+            writer.stdout.close()
     assert result.exit_code == 1, result.output
     [line] = result.stderr.splitlines()
     assert re.fullmatch(
