@@ -675,3 +675,18 @@ def test_a_duckdb_file_another_process_writes_is_one_line(
         r"writing by another process",
         line,
     ), line
+
+
+def test_the_lazy_view_counts_filters_and_limits(tmp_path: Path) -> None:
+    """The polars view of a table (what validate, columns and the linkage read): a bare
+    row count, a filtered count and a limit behind a filter read the right rows."""
+    from audiences.crm.sources import load_sources
+
+    load_duckdb(tmp_path / "crm.duckdb", small_crm())
+    config = config_for(tmp_path, '{"kind": "duckdb", "path": "crm.duckdb", "table": "contacts"}')
+    view = load_sources(config).contacts
+    assert view.select(pl.len()).collect().item() == 3
+    assert view.filter(pl.col("email").is_null()).select(pl.len()).collect().item() == 1
+    later = view.filter(pl.col("contact_id") > "C1").head(1).collect()
+    assert later.get_column("contact_id").to_list() == ["C2"]
+    assert view.collect_schema()["diagnosis_codes"] == pl.List(pl.String)
