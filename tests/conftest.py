@@ -126,6 +126,23 @@ def sync_row(p: Any, result: dict[str, Any]) -> dict[str, Any]:
     return dict(zip(SYNC_FIGURES, row, strict=True))
 
 
+# ------------------------------------------------------------------------------ PostgreSQL
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the session (tests/postgres_server.py)."""
+    import os
+
+    from postgres_server import postgres_bin, running_postgres
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL binaries (initdb, pg_ctl) are missing; .ci/run installs them")
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed; CI runs this test")
+    with running_postgres(bin_dir) as server:
+        yield server
+
+
 # ------------------------------------------------------------------------------ data
 @pytest.fixture(scope="session")
 def sample_crm(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from postgres_server import PostgresServer, postgres_bin, running_postgres
+from postgres_server import PostgresServer
 from test_segment_compiler import CONTACTS_SCHEMA, conditions
 
 from audiences.core.errors import SegmentError
@@ -131,17 +131,6 @@ def members(ids: list[Any]) -> list[tuple[bool, str]]:
 
 
 # -- backends --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    bin_dir = postgres_bin()
-    if bin_dir is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL binaries (initdb, pg_ctl) are missing; .ci/run installs them")
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed; CI runs this test")
-    with running_postgres(bin_dir) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -209,8 +209,9 @@ def _stderr_console() -> Any:
 def cli(ctx: click.Context, project: Path, debug: bool) -> None:
     """Privacy-gated healthcare audiences from first-party CRM data.
 
-    Build segments from CRM files, enforce the policy pack before anything leaves
-    the system, and sync approved segments to Meta and Google Ads.
+    Build segments from CRM files or database tables (DuckDB, PostgreSQL), enforce
+    the policy pack before anything leaves the system, and sync approved segments to
+    Meta and Google Ads.
     """
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,

@@ -21,6 +21,8 @@ from audiences.core.errors import ConfigError
 CONFIG_FILE = "audiences.toml"
 
 SourceFormat = Literal["csv", "parquet", "ndjson"]
+SourceKind = Literal["file", "duckdb", "postgres"]
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ColumnType = Literal["str", "int", "float", "bool", "date", "datetime", "list[str]"]
 
 
@@ -80,9 +82,26 @@ class ColumnSpec(Model):
 
 
 class SourceConfig(Model):
-    """One CRM table read from a file. Paths are relative to the project folder."""
+    """One CRM table: a file, or a table (or view) in a database.
 
-    path: str
+    ``kind = "file"`` (the default) reads ``path`` (relative to the project folder);
+    ``kind = "duckdb"`` reads ``table`` in the DuckDB database file ``path``;
+    ``kind = "postgres"`` reads ``table`` in the PostgreSQL database whose connection URI
+    is in the environment variable ``uri_env`` (the URI itself is never written here).
+    """
+
+    kind: SourceKind = "file"
+    path: str | None = None
+    table: str | None = Field(default=None, min_length=1)
+    db_schema: str | None = Field(default=None, alias="schema", min_length=1)
+    uri_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    version_column: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a database table's column that grows with every change (a snapshot "
+        "id, an updated_at kept by a trigger): the dataset id is then read from it and "
+        "the row count instead of digesting every row",
+    )
     format: SourceFormat | None = None
     separator: str = Field(",", min_length=1, max_length=1)
     list_separator: str = Field(";", min_length=1, max_length=1)
@@ -92,6 +111,45 @@ class SourceConfig(Model):
         description="text columns whose values compare without regard to case "
         "(segment conditions and validate's value checks)",
     )
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> SourceConfig:
+        needed = {"file": ("path",), "duckdb": ("path", "table"), "postgres": ("uri_env", "table")}
+        allowed = {
+            "file": {"path"},
+            "duckdb": {"path", "table", "db_schema", "version_column"},
+            "postgres": {"uri_env", "table", "db_schema", "version_column"},
+        }[self.kind]
+        for key in needed[self.kind]:
+            if getattr(self, key) is None:
+                raise ValueError(f'a kind = "{self.kind}" source needs {key}')
+        for key in ("path", "table", "db_schema", "uri_env", "version_column"):
+            if key not in allowed and getattr(self, key) is not None:
+                shown = "schema" if key == "db_schema" else key
+                raise ValueError(f'{shown} does not apply to a kind = "{self.kind}" source')
+        return self
+
+    @property
+    def is_database(self) -> bool:
+        return self.kind != "file"
+
+    @property
+    def label(self) -> str:
+        """Where the source is, for messages: a file name or a table (never a URI)."""
+        if self.kind == "file":
+            return Path(self.path or "").name
+        table = f"{self.db_schema}.{self.table}" if self.db_schema else str(self.table)
+        if self.kind == "duckdb":
+            return f"table {table} in {Path(self.path or '').name}"
+        return f"table {table} in the PostgreSQL database of ${self.uri_env}"
+
+    def file(self) -> str:
+        """The source's file (its database file for DuckDB); a ConfigError for PostgreSQL."""
+        if self.path is None:
+            raise ConfigError(
+                f"a {self.kind} source has no file", "this command reads file sources only"
+            )
+        return self.path
 
     def column_specs(self) -> dict[str, ColumnSpec]:
         """Every declared column as a :class:`ColumnSpec` (the plain ``"date"`` form too)."""
@@ -104,7 +162,7 @@ class SourceConfig(Model):
     def resolved_format(self) -> SourceFormat:
         if self.format:
             return self.format
-        suffix = Path(self.path).suffix.lower()
+        suffix = Path(self.path or "").suffix.lower()
         formats: dict[str, SourceFormat] = {
             ".csv": "csv",
             ".parquet": "parquet",
@@ -169,6 +227,20 @@ def _disjoint(table: str, **lists: list[str]) -> None:
 class Sources(Model):
     contacts: ContactsSource
     events: EventsSource | None = None
+
+    @model_validator(mode="after")
+    def _one_database(self) -> Sources:
+        """A segment joins contacts and events inside the database: one database for both."""
+        events = self.events
+        if events is None or not (self.contacts.is_database or events.is_database):
+            return self
+        where = ("kind", "path", "uri_env", "db_schema")
+        if any(getattr(self.contacts, k) != getattr(events, k) for k in where):
+            raise ValueError(
+                "sources.contacts and sources.events must be tables of the same database "
+                "(same kind, path or uri_env, and schema) when either is a database table"
+            )
+        return self
 
 
 class ColumnRoles(Model):

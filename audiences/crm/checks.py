@@ -120,8 +120,12 @@ def _parses(column: str, spec: ColumnSpec, fmt: str | None = None) -> pl.Expr:
 
 
 def check_types(name: str, source: SourceConfig, config: ProjectConfig) -> list[Finding]:
-    """Every declared column parses on every row as its declared type (and format)."""
-    path = config.path(source.path)
+    """Every declared column parses on every row as its declared type (and format).
+
+    A database table's columns have the database's types: loading it checks they fit."""
+    if source.is_database:
+        return []
+    path = config.path(source.file())
     raw = raw_frame(source, path)
     schema = raw.collect_schema()
     findings: list[Finding] = []

@@ -22,6 +22,7 @@ import polars as pl
 
 from audiences.core.config import ColumnSpec, ProjectConfig, SourceConfig
 from audiences.core.errors import DataError
+from audiences.crm.databases import Database, database_of, scan_table, table_digest
 
 _DTYPES: dict[str, pl.DataType] = {
     "str": pl.String(),
@@ -39,12 +40,29 @@ BOOL_WORDS = [*_TRUE_WORDS, *_FALSE_WORDS]
 
 
 @dataclass(frozen=True)
+class TableSource:
+    """A source that is a database table: where it is and how its columns are read."""
+
+    database: Database
+    table: str
+    schema: pl.Schema  # the database's column types, as polars reads them
+    conversions: dict[str, pl.DataType]  # declared types the columns are cast to
+
+
+@dataclass(frozen=True)
 class Sources:
     contacts: pl.LazyFrame
     events: pl.LazyFrame | None
     pending_digest: Future[str]
     # per-export results shared by the segments of one run (the opt-out index)
     cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # database sources by name ("contacts", "events"); empty for files
+    tables: dict[str, TableSource] = field(default_factory=dict, compare=False)
+
+    @property
+    def in_database(self) -> bool:
+        """Do the segments run inside a database (the contacts are a database table)?"""
+        return "contacts" in self.tables
 
     @property
     def digest(self) -> str:
@@ -58,7 +76,7 @@ class Sources:
 
 
 def _check_file(name: str, source: SourceConfig, config: ProjectConfig) -> Path:
-    path = config.path(source.path)
+    path = config.path(source.file())
     if not path.exists():
         raise DataError(
             f"source {name!r}: file {path} does not exist",
@@ -101,9 +119,83 @@ def _convert(column: str, spec: ColumnSpec, list_separator: str, current: pl.Dat
     return col.cast(target, strict=True)
 
 
+def open_table(name: str, source: SourceConfig, config: ProjectConfig) -> TableSource:
+    """A database source checked to exist and have rows; declared types checked to fit."""
+    from audiences.crm.databases import has_rows, table_schema
+
+    database = database_of(source, config)
+    assert source.table is not None
+    with database.connect() as connection:
+        schema = table_schema(name, connection, database, source.table)
+        filled = has_rows(name, connection, database, source.table)
+    if not filled:
+        raise DataError(
+            f"source {name!r}: {source.label} has no rows",
+            f"load the table, or fix [sources.{name}].table in audiences.toml",
+        )
+    conversions: dict[str, pl.DataType] = {}
+    for column, spec in source.column_specs().items():
+        if column not in schema:
+            continue  # named by scan_source's missing-column error
+        target = _fitting_type(spec, schema[column])
+        if target is None:
+            raise DataError(
+                f"source {name!r}: column {column!r} of {source.label} is "
+                f"{_sql_word(schema[column])} in the database, declared {spec.type}",
+                f"declare it as {_declared_word(schema[column])} in [sources.{name}].columns, "
+                "or store it with the declared type",
+            )
+        conversions[column] = target
+    return TableSource(database, source.table, schema, conversions)
+
+
+def _fitting_type(spec: ColumnSpec, stored: pl.DataType) -> pl.DataType | None:
+    """The type a declared column is read as, or None if the stored type does not fit."""
+    kind = spec.type
+    if kind == "list[str]":
+        return stored if stored == pl.List(pl.String) else None
+    fits = {
+        "str": stored == pl.String,
+        "int": stored.is_integer(),
+        "float": stored.is_float() or stored.is_integer(),
+        "bool": stored == pl.Boolean,
+        "date": stored == pl.Date,
+        "datetime": isinstance(stored, pl.Datetime),
+    }[kind]
+    if not fits:
+        return None
+    return stored if kind == "datetime" else _DTYPES[kind]
+
+
+def _sql_word(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.Datetime):
+        return "a timestamp"
+    if isinstance(dtype, pl.List):
+        return "an array"
+    if dtype.is_integer():
+        return "an integer"
+    words = {"float": "a floating-point number", "bool": "a boolean", "date": "a date"}
+    return words.get(_declared_word(dtype), "text")
+
+
+def _declared_word(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.Datetime):
+        return "datetime"
+    if isinstance(dtype, pl.List):
+        return "list[str]"
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    return {pl.Boolean: "bool", pl.Date: "date"}.get(type(dtype), "str")
+
+
 def read_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.LazyFrame:
     """The source with the types polars infers (no declared conversions), checked to
     exist, be readable and have rows."""
+    if source.is_database:
+        opened = open_table(name, source, config)
+        return scan_table(name, opened.database, opened.table, opened.schema, {})
     path = _check_file(name, source, config)
     fmt = source.resolved_format
     try:
@@ -134,23 +226,40 @@ def read_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.La
 
 
 def scan_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.LazyFrame:
-    lf = read_source(name, source, config)
-    schema = lf.collect_schema()
+    return _scan(name, source, config)[0]
+
+
+def _scan(
+    name: str, source: SourceConfig, config: ProjectConfig
+) -> tuple[pl.LazyFrame, TableSource | None]:
+    opened = open_table(name, source, config) if source.is_database else None
+    if opened is not None:
+        schema = opened.schema
+    else:
+        lf = read_source(name, source, config)
+        schema = lf.collect_schema()
     missing = [c for c in source.columns if c not in schema]
     if missing:
+        fix = "the table" if source.is_database else "the file's header"
         raise DataError(
-            f"source {name!r} ({config.path(source.path).name}) has no column(s) {missing}",
-            f"fix [sources.{name}].columns or the file's header",
+            f"source {name!r} ({source.label}) has no column(s) {missing}",
+            f"fix [sources.{name}].columns or {fix}",
         )
+    if opened is not None:
+        view = scan_table(name, opened.database, opened.table, schema, opened.conversions)
+        return view, opened
     conversions = [
         _convert(col, spec, source.list_separator, schema[col])
         for col, spec in source.column_specs().items()
     ]
-    return lf.with_columns(conversions) if conversions else lf
+    return (lf.with_columns(conversions) if conversions else lf), None
 
 
 def load_sources(config: ProjectConfig) -> Sources:
-    contacts = scan_source("contacts", config.sources.contacts, config)
+    tables: dict[str, TableSource] = {}
+    contacts, opened = _scan("contacts", config.sources.contacts, config)
+    if opened is not None:
+        tables["contacts"] = opened
     schema = contacts.collect_schema()
     cid = config.sources.contacts.id
     if cid not in schema:
@@ -167,7 +276,9 @@ def load_sources(config: ProjectConfig) -> Sources:
     events = None
     if config.sources.events is not None:
         ev = config.sources.events
-        events = scan_source("events", ev, config)
+        events, opened = _scan("events", ev, config)
+        if opened is not None:
+            tables["events"] = opened
         ev_schema = events.collect_schema()
         for role, column in (("contact_id", ev.contact_id), ("type", ev.type), ("time", ev.time)):
             if column not in ev_schema:
@@ -175,7 +286,12 @@ def load_sources(config: ProjectConfig) -> Sources:
                     f"source 'events' has no {role} column {column!r}",
                     f"set [sources.events].{role} to the right column",
                 )
-    return Sources(contacts=contacts, events=events, pending_digest=_digest_in_background(config))
+    return Sources(
+        contacts=contacts,
+        events=events,
+        pending_digest=_digest_in_background(config),
+        tables=tables,
+    )
 
 
 def _digest_in_background(config: ProjectConfig) -> Future[str]:
@@ -192,7 +308,10 @@ def _digest_in_background(config: ProjectConfig) -> Future[str]:
 
 
 def source_digest(config: ProjectConfig) -> str:
-    """Content digest over every source file (cached by size and mtime in the state dir)."""
+    """Content digest over every source file (cached by size and mtime in the state dir),
+    or over every row of every database source (computed by the database)."""
+    if config.sources.contacts.is_database:
+        return _tables_digest(config)
     # missing or empty files are one-line DataErrors here too (`audiences budget` digests
     # the sources without loading them)
     paths = [_check_file("contacts", config.sources.contacts, config)]
@@ -224,6 +343,45 @@ def source_digest(config: ProjectConfig) -> str:
 
         write_text(cache_path, json.dumps(cache), durable=False)  # a cache: lost, re-digested
     return outer.hexdigest()
+
+
+def _tables_digest(config: ProjectConfig) -> str:
+    named: list[tuple[str, SourceConfig]] = [("contacts", config.sources.contacts)]
+    if config.sources.events is not None:
+        named.append(("events", config.sources.events))
+    outer = hashlib.sha256(b"tables")
+    cache_path = config.state_dir / "digests.json"
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    except (OSError, ValueError):
+        cache = {}
+    changed = False
+    for name, source in named:
+        assert source.table is not None
+        database = database_of(source, config)
+        key = _duckdb_cache_key(database, source.table)  # PostgreSQL: digested every time
+        digest = cache.get(key) if key and source.version_column is None else None
+        if digest is None:
+            digest = table_digest(name, database, source.table, source.version_column)
+            if key and source.version_column is None:
+                cache[key], changed = digest, True
+        outer.update(digest.encode())
+    if changed and config.state_dir.exists():
+        from audiences.core.atomic import write_text
+
+        write_text(cache_path, json.dumps(cache), durable=False)  # a cache: lost, re-digested
+    return outer.hexdigest()
+
+
+def _duckdb_cache_key(database: Database, table: str) -> str | None:
+    """A DuckDB table's digest stays valid while its file and write-ahead log are unchanged."""
+    if database.kind != "duckdb" or database.path is None or not database.path.is_file():
+        return None
+    parts = [f"duckdb:{database.path.resolve()}:{database.schema or ''}.{table}"]
+    for path in (database.path, database.path.with_name(database.path.name + ".wal")):
+        st = path.stat() if path.exists() else None
+        parts.append(f"{st.st_size}:{st.st_mtime_ns}" if st else "-")
+    return ":".join(parts)
 
 
 def _diagnose(name: str, source: SourceConfig, path: Path, exc: BaseException) -> DataError:
@@ -287,7 +445,12 @@ def diagnose_values(
     name: str, source: SourceConfig, config: ProjectConfig, exc: BaseException
 ) -> DataError:
     """After a failed collect: find the column and first row whose value doesn't parse."""
-    path = config.path(source.path)
+    if source.is_database:
+        return DataError(
+            f"source {name!r}: cannot read {source.label} ({_polars_summary(exc)})",
+            f"check the table and the types declared in [sources.{name}].columns",
+        )
+    path = config.path(source.file())
     if source.resolved_format == "csv" and not _is_utf8(path):
         return _diagnose(name, source, path, exc)
     ragged = _ragged_row(source, path) if source.resolved_format == "csv" else None

@@ -60,7 +60,7 @@ def columns_report(config: ProjectConfig, source: str | None, *, k: int) -> dict
         spec = configured[name]
         frame = read_source(name, spec, config)
         out["sources"][name] = {
-            "path": spec.path,
+            "path": spec.path if not spec.is_database else spec.label,
             "columns": _columns(frame, spec, roles(config, name), k),
         }
     return out

@@ -63,7 +63,7 @@ class StateIndexStore(IndexStore):
     """The opt-out index of one export in ``state_dir``, authenticated with keys derived
     from the project secret (created on first use, as the audience record does)."""
 
-    def __init__(self, state_dir: Path, digest: Callable[[], str], contacts: Path) -> None:
+    def __init__(self, state_dir: Path, digest: Callable[[], str], contacts: Path | None) -> None:
         self.path = state_dir / INDEX_NAME
         self._state_dir = state_dir
         self._digest = digest
@@ -86,6 +86,8 @@ class StateIndexStore(IndexStore):
         """The contacts file as the file system knows it. The source digest is cached by
         size and modification time; the change time and inode also change when the file
         is rewritten, even with its old size and a restored modification time."""
+        if self._contacts is None:
+            return []
         st = self._contacts.stat()
         return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
@@ -153,7 +155,9 @@ def store_for(config: ProjectConfig, sources: Sources) -> StateIndexStore:
     key = "opt-out-index-store"
     store = sources.cache.get(key)
     if not isinstance(store, StateIndexStore):
-        contacts = config.path(config.sources.contacts.path)
+        source = config.sources.contacts
+        # a PostgreSQL table has no file: its digest is computed by the database each run
+        contacts = config.path(source.path) if source.path is not None else None
         store = StateIndexStore(config.state_dir, lambda: sources.digest, contacts)
         sources.cache[key] = store
     return store

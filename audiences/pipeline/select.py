@@ -127,9 +127,13 @@ def collect_candidates(
 
     ctx = segment_context(config, as_of)
     cid = config.sources.contacts.id
-    plan = compile_segment(segment, sources.contacts, sources.events, ctx).with_columns(
+    contacts_schema = sources.contacts.collect_schema()
+    selected = _selected_in_database(config, segment, sources, ctx, contacts_schema)
+    if selected is None:
+        selected = compile_segment(segment, sources.contacts, sources.events, ctx)
+    plan = selected.with_columns(
         member_key(pl.col(cid), salt).alias("member_key"),
-        age_expr(config.identity.birth_date, protect_on, sources.contacts.collect_schema()),
+        age_expr(config.identity.birth_date, protect_on, contacts_schema),
     )
     plan = plan.select(gate_columns(config, plan.collect_schema()))
     try:
@@ -173,6 +177,30 @@ def flag_opt_out_duplicates(
         cache=sources.cache,
         store=store_for(config, sources),
     )
+
+
+def _selected_in_database(
+    config: ProjectConfig,
+    segment: Segment,
+    sources: Sources,
+    ctx: SegmentContext,
+    contacts_schema: pl.Schema,
+) -> pl.LazyFrame | None:
+    """The segment's rows selected inside the database (database sources), or None.
+
+    Only the source columns the gate and the release read come back."""
+    if not sources.in_database:
+        return None
+    from audiences.segments import check_segment
+    from audiences.segments.sql_run import run_segment_in_tables
+
+    events_schema = sources.events.collect_schema() if sources.events is not None else None
+    check_segment(segment, contacts_schema, events_schema, ctx)  # the polars view's types
+    wanted = gate_columns(config, contacts_schema)
+    frame = run_segment_in_tables(
+        segment, sources.tables["contacts"], sources.tables.get("events"), ctx, wanted
+    )
+    return frame.lazy() if frame is not None else None
 
 
 def links_opt_outs(pack: Pack) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -120,7 +119,7 @@ class Validation:
 
     def sources(self) -> Sources | None:
         """The sources, lazily loaded, or None when a file cannot be read at all."""
-        from audiences.crm.sources import load_sources, scan_source
+        from audiences.crm.sources import load_sources, read_source, scan_source
 
         config = self.config
         named: list[tuple[str, SourceConfig]] = [("contacts", config.sources.contacts)]
@@ -131,15 +130,18 @@ class Validation:
             try:
                 scan_source(name, source, config)
             except AudiencesError as exc:
-                self.error("source", exc, Path(source.path).name)
+                self.error("source", exc, source.label)
                 readable = False
                 continue
             self.findings += check_types(name, source, config)
         if not readable:
             return None
         contacts = config.sources.contacts
-        file = Path(contacts.path).name
-        raw = raw_frame(contacts, config.path(contacts.path))
+        file = contacts.label
+        if contacts.is_database:
+            raw = read_source("contacts", contacts, config)
+        else:
+            raw = raw_frame(contacts, config.path(contacts.file()))
         mapped = check_mapped_columns(config, raw.collect_schema(), file)
         self.findings += mapped
         self.findings += check_consent_values(config, raw, file)

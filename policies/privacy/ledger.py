@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from audiences.core.errors import BudgetExhausted, StateError, UsageError
 
 if TYPE_CHECKING:
-    from audiences.core.config import ProjectConfig
+    from audiences.core.config import ProjectConfig, SourceConfig
     from policies.pack import Pack
 
 __all__ = [
@@ -526,11 +526,19 @@ def ledger_home() -> Path:
 
 
 def source_scope(config: ProjectConfig) -> str:
-    """The project's data location: a digest of its resolved source file paths."""
-    paths = [config.path(config.sources.contacts.path)]
+    """The project's data location: a digest of its resolved source file paths, or of its
+    database (file, or host, port, database and user) and tables."""
+    sources: list[SourceConfig] = [config.sources.contacts]
     if config.sources.events is not None:
-        paths.append(config.path(config.sources.events.path))
-    text = "\n".join(str(p.resolve()) for p in paths)
+        sources.append(config.sources.events)
+    if config.sources.contacts.is_database:
+        from audiences.crm.databases import database_of
+
+        scope = database_of(config.sources.contacts, config).scope()
+        tables = [f"{s.db_schema or ''}.{s.table}" for s in sources]
+        text = "\n".join([scope, *tables])
+    else:
+        text = "\n".join(str(config.path(s.file()).resolve()) for s in sources)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
