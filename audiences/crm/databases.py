@@ -320,11 +320,15 @@ def scan_table(
     table: str,
     schema: pl.Schema,
     conversions: dict[str, pl.DataType],
+    order_by: str | None = None,
 ) -> pl.LazyFrame:
     """A lazy view of ``table``: each collect reads only the projected columns.
 
     ``schema`` is the database's view of the columns, ``conversions`` the declared types
     they are cast to (an ``int`` column stored as INTEGER is read as Int64, as from a file).
+    ``order_by`` (the contacts' unique id) gives every read the same row order: a database
+    returns rows in any order (PostgreSQL's synchronized scans start mid-table), and the
+    opt-out linkage finds records again by their row position.
     """
     from polars.io.plugins import register_io_source
 
@@ -344,6 +348,8 @@ def scan_table(
         query = exp.select(*(exp.column(c, quoted=True) for c in read_columns)).from_(
             table_ref(database, table)
         )
+        if order_by is not None:
+            query = query.order_by(exp.column(order_by, quoted=True))
         if n_rows is not None and predicate is None:  # a filter first needs every row
             query = query.limit(n_rows)
         with database.connect() as connection:

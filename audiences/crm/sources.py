@@ -195,7 +195,8 @@ def read_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.La
     exist, be readable and have rows."""
     if source.is_database:
         opened = open_table(name, source, config)
-        return scan_table(name, opened.database, opened.table, opened.schema, {})
+        order = getattr(source, "id", None)
+        return scan_table(name, opened.database, opened.table, opened.schema, {}, order)
     path = _check_file(name, source, config)
     fmt = source.resolved_format
     try:
@@ -246,7 +247,8 @@ def _scan(
             f"fix [sources.{name}].columns or {fix}",
         )
     if opened is not None:
-        view = scan_table(name, opened.database, opened.table, schema, opened.conversions)
+        order = getattr(source, "id", None)  # contacts: the unique id
+        view = scan_table(name, opened.database, opened.table, schema, opened.conversions, order)
         return view, opened
     conversions = [
         _convert(col, spec, source.list_separator, schema[col])
