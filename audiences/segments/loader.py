@@ -22,22 +22,7 @@ from pathlib import Path
 import yaml
 
 from audiences.core.errors import SegmentError
-from audiences.segments.model import (
-    COUNT_OPERATORS,
-    DAYS_SINCE_PREFIX,
-    OPERATORS,
-    AllOf,
-    AnyOf,
-    Comparison,
-    Condition,
-    EventCondition,
-    FieldCondition,
-    Not,
-    Scalar,
-    Segment,
-    Window,
-    canonical_json,
-)
+from audiences.segments import model
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]*")
 NAME_MAX_LENGTH = 80
@@ -88,7 +73,7 @@ class _ComposeLoader(yaml.SafeLoader):
     """SafeLoader used only to compose nodes; scalars are resolved by :func:`_scalar`."""
 
 
-def parse_segment(text: str, source: str = "<string>") -> Segment:
+def parse_segment(text: str, source: str = "<string>") -> model.Segment:
     """Parse the text of a segment file. ``source`` names it in error messages."""
     return _Parser(source).segment(_compose(text, source))
 
@@ -136,7 +121,7 @@ def _plain(node: yaml.Node | None, depth: int = 0) -> object:
     return _scalar(node)
 
 
-def load_segment(path: str | Path) -> Segment:
+def load_segment(path: str | Path) -> model.Segment:
     """Load and parse one segment file; raises :class:`SegmentError` on any problem."""
     path = Path(path)
     try:
@@ -158,7 +143,7 @@ def load_segment(path: str | Path) -> Segment:
     return parse_segment(text, source=str(path))
 
 
-def load_segments(directory: str | Path) -> list[Segment]:
+def load_segments(directory: str | Path) -> list[model.Segment]:
     """Every ``*.yaml`` / ``*.yml`` file in ``directory``, sorted by segment name.
 
     Two files defining the same segment name are an error naming both files.
@@ -170,7 +155,7 @@ def load_segments(directory: str | Path) -> list[Segment]:
             "create it or point the config at the right folder",
         )
     files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-    by_name: dict[str, Segment] = {}
+    by_name: dict[str, model.Segment] = {}
     for path in files:
         segment = load_segment(path)
         other = by_name.get(segment.name)
@@ -236,7 +221,7 @@ def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
-def _scalar(node: yaml.Node) -> Scalar | None:
+def _scalar(node: yaml.Node) -> model.Scalar | None:
     text = node.value
     if getattr(node, "style", None) is not None:  # quoted or block scalar: always a string
         return text
@@ -298,7 +283,7 @@ class _Parser:
             items.append((key, key_node, value_node))
         return items
 
-    def scalar(self, node: yaml.Node, what: str, fix: str) -> Scalar | None:
+    def scalar(self, node: yaml.Node, what: str, fix: str) -> model.Scalar | None:
         if not isinstance(node, yaml.ScalarNode):
             raise self.error(node, f"{what} must be a single value, found {_kind(node)}", fix)
         return _scalar(node)
@@ -316,7 +301,7 @@ class _Parser:
 
     # -- segment -------------------------------------------------------------------------
 
-    def segment(self, root: yaml.Node | None) -> Segment:
+    def segment(self, root: yaml.Node | None) -> model.Segment:
         if root is None:
             raise SegmentError(
                 "segment file is empty", "write at least 'name:' and 'where:'", where=self.source
@@ -352,7 +337,7 @@ class _Parser:
                     if required == "name"
                     else "add 'where:' with the conditions contacts must meet",
                 )
-        return Segment(source=self.source, line=_line(root), **fields)  # type: ignore[arg-type]
+        return model.Segment(source=self.source, line=_line(root), **fields)  # type: ignore[arg-type]
 
     def name(self, node: yaml.Node) -> str:
         value = self.scalar(node, "name", "write a slug such as 'cardiology-lapsed'")
@@ -383,7 +368,7 @@ class _Parser:
 
     # -- conditions ----------------------------------------------------------------------
 
-    def condition(self, node: yaml.Node, *, scope: str, depth: int) -> Condition:
+    def condition(self, node: yaml.Node, *, scope: str, depth: int) -> model.Condition:
         if depth > _MAX_DEPTH:
             raise self.error(
                 node,
@@ -398,18 +383,18 @@ class _Parser:
         items = self.mapping(node, "a condition", fix)
         if not items:
             raise self.error(node, "empty condition", fix)
-        parts: list[Condition] = []
+        parts: list[model.Condition] = []
         for key, key_node, value in items:
             parts.append(self.keyed_condition(key, key_node, value, scope=scope, depth=depth))
         if len(parts) == 1:
             return parts[0]
         # Several keys in one mapping mean AND; their order in the file carries no meaning.
-        parts.sort(key=lambda c: canonical_json(c.model_dump(mode="json")))
-        return AllOf(conditions=tuple(parts), line=_line(node))
+        parts.sort(key=lambda c: model.canonical_json(c.model_dump(mode="json")))
+        return model.AllOf(conditions=tuple(parts), line=_line(node))
 
     def keyed_condition(
         self, key: str, key_node: yaml.Node, value: yaml.Node, *, scope: str, depth: int
-    ) -> Condition:
+    ) -> model.Condition:
         line = _line(key_node)
         if key in ("all", "any"):
             children = self.sequence(
@@ -419,8 +404,8 @@ class _Parser:
                 raise self.error(key_node, f"'{key}' has no conditions", "list at least one")
             conditions = tuple(self.condition(c, scope=scope, depth=depth + 1) for c in children)
             if key == "all":
-                return AllOf(conditions=conditions, line=line)
-            return AnyOf(conditions=conditions, line=line)
+                return model.AllOf(conditions=conditions, line=line)
+            return model.AnyOf(conditions=conditions, line=line)
         if key == "not":
             if isinstance(value, yaml.SequenceNode):
                 raise self.error(
@@ -428,7 +413,9 @@ class _Parser:
                     "'not' takes one condition, found a list",
                     "wrap several in 'not: {any: [...]}' (none of them) or 'not: {all: [...]}'",
                 )
-            return Not(condition=self.condition(value, scope=scope, depth=depth + 1), line=line)
+            return model.Not(
+                condition=self.condition(value, scope=scope, depth=depth + 1), line=line
+            )
         if key == "event":
             if scope == "event":
                 raise self.error(
@@ -439,7 +426,9 @@ class _Parser:
             return self.event(value, line)
         return self.field(key, key_node, value, scope=scope)
 
-    def field(self, name: str, key_node: yaml.Node, node: yaml.Node, *, scope: str) -> Condition:
+    def field(
+        self, name: str, key_node: yaml.Node, node: yaml.Node, *, scope: str
+    ) -> model.Condition:
         line = _line(key_node)
         if not isinstance(node, yaml.MappingNode):
             shown = node.value if isinstance(node, yaml.ScalarNode) else "..."
@@ -448,7 +437,7 @@ class _Parser:
                 f"'{name}' needs an operator, found {_kind(node)}",
                 f"write {name}: {{eq: {shown}}} (or in/gt/lt/... — see docs/segments.md)",
             )
-        days_field = scope == "contacts" and name.startswith(DAYS_SINCE_PREFIX)
+        days_field = scope == "contacts" and name.startswith(model.DAYS_SINCE_PREFIX)
         items = self.mapping(node, f"the operators of '{name}'", f"write {name}: {{eq: ...}}")
         if not items:
             raise self.error(key_node, f"'{name}' has no operator", f"write {name}: {{eq: ...}}")
@@ -457,7 +446,7 @@ class _Parser:
             for op, op_node, value in items
         ]
         comparisons.sort(key=lambda c: c.op)
-        return FieldCondition(field=name, comparisons=tuple(comparisons), line=line)
+        return model.FieldCondition(field=name, comparisons=tuple(comparisons), line=line)
 
     def comparison(
         self,
@@ -467,8 +456,8 @@ class _Parser:
         *,
         field: str,
         days_field: bool,
-        operators: tuple[str, ...] = OPERATORS,
-    ) -> Comparison:
+        operators: tuple[str, ...] = model.OPERATORS,
+    ) -> model.Comparison:
         line = _line(op_node)
         if op not in operators:
             alias = OPERATOR_ALIASES.get(op.lower())
@@ -482,7 +471,7 @@ class _Parser:
             flag = self.scalar(node, f"'{op}'", f"write {op}: true")
             if not isinstance(flag, bool):
                 raise self.error(node, f"'{op}' takes true or false", f"write {op}: true")
-            return Comparison(op=op, value=flag, line=line)  # type: ignore[arg-type]
+            return model.Comparison(op=op, value=flag, line=line)  # type: ignore[arg-type]
         if op in ("in", "not_in", "between"):
             if not isinstance(node, yaml.SequenceNode):
                 shown = node.value if isinstance(node, yaml.ScalarNode) else "..."
@@ -502,7 +491,7 @@ class _Parser:
                 if not values:
                     raise self.error(node, f"'{op}' on '{field}' has an empty list", "list values")
                 values = tuple(sorted(set(values), key=lambda v: (type(v).__name__, str(v))))
-            return Comparison(op=op, value=values, line=line)  # type: ignore[arg-type]
+            return model.Comparison(op=op, value=values, line=line)  # type: ignore[arg-type]
         value = self.value(node, op, field, days_field)
         if op == "starts_with" and isinstance(value, str) and value.endswith("*"):
             raise self.error(
@@ -510,9 +499,9 @@ class _Parser:
                 f"'starts_with' already matches a prefix; '{value}' would look for a literal '*'",
                 f"write starts_with: {value.rstrip('*')}",
             )
-        return Comparison(op=op, value=value, line=line)  # type: ignore[arg-type]
+        return model.Comparison(op=op, value=value, line=line)  # type: ignore[arg-type]
 
-    def value(self, node: yaml.Node, op: str, field: str, days_field: bool) -> Scalar:
+    def value(self, node: yaml.Node, op: str, field: str, days_field: bool) -> model.Scalar:
         value = self.scalar(
             node,
             f"the value of '{op}' on '{field}'",
@@ -536,7 +525,7 @@ class _Parser:
 
     # -- events --------------------------------------------------------------------------
 
-    def event(self, node: yaml.Node, line: int) -> EventCondition:
+    def event(self, node: yaml.Node, line: int) -> model.EventCondition:
         fix = "write event: {type: visit, within: 365d}"
         items = self.mapping(node, "an event condition", fix)
         fields: dict[str, object] = {}
@@ -565,7 +554,7 @@ class _Parser:
                 )
         if "types" not in fields:
             raise self.error(node, "event condition has no 'type'", "add type: visit (or a list)")
-        return EventCondition(line=line, **fields)  # type: ignore[arg-type]
+        return model.EventCondition(line=line, **fields)  # type: ignore[arg-type]
 
     def event_types(self, node: yaml.Node) -> tuple[str, ...]:
         fix = "write type: visit or type: [visit, appointment]"
@@ -575,7 +564,7 @@ class _Parser:
         types = [self.text(item, "an event type", fix) for item in nodes]
         return tuple(sorted(set(types)))
 
-    def count(self, node: yaml.Node) -> tuple[Comparison, ...]:
+    def count(self, node: yaml.Node) -> tuple[model.Comparison, ...]:
         fix = "write count: {gte: 2}"
         items = self.mapping(node, "count", fix)
         if not items:
@@ -583,7 +572,7 @@ class _Parser:
         comparisons = []
         for op, op_node, value in items:
             comparison = self.comparison(
-                op, op_node, value, field="count", days_field=False, operators=COUNT_OPERATORS
+                op, op_node, value, field="count", days_field=False, operators=model.COUNT_OPERATORS
             )
             values = (
                 comparison.value if isinstance(comparison.value, tuple) else (comparison.value,)
@@ -599,7 +588,7 @@ class _Parser:
         comparisons.sort(key=lambda c: c.op)
         return tuple(comparisons)
 
-    def window(self, key: str, key_node: yaml.Node, node: yaml.Node) -> Window:
+    def window(self, key: str, key_node: yaml.Node, node: yaml.Node) -> model.Window:
         line = _line(key_node)
         if key == "between":
             fix = "write between: [2024-01-01, 2024-06-30] (ISO dates, both days included)"
@@ -615,7 +604,7 @@ class _Parser:
                 dates.append(parsed)
             if dates[0] > dates[1]:
                 raise self.error(node, "event 'between' starts after it ends", fix)
-            return Window(
+            return model.Window(
                 kind="between", start=dates[0].isoformat(), end=dates[1].isoformat(), line=line
             )
         fix = f"write {key}: 730d (units: d, w, mo = 30 days, y = 365 days)"
@@ -634,4 +623,4 @@ class _Parser:
                 f"'{key}: {value}' is longer than 100 years",
                 "leave out the window for all time",
             )
-        return Window(kind=key, days=days, line=line)  # type: ignore[arg-type]
+        return model.Window(kind=key, days=days, line=line)  # type: ignore[arg-type]

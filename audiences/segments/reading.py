@@ -15,20 +15,7 @@ from typing import Literal
 
 import yaml
 
-from audiences.segments.model import (
-    AGE_FIELD,
-    AllOf,
-    AnyOf,
-    Comparison,
-    Condition,
-    EventCondition,
-    FieldCondition,
-    Not,
-    Scalar,
-    Segment,
-    Window,
-    classify_field,
-)
+from audiences.segments import model
 
 #: Contacts fields read as where someone lives ("living in NY or NJ").
 PLACE_FIELDS = frozenset({"state", "city", "country", "zip", "postal_code", "county"})
@@ -42,7 +29,7 @@ YamlSource = Literal["file", "canonical"]
 # Reading
 
 
-def reading(segment: Segment) -> str:
+def reading(segment: model.Segment) -> str:
     """One sentence: who the segment selects, in plain English, ending with a full stop."""
     parts = _top_level(segment.where)
     subject, rest = _subject(parts)
@@ -52,13 +39,16 @@ def reading(segment: Segment) -> str:
     return text + "."
 
 
-def _top_level(cond: Condition) -> list[Condition]:
-    return list(cond.conditions) if isinstance(cond, AllOf) else [cond]
+def _top_level(cond: model.Condition) -> list[model.Condition]:
+    return list(cond.conditions) if isinstance(cond, model.AllOf) else [cond]
 
 
-def _subject(parts: list[Condition]) -> tuple[str, list[str]]:
+def _subject(parts: list[model.Condition]) -> tuple[str, list[str]]:
     """``Adults 50–75`` from a top-level age condition; the other parts as clauses."""
-    age = next((c for c in parts if isinstance(c, FieldCondition) and c.field == AGE_FIELD), None)
+    age = next(
+        (c for c in parts if isinstance(c, model.FieldCondition) and c.field == model.AGE_FIELD),
+        None,
+    )
     rest = [_clause(c) for c in parts if c is not age]
     if age is None:
         return "People", rest
@@ -67,12 +57,12 @@ def _subject(parts: list[Condition]) -> tuple[str, list[str]]:
     return ("Adults " if adult else "People ") + _age_range(age.comparisons), rest
 
 
-def _num(value: Scalar | tuple[Scalar, ...]) -> float | None:
+def _num(value: model.Scalar | tuple[model.Scalar, ...]) -> float | None:
     first = value[0] if isinstance(value, tuple) and value else value
     return float(first) if isinstance(first, int | float) and not isinstance(first, bool) else None
 
 
-def _age_range(comparisons: tuple[Comparison, ...]) -> str:
+def _age_range(comparisons: tuple[model.Comparison, ...]) -> str:
     words = {
         "between": lambda v: f"{v[0]}–{v[1]}",
         "gte": lambda v: f"{v} and over",
@@ -93,24 +83,24 @@ def _join(items: list[str], word: str) -> str:
     return ", ".join(items[:-1]) + f", {word} " + items[-1]
 
 
-def _clause(cond: Condition) -> str:
+def _clause(cond: model.Condition) -> str:
     """A clause that follows a noun: ``living in NY``, ``with no appointment …``."""
-    if isinstance(cond, AllOf):
+    if isinstance(cond, model.AllOf):
         return _join([_clause(c) for c in cond.conditions], "and")
-    if isinstance(cond, AnyOf):
+    if isinstance(cond, model.AnyOf):
         return "either " + _join([_clause(c) for c in cond.conditions], "or")
-    if isinstance(cond, Not):
+    if isinstance(cond, model.Not):
         inner = cond.condition
-        if isinstance(inner, EventCondition) and _is_at_least_one(inner):
+        if isinstance(inner, model.EventCondition) and _is_at_least_one(inner):
             return "with no " + _event_noun(inner) + _window(inner.window)
         return "not " + _clause(inner)
-    if isinstance(cond, EventCondition):
+    if isinstance(cond, model.EventCondition):
         return "with " + _event(cond)
     return _field_clause(cond)
 
 
-def _field_clause(cond: FieldCondition) -> str:
-    kind, base = classify_field(cond.field)
+def _field_clause(cond: model.FieldCondition) -> str:
+    kind, base = model.classify_field(cond.field)
     if kind == "age":
         return "aged " + _age_range(cond.comparisons)
     if kind in _DAY_KINDS:
@@ -126,7 +116,7 @@ def _field_clause(cond: FieldCondition) -> str:
     return f"whose {name} " + " and ".join(_comparison(c) for c in cond.comparisons)
 
 
-def _days_ago(c: Comparison) -> str:
+def _days_ago(c: model.Comparison) -> str:
     v = c.value
     words = {
         "gt": f"more than {v} days ago",
@@ -142,12 +132,12 @@ def _days_ago(c: Comparison) -> str:
     return words.get(c.op, _comparison(c))
 
 
-def _values(value: Scalar | tuple[Scalar, ...], word: str) -> str:
+def _values(value: model.Scalar | tuple[model.Scalar, ...], word: str) -> str:
     items = list(value) if isinstance(value, tuple) else [value]
     return _join([_scalar(x) for x in items], word)
 
 
-def _scalar(value: Scalar) -> str:
+def _scalar(value: model.Scalar) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, str) and value.endswith("*"):
@@ -155,11 +145,11 @@ def _scalar(value: Scalar) -> str:
     return str(value)
 
 
-def _quoted(value: Scalar | tuple[Scalar, ...]) -> str:
+def _quoted(value: model.Scalar | tuple[model.Scalar, ...]) -> str:
     return f"“{_values(value, 'or')}”"
 
 
-def _comparison(c: Comparison) -> str:
+def _comparison(c: model.Comparison) -> str:
     v = c.value
     if c.op == "between" and isinstance(v, tuple):
         return f"is between {_scalar(v[0])} and {_scalar(v[1])}"
@@ -186,15 +176,15 @@ def _comparison(c: Comparison) -> str:
 # -- events ---------------------------------------------------------------------------
 
 
-def _is_at_least_one(cond: EventCondition) -> bool:
+def _is_at_least_one(cond: model.EventCondition) -> bool:
     return len(cond.count) == 1 and cond.count[0].op == "gte" and cond.count[0].value == 1
 
 
-def _event(cond: EventCondition) -> str:
+def _event(cond: model.EventCondition) -> str:
     return _count(cond.count) + " " + _event_noun(cond, plural=True) + _window(cond.window)
 
 
-def _count(count: tuple[Comparison, ...]) -> str:
+def _count(count: tuple[model.Comparison, ...]) -> str:
     c = count[0] if len(count) == 1 else None
     if c is None:
         return " and ".join(_comparison(x) for x in count) + " count of"
@@ -212,11 +202,11 @@ def _count(count: tuple[Comparison, ...]) -> str:
     return words.get(c.op, "some")
 
 
-def _event_noun(cond: EventCondition, *, plural: bool = False) -> str:
+def _event_noun(cond: model.EventCondition, *, plural: bool = False) -> str:
     """``cardiology visit``: a single ``eq`` on an event column becomes an adjective."""
     types = _join(list(cond.types), "or").replace("_", " ")
     where = cond.where
-    if isinstance(where, FieldCondition) and [c.op for c in where.comparisons] == ["eq"]:
+    if isinstance(where, model.FieldCondition) and [c.op for c in where.comparisons] == ["eq"]:
         value = where.comparisons[0].value
         if isinstance(value, str):
             return f"{value.replace('_', ' ')} {types}"
@@ -225,7 +215,7 @@ def _event_noun(cond: EventCondition, *, plural: bool = False) -> str:
     return f"{types} {_clause(where)}"
 
 
-def _window(window: Window | None) -> str:
+def _window(window: model.Window | None) -> str:
     if window is None:
         return ""
     if window.kind == "within":
@@ -239,7 +229,7 @@ def _window(window: Window | None) -> str:
 # YAML
 
 
-def definition_yaml(segment: Segment) -> tuple[str, YamlSource]:
+def definition_yaml(segment: model.Segment) -> tuple[str, YamlSource]:
     """The segment's YAML as approved: its file's text if it still has the segment's
     digest (comments and layout kept), else the definition written in the segment
     language. Returns the text and where it came from."""
@@ -256,7 +246,7 @@ def definition_yaml(segment: Segment) -> tuple[str, YamlSource]:
     return canonical_yaml(segment), "canonical"
 
 
-def canonical_yaml(segment: Segment) -> str:
+def canonical_yaml(segment: model.Segment) -> str:
     """The definition in the segment language (docs/segments.md), keys in file order."""
     body: dict[str, object] = {"name": segment.name}
     if segment.description:
@@ -271,14 +261,14 @@ def canonical_yaml(segment: Segment) -> str:
     )
 
 
-def _yaml_condition(cond: Condition) -> object:
-    if isinstance(cond, AllOf):
+def _yaml_condition(cond: model.Condition) -> object:
+    if isinstance(cond, model.AllOf):
         return {"all": [_yaml_condition(c) for c in cond.conditions]}
-    if isinstance(cond, AnyOf):
+    if isinstance(cond, model.AnyOf):
         return {"any": [_yaml_condition(c) for c in cond.conditions]}
-    if isinstance(cond, Not):
+    if isinstance(cond, model.Not):
         return {"not": _yaml_condition(cond.condition)}
-    if isinstance(cond, EventCondition):
+    if isinstance(cond, model.EventCondition):
         event: dict[str, object] = {
             "type": cond.types[0] if len(cond.types) == 1 else list(cond.types)
         }
@@ -292,7 +282,7 @@ def _yaml_condition(cond: Condition) -> object:
     return {cond.field: _yaml_comparisons(cond.comparisons)}
 
 
-def _yaml_comparisons(comparisons: tuple[Comparison, ...]) -> dict[str, object]:
+def _yaml_comparisons(comparisons: tuple[model.Comparison, ...]) -> dict[str, object]:
     return {c.op: list(c.value) if isinstance(c.value, tuple) else c.value for c in comparisons}
 
 

@@ -33,20 +33,9 @@ import polars as pl
 import sqlglot.expressions as exp
 
 from audiences.core.errors import InternalError, SegmentError
+from audiences.segments import model
 from audiences.segments.compiler import born_by, count_meaning, top_level_parts
 from audiences.segments.context import SegmentContext
-from audiences.segments.model import (
-    AllOf,
-    AnyOf,
-    Comparison,
-    Condition,
-    EventCondition,
-    FieldCondition,
-    Not,
-    Segment,
-    Window,
-    classify_field,
-)
 from audiences.segments.validate import Category, category, check_segment, comparison_value
 
 Dialect = Literal["duckdb", "postgres", "snowflake", "bigquery"]
@@ -75,7 +64,7 @@ class SqlTables:
 
 
 def segment_sql(
-    segment: Segment,
+    segment: model.Segment,
     contacts_schema: pl.Schema,
     events_schema: pl.Schema | None,
     ctx: SegmentContext,
@@ -98,7 +87,7 @@ def segment_sql(
 
 
 def segment_sql_text(
-    segment: Segment,
+    segment: model.Segment,
     contacts_schema: pl.Schema,
     events_schema: pl.Schema | None,
     ctx: SegmentContext,
@@ -123,7 +112,7 @@ def segment_sql_text(
 
 @dataclass
 class _Plan:
-    counts: dict[str, tuple[str, EventCondition]] = field(default_factory=dict)
+    counts: dict[str, tuple[str, model.EventCondition]] = field(default_factory=dict)
     last_seen: dict[str, str] = field(default_factory=dict)
 
 
@@ -146,7 +135,7 @@ class _SqlCompiler:
 
     # -- statement -----------------------------------------------------------------------
 
-    def select(self, segment: Segment, columns: list[str]) -> exp.Select:
+    def select(self, segment: model.Segment, columns: list[str]) -> exp.Select:
         for name in columns:
             if name not in self.contacts_schema:
                 raise SegmentError(
@@ -156,9 +145,9 @@ class _SqlCompiler:
         filters: list[exp.Expr] = []
         for part in top_level_parts(segment):
             event, negated = part, False
-            if isinstance(part, Not) and isinstance(part.condition, EventCondition):
+            if isinstance(part, model.Not) and isinstance(part.condition, model.EventCondition):
                 event, negated = part.condition, True
-            if isinstance(event, EventCondition) and count_meaning(event.count) is not None:
+            if isinstance(event, model.EventCondition) and count_meaning(event.count) is not None:
                 wanted = (count_meaning(event.count) == "some") != negated
                 exists = exp.Exists(this=self.matching_events(event))
                 filters.append(exists if wanted else exp.Not(this=exists))
@@ -183,7 +172,7 @@ class _SqlCompiler:
             raise InternalError("event condition compiled without an events table")
         return self.tables.table(self.tables.events, _EVENTS)
 
-    def matching_events(self, event: EventCondition) -> exp.Select:
+    def matching_events(self, event: model.EventCondition) -> exp.Select:
         same_contact = exp.EQ(
             this=_col(self.ctx.event_contact_id, _EVENTS),
             expression=_col(self.ctx.contact_id, _CONTACTS),
@@ -224,14 +213,14 @@ class _SqlCompiler:
 
     # -- contact level -------------------------------------------------------------------
 
-    def condition(self, cond: Condition) -> exp.Expr:
-        if isinstance(cond, AllOf):
+    def condition(self, cond: model.Condition) -> exp.Expr:
+        if isinstance(cond, model.AllOf):
             return exp.and_(*(self.condition(c) for c in cond.conditions))
-        if isinstance(cond, AnyOf):
+        if isinstance(cond, model.AnyOf):
             return exp.or_(*(self.condition(c) for c in cond.conditions))
-        if isinstance(cond, Not):
+        if isinstance(cond, model.Not):
             return exp.Not(this=exp.paren(self.condition(cond.condition)))
-        if isinstance(cond, EventCondition):
+        if isinstance(cond, model.EventCondition):
             count = exp.Coalesce(
                 this=_col(self.count_column(cond), _AGGREGATES),
                 expressions=[exp.Literal.number(0)],
@@ -239,14 +228,14 @@ class _SqlCompiler:
             return exp.and_(*(_ordered(count, c.op, _values(c)) for c in cond.count))
         return self.contact_field(cond)
 
-    def count_column(self, event: EventCondition) -> str:
+    def count_column(self, event: model.EventCondition) -> str:
         key = event.filter_key()
         if key not in self.plan.counts:
             self.plan.counts[key] = (f"count_{len(self.plan.counts)}", event)
         return self.plan.counts[key][0]
 
-    def contact_field(self, cond: FieldCondition) -> exp.Expr:
-        kind, base = classify_field(cond.field)
+    def contact_field(self, cond: model.FieldCondition) -> exp.Expr:
+        kind, base = model.classify_field(cond.field)
         if kind == "column":
             column = _col(cond.field, _CONTACTS)
             return self.comparisons(column, cond, self.contacts_schema[cond.field])
@@ -284,7 +273,7 @@ class _SqlCompiler:
         self,
         value: exp.Expr,
         dtype: pl.DataType,
-        cond: FieldCondition,
+        cond: model.FieldCondition,
         last_day: _LastDay,
     ) -> exp.Expr:
         """Comparisons of a whole number that falls as the day of ``value`` rises.
@@ -372,14 +361,16 @@ class _SqlCompiler:
 
     # -- comparisons ---------------------------------------------------------------------
 
-    def comparisons(self, value: exp.Expr, cond: FieldCondition, dtype: pl.DataType) -> exp.Expr:
+    def comparisons(
+        self, value: exp.Expr, cond: model.FieldCondition, dtype: pl.DataType
+    ) -> exp.Expr:
         cat = category(dtype)
         return exp.and_(*(self.compare(value, c, cat, dtype, cond.field) for c in cond.comparisons))
 
     def compare(
         self,
         value: exp.Expr,
-        comparison: Comparison,
+        comparison: model.Comparison,
         cat: Category,
         dtype: pl.DataType,
         name: str,
@@ -509,7 +500,7 @@ class _SqlCompiler:
             return exp.EQ(this=column, expression=exp.Literal.string(types[0]))
         return exp.In(this=column, expressions=[exp.Literal.string(t) for t in types])
 
-    def event_filter(self, event: EventCondition) -> exp.Expr:
+    def event_filter(self, event: model.EventCondition) -> exp.Expr:
         parts = [self.event_type_is(list(event.types))]
         if event.window is not None:
             parts.append(self.window(event.window))
@@ -517,20 +508,20 @@ class _SqlCompiler:
             parts.append(exp.paren(self.event_condition(event.where)))
         return exp.and_(*parts)
 
-    def event_condition(self, cond: Condition) -> exp.Expr:
+    def event_condition(self, cond: model.Condition) -> exp.Expr:
         assert self.events_schema is not None
-        if isinstance(cond, AllOf):
+        if isinstance(cond, model.AllOf):
             return exp.and_(*(self.event_condition(c) for c in cond.conditions))
-        if isinstance(cond, AnyOf):
+        if isinstance(cond, model.AnyOf):
             return exp.or_(*(self.event_condition(c) for c in cond.conditions))
-        if isinstance(cond, Not):
+        if isinstance(cond, model.Not):
             return _not(self.event_condition(cond.condition))
-        if isinstance(cond, EventCondition):  # pragma: no cover - the loader forbids it
+        if isinstance(cond, model.EventCondition):  # pragma: no cover - the loader forbids it
             raise InternalError("event condition nested in an event filter")
         column = _col(cond.field, _EVENTS)
         return self.comparisons(column, cond, self.events_schema[cond.field])
 
-    def window(self, window: Window) -> exp.Expr:
+    def window(self, window: model.Window) -> exp.Expr:
         first, last = window.day_range(self.ctx.as_of)
         time = _col(self.ctx.event_time, _EVENTS)
         return exp.and_(
@@ -546,7 +537,7 @@ def _col(name: str, table: str) -> exp.Column:
     return exp.column(name, table=table, quoted=True)
 
 
-def _values(comparison: Comparison) -> tuple[object, ...]:
+def _values(comparison: model.Comparison) -> tuple[object, ...]:
     raw = comparison.value
     return raw if isinstance(raw, tuple) else (raw,)
 
@@ -555,7 +546,7 @@ def _not(condition: exp.Expr) -> exp.Expr:
     return exp.Not(this=exp.paren(condition))
 
 
-def _null_test(value: exp.Expr, comparison: Comparison) -> exp.Expr:
+def _null_test(value: exp.Expr, comparison: model.Comparison) -> exp.Expr:
     wants_null = (comparison.op == "is_null") == bool(comparison.value)
     test = exp.Is(this=value, expression=exp.Null())
     return test if wants_null else exp.Not(this=test)

@@ -16,21 +16,9 @@ from typing import Literal
 import polars as pl
 
 from audiences.core.errors import SegmentError
+from audiences.segments import model
 from audiences.segments.context import SegmentContext
 from audiences.segments.loader import parse_iso_date, parse_iso_datetime, suggest
-from audiences.segments.model import (
-    AGE_FIELD,
-    DAYS_SINCE_PREFIX,
-    AllOf,
-    AnyOf,
-    Comparison,
-    Condition,
-    EventCondition,
-    FieldCondition,
-    Not,
-    Segment,
-    classify_field,
-)
 
 Category = Literal[
     "string", "string_list", "list", "number", "boolean", "date", "datetime", "other"
@@ -103,7 +91,7 @@ class SegmentIssue:
 
 
 def validate_segment(
-    segment: Segment,
+    segment: model.Segment,
     contacts_schema: pl.Schema,
     events_schema: pl.Schema | None,
     ctx: SegmentContext,
@@ -118,7 +106,7 @@ def validate_segment(
 
 
 def check_segment(
-    segment: Segment,
+    segment: model.Segment,
     contacts_schema: pl.Schema,
     events_schema: pl.Schema | None,
     ctx: SegmentContext,
@@ -146,7 +134,7 @@ def comparison_value(value: object, cat: Category) -> object:
 class _Checker:
     def __init__(
         self,
-        segment: Segment,
+        segment: model.Segment,
         contacts_schema: pl.Schema,
         events_schema: pl.Schema | None,
         ctx: SegmentContext,
@@ -173,13 +161,13 @@ class _Checker:
 
     # -- tree ----------------------------------------------------------------------------
 
-    def condition(self, cond: Condition, *, events: bool) -> None:
-        if isinstance(cond, AllOf | AnyOf):
+    def condition(self, cond: model.Condition, *, events: bool) -> None:
+        if isinstance(cond, model.AllOf | model.AnyOf):
             for child in cond.conditions:
                 self.condition(child, events=events)
-        elif isinstance(cond, Not):
+        elif isinstance(cond, model.Not):
             self.condition(cond.condition, events=events)
-        elif isinstance(cond, EventCondition):
+        elif isinstance(cond, model.EventCondition):
             self.event(cond)
         elif events:
             self.event_field(cond)
@@ -188,8 +176,8 @@ class _Checker:
 
     # -- contact fields ------------------------------------------------------------------
 
-    def contact_field(self, cond: FieldCondition) -> None:
-        kind, base = classify_field(cond.field)
+    def contact_field(self, cond: model.FieldCondition) -> None:
+        kind, base = model.classify_field(cond.field)
         if kind == "column":
             dtype = self.contacts.get(cond.field)
             if dtype is None:
@@ -237,9 +225,9 @@ class _Checker:
     def contact_names(self) -> list[str]:
         names = list(self.contacts.names())
         if self.ctx.birth_date and self.ctx.birth_date in self.contacts:
-            names.append(AGE_FIELD)
+            names.append(model.AGE_FIELD)
         names += [
-            f"{DAYS_SINCE_PREFIX}{name}"
+            f"{model.DAYS_SINCE_PREFIX}{name}"
             for name, dtype in self.contacts.items()
             if category(dtype) in ("date", "datetime")
         ]
@@ -298,13 +286,13 @@ class _Checker:
             self.events_ok = True
         return self.events_ok
 
-    def event(self, cond: EventCondition) -> None:
+    def event(self, cond: model.EventCondition) -> None:
         if not self.need_events(cond.line, "event"):
             return
         if cond.where is not None:
             self.condition(cond.where, events=True)
 
-    def event_field(self, cond: FieldCondition) -> None:
+    def event_field(self, cond: model.FieldCondition) -> None:
         assert self.events is not None
         dtype = self.events.get(cond.field)
         if dtype is None:
@@ -318,7 +306,7 @@ class _Checker:
 
     # -- operators and values ------------------------------------------------------------
 
-    def comparisons(self, cond: FieldCondition, dtype: pl.DataType) -> None:
+    def comparisons(self, cond: model.FieldCondition, dtype: pl.DataType) -> None:
         cat = category(dtype)
         allowed = OPERATORS_BY_CATEGORY[cat]
         for comparison in cond.comparisons:
@@ -333,7 +321,9 @@ class _Checker:
                 continue
             self.values(cond.field, comparison, cat, line)
 
-    def values(self, field: str, comparison: Comparison, cat: Category, line: int | None) -> None:
+    def values(
+        self, field: str, comparison: model.Comparison, cat: Category, line: int | None
+    ) -> None:
         op = comparison.op
         if op in _NULLS:
             return
@@ -370,7 +360,7 @@ def _value_problem(value: object, cat: Category, op: str, field: str) -> tuple[s
     if cat == "number":
         if isinstance(value, int | float) and not isinstance(value, bool):
             return None
-        if field.startswith(DAYS_SINCE_PREFIX):
+        if field.startswith(model.DAYS_SINCE_PREFIX):
             fix = "write a number of days or a duration such as 30d, 18mo, 2y"
         else:
             fix = "write a number without quotes"
@@ -416,21 +406,21 @@ class ValueTest:
     events: bool
 
 
-def value_tests(segment: Segment) -> list[ValueTest]:
+def value_tests(segment: model.Segment) -> list[ValueTest]:
     """The equality tests of ``segment`` on plain columns, with their exact values
     (prefix patterns such as ``NY*`` are left out)."""
     found: list[ValueTest] = []
 
-    def walk(cond: Condition, events: bool) -> None:
-        if isinstance(cond, AllOf | AnyOf):
+    def walk(cond: model.Condition, events: bool) -> None:
+        if isinstance(cond, model.AllOf | model.AnyOf):
             for child in cond.conditions:
                 walk(child, events)
-        elif isinstance(cond, Not):
+        elif isinstance(cond, model.Not):
             walk(cond.condition, events)
-        elif isinstance(cond, EventCondition):
+        elif isinstance(cond, model.EventCondition):
             if cond.where is not None:
                 walk(cond.where, True)
-        elif events or classify_field(cond.field)[0] == "column":
+        elif events or model.classify_field(cond.field)[0] == "column":
             for comparison in cond.comparisons:
                 if comparison.op not in _EQUALITY:
                     continue
