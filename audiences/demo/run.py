@@ -138,11 +138,13 @@ def main() -> None:
     as_of = datetime.now(UTC).date().isoformat()
     keys = Path(tempfile.mkdtemp(prefix="audiences-demo-keys-"))  # outside the repo
     try:
-        _set_up_and_approve(project, as_of, keys)
+        _set_up(project, as_of, keys)
         with running(project) as boxes:
+            # the endpoints first: an approval binds the server the members go to
             point_at_sandboxes(
                 project, boxes.meta_url, boxes.google_endpoint, boxes.data_manager_endpoint
             )
+            _approve(project, keys)
             outcome = _build_and_sync(project, as_of)
             audiences = {
                 "meta": {aid: len(boxes.meta.members(aid)) for aid in boxes.meta.audience_ids()},
@@ -159,8 +161,8 @@ def main() -> None:
     )
 
 
-def _set_up_and_approve(project: Path, as_of: str, keys: Path) -> None:
-    """init → sample-data → validate → keygen (the public key into the config) → approve."""
+def _set_up(project: Path, as_of: str, keys: Path) -> None:
+    """init → sample-data → validate → keygen (the public key into the config)."""
     run(["init", str(project)], project=Path("."))
     run(
         [
@@ -191,6 +193,10 @@ def _set_up_and_approve(project: Path, as_of: str, keys: Path) -> None:
         highlight=False,
         markup=False,
     )
+
+
+def _approve(project: Path, keys: Path) -> None:
+    """review → approve, each segment (the officer signs what the review showed)."""
     for segment in SEGMENTS:
         run(["review", segment], project=project, expect=(0, 3))  # what the officer signs
         run(
