@@ -23,12 +23,14 @@ keyed BLAKE3 of the file's bytes under a key derived from the project secret
 the segment, the destination and the file's role, so a file edited, swapped in from
 another audience or made by hand fails :meth:`MembershipStore.load` with the one-line
 error of an unreadable file (``audiences state repair`` moves it aside and the audience is
-replaced in full). The file is written first with the ``.mac`` listing its new and its
-previous authenticator, then the ``.mac`` is rewritten with the new one only: a crash
-between the steps leaves a file that verifies. A snapshot without its ``.mac`` (written
-before snapshots were sealed, or its ``.mac`` removed) is never read: its audience is
-replaced in full on its next sync (:func:`replace_reason`), from the release alone.
-Whoever holds ``record.key`` (the whole state folder) can still seal a file of their own.
+replaced in full). A write first lists the new and the previous authenticator in the
+``.mac``, then replaces the file, then lists the new one only: a crash between the steps
+leaves a file that verifies. A snapshot whose contents can't be checked at all — no
+``.mac`` (written before snapshots were sealed, or removed) or sealed under another
+``record.key`` (the ``.mac`` names the key by a public id) — is never read: its audience
+is replaced in full on its next sync (:func:`replace_reason`), from the release alone, and
+other commands that need it refuse it like a damaged file. Whoever holds ``record.key``
+(the whole state folder) can still seal a file of their own.
 """
 
 from __future__ import annotations
@@ -95,11 +97,17 @@ def _role(store: MembershipStore, path: Path) -> str:
     return f"journal {path.parent.name}/{path.name}"
 
 
-def _mac(store: MembershipStore, path: Path, data: bytes) -> str:
+def _keys(store: MembershipStore) -> tuple[bytes, str]:
+    """The MAC key of the store's files and its public id (tells "sealed under another
+    record.key" from "edited"; the id reveals nothing about the key)."""
     from audiences.pipeline import state_record  # state_record imports this module
 
     secret = state_record.project_secret(store.state_dir)
     key = state_record.derived_key(secret, _MAC_DOMAIN, b"file mac")
+    return key, state_record.derived_key(secret, _MAC_DOMAIN, b"key id").hex()[:16]
+
+
+def _mac(store: MembershipStore, path: Path, data: bytes, key: bytes) -> str:
     bound = json.dumps(
         [1, store.segment, store.destination, _role(store, path)], separators=(",", ":")
     ).encode()
@@ -109,14 +117,19 @@ def _mac(store: MembershipStore, path: Path, data: bytes) -> str:
     return mac.hexdigest()
 
 
-def _macs(path: Path) -> list[str] | None:
-    """The authenticators listed beside ``path``; ``None`` when there is no ``.mac``."""
+def _seal_of(path: Path) -> dict[str, object] | None:
+    """The ``.mac`` beside ``path`` (``{}`` when unreadable), ``None`` when there is none."""
     try:
-        listed = json.loads(mac_path(path).read_text(encoding="utf-8")).get("mac")
+        seal = json.loads(mac_path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, AttributeError):
-        return []  # unreadable: nothing verifies
+    except (OSError, ValueError):
+        return {}
+    return seal if isinstance(seal, dict) else {}
+
+
+def _macs(seal: dict[str, object] | None) -> list[str]:
+    listed = (seal or {}).get("mac")
     return [m for m in listed if isinstance(m, str)] if isinstance(listed, list) else []
 
 
@@ -125,16 +138,34 @@ def _write_sealed(store: MembershipStore, path: Path, frame: pl.DataFrame) -> No
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
     data = buffer.getvalue()
-    new = _mac(store, path, data)
+    key, key_id = _keys(store)
+    new = _mac(store, path, data, key)
     ensure_private_dir(path.parent)
 
     def seal(macs: list[str]) -> None:
-        text = json.dumps({"v": 1, "mac": macs})
+        text = json.dumps({"v": 1, "key": key_id, "mac": macs})
         write_with(mac_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
-    seal([new, *(_macs(path) or [])[:2]])
+    seal([new, *_macs(_seal_of(path))[:2]])
     write_with(path, lambda tmp: tmp.write_bytes(data))
     seal([new])
+
+
+def unknown_seal(store: MembershipStore, path: Path) -> str | None:
+    """Why the file at ``path`` can't be verified at all (no ``.mac``, or sealed under
+    another ``record.key``), ``None`` when it can (or does not exist): its contents are
+    then unknown, which a full replace settles without reading them."""
+    if not path.exists():
+        return None
+    seal = _seal_of(path)
+    if seal is None:
+        return (
+            f"it has no authenticator {mac_path(path).name}: written before snapshots "
+            "were sealed, or the authenticator was removed"
+        )
+    if seal.get("key") != _keys(store)[1]:
+        return "it was sealed under another record.key (the project secret was replaced)"
+    return None
 
 
 def _unlink_sealed(path: Path) -> None:
@@ -154,18 +185,13 @@ def _read(path: Path, what: str, store: MembershipStore) -> pl.DataFrame:
         raise refuse("missing") from None
     except OSError as exc:
         raise refuse(exc.strerror or type(exc).__name__) from None
-    macs = _macs(path)
-    if macs is None:
+    unknown = unknown_seal(store, path)
+    if unknown is not None:
+        raise refuse(unknown, "not trusted")
+    mac = _mac(store, path, data, _keys(store)[0])
+    if not any(hmac.compare_digest(mac, m) for m in _macs(_seal_of(path))):
         raise refuse(
-            f"it has no authenticator {mac_path(path).name}: written before snapshots were "
-            "sealed, or the file was removed",
-            "not trusted",
-        )
-    mac = _mac(store, path, data)
-    if not any(hmac.compare_digest(mac, m) for m in macs):
-        raise refuse(
-            "it fails its authentication: edited, replaced, taken from another audience, "
-            "or record.key changed",
+            "it fails its authentication: edited, replaced or taken from another audience",
             "not trusted",
         )
     try:
@@ -231,9 +257,6 @@ class MembershipStore:
     def save(self, frame: pl.DataFrame) -> None:
         _write_sealed(self, self.snapshot_path, frame)
 
-    def sealed(self) -> bool:
-        """False when a snapshot exists without its ``.mac`` (its contents are unknown)."""
-        return not self.snapshot_path.exists() or mac_path(self.snapshot_path).exists()
 
     # ---- journal -----------------------------------------------------------------
     def write_intent(self, sync_id: str, seq: int, op: str, rows: pl.DataFrame) -> Path:
@@ -387,12 +410,9 @@ def replace_reason(conn, store: MembershipStore) -> str | None:  # type: ignore[
     ).fetchone()
     if row is not None:
         return str(row[0])
-    if not store.sealed():  # never read: what it lists may not be what the platform holds
-        return (
-            f"membership snapshot {store.snapshot_path} has no authenticator "
-            f"({mac_path(store.snapshot_path).name}; written before snapshots were sealed, "
-            "or removed): its contents are not trusted"
-        )
+    unknown = unknown_seal(store, store.snapshot_path)
+    if unknown is not None:  # never read: it may list people the platform was never sent
+        return f"membership snapshot {store.snapshot_path} is not trusted ({unknown})"
     if store.snapshot_path.exists():
         return None
     earlier = conn.execute(
