@@ -73,11 +73,14 @@ class UnreadableStateFile(StateError):
         *,
         verdict: str = "unreadable",
     ) -> None:
+        # a full refresh keeps held removals, so it reads the snapshot: not for an
+        # untrusted one, which only a repair (and the full replace it schedules) settles
+        refresh = "" if verdict != "unreadable" else f" or `audiences sync {segment} --full-refresh`"
         super().__init__(
             f"{what} {path} is {verdict} ({reason}); what the platform holds for "
             f"{segment}->{destination} is unknown",
             "run `audiences state repair` (the audience is then replaced in full on its next "
-            f"sync) or `audiences sync {segment} --full-refresh`",
+            f"sync){refresh}",
         )
         self.path = path
 
@@ -163,7 +166,8 @@ def unknown_seal(store: MembershipStore, path: Path) -> str | None:
             f"it has no authenticator {mac_path(path).name}: written before snapshots "
             "were sealed, or the authenticator was removed"
         )
-    if seal.get("key") != _keys(store)[1]:
+    key_id = seal.get("key")  # a garbled .mac names none: it then fails its authentication
+    if isinstance(key_id, str) and key_id != _keys(store)[1]:
         return "it was sealed under another record.key (the project secret was replaced)"
     return None
 
