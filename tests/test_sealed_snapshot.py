@@ -191,8 +191,9 @@ def test_store_refuses_missing_or_garbled_mac_and_survives_a_crash_mid_write(
 ) -> None:
     meta, _ = stores
     meta.save(FRAME)
-    old_bytes, old_seal = meta.snapshot_path.read_bytes(), json.loads(
-        mac_path(meta.snapshot_path).read_text()
+    old_bytes, old_seal = (
+        meta.snapshot_path.read_bytes(),
+        json.loads(mac_path(meta.snapshot_path).read_text()),
     )
     mac_path(meta.snapshot_path).write_text("{not json")
     with pytest.raises(UnreadableStateFile, match="fails its authentication"):

@@ -75,7 +75,9 @@ class UnreadableStateFile(StateError):
     ) -> None:
         # a full refresh keeps held removals, so it reads the snapshot: not for an
         # untrusted one, which only a repair (and the full replace it schedules) settles
-        refresh = "" if verdict != "unreadable" else f" or `audiences sync {segment} --full-refresh`"
+        refresh = (
+            "" if verdict != "unreadable" else f" or `audiences sync {segment} --full-refresh`"
+        )
         super().__init__(
             f"{what} {path} is {verdict} ({reason}); what the platform holds for "
             f"{segment}->{destination} is unknown",
@@ -260,7 +262,6 @@ class MembershipStore:
 
     def save(self, frame: pl.DataFrame) -> None:
         _write_sealed(self, self.snapshot_path, frame)
-
 
     # ---- journal -----------------------------------------------------------------
     def write_intent(self, sync_id: str, seq: int, op: str, rows: pl.DataFrame) -> Path:
