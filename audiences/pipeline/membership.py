@@ -191,6 +191,11 @@ def _read(path: Path, what: str, store: MembershipStore) -> pl.DataFrame:
         raise refuse("missing") from None
     except OSError as exc:
         raise refuse(exc.strerror or type(exc).__name__) from None
+    try:  # parsed first (never used unless it verifies): a damaged file says so
+        frame = pl.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # polars raises ComputeError, OSError, ... for a damaged file
+        reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        raise refuse(reason) from None
     unknown = unknown_seal(store, path)
     if unknown is not None:
         raise refuse(unknown, "not trusted")
@@ -200,11 +205,7 @@ def _read(path: Path, what: str, store: MembershipStore) -> pl.DataFrame:
             "it fails its authentication: edited, replaced or taken from another audience",
             "not trusted",
         )
-    try:
-        return pl.read_parquet(io.BytesIO(data))
-    except Exception as exc:  # polars raises ComputeError, OSError, ... for a damaged file
-        reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
-        raise refuse(reason) from None
+    return frame
 
 
 @dataclass(frozen=True)
