@@ -345,12 +345,85 @@ def _mint_batch(
     return draft
 
 
+# ---------------------------------------------------------------------------- confirmed
+@dataclass(frozen=True, eq=False)
+class Confirmed:
+    """What the platform was sent before for one audience (segment, destination), as the
+    membership store read it after verifying its files' authenticators: the only
+    ``confirmed`` that :func:`removal_batch` and :func:`release_batch` accept.
+
+    Minted by :func:`confirmed_snapshot` only. The rows it vouches for are the copy made
+    when it was minted (kept in this module), so later edits to :attr:`rows` or a swapped
+    frame widen nothing; it can't be subclassed, copied into another object or pickled.
+    """
+
+    segment: str
+    destination: str
+    rows: pl.DataFrame
+    _capability: InitVar[object]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError("Confirmed can't be subclassed: only the membership store vouches")
+
+    def __post_init__(self, _capability: object) -> None:
+        if _capability is not _CAPABILITY or type(self) is not Confirmed:
+            raise InternalError("a Confirmed snapshot is minted by confirmed_snapshot only")
+
+    def __copy__(self) -> Confirmed:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Confirmed:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Confirmed snapshot can't be pickled: it is only valid in this process")
+
+
+# The rows each live Confirmed vouches for, as cloned when it was minted.
+_VOUCHED: weakref.WeakKeyDictionary[Confirmed, pl.DataFrame] = weakref.WeakKeyDictionary()
+
+
+def confirmed_snapshot(rows: pl.DataFrame, *, segment: str, destination: str) -> Confirmed:
+    """Vouch for ``rows`` as what the platform holds or may hold for ``segment`` on
+    ``destination``. Called by the membership pipeline only, with rows it read from
+    verified state files (``audiences.pipeline.batches._sent_before``).
+
+    This is no cryptographic barrier against code in this process: a Python caller can
+    call it too. It keeps hand-made frames out of removal and replace batches; edited or
+    swapped state files are refused before this, when the store verifies them.
+    """
+    if not isinstance(rows, pl.DataFrame):
+        raise InternalError(f"a confirmed snapshot is a DataFrame, not {type(rows).__name__}")
+    vouched = Confirmed(segment, destination, rows, _capability=_CAPABILITY)
+    _VOUCHED[vouched] = rows.clone()
+    return vouched
+
+
+def _vouched(release: Release, op: str, confirmed: object) -> pl.DataFrame:
+    """The rows ``confirmed`` vouches for, if it was minted here for ``release``'s audience."""
+    checked = _verified(release)
+    rows = _VOUCHED.get(confirmed) if type(confirmed) is Confirmed else None
+    if rows is None or not isinstance(confirmed, Confirmed):
+        raise InternalError(
+            f"refusing a {op} batch of release {checked.release_id}: rows not in the confirmed "
+            f"snapshot (a {type(confirmed).__name__} is not a snapshot the membership store "
+            "verified and vouched for)"
+        )
+    theirs = (confirmed.segment, confirmed.destination)
+    if theirs != (release.segment, checked.destination):
+        raise InternalError(
+            f"refusing a {op} batch of release {checked.release_id}: the confirmed snapshot is "
+            f"{theirs[0]}->{theirs[1]}'s, not {release.segment}->{checked.destination}'s"
+        )
+    return rows
+
+
 def release_batch(
-    release: Release, op: str, rows: pl.DataFrame, *, confirmed: pl.DataFrame | None = None
+    release: Release, op: str, rows: pl.DataFrame, *, confirmed: Confirmed | None = None
 ) -> ReleaseBatch:
     """A sealed add / replace batch: ``rows`` must be rows of ``release.members`` — or, for
     a replace that keeps people whose removal is held, rows of ``confirmed`` (what the
-    platform was sent before)."""
+    platform was sent before, vouched for by the membership store)."""
     if op == "remove":
         raise InternalError("a removal batch is minted by removal_batch (from the snapshot)")
     if release.purpose == "removal":
@@ -358,24 +431,25 @@ def release_batch(
             f"release {release.release_id} only removes people: it mints no {op} batch"
         )
     if op == "replace" and confirmed is not None and isinstance(rows, pl.DataFrame):
+        sent = _vouched(release, op, confirmed)
         members = _verified(release).members
-        if set(rows.columns) <= set(members.columns) & set(confirmed.columns):
+        if set(rows.columns) <= set(members.columns) & set(sent.columns):
             either = pl.concat(
-                [members.select(rows.columns), confirmed.select(rows.columns)],
+                [members.select(rows.columns), sent.select(rows.columns)],
                 how="vertical_relaxed",
             )
             return _mint_batch(release, op, rows, either)
     return _mint_batch(release, op, rows, None)
 
 
-def removal_batch(release: Release, rows: pl.DataFrame, *, confirmed: pl.DataFrame) -> ReleaseBatch:
+def removal_batch(release: Release, rows: pl.DataFrame, *, confirmed: Confirmed) -> ReleaseBatch:
     """A sealed remove batch for ``release``'s audience: ``rows`` must be rows of
-    ``confirmed`` (what the platform was sent before: the sync's confirmed snapshot plus
-    rows of unconfirmed batches), so people who left the release can still be removed.
+    ``confirmed`` (what the platform was sent before: the sync's verified snapshot plus
+    rows of unconfirmed batches, vouched for by the membership store with
+    :func:`confirmed_snapshot` for this audience), so people who left the release can
+    still be removed — and nobody the platform was never sent.
     """
-    if not isinstance(confirmed, pl.DataFrame):
-        raise InternalError("removal_batch needs the confirmed snapshot as a DataFrame")
-    return _mint_batch(release, "remove", rows, confirmed)
+    return _mint_batch(release, "remove", rows, _vouched(release, "remove", confirmed))
 
 
 def require_batch(obj: object, release: Release) -> ReleaseBatch:
@@ -394,8 +468,10 @@ def require_batch(obj: object, release: Release) -> ReleaseBatch:
 
 __all__ = [
     "BATCH_OPS",
+    "Confirmed",
     "Release",
     "ReleaseBatch",
+    "confirmed_snapshot",
     "frame_digest",
     "release_batch",
     "removal_batch",

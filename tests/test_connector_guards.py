@@ -20,7 +20,13 @@ from audiences.core.errors import InternalError
 from audiences.pipeline.sync import make_connector
 from connectors.base import AudienceConnector
 from connectors.file import FileConnector
-from policies.release import ReleaseBatch, release_batch, removal_batch
+from policies.release import (
+    Confirmed,
+    ReleaseBatch,
+    confirmed_snapshot,
+    release_batch,
+    removal_batch,
+)
 
 SEGMENT = """\
 name: guards
@@ -144,11 +150,17 @@ def test_the_audience_is_named_after_the_release(project: Any) -> None:
     assert info["operation_status"]["code"] == 200  # a neutral name is not flagged
 
 
+def vouched(release: Any, rows: pl.DataFrame, **where: str) -> Confirmed:
+    """What the membership store mints after verifying its files (done by hand here)."""
+    where = {"segment": release.segment, "destination": release.destination, **where}
+    return confirmed_snapshot(rows, **where)
+
+
 def test_removal_batches_come_only_from_the_confirmed_snapshot(project: Any) -> None:
     release = releases(project)["meta"]
     confirmed = release.members.head(20)  # what the platform confirmed earlier
     left = confirmed.head(3).with_columns((pl.col("member_key") + 10**12).alias("member_key"))
-    snapshot = pl.concat([confirmed, left])  # three people who have left the release
+    snapshot = vouched(release, pl.concat([confirmed, left]))  # three people who have left
     batch = removal_batch(release, left, confirmed=snapshot)
     assert (batch.op, batch.height) == ("remove", 3) and batch.verify()
     stranger = left.head(1).with_columns(pl.lit(sha("stranger@example.com")).alias("EMAIL"))
@@ -157,17 +169,34 @@ def test_removal_batches_come_only_from_the_confirmed_snapshot(project: Any) -> 
     refused(lambda: removal_batch(release.members, left, confirmed=snapshot), "sealed Release")  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the confirmed snapshot is the sync's state file (audiences/pipeline/"
-    "membership.py), not sealed; a Python caller can hand any frame as the snapshot",
-)
 def test_attack_removal_with_a_made_up_snapshot_is_refused(project: Any) -> None:
     release = releases(project)["meta"]
     made_up = release.members.head(1).with_columns(
         pl.lit(sha("stranger@example.com")).alias("EMAIL"), pl.lit(1, pl.UInt64).alias("member_key")
     )
-    refused(lambda: removal_batch(release, made_up, confirmed=made_up), "not in the confirmed")
+    refused(lambda: removal_batch(release, made_up, confirmed=made_up), "not in the confirmed")  # type: ignore[arg-type]
+    # nor in a replace that keeps "held" rows of the snapshot
+    refused(lambda: release_batch(release, "replace", made_up, confirmed=made_up),  # type: ignore[arg-type]
+            "not in the confirmed")  # fmt: skip
+    refused(lambda: Confirmed("s", "meta", made_up, _capability=None), "minted by")
+
+
+def test_attack_editing_a_vouched_snapshot_widens_nothing(project: Any) -> None:
+    release = releases(project)["meta"]
+    snapshot = vouched(release, release.members.head(5))
+    stranger = release.members.head(1).with_columns(
+        pl.lit(sha("stranger@example.com")).alias("EMAIL")
+    )
+    snapshot.rows[0, "EMAIL"] = sha("stranger@example.com")  # edited after it was vouched
+    refused(lambda: removal_batch(release, stranger, confirmed=snapshot), "not in the confirmed")
+    object.__setattr__(snapshot, "rows", stranger)  # or swapped
+    refused(lambda: removal_batch(release, stranger, confirmed=snapshot), "not in the confirmed")
+    # another audience's snapshot (other segment, other destination) is not this one's
+    theirs = vouched(release, stranger, segment="oncology-patients-NY")
+    refused(lambda: removal_batch(release, stranger, confirmed=theirs), "not .*->meta's")
+    theirs = vouched(release, stranger, destination="google_ads")
+    refused(lambda: removal_batch(release, stranger, confirmed=theirs), "not .*->meta's")
+    assert removal_batch(release, release.members.head(2), confirmed=snapshot).height == 2
 
 
 def test_file_connector_refuses_every_raw_path(project: Any, tmp_path: Path) -> None:

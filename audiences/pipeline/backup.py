@@ -37,6 +37,7 @@ from audiences.pipeline.membership import (
     MembershipStore,
     UnreadableStateFile,
     discard_interrupted,
+    mac_path,
     schedule_replace,
     unconfirmed_batches,
 )
@@ -230,8 +231,9 @@ def repair(config: ProjectConfig) -> list[dict[str, str]]:
                 continue
             aside = state_dir / "damaged" / new_id("x")
             aside.mkdir(parents=True, mode=0o700)
-            if damaged.exists():
-                shutil.move(str(damaged), aside / damaged.name)
+            for path in (damaged, mac_path(damaged)):  # the file and its authenticator
+                if path.exists():
+                    shutil.move(str(path), aside / path.name)
             discard_interrupted(conn, store)
             reason = f"{damaged} was unreadable (moved to {aside})"
             schedule_replace(conn, segment, destination, reason)

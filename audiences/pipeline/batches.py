@@ -28,7 +28,7 @@ from audiences.pipeline.membership import (
 from connectors.base import AudienceConnector, BatchOutcome
 
 if TYPE_CHECKING:
-    from policies.release import Release, ReleaseBatch
+    from policies.release import Confirmed, Release, ReleaseBatch
 
 
 ConnectorFactory = Callable[[ProjectConfig, str], AudienceConnector]
@@ -164,22 +164,28 @@ def _open_sync(conn: sqlite3.Connection, sync_id: str, release: Release, name: s
         )
 
 
-def _send_batches(run: _DestinationRun, changes: list[tuple[str, pl.DataFrame]]) -> None:
-    """Send every change, numbering the journaled batches across ops."""
+def _send_batches(
+    run: _DestinationRun, changes: list[tuple[str, pl.DataFrame]], *, known: bool = True
+) -> None:
+    """Send every change, numbering the journaled batches across ops. ``known=False``:
+    what the platform holds is unknown, the state's rows are not read (a replace then
+    sends release members only)."""
     seq = 0
     for op, frame in changes:
         if frame.height == 0 and op != "replace":
             continue
-        seq = _send_op(run, op, frame, seq)
+        seq = _send_op(run, op, frame, seq, known=known)
 
 
-def _send_op(run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int) -> int:
+def _send_op(
+    run: _DestinationRun, op: str, frame: pl.DataFrame, seq: int, *, known: bool = True
+) -> int:
     """Journal, send and record one op's batches; returns the last batch's seq."""
     size = run.connector.batch_size("add" if op == "replace" else op)
     n = max(1, -(-frame.height // size))
     session: dict[str, Any] = {"total": frame.height}
     unrecorded: list[_Batch] = []  # confirmed batches not yet in the DB
-    sent_before = _sent_before(run) if op in ("remove", "replace") else None
+    sent_before = _sent_before(run) if known and op in ("remove", "replace") else None
     for i in range(n):
         rows = frame.slice(i * size, size)
         seq += 1
@@ -232,14 +238,20 @@ def _journal_outcome(
     run.store.write_intent(run.sync_id, seq, op, rows.filter(~pl.col(KEY).is_in(out)))
 
 
-def _sent_before(run: _DestinationRun) -> pl.DataFrame:
-    """Rows the platform was sent before: the confirmed view plus unconfirmed batches."""
+def _sent_before(run: _DestinationRun) -> Confirmed:
+    """Rows the platform was sent before: the confirmed view plus unconfirmed batches,
+    read from state files whose authenticators verified (the store refuses any other),
+    vouched for as this audience's so the release seals removal and replace batches
+    from them (``policies.release.confirmed_snapshot``: its only caller)."""
+    from policies.release import confirmed_snapshot
+
     parts = [_confirmed_view(run.conn, run.store), unsure_rows(run.conn, run.store)]
-    return pl.concat([p for p in parts if p is not None], how="diagonal_relaxed")
+    rows = pl.concat([p for p in parts if p is not None], how="diagonal_relaxed")
+    return confirmed_snapshot(rows, segment=run.store.segment, destination=run.store.destination)
 
 
 def _sealed(
-    connector: AudienceConnector, op: str, rows: pl.DataFrame, sent_before: pl.DataFrame | None
+    connector: AudienceConnector, op: str, rows: pl.DataFrame, sent_before: Confirmed | None
 ) -> ReleaseBatch:
     """``rows`` as a batch sealed from the release the connector was opened for."""
     from policies.release import release_batch, removal_batch

@@ -16,16 +16,35 @@ batch whose request the platform took only in part without naming the refused
 (``BatchOutcome.unknown_keys``: Data Manager PARTIAL_SUCCESS) are unsure the same way:
 left out of the batch's journal (so neither added to nor removed from the snapshot) and
 kept until a later sync settles them.
+
+Every snapshot, unsure-rows and journal file is sealed: ``<file>.mac`` beside it holds a
+keyed BLAKE3 of the file's bytes under a key derived from the project secret
+(``.audiences/record.key``, :func:`audiences.pipeline.state_record.derived_key`), bound to
+the segment, the destination and the file's role, so a file edited, swapped in from
+another audience or made by hand fails :meth:`MembershipStore.load` with the one-line
+error of an unreadable file (``audiences state repair`` moves it aside and the audience is
+replaced in full). A write first lists the new and the previous authenticator in the
+``.mac``, then replaces the file, then lists the new one only: a crash between the steps
+leaves a file that verifies. A snapshot whose contents can't be checked at all — no
+``.mac`` (written before snapshots were sealed, or removed) or sealed under another
+``record.key`` (the ``.mac`` names the key by a public id) — is never read: its audience
+is replaced in full on its next sync (:func:`replace_reason`), from the release alone, and
+other commands that need it refuse it like a damaged file. Whoever holds ``record.key``
+(the whole state folder) can still seal a file of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
+import io
 import itertools
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
 import polars as pl
 
 from audiences.core.atomic import write_with
@@ -36,27 +55,157 @@ KEY = "member_key"
 OP = "__op"  # add | remove: the op of the unconfirmed batch an unsure row was in
 
 
-class UnreadableStateFile(StateError):
-    """A snapshot, unsure or journal file that cannot be read (truncated, garbled, gone)."""
+MAC_SUFFIX = ".mac"
+_MAC_DOMAIN = b"audiences membership"
 
-    def __init__(self, path: Path, what: str, reason: str, segment: str, destination: str) -> None:
+
+class UnreadableStateFile(StateError):
+    """A snapshot, unsure or journal file that cannot be read (truncated, garbled, gone)
+    or cannot be trusted (fails its authentication, or has none)."""
+
+    def __init__(
+        self,
+        path: Path,
+        what: str,
+        reason: str,
+        segment: str,
+        destination: str,
+        *,
+        verdict: str = "unreadable",
+    ) -> None:
+        # a full refresh keeps held removals, so it reads the snapshot: not for an
+        # untrusted one, which only a repair (and the full replace it schedules) settles
+        refresh = (
+            "" if verdict != "unreadable" else f" or `audiences sync {segment} --full-refresh`"
+        )
         super().__init__(
-            f"{what} {path} is unreadable ({reason}); what the platform holds for "
+            f"{what} {path} is {verdict} ({reason}); what the platform holds for "
             f"{segment}->{destination} is unknown",
             "run `audiences state repair` (the audience is then replaced in full on its next "
-            f"sync) or `audiences sync {segment} --full-refresh`",
+            f"sync){refresh}",
         )
         self.path = path
 
 
-def _read(path: Path, what: str, store: MembershipStore) -> pl.DataFrame:
+def mac_path(path: Path) -> Path:
+    """The authenticator of a sealed state file (``<file>.mac``)."""
+    return path.with_name(path.name + MAC_SUFFIX)
+
+
+def _role(store: MembershipStore, path: Path) -> str:
+    """What the file is for, bound into its MAC: a snapshot can't pass for an unsure-rows
+    file, nor one audience's or sync's file for another's."""
+    if path == store.snapshot_path:
+        return "snapshot"
+    if path == store.unsure_path:
+        return "unsure"
+    return f"journal {path.parent.name}/{path.name}"
+
+
+def _keys(store: MembershipStore) -> tuple[bytes, str]:
+    """The MAC key of the store's files and its public id (tells "sealed under another
+    record.key" from "edited"; the id reveals nothing about the key)."""
+    from audiences.pipeline import state_record  # state_record imports this module
+
+    secret = state_record.project_secret(store.state_dir)
+    key = state_record.derived_key(secret, _MAC_DOMAIN, b"file mac")
+    return key, state_record.derived_key(secret, _MAC_DOMAIN, b"key id").hex()[:16]
+
+
+def _mac(store: MembershipStore, path: Path, data: bytes, key: bytes) -> str:
+    bound = json.dumps(
+        [1, store.segment, store.destination, _role(store, path)], separators=(",", ":")
+    ).encode()
+    mac = blake3.blake3(key=key)
+    mac.update(len(bound).to_bytes(4, "big") + bound)
+    mac.update(data)
+    return mac.hexdigest()
+
+
+def _seal_of(path: Path) -> dict[str, object] | None:
+    """The ``.mac`` beside ``path`` (``{}`` when unreadable), ``None`` when there is none."""
     try:
-        return pl.read_parquet(path)
+        seal = json.loads(mac_path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UnreadableStateFile(path, what, "missing", store.segment, store.destination) from None
+        return None
+    except (OSError, ValueError):
+        return {}
+    return seal if isinstance(seal, dict) else {}
+
+
+def _macs(seal: dict[str, object] | None) -> list[str]:
+    listed = (seal or {}).get("mac")
+    return [m for m in listed if isinstance(m, str)] if isinstance(listed, list) else []
+
+
+def _write_sealed(store: MembershipStore, path: Path, frame: pl.DataFrame) -> None:
+    """Write ``frame`` to ``path`` and seal it (see the module docstring: crash-safe)."""
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    data = buffer.getvalue()
+    key, key_id = _keys(store)
+    new = _mac(store, path, data, key)
+    ensure_private_dir(path.parent)
+
+    def seal(macs: list[str]) -> None:
+        text = json.dumps({"v": 1, "key": key_id, "mac": macs})
+        write_with(mac_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    seal([new, *_macs(_seal_of(path))[:2]])
+    write_with(path, lambda tmp: tmp.write_bytes(data))
+    seal([new])
+
+
+def unknown_seal(store: MembershipStore, path: Path) -> str | None:
+    """Why the file at ``path`` can't be verified at all (no ``.mac``, or sealed under
+    another ``record.key``), ``None`` when it can (or does not exist): its contents are
+    then unknown, which a full replace settles without reading them."""
+    if not path.exists():
+        return None
+    seal = _seal_of(path)
+    if seal is None:
+        return (
+            f"it has no authenticator {mac_path(path).name}: written before snapshots "
+            "were sealed, or the authenticator was removed"
+        )
+    key_id = seal.get("key")  # a garbled .mac names none: it then fails its authentication
+    if isinstance(key_id, str) and key_id != _keys(store)[1]:
+        return "it was sealed under another record.key (the project secret was replaced)"
+    return None
+
+
+def _unlink_sealed(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    mac_path(path).unlink(missing_ok=True)
+
+
+def _read(path: Path, what: str, store: MembershipStore) -> pl.DataFrame:
+    def refuse(reason: str, verdict: str = "unreadable") -> UnreadableStateFile:
+        return UnreadableStateFile(
+            path, what, reason, store.segment, store.destination, verdict=verdict
+        )
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise refuse("missing") from None
+    except OSError as exc:
+        raise refuse(exc.strerror or type(exc).__name__) from None
+    try:  # parsed first (never used unless it verifies): a damaged file says so
+        frame = pl.read_parquet(io.BytesIO(data))
     except Exception as exc:  # polars raises ComputeError, OSError, ... for a damaged file
         reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
-        raise UnreadableStateFile(path, what, reason, store.segment, store.destination) from None
+        raise refuse(reason) from None
+    unknown = unknown_seal(store, path)
+    if unknown is not None:
+        raise refuse(unknown, "not trusted")
+    mac = _mac(store, path, data, _keys(store)[0])
+    if not any(hmac.compare_digest(mac, m) for m in _macs(_seal_of(path))):
+        raise refuse(
+            "it fails its authentication: edited, replaced or taken from another audience",
+            "not trusted",
+        )
+    return frame
 
 
 @dataclass(frozen=True)
@@ -83,15 +232,14 @@ class MembershipStore:
         return _read(self.unsure_path, "unsure-rows file", self)
 
     def clear_unsure(self) -> None:
-        self.unsure_path.unlink(missing_ok=True)
+        _unlink_sealed(self.unsure_path)
 
     def add_unsure(self, rows: pl.DataFrame) -> None:
         """Keep ``rows`` (op in ``__op``) as unsure, beside the rows kept already."""
         kept = self.load_unsure()
         frame = pl.concat([*([kept] if kept is not None else []), rows], how="diagonal_relaxed")
         frame = frame.unique(keep="last", maintain_order=True)
-        ensure_private_dir(self.unsure_path.parent)
-        write_with(self.unsure_path, lambda tmp: frame.write_parquet(tmp))
+        _write_sealed(self, self.unsure_path, frame)
 
     def settle_unsure(self, left: list[pl.DataFrame]) -> None:
         """A finished sync settled the unsure rows; keep only ``left`` (rows it sent whose
@@ -101,6 +249,8 @@ class MembershipStore:
             self.add_unsure(pl.concat(left, how="diagonal_relaxed"))
 
     def load(self, columns: list[str] | None = None) -> pl.DataFrame:
+        """The confirmed snapshot, verified against its ``.mac`` (empty when there is no
+        snapshot); a file that fails, or has no ``.mac``, is an UnreadableStateFile."""
         if not self.snapshot_path.exists():
             schema = {KEY: pl.UInt64, **{c: pl.String for c in (columns or [])}}
             return pl.DataFrame(schema=schema)
@@ -112,14 +262,12 @@ class MembershipStore:
         return _read(path, "sync journal file", self)
 
     def save(self, frame: pl.DataFrame) -> None:
-        ensure_private_dir(self.snapshot_path.parent)
-        write_with(self.snapshot_path, lambda tmp: frame.write_parquet(tmp))
+        _write_sealed(self, self.snapshot_path, frame)
 
     # ---- journal -----------------------------------------------------------------
     def write_intent(self, sync_id: str, seq: int, op: str, rows: pl.DataFrame) -> Path:
-        directory = ensure_private_dir(self.journal_dir(sync_id))
-        target = directory / f"{seq:06d}-{op}.parquet"
-        write_with(target, lambda tmp: rows.write_parquet(tmp))
+        target = ensure_private_dir(self.journal_dir(sync_id)) / f"{seq:06d}-{op}.parquet"
+        _write_sealed(self, target, rows)
         return target
 
     def fold(self, base: pl.DataFrame, batches: list[tuple[str, pl.DataFrame]]) -> pl.DataFrame:
@@ -211,7 +359,7 @@ def _unconfirmed(conn, store: MembershipStore, sync_id: str) -> list[pl.DataFram
     }
     directory = store.journal_dir(sync_id)
     parts = []
-    for path in sorted(directory.glob("*.parquet")) if directory.exists() else []:
+    for path in sorted(directory.glob("*.parquet")) if directory.exists() else []:  # not .mac
         seq, _, op = path.stem.partition("-")
         if op in ("add", "remove") and int(seq) not in confirmed:
             parts.append(_read(path, "sync journal file", store).with_columns(pl.lit(op).alias(OP)))
@@ -268,6 +416,9 @@ def replace_reason(conn, store: MembershipStore) -> str | None:  # type: ignore[
     ).fetchone()
     if row is not None:
         return str(row[0])
+    unknown = unknown_seal(store, store.snapshot_path)
+    if unknown is not None:  # never read: it may list people the platform was never sent
+        return f"membership snapshot {store.snapshot_path} is not trusted ({unknown})"
     if store.snapshot_path.exists():
         return None
     earlier = conn.execute(

@@ -29,7 +29,6 @@ without an fsync: it is re-creatable, and a crash leaves it whole or absent.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import io
 import json
@@ -56,7 +55,7 @@ _log = logging.getLogger(__name__)
 
 
 def _derived(secret: bytes, purpose: bytes) -> bytes:
-    return hmac.new(secret, b"audiences opt-out index\0" + purpose, hashlib.sha256).digest()
+    return state_record.derived_key(secret, b"audiences opt-out index", purpose)
 
 
 class StateIndexStore(IndexStore):

@@ -98,10 +98,17 @@ def _secret(state_dir: Path, *, create: bool) -> bytes | None:
 
 def project_secret(state_dir: Path) -> bytes:
     """The project secret (``record.key``, created if missing): other state-folder files
-    derive their own keys from it (the opt-out index)."""
+    derive their own keys from it with :func:`derived_key` (the opt-out index, the
+    membership snapshots)."""
     secret = _secret(state_dir, create=True)
     assert secret is not None  # created above
     return secret
+
+
+def derived_key(secret: bytes, domain: bytes, purpose: bytes) -> bytes:
+    """A 32-byte key for one use of the project secret: HMAC-SHA256 over the user's
+    ``domain`` and the ``purpose``, so keys of different files never coincide."""
+    return hmac.new(secret, domain + b"\0" + purpose, hashlib.sha256).digest()
 
 
 def _sign(secret: bytes, body: dict[str, Any]) -> str:

@@ -543,9 +543,9 @@ def _send_changes(
     """Removals then additions; a replace of everything when what the platform holds is
     unknown; on ``--full-refresh`` a replace that keeps the holds."""
     if the_plan.replace is not None:  # what the platform holds is unknown: all of it
-        _send_batches(run, [("replace", release.members)])
+        _send_batches(run, [("replace", release.members)], known=False)  # state not read
     elif full_refresh:
-        rows = _refreshed(the_plan, release, _sent_before(run))
+        rows = _refreshed(the_plan, release, _sent_before(run).rows)
         _send_batches(run, [("replace", rows)])
         run.out.replaced_members = rows.height  # the batches' rows; what changed:
         run.out.adds, run.out.removes = the_plan.adds.height, the_plan.removes.height
