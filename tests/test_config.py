@@ -38,10 +38,13 @@ def test_template_maps_consent_per_purpose_and_documents_the_jurisdiction_packs(
     assert config.consent.limit_sensitive_pi == "limit_sensitive_pi"
     assert config.consent.opt_out_of_sharing == "opt_out_of_sharing"
     assert config.policy.pack_specs == ("hipaa-marketing",)  # mapped, they change nothing
-    # the two commented lines the template documents turn the packs on
+    # both Google signals are mapped by default (gdpr-health reads them); the commented
+    # line the template documents turns the packs on
+    assert config.consent.ad_user_data == "ad_user_data_consent"
+    assert config.consent.ad_personalization == "ad_personalization_consent"
     toml = project / "audiences.toml"
     text = toml.read_text(encoding="utf-8")
-    for line in ("# packs = [", "# ad_user_data = "):
+    for line in ("# packs = [",):
         assert text.count(line) == 1, line
         text = text.replace(line, line.removeprefix("# "))
     toml.write_text(text, encoding="utf-8")
