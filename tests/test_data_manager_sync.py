@@ -245,7 +245,10 @@ def test_eea_people_are_sent_only_with_both_signals_granted_in_the_crm(
     from connectors.google_common import CONSENT_REGIONS
 
     p = project(make_project, SEGMENT.replace("[google]", f"[{destination}]"))
-    unmapped = ('ad_user_data = "ad_user_data_consent"\n', 'ad_personalization = "ad_personalization_consent"\n')
+    unmapped = (
+        'ad_user_data = "ad_user_data_consent"\n',
+        'ad_personalization = "ad_personalization_consent"\n',
+    )
     p.edit_toml(lambda t: t.replace(unmapped[0], "").replace(unmapped[1], ""))
     assert p.config().consent.ad_user_data is None is p.config().consent.ad_personalization
     p.approve("west-coast")

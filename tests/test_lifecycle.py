@@ -272,7 +272,7 @@ def test_suppressed_members_are_removed_while_the_config_edit_is_unapproved(
     audiences.toml edit, so the segment is no longer approved as it stands); the sync is
     blocked for adds but takes all 150 off both platforms."""
     p = make_project(rows=4000)
-    members, google = first_sync(p)
+    _, google = first_sync(p)
     with_email = p.contacts().filter(pl.col("email").is_not_null())["contact_id"]
     suppressed = pick(google & set(with_email.to_list()), 150, seed=11)
     emails = p.contacts().filter(pl.col("contact_id").is_in(list(suppressed)))["email"]

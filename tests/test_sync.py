@@ -658,7 +658,9 @@ def test_transient_faults_are_retried_and_the_sync_succeeds(make_project: Any) -
     google_release = p.release("west-coast", "google_ads")
     google_before = p.contact_ids(p.confirmed("west-coast", "google_ads"))
     assert external_ids(meta_release.members) == released_ids(p.contacts(), ALL_ADULTS)
-    assert p.contact_ids(google_release.members) == released_ids(p.contacts(), WEST_COAST, google=True)
+    assert p.contact_ids(google_release.members) == released_ids(
+        p.contacts(), WEST_COAST, google=True
+    )
     # every change is sent, nothing held (k_diff 100); opt-outs reach both lists
     assert len(external_ids(meta_release.members) - ids) >= 100
     assert len(p.contact_ids(google_release.members) - google_before) >= 100

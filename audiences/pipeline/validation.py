@@ -250,7 +250,7 @@ class Validation:
                     f"send(s) to Google: everyone goes with {key} UNSPECIFIED — a denial the CRM "
                     "records is not read, and nobody in the EEA, UK or Switzerland (or of "
                     "unknown country) is sent",
-                    f'name the CRM column that records it in [consent] {key} (e.g. {key} = '
+                    f"name the CRM column that records it in [consent] {key} (e.g. {key} = "
                     f'"{key}_consent") in audiences.toml',
                     "audiences.toml",
                 )
