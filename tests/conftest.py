@@ -249,12 +249,28 @@ def adults(as_of: date, min_age: int = 18) -> pl.Expr:
     )
 
 
-def released_ids(contacts: pl.DataFrame, in_segment: pl.Expr) -> set[str]:
+def released_ids(contacts: pl.DataFrame, in_segment: pl.Expr, *, google: bool = False) -> set[str]:
     """Contact ids a release of the segment (``in_segment`` over contacts) must hold: one
     per person — records sharing a mailbox or phone are one person (transitively), released
-    as the record with the smallest contact id."""
+    as the record with the smallest contact id.
+
+    ``google``: a release to a Google destination, which also leaves out the people whose
+    ``ad_user_data`` consent (the template maps ``ad_user_data_consent``) is denied — a
+    person's signal is that of the first of their released records, by contact id, that has
+    one (docs/policy-rules.md; denied ad personalization is in ``opted_out`` already)."""
     kept = contacts.with_columns(consented(contacts)).filter(in_segment & pl.col("consented"))
-    return set(people(_identity_keys(kept)).values())
+    person = people(_identity_keys(kept))
+    if not google:
+        return set(person.values())
+    signal = (
+        kept.select("contact_id", "ad_user_data_consent")
+        .with_columns(pl.col("contact_id").replace_strict(person).alias("person"))
+        .sort("contact_id")
+        .group_by("person")
+        .agg(pl.col("ad_user_data_consent").drop_nulls().first())
+    )
+    denied = pl.col("ad_user_data_consent").str.strip_chars().str.to_lowercase() == "denied"
+    return set(signal.filter(~denied.fill_null(False)).get_column("person").to_list())
 
 
 def people(keyed: pl.DataFrame) -> dict[str, str]:

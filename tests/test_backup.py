@@ -146,5 +146,5 @@ def test_google_and_meta_release_model(make_project: Any) -> None:
         p.contacts(), ALL_ADULTS
     )
     google = p.release("west-coast", "google_ads")
-    assert p.contact_ids(google.members) == released_ids(p.contacts(), WEST_COAST)
+    assert p.contact_ids(google.members) == released_ids(p.contacts(), WEST_COAST, google=True)
     assert p.boxes.google.members(audiences["west-coast"]) == google_people(google.members)

@@ -42,9 +42,9 @@ def churn(contacts: pl.DataFrame, gone: float, new: float, seed: int) -> pl.Data
 
 def test_a_night_of_20_percent_gone_and_5_percent_new_syncs(make_project: Any) -> None:
     # two overlapping audiences on one Meta account (a broad one and adults over 50) and
-    # the template's flu-shot reminder (file + Google); the template's cardiology segment
-    # is below k at 20,000 contacts and blocked by min-size before any churn
-    p = make_project(rows=20_000, segments=("all-adults", "older-adults"))
+    # the template's flu-shot reminder (file + Google); 24,000 contacts keep its Google list
+    # (without the people whose ad_user_data consent is denied) above min-size after churn
+    p = make_project(rows=24_000, segments=("all-adults", "older-adults"))
     shutil.copyfile(TEMPLATE / "flu-shot-reminder.yaml", p.root / "segments" / "flu.yaml")
     (p.root / "segments" / "flu.yaml").write_text(
         (p.root / "segments" / "flu.yaml").read_text().replace("flu-shot-reminder", "flu")

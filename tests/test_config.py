@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import AS_OF
 
 from audiences.core.config import load_config
 from audiences.core.errors import ConfigError
@@ -38,10 +41,13 @@ def test_template_maps_consent_per_purpose_and_documents_the_jurisdiction_packs(
     assert config.consent.limit_sensitive_pi == "limit_sensitive_pi"
     assert config.consent.opt_out_of_sharing == "opt_out_of_sharing"
     assert config.policy.pack_specs == ("hipaa-marketing",)  # mapped, they change nothing
-    # the two commented lines the template documents turn the packs on
+    # both Google signals are mapped by default (gdpr-health reads them); the commented
+    # line the template documents turns the packs on
+    assert config.consent.ad_user_data == "ad_user_data_consent"
+    assert config.consent.ad_personalization == "ad_personalization_consent"
     toml = project / "audiences.toml"
     text = toml.read_text(encoding="utf-8")
-    for line in ("# packs = [", "# ad_user_data = "):
+    for line in ("# packs = [",):
         assert text.count(line) == 1, line
         text = text.replace(line, line.removeprefix("# "))
     toml.write_text(text, encoding="utf-8")
@@ -136,3 +142,75 @@ def test_unknown_destination_name(project: Path) -> None:
     config = load_config(project)
     with pytest.raises(ConfigError, match=r"unknown destination 'tiktok' \(configured: file"):
         config.destination("tiktok")
+
+
+# ------------------------------------------------- validate: Google's two consent signals
+@pytest.fixture
+def with_data(project: Path, sample_crm: Any) -> Path:
+    (project / "data").mkdir(exist_ok=True)
+    for name in ("contacts.parquet", "events.parquet"):
+        shutil.copyfile(sample_crm(500) / name, project / "data" / name)
+    return project
+
+
+def consent_findings(project: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from audiences.pipeline.project import check_project
+
+    doc = check_project(load_config(project), as_of=AS_OF)
+    signal = ("ad_user_data", "ad_personalization")
+    return (
+        [e for e in doc["errors"] if any(f"[consent] {k}" in e["message"] for k in signal)],
+        [w for w in doc["warnings"] if w["code"] == "consent"],
+    )
+
+
+def unmap(project: Path, key: str) -> None:
+    _edit(project, f'{key} = "{key}_consent"\n', "")
+
+
+def test_validate_is_quiet_when_both_google_signals_are_mapped(with_data: Path) -> None:
+    assert consent_findings(with_data) == ([], [])
+
+
+def test_validate_warns_of_an_unmapped_google_signal_naming_the_key_and_the_fix(
+    with_data: Path,
+) -> None:
+    """The attack: drop the ad_user_data mapping so that the denials the CRM records are
+    not read. validate says so (a warning: the release still leaves EEA people out)."""
+    unmap(with_data, "ad_user_data")
+    errors, warnings = consent_findings(with_data)
+    assert errors == [] and len(warnings) == 1
+    (w,) = warnings
+    assert "[consent] ad_user_data is not mapped" in w["message"]
+    assert "'google'" in w["message"] and "'google_ads'" in w["message"]
+    assert "[consent] ad_user_data" in w["fix"] and w["file"] == "audiences.toml"
+    unmap(with_data, "ad_personalization")
+    assert {w["message"].split(" is not")[0] for w in consent_findings(with_data)[1]} == {
+        "[consent] ad_user_data",
+        "[consent] ad_personalization",
+    }
+
+
+def test_validate_does_not_warn_without_a_google_destination(with_data: Path) -> None:
+    unmap(with_data, "ad_user_data")
+    text = (with_data / "audiences.toml").read_text(encoding="utf-8")
+    head, _, _ = text.partition("# Google: new projects")
+    _, _, tail = text.partition("[approvers]")
+    (with_data / "audiences.toml").write_text(head + "[approvers]" + tail, encoding="utf-8")
+    (with_data / "segments" / "flu-shot-reminder.yaml").unlink()  # it names google
+    assert set(load_config(with_data).destinations) == {"file", "meta"}
+    assert consent_findings(with_data) == ([], [])
+    # a file made for a Google upload sends to Google too
+    _edit(with_data, 'kind = "file"\n', 'kind = "file"\nfor = "google_ads"\n')
+    (w,) = consent_findings(with_data)[1]
+    assert "'file' send(s) to Google" in w["message"]
+
+
+def test_validate_errors_when_gdpr_health_needs_the_unmapped_signal(with_data: Path) -> None:
+    unmap(with_data, "ad_user_data")
+    _edit(with_data, "# packs = [", "packs = [")
+    errors, warnings = consent_findings(with_data)
+    (e,) = errors
+    assert "reads [consent] ad_user_data, which is not set" in e["message"]
+    assert "[consent] ad_user_data" in e["fix"]
+    assert warnings == []  # the error says it already

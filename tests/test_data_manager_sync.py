@@ -73,7 +73,7 @@ def project(make_project: Any, text: str = SEGMENT, rows: int = 3000) -> Any:
 def test_sync_adds_then_removes_through_the_data_manager(make_project: Any) -> None:
     p = project(make_project, rows=6000)
     first = p.release("west-coast", "google")
-    assert p.contact_ids(first.members) == released_ids(p.contacts(), WEST_COAST)
+    assert p.contact_ids(first.members) == released_ids(p.contacts(), WEST_COAST, google=True)
     r = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
     # the CLI shows coarse figures; the exact ones are in the state DB
     assert (r["status"], r["adds"], r["invalid"]) == ("ok", coarse(first.members.height), coarse(0))
@@ -116,12 +116,7 @@ def test_denied_ad_user_data_is_never_released_nor_sent(make_project: Any) -> No
             .alias("ad_user_data_consent")
         )
     )
-    p.edit_toml(
-        lambda t: t.replace(
-            '# ad_user_data = "ad_user_data_consent"', 'ad_user_data = "ad_user_data_consent"'
-        )
-    )
-    p.approve("west-coast")  # a new consent mapping is part of what the officer approves
+    assert p.config().consent.ad_user_data == "ad_user_data_consent"  # the template maps it
     release = p.release("west-coast", "google")
     assert not p.contact_ids(release.members) & denied_ids
     assert set(release.members.get_column("ad_user_data")) == {"GRANTED"}
@@ -140,7 +135,7 @@ def test_partial_success_people_stay_unknown_until_sent_again(
     monkeypatch.setattr(dm_client, "MAX_MEMBERS_PER_REQUEST", 100)
     p = project(make_project)
     release = p.release("west-coast", "google")
-    assert release.members.height > 200  # the partial request is one of several
+    assert release.members.height > 100  # the partial request is one of several
     box = p.boxes.data_manager
     box.inject("partial", method="IngestAudienceMembers", count=7)
     (r,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
@@ -250,7 +245,12 @@ def test_eea_people_are_sent_only_with_both_signals_granted_in_the_crm(
     from connectors.google_common import CONSENT_REGIONS
 
     p = project(make_project, SEGMENT.replace("[google]", f"[{destination}]"))
-    p.edit_toml(lambda t: t.replace('ad_personalization = "ad_personalization_consent"\n', ""))
+    unmapped = (
+        'ad_user_data = "ad_user_data_consent"\n',
+        'ad_personalization = "ad_personalization_consent"\n',
+    )
+    p.edit_toml(lambda t: t.replace(unmapped[0], "").replace(unmapped[1], ""))
+    assert p.config().consent.ad_user_data is None is p.config().consent.ad_personalization
     p.approve("west-coast")
     frame = p.contacts()
     moved = sorted(released_ids(frame, WEST_COAST))[:120]  # back later: adds over k_diff
@@ -280,12 +280,7 @@ def test_eea_people_are_sent_only_with_both_signals_granted_in_the_crm(
         assert not any(j.refused for j in box.jobs.values() if j.user_list == r.audience)
 
     # with both columns mapped and both granted in the CRM, they go
-    p.edit_toml(
-        lambda t: t.replace(
-            '# ad_user_data = "ad_user_data_consent"',
-            'ad_user_data = "ad_user_data_consent"\nad_personalization = "ad_personalization_consent"',
-        )
-    )
+    p.edit_toml(lambda t: t.replace("[consent]\n", "[consent]\n" + "".join(unmapped)))
     p.approve("west-coast")
     eea_ids = set(moved)
     p.write_contacts(

@@ -33,7 +33,7 @@ def with_packs(make_project: Any) -> Project:
     write(p.root / "data", ROWS, seed=SEED, as_of=AS_OF, formats=("parquet",), abroad=ABROAD)
 
     def turn_on(text: str) -> str:
-        for line in ("# packs = [", "# ad_user_data = "):
+        for line in ("# packs = [",):
             assert text.count(line) == 1, line
             text = text.replace(line, line.removeprefix("# "))
         return text

@@ -61,7 +61,7 @@ def assert_platforms_hold_the_release(p: Project, audiences: dict[str, str]) -> 
     assert p.contact_ids(meta.members) == released_ids(p.contacts(), ALL_ADULTS)
     assert p.boxes.meta.members(audiences["all-adults"]) == meta_rows(meta.members)
     google = p.release("west-coast", "google_ads")
-    assert p.contact_ids(google.members) == released_ids(p.contacts(), WEST_COAST)
+    assert p.contact_ids(google.members) == released_ids(p.contacts(), WEST_COAST, google=True)
     assert p.boxes.google.members(audiences["west-coast"]) == google_people(google.members)
 
 

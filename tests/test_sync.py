@@ -232,8 +232,8 @@ def test_google_ads_user_list_jobs_polled_and_removals_in_their_own_job(
     p = make_project(rows=6000, segments=("west-coast",))
     first = p.release("west-coast", "google_ads")
     n = first.members.height
-    assert p.contact_ids(first.members) == released_ids(p.contacts(), WEST_COAST)
-    assert n > 400
+    assert p.contact_ids(first.members) == released_ids(p.contacts(), WEST_COAST, google=True)
+    assert n > 300
 
     r = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
     assert (r["status"], r["adds"], r["removes"], r["invalid"]) == (
@@ -260,7 +260,7 @@ def test_google_ads_user_list_jobs_polled_and_removals_in_their_own_job(
     opted_out = pick(ids, 120, seed=4)
     update_contacts(p, opted_out, marketing_opt_in=False)
     second = p.release("west-coast", "google_ads")
-    expected = released_ids(p.contacts(), WEST_COAST)
+    expected = released_ids(p.contacts(), WEST_COAST, google=True)
     assert p.contact_ids(second.members) == expected
     assert expected <= ids - opted_out
 
@@ -284,7 +284,7 @@ def test_google_ads_denied_consent_is_never_released_nor_confirmed(make_project:
     )
     assert held_out.height >= 10
     release = p.release("west-coast", "google_ads")
-    assert p.contact_ids(release.members) == released_ids(contacts, WEST_COAST)
+    assert p.contact_ids(release.members) == released_ids(contacts, WEST_COAST, google=True)
     r = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
     confirmed = p.confirmed("west-coast", "google_ads")
     assert r["status"] == "ok"
@@ -299,7 +299,7 @@ def test_google_ads_denied_consent_is_never_released_nor_confirmed(make_project:
     on_list = p.contact_ids(confirmed)
     withdrawn = pick(on_list, 3, seed=15)
     update_contacts(p, withdrawn, ad_personalization_consent="denied")
-    expected = released_ids(p.contacts(), WEST_COAST)
+    expected = released_ids(p.contacts(), WEST_COAST, google=True)
     assert expected <= on_list - withdrawn
     r2 = only_result(p.cli_json("sync", "west-coast", "--as-of", DAY))
     assert (r2["status"], r2["adds"], r2["removes"], r2["held_removes"]) == (
@@ -326,7 +326,7 @@ def test_opt_out_on_one_record_removes_the_duplicates_too(make_project: Any) -> 
     assert shared.height >= 2  # the sample CRM has people recorded twice
     opted_out = p.contact_ids(shared.head(1))
     update_contacts(p, opted_out, marketing_opt_in=False)
-    expected = released_ids(p.contacts(), WEST_COAST)
+    expected = released_ids(p.contacts(), WEST_COAST, google=True)
     assert p.contact_ids(p.release("west-coast", "google_ads").members) == expected
     gone = p.contact_ids(first.members) - expected
     assert opted_out < gone  # the person's other record leaves with the opted-out one
@@ -647,8 +647,10 @@ def test_transient_faults_are_retried_and_the_sync_succeeds(make_project: Any) -
     p.cli_json("sync", "all-adults", "west-coast", "--as-of", DAY)
     meta_first = p.release("all-adults", "meta")
     ids = external_ids(meta_first.members)
-    west = set(p.contacts().filter(STATE.is_in(WEST)).get_column("contact_id"))
-    joiners = pick(eligible_outsiders(p, ids, ("en", "es")) & west, 110, seed=8)  # both lists
+    # joiners of both lists: in the west, and not refused by Google (ad_user_data denied)
+    google_may = STATE.is_in(WEST) & (pl.col("ad_user_data_consent") != "denied").fill_null(True)
+    west = set(p.contacts().filter(google_may).get_column("contact_id"))
+    joiners = pick(eligible_outsiders(p, ids, ("en", "es")) & west, 110, seed=8)
     opted_out = pick(ids, 120, seed=9)  # and the records sharing their email or phone
     update_contacts(p, joiners, marketing_opt_in=True)
     update_contacts(p, opted_out, marketing_opt_in=False)
@@ -656,7 +658,9 @@ def test_transient_faults_are_retried_and_the_sync_succeeds(make_project: Any) -
     google_release = p.release("west-coast", "google_ads")
     google_before = p.contact_ids(p.confirmed("west-coast", "google_ads"))
     assert external_ids(meta_release.members) == released_ids(p.contacts(), ALL_ADULTS)
-    assert p.contact_ids(google_release.members) == released_ids(p.contacts(), WEST_COAST)
+    assert p.contact_ids(google_release.members) == released_ids(
+        p.contacts(), WEST_COAST, google=True
+    )
     # every change is sent, nothing held (k_diff 100); opt-outs reach both lists
     assert len(external_ids(meta_release.members) - ids) >= 100
     assert len(p.contact_ids(google_release.members) - google_before) >= 100
@@ -712,7 +716,9 @@ def test_terminal_fault_fails_one_destination_and_the_others_sync(
     opted_out = pick(meta_ids - google_ids, 110, seed=10) | pick(
         google_ids - meta_ids, 100, seed=11
     )
-    joiners = pick(outsiders(p, meta_ids | google_ids, OLDER_ADULTS & WEST_COAST), 120, seed=12)
+    google_may = (pl.col("ad_user_data_consent") != "denied").fill_null(True)  # Google takes
+    both = OLDER_ADULTS & WEST_COAST & google_may
+    joiners = pick(outsiders(p, meta_ids | google_ids, both), 120, seed=12)
     update_contacts(p, opted_out, marketing_opt_in=False)
     update_contacts(p, joiners, marketing_opt_in=True)
     meta_v2 = p.release("older-adults", "meta")
@@ -720,7 +726,7 @@ def test_terminal_fault_fails_one_destination_and_the_others_sync(
     # the model: opt-outs leave with the records sharing their email or phone; joiners join
     # both (and may free records their missing opt-in held out)
     meta_new = released_ids(p.contacts(), OLDER_ADULTS)
-    google_new = released_ids(p.contacts(), WEST_COAST)
+    google_new = released_ids(p.contacts(), WEST_COAST, google=True)
     assert (external_ids(meta_v2.members), p.contact_ids(google_v2.members)) == (
         meta_new,
         google_new,

@@ -103,11 +103,12 @@ SEGMENTS = ("cardiology-lapsed", "flu-shot-reminder", "newsletter-nyc", "diabete
 
 
 def enable_jurisdiction_packs(project: Path) -> None:
-    """Uncomment the template's ``packs`` line and the ``ad_user_data`` mapping that
-    gdpr-health reads (the way the template documents), and add the health segment."""
+    """Uncomment the template's ``packs`` line (the way the template documents; the
+    ``ad_user_data`` / ``ad_personalization`` mapping gdpr-health reads is there already),
+    and add the health segment."""
     toml = project / "audiences.toml"
     text = toml.read_text(encoding="utf-8")
-    for line in ("# packs = [", "# ad_user_data = "):
+    for line in ("# packs = [",):
         if text.count(line) != 1:
             raise SystemExit(f"the project template no longer has the line {line!r}")
         text = text.replace(line, line.removeprefix("# "))
@@ -115,7 +116,7 @@ def enable_jurisdiction_packs(project: Path) -> None:
     (project / "segments" / "diabetes-outreach.yaml").write_text(DIABETES, encoding="utf-8")
     console.print(
         "(turned on [policy] packs = hipaa-marketing + wa-mhmda + gdpr-health + "
-        "ccpa-sensitive, mapped [consent] ad_user_data, added segments/diabetes-outreach.yaml)",
+        "ccpa-sensitive, added segments/diabetes-outreach.yaml)",
         highlight=False,
         markup=False,
     )

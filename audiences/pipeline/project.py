@@ -86,6 +86,7 @@ def check_project(
         run.sensitivity(segments, sources, pack)
     run.unclassified()
     run.destinations()
+    run.google_consent()
     return {
         "ok": not run.errors,
         "errors": [f.to_dict() for f in run.errors],

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 # Columns with at most this many distinct values have their segment values checked.
 LOW_CARDINALITY = 50
+# Google's consent signals, each a [consent] key (docs/platforms.md)
+GOOGLE_SIGNALS = ("ad_user_data", "ad_personalization")
 
 
 class Validation:
@@ -221,6 +223,38 @@ class Validation:
                 record_export(self.config, name)
             except AudiencesError as exc:
                 self.error("destination", exc, "audiences.toml")
+
+    def google_consent(self) -> None:
+        """A warning per Google consent signal left unmapped while a destination sends to
+        Google (``google_ads``, ``google_data_manager``, a file ``for = "google_ads"``).
+
+        A pack that reads the signal (gdpr-health) already made it an error (``pack``).
+        """
+        from policies.rules import GOOGLE_KINDS
+
+        google = [
+            name
+            for name, spec in self.config.destinations.items()
+            if spec.kind in GOOGLE_KINDS
+            or (spec.kind == "file" and (spec.model_extra or {}).get("for") == "google_ads")
+        ]
+        reported = " ".join(f.message for f in self.errors)
+        for key in GOOGLE_SIGNALS if google else ():
+            if getattr(self.config.consent, key) is not None or f"[consent] {key}," in reported:
+                continue
+            self.findings.append(
+                Finding(
+                    "warning",
+                    "consent",
+                    f"[consent] {key} is not mapped, and {', '.join(map(repr, google))} "
+                    f"send(s) to Google: everyone goes with {key} UNSPECIFIED — a denial the CRM "
+                    "records is not read, and nobody in the EEA, UK or Switzerland (or of "
+                    "unknown country) is sent",
+                    f"name the CRM column that records it in [consent] {key} (e.g. {key} = "
+                    f'"{key}_consent") in audiences.toml',
+                    "audiences.toml",
+                )
+            )
 
     # -- segments against the data -------------------------------------------------------
 
