@@ -89,7 +89,7 @@ def test_attack_a_stranger_added_to_the_snapshot_is_refused(synced: tuple[Any, s
 
 
 def test_attack_snapshot_swapped_in_from_another_audience(make_project: Any) -> None:
-    p = make_project(rows=1500, segments=("all-adults", "west-coast"))
+    p = make_project(rows=4000, segments=("all-adults", "west-coast"))
     p.cli_json("sync", "--all", "--as-of", DAY)
     mine, theirs = snapshot_of(p), snapshot_of(p, "west-coast", "google_ads")
     for source, target in ((theirs, mine), (mac_path(theirs), mac_path(mine))):
