@@ -248,8 +248,10 @@ def _eligible_members(config: ProjectConfig, cand: pl.DataFrame, excluded: np.nd
     # only what a release carries: member key, identity columns, ad consent columns
     columns = _release_columns(config, cand)
     cid = config.sources.contacts.id
-    records = cand.select(*columns, *([cid] if cid not in columns else [])).filter(
-        pl.Series(kept_mask)
+    records = (
+        _strictest_per_person(config, cand)
+        .select(*columns, *([cid] if cid not in columns else []))
+        .filter(pl.Series(kept_mask))
     )
     members = _one_row_per_person(config, records)
     keys = difference.sorted_keys(members.get_column("member_key"))
@@ -268,14 +270,63 @@ def _one_row_per_person(config: ProjectConfig, records: pl.DataFrame) -> pl.Data
     if persons.n_unique() == records.height and records.get_column("member_key").is_unique().all():
         return records.drop(cid) if cid not in _release_columns(config, records) else records
     keep = [c for c in records.columns if c != "__person"]
+    signals = _signal_columns(config, records)
     merged = (
         records.with_columns(persons.alias("__person"))
         .sort("__person", cid)
         .group_by("__person", maintain_order=True)
-        .agg(pl.all().drop_nulls().first())
+        .agg(
+            pl.exclude(signals).drop_nulls().first(),
+            *[_strictest(records, config, column) for column in signals],
+        )
     )
     release_columns = _release_columns(config, records)
     return merged.select([c for c in keep if c in release_columns])
+
+
+def _signal_columns(config: ProjectConfig, records: pl.DataFrame) -> list[str]:
+    """The CRM columns behind Google's two consent signals that the records carry."""
+    mapped = (config.consent.ad_user_data, config.consent.ad_personalization)
+    return sorted({c for c in mapped if c is not None and c in records.columns})
+
+
+def _strictest_per_person(config: ProjectConfig, cand: pl.DataFrame) -> pl.DataFrame:
+    """``cand`` with each Google consent signal column set, on every record of a person, to
+    the person's strictest answer among all their candidate records, the ones the filters
+    excluded included: a DENIED on a record a filter dropped still speaks for the person
+    whose other record is released (whatever the linkage of the pack is set to)."""
+    signals = _signal_columns(config, cand)
+    cid = config.sources.contacts.id
+    if not signals or cid not in cand.columns or cand.height < 2:
+        return cand
+    denied = pl.any_horizontal([consent_signal(cand, c, c) == "DENIED" for c in signals])
+    if not cand.select(denied.any()).item():  # nobody refused: the merge decides the rest
+        return cand
+    persons = person_keys(cand, config, by=cid).alias("__person")
+    return (
+        cand.with_columns(persons)
+        .with_columns([_strictest(cand, config, c).over("__person") for c in signals])
+        .drop("__person")
+    )
+
+
+def _strictest(records: pl.DataFrame, config: ProjectConfig, column: str) -> pl.Expr:
+    """A person's consent signal when their records disagree: a DENIED on any record wins,
+    then a value that is no consent word (sent as UNSPECIFIED), then GRANTED; a record
+    that says nothing (null) does not outweigh one that answered. Taking the first
+    non-empty value by CRM id instead let a GRANTED on an older record override a later
+    DENIED (docs/policy-rules.md, "People, not records")."""
+    signal = consent_signal(records, column, column)
+    rank = (
+        pl.when(pl.col(column).is_null())
+        .then(3)
+        .when(signal == "DENIED")
+        .then(0)
+        .when(signal == "GRANTED")
+        .then(2)
+        .otherwise(1)
+    )
+    return pl.col(column).sort_by(rank, maintain_order=True).first()
 
 
 @dataclass

@@ -308,6 +308,59 @@ def test_google_ads_release_has_layout_and_consent_columns(project):
     assert outcome.releases["gads"].account == "1234567890"
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "sent_as"),
+    [
+        ("granted", "denied", None),  # the attack: GRANTED on the older record
+        ("denied", "granted", None),
+        (None, "denied", None),  # a record that says nothing does not outweigh a refusal
+        ("granted", None, "GRANTED"),  # nor a consent
+        ("granted", "maybe", "UNSPECIFIED"),  # an answer that is no word is not a consent
+        ("granted", "granted", "GRANTED"),
+    ],
+)
+@pytest.mark.parametrize("signal", ["ad_personalization", "ad_user_data"])
+@pytest.mark.parametrize("refusing_record_opted_in", [True, False])
+def test_a_person_whose_records_disagree_is_sent_with_the_strictest_signal(
+    project, first, second, sent_as, signal, refusing_record_opted_in
+):
+    # 120 people with one record each, then person 0 again under a new id (a second
+    # registration: the same email, the newer record): the two records are one person,
+    # released once. Which record comes first by CRM id must not decide their consent,
+    # nor whether a filter dropped the refusing record for another reason (no opt-in),
+    # with the CRM-wide linkage of opt-outs absent, as here.
+    config = make_config(project["root"])
+    consent = config.consent.model_copy(update={"ad_user_data": "ad_data"})
+    config = config.model_copy(update={"consent": consent})
+    crowd = people(120, ad_pers="granted", ad_data="granted")
+    again = (
+        people(1, start=0, ad_pers="granted", ad_data="granted")
+        .with_columns(pl.lit("C900000000").alias("contact_id"))
+        .with_columns(member_key("contact_id", SALT))
+    )
+    column = {"ad_personalization": "ad_pers", "ad_user_data": "ad_data"}[signal]
+    answers = [first, *["granted"] * 119, second]
+    opt_in = [True] * 121
+    if not refusing_record_opted_in and "denied" in (first, second):
+        opt_in[0 if first == "denied" else 120] = False
+    frame = pl.concat([crowd, again]).with_columns(
+        pl.Series(column, answers), pl.Series("opt_in", opt_in)
+    )
+    outcome = run(project, NEWSLETTER, frame, ["gads", "meta"], config=config)
+    members = outcome.releases["gads"].members
+    key0 = crowd.get_column("member_key")[0]
+    person0 = members.filter(pl.col("member_key") == key0)
+    if sent_as is None:
+        assert person0.height == 0, "a DENIED on one record of a person reached Google"
+        assert members.height == 119
+    else:
+        assert person0.get_column(signal).to_list() == [sent_as]
+        assert members.height == 120
+    if signal == "ad_personalization" and sent_as is None:  # in no ad audience at all
+        meta = outcome.releases["meta"].members.get_column("member_key")
+        assert key0 not in meta.to_list() and meta.len() == 119
+
+
 def test_file_release_carries_both_layouts_prefixed(project):
     outcome = run(project, NEWSLETTER, people(120), ["file"])
     cols = outcome.releases["file"].members.columns
