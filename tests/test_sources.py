@@ -59,23 +59,63 @@ def test_changed_content_changes_the_digest_even_at_the_same_size(
     assert source_digest(project) != before
 
 
-@pytest.mark.parametrize("algorithm", ["blake2b", "sha256"])
+EARLIER = {  # what earlier versions cached per file
+    "blake2b": lambda data: hashlib.blake2b(data, digest_size=32).hexdigest(),
+    "sha256": lambda data: hashlib.sha256(data).hexdigest(),
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(EARLIER))
+@pytest.mark.parametrize("touched", [False, True])
 def test_a_file_digested_before_keeps_its_dataset_id(
-    project: ProjectConfig, algorithm: str
+    project: ProjectConfig, algorithm: str, touched: bool
 ) -> None:
-    # A digest cached by an earlier version (BLAKE2b, then SHA-256) stays the file's
-    # dataset id while the file is unchanged: an upgrade must not hand out a fresh budget.
+    # A digest cached by an earlier version (BLAKE2b, then SHA-256, under a size-and-mtime
+    # key) stays the file's dataset id while the file is unchanged, touched or not: an
+    # upgrade must not hand out a fresh budget.
     data = project.root / "data"
     contacts, events = data / "contacts.parquet", data / "events.parquet"
-    earlier = {
-        p: hashlib.new(algorithm, p.read_bytes()).hexdigest()[:64] for p in (contacts, events)
-    }
+    earlier = {p: EARLIER[algorithm](p.read_bytes()) for p in (contacts, events)}
     cache = {f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}": d for p, d in earlier.items()}
     (project.state_dir / "digests.json").write_text(json.dumps(cache))
+    if touched:
+        os.chmod(contacts, 0o600)  # a new ctime, the same content
     outer = hashlib.sha256()
     for path in (contacts, events):
         outer.update(earlier[path].encode())
     assert source_digest(project) == outer.hexdigest()
+    assert source_digest(project) == outer.hexdigest()  # and under the new key
+    assert len(json.loads((project.state_dir / "digests.json").read_text())) == 2
+
+
+def test_a_rewrite_that_restores_size_and_mtime_is_digested_again(
+    project: ProjectConfig,
+) -> None:
+    # rsync -t or touch -r after an edit: the same size and mtime, new content. The old
+    # size-and-mtime key kept the old digest (the DP ledger's dataset id, and the evidence
+    # of what a release was built from); ctime and inode now tell the files apart.
+    path = project.root / "data" / "contacts.parquet"
+    before = source_digest(project)
+    stat = path.stat()
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    swapped = path.with_name("contacts.new")
+    swapped.write_bytes(bytes(raw))
+    os.utime(swapped, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    swapped.replace(path)
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    assert source_digest(project) != before
+
+
+def test_an_earlier_digest_of_changed_content_is_not_kept(project: ProjectConfig) -> None:
+    data = project.root / "data"
+    contacts = data / "contacts.parquet"
+    stale = hashlib.sha256(b"what the file held before").hexdigest()
+    st = contacts.stat()
+    cache = {f"{contacts}:{st.st_size}:{st.st_mtime_ns}": stale}
+    (project.state_dir / "digests.json").write_text(json.dumps(cache))
+    want = digest_of(contacts, data / "events.parquet")
+    assert source_digest(project) == want
 
 
 def test_the_cache_is_used_and_keyed_by_size_and_mtime(
