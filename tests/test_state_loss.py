@@ -180,6 +180,28 @@ def test_truncated_snapshot_clear_error_then_repair(make_project: Any) -> None:
     assert_platforms_hold_the_release(p, audiences)
 
 
+def test_truncated_snapshot_then_the_full_refresh_the_error_suggests(make_project: Any) -> None:
+    # The error offers two ways out: `state repair`, or `sync SEGMENT --full-refresh`.
+    # The second must work as written: replace the audience without reading the broken
+    # snapshot, and leave the platform holding exactly the release.
+    p = make_project(rows=3000, segments=("all-adults", "west-coast"))
+    audiences = first_sync(p)
+    opt_out(p, 60, seed=11)
+    snapshot = p.root / ".audiences" / "memberships" / "all-adults" / "meta.parquet"
+    snapshot.write_bytes(snapshot.read_bytes()[:100])
+    r = p.cli("sync", "all-adults", "--as-of", DAY, "--json")
+    assert r.exit_code == 1 and "--full-refresh" in r.stdout + r.stderr
+    assert "audiences sync all-adults --full-refresh" in r.stdout + r.stderr
+
+    r = p.cli("sync", "all-adults", "--full-refresh", "--as-of", DAY, "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    results = json.loads(r.stdout)["results"]
+    assert all(x["status"] == "ok" for x in results), results
+    assert snapshot.exists()
+    p.cli_json("sync", "--all", "--as-of", DAY)  # the other audience catches up too
+    assert_platforms_hold_the_release(p, audiences)
+
+
 def _interrupted_sync_with_garbled_journal(p: Project, segment: str, destination: str) -> Path:
     """What a run killed after its first confirmed batch leaves, with that batch's journal
     file then truncated (a disk fault)."""

@@ -85,6 +85,7 @@ class UnreadableStateFile(StateError):
             f"sync){refresh}",
         )
         self.path = path
+        self.verdict = verdict
 
 
 def mac_path(path: Path) -> Path:

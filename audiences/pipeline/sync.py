@@ -563,10 +563,26 @@ def _settle_store(
     (the replace makes them moot); otherwise their confirmed batches are folded in."""
     why = replace_reason(conn, store)
     if why is None and full_refresh:
-        why = "--full-refresh"
+        why = _refresh_reason(store)
     if why is not None:
         return discard_interrupted(conn, store), why
     return recover_interrupted(conn, store), None
+
+
+def _refresh_reason(store: MembershipStore) -> str:
+    """``--full-refresh``, which keeps the holds and so reads the membership; when that
+    membership is unreadable (a truncated or garbled file: the error names this flag as a
+    way out), what the platform holds is unknown and the replace treats it so, as after
+    ``state repair``. A file that fails its authentication is not read here either: only
+    a repair settles it."""
+    try:
+        store.load()
+        store.load_unsure()
+    except UnreadableStateFile as exc:
+        if exc.verdict != "unreadable":
+            raise
+        return f"{exc.path.name} of {store.segment}->{store.destination} is unreadable (--full-refresh)"
+    return "--full-refresh"
 
 
 def _ensure_destination_audience(
