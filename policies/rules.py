@@ -467,10 +467,7 @@ def consent(rule: Rule, ctx: FilterContext) -> Verdict:
     if p.exclude_ad_personalization_denied and c.ad_personalization is not None:
         _column(df, c.ad_personalization, "ad_personalization")  # names a missing column
         signal = consent_signal(df, c.ad_personalization, "ad_personalization")
-        # a person's refusal on one record holds for their other records (they share an
-        # email or phone the platforms match on), with or without the CRM-wide linkage
-        refused, _ = _whole_people(ctx, _mask(df, signal == "DENIED"))
-        parts["ad_personalization_denied"] = pl.lit(refused)
+        parts["ad_personalization_denied"] = signal == "DENIED"
     if p.exclude_duplicates_of_opt_outs and DUPLICATE_OF_OPT_OUT in df.columns:
         parts["duplicate_of_opt_out"] = pl.col(DUPLICATE_OF_OPT_OUT).fill_null(False)
     evidence = {"candidates": df.height}
