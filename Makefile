@@ -36,8 +36,9 @@ report-screenshot: $(STAMP)
 	REPORT_SCREENSHOT=docs/images/report-first-screen.png $(BIN)/python -m pytest -q \
 		tests/test_report_browser.py -k released
 
+# make bench ARGS="--quick" (or --only build ...): make reads a bare --quick as its own flag
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(ARGS)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache
