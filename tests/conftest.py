@@ -254,23 +254,25 @@ def released_ids(contacts: pl.DataFrame, in_segment: pl.Expr, *, google: bool = 
     per person — records sharing a mailbox or phone are one person (transitively), released
     as the record with the smallest contact id.
 
-    ``google``: a release to a Google destination, which also leaves out the people whose
-    ``ad_user_data`` consent (the template maps ``ad_user_data_consent``) is denied — a
-    person's signal is that of the first of their released records, by contact id, that has
-    one (docs/policy-rules.md; denied ad personalization is in ``opted_out`` already)."""
+    ``google``: a release to a Google destination, which also leaves out the people with a
+    denied Google consent signal (the template maps ``ad_user_data_consent`` and
+    ``ad_personalization_consent``) on any of their candidate records — the records in the
+    segment, linked into people the same way, the ones the consent rule dropped included
+    (docs/policy-rules.md, "People, not records")."""
     kept = contacts.with_columns(consented(contacts)).filter(in_segment & pl.col("consented"))
     person = people(_identity_keys(kept))
     if not google:
         return set(person.values())
-    signal = (
-        kept.select("contact_id", "ad_user_data_consent")
-        .with_columns(pl.col("contact_id").replace_strict(person).alias("person"))
-        .sort("contact_id")
-        .group_by("person")
-        .agg(pl.col("ad_user_data_consent").drop_nulls().first())
-    )
-    denied = pl.col("ad_user_data_consent").str.strip_chars().str.to_lowercase() == "denied"
-    return set(signal.filter(~denied.fill_null(False)).get_column("person").to_list())
+    candidates = contacts.filter(in_segment)
+    linked = people(_identity_keys(candidates))
+    word = [
+        pl.col(c).str.strip_chars().str.to_lowercase() == "denied"
+        for c in ("ad_user_data_consent", "ad_personalization_consent")
+    ]
+    refusing = candidates.filter(pl.any_horizontal(word).fill_null(False))
+    denied_people = {linked[c] for c in refusing.get_column("contact_id").to_list()}
+    refused = {p for c, p in person.items() if linked[c] in denied_people}
+    return set(person.values()) - refused
 
 
 def people(keyed: pl.DataFrame) -> dict[str, str]:

@@ -7,6 +7,7 @@ edits it to drop opt-outs gets them back, with a warning); and free of raw ident
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import struct
@@ -255,8 +256,8 @@ def test_the_index_holds_no_raw_identifier(project: Path) -> None:
 def test_attack_rewritten_data_with_the_old_size_and_time_is_not_matched_to_the_old_index(
     project: Path,
 ) -> None:
-    """The source digest is cached by size and modification time: an export rewritten with
-    both kept (``touch -r``, a coarse file system) keeps its cached digest. The index must
+    """The source digest is cached by size, modification time, ctime and inode: where a
+    file system does not keep those honest, a rewritten export keeps its cached digest. The index must
     not: a newly opted-out record's duplicates would otherwise go through."""
     import os
 
@@ -266,6 +267,10 @@ def test_attack_rewritten_data_with_the_old_size_and_time_is_not_matched_to_the_
     before_flags, _ = flags(project)
     before = data.stat()
     digest = load_sources(config_of(project)).digest
+    cache_path = config_of(project).state_dir / "digests.json"
+    (old_digest,) = [
+        v for k, v in json.loads(cache_path.read_text()).items() if k.startswith(f"{data}:")
+    ]
     # two opted-in records of one mailbox, neither flagged: one of them now opts out
     mailbox = pl.col("email").str.strip_chars().str.to_lowercase()
     pairs = contacts.filter(
@@ -283,6 +288,13 @@ def test_attack_rewritten_data_with_the_old_size_and_time_is_not_matched_to_the_
     changed.write_parquet(data, compression="uncompressed", statistics=False)
     os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert (data.stat().st_size, data.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    # the digest cache sees the new ctime and inode; a file system that keeps neither honest
+    # (some network mounts) would fool it: make it so by hand, the index must still see it
+    assert load_sources(config_of(project)).digest != digest
+    cache = json.loads(cache_path.read_text())
+    (key,) = [k for k in cache if k.startswith(f"{data}:")]
+    cache[key] = old_digest
+    cache_path.write_text(json.dumps(cache))
     assert load_sources(config_of(project)).digest == digest  # the digest cache is fooled
     expected = reference(project)
     assert expected - before_flags  # the other record is now a duplicate of an opt-out
