@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 
@@ -196,6 +197,9 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = false")
+    # spills go beside the output (the benchmark's data folder), not into the caller's cwd
+    spill = os.path.join(os.path.dirname(os.path.abspath(out)), ".duckdb-spill")
+    con.execute(f"SET temp_directory = {_quoted(spill)}")
     for macro in MACROS:
         con.execute(macro)
     select_records(
