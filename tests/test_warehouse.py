@@ -739,3 +739,112 @@ def test_a_reordered_table_keeps_the_opt_out_linkage(
     assert same == [
         (v["id"], v["evidence"]) for v in verdict(first)["verdicts"] if v["kind"] != "difference"
     ]
+
+
+# -- PostgreSQL rows through ADBC --------------------------------------------------------------
+
+
+def test_postgres_types_arrive_as_polars_types(
+    tmp_path: Path, postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every column type a PostgreSQL source may have, read through ADBC (binary COPY into
+    Arrow): the values and polars types a file of the same data gives, NULLs kept, time
+    zones converted to UTC, numeric as float, padded char and arrays as text."""
+    import datetime as dt
+
+    import psycopg
+
+    from audiences.crm.sources import load_sources
+
+    with psycopg.connect(postgres.conninfo, autocommit=True) as connection:
+        connection.execute("DROP SCHEMA IF EXISTS ty CASCADE; CREATE SCHEMA ty")
+        connection.execute(
+            "CREATE TABLE ty.contacts (contact_id text, email text, d date, tz timestamptz, ts timestamp, "
+            "n numeric(10, 3), r real, f double precision, s smallint, i integer, b bigint, "
+            "ok boolean, v varchar(8), c char(4), j json, a text[], va varchar[])"
+        )
+        connection.execute(
+            "INSERT INTO ty.contacts VALUES "
+            "('C1', NULL, '2024-02-29', '2024-02-29 23:30:00.123456+05:30', '1969-12-31 23:59:59.5', "
+            "1234.5, 0.25, -1e300, -32768, 2147483647, 9007199254740993, true, 'né', 'ab', "
+            "'{\"k\": 1}', ARRAY['E11.9', NULL, ''], ARRAY['x']::varchar[]), "
+            "('C2', NULL, '1900-01-31', '1970-01-01 00:00:00+00', '2100-12-31 00:00:00', 0.001, "
+            "-0.5, 3.5, 0, -1, -1, false, '', '', 'null', '{}', '{}'), "
+            "('C3', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+            "NULL, NULL, NULL)"
+        )
+    monkeypatch.setenv("CRM_TEST_URL", postgres.url)
+    source = '{"kind": "postgres", "uri_env": "CRM_TEST_URL", "schema": "ty", "table": "contacts"}'
+    got = load_sources(config_for(tmp_path, source)).contacts.collect().sort("contact_id")
+    utc = dt.UTC
+    expected = pl.DataFrame(
+        {
+            "contact_id": ["C1", "C2", "C3"],
+            "email": [None, None, None],
+            "d": [date(2024, 2, 29), date(1900, 1, 31), None],
+            "tz": [
+                dt.datetime(2024, 2, 29, 18, 0, 0, 123456, tzinfo=utc),
+                dt.datetime(1970, 1, 1, tzinfo=utc),
+                None,
+            ],
+            "ts": [dt.datetime(1969, 12, 31, 23, 59, 59, 500000), dt.datetime(2100, 12, 31), None],
+            "n": [1234.5, 0.001, None],
+            "r": [0.25, -0.5, None],
+            "f": [-1e300, 3.5, None],
+            "s": [-32768, 0, None],
+            "i": [2147483647, -1, None],
+            "b": [9007199254740993, -1, None],
+            "ok": [True, False, None],
+            "v": ["né", "", None],
+            "c": ["ab", "", None],
+            "j": ['{"k": 1}', "null", None],
+            "a": [["E11.9", None, ""], [], None],
+            "va": [["x"], [], None],
+        },
+        schema_overrides={
+            "email": pl.String,
+            "tz": pl.Datetime("us", "UTC"),
+            "ts": pl.Datetime("us"),
+            "r": pl.Float32,
+            "s": pl.Int16,
+            "i": pl.Int32,
+            "b": pl.Int64,
+            "a": pl.List(pl.String),
+            "va": pl.List(pl.String),
+        },
+    )
+    assert got.schema == expected.schema
+    assert got.equals(expected), got
+
+
+def test_a_failing_arrow_read_names_no_password(
+    tmp_path: Path, postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ADBC connection (the rows' reader) fails on its own: closed port, unknown user,
+    a bad URI option, a missing table. One line each; neither the password nor the URI
+    in the message, its cause or its context."""
+    import sqlglot.expressions as exp
+
+    from audiences.core.errors import DataError
+    from audiences.crm.databases import Database, read_query
+
+    database = Database("postgres", uri_env="CRM_TEST_URL", schema="nosuch")
+    query = exp.select(exp.column("contact_id", quoted=True)).from_(
+        exp.table_("contacts", db="nosuch", quoted=True)
+    )
+    schema = pl.Schema({"contact_id": pl.String()})
+    good = secret_url(postgres)
+    cases = {
+        secret_url(postgres, port=closed_port()): r"the server cannot be reached",
+        good.replace(f"//{postgres.user}:", "//nosuchuser:"): r"refused the credentials",
+        good + "?sslmode=maybe": r"does not hold a valid PostgreSQL connection URI",
+        good: r"has no table or view nosuch\.contacts",
+    }
+    for url, pattern in cases.items():
+        monkeypatch.setenv("CRM_TEST_URL", url)
+        with pytest.raises(DataError, match=pattern) as caught:
+            read_query("contacts", database, query, schema)
+        error = caught.value
+        shown = f"{error.message} {error.fix} {error.__cause__!r} {error.__context__!r}"
+        assert SECRET not in shown and url not in shown and "\n" not in error.message
+        assert error.__suppress_context__
