@@ -248,6 +248,126 @@ def test_postgres_dataset_id_is_the_table_contents(
     assert len({same, changed, duplicated}) == 3
 
 
+#: The dataset ids the first format (the code before "v2-" ids, at e80085d) gave the rows of
+#: small_crm(): the ledger keys of the spends an earlier version recorded.
+FIRST_FORMAT_IDS = {
+    "duckdb": "85c08ca97a9415bb45d9da579b940c80fadb4e3aee8d5834940cbf44d6ade974",
+    "postgres": "7af27152c109882e47c06f09f78336fd20b8a7ebdc733b33b824354cefef226d",
+}
+
+
+def loaded_small_crm(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Callable[[pl.DataFrame], None]]:
+    """A config over small_crm() in DuckDB or PostgreSQL, and the loader of its contacts."""
+    if backend == "duckdb":
+        source = '{"kind": "duckdb", "path": "crm.duckdb", "table": "contacts"}'
+
+        def load(frame: pl.DataFrame) -> None:
+            load_duckdb(tmp_path / "crm.duckdb", {"contacts": frame})
+    else:
+        postgres = request.getfixturevalue("postgres")
+        monkeypatch.setenv("CRM_TEST_URL", postgres.url)
+        source = (
+            '{"kind": "postgres", "uri_env": "CRM_TEST_URL", "schema": "up", "table": "contacts"}'
+        )
+
+        def load(frame: pl.DataFrame) -> None:
+            load_postgres(postgres.conninfo, {"contacts": frame}, schema="up")
+
+    load(small_crm()["contacts"])
+    config = config_for(tmp_path, source)
+    config.state_dir.mkdir()
+    return config, load
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_the_dataset_id_format_is_prefixed_and_read_with_the_first(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """The id is ``v2-`` + 64 hex digits (a first-format id is bare hex: they never collide);
+    the first format's id of the same rows, read in the same statement, is exactly the one
+    the earlier version computed."""
+    from audiences.crm.sources import dataset_id_formats, source_digest
+
+    config, _ = loaded_small_crm(tmp_path, backend, request, monkeypatch)
+    current, first = dataset_id_formats(config)
+    assert re.fullmatch(r"v2-[0-9a-f]{64}", current)
+    assert current == source_digest(config) == source_digest(config)  # the second: cached
+    assert first == FIRST_FORMAT_IDS[backend]
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_an_upgrade_of_the_dataset_id_never_resets_the_budget(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """ATTACK: spend most of the budget under the first-format id (what an earlier version
+    recorded, here under another scope: the same tables reached through another host
+    name), upgrade, wait for the next period (the period cap renews; the unchanged-data
+    cap must not) and ask again, through the Python API, over the unchanged rows: the
+    spends still count. After a real change of the rows the budget is fresh again."""
+    import sqlite3
+
+    from audiences.core.errors import BudgetExhausted
+    from audiences.crm.sources import source_digest
+    from policies.privacy.ledger import (
+        BudgetPolicy,
+        Ledger,
+        PrivacyBudget,
+        _connect_shared,
+        ledger_home,
+        open_ledger,
+    )
+
+    config, load = loaded_small_crm(tmp_path, backend, request, monkeypatch)
+    policy = BudgetPolicy(epsilon_per_period=1.0)
+    old = FIRST_FORMAT_IDS[backend]
+    before = Ledger(_connect_shared(ledger_home()), policy, scope="another-host-alias")
+    with before:
+        before.spend(old, PrivacyBudget(0.8, 0.0), "preview x", "marketer", date(2025, 5, 10))
+    upgraded = source_digest(config)
+    assert upgraded != old
+    with open_ledger(config, policy) as ledger:
+        assert ledger.remaining(upgraded, date(2025, 6, 2)).epsilon == pytest.approx(0.2)
+        with pytest.raises(BudgetExhausted):
+            ledger.spend(upgraded, PrivacyBudget(0.5, 0.0), "preview y", "marketer", AS_OF)
+        ledger.spend(upgraded, PrivacyBudget(0.2, 0.0), "preview z", "marketer", AS_OF)
+        assert ledger.remaining(upgraded, date(2025, 9, 1)).epsilon == pytest.approx(0.0)
+    with open_ledger(config, policy) as ledger:  # a later run: the link is kept
+        assert ledger.remaining(upgraded, date(2025, 9, 1)).epsilon == pytest.approx(0.0)
+    links = sqlite3.connect(ledger_home() / "ledger.sqlite")
+    assert links.execute("SELECT dataset, predecessor FROM dp_dataset_links").fetchall() == [
+        (upgraded, old)
+    ]
+    links.close()
+    changed = small_crm()["contacts"].with_columns(pl.lit("c@example.com").alias("email"))
+    load(changed)
+    fresh = source_digest(config)
+    with open_ledger(config, policy) as ledger:
+        assert ledger.remaining(fresh, date(2025, 9, 1)).epsilon == pytest.approx(1.0)
+
+
+def test_no_first_format_spend_no_second_scan(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger without first-format spends (a new installation) never reads the tables a
+    second time: no link is made."""
+    import sqlite3
+
+    from audiences.crm.sources import source_digest
+    from policies.privacy.ledger import BudgetPolicy, PrivacyBudget, ledger_home, open_ledger
+
+    config, _ = loaded_small_crm(tmp_path, "duckdb", request, monkeypatch)
+    policy = BudgetPolicy(epsilon_per_period=1.0)
+    dataset = source_digest(config)
+    with open_ledger(config, policy) as ledger:
+        ledger.spend(dataset, PrivacyBudget(0.3, 0.0), "preview x", "marketer", AS_OF)
+        assert ledger.remaining(dataset, AS_OF).epsilon == pytest.approx(0.7)
+    links = sqlite3.connect(ledger_home() / "ledger.sqlite")
+    assert links.execute("SELECT COUNT(*) FROM dp_dataset_links").fetchone() == (0,)
+    links.close()
+
+
 # -- bad input: one line, the exit code, never the URI -----------------------------------------
 
 SECRET = "s3cret-Pa55word"

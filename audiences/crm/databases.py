@@ -407,19 +407,39 @@ def cast_columns(frame: pl.DataFrame, conversions: dict[str, pl.DataType]) -> pl
 
 # -- the DP ledger's dataset id ------------------------------------------------------------
 
-#: Per row: MD5 of the row's text, its two 64-bit halves summed over the table (a sum, so
-#: the order rows come in does not matter; duplicates count). With the row count and the
-#: column names and types, a change to any value of any row changes the digest. The row's
-#: text: PostgreSQL's ``row::text`` (in the session's fixed UTC / ISO settings); on DuckDB
-#: each column cast to text on its own (``N`` for null, ``V`` + text otherwise, joined by
-#: the unit separator), not the row's struct, whose text form has changed between versions.
-_DIGEST_SQL = {
-    "duckdb": "SELECT COUNT(*), SUM(md5_number_upper(x)), SUM(md5_number_lower(x)) FROM t AS r",
-    "postgres": "SELECT COUNT(*), "
-    "SUM(CAST(CAST('x' || SUBSTR(MD5(CAST(r AS TEXT)), 1, 16) AS BIT(64)) AS BIGINT)), "
-    "SUM(CAST(CAST('x' || SUBSTR(MD5(CAST(r AS TEXT)), 17, 16) AS BIT(64)) AS BIGINT)) "
-    "FROM t AS r",
+#: Per row, one 64-bit hash of the row's text, summed over the table (a sum: the order rows
+#: come in does not matter; duplicates count). With the row count and the column names and
+#: types, a change to any value of any row changes the id (unless two hashes collide, at
+#: odds of 2**-64 per change: the id then stays, the budget stays shared: the safe
+#: direction; docs/warehouse.md). The row's text: PostgreSQL's ``row::text`` (in the
+#: session's fixed UTC / ISO settings) hashed by ``hashtextextended`` (bytes, collation
+#: "C"); on DuckDB each column cast to text on its own (``N`` for null, ``V`` + text
+#: otherwise, joined by the unit separator; not the row's struct, whose text form has
+#: changed between versions) hashed by MD5 (DuckDB's own ``hash()`` changed between 1.2
+#: and 1.3: an id must not change under an upgrade).
+_ROW_HASH = {
+    "duckdb": "md5_number_lower(x)",
+    "postgres": 'hashtextextended(CAST(r AS TEXT) COLLATE "C", 0)',
 }
+#: The first format's per-row sums (MD5 of the row's text, both 64-bit halves), computed
+#: only to carry a budget over to the format above (``table_digest(legacy=True)``).
+_LEGACY_SUMS = {
+    "duckdb": ["md5_number_upper(x)", "md5_number_lower(x)"],
+    "postgres": [
+        "CAST(CAST('x' || SUBSTR(MD5(CAST(r AS TEXT)), 1, 16) AS BIT(64)) AS BIGINT)",
+        "CAST(CAST('x' || SUBSTR(MD5(CAST(r AS TEXT)), 17, 16) AS BIT(64)) AS BIGINT)",
+    ],
+}
+
+
+@dataclass(frozen=True)
+class TableDigest:
+    """A table's digest (``full``: over every row; else from its version column) and, when
+    asked for, the first format's digest of the same rows, read in the same statement."""
+
+    digest: str
+    full: bool
+    legacy: str | None = None
 
 
 def _duckdb_row_text(schema: pl.Schema) -> exp.Expr:
@@ -446,13 +466,21 @@ def _duckdb_row_text(schema: pl.Schema) -> exp.Expr:
 
 
 def table_digest(
-    name: str, database: Database, table: str, version_column: str | None = None
-) -> str:
+    name: str,
+    database: Database,
+    table: str,
+    version_column: str | None = None,
+    *,
+    legacy: bool = False,
+) -> TableDigest:
     """A digest of every row of ``table``, computed by the database (the DP dataset id);
-    with ``version_column``, of the row count and that column's greatest value."""
+    with ``version_column``, of the row count and that column's greatest value (a format
+    that never changed). ``legacy``: also the first format's digest, in the same scan."""
     if version_column is not None:
-        return _version_digest(name, database, table, version_column)
-    query = sqlglot.parse_one(_DIGEST_SQL[database.kind], dialect=database.dialect)
+        return TableDigest(_version_digest(name, database, table, version_column), full=False)
+    sums = [_ROW_HASH[database.kind], *(_LEGACY_SUMS[database.kind] if legacy else [])]
+    text = f"SELECT COUNT(*), {', '.join(f'SUM({s})' for s in sums)} FROM t AS r"
+    query = sqlglot.parse_one(text, dialect=database.dialect)
     found = query.find(exp.Table)
     assert found is not None
     reference = table_ref(database, table)
@@ -465,24 +493,31 @@ def table_digest(
             for placeholder in list(query.find_all(exp.Column)):
                 if placeholder.name == "x":
                     placeholder.replace(row_text.copy())
-        sql = query.sql(dialect=database.dialect)
-        try:
-            if database.kind == "duckdb":
-                row = connection.execute(sql).fetchone()
-            else:
-                with connection.cursor() as cursor:
-                    row = cursor.execute(sql).fetchone()
-        except _database_errors() as exc:
-            raise _table_error(name, database, table, exc) from None
+        if not isinstance(query, exp.Select):  # pragma: no cover - the template is a SELECT
+            raise TypeError(text)
+        row = _first_row(name, connection, database, query, table)
     assert row is not None
+    columns = [[column, str(dtype)] for column, dtype in schema.items()]
     document = {
+        "format": 2,
         "kind": database.kind,
         "table": table,
-        "columns": [[column, str(dtype)] for column, dtype in schema.items()],
+        "columns": columns,
         "rows": int(row[0]),
-        "sums": [str(row[1]), str(row[2])],
+        "sum": str(row[1] if row[1] is not None else 0),
     }
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+    if not legacy:
+        return TableDigest(digest, full=True)
+    first = {
+        "kind": database.kind,
+        "table": table,
+        "columns": columns,
+        "rows": int(row[0]),
+        "sums": [str(row[2]), str(row[3])],
+    }
+    old = hashlib.sha256(json.dumps(first, sort_keys=True).encode()).hexdigest()
+    return TableDigest(digest, full=True, legacy=old)
 
 
 def _version_digest(name: str, database: Database, table: str, column: str) -> str:
