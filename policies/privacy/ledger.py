@@ -37,6 +37,11 @@ project reading the same CRM files share it too. Spends recorded by earlier vers
 the project's state database are imported once. Tests point :data:`LEDGER_HOME` elsewhere
 in-process; nothing a production run reads (no environment variable, no config key) moves it.
 
+Dataset ids of a later format (``v2-…``, database sources: docs/warehouse.md) are linked
+once to the first-format id of the same rows (table ``dp_dataset_links``, both ids read
+in one statement), and the unchanged-data cap of a ``v2-`` id counts the spends of its
+predecessor: a change of the id's format never resets a budget.
+
 Concurrency: :meth:`Ledger.spend` re-checks and inserts inside ``BEGIN IMMEDIATE``, so two
 processes cannot both pass the check and overspend; the second waits for the first (SQLite
 busy timeout) and then sees its spend.
