@@ -248,6 +248,126 @@ def test_postgres_dataset_id_is_the_table_contents(
     assert len({same, changed, duplicated}) == 3
 
 
+#: The dataset ids the first format (the code before "v2-" ids, at e80085d) gave the rows of
+#: small_crm(): the ledger keys of the spends an earlier version recorded.
+FIRST_FORMAT_IDS = {
+    "duckdb": "85c08ca97a9415bb45d9da579b940c80fadb4e3aee8d5834940cbf44d6ade974",
+    "postgres": "7af27152c109882e47c06f09f78336fd20b8a7ebdc733b33b824354cefef226d",
+}
+
+
+def loaded_small_crm(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Callable[[pl.DataFrame], None]]:
+    """A config over small_crm() in DuckDB or PostgreSQL, and the loader of its contacts."""
+    if backend == "duckdb":
+        source = '{"kind": "duckdb", "path": "crm.duckdb", "table": "contacts"}'
+
+        def load(frame: pl.DataFrame) -> None:
+            load_duckdb(tmp_path / "crm.duckdb", {"contacts": frame})
+    else:
+        postgres = request.getfixturevalue("postgres")
+        monkeypatch.setenv("CRM_TEST_URL", postgres.url)
+        source = (
+            '{"kind": "postgres", "uri_env": "CRM_TEST_URL", "schema": "up", "table": "contacts"}'
+        )
+
+        def load(frame: pl.DataFrame) -> None:
+            load_postgres(postgres.conninfo, {"contacts": frame}, schema="up")
+
+    load(small_crm()["contacts"])
+    config = config_for(tmp_path, source)
+    config.state_dir.mkdir()
+    return config, load
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_the_dataset_id_format_is_prefixed_and_read_with_the_first(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """The id is ``v2-`` + 64 hex digits (a first-format id is bare hex: they never collide);
+    the first format's id of the same rows, read in the same statement, is exactly the one
+    the earlier version computed."""
+    from audiences.crm.sources import dataset_id_formats, source_digest
+
+    config, _ = loaded_small_crm(tmp_path, backend, request, monkeypatch)
+    current, first = dataset_id_formats(config)
+    assert re.fullmatch(r"v2-[0-9a-f]{64}", current)
+    assert current == source_digest(config) == source_digest(config)  # the second: cached
+    assert first == FIRST_FORMAT_IDS[backend]
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_an_upgrade_of_the_dataset_id_never_resets_the_budget(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """ATTACK: spend most of the budget under the first-format id (what an earlier version
+    recorded, here under another scope: the same tables reached through another host
+    name), upgrade, wait for the next period (the period cap renews; the unchanged-data
+    cap must not) and ask again, through the Python API, over the unchanged rows: the
+    spends still count. After a real change of the rows the budget is fresh again."""
+    import sqlite3
+
+    from audiences.core.errors import BudgetExhausted
+    from audiences.crm.sources import source_digest
+    from policies.privacy.ledger import (
+        BudgetPolicy,
+        Ledger,
+        PrivacyBudget,
+        _connect_shared,
+        ledger_home,
+        open_ledger,
+    )
+
+    config, load = loaded_small_crm(tmp_path, backend, request, monkeypatch)
+    policy = BudgetPolicy(epsilon_per_period=1.0)
+    old = FIRST_FORMAT_IDS[backend]
+    before = Ledger(_connect_shared(ledger_home()), policy, scope="another-host-alias")
+    with before:
+        before.spend(old, PrivacyBudget(0.8, 0.0), "preview x", "marketer", date(2025, 5, 10))
+    upgraded = source_digest(config)
+    assert upgraded != old
+    with open_ledger(config, policy) as ledger:
+        assert ledger.remaining(upgraded, date(2025, 6, 2)).epsilon == pytest.approx(0.2)
+        with pytest.raises(BudgetExhausted):
+            ledger.spend(upgraded, PrivacyBudget(0.5, 0.0), "preview y", "marketer", AS_OF)
+        ledger.spend(upgraded, PrivacyBudget(0.2, 0.0), "preview z", "marketer", AS_OF)
+        assert ledger.remaining(upgraded, date(2025, 9, 1)).epsilon == pytest.approx(0.0)
+    with open_ledger(config, policy) as ledger:  # a later run: the link is kept
+        assert ledger.remaining(upgraded, date(2025, 9, 1)).epsilon == pytest.approx(0.0)
+    links = sqlite3.connect(ledger_home() / "ledger.sqlite")
+    assert links.execute("SELECT dataset, predecessor FROM dp_dataset_links").fetchall() == [
+        (upgraded, old)
+    ]
+    links.close()
+    changed = small_crm()["contacts"].with_columns(pl.lit("c@example.com").alias("email"))
+    load(changed)
+    fresh = source_digest(config)
+    with open_ledger(config, policy) as ledger:
+        assert ledger.remaining(fresh, date(2025, 9, 1)).epsilon == pytest.approx(1.0)
+
+
+def test_no_first_format_spend_no_second_scan(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger without first-format spends (a new installation) never reads the tables a
+    second time: no link is made."""
+    import sqlite3
+
+    from audiences.crm.sources import source_digest
+    from policies.privacy.ledger import BudgetPolicy, PrivacyBudget, ledger_home, open_ledger
+
+    config, _ = loaded_small_crm(tmp_path, "duckdb", request, monkeypatch)
+    policy = BudgetPolicy(epsilon_per_period=1.0)
+    dataset = source_digest(config)
+    with open_ledger(config, policy) as ledger:
+        ledger.spend(dataset, PrivacyBudget(0.3, 0.0), "preview x", "marketer", AS_OF)
+        assert ledger.remaining(dataset, AS_OF).epsilon == pytest.approx(0.7)
+    links = sqlite3.connect(ledger_home() / "ledger.sqlite")
+    assert links.execute("SELECT COUNT(*) FROM dp_dataset_links").fetchone() == (0,)
+    links.close()
+
+
 # -- bad input: one line, the exit code, never the URI -----------------------------------------
 
 SECRET = "s3cret-Pa55word"
@@ -739,3 +859,112 @@ def test_a_reordered_table_keeps_the_opt_out_linkage(
     assert same == [
         (v["id"], v["evidence"]) for v in verdict(first)["verdicts"] if v["kind"] != "difference"
     ]
+
+
+# -- PostgreSQL rows through ADBC --------------------------------------------------------------
+
+
+def test_postgres_types_arrive_as_polars_types(
+    tmp_path: Path, postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every column type a PostgreSQL source may have, read through ADBC (binary COPY into
+    Arrow): the values and polars types a file of the same data gives, NULLs kept, time
+    zones converted to UTC, numeric as float, padded char and arrays as text."""
+    import datetime as dt
+
+    import psycopg
+
+    from audiences.crm.sources import load_sources
+
+    with psycopg.connect(postgres.conninfo, autocommit=True) as connection:
+        connection.execute("DROP SCHEMA IF EXISTS ty CASCADE; CREATE SCHEMA ty")
+        connection.execute(
+            "CREATE TABLE ty.contacts (contact_id text, email text, d date, tz timestamptz, ts timestamp, "
+            "n numeric(10, 3), r real, f double precision, s smallint, i integer, b bigint, "
+            "ok boolean, v varchar(8), c char(4), j json, a text[], va varchar[])"
+        )
+        connection.execute(
+            "INSERT INTO ty.contacts VALUES "
+            "('C1', NULL, '2024-02-29', '2024-02-29 23:30:00.123456+05:30', '1969-12-31 23:59:59.5', "
+            "1234.5, 0.25, -1e300, -32768, 2147483647, 9007199254740993, true, 'né', 'ab', "
+            "'{\"k\": 1}', ARRAY['E11.9', NULL, ''], ARRAY['x']::varchar[]), "
+            "('C2', NULL, '1900-01-31', '1970-01-01 00:00:00+00', '2100-12-31 00:00:00', 0.001, "
+            "-0.5, 3.5, 0, -1, -1, false, '', '', 'null', '{}', '{}'), "
+            "('C3', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+            "NULL, NULL, NULL)"
+        )
+    monkeypatch.setenv("CRM_TEST_URL", postgres.url)
+    source = '{"kind": "postgres", "uri_env": "CRM_TEST_URL", "schema": "ty", "table": "contacts"}'
+    got = load_sources(config_for(tmp_path, source)).contacts.collect().sort("contact_id")
+    utc = dt.UTC
+    expected = pl.DataFrame(
+        {
+            "contact_id": ["C1", "C2", "C3"],
+            "email": [None, None, None],
+            "d": [date(2024, 2, 29), date(1900, 1, 31), None],
+            "tz": [
+                dt.datetime(2024, 2, 29, 18, 0, 0, 123456, tzinfo=utc),
+                dt.datetime(1970, 1, 1, tzinfo=utc),
+                None,
+            ],
+            "ts": [dt.datetime(1969, 12, 31, 23, 59, 59, 500000), dt.datetime(2100, 12, 31), None],
+            "n": [1234.5, 0.001, None],
+            "r": [0.25, -0.5, None],
+            "f": [-1e300, 3.5, None],
+            "s": [-32768, 0, None],
+            "i": [2147483647, -1, None],
+            "b": [9007199254740993, -1, None],
+            "ok": [True, False, None],
+            "v": ["né", "", None],
+            "c": ["ab", "", None],
+            "j": ['{"k": 1}', "null", None],
+            "a": [["E11.9", None, ""], [], None],
+            "va": [["x"], [], None],
+        },
+        schema_overrides={
+            "email": pl.String,
+            "tz": pl.Datetime("us", "UTC"),
+            "ts": pl.Datetime("us"),
+            "r": pl.Float32,
+            "s": pl.Int16,
+            "i": pl.Int32,
+            "b": pl.Int64,
+            "a": pl.List(pl.String),
+            "va": pl.List(pl.String),
+        },
+    )
+    assert got.schema == expected.schema
+    assert got.equals(expected), got
+
+
+def test_a_failing_arrow_read_names_no_password(
+    tmp_path: Path, postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ADBC connection (the rows' reader) fails on its own: closed port, unknown user,
+    a bad URI option, a missing table. One line each; neither the password nor the URI
+    in the message, its cause or its context."""
+    import sqlglot.expressions as exp
+
+    from audiences.core.errors import DataError
+    from audiences.crm.databases import Database, read_query
+
+    database = Database("postgres", uri_env="CRM_TEST_URL", schema="nosuch")
+    query = exp.select(exp.column("contact_id", quoted=True)).from_(
+        exp.table_("contacts", db="nosuch", quoted=True)
+    )
+    schema = pl.Schema({"contact_id": pl.String()})
+    good = secret_url(postgres)
+    cases = {
+        secret_url(postgres, port=closed_port()): r"the server cannot be reached",
+        good.replace(f"//{postgres.user}:", "//nosuchuser:"): r"refused the credentials",
+        good + "?sslmode=maybe": r"does not hold a valid PostgreSQL connection URI",
+        good: r"has no table or view nosuch\.contacts",
+    }
+    for url, pattern in cases.items():
+        monkeypatch.setenv("CRM_TEST_URL", url)
+        with pytest.raises(DataError, match=pattern) as caught:
+            read_query("contacts", database, query, schema)
+        error = caught.value
+        shown = f"{error.message} {error.fix} {error.__cause__!r} {error.__context__!r}"
+        assert SECRET not in shown and url not in shown and "\n" not in error.message
+        assert error.__suppress_context__

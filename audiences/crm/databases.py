@@ -5,10 +5,10 @@ A database source is read three ways, all through this module:
 * :func:`scan_table`: a lazy polars view of the table (a polars IO source: only the columns
   a plan projects are read, with one ``SELECT`` in the database) for what reads the whole
   CRM — linkage of duplicates of opt-outs, ``validate``'s checks, ``audiences columns``;
-* :func:`fetch`: the rows of a sqlglot ``SELECT`` (the compiled segment) as a polars frame:
-  DuckDB hands over Arrow; PostgreSQL streams ``COPY … TO STDOUT (FORMAT csv)`` of columns
-  rendered exactly (dates as day numbers, times as epoch microseconds, lists as JSON) that
-  polars parses in one vectorized pass;
+* :func:`fetch` / :func:`read_query`: the rows of a sqlglot ``SELECT`` (the compiled
+  segment) as a polars frame: DuckDB hands over Arrow; PostgreSQL's rows come through ADBC
+  (``adbc-driver-postgresql``: a binary ``COPY`` decoded straight into Arrow, no text
+  rendering or parsing);
 * :func:`table_digest`: the DP ledger's dataset id, computed by the database over every row.
 
 The PostgreSQL connection URI is read from the environment variable the config names, at
@@ -19,7 +19,6 @@ connect time, and never appears in a message: connection failures are told by th
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Iterator
@@ -60,7 +59,6 @@ _PG_OPTIONS = (
     "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=1 "
     "-c default_transaction_read_only=on -c client_encoding=UTF8"
 )
-_EPOCH = exp.cast(exp.Literal.string("1970-01-01"), exp.DataType.Type.DATE)
 
 
 @dataclass(frozen=True)
@@ -137,25 +135,52 @@ class Database:
                 yield duck
             return
         import psycopg
-        import psycopg.conninfo
 
-        uri = self._uri()
+        arguments = self._arguments()
         try:
-            # the URI's own options (e.g. a statement_timeout) stay; ours come last and win
-            given = psycopg.conninfo.conninfo_to_dict(uri).get("options") or ""
-            pg = psycopg.connect(
-                uri,
-                autocommit=True,
-                connect_timeout=10,
-                application_name="audiences",
-                options=f"{given} {_PG_OPTIONS}".strip(),
-            )
+            pg = psycopg.connect(**arguments, autocommit=True)
         except psycopg.ProgrammingError:
             raise self._bad_uri() from None
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
         with pg:
             yield pg
+
+    def _arguments(self) -> dict[str, Any]:
+        """libpq connection parameters: the URI's, then ours (read-only, UTC, ISO dates)."""
+        import psycopg.conninfo
+
+        uri = self._uri()
+        try:
+            # the URI's own options (e.g. a statement_timeout) stay; ours come last and win
+            given = psycopg.conninfo.conninfo_to_dict(uri).get("options") or ""
+        except psycopg.ProgrammingError:
+            raise self._bad_uri() from None
+        return {
+            "conninfo": uri,
+            "connect_timeout": 10,
+            "application_name": "audiences",
+            "options": f"{given} {_PG_OPTIONS}".strip(),
+        }
+
+    @contextmanager
+    def arrow(self) -> Iterator[Any]:
+        """A read-only ADBC connection to PostgreSQL (results as Arrow: binary ``COPY``)."""
+        import adbc_driver_manager
+        import adbc_driver_postgresql.dbapi
+        import psycopg.conninfo
+
+        arguments = self._arguments()
+        try:
+            conninfo = psycopg.conninfo.make_conninfo(arguments.pop("conninfo"), **arguments)
+        except psycopg.ProgrammingError:
+            raise self._bad_uri() from None
+        try:
+            connection = adbc_driver_postgresql.dbapi.connect(conninfo, autocommit=True)
+        except adbc_driver_manager.Error as exc:
+            raise self._unreachable(exc) from None
+        with connection:
+            yield connection
 
     def _unreachable(self, exc: BaseException) -> DataError:
         text = str(exc).lower()  # read for its kind only: it may quote host or user
@@ -188,28 +213,30 @@ def table_ref(database: Database, table: str) -> exp.Table:
 
 
 def _table_error(name: str, database: Database, table: str, exc: BaseException) -> DataError:
+    import adbc_driver_manager
     import duckdb
     import psycopg
 
     shown = f"{database.schema}.{table}" if database.schema else table
-    missing = (duckdb.CatalogException, psycopg.errors.UndefinedTable)
-    if isinstance(exc, (*missing, psycopg.errors.InvalidSchemaName)):
+    # psycopg and ADBC errors both carry the SQLSTATE; their text is never shown
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(exc, duckdb.CatalogException) or state in ("42P01", "3F000"):
         return DataError(
             f"source {name!r}: {database.where()} has no table or view {shown}",
             f"create it, or fix [sources.{name}].table (and schema) in audiences.toml",
         )
-    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+    if state == "42501":
         return DataError(
             f"source {name!r}: the database user may not read {shown}",
             f"GRANT SELECT ON {shown} to the user of the connection URI",
         )
-    if isinstance(exc, psycopg.errors.QueryCanceled):
+    if state == "57014":
         return DataError(
             f"source {name!r}: the database cancelled the query on {shown} (a statement "
             "timeout or an administrator)",
             "raise the user's statement_timeout or run again when the database is quieter",
         )
-    if isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, (psycopg.OperationalError, adbc_driver_manager.OperationalError)):
         return database._unreachable(exc)
     return DataError(
         f"source {name!r}: the database failed reading {shown} ({type(exc).__name__})",
@@ -218,10 +245,11 @@ def _table_error(name: str, database: Database, table: str, exc: BaseException) 
 
 
 def _database_errors() -> tuple[type[BaseException], ...]:
+    import adbc_driver_manager
     import duckdb
     import psycopg
 
-    return (duckdb.Error, psycopg.Error)
+    return (duckdb.Error, psycopg.Error, adbc_driver_manager.Error)
 
 
 def table_schema(name: str, connection: Any, database: Database, table: str) -> pl.Schema:
@@ -242,73 +270,67 @@ def table_schema(name: str, connection: Any, database: Database, table: str) -> 
 def has_rows(name: str, connection: Any, database: Database, table: str) -> bool:
     one = exp.alias_(exp.Literal.number(1), "one", quoted=True)
     query = exp.select(one).from_(table_ref(database, table)).limit(1)
-    frame = fetch(name, connection, database, query, pl.Schema({"one": pl.Int32()}))
-    return frame.height > 0
+    return _first_row(name, connection, database, query, table) is not None
+
+
+def _first_row(
+    name: str, connection: Any, database: Database, query: exp.Select, table: str
+) -> tuple[Any, ...] | None:
+    """The first row of a small query, on the open connection (DuckDB or psycopg)."""
+    sql = query.sql(dialect=database.dialect)
+    try:
+        if database.kind == "duckdb":
+            row: tuple[Any, ...] | None = connection.execute(sql).fetchone()
+            return row
+        with connection.cursor() as cursor:
+            row = cursor.execute(sql).fetchone()
+            return row
+    except _database_errors() as exc:
+        raise _table_error(name, database, table, exc) from None
 
 
 def fetch(
     name: str, connection: Any, database: Database, query: exp.Select, schema: pl.Schema
 ) -> pl.DataFrame:
-    """The rows of ``query``, whose output columns have the polars types ``schema``."""
+    """The rows of ``query``, whose output columns have the polars types ``schema``.
+
+    ``connection`` is the DuckDB connection; PostgreSQL rows are read over a connection of
+    their own (``connection`` may be None): ADBC's binary ``COPY``, straight into Arrow."""
     try:
         if database.kind == "duckdb":
             frame: pl.DataFrame = connection.sql(query.sql(dialect="duckdb")).pl()
             return frame
-        return _fetch_postgres(connection, query, schema)
+        return _fetch_postgres(database, query, schema)
     except _database_errors() as exc:
         table = query.find(exp.Table)
         raise _table_error(name, database, table.name if table else "?", exc) from None
 
 
-def _fetch_postgres(connection: Any, query: exp.Select, schema: pl.Schema) -> pl.DataFrame:
-    """``COPY (query) TO STDOUT`` as CSV with exact renderings, parsed by polars."""
+def _fetch_postgres(database: Database, query: exp.Select, schema: pl.Schema) -> pl.DataFrame:
+    """``query`` read through ADBC (binary ``COPY`` to Arrow), cast to ``schema``'s types."""
     inner = query.subquery("q")
-    rendered = [_pg_render(name, dtype) for name, dtype in schema.items()]
-    outer = exp.select(*rendered).from_(inner)
-    statement = f"COPY ({outer.sql(dialect='postgres')}) TO STDOUT (FORMAT csv)"
-    buffer = io.BytesIO()
-    with connection.cursor() as cursor, cursor.copy(statement) as copy:
-        for block in copy:
-            buffer.write(block)
-    text_schema = {name: pl.String() for name in schema.names()}
-    raw = pl.read_csv(
-        buffer.getvalue(), has_header=False, new_columns=schema.names(), schema=text_schema
-    )
-    return raw.select(_pg_parse(name, dtype) for name, dtype in schema.items())
+    outer = exp.select(*(_pg_column(n, d) for n, d in schema.items())).from_(inner)
+    with database.arrow() as connection, connection.cursor() as cursor:
+        cursor.execute(outer.sql(dialect="postgres"))
+        table = cursor.fetch_arrow_table()
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.select(pl.col(n).cast(d) for n, d in schema.items())
 
 
-def _pg_render(name: str, dtype: pl.DataType) -> exp.Expr:
-    column = exp.column(name, table="q", quoted=True)
-    if dtype == pl.Date:
-        value: exp.Expr = exp.Sub(this=column, expression=_EPOCH.copy())
-    elif isinstance(dtype, pl.Datetime):
-        seconds = exp.Extract(this=exp.var("EPOCH"), expression=column)
-        micros = exp.Mul(this=seconds, expression=exp.Literal.number(1_000_000))
-        value = exp.cast(exp.Round(this=micros), exp.DataType.Type.BIGINT)
-    elif isinstance(dtype, pl.List):
-        value = exp.cast(exp.Anonymous(this="array_to_json", expressions=[column]), "TEXT")
-    elif dtype == pl.Boolean:
-        value = exp.cast(column, exp.DataType.Type.INT)
+def _pg_column(name: str, dtype: pl.DataType) -> exp.Expr:
+    """The column as ADBC reads it into the polars type ``dtype``: ``numeric`` (which ADBC
+    hands over as text) as double precision, text-like types (varchar, char, name, and
+    what ``table_schema`` reads as text) as text, text arrays as ``text[]``; dates,
+    timestamps (with time zone: UTC), booleans and integers as they are."""
+    column: exp.Expr = exp.column(name, table="q", quoted=True)
+    if dtype.is_float():
+        column = exp.cast(column, exp.DataType.Type.DOUBLE)
     elif dtype == pl.String:
-        value = exp.cast(column, "TEXT")
-    else:
-        value = column
-    return exp.alias_(value, name, quoted=True)
-
-
-def _pg_parse(name: str, dtype: pl.DataType) -> pl.Expr:
-    text = pl.col(name)
-    if dtype == pl.Date:
-        return text.cast(pl.Int32).cast(pl.Date)
-    if isinstance(dtype, pl.Datetime):
-        return text.cast(pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone(dtype.time_zone)
-    if isinstance(dtype, pl.List):
-        return text.str.json_decode(pl.List(pl.String))
-    if dtype == pl.Boolean:
-        return text.cast(pl.Int8).cast(pl.Boolean)
-    if dtype == pl.String:
-        return text
-    return text.cast(dtype)
+        column = exp.cast(column, "TEXT")
+    elif isinstance(dtype, pl.List):
+        column = exp.cast(column, "TEXT[]")
+    return exp.alias_(column, name, quoted=True)
 
 
 # -- the lazy view -----------------------------------------------------------------------
@@ -352,8 +374,7 @@ def scan_table(
             query = query.order_by(exp.column(order_by, quoted=True))
         if n_rows is not None and predicate is None:  # a filter first needs every row
             query = query.limit(n_rows)
-        with database.connect() as connection:
-            frame = fetch(name, connection, database, query, _subset(schema, read_columns))
+        frame = read_query(name, database, query, _subset(schema, read_columns))
         frame = cast_columns(frame, conversions)
         if predicate is not None:
             frame = frame.filter(predicate)
@@ -361,6 +382,14 @@ def scan_table(
         yield frame.select(columns)
 
     return register_io_source(read, schema=converted)
+
+
+def read_query(name: str, database: Database, query: exp.Select, schema: pl.Schema) -> pl.DataFrame:
+    """``fetch`` over a connection of its own."""
+    if database.kind == "postgres":
+        return fetch(name, None, database, query, schema)
+    with database.connect() as connection:
+        return fetch(name, connection, database, query, schema)
 
 
 def _subset(schema: pl.Schema, columns: list[str]) -> pl.Schema:
@@ -378,19 +407,39 @@ def cast_columns(frame: pl.DataFrame, conversions: dict[str, pl.DataType]) -> pl
 
 # -- the DP ledger's dataset id ------------------------------------------------------------
 
-#: Per row: MD5 of the row's text, its two 64-bit halves summed over the table (a sum, so
-#: the order rows come in does not matter; duplicates count). With the row count and the
-#: column names and types, a change to any value of any row changes the digest. The row's
-#: text: PostgreSQL's ``row::text`` (in the session's fixed UTC / ISO settings); on DuckDB
-#: each column cast to text on its own (``N`` for null, ``V`` + text otherwise, joined by
-#: the unit separator), not the row's struct, whose text form has changed between versions.
-_DIGEST_SQL = {
-    "duckdb": "SELECT COUNT(*), SUM(md5_number_upper(x)), SUM(md5_number_lower(x)) FROM t AS r",
-    "postgres": "SELECT COUNT(*), "
-    "SUM(CAST(CAST('x' || SUBSTR(MD5(CAST(r AS TEXT)), 1, 16) AS BIT(64)) AS BIGINT)), "
-    "SUM(CAST(CAST('x' || SUBSTR(MD5(CAST(r AS TEXT)), 17, 16) AS BIT(64)) AS BIGINT)) "
-    "FROM t AS r",
+#: Per row, one 64-bit hash of the row's text, summed over the table (a sum: the order rows
+#: come in does not matter; duplicates count). With the row count and the column names and
+#: types, a change to any value of any row changes the id (unless two hashes collide, at
+#: odds of 2**-64 per change: the id then stays, the budget stays shared: the safe
+#: direction; docs/warehouse.md). The row's text: PostgreSQL's ``row::text`` (in the
+#: session's fixed UTC / ISO settings) hashed by ``hashtextextended`` (bytes, collation
+#: "C"); on DuckDB each column cast to text on its own (``N`` for null, ``V`` + text
+#: otherwise, joined by the unit separator; not the row's struct, whose text form has
+#: changed between versions) hashed by MD5 (DuckDB's own ``hash()`` changed between 1.2
+#: and 1.3: an id must not change under an upgrade).
+_ROW_HASH = {
+    "duckdb": "md5_number_lower(x)",
+    "postgres": 'hashtextextended(CAST(r AS TEXT) COLLATE "C", 0)',
 }
+#: The first format's per-row sums (MD5 of the row's text, both 64-bit halves), computed
+#: only to carry a budget over to the format above (``table_digest(legacy=True)``).
+_LEGACY_SUMS = {
+    "duckdb": ["md5_number_upper(x)", "md5_number_lower(x)"],
+    "postgres": [
+        "CAST(CAST('x' || SUBSTR(MD5(CAST(r AS TEXT)), 1, 16) AS BIT(64)) AS BIGINT)",
+        "CAST(CAST('x' || SUBSTR(MD5(CAST(r AS TEXT)), 17, 16) AS BIT(64)) AS BIGINT)",
+    ],
+}
+
+
+@dataclass(frozen=True)
+class TableDigest:
+    """A table's digest (``full``: over every row; else from its version column) and, when
+    asked for, the first format's digest of the same rows, read in the same statement."""
+
+    digest: str
+    full: bool
+    legacy: str | None = None
 
 
 def _duckdb_row_text(schema: pl.Schema) -> exp.Expr:
@@ -417,13 +466,21 @@ def _duckdb_row_text(schema: pl.Schema) -> exp.Expr:
 
 
 def table_digest(
-    name: str, database: Database, table: str, version_column: str | None = None
-) -> str:
+    name: str,
+    database: Database,
+    table: str,
+    version_column: str | None = None,
+    *,
+    legacy: bool = False,
+) -> TableDigest:
     """A digest of every row of ``table``, computed by the database (the DP dataset id);
-    with ``version_column``, of the row count and that column's greatest value."""
+    with ``version_column``, of the row count and that column's greatest value (a format
+    that never changed). ``legacy``: also the first format's digest, in the same scan."""
     if version_column is not None:
-        return _version_digest(name, database, table, version_column)
-    query = sqlglot.parse_one(_DIGEST_SQL[database.kind], dialect=database.dialect)
+        return TableDigest(_version_digest(name, database, table, version_column), full=False)
+    sums = [_ROW_HASH[database.kind], *(_LEGACY_SUMS[database.kind] if legacy else [])]
+    text = f"SELECT COUNT(*), {', '.join(f'SUM({s})' for s in sums)} FROM t AS r"
+    query = sqlglot.parse_one(text, dialect=database.dialect)
     found = query.find(exp.Table)
     assert found is not None
     reference = table_ref(database, table)
@@ -436,24 +493,31 @@ def table_digest(
             for placeholder in list(query.find_all(exp.Column)):
                 if placeholder.name == "x":
                     placeholder.replace(row_text.copy())
-        sql = query.sql(dialect=database.dialect)
-        try:
-            if database.kind == "duckdb":
-                row = connection.execute(sql).fetchone()
-            else:
-                with connection.cursor() as cursor:
-                    row = cursor.execute(sql).fetchone()
-        except _database_errors() as exc:
-            raise _table_error(name, database, table, exc) from None
+        if not isinstance(query, exp.Select):  # pragma: no cover - the template is a SELECT
+            raise TypeError(text)
+        row = _first_row(name, connection, database, query, table)
     assert row is not None
+    columns = [[column, str(dtype)] for column, dtype in schema.items()]
     document = {
+        "format": 2,
         "kind": database.kind,
         "table": table,
-        "columns": [[column, str(dtype)] for column, dtype in schema.items()],
+        "columns": columns,
         "rows": int(row[0]),
-        "sums": [str(row[1]), str(row[2])],
+        "sum": str(row[1] if row[1] is not None else 0),
     }
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+    if not legacy:
+        return TableDigest(digest, full=True)
+    first = {
+        "kind": database.kind,
+        "table": table,
+        "columns": columns,
+        "rows": int(row[0]),
+        "sums": [str(row[2]), str(row[3])],
+    }
+    old = hashlib.sha256(json.dumps(first, sort_keys=True).encode()).hexdigest()
+    return TableDigest(digest, full=True, legacy=old)
 
 
 def _version_digest(name: str, database: Database, table: str, column: str) -> str:
@@ -463,7 +527,6 @@ def _version_digest(name: str, database: Database, table: str, column: str) -> s
     id, so further spends are charged to the same budget: the safe direction."""
     version = exp.column(column, quoted=True)
     text = "TEXT" if database.kind == "postgres" else "VARCHAR"
-    output = pl.Schema({"rows": pl.Int64(), "version": pl.String()})
     aliased = exp.select(
         exp.alias_(exp.Count(this=exp.Star()), "rows", quoted=True),
         exp.alias_(exp.cast(exp.Max(this=version), text), "version", quoted=True),
@@ -475,7 +538,8 @@ def _version_digest(name: str, database: Database, table: str, column: str) -> s
                 f"source {name!r}: the version column {column!r} is not in table {table}",
                 f"fix [sources.{name}].version_column in audiences.toml",
             )
-        row = fetch(name, connection, database, aliased, output).row(0)
+        row = _first_row(name, connection, database, aliased, table)
+    assert row is not None
     document = {
         "kind": database.kind,
         "table": table,

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,13 @@ import polars as pl
 
 from audiences.core.config import ColumnSpec, ProjectConfig, SourceConfig
 from audiences.core.errors import DataError
-from audiences.crm.databases import Database, database_of, scan_table, table_digest
+from audiences.crm.databases import (
+    Database,
+    TableDigest,
+    database_of,
+    scan_table,
+    table_digest,
+)
 
 _DTYPES: dict[str, pl.DataType] = {
     "str": pl.String(),
@@ -365,38 +372,80 @@ def _file_digest(path: Path, earlier: set[str]) -> str:
         return digest
     for legacy in (hashlib.sha256, lambda: hashlib.blake2b(digest_size=32)):
         with path.open("rb") as fh:
-            old = hashlib.file_digest(fh, legacy).hexdigest()  # type: ignore[arg-type]
+            old = hashlib.file_digest(fh, legacy).hexdigest()
         if old in earlier:
             return old
     return digest
 
 
 def _tables_digest(config: ProjectConfig) -> str:
-    named: list[tuple[str, SourceConfig]] = [("contacts", config.sources.contacts)]
-    if config.sources.events is not None:
-        named.append(("events", config.sources.events))
-    outer = hashlib.sha256(b"tables")
+    named = _database_sources(config)
     cache_path = config.state_dir / "digests.json"
     try:
         cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     except (OSError, ValueError):
         cache = {}
     changed = False
+    digests: list[TableDigest] = []
     for name, source in named:
         assert source.table is not None
         database = database_of(source, config)
         key = _duckdb_cache_key(database, source.table)  # PostgreSQL: digested every time
-        digest = cache.get(key) if key and source.version_column is None else None
-        if digest is None:
-            digest = table_digest(name, database, source.table, source.version_column)
-            if key and source.version_column is None:
-                cache[key], changed = digest, True
-        outer.update(digest.encode())
+        key = f"v2:{key}" if key and source.version_column is None else None
+        cached = cache.get(key) if key else None
+        if cached is not None:
+            digests.append(TableDigest(cached, full=True))
+            continue
+        digest = table_digest(name, database, source.table, source.version_column)
+        if key:
+            cache[key], changed = digest.digest, True
+        digests.append(digest)
     if changed and config.state_dir.exists():
         from audiences.core.atomic import write_text
 
         write_text(cache_path, json.dumps(cache), durable=False)  # a cache: lost, re-digested
+    return _dataset_id(digests)
+
+
+def _database_sources(config: ProjectConfig) -> list[tuple[str, SourceConfig]]:
+    named: list[tuple[str, SourceConfig]] = [("contacts", config.sources.contacts)]
+    if config.sources.events is not None:
+        named.append(("events", config.sources.events))
+    return named
+
+
+def _dataset_id(digests: list[TableDigest]) -> str:
+    """The tables' dataset id. With a table digested over every row, in the second format:
+    ``v2-`` and a hex digest (the first format's ids are bare hex: the two never collide);
+    tables that all declare a version column keep the id they always had."""
+    if not any(d.full for d in digests):
+        return _legacy_id(d.digest for d in digests)
+    outer = hashlib.sha256(b"tables-v2")
+    for digest in digests:
+        outer.update(digest.digest.encode())
+    return "v2-" + outer.hexdigest()
+
+
+def _legacy_id(digests: Iterable[str]) -> str:
+    outer = hashlib.sha256(b"tables")
+    for digest in digests:
+        outer.update(digest.encode())
     return outer.hexdigest()
+
+
+def dataset_id_formats(config: ProjectConfig) -> tuple[str, str]:
+    """(the dataset id, the first format's id of the same rows) of a project over database
+    sources, each table read once (both digests in one statement): the DP ledger's
+    carry-over of spends recorded under the first format (policies/privacy/ledger.py)."""
+    digests = []
+    for name, source in _database_sources(config):
+        assert source.table is not None
+        database = database_of(source, config)
+        digests.append(
+            table_digest(name, database, source.table, source.version_column, legacy=True)
+        )
+    legacy = _legacy_id(d.legacy or d.digest for d in digests)
+    return _dataset_id(digests), legacy
 
 
 def _duckdb_cache_key(database: Database, table: str) -> str | None:

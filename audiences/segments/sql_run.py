@@ -19,7 +19,7 @@ import polars as pl
 import sqlglot.expressions as exp
 
 from audiences.core.errors import DataError
-from audiences.crm.databases import cast_columns, fetch
+from audiences.crm.databases import cast_columns, read_query
 from audiences.crm.sources import TableSource
 from audiences.segments.compiler import compile_segment, top_level_parts
 from audiences.segments.context import SegmentContext
@@ -139,8 +139,7 @@ def run_segment_in_tables(
         query = exp.select(*(exp.column(c, table="c", quoted=True) for c in wanted)).from_(
             SqlTables(contacts.table, None, database.schema).table(contacts.table, "c")
         )
-    with database.connect() as connection:
-        frame = fetch("contacts", connection, database, query, output)
+    frame = read_query("contacts", database, query, output)
     frame = cast_columns(frame, contacts.conversions)
     if rest:
         remaining = Segment(name=segment.name, where=AllOf(conditions=tuple(rest)))

@@ -37,6 +37,11 @@ project reading the same CRM files share it too. Spends recorded by earlier vers
 the project's state database are imported once. Tests point :data:`LEDGER_HOME` elsewhere
 in-process; nothing a production run reads (no environment variable, no config key) moves it.
 
+Dataset ids of a later format (``v2-…``, database sources: docs/warehouse.md) are linked
+once to the first-format id of the same rows (table ``dp_dataset_links``, both ids read
+in one statement), and the unchanged-data cap of a ``v2-`` id counts the spends of its
+predecessor: a change of the id's format never resets a budget.
+
 Concurrency: :meth:`Ledger.spend` re-checks and inserts inside ``BEGIN IMMEDIATE``, so two
 processes cannot both pass the check and overspend; the second waits for the first (SQLite
 busy timeout) and then sees its spend.
@@ -49,6 +54,7 @@ import hashlib
 import math
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -266,13 +272,28 @@ class Ledger:
     """The persistent budget ledger in the state database (table ``dp_ledger``)."""
 
     def __init__(
-        self, conn: sqlite3.Connection, policy: BudgetPolicy, *, scope: str | None = None
+        self,
+        conn: sqlite3.Connection,
+        policy: BudgetPolicy,
+        *,
+        scope: str | None = None,
+        formats: Callable[[], tuple[str, str]] | None = None,
     ) -> None:
         self.conn = conn
         self.policy = policy
         # The per-user ledger (open_ledger) tags spends with the project's source scope and
         # applies the period cap per scope; a bare dp_ledger table has no scope column.
         self.scope = scope
+        # (dataset id, first-format id) of the project's database tables, read together:
+        # spends recorded under the first format are carried over (``_carry_over``)
+        self._formats = formats
+        self._carried: set[str] = set()
+        self._links = (
+            conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dp_dataset_links'"
+            ).fetchone()
+            is not None
+        )
 
     def close(self) -> None:
         self.conn.close()
@@ -300,10 +321,60 @@ class Ledger:
         return PrivacyBudget(max(float(row[0]), 0.0), min(max(float(row[1]), 0.0), 0.999999))
 
     def spent(self, dataset: str, period: str | None = None) -> PrivacyBudget:
-        """Budget spent on ``dataset`` in ``period`` (a label such as ``2026-11``; None = ever)."""
+        """Budget spent on ``dataset`` in ``period`` (a label such as ``2026-11``; None = ever),
+        counting the spends recorded under the id of the same data in an earlier format."""
+        self._carry_over(dataset)
+        ids = [dataset, *self._predecessors(dataset)]
+        same = f"dataset IN ({', '.join('?' * len(ids))})"
         if period is None:
-            return self._sum("dataset = ?", (dataset,))
-        return self._sum("dataset = ? AND period = ?", (dataset, period))
+            return self._sum(same, tuple(ids))
+        return self._sum(f"{same} AND period = ?", (*ids, period))
+
+    def _predecessors(self, dataset: str) -> list[str]:
+        """The ids of the same rows in earlier formats (a bare ledger table has no links)."""
+        if not self._links:
+            return []
+        rows = self.conn.execute(
+            "SELECT predecessor FROM dp_dataset_links WHERE dataset = ?", (dataset,)
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def _carry_over(self, dataset: str) -> None:
+        """Link a second-format dataset id (``v2-…``) to the first-format id of the same
+        rows, once, so the spends recorded before the format changed still count: an
+        upgrade must never reset a budget (docs/warehouse.md, "The dataset id").
+
+        Run when the ledger holds any first-format spend (of any scope: the same tables
+        reached under another host name have another scope but the same id) and the id
+        has no link yet; it reads every table again (both formats in one statement). If
+        the rows changed since ``dataset`` was computed, the pair read now is of other
+        data: refused, to be run again (a link to the wrong id could free a budget)."""
+        if self._formats is None or not dataset.startswith("v2-") or dataset in self._carried:
+            return
+        if not self._links:
+            return
+        linked = self.conn.execute(
+            "SELECT 1 FROM dp_dataset_links WHERE dataset = ?", (dataset,)
+        ).fetchone()
+        earlier = self.conn.execute(
+            "SELECT 1 FROM dp_ledger WHERE dataset NOT LIKE 'v2-%' LIMIT 1"
+        ).fetchone()
+        if linked is None and earlier is not None:
+            from audiences.core.errors import DataError
+
+            current, first = self._formats()
+            if current != dataset:
+                raise DataError(
+                    "the source tables changed while the privacy budget ledger was being "
+                    "carried over to the new dataset id",
+                    "run the command again",
+                )
+            at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+            self.conn.execute(
+                "INSERT INTO dp_dataset_links (dataset, predecessor, at) VALUES (?, ?, ?)",
+                (dataset, first, at),
+            )
+        self._carried.add(dataset)
 
     def spent_in_period(self, period: str) -> PrivacyBudget:
         """Budget spent in ``period`` over every dataset digest of this scope (the period cap)."""
@@ -437,6 +508,7 @@ class Ledger:
         self.validate_request(requested)
         if not query or not actor:
             raise UsageError("a ledger spend needs a query description and an actor")
+        self._carry_over(dataset)  # before the write lock: it may read the tables again
         moment = _as_datetime(as_of)
         label = period_label(moment, self.policy.period)
         at = moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -504,6 +576,13 @@ CREATE TABLE IF NOT EXISTS dp_ledger (
 );
 CREATE INDEX IF NOT EXISTS dp_ledger_dataset ON dp_ledger(dataset, period);
 CREATE INDEX IF NOT EXISTS dp_ledger_scope ON dp_ledger(scope, period);
+-- a dataset id of a later format -> the id of the same rows in the first format
+CREATE TABLE IF NOT EXISTS dp_dataset_links (
+  dataset TEXT NOT NULL,
+  predecessor TEXT NOT NULL,
+  at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dp_dataset_links_dataset ON dp_dataset_links(dataset);
 """
 
 
@@ -592,4 +671,11 @@ def open_ledger(config: ProjectConfig, policy: BudgetPolicy) -> Ledger:
     scope = source_scope(config)
     conn = _connect_shared(ledger_home())
     _import_legacy(conn, config.state_db, scope)
-    return Ledger(conn, policy, scope=scope)
+    formats = None
+    if config.sources.contacts.is_database:
+        from audiences.crm.sources import dataset_id_formats
+
+        def formats() -> tuple[str, str]:
+            return dataset_id_formats(config)
+
+    return Ledger(conn, policy, scope=scope, formats=formats)
