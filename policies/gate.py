@@ -284,7 +284,8 @@ class _Eligible:
         """``keys`` without the members a sale-basis ``destination`` may not receive."""
         if destination not in self.sold or not self.unsold.size or not keys.size:
             return keys
-        return keys[~_isin_sorted(keys, self.unsold)]
+        kept: np.ndarray = keys[~_isin_sorted(keys, self.unsold)]
+        return kept
 
 
 def _eligible_members(

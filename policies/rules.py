@@ -1097,6 +1097,87 @@ REQUIRED_CONSENT: dict[str, Callable[[Params], tuple[str, ...]]] = {
 }
 
 
+# ---------------------------------------------------------------------------------------
+# A person's request follows them through the whole CRM (docs/policy-rules.md, "Requests
+# hold CRM-wide")
+
+# Jurisdiction rule kinds that honour a request a person makes (an opt-out, a "limit use",
+# a withdrawn or denied consent): a CRM record carrying it holds out every candidate
+# record linked to it one hop (a shared email, phone or name + postal code), wherever the
+# segment's filters left it.
+CRM_WIDE = ("sensitive_pi_opt_out", "health_data_consent")
+LINKED_REQUEST = "__linked_request"
+
+
+def request_columns(rule: Rule) -> tuple[str, str]:
+    """The candidate columns the build sets for ``rule``: linked to a CRM record carrying
+    the request (anywhere), and to one carrying it in the rule's scope."""
+    return f"{LINKED_REQUEST}:{rule.id}:any", f"{LINKED_REQUEST}:{rule.id}:scoped"
+
+
+def _request_expr(rule: Rule, config: ProjectConfig, probe: pl.DataFrame) -> pl.Expr | None:
+    """True for a CRM record carrying the request ``rule`` honours."""
+    c = config.consent
+    if rule.kind == "sensitive_pi_opt_out":
+        honour = rule.params.honour  # type: ignore[attr-defined]
+        parts = [
+            truthy(probe, getattr(c, r), r, c.vocabulary(r)).fill_null(False)
+            for r in honour
+            if getattr(c, r) is not None
+        ]
+        return pl.any_horizontal(parts) if parts else None
+    role = rule.params.consent  # type: ignore[attr-defined]
+    column = getattr(c, role)
+    if column is None:
+        return None
+    # a withdrawn or denied consent is the person's answer; a missing one is no request
+    return consent_signal(probe, column, role, c.vocabulary(role)) == "DENIED"
+
+
+def crm_requests(
+    rules: Iterable[Rule], config: ProjectConfig, schema: pl.Schema
+) -> dict[str, pl.Expr]:
+    """Per jurisdiction rule of a ``CRM_WIDE`` kind, two boolean expressions over the
+    contacts (named by :func:`request_columns`): the record carries the request; it
+    carries it and is in the rule's scope (its jurisdictions, or unknown)."""
+    from audiences.crm.jurisdiction import in_scope_expr
+
+    probe = pl.DataFrame(schema=schema)
+    flags: dict[str, pl.Expr] = {}
+    for rule in rules:
+        if rule.kind not in CRM_WIDE or not rule.jurisdictions or rule.severity != "block":
+            continue
+        request = _request_expr(rule, config, probe)
+        if request is None:
+            continue
+        anywhere, scoped_name = request_columns(rule)
+        flags[anywhere] = request
+        flags[scoped_name] = request & in_scope_expr(schema, config, rule.jurisdictions)
+    return flags
+
+
+def _linked_requests(
+    rule: Rule, ctx: FilterContext, verdict: Verdict, scope: pl.Series
+) -> pl.Series | None:
+    """Candidates held out because a CRM record linked to them carries the request the
+    rule honours: either record in the rule's scope suffices (a person's request follows
+    them; so does the law of where they live). None when the build set no such columns
+    or the request does not bear on this segment (consent to share, for a segment that
+    reaches no health data)."""
+    if rule.kind not in CRM_WIDE or ctx.candidates.height == 0:
+        return None
+    if rule.kind == "health_data_consent" and not verdict.evidence.get("health_derived"):
+        return None
+    anywhere, scoped_name = request_columns(rule)
+    df = ctx.candidates
+    if anywhere not in df.columns or scoped_name not in df.columns:
+        return None
+    linked = df.get_column(scoped_name).fill_null(False) | (
+        df.get_column(anywhere).fill_null(False) & scope
+    )
+    return linked.alias("excluded")
+
+
 def run_filter(rule: Rule, ctx: FilterContext) -> Verdict:
     """The filter rule's verdict; a jurisdiction pack's rule is narrowed to the people of
     its jurisdictions and the people whose jurisdiction is unknown (strictest treatment)."""
@@ -1132,9 +1213,16 @@ def scoped(rule: Rule, ctx: FilterContext, verdict: Verdict) -> Verdict:
     scope = inside | unknown
     base = verdict.excluded if verdict.excluded is not None else _mask(df, pl.lit(False))
     excluded = (base & scope).alias("excluded") if df.height else base
+    crm_linked = _linked_requests(rule, ctx, verdict, scope)
+    held = 0
+    if crm_linked is not None:
+        held = int((crm_linked & ~excluded).sum())
+        excluded = (excluded | crm_linked).alias("excluded")
     excluded, linked = _whole_people(ctx, excluded)
     evidence = dict(verdict.evidence)
     evidence["linked_records"] = linked
+    if rule.kind in CRM_WIDE:
+        evidence["linked_crm_records"] = held
     for code in rule.jurisdictions:
         member = found.list.contains(code).fill_null(False) if df.height else scope
         key = evidence_suffix(code)

@@ -318,6 +318,13 @@ def _jurisdiction_terms() -> dict[str, Term]:
     terms["excluded_unknown"] = Term(
         "Matched, jurisdiction unknown", "people of unknown jurisdiction this rule matched"
     )
+    terms["linked_crm_records"] = Term(
+        "Held out by a linked CRM record",
+        "selected records held out because another CRM record — anywhere in the CRM, "
+        "even one the segment did not select — shares their email, phone or name and "
+        "postal code and carries the request this rule honours (either record in the "
+        "rule's jurisdictions, or of unknown jurisdiction)",
+    )
     terms["linked_records"] = Term(
         "Other records of the same people",
         "CRM records sharing a normalized email or phone with a record this rule excludes: "
