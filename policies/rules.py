@@ -1156,6 +1156,13 @@ def crm_requests(
     return flags
 
 
+def crm_request_filter(flags: Mapping[str, pl.Expr]) -> pl.Expr | None:
+    """True for a record carrying any request of ``flags`` (:func:`crm_requests`): the
+    cheap part, without the jurisdiction, that picks the records to index."""
+    anywhere = [e for name, e in sorted(flags.items()) if name.endswith(":any")]
+    return pl.any_horizontal(anywhere) if anywhere else None
+
+
 def _linked_requests(
     rule: Rule, ctx: FilterContext, verdict: Verdict, scope: pl.Series
 ) -> pl.Series | None:

@@ -345,7 +345,10 @@ class IndexStore(Protocol):
 
 
 def index_identity(
-    config: ProjectConfig, schema: pl.Schema, flags: Mapping[str, pl.Expr] | None = None
+    config: ProjectConfig,
+    schema: pl.Schema,
+    flags: Mapping[str, pl.Expr] | None = None,
+    where: pl.Expr | None = None,
 ) -> str:
     """What an opt-out index depends on besides the data: the identity and consent mapping
     (the links and the opt-out expression, with the consent vocabulary), how the contacts
@@ -362,6 +365,8 @@ def index_identity(
         opted_out = None if selected is None else selected.meta.serialize(format="json")
     else:
         opted_out = {name: e.meta.serialize(format="json") for name, e in sorted(flags.items())}
+        if where is not None:
+            opted_out["\0where"] = where.meta.serialize(format="json")
     body = {
         "format": INDEX_FORMAT,
         "polars": pl.__version__,
@@ -393,6 +398,7 @@ def compute_opt_out_index(
     config: ProjectConfig,
     seeds: Seeds,
     flags: Mapping[str, pl.Expr] | None = None,
+    where: pl.Expr | None = None,
 ) -> pl.DataFrame:
     """The opt-out index of ``contacts``: (``_POS``, and per link its keyed ``g`` and
     whether ``g`` is reliable) for every opted-out record that has a key or is unreliable
@@ -400,12 +406,18 @@ def compute_opt_out_index(
     the raw key columns are dropped as soon as each link's ``g`` is taken.
 
     With ``flags`` (name → boolean expression over the contacts), the index is of the
-    records any flag is true for, and carries each flag as a column."""
+    records any flag is true for, and carries each flag as a column; ``where``, a cheap
+    expression true wherever a flag is, picks those records first (the flags, which may
+    be costly, are then computed for them only)."""
     schema = contacts.collect_schema()
     links = links_for(config, schema)
     names = sorted(flags) if flags else []
     if flags:
-        opted_out: pl.Expr | None = pl.any_horizontal([flags[n].fill_null(False) for n in names])
+        opted_out: pl.Expr | None = (
+            where.fill_null(False)
+            if where is not None
+            else pl.any_horizontal([flags[n].fill_null(False) for n in names])
+        )
     else:
         opted_out = opted_out_expr(config, schema)
     if opted_out is None or not links:
@@ -438,11 +450,12 @@ def _opt_out_index(
     cache: dict[str, Any] | None,
     store: IndexStore | None,
     flags: Mapping[str, pl.Expr] | None = None,
+    where: pl.Expr | None = None,
 ) -> tuple[pl.DataFrame, Seeds]:
     """The opt-out index (or the index of ``flags``) and its seeds: from ``cache`` (the
     ``Sources`` object's, so ``build --all`` and ``sync --all`` read it once), else from
     ``store`` (computed once per export), else computed."""
-    identity = index_identity(config, contacts.collect_schema(), flags)
+    identity = index_identity(config, contacts.collect_schema(), flags, where)
     seeds = store.seeds() if store is not None else UNKEYED
     key = f"opt-out-index:{identity}:{hash(seeds)}"
     if cache is not None and key in cache:
@@ -452,7 +465,7 @@ def _opt_out_index(
     if index is not None and index.schema != index_schema(links, sorted(flags or {})):
         index = None  # (an authentic index of another layout: never guessed at)
     if index is None:
-        index = compute_opt_out_index(contacts, config, seeds, flags)
+        index = compute_opt_out_index(contacts, config, seeds, flags, where)
         if store is not None:
             store.save(identity, index)
     if cache is not None:
@@ -541,6 +554,7 @@ def flag_linked_records(
     config: ProjectConfig,
     flags: Mapping[str, pl.Expr],
     *,
+    where: pl.Expr | None = None,
     cache: dict[str, Any] | None = None,
     store: IndexStore | None = None,
 ) -> pl.DataFrame:
@@ -548,7 +562,9 @@ def flag_linked_records(
     expression over the contacts' columns): true where the candidate shares an email,
     phone or name-and-postal-code key with a CRM record — anywhere in ``contacts``, the
     candidate itself included — for which the flag is true. One hop, as the opt-out
-    linkage; the index of flagged records is kept per export and per ``flags``."""
+    linkage; the index of flagged records is kept per export and per ``flags`` (and
+    ``where``, a cheap prefilter true wherever any flag is: see
+    :func:`compute_opt_out_index`)."""
     names = sorted(flags)
     schema = contacts.collect_schema()
     links = links_for(config, schema)
@@ -557,7 +573,7 @@ def flag_linked_records(
     columns = sorted({c for link in links for c in link.columns})
     cand = candidates.lazy().with_row_index(_ROW).select(_ROW, *columns).collect()
     cand_coarse = {link.name: coarse_keys(cand, link) for link in links}
-    index, seeds = _opt_out_index(contacts, config, cache, store, flags)
+    index, seeds = _opt_out_index(contacts, config, cache, store, flags, where)
     meets = []
     for link in links:
         keyed = cand_coarse[link.name].select(_keyed(pl.col(link.out), seeds)).to_series()

@@ -192,7 +192,7 @@ def flag_linked_requests(
     is kept in the state folder per export and per the flags of the packs in force."""
     from audiences.crm.linkage import flag_linked_records
     from audiences.pipeline.optout_index import REQUESTS_INDEX_NAME, store_for
-    from policies.rules import crm_requests
+    from policies.rules import crm_request_filter, crm_requests
 
     flags = crm_requests(pack.rules, config, sources.contacts.collect_schema())
     if not flags:
@@ -202,6 +202,7 @@ def flag_linked_requests(
         sources.contacts,
         config,
         flags,
+        where=crm_request_filter(flags),
         cache=sources.cache,
         store=store_for(config, sources, REQUESTS_INDEX_NAME),
     )
