@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -36,6 +36,8 @@ class DestinationConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: str
+    # the transfer's legal basis (audiences.core.config.DestinationSpec.basis)
+    basis: Literal["share", "sale"] = "share"
 
 
 @dataclass(frozen=True)

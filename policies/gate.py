@@ -32,7 +32,7 @@ import functools
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from policies.privacy.record_level import RecordLevel
 from policies.release import Release, _mint, require_release
 from policies.rules import (
     GOOGLE_KINDS,
+    SALE_ONLY,
     Destination,
     FilterContext,
     OpaqueNameParams,
@@ -67,6 +68,7 @@ from policies.rules import (
     min_size,
     opaque_name,
     phi_finding,
+    rule_kinds_of,
     run_filter,
     segment_words,
     sensitive_destination,
@@ -146,6 +148,33 @@ def destination_of(config: ProjectConfig, name: str) -> tuple[Destination, tuple
     return Destination(name=name, kind=kind, account=account), layouts
 
 
+def sale_basis(config: ProjectConfig, name: str) -> bool:
+    """Is a transfer to destination ``name`` a sale? Its own ``basis = "sale"``, or that of
+    any configured destination uploading to the same platform account: one account
+    cannot both buy the data and not, so a second destination declared ``share`` for an
+    account that buys is judged as a sale (docs/policy-rules.md, "Sale basis")."""
+    if config.destination(name).basis == "sale":
+        return True
+    sellers = [n for n, spec in config.destinations.items() if spec.basis == "sale"]
+    if not sellers:
+        return False
+    dest, _ = destination_of(config, name)
+    for other in sellers:
+        try:
+            theirs, _ = destination_of(config, other)
+        except ConfigError:  # a broken destination is refused where it is used
+            continue
+        same_platform = rule_kinds_of(theirs.kind) == rule_kinds_of(dest.kind)
+        if same_platform and theirs.account == dest.account:
+            return True
+    return False
+
+
+def sale_destinations(config: ProjectConfig, names: Iterable[str]) -> tuple[str, ...]:
+    """The destinations among ``names`` whose transfer is a sale (:func:`sale_basis`)."""
+    return tuple(n for n in names if sale_basis(config, n))
+
+
 # ---------------------------------------------------------------------------------------
 # Evaluation
 
@@ -158,11 +187,14 @@ def evaluate(inp: GateInput) -> GateOutcome:
         raise InternalError("candidates need a UInt64 member_key column")
     phi = _with_exported_sensitive(phi_finding(inp.segment, config), config, inp.record_exports)
     suppression = SuppressionSet.load(list(pack.suppression_lists), config.identity.default_country)
-    ctx = FilterContext(config, cand, inp.as_of, phi, suppression, segment=inp.segment)
+    sold = sale_destinations(config, inp.destinations)
+    ctx = FilterContext(
+        config, cand, inp.as_of, phi, suppression, segment=inp.segment, sale_destinations=sold
+    )
 
     # 1. filters
-    filter_verdicts, excluded = _filter_verdicts(pack, ctx)
-    eligible = _eligible_members(config, cand, excluded)
+    filter_verdicts, excluded, unsold = _filter_verdicts(pack, ctx)
+    eligible = _eligible_members(config, cand, excluded, unsold, sold)
 
     # 2. destinations
     checks = _check_destinations(inp, phi, eligible)
@@ -200,20 +232,25 @@ def evaluate(inp: GateInput) -> GateOutcome:
     )
 
 
-def _filter_verdicts(pack: Pack, ctx: FilterContext) -> tuple[dict[str, Verdict], np.ndarray]:
-    """Each filter rule's verdict (by rule id), and the mask of candidates they exclude.
+def _filter_verdicts(
+    pack: Pack, ctx: FilterContext
+) -> tuple[dict[str, Verdict], np.ndarray, np.ndarray]:
+    """Each filter rule's verdict (by rule id), the mask of candidates they exclude, and
+    the mask of those the sale-only rules exclude from sale-basis destinations only.
 
     A ``warn`` filter reports the people it would exclude but keeps them."""
     verdicts: dict[str, Verdict] = {}
     excluded = np.zeros(ctx.candidates.height, dtype=bool)
+    unsold = np.zeros(ctx.candidates.height, dtype=bool)
     for rule in pack.rules:
         if rule.scope != "filter":
             continue
         verdict = run_filter(rule, ctx)  # narrowed to a jurisdiction pack's people
-        before = int(excluded.sum())
+        target = unsold if rule.kind in SALE_ONLY else excluded
+        before = int(target.sum())
         if verdict.excluded is not None and rule.severity == "block" and verdict.passed:
-            excluded |= verdict.excluded.to_numpy()
-        removed = int(excluded.sum()) - before
+            target |= verdict.excluded.to_numpy()
+        removed = int(target.sum()) - before
         evidence = {**verdict.evidence, "removed": removed}
         if rule.severity == "warn" and verdict.evidence.get("excluded", 0):
             verdict = replace(
@@ -225,7 +262,7 @@ def _filter_verdicts(pack: Pack, ctx: FilterContext) -> tuple[dict[str, Verdict]
         else:
             verdict = replace(verdict, evidence=evidence)
         verdicts[rule.id] = verdict
-    return verdicts, excluded
+    return verdicts, excluded, unsold
 
 
 @dataclass(frozen=True)
@@ -238,9 +275,26 @@ class _Eligible:
     kept_mask: np.ndarray  # over the candidates: kept and with a member key
     without_key: int  # candidates without a member key
     records: int  # CRM records behind ``members`` (people are counted once)
+    # sorted member keys the sale-only rules keep off the sale-basis destinations ``sold``
+    # (forced removals there, exempt from their difference checks)
+    unsold: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    sold: tuple[str, ...] = ()
+
+    def keys_for(self, destination: str, keys: np.ndarray) -> np.ndarray:
+        """``keys`` without the members a sale-basis ``destination`` may not receive."""
+        if destination not in self.sold or not self.unsold.size or not keys.size:
+            return keys
+        kept: np.ndarray = keys[~_isin_sorted(keys, self.unsold)]
+        return kept
 
 
-def _eligible_members(config: ProjectConfig, cand: pl.DataFrame, excluded: np.ndarray) -> _Eligible:
+def _eligible_members(
+    config: ProjectConfig,
+    cand: pl.DataFrame,
+    excluded: np.ndarray,
+    unsold: np.ndarray | None = None,
+    sold: tuple[str, ...] = (),
+) -> _Eligible:
     """The members a release may carry: not excluded, with a member key, deduplicated."""
     keys_all = cand.get_column("member_key")
     no_key = keys_all.is_null().to_numpy() if cand.height else np.zeros(0, dtype=bool)
@@ -258,7 +312,14 @@ def _eligible_members(config: ProjectConfig, cand: pl.DataFrame, excluded: np.nd
     exempt = difference.sorted_keys(keys_all.filter(pl.Series(excluded & ~no_key)))
     if exempt.size and keys.size:
         exempt = exempt[~_isin_sorted(exempt, keys)]
-    return _Eligible(members, keys, exempt, kept_mask, int(no_key.sum()), records.height)
+    not_sold = np.zeros(0, dtype=np.uint64)
+    if sold and unsold is not None and unsold.any():
+        # a person's released key is one of their records' keys: scoped() widened the
+        # exclusion to all of a person's candidate records, so each of them is here
+        not_sold = difference.sorted_keys(keys_all.filter(pl.Series(unsold & ~no_key)))
+    return _Eligible(
+        members, keys, exempt, kept_mask, int(no_key.sum()), records.height, not_sold, sold
+    )
 
 
 def _one_row_per_person(config: ProjectConfig, records: pl.DataFrame) -> pl.DataFrame:
@@ -367,6 +428,7 @@ def _check_destination(
                 "member_key"
             )
         )
+    dest_keys = eligible.keys_for(dest_name, dest_keys)  # a sale needs an authorization
     settings = inp.record_exports.get(dest_name)
     if settings is None and not layouts:
         raise InternalError(
@@ -375,7 +437,11 @@ def _check_destination(
         )
     export = None
     if settings is not None:  # rules judge the rows that would really be released
-        export = _record_export(inp.candidates, eligible.kept_mask, settings, dest)
+        kept = eligible.kept_mask
+        if dest_name in eligible.sold and eligible.unsold.size:
+            keys = inp.candidates.get_column("member_key").to_numpy()
+            kept = kept & ~_isin_sorted(keys, eligible.unsold)
+        export = _record_export(inp.candidates, kept, settings, dest)
         if export.members is not None:
             dest_keys = export.keys
     name_rules = inp.pack.of_kind("opaque_name")
@@ -395,7 +461,10 @@ def _check_destination(
         elif rule.kind == "difference":
             if earlier is None:
                 earlier = difference.earlier_releases(inp.conn, dest.account, inp.state_dir)
-            v = _difference_verdict(inp, rule, check, dest_keys, earlier, eligible.exempt)
+            exempt = eligible.exempt
+            if dest_name in eligible.sold and eligible.unsold.size:  # forced removals there
+                exempt = np.union1d(exempt, eligible.unsold)
+            v = _difference_verdict(inp, rule, check, dest_keys, earlier, exempt)
         else:  # pragma: no cover - RULE_KINDS and this dispatch are kept in step
             raise InternalError(f"no evaluator for rule kind {rule.kind}")
         check.verdicts[rule.id] = v
@@ -483,6 +552,10 @@ def _mint_releases(
         if dest.kind in GOOGLE_KINDS:  # a DENIED member's removal is forced, never held
             denied = eligible.members.filter(_google_denied(eligible.members, inp.config))
             excluded = pl.concat([excluded_series, denied.get_column("member_key")])
+        if dest.name in eligible.sold and eligible.unsold.size:  # forced there, never held
+            unsold = pl.Series("member_key", eligible.unsold, dtype=pl.UInt64)
+            members = members.filter(~pl.col("member_key").is_in(unsold.implode()))
+            excluded = pl.concat([excluded, unsold])
         releases[dest.name] = _mint(
             build_id=inp.build_id,
             release_id=new_id("r"),
@@ -544,10 +617,14 @@ def forced_removals(inp: RemovalInput) -> RemovalOutcome:
     suppression = SuppressionSet.load(
         list(inp.pack.suppression_lists), inp.config.identity.default_country
     )
-    ctx = FilterContext(inp.config, cand, inp.as_of, phi, suppression, segment=inp.segment)
-    by_rule, excluded = _filter_verdicts(inp.pack, ctx)
+    sold = sale_destinations(inp.config, inp.platform)
+    ctx = FilterContext(
+        inp.config, cand, inp.as_of, phi, suppression, segment=inp.segment, sale_destinations=sold
+    )
+    by_rule, excluded, unsold = _filter_verdicts(inp.pack, ctx)
     keys = cand.get_column("member_key")
     kept = difference.sorted_keys(keys.filter(pl.Series(~excluded)))
+    kept_unsold = difference.sorted_keys(keys.filter(pl.Series(~excluded & ~unsold)))
     verdicts = [by_rule[r.id] for r in inp.pack.rules if r.scope == "filter"]
     releases: dict[str, Release] = {}
     gone = 0
@@ -560,7 +637,8 @@ def forced_removals(inp: RemovalInput) -> RemovalOutcome:
     for dest_name, rows in inp.platform.items():
         platform_keys = rows.get_column("member_key")
         in_crm = pl.Series(_isin_sorted(platform_keys.to_numpy(), known)) if known.size else None
-        allowed = pl.Series(_isin_sorted(platform_keys.to_numpy(), kept)) if kept.size else None
+        may = kept_unsold if dest_name in sold else kept
+        allowed = pl.Series(_isin_sorted(platform_keys.to_numpy(), may)) if may.size else None
         drop = ~allowed if allowed is not None else pl.Series([True] * rows.height)
         if in_crm is not None:
             gone += int((~in_crm).sum())
@@ -1131,6 +1209,8 @@ __all__ = [
     "evaluate",
     "forced_removals",
     "record",
+    "sale_basis",
+    "sale_destinations",
     "takedown_release",
     "verdict_digest",
 ]

@@ -40,7 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from audiences.core.errors import ConfigError
-from policies.rules import REQUIRED_CONSENT, RULE_KINDS, Params, Rule
+from policies.rules import REQUIRED_CONSENT, RULE_KINDS, SALE_ONLY, Params, Rule
 from policies.suppression import SuppressionSource, sources_from
 
 if TYPE_CHECKING:
@@ -512,8 +512,11 @@ def _check_against_config(pack: Pack, config: ProjectConfig) -> None:
                 "name the CRM column that records marketing opt-in in [consent] marketing_opt_in",
                 where=pack.origin,
             )
+    sells = any(spec.basis == "sale" for spec in config.destinations.values())
     for rule in pack.rules:
         reads = REQUIRED_CONSENT.get(rule.kind)
+        if rule.kind in SALE_ONLY and not sells:
+            continue  # judges sale-basis destinations only, and the project has none
         for key in reads(rule.params) if reads is not None else ():
             if getattr(config.consent, key) is None:
                 raise ConfigError(

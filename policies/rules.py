@@ -382,6 +382,9 @@ class FilterContext:
     suppression: SuppressionSet
     # the segment judged (jurisdiction rules read the names its definition reaches)
     segment: Any = None
+    # the destinations of this release whose transfer is a sale (``basis = "sale"``, or an
+    # account another sale destination uploads to): sale_authorization judges for them
+    sale_destinations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Protective rules judge people on the day data leaves, never a caller's date
@@ -527,18 +530,31 @@ def minors(rule: Rule, ctx: FilterContext) -> Verdict:
 
 def valid_authorization(ctx: FilterContext) -> pl.Expr | None:
     """True where a HIPAA marketing authorization is in force at ``as_of``."""
+    return _in_force(ctx, "hipaa_authorization")
+
+
+def _in_force(ctx: FilterContext, role: str, *, longest: str | None = None) -> pl.Expr | None:
+    """True where the authorization whose [consent] columns are ``<role>_date``,
+    ``<role>_expires`` and ``<role>_revoked`` is in force at ``as_of``: signed on or before
+    it, not expired, not revoked on or before it. ``longest`` (a polars duration such as
+    ``1y``) caps its life from the day it was signed, whatever the expiry column says."""
     c = ctx.config.consent
-    if c.hipaa_authorization_date is None:
+    date_column = getattr(c, f"{role}_date")
+    if date_column is None:
         return None
     df = ctx.candidates
     day = pl.lit(ctx.as_of, dtype=pl.Date)
-    signed = as_date(df, c.hipaa_authorization_date, "hipaa_authorization_date")
+    signed = as_date(df, date_column, f"{role}_date")
     valid = signed.is_not_null() & (signed <= day)
-    if c.hipaa_authorization_expires is not None:
-        expires = as_date(df, c.hipaa_authorization_expires, "hipaa_authorization_expires")
+    if longest is not None:
+        valid = valid & (signed.dt.offset_by(longest) > day)
+    expires_column = getattr(c, f"{role}_expires")
+    if expires_column is not None:
+        expires = as_date(df, expires_column, f"{role}_expires")
         valid = valid & (expires.is_null() | (expires > day))
-    if c.hipaa_authorization_revoked is not None:
-        revoked = as_date(df, c.hipaa_authorization_revoked, "hipaa_authorization_revoked")
+    revoked_column = getattr(c, f"{role}_revoked")
+    if revoked_column is not None:
+        revoked = as_date(df, revoked_column, f"{role}_revoked")
         valid = valid & (revoked.is_null() | (revoked > day))
     return valid.fill_null(False)
 
@@ -791,6 +807,16 @@ class AdConsentSignalsParams(Params):
     )
 
 
+class SaleAuthorizationParams(Params):
+    # as health_data_consent's: the names that make a segment health-derived
+    health_columns: tuple[str, ...] | None = None
+    health_event_types: tuple[str, ...] | None = None
+
+
+# RCW 19.373.070(2)(h): a valid authorization to sell expires one year after signing.
+SALE_AUTHORIZATION_LIFE = "1y"
+
+
 class SensitivePiOptOutParams(Params):
     honour: tuple[Literal["limit_sensitive_pi", "opt_out_of_sharing"], ...] = Field(
         default=("limit_sensitive_pi", "opt_out_of_sharing"), min_length=1
@@ -818,6 +844,13 @@ RULE_KINDS.update(
                 "filter",
                 AdConsentSignalsParams,
                 "people need the ad consent signals GRANTED",
+            ),
+            RuleKind(
+                "sale_authorization",
+                "filter",
+                SaleAuthorizationParams,
+                "health-derived releases to sale-basis destinations need a signed "
+                "authorization to sell (per destination)",
             ),
             RuleKind(
                 "sensitive_pi_opt_out",
@@ -848,7 +881,9 @@ def _referenced_names(refs: Any) -> list[str]:
     return sorted(names)
 
 
-def health_inferring(p: HealthDataConsentParams, ctx: FilterContext) -> list[str]:
+def health_inferring(
+    p: HealthDataConsentParams | SaleAuthorizationParams, ctx: FilterContext
+) -> list[str]:
     """The health-inferring names the segment reaches (and ``phi`` when PHI-derived)."""
     config = ctx.config
     columns = set(p.health_columns if p.health_columns is not None else config.columns.sensitive)
@@ -903,6 +938,50 @@ def health_data_consent(rule: Rule, ctx: FilterContext) -> Verdict:
         f"people with a recorded {p.consent.replace('_', ' ')} consent" + note
     )
     return _verdict(rule, True, evidence, detail, excluded=lacking)
+
+
+def sale_authorization(rule: Rule, ctx: FilterContext) -> Verdict:
+    """The people a release to a sale-basis destination may not carry: for a
+    health-derived segment, everyone without a signed authorization to sell in force at
+    ``as_of``. Its mask is applied to the sale-basis destinations only (the gate routes
+    it); the share-basis destinations of the same release are judged by the consent to
+    share alone."""
+    p: SaleAuthorizationParams = rule.params  # type: ignore[assignment]
+    df = ctx.candidates
+    names = health_inferring(p, ctx)
+    evidence = {
+        "candidates": df.height,
+        "sale_destinations": len(ctx.sale_destinations),
+        "health_derived": int(bool(names)),
+    }
+    if not ctx.sale_destinations or not names:
+        why = (
+            "no destination of this release is on a sale basis"
+            if not ctx.sale_destinations
+            else "segment reaches no health data and infers no health"
+        )
+        evidence |= {"lacking_authorization": 0, "excluded": 0}
+        return _verdict(rule, True, evidence, why, excluded=_mask(df, pl.lit(False)))
+    valid = _in_force(ctx, "mhmda_sale_authorization", longest=SALE_AUTHORIZATION_LIFE)
+    if valid is None:  # load_pack refuses this; never silently skip
+        raise DataError(
+            f"rule {rule.id!r} reads [consent] mhmda_sale_authorization_date, which is not set",
+            "set [consent] mhmda_sale_authorization_date in audiences.toml",
+        )
+    lacking = _mask(df, ~valid)
+    n = _count(df, lacking)
+    evidence |= {"lacking_authorization": n, "excluded": n}
+    detail = (
+        f"health-derived segment ({len(names)} health-inferring name(s)) sold to "
+        f"{', '.join(ctx.sale_destinations)}: released there only to people with a signed "
+        "authorization to sell, in force today (at most one year old, not revoked)"
+    )
+    return _verdict(rule, True, evidence, detail, excluded=lacking)
+
+
+# Filter rules whose exclusions hold only for some destinations of a release: the gate
+# applies their mask to the sale-basis destinations, not to the whole release.
+SALE_ONLY = frozenset({"sale_authorization"})
 
 
 _NAME_WORDS = re.compile(r"[^A-Za-z0-9]+")
@@ -999,6 +1078,7 @@ FILTERS.update(
         "health_data_consent": health_data_consent,
         "health_geofence": health_geofence,
         "ad_consent_signals": ad_consent_signals,
+        "sale_authorization": sale_authorization,
         "sensitive_pi_opt_out": sensitive_pi_opt_out,
     }
 )
@@ -1008,7 +1088,101 @@ REQUIRED_CONSENT: dict[str, Callable[[Params], tuple[str, ...]]] = {
     "health_data_consent": lambda p: (p.consent,),  # type: ignore[attr-defined]
     "ad_consent_signals": lambda p: tuple(p.require),  # type: ignore[attr-defined]
     "sensitive_pi_opt_out": lambda p: tuple(p.honour),  # type: ignore[attr-defined]
+    # a revocation must be seen to be honoured (RCW 19.373.070(2)(f)); the expiry column
+    # may stay unset: the one-year life applies regardless
+    "sale_authorization": lambda p: (
+        "mhmda_sale_authorization_date",
+        "mhmda_sale_authorization_revoked",
+    ),
 }
+
+
+# ---------------------------------------------------------------------------------------
+# A person's request follows them through the whole CRM (docs/policy-rules.md, "Requests
+# hold CRM-wide")
+
+# Jurisdiction rule kinds that honour a request a person makes (an opt-out, a "limit use",
+# a withdrawn or denied consent): a CRM record carrying it holds out every candidate
+# record linked to it one hop (a shared email, phone or name + postal code), wherever the
+# segment's filters left it.
+CRM_WIDE = ("sensitive_pi_opt_out", "health_data_consent")
+LINKED_REQUEST = "__linked_request"
+
+
+def request_columns(rule: Rule) -> tuple[str, str]:
+    """The candidate columns the build sets for ``rule``: linked to a CRM record carrying
+    the request (anywhere), and to one carrying it in the rule's scope."""
+    return f"{LINKED_REQUEST}:{rule.id}:any", f"{LINKED_REQUEST}:{rule.id}:scoped"
+
+
+def _request_expr(rule: Rule, config: ProjectConfig, probe: pl.DataFrame) -> pl.Expr | None:
+    """True for a CRM record carrying the request ``rule`` honours."""
+    c = config.consent
+    if rule.kind == "sensitive_pi_opt_out":
+        honour = rule.params.honour  # type: ignore[attr-defined]
+        parts = [
+            truthy(probe, getattr(c, r), r, c.vocabulary(r)).fill_null(False)
+            for r in honour
+            if getattr(c, r) is not None
+        ]
+        return pl.any_horizontal(parts) if parts else None
+    role = rule.params.consent  # type: ignore[attr-defined]
+    column = getattr(c, role)
+    if column is None:
+        return None
+    # a withdrawn or denied consent is the person's answer; a missing one is no request
+    return consent_signal(probe, column, role, c.vocabulary(role)) == "DENIED"
+
+
+def crm_requests(
+    rules: Iterable[Rule], config: ProjectConfig, schema: pl.Schema
+) -> dict[str, pl.Expr]:
+    """Per jurisdiction rule of a ``CRM_WIDE`` kind, two boolean expressions over the
+    contacts (named by :func:`request_columns`): the record carries the request; it
+    carries it and is in the rule's scope (its jurisdictions, or unknown)."""
+    from audiences.crm.jurisdiction import in_scope_expr
+
+    probe = pl.DataFrame(schema=schema)
+    flags: dict[str, pl.Expr] = {}
+    for rule in rules:
+        if rule.kind not in CRM_WIDE or not rule.jurisdictions or rule.severity != "block":
+            continue
+        request = _request_expr(rule, config, probe)
+        if request is None:
+            continue
+        anywhere, scoped_name = request_columns(rule)
+        flags[anywhere] = request
+        flags[scoped_name] = request & in_scope_expr(schema, config, rule.jurisdictions)
+    return flags
+
+
+def crm_request_filter(flags: Mapping[str, pl.Expr]) -> pl.Expr | None:
+    """True for a record carrying any request of ``flags`` (:func:`crm_requests`): the
+    cheap part, without the jurisdiction, that picks the records to index."""
+    anywhere = [e for name, e in sorted(flags.items()) if name.endswith(":any")]
+    return pl.any_horizontal(anywhere) if anywhere else None
+
+
+def _linked_requests(
+    rule: Rule, ctx: FilterContext, verdict: Verdict, scope: pl.Series
+) -> pl.Series | None:
+    """Candidates held out because a CRM record linked to them carries the request the
+    rule honours: either record in the rule's scope suffices (a person's request follows
+    them; so does the law of where they live). None when the build set no such columns
+    or the request does not bear on this segment (consent to share, for a segment that
+    reaches no health data)."""
+    if rule.kind not in CRM_WIDE or ctx.candidates.height == 0:
+        return None
+    if rule.kind == "health_data_consent" and not verdict.evidence.get("health_derived"):
+        return None
+    anywhere, scoped_name = request_columns(rule)
+    df = ctx.candidates
+    if anywhere not in df.columns or scoped_name not in df.columns:
+        return None
+    linked = df.get_column(scoped_name).fill_null(False) | (
+        df.get_column(anywhere).fill_null(False) & scope
+    )
+    return linked.alias("excluded")
 
 
 def run_filter(rule: Rule, ctx: FilterContext) -> Verdict:
@@ -1046,9 +1220,16 @@ def scoped(rule: Rule, ctx: FilterContext, verdict: Verdict) -> Verdict:
     scope = inside | unknown
     base = verdict.excluded if verdict.excluded is not None else _mask(df, pl.lit(False))
     excluded = (base & scope).alias("excluded") if df.height else base
+    crm_linked = _linked_requests(rule, ctx, verdict, scope)
+    held = 0
+    if crm_linked is not None:
+        held = int((crm_linked & ~excluded).sum())
+        excluded = (excluded | crm_linked).alias("excluded")
     excluded, linked = _whole_people(ctx, excluded)
     evidence = dict(verdict.evidence)
     evidence["linked_records"] = linked
+    if rule.kind in CRM_WIDE:
+        evidence["linked_crm_records"] = held
     for code in rule.jurisdictions:
         member = found.list.contains(code).fill_null(False) if df.height else scope
         key = evidence_suffix(code)

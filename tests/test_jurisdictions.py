@@ -158,6 +158,7 @@ def test_packs_combine_base_first_and_scope_jurisdiction_rules(tmp_path):
     scoped = {r.id: r.jurisdictions for r in pack.rules if r.jurisdictions}
     assert scoped == {
         "mhmda-consent-to-share": ("US-WA",),
+        "mhmda-sale-authorization": ("US-WA",),
         "mhmda-no-geofence": ("US-WA",),
         "gdpr-explicit-health-consent": ("EEA", "UK"),
         "gdpr-ad-consent-signals": ("EEA", "UK"),
@@ -444,7 +445,8 @@ def test_report_section_by_jurisdiction_names_pack_rule_and_people_matched(proje
     # country empty) without it: the strictest treatment applies the WA rule to them too
     assert rows[0].startswith("| Washington (US-WA) | 40 | wa-mhmda |")
     assert "mhmda-consent-to-share" in rows[0] and rows[0].endswith("| 30 | PASS |")
-    assert "no-geofence" in rows[1] and rows[1].endswith("| 0 | PASS |")
+    assert "sale-authorization" in rows[1] and rows[1].endswith("| 0 | PASS |")  # no sale
+    assert "no-geofence" in rows[2] and rows[2].endswith("| 0 | PASS |")
     ca = next(r for r in rows if r.startswith("| California (US-CA) | 30 |"))
     assert "ccpa-opt-outs" in ca and ca.endswith("| 12 | PASS |")
     unknown = [r for r in rows if r.startswith("| Jurisdiction unknown |")]
@@ -618,3 +620,226 @@ def test_per_purpose_consent_columns_read_their_own_words(project):
     )
     v = verdict(run(project, diabetes, yes, ["meta"], config=cfg), "mhmda-consent-to-share")
     assert v.evidence["excluded_us_wa"] == 100
+
+
+# ---------------------------------------------------------------------------------------
+# wa-mhmda: a sale needs a signed authorization (RCW 19.373.070)
+
+SALE_CONSENT = {
+    **CONSENT,
+    "mhmda_sale_authorization_date": "sold_on",
+    "mhmda_sale_authorization_expires": "sale_expires",
+    "mhmda_sale_authorization_revoked": "sale_revoked",
+}
+DESTINATIONS = {
+    "meta": {"kind": "meta", "ad_account_id": "act_42"},
+    "gads": {"kind": "google_ads", "customer_id": "123-456-7890"},
+    # a data partner that pays for the list: a sale
+    "broker": {"kind": "meta", "ad_account_id": "act_77", "basis": "sale"},
+}
+DIABETES = segment(
+    "name: diabetes\ndestinations: [meta]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+)
+
+
+def sale_config(root: Path, consent: dict[str, Any] | None = None, **destinations: Any) -> Any:
+    return make_config(
+        root,
+        identity=IDENTITY,
+        consent=consent or SALE_CONSENT,
+        destinations={**DESTINATIONS, **destinations},
+        policy={"packs": ["hipaa-marketing", "wa-mhmda"]},
+    )
+
+
+def _day(text: str | None) -> Any:
+    import datetime as dt
+
+    return None if text is None else dt.date.fromisoformat(text)
+
+
+def sale_crowd() -> pl.DataFrame:
+    """Washington people who consented to share, with authorizations to sell of every
+    kind (the release day is AS_OF, 2025-06-01); New York people without any."""
+    blocks: list[tuple[int, str | None, str | None, str | None, str | None]] = [
+        # (people, state, signed on, expires on, revoked on)
+        (100, "WA", "2025-01-01", None, None),  # 0-99 in force
+        (10, "WA", None, None, None),  # 100-109 none recorded
+        (10, "WA", "2025-01-01", "2025-05-31", None),  # 110-119 expired (its date)
+        (10, "WA", "2024-05-31", None, None),  # 120-129 expired: over a year old
+        (10, "WA", "2024-06-01", "2026-01-01", None),  # 130-139 a year old today: expired
+        (10, "WA", "2025-01-01", None, "2025-05-01"),  # 140-149 revoked before today
+        (10, "WA", "2025-01-01", None, "2025-06-02"),  # 150-159 revoked after today: valid
+        (10, "WA", "2025-06-02", None, None),  # 160-169 signed after today
+        (10, None, None, None, None),  # 170-179 unknown jurisdiction, none: strictest
+        (100, "NY", None, None, None),  # 180-279 out of jurisdiction
+        (10, "WA", "2024-06-02", None, None),  # 280-289 a year less a day: in force
+    ]
+    frames, start = [], 0
+    for n, state, signed, expires, revoked in blocks:
+        frames.append(
+            crowd(
+                n,
+                start,
+                state=state,
+                sold_on=_day(signed),
+                sale_expires=_day(expires),
+                sale_revoked=_day(revoked),
+            )
+        )
+        start += n
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+SOLD_OK = [*range(100), *range(150, 160), *range(180, 290)]
+NOT_SOLD = [*range(100, 150), *range(160, 180)]
+
+
+def test_sale_destination_needs_a_signed_authorization_in_force(project):
+    frame = sale_crowd()
+    cfg = sale_config(project["root"])
+    outcome = run(project, DIABETES, frame, ["meta", "broker"], config=cfg)
+    assert not outcome.blocked, outcome.block_reasons
+    # the sale destination gets only people with an authorization in force today …
+    assert released(outcome, "broker") == keys_of(frame, SOLD_OK)
+    # … the share destination of the same release is judged by the consent to share alone
+    assert released(outcome, "meta") == keys_of(frame, list(range(frame.height)))
+    v = verdict(outcome, "mhmda-sale-authorization")
+    assert v.passed and v.evidence["sale_destinations"] == 1
+    assert v.evidence["lacking_authorization"] == 170  # the 100 NY people lack one too
+    assert v.evidence["excluded"] == len(NOT_SOLD) == v.evidence["removed"]
+    assert v.evidence["excluded_us_wa"] == 60 and v.evidence["excluded_unknown"] == 10
+    assert v.evidence["out_of_jurisdiction"] == 100
+    assert "19.373.070" in v.source and "one year" in v.source and "broker" in v.detail
+    # the removals are forced, never held by difference protection
+    assert set(outcome.releases["broker"].excluded_keys.to_list()) >= keys_of(frame, NOT_SOLD)
+    assert not set(outcome.releases["meta"].excluded_keys.to_list())
+
+
+def test_sale_rule_edges_share_only_non_health_and_no_sale_destination(project):
+    frame = sale_crowd()
+    cfg = sale_config(project["root"])
+    # the same segment to share destinations only: the rule judges nothing
+    only_share = run(project, DIABETES, frame, ["meta"], config=cfg)
+    v = verdict(only_share, "mhmda-sale-authorization")
+    assert v.evidence["sale_destinations"] == 0 and v.evidence["excluded"] == 0
+    assert len(released(only_share)) == frame.height
+    # a segment that reaches no health data: a sale of it is not a sale of health data
+    newsletter = run(project, NEWSLETTER, frame, ["broker"], config=cfg)
+    v = verdict(newsletter, "mhmda-sale-authorization")
+    assert v.evidence["health_derived"] == 0 and v.evidence["excluded"] == 0
+    assert len(released(newsletter, "broker")) == frame.height
+
+
+def test_sale_destination_needs_its_columns_mapped_and_a_known_basis(tmp_path):
+    bare = {k: v for k, v in SALE_CONSENT.items() if not k.startswith("mhmda_sale")}
+    with pytest.raises(ConfigError, match=r"reads \[consent\] mhmda_sale_authorization_date") as e:
+        load_pack(sale_config(tmp_path, consent=bare))
+    assert "\n" not in str(e.value)
+    revoked = {k: v for k, v in SALE_CONSENT.items() if k != "mhmda_sale_authorization_revoked"}
+    with pytest.raises(ConfigError, match=r"mhmda_sale_authorization_revoked"):
+        load_pack(sale_config(tmp_path, consent=revoked))
+    # a project that sells nothing needs no authorization columns
+    shared = make_config(
+        tmp_path,
+        identity=IDENTITY,
+        consent=bare,
+        policy={"packs": ["hipaa-marketing", "wa-mhmda"]},
+    )
+    assert load_pack(shared).of_kind("sale_authorization")
+    # a basis that is neither: a one-line error naming the key (exit 1 from the CLI)
+    from audiences.core.config import load_config
+
+    (tmp_path / "audiences.toml").write_text(
+        '[sources.contacts]\npath = "c.csv"\n[identity]\nemail = "email"\n'
+        '[destinations.broker]\nkind = "meta"\nad_account_id = "act_1"\nbasis = "rent"\n'
+    )
+    with pytest.raises(ConfigError, match=r"destinations\.broker\.basis") as e:
+        load_config(tmp_path)
+    assert "\n" not in str(e.value) and "'share' or 'sale'" in str(e.value)
+
+
+def test_attack_a_share_destination_on_the_account_of_a_sale_one_is_a_sale(project):
+    # The attack: "partner" uploads to the broker's account but says basis = "share", so
+    # people without an authorization to sell would reach the buyer through it.
+    frame = sale_crowd()
+    partner = {"kind": "meta", "ad_account_id": "act_77", "basis": "share"}
+    cfg = sale_config(project["root"], partner=partner)
+    outcome = run(project, DIABETES, frame, ["meta", "partner"], config=cfg)
+    assert released(outcome, "partner") == keys_of(frame, SOLD_OK)
+    assert len(released(outcome, "meta")) == frame.height  # another account: a share
+    from policies.gate import sale_basis
+
+    assert sale_basis(cfg, "partner") and not sale_basis(cfg, "meta")
+    # Google's two destination kinds upload to one account: a sale on one is on both
+    google = {"gdm": {"kind": "google_data_manager", "customer_id": "1234567890", "basis": "sale"}}
+    assert sale_basis(sale_config(project["root"], **google), "gads")
+
+
+def test_attack_flipping_the_basis_needs_a_new_approval(project):
+    # An approval binds the basis each destination is judged on: declaring a sale
+    # destination "share", or dropping the sale destination whose account a segment's
+    # destination shares, changes the approved digest (the CLI then exits 3).
+    from audiences.compliance.workflow import policy_digest
+
+    seg = segment(
+        "name: diabetes\ndestinations: [broker, partner]\nwhere:\n"
+        "  diagnosis_codes: {contains: E11.9}\n"
+    )
+    partner = {"kind": "meta", "ad_account_id": "act_77"}
+    sold = sale_config(project["root"], partner=partner)
+    pack = load_pack(sold)
+    approved = policy_digest(sold, seg, pack, {})
+    flipped = sale_config(
+        project["root"], partner=partner, broker={**DESTINATIONS["broker"], "basis": "share"}
+    )
+    assert policy_digest(flipped, seg, load_pack(flipped), {}) != approved
+    only_partner = segment(
+        "name: diabetes\ndestinations: [partner]\nwhere:\n  diagnosis_codes: {contains: E11.9}\n"
+    )
+    before = policy_digest(sold, only_partner, pack, {})
+    renamed = sale_config(
+        project["root"],
+        partner=partner,
+        broker={"kind": "meta", "ad_account_id": "act_78", "basis": "sale"},
+    )
+    assert policy_digest(renamed, only_partner, load_pack(renamed), {}) != before
+    # an explicit basis = "share" is the default: approvals made before `basis` still hold
+    explicit = sale_config(project["root"], partner={**partner, "basis": "share"})
+    assert policy_digest(explicit, seg, load_pack(explicit), {}) == approved
+
+
+def test_attack_moving_as_of_back_to_when_the_authorization_held_is_refused(project):
+    from audiences.core.errors import UsageError
+
+    frame = sale_crowd()
+    cfg = sale_config(project["root"])
+    # on 2025-05-15 the authorizations that expired on 2025-05-31 or turned a year old
+    # since were in force: a build "as of" that day would sell those people again
+    with pytest.raises(UsageError, match="refused for the policy gate"):
+        run(project, DIABETES, frame, ["broker"], config=cfg, as_of=_day("2025-05-15"))
+
+
+def test_an_authorization_lapsing_after_a_sale_is_a_forced_removal_there_only(project):
+    from conftest import frozen_clock
+
+    frame = crowd(150, state="WA", sold_on=_day("2024-06-20"), sale_expires=None, sale_revoked=None)
+    cfg = sale_config(project["root"])
+    first = run(project, DIABETES, frame, ["meta", "broker"], config=cfg, keep=True)
+    assert len(released(first, "broker")) == 150
+    lapsed = _day("2025-06-20")  # a year after signing: the authorization has expired
+    with frozen_clock(lapsed):
+        removal = forced_removals(
+            RemovalInput(
+                "b-lapsed",
+                DIABETES,
+                cfg,
+                load_pack(cfg),
+                frame,
+                {d: first.releases[d].members for d in ("meta", "broker")},
+                lapsed,
+                project["state_dir"],
+            )
+        )
+    assert removal.releases["broker"].members.height == 150
+    assert removal.releases["meta"].members.height == 0  # shared, not sold: stays

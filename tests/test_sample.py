@@ -47,6 +47,9 @@ DOCUMENTED_CONTACTS = {
     "explicit_health_marketing": pl.String,
     "limit_sensitive_pi": pl.Boolean,
     "opt_out_of_sharing": pl.Boolean,
+    "mhmda_sale_authorization_date": pl.Date,
+    "mhmda_sale_authorization_expires": pl.Date,
+    "mhmda_sale_authorization_revoked": pl.Date,
 }
 DOCUMENTED_EVENTS = {
     "event_id": pl.String,
@@ -454,6 +457,20 @@ def test_privacy_consent_columns_come_last_with_missing_and_withdrawn_values(crm
         assert set(counts[column]) == {True, False, None}
     gpc = contacts.get_column("opt_out_of_sharing").mean()
     assert 0.05 < float(gpc or 0) < 0.2  # a few per cent send GPC
+    # authorizations to sell: rare, some over a year old (expired), some revoked, some
+    # with their expiry recorded; never signed after the day the sample is drawn on
+    signed = contacts.get_column("mhmda_sale_authorization_date")
+    assert 0.04 < 1 - signed.null_count() / contacts.height < 0.12
+    assert signed.max() <= AS_OF  # type: ignore[operator]
+    age = (pl.lit(AS_OF) - signed).dt.total_days()
+    old = contacts.select((age >= 365).sum()).item()
+    assert 0 < old < contacts.height - signed.null_count()
+    revoked = contacts.get_column("mhmda_sale_authorization_revoked")
+    assert 0 < revoked.drop_nulls().len() < signed.drop_nulls().len() / 4
+    assert contacts.filter(pl.col("mhmda_sale_authorization_revoked") < signed).is_empty()
+    expires = contacts.get_column("mhmda_sale_authorization_expires")
+    assert 0 < expires.drop_nulls().len() < signed.drop_nulls().len()
+    assert contacts.filter(signed.is_null() & revoked.is_not_null()).is_empty()
 
 
 def test_people_abroad_follow_and_leave_the_rows_before_them_unchanged(

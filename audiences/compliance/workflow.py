@@ -72,9 +72,16 @@ _TRANSPORT = frozenset({"poll_seconds", "timeout_seconds"})
 
 def _destination(config: ProjectConfig, name: str) -> dict[str, Any]:
     """A destination's platform, account, endpoint, layout and release settings (no timing,
-    no credential variable names)."""
+    no credential variable names), and the basis its transfers are judged on: ``sale``
+    when it or another destination of its account says so (so declaring ``share``, or
+    removing the sale destination that shares its account, needs a new approval); a
+    share basis is left out, as before ``basis`` existed."""
+    from policies.gate import sale_basis
+
     spec = config.destination(name).model_dump(mode="json")
-    return {k: v for k, v in spec.items() if k not in _TRANSPORT and not k.endswith("_env")}
+    spec.pop("basis", None)
+    kept = {k: v for k, v in spec.items() if k not in _TRANSPORT and not k.endswith("_env")}
+    return kept | ({"basis": "sale"} if sale_basis(config, name) else {})
 
 
 def definition_text(segment: Any, config: ProjectConfig | None = None, pack: Any = None) -> str:

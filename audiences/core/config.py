@@ -304,6 +304,12 @@ class ConsentColumns(Model):
     explicit_health_marketing: str | None = None
     limit_sensitive_pi: str | None = None
     opt_out_of_sharing: str | None = None
+    # Washington MHMDA: the signed authorization to *sell* consumer health data (RCW
+    # 19.373.070), read for destinations whose `basis = "sale"`: signed on, expires on
+    # (at most one year after signing, whatever this column says), revoked on.
+    mhmda_sale_authorization_date: str | None = None
+    mhmda_sale_authorization_expires: str | None = None
+    mhmda_sale_authorization_revoked: str | None = None
     # Their own words, per purpose: [consent.words.share_health_data] granted = [...] …
     words: dict[str, ConsentWords] = Field(default_factory=dict)
 
@@ -387,6 +393,12 @@ class DestinationSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="allow")
     kind: str
+    # What the transfer is in law: "share" (the default: disclosing to a platform that
+    # processes the list for the advertiser) or "sale" (the recipient pays or gives other
+    # valuable consideration for the data: a data broker, a co-marketing partner). A sale
+    # of consumer health data needs a signed authorization under wa-mhmda
+    # (docs/policy-rules.md, "Sale basis"); the basis is part of what an approval binds.
+    basis: Literal["share", "sale"] = "share"
 
 
 class Approvers(Model):

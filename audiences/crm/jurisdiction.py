@@ -87,13 +87,15 @@ def _override(name: str) -> pl.Expr:
     return pl.when(mapped.list.len() > 0).then(mapped)
 
 
-def jurisdictions(candidates: pl.DataFrame, config: ProjectConfig) -> pl.Series:
-    """Each candidate's jurisdictions (``List[String]``); an empty list where unknown."""
-    derived = _derived(candidates, config)
+def jurisdictions_expr(schema: pl.Schema, config: ProjectConfig) -> pl.Expr:
+    """The jurisdictions of each row of a frame with ``schema``, as an expression
+    (``List[String]``, an empty list where unknown): lazy scans of the whole CRM use it."""
+    probe = pl.DataFrame(schema=schema)
+    derived = _derived(probe, config)
     as_list: pl.Expr = pl.when(derived.is_not_null()).then(pl.concat_list(derived))
     column = config.policy.jurisdiction_column
     if column is not None:
-        if column not in candidates.schema:
+        if column not in schema:
             from audiences.core.errors import DataError
 
             raise DataError(
@@ -102,11 +104,24 @@ def jurisdictions(candidates: pl.DataFrame, config: ProjectConfig) -> pl.Series:
                 "fix [policy] jurisdiction_column in audiences.toml",
             )
         as_list = pl.coalesce(_override(column), as_list)
+    return pl.coalesce(as_list, pl.lit([], dtype=pl.List(pl.String)))
+
+
+def in_scope_expr(schema: pl.Schema, config: ProjectConfig, codes: tuple[str, ...]) -> pl.Expr:
+    """True for a row in any of ``codes`` or of unknown jurisdiction (a jurisdiction
+    rule's scope), as an expression."""
+    found = jurisdictions_expr(schema, config)
+    inside = found.list.eval(pl.element().is_in(list(codes))).list.any().fill_null(False)
+    return inside | (found.list.len().fill_null(0) == 0)
+
+
+def jurisdictions(candidates: pl.DataFrame, config: ProjectConfig) -> pl.Series:
+    """Each candidate's jurisdictions (``List[String]``); an empty list where unknown."""
+    expr = jurisdictions_expr(candidates.schema, config)
     if candidates.height == 0:
         return pl.Series("jurisdictions", [], dtype=pl.List(pl.String))
-    empty = pl.lit([], dtype=pl.List(pl.String))
     return (
-        candidates.with_columns(pl.coalesce(as_list, empty).alias("__jurisdictions"))
+        candidates.with_columns(expr.alias("__jurisdictions"))
         .get_column("__jurisdictions")
         .alias("jurisdictions")
     )
@@ -128,5 +143,7 @@ __all__ = [
     "UNKNOWN",
     "evidence_suffix",
     "in_jurisdictions",
+    "in_scope_expr",
     "jurisdictions",
+    "jurisdictions_expr",
 ]

@@ -28,7 +28,7 @@ difference checks and the release see each person once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,6 +44,7 @@ __all__ = [
     "Link",
     "compute_opt_out_index",
     "flag_duplicates_of_opt_outs",
+    "flag_linked_records",
     "index_identity",
     "links_for",
     "opted_out_expr",
@@ -343,20 +344,34 @@ class IndexStore(Protocol):
     def save(self, identity: str, index: pl.DataFrame) -> None: ...
 
 
-def index_identity(config: ProjectConfig, schema: pl.Schema) -> str:
+def index_identity(
+    config: ProjectConfig,
+    schema: pl.Schema,
+    flags: Mapping[str, pl.Expr] | None = None,
+    where: pl.Expr | None = None,
+) -> str:
     """What an opt-out index depends on besides the data: the identity and consent mapping
     (the links and the opt-out expression, with the consent vocabulary), how the contacts
     source is read (row positions), the index format and the polars version (``g`` is a
-    polars hash, which polars does not promise to keep across versions)."""
+    polars hash, which polars does not promise to keep across versions). An index of
+    ``flags`` (:func:`flag_linked_records`) depends on those expressions instead — the
+    columns, words and jurisdictions they read: another pack in force is another index."""
     import hashlib
     import json
 
-    opted_out = opted_out_expr(config, schema)
+    opted_out: str | dict[str, str] | None
+    if flags is None:
+        selected = opted_out_expr(config, schema)
+        opted_out = None if selected is None else selected.meta.serialize(format="json")
+    else:
+        opted_out = {name: e.meta.serialize(format="json") for name, e in sorted(flags.items())}
+        if where is not None:
+            opted_out["\0where"] = where.meta.serialize(format="json")
     body = {
         "format": INDEX_FORMAT,
         "polars": pl.__version__,
         "phone_tail": PHONE_TAIL,
-        "opted_out": None if opted_out is None else opted_out.meta.serialize(format="json"),
+        "opted_out": opted_out,
         "links": [[k.name, k.identity.model_dump(mode="json")] for k in links_for(config, schema)],
         "contacts": config.sources.contacts.model_dump(mode="json"),
         "schema": [[name, str(dtype)] for name, dtype in schema.items()],
@@ -365,11 +380,12 @@ def index_identity(config: ProjectConfig, schema: pl.Schema) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def index_schema(links: Sequence[Link]) -> pl.Schema:
-    """The columns of an opt-out index over ``links``."""
+def index_schema(links: Sequence[Link], flags: Sequence[str] = ()) -> pl.Schema:
+    """The columns of an opt-out index over ``links`` (and the ``flags`` it carries)."""
     columns: dict[str, pl.DataType] = {_POS: _INDEX_DTYPE}
     for link in links:
         columns |= {link.out: pl.UInt64(), f"{link.out}_ok": pl.Boolean()}
+    columns |= {name: pl.Boolean() for name in flags}
     return pl.Schema(columns)
 
 
@@ -378,19 +394,39 @@ def _keyed(g: pl.Expr, seeds: Seeds) -> pl.Expr:
 
 
 def compute_opt_out_index(
-    contacts: pl.LazyFrame, config: ProjectConfig, seeds: Seeds
+    contacts: pl.LazyFrame,
+    config: ProjectConfig,
+    seeds: Seeds,
+    flags: Mapping[str, pl.Expr] | None = None,
+    where: pl.Expr | None = None,
 ) -> pl.DataFrame:
     """The opt-out index of ``contacts``: (``_POS``, and per link its keyed ``g`` and
     whether ``g`` is reliable) for every opted-out record that has a key or is unreliable
     for some link — the others can match nobody. Reads only the consent and key columns;
-    the raw key columns are dropped as soon as each link's ``g`` is taken."""
+    the raw key columns are dropped as soon as each link's ``g`` is taken.
+
+    With ``flags`` (name → boolean expression over the contacts), the index is of the
+    records any flag is true for, and carries each flag as a column; ``where``, a cheap
+    expression true wherever a flag is, picks those records first (the flags, which may
+    be costly, are then computed for them only)."""
     schema = contacts.collect_schema()
     links = links_for(config, schema)
-    opted_out = opted_out_expr(config, schema)
+    names = sorted(flags) if flags else []
+    if flags:
+        opted_out: pl.Expr | None = (
+            where.fill_null(False)
+            if where is not None
+            else pl.any_horizontal([flags[n].fill_null(False) for n in names])
+        )
+    else:
+        opted_out = opted_out_expr(config, schema)
     if opted_out is None or not links:
-        return pl.DataFrame(schema=index_schema(links))
+        return pl.DataFrame(schema=index_schema(links, names))
     columns = sorted({c for link in links for c in link.columns})
-    records = _collect(contacts.with_row_index(_POS).filter(opted_out).select(_POS, *columns))
+    carried = [flags[n].fill_null(False).alias(n) for n in names] if flags else []
+    records = _collect(
+        contacts.with_row_index(_POS).filter(opted_out).select(_POS, *columns, *carried)
+    )
     parts = [records.select(_POS)]
     for link in links:
         staged = link.stage(records.select(link.columns), link.raw_fields(), link.out)
@@ -400,6 +436,8 @@ def compute_opt_out_index(
                 pl.col(f"{link.out}_ok").fill_null(True),
             )
         )
+    if names:
+        parts.append(records.select(names))  # the flags last, as index_schema has them
     del records
     index = pl.concat(parts, how="horizontal")
     can_match = [pl.col(k.out).is_not_null() | ~pl.col(f"{k.out}_ok") for k in links]
@@ -411,21 +449,23 @@ def _opt_out_index(
     config: ProjectConfig,
     cache: dict[str, Any] | None,
     store: IndexStore | None,
+    flags: Mapping[str, pl.Expr] | None = None,
+    where: pl.Expr | None = None,
 ) -> tuple[pl.DataFrame, Seeds]:
-    """The opt-out index and its seeds: from ``cache`` (the ``Sources`` object's, so
-    ``build --all`` and ``sync --all`` read it once), else from ``store`` (computed once
-    per export), else computed."""
-    identity = index_identity(config, contacts.collect_schema())
+    """The opt-out index (or the index of ``flags``) and its seeds: from ``cache`` (the
+    ``Sources`` object's, so ``build --all`` and ``sync --all`` read it once), else from
+    ``store`` (computed once per export), else computed."""
+    identity = index_identity(config, contacts.collect_schema(), flags, where)
     seeds = store.seeds() if store is not None else UNKEYED
     key = f"opt-out-index:{identity}:{hash(seeds)}"
     if cache is not None and key in cache:
         return cache[key], seeds
     index = store.load(identity) if store is not None else None
     links = links_for(config, contacts.collect_schema())
-    if index is not None and index.schema != index_schema(links):
+    if index is not None and index.schema != index_schema(links, sorted(flags or {})):
         index = None  # (an authentic index of another layout: never guessed at)
     if index is None:
-        index = compute_opt_out_index(contacts, config, seeds)
+        index = compute_opt_out_index(contacts, config, seeds, flags, where)
         if store is not None:
             store.save(identity, index)
     if cache is not None:
@@ -506,6 +546,65 @@ def flag_duplicates_of_opt_outs(
     flagged = pl.concat(hits)  # one Series per link (there is at least one link)
     mask = pl.Series(flag, range(candidates.height), dtype=pl.UInt32).is_in(flagged.implode())
     return candidates.with_columns(mask.alias(flag))
+
+
+def flag_linked_records(
+    candidates: pl.DataFrame,
+    contacts: pl.LazyFrame,
+    config: ProjectConfig,
+    flags: Mapping[str, pl.Expr],
+    *,
+    where: pl.Expr | None = None,
+    cache: dict[str, Any] | None = None,
+    store: IndexStore | None = None,
+) -> pl.DataFrame:
+    """``candidates`` with a boolean column per entry of ``flags`` (name → boolean
+    expression over the contacts' columns): true where the candidate shares an email,
+    phone or name-and-postal-code key with a CRM record — anywhere in ``contacts``, the
+    candidate itself included — for which the flag is true. One hop, as the opt-out
+    linkage; the index of flagged records is kept per export and per ``flags`` (and
+    ``where``, a cheap prefilter true wherever any flag is: see
+    :func:`compute_opt_out_index`)."""
+    names = sorted(flags)
+    schema = contacts.collect_schema()
+    links = links_for(config, schema)
+    if not names or not links or candidates.is_empty():
+        return candidates.with_columns(pl.lit(False).alias(n) for n in names)
+    columns = sorted({c for link in links for c in link.columns})
+    cand = candidates.lazy().with_row_index(_ROW).select(_ROW, *columns).collect()
+    cand_coarse = {link.name: coarse_keys(cand, link) for link in links}
+    index, seeds = _opt_out_index(contacts, config, cache, store, flags, where)
+    meets = []
+    for link in links:
+        keyed = cand_coarse[link.name].select(_keyed(pl.col(link.out), seeds)).to_series()
+        meet = ~index.get_column(f"{link.out}_ok") | index.get_column(link.out).is_in(
+            keyed.implode()
+        )
+        meets.append(index.get_column(_POS).filter(meet.fill_null(False)))
+    wanted_rows = pl.concat(meets).unique()
+    if wanted_rows.is_empty():
+        return candidates.with_columns(pl.lit(False).alias(n) for n in names)
+    rows = _records_at(contacts, wanted_rows, columns)
+    theirs = exact_keys([rows.filter(pl.col(_ROW).is_in(meet.implode())) for meet in meets], links)
+    carried = index.select(pl.col(_POS).alias(_ROW), *names)
+    hits = []
+    for link, their in zip(links, theirs, strict=True):
+        # per exact key, which flags its records carry (one row per key: no blow-up
+        # when many records share one key)
+        by_key = their.join(carried, on=_ROW).group_by(_KEY).agg(pl.col(n).any() for n in names)
+        coarse = cand_coarse[link.name]
+        wanted = coarse.filter(
+            coarse.get_column(link.out).is_in(their.get_column(link.out).implode())
+        )
+        (mine,) = exact_keys([cand.join(wanted.select(_ROW), on=_ROW, how="semi")], [link])
+        hits.append(mine.join(by_key, on=_KEY).select(_ROW, *names))
+    found = pl.concat(hits).group_by(_ROW).agg(pl.col(n).any() for n in names)
+    flagged = (
+        pl.DataFrame({_ROW: pl.int_range(candidates.height, dtype=pl.UInt32, eager=True)})
+        .join(found.with_columns(pl.col(_ROW).cast(pl.UInt32)), on=_ROW, how="left")
+        .select(pl.col(n).fill_null(False) for n in names)
+    )
+    return candidates.with_columns(flagged.get_columns())
 
 
 PERSON_LINKS = ("email", "phone")  # the platforms' primary match keys

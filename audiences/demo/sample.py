@@ -99,6 +99,9 @@ CONTACTS_SCHEMA = pl.Schema(
         "explicit_health_marketing": pl.String,
         "limit_sensitive_pi": pl.Boolean,
         "opt_out_of_sharing": pl.Boolean,
+        "mhmda_sale_authorization_date": pl.Date,
+        "mhmda_sale_authorization_expires": pl.Date,
+        "mhmda_sale_authorization_revoked": pl.Date,
     }
 )
 # The columns drawn by _privacy_consents (the last of CONTACTS_SCHEMA).
@@ -108,6 +111,9 @@ PRIVACY_COLUMNS = (
     "explicit_health_marketing",
     "limit_sensitive_pi",
     "opt_out_of_sharing",
+    "mhmda_sale_authorization_date",
+    "mhmda_sale_authorization_expires",
+    "mhmda_sale_authorization_revoked",
 )
 
 EVENTS_SCHEMA = pl.Schema(
@@ -564,7 +570,7 @@ def generate(
     people = _draw_people(rng, rows, as_of)
     contacts = _contacts_frame(rng, people)
     events = _events_frame(rng, people, contacts.get_column("contact_id").rechunk())
-    contacts = _privacy_consents(contacts, seed)
+    contacts = _privacy_consents(contacts, seed, as_of)
     if abroad:
         more_contacts, more_events = _abroad(abroad, seed, as_of, contacts, events)
         contacts = pl.concat([contacts, more_contacts])
@@ -572,11 +578,15 @@ def generate(
     return contacts, events
 
 
-def _privacy_consents(contacts: pl.DataFrame, seed: int, *stream: int) -> pl.DataFrame:
+def _privacy_consents(
+    contacts: pl.DataFrame, seed: int, as_of: dt.date, *stream: int
+) -> pl.DataFrame:
     """The privacy-law consent columns, from a generator of their own (seeded by ``seed``
     and ``stream``): consents to share health data and to health marketing are rare and
     sometimes withdrawn; a few people limit the use of sensitive data or send GPC; some
-    unknown."""
+    unknown. Fewer signed an authorization to sell (Washington MHMDA) in the two years
+    before ``as_of``: over a year old ones have expired, some record the expiry date,
+    some were revoked since."""
     rng = np.random.default_rng([seed, 23, *stream])
     n = contacts.height
     granted = ("granted", "denied", None)
@@ -598,7 +608,30 @@ def _privacy_consents(contacts: pl.DataFrame, seed: int, *stream: int) -> pl.Dat
         "limit_sensitive_pi": flag(0.04, 0.25),
         "opt_out_of_sharing": flag(0.09, 0.25),
     }
+    columns |= _sale_authorizations(rng, n, as_of)
     return contacts.with_columns(v.alias(k) for k, v in columns.items())
+
+
+def _sale_authorizations(rng: np.random.Generator, n: int, as_of: dt.date) -> dict[str, pl.Series]:
+    """Signed on (8 % of people, up to two years before ``as_of``), expires on (the
+    statute's one year after signing, recorded for 60 % of them), revoked on (10 % of
+    them, between signing and ``as_of``); empty otherwise."""
+    today = (as_of - _EPOCH).days
+    signed_ago = rng.integers(0, 730, n)
+    draw = rng.random((3, n), dtype=np.float32)
+    has = draw[0] < 0.08
+    signed = today - signed_ago
+    revoked = signed + (draw[2] * signed_ago).astype(np.int64)
+
+    def day(values: np.ndarray, where: np.ndarray) -> pl.Series:
+        out = pl.Series(values, dtype=pl.Int32).cast(pl.Date)
+        return out.zip_with(pl.Series(where), pl.Series([None] * n, dtype=pl.Date))
+
+    return {
+        "mhmda_sale_authorization_date": day(signed, has),
+        "mhmda_sale_authorization_expires": day(signed + 365, has & (draw[1] < 0.6)),
+        "mhmda_sale_authorization_revoked": day(revoked, has & (draw[1] >= 0.9)),
+    }
 
 
 def write(
@@ -1447,7 +1480,7 @@ def _abroad(
     )
     more_events = more_events.with_columns(event_ids)
     moved = drawn.with_columns(ids, *_abroad_columns(rng, people))
-    return _privacy_consents(moved, seed, 1), more_events
+    return _privacy_consents(moved, seed, as_of, 1), more_events
 
 
 def _abroad_columns(rng: np.random.Generator, p: _People) -> list[pl.Expr]:

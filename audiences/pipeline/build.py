@@ -163,6 +163,7 @@ def review(
             run.salt,
             link_opt_outs=links_opt_outs(pack),
             protect_on=today,
+            pack=pack,
         )
         outcome = _gate(run, build_id, segment, candidates)
         result = _result(build_id, segment, candidates, outcome, pack, "reviewed")
@@ -267,6 +268,7 @@ def _build_segment(run: _BuildRun, segment: Segment, i: int, total: int) -> Buil
             run.salt,
             link_opt_outs=links_opt_outs(run.pack),
             protect_on=run.today,
+            pack=run.pack,
         )
         run.step(f"{segment.name}: policy gate", (i + 0.6) / total)
         outcome = _gate(run, build_id, segment, candidates)

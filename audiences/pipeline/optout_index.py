@@ -46,9 +46,12 @@ from audiences.crm.linkage import IndexStore, Seeds
 from audiences.crm.sources import Sources
 from audiences.pipeline import state_record
 
-__all__ = ["INDEX_NAME", "StateIndexStore", "store_for"]
+__all__ = ["INDEX_NAME", "REQUESTS_INDEX_NAME", "StateIndexStore", "store_for"]
 
 INDEX_NAME = "optout-index.bin"
+# The index of the records carrying a request a jurisdiction pack honours (GPC, "limit
+# use", withdrawn consent to share): the same format, keyed on the packs' flags.
+REQUESTS_INDEX_NAME = "requests-index.bin"
 _MAGIC = b"audiences opt-out index v1\n"
 _MAC_SIZE = 32
 _log = logging.getLogger(__name__)
@@ -62,8 +65,14 @@ class StateIndexStore(IndexStore):
     """The opt-out index of one export in ``state_dir``, authenticated with keys derived
     from the project secret (created on first use, as the audience record does)."""
 
-    def __init__(self, state_dir: Path, digest: Callable[[], str], contacts: Path | None) -> None:
-        self.path = state_dir / INDEX_NAME
+    def __init__(
+        self,
+        state_dir: Path,
+        digest: Callable[[], str],
+        contacts: Path | None,
+        name: str = INDEX_NAME,
+    ) -> None:
+        self.path = state_dir / name
         self._state_dir = state_dir
         self._digest = digest
         self._contacts = contacts
@@ -148,15 +157,15 @@ class StateIndexStore(IndexStore):
         write_with(self.path, lambda tmp: tmp.write_bytes(blob), durable=False)
 
 
-def store_for(config: ProjectConfig, sources: Sources) -> StateIndexStore:
-    """The project's store for the export ``sources`` loaded (one per loaded export, so
-    the segments of one run share its counters)."""
-    key = "opt-out-index-store"
+def store_for(config: ProjectConfig, sources: Sources, name: str = INDEX_NAME) -> StateIndexStore:
+    """The project's store (of the index file ``name``) for the export ``sources`` loaded
+    (one per loaded export, so the segments of one run share its counters)."""
+    key = "opt-out-index-store" if name == INDEX_NAME else f"index-store:{name}"
     store = sources.cache.get(key)
     if not isinstance(store, StateIndexStore):
         source = config.sources.contacts
         # a PostgreSQL table has no file: its digest is computed by the database each run
         contacts = config.path(source.path) if source.path is not None else None
-        store = StateIndexStore(config.state_dir, lambda: sources.digest, contacts)
+        store = StateIndexStore(config.state_dir, lambda: sources.digest, contacts, name)
         sources.cache[key] = store
     return store

@@ -38,6 +38,7 @@ from audiences.pipeline.membership import recover_interrupted as _recover
 if TYPE_CHECKING:
     from audiences.crm.sources import Sources
     from audiences.pipeline.build import BuildResult
+    from policies.pack import Pack
     from policies.release import Release
 
 
@@ -77,9 +78,11 @@ def current_rows(
     salt: bytes,
     *,
     link_opt_outs: bool,
+    pack: Pack | None = None,
 ) -> pl.DataFrame:
     """The current CRM rows of the people with ``keys`` (the gate's columns), whatever any
-    segment's definition says; flags duplicates of opt-outs over the whole CRM."""
+    segment's definition says; flags duplicates of opt-outs, and records linked to a
+    request the ``pack``'s jurisdiction rules honour, over the whole CRM."""
     from audiences.crm.identifiers import member_key
     from audiences.pipeline.select import age_expr, gate_columns
 
@@ -95,6 +98,10 @@ def current_rows(
         from audiences.pipeline.select import flag_opt_out_duplicates
 
         frame = flag_opt_out_duplicates(config, sources, frame)
+    if pack is not None:
+        from audiences.pipeline.select import flag_linked_requests
+
+        frame = flag_linked_requests(config, sources, frame, pack)
     return frame
 
 
@@ -124,7 +131,9 @@ def removal_releases(
     keys = pl.concat([f.get_column(KEY) for f in platform.values()]).unique()
     sources = load_sources(config)
     salt = project_salt(config.state_dir)
-    current = current_rows(config, sources, keys, as_of, salt, link_opt_outs=links_opt_outs(pack))
+    current = current_rows(
+        config, sources, keys, as_of, salt, link_opt_outs=links_opt_outs(pack), pack=pack
+    )
     outcome = forced_removals(
         RemovalInput(build_id, segment, config, pack, current, platform, as_of, config.state_dir)
     )

@@ -115,11 +115,14 @@ def collect_candidates(
     *,
     link_opt_outs: bool = True,
     protect_on: date | None = None,
+    pack: Pack | None = None,
 ) -> pl.DataFrame:
     """The segment's rows at ``as_of`` plus what the gate needs; ``link_opt_outs`` flags
     duplicates of opt-outs (the consent rule's ``exclude_duplicates_of_opt_outs``; off for
-    DP previews, which count the segment before consent). The ``age`` the minors rule
-    reads is taken on ``protect_on`` (default: today, the wall clock), never ``as_of``."""
+    DP previews, which count the segment before consent); ``pack`` flags the candidates
+    linked to a CRM record carrying a request its jurisdiction rules honour. The ``age``
+    the minors rule reads is taken on ``protect_on`` (default: today, the wall clock),
+    never ``as_of``."""
     from audiences.core import clock
     from audiences.segments import compile_segment
 
@@ -140,6 +143,8 @@ def collect_candidates(
         frame = plan.collect(engine="streaming")
         if link_opt_outs:
             frame = flag_opt_out_duplicates(config, sources, frame)
+        if pack is not None:
+            frame = flag_linked_requests(config, sources, frame, pack)
     except pl.exceptions.PolarsError as exc:
         raise _explain_collect_failure(config, exc) from None
     missing = frame.get_column(cid).null_count() if frame.height else 0
@@ -176,6 +181,30 @@ def flag_opt_out_duplicates(
         DUPLICATE_OF_OPT_OUT,
         cache=sources.cache,
         store=store_for(config, sources),
+    )
+
+
+def flag_linked_requests(
+    config: ProjectConfig, sources: Sources, frame: pl.DataFrame, pack: Pack
+) -> pl.DataFrame:
+    """``frame`` with the jurisdiction rules' CRM-wide request flags
+    (:func:`policies.rules.crm_requests`): the index of the CRM records carrying a request
+    is kept in the state folder per export and per the flags of the packs in force."""
+    from audiences.crm.linkage import flag_linked_records
+    from audiences.pipeline.optout_index import REQUESTS_INDEX_NAME, store_for
+    from policies.rules import crm_request_filter, crm_requests
+
+    flags = crm_requests(pack.rules, config, sources.contacts.collect_schema())
+    if not flags:
+        return frame
+    return flag_linked_records(
+        frame,
+        sources.contacts,
+        config,
+        flags,
+        where=crm_request_filter(flags),
+        cache=sources.cache,
+        store=store_for(config, sources, REQUESTS_INDEX_NAME),
     )
 
 

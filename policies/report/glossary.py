@@ -253,6 +253,31 @@ GLOSSARY.update(
                 "removed": _REMOVED,
             },
         ),
+        "sale_authorization": KindEntry(
+            "Authorization to sell health data",
+            "No authorization to sell",
+            {
+                "candidates": _CANDIDATES,
+                "sale_destinations": Term(
+                    "Sale destinations",
+                    "destinations of this release whose transfer is a sale (basis = "
+                    '"sale", or an account a sale destination uploads to); the rule '
+                    "removes people from these only",
+                ),
+                "health_derived": Term(
+                    "Health-derived",
+                    "1 when the segment reads or infers health (PHI or health-inferring "
+                    "columns or event types), else 0",
+                ),
+                "lacking_authorization": Term(
+                    "Without authorization to sell",
+                    "no signed authorization to sell in force on the release day: none "
+                    "recorded, signed later, revoked, expired, or signed more than a year ago",
+                ),
+                "excluded": _EXCLUDED,
+                "removed": _REMOVED,
+            },
+        ),
         "sensitive_pi_opt_out": KindEntry(
             "Sensitive data and sharing opt-outs",
             "Limited sensitive data or opted out of sharing",
@@ -293,6 +318,13 @@ def _jurisdiction_terms() -> dict[str, Term]:
     terms["excluded_unknown"] = Term(
         "Matched, jurisdiction unknown", "people of unknown jurisdiction this rule matched"
     )
+    terms["linked_crm_records"] = Term(
+        "Held out by a linked CRM record",
+        "selected records held out because another CRM record — anywhere in the CRM, "
+        "even one the segment did not select — shares their email, phone or name and "
+        "postal code and carries the request this rule honours (either record in the "
+        "rule's jurisdictions, or of unknown jurisdiction)",
+    )
     terms["linked_records"] = Term(
         "Other records of the same people",
         "CRM records sharing a normalized email or phone with a record this rule excludes: "
@@ -314,6 +346,7 @@ for _kind in (
     "health_data_consent",
     "health_geofence",
     "ad_consent_signals",
+    "sale_authorization",
     "sensitive_pi_opt_out",
 ):
     GLOSSARY[_kind].terms.update(_jurisdiction_terms())
