@@ -280,11 +280,17 @@ class _Eligible:
     unsold: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     sold: tuple[str, ...] = ()
 
+    def unsold_for(self, destination: str) -> np.ndarray:
+        """The sorted member keys ``destination`` may not receive: ``unsold`` for a
+        sale-basis destination, none for the others."""
+        return self.unsold if destination in self.sold else self.unsold[:0]
+
     def keys_for(self, destination: str, keys: np.ndarray) -> np.ndarray:
         """``keys`` without the members a sale-basis ``destination`` may not receive."""
-        if destination not in self.sold or not self.unsold.size or not keys.size:
+        unsold = self.unsold_for(destination)
+        if not unsold.size or not keys.size:
             return keys
-        kept: np.ndarray = keys[~_isin_sorted(keys, self.unsold)]
+        kept: np.ndarray = keys[~_isin_sorted(keys, unsold)]
         return kept
 
 
@@ -437,10 +443,10 @@ def _check_destination(
         )
     export = None
     if settings is not None:  # rules judge the rows that would really be released
-        kept = eligible.kept_mask
-        if dest_name in eligible.sold and eligible.unsold.size:
+        kept, unsold = eligible.kept_mask, eligible.unsold_for(dest_name)
+        if unsold.size:
             keys = inp.candidates.get_column("member_key").to_numpy()
-            kept = kept & ~_isin_sorted(keys, eligible.unsold)
+            kept = kept & ~_isin_sorted(keys, unsold)
         export = _record_export(inp.candidates, kept, settings, dest)
         if export.members is not None:
             dest_keys = export.keys
@@ -461,9 +467,9 @@ def _check_destination(
         elif rule.kind == "difference":
             if earlier is None:
                 earlier = difference.earlier_releases(inp.conn, dest.account, inp.state_dir)
-            exempt = eligible.exempt
-            if dest_name in eligible.sold and eligible.unsold.size:  # forced removals there
-                exempt = np.union1d(exempt, eligible.unsold)
+            exempt, unsold = eligible.exempt, eligible.unsold_for(dest_name)
+            if unsold.size:  # forced removals there
+                exempt = np.union1d(exempt, unsold)
             v = _difference_verdict(inp, rule, check, dest_keys, earlier, exempt)
         else:  # pragma: no cover - RULE_KINDS and this dispatch are kept in step
             raise InternalError(f"no evaluator for rule kind {rule.kind}")
@@ -552,7 +558,7 @@ def _mint_releases(
         if dest.kind in GOOGLE_KINDS:  # a DENIED member's removal is forced, never held
             denied = eligible.members.filter(_google_denied(eligible.members, inp.config))
             excluded = pl.concat([excluded_series, denied.get_column("member_key")])
-        if dest.name in eligible.sold and eligible.unsold.size:  # forced there, never held
+        if eligible.unsold_for(dest.name).size:  # forced there, never held
             unsold = pl.Series("member_key", eligible.unsold, dtype=pl.UInt64)
             members = members.filter(~pl.col("member_key").is_in(unsold.implode()))
             excluded = pl.concat([excluded, unsold])
