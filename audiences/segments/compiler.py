@@ -115,6 +115,7 @@ class _Compiler:
         self.events_schema = events_schema
         self.ctx = ctx
         self.plan = _EventPlan()
+        self.contacts: pl.LazyFrame | None = None  # set by compile(): the canonical lookups
         prefix = _COLUMN_PREFIX
         while any(name.startswith(prefix) for name in contacts_schema.names()):
             prefix = "_" + prefix
@@ -126,6 +127,7 @@ class _Compiler:
         self, segment: Segment, contacts: pl.LazyFrame, events: pl.LazyFrame | None
     ) -> pl.LazyFrame:
         ctx = self.ctx
+        self.contacts = contacts
         contact_filters: list[pl.Expr] = []
         joins: list[tuple[str, EventCondition]] = []
         event_filters: list[pl.Expr] = []
@@ -254,6 +256,7 @@ class _Compiler:
         """A condition on an identity-mapped column: equality tests compare the values
         the upload layer normalizes to (``ny``, ``New York`` → ``NY``) on both sides;
         the other text tests ignore case; null tests read the column as it is."""
+        from audiences.crm.distinct import predicate_by_distinct
         from audiences.crm.identifiers import canonical_expr, canonical_values
 
         assert self.ctx.identity is not None
@@ -272,7 +275,10 @@ class _Compiler:
                 parts.append(_compare(raw, comparison, "string", pl.String()))
             else:
                 parts.append(_folded_compare(raw, comparison))
-        return _and(parts)
+        if self.contacts is None:  # pragma: no cover - compile() sets it
+            return _and(parts)
+        # the canonical form costs about 1 s per million rows; a CRM has few distinct values
+        return predicate_by_distinct(self.contacts, _and(parts))
 
     def folded(self, value: pl.Expr, cond: FieldCondition, dtype: pl.DataType) -> pl.Expr:
         """A case-insensitive text column: both sides lowercase."""

@@ -1,0 +1,63 @@
+"""Costly expressions over few distinct values, evaluated once per distinct value.
+
+A CRM has millions of rows but a few hundred distinct (state, country) pairs. A segment's
+``state: {in: [NY, NJ]}`` compares the *canonical* state (trimmed, Unicode NFC, letters
+only, full names mapped to codes, checked against the row's country), and doing that on
+every row cost about 1 s per million contacts — 10 s of a 12 s selection at 10M contacts
+(measured 2026-12-05). :func:`predicate_by_distinct` evaluates such a predicate once per
+distinct combination of the columns it reads and returns an expression that looks each
+row's combination up: the same three-valued answer (true, false or null) for every row.
+
+The lookup is exact: ``is_in`` on the row's values themselves (a struct of them when there
+are several), where a null matches a null — no hashing, no string keys. A combination the
+table does not hold (the data changed between the two reads) is null, which no condition
+counts as a match, negated or not. When a source has more distinct combinations than
+:data:`MAX_DISTINCT`, or the first read fails, the predicate is evaluated row by row as
+before (a failing read fails again in the main query, where read errors are explained).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+# Above this many distinct combinations the lookup saves little and holds them in memory.
+MAX_DISTINCT = 200_000
+_RESULT = "__audiences_distinct_result"
+
+
+def predicate_by_distinct(frame: pl.LazyFrame, predicate: pl.Expr) -> pl.Expr:
+    """``predicate`` (a boolean expression over ``frame``'s columns, row by row: no
+    aggregation or window) as a lookup of the answers computed once per distinct
+    combination of the columns it reads."""
+    roots = list(dict.fromkeys(predicate.meta.root_names()))
+    if not roots:
+        return predicate
+    try:
+        table = (
+            frame.select(roots)
+            .unique()
+            .head(MAX_DISTINCT + 1)
+            .with_columns(predicate.alias(_RESULT))
+            .collect(engine="streaming")
+        )
+    except pl.exceptions.PolarsError:
+        return predicate
+    if table.height > MAX_DISTINCT or table.schema[_RESULT] != pl.Boolean:
+        return predicate
+    answer = pl.col(_RESULT)
+    yes, no = table.filter(answer), table.filter(~answer)
+    if len(roots) == 1:
+        (root,) = roots
+
+        def among(rows: pl.DataFrame) -> pl.Expr:
+            return pl.col(root).is_in(rows.get_column(root).implode(), nulls_equal=True)
+    else:
+
+        def among(rows: pl.DataFrame) -> pl.Expr:
+            # struct fields compare null to null as equal (tests/test_distinct.py)
+            return pl.struct(roots).is_in(rows.select(roots).to_struct().implode())
+
+    return pl.when(among(yes)).then(True).when(among(no)).then(False).otherwise(None)
+
+
+__all__ = ["MAX_DISTINCT", "predicate_by_distinct"]
