@@ -300,3 +300,43 @@ def test_attack_rewritten_data_with_the_old_size_and_time_is_not_matched_to_the_
     assert expected - before_flags  # the other record is now a duplicate of an opt-out
     after, store = flags(project)
     assert after == expected and store.computed == 1
+
+
+_SERIALIZED_EXPRESSIONS = """
+import polars as pl
+from audiences.core.config import IdentityMapping
+from audiences.crm.identifiers import canonical_expr, normalized_exprs
+columns = ("email", "phone", "fn", "ln", "zip", "city", "state", "country", "sex")
+identity = IdentityMapping.model_validate({
+    "email": "email", "phone": "phone", "first_name": "fn", "last_name": "ln", "zip": "zip",
+    "city": "city", "state": "state", "country": "country", "gender": "sex", "birth_date": "born"})
+schema = {**{c: pl.String() for c in columns}, "born": pl.Date()}
+for layout in ("meta", "google_ads"):
+    for name, e in sorted(normalized_exprs(identity, layout, schema=schema).items()):
+        print(layout, name, e.meta.serialize(format="json"))
+for field in ("state", "country", "zip", "gender"):
+    print(field, canonical_expr(identity, field, schema=schema).meta.serialize(format="json"))
+"""
+
+
+def test_the_expressions_an_index_identity_serializes_do_not_depend_on_the_hash_seed():
+    """An index is found again by its identity, which serializes the flag expressions;
+    a set iterated into an expression (the ISO country list did) gives each interpreter
+    its own identity, and the index is recomputed on every build (the request index at
+    1M: 27 s a build instead of a read)."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run(
+            [sys.executable, "-c", _SERIALIZED_EXPRESSIONS],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        outputs.add(run.stdout)
+    assert len(outputs) == 1

@@ -164,7 +164,7 @@ _COUNTRY_ALIASES = {  # ISO code: other spellings (lowercase letters only)
     "vi": "vir usvirginislands",
 }  # fmt: skip
 
-COUNTRY_CODES: dict[str, str] = {code: code for code in ISO_COUNTRIES}
+COUNTRY_CODES: dict[str, str] = {code: code for code in sorted(ISO_COUNTRIES)}
 COUNTRY_CODES.update(
     {alias: code for code, aliases in _COUNTRY_ALIASES.items() for alias in aliases.split()}
 )
@@ -523,7 +523,7 @@ class _Builder:
             )
         if self.layout == "google_ads":
             return replace(field, value=field.value.str.to_uppercase())
-        return field.with_digests(ISO_COUNTRIES)
+        return field.with_digests(sorted(ISO_COUNTRIES))
 
     # -- identifiers ---------------------------------------------------------------------
 
