@@ -394,6 +394,14 @@ class FilterContext:
         clock.release_day(self.as_of, what="the policy gate")
 
     @cached_property
+    def jurisdictions(self) -> pl.Series:
+        """Each candidate's jurisdictions (``List[String]``, empty where unknown): every
+        jurisdiction rule reads them; computed once per gate."""
+        from audiences.crm.jurisdiction import jurisdictions
+
+        return jurisdictions(self.candidates, self.config)
+
+    @cached_property
     def persons(self) -> pl.Series | None:
         """The person of each candidate record (records sharing a normalized email or
         phone are one person); None without the CRM id column. Computed once per gate."""
@@ -1212,10 +1220,10 @@ def _whole_people(ctx: FilterContext, excluded: pl.Series) -> tuple[pl.Series, i
 def scoped(rule: Rule, ctx: FilterContext, verdict: Verdict) -> Verdict:
     """``verdict`` with its exclusion mask ANDed with the jurisdiction mask and its
     evidence counted per jurisdiction (``in_us_wa``, ``excluded_us_wa``, ``in_unknown``…)."""
-    from audiences.crm.jurisdiction import evidence_suffix, in_jurisdictions, jurisdictions
+    from audiences.crm.jurisdiction import evidence_suffix, in_jurisdictions
 
     df = ctx.candidates
-    found = jurisdictions(df, ctx.config)
+    found = ctx.jurisdictions
     inside, unknown = in_jurisdictions(found, rule.jurisdictions)
     scope = inside | unknown
     base = verdict.excluded if verdict.excluded is not None else _mask(df, pl.lit(False))

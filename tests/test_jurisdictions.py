@@ -132,6 +132,28 @@ def test_jurisdiction_column_overrides_where_it_has_a_value(tmp_path):
     ]
 
 
+def test_jurisdictions_per_distinct_value_match_row_by_row_in_row_order(tmp_path):
+    """jurisdictions() derives once per distinct (state, country, override) and joins
+    back: every row, repeated values and nulls included, gets what the expression gives
+    it row by row, in the candidates' order."""
+    from audiences.crm.jurisdiction import jurisdictions_expr
+
+    rng = np.random.default_rng(7)
+    n = 2_000
+    pick = lambda values: [values[i] for i in rng.integers(0, len(values), n)]  # noqa: E731
+    frame = pl.DataFrame(
+        {
+            "state": pick(["WA", "wa ", "Washington", "CA", None, "", "ON", "Bavaria", "NY"]),
+            "country": pick(["US", "usa", None, "DE", "CA", "United Kingdom", "Narnia", ""]),
+            "residence": pick([None, "US-WA", "DE; US-CA", " ", "gb"]),
+        }
+    )
+    cfg = config(tmp_path, jurisdiction_column="residence")
+    rowwise = frame.select(jurisdictions_expr(frame.schema, cfg)).to_series().to_list()
+    assert jurisdictions(frame, cfg).to_list() == rowwise
+    assert len({tuple(j) for j in rowwise}) > 5  # the sample mixes jurisdictions
+
+
 def test_jurisdiction_column_missing_is_a_one_line_error(tmp_path):
     frame = pl.DataFrame({"state": ["NY"], "country": ["US"]})
     with pytest.raises(Exception, match="jurisdiction_column names column 'nope'"):

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
+from audiences.crm.distinct import predicate_by_distinct
 from audiences.crm.identifiers import IdentityMapping, Layout, normalized_layout
 
 if TYPE_CHECKING:
@@ -423,10 +424,20 @@ def compute_opt_out_index(
     if opted_out is None or not links:
         return pl.DataFrame(schema=index_schema(links, names))
     columns = sorted({c for link in links for c in link.columns})
-    carried = [flags[n].fill_null(False).alias(n) for n in names] if flags else []
+    read = {root for n in names for root in flags[n].meta.root_names()} if flags else set()
     records = _collect(
-        contacts.with_row_index(_POS).filter(opted_out).select(_POS, *columns, *carried)
+        contacts.with_row_index(_POS)
+        .filter(opted_out)
+        .select(_POS, *columns, *sorted(read - set(columns)))
     )
+    if flags:
+        # the flags read a few low-cardinality columns (request flags, state, country):
+        # each is computed once per distinct combination of the rows just read (deriving
+        # the jurisdiction row by row cost about 1 s per 100k records)
+        lookups = [predicate_by_distinct(records.lazy(), flags[n]) for n in names]
+        records = records.with_columns(
+            e.fill_null(False).alias(n) for e, n in zip(lookups, names, strict=True)
+        )
     parts = [records.select(_POS)]
     for link in links:
         staged = link.stage(records.select(link.columns), link.raw_fields(), link.out)
