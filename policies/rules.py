@@ -1113,7 +1113,7 @@ REQUIRED_CONSENT: dict[str, Callable[[Params], tuple[str, ...]]] = {
 # a withdrawn or denied consent): a CRM record carrying it holds out every candidate
 # record linked to it one hop (a shared email, phone or name + postal code), wherever the
 # segment's filters left it.
-CRM_WIDE = ("sensitive_pi_opt_out", "health_data_consent")
+CRM_WIDE = ("sensitive_pi_opt_out", "health_data_consent", "sale_authorization")
 LINKED_REQUEST = "__linked_request"
 
 
@@ -1134,6 +1134,17 @@ def _request_expr(rule: Rule, config: ProjectConfig, probe: pl.DataFrame) -> pl.
             if getattr(c, r) is not None
         ]
         return pl.any_horizontal(parts) if parts else None
+    if rule.kind == "sale_authorization":
+        # a revoked authorization to sell is the person's answer, on whichever record it
+        # was recorded (revoked on or before the release day, as the rule reads it)
+        revoked = c.mhmda_sale_authorization_revoked
+        if revoked is None or not any(d.basis == "sale" for d in config.destinations.values()):
+            return None
+        from audiences.core import clock
+
+        day = pl.lit(clock.today(), dtype=pl.Date)
+        when = as_date(probe, revoked, "mhmda_sale_authorization_revoked")
+        return (when <= day).fill_null(False)
     role = rule.params.consent  # type: ignore[attr-defined]
     column = getattr(c, role)
     if column is None:
@@ -1183,6 +1194,10 @@ def _linked_requests(
         return None
     if rule.kind == "health_data_consent" and not verdict.evidence.get("health_derived"):
         return None
+    if rule.kind == "sale_authorization" and not (
+        verdict.evidence.get("health_derived") and verdict.evidence.get("sale_destinations")
+    ):
+        return None  # nothing sold, or nothing health-derived: no sale to hold anyone from
     anywhere, scoped_name = request_columns(rule)
     df = ctx.candidates
     if anywhere not in df.columns or scoped_name not in df.columns:

@@ -192,3 +192,57 @@ def test_attack_remapping_a_flag_column_never_reuses_the_index_of_the_old_one(pr
     assert "C000000000" in ids(cand, first) and store.computed == 1
     second, cand, store = build(project, SPRING, packs)
     assert store.computed == 1 and "C000000000" not in ids(cand, second)
+
+
+def test_a_sale_authorization_revoked_on_another_record_keeps_the_person_off_a_sale(project):
+    # The attack: the person revoked their authorization to sell; the CRM recorded it on
+    # an older duplicate (another tag, another ZIP) the segment does not select, while the
+    # selected record still shows the authorization it signed first. Selling to the
+    # broker on the strength of that record would outlive the revocation.
+    import datetime as dt
+
+    from test_jurisdictions import DESTINATIONS, SALE_CONSENT
+
+    signed, before, after = dt.date(2025, 1, 1), dt.date(2025, 5, 1), dt.date(2025, 6, 2)
+    crm = spring(150, state="WA", sold_on=signed, sale_expires=None, sale_revoked=None)
+    write(
+        project["root"],
+        crm,
+        twin(crm, 0, 9000, "email", state="WA", sold_on=signed, sale_revoked=before),
+        # the candidate is in Washington: either record in scope suffices
+        twin(crm, 1, 9001, "phone", state="NY", sold_on=signed, sale_revoked=before),
+        # revoked only after the release day: the authorization is still in force today
+        twin(crm, 2, 9002, "email", state="WA", sold_on=signed, sale_revoked=after),
+    )
+    cfg = make_config(
+        project["root"],
+        identity=IDENTITY,
+        consent=SALE_CONSENT,
+        sources={"contacts": {"path": "contacts.parquet"}},
+        destinations=DESTINATIONS,
+        policy={"packs": ["hipaa-marketing", "wa-mhmda"]},
+    )
+    cand = collect_candidates(
+        cfg, SPRING_DIABETES, load_sources(cfg), AS_OF, SALT, pack=load_pack(cfg)
+    )
+    outcome = run(project, SPRING_DIABETES, cand, ["meta", "broker"], config=cfg)
+    assert not outcome.blocked, outcome.block_reasons
+    everyone = set(cand["contact_id"])
+    assert len(everyone) == 150
+    sold = set(
+        cand.filter(pl.col("member_key").is_in(list(released(outcome, "broker"))))["contact_id"]
+    )
+    assert sold == everyone - {"C000000000", "C000000001"}
+    # the share destination of the same release still carries them (consent to share)
+    assert ids(cand, outcome) == everyone
+    v = verdict(outcome, "mhmda-sale-authorization")
+    assert v.evidence["linked_crm_records"] == 2 and v.evidence["excluded"] == 2
+    # a segment that reaches no health data is no sale of health data: nobody held out
+    outcome = run(
+        project,
+        SPRING,
+        collect_candidates(cfg, SPRING, load_sources(cfg), AS_OF, SALT, pack=load_pack(cfg)),
+        ["broker"],
+        config=cfg,
+    )
+    assert len(released(outcome, "broker")) == 150
