@@ -655,21 +655,49 @@ def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Ser
     edges = [e for e in edges if e.height]
     if not edges:
         return labels
-    label = pl.DataFrame({_ROW: rows.get_column(_ROW), by: labels.gather(rows.get_column(_ROW))})
-    for _ in range(64):  # a chain of n linked records settles in at most n rounds
-        before = label.get_column(by)
-        for edge in edges:
-            smallest = (
-                edge.join(label, on=_ROW)
-                .with_columns(pl.col(by).min().over(_KEY).alias("__min"))
-                .group_by(_ROW)
-                .agg(pl.col("__min").min())
-            )
-            label = (
-                label.join(smallest, on=_ROW, how="left")
-                .with_columns(pl.min_horizontal(by, "__min").alias(by))
-                .drop("__min")
-            )
-        if label.get_column(by).equals(before):
+    return labels.scatter(*_components(labels, rows.get_column(_ROW), edges))
+
+
+def _components(
+    labels: pl.Series, linked: pl.Series, edges: list[pl.DataFrame]
+) -> tuple[pl.Series, pl.Series]:
+    """(row, smallest label of its component) for the ``linked`` rows, the components
+    those rows form when the rows of each ``edges`` frame sharing a ``_KEY`` are joined.
+
+    Union by minimum with pointer jumping, vectorized (numpy): the rows are numbered in
+    label order, so a row's label is the number of the smallest row it reaches; each round
+    hooks every key's rows, and the trees they belonged to, onto the key's smallest row,
+    then halves every path until nothing moves. A chain of records settles in a few rounds
+    (the label propagation it replaces took a round of joins on the labels per link in
+    the chain: 2.5 s for 928k records that each had one duplicate)."""
+    import numpy as np
+
+    order = labels.gather(linked).arg_sort()  # stable: equal labels keep row order
+    rows = linked.gather(order).to_numpy()
+    n = rows.size
+    local = np.full(labels.len(), -1, dtype=np.int64)
+    local[rows] = np.arange(n)
+    groups = []
+    for edge in edges:
+        members = local[edge.get_column(_ROW).to_numpy()]
+        keys = edge.get_column(_KEY).rank("dense").to_numpy().astype(np.int64) - 1
+        groups.append((members, keys, int(keys.max()) + 1 if keys.size else 0))
+    parent = np.arange(n)
+    while True:  # labels only decrease: it settles
+        before = parent.copy()
+        for members, keys, count in groups:
+            roots = parent[members]
+            smallest = np.full(count, n, dtype=np.int64)
+            np.minimum.at(smallest, keys, roots)
+            np.minimum.at(parent, roots, smallest[keys])  # hook the trees
+            np.minimum.at(parent, members, smallest[keys])
+        while True:  # pointer jumping
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+        if np.array_equal(parent, before):
             break
-    return labels.scatter(label.get_column(_ROW), label.get_column(by))
+    named = labels.gather(pl.Series(rows)).gather(pl.Series(parent))
+    by_row = np.argsort(rows)  # (Series.scatter wants its indices in order)
+    return pl.Series(rows[by_row], dtype=pl.UInt32), named.gather(pl.Series(by_row))
