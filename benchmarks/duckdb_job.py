@@ -96,12 +96,26 @@ MACROS = [
 ]
 
 
+class Stages:
+    """Runs the statements; with ``--stages``, each one's wall seconds to stderr."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, show: bool) -> None:
+        self.con, self.show = con, show
+
+    def run(self, stage: str, sql: str) -> duckdb.DuckDBPyConnection:
+        started = time.perf_counter()
+        result = self.con.execute(sql)
+        if self.show:
+            print(f"{stage:<28}{time.perf_counter() - started:8.2f} s", file=sys.stderr)
+        return result
+
+
 def _quoted(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
 
 
 def select_records(
-    con: duckdb.DuckDBPyConnection,
+    con: Stages,
     contacts: str,
     events: str,
     as_of: dt.date,
@@ -118,7 +132,9 @@ def select_records(
     attributes = (
         f"{born} AND upper(tr(state)) IN ({in_states}) AND preferred_language IN ('en', 'es')"
     )
-    con.execute(f"""CREATE TEMP TABLE c AS
+    con.run(
+        "c: records",
+        f"""CREATE TEMP TABLE c AS
     SELECT contact_id, tr(email) AS email, tr(phone) AS phone, tr(first_name) AS first_name,
       tr(last_name) AS last_name, tr(zip) AS zip, tr(city) AS city, tr(state) AS state,
       country, birth_date, tr(sex) AS sex, {out} AS out,
@@ -129,45 +145,55 @@ def select_records(
         WHERE event_type = 'email_click' AND event_time >= DATE '{since}'
         AND event_time < DATE '{until}') AS selected
     FROM read_parquet({_quoted(contacts)})
-    WHERE ({"true" if link else "false"} AND {out}) OR ({attributes})""")
-    con.execute("""CREATE TEMP TABLE k AS SELECT *, g_email(email) AS e_key, phone(phone) AS p_key,
+    WHERE ({"true" if link else "false"} AND {out}) OR ({attributes})""",
+    )
+    con.run(
+        "k: keys",
+        """CREATE TEMP TABLE k AS SELECT *, g_email(email) AS e_key, phone(phone) AS p_key,
       CASE WHEN country IS NULL OR lower(regexp_replace(country, '[^A-Za-z]', '', 'g'))
         IN ('us', 'usa', 'unitedstates', 'unitedstatesofamerica') THEN 'US' END AS cc
-      FROM c""")
+      FROM c""",
+    )
 
 
-def apply_consent(con: duckdb.DuckDBPyConnection, link: bool) -> None:
+def apply_consent(con: Stages, link: bool) -> None:
     """Table ``kept``: the selected records that did not opt out and (``link``) share no
     email, phone or name + country + postal code with a record that did."""
     if not link:
-        con.execute("CREATE TEMP TABLE kept AS SELECT * FROM k WHERE selected AND NOT out")
+        con.run("kept", "CREATE TEMP TABLE kept AS SELECT * FROM k WHERE selected AND NOT out")
         return
-    con.execute("""CREATE TEMP TABLE kept AS
+    con.run(
+        "kept: consent + linkage",
+        """CREATE TEMP TABLE kept AS
     WITH o AS (SELECT e_key, p_key, g_name(first_name) AS fn, g_name(last_name) AS ln, cc,
                       zip5(zip) AS z FROM k WHERE out)
     SELECT * FROM k WHERE selected AND NOT out
       AND (e_key IS NULL OR e_key NOT IN (SELECT e_key FROM o WHERE e_key IS NOT NULL))
       AND (p_key IS NULL OR p_key NOT IN (SELECT p_key FROM o WHERE p_key IS NOT NULL))
       AND NOT EXISTS (SELECT 1 FROM o WHERE o.fn = g_name(k.first_name)
-        AND o.ln = g_name(k.last_name) AND o.cc = k.cc AND o.z = zip5(k.zip))""")
+        AND o.ln = g_name(k.last_name) AND o.cc = k.cc AND o.z = zip5(k.zip))""",
+    )
 
 
-def one_row_per_person(con: duckdb.DuckDBPyConnection) -> int:
+def one_row_per_person(con: Stages) -> int:
     """Table ``people``: records sharing an email or phone key are one person (label
     propagation to the smallest CRM id); each identifier from the person's first record
     (by CRM id) that has one. Returns the rounds it took."""
-    con.execute("CREATE TEMP TABLE lab AS SELECT contact_id, contact_id AS label FROM kept")
+    con.run("lab", "CREATE TEMP TABLE lab AS SELECT contact_id, contact_id AS label FROM kept")
     rounds = 0
-    for rounds in range(1, 65):  # noqa: B007 (reported)
-        con.execute("""CREATE OR REPLACE TEMP TABLE lab2 AS
+    for rounds in range(1, 65):
+        con.run(
+            f"lab2: round {rounds}",
+            """CREATE OR REPLACE TEMP TABLE lab2 AS
           WITH j AS (SELECT contact_id, e_key, p_key, label FROM kept JOIN lab USING (contact_id)),
             e AS (SELECT e_key, min(label) AS m FROM j WHERE e_key IS NOT NULL GROUP BY 1),
             p AS (SELECT p_key, min(label) AS m FROM j WHERE p_key IS NOT NULL GROUP BY 1)
           SELECT contact_id, label AS old,
             least(label, coalesce(e.m, label), coalesce(p.m, label)) AS label
-          FROM j LEFT JOIN e USING (e_key) LEFT JOIN p USING (p_key)""")
-        moved = con.execute("SELECT count(*) FROM lab2 WHERE label <> old").fetchone()
-        con.execute("CREATE OR REPLACE TEMP TABLE lab AS SELECT contact_id, label FROM lab2")
+          FROM j LEFT JOIN e USING (e_key) LEFT JOIN p USING (p_key)""",
+        )
+        moved = con.run("  moved", "SELECT count(*) FROM lab2 WHERE label <> old").fetchone()
+        con.run("  lab", "CREATE OR REPLACE TEMP TABLE lab AS SELECT contact_id, label FROM lab2")
         if not moved or not moved[0]:
             break
     columns = ("email", "phone", "first_name", "last_name", "zip", "city", "state", "country")
@@ -175,8 +201,11 @@ def one_row_per_person(con: duckdb.DuckDBPyConnection) -> int:
         f"first({c} ORDER BY contact_id) FILTER (WHERE {c} IS NOT NULL) AS {c}"
         for c in (*columns, "birth_date", "sex")
     )
-    con.execute(f"""CREATE TEMP TABLE people AS SELECT label AS contact_id, {firsts}
-      FROM kept JOIN lab USING (contact_id) GROUP BY label""")
+    con.run(
+        "people",
+        f"""CREATE TEMP TABLE people AS SELECT label AS contact_id, {firsts}
+      FROM kept JOIN lab USING (contact_id) GROUP BY label""",
+    )
     return rounds
 
 
@@ -193,7 +222,8 @@ RELEASE = """SELECT contact_id AS meta_EXTERN_ID, h(m_email(email)) AS meta_EMAI
 
 
 def main(argv: list[str]) -> None:
-    contacts, events, out, as_of_text, mode, states = argv
+    stages = "--stages" in argv
+    contacts, events, out, as_of_text, mode, states = [a for a in argv if a != "--stages"]
     started = time.perf_counter()
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = false")
@@ -205,14 +235,15 @@ def main(argv: list[str]) -> None:
     con.execute("SET memory_limit = '4GB'")
     for macro in MACROS:
         con.execute(macro)
+    job = Stages(con, stages)
     select_records(
-        con, contacts, events, dt.date.fromisoformat(as_of_text), states.split(","), mode == "link"
+        job, contacts, events, dt.date.fromisoformat(as_of_text), states.split(","), mode == "link"
     )
-    apply_consent(con, mode == "link")
-    rounds = one_row_per_person(con)
-    con.execute(f"CREATE TEMP TABLE rel AS {RELEASE}")
-    con.execute(f"COPY rel TO {_quoted(out + '.parquet')} (FORMAT parquet)")
-    con.execute(f"COPY rel TO {_quoted(out)} (HEADER, DELIMITER ',')")
+    apply_consent(job, mode == "link")
+    rounds = one_row_per_person(job)
+    job.run("rel: release columns", f"CREATE TEMP TABLE rel AS {RELEASE}")
+    job.run("parquet", f"COPY rel TO {_quoted(out + '.parquet')} (FORMAT parquet)")
+    job.run("csv", f"COPY rel TO {_quoted(out)} (HEADER, DELIMITER ',')")
     row = con.execute("SELECT count(*) FROM rel").fetchone()
     seconds = time.perf_counter() - started
     print(json.dumps({"rows": row[0] if row else 0, "rounds": rounds, "seconds": seconds}))
