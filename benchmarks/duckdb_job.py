@@ -46,46 +46,22 @@ _END, _MID = r"[^\s!-/:-@\[-`{-~]", r"[^\s!-,./:-@\[-`{-~]"
 DOMAIN = rf"@(?:{_END}(?:{_MID}*{_END})?\.)+(?:{_END}{{2,63}}|xn--[a-z0-9-]+)$"
 HEX = "^[0-9a-fA-F]{64}$"
 
+GMAIL = r"^[^@]*@(?:gmail\.com|googlemail\.com)$"
+VALID_EMAIL = rf"^[^@\s]+{DOMAIN}"
+EXTENSION = r"(?i)\s*(?:ext\.?|extension|x|#)\s*[0-9]{1,6}$"
+
+# Plain expressions only: a macro holding a scalar subquery (the obvious way to bind an
+# intermediate value in SQL) is a correlated subquery that DuckDB decorrelates into a
+# join with the DISTINCT of its input, one per call: at 10M that was a hash join per
+# identifier per record, spilling. Intermediate values are columns of stacked SELECTs
+# instead (``normalized``), so each regular expression runs once per value.
 MACROS = [
-    r"CREATE MACRO tr(x) AS regexp_replace(CAST(x AS VARCHAR), '^\s+|\s+$', '', 'g')",
-    f"CREATE MACRO blank(x) AS x IS NULL OR lower(x) IN {PLACEHOLDERS}",
-    # Google's email: lowercase; gmail local part without dots and +tag; a valid address
-    f"""CREATE MACRO g_email(t) AS CASE WHEN blank(t) THEN NULL
-      WHEN regexp_matches(t, '{HEX}') THEN lower(t)
-      ELSE (SELECT CASE WHEN regexp_matches(n, '^[^@\\s]+{DOMAIN}') THEN n END FROM (SELECT
-        CASE WHEN regexp_matches(lower(t), '^[^@]*@(?:gmail\\.com|googlemail\\.com)$')
-          THEN replace(regexp_extract(lower(t), '^([^+@]*)', 1), '.', '')
-               || CASE WHEN ends_with(lower(t), '@gmail.com') THEN '@gmail.com'
-                  ELSE '@googlemail.com' END
-          ELSE lower(t) END AS n)) END""",
-    f"""CREATE MACRO m_email(t) AS CASE WHEN blank(t) THEN NULL
-      WHEN regexp_matches(t, '{HEX}') THEN lower(t)
-      WHEN regexp_matches(lower(t), '^[^@\\s]+{DOMAIN}') THEN lower(t) END""",
-    # the phone with its country code: digits; 00 / 011 prefixes; NANP numbers get 1
-    r"""CREATE MACRO phone_full(t) AS (SELECT CASE
-        WHEN plus THEN d WHEN d LIKE '00%' THEN d[3:] WHEN d LIKE '011%' THEN d[4:]
-        WHEN length(d) = 11 AND d LIKE '1%' THEN d ELSE '1' || d END
-      FROM (SELECT starts_with(num, '+') AS plus, regexp_replace(num, '[^0-9]', '', 'g') AS d
-        FROM (SELECT CASE WHEN regexp_matches(t, '[A-Za-z#]')
-          THEN regexp_replace(t, '(?i)\s*(?:ext\.?|extension|x|#)\s*[0-9]{1,6}$', '')
-          ELSE t END AS num)))""",
-    f"""CREATE MACRO phone(t) AS CASE
-      WHEN t IS NULL OR length(t) = 0 OR lower(t) IN {PLACEHOLDERS} THEN NULL
-      WHEN regexp_matches(t, '{HEX}') THEN lower(t)
-      ELSE (SELECT CASE WHEN length(regexp_replace(t, '[^0-9]', '', 'g')) > 0
-          AND NOT starts_with(f, '0') AND length(f) BETWEEN 7 AND 15
-          AND (NOT starts_with(f, '1') OR (length(f) = 11 AND regexp_matches(f, '^1[2-9]')))
-        THEN f END FROM (SELECT phone_full(t) AS f)) END""",
+    # trimming RE2's \s, which is exactly [\t\n\f\r ], without a regular expression
+    "CREATE MACRO tr(x) AS trim(CAST(x AS VARCHAR), e' \\t\\n\\f\\r')",
+    f"CREATE MACRO blank(lowered) AS lowered IS NULL OR lowered IN {PLACEHOLDERS}",
+    f"CREATE MACRO hexed(t) AS regexp_matches(t, '{HEX}')",
     r"""CREATE MACRO nfc(x) AS
       CASE WHEN regexp_matches(x, '[^\x00-\x7f]') THEN nfc_normalize(x) ELSE x END""",
-    f"""CREATE MACRO g_name(t) AS CASE WHEN blank(t) THEN NULL
-      WHEN regexp_matches(t, '{HEX}') THEN lower(t)
-      ELSE (SELECT CASE WHEN regexp_matches(n, '\\p{{L}}') THEN n END
-        FROM (SELECT regexp_replace(nfc(lower(t)), '\\s+', ' ', 'g') AS n)) END""",
-    f"""CREATE MACRO letters(t) AS CASE WHEN blank(t) THEN NULL
-      WHEN regexp_matches(t, '{HEX}') THEN lower(t)
-      ELSE (SELECT CASE WHEN length(n) > 0 AND regexp_matches(n, '\\p{{L}}') THEN n END
-        FROM (SELECT regexp_replace(nfc(lower(t)), '[^\\p{{L}}\\p{{M}}]', '', 'g') AS n)) END""",
     r"""CREATE MACRO zip5(t) AS CASE WHEN t IS NULL OR length(t) = 0 THEN NULL ELSE nullif(
       regexp_extract(regexp_replace(t, '\s+', '', 'g'), '^([0-9]{5})(?:-?[0-9]{4})?$', 1),
       '') END""",
@@ -94,6 +70,75 @@ MACROS = [
       OR coalesce(dnc, false) OR coalesce(dead, false)
       OR coalesce(regexp_replace(lower(tr(ad)), '[\\s_\\-]+', ' ', 'g') IN {DENIED}, false)""",
 ]
+
+
+def normalized(source: str, release: bool = False) -> str:
+    """``source`` (trimmed ``email``, ``phone``, ``first_name``, ``last_name``, ``zip``,
+    raw ``country``, other columns passed through) with its keys: ``e_key`` (Google's
+    email), ``p_key`` (the phone with its country code), ``fn`` / ``ln`` (Google's
+    names), ``z`` (5-digit postal code), ``cc``; with ``release``, also Meta's email
+    (``m_email``) and letters-only names and city (``m_fn``, ``m_ln``, ``m_ct``)."""
+    meta_lower = ", lower(city) AS _cl" if release else ""
+    meta_letters = (
+        r""", regexp_replace(nfc(_fl), '[^\p{L}\p{M}]', '', 'g') AS _fm,
+          regexp_replace(nfc(_ll), '[^\p{L}\p{M}]', '', 'g') AS _lm,
+          regexp_replace(nfc(_cl), '[^\p{L}\p{M}]', '', 'g') AS _cm"""
+        if release
+        else ""
+    )
+    letters = "CASE WHEN blank({l}) THEN NULL WHEN hexed({t}) THEN {l} WHEN length({n}) > 0 "
+    letters += r"AND regexp_matches({n}, '\p{{L}}') THEN {n} END AS {name}"
+    meta = (
+        f""", CASE WHEN blank(_el) THEN NULL WHEN hexed(email) THEN _el
+            WHEN regexp_matches(_el, '{VALID_EMAIL}') THEN _el END AS m_email, """
+        + ", ".join(
+            letters.format(l=lo, t=t, n=n, name=name)
+            for lo, t, n, name in (
+                ("_fl", "first_name", "_fm", "m_fn"),
+                ("_ll", "last_name", "_lm", "m_ln"),
+                ("_cl", "city", "_cm", "m_ct"),
+            )
+        )
+        if release
+        else ""
+    )
+    g_name = r"""CASE WHEN blank({l}) THEN NULL WHEN hexed({t}) THEN {l}
+            WHEN regexp_matches({n}, '\p{{L}}') THEN {n} END AS {name}"""
+    return f"""SELECT * EXCLUDE (_el, _pl, _fl, _ll, _num, _en, _d, _fg, _lg, _f
+        {", _cl, _fm, _lm, _cm" if release else ""}),
+        -- the phone: digits; 00 / 011 prefixes; NANP numbers get 1 (at least 7 digits
+        -- implies the raw value had a digit)
+        CASE WHEN blank(_pl) THEN NULL WHEN hexed(phone) THEN _pl
+          WHEN NOT starts_with(_f, '0') AND length(_f) BETWEEN 7 AND 15
+            AND (NOT starts_with(_f, '1') OR (length(_f) = 11 AND regexp_matches(_f, '^1[2-9]')))
+          THEN _f END AS p_key
+      FROM (SELECT *,
+        -- Google's email: lowercase; gmail local part without dots and +tag; valid
+        CASE WHEN blank(_el) THEN NULL WHEN hexed(email) THEN _el
+          WHEN regexp_matches(_en, '{VALID_EMAIL}') THEN _en END AS e_key,
+        CASE WHEN starts_with(_num, '+') THEN _d WHEN _d LIKE '00%' THEN _d[3:]
+          WHEN _d LIKE '011%' THEN _d[4:] WHEN length(_d) = 11 AND _d LIKE '1%' THEN _d
+          ELSE '1' || _d END AS _f,
+        {g_name.format(l="_fl", t="first_name", n="_fg", name="fn")},
+        {g_name.format(l="_ll", t="last_name", n="_lg", name="ln")},
+        zip5(zip) AS z,
+        CASE WHEN country IS NULL OR lower(regexp_replace(country, '[^A-Za-z]', '', 'g'))
+          IN ('us', 'usa', 'unitedstates', 'unitedstatesofamerica') THEN 'US' END AS cc
+        {meta}
+      FROM (SELECT *,
+        CASE WHEN regexp_matches(_el, '{GMAIL}')
+          THEN replace(regexp_extract(_el, '^([^+@]*)', 1), '.', '')
+            || CASE WHEN ends_with(_el, '@gmail.com') THEN '@gmail.com' ELSE '@googlemail.com' END
+          ELSE _el END AS _en,
+        regexp_replace(_num, '[^0-9]', '', 'g') AS _d,
+        regexp_replace(nfc(_fl), '\\s+', ' ', 'g') AS _fg,
+        regexp_replace(nfc(_ll), '\\s+', ' ', 'g') AS _lg
+        {meta_letters}
+      FROM (SELECT *, lower(email) AS _el, lower(phone) AS _pl, lower(first_name) AS _fl,
+          lower(last_name) AS _ll {meta_lower},
+          CASE WHEN regexp_matches(phone, '[A-Za-z#]')
+            THEN regexp_replace(phone, '{EXTENSION}', '') ELSE phone END AS _num
+        FROM ({source}))))"""
 
 
 class Stages:
@@ -122,56 +167,52 @@ def select_records(
     states: list[str],
     link: bool,
 ) -> None:
-    """Table ``k``: the segment's records (``selected``) and, for the linkage, every
-    opted-out record, with their email and phone keys and country."""
+    """Table ``seg``: the segment's records that did not opt out, with their keys; with
+    ``link``, table ``o``: the keys of every record that opted out, and nothing else."""
     since, until = as_of - dt.timedelta(days=365), as_of + dt.timedelta(days=1)
     md = as_of.month * 100 + as_of.day
     in_states = ", ".join(f"'{s}'" for s in states)
-    born = f"year(birth_date) BETWEEN {as_of.year - 65} AND {as_of.year - 24}"
     out = "opted_out(marketing_opt_in, do_not_contact, deceased, ad_personalization_consent)"
-    attributes = (
-        f"{born} AND upper(tr(state)) IN ({in_states}) AND preferred_language IN ('en', 'es')"
-    )
-    con.run(
-        "c: records",
-        f"""CREATE TEMP TABLE c AS
-    SELECT contact_id, tr(email) AS email, tr(phone) AS phone, tr(first_name) AS first_name,
-      tr(last_name) AS last_name, tr(zip) AS zip, tr(city) AS city, tr(state) AS state,
-      country, birth_date, tr(sex) AS sex, {out} AS out,
-      {attributes} AND {as_of.year} - year(birth_date)
+    segment = f"""SELECT contact_id, tr(email) AS email, tr(phone) AS phone,
+      tr(first_name) AS first_name, tr(last_name) AS last_name, tr(zip) AS zip,
+      tr(city) AS city, tr(state) AS state, country, birth_date, tr(sex) AS sex
+    FROM read_parquet({_quoted(contacts)})
+    WHERE year(birth_date) BETWEEN {as_of.year - 65} AND {as_of.year - 24}
+      AND upper(tr(state)) IN ({in_states}) AND preferred_language IN ('en', 'es')
+      AND {as_of.year} - year(birth_date)
         - CASE WHEN month(birth_date) * 100 + day(birth_date) > {md} THEN 1 ELSE 0 END
         BETWEEN 25 AND 64
+      AND NOT {out}
       AND contact_id IN (SELECT contact_id FROM read_parquet({_quoted(events)})
         WHERE event_type = 'email_click' AND event_time >= DATE '{since}'
-        AND event_time < DATE '{until}') AS selected
-    FROM read_parquet({_quoted(contacts)})
-    WHERE ({"true" if link else "false"} AND {out}) OR ({attributes})""",
-    )
+        AND event_time < DATE '{until}')"""
+    con.run("seg: segment + keys", f"CREATE TEMP TABLE seg AS {normalized(segment)}")
+    if not link:
+        return
+    opted_out = f"""SELECT tr(email) AS email, tr(phone) AS phone,
+      tr(first_name) AS first_name, tr(last_name) AS last_name, tr(zip) AS zip, country
+    FROM read_parquet({_quoted(contacts)}) WHERE {out}"""
+    # only the key columns: all that the linkage compares (half the CRM opted out)
     con.run(
-        "k: keys",
-        """CREATE TEMP TABLE k AS SELECT *, g_email(email) AS e_key, phone(phone) AS p_key,
-      CASE WHEN country IS NULL OR lower(regexp_replace(country, '[^A-Za-z]', '', 'g'))
-        IN ('us', 'usa', 'unitedstates', 'unitedstatesofamerica') THEN 'US' END AS cc
-      FROM c""",
+        "o: opted-out keys",
+        f"CREATE TEMP TABLE o AS SELECT e_key, p_key, fn, ln, cc, z FROM ({normalized(opted_out)})",
     )
 
 
 def apply_consent(con: Stages, link: bool) -> None:
-    """Table ``kept``: the selected records that did not opt out and (``link``) share no
-    email, phone or name + country + postal code with a record that did."""
+    """Table ``kept``: the segment's records that (``link``) share no email, phone or
+    name + country + postal code with a record that opted out."""
     if not link:
-        con.run("kept", "CREATE TEMP TABLE kept AS SELECT * FROM k WHERE selected AND NOT out")
+        con.run("kept", "ALTER TABLE seg RENAME TO kept")
         return
+    # anti-joins on precomputed columns (hash joins); NULL keys never match, as before
     con.run(
-        "kept: consent + linkage",
-        """CREATE TEMP TABLE kept AS
-    WITH o AS (SELECT e_key, p_key, g_name(first_name) AS fn, g_name(last_name) AS ln, cc,
-                      zip5(zip) AS z FROM k WHERE out)
-    SELECT * FROM k WHERE selected AND NOT out
-      AND (e_key IS NULL OR e_key NOT IN (SELECT e_key FROM o WHERE e_key IS NOT NULL))
-      AND (p_key IS NULL OR p_key NOT IN (SELECT p_key FROM o WHERE p_key IS NOT NULL))
-      AND NOT EXISTS (SELECT 1 FROM o WHERE o.fn = g_name(k.first_name)
-        AND o.ln = g_name(k.last_name) AND o.cc = k.cc AND o.z = zip5(k.zip))""",
+        "kept: linkage",
+        """CREATE TEMP TABLE kept AS SELECT * FROM seg s
+    WHERE NOT EXISTS (SELECT 1 FROM o WHERE o.e_key = s.e_key)
+      AND NOT EXISTS (SELECT 1 FROM o WHERE o.p_key = s.p_key)
+      AND NOT EXISTS (SELECT 1 FROM o WHERE o.fn = s.fn AND o.ln = s.ln AND o.cc = s.cc
+        AND o.z = s.z)""",
     )
 
 
@@ -179,46 +220,47 @@ def one_row_per_person(con: Stages) -> int:
     """Table ``people``: records sharing an email or phone key are one person (label
     propagation to the smallest CRM id); each identifier from the person's first record
     (by CRM id) that has one. Returns the rounds it took."""
-    con.run("lab", "CREATE TEMP TABLE lab AS SELECT contact_id, contact_id AS label FROM kept")
+    con.run(
+        "lab",
+        "CREATE TEMP TABLE lab AS SELECT contact_id, e_key, p_key, contact_id AS label FROM kept",
+    )
     rounds = 0
     for rounds in range(1, 65):
         con.run(
             f"lab2: round {rounds}",
-            """CREATE OR REPLACE TEMP TABLE lab2 AS
-          WITH j AS (SELECT contact_id, e_key, p_key, label FROM kept JOIN lab USING (contact_id)),
-            e AS (SELECT e_key, min(label) AS m FROM j WHERE e_key IS NOT NULL GROUP BY 1),
-            p AS (SELECT p_key, min(label) AS m FROM j WHERE p_key IS NOT NULL GROUP BY 1)
-          SELECT contact_id, label AS old,
+            """CREATE TEMP TABLE lab2 AS
+          WITH e AS (SELECT e_key, min(label) AS m FROM lab WHERE e_key IS NOT NULL GROUP BY 1),
+            p AS (SELECT p_key, min(label) AS m FROM lab WHERE p_key IS NOT NULL GROUP BY 1)
+          SELECT contact_id, e_key, p_key, label AS old,
             least(label, coalesce(e.m, label), coalesce(p.m, label)) AS label
-          FROM j LEFT JOIN e USING (e_key) LEFT JOIN p USING (p_key)""",
+          FROM lab LEFT JOIN e USING (e_key) LEFT JOIN p USING (p_key)""",
         )
         moved = con.run("  moved", "SELECT count(*) FROM lab2 WHERE label <> old").fetchone()
-        con.run("  lab", "CREATE OR REPLACE TEMP TABLE lab AS SELECT contact_id, label FROM lab2")
+        con.run("  swap", "DROP TABLE lab; ALTER TABLE lab2 RENAME TO lab")
         if not moved or not moved[0]:
             break
     columns = ("email", "phone", "first_name", "last_name", "zip", "city", "state", "country")
     firsts = ", ".join(
-        f"first({c} ORDER BY contact_id) FILTER (WHERE {c} IS NOT NULL) AS {c}"
+        f"first(k.{c} ORDER BY k.contact_id) FILTER (WHERE k.{c} IS NOT NULL) AS {c}"
         for c in (*columns, "birth_date", "sex")
     )
     con.run(
         "people",
         f"""CREATE TEMP TABLE people AS SELECT label AS contact_id, {firsts}
-      FROM kept JOIN lab USING (contact_id) GROUP BY label""",
+      FROM kept k JOIN lab USING (contact_id) GROUP BY label""",
     )
     return rounds
 
 
-RELEASE = """SELECT contact_id AS meta_EXTERN_ID, h(m_email(email)) AS meta_EMAIL,
-  h(phone(phone)) AS meta_PHONE, h(letters(first_name)) AS meta_FN,
-  h(letters(last_name)) AS meta_LN, h(zip5(zip)) AS meta_ZIP, h(letters(city)) AS meta_CT,
-  h(lower(state)) AS meta_ST, h('us') AS meta_COUNTRY, h(strftime(birth_date, '%Y')) AS meta_DOBY,
-  h(strftime(birth_date, '%m')) AS meta_DOBM, h(strftime(birth_date, '%d')) AS meta_DOBD,
-  h(lower(sex)) AS meta_GEN, h(g_email(email)) AS google_ads_hashed_email,
-  h('+' || phone(phone)) AS google_ads_hashed_phone_number,
-  h(g_name(first_name)) AS google_ads_hashed_first_name,
-  h(g_name(last_name)) AS google_ads_hashed_last_name,
-  'US' AS google_ads_country_code, zip5(zip) AS google_ads_postal_code FROM people"""
+RELEASE = f"""SELECT contact_id AS meta_EXTERN_ID, h(m_email) AS meta_EMAIL,
+  h(p_key) AS meta_PHONE, h(m_fn) AS meta_FN, h(m_ln) AS meta_LN, h(z) AS meta_ZIP,
+  h(m_ct) AS meta_CT, h(lower(state)) AS meta_ST, h('us') AS meta_COUNTRY,
+  h(strftime(birth_date, '%Y')) AS meta_DOBY, h(strftime(birth_date, '%m')) AS meta_DOBM,
+  h(strftime(birth_date, '%d')) AS meta_DOBD, h(lower(sex)) AS meta_GEN,
+  h(e_key) AS google_ads_hashed_email, h('+' || p_key) AS google_ads_hashed_phone_number,
+  h(fn) AS google_ads_hashed_first_name, h(ln) AS google_ads_hashed_last_name,
+  'US' AS google_ads_country_code, z AS google_ads_postal_code
+  FROM ({normalized("SELECT * FROM people", release=True)})"""
 
 
 def main(argv: list[str]) -> None:
