@@ -45,6 +45,7 @@ DENIED = (
 _END, _MID = r"[^\s!-/:-@\[-`{-~]", r"[^\s!-,./:-@\[-`{-~]"
 DOMAIN = rf"@(?:{_END}(?:{_MID}*{_END})?\.)+(?:{_END}{{2,63}}|xn--[a-z0-9-]+)$"
 HEX = "^[0-9a-fA-F]{64}$"
+US = "('us', 'usa', 'unitedstates', 'unitedstatesofamerica')"
 
 GMAIL = r"^[^@]*@(?:gmail\.com|googlemail\.com)$"
 VALID_EMAIL = rf"^[^@\s]+{DOMAIN}"
@@ -56,19 +57,38 @@ EXTENSION = r"(?i)\s*(?:ext\.?|extension|x|#)\s*[0-9]{1,6}$"
 # identifier per record, spilling. Intermediate values are columns of stacked SELECTs
 # instead (``normalized``), so each regular expression runs once per value.
 MACROS = [
-    # trimming RE2's \s, which is exactly [\t\n\f\r ], without a regular expression
-    "CREATE MACRO tr(x) AS trim(CAST(x AS VARCHAR), e' \\t\\n\\f\\r')",
+    # trimming RE2's \s, which is exactly [\t\n\f\r ]: trim() with a character set is
+    # slower than the regular expression, so only where the first or last character is
+    # one of them (or another control character): 3.5 s instead of 7-12 s for 5 columns
+    # of 10M
+    """CREATE MACRO tr(x) AS CASE WHEN ascii(x) <= 32 OR ascii(x[-1:]) <= 32
+      THEN trim(x, e' \\t\\n\\f\\r') ELSE x END""",
     f"CREATE MACRO blank(lowered) AS lowered IS NULL OR lowered IN {PLACEHOLDERS}",
-    f"CREATE MACRO hexed(t) AS regexp_matches(t, '{HEX}')",
-    r"""CREATE MACRO nfc(x) AS
-      CASE WHEN regexp_matches(x, '[^\x00-\x7f]') THEN nfc_normalize(x) ELSE x END""",
+    # Each regular expression below is guarded by a plain test that decides the common
+    # case exactly (measured on the 10M sample: a guard costs a fifth of the expression)
+    f"CREATE MACRO hexed(t) AS CASE WHEN strlen(t) = 64 THEN regexp_matches(t, '{HEX}') END",
+    # any of RE2's \s
+    r"""CREATE MACRO spaced(x) AS contains(x, ' ') OR contains(x, e'\t') OR contains(x, e'\n')
+      OR contains(x, e'\f') OR contains(x, e'\r')""",
+    # \s+ to one space: nothing to do without two spaces in a row or another \s
+    r"""CREATE MACRO squeeze(x) AS CASE WHEN contains(x, '  ') OR contains(x, e'\t')
+      OR contains(x, e'\n') OR contains(x, e'\f') OR contains(x, e'\r')
+      THEN regexp_replace(x, '\s+', ' ', 'g') ELSE x END""",
     r"""CREATE MACRO zip5(t) AS CASE WHEN t IS NULL OR length(t) = 0 THEN NULL ELSE nullif(
-      regexp_extract(regexp_replace(t, '\s+', '', 'g'), '^([0-9]{5})(?:-?[0-9]{4})?$', 1),
-      '') END""",
+      regexp_extract(CASE WHEN spaced(t) THEN regexp_replace(t, '\s+', '', 'g') ELSE t END,
+        '^([0-9]{5})(?:-?[0-9]{4})?$', 1), '') END""",
+    # an ASCII value whose lowercase is a name of the US has only letters to begin with
+    f"""CREATE MACRO us(country) AS CASE WHEN country IS NULL THEN true
+      WHEN strlen(country) = length(country) AND lower(country) IN {US} THEN true
+      ELSE lower(regexp_replace(country, '[^A-Za-z]', '', 'g')) IN {US} END""",
+    # [\s_-]+ to one space: nothing to do without any of them
+    f"""CREATE MACRO denied(x) AS CASE
+      WHEN spaced(x) OR contains(x, '_') OR contains(x, '-')
+      THEN regexp_replace(x, '[\\s_\\-]+', ' ', 'g') ELSE x END IN {DENIED}""",
     "CREATE MACRO h(x) AS CASE WHEN x IS NOT NULL THEN sha256(x) END",
-    f"""CREATE MACRO opted_out(opt_in, dnc, dead, ad) AS NOT coalesce(opt_in, false)
+    """CREATE MACRO opted_out(opt_in, dnc, dead, ad) AS NOT coalesce(opt_in, false)
       OR coalesce(dnc, false) OR coalesce(dead, false)
-      OR coalesce(regexp_replace(lower(tr(ad)), '[\\s_\\-]+', ' ', 'g') IN {DENIED}, false)""",
+      OR coalesce(denied(lower(tr(ad))), false)""",
 ]
 
 
@@ -77,12 +97,15 @@ def normalized(source: str, release: bool = False) -> str:
     raw ``country``, other columns passed through) with its keys: ``e_key`` (Google's
     email), ``p_key`` (the phone with its country code), ``fn`` / ``ln`` (Google's
     names), ``z`` (5-digit postal code), ``cc``; with ``release``, also Meta's email
-    (``m_email``) and letters-only names and city (``m_fn``, ``m_ln``, ``m_ct``)."""
-    meta_lower = ", lower(city) AS _cl" if release else ""
+    (``m_email``) and letters-only names and city (``m_fn``, ``m_ln``, ``m_ct``).
+
+    Stacked SELECTs: each one's new columns (``_``-prefixed, dropped at the end) are
+    computed once and read by the next."""
+    meta_lower = ", lower(city) AS _cl, nfc_normalize(lower(city)) AS _cc" if release else ""
     meta_letters = (
-        r""", regexp_replace(nfc(_fl), '[^\p{L}\p{M}]', '', 'g') AS _fm,
-          regexp_replace(nfc(_ll), '[^\p{L}\p{M}]', '', 'g') AS _lm,
-          regexp_replace(nfc(_cl), '[^\p{L}\p{M}]', '', 'g') AS _cm"""
+        r""", regexp_replace(_fc, '[^\p{L}\p{M}]', '', 'g') AS _fm,
+          regexp_replace(_lc, '[^\p{L}\p{M}]', '', 'g') AS _lm,
+          regexp_replace(_cc, '[^\p{L}\p{M}]', '', 'g') AS _cm"""
         if release
         else ""
     )
@@ -104,8 +127,8 @@ def normalized(source: str, release: bool = False) -> str:
     )
     g_name = r"""CASE WHEN blank({l}) THEN NULL WHEN hexed({t}) THEN {l}
             WHEN regexp_matches({n}, '\p{{L}}') THEN {n} END AS {name}"""
-    return f"""SELECT * EXCLUDE (_el, _pl, _fl, _ll, _num, _en, _d, _fg, _lg, _f
-        {", _cl, _fm, _lm, _cm" if release else ""}),
+    scratch = "_el, _pl, _fl, _ll, _fc, _lc, _num, _en, _d, _fg, _lg, _f"
+    return f"""SELECT * EXCLUDE ({scratch}{", _cl, _cc, _fm, _lm, _cm" if release else ""}),
         -- the phone: digits; 00 / 011 prefixes; NANP numbers get 1 (at least 7 digits
         -- implies the raw value had a digit)
         CASE WHEN blank(_pl) THEN NULL WHEN hexed(phone) THEN _pl
@@ -122,21 +145,23 @@ def normalized(source: str, release: bool = False) -> str:
         {g_name.format(l="_fl", t="first_name", n="_fg", name="fn")},
         {g_name.format(l="_ll", t="last_name", n="_lg", name="ln")},
         zip5(zip) AS z,
-        CASE WHEN country IS NULL OR lower(regexp_replace(country, '[^A-Za-z]', '', 'g'))
-          IN ('us', 'usa', 'unitedstates', 'unitedstatesofamerica') THEN 'US' END AS cc
+        CASE WHEN us(country) THEN 'US' END AS cc
         {meta}
       FROM (SELECT *,
-        CASE WHEN regexp_matches(_el, '{GMAIL}')
+        CASE WHEN (ends_with(_el, '@gmail.com') OR ends_with(_el, '@googlemail.com'))
+            AND regexp_matches(_el, '{GMAIL}')
           THEN replace(regexp_extract(_el, '^([^+@]*)', 1), '.', '')
             || CASE WHEN ends_with(_el, '@gmail.com') THEN '@gmail.com' ELSE '@googlemail.com' END
           ELSE _el END AS _en,
         regexp_replace(_num, '[^0-9]', '', 'g') AS _d,
-        regexp_replace(nfc(_fl), '\\s+', ' ', 'g') AS _fg,
-        regexp_replace(nfc(_ll), '\\s+', ' ', 'g') AS _lg
+        squeeze(_fc) AS _fg, squeeze(_lc) AS _lg
         {meta_letters}
       FROM (SELECT *, lower(email) AS _el, lower(phone) AS _pl, lower(first_name) AS _fl,
-          lower(last_name) AS _ll {meta_lower},
-          CASE WHEN regexp_matches(phone, '[A-Za-z#]')
+          lower(last_name) AS _ll, nfc_normalize(lower(first_name)) AS _fc,
+          nfc_normalize(lower(last_name)) AS _lc {meta_lower},
+          -- an extension only after a letter or #: only then can upper and lower differ
+          CASE WHEN (contains(phone, '#') OR upper(phone) <> lower(phone))
+              AND regexp_matches(phone, '[A-Za-z#]')
             THEN regexp_replace(phone, '{EXTENSION}', '') ELSE phone END AS _num
         FROM ({source}))))"""
 
