@@ -93,39 +93,24 @@ def normalized(source: str, release: bool = False) -> str:
     """``source`` (trimmed ``email``, ``phone``, ``first_name``, ``last_name``, ``zip``,
     raw ``country``, other columns passed through) with its keys: ``e_key`` (Google's
     email), ``p_key`` (the phone with its country code), ``fn`` / ``ln`` (Google's
-    names), ``z`` (5-digit postal code), ``cc``; with ``release``, also Meta's email
-    (``m_email``) and letters-only names and city (``m_fn``, ``m_ln``, ``m_ct``).
+    names, from table ``names``), ``z`` (5-digit postal code), ``cc``; with ``release``,
+    also Meta's email (``m_email``) and letters-only names and city (``m_fn``, ``m_ln``,
+    ``m_ct``).
 
     Stacked SELECTs: each one's new columns (``_``-prefixed, dropped at the end) are
     computed once and read by the next."""
     meta_lower = ", lower(city) AS _cl, nfc_normalize(lower(city)) AS _cc" if release else ""
-    meta_letters = (
-        r""", regexp_replace(_fc, '[^\p{L}\p{M}]', '', 'g') AS _fm,
-          regexp_replace(_lc, '[^\p{L}\p{M}]', '', 'g') AS _lm,
-          regexp_replace(_cc, '[^\p{L}\p{M}]', '', 'g') AS _cm"""
-        if release
-        else ""
-    )
-    letters = "CASE WHEN blank({l}) THEN NULL WHEN hexed({t}) THEN {l} WHEN length({n}) > 0 "
-    letters += r"AND regexp_matches({n}, '\p{{L}}') THEN {n} END AS {name}"
+    meta_letters = r", regexp_replace(_cc, '[^\p{L}\p{M}]', '', 'g') AS _cm" if release else ""
     meta = (
         f""", CASE WHEN blank(_el) THEN NULL WHEN hexed(email) THEN _el
-            WHEN regexp_matches(_el, '{VALID_EMAIL}') THEN _el END AS m_email, """
-        + ", ".join(
-            letters.format(l=lo, t=t, n=n, name=name)
-            for lo, t, n, name in (
-                ("_fl", "first_name", "_fm", "m_fn"),
-                ("_ll", "last_name", "_lm", "m_ln"),
-                ("_cl", "city", "_cm", "m_ct"),
-            )
-        )
+            WHEN regexp_matches(_el, '{VALID_EMAIL}') THEN _el END AS m_email,
+          {LETTERS.format(l="_cl", t="city", n="_cm")} AS m_ct"""
         if release
         else ""
     )
-    g_name = r"""CASE WHEN blank({l}) THEN NULL WHEN hexed({t}) THEN {l}
-            WHEN regexp_matches({n}, '\p{{L}}') THEN {n} END AS {name}"""
-    scratch = "_el, _pl, _fl, _ll, _fc, _lc, _num, _en, _d, _fg, _lg, _f"
-    return f"""SELECT * EXCLUDE ({scratch}{", _cl, _cc, _fm, _lm, _cm" if release else ""}),
+    names = ", nf.m AS m_fn, nl.m AS m_ln" if release else ""
+    scratch = "_el, _pl, _num, _en, _d, _f" + (", _cl, _cc, _cm" if release else "")
+    return f"""SELECT * EXCLUDE ({scratch}),
         -- the phone: digits; 00 / 011 prefixes; NANP numbers get 1 (at least 7 digits
         -- implies the raw value had a digit)
         CASE WHEN blank(_pl) THEN NULL WHEN hexed(phone) THEN _pl
@@ -139,8 +124,6 @@ def normalized(source: str, release: bool = False) -> str:
         CASE WHEN starts_with(_num, '+') THEN _d WHEN _d LIKE '00%' THEN _d[3:]
           WHEN _d LIKE '011%' THEN _d[4:] WHEN length(_d) = 11 AND _d LIKE '1%' THEN _d
           ELSE '1' || _d END AS _f,
-        {g_name.format(l="_fl", t="first_name", n="_fg", name="fn")},
-        {g_name.format(l="_ll", t="last_name", n="_lg", name="ln")},
         zip5(zip) AS z,
         CASE WHEN us(country) THEN 'US' END AS cc
         {meta}
@@ -150,17 +133,35 @@ def normalized(source: str, release: bool = False) -> str:
           THEN replace(regexp_extract(_el, '^([^+@]*)', 1), '.', '')
             || CASE WHEN ends_with(_el, '@gmail.com') THEN '@gmail.com' ELSE '@googlemail.com' END
           ELSE _el END AS _en,
-        regexp_replace(_num, '[^0-9]', '', 'g') AS _d,
-        squeeze(_fc) AS _fg, squeeze(_lc) AS _lg
+        regexp_replace(_num, '[^0-9]', '', 'g') AS _d
         {meta_letters}
-      FROM (SELECT *, lower(email) AS _el, lower(phone) AS _pl, lower(first_name) AS _fl,
-          lower(last_name) AS _ll, nfc_normalize(lower(first_name)) AS _fc,
-          nfc_normalize(lower(last_name)) AS _lc {meta_lower},
+      FROM (SELECT s.*, nf.g AS fn, nl.g AS ln {names}, lower(email) AS _el,
+          lower(phone) AS _pl {meta_lower},
           -- an extension only after a letter or #: only then can upper and lower differ
           CASE WHEN (contains(phone, '#') OR upper(phone) <> lower(phone))
               AND regexp_matches(phone, '[A-Za-z#]')
             THEN regexp_replace(phone, '{EXTENSION}', '') ELSE phone END AS _num
-        FROM ({source}))))"""
+        FROM ({source}) s LEFT JOIN names nf ON nf.t = s.first_name
+          LEFT JOIN names nl ON nl.t = s.last_name)))"""
+
+
+LETTERS = r"""CASE WHEN blank({l}) THEN NULL WHEN hexed({t}) THEN {l}
+  WHEN length({n}) > 0 AND regexp_matches({n}, '\p{{L}}') THEN {n} END"""
+G_NAME = r"""CASE WHEN blank({l}) THEN NULL WHEN hexed({t}) THEN {l}
+  WHEN regexp_matches({n}, '\p{{L}}') THEN {n} END"""
+
+
+def names_table(contacts: str) -> str:
+    """Table ``names``: each distinct trimmed first or last name (``t``, a few thousand
+    in 10M records) with its Google form (``g``) and Meta's letters-only form (``m``):
+    normalized once per name instead of once per record."""
+    return f"""CREATE TEMP TABLE names AS SELECT t,
+      {G_NAME.format(l="_l", t="t", n="_g")} AS g, {LETTERS.format(l="_l", t="t", n="_m")} AS m
+    FROM (SELECT *, squeeze(_c) AS _g, regexp_replace(_c, '[^\\p{{L}}\\p{{M}}]', '', 'g') AS _m
+      FROM (SELECT t, lower(t) AS _l, nfc_normalize(lower(t)) AS _c
+        FROM (SELECT DISTINCT tr(first_name) AS t FROM read_parquet({_quoted(contacts)})
+          UNION SELECT DISTINCT tr(last_name) FROM read_parquet({_quoted(contacts)}))
+        WHERE t IS NOT NULL))"""
 
 
 class Stages:
@@ -202,6 +203,7 @@ def select_records(
       ad_personalization_consent AS v FROM read_parquet({_quoted(contacts)}))
       WHERE denied(lower(tr(v)))""",
     )
+    con.run("names", names_table(contacts))
     out = """(NOT coalesce(marketing_opt_in, false) OR coalesce(do_not_contact, false)
       OR coalesce(deceased, false)
       OR coalesce(ad_personalization_consent IN (SELECT v FROM denials), false))"""
