@@ -188,8 +188,9 @@ def names_table(contacts: str) -> str:
       {G_NAME.format(l="_l", t="t", n="_g")} AS g, {LETTERS.format(l="_l", t="t", n="_m")} AS m
     FROM (SELECT *, squeeze(_c) AS _g, regexp_replace(_c, '[^\\p{{L}}\\p{{M}}]', '', 'g') AS _m
       FROM (SELECT t, lower(t) AS _l, nfc_normalize(lower(t)) AS _c
-        FROM (SELECT DISTINCT tr(first_name) AS t FROM read_parquet({_quoted(contacts)})
-          UNION SELECT DISTINCT tr(last_name) FROM read_parquet({_quoted(contacts)}))
+        FROM (SELECT DISTINCT tr(raw) AS t FROM (
+          SELECT DISTINCT first_name AS raw FROM read_parquet({_quoted(contacts)})
+          UNION SELECT DISTINCT last_name FROM read_parquet({_quoted(contacts)})))
         WHERE t IS NOT NULL))"""
 
 
