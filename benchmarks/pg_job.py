@@ -34,18 +34,11 @@ import time
 
 import psycopg
 
-PLACEHOLDERS = (
-    "('', 'n/a', 'na', 'n.a.', 'n.a', 'none', 'null', 'nil', 'unknown', '-', '--', '---', "
-    "'.', '..', '...', '?', '??', '???')"
-)
-DENIED = (
-    "('denied', 'deny', 'false', 'no', 'n', '0', 'f', 'opted out', 'opt out', 'optedout', "
-    "'optout', 'unsubscribed', 'not subscribed', 'declined', 'refused', 'withdrawn', "
-    "'revoked', 'rejected', 'off')"
-)
-_END, _MID = r"[^\s!-/:-@\[-`{-~]", r"[^\s!-,./:-@\[-`{-~]"
-DOMAIN = rf"@(?:{_END}(?:{_MID}*{_END})?\.)+(?:{_END}{{2,63}}|xn--[a-z0-9-]+)$"
-HEX = "^[0-9a-fA-F]{64}$"
+# the vocabulary both hand-written jobs restate from audiences.crm (placeholders, denying
+# words, the email domain, a SHA-256 in hex): one copy, in duckdb_job.py beside this file
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from duckdb_job import DENIED, DOMAIN, HEX, PLACEHOLDERS
+
 SPACES = "E' \\t\\n\\f\\r'"
 VALID = rf"^[^@\s]+{DOMAIN}"
 # cheap tests before PostgreSQL's (slow) regular expressions, exact: 64 hex digits; an
