@@ -157,6 +157,7 @@ started = time.perf_counter()
 """
     + STOP_CLOCK
     + """
+import audiences.cli  # first, as the command: it sets polars' allocator (audiences.core.memory)
 import audiences.pipeline.build as build
 import audiences.pipeline.select as select
 import policies.gate as gate

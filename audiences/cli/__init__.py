@@ -18,8 +18,10 @@ Modules:
 - ``state``: ``state backup|restore|adopt|repair``.
 - ``display``: rich tables for the terminal.
 - ``examples``: the examples each command's ``--help`` shows (run by tests/test_docs.py).
-- this module: registers the command modules on ``cli`` and holds ``main`` (the
-  ``audiences`` entry point), ``_exit_now`` and ``_debug_first``.
+- this module: sets polars' allocator to give freed memory back
+  (:mod:`audiences.core.memory`, before polars is imported), registers the command
+  modules on ``cli`` and holds ``main`` (the ``audiences`` entry point), ``_exit_now``
+  and ``_debug_first``.
 
 Command modules import only ``click`` and ``group`` at the top; polars, the SDKs and the
 pipeline are imported inside each command, so ``audiences --help`` stays fast.
@@ -32,10 +34,14 @@ import os
 import sys
 from typing import NoReturn
 
+from audiences.core.memory import configure_allocator
+
+configure_allocator()  # before anything imports polars (see audiences.core.memory)
+
 # Importing a command module registers its commands on ``cli``.
-from audiences.cli import approvers, compliance, insights, lifecycle, project, release, state  # noqa: F401
-from audiences.cli.examples import attach
-from audiences.cli.group import cli
+from audiences.cli import approvers, compliance, insights, lifecycle, project, release, state  # noqa: E402, F401
+from audiences.cli.examples import attach  # noqa: E402
+from audiences.cli.group import cli  # noqa: E402
 
 attach(cli)  # each command's --help shows its examples (tests/test_docs.py runs them)
 

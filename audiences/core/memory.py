@@ -1,0 +1,39 @@
+"""The memory the ``audiences`` command keeps: hand freed pages back to the system.
+
+polars allocates with its own jemalloc, which polars configures to hand freed pages back
+lazily (``muzzy_decay_ms:-1``: ``MADV_FREE``, which the kernel takes back only under
+memory pressure, and which count as the process's resident memory until then). A build
+is a sequence of short, large phases (the segment's scan, the opt-out index, the re-read
+of a few records, the gate, the files), each freeing what it held before the next one
+starts, so its resident memory grew to about the *sum* of the phases' peaks: 3.7 GB for a
+10M-contact first build whose live data never exceeds about 0.7 GB — what a cgroup limit,
+a container's OOM killer and an operator's monitoring see. Purging freed pages for good
+after three seconds, from jemalloc's background thread, brings that build to about
+1.5 GB for 5–10 % more wall time (measured in ``benchmarks/README.md``, "Memory").
+
+jemalloc reads its configuration once, from ``_RJEM_MALLOC_CONF``, when polars is first
+imported (polars puts its own defaults in front of what the variable holds; the last
+setting of an option wins); :func:`configure_allocator` therefore runs before anything
+imports polars (the command line calls it first thing). A value already in the
+environment is kept: an operator who sets ``_RJEM_MALLOC_CONF`` chooses for themselves. A program that imports
+polars before ``audiences`` keeps polars' default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["ALLOCATOR_CONF", "ALLOCATOR_VARIABLE", "configure_allocator"]
+
+ALLOCATOR_VARIABLE = "_RJEM_MALLOC_CONF"  # polars' jemalloc is built with the _rjem_ prefix
+ALLOCATOR_CONF = "background_thread:true,dirty_decay_ms:3000,muzzy_decay_ms:0"
+
+
+def configure_allocator() -> bool:
+    """Set polars' allocator configuration unless the caller set one or polars is
+    already loaded (too late: jemalloc has read its configuration). True if it was set."""
+    if ALLOCATOR_VARIABLE in os.environ or "polars" in sys.modules:
+        return False
+    os.environ[ALLOCATOR_VARIABLE] = ALLOCATOR_CONF
+    return True
