@@ -68,3 +68,19 @@ def test_an_operators_own_allocator_setting_is_kept() -> None:
     mine = "dirty_decay_ms:10000"
     conf = str(_run("command-first", **{ALLOCATOR_VARIABLE: mine})["conf"])
     assert conf.endswith("," + mine) and ALLOCATOR_CONF not in conf
+
+
+def test_polars_defaults_inherited_from_a_parent_are_not_an_operators_choice() -> None:
+    # a Python parent that imported polars passes polars' own defaults to its children
+    # (the benchmarks, a scheduler written in Python): the command still purges
+    inherited = subprocess.run(
+        [sys.executable, "-c", f"import os, polars; print(os.environ[{ALLOCATOR_VARIABLE!r}])"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != ALLOCATOR_VARIABLE},
+        check=True,
+    ).stdout.strip()
+    assert inherited and ALLOCATOR_CONF not in inherited
+    child = _run("command-first", **{ALLOCATOR_VARIABLE: inherited})
+    assert str(child["conf"]).endswith("," + ALLOCATOR_CONF)
+    assert child["after"] < child["base"] + (child["peak"] - child["base"]) // 4

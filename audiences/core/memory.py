@@ -15,8 +15,12 @@ jemalloc reads its configuration once, from ``_RJEM_MALLOC_CONF``, when polars i
 imported (polars puts its own defaults in front of what the variable holds; the last
 setting of an option wins); :func:`configure_allocator` therefore runs before anything
 imports polars (the command line calls it first thing). A value already in the
-environment is kept: an operator who sets ``_RJEM_MALLOC_CONF`` chooses for themselves. A program that imports
-polars before ``audiences`` keeps polars' default.
+environment is kept: an operator who sets ``_RJEM_MALLOC_CONF`` chooses for themselves —
+unless it holds nothing but polars' own defaults. polars writes those into the
+environment of the process that imports it, so every child of a Python program that
+imported polars (a scheduler, a notebook, the benchmarks) inherits them without anyone
+having chosen them; the command then appends its own setting after them. A program that
+imports polars before ``audiences`` in the same process keeps polars' default.
 """
 
 from __future__ import annotations
@@ -24,16 +28,28 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["ALLOCATOR_CONF", "ALLOCATOR_VARIABLE", "configure_allocator"]
+__all__ = ["ALLOCATOR_CONF", "ALLOCATOR_VARIABLE", "POLARS_DEFAULTS", "configure_allocator"]
 
 ALLOCATOR_VARIABLE = "_RJEM_MALLOC_CONF"  # polars' jemalloc is built with the _rjem_ prefix
 ALLOCATOR_CONF = "background_thread:true,dirty_decay_ms:3000,muzzy_decay_ms:0"
+# what polars' __init__ writes into the environment when nobody set the variable
+# (the two ``thp`` options are added under POLARS_THP=1)
+POLARS_DEFAULTS = frozenset(
+    {"dirty_decay_ms:500", "muzzy_decay_ms:-1", "thp:always", "metadata_thp:always"}
+)
 
 
 def configure_allocator() -> bool:
-    """Set polars' allocator configuration unless the caller set one or polars is
+    """Set polars' allocator configuration unless the caller chose one or polars is
     already loaded (too late: jemalloc has read its configuration). True if it was set."""
-    if ALLOCATOR_VARIABLE in os.environ or "polars" in sys.modules:
+    if "polars" in sys.modules:
         return False
-    os.environ[ALLOCATOR_VARIABLE] = ALLOCATOR_CONF
-    return True
+    inherited = os.environ.get(ALLOCATOR_VARIABLE)
+    if inherited is None:
+        os.environ[ALLOCATOR_VARIABLE] = ALLOCATOR_CONF
+        return True
+    if {option.strip() for option in inherited.split(",") if option.strip()} <= POLARS_DEFAULTS:
+        # only polars' defaults, inherited from a parent that imported polars
+        os.environ[ALLOCATOR_VARIABLE] = f"{inherited},{ALLOCATOR_CONF}"
+        return True
+    return False
