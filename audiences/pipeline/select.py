@@ -140,6 +140,8 @@ def collect_candidates(
     )
     plan = plan.select(gate_columns(config, plan.collect_schema()))
     try:
+        if link_opt_outs:  # before the candidates are held (the same index, less memory)
+            prepare_opt_out_index(config, sources)
         frame = plan.collect(engine="streaming")
         if link_opt_outs:
             frame = flag_opt_out_duplicates(config, sources, frame)
@@ -163,6 +165,17 @@ def collect_candidates(
             "[sources.contacts].id at the unique key",
         )
     return frame
+
+
+def prepare_opt_out_index(config: ProjectConfig, sources: Sources) -> None:
+    """Load or compute this export's opt-out index into ``sources.cache`` (see
+    :func:`audiences.crm.linkage.prepare_opt_out_index`)."""
+    from audiences.crm import linkage
+    from audiences.pipeline.optout_index import store_for
+
+    linkage.prepare_opt_out_index(
+        sources.contacts, config, cache=sources.cache, store=store_for(config, sources)
+    )
 
 
 def flag_opt_out_duplicates(
