@@ -370,10 +370,21 @@ def _strictest_per_person(config: ProjectConfig, cand: pl.DataFrame) -> pl.DataF
     if not cand.select(denied.any()).item():  # nobody refused: the merge decides the rest
         return cand
     persons = person_keys(cand, config, by=cid).alias("__person")
-    return (
-        cand.with_columns(persons)
-        .with_columns([_strictest(cand, config, c).over("__person") for c in signals])
-        .drop("__person")
+    # A person with one record keeps that record's answer: the window runs over the
+    # records of people with several (a few per cent; over every candidate it took 2.2 s
+    # for 2M records at 10M contacts).
+    shared = persons.is_duplicated()
+    if not shared.any():
+        return cand
+    at = shared.arg_true()
+    strictest = (
+        cand.select(signals)
+        .filter(shared)
+        .with_columns(persons.filter(shared))
+        .select([_strictest(cand, config, c).over("__person") for c in signals])
+    )
+    return cand.with_columns(
+        cand.get_column(c).scatter(at, strictest.get_column(c)) for c in signals
     )
 
 

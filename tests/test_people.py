@@ -117,3 +117,33 @@ def test_a_long_chain_of_records_is_one_person(tmp_path: Path) -> None:
         }
     )
     assert set(person_keys(records, make_config(tmp_path), by="contact_id")) == {"C0000"}
+
+
+def test_a_persons_strictest_signal_equals_the_window_over_every_record(tmp_path: Path) -> None:
+    """The gate judges the window only over people with several records; the answer is
+    the window over every candidate (one-record people keep their own value: null, an
+    odd word, GRANTED or DENIED), record for record."""
+    from policies.gate import _strictest, _strictest_per_person
+
+    config = make_config(tmp_path)
+    n = 400
+    words = ["GRANTED", "DENIED", None, "maybe", "granted", "no"]
+    cand = pl.DataFrame(
+        {
+            "contact_id": [f"C{i:04d}" for i in range(n)],
+            # every third record shares its email with the next one; phones chain a few more
+            "email": [f"p{i - (i % 3 == 1)}@x.org" for i in range(n)],
+            "phone": [f"212555{(i // 7):04d}" if i % 5 == 0 else None for i in range(n)],
+            "ad_pers": [words[(i * 7) % len(words)] for i in range(n)],
+        }
+    )
+    got = _strictest_per_person(config, cand)
+    persons = person_keys(cand, config, by="contact_id").alias("__person")
+    assert persons.is_duplicated().any() and not persons.is_duplicated().all()
+    expected = (
+        cand.with_columns(persons)
+        .with_columns(_strictest(cand, config, "ad_pers").over("__person"))
+        .drop("__person")
+    )
+    assert got.equals(expected)
+    assert not got.equals(cand)  # some person's records disagreed and were made to agree
