@@ -44,7 +44,7 @@ from audiences.core.atomic import write_with
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import ConfigError, InternalError, PolicyBlocked
 from audiences.core.state import ensure_private_dir, new_id, project_salt, transaction, utcnow
-from audiences.crm.consent import consent_signal
+from audiences.crm.consent import consent_denied, consent_signal
 from audiences.crm.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layouts_frame
 from audiences.crm.linkage import person_keys
 from audiences.segments import Segment
@@ -338,8 +338,12 @@ def _one_row_per_person(config: ProjectConfig, records: pl.DataFrame) -> pl.Data
         return records.drop(cid) if cid not in _release_columns(config, records) else records
     keep = [c for c in records.columns if c != "__person"]
     signals = _signal_columns(config, records)
+    labelled = records.with_columns(persons.alias("__person"))
+    # People with one record are that record; the merge runs over the others only (a
+    # few per cent of the records). The result is in person order, as the merge's was.
+    shared = persons.is_duplicated()
     merged = (
-        records.with_columns(persons.alias("__person"))
+        labelled.filter(shared)
         .sort("__person", cid)
         .group_by("__person", maintain_order=True)
         .agg(
@@ -347,8 +351,13 @@ def _one_row_per_person(config: ProjectConfig, records: pl.DataFrame) -> pl.Data
             *[_strictest(records, config, column) for column in signals],
         )
     )
+    single = labelled.filter(~shared).select(merged.columns)
     release_columns = _release_columns(config, records)
-    return merged.select([c for c in keep if c in release_columns])
+    return (
+        pl.concat([single, merged])
+        .sort("__person")
+        .select([c for c in keep if c in release_columns])
+    )
 
 
 def _signal_columns(config: ProjectConfig, records: pl.DataFrame) -> list[str]:
@@ -366,7 +375,7 @@ def _strictest_per_person(config: ProjectConfig, cand: pl.DataFrame) -> pl.DataF
     cid = config.sources.contacts.id
     if not signals or cid not in cand.columns or cand.height < 2:
         return cand
-    denied = pl.any_horizontal([consent_signal(cand, c, c) == "DENIED" for c in signals])
+    denied = pl.any_horizontal([consent_denied(cand, c) for c in signals])
     if not cand.select(denied.any()).item():  # nobody refused: the merge decides the rest
         return cand
     persons = person_keys(cand, config, by=cid).alias("__person")
