@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from audiences.core.errors import ConfigError, DataError
 from audiences.core.records import pick
 from audiences.crm.consent import column as _column
-from audiences.crm.consent import consent_signal, truthy
+from audiences.crm.consent import consent_denied, consent_signal, truthy
 from audiences.segments.model import classify_field
 
 if TYPE_CHECKING:
@@ -477,8 +477,7 @@ def consent(rule: Rule, ctx: FilterContext) -> Verdict:
         parts[role] = truthy(df, column, role).fill_null(False)
     if p.exclude_ad_personalization_denied and c.ad_personalization is not None:
         _column(df, c.ad_personalization, "ad_personalization")  # names a missing column
-        signal = consent_signal(df, c.ad_personalization, "ad_personalization")
-        parts["ad_personalization_denied"] = signal == "DENIED"
+        parts["ad_personalization_denied"] = consent_denied(df, c.ad_personalization)
     if p.exclude_duplicates_of_opt_outs and DUPLICATE_OF_OPT_OUT in df.columns:
         parts["duplicate_of_opt_out"] = pl.col(DUPLICATE_OF_OPT_OUT).fill_null(False)
     evidence = {"candidates": df.height}
@@ -487,9 +486,13 @@ def consent(rule: Rule, ctx: FilterContext) -> Verdict:
         for name in parts:
             evidence[name] = 0
     else:
-        counts = df.select(*(e.alias(n) for n, e in parts.items())).sum().row(0, named=True)
-        evidence.update({n: int(v) for n, v in counts.items()})
-        mask = _mask(df, pl.any_horizontal(list(parts.values())))
+        # each reason once per candidate: its count and the mask read the same columns
+        # (with_columns broadcasts a literal to every row, as in _mask)
+        reasons = df.with_columns(
+            e.fill_null(False).alias(f"__reason_{n}") for n, e in parts.items()
+        ).select(pl.col(f"__reason_{n}").alias(n) for n in parts)
+        evidence.update({n: int(v) for n, v in reasons.sum().row(0, named=True).items()})
+        mask = reasons.select(pl.any_horizontal(pl.all()).alias("excluded")).to_series()
     evidence["excluded"] = _count(df, mask)
     detail = f"{evidence['excluded']} of {df.height} candidates excluded"
     if skipped:
@@ -1069,9 +1072,13 @@ def _flagged(df: pl.DataFrame, parts: dict[str, pl.Expr]) -> tuple[dict[str, int
         evidence.update(dict.fromkeys(parts, 0))
         mask = _mask(df, pl.lit(False))
     else:
-        counts = df.select(*(e.alias(n) for n, e in parts.items())).sum().row(0, named=True)
-        evidence.update({n: int(v) for n, v in counts.items()})
-        mask = _mask(df, pl.any_horizontal(list(parts.values())))
+        # each reason once per candidate: its count and the mask read the same columns
+        # (with_columns broadcasts a literal to every row, as in _mask)
+        reasons = df.with_columns(
+            e.fill_null(False).alias(f"__reason_{n}") for n, e in parts.items()
+        ).select(pl.col(f"__reason_{n}").alias(n) for n in parts)
+        evidence.update({n: int(v) for n, v in reasons.sum().row(0, named=True).items()})
+        mask = reasons.select(pl.any_horizontal(pl.all()).alias("excluded")).to_series()
     evidence["excluded"] = _count(df, mask)
     return evidence, mask
 
