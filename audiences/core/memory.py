@@ -5,11 +5,11 @@ lazily (``muzzy_decay_ms:-1``: ``MADV_FREE``, which the kernel takes back only u
 memory pressure, and which count as the process's resident memory until then). A build
 is a sequence of short, large phases (the segment's scan, the opt-out index, the re-read
 of a few records, the gate, the files), each freeing what it held before the next one
-starts, so its resident memory grew to about the *sum* of the phases' peaks: 3.7 GB for a
-10M-contact first build whose live data never exceeds about 0.7 GB — what a cgroup limit,
-a container's OOM killer and an operator's monitoring see. Purging freed pages for good
-after three seconds, from jemalloc's background thread, brings that build to about
-1.5 GB for 5–10 % more wall time (measured in ``benchmarks/README.md``, "Memory").
+starts, so its resident memory grew to about the *sum* of the phases' peaks — what a
+cgroup limit, a container's OOM killer and an operator's monitoring see. Purging freed
+pages for good after three seconds, from jemalloc's background thread, took a 10M-contact
+first build from 3.8 to 3.0 GB and a second segment from 3.1 to 2.7 GB, for 5–7 % more
+wall time (``benchmarks/README.md``, "Memory, then the gate").
 
 jemalloc reads its configuration once, from ``_RJEM_MALLOC_CONF``, when polars is first
 imported (polars puts its own defaults in front of what the variable holds; the last
