@@ -44,9 +44,11 @@ What runs
       reported. Ratios per pair, then medians with min-max.
 
     * ``--doubled``: the first build and a second segment on the sample twice over (the
-      copy's ids prefixed with ``D``: 20M records at full size), wall and peak RSS.
+      copy's ids prefixed with ``D``: 20M records at full size), wall and peak RSS;
+      ``--times N``: the same on the sample N times over (``--times 3``: 30M records).
 
-    python -m benchmarks.bench_build [--quick] [--engine-pairs N] [--engines-only] [--doubled]
+    python -m benchmarks.bench_build [--quick] [--engine-pairs N] [--engines-only]
+                                     [--doubled | --times N]
 """
 
 from __future__ import annotations
@@ -497,40 +499,55 @@ def print_engine_pairs(rows: int, pairs: list[Pair], load: tuple[float, float]) 
     print(f"{stated}: " + "; ".join(verdicts))
 
 
-def doubled_crm(contacts: Path, events: Path) -> tuple[Path, Path]:
-    """The sample twice over, the copy's CRM ids prefixed with ``D`` (contacts and events),
-    every other column unchanged — the issue's 20M sample, as the generator would need
-    about 22 GB for a real one. Written once beside the sample, streamed (bounded memory).
-    The copies share their identifiers with the originals, so each selected person has
-    two records (the release merges them: about as many people, twice the records)."""
+def multiplied_crm(contacts: Path, events: Path, times: int) -> tuple[Path, Path]:
+    """The sample ``times`` over, each copy's CRM ids prefixed with a letter (``D``, ``E``,
+    … in contacts and events), every other column unchanged — the issue's 20M (and 30M)
+    sample, as the generator would need about 22 GB for a real 20M. Written once beside
+    the sample, streamed (bounded memory). The copies share their identifiers with the
+    originals, so each selected person has ``times`` records (the release merges them:
+    about as many people, ``times`` as many records)."""
     import polars as pl
 
-    folder = contacts.parent.with_name(contacts.parent.name + "-doubled")
+    if not 2 <= times <= 10:
+        raise ValueError(f"times must be 2 to 10, not {times}")
+    suffix = "-doubled" if times == 2 else f"-x{times}"
+    folder = contacts.parent.with_name(contacts.parent.name + suffix)
     out = folder / "contacts.parquet", folder / "events.parquet"
     if all(p.exists() for p in out):
         return out
     folder.mkdir(parents=True, exist_ok=True)
     for source, target in zip((contacts, events), out, strict=True):
         frame = pl.scan_parquet(source)
-        copy = frame.with_columns((pl.lit("D") + pl.col("contact_id")).alias("contact_id"))
+        copies = [
+            frame.with_columns(
+                (pl.lit(chr(ord("D") + k)) + pl.col("contact_id")).alias("contact_id")
+            )
+            for k in range(times - 1)
+        ]
         partial = target.with_suffix(".partial")
-        pl.concat([frame, copy]).sink_parquet(partial)
+        pl.concat([frame, *copies]).sink_parquet(partial)
         partial.rename(target)
     return out
 
 
-def doubled_builds(rows: int, contacts: Path, events: Path) -> None:
-    """The first build and a second segment on the doubled sample: wall and peak RSS."""
+def doubled_crm(contacts: Path, events: Path) -> tuple[Path, Path]:
+    """:func:`multiplied_crm` twice over (20M records at full size)."""
+    return multiplied_crm(contacts, events, 2)
+
+
+def multiplied_builds(rows: int, contacts: Path, events: Path, times: int = 2) -> None:
+    """The first build and a second segment on the sample ``times`` over: wall and peak RSS."""
     # written by a child: the sink's memory is returned to the machine when it exits
     code = (
-        "import sys; from pathlib import Path; from benchmarks.bench_build import doubled_crm; "
-        "doubled_crm(Path(sys.argv[1]), Path(sys.argv[2]))"
+        "import sys; from pathlib import Path; from benchmarks.bench_build import multiplied_crm; "
+        "multiplied_crm(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))"
     )
-    check(run_child([sys.executable, "-c", code, str(contacts), str(events)], cwd=ROOT), "doubling")
-    contacts, events = doubled_crm(contacts, events)  # (made: only the paths)
+    args = [sys.executable, "-c", code, str(contacts), str(events), str(times)]
+    check(run_child(args, cwd=ROOT), "multiplying")
+    contacts, events = multiplied_crm(contacts, events, times)  # (made: only the paths)
     load_before = os.getloadavg()[0]
     project = make_project(
-        DATA_DIR / "engine-project-doubled",
+        DATA_DIR / ("engine-project-doubled" if times == 2 else f"engine-project-x{times}"),
         contacts,
         events,
         {SEGMENT: SEGMENT_YAML, SECOND_SEGMENT: SECOND_SEGMENT_YAML},
@@ -543,12 +560,13 @@ def doubled_builds(rows: int, contacts: Path, events: Path) -> None:
             raise RuntimeError(f"{segment} was blocked: {result['reasons']}")
         done.append((job, run))
     print(
-        f"\ndoubled sample (the {rows:,} sample twice, new ids: {2 * rows:,} records); load "
-        "average "
-        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+        f"\nthe {rows:,} sample {times} times over (new ids: {times * rows:,} records); load "
+        f"average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
     for job, run in done:
         print(f"  {job}: {run.seconds:.2f} s, peak RSS {run.peak_rss_bytes / 1e9:.2f} GB")
+    if times != 2:
+        return
     worst = max(run.peak_rss_bytes for _, run in done) / 1e9
     verdict = "ok" if worst <= TARGET_RSS_DOUBLED_GB else "MISSED"
     stated = "target" if rows == 10_000_000 else f"target (stated for 20M; {2 * rows:,} here)"
@@ -556,13 +574,17 @@ def doubled_builds(rows: int, contacts: Path, events: Path) -> None:
 
 
 def main(
-    quick: bool = False, engine_pairs_n: int = 3, engines_only: bool = False, doubled: bool = False
+    quick: bool = False,
+    engine_pairs_n: int = 3,
+    engines_only: bool = False,
+    doubled: bool = False,
+    times: int = 0,
 ) -> None:
     with stopped_clock():  # the approvals are signed on the day the builds release: AS_OF
         rows = 1_000_000 if quick else 10_000_000
         contacts, events = sample_crm(rows)
-        if doubled:
-            doubled_builds(rows, contacts, events)
+        if doubled or times:
+            multiplied_builds(rows, contacts, events, times or 2)
             return
         if engine_pairs_n:
             load_before = os.getloadavg()[0]
@@ -745,10 +767,18 @@ if __name__ == "__main__":
         action="store_true",
         help="only the first build and a second segment on the sample doubled (20M records)",
     )
+    parser.add_argument(
+        "--times",
+        type=int,
+        default=0,
+        metavar="N",
+        help="as --doubled, on the sample N times over (2 to 10; --times 3: 30M records)",
+    )
     args = parser.parse_args()
     main(
         quick=args.quick,
         engine_pairs_n=args.engine_pairs,
         engines_only=args.engines_only,
         doubled=args.doubled,
+        times=args.times,
     )
