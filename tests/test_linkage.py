@@ -536,3 +536,42 @@ def test_the_opt_out_index_is_shared_per_export_and_keyed_by_the_consent_mapping
     no_dnc = config(marketing_opt_in="opt_in", deceased="deceased", ad_personalization="ad")
     assert ids(no_dnc, [2, 3]) == {"c3"}
     assert len(cache) == 2
+
+
+def _failing_late(rows: int) -> pl.LazyFrame:
+    """Contacts whose ``zip`` fails a strict cast only in the last row: a query that
+    breaks after its first batches were read (a bad value, an unreadable file)."""
+    contacts = frame(
+        [person(i, opt_in=i % 2 == 0, email=f"p{i}@x.org", zip="10001") for i in range(rows)]
+    )
+    zips = ["10001"] * (rows - 1) + ["not-a-number"]
+    return (
+        contacts.lazy()
+        .with_columns(pl.Series("zip", zips).alias("zip"))
+        .with_columns(pl.col("zip").cast(pl.Int64, strict=True).cast(pl.String))
+    )
+
+
+def test_a_query_failing_part_way_raises_and_never_yields_a_partial_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The opt-out index and the read-back stream the contacts in batches. A query that
+    fails after some batches must raise: an index over part of the CRM would miss the
+    opt-outs of the rest and pass for complete (polars' ``collect_batches`` ends such an
+    iteration as if the data had ended)."""
+    import audiences.crm.linkage as linkage
+
+    monkeypatch.setattr(linkage, "_INDEX_CHUNK", 100)
+    monkeypatch.setattr(linkage, "_READ_CHUNK", 100)
+    contacts = _failing_late(2_000)
+    with pytest.raises(pl.exceptions.PolarsError):
+        linkage.compute_opt_out_index(contacts, config(), linkage.UNKEYED)
+    positions = pl.Series([0, 5, 1_500], dtype=pl.UInt32)
+    with pytest.raises(pl.exceptions.PolarsError):
+        linkage._records_at(contacts, positions, ["email", "zip"])
+    # the same frame without the bad value: whole, in order
+    good = contacts.with_columns(pl.lit("10001").alias("zip"))
+    index = linkage.compute_opt_out_index(good, config(), linkage.UNKEYED)
+    assert index.get_column("__link_pos").to_list() == list(range(1, 2_000, 2))
+    rows = linkage._records_at(good, positions, ["email", "zip"])
+    assert rows.get_column("email").to_list() == ["p0@x.org", "p5@x.org", "p1500@x.org"]
