@@ -480,20 +480,7 @@ def consent(rule: Rule, ctx: FilterContext) -> Verdict:
         parts["ad_personalization_denied"] = consent_denied(df, c.ad_personalization)
     if p.exclude_duplicates_of_opt_outs and DUPLICATE_OF_OPT_OUT in df.columns:
         parts["duplicate_of_opt_out"] = pl.col(DUPLICATE_OF_OPT_OUT).fill_null(False)
-    evidence = {"candidates": df.height}
-    if not parts or df.height == 0:
-        mask = _mask(df, pl.lit(False))
-        for name in parts:
-            evidence[name] = 0
-    else:
-        # each reason once per candidate: its count and the mask read the same columns
-        # (with_columns broadcasts a literal to every row, as in _mask)
-        reasons = df.with_columns(
-            e.fill_null(False).alias(f"__reason_{n}") for n, e in parts.items()
-        ).select(pl.col(f"__reason_{n}").alias(n) for n in parts)
-        evidence.update({n: int(v) for n, v in reasons.sum().row(0, named=True).items()})
-        mask = reasons.select(pl.any_horizontal(pl.all()).alias("excluded")).to_series()
-    evidence["excluded"] = _count(df, mask)
+    evidence, mask = _flagged(df, parts)
     detail = f"{evidence['excluded']} of {df.height} candidates excluded"
     if skipped:
         detail += f"; no column configured for {', '.join(skipped)} (nothing checked)"
@@ -1068,7 +1055,7 @@ def _flagged(df: pl.DataFrame, parts: dict[str, pl.Expr]) -> tuple[dict[str, int
     """Evidence (candidates, people each flag catches, excluded) and the exclusion mask of
     people any of the boolean ``parts`` flags."""
     evidence: dict[str, int] = {"candidates": df.height}
-    if df.height == 0:
+    if not parts or df.height == 0:
         evidence.update(dict.fromkeys(parts, 0))
         mask = _mask(df, pl.lit(False))
     else:
