@@ -560,7 +560,10 @@ def test_demo_summary_shows_who_the_packs_kept_out_in_coarse_figures(project, tm
     )
     assert lines[3].startswith("  Jurisdiction unknown: < 100 people — no consent")
     assert lines[4].endswith("b-1.html") and len(lines) == 5  # blocked builds: nothing
-    assert not re.search(r"\b(130|10|150)\b", "\n".join(lines))  # no exact figure
+    # no exact figure (the report's path is left out: pytest numbers its temporary
+    # folders, and a folder named pytest-130 or pytest-10 is no figure)
+    shown = "\n".join(lines).replace(str(tmp_path), "<tmp>")
+    assert not re.search(r"\b(130|10|150)\b", shown)
 
 
 def test_a_request_on_one_record_holds_for_every_record_of_the_person(project):
