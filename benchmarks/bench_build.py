@@ -530,11 +530,6 @@ def multiplied_crm(contacts: Path, events: Path, times: int) -> tuple[Path, Path
     return out
 
 
-def doubled_crm(contacts: Path, events: Path) -> tuple[Path, Path]:
-    """:func:`multiplied_crm` twice over (20M records at full size)."""
-    return multiplied_crm(contacts, events, 2)
-
-
 def multiplied_builds(rows: int, contacts: Path, events: Path, times: int = 2) -> None:
     """The first build and a second segment on the sample ``times`` over: wall and peak RSS."""
     # written by a child: the sink's memory is returned to the machine when it exits

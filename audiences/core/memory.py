@@ -8,7 +8,7 @@ of a few records, the gate, the files), each freeing what it held before the nex
 starts, so its resident memory grew to about the *sum* of the phases' peaks — what a
 cgroup limit, a container's OOM killer and an operator's monitoring see. Purging freed
 pages for good after three seconds, from jemalloc's background thread, took a 10M-contact
-first build from 3.8 to 3.0 GB and a second segment from 3.1 to 2.7 GB, for 5–7 % more
+first build from 3.8 to 3.0 GB and a second segment from 3.1 to 2.7 GB, for 3–7 % more
 wall time (``benchmarks/README.md``, "Memory, then the gate").
 
 jemalloc reads its configuration once, from ``_RJEM_MALLOC_CONF``, when polars is first

@@ -443,6 +443,10 @@ def compute_opt_out_index(
     return pl.concat(parts)
 
 
+_INDEX_CHUNK = 250_000  # contacts per batch while computing an index (1M: 0.3 GB more, no faster)
+_READ_CHUNK = 500_000  # rows per batch when reading records back by position
+
+
 def _in_batches(lf: pl.LazyFrame, size: int, each: Callable[[pl.DataFrame, int], None]) -> None:
     """Call ``each(batch, offset)`` on ``lf``'s rows in order, ``size`` rows or so at a time
     (``offset``: the position of the batch's first row).
@@ -460,9 +464,6 @@ def _in_batches(lf: pl.LazyFrame, size: int, each: Callable[[pl.DataFrame, int],
         seen[0] += batch.height
 
     lf.sink_batches(take, chunk_size=size, maintain_order=True, lazy=False)
-
-
-_INDEX_CHUNK = 250_000  # contacts per batch while computing an index (1M: 0.3 GB more, no faster)
 
 
 def _index_rows(
@@ -525,9 +526,6 @@ def _opt_out_index(
     if cache is not None:
         cache[key] = index
     return index, seeds
-
-
-_READ_CHUNK = 500_000  # rows per batch when reading records back by position
 
 
 def prepare_opt_out_index(
