@@ -340,3 +340,21 @@ def test_the_expressions_an_index_identity_serializes_do_not_depend_on_the_hash_
         )
         outputs.add(run.stdout)
     assert len(outputs) == 1
+
+
+def test_candidates_come_back_in_one_chunk_per_column(project: Path) -> None:
+    """The streaming scan leaves a chunk per morsel; every later step (gate, hashing,
+    files) is faster over one contiguous chunk, so the candidates are rechunked once. A
+    contacts file of many small row groups gives the scan many morsels."""
+    from audiences.pipeline.select import collect_candidates, select_segments
+
+    path = project / "data" / "contacts.parquet"
+    contacts = pl.read_parquet(path)
+    contacts.write_parquet(path, row_group_size=10)  # 300 row groups
+    config = config_of(project)
+    sources = load_sources(config)
+    (segment,) = select_segments(config, ["flu-shot-reminder"])
+    cand = collect_candidates(config, segment, sources, AS_OF, b"s" * 32)
+    assert cand.height > 10  # more than one row group's worth of candidates
+    assert cand.n_chunks("all") == [1] * cand.width
+    assert cand.get_column("contact_id").is_in(contacts.get_column("contact_id").implode()).all()
