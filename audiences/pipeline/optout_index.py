@@ -99,33 +99,43 @@ class StateIndexStore(IndexStore):
         st = self._contacts.stat()
         return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
-    def _mac(self, body: bytes) -> bytes:
-        key = _derived(self._key(), b"file mac")
-        return blake3.blake3(body, key=key, max_threads=blake3.blake3.AUTO).digest()
+    def _mac(self, *parts: bytes) -> bytes:
+        """The MAC of the concatenation of ``parts`` (fed in turn: no joined copy)."""
+        hasher = blake3.blake3(
+            key=_derived(self._key(), b"file mac"), max_threads=blake3.blake3.AUTO
+        )
+        for part in parts:
+            hasher.update(part)
+        return hasher.digest()
 
     def load(self, identity: str) -> pl.DataFrame | None:
         self._seen = self._file()  # before the contacts are read for a new index
+        # read in its parts, each once: slicing one ``bytes`` of the whole file copied the
+        # index twice (145 MB at 10M contacts: 0.2 s of a 0.5 s load)
+        head = len(_MAGIC) + _MAC_SIZE + 4
         try:
-            data = self.path.read_bytes()
+            with self.path.open("rb") as file:
+                start = file.read(head)
+                if len(start) < head or not start.startswith(_MAGIC):
+                    return self._distrust("is not an opt-out index (damaged or replaced)")
+                (size,) = struct.unpack(">I", start[-4:])
+                header_text = file.read(size)
+                table = file.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
             return self._distrust(f"cannot be read ({exc.strerror})")
-        head = len(_MAGIC) + _MAC_SIZE + 4
-        if len(data) < head or not data.startswith(_MAGIC):
-            return self._distrust("is not an opt-out index (damaged or replaced)")
-        mac, body = data[len(_MAGIC) : len(_MAGIC) + _MAC_SIZE], data[len(_MAGIC) + _MAC_SIZE :]
-        if not hmac.compare_digest(mac, self._mac(body)):
+        mac = start[len(_MAGIC) : len(_MAGIC) + _MAC_SIZE]
+        if not hmac.compare_digest(mac, self._mac(start[-4:], header_text, table)):
             return self._distrust(
                 "fails its authentication (edited, replaced or damaged, or record.key changed)"
             )
-        (size,) = struct.unpack(">I", body[:4])
         try:
-            header = json.loads(body[4 : 4 + size])
+            header = json.loads(header_text)
             same = (header.get("digest"), header.get("file"), header.get("identity"))
             if same != (self._digest(), self._seen, identity):
                 return None  # another export or mapping: recomputed, silently (expected)
-            index = pl.read_parquet(io.BytesIO(body[4 + size :]))
+            index = pl.read_parquet(io.BytesIO(table))  # (BytesIO shares the bytes)
         except (ValueError, pl.exceptions.PolarsError, OSError):
             return self._distrust("cannot be parsed")
         if index.height != header.get("rows"):
