@@ -34,7 +34,7 @@ What runs
 Sizes: 1M contacts (``--quick``: 100k). 100M contacts (the issue's streaming target) is not
 measured here.
 
-    python -m benchmarks.bench_warehouse [--quick]
+    python -m benchmarks.bench_warehouse [--quick | --rows N]
 """
 
 from __future__ import annotations
@@ -284,15 +284,14 @@ def local_postgres() -> Iterator[Any]:
         yield server
 
 
-def main(quick: bool = False) -> None:
+def main(quick: bool = False, rows: int | None = None) -> None:
     with stopped_clock():  # the approvals are signed on the day the builds release: AS_OF
-        _main(quick)
+        _main(rows or (100_000 if quick else 1_000_000))
 
 
-def _main(quick: bool) -> None:
+def _main(rows: int) -> None:
     from audiences.demo.warehouse import load_duckdb, load_postgres
 
-    rows = 100_000 if quick else 1_000_000
     contacts, events = sample_crm(rows)
     frames = {"contacts": pl.read_parquet(contacts), "events": pl.read_parquet(events)}
     print(f"  {rows:,} contacts, {frames['events'].height:,} events", flush=True)
@@ -426,4 +425,12 @@ def _table(
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv[1:])
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100k contacts instead of 1M")
+    parser.add_argument(
+        "--rows", type=int, default=None, metavar="N", help="N contacts (e.g. 10000000)"
+    )
+    args = parser.parse_args()
+    main(quick=args.quick, rows=args.rows)

@@ -968,3 +968,36 @@ def test_a_failing_arrow_read_names_no_password(
         shown = f"{error.message} {error.fix} {error.__cause__!r} {error.__context__!r}"
         assert SECRET not in shown and url not in shown and "\n" not in error.message
         assert error.__suppress_context__
+
+
+def test_load_postgres_sends_a_large_table_in_slices(
+    postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sample loader COPYs a table slice by slice (the CSV text of 60M events is
+    several GB): every row arrives once, values and NULLs intact, across slice edges."""
+    import psycopg
+
+    from audiences.demo import warehouse
+
+    monkeypatch.setattr(warehouse, "_COPY_ROWS", 7)
+    converted: list[str] = []  # a column's CSV text is made once per slice
+    to_text = warehouse._pg_text
+    monkeypatch.setattr(
+        warehouse, "_pg_text", lambda name, dtype: converted.append(name) or to_text(name, dtype)
+    )
+    frame = pl.DataFrame(
+        {
+            "id": list(range(50)),
+            "name": [None if i % 9 == 0 else f'n"{i},x' for i in range(50)],
+            "codes": [["A1", None] if i % 2 else [] for i in range(50)],
+        }
+    )
+    load_postgres(postgres.conninfo, {"sliced": frame}, schema="slices")
+    with psycopg.connect(postgres.conninfo) as connection:
+        rows = connection.execute(
+            "SELECT id, name, codes FROM slices.sliced ORDER BY id"
+        ).fetchall()
+    assert [r[0] for r in rows] == list(range(50))
+    assert [r[1] for r in rows] == frame.get_column("name").to_list()
+    assert [r[2] for r in rows] == frame.get_column("codes").to_list()
+    assert converted.count("id") == 8  # 50 rows in slices of 7

@@ -67,6 +67,9 @@ def _pg_text(name: str, dtype: pl.DataType) -> pl.Expr:
     return column.cast(pl.String)
 
 
+_COPY_ROWS = 500_000  # rows per slice of CSV text sent to COPY
+
+
 def load_postgres(
     conninfo: str, frames: dict[str, pl.DataFrame], *, schema: str | None = None
 ) -> None:
@@ -87,10 +90,14 @@ def load_postgres(
             )
             connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
             connection.execute(sql.SQL("CREATE TABLE {} ({})").format(table, columns))
-            text = frame.select(_pg_text(c, t) for c, t in frame.schema.items())
-            buffer = io.BytesIO()
-            text.write_csv(buffer, include_header=False, null_value="", quote_style="non_numeric")
             copy = sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(table)
             with connection.cursor() as cursor, cursor.copy(copy) as writer:
-                writer.write(buffer.getvalue())
+                # in slices: the CSV text of a whole 60M-event table is several GB
+                for part in frame.iter_slices(_COPY_ROWS):
+                    text = part.select(_pg_text(c, t) for c, t in part.schema.items())
+                    buffer = io.BytesIO()
+                    text.write_csv(
+                        buffer, include_header=False, null_value="", quote_style="non_numeric"
+                    )
+                    writer.write(buffer.getbuffer())
             connection.execute(sql.SQL("ANALYZE {}").format(table))
