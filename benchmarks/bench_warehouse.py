@@ -31,8 +31,9 @@ What runs
       child wraps ``audiences.crm.databases._fetch_postgres``): the segment's rows with
       the columns the gate needs, and the linkage's identity columns of every contact.
 
-Sizes: 1M contacts (``--quick``: 100k). 100M contacts (the issue's streaming target) is not
-measured here.
+Sizes: 1M contacts (``--quick``: 100k; ``--rows N``: N, e.g. 10M — about 45 minutes on the
+2-core machine, most of it loading and the PostgreSQL builds). 100M contacts (the issue's
+streaming target) is not measured here.
 
     python -m benchmarks.bench_warehouse [--quick | --rows N]
 """
