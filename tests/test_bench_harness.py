@@ -29,33 +29,90 @@ def test_a_childs_peak_rss_is_its_own_not_the_parents_at_fork():
     del held
 
 
-def test_the_sample_n_times_over_has_new_ids_and_the_same_rows(tmp_path: Path) -> None:
+def test_the_sample_n_times_over_is_new_people_with_the_same_rows(tmp_path: Path) -> None:
     """``bench_build --times N``: each copy's CRM ids get their own prefix, in contacts and
-    events alike; every other column is the original's."""
+    events alike; its e-mails, phones and ZIPs are moved so that no linkage key (mailbox,
+    phone, name and postal code) of one person is another copy's, while the duplicate
+    records of one person in the sample stay one person in every copy; every other column
+    is the original's."""
+    import datetime as dt
+
     import polars as pl
 
+    from audiences.core.config import IdentityMapping
+    from audiences.crm.identifiers import normalized_exprs
+    from audiences.demo import sample as demo_sample
     from benchmarks.bench_build import multiplied_crm
 
-    sample = tmp_path / "crm-3"
-    sample.mkdir()
-    contacts = pl.DataFrame({"contact_id": ["C1", "C2", "C3"], "email": ["a@x", "b@x", None]})
-    events = pl.DataFrame({"contact_id": ["C1", "C1", "C3"], "event_type": ["x", "y", "z"]})
-    contacts.write_parquet(sample / "contacts.parquet")
-    events.write_parquet(sample / "events.parquet")
+    folder = tmp_path / "crm-3000"
+    folder.mkdir()
+    contacts, events = demo_sample.generate(3000, seed=4, as_of=dt.date(2025, 6, 1), abroad=60)
+    contacts.write_parquet(folder / "contacts.parquet")
+    events.write_parquet(folder / "events.parquet")
     with pytest.raises(ValueError, match="2 to 10"):
-        multiplied_crm(sample / "contacts.parquet", sample / "events.parquet", 1)
-    c3, e3 = multiplied_crm(sample / "contacts.parquet", sample / "events.parquet", 3)
-    assert c3.parent.name == "crm-3-x3"
-    got = pl.read_parquet(c3)
-    assert got.get_column("contact_id").to_list() == [
-        *["C1", "C2", "C3"],
-        *["DC1", "DC2", "DC3"],
-        *["EC1", "EC2", "EC3"],
-    ]
-    assert got.get_column("email").to_list() == ["a@x", "b@x", None] * 3
-    assert pl.read_parquet(e3).get_column("contact_id").to_list() == [
-        *["C1", "C1", "C3"],
-        *["DC1", "DC1", "DC3"],
-        *["EC1", "EC1", "EC3"],
-    ]
+        multiplied_crm(folder / "contacts.parquet", folder / "events.parquet", 1)
+    c3, e3 = multiplied_crm(folder / "contacts.parquet", folder / "events.parquet", 3)
+    assert c3.parent.name == "crm-3000-x3-people"
     assert not list(c3.parent.glob("*.partial"))
+    got = pl.read_parquet(c3)
+    n = contacts.height
+    ids = contacts.get_column("contact_id")
+    assert got.get_column("contact_id").to_list() == [
+        *ids, *("D" + ids), *("E" + ids)
+    ]  # fmt: skip
+    moved = {"contact_id", "email", "phone", "zip"}
+    for k in range(3):
+        copy = got.slice(k * n, n)
+        assert copy.drop(*moved).equals(contacts.drop(*moved))
+        for column in ("email", "phone", "zip"):  # missing stays missing
+            assert copy.get_column(column).is_null().equals(contacts.get_column(column).is_null())
+    assert pl.read_parquet(e3).equals(
+        pl.concat(
+            [events]
+            + [
+                events.with_columns((pl.lit(p) + pl.col("contact_id")).alias("contact_id"))
+                for p in "DE"
+            ]
+        )
+    )
+
+    identity = IdentityMapping(
+        email="email", phone="phone", first_name="first_name", last_name="last_name",
+        zip="zip", country="country",
+    )  # fmt: skip
+    keys = normalized_exprs(identity, "google_ads", schema=got.schema)
+    normal = got.select(
+        copy=pl.int_range(pl.len()) // n,
+        row=pl.int_range(pl.len()) % n,
+        email=keys["hashed_email"],
+        phone=keys["hashed_phone_number"],
+        name_zip=pl.concat_str(
+            keys["hashed_first_name"], keys["hashed_last_name"], keys["postal_code"],
+            separator="|",
+        ),
+    )  # fmt: skip
+    for key in ("email", "phone", "name_zip"):
+        present = normal.filter(pl.col(key).is_not_null())
+        assert present.height > n  # the key is there to compare
+        # the same person in another copy: never the same key
+        same_row = present.group_by("row").agg(pl.col(key).n_unique(), pl.len())
+        if key != "name_zip":
+            assert same_row.filter(pl.col(key) != pl.col("len")).is_empty(), key
+        else:  # a ZIP that is not five digits (abroad, missing) keeps its value
+            assert same_row.filter(pl.col(key) != pl.col("len")).height < n * 0.05
+        # the records sharing a key within the sample share it within every copy
+        pairs = present.group_by("copy", key).agg(pl.col("row").sort()).sort("copy")
+        per_copy = [
+            set(map(tuple, pairs.filter(pl.col("copy") == k).get_column("row").to_list()))
+            for k in range(3)
+        ]
+        assert per_copy[0] == per_copy[1] == per_copy[2], key
+    emails, phones = normal.get_column("email"), normal.get_column("phone")
+    assert (
+        emails.drop_nulls().n_unique()
+        == 3 * normal.filter(pl.col("copy") == 0)["email"].drop_nulls().n_unique()
+    )
+    assert (
+        phones.drop_nulls().n_unique()
+        == 3 * normal.filter(pl.col("copy") == 0)["phone"].drop_nulls().n_unique()
+    )
