@@ -27,8 +27,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["ALLOCATOR_CONF", "ALLOCATOR_VARIABLE", "POLARS_DEFAULTS", "configure_allocator"]
+__all__ = [
+    "ALLOCATOR_CONF",
+    "ALLOCATOR_VARIABLE",
+    "POLARS_DEFAULTS",
+    "configure_allocator",
+    "own_strings",
+]
 
 ALLOCATOR_VARIABLE = "_RJEM_MALLOC_CONF"  # polars' jemalloc is built with the _rjem_ prefix
 ALLOCATOR_CONF = "background_thread:true,dirty_decay_ms:3000,muzzy_decay_ms:0"
@@ -53,3 +61,23 @@ def configure_allocator() -> bool:
         os.environ[ALLOCATOR_VARIABLE] = f"{inherited},{ALLOCATOR_CONF}"
         return True
     return False
+
+
+def own_strings(schema: Mapping[str, Any]) -> list[Any]:
+    """Expressions copying each String column of ``schema`` into buffers of its own.
+
+    polars keeps a string longer than 12 bytes as a view into a shared buffer, and a row
+    that survives a filter keeps its whole buffer alive. The segment's candidates (a tenth
+    of the contacts) held the e-mail and phone bytes of every contact the scan read: at
+    10M contacts 0.47 of the candidates' 0.78 GB; at 100M a build's peak fell from
+    14.2 to 10.2 GB once they were copied. Inside the streaming plan, after the segment's
+    filters, the copy is made morsel by morsel, within the scan's noise (2.5-2.8 s at
+    10M) (``benchmarks/README.md``, "Memory, then the gate")."""
+
+    import polars as pl
+
+    return [
+        pl.concat_str([pl.col(name), pl.lit("")]).alias(name)
+        for name, dtype in schema.items()
+        if dtype == pl.String
+    ]

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
+from audiences.core.memory import own_strings
 from audiences.crm.distinct import predicate_by_distinct
 from audiences.crm.identifiers import IdentityMapping, Layout, normalized_layout
 
@@ -564,7 +565,8 @@ def _records_at(contacts: pl.LazyFrame, positions: pl.Series, columns: list[str]
         lo, hi = wanted.searchsorted([offset, offset + batch.height])
         if hi > lo:
             at = pl.Series(_ROW, wanted[lo:hi], dtype=_INDEX_DTYPE)
-            parts.append(batch[(at - offset).to_numpy()].insert_column(0, at))
+            rows = batch[(at - offset).to_numpy()]  # views into the whole batch's bytes:
+            parts.append(rows.with_columns(own_strings(rows.schema)).insert_column(0, at))
 
     _in_batches(read, _READ_CHUNK, keep)
     return pl.concat(parts)

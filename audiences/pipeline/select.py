@@ -14,6 +14,7 @@ import polars as pl
 
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import AudiencesError, DataError, SegmentError
+from audiences.core.memory import own_strings
 from audiences.crm.identifiers import member_key
 from audiences.crm.sources import Sources, diagnose_values
 
@@ -139,6 +140,7 @@ def collect_candidates(
         age_expr(config.identity.birth_date, protect_on, contacts_schema),
     )
     plan = plan.select(gate_columns(config, plan.collect_schema()))
+    plan = plan.with_columns(own_strings(plan.collect_schema()))  # not the scan's buffers
     try:
         if link_opt_outs:  # before the candidates are held (the same index, less memory)
             prepare_opt_out_index(config, sources)
