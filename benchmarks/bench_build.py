@@ -47,7 +47,7 @@ What runs
       copy is other people: new ids, e-mails, phones and ZIPs, see ``multiplied_crm``;
       20M contacts at full size), wall and peak RSS; ``--times N``: the same on the sample
       N times over (``--times 10``: 100M contacts, 600M events, against the < 12 GB
-      target of issue #21; about 30 GB of disk).
+      target of issue #21; 13.6 GB of Parquet beside the sample's 1.3 GB).
 
     python -m benchmarks.bench_build [--quick] [--engine-pairs N] [--engines-only]
                                      [--doubled | --times N]

@@ -28,7 +28,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = [
     "ALLOCATOR_CONF",
@@ -63,7 +66,7 @@ def configure_allocator() -> bool:
     return False
 
 
-def own_strings(schema: Mapping[str, Any]) -> list[Any]:
+def own_strings(schema: Mapping[str, Any]) -> list[pl.Expr]:
     """Expressions copying each String column of ``schema`` into buffers of its own.
 
     polars keeps a string longer than 12 bytes as a view into a shared buffer, and a row
@@ -72,8 +75,7 @@ def own_strings(schema: Mapping[str, Any]) -> list[Any]:
     10M contacts 0.47 of the candidates' 0.78 GB; at 100M a build's peak fell from
     14.2 to 10.2 GB once they were copied. Inside the streaming plan, after the segment's
     filters, the copy is made morsel by morsel, within the scan's noise (2.5-2.8 s at
-    10M) (``benchmarks/README.md``, "Memory, then the gate")."""
-
+    10M) (``benchmarks/README.md``, "Files, one machine, bigger data")."""
     import polars as pl
 
     return [

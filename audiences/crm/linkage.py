@@ -565,7 +565,7 @@ def _records_at(contacts: pl.LazyFrame, positions: pl.Series, columns: list[str]
         lo, hi = wanted.searchsorted([offset, offset + batch.height])
         if hi > lo:
             at = pl.Series(_ROW, wanted[lo:hi], dtype=_INDEX_DTYPE)
-            rows = batch[(at - offset).to_numpy()]  # views into the whole batch's bytes:
+            rows = batch[(at - offset).to_numpy()]  # (views into the whole batch's bytes)
             parts.append(rows.with_columns(own_strings(rows.schema)).insert_column(0, at))
 
     _in_batches(read, _READ_CHUNK, keep)
