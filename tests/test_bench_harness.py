@@ -116,3 +116,44 @@ def test_the_sample_n_times_over_is_new_people_with_the_same_rows(tmp_path: Path
         phones.drop_nulls().n_unique()
         == 3 * normal.filter(pl.col("copy") == 0)["phone"].drop_nulls().n_unique()
     )
+
+
+def test_the_hashing_floor_counts_the_digests_a_release_holds(tmp_path: Path) -> None:
+    """Issue #22's "hashing within 1.3× of OpenSSL": the floor is OpenSSL's time for the
+    SHA-256 digests the release file holds — its 64-hex values, not its plain columns
+    (country and postal code), its nulls or anything that merely looks like hex."""
+    import hashlib
+
+    import polars as pl
+
+    from benchmarks.bench_build import released_digests
+
+    digest = hashlib.sha256(b"x").hexdigest()
+    pl.DataFrame(
+        {
+            "meta_EMAIL": [digest, digest, None],
+            "meta_EXTERN_ID": ["c1", "c2", "c3"],  # sent as it is: no digest
+            "google_ads_country_code": ["US", "US", "CA"],
+            "google_ads_postal_code": ["10001", None, "K1A"],
+            "short_hex": [digest[:63], digest.upper(), digest + "0"],  # none is a digest
+            "google_ads_hashed_phone_number": [digest, None, digest],
+            "member_key": pl.Series([1, 2, 3], dtype=pl.UInt64),
+        }
+    ).write_parquet(tmp_path / "release.parquet")
+    assert released_digests(tmp_path / "release.parquet") == 4
+
+
+def test_openssl_speed_is_read_as_digests_per_second() -> None:
+    import shutil
+
+    from benchmarks.bench_build import openssl_sha256_rate, parse_openssl_speed
+
+    text = "type             32 bytes\nsha256          544647.58k\n"
+    assert parse_openssl_speed(text) == pytest.approx(544_647_580 / 32)
+    with pytest.raises(RuntimeError, match="no sha256 result"):
+        parse_openssl_speed("type 32 bytes\nsha512   100.00k\n")
+    if shutil.which("openssl") is None:
+        assert openssl_sha256_rate(1) is None
+    else:  # the real tool, measured: a modern core does millions of short digests a second
+        rate = openssl_sha256_rate(1, seconds=1)
+        assert rate is not None and rate > 100_000
