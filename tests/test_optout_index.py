@@ -248,9 +248,13 @@ def test_the_index_holds_no_raw_identifier(project: Path) -> None:
         linkage.index_identity(config, contacts.collect_schema())
     )
     assert stored is not None and stored.height == plain.height
-    for column in [c for c in plain.columns if plain.schema[c] == pl.UInt64]:
-        shared = stored.get_column(column).drop_nulls().is_in(plain.get_column(column).implode())
-        assert not shared.any()
+    keys = [c for c in plain.columns if plain.schema[c] == pl.UInt32 and c != linkage._POS]
+    assert len(keys) == 3  # email, phone, name + postal code
+    for column in keys:
+        mine = stored.get_column(column).drop_nulls()
+        shared = mine.is_in(plain.get_column(column).implode())
+        # 32-bit keys: a few may coincide by chance (n^2 / 2^32 expected), never most
+        assert mine.len() > 1000 and shared.sum() <= 3
 
 
 def test_attack_rewritten_data_with_the_old_size_and_time_is_not_matched_to_the_old_index(
