@@ -575,3 +575,27 @@ def test_a_query_failing_part_way_raises_and_never_yields_a_partial_index(
     assert index.get_column("__link_pos").to_list() == list(range(1, 2_000, 2))
     rows = linkage._records_at(good, positions, ["email", "zip"])
     assert rows.get_column("email").to_list() == ["p0@x.org", "p5@x.org", "p1500@x.org"]
+
+
+def test_a_collision_of_the_index_keys_sends_a_record_to_the_exact_comparison_only() -> None:
+    """The index keeps 32 bits of each keyed coarse key: two different mailboxes whose keys
+    collide (found here by brute force, without the secret seeds an index in the state
+    folder uses) meet in the index, and the exact comparison tells them apart."""
+    from audiences.crm import linkage
+
+    emails = pl.DataFrame({"email": [f"u{i}@example.org" for i in range(300_000)]})
+    link = next(k for k in links_for(config(), frame([person(0)]).schema) if k.name == "email")
+    staged = linkage._email_stage(emails, link.raw_fields(), "g")
+    keyed = staged.with_columns(linkage._keyed(pl.col("g"), linkage.UNKEYED).alias("k"))
+    collided = keyed.filter(pl.col("k").is_duplicated()).sort("k", "email")
+    assert collided.height >= 2  # about 10 collide among 300k (n^2 / 2^33)
+    a, b = collided.row(0, named=True), collided.row(1, named=True)
+    assert a["k"] == b["k"] and a["g"] != b["g"]
+    contacts = frame(
+        [
+            person(1, opt_in=False, email=a["email"]),
+            person(2, email=b["email"]),  # the colliding mailbox: another person
+            person(3, email=a["email"].upper()),  # the opted-out mailbox: a duplicate
+        ]
+    )
+    assert flagged(contacts) == {"c3"}
