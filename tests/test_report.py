@@ -462,6 +462,36 @@ def test_an_organisations_template_is_used_and_must_keep_every_section(outcomes,
         render(report, "html", templates=tmp_path / "nowhere")
 
 
+def test_compiled_templates_are_kept_but_an_edited_or_removed_one_is_read_again(
+    outcomes, tmp_path
+):
+    """The environments are kept per process (``build --all`` compiles the templates
+    once): an organisation's template edited between two renders, or its folder
+    removed, is what the second render goes by."""
+    import os
+    import shutil
+
+    from audiences.core.errors import ConfigError
+    from policies.report import REQUIRED_SECTIONS
+
+    report = outcomes[1].report
+    sections = "".join(f'<div data-section="{s}"></div>' for s in REQUIRED_SECTIONS)
+    folder = custom_templates(tmp_path, "<p>first</p>" + sections)
+    assert "<p>first</p>" in render(report, "html", templates=folder)
+    template = folder / "report.html.j2"
+    mtime = template.stat().st_mtime_ns
+    template.write_text("<p>second</p>" + sections, encoding="utf-8")
+    os.utime(template, ns=(mtime + 1_000_000_000, mtime + 1_000_000_000))
+    assert "<p>second</p>" in render(report, "html", templates=folder)
+    template.write_text("{% if %}", encoding="utf-8")
+    os.utime(template, ns=(mtime + 2_000_000_000, mtime + 2_000_000_000))
+    with pytest.raises(ConfigError, match=r"report template .*report\.html\.j2 failed"):
+        render(report, "html", templates=folder)
+    shutil.rmtree(folder)
+    with pytest.raises(ConfigError, match="does not exist"):
+        render(report, "html", templates=folder)
+
+
 def test_report_templates_setting_reaches_the_report(tmp_path):
     cfg = ProjectConfig.model_validate(
         {
