@@ -462,9 +462,7 @@ def test_an_organisations_template_is_used_and_must_keep_every_section(outcomes,
         render(report, "html", templates=tmp_path / "nowhere")
 
 
-def test_compiled_templates_are_kept_but_an_edited_or_removed_one_is_read_again(
-    outcomes, tmp_path
-):
+def test_compiled_templates_are_kept_but_an_edited_or_removed_one_is_read_again(outcomes, tmp_path):
     """The environments are kept per process (``build --all`` compiles the templates
     once): an organisation's template edited between two renders, or its folder
     removed, is what the second render goes by."""
