@@ -194,7 +194,7 @@ def evaluate(inp: GateInput) -> GateOutcome:
 
     # 1. filters
     filter_verdicts, excluded, unsold = _filter_verdicts(pack, ctx)
-    eligible = _eligible_members(config, cand, excluded, unsold, sold)
+    eligible = _eligible_members(config, cand, excluded, unsold, sold, lambda: ctx.persons)
 
     # 2. destinations
     checks = _check_destinations(inp, phi, eligible)
@@ -300,8 +300,11 @@ def _eligible_members(
     excluded: np.ndarray,
     unsold: np.ndarray | None = None,
     sold: tuple[str, ...] = (),
+    persons: Callable[[], pl.Series | None] | None = None,
 ) -> _Eligible:
-    """The members a release may carry: not excluded, with a member key, deduplicated."""
+    """The members a release may carry: not excluded, with a member key, deduplicated.
+    ``persons``: the person of each candidate record, as the filters' context keeps it
+    (computed once per gate: the jurisdiction rules may have needed it already)."""
     keys_all = cand.get_column("member_key")
     no_key = keys_all.is_null().to_numpy() if cand.height else np.zeros(0, dtype=bool)
     kept_mask = ~excluded & ~no_key
@@ -309,7 +312,7 @@ def _eligible_members(
     columns = _release_columns(config, cand)
     cid = config.sources.contacts.id
     records = (
-        _strictest_per_person(config, cand)
+        _strictest_per_person(config, cand, persons)
         .select(*columns, *([cid] if cid not in columns else []))
         .filter(pl.Series(kept_mask))
     )
@@ -366,7 +369,11 @@ def _signal_columns(config: ProjectConfig, records: pl.DataFrame) -> list[str]:
     return sorted({c for c in mapped if c is not None and c in records.columns})
 
 
-def _strictest_per_person(config: ProjectConfig, cand: pl.DataFrame) -> pl.DataFrame:
+def _strictest_per_person(
+    config: ProjectConfig,
+    cand: pl.DataFrame,
+    persons_of: Callable[[], pl.Series | None] | None = None,
+) -> pl.DataFrame:
     """``cand`` with each Google consent signal column set, on every record of a person, to
     the person's strictest answer among all their candidate records, the ones the filters
     excluded included: a DENIED on a record a filter dropped still speaks for the person
@@ -378,7 +385,8 @@ def _strictest_per_person(config: ProjectConfig, cand: pl.DataFrame) -> pl.DataF
     denied = pl.any_horizontal([consent_denied(cand, c) for c in signals])
     if not cand.select(denied.any()).item():  # nobody refused: the merge decides the rest
         return cand
-    persons = person_keys(cand, config, by=cid).alias("__person")
+    known = persons_of() if persons_of is not None else None
+    persons = (known if known is not None else person_keys(cand, config, by=cid)).alias("__person")
     # A person with one record keeps that record's answer: the window runs over the
     # records of people with several (a few per cent; over every candidate it took 2.2 s
     # for 2M records at 10M contacts).
