@@ -330,9 +330,10 @@ def exact_keys(frames: Sequence[pl.DataFrame], links: Sequence[Link]) -> list[pl
 #
 # 32 bits, not 64: a keyed key is only a prefilter, so a collision lets one more record
 # through to the exact comparison and never flags anybody; with c distinct candidate keys
-# about c / 2^32 of the index's rows meet one by chance (930k candidates at 10M contacts:
-# about 1,200 rows per link, beside 47k that genuinely meet). The file is 85 instead of
-# 145 MB at 10M contacts, which is what writing and authenticating it cost.
+# at most c / 2^32 of the index's rows meet one by chance (the benchmark's first segment
+# at 10M contacts: 460k candidates, so at most about 580 of the 5.41M rows per link,
+# beside the 115k that genuinely meet). The file is 86 instead of 145 MB at 10M contacts,
+# and writing and authenticating it cost by the byte.
 _POS = "__link_pos"
 INDEX_FORMAT = 2  # bump when the index's columns or the coarse keys change (2: 32-bit keys)
 Seeds = tuple[int, int, int, int]
