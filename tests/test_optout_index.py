@@ -381,3 +381,25 @@ def test_candidates_hold_their_own_strings_not_the_scans(project: Path) -> None:
         held = series.to_arrow(compat_level=pl.CompatLevel.newest()).get_total_buffer_size()
         own = 16 * series.len() + int(series.str.len_bytes().sum())
         assert held <= 1.1 * own, (column, held, own)
+
+
+def test_an_authentic_index_of_the_old_layout_is_recomputed_not_read(project: Path) -> None:
+    """An index written before the keys were cut to 32 bits (64-bit keys), even one that
+    passes authentication under this export's identity, is not guessed at: it is
+    recomputed, and the flags are those of the data."""
+    expected = reference(project)
+    _, store = flags(project)
+    config = config_of(project)
+    identity = linkage.index_identity(config, _schema(project))
+    current = store.load(identity)
+    assert current is not None
+    keys = [c for c in current.columns if current.schema[c] == pl.UInt32 and c != linkage._POS]
+    old = current.with_columns(pl.col(c).cast(pl.UInt64) for c in keys).with_columns(
+        pl.lit(None, pl.UInt64).alias(keys[0])  # and it would meet nobody by e-mail
+    )
+    store.save(identity, old)
+    assert store.load(identity) is not None  # authentic, under this identity
+    after, store = flags(project)
+    assert after == expected and store.computed == 1
+    reread = store.load(identity)
+    assert reread is not None and reread.schema == current.schema
