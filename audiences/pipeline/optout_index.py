@@ -99,7 +99,7 @@ class StateIndexStore(IndexStore):
         st = self._contacts.stat()
         return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
-    def _mac(self, *parts: bytes) -> bytes:
+    def _mac(self, *parts: bytes | memoryview) -> bytes:
         """The MAC of the concatenation of ``parts`` (fed in turn: no joined copy)."""
         hasher = blake3.blake3(
             key=_derived(self._key(), b"file mac"), max_threads=blake3.blake3.AUTO
