@@ -113,7 +113,6 @@ def project_for(name: str, contacts: Path, events: Path, edit: Any | None) -> Pa
 # the dataset id (computed in a background thread) its seconds.
 _COUNTER = """
 import audiences.crm.databases as databases
-import audiences.crm.sources as sources
 queries = []
 def _counted(fn):
     def wrapper(database, query, schema):
@@ -124,7 +123,8 @@ def _counted(fn):
         return frame
     return wrapper
 databases._fetch_postgres = _counted(databases._fetch_postgres)
-sources.table_digest = timed("dataset_id", sources.table_digest)
+# (audiences.crm.sources imports it when a database source is digested: patched at home)
+databases.table_digest = timed("dataset_id", databases.table_digest)
 """
 _CLI = "from audiences.cli import _exit_now, cli"
 _EXIT = "_exit_now(code)"

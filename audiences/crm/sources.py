@@ -16,20 +16,17 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import polars as pl
 
 from audiences.core.config import ColumnSpec, ProjectConfig, SourceConfig
 from audiences.core.errors import DataError
-from audiences.crm.databases import (
-    Database,
-    TableDigest,
-    database_of,
-    scan_table,
-    table_digest,
-)
+
+if TYPE_CHECKING:
+    # the database layer (sqlglot: 0.1 s to import) is loaded by a database source only
+    from audiences.crm.databases import Database, TableDigest
 
 _DTYPES: dict[str, pl.DataType] = {
     "str": pl.String(),
@@ -128,7 +125,7 @@ def _convert(column: str, spec: ColumnSpec, list_separator: str, current: pl.Dat
 
 def open_table(name: str, source: SourceConfig, config: ProjectConfig) -> TableSource:
     """A database source checked to exist and have rows; declared types checked to fit."""
-    from audiences.crm.databases import has_rows, table_schema
+    from audiences.crm.databases import database_of, has_rows, table_schema
 
     database = database_of(source, config)
     assert source.table is not None
@@ -201,6 +198,8 @@ def read_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.La
     """The source with the types polars infers (no declared conversions), checked to
     exist, be readable and have rows."""
     if source.is_database:
+        from audiences.crm.databases import scan_table
+
         opened = open_table(name, source, config)
         order = getattr(source, "id", None)
         return scan_table(name, opened.database, opened.table, opened.schema, {}, order)
@@ -254,6 +253,8 @@ def _scan(
             f"fix [sources.{name}].columns or {fix}",
         )
     if opened is not None:
+        from audiences.crm.databases import scan_table
+
         order = getattr(source, "id", None)  # contacts: the unique id
         view = scan_table(name, opened.database, opened.table, schema, opened.conversions, order)
         return view, opened
@@ -379,6 +380,8 @@ def _file_digest(path: Path, earlier: set[str]) -> str:
 
 
 def _tables_digest(config: ProjectConfig) -> str:
+    from audiences.crm.databases import TableDigest, database_of, table_digest
+
     named = _database_sources(config)
     cache_path = config.state_dir / "digests.json"
     try:
@@ -437,6 +440,8 @@ def dataset_id_formats(config: ProjectConfig) -> tuple[str, str]:
     """(the dataset id, the first format's id of the same rows) of a project over database
     sources, each table read once (both digests in one statement): the DP ledger's
     carry-over of spends recorded under the first format (policies/privacy/ledger.py)."""
+    from audiences.crm.databases import database_of, table_digest
+
     digests = []
     for name, source in _database_sources(config):
         assert source.table is not None
