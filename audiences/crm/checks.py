@@ -221,6 +221,9 @@ def check_mapped_columns(config: ProjectConfig, schema: pl.Schema, file: str) ->
     return findings
 
 
+_ROWS = "__audiences_rows"
+
+
 def check_consent_values(config: ProjectConfig, contacts: pl.LazyFrame, file: str) -> list[Finding]:
     """Consent and flag columns hold only words of the vocabulary (or nothing)."""
     schema = contacts.collect_schema()
@@ -228,31 +231,33 @@ def check_consent_values(config: ProjectConfig, contacts: pl.LazyFrame, file: st
     checked = {role: col for role, col in roles.items() if col and col in schema}
     if not checked:
         return []
-    exprs = []
-    for role, column in checked.items():
-        bad = ~consent.recognised(schema, column, config.consent.vocabulary(role))
-        exprs += [
-            bad.sum().alias(f"{role}:rows"),
-            pl.col(column).cast(pl.String).filter(bad).unique().head(3).implode()
-            .alias(f"{role}:examples"),
-            pl.col(column).cast(pl.String).filter(bad).n_unique().alias(f"{role}:distinct"),
-        ]  # fmt: skip
-    stats = contacts.select(exprs).collect().row(0, named=True)
+    # Each column's values are judged once per distinct value (a consent column holds a
+    # handful): cleaning every row's word took 13.8 s at 10M contacts, counting the
+    # distinct values 0.1-0.2 s a column. A Boolean column is always recognised.
+    counted = [c for c in sorted(set(checked.values())) if schema[c] != pl.Boolean]
+    plans = [contacts.group_by(c).agg(pl.len().alias(_ROWS)) for c in counted]
+    distinct = dict(zip(counted, pl.collect_all(plans, engine="streaming"), strict=True))
     findings = []
     shared = ", ".join(sorted({*consent.GRANTED_WORDS, *consent.DENIED_WORDS}))
     for role, column in checked.items():
-        rows = int(stats[f"{role}:rows"])
+        if column not in distinct:
+            continue
+        bad = distinct[column].filter(
+            ~consent.recognised(schema, column, config.consent.vocabulary(role))
+        )
+        rows = int(bad.get_column(_ROWS).sum())
         if not rows:
             continue
         own = config.consent.vocabulary(role)
         words = ", ".join(sorted({*own[0], *own[1]})) if own else shared
-        shapes = sorted({shape(str(v)) for v in stats[f"{role}:examples"]})
+        examples = bad.get_column(column).cast(pl.String).head(3)
+        shapes = sorted({shape(str(v)) for v in examples})
         findings.append(
             Finding(
                 "error",
                 "unrecognised-consent",
                 f"[consent] {role} column {column!r}: {rows} row(s) hold "
-                f"{stats[f'{role}:distinct']} value(s) that are not consent words "
+                f"{bad.height} value(s) that are not consent words "
                 f"(shapes {', '.join(shapes)}); they would count as no consent",
                 f"map them to the accepted words in the export ({words}; case, spaces, _ "
                 "and - do not matter)"

@@ -397,6 +397,9 @@ def _meaning(config: ProjectConfig, column: str, events: bool, value: str) -> st
     return value.lower() if _folds(config, column, events) else value
 
 
+_ROWS = "__audiences_rows"
+
+
 def _value_counts(
     config: ProjectConfig, column: str, events: bool, sources: Sources
 ) -> dict[str, int] | None:
@@ -415,12 +418,18 @@ def _value_counts(
         value = pl.col(column).cast(pl.String).str.to_lowercase()
     else:
         value = pl.col(column).cast(pl.String)
+    # Counted per distinct raw value first (per (state, country) for a state), then
+    # canonicalized: the canonical form of every row took 14 s at 10M contacts, the
+    # distinct values 0.2 s.
+    roots = sorted(set(value.meta.root_names()))
+    raw = frame.group_by(roots).agg(pl.len().alias(_ROWS)).collect(engine="streaming")
     counts = (
-        frame.select(value.alias("value"))
+        raw.lazy()
+        .select(value.alias("value"), pl.col(_ROWS))
         .group_by("value")
-        .len()
+        .agg(pl.col(_ROWS).sum())
         .head(LOW_CARDINALITY + 1)
-        .collect(engine="streaming")
+        .collect()
     )
     if counts.height > LOW_CARDINALITY:
         return None
