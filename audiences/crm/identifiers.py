@@ -997,8 +997,17 @@ def hashed_layouts_frame(
     per_row = mapping.model_copy(update={name: None for name in repeating if name != "country"})
     codes = _country_codes(frame, mapping, as_of) if "country" in repeating else None
     staged, per_layout = _staged_layouts(frame.lazy(), per_row, layouts, keep, as_of, codes)
-    joined = [_per_distinct_plan(frame, mapping, layout, repeating, as_of) for layout in layouts]
-    by_distinct = [set() if plan is None else set(plan.collect_schema().names()) for plan in joined]
+    joined = _per_distinct_plan(frame, mapping, layouts, repeating, as_of)
+    names = [] if joined is None else joined.collect_schema().names()
+    # the layout columns computed per distinct value, by layout
+    by_distinct = [
+        {
+            name.removeprefix(_distinct_prefix(i))
+            for name in names
+            if name.startswith(_distinct_prefix(i))
+        }
+        for i in range(len(layouts))
+    ]
     # each layout's per-row columns under temporary names (the layouts share some names)
     rows = [f"__hl_row_{i}_" for i in range(len(layouts))]
     plans = [
@@ -1012,15 +1021,23 @@ def hashed_layouts_frame(
             ),
         )
     ]
-    main, *parts = pl.collect_all(plans + [plan for plan in joined if plan is not None])
+    main, *parts = pl.collect_all(plans + ([] if joined is None else [joined]))
+    both = main if joined is None else pl.concat([main, *parts], how="horizontal")
     out: dict[str, pl.DataFrame] = {}
-    for layout, prefix, plan, distinct in zip(layouts, rows, joined, by_distinct, strict=True):
-        row_part = main.select(
-            *keep, *(pl.col(prefix + c).alias(c) for c in LAYOUTS[layout] if c not in distinct)
+    for i, (layout, prefix, distinct) in enumerate(zip(layouts, rows, by_distinct, strict=True)):
+        out[layout] = both.select(
+            *keep,
+            *(
+                pl.col((_distinct_prefix(i) if c in distinct else prefix) + c).alias(c)
+                for c in LAYOUTS[layout]
+            ),
         )
-        result = row_part if plan is None else pl.concat([row_part, parts.pop(0)], how="horizontal")
-        out[layout] = result.select(*keep, *LAYOUTS[layout])
     return out
+
+
+def _distinct_prefix(index: int) -> str:
+    """The temporary name prefix of layout ``index``'s per-distinct columns."""
+    return f"__hl_distinct_{index}_"
 
 
 def _country_codes(
@@ -1046,16 +1063,27 @@ def _country_codes(
 def _per_distinct_plan(
     frame: pl.DataFrame,
     mapping: IdentityMapping,
-    layout: Layout,
+    layouts: Sequence[Layout],
     repeating: Sequence[str],
     as_of: dt.date | None,
 ) -> pl.LazyFrame | None:
-    """The layout columns of the repeating fields per row of ``frame``, each computed once
-    per distinct (value, country) and joined back in row order; None without any."""
+    """The layouts' columns of the repeating fields per row of ``frame`` (layout ``i``'s
+    column ``c`` named ``_distinct_prefix(i) + c``), each field's distinct (value, country)
+    computed once, every layout's columns built on it together, and joined back in row
+    order once; None without any repeating field."""
     if not repeating:
         return None
-    builder = _Builder(mapping, layout, schema=frame.schema, as_of=as_of, staged=True)
-    owner = {column: field.identity_field for column, field in builder.fields().items()}
+    owners = [
+        {
+            column: field.identity_field
+            for column, field in _Builder(
+                mapping, layout, schema=frame.schema, as_of=as_of, staged=True
+            )
+            .fields()
+            .items()
+        }
+        for layout in layouts
+    ]
     parts = []
     for name in repeating:
         columns = [getattr(mapping, name)]
@@ -1069,25 +1097,30 @@ def _per_distinct_plan(
         only = IdentityMapping(
             **{"country": country, name: keys[0]}, default_country=mapping.default_country
         )
-        outputs = [column for column, field in owner.items() if field == name]
         distinct = (
             frame.lazy()
             .select([pl.col(c).alias(k) for c, k in zip(columns, keys, strict=True)])
             .unique()
         )
-        table = hashed_layout(distinct, only, layout, keep=keys, as_of=as_of)
+        staged, per_layout = _staged_layouts(distinct, only, layouts, keys, as_of)
+        outputs = [
+            expr.alias(_distinct_prefix(i) + column)
+            for i, (owner, fields) in enumerate(zip(owners, per_layout, strict=True))
+            for column, expr in zip(fields, _hashed_exprs(fields), strict=True)
+            if owner[column] == name
+        ]
         parts.append(
             frame.lazy()
             .select(columns)
             .join(
-                table.select(*keys, *(pl.col(c).alias(f"__hl_out_{c}") for c in outputs)),
+                staged.select(*keys, *outputs),
                 left_on=columns,
                 right_on=keys,
                 how="left",
                 nulls_equal=True,
                 maintain_order="left",
             )
-            .select(pl.col(f"__hl_out_{c}").alias(c) for c in outputs)
+            .select(output.meta.output_name() for output in outputs)
         )
     return pl.concat(parts, how="horizontal")
 
