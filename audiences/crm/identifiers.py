@@ -454,6 +454,9 @@ class _Builder:
             invalid = pl.any_horizontal([condition for condition, _ in reasons])
         else:
             invalid = pl.lit(False)
+        if self.plan.staged and (valid is not None or reasons):
+            # one column for the value, the digest and every layout whose rules agree
+            invalid = self.let(f"{name}_invalid", invalid)
         empty = blank_value if blank_value is not None else pl.lit(None, pl.String)
         passed = lower if lower is not None else text.str.to_lowercase()
         value_cases = [(blank, empty)]
@@ -532,19 +535,32 @@ class _Builder:
         lower = self.let("email_lower", text.str.to_lowercase())
         # No NFC here: it would double the cost of the email path and non-ASCII
         # addresses are rare; names and cities are NFC-normalized.
-        email = lower
-        if self.layout == "google_ads":
-            # gmail.com / googlemail.com: drop dots and any +suffix from the local part.
-            gmail = lower.str.contains(_GMAIL)
-            local = pl.when(gmail).then(email).str.extract(r"^([^+@]*)", 1)
-            domain = (
-                pl.when(lower.str.ends_with("@gmail.com"))
-                .then(pl.lit("@gmail.com"))
-                .otherwise(pl.lit("@googlemail.com"))
-            )
-            local = local.str.replace_all(".", "", literal=True)
-            email = pl.coalesce(pl.concat_str([local, domain]), email)
-        email = self.let("email_norm", email)
+        plain = self._email_field(text, lower, lower)
+        # the digest of the lowercase address, one column for every layout that uses it
+        plain = replace(plain, digest=self.let("email_digest", plain.digest))
+        if self.layout != "google_ads":
+            return plain
+        # gmail.com / googlemail.com: drop dots and any +suffix from the local part. Only
+        # those rows are normalized, checked and hashed again; the others are the plain
+        # address, whose digest the Meta layout computes too.
+        ends = pl.any_horizontal(lower.str.ends_with(f"@{domain}") for domain in GMAIL_DOMAINS)
+        gmail = self.let("email_gmail", pl.when(ends).then(lower).str.contains(_GMAIL))
+        address = pl.when(gmail).then(lower)
+        local = address.str.extract(r"^([^+@]*)", 1).str.replace_all(".", "", literal=True)
+        domain = address.str.extract(r"(@[^@]*)$", 1)  # the row's own: gmail or googlemail
+        google = self._email_field(
+            text, lower, self.let("email_gmail_norm", pl.concat_str([local, domain]))
+        )
+        return _Field(
+            "email",
+            pl.when(gmail).then(google.value).otherwise(plain.value),
+            pl.when(gmail).then(google.outcome).otherwise(plain.outcome),
+            plain.passthrough,
+            digest=pl.when(gmail).then(google.digest).otherwise(plain.digest),
+        )
+
+    def _email_field(self, text: pl.Expr, lower: pl.Expr, email: pl.Expr) -> _Field:
+        """The email field of the normalized address ``email``."""
         reasons = [
             (~email.str.contains("@", literal=True), "no_at_sign"),
             (email.str.count_matches("@", literal=True) > 1, "multiple_at_signs"),
