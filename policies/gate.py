@@ -304,7 +304,12 @@ def _eligible_members(
 ) -> _Eligible:
     """The members a release may carry: not excluded, with a member key, deduplicated.
     ``persons``: the person of each candidate record, as the filters' context keeps it
-    (computed once per gate: the jurisdiction rules may have needed it already)."""
+    (computed once per gate: the jurisdiction rules may have needed it already).
+
+    One definition of a person for the whole gate: the candidates' records linked
+    transitively, the records a filter excluded included. A record a filter drops (a
+    minor's, say) that shares an email with one released record and a phone with another
+    still makes them one person: counted once toward ``k`` and released once."""
     keys_all = cand.get_column("member_key")
     no_key = keys_all.is_null().to_numpy() if cand.height else np.zeros(0, dtype=bool)
     kept_mask = ~excluded & ~no_key
@@ -316,7 +321,9 @@ def _eligible_members(
         .select(*columns, *([cid] if cid not in columns else []))
         .filter(pl.Series(kept_mask))
     )
-    members = _one_row_per_person(config, records)
+    known = persons() if persons is not None else None
+    kept_persons = known.filter(pl.Series(kept_mask)) if known is not None else None
+    members = _one_row_per_person(config, records, kept_persons)
     keys = difference.sorted_keys(members.get_column("member_key"))
     exempt = difference.sorted_keys(keys_all.filter(pl.Series(excluded & ~no_key)))
     if exempt.size and keys.size:
@@ -331,12 +338,16 @@ def _eligible_members(
     )
 
 
-def _one_row_per_person(config: ProjectConfig, records: pl.DataFrame) -> pl.DataFrame:
+def _one_row_per_person(
+    config: ProjectConfig, records: pl.DataFrame, persons: pl.Series | None = None
+) -> pl.DataFrame:
     """People, not records: records sharing a normalized email or phone (or one member key)
     are one person, released once as the record with the smallest CRM id (its member key),
-    each identifier taken from the first of the person's records, by CRM id, that has it."""
+    each identifier taken from the first of the person's records, by CRM id, that has it.
+    ``persons``: the person of each record, if known (else linked among ``records``)."""
     cid = config.sources.contacts.id
-    persons = person_keys(records, config, by=cid)
+    if persons is None:
+        persons = person_keys(records, config, by=cid)
     if persons.n_unique() == records.height and records.get_column("member_key").is_unique().all():
         return records.drop(cid) if cid not in _release_columns(config, records) else records
     keep = [c for c in records.columns if c != "__person"]

@@ -71,6 +71,49 @@ def test_each_person_is_released_once_with_all_their_identifiers(project: dict[s
     assert set(members.get_column("EXTERN_ID")) == {f"C{i:09d}" for i in range(150)}
 
 
+def bridged(n: int) -> pl.DataFrame:
+    """``n`` people with three records each: A (released), a minor's record B with A's
+    email and C's phone, and C (released), which shares nothing with A directly."""
+    a = people(n)
+    c = people(n, 500_000).with_columns(
+        pl.Series("phone", [f"(646) 555-{i:04d}" for i in range(n)])
+    )
+    b = people(n, 900_000, age=15).with_columns(
+        pl.Series("email", a.get_column("email")), pl.Series("phone", c.get_column("phone"))
+    )
+    return pl.concat([a, b, c])
+
+
+def test_a_record_a_filter_drops_still_links_two_released_records(
+    project: dict[str, Any],
+) -> None:
+    """The attack: link two records of one person through a third that a filter drops (a
+    minor's record with the first's email and the second's phone), so that the released
+    records, sharing nothing directly, count twice: 60 people on 120 released records
+    passed k = 100 when people were linked among the released records only."""
+    outcome = run(project, NEWSLETTER, bridged(60), ["meta"])
+    minors = next(v for v in outcome.verdicts if v.id == "minors")
+    assert minors.evidence["removed"] == 60  # the bridges are dropped...
+    assert outcome.blocked  # ...and still link: 60 people
+    min_size = next(v for v in outcome.verdicts if v.kind == "min_size")
+    assert not min_size.passed and min_size.evidence["members"] == 60
+    assert outcome.report["figures"]["eligible_records"] == 120
+
+
+def test_a_person_linked_through_a_dropped_record_is_released_once(
+    project: dict[str, Any],
+) -> None:
+    outcome = run(project, NEWSLETTER, bridged(150), ["meta"])
+    assert not outcome.blocked, outcome.block_reasons
+    members = outcome.releases["meta"].members
+    assert members.height == 150
+    # released as the smallest id among the released records (A), with A's email and
+    # phone: nothing of the minor's record is released
+    assert set(members.get_column("EXTERN_ID")) == {f"C{i:09d}" for i in range(150)}
+    minor = {f"C{i:09d}" for i in range(900_000, 900_150)}
+    assert not minor & set(members.get_column("EXTERN_ID"))
+
+
 def test_links_are_transitive_and_named_by_the_smallest_id(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     records = pl.DataFrame(
