@@ -157,3 +157,27 @@ def test_openssl_speed_is_read_as_digests_per_second() -> None:
     else:  # the real tool, measured: a modern core does millions of short digests a second
         rate = openssl_sha256_rate(1, seconds=1)
         assert rate is not None and rate > 100_000
+
+
+def test_the_hashing_verdict_is_against_every_core_and_one_core_is_shown(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build's hashing uses both cores: its verdict is against OpenSSL on every core
+    (the stricter floor); the one-core ratio is printed beside it, never judged."""
+    from benchmarks import ChildRun
+    from benchmarks.bench_build import Pair, print_engine_pairs
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    run = ChildRun("", "", 10.0, 1_000_000_000, 0)
+    pairs = [
+        Pair(
+            job, run, run, 100, "rows+emails, all 19", None, 0.8, floor_s=0.4, floor_one_core_s=0.8
+        )
+        for job in ("first build, fresh project", "second segment, same data")
+    ]
+    print_engine_pairs(10_000_000, pairs, (1.0, 1.0))
+    out = capsys.readouterr().out
+    assert (
+        "hashing / OpenSSL floor 2.00x (2.00-2.00) on 2 cores, 1.00x (1.00-1.00) on one core" in out
+    )
+    assert "first build, fresh project hashing <= 1.3x floor MISSED" in out
