@@ -536,6 +536,7 @@ class _Builder:
         # No NFC here: it would double the cost of the email path and non-ASCII
         # addresses are rare; names and cities are NFC-normalized.
         plain = self._email_field(text, lower, lower)
+        assert plain.digest is not None  # (an email has no default value)
         # the digest of the lowercase address, one column for every layout that uses it
         plain = replace(plain, digest=self.let("email_digest", plain.digest))
         if self.layout != "google_ads":
