@@ -110,6 +110,30 @@ def exact_sizes(crm: Path) -> dict[str, set[str]]:
     return {name: set(frame.get_column("contact_id")) for name, frame in chosen.items()}
 
 
+def exact_people(
+    project: Path, crm: Path, names: list[str], records: dict[str, set[str]] | None = None
+) -> dict[str, set[str]]:
+    """Each segment's people (their smallest CRM id): records sharing a normalized email
+    or phone are one person (``person_keys``, tested in test_people.py), linked over the
+    records of the segments together, as the figures count them. ``records``: each
+    segment's CRM ids (default: :func:`exact_sizes`)."""
+    from audiences.core.config import load_config
+    from audiences.crm.linkage import person_keys
+
+    records = records or exact_sizes(crm)
+    ids = sorted(set().union(*(records[name] for name in names)))
+    contacts = pl.read_parquet(crm / "contacts.parquet").filter(pl.col("contact_id").is_in(ids))
+    config = load_config(project / "audiences.toml")
+    person = dict(
+        zip(
+            contacts.get_column("contact_id"),
+            person_keys(contacts, config, by="contact_id"),
+            strict=True,
+        )
+    )
+    return {name: {person[i] for i in records[name]} for name in names}
+
+
 def half_width(ci95: list[int], value: int) -> float:
     return max(value - ci95[0], ci95[1] - value, 1)
 
@@ -152,7 +176,9 @@ def test_preview_count_is_close_at_the_pack_cap(project: Path, crm: Path) -> Non
 
     cap = builtin_pack("hipaa-marketing").budget.max_epsilon_per_query
     doc = json.loads(preview(project, "seniors", cap).stdout)
-    exact = len(exact_sizes(crm)["seniors"])
+    people = exact_people(project, crm, ["seniors"])["seniors"]
+    exact = len(people)
+    assert exact < len(exact_sizes(crm)["seniors"])  # some people have several records
     value = doc["count"]["value"]
     width = half_width(doc["count"]["ci95"], value)
     assert width < 0.02 * exact  # at ε=1 the interval is narrow for ~4,000 people
@@ -160,7 +186,8 @@ def test_preview_count_is_close_at_the_pack_cap(project: Path, crm: Path) -> Non
     # the breakdown by sex adds up to the people of known sex, within its noise
     by_sex = {row["key"]: row for row in doc["breakdowns"]["sex"]}
     contacts = pl.read_parquet(crm / "contacts.parquet")
-    women = contacts.filter(pl.col("contact_id").is_in(sorted(exact_sizes(crm)["seniors"])))
+    # each person counted with the values of their record with the smallest id
+    women = contacts.filter(pl.col("contact_id").is_in(sorted(people)))
     women_exact = women.filter(pl.col("sex") == "F").height
     assert abs(by_sex["F"]["count"] - women_exact) <= 3 * half_width(
         by_sex["F"]["ci95"], by_sex["F"]["count"]
@@ -193,6 +220,72 @@ def test_refused_requests_spend_nothing(project: Path, epsilon: str) -> None:
     assert run_json(project, "budget")["entries"] == before
 
 
+def copied(crm: Path, out: Path, ids: set[str], copies: int, **changes: Any) -> Path:
+    """The sample CRM in ``out`` with ``copies`` more records of each record in ``ids``:
+    new CRM ids, the same email and phone (the same person), ``changes`` applied."""
+    shutil.copytree(crm, out)
+    contacts = pl.read_parquet(crm / "contacts.parquet")
+    chosen = contacts.filter(pl.col("contact_id").is_in(sorted(ids)))
+    more = [
+        chosen.with_columns(
+            (pl.col("contact_id") + f"-{k}").alias("contact_id"),
+            *(pl.lit(value, contacts.schema[name]).alias(name) for name, value in changes.items()),
+        )
+        for k in range(copies)
+    ]
+    pl.concat([contacts, *more]).write_parquet(out / "contacts.parquet")
+    return out
+
+
+def test_a_person_with_ten_records_counts_once(tmp_path: Path, crm: Path) -> None:
+    """The attack on the guarantee: ε protects one row. Counted per record, a person with
+    ten CRM records was ten rows: protected at ten times the ε the figure reports."""
+    seniors = exact_sizes(crm)["seniors"]
+    data = copied(crm, tmp_path / "crm", seniors, 9)
+    root = make_project(tmp_path / "project", data)
+    ids = pl.read_parquet(data / "contacts.parquet").get_column("contact_id")
+    records = set(ids.filter(ids.str.replace(r"-\d$", "").is_in(sorted(seniors))).to_list())
+    assert len(records) == 10 * len(seniors)
+    # (a record with neither email nor phone links to nothing: its copies are other people)
+    people = len(exact_people(root, data, ["seniors"], {"seniors": records})["seniors"])
+    doc = json.loads(preview(root, "seniors", 1.0).stdout)
+    value = doc["count"]["value"]
+    assert abs(value - people) <= 3 * half_width(doc["count"]["ci95"], value), (value, people)
+    assert value < 2 * people  # (the records: ten times as many)
+
+
+def test_a_person_in_two_segments_by_two_records_is_in_their_overlap(
+    tmp_path: Path, crm: Path
+) -> None:
+    """Each woman aged 65+ gets a second record, marked male: the same person (email and
+    phone) in `women` and in `men`. Linked per segment, those people fell into two cells
+    (women only, men only) and the overlap missed them."""
+    seniors = exact_sizes(crm)["seniors"]
+    contacts = pl.read_parquet(crm / "contacts.parquet")
+    women = set(
+        contacts.filter(pl.col("contact_id").is_in(sorted(seniors)) & (pl.col("sex") == "F"))
+        .get_column("contact_id")
+        .to_list()
+    )
+    data = copied(crm, tmp_path / "crm", women, 1, sex="M")
+    root = make_project(tmp_path / "project", data)
+    (root / "segments" / "men.yaml").write_text(
+        "name: men\ndestinations: [file]\nwhere:\n  sex: {eq: M}\n", encoding="utf-8"
+    )
+    everyone = pl.read_parquet(data / "contacts.parquet")
+    records = {
+        sex: set(everyone.filter(pl.col("sex") == code).get_column("contact_id").to_list())
+        for sex, code in (("women", "F"), ("men", "M"))
+    }
+    exact = exact_people(root, data, ["women", "men"], records)
+    both = len(exact["women"] & exact["men"])
+    assert both >= len(women) * 0.9  # (a few of them were linked to others already)
+    doc = run_json(root, "overlap", "women", "men", "--epsilon", "1", "--as-of", AS_OF.isoformat())
+    cell = {(row["segment"], n): row[n] for row in doc["matrix"] for n in ("women", "men")}
+    bound = 3 * max(doc["ci95_half_width"]["overlaps"], 1)
+    assert abs(cell["women", "men"] - both) <= bound, (cell["women", "men"], both)
+
+
 # ------------------------------------------------------------------------------ overlap
 def test_overlap_matrix(project: Path, crm: Path) -> None:
     names = ["seniors", "ny-adults", "women"]
@@ -204,7 +297,7 @@ def test_overlap_matrix(project: Path, crm: Path) -> None:
         assert all(isinstance(row[n], int) and row[n] >= 0 for n in names)
     cell = {(row["segment"], n): row[n] for row in doc["matrix"] for n in names}
     assert all(cell[a, b] == cell[b, a] for a in names for b in names)
-    exact = exact_sizes(crm)
+    exact = exact_people(project, crm, names)
     sizes, pairs = doc["ci95_half_width"]["sizes"], doc["ci95_half_width"]["overlaps"]
     for a in names:
         for b in names:

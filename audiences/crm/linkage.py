@@ -712,6 +712,12 @@ def flag_linked_records(
 PERSON_LINKS = ("email", "phone")  # the platforms' primary match keys
 
 
+def person_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:
+    """The columns :func:`person_keys` reads besides the id."""
+    links = [link for link in links_for(config, schema) if link.name in PERSON_LINKS]
+    return sorted({c for link in links for c in link.columns})
+
+
 def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Series:
     """For each row of ``records``, the person it belongs to, named by the smallest value of
     column ``by`` (the CRM id) among the records linked to it by a shared normalized email
@@ -723,7 +729,7 @@ def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Ser
     labels = records.get_column(by).alias(by)
     if not links or records.height < 2:
         return labels
-    columns = sorted({c for link in links for c in link.columns})
+    columns = person_columns(config, records.collect_schema())
     rows = records.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias(_ROW), *columns)
     # Equal exact keys have equal coarse keys: only rows whose coarse key another row
     # shares can be linked, and only they are normalized (a few per cent of a CRM).

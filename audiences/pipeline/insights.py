@@ -224,7 +224,8 @@ def preview(
             actor_name(actor),
             as_of,
         )
-        result = dp.preview(members.lazy(), dims, epsilon_total=eps, person="member_key")
+        people = one_record_per_person(config, members)
+        result = dp.preview(people.lazy(), dims, epsilon_total=eps, person=_PERSON)
         remaining = ledger.remaining(sources.digest, as_of)
         renews = ledger.renews(sources.digest, as_of)
         _audit(conn, actor_name(actor), segment.name, eps, "preview", sources.digest)
@@ -232,6 +233,51 @@ def preview(
         ledger.close()
         conn.close()
     return Preview(segment.name, eps, result, remaining, renews, default_epsilon(config, pack))
+
+
+_PERSON = "__person"
+
+
+def one_record_per_person(config: ProjectConfig, records: pl.DataFrame) -> pl.DataFrame:
+    """``records`` one row per person, as ``__person``: records sharing a normalized email
+    or phone, transitively, are one person (the gate's definition, docs/policy-rules.md),
+    counted once with the values of their record with the smallest CRM id. Deduplicating
+    on the record's member key counted a person with two CRM records twice: a noisy
+    figure then protected them at twice the ε it reported."""
+    from audiences.crm.linkage import person_keys
+
+    cid = config.sources.contacts.id
+    persons = person_keys(records, config, by=cid).alias(_PERSON)
+    # a person is named by their smallest id, so that record is the one kept
+    return records.with_columns(persons).filter(pl.col(cid) == pl.col(_PERSON))
+
+
+def _person_records(config: ProjectConfig, records: pl.DataFrame) -> pl.DataFrame:
+    """The CRM id and the columns that link ``records`` into people."""
+    from audiences.crm.linkage import person_columns
+
+    cid = config.sources.contacts.id
+    return records.select(cid, *person_columns(config, records.collect_schema()))
+
+
+def people_of_segments(
+    config: ProjectConfig, segments: dict[str, pl.DataFrame]
+) -> dict[str, pl.LazyFrame]:
+    """Per segment, its people (``__person``), linked over the records of every segment
+    together (``segments``: each one's records, the CRM id and the link columns at least):
+    a person whose records fall into two segments is the same person in both. Linked per
+    segment, their two records were two people in two overlap cells."""
+    from audiences.crm.linkage import person_keys
+
+    cid = config.sources.contacts.id
+    records = pl.concat(
+        [_person_records(config, frame) for frame in segments.values()], how="vertical_relaxed"
+    ).unique(cid, keep="first", maintain_order=True)
+    persons = records.select(cid, person_keys(records, config, by=cid).alias(_PERSON))
+    return {
+        name: frame.select(cid).join(persons, on=cid, how="left").select(_PERSON).lazy()
+        for name, frame in segments.items()
+    }
 
 
 def check_budget(ledger: Ledger, dataset: str, requested: PrivacyBudget, as_of: date) -> None:
@@ -291,16 +337,20 @@ def overlap(
     try:
         requested = PrivacyBudget(eps, 0.0)
         check_budget(ledger, sources.digest, requested, as_of)
-        sets = {
-            s.name: collect_candidates(config, s, sources, as_of, salt, link_opt_outs=False)
-            .select("member_key")
-            .lazy()
-            for s in segments
-        }
+        sets = people_of_segments(
+            config,
+            {
+                s.name: _person_records(
+                    config,
+                    collect_candidates(config, s, sources, as_of, salt, link_opt_outs=False),
+                )
+                for s in segments
+            },
+        )
         ledger.spend(
             sources.digest, requested, f"overlap {','.join(names)}", actor_name(actor), as_of
         )
-        result = dp.dp_overlap(sets, epsilon=eps)
+        result = dp.dp_overlap(sets, epsilon=eps, member_key=_PERSON)
         remaining = ledger.remaining(sources.digest, as_of)
         _audit(conn, actor_name(actor), ",".join(names), eps, "overlap", sources.digest)
     finally:
