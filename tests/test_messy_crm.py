@@ -208,13 +208,51 @@ def test_segment_values_missing_from_the_data_are_warnings(project: Path) -> Non
     assert typo["fix"].startswith("did you mean 'customer'?")
     assert case["column"] == "Department" and "did you mean 'Cardiology'?" in case["fix"]
     assert "case_insensitive" in case["fix"]
-    nobody = {f["message"] for f in by_code["selects-nobody"]}
-    assert nobody == {
-        "segment 'customers' selects nobody in the data",
-        "segment 'cardiology-women' selects nobody in the data",
+    few = {f["message"] for f in by_code["selects-fewer-than-k"]}
+    assert few == {
+        f"segment '{name}' selects fewer than 100 records in the data (a release needs at "
+        "least 100 people; how many fewer is not shown)"
+        for name in ("customers", "cardiology-women")
     }
     # a value rarer than k (the pack's min size) is never suggested
     assert "evangelist" not in json.dumps(doc)
+
+
+def probe_findings(root: Path, segment: str) -> list[tuple[str, str]]:
+    (root / "segments" / "probe.yaml").write_text(segment, encoding="utf-8")
+    status, doc = validate_doc(root)
+    assert status == 0, doc
+    return sorted(
+        (f["code"], f["message"]) for f in doc["warnings"] if f["file"].endswith("probe.yaml")
+    )
+
+
+def test_validate_tells_nobody_whether_one_person_has_a_value(project: Path) -> None:
+    """The attack: a segment naming one person's email and a department (a diagnosis, in
+    a real CRM), then `audiences validate`. "Selects nobody" or not was the answer, with
+    no budget and no k; now the two cases read alike."""
+    person = messy_rows()[7]
+    theirs = person["Department"]
+    other = next(d for d in ("Cardiology", "Oncology", "Primary Care") if d != theirs)
+    probe = (
+        "name: probe\ndestinations: [file]\nwhere:\n  all:\n"
+        f"    - Email: {{eq: {person['Email']}}}\n    - Department: {{eq: {{d}}}}\n"
+    )
+    has = probe_findings(project, probe.replace("{d}", theirs))
+    has_not = probe_findings(project, probe.replace("{d}", other))
+    assert has == has_not
+    assert [code for code, _ in has] == ["selects-fewer-than-k"]
+
+
+def test_validate_tells_nobody_whether_a_rare_value_is_held(project: Path) -> None:
+    """One record is an "evangelist": a value held by fewer than k rows gets the warning
+    a value nobody holds gets (and is never suggested)."""
+    probe = "name: probe\ndestinations: [file]\nwhere:\n  Lifecycle Stage: {{in: [{v}]}}\n"
+    rare = probe_findings(project, probe.format(v="evangelist"))
+    absent = probe_findings(project, probe.format(v="promoter"))
+    assert [code for code, _ in rare] == [code for code, _ in absent]
+    assert ("value-not-in-data" in {code for code, _ in rare}) and len(rare) == 2
+    assert [m.replace("evangelist", "promoter") for _, m in rare] == [m for _, m in absent]
 
 
 def test_every_problem_of_every_file_in_one_run(project: Path) -> None:

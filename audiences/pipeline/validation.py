@@ -277,7 +277,7 @@ class Validation:
                     self.error("event-type", problem)
             if data_ok and len(self.errors) == before:
                 self.values(segment, sources, k)
-                self.selects_somebody(segment, sources)
+                self.selects_enough(segment, sources, k)
         try:
             dimensions(self.config, contacts_schema)
         except AudiencesError as exc:
@@ -297,22 +297,28 @@ class Validation:
                 ),
             )
 
-    def selects_somebody(self, segment: Segment, sources: Sources) -> None:
+    def selects_enough(self, segment: Segment, sources: Sources, k: int) -> None:
+        """A warning when the segment selects fewer than ``k`` records (``k``: the pack's
+        minimum size). Never whether it selects *nobody*: with a condition on an email
+        and one on a diagnosis, "selects nobody" or not told anyone who can run
+        ``validate`` whether that person has that diagnosis; below ``k`` a build is
+        blocked whatever the count, so the threshold tells no more than a build does."""
         from audiences.pipeline.select import segment_context
         from audiences.segments import compile_segment
 
         ctx = segment_context(self.config, self.as_of)
         plan = compile_segment(segment, sources.contacts, sources.events, ctx)
         try:
-            empty = plan.select(pl.len()).collect(engine="streaming").item() == 0
+            few = plan.select(pl.len() < k).collect(engine="streaming").item()
         except pl.exceptions.PolarsError:
             return  # the type checks above report values that do not parse
-        if empty:
+        if few:
             self.findings.append(
                 Finding(
                     "warning",
-                    "selects-nobody",
-                    f"segment {segment.name!r} selects nobody in the data",
+                    "selects-fewer-than-k",
+                    f"segment {segment.name!r} selects fewer than {k} records in the data "
+                    f"(a release needs at least {k} people; how many fewer is not shown)",
                     "check its values (see `audiences columns`) and conditions",
                     segment.source or segment.name,
                     segment.line,
@@ -345,7 +351,9 @@ class Validation:
         config = self.config
         folded = _folds(config, test.field, test.events)
         meant = _meaning(config, test.field, test.events, value)
-        if meant in counts:
+        # a value fewer than k rows hold is reported as one no row holds: whether any row
+        # holds a rare value (a diagnosis, a small town) is not for a marketer to learn
+        if counts.get(meant, 0) >= k:
             return None
         common = [v for v, n in counts.items() if n >= k]
         same_case = [v for v in common if v.lower() == value.lower()]
@@ -365,8 +373,8 @@ class Validation:
         return Finding(
             "warning",
             "value-not-in-data",
-            f"segment {segment.name!r}: no row has {test.field!r} = {value!r} "
-            "(this test matches nobody)",
+            f"segment {segment.name!r}: fewer than {k} rows have {test.field!r} = {value!r} "
+            "(maybe none: how many is not shown)",
             fix,
             segment.source or segment.name,
             test.line,
