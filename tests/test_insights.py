@@ -340,7 +340,7 @@ def test_budget_exhaustion(tmp_path: Path, crm: Path) -> None:
     assert line.startswith("Error: privacy budget exhausted for dataset ")
     assert ": requested ε=0.5, spent ε=6, remaining ε=0 of ε=6 per month; " in line
     assert "renews: never, unless the data changes" in line
-    assert "until 2025-07-01 00:00 UTC" in line  # the next period, from --as-of
+    assert "until 2025-07-01 00:00 UTC" in line  # the next period, from today (the clock)
     # nothing is left: a smaller epsilon cannot help, so the advice does not suggest one
     assert "— the budget is spent: a smaller ε cannot help; it renews: never" in line
     assert refused.stdout == ""
@@ -351,6 +351,29 @@ def test_budget_exhaustion(tmp_path: Path, crm: Path) -> None:
     # overlap draws on the same budget
     blocked = run(root, "overlap", "seniors", "women", "--as-of", AS_OF.isoformat())
     assert blocked.exit_code == 1 and "privacy budget exhausted" in blocked.stderr
+
+
+def test_a_moved_as_of_does_not_renew_the_period(tmp_path: Path, crm: Path) -> None:
+    """The attack: spend the month's budget, let the CRM refresh (a new digest: its own
+    budget, but the same month's cap over every digest), then ask again with `--as-of`
+    in another month. The spend was filed under the month --as-of named, whose cap was
+    untouched: a fresh budget over nearly the same people for each month named."""
+    root = make_project(tmp_path / "project", crm)
+    cap = run_json(root, "budget")["policy"]["max_epsilon_per_query"]
+    for _ in range(6):
+        assert preview(root, "seniors", cap).exit_code == 0
+    contacts = pl.read_parquet(root / "data" / "contacts.parquet")
+    contacts.slice(1).write_parquet(root / "data" / "contacts.parquet")  # the next export
+    for day in ("2025-07-15", "2026-01-15", "2024-12-15"):
+        asked = ["preview", "seniors", "--epsilon", "0.5", "--as-of", day, "--json"]
+        refused = run(root, *asked)
+        assert refused.exit_code == 1, (day, refused.stdout)
+        assert "privacy budget exhausted" in refused.stderr
+        assert "renews: 2025-07-01 00:00 UTC" in refused.stderr  # today's month, not --as-of's
+        overlap = ["overlap", "seniors", "women", "--epsilon", "0.5", "--as-of", day]
+        assert run(root, *overlap).exit_code == 1
+    entries = run_json(root, "budget")["entries"]
+    assert len(entries) == 6 and {e["period"] for e in entries} == {"2025-06"}
 
 
 def test_intervals_never_go_below_zero() -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from audiences.core import clock
 from audiences.core.actor import actor_name
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import ConfigError, UsageError
@@ -197,7 +198,8 @@ def preview(
     from policies.privacy.ledger import open_ledger
 
     step = progress or (lambda _msg, _frac: None)
-    as_of = as_of or datetime.now(UTC).date()
+    as_of = as_of or clock.today()
+    spent_on = clock.now()  # the ledger's day: never --as-of (see check_budget)
     pack = load_pack(config)
     eps = _epsilon(config, epsilon, pack)
     (segment,) = select_segments(config, [segment_name])
@@ -211,7 +213,7 @@ def preview(
     ledger = open_ledger(config, budget_policy(pack))
     try:
         requested = PrivacyBudget(eps, 0.0)
-        check_budget(ledger, sources.digest, requested, as_of)
+        check_budget(ledger, sources.digest, requested, spent_on)
         step(f"{segment.name}: selecting members", 0.4)
         members = collect_candidates(
             config, segment, sources, as_of, project_salt(config.state_dir), link_opt_outs=False
@@ -222,12 +224,12 @@ def preview(
             requested,
             f"preview {segment.name} count+{','.join(dims)}",
             actor_name(actor),
-            as_of,
+            spent_on,
         )
         people = one_record_per_person(config, members)
         result = dp.preview(people.lazy(), dims, epsilon_total=eps, person=_PERSON)
-        remaining = ledger.remaining(sources.digest, as_of)
-        renews = ledger.renews(sources.digest, as_of)
+        remaining = ledger.remaining(sources.digest, spent_on)
+        renews = ledger.renews(sources.digest, spent_on)
         _audit(conn, actor_name(actor), segment.name, eps, "preview", sources.digest)
     finally:
         ledger.close()
@@ -280,7 +282,16 @@ def people_of_segments(
     }
 
 
-def check_budget(ledger: Ledger, dataset: str, requested: PrivacyBudget, as_of: date) -> None:
+# The ledger is charged on the wall clock's day (``audiences.core.clock``), whatever
+# ``--as-of`` reviews the segment at: the budget period is the ledger's, not the caller's.
+# Charged on --as-of, a spend could be filed under any month: the period cap (every
+# digest's spends of a period, so that a CRM refreshed daily does not get a fresh budget
+# each day) renewed for whoever moved the date, a month per --as-of.
+
+
+def check_budget(
+    ledger: Ledger, dataset: str, requested: PrivacyBudget, as_of: date | datetime
+) -> None:
     """The ledger's check, with advice that can work: the largest ε that still fits, or
     the day the budget renews when nothing useful is left."""
     from audiences.core.errors import BudgetExhausted
@@ -325,7 +336,8 @@ def overlap(
             f"got {len(names)}",
             "compare fewer segments at a time",
         )
-    as_of = as_of or datetime.now(UTC).date()
+    as_of = as_of or clock.today()
+    spent_on = clock.now()  # the ledger's day: never --as-of (see check_budget)
     pack = load_pack(config)
     eps = _epsilon(config, epsilon, pack)
     segments = select_segments(config, names)
@@ -336,7 +348,7 @@ def overlap(
     ledger = open_ledger(config, budget_policy(pack))
     try:
         requested = PrivacyBudget(eps, 0.0)
-        check_budget(ledger, sources.digest, requested, as_of)
+        check_budget(ledger, sources.digest, requested, spent_on)
         sets = people_of_segments(
             config,
             {
@@ -348,10 +360,10 @@ def overlap(
             },
         )
         ledger.spend(
-            sources.digest, requested, f"overlap {','.join(names)}", actor_name(actor), as_of
+            sources.digest, requested, f"overlap {','.join(names)}", actor_name(actor), spent_on
         )
         result = dp.dp_overlap(sets, epsilon=eps, member_key=_PERSON)
-        remaining = ledger.remaining(sources.digest, as_of)
+        remaining = ledger.remaining(sources.digest, spent_on)
         _audit(conn, actor_name(actor), ",".join(names), eps, "overlap", sources.digest)
     finally:
         ledger.close()
@@ -372,12 +384,12 @@ def overlap(
     }
 
 
-def budget(config: ProjectConfig, *, as_of: date | None = None) -> dict[str, Any]:
+def budget(config: ProjectConfig, *, as_of: date | datetime | None = None) -> dict[str, Any]:
     from audiences.crm.sources import source_digest
     from policies.pack import load_pack
     from policies.privacy.ledger import open_ledger
 
-    as_of = as_of or datetime.now(UTC).date()
+    as_of = as_of or clock.now()  # (the CLI passes none: the ledger's own day)
     pack = load_pack(config)
     policy = budget_policy(pack)
     dataset = source_digest(config)
