@@ -37,7 +37,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from audiences.core.errors import ConfigError
 from policies.rules import REQUIRED_CONSENT, RULE_KINDS, SALE_ONLY, Params, Rule
@@ -78,6 +85,15 @@ class BudgetSettings(_Model):
         allow_inf_nan=False,
         description="ε spent on the noisy member count of each build summary (0: none)",
     )
+
+    @model_validator(mode="after")
+    def _query_within_period(self) -> BudgetSettings:
+        if self.max_epsilon_per_query > self.epsilon_per_period:
+            raise ValueError(
+                f"max_epsilon_per_query ({self.max_epsilon_per_query}) exceeds "
+                f"epsilon_per_period ({self.epsilon_per_period}): lower it too"
+            )
+        return self
 
 
 class PackFile(_Model):
@@ -241,7 +257,7 @@ def _resolve(pack_file: PackFile, where: str, chain: tuple[str, ...]) -> Pack:
         for rid in order
     )
     extends = () if base is None else (base.name, *base.extends)
-    budget = pack_file.budget or (base.budget if base is not None else None)
+    budget = _budget(pack_file, base, where)
     return Pack(
         name=pack_file.name,
         version=pack_file.version,
@@ -250,7 +266,7 @@ def _resolve(pack_file: PackFile, where: str, chain: tuple[str, ...]) -> Pack:
         rules=rules,
         origin=where,
         require_approval=_require_approval(pack_file, base, where),
-        budget=budget or BudgetSettings(epsilon_per_period=10.0),
+        budget=budget,
         jurisdictions=tuple(pack_file.jurisdictions or (base.jurisdictions if base else ())),
     )
 
@@ -360,6 +376,56 @@ def _require_approval(pack_file: PackFile, base: Pack | None, where: str) -> boo
             where=where,
         )
     return require_approval
+
+
+_PERIODS = ("day", "week", "month", "quarter")  # shortest first: a shorter one renews sooner
+
+
+def _budget(pack_file: PackFile, base: Pack | None, where: str) -> BudgetSettings:
+    """The pack's privacy budget: the base's, with what the pack sets itself; a pack may
+    tighten its base's budget, not loosen it. Previews and overlaps need no approval: a
+    project pack that raised ε (any user who can edit ``policies/`` and ``audiences.toml``
+    can write one) gave exact counts to whoever asked, with no officer in the loop."""
+    own = pack_file.budget
+    if base is None:
+        return own or BudgetSettings(epsilon_per_period=10.0)
+    if own is None:
+        return base.budget
+    ours = base.budget.model_dump() | own.model_dump(include=own.model_fields_set)
+    try:
+        merged = BudgetSettings.model_validate(ours)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(
+            f"pack {pack_file.name!r} budget: {err['msg']}",
+            "fix the budget (see docs/policy-rules.md)",
+            where=where,
+        ) from None
+    was = base.budget
+    looser = [
+        name
+        for name, loosened in (
+            ("epsilon_per_period", merged.epsilon_per_period > was.epsilon_per_period),
+            ("delta_per_period", merged.delta_per_period > was.delta_per_period),
+            ("max_epsilon_per_query", merged.max_epsilon_per_query > was.max_epsilon_per_query),
+            ("build_summary_epsilon", merged.build_summary_epsilon > was.build_summary_epsilon),
+            ("period", _PERIODS.index(merged.period) < _PERIODS.index(was.period)),
+            (
+                "refresh_on_unchanged_data",
+                merged.refresh_on_unchanged_data and not was.refresh_on_unchanged_data,
+            ),
+        )
+        if loosened
+    ]
+    if looser:
+        raise ConfigError(
+            f"pack {pack_file.name!r} loosens the privacy budget of {base.name!r} "
+            f"({', '.join(looser)})",
+            "a pack may tighten its base's budget (less ε, a longer period), not loosen it; "
+            "remove those settings",
+            where=where,
+        )
+    return merged
 
 
 def builtin_pack(name: str) -> Pack:

@@ -376,6 +376,28 @@ def test_a_moved_as_of_does_not_renew_the_period(tmp_path: Path, crm: Path) -> N
     assert len(entries) == 6 and {e["period"] for e in entries} == {"2025-06"}
 
 
+def test_a_project_pack_with_a_larger_budget_is_refused(tmp_path: Path, crm: Path) -> None:
+    """The attack through the configuration: a pack of one's own extending
+    hipaa-marketing with ε 100,000 per month, then `preview --epsilon 5000`: exact counts,
+    no officer involved. Refused at load, one line, nothing spent."""
+    root = make_project(tmp_path / "project", crm)
+    (root / "policies").mkdir(exist_ok=True)
+    (root / "policies" / "mine.yaml").write_text(
+        "name: mine\nversion: '1'\nextends: hipaa-marketing\nbudget:\n"
+        "  epsilon_per_period: 100000\n  max_epsilon_per_query: 10000\n",
+        encoding="utf-8",
+    )
+    toml = (root / "audiences.toml").read_text()
+    (root / "audiences.toml").write_text(
+        toml.replace('pack = "hipaa-marketing"', 'pack = "policies/mine.yaml"', 1)
+    )
+    result = run(root, "preview", "seniors", "--epsilon", "5000", "--as-of", AS_OF.isoformat())
+    assert result.exit_code == 1 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert "loosens the privacy budget of 'hipaa-marketing'" in line
+    assert "epsilon_per_period, max_epsilon_per_query" in line
+
+
 def test_intervals_never_go_below_zero() -> None:
     """A cell with no people can draw a very negative noisy count: shown as 0, its interval
     must still contain 0 (was [0, -10] before the fix) and keep the noise's half-width

@@ -239,3 +239,49 @@ def test_opt_in_rule_needs_the_opt_in_column(tmp_path):
 def test_unknown_builtin_name_suggests_builtins(tmp_path):
     with pytest.raises(ConfigError, match="no built-in policy pack 'strict'"):
         builtin_pack("strict")
+
+
+# --- the privacy budget: a project pack may tighten it, not loosen it -----------------------
+
+HIPAA = "name: ours\nversion: 1\nextends: hipaa-marketing\n"
+
+
+def test_a_project_pack_inherits_and_may_tighten_the_budget(tmp_path):
+    base = builtin_pack("hipaa-marketing").budget
+    inherited = load_pack(config(tmp_path, project_pack(tmp_path, HIPAA))).budget
+    assert inherited == base
+    tighter = "budget:\n  epsilon_per_period: 3\n  period: quarter\n"
+    ours = load_pack(config(tmp_path, project_pack(tmp_path, HIPAA + tighter))).budget
+    assert (ours.epsilon_per_period, ours.period) == (3.0, "quarter")
+    # what the pack does not set is its base's, not the defaults'
+    assert ours.max_epsilon_per_query == base.max_epsilon_per_query
+    assert ours.build_summary_epsilon == base.build_summary_epsilon
+    same = f"budget:\n  epsilon_per_period: {base.epsilon_per_period}\n"
+    assert load_pack(config(tmp_path, project_pack(tmp_path, HIPAA + same))).budget == base
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("  epsilon_per_period: 1000\n", "epsilon_per_period"),
+        ("  epsilon_per_period: 6\n  max_epsilon_per_query: 6\n", "max_epsilon_per_query"),
+        ("  epsilon_per_period: 6\n  delta_per_period: 0.000001\n", "delta_per_period"),
+        ("  epsilon_per_period: 6\n  period: day\n", "period"),
+        ("  epsilon_per_period: 6\n  refresh_on_unchanged_data: true\n", "refresh_on_unchanged"),
+        ("  epsilon_per_period: 6\n  build_summary_epsilon: 0.5\n", "build_summary_epsilon"),
+    ],
+)
+def test_a_project_pack_never_loosens_the_budget(tmp_path, setting, named):
+    """The attack: anyone who can edit policies/ and audiences.toml writes a pack with a
+    larger budget; previews and overlaps need no approval, so exact counts followed."""
+    path = project_pack(tmp_path, HIPAA + "budget:\n" + setting)
+    with pytest.raises(ConfigError, match="loosens the privacy budget") as err:
+        load_pack(config(tmp_path, path))
+    assert named in str(err.value)
+
+
+def test_a_budget_that_contradicts_itself_once_merged_is_refused(tmp_path):
+    # ε 0.5 per month under hipaa-marketing's 1.0 per query: the pack must lower both
+    path = project_pack(tmp_path, HIPAA + "budget:\n  epsilon_per_period: 0.5\n")
+    with pytest.raises(ConfigError, match="budget"):
+        load_pack(config(tmp_path, path))
