@@ -194,7 +194,7 @@ def evaluate(inp: GateInput) -> GateOutcome:
 
     # 1. filters
     filter_verdicts, excluded, unsold = _filter_verdicts(pack, ctx)
-    eligible = _eligible_members(config, cand, excluded, unsold, sold, lambda: ctx.persons)
+    eligible = _eligible_members(config, cand, excluded, unsold, sold, persons=lambda: ctx.persons)
 
     # 2. destinations
     checks = _check_destinations(inp, phi, eligible)
@@ -300,7 +300,8 @@ def _eligible_members(
     excluded: np.ndarray,
     unsold: np.ndarray | None = None,
     sold: tuple[str, ...] = (),
-    persons: Callable[[], pl.Series | None] | None = None,
+    *,
+    persons: Callable[[], pl.Series | None],
 ) -> _Eligible:
     """The members a release may carry: not excluded, with a member key, deduplicated.
     ``persons``: the person of each candidate record, as the filters' context keeps it
@@ -321,9 +322,10 @@ def _eligible_members(
         .select(*columns, *([cid] if cid not in columns else []))
         .filter(pl.Series(kept_mask))
     )
-    known = persons() if persons is not None else None
-    kept_persons = known.filter(pl.Series(kept_mask)) if known is not None else None
-    members = _one_row_per_person(config, records, kept_persons)
+    known = persons()
+    if known is None:  # (only without the CRM id column, which the select above needs)
+        raise InternalError("the gate's candidates need the CRM id column")
+    members = _one_row_per_person(config, records, known.filter(pl.Series(kept_mask)))
     keys = difference.sorted_keys(members.get_column("member_key"))
     exempt = difference.sorted_keys(keys_all.filter(pl.Series(excluded & ~no_key)))
     if exempt.size and keys.size:
@@ -339,15 +341,14 @@ def _eligible_members(
 
 
 def _one_row_per_person(
-    config: ProjectConfig, records: pl.DataFrame, persons: pl.Series | None = None
+    config: ProjectConfig, records: pl.DataFrame, persons: pl.Series
 ) -> pl.DataFrame:
     """People, not records: records sharing a normalized email or phone (or one member key)
     are one person, released once as the record with the smallest CRM id (its member key),
     each identifier taken from the first of the person's records, by CRM id, that has it.
-    ``persons``: the person of each record, if known (else linked among ``records``)."""
+    ``persons``: the person of each record, linked over all the gate's candidates (never
+    among ``records`` alone: see :func:`_eligible_members`)."""
     cid = config.sources.contacts.id
-    if persons is None:
-        persons = person_keys(records, config, by=cid)
     if persons.n_unique() == records.height and records.get_column("member_key").is_unique().all():
         return records.drop(cid) if cid not in _release_columns(config, records) else records
     keep = [c for c in records.columns if c != "__person"]
