@@ -303,7 +303,7 @@ CASES_TABLE = [
     ),
     pytest.param(
         contacts_csv(null_an_adults_id), BUILD, 1,
-        r"1 row\(s\) without an id in column 'contact_id' .* — every CRM record needs an id",
+        r"has 1 row\(s\) without an id in column 'contact_id' — every CRM record needs an id",
         id="missing-contact-id",
     ),
     pytest.param(
@@ -328,7 +328,8 @@ CASES_TABLE = [
     ),
     pytest.param(
         contacts_csv(duplicate_an_adult), BUILD, 1,
-        r"duplicate ids in column 'contact_id' .* — each CRM record needs a unique id",
+        r"duplicate ids in column 'contact_id' \(2 rows share an id with another row\) — "
+        r"each CRM record needs a unique id",
         id="duplicate-contact-ids",
     ),
     pytest.param(

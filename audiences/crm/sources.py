@@ -79,6 +79,19 @@ class Sources:
         return self.pending_digest.result()
 
 
+def file_stamp(path: Path | None) -> list[int]:
+    """A file as the file system knows it: size, modification and change times, inode and
+    device (``[]`` for no file: a database table). A record made for one version of an
+    export (the opt-out index, the id check) holds it beside the source digest: the
+    digest cache (``digests.json``) is not authenticated, and a rewrite that restores a
+    file's size and modification time still changes its change time and, renamed in,
+    its inode."""
+    if path is None:
+        return []
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
 def _check_file(name: str, source: SourceConfig, config: ProjectConfig) -> Path:
     path = config.path(source.file())
     if not path.exists():

@@ -43,7 +43,7 @@ import polars as pl
 from audiences.core.atomic import write_with
 from audiences.core.config import ProjectConfig
 from audiences.crm.linkage import IndexStore, Seeds
-from audiences.crm.sources import Sources
+from audiences.crm.sources import Sources, file_stamp
 from audiences.pipeline import state_record
 
 __all__ = ["INDEX_NAME", "REQUESTS_INDEX_NAME", "StateIndexStore", "store_for"]
@@ -91,13 +91,7 @@ class StateIndexStore(IndexStore):
         return (a, b, c, d)
 
     def _file(self) -> list[int]:
-        """The contacts file as the file system knows it. The source digest is cached by
-        size and modification time; the change time and inode also change when the file
-        is rewritten, even with its old size and a restored modification time."""
-        if self._contacts is None:
-            return []
-        st = self._contacts.stat()
-        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+        return file_stamp(self._contacts)
 
     def _mac(self, *parts: bytes | memoryview) -> bytes:
         """The MAC of the concatenation of ``parts`` (fed in turn: no joined copy)."""

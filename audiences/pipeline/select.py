@@ -17,6 +17,7 @@ from audiences.core.errors import AudiencesError, DataError, SegmentError
 from audiences.core.memory import own_strings
 from audiences.crm.identifiers import member_key
 from audiences.crm.sources import Sources, diagnose_values
+from audiences.pipeline.export_checks import require_whole_ids, whole_export_id_error
 
 if TYPE_CHECKING:
     from audiences.segments import Segment, SegmentContext
@@ -142,6 +143,8 @@ def collect_candidates(
     plan = plan.select(gate_columns(config, plan.collect_schema()))
     plan = plan.with_columns(own_strings(plan.collect_schema()))  # not the scan's buffers
     try:
+        # the ids of the whole export, never only this segment's: see export_checks
+        require_whole_ids(config, sources)
         if link_opt_outs:  # before the candidates are held (the same index, less memory)
             prepare_opt_out_index(config, sources)
         frame = plan.collect(engine="streaming")
@@ -156,20 +159,14 @@ def collect_candidates(
         frame = frame.rechunk()
     except pl.exceptions.PolarsError as exc:
         raise _explain_collect_failure(config, exc) from None
-    missing = frame.get_column(cid).null_count() if frame.height else 0
-    if missing:
-        raise DataError(
-            f"source 'contacts' has {missing} row(s) without an id in column {cid!r} "
-            "(in this segment)",
-            "every CRM record needs an id; fix the export or point [sources.contacts].id at "
-            "a column that is always filled",
-        )
-    if frame.height and frame.get_column(cid).is_duplicated().any():
-        dupes = int(frame.get_column(cid).is_duplicated().sum())
-        raise DataError(
-            f"source 'contacts' has duplicate ids in column {cid!r} ({dupes} rows in this segment)",
-            "each CRM record needs a unique id; deduplicate the export or point "
-            "[sources.contacts].id at the unique key",
+    if frame.height and (
+        frame.get_column(cid).null_count() or frame.get_column(cid).is_duplicated().any()
+    ):
+        # the export passed its check, or its record said so: the record was forged, or the
+        # export changed while it was read; the error is the whole export's either way
+        raise whole_export_id_error(config, sources) or DataError(
+            "source 'contacts' changed while it was read (its ids no longer match the check)",
+            "run the command again once the export is written",
         )
     return frame
 
