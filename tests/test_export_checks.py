@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 import pytest
@@ -40,7 +41,7 @@ def crm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from audiences.demo.sample import write
 
     out = tmp_path_factory.mktemp("crm-ids")
-    write(out, 2_000, seed=5, as_of=AS_OF, formats=("parquet",))
+    write(out, 2_000, seed=5, as_of=AS_OF, formats=("parquet", "csv"))
     return out
 
 
@@ -69,12 +70,11 @@ def rewrite(root: Path, change: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
     frame.write_parquet(path)
 
 
-def probe(root: Path, email: str, diagnosis: str) -> None:
-    """A segment that selects one record if it carries ``diagnosis``, nobody if not."""
+def probe(root: Path, email: str, condition: str) -> None:
+    """A segment that selects one record if it meets ``condition``, nobody if not."""
     (root / "segments" / "probe.yaml").write_text(
         "name: probe\ndestinations: [file]\nwhere:\n  all:\n"
-        f"    - email: {{eq: {email}}}\n"
-        f"    - diagnosis_codes: {{contains: {diagnosis}}}\n",
+        f"    - email: {{eq: {json.dumps(email)}}}\n    - {condition}\n",
         encoding="utf-8",
     )
 
@@ -83,16 +83,39 @@ def run(root: Path, *args: str) -> Result:
     return CliRunner().invoke(cli, ["-p", str(root), *args])
 
 
-def target(crm: Path) -> tuple[int, str, str, str]:
-    """A record with an email and a diagnosis: (row, email, a code it has, one it has not)."""
+class Target(NamedTuple):
+    row: int
+    email: str
+    diagnosis: tuple[str, str]  # conditions: the record meets the first, not the second
+    insurance: tuple[str, str]  # the same on a text column polars filters while reading
+
+
+def target(crm: Path) -> Target:
+    """A record with an email, a diagnosis and an insurance type, past the first rows."""
     frame = pl.read_parquet(crm / "contacts.parquet").with_row_index("_row")
     row = frame.filter(
-        pl.col("email").is_not_null() & (pl.col("diagnosis_codes").list.len() > 0)
+        pl.col("email").is_not_null()
+        & (pl.col("diagnosis_codes").list.len() > 0)
+        & pl.col("insurance_type").is_not_null()
+        & (pl.col("_row") > 1000)  # not in the first rows, which some reads look at
     ).row(0, named=True)
-    has = row["diagnosis_codes"][0]
-    codes = frame.get_column("diagnosis_codes").explode().drop_nulls().unique().to_list()
-    has_not = next(c for c in sorted(codes) if c not in row["diagnosis_codes"])
-    return row["_row"], row["email"], has, has_not
+    codes = frame.get_column("diagnosis_codes").explode().drop_nulls().unique().sort()
+    code_not = next(c for c in codes if c not in row["diagnosis_codes"])
+    kinds = frame.get_column("insurance_type").drop_nulls().unique().sort()
+    kind_not = next(k for k in kinds if k != row["insurance_type"])
+    contains = "diagnosis_codes: {{contains: {}}}"
+    return Target(
+        row["_row"],
+        row["email"],
+        (
+            contains.format(json.dumps(row["diagnosis_codes"][0])),
+            contains.format(json.dumps(code_not)),
+        ),
+        (
+            f"insurance_type: {{eq: {json.dumps(row['insurance_type'])}}}",
+            f"insurance_type: {{eq: {json.dumps(kind_not)}}}",
+        ),
+    )
 
 
 def null_id_at(row: int) -> Callable[[pl.DataFrame], pl.DataFrame]:
@@ -113,10 +136,12 @@ def id_of_row_zero_at(row: int) -> Callable[[pl.DataFrame], pl.DataFrame]:
     return change
 
 
-def answers(root: Path, email: str, has: str, has_not: str, *command: str) -> list[tuple[int, str]]:
+def answers(
+    root: Path, email: str, conditions: tuple[str, str], *command: str
+) -> list[tuple[int, str]]:
     out = []
-    for diagnosis in (has, has_not):
-        probe(root, email, diagnosis)
+    for condition in conditions:
+        probe(root, email, condition)
         result = run(root, *command)
         out.append((result.exit_code, result.output))
     return out
@@ -133,14 +158,14 @@ def test_one_persons_broken_id_reads_alike_whatever_the_segment(
     tmp_path: Path, crm: Path, breaks: Callable[[int], Callable], command: tuple[str, ...]
 ) -> None:
     root = project(tmp_path / "p", crm)
-    row, email, has, has_not = target(crm)
-    rewrite(root, breaks(row))
-    with_it, without_it = answers(root, email, has, has_not, *command)
+    person = target(crm)
+    rewrite(root, breaks(person.row))
+    with_it, without_it = answers(root, person.email, person.diagnosis, *command)
     assert with_it == without_it  # the same exit code and the same words
     assert with_it[0] == 1
     assert "in this segment" not in with_it[1]
     assert ("without an id" in with_it[1]) or ("duplicate ids" in with_it[1])
-    assert email not in with_it[1]
+    assert person.email not in with_it[1]
 
 
 def test_the_counts_are_the_whole_exports(tmp_path: Path, crm: Path) -> None:
@@ -258,3 +283,48 @@ def test_a_record_forged_with_the_key_still_gives_the_whole_exports_error(
     assert result.exit_code == 1
     assert "has 1 row(s) without an id in column 'contact_id' —" in result.output
     assert "in this segment" not in result.output
+
+
+# ------------------------------------------------------- values that do not parse (CSV)
+CSV_TYPES = (
+    'columns = { birth_date = "date", marketing_opt_in = "bool", hipaa_auth_date = "date", '
+    'hipaa_auth_expires = "date", hipaa_auth_revoked_at = "date", diagnosis_codes = '
+    '"list[str]", service_lines = "list[str]", medication_classes = "list[str]" }'
+)
+
+
+def csv_contacts(root: Path, row: int, column: str, value: str) -> None:
+    """Contacts from the CSV, types declared, ``value`` in ``column`` at data row ``row``."""
+    toml = root / "audiences.toml"
+    text = toml.read_text(encoding="utf-8")
+    text = text.replace('path = "data/contacts.parquet"', 'path = "data/contacts.csv"', 1)
+    text = text.replace("# columns = { birth_date", f"{CSV_TYPES}\n# columns = {{ birth_date", 1)
+    toml.write_text(text, encoding="utf-8")
+    path = root / "data" / "contacts.csv"
+    frame = pl.read_csv(path, infer_schema=False)
+    cells = frame.get_column(column).to_list()
+    cells[row] = value
+    frame.with_columns(pl.Series(column, cells, dtype=pl.String)).write_csv(path)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "words"),
+    [("birth_date", "31/02/1970", "not a date"), ("marketing_opt_in", "maybe", "not a bool")],
+)
+@pytest.mark.parametrize(
+    "command", [("build", "probe"), ("preview", "probe")], ids=["build", "preview"]
+)
+def test_one_persons_unparsable_value_reads_alike_whatever_the_segment(
+    tmp_path: Path, crm: Path, column: str, value: str, words: str, command: tuple[str, ...]
+) -> None:
+    """A declared type was parsed after the segment's filters: a bad cell in one record
+    failed only the segments that held it (a preview of a segment without it answered)."""
+    root = project(tmp_path / "p", crm)
+    person = target(crm)
+    csv_contacts(root, person.row, column, value)
+    with_it, without_it = answers(root, person.email, person.insurance, *command)
+    assert with_it == without_it
+    assert with_it[0] == 1 and words in with_it[1]
+    assert (
+        f"line {person.row + 2} of contacts.csv" in with_it[1]
+    )  # where to fix it, the whole file's

@@ -62,6 +62,9 @@ class Sources:
     cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # database sources by name ("contacts", "events"); empty for files
     tables: dict[str, TableSource] = field(default_factory=dict, compare=False)
+    # per source name, the columns whose declared type is parsed from what the file holds
+    # (text to a date, a bool, a number): a value that does not parse fails the read
+    parsed: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
     @property
     def in_database(self) -> bool:
@@ -249,9 +252,14 @@ def scan_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.La
     return _scan(name, source, config)[0]
 
 
+def _parses(spec: ColumnSpec, stored: pl.DataType) -> bool:
+    """Can the declared conversion of a column stored as ``stored`` fail on a value?"""
+    return spec.type not in ("str", "list[str]") and stored != _DTYPES[spec.type]
+
+
 def _scan(
     name: str, source: SourceConfig, config: ProjectConfig
-) -> tuple[pl.LazyFrame, TableSource | None]:
+) -> tuple[pl.LazyFrame, TableSource | None, tuple[str, ...]]:
     opened = open_table(name, source, config) if source.is_database else None
     if opened is not None:
         schema = opened.schema
@@ -270,17 +278,19 @@ def _scan(
 
         order = getattr(source, "id", None)  # contacts: the unique id
         view = scan_table(name, opened.database, opened.table, schema, opened.conversions, order)
-        return view, opened
+        return view, opened, ()  # (the declared types fit the stored ones: open_table)
+    specs = source.column_specs()
     conversions = [
-        _convert(col, spec, source.list_separator, schema[col])
-        for col, spec in source.column_specs().items()
+        _convert(col, spec, source.list_separator, schema[col]) for col, spec in specs.items()
     ]
-    return (lf.with_columns(conversions) if conversions else lf), None
+    parsed = tuple(col for col, spec in specs.items() if _parses(spec, schema[col]))
+    return (lf.with_columns(conversions) if conversions else lf), None, parsed
 
 
 def load_sources(config: ProjectConfig) -> Sources:
     tables: dict[str, TableSource] = {}
-    contacts, opened = _scan("contacts", config.sources.contacts, config)
+    contacts, opened, contacts_parsed = _scan("contacts", config.sources.contacts, config)
+    parsed = {"contacts": contacts_parsed}
     if opened is not None:
         tables["contacts"] = opened
     schema = contacts.collect_schema()
@@ -299,7 +309,7 @@ def load_sources(config: ProjectConfig) -> Sources:
     events = None
     if config.sources.events is not None:
         ev = config.sources.events
-        events, opened = _scan("events", ev, config)
+        events, opened, parsed["events"] = _scan("events", ev, config)
         if opened is not None:
             tables["events"] = opened
         ev_schema = events.collect_schema()
@@ -314,6 +324,7 @@ def load_sources(config: ProjectConfig) -> Sources:
         events=events,
         pending_digest=_digest_in_background(config),
         tables=tables,
+        parsed=parsed,
     )
 
 

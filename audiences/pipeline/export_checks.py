@@ -1,23 +1,27 @@
-"""Checks of the whole contacts export, once per export: every record has an id, and no
-two records share one.
+"""Checks of the whole export, once per export: every value of a column with a declared
+type parses as that type (a CSV's dates, flags, numbers), every contact has an id, and no
+two contacts share one.
 
-They used to run on a segment's candidates, and their errors counted the rows *of this
-segment* without an id or sharing one. A segment narrowed to one person ("this email and
-this diagnosis") then failed, or went on to "fewer than k", depending on that person's
-record: an exact answer about a record the caller may not see, with no budget, no k and
-no audit (the same kind of oracle as ``validate``'s "selects nobody",
-``docs/segments.md``). Run over the whole export, the check fails every build, preview
-and overlap of a broken export alike, with the same counts, whatever the segment.
+They used to happen on a segment's rows only. The id check counted the rows *of this
+segment* without an id or sharing one, and a strict parse of a declared type ran on the
+rows left after the segment's filters (polars pushes a filter below the parse). A segment
+narrowed to one person ("this email and this diagnosis") then failed, or went on to
+"fewer than k", depending on that person's record: an exact answer about a record the
+caller may not see, with no budget, no k and no audit (the same kind of oracle as
+``validate``'s "selects nobody", ``docs/segments.md``). Run over the whole export, the
+checks fail every build, preview and overlap of a broken export alike, with the same
+words, whatever the segment.
 
-An export that passed is remembered in ``.audiences/export-checks.json``: the contacts
-file's size, modification and change times, inode and device (a database table's digest),
-and the id column, authenticated with HMAC-SHA256 under a key derived from the project secret
-(``record.key``). A night of builds over one export checks it once (10M contacts: about
-0.5 s, the ids' 64-bit hashes counted; the exact count only when those collide). A record
-that is missing, damaged, forged or of another export is not trusted: the export is
-checked again. The candidates are still checked after they are collected; should they
-show a problem the record said was not there, the whole export is checked again, so the
-error is the whole export's in any case.
+An export that passed is remembered in ``.audiences/export-checks.json``: each source
+file's size, modification and change times, inode and device (database tables: their
+digest) and the sources' settings, authenticated with HMAC-SHA256 under a key derived
+from the project secret (``record.key``). A night of builds over one export checks it
+once (10M Parquet contacts, whose types are stored: about 0.5 s, the ids' 64-bit hashes
+counted; the exact count only when those collide). A record that is missing, damaged,
+forged or of another export is not trusted: the export is checked again. The candidates'
+ids are still checked after they are collected; should they show a problem the record
+said was not there, the whole export is checked again, so the error is the whole
+export's in any case.
 """
 
 from __future__ import annotations
@@ -31,16 +35,16 @@ from typing import Any
 import polars as pl
 
 from audiences.core.atomic import write_text
-from audiences.core.config import ProjectConfig
+from audiences.core.config import ProjectConfig, SourceConfig
 from audiences.core.errors import DataError
 from audiences.crm.sources import Sources, file_stamp
 from audiences.pipeline import state_record
 
-__all__ = ["CHECKS_NAME", "id_problems", "require_whole_ids", "whole_export_id_error"]
+__all__ = ["CHECKS_NAME", "check_whole_export", "id_problems", "whole_export_error"]
 
 CHECKS_NAME = "export-checks.json"
 _KEEP = 8  # exports remembered (a project reading a few exports in turn)
-_CACHE_KEY = "export-ids-checked"
+_CACHE_KEY = "export-checked"
 
 
 def id_problems(contacts: pl.LazyFrame, column: str) -> tuple[int, int]:
@@ -66,9 +70,25 @@ def id_problems(contacts: pl.LazyFrame, column: str) -> tuple[int, int]:
     return row["missing"], int(shared)
 
 
-def whole_export_id_error(config: ProjectConfig, sources: Sources) -> DataError | None:
-    """The error of the whole contacts export's ids, or ``None`` when they are sound."""
+def whole_export_error(config: ProjectConfig, sources: Sources) -> DataError | None:
+    """The whole export's first problem (a value that does not parse as its declared
+    type, then a missing or shared contact id), or ``None`` when it has none."""
+    from audiences.crm.sources import diagnose_values
+
     cid = config.sources.contacts.id
+    named: list[tuple[str, pl.LazyFrame, SourceConfig]] = [
+        ("contacts", sources.contacts, config.sources.contacts)
+    ]
+    if sources.events is not None and config.sources.events is not None:
+        named.append(("events", sources.events, config.sources.events))
+    for name, frame, source in named:
+        parsed = sources.parsed.get(name, ())
+        if not parsed:
+            continue
+        try:  # every value of every parsed column, not only a segment's rows
+            frame.select(pl.col(parsed).null_count()).collect()
+        except pl.exceptions.PolarsError as exc:
+            return diagnose_values(name, source, config, exc)
     missing, shared = id_problems(sources.contacts, cid)
     if missing:
         return DataError(
@@ -86,8 +106,8 @@ def whole_export_id_error(config: ProjectConfig, sources: Sources) -> DataError 
     return None
 
 
-def require_whole_ids(config: ProjectConfig, sources: Sources) -> None:
-    """Raise the whole export's id error, if it has one: once per export (see the module
+def check_whole_export(config: ProjectConfig, sources: Sources) -> None:
+    """Raise the whole export's error, if it has one: once per export (see the module
     docstring), whatever the segment about to be collected."""
     if sources.cache.get(_CACHE_KEY):
         return
@@ -95,7 +115,7 @@ def require_whole_ids(config: ProjectConfig, sources: Sources) -> None:
     if stamp in _checked(config.state_dir):
         sources.cache[_CACHE_KEY] = True
         return
-    error = whole_export_id_error(config, sources)
+    error = whole_export_error(config, sources)
     if error is not None:
         raise error
     _remember(config.state_dir, stamp)
@@ -103,14 +123,21 @@ def require_whole_ids(config: ProjectConfig, sources: Sources) -> None:
 
 
 def _stamp(config: ProjectConfig, sources: Sources) -> dict[str, Any]:
-    """Which export was checked: the contacts file's stamp (a rewrite changes its change
-    time), or for a database table its digest. Not a file's digest: on the first build of
-    an export it is still being computed in the background, and waiting for it here
-    would stop the build for as long (about 2 s at 10M contacts)."""
-    source = config.sources.contacts
-    if source.path is None:
-        return {"digest": sources.digest, "id": source.id}
-    return {"file": file_stamp(config.path(source.path)), "id": source.id}
+    """Which export was checked, and how it is read: each source file's stamp (a rewrite
+    changes its change time), the database tables' digest, and the sources' settings (the
+    id column, the declared types). Not the files' digest: on the first build of an export
+    it is still being computed in the background, and waiting for it here would stop the
+    build for as long (about 2 s at 10M contacts)."""
+    named: list[SourceConfig] = [config.sources.contacts]
+    if config.sources.events is not None:
+        named.append(config.sources.events)
+    stamp: dict[str, Any] = {
+        "sources": [s.model_dump(mode="json") for s in named],
+        "files": [file_stamp(config.path(s.path)) if s.path is not None else [] for s in named],
+    }
+    if any(s.path is None for s in named):
+        stamp["digest"] = sources.digest
+    return stamp
 
 
 def _key(state_dir: Path) -> bytes:

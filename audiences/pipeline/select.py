@@ -17,7 +17,7 @@ from audiences.core.errors import AudiencesError, DataError, SegmentError
 from audiences.core.memory import own_strings
 from audiences.crm.identifiers import member_key
 from audiences.crm.sources import Sources, diagnose_values
-from audiences.pipeline.export_checks import require_whole_ids, whole_export_id_error
+from audiences.pipeline.export_checks import check_whole_export, whole_export_error
 
 if TYPE_CHECKING:
     from audiences.segments import Segment, SegmentContext
@@ -143,8 +143,9 @@ def collect_candidates(
     plan = plan.select(gate_columns(config, plan.collect_schema()))
     plan = plan.with_columns(own_strings(plan.collect_schema()))  # not the scan's buffers
     try:
-        # the ids of the whole export, never only this segment's: see export_checks
-        require_whole_ids(config, sources)
+        # the values and ids of the whole export, never only this segment's: see
+        # export_checks
+        check_whole_export(config, sources)
         if link_opt_outs:  # before the candidates are held (the same index, less memory)
             prepare_opt_out_index(config, sources)
         frame = plan.collect(engine="streaming")
@@ -164,7 +165,7 @@ def collect_candidates(
     ):
         # the export passed its check, or its record said so: the record was forged, or the
         # export changed while it was read; the error is the whole export's either way
-        raise whole_export_id_error(config, sources) or DataError(
+        raise whole_export_error(config, sources) or DataError(
             "source 'contacts' changed while it was read (its ids no longer match the check)",
             "run the command again once the export is written",
         )
