@@ -163,12 +163,16 @@ def invariant_holds(rows: list[dict[str, Any]]) -> None:
     contacts = pl.DataFrame(rows, schema={c: pl.String for c in COLUMNS})
     for link in links_for(config(), contacts.schema):
         out = link.out
-        raw = link.stage(contacts, link.raw_fields(), out).select(
-            "contact_id", pl.col(out).alias("g_raw"), pl.col(f"{out}_ok").alias("ok")
+        raw = (
+            link.stage(contacts, link.raw_fields(), out)
+            .select("contact_id", pl.col(out).alias("g_raw"), pl.col(f"{out}_ok").alias("ok"))
+            .collect()
         )
         norm = normalized_layout(contacts.lazy(), link.identity, link.layout, keep=["contact_id"])
-        norm = link.stage(norm.collect(), link.norm_fields(), out).select(
-            "contact_id", pl.col(out).alias("g_norm"), link.key().alias("key")
+        norm = (
+            link.stage(norm.collect(), link.norm_fields(), out)
+            .select("contact_id", pl.col(out).alias("g_norm"), link.key().alias("key"))
+            .collect()
         )
         both = raw.join(norm, on="contact_id")
         # every row with a key either is unreliable or has g(raw) == g(normalized)
@@ -585,7 +589,7 @@ def test_a_collision_of_the_index_keys_sends_a_record_to_the_exact_comparison_on
 
     emails = pl.DataFrame({"email": [f"u{i}@example.org" for i in range(300_000)]})
     link = next(k for k in links_for(config(), frame([person(0)]).schema) if k.name == "email")
-    staged = linkage._email_stage(emails, link.raw_fields(), "g")
+    staged = linkage._email_stage(emails, link.raw_fields(), "g").collect()
     keyed = staged.with_columns(linkage._keyed(pl.col("g"), linkage.UNKEYED).alias("k"))
     collided = keyed.filter(pl.col("k").is_duplicated()).sort("k", "email")
     assert collided.height >= 2  # about 10 collide among 300k (n^2 / 2^33)
