@@ -398,6 +398,32 @@ def test_a_project_pack_with_a_larger_budget_is_refused(tmp_path: Path, crm: Pat
     assert "epsilon_per_period, max_epsilon_per_query" in line
 
 
+def test_switching_to_a_pack_with_a_larger_budget_gives_nothing_more(
+    tmp_path: Path, crm: Path
+) -> None:
+    """The attack through the configuration, with a built-in: spend the month's ε 6 under
+    hipaa-marketing, set `[policy] pack = "baseline"` (ε 10 a month), ask again about the
+    same people. Refused, nothing spent: the spends made under 6 bound the data at 6."""
+    root = make_project(tmp_path / "project", crm)
+    cap = run_json(root, "budget")["policy"]["max_epsilon_per_query"]
+    for _ in range(6):
+        assert preview(root, "seniors", cap).exit_code == 0
+    toml = (root / "audiences.toml").read_text()
+    (root / "audiences.toml").write_text(
+        toml.replace('pack = "hipaa-marketing"', 'pack = "baseline"', 1)
+    )
+    shown = run_json(root, "budget")
+    assert shown["policy"]["epsilon_per_period"] == 10.0  # what the pack says
+    assert shown["cap"]["epsilon"] == 6.0  # what is in force for this data
+    assert shown["remaining"]["epsilon"] == pytest.approx(0.0)
+    assert "in force for the current data: ε=6 per month" in run(root, "budget").stdout
+    refused = run(root, "preview", "seniors", "--epsilon", "1", "--as-of", AS_OF.isoformat())
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert "remaining ε=0 of ε=6 per month" in refused.stderr
+    assert run(root, "overlap", "seniors", "women", "--as-of", AS_OF.isoformat()).exit_code == 1
+    assert len(run_json(root, "budget")["entries"]) == 6
+
+
 def test_intervals_never_go_below_zero() -> None:
     """A cell with no people can draw a very negative noisy count: shown as 0, its interval
     must still contain 0 (was [0, -10] before the fix) and keep the noise's half-width

@@ -260,3 +260,62 @@ def test_spend_refuses_inside_open_transaction(
 def test_missing_table_is_a_state_error(policy: BudgetPolicy) -> None:
     with pytest.raises(StateError, match="cannot read the privacy budget ledger"):
         Ledger(_connect(), policy).remaining(DIGEST_A, NOV)
+
+
+# -- a cap never loosens over what it bounds (the pack switch) ------------------------------
+def _shared(tmp_path: Path, policy: BudgetPolicy) -> Ledger:
+    from policies.privacy.ledger import _connect_shared
+
+    return Ledger(_connect_shared(tmp_path), policy, scope="project")
+
+
+SMALL = BudgetPolicy(epsilon_per_period=6.0, period="month", max_epsilon_per_query=1.0)
+LARGE = BudgetPolicy(epsilon_per_period=10.0, period="month", max_epsilon_per_query=1.0)
+
+
+def test_a_larger_budget_does_not_top_up_data_queried_under_a_smaller_one(tmp_path: Path) -> None:
+    """The attack: spend the month's 6 under hipaa-marketing, switch `[policy] pack` to
+    baseline (10 a month), ask again about the same people. Refused: the spends made under
+    6 bound the data and the month at 6, whatever the pack now says."""
+    small = _shared(tmp_path, SMALL)
+    for _ in range(6):
+        small.spend(DIGEST_A, PrivacyBudget(1.0), "preview", "marketer", NOV)
+    large = _shared(tmp_path, LARGE)
+    assert large.remaining(DIGEST_A, NOV) == PrivacyBudget(0.0)
+    assert large.cap(DIGEST_A, NOV) == PrivacyBudget(6.0)
+    with pytest.raises(BudgetExhausted, match=r"remaining ε=0 of ε=6 per month"):
+        large.spend(DIGEST_A, PrivacyBudget(1.0), "preview", "marketer", NOV)
+    # new data in the same month: the month's cap is 6, all spent
+    assert large.remaining(DIGEST_B, NOV) == PrivacyBudget(0.0)
+    # new data in a new month: the larger budget applies, and is recorded with its spends
+    assert large.remaining(DIGEST_B, DEC) == PrivacyBudget(10.0)
+    large.spend(DIGEST_B, PrivacyBudget(1.0), "preview", "marketer", DEC)
+    assert large.remaining(DIGEST_B, DEC) == PrivacyBudget(9.0)
+
+
+def test_a_smaller_budget_applies_at_once(tmp_path: Path) -> None:
+    large = _shared(tmp_path, LARGE)
+    for _ in range(5):
+        large.spend(DIGEST_A, PrivacyBudget(1.0), "preview", "marketer", NOV)
+    small = _shared(tmp_path, SMALL)
+    assert small.remaining(DIGEST_A, NOV) == PrivacyBudget(1.0)
+    small.spend(DIGEST_A, PrivacyBudget(1.0), "preview", "marketer", NOV)
+    # and, spent under 6, the data stays at 6 if the pack goes back to 10
+    assert _shared(tmp_path, LARGE).remaining(DIGEST_A, NOV) == PrivacyBudget(0.0)
+
+
+def test_a_ledger_of_an_earlier_version_gains_the_caps(tmp_path: Path) -> None:
+    """Spends recorded before the caps were hold none: they bound by the current policy."""
+    old = _connect(tmp_path / "ledger.sqlite")
+    old.executescript(
+        "CREATE TABLE dp_ledger (id INTEGER PRIMARY KEY AUTOINCREMENT, scope TEXT NOT NULL, "
+        "dataset TEXT NOT NULL, period TEXT NOT NULL, epsilon REAL NOT NULL, delta REAL NOT "
+        "NULL DEFAULT 0, query TEXT NOT NULL, actor TEXT NOT NULL, at TEXT NOT NULL);"
+        "INSERT INTO dp_ledger (scope, dataset, period, epsilon, query, actor, at) VALUES "
+        f"('project', '{DIGEST_A}', '2026-11', 2.0, 'preview', 'marketer', '2026-11-20');"
+    )
+    old.close()
+    large = _shared(tmp_path, LARGE)
+    assert large.remaining(DIGEST_A, NOV) == PrivacyBudget(8.0)
+    large.spend(DIGEST_A, PrivacyBudget(1.0), "preview", "marketer", NOV)
+    assert _shared(tmp_path, SMALL).remaining(DIGEST_A, NOV) == PrivacyBudget(3.0)

@@ -179,6 +179,12 @@ def print_budget(doc: dict[str, Any]) -> None:
         f"ε={doc['remaining']['epsilon']:.3g}; renews: {doc['renews']}",
         highlight=False,
     )
+    if doc["cap"]["epsilon"] < policy["epsilon_per_period"]:
+        out.print(
+            f"in force for the current data: ε={doc['cap']['epsilon']:g} per {policy['period']} "
+            "(spends made under a smaller budget bound this data and this period)",
+            highlight=False,
+        )
     table = _table("Ledger", ["at", "period", "ε", "query", "actor"])
     for e in doc["entries"]:
         table.add_row(e["at"], e["period"], f"{e['epsilon']:.3g}", e["query"], e["actor"])

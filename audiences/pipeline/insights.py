@@ -397,8 +397,12 @@ def budget(config: ProjectConfig, *, as_of: date | datetime | None = None) -> di
         entries = ledger.entries()
         remaining = ledger.remaining(dataset, as_of)
         renews = ledger.renews(dataset, as_of)
+        cap = ledger.cap(dataset, as_of)
     return {
         "policy": policy.model_dump(),
+        # the per-period cap in force for the current data: the policy's, or less where
+        # spends made under a smaller budget bound it (a pack switched to a larger one)
+        "cap": {"epsilon": cap.epsilon, "delta": cap.delta},
         "dataset": dataset,
         "remaining": {"epsilon": remaining.epsilon, "delta": remaining.delta},
         "renews": renews,

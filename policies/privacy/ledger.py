@@ -16,6 +16,16 @@ A request for ``requested`` ε is allowed only when **both** caps hold:
    A new period therefore does **not** renew the budget over the same data: only a changed
    source (a new digest) can be queried again, and then only within the period cap.
 
+**A cap never loosens over what it already bounds.** Each spend records the per-period
+cap in force when it was made (``cap_epsilon``, ``cap_delta``), and each cap above is the
+smallest of the current policy's and of those recorded on the spends it sums. A project
+that switches to a pack with a larger budget (``[policy] pack = "baseline"`` after
+``hipaa-marketing``: ε 10 instead of 6 a month) therefore gets nothing more on data, or
+in a period, already queried under the smaller one: without it, a marketer could spend
+the month's 6, switch packs, and ask again for 4 more about the same people. The larger
+budget applies to new data in a new period. (Spends recorded before the caps were, hold
+no cap: they bound only by the current policy.)
+
 With ``refresh_on_unchanged_data = true`` the second cap is dropped and the budget is the
 plain per-period one (rule 1 alone): it renews every period even over unchanged data. AWS
 Clean Rooms warns that periodic refresh over static data leaks; enable it only knowingly.
@@ -288,6 +298,8 @@ class Ledger:
         # spends recorded under the first format are carried over (``_carry_over``)
         self._formats = formats
         self._carried: set[str] = set()
+        # (a bare dp_ledger table, the state database's of earlier versions, has no caps)
+        self._capped = _has_cap_columns(conn)
         self._links = (
             conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dp_dataset_links'"
@@ -382,14 +394,45 @@ class Ledger:
             return self._sum("period = ?", (period,))
         return self._sum("period = ? AND scope = ?", (period, self.scope))
 
+    def _cap(self, where: str, params: tuple[object, ...]) -> PrivacyBudget:
+        """The current policy's per-period cap, lowered to the smallest cap recorded on the
+        spends ``where`` selects: a cap never loosens over what it already bounds."""
+        cap = self.policy.per_period
+        if not self._capped:
+            return cap
+        row = self.conn.execute(
+            f"SELECT MIN(cap_epsilon), MIN(cap_delta) FROM dp_ledger WHERE {where}", params
+        ).fetchone()
+        epsilon = cap.epsilon if row[0] is None else min(cap.epsilon, float(row[0]))
+        delta = cap.delta if row[1] is None else min(cap.delta, float(row[1]))
+        return PrivacyBudget(epsilon, delta)
+
+    def _period_cap(self, label: str) -> PrivacyBudget:
+        if self.scope is None:
+            return self._cap("period = ?", (label,))
+        return self._cap("period = ? AND scope = ?", (label, self.scope))
+
+    def _data_cap(self, dataset: str) -> PrivacyBudget:
+        ids = [dataset, *self._predecessors(dataset)]
+        return self._cap(f"dataset IN ({', '.join('?' * len(ids))})", tuple(ids))
+
+    def cap(self, dataset: str, as_of: date | datetime | None = None) -> PrivacyBudget:
+        """The per-period cap in force for ``dataset`` at ``as_of``: the policy's, or less
+        where spends made under a smaller one bound it."""
+        moment = _as_datetime(as_of)
+        cap = self._period_cap(period_label(moment, self.policy.period))
+        if not self.policy.refresh_on_unchanged_data:
+            data = self._data_cap(dataset)
+            cap = PrivacyBudget(min(cap.epsilon, data.epsilon), min(cap.delta, data.delta))
+        return cap
+
     def _caps(self, dataset: str, as_of: datetime) -> tuple[PrivacyBudget, PrivacyBudget]:
         """(remaining under the period cap, remaining under the unchanged-data cap)."""
-        cap = self.policy.per_period
         label = period_label(as_of, self.policy.period)
-        by_period = _floor_sub(cap, self.spent_in_period(label))
+        by_period = _floor_sub(self._period_cap(label), self.spent_in_period(label))
         if self.policy.refresh_on_unchanged_data:
-            return by_period, cap
-        return by_period, _floor_sub(cap, self.spent(dataset))
+            return by_period, self.policy.per_period
+        return by_period, _floor_sub(self._data_cap(dataset), self.spent(dataset))
 
     def remaining(self, dataset: str, as_of: date | datetime | None = None) -> PrivacyBudget:
         """Budget that may still be spent on ``dataset`` at ``as_of`` (both caps applied)."""
@@ -404,7 +447,7 @@ class Ledger:
         next_start = next_period_start(moment, self.policy.period).strftime("%Y-%m-%d %H:%M UTC")
         if not self.policy.refresh_on_unchanged_data:
             _, by_data = self._caps(dataset, moment)
-            if by_data < self.policy.per_period:
+            if by_data < self._data_cap(dataset):
                 return (
                     "never, unless the data changes (budget is not refreshed over unchanged "
                     f"data; a changed source gets a fresh budget, limited by the period cap "
@@ -485,7 +528,7 @@ class Ledger:
         moment = _as_datetime(as_of)
         remaining = self.remaining(dataset, moment)
         if not requested <= remaining:
-            cap = self.policy.per_period
+            cap = self.cap(dataset, moment)
             spent = _floor_sub(cap, remaining)
             raise BudgetExhausted(
                 f"privacy budget exhausted for dataset {_short(dataset)}: requested "
@@ -526,19 +569,25 @@ class Ledger:
             ) from exc
         try:
             self.check(dataset, requested, moment)
-            row = (dataset, label, requested.epsilon, requested.delta, query, actor, at)
-            if self.scope is None:
-                cursor = self.conn.execute(
-                    "INSERT INTO dp_ledger (dataset, period, epsilon, delta, query, actor, at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
-            else:
-                cursor = self.conn.execute(
-                    "INSERT INTO dp_ledger (dataset, period, epsilon, delta, query, actor, at, "
-                    "scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*row, self.scope),
-                )
+            values: dict[str, object] = {
+                "dataset": dataset,
+                "period": label,
+                "epsilon": requested.epsilon,
+                "delta": requested.delta,
+                "query": query,
+                "actor": actor,
+                "at": at,
+            }
+            if self.scope is not None:
+                values["scope"] = self.scope
+            if self._capped:  # the cap this spend was judged under, for the spends after it
+                cap = self.cap(dataset, moment)
+                values |= {"cap_epsilon": cap.epsilon, "cap_delta": cap.delta}
+            cursor = self.conn.execute(
+                f"INSERT INTO dp_ledger ({', '.join(values)}) "
+                f"VALUES ({', '.join('?' * len(values))})",
+                tuple(values.values()),
+            )
             entry_id = int(cursor.lastrowid or 0)
             self.conn.execute("COMMIT")
         except BaseException:
@@ -572,7 +621,9 @@ CREATE TABLE IF NOT EXISTS dp_ledger (
   delta REAL NOT NULL DEFAULT 0,
   query TEXT NOT NULL,
   actor TEXT NOT NULL,
-  at TEXT NOT NULL
+  at TEXT NOT NULL,
+  cap_epsilon REAL,
+  cap_delta REAL
 );
 CREATE INDEX IF NOT EXISTS dp_ledger_dataset ON dp_ledger(dataset, period);
 CREATE INDEX IF NOT EXISTS dp_ledger_scope ON dp_ledger(scope, period);
@@ -633,12 +684,26 @@ def _connect_shared(home: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.executescript(_SHARED_SCHEMA)
+        _add_cap_columns(conn)
     except (OSError, sqlite3.DatabaseError) as exc:
         raise StateError(
             f"cannot open the privacy budget ledger {path} ({exc})",
             "check that the folder is writable by this account; never delete the ledger",
         ) from None
     return conn
+
+
+def _add_cap_columns(conn: sqlite3.Connection) -> None:
+    """Give a ledger made before caps were recorded its two cap columns (its spends keep
+    none: they bound only by the current policy)."""
+    if not _has_cap_columns(conn):
+        conn.execute("ALTER TABLE dp_ledger ADD COLUMN cap_epsilon REAL")
+        conn.execute("ALTER TABLE dp_ledger ADD COLUMN cap_delta REAL")
+
+
+def _has_cap_columns(conn: sqlite3.Connection) -> bool:
+    names = {row[1] for row in conn.execute("PRAGMA table_info(dp_ledger)").fetchall()}
+    return {"cap_epsilon", "cap_delta"} <= names
 
 
 def _import_legacy(conn: sqlite3.Connection, state_db: Path, scope: str) -> None:
