@@ -37,7 +37,7 @@ import polars as pl
 from audiences.core.atomic import write_text
 from audiences.core.config import ProjectConfig, SourceConfig
 from audiences.core.errors import DataError
-from audiences.crm.sources import Sources, file_stamp
+from audiences.crm.sources import Sources, diagnose_values, file_stamp
 from audiences.pipeline import state_record
 
 __all__ = ["CHECKS_NAME", "check_whole_export", "id_problems", "whole_export_error"]
@@ -73,8 +73,6 @@ def id_problems(contacts: pl.LazyFrame, column: str) -> tuple[int, int]:
 def whole_export_error(config: ProjectConfig, sources: Sources) -> DataError | None:
     """The whole export's first problem (a value that does not parse as its declared
     type, then a missing or shared contact id), or ``None`` when it has none."""
-    from audiences.crm.sources import diagnose_values
-
     cid = config.sources.contacts.id
     named: list[tuple[str, pl.LazyFrame, SourceConfig]] = [
         ("contacts", sources.contacts, config.sources.contacts)

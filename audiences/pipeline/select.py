@@ -165,7 +165,11 @@ def collect_candidates(
     ):
         # the export passed its check, or its record said so: the record was forged, or the
         # export changed while it was read; the error is the whole export's either way
-        raise whole_export_error(config, sources) or DataError(
+        try:
+            error = whole_export_error(config, sources)
+        except pl.exceptions.PolarsError as exc:
+            raise _explain_collect_failure(config, exc) from None
+        raise error or DataError(
             "source 'contacts' changed while it was read (its ids no longer match the check)",
             "run the command again once the export is written",
         )

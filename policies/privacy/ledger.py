@@ -68,7 +68,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -318,18 +318,21 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _sum(self, where: str, params: tuple[object, ...]) -> PrivacyBudget:
+    def _row(self, select: str, where: str, params: tuple[object, ...]) -> tuple[Any, ...]:
         try:
-            row = self.conn.execute(
-                "SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM dp_ledger "
-                f"WHERE {where}",
-                params,
-            ).fetchone()
+            return tuple(
+                self.conn.execute(
+                    f"SELECT {select} FROM dp_ledger WHERE {where}", params
+                ).fetchone()
+            )
         except sqlite3.Error as exc:
             raise StateError(
                 f"cannot read the privacy budget ledger ({exc})",
                 "run `audiences status` to check the state database",
             ) from exc
+
+    def _sum(self, where: str, params: tuple[object, ...]) -> PrivacyBudget:
+        row = self._row("COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0)", where, params)
         return PrivacyBudget(max(float(row[0]), 0.0), min(max(float(row[1]), 0.0), 0.999999))
 
     def spent(self, dataset: str, period: str | None = None) -> PrivacyBudget:
@@ -400,9 +403,7 @@ class Ledger:
         cap = self.policy.per_period
         if not self._capped:
             return cap
-        row = self.conn.execute(
-            f"SELECT MIN(cap_epsilon), MIN(cap_delta) FROM dp_ledger WHERE {where}", params
-        ).fetchone()
+        row = self._row("MIN(cap_epsilon), MIN(cap_delta)", where, params)
         epsilon = cap.epsilon if row[0] is None else min(cap.epsilon, float(row[0]))
         delta = cap.delta if row[1] is None else min(cap.delta, float(row[1]))
         return PrivacyBudget(epsilon, delta)
