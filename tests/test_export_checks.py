@@ -328,3 +328,18 @@ def test_one_persons_unparsable_value_reads_alike_whatever_the_segment(
     assert (
         f"line {person.row + 2} of contacts.csv" in with_it[1]
     )  # where to fix it, the whole file's
+
+
+@pytest.mark.parametrize("breaks", [null_id_at, id_of_row_zero_at], ids=["no-id", "shared-id"])
+def test_validate_reports_the_whole_exports_ids(
+    tmp_path: Path, crm: Path, breaks: Callable[[int], Callable]
+) -> None:
+    """`validate` (and so `approve`) says what every build would: before any build."""
+    root = project(tmp_path / "p", crm)
+    adults(root)
+    rewrite(root, breaks(1500))
+    result = run(root, "validate", "--json")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    (error,) = [e for e in doc["errors"] if e["code"] == "source"]
+    assert ("without an id" in error["message"]) or ("duplicate ids" in error["message"])

@@ -40,7 +40,7 @@ from audiences.core.errors import DataError
 from audiences.crm.sources import Sources, diagnose_values, file_stamp
 from audiences.pipeline import state_record
 
-__all__ = ["CHECKS_NAME", "check_whole_export", "id_problems", "whole_export_error"]
+__all__ = ["CHECKS_NAME", "check_whole_export", "id_error", "id_problems", "whole_export_error"]
 
 CHECKS_NAME = "export-checks.json"
 _KEEP = 8  # exports remembered (a project reading a few exports in turn)
@@ -73,7 +73,6 @@ def id_problems(contacts: pl.LazyFrame, column: str) -> tuple[int, int]:
 def whole_export_error(config: ProjectConfig, sources: Sources) -> DataError | None:
     """The whole export's first problem (a value that does not parse as its declared
     type, then a missing or shared contact id), or ``None`` when it has none."""
-    cid = config.sources.contacts.id
     named: list[tuple[str, pl.LazyFrame, SourceConfig]] = [
         ("contacts", sources.contacts, config.sources.contacts)
     ]
@@ -87,6 +86,12 @@ def whole_export_error(config: ProjectConfig, sources: Sources) -> DataError | N
             frame.select(pl.col(parsed).null_count()).collect()
         except pl.exceptions.PolarsError as exc:
             return diagnose_values(name, source, config, exc)
+    return id_error(config, sources)
+
+
+def id_error(config: ProjectConfig, sources: Sources) -> DataError | None:
+    """The error of the whole contacts export's ids (missing, shared), or ``None``."""
+    cid = config.sources.contacts.id
     missing, shared = id_problems(sources.contacts, cid)
     if missing:
         return DataError(

@@ -122,6 +122,7 @@ class Validation:
     def sources(self) -> Sources | None:
         """The sources, lazily loaded, or None when a file cannot be read at all."""
         from audiences.crm.sources import load_sources, read_source, scan_source
+        from audiences.pipeline.export_checks import id_error
 
         config = self.config
         named: list[tuple[str, SourceConfig]] = [("contacts", config.sources.contacts)]
@@ -150,10 +151,15 @@ class Validation:
         if mapped:
             return None
         try:
-            return load_sources(config)
+            sources = load_sources(config)
+            # the whole export's ids, as every build checks them (the types: check_types)
+            broken = id_error(config, sources)
         except AudiencesError as exc:
             self.error("source", exc, file)
             return None
+        if broken is not None:
+            self.error("source", broken, file)
+        return sources
 
     def sensitivity(self, segments: list[Segment], sources: Sources, pack: Pack | None) -> None:
         """Configured sensitive names that never occur (a misspelling leaves the real one
