@@ -343,3 +343,33 @@ def test_validate_reports_the_whole_exports_ids(
     doc = json.loads(result.stdout)
     (error,) = [e for e in doc["errors"] if e["code"] == "source"]
     assert ("without an id" in error["message"]) or ("duplicate ids" in error["message"])
+
+
+@pytest.mark.parametrize(
+    "command", [("build", "probe"), ("preview", "probe")], ids=["build", "preview"]
+)
+def test_an_unparsable_event_time_reads_alike_whatever_the_segment(
+    tmp_path: Path, crm: Path, command: tuple[str, ...]
+) -> None:
+    """A bad timestamp on one person's event fails every segment alike, one without an
+    event condition too: the events are checked whole, as the contacts are. (Before,
+    such a segment never read the events and answered.)"""
+    root = project(tmp_path / "p", crm)
+    person = target(crm)
+    events = pl.read_csv(root / "data" / "events.csv", infer_schema=False)
+    theirs = pl.read_parquet(crm / "contacts.parquet").get_column("contact_id")[person.row]
+    at = events.with_row_index("_i").filter(pl.col("contact_id") == theirs).get_column("_i")
+    assert at.len() > 0
+    times = events.get_column("event_time").to_list()
+    times[int(at[0])] = "yesterday"
+    events.with_columns(pl.Series("event_time", times)).write_csv(root / "data" / "events.csv")
+    toml = root / "audiences.toml"
+    text = toml.read_text(encoding="utf-8").replace(
+        'path = "data/events.parquet"',
+        'path = "data/events.csv"\ncolumns = { event_time = "datetime" }',
+        1,
+    )
+    toml.write_text(text, encoding="utf-8")
+    with_it, without_it = answers(root, person.email, person.insurance, *command)
+    assert with_it == without_it
+    assert with_it[0] == 1 and "source 'events'" in with_it[1]
