@@ -1001,3 +1001,42 @@ def test_load_postgres_sends_a_large_table_in_slices(
     assert [r[1] for r in rows] == frame.get_column("name").to_list()
     assert [r[2] for r in rows] == frame.get_column("codes").to_list()
     assert converted.count("id") == 8  # 50 rows in slices of 7
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "postgres"])
+def test_a_database_sources_ids_are_counted_in_the_database(
+    tmp_path: Path,
+    crm: dict[str, pl.DataFrame],
+    approver: Approver,
+    postgres: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    """The whole export's id check (docs/segments.md) runs as two counts in the database,
+    not by reading every id out of it; validate (and so approve) reports it."""
+    from audiences.core.config import load_config
+    from audiences.crm.databases import database_of, id_counts
+
+    ids = crm["contacts"].get_column("contact_id").to_list()
+    ids[5], ids[9], ids[7] = ids[0], ids[0], None  # three rows share an id, one has none
+    broken = {**crm, "contacts": crm["contacts"].with_columns(pl.Series("contact_id", ids))}
+    if kind == "duckdb":
+        where = 'kind = "duckdb"\npath = "data/crm.duckdb"\ntable = "{}"'
+        root = make(
+            tmp_path, kind, approver, sources_toml(where.format("contacts"), where.format("events"))
+        )
+        load_duckdb(root / "data" / "crm.duckdb", broken)
+    else:
+        where = 'kind = "postgres"\nuri_env = "CRM_TEST_URL"\nschema = "ids"\ntable = "{}"'
+        root = make(
+            tmp_path, kind, approver, sources_toml(where.format("contacts"), where.format("events"))
+        )
+        load_postgres(postgres.conninfo, broken, schema="ids")
+        monkeypatch.setenv("CRM_TEST_URL", postgres.url)
+    config = load_config(root / "audiences.toml")
+    database = database_of(config.sources.contacts, config)
+    assert id_counts("contacts", database, "contacts", "contact_id") == (1, 3)
+    result = run(root, "validate", "--json")
+    assert result.exit_code == 1
+    errors = [e["message"] for e in json.loads(result.stdout)["errors"]]
+    assert any("has 1 row(s) without an id in column 'contact_id'" in m for m in errors), errors

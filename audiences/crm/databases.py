@@ -273,6 +273,35 @@ def has_rows(name: str, connection: Any, database: Database, table: str) -> bool
     return _first_row(name, connection, database, query, table) is not None
 
 
+def id_counts(name: str, database: Database, table: str, column: str) -> tuple[int, int]:
+    """(rows without an id, rows whose id another row has too) in ``table``, counted by
+    the database (reading every id out of it costs far more than the counts)."""
+    col = exp.column(column, quoted=True)
+    counts = exp.select(
+        exp.Count(this=exp.Star()),
+        exp.Count(this=col),
+        exp.Count(this=exp.Distinct(expressions=[col])),
+    ).from_(table_ref(database, table))
+    with database.connect() as connection:
+        row = _first_row(name, connection, database, counts, table)
+        assert row is not None  # an aggregate has one row
+        rows, present, distinct = (int(v) for v in row)
+        if present == distinct:
+            return rows - present, 0
+        groups = (
+            exp.select(exp.alias_(exp.Count(this=exp.Star()), "k", quoted=True))
+            .from_(table_ref(database, table))
+            .where(exp.Not(this=exp.Is(this=col, expression=exp.Null())))
+            .group_by(col)
+            .having(exp.GT(this=exp.Count(this=exp.Star()), expression=exp.Literal.number(1)))
+        )
+        total = exp.select(exp.Sum(this=exp.column("k", quoted=True))).from_(
+            groups.subquery("shared")
+        )
+        shared = _first_row(name, connection, database, total, table)
+    return rows - present, int(shared[0] or 0) if shared else 0
+
+
 def _first_row(
     name: str, connection: Any, database: Database, query: exp.Select, table: str
 ) -> tuple[Any, ...] | None:

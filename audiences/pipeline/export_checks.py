@@ -92,7 +92,13 @@ def whole_export_error(config: ProjectConfig, sources: Sources) -> DataError | N
 def id_error(config: ProjectConfig, sources: Sources) -> DataError | None:
     """The error of the whole contacts export's ids (missing, shared), or ``None``."""
     cid = config.sources.contacts.id
-    missing, shared = id_problems(sources.contacts, cid)
+    table = sources.tables.get("contacts")
+    if table is not None:  # counted in the database
+        from audiences.crm.databases import id_counts
+
+        missing, shared = id_counts("contacts", table.database, table.table, cid)
+    else:
+        missing, shared = id_problems(sources.contacts, cid)
     if missing:
         return DataError(
             f"source 'contacts' has {missing} row(s) without an id in column {cid!r}",
