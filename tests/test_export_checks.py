@@ -373,3 +373,24 @@ def test_an_unparsable_event_time_reads_alike_whatever_the_segment(
     with_it, without_it = answers(root, person.email, person.insurance, *command)
     assert with_it == without_it
     assert with_it[0] == 1 and "source 'events'" in with_it[1]
+
+
+def test_validate_of_an_id_column_that_does_not_parse_is_an_error_not_a_traceback(
+    tmp_path: Path, crm: Path
+) -> None:
+    root = project(tmp_path / "p", crm)
+    adults(root)
+    toml = root / "audiences.toml"
+    text = toml.read_text(encoding="utf-8")
+    text = text.replace('path = "data/contacts.parquet"', 'path = "data/contacts.csv"', 1)
+    text = text.replace(
+        "# columns = { birth_date",
+        f'{CSV_TYPES[:-2]}, contact_id = "int" }}\n# columns = {{ birth_date',
+        1,
+    )
+    toml.write_text(text, encoding="utf-8")
+    result = run(root, "validate", "--json")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    messages = [e["message"] for e in json.loads(result.stdout)["errors"]]
+    assert any("contact_id" in m and "declared int" in m for m in messages), messages

@@ -121,7 +121,7 @@ class Validation:
 
     def sources(self) -> Sources | None:
         """The sources, lazily loaded, or None when a file cannot be read at all."""
-        from audiences.crm.sources import load_sources, read_source, scan_source
+        from audiences.crm.sources import diagnose_values, load_sources, read_source, scan_source
         from audiences.pipeline.export_checks import id_error
 
         config = self.config
@@ -156,6 +156,10 @@ class Validation:
             broken = id_error(config, sources)
         except AudiencesError as exc:
             self.error("source", exc, file)
+            return None
+        except pl.exceptions.PolarsError as exc:  # an id column that does not parse
+            if not self.errors:  # (check_types has said so when the type is declared)
+                self.error("source", diagnose_values("contacts", contacts, config, exc), file)
             return None
         if broken is not None:
             self.error("source", broken, file)
