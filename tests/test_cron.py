@@ -102,12 +102,13 @@ def test_approvals_gate_every_sync(make_project: Any, tmp_path: Path) -> None:
     audience = ok["audience"]
     assert p.boxes.meta.members(audience) == meta_rows(release.members)
 
-    # revoked: the named sync is blocked, cron skips it, the audience is left as it was
+    # revoked: the named sync is blocked; cron too, since the audience is still live (its
+    # forced removals are sent: none here, nobody's consent changed), and says so (exit 3)
     assert p.cli("revoke", "all-adults", "--by", "dana").exit_code == 0
     r = p.cli("sync", "all-adults", "--as-of", DAY, "--json")
     assert r.exit_code == 3 and "revoked" in json.loads(r.stdout)["results"][0]["error"]
-    (skipped,) = p.cli_json("sync", "--all", "--as-of", DAY)["results"]
-    assert (skipped["status"], skipped["error"]) == ("skipped", "approval revoked")
+    (blocked,) = p.cli_json("sync", "--all", "--as-of", DAY, expect=3)["results"]
+    assert blocked["status"] == "blocked" and "revoked" in blocked["error"]
     assert p.boxes.meta.members(audience) == meta_rows(release.members)
 
 

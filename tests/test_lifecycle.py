@@ -176,6 +176,54 @@ def test_revoked_approval_still_removes_consent_withdrawals(make_project: Any) -
     assert sum(json.loads(d)["forced_removes"] for (d,) in rows) == forced
 
 
+def test_cron_removes_what_a_revoked_segment_must_lose(make_project: Any) -> None:
+    """The attack: revoke, then count on the nightly `sync --all` — which skipped revoked
+    segments — to leave the audience live with people whose consent is gone."""
+    p = make_project(rows=3000)
+    members, google = first_sync(p)
+    leavers = pick(members, 40, seed=11)
+    update(p, leavers, marketing_opt_in=False)
+    assert p.cli("revoke", "grown-ups", "--by", "qa.officer").exit_code == 0
+    doc = p.cli_json("sync", "--all", "--as-of", DAY, expect=3)
+    must_stay = released_ids(p.contacts(), pl.col("contact_id").is_in(list(members)))
+    assert not must_stay & leavers and len(members - must_stay) >= 40
+    assert {r["destination"] for r in doc["results"]} == {"meta", "google_ads"}
+    for r in doc["results"]:
+        listed = on_list(members, google, r["destination"])
+        assert r["status"] == "blocked" and "revoked" in r["error"]
+        assert forced_removes(p, r) == len(listed - must_stay)
+        assert p.contact_ids(p.confirmed("grown-ups", r["destination"])) == must_stay & listed
+    on_platforms(p)
+    # taken down (emptied): nothing left to remove, cron lists it as skipped and exits 0
+    down = p.cli("takedown", "grown-ups", "--by", "qa.officer", "--json")
+    assert down.exit_code == 0, down.stderr
+    doc = p.cli_json("sync", "--all", "--as-of", DAY)
+    assert {(r["status"], r["error"]) for r in doc["results"]} == {("skipped", "approval revoked")}
+
+
+def test_cron_cleans_an_audience_its_segment_no_longer_names(make_project: Any) -> None:
+    """The attack: take a live destination out of the segment (or delete the segment file)
+    so that cron stops looking at its audience."""
+    p = make_project(rows=3000)
+    members, google = first_sync(p)
+    leavers = pick(members, 25, seed=12)
+    update(p, leavers, marketing_opt_in=False)
+    write_segment(p, BOTH.replace("[meta, google_ads]", "[meta]"))  # google_ads dropped
+    doc = p.cli_json("sync", "--all", "--as-of", DAY, expect=3)
+    by_dest = {r["destination"]: r for r in doc["results"]}
+    assert set(by_dest) == {"meta", "google_ads"}
+    assert by_dest["google_ads"]["status"] == "blocked"
+    assert not p.contact_ids(p.confirmed("grown-ups", "google_ads")) & leavers
+    assert not p.contact_ids(p.confirmed("grown-ups", "meta")) & leavers
+    on_platforms(p)
+    # the segment file deleted: its live audiences are reported, never skipped in silence
+    (p.root / "segments" / "grown-ups.yaml").unlink()
+    doc = p.cli_json("sync", "--all", "--as-of", DAY, expect=3)
+    assert {r["destination"] for r in doc["results"]} == {"meta", "google_ads"}
+    for r in doc["results"]:
+        assert r["status"] == "blocked" and "audiences takedown grown-ups" in r["error"]
+
+
 # ----------------------------------------------------------------------- 3. files
 CARDIO = """name: heart-file
 description: People seen in cardiology

@@ -55,6 +55,19 @@ def live_destinations(conn: sqlite3.Connection, config: ProjectConfig, segment: 
     ]
 
 
+def live_audiences(conn: sqlite3.Connection, config: ProjectConfig) -> list[tuple[str, str]]:
+    """(segment, destination) of every platform audience the project holds on an ad
+    destination still configured, whatever the segment files say now."""
+    rows = conn.execute(
+        "SELECT DISTINCT segment, destination FROM audiences_remote ORDER BY segment, destination"
+    ).fetchall()
+    return [
+        (str(s), str(d))
+        for s, d in rows
+        if str(d) in config.destinations and config.destination(str(d)).kind != "file"
+    ]
+
+
 def on_platform(conn: sqlite3.Connection, store: MembershipStore) -> pl.DataFrame:
     """Rows the platform holds or may hold: the confirmed snapshot plus unconfirmed adds."""
     snapshot = store.load()

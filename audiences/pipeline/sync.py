@@ -312,8 +312,11 @@ def sync(
 
     ``approved_only`` (``sync --all``, for cron) takes every segment with an ad
     destination that a compliance officer approved at some point; segments never
-    approved, or whose approval was revoked, are listed as ``skipped``. A segment changed
-    since its approval is still taken, and refused by the build (``blocked``).
+    approved, or whose approval was revoked, are listed as ``skipped`` — unless they hold
+    a live platform audience: those are taken, refused by the build (``blocked``, exit 3)
+    and their forced removals sent, as ``sync SEGMENT`` does. A segment changed since its
+    approval is still taken, and refused by the build (``blocked``). A live audience
+    whose segment file is gone is listed as ``blocked`` (it needs ``audiences takedown``).
 
     ``checkpoint_key`` (an approver's private key, for the scheduled job): the audit head
     is signed at the end (``audit.checkpoint``), so a later cut of the log's tail shows.
@@ -413,29 +416,73 @@ def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[Destinati
     from audiences.segments import load_segments
     from policies.pack import load_pack
 
+    from audiences.pipeline.removals import live_audiences, live_destinations
+
     pack = load_pack(config)
     required = compliance.approval_required(config, pack)
     conn = connect(config.state_db)
     names: list[str] = []
     skipped: list[DestinationSync] = []
     try:
-        for segment in load_segments(config.segments_dir):
+        segments = load_segments(config.segments_dir)
+        for segment in segments:
+            # a live audience counts whatever the segment lists now: an audience the
+            # segment no longer names still gets its forced removals
+            live = live_destinations(conn, config, segment.name)
             ads = [
                 d
                 for d in compliance.ad_destinations(config, segment)
-                if config.destination(d).kind != "file"
+                if config.destination(d).kind != "file" and d not in live
             ]
-            if not ads:
+            if not ads and not live:
                 continue
             approval = latest_approval(conn, segment.name) if required else None
-            if required and (approval is None or approval.revoked_at is not None):
+            unapproved = required and (approval is None or approval.revoked_at is not None)
+            if unapproved and not _holding(conn, config, segment.name, live):
                 why = "not approved" if approval is None else "approval revoked"
-                skipped.extend(DestinationSync(segment.name, d, "skipped", error=why) for d in ads)
+                skipped.extend(
+                    DestinationSync(segment.name, d, "skipped", error=why)
+                    for d in sorted([*ads, *live])
+                )
                 continue
+            # (unapproved or revoked with a live audience: the build refuses the adds and
+            # the removals the filter rules force are sent — never skipped in silence)
             names.append(segment.name)
+        known = {segment.name for segment in segments}
+        for name, destination in live_audiences(conn, config):
+            if name not in known and _holding(conn, config, name, [destination]):
+                skipped.append(
+                    DestinationSync(
+                        name,
+                        destination,
+                        "blocked",
+                        error=(
+                            f"segment {name!r} has a live {destination} audience but no "
+                            f"segment file: nothing is removed from it; run `audiences "
+                            f"takedown {name}`"
+                        ),
+                    )
+                )
     finally:
         conn.close()
     return names, skipped
+
+
+def _holding(
+    conn: sqlite3.Connection, config: ProjectConfig, segment: str, live: list[str]
+) -> bool:
+    """Does any of the segment's ``live`` platform audiences (may) hold people? Only one
+    emptied by a takedown and known to be empty does not (an unreadable membership
+    snapshot raises: an unknown audience is never taken for an empty one)."""
+    from audiences.pipeline.membership import MembershipStore
+    from audiences.pipeline.removals import on_platform
+
+    for destination in live:
+        if taken_down_block(conn, segment, destination) is None:
+            return True
+        if on_platform(conn, MembershipStore(config.state_dir, segment, destination)).height:
+            return True
+    return False
 
 
 def taken_down_block(conn: sqlite3.Connection, segment: str, destination: str) -> str | None:
