@@ -283,3 +283,23 @@ def test_spends_recorded_in_the_state_db_by_earlier_versions_are_imported_once(
     for _ in range(2):  # opened twice: imported once
         with open_ledger(config, policy) as led:
             assert led.spent(digest).epsilon == pytest.approx(5.5)
+
+
+def test_every_count_a_sync_result_carries_is_coarsened() -> None:
+    """A count added to a sync's result without its key in PEOPLE_COUNT_KEYS is printed
+    exactly (``replaced_members`` was: a full refresh's count, one person apart between
+    two segments, told that person's membership)."""
+    import dataclasses
+
+    from audiences.pipeline.batches import DestinationSync
+
+    counts = {
+        f.name
+        for f in dataclasses.fields(DestinationSync)
+        if f.type in ("int", int) and f.name != "seconds"
+    }
+    assert counts and counts <= PEOPLE_COUNT_KEYS, counts - PEOPLE_COUNT_KEYS
+    shown = coarsen(
+        DestinationSync("s", "meta", "ok", replaced_members=1797).to_dict(), Rounding(100, 100)
+    )
+    assert shown["replaced_members"] == "1700-1799"

@@ -49,6 +49,7 @@ PEOPLE_COUNT_KEYS = frozenset(
         "held_adds",
         "held_removes",
         "forced_removes",
+        "replaced_members",
         "membership_unknown",
         "holds",
         "members",
