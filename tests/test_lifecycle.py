@@ -205,7 +205,7 @@ def test_cron_cleans_an_audience_its_segment_no_longer_names(make_project: Any) 
     """The attack: take a live destination out of the segment (or delete the segment file)
     so that cron stops looking at its audience."""
     p = make_project(rows=3000)
-    members, google = first_sync(p)
+    members, _google = first_sync(p)
     leavers = pick(members, 25, seed=12)
     update(p, leavers, marketing_opt_in=False)
     write_segment(p, BOTH.replace("[meta, google_ads]", "[meta]"))  # google_ads dropped

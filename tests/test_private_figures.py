@@ -230,6 +230,47 @@ def test_attack_a_copy_of_the_project_does_not_reset_the_budget(make_project: An
     assert "never, unless the data changes" in again.stderr
 
 
+def test_attack_an_events_file_of_ones_own_does_not_reset_the_budget(make_project: Any) -> None:
+    """The budget protects the people of the contacts: pointing ``[sources.events]`` at a
+    file of one's own (here: one event) changed the scope of the period cap and the
+    dataset id, and gave a fresh ε 6 a month over the same people, project after project."""
+    import polars as pl
+
+    p = make_project(rows=3000, segments=("all-adults",))
+    _spend_all(p)
+    events = p.root / "data" / "events.parquet"
+    mine = p.root / "my-events.parquet"
+    pl.read_parquet(events).head(1).write_parquet(mine)
+    p.edit_toml(lambda t: t.replace('"data/events.parquet"', '"my-events.parquet"'))
+    assert '"my-events.parquet"' in (p.root / "audiences.toml").read_text()
+    again = p.cli("preview", "all-adults", "--epsilon", "0.1", "--as-of", DAY)
+    assert again.exit_code == 1 and "privacy budget exhausted" in again.stderr
+    assert "ε=0 of ε=6 per month" in again.stderr.replace("ε=0.0", "ε=0")
+
+
+def test_spends_recorded_under_the_earlier_scope_still_count(make_project: Any) -> None:
+    """The scope leaves the events out now: the spends an earlier version tagged
+    with the scope of contacts and events count toward the period cap after the upgrade."""
+    import sqlite3
+
+    from audiences.core.config import load_config
+    from policies.privacy import ledger
+
+    p = make_project(rows=3000, segments=("all-adults",))
+    _spend_all(p)
+    config = load_config(p.root / "audiences.toml")
+    earlier = ledger.source_scope(config, with_events=True)
+    assert earlier != ledger.source_scope(config)
+    db = sqlite3.connect(ledger.ledger_home() / "ledger.sqlite")
+    with db:
+        db.execute("UPDATE dp_ledger SET scope = ?", (earlier,))
+        # and a new dataset id, as if the events had changed since: only the period cap holds
+        db.execute("UPDATE dp_ledger SET dataset = 'an-earlier-export'")
+    db.close()
+    again = p.cli("preview", "all-adults", "--epsilon", "0.1", "--as-of", DAY)
+    assert again.exit_code == 1 and "privacy budget exhausted" in again.stderr
+
+
 def test_attack_a_new_state_dir_does_not_reset_the_budget(make_project: Any) -> None:
     p = make_project(rows=3000, segments=("all-adults",))
     _spend_all(p)

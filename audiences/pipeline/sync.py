@@ -413,10 +413,9 @@ def _sync_segment(
 def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[DestinationSync]]:
     from audiences.compliance import workflow as compliance
     from audiences.compliance.approvals import latest_approval
+    from audiences.pipeline.removals import live_audiences, live_destinations
     from audiences.segments import load_segments
     from policies.pack import load_pack
-
-    from audiences.pipeline.removals import live_audiences, live_destinations
 
     pack = load_pack(config)
     required = compliance.approval_required(config, pack)

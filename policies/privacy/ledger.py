@@ -41,9 +41,10 @@ The ledger of a project is the **per-user** file ``ledger.sqlite`` under
 ``~/.local/share/audiences/ledger/`` (the home directory of the OS account, read from the
 password database, not from ``$HOME``), shared by every project of that account. Spends are
 recorded there with the dataset digest and the project's *scope* (a digest of the resolved
-source file paths): a copy of the project, or a new ``state_dir``, over the same data sees
-the same spends; the period cap (rule 1) sums the spends of the same scope, so copies of a
-project reading the same CRM files share it too. Spends recorded by earlier versions in
+contacts source: the events are left out, see :func:`source_scope`): a copy of the
+project, or a new ``state_dir``, over the same data sees the same spends; the period cap
+(rule 1) sums the spends of the same scope, so copies of a project reading the same
+contacts share it too, whatever events each one reads. Spends recorded by earlier versions in
 the project's state database are imported once. Tests point :data:`LEDGER_HOME` elsewhere
 in-process; nothing a production run reads (no environment variable, no config key) moves it.
 
@@ -287,13 +288,17 @@ class Ledger:
         policy: BudgetPolicy,
         *,
         scope: str | None = None,
+        earlier_scopes: tuple[str, ...] = (),
         formats: Callable[[], tuple[str, str]] | None = None,
     ) -> None:
         self.conn = conn
         self.policy = policy
         # The per-user ledger (open_ledger) tags spends with the project's source scope and
         # applies the period cap per scope; a bare dp_ledger table has no scope column.
+        # ``earlier_scopes``: the same project's scope as earlier versions computed it,
+        # whose spends count too (a change of the scope's definition resets nothing).
         self.scope = scope
+        self._scopes = (scope, *earlier_scopes) if scope is not None else ()
         # (dataset id, first-format id) of the project's database tables, read together:
         # spends recorded under the first format are carried over (``_carry_over``)
         self._formats = formats
@@ -395,7 +400,10 @@ class Ledger:
         """Budget spent in ``period`` over every dataset digest of this scope (the period cap)."""
         if self.scope is None:
             return self._sum("period = ?", (period,))
-        return self._sum("period = ? AND scope = ?", (period, self.scope))
+        return self._sum(f"period = ? AND {self._in_scope()}", (period, *self._scopes))
+
+    def _in_scope(self) -> str:
+        return f"scope IN ({', '.join('?' * len(self._scopes))})"
 
     def _cap(self, where: str, params: tuple[object, ...]) -> PrivacyBudget:
         """The current policy's per-period cap, lowered to the smallest cap recorded on the
@@ -411,7 +419,7 @@ class Ledger:
     def _period_cap(self, label: str) -> PrivacyBudget:
         if self.scope is None:
             return self._cap("period = ?", (label,))
-        return self._cap("period = ? AND scope = ?", (label, self.scope))
+        return self._cap(f"period = ? AND {self._in_scope()}", (label, *self._scopes))
 
     def _data_cap(self, dataset: str) -> PrivacyBudget:
         ids = [dataset, *self._predecessors(dataset)]
@@ -467,8 +475,8 @@ class Ledger:
         clauses: list[str] = []
         params: list[object] = []
         if self.scope is not None and dataset is None:
-            clauses.append("scope = ?")
-            params.append(self.scope)
+            clauses.append(self._in_scope())
+            params.extend(self._scopes)
         if dataset is not None:
             clauses.append("dataset = ?")
             params.append(dataset)
@@ -656,11 +664,17 @@ def ledger_home() -> Path:
     return _account_home() / ".local" / "share" / "audiences" / "ledger"
 
 
-def source_scope(config: ProjectConfig) -> str:
-    """The project's data location: a digest of its resolved source file paths, or of its
-    database (file, or host, port, database and user) and tables."""
+def source_scope(config: ProjectConfig, *, with_events: bool = False) -> str:
+    """The project's people: a digest of its contacts source's resolved file path, or of
+    its database (file, or host, port, database and user) and contacts table.
+
+    The events source is left out: a budget protects the people of the contacts, and a
+    scope that followed the events let each project over the same contacts with an events
+    file of its own (a one-row CSV) start a fresh period cap. ``with_events``: the scope as
+    versions before this one computed it (contacts and events), whose spends still count.
+    """
     sources: list[SourceConfig] = [config.sources.contacts]
-    if config.sources.events is not None:
+    if with_events and config.sources.events is not None:
         sources.append(config.sources.events)
     if config.sources.contacts.is_database:
         from audiences.crm.databases import database_of
@@ -735,6 +749,7 @@ def _import_legacy(conn: sqlite3.Connection, state_db: Path, scope: str) -> None
 def open_ledger(config: ProjectConfig, policy: BudgetPolicy) -> Ledger:
     """The project's ledger in the per-user store (close it, or use it as a context)."""
     scope = source_scope(config)
+    earlier = source_scope(config, with_events=True)
     conn = _connect_shared(ledger_home())
     _import_legacy(conn, config.state_db, scope)
     formats = None
@@ -744,4 +759,10 @@ def open_ledger(config: ProjectConfig, policy: BudgetPolicy) -> Ledger:
         def formats() -> tuple[str, str]:
             return dataset_id_formats(config)
 
-    return Ledger(conn, policy, scope=scope, formats=formats)
+    return Ledger(
+        conn,
+        policy,
+        scope=scope,
+        earlier_scopes=(earlier,) if earlier != scope else (),
+        formats=formats,
+    )
