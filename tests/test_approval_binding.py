@@ -61,6 +61,12 @@ TOML_ATTACKS = {
     "deceased unmapped": (r'^deceased = "deceased"$', "", "deceased"),
     "pack swapped": (r'^pack = "[^"]*"', 'pack = "baseline"', "baseline"),
     "ad account changed": (r'^ad_account_id = ".*"$', 'ad_account_id = "act_999"', "act_999"),
+    # how the values are read: a text condition made to match other spellings
+    "compared case-insensitively": (
+        r"^\[sources\.contacts\]$",
+        '[sources.contacts]\ncase_insensitive = ["preferred_language"]',
+        "case_insensitive",
+    ),
     # exfiltration: the approved upload sent to another server that answers like Meta
     "endpoint redirected": (
         r'^endpoint = "(https?)://127\.0\.0\.1:(\d+)"',
@@ -85,6 +91,25 @@ def test_attack_audiences_toml_edit_after_approval_blocks(project: Any, attack: 
     # the officer re-approves the new policy knowingly; then it runs
     project.approve(SEG)
     assert project.cli("build", SEG).exit_code in (0, 3)  # the gate itself may still block
+
+
+def test_attack_contacts_read_from_a_file_of_ones_own_blocks(project: Any) -> None:
+    """A copy of the export where everyone said yes (consent granted, nobody deceased),
+    read instead of the CRM's: before, released without re-approval."""
+    import polars as pl
+
+    data = project.root / "data"
+    mine = data / "everyone-consents.parquet"
+    pl.read_parquet(data / "contacts.parquet").with_columns(
+        pl.lit(True).alias("marketing_opt_in"),
+        pl.lit(False).alias("do_not_contact"),
+        pl.lit(False).alias("deceased"),
+    ).write_parquet(mine)
+    project.edit_toml(
+        sub(r'^path = "data/contacts\.parquet"', 'path = "data/everyone-consents.parquet"')
+    )
+    for command in ("build", "sync"):
+        blocked_with(project.cli(command, SEG), "changed since approval", "everyone-consents")
 
 
 def test_attack_require_approval_false_cannot_lower_the_pack(project: Any) -> None:

@@ -61,7 +61,36 @@ def effective_policy(config: ProjectConfig, segment: Any, pack: Any) -> dict[str
         "jurisdiction_column": config.policy.jurisdiction_column,
         "destinations": {name: _destination(config, name) for name in sorted(segment.destinations)},
         "approvers": {"require_approval": config.approvers.require_approval},
+        # where the people come from and how their values are read: another file (one the
+        # marketer wrote, say, with every consent granted), a column declared another
+        # type, a text column compared case-insensitively, another event-type column
+        "sources": {
+            name: _source(source)
+            for name, source in (("contacts", config.sources.contacts), ("events", events))
+            if source is not None
+        },
     }
+
+
+# bound already under "sensitivity" (what the gate counts as sensitive)
+_SENSITIVITY = frozenset(
+    {
+        "sensitive_types",
+        "sensitive_columns",
+        "not_sensitive_types",
+        "not_sensitive_columns",
+        "unclassified_types",
+        "unclassified_columns",
+    }
+)
+
+
+def _source(source: Any) -> dict[str, Any]:
+    """A source's settings as written (its location, format, declared types, compared
+    case-insensitively, id and event columns): the data it holds is not bound — the
+    export at that location changes every night."""
+    settings: dict[str, Any] = source.model_dump(mode="json", exclude=_SENSITIVITY)
+    return settings
 
 
 # Timing only. The endpoint and the CA file are bound: they decide which server receives
