@@ -344,3 +344,35 @@ def test_every_count_a_sync_result_carries_is_coarsened() -> None:
         DestinationSync("s", "meta", "ok", replaced_members=1797).to_dict(), Rounding(100, 100)
     )
     assert shown["replaced_members"] == "1700-1799"
+
+
+def test_attack_validate_against_a_base_of_k_minus_one_tells_nothing(make_project: Any) -> None:
+    """The attack: a base of exactly k - 1 records, or-ed with one named person's diagnosis;
+    `validate` warned "selects fewer than k" exactly when the person did not have it."""
+    import polars as pl
+
+    p = make_project(rows=3000, segments=("all-adults",))
+    contacts = p.contacts().sort("contact_id")
+    bound = contacts.get_column("contact_id")[99]  # ids below it: exactly 99 = k - 1
+    person = (
+        contacts.slice(100)
+        .filter(pl.col("email").is_not_null() & (pl.col("diagnosis_codes").list.len() > 0))
+        .row(0, named=True)
+    )
+    theirs = person["diagnosis_codes"][0]
+    every = set(contacts.get_column("diagnosis_codes").explode().drop_nulls())
+    other = sorted(every - set(person["diagnosis_codes"]))[0]
+
+    def findings(code: str) -> list[Any]:
+        (p.root / "segments" / "probe.yaml").write_text(
+            "name: probe\ndestinations: [file]\nwhere:\n  any:\n"
+            f"    - contact_id: {{lt: {bound}}}\n"
+            f"    - all: [{{email: {{eq: {person['email']}}}}}, "
+            f"{{diagnosis_codes: {{contains: {code}}}}}]\n"
+        )
+        result = p.cli("validate", "--json", "--as-of", DAY)
+        assert result.exit_code == 0, result.stderr
+        doc = json.loads(result.stdout)
+        return [f for f in doc["warnings"] if f["file"].endswith("probe.yaml")]
+
+    assert findings(theirs) == findings(other)

@@ -286,8 +286,10 @@ class Validation:
                 for problem in event_type_problems(self.config, [segment], sources):
                     self.error("event-type", problem)
             if data_ok and len(self.errors) == before:
+                # (no "selects fewer than k": against a base of exactly k - 1 records, a
+                # threshold answered whether one named person had a diagnosis —
+                # docs/segments.md; `preview` gives a segment's size, with noise)
                 self.values(segment, sources, k)
-                self.selects_enough(segment, sources, k)
         try:
             dimensions(self.config, contacts_schema)
         except AudiencesError as exc:
@@ -305,34 +307,6 @@ class Validation:
                     "fix `destinations:` in the segment or add them to audiences.toml",
                     where=str(segment.source or segment.name),
                 ),
-            )
-
-    def selects_enough(self, segment: Segment, sources: Sources, k: int) -> None:
-        """A warning when the segment selects fewer than ``k`` records (``k``: the pack's
-        minimum size). Never whether it selects *nobody*: with a condition on an email
-        and one on a diagnosis, "selects nobody" or not told anyone who can run
-        ``validate`` whether that person has that diagnosis; below ``k`` a build is
-        blocked whatever the count, so the threshold tells no more than a build does."""
-        from audiences.pipeline.select import segment_context
-        from audiences.segments import compile_segment
-
-        ctx = segment_context(self.config, self.as_of)
-        plan = compile_segment(segment, sources.contacts, sources.events, ctx)
-        try:
-            few = plan.select(pl.len() < k).collect(engine="streaming").item()
-        except pl.exceptions.PolarsError:
-            return  # the type checks above report values that do not parse
-        if few:
-            self.findings.append(
-                Finding(
-                    "warning",
-                    "selects-fewer-than-k",
-                    f"segment {segment.name!r} selects fewer than {k} records in the data "
-                    f"(a release needs at least {k} people; how many fewer is not shown)",
-                    "check its values (see `audiences columns`) and conditions",
-                    segment.source or segment.name,
-                    segment.line,
-                )
             )
 
     def values(self, segment: Segment, sources: Sources, k: int) -> None:
