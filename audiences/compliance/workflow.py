@@ -89,8 +89,7 @@ def _source(source: Any) -> dict[str, Any]:
     """A source's settings as written (its location, format, declared types, compared
     case-insensitively, id and event columns): the data it holds is not bound — the
     export at that location changes every night."""
-    settings: dict[str, Any] = source.model_dump(mode="json", exclude=_SENSITIVITY)
-    return settings
+    return dict(source.model_dump(mode="json", exclude=_SENSITIVITY))
 
 
 # Timing only. The endpoint and the CA file are bound: they decide which server receives

@@ -44,15 +44,7 @@ if TYPE_CHECKING:
 
 def live_destinations(conn: sqlite3.Connection, config: ProjectConfig, segment: str) -> list[str]:
     """Ad destinations (still configured) where the segment has a platform audience."""
-    rows = conn.execute(
-        "SELECT destination FROM audiences_remote WHERE segment=? ORDER BY destination",
-        (segment,),
-    ).fetchall()
-    return [
-        str(d)
-        for (d,) in rows
-        if str(d) in config.destinations and config.destination(str(d)).kind != "file"
-    ]
+    return [d for s, d in live_audiences(conn, config) if s == segment]
 
 
 def live_audiences(conn: sqlite3.Connection, config: ProjectConfig) -> list[tuple[str, str]]:
