@@ -4,6 +4,7 @@ before approval. Real CLI, real SDKs, the project's sandboxes on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,24 @@ def test_cron_cleans_an_audience_its_segment_no_longer_names(make_project: Any) 
     assert {r["destination"] for r in doc["results"]} == {"meta", "google_ads"}
     for r in doc["results"]:
         assert r["status"] == "blocked" and "audiences takedown grown-ups" in r["error"]
+
+
+def test_cron_reports_an_audience_whose_destination_left_the_config(make_project: Any) -> None:
+    """The attack: delete a live destination from audiences.toml (and from the segment),
+    so that no sync can reach its audience any more."""
+    p = make_project(rows=3000)
+    first_sync(p)
+    write_segment(p, BOTH.replace("[meta, google_ads]", "[meta]"))
+    p.edit_toml(lambda t: re.sub(r"(?ms)^\[destinations\.google_ads\]\n.*?(?=^\[)", "", t))
+    assert "google_ads" not in p.config().destinations
+    p.approve("grown-ups")
+    doc = p.cli_json("sync", "--all", "--as-of", DAY, expect=3)
+    by_dest = {r["destination"]: r for r in doc["results"]}
+    assert by_dest["meta"]["status"] == "ok"
+    gone = by_dest["google_ads"]
+    assert gone["status"] == "blocked"
+    assert "no longer configures" in gone["error"]
+    assert "audiences takedown grown-ups --destination google_ads" in gone["error"]
 
 
 # ----------------------------------------------------------------------- 3. files

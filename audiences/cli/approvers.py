@@ -23,11 +23,12 @@ def approvers() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def list_(obj: Context, as_json: bool) -> None:
-    """Which approver keys are trusted, and since when."""
-    from audiences.compliance.workflow import trusted_approvers
+    """Which approver keys are trusted, since when, and for which accounts (custody)."""
+    from audiences.compliance.workflow import account_approvers, trusted_approvers
     from audiences.core.state import connect
 
-    conn = connect(obj.config().state_db)
+    config = obj.config()
+    conn = connect(config.state_db)
     try:
         trusted = trusted_approvers(conn)
     finally:
@@ -36,14 +37,22 @@ def list_(obj: Context, as_json: bool) -> None:
         {"approver": name, "key_id": t["key_id"], "since": t["since"]}
         for name, t in sorted(trusted.items())
     ]
+    accounts = account_approvers(config)
     if as_json:
-        emit_json({"approvers": rows})
+        emit_json({"approvers": rows, "accounts": accounts})
         return
     if not rows:
         click.echo("No trusted approver keys yet: the first `audiences approve` trusts the keys "
                    "under [approvers] keys in audiences.toml.")  # fmt: skip
     for row in rows:
         click.echo(f"{row['approver']}  {row['key_id']}  trusted since {row['since']}")
+    for account in accounts:
+        names = ", ".join(account["destinations"])
+        if account["approvers"] is None:
+            click.echo(f"{account['account']} ({names}): no approvers on this OS account yet")
+            continue
+        who = ", ".join(f"{a['approver']} {a['key_id']}" for a in account["approvers"])
+        click.echo(f"{account['account']} ({names}): {who}")
 
 
 def _change(obj: Context, kind: str, name: str, public: str | None, by: str, key: Path) -> dict:  # type: ignore[type-arg]

@@ -158,7 +158,7 @@ def revoke(obj: Context, segment: str, by: str | None, take_down: bool, delete: 
 
     Revoking stops adds; the platform audience stays live (forced removals still go).
     ``--takedown`` also empties it everywhere (``audiences takedown``)."""
-    from audiences.compliance.approvals import revoke as run_revoke
+    from audiences.compliance.workflow import revoke as run_revoke
     from audiences.core.actor import actor_name
     from audiences.core.errors import UsageError
     from audiences.core.lock import ProjectLock
@@ -172,7 +172,7 @@ def revoke(obj: Context, segment: str, by: str | None, take_down: bool, delete: 
     with ProjectLock(config.state_dir / "lock"):
         conn = connect(config.state_db)
         try:
-            run_revoke(conn, segment, actor_name(by))
+            run_revoke(conn, config, segment, actor_name(by))
         finally:
             conn.close()
     click.echo(f"Revoked the approval of {segment}.", err=True)

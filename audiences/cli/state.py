@@ -66,6 +66,12 @@ def state_restore(obj: Context, archive: Path, by: str | None, as_json: bool) ->
         click.echo(f"Note: {report.reason}.", err=True)
     for segment, destination in report.replaces:
         click.echo(f"{segment}->{destination}: replaced in full on its next sync", err=True)
+    for kept in report.revoked_again:
+        click.echo(
+            f"{kept['segment']}: revoked again (revoked by {kept['revoked_by']} at {kept['at']}, "
+            "after the backup; kept outside the project)",
+            err=True,
+        )
 
 
 @state.command("adopt")

@@ -21,14 +21,11 @@ from typing import Any
 
 import yaml
 
-from audiences.compliance import approvals, audit
+from audiences.compliance import approvals, audit, custody
+from audiences.compliance.custody import ADD_KIND, REMOVE_KIND, TRUST_KIND
 from audiences.compliance.keys import key_id, load_private_key, load_public_key
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import ApprovalError, ConfigError
-
-TRUST_KIND = "approver_trust"  # the keys of [approvers] keys at first use (TOFU)
-ADD_KIND = "approver_add"
-REMOVE_KIND = "approver_remove"
 
 
 def effective_policy(config: ProjectConfig, segment: Any, pack: Any) -> dict[str, Any]:
@@ -168,64 +165,32 @@ def _add_hint(name: str, public: str = "BASE64") -> str:
     )
 
 
-def _trust_entries(conn: sqlite3.Connection) -> list[audit.AuditEntry]:
+def _trust_entries(conn: sqlite3.Connection) -> list[custody.TrustEntry]:
     rows = conn.execute(
         "SELECT seq, at, actor, kind, subject, details, prev_hash, hash FROM audit "
         "WHERE kind IN (?, ?, ?) ORDER BY seq",
         (TRUST_KIND, ADD_KIND, REMOVE_KIND),
     ).fetchall()
-    return [audit.AuditEntry(*tuple(row)) for row in rows]
+    entries = [audit.AuditEntry(*tuple(row)) for row in rows]
+    return [
+        custody.TrustEntry(e.kind, e.subject, e.details_dict(), e.at, f"audit entry {e.seq}")
+        for e in entries
+    ]
 
 
-def change_payload(kind: str, name: str, public: str, by: str, by_key: str) -> bytes:
-    """The canonical JSON a trusted approver signs to add or remove an approver key."""
-    return audit.canonical_json(
-        {"type": f"audiences.{kind}", "name": name, "public": public, "by": by, "by_key": by_key}
-    ).encode()
+change_payload = custody.change_payload
 
 
 def trusted_approvers(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
     """``{name: {"public", "key_id", "since"}}`` from the audit chain: the trust-on-first-use
     keys, plus signed additions, minus signed removals. Empty before the first approval."""
-    trusted: dict[str, dict[str, str]] = {}
-    for entry in _trust_entries(conn):
-        details = entry.details_dict()
-        if entry.kind == TRUST_KIND:
-            for name, public in details["keys"].items():
-                trusted[name] = {"public": public, "key_id": _kid(public), "since": entry.at}
-            continue
-        signer = trusted.get(details.get("by", ""))
-        payload = change_payload(
-            entry.kind, entry.subject, details["public"], details["by"], details["by_key"]
-        )
-        if signer is None or signer["key_id"] != details["by_key"]:
-            raise _untrusted_chain(entry, "its signer is not a trusted approver")
-        try:
-            load_public_key(signer["public"]).verify(
-                base64.b64decode(details["signature"]), payload
-            )
-        except Exception:
-            raise _untrusted_chain(entry, "its signature does not verify") from None
-        if entry.kind == ADD_KIND:
-            trusted[entry.subject] = {
-                "public": details["public"],
-                "key_id": _kid(details["public"]),
-                "since": entry.at,
-            }
-        else:
-            trusted.pop(entry.subject, None)
-    return trusted
+    return custody.replay(
+        _trust_entries(conn), broken="the state database was altered; run `audiences audit verify`"
+    )
 
 
 def _kid(public: str) -> str:
     return key_id(load_public_key(public))
-
-
-def _untrusted_chain(entry: audit.AuditEntry, why: str) -> ApprovalError:
-    return ApprovalError(
-        f"approver change in audit entry {entry.seq} ({entry.kind} {entry.subject}): {why}",
-        "the state database was altered; run `audiences audit verify`",
-    )
 
 
 def _trusted(conn: sqlite3.Connection, config: ProjectConfig, *, record: bool) -> dict[str, str]:
@@ -242,6 +207,7 @@ def _trusted(conn: sqlite3.Connection, config: ProjectConfig, *, record: bool) -
                 "[approvers] keys",
             )
         if record:
+            _first_use_in_custody(config, listed)
             audit.append(
                 conn, kind=TRUST_KIND, subject="approvers", details={"keys": listed},
                 actor="trust-on-first-use",
@@ -258,6 +224,32 @@ def _trusted(conn: sqlite3.Connection, config: ProjectConfig, *, record: bool) -
     return {name: t["public"] for name, t in trusted.items()}
 
 
+def _first_use_in_custody(config: ProjectConfig, listed: dict[str, str]) -> None:
+    """A state's first trust comes from ``[approvers] keys`` only where the accounts it
+    releases to have no approvers yet on this OS account: a key the file lists must be
+    trusted for every account of the project's destinations that has (else a deleted or
+    new state database would trust whatever key the file was edited to list)."""
+    kids = {name: _kid(public) for name, public in listed.items()}
+    with custody.opened() as store:
+        for name in sorted(config.destinations):
+            account = destination_account(config, name)
+            trusted = custody.trusted_for(store, account)
+            if trusted is None:
+                continue
+            known = {t["key_id"] for t in trusted.values()}
+            for approver, kid in sorted(kids.items()):
+                if kid not in known:
+                    raise ApprovalError(
+                        f"approver key {approver!r} in audiences.toml is not trusted for "
+                        f"{account} (destination {name!r}) on this OS account: its approvers "
+                        f"are {', '.join(sorted(trusted))}",
+                        "list the keys of that account's approvers under [approvers] keys (trust "
+                        "for an account starts once, not once per state database); one of them "
+                        "adds a new approver with `audiences approvers add`",
+                        where="audiences.toml [approvers] keys",
+                    )
+
+
 def check(conn: sqlite3.Connection, config: ProjectConfig, segment: Any, pack: Any) -> Any:
     """The segment's valid approval, or ApprovalError (exit 3) saying what changed."""
     if not config.approvers.keys and not trusted_approvers(conn):
@@ -267,7 +259,85 @@ def check(conn: sqlite3.Connection, config: ProjectConfig, segment: Any, pack: A
             "[approvers] keys, then `audiences approve`",
         )
     trusted = _trusted(conn, config, record=False)
-    return approvals.check_approval(conn, **_binding(config, segment, pack, trusted))
+    current = approvals.check_approval(conn, **_binding(config, segment, pack, trusted))
+    with custody.opened() as store:
+        revoked = custody.revocation(store, current.signature)
+        if revoked is not None:
+            raise ApprovalError(
+                f"the approval of segment {segment.name!r} was revoked by {revoked[0]} at "
+                f"{revoked[1]} (a revocation is kept outside the project: a restored backup "
+                "or a copy of the project does not bring the approval back)",
+                approvals._approve_hint(segment.name),
+            )
+        _account_trust(store, conn, config, segment, current.key_id)
+    return current
+
+
+def destination_account(config: ProjectConfig, name: str) -> str:
+    """The account a destination releases to, as custody keys it: the ad account
+    (``act_…``), the Google Ads customer id, or a file destination's resolved folder."""
+    from policies.gate import destination_of
+    from policies.rules import GOOGLE_KINDS
+
+    spec = config.destination(name)
+    if spec.kind == "file":
+        folder = str((spec.model_extra or {}).get("path", "exports"))
+        return f"local:{config.path(folder).resolve()}"
+    account = destination_of(config, name)[0].account
+    return f"google:{account}" if spec.kind in GOOGLE_KINDS else account
+
+
+def account_approvers(config: ProjectConfig) -> list[dict[str, Any]]:
+    """For ``approvers list``: each account of the project's destinations and the approvers
+    custody trusts for it on this OS account (None before its first approval)."""
+    accounts: dict[str, list[str]] = {}
+    for name in sorted(config.destinations):
+        accounts.setdefault(destination_account(config, name), []).append(name)
+    with custody.opened() as store:
+        rows = []
+        for account, names in sorted(accounts.items()):
+            trusted = custody.trusted_for(store, account)
+            rows.append(
+                {
+                    "account": account,
+                    "destinations": names,
+                    "approvers": None
+                    if trusted is None
+                    else [
+                        {"approver": n, "key_id": t["key_id"]} for n, t in sorted(trusted.items())
+                    ],
+                }
+            )
+    return rows
+
+
+def _project(config: ProjectConfig) -> str:
+    return str(config.root.resolve())
+
+
+def _account_trust(
+    store: Any, conn: sqlite3.Connection, config: ProjectConfig, segment: Any, kid: str
+) -> None:
+    """Refuse ``kid`` unless it is trusted for every account the segment releases to, on
+    this OS account. An account released to for the first time pins the project's trust
+    history as its root (docs/compliance-workflow.md, "Custody")."""
+    history: list[custody.TrustEntry] | None = None
+    for name in sorted(segment.destinations):
+        account = destination_account(config, name)
+        trusted = custody.trusted_for(store, account)
+        if trusted is None:
+            history = _trust_entries(conn) if history is None else history
+            trusted = custody.pin(store, account, history, _project(config))
+        if not any(t["key_id"] == kid for t in trusted.values()):
+            names = ", ".join(sorted(trusted)) or "nobody"
+            raise ApprovalError(
+                f"the approval of segment {segment.name!r} is signed by key {kid}, which is not "
+                f"trusted for {account} (destination {name!r}) on this OS account: its approvers "
+                f"are {names}",
+                "trust for an account starts with the first approval released to it, in any "
+                "project (a new state database or an edited [approvers] keys does not start "
+                "it again); one of its approvers signs `audiences approvers add`",
+            )
 
 
 def approve(
@@ -284,7 +354,63 @@ def approve(
     with audit.write_transaction(conn):
         trusted = _trusted(conn, config, record=True)
     binding = _binding(config, segment, pack, trusted)
+    signer = key_id(load_private_key(key_path).public_key())
+    if signer in {_kid(public) for public in trusted.values()}:  # else approve() says why
+        with custody.opened() as store:
+            _account_trust(store, conn, config, segment, signer)
     return approvals.approve(conn, **binding, approver=by, private_key_path=key_path, note=note)
+
+
+def revoke(conn: sqlite3.Connection, config: ProjectConfig, segment: str, by: str) -> Any:
+    """Revoke the segment's approval, in the project and in custody (outside the project,
+    so that no restored backup or copy of the project brings it back)."""
+    revoked = approvals.revoke(conn, segment, by)
+    with custody.opened() as store:
+        custody.record_revocation(
+            store, revoked.signature, segment, by, str(revoked.revoked_at), _project(config)
+        )
+    return revoked
+
+
+def reapply_revocations(conn: sqlite3.Connection, actor: str) -> list[dict[str, str]]:
+    """After ``state restore``: each approval the restored state holds unrevoked but custody
+    holds revoked is revoked again in the state, with an audit entry (its chain then says
+    what the backup did not know)."""
+    rows = conn.execute("SELECT DISTINCT segment FROM approvals ORDER BY segment").fetchall()
+    kept = []
+    with custody.opened() as store:
+        for (segment,) in rows:
+            current = approvals.latest_approval(conn, str(segment))
+            if current is None or current.revoked_at is not None:
+                continue
+            revoked = custody.revocation(store, current.signature)
+            if revoked is None:
+                continue
+            approvals.revoke(conn, current.segment, f"{revoked[0]} (custody, restored by {actor})")
+            kept.append({"segment": current.segment, "revoked_by": revoked[0], "at": revoked[1]})
+    return kept
+
+
+def record_takedown(config: ProjectConfig, segment: str, destination: str, by: str) -> None:
+    """Keep a takedown outside the project: no state adds to the audience again until an
+    approval signed after it."""
+    with custody.opened() as store:
+        custody.record_takedown(
+            store,
+            segment,
+            destination_account(config, destination),
+            destination,
+            by,
+            audit.format_at(),
+            _project(config),
+        )
+
+
+def takedown_since(config: ProjectConfig, segment: str, destination: str) -> str | None:
+    """When the segment's audience on the destination's account was last taken down, from
+    any state on this OS account."""
+    with custody.opened() as store:
+        return custody.latest_takedown(store, segment, destination_account(config, destination))
 
 
 def _binding(
@@ -336,5 +462,30 @@ def change_approver(
         payload = change_payload(kind, name, public, by, signer["key_id"])
         signature = base64.b64encode(private.sign(payload)).decode()
         details = {"public": public, "by": by, "by_key": signer["key_id"], "signature": signature}
-        audit.append(conn, kind=kind, subject=name, details=details, actor=by)
-    return {"approver": name, "key_id": _kid(public), "change": kind, "by": by}
+        entry = audit.append(conn, kind=kind, subject=name, details=details, actor=by)
+        accounts = _record_change(config, custody.TrustEntry(kind, name, details, entry.at, ""))
+    return {"approver": name, "key_id": _kid(public), "change": kind, "by": by} | {
+        "accounts": accounts
+    }
+
+
+def _record_change(config: ProjectConfig, entry: custody.TrustEntry) -> list[str]:
+    """Carry a signed approver change to every account of the project's destinations whose
+    trust root is pinned (the others pin the project's history, change included, when
+    first released to). Refused, and nothing recorded, when the signer is not trusted for
+    one of them."""
+    accounts = sorted({destination_account(config, name) for name in config.destinations})
+    with custody.opened() as store:
+        pinned = [a for a in accounts if custody.trusted_for(store, a) is not None]
+        for account in pinned:  # every account first, so that a refusal records nothing
+            try:
+                custody.check_change(store, account, entry)
+            except ApprovalError as exc:
+                raise ApprovalError(
+                    f"{entry.details['by']!r} is not a trusted approver for {account} on this "
+                    f"OS account ({exc.message})",
+                    "sign with the key of one of that account's approvers",
+                ) from None
+        for account in pinned:
+            custody.record_change(store, account, entry, _project(config))
+    return pinned

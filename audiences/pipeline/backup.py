@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from audiences.compliance.workflow import reapply_revocations
 from audiences.core.atomic import write_with
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import StateError
@@ -56,6 +57,8 @@ class RestoreReport:
     adopted: list[tuple[str, str, str]] = field(default_factory=list)
     reason: str | None = None
     replaces: list[tuple[str, str]] = field(default_factory=list)
+    # revocations the backup did not know, kept in custody and applied again
+    revoked_again: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +69,7 @@ class RestoreReport:
             ],
             "reason": self.reason,
             "replaces": [{"segment": s, "destination": d} for s, d in self.replaces],
+            "revoked_again": self.revoked_again,
         }
 
 
@@ -211,6 +215,7 @@ def _after_restore(config: ProjectConfig, actor: str, report: RestoreReport) -> 
             report.replaces.append((str(segment), str(destination)))
         if record is None or why is None:
             state_record.write(conn, config.state_dir)
+        report.revoked_again = reapply_revocations(conn, actor)
     finally:
         conn.close()
 

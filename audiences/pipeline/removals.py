@@ -60,6 +60,18 @@ def live_audiences(conn: sqlite3.Connection, config: ProjectConfig) -> list[tupl
     ]
 
 
+def unconfigured_audiences(
+    conn: sqlite3.Connection, config: ProjectConfig
+) -> list[tuple[str, str]]:
+    """(segment, destination) of every platform audience the project holds on a
+    destination ``audiences.toml`` no longer configures (nothing can reach it: no token,
+    no account, no connector)."""
+    rows = conn.execute(
+        "SELECT DISTINCT segment, destination FROM audiences_remote ORDER BY segment, destination"
+    ).fetchall()
+    return [(str(s), str(d)) for s, d in rows if str(d) not in config.destinations]
+
+
 def on_platform(conn: sqlite3.Connection, store: MembershipStore) -> pl.DataFrame:
     """Rows the platform holds or may hold: the confirmed snapshot plus unconfirmed adds."""
     snapshot = store.load()

@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -391,7 +391,7 @@ def _sync_segment(
         if release.kind == "file":
             synced.append(DestinationSync(segment, name, "ok", adds=release.members.height))
             continue
-        down = taken_down_block(conn, segment, name)
+        down = taken_down_block(conn, segment, name, config)
         if down is not None:
             synced.append(_record_blocked(conn, segment, name, down, actor))
             continue
@@ -413,7 +413,11 @@ def _sync_segment(
 def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[DestinationSync]]:
     from audiences.compliance import workflow as compliance
     from audiences.compliance.approvals import latest_approval
-    from audiences.pipeline.removals import live_audiences, live_destinations
+    from audiences.pipeline.removals import (
+        live_audiences,
+        live_destinations,
+        unconfigured_audiences,
+    )
     from audiences.segments import load_segments
     from policies.pack import load_pack
 
@@ -462,6 +466,22 @@ def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[Destinati
                         ),
                     )
                 )
+        for name, destination in unconfigured_audiences(conn, config):
+            if _holding(conn, config, name, [destination]):
+                skipped.append(
+                    DestinationSync(
+                        name,
+                        destination,
+                        "blocked",
+                        error=(
+                            f"segment {name!r} has a live audience on destination "
+                            f"{destination!r}, which audiences.toml no longer configures: "
+                            f"nothing is removed from it; put [destinations.{destination}] "
+                            f"back and run `audiences takedown {name} --destination "
+                            f"{destination}`"
+                        ),
+                    )
+                )
     finally:
         conn.close()
     return names, skipped
@@ -477,32 +497,51 @@ def _holding(
     from audiences.pipeline.removals import on_platform
 
     for destination in live:
-        if taken_down_block(conn, segment, destination) is None:
+        if taken_down_block(conn, segment, destination, config) is None:
             return True
         if on_platform(conn, MembershipStore(config.state_dir, segment, destination)).height:
             return True
     return False
 
 
-def taken_down_block(conn: sqlite3.Connection, segment: str, destination: str) -> str | None:
-    """Why adds to a taken-down audience are refused (no approval since), or None."""
+def taken_down_block(
+    conn: sqlite3.Connection, segment: str, destination: str, config: ProjectConfig
+) -> str | None:
+    """Why adds to a taken-down audience are refused (no approval since), or None. The
+    takedown is this state's, or one kept in custody on this OS account (from a copy of
+    the project, or from a state since restored from an older backup)."""
+    from audiences.compliance.workflow import takedown_since
+
     row = conn.execute(
-        "SELECT finished_at FROM syncs WHERE segment=? AND destination=? AND release_id=? "
-        "AND status IN ('taken_down', 'takedown_partial') ORDER BY finished_at DESC LIMIT 1",
+        "SELECT max(finished_at) FROM syncs WHERE segment=? AND destination=? AND release_id=? "
+        "AND status IN ('taken_down', 'takedown_partial')",
         (segment, destination, TAKEDOWN),
     ).fetchone()
-    if row is None:
+    here = None if row is None or row[0] is None else str(row[0])
+    # (a destination no longer configured has no account to look custody up by)
+    known = destination in config.destinations
+    kept = takedown_since(config, segment, destination) if known else None
+    stamps = [s for s in (here, kept) if s is not None]
+    if not stamps:
         return None
+    # both are ISO-8601 UTC stamps, as an approval's `at`: compared as text
+    when = max(stamps, key=_instant)
     approved = conn.execute(
         "SELECT max(at) FROM approvals WHERE segment=? AND revoked_at IS NULL", (segment,)
     ).fetchone()
-    if approved and approved[0] and str(approved[0]) > str(row[0]):
+    if approved and approved[0] and _instant(str(approved[0])) > _instant(when):
         return None
     return (
-        f"the {destination} audience of {segment!r} was taken down at {row[0]}; nothing is "
+        f"the {destination} audience of {segment!r} was taken down at {when}; nothing is "
         f"added to it until a compliance officer approves the segment again "
         f"(audiences review {segment}, then audiences approve {segment} --by NAME --key PATH)"
     )
+
+
+def _instant(stamp: str) -> datetime:
+    """An ISO-8601 stamp of the state DB (``…Z`` or ``…+00:00``) as an aware datetime."""
+    at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def sync_destination(

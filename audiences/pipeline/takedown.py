@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from audiences.compliance.workflow import record_takedown
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import EXIT_ERROR, EXIT_OK, ConfigError, ConnectorError, DataError
 from audiences.core.state import connect, new_id, transaction, utcnow
@@ -87,6 +88,8 @@ def takedown(
         if not ads and not files:
             return _already(conn, config, segment, destination)
         connectors = _open_all(config, ads, connector_factory)
+        for name in [*ads, *files]:  # first: a run killed mid-way still blocks every copy
+            record_takedown(config, segment, name, by)
         results = []
         try:
             for name, remote_id in ads.items():

@@ -1,0 +1,303 @@
+"""What a compliance decision leaves outside the project folder: per OS account, beside
+the DP budget ledger (docs/compliance-workflow.md, "Custody: what a copy cannot undo").
+
+The project's state (``.audiences/state.db``) is a file the marketer can restore from an
+older backup, delete, or copy with the whole project. Three records must outlive all of
+that, so they are also kept in ``custody.sqlite`` in the per-user folder of the DP ledger
+(:func:`policies.privacy.ledger.ledger_home`: the OS account's home from the password
+database, never ``$HOME``; nothing a production run reads moves it):
+
+* **the trust root of each destination account** (``act_…``, a Google Ads customer id, a
+  file destination's resolved folder): the approver keys a project trusted when it first
+  approved a release to the account, then every signed ``audiences approvers add/remove``.
+  An approval counts only when its key is trusted for every account it releases to, so a
+  project whose state was deleted (or a copy of it) cannot trust a key of its own by
+  editing ``[approvers] keys``: trust on first use happens once per account, not once
+  per state database.
+* **revocations**, by the approval's signature: an approval revoked once stays revoked
+  in every copy and after every restore.
+* **takedowns**, by segment and account: nothing is added to a taken-down audience again
+  until an approval signed after the takedown, whichever state the sync runs from.
+
+Writes go through ``BEGIN IMMEDIATE`` (two processes cannot both pin a first trust root).
+Tests point :data:`policies.privacy.ledger.LEDGER_HOME` elsewhere in-process.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audiences.compliance import audit
+from audiences.compliance.keys import key_id, load_public_key
+from audiences.core.errors import ApprovalError, StateError
+
+TRUST_KIND = "approver_trust"  # the keys of [approvers] keys at first use (TOFU)
+ADD_KIND = "approver_add"
+REMOVE_KIND = "approver_remove"
+FILE_NAME = "custody.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trust (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  account TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  details TEXT NOT NULL,
+  project TEXT NOT NULL,
+  at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trust_account ON trust(account, id);
+CREATE TABLE IF NOT EXISTS revocations (
+  signature_sha256 TEXT PRIMARY KEY,
+  segment TEXT NOT NULL,
+  by TEXT NOT NULL,
+  at TEXT NOT NULL,
+  project TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS takedowns (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  segment TEXT NOT NULL,
+  account TEXT NOT NULL,
+  destination TEXT NOT NULL,
+  by TEXT NOT NULL,
+  at TEXT NOT NULL,
+  project TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS takedowns_segment ON takedowns(segment, account);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TrustEntry:
+    """One change of a trusted key set: the first-use keys, or a signed add or remove."""
+
+    kind: str
+    subject: str
+    details: dict[str, Any]
+    at: str
+    where: str  # for errors: "audit entry 12", "custody entry 3 of act_123"
+
+
+def custody_path() -> Path:
+    from policies.privacy.ledger import ledger_home
+
+    return ledger_home() / FILE_NAME
+
+
+@contextlib.contextmanager
+def opened() -> Iterator[sqlite3.Connection]:
+    """The account's custody store (created on first use, mode 0600)."""
+    from audiences.core.state import ensure_private_dir
+
+    path = custody_path()
+    try:
+        ensure_private_dir(path.parent)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        with contextlib.suppress(PermissionError):
+            path.chmod(0o600)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.executescript(_SCHEMA)
+    except (OSError, sqlite3.DatabaseError) as exc:
+        raise StateError(
+            f"cannot open the custody store {path} ({exc})",
+            "check that the folder is writable by this account; never delete it",
+        ) from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+# --------------------------------------------------------------------------- trust sets
+
+
+def change_payload(kind: str, name: str, public: str, by: str, by_key: str) -> bytes:
+    """The canonical JSON a trusted approver signs to add or remove an approver key."""
+    return audit.canonical_json(
+        {"type": f"audiences.{kind}", "name": name, "public": public, "by": by, "by_key": by_key}
+    ).encode()
+
+
+def _kid(public: str) -> str:
+    return key_id(load_public_key(public))
+
+
+def replay(entries: Iterable[TrustEntry], *, broken: str) -> dict[str, dict[str, str]]:
+    """``{name: {"public", "key_id", "since"}}``: the first-use keys, plus signed additions,
+    minus signed removals — each change verified against the keys trusted before it."""
+    trusted: dict[str, dict[str, str]] = {}
+    for entry in entries:
+        details = entry.details
+        if entry.kind == TRUST_KIND:
+            for name, public in details["keys"].items():
+                trusted[name] = {"public": public, "key_id": _kid(public), "since": entry.at}
+            continue
+        signer = trusted.get(details.get("by", ""))
+        payload = change_payload(
+            entry.kind, entry.subject, details["public"], details["by"], details["by_key"]
+        )
+        why = ""
+        if signer is None or signer["key_id"] != details["by_key"]:
+            why = "its signer is not a trusted approver"
+        else:
+            try:
+                load_public_key(signer["public"]).verify(
+                    base64.b64decode(details["signature"]), payload
+                )
+            except Exception:
+                why = "its signature does not verify"
+        if why:
+            raise ApprovalError(
+                f"approver change in {entry.where} ({entry.kind} {entry.subject}): {why}", broken
+            )
+        if entry.kind == ADD_KIND:
+            trusted[entry.subject] = {
+                "public": details["public"],
+                "key_id": _kid(details["public"]),
+                "since": entry.at,
+            }
+        else:
+            trusted.pop(entry.subject, None)
+    return trusted
+
+
+def _entries(conn: sqlite3.Connection, account: str) -> list[TrustEntry]:
+    rows = conn.execute(
+        "SELECT id, kind, subject, details, at FROM trust WHERE account = ? ORDER BY id",
+        (account,),
+    ).fetchall()
+    return [
+        TrustEntry(kind, subject, json.loads(details), at, f"custody entry {id_} of {account}")
+        for id_, kind, subject, details, at in rows
+    ]
+
+
+def trusted_for(conn: sqlite3.Connection, account: str) -> dict[str, dict[str, str]] | None:
+    """The keys trusted for ``account`` on this OS account, or None before its first use."""
+    entries = _entries(conn, account)
+    if not entries:
+        return None
+    return replay(entries, broken=f"the custody store {custody_path()} was altered")
+
+
+def pin(
+    conn: sqlite3.Connection, account: str, entries: list[TrustEntry], project: str
+) -> dict[str, dict[str, str]]:
+    """The account's trust root: the one already pinned, or ``entries`` (a project's
+    verified trust history) pinned now as its first."""
+    with _immediate(conn):
+        if conn.execute("SELECT 1 FROM trust WHERE account = ? LIMIT 1", (account,)).fetchone():
+            pinned = trusted_for(conn, account)
+            assert pinned is not None
+            return pinned
+        for entry in entries:
+            conn.execute(
+                "INSERT INTO trust(account, kind, subject, details, project, at) "
+                "VALUES (?,?,?,?,?,?)",
+                (
+                    account,
+                    entry.kind,
+                    entry.subject,
+                    audit.canonical_json(entry.details),
+                    project,
+                    entry.at,
+                ),
+            )
+    return replay(entries, broken="the project's trust history does not verify")
+
+
+def check_change(conn: sqlite3.Connection, account: str, entry: TrustEntry) -> None:
+    """ApprovalError unless ``entry`` is a change the account's approvers signed."""
+    replay([*_entries(conn, account), entry], broken="the change does not verify")
+
+
+def record_change(conn: sqlite3.Connection, account: str, entry: TrustEntry, project: str) -> None:
+    """Append a signed add or remove to an account whose trust root is pinned."""
+    with _immediate(conn):
+        replay([*_entries(conn, account), entry], broken="the change does not verify")
+        conn.execute(
+            "INSERT INTO trust(account, kind, subject, details, project, at) VALUES (?,?,?,?,?,?)",
+            (
+                account,
+                entry.kind,
+                entry.subject,
+                audit.canonical_json(entry.details),
+                project,
+                entry.at,
+            ),
+        )
+
+
+# --------------------------------------------------------------------------- revocations
+
+
+def _signature_digest(signature: str) -> str:
+    return hashlib.sha256(signature.encode()).hexdigest()
+
+
+def record_revocation(
+    conn: sqlite3.Connection, signature: str, segment: str, by: str, at: str, project: str
+) -> None:
+    with _immediate(conn):
+        conn.execute(
+            "INSERT OR IGNORE INTO revocations(signature_sha256, segment, by, at, project) "
+            "VALUES (?,?,?,?,?)",
+            (_signature_digest(signature), segment, by, at, project),
+        )
+
+
+def revocation(conn: sqlite3.Connection, signature: str) -> tuple[str, str] | None:
+    """``(by, at)`` when the approval with this signature was revoked anywhere."""
+    row = conn.execute(
+        "SELECT by, at FROM revocations WHERE signature_sha256 = ?",
+        (_signature_digest(signature),),
+    ).fetchone()
+    return None if row is None else (str(row[0]), str(row[1]))
+
+
+# --------------------------------------------------------------------------- takedowns
+
+
+def record_takedown(
+    conn: sqlite3.Connection,
+    segment: str,
+    account: str,
+    destination: str,
+    by: str,
+    at: str,
+    project: str,
+) -> None:
+    with _immediate(conn):
+        conn.execute(
+            "INSERT INTO takedowns(segment, account, destination, by, at, project) "
+            "VALUES (?,?,?,?,?,?)",
+            (segment, account, destination, by, at, project),
+        )
+
+
+def latest_takedown(conn: sqlite3.Connection, segment: str, account: str) -> str | None:
+    """When the segment's audience on ``account`` was last taken down, from any state."""
+    row = conn.execute(
+        "SELECT max(at) FROM takedowns WHERE segment = ? AND account = ?", (segment, account)
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])

@@ -1,0 +1,257 @@
+"""What a decision leaves outside the project (audiences/compliance/custody.py): the attacks
+a marketer who can write the project folder would try after a revocation or a takedown —
+restore an older backup, delete the state and trust a key of their own, copy the project
+— each run with the documented commands against the sandboxes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AS_OF, Approver, Project, frozen_clock, meta_rows
+from test_state_loss import delete_state_db
+from test_takedown import live
+
+DAY = AS_OF.isoformat()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
+
+def copy_of(p: Project, tmp_path: Path, name: str = "copy") -> Project:
+    """The whole project folder copied, state included (``cp -r``)."""
+    target = tmp_path / name
+    shutil.copytree(p.root, target, symlinks=True)
+    return Project(target, p.boxes, p.tokens, p.approver)
+
+
+def own_key(tmp_path: Path, name: str = "marketer") -> Approver:
+    from audiences.compliance.keys import generate_keypair
+
+    folder = tmp_path / f"{name}-keys"
+    folder.mkdir()
+    pair = generate_keypair(folder / f"{name}.key", folder / f"{name}.pub")
+    return Approver(name, pair.private_path, pair.public_base64)
+
+
+def list_only(p: Project, key: Approver) -> None:
+    """``[approvers] keys`` edited to list ``key`` and nothing else."""
+    import re
+
+    p.edit_toml(
+        lambda t: re.sub(
+            r"(?m)^keys = \{.*\}$", f'keys = {{ "{key.name}" = "{key.public_base64}" }}', t
+        )
+    )
+
+
+def _os_user() -> str:
+    from audiences.core.actor import actor_name
+
+    return actor_name(None)
+
+
+def approve_with(p: Project, segment: str, key: Approver) -> Any:
+    return p.cli("approve", segment, "--by", key.name, "--key", str(key.private_key))
+
+
+def test_attack_restored_backup_does_not_bring_back_a_revoked_approval(
+    make_project: Any, tmp_path: Path
+) -> None:
+    p = make_project(rows=3000)
+    ids = live(p)
+    archive = tmp_path / "before-revocation.tar"
+    p.cli_json("state", "backup", "--out", str(archive))
+    assert p.cli("revoke", "grown-ups", "--by", "qa.officer").exit_code == 0
+    held = p.boxes.meta.members(ids["meta"])
+
+    # the backup's state has the approval unrevoked, in its table and its audit chain
+    restored = p.cli_json("state", "restore", str(archive))
+    assert [r["segment"] for r in restored["revoked_again"]] == ["grown-ups"]
+    assert restored["revoked_again"][0]["revoked_by"] == "qa.officer"
+    # applied again in the restored state, and its audit chain says so
+    assert p.query("SELECT count(*) FROM approvals WHERE revoked_at IS NULL") == [(0,)]
+    assert p.query("SELECT actor FROM audit WHERE kind = 'revocation'") == [
+        ("qa.officer (custody, restored by " + _os_user() + ")",)
+    ]
+    assert p.cli("audit", "verify").exit_code == 0
+    doc = p.cli_json("sync", "grown-ups", "--full-refresh", "--as-of", DAY, expect=3)
+    assert {r["status"] for r in doc["results"] if r["destination"] != "file"} == {"blocked"}
+    assert "revoked" in doc["results"][0]["error"]
+    assert p.boxes.meta.members(ids["meta"]) <= held  # nothing added back
+    r = p.cli("build", "grown-ups", "--as-of", DAY)
+    assert r.exit_code == 3 and "revoked" in r.stdout + r.stderr
+
+    # the approval row put back by hand (an SQL UPDATE) is still refused, by custody
+    conn = sqlite3.connect(p.state_db)
+    conn.execute("UPDATE approvals SET revoked_at = NULL, revoked_by = NULL")
+    conn.execute("DELETE FROM audit WHERE kind = 'revocation'")
+    conn.commit()
+    conn.close()
+    doc = p.cli_json("sync", "grown-ups", "--as-of", DAY, expect=3)
+    assert "a restored backup" in doc["results"][0]["error"]
+    assert p.boxes.meta.members(ids["meta"]) <= held
+
+    # the officer's new approval is what lets it out again
+    p.approve("grown-ups")
+    assert p.cli_json("sync", "grown-ups", "--as-of", DAY)["results"][0]["status"] == "ok"
+
+
+def test_attack_deleted_state_and_a_key_of_ones_own_approves_nothing(
+    make_project: Any, tmp_path: Path
+) -> None:
+    p = make_project(rows=3000)
+    ids = live(p)
+    mine = own_key(tmp_path)
+    delete_state_db(p)
+    list_only(p, mine)
+    assert p.cli_json("state", "adopt")["adopted"]
+
+    r = approve_with(p, "grown-ups", mine)
+    assert r.exit_code == 3, r.stderr
+    assert "not trusted for" in r.stderr and "qa.officer" in r.stderr
+    assert r.stderr.count("\n") <= 2 and "Traceback" not in r.stderr
+    # the refused first use left no trust behind: the officer's key still approves
+    assert p.query("SELECT count(*) FROM audit WHERE kind = 'approver_trust'") == [(0,)]
+    doc = p.cli_json("sync", "grown-ups", "--as-of", DAY, expect=3)
+    assert {r["status"] for r in doc["results"] if r["destination"] != "file"} == {"blocked"}
+    before = p.boxes.meta.members(ids["meta"])
+
+    p.edit_toml(lambda t: t.replace(mine.public_base64, p.approver.public_base64).replace(
+        f'"{mine.name}"', f'"{p.approver.name}"'))  # fmt: skip
+    p.approve("grown-ups")
+    assert p.cli_json("sync", "grown-ups", "--as-of", DAY)["results"][0]["status"] == "ok"
+    assert p.boxes.meta.members(ids["meta"]) == meta_rows(p.confirmed("grown-ups", "meta"))
+    assert before <= p.boxes.meta.members(ids["meta"])
+
+
+def test_attack_copy_of_the_project_refills_a_taken_down_audience(
+    make_project: Any, tmp_path: Path
+) -> None:
+    p = make_project(rows=3000)
+    ids = live(p)
+    copy = copy_of(p, tmp_path)
+    done = p.cli_json("takedown", "grown-ups", "--by", "qa.officer")
+    assert done["exit_code"] == 0
+    assert p.boxes.meta.members(ids["meta"]) == set()
+
+    # the copy's state never saw the takedown, and its approval is the officer's
+    for args in (("sync", "grown-ups", "--full-refresh"), ("sync", "--all")):
+        doc = copy.cli_json(*args, "--as-of", DAY, expect=3)
+        ads = [r for r in doc["results"] if r["destination"] != "file"]
+        assert {r["status"] for r in ads} == {"blocked"}, ads
+        assert all("taken down" in r["error"] for r in ads)
+    assert p.boxes.meta.members(ids["meta"]) == set()
+    assert p.boxes.google.members(ids["google_ads"]) == frozenset()
+
+    # a new approval, signed after the takedown by the officer, counts in any copy (whose
+    # snapshot predates the takedown: a full refresh puts the people back)
+    copy.approve("grown-ups")
+    doc = copy.cli_json("sync", "grown-ups", "--full-refresh", "--as-of", DAY)
+    assert {r["status"] for r in doc["results"]} == {"ok"}
+    assert p.boxes.meta.members(ids["meta"]) == meta_rows(copy.confirmed("grown-ups", "meta"))
+
+
+def test_attack_copy_of_the_project_keeps_a_revoked_approval(
+    make_project: Any, tmp_path: Path
+) -> None:
+    p = make_project(rows=3000)
+    ids = live(p)
+    copy = copy_of(p, tmp_path)
+    assert p.cli("revoke", "grown-ups", "--by", "qa.officer").exit_code == 0
+    held = p.boxes.meta.members(ids["meta"])
+    doc = copy.cli_json("sync", "grown-ups", "--full-refresh", "--as-of", DAY, expect=3)
+    assert all("revoked" in r["error"] for r in doc["results"] if r["destination"] != "file")
+    assert p.boxes.meta.members(ids["meta"]) <= held
+
+
+def test_attack_copy_with_a_fresh_state_and_a_key_of_ones_own(
+    make_project: Any, tmp_path: Path
+) -> None:
+    """The copy's state deleted, its own key listed: trust on first use for the copy's
+    state, but not for the ad accounts the original released to."""
+    p = make_project(rows=3000)
+    live(p)
+    copy = copy_of(p, tmp_path)
+    shutil.rmtree(copy.root / ".audiences")
+    mine = own_key(tmp_path)
+    list_only(copy, mine)
+    r = approve_with(copy, "grown-ups", mine)
+    assert r.exit_code == 3 and "not trusted for" in r.stderr
+    r = copy.cli("sync", "grown-ups", "--as-of", DAY)
+    assert r.exit_code == 3
+
+
+def test_a_new_ad_account_starts_its_own_trust(make_project: Any, tmp_path: Path) -> None:
+    """Edge: trust on first use is per account, so another organisation's project (other
+    accounts, its own officer) on the same OS account approves with its own key."""
+    p = make_project(rows=3000)
+    live(p)
+    other = make_project(rows=3000, name="other", approve=False)
+    mine = own_key(tmp_path, "other.officer")
+    other.edit_toml(lambda t: t.replace("[approvers]", f'[approvers]\nkeys = {{ "{mine.name}" = '
+                                        f'"{mine.public_base64}" }}', 1))  # fmt: skip
+    other.edit_toml(lambda t: t.replace(_account(p), "act_424242"))
+    other.edit_toml(lambda t: t.replace(_customer(p), "4242424242"))
+    (other.root / "segments" / "grown-ups.yaml").write_text(
+        (p.root / "segments" / "grown-ups.yaml").read_text()
+    )
+    r = approve_with(other, "grown-ups", mine)
+    assert r.exit_code == 0, r.stderr
+    # the same key is still refused for the first project's accounts
+    mine_there = own_key(tmp_path, "third")
+    third = copy_of(other, tmp_path, "third")
+    third.edit_toml(lambda t: t.replace("act_424242", _account(p)))
+    shutil.rmtree(third.root / ".audiences")
+    list_only(third, mine_there)
+    assert approve_with(third, "grown-ups", mine_there).exit_code == 3
+
+
+def _account(p: Project) -> str:
+    return str(p.config().destination("meta").model_extra["ad_account_id"])
+
+
+def _customer(p: Project) -> str:
+    return str(p.config().destination("google_ads").model_extra["customer_id"])
+
+
+def test_approvers_added_in_one_state_are_trusted_for_its_accounts(
+    make_project: Any, tmp_path: Path
+) -> None:
+    """The documented way to add an approver still works, and carries to the account's
+    trust: a copy of the project with a fresh state can then use the new key."""
+    p = make_project(rows=3000)
+    live(p)
+    deputy = own_key(tmp_path, "deputy")
+    doc = p.cli_json(
+        "approvers", "add", deputy.name, "--public", deputy.public_base64,
+        "--by", p.approver.name, "--key", str(p.approver.private_key),
+    )  # fmt: skip
+    assert any(a.startswith("act_") for a in doc["accounts"])
+    listed = p.cli_json("approvers", "list")["accounts"]
+    meta = next(a for a in listed if a["destinations"] == ["meta"])
+    assert {a["approver"] for a in meta["approvers"]} == {"qa.officer", "deputy"}
+    assert "deputy" in p.cli("approvers", "list").stdout
+    copy = copy_of(p, tmp_path)
+    shutil.rmtree(copy.root / ".audiences")
+    list_only(copy, deputy)
+    assert approve_with(copy, "grown-ups", deputy).exit_code == 0
+    # a self-made key signing an addition is refused for the account
+    rogue, mine = own_key(tmp_path, "rogue"), own_key(tmp_path, "mine")
+    fresh = copy_of(p, tmp_path, "fresh")
+    shutil.rmtree(fresh.root / ".audiences")
+    list_only(fresh, mine)
+    r = fresh.cli(
+        "approvers", "add", rogue.name, "--public", rogue.public_base64,
+        "--by", mine.name, "--key", str(mine.private_key),
+    )  # fmt: skip
+    assert r.exit_code == 3, r.stderr
