@@ -6,6 +6,7 @@ restore an older backup, delete the state and trust a key of their own, copy the
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -70,12 +71,22 @@ def test_attack_restored_backup_does_not_bring_back_a_revoked_approval(
     p = make_project(rows=3000)
     ids = live(p)
     archive = tmp_path / "before-revocation.tar"
-    p.cli_json("state", "backup", "--out", str(archive))
+    taken = p.cli_json("state", "backup", "--out", str(archive))["audit_head"]["seq"]
     assert p.cli("revoke", "grown-ups", "--by", "qa.officer").exit_code == 0
     held = p.boxes.meta.members(ids["meta"])
+    ((reached,),) = p.query("SELECT max(seq) FROM audit")
+    assert reached > taken
 
     # the backup's state has the approval unrevoked, in its table and its audit chain
     restored = p.cli_json("state", "restore", str(archive))
+    # the entries written since the backup are named, and the restored chain records it
+    dropped = restored["audit_entries_not_restored"]
+    assert (dropped["first"], dropped["last"]) == (taken + 1, reached)
+    assert dropped["in"].startswith("state.db.before-restore-")
+    (details,) = [json.loads(d) for (d,) in p.query(
+        "SELECT details FROM audit WHERE kind = 'state_restore'")]  # fmt: skip
+    assert details["replaced_head"]["seq"] == reached
+    assert details["restored_head"]["seq"] == taken
     assert [r["segment"] for r in restored["revoked_again"]] == ["grown-ups"]
     assert restored["revoked_again"][0]["revoked_by"] == "qa.officer"
     # applied again in the restored state, and its audit chain says so

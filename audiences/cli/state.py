@@ -66,6 +66,13 @@ def state_restore(obj: Context, archive: Path, by: str | None, as_json: bool) ->
         click.echo(f"Note: {report.reason}.", err=True)
     for segment, destination in report.replaces:
         click.echo(f"{segment}->{destination}: replaced in full on its next sync", err=True)
+    if report.dropped is not None:
+        first, last, where = report.dropped
+        click.echo(
+            f"Note: audit entries {first}–{last} of the replaced state are not in the restored "
+            f"log (they are in .audiences/{where}); a state_restore entry records it.",
+            err=True,
+        )
     for kept in report.revoked_again:
         click.echo(
             f"{kept['segment']}: revoked again (revoked by {kept['revoked_by']} at {kept['at']}, "

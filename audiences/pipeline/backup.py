@@ -59,6 +59,8 @@ class RestoreReport:
     replaces: list[tuple[str, str]] = field(default_factory=list)
     # revocations the backup did not know, kept in custody and applied again
     revoked_again: list[dict[str, str]] = field(default_factory=list)
+    # (first, last, file): audit entries of the replaced chain this one does not hold
+    dropped: tuple[int, int, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +72,9 @@ class RestoreReport:
             "reason": self.reason,
             "replaces": [{"segment": s, "destination": d} for s, d in self.replaces],
             "revoked_again": self.revoked_again,
+            "audit_entries_not_restored": None
+            if self.dropped is None
+            else {"first": self.dropped[0], "last": self.dropped[1], "in": self.dropped[2]},
         }
 
 
@@ -181,11 +186,13 @@ def restore(config: ProjectConfig, archive: Path, actor: str) -> RestoreReport:
         _open_archive(archive, unpacked)
         _check_salt(state_dir, unpacked)
         stamp = new_id("r")
+        replaced = _audit_head(db)
         for suffix in ("", "-wal", "-shm"):  # the WAL holds the newest commits
             _move_aside(Path(f"{db}{suffix}"), stamp, report)
         _move_aside(state_dir / "syncs", stamp, report)  # journals of the replaced state
         shutil.copy2(unpacked / "state.db", db)
         db.chmod(0o600)
+        restored = _audit_head(db)
         for folder in _FOLDERS:
             if (unpacked / folder).exists():
                 _move_aside(state_dir / folder, stamp, report)
@@ -194,7 +201,57 @@ def restore(config: ProjectConfig, archive: Path, actor: str) -> RestoreReport:
             shutil.copy2(unpacked / "salt", state_dir / state_record.SALT_NAME)
         _record_newest(state_dir, unpacked)
     _after_restore(config, actor, report)
+    aside = db.with_name(f"{db.name}.before-restore-{stamp}")
+    _audit_restore(config, archive, actor, (restored, replaced), aside, report)
     return report
+
+
+def _audit_head(db: Path) -> tuple[int, str] | None:
+    """The audit head of the state database about to be replaced (None: none, unreadable)."""
+    from audiences.compliance import audit
+
+    if not db.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            return audit.head(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def _audit_restore(
+    config: ProjectConfig,
+    archive: Path,
+    actor: str,
+    heads: tuple[tuple[int, str] | None, tuple[int, str] | None],
+    aside: Path,
+    report: RestoreReport,
+) -> None:
+    """A ``state_restore`` audit entry in the restored chain: which backup, and how far
+    the replaced chain had gone — entries it had beyond the backup are not in this chain,
+    and the entry says where they are (the database moved aside)."""
+    from audiences.compliance import audit
+
+    restored, replaced = heads
+    seq, digest = restored or (0, audit.GENESIS_HASH)
+    conn = connect(config.state_db)
+    try:
+        details: dict[str, Any] = {
+            "archive": archive.name,
+            "restored_head": {"seq": seq, "hash": digest},
+            "replaced_head": None,
+        }
+        if replaced is not None:
+            details["replaced_head"] = {"seq": replaced[0], "hash": replaced[1]}
+            details["replaced_database"] = aside.name
+            if replaced[0] > seq:
+                report.dropped = (seq + 1, replaced[0], aside.name)
+        audit.append(conn, kind="state_restore", subject="state", details=details, actor=actor)
+    finally:
+        conn.close()
 
 
 def _after_restore(config: ProjectConfig, actor: str, report: RestoreReport) -> None:
