@@ -72,9 +72,15 @@ def test_takedown_empties_every_platform_and_deletes_the_exports(make_project: A
     assert {r["status"] for r in ad} == {"blocked"}
     assert all("taken down" in r["error"] for r in ad)
     assert p.boxes.meta.members(ids["meta"]) == set()
+    # nor are the deleted exports written again (a build is refused in the same way)
+    assert not list((p.root / "exports").rglob("members.csv"))
+    build = p.cli_json("build", "grown-ups", "--as-of", DAY, expect=3)["builds"][0]
+    assert build["status"] == "blocked" and "taken down" in build["reasons"][0]
+    assert not list((p.root / "exports").rglob("members.csv"))
     p.approve("grown-ups")
     after = p.cli_json("sync", "grown-ups", "--as-of", DAY)["results"]
     assert {r["status"] for r in after} == {"ok"}
+    assert list((p.root / "exports").rglob("members.csv"))
     assert p.boxes.meta.members(ids["meta"]) == meta_rows(p.confirmed("grown-ups", "meta"))
     assert p.boxes.google.members(ids["google_ads"]) == google_people(
         p.confirmed("grown-ups", "google_ads")

@@ -258,6 +258,7 @@ def _build_segment(run: _BuildRun, segment: Segment, i: int, total: int) -> Buil
         _open_build(run, build_id, segment)
     try:
         approval_block, approval = _approval_block(run.conn, run.config, segment, run.pack)
+        approval_block = approval_block or _files_taken_down(run.conn, run.config, segment)
         if approval_block is not None:
             return _blocked_by_approval(run, build_id, segment, approval_block, started)
         candidates = collect_candidates(
@@ -449,6 +450,22 @@ def noisy_size(
         "ci95": [round(noisy.ci95_low), round(noisy.ci95_high)],
         "epsilon": epsilon,
     }
+
+
+def _files_taken_down(
+    conn: sqlite3.Connection, config: ProjectConfig, segment: Segment
+) -> str | None:
+    """A file destination of the segment was taken down (its export folders deleted) and
+    no approval was signed since: the build writes nothing again, as a sync adds nothing
+    to a taken-down platform audience."""
+    from audiences.pipeline.sync import taken_down_block
+
+    for name in sorted(segment.destinations):
+        if name in config.destinations and config.destination(name).kind == "file":
+            down = taken_down_block(conn, segment.name, name, config)
+            if down is not None:
+                return f"takedown: {down}"
+    return None
 
 
 def _approval_block(
