@@ -19,6 +19,11 @@ revoked authorization) must be removed from audiences already pushed at once; th
 removals are exempt (``exempt_removals``) — they disclose only that the person left an
 audience the platform already saw them in.
 
+The releases compared are this state's and, through the pipeline
+(``GateInput.shared_releases``), those other states with the same salt — copies of the
+project — released to the account, kept per OS account outside the project
+(audiences/compliance/custody.py): a copy's difference check sees the original's.
+
 Only **live** audiences count: for each audience (segment × destination) on the account
 the newest release, since that is what the platform holds; superseded versions of other
 audiences can no longer be targeted. The new release is compared with the previous version
@@ -185,6 +190,14 @@ def earlier_releases(
             )
         )
     return out
+
+
+def merged(own: Sequence[EarlierRelease], shared: Sequence[EarlierRelease]) -> list[EarlierRelease]:
+    """This state's releases and those other states with the same salt (copies of the
+    project) released to the account, each once, oldest first."""
+    known = {e.release_id for e in own}
+    both = [*own, *(e for e in shared if e.release_id not in known)]
+    return sorted(both, key=lambda e: (e.created_at, e.release_id))
 
 
 def live_audiences(

@@ -32,7 +32,7 @@ import functools
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,9 @@ class GateInput:
     # record-level file exports among ``destinations`` (resolved by the pipeline from the
     # destinations' settings): their rows are anonymized here before anything is released
     record_exports: Mapping[str, RecordLevel] = field(default_factory=dict)
+    # the account's releases made by other states with this salt (copies of the project),
+    # kept outside the project: the difference check compares with them too
+    shared_releases: Callable[[str], Sequence[difference.EarlierRelease]] | None = None
 
 
 @dataclass(frozen=True)
@@ -507,6 +510,8 @@ def _check_destination(
         elif rule.kind == "difference":
             if earlier is None:
                 earlier = difference.earlier_releases(inp.conn, dest.account, inp.state_dir)
+                if inp.shared_releases is not None:
+                    earlier = difference.merged(earlier, inp.shared_releases(dest.account))
             exempt, unsold = eligible.exempt, eligible.unsold_for(dest_name)
             if unsold.size:  # forced removals there
                 exempt = np.union1d(exempt, unsold)

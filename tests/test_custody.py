@@ -266,3 +266,36 @@ def test_approvers_added_in_one_state_are_trusted_for_its_accounts(
         "--by", mine.name, "--key", str(mine.private_key),
     )  # fmt: skip
     assert r.exit_code == 3, r.stderr
+
+
+def test_attack_copy_releases_an_audience_one_person_from_the_originals(
+    make_project: Any, tmp_path: Path
+) -> None:
+    """The copy's difference check must see what the original released after the copy
+    was made: a second audience one person apart from the original's, on the same
+    account, would tell the platform that person's membership."""
+    from test_composition import write_segment
+
+    p = make_project(rows=3000, pack="nightly-pack")  # k_diff 10
+    write_segment(p.root, "ca", ["CA"])
+    p.approve("ca")
+    ca = p.release("ca", "meta", as_of=AS_OF)  # a plan: nothing released, the salt made
+    (one,) = sorted(p.contact_ids(ca.members.head(1)))
+    copy = copy_of(p, tmp_path)  # salt, approvals and all: it knows no release yet
+    write_segment(p.root, "q", ["NY", "FL"])
+    p.approve("q")
+    assert p.cli("build", "q", "--as-of", DAY).exit_code == 0  # after the copy was made
+
+    write_segment(copy.root, "q2", ["NY", "FL"], (one,))
+    copy.approve("q2")  # the officer approves it in the copy
+    attack = copy.cli("build", "q2", "--as-of", DAY)
+    out = attack.stdout + attack.stderr
+    assert attack.exit_code == 3, out
+    assert "blocked q2: difference [meta]" in out and one not in out
+    # and the other way round: the original sees the copy's releases
+    write_segment(copy.root, "ny", ["NY"])
+    copy.approve("ny")
+    assert copy.cli("build", "ny", "--as-of", DAY).exit_code == 0
+    write_segment(p.root, "ny2", ["NY"], (one,))
+    p.approve("ny2")
+    assert p.cli("build", "ny2", "--as-of", DAY).exit_code == 3

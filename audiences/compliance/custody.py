@@ -18,6 +18,10 @@ database, never ``$HOME``; nothing a production run reads moves it):
   in every copy and after every restore.
 * **takedowns**, by segment and account: nothing is added to a taken-down audience again
   until an approval signed after the takedown, whichever state the sync runs from.
+* **the newest release of each audience**, by account and project salt (a copy of the
+  project has the same salt, so its member keys compare): the salted member keys, as the
+  state keeps them, so that the difference check of every copy sees the audiences every
+  other copy released to the account.
 
 Writes go through ``BEGIN IMMEDIATE`` (two processes cannot both pin a first trust root).
 Tests point :data:`policies.privacy.ledger.LEDGER_HOME` elsewhere in-process.
@@ -72,6 +76,19 @@ CREATE TABLE IF NOT EXISTS takedowns (
   project TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS takedowns_segment ON takedowns(segment, account);
+CREATE TABLE IF NOT EXISTS releases (
+  release_id TEXT PRIMARY KEY,
+  salt_id TEXT NOT NULL,
+  account TEXT NOT NULL,
+  segment TEXT NOT NULL,
+  destination TEXT NOT NULL,
+  build_id TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  members INTEGER NOT NULL,
+  file TEXT NOT NULL,
+  project TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS releases_account ON releases(account, salt_id);
 """
 
 
@@ -301,3 +318,87 @@ def latest_takedown(conn: sqlite3.Connection, segment: str, account: str) -> str
         "SELECT max(at) FROM takedowns WHERE segment = ? AND account = ?", (segment, account)
     ).fetchone()
     return None if row is None or row[0] is None else str(row[0])
+
+
+# --------------------------------------------------------------------------- releases
+
+
+def salt_id(salt: bytes) -> str:
+    """Which member keys compare: the same salt (a project and its copies). Not the salt."""
+    return hashlib.sha256(b"audiences custody salt id\0" + salt).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedRelease:
+    release_id: str
+    build_id: str
+    segment: str
+    destination: str
+    account: str
+    created_at: str
+    members: int
+    membership: Path  # the member keys file in the project's state folder
+
+
+def register_releases(
+    conn: sqlite3.Connection, salt: bytes, releases: list[SharedRelease], project: str
+) -> None:
+    """Keep a copy of each release's member keys; an audience's older copies are dropped
+    (only the newest release of an audience is what a platform holds)."""
+    import shutil
+
+    from audiences.core.state import ensure_private_dir
+
+    sid = salt_id(salt)
+    folder = ensure_private_dir(custody_path().parent / "releases" / sid)
+    stale: list[Path] = []
+    for r in releases:
+        target = folder / f"{r.release_id}.parquet"
+        partial = target.with_suffix(".partial")
+        shutil.copyfile(r.membership, partial)
+        partial.chmod(0o600)
+        partial.replace(target)
+        with _immediate(conn):
+            older = conn.execute(
+                "SELECT release_id, file FROM releases WHERE salt_id=? AND account=? AND "
+                "segment=? AND destination=? AND created_at < ?",
+                (sid, r.account, r.segment, r.destination, r.created_at),
+            ).fetchall()
+            conn.execute(
+                "INSERT OR REPLACE INTO releases(release_id, salt_id, account, segment, "
+                "destination, build_id, created_at, members, file, project) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    r.release_id,
+                    sid,
+                    r.account,
+                    r.segment,
+                    r.destination,
+                    r.build_id,
+                    r.created_at,
+                    r.members,
+                    target.name,
+                    project,
+                ),
+            )
+            conn.executemany(
+                "DELETE FROM releases WHERE release_id = ?", [(row[0],) for row in older]
+            )
+        stale += [folder / str(row[1]) for row in older]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+def releases_for(conn: sqlite3.Connection, salt: bytes, account: str) -> list[SharedRelease]:
+    """The newest release of each audience on ``account`` from every state with this salt."""
+    sid = salt_id(salt)
+    folder = custody_path().parent / "releases" / sid
+    rows = conn.execute(
+        "SELECT release_id, build_id, segment, destination, account, created_at, members, "
+        "file FROM releases WHERE salt_id=? AND account=? ORDER BY created_at, release_id",
+        (sid, account),
+    ).fetchall()
+    return [
+        SharedRelease(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), folder / str(r[7]))
+        for r in rows
+    ]

@@ -275,7 +275,9 @@ def check(conn: sqlite3.Connection, config: ProjectConfig, segment: Any, pack: A
 
 def destination_account(config: ProjectConfig, name: str) -> str:
     """The account a destination releases to, as custody keys it: the ad account
-    (``act_…``), the Google Ads customer id, or a file destination's resolved folder."""
+    (``act_…``), the Google Ads customer id, or a file destination's resolved folder. A
+    destination with an ``endpoint`` (a sandbox, a proxy) is keyed by it too: approving
+    for a sandbox's account pins nothing for the platform's account of the same id."""
     from policies.gate import destination_of
     from policies.rules import GOOGLE_KINDS
 
@@ -284,7 +286,9 @@ def destination_account(config: ProjectConfig, name: str) -> str:
         folder = str((spec.model_extra or {}).get("path", "exports"))
         return f"local:{config.path(folder).resolve()}"
     account = destination_of(config, name)[0].account
-    return f"google:{account}" if spec.kind in GOOGLE_KINDS else account
+    account = f"google:{account}" if spec.kind in GOOGLE_KINDS else account
+    endpoint = str((spec.model_extra or {}).get("endpoint") or "")
+    return f"{account}@{endpoint}" if endpoint else account
 
 
 def account_approvers(config: ProjectConfig) -> list[dict[str, Any]]:
@@ -389,6 +393,52 @@ def reapply_revocations(conn: sqlite3.Connection, actor: str) -> list[dict[str, 
             approvals.revoke(conn, current.segment, f"{revoked[0]} (custody, restored by {actor})")
             kept.append({"segment": current.segment, "revoked_by": revoked[0], "at": revoked[1]})
     return kept
+
+
+def share_releases(config: ProjectConfig, salt: bytes, outcome: Any) -> None:
+    """Keep the recorded releases' member keys in custody, for the difference check of
+    every copy of the project (same salt) on this OS account."""
+    from policies.gate import RELEASES_DIR
+
+    shared = [
+        custody.SharedRelease(
+            r.release_id,
+            r.build_id,
+            r.segment,
+            r.destination,
+            r.account,
+            r.created_at,
+            int(r.members.height),
+            config.state_dir / RELEASES_DIR / f"{r.release_id}.parquet",
+        )
+        for r in outcome.releases.values()
+    ]
+    with custody.opened() as store:
+        custody.register_releases(store, salt, shared, _project(config))
+
+
+def shared_releases(salt: bytes) -> Any:
+    """For the gate: ``account -> [EarlierRelease]`` released by any state with this salt."""
+    from policies.difference import EarlierRelease
+
+    def provide(account: str) -> list[EarlierRelease]:
+        with custody.opened() as store:
+            rows = custody.releases_for(store, salt, account)
+        return [
+            EarlierRelease(
+                release_id=r.release_id,
+                build_id=r.build_id,
+                segment=r.segment,
+                destination=r.destination,
+                account=r.account,
+                created_at=r.created_at,
+                members=r.members,
+                membership_path=r.membership,
+            )
+            for r in rows
+        ]
+
+    return provide
 
 
 def record_takedown(config: ProjectConfig, segment: str, destination: str, by: str) -> None:

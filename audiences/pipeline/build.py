@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from audiences.compliance import audit
+from audiences.compliance.workflow import share_releases, shared_releases
 from audiences.core import clock
 from audiences.core.actor import actor_name
 from audiences.core.config import ProjectConfig
@@ -366,6 +367,7 @@ def _gate(run: _BuildRun, build_id: str, segment: Segment, candidates: pl.DataFr
             state_dir=run.config.state_dir,
             actor=run.actor,
             record_exports=record_exports(run.config, segment.destinations),
+            shared_releases=shared_releases(run.salt),
         )
     )
 
@@ -378,6 +380,7 @@ def _release(
 
     if not outcome.blocked:
         record(outcome, run.conn)
+        share_releases(run.config, run.salt, outcome)
         result.released = {d: r.members.height for d, r in outcome.releases.items()}
         run.step(f"{segment.name}: writing release files", frac)
         result.files = write_file_destinations(
