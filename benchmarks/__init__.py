@@ -16,7 +16,8 @@ things several of them share:
   sanctioned way, as the tests do), never through a flag or a variable;
 * :func:`approver` / :func:`trust_and_approve` — the one-time human step under
   ``hipaa-marketing``, done untimed in setup: a key pair outside any work tree, its
-  public key under ``[approvers] keys``, each benchmark segment approved.
+  public key under ``[approvers] keys``, each benchmark segment approved;
+* :data:`LEDGER` — the DP ledger and custody folder of the run (removed at exit).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ AS_OF = dt.date(2025, 6, 1)  # every benchmark builds "as of" this day: results 
 __all__ = [
     "AS_OF",
     "DATA_DIR",
+    "LEDGER",
     "ROOT",
     "STOP_CLOCK",
     "Approver",
@@ -54,11 +56,33 @@ __all__ = [
     "trust_and_approve",
 ]
 
-# The first lines of a child's ``-c`` script: the same stopped clock as :func:`stopped_clock`.
+# The DP ledger and the custody store of a benchmark run (policies.privacy.ledger): a
+# folder of this process, removed when it exits, never the OS account's. Benchmark
+# projects are made again at the same paths by a new key each run, and must neither pin
+# the trust of their accounts nor spend the budget of real projects (as `make demo`).
+LEDGER = Path(tempfile.mkdtemp(prefix="audiences-bench-ledger-"))
+
+
+def _use_own_ledger() -> None:
+    import atexit
+
+    from policies.privacy import ledger
+
+    ledger.LEDGER_HOME = LEDGER
+    atexit.register(shutil.rmtree, LEDGER, True)
+
+
+_use_own_ledger()
+
+# The first lines of a child's ``-c`` script: the same stopped clock as :func:`stopped_clock`,
+# and the run's own ledger folder.
 STOP_CLOCK = f"""
 import datetime as _dt
+from pathlib import Path as _Path
 from audiences.core import clock as _clock
+from policies.privacy import ledger as _ledger
 _clock.now = lambda: _dt.datetime({AS_OF.year}, {AS_OF.month}, {AS_OF.day}, 12, tzinfo=_dt.UTC)
+_ledger.LEDGER_HOME = _Path({str(LEDGER)!r})
 """
 
 
