@@ -61,6 +61,14 @@ def _os_user() -> str:
     return actor_name(None)
 
 
+def _reviews(p: Project) -> int:
+    try:
+        ((n,),) = p.query("SELECT count(*) FROM builds WHERE build_id LIKE 'v-%'")
+    except sqlite3.OperationalError:  # no state yet
+        return 0
+    return int(n)
+
+
 def approve_with(p: Project, segment: str, key: Approver) -> Any:
     return p.cli("approve", segment, "--by", key.name, "--key", str(key.private_key))
 
@@ -299,3 +307,27 @@ def test_attack_copy_releases_an_audience_one_person_from_the_originals(
     write_segment(p.root, "ny2", ["NY"], (one,))
     p.approve("ny2")
     assert p.cli("build", "ny2", "--as-of", DAY).exit_code == 3
+
+
+def test_attack_review_as_an_oracle_for_one_persons_membership(
+    make_project: Any, tmp_path: Path
+) -> None:
+    """A marketer reviews an unapproved segment: a base of k - 1 people or'ed with a
+    named person's diagnosis. `review` ran the whole gate and wrote exact figures, so
+    its verdict (min-size) and its counts told whether that person has the diagnosis.
+    A review is for approvers now: refused before any data is read."""
+    from test_composition import write_segment
+
+    p = make_project(rows=3000, pack="nightly-pack")
+    write_segment(p.root, "probe", ["NY"], ("C0000042",))
+    for args in ((), ("--by", "marketer"), *[("--by", k.name, "--key", str(k.private_key))
+                                              for k in [own_key(tmp_path)]]):  # fmt: skip
+        r = p.cli("review", "probe", "--as-of", DAY, *args)
+        assert r.exit_code == 3, (args, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.count("\n") <= 2
+        assert "reviewed" not in r.stdout and "candidates" not in r.stdout
+    assert _reviews(p) == 0  # nothing recorded
+    assert not list((p.root / ".audiences" / "reports").glob("v-*"))
+    officer = ("--by", p.approver.name, "--key", str(p.approver.private_key))
+    assert p.cli("review", "probe", "--as-of", DAY, *officer).exit_code in (0, 3)
+    assert list((p.root / ".audiences" / "reports").glob("v-*")) and _reviews(p) == 1

@@ -308,7 +308,8 @@ def test_review_shows_what_would_be_released_before_approval(make_project: Any) 
     write_segment(p, BOTH)
     # unapproved: build stops before the gate, plan exits 3 like build
     p.cli_json("plan", "grown-ups", "--as-of", DAY, expect=3)
-    doc = p.cli_json("review", "grown-ups", "--as-of", DAY)
+    officer = ("--by", "qa.officer", "--key", str(p.approver.private_key))
+    doc = p.cli_json("review", "grown-ups", "--as-of", DAY, *officer)
     assert doc["status"] == "reviewed" and doc["released_to"] == ["google_ads", "meta"]
     report = json.loads(Path(doc["reports"]["json"]).read_text())
     assert report["review"]["build_id"] == doc["build_id"]

@@ -122,7 +122,8 @@ def approve(
     )
     if seen is None:
         click.echo(
-            f"No review of this definition on record: run `audiences review {seg.name}` to see "
+            f"No review of this definition on record: run `audiences review {seg.name} --by {by} "
+            f"--key {key_path}` to see "
             "what it would release before signing.",
             err=True,
         )

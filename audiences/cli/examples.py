@@ -24,7 +24,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "overlap": ("audiences overlap flu-shot-reminder newsletter-nyc --epsilon 0.5",),
     "budget": ("audiences budget",),
     "keygen": ("audiences keygen --private ~/.audiences/alice.key",),
-    "review": ("audiences review flu-shot-reminder",),
+    "review": ("audiences review flu-shot-reminder --by alice --key ~/.audiences/alice.key",),
     "approve": (
         'audiences approve flu-shot-reminder --by alice --key ~/.audiences/alice.key --note "COMP-142"',
     ),

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from audiences.cli.group import Context, cli, emit_json, parse_as_of, pass_ctx
+from audiences.cli.group import Context, cli, emit_json, file_option, parse_as_of, pass_ctx
 
 
 def run_takedown(
@@ -67,17 +68,30 @@ def takedown(
 @cli.command()
 @click.argument("segment")
 @click.option("--as-of", "as_of", default=None, help="Reference day (YYYY-MM-DD) [default: today].")
-@click.option("--by", default=None, help="Who runs the review (default: OS user).")
+@click.option("--by", default=None, help="The approver who reviews (default: OS user).")
+@file_option("--key", "key_path", exists=True, default=None,
+             help="--by's private key: required when the segment needs an approval.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def review(obj: Context, segment: str, as_of: str | None, by: str | None, as_json: bool) -> None:
+def review(
+    obj: Context,
+    segment: str,
+    as_of: str | None,
+    by: str | None,
+    key_path: Path | None,
+    as_json: bool,
+) -> None:
     """Run the whole gate on current data, release nothing, write the report to sign off.
 
-    Exit 3 when the gate would block the segment (approval aside)."""
+    A segment that needs an approval is reviewed by one of its approvers (--by, --key):
+    exit 3 for anyone else, before anything is read. Exit 3 when the gate would block the
+    segment (approval aside)."""
     from audiences.core.errors import EXIT_BLOCKED, EXIT_OK
     from audiences.pipeline.build import review as run_review
 
-    result = run_review(obj.config(), segment, as_of=parse_as_of(as_of), actor=by)
+    result = run_review(
+        obj.config(), segment, as_of=parse_as_of(as_of), actor=by, key_path=key_path
+    )
     doc = result.to_dict()
     code = EXIT_BLOCKED if result.blocked else EXIT_OK
     if as_json:

@@ -139,7 +139,7 @@ def approve(
     """
     private = load_private_key(private_key_path, passphrase=passphrase)
     kid = key_id(private.public_key())
-    _check_approver_key(kid, private_key_path, approver, trusted_keys)
+    check_approver_key(kid, private_key_path, approver, trusted_keys)
     dests = _destinations(destinations)
     stamp = audit.format_at(at)
     payload = approval_payload(
@@ -174,7 +174,7 @@ def approve(
     return approval
 
 
-def _check_approver_key(
+def check_approver_key(
     kid: str,
     private_key_path: Path | str,
     approver: str,

@@ -319,8 +319,44 @@ def _project(config: ProjectConfig) -> str:
     return str(config.root.resolve())
 
 
+def require_reviewer(
+    conn: sqlite3.Connection,
+    config: ProjectConfig,
+    segment: Any,
+    pack: Any,
+    *,
+    by: str,
+    key_path: Path | None,
+) -> None:
+    """``audiences review`` of a segment that needs an approval is for its approvers: the
+    review runs the whole gate on an unapproved definition and writes exact figures, so
+    anyone else could ask it whether a named person is in a segment (a base of k − 1
+    people or'ed with them: blocked or not, one more in the count). ApprovalError (exit
+    3) unless ``key_path`` is ``by``'s key and trusted for the segment's accounts."""
+    if not approval_binds(conn, config, segment, pack):
+        return
+    if key_path is None:
+        raise ApprovalError(
+            f"reviewing segment {segment.name!r} is for its approvers: its review runs the "
+            "gate on a definition nobody approved and writes exact figures",
+            f"a compliance officer runs `audiences review {segment.name} --by NAME --key PATH`; "
+            "`audiences preview` gives sizes with noise (charged to the budget)",
+        )
+    trusted = _trusted(conn, config, record=False)
+    kid = key_id(load_private_key(key_path).public_key())
+    approvals.check_approver_key(kid, key_path, by, trusted)
+    with custody.opened() as store:
+        _account_trust(store, conn, config, segment, kid, pin=False)
+
+
 def _account_trust(
-    store: Any, conn: sqlite3.Connection, config: ProjectConfig, segment: Any, kid: str
+    store: Any,
+    conn: sqlite3.Connection,
+    config: ProjectConfig,
+    segment: Any,
+    kid: str,
+    *,
+    pin: bool = True,
 ) -> None:
     """Refuse ``kid`` unless it is trusted for every account the segment releases to, on
     this OS account. An account released to for the first time pins the project's trust
@@ -329,6 +365,8 @@ def _account_trust(
     for name in sorted(segment.destinations):
         account = destination_account(config, name)
         trusted = custody.trusted_for(store, account)
+        if trusted is None and not pin:
+            continue  # no approvers pinned for it yet: the project's trusted keys decide
         if trusted is None:
             history = _trust_entries(conn) if history is None else history
             trusted = custody.pin(store, account, history, _project(config))

@@ -199,7 +199,8 @@ def _set_up(project: Path, as_of: str, keys: Path) -> None:
 def _approve(project: Path, keys: Path) -> None:
     """review → approve, each segment (the officer signs what the review showed)."""
     for segment in SEGMENTS:
-        run(["review", segment], project=project, expect=(0, 3))  # what the officer signs
+        officer = ["--by", APPROVER, "--key", str(keys / "dana.key")]
+        run(["review", segment, *officer], project=project, expect=(0, 3))  # what is signed
         run(
             [
                 "approve",

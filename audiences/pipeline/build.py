@@ -122,25 +122,34 @@ def build(
 
 
 def review(
-    config: ProjectConfig, name: str, *, as_of: date | None = None, actor: str | None = None
+    config: ProjectConfig,
+    name: str,
+    *,
+    as_of: date | None = None,
+    actor: str | None = None,
+    key_path: Path | None = None,
 ) -> BuildResult:
     """The whole gate on current data, whatever the approval says; nothing is released.
 
     Writes the compliance report the officer reviews before signing (``audiences review``)
     and records a ``review`` build: ``audiences approve`` names it in the approval.
-    Status ``reviewed`` (the gate passes) or ``blocked`` (a rule fails).
+    Status ``reviewed`` (the gate passes) or ``blocked`` (a rule fails). A segment that
+    needs an approval is reviewed by one of its approvers only (``key_path``: their
+    private key), before anything is read (:func:`workflow.require_reviewer`).
     """
+    from audiences.compliance.workflow import require_reviewer
     from policies.pack import load_pack
 
     today = clock.today()  # a review moves only the segment's conditions, never the rules'
     as_of = as_of or today
     who = actor_name(actor)
     (segment,) = select_segments(config, [name])
-    sources = load_sources(config)
-    validate_against_data(config, [segment], sources, as_of)
     pack = load_pack(config)
     conn = connect(config.state_db)
     try:
+        require_reviewer(conn, config, segment, pack, by=who, key_path=key_path)
+        sources = load_sources(config)
+        validate_against_data(config, [segment], sources, as_of)
         run = _BuildRun(
             config,
             conn,

@@ -534,7 +534,8 @@ def taken_down_block(
     return (
         f"the {destination} audience of {segment!r} was taken down at {when}; nothing is "
         f"added to it until a compliance officer approves the segment again "
-        f"(audiences review {segment}, then audiences approve {segment} --by NAME --key PATH)"
+        f"(audiences review {segment} --by NAME --key PATH, then audiences approve {segment} "
+        "--by NAME --key PATH)"
     )
 
 
