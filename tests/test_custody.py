@@ -331,3 +331,31 @@ def test_attack_review_as_an_oracle_for_one_persons_membership(
     officer = ("--by", p.approver.name, "--key", str(p.approver.private_key))
     assert p.cli("review", "probe", "--as-of", DAY, *officer).exit_code in (0, 3)
     assert list((p.root / ".audiences" / "reports").glob("v-*")) and _reviews(p) == 1
+
+
+def test_attack_an_endpoint_written_out_is_the_same_account(
+    make_project: Any, tmp_path: Path
+) -> None:
+    """After deleting the state and listing a key of one's own, write the platform's
+    address out as the destinations' endpoints, hoping for a 'new' account."""
+    import re
+
+    p = make_project(rows=3000)
+    live(p)
+    mine = own_key(tmp_path)
+    delete_state_db(p)
+    list_only(p, mine)
+    p.edit_toml(lambda t: re.sub(r'(?m)^endpoint = "http://[^"]*"',
+                                 'endpoint = "https://graph.facebook.com"', t))  # fmt: skip
+    p.edit_toml(lambda t: re.sub(r'(?m)^endpoint = "(?!https://)[^"]*"',
+                                 'endpoint = "googleads.googleapis.com:443"', t))  # fmt: skip
+    assert "graph.facebook.com" in p.toml.read_text() and "127.0.0.1" not in p.toml.read_text()
+    # the file destination out of the way: only the ad accounts decide
+    segment = p.root / "segments" / "grown-ups.yaml"
+    segment.write_text(
+        segment.read_text().replace("[meta, google_ads, file]", "[meta, google_ads]")
+    )
+    p.edit_toml(lambda t: re.sub(r"(?ms)^\[destinations\.file\]\n.*?(?=^\[)", "", t))
+    assert "file" not in p.config().destinations
+    r = approve_with(p, "grown-ups", mine)
+    assert r.exit_code == 3 and "not trusted for" in r.stderr, r.stderr

@@ -275,9 +275,9 @@ def check(conn: sqlite3.Connection, config: ProjectConfig, segment: Any, pack: A
 
 def destination_account(config: ProjectConfig, name: str) -> str:
     """The account a destination releases to, as custody keys it: the ad account
-    (``act_…``), the Google Ads customer id, or a file destination's resolved folder. A
-    destination with an ``endpoint`` (a sandbox, a proxy) is keyed by it too: approving
-    for a sandbox's account pins nothing for the platform's account of the same id."""
+    (``act_…``), the Google Ads customer id, or a file destination's resolved folder. Not
+    the ``endpoint``: the real platform's address written out as an endpoint would
+    otherwise be a new account, and start trust on first use again."""
     from policies.gate import destination_of
     from policies.rules import GOOGLE_KINDS
 
@@ -286,9 +286,7 @@ def destination_account(config: ProjectConfig, name: str) -> str:
         folder = str((spec.model_extra or {}).get("path", "exports"))
         return f"local:{config.path(folder).resolve()}"
     account = destination_of(config, name)[0].account
-    account = f"google:{account}" if spec.kind in GOOGLE_KINDS else account
-    endpoint = str((spec.model_extra or {}).get("endpoint") or "")
-    return f"{account}@{endpoint}" if endpoint else account
+    return f"google:{account}" if spec.kind in GOOGLE_KINDS else account
 
 
 def account_approvers(config: ProjectConfig) -> list[dict[str, Any]]:
