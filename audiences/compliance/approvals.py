@@ -105,7 +105,7 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _approve_hint(segment: str) -> str:
+def approve_hint(segment: str) -> str:
     return (
         f"ask a compliance officer to review it and run "
         f"`audiences approve {segment} --by NAME --key PATH`"
@@ -306,7 +306,7 @@ def _tampered(segment: str, what: str) -> ApprovalError:
     return ApprovalError(
         f"approval of segment {segment!r} does not verify: {what}",
         "the state database was altered; run `audiences audit verify`, then "
-        + _approve_hint(segment),
+        + approve_hint(segment),
     )
 
 
@@ -341,13 +341,13 @@ def check_approval(
     decision = _last_audit_decision(conn, segment_name)
     if current is None and decision is None:
         raise ApprovalError(
-            f"segment {segment_name!r} is not approved", _approve_hint(segment_name)
+            f"segment {segment_name!r} is not approved", approve_hint(segment_name)
         )
     if decision is not None and decision.kind == REVOCATION_KIND:
         raise ApprovalError(
             f"the approval of segment {segment_name!r} was revoked by {decision.actor} "
             f"at {decision.at}",
-            _approve_hint(segment_name),
+            approve_hint(segment_name),
         )
     if current is None:
         raise _tampered(
@@ -359,7 +359,7 @@ def check_approval(
         raise ApprovalError(
             f"the approval of segment {segment_name!r} was revoked by {current.revoked_by} "
             f"at {current.revoked_at}",
-            _approve_hint(segment_name),
+            approve_hint(segment_name),
         )
     _check_signature(current, trusted_keys)
     _check_record(current, decision)
@@ -404,7 +404,7 @@ def _check_signature(
         raise ApprovalError(
             f"the approval of segment {segment!r} is signed by key {current.key_id}, which is "
             "not a trusted approver key",
-            "if the approver's key was rotated, " + _approve_hint(segment),
+            "if the approver's key was rotated, " + approve_hint(segment),
         )
     try:
         trusted[1].verify(base64.b64decode(current.signature), current.payload.encode())
@@ -473,6 +473,6 @@ def _check_inputs(
         what = f"segment {segment!r} is not approved as it stands: " + "; ".join(reasons)
         if diff:
             what += "\n" + diff + "\n"
-        error = ApprovalError(what, _approve_hint(segment))
+        error = ApprovalError(what, approve_hint(segment))
         error.diff = diff  # type: ignore[attr-defined]
         raise error

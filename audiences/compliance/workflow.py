@@ -267,7 +267,7 @@ def check(conn: sqlite3.Connection, config: ProjectConfig, segment: Any, pack: A
                 f"the approval of segment {segment.name!r} was revoked by {revoked[0]} at "
                 f"{revoked[1]} (a revocation is kept outside the project: a restored backup "
                 "or a copy of the project does not bring the approval back)",
-                approvals._approve_hint(segment.name),
+                approvals.approve_hint(segment.name),
             )
         _account_trust(store, conn, config, segment, current.key_id)
     return current

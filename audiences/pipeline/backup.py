@@ -207,7 +207,7 @@ def restore(config: ProjectConfig, archive: Path, actor: str) -> RestoreReport:
 
 
 def _audit_head(db: Path) -> tuple[int, str] | None:
-    """The audit head of the state database about to be replaced (None: none, unreadable)."""
+    """The audit head of a state database file (None: no file, or unreadable)."""
     from audiences.compliance import audit
 
     if not db.exists():
