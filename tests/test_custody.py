@@ -172,11 +172,15 @@ def test_attack_copy_of_the_project_refills_a_taken_down_audience(
     assert p.boxes.meta.members(ids["meta"]) == set()
     assert p.boxes.google.members(ids["google_ads"]) == frozenset()
 
-    # a new approval, signed after the takedown by the officer, counts in any copy (whose
-    # snapshot predates the takedown: a full refresh puts the people back)
+    # a new approval, signed after the takedown by the officer, counts in any copy; the
+    # copy's snapshot predates the takedown, so its audiences are replaced in full
     copy.approve("grown-ups")
-    doc = copy.cli_json("sync", "grown-ups", "--full-refresh", "--as-of", DAY)
+    plans = json.dumps(copy.cli_json("plan", "grown-ups", "--as-of", DAY))
+    assert plans.count("another state of this project") == 2, plans
+    doc = copy.cli_json("sync", "grown-ups", "--as-of", DAY)
     assert {r["status"] for r in doc["results"]} == {"ok"}
+    ads = [r for r in doc["results"] if r["destination"] != "file"]
+    assert all("another state of this project" in (r["replaced"] or "") for r in ads), ads
     assert p.boxes.meta.members(ids["meta"]) == meta_rows(copy.confirmed("grown-ups", "meta"))
 
 

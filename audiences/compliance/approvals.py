@@ -340,9 +340,7 @@ def check_approval(
     current = _latest(conn, segment_name)
     decision = _last_audit_decision(conn, segment_name)
     if current is None and decision is None:
-        raise ApprovalError(
-            f"segment {segment_name!r} is not approved", approve_hint(segment_name)
-        )
+        raise ApprovalError(f"segment {segment_name!r} is not approved", approve_hint(segment_name))
     if decision is not None and decision.kind == REVOCATION_KIND:
         raise ApprovalError(
             f"the approval of segment {segment_name!r} was revoked by {decision.actor} "

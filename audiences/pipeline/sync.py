@@ -288,7 +288,9 @@ def plan(
                 if release.kind == "file":
                     continue
                 store = MembershipStore(config.state_dir, release.segment, name)
-                why = replace_reason(conn, store)
+                why = replace_reason(conn, store) or taken_down_elsewhere(
+                    conn, config, release.segment, name
+                )
                 plans.append(plan_destination(conn, config, outcome, name, release, replace=why))
     finally:
         conn.close()
@@ -539,6 +541,39 @@ def taken_down_block(
     )
 
 
+def taken_down_elsewhere(
+    conn: sqlite3.Connection, config: ProjectConfig, segment: str, destination: str
+) -> str | None:
+    """Why the audience must be replaced in full: another state of this project (a copy,
+    or the state before a restore) took it down after this state last synced it, so this
+    state's snapshot lists people the platform no longer holds. None otherwise."""
+    from audiences.compliance.workflow import takedown_since
+
+    if destination not in config.destinations:
+        return None
+    kept = takedown_since(config, segment, destination)
+    if kept is None:
+        return None
+    synced = conn.execute(
+        "SELECT 1 FROM syncs WHERE segment=? AND destination=? AND status='ok' LIMIT 1",
+        (segment, destination),
+    ).fetchone()
+    if synced is None:  # no snapshot of this state's own to be stale
+        return None
+    # when this state last knew the platform's whole audience: its own takedown, or a
+    # sync that replaced the audience in full
+    row = conn.execute(
+        "SELECT max(finished_at) FROM syncs WHERE segment=? AND destination=? AND "
+        "((release_id=? AND status IN ('taken_down', 'takedown_partial')) OR "
+        "(status='ok' AND json_extract(summary, '$.replaced') IS NOT NULL))",
+        (segment, destination, TAKEDOWN),
+    ).fetchone()
+    known = None if row is None or row[0] is None else str(row[0])
+    if known is not None and _instant(known) >= _instant(kept):
+        return None
+    return f"taken down at {kept} by another state of this project (custody)"
+
+
 def _instant(stamp: str) -> datetime:
     """An ISO-8601 stamp of the state DB (``…Z`` or ``…+00:00``) as an aware datetime."""
     at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
@@ -563,7 +598,8 @@ def sync_destination(
     started = time.perf_counter()
     store = MembershipStore(config.state_dir, release.segment, name)
     try:
-        recovered, replace = _settle_store(conn, store, full_refresh)
+        elsewhere = taken_down_elsewhere(conn, config, release.segment, name)
+        recovered, replace = _settle_store(conn, store, full_refresh, elsewhere)
     except UnreadableStateFile as exc:
         return DestinationSync(release.segment, name, "failed", error=exc.message)
     sync_id = new_id("s")
@@ -640,14 +676,18 @@ def _send_changes(
 
 
 def _settle_store(
-    conn: sqlite3.Connection, store: MembershipStore, full_refresh: bool
+    conn: sqlite3.Connection,
+    store: MembershipStore,
+    full_refresh: bool,
+    elsewhere: str | None = None,
 ) -> tuple[list[str], str | None]:
     """(interrupted syncs closed, why this sync replaces the audience in full or None).
 
-    When what the platform holds is unknown (``membership.replace_reason``) or a full
-    refresh was asked for, interrupted runs are closed without reading their journals
-    (the replace makes them moot); otherwise their confirmed batches are folded in."""
-    why = replace_reason(conn, store)
+    When what the platform holds is unknown (``membership.replace_reason``, or a takedown
+    from another state: ``elsewhere``) or a full refresh was asked for, interrupted runs
+    are closed without reading their journals (the replace makes them moot); otherwise
+    their confirmed batches are folded in."""
+    why = replace_reason(conn, store) or elsewhere
     if why is None and full_refresh:
         why = _refresh_reason(store)
     if why is not None:
