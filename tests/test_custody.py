@@ -363,3 +363,127 @@ def test_attack_an_endpoint_written_out_is_the_same_account(
     assert "file" not in p.config().destinations
     r = approve_with(p, "grown-ups", mine)
     assert r.exit_code == 3 and "not trusted for" in r.stderr, r.stderr
+
+
+# ------------------------------------------- the second review (2026-12-07): six findings
+def _pack(p: Project, pack: str) -> None:
+    import re
+
+    p.edit_toml(lambda t: re.sub(r'(?m)^pack = ".*?"', f'pack = "{pack}"', t))
+
+
+def test_attack_a_pack_without_approval_and_a_new_name(make_project: Any, tmp_path: Path) -> None:
+    """Revoke and take down; then `baseline` (no approval required) and the segment under
+    a new name, in the project (after `state adopt`) and in a copy with no state: once an
+    officer governs an account, every release to it needs their approval."""
+    p = make_project(rows=3000)
+    ids = live(p)
+    assert p.cli("revoke", "grown-ups", "--by", "qa.officer", "--takedown").exit_code == 0
+    seg = p.root / "segments" / "grown-ups.yaml"
+    renamed = seg.read_text().replace("name: grown-ups", "name: adults-en")
+    copy = copy_of(p, tmp_path)
+    shutil.rmtree(copy.root / ".audiences")
+    shutil.copytree(p.root / ".audiences" / "sandbox", copy.root / ".audiences" / "sandbox")
+    for project in (p, copy):
+        _pack(project, "baseline")
+        (project.root / "segments" / "adults-en.yaml").write_text(renamed)
+        (project.root / "segments" / "grown-ups.yaml").unlink()
+        r = project.cli("sync", "adults-en", "--as-of", DAY)
+        assert r.exit_code == 3, (r.stdout, r.stderr)
+        assert "not approved" in r.stdout + r.stderr
+        assert not project.query("SELECT 1 FROM audiences_remote WHERE segment='adults-en'")
+    assert p.boxes.meta.members(ids["meta"]) == set()
+    assert not list(copy.root.joinpath("exports").rglob("members.csv"))
+    # a pack of one's own with a weaker difference rule: the same refusal
+    (p.root / "policies" / "mine.yaml").write_text(
+        "name: mine\nversion: '1'\nextends: baseline\nrules:\n  - id: difference\n"
+        "    severity: warn\n    params: {k_diff: 2, on_small_change: hold}\n"
+    )
+    _pack(p, "policies/mine.yaml")
+    assert p.cli("sync", "adults-en", "--as-of", DAY).exit_code == 3
+
+
+def test_attack_a_segment_without_destinations_is_an_oracle(make_project: Any) -> None:
+    """`destinations: []` skipped the approval and ran the gate, for the report's exact
+    candidate count (362 or 363 with a named person's diagnosis)."""
+    from test_composition import write_segment
+
+    p = make_project(rows=3000)
+    write_segment(p.root, "probe", ["NY"], ("C0000042",))
+    seg = p.root / "segments" / "probe.yaml"
+    seg.write_text(seg.read_text().replace("destinations: [meta]", "destinations: []"))
+    for args in (("build", "probe"), ("plan", "probe")):
+        r = p.cli(*args, "--as-of", DAY)
+        assert r.exit_code == 3 and "lists no destinations" in r.stdout + r.stderr
+    reports = p.root / ".audiences" / "reports"
+    for report in reports.glob("*.json") if reports.exists() else []:  # blocked before any row
+        assert json.loads(report.read_text())["figures"].get("candidates", 0) == 0
+
+
+def test_attack_a_backup_holding_an_older_approval_of_a_revoked_segment(
+    make_project: Any, tmp_path: Path
+) -> None:
+    """Approved (A1), backed up, approved again (A2), revoked (A2's signature): the restored
+    backup holds A1, never revoked by signature — revoked all the same."""
+    p = make_project(rows=3000)
+    live(p)
+    archive = tmp_path / "nightly.tar"
+    p.cli_json("state", "backup", "--out", str(archive))
+    p.approve("grown-ups")
+    assert p.cli("revoke", "grown-ups", "--by", "qa.officer").exit_code == 0
+    restored = p.cli_json("state", "restore", str(archive))
+    assert [r["segment"] for r in restored["revoked_again"]] == ["grown-ups"]
+    doc = p.cli_json("sync", "grown-ups", "--full-refresh", "--as-of", DAY, expect=3)
+    assert {r["status"] for r in doc["results"] if r["destination"] != "file"} == {"blocked"}
+
+
+def test_a_file_takedown_leaves_the_audience_record_true(make_project: Any) -> None:
+    """The file takedown forgot to rewrite the audience record: every later sync and plan
+    of the project stopped (exit 1) until `state adopt`, forced removals included."""
+    p = make_project(rows=3000, segments=("older-adults",))
+    live(p)
+    assert p.cli_json("takedown", "grown-ups", "--by", "qa.officer")["exit_code"] == 0
+    for args in (("sync", "older-adults"), ("sync", "--all"), ("plan", "older-adults")):
+        r = p.cli(*args, "--as-of", DAY)  # (the gate may block older-adults: exit 3)
+        assert r.exit_code in (0, 3), (args, r.stderr)
+        assert "audiences.manifest.json" not in r.stdout + r.stderr
+
+
+def test_attack_copy_made_before_a_takedown_writes_the_file_export(
+    make_project: Any, tmp_path: Path
+) -> None:
+    p = make_project(rows=3000)
+    live(p)
+    copy = copy_of(p, tmp_path)
+    assert p.cli_json("takedown", "grown-ups", "--by", "qa.officer")["exit_code"] == 0
+    shutil.rmtree(copy.root / "exports")
+    r = copy.cli("build", "grown-ups", "--as-of", DAY)
+    assert r.exit_code == 3 and "taken down" in r.stdout + r.stderr
+    assert not list(copy.root.joinpath("exports").rglob("members.csv"))
+
+
+def test_attack_the_same_account_spelled_another_way(make_project: Any, tmp_path: Path) -> None:
+    """A fresh copy with a key of one's own, the governed account written with leading
+    zeros: the same account (look-alike digits are refused; `audiences.toml` refuses an
+    id without `act_` or with spaces already)."""
+    spelled = "act_00{n}"
+    import re
+
+    p = make_project(rows=3000)
+    live(p)
+    number = _account(p).removeprefix("act_")
+    copy = copy_of(p, tmp_path)
+    shutil.rmtree(copy.root / ".audiences")
+    mine = own_key(tmp_path)
+    list_only(copy, mine)
+    segment = copy.root / "segments" / "grown-ups.yaml"
+    segment.write_text(segment.read_text().replace("[meta, google_ads, file]", "[meta]"))
+    for d in ("file", "google", "google_ads"):
+        copy.edit_toml(lambda t, d=d: re.sub(rf"(?ms)^\[destinations\.{d}\]\n.*?(?=^\[)", "", t))
+    copy.edit_toml(lambda t: t.replace(f'"{_account(p)}"', f'"{spelled.format(n=number)}"'))
+    r = approve_with(copy, "grown-ups", mine)
+    assert r.exit_code == 3 and "not trusted for act_" in r.stderr, r.stderr
+    arabic = "".join(chr(0x660 + int(c)) for c in number)
+    copy.edit_toml(lambda t: t.replace(f'"{spelled.format(n=number)}"', f'"act_{arabic}"'))
+    r = approve_with(copy, "grown-ups", mine)
+    assert r.exit_code != 0 and "ASCII" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -21,7 +21,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,12 @@ def approval_payload(
             "definition_sha256": definition_sha256,
         }
     ).encode()
+
+
+def instant(stamp: str) -> datetime:
+    """An ISO-8601 UTC stamp of the state DB (``…Z``) as an aware datetime."""
+    at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _sha256(text: str) -> str:

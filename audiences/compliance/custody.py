@@ -14,8 +14,9 @@ database, never ``$HOME``; nothing a production run reads moves it):
   project whose state was deleted (or a copy of it) cannot trust a key of its own by
   editing ``[approvers] keys``: trust on first use happens once per account, not once
   per state database.
-* **revocations**, by the approval's signature: an approval revoked once stays revoked
-  in every copy and after every restore.
+* **revocations**, by the approval's signature and by segment and project salt with the
+  time: an approval revoked once stays revoked in every copy and after every restore, and
+  so does every older approval of the segment a backup or a copy may still hold.
 * **takedowns**, by segment and account: nothing is added to a taken-down audience again
   until an approval signed after the takedown, whichever state the sync runs from.
 * **the newest release of each audience**, by account and project salt (a copy of the
@@ -66,6 +67,14 @@ CREATE TABLE IF NOT EXISTS revocations (
   at TEXT NOT NULL,
   project TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS segment_revocations (
+  salt_id TEXT NOT NULL,
+  segment TEXT NOT NULL,
+  by TEXT NOT NULL,
+  at TEXT NOT NULL,
+  project TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segment_revocations_segment ON segment_revocations(salt_id, segment);
 CREATE TABLE IF NOT EXISTS takedowns (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   segment TEXT NOT NULL,
@@ -243,6 +252,12 @@ def pin(
     return replay(entries, broken="the project's trust history does not verify")
 
 
+def accounts_pinned_by(conn: sqlite3.Connection, project: str) -> set[str]:
+    """Every account whose trust the project's entries shaped."""
+    rows = conn.execute("SELECT DISTINCT account FROM trust WHERE project = ?", (project,))
+    return {str(row[0]) for row in rows.fetchall()}
+
+
 def check_change(conn: sqlite3.Connection, account: str, entry: TrustEntry) -> None:
     """ApprovalError unless ``entry`` is a change the account's approvers signed."""
     replay([*_entries(conn, account), entry], broken="the change does not verify")
@@ -281,6 +296,29 @@ def record_revocation(
             "VALUES (?,?,?,?,?)",
             (_signature_digest(signature), segment, by, at, project),
         )
+
+
+def record_segment_revocation(
+    conn: sqlite3.Connection, salt: bytes, segment: str, by: str, at: str, project: str
+) -> None:
+    """Every approval of ``segment`` signed up to ``at`` is revoked, in every state with
+    this salt: also an older approval a restored backup or a copy still holds as current."""
+    with _immediate(conn):
+        conn.execute(
+            "INSERT INTO segment_revocations(salt_id, segment, by, at, project) VALUES (?,?,?,?,?)",
+            (salt_id(salt), segment, by, at, project),
+        )
+
+
+def segment_revocations(
+    conn: sqlite3.Connection, salt: bytes, segment: str
+) -> list[tuple[str, str]]:
+    """``(by, at)`` of every revocation of the segment by a state with this salt."""
+    rows = conn.execute(
+        "SELECT by, at FROM segment_revocations WHERE salt_id=? AND segment=? ORDER BY at",
+        (salt_id(salt), segment),
+    ).fetchall()
+    return [(str(by), str(at)) for by, at in rows]
 
 
 def revocation(conn: sqlite3.Connection, signature: str) -> tuple[str, str] | None:

@@ -144,12 +144,28 @@ def approval_required(config: ProjectConfig, pack: Any) -> bool:
 def approval_binds(
     conn: sqlite3.Connection, config: ProjectConfig, segment: Any, pack: Any
 ) -> bool:
-    """Must the segment's approval be checked? When required, and also whenever the segment
-    was ever approved: swapping to a pack that requires no approval changes the effective
-    policy the officer approved, so it needs a new approval too."""
+    """Must the segment's approval be checked? When required, whenever the segment was
+    ever approved (swapping to a pack that requires no approval changes the effective
+    policy the officer approved, so it needs a new approval too), and whenever one of its
+    accounts has approvers on this OS account (:func:`pinned_accounts`)."""
     if approval_required(config, pack):
         return True
-    return approvals.latest_approval(conn, segment.name) is not None
+    if approvals.latest_approval(conn, segment.name) is not None:
+        return True
+    return bool(pinned_accounts(config, segment))
+
+
+def pinned_accounts(config: ProjectConfig, segment: Any) -> list[str]:
+    """The segment's destination accounts that have approvers on this OS account. Once an
+    account has, every release to it needs an approval, whatever the pack says: else a
+    pack that requires none (``baseline``, or one of the marketer's own) would send an
+    unapproved segment — a new name included — to the account an officer governs."""
+    with custody.opened() as store:
+        return [
+            account
+            for account in sorted({destination_account(config, d) for d in segment.destinations})
+            if custody.trusted_for(store, account) is not None
+        ]
 
 
 def ad_destinations(config: ProjectConfig, segment: Any) -> list[str]:
@@ -261,7 +277,7 @@ def check(conn: sqlite3.Connection, config: ProjectConfig, segment: Any, pack: A
     trusted = _trusted(conn, config, record=False)
     current = approvals.check_approval(conn, **_binding(config, segment, pack, trusted))
     with custody.opened() as store:
-        revoked = custody.revocation(store, current.signature)
+        revoked = _revoked(store, config, current)
         if revoked is not None:
             raise ApprovalError(
                 f"the approval of segment {segment.name!r} was revoked by {revoked[0]} at "
@@ -273,19 +289,50 @@ def check(conn: sqlite3.Connection, config: ProjectConfig, segment: Any, pack: A
     return current
 
 
+def _revoked(store: Any, config: ProjectConfig, approval: Any) -> tuple[str, str] | None:
+    """``(by, at)`` when custody holds ``approval`` revoked: by its signature, or by a
+    revocation of its segment, made by a state with this salt after it was signed."""
+    from audiences.compliance.approvals import instant
+    from audiences.core.state import project_salt
+
+    found = custody.revocation(store, approval.signature)
+    if found is not None:
+        return found
+    signed = instant(approval.at)
+    for by, at in custody.segment_revocations(
+        store, project_salt(config.state_dir), approval.segment
+    ):
+        if signed <= instant(at):
+            return by, at
+    return None
+
+
 def destination_account(config: ProjectConfig, name: str) -> str:
     """The account a destination releases to, as custody keys it: the ad account
-    (``act_…``), the Google Ads customer id, or a file destination's resolved folder. Not
+    (``act_…``), the Google Ads customer id, or for a file destination the project's salt
+    (a copy of the project has the same) and the folder as written. Not
     the ``endpoint``: the real platform's address written out as an endpoint would
     otherwise be a new account, and start trust on first use again."""
     from policies.gate import destination_of
     from policies.rules import GOOGLE_KINDS
 
     spec = config.destination(name)
-    if spec.kind == "file":
+    if spec.kind == "file":  # the project (its salt: copies share it) and the folder named
+        from audiences.core.state import project_salt
+
         folder = str((spec.model_extra or {}).get("path", "exports"))
-        return f"local:{config.path(folder).resolve()}"
+        return f"local:{custody.salt_id(project_salt(config.state_dir))}:{folder}"
     account = destination_of(config, name)[0].account
+    prefix = "act_" if account.startswith("act_") else ""
+    number = account.removeprefix(prefix)
+    if not number.isascii():  # a look-alike digit would be another account here
+        raise ConfigError(
+            f"destination {name!r} has an account id with characters other than ASCII: {account!r}",
+            "write the platform's account id in plain digits",
+            where="audiences.toml",
+        )
+    if number.isdigit():  # act_0123 and act_123 are one account
+        account = f"{prefix}{int(number)}"
     return f"google:{account}" if spec.kind in GOOGLE_KINDS else account
 
 
@@ -404,15 +451,21 @@ def approve(
 def revoke(conn: sqlite3.Connection, config: ProjectConfig, segment: str, by: str) -> Any:
     """Revoke the segment's approval, in the project and in custody (outside the project,
     so that no restored backup or copy of the project brings it back)."""
+    from audiences.core.state import project_salt
+
     revoked = approvals.revoke(conn, segment, by)
     with custody.opened() as store:
-        custody.record_revocation(
-            store, revoked.signature, segment, by, str(revoked.revoked_at), _project(config)
+        at = str(revoked.revoked_at)
+        custody.record_revocation(store, revoked.signature, segment, by, at, _project(config))
+        custody.record_segment_revocation(
+            store, project_salt(config.state_dir), segment, by, at, _project(config)
         )
     return revoked
 
 
-def reapply_revocations(conn: sqlite3.Connection, actor: str) -> list[dict[str, str]]:
+def reapply_revocations(
+    conn: sqlite3.Connection, config: ProjectConfig, actor: str
+) -> list[dict[str, str]]:
     """After ``state restore``: each approval the restored state holds unrevoked but custody
     holds revoked is revoked again in the state, with an audit entry (its chain then says
     what the backup did not know)."""
@@ -423,7 +476,7 @@ def reapply_revocations(conn: sqlite3.Connection, actor: str) -> list[dict[str, 
             current = approvals.latest_approval(conn, str(segment))
             if current is None or current.revoked_at is not None:
                 continue
-            revoked = custody.revocation(store, current.signature)
+            revoked = _revoked(store, config, current)
             if revoked is None:
                 continue
             approvals.revoke(conn, current.segment, f"{revoked[0]} (custody, restored by {actor})")
@@ -560,9 +613,11 @@ def _record_change(config: ProjectConfig, entry: custody.TrustEntry) -> list[str
     trust root is pinned (the others pin the project's history, change included, when
     first released to). Refused, and nothing recorded, when the signer is not trusted for
     one of them."""
-    accounts = sorted({destination_account(config, name) for name in config.destinations})
+    accounts = {destination_account(config, name) for name in config.destinations}
     with custody.opened() as store:
-        pinned = [a for a in accounts if custody.trusted_for(store, a) is not None]
+        # and every account this project pinned through a destination since removed
+        accounts |= custody.accounts_pinned_by(store, _project(config))
+        pinned = [a for a in sorted(accounts) if custody.trusted_for(store, a) is not None]
         for account in pinned:  # every account first, so that a refusal records nothing
             try:
                 custody.check_change(store, account, entry)

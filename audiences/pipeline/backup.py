@@ -272,7 +272,7 @@ def _after_restore(config: ProjectConfig, actor: str, report: RestoreReport) -> 
             report.replaces.append((str(segment), str(destination)))
         if record is None or why is None:
             state_record.write(conn, config.state_dir)
-        report.revoked_again = reapply_revocations(conn, actor)
+        report.revoked_again = reapply_revocations(conn, config, actor)
     finally:
         conn.close()
 

@@ -488,9 +488,14 @@ def _approval_block(
     from audiences.compliance import workflow as compliance
     from audiences.core.errors import ApprovalError
 
+    if not segment.destinations:  # the gate would run for its report's exact figures only
+        return (
+            f"segment {segment.name!r} lists no destinations: a build releases nothing, and its "
+            "report's exact figures would tell whether a named person is in it; `audiences "
+            "preview` gives its size with noise",
+            None,
+        )
     if not compliance.approval_binds(conn, config, segment, pack):
-        return None, None
-    if not compliance.ad_destinations(config, segment):
         return None, None
     try:
         approval: Approval = compliance.check(conn, config, segment, pack)

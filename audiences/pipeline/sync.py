@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -512,6 +512,7 @@ def taken_down_block(
     """Why adds to a taken-down audience are refused (no approval since), or None. The
     takedown is this state's, or one kept in custody on this OS account (from a copy of
     the project, or from a state since restored from an older backup)."""
+    from audiences.compliance.approvals import instant as _instant
     from audiences.compliance.workflow import takedown_since
 
     row = conn.execute(
@@ -547,6 +548,7 @@ def taken_down_elsewhere(
     """Why the audience must be replaced in full: another state of this project (a copy,
     or the state before a restore) took it down after this state last synced it, so this
     state's snapshot lists people the platform no longer holds. None otherwise."""
+    from audiences.compliance.approvals import instant as _instant
     from audiences.compliance.workflow import takedown_since
 
     if destination not in config.destinations:
@@ -572,12 +574,6 @@ def taken_down_elsewhere(
     if known is not None and _instant(known) >= _instant(kept):
         return None
     return f"taken down at {kept} by another state of this project (custody)"
-
-
-def _instant(stamp: str) -> datetime:
-    """An ISO-8601 stamp of the state DB (``…Z`` or ``…+00:00``) as an aware datetime."""
-    at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def sync_destination(

@@ -343,6 +343,9 @@ def _delete_files(
             "finished_at, status) VALUES (?,?,?,?,?,?,?)",
             (sync_id, segment, name, TAKEDOWN, utcnow(), utcnow(), "taken_down"),
         )
+    # the audience record must forget the exports too, or every later sync and plan
+    # refuses the state (a recorded audience this state does not know)
+    state_record.write(conn, config.state_dir)
     _audit(
         conn,
         actor,
