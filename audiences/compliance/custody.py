@@ -43,6 +43,7 @@ from typing import Any
 from audiences.compliance import audit
 from audiences.compliance.keys import key_id, load_public_key
 from audiences.core.errors import ApprovalError, StateError
+from policies.difference import EarlierRelease
 
 TRUST_KIND = "approver_trust"  # the keys of [approvers] keys at first use (TOFU)
 ADD_KIND = "approver_add"
@@ -143,17 +144,6 @@ def opened() -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-@contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 # --------------------------------------------------------------------------- trust sets
 
 
@@ -231,24 +221,13 @@ def pin(
 ) -> dict[str, dict[str, str]]:
     """The account's trust root: the one already pinned, or ``entries`` (a project's
     verified trust history) pinned now as its first."""
-    with _immediate(conn):
+    with audit.write_transaction(conn):
         if conn.execute("SELECT 1 FROM trust WHERE account = ? LIMIT 1", (account,)).fetchone():
             pinned = trusted_for(conn, account)
             assert pinned is not None
             return pinned
         for entry in entries:
-            conn.execute(
-                "INSERT INTO trust(account, kind, subject, details, project, at) "
-                "VALUES (?,?,?,?,?,?)",
-                (
-                    account,
-                    entry.kind,
-                    entry.subject,
-                    audit.canonical_json(entry.details),
-                    project,
-                    entry.at,
-                ),
-            )
+            _insert_trust(conn, account, entry, project)
     return replay(entries, broken="the project's trust history does not verify")
 
 
@@ -265,19 +244,23 @@ def check_change(conn: sqlite3.Connection, account: str, entry: TrustEntry) -> N
 
 def record_change(conn: sqlite3.Connection, account: str, entry: TrustEntry, project: str) -> None:
     """Append a signed add or remove to an account whose trust root is pinned."""
-    with _immediate(conn):
-        replay([*_entries(conn, account), entry], broken="the change does not verify")
-        conn.execute(
-            "INSERT INTO trust(account, kind, subject, details, project, at) VALUES (?,?,?,?,?,?)",
-            (
-                account,
-                entry.kind,
-                entry.subject,
-                audit.canonical_json(entry.details),
-                project,
-                entry.at,
-            ),
-        )
+    with audit.write_transaction(conn):
+        check_change(conn, account, entry)
+        _insert_trust(conn, account, entry, project)
+
+
+def _insert_trust(conn: sqlite3.Connection, account: str, entry: TrustEntry, project: str) -> None:
+    conn.execute(
+        "INSERT INTO trust(account, kind, subject, details, project, at) VALUES (?,?,?,?,?,?)",
+        (
+            account,
+            entry.kind,
+            entry.subject,
+            audit.canonical_json(entry.details),
+            project,
+            entry.at,
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- revocations
@@ -290,7 +273,7 @@ def _signature_digest(signature: str) -> str:
 def record_revocation(
     conn: sqlite3.Connection, signature: str, segment: str, by: str, at: str, project: str
 ) -> None:
-    with _immediate(conn):
+    with audit.write_transaction(conn):
         conn.execute(
             "INSERT OR IGNORE INTO revocations(signature_sha256, segment, by, at, project) "
             "VALUES (?,?,?,?,?)",
@@ -303,7 +286,7 @@ def record_segment_revocation(
 ) -> None:
     """Every approval of ``segment`` signed up to ``at`` is revoked, in every state with
     this salt: also an older approval a restored backup or a copy still holds as current."""
-    with _immediate(conn):
+    with audit.write_transaction(conn):
         conn.execute(
             "INSERT INTO segment_revocations(salt_id, segment, by, at, project) VALUES (?,?,?,?,?)",
             (salt_id(salt), segment, by, at, project),
@@ -342,7 +325,7 @@ def record_takedown(
     at: str,
     project: str,
 ) -> None:
-    with _immediate(conn):
+    with audit.write_transaction(conn):
         conn.execute(
             "INSERT INTO takedowns(segment, account, destination, by, at, project) "
             "VALUES (?,?,?,?,?,?)",
@@ -366,20 +349,8 @@ def salt_id(salt: bytes) -> str:
     return hashlib.sha256(b"audiences custody salt id\0" + salt).hexdigest()[:32]
 
 
-@dataclass(frozen=True, slots=True)
-class SharedRelease:
-    release_id: str
-    build_id: str
-    segment: str
-    destination: str
-    account: str
-    created_at: str
-    members: int
-    membership: Path  # the member keys file in the project's state folder
-
-
 def register_releases(
-    conn: sqlite3.Connection, salt: bytes, releases: list[SharedRelease], project: str
+    conn: sqlite3.Connection, salt: bytes, releases: list[EarlierRelease], project: str
 ) -> None:
     """Keep a copy of each release's member keys; an audience's older copies are dropped
     (only the newest release of an audience is what a platform holds)."""
@@ -393,10 +364,10 @@ def register_releases(
     for r in releases:
         target = folder / f"{r.release_id}.parquet"
         partial = target.with_suffix(".partial")
-        shutil.copyfile(r.membership, partial)
+        shutil.copyfile(r.membership_path, partial)
         partial.chmod(0o600)
         partial.replace(target)
-        with _immediate(conn):
+        with audit.write_transaction(conn):
             older = conn.execute(
                 "SELECT release_id, file FROM releases WHERE salt_id=? AND account=? AND "
                 "segment=? AND destination=? AND created_at < ?",
@@ -427,8 +398,9 @@ def register_releases(
         path.unlink(missing_ok=True)
 
 
-def releases_for(conn: sqlite3.Connection, salt: bytes, account: str) -> list[SharedRelease]:
-    """The newest release of each audience on ``account`` from every state with this salt."""
+def releases_for(conn: sqlite3.Connection, salt: bytes, account: str) -> list[EarlierRelease]:
+    """The newest release of each audience on ``account`` from every state with this salt
+    (their member keys: copies kept here)."""
     sid = salt_id(salt)
     folder = custody_path().parent / "releases" / sid
     rows = conn.execute(
@@ -437,6 +409,6 @@ def releases_for(conn: sqlite3.Connection, salt: bytes, account: str) -> list[Sh
         (sid, account),
     ).fetchall()
     return [
-        SharedRelease(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), folder / str(r[7]))
+        EarlierRelease(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), folder / str(r[7]))
         for r in rows
     ]

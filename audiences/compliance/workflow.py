@@ -487,10 +487,11 @@ def reapply_revocations(
 def share_releases(config: ProjectConfig, salt: bytes, outcome: Any) -> None:
     """Keep the recorded releases' member keys in custody, for the difference check of
     every copy of the project (same salt) on this OS account."""
+    from policies.difference import EarlierRelease
     from policies.gate import RELEASES_DIR
 
     shared = [
-        custody.SharedRelease(
+        EarlierRelease(
             r.release_id,
             r.build_id,
             r.segment,
@@ -508,24 +509,10 @@ def share_releases(config: ProjectConfig, salt: bytes, outcome: Any) -> None:
 
 def shared_releases(salt: bytes) -> Any:
     """For the gate: ``account -> [EarlierRelease]`` released by any state with this salt."""
-    from policies.difference import EarlierRelease
 
-    def provide(account: str) -> list[EarlierRelease]:
+    def provide(account: str) -> list[Any]:
         with custody.opened() as store:
-            rows = custody.releases_for(store, salt, account)
-        return [
-            EarlierRelease(
-                release_id=r.release_id,
-                build_id=r.build_id,
-                segment=r.segment,
-                destination=r.destination,
-                account=r.account,
-                created_at=r.created_at,
-                members=r.members,
-                membership_path=r.membership,
-            )
-            for r in rows
-        ]
+            return custody.releases_for(store, salt, account)
 
     return provide
 

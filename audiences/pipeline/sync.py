@@ -454,36 +454,23 @@ def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[Destinati
             # the removals the filter rules force are sent — never skipped in silence)
             names.append(segment.name)
         known = {segment.name for segment in segments}
-        for name, destination in live_audiences(conn, config):
-            if name not in known and _holding(conn, config, name, [destination]):
-                skipped.append(
-                    DestinationSync(
-                        name,
-                        destination,
-                        "blocked",
-                        error=(
-                            f"segment {name!r} has a live {destination} audience but no "
-                            f"segment file: nothing is removed from it; run `audiences "
-                            f"takedown {name}`"
-                        ),
-                    )
-                )
-        for name, destination in unconfigured_audiences(conn, config):
+        orphans = [
+            (name, destination, f"a live {destination} audience but no segment file",
+             f"audiences takedown {name}", "")
+            for name, destination in live_audiences(conn, config)
+            if name not in known
+        ] + [
+            (name, destination,
+             f"a live audience on destination {destination!r}, which audiences.toml no longer "
+             "configures", f"audiences takedown {name} --destination {destination}",
+             f" after putting [destinations.{destination}] back")
+            for name, destination in unconfigured_audiences(conn, config)
+        ]  # fmt: skip
+        for name, destination, what, command, after in orphans:
             if _holding(conn, config, name, [destination]):
-                skipped.append(
-                    DestinationSync(
-                        name,
-                        destination,
-                        "blocked",
-                        error=(
-                            f"segment {name!r} has a live audience on destination "
-                            f"{destination!r}, which audiences.toml no longer configures: "
-                            f"nothing is removed from it; put [destinations.{destination}] "
-                            f"back and run `audiences takedown {name} --destination "
-                            f"{destination}`"
-                        ),
-                    )
-                )
+                why = f"segment {name!r} has {what}: nothing is removed from it; run "
+                why += f"`{command}`{after}"
+                skipped.append(DestinationSync(name, destination, "blocked", error=why))
     finally:
         conn.close()
     return names, skipped
