@@ -125,6 +125,15 @@ def destination_of(config: ProjectConfig, name: str) -> tuple[Destination, tuple
     if kind == "meta":
         raw = str(extra.get("ad_account_id") or "").strip()
         account = raw if raw.startswith("act_") else (f"act_{raw}" if raw else "")
+        number = account.removeprefix("act_")
+        if not number.isascii():  # a look-alike digit would make another account here
+            raise ConfigError(
+                f"destination {name!r} has an account id with characters other than ASCII: {raw!r}",
+                "write the platform's account id in plain digits",
+                where="audiences.toml",
+            )
+        if number.isdigit():  # act_0123 and act_123 are one account to the difference check
+            account = f"act_{int(number)}"
         layouts: tuple[str, ...] = ("meta",)
     elif kind in GOOGLE_KINDS:  # one Google Ads account, whichever API uploads to it
         account = str(extra.get("customer_id") or "").replace("-", "").strip()

@@ -487,3 +487,126 @@ def test_attack_the_same_account_spelled_another_way(make_project: Any, tmp_path
     copy.edit_toml(lambda t: t.replace(f'"{spelled.format(n=number)}"', f'"act_{arabic}"'))
     r = approve_with(copy, "grown-ups", mine)
     assert r.exit_code != 0 and "ASCII" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# --------------------------------------- the third review (2026-12-07): five more findings
+def test_attack_an_unsigned_approvals_row_lifts_a_takedown(make_project: Any) -> None:
+    """A row inserted under the real approval (id 0, `at` in 2999, no valid signature):
+    the takedown check read max(at) of every unrevoked row, never verified."""
+    p = make_project(rows=3000)
+    ids = live(p)
+    assert p.cli_json("takedown", "grown-ups", "--by", "qa.officer")["exit_code"] == 0
+    conn = sqlite3.connect(p.state_db)
+    conn.execute(
+        "INSERT INTO approvals(id, segment, segment_digest, policy_digest, destinations, "
+        "approver, key_id, signature, payload, note, definition, at) "
+        "SELECT 0, segment, segment_digest, policy_digest, destinations, approver, key_id, "
+        "'x', '{}', note, definition, '2999-01-01T00:00:00.000000Z' FROM approvals "
+        "WHERE segment = 'grown-ups' ORDER BY id DESC LIMIT 1"
+    )
+    conn.commit()
+    conn.close()
+    doc = p.cli_json("sync", "grown-ups", "--as-of", DAY, expect=3)
+    assert {r["status"] for r in doc["results"]} == {"blocked"}, doc["results"]
+    assert p.boxes.meta.members(ids["meta"]) == set()
+    assert not list((p.root / "exports").rglob("members.csv"))
+
+
+def test_attack_the_same_account_with_leading_zeros_in_the_difference_check(
+    make_project: Any,
+) -> None:
+    """A second Meta destination on the governed account written `act_0…`: the difference
+    check compared it with nothing, so an audience one person apart went out."""
+    import re
+
+    from test_composition import write_segment
+
+    p = make_project(rows=3000, pack="nightly-pack")  # k_diff 10
+    acct = _account(p)
+    zero = "act_0" + acct.removeprefix("act_")
+    block = re.search(r"(?ms)^\[destinations\.meta\]\n.*?(?=^\[)", p.toml.read_text())
+    assert block is not None
+    p.edit_toml(lambda t: t + "\n" + block.group(0).replace(
+        "[destinations.meta]", "[destinations.meta0]").replace(acct, zero))  # fmt: skip
+    write_segment(p.root, "ca", ["CA"])
+    p.approve("ca")
+    (one,) = sorted(p.contact_ids(p.release("ca", "meta", as_of=AS_OF).members.head(1)))
+    write_segment(p.root, "q", ["NY", "FL"])
+    p.approve("q")
+    assert p.cli("build", "q", "--as-of", DAY).exit_code == 0
+    write_segment(p.root, "q2", ["NY", "FL"], (one,))
+    seg = p.root / "segments" / "q2.yaml"
+    seg.write_text(seg.read_text().replace("destinations: [meta]", "destinations: [meta0]"))
+    p.approve("q2")
+    attack = p.cli("build", "q2", "--as-of", DAY)
+    assert attack.exit_code == 3 and "difference" in attack.stdout + attack.stderr
+
+
+def test_attack_the_governed_export_folder_spelled_another_way(make_project: Any) -> None:
+    """After revoke + takedown: `baseline`, a new segment name, and a file destination
+    `./exports` (the same folder, a new spelling) or any new folder."""
+    p = make_project(rows=3000)
+    live(p)
+    assert p.cli("revoke", "grown-ups", "--by", "qa.officer", "--takedown").exit_code == 0
+    _pack(p, "baseline")
+    for name, folder in (("drop", "./exports"), ("scratch", "scratch")):
+        p.edit_toml(lambda t, n=name, f=folder: t + f'\n[destinations.{n}]\nkind = "file"\n'
+                    f'path = "{f}"\nformats = ["csv"]\n')  # fmt: skip
+        seg = (p.root / "segments" / "grown-ups.yaml").read_text()
+        (p.root / "segments" / f"to-{name}.yaml").write_text(
+            seg.replace("name: grown-ups", f"name: to-{name}").replace(
+                "[meta, google_ads, file]", f"[{name}]"))  # fmt: skip
+        r = p.cli("build", f"to-{name}", "--as-of", DAY)
+        assert r.exit_code == 3 and "not approved" in r.stdout + r.stderr, (r.stdout, r.stderr)
+        # nor is it a review for anyone: the exact-count oracle of an ungoverned folder
+        r = p.cli("review", f"to-{name}", "--as-of", DAY)
+        assert r.exit_code == 3 and "for its approvers" in r.stderr
+    assert not list(p.root.rglob("members.csv"))
+
+
+def test_attack_an_older_approval_in_a_backup_with_a_fresh_salt(
+    make_project: Any, tmp_path: Path
+) -> None:
+    """A1, backup, A2, revoke (A2); then a copy whose salt is new (deleted), holding the
+    backup's state.db with A1: revocations by segment were keyed by salt."""
+    import tarfile
+
+    p = make_project(rows=3000)
+    ids = live(p)
+    archive = tmp_path / "nightly.tar"
+    p.cli_json("state", "backup", "--out", str(archive))
+    p.approve("grown-ups")
+    assert p.cli("revoke", "grown-ups", "--by", "qa.officer").exit_code == 0
+    held = p.boxes.meta.members(ids["meta"])
+    copy = copy_of(p, tmp_path)
+    state = copy.root / ".audiences"
+    for name in ("state.db", "state.db-wal", "state.db-shm", "salt",
+                 "audiences.manifest.json", "record.key"):  # fmt: skip
+        (state / name).unlink(missing_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extract("state.db", state, filter="data")
+    copy.cli("state", "repair")  # as the first sync's error says (a new record.key)
+    doc = copy.cli_json("sync", "grown-ups", "--as-of", DAY, expect=3)
+    ads = [r for r in doc["results"] if r["destination"] != "file"]
+    assert {r["status"] for r in ads} == {"blocked"} and all("revoked" in r["error"] for r in ads)
+    assert p.boxes.meta.members(ids["meta"]) <= held
+
+
+def test_a_custody_store_that_cannot_be_opened_stops_everything(make_project: Any) -> None:
+    """Fail closed: an unknown custody is never taken for an empty one."""
+    from policies.privacy import ledger
+
+    p = make_project(rows=3000)
+    ids = live(p)
+    assert p.cli_json("takedown", "grown-ups", "--by", "qa.officer")["exit_code"] == 0
+    home = ledger.ledger_home()
+    for name in ("custody.sqlite", "custody.sqlite-wal", "custody.sqlite-shm"):
+        (home / name).unlink(missing_ok=True)
+    (home / "custody.sqlite").mkdir()  # (as root, a mode does not stop a write)
+    _pack(p, "baseline")
+    seg = (p.root / "segments" / "grown-ups.yaml").read_text()
+    (p.root / "segments" / "adults-en.yaml").write_text(seg.replace("grown-ups", "adults-en"))
+    for args in (("sync", "grown-ups"), ("sync", "adults-en"), ("sync", "--all")):
+        r = p.cli(*args, "--as-of", DAY)
+        assert r.exit_code != 0 and "Traceback" not in r.stderr
+    assert p.boxes.meta.members(ids["meta"]) == set()

@@ -14,9 +14,9 @@ database, never ``$HOME``; nothing a production run reads moves it):
   project whose state was deleted (or a copy of it) cannot trust a key of its own by
   editing ``[approvers] keys``: trust on first use happens once per account, not once
   per state database.
-* **revocations**, by the approval's signature and by segment and project salt with the
-  time: an approval revoked once stays revoked in every copy and after every restore, and
-  so does every older approval of the segment a backup or a copy may still hold.
+* **revocations**, by the approval's signature and by segment and account with the time:
+  an approval revoked once stays revoked in every copy and after every restore, and so
+  does every older approval of the segment a backup or a copy may still hold.
 * **takedowns**, by segment and account: nothing is added to a taken-down audience again
   until an approval signed after the takedown, whichever state the sync runs from.
 * **the newest release of each audience**, by account and project salt (a copy of the
@@ -69,13 +69,13 @@ CREATE TABLE IF NOT EXISTS revocations (
   project TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS segment_revocations (
-  salt_id TEXT NOT NULL,
+  account TEXT NOT NULL,
   segment TEXT NOT NULL,
   by TEXT NOT NULL,
   at TEXT NOT NULL,
   project TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS segment_revocations_segment ON segment_revocations(salt_id, segment);
+CREATE INDEX IF NOT EXISTS segment_revocations_segment ON segment_revocations(segment, account);
 CREATE TABLE IF NOT EXISTS takedowns (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   segment TEXT NOT NULL,
@@ -282,24 +282,26 @@ def record_revocation(
 
 
 def record_segment_revocation(
-    conn: sqlite3.Connection, salt: bytes, segment: str, by: str, at: str, project: str
+    conn: sqlite3.Connection, accounts: list[str], segment: str, by: str, at: str, project: str
 ) -> None:
-    """Every approval of ``segment`` signed up to ``at`` is revoked, in every state with
-    this salt: also an older approval a restored backup or a copy still holds as current."""
+    """Every approval of ``segment`` signed up to ``at`` is revoked for these accounts, in
+    every state: also an older approval a restored backup or a copy still holds."""
     with audit.write_transaction(conn):
-        conn.execute(
-            "INSERT INTO segment_revocations(salt_id, segment, by, at, project) VALUES (?,?,?,?,?)",
-            (salt_id(salt), segment, by, at, project),
+        conn.executemany(
+            "INSERT INTO segment_revocations(account, segment, by, at, project) VALUES (?,?,?,?,?)",
+            [(account, segment, by, at, project) for account in accounts],
         )
 
 
 def segment_revocations(
-    conn: sqlite3.Connection, salt: bytes, segment: str
+    conn: sqlite3.Connection, accounts: list[str], segment: str
 ) -> list[tuple[str, str]]:
-    """``(by, at)`` of every revocation of the segment by a state with this salt."""
+    """``(by, at)`` of every revocation of the segment for any of these accounts."""
+    marks = ",".join("?" * len(accounts))
     rows = conn.execute(
-        "SELECT by, at FROM segment_revocations WHERE salt_id=? AND segment=? ORDER BY at",
-        (salt_id(salt), segment),
+        f"SELECT by, at FROM segment_revocations WHERE segment=? AND account IN ({marks}) "
+        "ORDER BY at",
+        (segment, *accounts),
     ).fetchall()
     return [(str(by), str(at)) for by, at in rows]
 

@@ -146,11 +146,15 @@ def approval_binds(
 ) -> bool:
     """Must the segment's approval be checked? When required, whenever the segment was
     ever approved (swapping to a pack that requires no approval changes the effective
-    policy the officer approved, so it needs a new approval too), and whenever one of its
-    accounts has approvers on this OS account (:func:`pinned_accounts`)."""
+    policy the officer approved, so it needs a new approval too), whenever the project has
+    trusted approvers (a segment of its own to a new file folder, or a review of one, is
+    not a way around them), and whenever one of its accounts has approvers on this OS
+    account (:func:`pinned_accounts`)."""
     if approval_required(config, pack):
         return True
     if approvals.latest_approval(conn, segment.name) is not None:
+        return True
+    if _trust_entries(conn):  # the project has approvers: its officers decide, any pack
         return True
     return bool(pinned_accounts(config, segment))
 
@@ -291,48 +295,42 @@ def check(conn: sqlite3.Connection, config: ProjectConfig, segment: Any, pack: A
 
 def _revoked(store: Any, config: ProjectConfig, approval: Any) -> tuple[str, str] | None:
     """``(by, at)`` when custody holds ``approval`` revoked: by its signature, or by a
-    revocation of its segment, made by a state with this salt after it was signed."""
+    revocation of its segment for one of its accounts made after it was signed."""
     from audiences.compliance.approvals import instant
-    from audiences.core.state import project_salt
 
     found = custody.revocation(store, approval.signature)
     if found is not None:
         return found
     signed = instant(approval.at)
-    for by, at in custody.segment_revocations(
-        store, project_salt(config.state_dir), approval.segment
-    ):
+    accounts = _accounts(config, approval.destinations)
+    for by, at in custody.segment_revocations(store, accounts, approval.segment):
         if signed <= instant(at):
             return by, at
     return None
 
 
+def _accounts(config: ProjectConfig, destinations: Any) -> list[str]:
+    """The accounts of the configured ones among ``destinations``."""
+    names = [d for d in destinations if d in config.destinations]
+    return sorted({destination_account(config, d) for d in names})
+
+
 def destination_account(config: ProjectConfig, name: str) -> str:
     """The account a destination releases to, as custody keys it: the ad account
-    (``act_…``), the Google Ads customer id, or for a file destination the project's salt
-    (a copy of the project has the same) and the folder as written. Not
-    the ``endpoint``: the real platform's address written out as an endpoint would
-    otherwise be a new account, and start trust on first use again."""
+    (``act_…``, canonical: ``act_0123`` is ``act_123``), the Google Ads customer id, or for
+    a file destination the project's salt alone (a copy of the project has the same; a
+    folder spelled another way, ``./exports`` or a new one, is no new account). Not the
+    ``endpoint``: the real platform's address written out as an endpoint would otherwise
+    be a new account, and start trust on first use again."""
     from policies.gate import destination_of
     from policies.rules import GOOGLE_KINDS
 
     spec = config.destination(name)
-    if spec.kind == "file":  # the project (its salt: copies share it) and the folder named
+    if spec.kind == "file":
         from audiences.core.state import project_salt
 
-        folder = str((spec.model_extra or {}).get("path", "exports"))
-        return f"local:{custody.salt_id(project_salt(config.state_dir))}:{folder}"
+        return f"local:{custody.salt_id(project_salt(config.state_dir))}"
     account = destination_of(config, name)[0].account
-    prefix = "act_" if account.startswith("act_") else ""
-    number = account.removeprefix(prefix)
-    if not number.isascii():  # a look-alike digit would be another account here
-        raise ConfigError(
-            f"destination {name!r} has an account id with characters other than ASCII: {account!r}",
-            "write the platform's account id in plain digits",
-            where="audiences.toml",
-        )
-    if number.isdigit():  # act_0123 and act_123 are one account
-        account = f"{prefix}{int(number)}"
     return f"google:{account}" if spec.kind in GOOGLE_KINDS else account
 
 
@@ -451,15 +449,18 @@ def approve(
 def revoke(conn: sqlite3.Connection, config: ProjectConfig, segment: str, by: str) -> Any:
     """Revoke the segment's approval, in the project and in custody (outside the project,
     so that no restored backup or copy of the project brings it back)."""
-    from audiences.core.state import project_salt
-
     revoked = approvals.revoke(conn, segment, by)
+    held = [
+        str(sig) for (sig,) in conn.execute(
+            "SELECT signature FROM approvals WHERE segment = ?", (segment,)
+        ).fetchall()
+    ]  # fmt: skip
+    accounts = _accounts(config, [*revoked.destinations, *config.destinations])
     with custody.opened() as store:
         at = str(revoked.revoked_at)
-        custody.record_revocation(store, revoked.signature, segment, by, at, _project(config))
-        custody.record_segment_revocation(
-            store, project_salt(config.state_dir), segment, by, at, _project(config)
-        )
+        for signature in held:  # every approval of the segment this state holds
+            custody.record_revocation(store, signature, segment, by, at, _project(config))
+        custody.record_segment_revocation(store, accounts, segment, by, at, _project(config))
     return revoked
 
 

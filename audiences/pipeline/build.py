@@ -268,7 +268,9 @@ def _build_segment(run: _BuildRun, segment: Segment, i: int, total: int) -> Buil
         _open_build(run, build_id, segment)
     try:
         approval_block, approval = _approval_block(run.conn, run.config, segment, run.pack)
-        approval_block = approval_block or _files_taken_down(run.conn, run.config, segment)
+        approval_block = approval_block or _files_taken_down(
+            run.conn, run.config, segment, approval.at if approval is not None else None
+        )
         if approval_block is not None:
             return _blocked_by_approval(run, build_id, segment, approval_block, started)
         candidates = collect_candidates(
@@ -465,7 +467,7 @@ def noisy_size(
 
 
 def _files_taken_down(
-    conn: sqlite3.Connection, config: ProjectConfig, segment: Segment
+    conn: sqlite3.Connection, config: ProjectConfig, segment: Segment, approved_at: str | None
 ) -> str | None:
     """A file destination of the segment was taken down (its export folders deleted) and
     no approval was signed since: the build writes nothing again, as a sync adds nothing
@@ -474,7 +476,7 @@ def _files_taken_down(
 
     for name in sorted(segment.destinations):
         if name in config.destinations and config.destination(name).kind == "file":
-            down = taken_down_block(conn, segment.name, name, config)
+            down = taken_down_block(conn, segment.name, name, config, approved_at)
             if down is not None:
                 return f"takedown: {down}"
     return None

@@ -389,11 +389,12 @@ def _sync_segment(
 
         return sync_blocked(conn, config, result, actor, as_of, connector_factory)
     synced = []
+    approved_at = (outcome.report.get("approval") or {}).get("at")  # verified by the build
     for name, release in outcome.releases.items():
         if release.kind == "file":
             synced.append(DestinationSync(segment, name, "ok", adds=release.members.height))
             continue
-        down = taken_down_block(conn, segment, name, config)
+        down = taken_down_block(conn, segment, name, config, approved_at)
         if down is not None:
             synced.append(_record_blocked(conn, segment, name, down, actor))
             continue
@@ -486,7 +487,7 @@ def _holding(
     from audiences.pipeline.removals import on_platform
 
     for destination in live:
-        if taken_down_block(conn, segment, destination, config) is None:
+        if taken_down_block(conn, segment, destination, config, None) is None:
             return True
         if on_platform(conn, MembershipStore(config.state_dir, segment, destination)).height:
             return True
@@ -494,11 +495,17 @@ def _holding(
 
 
 def taken_down_block(
-    conn: sqlite3.Connection, segment: str, destination: str, config: ProjectConfig
+    conn: sqlite3.Connection,
+    segment: str,
+    destination: str,
+    config: ProjectConfig,
+    approved_at: str | None,
 ) -> str | None:
-    """Why adds to a taken-down audience are refused (no approval since), or None. The
-    takedown is this state's, or one kept in custody on this OS account (from a copy of
-    the project, or from a state since restored from an older backup)."""
+    """Why adds to a taken-down audience are refused, or None. The takedown is this
+    state's, or one kept in custody on this OS account (from a copy of the project, or
+    from a state since restored from an older backup); ``approved_at`` is when the
+    approval this run verified was signed (None: none was) — a takedown is lifted only by
+    an approval signed after it, never by a row of the approvals table read unverified."""
     from audiences.compliance.approvals import instant as _instant
     from audiences.compliance.workflow import takedown_since
 
@@ -514,12 +521,8 @@ def taken_down_block(
     stamps = [s for s in (here, kept) if s is not None]
     if not stamps:
         return None
-    # both are ISO-8601 UTC stamps, as an approval's `at`: compared as text
     when = max(stamps, key=_instant)
-    approved = conn.execute(
-        "SELECT max(at) FROM approvals WHERE segment=? AND revoked_at IS NULL", (segment,)
-    ).fetchone()
-    if approved and approved[0] and _instant(str(approved[0])) > _instant(when):
+    if approved_at is not None and _instant(approved_at) > _instant(when):
         return None
     return (
         f"the {destination} audience of {segment!r} was taken down at {when}; nothing is "
