@@ -610,3 +610,19 @@ def test_a_custody_store_that_cannot_be_opened_stops_everything(make_project: An
         r = p.cli(*args, "--as-of", DAY)
         assert r.exit_code != 0 and "Traceback" not in r.stderr
     assert p.boxes.meta.members(ids["meta"]) == set()
+
+
+def test_cron_skips_a_never_approved_segment_of_a_governed_project(make_project: Any) -> None:
+    """Under `baseline` (no approval required by the pack) a project with approvers needs an
+    approval for every segment: the nightly run skips one never approved, as under
+    `hipaa-marketing`, and says why, instead of building it to block every night."""
+    p = make_project(rows=3000)
+    _pack(p, "baseline")
+    live(p)  # grown-ups approved under baseline: the project now has approvers
+    seg = (p.root / "segments" / "grown-ups.yaml").read_text()
+    (p.root / "segments" / "adults-en.yaml").write_text(seg.replace("grown-ups", "adults-en"))
+    doc = p.cli_json("sync", "--all", "--as-of", DAY)
+    by = {(r["segment"], r["destination"]): r for r in doc["results"]}
+    assert by[("adults-en", "meta")]["status"] == "skipped"
+    assert by[("adults-en", "meta")]["error"] == "not approved"
+    assert by[("grown-ups", "meta")]["status"] == "ok"

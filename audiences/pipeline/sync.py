@@ -425,7 +425,7 @@ def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[Destinati
     from policies.pack import load_pack
 
     pack = load_pack(config)
-    required = compliance.approval_required(config, pack)
+    compliance.approval_required(config, pack)  # a lowered requirement is an error first
     conn = connect(config.state_db)
     names: list[str] = []
     skipped: list[DestinationSync] = []
@@ -442,6 +442,8 @@ def _approved_segments(config: ProjectConfig) -> tuple[list[str], list[Destinati
             ]
             if not ads and not live:
                 continue
+            # (the pack's requirement, or the project's approvers, or a governed account)
+            required = compliance.approval_binds(conn, config, segment, pack)
             approval = latest_approval(conn, segment.name) if required else None
             unapproved = required and (approval is None or approval.revoked_at is not None)
             if unapproved and not _holding(conn, config, segment.name, live):
