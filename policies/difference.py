@@ -168,11 +168,15 @@ def compare_sets(
 def earlier_releases(
     conn: sqlite3.Connection, account: str, state_dir: Path
 ) -> list[EarlierRelease]:
-    """Every recorded release to ``account`` (any destination name), oldest first."""
+    """Every recorded release to ``account`` (any destination name), oldest first. For the
+    file account (``local``) also the releases recorded per folder (``local:<folder>``)
+    before every file destination of a project was one account."""
+    legacy = "local:%" if account == "local" else ""
     rows = conn.execute(
         "SELECT release_id, build_id, segment, destination, account, created_at, members, "
-        "membership_path FROM releases WHERE account = ? ORDER BY created_at, release_id",
-        (account,),
+        "membership_path FROM releases WHERE account = ? OR account LIKE ? "
+        "ORDER BY created_at, release_id",
+        (account, legacy),
     ).fetchall()
     out = []
     for row in rows:

@@ -54,7 +54,7 @@ from policies.pack import Pack
 from policies.privacy.anonymize import HIERARCHIES, AnonymizationResult, anonymize
 from policies.privacy.coarse import blocked_report, rounding
 from policies.privacy.record_level import RecordLevel
-from policies.release import Release, _mint, require_release
+from policies.release import FILE_ACCOUNT, Release, _mint, require_release
 from policies.rules import (
     GOOGLE_KINDS,
     SALE_ONLY,
@@ -137,9 +137,16 @@ def destination_of(config: ProjectConfig, name: str) -> tuple[Destination, tuple
         layouts: tuple[str, ...] = ("meta",)
     elif kind in GOOGLE_KINDS:  # one Google Ads account, whichever API uploads to it
         account = str(extra.get("customer_id") or "").replace("-", "").strip()
+        if not account.isascii():  # a look-alike digit would make another account here
+            raise ConfigError(
+                f"destination {name!r} has a customer id with characters other than ASCII: "
+                f"{account!r}",
+                "write the Google Ads customer id in plain digits",
+                where="audiences.toml",
+            )
         layouts = ("google_ads",)
     elif kind == "file":
-        account = f"local:{extra.get('path', 'exports')}"
+        account = FILE_ACCOUNT  # every file destination: the marketer reads all of them
         layouts = tuple(extra.get("layouts") or ("meta", "google_ads"))
         if extra.get("attributes"):
             layouts = ()  # a record-level export carries no identifiers

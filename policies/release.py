@@ -35,6 +35,12 @@ from audiences.core.records import pick
 # Drawn once per process; never stored, logged or shown.
 _SEAL_KEY = secrets.token_bytes(32)
 
+# The one account of every file destination of a project: whatever their folders, the
+# marketer can read every export, so the difference check compares them all together.
+# (Releases recorded before were keyed ``local:<folder>``: compared too, see
+# :func:`policies.difference.earlier_releases`.)
+FILE_ACCOUNT = "local"
+
 
 class _Capability:
     """Proof that the caller is this module's :func:`_mint` (only the gate calls it)."""

@@ -626,3 +626,33 @@ def test_cron_skips_a_never_approved_segment_of_a_governed_project(make_project:
     assert by[("adults-en", "meta")]["status"] == "skipped"
     assert by[("adults-en", "meta")]["error"] == "not approved"
     assert by[("grown-ups", "meta")]["status"] == "ok"
+
+
+def test_a_restore_across_a_key_rotation_keeps_the_new_approvers(
+    make_project: Any, tmp_path: Path
+) -> None:
+    """Legitimate: backup; a deputy added, the officer removed (a rotation); then the older
+    backup restored after a disk loss. Custody held the rotation, the restored chain did
+    not: no key was trusted by both, and nothing could be approved again."""
+    p = make_project(rows=3000)
+    live(p)
+    archive = tmp_path / "before-rotation.tar"
+    p.cli_json("state", "backup", "--out", str(archive))
+    deputy = own_key(tmp_path, "deputy")
+    officer = ("--by", p.approver.name, "--key", str(p.approver.private_key))
+    assert p.cli("approvers", "add", "deputy", "--public", deputy.public_base64, *officer
+                 ).exit_code == 0  # fmt: skip
+    assert p.cli("approvers", "remove", p.approver.name, "--by", "deputy", "--key",
+                 str(deputy.private_key)).exit_code == 0  # fmt: skip
+    list_only(p, deputy)
+    assert approve_with(p, "grown-ups", deputy).exit_code == 0
+    restored = p.cli_json("state", "restore", str(archive))
+    assert restored["approver_changes_again"] == ["add deputy", f"remove {p.approver.name}"]
+    trusted = {a["approver"] for a in p.cli_json("approvers", "list")["approvers"]}
+    assert trusted == {"deputy"}
+    assert approve_with(p, "grown-ups", deputy).exit_code == 0
+    assert p.cli("sync", "grown-ups", "--as-of", DAY).exit_code == 0
+    assert approve_with(p, "grown-ups", p.approver).exit_code == 3  # still removed
+    # the checkpoints the removed officer signed while trusted still verify
+    verified = p.cli("audit", "verify")
+    assert verified.exit_code == 0, verified.stderr

@@ -363,7 +363,7 @@ def test_file_release_carries_both_layouts_prefixed(project):
     cols = outcome.releases["file"].members.columns
     assert cols[0] == "member_key"
     assert "meta_EMAIL" in cols and "google_ads_hashed_email" in cols
-    assert outcome.releases["file"].account == "local:exports"
+    assert outcome.releases["file"].account == "local"  # every file destination: one account
 
 
 def test_nothing_sensitive_in_the_opaque_name(project):

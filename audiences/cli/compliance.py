@@ -207,15 +207,20 @@ def audit() -> None:
 def audit_verify(obj: Context, anchors: tuple[str, ...], as_json: bool) -> None:
     """Recompute the hash chain; name the first bad entry (exit 1 if any)."""
     from audiences.compliance import audit as audit_log
+    from audiences.compliance.workflow import trust_history
     from audiences.core.state import connect
 
     config = obj.config()
     conn = connect(config.state_db)
     try:
+        # the keys the chain trusted, each when it did (rotated keys' checkpoints verify);
+        # before any trust entry, the file's keys
+        history, trusted_at = trust_history(conn)
         result = audit_log.verify(
             conn,
             anchors=[audit_log.parse_anchor(a) for a in anchors],
-            public_keys=dict(config.approvers.keys),
+            public_keys=history or dict(config.approvers.keys),
+            trusted_at=trusted_at if history else None,
         )
     finally:
         conn.close()

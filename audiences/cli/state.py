@@ -73,6 +73,10 @@ def state_restore(obj: Context, archive: Path, by: str | None, as_json: bool) ->
             f"log (they are in .audiences/{where}); a state_restore entry records it.",
             err=True,
         )
+    for change in report.trust_again:
+        click.echo(
+            f"Approvers: {change} (signed after the backup; kept outside the project)", err=True
+        )
     for kept in report.revoked_again:
         click.echo(
             f"{kept['segment']}: revoked again (revoked by {kept['revoked_by']} at {kept['at']}, "

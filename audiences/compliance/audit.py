@@ -32,7 +32,7 @@ import os
 import re
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
@@ -399,9 +399,12 @@ class _Expectation:
 
 
 def _load_checkpoints(
-    conn: sqlite3.Connection, public_keys: Mapping[str, Any] | None
+    conn: sqlite3.Connection,
+    public_keys: Mapping[str, Any] | None,
+    trusted_at: Callable[[int, str], bool] | None = None,
 ) -> tuple[list[_Expectation], list[str], set[tuple[int, str, str, str, str]]]:
-    """Check every stored checkpoint's signature; return hash claims and problems."""
+    """Check every stored checkpoint's signature (and, with ``trusted_at``, that its key
+    was trusted at its entry); return hash claims and problems."""
     from cryptography.exceptions import InvalidSignature
 
     index = trusted_key_index(public_keys or {})
@@ -423,6 +426,12 @@ def _load_checkpoints(
             trusted[1].verify(base64.b64decode(signature), checkpoint_payload(seq, digest, at))
         except (InvalidSignature, ValueError):
             problems.append(f"checkpoint at seq {seq} has a signature that does not verify")
+            continue
+        if trusted_at is not None and not trusted_at(int(seq), str(kid)):
+            problems.append(
+                f"checkpoint at seq {seq} is signed by key {kid}, which was not a trusted "
+                "approver key at that entry"
+            )
             continue
         claims.append(_Expectation(int(seq), str(digest), f"checkpoint signed by {trusted[0]}"))
     return claims, problems, rows
@@ -452,18 +461,21 @@ def verify(
     *,
     anchors: Sequence[tuple[int, str]] = (),
     public_keys: Mapping[str, Any] | None = None,
+    trusted_at: Callable[[int, str], bool] | None = None,
 ) -> VerifyResult:
     """Recompute every hash and link, check seq runs 1..n, check every signed checkpoint
     (``public_keys``: trusted approvers as in ``[approvers] keys``, name → PEM/base64) and
     every external anchor ``(seq, hash)``. Stops at the first bad entry and names it.
 
     A checkpoint signed by a key not in ``public_keys`` (or with no keys given) makes the
-    result not ok: pass the project's approver keys whenever the log has checkpoints."""
+    result not ok: pass the project's approver keys whenever the log has checkpoints.
+    ``trusted_at(seq, key_id)``: was the key trusted at that entry (keys rotated since
+    still verify the checkpoints they signed while trusted)."""
     own_transaction = not conn.in_transaction
     if own_transaction:
         conn.execute("BEGIN")  # one consistent snapshot (WAL readers do not block writers)
     try:
-        return _verify(conn, anchors, public_keys)
+        return _verify(conn, anchors, public_keys, trusted_at)
     finally:
         if own_transaction:
             conn.execute("COMMIT")
@@ -473,8 +485,9 @@ def _verify(
     conn: sqlite3.Connection,
     anchors: Sequence[tuple[int, str]],
     public_keys: Mapping[str, Any] | None,
+    trusted_at: Callable[[int, str], bool] | None = None,
 ) -> VerifyResult:
-    claims, problems, stored = _load_checkpoints(conn, public_keys)
+    claims, problems, stored = _load_checkpoints(conn, public_keys, trusted_at)
     for seq, digest in anchors:
         claims.append(_Expectation(int(seq), str(digest).lower(), "external anchor"))
     expected: dict[int, list[_Expectation]] = {}

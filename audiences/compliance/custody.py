@@ -208,6 +208,11 @@ def _entries(conn: sqlite3.Connection, account: str) -> list[TrustEntry]:
     ]
 
 
+def entries(conn: sqlite3.Connection, account: str) -> list[TrustEntry]:
+    """The account's trust history, oldest first (first use, then signed changes)."""
+    return _entries(conn, account)
+
+
 def trusted_for(conn: sqlite3.Connection, account: str) -> dict[str, dict[str, str]] | None:
     """The keys trusted for ``account`` on this OS account, or None before its first use."""
     entries = _entries(conn, account)

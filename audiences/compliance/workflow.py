@@ -209,6 +209,33 @@ def trusted_approvers(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
     )
 
 
+def trust_history(conn: sqlite3.Connection) -> tuple[dict[str, str], Any]:
+    """Every key the chain ever trusted (``{name@key_id: public}``) and ``trusted_at(seq,
+    key_id)``: was the key trusted at that audit entry (for ``audit verify``: a checkpoint
+    a rotated-out key signed while trusted still verifies; one signed after does not)."""
+    rows = conn.execute(
+        "SELECT seq FROM audit WHERE kind IN (?, ?, ?) ORDER BY seq",
+        (TRUST_KIND, ADD_KIND, REMOVE_KIND),
+    ).fetchall()
+    entries = _trust_entries(conn)
+    keys: dict[str, str] = {}
+    spans: list[tuple[int, frozenset[str]]] = []  # (from seq, key ids trusted from there)
+    for (seq,), upto in zip(rows, range(1, len(entries) + 1), strict=True):
+        trusted = custody.replay(entries[:upto], broken="the state database was altered")
+        spans.append((int(seq), frozenset(t["key_id"] for t in trusted.values())))
+        keys |= {f"{name}@{t['key_id']}": t["public"] for name, t in trusted.items()}
+
+    def trusted_at(seq: int, kid: str) -> bool:
+        current: frozenset[str] = frozenset()
+        for start, kids in spans:
+            if start > seq:
+                break
+            current = kids
+        return kid in current
+
+    return keys, trusted_at
+
+
 def _kid(public: str) -> str:
     return key_id(load_public_key(public))
 
@@ -462,6 +489,38 @@ def revoke(conn: sqlite3.Connection, config: ProjectConfig, segment: str, by: st
             custody.record_revocation(store, signature, segment, by, at, _project(config))
         custody.record_segment_revocation(store, accounts, segment, by, at, _project(config))
     return revoked
+
+
+def reapply_trust(conn: sqlite3.Connection, config: ProjectConfig, actor: str) -> list[str]:
+    """After ``state restore``: the signed approver changes custody holds for the project's
+    accounts that the restored chain lacks (made after the backup: a deputy added, an
+    officer removed) are appended to it, each verified against the keys the chain trusts
+    at that point — else a restore across a key rotation leaves no key both trust."""
+    chain = _trust_entries(conn)
+    if not chain:
+        return []
+    seen = {str(e.details.get("signature")) for e in chain if e.kind != TRUST_KIND}
+    applied = []
+    with custody.opened() as store:
+        accounts = {destination_account(config, d) for d in config.destinations}
+        accounts |= custody.accounts_pinned_by(store, _project(config))
+        for account in sorted(accounts):
+            for entry in custody.entries(store, account):
+                signature = str(entry.details.get("signature"))
+                if entry.kind == TRUST_KIND or signature in seen:
+                    continue
+                try:
+                    custody.replay([*chain, entry], broken="")
+                except ApprovalError:
+                    continue  # not signed by a key this chain trusts: not this project's
+                audit.append(
+                    conn, kind=entry.kind, subject=entry.subject, details=entry.details,
+                    actor=f"{entry.details['by']} (custody, restored by {actor})",
+                )  # fmt: skip
+                chain.append(entry)
+                seen.add(signature)
+                applied.append(f"{entry.kind.removeprefix('approver_')} {entry.subject}")
+    return applied
 
 
 def reapply_revocations(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audiences.compliance.workflow import reapply_revocations
+from audiences.compliance.workflow import reapply_revocations, reapply_trust
 from audiences.core.atomic import write_with
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import StateError
@@ -59,6 +59,8 @@ class RestoreReport:
     replaces: list[tuple[str, str]] = field(default_factory=list)
     # revocations the backup did not know, kept in custody and applied again
     revoked_again: list[dict[str, str]] = field(default_factory=list)
+    # signed approver changes the backup did not know, kept in custody and applied again
+    trust_again: list[str] = field(default_factory=list)
     # (first, last, file): audit entries of the replaced chain this one does not hold
     dropped: tuple[int, int, str] | None = None
 
@@ -72,6 +74,7 @@ class RestoreReport:
             "reason": self.reason,
             "replaces": [{"segment": s, "destination": d} for s, d in self.replaces],
             "revoked_again": self.revoked_again,
+            "approver_changes_again": self.trust_again,
             "audit_entries_not_restored": None
             if self.dropped is None
             else {"first": self.dropped[0], "last": self.dropped[1], "in": self.dropped[2]},
@@ -272,6 +275,7 @@ def _after_restore(config: ProjectConfig, actor: str, report: RestoreReport) -> 
             report.replaces.append((str(segment), str(destination)))
         if record is None or why is None:
             state_record.write(conn, config.state_dir)
+        report.trust_again = reapply_trust(conn, config, actor)
         report.revoked_again = reapply_revocations(conn, config, actor)
     finally:
         conn.close()

@@ -149,7 +149,9 @@ class FileConnector(Connector):
         return Path(self.resolve(self.config.path))
 
     def account(self) -> str:
-        return f"local:{self.config.path}"
+        from policies.release import FILE_ACCOUNT
+
+        return FILE_ACCOUNT
 
     def write(self, release: Any, manifest: dict[str, Any]) -> dict[str, str]:
         """Write a gate-made release; returns the paths written, by format.

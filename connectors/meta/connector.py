@@ -32,8 +32,9 @@ class MetaConnector(AudienceConnector):
     config: MetaDestinationConfig
     _flagged: bool = False  # Meta flagged the open audience (operation_status 471)
 
-    def account(self) -> str:
-        return self.config.ad_account_id
+    def account(self) -> str:  # canonical, as the gate's: act_0123 is act_123
+        number = self.config.ad_account_id.removeprefix("act_")
+        return f"act_{int(number)}" if number.isascii() and number.isdigit() else number
 
     def credentials(self) -> dict[str, tuple[str | None, str]]:
         return {

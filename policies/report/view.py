@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from audiences.crm.identifiers import LAYOUTS, PLAIN_COLUMNS
@@ -266,8 +267,10 @@ def _release(r: dict[str, Any], rel: dict[str, Any]) -> ReleaseView:
     export = next((e for e in r.get("record_exports", []) if e.get("destination") == name), None)
     account = str(rel["account"])
     folder = ""
-    if kind == "file" and account.startswith("local:"):
-        folder = f"{account[len('local:') :]}/{rel['segment']}/{r['build_id']}/"
+    if kind == "file":  # where its files went (the account is every file destination's)
+        written = [f for f in r.get("files_written") or [] if f.get("destination") == name]
+        if written:
+            folder = f"{Path(str(written[0]['path'])).parent}/"
     held = (
         f"{rel['holds']:,} change(s) held against {rel['hold_against']}"
         if rel.get("hold_against")
