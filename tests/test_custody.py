@@ -656,3 +656,30 @@ def test_a_restore_across_a_key_rotation_keeps_the_new_approvers(
     # the checkpoints the removed officer signed while trusted still verify
     verified = p.cli("audit", "verify")
     assert verified.exit_code == 0, verified.stderr
+
+
+@pytest.mark.parametrize("second", ["./exports2", "elsewhere"])
+def test_attack_file_exports_one_person_apart_in_two_folders(
+    make_project: Any, second: str
+) -> None:
+    """Two file destinations, the same folder spelled twice (or two folders): exports one
+    person apart, both readable by the marketer, told that person's membership. Every
+    file destination of a project is one account for the difference check."""
+    from test_composition import write_segment
+
+    p = make_project(rows=3000, pack="nightly-pack")  # k_diff 10
+    for name, folder in (("fa", "exports2"), ("fb", second)):
+        p.edit_toml(lambda t, n=name, f=folder: t + f'\n[destinations.{n}]\nkind = "file"\n'
+                    f'path = "{f}"\nformats = ["csv"]\n')  # fmt: skip
+    write_segment(p.root, "ca", ["CA"])
+    p.approve("ca")
+    (one,) = sorted(p.contact_ids(p.release("ca", "meta", as_of=AS_OF).members.head(1)))
+    for name, ids, dest in (("q", (), "fa"), ("q2", (one,), "fb")):
+        write_segment(p.root, name, ["NY", "FL"], ids)
+        seg = p.root / "segments" / f"{name}.yaml"
+        seg.write_text(seg.read_text().replace("destinations: [meta]", f"destinations: [{dest}]"))
+        p.approve(name)
+    assert p.cli("build", "q", "--as-of", DAY).exit_code == 0
+    attack = p.cli("build", "q2", "--as-of", DAY)
+    assert attack.exit_code == 3 and "difference [fb]" in attack.stdout + attack.stderr
+    assert len(list(p.root.rglob("members.csv"))) == 1
