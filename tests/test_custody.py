@@ -644,6 +644,9 @@ def test_a_restore_across_a_key_rotation_keeps_the_new_approvers(
                  ).exit_code == 0  # fmt: skip
     assert p.cli("approvers", "remove", p.approver.name, "--by", "deputy", "--key",
                  str(deputy.private_key)).exit_code == 0  # fmt: skip
+    stale = approve_with(p, "grown-ups", deputy)  # the file still lists the removed officer
+    assert stale.exit_code == 3 and f"{p.approver.name} was removed by deputy" in stale.stderr
+    assert f"take {p.approver.name}'s key out of [approvers] keys" in stale.stderr
     list_only(p, deputy)
     assert approve_with(p, "grown-ups", deputy).exit_code == 0
     restored = p.cli_json("state", "restore", str(archive))

@@ -263,12 +263,24 @@ def _trusted(conn: sqlite3.Connection, config: ProjectConfig, *, record: bool) -
     for name, public in sorted(listed.items()):
         known = trusted.get(name)
         if known is None or known["key_id"] != _kid(public):
+            removed = _removed_by(conn, name) if known is None else None
             raise ApprovalError(
-                f"approver key {name!r} in audiences.toml is not a trusted approver key",
-                _add_hint(name),
+                f"approver key {name!r} in audiences.toml is not a trusted approver key"
+                + (f" ({name} was removed by {removed})" if removed else ""),
+                f"take {name}'s key out of [approvers] keys in audiences.toml"
+                if removed
+                else _add_hint(name),
                 where="audiences.toml [approvers] keys",
             )
     return {name: t["public"] for name, t in trusted.items()}
+
+
+def _removed_by(conn: sqlite3.Connection, name: str) -> str | None:
+    """Who removed ``name`` from the trusted approvers (the newest removal), or None."""
+    for entry in reversed(_trust_entries(conn)):
+        if entry.subject == name:
+            return str(entry.details.get("by")) if entry.kind == REMOVE_KIND else None
+    return None
 
 
 def _first_use_in_custody(config: ProjectConfig, listed: dict[str, str]) -> None:
