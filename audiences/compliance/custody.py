@@ -2,18 +2,19 @@
 the DP budget ledger (docs/compliance-workflow.md, "Custody: what a copy cannot undo").
 
 The project's state (``.audiences/state.db``) is a file the marketer can restore from an
-older backup, delete, or copy with the whole project. Three records must outlive all of
+older backup, delete, or copy with the whole project. These records must outlive all of
 that, so they are also kept in ``custody.sqlite`` in the per-user folder of the DP ledger
 (:func:`policies.privacy.ledger.ledger_home`: the OS account's home from the password
 database, never ``$HOME``; nothing a production run reads moves it):
 
-* **the trust root of each destination account** (``act_…``, a Google Ads customer id, a
-  file destination's resolved folder): the approver keys a project trusted when it first
-  approved a release to the account, then every signed ``audiences approvers add/remove``.
-  An approval counts only when its key is trusted for every account it releases to, so a
-  project whose state was deleted (or a copy of it) cannot trust a key of its own by
-  editing ``[approvers] keys``: trust on first use happens once per account, not once
-  per state database.
+* **the trust root of each destination account** (``act_…``, a Google Ads customer id,
+  every file destination of a project: see :func:`workflow.destination_account`): the
+  approver keys a project trusted when it first approved a release to the account, then
+  every signed ``audiences approvers add/remove``. An approval counts only when its key
+  is trusted for every account it releases to, and once an account has approvers every
+  release to it needs an approval, so a project whose state was deleted (or a copy of
+  it) cannot trust a key of its own by editing ``[approvers] keys``: trust on first use
+  happens once per account, not once per state database.
 * **revocations**, by the approval's signature and by segment and account with the time:
   an approval revoked once stays revoked in every copy and after every restore, and so
   does every older approval of the segment a backup or a copy may still hold.
@@ -25,6 +26,7 @@ database, never ``$HOME``; nothing a production run reads moves it):
   other copy released to the account.
 
 Writes go through ``BEGIN IMMEDIATE`` (two processes cannot both pin a first trust root).
+A store that cannot be opened stops the command (exit 1): it is never taken for an empty one.
 Tests point :data:`policies.privacy.ledger.LEDGER_HOME` elsewhere in-process.
 """
 

@@ -661,7 +661,9 @@ def change_approver(
         signature = base64.b64encode(private.sign(payload)).decode()
         details = {"public": public, "by": by, "by_key": signer["key_id"], "signature": signature}
         entry = audit.append(conn, kind=kind, subject=name, details=details, actor=by)
-        accounts = _record_change(config, custody.TrustEntry(kind, name, details, entry.at, ""))
+        accounts = _record_change(
+            config, custody.TrustEntry(kind, name, details, entry.at, f"audit entry {entry.seq}")
+        )
     return {"approver": name, "key_id": _kid(public), "change": kind, "by": by} | {
         "accounts": accounts
     }
