@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from audiences.compliance.custody import ADD_KIND, REMOVE_KIND, TRUST_KIND
 from audiences.compliance.keys import key_id, load_private_key, load_public_key
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import ApprovalError, ConfigError
+from policies.difference import EarlierRelease
 
 
 def effective_policy(config: ProjectConfig, segment: Any, pack: Any) -> dict[str, Any]:
@@ -559,7 +561,6 @@ def reapply_revocations(
 def share_releases(config: ProjectConfig, salt: bytes, outcome: Any) -> None:
     """Keep the recorded releases' member keys in custody, for the difference check of
     every copy of the project (same salt) on this OS account."""
-    from policies.difference import EarlierRelease
     from policies.gate import RELEASES_DIR
 
     shared = [
@@ -579,10 +580,10 @@ def share_releases(config: ProjectConfig, salt: bytes, outcome: Any) -> None:
         custody.register_releases(store, salt, shared, _project(config))
 
 
-def shared_releases(salt: bytes) -> Any:
+def shared_releases(salt: bytes) -> Callable[[str], list[EarlierRelease]]:
     """For the gate: ``account -> [EarlierRelease]`` released by any state with this salt."""
 
-    def provide(account: str) -> list[Any]:
+    def provide(account: str) -> list[EarlierRelease]:
         with custody.opened() as store:
             return custody.releases_for(store, salt, account)
 
