@@ -252,6 +252,7 @@ class Scenario:
         self.exports()
         self.boxes = boxes
         self.extra = extra
+        self.checkpoint_only: set[str] = set()
 
     def exports(self) -> None:
         """The user's CRM exports in ~/exports (the messy HubSpot/Epic-style fixture)."""
@@ -340,7 +341,10 @@ class Scenario:
             out.write_text(result.stdout, encoding="utf-8")
         if words[0] == "init" and "--from" not in words:
             self.after_init(self.cwd / words[1])
-        if words[0] == "keygen":  # the documented paste of the printed line
+        # the documented paste of the printed line (not for a key the page then adds as a
+        # checkpoint-only key: the page says not to list it)
+        named = words[words.index("--name") + 1] if "--name" in words else None
+        if words[0] == "keygen" and named not in self.checkpoint_only:
             toml = self.project() / "audiences.toml"
             pasted = result.stdout.strip()
             toml.write_text(
@@ -372,6 +376,11 @@ class Scenario:
 def test_documented_examples_run(doc: Path, scratch: object, tmp_path: Path) -> None:
     shown = doc_examples(doc)
     scenario = Scenario(tmp_path, scratch, shown.segments)
+    scenario.checkpoint_only = {
+        shlex.split(command)[3]
+        for _, command, _ in shown.steps
+        if command.startswith("audiences approvers add ") and "--checkpoints-only" in command
+    }
     if not re.match(r"audiences init\s", shown.steps[0][1]):
         scenario.run(0, "audiences init clinic && cd clinic")
         scenario.run(0, f"audiences sample-data --rows {SAMPLE_ROWS}")

@@ -24,28 +24,41 @@ def approvers() -> None:
 @pass_ctx
 def list_(obj: Context, as_json: bool) -> None:
     """Which approver keys are trusted, since when, and for which accounts (custody)."""
-    from audiences.compliance.workflow import account_approvers, trusted_approvers
+    from audiences.compliance.workflow import (
+        account_approvers,
+        checkpoint_keys,
+        trusted_approvers,
+    )
     from audiences.core.state import connect
 
     config = obj.config()
     conn = connect(config.state_db)
     try:
         trusted = trusted_approvers(conn)
+        checkpointers = checkpoint_keys(conn)
     finally:
         conn.close()
     rows = [
         {"approver": name, "key_id": t["key_id"], "since": t["since"]}
         for name, t in sorted(trusted.items())
     ]
+    signers = [
+        {"name": name, "key_id": t["key_id"], "since": t["since"]}
+        for name, t in sorted(checkpointers.items())
+    ]
     accounts = account_approvers(config)
     if as_json:
-        emit_json({"approvers": rows, "accounts": accounts})
+        emit_json({"approvers": rows, "checkpoint_keys": signers, "accounts": accounts})
         return
     if not rows:
         click.echo("No trusted approver keys yet: the first `audiences approve` trusts the keys "
                    "under [approvers] keys in audiences.toml.")  # fmt: skip
     for row in rows:
         click.echo(f"{row['approver']}  {row['key_id']}  trusted since {row['since']}")
+    for row in signers:
+        click.echo(
+            f"{row['name']}  {row['key_id']}  signs audit checkpoints only, since {row['since']}"
+        )
     for account in accounts:
         names = ", ".join(account["destinations"])
         if account["approvers"] is None:
@@ -74,17 +87,33 @@ def _change(obj: Context, kind: str, name: str, public: str | None, by: str, key
 @click.option("--public", "public", required=True, help="The new key: base64 or PEM text.")
 @click.option("--by", required=True, help="A trusted approver who signs the addition.")
 @file_option("--key", "key_path", exists=True, required=True, help="--by's private key.")
+@click.option(
+    "--checkpoints-only",
+    is_flag=True,
+    help="Trust the key to sign audit checkpoints only (the scheduled job's "
+    "`sync --checkpoint-key`): it never approves, reviews or changes approvers.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def add(obj: Context, name: str, public: str, by: str, key_path: Path, as_json: bool) -> None:
+def add(
+    obj: Context,
+    name: str,
+    public: str,
+    by: str,
+    key_path: Path,
+    checkpoints_only: bool,
+    as_json: bool,
+) -> None:
     """Trust NAME's public key, signed by an already trusted approver."""
-    from audiences.compliance.workflow import ADD_KIND
+    from audiences.compliance.workflow import ADD_KIND, CHECKPOINT_ADD_KIND
 
-    doc = _change(obj, ADD_KIND, name, public, by, key_path)
+    kind = CHECKPOINT_ADD_KIND if checkpoints_only else ADD_KIND
+    doc = _change(obj, kind, name, public, by, key_path)
     if as_json:
         emit_json(doc)
     else:
-        click.echo(f"Trusted {name} (key {doc['key_id']}), signed by {by}.", err=True)
+        role = " to sign audit checkpoints only" if checkpoints_only else ""
+        click.echo(f"Trusted {name} (key {doc['key_id']}){role}, signed by {by}.", err=True)
 
 
 @approvers.command("remove")
@@ -93,7 +122,8 @@ def add(obj: Context, name: str, public: str, by: str, key_path: Path, as_json: 
 @file_option("--key", "key_path", exists=True, required=True, help="--by's private key.")
 @pass_ctx
 def remove(obj: Context, name: str, by: str, key_path: Path) -> None:
-    """Stop trusting NAME's key, signed by a trusted approver."""
+    """Stop trusting NAME's key (an approver or a checkpoint-only key), signed by a trusted
+    approver."""
     from audiences.compliance.workflow import REMOVE_KIND
 
     doc = _change(obj, REMOVE_KIND, name, None, by, key_path)

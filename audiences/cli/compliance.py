@@ -272,18 +272,27 @@ def audit_export(obj: Context, out: Path) -> None:
 
 
 @audit.command("checkpoint")
-@file_option("--key", "key_path", exists=True, required=True, help="An approver's private key.")
+@file_option(
+    "--key",
+    "key_path",
+    exists=True,
+    required=True,
+    help="An approver's private key, or a checkpoint-only key (`approvers add --checkpoints-only`).",
+)
 @click.option("--by", default=None, help="Who signs (default: OS user).")
 @pass_ctx
 def audit_checkpoint(obj: Context, key_path: Path, by: str | None) -> None:
-    """Sign the current head of the audit log with an approver's key."""
+    """Sign the current head of the audit log with a trusted approver's or checkpoint key."""
     from audiences.compliance import audit as audit_log
     from audiences.compliance.keys import load_private_key
+    from audiences.compliance.workflow import checkpoint_signer
     from audiences.core.actor import actor_name
     from audiences.core.state import connect
 
-    conn = connect(obj.config().state_db)
+    config = obj.config()
+    conn = connect(config.state_db)
     try:
+        checkpoint_signer(conn, config, key_path)
         cp = audit_log.checkpoint(conn, load_private_key(key_path), actor=actor_name(by))
     finally:
         conn.close()

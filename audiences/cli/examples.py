@@ -31,6 +31,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "approvers list": ("audiences approvers list",),
     "approvers add": (
         "audiences approvers add bob --public BASE64 --by alice --key ~/.audiences/alice.key",
+        "audiences approvers add cron --checkpoints-only --public BASE64 --by alice "
+        "--key ~/.audiences/alice.key",
     ),
     "approvers remove": ("audiences approvers remove bob --by alice --key ~/.audiences/alice.key",),
     "build": ("audiences build flu-shot-reminder --log-json builds.jsonl",),

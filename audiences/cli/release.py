@@ -188,7 +188,8 @@ def plan(
     "--checkpoint-key",
     exists=True,
     envvar="AUDIENCES_CHECKPOINT_KEY",
-    help="Sign the audit head at the end with this approver key (env AUDIENCES_CHECKPOINT_KEY).",
+    help="Sign the audit head at the end with this key: a checkpoint-only key (`approvers add "
+    "--checkpoints-only`) or an approver's (env AUDIENCES_CHECKPOINT_KEY).",
 )
 @pass_ctx
 def sync(

@@ -50,6 +50,11 @@ from policies.difference import EarlierRelease
 TRUST_KIND = "approver_trust"  # the keys of [approvers] keys at first use (TOFU)
 ADD_KIND = "approver_add"
 REMOVE_KIND = "approver_remove"
+# a key that signs audit checkpoints only (the scheduled job's): never approves, reviews
+# or signs an approver change (docs/compliance-workflow.md, "Why checkpoints and anchors")
+CHECKPOINT_ADD_KIND = "checkpoint_key_add"
+CHECKPOINT_REMOVE_KIND = "checkpoint_key_remove"
+TRUST_KINDS = (TRUST_KIND, ADD_KIND, REMOVE_KIND, CHECKPOINT_ADD_KIND, CHECKPOINT_REMOVE_KIND)
 FILE_NAME = "custody.sqlite"
 
 _SCHEMA = """
@@ -163,13 +168,25 @@ def _kid(public: str) -> str:
 def replay(entries: Iterable[TrustEntry], *, broken: str) -> dict[str, dict[str, str]]:
     """``{name: {"public", "key_id", "since"}}``: the first-use keys, plus signed additions,
     minus signed removals — each change verified against the keys trusted before it."""
+    return replay_roles(entries, broken=broken)[0]
+
+
+def replay_roles(
+    entries: Iterable[TrustEntry], *, broken: str
+) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """The approvers (as :func:`replay`) and the checkpoint-only keys: each change, of
+    either role, signed by a key trusted as an approver before it. The kind is part of
+    what is signed, so an added checkpoint key's signature never reads as an approver's."""
     trusted: dict[str, dict[str, str]] = {}
+    checkpointers: dict[str, dict[str, str]] = {}
     for entry in entries:
         details = entry.details
         if entry.kind == TRUST_KIND:
             for name, public in details["keys"].items():
                 trusted[name] = {"public": public, "key_id": _kid(public), "since": entry.at}
             continue
+        if entry.kind not in TRUST_KINDS:
+            raise ApprovalError(f"unknown approver change {entry.kind!r} in {entry.where}", broken)
         signer = trusted.get(details.get("by", ""))
         payload = change_payload(
             entry.kind, entry.subject, details["public"], details["by"], details["by_key"]
@@ -188,15 +205,16 @@ def replay(entries: Iterable[TrustEntry], *, broken: str) -> dict[str, dict[str,
             raise ApprovalError(
                 f"approver change in {entry.where} ({entry.kind} {entry.subject}): {why}", broken
             )
-        if entry.kind == ADD_KIND:
-            trusted[entry.subject] = {
+        role = checkpointers if entry.kind.startswith("checkpoint_") else trusted
+        if entry.kind in (ADD_KIND, CHECKPOINT_ADD_KIND):
+            role[entry.subject] = {
                 "public": details["public"],
                 "key_id": _kid(details["public"]),
                 "since": entry.at,
             }
         else:
-            trusted.pop(entry.subject, None)
-    return trusted
+            role.pop(entry.subject, None)
+    return trusted, checkpointers
 
 
 def _entries(conn: sqlite3.Connection, account: str) -> list[TrustEntry]:

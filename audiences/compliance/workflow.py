@@ -23,7 +23,14 @@ from typing import Any
 import yaml
 
 from audiences.compliance import approvals, audit, custody
-from audiences.compliance.custody import ADD_KIND, REMOVE_KIND, TRUST_KIND
+from audiences.compliance.custody import (
+    ADD_KIND,
+    CHECKPOINT_ADD_KIND,
+    CHECKPOINT_REMOVE_KIND,
+    REMOVE_KIND,
+    TRUST_KIND,
+    TRUST_KINDS,
+)
 from audiences.compliance.keys import key_id, load_private_key, load_public_key
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import ApprovalError, ConfigError
@@ -190,8 +197,8 @@ def _add_hint(name: str, public: str = "BASE64") -> str:
 def _trust_entries(conn: sqlite3.Connection) -> list[custody.TrustEntry]:
     rows = conn.execute(
         "SELECT seq, at, actor, kind, subject, details, prev_hash, hash FROM audit "
-        "WHERE kind IN (?, ?, ?) ORDER BY seq",
-        (TRUST_KIND, ADD_KIND, REMOVE_KIND),
+        f"WHERE kind IN ({', '.join('?' * len(TRUST_KINDS))}) ORDER BY seq",
+        TRUST_KINDS,
     ).fetchall()
     entries = [audit.AuditEntry(*tuple(row)) for row in rows]
     return [
@@ -211,21 +218,52 @@ def trusted_approvers(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
     )
 
 
+def checkpoint_keys(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
+    """``{name: {"public", "key_id", "since"}}``: the keys trusted to sign audit
+    checkpoints only (``approvers add --checkpoints-only``), from the audit chain."""
+    return custody.replay_roles(
+        _trust_entries(conn), broken="the state database was altered; run `audiences audit verify`"
+    )[1]
+
+
+def checkpoint_signer(conn: sqlite3.Connection, config: ProjectConfig, key_path: Path) -> str:
+    """The name ``key_path`` signs checkpoints as: a trusted approver's or a checkpoint-only
+    key (before any approver is trusted, a key listed under ``[approvers] keys``). Refused
+    otherwise, before anything runs: ``audit verify`` would reject what it signs."""
+    kid = key_id(load_private_key(key_path).public_key())
+    roles = custody.replay_roles(
+        _trust_entries(conn), broken="the state database was altered; run `audiences audit verify`"
+    )
+    signers = roles[0] | roles[1]
+    if not roles[0]:
+        signers = {n: {"key_id": _kid(p)} for n, p in config.approvers.keys.items()}
+    for name, t in sorted(signers.items()):
+        if t["key_id"] == kid:
+            return name
+    raise ApprovalError(
+        f"checkpoint key {key_path} (key {kid}) is not a trusted approver or checkpoint key, "
+        "so `audiences audit verify` would reject what it signs",
+        "a trusted approver adds it: `audiences approvers add NAME --checkpoints-only "
+        "--public BASE64 --by APPROVER --key APPROVER.key`",
+    )
+
+
 def trust_history(conn: sqlite3.Connection) -> tuple[dict[str, str], Any]:
     """Every key the chain ever trusted (``{name@key_id: public}``) and ``trusted_at(seq,
     key_id)``: was the key trusted at that audit entry (for ``audit verify``: a checkpoint
     a rotated-out key signed while trusted still verifies; one signed after does not)."""
     rows = conn.execute(
-        "SELECT seq FROM audit WHERE kind IN (?, ?, ?) ORDER BY seq",
-        (TRUST_KIND, ADD_KIND, REMOVE_KIND),
+        f"SELECT seq FROM audit WHERE kind IN ({', '.join('?' * len(TRUST_KINDS))}) ORDER BY seq",
+        TRUST_KINDS,
     ).fetchall()
     entries = _trust_entries(conn)
     keys: dict[str, str] = {}
     spans: list[tuple[int, frozenset[str]]] = []  # (from seq, key ids trusted from there)
     for (seq,), upto in zip(rows, range(1, len(entries) + 1), strict=True):
-        trusted = custody.replay(entries[:upto], broken="the state database was altered")
-        spans.append((int(seq), frozenset(t["key_id"] for t in trusted.values())))
-        keys |= {f"{name}@{t['key_id']}": t["public"] for name, t in trusted.items()}
+        roles = custody.replay_roles(entries[:upto], broken="the state database was altered")
+        signers = roles[0] | roles[1]  # approvers and checkpoint-only keys both sign heads
+        spans.append((int(seq), frozenset(t["key_id"] for t in signers.values())))
+        keys |= {f"{name}@{t['key_id']}": t["public"] for name, t in signers.items()}
 
     def trusted_at(seq: int, kid: str) -> bool:
         current: frozenset[str] = frozenset()
@@ -264,6 +302,13 @@ def _trusted(conn: sqlite3.Connection, config: ProjectConfig, *, record: bool) -
         return listed
     for name, public in sorted(listed.items()):
         known = trusted.get(name)
+        if known is None and name in checkpoint_keys(conn):
+            raise ApprovalError(
+                f"{name!r} in audiences.toml [approvers] keys is a checkpoint-only key: it "
+                "never approves",
+                f"take {name}'s key out of [approvers] keys in audiences.toml",
+                where="audiences.toml [approvers] keys",
+            )
         if known is None or known["key_id"] != _kid(public):
             removed = _removed_by(conn, name) if known is None else None
             raise ApprovalError(
@@ -650,14 +695,20 @@ def change_approver(
                 f"{by!r} with key {key_path} is not a trusted approver",
                 "sign with the key of an approver listed by `audiences approvers list`",
             )
-        if kind == REMOVE_KIND:
-            if name not in trusted:
+        checkpointers = checkpoint_keys(conn)
+        if kind == REMOVE_KIND:  # `approvers remove NAME`: whichever role NAME has
+            role = trusted if name in trusted else checkpointers
+            if name not in role:
                 raise ApprovalError(
-                    f"{name!r} is not a trusted approver", "see `audiences approvers list`"
+                    f"{name!r} is not a trusted approver or checkpoint key",
+                    "see `audiences approvers list`",
                 )
-            public = trusted[name]["public"]
+            kind = REMOVE_KIND if role is trusted else CHECKPOINT_REMOVE_KIND
+            public = role[name]["public"]
         assert public is not None
         public = base64.b64encode(load_public_key(public, name=name).public_bytes_raw()).decode()
+        if kind in (ADD_KIND, CHECKPOINT_ADD_KIND):
+            _one_role(kind, name, _kid(public), trusted, checkpointers)
         payload = change_payload(kind, name, public, by, signer["key_id"])
         signature = base64.b64encode(private.sign(payload)).decode()
         details = {"public": public, "by": by, "by_key": signer["key_id"], "signature": signature}
@@ -668,6 +719,30 @@ def change_approver(
     return {"approver": name, "key_id": _kid(public), "change": kind, "by": by} | {
         "accounts": accounts
     }
+
+
+def _one_role(
+    kind: str,
+    name: str,
+    kid: str,
+    approvers_: dict[str, dict[str, str]],
+    checkpointers: dict[str, dict[str, str]],
+) -> None:
+    """A name, and a key, has one role: an approver or a checkpoint-only key (a cron key
+    that is also an approver's can approve)."""
+    other, role = (
+        (checkpointers, "a checkpoint-only key")
+        if kind == ADD_KIND
+        else (approvers_, "an approver")
+    )
+    for held, t in sorted(other.items()):
+        if held == name or t["key_id"] == kid:
+            raise ApprovalError(
+                f"{name!r} (key {kid}) cannot be added: {held!r} (key {t['key_id']}) is "
+                f"already {role}",
+                f"remove {held!r} first (`audiences approvers remove {held}`), or use "
+                "another name and key",
+            )
 
 
 def _record_change(config: ProjectConfig, entry: custody.TrustEntry) -> list[str]:

@@ -320,14 +320,18 @@ def sync(
     approval is still taken, and refused by the build (``blocked``). A live audience
     whose segment file is gone is listed as ``blocked`` (it needs ``audiences takedown``).
 
-    ``checkpoint_key`` (an approver's private key, for the scheduled job): the audit head
-    is signed at the end (``audit.checkpoint``), so a later cut of the log's tail shows.
+    ``checkpoint_key`` (for the scheduled job, a checkpoint-only key: ``approvers add
+    --checkpoints-only``; or an approver's): the audit head is signed at the end
+    (``audit.checkpoint``), so a later cut of the log's tail shows. A key that is neither
+    is refused before anything is built or sent.
     """
     clock.release_day(as_of, what="sync")  # docs/policy-rules.md: no other day
     who = actor_name(actor)
     step = progress or (lambda _msg, _frac: None)
     report = SyncReport(results=[])
     _check_state(config)
+    if checkpoint_key is not None:
+        _check_checkpoint_key(config, checkpoint_key)
     if approved_only:
         names, skipped = _approved_segments(config)
         report.results.extend(skipped)
@@ -360,6 +364,16 @@ def _checkpoint(conn: sqlite3.Connection, key: Path, actor: str) -> None:
     from audiences.compliance.keys import load_private_key
 
     audit.checkpoint(conn, load_private_key(key), actor=actor)
+
+
+def _check_checkpoint_key(config: ProjectConfig, key: Path) -> None:
+    from audiences.compliance.workflow import checkpoint_signer
+
+    conn = connect(config.state_db)
+    try:
+        checkpoint_signer(conn, config, key)
+    finally:
+        conn.close()
 
 
 def _check_state(config: ProjectConfig) -> None:
