@@ -24,6 +24,17 @@ The releases compared are this state's and, through the pipeline
 project — released to the account, kept per OS account outside the project
 (audiences/compliance/custody.py): a copy's difference check sees the original's.
 
+A **new project over the same CRM** (a new salt) keys the same people differently, so
+its member keys never compare with the first project's. For ad accounts the releases of
+other projects are compared through what the platform itself matches on: each person's
+hashed e-mail and phone (:func:`link_frame`, 64-bit prefixes of the SHA-256 a platform
+receives), kept per OS account beside the member keys. An earlier audience of another
+project is translated into this release's member keys — a person of it who shares a
+hashed e-mail or phone with one of this release's people *is* that person; the others stay
+apart — and compared pairwise, always as another audience (block, never hold). People
+without an e-mail or a phone are left out on both sides: they cannot be matched this way,
+and counting them would let a release pad its difference with them.
+
 Only **live** audiences count: for each audience (segment × destination) on the account
 the newest release, since that is what the platform holds; superseded versions of other
 audiences can no longer be targeted. The new release is compared with the previous version
@@ -46,7 +57,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +80,16 @@ class EarlierRelease:
     created_at: str
     members: int
     membership_path: Path
+
+
+@dataclass(frozen=True)
+class ForeignRelease:
+    """A live audience another project (another salt) released to the account: its
+    release, and the file of its people's link keys (``member_key``, ``link``)."""
+
+    earlier: EarlierRelease
+    links_path: Path
+    project: str
 
 
 @dataclass(frozen=True)
@@ -161,6 +182,55 @@ def compare_sets(
     return only_new, only_old - exempt_removals, exempt_removals
 
 
+# hashed identifier columns a platform matches people on, per layout (docs/policy-rules.md)
+LINK_COLUMNS = ("EMAIL", "PHONE", "hashed_email", "hashed_phone_number")
+
+
+def link_frame(members: pl.DataFrame) -> pl.DataFrame:
+    """``(member_key, link)``: one row per hashed e-mail or phone of a release's members,
+    ``link`` the first 64 bits of the SHA-256 hex the platform receives. Members without
+    either have no row."""
+    cols = [c for c in LINK_COLUMNS if c in members.columns]
+    if not cols:
+        return pl.DataFrame(schema={"member_key": pl.UInt64, "link": pl.UInt64})
+    key = pl.col("member_key").cast(pl.UInt64)
+    parts = [
+        members.lazy().select(
+            key, pl.col(c).str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+            .alias("link")
+        )
+        for c in cols
+    ]  # fmt: skip
+    return pl.concat(parts).drop_nulls().collect()  # duplicates are harmless: see translate
+
+
+def translate(
+    new_links: pl.DataFrame, foreign_links: pl.DataFrame
+) -> tuple[np.ndarray, np.ndarray]:
+    """(this release's people with a link, the foreign audience's people with a link in
+    this release's member keys): a foreign person who shares a link with one of this
+    release's people becomes that person's key; the others keep their own (another
+    project's salted key: a different 64-bit space, so they stay apart)."""
+    new = sorted_keys(new_links.get_column("member_key"))
+    own = new_links.rename({"member_key": "own"})
+    mapped = (
+        foreign_links.lazy()
+        .join(own.lazy(), on="link", how="left")
+        .group_by("member_key")
+        .agg(pl.col("own").min())
+        .select(pl.coalesce("own", "member_key").alias("member_key"))
+        .collect()
+    )
+    return new, sorted_keys(mapped.get_column("member_key"))
+
+
+def read_links(path: Path) -> pl.DataFrame:
+    frame = pl.read_parquet(path, columns=["member_key", "link"])
+    if frame.schema != pl.Schema({"member_key": pl.UInt64, "link": pl.UInt64}):
+        raise InternalError(f"link file {path.name} does not hold UInt64 member keys and links")
+    return frame
+
+
 # ---------------------------------------------------------------------------------------
 # Earlier releases
 
@@ -225,10 +295,14 @@ def check(
     exempt: np.ndarray | None = None,
     *,
     workers: int | None = None,
+    foreign: Sequence[ForeignRelease] = (),
+    new_links: Callable[[], pl.DataFrame] | None = None,
 ) -> DifferenceResult:
     """Compare ``new`` (sorted unique keys) with the live audiences of the account: the
     previous version of this audience (hold), each other audience (pairwise), and all of
-    them together (:func:`composition`)."""
+    them together (:func:`composition`); then, pairwise through their people's links
+    (``new_links()``: this release's :func:`link_frame`), the live audiences of other
+    projects on the account (``foreign``)."""
     p: DifferenceParams = rule.params  # type: ignore[assignment]
     previous, others = live_audiences(earlier, segment, dest.name)
     live = [*others, *([previous] if previous is not None else [])]
@@ -237,6 +311,11 @@ def check(
         _compare(p, e, segment, dest, new, memberships[e.release_id], exempt, previous)
         for e in live
     )
+    if foreign:
+        if new_links is None:
+            raise InternalError("other projects' audiences to compare, but no link keys")
+        links = new_links()
+        comparisons += tuple(_compare_foreign(p, f, links) for f in foreign)
     blocks = [c for c in comparisons if c.result in ("block", "error")]
     prev = next((c for c in comparisons if c.previous_version), None)
     hold_against = prev.earlier.release_id if prev is not None and prev.result == "hold" else None
@@ -262,6 +341,7 @@ def check(
         "held_comparisons": int(hold_against is not None),
         "holds": holds,
         "exempt_removals": prev.exempt_removals if prev is not None else 0,
+        "other_projects_audiences_compared": len(foreign),
         "membership_patterns": mix.patterns if mix is not None else 0,
         "small_patterns": len(mix.small) if mix is not None else 0,
     }
@@ -353,6 +433,21 @@ def _compare(
     return Comparison(e, only_new, only_old, exempt_n, same_audience, is_previous, result)
 
 
+def _compare_foreign(p: DifferenceParams, f: ForeignRelease, links: pl.DataFrame) -> Comparison:
+    """Another project's live audience against the new release, through the links: always
+    another audience (a small difference blocks)."""
+    note = f"another project ({f.project}): compared through hashed e-mail and phone"
+    try:
+        new, old = translate(links, read_links(f.links_path))
+    except (OSError, pl.exceptions.PolarsError, InternalError):
+        return Comparison(f.earlier, 0, 0, 0, False, False, "error", "link file unreadable")
+    only_new, only_old, _ = compare_sets(new, old)
+    small = 0 < only_new < p.k_diff or 0 < only_old < p.k_diff
+    return Comparison(
+        f.earlier, only_new, only_old, 0, False, False, "block" if small else "pass", note
+    )
+
+
 def _detail(
     blocks: list[Comparison],
     mix: Composition | None,
@@ -400,22 +495,34 @@ def _collision_detail(blocks: list[Comparison], p: DifferenceParams) -> tuple[st
             f"cannot check against release {e.release_id} ({e.segment}, {e.created_at[:10]}): "
             "its membership file is missing or unreadable — restore .audiences/releases from a backup"
         )
+        if first.note == "link file unreadable":
+            detail = (
+                f"cannot check against release {e.release_id} ({e.segment}, "
+                f"{e.created_at[:10]}) of another project on the account: its link file in the "
+                "custody store is missing or unreadable — restore the custody folder from a backup"
+            )
     else:
         detail = (
             f"differs from release {e.release_id} (segment {e.segment!r} to {e.destination}, "
-            f"{e.created_at[:10]}) by {first.only_new} added and {first.only_old} removed "
-            f"people; 1 to {p.k_diff - 1} in either direction would disclose them"
+            f"{e.created_at[:10]}{_of_another(first)}) by {first.only_new} added and "
+            f"{first.only_old} removed people; 1 to {p.k_diff - 1} in either direction would "
+            "disclose them"
         )
     if len(blocks) > 1:
         detail += f" (and {len(blocks) - 1} more colliding release(s))"
     if first.result != "error":
         public = (
             f"differs from release {e.release_id} (segment {e.segment!r} to {e.destination}, "
-            f"{e.created_at[:10]}) by between 1 and {p.k_diff - 1} people in some direction, "
+            f"{e.created_at[:10]}{_of_another(first)}) by between 1 and {p.k_diff - 1} people "
+            "in some direction, "
             "which would disclose them — change the segment so the two differ by more "
             "(exact figures are in the compliance report)"
         )
     return detail, public
+
+
+def _of_another(c: Comparison) -> str:
+    return f", {c.note.split(':')[0]}" if c.note.startswith("another project") else ""
 
 
 # ---------------------------------------------------------------------------------------

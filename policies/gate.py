@@ -101,6 +101,9 @@ class GateInput:
     # the account's releases made by other states with this salt (copies of the project),
     # kept outside the project: the difference check compares with them too
     shared_releases: Callable[[str], Sequence[difference.EarlierRelease]] | None = None
+    # the live audiences other projects (other salts, the same CRM or not) released to an
+    # ad account: compared through hashed e-mail and phone (policies/difference.py)
+    foreign_releases: Callable[[str], Sequence[difference.ForeignRelease]] | None = None
 
 
 @dataclass(frozen=True)
@@ -531,7 +534,11 @@ def _check_destination(
             exempt, unsold = eligible.exempt, eligible.unsold_for(dest_name)
             if unsold.size:  # forced removals there
                 exempt = np.union1d(exempt, unsold)
-            v = _difference_verdict(inp, rule, check, dest_keys, earlier, exempt)
+            foreign: Sequence[difference.ForeignRelease] = ()
+            if inp.foreign_releases is not None and dest.kind in ("meta", *GOOGLE_KINDS):
+                foreign = inp.foreign_releases(dest.account)
+            links = _link_keys(inp, eligible.members, dest_keys, layouts[0]) if foreign else None
+            v = _difference_verdict(inp, rule, check, dest_keys, earlier, exempt, foreign, links)
         else:  # pragma: no cover - RULE_KINDS and this dispatch are kept in step
             raise InternalError(f"no evaluator for rule kind {rule.kind}")
         check.verdicts[rule.id] = v
@@ -570,10 +577,14 @@ def _difference_verdict(
     dest_keys: np.ndarray,
     earlier: list[difference.EarlierRelease],
     exempt: np.ndarray,
+    foreign: Sequence[difference.ForeignRelease] = (),
+    links: Callable[[], pl.DataFrame] | None = None,
 ) -> Verdict:
     """The difference rule's verdict; records the hold and the per-release checks."""
     dest = check.dest
-    result = difference.check(rule, dest, inp.segment.name, dest_keys, earlier, exempt)
+    result = difference.check(
+        rule, dest, inp.segment.name, dest_keys, earlier, exempt, foreign=foreign, new_links=links
+    )
     k_diff = rule.params.k_diff  # type: ignore[attr-defined]
     check.hold = (result.hold_against, result.holds, k_diff)
     check.diff_checks += [
@@ -581,6 +592,23 @@ def _difference_verdict(
         for c in result.verdict.checks
     ]
     return result.verdict
+
+
+def _link_keys(
+    inp: GateInput, members: pl.DataFrame, dest_keys: np.ndarray, layout: str
+) -> Callable[[], pl.DataFrame]:
+    """The destination's people's link keys, hashed as its release will carry them
+    (computed only when another project's audience is on the account)."""
+
+    def compute() -> pl.DataFrame:
+        keys = pl.Series("member_key", dest_keys, dtype=pl.UInt64)
+        base = members.filter(pl.col("member_key").is_in(keys.implode()))
+        hashed = _hashed(base, inp.config, [layout], inp.as_of)[layout]
+        return difference.link_frame(
+            pl.concat([base.select("member_key"), hashed], how="horizontal")
+        )
+
+    return compute
 
 
 def _verdicts_in_pack_order(

@@ -23,7 +23,9 @@ database, never ``$HOME``; nothing a production run reads moves it):
 * **the newest release of each audience**, by account and project salt (a copy of the
   project has the same salt, so its member keys compare): the salted member keys, as the
   state keeps them, so that the difference check of every copy sees the audiences every
-  other copy released to the account.
+  other copy released to the account; and, for an ad account, the members' link keys
+  (hashed e-mail and phone, 64 bits: :func:`policies.difference.link_frame`), through
+  which a project with *another* salt compares its releases with these.
 
 Writes go through ``BEGIN IMMEDIATE`` (two processes cannot both pin a first trust root).
 A store that cannot be opened stops the command (exit 1): it is never taken for an empty one.
@@ -42,10 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from audiences.compliance import audit
 from audiences.compliance.keys import key_id, load_public_key
 from audiences.core.errors import ApprovalError, StateError
-from policies.difference import EarlierRelease
+from policies.difference import EarlierRelease, ForeignRelease
 
 TRUST_KIND = "approver_trust"  # the keys of [approvers] keys at first use (TOFU)
 ADD_KIND = "approver_add"
@@ -140,6 +144,9 @@ def opened() -> Iterator[sqlite3.Connection]:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(releases)")}
+        if "links" not in columns:  # a store made before other projects were compared
+            conn.execute("ALTER TABLE releases ADD COLUMN links TEXT")
     except (OSError, sqlite3.DatabaseError) as exc:
         raise StateError(
             f"cannot open the custody store {path} ({exc})",
@@ -377,10 +384,16 @@ def salt_id(salt: bytes) -> str:
 
 
 def register_releases(
-    conn: sqlite3.Connection, salt: bytes, releases: list[EarlierRelease], project: str
+    conn: sqlite3.Connection,
+    salt: bytes,
+    releases: list[EarlierRelease],
+    project: str,
+    links: dict[str, pl.DataFrame] | None = None,
 ) -> None:
-    """Keep a copy of each release's member keys; an audience's older copies are dropped
-    (only the newest release of an audience is what a platform holds)."""
+    """Keep a copy of each release's member keys and, for an ad account, its people's link
+    keys (``links`` by release id: :func:`policies.difference.link_frame`); an audience's
+    older copies are dropped (only the newest release of an audience is what a platform
+    holds)."""
     import shutil
 
     from audiences.core.state import ensure_private_dir
@@ -394,16 +407,24 @@ def register_releases(
         shutil.copyfile(r.membership_path, partial)
         partial.chmod(0o600)
         partial.replace(target)
+        linked = (links or {}).get(r.release_id)
+        link_file = None
+        if linked is not None:
+            link_file = folder / f"{r.release_id}.links.parquet"
+            partial = link_file.with_suffix(".partial")
+            linked.write_parquet(partial, statistics=False)
+            partial.chmod(0o600)
+            partial.replace(link_file)
         with audit.write_transaction(conn):
             older = conn.execute(
-                "SELECT release_id, file FROM releases WHERE salt_id=? AND account=? AND "
-                "segment=? AND destination=? AND created_at < ?",
+                "SELECT release_id, file, links FROM releases WHERE salt_id=? AND account=? "
+                "AND segment=? AND destination=? AND created_at < ?",
                 (sid, r.account, r.segment, r.destination, r.created_at),
             ).fetchall()
             conn.execute(
                 "INSERT OR REPLACE INTO releases(release_id, salt_id, account, segment, "
-                "destination, build_id, created_at, members, file, project) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "destination, build_id, created_at, members, file, project, links) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     r.release_id,
                     sid,
@@ -415,14 +436,41 @@ def register_releases(
                     r.members,
                     target.name,
                     project,
+                    None if link_file is None else link_file.name,
                 ),
             )
             conn.executemany(
                 "DELETE FROM releases WHERE release_id = ?", [(row[0],) for row in older]
             )
-        stale += [folder / str(row[1]) for row in older]
+        stale += [folder / str(name) for row in older for name in row[1:] if name]
     for path in stale:
         path.unlink(missing_ok=True)
+
+
+def foreign_releases_for(
+    conn: sqlite3.Connection, salt: bytes, account: str
+) -> list[ForeignRelease]:
+    """The newest release of each audience on ``account`` from every project with another
+    salt, with its people's link keys (releases kept before links were, have none: they
+    cannot be compared and are left out), unless taken down since."""
+    sid = salt_id(salt)
+    rows = conn.execute(
+        "SELECT release_id, build_id, segment, destination, account, created_at, members, "
+        "file, salt_id, links, project FROM releases r WHERE salt_id != ? AND account = ? "
+        "AND links IS NOT NULL AND NOT EXISTS (SELECT 1 FROM takedowns t WHERE "
+        "t.segment = r.segment AND t.account = r.account AND t.at >= r.created_at) "
+        "ORDER BY created_at, release_id",
+        (sid, account),
+    ).fetchall()
+    root = custody_path().parent / "releases"
+    return [
+        ForeignRelease(
+            EarlierRelease(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), root / r[8] / str(r[7])),
+            root / r[8] / str(r[9]),
+            str(r[10]),
+        )
+        for r in rows
+    ]
 
 
 def releases_for(conn: sqlite3.Connection, salt: bytes, account: str) -> list[EarlierRelease]:

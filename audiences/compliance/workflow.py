@@ -34,7 +34,8 @@ from audiences.compliance.custody import (
 from audiences.compliance.keys import key_id, load_private_key, load_public_key
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import ApprovalError, ConfigError
-from policies.difference import EarlierRelease
+from policies.difference import EarlierRelease, ForeignRelease, link_frame
+from policies.rules import GOOGLE_KINDS
 
 
 def effective_policy(config: ProjectConfig, segment: Any, pack: Any) -> dict[str, Any]:
@@ -621,8 +622,26 @@ def share_releases(config: ProjectConfig, salt: bytes, outcome: Any) -> None:
         )
         for r in outcome.releases.values()
     ]
+    # for an ad account, the people's link keys: a project with another salt compares
+    # its audiences with these (policies/difference.py)
+    links = {
+        r.release_id: link_frame(r.members)
+        for r in outcome.releases.values()
+        if r.kind in ("meta", *GOOGLE_KINDS)
+    }
     with custody.opened() as store:
-        custody.register_releases(store, salt, shared, _project(config))
+        custody.register_releases(store, salt, shared, _project(config), links)
+
+
+def foreign_releases(salt: bytes) -> Callable[[str], list[ForeignRelease]]:
+    """For the gate: ``account -> [ForeignRelease]``: the live audiences projects with
+    another salt released to the account, with their people's link keys."""
+
+    def provide(account: str) -> list[ForeignRelease]:
+        with custody.opened() as store:
+            return custody.foreign_releases_for(store, salt, account)
+
+    return provide
 
 
 def shared_releases(salt: bytes) -> Callable[[str], list[EarlierRelease]]:

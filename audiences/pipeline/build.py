@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from audiences.compliance import audit
-from audiences.compliance.workflow import share_releases, shared_releases
+from audiences.compliance.workflow import foreign_releases, share_releases, shared_releases
 from audiences.core import clock
 from audiences.core.actor import actor_name
 from audiences.core.config import ProjectConfig
@@ -379,6 +379,7 @@ def _gate(run: _BuildRun, build_id: str, segment: Segment, candidates: pl.DataFr
             actor=run.actor,
             record_exports=record_exports(run.config, segment.destinations),
             shared_releases=shared_releases(run.salt),
+            foreign_releases=foreign_releases(run.salt),
         )
     )
 

@@ -1,0 +1,194 @@
+"""The difference check across projects (policies/difference.py, "A new project over the
+same CRM"): a marketer starts a second project over the same data — a new salt, so its
+member keys never compare with the first project's — and releases to the same ad account
+an audience one person apart from one the first project holds there. Both projects' people
+are compared through the hashed e-mail and phone the platform matches on, kept per OS
+account in custody. Documented commands, the sandboxes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from conftest import AS_OF, Project, frozen_clock
+from test_composition import write_segment
+
+DAY = AS_OF.isoformat()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
+
+def _salt(p: Project) -> bytes:
+    return (p.root / ".audiences" / "salt").read_bytes()
+
+
+def _first(make_project: Any) -> tuple[Project, str]:
+    """A project that released NY+FL to the Meta account, and a CA person outside it."""
+    p = make_project(rows=3000, pack="nightly-pack")  # k_diff 10
+    write_segment(p.root, "ca", ["CA"])
+    p.approve("ca")
+    (one,) = sorted(p.contact_ids(p.release("ca", "meta", as_of=AS_OF).members.head(1)))
+    write_segment(p.root, "q", ["NY", "FL"])
+    p.approve("q")
+    built = p.cli("build", "q", "--as-of", DAY)
+    assert built.exit_code == 0, built.stderr
+    return p, one
+
+
+def test_attack_a_new_project_over_the_same_crm_one_person_apart(make_project: Any) -> None:
+    p, one = _first(make_project)
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    write_segment(b.root, "q2", ["NY", "FL"], (one,))
+    b.approve("q2")  # the officer approves it in the new project
+    attack = b.cli("build", "q2", "--as-of", DAY)
+    assert _salt(b) != _salt(p)  # a new project: its member keys are not the first's
+    out = attack.stdout + attack.stderr
+    assert attack.exit_code == 3, out
+    assert "blocked q2: difference [meta]" in out and "another project" in out
+    assert one not in out
+    # the report names the first project's audience (figures below k shown as "< k")
+    (check,) = [c for c in _report(b)["difference_checks"] if c["note"].startswith("another")]
+    assert (check["segment"], check["result"]) == ("q", "block")
+    assert _exact(b, "q2") == (1, 0)  # one person more than the first project's audience
+    # the same people as the first project's audience: nothing to disclose, it passes
+    write_segment(b.root, "ny-fl", ["NY", "FL"])
+    b.approve("ny-fl")
+    assert b.cli("build", "ny-fl", "--as-of", DAY).exit_code == 0
+
+
+def test_attack_one_person_fewer_in_a_new_project(make_project: Any) -> None:
+    p = make_project(rows=3000, pack="nightly-pack")
+    write_segment(p.root, "ca", ["CA"])
+    p.approve("ca")
+    (one,) = sorted(p.contact_ids(p.release("ca", "meta", as_of=AS_OF).members.head(1)))
+    write_segment(p.root, "q", ["NY", "FL"], (one,))  # the first project holds one more
+    p.approve("q")
+    assert p.cli("build", "q", "--as-of", DAY).exit_code == 0
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    write_segment(b.root, "q2", ["NY", "FL"])
+    b.approve("q2")
+    attack = b.cli("build", "q2", "--as-of", DAY)
+    assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr
+    assert _exact(b, "q2") == (0, 1)
+
+
+def test_a_far_audience_in_a_new_project_passes_and_is_compared(make_project: Any) -> None:
+    p, _ = _first(make_project)
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    write_segment(b.root, "tx", ["TX", "IL"])
+    b.approve("tx")
+    built = b.cli("build", "tx", "--as-of", DAY)
+    assert built.exit_code == 0, built.stderr
+    report = _report(b)
+    (check,) = [c for c in report["difference_checks"] if c["note"].startswith("another")]
+    assert check["result"] == "pass" and check["segment"] == "q"
+    assert check["only_new"] >= 10 and check["only_old"] >= 10
+
+
+def test_the_first_project_sees_the_new_projects_audiences(make_project: Any) -> None:
+    """And the other way round: the first project's next audience is compared with what
+    the new project released since."""
+    p, one = _first(make_project)
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    write_segment(b.root, "tx", ["TX"])
+    b.approve("tx")
+    assert b.cli("build", "tx", "--as-of", DAY).exit_code == 0
+    write_segment(p.root, "tx2", ["TX"], (one,))
+    p.approve("tx2")
+    attack = p.cli("build", "tx2", "--as-of", DAY)
+    assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr
+
+
+def test_a_taken_down_audience_of_another_project_no_longer_counts(make_project: Any) -> None:
+    p, one = _first(make_project)
+    assert p.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    assert p.cli("takedown", "q", "--by", p.approver.name).exit_code == 0
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    write_segment(b.root, "q2", ["NY", "FL"], (one,))
+    b.approve("q2")
+    built = b.cli("build", "q2", "--as-of", DAY)
+    assert built.exit_code == 0, built.stdout + built.stderr
+
+
+def test_an_unreadable_link_file_blocks_rather_than_passes(make_project: Any) -> None:
+    """An unknown state is never an empty one: another project's audience whose link file
+    is gone blocks the release (restore the custody folder), it is not skipped."""
+    from policies.privacy.ledger import ledger_home
+
+    p, _ = _first(make_project)
+    (links,) = list((ledger_home() / "releases").rglob("*.links.parquet"))
+    links.unlink()
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    write_segment(b.root, "tx", ["TX", "IL"])
+    b.approve("tx")
+    built = b.cli("build", "tx", "--as-of", DAY)
+    assert built.exit_code == 3
+    assert "link file" in built.stdout + built.stderr or "cannot check" in _text(b)
+
+
+def test_link_keys_compare_people_not_records() -> None:
+    """Unit: the translation joins people on any shared hashed e-mail or phone; people
+    without either are left out on both sides."""
+    from policies.difference import compare_sets, link_frame, translate
+
+    h = {n: f"{n:016x}" + "0" * 48 for n in range(1, 10)}
+    new = pl.DataFrame(
+        {
+            "member_key": pl.Series([1, 2, 3, 4], dtype=pl.UInt64),
+            "EMAIL": [h[1], h[2], None, None],
+            "PHONE": [None, h[5], h[6], None],  # 4 has neither: left out
+        }
+    )
+    old = pl.DataFrame(
+        {
+            "member_key": pl.Series([101, 102, 103, 104], dtype=pl.UInt64),
+            "hashed_email": [h[1], None, h[9], None],  # 101 is 1 (e-mail)
+            "hashed_phone_number": [None, h[5], None, None],  # 102 is 2 (phone)
+        }
+    )
+    new_keys, old_keys = translate(link_frame(new), link_frame(old))
+    assert new_keys.tolist() == [1, 2, 3]
+    assert sorted(old_keys.tolist()) == [1, 2, 103]
+    assert compare_sets(new_keys, old_keys)[:2] == (1, 1)  # 3 only in new, 103 only in old
+
+
+def _exact(p: Project, segment: str) -> tuple[int, int]:
+    """(only_new, only_old) against the other project's audience, from the gate's verdict
+    (a dry run: ``plan``)."""
+    from audiences.pipeline.sync import plan
+
+    (result,), _ = plan(p.config(), [segment], as_of=AS_OF)
+    (check,) = [
+        c
+        for v in result.outcome.verdicts
+        for c in v.checks
+        if v.kind == "difference" and c["note"].startswith("another")
+    ]
+    return int(check["only_new"]), int(check["only_old"])
+
+
+def _last_build(p: Project) -> str:
+    ((build_id,),) = p.query("SELECT build_id FROM builds ORDER BY started_at DESC LIMIT 1")
+    return str(build_id)
+
+
+def _report(p: Project) -> dict[str, Any]:
+    import json
+
+    path = p.root / ".audiences" / "reports" / f"{_last_build(p)}.json"
+    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return doc
+
+
+def _text(p: Project) -> str:
+    path = p.root / ".audiences" / "reports" / f"{_last_build(p)}.md"
+    return Path(path).read_text(encoding="utf-8")
