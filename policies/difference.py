@@ -27,13 +27,12 @@ project — released to the account, kept per OS account outside the project
 A **new project over the same CRM** (a new salt) keys the same people differently, so
 its member keys never compare with the first project's. For ad accounts the releases of
 other projects are compared through what the platform itself matches on: each person's
-hashed e-mail and phone (:func:`link_frame`, 64-bit prefixes of the SHA-256 a platform
-receives), kept per OS account beside the member keys. An earlier audience of another
-project is translated into this release's member keys — a person of it who shares a
-hashed e-mail or phone with one of this release's people *is* that person; the others stay
-apart — and compared pairwise, always as another audience (block, never hold). People
-without an e-mail or a phone are left out on both sides: they cannot be matched this way,
-and counting them would let a release pad its difference with them.
+hashed e-mail, phone, and name with postal code (:func:`link_frame`, 64-bit prefixes of
+the SHA-256 a platform receives), kept per OS account beside the member keys. This release's
+people are translated into the keys of another project's audience — one who shares a
+link with a person of it *is* that person; the others stay apart — and compared pairwise, always as another audience (block, never hold). People
+with no link are left out on both sides: they cannot be matched this way, and counting
+them would let a release pad its difference with them.
 
 Only **live** audiences count: for each audience (segment × destination) on the account
 the newest release, since that is what the platform holds; superseded versions of other
@@ -182,52 +181,95 @@ def compare_sets(
     return only_new, only_old - exempt_removals, exempt_removals
 
 
-# hashed identifier columns a platform matches people on, per layout (docs/policy-rules.md)
-LINK_COLUMNS = ("EMAIL", "PHONE", "hashed_email", "hashed_phone_number")
+# hashed identifier columns a platform matches people on, per layout, and their kind
+LINK_COLUMNS = {"EMAIL": 0, "PHONE": 1, "hashed_email": 0, "hashed_phone_number": 1}
+# and the name with the postal code (first name, last name, postal code), per layout
+NAME_COLUMNS = (("FN", "LN", "ZIP"), ("hashed_first_name", "hashed_last_name", "postal_code"))
+NAME_KIND = 2
+_MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)  # odd constants: (a, b, c) ≠ (b, a, c)
+_LINK_SCHEMA = {"member_key": pl.UInt64, "kind": pl.UInt8, "link": pl.UInt64}
+
+
+def _prefix(col: str | pl.Expr) -> pl.Expr:
+    """The first 64 bits of a SHA-256 hex column (null when null or not hex)."""
+    expr = pl.col(col) if isinstance(col, str) else col
+    return expr.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False)
 
 
 def link_frame(members: pl.DataFrame) -> pl.DataFrame:
-    """``(member_key, link)``: one row per hashed e-mail or phone of a release's members,
-    ``link`` the first 64 bits of the SHA-256 hex the platform receives. Members without
-    either have no row."""
-    cols = [c for c in LINK_COLUMNS if c in members.columns]
-    if not cols:
-        return pl.DataFrame(schema={"member_key": pl.UInt64, "link": pl.UInt64})
+    """``(member_key, kind, link)``: one row per hashed e-mail (kind 0), hashed phone (1),
+    and name with postal code (2) of a release's members — ``link`` the first 64 bits of
+    the SHA-256 the platform receives (for the name, the three mixed: wrapping products
+    and xor). Members with none of these have no row."""
     key = pl.col("member_key").cast(pl.UInt64)
+    lazy = members.lazy()
     parts = [
-        members.lazy().select(
-            key, pl.col(c).str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False)
-            .alias("link")
-        )
-        for c in cols
-    ]  # fmt: skip
+        lazy.select(key, pl.lit(kind, dtype=pl.UInt8).alias("kind"), _prefix(c).alias("link"))
+        for c, kind in LINK_COLUMNS.items()
+        if c in members.columns
+    ]
+    for first, last, postal in NAME_COLUMNS:
+        if {first, last, postal} <= set(members.columns):
+            parts.append(
+                lazy.select(
+                    key,
+                    pl.lit(NAME_KIND, dtype=pl.UInt8).alias("kind"),
+                    _name_link(members, first, last, postal),
+                )
+            )
+    if not parts:
+        return pl.DataFrame(schema=_LINK_SCHEMA)
     return pl.concat(parts).drop_nulls().collect()  # duplicates are harmless: see translate
+
+
+def _name_link(members: pl.DataFrame, first: str, last: str, postal: str) -> pl.Expr:
+    from audiences.crm.identifiers import PLAIN_COLUMNS, sha256_hex
+
+    if postal in PLAIN_COLUMNS:  # Google's postal code is sent plain: hash its few values
+        codes = members.get_column(postal).drop_nulls().unique()
+        hashed = pl.DataFrame({postal: codes}).select(_prefix(sha256_hex(pl.col(postal))))
+        zip_ = pl.col(postal).replace_strict(
+            codes, hashed.to_series(), default=None, return_dtype=pl.UInt64
+        )
+    else:
+        zip_ = _prefix(postal)
+    a, b = (pl.lit(m, dtype=pl.UInt64) for m in _MIX)
+    return ((_prefix(first) * a).xor(_prefix(last) * b).xor(zip_)).alias("link")
 
 
 def translate(
     new_links: pl.DataFrame, foreign_links: pl.DataFrame
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(this release's people with a link, the foreign audience's people with a link in
-    this release's member keys): a foreign person who shares a link with one of this
-    release's people becomes that person's key; the others keep their own (another
-    project's salted key: a different 64-bit space, so they stay apart)."""
-    new = sorted_keys(new_links.get_column("member_key"))
-    own = new_links.rename({"member_key": "own"})
+    """(this release's people, the foreign audience's people), in the foreign audience's
+    keys, compared on the kinds of link both carry (a release without e-mails is not
+    compared on them): one of this release's people who shares a link with a person of
+    it *is* that person (several who share one are one, as the platform matches them to
+    one user); the others keep their own key (another project's salted key: a different
+    64-bit space, so they stay apart). People with no link of a shared kind are left out
+    on both sides."""
+    kinds = set(new_links.get_column("kind").unique()) & set(
+        foreign_links.get_column("kind").unique()
+    )
+    common = pl.col("kind").is_in(sorted(kinds))
+    ours, theirs = new_links.filter(common), foreign_links.filter(common)
     mapped = (
-        foreign_links.lazy()
-        .join(own.lazy(), on="link", how="left")
+        ours.lazy()
+        .join(theirs.lazy().rename({"member_key": "theirs"}), on=["kind", "link"], how="left")
         .group_by("member_key")
-        .agg(pl.col("own").min())
-        .select(pl.coalesce("own", "member_key").alias("member_key"))
+        .agg(pl.col("theirs").min())
+        .select(pl.coalesce("theirs", "member_key").alias("member_key"))
         .collect()
     )
-    return new, sorted_keys(mapped.get_column("member_key"))
+    return (
+        sorted_keys(mapped.get_column("member_key")),
+        sorted_keys(theirs.get_column("member_key")),
+    )
 
 
 def read_links(path: Path) -> pl.DataFrame:
-    frame = pl.read_parquet(path, columns=["member_key", "link"])
-    if frame.schema != pl.Schema({"member_key": pl.UInt64, "link": pl.UInt64}):
-        raise InternalError(f"link file {path.name} does not hold UInt64 member keys and links")
+    frame = pl.read_parquet(path, columns=list(_LINK_SCHEMA))
+    if frame.schema != pl.Schema(_LINK_SCHEMA):
+        raise InternalError(f"link file {path.name} does not hold member keys, kinds and links")
     return frame
 
 
@@ -436,7 +478,7 @@ def _compare(
 def _compare_foreign(p: DifferenceParams, f: ForeignRelease, links: pl.DataFrame) -> Comparison:
     """Another project's live audience against the new release, through the links: always
     another audience (a small difference blocks)."""
-    note = f"another project ({f.project}): compared through hashed e-mail and phone"
+    note = f"another project ({f.project}): compared through hashed e-mail, phone and name"
     try:
         new, old = translate(links, read_links(f.links_path))
     except (OSError, pl.exceptions.PolarsError, InternalError):

@@ -102,7 +102,7 @@ class GateInput:
     # kept outside the project: the difference check compares with them too
     shared_releases: Callable[[str], Sequence[difference.EarlierRelease]] | None = None
     # the live audiences other projects (other salts, the same CRM or not) released to an
-    # ad account: compared through hashed e-mail and phone (policies/difference.py)
+    # ad account: compared through the people's link keys (policies/difference.py)
     foreign_releases: Callable[[str], Sequence[difference.ForeignRelease]] | None = None
 
 

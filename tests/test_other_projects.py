@@ -2,7 +2,7 @@
 same CRM"): a marketer starts a second project over the same data — a new salt, so its
 member keys never compare with the first project's — and releases to the same ad account
 an audience one person apart from one the first project holds there. Both projects' people
-are compared through the hashed e-mail and phone the platform matches on, kept per OS
+are compared through the hashed identifiers the platform matches on, kept per OS
 account in custody. Documented commands, the sandboxes on 127.0.0.1.
 """
 
@@ -157,9 +157,13 @@ def test_link_keys_compare_people_not_records() -> None:
         }
     )
     new_keys, old_keys = translate(link_frame(new), link_frame(old))
-    assert new_keys.tolist() == [1, 2, 3]
-    assert sorted(old_keys.tolist()) == [1, 2, 103]
+    assert new_keys.tolist() == [3, 101, 102]  # in the other audience's keys
+    assert old_keys.tolist() == [101, 102, 103]
     assert compare_sets(new_keys, old_keys)[:2] == (1, 1)  # 3 only in new, 103 only in old
+    # two of this release's records the platform takes for one user (a shared e-mail) are
+    # one person there
+    twins = pl.DataFrame({"member_key": pl.Series([7, 8], dtype=pl.UInt64), "EMAIL": [h[1]] * 2})
+    assert translate(link_frame(twins), link_frame(old))[0].tolist() == [101]
 
 
 def _exact(p: Project, segment: str) -> tuple[int, int]:
@@ -193,3 +197,91 @@ def _report(p: Project) -> dict[str, Any]:
 def _text(p: Project) -> str:
     path = p.root / ".audiences" / "reports" / f"{_last_build(p)}.md"
     return Path(path).read_text(encoding="utf-8")
+
+
+def test_name_and_postal_code_link_people_without_email_or_phone() -> None:
+    """Unit: a new project that unmaps e-mail and phone still sends names and postal codes
+    (the platform matches on them): they link, in either layout, and the order of first
+    and last name matters."""
+    from policies.difference import link_frame, translate
+
+    h = {n: f"{n:016x}" + "0" * 48 for n in range(1, 10)}
+    meta = pl.DataFrame(
+        {
+            "member_key": pl.Series([1, 2], dtype=pl.UInt64),
+            "FN": [h[1], h[2]],
+            "LN": [h[2], h[1]],
+            "ZIP": [h[3], h[3]],
+        }
+    )
+    again = meta.head(1).with_columns(pl.Series("member_key", [11], dtype=pl.UInt64))
+    new, old = translate(link_frame(meta), link_frame(again))
+    assert new.tolist() == [2, 11] and old.tolist() == [11]  # swapped names stay apart
+    google = pl.DataFrame(
+        {
+            "member_key": pl.Series([1, 2, 3], dtype=pl.UInt64),
+            "hashed_first_name": [h[1], h[1], None],
+            "hashed_last_name": [h[2], h[2], h[2]],
+            "postal_code": ["10001", "10002", "10001"],
+        }
+    )
+    g2 = google.with_columns(pl.Series("member_key", [21, 22, 23], dtype=pl.UInt64))
+    assert link_frame(google).height == 2  # no first name: no name link
+    new, old = translate(link_frame(google), link_frame(g2))
+    assert new.tolist() == [21, 22] and old.tolist() == [21, 22]
+    # a release without e-mails is not compared on the other's e-mails
+    mails = pl.DataFrame({"member_key": pl.Series([31], dtype=pl.UInt64), "hashed_email": [h[9]]})
+    both = pl.concat([link_frame(g2), link_frame(mails)])
+    assert translate(link_frame(google), both)[1].tolist() == [21, 22]
+
+
+def test_attack_a_new_project_that_unmaps_email_and_phone(make_project: Any) -> None:
+    """The new project sends names and postal codes only (the platform still matches on
+    them): its people still link to the first project's."""
+    import re
+
+    _, one = _first(make_project)
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    b.edit_toml(lambda t: re.sub(r'(?m)^(email|phone) = "\w+"\n', "", t))
+    assert 'email = "email"' not in b.toml.read_text()
+    write_segment(b.root, "q2", ["NY", "FL"], (one,))
+    b.approve("q2")
+    attack = b.cli("build", "q2", "--as-of", DAY)
+    assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr
+    only_new, only_old = _exact(b, "q2")
+    assert (only_new, only_old) == (1, 0)
+
+
+def test_a_custody_store_from_before_link_keys_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A store made by the previous version (no ``links`` column) opens, gains the column
+    and keeps its rows; its releases have no link keys and are not compared."""
+    import sqlite3
+
+    import policies.privacy.ledger as ledger
+    from audiences.compliance import custody
+
+    old = tmp_path / "home"
+    old.mkdir(mode=0o700)
+    conn = sqlite3.connect(old / custody.FILE_NAME)
+    conn.executescript(custody._SCHEMA)  # its tables as the previous version made them
+    assert "links" not in {row[1] for row in conn.execute("PRAGMA table_info(releases)")}
+    conn.execute(
+        "INSERT INTO releases VALUES ('r-1', 's', 'act_1', 'q', 'meta', 'b-1', "
+        "'2026-01-01T00:00:00Z', 12, 'r-1.parquet', 'p')"
+    )
+    conn.commit()
+    conn.close()
+    saved = ledger.LEDGER_HOME
+    ledger.LEDGER_HOME = old
+    try:
+        with custody.opened() as store:
+            cols = [row[1] for row in store.execute("PRAGMA table_info(releases)")]
+            assert cols[-1] == "links"
+            assert store.execute("SELECT release_id, links FROM releases").fetchall() == [
+                ("r-1", None)
+            ]
+            assert custody.foreign_releases_for(store, b"x" * 32, "act_1") == []
+        with custody.opened():  # and again: nothing to add
+            pass
+    finally:
+        ledger.LEDGER_HOME = saved

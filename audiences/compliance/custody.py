@@ -24,7 +24,8 @@ database, never ``$HOME``; nothing a production run reads moves it):
   project has the same salt, so its member keys compare): the salted member keys, as the
   state keeps them, so that the difference check of every copy sees the audiences every
   other copy released to the account; and, for an ad account, the members' link keys
-  (hashed e-mail and phone, 64 bits: :func:`policies.difference.link_frame`), through
+  (hashed e-mail, phone, and name with postal code, 64 bits:
+  :func:`policies.difference.link_frame`), through
   which a project with *another* salt compares its releases with these.
 
 Writes go through ``BEGIN IMMEDIATE`` (two processes cannot both pin a first trust root).
@@ -146,7 +147,11 @@ def opened() -> Iterator[sqlite3.Connection]:
         conn.executescript(_SCHEMA)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(releases)")}
         if "links" not in columns:  # a store made before other projects were compared
-            conn.execute("ALTER TABLE releases ADD COLUMN links TEXT")
+            try:
+                conn.execute("ALTER TABLE releases ADD COLUMN links TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
     except (OSError, sqlite3.DatabaseError) as exc:
         raise StateError(
             f"cannot open the custody store {path} ({exc})",
