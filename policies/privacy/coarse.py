@@ -156,6 +156,7 @@ _NOT_PEOPLE = frozenset(
         "threshold",
         "k_diff",
         "earlier_releases_compared",
+        "other_projects_audiences_compared",
         "collisions",
         "held_comparisons",
         "same_audience",

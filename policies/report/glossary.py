@@ -147,7 +147,12 @@ GLOSSARY: dict[str, KindEntry] = {
             "earlier_releases_compared": Term(
                 "Live audiences compared",
                 "the newest release of each audience on the same account, this one's previous "
-                "version included",
+                "version and other projects' audiences included",
+            ),
+            "other_projects_audiences_compared": Term(
+                "Other projects' audiences compared",
+                "live audiences other projects (another salt, the same CRM or not) hold on the "
+                "account, compared through hashed e-mail, phone and name",
             ),
             "live_audiences": Term(
                 "Audiences on the account",
