@@ -181,12 +181,29 @@ def compare_sets(
     return only_new, only_old - exempt_removals, exempt_removals
 
 
-# hashed identifier columns a platform matches people on, per layout, and their kind
-LINK_COLUMNS = {"EMAIL": 0, "PHONE": 1, "hashed_email": 0, "hashed_phone_number": 1}
-# and the name with the postal code (first name, last name, postal code), per layout
-NAME_COLUMNS = (("FN", "LN", "ZIP"), ("hashed_first_name", "hashed_last_name", "postal_code"))
-NAME_KIND = 2
-_MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)  # odd constants: (a, b, c) ≠ (b, a, c)
+# The kinds of link: what a platform matches a person on, per layout — one identifier, or
+# several that match together (mixed into one key). Meta's external id is sent plain (the
+# advertiser's own id, matched to earlier uploads) and Google's postal code too: hashed
+# here. A layout sends a kind only when it carries all of its columns.
+LINK_KINDS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (0, ("EMAIL",)),
+    (0, ("hashed_email",)),
+    (1, ("PHONE",)),
+    (1, ("hashed_phone_number",)),
+    (2, ("FN", "LN", "ZIP")),
+    (2, ("hashed_first_name", "hashed_last_name", "postal_code")),
+    (3, ("EXTERN_ID",)),
+    (4, ("FN", "LN", "DOBY", "DOBM", "DOBD")),
+)  # (not the name with city and state: too common to tell people apart)
+_PLAIN = frozenset({"EXTERN_ID", "postal_code"})
+# odd constants, one per position: (a, b) and (b, a) mix to different keys
+_MIX = (
+    0x9E3779B97F4A7C15,
+    0xC2B2AE3D27D4EB4F,
+    0x165667B19E3779F9,
+    0xD6E8FEB86659FD93,
+    0xFF51AFD7ED558CCD,
+)
 _LINK_SCHEMA = {"member_key": pl.UInt64, "kind": pl.UInt8, "link": pl.UInt64}
 
 
@@ -197,72 +214,107 @@ def _prefix(col: str | pl.Expr) -> pl.Expr:
 
 
 def link_frame(members: pl.DataFrame) -> pl.DataFrame:
-    """``(member_key, kind, link)``: one row per hashed e-mail (kind 0), hashed phone (1),
-    and name with postal code (2) of a release's members — ``link`` the first 64 bits of
-    the SHA-256 the platform receives (for the name, the three mixed: wrapping products
-    and xor). Members with none of these have no row."""
-    key = pl.col("member_key").cast(pl.UInt64)
-    lazy = members.lazy()
-    parts = [
-        lazy.select(key, pl.lit(kind, dtype=pl.UInt8).alias("kind"), _prefix(c).alias("link"))
-        for c, kind in LINK_COLUMNS.items()
-        if c in members.columns
-    ]
-    for first, last, postal in NAME_COLUMNS:
-        if {first, last, postal} <= set(members.columns):
-            parts.append(
-                lazy.select(
-                    key,
-                    pl.lit(NAME_KIND, dtype=pl.UInt8).alias("kind"),
-                    _name_link(members, first, last, postal),
-                )
-            )
-    if not parts:
+    """``(member_key, kind, link)``: one row per kind of link (:data:`LINK_KINDS`) each of
+    a release's members has — ``link`` the first 64 bits of the SHA-256 the platform
+    receives, several columns mixed into one (wrapping products and xor). A kind with a
+    null column gives no row; members with no kind have none."""
+    kinds = [(kind, cols) for kind, cols in LINK_KINDS if set(cols) <= set(members.columns)]
+    if not kinds:
         return pl.DataFrame(schema=_LINK_SCHEMA)
+    needed = sorted({c for _, cols in kinds for c in cols})
+    # each column parsed once (64-bit prefixes), then the kinds are integer arithmetic
+    parsed = members.lazy().select(
+        pl.col("member_key").cast(pl.UInt64), *(_parsed(members, c) for c in needed)
+    )
+    parts = []
+    for kind, cols in kinds:
+        mixed = pl.col(cols[0]) if len(cols) == 1 else _mix(cols)
+        parts.append(
+            parsed.select(
+                "member_key", pl.lit(kind, dtype=pl.UInt8).alias("kind"), mixed.alias("link")
+            )
+        )
     return pl.concat(parts).drop_nulls().collect()  # duplicates are harmless: see translate
 
 
-def _name_link(members: pl.DataFrame, first: str, last: str, postal: str) -> pl.Expr:
-    from audiences.crm.identifiers import PLAIN_COLUMNS, sha256_hex
+def _mix(cols: tuple[str, ...]) -> pl.Expr:
+    out: pl.Expr | None = None
+    for col, m in zip(cols, _MIX, strict=False):
+        term = pl.col(col) * pl.lit(m, dtype=pl.UInt64)
+        out = term if out is None else out.xor(term)
+    assert out is not None
+    return out
 
-    if postal in PLAIN_COLUMNS:  # Google's postal code is sent plain: hash its few values
-        codes = members.get_column(postal).drop_nulls().unique()
-        hashed = pl.DataFrame({postal: codes}).select(_prefix(sha256_hex(pl.col(postal))))
-        zip_ = pl.col(postal).replace_strict(
+
+def _parsed(members: pl.DataFrame, col: str) -> pl.Expr:
+    """A column as 64 bits: the prefix of its SHA-256 hex, or for a plain column the
+    prefix of the SHA-256 of its text (over its distinct values when they are few)."""
+    from audiences.crm.identifiers import sha256_hex
+
+    if col not in _PLAIN:
+        return _prefix(col).alias(col)
+    text = pl.col(col).cast(pl.String)
+    if col == "postal_code":  # few distinct values: hash those, then look them up
+        codes = members.get_column(col).cast(pl.String).drop_nulls().unique()
+        hashed = pl.DataFrame({col: codes}).select(_prefix(sha256_hex(pl.col(col))))
+        return text.replace_strict(
             codes, hashed.to_series(), default=None, return_dtype=pl.UInt64
-        )
-    else:
-        zip_ = _prefix(postal)
-    a, b = (pl.lit(m, dtype=pl.UInt64) for m in _MIX)
-    return ((_prefix(first) * a).xor(_prefix(last) * b).xor(zip_)).alias("link")
+        ).alias(col)
+    return _prefix(sha256_hex(text)).alias(col)
+
+
+@dataclass(frozen=True)
+class Linked:
+    """Two releases of different projects, on the kinds of link both carry, in the
+    foreign audience's keys (:func:`translate`)."""
+
+    new: np.ndarray  # this release's people with a shared-kind link (mapped)
+    old: np.ndarray  # the foreign audience's people with a shared-kind link
+    gone: np.ndarray  # of ``old``: people this build's filters excluded (forced removals)
+    new_people: int  # this release's people with a shared-kind link (before mapping)
+    new_any: int  # this release's people with a link of any kind
+    old_any: int  # the foreign audience's people with a link of any kind
 
 
 def translate(
-    new_links: pl.DataFrame, foreign_links: pl.DataFrame
-) -> tuple[np.ndarray, np.ndarray]:
-    """(this release's people, the foreign audience's people), in the foreign audience's
-    keys, compared on the kinds of link both carry (a release without e-mails is not
-    compared on them): one of this release's people who shares a link with a person of
-    it *is* that person (several who share one are one, as the platform matches them to
-    one user); the others keep their own key (another project's salted key: a different
-    64-bit space, so they stay apart). People with no link of a shared kind are left out
-    on both sides."""
+    new_links: pl.DataFrame, foreign_links: pl.DataFrame, exempt_links: pl.DataFrame | None = None
+) -> Linked:
+    """Compare on the kinds of link both carry (a release without e-mails is not compared
+    on them): one of this release's people who shares a link with a person of the foreign
+    audience *is* that person (several who share one are one, as the platform matches
+    them to one user); the others keep their own key (another project's salted key: a
+    different 64-bit space, so they stay apart). ``exempt_links``: the people this
+    build's filters excluded — those of the foreign audience are forced removals there."""
     kinds = set(new_links.get_column("kind").unique()) & set(
         foreign_links.get_column("kind").unique()
     )
     common = pl.col("kind").is_in(sorted(kinds))
     ours, theirs = new_links.filter(common), foreign_links.filter(common)
-    mapped = (
+    gone = _EMPTY
+    if exempt_links is not None and exempt_links.height:
+        gone = sorted_keys(
+            theirs.join(exempt_links.filter(common).select("kind", "link"), on=["kind", "link"])
+            .get_column("member_key")
+        )  # fmt: skip
+    new = sorted_keys(_mapped(ours, theirs).get_column("member_key"))
+    return Linked(
+        new=new,
+        old=sorted_keys(theirs.get_column("member_key")),
+        gone=np.setdiff1d(gone, new, assume_unique=True),  # a person still in is not gone
+        new_people=ours.get_column("member_key").n_unique(),
+        new_any=new_links.get_column("member_key").n_unique(),
+        old_any=foreign_links.get_column("member_key").n_unique(),
+    )
+
+
+def _mapped(ours: pl.DataFrame, theirs: pl.DataFrame) -> pl.DataFrame:
+    return (
         ours.lazy()
         .join(theirs.lazy().rename({"member_key": "theirs"}), on=["kind", "link"], how="left")
         .group_by("member_key")
         .agg(pl.col("theirs").min())
         .select(pl.coalesce("theirs", "member_key").alias("member_key"))
         .collect()
-    )
-    return (
-        sorted_keys(mapped.get_column("member_key")),
-        sorted_keys(theirs.get_column("member_key")),
     )
 
 
@@ -338,13 +390,13 @@ def check(
     *,
     workers: int | None = None,
     foreign: Sequence[ForeignRelease] = (),
-    new_links: Callable[[], pl.DataFrame] | None = None,
+    new_links: Callable[[], tuple[pl.DataFrame, pl.DataFrame]] | None = None,
 ) -> DifferenceResult:
     """Compare ``new`` (sorted unique keys) with the live audiences of the account: the
     previous version of this audience (hold), each other audience (pairwise), and all of
     them together (:func:`composition`); then, pairwise through their people's links
-    (``new_links()``: this release's :func:`link_frame`), the live audiences of other
-    projects on the account (``foreign``)."""
+    (``new_links()``: this release's :func:`link_frame`, and that of the people its
+    filters excluded), the live audiences of other projects on the account (``foreign``)."""
     p: DifferenceParams = rule.params  # type: ignore[assignment]
     previous, others = live_audiences(earlier, segment, dest.name)
     live = [*others, *([previous] if previous is not None else [])]
@@ -356,8 +408,12 @@ def check(
     if foreign:
         if new_links is None:
             raise InternalError("other projects' audiences to compare, but no link keys")
-        links = new_links()
-        comparisons += tuple(_compare_foreign(p, f, links) for f in foreign)
+        links, exempt_links = new_links()
+        matchable_only = dest.kind != "meta"  # Google matches on nothing but these links
+        comparisons += tuple(
+            _compare_foreign(p, f, links, exempt_links, int(new.size), matchable_only)
+            for f in foreign
+        )
     blocks = [c for c in comparisons if c.result in ("block", "error")]
     prev = next((c for c in comparisons if c.previous_version), None)
     hold_against = prev.earlier.release_id if prev is not None and prev.result == "hold" else None
@@ -475,18 +531,44 @@ def _compare(
     return Comparison(e, only_new, only_old, exempt_n, same_audience, is_previous, result)
 
 
-def _compare_foreign(p: DifferenceParams, f: ForeignRelease, links: pl.DataFrame) -> Comparison:
+def _compare_foreign(
+    p: DifferenceParams,
+    f: ForeignRelease,
+    links: pl.DataFrame,
+    exempt_links: pl.DataFrame,
+    people: int,
+    matchable_only: bool,
+) -> Comparison:
     """Another project's live audience against the new release, through the links: always
-    another audience (a small difference blocks)."""
-    note = f"another project ({f.project}): compared through hashed e-mail, phone and name"
+    another audience. People without a link of a kind both carry can be anyone: each
+    difference is known only to lie in ``[linked, linked + unlinked]``, and the release is
+    blocked when that range reaches into 1 … k_diff − 1 (padding an audience with people
+    who cannot be compared never makes it pass). On Google, whose matching uses nothing
+    but these identifiers, people with no link at all cannot be matched and do not count."""
     try:
-        new, old = translate(links, read_links(f.links_path))
+        linked = translate(links, read_links(f.links_path), exempt_links)
     except (OSError, pl.exceptions.PolarsError, InternalError):
         return Comparison(f.earlier, 0, 0, 0, False, False, "error", "link file unreadable")
-    only_new, only_old, _ = compare_sets(new, old)
-    small = 0 < only_new < p.k_diff or 0 < only_old < p.k_diff
+    only_new, only_old, _ = compare_sets(linked.new, linked.old, linked.gone)
+    exempt_n = count_common(linked.gone, linked.old)
+    if matchable_only:
+        unlinked_new = linked.new_any - linked.new_people
+        unlinked_old = linked.old_any - linked.old.size
+    else:
+        unlinked_new = people - linked.new_people
+        unlinked_old = f.earlier.members - linked.old.size
+    unlinked_new, unlinked_old = max(unlinked_new, 0), max(unlinked_old, 0)
+    small = any(
+        d <= p.k_diff - 1 and d + u >= 1
+        for d, u in ((only_new, unlinked_new), (only_old, unlinked_old))
+    )
+    note = (
+        f"another project ({f.project}): compared through the hashed identifiers both send"
+        f" ({unlinked_new} of this release's and {unlinked_old} of that audience's people "
+        "without one: each could be either way)"
+    )
     return Comparison(
-        f.earlier, only_new, only_old, 0, False, False, "block" if small else "pass", note
+        f.earlier, only_new, only_old, exempt_n, False, False, "block" if small else "pass", note
     )
 
 

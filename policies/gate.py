@@ -537,7 +537,11 @@ def _check_destination(
             foreign: Sequence[difference.ForeignRelease] = ()
             if inp.foreign_releases is not None and dest.kind in ("meta", *GOOGLE_KINDS):
                 foreign = inp.foreign_releases(dest.account)
-            links = _link_keys(inp, eligible.members, dest_keys, layouts[0]) if foreign else None
+            links = (
+                _link_keys(inp, eligible.members, dest_keys, exempt, layouts[0])
+                if foreign
+                else None
+            )
             v = _difference_verdict(inp, rule, check, dest_keys, earlier, exempt, foreign, links)
         else:  # pragma: no cover - RULE_KINDS and this dispatch are kept in step
             raise InternalError(f"no evaluator for rule kind {rule.kind}")
@@ -578,7 +582,7 @@ def _difference_verdict(
     earlier: list[difference.EarlierRelease],
     exempt: np.ndarray,
     foreign: Sequence[difference.ForeignRelease] = (),
-    links: Callable[[], pl.DataFrame] | None = None,
+    links: Callable[[], tuple[pl.DataFrame, pl.DataFrame]] | None = None,
 ) -> Verdict:
     """The difference rule's verdict; records the hold and the per-release checks."""
     dest = check.dest
@@ -595,18 +599,22 @@ def _difference_verdict(
 
 
 def _link_keys(
-    inp: GateInput, members: pl.DataFrame, dest_keys: np.ndarray, layout: str
-) -> Callable[[], pl.DataFrame]:
-    """The destination's people's link keys, hashed as its release will carry them
-    (computed only when another project's audience is on the account)."""
+    inp: GateInput, members: pl.DataFrame, dest_keys: np.ndarray, exempt: np.ndarray, layout: str
+) -> Callable[[], tuple[pl.DataFrame, pl.DataFrame]]:
+    """The link keys of the destination's people and of the candidates the filters
+    excluded, hashed as the release carries them (computed only when another project's
+    audience is on the account)."""
 
-    def compute() -> pl.DataFrame:
-        keys = pl.Series("member_key", dest_keys, dtype=pl.UInt64)
-        base = members.filter(pl.col("member_key").is_in(keys.implode()))
+    def links(frame: pl.DataFrame, keys: np.ndarray) -> pl.DataFrame:
+        wanted = pl.Series("member_key", keys, dtype=pl.UInt64)
+        base = frame.filter(pl.col("member_key").is_in(wanted.implode()))
         hashed = _hashed(base, inp.config, [layout], inp.as_of)[layout]
         return difference.link_frame(
             pl.concat([base.select("member_key"), hashed], how="horizontal")
         )
+
+    def compute() -> tuple[pl.DataFrame, pl.DataFrame]:
+        return links(members, dest_keys), links(inp.candidates, exempt)
 
     return compute
 

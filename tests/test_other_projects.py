@@ -156,14 +156,15 @@ def test_link_keys_compare_people_not_records() -> None:
             "hashed_phone_number": [None, h[5], None, None],  # 102 is 2 (phone)
         }
     )
-    new_keys, old_keys = translate(link_frame(new), link_frame(old))
+    linked = translate(link_frame(new), link_frame(old))
+    new_keys, old_keys = linked.new, linked.old
     assert new_keys.tolist() == [3, 101, 102]  # in the other audience's keys
     assert old_keys.tolist() == [101, 102, 103]
     assert compare_sets(new_keys, old_keys)[:2] == (1, 1)  # 3 only in new, 103 only in old
     # two of this release's records the platform takes for one user (a shared e-mail) are
     # one person there
     twins = pl.DataFrame({"member_key": pl.Series([7, 8], dtype=pl.UInt64), "EMAIL": [h[1]] * 2})
-    assert translate(link_frame(twins), link_frame(old))[0].tolist() == [101]
+    assert translate(link_frame(twins), link_frame(old)).new.tolist() == [101]
 
 
 def _exact(p: Project, segment: str) -> tuple[int, int]:
@@ -215,8 +216,10 @@ def test_name_and_postal_code_link_people_without_email_or_phone() -> None:
         }
     )
     again = meta.head(1).with_columns(pl.Series("member_key", [11], dtype=pl.UInt64))
-    new, old = translate(link_frame(meta), link_frame(again))
-    assert new.tolist() == [2, 11] and old.tolist() == [11]  # swapped names stay apart
+    linked = translate(link_frame(meta), link_frame(again))
+    assert linked.new.tolist() == [2, 11] and linked.old.tolist() == [
+        11
+    ]  # swapped names stay apart
     google = pl.DataFrame(
         {
             "member_key": pl.Series([1, 2, 3], dtype=pl.UInt64),
@@ -227,12 +230,12 @@ def test_name_and_postal_code_link_people_without_email_or_phone() -> None:
     )
     g2 = google.with_columns(pl.Series("member_key", [21, 22, 23], dtype=pl.UInt64))
     assert link_frame(google).height == 2  # no first name: no name link
-    new, old = translate(link_frame(google), link_frame(g2))
-    assert new.tolist() == [21, 22] and old.tolist() == [21, 22]
+    linked = translate(link_frame(google), link_frame(g2))
+    assert linked.new.tolist() == [21, 22] and linked.old.tolist() == [21, 22]
     # a release without e-mails is not compared on the other's e-mails
     mails = pl.DataFrame({"member_key": pl.Series([31], dtype=pl.UInt64), "hashed_email": [h[9]]})
     both = pl.concat([link_frame(g2), link_frame(mails)])
-    assert translate(link_frame(google), both)[1].tolist() == [21, 22]
+    assert translate(link_frame(google), both).old.tolist() == [21, 22]
 
 
 def test_attack_a_new_project_that_unmaps_email_and_phone(make_project: Any) -> None:
@@ -285,3 +288,105 @@ def test_a_custody_store_from_before_link_keys_is_upgraded_in_place(tmp_path: Pa
             pass
     finally:
         ledger.LEDGER_HOME = saved
+
+
+def test_a_build_waits_while_another_state_releases_to_the_account(
+    make_project: Any, private_ledger: Path
+) -> None:
+    """Two projects building at once each checked the account without the other's
+    release, and both went out (a race an attacker can retry until won). The gate's check
+    and the registration of the releases hold the account's lock: a build in another
+    process waits for it, then checks against what the holder released."""
+    import subprocess
+    import time
+
+    from conftest import audiences_command
+
+    from audiences.compliance import custody
+    from audiences.compliance.workflow import destination_account
+
+    _, one = _first(make_project)
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    write_segment(b.root, "q2", ["NY", "FL"], (one,))
+    b.approve("q2")
+    argv = [*audiences_command(private_ledger), "-p", str(b.root), "build", "q2"]
+    with custody.account_locks([destination_account(b.config(), "meta")]):
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 8  # the build alone takes about 2 s
+        while time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.2)
+        waited = child.poll() is None
+    out, err = child.communicate(timeout=120)
+    assert waited, (child.returncode, out, err)
+    assert child.returncode == 3 and "another project" in out + err
+
+
+def test_attack_a_takedown_of_the_same_name_in_the_new_project(make_project: Any) -> None:
+    """Takedowns are kept by segment and account: the new project syncs a harmless
+    segment named like the first project's live audience and takes it down, so that the
+    first project's audience no longer counted as live. Only the project that took an
+    audience down (its salt) makes it stop counting."""
+    p, one = _first(make_project)
+    assert p.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    write_segment(b.root, "q", ["TX", "IL"])
+    b.approve("q")
+    assert b.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    assert b.cli("takedown", "q", "--by", "mallory").exit_code == 0
+    assert p.boxes.meta.members(p.remote_id("q", "meta"))  # the first project's: still live
+    write_segment(b.root, "q2", ["NY", "FL"], (one,))
+    b.approve("q2")
+    attack = b.cli("sync", "q2", "--as-of", DAY)
+    assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr
+
+
+def test_attack_a_new_project_that_sends_nothing_to_link(make_project: Any) -> None:
+    """E-mail, phone, postal code and external id unmapped: its people have no link of a
+    kind the first project sends, so they could be anyone — each difference may lie
+    anywhere from 0 to the audience's size, and the release is blocked."""
+    import re
+
+    _, one = _first(make_project)
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    b.edit_toml(lambda t: re.sub(r'(?m)^(email|phone|zip|external_id|birth_date) = "\w+"\n', "", t))
+    write_segment(b.root, "q2", ["NY", "FL"], (one,))
+    b.approve("q2")
+    attack = b.cli("build", "q2", "--as-of", DAY)
+    assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr
+    (check,) = [c for c in _report(b)["difference_checks"] if c["note"].startswith("another")]
+    assert "each could be either way" in check["note"], check
+    assert _exact(b, "q2") == (0, 0)  # nothing linked, yet blocked
+
+
+def test_nightly_opt_outs_with_two_projects_holding_the_same_audience(make_project: Any) -> None:
+    """Both projects hold NY+FL on the account; three members opt out. Each night's sync
+    removes them (forced removals) and passes: the other project's copy, which still
+    holds them until its own sync, does not block it (they are exempt there too)."""
+
+    def opt_out(x: Project, ids: list[str]) -> None:
+        hit = pl.col("contact_id").is_in(ids)
+        c = x.contacts()
+        x.write_contacts(
+            c.with_columns(
+                pl.when(hit)
+                .then(False)
+                .otherwise(pl.col("marketing_opt_in"))
+                .alias("marketing_opt_in")
+            )
+        )
+
+    p, _ = _first(make_project)
+    assert p.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    write_segment(b.root, "ny-fl", ["NY", "FL"])
+    b.approve("ny-fl")
+    assert b.cli_json("sync", "ny-fl", "--as-of", DAY)["exit_code"] == 0
+    leaving = sorted(p.contact_ids(p.release("q", "meta").members.head(3)))
+    opt_out(p, leaving)
+    opt_out(b, leaving)
+    for x in (p, b, p):
+        night = x.cli_json("sync", "--all", "--as-of", DAY)
+        assert night["exit_code"] == 0, night
+    for x, seg in ((p, "q"), (b, "ny-fl")):
+        sent = x.boxes.meta.member_key_values(x.remote_id(seg, "meta"), "EXTERN_ID")
+        assert sent and not set(leaving) & sent

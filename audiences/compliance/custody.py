@@ -145,13 +145,9 @@ def opened() -> Iterator[sqlite3.Connection]:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.executescript(_SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(releases)")}
-        if "links" not in columns:  # a store made before other projects were compared
-            try:
-                conn.execute("ALTER TABLE releases ADD COLUMN links TEXT")
-            except sqlite3.OperationalError as exc:  # another process added it first
-                if "duplicate column" not in str(exc):
-                    raise
+        # a store made before other projects were compared
+        _add_column(conn, "releases", "links")
+        _add_column(conn, "takedowns", "salt_id")
     except (OSError, sqlite3.DatabaseError) as exc:
         raise StateError(
             f"cannot open the custody store {path} ({exc})",
@@ -161,6 +157,17 @@ def opened() -> Iterator[sqlite3.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str) -> None:
+    """``ALTER TABLE … ADD COLUMN`` (TEXT, null in the rows already there) unless present."""
+    if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+        return
+    try:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+    except sqlite3.OperationalError as exc:  # another process added it first
+        if "duplicate column" not in str(exc):
+            raise
 
 
 # --------------------------------------------------------------------------- trust sets
@@ -363,12 +370,16 @@ def record_takedown(
     by: str,
     at: str,
     project: str,
+    salt: bytes | None = None,
 ) -> None:
+    """A takedown by segment and account (it blocks that segment's adds in every state
+    until an approval signed after it); ``salt``: the project that took its audience down
+    (only its own releases stop counting as live for other projects' difference checks)."""
     with audit.write_transaction(conn):
         conn.execute(
-            "INSERT INTO takedowns(segment, account, destination, by, at, project) "
-            "VALUES (?,?,?,?,?,?)",
-            (segment, account, destination, by, at, project),
+            "INSERT INTO takedowns(segment, account, destination, by, at, project, salt_id) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (segment, account, destination, by, at, project, salt and salt_id(salt)),
         )
 
 
@@ -381,6 +392,26 @@ def latest_takedown(conn: sqlite3.Connection, segment: str, account: str) -> str
 
 
 # --------------------------------------------------------------------------- releases
+
+
+@contextlib.contextmanager
+def account_locks(accounts: Iterable[str]) -> Iterator[None]:
+    """Hold each account's release lock (an exclusive ``flock`` on a file beside the store,
+    taken in sorted order; the kernel drops it when the process ends, however it ends)
+    from the gate's reading of the releases other states made to the account to the
+    registration of this build's: two projects, or two copies of one, building at once
+    would each check against the account without the other's release."""
+    import fcntl
+
+    from audiences.core.state import ensure_private_dir
+
+    folder = ensure_private_dir(custody_path().parent / "locks")
+    with contextlib.ExitStack() as stack:
+        for account in sorted(set(accounts)):
+            name = hashlib.sha256(account.encode()).hexdigest()[:32]
+            fh = stack.enter_context(open(folder / f"{name}.lock", "a+b"))
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def salt_id(salt: bytes) -> str:
@@ -457,13 +488,15 @@ def foreign_releases_for(
 ) -> list[ForeignRelease]:
     """The newest release of each audience on ``account`` from every project with another
     salt, with its people's link keys (releases kept before links were, have none: they
-    cannot be compared and are left out), unless taken down since."""
+    cannot be compared and are left out), unless that project took it down since (a
+    takedown of a segment of the same name in another project leaves it live)."""
     sid = salt_id(salt)
     rows = conn.execute(
         "SELECT release_id, build_id, segment, destination, account, created_at, members, "
         "file, salt_id, links, project FROM releases r WHERE salt_id != ? AND account = ? "
         "AND links IS NOT NULL AND NOT EXISTS (SELECT 1 FROM takedowns t WHERE "
-        "t.segment = r.segment AND t.account = r.account AND t.at >= r.created_at) "
+        "t.segment = r.segment AND t.account = r.account AND t.salt_id = r.salt_id "
+        "AND t.at >= r.created_at) "
         "ORDER BY created_at, release_id",
         (sid, account),
     ).fetchall()

@@ -13,6 +13,7 @@ approvers add/remove``). See docs/compliance-workflow.md.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -34,6 +35,7 @@ from audiences.compliance.custody import (
 from audiences.compliance.keys import key_id, load_private_key, load_public_key
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import ApprovalError, ConfigError
+from audiences.core.state import project_salt
 from policies.difference import EarlierRelease, ForeignRelease, link_frame
 from policies.rules import GOOGLE_KINDS
 
@@ -633,6 +635,12 @@ def share_releases(config: ProjectConfig, salt: bytes, outcome: Any) -> None:
         custody.register_releases(store, salt, shared, _project(config), links)
 
 
+def release_lock(config: ProjectConfig, segment: Any) -> contextlib.AbstractContextManager[None]:
+    """For a build that releases: the locks of the segment's accounts, held from the gate's
+    difference check to the registration of its releases (custody.account_locks)."""
+    return custody.account_locks(_accounts(config, segment.destinations))
+
+
 def foreign_releases(salt: bytes) -> Callable[[str], list[ForeignRelease]]:
     """For the gate: ``account -> [ForeignRelease]``: the live audiences projects with
     another salt released to the account, with their people's link keys."""
@@ -666,6 +674,7 @@ def record_takedown(config: ProjectConfig, segment: str, destination: str, by: s
             by,
             audit.format_at(),
             _project(config),
+            project_salt(config.state_dir) if (config.state_dir / "salt").exists() else None,
         )
 
 

@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from audiences.compliance import audit
-from audiences.compliance.workflow import foreign_releases, share_releases, shared_releases
+from audiences.compliance.workflow import (
+    foreign_releases,
+    release_lock,
+    share_releases,
+    shared_releases,
+)
 from audiences.core import clock
 from audiences.core.actor import actor_name
 from audiences.core.config import ProjectConfig
@@ -284,25 +289,33 @@ def _build_segment(run: _BuildRun, segment: Segment, i: int, total: int) -> Buil
             pack=run.pack,
         )
         run.step(f"{segment.name}: policy gate", (i + 0.6) / total)
-        outcome = _gate(run, build_id, segment, candidates)
-        if approval is not None:  # the evidence: which signed approval allowed this build
-            outcome.report["approval"] = approval_evidence(approval)
     except BaseException as exc:
         if not run.dry_run:
             _finish(run.conn, build_id, "failed", reasons=[_one_line(exc)])
         raise
-    result = _result(build_id, segment, candidates, outcome, run.pack, "released")
-    if run.dry_run:
-        result.released = {d: r.members.height for d, r in outcome.releases.items()}
-        result.seconds = time.perf_counter() - started
-        return result
-    try:
-        _release(run, result, segment, outcome, (i + 0.8) / total)
-    except BaseException as exc:
-        # e.g. the disk fills while writing release files: the build must not
-        # stay 'running' (history, status) — it failed, and says why.
-        _finish(run.conn, build_id, "failed", reasons=[_one_line(exc)])
-        raise
+    # from the difference check to the registration of this build's releases, no other
+    # state on this OS account releases to the segment's accounts (custody.account_locks)
+    with contextlib.nullcontext() if run.dry_run else release_lock(run.config, segment):
+        try:
+            outcome = _gate(run, build_id, segment, candidates)
+            if approval is not None:  # the evidence: which signed approval allowed this build
+                outcome.report["approval"] = approval_evidence(approval)
+        except BaseException as exc:
+            if not run.dry_run:
+                _finish(run.conn, build_id, "failed", reasons=[_one_line(exc)])
+            raise
+        result = _result(build_id, segment, candidates, outcome, run.pack, "released")
+        if run.dry_run:
+            result.released = {d: r.members.height for d, r in outcome.releases.items()}
+            result.seconds = time.perf_counter() - started
+            return result
+        try:
+            _release(run, result, segment, outcome, (i + 0.8) / total)
+        except BaseException as exc:
+            # e.g. the disk fills while writing release files: the build must not
+            # stay 'running' (history, status) — it failed, and says why.
+            _finish(run.conn, build_id, "failed", reasons=[_one_line(exc)])
+            raise
     result.seconds = time.perf_counter() - started
     _close_build(run.conn, run.actor, result, run.sources.digest)
     return result
