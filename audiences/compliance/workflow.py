@@ -504,10 +504,14 @@ def _account_trust(
             trusted = custody.pin(store, account, history, _project(config))
         if not any(t["key_id"] == kid for t in trusted.values()):
             names = ", ".join(sorted(trusted)) or "nobody"
+            what = (
+                f"the approval of segment {segment.name!r} is signed by key {kid},"
+                if pin
+                else f"the key reviewing segment {segment.name!r} ({kid}),"
+            )
             raise ApprovalError(
-                f"the approval of segment {segment.name!r} is signed by key {kid}, which is not "
-                f"trusted for {account} (destination {name!r}) on this OS account: its approvers "
-                f"are {names}",
+                f"{what} which is not trusted for {account} (destination {name!r}) on this OS "
+                f"account: its approvers are {names}",
                 "trust for an account starts with the first approval released to it, in any "
                 "project (a new state database or an edited [approvers] keys does not start "
                 "it again); one of its approvers signs `audiences approvers add`",
