@@ -89,6 +89,7 @@ class ForeignRelease:
     earlier: EarlierRelease
     links_path: Path
     project: str
+    k_diff: int = 0  # its project's difference rule: the larger of the two applies
 
 
 @dataclass(frozen=True)
@@ -540,7 +541,7 @@ def _compare_foreign(
     matchable_only: bool,
 ) -> Comparison:
     """Another project's live audience against the new release, through the links: always
-    another audience. People without a link of a kind both carry can be anyone: each
+    another audience, under the larger of the two projects' ``k_diff``. People without a link of a kind both carry can be anyone: each
     difference is known only to lie in ``[linked, linked + unlinked]``, and the release is
     blocked when that range reaches into 1 … k_diff − 1 (padding an audience with people
     who cannot be compared never makes it pass). On Google, whose matching uses nothing
@@ -549,6 +550,7 @@ def _compare_foreign(
         linked = translate(links, read_links(f.links_path), exempt_links)
     except (OSError, pl.exceptions.PolarsError, InternalError):
         return Comparison(f.earlier, 0, 0, 0, False, False, "error", "link file unreadable")
+    k_diff = max(p.k_diff, f.k_diff)  # the stricter project's rule protects both
     only_new, only_old, _ = compare_sets(linked.new, linked.old, linked.gone)
     exempt_n = count_common(linked.gone, linked.old)
     if matchable_only:
@@ -559,13 +561,13 @@ def _compare_foreign(
         unlinked_old = f.earlier.members - linked.old.size
     unlinked_new, unlinked_old = max(unlinked_new, 0), max(unlinked_old, 0)
     small = any(
-        d <= p.k_diff - 1 and d + u >= 1
+        d <= k_diff - 1 and d + u >= 1
         for d, u in ((only_new, unlinked_new), (only_old, unlinked_old))
     )
     note = (
         f"another project ({f.project}): compared through the hashed identifiers both send"
         f" ({unlinked_new} of this release's and {unlinked_old} of that audience's people "
-        "without one: each could be either way)"
+        f"without one: each could be either way); k_diff {k_diff}, the larger of the two"
     )
     return Comparison(
         f.earlier, only_new, only_old, exempt_n, False, False, "block" if small else "pass", note

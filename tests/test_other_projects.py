@@ -390,3 +390,31 @@ def test_nightly_opt_outs_with_two_projects_holding_the_same_audience(make_proje
     for x, seg in ((p, "q"), (b, "ny-fl")):
         sent = x.boxes.meta.member_key_values(x.remote_id(seg, "meta"), "EXTERN_ID")
         assert sent and not set(leaving) & sent
+
+
+def test_attack_a_new_project_with_a_weaker_difference_rule(make_project: Any) -> None:
+    """The new project's pack asks only k_diff 2 (approved by an officer there): three
+    people apart from the first project's audience, protected by k_diff 10. The larger
+    of the two projects' rules applies."""
+    import re
+
+    p = make_project(rows=3000, pack="nightly-pack")  # k_diff 10
+    write_segment(p.root, "ca", ["CA"])
+    p.approve("ca")
+    three = tuple(sorted(p.contact_ids(p.release("ca", "meta", as_of=AS_OF).members.head(3))))
+    write_segment(p.root, "q", ["NY", "FL"])
+    p.approve("q")
+    assert p.cli("build", "q", "--as-of", DAY).exit_code == 0
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    weak = (
+        (b.root / "policies" / "nightly-pack.yaml").read_text().replace("k_diff: 10", "k_diff: 2")
+    )
+    (b.root / "policies" / "weak.yaml").write_text(weak.replace("nightly-test", "weak-test"))
+    b.edit_toml(lambda t: re.sub(r'(?m)^pack = ".*?"', 'pack = "policies/weak.yaml"', t))
+    write_segment(b.root, "q2", ["NY", "FL"], three)
+    b.approve("q2")
+    assert _exact(b, "q2") == (3, 0)
+    attack = b.cli("build", "q2", "--as-of", DAY)
+    assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr
+    (check,) = [c for c in _report(b)["difference_checks"] if c["note"].startswith("another")]
+    assert "k_diff 10, the larger of the two" in check["note"]

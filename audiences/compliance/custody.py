@@ -147,6 +147,7 @@ def opened() -> Iterator[sqlite3.Connection]:
         conn.executescript(_SCHEMA)
         # a store made before other projects were compared
         _add_column(conn, "releases", "links")
+        _add_column(conn, "releases", "k_diff")
         _add_column(conn, "takedowns", "salt_id")
     except (OSError, sqlite3.DatabaseError) as exc:
         raise StateError(
@@ -425,9 +426,11 @@ def register_releases(
     releases: list[EarlierRelease],
     project: str,
     links: dict[str, pl.DataFrame] | None = None,
+    k_diffs: dict[str, int] | None = None,
 ) -> None:
     """Keep a copy of each release's member keys and, for an ad account, its people's link
-    keys (``links`` by release id: :func:`policies.difference.link_frame`); an audience's
+    keys (``links`` by release id: :func:`policies.difference.link_frame`) and the
+    difference rule's ``k_diff`` it was released under (``k_diffs``); an audience's
     older copies are dropped (only the newest release of an audience is what a platform
     holds)."""
     import shutil
@@ -459,8 +462,8 @@ def register_releases(
             ).fetchall()
             conn.execute(
                 "INSERT OR REPLACE INTO releases(release_id, salt_id, account, segment, "
-                "destination, build_id, created_at, members, file, project, links) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "destination, build_id, created_at, members, file, project, links, k_diff) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     r.release_id,
                     sid,
@@ -473,6 +476,7 @@ def register_releases(
                     target.name,
                     project,
                     None if link_file is None else link_file.name,
+                    (k_diffs or {}).get(r.release_id),
                 ),
             )
             conn.executemany(
@@ -493,7 +497,8 @@ def foreign_releases_for(
     sid = salt_id(salt)
     rows = conn.execute(
         "SELECT release_id, build_id, segment, destination, account, created_at, members, "
-        "file, salt_id, links, project FROM releases r WHERE salt_id != ? AND account = ? "
+        "file, salt_id, links, project, k_diff FROM releases r WHERE salt_id != ? "
+        "AND account = ? "
         "AND links IS NOT NULL AND NOT EXISTS (SELECT 1 FROM takedowns t WHERE "
         "t.segment = r.segment AND t.account = r.account AND t.salt_id = r.salt_id "
         "AND t.at >= r.created_at) "
@@ -506,6 +511,7 @@ def foreign_releases_for(
             EarlierRelease(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), root / r[8] / str(r[7])),
             root / r[8] / str(r[9]),
             str(r[10]),
+            int(r[11] or 0),
         )
         for r in rows
     ]

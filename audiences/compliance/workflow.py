@@ -636,7 +636,8 @@ def share_releases(config: ProjectConfig, salt: bytes, outcome: Any) -> None:
         if r.kind in ("meta", *GOOGLE_KINDS)
     }
     with custody.opened() as store:
-        custody.register_releases(store, salt, shared, _project(config), links)
+        k_diffs = {r.release_id: int(r.k_diff) for r in outcome.releases.values()}
+        custody.register_releases(store, salt, shared, _project(config), links, k_diffs)
 
 
 def release_lock(config: ProjectConfig, segment: Any) -> contextlib.AbstractContextManager[None]:
