@@ -102,9 +102,14 @@ class Comparison:
     previous_version: bool
     result: str  # pass | block | hold | error
     note: str = ""
+    # another project's audience: people without a link of a kind both send (either way)
+    unlinked_new: int = 0
+    unlinked_old: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "unlinked_new": self.unlinked_new,
+            "unlinked_old": self.unlinked_old,
             "release_id": self.earlier.release_id,
             "segment": self.earlier.segment,
             "destination": self.earlier.destination,
@@ -565,13 +570,15 @@ def _compare_foreign(
         for d, u in ((only_new, unlinked_new), (only_old, unlinked_old))
     )
     note = (
-        f"another project ({f.project}): compared through the hashed identifiers both send"
-        f" ({unlinked_new} of this release's and {unlinked_old} of that audience's people "
-        f"without one: each could be either way); k_diff {k_diff}, the larger of the two"
+        f"another project ({f.project}): compared through the hashed identifiers both send "
+        "(people without one, unlinked_new and unlinked_old, could be either way); "
+        f"k_diff {k_diff}, the larger of the two"
     )
+    result = "block" if small else "pass"
     return Comparison(
-        f.earlier, only_new, only_old, exempt_n, False, False, "block" if small else "pass", note
-    )
+        f.earlier, only_new, only_old, exempt_n, False, False, result, note,
+        unlinked_new, unlinked_old,
+    )  # fmt: skip
 
 
 def _detail(

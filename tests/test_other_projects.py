@@ -279,7 +279,7 @@ def test_a_custody_store_from_before_link_keys_is_upgraded_in_place(tmp_path: Pa
     try:
         with custody.opened() as store:
             cols = [row[1] for row in store.execute("PRAGMA table_info(releases)")]
-            assert cols[-1] == "links"
+            assert {"links", "k_diff"} <= set(cols)
             assert store.execute("SELECT release_id, links FROM releases").fetchall() == [
                 ("r-1", None)
             ]
@@ -348,13 +348,17 @@ def test_attack_a_new_project_that_sends_nothing_to_link(make_project: Any) -> N
 
     _, one = _first(make_project)
     b = make_project(rows=3000, pack="nightly-pack", name="second")
-    b.edit_toml(lambda t: re.sub(r'(?m)^(email|phone|zip|external_id|birth_date) = "\w+"\n', "", t))
+    b.edit_toml(
+        lambda t: re.sub(r'(?m)^(email|phone|external_id|first_name|last_name) = "\w+"\n', "", t)
+    )
     write_segment(b.root, "q2", ["NY", "FL"], (one,))
     b.approve("q2")
     attack = b.cli("build", "q2", "--as-of", DAY)
     assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr
     (check,) = [c for c in _report(b)["difference_checks"] if c["note"].startswith("another")]
-    assert "each could be either way" in check["note"], check
+    assert "could be either way" in check["note"], check
+    assert check["unlinked_new"] >= 100  # hundreds of people, none comparable
+    assert not re.search(r"\d+ of this", check["note"])  # counts are figures, not text
     assert _exact(b, "q2") == (0, 0)  # nothing linked, yet blocked
 
 
@@ -418,3 +422,38 @@ def test_attack_a_new_project_with_a_weaker_difference_rule(make_project: Any) -
     assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr
     (check,) = [c for c in _report(b)["difference_checks"] if c["note"].startswith("another")]
     assert "k_diff 10, the larger of the two" in check["note"]
+
+
+def test_attack_a_takedown_of_another_destination_of_the_segment(make_project: Any) -> None:
+    """The first project sends q to two destinations on one account and takes down one:
+    q on the other is still live and still counts. A takedown stops an audience counting
+    only once the platform confirmed it, and only that audience."""
+    import re
+
+    p = make_project(rows=3000, pack="nightly-pack")
+    found = re.search(r"(?ms)^\[destinations\.meta\]\n.*?(?=^\[)", p.toml.read_text())
+    assert found is not None
+    block = found.group(0)
+    p.edit_toml(
+        lambda t: t.replace(
+            block, block + block.replace("[destinations.meta]", "[destinations.meta2]")
+        )
+    )
+    write_segment(p.root, "ca", ["CA"])
+    p.approve("ca")
+    (one,) = sorted(p.contact_ids(p.release("ca", "meta", as_of=AS_OF).members.head(1)))
+    write_segment(p.root, "q", ["NY", "FL"])
+    seg = p.root / "segments" / "q.yaml"
+    seg.write_text(seg.read_text().replace("[meta]", "[meta, meta2]"))
+    p.approve("q")
+    assert p.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    assert p.cli("takedown", "q", "--destination", "meta2", "--by", "mallory").exit_code == 0
+    assert p.boxes.meta.members(p.remote_id("q", "meta"))  # still live
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    write_segment(b.root, "q2", ["NY", "FL"], (one,))
+    b.approve("q2")
+    attack = b.cli("sync", "q2", "--as-of", DAY)
+    assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr
+    # and once q is taken down on `meta` too (confirmed), it no longer counts
+    assert p.cli("takedown", "q", "--by", "mallory").exit_code == 0
+    assert b.cli("build", "q2", "--as-of", DAY).exit_code == 0

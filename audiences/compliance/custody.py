@@ -487,21 +487,41 @@ def register_releases(
         path.unlink(missing_ok=True)
 
 
+def forget_audience(
+    conn: sqlite3.Connection, salt: bytes, account: str, segment: str, destination: str
+) -> int:
+    """A takedown the platform confirmed (the audience emptied or deleted): the audience's
+    kept releases no longer count as live for any difference check. Returns how many."""
+    sid = salt_id(salt)
+    folder = custody_path().parent / "releases" / sid
+    with audit.write_transaction(conn):
+        rows = conn.execute(
+            "SELECT release_id, file, links FROM releases WHERE salt_id=? AND account=? AND "
+            "segment=? AND destination=?",
+            (sid, account, segment, destination),
+        ).fetchall()
+        conn.executemany("DELETE FROM releases WHERE release_id = ?", [(r[0],) for r in rows])
+    for row in rows:
+        for name in row[1:]:
+            if name:
+                (folder / str(name)).unlink(missing_ok=True)
+    return len(rows)
+
+
 def foreign_releases_for(
     conn: sqlite3.Connection, salt: bytes, account: str
 ) -> list[ForeignRelease]:
     """The newest release of each audience on ``account`` from every project with another
     salt, with its people's link keys (releases kept before links were, have none: they
-    cannot be compared and are left out), unless that project took it down since (a
-    takedown of a segment of the same name in another project leaves it live)."""
+    cannot be compared and are left out). An audience stops counting only when its own
+    project's takedown of it was confirmed (:func:`forget_audience`); a takedown recorded
+    by name, of another destination or in another project, leaves it live."""
     sid = salt_id(salt)
     rows = conn.execute(
         "SELECT release_id, build_id, segment, destination, account, created_at, members, "
         "file, salt_id, links, project, k_diff FROM releases r WHERE salt_id != ? "
         "AND account = ? "
-        "AND links IS NOT NULL AND NOT EXISTS (SELECT 1 FROM takedowns t WHERE "
-        "t.segment = r.segment AND t.account = r.account AND t.salt_id = r.salt_id "
-        "AND t.at >= r.created_at) "
+        "AND links IS NOT NULL "
         "ORDER BY created_at, release_id",
         (sid, account),
     ).fetchall()

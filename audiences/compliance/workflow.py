@@ -683,6 +683,23 @@ def record_takedown(config: ProjectConfig, segment: str, destination: str, by: s
         )
 
 
+def taken_down(config: ProjectConfig, segment: str, destination: str) -> None:
+    """The platform confirmed the audience taken down: custody's copies of its releases
+    stop counting as live for the difference checks of this project, its copies and every
+    other project on the account."""
+    salt_file = config.state_dir / "salt"
+    if not salt_file.exists():
+        return
+    with custody.opened() as store:
+        custody.forget_audience(
+            store,
+            project_salt(config.state_dir),
+            destination_account(config, destination),
+            segment,
+            destination,
+        )
+
+
 def takedown_since(config: ProjectConfig, segment: str, destination: str) -> str | None:
     """When the segment's audience on the destination's account was last taken down, from
     any state on this OS account."""

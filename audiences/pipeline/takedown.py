@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audiences.compliance.workflow import record_takedown
+from audiences.compliance.workflow import record_takedown, taken_down
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import EXIT_ERROR, EXIT_OK, ConfigError, ConnectorError, DataError
 from audiences.core.state import connect, new_id, transaction, utcnow
@@ -101,6 +101,9 @@ def takedown(
         results += [
             _delete_files(conn, config, segment, name, paths, by) for name, paths in files.items()
         ]
+        for r in results:  # confirmed gone: no longer a live audience for difference checks
+            if r.status == "taken_down":
+                taken_down(config, segment, r.destination)
         return results
     finally:
         conn.close()
