@@ -215,8 +215,13 @@ def evaluate(inp: GateInput) -> GateOutcome:
     )
 
     # 1. filters
-    filter_verdicts, excluded, unsold = _filter_verdicts(pack, ctx)
+    filter_verdicts, excluded, unsold, listed = _filter_verdicts(pack, ctx)
     eligible = _eligible_members(config, cand, excluded, unsold, sold, persons=lambda: ctx.persons)
+    # forced removals in another project's audience too: only what the CRM itself says
+    # (a suppression list is a file of this project's: it could name anyone)
+    eligible = replace(
+        eligible, cross_exempt=_cross_exempt(cand, excluded & ~listed, eligible.keys)
+    )
 
     # 2. destinations
     checks = _check_destinations(inp, phi, eligible)
@@ -256,14 +261,16 @@ def evaluate(inp: GateInput) -> GateOutcome:
 
 def _filter_verdicts(
     pack: Pack, ctx: FilterContext
-) -> tuple[dict[str, Verdict], np.ndarray, np.ndarray]:
-    """Each filter rule's verdict (by rule id), the mask of candidates they exclude, and
-    the mask of those the sale-only rules exclude from sale-basis destinations only.
+) -> tuple[dict[str, Verdict], np.ndarray, np.ndarray, np.ndarray]:
+    """Each filter rule's verdict (by rule id), the mask of candidates they exclude, the
+    mask of those the sale-only rules exclude from sale-basis destinations only, and the
+    mask of the excluded that no rule but a suppression list excludes.
 
     A ``warn`` filter reports the people it would exclude but keeps them."""
     verdicts: dict[str, Verdict] = {}
     excluded = np.zeros(ctx.candidates.height, dtype=bool)
     unsold = np.zeros(ctx.candidates.height, dtype=bool)
+    by_crm = np.zeros(ctx.candidates.height, dtype=bool)
     for rule in pack.rules:
         if rule.scope != "filter":
             continue
@@ -272,6 +279,8 @@ def _filter_verdicts(
         before = int(target.sum())
         if verdict.excluded is not None and rule.severity == "block" and verdict.passed:
             target |= verdict.excluded.to_numpy()
+            if rule.kind != "suppression" and rule.kind not in SALE_ONLY:
+                by_crm |= verdict.excluded.to_numpy()
         removed = int(target.sum()) - before
         evidence = {**verdict.evidence, "removed": removed}
         if rule.severity == "warn" and verdict.evidence.get("excluded", 0):
@@ -284,7 +293,7 @@ def _filter_verdicts(
         else:
             verdict = replace(verdict, evidence=evidence)
         verdicts[rule.id] = verdict
-    return verdicts, excluded, unsold
+    return verdicts, excluded, unsold, excluded & ~by_crm
 
 
 @dataclass(frozen=True)
@@ -301,6 +310,9 @@ class _Eligible:
     # (forced removals there, exempt from their difference checks)
     unsold: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     sold: tuple[str, ...] = ()
+    # of ``exempt``: those the CRM's own rules excluded (not a suppression list of this
+    # project's): forced removals from other projects' audiences as well
+    cross_exempt: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
 
     def unsold_for(self, destination: str) -> np.ndarray:
         """The sorted member keys ``destination`` may not receive: ``unsold`` for a
@@ -360,6 +372,16 @@ def _eligible_members(
     return _Eligible(
         members, keys, exempt, kept_mask, int(no_key.sum()), records.height, not_sold, sold
     )
+
+
+def _cross_exempt(cand: pl.DataFrame, mask: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Sorted member keys of the candidates ``mask`` excludes, without the released ones."""
+    if not cand.height:
+        return np.zeros(0, dtype=np.uint64)
+    out = difference.sorted_keys(cand.get_column("member_key").filter(pl.Series(mask)))
+    if out.size and keys.size:
+        out = out[~_isin_sorted(out, keys)]
+    return out
 
 
 def _one_row_per_person(
@@ -537,8 +559,8 @@ def _check_destination(
             foreign: Sequence[difference.ForeignRelease] = ()
             if inp.foreign_releases is not None and dest.kind in ("meta", *GOOGLE_KINDS):
                 foreign = inp.foreign_releases(dest.account)
-            links = (
-                _link_keys(inp, eligible.members, dest_keys, exempt, layouts[0])
+            links = (  # (a sale-only exclusion is this project's: not exempt there)
+                _link_keys(inp, eligible.members, dest_keys, eligible.cross_exempt, layouts[0])
                 if foreign
                 else None
             )
@@ -724,7 +746,7 @@ def forced_removals(inp: RemovalInput) -> RemovalOutcome:
     ctx = FilterContext(
         inp.config, cand, inp.as_of, phi, suppression, segment=inp.segment, sale_destinations=sold
     )
-    by_rule, excluded, unsold = _filter_verdicts(inp.pack, ctx)
+    by_rule, excluded, unsold, _ = _filter_verdicts(inp.pack, ctx)
     keys = cand.get_column("member_key")
     kept = difference.sorted_keys(keys.filter(pl.Series(~excluded)))
     kept_unsold = difference.sorted_keys(keys.filter(pl.Series(~excluded & ~unsold)))

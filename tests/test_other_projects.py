@@ -457,3 +457,26 @@ def test_attack_a_takedown_of_another_destination_of_the_segment(make_project: A
     # and once q is taken down on `meta` too (confirmed), it no longer counts
     assert p.cli("takedown", "q", "--by", "mallory").exit_code == 0
     assert b.cli("build", "q2", "--as-of", DAY).exit_code == 0
+
+
+def test_attack_a_suppression_list_of_the_new_projects_own(make_project: Any) -> None:
+    """The new project lists one member of the first project's live audience in a
+    suppression list of its own: she is excluded there, and her absence counted as a
+    forced removal (exempt) — so the audience one person short passed. Only what the CRM
+    itself says (consent, do-not-contact, deceased, minors…) is a forced removal in
+    another project's audience; a suppression list is a file of this project's."""
+    p, _ = _first(make_project)
+    assert p.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    (t,) = sorted(p.contact_ids(p.release("q", "meta").members.head(1)))
+    email = p.contacts().filter(pl.col("contact_id") == t).get_column("email").item()
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    (b.root / "data" / "list.csv").write_text(f"email\n{email.strip()}\n", encoding="utf-8")
+    listed = (
+        '[policy]\nsuppression = [ { path = "data/list.csv", column = "email", kind = "email" } ]\n'
+    )
+    b.edit_toml(lambda text: text.replace("[policy]\n", listed))
+    write_segment(b.root, "q2", ["NY", "FL"])
+    b.approve("q2")
+    attack = b.cli("sync", "q2", "--as-of", DAY)
+    assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr
+    assert _exact(b, "q2") == (0, 1)
