@@ -548,6 +548,8 @@ def _check_destination(
             v = opaque_name(rule, dest, name, words)
         elif rule.kind == "min_size":
             v = min_size(rule, dest, int(dest_keys.size))
+        elif rule.kind == "difference" and _below_min_size(inp, dest, int(dest_keys.size)):
+            v = _not_compared(rule, dest, int(dest_keys.size))
         elif rule.kind == "difference":
             if earlier is None:
                 earlier = difference.earlier_releases(inp.conn, dest.account, inp.state_dir)
@@ -569,6 +571,34 @@ def _check_destination(
             raise InternalError(f"no evaluator for rule kind {rule.kind}")
         check.verdicts[rule.id] = v
     return check
+
+
+def _below_min_size(inp: GateInput, dest: Destination, members: int) -> bool:
+    """Whether a blocking min-size rule refuses this many members for ``dest``."""
+    return any(
+        not min_size(r, dest, members).passed
+        for r in inp.pack.of_kind("min_size")
+        if r.severity == "block"
+    )
+
+
+def _not_compared(rule: Rule, dest: Destination, members: int) -> Verdict:
+    """The difference rule's verdict on a release min-size refuses anyway: not compared.
+    A comparison of a few people would tell, through pass or block, whether they are in
+    the account's other audiences (a segment of one named person, or'ed with nothing)."""
+    p: DifferenceParams = rule.params  # type: ignore[assignment]
+    return Verdict(
+        id=rule.id,
+        kind=rule.kind,
+        severity=rule.severity,
+        passed=True,
+        evidence={"members": members, "k_diff": p.k_diff, "earlier_releases_compared": 0},
+        rationale=rule.rationale,
+        source=rule.source,
+        destination=dest.name,
+        detail="not compared: the minimum size refuses this release (a comparison would "
+        "tell whether so few people are in the account's other audiences)",
+    )
 
 
 def file_platform(config: ProjectConfig, name: str) -> str:

@@ -480,3 +480,25 @@ def test_attack_a_suppression_list_of_the_new_projects_own(make_project: Any) ->
     attack = b.cli("sync", "q2", "--as-of", DAY)
     assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr
     assert _exact(b, "q2") == (0, 1)
+
+
+@pytest.mark.parametrize("where", ["same project", "new project"])
+def test_attack_a_one_person_segment_as_a_membership_oracle(make_project: Any, where: str) -> None:
+    """A segment of one named person is refused by min-size whatever happens; but the
+    difference check still ran, and blocked exactly when she was not in the account's
+    other audience — her membership, in the build's output. A release min-size refuses
+    is not compared."""
+    p, outside = _first(make_project)
+    (inside,) = sorted(p.contact_ids(p.release("q", "meta").members.head(1)))
+    x = p if where == "same project" else make_project(rows=3000, pack="nightly-pack", name="b")
+    said = {}
+    for name, who in (("s1", inside), ("s2", outside)):
+        write_segment(x.root, name, ["ZZ"], (who,))  # no state ZZ: the one person
+        x.approve(name)
+        r = x.cli("build", name, "--as-of", DAY)
+        assert r.exit_code == 3
+        lines = (r.stdout + r.stderr).replace(name, "S").splitlines()
+        said[name] = [line for line in lines if line.startswith("blocked")]
+    assert any("min-size [meta]" in line for line in said["s1"])
+    assert not any("difference" in line for line in said["s2"])
+    assert said["s1"] == said["s2"]  # the same words, in or out
