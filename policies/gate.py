@@ -59,6 +59,7 @@ from policies.rules import (
     GOOGLE_KINDS,
     SALE_ONLY,
     Destination,
+    DifferenceParams,
     FilterContext,
     OpaqueNameParams,
     PhiFinding,
