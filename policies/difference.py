@@ -200,7 +200,14 @@ LINK_KINDS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (2, ("hashed_first_name", "hashed_last_name", "postal_code")),
     (3, ("EXTERN_ID",)),
     (4, ("FN", "LN", "DOBY", "DOBM", "DOBD")),
-)  # (not the name with city and state: too common to tell people apart)
+    (5, ("FN", "LN", "CT", "ST")),
+)
+# E-mail and phone tell people apart: a name (with postal code, birth date, or city and
+# state) links two people only when they do not both have e-mails or phones that differ
+# — a father and son of one name at one address are two people, as the platform sees
+# them through their own e-mails.
+STRONG_KINDS = frozenset({0, 1})
+WEAK_KINDS = frozenset({2, 4, 5})
 _PLAIN = frozenset({"EXTERN_ID", "postal_code"})
 # odd constants, one per position: (a, b) and (b, a) mix to different keys
 _MIX = (
@@ -294,14 +301,12 @@ def translate(
     kinds = set(new_links.get_column("kind").unique()) & set(
         foreign_links.get_column("kind").unique()
     )
+    kinds -= _inconsistent(new_links, foreign_links, kinds)
     common = pl.col("kind").is_in(sorted(kinds))
     ours, theirs = new_links.filter(common), foreign_links.filter(common)
     gone = _EMPTY
     if exempt_links is not None and exempt_links.height:
-        gone = sorted_keys(
-            theirs.join(exempt_links.filter(common).select("kind", "link"), on=["kind", "link"])
-            .get_column("member_key")
-        )  # fmt: skip
+        gone = sorted_keys(_pairs(exempt_links.filter(common), theirs).get_column("theirs"))
     new = sorted_keys(_mapped(ours, theirs).get_column("member_key"))
     return Linked(
         new=new,
@@ -313,14 +318,70 @@ def translate(
     )
 
 
-def _mapped(ours: pl.DataFrame, theirs: pl.DataFrame) -> pl.DataFrame:
+# a kind is mapped differently in the two projects when, among the people the other kinds
+# link, at least this many have it on both sides and fewer than half of them agree on it
+_EVIDENCE, _AGREEMENT = 10, 0.5
+
+
+def _inconsistent(ours: pl.DataFrame, theirs: pl.DataFrame, kinds: set[int]) -> set[int]:
+    """The kinds the two projects do not fill from the same data: an external id mapped to
+    another column, say — a decoy that links nobody, so that everyone looks different.
+    Such a kind is left out, and the people only it linked cannot be compared (their
+    difference widens into a range: :func:`_compare_foreign`)."""
+    bad = set()
+    for kind in sorted(kinds):
+        others = pl.col("kind").is_in(sorted(kinds - {kind}))
+        linked = _pairs(ours.filter(others), theirs.filter(others))
+        if linked.height < _EVIDENCE:
+            continue
+        mine = ours.filter(pl.col("kind") == kind).select("member_key", "link")
+        their = theirs.filter(pl.col("kind") == kind).select(
+            pl.col("member_key").alias("theirs"), pl.col("link").alias("their_link")
+        )
+        both = linked.join(mine, on="member_key").join(their, on="theirs")
+        have = both.select("member_key", "theirs").unique().height
+        agree = both.filter(pl.col("link") == pl.col("their_link"))
+        agreed = agree.select("member_key", "theirs").unique().height
+        if have >= _EVIDENCE and agreed < _AGREEMENT * have:
+            bad.add(kind)
+    return bad
+
+
+def _pairs(ours: pl.DataFrame, theirs: pl.DataFrame) -> pl.DataFrame:
+    """``(member_key, theirs)``: who is whom — a shared link of any kind, except a name
+    kind between two people who both have e-mails or phones (:data:`STRONG_KINDS`) and
+    share none of them."""
+    strong = pl.col("kind").is_in(sorted(STRONG_KINDS))
+    pairs = ours.lazy().join(
+        theirs.lazy().rename({"member_key": "theirs"}), on=["kind", "link"], how="inner"
+    )
+    ours_strong = ours.lazy().filter(strong).select("member_key").unique()
+    theirs_strong = theirs.lazy().filter(strong).select(pl.col("member_key").alias("theirs"))
+    agreed = pairs.filter(strong).select("member_key", "theirs").unique()
+    flag = pl.lit(True)
     return (
-        ours.lazy()
-        .join(theirs.lazy().rename({"member_key": "theirs"}), on=["kind", "link"], how="left")
-        .group_by("member_key")
-        .agg(pl.col("theirs").min())
-        .select(pl.coalesce("theirs", "member_key").alias("member_key"))
+        pairs.join(ours_strong.with_columns(flag.alias("o")), on="member_key", how="left")
+        .join(theirs_strong.unique().with_columns(flag.alias("t")), on="theirs", how="left")
+        .join(agreed.with_columns(flag.alias("a")), on=["member_key", "theirs"], how="left")
+        .filter(
+            ~pl.col("kind").is_in(sorted(WEAK_KINDS))
+            | pl.col("o").is_null()
+            | pl.col("t").is_null()
+            | pl.col("a").is_not_null()
+        )
+        .select("member_key", "theirs")
+        .unique()
         .collect()
+    )
+
+
+def _mapped(ours: pl.DataFrame, theirs: pl.DataFrame) -> pl.DataFrame:
+    matched = _pairs(ours, theirs).group_by("member_key").agg(pl.col("theirs").min())
+    return (
+        ours.select("member_key")
+        .unique()
+        .join(matched, on="member_key", how="left")
+        .select(pl.coalesce("theirs", "member_key").alias("member_key"))
     )
 
 

@@ -502,3 +502,64 @@ def test_attack_a_one_person_segment_as_a_membership_oracle(make_project: Any, w
     assert any("min-size [meta]" in line for line in said["s1"])
     assert not any("difference" in line for line in said["s2"])
     assert said["s1"] == said["s2"]  # the same words, in or out
+
+
+def test_attack_a_decoy_external_id_and_names_only(make_project: Any) -> None:
+    """The new project sends first and last name, city and state (Meta matches on them),
+    its external id mapped to another column (a decoy that links nobody), and no e-mail,
+    phone, postal code or birth date: its people all had a link of a shared kind, none
+    matched, and the two audiences looked far apart. The name with city and state links
+    them (a review found this; its pack keeps people of unknown age, so that no birth
+    date is needed)."""
+    import re
+
+    _, one = _first(make_project)
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    pack = (b.root / "policies" / "nightly-pack.yaml").read_text()
+    (b.root / "policies" / "decoy.yaml").write_text(
+        pack.replace("nightly-test", "decoy-test")
+        + "  - id: minors\n    params: {min_age: 18, unknown_age: keep}\n"
+    )
+    b.edit_toml(lambda t: re.sub(r'(?m)^pack = ".*?"', 'pack = "policies/decoy.yaml"', t))
+    b.edit_toml(lambda t: re.sub(r'(?m)^(email|phone|zip|birth_date) = "\w+"\n', "", t))
+    b.edit_toml(lambda t: t.replace('external_id = "contact_id"', 'external_id = "street"'))
+    (b.root / "segments" / "q2.yaml").write_text(
+        "name: q2\ndescription: decoy\ndestinations: [meta]\nwhere:\n  all:\n"
+        "    - any:\n        - state: {in: [NY, FL]}\n"
+        f"        - contact_id: {{in: [{one}]}}\n"
+        '    - birth_date: {lte: "2007-06-02"}\n',
+        encoding="utf-8",
+    )
+    b.approve("q2")
+    only_new, only_old = _exact(b, "q2")
+    assert 1 <= only_new < 10 and only_old == 0, (only_new, only_old)
+    attack = b.cli("build", "q2", "--as-of", DAY)
+    assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr
+
+
+def test_namesakes_with_their_own_emails_stay_apart() -> None:
+    """Unit: a father and son of one name at one address, each with his own e-mail, are
+    two people (as the platform matches them); a namesake without an e-mail or phone on
+    one side links by name."""
+    from policies.difference import link_frame, translate
+
+    h = {n: f"{n:016x}" + "0" * 48 for n in range(1, 10)}
+    first = pl.DataFrame(
+        {
+            "member_key": pl.Series([101], dtype=pl.UInt64),
+            "EMAIL": [h[1]],
+            "FN": [h[5]],
+            "LN": [h[6]],
+            "ZIP": [h[7]],
+        }
+    )
+    son = first.with_columns(
+        pl.Series("member_key", [1], dtype=pl.UInt64), pl.Series("EMAIL", [h[2]])
+    )
+    linked = translate(link_frame(son), link_frame(first))
+    assert linked.new.tolist() == [1] and linked.old.tolist() == [101]  # two people
+    nameless = son.with_columns(pl.Series("EMAIL", [None], dtype=pl.String))
+    assert translate(link_frame(nameless), link_frame(first)).new.tolist() == [101]
+    # and a namesake among the excluded is not taken for the other project's member
+    gone = translate(link_frame(first), link_frame(first), link_frame(son)).gone
+    assert gone.tolist() == []
