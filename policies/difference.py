@@ -458,6 +458,7 @@ def check(
     workers: int | None = None,
     foreign: Sequence[ForeignRelease] = (),
     new_links: Callable[[], tuple[pl.DataFrame, pl.DataFrame]] | None = None,
+    synced: Sequence[EarlierRelease] = (),
 ) -> DifferenceResult:
     """Compare ``new`` (sorted unique keys) with the live audiences of the account: the
     previous version of this audience (hold), each other audience (pairwise), and all of
@@ -471,6 +472,16 @@ def check(
     comparisons = tuple(
         _compare(p, e, segment, dest, new, memberships[e.release_id], exempt, previous)
         for e in live
+    )
+    # what the platform holds of the other audiences after their latest sync: while small
+    # changes are held back it is not their newest release (``synced``)
+    held = [e for e in synced if (e.segment, e.destination) != (segment, dest.name)]
+    on_platform = _read_memberships(held, workers)
+    comparisons += tuple(
+        _compare(p, e, segment, dest, new, on_platform[e.release_id], exempt, None)
+        for e in held
+        if on_platform[e.release_id] is None
+        or not _same(on_platform[e.release_id], memberships, live, e)
     )
     if foreign:
         if new_links is None:
@@ -528,6 +539,21 @@ def check(
 
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
+
+
+def _same(
+    keys: np.ndarray | None,
+    memberships: dict[str, np.ndarray | None],
+    live: Sequence[EarlierRelease],
+    synced: EarlierRelease,
+) -> bool:
+    """Whether the platform holds exactly the audience's newest release (nothing held):
+    then the synced copy adds no comparison."""
+    for e in live:
+        if (e.segment, e.destination) == (synced.segment, synced.destination):
+            newest = memberships.get(e.release_id)
+            return keys is not None and newest is not None and np.array_equal(keys, newest)
+    return False
 
 
 def _as_synced(

@@ -105,6 +105,9 @@ class GateInput:
     # the live audiences other projects (other salts, the same CRM or not) released to an
     # ad account: compared through the people's link keys (policies/difference.py)
     foreign_releases: Callable[[str], Sequence[difference.ForeignRelease]] | None = None
+    # what the platform holds of each audience of this salt on an ad account after its
+    # latest sync (not its newest release while small changes are held back)
+    synced_releases: Callable[[str], Sequence[difference.EarlierRelease]] | None = None
 
 
 @dataclass(frozen=True)
@@ -560,14 +563,19 @@ def _check_destination(
             if unsold.size:  # forced removals there
                 exempt = np.union1d(exempt, unsold)
             foreign: Sequence[difference.ForeignRelease] = ()
+            synced: Sequence[difference.EarlierRelease] = ()
             if inp.foreign_releases is not None and dest.kind in ("meta", *GOOGLE_KINDS):
                 foreign = inp.foreign_releases(dest.account)
+            if inp.synced_releases is not None and dest.kind in ("meta", *GOOGLE_KINDS):
+                synced = inp.synced_releases(dest.account)
             links = (  # (a sale-only exclusion is this project's: not exempt there)
                 _link_keys(inp, eligible.members, dest_keys, eligible.cross_exempt, layouts[0])
                 if foreign
                 else None
             )
-            v = _difference_verdict(inp, rule, check, dest_keys, earlier, exempt, foreign, links)
+            v = _difference_verdict(
+                inp, rule, check, dest_keys, earlier, exempt, foreign, links, synced
+            )
         else:  # pragma: no cover - RULE_KINDS and this dispatch are kept in step
             raise InternalError(f"no evaluator for rule kind {rule.kind}")
         check.verdicts[rule.id] = v
@@ -636,12 +644,14 @@ def _difference_verdict(
     exempt: np.ndarray,
     foreign: Sequence[difference.ForeignRelease] = (),
     links: Callable[[], tuple[pl.DataFrame, pl.DataFrame]] | None = None,
+    synced: Sequence[difference.EarlierRelease] = (),
 ) -> Verdict:
     """The difference rule's verdict; records the hold and the per-release checks."""
     dest = check.dest
     result = difference.check(
-        rule, dest, inp.segment.name, dest_keys, earlier, exempt, foreign=foreign, new_links=links
-    )
+        rule, dest, inp.segment.name, dest_keys, earlier, exempt,
+        foreign=foreign, new_links=links, synced=synced,
+    )  # fmt: skip
     k_diff = rule.params.k_diff  # type: ignore[attr-defined]
     check.hold = (result.hold_against, result.holds, k_diff)
     check.diff_checks += [

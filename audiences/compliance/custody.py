@@ -111,6 +111,18 @@ CREATE TABLE IF NOT EXISTS releases (
   project TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS releases_account ON releases(account, salt_id);
+CREATE TABLE IF NOT EXISTS synced (
+  salt_id TEXT NOT NULL,
+  account TEXT NOT NULL,
+  segment TEXT NOT NULL,
+  destination TEXT NOT NULL,
+  at TEXT NOT NULL,
+  members INTEGER NOT NULL,
+  file TEXT NOT NULL,
+  links TEXT NOT NULL,
+  project TEXT NOT NULL,
+  PRIMARY KEY (salt_id, account, segment, destination)
+);
 """
 
 
@@ -487,6 +499,75 @@ def register_releases(
         path.unlink(missing_ok=True)
 
 
+def register_synced(
+    conn: sqlite3.Connection,
+    salt: bytes,
+    audience: EarlierRelease,
+    keys: pl.DataFrame,
+    links: pl.DataFrame,
+    project: str,
+) -> None:
+    """Keep what the platform holds of an audience after a sync (its confirmed snapshot:
+    member keys and link keys), which differs from its newest release while small changes
+    are held back: every difference check compares with both."""
+    from audiences.core.state import ensure_private_dir
+
+    sid = salt_id(salt)
+    folder = ensure_private_dir(custody_path().parent / "releases" / sid)
+    stem = (
+        "synced-"
+        + hashlib.sha256(
+            f"{audience.account}\0{audience.segment}\0{audience.destination}".encode()
+        ).hexdigest()[:24]
+    )
+    for frame, suffix in ((keys, ".parquet"), (links, ".links.parquet")):
+        target = folder / f"{stem}{suffix}"
+        partial = target.with_suffix(".partial")
+        frame.write_parquet(partial, statistics=False)
+        partial.chmod(0o600)
+        partial.replace(target)
+    with audit.write_transaction(conn):
+        conn.execute(
+            "INSERT OR REPLACE INTO synced(salt_id, account, segment, destination, at, members, "
+            "file, links, project) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                sid,
+                audience.account,
+                audience.segment,
+                audience.destination,
+                audience.created_at,
+                audience.members,
+                f"{stem}.parquet",
+                f"{stem}.links.parquet",
+                project,
+            ),
+        )
+
+
+def synced_for(
+    conn: sqlite3.Connection, salt: bytes, account: str
+) -> tuple[list[EarlierRelease], list[ForeignRelease]]:
+    """What the platform holds of each audience on ``account`` after its latest sync:
+    (this salt's — member keys that compare as they are —, other salts' — with links)."""
+    rows = conn.execute(
+        "SELECT salt_id, segment, destination, at, members, file, links, project FROM synced "
+        "WHERE account = ? ORDER BY at",
+        (account,),
+    ).fetchall()
+    root = custody_path().parent / "releases"
+    mine, others = [], []
+    for sid, segment, destination, at, members, file, links, project in rows:
+        e = EarlierRelease(
+            f"synced:{segment}/{destination}", "", segment, destination, account, at,
+            int(members), root / sid / file,
+        )  # fmt: skip
+        if sid == salt_id(salt):
+            mine.append(e)
+        else:
+            others.append(ForeignRelease(e, root / sid / links, str(project)))
+    return mine, others
+
+
 def forget_audience(
     conn: sqlite3.Connection, salt: bytes, account: str, segment: str, destination: str
 ) -> int:
@@ -501,6 +582,16 @@ def forget_audience(
             (sid, account, segment, destination),
         ).fetchall()
         conn.executemany("DELETE FROM releases WHERE release_id = ?", [(r[0],) for r in rows])
+        synced = conn.execute(
+            "SELECT file, links FROM synced WHERE salt_id=? AND account=? AND segment=? AND "
+            "destination=?",
+            (sid, account, segment, destination),
+        ).fetchall()
+        conn.execute(
+            "DELETE FROM synced WHERE salt_id=? AND account=? AND segment=? AND destination=?",
+            (sid, account, segment, destination),
+        )
+        rows += [(None, *row) for row in synced]
     for row in rows:
         for name in row[1:]:
             if name:

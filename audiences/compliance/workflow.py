@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import yaml
 
 from audiences.compliance import approvals, audit, custody
@@ -648,13 +649,44 @@ def release_lock(config: ProjectConfig, segment: Any) -> contextlib.AbstractCont
 
 def foreign_releases(salt: bytes) -> Callable[[str], list[ForeignRelease]]:
     """For the gate: ``account -> [ForeignRelease]``: the live audiences projects with
-    another salt released to the account, with their people's link keys."""
+    another salt released to the account — each newest release, and what the platform
+    holds of it after its latest sync — with their people's link keys."""
 
     def provide(account: str) -> list[ForeignRelease]:
         with custody.opened() as store:
-            return custody.foreign_releases_for(store, salt, account)
+            synced = custody.synced_for(store, salt, account)[1]
+            return [*custody.foreign_releases_for(store, salt, account), *synced]
 
     return provide
+
+
+def synced_audiences(salt: bytes) -> Callable[[str], list[EarlierRelease]]:
+    """For the gate: ``account -> [EarlierRelease]``: what the platform holds of each
+    audience of this salt on the account after its latest sync (its newest release while
+    small changes are held back is not what the platform holds)."""
+
+    def provide(account: str) -> list[EarlierRelease]:
+        with custody.opened() as store:
+            return custody.synced_for(store, salt, account)[0]
+
+    return provide
+
+
+def share_synced(config: ProjectConfig, segment: str, destination: str, snapshot: Any) -> None:
+    """After a sync to an ad account: keep what the platform now holds of the audience
+    (its confirmed snapshot's member keys and link keys) for every difference check."""
+    from audiences.core.state import utcnow
+
+    keys = snapshot.select(pl.col("member_key").cast(pl.UInt64))
+    audience = EarlierRelease(
+        "", "", segment, destination, destination_account(config, destination), utcnow(),
+        keys.height, Path(),
+    )  # fmt: skip
+    with custody.opened() as store:
+        custody.register_synced(
+            store, project_salt(config.state_dir), audience, keys, link_frame(snapshot),
+            _project(config),
+        )  # fmt: skip
 
 
 def shared_releases(salt: bytes) -> Callable[[str], list[EarlierRelease]]:

@@ -26,6 +26,7 @@ from audiences.compliance.workflow import (
     release_lock,
     share_releases,
     shared_releases,
+    synced_audiences,
 )
 from audiences.core import clock
 from audiences.core.actor import actor_name
@@ -393,6 +394,7 @@ def _gate(run: _BuildRun, build_id: str, segment: Segment, candidates: pl.DataFr
             record_exports=record_exports(run.config, segment.destinations),
             shared_releases=shared_releases(run.salt),
             foreign_releases=foreign_releases(run.salt),
+            synced_releases=synced_audiences(run.salt),
         )
     )
 

@@ -245,6 +245,9 @@ def send_removals(
             "summary": sync_summary(out),
         },
     )
+    from audiences.pipeline.sync import share_synced_snapshot  # (sync imports this module)
+
+    share_synced_snapshot(config, store, release.kind)
     _audit(
         conn,
         actor,
