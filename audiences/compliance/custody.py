@@ -37,10 +37,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -432,6 +433,14 @@ def salt_id(salt: bytes) -> str:
     return hashlib.sha256(b"audiences custody salt id\0" + salt).hexdigest()[:32]
 
 
+def _write_private(target: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a file beside ``target``, 0600, then move it into place (atomic)."""
+    partial = target.with_suffix(".partial")
+    write(partial)
+    partial.chmod(0o600)
+    partial.replace(target)
+
+
 def register_releases(
     conn: sqlite3.Connection,
     salt: bytes,
@@ -454,18 +463,14 @@ def register_releases(
     stale: list[Path] = []
     for r in releases:
         target = folder / f"{r.release_id}.parquet"
-        partial = target.with_suffix(".partial")
-        shutil.copyfile(r.membership_path, partial)
-        partial.chmod(0o600)
-        partial.replace(target)
+        _write_private(target, functools.partial(shutil.copyfile, r.membership_path))
         linked = (links or {}).get(r.release_id)
         link_file = None
         if linked is not None:
             link_file = folder / f"{r.release_id}.links.parquet"
-            partial = link_file.with_suffix(".partial")
-            linked.write_parquet(partial, statistics=False)
-            partial.chmod(0o600)
-            partial.replace(link_file)
+            _write_private(
+                link_file, lambda path, f=linked: f.write_parquet(path, statistics=False)
+            )
         with audit.write_transaction(conn):
             older = conn.execute(
                 "SELECT release_id, file, links FROM releases WHERE salt_id=? AND account=? "
@@ -521,11 +526,10 @@ def register_synced(
         ).hexdigest()[:24]
     )
     for frame, suffix in ((keys, ".parquet"), (links, ".links.parquet")):
-        target = folder / f"{stem}{suffix}"
-        partial = target.with_suffix(".partial")
-        frame.write_parquet(partial, statistics=False)
-        partial.chmod(0o600)
-        partial.replace(target)
+        _write_private(
+            folder / f"{stem}{suffix}",
+            lambda path, f=frame: f.write_parquet(path, statistics=False),
+        )
     with audit.write_transaction(conn):
         conn.execute(
             "INSERT OR REPLACE INTO synced(salt_id, account, segment, destination, at, members, "
