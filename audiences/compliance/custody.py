@@ -468,9 +468,7 @@ def register_releases(
         link_file = None
         if linked is not None:
             link_file = folder / f"{r.release_id}.links.parquet"
-            _write_private(
-                link_file, lambda path, f=linked: f.write_parquet(path, statistics=False)
-            )
+            _write_private(link_file, functools.partial(linked.write_parquet, statistics=False))
         with audit.write_transaction(conn):
             older = conn.execute(
                 "SELECT release_id, file, links FROM releases WHERE salt_id=? AND account=? "
@@ -527,8 +525,7 @@ def register_synced(
     )
     for frame, suffix in ((keys, ".parquet"), (links, ".links.parquet")):
         _write_private(
-            folder / f"{stem}{suffix}",
-            lambda path, f=frame: f.write_parquet(path, statistics=False),
+            folder / f"{stem}{suffix}", functools.partial(frame.write_parquet, statistics=False)
         )
     with audit.write_transaction(conn):
         conn.execute(
