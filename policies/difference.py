@@ -26,13 +26,20 @@ project — released to the account, kept per OS account outside the project
 
 A **new project over the same CRM** (a new salt) keys the same people differently, so
 its member keys never compare with the first project's. For ad accounts the releases of
-other projects are compared through what the platform itself matches on: each person's
-hashed e-mail, phone, and name with postal code (:func:`link_frame`, 64-bit prefixes of
-the SHA-256 a platform receives), kept per OS account beside the member keys. This release's
-people are translated into the keys of another project's audience — one who shares a
-link with a person of it *is* that person; the others stay apart — and compared pairwise, always as another audience (block, never hold). People
-with no link are left out on both sides: they cannot be matched this way, and counting
-them would let a release pad its difference with them.
+other projects are compared through what the platform itself matches on (:func:`link_frame`:
+64-bit prefixes of the SHA-256 of each person's e-mail, phone, external id, and name with
+postal code, birth date or city and state), kept per OS account beside the member keys.
+This release's people are translated into the keys of another project's audience — one
+who shares a link with a person of it *is* that person, except that a name does not join
+two people whose e-mails or phones tell them apart — on the kinds of link both projects
+fill from the same data (:func:`translate`), and compared pairwise, always as another
+audience (block, never hold), under the larger of the two ``k_diff``. People without a
+compared link could be anyone: each difference is then a range, and the release is
+blocked when that range reaches into 1 … k_diff − 1 (:func:`_compare_foreign`).
+
+What the platform holds of an audience is its newest release *unless* a small change is
+held back: then it still holds the earlier state. So each audience's confirmed snapshot
+after its latest sync is kept too (``synced``) and compared like another audience.
 
 Only **live** audiences count: for each audience (segment × destination) on the account
 the newest release, since that is what the platform holds; superseded versions of other
@@ -633,11 +640,12 @@ def _compare_foreign(
     matchable_only: bool,
 ) -> Comparison:
     """Another project's live audience against the new release, through the links: always
-    another audience, under the larger of the two projects' ``k_diff``. People without a link of a kind both carry can be anyone: each
-    difference is known only to lie in ``[linked, linked + unlinked]``, and the release is
-    blocked when that range reaches into 1 … k_diff − 1 (padding an audience with people
-    who cannot be compared never makes it pass). On Google, whose matching uses nothing
-    but these identifiers, people with no link at all cannot be matched and do not count."""
+    another audience, under the larger of the two projects' ``k_diff``. People without a
+    link of a compared kind can be anyone: each difference is known only to lie in
+    ``[linked, linked + unlinked]``, and the release is blocked when that range reaches
+    into 1 … k_diff − 1 (padding an audience with people who cannot be compared never
+    makes it pass). On Google, whose matching uses nothing but these identifiers, people
+    with no link at all cannot be matched and do not count."""
     try:
         linked = translate(links, read_links(f.links_path), exempt_links)
     except (OSError, pl.exceptions.PolarsError, InternalError):

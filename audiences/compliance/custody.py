@@ -387,8 +387,8 @@ def record_takedown(
     salt: bytes | None = None,
 ) -> None:
     """A takedown by segment and account (it blocks that segment's adds in every state
-    until an approval signed after it); ``salt``: the project that took its audience down
-    (only its own releases stop counting as live for other projects' difference checks)."""
+    until an approval signed after it); ``salt``: which project recorded it. (Its releases
+    stop counting as live only once the platform confirmed it: :func:`forget_audience`.)"""
     with audit.write_transaction(conn):
         conn.execute(
             "INSERT INTO takedowns(segment, account, destination, by, at, project, salt_id) "
