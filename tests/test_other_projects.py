@@ -326,8 +326,8 @@ def test_a_build_waits_while_another_state_releases_to_the_account(
 def test_attack_a_takedown_of_the_same_name_in_the_new_project(make_project: Any) -> None:
     """Takedowns are kept by segment and account: the new project syncs a harmless
     segment named like the first project's live audience and takes it down, so that the
-    first project's audience no longer counted as live. Only the project that took an
-    audience down (its salt) makes it stop counting."""
+    first project's audience no longer counted as live. An audience stops counting only
+    when its own takedown was confirmed."""
     p, one = _first(make_project)
     assert p.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
     b = make_project(rows=3000, pack="nightly-pack", name="second")
