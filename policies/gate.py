@@ -223,9 +223,7 @@ def evaluate(inp: GateInput) -> GateOutcome:
     eligible = _eligible_members(config, cand, excluded, unsold, sold, persons=lambda: ctx.persons)
     # forced removals in another project's audience too: only what the CRM itself says
     # (a suppression list is a file of this project's: it could name anyone)
-    eligible = replace(
-        eligible, cross_exempt=_cross_exempt(cand, excluded & ~listed, eligible.keys)
-    )
+    eligible = replace(eligible, crm_excluded=excluded & ~listed)
 
     # 2. destinations
     checks = _check_destinations(inp, phi, eligible)
@@ -314,9 +312,9 @@ class _Eligible:
     # (forced removals there, exempt from their difference checks)
     unsold: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     sold: tuple[str, ...] = ()
-    # of ``exempt``: those the CRM's own rules excluded (not a suppression list of this
+    # the candidate records the CRM's own rules excluded (not a suppression list of this
     # project's): forced removals from other projects' audiences as well
-    cross_exempt: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    crm_excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def unsold_for(self, destination: str) -> np.ndarray:
         """The sorted member keys ``destination`` may not receive: ``unsold`` for a
@@ -376,16 +374,6 @@ def _eligible_members(
     return _Eligible(
         members, keys, exempt, kept_mask, int(no_key.sum()), records.height, not_sold, sold
     )
-
-
-def _cross_exempt(cand: pl.DataFrame, mask: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Sorted member keys of the candidates ``mask`` excludes, without the released ones."""
-    if not cand.height:
-        return np.zeros(0, dtype=np.uint64)
-    out = difference.sorted_keys(cand.get_column("member_key").filter(pl.Series(mask)))
-    if out.size and keys.size:
-        out = out[~_isin_sorted(out, keys)]
-    return out
 
 
 def _one_row_per_person(
@@ -569,7 +557,7 @@ def _check_destination(
             if inp.synced_releases is not None and dest.kind in ("meta", *GOOGLE_KINDS):
                 synced = inp.synced_releases(dest.account)
             links = (  # (a sale-only exclusion is this project's: not exempt there)
-                _link_keys(inp, eligible.members, dest_keys, eligible.cross_exempt, layouts[0])
+                _link_keys(inp, eligible.members, dest_keys, eligible.crm_excluded, layouts[0])
                 if foreign
                 else None
             )
@@ -662,22 +650,24 @@ def _difference_verdict(
 
 
 def _link_keys(
-    inp: GateInput, members: pl.DataFrame, dest_keys: np.ndarray, exempt: np.ndarray, layout: str
+    inp: GateInput, members: pl.DataFrame, dest_keys: np.ndarray, excluded: np.ndarray, layout: str
 ) -> Callable[[], tuple[pl.DataFrame, pl.DataFrame]]:
-    """The link keys of the destination's people and of the candidates the filters
-    excluded, hashed as the release carries them (computed only when another project's
-    audience is on the account)."""
+    """The link keys of the destination's people and of the candidate records ``excluded``
+    (a mask), hashed as the release carries them (computed only when another project's
+    audience is on the account; a person still released is never counted as gone there:
+    :func:`policies.difference.translate`)."""
 
-    def links(frame: pl.DataFrame, keys: np.ndarray) -> pl.DataFrame:
-        wanted = pl.Series("member_key", keys, dtype=pl.UInt64)
-        base = frame.filter(pl.col("member_key").is_in(wanted.implode()))
-        hashed = _hashed(base, inp.config, [layout], inp.as_of)[layout]
+    def links(frame: pl.DataFrame) -> pl.DataFrame:
+        hashed = _hashed(frame, inp.config, [layout], inp.as_of)[layout]
         return difference.link_frame(
-            pl.concat([base.select("member_key"), hashed], how="horizontal")
+            pl.concat([frame.select("member_key"), hashed], how="horizontal")
         )
 
     def compute() -> tuple[pl.DataFrame, pl.DataFrame]:
-        return links(members, dest_keys), links(inp.candidates, exempt)
+        wanted = pl.Series("member_key", dest_keys, dtype=pl.UInt64)
+        released = members.filter(pl.col("member_key").is_in(wanted.implode()))
+        gone = inp.candidates.filter(pl.Series(excluded)).drop_nulls("member_key")
+        return links(released), links(gone)
 
     return compute
 

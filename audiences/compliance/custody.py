@@ -161,7 +161,6 @@ def opened() -> Iterator[sqlite3.Connection]:
         # a store made before other projects were compared
         _add_column(conn, "releases", "links")
         _add_column(conn, "releases", "k_diff")
-        _add_column(conn, "takedowns", "salt_id")
     except (OSError, sqlite3.DatabaseError) as exc:
         raise StateError(
             f"cannot open the custody store {path} ({exc})",
@@ -384,16 +383,15 @@ def record_takedown(
     by: str,
     at: str,
     project: str,
-    salt: bytes | None = None,
 ) -> None:
-    """A takedown by segment and account (it blocks that segment's adds in every state
-    until an approval signed after it); ``salt``: which project recorded it. (Its releases
-    stop counting as live only once the platform confirmed it: :func:`forget_audience`.)"""
+    """A takedown by segment and account: it blocks that segment's adds in every state
+    until an approval signed after it. (The audience's releases stop counting as live only
+    once the platform confirmed it: :func:`forget_audience`.)"""
     with audit.write_transaction(conn):
         conn.execute(
-            "INSERT INTO takedowns(segment, account, destination, by, at, project, salt_id) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (segment, account, destination, by, at, project, salt and salt_id(salt)),
+            "INSERT INTO takedowns(segment, account, destination, by, at, project) "
+            "VALUES (?,?,?,?,?,?)",
+            (segment, account, destination, by, at, project),
         )
 
 

@@ -711,7 +711,6 @@ def record_takedown(config: ProjectConfig, segment: str, destination: str, by: s
             by,
             audit.format_at(),
             _project(config),
-            project_salt(config.state_dir) if (config.state_dir / "salt").exists() else None,
         )
 
 

@@ -48,6 +48,7 @@ import blake3
 import polars as pl
 
 from audiences.core.atomic import write_with
+from audiences.core.config import ProjectConfig
 from audiences.core.errors import StateError
 from audiences.core.state import ensure_private_dir, transaction, utcnow
 
@@ -466,3 +467,18 @@ def discard_interrupted(conn, store: MembershipStore) -> list[str]:  # type: ign
         shutil.rmtree(store.journal_dir(sync_id), ignore_errors=True)
     store.clear_unsure()
     return [str(r[0]) for r in rows]
+
+
+def share_synced_snapshot(config: ProjectConfig, store: MembershipStore, kind: str) -> None:
+    """What the platform holds of an ad audience after a sync, kept in custody for every
+    difference check (it differs from the newest release while changes are held back)."""
+    from audiences.compliance.workflow import share_synced
+    from policies.rules import GOOGLE_KINDS
+
+    if kind not in ("meta", *GOOGLE_KINDS) or not store.snapshot_path.exists():
+        return
+    try:
+        snapshot = store.load()
+    except UnreadableStateFile:  # the failure is the sync's to report; the next one mends
+        return
+    share_synced(config, store.segment, store.destination, snapshot)

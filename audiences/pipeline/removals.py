@@ -32,7 +32,14 @@ from audiences.pipeline.batches import (
     _send_batches,
     sync_summary,
 )
-from audiences.pipeline.membership import KEY, OP, MembershipStore, close_sync, unsure_rows
+from audiences.pipeline.membership import (
+    KEY,
+    OP,
+    MembershipStore,
+    close_sync,
+    share_synced_snapshot,
+    unsure_rows,
+)
 from audiences.pipeline.membership import recover_interrupted as _recover
 
 if TYPE_CHECKING:
@@ -245,8 +252,6 @@ def send_removals(
             "summary": sync_summary(out),
         },
     )
-    from audiences.pipeline.sync import share_synced_snapshot  # (sync imports this module)
-
     share_synced_snapshot(config, store, release.kind)
     _audit(
         conn,

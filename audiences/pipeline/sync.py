@@ -61,6 +61,7 @@ from audiences.pipeline.membership import (
     recover_interrupted,
     replace_done,
     replace_reason,
+    share_synced_snapshot,
     unsure_rows,
 )
 from connectors.base import AudienceConnector
@@ -660,21 +661,6 @@ def sync_destination(
         },
     )
     return out
-
-
-def share_synced_snapshot(config: ProjectConfig, store: MembershipStore, kind: str) -> None:
-    """What the platform holds of an ad audience after a sync, kept in custody for every
-    difference check (it differs from the newest release while changes are held back)."""
-    from audiences.compliance.workflow import share_synced
-    from policies.rules import GOOGLE_KINDS
-
-    if kind not in ("meta", *GOOGLE_KINDS) or not store.snapshot_path.exists():
-        return
-    try:
-        snapshot = store.load()
-    except UnreadableStateFile:  # the failure is the sync's to report; the next one mends
-        return
-    share_synced(config, store.segment, store.destination, snapshot)
 
 
 def _send_changes(
