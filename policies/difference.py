@@ -51,7 +51,11 @@ membership pattern (which audiences each person is in), and every pattern the ch
 touches must hold 0 or at least ``k_diff`` people *as the account would stand after the
 sync* — adds and removes the sync holds back do not count as sent. Three audiences
 P = NY+TX+one person, Q = NY+FL and R = TX+IL differ pairwise by hundreds, yet
-P − Q − R is one person: the pattern "P only" holds 1, and P is blocked.
+P − Q − R is one person: the pattern "P only" holds 1, and P is blocked. Other projects'
+audiences on the account join the patterns (:func:`_across_projects`): every project's
+people become one set of labels through their links (:func:`unify`: connected
+components over shared links, as the platform matches both uploads to one user), under
+the largest ``k_diff``.
 
 Both arrays are sorted, so counting the intersection is one ``np.searchsorted`` (which
 follows sorted needles cheaply) and one comparison: ~25 ms for 1M vs 1M; the comparisons
@@ -65,7 +69,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +90,9 @@ class EarlierRelease:
     created_at: str
     members: int
     membership_path: Path
+    # its people's link keys in custody (an ad account's release): the pattern check
+    # across projects joins them with other projects' people (:func:`unify`)
+    links_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,12 @@ class ForeignRelease:
     links_path: Path
     project: str
     k_diff: int = 0  # its project's difference rule: the larger of the two applies
+
+    @property
+    def space(self) -> str:
+        """Its project's key space (the custody folder of its salt): one person has one
+        member key within it."""
+        return self.links_path.parent.name
 
 
 @dataclass(frozen=True)
@@ -437,8 +450,12 @@ def earlier_releases(
 def merged(own: Sequence[EarlierRelease], shared: Sequence[EarlierRelease]) -> list[EarlierRelease]:
     """This state's releases and those other states with the same salt (copies of the
     project) released to the account, each once, oldest first."""
+    links = {e.release_id: e.links_path for e in shared if e.links_path is not None}
     known = {e.release_id for e in own}
-    both = [*own, *(e for e in shared if e.release_id not in known)]
+    both = [
+        *(replace(e, links_path=e.links_path or links.get(e.release_id)) for e in own),
+        *(e for e in shared if e.release_id not in known),
+    ]
     return sorted(both, key=lambda e: (e.created_at, e.release_id))
 
 
@@ -499,7 +516,6 @@ def check(
             _compare_foreign(p, f, links, exempt_links, int(new.size), matchable_only)
             for f in foreign
         )
-    blocks = [c for c in comparisons if c.result in ("block", "error")]
     prev = next((c for c in comparisons if c.previous_version), None)
     hold_against = prev.earlier.release_id if prev is not None and prev.result == "hold" else None
     holds = 0
@@ -507,19 +523,27 @@ def check(
         holds = sum(x for x in (prev.only_new, prev.only_old) if 0 < x < p.k_diff)
     mix = None
     readable = {rid: keys for rid, keys in memberships.items() if keys is not None}
+    # the other projects' audiences the platform holds: their newest releases, each once
+    theirs = [f for f in foreign if not f.earlier.release_id.startswith("synced:")]
     # Patterns need other audiences, and an audience too small to be released at all is
     # judged by min-size alone: a pattern check on it would answer "is this one person in
     # the segment?" through pass / fail even in the blocked build's report.
-    if others and new.size >= p.k_diff and len(readable) == len(memberships):
+    if (others or theirs) and new.size >= p.k_diff and len(readable) == len(memberships):
         before = readable[previous.release_id] if previous is not None else _EMPTY
         after = _as_synced(before, new, exempt, p.k_diff if hold_against else 0)
         named = [(f"{e.segment} → {e.destination}", readable[e.release_id]) for e in others]
-        mix = composition(before, after, named, p.k_diff, exempt)
+        if theirs and new_links is not None:
+            own = [*others, *([previous] if previous is not None else [])]
+            mix, unread = _across_projects(p, before, after, named, exempt, own, theirs, new_links)
+            comparisons += unread
+        else:
+            mix = composition(before, after, named, p.k_diff, exempt)
+    blocks = [c for c in comparisons if c.result in ("block", "error")]
     evidence = {
         "members": int(new.size),
         "k_diff": p.k_diff,
         "earlier_releases_compared": len(comparisons),
-        "live_audiences": len(others) + 1,
+        "live_audiences": len(others) + 1 + len(theirs),
         "collisions": len(blocks),
         "held_comparisons": int(hold_against is not None),
         "holds": holds,
@@ -527,6 +551,8 @@ def check(
         "other_projects_audiences_compared": len(foreign),
         "membership_patterns": mix.patterns if mix is not None else 0,
         "small_patterns": len(mix.small) if mix is not None else 0,
+        "other_projects_audiences_in_patterns": mix.other_projects if mix is not None else 0,
+        "audiences_in_patterns_without_links": mix.without_links if mix is not None else 0,
     }
     detail, public = _detail(blocks, mix, p, dest, hold_against, holds, len(comparisons))
     verdict = Verdict(
@@ -695,11 +721,11 @@ def _detail(
             f"together with the account's other live audiences this release leaves {people} "
             f"people who are in exactly: {', '.join(audiences)}{also}; "
             f"intersecting and subtracting audiences would single them out (fewer than "
-            f"{p.k_diff})"
+            f"{mix.k_diff})"
         )
         public = (
             "together with the account's other live audiences this release leaves a group "
-            f"of between 1 and {p.k_diff - 1} people that a combination of audiences would "
+            f"of between 1 and {mix.k_diff - 1} people that a combination of audiences would "
             "single out — change the segment so it overlaps the others less narrowly "
             "(exact figures are in the compliance report)"
         )
@@ -723,11 +749,18 @@ def _collision_detail(blocks: list[Comparison], p: DifferenceParams) -> tuple[st
             f"cannot check against release {e.release_id} ({e.segment}, {e.created_at[:10]}): "
             "its membership file is missing or unreadable — restore .audiences/releases from a backup"
         )
-        if first.note == "link file unreadable":
+        if first.note in ("link file unreadable", _UNREAD):
+            what = "link file" if first.note == "link file unreadable" else "member or link keys"
             detail = (
                 f"cannot check against release {e.release_id} ({e.segment}, "
-                f"{e.created_at[:10]}) of another project on the account: its link file in the "
+                f"{e.created_at[:10]}) of another project on the account: its {what} in the "
                 "custody store is missing or unreadable — restore the custody folder from a backup"
+            )
+        elif first.note == _UNREAD_OWN:
+            detail = (
+                f"cannot join release {e.release_id} ({e.segment}, {e.created_at[:10]}) with "
+                "the other projects' audiences on the account: its link keys in the custody "
+                "store are missing or unreadable — restore the custody folder from a backup"
             )
     else:
         detail = (
@@ -764,6 +797,9 @@ class Composition:
     audiences: int  # live audiences of the account, this one included
     patterns: int  # non-empty membership patterns after the change
     small: tuple[tuple[tuple[str, ...], int], ...]  # (audiences in the pattern, people)
+    k_diff: int = 0  # the smallest group allowed
+    other_projects: int = 0  # of ``audiences``: released by other projects (:func:`unify`)
+    without_links: int = 0  # this project's audiences whose people have no link keys kept
 
     @property
     def passed(self) -> bool:
@@ -786,7 +822,7 @@ def composition(
     every touched pattern, with or without this audience, must hold 0 or >= ``k_diff``."""
     keys, masks = _patterns(before, after, others)
     if keys.size == 0:
-        return Composition(len(others) + 1, 0, ())
+        return Composition(len(others) + 1, 0, (), k_diff)
     own = masks[:, -1]
     b, a = (own & 1) > 0, (own & 2) > 0
     changed = a != b
@@ -805,7 +841,7 @@ def composition(
             for row in small_rows.select(*words, "a", "len").iter_rows()
         )
     )
-    return Composition(len(others) + 1, counts.height, small)
+    return Composition(len(others) + 1, counts.height, small, k_diff)
 
 
 def _patterns(
@@ -837,6 +873,145 @@ def _patterns(
     return all_keys[starts], np.add.reduceat(bits[order], starts, axis=0)
 
 
+def _across_projects(
+    p: DifferenceParams,
+    before: np.ndarray,
+    after: np.ndarray,
+    named: list[tuple[str, np.ndarray]],
+    exempt: np.ndarray | None,
+    own: Sequence[EarlierRelease],
+    theirs: Sequence[ForeignRelease],
+    new_links: Callable[[], tuple[pl.DataFrame, pl.DataFrame]],
+) -> tuple[Composition | None, tuple[Comparison, ...]]:
+    """The pattern check over every live audience of the account, whichever project
+    released it: each project's people joined into one through the links (:func:`unify`),
+    under the largest ``k_diff`` of the projects. People this build's CRM excluded are
+    forced removals in the other projects' audiences (as in :func:`translate`). Returns the
+    composition (None when a kept file cannot be read) and an error comparison for each
+    other project's audience whose kept files are unreadable (it blocks)."""
+    links, exempt_links = new_links()
+    frames, without, errors = [links, exempt_links], 0, []
+    for e in own:
+        if e.links_path is None:  # released before link keys were kept: joined by no one
+            without += 1
+            continue
+        try:
+            frames.append(read_links(e.links_path))
+        except (OSError, pl.exceptions.PolarsError, InternalError):
+            errors.append(Comparison(e, 0, 0, 0, False, False, "error", _UNREAD_OWN))
+    spaces: dict[str, list[tuple[ForeignRelease, np.ndarray, pl.DataFrame]]] = {}
+    for f in theirs:
+        try:
+            found = (f, read_membership(f.earlier.membership_path), read_links(f.links_path))
+        except (OSError, pl.exceptions.PolarsError, InternalError):
+            errors.append(Comparison(f.earlier, 0, 0, 0, False, False, "error", _UNREAD))
+            continue
+        spaces.setdefault(f.space, []).append(found)
+    if errors:
+        return None, tuple(errors)
+    excluded = sorted_keys(exempt_links.get_column("member_key"))
+    ours = sorted_keys(np.concatenate([before, after, excluded, *(keys for _, keys in named)]))
+    groups = list(spaces.values())
+    space_keys = [sorted_keys(np.concatenate([keys for _, keys, _ in group])) for group in groups]
+    labels = unify(
+        ours,
+        pl.concat(frames).unique(),
+        [
+            (keys, pl.concat([lk for _, _, lk in group]).unique())
+            for keys, group in zip(space_keys, groups, strict=True)
+        ],
+    )
+
+    def mine(keys: np.ndarray) -> np.ndarray:
+        return sorted_keys(labels.ours[np.searchsorted(ours, keys)])
+
+    after_l = mine(after)
+    gone = np.setdiff1d(mine(excluded), after_l, assume_unique=True)  # still in: not gone
+    everyone = [(name, mine(keys)) for name, keys in named]
+    for keys, group, space in zip(space_keys, groups, labels.spaces, strict=True):
+        for f, members, _ in group:
+            there = sorted_keys(space[np.searchsorted(keys, members)])
+            name = f"{f.earlier.segment} → {f.earlier.destination} (another project, {f.project})"
+            everyone.append((name, np.setdiff1d(there, gone, assume_unique=True)))
+    held = exempt[np.isin(exempt, ours)] if exempt is not None and exempt.size else _EMPTY
+    k_diff = max(p.k_diff, *(f.k_diff for f in theirs))  # the strictest project's rule
+    mix = composition(mine(before), after_l, everyone, k_diff, mine(held))
+    return replace(mix, other_projects=len(theirs), without_links=without), ()
+
+
+_UNREAD = "custody file unreadable"  # another project's member keys or link keys
+_UNREAD_OWN = "own link file unreadable"
+
+
+@dataclass(frozen=True)
+class Labels:
+    """One label per person across projects (:func:`unify`), aligned with the keys given."""
+
+    ours: np.ndarray
+    spaces: list[np.ndarray]
+
+
+def unify(
+    ours: np.ndarray, ours_links: pl.DataFrame, spaces: Sequence[tuple[np.ndarray, pl.DataFrame]]
+) -> Labels:
+    """People of this project (``ours``: sorted keys, and their link frame) and of other
+    projects (each: sorted keys of one key space, and their link frame) as one set of
+    labels: two people of different projects who share a link of a kind both projects fill
+    alike (:func:`_pairs`, :func:`_inconsistent`) are one, transitively — the platform
+    matches both uploads to one user. Within a project a key is a person; people with no
+    shared link keep a label of their own."""
+    sizes = [ours.size, *(keys.size for keys, _ in spaces)]
+    offsets = np.cumsum([0, *sizes])
+    left, right = [], []
+    for i, (keys, links) in enumerate(spaces):
+        kinds = set(ours_links.get_column("kind").unique()) & set(links.get_column("kind").unique())
+        kinds -= _inconsistent(ours_links, links, kinds)
+        common = pl.col("kind").is_in(sorted(kinds))
+        pairs = _pairs(ours_links.filter(common), links.filter(common))
+        a = _positions(ours, pairs.get_column("member_key").to_numpy())
+        b = _positions(keys, pairs.get_column("theirs").to_numpy())
+        ok = (a >= 0) & (b >= 0)
+        left.append(a[ok])
+        right.append(b[ok] + offsets[i + 1])
+    label = _components(
+        int(offsets[-1]),
+        np.concatenate([np.zeros(0, dtype=np.int64), *left]),
+        np.concatenate([np.zeros(0, dtype=np.int64), *right]),
+    ).astype(np.uint64)
+    return Labels(
+        label[: ours.size],
+        [label[offsets[i + 1] : offsets[i + 2]] for i in range(len(spaces))],
+    )
+
+
+def _positions(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each value's index in the sorted ``keys``, or -1 when it is not there."""
+    if keys.size == 0:
+        return np.full(values.size, -1, dtype=np.int64)
+    at = np.searchsorted(keys, values.astype(np.uint64))
+    np.minimum(at, keys.size - 1, out=at)
+    return np.where(keys[at] == values, at, -1).astype(np.int64)
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of ``n`` nodes joined by the edges ``a[i] – b[i]``: each node's
+    smallest connected node. Labels only fall, each round hooks both ends of every edge
+    (and their labels' nodes) to the smaller label, then shortcuts chains of labels."""
+    label = np.arange(n, dtype=np.int64)
+    while a.size:
+        low = np.minimum(label[a], label[b])
+        for ends in (a, b, label[a], label[b]):
+            np.minimum.at(label, ends, low)
+        while True:  # pointer jumping: every label to its label's label
+            jumped = label[label]
+            if np.array_equal(jumped, label):
+                break
+            label = jumped
+        if np.array_equal(label[a], label[b]):
+            break
+    return label
+
+
 def _pattern_names(masks: Sequence[int], mine: bool, names: Sequence[str]) -> tuple[str, ...]:
     inside = [name for i, name in enumerate(names) if int(masks[i // _WORD]) >> (i % _WORD) & 1]
     return (*inside, "(this audience)") if mine else tuple(inside)
@@ -854,5 +1029,6 @@ __all__ = [
     "earlier_releases",
     "read_membership",
     "sorted_keys",
+    "unify",
     "write_membership",
 ]

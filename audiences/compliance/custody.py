@@ -629,15 +629,16 @@ def foreign_releases_for(
 
 def releases_for(conn: sqlite3.Connection, salt: bytes, account: str) -> list[EarlierRelease]:
     """The newest release of each audience on ``account`` from every state with this salt
-    (their member keys: copies kept here)."""
+    (their member keys, and for an ad account their people's link keys: copies kept here)."""
     sid = salt_id(salt)
     folder = custody_path().parent / "releases" / sid
     rows = conn.execute(
         "SELECT release_id, build_id, segment, destination, account, created_at, members, "
-        "file FROM releases WHERE salt_id=? AND account=? ORDER BY created_at, release_id",
+        "file, links FROM releases WHERE salt_id=? AND account=? ORDER BY created_at, release_id",
         (sid, account),
     ).fetchall()
+    kept = [(r, folder / str(r[8]) if r[8] else None) for r in rows]
     return [
-        EarlierRelease(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), folder / str(r[7]))
-        for r in rows
+        EarlierRelease(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), folder / str(r[7]), links)
+        for r, links in kept
     ]

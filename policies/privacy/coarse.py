@@ -157,6 +157,8 @@ _NOT_PEOPLE = frozenset(
         "k_diff",
         "earlier_releases_compared",
         "other_projects_audiences_compared",
+        "other_projects_audiences_in_patterns",
+        "audiences_in_patterns_without_links",
         "collisions",
         "held_comparisons",
         "same_audience",

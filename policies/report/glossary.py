@@ -154,6 +154,17 @@ GLOSSARY: dict[str, KindEntry] = {
                 "live audiences other projects (another salt, the same CRM or not) hold on the "
                 "account, compared through hashed e-mail, phone and name",
             ),
+            "other_projects_audiences_in_patterns": Term(
+                "Other projects' audiences in the patterns",
+                "of the audiences on the account, those other projects hold: their people "
+                "joined with this project's through the hashed identifiers both send",
+            ),
+            "audiences_in_patterns_without_links": Term(
+                "Audiences without link keys",
+                "this project's audiences released before their people's link keys were "
+                "kept: their people are not joined with other projects' (released again, "
+                "they are)",
+            ),
             "live_audiences": Term(
                 "Audiences on the account",
                 "live audiences of the account after this release, this one included",
