@@ -27,24 +27,24 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 import polars as pl
 from pydantic import Field, field_validator
 
-from audiences.core.countries import ISO_COUNTRIES
 from audiences.core.errors import ConnectorError
-from audiences.crm.identifiers import LAYOUTS
-from audiences.crm.jurisdiction import EEA_COUNTRIES
 from connectors.base import AudienceConnector, Capabilities, Closing, DestinationConfig
 from connectors.retry import RetryPolicy
+from policies.sendable import (
+    ADDRESS,
+    CONSENT,
+    IDENTIFIERS,
+    NO_IDENTIFIER,
+    bad_region,
+    google_refusals,
+)
 
 if TYPE_CHECKING:
     from connectors.base import BatchOutcome
 
 KEY = "member_key"
-IDENTIFIERS = list(LAYOUTS["google_ads"])  # hashed email, phone, names; country, postal code
 EMAIL, PHONE, FIRST_NAME, LAST_NAME, COUNTRY, POSTAL_CODE = IDENTIFIERS
 CONSENT_VALUES = ("GRANTED", "DENIED", "UNSPECIFIED")
-ADDRESS = ["hashed_first_name", "hashed_last_name", "country_code", "postal_code"]
-CONSENT = ["ad_user_data", "ad_personalization"]
-# Where Google's EU user consent policy needs both signals GRANTED (uppercase ISO codes).
-CONSENT_REGIONS = frozenset({c.upper() for c in EEA_COUNTRIES} | {"GB", "CH"})
 
 
 def customer_id(value: str | None) -> str | None:
@@ -89,26 +89,20 @@ class GoogleConnector(AudienceConnector):
         return self.resolve(self.config.ca_file) if self.config.ca_file else None
 
 
-def _present(column: str) -> pl.Expr:
-    return pl.col(column).is_not_null() & (pl.col(column) != "")
-
-
 def screen(rows: pl.DataFrame, outcome: BatchOutcome, *, adding: bool) -> pl.DataFrame:
     """The rows that may be sent; the others are counted in ``outcome`` (``invalid``, a
     sample per reason) and returned as its ``rejected_keys``.
 
     An address whose region code is not ISO 3166-1 alpha-2 is dropped (the person's other
-    identifiers still go). Not sent: a person left with no identifier (when removing, not
-    refused either: there is nothing to remove); when adding, one whose consent is DENIED,
-    or one in :data:`CONSENT_REGIONS` (or of unknown country) without both signals GRANTED.
+    identifiers still go). Not sent (:func:`policies.sendable.google_refusals`, which the
+    gate's counts use too): a person left with no identifier (when removing, not refused
+    either: there is nothing to remove); when adding, one whose consent is DENIED, or one in
+    :data:`CONSENT_REGIONS` (or of unknown country) without both signals GRANTED.
     """
     texts = [c for c in (*CONSENT, "country_code") if c in rows.columns]
     frame = rows.with_columns(pl.col(texts).cast(pl.String))  # an all-null column is Null-typed
     if "country_code" in frame.columns:
-        bad_region = _present("country_code") & ~pl.col("country_code").str.to_lowercase().is_in(
-            sorted(ISO_COUNTRIES)
-        )
-        dropped = frame.filter(bad_region).height
+        dropped = frame.filter(bad_region()).height
         if dropped:
             outcome.samples.append(
                 f"{dropped} addresses without an ISO 3166-1 alpha-2 region code not sent "
@@ -116,36 +110,20 @@ def screen(rows: pl.DataFrame, outcome: BatchOutcome, *, adding: bool) -> pl.Dat
             )
             frame = frame.with_columns(
                 [
-                    pl.when(bad_region).then(None).otherwise(pl.col(c)).alias(c)
+                    pl.when(bad_region()).then(None).otherwise(pl.col(c)).alias(c)
                     for c in ADDRESS
                     if c in frame.columns
                 ]
             )
-    emails_phones = [_present(c) for c in IDENTIFIERS[:2] if c in frame.columns]
-    address = [_present(c) for c in ADDRESS if c in frame.columns]
-    has_address = pl.all_horizontal(address) if len(address) == len(ADDRESS) else pl.lit(False)
-    no_identifier = ~pl.any_horizontal([*emails_phones, has_address])
+    reasons = google_refusals(frame.columns, adding=adding)
     if not adding:
         # nothing names them to the platform, so nothing of theirs is there to remove: they
         # are not sent, and leave state with the batch (a refused removal would stay forever)
+        no_identifier = reasons[NO_IDENTIFIER]
         nameless = frame.filter(no_identifier).height
         if nameless:
             outcome.samples.append(f"{nameless} without an identifier: nothing to remove")
         return frame.filter(~no_identifier)
-    signals = [pl.col(c) if c in frame.columns else pl.lit(None, pl.String) for c in CONSENT]
-    country = (
-        pl.col("country_code").str.to_uppercase()
-        if "country_code" in frame.columns
-        else pl.lit(None, pl.String)
-    )
-    needs_grant = country.is_null() | country.is_in(sorted(CONSENT_REGIONS))
-    granted = pl.all_horizontal([(s == "GRANTED").fill_null(False) for s in signals])
-    reasons = {
-        "no identifier (email, phone or full address)": no_identifier,
-        "consent DENIED": pl.any_horizontal([s == "DENIED" for s in signals]).fill_null(False),
-        "in the EEA, UK or Switzerland (or of unknown country) without ad_user_data and "
-        "ad_personalization GRANTED in the CRM": needs_grant & ~granted,
-    }
     return _refuse(frame, reasons, outcome)
 
 

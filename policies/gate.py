@@ -74,6 +74,7 @@ from policies.rules import (
     segment_words,
     sensitive_destination,
 )
+from policies.sendable import DENIED, NO_IDENTIFIER, NOT_GRANTED, google_refusals
 from policies.suppression import SuppressionSet
 
 REPORT_VERSION = 1
@@ -315,6 +316,9 @@ class _Eligible:
     # the candidate records the CRM's own rules excluded (not a suppression list of this
     # project's): forced removals from other projects' audiences as well
     crm_excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # computed once per gate, when first needed: every layout the destinations carry, over
+    # ``members`` (:func:`_hashed_members`), and who Google would refuse (:func:`_google`)
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def unsold_for(self, destination: str) -> np.ndarray:
         """The sorted member keys ``destination`` may not receive: ``unsold`` for a
@@ -504,11 +508,11 @@ def _check_destination(
     """Run the destination rules, in pack order, for one destination."""
     dest, layouts = destination_of(inp.config, dest_name)
     dest_keys = eligible.keys
-    if dest.kind in GOOGLE_KINDS:  # Google takes nobody whose consent is DENIED
+    google: _GoogleRefusals | None = None
+    if dest.kind in GOOGLE_KINDS:  # who Google takes: counted, and released, alone
+        google = _google(inp, eligible)
         dest_keys = difference.sorted_keys(
-            eligible.members.filter(~_google_denied(eligible.members, inp.config)).get_column(
-                "member_key"
-            )
+            eligible.members.filter(~google.refused).get_column("member_key")
         )
     dest_keys = eligible.keys_for(dest_name, dest_keys)  # a sale needs an authorization
     settings = inp.record_exports.get(dest_name)
@@ -540,6 +544,8 @@ def _check_destination(
             v = opaque_name(rule, dest, name, words)
         elif rule.kind == "min_size":
             v = min_size(rule, dest, int(dest_keys.size))
+            if google is not None:  # the people the count leaves out, and why
+                v = replace(v, evidence={**v.evidence, **google.counts})
         elif rule.kind == "difference" and _below_min_size(inp, dest, int(dest_keys.size)):
             v = _not_compared(rule, dest, int(dest_keys.size))
         elif rule.kind == "difference":
@@ -550,6 +556,8 @@ def _check_destination(
             exempt, unsold = eligible.exempt, eligible.unsold_for(dest_name)
             if unsold.size:  # forced removals there
                 exempt = np.union1d(exempt, unsold)
+            if google is not None and google.consent_keys.size:  # forced there too
+                exempt = np.union1d(exempt, google.consent_keys)
             foreign: Sequence[difference.ForeignRelease] = ()
             synced: Sequence[difference.EarlierRelease] = ()
             if inp.foreign_releases is not None and dest.kind in ("meta", *GOOGLE_KINDS):
@@ -694,20 +702,20 @@ def _mint_releases(
     record-level export's anonymized rows."""
     releases: dict[str, Release] = {}
     created_at = utcnow()
-    layouts_needed = sorted({layout for c in checks for layout in c.layouts})
-    hashed = _hashed(eligible.members, inp.config, layouts_needed, inp.as_of)
+    hashed = _hashed_members(inp, eligible)
     excluded_series = pl.Series("member_key", eligible.exempt, dtype=pl.UInt64)
     for check in checks:
         dest, layouts = check.dest, check.layouts
+        google = _google(inp, eligible) if dest.kind in GOOGLE_KINDS else None
         if check.export is not None and check.export.members is not None:
             members = check.export.members
         else:
-            members = _members(eligible.members, hashed, dest, layouts, inp.config)
+            members = _members(eligible.members, hashed, dest, layouts, inp.config, google)
         hold_against, n_holds, k_diff = check.hold
         excluded = excluded_series
-        if dest.kind in GOOGLE_KINDS:  # a DENIED member's removal is forced, never held
-            denied = eligible.members.filter(_google_denied(eligible.members, inp.config))
-            excluded = pl.concat([excluded_series, denied.get_column("member_key")])
+        if google is not None:  # a refused consent's removal is forced, never held
+            consent = pl.Series("member_key", google.consent_keys, dtype=pl.UInt64)
+            excluded = pl.concat([excluded_series, consent])
         if eligible.unsold_for(dest.name).size:  # forced there, never held
             unsold = pl.Series("member_key", eligible.unsold, dtype=pl.UInt64)
             members = members.filter(~pl.col("member_key").is_in(unsold.implode()))
@@ -896,12 +904,71 @@ def _hashed(
     return hashed_layouts_frame(base, config.identity, layouts, as_of=as_of)  # type: ignore[arg-type]
 
 
+def _hashed_members(inp: GateInput, eligible: _Eligible) -> dict[str, pl.DataFrame]:
+    """Every layout the segment's destinations carry, over the eligible people: computed
+    once per gate (a Google destination's counts need it before the release does)."""
+    if "hashed" not in eligible.cache:
+        layouts = {
+            layout for name in inp.destinations for layout in destination_of(inp.config, name)[1]
+        }
+        eligible.cache["hashed"] = _hashed(eligible.members, inp.config, sorted(layouts), inp.as_of)
+    hashed: dict[str, pl.DataFrame] = eligible.cache["hashed"]
+    return hashed
+
+
+@dataclass(frozen=True)
+class _GoogleRefusals:
+    """Of the eligible people, who Google would not take (policies/sendable.py)."""
+
+    refused: pl.Series  # over ``members``: not counted, not released
+    consent_keys: np.ndarray  # sorted: refused for consent (DENIED, or not GRANTED where
+    # the EU user consent policy applies) — forced removals, never held
+    counts: dict[str, int]  # evidence: people refused for a missing identifier / consent
+
+
+def _google(inp: GateInput, eligible: _Eligible) -> _GoogleRefusals:
+    if "google" in eligible.cache:
+        cached: _GoogleRefusals = eligible.cache["google"]
+        return cached
+    base = eligible.members
+    frame = pl.concat(
+        [_hashed_members(inp, eligible)["google_ads"], _signals(base, inp.config)], how="horizontal"
+    )
+    reasons = google_refusals(frame.columns, adding=True)
+    flags = frame.select(
+        reasons[NO_IDENTIFIER].alias("no_id"),
+        reasons[DENIED].alias("denied"),
+        reasons[NOT_GRANTED].alias("not_granted"),
+    )
+    no_id, denied, not_granted = flags.get_columns()
+    consent = denied | not_granted
+    out = _GoogleRefusals(
+        refused=(no_id | consent).alias("refused"),
+        consent_keys=difference.sorted_keys(base.filter(consent).get_column("member_key")),
+        counts={
+            "google_no_identifier": int((no_id & ~consent).sum()),
+            "google_consent_not_granted": int((not_granted & ~denied).sum()),
+        },
+    )
+    eligible.cache["google"] = out
+    return out
+
+
+def _signals(base: pl.DataFrame, config: ProjectConfig) -> pl.DataFrame:
+    """A person's Google consent signals, as sent (GRANTED, DENIED or UNSPECIFIED)."""
+    return base.select(
+        consent_signal(base, config.consent.ad_user_data, "ad_user_data"),
+        consent_signal(base, config.consent.ad_personalization, "ad_personalization"),
+    )
+
+
 def _members(
     base: pl.DataFrame,
     hashed: dict[str, pl.DataFrame],
     dest: Destination,
     layouts: tuple[str, ...],
     config: ProjectConfig,
+    google: _GoogleRefusals | None = None,
 ) -> pl.DataFrame:
     parts = [base.select("member_key")]
     if dest.kind in ("meta", *GOOGLE_KINDS):
@@ -912,25 +979,11 @@ def _members(
             for layout in layouts
         ]
     if dest.kind in GOOGLE_KINDS:
-        parts.append(
-            base.select(
-                consent_signal(base, config.consent.ad_user_data, "ad_user_data"),
-                consent_signal(base, config.consent.ad_personalization, "ad_personalization"),
-            )
-        )
-        members = pl.concat(parts, how="horizontal")
-        return members.filter(~_google_denied(base, config))
+        if google is None:
+            raise InternalError("a Google release without its refusals")
+        parts.append(_signals(base, config))
+        return pl.concat(parts, how="horizontal").filter(~google.refused)
     return pl.concat(parts, how="horizontal")
-
-
-def _google_denied(base: pl.DataFrame, config: ProjectConfig) -> pl.Series:
-    """Rows whose ad_user_data or ad_personalization consent is DENIED (Google refuses them)."""
-    signals = base.select(
-        consent_signal(base, config.consent.ad_user_data, "ad_user_data"),
-        consent_signal(base, config.consent.ad_personalization, "ad_personalization"),
-    )
-    denied = (signals["ad_user_data"] == "DENIED") | (signals["ad_personalization"] == "DENIED")
-    return denied.alias("denied")
 
 
 # ---------------------------------------------------------------------------------------

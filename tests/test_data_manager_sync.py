@@ -239,10 +239,11 @@ def test_eea_people_are_sent_only_with_both_signals_granted_in_the_crm(
     make_project: Any, destination: str
 ) -> None:
     """The attack: a config that maps no Google consent column releases everyone with
-    UNSPECIFIED consent; neither Google connector sends the EEA / UK / CH people among them."""
+    UNSPECIFIED consent; the EEA / UK / CH people among them are neither counted nor
+    released (policies/sendable.py), and neither Google connector sends them."""
     from conftest import google_people
 
-    from connectors.google_common import CONSENT_REGIONS
+    from policies.sendable import CONSENT_REGIONS
 
     p = project(make_project, SEGMENT.replace("[google]", f"[{destination}]"))
     unmapped = (
@@ -262,12 +263,11 @@ def test_eea_people_are_sent_only_with_both_signals_granted_in_the_crm(
     )
     release = p.release("west-coast", destination)
     in_eea = pl.col("country_code").is_in(sorted(CONSENT_REGIONS))
-    eea = release.members.filter(in_eea)
-    assert eea.height >= 100 and "GRANTED" not in set(eea.get_column("ad_user_data"))
+    assert release.members.filter(in_eea).height == 0  # the gate left them out
     (r,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
-    assert r.status == "ok" and r.invalid == eea.height
+    assert r.status == "ok" and r.invalid == 0
     confirmed = p.confirmed("west-coast", destination)
-    assert confirmed.height == release.members.height - eea.height
+    assert confirmed.height == release.members.height
     assert confirmed.filter(in_eea).height == 0
     people = dm_people if destination == "google" else google_people
     box = p.boxes.data_manager if destination == "google" else p.boxes.google
@@ -296,7 +296,7 @@ def test_eea_people_are_sent_only_with_both_signals_granted_in_the_crm(
     )
     again = p.release("west-coast", destination)
     granted = again.members.filter(in_eea)
-    assert granted.height >= eea.height and set(granted.get_column("ad_user_data")) == {"GRANTED"}
+    assert granted.height >= 100 and set(granted.get_column("ad_user_data")) == {"GRANTED"}
     (r2,) = sync(p.config(), ["west-coast"], as_of=AS_OF).results
     assert r2.status == "ok" and r2.held_adds == 0
     confirmed = p.confirmed("west-coast", destination)

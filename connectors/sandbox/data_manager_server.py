@@ -50,8 +50,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from audiences.core.countries import ISO_COUNTRIES
-from connectors.google_common import CONSENT_REGIONS
 from connectors.sandbox.tls import LoopbackGrpcSandbox, run_until_interrupted
+from policies.sendable import CONSENT_REGIONS
 
 PREFIX = "google.ads.datamanager.v1"
 DEFAULT_CUSTOMER_ID = "1234567890"

@@ -68,8 +68,8 @@ from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import status_pb2
 
-from connectors.google_common import CONSENT_REGIONS
 from connectors.sandbox.tls import LoopbackGrpcSandbox, run_until_interrupted
+from policies.sendable import CONSENT_REGIONS
 
 API_VERSION = "v26"
 SERVICES_PREFIX = f"google.ads.googleads.{API_VERSION}.services"

@@ -133,6 +133,16 @@ GLOSSARY: dict[str, KindEntry] = {
                 "Destination minimum", "a stricter minimum set for this destination (0: none)"
             ),
             "threshold": Term("Minimum applied", "the largest of the three minimums"),
+            "google_no_identifier": Term(
+                "Not counted: no identifier",
+                "people Google cannot match (no e-mail, phone or full address): left out of "
+                "the count and the upload",
+            ),
+            "google_consent_not_granted": Term(
+                "Not counted: consent not granted",
+                "people in the EEA, UK or Switzerland (or of unknown country) without both "
+                "Google consent signals GRANTED: Google may not use them, left out",
+            ),
         },
     ),
     "difference": KindEntry(

@@ -1,0 +1,70 @@
+"""Who Google Customer Match takes at all — one definition for the gate's counts and the
+connectors' last guard before sending (``connectors/google_common.py``, ``screen``).
+
+A person is matched on a hashed e-mail, a hashed phone or a full address (hashed first and
+last name, an ISO 3166-1 alpha-2 country and a postal code); a person with none of them is
+never matched, so the gate does not count them toward ``k`` (a segment padded with such
+people would pass ``min_size`` as a list of one). When adding, a person whose consent
+signal is DENIED, or who is in the EEA, the UK or Switzerland (or of unknown country)
+without both signals GRANTED **in the CRM**, is not sent either (Google's EU user consent
+policy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import polars as pl
+
+from audiences.core.countries import ISO_COUNTRIES
+from audiences.crm.identifiers import LAYOUTS
+from audiences.crm.jurisdiction import EEA_COUNTRIES
+
+IDENTIFIERS = list(LAYOUTS["google_ads"])  # hashed email, phone, names; country, postal code
+ADDRESS = ["hashed_first_name", "hashed_last_name", "country_code", "postal_code"]
+CONSENT = ["ad_user_data", "ad_personalization"]
+# Where Google's EU user consent policy needs both signals GRANTED (uppercase ISO codes).
+CONSENT_REGIONS = frozenset({c.upper() for c in EEA_COUNTRIES} | {"GB", "CH"})
+
+NO_IDENTIFIER = "no identifier (email, phone or full address)"
+DENIED = "consent DENIED"
+NOT_GRANTED = (
+    "in the EEA, UK or Switzerland (or of unknown country) without ad_user_data and "
+    "ad_personalization GRANTED in the CRM"
+)
+
+
+def present(column: str) -> pl.Expr:
+    return pl.col(column).is_not_null() & (pl.col(column) != "")
+
+
+def bad_region() -> pl.Expr:
+    """An address whose region code is not ISO 3166-1 alpha-2 (it cannot be sent)."""
+    return present("country_code") & ~pl.col("country_code").str.to_lowercase().is_in(
+        sorted(ISO_COUNTRIES)
+    )
+
+
+def google_refusals(columns: Collection[str], *, adding: bool) -> dict[str, pl.Expr]:
+    """Why Google would not take a row of the ``google_ads`` layout (with the consent
+    signals as text): reason → a boolean expression. Removing, only the missing
+    identifier (nothing names the person to the platform)."""
+    emails_phones = [present(c) for c in IDENTIFIERS[:2] if c in columns]
+    address = [present(c) for c in ADDRESS if c in columns]
+    has_address = pl.all_horizontal(address) if len(address) == len(ADDRESS) else pl.lit(False)
+    if "country_code" in columns:
+        has_address = has_address & ~bad_region()
+    reasons = {NO_IDENTIFIER: ~pl.any_horizontal([*emails_phones, has_address])}
+    if not adding:
+        return reasons
+    signals = [pl.col(c) if c in columns else pl.lit(None, pl.String) for c in CONSENT]
+    country = (
+        pl.col("country_code").str.to_uppercase()
+        if "country_code" in columns
+        else pl.lit(None, pl.String)
+    )
+    needs_grant = country.is_null() | country.is_in(sorted(CONSENT_REGIONS))
+    granted = pl.all_horizontal([(s == "GRANTED").fill_null(False) for s in signals])
+    reasons[DENIED] = pl.any_horizontal([s == "DENIED" for s in signals]).fill_null(False)
+    reasons[NOT_GRANTED] = needs_grant & ~granted
+    return reasons

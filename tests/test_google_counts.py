@@ -1,0 +1,111 @@
+"""The gate counts, for a Google destination, only the people Google will receive.
+
+Customer Match takes a person only with an e-mail, a phone or a full address (first and
+last name, a valid ISO country and postal code), and — in the EEA, the UK, Switzerland or
+of unknown country — only with both consent signals GRANTED; the connector's last guard
+(connectors/google_common.py, ``screen``) drops the others before sending. The attack: a
+marketer pads a one-person segment with 120 consenting people who have none of those
+identifiers (`is_null` is documented in docs/segments.md). Counted by the gate, the
+release is 121 people and passes `min_size`; on Google the list is one person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import polars as pl
+import pytest
+from conftest import AS_OF, Project, frozen_clock
+
+DAY = AS_OF.isoformat()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stopped_clock() -> Iterator[None]:
+    """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
+    with frozen_clock(AS_OF):
+        yield
+
+
+PADDED = """name: {name}
+description: google padding test
+destinations: [{destination}]
+where:
+  any:
+    - contact_id: {{in: [{one}]}}
+    - all:
+        - email: {{is_null: true}}
+        - phone: {{is_null: true}}
+        - zip: {{is_null: true}}
+"""
+
+
+def _nameless(p: Project, how_many: int) -> tuple[str, list[str]]:
+    """Make ``how_many`` consenting people lose their e-mail, phone and postal code (they
+    stay in the CRM, for mail say); return another consenting person and their ids."""
+    pool = "name: pool\ndescription: pool\ndestinations: [meta]\nwhere:\n  state: {ne: ZZ}\n"
+    (p.root / "segments" / "pool.yaml").write_text(pool, encoding="utf-8")
+    p.approve("pool")
+    ids = sorted(p.contact_ids(p.release("pool", "meta").members))
+    one, chosen = ids[0], ids[1 : 1 + how_many]
+    hit = pl.col("contact_id").is_in(chosen)
+    blank = [
+        pl.when(hit).then(None).otherwise(pl.col(k)).alias(k) for k in ("email", "phone", "zip")
+    ]
+    p.write_contacts(p.contacts().with_columns(*blank))
+    return one, chosen
+
+
+def _report(p: Project) -> dict[str, Any]:
+    import json
+
+    ((build_id,),) = p.query("SELECT build_id FROM builds ORDER BY started_at DESC LIMIT 1")
+    path = p.root / ".audiences" / "reports" / f"{build_id}.json"
+    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return doc
+
+
+@pytest.mark.parametrize("destination", ["google", "google_ads"])
+def test_attack_padding_with_people_google_never_receives(
+    make_project: Any, destination: str
+) -> None:
+    p = make_project(rows=3000)
+    one, _ = _nameless(p, 120)
+    (p.root / "segments" / "padded.yaml").write_text(
+        PADDED.format(name="padded", destination=destination, one=one), encoding="utf-8"
+    )
+    p.approve("padded")
+    attack = p.cli("build", "padded", "--as-of", DAY)
+    out = attack.stdout + attack.stderr
+    assert attack.exit_code == 3, out
+    assert "min-size" in out and one not in out
+    # the same padding to Meta (which receives every member's external id) is counted
+    (p.root / "segments" / "padded.yaml").write_text(
+        PADDED.format(name="padded", destination="meta", one=one), encoding="utf-8"
+    )
+    p.approve("padded")
+    assert p.cli("build", "padded", "--as-of", DAY).exit_code == 0
+
+
+def test_people_google_never_receives_are_counted_apart_and_not_released(
+    make_project: Any,
+) -> None:
+    """A legitimate audience with a few nameless people: released without them, the
+    report says how many Google would not take."""
+    p = make_project(rows=3000)
+    _, padding = _nameless(p, 3)
+    (p.root / "segments" / "ca.yaml").write_text(
+        "name: ca\ndescription: ca\ndestinations: [google]\nwhere:\n  state: {ne: ZZ}\n",
+        encoding="utf-8",
+    )
+    p.approve("ca")
+    release = p.release("ca", "google")
+    released = p.contact_ids(release.members)
+    assert released and not released & set(padding)
+    built = p.cli("build", "ca", "--as-of", DAY)
+    assert built.exit_code == 0, built.stdout + built.stderr
+    (verdict,) = [
+        v for v in _report(p)["verdicts"] if v["id"] == "min-size" and v["destination"] == "google"
+    ]
+    assert verdict["evidence"]["google_no_identifier"] == 3, verdict
