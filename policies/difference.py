@@ -65,6 +65,7 @@ over a membership bitmask.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -483,12 +484,18 @@ def check(
     foreign: Sequence[ForeignRelease] = (),
     new_links: Callable[[], tuple[pl.DataFrame, pl.DataFrame]] | None = None,
     synced: Sequence[EarlierRelease] = (),
+    held_now: Callable[[], np.ndarray] | None = None,
 ) -> DifferenceResult:
     """Compare ``new`` (sorted unique keys) with the live audiences of the account: the
     previous version of this audience (hold), each other audience (pairwise), and all of
     them together (:func:`composition`); then, pairwise through their people's links
     (``new_links()``: this release's :func:`link_frame`, and that of the people its
-    filters excluded), the live audiences of other projects on the account (``foreign``)."""
+    filters excluded), the live audiences of other projects on the account (``foreign``).
+
+    ``held_now()``: for an ad audience, what the platform holds of it (the project's
+    confirmed snapshot, sorted keys; empty when never synced), read when no synced copy in
+    ``synced`` says it — the patterns judge what the next sync will send, adds held back
+    over several nights included."""
     p: DifferenceParams = rule.params  # type: ignore[assignment]
     previous, others = live_audiences(earlier, segment, dest.name)
     live = [*others, *([previous] if previous is not None else [])]
@@ -523,21 +530,43 @@ def check(
         holds = sum(x for x in (prev.only_new, prev.only_old) if 0 < x < p.k_diff)
     mix = None
     readable = {rid: keys for rid, keys in memberships.items() if keys is not None}
-    # the other projects' audiences the platform holds: their newest releases, each once
     theirs = [f for f in foreign if not f.earlier.release_id.startswith("synced:")]
     # Patterns need other audiences, and an audience too small to be released at all is
     # judged by min-size alone: a pattern check on it would answer "is this one person in
     # the segment?" through pass / fail even in the blocked build's report.
     if (others or theirs) and new.size >= p.k_diff and len(readable) == len(memberships):
-        before = readable[previous.release_id] if previous is not None else _EMPTY
-        after = _as_synced(before, new, exempt, p.k_diff if hold_against else 0)
-        named = [(f"{e.segment} → {e.destination}", readable[e.release_id]) for e in others]
-        if theirs and new_links is not None:
-            own = [*others, *([previous] if previous is not None else [])]
-            mix, unread = _across_projects(p, before, after, named, exempt, own, theirs, new_links)
-            comparisons += unread
+        mine = next((e for e in synced if (e.segment, e.destination) == (segment, dest.name)), None)
+        now = _read_memberships([mine], workers)[mine.release_id] if mine is not None else None
+        if mine is not None and now is None:
+            comparisons += (Comparison(mine, 0, 0, 0, True, False, "error", _UNREAD_SYNCED),)
         else:
-            mix = composition(before, after, named, p.k_diff, exempt)
+            if now is None and held_now is not None:
+                now = held_now()
+            if now is not None:  # an ad audience: its sync sends what differs from `now`
+                before, k_sync = now, p.k_diff  # (a change below k_diff waits, always)
+            else:  # files: written whole at the build
+                before = readable[previous.release_id] if previous is not None else _EMPTY
+                k_sync = p.k_diff if hold_against else 0
+            after = _as_synced(before, new, exempt, k_sync)
+            # each other audience as its newest release and, while its small changes are
+            # held back, as the platform holds it now (every mix of the two is covered:
+            # patterns over both versions refine the patterns over any one of them)
+            named = [(f"{e.segment} → {e.destination}", readable[e.release_id]) for e in others]
+            named += [
+                (f"{e.segment} → {e.destination} (as the platform holds it)", keys)
+                for e in held
+                if (keys := on_platform[e.release_id]) is not None
+                and not _same(keys, memberships, live, e)
+            ]
+            if theirs and new_links is not None:
+                own = [*others, *([previous] if previous is not None else []), *held]
+                own += [mine] if mine is not None else []
+                mix, unread = _across_projects(
+                    p, before, after, named, exempt, own, list(foreign), new_links
+                )
+                comparisons += unread
+            else:
+                mix = composition(before, after, named, p.k_diff, exempt)
     blocks = [c for c in comparisons if c.result in ("block", "error")]
     evidence = {
         "members": int(new.size),
@@ -756,6 +785,12 @@ def _collision_detail(blocks: list[Comparison], p: DifferenceParams) -> tuple[st
                 f"{e.created_at[:10]}) of another project on the account: its {what} in the "
                 "custody store is missing or unreadable — restore the custody folder from a backup"
             )
+        elif first.note == _UNREAD_SYNCED:
+            detail = (
+                "cannot tell what the platform holds of this audience: its synced copy in the "
+                "custody store is missing or unreadable — restore the custody folder from a "
+                "backup"
+            )
         elif first.note == _UNREAD_OWN:
             detail = (
                 f"cannot join release {e.release_id} ({e.segment}, {e.created_at[:10]}) with "
@@ -880,15 +915,17 @@ def _across_projects(
     named: list[tuple[str, np.ndarray]],
     exempt: np.ndarray | None,
     own: Sequence[EarlierRelease],
-    theirs: Sequence[ForeignRelease],
+    foreign: Sequence[ForeignRelease],
     new_links: Callable[[], tuple[pl.DataFrame, pl.DataFrame]],
 ) -> tuple[Composition | None, tuple[Comparison, ...]]:
     """The pattern check over every live audience of the account, whichever project
-    released it: each project's people joined into one through the links (:func:`unify`),
-    under the largest ``k_diff`` of the projects. People this build's CRM excluded are
-    forced removals in the other projects' audiences (as in :func:`translate`). Returns the
-    composition (None when a kept file cannot be read) and an error comparison for each
-    other project's audience whose kept files are unreadable (it blocks)."""
+    released it (each as its newest release and as the platform holds it): every
+    project's people joined into one through the links (:func:`unify`), under the largest
+    ``k_diff`` of the projects. People this build's CRM excluded are forced removals in the
+    other projects' audiences (as in :func:`translate`). ``own``: this project's releases
+    and synced copies whose people are in ``before`` or ``named`` (their link files).
+    Returns the composition (None when a kept file cannot be read) and an error comparison
+    for each file that cannot be read (it blocks)."""
     links, exempt_links = new_links()
     frames, without, errors = [links, exempt_links], 0, []
     for e in own:
@@ -900,7 +937,7 @@ def _across_projects(
         except (OSError, pl.exceptions.PolarsError, InternalError):
             errors.append(Comparison(e, 0, 0, 0, False, False, "error", _UNREAD_OWN))
     spaces: dict[str, list[tuple[ForeignRelease, np.ndarray, pl.DataFrame]]] = {}
-    for f in theirs:
+    for f in foreign:
         try:
             found = (f, read_membership(f.earlier.membership_path), read_links(f.links_path))
         except (OSError, pl.exceptions.PolarsError, InternalError):
@@ -911,7 +948,7 @@ def _across_projects(
         return None, tuple(errors)
     excluded = sorted_keys(exempt_links.get_column("member_key"))
     ours = sorted_keys(np.concatenate([before, after, excluded, *(keys for _, keys in named)]))
-    groups = list(spaces.values())
+    groups = [_distinct_versions(group) for group in spaces.values()]
     space_keys = [sorted_keys(np.concatenate([keys for _, keys, _ in group])) for group in groups]
     labels = unify(
         ours,
@@ -931,16 +968,41 @@ def _across_projects(
     for keys, group, space in zip(space_keys, groups, labels.spaces, strict=True):
         for f, members, _ in group:
             there = sorted_keys(space[np.searchsorted(keys, members)])
-            name = f"{f.earlier.segment} → {f.earlier.destination} (another project, {f.project})"
+            e = f.earlier
+            held = " as the platform holds it" if e.release_id.startswith("synced:") else ""
+            name = f"{e.segment} → {e.destination} (another project, {f.project}{held})"
             everyone.append((name, np.setdiff1d(there, gone, assume_unique=True)))
-    held = exempt[np.isin(exempt, ours)] if exempt is not None and exempt.size else _EMPTY
-    k_diff = max(p.k_diff, *(f.k_diff for f in theirs))  # the strictest project's rule
-    mix = composition(mine(before), after_l, everyone, k_diff, mine(held))
-    return replace(mix, other_projects=len(theirs), without_links=without), ()
+    held_keys = exempt[np.isin(exempt, ours)] if exempt is not None and exempt.size else _EMPTY
+    k_diff = max(p.k_diff, *(f.k_diff for f in foreign))  # the strictest project's rule
+    mix = composition(mine(before), after_l, everyone, k_diff, mine(held_keys))
+    audiences = len({(f.space, f.earlier.segment, f.earlier.destination) for f in foreign})
+    return replace(mix, other_projects=audiences, without_links=without), ()
+
+
+def _distinct_versions(
+    group: list[tuple[ForeignRelease, np.ndarray, pl.DataFrame]],
+) -> list[tuple[ForeignRelease, np.ndarray, pl.DataFrame]]:
+    """One project's audiences, each newest release once, and its synced copy only when it
+    differs from it (small changes held back)."""
+    newest = {
+        (f.earlier.segment, f.earlier.destination): keys
+        for f, keys, _ in group
+        if not f.earlier.release_id.startswith("synced:")
+    }
+    out = []
+    for f, keys, links in group:
+        e = f.earlier
+        if e.release_id.startswith("synced:"):
+            release = newest.get((e.segment, e.destination))
+            if release is not None and np.array_equal(keys, release):
+                continue
+        out.append((f, keys, links))
+    return out
 
 
 _UNREAD = "custody file unreadable"  # another project's member keys or link keys
 _UNREAD_OWN = "own link file unreadable"
+_UNREAD_SYNCED = "own synced copy unreadable"
 
 
 @dataclass(frozen=True)
@@ -958,21 +1020,23 @@ def unify(
     projects (each: sorted keys of one key space, and their link frame) as one set of
     labels: two people of different projects who share a link of a kind both projects fill
     alike (:func:`_pairs`, :func:`_inconsistent`) are one, transitively — the platform
-    matches both uploads to one user. Within a project a key is a person; people with no
-    shared link keep a label of their own."""
-    sizes = [ours.size, *(keys.size for keys, _ in spaces)]
-    offsets = np.cumsum([0, *sizes])
+    matches both uploads to one user. Every pair of projects is joined, so two other
+    projects' people are one even when this project holds neither. Within a project a key
+    is a person; people with no shared link keep a label of their own."""
+    every = [(ours, ours_links), *spaces]
+    offsets = np.cumsum([0, *(keys.size for keys, _ in every)])
     left, right = [], []
-    for i, (keys, links) in enumerate(spaces):
-        kinds = set(ours_links.get_column("kind").unique()) & set(links.get_column("kind").unique())
-        kinds -= _inconsistent(ours_links, links, kinds)
+    for i, j in itertools.combinations(range(len(every)), 2):
+        (keys_i, links_i), (keys_j, links_j) = every[i], every[j]
+        kinds = set(links_i.get_column("kind").unique()) & set(links_j.get_column("kind").unique())
+        kinds -= _inconsistent(links_i, links_j, kinds)
         common = pl.col("kind").is_in(sorted(kinds))
-        pairs = _pairs(ours_links.filter(common), links.filter(common))
-        a = _positions(ours, pairs.get_column("member_key").to_numpy())
-        b = _positions(keys, pairs.get_column("theirs").to_numpy())
+        pairs = _pairs(links_i.filter(common), links_j.filter(common))
+        a = _positions(keys_i, pairs.get_column("member_key").to_numpy())
+        b = _positions(keys_j, pairs.get_column("theirs").to_numpy())
         ok = (a >= 0) & (b >= 0)
-        left.append(a[ok])
-        right.append(b[ok] + offsets[i + 1])
+        left.append(a[ok] + offsets[i])
+        right.append(b[ok] + offsets[j])
     label = _components(
         int(offsets[-1]),
         np.concatenate([np.zeros(0, dtype=np.int64), *left]),
@@ -980,7 +1044,7 @@ def unify(
     ).astype(np.uint64)
     return Labels(
         label[: ours.size],
-        [label[offsets[i + 1] : offsets[i + 2]] for i in range(len(spaces))],
+        [label[offsets[i] : offsets[i + 1]] for i in range(1, len(every))],
     )
 
 

@@ -109,6 +109,10 @@ class GateInput:
     # what the platform holds of each audience of this salt on an ad account after its
     # latest sync (not its newest release while small changes are held back)
     synced_releases: Callable[[str], Sequence[difference.EarlierRelease]] | None = None
+    # (segment, destination) → what this project's last confirmed sync left on the platform
+    # (sorted member keys; empty when never synced): the patterns judge what the next sync
+    # sends when no synced copy in custody says it (``synced_releases``)
+    platform_held: Callable[[str, str], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -644,9 +648,12 @@ def _difference_verdict(
 ) -> Verdict:
     """The difference rule's verdict; records the hold and the per-release checks."""
     dest = check.dest
+    held_now = None
+    if inp.platform_held is not None and dest.kind in ("meta", *GOOGLE_KINDS):
+        held_now = functools.partial(inp.platform_held, inp.segment.name, dest.name)
     result = difference.check(
         rule, dest, inp.segment.name, dest_keys, earlier, exempt,
-        foreign=foreign, new_links=links, synced=synced,
+        foreign=foreign, new_links=links, synced=synced, held_now=held_now,
     )  # fmt: skip
     k_diff = rule.params.k_diff  # type: ignore[attr-defined]
     check.hold = (result.hold_against, result.holds, k_diff)

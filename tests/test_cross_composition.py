@@ -203,3 +203,152 @@ def test_this_projects_missing_link_keys_block(make_project: Any) -> None:
     out = built.stdout + built.stderr
     assert built.exit_code == 3, out
     assert "its link keys in the custody store are missing or unreadable" in out
+
+
+# ----------------------------------------------------------- what the platform holds
+# (an attack review, 2026-12-07: each of these passed before the patterns judged what the
+# next sync sends, both versions of every audience, every pair of projects and the other
+# project's k_diff on its synced copy)
+
+
+def _ca_people(p: Project, n: int) -> tuple[str, ...]:
+    write_segment(p.root, "ca", ["CA"])
+    p.approve("ca")
+    return tuple(sorted(p.contact_ids(p.release("ca", "meta", as_of=AS_OF).members.head(n))))
+
+
+def _weak(p: Project, k: int) -> None:
+    import re
+
+    text = (p.root / "policies" / "nightly-pack.yaml").read_text()
+    text = text.replace("k_diff: 10", f"k_diff: {k}").replace("nightly-test", "weak-test")
+    (p.root / "policies" / "weak.yaml").write_text(text)
+    p.edit_toml(lambda t: re.sub(r'(?m)^pack = ".*?"', 'pack = "policies/weak.yaml"', t))
+
+
+@pytest.mark.parametrize("where", ["same project", "new project"])
+def test_attack_a_held_add_in_another_audience_is_judged_as_the_platform_holds_it(
+    make_project: Any, where: str
+) -> None:
+    """q = NY+FL is synced; q is then rebuilt with `one` added (held back: the platform
+    still holds NY+FL). r = TX+IL. The patterns take q's newest release, where `one` is,
+    so P = NY+TX+one looks harmless; on the platform P - q - r is `one`."""
+    a = make_project(rows=3000, pack="nightly-pack")
+    (one,) = _ca_people(a, 1)
+    assert _build(a, "r", ["TX", "IL"]).exit_code == 0
+    write_segment(a.root, "q", ["NY", "FL"])
+    a.approve("q")
+    assert a.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    write_segment(a.root, "q", ["NY", "FL"], (one,))
+    a.approve("q")
+    assert a.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    held = a.boxes.meta.member_key_values(a.remote_id("q", "meta"), "EXTERN_ID")
+    assert one not in held  # held back: the platform holds NY+FL
+    b = a if where == "same project" else make_project(rows=3000, pack="nightly-pack", name="b")
+    attack = _build(b, "p", ["NY", "TX"], (one,))
+    out = attack.stdout + attack.stderr
+    assert attack.exit_code == 3, out
+
+
+@pytest.mark.parametrize("r_in", ["first project", "third project"])
+def test_attack_three_projects_people_of_two_other_projects_are_joined(
+    make_project: Any, r_in: str
+) -> None:
+    """Q = FL+NY+z (project A), R = NY (A, or a third project C), P = FL+TX (project B).
+    On the platform Q - R - P = {z}. unify joins each foreign space only to B's own
+    people: NY people (in Q and R, in no audience of B) stay two labels when Q and R
+    come from two different projects, so the pattern (Q, not R, not P) looks like NY+z."""
+    a = make_project(rows=6000, pack="nightly-pack")
+    (z,) = _ca_people(a, 1)
+    assert _build(a, "q", ["FL", "NY"], (z,)).exit_code == 0
+    c = a if r_in == "first project" else make_project(rows=6000, pack="nightly-pack", name="c")
+    assert _build(c, "r", ["NY"]).exit_code == 0
+    b = make_project(rows=6000, pack="nightly-pack", name="b")
+    attack = _build(b, "p", ["FL", "TX"])
+    out = attack.stdout + attack.stderr
+    assert attack.exit_code == 3, out
+    assert SINGLES_OUT in out
+
+
+def test_attack_another_projects_synced_copy_keeps_its_k_diff(make_project: Any) -> None:
+    """A (k_diff 10) syncs q = NY+FL, then q + three CA people (held: the platform keeps
+    NY+FL). B (k_diff 2) releases q2 = NY+FL+three: equal to A's newest release, and 3
+    apart from what the platform holds — compared under B's 2, since a synced copy in
+    custody carries no k_diff. On the platform q2 - q is three people."""
+    a = make_project(rows=3000, pack="nightly-pack")
+    three = _ca_people(a, 3)
+    write_segment(a.root, "q", ["NY", "FL"])
+    a.approve("q")
+    assert a.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    write_segment(a.root, "q", ["NY", "FL"], three)
+    a.approve("q")
+    assert a.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    held = a.boxes.meta.member_key_values(a.remote_id("q", "meta"), "EXTERN_ID")
+    assert not set(three) & set(held)
+    b = make_project(rows=3000, pack="nightly-pack", name="b")
+    _weak(b, 2)
+    write_segment(b.root, "q2", ["NY", "FL"], three)
+    b.approve("q2")
+    attack = b.cli("sync", "q2", "--as-of", DAY)
+    out = attack.stdout + attack.stderr
+    assert attack.exit_code == 3, out
+
+
+@pytest.mark.parametrize("where", ["same project", "new project"])
+def test_attack_adds_held_over_several_nights_are_judged_when_sent(
+    make_project: Any, where: str
+) -> None:
+    """q = NY+FL and r = TX+IL (project A) are live. p = NY+TX is synced. Night 1: p
+    gains `one` (CA) and 4 FL people: 5 adds, held (< k_diff), so the gate takes p as
+    unchanged and touches no pattern. Night 2: 6 more FL people: against the previous
+    release it is again a small change (6), held, no pattern touched — but the sync's
+    accumulated adds are now 11 >= k_diff and all are sent. On the platform p - q - r is
+    `one`; no pattern check ever saw her arrive."""
+    import polars as pl
+
+    a = make_project(rows=3000, pack="nightly-pack")
+    (one,) = _ca_people(a, 1)
+    for name, states in (("q", ["NY", "FL"]), ("r", ["TX", "IL"])):
+        write_segment(a.root, name, states)
+        a.approve(name)
+        assert a.cli_json("sync", name, "--as-of", DAY)["exit_code"] == 0
+    fl = sorted(a.contact_ids(a.release("q", "meta").members))
+    fl = [c for c in fl if a.contacts().filter(pl.col("contact_id") == c)["state"].item() == "FL"]
+    b = a if where == "same project" else make_project(rows=3000, pack="nightly-pack", name="b")
+    write_segment(b.root, "p", ["NY", "TX"])
+    b.approve("p")
+    assert b.cli_json("sync", "p", "--as-of", DAY)["exit_code"] == 0
+    codes = []
+    for extra in (fl[:4], fl[:10]):
+        write_segment(b.root, "p", ["NY", "TX"], (one, *extra))
+        b.approve("p")
+        codes.append(b.cli("sync", "p", "--as-of", DAY).exit_code)
+    on = a.boxes.meta
+    got = {
+        s: set(on.member_key_values(x.remote_id(s, "meta"), "EXTERN_ID"))
+        for s, x in (("q", a), ("r", a), ("p", b))
+    }
+    alone = got["p"] - got["q"] - got["r"]
+    assert not 0 < len(alone) < 10, (codes, alone, one)
+
+
+def test_the_same_adds_in_one_night_are_blocked(make_project: Any) -> None:
+    """Control for 6: the same 11 adds in one night are pattern-checked and blocked."""
+    import polars as pl
+
+    a = make_project(rows=3000, pack="nightly-pack")
+    (one,) = _ca_people(a, 1)
+    for name, states in (("q", ["NY", "FL"]), ("r", ["TX", "IL"])):
+        write_segment(a.root, name, states)
+        a.approve(name)
+        assert a.cli_json("sync", name, "--as-of", DAY)["exit_code"] == 0
+    fl = sorted(a.contact_ids(a.release("q", "meta").members))
+    fl = [c for c in fl if a.contacts().filter(pl.col("contact_id") == c)["state"].item() == "FL"]
+    b = make_project(rows=3000, pack="nightly-pack", name="b")
+    write_segment(b.root, "p", ["NY", "TX"])
+    b.approve("p")
+    assert b.cli_json("sync", "p", "--as-of", DAY)["exit_code"] == 0
+    write_segment(b.root, "p", ["NY", "TX"], (one, *fl[:10]))
+    b.approve("p")
+    done = b.cli("sync", "p", "--as-of", DAY)
+    assert done.exit_code == 3 and SINGLES_OUT in done.stdout + done.stderr

@@ -42,7 +42,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -548,22 +548,25 @@ def synced_for(
 ) -> tuple[list[EarlierRelease], list[ForeignRelease]]:
     """What the platform holds of each audience on ``account`` after its latest sync:
     (this salt's — member keys that compare as they are —, other salts' — with links)."""
+    # the k_diff its project released the audience under: that of its newest release
     rows = conn.execute(
-        "SELECT salt_id, segment, destination, at, members, file, links, project FROM synced "
-        "WHERE account = ? ORDER BY at",
+        "SELECT s.salt_id, s.segment, s.destination, s.at, s.members, s.file, s.links, "
+        "s.project, (SELECT r.k_diff FROM releases r WHERE r.salt_id = s.salt_id AND "
+        "r.account = s.account AND r.segment = s.segment AND r.destination = s.destination "
+        "ORDER BY r.created_at DESC LIMIT 1) FROM synced s WHERE s.account = ? ORDER BY s.at",
         (account,),
     ).fetchall()
     root = custody_path().parent / "releases"
     mine, others = [], []
-    for sid, segment, destination, at, members, file, links, project in rows:
+    for sid, segment, destination, at, members, file, links, project, k_diff in rows:
         e = EarlierRelease(
             f"synced:{segment}/{destination}", "", segment, destination, account, at,
             int(members), root / sid / file,
         )  # fmt: skip
         if sid == salt_id(salt):
-            mine.append(e)
+            mine.append(replace(e, links_path=root / sid / links if links else None))
         else:
-            others.append(ForeignRelease(e, root / sid / links, str(project)))
+            others.append(ForeignRelease(e, root / sid / links, str(project), int(k_diff or 0)))
     return mine, others
 
 

@@ -9,6 +9,7 @@ audit log, blocked ones included.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 import time
@@ -395,8 +396,19 @@ def _gate(run: _BuildRun, build_id: str, segment: Segment, candidates: pl.DataFr
             shared_releases=shared_releases(run.salt),
             foreign_releases=foreign_releases(run.salt),
             synced_releases=synced_audiences(run.salt),
+            platform_held=functools.partial(_platform_held, run.config.state_dir),
         )
     )
+
+
+def _platform_held(state_dir: Path, segment: str, destination: str) -> Any:
+    """The member keys this project's last confirmed sync left on the platform (sorted;
+    empty when never synced). A snapshot that fails its authentication is an error."""
+    from audiences.pipeline.membership import KEY, MembershipStore
+    from policies.difference import sorted_keys
+
+    snapshot = MembershipStore(state_dir, segment, destination).load()
+    return sorted_keys(snapshot.get_column(KEY))
 
 
 def _release(
