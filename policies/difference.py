@@ -105,6 +105,10 @@ class ForeignRelease:
     links_path: Path
     project: str
     k_diff: int = 0  # its project's difference rule: the larger of the two applies
+    # what decides whom its project's CRM rules exclude (policies/gate.py,
+    # ``exclusion_digest``): this build's exclusions are forced removals in it only when
+    # both are the same ("" when unknown: never)
+    exclusions: str = ""
 
     @property
     def space(self) -> str:
@@ -485,6 +489,7 @@ def check(
     new_links: Callable[[], tuple[pl.DataFrame, pl.DataFrame]] | None = None,
     synced: Sequence[EarlierRelease] = (),
     held_now: Callable[[], np.ndarray] | None = None,
+    exclusions: str = "",
 ) -> DifferenceResult:
     """Compare ``new`` (sorted unique keys) with the live audiences of the account: the
     previous version of this audience (hold), each other audience (pairwise), and all of
@@ -520,7 +525,9 @@ def check(
         links, exempt_links = new_links()
         matchable_only = dest.kind != "meta"  # Google matches on nothing but these links
         comparisons += tuple(
-            _compare_foreign(p, f, links, exempt_links, int(new.size), matchable_only)
+            _compare_foreign(
+                p, f, links, _trusted(exempt_links, f, exclusions), int(new.size), matchable_only
+            )
             for f in foreign
         )
     prev = next((c for c in comparisons if c.previous_version), None)
@@ -562,7 +569,7 @@ def check(
                 own = [*others, *([previous] if previous is not None else []), *held]
                 own += [mine] if mine is not None else []
                 mix, unread = _across_projects(
-                    p, before, after, named, exempt, own, list(foreign), new_links
+                    p, before, after, named, exempt, own, list(foreign), new_links, exclusions
                 )
                 comparisons += unread
             else:
@@ -917,6 +924,7 @@ def _across_projects(
     own: Sequence[EarlierRelease],
     foreign: Sequence[ForeignRelease],
     new_links: Callable[[], tuple[pl.DataFrame, pl.DataFrame]],
+    exclusions: str = "",
 ) -> tuple[Composition | None, tuple[Comparison, ...]]:
     """The pattern check over every live audience of the account, whichever project
     released it (each as its newest release and as the platform holds it): every
@@ -971,12 +979,20 @@ def _across_projects(
             e = f.earlier
             held = " as the platform holds it" if e.release_id.startswith("synced:") else ""
             name = f"{e.segment} → {e.destination} (another project, {f.project}{held})"
-            everyone.append((name, np.setdiff1d(there, gone, assume_unique=True)))
+            if _trusted(exempt_links, f, exclusions).height:
+                there = np.setdiff1d(there, gone, assume_unique=True)
+            everyone.append((name, there))
     held_keys = exempt[np.isin(exempt, ours)] if exempt is not None and exempt.size else _EMPTY
     k_diff = max(p.k_diff, *(f.k_diff for f in foreign))  # the strictest project's rule
     mix = composition(mine(before), after_l, everyone, k_diff, mine(held_keys))
     audiences = len({(f.space, f.earlier.segment, f.earlier.destination) for f in foreign})
     return replace(mix, other_projects=audiences, without_links=without), ()
+
+
+def _trusted(exempt_links: pl.DataFrame, f: ForeignRelease, exclusions: str) -> pl.DataFrame:
+    """The people this build's CRM rules excluded, as forced removals in ``f``: only when
+    both projects exclude people by the same rules (else none)."""
+    return exempt_links if exclusions and f.exclusions == exclusions else exempt_links.clear()
 
 
 def _distinct_versions(

@@ -123,6 +123,9 @@ class GateOutcome:
     releases: dict[str, Release]
     report: dict[str, Any]
     state_dir: Path = field(default=Path(".audiences"), repr=False)
+    # what decides who the CRM itself excludes (:func:`exclusion_digest`), kept with the
+    # releases: another project trusts this one's exclusions only when its own are the same
+    exclusions: str = ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,7 +266,37 @@ def evaluate(inp: GateInput) -> GateOutcome:
         releases=releases,
         report=report,
         state_dir=inp.state_dir,
+        exclusions=exclusion_digest(config, pack),
     )
+
+
+# a source's location is left out: two projects over one CRM name it each in their own way
+_LOCATION = frozenset({"path", "table", "db_schema", "schema", "uri_env", "version_column"})
+
+
+def exclusion_digest(config: ProjectConfig, pack: Pack) -> str:
+    """A digest of everything that decides whom the CRM itself excludes from every
+    audience (the filter rules' parameters, the consent and identity columns, the
+    jurisdiction column, how the contacts are read). A person this build excludes counts
+    as a forced removal in another project's audience only when that project's digest is
+    the same: its own rules would remove them too, at its next sync. Otherwise a stricter
+    rule of the new project's own (a higher minimum age) would make a difference of a few
+    people pass as removals (policies/difference.py)."""
+    contacts = config.sources.contacts.model_dump(mode="json")
+    doc = {
+        "rules": [
+            {"id": r.id, "kind": r.kind, "severity": r.severity, "jurisdictions": r.jurisdictions,
+             "params": r.params.model_dump(mode="json")}
+            for r in pack.rules
+            if r.scope == "filter"
+        ],
+        "consent": config.consent.model_dump(mode="json"),
+        "identity": config.identity.model_dump(mode="json"),
+        "jurisdiction_column": config.policy.jurisdiction_column,
+        "contacts": {k: v for k, v in contacts.items() if k not in _LOCATION},
+    }  # fmt: skip
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=list)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _filter_verdicts(
@@ -654,6 +687,7 @@ def _difference_verdict(
     result = difference.check(
         rule, dest, inp.segment.name, dest_keys, earlier, exempt,
         foreign=foreign, new_links=links, synced=synced, held_now=held_now,
+        exclusions=exclusion_digest(inp.config, inp.pack),
     )  # fmt: skip
     k_diff = rule.params.k_diff  # type: ignore[attr-defined]
     check.hold = (result.hold_against, result.holds, k_diff)

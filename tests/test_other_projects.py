@@ -585,3 +585,44 @@ def test_attack_an_audience_equal_to_anothers_held_release(make_project: Any, wh
     x.approve("r")
     attack = x.cli("sync", "r", "--as-of", DAY)
     assert attack.exit_code == 3 and "difference" in attack.stdout + attack.stderr
+
+
+def test_attack_a_stricter_minimum_age_of_the_new_projects_own(
+    make_project: Any,
+) -> None:
+    """A holds q = NY+FL. B's pack raises `minors.min_age` just enough to exclude the few
+    youngest of q's members: B's q2 = NY+FL minus them. Taken for forced removals in A's
+    audience, they would not count (pairwise or in the patterns); on the platform q − q2
+    is those few people. Like a suppression list, the threshold is B's own: a build's
+    exclusions are forced removals in another project's audience only when both projects
+    exclude people by the same rules and columns (policies/gate.py, exclusion_digest)."""
+    import re
+
+    a = make_project(rows=3000, pack="nightly-pack")
+    write_segment(a.root, "q", ["NY", "FL"])
+    a.approve("q")
+    assert a.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    ids = a.contact_ids(a.release("q", "meta").members)
+    born = a.contacts().filter(pl.col("contact_id").is_in(sorted(ids))).get_column("birth_date")
+    m, few = 18, 0
+    while not 1 <= few <= 9:
+        m += 1
+        few = int((born > AS_OF.replace(year=AS_OF.year - m)).sum())
+        assert m < 60
+    b = make_project(rows=3000, pack="nightly-pack", name="b")
+    pack = (b.root / "policies" / "nightly-pack.yaml").read_text().replace("nightly-test", "own")
+    pack += f"  - id: minors\n    params: {{min_age: {m}, unknown_age: exclude}}\n"
+    (b.root / "policies" / "own.yaml").write_text(pack)
+    b.edit_toml(lambda t: re.sub(r'(?m)^pack = ".*?"', 'pack = "policies/own.yaml"', t))
+    write_segment(b.root, "q2", ["NY", "FL"])
+    b.approve("q2")
+    attack = b.cli("sync", "q2", "--as-of", DAY)
+    out = attack.stdout + attack.stderr
+    on = a.boxes.meta
+    q = set(on.member_key_values(a.remote_id("q", "meta"), "EXTERN_ID"))
+    q2 = (
+        set(on.member_key_values(b.remote_id("q2", "meta"), "EXTERN_ID"))
+        if attack.exit_code == 0
+        else q
+    )
+    assert attack.exit_code == 3 or not 0 < len(q - q2) < 10, (out, m, few, len(q - q2))

@@ -161,6 +161,7 @@ def opened() -> Iterator[sqlite3.Connection]:
         # a store made before other projects were compared
         _add_column(conn, "releases", "links")
         _add_column(conn, "releases", "k_diff")
+        _add_column(conn, "releases", "exclusions")
     except (OSError, sqlite3.DatabaseError) as exc:
         raise StateError(
             f"cannot open the custody store {path} ({exc})",
@@ -446,10 +447,12 @@ def register_releases(
     project: str,
     links: dict[str, pl.DataFrame] | None = None,
     k_diffs: dict[str, int] | None = None,
+    exclusions: str | None = None,
 ) -> None:
     """Keep a copy of each release's member keys and, for an ad account, its people's link
     keys (``links`` by release id: :func:`policies.difference.link_frame`) and the
-    difference rule's ``k_diff`` it was released under (``k_diffs``); an audience's
+    difference rule's ``k_diff`` it was released under (``k_diffs``) and the digest of
+    what its project's CRM rules exclude (``exclusions``); an audience's
     older copies are dropped (only the newest release of an audience is what a platform
     holds)."""
     import shutil
@@ -475,8 +478,8 @@ def register_releases(
             ).fetchall()
             conn.execute(
                 "INSERT OR REPLACE INTO releases(release_id, salt_id, account, segment, "
-                "destination, build_id, created_at, members, file, project, links, k_diff) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "destination, build_id, created_at, members, file, project, links, k_diff, "
+                "exclusions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     r.release_id,
                     sid,
@@ -490,6 +493,7 @@ def register_releases(
                     project,
                     None if link_file is None else link_file.name,
                     (k_diffs or {}).get(r.release_id),
+                    exclusions,
                 ),
             )
             conn.executemany(
@@ -551,14 +555,15 @@ def synced_for(
     # the k_diff its project released the audience under: that of its newest release
     rows = conn.execute(
         "SELECT s.salt_id, s.segment, s.destination, s.at, s.members, s.file, s.links, "
-        "s.project, (SELECT r.k_diff FROM releases r WHERE r.salt_id = s.salt_id AND "
-        "r.account = s.account AND r.segment = s.segment AND r.destination = s.destination "
-        "ORDER BY r.created_at DESC LIMIT 1) FROM synced s WHERE s.account = ? ORDER BY s.at",
+        "s.project, r.k_diff, r.exclusions FROM synced s LEFT JOIN releases r ON "
+        "r.release_id = (SELECT n.release_id FROM releases n WHERE n.salt_id = s.salt_id AND "
+        "n.account = s.account AND n.segment = s.segment AND n.destination = s.destination "
+        "ORDER BY n.created_at DESC LIMIT 1) WHERE s.account = ? ORDER BY s.at",
         (account,),
     ).fetchall()
     root = custody_path().parent / "releases"
     mine, others = [], []
-    for sid, segment, destination, at, members, file, links, project, k_diff in rows:
+    for sid, segment, destination, at, members, file, links, project, k_diff, excl in rows:
         e = EarlierRelease(
             f"synced:{segment}/{destination}", "", segment, destination, account, at,
             int(members), root / sid / file,
@@ -566,7 +571,9 @@ def synced_for(
         if sid == salt_id(salt):
             mine.append(replace(e, links_path=root / sid / links if links else None))
         else:
-            others.append(ForeignRelease(e, root / sid / links, str(project), int(k_diff or 0)))
+            others.append(
+                ForeignRelease(e, root / sid / links, str(project), int(k_diff or 0), excl or "")
+            )
     return mine, others
 
 
@@ -612,7 +619,7 @@ def foreign_releases_for(
     sid = salt_id(salt)
     rows = conn.execute(
         "SELECT release_id, build_id, segment, destination, account, created_at, members, "
-        "file, salt_id, links, project, k_diff FROM releases r WHERE salt_id != ? "
+        "file, salt_id, links, project, k_diff, exclusions FROM releases r WHERE salt_id != ? "
         "AND account = ? "
         "AND links IS NOT NULL "
         "ORDER BY created_at, release_id",
@@ -625,6 +632,7 @@ def foreign_releases_for(
             root / r[8] / str(r[9]),
             str(r[10]),
             int(r[11] or 0),
+            str(r[12] or ""),
         )
         for r in rows
     ]

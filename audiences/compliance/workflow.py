@@ -638,7 +638,9 @@ def share_releases(config: ProjectConfig, salt: bytes, outcome: Any) -> None:
     }
     with custody.opened() as store:
         k_diffs = {r.release_id: int(r.k_diff) for r in outcome.releases.values()}
-        custody.register_releases(store, salt, shared, _project(config), links, k_diffs)
+        custody.register_releases(
+            store, salt, shared, _project(config), links, k_diffs, outcome.exclusions
+        )
 
 
 def release_lock(config: ProjectConfig, segment: Any) -> contextlib.AbstractContextManager[None]:
