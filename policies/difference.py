@@ -118,6 +118,18 @@ class ForeignRelease:
 
 
 @dataclass(frozen=True)
+class PlatformView:
+    """What an ad audience's next sync starts from (audiences/pipeline/batches.py,
+    ``platform_view``): the people this state knows the platform holds, the people an
+    interrupted run sent unconfirmed (settled to the release, never held), and whether
+    the sync replaces the audience in full (everyone sent, nothing held)."""
+
+    held: np.ndarray  # sorted member keys
+    unsure: np.ndarray  # sorted member keys
+    replace: bool = False
+
+
+@dataclass(frozen=True)
 class Comparison:
     earlier: EarlierRelease
     only_new: int
@@ -488,7 +500,7 @@ def check(
     foreign: Sequence[ForeignRelease] = (),
     new_links: Callable[[], tuple[pl.DataFrame, pl.DataFrame]] | None = None,
     synced: Sequence[EarlierRelease] = (),
-    held_now: Callable[[], np.ndarray] | None = None,
+    held_now: Callable[[], PlatformView] | None = None,
     exclusions: str = "",
 ) -> DifferenceResult:
     """Compare ``new`` (sorted unique keys) with the live audiences of the account: the
@@ -497,10 +509,10 @@ def check(
     (``new_links()``: this release's :func:`link_frame`, and that of the people its
     filters excluded), the live audiences of other projects on the account (``foreign``).
 
-    ``held_now()``: for an ad audience, what the platform holds of it (the project's
-    confirmed snapshot, sorted keys; empty when never synced), read when no synced copy in
-    ``synced`` says it — the patterns judge what the next sync will send, adds held back
-    over several nights included."""
+    ``held_now()``: for an ad audience, where its next sync starts from
+    (:class:`PlatformView`) — the patterns judge what that sync sends (adds held back over
+    several nights, an interrupted run's unsure rows, a full replace), onto what the
+    platform holds (the latest synced copy of any state of this project, else the view)."""
     p: DifferenceParams = rule.params  # type: ignore[assignment]
     previous, others = live_audiences(earlier, segment, dest.name)
     live = [*others, *([previous] if previous is not None else [])]
@@ -524,9 +536,16 @@ def check(
             raise InternalError("other projects' audiences to compare, but no link keys")
         links, exempt_links = new_links()
         matchable_only = dest.kind != "meta"  # Google matches on nothing but these links
+        platform = _platform_copies(foreign)
         comparisons += tuple(
             _compare_foreign(
-                p, f, links, _trusted(exempt_links, f, exclusions), int(new.size), matchable_only
+                p,
+                f,
+                links,
+                exempt_links,
+                int(new.size),
+                matchable_only,
+                _forced_there(f, exclusions, platform),
             )
             for f in foreign
         )
@@ -547,14 +566,15 @@ def check(
         if mine is not None and now is None:
             comparisons += (Comparison(mine, 0, 0, 0, True, False, "error", _UNREAD_SYNCED),)
         else:
-            if now is None and held_now is not None:
-                now = held_now()
-            if now is not None:  # an ad audience: its sync sends what differs from `now`
-                before, k_sync = now, p.k_diff  # (a change below k_diff waits, always)
+            view = held_now() if held_now is not None else None
+            if view is None and now is not None:
+                view = PlatformView(now, _EMPTY)
+            if view is not None:  # an ad audience: what its next sync sends, onto the platform
+                before = now if now is not None else view.held
+                after = _after_sync(before, view, new, exempt, p.k_diff)
             else:  # files: written whole at the build
                 before = readable[previous.release_id] if previous is not None else _EMPTY
-                k_sync = p.k_diff if hold_against else 0
-            after = _as_synced(before, new, exempt, k_sync)
+                after = _as_synced(before, new, exempt, p.k_diff if hold_against else 0)
             # each other audience as its newest release and, while its small changes are
             # held back, as the platform holds it now (every mix of the two is covered:
             # patterns over both versions refine the patterns over any one of them)
@@ -645,6 +665,34 @@ def _as_synced(
     return sorted_keys(np.concatenate(parts))
 
 
+def _after_sync(
+    platform: np.ndarray, view: PlatformView, new: np.ndarray, exempt: np.ndarray | None, k: int
+) -> np.ndarray:
+    """The audience on the platform after its next sync (audiences/pipeline/sync.py,
+    ``diff``): from ``view`` the sync sends the adds if there are at least ``k`` of them,
+    the removals not in ``exempt`` if at least ``k`` (``exempt`` ones always), and the
+    unsure rows settled to the release; a replace sends the release whole. ``platform``:
+    what the platform holds now (a later sync by a copy of the project may have changed it
+    since ``view.held``)."""
+    if view.replace:
+        return new
+    unsure = view.unsure
+    adds = np.setdiff1d(
+        np.setdiff1d(new, view.held, assume_unique=True), unsure, assume_unique=True
+    )
+    if 0 < adds.size < k:
+        adds = _EMPTY
+    gone = np.setdiff1d(
+        np.setdiff1d(view.held, new, assume_unique=True), unsure, assume_unique=True
+    )
+    forced = np.intersect1d(gone, exempt, assume_unique=True) if exempt is not None else _EMPTY
+    if 0 < gone.size - forced.size < k:
+        gone = forced
+    adds = np.union1d(adds, np.intersect1d(unsure, new, assume_unique=True))
+    gone = np.union1d(gone, np.setdiff1d(unsure, new, assume_unique=True))
+    return np.setdiff1d(np.union1d(platform, adds), gone, assume_unique=True)
+
+
 def _read_memberships(
     live: Sequence[EarlierRelease], workers: int | None
 ) -> dict[str, np.ndarray | None]:
@@ -700,6 +748,7 @@ def _compare_foreign(
     exempt_links: pl.DataFrame,
     people: int,
     matchable_only: bool,
+    forced: Callable[[np.ndarray], np.ndarray] = lambda gone: gone,
 ) -> Comparison:
     """Another project's live audience against the new release, through the links: always
     another audience, under the larger of the two projects' ``k_diff``. People without a
@@ -713,8 +762,9 @@ def _compare_foreign(
     except (OSError, pl.exceptions.PolarsError, InternalError):
         return Comparison(f.earlier, 0, 0, 0, False, False, "error", "link file unreadable")
     k_diff = max(p.k_diff, f.k_diff)  # the stricter project's rule protects both
-    only_new, only_old, _ = compare_sets(linked.new, linked.old, linked.gone)
-    exempt_n = count_common(linked.gone, linked.old)
+    gone = forced(linked.gone)  # (:func:`_forced_there`)
+    only_new, only_old, _ = compare_sets(linked.new, linked.old, gone)
+    exempt_n = count_common(gone, linked.old)
     if matchable_only:
         unlinked_new = linked.new_any - linked.new_people
         unlinked_old = linked.old_any - linked.old.size
@@ -973,14 +1023,28 @@ def _across_projects(
     after_l = mine(after)
     gone = np.setdiff1d(mine(excluded), after_l, assume_unique=True)  # still in: not gone
     everyone = [(name, mine(keys)) for name, keys in named]
+    copies = {  # each audience's synced copy (what the platform holds), in labels
+        (f.space, f.earlier.segment, f.earlier.destination): sorted_keys(
+            space[np.searchsorted(keys, members)]
+        )
+        for keys, group, space in zip(space_keys, groups, labels.spaces, strict=True)
+        for f, members, _ in group
+        if f.earlier.release_id.startswith("synced:")
+    }
     for keys, group, space in zip(space_keys, groups, labels.spaces, strict=True):
         for f, members, _ in group:
             there = sorted_keys(space[np.searchsorted(keys, members)])
             e = f.earlier
             held = " as the platform holds it" if e.release_id.startswith("synced:") else ""
             name = f"{e.segment} → {e.destination} (another project, {f.project}{held})"
-            if _trusted(exempt_links, f, exclusions).height:
+            if f.exclusions and f.exclusions == exclusions:
                 there = np.setdiff1d(there, gone, assume_unique=True)
+            else:  # only those its project's platform copy already dropped
+                copy = copies.get((f.space, e.segment, e.destination))
+                dropped = (
+                    np.setdiff1d(gone, copy, assume_unique=True) if copy is not None else _EMPTY
+                )
+                there = np.setdiff1d(there, dropped, assume_unique=True)
             everyone.append((name, there))
     held_keys = exempt[np.isin(exempt, ours)] if exempt is not None and exempt.size else _EMPTY
     k_diff = max(p.k_diff, *(f.k_diff for f in foreign))  # the strictest project's rule
@@ -989,10 +1053,36 @@ def _across_projects(
     return replace(mix, other_projects=audiences, without_links=without), ()
 
 
-def _trusted(exempt_links: pl.DataFrame, f: ForeignRelease, exclusions: str) -> pl.DataFrame:
-    """The people this build's CRM rules excluded, as forced removals in ``f``: only when
-    both projects exclude people by the same rules (else none)."""
-    return exempt_links if exclusions and f.exclusions == exclusions else exempt_links.clear()
+def _platform_copies(foreign: Sequence[ForeignRelease]) -> dict[tuple[str, str, str], Any]:
+    """Each other-project audience's synced copy (what the platform holds of it), by
+    (key space, segment, destination): its member keys, None when unreadable."""
+    out: dict[tuple[str, str, str], Any] = {}
+    for f in foreign:
+        if f.earlier.release_id.startswith("synced:"):
+            try:
+                keys: np.ndarray | None = read_membership(f.earlier.membership_path)
+            except (OSError, pl.exceptions.PolarsError, InternalError):
+                keys = None
+            out[(f.space, f.earlier.segment, f.earlier.destination)] = keys
+    return out
+
+
+def _forced_there(
+    f: ForeignRelease, exclusions: str, platform: dict[tuple[str, str, str], Any]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Of the people this build's CRM rules excluded (``gone``, in ``f``'s keys), those
+    that are forced removals in ``f``: all when both projects exclude people by the same
+    settings over the same data (``exclusions``: its rules remove them too at its next
+    sync); otherwise only those its project's platform copy already dropped (a stricter
+    rule or a doctored export of one project's own could else pass a difference of a few
+    people as removals, and two projects with different settings would block each other
+    for good after an opt-out)."""
+    if exclusions and f.exclusions == exclusions:
+        return lambda gone: gone
+    copy = platform.get((f.space, f.earlier.segment, f.earlier.destination))
+    if copy is None:
+        return lambda gone: gone[:0]
+    return lambda gone: np.setdiff1d(gone, copy, assume_unique=True)
 
 
 def _distinct_versions(
@@ -1102,6 +1192,7 @@ __all__ = [
     "Composition",
     "DifferenceResult",
     "EarlierRelease",
+    "PlatformView",
     "check",
     "compare_sets",
     "composition",

@@ -109,10 +109,10 @@ class GateInput:
     # what the platform holds of each audience of this salt on an ad account after its
     # latest sync (not its newest release while small changes are held back)
     synced_releases: Callable[[str], Sequence[difference.EarlierRelease]] | None = None
-    # (segment, destination) → what this project's last confirmed sync left on the platform
-    # (sorted member keys; empty when never synced): the patterns judge what the next sync
-    # sends when no synced copy in custody says it (``synced_releases``)
-    platform_held: Callable[[str, str], np.ndarray] | None = None
+    # (segment, destination) → where the audience's next sync starts from (what this state
+    # knows the platform holds, an interrupted run's unsure rows, a full replace due): the
+    # pattern check judges what that sync sends (policies/difference.py, PlatformView)
+    platform_held: Callable[[str, str], difference.PlatformView] | None = None
 
 
 @dataclass(frozen=True)
@@ -270,19 +270,33 @@ def evaluate(inp: GateInput) -> GateOutcome:
     )
 
 
-# a source's location is left out: two projects over one CRM name it each in their own way
+# where the contacts come from: as resolved (two projects name one file each in their own
+# way), never as written
 _LOCATION = frozenset({"path", "table", "db_schema", "schema", "uri_env", "version_column"})
+# the identity columns that decide who is excluded: the linkage of duplicates of opt-outs
+# (mailbox, phone, name + country + postal code) and the age rules
+_EXCLUDING_IDENTITY = (
+    "email", "phone", "first_name", "last_name", "zip", "country", "birth_date",
+    "default_country",
+)  # fmt: skip
 
 
 def exclusion_digest(config: ProjectConfig, pack: Pack) -> str:
     """A digest of everything that decides whom the CRM itself excludes from every
-    audience (the filter rules' parameters, the consent and identity columns, the
-    jurisdiction column, how the contacts are read). A person this build excludes counts
-    as a forced removal in another project's audience only when that project's digest is
-    the same: its own rules would remove them too, at its next sync. Otherwise a stricter
-    rule of the new project's own (a higher minimum age) would make a difference of a few
-    people pass as removals (policies/difference.py)."""
-    contacts = config.sources.contacts.model_dump(mode="json")
+    audience (the filter rules' parameters, the consent columns and the identity columns
+    the linkage and the age rules read, the jurisdiction column, which contacts are read
+    and how — the file itself, resolved). A person this build excludes counts as a forced
+    removal in another project's audience when that project's digest is the same (its own
+    rules, over the same data, remove them too at its next sync) or when its platform
+    copy already dropped them. Otherwise a stricter rule of the new project's own (a
+    higher minimum age), or a doctored copy of the export, would make a difference of a
+    few people pass as removals (policies/difference.py)."""
+    source = config.sources.contacts
+    contacts = source.model_dump(mode="json")
+    where = [source.kind, source.table, source.db_schema, source.uri_env]
+    if source.path is not None:  # the file itself (a copy of the export is another source)
+        where.append(str(config.path(source.path).resolve()))
+    identity = config.identity.model_dump(mode="json")
     doc = {
         "rules": [
             {"id": r.id, "kind": r.kind, "severity": r.severity, "jurisdictions": r.jurisdictions,
@@ -291,9 +305,10 @@ def exclusion_digest(config: ProjectConfig, pack: Pack) -> str:
             if r.scope == "filter"
         ],
         "consent": config.consent.model_dump(mode="json"),
-        "identity": config.identity.model_dump(mode="json"),
+        "identity": {k: identity[k] for k in _EXCLUDING_IDENTITY},
         "jurisdiction_column": config.policy.jurisdiction_column,
         "contacts": {k: v for k, v in contacts.items() if k not in _LOCATION},
+        "source": where,
     }  # fmt: skip
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=list)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

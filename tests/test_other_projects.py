@@ -364,23 +364,56 @@ def test_attack_a_new_project_that_sends_nothing_to_link(make_project: Any) -> N
     assert _exact(b, "q2") == (0, 0)  # nothing linked, yet blocked
 
 
-def test_nightly_opt_outs_with_two_projects_holding_the_same_audience(make_project: Any) -> None:
-    """Both projects hold NY+FL on the account; three members opt out. Each night's sync
-    removes them (forced removals) and passes: the other project's copy, which still
-    holds them until its own sync, does not block it (they are exempt there too)."""
-
-    def opt_out(x: Project, ids: list[str]) -> None:
-        hit = pl.col("contact_id").is_in(ids)
-        c = x.contacts()
-        x.write_contacts(
-            c.with_columns(
-                pl.when(hit)
-                .then(False)
-                .otherwise(pl.col("marketing_opt_in"))
-                .alias("marketing_opt_in")
-            )
+def _opt_out(x: Project, ids: list[str]) -> None:
+    hit = pl.col("contact_id").is_in(ids)
+    c = x.contacts()
+    x.write_contacts(
+        c.with_columns(
+            pl.when(hit).then(False).otherwise(pl.col("marketing_opt_in")).alias("marketing_opt_in")
         )
+    )
 
+
+def _over_the_same_crm(b: Project, a: Project) -> None:
+    """Point ``b``'s sources at ``a``'s export: two projects over one CRM."""
+    b.edit_toml(
+        lambda t: t.replace(
+            'path = "data/contacts.parquet"', f'path = "{a.root / "data" / "contacts.parquet"}"'
+        ).replace('path = "data/events.parquet"', f'path = "{a.root / "data" / "events.parquet"}"')
+    )
+
+
+def test_nightly_opt_outs_with_two_projects_holding_the_same_audience(make_project: Any) -> None:
+    """Both projects hold NY+FL on the account, over one CRM export with the same
+    settings; three members opt out. Each night's sync removes them (forced removals) and
+    passes: the other project's copy, which still holds them until its own sync, does not
+    block it (its own rules remove them too: they are forced removals there as well)."""
+    p, _ = _first(make_project)
+    assert p.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    _over_the_same_crm(b, p)
+    write_segment(b.root, "ny-fl", ["NY", "FL"])
+    b.approve("ny-fl")
+    assert b.cli_json("sync", "ny-fl", "--as-of", DAY)["exit_code"] == 0
+    leaving = sorted(p.contact_ids(p.release("q", "meta").members.head(3)))
+    _opt_out(p, leaving)  # the one export both read
+    for x in (p, b, p):
+        night = x.cli_json("sync", "--all", "--as-of", DAY)
+        assert night["exit_code"] == 0, night
+    for x, seg in ((p, "q"), (b, "ny-fl")):
+        sent = x.boxes.meta.member_key_values(x.remote_id(seg, "meta"), "EXTERN_ID")
+        assert sent and not set(leaving) & sent
+
+
+def test_opt_outs_in_two_projects_over_separate_copies_clear_in_a_night(
+    make_project: Any,
+) -> None:
+    """The same, but each project reads its own copy of the export: neither trusts the
+    other's exclusions (a copy could be doctored), so the first project to build after the
+    opt-outs is blocked while the other's platform copy still holds them — its forced
+    removals go out all the same — and from the next run on both pass: an exclusion counts
+    as a forced removal in the other's audience once that one's platform copy dropped it
+    (no deadlock)."""
     p, _ = _first(make_project)
     assert p.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
     b = make_project(rows=3000, pack="nightly-pack", name="second")
@@ -388,14 +421,16 @@ def test_nightly_opt_outs_with_two_projects_holding_the_same_audience(make_proje
     b.approve("ny-fl")
     assert b.cli_json("sync", "ny-fl", "--as-of", DAY)["exit_code"] == 0
     leaving = sorted(p.contact_ids(p.release("q", "meta").members.head(3)))
-    opt_out(p, leaving)
-    opt_out(b, leaving)
+    _opt_out(p, leaving)
+    _opt_out(b, leaving)
+    codes = [x.cli("sync", "--all", "--as-of", DAY).exit_code for x in (p, b)]
+    assert codes == [3, 0], codes  # p blocked (b's copy holds them), b passes: p's dropped
+    for x, seg in ((p, "q"), (b, "ny-fl")):  # the removals went out either way
+        sent = x.boxes.meta.member_key_values(x.remote_id(seg, "meta"), "EXTERN_ID")
+        assert sent and not set(leaving) & sent
     for x in (p, b, p):
         night = x.cli_json("sync", "--all", "--as-of", DAY)
         assert night["exit_code"] == 0, night
-    for x, seg in ((p, "q"), (b, "ny-fl")):
-        sent = x.boxes.meta.member_key_values(x.remote_id(seg, "meta"), "EXTERN_ID")
-        assert sent and not set(leaving) & sent
 
 
 def test_attack_a_new_project_with_a_weaker_difference_rule(make_project: Any) -> None:
@@ -626,3 +661,21 @@ def test_attack_a_stricter_minimum_age_of_the_new_projects_own(
         else q
     )
     assert attack.exit_code == 3 or not 0 < len(q - q2) < 10, (out, m, few, len(q - q2))
+
+
+def test_attack_a_doctored_copy_of_the_export_in_the_new_project(make_project: Any) -> None:
+    """The new project has the first's settings exactly, but reads its own copy of the
+    export, in which three of q's members opted out: their absence must not pass as
+    forced removals in q (the copy could say anything). Blocked; on the platform q − q2
+    is never those three."""
+    p = make_project(rows=3000, pack="nightly-pack")
+    write_segment(p.root, "q", ["NY", "FL"])
+    p.approve("q")
+    assert p.cli_json("sync", "q", "--as-of", DAY)["exit_code"] == 0
+    three = sorted(p.contact_ids(p.confirmed("q", "meta")))[:3]
+    b = make_project(rows=3000, pack="nightly-pack", name="second")
+    _opt_out(b, three)  # its own copy only
+    write_segment(b.root, "q2", ["NY", "FL"])
+    b.approve("q2")
+    attack = b.cli("sync", "q2", "--as-of", DAY)
+    assert attack.exit_code == 3 and "another project" in attack.stdout + attack.stderr

@@ -104,6 +104,73 @@ def _confirmed_view(conn: sqlite3.Connection, store: MembershipStore) -> pl.Data
 TAKEDOWN = "takedown"  # syncs.release_id of a takedown run
 
 
+def taken_down_elsewhere(
+    conn: sqlite3.Connection, config: ProjectConfig, segment: str, destination: str
+) -> str | None:
+    """Why the audience must be replaced in full: another state of this project (a copy,
+    or the state before a restore) took it down after this state last synced it, so this
+    state's snapshot lists people the platform no longer holds. None otherwise."""
+    from audiences.compliance.approvals import instant as _instant
+    from audiences.compliance.workflow import takedown_since
+
+    if destination not in config.destinations:
+        return None
+    kept = takedown_since(config, segment, destination)
+    if kept is None:
+        return None
+    synced = conn.execute(
+        "SELECT 1 FROM syncs WHERE segment=? AND destination=? AND status='ok' LIMIT 1",
+        (segment, destination),
+    ).fetchone()
+    if synced is None:  # no snapshot of this state's own to be stale
+        return None
+    # when this state last knew the platform's whole audience: its own takedown, or a
+    # sync that replaced the audience in full
+    row = conn.execute(
+        "SELECT max(finished_at) FROM syncs WHERE segment=? AND destination=? AND "
+        "((release_id=? AND status IN ('taken_down', 'takedown_partial')) OR "
+        "(status='ok' AND json_extract(summary, '$.replaced') IS NOT NULL))",
+        (segment, destination, TAKEDOWN),
+    ).fetchone()
+    known = None if row is None or row[0] is None else str(row[0])
+    if known is not None and _instant(known) >= _instant(kept):
+        return None
+    return f"taken down at {kept} by another state of this project (custody)"
+
+
+def platform_view(
+    conn: sqlite3.Connection,
+    config: ProjectConfig,
+    segment: str,
+    destination: str,
+    *,
+    full_refresh: bool = False,
+) -> Any:
+    """What the audience's next sync starts from, for the gate's pattern check
+    (:class:`policies.difference.PlatformView`): the people this state knows the platform
+    holds (the confirmed snapshot and an interrupted run's confirmed batches), the people
+    an interrupted run sent unconfirmed (settled to the release, never held), and whether
+    the sync replaces the audience in full (``state adopt``/``repair``, a lost or untrusted
+    snapshot, a takedown by another state, ``--full-refresh``): then everyone is sent and
+    nothing held, and the platform's contents are taken from the snapshot when it can be
+    read, else as unknown (empty: every member counts as sent)."""
+    from audiences.pipeline.membership import UnreadableStateFile, replace_reason, unsure_rows
+    from policies.difference import PlatformView, sorted_keys
+
+    store = MembershipStore(config.state_dir, segment, destination)
+    why = replace_reason(conn, store) or taken_down_elsewhere(conn, config, segment, destination)
+    if why is not None or full_refresh:
+        try:
+            held = sorted_keys(store.load().get_column(KEY))
+        except UnreadableStateFile:
+            held = sorted_keys(pl.Series(KEY, [], dtype=pl.UInt64))
+        return PlatformView(held, held[:0], replace=True)
+    confirmed = _confirmed_view(conn, store)
+    unsure = unsure_rows(conn, store)
+    maybe = unsure.get_column(KEY) if unsure is not None else pl.Series(KEY, [], dtype=pl.UInt64)
+    return PlatformView(sorted_keys(confirmed.get_column(KEY)), sorted_keys(maybe), replace=False)
+
+
 def _segment_destinations(config: ProjectConfig, segment: str) -> list[str]:
     from audiences.segments import load_segments
 

@@ -40,6 +40,7 @@ from audiences.core.errors import (
 from audiences.core.records import pick
 from audiences.core.state import connect, new_id, project_salt, transaction, utcnow
 from audiences.crm.sources import Sources, load_sources
+from audiences.pipeline.batches import platform_view
 from audiences.pipeline.select import (
     collect_candidates,
     links_opt_outs,
@@ -93,6 +94,7 @@ def build(
     actor: str | None = None,
     progress: Progress | None = None,
     dry_run: bool = False,
+    full_refresh: bool = False,
 ) -> list[BuildResult]:
     """Build the named segments (all when ``names`` is empty).
 
@@ -101,6 +103,8 @@ def build(
     ``as_of`` moves only the segment's own conditions, and only in a dry run: the rules
     that protect people always judge them on :func:`clock.today`, and a build that
     releases refuses any other day (docs/policy-rules.md, "What the gate defends against").
+    ``full_refresh``: the sync that runs this build replaces its audiences in full (the
+    gate's pattern check judges what it will send).
     """
     from policies.pack import load_pack
 
@@ -119,7 +123,9 @@ def build(
     try:
         if not dry_run:
             record_pack_change(conn, pack, who)
-        run = _BuildRun(config, conn, pack, sources, salt, as_of, today, who, step, dry_run)
+        run = _BuildRun(
+            config, conn, pack, sources, salt, as_of, today, who, step, dry_run, full_refresh
+        )
         for i, segment in enumerate(segments):
             results.append(_build_segment(run, segment, i, len(segments)))
         step("done", 1.0)
@@ -264,6 +270,7 @@ class _BuildRun:
     actor: str
     step: Progress
     dry_run: bool
+    full_refresh: bool = False
 
 
 def _build_segment(run: _BuildRun, segment: Segment, i: int, total: int) -> BuildResult:
@@ -396,19 +403,11 @@ def _gate(run: _BuildRun, build_id: str, segment: Segment, candidates: pl.DataFr
             shared_releases=shared_releases(run.salt),
             foreign_releases=foreign_releases(run.salt),
             synced_releases=synced_audiences(run.salt),
-            platform_held=functools.partial(_platform_held, run.config.state_dir),
+            platform_held=functools.partial(
+                platform_view, run.conn, run.config, full_refresh=run.full_refresh
+            ),
         )
     )
-
-
-def _platform_held(state_dir: Path, segment: str, destination: str) -> Any:
-    """The member keys this project's last confirmed sync left on the platform (sorted;
-    empty when never synced). A snapshot that fails its authentication is an error."""
-    from audiences.pipeline.membership import KEY, MembershipStore
-    from policies.difference import sorted_keys
-
-    snapshot = MembershipStore(state_dir, segment, destination).load()
-    return sorted_keys(snapshot.get_column(KEY))
 
 
 def _release(

@@ -49,6 +49,7 @@ from audiences.pipeline.batches import (
     _sent_before,
     make_connector,
     sync_summary,
+    taken_down_elsewhere,
 )
 from audiences.pipeline.build import BuildResult, build
 from audiences.pipeline.membership import (
@@ -344,7 +345,7 @@ def sync(
                 conn.close()
             return report
     day = as_of or clock.today()  # the clock the protective rules read
-    results = build(config, names, as_of=day, actor=who, progress=step)
+    results = build(config, names, as_of=day, actor=who, progress=step, full_refresh=full_refresh)
     conn = connect(config.state_db)
     try:
         for result in results:
@@ -547,40 +548,6 @@ def taken_down_block(
         f"(audiences review {segment} --by NAME --key PATH, then audiences approve {segment} "
         "--by NAME --key PATH)"
     )
-
-
-def taken_down_elsewhere(
-    conn: sqlite3.Connection, config: ProjectConfig, segment: str, destination: str
-) -> str | None:
-    """Why the audience must be replaced in full: another state of this project (a copy,
-    or the state before a restore) took it down after this state last synced it, so this
-    state's snapshot lists people the platform no longer holds. None otherwise."""
-    from audiences.compliance.approvals import instant as _instant
-    from audiences.compliance.workflow import takedown_since
-
-    if destination not in config.destinations:
-        return None
-    kept = takedown_since(config, segment, destination)
-    if kept is None:
-        return None
-    synced = conn.execute(
-        "SELECT 1 FROM syncs WHERE segment=? AND destination=? AND status='ok' LIMIT 1",
-        (segment, destination),
-    ).fetchone()
-    if synced is None:  # no snapshot of this state's own to be stale
-        return None
-    # when this state last knew the platform's whole audience: its own takedown, or a
-    # sync that replaced the audience in full
-    row = conn.execute(
-        "SELECT max(finished_at) FROM syncs WHERE segment=? AND destination=? AND "
-        "((release_id=? AND status IN ('taken_down', 'takedown_partial')) OR "
-        "(status='ok' AND json_extract(summary, '$.replaced') IS NOT NULL))",
-        (segment, destination, TAKEDOWN),
-    ).fetchone()
-    known = None if row is None or row[0] is None else str(row[0])
-    if known is not None and _instant(known) >= _instant(kept):
-        return None
-    return f"taken down at {kept} by another state of this project (custody)"
 
 
 def sync_destination(
