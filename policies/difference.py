@@ -327,29 +327,55 @@ class Linked:
 
 
 def translate(
-    new_links: pl.DataFrame, foreign_links: pl.DataFrame, exempt_links: pl.DataFrame | None = None
+    new_links: pl.DataFrame,
+    foreign_links: pl.DataFrame,
+    exempt_links: pl.DataFrame | None = None,
+    matched: Match | None = None,
 ) -> Linked:
     """Compare on the kinds of link both carry (a release without e-mails is not compared
     on them): one of this release's people who shares a link with a person of the foreign
     audience *is* that person (several who share one are one, as the platform matches
     them to one user); the others keep their own key (another project's salted key: a
     different 64-bit space, so they stay apart). ``exempt_links``: the people this
-    build's filters excluded — those of the foreign audience are forced removals there."""
+    build's filters excluded — those of the foreign audience are forced removals there.
+    ``matched``: the two projects' people matched already (:func:`match`, over frames
+    holding these), so that several audiences of one project cost one join."""
+    exempt = exempt_links if exempt_links is not None else new_links.clear()
+    if matched is None:
+        matched = match(pl.concat([new_links, exempt]), foreign_links)
     kinds = set(new_links.get_column("kind").unique()) & set(
         foreign_links.get_column("kind").unique()
     )
-    kinds -= _inconsistent(new_links, foreign_links, kinds)
+    kinds -= matched.bad
     common = pl.col("kind").is_in(sorted(kinds))
     ours, theirs = new_links.filter(common), foreign_links.filter(common)
+    ours_keys = ours.get_column("member_key").unique()
+    theirs_keys = theirs.get_column("member_key").unique()
+    pairs = matched.pairs.filter(
+        (pl.col("mask") & _bits(kinds) != 0) & pl.col("theirs").is_in(theirs_keys.implode())
+    )
+    mapped = (
+        pairs.filter(pl.col("member_key").is_in(ours_keys.implode()))
+        .group_by("member_key")
+        .agg(pl.col("theirs").min())
+    )
+    new = sorted_keys(
+        ours_keys.to_frame()
+        .join(mapped, on="member_key", how="left")
+        .select(pl.coalesce("theirs", "member_key"))
+        .to_series()
+    )
     gone = _EMPTY
-    if exempt_links is not None and exempt_links.height:
-        gone = sorted_keys(_pairs(exempt_links.filter(common), theirs).get_column("theirs"))
-    new = sorted_keys(_mapped(ours, theirs).get_column("member_key"))
+    if exempt.height:
+        gone_keys = exempt.filter(common).get_column("member_key").unique()
+        gone = sorted_keys(
+            pairs.filter(pl.col("member_key").is_in(gone_keys.implode())).get_column("theirs")
+        )
     return Linked(
         new=new,
-        old=sorted_keys(theirs.get_column("member_key")),
+        old=sorted_keys(theirs_keys),
         gone=np.setdiff1d(gone, new, assume_unique=True),  # a person still in is not gone
-        new_people=ours.get_column("member_key").n_unique(),
+        new_people=ours_keys.len(),
         new_any=new_links.get_column("member_key").n_unique(),
         old_any=foreign_links.get_column("member_key").n_unique(),
     )
@@ -360,66 +386,99 @@ def translate(
 _EVIDENCE, _AGREEMENT = 10, 0.5
 
 
-def _inconsistent(ours: pl.DataFrame, theirs: pl.DataFrame, kinds: set[int]) -> set[int]:
+@dataclass(frozen=True)
+class Match:
+    """Two projects' people matched through their links (:func:`match`)."""
+
+    pairs: pl.DataFrame  # (member_key, theirs, mask): each pair once, the kinds linking it
+    bad: frozenset[int]  # kinds the two projects fill differently (:func:`_inconsistent`)
+
+
+def _bits(kinds: set[int] | frozenset[int]) -> pl.Expr:
+    return pl.lit(sum(1 << k for k in kinds), dtype=pl.UInt32)
+
+
+def _bit(kind: pl.Expr) -> pl.Expr:
+    """A kind of link as its bit (kinds are small: :data:`LINK_KINDS`)."""
+    return kind.replace_strict({k: 1 << k for k in range(32)}, return_dtype=pl.UInt32)
+
+
+def match(ours: pl.DataFrame, theirs: pl.DataFrame) -> Match:
+    """Who is whom between two projects: every pair of people who share a link of any kind
+    — one join on (kind, link) — except a name kind between two people who both have
+    e-mails or phones (:data:`STRONG_KINDS`) and share none of them; each pair once, with
+    the kinds that link it as a bitmask. Computed once per pair of projects, whatever the
+    number of their audiences (filter ``pairs`` by the people and kinds compared)."""
+    strong = pl.col("kind").is_in(sorted(STRONG_KINDS))
+    ours_u = ours.lazy().unique()
+    theirs_u = theirs.lazy().unique().rename({"member_key": "theirs"})
+    raw = ours_u.join(theirs_u, on=["kind", "link"], how="inner").select(
+        "member_key", "theirs", "kind"
+    )
+    ours_strong = ours_u.filter(strong).select("member_key").unique()
+    theirs_strong = theirs_u.filter(strong).select("theirs").unique()
+    agreed = raw.filter(strong).select("member_key", "theirs").unique()
+    weak = raw.filter(pl.col("kind").is_in(sorted(WEAK_KINDS)))
+    # a name link between two people whose e-mails or phones tell them apart: vetoed
+    vetoed = (
+        weak.join(ours_strong, on="member_key", how="semi")
+        .join(theirs_strong, on="theirs", how="semi")
+        .join(agreed, on=["member_key", "theirs"], how="anti")
+        .select("member_key", "theirs", "kind")
+    )
+    kept = raw.join(vetoed, on=["member_key", "theirs", "kind"], how="anti")
+    pairs = (
+        kept.unique()
+        .group_by("member_key", "theirs")
+        .agg(_bit(pl.col("kind")).sum().alias("mask"))
+        .collect()
+    )
+    both = set(ours.get_column("kind").unique()) & set(theirs.get_column("kind").unique())
+    return Match(pairs, frozenset(_inconsistent(pairs, ours, theirs, both)))
+
+
+def _inconsistent(
+    pairs: pl.DataFrame, ours: pl.DataFrame, theirs: pl.DataFrame, kinds: set[int]
+) -> set[int]:
     """The kinds the two projects do not fill from the same data: an external id mapped to
     another column, say — a decoy that links nobody, so that everyone looks different.
     Such a kind is left out, and the people only it linked cannot be compared (their
-    difference widens into a range: :func:`_compare_foreign`)."""
-    bad = set()
+    difference widens into a range: :func:`_compare_foreign`). Judged for every kind at
+    once over the matched pairs: among the pairs the other kinds link, those where both
+    people have the kind, and those it links too."""
+    if not kinds or pairs.height < _EVIDENCE:
+        return set()
+
+    def has(frame: pl.DataFrame, key: str) -> pl.DataFrame:
+        return (
+            frame.select(pl.col("member_key").alias(key), "kind")
+            .unique()
+            .group_by(key)
+            .agg(_bit(pl.col("kind")).sum().alias(key + "_has"))
+        )
+
+    both = pairs.join(has(ours, "member_key"), on="member_key", how="left").join(
+        has(theirs, "theirs"), on="theirs", how="left"
+    )
+    mask, mine, their = pl.col("mask"), pl.col("member_key_has"), pl.col("theirs_has")
+    counts = []
     for kind in sorted(kinds):
-        others = pl.col("kind").is_in(sorted(kinds - {kind}))
-        linked = _pairs(ours.filter(others), theirs.filter(others))
-        if linked.height < _EVIDENCE:
-            continue
-        mine = ours.filter(pl.col("kind") == kind).select("member_key", "link")
-        their = theirs.filter(pl.col("kind") == kind).select(
-            pl.col("member_key").alias("theirs"), pl.col("link").alias("their_link")
-        )
-        both = linked.join(mine, on="member_key").join(their, on="theirs")
-        have = both.select("member_key", "theirs").unique().height
-        agree = both.filter(pl.col("link") == pl.col("their_link"))
-        agreed = agree.select("member_key", "theirs").unique().height
-        if have >= _EVIDENCE and agreed < _AGREEMENT * have:
-            bad.add(kind)
-    return bad
-
-
-def _pairs(ours: pl.DataFrame, theirs: pl.DataFrame) -> pl.DataFrame:
-    """``(member_key, theirs)``: who is whom — a shared link of any kind, except a name
-    kind between two people who both have e-mails or phones (:data:`STRONG_KINDS`) and
-    share none of them."""
-    strong = pl.col("kind").is_in(sorted(STRONG_KINDS))
-    pairs = ours.lazy().join(
-        theirs.lazy().rename({"member_key": "theirs"}), on=["kind", "link"], how="inner"
-    )
-    ours_strong = ours.lazy().filter(strong).select("member_key").unique()
-    theirs_strong = theirs.lazy().filter(strong).select(pl.col("member_key").alias("theirs"))
-    agreed = pairs.filter(strong).select("member_key", "theirs").unique()
-    flag = pl.lit(True)
-    return (
-        pairs.join(ours_strong.with_columns(flag.alias("o")), on="member_key", how="left")
-        .join(theirs_strong.unique().with_columns(flag.alias("t")), on="theirs", how="left")
-        .join(agreed.with_columns(flag.alias("a")), on=["member_key", "theirs"], how="left")
-        .filter(
-            ~pl.col("kind").is_in(sorted(WEAK_KINDS))
-            | pl.col("o").is_null()
-            | pl.col("t").is_null()
-            | pl.col("a").is_not_null()
-        )
-        .select("member_key", "theirs")
-        .unique()
-        .collect()
-    )
-
-
-def _mapped(ours: pl.DataFrame, theirs: pl.DataFrame) -> pl.DataFrame:
-    matched = _pairs(ours, theirs).group_by("member_key").agg(pl.col("theirs").min())
-    return (
-        ours.select("member_key")
-        .unique()
-        .join(matched, on="member_key", how="left")
-        .select(pl.coalesce("theirs", "member_key").alias("member_key"))
-    )
+        bit = pl.lit(1 << kind, dtype=pl.UInt32)
+        linked = (mask & _bits(set(kinds) - {kind})) != 0
+        have = linked & ((mine & bit) != 0) & ((their & bit) != 0)
+        counts += [
+            linked.sum().alias(f"l{kind}"),
+            have.sum().alias(f"h{kind}"),
+            (have & ((mask & bit) != 0)).sum().alias(f"a{kind}"),
+        ]
+    row = both.select(counts).row(0, named=True)
+    return {
+        kind
+        for kind in kinds
+        if row[f"l{kind}"] >= _EVIDENCE
+        and row[f"h{kind}"] >= _EVIDENCE
+        and row[f"a{kind}"] < _AGREEMENT * row[f"h{kind}"]
+    }
 
 
 def read_links(path: Path) -> pl.DataFrame:
@@ -531,21 +590,20 @@ def check(
         if on_platform[e.release_id] is None
         or not _same(on_platform[e.release_id], memberships, live, e)
     )
+    mine = next((e for e in synced if (e.segment, e.destination) == (segment, dest.name)), None)
+    ctx = None
     if foreign:
         if new_links is None:
             raise InternalError("other projects' audiences to compare, but no link keys")
-        links, exempt_links = new_links()
+        # this project's audiences whose people the patterns join (their link files): only
+        # when the patterns can run at all
+        own = [*live, *held, *([mine] if mine is not None else [])]
+        ctx = _Links(new_links, own if new.size >= p.k_diff else [], foreign)
         matchable_only = dest.kind != "meta"  # Google matches on nothing but these links
         platform = _platform_copies(foreign)
         comparisons += tuple(
             _compare_foreign(
-                p,
-                f,
-                links,
-                exempt_links,
-                int(new.size),
-                matchable_only,
-                _forced_there(f, exclusions, platform),
+                p, f, ctx, int(new.size), matchable_only, _forced_there(f, exclusions, platform)
             )
             for f in foreign
         )
@@ -561,7 +619,6 @@ def check(
     # judged by min-size alone: a pattern check on it would answer "is this one person in
     # the segment?" through pass / fail even in the blocked build's report.
     if (others or theirs) and new.size >= p.k_diff and len(readable) == len(memberships):
-        mine = next((e for e in synced if (e.segment, e.destination) == (segment, dest.name)), None)
         now = _read_memberships([mine], workers)[mine.release_id] if mine is not None else None
         if mine is not None and now is None:
             comparisons += (Comparison(mine, 0, 0, 0, True, False, "error", _UNREAD_SYNCED),)
@@ -585,11 +642,9 @@ def check(
                 if (keys := on_platform[e.release_id]) is not None
                 and not _same(keys, memberships, live, e)
             ]
-            if theirs and new_links is not None:
-                own = [*others, *([previous] if previous is not None else []), *held]
-                own += [mine] if mine is not None else []
+            if theirs and ctx is not None:
                 mix, unread = _across_projects(
-                    p, before, after, named, exempt, own, list(foreign), new_links, exclusions
+                    p, before, after, named, exempt, ctx, list(foreign), exclusions
                 )
                 comparisons += unread
             else:
@@ -744,8 +799,7 @@ def _compare(
 def _compare_foreign(
     p: DifferenceParams,
     f: ForeignRelease,
-    links: pl.DataFrame,
-    exempt_links: pl.DataFrame,
+    ctx: _Links,
     people: int,
     matchable_only: bool,
     forced: Callable[[np.ndarray], np.ndarray] = lambda gone: gone,
@@ -757,10 +811,10 @@ def _compare_foreign(
     into 1 … k_diff − 1 (padding an audience with people who cannot be compared never
     makes it pass). On Google, whose matching uses nothing but these identifiers, people
     with no link at all cannot be matched and do not count."""
-    try:
-        linked = translate(links, read_links(f.links_path), exempt_links)
-    except (OSError, pl.exceptions.PolarsError, InternalError):
+    theirs = ctx.theirs(f)
+    if theirs is None:
         return Comparison(f.earlier, 0, 0, 0, False, False, "error", "link file unreadable")
+    linked = translate(ctx.links, theirs, ctx.exempt, ctx.match(f.space))
     k_diff = max(p.k_diff, f.k_diff)  # the stricter project's rule protects both
     gone = forced(linked.gone)  # (:func:`_forced_there`)
     only_new, only_old, _ = compare_sets(linked.new, linked.old, gone)
@@ -971,37 +1025,30 @@ def _across_projects(
     after: np.ndarray,
     named: list[tuple[str, np.ndarray]],
     exempt: np.ndarray | None,
-    own: Sequence[EarlierRelease],
+    ctx: _Links,
     foreign: Sequence[ForeignRelease],
-    new_links: Callable[[], tuple[pl.DataFrame, pl.DataFrame]],
     exclusions: str = "",
 ) -> tuple[Composition | None, tuple[Comparison, ...]]:
     """The pattern check over every live audience of the account, whichever project
     released it (each as its newest release and as the platform holds it): every
     project's people joined into one through the links (:func:`unify`), under the largest
     ``k_diff`` of the projects. People this build's CRM excluded are forced removals in the
-    other projects' audiences (as in :func:`translate`). ``own``: this project's releases
-    and synced copies whose people are in ``before`` or ``named`` (their link files).
-    Returns the composition (None when a kept file cannot be read) and an error comparison
-    for each file that cannot be read (it blocks)."""
-    links, exempt_links = new_links()
-    frames, without, errors = [links, exempt_links], 0, []
-    for e in own:
-        if e.links_path is None:  # released before link keys were kept: joined by no one
-            without += 1
-            continue
-        try:
-            frames.append(read_links(e.links_path))
-        except (OSError, pl.exceptions.PolarsError, InternalError):
-            errors.append(Comparison(e, 0, 0, 0, False, False, "error", _UNREAD_OWN))
+    other projects' audiences (as in :func:`translate`). ``ctx``: this build's links and
+    those of this project's audiences in ``before`` or ``named``, each pair of projects
+    matched once. Returns the composition (None when a kept file cannot be read) and an
+    error comparison for each file that cannot be read (it blocks)."""
+    exempt_links, errors = ctx.exempt, list(ctx.errors)
     spaces: dict[str, list[tuple[ForeignRelease, np.ndarray, pl.DataFrame]]] = {}
     for f in foreign:
+        theirs = ctx.theirs(f)
         try:
-            found = (f, read_membership(f.earlier.membership_path), read_links(f.links_path))
+            members = read_membership(f.earlier.membership_path)
         except (OSError, pl.exceptions.PolarsError, InternalError):
+            theirs = None
+        if theirs is None:
             errors.append(Comparison(f.earlier, 0, 0, 0, False, False, "error", _UNREAD))
             continue
-        spaces.setdefault(f.space, []).append(found)
+        spaces.setdefault(f.space, []).append((f, members, theirs))
     if errors:
         return None, tuple(errors)
     excluded = sorted_keys(exempt_links.get_column("member_key"))
@@ -1010,11 +1057,9 @@ def _across_projects(
     space_keys = [sorted_keys(np.concatenate([keys for _, keys, _ in group])) for group in groups]
     labels = unify(
         ours,
-        pl.concat(frames).unique(),
-        [
-            (keys, pl.concat([lk for _, _, lk in group]).unique())
-            for keys, group in zip(space_keys, groups, strict=True)
-        ],
+        ctx.ours,
+        [(keys, ctx.space_links(space)) for keys, space in zip(space_keys, spaces, strict=True)],
+        [ctx.match(space) for space in spaces],
     )
 
     def mine(keys: np.ndarray) -> np.ndarray:
@@ -1050,7 +1095,55 @@ def _across_projects(
     k_diff = max(p.k_diff, *(f.k_diff for f in foreign))  # the strictest project's rule
     mix = composition(mine(before), after_l, everyone, k_diff, mine(held_keys))
     audiences = len({(f.space, f.earlier.segment, f.earlier.destination) for f in foreign})
-    return replace(mix, other_projects=audiences, without_links=without), ()
+    return replace(mix, other_projects=audiences, without_links=ctx.without), ()
+
+
+class _Links:
+    """The links one difference check compares: this build's (``new_links()``, called
+    once), those of this project's audiences the patterns join (``own``), and the other
+    projects' (``foreign``) — each file read once, each other project matched with this
+    one once (:func:`match`), whatever the number of its audiences."""
+
+    def __init__(
+        self,
+        new_links: Callable[[], tuple[pl.DataFrame, pl.DataFrame]],
+        own: Sequence[EarlierRelease],
+        foreign: Sequence[ForeignRelease],
+    ) -> None:
+        self.links, self.exempt = new_links()
+        self.errors: list[Comparison] = []
+        self.without = 0  # own audiences released before link keys were kept
+        frames = [self.links, self.exempt]
+        for e in own:
+            if e.links_path is None:  # joined by no one
+                self.without += 1
+                continue
+            try:
+                frames.append(read_links(e.links_path))
+            except (OSError, pl.exceptions.PolarsError, InternalError):
+                self.errors.append(Comparison(e, 0, 0, 0, False, False, "error", _UNREAD_OWN))
+        self.ours = pl.concat(frames).unique()
+        self.foreign = list(foreign)
+        self._read: dict[Path, pl.DataFrame | None] = {}
+        self._matched: dict[str, Match] = {}
+
+    def theirs(self, f: ForeignRelease) -> pl.DataFrame | None:
+        """``f``'s link frame (None when it cannot be read)."""
+        if f.links_path not in self._read:
+            try:
+                self._read[f.links_path] = read_links(f.links_path)
+            except (OSError, pl.exceptions.PolarsError, InternalError):
+                self._read[f.links_path] = None
+        return self._read[f.links_path]
+
+    def space_links(self, space: str) -> pl.DataFrame:
+        frames = [self.theirs(f) for f in self.foreign if f.space == space]
+        return pl.concat([x for x in frames if x is not None]).unique()
+
+    def match(self, space: str) -> Match:
+        if space not in self._matched:
+            self._matched[space] = match(self.ours, self.space_links(space))
+        return self._matched[space]
 
 
 def _platform_copies(foreign: Sequence[ForeignRelease]) -> dict[tuple[str, str, str], Any]:
@@ -1120,24 +1213,28 @@ class Labels:
 
 
 def unify(
-    ours: np.ndarray, ours_links: pl.DataFrame, spaces: Sequence[tuple[np.ndarray, pl.DataFrame]]
+    ours: np.ndarray,
+    ours_links: pl.DataFrame,
+    spaces: Sequence[tuple[np.ndarray, pl.DataFrame]],
+    matched: Sequence[Match | None] = (),
 ) -> Labels:
     """People of this project (``ours``: sorted keys, and their link frame) and of other
     projects (each: sorted keys of one key space, and their link frame) as one set of
     labels: two people of different projects who share a link of a kind both projects fill
-    alike (:func:`_pairs`, :func:`_inconsistent`) are one, transitively — the platform
-    matches both uploads to one user. Every pair of projects is joined, so two other
-    projects' people are one even when this project holds neither. Within a project a key
-    is a person; people with no shared link keep a label of their own."""
+    alike (:func:`match`) are one, transitively — the platform matches both uploads to
+    one user. Every pair of projects is joined, so two other projects' people are one even
+    when this project holds neither. Within a project a key is a person; people with no
+    shared link keep a label of their own. ``matched[i]``: this project's people matched
+    with space ``i`` already (the pairwise check's), else None."""
     every = [(ours, ours_links), *spaces]
     offsets = np.cumsum([0, *(keys.size for keys, _ in every)])
     left, right = [], []
     for i, j in itertools.combinations(range(len(every)), 2):
         (keys_i, links_i), (keys_j, links_j) = every[i], every[j]
+        known = matched[j - 1] if i == 0 and j - 1 < len(matched) else None
+        m = known if known is not None else match(links_i, links_j)
         kinds = set(links_i.get_column("kind").unique()) & set(links_j.get_column("kind").unique())
-        kinds -= _inconsistent(links_i, links_j, kinds)
-        common = pl.col("kind").is_in(sorted(kinds))
-        pairs = _pairs(links_i.filter(common), links_j.filter(common))
+        pairs = m.pairs.filter(pl.col("mask") & _bits(kinds - m.bad) != 0)
         a = _positions(keys_i, pairs.get_column("member_key").to_numpy())
         b = _positions(keys_j, pairs.get_column("theirs").to_numpy())
         ok = (a >= 0) & (b >= 0)
