@@ -74,7 +74,7 @@ from policies.rules import (
     segment_words,
     sensitive_destination,
 )
-from policies.sendable import DENIED, NO_IDENTIFIER, NOT_GRANTED, google_refusals
+from policies.sendable import DENIED, NO_IDENTIFIER, NOT_GRANTED, google_refusals, unmatched
 from policies.suppression import SuppressionSet
 
 REPORT_VERSION = 1
@@ -561,10 +561,16 @@ def _check_destination(
     dest, layouts = destination_of(inp.config, dest_name)
     dest_keys = eligible.keys
     google: _GoogleRefusals | None = None
+    nameless: pl.Series | None = None
     if dest.kind in GOOGLE_KINDS:  # who Google takes: counted, and released, alone
         google = _google(inp, eligible)
         dest_keys = difference.sorted_keys(
             eligible.members.filter(~google.refused).get_column("member_key")
+        )
+    elif layouts:  # who the platform can match: counted, and released, alone
+        nameless = _nameless(inp, eligible, layouts)
+        dest_keys = difference.sorted_keys(
+            eligible.members.filter(~nameless).get_column("member_key")
         )
     dest_keys = eligible.keys_for(dest_name, dest_keys)  # a sale needs an authorization
     settings = inp.record_exports.get(dest_name)
@@ -598,6 +604,8 @@ def _check_destination(
             v = min_size(rule, dest, int(dest_keys.size))
             if google is not None:  # the people the count leaves out, and why
                 v = replace(v, evidence={**v.evidence, **google.counts})
+            elif nameless is not None:
+                v = replace(v, evidence={**v.evidence, "no_identifier": int(nameless.sum())})
         elif rule.kind == "difference" and _below_min_size(inp, dest, int(dest_keys.size)):
             v = _not_compared(rule, dest, int(dest_keys.size))
         elif rule.kind == "difference":
@@ -767,6 +775,8 @@ def _mint_releases(
             members = check.export.members
         else:
             members = _members(eligible.members, hashed, dest, layouts, inp.config, google)
+            if google is None and layouts:  # no one the platform cannot match
+                members = members.filter(~_nameless(inp, eligible, layouts))
         hold_against, n_holds, k_diff = check.hold
         excluded = excluded_series
         if google is not None:  # a refused consent's removal is forced, never held
@@ -970,6 +980,25 @@ def _hashed_members(inp: GateInput, eligible: _Eligible) -> dict[str, pl.DataFra
         eligible.cache["hashed"] = _hashed(eligible.members, inp.config, sorted(layouts), inp.as_of)
     hashed: dict[str, pl.DataFrame] = eligible.cache["hashed"]
     return hashed
+
+
+def _nameless(inp: GateInput, eligible: _Eligible, layouts: tuple[str, ...]) -> pl.Series:
+    """Over the eligible people: who no layout of the destination names to the platform
+    (policies/sendable.py, :func:`~policies.sendable.unmatched`) — not counted, not
+    released."""
+    key = "nameless:" + ",".join(layouts)
+    if key not in eligible.cache:
+        hashed = _hashed_members(inp, eligible)
+        flags = [
+            hashed[layout].select(unmatched(layout, hashed[layout].columns)).to_series()
+            for layout in layouts
+        ]
+        mask = flags[0]
+        for flag in flags[1:]:
+            mask = mask & flag
+        eligible.cache[key] = mask.alias("nameless")
+    nameless: pl.Series = eligible.cache[key]
+    return nameless
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,14 @@ people would pass ``min_size`` as a list of one). When adding, a person whose co
 signal is DENIED, or who is in the EEA, the UK or Switzerland (or of unknown country)
 without both signals GRANTED **in the CRM**, is not sent either (Google's EU user consent
 policy).
+
+Meta matches a customer-list row on an e-mail, a phone, or a first and last name with a
+ZIP code, a full birth date, or a city and state (:data:`META_KEYS`); a row with none of
+them names no one Meta can find. An external id alone does not count: Meta matches it
+only to ids its pixel or app has already seen, which the CRM cannot tell — a segment
+padded with such people would be a list of one to Meta. The gate neither counts nor
+releases such people on Meta, nor in a file carrying hashed identifiers (a person is kept
+when one layout the file carries names them: :func:`unmatched`).
 """
 
 from __future__ import annotations
@@ -27,6 +35,14 @@ CONSENT = ["ad_user_data", "ad_personalization"]
 CONSENT_REGIONS = frozenset({c.upper() for c in EEA_COUNTRIES} | {"GB", "CH"})
 
 NO_IDENTIFIER = "no identifier (email, phone or full address)"
+# What Meta matches a row on: any one of these sets of columns, all present.
+META_KEYS: tuple[tuple[str, ...], ...] = (
+    ("EMAIL",),
+    ("PHONE",),
+    ("FN", "LN", "ZIP"),
+    ("FN", "LN", "DOBY", "DOBM", "DOBD"),
+    ("FN", "LN", "CT", "ST"),
+)
 DENIED = "consent DENIED"
 NOT_GRANTED = (
     "in the EEA, UK or Switzerland (or of unknown country) without ad_user_data and "
@@ -68,3 +84,19 @@ def google_refusals(columns: Collection[str], *, adding: bool) -> dict[str, pl.E
     reasons[DENIED] = pl.any_horizontal([s == "DENIED" for s in signals]).fill_null(False)
     reasons[NOT_GRANTED] = needs_grant & ~granted
     return reasons
+
+
+def unmatched(layout: str, columns: Collection[str]) -> pl.Expr:
+    """True for a row of ``layout`` (hashed, as released) that names no one the platform
+    can match: Google, no e-mail, phone or full address; Meta, none of :data:`META_KEYS`.
+    A layout missing a column cannot match on the sets that need it."""
+    if layout == "google_ads":
+        return google_refusals(columns, adding=False)[NO_IDENTIFIER]
+    if layout != "meta":
+        raise ValueError(f"no matching rule for the layout {layout!r}")
+    keys = [
+        pl.all_horizontal([present(c) for c in cols])
+        for cols in META_KEYS
+        if set(cols) <= set(columns)
+    ]
+    return ~pl.any_horizontal(keys) if keys else pl.lit(True)

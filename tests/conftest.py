@@ -212,6 +212,21 @@ def _identity_keys(contacts: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def nameless() -> pl.Expr:
+    """Over :func:`_identity_keys`: a record Meta cannot match — no e-mail or phone, and no
+    first and last name with a ZIP, a birth date, or a city and state (policies/sendable.py).
+    Such a record is a person of its own (people are linked by e-mail and phone)."""
+
+    def has(column: str) -> pl.Expr:
+        return pl.col(column).cast(pl.String).str.replace_all(r"[^\p{L}\d]", "") != ""
+
+    names = has("first_name") & has("last_name")
+    zip5 = pl.col("zip").str.replace_all(r"\s", "").str.contains(r"^\d{5}")
+    where = zip5 | pl.col("birth_date").is_not_null() | (has("city") & has("state"))
+    matched = pl.col("_email").is_not_null() | pl.col("_phone").is_not_null() | (names & where)
+    return ~matched.fill_null(False)
+
+
 def consented(contacts: pl.DataFrame) -> pl.Series:
     """Per contact row: does the consent rule keep it (Boolean Series)?"""
     keyed = _identity_keys(contacts)
@@ -260,9 +275,10 @@ def released_ids(contacts: pl.DataFrame, in_segment: pl.Expr, *, google: bool = 
     segment, linked into people the same way, the ones the consent rule dropped included
     (docs/policy-rules.md, "People, not records")."""
     kept = contacts.with_columns(consented(contacts)).filter(in_segment & pl.col("consented"))
-    person = people(_identity_keys(kept))
-    if not google:
-        return set(person.values())
+    keyed = _identity_keys(kept)
+    person = people(keyed)
+    if not google:  # Meta: not the people it cannot match
+        return set(person.values()) - set(keyed.filter(nameless()).get_column("contact_id"))
     candidates = contacts.filter(in_segment)
     linked = people(_identity_keys(candidates))
     word = [

@@ -80,7 +80,7 @@ def test_attack_padding_with_people_google_never_receives(
     out = attack.stdout + attack.stderr
     assert attack.exit_code == 3, out
     assert "min-size" in out and one not in out
-    # the same padding to Meta (which receives every member's external id) is counted
+    # the same padding to Meta is counted: Meta matches them on name, city and state
     (p.root / "segments" / "padded.yaml").write_text(
         PADDED.format(name="padded", destination="meta", one=one), encoding="utf-8"
     )

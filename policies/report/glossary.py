@@ -133,6 +133,12 @@ GLOSSARY: dict[str, KindEntry] = {
                 "Destination minimum", "a stricter minimum set for this destination (0: none)"
             ),
             "threshold": Term("Minimum applied", "the largest of the three minimums"),
+            "no_identifier": Term(
+                "Not counted: no identifier",
+                "people the platform cannot match (Meta: no e-mail, phone, or first and last "
+                "name with a ZIP code, birth date or city and state; a file: none in any "
+                "layout it carries): left out of the count and the release",
+            ),
             "google_no_identifier": Term(
                 "Not counted: no identifier",
                 "people Google cannot match (no e-mail, phone or full address): left out of "
