@@ -409,57 +409,45 @@ def match(ours: pl.DataFrame, theirs: pl.DataFrame) -> Match:
     e-mails or phones (:data:`STRONG_KINDS`) and share none of them; each pair once, with
     the kinds that link it as a bitmask. Computed once per pair of projects, whatever the
     number of their audiences (filter ``pairs`` by the people and kinds compared)."""
-    strong = pl.col("kind").is_in(sorted(STRONG_KINDS))
-    ours_u = ours.lazy().unique()
-    theirs_u = theirs.lazy().unique().rename({"member_key": "theirs"})
-    raw = ours_u.join(theirs_u, on=["kind", "link"], how="inner").select(
-        "member_key", "theirs", "kind"
-    )
-    ours_strong = ours_u.filter(strong).select("member_key").unique()
-    theirs_strong = theirs_u.filter(strong).select("theirs").unique()
-    agreed = raw.filter(strong).select("member_key", "theirs").unique()
-    weak = raw.filter(pl.col("kind").is_in(sorted(WEAK_KINDS)))
+    strong, weak = _bits(STRONG_KINDS), _bits(WEAK_KINDS)
+    mask, mine, their = pl.col("mask"), pl.col("member_key_has"), pl.col("theirs_has")
     # a name link between two people whose e-mails or phones tell them apart: vetoed
-    vetoed = (
-        weak.join(ours_strong, on="member_key", how="semi")
-        .join(theirs_strong, on="theirs", how="semi")
-        .join(agreed, on=["member_key", "theirs"], how="anti")
-        .select("member_key", "theirs", "kind")
-    )
-    kept = raw.join(vetoed, on=["member_key", "theirs", "kind"], how="anti")
+    vetoed = ((mask & strong) == 0) & ((mine & strong) != 0) & ((their & strong) != 0)
     pairs = (
-        kept.unique()
+        ours.lazy()
+        .join(theirs.lazy().rename({"member_key": "theirs"}), on=["kind", "link"], how="inner")
         .group_by("member_key", "theirs")
-        .agg(_bit(pl.col("kind")).sum().alias("mask"))
+        .agg(_bit(pl.col("kind")).bitwise_or().alias("mask"))
+        .join(_kinds_of(ours, "member_key"), on="member_key", how="left")
+        .join(_kinds_of(theirs, "theirs"), on="theirs", how="left")
+        .with_columns(pl.when(vetoed).then(mask & ~weak).otherwise(mask).alias("mask"))
+        .filter(mask != 0)
         .collect()
     )
     both = set(ours.get_column("kind").unique()) & set(theirs.get_column("kind").unique())
-    return Match(pairs, frozenset(_inconsistent(pairs, ours, theirs, both)))
+    bad = frozenset(_inconsistent(pairs, both))
+    return Match(pairs.select("member_key", "theirs", "mask"), bad)
 
 
-def _inconsistent(
-    pairs: pl.DataFrame, ours: pl.DataFrame, theirs: pl.DataFrame, kinds: set[int]
-) -> set[int]:
+def _kinds_of(frame: pl.DataFrame, key: str) -> pl.LazyFrame:
+    """Each person's kinds of link, as a bitmask (``<key>_has``)."""
+    return (
+        frame.lazy()
+        .select(pl.col("member_key").alias(key), "kind")
+        .group_by(key)
+        .agg(_bit(pl.col("kind")).bitwise_or().alias(key + "_has"))
+    )
+
+
+def _inconsistent(pairs: pl.DataFrame, kinds: set[int]) -> set[int]:
     """The kinds the two projects do not fill from the same data: an external id mapped to
     another column, say — a decoy that links nobody, so that everyone looks different.
     Such a kind is left out, and the people only it linked cannot be compared (their
     difference widens into a range: :func:`_compare_foreign`). Judged for every kind at
-    once over the matched pairs: among the pairs the other kinds link, those where both
-    people have the kind, and those it links too."""
+    once over the matched pairs (with each side's kinds: :func:`match`): among the pairs
+    the other kinds link, those where both people have the kind, and those it links too."""
     if not kinds or pairs.height < _EVIDENCE:
         return set()
-
-    def has(frame: pl.DataFrame, key: str) -> pl.DataFrame:
-        return (
-            frame.select(pl.col("member_key").alias(key), "kind")
-            .unique()
-            .group_by(key)
-            .agg(_bit(pl.col("kind")).sum().alias(key + "_has"))
-        )
-
-    both = pairs.join(has(ours, "member_key"), on="member_key", how="left").join(
-        has(theirs, "theirs"), on="theirs", how="left"
-    )
     mask, mine, their = pl.col("mask"), pl.col("member_key_has"), pl.col("theirs_has")
     counts = []
     for kind in sorted(kinds):
@@ -471,7 +459,7 @@ def _inconsistent(
             have.sum().alias(f"h{kind}"),
             (have & ((mask & bit) != 0)).sum().alias(f"a{kind}"),
         ]
-    row = both.select(counts).row(0, named=True)
+    row = pairs.select(counts).row(0, named=True)
     return {
         kind
         for kind in kinds
