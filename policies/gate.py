@@ -74,7 +74,14 @@ from policies.rules import (
     segment_words,
     sensitive_destination,
 )
-from policies.sendable import DENIED, NO_IDENTIFIER, NOT_GRANTED, google_refusals, unmatched
+from policies.sendable import (
+    DENIED,
+    META_SENT,
+    NO_IDENTIFIER,
+    NOT_GRANTED,
+    google_refusals,
+    unmatched,
+)
 from policies.suppression import SuppressionSet
 
 REPORT_VERSION = 1
@@ -560,17 +567,12 @@ def _check_destination(
     """Run the destination rules, in pack order, for one destination."""
     dest, layouts = destination_of(inp.config, dest_name)
     dest_keys = eligible.keys
-    google: _GoogleRefusals | None = None
-    nameless: pl.Series | None = None
-    if dest.kind in GOOGLE_KINDS:  # who Google takes: counted, and released, alone
-        google = _google(inp, eligible)
+    # who the platform takes: counted, and released, alone
+    google, nameless = _unsendable(inp, eligible, dest, layouts)
+    refused = google.refused if google is not None else nameless
+    if refused is not None:
         dest_keys = difference.sorted_keys(
-            eligible.members.filter(~google.refused).get_column("member_key")
-        )
-    elif layouts:  # who the platform can match: counted, and released, alone
-        nameless = _nameless(inp, eligible, layouts)
-        dest_keys = difference.sorted_keys(
-            eligible.members.filter(~nameless).get_column("member_key")
+            eligible.members.filter(~refused).get_column("member_key")
         )
     dest_keys = eligible.keys_for(dest_name, dest_keys)  # a sale needs an authorization
     settings = inp.record_exports.get(dest_name)
@@ -770,13 +772,15 @@ def _mint_releases(
     excluded_series = pl.Series("member_key", eligible.exempt, dtype=pl.UInt64)
     for check in checks:
         dest, layouts = check.dest, check.layouts
-        google = _google(inp, eligible) if dest.kind in GOOGLE_KINDS else None
+        google, nameless = _unsendable(inp, eligible, dest, layouts)
         if check.export is not None and check.export.members is not None:
             members = check.export.members
         else:
             members = _members(eligible.members, hashed, dest, layouts, inp.config, google)
-            if google is None and layouts:  # no one the platform cannot match
-                members = members.filter(~_nameless(inp, eligible, layouts))
+            if dest.kind not in GOOGLE_KINDS:  # no one the platform would not take
+                refused = google.refused if google is not None else nameless
+                if refused is not None:
+                    members = members.filter(~refused)
         hold_against, n_holds, k_diff = check.hold
         excluded = excluded_series
         if google is not None:  # a refused consent's removal is forced, never held
@@ -982,20 +986,38 @@ def _hashed_members(inp: GateInput, eligible: _Eligible) -> dict[str, pl.DataFra
     return hashed
 
 
-def _nameless(inp: GateInput, eligible: _Eligible, layouts: tuple[str, ...]) -> pl.Series:
-    """Over the eligible people: who no layout of the destination names to the platform
-    (policies/sendable.py, :func:`~policies.sendable.unmatched`) — not counted, not
-    released."""
-    key = "nameless:" + ",".join(layouts)
+def _unsendable(
+    inp: GateInput, eligible: _Eligible, dest: Destination, layouts: tuple[str, ...]
+) -> tuple[_GoogleRefusals | None, pl.Series | None]:
+    """Who the destination's platform would not take, over the eligible people
+    (policies/sendable.py): on Google, and in a file ``for`` Google that carries its
+    layout, Google's refusals (identifier and consent); on Meta, the people the columns
+    the connector uploads do not name; in a file for Meta, those its Meta layout does not
+    name; in any other file, those no layout it carries names (None, None: a record-level
+    export, which carries no identifier)."""
+    purpose = file_platform(inp.config, dest.name) if dest.kind == "file" else None
+    if dest.kind in GOOGLE_KINDS or (purpose == "google_ads" and "google_ads" in layouts):
+        return _google(inp, eligible), None
+    if not layouts:
+        return None, None
+    if purpose in ("meta", "google_ads"):  # judged by that platform's rule alone
+        layouts = tuple(layout for layout in layouts if layout == purpose)
+    return None, _nameless(inp, eligible, layouts, sent_only=dest.kind == "meta")
+
+
+def _nameless(
+    inp: GateInput, eligible: _Eligible, layouts: tuple[str, ...], *, sent_only: bool
+) -> pl.Series:
+    """Over the eligible people: who no layout of ``layouts`` names to its platform
+    (:func:`~policies.sendable.unmatched`; ``sent_only``: judged on the columns the Meta
+    connector uploads) — not counted, not released. No layout: no one is named."""
+    key = f"nameless:{','.join(layouts)}:{sent_only}"
     if key not in eligible.cache:
         hashed = _hashed_members(inp, eligible)
-        flags = [
-            hashed[layout].select(unmatched(layout, hashed[layout].columns)).to_series()
-            for layout in layouts
-        ]
-        mask = flags[0]
-        for flag in flags[1:]:
-            mask = mask & flag
+        mask = pl.Series("nameless", [True] * eligible.members.height, dtype=pl.Boolean)
+        for layout in layouts:
+            columns = [c for c in hashed[layout].columns if not sent_only or c in META_SENT]
+            mask = mask & hashed[layout].select(unmatched(layout, columns)).to_series()
         eligible.cache[key] = mask.alias("nameless")
     nameless: pl.Series = eligible.cache[key]
     return nameless

@@ -14,8 +14,11 @@ ZIP code, a full birth date, or a city and state (:data:`META_KEYS`); a row with
 them names no one Meta can find. An external id alone does not count: Meta matches it
 only to ids its pixel or app has already seen, which the CRM cannot tell — a segment
 padded with such people would be a list of one to Meta. The gate neither counts nor
-releases such people on Meta, nor in a file carrying hashed identifiers (a person is kept
-when one layout the file carries names them: :func:`unmatched`).
+releases such people on Meta — judged on the columns the Meta connector uploads
+(:data:`META_SENT`: a birth year, so a name and birth date is no match there) — nor in a
+file carrying hashed identifiers: a file ``for`` Meta or Google by that platform's rule
+alone (for Google, its consent rules too), any other file when one layout it carries
+names them (:func:`unmatched`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,12 @@ CONSENT = ["ad_user_data", "ad_personalization"]
 CONSENT_REGIONS = frozenset({c.upper() for c in EEA_COUNTRIES} | {"GB", "CH"})
 
 NO_IDENTIFIER = "no identifier (email, phone or full address)"
-# What Meta matches a row on: any one of these sets of columns, all present.
+# The columns the Meta connector uploads (its multi-key schema; connectors/meta): no birth
+# month or day, so a Meta destination never matches on a full birth date.
+META_SENT: tuple[str, ...] = (
+    "EXTERN_ID", "EMAIL", "PHONE", "FN", "LN", "ZIP", "CT", "ST", "COUNTRY", "DOBY", "GEN",
+)  # fmt: skip
+# What Meta matches a row on: any one of these sets of columns, all present (and sent).
 META_KEYS: tuple[tuple[str, ...], ...] = (
     ("EMAIL",),
     ("PHONE",),

@@ -123,3 +123,59 @@ def test_people_meta_cannot_match_are_counted_apart_and_not_released(
     assert built.exit_code == 0, built.stdout + built.stderr
     for destination in ("meta", "file"):
         assert _min_size(p, destination)["evidence"]["no_identifier"] == 3, destination
+
+
+def test_attack_padding_with_names_and_birth_dates_meta_never_receives(
+    make_project: Any,
+) -> None:
+    """Meta matches a name with a full birth date, but the connector uploads the birth
+    year only: 120 people with a name and birth date and nothing else are no match to
+    Meta — not counted there. A file carries the whole date: there they count."""
+    p = make_project(rows=3000)
+    one, chosen = _nameless(p, 120, ("email", "phone", "zip", "city"))
+    segment = f"name: padded\ndescription: d\ndestinations: [{{dest}}]\nwhere:\n  contact_id: {{{{in: [{', '.join([one, *chosen])}]}}}}\n"
+    (p.root / "segments" / "padded.yaml").write_text(segment.format(dest="meta"), encoding="utf-8")
+    p.approve("padded")
+    attack = p.cli("build", "padded", "--as-of", DAY)
+    assert attack.exit_code == 3, attack.stdout + attack.stderr
+    assert _min_size(p, "meta")["evidence"]["no_identifier"] >= 100
+    (p.root / "segments" / "padded.yaml").write_text(segment.format(dest="file"), encoding="utf-8")
+    p.approve("padded")
+    built = p.cli("build", "padded", "--as-of", DAY)
+    assert built.exit_code == 0, built.stdout + built.stderr
+    assert _min_size(p, "file")["evidence"]["members"] >= 100
+
+
+def test_attack_a_file_for_google_counted_by_the_meta_rule(make_project: Any) -> None:
+    """A file ``for = "google_ads"`` carries both layouts by default; people with a name,
+    city and state (no e-mail, phone or ZIP) are a Meta match but no Google one — the file
+    is judged by Google's rule alone, consent included: a DENIED person is left out."""
+    p = make_project(rows=3000)
+    p.edit_toml(
+        lambda t: t.replace(
+            '[destinations.file]\nkind = "file"',
+            '[destinations.file]\nkind = "file"\nfor = "google_ads"',
+        )
+    )
+    one, _ = _nameless(p, 120, ("email", "phone", "zip"))
+    (p.root / "segments" / "padded.yaml").write_text(
+        PADDED.replace("first_name", "zip").format(name="padded", destination="file", one=one),
+        encoding="utf-8",
+    )
+    p.approve("padded")
+    attack = p.cli("build", "padded", "--as-of", DAY)
+    assert attack.exit_code == 3, attack.stdout + attack.stderr
+    assert _min_size(p, "file")["evidence"]["google_no_identifier"] >= 100
+    # consent: a DENIED signal keeps a person out of a file for Google, as out of Google
+    ids = sorted(p.contact_ids(p.release("pool", "meta").members))[200:500]
+    denied = ids[:50]
+    hit = pl.col("contact_id").is_in(denied)
+    signal = pl.when(hit).then(pl.lit("denied")).otherwise(pl.col("ad_user_data_consent"))
+    p.write_contacts(p.contacts().with_columns(signal.alias("ad_user_data_consent")))
+    (p.root / "segments" / "some.yaml").write_text(
+        f"name: some\ndescription: s\ndestinations: [file]\nwhere:\n  contact_id: {{in: [{', '.join(ids)}]}}\n",
+        encoding="utf-8",
+    )
+    p.approve("some")
+    in_file = p.contact_ids(p.release("some", "file").members)
+    assert in_file and not in_file & set(denied)

@@ -15,10 +15,12 @@ from connectors.base import (
 )
 from connectors.meta.config import MetaDestinationConfig
 from connectors.meta.errors import FLAGGED_STATUS, MetaAudienceFlagged
+from policies.sendable import META_SENT
 
 # The multi-key schema we upload (docs/internals.md, "Hashed layouts"); rows are normalized
 # and hashed by audiences.crm.identifiers, never by the SDK's own (unfaithful) normaliser.
-SCHEMA = ["EXTERN_ID", "EMAIL", "PHONE", "FN", "LN", "ZIP", "CT", "ST", "COUNTRY", "DOBY", "GEN"]
+# The gate counts and releases only people these columns name to Meta (policies/sendable.py).
+SCHEMA = list(META_SENT)
 
 
 class MetaConnector(AudienceConnector):
