@@ -12,7 +12,8 @@ or first name + last name + country + postal code); people, not records (records
 sharing a normalized email or phone are one person, transitively, released once as the
 smallest CRM id with each identifier taken from the first of the person's records, by
 CRM id, that has it); the 19 hashed columns of the Meta and Google Ads layouts, written
-as Parquet (``OUT.csv.parquet``) and CSV (``OUT.csv``).
+as Parquet (``OUT.csv.parquet``) and CSV (``OUT.csv``), for the people one of the layouts
+names to its platform (policies/sendable.py).
 
 The identifiers are normalized as the release does (``audiences.crm.identifiers``:
 trimming, placeholders, Google's gmail canonicalization, the email domain check, NANP
@@ -326,6 +327,17 @@ RELEASE = f"""SELECT contact_id AS meta_EXTERN_ID, h(m_email) AS meta_EMAIL,
   h(fn) AS google_ads_hashed_first_name, h(ln) AS google_ads_hashed_last_name,
   'US' AS google_ads_country_code, z AS google_ads_postal_code
   FROM ({normalized("SELECT * FROM people", release=True)})"""
+# only the people a layout names to its platform (policies/sendable.py): Meta, an e-mail, a
+# phone, or first and last name with a ZIP, a full birth date, or city and state; Google,
+# an e-mail, a phone, or first and last name with country and postal code
+RELEASE = f"""SELECT * FROM ({RELEASE}) WHERE meta_EMAIL IS NOT NULL
+  OR meta_PHONE IS NOT NULL
+  OR (meta_FN IS NOT NULL AND meta_LN IS NOT NULL AND (meta_ZIP IS NOT NULL
+      OR (meta_DOBY IS NOT NULL AND meta_DOBM IS NOT NULL AND meta_DOBD IS NOT NULL)
+      OR (meta_CT IS NOT NULL AND meta_ST IS NOT NULL)))
+  OR google_ads_hashed_email IS NOT NULL OR google_ads_hashed_phone_number IS NOT NULL
+  OR (google_ads_hashed_first_name IS NOT NULL AND google_ads_hashed_last_name IS NOT NULL
+      AND google_ads_postal_code IS NOT NULL)"""
 
 
 def main(argv: list[str]) -> None:
