@@ -1014,7 +1014,7 @@ def _nameless(
     key = f"nameless:{','.join(layouts)}:{sent_only}"
     if key not in eligible.cache:
         hashed = _hashed_members(inp, eligible)
-        mask = pl.Series("nameless", [True] * eligible.members.height, dtype=pl.Boolean)
+        mask = pl.repeat(True, eligible.members.height, dtype=pl.Boolean, eager=True)
         for layout in layouts:
             columns = [c for c in hashed[layout].columns if not sent_only or c in META_SENT]
             mask = mask & hashed[layout].select(unmatched(layout, columns)).to_series()
