@@ -281,6 +281,10 @@ K10 = {"k": 10}
         ({"attributes": {"age": "age", "sex": "categorical"}, "anonymity": K10}, {"quasi_identifiers": ("zip", "sex")}, "'age' is not a declared quasi-identifier"),
         ({"attributes": {"insurance_type": "categorical"}, "anonymity": K10}, {}, "'insurance_type' is a sensitive column"),
         ({"attributes": {"age": "age"}, "anonymity": {"k": 5, "l": 2, "sensitive": "zip"}}, {}, "sensitive 'zip' is a quasi-identifier"),
+        # a file of hashed identifiers: at least one layout, and its platform's
+        ({"layouts": []}, {}, "layouts is empty"),
+        ({"for": "google_ads", "layouts": ["meta"]}, {}, "is for google_ads but its layouts"),
+        ({"for": "meta", "layouts": ["google_ads"]}, {}, "is for meta but its layouts"),
     ],
 )  # fmt: skip
 def test_bad_export_settings(

@@ -79,7 +79,7 @@ class FileDestinationConfig(DestinationConfig):
                 'add attributes = {column = "hierarchy", ...} or remove anonymity',
             )
         if not self.attributes:
-            return self
+            return self._hashed()
         if self.anonymity is None:
             raise ConfigError(
                 "a record-level export (attributes) needs an anonymity model",
@@ -95,6 +95,23 @@ class FileDestinationConfig(DestinationConfig):
             raise ConfigError(
                 f"{self.anonymity.sensitive!r} is both an attribute and the sensitive column",
                 "list it only as anonymity.sensitive",
+            )
+        return self
+
+    def _hashed(self) -> FileDestinationConfig:
+        """A file of hashed identifiers carries at least one layout, and the layout of the
+        platform it is for (the gate counts and releases only the people that layout names
+        to that platform: with no such layout, no one)."""
+        if not self.layouts:
+            raise ConfigError(
+                "layouts is empty: a file of hashed identifiers needs at least one layout",
+                'set layouts = ["meta"], ["google_ads"] or both (the default)',
+            )
+        if self.target != "other" and self.target not in self.layouts:
+            raise ConfigError(
+                f"the file is for {self.target} but its layouts ({', '.join(self.layouts)}) "
+                "do not carry that platform's identifiers",
+                f'add "{self.target}" to layouts, or change for',
             )
         return self
 
