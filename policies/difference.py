@@ -236,7 +236,8 @@ LINK_KINDS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (2, ("FN", "LN", "ZIP")),
     (2, ("hashed_first_name", "hashed_last_name", "postal_code")),
     (3, ("EXTERN_ID",)),
-    (4, ("FN", "LN", "DOBY", "DOBM", "DOBD")),
+    # (4: name with full birth date — not a link: the Meta connector uploads the birth
+    # year only, policies/sendable.py META_SENT, so Meta never matches on it)
     (5, ("FN", "LN", "CT", "ST")),
 )
 # E-mail and phone tell people apart: a name (with postal code, birth date, or city and
