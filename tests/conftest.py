@@ -227,6 +227,28 @@ def nameless() -> pl.Expr:
     return ~matched.fill_null(False)
 
 
+def blank_people(p: Project, how_many: int, columns: tuple[str, ...]) -> tuple[str, list[str]]:
+    """Make ``how_many`` consenting people of ``p``'s CRM lose ``columns`` (they stay in the
+    CRM, for mail say); return another consenting person and their contact ids."""
+    pool = "name: pool\ndescription: pool\ndestinations: [meta]\nwhere:\n  state: {ne: ZZ}\n"
+    (p.root / "segments" / "pool.yaml").write_text(pool, encoding="utf-8")
+    p.approve("pool")
+    ids = sorted(p.contact_ids(p.release("pool", "meta").members))
+    one, chosen = ids[0], ids[1 : 1 + how_many]
+    hit = pl.col("contact_id").is_in(chosen)
+    blank = [pl.when(hit).then(None).otherwise(pl.col(k)).alias(k) for k in columns]
+    p.write_contacts(p.contacts().with_columns(*blank))
+    return one, chosen
+
+
+def latest_report(p: Project) -> dict[str, Any]:
+    """The JSON compliance report of ``p``'s newest build."""
+    ((build_id,),) = p.query("SELECT build_id FROM builds ORDER BY started_at DESC LIMIT 1")
+    path = p.root / ".audiences" / "reports" / f"{build_id}.json"
+    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return doc
+
+
 def consented(contacts: pl.DataFrame) -> pl.Series:
     """Per contact row: does the consent rule keep it (Boolean Series)?"""
     keyed = _identity_keys(contacts)

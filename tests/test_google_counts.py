@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import polars as pl
 import pytest
-from conftest import AS_OF, Project, frozen_clock
+from conftest import AS_OF, Project, blank_people, frozen_clock, latest_report
 
 DAY = AS_OF.isoformat()
 
@@ -42,28 +41,7 @@ where:
 
 
 def _nameless(p: Project, how_many: int) -> tuple[str, list[str]]:
-    """Make ``how_many`` consenting people lose their e-mail, phone and postal code (they
-    stay in the CRM, for mail say); return another consenting person and their ids."""
-    pool = "name: pool\ndescription: pool\ndestinations: [meta]\nwhere:\n  state: {ne: ZZ}\n"
-    (p.root / "segments" / "pool.yaml").write_text(pool, encoding="utf-8")
-    p.approve("pool")
-    ids = sorted(p.contact_ids(p.release("pool", "meta").members))
-    one, chosen = ids[0], ids[1 : 1 + how_many]
-    hit = pl.col("contact_id").is_in(chosen)
-    blank = [
-        pl.when(hit).then(None).otherwise(pl.col(k)).alias(k) for k in ("email", "phone", "zip")
-    ]
-    p.write_contacts(p.contacts().with_columns(*blank))
-    return one, chosen
-
-
-def _report(p: Project) -> dict[str, Any]:
-    import json
-
-    ((build_id,),) = p.query("SELECT build_id FROM builds ORDER BY started_at DESC LIMIT 1")
-    path = p.root / ".audiences" / "reports" / f"{build_id}.json"
-    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return doc
+    return blank_people(p, how_many, ("email", "phone", "zip"))
 
 
 @pytest.mark.parametrize("destination", ["google", "google_ads"])
@@ -106,6 +84,8 @@ def test_people_google_never_receives_are_counted_apart_and_not_released(
     built = p.cli("build", "ca", "--as-of", DAY)
     assert built.exit_code == 0, built.stdout + built.stderr
     (verdict,) = [
-        v for v in _report(p)["verdicts"] if v["id"] == "min-size" and v["destination"] == "google"
+        v
+        for v in latest_report(p)["verdicts"]
+        if v["id"] == "min-size" and v["destination"] == "google"
     ]
     assert verdict["evidence"]["google_no_identifier"] == 3, verdict

@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import AS_OF, Project, frozen_clock
+from conftest import AS_OF, Project, blank_people, frozen_clock, latest_report
 
 DAY = AS_OF.isoformat()
 BLANKED = ("email", "phone", "first_name")
@@ -45,27 +45,14 @@ where:
 def _nameless(
     p: Project, how_many: int, blanked: tuple[str, ...] = BLANKED
 ) -> tuple[str, list[str]]:
-    """Make ``how_many`` consenting people lose the ``blanked`` columns (they stay in the
-    CRM, for mail say); return another consenting person and their ids."""
-    pool = "name: pool\ndescription: pool\ndestinations: [meta]\nwhere:\n  state: {ne: ZZ}\n"
-    (p.root / "segments" / "pool.yaml").write_text(pool, encoding="utf-8")
-    p.approve("pool")
-    ids = sorted(p.contact_ids(p.release("pool", "meta").members))
-    one, chosen = ids[0], ids[1 : 1 + how_many]
-    hit = pl.col("contact_id").is_in(chosen)
-    blank = [pl.when(hit).then(None).otherwise(pl.col(k)).alias(k) for k in blanked]
-    p.write_contacts(p.contacts().with_columns(*blank))
-    return one, chosen
+    return blank_people(p, how_many, blanked)
 
 
 def _min_size(p: Project, destination: str) -> dict[str, Any]:
-    import json
-
-    ((build_id,),) = p.query("SELECT build_id FROM builds ORDER BY started_at DESC LIMIT 1")
-    path = p.root / ".audiences" / "reports" / f"{build_id}.json"
-    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     (verdict,) = [
-        v for v in doc["verdicts"] if v["id"] == "min-size" and v["destination"] == destination
+        v
+        for v in latest_report(p)["verdicts"]
+        if v["id"] == "min-size" and v["destination"] == destination
     ]
     return verdict
 
