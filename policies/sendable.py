@@ -1,5 +1,6 @@
-"""Who Google Customer Match takes at all — one definition for the gate's counts and the
-connectors' last guard before sending (``connectors/google_common.py``, ``screen``).
+"""Who an ad platform takes at all — one definition for the gate's counts and releases,
+the Google connectors' last guard before sending (``connectors/google_common.py``,
+``screen``) and the columns the Meta connector uploads (:data:`META_SENT`).
 
 A person is matched on a hashed e-mail, a hashed phone or a full address (hashed first and
 last name, an ISO 3166-1 alpha-2 country and a postal code); a person with none of them is
