@@ -1114,6 +1114,7 @@ class _Links:
         self.ours = pl.concat(frames).unique()
         self.foreign = list(foreign)
         self._read: dict[Path, pl.DataFrame | None] = {}
+        self._spaces: dict[str, pl.DataFrame] = {}
         self._matched: dict[str, Match] = {}
 
     def theirs(self, f: ForeignRelease) -> pl.DataFrame | None:
@@ -1126,8 +1127,11 @@ class _Links:
         return self._read[f.links_path]
 
     def space_links(self, space: str) -> pl.DataFrame:
-        frames = [self.theirs(f) for f in self.foreign if f.space == space]
-        return pl.concat([x for x in frames if x is not None]).unique()
+        """The readable link frames of one other project's audiences, as one."""
+        if space not in self._spaces:
+            frames = [self.theirs(f) for f in self.foreign if f.space == space]
+            self._spaces[space] = pl.concat([x for x in frames if x is not None]).unique()
+        return self._spaces[space]
 
     def match(self, space: str) -> Match:
         if space not in self._matched:

@@ -568,8 +568,7 @@ def _check_destination(
     dest, layouts = destination_of(inp.config, dest_name)
     dest_keys = eligible.keys
     # who the platform takes: counted, and released, alone
-    google, nameless = _unsendable(inp, eligible, dest, layouts)
-    refused = google.refused if google is not None else nameless
+    google, refused = _unsendable(inp, eligible, dest, layouts)
     if refused is not None:
         dest_keys = difference.sorted_keys(
             eligible.members.filter(~refused).get_column("member_key")
@@ -606,8 +605,8 @@ def _check_destination(
             v = min_size(rule, dest, int(dest_keys.size))
             if google is not None:  # the people the count leaves out, and why
                 v = replace(v, evidence={**v.evidence, **google.counts})
-            elif nameless is not None:
-                v = replace(v, evidence={**v.evidence, "no_identifier": int(nameless.sum())})
+            elif refused is not None:
+                v = replace(v, evidence={**v.evidence, "no_identifier": int(refused.sum())})
         elif rule.kind == "difference" and _below_min_size(inp, dest, int(dest_keys.size)):
             v = _not_compared(rule, dest, int(dest_keys.size))
         elif rule.kind == "difference":
@@ -772,15 +771,13 @@ def _mint_releases(
     excluded_series = pl.Series("member_key", eligible.exempt, dtype=pl.UInt64)
     for check in checks:
         dest, layouts = check.dest, check.layouts
-        google, nameless = _unsendable(inp, eligible, dest, layouts)
+        google, refused = _unsendable(inp, eligible, dest, layouts)
         if check.export is not None and check.export.members is not None:
             members = check.export.members
         else:
             members = _members(eligible.members, hashed, dest, layouts, inp.config, google)
-            if dest.kind not in GOOGLE_KINDS:  # no one the platform would not take
-                refused = google.refused if google is not None else nameless
-                if refused is not None:
-                    members = members.filter(~refused)
+            if dest.kind not in GOOGLE_KINDS and refused is not None:  # (Google's: filtered)
+                members = members.filter(~refused)
         hold_against, n_holds, k_diff = check.hold
         excluded = excluded_series
         if google is not None:  # a refused consent's removal is forced, never held
@@ -993,11 +990,13 @@ def _unsendable(
     (policies/sendable.py): on Google, and in a file ``for`` Google that carries its
     layout, Google's refusals (identifier and consent); on Meta, the people the columns
     the connector uploads do not name; in a file for Meta, those its Meta layout does not
-    name; in any other file, those no layout it carries names (None, None: a record-level
-    export, which carries no identifier)."""
+    name; in any other file, those no layout it carries names. Returns Google's refusals
+    where they apply, and the mask of who is not taken (None: a record-level export, which
+    carries no identifier)."""
     purpose = file_platform(inp.config, dest.name) if dest.kind == "file" else None
     if dest.kind in GOOGLE_KINDS or (purpose == "google_ads" and "google_ads" in layouts):
-        return _google(inp, eligible), None
+        google = _google(inp, eligible)
+        return google, google.refused
     if not layouts:
         return None, None
     if purpose in ("meta", "google_ads"):  # judged by that platform's rule alone

@@ -241,6 +241,20 @@ def blank_people(p: Project, how_many: int, columns: tuple[str, ...]) -> tuple[s
     return one, chosen
 
 
+def build_padded(p: Project, destination: str, one: str, nulls: tuple[str, ...]) -> Any:
+    """Write, approve and build ``padded``: the person ``one`` plus everyone whose ``nulls``
+    columns are all empty (``is_null``, docs/segments.md) — the padding of a min-size
+    attack. Returns the build's CLI result."""
+    empty = "".join(f"        - {column}: {{is_null: true}}\n" for column in nulls)
+    (p.root / "segments" / "padded.yaml").write_text(
+        f"name: padded\ndescription: padding test\ndestinations: [{destination}]\nwhere:\n"
+        f"  any:\n    - contact_id: {{in: [{one}]}}\n    - all:\n{empty}",
+        encoding="utf-8",
+    )
+    p.approve("padded")
+    return p.cli("build", "padded", "--as-of", AS_OF.isoformat())
+
+
 def latest_report(p: Project) -> dict[str, Any]:
     """The JSON compliance report of ``p``'s newest build."""
     ((build_id,),) = p.query("SELECT build_id FROM builds ORDER BY started_at DESC LIMIT 1")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import AS_OF, Project, blank_people, frozen_clock, latest_report
+from conftest import AS_OF, blank_people, build_padded, frozen_clock, latest_report
 
 DAY = AS_OF.isoformat()
 
@@ -27,21 +27,7 @@ def _stopped_clock() -> Iterator[None]:
         yield
 
 
-PADDED = """name: {name}
-description: google padding test
-destinations: [{destination}]
-where:
-  any:
-    - contact_id: {{in: [{one}]}}
-    - all:
-        - email: {{is_null: true}}
-        - phone: {{is_null: true}}
-        - zip: {{is_null: true}}
-"""
-
-
-def _nameless(p: Project, how_many: int) -> tuple[str, list[str]]:
-    return blank_people(p, how_many, ("email", "phone", "zip"))
+BLANKED = ("email", "phone", "zip")
 
 
 @pytest.mark.parametrize("destination", ["google", "google_ads"])
@@ -49,21 +35,13 @@ def test_attack_padding_with_people_google_never_receives(
     make_project: Any, destination: str
 ) -> None:
     p = make_project(rows=3000)
-    one, _ = _nameless(p, 120)
-    (p.root / "segments" / "padded.yaml").write_text(
-        PADDED.format(name="padded", destination=destination, one=one), encoding="utf-8"
-    )
-    p.approve("padded")
-    attack = p.cli("build", "padded", "--as-of", DAY)
+    one, _ = blank_people(p, 120, BLANKED)
+    attack = build_padded(p, destination, one, BLANKED)
     out = attack.stdout + attack.stderr
     assert attack.exit_code == 3, out
     assert "min-size" in out and one not in out
     # the same padding to Meta is counted: Meta matches them on name, city and state
-    (p.root / "segments" / "padded.yaml").write_text(
-        PADDED.format(name="padded", destination="meta", one=one), encoding="utf-8"
-    )
-    p.approve("padded")
-    assert p.cli("build", "padded", "--as-of", DAY).exit_code == 0
+    assert build_padded(p, "meta", one, BLANKED).exit_code == 0
 
 
 def test_people_google_never_receives_are_counted_apart_and_not_released(
@@ -72,7 +50,7 @@ def test_people_google_never_receives_are_counted_apart_and_not_released(
     """A legitimate audience with a few nameless people: released without them, the
     report says how many Google would not take."""
     p = make_project(rows=3000)
-    _, padding = _nameless(p, 3)
+    _, padding = blank_people(p, 3, BLANKED)
     (p.root / "segments" / "ca.yaml").write_text(
         "name: ca\ndescription: ca\ndestinations: [google]\nwhere:\n  state: {ne: ZZ}\n",
         encoding="utf-8",

@@ -16,10 +16,11 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import AS_OF, Project, blank_people, frozen_clock, latest_report
+from conftest import AS_OF, Project, blank_people, build_padded, frozen_clock, latest_report
 
 DAY = AS_OF.isoformat()
-BLANKED = ("email", "phone", "first_name")
+BLANKED = ("email", "phone", "first_name")  # left: a last name, ZIP, city, external id
+NO_ZIP = ("email", "phone", "zip")  # left: a first and last name with city and state
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,25 +28,6 @@ def _stopped_clock() -> Iterator[None]:
     """The sample data is fixed on AS_OF: the wall clock stops there (in this process)."""
     with frozen_clock(AS_OF):
         yield
-
-
-PADDED = """name: {name}
-description: meta padding test
-destinations: [{destination}]
-where:
-  any:
-    - contact_id: {{in: [{one}]}}
-    - all:
-        - email: {{is_null: true}}
-        - phone: {{is_null: true}}
-        - first_name: {{is_null: true}}
-"""
-
-
-def _nameless(
-    p: Project, how_many: int, blanked: tuple[str, ...] = BLANKED
-) -> tuple[str, list[str]]:
-    return blank_people(p, how_many, blanked)
 
 
 def _min_size(p: Project, destination: str) -> dict[str, Any]:
@@ -60,12 +42,8 @@ def _min_size(p: Project, destination: str) -> dict[str, Any]:
 @pytest.mark.parametrize("destination", ["meta", "file"])
 def test_attack_padding_with_people_meta_cannot_match(make_project: Any, destination: str) -> None:
     p = make_project(rows=3000)
-    one, _ = _nameless(p, 120)
-    (p.root / "segments" / "padded.yaml").write_text(
-        PADDED.format(name="padded", destination=destination, one=one), encoding="utf-8"
-    )
-    p.approve("padded")
-    attack = p.cli("build", "padded", "--as-of", DAY)
+    one, _ = blank_people(p, 120, BLANKED)
+    attack = build_padded(p, destination, one, BLANKED)
     out = attack.stdout + attack.stderr
     assert attack.exit_code == 3, out
     assert "min-size" in out and one not in out
@@ -78,13 +56,8 @@ def test_a_name_with_city_and_state_is_enough_for_meta(make_project: Any) -> Non
     """The edge: no e-mail, phone or ZIP, but a first and last name with a city and state
     — Meta matches that, so they count (and a stricter rule would shrink real audiences)."""
     p = make_project(rows=3000)
-    one, _ = _nameless(p, 120, ("email", "phone", "zip"))
-    (p.root / "segments" / "padded.yaml").write_text(
-        PADDED.replace("first_name", "zip").format(name="padded", destination="meta", one=one),
-        encoding="utf-8",
-    )
-    p.approve("padded")
-    built = p.cli("build", "padded", "--as-of", DAY)
+    one, _ = blank_people(p, 120, NO_ZIP)
+    built = build_padded(p, "meta", one, NO_ZIP)
     assert built.exit_code == 0, built.stdout + built.stderr
     # (a few of the sample's people miss a name, a city or a state as well: not counted)
     evidence = _min_size(p, "meta")["evidence"]
@@ -97,7 +70,7 @@ def test_people_meta_cannot_match_are_counted_apart_and_not_released(
     """A legitimate audience with a few people Meta cannot match: released without them,
     the report says how many; a file carrying the Meta layout leaves them out too."""
     p = make_project(rows=3000)
-    _, padding = _nameless(p, 3)
+    _, padding = blank_people(p, 3, BLANKED)
     (p.root / "segments" / "ca.yaml").write_text(
         "name: ca\ndescription: ca\ndestinations: [meta, file]\nwhere:\n  state: {ne: ZZ}\n",
         encoding="utf-8",
@@ -119,16 +92,12 @@ def test_attack_padding_with_names_and_birth_dates_meta_never_receives(
     year only: 120 people with a name and birth date and nothing else are no match to
     Meta — not counted there. A file carries the whole date: there they count."""
     p = make_project(rows=3000)
-    one, chosen = _nameless(p, 120, ("email", "phone", "zip", "city"))
-    segment = f"name: padded\ndescription: d\ndestinations: [{{dest}}]\nwhere:\n  contact_id: {{{{in: [{', '.join([one, *chosen])}]}}}}\n"
-    (p.root / "segments" / "padded.yaml").write_text(segment.format(dest="meta"), encoding="utf-8")
-    p.approve("padded")
-    attack = p.cli("build", "padded", "--as-of", DAY)
+    no_place = ("email", "phone", "zip", "city")
+    one, _ = blank_people(p, 120, no_place)
+    attack = build_padded(p, "meta", one, no_place)
     assert attack.exit_code == 3, attack.stdout + attack.stderr
     assert _min_size(p, "meta")["evidence"]["no_identifier"] >= 100
-    (p.root / "segments" / "padded.yaml").write_text(segment.format(dest="file"), encoding="utf-8")
-    p.approve("padded")
-    built = p.cli("build", "padded", "--as-of", DAY)
+    built = build_padded(p, "file", one, no_place)
     assert built.exit_code == 0, built.stdout + built.stderr
     assert _min_size(p, "file")["evidence"]["members"] >= 100
 
@@ -144,13 +113,8 @@ def test_attack_a_file_for_google_counted_by_the_meta_rule(make_project: Any) ->
             '[destinations.file]\nkind = "file"\nfor = "google_ads"',
         )
     )
-    one, _ = _nameless(p, 120, ("email", "phone", "zip"))
-    (p.root / "segments" / "padded.yaml").write_text(
-        PADDED.replace("first_name", "zip").format(name="padded", destination="file", one=one),
-        encoding="utf-8",
-    )
-    p.approve("padded")
-    attack = p.cli("build", "padded", "--as-of", DAY)
+    one, _ = blank_people(p, 120, NO_ZIP)
+    attack = build_padded(p, "file", one, NO_ZIP)
     assert attack.exit_code == 3, attack.stdout + attack.stderr
     assert _min_size(p, "file")["evidence"]["google_no_identifier"] >= 100
     # consent: a DENIED signal keeps a person out of a file for Google, as out of Google
