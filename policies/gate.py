@@ -442,7 +442,7 @@ def _eligible_members(
 def _one_row_per_person(
     config: ProjectConfig, records: pl.DataFrame, persons: pl.Series
 ) -> pl.DataFrame:
-    """People, not records: records sharing a normalized email or phone (or one member key)
+    """People, not records: records :func:`person_keys` links (or sharing one member key)
     are one person, released once as the record with the smallest CRM id (its member key),
     each identifier taken from the first of the person's records, by CRM id, that has it.
     ``persons``: the person of each record, linked over all the gate's candidates (never

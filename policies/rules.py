@@ -51,11 +51,13 @@ class ConsentParams(Params):
     # refuses DENIED consent outright).
     exclude_ad_personalization_denied: bool = True
     # An opt-out on one CRM record of a person applies to their duplicate records too
-    # (records sharing a normalized email or phone): platforms match on any key.
+    # (records sharing a normalized email, phone or name and postal code, CRM-wide, and
+    # every record of the gate's person): platforms match on any key.
     exclude_duplicates_of_opt_outs: bool = True
 
 
-# Set by the build: True where another CRM record with the same email or phone opted out.
+# Set by the build: True where another CRM record with the same email, phone or name and
+# postal code opted out.
 DUPLICATE_OF_OPT_OUT = "__duplicate_of_opt_out"
 
 
@@ -403,8 +405,10 @@ class FilterContext:
 
     @cached_property
     def persons(self) -> pl.Series | None:
-        """The person of each candidate record (records sharing a normalized email or
-        phone are one person); None without the CRM id column. Computed once per gate."""
+        """The person of each candidate record (``person_keys``: records sharing a
+        normalized email or phone, or a name with a postal code or a city and state that
+        no e-mail or phone tells apart, are one person); None without the CRM id column.
+        Computed once per gate."""
         from audiences.crm.linkage import person_keys
 
         cid = self.config.sources.contacts.id
@@ -480,11 +484,39 @@ def consent(rule: Rule, ctx: FilterContext) -> Verdict:
         parts["ad_personalization_denied"] = consent_denied(df, c.ad_personalization)
     if p.exclude_duplicates_of_opt_outs and DUPLICATE_OF_OPT_OUT in df.columns:
         parts["duplicate_of_opt_out"] = pl.col(DUPLICATE_OF_OPT_OUT).fill_null(False)
+    if p.exclude_duplicates_of_opt_outs and parts:
+        same = _same_person_opted_out(ctx, [e for n, e in parts.items() if n in _OWN_OPT_OUTS])
+        if same is not None:
+            dup = parts.get("duplicate_of_opt_out", pl.lit(False))
+            parts["duplicate_of_opt_out"] = dup | pl.lit(same)
     evidence, mask = _flagged(df, parts)
     detail = f"{evidence['excluded']} of {df.height} candidates excluded"
     if skipped:
         detail += f"; no column configured for {', '.join(skipped)} (nothing checked)"
     return _verdict(rule, True, evidence, detail, excluded=mask)
+
+
+_OWN_OPT_OUTS = ("no_opt_in", "do_not_contact", "deceased", "ad_personalization_denied")
+
+
+def _same_person_opted_out(ctx: FilterContext, own: list[pl.Expr]) -> pl.Series | None:
+    """True for a candidate record another record of the same gate person opted out on
+    (the gate's people: records linked by e-mail, phone or a name with a postal code or a
+    city and state, ``person_keys``); None when no record is linked to another. The
+    CRM-wide linkage (``DUPLICATE_OF_OPT_OUT``) covers e-mail, phone and name with postal
+    code across the whole CRM; this covers the rest of what makes the gate's person one."""
+    df = ctx.candidates
+    if not own or df.height < 2:
+        return None
+    persons = ctx.persons
+    if persons is None or not persons.is_duplicated().any():
+        return None
+    return (
+        df.select(pl.any_horizontal(e.fill_null(False) for e in own).alias("o"))
+        .with_columns(persons.alias("p"))
+        .select((pl.col("o").any().over("p") & ~pl.col("o")).alias("same"))
+        .to_series()
+    )
 
 
 def suppression(rule: Rule, ctx: FilterContext) -> Verdict:
@@ -1213,7 +1245,7 @@ def _whole_people(ctx: FilterContext, excluded: pl.Series) -> tuple[pl.Series, i
     """``excluded`` widened to every candidate record of the people it excludes, and how
     many records that added. A jurisdiction rule judges a person's request or consent: a
     "limit use" request, a GPC opt-out or a withdrawn consent on one CRM record holds for
-    the person's other records too (they share an email or phone the platforms match on)."""
+    the person's other records too (they share a key the platforms match on)."""
     n = int(excluded.sum()) if excluded.len() else 0
     persons = ctx.persons if 0 < n < excluded.len() else None
     if persons is None:

@@ -202,6 +202,20 @@ def address(frame_names: tuple[str, str, str] = ("first_name", "last_name", "zip
     return pl.concat_str([name(first), name(last), pl.lit("us"), zip5], separator="|")
 
 
+def place() -> pl.Expr:
+    """First and last name with city and state, as Meta matches them (letters only, lower
+    case; every sample contact with a state is in the US, whose states the sample spells
+    as their two-letter codes)."""
+
+    def letters(column: str) -> pl.Expr:
+        text = pl.col(column).str.to_lowercase().str.replace_all(r"[^\p{L}]", "")
+        return pl.when(text != "").then(text)
+
+    return pl.concat_str(
+        [letters(c) for c in ("first_name", "last_name", "city", "state")], separator="|"
+    )
+
+
 def _identity_keys(contacts: pl.DataFrame) -> pl.DataFrame:
     digits = pl.col("phone").str.replace_all(r"\D", "")
     return contacts.with_columns(
@@ -209,13 +223,14 @@ def _identity_keys(contacts: pl.DataFrame) -> pl.DataFrame:
         mailbox(pl.col("email")).alias("_email"),
         pl.when(digits.str.len_chars() >= 7).then(digits.str.slice(-10)).alias("_phone"),
         address().alias("_address"),
+        place().alias("_place"),
     )
 
 
 def nameless() -> pl.Expr:
     """Over :func:`_identity_keys`: a record Meta cannot match — no e-mail or phone, and no
     first and last name with a ZIP, a birth date, or a city and state (policies/sendable.py).
-    Such a record is a person of its own (people are linked by e-mail and phone)."""
+    Such a record is a person of its own unless a name and ZIP link it (:func:`people`)."""
 
     def has(column: str) -> pl.Expr:
         return pl.col(column).cast(pl.String).str.replace_all(r"[^\p{L}\d]", "") != ""
@@ -302,7 +317,8 @@ def adults(as_of: date, min_age: int = 18) -> pl.Expr:
 
 def released_ids(contacts: pl.DataFrame, in_segment: pl.Expr, *, google: bool = False) -> set[str]:
     """Contact ids a release of the segment (``in_segment`` over contacts) must hold: one
-    per person — records sharing a mailbox or phone are one person (transitively), released
+    per person — records sharing a mailbox, phone or name-and-ZIP are one person
+    (transitively), released
     as the record with the smallest contact id.
 
     ``google``: a release to a Google destination, which also leaves out the people with a
@@ -310,13 +326,13 @@ def released_ids(contacts: pl.DataFrame, in_segment: pl.Expr, *, google: bool = 
     ``ad_personalization_consent``) on any of their candidate records — the records in the
     segment, linked into people the same way, the ones the consent rule dropped included
     (docs/policy-rules.md, "People, not records")."""
-    kept = contacts.with_columns(consented(contacts)).filter(in_segment & pl.col("consented"))
-    keyed = _identity_keys(kept)
-    person = people(keyed)
-    if not google:  # Meta: not the people it cannot match
-        return set(person.values()) - set(keyed.filter(nameless()).get_column("contact_id"))
     candidates = contacts.filter(in_segment)
     linked = people(_identity_keys(candidates))
+    kept = contacts.with_columns(consented(contacts)).filter(in_segment & pl.col("consented"))
+    keyed = _identity_keys(without_refusing_people(kept, candidates, linked))
+    person = released_as(keyed, linked)
+    if not google:  # Meta: not the people it cannot match
+        return set(person.values()) - set(keyed.filter(nameless()).get_column("contact_id"))
     word = [
         pl.col(c).str.strip_chars().str.to_lowercase() == "denied"
         for c in ("ad_user_data_consent", "ad_personalization_consent")
@@ -327,8 +343,33 @@ def released_ids(contacts: pl.DataFrame, in_segment: pl.Expr, *, google: bool = 
     return set(person.values()) - refused
 
 
+def without_refusing_people(
+    kept: pl.DataFrame, candidates: pl.DataFrame, linked: dict[str, str]
+) -> pl.DataFrame:
+    """``kept`` less the records of people (``linked`` over the ``candidates``) one of whose
+    candidate records opted out: an opt-out is the person's (docs/policy-rules.md)."""
+    refused = set(_identity_keys(candidates).filter(pl.col("_opted_out")).get_column("contact_id"))
+    refusing = {linked[c] for c in refused}
+    out = [c for c, person in linked.items() if person in refusing]
+    return kept.filter(~pl.col("contact_id").is_in(out))
+
+
+def released_as(kept: pl.DataFrame, linked: dict[str, str]) -> dict[str, str]:
+    """Kept contact id -> the id its person is released as: the smallest kept id of the
+    person, people linked over all the segment's candidates (``linked``, :func:`people`)
+    as the gate links them."""
+    first: dict[str, str] = {}
+    ids = sorted(kept.get_column("contact_id").to_list())
+    for cid in ids:
+        first.setdefault(linked[cid], cid)
+    return {cid: first[linked[cid]] for cid in ids}
+
+
 def people(keyed: pl.DataFrame) -> dict[str, str]:
-    """contact id -> the smallest contact id of its person (a plain union-find)."""
+    """contact id -> the smallest contact id of its person (a plain union-find): records
+    sharing a mailbox or phone are one person; among records sharing a name and ZIP, or a
+    name, city and state, the first by contact id and each record whose mailbox and phone
+    no other of them contradicts (a different one) are one person."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -337,17 +378,32 @@ def people(keyed: pl.DataFrame) -> dict[str, str]:
             x = parent[x]
         return x
 
-    for key in ("_email", "_phone"):
+    def union(a: str, b: str) -> None:
+        a, b = find(a), find(b)
+        parent[max(a, b)] = min(a, b)
+
+    rows = keyed.select("contact_id", "_email", "_phone", "_address", "_place").rows()
+    for cid, *_ in rows:
+        find(cid)
+    for position in (1, 2):
         first: dict[str, str] = {}
-        for cid, value in keyed.select("contact_id", key).iter_rows():
-            find(cid)
-            if value is None:
-                continue
-            if value in first:
-                a, b = find(cid), find(first[value])
-                parent[max(a, b)] = min(a, b)
-            else:
-                first[value] = cid
+        for row in rows:
+            if row[position] is not None:
+                union(row[0], first.setdefault(row[position], row[0]))
+    for position in (3, 4):
+        groups: dict[str, list[tuple[str, ...]]] = {}
+        for row in rows:
+            if row[position] is not None:
+                groups.setdefault(row[position], []).append(row)
+        for group in groups.values():
+            lead = min(r[0] for r in group)
+            for row in group:
+                told = any(
+                    row[k] is not None and {r[k] for r in group if r[k] is not None} != {row[k]}
+                    for k in (1, 2)
+                )
+                if not told:
+                    union(row[0], lead)
     return {cid: find(cid) for cid in keyed.get_column("contact_id").to_list()}
 
 
@@ -510,38 +566,6 @@ def google_people(members: pl.DataFrame) -> set[frozenset[tuple[str, str]]]:
         if person:
             people.add(frozenset(person))
     return people
-
-
-def google_identifiers(members: pl.DataFrame) -> pl.DataFrame:
-    """One row per (member_key, identifier) as Google Ads matches people."""
-    address = pl.concat_str(
-        [
-            pl.col("hashed_first_name"),
-            pl.col("hashed_last_name"),
-            pl.col("country_code").str.to_uppercase(),
-            pl.col("postal_code"),
-        ],
-        separator=":",
-    )
-    return (
-        members.select(
-            "member_key",
-            pl.concat_list(
-                ("e:" + pl.col("hashed_email")),
-                ("p:" + pl.col("hashed_phone_number")),
-                ("a:" + address),
-            ).alias("identifier"),
-        )
-        .explode("identifier")
-        .drop_nulls()
-    )
-
-
-def shared_google_keys(members: pl.DataFrame) -> set[int]:
-    """Members sharing an identifier with another member (Google removes them together)."""
-    ids = google_identifiers(members)
-    shared = ids.filter(pl.col("identifier").is_duplicated())
-    return set(shared.get_column("member_key").to_list())
 
 
 def external_ids(members: pl.DataFrame) -> set[str]:

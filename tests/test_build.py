@@ -179,13 +179,16 @@ def phone_key() -> pl.Expr:
     return pl.when(digits.str.len_chars() >= 7).then(digits.str.slice(-10))
 
 
-def one_per_person(frame: pl.DataFrame) -> set[str]:
-    """The contact ids a release holds for these records: one per person (conftest.people),
-    not the people Meta cannot match (conftest.nameless: the file carries Meta's layout)."""
-    from conftest import _identity_keys, nameless, people
+def one_per_person(frame: pl.DataFrame, candidates: pl.DataFrame) -> set[str]:
+    """The contact ids a release holds for these records: one per person, people linked
+    over the segment's ``candidates`` (conftest.people, released_as), not the people Meta
+    cannot match (conftest.nameless: the file carries Meta's layout)."""
+    from conftest import _identity_keys, nameless, people, released_as, without_refusing_people
 
-    keyed = _identity_keys(frame)
-    return set(people(keyed).values()) - set(keyed.filter(nameless()).get_column("contact_id"))
+    linked = people(_identity_keys(candidates))
+    keyed = _identity_keys(without_refusing_people(frame, candidates, linked))
+    person = released_as(keyed, linked)
+    return set(person.values()) - set(keyed.filter(nameless()).get_column("contact_id"))
 
 
 def consented(frame: pl.DataFrame, contacts: pl.DataFrame) -> pl.DataFrame:
@@ -272,7 +275,8 @@ def test_release_is_the_consented_adults_in_ny_one_row_each(built: Built) -> Non
     members = pl.read_parquet(release_dir(built) / "members.parquet")
     ids = members.get_column("meta_EXTERN_ID")
     assert ids.null_count() == 0 and ids.n_unique() == members.height
-    expected = one_per_person(consented(adults_ny(built.contacts()), built.contacts()))
+    candidates = adults_ny(built.contacts())
+    expected = one_per_person(consented(candidates, built.contacts()), candidates)
     assert set(ids.to_list()) == expected
     assert members.height >= 100
 
@@ -460,7 +464,9 @@ def test_the_meta_copy_releases_only_authorized_members(built: Built) -> None:
     expected = consented(authorized(candidates), contacts)
     not_authorized = consented(candidates, contacts).join(expected, on="contact_id", how="anti")
     assert expected.height >= 100 and not_authorized.height > 0  # the rule has work to do
-    assert released == set(built.member_keys(pl.Series(sorted(one_per_person(expected)))).to_list())
+    assert released == set(
+        built.member_keys(pl.Series(sorted(one_per_person(expected, candidates)))).to_list()
+    )
     assert released.isdisjoint(built.member_keys(not_authorized.get_column("contact_id")))
 
 

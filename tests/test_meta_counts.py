@@ -16,7 +16,15 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import AS_OF, Project, blank_people, build_padded, frozen_clock, latest_report
+from conftest import (
+    AS_OF,
+    Project,
+    blank_people,
+    build_padded,
+    frozen_clock,
+    latest_report,
+    released_ids,
+)
 
 DAY = AS_OF.isoformat()
 BLANKED = ("email", "phone", "first_name")  # left: a last name, ZIP, city, external id
@@ -130,3 +138,58 @@ def test_attack_a_file_for_google_counted_by_the_meta_rule(make_project: Any) ->
     p.approve("some")
     in_file = p.contact_ids(p.release("some", "file").members)
     assert in_file and not in_file & set(denied)
+
+
+def _entered_twice(p: Project, chosen: list[str]) -> list[str]:
+    """Copy ``chosen``'s CRM records under new ids (the same person entered twice: name,
+    ZIP, birth date and consent alike); return the copies' ids."""
+    contacts = p.contacts()
+    twice = contacts.filter(pl.col("contact_id").is_in(chosen)).with_columns(
+        (pl.col("contact_id") + "D").alias("contact_id")
+    )
+    p.write_contacts(pl.concat([contacts, twice]))
+    return twice.get_column("contact_id").to_list()
+
+
+def _listed(p: Project, name: str, destination: str, ids: list[str]) -> None:
+    (p.root / "segments" / f"{name}.yaml").write_text(
+        f"name: {name}\ndescription: listed\ndestinations: [{destination}]\n"
+        f"where:\n  contact_id: {{in: [{', '.join(ids)}]}}\n",
+        encoding="utf-8",
+    )
+    p.approve(name)
+
+
+@pytest.mark.parametrize("destination", ["meta", "file"])
+def test_attack_records_entered_twice_without_email_or_phone(
+    make_project: Any, destination: str
+) -> None:
+    """60 people with no e-mail or phone, each entered twice in the CRM, plus one person:
+    121 records, 61 people — one platform user per name and ZIP. Counted by record
+    (records were linked by e-mail and phone only) the list passed ``min_size``."""
+    p = make_project(rows=3000)
+    one, chosen = blank_people(p, 60, ("email", "phone"))
+    copies = _entered_twice(p, chosen)
+    _listed(p, "padded", destination, [one, *chosen, *copies])
+    attack = p.cli("build", "padded", "--as-of", DAY)
+    assert attack.exit_code == 3, attack.stdout + attack.stderr
+    assert _min_size(p, destination)["evidence"]["members"] == "< 100"
+
+
+def test_records_entered_twice_are_released_once(make_project: Any) -> None:
+    """The pass: 150 people, 60 of them entered twice without an e-mail or phone, are
+    released once each, as the record with the smaller id (the original)."""
+    p = make_project(rows=3000)
+    one, chosen = blank_people(p, 60, ("email", "phone"))
+    pool = sorted(p.contact_ids(p.release("pool", "meta").members))
+    others = [i for i in pool if i != one and i not in set(chosen)][:89]
+    copies = _entered_twice(p, chosen)
+    listed = [one, *others, *chosen, *copies]
+    _listed(p, "twice", "meta", listed)
+    released = p.contact_ids(p.release("twice", "meta").members)
+    assert released == released_ids(p.contacts(), pl.col("contact_id").is_in(listed))
+    assert not released & set(copies)
+    assert len(released) >= 140  # (a few sampled people have no ZIP, city or state)
+    built = p.cli("build", "twice", "--as-of", DAY)
+    assert built.exit_code == 0, built.stdout + built.stderr
+    assert _min_size(p, "meta")["evidence"]["members"] == len(released)

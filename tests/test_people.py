@@ -190,3 +190,123 @@ def test_a_persons_strictest_signal_equals_the_window_over_every_record(tmp_path
     )
     assert got.equals(expected)
     assert not got.equals(cand)  # some person's records disagreed and were made to agree
+
+
+def _named(**columns: list[Any]) -> pl.DataFrame:
+    n = len(columns["contact_id"])
+    base: dict[str, list[Any]] = {
+        "email": [None] * n,
+        "phone": [None] * n,
+        "first_name": ["Sam"] * n,
+        "last_name": ["Ortiz"] * n,
+        "zip": ["10001"] * n,
+        "city": [None] * n,
+        "state": [None] * n,
+    }
+    return pl.DataFrame(base | columns, schema={c: pl.String for c in [*base, "contact_id"]})
+
+
+def _full_config(tmp_path: Path) -> Any:
+    config = make_config(tmp_path)
+    identity = config.identity.model_copy(
+        update={
+            "first_name": "first_name",
+            "last_name": "last_name",
+            "city": "city",
+            "state": "state",
+        }
+    )
+    return config.model_copy(update={"identity": identity})
+
+
+def test_a_person_entered_twice_without_email_or_phone_is_one(tmp_path: Path) -> None:
+    """Same name and ZIP, nothing else: one platform user (Meta and Google match a row
+    without an e-mail or phone on the name and postal code)."""
+    records = _named(contact_id=["C2", "C1"])
+    assert person_keys(records, _full_config(tmp_path), by="contact_id").to_list() == ["C1", "C1"]
+
+
+def test_the_email_on_one_record_and_the_phone_on_the_other_is_one(tmp_path: Path) -> None:
+    records = _named(
+        contact_id=["C1", "C2"], email=["sam@x.org", None], phone=[None, "212-555-0101"]
+    )
+    assert person_keys(records, _full_config(tmp_path), by="contact_id").to_list() == ["C1", "C1"]
+
+
+def test_namesakes_with_emails_of_their_own_stay_two(tmp_path: Path) -> None:
+    """A father and son of one name at one ZIP, each with his own e-mail, are two people;
+    a third record of the name with neither e-mail nor phone joins the first of them (it
+    is one of the two to the platform, or someone else: counting it apart could only
+    count one more person than the platform has)."""
+    records = _named(
+        contact_id=["C1", "C2", "C3", "C4"],
+        email=["sam@x.org", "sam.jr@x.org", None, None],
+        phone=[None, None, None, "212-555-0101"],
+    )
+    # C4's phone contradicts no one (the only phone): it joins C1 too
+    got = person_keys(records, _full_config(tmp_path), by="contact_id").to_list()
+    assert got == ["C1", "C2", "C1", "C1"]
+
+
+def test_two_phones_tell_namesakes_apart(tmp_path: Path) -> None:
+    records = _named(
+        contact_id=["C1", "C2", "C3"],
+        email=["sam@x.org", None, None],
+        phone=[None, "212-555-0101", "212-555-0202"],
+    )
+    # C2 and C3 have different phones: both stay apart; C1 contradicts nobody (the only
+    # e-mail) but is the first: it stays itself
+    got = person_keys(records, _full_config(tmp_path), by="contact_id").to_list()
+    assert got == ["C1", "C2", "C3"]
+
+
+def test_a_name_with_city_and_state_links_records_without_a_zip(tmp_path: Path) -> None:
+    records = _named(
+        contact_id=["C1", "C2", "C3"],
+        zip=[None, None, None],
+        city=["Albany", " ALBANY", "Troy"],
+        state=["NY", "New York", "NY"],
+    )
+    got = person_keys(records, _full_config(tmp_path), by="contact_id").to_list()
+    assert got == ["C1", "C1", "C3"]
+
+
+def test_a_name_links_nothing_without_its_place(tmp_path: Path) -> None:
+    """The edge: the same name with no ZIP and no city or state is no key at all — the
+    platforms match no one on a name alone."""
+    records = _named(contact_id=["C1", "C2"], zip=[None, None])
+    assert person_keys(records, _full_config(tmp_path), by="contact_id").to_list() == ["C1", "C2"]
+
+
+_LETTERS = str.maketrans("0123456789", "abcdefghij")
+
+
+def _placed(n: int, start: int = 0, **columns: Any) -> pl.DataFrame:
+    """``people`` with a first and last name, city and state of their own (no ZIP)."""
+    return people(n, start, zip=None, **columns).with_columns(
+        # a name of letters per person (the platforms keep only a name's letters)
+        pl.Series("first_name", [f"Pat{i:03d}".translate(_LETTERS) for i in range(n)]),
+        pl.Series("last_name", ["Lee"] * n),
+        pl.Series("city", ["Albany"] * n),
+        pl.Series("state", ["NY"] * n),
+    )
+
+
+def test_attack_an_opt_out_on_a_duplicate_known_by_name_city_and_state(
+    project: dict[str, Any],
+) -> None:
+    """The attack (the CRM's own duplicates): 120 people each have an opted-in record with
+    an e-mail and phone, and an older record that opted out with only their name, city and
+    state — no e-mail, phone or ZIP, so the CRM-wide linkage (e-mail, phone, name and
+    ZIP) never meets it. Meta matches both rows to one user: the opt-out is the person's,
+    and nobody is released."""
+    config = _full_config(project["root"])
+    opted_in = _placed(120)
+    older = _placed(120, 700_000, email=None, phone=None, opt_in=False).with_columns(
+        opted_in.get_column("first_name")
+    )
+    outcome = run(project, NEWSLETTER, pl.concat([opted_in, older]), ["meta"], config=config)
+    consent = next(v for v in outcome.verdicts if v.kind == "consent")
+    assert consent.evidence["no_opt_in"] == 120
+    assert consent.evidence["duplicate_of_opt_out"] == 120, consent.evidence
+    assert consent.evidence["excluded"] == 240 and outcome.blocked

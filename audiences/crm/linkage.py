@@ -22,8 +22,10 @@ index (row positions and keyed coarse hashes, see :func:`compute_opt_out_index`)
 :class:`IndexStore` may keep between runs.
 
 :func:`person_keys` uses the same exact keys to count people, not records: records that
-share a normalized email or phone are one person (transitively), so ``min-size``, the
-difference checks and the release see each person once.
+share a normalized email or phone are one person (transitively), and so are records that
+share a first and last name with a postal code, or with a city and state, unless e-mails or
+phones tell them apart — so ``min-size``, the difference checks and the release see each
+person once, as the platforms do.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = [
 _ROW = "__link_row"
 _KEY = "__link_key"
 _SEP = "\x1f"
+_NON_ASCII = r"[^\x00-\x7f]"
 
 # How many trailing digits of a phone number the coarse key keeps. National numbers have
 # at least this many digits in most numbering plans; a shorter one is "unreliable" and
@@ -169,20 +172,9 @@ def _name_zip_stage(frame: pl.DataFrame, fields: Sequence[pl.Expr], out: str) ->
     The names' parts are computed once per distinct name (a CRM has far fewer distinct
     names than records) and mapped back.
     """
-    distinct = frame.select(
-        fields[0].unique().implode().alias("first"), fields[1].unique().implode().alias("last")
-    ).row(0)
-    mapped = []
-    for values, field in zip(distinct, fields[:2], strict=True):
-        names, words = _name_parts(pl.Series(values, dtype=pl.String))
-        mapped.append(field.replace_strict(names, words, default=None, return_dtype=pl.UInt64))
-    parts = (f"{out}_f", f"{out}_l")
-    lf = frame.lazy().with_columns(
-        mapped[0].alias(parts[0]),
-        mapped[1].alias(parts[1]),
-        fields[2].str.strip_chars_start().alias(out),
-    )
-    first, last, postal = (pl.col(c) for c in (*parts, out))
+    lf, first, last, parts = _name_words(frame, fields, out)
+    lf = lf.with_columns(fields[2].str.strip_chars_start().alias(out))
+    postal = pl.col(out)
     five = postal.str.contains("^[0-9]{5}")
     zip_part = pl.when(five).then(postal.str.slice(0, 5).hash()).otherwise(postal.hash())
     present = first.is_not_null() & last.is_not_null() & postal.is_not_null()
@@ -191,6 +183,52 @@ def _name_zip_stage(frame: pl.DataFrame, fields: Sequence[pl.Expr], out: str) ->
     reliable = (plain & five) | ~present
     return lf.with_columns(pl.when(present).then(g).alias(out), reliable.alias(f"{out}_ok")).drop(
         *parts
+    )
+
+
+def _name_words(
+    frame: pl.DataFrame, fields: Sequence[pl.Expr], out: str
+) -> tuple[pl.LazyFrame, pl.Expr, pl.Expr, tuple[str, str]]:
+    """``frame`` with the first and last names' words (:func:`_name_parts`, once per
+    distinct name) as two columns; those columns and their names (to drop)."""
+    distinct = frame.select(
+        fields[0].unique().implode().alias("first"), fields[1].unique().implode().alias("last")
+    ).row(0)
+    mapped = []
+    for values, field in zip(distinct, fields[:2], strict=True):
+        names, words = _name_parts(pl.Series(values, dtype=pl.String))
+        mapped.append(field.replace_strict(names, words, default=None, return_dtype=pl.UInt64))
+    parts = (f"{out}_f", f"{out}_l")
+    lf = frame.lazy().with_columns(mapped[0].alias(parts[0]), mapped[1].alias(parts[1]))
+    return lf, pl.col(parts[0]), pl.col(parts[1]), parts
+
+
+def _name_place_stage(frame: pl.DataFrame, fields: Sequence[pl.Expr], out: str) -> pl.LazyFrame:
+    """``g``: the names' words (as in :func:`_name_zip_stage`), the lowercase ASCII letters
+    of the city and those of the state. The country is left out.
+
+    Meta's city is the NFC letters of the lowercased value, its state the same letters,
+    a US state's name folded to its two-letter code: for a city of ASCII characters and a
+    state whose letters are two ASCII letters, ``g`` of the raw values is ``g`` of the
+    normalized ones. Anything else (an accent, a state's full name) is normalized in full,
+    as is a name with a combining mark."""
+    lf, first, last, parts = _name_words(frame, fields, out)
+    places = (f"{out}_c", f"{out}_s")
+    lf = lf.with_columns(
+        *(
+            f.str.to_lowercase().str.replace_all("[^a-z]+", "").alias(name)
+            for f, name in zip(fields[2:4], places, strict=True)
+        ),
+        pl.any_horizontal(f.str.contains(_NON_ASCII) for f in fields[2:4]).alias(out),
+    )
+    city, state = pl.col(places[0]), pl.col(places[1])
+    ascii_only = ~pl.col(out).fill_null(False)
+    present = first.is_not_null() & last.is_not_null() & city.is_not_null() & state.is_not_null()
+    g = pl.struct(first & _UNMARKED, last & _UNMARKED, city.hash(), state.hash()).hash()
+    plain = ((first | last) & pl.lit(_MARKED, pl.UInt64)) == 0
+    reliable = (plain & ascii_only & (state.str.len_bytes() == 2)) | ~present
+    return lf.with_columns(pl.when(present).then(g).alias(out), reliable.alias(f"{out}_ok")).drop(
+        *parts, *places
     )
 
 
@@ -208,7 +246,7 @@ class Link:
     def columns(self) -> list[str]:
         """The CRM columns the link reads (country last, if mapped)."""
         ident = self.identity
-        order = ("email", "phone", "first_name", "last_name", "zip", "country")
+        order = ("email", "phone", "first_name", "last_name", "zip", "city", "state", "country")
         return [c for c in (getattr(ident, f) for f in order) if isinstance(c, str)]
 
     def raw_fields(self) -> list[pl.Expr]:
@@ -220,12 +258,16 @@ class Link:
             "hashed_first_name": ident.first_name,
             "hashed_last_name": ident.last_name,
             "postal_code": ident.zip,
+            "FN": ident.first_name,
+            "LN": ident.last_name,
+            "CT": ident.city,
+            "ST": ident.state,
         }
         return [_text(names[f]) for f in self.fields if f in names]  # type: ignore[arg-type]
 
     def norm_fields(self) -> list[pl.Expr]:
         """The normalized layout columns behind the key fields (the country aside)."""
-        return [pl.col(f) for f in self.fields if f != "country_code"]
+        return [pl.col(f) for f in self.fields if f not in ("country_code", "COUNTRY")]
 
     def key(self) -> pl.Expr:
         """The exact link key over the normalized layout columns (null if any part is)."""
@@ -723,23 +765,56 @@ def flag_linked_records(
     return candidates.with_columns(flagged.get_columns())
 
 
-PERSON_LINKS = ("email", "phone")  # the platforms' primary match keys
+# The keys a platform matches a customer-list row on: two records sharing one reach one
+# platform user, so they are one person to ``min-size``, the difference checks and the
+# release. E-mail and phone link records outright; a name (with a postal code, or with a
+# city and state) links them unless e-mails or phones tell them apart (see person_keys).
+STRONG_PERSON_LINKS = ("email", "phone")
+NAME_PERSON_LINKS = ("name_zip", "name_place")
+PERSON_LINKS = STRONG_PERSON_LINKS + NAME_PERSON_LINKS
+
+
+def person_links(config: ProjectConfig, schema: pl.Schema) -> list[Link]:
+    """The links :func:`person_keys` follows: the opt-out linkage's e-mail, phone and name +
+    postal code, and a first and last name with a city and state (Meta matches on it)."""
+    links = [link for link in links_for(config, schema) if link.name in PERSON_LINKS]
+    identity = config.identity
+    place = (identity.first_name, identity.last_name, identity.city, identity.state)
+    if all(c and c in schema for c in place):
+        country = identity.country if identity.country in schema else None
+        only = IdentityMapping(
+            first_name=identity.first_name,
+            last_name=identity.last_name,
+            city=identity.city,
+            state=identity.state,
+            country=country,
+            default_country=identity.default_country,
+        )
+        fields = ("FN", "LN", "CT", "ST", "COUNTRY")
+        links.append(Link("name_place", only, "meta", fields, _name_place_stage))
+    return links
 
 
 def person_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:
     """The columns :func:`person_keys` reads besides the id."""
-    links = [link for link in links_for(config, schema) if link.name in PERSON_LINKS]
-    return sorted({c for link in links for c in link.columns})
+    return sorted({c for link in person_links(config, schema) for c in link.columns})
 
 
 def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Series:
     """For each row of ``records``, the person it belongs to, named by the smallest value of
-    column ``by`` (the CRM id) among the records linked to it by a shared normalized email
-    or phone, transitively (label propagation until nothing changes). A record linked to
-    no other is its own person."""
-    links = [
-        link for link in links_for(config, records.collect_schema()) if link.name in PERSON_LINKS
-    ]
+    column ``by`` (the CRM id) among the records linked to it, transitively.
+
+    Records sharing a normalized e-mail or phone are linked. Records sharing a first and
+    last name with a postal code, or with a city and state (what a platform matches a row
+    without an e-mail or phone on), are linked unless e-mails or phones tell them apart:
+    among the records sharing such a key, each record whose e-mail and phone no other of
+    them contradicts (a different e-mail, a different phone; having none contradicts
+    nothing) joins the first of them by ``by`` — all of them when none contradicts
+    another. A father and son of one name at one address, each with an e-mail of their
+    own, stay two people; the same person entered twice without an e-mail, or once with
+    the e-mail and once with the phone, is one. A record linked to no other is its own
+    person."""
+    links = person_links(config, records.collect_schema())
     labels = records.get_column(by).alias(by)
     if not links or records.height < 2:
         return labels
@@ -756,14 +831,47 @@ def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Ser
     if shared.is_empty():
         return labels
     rows = rows.filter(pl.col(_ROW).is_in(shared.unique().implode()))
+    exact = {
+        link.name: k.select(_ROW, _KEY)
+        for link, k in zip(links, exact_keys([rows] * len(links), links), strict=True)
+    }
     edges = [
-        k.select(_ROW, _KEY).filter(pl.col(_KEY).is_duplicated())
-        for k in exact_keys([rows] * len(links), links)
+        exact[name].filter(pl.col(_KEY).is_duplicated())
+        for name in STRONG_PERSON_LINKS
+        if name in exact
     ]
+    edges += [_namesakes(exact[name], exact, labels) for name in NAME_PERSON_LINKS if name in exact]
     edges = [e for e in edges if e.height]
     if not edges:
         return labels
     return labels.scatter(*_components(labels, rows.get_column(_ROW), edges))
+
+
+def _namesakes(
+    keyed: pl.DataFrame, exact: Mapping[str, pl.DataFrame], labels: pl.Series
+) -> pl.DataFrame:
+    """(row, key) of the records a name key links (:func:`person_keys`): in each group of
+    records sharing the key, the first by label and every record none of the group
+    contradicts by e-mail or phone."""
+    group = keyed.filter(pl.col(_KEY).is_duplicated())
+    if group.is_empty():
+        return group
+    told = []
+    for name in STRONG_PERSON_LINKS:
+        strong = exact.get(name)
+        if strong is None:
+            continue
+        group = group.join(strong.rename({_KEY: name}), on=_ROW, how="left")
+        # a record no other contradicts: it has none, or the group holds only its value
+        told.append(pl.col(name).is_null() | (pl.col(name).drop_nulls().n_unique().over(_KEY) == 1))
+    first = pl.col(_ROW).sort_by("__label", _ROW).first().over(_KEY)
+    agrees = pl.all_horizontal(told) if told else pl.lit(True)
+    return (
+        group.with_columns(labels.gather(group.get_column(_ROW)).alias("__label"))
+        .filter(agrees | (pl.col(_ROW) == first))
+        .select(_ROW, _KEY)
+        .filter(pl.col(_KEY).is_duplicated())
+    )
 
 
 def _components(
