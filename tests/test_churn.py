@@ -34,7 +34,7 @@ def churn(contacts: pl.DataFrame, gone: float, new: float, seed: int) -> pl.Data
     n = int(contacts.height * new)
     fresh = contacts.sample(n, seed=seed).with_columns(
         pl.Series("contact_id", [f"N{i:09d}" for i in range(n)]),
-        pl.Series("email", [f"new.person.{i}@example.org" for i in range(n)]),
+        pl.Series("email", [f"new.person.{i}@clinic.org" for i in range(n)]),
         pl.Series("phone", [f"+1 (646) 555-{i % 10000:04d}" for i in range(n)]),
     )
     return pl.concat([kept, fresh.select(kept.columns)], how="vertical_relaxed")

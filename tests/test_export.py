@@ -84,7 +84,7 @@ def people(n: int, seed: int = 3) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "contact_id": [f"C{i:09d}" for i in range(n)],
-            "email": [f"person.{i}@example.com" for i in range(n)],
+            "email": [f"person.{i}@clinic.com" for i in range(n)],
             "phone": [f"(212) 555-{i:04d}" for i in range(n)],
             "zip": rng.choice(["10001", "10013", "10027", "11201", "11215", "94110"], n),
             "birth_date": [dt.date(2025 - int(a), 1, 1) for a in ages],
@@ -166,7 +166,7 @@ def test_k_anonymous_file_without_identifiers(project: dict[str, Any]) -> None:
     assert from_parquet.equals(written)
     assert anonymity.k_anonymity(written.to_pandas(), ["age", "zip", "sex"]) >= 10
     text = Path(files["csv"]).read_text()
-    assert "example.com" not in text and "C000000" not in text and "555-" not in text
+    assert "clinic.com" not in text and "C000000" not in text and "555-" not in text
 
     v = export_verdict(outcome)
     assert v.passed and v.destination == "agency"

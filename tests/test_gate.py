@@ -85,7 +85,7 @@ def people(n: int, start: int = 0, **columns: Any) -> pl.DataFrame:
     ids = [f"C{i:09d}" for i in range(start, start + n)]
     base: dict[str, Any] = {
         "contact_id": ids,
-        "email": [f"Person.{i}@Example.com " for i in range(start, start + n)],
+        "email": [f"Person.{i}@clinic.com " for i in range(start, start + n)],
         "phone": [f"(212) 555-{i % 10000:04d}" for i in range(start, start + n)],
         "zip": "10001",
         "birth_date": dt.date(1980, 3, 1),
@@ -251,7 +251,7 @@ def test_suppressed_person_already_pushed_is_absent_and_becomes_a_removal(projec
     previous_keys = read_membership(
         project["state_dir"] / "releases" / f"{first.releases['meta'].release_id}.parquet"
     )
-    (root / "optouts.csv").write_text("Email Address\n  PERSON.7@example.COM\n")
+    (root / "optouts.csv").write_text("Email Address\n  PERSON.7@clinic.COM\n")
     config = make_config(
         root,
         policy={

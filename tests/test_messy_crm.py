@@ -59,7 +59,7 @@ def messy_rows(rows: int = ROWS, seed: int = 19) -> list[dict[str, str]]:
                 "Record ID": str(1000 + i),
                 "First Name": rng.choice(["Ana", "José", "Mary", "Li"]),
                 "Last Name": rng.choice(["Smith", "García", "O'Neil"]),
-                "Email": f"person{i}@example.com",
+                "Email": f"person{i}@clinic.com",
                 "Phone Number": f"(212) 555-{i % 10000:04d}",
                 "Date of Birth": f"{born.month}/{born.day}/{born.year}",
                 "Sex": "Female" if i % 2 else "Male",

@@ -193,3 +193,24 @@ def test_records_entered_twice_are_released_once(make_project: Any) -> None:
     built = p.cli("build", "twice", "--as-of", DAY)
     assert built.exit_code == 0, built.stdout + built.stderr
     assert _min_size(p, "meta")["evidence"]["members"] == len(released)
+
+
+@pytest.mark.parametrize("destination", ["meta", "google_ads", "file"])
+@pytest.mark.parametrize("domain", ["example.com", "noemail.test", "clinic.invalid"])
+def test_attack_padding_with_placeholder_emails(
+    make_project: Any, destination: str, domain: str
+) -> None:
+    """Pad a one-person segment with 120 people whose only identifier is a placeholder
+    e-mail at a domain that cannot hold a mailbox (`p123@noemail.test`): no platform user
+    has one. They are no identifier: not counted, and none is sent."""
+    p = make_project(rows=3000)
+    blanked = ("phone", "first_name")
+    one, chosen = blank_people(p, 120, blanked)
+    hit = pl.col("contact_id").is_in(chosen)
+    fake = pl.when(hit).then(pl.lit("p") + pl.col("contact_id") + f"@{domain}")
+    p.write_contacts(p.contacts().with_columns(fake.otherwise(pl.col("email")).alias("email")))
+    _listed(p, "padded", destination, [one, *chosen])
+    attack = p.cli("build", "padded", "--as-of", DAY)
+    assert attack.exit_code == 3, attack.stdout + attack.stderr
+    evidence = _min_size(p, destination)["evidence"]
+    assert evidence["members"] == "< 100", evidence

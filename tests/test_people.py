@@ -39,7 +39,7 @@ def twice(n: int, start: int = 0) -> pl.DataFrame:
     but the first record's email (written differently: case and spaces)."""
     first = people(n, start)
     second = people(n, start + 500_000).with_columns(
-        pl.Series("email", [f"  person.{i}@example.COM" for i in range(start, start + n)])
+        pl.Series("email", [f"  person.{i}@clinic.COM" for i in range(start, start + n)])
     )
     return pl.concat([first, second])
 

@@ -47,7 +47,7 @@ def candidates(n: int) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "contact_id": [f"C{i:05d}" for i in range(n)],
-            "email": [f"secret.person{i}@example.com" for i in range(n)],
+            "email": [f"secret.person{i}@clinic.com" for i in range(n)],
             "opt_in": [i % 10 != 0 for i in range(n)],
             "zip": ["10001"] * n,
             "age": pl.Series([40] * n, dtype=pl.Int32),
@@ -110,7 +110,7 @@ def test_json_round_trips_and_holds_exact_figures(outcomes):
 @pytest.mark.parametrize("fmt", ["json", "md", "html"])
 def test_no_raw_pii_in_any_format(outcomes, fmt):
     text = render(outcomes[1].report, fmt)
-    assert "secret.person" not in text and "example.com" not in text
+    assert "secret.person" not in text and "clinic.com" not in text
     assert "C00001" not in text  # CRM ids neither
 
 
@@ -546,7 +546,7 @@ def random_candidates(people: list[tuple[bool, bool, int | None, int | None]]) -
     return pl.DataFrame(
         {
             "contact_id": [None if e is None else f"C{e:05d}" for *_, e in people],
-            "email": [f"p{i}@example.com" for i in range(len(people))],
+            "email": [f"p{i}@clinic.com" for i in range(len(people))],
             "opt_in": [p[0] for p in people],
             "dnc": [p[1] for p in people],
             "zip": ["10001"] * len(people),

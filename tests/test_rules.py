@@ -131,6 +131,7 @@ def test_consent_without_configured_deceased_column_says_so():
 
 
 def test_suppression_matches_normalized_emails_phones_and_ids(tmp_path: Path):
+    # (bob's is a placeholder address: never uploaded, still matched when suppressing)
     (tmp_path / "emails.csv").write_text("addr\n  JaneDoe@Gmail.com\nbob@example.org\n")
     (tmp_path / "phones.csv").write_text("tel\n+1 (212) 555-0143\n")
     (tmp_path / "ids.csv").write_text("crm\nC7\n")
@@ -153,7 +154,7 @@ def test_suppression_matches_normalized_emails_phones_and_ids(tmp_path: Path):
             "email": [
                 "jane.doe+ads@gmail.com",
                 "BOB@example.org ",
-                "carol@example.org",
+                "carol@clinic.org",
                 None,
                 None,
                 "x@y.com",

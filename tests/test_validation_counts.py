@@ -41,7 +41,7 @@ def contacts(n: int = 3000) -> pl.DataFrame:
         rows.append(
             {
                 "id": f"c{i}",
-                "email": f"p{i}@example.org",
+                "email": f"p{i}@clinic.org",
                 "state": states[i % len(states)],
                 "country": countries[(i // 3) % len(countries)],
                 "opt_in": i % 3 != 0,

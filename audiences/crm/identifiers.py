@@ -11,7 +11,10 @@ placeholder like ``N/A``), ``already_hashed`` (64 hex characters in an email, ph
 name column: passed through lowercased, never hashed twice), ``valid``, ``defaulted``
 (country only: a blank country takes ``default_country``), or an invalid reason such as
 ``no_at_sign``. Empty and invalid values come out as null: nothing empty is ever hashed
-and nothing invalid is ever uploaded. :func:`identifier_quality` counts the outcomes;
+and nothing invalid is ever uploaded. In the hashed layouts (what is uploaded and what the
+gate counts) an e-mail at a domain that cannot hold a mailbox (``none@example.com``,
+``x@noemail.test``: :data:`RESERVED_EMAIL_DOMAINS`) is invalid too (``reserved_domain``);
+:func:`normalized_layout`, which links records, keeps it. :func:`identifier_quality` counts the outcomes;
 it never returns values.
 
 Meta (``meta``) and Google (``google_ads``) differ in the details:
@@ -239,6 +242,16 @@ _LABEL_MID = r"[^\s!-,./:-@\[-`{-~]"
 _DOMAIN = (
     rf"@(?:{_LABEL_END}(?:{_LABEL_MID}*{_LABEL_END})?\.)+(?:{_LABEL_END}{{2,63}}|xn--[a-z0-9-]+)$"
 )
+# Domains that cannot hold a mailbox anyone uses: the reserved names of RFC 2606 and RFC
+# 6761 (example.com, .test, .invalid…), mDNS's .local (RFC 6762), .onion (RFC 7686),
+# home.arpa (RFC 8375) and .internal (ICANN, 2024). An address there is a CRM's
+# placeholder (``none@example.com``, ``x@noemail.test``): no platform user has it, so it
+# is never uploaded nor counts as an identifier (a segment padded with such people would
+# pass ``min_size`` as a list of fewer people than it holds).
+RESERVED_EMAIL_DOMAINS = (
+    "example.com", "example.net", "example.org", "example", "test", "invalid", "localhost",
+    "local", "onion", "internal", "home.arpa",
+)  # fmt: skip
 _PHONE_EXTENSION = r"(?i)\s*(?:ext\.?|extension|x|#)\s*[0-9]{1,6}$"
 _NON_LETTER = r"[^\p{L}\p{M}]"
 _NON_ASCII = r"[^\x00-\x7f]"
@@ -394,8 +407,13 @@ class _Builder:
         staged: bool,
         plan: _Plan | None = None,
         country_codes: Mapping[str, str] | None = None,
+        sending: bool = False,
     ) -> None:
         self.identity = identity
+        # the values as uploaded (hashed layouts): a placeholder e-mail is no identifier
+        # there; normalized values for linking records keep it (two records with one
+        # placeholder address may be one person's: never fewer links)
+        self.sending = sending
         # raw country value -> ISO code, worked out once per distinct value by the same
         # expressions (see _country_codes); rows look their code up instead
         self.country_codes = country_codes
@@ -569,6 +587,14 @@ class _Builder:
             (~email.str.contains(_DOMAIN), "bad_domain"),
         ]
         valid = email.str.contains(rf"^[^@\s]+{_DOMAIN}")
+        if self.sending:
+            reserved = pl.any_horizontal(
+                email.str.ends_with(f"{sep}{domain}")
+                for domain in RESERVED_EMAIL_DOMAINS
+                for sep in ("@", ".")
+            )
+            reasons.append((reserved, "reserved_domain"))
+            valid = valid & ~reserved
         return self.field("email", text, email, reasons, lower=lower, hashable=True, valid=valid)
 
     def phone(self) -> _Field:
@@ -783,8 +809,10 @@ def _staged(
     layout: str,
     keep: Sequence[str],
     as_of: dt.date | None,
+    *,
+    sending: bool,
 ) -> tuple[pl.LazyFrame, dict[str, _Field]]:
-    staged, [fields] = _staged_layouts(lf, identity, [layout], keep, as_of)
+    staged, [fields] = _staged_layouts(lf, identity, [layout], keep, as_of, sending=sending)
     return staged, fields
 
 
@@ -795,9 +823,11 @@ def _staged_layouts(
     keep: Sequence[str],
     as_of: dt.date | None,
     country_codes: Mapping[str, str] | None = None,
+    *,
+    sending: bool,
 ) -> tuple[pl.LazyFrame, list[dict[str, _Field]]]:
     """The frame with every intermediate the layouts need (computed once when layouts
-    share it), and each layout's fields."""
+    share it), and each layout's fields (``sending``: as uploaded, see ``_Builder``)."""
     checked = [_check_layout(layout) for layout in layouts]
     schema = lf.collect_schema()
     _check_columns(identity, schema)
@@ -824,6 +854,7 @@ def _staged_layouts(
             staged=True,
             plan=plan,
             country_codes=country_codes,
+            sending=sending,
         ).fields()
         for layout in checked
     ]
@@ -913,8 +944,9 @@ def normalized_layout(
     as_of: dt.date | None = None,
 ) -> pl.LazyFrame:
     """The ``keep`` columns, then the layout's columns holding normalized values (not
-    hashed); null where empty or invalid."""
-    staged, fields = _staged(lf, identity, layout, keep, as_of)
+    hashed); null where empty or invalid. For linking records: an e-mail at a reserved
+    domain (:data:`RESERVED_EMAIL_DOMAINS`) is kept here, never uploaded."""
+    staged, fields = _staged(lf, identity, layout, keep, as_of, sending=False)
     values = [field.value.alias(column) for column, field in fields.items()]
     return staged.select(*(pl.col(column) for column in keep), *values)
 
@@ -931,9 +963,10 @@ def hashed_layout(
 
     Hashed columns hold SHA-256 lowercase hex of the normalized value (already-hashed
     inputs pass through lowercased); plain columns (``EXTERN_ID``, ``country_code``,
-    ``postal_code``) hold the normalized value; empty or invalid values are null.
+    ``postal_code``) hold the normalized value; empty or invalid values are null, and so
+    is an e-mail at a reserved domain (:data:`RESERVED_EMAIL_DOMAINS`).
     """
-    staged, fields = _staged(lf, identity, layout, keep, as_of)
+    staged, fields = _staged(lf, identity, layout, keep, as_of, sending=True)
     return staged.select(*(pl.col(column) for column in keep), *_hashed_exprs(fields))
 
 
@@ -1013,7 +1046,9 @@ def hashed_layouts_frame(
     # the country column stays mapped for them, its code looked up per distinct value
     per_row = mapping.model_copy(update={name: None for name in repeating if name != "country"})
     codes = _country_codes(frame, mapping, as_of) if "country" in repeating else None
-    staged, per_layout = _staged_layouts(frame.lazy(), per_row, layouts, keep, as_of, codes)
+    staged, per_layout = _staged_layouts(
+        frame.lazy(), per_row, layouts, keep, as_of, codes, sending=True
+    )
     joined = _per_distinct_plan(frame, mapping, layouts, repeating, as_of)
     names = [] if joined is None else joined.collect_schema().names()
     # the layout columns computed per distinct value, by layout
@@ -1119,7 +1154,7 @@ def _per_distinct_plan(
             .select([pl.col(c).alias(k) for c, k in zip(columns, keys, strict=True)])
             .unique()
         )
-        staged, per_layout = _staged_layouts(distinct, only, layouts, keys, as_of)
+        staged, per_layout = _staged_layouts(distinct, only, layouts, keys, as_of, sending=True)
         outputs = [
             expr.alias(_distinct_prefix(i) + column)
             for i, (owner, fields) in enumerate(zip(owners, per_layout, strict=True))
@@ -1157,7 +1192,7 @@ def identifier_quality(
     mapping provides, plus ``country`` (``default_country`` always provides one); an
     outcome with no rows has no line.
     """
-    staged, fields = _staged(lf, identity, layout, (), as_of)
+    staged, fields = _staged(lf, identity, layout, (), as_of, sending=True)
     outcomes: dict[str, pl.Expr] = {}
     for field in fields.values():
         name = field.identity_field
