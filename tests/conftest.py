@@ -202,6 +202,11 @@ def address(frame_names: tuple[str, str, str] = ("first_name", "last_name", "zip
     return pl.concat_str([name(first), name(last), pl.lit("us"), zip5], separator="|")
 
 
+def _bare() -> pl.Expr:
+    """Over :func:`_identity_keys`: a record with neither an e-mail nor a phone."""
+    return pl.col("_email").is_null() & pl.col("_phone").is_null()
+
+
 def place() -> pl.Expr:
     """First and last name with city and state, as Meta matches them (letters only, lower
     case; every sample contact with a state is in the US, whose states the sample spells
@@ -282,9 +287,14 @@ def consented(contacts: pl.DataFrame) -> pl.Series:
     """Per contact row: does the consent rule keep it (Boolean Series)?"""
     keyed = _identity_keys(contacts)
     out = keyed.filter(pl.col("_opted_out"))
+    # a name with city and state links only an opted-out record with no e-mail or phone
+    bare = out.filter(_bare())
     shares = pl.any_horizontal(
-        pl.col(k).is_in(out.get_column(k).drop_nulls().implode())
-        for k in ("_email", "_phone", "_address")
+        *(
+            pl.col(k).is_in(out.get_column(k).drop_nulls().implode())
+            for k in ("_email", "_phone", "_address")
+        ),
+        pl.col("_place").is_in(bare.get_column("_place").drop_nulls().implode()),
     )
     return keyed.select((~pl.col("_opted_out") & ~shares.fill_null(False)).alias("consented"))[
         "consented"
@@ -292,7 +302,8 @@ def consented(contacts: pl.DataFrame) -> pl.Series:
 
 
 def alone_in_opting_out(contacts: pl.DataFrame) -> pl.Series:
-    """Per row: does no *other* opted-out record share its mailbox, phone or name-and-ZIP?
+    """Per row: does no *other* opted-out record share its mailbox, phone or name-and-ZIP
+    (or its name, city and state, for an opted-out record with no e-mail or phone)?
 
     Such a record joins once its own opt-out is lifted (nobody else holds it out).
     """
@@ -305,6 +316,12 @@ def alone_in_opting_out(contacts: pl.DataFrame) -> pl.Series:
         .otherwise(0)
         for k in ("_email", "_phone", "_address")
     ]
+    bare_out = (pl.col("_opted_out") & _bare()).cast(pl.Int32)
+    others.append(
+        pl.when(pl.col("_place").is_not_null())
+        .then(bare_out.sum().over("_place") - bare_out)
+        .otherwise(0)
+    )
     return keyed.select((pl.sum_horizontal(others) == 0).alias("alone"))["alone"]
 
 

@@ -194,13 +194,15 @@ def one_per_person(frame: pl.DataFrame, candidates: pl.DataFrame) -> set[str]:
 def consented(frame: pl.DataFrame, contacts: pl.DataFrame) -> pl.DataFrame:
     """The consent rule: the person opted in and did not opt out anywhere — an opt-out on
     any CRM record sharing their mailbox (as Google matches it), phone (last 10 digits) or
-    name-and-ZIP counts."""
-    from conftest import address
+    name-and-ZIP counts, and so does one on a record with neither e-mail nor phone that
+    shares their name, city and state."""
+    from conftest import address, place
 
     out = contacts.filter(opted_out(contacts))
     kept = frame.filter(~opted_out(frame))
-    for key in (email_key(), phone_key(), address()):
-        taken = out.select(key.alias("k")).drop_nulls().unique()
+    bare = out.filter(email_key().is_null() & phone_key().is_null())
+    for key, among in ((email_key(), out), (phone_key(), out), (address(), out), (place(), bare)):
+        taken = among.select(key.alias("k")).drop_nulls().unique()
         kept = kept.with_columns(key.alias("k")).join(taken, on="k", how="anti").drop("k")
     return kept
 

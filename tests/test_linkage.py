@@ -665,3 +665,69 @@ def test_a_collision_of_the_index_keys_sends_a_record_to_the_exact_comparison_on
         ]
     )
     assert flagged(contacts) == {"c3"}
+
+
+# ------------------------------------------------------------------ name, city and state
+def placed_config() -> ProjectConfig:
+    base = config()
+    identity = base.identity.model_copy(update={"city": "city", "state": "state"})
+    return base.model_copy(update={"identity": identity})
+
+
+def placed_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=frame([]).schema | {"city": pl.String, "state": pl.String})
+
+
+def pat(i: int, **values: Any) -> dict[str, Any]:
+    """Pat Lee of Albany, NY, without a ZIP (the name and place are the only common key)."""
+    base = {"first_name": "Pat", "last_name": "Lee", "city": "Albany", "state": "NY", "zip": None}
+    return person(i, **(base | values))
+
+
+@pytest.mark.parametrize(
+    "opted_out",
+    [
+        {},  # nothing but the name and place
+        {"email": "n/a", "phone": "none"},  # placeholders the normalization empties
+        {"city": " ALBANY", "state": "New York", "zip": "12207"},  # spelled otherwise
+    ],
+    ids=["bare", "placeholders", "spelling"],
+)
+def test_an_opt_out_on_a_record_known_by_name_city_and_state_holds_crm_wide(
+    opted_out: dict[str, Any],
+) -> None:
+    """The person's older record holds only their name, city and state, and opted out; the
+    newer one has an e-mail, a phone and a ZIP. Meta matches the newer row to the user the
+    older names: the opt-out is theirs (the name and ZIP link cannot see it: no ZIP)."""
+    contacts = placed_frame(
+        [
+            pat(1, opt_in=False, **opted_out),
+            pat(2, email="pat@clinic.org", phone="(518) 555-0101", zip="12210"),
+            pat(3, first_name="Sam", email="sam@clinic.org"),
+        ]
+    )
+    assert flagged(contacts, placed_config()) == {"c2"}
+
+
+def test_a_namesake_with_an_email_of_their_own_is_not_flagged() -> None:
+    """The edge: an opted-out Pat Lee of Albany with an e-mail (or a phone) of their own is
+    another person to the platform than a Pat Lee with another e-mail — namesakes of one
+    city are many; only a record with neither is matched on the name alone."""
+    contacts = placed_frame(
+        [
+            pat(1, opt_in=False, email="pat.senior@clinic.org"),
+            pat(2, opt_in=False, phone="(518) 555-0199"),
+            pat(3, email="pat@clinic.org", phone="(518) 555-0101"),
+        ]
+    )
+    assert flagged(contacts, placed_config()) == set()
+
+
+def test_a_request_on_a_record_known_by_name_city_and_state_holds_crm_wide() -> None:
+    """The same for a jurisdiction's request flags (``flag_linked_records``)."""
+    from audiences.crm.linkage import flag_linked_records
+
+    contacts = placed_frame([pat(1), pat(2, email="pat@clinic.org"), pat(3, first_name="Sam")])
+    flags = {"asked": pl.col("contact_id") == "c1"}
+    out = flag_linked_records(contacts, contacts.lazy(), placed_config(), flags)
+    assert out.filter("asked").get_column("contact_id").to_list() == ["c1", "c2"]

@@ -249,12 +249,15 @@ def test_the_index_holds_no_raw_identifier(project: Path) -> None:
     )
     assert stored is not None and stored.height == plain.height
     keys = [c for c in plain.columns if plain.schema[c] == pl.UInt32 and c != linkage._POS]
-    assert len(keys) == 3  # email, phone, name + postal code
+    # email, phone, name + postal code, and name + city + state (of the opted-out records
+    # with neither e-mail nor phone: far fewer)
+    assert len(keys) == 4
     for column in keys:
         mine = stored.get_column(column).drop_nulls()
         shared = mine.is_in(plain.get_column(column).implode())
         # 32-bit keys: a few may coincide by chance (n^2 / 2^32 expected), never most
-        assert mine.len() > 1000 and shared.sum() <= 3
+        assert mine.len() > (0 if column.endswith("name_place") else 1000)
+        assert shared.sum() <= 3
 
 
 def test_attack_rewritten_data_with_the_old_size_and_time_is_not_matched_to_the_old_index(

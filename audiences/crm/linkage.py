@@ -5,8 +5,10 @@ A person often has two CRM records. An opt-out (no marketing opt-in, do-not-cont
 deceased, ad personalization denied) on one of them must not be undone by the other, since
 the platforms match people on any identifier. Records are linked the way the platforms
 match: the mailbox as Google canonicalizes it (case, gmail dots and ``+tags`` folded), the
-phone with its country code (Meta's layout), and the first name, last name, country and
-postal code tuple Customer Match matches on.
+phone with its country code (Meta's layout), the first name, last name, country and
+postal code tuple Customer Match matches on, and — to a record with neither e-mail nor
+phone (``Link.blank_only``) — the first name, last name, city, state and country Meta
+matches on.
 
 Normalizing every opted-out record's identifiers on every build is the expensive part (43 %
 of a CRM can be opted out), so each link first compares a *coarse key* — a cheap function
@@ -241,6 +243,10 @@ class Link:
     layout: Layout
     fields: tuple[str, ...]  # the layout columns that make the key
     stage: Stage
+    # followed CRM-wide only to a record with neither e-mail nor phone (a name with a city
+    # and state: namesakes of one city are many, and an e-mail or phone of their own tells
+    # them apart; a record without either is matched on the name alone)
+    blank_only: bool = False
 
     @property
     def columns(self) -> list[str]:
@@ -301,7 +307,45 @@ def links_for(config: ProjectConfig, schema: pl.Schema) -> list[Link]:
         )
         fields = ("hashed_first_name", "hashed_last_name", "country_code", "postal_code")
         links.append(Link("name_zip", only, "google_ads", fields, _name_zip_stage))
+    place = (identity.first_name, identity.last_name, identity.city, identity.state)
+    if all(c and c in schema for c in place):
+        only = IdentityMapping(
+            first_name=identity.first_name,
+            last_name=identity.last_name,
+            city=identity.city,
+            state=identity.state,
+            country=country,
+            default_country=default,
+        )
+        placed = ("FN", "LN", "CT", "ST", "COUNTRY")
+        links.append(Link("name_place", only, "meta", placed, _name_place_stage, blank_only=True))
     return links
+
+
+def _blank_raw(links: Sequence[Link]) -> pl.Expr:
+    """True for a CRM record that may have neither a valid e-mail nor a valid phone, judged
+    on the raw columns (a superset: an e-mail without an ``@`` or a phone of fewer than
+    seven digits is no identifier); the exact test follows on the few records it keeps."""
+    parts = []
+    for link in links:
+        if link.name == "email":
+            raw = _text(link.columns[0]).str.strip_chars()
+            parts.append(raw.is_null() | ~raw.str.contains("@", literal=True))
+        elif link.name == "phone":
+            digits = _text(link.columns[0]).str.count_matches(r"[0-9]")
+            parts.append(digits.is_null() | (digits < 7))
+    return pl.all_horizontal(parts) if parts else pl.lit(True)
+
+
+def _blank_exact(rows: pl.DataFrame, links: Sequence[Link]) -> pl.Series:
+    """The ``_ROW`` values of ``rows`` with neither a valid e-mail nor a valid phone (their
+    exact keys, as the platforms would receive them)."""
+    strong = [link for link in links if link.name in ("email", "phone")]
+    if not strong or rows.is_empty():
+        return rows.get_column(_ROW)
+    keyed = exact_keys([rows] * len(strong), strong)
+    has = pl.concat([k.get_column(_ROW) for k in keyed])
+    return rows.get_column(_ROW).filter(~rows.get_column(_ROW).is_in(has.implode()))
 
 
 def opted_out_expr(config: ProjectConfig, schema: pl.Schema) -> pl.Expr | None:
@@ -390,7 +434,9 @@ def exact_keys(frames: Sequence[pl.DataFrame], links: Sequence[Link]) -> list[pl
 # beside the 115k that genuinely meet). The file is 86 instead of 145 MB at 10M contacts,
 # and writing and authenticating it cost by the byte.
 _POS = "__link_pos"
-INDEX_FORMAT = 2  # bump when the index's columns or the coarse keys change (2: 32-bit keys)
+# bump when the index's columns or the coarse keys change (2: 32-bit keys; 3: name with
+# city and state, of records with neither e-mail nor phone)
+INDEX_FORMAT = 3
 Seeds = tuple[int, int, int, int]
 UNKEYED: Seeds = (0, 0, 0, 0)  # an index that never leaves the process
 # the row index type of this polars build (UInt32, or UInt64 in the big-index build)
@@ -550,10 +596,15 @@ def _index_rows(
         )
     # the links' stages side by side: one after the other, a batch's keying left a core
     # idle part of the time (the index at 10M contacts: median 4.13 s, 3.89 s side by side)
+    blank = _blank_raw(links)
     staged = [
-        link.stage(records.select(link.columns), link.raw_fields(), link.out).select(
-            _keyed(pl.col(link.out), seeds).alias(link.out),
-            pl.col(f"{link.out}_ok").fill_null(True),
+        link.stage(
+            records.select(*link.columns, blank.alias("__blank")), link.raw_fields(), link.out
+        ).select(
+            pl.when(pl.col("__blank") | (not link.blank_only))
+            .then(_keyed(pl.col(link.out), seeds))
+            .alias(link.out),
+            pl.col(f"{link.out}_ok").fill_null(True) | (~pl.col("__blank") & link.blank_only),
         )
         for link in links
     ]
@@ -678,7 +729,7 @@ def flag_duplicates_of_opt_outs(
     rows = _records_at(contacts, wanted_rows, columns)
     # 3. Exact keys for those few opted-out rows; their coarse keys pick the candidates to
     #    normalize; then the exact join, per link.
-    theirs = exact_keys([rows.filter(pl.col(_ROW).is_in(meet.implode())) for meet in meets], links)
+    theirs = _their_keys(rows, meets, links)
     # (Series operations and a semi join: the same as filter expressions took 5x longer)
     wanted = [
         cand_coarse[link.name].filter(
@@ -694,6 +745,19 @@ def flag_duplicates_of_opt_outs(
     flagged = pl.concat(hits)  # one Series per link (there is at least one link)
     mask = pl.Series(flag, range(candidates.height), dtype=pl.UInt32).is_in(flagged.implode())
     return candidates.with_columns(mask.alias(flag))
+
+
+def _their_keys(
+    rows: pl.DataFrame, meets: Sequence[pl.Series], links: Sequence[Link]
+) -> list[pl.DataFrame]:
+    """Per link, the exact keys of the records read back (``rows``) that met a candidate
+    on it — for a ``blank_only`` link, only of those with neither e-mail nor phone."""
+    met = [rows.filter(pl.col(_ROW).is_in(meet.implode())) for meet in meets]
+    met = [
+        m.filter(pl.col(_ROW).is_in(_blank_exact(m, links).implode())) if link.blank_only else m
+        for m, link in zip(met, links, strict=True)
+    ]
+    return exact_keys(met, links)
 
 
 def _meeting_rows(
@@ -743,7 +807,7 @@ def flag_linked_records(
     if wanted_rows.is_empty():
         return candidates.with_columns(pl.lit(False).alias(n) for n in names)
     rows = _records_at(contacts, wanted_rows, columns)
-    theirs = exact_keys([rows.filter(pl.col(_ROW).is_in(meet.implode())) for meet in meets], links)
+    theirs = _their_keys(rows, meets, links)
     carried = index.select(pl.col(_POS).alias(_ROW), *names)
     hits = []
     for link, their in zip(links, theirs, strict=True):
@@ -775,24 +839,9 @@ PERSON_LINKS = STRONG_PERSON_LINKS + NAME_PERSON_LINKS
 
 
 def person_links(config: ProjectConfig, schema: pl.Schema) -> list[Link]:
-    """The links :func:`person_keys` follows: the opt-out linkage's e-mail, phone and name +
-    postal code, and a first and last name with a city and state (Meta matches on it)."""
-    links = [link for link in links_for(config, schema) if link.name in PERSON_LINKS]
-    identity = config.identity
-    place = (identity.first_name, identity.last_name, identity.city, identity.state)
-    if all(c and c in schema for c in place):
-        country = identity.country if identity.country in schema else None
-        only = IdentityMapping(
-            first_name=identity.first_name,
-            last_name=identity.last_name,
-            city=identity.city,
-            state=identity.state,
-            country=country,
-            default_country=identity.default_country,
-        )
-        fields = ("FN", "LN", "CT", "ST", "COUNTRY")
-        links.append(Link("name_place", only, "meta", fields, _name_place_stage))
-    return links
+    """The links :func:`person_keys` follows: e-mail, phone, name + postal code and name +
+    city + state (all of :func:`links_for`)."""
+    return [link for link in links_for(config, schema) if link.name in PERSON_LINKS]
 
 
 def person_columns(config: ProjectConfig, schema: pl.Schema) -> list[str]:

@@ -57,7 +57,8 @@ GLOSSARY: dict[str, KindEntry] = {
             ),
             "duplicate_of_opt_out": Term(
                 "Duplicate of an opt-out",
-                "another CRM record with the same email or phone opted out",
+                "another CRM record of the person (the same email or phone, name and ZIP, or "
+                "name, city and state) opted out",
             ),
             "excluded": _EXCLUDED,
             "removed": _REMOVED,
@@ -359,7 +360,8 @@ def _jurisdiction_terms() -> dict[str, Term]:
     )
     terms["linked_records"] = Term(
         "Other records of the same people",
-        "CRM records sharing a normalized email or phone with a record this rule excludes: "
+        "CRM records of the same person as a record this rule excludes (a shared email, "
+        "phone, or name with a ZIP or a city and state): "
         "the request or the missing consent is the person's, so these records go too "
         "(counted in the figures above)",
     )
