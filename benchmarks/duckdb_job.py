@@ -8,10 +8,15 @@ English or Spanish, an ``email_click`` in the 365 days up to ``AS_OF``); the def
 pack's consent rule (a marketing opt-in, no do-not-contact, not deceased, ad
 personalization not denied) and, with ``link``, its duplicate-of-opt-out linkage (no
 other record that opted out shares the Google mailbox, the phone with its country code,
-or first name + last name + country + postal code); people, not records (records
-sharing a normalized email or phone are one person, transitively, released once as the
-smallest CRM id with each identifier taken from the first of the person's records, by
-CRM id, that has it); the 19 hashed columns of the Meta and Google Ads layouts, written
+or first name + last name + country + postal code; nor, when it has neither e-mail nor
+phone, Meta's first name + last name + city + state) and the person's own opt-out (no
+record of the same person among the segment's records opted out); people, not records
+(records sharing a normalized email or phone are one person, and so are records sharing
+a name with a postal code that no other of them contradicts by e-mail or phone, with the
+first of them — all over the segment's records, the
+opted-out ones included, transitively — released once as the smallest CRM id of the
+person's released records, with each identifier taken from the first of them, by CRM
+id, that has it); the 19 hashed columns of the Meta and Google Ads layouts, written
 as Parquet (``OUT.csv.parquet``) and CSV (``OUT.csv``), for the people one of the layouts
 names to its platform (policies/sendable.py).
 
@@ -119,7 +124,23 @@ MACROS = [
 ]
 
 
-def normalized(source: str, release: bool = False) -> str:
+def place_keys(source: str) -> str:
+    """``source`` (trimmed ``first_name``, ``last_name``, ``city``) with Meta's letters-only
+    names and city (``m_fn``, ``m_ln``, ``m_ct``)."""
+    return rf"""SELECT * EXCLUDE (_cl, _cc, _cm),
+        {LETTERS.format(l="_cl", t="city", n="_cm")} AS m_ct
+      FROM (SELECT *, regexp_replace(_cc, '[^\p{{L}}\p{{M}}]', '', 'g') AS _cm
+      FROM (SELECT s.*, nf.m AS m_fn, nl.m AS m_ln, lower(city) AS _cl,
+          nfc_normalize(lower(city)) AS _cc
+        FROM ({source}) s LEFT JOIN names nf ON nf.t = s.first_name
+          LEFT JOIN names nl ON nl.t = s.last_name))"""
+
+
+# Meta's state (the sample's are two-letter codes in either case, or empty)
+STATE = "nullif(lower(state), '')"
+
+
+def normalized(source: str, release: bool = False, place: bool = False) -> str:
     """``source`` (trimmed ``email``, ``phone``, ``first_name``, ``last_name``, ``zip``,
     raw ``country``, other columns passed through) with its keys: ``e_key`` (Google's
     email), ``p_key`` (the phone with its country code), ``fn`` / ``ln`` (Google's
@@ -128,7 +149,10 @@ def normalized(source: str, release: bool = False) -> str:
     ``m_ct``).
 
     Stacked SELECTs: each one's new columns (``_``-prefixed, dropped at the end) are
-    computed once and read by the next."""
+    computed once and read by the next. ``place``: Meta's names and city too (as
+    :func:`place_keys`)."""
+    if place:
+        return place_keys(normalized(source, release=release))
     meta_lower = ", lower(city) AS _cl, nfc_normalize(lower(city)) AS _cc" if release else ""
     meta_letters = r", regexp_replace(_cc, '[^\p{L}\p{M}]', '', 'g') AS _cm" if release else ""
     meta = (
@@ -221,8 +245,10 @@ def select_records(
     states: list[str],
     link: bool,
 ) -> None:
-    """Table ``seg``: the segment's records that did not opt out, with their keys; with
-    ``link``, table ``o``: the keys of every record that opted out, and nothing else."""
+    """Table ``cand``: the segment's records (``opted``: this record opted out), with their
+    keys and Meta's name, city and state; with ``link``, table ``o``: the keys of every
+    record that opted out, and nothing else, and table ``ob``: the name, city and state of
+    those with neither e-mail nor phone."""
     since, until = as_of - dt.timedelta(days=365), as_of + dt.timedelta(days=1)
     md = as_of.month * 100 + as_of.day
     in_states = ", ".join(f"'{s}'" for s in states)
@@ -240,55 +266,101 @@ def select_records(
       OR coalesce(ad_personalization_consent IN (SELECT v FROM denials), false))"""
     segment = f"""SELECT contact_id, tr(email) AS email, tr(phone) AS phone,
       tr(first_name) AS first_name, tr(last_name) AS last_name, tr(zip) AS zip,
-      tr(city) AS city, tr(state) AS state, country, birth_date, tr(sex) AS sex
+      tr(city) AS city, tr(state) AS state, country, birth_date, tr(sex) AS sex,
+      {out} AS opted
     FROM read_parquet({_quoted(contacts)})
     WHERE year(birth_date) BETWEEN {as_of.year - 65} AND {as_of.year - 24}
       AND upper(tr(state)) IN ({in_states}) AND preferred_language IN ('en', 'es')
       AND {as_of.year} - year(birth_date)
         - CASE WHEN month(birth_date) * 100 + day(birth_date) > {md} THEN 1 ELSE 0 END
         BETWEEN 25 AND 64
-      AND NOT {out}
       AND contact_id IN (SELECT contact_id FROM read_parquet({_quoted(events)})
         WHERE event_type = 'email_click' AND event_time >= DATE '{since}'
         AND event_time < DATE '{until}')"""
-    con.run("seg: segment + keys", f"CREATE TEMP TABLE seg AS {normalized(segment)}")
+    con.run(
+        "cand: segment + keys",
+        f"""CREATE TEMP TABLE cand AS SELECT *, {STATE} AS st
+      FROM ({normalized(segment, place=True)})""",
+    )
     if not link:
         return
     opted_out = f"""SELECT tr(email) AS email, tr(phone) AS phone,
-      tr(first_name) AS first_name, tr(last_name) AS last_name, tr(zip) AS zip, country
+      tr(first_name) AS first_name, tr(last_name) AS last_name, tr(zip) AS zip, country,
+      tr(city) AS city, tr(state) AS state
     FROM read_parquet({_quoted(contacts)}) WHERE {out}"""
-    # only the key columns: all that the linkage compares (half the CRM opted out)
+    # only the key columns: all that the linkage compares (half the CRM opted out); the
+    # name, city and state only of the few with neither e-mail nor phone
+    bare = "e_key IS NULL AND p_key IS NULL"
     con.run(
         "o: opted-out keys",
-        f"CREATE TEMP TABLE o AS SELECT e_key, p_key, fn, ln, cc, z FROM ({normalized(opted_out)})",
+        f"""CREATE TEMP TABLE o AS SELECT e_key, p_key, fn, ln, cc, z,
+      CASE WHEN {bare} THEN first_name END AS first_name,
+      CASE WHEN {bare} THEN last_name END AS last_name,
+      CASE WHEN {bare} THEN city END AS city, CASE WHEN {bare} THEN state END AS state
+    FROM ({normalized(opted_out)})""",
+    )
+    con.run(
+        "ob: bare opted-out places",
+        f"""CREATE TEMP TABLE ob AS SELECT DISTINCT m_fn, m_ln, m_ct, {STATE} AS st
+      FROM ({place_keys(f"SELECT * FROM o WHERE {bare}")})
+      WHERE m_fn IS NOT NULL AND m_ln IS NOT NULL AND m_ct IS NOT NULL""",
     )
 
 
 def apply_consent(con: Stages, link: bool) -> None:
-    """Table ``kept``: the segment's records that (``link``) share no email, phone or
-    name + country + postal code with a record that opted out."""
+    """Table ``kept``: the segment's records that did not opt out and (``link``) share no
+    email, phone or name + country + postal code with a record that opted out, nor a name,
+    city and state with one that has neither e-mail nor phone."""
     if not link:
-        con.run("kept", "ALTER TABLE seg RENAME TO kept")
+        con.run("kept", "CREATE TEMP TABLE kept AS SELECT * FROM cand WHERE NOT opted")
         return
     # hash anti-joins on precomputed columns (NULL keys never match, as in the rule);
     # written as NOT EXISTS, DuckDB made the one-column ones mark joins that hash the 5M
     # opted-out records instead of the segment's few hundred thousand
     con.run(
         "kept: linkage",
-        """CREATE TEMP TABLE kept AS SELECT s.* FROM seg s
+        """CREATE TEMP TABLE kept AS SELECT s.* FROM cand s
     ANTI JOIN o ON o.e_key = s.e_key
     ANTI JOIN o o2 ON o2.p_key = s.p_key
-    ANTI JOIN o o3 ON o3.fn = s.fn AND o3.ln = s.ln AND o3.cc = s.cc AND o3.z = s.z""",
+    ANTI JOIN o o3 ON o3.fn = s.fn AND o3.ln = s.ln AND o3.cc = s.cc AND o3.z = s.z
+    ANTI JOIN ob ON ob.m_fn = s.m_fn AND ob.m_ln = s.m_ln AND ob.m_ct = s.m_ct
+      AND ob.st = s.st AND s.cc = 'US'
+    WHERE NOT s.opted""",
     )
 
 
-def one_row_per_person(con: Stages) -> int:
-    """Table ``people``: records sharing an email or phone key are one person (label
-    propagation to the smallest CRM id); each identifier from the person's first record
-    (by CRM id) that has one. Returns the rounds it took."""
+def namesakes(con: Stages, table: str, key: str, present: str) -> None:
+    """Table ``table``: (contact_id, k) of the records a name key ``key`` links among the
+    segment's records (``present``: it is complete): in each group sharing it, the first
+    by CRM id and every record whose e-mail and phone no other of them contradicts."""
+    con.run(
+        table,
+        f"""CREATE TEMP TABLE {table} AS
+      WITH g AS (SELECT contact_id, e_key, p_key, {key} AS k FROM cand WHERE {present}),
+        s AS (SELECT k, count(DISTINCT e_key) AS ne, count(DISTINCT p_key) AS np,
+            min(contact_id) AS first FROM g GROUP BY k HAVING count(*) > 1)
+      SELECT g.contact_id, g.k FROM g JOIN s USING (k)
+      WHERE ((g.e_key IS NULL OR s.ne = 1) AND (g.p_key IS NULL OR s.np = 1))
+        OR g.contact_id = s.first""",
+    )
+
+
+def one_row_per_person(con: Stages, link: bool) -> int:
+    """Table ``people``: the segment's records linked into people (label propagation to
+    the smallest CRM id over all of them, the opted-out ones included: e-mail, phone, and
+    the name and postal code of :func:`namesakes`); with ``link``, a person one of whose records opted
+    out is left out; each person released as their smallest kept CRM id, each identifier
+    from their first kept record (by CRM id) that has one. Returns the rounds it took."""
+    namesakes(
+        con,
+        "nz",
+        "concat_ws(chr(31), fn, ln, cc, z)",
+        "fn IS NOT NULL AND ln IS NOT NULL AND cc IS NOT NULL AND z IS NOT NULL",
+    )
     con.run(
         "lab",
-        "CREATE TEMP TABLE lab AS SELECT contact_id, e_key, p_key, contact_id AS label FROM kept",
+        """CREATE TEMP TABLE lab AS SELECT c.contact_id, e_key, p_key, nz.k AS gz,
+      c.contact_id AS label FROM cand c LEFT JOIN nz USING (contact_id)""",
     )
     rounds = 0
     for rounds in range(1, 65):
@@ -296,15 +368,23 @@ def one_row_per_person(con: Stages) -> int:
             f"lab2: round {rounds}",
             """CREATE TEMP TABLE lab2 AS
           WITH e AS (SELECT e_key, min(label) AS m FROM lab WHERE e_key IS NOT NULL GROUP BY 1),
-            p AS (SELECT p_key, min(label) AS m FROM lab WHERE p_key IS NOT NULL GROUP BY 1)
-          SELECT contact_id, e_key, p_key, label AS old,
-            least(label, coalesce(e.m, label), coalesce(p.m, label)) AS label
-          FROM lab LEFT JOIN e USING (e_key) LEFT JOIN p USING (p_key)""",
+            p AS (SELECT p_key, min(label) AS m FROM lab WHERE p_key IS NOT NULL GROUP BY 1),
+            z AS (SELECT gz, min(label) AS m FROM lab WHERE gz IS NOT NULL GROUP BY 1)
+          SELECT contact_id, e_key, p_key, gz, label AS old,
+            least(label, coalesce(e.m, label), coalesce(p.m, label), coalesce(z.m, label))
+              AS label
+          FROM lab LEFT JOIN e USING (e_key) LEFT JOIN p USING (p_key)
+            LEFT JOIN z USING (gz)""",
         )
         moved = con.run("  moved", "SELECT count(*) FROM lab2 WHERE label <> old").fetchone()
         con.run("  swap", "DROP TABLE lab; ALTER TABLE lab2 RENAME TO lab")
         if not moved or not moved[0]:
             break
+    refusing = (
+        "WHERE label NOT IN (SELECT label FROM lab JOIN cand USING (contact_id) WHERE opted)"
+        if link
+        else ""
+    )
     columns = ("email", "phone", "first_name", "last_name", "zip", "city", "state", "country")
     firsts = ", ".join(
         f"first(k.{c} ORDER BY k.contact_id) FILTER (WHERE k.{c} IS NOT NULL) AS {c}"
@@ -312,8 +392,8 @@ def one_row_per_person(con: Stages) -> int:
     )
     con.run(
         "people",
-        f"""CREATE TEMP TABLE people AS SELECT label AS contact_id, {firsts}
-      FROM kept k JOIN lab USING (contact_id) GROUP BY label""",
+        f"""CREATE TEMP TABLE people AS SELECT min(k.contact_id) AS contact_id, {firsts}
+      FROM kept k JOIN lab USING (contact_id) {refusing} GROUP BY label""",
     )
     return rounds
 
@@ -359,7 +439,7 @@ def main(argv: list[str]) -> None:
         job, contacts, events, dt.date.fromisoformat(as_of_text), states.split(","), mode == "link"
     )
     apply_consent(job, mode == "link")
-    rounds = one_row_per_person(job)
+    rounds = one_row_per_person(job, mode == "link")
     job.run("rel: release columns", f"CREATE TEMP TABLE rel AS {RELEASE}")
     job.run("parquet", f"COPY rel TO {_quoted(out + '.parquet')} (FORMAT parquet)")
     job.run("csv", f"COPY rel TO {_quoted(out)} (HEADER, DELIMITER ',')")

@@ -384,9 +384,9 @@ def released_as(kept: pl.DataFrame, linked: dict[str, str]) -> dict[str, str]:
 
 def people(keyed: pl.DataFrame) -> dict[str, str]:
     """contact id -> the smallest contact id of its person (a plain union-find): records
-    sharing a mailbox or phone are one person; among records sharing a name and ZIP, or a
-    name, city and state, the first by contact id and each record whose mailbox and phone
-    no other of them contradicts (a different one) are one person."""
+    sharing a mailbox or phone are one person; among records sharing a name and ZIP, the
+    first by contact id and each record whose mailbox and phone no other of them
+    contradicts (a different one) are one person."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -407,7 +407,7 @@ def people(keyed: pl.DataFrame) -> dict[str, str]:
         for row in rows:
             if row[position] is not None:
                 union(row[0], first.setdefault(row[position], row[0]))
-    for position in (3, 4):
+    for position in (3,):
         groups: dict[str, list[tuple[str, ...]]] = {}
         for row in rows:
             if row[position] is not None:

@@ -252,6 +252,17 @@ RESERVED_EMAIL_DOMAINS = (
     "example.com", "example.net", "example.org", "example", "test", "invalid", "localhost",
     "local", "onion", "internal", "home.arpa",
 )  # fmt: skip
+
+
+def reserved_email(email: pl.Expr) -> pl.Expr:
+    """True for a normalized (trimmed, lowercase) e-mail at a reserved domain."""
+    return pl.any_horizontal(
+        email.str.ends_with(f"{sep}{domain}")
+        for domain in RESERVED_EMAIL_DOMAINS
+        for sep in ("@", ".")
+    )
+
+
 _PHONE_EXTENSION = r"(?i)\s*(?:ext\.?|extension|x|#)\s*[0-9]{1,6}$"
 _NON_LETTER = r"[^\p{L}\p{M}]"
 _NON_ASCII = r"[^\x00-\x7f]"
@@ -588,11 +599,7 @@ class _Builder:
         ]
         valid = email.str.contains(rf"^[^@\s]+{_DOMAIN}")
         if self.sending:
-            reserved = pl.any_horizontal(
-                email.str.ends_with(f"{sep}{domain}")
-                for domain in RESERVED_EMAIL_DOMAINS
-                for sep in ("@", ".")
-            )
+            reserved = reserved_email(email)
             reasons.append((reserved, "reserved_domain"))
             valid = valid & ~reserved
         return self.field("email", text, email, reasons, lower=lower, hashable=True, valid=valid)

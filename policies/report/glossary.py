@@ -361,7 +361,7 @@ def _jurisdiction_terms() -> dict[str, Term]:
     terms["linked_records"] = Term(
         "Other records of the same people",
         "CRM records of the same person as a record this rule excludes (a shared email, "
-        "phone, or name with a ZIP or a city and state): "
+        "phone, or name and ZIP): "
         "the request or the missing consent is the person's, so these records go too "
         "(counted in the figures above)",
     )
