@@ -55,7 +55,9 @@ records. Now:
 * label propagation reads (contact id, email key, phone key) only.
 
 At 10M (load 0-0.8, 2 cores; 2026-12-05) it took 16.2 s and 14.6 s (first, second segment), 1.8 and 1.2 GB peak RSS, without
-spilling, under ``memory_limit = '4GB'`` (kept: the machine is shared).
+spilling, under ``memory_limit = '4GB'`` (kept: the machine is shared). Linking people
+over all the segment's records by name and ZIP too (2026-12-07): 29.0 s and 23.7 s,
+2.1 and 1.4 GB, on a slower host (benchmarks/README.md).
 """
 
 from __future__ import annotations
