@@ -741,3 +741,17 @@ def test_a_request_on_a_record_known_by_name_city_and_state_holds_crm_wide() -> 
     flags = {"asked": pl.col("contact_id") == "c1"}
     out = flag_linked_records(contacts, contacts.lazy(), placed_config(), flags)
     assert out.filter("asked").get_column("contact_id").to_list() == ["c1", "c2"]
+
+
+def test_the_index_keys_name_city_and_state_only_for_bare_records() -> None:
+    """The edge: a batch with no record that may lack both e-mail and phone keys no name
+    and place at all (and a bare one is keyed, in its own row)."""
+    from audiences.crm.linkage import UNKEYED, compute_opt_out_index
+
+    column = "__link_name_place"
+    with_email = placed_frame([pat(1, opt_in=False, email="pat@clinic.org"), pat(2)])
+    index = compute_opt_out_index(with_email.lazy(), placed_config(), UNKEYED)
+    assert index.height == 1 and index.get_column(column).null_count() == 1
+    bare = placed_frame([pat(1, opt_in=False, email="pat@clinic.org"), pat(2, opt_in=False)])
+    index = compute_opt_out_index(bare.lazy(), placed_config(), UNKEYED).sort("__link_pos")
+    assert index.get_column(column).is_null().to_list() == [True, False]
