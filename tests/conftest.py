@@ -247,12 +247,25 @@ def nameless() -> pl.Expr:
     return ~matched.fill_null(False)
 
 
+def approved_segment(p: Project, name: str, destinations: str, where: str) -> None:
+    """Write segment ``name`` (``destinations``: comma-separated; ``where``: the condition
+    as one YAML flow line, e.g. ``"state: {ne: ZZ}"``) and have it approved."""
+    (p.root / "segments" / f"{name}.yaml").write_text(
+        f"name: {name}\ndescription: {name}\ndestinations: [{destinations}]\nwhere:\n  {where}\n",
+        encoding="utf-8",
+    )
+    p.approve(name)
+
+
+def listed(ids: list[str]) -> str:
+    """The condition of a segment of exactly the CRM records ``ids``."""
+    return f"contact_id: {{in: [{', '.join(ids)}]}}"
+
+
 def blank_people(p: Project, how_many: int, columns: tuple[str, ...]) -> tuple[str, list[str]]:
     """Make ``how_many`` consenting people of ``p``'s CRM lose ``columns`` (they stay in the
     CRM, for mail say); return another consenting person and their contact ids."""
-    pool = "name: pool\ndescription: pool\ndestinations: [meta]\nwhere:\n  state: {ne: ZZ}\n"
-    (p.root / "segments" / "pool.yaml").write_text(pool, encoding="utf-8")
-    p.approve("pool")
+    approved_segment(p, "pool", "meta", "state: {ne: ZZ}")
     ids = sorted(p.contact_ids(p.release("pool", "meta").members))
     one, chosen = ids[0], ids[1 : 1 + how_many]
     hit = pl.col("contact_id").is_in(chosen)
@@ -273,6 +286,21 @@ def build_padded(p: Project, destination: str, one: str, nulls: tuple[str, ...])
     )
     p.approve("padded")
     return p.cli("build", "padded", "--as-of", AS_OF.isoformat())
+
+
+def padding_blocked(
+    make_project: Callable[..., Project], destination: str, nulls: tuple[str, ...]
+) -> tuple[Project, str]:
+    """The min-size padding attack (``build_padded`` over 120 people who lost ``nulls``)
+    to ``destination``, asserted blocked by ``min-size`` without naming the one person;
+    returns the project and that person."""
+    p = make_project(rows=3000)
+    one, _ = blank_people(p, 120, nulls)
+    attack = build_padded(p, destination, one, nulls)
+    out = attack.stdout + attack.stderr
+    assert attack.exit_code == 3, out
+    assert "min-size" in out and one not in out
+    return p, one
 
 
 def latest_report(p: Project) -> dict[str, Any]:

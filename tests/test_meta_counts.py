@@ -19,10 +19,13 @@ import pytest
 from conftest import (
     AS_OF,
     Project,
+    approved_segment,
     blank_people,
     build_padded,
     frozen_clock,
     latest_report,
+    listed,
+    padding_blocked,
     released_ids,
 )
 
@@ -49,12 +52,7 @@ def _min_size(p: Project, destination: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("destination", ["meta", "file"])
 def test_attack_padding_with_people_meta_cannot_match(make_project: Any, destination: str) -> None:
-    p = make_project(rows=3000)
-    one, _ = blank_people(p, 120, BLANKED)
-    attack = build_padded(p, destination, one, BLANKED)
-    out = attack.stdout + attack.stderr
-    assert attack.exit_code == 3, out
-    assert "min-size" in out and one not in out
+    p, _ = padding_blocked(make_project, destination, BLANKED)
     verdict = _min_size(p, destination)  # the one person, shown coarsened below k
     assert verdict["evidence"]["members"] == "< 100", verdict
     assert verdict["evidence"]["no_identifier"] == 120, verdict
@@ -79,11 +77,7 @@ def test_people_meta_cannot_match_are_counted_apart_and_not_released(
     the report says how many; a file carrying the Meta layout leaves them out too."""
     p = make_project(rows=3000)
     _, padding = blank_people(p, 3, BLANKED)
-    (p.root / "segments" / "ca.yaml").write_text(
-        "name: ca\ndescription: ca\ndestinations: [meta, file]\nwhere:\n  state: {ne: ZZ}\n",
-        encoding="utf-8",
-    )
-    p.approve("ca")
+    approved_segment(p, "ca", "meta, file", "state: {ne: ZZ}")
     for destination in ("meta", "file"):
         released = p.contact_ids(p.release("ca", destination).members)
         assert released and not released & set(padding), destination
@@ -131,11 +125,7 @@ def test_attack_a_file_for_google_counted_by_the_meta_rule(make_project: Any) ->
     hit = pl.col("contact_id").is_in(denied)
     signal = pl.when(hit).then(pl.lit("denied")).otherwise(pl.col("ad_user_data_consent"))
     p.write_contacts(p.contacts().with_columns(signal.alias("ad_user_data_consent")))
-    (p.root / "segments" / "some.yaml").write_text(
-        f"name: some\ndescription: s\ndestinations: [file]\nwhere:\n  contact_id: {{in: [{', '.join(ids)}]}}\n",
-        encoding="utf-8",
-    )
-    p.approve("some")
+    approved_segment(p, "some", "file", listed(ids))
     in_file = p.contact_ids(p.release("some", "file").members)
     assert in_file and not in_file & set(denied)
 
@@ -151,15 +141,6 @@ def _entered_twice(p: Project, chosen: list[str]) -> list[str]:
     return twice.get_column("contact_id").to_list()
 
 
-def _listed(p: Project, name: str, destination: str, ids: list[str]) -> None:
-    (p.root / "segments" / f"{name}.yaml").write_text(
-        f"name: {name}\ndescription: listed\ndestinations: [{destination}]\n"
-        f"where:\n  contact_id: {{in: [{', '.join(ids)}]}}\n",
-        encoding="utf-8",
-    )
-    p.approve(name)
-
-
 @pytest.mark.parametrize("destination", ["meta", "file"])
 def test_attack_records_entered_twice_without_email_or_phone(
     make_project: Any, destination: str
@@ -170,7 +151,7 @@ def test_attack_records_entered_twice_without_email_or_phone(
     p = make_project(rows=3000)
     one, chosen = blank_people(p, 60, ("email", "phone"))
     copies = _entered_twice(p, chosen)
-    _listed(p, "padded", destination, [one, *chosen, *copies])
+    approved_segment(p, "padded", destination, listed([one, *chosen, *copies]))
     attack = p.cli("build", "padded", "--as-of", DAY)
     assert attack.exit_code == 3, attack.stdout + attack.stderr
     assert _min_size(p, destination)["evidence"]["members"] == "< 100"
@@ -184,10 +165,10 @@ def test_records_entered_twice_are_released_once(make_project: Any) -> None:
     pool = sorted(p.contact_ids(p.release("pool", "meta").members))
     others = [i for i in pool if i != one and i not in set(chosen)][:89]
     copies = _entered_twice(p, chosen)
-    listed = [one, *others, *chosen, *copies]
-    _listed(p, "twice", "meta", listed)
+    ids = [one, *others, *chosen, *copies]
+    approved_segment(p, "twice", "meta", listed(ids))
     released = p.contact_ids(p.release("twice", "meta").members)
-    assert released == released_ids(p.contacts(), pl.col("contact_id").is_in(listed))
+    assert released == released_ids(p.contacts(), pl.col("contact_id").is_in(ids))
     # a copy without a ZIP shares only a name, city and state with its original: counted
     # apart (docs/policy-rules.md, "Not defended yet"); every other copy is not released
     copied = p.contacts().filter(pl.col("contact_id").is_in(copies))
@@ -213,7 +194,7 @@ def test_attack_padding_with_placeholder_emails(
     hit = pl.col("contact_id").is_in(chosen)
     fake = pl.when(hit).then(pl.lit("p") + pl.col("contact_id") + f"@{domain}")
     p.write_contacts(p.contacts().with_columns(fake.otherwise(pl.col("email")).alias("email")))
-    _listed(p, "padded", destination, [one, *chosen])
+    approved_segment(p, "padded", destination, listed([one, *chosen]))
     attack = p.cli("build", "padded", "--as-of", DAY)
     assert attack.exit_code == 3, attack.stdout + attack.stderr
     evidence = _min_size(p, destination)["evidence"]
