@@ -13,6 +13,8 @@ phone, Meta's first name + last name + city + state) and the person's own opt-ou
 record of the same person among the segment's records opted out); people, not records
 (records sharing a normalized email or phone are one person, and so are records sharing
 a name with a postal code that no other of them contradicts by e-mail or phone, with the
+first of them another contradicts, else the first; a record with no e-mail, phone or
+postal code joins the first record of its name, city and state that has one, else the
 first of them — all over the segment's records, the
 opted-out ones included, transitively — released once as the smallest CRM id of the
 person's released records, with each identifier taken from the first of them, by CRM
@@ -333,36 +335,57 @@ def apply_consent(con: Stages, link: bool) -> None:
 
 def namesakes(con: Stages, table: str, key: str, present: str) -> None:
     """Table ``table``: (contact_id, k) of the records a name key ``key`` links among the
-    segment's records (``present``: it is complete): in each group sharing it, the first
-    by CRM id and every record whose e-mail and phone no other of them contradicts."""
+    segment's records (``present``: it is complete): in each group sharing it, every
+    record whose e-mail and phone no other of them contradicts, and the first by CRM id
+    of those another contradicts (the first of the group if none is)."""
     con.run(
         table,
         f"""CREATE TEMP TABLE {table} AS
       WITH g AS (SELECT contact_id, e_key, p_key, {key} AS k FROM cand WHERE {present}),
-        s AS (SELECT k, count(DISTINCT e_key) AS ne, count(DISTINCT p_key) AS np,
-            min(contact_id) AS first FROM g GROUP BY k HAVING count(*) > 1)
-      SELECT g.contact_id, g.k FROM g JOIN s USING (k)
-      WHERE ((g.e_key IS NULL OR s.ne = 1) AND (g.p_key IS NULL OR s.np = 1))
-        OR g.contact_id = s.first""",
+        s AS (SELECT k, count(DISTINCT e_key) AS ne, count(DISTINCT p_key) AS np
+          FROM g GROUP BY k HAVING count(*) > 1),
+        a AS (SELECT g.contact_id, g.k,
+            (g.e_key IS NULL OR s.ne = 1) AND (g.p_key IS NULL OR s.np = 1) AS agrees
+          FROM g JOIN s USING (k)),
+        f AS (SELECT k, coalesce(min(contact_id) FILTER (WHERE NOT agrees), min(contact_id))
+            AS first FROM a GROUP BY k)
+      SELECT a.contact_id, a.k FROM a JOIN f USING (k)
+      WHERE a.agrees OR a.contact_id = f.first""",
+    )
+
+
+def bare_places(con: Stages, table: str, zip_present: str) -> None:
+    """Table ``table``: (contact_id, k) of the records Meta's name, city and state links:
+    each record with no e-mail, phone or name + ZIP, with the first record by CRM id of
+    its name and place that has one (the first of them if none has)."""
+    con.run(
+        table,
+        f"""CREATE TEMP TABLE {table} AS
+      WITH g AS (SELECT contact_id, concat_ws(chr(31), m_fn, m_ln, m_ct, st) AS k,
+          e_key IS NULL AND p_key IS NULL AND NOT coalesce({zip_present}, false) AS bare
+          FROM cand WHERE m_fn IS NOT NULL AND m_ln IS NOT NULL AND m_ct IS NOT NULL
+            AND st IS NOT NULL AND cc = 'US'),
+        f AS (SELECT k, coalesce(min(contact_id) FILTER (WHERE NOT bare), min(contact_id))
+            AS first FROM g GROUP BY k HAVING bool_or(bare) AND count(*) > 1)
+      SELECT g.contact_id, g.k FROM g JOIN f USING (k) WHERE g.bare OR g.contact_id = f.first""",
     )
 
 
 def one_row_per_person(con: Stages, link: bool) -> int:
     """Table ``people``: the segment's records linked into people (label propagation to
     the smallest CRM id over all of them, the opted-out ones included: e-mail, phone, and
-    the name and postal code of :func:`namesakes`); with ``link``, a person one of whose records opted
-    out is left out; each person released as their smallest kept CRM id, each identifier
-    from their first kept record (by CRM id) that has one. Returns the rounds it took."""
-    namesakes(
-        con,
-        "nz",
-        "concat_ws(chr(31), fn, ln, cc, z)",
-        "fn IS NOT NULL AND ln IS NOT NULL AND cc IS NOT NULL AND z IS NOT NULL",
-    )
+    the name with a postal code of :func:`namesakes`, and with a city and state of
+    :func:`bare_places`); with ``link``, a person one of whose records opted out is left
+    out; each person released as their smallest kept CRM id, each identifier from their
+    first kept record (by CRM id) that has one. Returns the rounds it took."""
+    zip_present = "fn IS NOT NULL AND ln IS NOT NULL AND cc IS NOT NULL AND z IS NOT NULL"
+    namesakes(con, "nz", "concat_ws(chr(31), fn, ln, cc, z)", zip_present)
+    bare_places(con, "np", zip_present)
     con.run(
         "lab",
         """CREATE TEMP TABLE lab AS SELECT c.contact_id, e_key, p_key, nz.k AS gz,
-      c.contact_id AS label FROM cand c LEFT JOIN nz USING (contact_id)""",
+      np.k AS gp, c.contact_id AS label FROM cand c LEFT JOIN nz USING (contact_id)
+      LEFT JOIN np USING (contact_id)""",
     )
     rounds = 0
     for rounds in range(1, 65):
@@ -371,12 +394,13 @@ def one_row_per_person(con: Stages, link: bool) -> int:
             """CREATE TEMP TABLE lab2 AS
           WITH e AS (SELECT e_key, min(label) AS m FROM lab WHERE e_key IS NOT NULL GROUP BY 1),
             p AS (SELECT p_key, min(label) AS m FROM lab WHERE p_key IS NOT NULL GROUP BY 1),
-            z AS (SELECT gz, min(label) AS m FROM lab WHERE gz IS NOT NULL GROUP BY 1)
-          SELECT contact_id, e_key, p_key, gz, label AS old,
-            least(label, coalesce(e.m, label), coalesce(p.m, label), coalesce(z.m, label))
-              AS label
+            z AS (SELECT gz, min(label) AS m FROM lab WHERE gz IS NOT NULL GROUP BY 1),
+            c AS (SELECT gp, min(label) AS m FROM lab WHERE gp IS NOT NULL GROUP BY 1)
+          SELECT contact_id, e_key, p_key, gz, gp, label AS old,
+            least(label, coalesce(e.m, label), coalesce(p.m, label), coalesce(z.m, label),
+              coalesce(c.m, label)) AS label
           FROM lab LEFT JOIN e USING (e_key) LEFT JOIN p USING (p_key)
-            LEFT JOIN z USING (gz)""",
+            LEFT JOIN z USING (gz) LEFT JOIN c USING (gp)""",
         )
         moved = con.run("  moved", "SELECT count(*) FROM lab2 WHERE label <> old").fetchone()
         con.run("  swap", "DROP TABLE lab; ALTER TABLE lab2 RENAME TO lab")

@@ -406,8 +406,9 @@ class FilterContext:
     @cached_property
     def persons(self) -> pl.Series | None:
         """The person of each candidate record (``person_keys``: records sharing a
-        normalized email or phone, or a name with a postal code that
-        no e-mail or phone tells apart, are one person); None without the CRM id column.
+        normalized email or phone, a name with a postal code that no e-mail or phone
+        tells apart, or — for a record with none of those — a name with a city and state,
+        are one person); None without the CRM id column.
         Computed once per gate."""
         from audiences.crm.linkage import person_keys
 
@@ -501,8 +502,9 @@ _OWN_OPT_OUTS = ("no_opt_in", "do_not_contact", "deceased", "ad_personalization_
 
 def _same_person_opted_out(ctx: FilterContext, own: list[pl.Expr]) -> pl.Series | None:
     """True for a candidate record another record of the same gate person opted out on
-    (the gate's people: records linked by e-mail, phone, or a name with a postal code that
-    no e-mail or phone tells apart, ``person_keys``, transitively); None when no record is
+    (the gate's people: records linked by e-mail, phone, a name with a postal code that
+    no e-mail or phone tells apart, or a name with a city and state for a record with none
+    of those, ``person_keys``, transitively); None when no record is
     linked to another. The CRM-wide linkage (``DUPLICATE_OF_OPT_OUT``) compares each
     candidate with every opted-out record one hop away; this follows the gate's people
     (a link through a third record, a name and ZIP the namesake rule keeps)."""

@@ -235,7 +235,8 @@ def _identity_keys(contacts: pl.DataFrame) -> pl.DataFrame:
 def nameless() -> pl.Expr:
     """Over :func:`_identity_keys`: a record Meta cannot match — no e-mail or phone, and no
     first and last name with a ZIP, a birth date, or a city and state (policies/sendable.py).
-    Such a record is a person of its own unless a name and ZIP link it (:func:`people`)."""
+    Such a record is a person of its own unless a name and ZIP, or a name with city and
+    state, link it (:func:`people`)."""
 
     def has(column: str) -> pl.Expr:
         return pl.col(column).cast(pl.String).str.replace_all(r"[^\p{L}\d]", "") != ""
@@ -412,9 +413,11 @@ def released_as(kept: pl.DataFrame, linked: dict[str, str]) -> dict[str, str]:
 
 def people(keyed: pl.DataFrame) -> dict[str, str]:
     """contact id -> the smallest contact id of its person (a plain union-find): records
-    sharing a mailbox or phone are one person; among records sharing a name and ZIP, the
-    first by contact id and each record whose mailbox and phone no other of them
-    contradicts (a different one) are one person."""
+    sharing a mailbox or phone are one person; among records sharing a name and ZIP, each
+    record whose mailbox and phone no other of them contradicts (a different one) joins
+    the first contradicted one by contact id (else the first); a record with no mailbox,
+    phone or ZIP joins the first record of its name, city and state that has one (else
+    the first of them)."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -435,20 +438,42 @@ def people(keyed: pl.DataFrame) -> dict[str, str]:
         for row in rows:
             if row[position] is not None:
                 union(row[0], first.setdefault(row[position], row[0]))
-    for position in (3,):
-        groups: dict[str, list[tuple[str, ...]]] = {}
-        for row in rows:
-            if row[position] is not None:
-                groups.setdefault(row[position], []).append(row)
-        for group in groups.values():
-            lead = min(r[0] for r in group)
-            for row in group:
-                told = any(
-                    row[k] is not None and {r[k] for r in group if r[k] is not None} != {row[k]}
-                    for k in (1, 2)
-                )
-                if not told:
-                    union(row[0], lead)
+    groups: dict[str, list[tuple[str, ...]]] = {}
+    for row in rows:
+        if row[3] is not None:
+            groups.setdefault(row[3], []).append(row)
+    for group in groups.values():
+        told = {
+            row[0]: any(
+                row[k] is not None and {r[k] for r in group if r[k] is not None} != {row[k]}
+                for k in (1, 2)
+            )
+            for row in group
+        }
+        # each record no other contradicts joins the first contradicted one, else the first
+        lead = min((r[0] for r in group if told[r[0]]), default=min(r[0] for r in group))
+        for row in group:
+            if not told[row[0]]:
+                union(row[0], lead)
+    # a record with no mailbox (a placeholder is none), phone or ZIP joins the first record
+    # of its name, city and state that has one (else the first of them)
+    from audiences.crm.identifiers import RESERVED_EMAIL_DOMAINS
+
+    placeholder = tuple(f"{c}{d}" for d in RESERVED_EMAIL_DOMAINS for c in "@.")
+    places: dict[str, list[tuple[str, ...]]] = {}
+    for row in rows:
+        if row[4] is not None:
+            places.setdefault(row[4], []).append(row)
+    for group in places.values():
+        bare = {
+            r[0]
+            for r in group
+            if (r[1] is None or r[1].endswith(placeholder)) and r[2] is None and r[3] is None
+        }
+        if bare:
+            lead = min((r[0] for r in group if r[0] not in bare), default=min(r[0] for r in group))
+            for cid in bare:
+                union(cid, lead)
     return {cid: find(cid) for cid in keyed.get_column("contact_id").to_list()}
 
 

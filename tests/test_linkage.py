@@ -332,8 +332,10 @@ def test_flags_equal_the_direct_computation(rows: tuple, data: Any) -> None:
 
 def reference_persons(contacts: pl.DataFrame, cfg: ProjectConfig | None = None) -> list[str]:
     """Each record's person (the smallest contact id linked to it, transitively): records
-    sharing an exact email or phone key; among those sharing a name key, the first by id
-    and every record whose email and phone keys no other of them contradicts — every
+    sharing an exact email or phone key; among those sharing a name + ZIP key, every
+    record whose email and phone keys no other of them contradicts, joined to the first
+    contradicted one by id (else the first); a record with none of those keys, to the
+    first record of its name, city and state that has one (else the first) — every
     record normalized in full, no coarse keys."""
     parent = {cid: cid for cid in contacts.get_column("contact_id").to_list()}
 
@@ -364,19 +366,39 @@ def reference_persons(contacts: pl.DataFrame, cfg: ProjectConfig | None = None) 
         }
         for name in ("email", "phone")
     }
-    for name in ("name_zip", "name_place"):
-        groups: dict[str, list[str]] = {}
-        for cid, k in keys.get(name, {}).items():
-            groups.setdefault(k, []).append(cid)
-        for ids in groups.values():
-            for cid in ids:
-                told = any(
-                    sent.get(s, {}).get(cid) is not None
-                    and {sent[s][i] for i in ids if i in sent[s]} != {sent[s][cid]}
-                    for s in ("email", "phone")
-                )
-                if not told:
-                    union(cid, min(ids))
+    groups: dict[str, list[str]] = {}
+    for cid, k in keys.get("name_zip", {}).items():
+        groups.setdefault(k, []).append(cid)
+    for ids in groups.values():
+        told = {
+            cid: any(
+                sent[s].get(cid) is not None
+                and {sent[s][i] for i in ids if i in sent[s]} != {sent[s][cid]}
+                for s in ("email", "phone")
+            )
+            for cid in ids
+        }
+        # each record no other contradicts joins the first contradicted one, else the first
+        lead = min((i for i in ids if told[i]), default=min(ids))
+        for cid in ids:
+            if not told[cid]:
+                union(cid, lead)
+    # a record with no e-mail, phone or name + ZIP key joins the first of its name, city
+    # and state that has one (else the first of them)
+    places: dict[str, list[str]] = {}
+    for cid, k in keys.get("name_place", {}).items():
+        places.setdefault(k, []).append(cid)
+    for ids in places.values():
+        bare = [
+            i
+            for i in ids
+            if all(i not in m for m in (sent["email"], sent["phone"], keys.get("name_zip", {})))
+        ]
+        if not bare:
+            continue
+        lead = min((i for i in ids if i not in bare), default=min(ids))
+        for cid in bare:
+            union(cid, lead)
     return [find(cid) for cid in contacts.get_column("contact_id").to_list()]
 
 
@@ -426,6 +448,61 @@ def test_person_keys_with_city_and_state_equal_the_direct_computation(rows: tupl
     )
     got = person_keys(contacts, cfg, by="contact_id").to_list()
     assert got == reference_persons(contacts, cfg)
+
+
+def reference_placed(
+    contacts: pl.DataFrame, candidates: pl.DataFrame, cfg: ProjectConfig
+) -> set[str]:
+    """:func:`reference` with a name, city and state too, followed only to opted-out
+    records with neither an e-mail (a placeholder is none) nor a phone, as the platforms
+    receive them — every record normalized in full."""
+    opted_out = ~pl.col("opt_in").fill_null(False) | pl.col("dnc").fill_null(False)
+    opted_out = opted_out | pl.col("deceased").fill_null(False)
+    ad = pl.col("ad").str.strip_chars().str.to_lowercase()
+    opted_out = opted_out | ad.is_in(["denied", "deny", "false", "no", "n", "0", "f"]).fill_null(
+        False
+    )
+    links = {link.name: link for link in links_for(cfg, contacts.schema)}
+
+    def keys(lf: pl.LazyFrame, name: str) -> pl.DataFrame:
+        link = links[name]
+        staged = normalized_layout(lf, link.identity, link.layout, keep=["contact_id"])
+        return staged.select("contact_id", link.key().alias("k")).drop_nulls("k").collect()
+
+    out = contacts.lazy().filter(opted_out)
+    placeholder = tuple(f"{c}{d}" for d in RESERVED_EMAIL_DOMAINS for c in "@.")
+    sent = {cid for cid, k in keys(out, "email").iter_rows() if not k.endswith(placeholder)}
+    has = sent | set(keys(out, "phone").get_column("contact_id"))
+    found: set[str] = set()
+    for name in links:
+        theirs = keys(out, name)
+        if name == "name_place":
+            theirs = theirs.filter(~pl.col("contact_id").is_in(list(has)))
+        mine = keys(candidates.lazy().filter(~opted_out), name)
+        hit = mine.filter(pl.col("k").is_in(theirs.get_column("k").implode()))
+        found |= set(hit.get_column("contact_id").to_list())
+    return found
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30).flatmap(lambda n: st.tuples(*[placed(i) for i in range(n)])), st.data())
+def test_opt_outs_known_by_name_and_place_equal_the_direct_computation(
+    rows: tuple, data: Any
+) -> None:
+    """CRM-wide, a name with city and state links a candidate to an opted-out record with
+    no e-mail or phone the platforms receive — a placeholder e-mail, or a number of seven
+    digits or more that is no phone, included."""
+    base = config()
+    identity = base.identity.model_copy(update={"city": "city", "state": "state"})
+    cfg = base.model_copy(update={"identity": identity})
+    contacts = pl.DataFrame(
+        list(rows), schema=frame([]).schema | {"city": pl.String, "state": pl.String}
+    )
+    picked = data.draw(st.lists(st.sampled_from(range(contacts.height)), unique=True))
+    candidates = contacts[picked] if picked else contacts.clear()
+    out = flag_duplicates_of_opt_outs(candidates, contacts.lazy(), cfg, FLAG)
+    got = set(out.filter(FLAG).get_column("contact_id").to_list())
+    assert got == reference_placed(contacts, candidates, cfg)
 
 
 # ------------------------------------------------------------------ 3. by hand
@@ -700,8 +777,10 @@ def pat(i: int, **values: Any) -> dict[str, Any]:
         {"email": "n/a", "phone": "none"},  # placeholders the normalization empties
         {"email": "pat@noemail.test"},  # a placeholder address: never sent
         {"city": " ALBANY", "state": "New York", "zip": "12207"},  # spelled otherwise
+        {"phone": "555-0101"},  # seven digits, but no US number: no phone to Meta
+        {"phone": "518-555-010"},  # nine
     ],
-    ids=["bare", "placeholders", "placeholder-email", "spelling"],
+    ids=["bare", "placeholders", "placeholder-email", "spelling", "short-phone", "nine-digits"],
 )
 def test_an_opt_out_on_a_record_known_by_name_city_and_state_holds_crm_wide(
     opted_out: dict[str, Any],

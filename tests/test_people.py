@@ -255,9 +255,10 @@ def test_two_phones_tell_namesakes_apart(tmp_path: Path) -> None:
         phone=[None, "212-555-0101", "212-555-0202"],
     )
     # C2 and C3 have different phones: both stay apart; C1 contradicts nobody (the only
-    # e-mail) but is the first: it stays itself
+    # e-mail) and could be either: it joins the first of them, C2 — two people, never
+    # three (it stayed a person of its own while it was the first by id)
     got = person_keys(records, _full_config(tmp_path), by="contact_id").to_list()
-    assert got == ["C1", "C2", "C3"]
+    assert got == ["C1", "C1", "C3"]
 
 
 def test_placeholder_emails_tell_no_one_apart(tmp_path: Path) -> None:
@@ -282,6 +283,33 @@ def test_a_name_links_nothing_without_its_place(tmp_path: Path) -> None:
 
 
 _LETTERS = str.maketrans("0123456789", "abcdefghij")
+
+
+def test_a_record_with_only_a_name_and_place_joins_its_namesake(tmp_path: Path) -> None:
+    """No e-mail, phone or ZIP: Meta matches the row on the name, city and state. It joins
+    the first record of that name and place that has one of them — even when it is the
+    first by id (never a person of its own while its namesake has a ZIP)."""
+    place = {"city": ["Albany"] * 3, "state": ["NY"] * 3}
+    records = _named(contact_id=["C1", "C2", "C3"], zip=[None, "12207", None], **place)
+    got = person_keys(records, _full_config(tmp_path), by="contact_id").to_list()
+    assert got == ["C1", "C1", "C1"]
+    # in another city it is another person; with a phone of its own, Meta matches the
+    # phone: a person of its own (docs/policy-rules.md, "Not defended yet")
+    elsewhere = records.with_columns(
+        pl.Series("city", ["Troy", "Albany", "Albany"]),
+        pl.Series("phone", [None, None, "518-555-0101"]),
+    )
+    got = person_keys(elsewhere, _full_config(tmp_path), by="contact_id").to_list()
+    assert got == ["C1", "C2", "C3"]
+
+
+def test_a_bare_record_joins_the_first_namesake_with_a_zip(tmp_path: Path) -> None:
+    """Two namesakes of one city at two ZIPs stay two; the record with neither joins the
+    first of them by id (C2), not the two, and is not a third person."""
+    place = {"city": ["Albany"] * 3, "state": ["NY"] * 3}
+    records = _named(contact_id=["C1", "C2", "C3"], zip=[None, "12207", "12208"], **place)
+    got = person_keys(records, _full_config(tmp_path), by="contact_id").to_list()
+    assert got == ["C1", "C1", "C3"]
 
 
 def _named_people(n: int, start: int = 0, **columns: Any) -> pl.DataFrame:

@@ -337,24 +337,17 @@ _RESERVED_RAW = (
 def _may_be_blank(frame: pl.DataFrame, links: Sequence[Link]) -> pl.Series:
     """The row numbers of ``frame`` (holding the links' columns) whose record may have
     neither a valid e-mail nor a valid phone as the platforms receive them, judged on the
-    raw values (a superset: an e-mail without an ``@`` or at a reserved domain, or a phone
-    of fewer than seven digits, is no identifier); the exact test follows on the few rows
-    it keeps. The phone is looked at only where the e-mail may be missing."""
+    raw e-mail alone (a superset: an e-mail that is missing, has no ``@`` or is at a
+    reserved domain is no identifier); :func:`_blank_exact` then decides on the exact
+    keys of the rows it keeps. (The phone is left to the exact test: a number of seven
+    digits or more can still be no phone — too short for its country, say.)"""
     email = next((link.columns[0] for link in links if link.name == "email"), None)
-    phone = next((link.columns[0] for link in links if link.name == "phone"), None)
     rows = pl.int_range(pl.len(), dtype=pl.UInt32)
-    if email is not None:
-        raw = _text(email)
-        missing = raw.is_null() | ~raw.str.contains("@", literal=True)
-        picked = frame.select(rows.filter(missing | raw.str.contains(_RESERVED_RAW)))
-    else:
-        picked = frame.select(rows)
-    candidates = picked.to_series()
-    if phone is None or candidates.is_empty():
-        return candidates
-    digits = frame.select(_text(phone).gather(candidates).str.count_matches(r"[0-9]"))
-    few = digits.to_series().fill_null(0) < 7
-    return candidates.filter(few)
+    if email is None:
+        return frame.select(rows).to_series()
+    raw = _text(email)
+    missing = raw.is_null() | ~raw.str.contains("@", literal=True)
+    return frame.select(rows.filter(missing | raw.str.contains(_RESERVED_RAW))).to_series()
 
 
 def _blank_exact(rows: pl.DataFrame, links: Sequence[Link]) -> pl.Series:
@@ -465,8 +458,9 @@ def exact_keys(frames: Sequence[pl.DataFrame], links: Sequence[Link]) -> list[pl
 # and writing and authenticating it cost by the byte.
 _POS = "__link_pos"
 # bump when the index's columns or the coarse keys change (2: 32-bit keys; 3: name with
-# city and state, of records with neither e-mail nor phone)
-INDEX_FORMAT = 3
+# city and state, of records with neither e-mail nor phone; 4: of every record without a
+# valid-looking e-mail, its phone judged exactly later)
+INDEX_FORMAT = 4
 Seeds = tuple[int, int, int, int]
 UNKEYED: Seeds = (0, 0, 0, 0)  # an index that never leaves the process
 # the row index type of this polars build (UInt32, or UInt64 in the big-index build)
@@ -878,16 +872,21 @@ def flag_linked_records(
 # The keys a platform matches a customer-list row on: two records sharing one reach one
 # platform user, so they are one person to ``min-size``, the difference checks and the
 # release. E-mail and phone link records outright; a name with a postal code links them
-# unless e-mails or phones tell them apart (see person_keys). (A name with a city and
-# state is left out here: namesakes of one city are many, and telling them apart would
-# normalize most of a CRM's records on every build — 0.26 → 1.0 s for 434k records.)
+# unless e-mails or phones tell them apart; a name with a city and state links a record
+# that has no e-mail, phone or postal code (what Meta matches it on) to its namesakes of
+# that place (see person_keys). (Followed among every record sharing a name, city and
+# state, that key took the gate's people from 0.26 to 1.0 s for 434k records, and from
+# 0.69 to 1.35-1.73 s for 933k: namesakes of one city are many, and an e-mail, phone
+# or postal code of their own tells them apart.)
 STRONG_PERSON_LINKS = ("email", "phone")
 NAME_PERSON_LINKS = ("name_zip",)
-PERSON_LINKS = STRONG_PERSON_LINKS + NAME_PERSON_LINKS
+BARE_PERSON_LINKS = ("name_place",)
+PERSON_LINKS = STRONG_PERSON_LINKS + NAME_PERSON_LINKS + BARE_PERSON_LINKS
 
 
 def person_links(config: ProjectConfig, schema: pl.Schema) -> list[Link]:
-    """The links :func:`person_keys` follows: e-mail, phone and name + postal code."""
+    """The links :func:`person_keys` follows: e-mail, phone, name + postal code and
+    (for records with none of those) name + city + state."""
     return [link for link in links_for(config, schema) if link.name in PERSON_LINKS]
 
 
@@ -905,70 +904,136 @@ def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Ser
     phone on) are linked unless e-mails or phones tell them apart: among the records
     sharing such a key, each record whose e-mail and phone no other of them contradicts
     (a different e-mail, a different phone; having none contradicts nothing) joins the
-    first of them by ``by`` — all of them when none contradicts another. A father and son
-    of one name at one address, each with an e-mail of their own, stay two people; the
-    same person entered twice without an e-mail, or once with the e-mail and once with
-    the phone, is one. A record linked to no other is its own person."""
-    links = person_links(config, records.collect_schema())
+    first of them by ``by`` that another contradicts, or the first of them if none is —
+    all of them when none contradicts another. A father and son of one name at one
+    address, each with an e-mail of their own, stay two people; the same person entered
+    twice without an e-mail, or once with the e-mail and once with the phone, is one.
+
+    A record with no e-mail, phone or postal code the platforms receive, which Meta
+    matches on a first and last name with a city and state, joins the first record by
+    ``by`` of that name and place that has one of them (the first of them if none has):
+    the same person entered once with a ZIP and once without is one, and a record that
+    could be any of several namesakes of one city is one of them, never a person of its
+    own. A record linked to no other is its own person."""
+    schema = records.collect_schema()
+    links = person_links(config, schema)
     labels = records.get_column(by).alias(by)
     if not links or records.height < 2:
         return labels
-    columns = person_columns(config, records.collect_schema())
+    columns = person_columns(config, schema)
     rows = records.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias(_ROW), *columns)
+    keyed = [link for link in links if link.name not in BARE_PERSON_LINKS]
     # Equal exact keys have equal coarse keys: only rows whose coarse key another row
     # shares can be linked, and only they are normalized (a few per cent of a CRM).
+    coarse = coarse_keys(rows, keyed) if keyed else {}
     shared = pl.concat(
         [
-            keys.filter(pl.col(link.out).is_duplicated()).get_column(_ROW)
-            for link, keys in zip(links, coarse_keys(rows, links).values(), strict=True)
+            pl.Series(_ROW, [], dtype=pl.UInt32),
+            *(
+                keys.filter(pl.col(link.out).is_duplicated()).get_column(_ROW)
+                for link, keys in zip(keyed, coarse.values(), strict=True)
+            ),
         ]
     )
-    if shared.is_empty():
-        return labels
-    rows = rows.filter(pl.col(_ROW).is_in(shared.unique().implode()))
-    exact = {
-        link.name: k.select(_ROW, _KEY)
-        for link, k in zip(links, exact_keys([rows] * len(links), links), strict=True)
-    }
-    edges = [
-        exact[name].filter(pl.col(_KEY).is_duplicated())
-        for name in STRONG_PERSON_LINKS
-        if name in exact
-    ]
-    # (a placeholder e-mail links the records that share it, but tells no one apart: the
-    # platform never receives it)
-    sent = {link.name: _sent(exact[link.name], link) for link in links if link.name in exact}
-    edges += [_namesakes(exact[name], sent, labels) for name in NAME_PERSON_LINKS if name in exact]
+    edges = []
+    if not shared.is_empty():
+        some = rows.filter(pl.col(_ROW).is_in(shared.unique().implode()))
+        exact = {
+            link.name: k.select(_ROW, _KEY)
+            for link, k in zip(keyed, exact_keys([some] * len(keyed), keyed), strict=True)
+        }
+        edges = [
+            exact[name].filter(pl.col(_KEY).is_duplicated())
+            for name in STRONG_PERSON_LINKS
+            if name in exact
+        ]
+        # (a placeholder e-mail links the records that share it, but tells no one apart:
+        # the platform never receives it)
+        sent = {link.name: _sent(exact[link.name], link) for link in keyed if link.name in exact}
+        strong = {n: sent[n] for n in STRONG_PERSON_LINKS if n in sent}
+        edges += [_namesakes(exact[n], strong, labels) for n in NAME_PERSON_LINKS if n in exact]
+    place = next((link for link in links if link.name in BARE_PERSON_LINKS), None)
+    if place is not None:
+        edges.append(_bare_namesakes(rows, keyed, coarse, place, labels))
     edges = [e for e in edges if e.height]
     if not edges:
         return labels
-    return labels.scatter(*_components(labels, rows.get_column(_ROW), edges))
+    linked = pl.concat([e.get_column(_ROW) for e in edges]).unique()
+    return labels.scatter(*_components(labels, linked, edges))
+
+
+def _bare_namesakes(
+    rows: pl.DataFrame,
+    keyed: Sequence[Link],
+    coarse: Mapping[str, pl.DataFrame],
+    place: Link,
+    labels: pl.Series,
+) -> pl.DataFrame:
+    """(row, key) of the records the name with city and state links (:func:`person_keys`):
+    each record with no e-mail, phone or name + postal code key the platforms receive,
+    with the first record by label of its name and place that has one (the first of them
+    if none has). The few records that may be such (:func:`_may_be_blank`, without a
+    coarse name + postal code key) are confirmed on their exact keys; only the records
+    whose name, city and state meet theirs are normalized."""
+    none = pl.DataFrame(schema={_ROW: pl.UInt32, _KEY: pl.String})
+    maybe = _may_be_blank(rows, keyed)
+    if "name_zip" in coarse:
+        maybe = maybe.filter(~maybe.is_in(coarse["name_zip"].get_column(_ROW).implode()))
+    if maybe.is_empty():
+        return none
+    few = rows[maybe]
+    bare = _blank_exact(few, keyed)
+    postal = [link for link in keyed if link.name in NAME_PERSON_LINKS]
+    if postal and not bare.is_empty():
+        with_postal = exact_keys([few], postal)[0].get_column(_ROW)
+        bare = bare.filter(~bare.is_in(with_postal.implode()))
+    if bare.is_empty():
+        return none
+    # the records whose name, city and state may be a bare record's, then their exact keys
+    places = coarse_keys(rows, [place])[place.name]
+    theirs = places.filter(pl.col(_ROW).is_in(bare.implode())).get_column(place.out)
+    met = places.filter(pl.col(place.out).is_in(theirs.implode())).get_column(_ROW)
+    (exact,) = exact_keys([rows.filter(pl.col(_ROW).is_in(met.implode()))], [place])
+    lone = pl.col(_ROW).is_in(bare.implode())
+    group = exact.select(_ROW, _KEY).with_columns(
+        labels.gather(exact.get_column(_ROW)).alias("__label"), lone.alias("__bare")
+    )
+    # (False sorts first: the first record that has an e-mail, phone or postal code)
+    lead = pl.col(_ROW).sort_by("__bare", "__label", _ROW).first().over(_KEY)
+    return (
+        group.filter(pl.col("__bare").any().over(_KEY))
+        .filter(pl.col("__bare") | (pl.col(_ROW) == lead))
+        .select(_ROW, _KEY)
+        .filter(pl.col(_KEY).is_duplicated())
+    )
 
 
 def _namesakes(
-    keyed: pl.DataFrame, exact: Mapping[str, pl.DataFrame], labels: pl.Series
+    keyed: pl.DataFrame, told_by: Mapping[str, pl.DataFrame], labels: pl.Series
 ) -> pl.DataFrame:
     """(row, key) of the records a name key links (:func:`person_keys`): in each group of
-    records sharing the key, the first by label and every record none of the group
-    contradicts by an e-mail or phone the platforms receive (``exact``: their keys)."""
+    records sharing the key, every record none of the group contradicts by a key of
+    ``told_by`` (the e-mails and phones the platforms receive), and the first by label of
+    those another contradicts, or the first of the group if none is (a record that could
+    be any of them is one of them, never a person of its own)."""
     group = keyed.filter(pl.col(_KEY).is_duplicated())
     if group.is_empty():
         return group
     agree = []
-    for name in STRONG_PERSON_LINKS:
-        strong = exact.get(name)
-        if strong is None:
-            continue
+    for name, strong in told_by.items():
         group = group.join(strong.rename({_KEY: name}), on=_ROW, how="left")
         # a record no other contradicts: it has none, or the group holds only its value
         agree.append(
             pl.col(name).is_null() | (pl.col(name).drop_nulls().n_unique().over(_KEY) == 1)
         )
-    first = pl.col(_ROW).sort_by("__label", _ROW).first().over(_KEY)
     agrees = pl.all_horizontal(agree) if agree else pl.lit(True)
+    group = group.with_columns(
+        labels.gather(group.get_column(_ROW)).alias("__label"), agrees.alias("__agrees")
+    )
+    # (False sorts first: the first contradicted record, if any)
+    lead = pl.col(_ROW).sort_by("__agrees", "__label", _ROW).first().over(_KEY)
     return (
-        group.with_columns(labels.gather(group.get_column(_ROW)).alias("__label"))
-        .filter(agrees | (pl.col(_ROW) == first))
+        group.filter(pl.col("__agrees") | (pl.col(_ROW) == lead))
         .select(_ROW, _KEY)
         .filter(pl.col(_KEY).is_duplicated())
     )
