@@ -11,6 +11,7 @@ passes `min_size`; to Meta it is a list of one, each padding row a bare external
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -254,3 +255,38 @@ def test_attack_padding_with_placeholder_emails(
     assert attack.exit_code == 3, attack.stdout + attack.stderr
     evidence = _min_size(p, destination)["evidence"]
     assert evidence["members"] == "< 100", evidence
+
+
+def test_columns_counts_the_identifiers_each_platform_would_receive(make_project: Any) -> None:
+    """``columns --identifiers``: per platform, how many records hold a valid, empty or
+    invalid identifier and why — a placeholder e-mail is ``reserved_domain`` — counts over
+    the whole export, never a value, and a count below k shown as "< k"."""
+    p = make_project(rows=3000)
+    contacts = p.contacts()
+    ids = contacts.get_column("contact_id").to_list()
+    placeholder, no_at = ids[:150], ids[150:155]
+    email = (
+        pl.when(pl.col("contact_id").is_in(placeholder))
+        .then(pl.lit("nobody@noemail.test"))
+        .when(pl.col("contact_id").is_in(no_at))
+        .then(pl.lit("person-at-clinic.org"))
+        .otherwise(pl.col("email"))
+    )
+    p.write_contacts(contacts.with_columns(email.alias("email")))
+    doc = p.cli_json("columns", "contacts", "--identifiers")
+    found = doc["sources"]["contacts"]["identifiers"]
+    assert set(found) == {"meta", "google_ads"} and doc["k"] == 100
+    for layout in ("meta", "google_ads"):
+        emails = {
+            (o["status"], o["reason"]): o["rows"] for o in found[layout] if o["field"] == "email"
+        }
+        assert emails[("invalid", "reserved_domain")] == 150
+        assert emails[("invalid", "no_at_sign")] == "< 100"
+        assert isinstance(emails[("valid", None)], int) and emails[("valid", None)] > 2000
+        assert {o["field"] for o in found[layout]} >= {"email", "phone", "country"}
+    human = p.cli("columns", "contacts", "--identifiers")
+    assert human.exit_code == 0, human.stderr
+    assert "reserved_domain" in human.stdout and "< 100" in human.stdout
+    assert "noemail" not in human.stdout + json.dumps(doc)  # counts, never values
+    # without the flag, the report is as before
+    assert "identifiers" not in p.cli_json("columns", "contacts")["sources"]["contacts"]

@@ -126,6 +126,15 @@ def print_columns(doc: dict[str, Any]) -> None:
                 f"{c['distinct']:,}", c["role"], escape(values),
             )  # fmt: skip
         out.print(table)
+        for layout, outcomes in source.get("identifiers", {}).items():
+            table = _table(
+                f"{name}: identifiers as {layout} would receive them",
+                ["identifier", "outcome", "why", "records"],
+            )
+            for o in outcomes:
+                rows = o["rows"] if isinstance(o["rows"], str) else f"{o['rows']:,}"
+                table.add_row(o["field"], o["status"], o["reason"] or "-", rows)
+            out.print(table)
 
 
 def print_proposal(doc: dict[str, Any]) -> None:

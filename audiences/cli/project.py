@@ -198,16 +198,26 @@ def _print_findings(report: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("source", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
+@click.option(
+    "--identifiers",
+    is_flag=True,
+    help="Also count, per platform, the contacts' valid, empty and invalid identifiers "
+    "(and why: a placeholder e-mail, a short phone…).",
+)
 @pass_ctx
-def columns(obj: Context, source: str | None, as_json: bool) -> None:
+def columns(obj: Context, source: str | None, as_json: bool, identifiers: bool) -> None:
     """The columns of the CRM sources: declared and inferred type, empty share, distinct
-    values, role, and the values that occur at least k times (k: the pack's min size)."""
+    values, role, and the values that occur at least k times (k: the pack's min size).
+
+    With --identifiers, what Meta and Google would receive of each identifier: counts of
+    records per outcome over the whole export, never values (a count below k: "< k")."""
     from audiences.pipeline.columns import columns_report
     from audiences.pipeline.project import min_size_k
     from policies.pack import load_pack
 
     config = obj.config()
-    doc = columns_report(config, source, k=min_size_k(load_pack(config)))
+    k = min_size_k(load_pack(config))
+    doc = columns_report(config, source, k=k, identifiers=identifiers)
     if as_json:
         emit_json(doc)
         return

@@ -5,6 +5,12 @@ the share of empty cells, the number of distinct values, its role, and — for t
 with few distinct values — the values that occur at least ``k`` times (``k``: the pack's
 minimum release size). Rarer values are counted, never shown; values of sensitive and
 identity columns are never shown.
+
+With ``identifiers``, what each platform would receive of the contacts' identifiers: per
+layout (Meta's and Google's) and identifier, how many records hold a valid value, an
+already-hashed one, none, a defaulted country, or an invalid one and why (``no_at_sign``,
+``reserved_domain`` for a placeholder such as ``none@example.com``, ``too_short``, …) —
+counts over the whole export, never values, and a count below ``k`` shown as ``< k``.
 """
 
 from __future__ import annotations
@@ -43,8 +49,11 @@ def roles(config: ProjectConfig, source: str) -> dict[str, str]:
     return out
 
 
-def columns_report(config: ProjectConfig, source: str | None, *, k: int) -> dict[str, Any]:
-    """The columns of one source (``contacts`` or ``events``) or of both."""
+def columns_report(
+    config: ProjectConfig, source: str | None, *, k: int, identifiers: bool = False
+) -> dict[str, Any]:
+    """The columns of one source (``contacts`` or ``events``) or of both; with
+    ``identifiers``, the contacts' identifier outcomes per platform layout."""
     from audiences.crm.sources import read_source
 
     configured: dict[str, SourceConfig] = {"contacts": config.sources.contacts}
@@ -63,6 +72,34 @@ def columns_report(config: ProjectConfig, source: str | None, *, k: int) -> dict
             "path": spec.path if not spec.is_database else spec.label,
             "columns": _columns(frame, spec, roles(config, name), k),
         }
+        if identifiers and name == "contacts":
+            out["sources"][name]["identifiers"] = _identifiers(frame, config, k)
+    return out
+
+
+LAYOUTS = ("meta", "google_ads")
+
+
+def _identifiers(frame: pl.LazyFrame, config: ProjectConfig, k: int) -> dict[str, Any]:
+    """Per layout, the identifier outcomes of every record (counts below ``k``: ``< k``)."""
+    from audiences.core import clock
+    from audiences.crm.identifiers import identifier_quality
+
+    plans = [
+        identifier_quality(frame, config.identity, layout, as_of=clock.today())  # type: ignore[arg-type]
+        for layout in LAYOUTS
+    ]
+    out: dict[str, Any] = {}
+    for layout, counted in zip(LAYOUTS, pl.collect_all(plans, engine="streaming"), strict=True):
+        out[layout] = [
+            {
+                "field": row["field"],
+                "status": row["status"],
+                "reason": row["reason"],
+                "rows": row["rows"] if row["rows"] >= k else f"< {k}",
+            }
+            for row in counted.iter_rows(named=True)
+        ]
     return out
 
 
