@@ -284,6 +284,17 @@ def test_columns_counts_the_identifiers_each_platform_would_receive(make_project
         assert emails[("invalid", "no_at_sign")] == "< 100"
         assert isinstance(emails[("valid", None)], int) and emails[("valid", None)] > 2000
         assert {o["field"] for o in found[layout]} >= {"email", "phone", "country"}
+    # the same counts as identifier_quality over the whole export, layout by layout
+    from audiences.crm.identifiers import identifier_quality
+
+    lf = pl.scan_parquet(p.root / "data" / "contacts.parquet")
+    for layout in ("meta", "google_ads"):
+        direct = identifier_quality(lf, p.config().identity, layout, as_of=AS_OF)
+        expected = [
+            {**row, "rows": row["rows"] if row["rows"] >= 100 else "< 100"}
+            for row in direct.collect().to_dicts()
+        ]
+        assert found[layout] == expected
     human = p.cli("columns", "contacts", "--identifiers")
     assert human.exit_code == 0, human.stderr
     assert "reserved_domain" in human.stdout and "< 100" in human.stdout

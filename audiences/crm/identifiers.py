@@ -1221,6 +1221,30 @@ def identifier_quality(
     )
 
 
+def identifier_outcomes(
+    lf: pl.LazyFrame,
+    identity: IdentitySource,
+    layouts: Sequence[Layout],
+    *,
+    as_of: dt.date | None = None,
+) -> pl.LazyFrame:
+    """Per record, the outcome of each identifier of each layout (what
+    :func:`identifier_quality` counts), the layouts' shared steps computed once: one
+    column per layout and identifier, named ``"{layout}:{field}"``, holding ``valid``,
+    ``already_hashed``, ``empty``, ``defaulted`` or the invalid reason. To be counted in
+    batches (``audiences columns --identifiers``): grouping every outcome at once held
+    the whole export's normalization."""
+    staged, per_layout = _staged_layouts(lf, identity, layouts, (), as_of, sending=True)
+    outcomes: dict[str, pl.Expr] = {}
+    for layout, fields in zip(layouts, per_layout, strict=True):
+        for field in fields.values():
+            name = field.identity_field
+            if name == "country" or getattr(identity, name) is not None:
+                alias = f"{layout}:{name}"
+                outcomes.setdefault(alias, field.outcome.alias(alias))
+    return staged.select(*outcomes.values())
+
+
 def member_key(expr_or_col: str | pl.Expr, salt: bytes) -> pl.Expr:
     """Salted key of a person: first 8 bytes of SHA-256(salt || UTF-8 external id), UInt64.
 

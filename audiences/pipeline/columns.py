@@ -81,26 +81,57 @@ LAYOUTS = ("meta", "google_ads")
 
 
 def _identifiers(frame: pl.LazyFrame, config: ProjectConfig, k: int) -> dict[str, Any]:
-    """Per layout, the identifier outcomes of every record (counts below ``k``: ``< k``)."""
-    from audiences.core import clock
-    from audiences.crm.identifiers import identifier_quality
+    """Per layout, the identifier outcomes of every record (counts below ``k``: ``< k``),
+    counted batch by batch (the normalization of the whole export is never held)."""
+    from collections import Counter
 
-    plans = [
-        identifier_quality(frame, config.identity, layout, as_of=clock.today())  # type: ignore[arg-type]
-        for layout in LAYOUTS
-    ]
-    out: dict[str, Any] = {}
-    for layout, counted in zip(LAYOUTS, pl.collect_all(plans, engine="streaming"), strict=True):
-        out[layout] = [
+    from audiences.core import clock
+    from audiences.crm.identifiers import OUTCOME_STATUSES, identifier_outcomes
+
+    today = clock.today()
+    identity = config.identity
+    read = sorted({c for c in identity.model_dump().values() if isinstance(c, str)})
+    schema = frame.collect_schema()
+    totals: Counter[tuple[str, str]] = Counter()
+
+    def count(batch: pl.DataFrame) -> None:
+        # the normalization of one batch at a time (its plan does not stream: over the
+        # whole export at once it held 9.1 GB for 10M contacts, 1.0 GB in batches)
+        outcomes = identifier_outcomes(batch.lazy(), identity, LAYOUTS, as_of=today)  # type: ignore[arg-type]
+        counted = outcomes.collect()
+        for column in counted.columns:
+            for outcome, n in counted.get_column(column).value_counts().iter_rows():
+                totals[(column, outcome if outcome is not None else "unknown")] += n
+
+    # only the identity columns stream through, in batches
+    frame.select([c for c in read if c in schema]).sink_batches(
+        count, chunk_size=_BATCH_ROWS, lazy=False
+    )
+    out: dict[str, Any] = {layout: [] for layout in LAYOUTS}
+    for (column, outcome), n in sorted(totals.items(), key=_outcome_order):
+        layout, _, field = column.partition(":")
+        status = outcome if outcome in OUTCOME_STATUSES else "invalid"
+        out[layout].append(
             {
-                "field": row["field"],
-                "status": row["status"],
-                "reason": row["reason"],
-                "rows": row["rows"] if row["rows"] >= k else f"< {k}",
+                "field": field,
+                "status": status,
+                "reason": None if status == outcome else outcome,
+                "rows": n if n >= k else f"< {k}",
             }
-            for row in counted.iter_rows(named=True)
-        ]
+        )
     return out
+
+
+_BATCH_ROWS = 500_000
+
+
+def _outcome_order(item: tuple[tuple[str, str], int]) -> tuple[str, str, str]:
+    """By identifier, then status, then reason (as ``identifier_quality`` sorts)."""
+    from audiences.crm.identifiers import OUTCOME_STATUSES
+
+    (column, outcome), _ = item
+    status = outcome if outcome in OUTCOME_STATUSES else "invalid"
+    return column, status, "" if status == outcome else outcome
 
 
 def _columns(
