@@ -954,7 +954,7 @@ def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Ser
         edges += [_namesakes(exact[n], strong, labels) for n in NAME_PERSON_LINKS if n in exact]
     place = next((link for link in links if link.name in BARE_PERSON_LINKS), None)
     if place is not None:
-        edges.append(_bare_namesakes(rows, keyed, coarse, place, labels))
+        edges.append(_bare_namesakes(rows, keyed, place, labels))
     edges = [e for e in edges if e.height]
     if not edges:
         return labels
@@ -963,22 +963,17 @@ def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Ser
 
 
 def _bare_namesakes(
-    rows: pl.DataFrame,
-    keyed: Sequence[Link],
-    coarse: Mapping[str, pl.DataFrame],
-    place: Link,
-    labels: pl.Series,
+    rows: pl.DataFrame, keyed: Sequence[Link], place: Link, labels: pl.Series
 ) -> pl.DataFrame:
     """(row, key) of the records the name with city and state links (:func:`person_keys`):
     each record with no e-mail, phone or name + postal code key the platforms receive,
     with the first record by label of its name and place that has one (the first of them
-    if none has). The few records that may be such (:func:`_may_be_blank`, without a
-    coarse name + postal code key) are confirmed on their exact keys; only the records
-    whose name, city and state meet theirs are normalized."""
+    if none has). The few records that may be such (:func:`_may_be_blank`) are confirmed
+    on their exact keys (a postal code's coarse key is no proof: five digits can still be
+    no postal code in the record's country); only the records whose name, city and state
+    meet theirs are normalized."""
     none = pl.DataFrame(schema={_ROW: pl.UInt32, _KEY: pl.String})
     maybe = _may_be_blank(rows, keyed)
-    if "name_zip" in coarse:
-        maybe = maybe.filter(~maybe.is_in(coarse["name_zip"].get_column(_ROW).implode()))
     if maybe.is_empty():
         return none
     few = rows[maybe]
