@@ -438,11 +438,15 @@ def people(keyed: pl.DataFrame) -> dict[str, str]:
         for row in rows:
             if row[position] is not None:
                 union(row[0], first.setdefault(row[position], row[0]))
-    groups: dict[str, list[tuple[str, ...]]] = {}
-    for row in rows:
-        if row[3] is not None:
-            groups.setdefault(row[3], []).append(row)
-    for group in groups.values():
+
+    def grouped(position: int) -> list[list[tuple[str, ...]]]:
+        groups: dict[str, list[tuple[str, ...]]] = {}
+        for row in rows:
+            if row[position] is not None:
+                groups.setdefault(row[position], []).append(row)
+        return list(groups.values())
+
+    for group in grouped(3):
         told = {
             row[0]: any(
                 row[k] is not None and {r[k] for r in group if r[k] is not None} != {row[k]}
@@ -460,11 +464,7 @@ def people(keyed: pl.DataFrame) -> dict[str, str]:
     from audiences.crm.identifiers import RESERVED_EMAIL_DOMAINS
 
     placeholder = tuple(f"{c}{d}" for d in RESERVED_EMAIL_DOMAINS for c in "@.")
-    places: dict[str, list[tuple[str, ...]]] = {}
-    for row in rows:
-        if row[4] is not None:
-            places.setdefault(row[4], []).append(row)
-    for group in places.values():
+    for group in grouped(4):
         bare = {
             r[0]
             for r in group
