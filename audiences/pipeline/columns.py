@@ -140,15 +140,26 @@ def _columns(
     inferred = frame.collect_schema()
     declared = source.column_specs()
     names = list(inferred)
-    stats = (
-        frame.select(
-            pl.len().alias("__rows"),
-            *[pl.col(c).null_count().alias(f"{c}\x00nulls") for c in names],
-            *[pl.col(c).n_unique().alias(f"{c}\x00distinct") for c in names],
+
+    def counted(columns: list[str]) -> dict[str, Any]:
+        return (
+            frame.select(
+                *[pl.col(c).null_count().alias(f"{c}\x00nulls") for c in columns],
+                *[pl.col(c).n_unique().alias(f"{c}\x00distinct") for c in columns],
+            )
+            .collect(engine="streaming")
+            .row(0, named=True)
         )
-        .collect(engine="streaming")
-        .row(0, named=True)
-    )
+
+    stats: dict[str, Any] = {"__rows": frame.select(pl.len()).collect(engine="streaming").item()}
+    if not source.is_database and source.resolved_format == "parquet":
+        # one column at a time (a Parquet file reads one column alone): counting every
+        # column's distinct values in one query held them all — 3M contacts: 1.19 GB for
+        # the command, 0.46-0.48 GB column by column, in the same time
+        for c in names:
+            stats |= counted([c])
+    else:  # (a CSV or NDJSON file is parsed whole for any column: once)
+        stats |= counted(names)
     rows = max(int(stats["__rows"]), 1)
     out = []
     for column in names:
