@@ -170,6 +170,13 @@ def test_csv_duckdb_and_postgres_release_the_same_people(
     assert people["pg"].equals(people["csv"])
     assert verdict(builds["duck"]) == verdict(builds["csv"])
     assert verdict(builds["pg"]) == verdict(builds["csv"])
+    # what each platform would receive of the identifiers, counted the same in each source
+    counted = {}
+    for name, root in (("csv", csv), ("duck", duck), ("pg", pg)):
+        result = run(root, "columns", "contacts", "--identifiers", "--json")
+        assert result.exit_code == 0, result.output
+        counted[name] = json.loads(result.stdout)["sources"]["contacts"]["identifiers"]
+    assert counted["csv"]["meta"] and counted["duck"] == counted["csv"] == counted["pg"]
 
 
 # -- the DP ledger's dataset id ----------------------------------------------------------------

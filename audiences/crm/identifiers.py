@@ -1232,8 +1232,8 @@ def identifier_outcomes(
     :func:`identifier_quality` counts), the layouts' shared steps computed once: one
     column per layout and identifier, named ``"{layout}:{field}"``, holding ``valid``,
     ``already_hashed``, ``empty``, ``defaulted`` or the invalid reason. To be counted in
-    batches (``audiences columns --identifiers``): grouping every outcome at once held
-    the whole export's normalization."""
+    batches (``audiences columns --identifiers``): the plan does not stream, so over a
+    whole export at once it holds the export's normalization (9.1 GB for 10M contacts)."""
     staged, per_layout = _staged_layouts(lf, identity, layouts, (), as_of, sending=True)
     outcomes: dict[str, pl.Expr] = {}
     for layout, fields in zip(layouts, per_layout, strict=True):
