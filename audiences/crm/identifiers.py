@@ -1199,15 +1199,10 @@ def identifier_quality(
     mapping provides, plus ``country`` (``default_country`` always provides one); an
     outcome with no rows has no line.
     """
-    staged, fields = _staged(lf, identity, layout, (), as_of, sending=True)
-    outcomes: dict[str, pl.Expr] = {}
-    for field in fields.values():
-        name = field.identity_field
-        if name == "country" or getattr(identity, name) is not None:
-            outcomes.setdefault(name, field.outcome.alias(name))
+    outcomes = identifier_outcomes(lf, identity, [layout], as_of=as_of)  # type: ignore[list-item]
     is_status = pl.col("outcome").is_in(OUTCOME_STATUSES)
     return (
-        staged.select(*outcomes.values())
+        outcomes.rename(lambda column: column.removeprefix(f"{layout}:"))
         .unpivot(variable_name="field", value_name="outcome")
         .group_by("field", "outcome")
         .agg(pl.len().alias("rows"))

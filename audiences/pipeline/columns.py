@@ -26,14 +26,18 @@ from audiences.core.errors import UsageError
 MAX_LISTED = 30
 
 
+def _identity_columns(config: ProjectConfig) -> list[str]:
+    """The contacts columns the identity mapping names."""
+    mapped = config.identity.model_dump().items()
+    return [column for field, column in mapped if field != "default_country" and column]
+
+
 def roles(config: ProjectConfig, source: str) -> dict[str, str]:
     """Column → role: identity, consent, sensitive, quasi-identifier (else none)."""
     out: dict[str, str] = {}
     if source == "contacts":
         out[config.sources.contacts.id] = "identity"
-        for field, column in config.identity.model_dump().items():
-            if field != "default_country" and column:
-                out[column] = "identity"
+        out |= dict.fromkeys(_identity_columns(config), "identity")
         for column in config.consent.model_dump().values():
             if isinstance(column, str):  # (not the per-purpose words)
                 out[column] = "consent"
@@ -90,8 +94,8 @@ def _identifiers(frame: pl.LazyFrame, config: ProjectConfig, k: int) -> dict[str
 
     today = clock.today()
     identity = config.identity
-    read = sorted({c for c in identity.model_dump().values() if isinstance(c, str)})
     schema = frame.collect_schema()
+    read = sorted({c for c in _identity_columns(config) if c in schema})
     totals: Counter[tuple[str, str]] = Counter()
 
     def count(batch: pl.DataFrame) -> None:
@@ -105,34 +109,22 @@ def _identifiers(frame: pl.LazyFrame, config: ProjectConfig, k: int) -> dict[str
                 totals[(column, outcome if outcome is not None else "unknown")] += n
 
     # only the identity columns stream through, in batches
-    frame.select([c for c in read if c in schema]).sink_batches(
-        count, chunk_size=_BATCH_ROWS, lazy=False
-    )
-    out: dict[str, Any] = {layout: [] for layout in LAYOUTS}
-    for (column, outcome), n in sorted(totals.items(), key=_outcome_order):
+    frame.select(read).sink_batches(count, chunk_size=_BATCH_ROWS, lazy=False)
+    found = []
+    for (column, outcome), n in totals.items():
         layout, _, field = column.partition(":")
         status = outcome if outcome in OUTCOME_STATUSES else "invalid"
+        found.append((layout, field, status, None if status == outcome else outcome, n))
+    out: dict[str, Any] = {layout: [] for layout in LAYOUTS}
+    # by identifier, then status, then reason (none first), as identifier_quality sorts
+    for layout, field, status, reason, n in sorted(found, key=lambda r: (*r[:3], r[3] or "")):
         out[layout].append(
-            {
-                "field": field,
-                "status": status,
-                "reason": None if status == outcome else outcome,
-                "rows": n if n >= k else f"< {k}",
-            }
+            {"field": field, "status": status, "reason": reason, "rows": n if n >= k else f"< {k}"}
         )
     return out
 
 
 _BATCH_ROWS = 500_000
-
-
-def _outcome_order(item: tuple[tuple[str, str], int]) -> tuple[str, str, str]:
-    """By identifier, then status, then reason (as ``identifier_quality`` sorts)."""
-    from audiences.crm.identifiers import OUTCOME_STATUSES
-
-    (column, outcome), _ = item
-    status = outcome if outcome in OUTCOME_STATUSES else "invalid"
-    return column, status, "" if status == outcome else outcome
 
 
 def _columns(
