@@ -1199,7 +1199,7 @@ def identifier_quality(
     mapping provides, plus ``country`` (``default_country`` always provides one); an
     outcome with no rows has no line.
     """
-    outcomes = identifier_outcomes(lf, identity, [layout], as_of=as_of)  # type: ignore[list-item]
+    outcomes = identifier_outcomes(lf, identity, [layout], as_of=as_of)
     is_status = pl.col("outcome").is_in(OUTCOME_STATUSES)
     return (
         outcomes.rename(lambda column: column.removeprefix(f"{layout}:"))
