@@ -28,6 +28,7 @@ from audiences.crm.identifiers import (
     member_key,
     normalized_exprs,
     normalized_layout,
+    plainly_valid_email,
 )
 
 AS_OF = dt.date(2025, 6, 1)
@@ -578,6 +579,61 @@ _emails = st.one_of(
     st.builds(lambda a, d, s: f"{s}{a}@{d}{s}", _local, _domain, st.sampled_from(["", " ", "\t"])),
     st.text(max_size=20),
 )
+
+
+# the characters an address check turns on: separators, dots, a +tag, hyphens at label
+# ends, whitespace of several kinds, letters of other scripts and cases, an IDN prefix
+_email_chars = st.text(st.sampled_from("aZ9.+-_@ \t\u00a0éÉİß"), max_size=8)
+_tricky_emails = st.one_of(
+    st.builds(
+        lambda pre, local, domain, tld, post: f"{pre}{local}@{domain}.{tld}{post}",
+        st.sampled_from(["", " ", "\u2003"]),
+        _email_chars,
+        _email_chars,
+        st.sampled_from(["com", "c", "DE", "xn--p1ai", "XN--P1AI", "xn--", "co-", "1x", "é"]),
+        st.sampled_from(["", " ", ".", "\u2003"]),
+    ),
+    st.builds(
+        lambda local, domain: f"{local}@{domain}",
+        _email_chars,
+        st.sampled_from(["gmail.com", "GoogleMail.com", "clinic.org", "x"]),
+    ),
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_tricky_emails, min_size=1, max_size=30))
+def test_a_plainly_valid_email_is_valid_in_every_layout(values: list[str]) -> None:
+    """The linkage skips a record whose raw e-mail is plainly valid when it looks for
+    records with no e-mail (a superset prefilter): that must never skip a record that
+    has no e-mail to a platform."""
+    frame = pl.DataFrame({"v": values}, schema={"v": pl.String})
+    plain = frame.select(plainly_valid_email(pl.col("v")).fill_null(False)).to_series()
+    for layout, column in (("meta", "EMAIL"), ("google_ads", "hashed_email")):
+        got = normalized(frame.lazy(), layout, IdentityMapping(email="v"))[column]
+        missed = [v for v, p, g in zip(values, plain, got, strict=True) if p and g is None]
+        assert not missed, (layout, missed)
+
+
+def test_plainly_valid_email_examples() -> None:
+    values = [
+        " Pat.Lee+news@Clinic.ORG ",
+        "pat@mail.xn--p1ai",
+        "josé@exämple.de",
+        "pat@",
+        "pat@clinic",
+        "@clinic.org",
+        "pat@@clinic.org",
+        ".+pat@gmail.com",
+        "pat@clinic.org.",
+        "pat@-clinic.org",
+        None,
+        "n/a",
+    ]
+    frame = pl.DataFrame({"v": values}, schema={"v": pl.String})
+    got = frame.select(plainly_valid_email(pl.col("v")).fill_null(False)).to_series().to_list()
+    assert got == [True, True, True] + [False] * 9
 
 
 def _renormalizes_to_itself(values: list[str], identity: IdentityMapping) -> None:

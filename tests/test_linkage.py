@@ -282,6 +282,11 @@ def spelled(draw: Any, i: int) -> dict[str, Any]:
             [f"{local}@{domain}", f" {local.upper()}@{domain} ", None, sha(f"{local}@{domain}")]
         )
     )
+    if draw(st.integers(0, 5)) == 0:
+        # an `@` that makes no address (none to either platform, or to Google alone: a
+        # gmail local part of dots and a +tag is empty once normalized)
+        bad = [f"{local}@", f"{local}@{domain.split('.')[0]}", f"@{domain}", f"{local}@@{domain}"]
+        email = draw(st.sampled_from([*bad, f".+{local}@{domain}", f" {local}@{domain}."]))
     a, b, c = phone[:3], phone[3:6], phone[6:]
     phone_value = draw(
         st.sampled_from(
@@ -779,8 +784,21 @@ def pat(i: int, **values: Any) -> dict[str, Any]:
         {"city": " ALBANY", "state": "New York", "zip": "12207"},  # spelled otherwise
         {"phone": "555-0101"},  # seven digits, but no US number: no phone to Meta
         {"phone": "518-555-010"},  # nine
+        {"email": "pat@"},  # an `@` that makes no address: no e-mail to anybody
+        {"email": "pat.lee@clinic"},  # no top-level domain
+        {"email": "@clinic.org", "phone": "555-0101"},  # no local part, no phone
     ],
-    ids=["bare", "placeholders", "placeholder-email", "spelling", "short-phone", "nine-digits"],
+    ids=[
+        "bare",
+        "placeholders",
+        "placeholder-email",
+        "spelling",
+        "short-phone",
+        "nine-digits",
+        "at-sign-alone",
+        "no-tld",
+        "no-local-part",
+    ],
 )
 def test_an_opt_out_on_a_record_known_by_name_city_and_state_holds_crm_wide(
     opted_out: dict[str, Any],

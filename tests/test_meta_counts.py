@@ -160,12 +160,20 @@ def test_attack_records_entered_twice_without_email_or_phone(
     assert _min_size(p, destination)["evidence"]["members"] == "< 100"
 
 
-@pytest.mark.parametrize("destination", ["meta", "file"])
-def test_attack_records_entered_again_without_the_zip(make_project: Any, destination: str) -> None:
+@pytest.mark.parametrize(
+    ("destination", "email"),
+    [("meta", None), ("file", None), ("meta", "@"), ("meta", "@clinic")],
+    ids=["meta", "file", "meta-email-without-address", "meta-email-without-tld"],
+)
+def test_attack_records_entered_again_without_the_zip(
+    make_project: Any, destination: str, email: str | None
+) -> None:
     """60 people with no e-mail or phone, each entered a second time with only their name,
     city and state (no ZIP), plus one person: 121 records, and Meta matches both records
     of each on the name and place — 61 people. Counted apart (name + ZIP linked only the
-    records that both had one), the list passed ``min_size``."""
+    records that both had one), the list passed ``min_size``. The copies may carry an
+    "e-mail" with an ``@`` that is no address (``c7@``): still no identifier, still one
+    person with the record of their name and place."""
     p = make_project(rows=3000)
     one, chosen = blank_people(p, 60, ("email", "phone"))
     placed = p.contacts().filter(
@@ -175,6 +183,10 @@ def test_attack_records_entered_again_without_the_zip(make_project: Any, destina
     chosen = placed.get_column("contact_id").to_list()
     assert len(chosen) >= 55
     copies = _entered_twice(p, chosen, without=("zip",))
+    if email is not None:
+        copy = pl.col("contact_id").is_in(copies)
+        spelled = pl.when(copy).then(pl.col("contact_id") + email).otherwise(pl.col("email"))
+        p.write_contacts(p.contacts().with_columns(spelled.alias("email")))
     approved_segment(p, "padded", destination, listed([one, *chosen, *copies]))
     attack = p.cli("build", "padded", "--as-of", DAY)
     assert attack.exit_code == 3, attack.stdout + attack.stderr

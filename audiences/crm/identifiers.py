@@ -254,6 +254,21 @@ RESERVED_EMAIL_DOMAINS = (
 )  # fmt: skip
 
 
+# A raw e-mail (any case, spaces around it) whose trimmed, lowercase address passes the
+# address check of every layout: a local part, the domain as ``_DOMAIN``, and a local part
+# that keeps a character once Google drops a gmail address's dots and ``+tag`` (it starts,
+# after any dots, with neither ``+`` nor ``@``). A superset test's complement: a value
+# that does not match may still be valid.
+_PLAINLY_VALID_EMAIL = rf"(?i)^\s*\.*[^@\s.+][^@\s]*{_DOMAIN.removesuffix('$')}\s*$"
+
+
+def plainly_valid_email(raw: pl.Expr) -> pl.Expr:
+    """True only for a raw value that every layout normalizes to a valid e-mail address
+    (:meth:`_Normalizer._email_field`); false or null says nothing (a hashed value, a
+    placeholder, an address of unusual spelling). It does not judge a reserved domain."""
+    return raw.str.contains(_PLAINLY_VALID_EMAIL)
+
+
 def reserved_email(email: pl.Expr) -> pl.Expr:
     """True for a normalized (trimmed, lowercase) e-mail at a reserved domain."""
     return pl.any_horizontal(

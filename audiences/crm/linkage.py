@@ -45,6 +45,7 @@ from audiences.crm.identifiers import (
     IdentityMapping,
     Layout,
     normalized_layout,
+    plainly_valid_email,
     reserved_email,
 )
 
@@ -337,8 +338,9 @@ _RESERVED_RAW = (
 def _may_be_blank(frame: pl.DataFrame, links: Sequence[Link]) -> pl.Series:
     """The row numbers of ``frame`` (holding the links' columns) whose record may have
     neither a valid e-mail nor a valid phone as the platforms receive them, judged on the
-    raw e-mail alone (a superset: an e-mail that is missing, has no ``@`` or is at a
-    reserved domain is no identifier); :func:`_blank_exact` then decides on the exact
+    raw e-mail alone: a superset, every row but those whose e-mail is plainly a valid
+    address (:func:`plainly_valid_email`) off the reserved domains — an ``@`` alone makes
+    no address (``pat@``, ``pat@clinic``). :func:`_blank_exact` then decides on the exact
     keys of the rows it keeps. (The phone is left to the exact test: a number of seven
     digits or more can still be no phone — too short for its country, say.)"""
     email = next((link.columns[0] for link in links if link.name == "email"), None)
@@ -346,8 +348,8 @@ def _may_be_blank(frame: pl.DataFrame, links: Sequence[Link]) -> pl.Series:
     if email is None:
         return frame.select(rows).to_series()
     raw = _text(email)
-    missing = raw.is_null() | ~raw.str.contains("@", literal=True)
-    return frame.select(rows.filter(missing | raw.str.contains(_RESERVED_RAW))).to_series()
+    sent = plainly_valid_email(raw).fill_null(False) & ~raw.str.contains(_RESERVED_RAW)
+    return frame.select(rows.filter(~sent)).to_series()
 
 
 def _blank_exact(rows: pl.DataFrame, links: Sequence[Link]) -> pl.Series:
@@ -459,8 +461,9 @@ def exact_keys(frames: Sequence[pl.DataFrame], links: Sequence[Link]) -> list[pl
 _POS = "__link_pos"
 # bump when the index's columns or the coarse keys change (2: 32-bit keys; 3: name with
 # city and state, of records with neither e-mail nor phone; 4: of every record without a
-# valid-looking e-mail, its phone judged exactly later)
-INDEX_FORMAT = 4
+# valid-looking e-mail, its phone judged exactly later; 5: an e-mail with an ``@`` that is
+# no address is none)
+INDEX_FORMAT = 5
 Seeds = tuple[int, int, int, int]
 UNKEYED: Seeds = (0, 0, 0, 0)  # an index that never leaves the process
 # the row index type of this polars build (UInt32, or UInt64 in the big-index build)
