@@ -336,7 +336,12 @@ _RESERVED_RAW = (
 
 
 def _may_be_blank(frame: pl.DataFrame, links: Sequence[Link]) -> pl.Series:
-    """The row numbers of ``frame`` (holding the links' columns) whose record may have
+    """:func:`_may_be_blank_query` of ``frame``, collected."""
+    return _may_be_blank_query(frame.lazy(), links).collect().to_series()
+
+
+def _may_be_blank_query(lf: pl.LazyFrame, links: Sequence[Link]) -> pl.LazyFrame:
+    """The row numbers of ``lf`` (holding the links' columns) whose record may have
     neither a valid e-mail nor a valid phone as the platforms receive them, judged on the
     raw e-mail alone: a superset, every row but those whose e-mail is plainly a valid
     address (:func:`plainly_valid_email`) off the reserved domains — an ``@`` alone makes
@@ -346,10 +351,10 @@ def _may_be_blank(frame: pl.DataFrame, links: Sequence[Link]) -> pl.Series:
     email = next((link.columns[0] for link in links if link.name == "email"), None)
     rows = pl.int_range(pl.len(), dtype=pl.UInt32)
     if email is None:
-        return frame.select(rows).to_series()
+        return lf.select(rows)
     raw = _text(email)
     sent = plainly_valid_email(raw).fill_null(False) & ~raw.str.contains(_RESERVED_RAW)
-    return frame.select(rows.filter(~sent)).to_series()
+    return lf.select(rows.filter(~sent))
 
 
 def _blank_exact(rows: pl.DataFrame, links: Sequence[Link]) -> pl.Series:
@@ -621,28 +626,30 @@ def _index_rows(
         records = records.with_columns(
             e.fill_null(False).alias(n) for e, n in zip(lookups, names, strict=True)
         )
+
     # the links' stages side by side: one after the other, a batch's keying left a core
     # idle part of the time (the index at 10M contacts: median 4.13 s, 3.89 s side by side)
     # a blank-only link keys only the records that may have neither e-mail nor phone
-    # (a few per cent: staged alone, then put back in place)
-    blank = _may_be_blank(records, links) if any(link.blank_only for link in links) else None
-
-    def keyed_rows(link: Link) -> pl.DataFrame:
-        frame = records.select(link.columns)
-        return frame[blank] if link.blank_only and blank is not None else frame
-
-    staged = [
-        link.stage(keyed_rows(link), link.raw_fields(), link.out).select(
+    # (a few per cent: found beside the other links' stages, staged alone after them,
+    # then put back in place)
+    def staged(link: Link, frame: pl.DataFrame) -> pl.LazyFrame:
+        return link.stage(frame, link.raw_fields(), link.out).select(
             _keyed(pl.col(link.out), seeds).alias(link.out),
             pl.col(f"{link.out}_ok").fill_null(True),
         )
-        for link in links
-    ]
-    staged_frames = pl.collect_all(staged, engine="streaming")
+
+    queries = [staged(k, records.select(k.columns)) for k in links if not k.blank_only]
+    blank_only = [link for link in links if link.blank_only]
+    if blank_only:
+        queries.append(_may_be_blank_query(records.lazy(), links))
+    done = iter(pl.collect_all(queries, engine="streaming"))
+    staged_frames = [pl.DataFrame() if link.blank_only else next(done) for link in links]
+    blank = next(done).to_series() if blank_only else None
     for i, link in enumerate(links):
         if link.blank_only:
             assert blank is not None
-            few, n = staged_frames[i], records.height
+            few = _collect(staged(link, records.select(link.columns)[blank]))
+            n = records.height
             keys = pl.repeat(None, n, dtype=pl.UInt32, eager=True).alias(link.out)
             oks = pl.repeat(True, n, eager=True).alias(f"{link.out}_ok")
             staged_frames[i] = pl.DataFrame(
