@@ -223,7 +223,11 @@ def read_source(name: str, source: SourceConfig, config: ProjectConfig) -> pl.La
     fmt = source.resolved_format
     try:
         if fmt == "parquet":
-            lf = pl.scan_parquet(path)
+            # "prefiltered": a filter's columns are decoded first and the others only for
+            # the rows it keeps (a segment keeps a few per cent of the contacts and events;
+            # 10M contacts, seven builds in turn: first build 15.51 → 14.74 s, a second
+            # segment 7.52 → 7.20 s, medians)
+            lf = pl.scan_parquet(path, parallel="prefiltered")
         elif fmt == "ndjson":
             lf = pl.scan_ndjson(path, infer_schema_length=10_000)
         else:
