@@ -261,6 +261,40 @@ def test_invariant_on_the_values_most_likely_to_break_it() -> None:
     )
 
 
+_blank_domains = st.sampled_from(
+    ["gmail.com", "clinic.org", "Example.COM", "x.test", "localhost", "mail.invalid", "c", ""]
+)
+_blank_emails = st.one_of(
+    st.builds(
+        lambda pre, local, domain, post: f"{pre}{local}@{domain}{post}",
+        st.sampled_from(["", " ", "\u2003"]),
+        st.text(st.sampled_from("aZ.+-@ \u00e9\u0130\u017f"), max_size=6),
+        _blank_domains,
+        st.sampled_from(["", " ", ".", "\t"]),
+    ),
+    emails,
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_blank_emails, st.sampled_from([None, "555-0101", "(425) 554-6755"]))))
+def test_the_raw_prefilter_keeps_every_record_without_an_email_or_phone(rows: list) -> None:
+    """The name + city + state rules look for records with neither an e-mail nor a phone
+    the platforms receive among the rows a raw prefilter keeps (``_may_be_blank``): it
+    must keep every row the exact test (``_blank_exact``) finds — a placeholder address,
+    an ``@`` that makes no address, a gmail address Google empties, any case or spacing."""
+    from audiences.crm.linkage import _ROW, _blank_exact, _may_be_blank
+
+    records = frame(
+        [person(i, email=e, phone=ph, zip=None) for i, (e, ph) in enumerate(rows)]
+    ).with_row_index(_ROW)
+    links = links_for(config(), records.schema)
+    kept = set(_may_be_blank(records, links).to_list())
+    blank = set(_blank_exact(records, links).to_list())
+    assert blank <= kept, [rows[i] for i in sorted(blank - kept)]
+
+
 # ------------------------------------------------------------------ 2. against the reference
 _people = [
     ("pat.lee", "4255546755", "Pat", "Lee", "98037"),
