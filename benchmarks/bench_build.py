@@ -379,23 +379,25 @@ def run_duckdb(
     return run, int(json.loads(run.stdout.strip().splitlines()[-1])["rows"])
 
 
-def disagreements(build_file: Path, duckdb_file: Path) -> tuple[list[str], list[str]]:
-    """(failures, notes) comparing the build's release file with the DuckDB output: the
-    row count and the set of hashed emails must be equal; other columns that differ,
-    person by person, are noted."""
+def disagreements(
+    build_file: Path, job_file: Path, engine: str = "DuckDB"
+) -> tuple[list[str], list[str]]:
+    """(failures, notes) comparing the build's release file with a hand-written job's
+    output (``engine``'s): the row count and the set of hashed emails must be equal;
+    other columns that differ, person by person, are noted."""
     import polars as pl
 
-    ours, theirs = pl.read_parquet(build_file), pl.read_parquet(duckdb_file)
+    ours, theirs = pl.read_parquet(build_file), pl.read_parquet(job_file)
     failures: list[str] = []
     notes: list[str] = []
     if ours.height != theirs.height:
-        failures.append(f"rows: build {ours.height:,}, DuckDB {theirs.height:,}")
+        failures.append(f"rows: build {ours.height:,}, {engine} {theirs.height:,}")
     email = "google_ads_hashed_email"
     mine, other = set(ours.get_column(email)), set(theirs.get_column(email))
     if mine != other:
         failures.append(
             f"hashed emails: {len(mine - other):,} only in the build, {len(other - mine):,} "
-            "only in DuckDB"
+            f"only in {engine}"
         )
     if failures:
         return failures, notes

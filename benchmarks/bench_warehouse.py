@@ -203,7 +203,7 @@ class JobFloor:
 def _agreement(build_release: Path, job_out: Path, engine: str) -> str:
     """bench_build's check: rows and hashed emails equal (raises otherwise); other
     columns that differ, noted."""
-    failures, notes = disagreements(build_release, Path(f"{job_out}.parquet"))
+    failures, notes = disagreements(build_release, Path(f"{job_out}.parquet"), engine)
     if failures:
         raise RuntimeError(f"the {engine} job disagrees with the build: " + "; ".join(failures))
     return "rows+emails" + (f" (differ: {', '.join(notes)})" if notes else ", all 19")
