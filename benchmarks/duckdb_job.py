@@ -25,7 +25,9 @@ names to its platform (policies/sendable.py).
 The identifiers are normalized as the release does (``audiences.crm.identifiers``:
 trimming, placeholders, Google's gmail canonicalization, the email domain check, NANP
 phones with their ``00`` / ``011`` prefixes and extensions, NFC names), restated in SQL;
-the country handling is the sample's (every record is in the US). ``bench_build`` checks
+the country handling is the sample's (every record is in the US), and the reserved e-mail
+domains (``example.com``, ``.test``, …: never sent) are not restated — the sample has no
+address at one. ``bench_build`` checks
 that the row count and the hashed-email column agree exactly with the build's release
 file, and reports any other column that does not. Prints ``{"rows", "rounds",
 "seconds"}`` as JSON; ``--stages`` also prints each statement's wall seconds to stderr.
