@@ -335,15 +335,13 @@ def apply_consent(con: Stages, link: bool) -> None:
     )
 
 
-def namesakes(con: Stages, table: str, key: str, present: str) -> None:
-    """Table ``table``: (contact_id, k) of the records a name key ``key`` links among the
-    segment's records (``present``: it is complete): in each group sharing it, every
-    record whose e-mail and phone no other of them contradicts, and the first by CRM id
-    of those another contradicts (the first of the group if none is)."""
-    con.run(
-        table,
-        f"""CREATE TEMP TABLE {table} AS
-      WITH g AS (SELECT contact_id, e_key, p_key, {key} AS k FROM cand WHERE {present}),
+def namesakes_query(key: str, present: str) -> str:
+    """(contact_id, k) of the records a name key ``key`` links among the segment's records
+    (``cand``; ``present``: the key is complete): in each group sharing it, every record
+    whose e-mail and phone no other of them contradicts, and the first by CRM id of those
+    another contradicts (the first of the group if none is). Plain SQL that PostgreSQL
+    runs too (benchmarks/pg_job.py)."""
+    return f"""WITH g AS (SELECT contact_id, e_key, p_key, {key} AS k FROM cand WHERE {present}),
         s AS (SELECT k, count(DISTINCT e_key) AS ne, count(DISTINCT p_key) AS np
           FROM g GROUP BY k HAVING count(*) > 1),
         a AS (SELECT g.contact_id, g.k,
@@ -352,58 +350,54 @@ def namesakes(con: Stages, table: str, key: str, present: str) -> None:
         f AS (SELECT k, coalesce(min(contact_id) FILTER (WHERE NOT agrees), min(contact_id))
             AS first FROM a GROUP BY k)
       SELECT a.contact_id, a.k FROM a JOIN f USING (k)
-      WHERE a.agrees OR a.contact_id = f.first""",
-    )
+      WHERE a.agrees OR a.contact_id = f.first"""
 
 
-def bare_places(con: Stages, table: str, zip_present: str) -> None:
-    """Table ``table``: (contact_id, k) of the records Meta's name, city and state links:
+def bare_places_query(zip_present: str) -> str:
+    """(contact_id, k) of the records Meta's name, city and state links among ``cand``:
     each record with no e-mail, phone or name + ZIP, with the first record by CRM id of
-    its name and place that has one (the first of them if none has)."""
-    con.run(
-        table,
-        f"""CREATE TEMP TABLE {table} AS
-      WITH g AS (SELECT contact_id, concat_ws(chr(31), m_fn, m_ln, m_ct, st) AS k,
+    its name and place that has one (the first of them if none has). PostgreSQL too."""
+    return f"""WITH g AS (SELECT contact_id, concat_ws(chr(31), m_fn, m_ln, m_ct, st) AS k,
           e_key IS NULL AND p_key IS NULL AND NOT coalesce({zip_present}, false) AS bare
           FROM cand WHERE m_fn IS NOT NULL AND m_ln IS NOT NULL AND m_ct IS NOT NULL
             AND st IS NOT NULL AND cc = 'US'),
         f AS (SELECT k, coalesce(min(contact_id) FILTER (WHERE NOT bare), min(contact_id))
             AS first FROM g GROUP BY k HAVING bool_or(bare) AND count(*) > 1)
-      SELECT g.contact_id, g.k FROM g JOIN f USING (k) WHERE g.bare OR g.contact_id = f.first""",
-    )
+      SELECT g.contact_id, g.k FROM g JOIN f USING (k) WHERE g.bare OR g.contact_id = f.first"""
+
+
+# a record whose name with its country and postal code is complete
+ZIP_PRESENT = "fn IS NOT NULL AND ln IS NOT NULL AND cc IS NOT NULL AND z IS NOT NULL"
+# label propagation over the segment's records (``cand``, with the name links ``nz`` and
+# ``np``): the start, and one round (``lab`` → ``lab2``; ``old``: the label before it)
+LABELS = """SELECT c.contact_id, e_key, p_key, nz.k AS gz, np.k AS gp,
+      c.contact_id AS label FROM cand c LEFT JOIN nz USING (contact_id)
+      LEFT JOIN np USING (contact_id)"""
+LABEL_ROUND = """WITH e AS (SELECT e_key, min(label) AS m FROM lab WHERE e_key IS NOT NULL GROUP BY 1),
+      p AS (SELECT p_key, min(label) AS m FROM lab WHERE p_key IS NOT NULL GROUP BY 1),
+      z AS (SELECT gz, min(label) AS m FROM lab WHERE gz IS NOT NULL GROUP BY 1),
+      c AS (SELECT gp, min(label) AS m FROM lab WHERE gp IS NOT NULL GROUP BY 1)
+    SELECT contact_id, e_key, p_key, gz, gp, label AS old,
+      least(label, coalesce(e.m, label), coalesce(p.m, label), coalesce(z.m, label),
+        coalesce(c.m, label)) AS label
+    FROM lab LEFT JOIN e USING (e_key) LEFT JOIN p USING (p_key)
+      LEFT JOIN z USING (gz) LEFT JOIN c USING (gp)"""
 
 
 def one_row_per_person(con: Stages, link: bool) -> int:
     """Table ``people``: the segment's records linked into people (label propagation to
     the smallest CRM id over all of them, the opted-out ones included: e-mail, phone, and
-    the name with a postal code of :func:`namesakes`, and with a city and state of
-    :func:`bare_places`); with ``link``, a person one of whose records opted out is left
+    the name with a postal code of :func:`namesakes_query`, and with a city and state of
+    :func:`bare_places_query`); with ``link``, a person one of whose records opted out is left
     out; each person released as their smallest kept CRM id, each identifier from their
     first kept record (by CRM id) that has one. Returns the rounds it took."""
-    zip_present = "fn IS NOT NULL AND ln IS NOT NULL AND cc IS NOT NULL AND z IS NOT NULL"
-    namesakes(con, "nz", "concat_ws(chr(31), fn, ln, cc, z)", zip_present)
-    bare_places(con, "np", zip_present)
-    con.run(
-        "lab",
-        """CREATE TEMP TABLE lab AS SELECT c.contact_id, e_key, p_key, nz.k AS gz,
-      np.k AS gp, c.contact_id AS label FROM cand c LEFT JOIN nz USING (contact_id)
-      LEFT JOIN np USING (contact_id)""",
-    )
+    key = "concat_ws(chr(31), fn, ln, cc, z)"
+    con.run("nz", f"CREATE TEMP TABLE nz AS {namesakes_query(key, ZIP_PRESENT)}")
+    con.run("np", f"CREATE TEMP TABLE np AS {bare_places_query(ZIP_PRESENT)}")
+    con.run("lab", f"CREATE TEMP TABLE lab AS {LABELS}")
     rounds = 0
     for rounds in range(1, 65):
-        con.run(
-            f"lab2: round {rounds}",
-            """CREATE TEMP TABLE lab2 AS
-          WITH e AS (SELECT e_key, min(label) AS m FROM lab WHERE e_key IS NOT NULL GROUP BY 1),
-            p AS (SELECT p_key, min(label) AS m FROM lab WHERE p_key IS NOT NULL GROUP BY 1),
-            z AS (SELECT gz, min(label) AS m FROM lab WHERE gz IS NOT NULL GROUP BY 1),
-            c AS (SELECT gp, min(label) AS m FROM lab WHERE gp IS NOT NULL GROUP BY 1)
-          SELECT contact_id, e_key, p_key, gz, gp, label AS old,
-            least(label, coalesce(e.m, label), coalesce(p.m, label), coalesce(z.m, label),
-              coalesce(c.m, label)) AS label
-          FROM lab LEFT JOIN e USING (e_key) LEFT JOIN p USING (p_key)
-            LEFT JOIN z USING (gz) LEFT JOIN c USING (gp)""",
-        )
+        con.run(f"lab2: round {rounds}", f"CREATE TEMP TABLE lab2 AS {LABEL_ROUND}")
         moved = con.run("  moved", "SELECT count(*) FROM lab2 WHERE label <> old").fetchone()
         con.run("  swap", "DROP TABLE lab; ALTER TABLE lab2 RENAME TO lab")
         if not moved or not moved[0]:

@@ -37,7 +37,17 @@ import psycopg
 # the vocabulary both hand-written jobs restate from audiences.crm (placeholders, denying
 # words, the email domain, a SHA-256 in hex): one copy, in duckdb_job.py beside this file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from duckdb_job import DENIED, DOMAIN, HEX, PLACEHOLDERS
+from duckdb_job import (
+    DENIED,
+    DOMAIN,
+    HEX,
+    LABEL_ROUND,
+    LABELS,
+    PLACEHOLDERS,
+    ZIP_PRESENT,
+    bare_places_query,
+    namesakes_query,
+)
 
 SPACES = "E' \\t\\n\\f\\r'"
 VALID = rf"^[^@\s]+{DOMAIN}"
@@ -235,37 +245,13 @@ def apply_consent(cur: psycopg.Cursor, link: bool) -> None:
     cur.execute("ANALYZE kept")
 
 
-# a record whose name with its country and postal code is complete
-ZIP_PRESENT = "fn IS NOT NULL AND ln IS NOT NULL AND cc IS NOT NULL AND z IS NOT NULL"
-
-
 def name_links(cur: psycopg.Cursor) -> None:
     """Tables ``nz``, ``np``: (contact_id, k) of the segment's records linked by a name
-    (``duckdb_job.namesakes``, ``duckdb_job.bare_places``): with a postal code, every
-    record no other of its group contradicts by e-mail or phone, and the first by CRM id
-    of those another contradicts (the first if none is); with a city and state, each
-    record with no e-mail, phone or name + postal code, and the first record of its name
-    and place that has one (the first of them if none has)."""
-    cur.execute(f"""CREATE UNLOGGED TABLE nz AS
-      WITH g AS (SELECT contact_id, e_key, p_key, concat_ws(chr(31), fn, ln, cc, z) AS k
-          FROM cand WHERE {ZIP_PRESENT}),
-        s AS (SELECT k, count(DISTINCT e_key) AS ne, count(DISTINCT p_key) AS np
-          FROM g GROUP BY k HAVING count(*) > 1),
-        a AS (SELECT g.contact_id, g.k,
-            (g.e_key IS NULL OR s.ne = 1) AND (g.p_key IS NULL OR s.np = 1) AS agrees
-          FROM g JOIN s USING (k)),
-        f AS (SELECT k, coalesce(min(contact_id) FILTER (WHERE NOT agrees), min(contact_id))
-            AS first FROM a GROUP BY k)
-      SELECT a.contact_id, a.k FROM a JOIN f USING (k)
-      WHERE a.agrees OR a.contact_id = f.first""")
-    cur.execute(f"""CREATE UNLOGGED TABLE np AS
-      WITH g AS (SELECT contact_id, concat_ws(chr(31), m_fn, m_ln, m_ct, st) AS k,
-          {BARE} AND NOT coalesce({ZIP_PRESENT}, false) AS bare
-          FROM cand WHERE m_fn IS NOT NULL AND m_ln IS NOT NULL AND m_ct IS NOT NULL
-            AND st IS NOT NULL AND cc = 'US'),
-        f AS (SELECT k, coalesce(min(contact_id) FILTER (WHERE NOT bare), min(contact_id))
-            AS first FROM g GROUP BY k HAVING bool_or(bare) AND count(*) > 1)
-      SELECT g.contact_id, g.k FROM g JOIN f USING (k) WHERE g.bare OR g.contact_id = f.first""")
+    with a postal code, and by a name with a city and state (the DuckDB script's own
+    queries: ``duckdb_job.namesakes_query``, ``duckdb_job.bare_places_query``)."""
+    key = "concat_ws(chr(31), fn, ln, cc, z)"
+    cur.execute(f"CREATE UNLOGGED TABLE nz AS {namesakes_query(key, ZIP_PRESENT)}")
+    cur.execute(f"CREATE UNLOGGED TABLE np AS {bare_places_query(ZIP_PRESENT)}")
 
 
 def one_row_per_person(cur: psycopg.Cursor, link: bool) -> int:
@@ -275,21 +261,10 @@ def one_row_per_person(cur: psycopg.Cursor, link: bool) -> int:
     out is left out; each person released as their smallest kept CRM id, each identifier
     from their first kept record (by CRM id) that has one. Returns the rounds it took."""
     name_links(cur)
-    cur.execute("""CREATE UNLOGGED TABLE lab AS SELECT c.contact_id, e_key, p_key, nz.k AS gz,
-      np.k AS gp, c.contact_id AS label FROM cand c LEFT JOIN nz USING (contact_id)
-      LEFT JOIN np USING (contact_id)""")
+    cur.execute(f"CREATE UNLOGGED TABLE lab AS {LABELS}")
     rounds = 0
     for rounds in range(1, 65):  # noqa: B007 (reported)
-        cur.execute("""CREATE UNLOGGED TABLE lab2 AS
-          WITH e AS (SELECT e_key, min(label) AS m FROM lab WHERE e_key IS NOT NULL GROUP BY 1),
-            p AS (SELECT p_key, min(label) AS m FROM lab WHERE p_key IS NOT NULL GROUP BY 1),
-            z AS (SELECT gz, min(label) AS m FROM lab WHERE gz IS NOT NULL GROUP BY 1),
-            c AS (SELECT gp, min(label) AS m FROM lab WHERE gp IS NOT NULL GROUP BY 1)
-          SELECT contact_id, e_key, p_key, gz, gp, label AS old,
-            least(label, coalesce(e.m, label), coalesce(p.m, label), coalesce(z.m, label),
-              coalesce(c.m, label)) AS label
-          FROM lab LEFT JOIN e USING (e_key) LEFT JOIN p USING (p_key)
-            LEFT JOIN z USING (gz) LEFT JOIN c USING (gp)""")
+        cur.execute(f"CREATE UNLOGGED TABLE lab2 AS {LABEL_ROUND}")
         moved = cur.execute("SELECT count(*) FROM lab2 WHERE label <> old").fetchone()
         cur.execute("DROP TABLE lab")
         cur.execute("ALTER TABLE lab2 RENAME TO lab")
