@@ -144,6 +144,8 @@ def place_keys(source: str) -> str:
 
 # Meta's state (the sample's are two-letter codes in either case, or empty)
 STATE = "nullif(lower(state), '')"
+# a record with neither an e-mail nor a phone the platforms receive
+BARE = "e_key IS NULL AND p_key IS NULL"
 
 
 def normalized(source: str, release: bool = False, place: bool = False) -> str:
@@ -296,7 +298,7 @@ def select_records(
     FROM read_parquet({_quoted(contacts)}) WHERE {out}"""
     # only the key columns: all that the linkage compares (half the CRM opted out); the
     # name, city and state only of the few with neither e-mail nor phone
-    bare = "e_key IS NULL AND p_key IS NULL"
+    bare = BARE
     con.run(
         "o: opted-out keys",
         f"""CREATE TEMP TABLE o AS SELECT e_key, p_key, fn, ln, cc, z,
@@ -358,7 +360,7 @@ def bare_places_query(zip_present: str) -> str:
     each record with no e-mail, phone or name + ZIP, with the first record by CRM id of
     its name and place that has one (the first of them if none has). PostgreSQL too."""
     return f"""WITH g AS (SELECT contact_id, concat_ws(chr(31), m_fn, m_ln, m_ct, st) AS k,
-          e_key IS NULL AND p_key IS NULL AND NOT coalesce({zip_present}, false) AS bare
+          {BARE} AND NOT coalesce({zip_present}, false) AS bare
           FROM cand WHERE m_fn IS NOT NULL AND m_ln IS NOT NULL AND m_ct IS NOT NULL
             AND st IS NOT NULL AND cc = 'US'),
         f AS (SELECT k, coalesce(min(contact_id) FILTER (WHERE NOT bare), min(contact_id))

@@ -34,16 +34,19 @@ import time
 
 import psycopg
 
-# the vocabulary both hand-written jobs restate from audiences.crm (placeholders, denying
-# words, the email domain, a SHA-256 in hex): one copy, in duckdb_job.py beside this file
+# what both hand-written jobs share, one copy in duckdb_job.py beside this file: the
+# vocabulary they restate from audiences.crm (placeholders, denying words, the email
+# domain, a SHA-256 in hex, Meta's state) and the plain-SQL queries that link people
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from duckdb_job import (
+    BARE,
     DENIED,
     DOMAIN,
     HEX,
     LABEL_ROUND,
     LABELS,
     PLACEHOLDERS,
+    STATE,
     ZIP_PRESENT,
     bare_places_query,
     namesakes_query,
@@ -201,10 +204,6 @@ def select_records(
 
 # the segment's records, the opted-out ones included (people are linked over all of them)
 SEGMENT = "candidate AND contact_id IN (SELECT contact_id FROM clicked)"
-# Meta's state (the sample's are two-letter codes in either case, or empty)
-STATE = "nullif(lower(state), '')"
-# a record with neither an e-mail nor a phone the platforms receive
-BARE = "e_key IS NULL AND p_key IS NULL"
 
 
 def apply_consent(cur: psycopg.Cursor, link: bool) -> None:
