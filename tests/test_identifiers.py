@@ -21,6 +21,7 @@ from audiences.core.errors import ConfigError, DataError, InternalError
 from audiences.crm.identifiers import (
     LAYOUTS,
     IdentityMapping,
+    calling_code_known,
     hashed_layout,
     hashed_layout_frame,
     hashed_layouts_frame,
@@ -29,6 +30,7 @@ from audiences.crm.identifiers import (
     normalized_exprs,
     normalized_layout,
     plainly_valid_email,
+    plainly_valid_phone,
 )
 
 AS_OF = dt.date(2025, 6, 1)
@@ -614,6 +616,85 @@ def test_a_plainly_valid_email_is_valid_in_every_layout(values: list[str]) -> No
         got = normalized(frame.lazy(), layout, IdentityMapping(email="v"))[column]
         missed = [v for v, p, g in zip(values, plain, got, strict=True) if p and g is None]
         assert not missed, (layout, missed)
+
+
+# the spellings a phone check turns on: prefixes (international, trunk, NANP's 1), area
+# codes and exchanges starting 0 or 1, separators of several kinds, extensions, digits of
+# another script; and countries with and without a calling code, known or not
+_PHONE_PARTS = (
+    ["", " ", "+1", "+1 ", "+ 1 ", "001-", "0011 ", "1-", "1 ", "1", "+", "00", "011 ",
+     "+44 ", "0", "+01", "011 1-", "0111", "11", "\u2003"],
+    ["", "("],
+    ["212", "425", "025", "129", "21", "2125", "9\u0661"],
+    ["", ")", ") ", " ", ".", "-", "  ", "\t", "\u00a0", "/"],
+    ["554", "154", "055", "55", "5545", "5\u06635"],
+    ["-", "", "\u2003"],
+    ["6755", "0000", "675", "67555"],
+    ["", " ext 9", "\u2003", "\u0660"],
+)  # fmt: skip
+_COUNTRIES = [
+    "US", "us", None, "", "United States", "Canada", "GB", "Italy", "San Marino", "IS", "ZZ",
+    "Narnia", "Россия", "DE",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("default", ["US", "GB", "IS", "IT"])
+def test_a_plainly_valid_phone_is_valid_in_every_layout(default: str) -> None:
+    """The linkage skips a record whose raw phone is plainly valid when it looks for
+    records with neither e-mail nor phone: that must never skip a record that has no phone
+    to a platform — in any country (one without a calling code, unknown, blank) and under
+    any default. Every spelling of a grid of number parts; those plainly valid with some
+    calling code, in every country."""
+    import itertools
+
+    spellings = pl.Series("v", ["".join(p) for p in itertools.product(*_PHONE_PARTS)])
+    maybe = spellings.filter(
+        pl.select(plainly_valid_phone(pl.lit(spellings), pl.lit(True))).to_series()
+    )
+    assert 1_000 < maybe.len() < spellings.len() / 10
+    frame = pl.DataFrame({"v": maybe}).join(
+        pl.DataFrame({"c": _COUNTRIES}, schema={"c": pl.String}), how="cross"
+    )
+    identity = IdentityMapping(phone="v", country="c", default_country=default)
+    known = calling_code_known(identity)
+    plain = frame.select(plainly_valid_phone(pl.col("v"), known).fill_null(False)).to_series()
+    assert plain.any() and not plain.all()
+    for layout, column in (("meta", "PHONE"), ("google_ads", "hashed_phone_number")):
+        got = normalized_layout(frame.lazy(), identity, layout).collect()[column]  # type: ignore[arg-type]
+        missed = frame.filter(plain & got.is_null())
+        assert missed.is_empty(), (layout, default, missed.head(5).rows())
+
+
+def test_plainly_valid_phone_examples() -> None:
+    values = [
+        "(425) 554-6755",
+        " 443.582.3962 ",
+        "+1 718 532 3495",
+        "001-217-524-5264",
+        "1-213-515-6984",
+        "555-0101",
+        "(025) 554-6755",
+        "425 554 675",
+        "425-554-6755 x12",
+        "+44 20 7946 0958",
+        "42555467550",
+        "+1 (425) 554-675\u0665",
+        None,
+    ]
+    frame = pl.DataFrame({"v": values}, schema={"v": pl.String})
+    expr = plainly_valid_phone(pl.col("v"), pl.lit(True))
+    got = frame.select(expr.fill_null(False)).to_series().to_list()
+    assert got == [True] * 5 + [False] * 8
+    # without a calling code for the row, only a number that brings its own
+    unknown = frame.select(plainly_valid_phone(pl.col("v"), pl.lit(False))).to_series()
+    assert unknown.fill_null(False).to_list() == [False, False, True, True] + [False] * 9
+    known = pl.DataFrame({"c": ["US", "Narnia", None, "IS"]}, schema={"c": pl.String})
+    for default, expected in (
+        ("US", [True, True, True, False]),
+        ("IS", [True, False, False, False]),
+    ):
+        identity = IdentityMapping(phone="v", country="c", default_country=default)
+        assert known.select(calling_code_known(identity)).to_series().to_list() == expected
 
 
 def test_plainly_valid_email_examples() -> None:

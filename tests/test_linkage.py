@@ -277,17 +277,29 @@ _blank_emails = st.one_of(
 )
 
 
+_blank_phones = st.sampled_from(
+    [None, "555-0101", "(425) 554-6755", "+1 425 554 6755", "1-425-554-6755", "(025) 554-6755",
+     "425-554-6755 x12", "001 425 554 6755", "n/a", "425 554 675"]
+)  # fmt: skip
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(_blank_emails, st.sampled_from([None, "555-0101", "(425) 554-6755"]))))
+@given(
+    st.lists(st.tuples(_blank_emails, _blank_phones, st.sampled_from(["US", "IS", None, "Narnia"])))
+)
 def test_the_raw_prefilter_keeps_every_record_without_an_email_or_phone(rows: list) -> None:
     """The name + city + state rules look for records with neither an e-mail nor a phone
     the platforms receive among the rows a raw prefilter keeps (``_may_be_blank``): it
     must keep every row the exact test (``_blank_exact``) finds — a placeholder address,
-    an ``@`` that makes no address, a gmail address Google empties, any case or spacing."""
+    an ``@`` that makes no address, a gmail address Google empties, any case or spacing;
+    a phone that is no number, or none in a country without a calling code."""
     from audiences.crm.linkage import _ROW, _blank_exact, _may_be_blank
 
     records = frame(
-        [person(i, email=e, phone=ph, zip=None) for i, (e, ph) in enumerate(rows)]
+        [
+            person(i, email=e, phone=ph, zip=None) | {"country": country}
+            for i, (e, ph, country) in enumerate(rows)
+        ]
     ).with_row_index(_ROW)
     links = links_for(config(), records.schema)
     kept = set(_may_be_blank(records, links).to_list())

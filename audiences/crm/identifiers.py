@@ -269,6 +269,33 @@ def plainly_valid_email(raw: pl.Expr) -> pl.Expr:
     return raw.str.contains(_PLAINLY_VALID_EMAIL)
 
 
+# A raw phone (spaces around it) that the phone normalization (:meth:`_Builder.phone`)
+# makes a valid number in every layout: ten digits of a NANP number — an area code and an
+# exchange, with spaces, dots, hyphens or brackets between the groups — after ``+1`` or
+# ``001`` (whatever the row's country), or alone or after ``1`` where the row's country
+# has a calling code (then its national number takes that code: 11 to 14 digits, none
+# with a leading 0, and NANP's ``1`` only where it is NANP). ASCII digits only: the
+# normalization keeps ``[0-9]``. A superset test's complement, as the e-mail's.
+_NANP_GROUPS = r"\(?[2-9][0-9]{2}\)?[ .\-]*[0-9]{3}[ .\-]*[0-9]{4}\s*$"
+_PLAINLY_VALID_PHONE_ANYWHERE = rf"^\s*(?:\+|00)1[ .\-]*{_NANP_GROUPS}"
+_PLAINLY_VALID_PHONE_NATIONAL = rf"^\s*(?:1[ .\-]*)?{_NANP_GROUPS}"
+
+
+def plainly_valid_phone(raw: pl.Expr, calling_code_known: pl.Expr) -> pl.Expr:
+    """True only for a raw phone that every layout normalizes to a valid number;
+    ``calling_code_known``: :func:`calling_code_known` of the row (or the same answers
+    looked up per distinct country). False or null says nothing."""
+    anywhere = raw.str.contains(_PLAINLY_VALID_PHONE_ANYWHERE)
+    return anywhere | (raw.str.contains(_PLAINLY_VALID_PHONE_NATIONAL) & calling_code_known)
+
+
+def calling_code_known(identity: IdentitySource) -> pl.Expr:
+    """True where the phone normalization gives a national number a calling code: that of
+    the row's country, else of ``default_country`` (the same expression it uses)."""
+    builder = _Builder(identity, "meta", schema=None, as_of=None, staged=False)
+    return builder.country_rules()[2].is_not_null()
+
+
 def reserved_email(email: pl.Expr) -> pl.Expr:
     """True for a normalized (trimmed, lowercase) e-mail at a reserved domain."""
     return pl.any_horizontal(
