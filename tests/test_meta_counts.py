@@ -161,18 +161,33 @@ def test_attack_records_entered_twice_without_email_or_phone(
 
 
 @pytest.mark.parametrize(
-    ("destination", "email"),
-    [("meta", None), ("file", None), ("meta", "@"), ("meta", "@clinic")],
-    ids=["meta", "file", "meta-email-without-address", "meta-email-without-tld"],
+    ("destination", "email", "phone"),
+    [
+        ("meta", None, None),
+        ("file", None, None),
+        ("meta", "@", None),
+        ("meta", "@clinic", None),
+        ("meta", None, "(025) 554-6"),
+        ("meta", None, "+1 425 554 "),
+    ],
+    ids=[
+        "meta",
+        "file",
+        "meta-email-without-address",
+        "meta-email-without-tld",
+        "meta-phone-without-area-code",
+        "meta-phone-too-short",
+    ],
 )
 def test_attack_records_entered_again_without_the_zip(
-    make_project: Any, destination: str, email: str | None
+    make_project: Any, destination: str, email: str | None, phone: str | None
 ) -> None:
     """60 people with no e-mail or phone, each entered a second time with only their name,
     city and state (no ZIP), plus one person: 121 records, and Meta matches both records
     of each on the name and place — 61 people. Counted apart (name + ZIP linked only the
     records that both had one), the list passed ``min_size``. The copies may carry an
-    "e-mail" with an ``@`` that is no address (``c7@``): still no identifier, still one
+    "e-mail" with an ``@`` that is no address (``c7@``), or a "phone" shaped like a number
+    that is none (an area code starting 0, a digit short): still no identifier, still one
     person with the record of their name and place."""
     p = make_project(rows=3000)
     one, chosen = blank_people(p, 60, ("email", "phone"))
@@ -183,10 +198,14 @@ def test_attack_records_entered_again_without_the_zip(
     chosen = placed.get_column("contact_id").to_list()
     assert len(chosen) >= 55
     copies = _entered_twice(p, chosen, without=("zip",))
+    copy = pl.col("contact_id").is_in(copies)
     if email is not None:
-        copy = pl.col("contact_id").is_in(copies)
         spelled = pl.when(copy).then(pl.col("contact_id") + email).otherwise(pl.col("email"))
         p.write_contacts(p.contacts().with_columns(spelled.alias("email")))
+    if phone is not None:  # (three digits that vary: a phone of its own to each copy)
+        digits = pl.col("contact_id").str.replace_all("[^0-9]", "").str.slice(-3).str.zfill(3)
+        number = pl.when(copy).then(pl.lit(phone) + digits).otherwise(pl.col("phone"))
+        p.write_contacts(p.contacts().with_columns(number.alias("phone")))
     approved_segment(p, "padded", destination, listed([one, *chosen, *copies]))
     attack = p.cli("build", "padded", "--as-of", DAY)
     assert attack.exit_code == 3, attack.stdout + attack.stderr
