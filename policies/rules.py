@@ -512,14 +512,20 @@ def _same_person_opted_out(ctx: FilterContext, own: list[pl.Expr]) -> pl.Series 
     if not own or df.height < 2:
         return None
     persons = ctx.persons
-    if persons is None or not persons.is_duplicated().any():
+    if persons is None:
         return None
-    return (
-        df.select(pl.any_horizontal(e.fill_null(False) for e in own).alias("o"))
-        .with_columns(persons.alias("p"))
+    shared = persons.is_duplicated()  # (a person of one record has no other record)
+    if not shared.any():
+        return None
+    rows = shared.arg_true()
+    same = (
+        df[rows]
+        .select(pl.any_horizontal(e.fill_null(False) for e in own).alias("o"))
+        .with_columns(persons.gather(rows).alias("p"))
         .select((pl.col("o").any().over("p") & ~pl.col("o")).alias("same"))
         .to_series()
     )
+    return pl.repeat(False, df.height, eager=True).alias("same").scatter(rows, same)
 
 
 def suppression(rule: Rule, ctx: FilterContext) -> Verdict:

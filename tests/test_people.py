@@ -340,3 +340,25 @@ def test_an_opt_out_on_any_record_of_the_person_excludes_the_person(
     assert consent.evidence["no_opt_in"] == 120
     assert consent.evidence["duplicate_of_opt_out"] == 120, consent.evidence
     assert consent.evidence["excluded"] == 240 and outcome.blocked
+
+
+def test_an_opt_out_reaches_the_other_records_of_its_person_only() -> None:
+    """The consent rule's same-person step, row by row: a record is flagged when another
+    record of its person opted out — records of people with one record, and the opted-out
+    records themselves, are not; the people's records need not be adjacent."""
+    from types import SimpleNamespace
+
+    from policies.rules import _same_person_opted_out
+
+    candidates = pl.DataFrame(
+        {
+            "opt_in": [True, False, True, False, True, True, True, False],
+            "person": ["a", "b", "c", "a", "d", "d", "e", "e"],
+        }
+    )
+    ctx = SimpleNamespace(candidates=candidates, persons=candidates.get_column("person"))
+    same = _same_person_opted_out(ctx, [~pl.col("opt_in")])  # type: ignore[arg-type]
+    assert same is not None
+    assert same.to_list() == [True, False, False, False, False, False, True, False]
+    alone = SimpleNamespace(candidates=candidates, persons=pl.Series([str(i) for i in range(8)]))
+    assert _same_person_opted_out(alone, [~pl.col("opt_in")]) is None  # type: ignore[arg-type]
