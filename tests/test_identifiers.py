@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from audiences.core.errors import ConfigError, DataError, InternalError
 from audiences.crm.identifiers import (
     LAYOUTS,
+    RESERVED_EMAIL_DOMAINS,
     IdentityMapping,
     calling_code_known,
     hashed_layout,
@@ -31,6 +32,7 @@ from audiences.crm.identifiers import (
     normalized_layout,
     plainly_valid_email,
     plainly_valid_phone,
+    reserved_email,
 )
 
 AS_OF = dt.date(2025, 6, 1)
@@ -928,3 +930,43 @@ def test_a_domain_that_only_looks_reserved_is_valid(raw: str) -> None:
     lf = contacts(email=[raw])
     assert hashed(lf, "meta")["EMAIL"].item() == sha(raw)
     assert quality(lf, "meta")[("email", "valid", None)] == 1
+
+
+def _reserved_reference(email: str) -> bool:
+    """The reserved-domain rule as the privacy notes state it, in plain Python: the
+    address ends with ``@`` or ``.`` followed by a reserved domain."""
+    return any(
+        email.endswith(f"{sep}{domain}") for domain in RESERVED_EMAIL_DOMAINS for sep in "@."
+    )
+
+
+def _reserved_grid() -> list[str]:
+    """Adversarial addresses around every reserved domain: the domain itself, a subdomain,
+    lookalikes (a letter in place of a dot, a longer or shorter name, a suffix after it,
+    another separator), a newline after it (the end anchor must not match before one)."""
+    values = ["", "@", ".", "example", "test", "a@", "a@.", "a@b"]
+    for domain in RESERVED_EMAIL_DOMAINS:
+        lookalike = domain.replace(".", "x")
+        for body in (domain, f"sub.{domain}", lookalike, f"{domain}x", domain[1:], f"x{domain}"):
+            for head in ("a@", "a.", "a", "a@b.", "a-", "a+"):
+                for tail in ("", ".", "\n", ".org", " "):
+                    values.append(f"{head}{body}{tail}")
+    return values
+
+
+def test_the_reserved_domain_test_is_the_rule_on_adversarial_addresses() -> None:
+    """One regular expression stands for 22 ``ends_with`` tests: it agrees with the rule on
+    every address of the grid, and the grid holds both answers for each domain."""
+    values = _reserved_grid()
+    got = pl.DataFrame({"e": values}).select(reserved_email(pl.col("e"))).to_series().to_list()
+    want = [_reserved_reference(v) for v in values]
+    assert got == want
+    for domain in RESERVED_EMAIL_DOMAINS:
+        assert _reserved_reference(f"a@{domain}") and not _reserved_reference(f"a@{domain}x")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="@.-abcdeilmnoprstxz\n ", max_size=24))
+def test_the_reserved_domain_test_is_the_rule_on_any_text(value: str) -> None:
+    got = pl.DataFrame({"e": [value]}).select(reserved_email(pl.col("e"))).item()
+    assert got == _reserved_reference(value)

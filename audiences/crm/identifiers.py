@@ -296,13 +296,21 @@ def calling_code_known(identity: IdentitySource) -> pl.Expr:
     return builder.country_rules()[2].is_not_null()
 
 
+# a normalized e-mail at a reserved domain or a subdomain of one: ``@`` or ``.`` then the
+# domain, at the very end (``$`` matches only there: no multi-line mode)
+_RESERVED_SUFFIX = (
+    r"[@.](?:" + "|".join(re.escape(domain) for domain in RESERVED_EMAIL_DOMAINS) + r")$"
+)
+
+
 def reserved_email(email: pl.Expr) -> pl.Expr:
-    """True for a normalized (trimmed, lowercase) e-mail at a reserved domain."""
-    return pl.any_horizontal(
-        email.str.ends_with(f"{sep}{domain}")
-        for domain in RESERVED_EMAIL_DOMAINS
-        for sep in ("@", ".")
-    )
+    """True for a normalized (trimmed, lowercase) e-mail at a reserved domain.
+
+    One regular expression anchored at the end, which the regex engine matches backwards
+    from there: 22 ``ends_with`` tests (each domain after ``@`` or ``.``) took 220 ms for
+    342k addresses, the expression 15 ms (``benchmarks/README.md``, "The reserved-domain
+    test as one expression")."""
+    return email.str.contains(_RESERVED_SUFFIX)
 
 
 _PHONE_EXTENSION = r"(?i)\s*(?:ext\.?|extension|x|#)\s*[0-9]{1,6}$"
