@@ -32,6 +32,7 @@ from audiences.core.errors import ConfigError, DataError
 from audiences.core.records import pick
 from audiences.crm.consent import column as _column
 from audiences.crm.consent import consent_denied, consent_signal, truthy
+from audiences.crm.distinct import duplicated
 from audiences.segments.model import classify_field
 
 if TYPE_CHECKING:
@@ -514,7 +515,7 @@ def _same_person_opted_out(ctx: FilterContext, own: list[pl.Expr]) -> pl.Series 
     persons = ctx.persons
     if persons is None:
         return None
-    shared = persons.is_duplicated()  # (a person of one record has no other record)
+    shared = duplicated(persons)  # (a person of one record has no other record)
     if not shared.any():
         return None
     rows = shared.arg_true()

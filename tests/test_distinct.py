@@ -93,3 +93,54 @@ def test_a_failing_first_read_leaves_the_error_to_the_query(tmp_path):
 def test_a_predicate_without_columns_is_left_alone():
     predicate = pl.lit(True)
     assert predicate_by_distinct(pl.LazyFrame({"a": [1]}), predicate).meta.eq(predicate)
+
+
+# -- duplicated: polars' is_duplicated, exactly, through a bucket filter ----------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.text(alphabet="ab", max_size=3)), max_size=60),
+    st.integers(min_value=1, max_value=8),
+)
+def test_duplicated_is_is_duplicated_on_any_strings(values: list[str | None], bits: int) -> None:
+    """Through the bucket filter whatever the length (``_FEW_ROWS`` 0) and with few
+    buckets (``bits``: distinct values share them), nulls included."""
+    saved = distinct._FEW_ROWS, distinct._MAX_BUCKET_BITS
+    distinct._FEW_ROWS, distinct._MAX_BUCKET_BITS = 0, bits
+    try:
+        series = pl.Series("p", values, dtype=pl.String)
+        assert distinct.duplicated(series).equals(series.is_duplicated())
+    finally:
+        distinct._FEW_ROWS, distinct._MAX_BUCKET_BITS = saved
+
+
+@pytest.mark.parametrize("bits", [22, 12, 6, 1])
+def test_duplicated_is_is_duplicated_on_a_long_series(bits: int) -> None:
+    """200k labels, a few hundred repeated (some three times), nulls, and 64-bit keys: the
+    same answer with many buckets (the filter leaves few rows), with few (distinct values
+    collide: the exact test must tell them apart) and with one (the whole series)."""
+    n = 200_000
+    labels = pl.Series("p", [f"C{i:07d}" for i in range(n)])
+    repeated = labels.gather(list(range(0, n, 700)) + list(range(0, n, 1400)))
+    series = pl.concat([labels, repeated, pl.Series("p", [None, None], dtype=pl.String)])
+    series = series.sample(fraction=1.0, shuffle=True, seed=1)
+    before = distinct._MAX_BUCKET_BITS
+    try:
+        distinct._MAX_BUCKET_BITS = bits
+        got = distinct.duplicated(series)
+        keys = series.hash()
+        got_keys = distinct.duplicated(keys)
+    finally:
+        distinct._MAX_BUCKET_BITS = before
+    want = series.is_duplicated()
+    assert int(want.sum()) == 2 * 286 + 143 + 2  # (the planted repeats and the nulls)
+    assert got.equals(want) and got.name == "p"
+    assert got_keys.equals(keys.is_duplicated())
+
+
+def test_duplicated_of_distinct_values_is_all_false_and_of_one_value_all_true() -> None:
+    n = 120_000
+    assert not distinct.duplicated(pl.Series(range(n), dtype=pl.UInt64)).any()
+    assert distinct.duplicated(pl.Series(["x"] * n)).all()
+    assert distinct.duplicated(pl.Series([], dtype=pl.String)).len() == 0

@@ -60,4 +60,35 @@ def predicate_by_distinct(frame: pl.LazyFrame, predicate: pl.Expr) -> pl.Expr:
     return pl.when(among(yes)).then(True).when(among(no)).then(False).otherwise(None)
 
 
-__all__ = ["MAX_DISTINCT", "predicate_by_distinct"]
+# Which values repeat, when nearly none do. The gate asks it of its people (one label per
+# candidate record, 933k of them for the benchmark's first segment at 10M contacts, 34k
+# of them in a person with another record) and of the records' coarse link keys; polars'
+# ``is_duplicated`` hashes and groups every value, 190 ms for those labels. A value that
+# repeats has all its rows in one bucket of its hash's top bits, so only rows in a
+# bucket of two or more can repeat: with about four buckets per row a fifth of the rows
+# (collisions included) is left for the exact test, and the labels take 63 ms
+# (``benchmarks/README.md``, "Which people have several records").
+_FEW_ROWS = 50_000  # below this the exact test alone is as fast
+_MAX_BUCKET_BITS = 22  # 4M buckets: a 32 MB count, whatever the length
+
+
+def duplicated(values: pl.Series) -> pl.Series:
+    """Exactly ``values.is_duplicated()`` (a null repeats another null), computed faster
+    on a long series of mostly distinct values."""
+    import numpy as np
+
+    n = values.len()
+    if n < _FEW_ROWS:
+        return values.is_duplicated()
+    bits = min(_MAX_BUCKET_BITS, (n - 1).bit_length() + 2)
+    bucket = (values.hash().to_numpy() >> np.uint64(64 - bits)).astype(np.intp)
+    maybe = np.flatnonzero(np.bincount(bucket, minlength=1 << bits)[bucket] > 1)
+    if maybe.size > n // 2:  # (too many rows share buckets: the filter saves nothing)
+        return values.is_duplicated()
+    out = np.zeros(n, dtype=bool)
+    if maybe.size:
+        out[maybe] = values.gather(maybe).is_duplicated().to_numpy()
+    return pl.Series(values.name, out, dtype=pl.Boolean)
+
+
+__all__ = ["MAX_DISTINCT", "duplicated", "predicate_by_distinct"]

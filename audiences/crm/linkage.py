@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import polars as pl
 
 from audiences.core.memory import own_strings
-from audiences.crm.distinct import predicate_by_distinct
+from audiences.crm.distinct import duplicated, predicate_by_distinct
 from audiences.crm.identifiers import (
     RESERVED_EMAIL_DOMAINS,
     IdentityMapping,
@@ -964,7 +964,7 @@ def person_keys(records: pl.DataFrame, config: ProjectConfig, by: str) -> pl.Ser
         [
             pl.Series(_ROW, [], dtype=pl.UInt32),
             *(
-                keys.filter(pl.col(link.out).is_duplicated()).get_column(_ROW)
+                keys.get_column(_ROW).filter(duplicated(keys.get_column(link.out)))
                 for link, keys in zip(keyed, coarse.values(), strict=True)
             ),
         ]
