@@ -15,6 +15,7 @@ import polars as pl
 from audiences.core.config import ProjectConfig
 from audiences.core.errors import AudiencesError, DataError, SegmentError
 from audiences.core.memory import own_strings
+from audiences.crm.distinct import duplicated
 from audiences.crm.identifiers import member_key
 from audiences.crm.sources import Sources, diagnose_values
 from audiences.pipeline.export_checks import check_whole_export, whole_export_error
@@ -161,7 +162,7 @@ def collect_candidates(
     except pl.exceptions.PolarsError as exc:
         raise _explain_collect_failure(config, exc) from None
     if frame.height and (
-        frame.get_column(cid).null_count() or frame.get_column(cid).is_duplicated().any()
+        frame.get_column(cid).null_count() or duplicated(frame.get_column(cid)).any()
     ):
         # the export passed its check, or its record said so: the record was forged, or the
         # export changed while it was read; the error is the whole export's either way
