@@ -236,7 +236,15 @@ def evaluate(inp: GateInput) -> GateOutcome:
 
     # 1. filters
     filter_verdicts, excluded, unsold, listed = _filter_verdicts(pack, ctx)
-    eligible = _eligible_members(config, cand, excluded, unsold, sold, persons=lambda: ctx.persons)
+    eligible = _eligible_members(
+        config,
+        cand,
+        excluded,
+        unsold,
+        sold,
+        persons=lambda: ctx.persons,
+        shared=lambda: ctx.persons_shared,
+    )
     # forced removals in another project's audience too: only what the CRM itself says
     # (a suppression list is a file of this project's: it could name anyone)
     eligible = replace(eligible, crm_excluded=excluded & ~listed)
@@ -402,10 +410,12 @@ def _eligible_members(
     sold: tuple[str, ...] = (),
     *,
     persons: Callable[[], pl.Series | None],
+    shared: Callable[[], pl.Series | None] | None = None,
 ) -> _Eligible:
     """The members a release may carry: not excluded, with a member key, deduplicated.
     ``persons``: the person of each candidate record, as the filters' context keeps it
-    (computed once per gate: the jurisdiction rules may have needed it already).
+    (computed once per gate: the jurisdiction rules may have needed it already), and
+    ``shared`` which of them have several records (the same, of those people).
 
     One definition of a person for the whole gate: the candidates' records linked
     transitively, the records a filter excluded included. A record a filter drops (a
@@ -418,7 +428,7 @@ def _eligible_members(
     columns = _release_columns(config, cand)
     cid = config.sources.contacts.id
     records = (
-        _strictest_per_person(config, cand, persons)
+        _strictest_per_person(config, cand, persons, shared)
         .select(*columns, *([cid] if cid not in columns else []))
         .filter(pl.Series(kept_mask))
     )
@@ -486,6 +496,7 @@ def _strictest_per_person(
     config: ProjectConfig,
     cand: pl.DataFrame,
     persons_of: Callable[[], pl.Series | None] | None = None,
+    shared_of: Callable[[], pl.Series | None] | None = None,
 ) -> pl.DataFrame:
     """``cand`` with each Google consent signal column set, on every record of a person, to
     the person's strictest answer among all their candidate records, the ones the filters
@@ -503,7 +514,9 @@ def _strictest_per_person(
     # A person with one record keeps that record's answer: the window runs over the
     # records of people with several (a few per cent; over every candidate it took 2.2 s
     # for 2M records at 10M contacts).
-    shared = duplicated(persons)
+    # (``shared_of`` answers for the people ``persons_of`` gave, computed once per gate)
+    known_shared = shared_of() if known is not None and shared_of is not None else None
+    shared = known_shared if known_shared is not None else duplicated(persons)
     if not shared.any():
         return cand
     at = shared.arg_true()

@@ -418,6 +418,13 @@ class FilterContext:
             return None
         return person_keys(self.candidates, self.config, by=cid)
 
+    @cached_property
+    def persons_shared(self) -> pl.Series | None:
+        """True for a candidate record whose person has another candidate record (of
+        :attr:`persons`); None without the CRM id column. Computed once per gate."""
+        persons = self.persons
+        return None if persons is None else duplicated(persons)
+
 
 # ---------------------------------------------------------------------------------------
 # Column helpers (vectorized)
@@ -512,10 +519,10 @@ def _same_person_opted_out(ctx: FilterContext, own: list[pl.Expr]) -> pl.Series 
     df = ctx.candidates
     if not own or df.height < 2:
         return None
-    persons = ctx.persons
-    if persons is None:
+    persons, shared = ctx.persons, ctx.persons_shared
+    if persons is None or shared is None:
         return None
-    shared = duplicated(persons)  # (a person of one record has no other record)
+    # (a person of one record has no other record)
     if not shared.any():
         return None
     rows = shared.arg_true()

@@ -356,9 +356,15 @@ def test_an_opt_out_reaches_the_other_records_of_its_person_only() -> None:
             "person": ["a", "b", "c", "a", "d", "d", "e", "e"],
         }
     )
-    ctx = SimpleNamespace(candidates=candidates, persons=candidates.get_column("person"))
+
+    def context(persons: pl.Series) -> SimpleNamespace:
+        return SimpleNamespace(
+            candidates=candidates, persons=persons, persons_shared=persons.is_duplicated()
+        )
+
+    ctx = context(candidates.get_column("person"))
     same = _same_person_opted_out(ctx, [~pl.col("opt_in")])  # type: ignore[arg-type]
     assert same is not None
     assert same.to_list() == [True, False, False, False, False, False, True, False]
-    alone = SimpleNamespace(candidates=candidates, persons=pl.Series([str(i) for i in range(8)]))
+    alone = context(pl.Series([str(i) for i in range(8)]))
     assert _same_person_opted_out(alone, [~pl.col("opt_in")]) is None  # type: ignore[arg-type]
