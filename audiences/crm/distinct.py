@@ -63,11 +63,11 @@ def predicate_by_distinct(frame: pl.LazyFrame, predicate: pl.Expr) -> pl.Expr:
 # Which values repeat, when nearly none do. The gate asks it of its people (one label per
 # candidate record, 933k of them for the benchmark's first segment at 10M contacts, 34k
 # of them in a person with another record) and of the records' coarse link keys; polars'
-# ``is_duplicated`` hashes and groups every value, 190 ms for those labels. A value that
-# repeats has all its rows in one bucket of its hash's top bits, so only rows in a
-# bucket of two or more can repeat: with about four buckets per row a fifth of the rows
-# (collisions included) is left for the exact test, and the labels take 63 ms
-# (``benchmarks/README.md``, "Which people have several records").
+# ``is_duplicated`` hashes and groups every value: 125–190 ms for those labels (medians
+# of separate runs). A value that repeats has all its rows in one bucket of its hash's
+# top bits, so only rows in a bucket of two or more can repeat: with about four buckets
+# per row a fifth of the rows (collisions included) is left for the exact test, and the
+# labels take 46–63 ms (``benchmarks/README.md``, "Which people have several records").
 _FEW_ROWS = 50_000  # below this the exact test alone is as fast
 _MAX_BUCKET_BITS = 22  # 4M buckets: a 32 MB count, whatever the length
 
