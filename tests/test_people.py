@@ -368,3 +368,31 @@ def test_an_opt_out_reaches_the_other_records_of_its_person_only() -> None:
     assert same.to_list() == [True, False, False, False, False, False, True, False]
     alone = context(pl.Series([str(i) for i in range(8)]))
     assert _same_person_opted_out(alone, [~pl.col("opt_in")]) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bits", [22, 3])
+def test_the_bridge_attack_fails_the_same_through_the_bucket_filter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bits: int
+) -> None:
+    """The gate asks "which people have several records" of ``distinct.duplicated``, which
+    sends only rows of shared hash buckets to the exact test. Forced on at any length (and
+    with 3 bucket bits: distinct people share buckets), the bridged records still make 60
+    people, not 120, and block k = 100; 150 bridged people are released once each."""
+    from audiences.crm import distinct
+
+    monkeypatch.setattr(distinct, "_FEW_ROWS", 0)
+    monkeypatch.setattr(distinct, "_MAX_BUCKET_BITS", bits)
+    monkeypatch.setattr(distinct, "_MAX_SHARED", 1.0)  # (two thirds of these records are)
+    for n, blocked in ((60, True), (150, False)):
+        state_dir = tmp_path / str(n) / ".audiences"
+        conn = connect(state_dir / "state.db")
+        try:
+            project = {"root": tmp_path / str(n), "state_dir": state_dir, "conn": conn}
+            outcome = run(project, NEWSLETTER, bridged(n), ["meta"])
+        finally:
+            conn.close()
+        min_size = next(v for v in outcome.verdicts if v.kind == "min_size")
+        assert outcome.blocked is blocked and min_size.evidence["members"] == n
+        if not blocked:
+            members = outcome.releases["meta"].members
+            assert set(members.get_column("EXTERN_ID")) == {f"C{i:09d}" for i in range(n)}

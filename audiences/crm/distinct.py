@@ -70,6 +70,7 @@ def predicate_by_distinct(frame: pl.LazyFrame, predicate: pl.Expr) -> pl.Expr:
 # labels take 46–63 ms (``benchmarks/README.md``, "Which people have several records").
 _FEW_ROWS = 50_000  # below this the exact test alone is as fast
 _MAX_BUCKET_BITS = 22  # 4M buckets: a 32 MB count, whatever the length
+_MAX_SHARED = 0.5  # above this share of rows in shared buckets, the exact test alone
 
 
 def duplicated(values: pl.Series) -> pl.Series:
@@ -83,7 +84,7 @@ def duplicated(values: pl.Series) -> pl.Series:
     bits = min(_MAX_BUCKET_BITS, (n - 1).bit_length() + 2)
     bucket = (values.hash().to_numpy() >> np.uint64(64 - bits)).astype(np.intp)
     maybe = np.flatnonzero(np.bincount(bucket, minlength=1 << bits)[bucket] > 1)
-    if maybe.size > n // 2:  # (too many rows share buckets: the filter saves nothing)
+    if maybe.size > n * _MAX_SHARED:  # (too many rows share buckets: it saves nothing)
         return values.is_duplicated()
     out = np.zeros(n, dtype=bool)
     if maybe.size:
