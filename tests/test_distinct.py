@@ -106,13 +106,13 @@ def test_a_predicate_without_columns_is_left_alone():
 def test_duplicated_is_is_duplicated_on_any_strings(values: list[str | None], bits: int) -> None:
     """Through the bucket filter whatever the length (``_FEW_ROWS`` 0) and with few
     buckets (``bits``: distinct values share them), nulls included."""
-    saved = distinct._FEW_ROWS, distinct._MAX_BUCKET_BITS, distinct._MAX_SHARED
-    distinct._FEW_ROWS, distinct._MAX_BUCKET_BITS, distinct._MAX_SHARED = 0, bits, 1.0
+    saved = distinct._FEW_ROWS, distinct._MAX_BUCKET_BITS
+    distinct._FEW_ROWS, distinct._MAX_BUCKET_BITS = 0, bits
     try:
         series = pl.Series("p", values, dtype=pl.String)
         assert distinct.duplicated(series).equals(series.is_duplicated())
     finally:
-        distinct._FEW_ROWS, distinct._MAX_BUCKET_BITS, distinct._MAX_SHARED = saved
+        distinct._FEW_ROWS, distinct._MAX_BUCKET_BITS = saved
 
 
 @pytest.mark.parametrize("bits", [22, 12, 6, 1])

@@ -382,7 +382,6 @@ def test_the_bridge_attack_fails_the_same_through_the_bucket_filter(
 
     monkeypatch.setattr(distinct, "_FEW_ROWS", 0)
     monkeypatch.setattr(distinct, "_MAX_BUCKET_BITS", bits)
-    monkeypatch.setattr(distinct, "_MAX_SHARED", 1.0)  # (two thirds of these records are)
     for n, blocked in ((60, True), (150, False)):
         state_dir = tmp_path / str(n) / ".audiences"
         conn = connect(state_dir / "state.db")
