@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,90 @@ def test_the_hashing_verdict_is_against_every_core_and_one_core_is_shown(
         "hashing / OpenSSL floor 2.00x (2.00-2.00) on 2 cores, 1.00x (1.00-1.00) on one core" in out
     )
     assert "first build, fresh project hashing <= 1.3x floor MISSED" in out
+
+
+def test_the_stage_table_gives_each_stage_its_own_work_and_keeps_the_order() -> None:
+    """``profile_build``'s table: a stage with timed parts is followed by its own work (its
+    time less its parts'), stages keep the order they first opened in, and a stage one
+    round never reached counts 0 s there."""
+    from benchmarks.profile_build import IN_PROCESS, START, Profile, rows_of, table
+
+    def profile(totals: dict[str, float], in_process: float) -> Profile:
+        order = {path: i for i, path in enumerate(totals)}
+        calls = dict.fromkeys(totals, 1)
+        return Profile(1.0, 1, totals, calls, order, start=0.25, in_process=in_process)
+
+    a = profile({"c": 3.0, "c / index": 1.0, "c / flag": 0.5, "c / flag / read": 0.25}, 4.0)
+    b = profile({"c": 2.0, "c / flag": 0.5, "c / flag / own": 0.5, "gate": 1.0}, 3.5)
+    got = rows_of([a, b])
+    assert [label for _, label, _ in got] == [
+        "wall (the parent's clock)",
+        START,
+        IN_PROCESS,
+        "  c",
+        "    index",
+        "    flag",
+        "      read",
+        "      own",
+        "      (its own work)",
+        "    (its own work)",
+        "  gate",
+        "  the rest (configuration, state, audit, output)",
+    ]
+    rows = {key: seconds for key, _, seconds in got}
+    assert rows["c / index"] == [1.0, 0.0]  # the second round never reached it
+    assert rows["c / flag / read"] == [0.25, 0.0]
+    assert rows["c / flag / (own)"] == [0.25, 0.0]  # a stage named "own" is not its own work
+    assert rows["c / flag / own"] == [0.0, 0.5]
+    assert rows["c / (own)"] == [1.5, 1.5]
+    assert rows["gate"] == [0.0, 1.0]
+    assert rows["rest"] == [0.75, 0.25]
+    # a job's rows follow the shape of every job's stages; a stage it never reached is None
+    only_a = {key: seconds for key, _, seconds in rows_of([a], [a, b])}
+    assert only_a["gate"] is None and only_a["c / flag / own"] is None
+    assert only_a["c / (own)"] == [1.5]
+    text = table({"one": [a], "two": [b]})
+    gate_line = next(line for line in text.splitlines() if line.startswith("  gate"))
+    assert gate_line.split() == ["gate", "-", "1.00"]
+
+
+def test_the_build_profile_times_the_stages_of_a_real_build(
+    sample_crm: Callable[..., Path], tmp_path: Path
+) -> None:
+    """``python -m benchmarks.profile_build``'s timers are wired to the functions a build
+    calls: a renamed or moved function fails here, not in the next session's profile. The
+    first build computes and saves the opt-out index, the second segment loads it."""
+    from benchmarks.bench_build import (
+        FILE_DESTINATION,
+        SECOND_SEGMENT,
+        SECOND_SEGMENT_YAML,
+        SEGMENT,
+        SEGMENT_YAML,
+        make_project,
+    )
+    from benchmarks.profile_build import STAGES, profile_build, rows_of, table
+
+    folder = sample_crm(20_000)  # (at 3000 the second segment is under 100)
+    project = make_project(
+        tmp_path / "project",
+        folder / "contacts.parquet",
+        folder / "events.parquet",
+        {SEGMENT: SEGMENT_YAML, SECOND_SEGMENT: SECOND_SEGMENT_YAML},
+        destinations=FILE_DESTINATION,
+    )
+    first = profile_build(project, SEGMENT)
+    second = profile_build(project, SECOND_SEGMENT)
+    reached = {path.rsplit(" / ", 1)[-1] for path in first.totals}
+    assert reached == {label for _, _, label in STAGES}  # every stage, once wired
+    assert "candidates / opt-out index: compute" in first.totals
+    assert "candidates / opt-out index: save" in first.totals
+    assert "candidates / opt-out index: compute" not in second.totals  # reused
+    assert "candidates / opt-out index: load" in second.totals
+    assert "candidates / duplicate-of-opt-out flag / records read back" in second.totals
+    for p in (first, second):
+        assert 0 < p.start < p.in_process <= p.wall
+        # a part never takes longer than the stage it runs in: the timers nest
+        own = [seconds for key, _, seconds in rows_of([p]) if key.endswith(" / (own)")]
+        assert own and min(s for values in own if values for s in values) >= -1e-3
+    text = table({"first build": [first], "second segment": [second]})
+    assert "records read back" in text and "peak RSS of the child" in text
