@@ -246,3 +246,26 @@ def test_a_sale_authorization_revoked_on_another_record_keeps_the_person_off_a_s
         config=cfg,
     )
     assert len(released(outcome, "broker")) == 150
+
+
+def test_current_rows_are_the_keys_records_in_crm_order_once_each(project):
+    """The removal path's CRM rows (a semi join since it left ``is_in``): the records of
+    the given people, in the CRM's order, each once however often its key is given; a key
+    nobody has, and a null key, match no record."""
+    crm = spring(40)
+    write(project["root"], crm, crm.head(0))
+    cfg = config(project["root"], ["baseline"])
+    sources = load_sources(cfg)
+    everyone = collect_candidates(cfg, SPRING, sources, AS_OF, SALT, link_opt_outs=False)
+    keys_of = dict(everyone.select("contact_id", "member_key").iter_rows())
+    chosen = ["C000000031", "C000000002", "C000000017", "C000000002"]
+    keys = pl.Series(
+        "anything",
+        [keys_of[c] for c in chosen] + [12345, None],
+        dtype=pl.UInt64,
+    )
+    current = current_rows(cfg, sources, keys, AS_OF, SALT, link_opt_outs=False)
+    assert current.get_column("contact_id").to_list() == ["C000000002", "C000000017", "C000000031"]
+    assert current.get_column("member_key").to_list() == [
+        keys_of[c] for c in ("C000000002", "C000000017", "C000000031")
+    ]
