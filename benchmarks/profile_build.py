@@ -6,15 +6,15 @@ then a second segment over the same data (the index is read back from the state
 folder). The child is the real ``audiences build`` command with the functions of
 :data:`STAGES` wrapped in timers; nothing else changes. A timer's time is inclusive and
 is kept under the stages open around it (``candidates / duplicate-of-opt-out flag /
-read back``), so a stage's "own work" row is its time less its timed parts — for the
+records read back``), so a stage's "own work" row is its time less its timed parts — for the
 candidates, mostly the segment's query. The table gives each stage's median and
 min–max over the rounds, with the wall time (from the parent) and the child's peak RSS.
 
     python -m benchmarks.profile_build [--rows N] [--rounds R]
 
 ``--rows`` defaults to 10M (the sample is generated once, as for ``bench_build``); the
-stage names are this module's :data:`STAGES`. Timers cost a few microseconds a call,
-and every stage is called a handful of times per build.
+stage names are this module's :data:`STAGES`. A timer adds two clock reads and a dict
+update per call, and each stage is called once or twice per build.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ import importlib
 import audiences.cli  # first, as the command: it sets polars' allocator
 import audiences.pipeline.build, audiences.pipeline.select, policies.gate
 STAGES = json.loads(sys.argv[1])
-totals, calls, order, stack = {}, {}, {}, []
+totals, order, stack = {}, {}, []
 
 def timed(label, fn):
     def wrapper(*args, **kwargs):
@@ -91,7 +91,6 @@ def timed(label, fn):
             return fn(*args, **kwargs)
         finally:
             totals[path] = totals.get(path, 0.0) + time.perf_counter() - t
-            calls[path] = calls.get(path, 0) + 1
             stack.pop()
     wrapper.__wrapped__ = fn
     return wrapper
@@ -116,7 +115,7 @@ try:
     cli.main(args=sys.argv[2:], prog_name="audiences")
 except SystemExit as exc:
     code = exc.code or 0
-profile = {"totals": totals, "calls": calls, "order": order,
+profile = {"totals": totals, "order": order,
            "start": main_at, "in_process": time.perf_counter() - started}
 sys.stderr.write("\\nPROFILE " + json.dumps(profile) + "\\n")
 _exit_now(code)
@@ -131,7 +130,6 @@ class Profile:
     wall: float
     peak_rss_bytes: int
     totals: dict[str, float]
-    calls: dict[str, int]
     order: dict[str, int]
     start: float
     in_process: float
@@ -153,7 +151,6 @@ def profile_build(project: Path, segment: str) -> Profile:
         wall=run.seconds,
         peak_rss_bytes=run.peak_rss_bytes,
         totals=data["totals"],
-        calls=data["calls"],
         order=data["order"],
         start=data["start"],
         in_process=data["in_process"],
