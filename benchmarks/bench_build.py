@@ -487,18 +487,24 @@ def parse_openssl_speed(text: str) -> float:
     raise RuntimeError(f"no sha256 result in openssl speed's output: {text[-200:]!r}")
 
 
+def two_segment_project(folder: Path, contacts: Path, events: Path) -> Path:
+    """A fresh project over the given sources with the benchmark's two segments (the first
+    and the second over the same data) and the file destination, both approved."""
+    return make_project(
+        folder,
+        contacts,
+        events,
+        {SEGMENT: SEGMENT_YAML, SECOND_SEGMENT: SECOND_SEGMENT_YAML},
+        destinations=FILE_DESTINATION,
+    )
+
+
 def engine_pairs(rows: int, contacts: Path, events: Path, pairs: int) -> list[Pair]:
     """``pairs`` rounds of A B A B (see the module docstring); raises on a disagreement."""
     done: list[Pair] = []
     out = DATA_DIR / f"duckdb-{rows}.csv"
     for _ in range(pairs):
-        project = make_project(
-            DATA_DIR / f"engine-project-{rows}",
-            contacts,
-            events,
-            {SEGMENT: SEGMENT_YAML, SECOND_SEGMENT: SECOND_SEGMENT_YAML},
-            destinations=FILE_DESTINATION,
-        )
+        project = two_segment_project(DATA_DIR / f"engine-project-{rows}", contacts, events)
         index = project / ".audiences" / "optout-index.bin"
         stamp = None
         jobs = (

@@ -30,14 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import DATA_DIR, ROOT, STOP_CLOCK, check, run_child, sample_crm, stopped_clock
-from benchmarks.bench_build import (
-    FILE_DESTINATION,
-    SECOND_SEGMENT,
-    SECOND_SEGMENT_YAML,
-    SEGMENT,
-    SEGMENT_YAML,
-    make_project,
-)
+from benchmarks.bench_build import SECOND_SEGMENT, SEGMENT, two_segment_project
 
 # (module, function or Class.method, label): the stages a build is split into
 STAGES: tuple[tuple[str, str, str], ...] = (
@@ -262,13 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         started = dt.datetime.now(dt.UTC)
         jobs: dict[str, list[Profile]] = {"first build": [], "second segment": []}
         for _ in range(args.rounds):
-            project = make_project(
-                DATA_DIR / f"profile-project-{args.rows}",
-                contacts,
-                events,
-                {SEGMENT: SEGMENT_YAML, SECOND_SEGMENT: SECOND_SEGMENT_YAML},
-                destinations=FILE_DESTINATION,
-            )
+            folder = DATA_DIR / f"profile-project-{args.rows}"
+            project = two_segment_project(folder, contacts, events)
             jobs["first build"].append(profile_build(project, SEGMENT))
             jobs["second segment"].append(profile_build(project, SECOND_SEGMENT))
     print(

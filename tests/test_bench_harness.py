@@ -234,23 +234,12 @@ def test_the_build_profile_times_the_stages_of_a_real_build(
     """``python -m benchmarks.profile_build``'s timers are wired to the functions a build
     calls: a renamed or moved function fails here, not in the next session's profile. The
     first build computes and saves the opt-out index, the second segment loads it."""
-    from benchmarks.bench_build import (
-        FILE_DESTINATION,
-        SECOND_SEGMENT,
-        SECOND_SEGMENT_YAML,
-        SEGMENT,
-        SEGMENT_YAML,
-        make_project,
-    )
+    from benchmarks.bench_build import SECOND_SEGMENT, SEGMENT, two_segment_project
     from benchmarks.profile_build import STAGES, profile_build, rows_of, table
 
     folder = sample_crm(20_000)  # (at 3000 the second segment is under 100)
-    project = make_project(
-        tmp_path / "project",
-        folder / "contacts.parquet",
-        folder / "events.parquet",
-        {SEGMENT: SEGMENT_YAML, SECOND_SEGMENT: SECOND_SEGMENT_YAML},
-        destinations=FILE_DESTINATION,
+    project = two_segment_project(
+        tmp_path / "project", folder / "contacts.parquet", folder / "events.parquet"
     )
     first = profile_build(project, SEGMENT)
     second = profile_build(project, SECOND_SEGMENT)
