@@ -10,13 +10,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The project's own modules compiled to bytecode, as a pip install (not an editable one)
+# leaves a package: where PYTHONDONTWRITEBYTECODE is set, as on the machines this project
+# is built on, every process of an editable install compiled them again (imports 0.46 s
+# instead of 0.61 s for each `audiences` command). Checked against a hash of the source
+# at each import, so an edited module is never run from stale bytecode; 0.1 s a run.
+COMPILE := $(BIN)/python -m compileall -q -j 0 --invalidation-mode checked-hash \
+	audiences policies connectors
+
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	$(COMPILE)
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
+	@$(COMPILE)
 	$(BIN)/python -m audiences.demo
 
 lint: $(STAMP)
@@ -26,6 +36,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: $(STAMP)
+	@$(COMPILE)
 	$(BIN)/ruff check audiences policies connectors tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n auto
@@ -38,6 +49,7 @@ report-screenshot: $(STAMP)
 
 # make bench ARGS="--quick" (or --only build ...): make reads a bare --quick as its own flag
 bench: $(STAMP)
+	@$(COMPILE)
 	$(BIN)/python -m benchmarks $(ARGS)
 
 clean:

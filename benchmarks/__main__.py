@@ -13,6 +13,8 @@ import time
 import traceback
 from pathlib import Path
 
+from benchmarks import byte_compiled
+
 
 def discover() -> list[str]:
     """Names (``bench_build``, ...) of the benchmark modules, sorted."""
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     names = _wanted(discover(), args.only)
+    byte_compiled()  # (as `make` leaves the project)
     failed: list[str] = []
     started = time.perf_counter()
     for name in names:
