@@ -253,7 +253,7 @@ def test_current_rows_are_the_keys_records_in_crm_order_once_each(project):
     the given people, in the CRM's order, each once however often its key is given; a key
     nobody has, and a null key, match no record."""
     crm = spring(40)
-    write(project["root"], crm, crm.head(0))
+    write(project["root"], crm)
     cfg = config(project["root"], ["baseline"])
     sources = load_sources(cfg)
     everyone = collect_candidates(cfg, SPRING, sources, AS_OF, SALT, link_opt_outs=False)
