@@ -547,7 +547,8 @@ def engine_pairs(rows: int, contacts: Path, events: Path, pairs: int) -> list[Pa
     return done
 
 
-def _spread(values: list[float], unit: str = "") -> str:
+def spread(values: list[float], unit: str = "") -> str:
+    """Median (min-max) of ``values``, two decimals, as the benchmark tables print them."""
     return f"{statistics.median(values):.2f}{unit} ({min(values):.2f}-{max(values):.2f})"
 
 
@@ -584,13 +585,13 @@ def print_engine_pairs(rows: int, pairs: list[Pair], load: tuple[float, float]) 
         one_core = [r for r in (p.hashing_ratio_one_core for p in mine) if r is not None]
         print(
             f"  {job}: median (min-max) over {len(mine)} pairs: build "
-            f"{_spread([p.build.seconds for p in mine], ' s')}, DuckDB "
-            f"{_spread([p.duckdb.seconds for p in mine], ' s')}, DuckDB/build "
-            f"{_spread(ratios, 'x')}; peak RSS build {_spread(build_rss, ' GB')}, DuckDB "
-            f"{_spread(duck_rss, ' GB')}; hashing / OpenSSL floor "
+            f"{spread([p.build.seconds for p in mine], ' s')}, DuckDB "
+            f"{spread([p.duckdb.seconds for p in mine], ' s')}, DuckDB/build "
+            f"{spread(ratios, 'x')}; peak RSS build {spread(build_rss, ' GB')}, DuckDB "
+            f"{spread(duck_rss, ' GB')}; hashing / OpenSSL floor "
             + (
-                f"{_spread(hashing, 'x')} on {os.cpu_count()} cores"
-                + (f", {_spread(one_core, 'x')} on one core" if one_core else "")
+                f"{spread(hashing, 'x')} on {os.cpu_count()} cores"
+                + (f", {spread(one_core, 'x')} on one core" if one_core else "")
                 if hashing
                 else "not measured (no openssl)"
             )

@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from benchmarks import (
     sample_crm,
     stopped_clock,
 )
-from benchmarks.bench_build import SECOND_SEGMENT, SEGMENT, two_segment_project
+from benchmarks.bench_build import SECOND_SEGMENT, SEGMENT, spread, two_segment_project
 
 # (module, function or Class.method, label): the stages a build is split into
 STAGES: tuple[tuple[str, str, str], ...] = (
@@ -211,10 +210,9 @@ def rows_of(
     return rows
 
 
-def _spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+def _cell(values: list[float]) -> str:
+    """A table cell: one round's value alone (its range says nothing), else the spread."""
+    return f"{values[0]:.2f}" if len(values) == 1 else spread(values)
 
 
 def _commit() -> str:
@@ -241,10 +239,10 @@ def table(jobs: dict[str, list[Profile]]) -> str:
     for i, (_, label, _) in enumerate(columns[0]):
         cells = [rows[i][2] for rows in columns]
         lines.append(
-            f"{label:<{width}}" + "".join(f"{'-' if c is None else _spread(c):>30}" for c in cells)
+            f"{label:<{width}}" + "".join(f"{'-' if c is None else _cell(c):>30}" for c in cells)
         )
     rss = "".join(
-        f"{_spread([p.peak_rss_bytes / 1e9 for p in profiles]) + ' GB':>30}"
+        f"{_cell([p.peak_rss_bytes / 1e9 for p in profiles]) + ' GB':>30}"
         for profiles in jobs.values()
     )
     lines.append(f"{'peak RSS of the child':<{width}}{rss}")
