@@ -47,7 +47,7 @@ from audiences.core.state import ensure_private_dir, new_id, project_salt, trans
 from audiences.crm.consent import consent_denied, consent_signal
 from audiences.crm.distinct import duplicated
 from audiences.crm.identifiers import IDENTITY_FIELDS, LAYOUTS, hashed_layouts_frame
-from audiences.crm.linkage import person_keys
+from audiences.crm.linkage import CoarseMemo, person_keys
 from audiences.segments import Segment
 from audiences.segments.reading import definition_yaml, reading
 from policies import difference
@@ -121,6 +121,9 @@ class GateInput:
     # knows the platform holds, an interrupted run's unsure rows, a full replace due): the
     # pattern check judges what that sync sends (policies/difference.py, PlatformView)
     platform_held: Callable[[str, str], difference.PlatformView] | None = None
+    # coarse link keys the pipeline computed for these candidates while flagging them
+    # (``audiences.crm.linkage.CoarseMemo``): the people reuse them where the rows match
+    coarse_memo: CoarseMemo | None = None
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,14 @@ def evaluate(inp: GateInput) -> GateOutcome:
     suppression = SuppressionSet.load(list(pack.suppression_lists), config.identity.default_country)
     sold = sale_destinations(config, inp.destinations)
     ctx = FilterContext(
-        config, cand, inp.as_of, phi, suppression, segment=inp.segment, sale_destinations=sold
+        config,
+        cand,
+        inp.as_of,
+        phi,
+        suppression,
+        segment=inp.segment,
+        sale_destinations=sold,
+        coarse_memo=inp.coarse_memo,
     )
 
     # 1. filters

@@ -388,6 +388,10 @@ class FilterContext:
     # the destinations of this release whose transfer is a sale (``basis = "sale"``, or an
     # account another sale destination uploads to): sale_authorization judges for them
     sale_destinations: tuple[str, ...] = ()
+    # coarse link keys an earlier step computed for these candidates (the duplicate-of-
+    # opt-out flag's, ``linkage.CoarseMemo``): :attr:`persons` takes them where they are
+    # of these very rows instead of keying the candidates again
+    coarse_memo: Any = None
 
     def __post_init__(self) -> None:
         # Protective rules judge people on the day data leaves, never a caller's date
@@ -416,7 +420,7 @@ class FilterContext:
         cid = self.config.sources.contacts.id
         if cid not in self.candidates.columns:
             return None
-        return person_keys(self.candidates, self.config, by=cid)
+        return person_keys(self.candidates, self.config, by=cid, memo=self.coarse_memo)
 
     @cached_property
     def persons_shared(self) -> pl.Series | None:

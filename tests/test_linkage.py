@@ -19,9 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audiences.core.config import ProjectConfig
+from audiences.crm import linkage
 from audiences.crm.identifiers import RESERVED_EMAIL_DOMAINS, normalized_layout
 from audiences.crm.linkage import (
     PHONE_TAIL,
+    CoarseMemo,
     flag_duplicates_of_opt_outs,
     links_for,
     person_keys,
@@ -459,6 +461,57 @@ def test_person_keys_equal_the_direct_computation(rows: tuple) -> None:
     # person_keys normalizes only the records whose coarse key another record shares
     contacts = frame(list(rows))
     assert person_keys(contacts, config(), by="contact_id").to_list() == reference_persons(contacts)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30).flatmap(lambda n: st.tuples(*[spelled(i) for i in range(n)])), st.data())
+def test_keys_kept_by_the_flag_give_the_gate_the_same_people(rows: tuple, data: Any) -> None:
+    """The flag keys every candidate for the people's links and keeps the keys (``memo``);
+    person_keys then takes them instead of keying again: the flags and the people are the
+    direct computation's, and the people's links were keyed once."""
+    contacts = frame(list(rows))
+    picked = data.draw(st.lists(st.sampled_from(range(contacts.height)), unique=True))
+    candidates = contacts[picked] if picked else contacts.clear()
+    memo: CoarseMemo = {}
+    out = flag_duplicates_of_opt_outs(candidates, contacts.lazy(), config(), FLAG, memo=memo)
+    assert set(out.filter(FLAG).get_column("contact_id").to_list()) == reference(
+        contacts, candidates
+    )
+    if candidates.is_empty():
+        return
+    # every link the people key (the memo is by the link's repr: Link(name='email', ...))
+    assert sorted(key.split("'")[1] for key in memo) == ["email", "name_zip", "phone"]
+    computed: list[str] = []
+    real = linkage._coarse_keys
+
+    def counted(frame: pl.DataFrame, links: Any) -> dict[str, pl.DataFrame]:
+        computed.extend(link.name for link in links)
+        return real(frame, links)
+
+    linkage._coarse_keys = counted
+    try:
+        got = person_keys(out, config(), by="contact_id", memo=memo).to_list()
+    finally:
+        linkage._coarse_keys = real
+    assert got == reference_persons(candidates)
+    assert not computed  # nothing keyed again
+
+
+def test_keys_of_other_rows_are_never_taken() -> None:
+    """A memo is taken only for rows equal to the ones it was computed from: the same
+    records with one e-mail changed (or in another order) are keyed again, and the people
+    are those of the records given, not of the memo's."""
+    a = person(1, email="sam@clinic.org", phone=None)
+    b = person(2, email="pat@clinic.org", phone=None)
+    records = frame([a, b])
+    memo: CoarseMemo = {}
+    assert person_keys(records, config(), by="contact_id", memo=memo).to_list() == ["c1", "c2"]
+    # the attack: the second record now shares the first's e-mail, the memo says it did not
+    changed = frame([a, {**b, "email": "SAM@clinic.org"}])
+    assert person_keys(changed, config(), by="contact_id", memo=memo).to_list() == ["c1", "c1"]
+    swapped = frame([{**b, "email": "SAM@clinic.org"}, a])
+    assert person_keys(swapped, config(), by="contact_id", memo=memo).to_list() == ["c1", "c1"]
+    assert person_keys(records, config(), by="contact_id", memo=memo).to_list() == ["c1", "c2"]
 
 
 # (city, state) spellings of a few places; the full state name and the accented city are

@@ -13,12 +13,14 @@ import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 from conftest import AS_OF, SEED
 
 import audiences.crm.linkage as linkage
+import audiences.pipeline.build as build_module
 from audiences.core.config import ProjectConfig, load_config
 from audiences.crm.sources import load_sources
 from audiences.pipeline import optout_index
@@ -406,3 +408,38 @@ def test_an_authentic_index_of_the_old_layout_is_recomputed_not_read(project: Pa
     assert after == expected and store.computed == 1
     reread = store.load(identity)
     assert reread is not None and reread.schema == current.schema
+
+
+def test_a_build_keys_the_candidates_for_its_people_once(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The duplicate-of-opt-out flag keys every candidate for the links the gate's people
+    follow and hands the keys to the gate (``select.candidate_keys``): a review, which
+    runs the whole gate, keys each of those links once, and lets the keys go after it."""
+    from audiences.compliance import workflow
+    from audiences.pipeline.build import review
+    from audiences.pipeline.select import CANDIDATE_KEYS
+
+    keyed: list[str] = []
+    real = linkage._coarse_keys
+
+    def counted(frame: pl.DataFrame, links: Any) -> dict[str, pl.DataFrame]:
+        keyed.extend(link.name for link in links)
+        return real(frame, links)
+
+    monkeypatch.setattr(linkage, "_coarse_keys", counted)
+    held: list[object] = []
+    real_gate = build_module._gate
+
+    def gate(run: Any, *args: Any) -> Any:
+        outcome = real_gate(run, *args)
+        held.append(run.sources.cache.get(CANDIDATE_KEYS))
+        return outcome
+
+    monkeypatch.setattr(build_module, "_gate", gate)
+    # (who may review is tests/test_approvals.py's matter; this one counts the keying)
+    monkeypatch.setattr(workflow, "require_reviewer", lambda *_, **__: None)
+    result = review(config_of(project), "flu-shot-reminder")
+    assert result.status in ("reviewed", "blocked")
+    assert sorted(n for n in keyed if n != "name_place") == ["email", "name_zip", "phone"]
+    assert held == [None]  # the keys did not outlive the gate

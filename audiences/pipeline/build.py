@@ -42,6 +42,7 @@ from audiences.core.state import connect, new_id, project_salt, transaction, utc
 from audiences.crm.sources import Sources, load_sources
 from audiences.pipeline.batches import platform_view
 from audiences.pipeline.select import (
+    candidate_keys,
     collect_candidates,
     links_opt_outs,
     select_segments,
@@ -406,6 +407,7 @@ def _gate(run: _BuildRun, build_id: str, segment: Segment, candidates: pl.DataFr
             platform_held=functools.partial(
                 platform_view, run.conn, run.config, full_refresh=run.full_refresh
             ),
+            coarse_memo=candidate_keys(run.sources),
         )
     )
 

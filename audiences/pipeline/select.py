@@ -21,6 +21,7 @@ from audiences.crm.sources import Sources, diagnose_values
 from audiences.pipeline.export_checks import check_whole_export, whole_export_error
 
 if TYPE_CHECKING:
+    from audiences.crm.linkage import CoarseMemo
     from audiences.segments import Segment, SegmentContext
     from policies.pack import Pack
 
@@ -149,16 +150,18 @@ def collect_candidates(
         check_whole_export(config, sources)
         if link_opt_outs:  # before the candidates are held (the same index, less memory)
             prepare_opt_out_index(config, sources)
-        frame = plan.collect(engine="streaming")
+        # one chunk per column, in memory of its own: the streaming scan leaves the
+        # candidates in a chunk per morsel (86 at 10M contacts), which every later step
+        # (the flags, the gate's rules, person keys, hashing, the files) walks chunk by
+        # chunk; one copy (0.15 s for 933k candidates) took the gate from 3.2–3.4 to
+        # 2.4–2.7 s. (Before the flags: the coarse keys they keep for the gate are of these
+        # very columns, not of a copy the gate never sees.)
+        frame = plan.collect(engine="streaming").rechunk()
         if link_opt_outs:
             frame = flag_opt_out_duplicates(config, sources, frame)
         if pack is not None:
             frame = flag_linked_requests(config, sources, frame, pack)
-        # one chunk per column, in memory of its own: the streaming scan leaves the
-        # candidates in a chunk per morsel (86 at 10M contacts), which every later step
-        # (the gate's rules, person keys, hashing, the files) walks chunk by chunk; one
-        # copy (0.15 s for 933k candidates) took the gate from 3.2–3.4 to 2.4–2.7 s
-        frame = frame.rechunk()
+        frame = frame.rechunk()  # (the flags' columns; the rest is one chunk already)
     except pl.exceptions.PolarsError as exc:
         raise _explain_collect_failure(config, exc) from None
     if frame.height and (
@@ -192,11 +195,15 @@ def flag_opt_out_duplicates(
     config: ProjectConfig, sources: Sources, frame: pl.DataFrame
 ) -> pl.DataFrame:
     """``frame`` with the consent rule's duplicate-of-opt-out flag, the opt-out index read
-    from the state folder when this export's is there (computed and kept there if not)."""
+    from the state folder when this export's is there (computed and kept there if not).
+    The candidates' coarse keys are left in ``sources.cache`` under
+    :data:`CANDIDATE_KEYS` for the gate's people (:func:`candidate_keys`)."""
     from audiences.crm.linkage import flag_duplicates_of_opt_outs
     from audiences.pipeline.optout_index import store_for
     from policies.rules import DUPLICATE_OF_OPT_OUT
 
+    memo: CoarseMemo = {}  # this segment's alone: the last one's keys are let go
+    sources.cache[CANDIDATE_KEYS] = memo
     return flag_duplicates_of_opt_outs(
         frame,
         sources.contacts,
@@ -204,7 +211,20 @@ def flag_opt_out_duplicates(
         DUPLICATE_OF_OPT_OUT,
         cache=sources.cache,
         store=store_for(config, sources),
+        memo=memo,
     )
+
+
+# where flag_opt_out_duplicates leaves the candidates' coarse keys for the gate
+CANDIDATE_KEYS = "candidate-coarse-keys"
+
+
+def candidate_keys(sources: Sources) -> CoarseMemo | None:
+    """The coarse keys the last :func:`collect_candidates` computed, taken out of
+    ``sources.cache`` (held no longer than until its gate; ``person_keys`` uses them only
+    for rows equal to the ones they were computed from)."""
+    memo: CoarseMemo | None = sources.cache.pop(CANDIDATE_KEYS, None)
+    return memo
 
 
 def flag_linked_requests(
