@@ -8,13 +8,16 @@ folder). The child is the real ``audiences build`` command with the functions of
 is kept under the stages open around it (``candidates / duplicate-of-opt-out flag /
 records read back``), so a stage's "own work" row is its time less its timed parts — for the
 candidates, mostly the segment's query. The table gives each stage's median and
-min–max over the rounds, with the wall time (from the parent) and the child's peak RSS.
+min–max over the rounds, with the wall time (from the parent) and the child's peak RSS,
+and beside each stage its *cores*: the process's CPU seconds (every thread) over the
+stage's wall seconds, the median over the rounds — 2.00 on a 2-core machine is a stage
+that kept both cores busy, 1.00 one that left one idle or waited half the time.
 
     python -m benchmarks.profile_build [--rows N] [--rounds R]
 
 ``--rows`` defaults to 10M (the sample is generated once, as for ``bench_build``); the
-stage names are this module's :data:`STAGES`. A timer adds two clock reads and a dict
-update per call, and each stage is called once or twice per build.
+stage names are this module's :data:`STAGES`. A timer adds four clock reads and two dict
+updates per call, and each stage is called once or twice per build.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import (
@@ -80,18 +84,19 @@ import importlib
 import audiences.cli  # first, as the command: it sets polars' allocator
 import audiences.pipeline.build, audiences.pipeline.select, policies.gate
 STAGES = json.loads(sys.argv[1])
-totals, order, stack = {}, {}, []
+totals, cpu, order, stack = {}, {}, {}, []
 
 def timed(label, fn):
     def wrapper(*args, **kwargs):
         stack.append(label)
         path = " / ".join(stack)
         order.setdefault(path, len(order))
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         try:
             return fn(*args, **kwargs)
         finally:
             totals[path] = totals.get(path, 0.0) + time.perf_counter() - t
+            cpu[path] = cpu.get(path, 0.0) + time.process_time() - c
             stack.pop()
     wrapper.__wrapped__ = fn
     return wrapper
@@ -110,14 +115,15 @@ for module_name, name, label in STAGES:
                     if value is original:
                         setattr(other, key, wrapped)
 from audiences.cli import _exit_now, cli
-main_at = time.perf_counter() - started
+main_at, cpu_at = time.perf_counter() - started, time.process_time()
 code = 0
 try:
     cli.main(args=sys.argv[2:], prog_name="audiences")
 except SystemExit as exc:
     code = exc.code or 0
-profile = {"totals": totals, "order": order,
-           "start": main_at, "in_process": time.perf_counter() - started}
+profile = {"totals": totals, "order": order, "cpu": cpu, "cpu_start": cpu_at,
+           "start": main_at, "in_process": time.perf_counter() - started,
+           "cpu_in_process": time.process_time()}
 sys.stderr.write("\\nPROFILE " + json.dumps(profile) + "\\n")
 _exit_now(code)
 """
@@ -126,7 +132,8 @@ _exit_now(code)
 
 @dataclass
 class Profile:
-    """One build's stage times (seconds, inclusive, keyed by the path of open stages)."""
+    """One build's stage times (seconds, inclusive, keyed by the path of open stages),
+    and the CPU seconds of the whole process (every thread) over the same spans."""
 
     wall: float
     peak_rss_bytes: int
@@ -134,6 +141,20 @@ class Profile:
     order: dict[str, int]
     start: float
     in_process: float
+    cpu: dict[str, float] = field(default_factory=dict)
+    cpu_start: float = 0.0
+    cpu_in_process: float = 0.0  # (from the process's start: imports included)
+
+    def as_cpu(self) -> Profile:
+        """The same profile in CPU seconds (the parent's wall row: the child's CPU)."""
+        return Profile(
+            self.cpu_in_process,
+            self.peak_rss_bytes,
+            self.cpu,
+            self.order,
+            self.cpu_start,
+            self.cpu_in_process,
+        )
 
 
 def profile_build(project: Path, segment: str) -> Profile:
@@ -155,6 +176,9 @@ def profile_build(project: Path, segment: str) -> Profile:
         order=data["order"],
         start=data["start"],
         in_process=data["in_process"],
+        cpu=data["cpu"],
+        cpu_start=data["cpu_start"],
+        cpu_in_process=data["cpu_in_process"],
     )
 
 
@@ -210,6 +234,32 @@ def rows_of(
     return rows
 
 
+# below this many seconds a stage's cores are not shown (two clock reads' noise)
+_SHORTEST_FOR_CORES = 0.02
+
+
+def cores_of(
+    profiles: list[Profile], shape: list[Profile] | None = None
+) -> dict[str, float | None]:
+    """Per row of :func:`rows_of`, the median over the rounds of CPU seconds / wall
+    seconds: how many of the machine's cores the stage kept busy (None where no round
+    reached the stage, it took under 0.02 s, or no CPU time was recorded)."""
+    walls = rows_of(profiles, shape)
+    cpus = rows_of([p.as_cpu() for p in profiles], shape)
+    out: dict[str, float | None] = {}
+    for (key, _, wall), (_, _, cpu) in zip(walls, cpus, strict=True):
+        if wall is None or cpu is None:
+            out[key] = None
+            continue
+        ratios = [
+            c / w
+            for w, c, p in zip(wall, cpu, profiles, strict=True)
+            if w >= _SHORTEST_FOR_CORES and p.cpu_in_process > 0
+        ]
+        out[key] = statistics.median(ratios) if ratios else None
+    return out
+
+
 def _cell(values: list[float]) -> str:
     """A table cell: one round's value alone (its range says nothing), else the spread."""
     return f"{values[0]:.2f}" if len(values) == 1 else spread(values)
@@ -230,22 +280,26 @@ def _commit() -> str:
 
 
 def table(jobs: dict[str, list[Profile]]) -> str:
-    """The stage table: one column per job, median (min–max) seconds over the rounds."""
+    """The stage table: per job, median (min–max) seconds over the rounds and the cores
+    the stage kept busy (:func:`cores_of`)."""
     shape = [p for profiles in jobs.values() for p in profiles]
     columns = [rows_of(profiles, shape) for profiles in jobs.values()]
+    cores = [cores_of(profiles, shape) for profiles in jobs.values()]
     width = max(len(label) for _, label, _ in columns[0]) + 2
-    head = f"{'stage (s)':<{width}}" + "".join(f"{job:>30}" for job in jobs)
+    head = f"{'stage (s)':<{width}}" + "".join(f"{job:>24}{'cores':>7}" for job in jobs)
     lines = [head, "-" * len(head)]
-    for i, (_, label, _) in enumerate(columns[0]):
-        cells = [rows[i][2] for rows in columns]
-        lines.append(
-            f"{label:<{width}}" + "".join(f"{'-' if c is None else _cell(c):>30}" for c in cells)
-        )
+    for i, (key, label, _) in enumerate(columns[0]):
+        line = f"{label:<{width}}"
+        for rows, busy in zip(columns, cores, strict=True):
+            values, ratio = rows[i][2], busy[key]
+            line += f"{'-' if values is None else _cell(values):>24}"
+            line += f"{'' if ratio is None else f'{ratio:.2f}':>7}"
+        lines.append(line.rstrip())
     rss = "".join(
-        f"{_cell([p.peak_rss_bytes / 1e9 for p in profiles]) + ' GB':>30}"
+        f"{_cell([p.peak_rss_bytes / 1e9 for p in profiles]) + ' GB':>24}{'':>7}"
         for profiles in jobs.values()
     )
-    lines.append(f"{'peak RSS of the child':<{width}}{rss}")
+    lines.append(f"{'peak RSS of the child':<{width}}{rss}".rstrip())
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -225,7 +226,34 @@ def test_the_stage_table_gives_each_stage_its_own_work_and_keeps_the_order() -> 
     assert only_a["c / (own)"] == [1.5]
     text = table({"one": [a], "two": [b]})
     gate_line = next(line for line in text.splitlines() if line.startswith("  gate"))
-    assert gate_line.split() == ["gate", "-", "1.00"]
+    assert gate_line.split() == ["gate", "-", "1.00"]  # (no CPU recorded: no cores shown)
+
+
+def test_the_stage_table_gives_the_cores_each_stage_kept_busy() -> None:
+    """Cores: CPU seconds over wall seconds, per round, then the median; a stage's own
+    work is its CPU less its parts' over its wall less theirs; a stage under 0.02 s shows
+    none (two clock reads' noise)."""
+    from benchmarks.profile_build import Profile, cores_of, table
+
+    def profile(wall: dict[str, float], cpu: dict[str, float]) -> Profile:
+        order = {path: i for i, path in enumerate(wall)}
+        return Profile(5.0, 1, wall, order, 0.5, 4.5, cpu, cpu_start=0.5, cpu_in_process=8.5)
+
+    a = profile(
+        {"c": 3.0, "c / flag": 1.0, "gate": 0.01}, {"c": 5.0, "c / flag": 1.0, "gate": 0.02}
+    )
+    b = profile(
+        {"c": 3.0, "c / flag": 2.0, "gate": 0.01}, {"c": 6.0, "c / flag": 4.0, "gate": 0.02}
+    )
+    got = cores_of([a, b])
+    assert got["c"] == pytest.approx((5 / 3 + 6 / 3) / 2)
+    assert got["c / flag"] == pytest.approx((1.0 + 2.0) / 2)
+    assert got["c / (own)"] == pytest.approx(((5 - 1) / 2 + (6 - 4) / 1) / 2)
+    assert got["gate"] is None  # 0.01 s: too short to say
+    assert got["start"] == pytest.approx(1.0)
+    assert got["wall"] == pytest.approx(8.5 / 5.0)
+    line = next(row for row in table({"job": [a, b]}).splitlines() if row.startswith("  c "))
+    assert line.split()[-1] == "1.83"
 
 
 def test_the_build_profile_times_the_stages_of_a_real_build(
@@ -235,7 +263,7 @@ def test_the_build_profile_times_the_stages_of_a_real_build(
     calls: a renamed or moved function fails here, not in the next session's profile. The
     first build computes and saves the opt-out index, the second segment loads it."""
     from benchmarks.bench_build import SECOND_SEGMENT, SEGMENT, two_segment_project
-    from benchmarks.profile_build import STAGES, profile_build, rows_of, table
+    from benchmarks.profile_build import STAGES, cores_of, profile_build, rows_of, table
 
     folder = sample_crm(20_000)  # (at 3000 the second segment is under 100)
     project = two_segment_project(
@@ -257,3 +285,10 @@ def test_the_build_profile_times_the_stages_of_a_real_build(
         assert own and min(s for values in own if values for s in values) >= -1e-3
     text = table({"first build": [first], "second segment": [second]})
     assert "records read back" in text and "peak RSS of the child" in text
+    for p in (first, second):  # the CPU of every thread: a busy stage shows some
+        busy = cores_of([p])
+        assert 0 < p.cpu_start < p.cpu_in_process
+        assert (
+            busy["candidates"] is not None
+            and 0.3 < busy["candidates"] <= (os.cpu_count() or 1) + 0.2
+        )
