@@ -192,6 +192,30 @@ def test_a_persons_strictest_signal_equals_the_window_over_every_record(tmp_path
     assert not got.equals(cand)  # some person's records disagreed and were made to agree
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["granted"] * 999 + [" Denied "],  # one refusal, spelled loosely, among many
+        ["GRANTED", None, "maybe", "yes"] * 250,  # none
+        [None] * 1000,
+        [True] * 999 + [False],  # a Boolean column: False is a refusal
+        [True, None] * 500,
+    ],
+)
+def test_a_refusal_is_found_from_the_distinct_values_as_from_the_records(values: list) -> None:
+    """The gate asks whether any candidate refused a consent signal of each column's
+    distinct values; the answer is the records' own, row by row."""
+    from audiences.crm.consent import consent_denied
+    from policies.gate import _any_denied
+
+    records = pl.DataFrame({"ad": values, "other": ["granted"] * len(values)})
+    row_by_row = records.select(
+        pl.any_horizontal(consent_denied(records, c) for c in ("ad", "other")).any()
+    ).item()
+    assert _any_denied(records, ["ad", "other"]) == row_by_row
+    assert row_by_row == (values[-1] in (" Denied ", False))
+
+
 def _named(**columns: list[Any]) -> pl.DataFrame:
     n = len(columns["contact_id"])
     base: dict[str, list[Any]] = {
