@@ -69,6 +69,49 @@ def test_a_combination_the_first_read_did_not_see_is_null_not_false():
     assert later.select(negated.alias("x")).get_column("x").to_list() == [False, True, None]
 
 
+def test_a_column_that_alone_decides_is_looked_up_alone_and_exactly():
+    """The canonical state decides a state condition whatever the (seen) country: the
+    lookup reads the state alone, checks that the country is one seen, and answers every
+    row as the predicate does — a combination of seen values the read did not see
+    included; a value never seen is null, negated or not."""
+    identity = IdentityMapping.model_validate({"state": "state", "country": "country"})
+    seen = pl.DataFrame(
+        {"state": ["NY", "New York", "NJ", None], "country": ["US", "usa", "US", "US"]}
+    )
+    state = canonical_expr(identity, "state", schema=seen.schema)
+    predicate = state.is_in(["NY"])
+    assert distinct._decided_by_one_column(seen, predicate) is not None
+    later = pl.DataFrame(
+        {
+            "state": ["NY", "New York", "NJ", None, "NJ", "TX", "NY"],
+            "country": ["US", "usa", "US", "US", "usa", "US", "FR"],
+        }
+    )
+    for condition in (predicate, ~predicate):
+        lookup = predicate_by_distinct(seen.lazy(), condition)
+        got = later.select(lookup.alias("x")).get_column("x").to_list()
+        rowwise = later.select(condition.alias("x")).get_column("x").to_list()
+        assert got[:5] == rowwise[:5]  # (NJ, usa) was not read, its values were
+        assert got[5:] == [None, None]  # TX, FR: never seen
+
+
+def test_no_column_decides_when_the_answer_needs_both():
+    """``a == b`` needs both columns: the lookup stays the table's, row for row."""
+    frame = pl.DataFrame({"a": ["x", "y", "x", "y"], "b": ["x", "x", "y", "y"]})
+    predicate = pl.col("a") == pl.col("b")
+    assert distinct._decided_by_one_column(frame, predicate) is None
+    rowwise, lookup = _both(frame, predicate)
+    assert lookup == rowwise == [True, False, False, True]
+
+
+def test_too_many_combinations_for_the_product_keep_the_table(monkeypatch):
+    monkeypatch.setattr(distinct, "MAX_DISTINCT", 5)
+    frame = pl.DataFrame({"a": ["x", "y", "z"], "b": ["p", "q", "r"]})  # 3 seen, 9 in product
+    assert distinct._decided_by_one_column(frame, pl.col("a") == "x") is None
+    rowwise, lookup = _both(frame, pl.col("a") == "x")
+    assert lookup == rowwise
+
+
 def test_too_many_distinct_values_evaluates_row_by_row(monkeypatch):
     monkeypatch.setattr(distinct, "MAX_DISTINCT", 3)
     frame = pl.DataFrame({"a": ["p", "q", "r", "s"]})
