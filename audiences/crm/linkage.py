@@ -879,15 +879,21 @@ def _meeting_rows(
 ) -> list[pl.Series]:
     """Per link, the index's row positions that may share a key with a candidate: the
     ones unreliable for the link, and the ones whose coarse key a candidate has."""
-    # (Series operations: as one any_horizontal filter expression they took 2.5x longer)
-    meets = []
-    for link in links:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # (Series operations: as one any_horizontal filter expression they took 2.5x longer;
+    # as lazy queries side by side they need an index of one chunk, and a loaded one has
+    # a chunk per page. polars runs each without the GIL: the links side by side in
+    # threads, 288 -> 165 ms for 5.4M index rows and 450k candidates per link)
+    def meeting(link: Any) -> pl.Series:
         keyed = cand_coarse[link.name].select(_keyed(pl.col(link.out), seeds)).to_series()
         meet = ~index.get_column(f"{link.out}_ok") | index.get_column(link.out).is_in(
             keyed.implode()
         )
-        meets.append(index.get_column(_POS).filter(meet.fill_null(False)))
-    return meets
+        return index.get_column(_POS).filter(meet.fill_null(False))
+
+    with ThreadPoolExecutor(max_workers=max(1, len(links))) as pool:
+        return list(pool.map(meeting, links))
 
 
 def flag_linked_records(
