@@ -443,3 +443,17 @@ def test_a_build_keys_the_candidates_for_its_people_once(
     assert result.status in ("reviewed", "blocked")
     assert sorted(n for n in keyed if n != "name_place") == ["email", "name_zip", "phone"]
     assert held == [None]  # the keys did not outlive the gate
+
+
+def test_only_a_build_keeps_the_candidates_keys(project: Path) -> None:
+    """The removal path flags the CRM rows of a live audience with no gate after it: it
+    keeps no keys in the sources' cache (they would be held to the process's end)."""
+    from audiences.pipeline.select import CANDIDATE_KEYS, candidate_keys
+
+    config = config_of(project)
+    sources = load_sources(config)
+    frame = sources.contacts.collect()
+    flag_opt_out_duplicates(config, sources, frame)
+    assert CANDIDATE_KEYS not in sources.cache
+    flag_opt_out_duplicates(config, sources, frame, keep_keys=True)
+    assert candidate_keys(sources) and CANDIDATE_KEYS not in sources.cache

@@ -16,9 +16,10 @@ predicate, evaluated on every combination of the values each column was seen wit
 hundred: 43 states × 6 countries in the sample), gives each of that column's values one
 answer — the lookup is ``is_in`` on that column, the others only checked to hold values
 seen (a struct per row cost about 0.1 s of a second segment's 2.1 s query at 10M
-contacts); a row with a value never seen is null all the same. When a source has more distinct combinations than
-:data:`MAX_DISTINCT`, or the first read fails, the predicate is evaluated row by row as
-before (a failing read fails again in the main query, where read errors are explained).
+contacts); a row with a value never seen is null all the same. When a source has more
+distinct combinations than :data:`MAX_DISTINCT`, or the first read fails, the predicate is
+evaluated row by row as before (a failing read fails again in the main query, where read
+errors are explained).
 """
 
 from __future__ import annotations

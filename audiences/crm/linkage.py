@@ -885,7 +885,7 @@ def _meeting_rows(
     # as lazy queries side by side they need an index of one chunk, and a loaded one has
     # a chunk per page. polars runs each without the GIL: the links side by side in
     # threads, 288 -> 165 ms for 5.4M index rows and 450k candidates per link)
-    def meeting(link: Any) -> pl.Series:
+    def meeting(link: Link) -> pl.Series:
         keyed = cand_coarse[link.name].select(_keyed(pl.col(link.out), seeds)).to_series()
         meet = ~index.get_column(f"{link.out}_ok") | index.get_column(link.out).is_in(
             keyed.implode()

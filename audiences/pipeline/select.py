@@ -158,7 +158,7 @@ def collect_candidates(
         # very columns, not of a copy the gate never sees.)
         frame = plan.collect(engine="streaming").rechunk()
         if link_opt_outs:
-            frame = flag_opt_out_duplicates(config, sources, frame)
+            frame = flag_opt_out_duplicates(config, sources, frame, keep_keys=True)
         if pack is not None:
             frame = flag_linked_requests(config, sources, frame, pack)
         frame = frame.rechunk()  # (the flags' columns; the rest is one chunk already)
@@ -192,18 +192,20 @@ def prepare_opt_out_index(config: ProjectConfig, sources: Sources) -> None:
 
 
 def flag_opt_out_duplicates(
-    config: ProjectConfig, sources: Sources, frame: pl.DataFrame
+    config: ProjectConfig, sources: Sources, frame: pl.DataFrame, *, keep_keys: bool = False
 ) -> pl.DataFrame:
     """``frame`` with the consent rule's duplicate-of-opt-out flag, the opt-out index read
     from the state folder when this export's is there (computed and kept there if not).
-    The candidates' coarse keys are left in ``sources.cache`` under
-    :data:`CANDIDATE_KEYS` for the gate's people (:func:`candidate_keys`)."""
+    With ``keep_keys`` (a build, whose gate follows), the candidates' coarse keys are left
+    in ``sources.cache`` under :data:`CANDIDATE_KEYS` for the gate's people
+    (:func:`candidate_keys`)."""
     from audiences.crm.linkage import flag_duplicates_of_opt_outs
     from audiences.pipeline.optout_index import store_for
     from policies.rules import DUPLICATE_OF_OPT_OUT
 
-    memo: CoarseMemo = {}  # this segment's alone: the last one's keys are let go
-    sources.cache[CANDIDATE_KEYS] = memo
+    memo: CoarseMemo | None = {} if keep_keys else None
+    if memo is not None:  # this segment's alone: the last one's keys are let go
+        sources.cache[CANDIDATE_KEYS] = memo
     return flag_duplicates_of_opt_outs(
         frame,
         sources.contacts,
