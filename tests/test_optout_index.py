@@ -457,3 +457,47 @@ def test_only_a_build_keeps_the_candidates_keys(project: Path) -> None:
     assert CANDIDATE_KEYS not in sources.cache
     flag_opt_out_duplicates(config, sources, frame, keep_keys=True)
     assert candidate_keys(sources) and CANDIDATE_KEYS not in sources.cache
+
+
+def test_a_build_writes_the_index_beside_its_query_and_waits_for_it(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newly computed index is saved in a thread while the segment's query runs; the
+    candidates come back only once the file is whole: a store of another process finds
+    it authentic at once, and no temporary file is left in the state folder."""
+    import time
+
+    from audiences.pipeline.select import collect_candidates, select_segments
+
+    real = optout_index.StateIndexStore.save
+
+    def slow(self: optout_index.StateIndexStore, identity: str, index: pl.DataFrame) -> None:
+        time.sleep(0.5)  # longer than the query of 3000 contacts
+        real(self, identity, index)
+
+    monkeypatch.setattr(optout_index.StateIndexStore, "save", slow)
+    config = config_of(project)
+    (segment,) = select_segments(config, ["flu-shot-reminder"])
+    collect_candidates(config, segment, load_sources(config), AS_OF, b"s" * 32)
+    other = optout_index.store_for(config, load_sources(config))
+    assert other.load(linkage.index_identity(config, _schema(project))) is not None
+    assert sorted(p.name for p in config.state_dir.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_failed_index_save_stops_the_build_before_the_flags(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audiences.pipeline import select
+    from audiences.pipeline.select import collect_candidates, select_segments
+
+    def full_disk(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    flagged: list[object] = []
+    monkeypatch.setattr(optout_index.StateIndexStore, "save", full_disk)
+    monkeypatch.setattr(select, "flag_opt_out_duplicates", lambda *a, **k: flagged.append(a))
+    config = config_of(project)
+    (segment,) = select_segments(config, ["flu-shot-reminder"])
+    with pytest.raises(OSError, match="No space left"):
+        collect_candidates(config, segment, load_sources(config), AS_OF, b"s" * 32)
+    assert not flagged
