@@ -32,7 +32,6 @@ person once, as the platforms do.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -730,13 +729,10 @@ def _opt_out_index(
     store: IndexStore | None,
     flags: Mapping[str, pl.Expr] | None = None,
     where: pl.Expr | None = None,
-    saves: list[Callable[[], None]] | None = None,
 ) -> tuple[pl.DataFrame, Seeds]:
     """The opt-out index (or the index of ``flags``) and its seeds: from ``cache`` (the
     ``Sources`` object's, so ``build --all`` and ``sync --all`` read it once), else from
-    ``store`` (computed once per export), else computed — and saved to ``store`` before
-    returning, or, given ``saves``, appended there as a call that saves it (the caller
-    runs it, and answers for its error)."""
+    ``store`` (computed once per export), else computed."""
     identity = index_identity(config, contacts.collect_schema(), flags, where)
     seeds = store.seeds() if store is not None else UNKEYED
     key = f"opt-out-index:{identity}:{hash(seeds)}"
@@ -748,9 +744,7 @@ def _opt_out_index(
         index = None  # (an authentic index of another layout: never guessed at)
     if index is None:
         index = compute_opt_out_index(contacts, config, seeds, flags, where)
-        if store is not None and saves is not None:
-            saves.append(functools.partial(store.save, identity, index))
-        elif store is not None:
+        if store is not None:
             store.save(identity, index)
     if cache is not None:
         cache[key] = index
@@ -763,12 +757,9 @@ def prepare_opt_out_index(
     *,
     cache: dict[str, Any],
     store: IndexStore | None = None,
-    saves: list[Callable[[], None]] | None = None,
 ) -> None:
     """Load or compute the opt-out index into ``cache`` now, for a later
-    :func:`flag_duplicates_of_opt_outs` with the same ``cache`` and ``store``; a newly
-    computed index is saved to ``store`` now, or, given ``saves``, by a call appended there
-    (:func:`_opt_out_index`).
+    :func:`flag_duplicates_of_opt_outs` with the same ``cache`` and ``store``.
 
     Only the order changes: a caller that is about to hold a large frame (the segment's
     candidates) computes the index first, so the index's streaming buffers and the frame
@@ -777,7 +768,7 @@ def prepare_opt_out_index(
     schema = contacts.collect_schema()
     if opted_out_expr(config, schema) is None or not links_for(config, schema):
         return
-    _opt_out_index(contacts, config, cache, store, saves=saves)
+    _opt_out_index(contacts, config, cache, store)
 
 
 def _records_at(contacts: pl.LazyFrame, positions: pl.Series, columns: list[str]) -> pl.DataFrame:

@@ -7,8 +7,6 @@ the pack's consent rule asks for it, flags records that duplicate an opt-out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -150,24 +148,15 @@ def collect_candidates(
         # the values and ids of the whole export, never only this segment's: see
         # export_checks
         check_whole_export(config, sources)
-        saves: list[Callable[[], None]] = []
         if link_opt_outs:  # before the candidates are held (the same index, less memory)
-            prepare_opt_out_index(config, sources, saves)
-        # A newly computed index is written to the state folder beside the segment's query
-        # (10M contacts: the two took 2.13 s instead of 2.28 one after the other); the
-        # query's error, if any, comes out after the file is whole, and the file's own
-        # error before any candidate is flagged, let alone released.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            written = [pool.submit(save) for save in saves]
-            # one chunk per column, in memory of its own: the streaming scan leaves the
-            # candidates in a chunk per morsel (86 at 10M contacts), which every later
-            # step (the flags, the gate's rules, person keys, hashing, the files) walks
-            # chunk by chunk; one copy (0.15 s for 933k candidates) took the gate from
-            # 3.2–3.4 to 2.4–2.7 s. (Before the flags: the coarse keys they keep for the
-            # gate are of these very columns, not of a copy the gate never sees.)
-            frame = plan.collect(engine="streaming").rechunk()
-        for job in written:
-            job.result()
+            prepare_opt_out_index(config, sources)
+        # one chunk per column, in memory of its own: the streaming scan leaves the
+        # candidates in a chunk per morsel (86 at 10M contacts), which every later step
+        # (the flags, the gate's rules, person keys, hashing, the files) walks chunk by
+        # chunk; one copy (0.15 s for 933k candidates) took the gate from 3.2–3.4 to
+        # 2.4–2.7 s. (Before the flags: the coarse keys they keep for the gate are of these
+        # very columns, not of a copy the gate never sees.)
+        frame = plan.collect(engine="streaming").rechunk()
         if link_opt_outs:
             frame = flag_opt_out_duplicates(config, sources, frame, keep_keys=True)
         if pack is not None:
@@ -191,21 +180,14 @@ def collect_candidates(
     return frame
 
 
-def prepare_opt_out_index(
-    config: ProjectConfig, sources: Sources, saves: list[Callable[[], None]] | None = None
-) -> None:
+def prepare_opt_out_index(config: ProjectConfig, sources: Sources) -> None:
     """Load or compute this export's opt-out index into ``sources.cache`` (see
-    :func:`audiences.crm.linkage.prepare_opt_out_index`; ``saves``: where the saving of a
-    newly computed index is left for the caller to run)."""
+    :func:`audiences.crm.linkage.prepare_opt_out_index`)."""
     from audiences.crm import linkage
     from audiences.pipeline.optout_index import store_for
 
     linkage.prepare_opt_out_index(
-        sources.contacts,
-        config,
-        cache=sources.cache,
-        store=store_for(config, sources),
-        saves=saves,
+        sources.contacts, config, cache=sources.cache, store=store_for(config, sources)
     )
 
 
