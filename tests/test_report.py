@@ -638,7 +638,7 @@ def test_funnel_counts_add_up_for_random_gate_outcomes(tmp_path_factory, people,
 
 
 @pytest.fixture
-def template_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def template_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """jinja2's cross-process cache under a temp folder of this test's own; every
     environment made anew, as in a new process."""
     import tempfile
