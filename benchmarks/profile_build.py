@@ -29,7 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchmarks import (
@@ -147,13 +147,12 @@ class Profile:
 
     def as_cpu(self) -> Profile:
         """The same profile in CPU seconds (the parent's wall row: the child's CPU)."""
-        return Profile(
-            self.cpu_in_process,
-            self.peak_rss_bytes,
-            self.cpu,
-            self.order,
-            self.cpu_start,
-            self.cpu_in_process,
+        return replace(
+            self,
+            wall=self.cpu_in_process,
+            totals=self.cpu,
+            start=self.cpu_start,
+            in_process=self.cpu_in_process,
         )
 
 

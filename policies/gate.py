@@ -122,7 +122,8 @@ class GateInput:
     # pattern check judges what that sync sends (policies/difference.py, PlatformView)
     platform_held: Callable[[str, str], difference.PlatformView] | None = None
     # coarse link keys the pipeline computed for these candidates while flagging them
-    # (``audiences.crm.linkage.CoarseMemo``): the people reuse them where the rows match
+    # (``audiences.crm.linkage.CoarseMemo``): the people reuse them where the rows match.
+    # Trusted as the candidates are: whoever builds a GateInput hands the gate its data
     coarse_memo: CoarseMemo | None = None
 
 

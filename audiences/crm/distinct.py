@@ -24,6 +24,8 @@ errors are explained).
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 
 # Above this many distinct combinations the lookup saves little and holds them in memory.
@@ -77,8 +79,6 @@ def _decided_by_one_column(seen: pl.DataFrame, predicate: pl.Expr) -> pl.Expr | 
     A row whose columns hold only values seen is answered as the predicate answers it
     (its combination is in the product, even one the read did not see); one with a value
     never seen is null, as in the table's lookup."""
-    import math
-
     values = {c: seen.get_column(c).unique() for c in seen.columns}
     if math.prod(v.len() for v in values.values()) > MAX_DISTINCT:
         return None

@@ -441,16 +441,17 @@ def coarse_keys(
 
     With a ``memo``, a link whose keys it holds for these very rows (``_ROW`` and the
     link's columns equal) is not keyed again, and the keys computed are put in it."""
+    if memo is None:
+        return _coarse_keys(frame, links)
     rows = {repr(link): frame.select(_ROW, *link.columns) for link in links}
     keys: dict[str, pl.DataFrame] = {}
     for link in links:
-        kept = memo.get(repr(link)) if memo is not None else None
+        kept = memo.get(repr(link))
         if kept is not None and kept[0].equals(rows[repr(link)]):
             keys[link.name] = kept[1]
     todo = [link for link in links if link.name not in keys]
     keys.update(_coarse_keys(frame, todo))
-    if memo is not None:
-        memo.update({repr(link): (rows[repr(link)], keys[link.name]) for link in todo})
+    memo.update({repr(link): (rows[repr(link)], keys[link.name]) for link in todo})
     return {link.name: keys[link.name] for link in links}
 
 
